@@ -1,0 +1,30 @@
+//! # moemla-core
+//!
+//! The op contract of moemla: DeepSeekMoE routing and experts, and Multi-head Latent
+//! Attention decode, defined once (shapes, dtypes, semantics, errors) for every backend.
+//!
+//! - Data: [`HostTensor`] (host memory) and [`DeviceTensor`] (a backend's memory).
+//! - Backends implement [`Backend`]; users run ops through [`ops`], which validates input
+//!   before any backend sees it.
+//! - Op semantics: `docs/ops.md` in the repository.
+
+mod backend;
+pub mod calls;
+mod device;
+mod dtype;
+mod error;
+mod host;
+pub mod indices;
+pub mod ops;
+mod params;
+mod shape;
+mod validate;
+
+pub use backend::{Backend, BackendInfo, OpSupport, Verification, VerificationKind};
+pub use calls::{MlaDecodeOutput, MoeRouteOutput};
+pub use device::{DeviceBuffer, DeviceTensor};
+pub use dtype::DType;
+pub use error::{Error, Op, Result};
+pub use host::{Element, HostTensor};
+pub use params::{ExpertsParams, GroupSelect, MlaDecodeParams, RouteParams, ScoreFunc};
+pub use shape::Shape;

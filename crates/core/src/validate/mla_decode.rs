@@ -1,0 +1,104 @@
+//! Shape, dtype and parameter rules of `mla_decode`.
+
+use super::checks;
+use crate::calls::{MlaDecodeCall, Validated};
+use crate::{DType, DeviceTensor, MlaDecodeParams, Op, Result};
+
+const OP: Op = Op::MlaDecode;
+
+/// The tensors of an `mla_decode` call, by contract name.
+pub(crate) struct MlaArgs<'a> {
+    pub q: &'a DeviceTensor,
+    pub kv_cache: &'a DeviceTensor,
+    pub block_table: &'a DeviceTensor,
+    pub cache_seqlens: &'a DeviceTensor,
+}
+
+/// Checks an `mla_decode` call against the contract and returns it validated.
+pub(crate) fn validate<'a>(
+    backend: &str,
+    a: MlaArgs<'a>,
+    params: &'a MlaDecodeParams,
+) -> Result<MlaDecodeCall<'a>> {
+    checks::same_backend(
+        OP,
+        backend,
+        &[
+            ("q", a.q),
+            ("kv_cache", a.kv_cache),
+            ("block_table", a.block_table),
+            ("cache_seqlens", a.cache_seqlens),
+        ],
+    )?;
+
+    checks::rank(OP, "q", a.q, 4, "[B, Sq, Hq, Dqk]")?;
+    checks::rank(OP, "kv_cache", a.kv_cache, 4, "[num_blocks, block_size, Hkv, Dqk]")?;
+    checks::rank(OP, "block_table", a.block_table, 2, "[B, max_blocks]")?;
+    checks::rank(OP, "cache_seqlens", a.cache_seqlens, 1, "[B]")?;
+
+    checks::dtype_in(OP, "q", a.q, &DType::FLOATS)?;
+    let dtype = a.q.dtype();
+    checks::dtype_same(OP, "kv_cache", a.kv_cache, "q", dtype)?;
+    checks::dtype_in(OP, "block_table", a.block_table, &[DType::I32])?;
+    checks::dtype_in(OP, "cache_seqlens", a.cache_seqlens, &[DType::I32])?;
+
+    for (dim, name) in ["B", "Sq", "Hq", "Dqk"].into_iter().enumerate() {
+        checks::dim_nonzero(OP, "q", a.q, dim, name)?;
+    }
+    let [batch, s_q, h_q, d_qk] = [0, 1, 2, 3].map(|d| a.q.dims()[d]);
+    checks::dim_nonzero(OP, "kv_cache", a.kv_cache, 0, "num_blocks")?;
+    checks::dim_nonzero(OP, "kv_cache", a.kv_cache, 1, "block_size")?;
+    checks::dim_nonzero(OP, "kv_cache", a.kv_cache, 2, "Hkv")?;
+    let [num_blocks, block_size, h_kv] = [0, 1, 2].map(|d| a.kv_cache.dims()[d]);
+    checks::dim_eq(OP, "kv_cache", a.kv_cache, 3, "Dqk", d_qk, "Dqk of q")?;
+    if h_q % h_kv != 0 {
+        return Err(checks::dim_error(
+            OP,
+            "kv_cache",
+            a.kv_cache,
+            2,
+            "Hkv",
+            format!("a divisor of Hq ({h_q})"),
+        ));
+    }
+    checks::dim_eq(OP, "block_table", a.block_table, 0, "B", batch, "B of q")?;
+    checks::dim_nonzero(OP, "block_table", a.block_table, 1, "max_blocks")?;
+    let max_blocks = a.block_table.dims()[1];
+    checks::dim_eq(OP, "cache_seqlens", a.cache_seqlens, 0, "B", batch, "B of q")?;
+
+    let p = params;
+    checks::param(OP, "head_dim_v", p.head_dim_v >= 1, || ">= 1".into(), p.head_dim_v)?;
+    checks::param(
+        OP,
+        "head_dim_v",
+        p.head_dim_v < d_qk,
+        || format!("< Dqk ({d_qk})"),
+        p.head_dim_v,
+    )?;
+    checks::param(
+        OP,
+        "softmax_scale",
+        p.softmax_scale.is_finite() && p.softmax_scale > 0.0,
+        || "finite and > 0".into(),
+        p.softmax_scale,
+    )?;
+
+    Ok(MlaDecodeCall {
+        q: a.q,
+        kv_cache: a.kv_cache,
+        block_table: a.block_table,
+        cache_seqlens: a.cache_seqlens,
+        params,
+        dtype,
+        batch,
+        s_q,
+        h_q,
+        h_kv,
+        d_qk,
+        d_v: p.head_dim_v,
+        num_blocks,
+        block_size,
+        max_blocks,
+        validated: Validated(()),
+    })
+}

@@ -1,0 +1,6 @@
+//! Validation of op calls against the contract: shapes, dtypes and parameters.
+
+mod checks;
+pub(crate) mod mla_decode;
+pub(crate) mod moe_experts;
+pub(crate) mod moe_route;
