@@ -1,0 +1,72 @@
+//! Conversions between the storage float types and f32, the compute type.
+
+use crate::storage::{CpuStorage, FloatSlice};
+use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
+use moemla_core::DType;
+
+impl FloatSlice<'_> {
+    /// Converts the elements `start..start + dst.len()` to f32 into `dst` (exact: every f16
+    /// and bf16 value is an f32).
+    pub fn read_f32(&self, start: usize, dst: &mut [f32]) {
+        let end = start + dst.len();
+        match self {
+            FloatSlice::F32(v) => dst.copy_from_slice(&v[start..end]),
+            FloatSlice::F16(v) => v[start..end].convert_to_f32_slice(dst),
+            FloatSlice::BF16(v) => v[start..end].convert_to_f32_slice(dst),
+        }
+    }
+
+    /// The elements `start..start + len` as a new f32 vector.
+    pub fn to_f32_vec(&self, start: usize, len: usize) -> Vec<f32> {
+        let mut out = vec![0.0; len];
+        self.read_f32(start, &mut out);
+        out
+    }
+}
+
+/// Storage of `dtype` (F32 | F16 | BF16) holding `values`, rounded to nearest-even.
+pub fn storage_from_f32(values: Vec<f32>, dtype: DType) -> CpuStorage {
+    match dtype {
+        DType::F16 => CpuStorage::F16(values.iter().map(|&v| f16::from_f32(v)).collect()),
+        DType::BF16 => CpuStorage::BF16(values.iter().map(|&v| bf16::from_f32(v)).collect()),
+        _ => CpuStorage::F32(values),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_f32_converts_the_requested_range() {
+        let v = [
+            bf16::from_f32(1.5),
+            bf16::from_f32(-2.0),
+            bf16::from_f32(0.25),
+        ];
+        let mut dst = [0.0; 2];
+        FloatSlice::BF16(&v).read_f32(1, &mut dst);
+        assert_eq!(dst, [-2.0, 0.25]);
+        let h = [f16::from_f32(3.0), f16::from_f32(0.5)];
+        assert_eq!(FloatSlice::F16(&h).to_f32_vec(0, 2), vec![3.0, 0.5]);
+    }
+
+    #[test]
+    fn storing_rounds_to_nearest_even() {
+        // 1 + 2^-8 lies halfway between two bf16 values: ties go to the even one (1.0).
+        let tie = 1.0 + 2f32.powi(-8);
+        let above = 1.0 + 2f32.powi(-8) + 2f32.powi(-20);
+        match storage_from_f32(vec![tie, above], DType::BF16) {
+            CpuStorage::BF16(v) => {
+                assert_eq!(v[0].to_f32(), 1.0);
+                assert_eq!(v[1].to_f32(), 1.0 + 2f32.powi(-7));
+            }
+            other => panic!("wrong storage {other:?}"),
+        }
+        match storage_from_f32(vec![0.1], DType::F32) {
+            CpuStorage::F32(v) => assert_eq!(v, vec![0.1]),
+            other => panic!("wrong storage {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! # moemla-cpu
+//!
+//! The moemla reference backend: every v1 op in F32, F16 and BF16 on the host CPU, with
+//! f32 accumulation, rayon parallelism and the `gemm` crate for the dense products.
+//! Integrators fall back to it, and the golden cases are checked against it.
+
+mod convert;
+mod device;
+mod ops;
+mod storage;
+
+pub use storage::CpuStorage;
+
+use moemla_core::calls::{MlaDecodeCall, MoeExpertsCall, MoeRouteCall};
+use moemla_core::{
+    Backend, BackendInfo, DType, DeviceTensor, HostTensor, MlaDecodeOutput, MoeRouteOutput,
+    OpSupport, Result, Shape, Verification, VerificationKind,
+};
+use std::sync::Arc;
+
+/// The backend's name, as `--backend cpu` selects it and as its tensors carry it.
+pub const NAME: &str = "cpu";
+
+/// The CPU backend. Tensors live in host memory as [`CpuStorage`]; ops run on the global
+/// rayon thread pool (size it with `RAYON_NUM_THREADS`).
+#[derive(Debug, Clone)]
+pub struct CpuBackend {
+    name: Arc<str>,
+}
+
+impl CpuBackend {
+    /// The CPU backend (always available).
+    pub fn new() -> Self {
+        CpuBackend { name: NAME.into() }
+    }
+
+    /// Wraps storage as a tensor of this backend.
+    fn tensor(&self, storage: CpuStorage, shape: impl Into<Shape>) -> DeviceTensor {
+        let dtype = storage.dtype();
+        DeviceTensor::new(Arc::new(storage), self.name.clone(), shape, dtype)
+    }
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn info(&self) -> BackendInfo {
+        BackendInfo {
+            name: NAME.to_string(),
+            vendor: "moemla".to_string(),
+            device: format!(
+                "{} ({} threads)",
+                device::cpu_model(),
+                rayon::current_num_threads()
+            ),
+            memory_bytes: device::total_memory_bytes(),
+            supported: OpSupport::all_v1(),
+            verification: Verification {
+                kind: VerificationKind::Reference,
+                detail: "reference implementation (f32 accumulation)".to_string(),
+            },
+            notes: vec![],
+        }
+    }
+
+    fn alloc_zeroed(&self, shape: &Shape, dtype: DType) -> Result<DeviceTensor> {
+        let storage = CpuStorage::zeros(dtype, shape.elem_count());
+        Ok(self.tensor(storage, shape.clone()))
+    }
+
+    fn upload(&self, host: &HostTensor) -> Result<DeviceTensor> {
+        Ok(self.tensor(CpuStorage::from_host(host)?, host.shape().clone()))
+    }
+
+    fn download(&self, tensor: &DeviceTensor) -> Result<HostTensor> {
+        let s = storage::storage(tensor, &self.name, "download", "tensor")?;
+        HostTensor::from_bytes(tensor.shape().clone(), tensor.dtype(), s.to_bytes())
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        // Ops run to completion before they return.
+        Ok(())
+    }
+
+    fn moe_route(&self, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput> {
+        let (ids, weights) = ops::moe_route::run(&self.name, call)?;
+        let dims = [call.tokens, call.params.top_k];
+        Ok(MoeRouteOutput {
+            topk_ids: self.tensor(CpuStorage::I32(ids), dims),
+            topk_weights: self.tensor(CpuStorage::F32(weights), dims),
+        })
+    }
+
+    fn moe_experts(&self, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor> {
+        let y = ops::moe_experts::run(&self.name, call)?;
+        Ok(self.tensor(y, [call.tokens, call.hidden]))
+    }
+
+    fn mla_decode(&self, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutput> {
+        let (o, lse) = ops::mla_decode::run(&self.name, call)?;
+        Ok(MlaDecodeOutput {
+            o: self.tensor(o, [call.batch, call.s_q, call.h_q, call.d_v]),
+            lse: self.tensor(CpuStorage::F32(lse), [call.batch, call.h_q, call.s_q]),
+        })
+    }
+}
