@@ -1,0 +1,276 @@
+// moemla_device.h — the portability layer shared by the CUDA and HIP kernels.
+//
+// Kernels include nothing else: no cuda_fp16.h / cuda_bf16.h / hip headers. Everything here
+// uses compiler built-ins only, so NVRTC compiles the kernels with no include path and clang
+// compiles them as HIP with a tiny shim (the backends prepend this file to each kernel
+// source before handing it to the run-time compiler).
+//
+// Provides:
+//   MOEMLA_CUDA / MOEMLA_HIP      which dialect is being compiled
+//   MOEMLA_WARP_SIZE               lanes per warp (32) or wavefront (64 on gfx9 / DCU)
+//   moemla_lane_mask_t            ballot mask type (uint32 on CUDA, uint64 on HIP)
+//   moemla_shfl_xor/down, moemla_ballot, warp sum / max / argmax reductions
+//   moemla_f16, moemla_bf16      16-bit storage types (a uint16 inside a struct), with
+//                                 bit-exact conversions to f32 and round-to-nearest-even back
+//   moemla_load / moemla_store   dtype-generic element access (f32 compute)
+//   MOEMLA_HAS_MMA_SYNC           1 where the mma.sync m16n8k16 tensor-core path is compiled
+//   MOEMLA_DYN_SMEM(name)         the dynamic shared-memory buffer (16-byte aligned)
+//   moemla_copy16 / moemla_zero16 16-byte vector moves
+//   moemla_atomic_min_i32         the error-flag primitive
+//
+// Shared logic never writes a literal lane count: use MOEMLA_WARP_SIZE.
+
+#ifndef MOEMLA_DEVICE_H
+#define MOEMLA_DEVICE_H
+
+#if defined(__HIP__) || defined(__HIPCC__) || defined(__HIPCC_RTC__)
+#define MOEMLA_HIP 1
+#else
+#define MOEMLA_CUDA 1
+#endif
+
+typedef unsigned short moemla_u16;
+typedef unsigned int moemla_u32;
+typedef int moemla_i32;
+typedef unsigned long long moemla_u64;
+typedef long long moemla_i64;
+
+#define MOEMLA_INT_MAX 2147483647
+#define MOEMLA_NEG_INF (moemla_bits_float(0xff800000u))
+
+// ---------------------------------------------------------------------------------------
+// Lanes, shuffles, ballots
+// ---------------------------------------------------------------------------------------
+#if defined(MOEMLA_CUDA)
+
+#define MOEMLA_WARP_SIZE 32
+typedef moemla_u32 moemla_lane_mask_t;
+#define MOEMLA_FULL_MASK 0xffffffffu
+
+__device__ __forceinline__ float moemla_shfl_xor(float v, int lane_mask) {
+    return __shfl_xor_sync(MOEMLA_FULL_MASK, v, lane_mask);
+}
+__device__ __forceinline__ int moemla_shfl_xor(int v, int lane_mask) {
+    return __shfl_xor_sync(MOEMLA_FULL_MASK, v, lane_mask);
+}
+__device__ __forceinline__ float moemla_shfl_down(float v, int delta) {
+    return __shfl_down_sync(MOEMLA_FULL_MASK, v, delta);
+}
+__device__ __forceinline__ int moemla_shfl_down(int v, int delta) {
+    return __shfl_down_sync(MOEMLA_FULL_MASK, v, delta);
+}
+__device__ __forceinline__ moemla_lane_mask_t moemla_ballot(int pred) {
+    return __ballot_sync(MOEMLA_FULL_MASK, pred);
+}
+__device__ __forceinline__ moemla_u32 moemla_float_bits(float f) { return __float_as_uint(f); }
+__device__ __forceinline__ float moemla_bits_float(moemla_u32 u) { return __uint_as_float(u); }
+
+#define MOEMLA_ALIGN16 __align__(16)
+#define MOEMLA_DYN_SMEM(name) extern __shared__ MOEMLA_ALIGN16 unsigned char name[]
+
+// Tensor cores: mma.sync.aligned.m16n8k16 with f16/bf16 inputs exists from sm_80.
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800)
+#define MOEMLA_HAS_MMA_SYNC 1
+#else
+#define MOEMLA_HAS_MMA_SYNC 0
+#endif
+
+#else  // MOEMLA_HIP
+
+// __AMDGCN_WAVEFRONT_SIZE is predefined by clang for amdgcn device code (64 on gfx9,
+// which covers MI300X gfx942, MI250 gfx90a and the Hygon DCU archs).
+#if defined(__AMDGCN_WAVEFRONT_SIZE)
+#define MOEMLA_WARP_SIZE __AMDGCN_WAVEFRONT_SIZE
+#else
+#define MOEMLA_WARP_SIZE 64
+#endif
+typedef moemla_u64 moemla_lane_mask_t;
+
+__device__ __forceinline__ float moemla_shfl_xor(float v, int lane_mask) {
+    return __shfl_xor(v, lane_mask, MOEMLA_WARP_SIZE);
+}
+__device__ __forceinline__ int moemla_shfl_xor(int v, int lane_mask) {
+    return __shfl_xor(v, lane_mask, MOEMLA_WARP_SIZE);
+}
+__device__ __forceinline__ float moemla_shfl_down(float v, int delta) {
+    return __shfl_down(v, delta, MOEMLA_WARP_SIZE);
+}
+__device__ __forceinline__ int moemla_shfl_down(int v, int delta) {
+    return __shfl_down(v, delta, MOEMLA_WARP_SIZE);
+}
+__device__ __forceinline__ moemla_lane_mask_t moemla_ballot(int pred) {
+    return (moemla_lane_mask_t)__ballot(pred);
+}
+__device__ __forceinline__ moemla_u32 moemla_float_bits(float f) {
+    return __builtin_bit_cast(moemla_u32, f);
+}
+__device__ __forceinline__ float moemla_bits_float(moemla_u32 u) {
+    return __builtin_bit_cast(float, u);
+}
+
+#define MOEMLA_ALIGN16 __attribute__((aligned(16)))
+#define MOEMLA_DYN_SMEM(name) extern __shared__ MOEMLA_ALIGN16 unsigned char name[]
+
+// The portable (CUDA-core style) paths are used on HIP. MFMA (v_mfma_f32_32x32x8bf16_1k /
+// v_mfma_f32_16x16x16f16 on gfx90a/gfx942) would replace moemla_mma_16816 in the
+// MOEMLA_HAS_MMA_SYNC blocks of moe_experts.cu and mla_decode.cu.
+#define MOEMLA_HAS_MMA_SYNC 0
+
+#endif
+
+// ---------------------------------------------------------------------------------------
+// Warp reductions (every lane gets the result)
+// ---------------------------------------------------------------------------------------
+__device__ __forceinline__ float moemla_warp_sum(float v) {
+    for (int m = MOEMLA_WARP_SIZE / 2; m > 0; m >>= 1) v += moemla_shfl_xor(v, m);
+    return v;
+}
+
+__device__ __forceinline__ float moemla_warp_max(float v) {
+    for (int m = MOEMLA_WARP_SIZE / 2; m > 0; m >>= 1) v = fmaxf(v, moemla_shfl_xor(v, m));
+    return v;
+}
+
+// (value, index) "better": larger value wins; equal values: the lower index wins. An index
+// of MOEMLA_INT_MAX means "no candidate" and loses to any real candidate.
+__device__ __forceinline__ bool moemla_argmax_better(float v, int i, float bv, int bi) {
+    if (bi == MOEMLA_INT_MAX) return i != MOEMLA_INT_MAX;
+    if (i == MOEMLA_INT_MAX) return false;
+    return v > bv || (v == bv && i < bi);
+}
+
+// Warp-wide argmax with lower-index tie break; every lane gets the winner.
+__device__ __forceinline__ void moemla_warp_argmax(float& v, int& i) {
+    for (int m = MOEMLA_WARP_SIZE / 2; m > 0; m >>= 1) {
+        float ov = moemla_shfl_xor(v, m);
+        int oi = moemla_shfl_xor(i, m);
+        if (moemla_argmax_better(ov, oi, v, i)) {
+            v = ov;
+            i = oi;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 16-bit float storage and conversions (bit manipulation only)
+// ---------------------------------------------------------------------------------------
+struct moemla_f16 {
+    moemla_u16 bits;
+};
+struct moemla_bf16 {
+    moemla_u16 bits;
+};
+
+__device__ __forceinline__ float moemla_bf16_to_f32(moemla_u16 h) {
+    return moemla_bits_float(((moemla_u32)h) << 16);
+}
+
+// Round to nearest even; NaN stays a (quiet) NaN with its sign; overflow rounds to inf.
+__device__ __forceinline__ moemla_u16 moemla_f32_to_bf16(float f) {
+    moemla_u32 u = moemla_float_bits(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (moemla_u16)((u >> 16) | 0x0040u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (moemla_u16)(u >> 16);
+}
+
+__device__ __forceinline__ float moemla_f16_to_f32(moemla_u16 h) {
+    moemla_u32 sign = ((moemla_u32)(h & 0x8000u)) << 16;
+    moemla_u32 exp = (h >> 10) & 0x1fu;
+    moemla_u32 mant = h & 0x3ffu;
+    if (exp == 0u) {
+        // Zero or subnormal: mant * 2^-24, exact in f32.
+        float v = (float)mant * 5.9604644775390625e-8f;
+        return moemla_bits_float(moemla_float_bits(v) | sign);
+    }
+    if (exp == 31u) return moemla_bits_float(sign | 0x7f800000u | (mant << 13));
+    return moemla_bits_float(sign | ((exp + 112u) << 23) | (mant << 13));
+}
+
+// Round to nearest even, including into the subnormal range; NaN stays NaN.
+__device__ __forceinline__ moemla_u16 moemla_f32_to_f16(float f) {
+    moemla_u32 x = moemla_float_bits(f);
+    moemla_u32 sign = (x >> 16) & 0x8000u;
+    moemla_u32 ax = x & 0x7fffffffu;
+    if (ax > 0x7f800000u) return (moemla_u16)(sign | 0x7e00u);  // NaN
+    if (ax >= 0x477ff000u) return (moemla_u16)(sign | 0x7c00u);  // >= 65520 rounds to inf
+    if (ax >= 0x38800000u) {                                      // normal half (>= 2^-14)
+        ax += 0x0fffu + ((ax >> 13) & 1u);
+        return (moemla_u16)(sign | ((ax - 0x38000000u) >> 13));
+    }
+    // Subnormal half: value / 2^-24 = m * 2^(e - 126), m with its implicit bit.
+    moemla_u32 e = ax >> 23;
+    if (e < 102u) return (moemla_u16)sign;  // < 2^-25: rounds to zero
+    moemla_u32 m = (ax & 0x7fffffu) | 0x800000u;
+    moemla_u32 shift = 126u - e;  // 14..24
+    moemla_u32 q = m >> shift;
+    moemla_u32 rem = m & ((1u << shift) - 1u);
+    moemla_u32 half = 1u << (shift - 1u);
+    if (rem > half || (rem == half && (q & 1u))) q += 1u;
+    return (moemla_u16)(sign | q);
+}
+
+// Element access: every kernel computes in f32.
+__device__ __forceinline__ float moemla_load(const float* p) { return *p; }
+__device__ __forceinline__ float moemla_load(const moemla_f16* p) { return moemla_f16_to_f32(p->bits); }
+__device__ __forceinline__ float moemla_load(const moemla_bf16* p) { return moemla_bf16_to_f32(p->bits); }
+__device__ __forceinline__ void moemla_store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void moemla_store(moemla_f16* p, float v) { p->bits = moemla_f32_to_f16(v); }
+__device__ __forceinline__ void moemla_store(moemla_bf16* p, float v) { p->bits = moemla_f32_to_bf16(v); }
+
+// 16 bytes moved as one vector access (both addresses must be 16-byte aligned).
+struct MOEMLA_ALIGN16 moemla_vec16 {
+    moemla_u32 x, y, z, w;
+};
+__device__ __forceinline__ void moemla_copy16(void* dst, const void* src) {
+    *reinterpret_cast<moemla_vec16*>(dst) = *reinterpret_cast<const moemla_vec16*>(src);
+}
+__device__ __forceinline__ void moemla_zero16(void* dst) {
+    moemla_vec16 z;
+    z.x = 0u;
+    z.y = 0u;
+    z.z = 0u;
+    z.w = 0u;
+    *reinterpret_cast<moemla_vec16*>(dst) = z;
+}
+
+__device__ __forceinline__ void moemla_atomic_min_i32(int* flag, int value) { atomicMin(flag, value); }
+
+// ---------------------------------------------------------------------------------------
+// Tensor cores (CUDA sm_80+): D = A(16x16, row) * B(16x8, col) + D, f32 accumulate.
+// Fragment layout (PTX ISA, "Matrix Fragments for mma.m16n8k16"), g = lane / 4, t = lane % 4:
+//   a[0] = A[g][2t..2t+1], a[1] = A[g+8][2t..2t+1], a[2] = A[g][2t+8..], a[3] = A[g+8][2t+8..]
+//   b[0] = B[2t..2t+1][g], b[1] = B[2t+8..2t+9][g]
+//   d[0] = D[g][2t], d[1] = D[g][2t+1], d[2] = D[g+8][2t], d[3] = D[g+8][2t+1]
+// The lower-indexed element of a pair sits in the low 16 bits of its register.
+// ---------------------------------------------------------------------------------------
+#if MOEMLA_HAS_MMA_SYNC
+__device__ __forceinline__ void moemla_mma_16816(float* d, const moemla_u32* a, const moemla_u32* b,
+                                                 moemla_bf16) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+__device__ __forceinline__ void moemla_mma_16816(float* d, const moemla_u32* a, const moemla_u32* b,
+                                                 moemla_f16) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+#endif
+
+// Two adjacent 16-bit elements as one register (p must be 4-byte aligned).
+template <typename T>
+__device__ __forceinline__ moemla_u32 moemla_pair(const T* p) {
+    return *reinterpret_cast<const moemla_u32*>(p);
+}
+// Two 16-bit elements from anywhere, low = lo.
+template <typename T>
+__device__ __forceinline__ moemla_u32 moemla_pack(const T* lo, const T* hi) {
+    return (moemla_u32)lo->bits | ((moemla_u32)hi->bits << 16);
+}
+
+#endif  // MOEMLA_DEVICE_H
