@@ -46,6 +46,7 @@ def _experts_cases(dtype):
             33, 96, 48, 8, 3, unused=7, hot=2, empty_slots=((0, 2), (4, 0), (4, 1), (4, 2), (10, 1), (32, 0)),
         ),
         c("t1_h128_i48_e6_k6", "one token, 6 experts all picked but one slot -1 (top-6 like V2-Lite)", 1, 128, 48, 6, 6, empty_slots=((0, 3),)),
+        c("t9_h32_i16_e64_k6", "V2-Lite's 64 experts, top-6, 9 tokens: most experts see one token or none", 9, 32, 16, 64, 6),
         c("t6_h2048_i32_e2_k2", "V2-Lite hidden size 2048 (inter reduced to 32), 6 tokens, 2 experts", 6, 2048, 32, 2, 2, empty_slots=((5, 1),)),
         c("t3_h32_i1408_e2_k2", "V2-Lite moe_intermediate_size 1408 (hidden reduced to 32), 3 tokens", 3, 32, 1408, 2, 2),
     ]
