@@ -1,0 +1,222 @@
+//! `mla_decode`: index check, split-KV decode over the paged cache, split combine.
+
+use crate::{
+    ceil_div, dtype_suffix, fits, round_up, DeviceLimits, Launch, PlanError, PlanResult,
+    GRID_YZ_LIMIT, INT_LIMIT,
+};
+use moemla_core::{DType, Op};
+
+/// Threads per decode block (four 32-lane warps on CUDA).
+pub const DECODE_BLOCK: u32 = 128;
+/// Threads per check block.
+pub const CHECK_BLOCK: u32 = 256;
+/// Threads per combine block.
+pub const COMBINE_BLOCK: u32 = 128;
+/// Most splits of one sequence (the combine kernel keeps one weight per split in shared
+/// memory).
+pub const MAX_SPLITS: usize = 64;
+/// Fewest cache positions worth a split of their own.
+pub const MIN_SPLIT_LEN: usize = 256;
+
+/// Problem sizes of an `mla_decode` call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MlaSizes {
+    /// B.
+    pub batch: usize,
+    /// Sq.
+    pub s_q: usize,
+    /// Hq.
+    pub h_q: usize,
+    /// Hkv (divides Hq).
+    pub h_kv: usize,
+    /// Dqk.
+    pub d_qk: usize,
+    /// Dv (< Dqk).
+    pub d_v: usize,
+    /// Blocks in the cache.
+    pub num_blocks: usize,
+    /// Tokens per cache block.
+    pub block_size: usize,
+    /// Columns of the block table.
+    pub max_blocks: usize,
+}
+
+/// Workspace sizes, in elements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MlaWorkspace {
+    /// `err`: i32[2], initialise both to `i32::MAX`.
+    pub err: usize,
+    /// `o_part`: f32, `num_splits * B * Sq * Hq * Dv`.
+    pub o_part: usize,
+    /// `lse_part`: f32, `num_splits * B * Sq * Hq`.
+    pub lse_part: usize,
+}
+
+/// The launches of one `mla_decode` call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MlaPlan {
+    /// Splits of each sequence's positions.
+    pub num_splits: usize,
+    /// Query rows per decode block.
+    pub block_q: usize,
+    /// Cache positions per inner step.
+    pub block_n: usize,
+    /// Workspace sizes.
+    pub workspace: MlaWorkspace,
+    /// `moemla_mla_check`, `moemla_mla_decode_*`, `moemla_mla_combine_*`, in order.
+    pub launches: [Launch; 3],
+}
+
+/// Dynamic shared memory of `moemla_mla_decode_*` (the layout in kernels/README.md).
+pub fn decode_shared_bytes(
+    elem: usize,
+    d_qk: usize,
+    d_v: usize,
+    block_q: usize,
+    block_n: usize,
+) -> usize {
+    let ks = round_up(d_qk, 16) + 8;
+    let os = round_up(d_v, 8);
+    let ps = block_n + 8;
+    let regions = [
+        block_q * ks * elem,
+        block_n * ks * elem,
+        block_q * os * 4,
+        block_q * block_n * 4,
+        block_q * ps * elem,
+        block_q * 16,
+    ];
+    regions.iter().map(|&r| round_up(r, 16)).sum()
+}
+
+/// The positions `[start, end)` of split `split` (of `num_splits`) of a sequence of
+/// `seqlen` tokens, in steps of `block_n`: the kernel's rule, computed on device from the
+/// real length. The splits tile `[0, seqlen)` exactly, each starting on a `block_n` step.
+pub fn split_range(
+    seqlen: usize,
+    split: usize,
+    num_splits: usize,
+    block_n: usize,
+) -> (usize, usize) {
+    let len = round_up(ceil_div(seqlen, num_splits), block_n);
+    let start = (split * len).min(seqlen);
+    let end = (start + len).min(seqlen);
+    (start, end)
+}
+
+/// How many splits: enough blocks for two per SM (FlashMLA's `get_mla_metadata` likewise
+/// divides the SMs among the (kv head, head block) pairs and cuts each sequence into
+/// per-SM parts), no more than the cache capacity allows at [`MIN_SPLIT_LEN`] positions a
+/// split, and at most [`MAX_SPLITS`].
+pub fn choose_splits(blocks_per_split: usize, capacity: usize, compute_units: usize) -> usize {
+    let want = ceil_div(2 * compute_units.max(1), blocks_per_split.max(1));
+    let by_len = ceil_div(capacity.max(1), MIN_SPLIT_LEN);
+    want.min(by_len).clamp(1, MAX_SPLITS)
+}
+
+/// Plans `mla_decode` with run dtype `dtype`.
+pub fn plan(s: &MlaSizes, dtype: DType, limits: &DeviceLimits) -> PlanResult<MlaPlan> {
+    let op = Op::MlaDecode;
+    for (what, v) in [
+        ("B", s.batch),
+        ("Sq", s.s_q),
+        ("Hq", s.h_q),
+        ("Dqk", s.d_qk),
+        ("num_blocks", s.num_blocks),
+        ("block_size", s.block_size),
+        ("max_blocks", s.max_blocks),
+        ("max_blocks * block_size", s.max_blocks * s.block_size),
+        ("B * max_blocks", s.batch * s.max_blocks),
+    ] {
+        fits(op, what, v, INT_LIMIT)?;
+    }
+    let elem = dtype.size_in_bytes();
+    let tensor_path = limits.tensor_cores && matches!(dtype, DType::F16 | DType::BF16);
+    let (block_q, block_n) = pick_tiles(s, elem, tensor_path, limits.max_shared_bytes as usize)
+        .ok_or_else(|| PlanError {
+            op,
+            what: format!("Dqk = {}, Dv = {}", s.d_qk, s.d_v),
+            reason: format!(
+                "the smallest decode tile needs {} bytes of shared memory, the device allows {}",
+                decode_shared_bytes(elem, s.d_qk, s.d_v, 1, 16),
+                limits.max_shared_bytes
+            ),
+        })?;
+    let rows = s.s_q * (s.h_q / s.h_kv);
+    let m_tiles = ceil_div(rows, block_q);
+    let grid_m = fits(op, "query row tiles", m_tiles, GRID_YZ_LIMIT)?;
+    let grid_bh = fits(op, "B * Hkv", s.batch * s.h_kv, GRID_YZ_LIMIT)?;
+    let num_splits = choose_splits(
+        s.batch * s.h_kv * m_tiles,
+        s.max_blocks * s.block_size,
+        limits.compute_units as usize,
+    );
+    let out_rows = s.batch * s.s_q * s.h_q;
+    fits(op, "B * Sq * Hq", out_rows, INT_LIMIT)?;
+    let sfx = dtype_suffix(dtype);
+    let smem = decode_shared_bytes(elem, s.d_qk, s.d_v, block_q, block_n);
+    let launches = [
+        Launch {
+            kernel: "moemla_mla_check".into(),
+            grid: [
+                fits(
+                    op,
+                    "check blocks",
+                    ceil_div(s.batch * s.max_blocks, CHECK_BLOCK as usize),
+                    INT_LIMIT,
+                )?,
+                1,
+                1,
+            ],
+            block: [CHECK_BLOCK, 1, 1],
+            shared_bytes: 0,
+        },
+        Launch {
+            kernel: format!("moemla_mla_decode_{sfx}"),
+            grid: [num_splits as u32, grid_m, grid_bh],
+            block: [DECODE_BLOCK, 1, 1],
+            shared_bytes: smem as u32,
+        },
+        Launch {
+            kernel: format!("moemla_mla_combine_{sfx}"),
+            grid: [out_rows as u32, 1, 1],
+            block: [COMBINE_BLOCK, 1, 1],
+            shared_bytes: 0,
+        },
+    ];
+    Ok(MlaPlan {
+        num_splits,
+        block_q,
+        block_n,
+        workspace: MlaWorkspace {
+            err: 2,
+            o_part: num_splits * out_rows * s.d_v,
+            lse_part: num_splits * out_rows,
+        },
+        launches,
+    })
+}
+
+/// The largest tile that fits: the tensor-core path needs 16 query rows; the portable
+/// path may shrink the row count too.
+fn pick_tiles(
+    s: &MlaSizes,
+    elem: usize,
+    tensor_path: bool,
+    max_smem: usize,
+) -> Option<(usize, usize)> {
+    let fits = |bq: usize, bn: usize| decode_shared_bytes(elem, s.d_qk, s.d_v, bq, bn) <= max_smem;
+    if tensor_path {
+        return [64, 32, 16]
+            .into_iter()
+            .find(|&bn| fits(16, bn))
+            .map(|bn| (16, bn));
+    }
+    [16, 8, 4, 2, 1]
+        .into_iter()
+        .flat_map(|bq| [32, 16].into_iter().map(move |bn| (bq, bn)))
+        .find(|&(bq, bn)| fits(bq, bn))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,118 @@
+use super::*;
+
+fn h100() -> DeviceLimits {
+    DeviceLimits {
+        compute_units: 132,
+        warp_size: 32,
+        max_shared_bytes: 227 * 1024,
+        tensor_cores: true,
+    }
+}
+
+fn v3(batch: usize, s_q: usize, h_q: usize, seqlen: usize) -> MlaSizes {
+    MlaSizes {
+        batch,
+        s_q,
+        h_q,
+        h_kv: 1,
+        d_qk: 576,
+        d_v: 512,
+        num_blocks: batch * seqlen / 64,
+        block_size: 64,
+        max_blocks: seqlen / 64,
+    }
+}
+
+#[test]
+fn splits_cover_every_position_exactly_once() {
+    for seqlen in [0usize, 1, 15, 16, 17, 63, 64, 65, 1000, 4096, 4097] {
+        for num_splits in 1..=9 {
+            for block_n in [16usize, 32, 64] {
+                let mut seen = vec![0u32; seqlen];
+                let mut prev_end = 0;
+                for split in 0..num_splits {
+                    let (start, end) = split_range(seqlen, split, num_splits, block_n);
+                    assert!(start <= end && end <= seqlen);
+                    if start < end {
+                        assert_eq!(start, prev_end, "splits are contiguous");
+                        assert_eq!(start % block_n, 0, "a split starts on a step");
+                        prev_end = end;
+                    }
+                    for c in &mut seen[start..end] {
+                        *c += 1;
+                    }
+                }
+                assert!(
+                    seen.iter().all(|&c| c == 1),
+                    "{seqlen} {num_splits} {block_n}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn shared_memory_follows_the_documented_layout() {
+    // bf16, Dqk 576, Dv 512, 16 rows, 64 positions:
+    // Q 16*584*2, K 64*584*2, O 16*512*4, S 16*64*4, P 16*72*2, stats 16*16.
+    let want = 18_688 + 74_752 + 32_768 + 4_096 + 2_304 + 256;
+    assert_eq!(decode_shared_bytes(2, 576, 512, 16, 64), want);
+    // Unaligned regions round up to 16 bytes: Dqk 5 -> KS 24; 1 row of f32 = 96 bytes.
+    assert_eq!(
+        decode_shared_bytes(4, 5, 3, 1, 16),
+        96 + 16 * 96 + 32 + 64 + 96 + 16
+    );
+}
+
+#[test]
+fn memory_bound_shape_uses_tensor_tiles_and_fills_the_sms() {
+    let p = plan(&v3(128, 1, 16, 4096), DType::BF16, &h100()).unwrap();
+    assert_eq!((p.block_q, p.block_n), (16, 64));
+    // 128 blocks without splitting; 2 * 132 wanted -> 3 splits.
+    assert_eq!(p.num_splits, 3);
+    assert_eq!(p.launches[1].grid, [3, 1, 128]);
+    assert_eq!(p.launches[1].kernel, "moemla_mla_decode_bf16");
+    assert_eq!(p.launches[2].grid, [128 * 16, 1, 1]);
+    assert_eq!(p.workspace.o_part, 3 * 128 * 16 * 512);
+    assert_eq!(p.workspace.lse_part, 3 * 128 * 16);
+    assert_eq!(p.launches[0].grid, [ceil_div(128 * 64, 256) as u32, 1, 1]);
+}
+
+#[test]
+fn compute_bound_shape_has_sixteen_row_tiles() {
+    let p = plan(&v3(128, 2, 128, 4096), DType::BF16, &h100()).unwrap();
+    // 2 * 128 rows per kv head = 16 tiles of 16; 2048 blocks -> no split.
+    assert_eq!(p.launches[1].grid, [1, 16, 128]);
+    assert_eq!(p.num_splits, 1);
+}
+
+#[test]
+fn small_shared_memory_shrinks_the_portable_tile() {
+    let gfx942 = DeviceLimits {
+        compute_units: 304,
+        warp_size: 64,
+        max_shared_bytes: 64 * 1024,
+        tensor_cores: false,
+    };
+    let p = plan(&v3(4, 1, 16, 512), DType::F32, &gfx942).unwrap();
+    assert!(decode_shared_bytes(4, 576, 512, p.block_q, p.block_n) <= 64 * 1024);
+    assert_eq!((p.block_q, p.block_n), (4, 16));
+    // Short caches get few splits: 512 positions at >= 256 a split.
+    assert_eq!(p.num_splits, 2);
+}
+
+#[test]
+fn a_head_dim_too_wide_for_shared_memory_is_unsupported() {
+    let mut s = v3(1, 1, 16, 64);
+    s.d_qk = 200_000;
+    s.d_v = 512;
+    let err = plan(&s, DType::F32, &h100()).unwrap_err();
+    assert_eq!(err.op, Op::MlaDecode);
+}
+
+#[test]
+fn split_count_is_capped() {
+    assert_eq!(choose_splits(1, 1 << 20, 132), MAX_SPLITS);
+    assert_eq!(choose_splits(1, 10, 132), 1);
+    assert_eq!(choose_splits(10_000, 1 << 20, 132), 1);
+}
