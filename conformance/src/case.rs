@@ -1,0 +1,304 @@
+//! Golden case files: finding them, reading one, and checking it is well formed.
+//!
+//! A case is one `.safetensors` file (format: `shared/CONTRACT.md`, `docs/conformance.md`):
+//! `in.<arg>` inputs, `out.<arg>` expected outputs, and `__metadata__` with `op`, `params`
+//! (JSON), optional `tolerance` (JSON) and `source`. Anything that does not fit is a
+//! [`CaseError`] naming the file; the runner reports it as a failure and goes on.
+
+use crate::spec::{spec, Rule};
+use crate::tolerance::Tolerance;
+use moemla_core::{DType, ExpertsParams, HostTensor, MlaDecodeParams, Op, RouteParams};
+use safetensors::SafeTensors;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// An op's parameters, parsed from the case's `params` JSON.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Params {
+    /// `moe_route` parameters.
+    MoeRoute(RouteParams),
+    /// `moe_experts` parameters.
+    MoeExperts(ExpertsParams),
+    /// `mla_decode` parameters.
+    MlaDecode(MlaDecodeParams),
+}
+
+/// One well-formed golden case, in host memory.
+#[derive(Clone, Debug)]
+pub struct Case {
+    /// Path relative to the golden directory it was found under, `/`-separated
+    /// (e.g. `mla_decode/bf16/v3_b4_sq2.safetensors`).
+    pub name: String,
+    /// The file.
+    pub path: PathBuf,
+    /// The op.
+    pub op: Op,
+    /// The run dtype: the dtype of `in.logits`, `in.x` or `in.q`.
+    pub dtype: DType,
+    /// The op's parameters.
+    pub params: Params,
+    /// Inputs by argument name (without `in.`).
+    pub inputs: BTreeMap<String, HostTensor>,
+    /// Expected outputs by argument name (without `out.`): floats F32, ids I32.
+    pub expected: BTreeMap<String, HostTensor>,
+    /// The tolerance of every float output: the run dtype's default unless the case
+    /// tightens it.
+    pub tolerances: BTreeMap<String, Tolerance>,
+    /// Who or what computed the expected values, if the file says.
+    pub source: Option<String>,
+}
+
+/// A case file that cannot be used, and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CaseError {
+    /// Path relative to its golden directory (or the path itself for a directory error).
+    pub name: String,
+    /// The file or directory.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl fmt::Display for CaseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "malformed case {}: {}",
+            self.path.display(),
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for CaseError {}
+
+/// A case file as loaded: the case, or why it is malformed.
+pub type CaseFile = Result<Case, CaseError>;
+
+/// Loads every `.safetensors` file under each of `dirs`, recursively, sorted by relative
+/// path within each directory. A path that is a file is loaded as a single case.
+///
+/// Never fails as a whole: a missing directory, a directory without any case, and each
+/// malformed file come back as an `Err` entry, so a run can never pass vacuously.
+pub fn load_cases<P: AsRef<Path>>(dirs: &[P]) -> Vec<CaseFile> {
+    let mut cases = Vec::new();
+    for dir in dirs {
+        let dir = dir.as_ref();
+        let dir_error = |message: String| CaseError {
+            name: dir.display().to_string(),
+            path: dir.to_path_buf(),
+            message,
+        };
+        if dir.is_file() {
+            let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+            cases.push(load_case(dir, &name.unwrap_or_default()));
+            continue;
+        }
+        if !dir.is_dir() {
+            cases.push(Err(dir_error("golden directory does not exist".into())));
+            continue;
+        }
+        let mut found = Vec::new();
+        if let Err(err) = walk(dir, "", &mut found) {
+            cases.push(Err(dir_error(format!("cannot list: {err}"))));
+            continue;
+        }
+        if found.is_empty() {
+            cases.push(Err(dir_error("no .safetensors case files in it".into())));
+        }
+        found.sort();
+        cases.extend(found.iter().map(|(name, path)| load_case(path, name)));
+    }
+    cases
+}
+
+/// Collects `(relative name, path)` of every `.safetensors` file under `dir`.
+fn walk(dir: &Path, prefix: &str, found: &mut Vec<(String, PathBuf)>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let name = format!("{prefix}{}", entry.file_name().to_string_lossy());
+        if entry.file_type()?.is_dir() {
+            walk(&path, &format!("{name}/"), found)?;
+        } else if name.ends_with(".safetensors") {
+            found.push((name, path));
+        }
+    }
+    Ok(())
+}
+
+/// Reads and checks one case file; `name` is its path relative to its golden directory.
+pub fn load_case(path: &Path, name: &str) -> CaseFile {
+    let fail = |message: String| CaseError {
+        name: name.to_string(),
+        path: path.to_path_buf(),
+        message,
+    };
+    let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    parse(&bytes, path, name).map_err(fail)
+}
+
+/// Parses a case from the bytes of its file.
+fn parse(bytes: &[u8], path: &Path, name: &str) -> Result<Case, String> {
+    let bad_file = |e| format!("not a valid safetensors file: {e}");
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(bad_file)?;
+    let st = SafeTensors::deserialize(bytes).map_err(bad_file)?;
+    let empty = HashMap::new();
+    let meta = header.metadata().as_ref().unwrap_or(&empty);
+    let get = |key: &str| meta.get(key).map(String::as_str);
+
+    let op_name = get("op").ok_or("`__metadata__` has no `op`")?;
+    let op = Op::from_name(op_name).ok_or_else(|| {
+        format!("unknown op `{op_name}` (expected moe_route, moe_experts or mla_decode)")
+    })?;
+    let params_json = get("params").ok_or("`__metadata__` has no `params`")?;
+    let params = parse_params(op, params_json)
+        .map_err(|e| format!("bad `params` JSON for {op}: {e} (in {params_json})"))?;
+
+    let (inputs, expected) = read_tensors(&st, op)?;
+    let spec = spec(op);
+    let run_arg = spec.inputs[0].name;
+    let dtype = inputs[run_arg].dtype();
+    if !dtype.is_float() {
+        return Err(format!(
+            "`in.{run_arg}` is {dtype}; the run dtype must be F32, F16 or BF16"
+        ));
+    }
+    let io = [
+        ("in", spec.inputs, &inputs),
+        ("out", spec.outputs, &expected),
+    ];
+    for (prefix, args, tensors) in io {
+        for arg in args {
+            let want = arg.rule.dtype(dtype);
+            match tensors.get(arg.name) {
+                None if arg.required => {
+                    return Err(format!("missing tensor `{prefix}.{}`", arg.name))
+                }
+                Some(t) if t.dtype() != want => {
+                    return Err(format!(
+                        "tensor `{prefix}.{}` must be {want}, got {}",
+                        arg.name,
+                        t.dtype()
+                    ))
+                }
+                _ => {}
+            }
+        }
+    }
+    for (arg, t) in &expected {
+        check_trustworthy(arg, t)?;
+    }
+    let tolerances = tolerances(op, dtype, get("tolerance"))?;
+    Ok(Case {
+        name: name.to_string(),
+        path: path.to_path_buf(),
+        op,
+        dtype,
+        params,
+        inputs,
+        expected,
+        tolerances,
+        source: get("source").map(str::to_string),
+    })
+}
+
+/// Parses `params` into the op's parameter struct.
+fn parse_params(op: Op, json: &str) -> serde_json::Result<Params> {
+    Ok(match op {
+        Op::MoeRoute => Params::MoeRoute(serde_json::from_str(json)?),
+        Op::MoeExperts => Params::MoeExperts(serde_json::from_str(json)?),
+        Op::MlaDecode => Params::MlaDecode(serde_json::from_str(json)?),
+    })
+}
+
+type Tensors = BTreeMap<String, HostTensor>;
+
+/// Splits the file's tensors into inputs and expected outputs; unknown names are errors.
+fn read_tensors(st: &SafeTensors<'_>, op: Op) -> Result<(Tensors, Tensors), String> {
+    let spec = spec(op);
+    let (mut inputs, mut expected) = (Tensors::new(), Tensors::new());
+    for (full, view) in st.tensors() {
+        let (map, arg) = match full.split_once('.') {
+            Some(("in", arg)) if spec.inputs.iter().any(|a| a.name == arg) => (&mut inputs, arg),
+            Some(("out", arg)) if spec.outputs.iter().any(|a| a.name == arg) => {
+                (&mut expected, arg)
+            }
+            _ => {
+                let known: Vec<String> = (spec.inputs.iter().map(|a| format!("in.{}", a.name)))
+                    .chain(spec.outputs.iter().map(|a| format!("out.{}", a.name)))
+                    .collect();
+                return Err(format!(
+                    "unexpected tensor `{full}` ({op} takes {})",
+                    known.join(", ")
+                ));
+            }
+        };
+        let stored = view.dtype().to_string();
+        let dtype = DType::from_name(&stored)
+            .filter(|d| d.is_float() || *d == DType::I32)
+            .ok_or_else(|| format!("tensor `{full}` has dtype {stored}, which no op uses"))?;
+        let t = HostTensor::from_bytes(view.shape(), dtype, view.data().to_vec())
+            .map_err(|e| format!("tensor `{full}`: {e}"))?;
+        map.insert(arg.to_string(), t);
+    }
+    Ok((inputs, expected))
+}
+
+/// Rejects expected outputs that could not prove anything: NaN anywhere (NaN never passes)
+/// or a float output that is all zeros (benchdnn's "mistrusted").
+fn check_trustworthy(arg: &str, t: &HostTensor) -> Result<(), String> {
+    if t.dtype() != DType::F32 {
+        return Ok(());
+    }
+    let values = t.to_f32_vec().map_err(|e| e.to_string())?;
+    if let Some(at) = values.iter().position(|v| v.is_nan()) {
+        return Err(format!(
+            "expected output `out.{arg}` holds NaN at {:?}; NaN never passes",
+            t.shape().unravel(at)
+        ));
+    }
+    if values.iter().all(|&v| v == 0.0) {
+        return Err(format!(
+            "expected output `out.{arg}` is all zeros: it proves nothing (mistrusted)"
+        ));
+    }
+    Ok(())
+}
+
+/// The tolerance of each float output: the default for `dtype`, tightened by the case.
+fn tolerances(
+    op: Op,
+    dtype: DType,
+    json: Option<&str>,
+) -> Result<BTreeMap<String, Tolerance>, String> {
+    let default = Tolerance::default_for(dtype);
+    let mut out: BTreeMap<String, Tolerance> = spec(op)
+        .outputs
+        .iter()
+        .filter(|a| a.rule != Rule::I32)
+        .map(|a| (a.name.to_string(), default))
+        .collect();
+    let Some(json) = json else {
+        return Ok(out);
+    };
+    let given: BTreeMap<String, Tolerance> =
+        serde_json::from_str(json).map_err(|e| format!("bad `tolerance` JSON: {e} (in {json})"))?;
+    for (arg, tol) in given {
+        let Some(slot) = out.get_mut(&arg) else {
+            return Err(format!(
+                "`tolerance` names `{arg}`, which is not a float output of {op}"
+            ));
+        };
+        if !tol.tightens(&default) {
+            return Err(format!(
+                "`tolerance` for `{arg}` (atol {}, rtol {}) is looser than the {dtype} \
+                 default (atol {}, rtol {}): a case may only tighten it",
+                tol.atol, tol.rtol, default.atol, default.rtol
+            ));
+        }
+        *slot = tol;
+    }
+    Ok(out)
+}

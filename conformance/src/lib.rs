@@ -1,0 +1,38 @@
+//! # moemla-conformance
+//!
+//! The moemla conformance suite: golden cases (one `.safetensors` file each, format in
+//! `shared/CONTRACT.md` and `docs/conformance.md`), run on any [`moemla_core::Backend`]
+//! and compared per the op contract.
+//!
+//! A vendor runs the committed set on its own backend from its own CI:
+//!
+//! ```no_run
+//! # fn demo(my_backend: &dyn moemla_core::Backend) {
+//! use moemla_conformance::{golden, load_cases, run};
+//! let cases = load_cases(&[golden::committed_dir()]);
+//! let report = run(my_backend, &cases);
+//! print!("{}", moemla_conformance::render(&report));
+//! println!("{}", report.counts(None).line());
+//! let verdict = report.verdict(&[my_backend.name().to_string()]);
+//! assert!(verdict.ok, "{:?}", verdict.reasons);
+//! # }
+//! ```
+
+mod case;
+pub mod compare;
+pub mod filter;
+pub mod golden;
+mod junit;
+mod matrix;
+mod report;
+mod runner;
+mod spec;
+mod tolerance;
+
+pub use case::{load_case, load_cases, Case, CaseError, CaseFile, Params};
+pub use compare::{Comparison, Mismatch};
+pub use junit::to_junit;
+pub use matrix::render;
+pub use report::{BackendSummary, Counts, Outcome, Report, Status, Verdict};
+pub use runner::{run, run_unavailable};
+pub use tolerance::Tolerance;

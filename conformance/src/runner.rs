@@ -1,0 +1,306 @@
+//! Running cases on a backend: upload inputs, call the op through `moemla_core::ops`,
+//! download, upcast to f32 and compare with the expected outputs.
+
+use crate::case::{Case, CaseFile, Params};
+use crate::compare::{compare_routing, compare_values, Comparison, Routing};
+use crate::report::{BackendSummary, Outcome, Report, Status};
+use moemla_core::{ops, Backend, DeviceTensor, Error, HostTensor};
+use std::time::Instant;
+
+/// Runs every case on `backend` and compares the results with the expected outputs.
+///
+/// Never stops early: a malformed case file is a failure, an (op, dtype) the backend does
+/// not list in [`Backend::info`] (or an [`Error::Unsupported`] from it) is `unsupported`,
+/// and any other backend error is a failure carrying the error's message.
+///
+/// ```no_run
+/// # fn demo(backend: &dyn moemla_core::Backend) {
+/// let cases = moemla_conformance::load_cases(&["conformance/golden"]);
+/// let report = moemla_conformance::run(backend, &cases);
+/// println!("{}", report.counts(None).line());
+/// assert!(report.verdict(&[backend.name().to_string()]).ok);
+/// # }
+/// ```
+pub fn run(backend: &dyn Backend, cases: &[CaseFile]) -> Report {
+    let info = backend.info();
+    let name = backend.name().to_string();
+    let results = cases
+        .iter()
+        .map(|file| match file {
+            Err(err) => malformed(&name, err),
+            Ok(case) if !info.supports(case.op, case.dtype) => {
+                let why = format!(
+                    "`{name}` does not list {} {} as supported",
+                    case.op, case.dtype
+                );
+                outcome(&name, case, Status::Unsupported, Some(why), Vec::new(), 0.0)
+            }
+            Ok(case) => run_case(backend, case),
+        })
+        .collect();
+    Report {
+        backends: vec![BackendSummary {
+            name: name.clone(),
+            available: true,
+            detail: format!(
+                "{} ({}); verification: {}",
+                info.device, info.vendor, info.verification
+            ),
+        }],
+        results,
+    }
+}
+
+/// A report for a backend that could not be opened: every case `unavailable`, with the
+/// reason.
+pub fn run_unavailable(name: &str, reason: &str, cases: &[CaseFile]) -> Report {
+    let results = cases
+        .iter()
+        .map(|file| {
+            let mut o = match file {
+                Ok(case) => outcome(name, case, Status::Unavailable, None, Vec::new(), 0.0),
+                Err(err) => malformed(name, err),
+            };
+            o.status = Status::Unavailable;
+            o.message = Some(reason.to_string());
+            o
+        })
+        .collect();
+    Report {
+        backends: vec![BackendSummary {
+            name: name.to_string(),
+            available: false,
+            detail: reason.to_string(),
+        }],
+        results,
+    }
+}
+
+/// A failure outcome for a malformed case file.
+fn malformed(backend: &str, err: &crate::CaseError) -> Outcome {
+    Outcome {
+        case: err.name.clone(),
+        path: err.path.clone(),
+        op: None,
+        dtype: None,
+        backend: backend.to_string(),
+        status: Status::Fail,
+        max_abs: None,
+        max_rel: None,
+        worst_output: None,
+        worst_index: None,
+        message: Some(err.to_string()),
+        seconds: 0.0,
+        comparisons: Vec::new(),
+    }
+}
+
+/// Why a case did not produce comparable outputs.
+enum Problem {
+    /// The backend declined the call.
+    Unsupported(String),
+    /// Anything else: a backend error or a malformed case.
+    Fail(String),
+}
+
+impl From<Error> for Problem {
+    fn from(err: Error) -> Problem {
+        match err {
+            Error::Unsupported { .. } => Problem::Unsupported(err.to_string()),
+            Error::Rank { .. } | Error::Dim { .. } | Error::DType { .. } | Error::Param { .. } => {
+                Problem::Fail(format!("malformed case: inputs break the contract: {err}"))
+            }
+            other => Problem::Fail(other.to_string()),
+        }
+    }
+}
+
+/// Runs one well-formed case.
+fn run_case(backend: &dyn Backend, case: &Case) -> Outcome {
+    let start = Instant::now();
+    let result = execute(backend, case);
+    let seconds = start.elapsed().as_secs_f64();
+    let name = backend.name();
+    match result {
+        Err(Problem::Unsupported(msg)) => outcome(
+            name,
+            case,
+            Status::Unsupported,
+            Some(msg),
+            Vec::new(),
+            seconds,
+        ),
+        Err(Problem::Fail(msg)) => {
+            outcome(name, case, Status::Fail, Some(msg), Vec::new(), seconds)
+        }
+        Ok(comparisons) => {
+            let failed: Vec<String> = comparisons
+                .iter()
+                .filter(|c| !c.passed)
+                .map(describe)
+                .collect();
+            let (status, message) = if failed.is_empty() {
+                (Status::Pass, None)
+            } else {
+                (Status::Fail, Some(failed.join("; ")))
+            };
+            outcome(name, case, status, message, comparisons, seconds)
+        }
+    }
+}
+
+/// Builds an outcome; the error summary comes from `comparisons`.
+fn outcome(
+    backend: &str,
+    case: &Case,
+    status: Status,
+    message: Option<String>,
+    comparisons: Vec<Comparison>,
+    seconds: f64,
+) -> Outcome {
+    let fold =
+        |f: fn(&Comparison) -> Option<f64>| comparisons.iter().filter_map(f).reduce(f64::max);
+    // The worst element: that of the first failing output, else of the output with the
+    // largest absolute error.
+    let worst = comparisons.iter().find(|c| !c.passed).or_else(|| {
+        (comparisons.iter().filter(|c| c.max_abs.is_some())).max_by(|a, b| {
+            a.max_abs
+                .partial_cmp(&b.max_abs)
+                .unwrap_or(std::cmp::Ordering::Equal)
+        })
+    });
+    Outcome {
+        case: case.name.clone(),
+        path: case.path.clone(),
+        op: Some(case.op),
+        dtype: Some(case.dtype),
+        backend: backend.to_string(),
+        status,
+        max_abs: fold(|c| c.max_abs),
+        max_rel: fold(|c| c.max_rel),
+        worst_output: worst.map(|c| c.output.clone()),
+        worst_index: worst.and_then(|c| c.worst_index.clone()),
+        message,
+        seconds,
+        comparisons,
+    }
+}
+
+/// One line about a failed comparison: counts, maxima, first and worst element.
+fn describe(c: &Comparison) -> String {
+    let mut s = format!("`{}`: {} of {} ", c.output, c.failed, c.checked);
+    match c.tolerance {
+        Some(t) => {
+            s += &format!(
+                "elements out of tolerance (atol {:e}, rtol {:e}), max abs {}, max rel {}",
+                t.atol,
+                t.rtol,
+                num(c.max_abs),
+                num(c.max_rel)
+            )
+        }
+        None => s += "rows differ",
+    }
+    if let Some(m) = &c.first_failure {
+        s += &format!("; first at {:?}: {}", m.index, m.detail);
+    }
+    if let Some(m) = c
+        .worst_failure
+        .as_ref()
+        .filter(|w| Some(*w) != c.first_failure.as_ref())
+    {
+        s += &format!("; worst at {:?}: {}", m.index, m.detail);
+    }
+    s
+}
+
+/// A number for messages (`-` when absent).
+fn num(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.3e}"))
+}
+
+/// Uploads the inputs, runs the op, downloads and compares every expected output.
+fn execute(backend: &dyn Backend, case: &Case) -> Result<Vec<Comparison>, Problem> {
+    let up = |arg: &str| -> Result<Option<DeviceTensor>, Problem> {
+        case.inputs
+            .get(arg)
+            .map(|t| backend.upload(t))
+            .transpose()
+            .map_err(Problem::from)
+    };
+    let req = |arg: &str| -> Result<DeviceTensor, Problem> {
+        up(arg)?.ok_or_else(|| Problem::Fail(format!("malformed case: no `in.{arg}`")))
+    };
+    let down = |t: &DeviceTensor| backend.download(t).map_err(Problem::from);
+    match &case.params {
+        Params::MoeRoute(p) => {
+            let (logits, bias) = (req("logits")?, up("bias")?);
+            let out = ops::moe_route(backend, &logits, bias.as_ref(), p)?;
+            let (ids, weights) = (down(&out.topk_ids)?, down(&out.topk_weights)?);
+            same_shape(case, "topk_ids", &ids)?;
+            same_shape(case, "topk_weights", &weights)?;
+            let got_ids = ids.to_i32_vec().map_err(Problem::from)?;
+            let got_w = weights.to_f32_vec().map_err(Problem::from)?;
+            let got = Routing {
+                ids: &got_ids,
+                weights: &got_w,
+            };
+            let exp_ids = case.expected["topk_ids"]
+                .to_i32_vec()
+                .map_err(Problem::from)?;
+            let exp_w = case.expected["topk_weights"]
+                .to_f32_vec()
+                .map_err(Problem::from)?;
+            let expected = Routing {
+                ids: &exp_ids,
+                weights: &exp_w,
+            };
+            let tol = case.tolerances["topk_weights"];
+            let (ids, weights) = compare_routing(p.top_k, got, expected, tol);
+            Ok(vec![ids, weights])
+        }
+        Params::MoeExperts(p) => {
+            let (x, w13, w2) = (req("x")?, req("w13")?, req("w2")?);
+            let (ids, weights) = (req("topk_ids")?, req("topk_weights")?);
+            let y = ops::moe_experts(backend, &x, &w13, &w2, &ids, &weights, p)?;
+            Ok(vec![float_output(case, "y", &down(&y)?)?])
+        }
+        Params::MlaDecode(p) => {
+            let (q, kv) = (req("q")?, req("kv_cache")?);
+            let (table, lens) = (req("block_table")?, req("cache_seqlens")?);
+            let out = ops::mla_decode(backend, &q, &kv, &table, &lens, p)?;
+            let o = float_output(case, "o", &down(&out.o)?)?;
+            let lse = float_output(case, "lse", &down(&out.lse)?)?;
+            Ok(vec![o, lse])
+        }
+    }
+}
+
+/// A downloaded output must have the shape of the case's expected output.
+fn same_shape(case: &Case, arg: &str, got: &HostTensor) -> Result<(), Problem> {
+    let exp = &case.expected[arg];
+    if exp.shape() == got.shape() {
+        Ok(())
+    } else {
+        Err(Problem::Fail(format!(
+            "malformed case: `out.{arg}` has shape {}, but the op returns {}",
+            exp.shape(),
+            got.shape()
+        )))
+    }
+}
+
+/// Upcasts a float output to f32 and compares it elementwise.
+fn float_output(case: &Case, arg: &str, got: &HostTensor) -> Result<Comparison, Problem> {
+    same_shape(case, arg, got)?;
+    let got = got.to_f32_vec().map_err(Problem::from)?;
+    let exp = &case.expected[arg];
+    let expected = exp.to_f32_vec().map_err(Problem::from)?;
+    Ok(compare_values(
+        arg,
+        exp.shape(),
+        &got,
+        &expected,
+        case.tolerances[arg],
+    ))
+}

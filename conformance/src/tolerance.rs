@@ -1,0 +1,75 @@
+//! Tolerances: the contract's defaults per run dtype, and per-case tightening.
+
+use moemla_core::DType;
+use serde::{Deserialize, Serialize};
+
+/// An elementwise tolerance: `|got - exp| <= atol + rtol * |exp|`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tolerance {
+    /// Absolute part.
+    pub atol: f64,
+    /// Relative part (times `|exp|`).
+    pub rtol: f64,
+}
+
+impl Tolerance {
+    /// The contract's default for a run dtype: F32 1e-4/1e-4, F16 2e-3/2e-3,
+    /// BF16 2e-2/2e-2 (atol/rtol). Other dtypes get the F32 default.
+    pub fn default_for(run: DType) -> Tolerance {
+        let t = match run {
+            DType::F16 => 2e-3,
+            DType::BF16 => 2e-2,
+            _ => 1e-4,
+        };
+        Tolerance { atol: t, rtol: t }
+    }
+
+    /// The bound for one expected value.
+    pub fn allowed(&self, expected: f64) -> f64 {
+        self.atol + self.rtol * expected.abs()
+    }
+
+    /// Whether every part is finite, non-negative and no looser than `limit`.
+    pub fn tightens(&self, limit: &Tolerance) -> bool {
+        let ok = |v: f64, max: f64| v.is_finite() && (0.0..=max).contains(&v);
+        ok(self.atol, limit.atol) && ok(self.rtol, limit.rtol)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        assert_eq!(Tolerance::default_for(DType::F32).atol, 1e-4);
+        assert_eq!(Tolerance::default_for(DType::F16).rtol, 2e-3);
+        assert_eq!(Tolerance::default_for(DType::BF16).atol, 2e-2);
+    }
+
+    #[test]
+    fn a_case_may_only_tighten() {
+        let limit = Tolerance::default_for(DType::F16);
+        assert!(Tolerance {
+            atol: 1e-3,
+            rtol: 0.0
+        }
+        .tightens(&limit));
+        assert!(!Tolerance {
+            atol: 3e-3,
+            rtol: 0.0
+        }
+        .tightens(&limit));
+        assert!(!Tolerance {
+            atol: -1.0,
+            rtol: 0.0
+        }
+        .tightens(&limit));
+        assert!(!Tolerance {
+            atol: f64::NAN,
+            rtol: 0.0
+        }
+        .tightens(&limit));
+    }
+}
