@@ -17,11 +17,25 @@ impl FloatSlice<'_> {
         }
     }
 
-    /// The elements `start..start + len` as a new f32 vector.
-    pub fn to_f32_vec(&self, start: usize, len: usize) -> Vec<f32> {
-        let mut out = vec![0.0; len];
-        self.read_f32(start, &mut out);
-        out
+    /// Rows `first..first + rows` of a row-major matrix with `cols` columns, as f32: the
+    /// stored rows themselves for F32, else upcast once into `scratch`.
+    pub fn rows_f32<'s>(
+        self,
+        first: usize,
+        rows: usize,
+        cols: usize,
+        scratch: &'s mut Vec<f32>,
+    ) -> &'s [f32]
+    where
+        Self: 's,
+    {
+        let (start, len) = (first * cols, rows * cols);
+        if let FloatSlice::F32(v) = self {
+            return &v[start..start + len];
+        }
+        scratch.resize(len, 0.0);
+        self.read_f32(start, scratch);
+        scratch
     }
 }
 
@@ -49,7 +63,9 @@ mod tests {
         FloatSlice::BF16(&v).read_f32(1, &mut dst);
         assert_eq!(dst, [-2.0, 0.25]);
         let h = [f16::from_f32(3.0), f16::from_f32(0.5)];
-        assert_eq!(FloatSlice::F16(&h).to_f32_vec(0, 2), vec![3.0, 0.5]);
+        let mut all = [0.0; 2];
+        FloatSlice::F16(&h).read_f32(0, &mut all);
+        assert_eq!(all, [3.0, 0.5]);
     }
 
     #[test]

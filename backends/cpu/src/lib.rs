@@ -6,8 +6,11 @@
 
 mod convert;
 mod device;
+mod gemm_util;
 mod ops;
 mod storage;
+#[cfg(test)]
+mod test_util;
 
 pub use storage::CpuStorage;
 

@@ -98,22 +98,6 @@ pub enum FloatSlice<'a> {
     BF16(&'a [bf16]),
 }
 
-impl FloatSlice<'_> {
-    /// Number of elements.
-    pub fn len(&self) -> usize {
-        match self {
-            FloatSlice::F32(v) => v.len(),
-            FloatSlice::F16(v) => v.len(),
-            FloatSlice::BF16(v) => v.len(),
-        }
-    }
-
-    /// Whether there are no elements.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 /// The CPU storage of `t`, checking it belongs to backend `backend` and holds exactly the
 /// tensor's dtype and element count (so no op can index past it).
 pub fn storage<'a>(

@@ -1,15 +1,146 @@
-//! `mla_decode` on the CPU.
+//! `mla_decode` on the CPU: check the indices, then for each (sequence, cache head) attend
+//! with all `Sq * Hq / Hkv` query rows that share that head at once ([`attend`]), the
+//! sequence split into ranges so every core is busy even at batch 1, the partial softmax
+//! states merged at the end. Work is linear in the sequence lengths.
 
-use crate::storage::CpuStorage;
+mod attend;
+
+use crate::convert::storage_from_f32;
+use crate::storage::{float_slice, i32_slice, CpuStorage, FloatSlice};
+use attend::{Cache, Partial, Scratch, CHUNK};
 use moemla_core::calls::MlaDecodeCall;
-use moemla_core::{Error, Op, Result};
+use moemla_core::indices::check_mla_indices;
+use moemla_core::Result;
+use rayon::prelude::*;
+
+const CALL: &str = "mla_decode";
+
+/// A unit of parallel work: cache head `g` of sequence `b`, positions `start..end`.
+#[derive(Clone, Copy, Debug)]
+struct Job {
+    b: usize,
+    g: usize,
+    start: usize,
+    end: usize,
+}
 
 /// Runs the decode; returns `o` [B, Sq, Hq, Dv] in the run dtype and `lse` [B, Hq, Sq].
 pub fn run(backend: &str, call: &MlaDecodeCall<'_>) -> Result<(CpuStorage, Vec<f32>)> {
-    Err(Error::Unsupported {
-        backend: backend.to_string(),
-        op: Op::MlaDecode,
-        what: format!("{}", call.dtype),
-        reason: "not implemented yet".to_string(),
-    })
+    let table = i32_slice(call.block_table, backend, CALL, "block_table")?;
+    let seqlens = i32_slice(call.cache_seqlens, backend, CALL, "cache_seqlens")?;
+    check_mla_indices(call, table, seqlens)?;
+    let q = float_slice(call.q, backend, CALL, "q")?;
+    let data = float_slice(call.kv_cache, backend, CALL, "kv_cache")?;
+    // Checked above: every length lies in [0, max_blocks * block_size].
+    let seqlens: Vec<usize> = seqlens.iter().map(|&l| l as usize).collect();
+    let jobs = plan(call, &seqlens);
+    let scale = call.params.softmax_scale as f32;
+    let parts = jobs
+        .par_iter()
+        .map_init(Scratch::default, |scratch, job| {
+            let cache = Cache {
+                data,
+                table: &table[job.b * call.max_blocks..(job.b + 1) * call.max_blocks],
+                block_size: call.block_size,
+                h_kv: call.h_kv,
+                d_qk: call.d_qk,
+                d_v: call.d_v,
+            };
+            let rows = query_rows(call, q, job.b, job.g);
+            let limits = row_limits(call, seqlens[job.b]);
+            attend::attend(
+                &rows, &limits, &cache, job.g, job.start, job.end, scale, scratch,
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(write_outputs(call, &jobs, &parts))
 }
+
+/// Splits every (sequence, cache head) into position ranges of whole chunks: enough jobs
+/// for about four per thread, but no range shorter than two chunks.
+fn plan(call: &MlaDecodeCall<'_>, seqlens: &[usize]) -> Vec<Job> {
+    let heads = call.batch * call.h_kv;
+    let want = (4 * rayon::current_num_threads()).div_ceil(heads);
+    let mut jobs = Vec::new();
+    for (b, &seqlen) in seqlens.iter().enumerate() {
+        let len = (0..call.s_q)
+            .map(|i| limit(call, seqlen, i))
+            .max()
+            .unwrap_or(0);
+        let splits = want.min(len.div_ceil(2 * CHUNK)).max(1);
+        let span = len.div_ceil(splits).div_ceil(CHUNK) * CHUNK;
+        for g in 0..call.h_kv {
+            let mut start = 0;
+            loop {
+                let end = (start + span).min(len);
+                jobs.push(Job { b, g, start, end });
+                start = end;
+                if start >= len {
+                    break;
+                }
+            }
+        }
+    }
+    jobs
+}
+
+/// Positions query `i` may attend: `attended_len` clamped at 0.
+fn limit(call: &MlaDecodeCall<'_>, seqlen: usize, i: usize) -> usize {
+    call.attended_len(seqlen, i).max(0) as usize
+}
+
+/// Per query row (`i`-major, then head within the group): its attended length.
+fn row_limits(call: &MlaDecodeCall<'_>, seqlen: usize) -> Vec<usize> {
+    let group = call.h_q / call.h_kv;
+    (0..call.s_q * group)
+        .map(|r| limit(call, seqlen, r / group))
+        .collect()
+}
+
+/// The query rows of sequence `b` that use cache head `g`, as f32 [Sq * group, Dqk].
+fn query_rows(call: &MlaDecodeCall<'_>, q: FloatSlice<'_>, b: usize, g: usize) -> Vec<f32> {
+    let (group, d) = (call.h_q / call.h_kv, call.d_qk);
+    let mut rows = vec![0.0; call.s_q * group * d];
+    for (r, row) in rows.chunks_mut(d).enumerate() {
+        let (i, h) = (r / group, g * group + r % group);
+        q.read_f32(((b * call.s_q + i) * call.h_q + h) * d, row);
+    }
+    rows
+}
+
+/// Merges each (sequence, head)'s ranges and writes `o` (run dtype) and `lse`.
+fn write_outputs(
+    call: &MlaDecodeCall<'_>,
+    jobs: &[Job],
+    parts: &[Partial],
+) -> (CpuStorage, Vec<f32>) {
+    let (group, d_v, s_q, h_q) = (call.h_q / call.h_kv, call.d_v, call.s_q, call.h_q);
+    let mut o = vec![0.0f32; call.batch * s_q * h_q * d_v];
+    let mut lse = vec![f32::NEG_INFINITY; call.batch * h_q * s_q];
+    let mut at = 0;
+    while at < jobs.len() {
+        let (b, g) = (jobs[at].b, jobs[at].g);
+        let count = jobs[at..]
+            .iter()
+            .take_while(|j| (j.b, j.g) == (b, g))
+            .count();
+        let merged = attend::merge(&parts[at..at + count], d_v);
+        at += count;
+        for r in 0..s_q * group {
+            let l = merged.l[r];
+            if l <= 0.0 {
+                continue; // empty range: o = 0, lse = -inf
+            }
+            let (i, h) = (r / group, g * group + r % group);
+            lse[(b * h_q + h) * s_q + i] = merged.m[r] + l.ln();
+            let dst = &mut o[((b * s_q + i) * h_q + h) * d_v..][..d_v];
+            for (out, &a) in dst.iter_mut().zip(&merged.acc[r * d_v..(r + 1) * d_v]) {
+                *out = a / l;
+            }
+        }
+    }
+    (storage_from_f32(o, call.dtype), lse)
+}
+
+#[cfg(test)]
+mod tests;

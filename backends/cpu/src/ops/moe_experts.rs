@@ -1,15 +1,78 @@
-//! `moe_experts` on the CPU.
+//! `moe_experts` on the CPU, structured like a fused MoE kernel: check ids, permute
+//! (group routed pairs by expert and gather their token rows), grouped SwiGLU GEMMs
+//! ([`ffn`]), then a deterministic weighted combine (each token sums its slots in order).
 
-use crate::storage::CpuStorage;
+mod ffn;
+mod permute;
+
+use crate::convert::storage_from_f32;
+use crate::storage::{f32_slice, float_slice, i32_slice, CpuStorage, FloatSlice};
+use ffn::ExpertWeights;
 use moemla_core::calls::MoeExpertsCall;
-use moemla_core::{Error, Op, Result};
+use moemla_core::indices::check_topk_ids;
+use moemla_core::Result;
+use permute::Permutation;
+use rayon::prelude::*;
+
+const CALL: &str = "moe_experts";
 
 /// Runs the experts; returns `y` [T, H] in the run dtype.
 pub fn run(backend: &str, call: &MoeExpertsCall<'_>) -> Result<CpuStorage> {
-    Err(Error::Unsupported {
-        backend: backend.to_string(),
-        op: Op::MoeExperts,
-        what: format!("{}", call.dtype),
-        reason: "not implemented yet".to_string(),
-    })
+    let ids = i32_slice(call.topk_ids, backend, CALL, "topk_ids")?;
+    check_topk_ids(call, ids)?;
+    let weights = f32_slice(call.topk_weights, backend, CALL, "topk_weights")?;
+    let x = float_slice(call.x, backend, CALL, "x")?;
+    let w = ExpertWeights {
+        w13: float_slice(call.w13, backend, CALL, "w13")?,
+        w2: float_slice(call.w2, backend, CALL, "w2")?,
+        hidden: call.hidden,
+        inter: call.inter,
+    };
+    let perm = Permutation::new(ids, call.experts, call.top_k);
+    let xg = gather_rows(x, &perm, call.hidden);
+    let h_t = ffn::gate_up(&perm, &xg, w)?;
+    let y_t = ffn::down(&perm, &h_t, w)?;
+    let y = combine(&perm, &y_t, weights, call.top_k, call.hidden);
+    Ok(storage_from_f32(y, call.dtype))
 }
+
+/// The permuted rows of `x`, upcast to f32: [rows, H].
+fn gather_rows(x: FloatSlice<'_>, perm: &Permutation, hidden: usize) -> Vec<f32> {
+    let mut xg = vec![0.0; perm.rows() * hidden];
+    xg.par_chunks_mut(hidden)
+        .zip(perm.tokens.par_iter())
+        .for_each(|(row, &t)| x.read_f32(t * hidden, row));
+    xg
+}
+
+/// `y[t] = sum_j w[t, j] * down[row_of(t, j)]`, slots summed in order (deterministic);
+/// `y_t` holds each expert's down projections transposed, `[H, n_e]`.
+fn combine(
+    perm: &Permutation,
+    y_t: &[f32],
+    weights: &[f32],
+    top_k: usize,
+    hidden: usize,
+) -> Vec<f32> {
+    let tokens = weights.len() / top_k;
+    let mut y = vec![0.0; tokens * hidden];
+    y.par_chunks_mut(hidden).enumerate().for_each(|(t, out)| {
+        for j in 0..top_k {
+            let Some(row) = perm.row_of[t * top_k + j] else {
+                continue;
+            };
+            // The expert owning `row`: offsets are sorted, so search them.
+            let e = perm.offsets.partition_point(|&o| o <= row) - 1;
+            let (first, n) = perm.expert_rows(e);
+            let base = &y_t[first * hidden..(first + n) * hidden];
+            let w = weights[t * top_k + j];
+            for (c, v) in out.iter_mut().enumerate() {
+                *v += w * base[c * n + (row - first)];
+            }
+        }
+    });
+    y
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,161 @@
+//! The core of `mla_decode`: all query rows that share one cache head attend to a range of
+//! cache positions with online softmax, chunk by chunk, as two GEMMs per chunk:
+//! `S = Q K^T` ([M, Dqk] x [Dqk, C]) and `acc += P V` ([M, C] x [C, Dv]).
+//!
+//! Each chunk of K/V rows is gathered from the paged cache and upcast to f32 once, shared
+//! by all M rows. Only positions below a row's attended length are ever read or weighted.
+
+use crate::gemm_util::{matmul, MatRef};
+use crate::storage::FloatSlice;
+use moemla_core::Result;
+
+/// Cache positions per chunk (rows of K/V upcast together).
+pub const CHUNK: usize = 128;
+
+/// One sequence's cache as the kernel reads it.
+#[derive(Clone, Copy, Debug)]
+pub struct Cache<'a> {
+    /// [num_blocks, block_size, Hkv, Dqk] in storage type.
+    pub data: FloatSlice<'a>,
+    /// This sequence's block-table row (entries covering positions < seqlen are checked).
+    pub table: &'a [i32],
+    /// Tokens per block.
+    pub block_size: usize,
+    /// Cache heads.
+    pub h_kv: usize,
+    /// Key width.
+    pub d_qk: usize,
+    /// Value width (the first `d_v` columns of a row).
+    pub d_v: usize,
+}
+
+impl Cache<'_> {
+    /// Element offset of position `p`, head `g` (the block entry was checked).
+    fn row_offset(&self, p: usize, g: usize) -> usize {
+        let block = self.table[p / self.block_size] as usize;
+        ((block * self.block_size + p % self.block_size) * self.h_kv + g) * self.d_qk
+    }
+}
+
+/// Running softmax state of M query rows over some positions: max logit `m`, denominator
+/// `l` (relative to `m`), and unnormalised output `acc` [M, Dv].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Partial {
+    /// Per row: the largest scaled logit seen (-inf before any).
+    pub m: Vec<f32>,
+    /// Per row: `sum exp(logit - m)`.
+    pub l: Vec<f32>,
+    /// Per row, Dv wide: `sum exp(logit - m) * v`.
+    pub acc: Vec<f32>,
+}
+
+/// Per-thread buffers: the upcast K/V chunk and the logits/probabilities.
+#[derive(Default)]
+pub struct Scratch {
+    kv: Vec<f32>,
+    s: Vec<f32>,
+}
+
+/// Attends `q` ([M, Dqk] f32, unscaled) over cache head `g`, positions `start..end`.
+/// Row `r` may only see positions `< limits[r]`; `end` must not exceed the largest limit
+/// (and so the sequence length).
+#[allow(clippy::too_many_arguments)]
+pub fn attend(
+    q: &[f32],
+    limits: &[usize],
+    cache: &Cache<'_>,
+    g: usize,
+    start: usize,
+    end: usize,
+    scale: f32,
+    scratch: &mut Scratch,
+) -> Result<Partial> {
+    let (rows, d_qk, d_v) = (limits.len(), cache.d_qk, cache.d_v);
+    let mut st = Partial {
+        m: vec![f32::NEG_INFINITY; rows],
+        l: vec![0.0; rows],
+        acc: vec![0.0; rows * d_v],
+    };
+    let q = MatRef::row_major(q, rows, d_qk);
+    let mut p0 = start;
+    while p0 < end {
+        let n = CHUNK.min(end - p0);
+        scratch.kv.resize(n * d_qk, 0.0);
+        for (j, row) in scratch.kv.chunks_mut(d_qk).enumerate() {
+            cache.data.read_f32(cache.row_offset(p0 + j, g), row);
+        }
+        let kv = &scratch.kv[..n * d_qk];
+        scratch.s.resize(rows * n, 0.0);
+        matmul(&mut scratch.s, q, MatRef::row_major(kv, n, d_qk).t(), false)?;
+        for (r, s) in scratch.s.chunks_mut(n).enumerate() {
+            let valid = limits[r].saturating_sub(p0).min(n);
+            softmax_step(s, valid, scale, &mut st, r, d_v);
+        }
+        let v = MatRef {
+            data: kv,
+            rows: n,
+            cols: d_v,
+            row_stride: d_qk,
+            col_stride: 1,
+        };
+        matmul(&mut st.acc, MatRef::row_major(&scratch.s, rows, n), v, true)?;
+        p0 += n;
+    }
+    Ok(st)
+}
+
+/// Turns row `r`'s raw logits `s` into probabilities relative to its updated max (columns
+/// from `valid` on become exactly 0, whatever they held), rescaling its `l` and `acc`.
+fn softmax_step(s: &mut [f32], valid: usize, scale: f32, st: &mut Partial, r: usize, d_v: usize) {
+    let (seen, rest) = s.split_at_mut(valid);
+    rest.fill(0.0);
+    if seen.is_empty() {
+        return;
+    }
+    let chunk_max = seen
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, &x| a.max(x * scale));
+    let m_new = st.m[r].max(chunk_max);
+    let alpha = (st.m[r] - m_new).exp();
+    let mut sum = 0.0;
+    for x in seen.iter_mut() {
+        *x = (*x * scale - m_new).exp();
+        sum += *x;
+    }
+    st.l[r] = st.l[r] * alpha + sum;
+    st.m[r] = m_new;
+    if alpha != 1.0 {
+        st.acc[r * d_v..(r + 1) * d_v]
+            .iter_mut()
+            .for_each(|a| *a *= alpha);
+    }
+}
+
+/// Merges partial states of the same rows over disjoint position ranges.
+pub fn merge(parts: &[Partial], d_v: usize) -> Partial {
+    let rows = parts.first().map_or(0, |p| p.m.len());
+    let mut out = Partial {
+        m: vec![f32::NEG_INFINITY; rows],
+        l: vec![0.0; rows],
+        acc: vec![0.0; rows * d_v],
+    };
+    for r in 0..rows {
+        let m = parts
+            .iter()
+            .map(|p| p.m[r])
+            .fold(f32::NEG_INFINITY, f32::max);
+        if m == f32::NEG_INFINITY {
+            continue;
+        }
+        out.m[r] = m;
+        let acc = &mut out.acc[r * d_v..(r + 1) * d_v];
+        for p in parts.iter().filter(|p| p.l[r] > 0.0) {
+            let w = (p.m[r] - m).exp();
+            out.l[r] += p.l[r] * w;
+            for (a, &x) in acc.iter_mut().zip(&p.acc[r * d_v..(r + 1) * d_v]) {
+                *a += x * w;
+            }
+        }
+    }
+    out
+}

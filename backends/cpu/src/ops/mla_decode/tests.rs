@@ -1,0 +1,202 @@
+//! The CPU decode against a plain f64 reference at DeepSeek shapes.
+
+use crate::test_util::{download_f32, upload_as, Lcg};
+use crate::CpuBackend;
+use moemla_core::{ops, Backend, DType, Error, HostTensor, MlaDecodeParams};
+
+struct Case {
+    batch: usize,
+    s_q: usize,
+    h_q: usize,
+    h_kv: usize,
+    d_qk: usize,
+    d_v: usize,
+    block_size: usize,
+    max_blocks: usize,
+    seqlens: Vec<i32>,
+    causal: bool,
+}
+
+/// FlashMLA decode in f64, written plainly: returns (o [B,Sq,Hq,Dv], lse [B,Hq,Sq]).
+fn reference(
+    c: &Case,
+    q: &[f32],
+    cache: &[f32],
+    table: &[i32],
+    scale: f64,
+) -> (Vec<f64>, Vec<f64>) {
+    let mut o = vec![0.0; c.batch * c.s_q * c.h_q * c.d_v];
+    let mut lse = vec![f64::NEG_INFINITY; c.batch * c.h_q * c.s_q];
+    for b in 0..c.batch {
+        let seqlen = c.seqlens[b] as i64;
+        for i in 0..c.s_q {
+            let len = if c.causal {
+                seqlen - c.s_q as i64 + i as i64 + 1
+            } else {
+                seqlen
+            };
+            for h in 0..c.h_q {
+                let g = h / (c.h_q / c.h_kv);
+                let qv = &q[((b * c.s_q + i) * c.h_q + h) * c.d_qk..][..c.d_qk];
+                let key = |p: usize| {
+                    let blk = table[b * c.max_blocks + p / c.block_size] as usize;
+                    &cache[((blk * c.block_size + p % c.block_size) * c.h_kv + g) * c.d_qk..]
+                        [..c.d_qk]
+                };
+                let logits: Vec<f64> = (0..len.max(0) as usize)
+                    .map(|p| {
+                        scale
+                            * key(p)
+                                .iter()
+                                .zip(qv)
+                                .map(|(&a, &b)| a as f64 * b as f64)
+                                .sum::<f64>()
+                    })
+                    .collect();
+                if logits.is_empty() {
+                    continue;
+                }
+                let m = logits.iter().cloned().fold(f64::MIN, f64::max);
+                let z: f64 = logits.iter().map(|l| (l - m).exp()).sum();
+                lse[(b * c.h_q + h) * c.s_q + i] = m + z.ln();
+                let out = &mut o[((b * c.s_q + i) * c.h_q + h) * c.d_v..][..c.d_v];
+                for (p, l) in logits.iter().enumerate() {
+                    let w = (l - m).exp() / z;
+                    for (d, v) in out.iter_mut().zip(key(p)) {
+                        *d += w * *v as f64;
+                    }
+                }
+            }
+        }
+    }
+    (o, lse)
+}
+
+/// Runs `c` with NaN in every unused cache slot and garbage in unused table entries.
+fn check(c: &Case, dtype: DType, tol: f64) {
+    let cpu = CpuBackend::new();
+    let mut rng = Lcg::new(11);
+    let num_blocks = c.batch * c.max_blocks + 1;
+    let row = c.h_kv * c.d_qk;
+    // Sequence b uses blocks in reverse order; one block stays unused.
+    let mut table = vec![2147480000; c.batch * c.max_blocks];
+    let mut used = vec![false; num_blocks * c.block_size];
+    for b in 0..c.batch {
+        let blocks = (c.seqlens[b] as usize).div_ceil(c.block_size);
+        for j in 0..blocks {
+            let blk = num_blocks - 1 - (b * c.max_blocks + j);
+            table[b * c.max_blocks + j] = blk as i32;
+            for s in 0..c.block_size.min(c.seqlens[b] as usize - j * c.block_size) {
+                used[blk * c.block_size + s] = true;
+            }
+        }
+    }
+    let mut cache_v = rng.vec(num_blocks * c.block_size * row, -1.0, 1.0);
+    for (slot, chunk) in cache_v.chunks_mut(row).enumerate() {
+        if !used[slot] {
+            chunk.fill(f32::NAN);
+        }
+    }
+    let q_v = rng.vec(c.batch * c.s_q * c.h_q * c.d_qk, -1.0, 1.0);
+    let (q, qs) = upload_as(&cpu, &[c.batch, c.s_q, c.h_q, c.d_qk], &q_v, dtype);
+    let cache_dims = [num_blocks, c.block_size, c.h_kv, c.d_qk];
+    let (cache, cache_s) = upload_as(&cpu, &cache_dims, &cache_v, dtype);
+    let table_t = cpu
+        .upload(&HostTensor::from_slice([c.batch, c.max_blocks], &table).unwrap())
+        .unwrap();
+    let lens_t = cpu
+        .upload(&HostTensor::from_slice([c.batch], &c.seqlens).unwrap())
+        .unwrap();
+    let params = MlaDecodeParams {
+        softmax_scale: MlaDecodeParams::DEEPSEEK_V3_SOFTMAX_SCALE,
+        causal: c.causal,
+        head_dim_v: c.d_v,
+    };
+    let out = ops::mla_decode(&cpu, &q, &cache, &table_t, &lens_t, &params).unwrap();
+    let (o, lse) = (download_f32(&cpu, &out.o), download_f32(&cpu, &out.lse));
+    let (want_o, want_lse) = reference(c, &qs, &cache_s, &table, params.softmax_scale);
+    for (n, (&g, &w)) in o.iter().zip(&want_o).enumerate() {
+        assert!(
+            (g as f64 - w).abs() <= tol * (1.0 + w.abs()),
+            "o[{n}]: {g} vs {w}"
+        );
+    }
+    for (n, (&g, &w)) in lse.iter().zip(&want_lse).enumerate() {
+        let ok = if w.is_infinite() {
+            g as f64 == w
+        } else {
+            (g as f64 - w).abs() <= 1e-4 * (1.0 + w.abs())
+        };
+        assert!(ok, "lse[{n}]: {g} vs {w}");
+    }
+}
+
+fn deepseek(h_q: usize, seqlens: Vec<i32>) -> Case {
+    Case {
+        batch: seqlens.len(),
+        s_q: 2,
+        h_q,
+        h_kv: 1,
+        d_qk: 576,
+        d_v: 512,
+        block_size: 64,
+        max_blocks: 12,
+        seqlens,
+        causal: true,
+    }
+}
+
+#[test]
+fn deepseek_causal_decode_matches_f64_reference() {
+    // 700 spans several chunks and splits; 1 leaves query 0 with an empty range.
+    check(&deepseek(16, vec![700, 1, 64]), DType::F32, 2e-5);
+}
+
+#[test]
+fn deepseek_decode_in_half_types_matches_f64_reference() {
+    check(&deepseek(16, vec![300, 0]), DType::BF16, 1e-2);
+    check(&deepseek(16, vec![129]), DType::F16, 1.5e-3);
+}
+
+#[test]
+fn grouped_heads_without_causal_mask_match_f64_reference() {
+    let c = Case {
+        batch: 2,
+        s_q: 3,
+        h_q: 4,
+        h_kv: 2,
+        d_qk: 40,
+        d_v: 32,
+        block_size: 16,
+        max_blocks: 40,
+        seqlens: vec![600, 17],
+        causal: false,
+    };
+    check(&c, DType::F32, 2e-5);
+}
+
+#[test]
+fn used_block_entry_out_of_range_is_reported() {
+    let cpu = CpuBackend::new();
+    let (q, _) = upload_as(&cpu, &[1, 1, 2, 8], &[0.1; 16], DType::F32);
+    let (cache, _) = upload_as(&cpu, &[2, 4, 1, 8], &[0.1; 64], DType::F32);
+    let table = cpu
+        .upload(&HostTensor::from_slice([1, 3], &[1, 2, 99]).unwrap())
+        .unwrap();
+    let lens = cpu
+        .upload(&HostTensor::from_slice([1], &[6]).unwrap())
+        .unwrap();
+    let params = MlaDecodeParams {
+        softmax_scale: 0.5,
+        causal: true,
+        head_dim_v: 4,
+    };
+    match ops::mla_decode(&cpu, &q, &cache, &table, &lens, &params).unwrap_err() {
+        Error::IndexOutOfRange {
+            arg, index, value, ..
+        } => {
+            assert_eq!((arg, index, value), ("block_table", vec![0, 1], 2));
+        }
+        other => panic!("expected IndexOutOfRange, got {other:?}"),
+    }
+}

@@ -1,0 +1,162 @@
+//! The grouped SwiGLU FFN over permuted rows: per expert, tiles of weight rows are upcast
+//! to f32 once and multiplied with all of that expert's tokens (gate and up GEMMs with
+//! SwiGLU fused, then the down GEMM). Tiles of all experts run in parallel.
+//!
+//! Activations are kept transposed per expert (`[rows_out, n_e]`, expert after expert),
+//! so every tile writes one contiguous chunk.
+
+use super::permute::Permutation;
+use crate::gemm_util::{matmul, MatRef};
+use crate::storage::FloatSlice;
+use moemla_core::Result;
+use rayon::prelude::*;
+
+/// Bytes of f32 weights per tile: small enough that a tile stays in L2 while every token
+/// of its expert streams past it.
+const TILE_BYTES: usize = 256 * 1024;
+
+/// One expert's weights, in storage type.
+#[derive(Clone, Copy, Debug)]
+pub struct ExpertWeights<'a> {
+    /// [E, 2I, H]: rows 0..I gate (W1), I..2I up (W3).
+    pub w13: FloatSlice<'a>,
+    /// [E, H, I].
+    pub w2: FloatSlice<'a>,
+    /// H.
+    pub hidden: usize,
+    /// I.
+    pub inter: usize,
+}
+
+/// A tile of one expert's output rows.
+struct Tile<'b> {
+    expert: usize,
+    first: usize,
+    rows: usize,
+    out: &'b mut [f32],
+}
+
+/// Per-thread f32 buffers for upcast weight tiles and the up-projection tile.
+#[derive(Default)]
+struct Scratch {
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    up_out: Vec<f32>,
+}
+
+/// `h^T` per expert, `[I, n_e]` expert after expert: `silu(W1_e X_e^T) * (W3_e X_e^T)`,
+/// where `X_e` are the expert's permuted rows of `xg` [rows, H] (f32).
+pub fn gate_up(perm: &Permutation, xg: &[f32], w: ExpertWeights<'_>) -> Result<Vec<f32>> {
+    let (h, i) = (w.hidden, w.inter);
+    let mut out = vec![0.0; perm.rows() * i];
+    tiles(perm, &mut out, i, tile_rows(h))
+        .into_par_iter()
+        .try_for_each_init(Scratch::default, |s, tile| {
+            let (first, n) = perm.expert_rows(tile.expert);
+            let x_t = MatRef::row_major(&xg[first * h..(first + n) * h], n, h).t();
+            let base = tile.expert * 2 * i + tile.first;
+            let gate = w.w13.rows_f32(base, tile.rows, h, &mut s.gate);
+            matmul(tile.out, MatRef::row_major(gate, tile.rows, h), x_t, false)?;
+            let up = w.w13.rows_f32(base + i, tile.rows, h, &mut s.up);
+            s.up_out.resize(tile.out.len(), 0.0);
+            matmul(
+                &mut s.up_out,
+                MatRef::row_major(up, tile.rows, h),
+                x_t,
+                false,
+            )?;
+            for (g, u) in tile.out.iter_mut().zip(&s.up_out) {
+                *g = silu(*g) * u;
+            }
+            Ok(())
+        })?;
+    Ok(out)
+}
+
+/// `y^T` per expert, `[H, n_e]` expert after expert: `W2_e h_e` from [`gate_up`]'s output.
+pub fn down(perm: &Permutation, h_t: &[f32], w: ExpertWeights<'_>) -> Result<Vec<f32>> {
+    let (h, i) = (w.hidden, w.inter);
+    let mut out = vec![0.0; perm.rows() * h];
+    tiles(perm, &mut out, h, tile_rows(i))
+        .into_par_iter()
+        .try_for_each_init(Vec::new, |scratch, tile| {
+            let (first, n) = perm.expert_rows(tile.expert);
+            let act = MatRef::row_major(&h_t[first * i..(first + n) * i], i, n);
+            let w2 =
+                w.w2.rows_f32(tile.expert * h + tile.first, tile.rows, i, scratch);
+            matmul(tile.out, MatRef::row_major(w2, tile.rows, i), act, false)
+        })?;
+    Ok(out)
+}
+
+/// SiLU (swish): `x * sigmoid(x)`.
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// Weight rows per tile for a reduction length of `k` columns (a multiple of 16, >= 16).
+fn tile_rows(k: usize) -> usize {
+    let rows = TILE_BYTES / (4 * k.max(1));
+    (rows / 16 * 16).max(16)
+}
+
+/// Splits `buf` (per expert `[out_rows, n_e]`, expert after expert) into tiles of at most
+/// `tile` output rows; experts without rows get none.
+fn tiles<'b>(
+    perm: &Permutation,
+    buf: &'b mut [f32],
+    out_rows: usize,
+    tile: usize,
+) -> Vec<Tile<'b>> {
+    let mut items = Vec::new();
+    let mut rest = buf;
+    for expert in 0..perm.offsets.len() - 1 {
+        let (_, n) = perm.expert_rows(expert);
+        if n == 0 {
+            continue;
+        }
+        let (mut region, tail) = rest.split_at_mut(out_rows * n);
+        rest = tail;
+        let mut first = 0;
+        while first < out_rows {
+            let rows = tile.min(out_rows - first);
+            let (out, more) = std::mem::take(&mut region).split_at_mut(rows * n);
+            region = more;
+            items.push(Tile {
+                expert,
+                first,
+                rows,
+                out,
+            });
+            first += rows;
+        }
+    }
+    items
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silu_matches_its_definition() {
+        for x in [-3.0f32, -0.5, 0.0, 1.25, 8.0] {
+            let want = x as f64 / (1.0 + (-x as f64).exp());
+            assert!((silu(x) as f64 - want).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn tiles_cover_each_used_expert_once() {
+        let perm = Permutation::new(&[1, 1, -1, 1], 3, 1); // expert 1: 3 rows
+        let mut buf = vec![0.0; 3 * 5];
+        let t = tiles(&perm, &mut buf, 5, 2);
+        let spans: Vec<_> = t
+            .iter()
+            .map(|t| (t.expert, t.first, t.rows, t.out.len()))
+            .collect();
+        assert_eq!(spans, vec![(1, 0, 2, 6), (1, 2, 2, 6), (1, 4, 1, 3)]);
+        assert_eq!(tile_rows(2048), 32);
+        assert_eq!(tile_rows(1 << 20), 16);
+    }
+}
