@@ -1,0 +1,375 @@
+//! The OpenCL device: one context and one in-order queue per process, buffers, and the
+//! program cache (each (module, dtype) program is built once).
+
+use crate::error::{cl, unavailable, ClCallError};
+use moemla_core::{DType, DeviceBuffer, Error, Result};
+use opencl3::command_queue::CommandQueue;
+use opencl3::context::Context;
+use opencl3::device::{Device, CL_DEVICE_TYPE_ALL, CL_DEVICE_TYPE_CPU, CL_DEVICE_TYPE_GPU};
+use opencl3::kernel::Kernel;
+use opencl3::memory::{Buffer, ClMem, CL_MEM_COPY_HOST_PTR, CL_MEM_READ_WRITE};
+use opencl3::platform::{get_platforms, Platform};
+use opencl3::program::Program;
+use opencl3::types::CL_BLOCKING;
+use std::any::Any;
+use std::collections::HashMap;
+use std::ptr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Env var choosing the device: an index into the list of every platform's devices, or a
+/// case-insensitive substring of the device name. Default: the first GPU, else device 0.
+pub const DEVICE_ENV: &str = "MOEMLA_OPENCL_DEVICE";
+
+const COMMON_SRC: &str = include_str!("../../../kernels/opencl/common.cl");
+
+/// A kernel source file under `kernels/opencl/`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Module {
+    /// `moe_route.cl`
+    MoeRoute,
+    /// `moe_experts.cl`
+    MoeExperts,
+    /// `mla_decode.cl`
+    MlaDecode,
+}
+
+impl Module {
+    fn source(self) -> &'static str {
+        match self {
+            Module::MoeRoute => include_str!("../../../kernels/opencl/moe_route.cl"),
+            Module::MoeExperts => include_str!("../../../kernels/opencl/moe_experts.cl"),
+            Module::MlaDecode => include_str!("../../../kernels/opencl/mla_decode.cl"),
+        }
+    }
+}
+
+/// Build options selecting the storage type of a program.
+fn build_options(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F16 => "-cl-std=CL1.2 -DDTYPE_F16",
+        DType::BF16 => "-cl-std=CL1.2 -DDTYPE_BF16",
+        _ => "-cl-std=CL1.2 -DDTYPE_F32",
+    }
+}
+
+/// What the backend knows about its device.
+#[derive(Debug, Clone)]
+pub struct DeviceFacts {
+    /// Platform name ("Portable Computing Language").
+    pub platform: String,
+    /// Platform version ("OpenCL 3.0 PoCL 3.1+debian ...").
+    pub platform_version: String,
+    /// Device name.
+    pub name: String,
+    /// Whether the device is a CPU.
+    pub is_cpu: bool,
+    /// Global memory in bytes.
+    pub global_mem: u64,
+    /// Local memory per work-group in bytes.
+    pub local_mem: u64,
+    /// Largest work-group.
+    pub max_work_group: usize,
+    /// Compute units.
+    pub compute_units: u32,
+    /// "OpenCL C 1.2 ...".
+    pub c_version: String,
+    /// The device's extension list.
+    pub extensions: String,
+}
+
+type ProgramCell = Arc<OnceLock<Result<Arc<Program>>>>;
+
+/// The context, queue and program cache of one device.
+pub struct ClDevice {
+    /// The device's facts.
+    pub facts: DeviceFacts,
+    programs: Mutex<HashMap<(Module, DType), ProgramCell>>,
+    builds: AtomicUsize,
+    queue: CommandQueue,
+    context: Context,
+}
+
+/// One kernel argument.
+pub enum Arg<'a> {
+    /// A buffer.
+    Buf(&'a ClBuffer),
+    /// An `int`.
+    I32(i32),
+    /// A `float`.
+    F32(f32),
+    /// A `__local` buffer of this many bytes.
+    Local(usize),
+}
+
+impl ClDevice {
+    /// Loads the ICD, picks the device (see [`DEVICE_ENV`]) and makes its context and queue.
+    pub fn open() -> Result<ClDevice> {
+        if let Err(e) = cl3::load_library() {
+            return Err(unavailable(format!(
+                "cannot load the OpenCL ICD loader libOpenCL.so.1 (or OPENCL_DYLIB_PATH): {e}; \
+                 install ocl-icd-libopencl1 and a driver (e.g. pocl-opencl-icd)"
+            )));
+        }
+        let platforms = get_platforms().map_err(|e| {
+            unavailable(format!(
+                "no OpenCL platform: {}",
+                ClCallError::new("clGetPlatformIDs", e)
+            ))
+        })?;
+        let mut devices: Vec<(Platform, Device)> = Vec::new();
+        for p in platforms {
+            if let Ok(ids) = p.get_devices(CL_DEVICE_TYPE_ALL) {
+                devices.extend(ids.into_iter().map(|id| (p, Device::new(id))));
+            }
+        }
+        let (platform, device) = choose(&devices)?;
+        let facts = facts(platform, device).map_err(Error::from)?;
+        let context = Context::from_device(&device).map_err(cl("clCreateContext"))?;
+        #[allow(deprecated)] // clCreateCommandQueue: the OpenCL 1.2 entry point
+        let queue =
+            CommandQueue::create_default(&context, 0).map_err(cl("clCreateCommandQueue"))?;
+        Ok(ClDevice {
+            facts,
+            programs: Mutex::new(HashMap::new()),
+            builds: AtomicUsize::new(0),
+            queue,
+            context,
+        })
+    }
+
+    /// The program of `module` for storage type `dtype`, built on first use.
+    pub fn program(&self, module: Module, dtype: DType) -> Result<Arc<Program>> {
+        let cell = {
+            let mut map = self.programs.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry((module, dtype)).or_default().clone()
+        };
+        cell.get_or_init(|| self.build(module, dtype)).clone()
+    }
+
+    /// How many programs have been built so far (each (module, dtype) at most once).
+    pub fn programs_built(&self) -> usize {
+        self.builds.load(Ordering::SeqCst)
+    }
+
+    fn build(&self, module: Module, dtype: DType) -> Result<Arc<Program>> {
+        self.builds.fetch_add(1, Ordering::SeqCst);
+        let mut program =
+            Program::create_from_sources(&self.context, &[COMMON_SRC, module.source()])
+                .map_err(cl("clCreateProgramWithSource"))?;
+        if let Err(e) = program.build(self.context.devices(), build_options(dtype)) {
+            let log = program
+                .get_build_log(self.context.default_device())
+                .unwrap_or_else(|_| "(no build log)".to_string());
+            return Err(ClCallError {
+                call: "clBuildProgram",
+                status: e.0,
+                detail: Some(format!("{module:?} {dtype}: {}", log.trim())),
+            }
+            .into());
+        }
+        Ok(Arc::new(program))
+    }
+
+    /// A device buffer holding `data` (at least one byte is allocated).
+    pub fn upload(&self, data: &[u8]) -> Result<ClBuffer> {
+        if data.is_empty() {
+            return self.alloc_zeroed(0);
+        }
+        // SAFETY: CL_MEM_COPY_HOST_PTR copies `data.len()` bytes from a live slice during
+        // the call; the pointer is not kept.
+        let mem = unsafe {
+            Buffer::<u8>::create(
+                &self.context,
+                CL_MEM_READ_WRITE | CL_MEM_COPY_HOST_PTR,
+                data.len(),
+                data.as_ptr() as *mut _,
+            )
+        }
+        .map_err(cl("clCreateBuffer"))?;
+        Ok(ClBuffer {
+            mem,
+            bytes: data.len(),
+        })
+    }
+
+    /// A zero-filled device buffer of `bytes` bytes (at least one is allocated).
+    pub fn alloc_zeroed(&self, bytes: usize) -> Result<ClBuffer> {
+        let size = bytes.max(1);
+        // SAFETY: no host pointer is passed; the size is non-zero.
+        let mut mem = unsafe {
+            Buffer::<u8>::create(&self.context, CL_MEM_READ_WRITE, size, ptr::null_mut())
+        }
+        .map_err(cl("clCreateBuffer"))?;
+        // SAFETY: the fill covers exactly the buffer; the pattern is copied at enqueue time.
+        unsafe {
+            self.queue
+                .enqueue_fill_buffer(&mut mem, &[0u8], 0, size, &[])
+        }
+        .map_err(cl("clEnqueueFillBuffer"))?;
+        Ok(ClBuffer { mem, bytes })
+    }
+
+    /// Reads `out.len()` bytes at byte `offset` of `buf` (waits for all queued work).
+    pub fn read(&self, buf: &ClBuffer, offset: usize, out: &mut [u8]) -> Result<()> {
+        if out.is_empty() {
+            return self.finish();
+        }
+        if offset + out.len() > buf.bytes {
+            return Err(Error::Device {
+                backend: crate::NAME.to_string(),
+                call: "read".to_string(),
+                message: format!(
+                    "{} bytes at {offset} of a {}-byte buffer",
+                    out.len(),
+                    buf.bytes
+                ),
+            });
+        }
+        // SAFETY: blocking read into a live slice, within the buffer (checked above).
+        unsafe {
+            self.queue
+                .enqueue_read_buffer(&buf.mem, CL_BLOCKING, offset, out, &[])
+        }
+        .map_err(cl("clEnqueueReadBuffer"))?;
+        Ok(())
+    }
+
+    /// Reads one i32 at element `index` of `buf`.
+    pub fn read_i32(&self, buf: &ClBuffer, index: usize) -> Result<i32> {
+        let mut b = [0u8; 4];
+        self.read(buf, index * 4, &mut b)?;
+        Ok(i32::from_le_bytes(b))
+    }
+
+    /// Waits until all queued work has finished.
+    pub fn finish(&self) -> Result<()> {
+        self.queue.finish().map_err(cl("clFinish"))
+    }
+
+    /// Enqueues kernel `name` of `program` over `global` work-items in groups of `local`
+    /// (an empty `local` lets the runtime choose).
+    pub fn launch(
+        &self,
+        program: &Program,
+        name: &str,
+        args: &[Arg<'_>],
+        global: &[usize],
+        local: &[usize],
+    ) -> Result<()> {
+        if global.contains(&0) {
+            return Ok(());
+        }
+        let kernel = Kernel::create(program, name).map_err(cl("clCreateKernel"))?;
+        for (i, arg) in args.iter().enumerate() {
+            let i = i as u32;
+            // SAFETY: each value has the size and type of the kernel's parameter `i`
+            // (cl_mem for buffers, int, float), checked by the OpenCL runtime.
+            let set = unsafe {
+                match arg {
+                    Arg::Buf(b) => kernel.set_arg(i, &b.mem.get()),
+                    Arg::I32(v) => kernel.set_arg(i, v),
+                    Arg::F32(v) => kernel.set_arg(i, v),
+                    Arg::Local(bytes) => kernel.set_arg_local_buffer(i, (*bytes).max(4)),
+                }
+            };
+            set.map_err(cl("clSetKernelArg"))?;
+        }
+        // SAFETY: all arguments are set; the size arrays live across the call and `local`
+        // is empty (null) or has `global.len()` entries (callers pass matching literals); every buffer argument is kept alive by the caller's
+        // `Arc`s until the queue has used it (released objects outlive queued commands).
+        unsafe {
+            self.queue.enqueue_nd_range_kernel(
+                kernel.get(),
+                global.len() as u32,
+                ptr::null(),
+                global.as_ptr(),
+                if local.is_empty() {
+                    ptr::null()
+                } else {
+                    local.as_ptr()
+                },
+                &[],
+            )
+        }
+        .map_err(cl("clEnqueueNDRangeKernel"))?;
+        Ok(())
+    }
+}
+
+/// The device chosen by [`DEVICE_ENV`], else the first GPU, else the first device.
+fn choose(devices: &[(Platform, Device)]) -> Result<(Platform, Device)> {
+    if devices.is_empty() {
+        return Err(unavailable("OpenCL platforms found, but no devices"));
+    }
+    let name = |d: &Device| d.name().unwrap_or_default();
+    if let Ok(wanted) = std::env::var(DEVICE_ENV) {
+        let found = match wanted.trim().parse::<usize>() {
+            Ok(i) => devices.get(i),
+            Err(_) => devices
+                .iter()
+                .find(|(_, d)| name(d).to_lowercase().contains(&wanted.to_lowercase())),
+        };
+        let listed: Vec<String> = devices
+            .iter()
+            .enumerate()
+            .map(|(i, (_, d))| format!("{i}: {}", name(d)))
+            .collect();
+        return found.copied().ok_or_else(|| {
+            unavailable(format!(
+                "{DEVICE_ENV}={wanted} matches no device (devices: {})",
+                listed.join("; ")
+            ))
+        });
+    }
+    let is_gpu = |d: &Device| d.dev_type().is_ok_and(|t| t & CL_DEVICE_TYPE_GPU != 0);
+    Ok(*devices
+        .iter()
+        .find(|(_, d)| is_gpu(d))
+        .unwrap_or(&devices[0]))
+}
+
+fn facts(platform: Platform, device: Device) -> std::result::Result<DeviceFacts, ClCallError> {
+    let info = |e| ClCallError::new("clGetDeviceInfo", e);
+    Ok(DeviceFacts {
+        platform: platform
+            .name()
+            .map_err(|e| ClCallError::new("clGetPlatformInfo", e))?,
+        platform_version: platform
+            .version()
+            .map_err(|e| ClCallError::new("clGetPlatformInfo", e))?,
+        name: device.name().map_err(info)?,
+        is_cpu: device.dev_type().map_err(info)? & CL_DEVICE_TYPE_CPU != 0,
+        global_mem: device.global_mem_size().map_err(info)?,
+        local_mem: device.local_mem_size().map_err(info)?,
+        max_work_group: device.max_work_group_size().map_err(info)?,
+        compute_units: device.max_compute_units().map_err(info)?,
+        c_version: device.opencl_c_version().map_err(info)?,
+        extensions: device.extensions().map_err(info)?,
+    })
+}
+
+/// A tensor's memory on the OpenCL device.
+#[derive(Debug)]
+pub struct ClBuffer {
+    mem: Buffer<u8>,
+    bytes: usize,
+}
+
+impl ClBuffer {
+    /// The size of the data in bytes (the allocation may be one byte larger when empty).
+    pub fn len(&self) -> usize {
+        self.bytes
+    }
+
+    /// Whether the buffer holds no data.
+    pub fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+}
+
+impl DeviceBuffer for ClBuffer {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}

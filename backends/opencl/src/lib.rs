@@ -1,0 +1,169 @@
+//! # moemla-opencl
+//!
+//! The moemla OpenCL backend: every v1 op as OpenCL C 1.2 kernels (`kernels/opencl/*.cl`),
+//! F32 compute with F32, F16 and BF16 storage. It runs on any OpenCL 1.2 device; CI runs
+//! it on PoCL's CPU device.
+//!
+//! The OpenCL library is loaded at run time (no SDK needed to build). The process holds one
+//! context and one in-order queue, made on first use by [`shared`]; pick the device with
+//! env `MOEMLA_OPENCL_DEVICE` (an index or a name substring; default the first GPU, else
+//! the first device).
+
+mod device;
+mod error;
+mod ops;
+
+pub use device::ClBuffer;
+
+use device::ClDevice;
+use moemla_core::calls::{MlaDecodeCall, MoeExpertsCall, MoeRouteCall};
+use moemla_core::{
+    Backend, BackendInfo, DType, DeviceTensor, HostTensor, MlaDecodeOutput, MoeRouteOutput,
+    OpSupport, Result, Shape, Verification, VerificationKind,
+};
+use std::sync::{Arc, OnceLock};
+
+/// The backend's name, as `--backend opencl` selects it and as its tensors carry it.
+pub const NAME: &str = "opencl";
+
+/// The OpenCL backend on the process's one device, context and queue.
+pub struct OpenClBackend {
+    name: Arc<str>,
+    device: ClDevice,
+}
+
+/// The process-wide OpenCL backend, opened on first call (later calls share it, or get
+/// the same `Unavailable` error). One context per process: PoCL fails when contexts are
+/// created concurrently.
+pub fn shared() -> Result<Arc<OpenClBackend>> {
+    static SHARED: OnceLock<Result<Arc<OpenClBackend>>> = OnceLock::new();
+    SHARED
+        .get_or_init(|| {
+            Ok(Arc::new(OpenClBackend {
+                name: NAME.into(),
+                device: ClDevice::open()?,
+            }))
+        })
+        .clone()
+}
+
+impl OpenClBackend {
+    /// Programs built so far: each (kernel module, storage dtype) is built once per process.
+    pub fn programs_built(&self) -> usize {
+        self.device.programs_built()
+    }
+
+    /// Wraps a buffer as a tensor of this backend.
+    fn tensor(&self, buf: ClBuffer, shape: impl Into<Shape>, dtype: DType) -> DeviceTensor {
+        DeviceTensor::new(Arc::new(buf), self.name.clone(), shape, dtype)
+    }
+
+    fn verification(&self) -> Verification {
+        let facts = &self.device.facts;
+        match pocl_version(&facts.platform_version) {
+            Some(version) if facts.is_cpu => Verification {
+                kind: VerificationKind::Silicon,
+                detail: format!("CPU via PoCL {version}"),
+            },
+            _ => Verification {
+                kind: VerificationKind::Unverified,
+                detail: "not verified on this device; run `moemla conformance --backend opencl`"
+                    .to_string(),
+            },
+        }
+    }
+}
+
+/// "3.1+debian" from a PoCL platform version ("OpenCL 3.0 PoCL 3.1+debian  Linux, ...").
+fn pocl_version(platform_version: &str) -> Option<&str> {
+    let mut words = platform_version.split_whitespace();
+    words.find(|w| *w == "PoCL")?;
+    words.next()
+}
+
+impl Backend for OpenClBackend {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn info(&self) -> BackendInfo {
+        let facts = &self.device.facts;
+        let has = |ext: &str| {
+            let yes = facts.extensions.split_whitespace().any(|e| e == ext);
+            format!("{ext}: {}", if yes { "yes" } else { "no" })
+        };
+        BackendInfo {
+            name: NAME.to_string(),
+            vendor: facts.platform.clone(),
+            device: facts.name.clone(),
+            memory_bytes: Some(facts.global_mem),
+            supported: OpSupport::all_v1(),
+            verification: self.verification(),
+            notes: vec![
+                facts.c_version.trim().to_string(),
+                format!(
+                    "{} (f16 is read with vload_half; all arithmetic is f32)",
+                    has("cl_khr_fp16")
+                ),
+                has("cl_khr_fp64"),
+            ],
+        }
+    }
+
+    fn alloc_zeroed(&self, shape: &Shape, dtype: DType) -> Result<DeviceTensor> {
+        let buf = self
+            .device
+            .alloc_zeroed(shape.elem_count() * dtype.size_in_bytes())?;
+        Ok(self.tensor(buf, shape.clone(), dtype))
+    }
+
+    fn upload(&self, host: &HostTensor) -> Result<DeviceTensor> {
+        let buf = self.device.upload(host.as_bytes())?;
+        Ok(self.tensor(buf, host.shape().clone(), host.dtype()))
+    }
+
+    fn download(&self, tensor: &DeviceTensor) -> Result<HostTensor> {
+        let buf = tensor.buffer::<ClBuffer>(&self.name, "download", "tensor")?;
+        let mut bytes = vec![0u8; tensor.size_in_bytes()];
+        self.device.read(buf, 0, &mut bytes)?;
+        HostTensor::from_bytes(tensor.shape().clone(), tensor.dtype(), bytes)
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.device.finish()
+    }
+
+    fn moe_route(&self, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput> {
+        let (ids, weights) = ops::moe_route::run(&self.device, &self.name, call)?;
+        let dims = [call.tokens, call.params.top_k];
+        Ok(MoeRouteOutput {
+            topk_ids: self.tensor(ids, dims, DType::I32),
+            topk_weights: self.tensor(weights, dims, DType::F32),
+        })
+    }
+
+    fn moe_experts(&self, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor> {
+        let y = ops::moe_experts::run(&self.device, &self.name, call)?;
+        Ok(self.tensor(y, [call.tokens, call.hidden], call.dtype))
+    }
+
+    fn mla_decode(&self, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutput> {
+        let (o, lse) = ops::mla_decode::run(&self.device, &self.name, call)?;
+        Ok(MlaDecodeOutput {
+            o: self.tensor(o, [call.batch, call.s_q, call.h_q, call.d_v], call.dtype),
+            lse: self.tensor(lse, [call.batch, call.h_q, call.s_q], DType::F32),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pocl_version_is_the_word_after_pocl() {
+        let v = "OpenCL 3.0 PoCL 3.1+debian  Linux, None+Asserts, RELOC, SPIR, LLVM 15.0.6";
+        assert_eq!(pocl_version(v), Some("3.1+debian"));
+        assert_eq!(pocl_version("OpenCL 3.0 CUDA 12.4.131"), None);
+    }
+}

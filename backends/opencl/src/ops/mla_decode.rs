@@ -1,0 +1,207 @@
+//! `mla_decode`: split-KV online softmax over the paged cache, then a combine of the
+//! splits (kernels/opencl/mla_decode.cl).
+
+use crate::device::{Arg, ClDevice, Module};
+use crate::ops::{flags, int, need_work_group, pow2_at_most, NO_BAD_INDEX};
+use crate::ClBuffer;
+use moemla_core::calls::MlaDecodeCall;
+use moemla_core::{Error, Op, Result};
+
+/// Work-group tiling of `mla_split`: QB query rows share each tile of TN cache rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tiling {
+    qb: usize,
+    tn: usize,
+}
+
+impl Tiling {
+    /// Local memory of `mla_split`: q rows, a cache tile, scores, rescale factors.
+    fn local_bytes(self, d_qk: usize) -> usize {
+        4 * (self.qb * d_qk + self.tn * d_qk + self.qb * self.tn + self.qb)
+    }
+
+    /// The largest tiling up to 16 x 16 that fits the device (halving the larger side).
+    fn choose(rows: usize, d_qk: usize, local_mem: u64, max_work_group: usize) -> Option<Tiling> {
+        let mut t = Tiling {
+            qb: rows.min(16),
+            tn: 16,
+        };
+        let budget = local_mem.saturating_sub(1024) as usize;
+        while t.local_bytes(d_qk) > budget || t.qb * t.tn > max_work_group {
+            if t.qb == 1 && t.tn == 1 {
+                return None;
+            }
+            if t.tn >= t.qb {
+                t.tn = t.tn.div_ceil(2);
+            } else {
+                t.qb = t.qb.div_ceil(2);
+            }
+        }
+        Some(t)
+    }
+}
+
+/// Runs the decode; returns `o` [B, Sq, Hq, Dv] (run dtype) and `lse` [B, Hq, Sq] (F32).
+/// Bad `cache_seqlens` / `block_table` entries give the contract's `IndexOutOfRange`.
+pub fn run(
+    dev: &ClDevice,
+    backend: &str,
+    call: &MlaDecodeCall<'_>,
+) -> Result<(ClBuffer, ClBuffer)> {
+    let op = Op::MlaDecode;
+    let (b, s_q, h_q, h_kv) = (call.batch, call.s_q, call.h_q, call.h_kv);
+    let (d_qk, d_v) = (call.d_qk, call.d_v);
+    let q = call.q.buffer::<ClBuffer>(backend, "mla_decode", "q")?;
+    let kv = call
+        .kv_cache
+        .buffer::<ClBuffer>(backend, "mla_decode", "kv_cache")?;
+    let table = call
+        .block_table
+        .buffer::<ClBuffer>(backend, "mla_decode", "block_table")?;
+    let seqlens = call
+        .cache_seqlens
+        .buffer::<ClBuffer>(backend, "mla_decode", "cache_seqlens")?;
+    let program = dev.program(Module::MlaDecode, call.dtype)?;
+
+    let rows = (h_q / h_kv) * s_q;
+    let tiling = Tiling::choose(rows, d_qk, dev.facts.local_mem, dev.facts.max_work_group)
+        .ok_or_else(|| Error::Unsupported {
+            backend: backend.to_string(),
+            op,
+            what: format!("Dqk = {d_qk}"),
+            reason: format!(
+                "a cache row does not fit in {} bytes of local memory",
+                dev.facts.local_mem
+            ),
+        })?;
+    let wg = tiling.qb * tiling.tn;
+    let q_blocks = rows.div_ceil(tiling.qb);
+    // Enough splits along the sequence to give every compute unit a few work-groups.
+    let capacity = call.max_blocks * call.block_size;
+    let target = 4 * dev.facts.compute_units as usize;
+    let wanted = target.div_ceil(b * h_kv * q_blocks).clamp(1, 64);
+    let splits0 = wanted.min(capacity.div_ceil(tiling.tn)).max(1);
+    let chunk = capacity.div_ceil(splits0).div_ceil(tiling.tn) * tiling.tn;
+    let splits = capacity.div_ceil(chunk).max(1);
+    int(op, "max_blocks * block_size", capacity + chunk)?;
+    int(op, "workspace", b * h_q * s_q * splits * d_v.max(2))?;
+
+    let bad = flags(dev, 2)?;
+    let ws_o = dev.alloc_zeroed(b * h_q * s_q * splits * d_v * 4)?;
+    let ws_ml = dev.alloc_zeroed(b * h_q * s_q * splits * 2 * 4)?;
+    let o = dev.alloc_zeroed(b * s_q * h_q * d_v * call.dtype.size_in_bytes())?;
+    let lse = dev.alloc_zeroed(b * h_q * s_q * 4)?;
+    let (sq32, hq32, hkv32, dv32) = (
+        int(op, "Sq", s_q)?,
+        int(op, "Hq", h_q)?,
+        int(op, "Hkv", h_kv)?,
+        int(op, "Dv", d_v)?,
+    );
+    let splits32 = int(op, "splits", splits)?;
+
+    let split_args = [
+        Arg::Buf(q),
+        Arg::Buf(kv),
+        Arg::Buf(table),
+        Arg::Buf(seqlens),
+        Arg::Buf(&bad),
+        Arg::Buf(&ws_o),
+        Arg::Buf(&ws_ml),
+        Arg::I32(sq32),
+        Arg::I32(hq32),
+        Arg::I32(hkv32),
+        Arg::I32(int(op, "Dqk", d_qk)?),
+        Arg::I32(dv32),
+        Arg::I32(int(op, "num_blocks", call.num_blocks)?),
+        Arg::I32(int(op, "block_size", call.block_size)?),
+        Arg::I32(int(op, "max_blocks", call.max_blocks)?),
+        Arg::I32(call.params.causal as i32),
+        Arg::F32(call.params.softmax_scale as f32),
+        Arg::I32(int(op, "chunk", chunk)?),
+        Arg::I32(splits32),
+        Arg::I32(tiling.qb as i32),
+        Arg::I32(tiling.tn as i32),
+        Arg::Local(tiling.qb * d_qk * 4),
+        Arg::Local(tiling.tn * d_qk * 4),
+        Arg::Local(tiling.qb * tiling.tn * 4),
+        Arg::Local(tiling.qb * 4),
+    ];
+    need_work_group(dev, op, wg)?;
+    let global = [wg * splits, q_blocks * h_kv, b];
+    dev.launch(&program, "mla_split", &split_args, &global, &[wg, 1, 1])?;
+    let combine_args = [
+        Arg::Buf(&ws_o),
+        Arg::Buf(&ws_ml),
+        Arg::Buf(&o),
+        Arg::Buf(&lse),
+        Arg::I32(sq32),
+        Arg::I32(hq32),
+        Arg::I32(hkv32),
+        Arg::I32(dv32),
+        Arg::I32(splits32),
+    ];
+    let wg_c = pow2_at_most(d_v, 64.min(dev.facts.max_work_group));
+    dev.launch(
+        &program,
+        "mla_combine",
+        &combine_args,
+        &[wg_c * b * s_q * h_q],
+        &[wg_c],
+    )?;
+
+    check_flags(dev, call, &bad, table, seqlens)?;
+    Ok((o, lse))
+}
+
+/// Turns the kernels' error flags into the contract's error (seqlens first, then the table).
+fn check_flags(
+    dev: &ClDevice,
+    call: &MlaDecodeCall<'_>,
+    bad: &ClBuffer,
+    table: &ClBuffer,
+    seqlens: &ClBuffer,
+) -> Result<()> {
+    let bad_seqlen = dev.read_i32(bad, 0)?;
+    if bad_seqlen != NO_BAD_INDEX {
+        let at = bad_seqlen as usize;
+        return Err(Error::index_out_of_range(
+            Op::MlaDecode,
+            "cache_seqlens",
+            call.cache_seqlens.shape(),
+            at,
+            dev.read_i32(seqlens, at)? as i64,
+            format!(
+                "[0, {}] (max_blocks * block_size)",
+                call.max_blocks * call.block_size
+            ),
+        ));
+    }
+    let bad_entry = dev.read_i32(bad, 1)?;
+    if bad_entry != NO_BAD_INDEX {
+        let at = bad_entry as usize;
+        return Err(Error::index_out_of_range(
+            Op::MlaDecode,
+            "block_table",
+            call.block_table.shape(),
+            at,
+            dev.read_i32(table, at)? as i64,
+            format!("[0, {}) (num_blocks)", call.num_blocks),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiling_shrinks_to_fit_local_memory() {
+        let big = Tiling::choose(128, 576, 1 << 20, 4096).unwrap();
+        assert_eq!(big, Tiling { qb: 16, tn: 16 });
+        let small = Tiling::choose(128, 576, 32 * 1024, 1024).unwrap();
+        assert!(small.local_bytes(576) <= 31 * 1024, "{small:?}");
+        assert_eq!(Tiling::choose(1, 64, 1 << 20, 4096).unwrap().qb, 1);
+        assert!(Tiling::choose(16, 1 << 20, 32 * 1024, 1024).is_none());
+    }
+}

@@ -1,0 +1,39 @@
+// Storage types and f32 load/store helpers shared by every moemla OpenCL kernel.
+//
+// Exactly one of DTYPE_F32, DTYPE_F16, DTYPE_BF16 is defined by the build options (the
+// host builds one program per (module, dtype)). All arithmetic is f32:
+// - f16 is a storage format read with vload_half and written with vstore_half_rte, which
+//   OpenCL C 1.2 provides without cl_khr_fp16;
+// - bf16 is the upper half of an f32: widening is a shift, narrowing rounds to nearest-even.
+
+#if defined(DTYPE_F32)
+typedef float store_t;
+inline float load_f32(__global const store_t *p, size_t i) { return p[i]; }
+inline void store_f32(__global store_t *p, size_t i, float v) { p[i] = v; }
+#elif defined(DTYPE_F16)
+typedef half store_t;
+inline float load_f32(__global const store_t *p, size_t i) { return vload_half(i, p); }
+inline void store_f32(__global store_t *p, size_t i, float v) { vstore_half_rte(v, i, p); }
+#elif defined(DTYPE_BF16)
+typedef ushort store_t;
+inline float load_f32(__global const store_t *p, size_t i) {
+    return as_float(((uint)p[i]) << 16);
+}
+inline void store_f32(__global store_t *p, size_t i, float v) {
+    uint u = as_uint(v);
+    if (isnan(v)) {
+        // Keep NaN a NaN (set a mantissa bit the truncation keeps).
+        p[i] = (ushort)((u >> 16) | 0x40u);
+    } else {
+        // Round to nearest, ties to even: add 0x7fff plus the lowest kept bit.
+        p[i] = (ushort)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    }
+}
+#else
+#error "build with one of -DDTYPE_F32, -DDTYPE_F16, -DDTYPE_BF16"
+#endif
+
+// Records a bad index: the smallest offending row-major position wins.
+inline void flag_bad_index(volatile __global int *flag, int linear) {
+    atomic_min(flag, linear);
+}
