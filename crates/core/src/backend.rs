@@ -1,9 +1,7 @@
 //! The `Backend` trait every device family implements, and what a backend says about itself.
 
-use crate::calls::{
-    MlaDecodeCall, MlaDecodeOutput, MoeExpertsCall, MoeRouteCall, MoeRouteOutput,
-};
-use crate::{DType, DeviceTensor, HostTensor, Op, Result, Shape};
+use crate::calls::{MlaDecodeCall, MlaDecodeOutput, MoeExpertsCall, MoeRouteCall, MoeRouteOutput};
+use crate::{DType, DeviceTensor, Error, HostTensor, Op, Result, Shape};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -43,6 +41,33 @@ pub trait Backend: Send + Sync {
 
     /// `mla_decode` on validated input. Use [`crate::ops::mla_decode`].
     fn mla_decode(&self, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutput>;
+
+    /// Bandwidth ceiling for benchmarks: a device-to-device copy of `src` into a new tensor
+    /// of the same shape and dtype. Optional.
+    fn copy_tensor(&self, src: &DeviceTensor) -> Result<DeviceTensor> {
+        let _ = src;
+        Err(Error::NotProvided {
+            backend: self.name().to_string(),
+            what: "copy_tensor",
+        })
+    }
+
+    /// Compute ceiling for benchmarks: `c[M, N] = a[M, K] . b[N, K]^T` with the backend's
+    /// best dense GEMM (f32 accumulation, `c` in the dtype of `a`). Optional.
+    fn dense_gemm(&self, a: &DeviceTensor, b: &DeviceTensor) -> Result<DeviceTensor> {
+        let _ = (a, b);
+        Err(Error::NotProvided {
+            backend: self.name().to_string(),
+            what: "dense_gemm",
+        })
+    }
+
+    /// Which implementation [`Backend::dense_gemm`] uses for `dtype` (e.g. "gemm crate
+    /// 0.19, f32 compute", "cuBLAS bf16"), reported beside the ceiling it measures.
+    fn dense_gemm_impl(&self, dtype: DType) -> String {
+        let _ = dtype;
+        "not provided".to_string()
+    }
 }
 
 /// How far a backend's results have been checked, and where. A promise to users.
@@ -57,6 +82,8 @@ pub enum VerificationKind {
     Emulator,
     /// Kernels compile for the target; never run on it.
     CompileOnly,
+    /// Runs on this device, but the golden set has not been checked on it yet.
+    Unverified,
 }
 
 /// A verification status with its detail ("CPU via PoCL", "sm_80/sm_90 via NVRTC", ...).
@@ -75,6 +102,7 @@ impl fmt::Display for Verification {
             VerificationKind::Silicon => "silicon",
             VerificationKind::Emulator => "emulated",
             VerificationKind::CompileOnly => "compile-only",
+            VerificationKind::Unverified => "unverified",
         };
         if self.detail.is_empty() {
             f.write_str(kind)
@@ -99,7 +127,11 @@ impl OpSupport {
     pub fn all_v1() -> Vec<OpSupport> {
         Op::ALL
             .into_iter()
-            .flat_map(|op| DType::FLOATS.into_iter().map(move |dtype| OpSupport { op, dtype }))
+            .flat_map(|op| {
+                DType::FLOATS
+                    .into_iter()
+                    .map(move |dtype| OpSupport { op, dtype })
+            })
             .collect()
     }
 }

@@ -52,9 +52,15 @@ impl DType {
 
     /// Parses a name as written by [`DType::name`] (case-insensitive).
     pub fn from_name(name: &str) -> Option<DType> {
-        [DType::F32, DType::F16, DType::BF16, DType::I32, DType::F8E4M3]
-            .into_iter()
-            .find(|d| d.name().eq_ignore_ascii_case(name))
+        [
+            DType::F32,
+            DType::F16,
+            DType::BF16,
+            DType::I32,
+            DType::F8E4M3,
+        ]
+        .into_iter()
+        .find(|d| d.name().eq_ignore_ascii_case(name))
     }
 }
 

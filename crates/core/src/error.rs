@@ -150,6 +150,14 @@ pub enum Error {
         /// Why, with every library path tried.
         reason: String,
     },
+    /// An optional backend capability (a benchmark ceiling) is not provided.
+    #[error("backend `{backend}` does not provide {what}")]
+    NotProvided {
+        /// The backend name.
+        backend: String,
+        /// The capability (`copy_tensor`, `dense_gemm`).
+        what: &'static str,
+    },
     /// A host tensor was built from inconsistent parts.
     #[error("tensor: {0}")]
     Tensor(String),

@@ -7,7 +7,9 @@
 use crate::calls::{MlaDecodeOutput, MoeRouteOutput};
 use crate::validate::mla_decode::MlaArgs;
 use crate::validate::moe_experts::ExpertsArgs;
-use crate::validate::{mla_decode as mla_rules, moe_experts as experts_rules, moe_route as route_rules};
+use crate::validate::{
+    mla_decode as mla_rules, moe_experts as experts_rules, moe_route as route_rules,
+};
 use crate::{
     Backend, DType, DeviceTensor, Error, ExpertsParams, MlaDecodeParams, Result, RouteParams,
 };
@@ -28,7 +30,13 @@ pub fn moe_route(
     let out = backend.moe_route(&call)?;
     let dims = [call.tokens, params.top_k];
     check_output(backend, "topk_ids", &out.topk_ids, &dims, DType::I32)?;
-    check_output(backend, "topk_weights", &out.topk_weights, &dims, DType::F32)?;
+    check_output(
+        backend,
+        "topk_weights",
+        &out.topk_weights,
+        &dims,
+        DType::F32,
+    )?;
     Ok(out)
 }
 

@@ -38,7 +38,14 @@ pub(crate) fn dim_eq(
     if got == expected {
         Ok(())
     } else {
-        Err(dim_error(op, arg, t, dim, dim_name, format!("{expected} ({why})")))
+        Err(dim_error(
+            op,
+            arg,
+            t,
+            dim,
+            dim_name,
+            format!("{expected} ({why})"),
+        ))
     }
 }
 
@@ -78,7 +85,12 @@ pub(crate) fn dim_error(
 }
 
 /// `t` must have one of the `allowed` dtypes.
-pub(crate) fn dtype_in(op: Op, arg: &'static str, t: &DeviceTensor, allowed: &[DType]) -> Result<()> {
+pub(crate) fn dtype_in(
+    op: Op,
+    arg: &'static str,
+    t: &DeviceTensor,
+    allowed: &[DType],
+) -> Result<()> {
     if allowed.contains(&t.dtype()) {
         Ok(())
     } else {
@@ -133,7 +145,11 @@ pub(crate) fn param(
 }
 
 /// Every tensor must belong to `backend`.
-pub(crate) fn same_backend(op: Op, backend: &str, tensors: &[(&'static str, &DeviceTensor)]) -> Result<()> {
+pub(crate) fn same_backend(
+    op: Op,
+    backend: &str,
+    tensors: &[(&'static str, &DeviceTensor)],
+) -> Result<()> {
     for (arg, t) in tensors {
         if t.backend() != backend {
             return Err(Error::WrongBackend {

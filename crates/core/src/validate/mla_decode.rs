@@ -32,7 +32,13 @@ pub(crate) fn validate<'a>(
     )?;
 
     checks::rank(OP, "q", a.q, 4, "[B, Sq, Hq, Dqk]")?;
-    checks::rank(OP, "kv_cache", a.kv_cache, 4, "[num_blocks, block_size, Hkv, Dqk]")?;
+    checks::rank(
+        OP,
+        "kv_cache",
+        a.kv_cache,
+        4,
+        "[num_blocks, block_size, Hkv, Dqk]",
+    )?;
     checks::rank(OP, "block_table", a.block_table, 2, "[B, max_blocks]")?;
     checks::rank(OP, "cache_seqlens", a.cache_seqlens, 1, "[B]")?;
 
@@ -51,7 +57,7 @@ pub(crate) fn validate<'a>(
     checks::dim_nonzero(OP, "kv_cache", a.kv_cache, 2, "Hkv")?;
     let [num_blocks, block_size, h_kv] = [0, 1, 2].map(|d| a.kv_cache.dims()[d]);
     checks::dim_eq(OP, "kv_cache", a.kv_cache, 3, "Dqk", d_qk, "Dqk of q")?;
-    if h_q % h_kv != 0 {
+    if !h_q.is_multiple_of(h_kv) {
         return Err(checks::dim_error(
             OP,
             "kv_cache",
@@ -64,10 +70,24 @@ pub(crate) fn validate<'a>(
     checks::dim_eq(OP, "block_table", a.block_table, 0, "B", batch, "B of q")?;
     checks::dim_nonzero(OP, "block_table", a.block_table, 1, "max_blocks")?;
     let max_blocks = a.block_table.dims()[1];
-    checks::dim_eq(OP, "cache_seqlens", a.cache_seqlens, 0, "B", batch, "B of q")?;
+    checks::dim_eq(
+        OP,
+        "cache_seqlens",
+        a.cache_seqlens,
+        0,
+        "B",
+        batch,
+        "B of q",
+    )?;
 
     let p = params;
-    checks::param(OP, "head_dim_v", p.head_dim_v >= 1, || ">= 1".into(), p.head_dim_v)?;
+    checks::param(
+        OP,
+        "head_dim_v",
+        p.head_dim_v >= 1,
+        || ">= 1".into(),
+        p.head_dim_v,
+    )?;
     checks::param(
         OP,
         "head_dim_v",

@@ -52,8 +52,15 @@ pub(crate) fn validate<'a>(
     checks::dim_nonzero(OP, "w13", a.w13, 0, "E")?;
     let experts = a.w13.dims()[0];
     let two_i = a.w13.dims()[1];
-    if two_i == 0 || two_i % 2 != 0 {
-        return Err(checks::dim_error(OP, "w13", a.w13, 1, "2I", "even and >= 2".into()));
+    if two_i == 0 || !two_i.is_multiple_of(2) {
+        return Err(checks::dim_error(
+            OP,
+            "w13",
+            a.w13,
+            1,
+            "2I",
+            "even and >= 2".into(),
+        ));
     }
     let inter = two_i / 2;
     checks::dim_eq(OP, "w13", a.w13, 2, "H", hidden, "H of x")?;
@@ -64,7 +71,15 @@ pub(crate) fn validate<'a>(
     checks::dim_nonzero(OP, "topk_ids", a.topk_ids, 1, "k")?;
     let top_k = a.topk_ids.dims()[1];
     checks::dim_eq(OP, "topk_weights", a.topk_weights, 0, "T", tokens, "T of x")?;
-    checks::dim_eq(OP, "topk_weights", a.topk_weights, 1, "k", top_k, "k of topk_ids")?;
+    checks::dim_eq(
+        OP,
+        "topk_weights",
+        a.topk_weights,
+        1,
+        "k",
+        top_k,
+        "k of topk_ids",
+    )?;
 
     Ok(MoeExpertsCall {
         x: a.x,

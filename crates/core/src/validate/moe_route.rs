@@ -31,16 +31,28 @@ pub(crate) fn validate<'a>(
 
     let p = params;
     checks::param(OP, "top_k", p.top_k >= 1, || ">= 1".into(), p.top_k)?;
-    checks::param(OP, "top_k", p.top_k <= experts, || format!("<= E ({experts})"), p.top_k)?;
+    checks::param(
+        OP,
+        "top_k",
+        p.top_k <= experts,
+        || format!("<= E ({experts})"),
+        p.top_k,
+    )?;
     checks::param(OP, "n_group", p.n_group >= 1, || ">= 1".into(), p.n_group)?;
     checks::param(
         OP,
         "n_group",
-        experts % p.n_group == 0,
+        experts.is_multiple_of(p.n_group),
         || format!("a divisor of E ({experts})"),
         p.n_group,
     )?;
-    checks::param(OP, "topk_group", p.topk_group >= 1, || ">= 1".into(), p.topk_group)?;
+    checks::param(
+        OP,
+        "topk_group",
+        p.topk_group >= 1,
+        || ">= 1".into(),
+        p.topk_group,
+    )?;
     checks::param(
         OP,
         "topk_group",
