@@ -13,6 +13,7 @@
 //   moemla_f16, moemla_bf16      16-bit storage types (a uint16 inside a struct), with
 //                                 bit-exact conversions to f32 and round-to-nearest-even back
 //   moemla_load / moemla_store   dtype-generic element access (f32 compute)
+//   moemla_is_16bit<T>::value     true for moemla_f16 / moemla_bf16
 //   MOEMLA_HAS_MMA_SYNC           1 where the mma.sync m16n8k16 tensor-core path is compiled
 //   MOEMLA_DYN_SMEM(name)         the dynamic shared-memory buffer (16-byte aligned)
 //   moemla_copy16 / moemla_zero16 16-byte vector moves
@@ -208,6 +209,20 @@ __device__ __forceinline__ moemla_u16 moemla_f32_to_f16(float f) {
     if (rem > half || (rem == half && (q & 1u))) q += 1u;
     return (moemla_u16)(sign | q);
 }
+
+// Whether T is one of the 16-bit storage types (the tensor-core operand types).
+template <typename T>
+struct moemla_is_16bit {
+    static constexpr bool value = false;
+};
+template <>
+struct moemla_is_16bit<moemla_f16> {
+    static constexpr bool value = true;
+};
+template <>
+struct moemla_is_16bit<moemla_bf16> {
+    static constexpr bool value = true;
+};
 
 // Element access: every kernel computes in f32.
 __device__ __forceinline__ float moemla_load(const float* p) { return *p; }

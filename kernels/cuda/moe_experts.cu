@@ -13,19 +13,6 @@
 #define MOEMLA_SK (MOEMLA_TK + 8)  // shared row stride in elements (conflict-free fragments)
 #define MOEMLA_ACC 32         // accumulators per thread per B operand (both paths)
 
-template <typename T>
-struct moemla_is_16bit {
-    static constexpr bool value = false;
-};
-template <>
-struct moemla_is_16bit<moemla_f16> {
-    static constexpr bool value = true;
-};
-template <>
-struct moemla_is_16bit<moemla_bf16> {
-    static constexpr bool value = true;
-};
-
 // ---------------------------------------------------------------------------------------
 // 1. Align / permute
 // ---------------------------------------------------------------------------------------

@@ -1,0 +1,359 @@
+// mla_decode.cu — absorbed MLA decode over a paged latent cache (see kernels/README.md).
+// Prepended by the backend with kernels/common/moemla_device.h.
+//
+//   1. moemla_mla_check     seqlens in [0, max_blocks*block_size], used table entries in
+//                           [0, num_blocks); first bad linear index via atomicMin
+//   2. moemla_mla_decode_*  one block per (split, 16-row query tile, batch * kv head):
+//                           S = Q K^T, online softmax (f32), O = P V, written per split
+//   3. moemla_mla_combine_* merges the splits by their log-sum-exp
+// Cache slots at or past a row's limit are never loaded; masking is a select, never a
+// multiply (a NaN slot times zero would still be NaN).
+
+#define MOEMLA_MLA_MAX_SPLITS 64
+#define MOEMLA_MLA_THREADS 128
+
+// ---------------------------------------------------------------------------------------
+// 1. Index check
+// ---------------------------------------------------------------------------------------
+extern "C" __global__ void moemla_mla_check(const int* __restrict__ block_table,
+                                            const int* __restrict__ cache_seqlens, int batch,
+                                            int max_blocks, int block_size, int num_blocks,
+                                            int* __restrict__ err) {
+    const moemla_i64 idx = (moemla_i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (moemla_i64)batch * max_blocks) return;
+    const int b = (int)(idx / max_blocks);
+    const int j = (int)(idx % max_blocks);
+    const moemla_i64 len = cache_seqlens[b];
+    const moemla_i64 cap = (moemla_i64)max_blocks * block_size;
+    if (len < 0 || len > cap) {
+        if (j == 0) moemla_atomic_min_i32(&err[0], b);
+        return;
+    }
+    const moemla_i64 used = (len + block_size - 1) / block_size;
+    if (j < used) {
+        const int blk = block_table[idx];
+        if (blk < 0 || blk >= num_blocks) moemla_atomic_min_i32(&err[1], (int)idx);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. Split-KV decode
+// ---------------------------------------------------------------------------------------
+__device__ __forceinline__ moemla_i64 moemla_align16(moemla_i64 bytes) { return (bytes + 15) & ~(moemla_i64)15; }
+
+template <typename T>
+__device__ void moemla_mla_decode(const T* __restrict__ q, const T* __restrict__ kv,
+                                  const int* __restrict__ block_table,
+                                  const int* __restrict__ cache_seqlens, float* __restrict__ o_part,
+                                  float* __restrict__ lse_part, int batch, int s_q, int h_q,
+                                  int h_kv, int d_qk, int d_v, int num_blocks, int block_size,
+                                  int max_blocks, int causal, float softmax_scale, int num_splits,
+                                  int block_q, int block_n) {
+    MOEMLA_DYN_SMEM(smem);
+    constexpr bool MMA16 = MOEMLA_HAS_MMA_SYNC && moemla_is_16bit<T>::value;
+    const bool use_mma = MMA16 && block_q == 16 && blockDim.x == MOEMLA_MLA_THREADS;
+
+    const int tid = threadIdx.x;
+    const int nthreads = blockDim.x;
+    const int lane = tid % MOEMLA_WARP_SIZE;
+    const int warp = tid / MOEMLA_WARP_SIZE;
+    const int nwarps = (nthreads + MOEMLA_WARP_SIZE - 1) / MOEMLA_WARP_SIZE;
+
+    const int split = blockIdx.x;
+    const int m0 = blockIdx.y * block_q;
+    const int b = blockIdx.z / h_kv;
+    const int kvh = blockIdx.z % h_kv;
+    const int group = h_q / h_kv;
+    const int rows_total = s_q * group;
+    const moemla_i64 out_rows = (moemla_i64)batch * s_q * h_q;
+
+    // Shared-memory layout (kernels/README.md; crates/kernel-plan mla::decode_shared_bytes).
+    const int d16 = (d_qk + 15) / 16 * 16;
+    const int ks_stride = d16 + 8;
+    const int os_stride = (d_v + 7) / 8 * 8;
+    const int ps_stride = block_n + 8;
+    unsigned char* cursor = smem;
+    T* Qs = reinterpret_cast<T*>(cursor);
+    cursor += moemla_align16((moemla_i64)block_q * ks_stride * sizeof(T));
+    T* Ks = reinterpret_cast<T*>(cursor);
+    cursor += moemla_align16((moemla_i64)block_n * ks_stride * sizeof(T));
+    float* Os = reinterpret_cast<float*>(cursor);
+    cursor += moemla_align16((moemla_i64)block_q * os_stride * 4);
+    float* Ss = reinterpret_cast<float*>(cursor);
+    cursor += moemla_align16((moemla_i64)block_q * block_n * 4);
+    T* Ps = reinterpret_cast<T*>(cursor);
+    cursor += moemla_align16((moemla_i64)block_q * ps_stride * sizeof(T));
+    float* m_s = reinterpret_cast<float*>(cursor);
+    float* l_s = m_s + block_q;
+    float* alpha_s = l_s + block_q;
+    int* lim_s = reinterpret_cast<int*>(alpha_s + block_q);
+
+    // This split's positions: [start, end), the rule of kernel-plan mla::split_range.
+    moemla_i64 seqlen = cache_seqlens[b];
+    if (seqlen < 0 || seqlen > (moemla_i64)max_blocks * block_size) seqlen = 0;  // flagged by check
+    const moemla_i64 per_split = (seqlen + num_splits - 1) / num_splits;
+    const moemla_i64 len = (per_split + block_n - 1) / block_n * block_n;
+    const moemla_i64 start = (moemla_i64)split * len < seqlen ? (moemla_i64)split * len : seqlen;
+    const moemla_i64 end = start + len < seqlen ? start + len : seqlen;
+
+    // Per-row limits, Q tile, accumulators.
+    for (int r = tid; r < block_q; r += nthreads) {
+        const int rg = m0 + r;
+        moemla_i64 lim = start;  // empty
+        if (rg < rows_total) {
+            const moemla_i64 i = rg / group;
+            const moemla_i64 attended = causal ? seqlen - s_q + i + 1 : seqlen;
+            lim = attended < end ? attended : end;
+            if (lim < start) lim = start;
+        }
+        lim_s[r] = (int)lim;
+        m_s[r] = MOEMLA_NEG_INF;
+        l_s[r] = 0.0f;
+        alpha_s[r] = 1.0f;
+    }
+    for (int idx = tid; idx < block_q * d16; idx += nthreads) {
+        const int r = idx / d16;
+        const int d = idx % d16;
+        const int rg = m0 + r;
+        if (rg < rows_total && d < d_qk) {
+            const int i = rg / group;
+            const int h = kvh * group + rg % group;
+            Qs[r * ks_stride + d] = q[(((moemla_i64)b * s_q + i) * h_q + h) * d_qk + d];
+        } else {
+            moemla_store(Qs + r * ks_stride + d, 0.0f);
+        }
+    }
+    for (int idx = tid; idx < block_q * os_stride; idx += nthreads) Os[idx] = 0.0f;
+    __syncthreads();
+
+    moemla_i64 hi = start;  // the block reads positions [start, hi), hi <= seqlen
+    for (int r = 0; r < block_q; ++r) hi = lim_s[r] > hi ? lim_s[r] : hi;
+
+    constexpr int VEC = 16 / (int)sizeof(T);
+    const bool vec_ok = d_qk % VEC == 0;
+    const int chunks_per_row = d16 / VEC;
+
+    for (moemla_i64 c0 = start; c0 < hi; c0 += block_n) {
+        // (a) Stage cache rows c0 .. c0 + block_n; rows at or past hi are zero, not loaded.
+        for (int idx = tid; idx < block_n * chunks_per_row; idx += nthreads) {
+            const int n = idx / chunks_per_row;
+            const int d = (idx % chunks_per_row) * VEC;
+            const moemla_i64 pos = c0 + n;
+            const T* src = nullptr;
+            if (pos < hi) {
+                const int blk = block_table[(moemla_i64)b * max_blocks + pos / block_size];
+                if (blk >= 0 && blk < num_blocks) {
+                    src = kv + (((moemla_i64)blk * block_size + pos % block_size) * h_kv + kvh) * d_qk;
+                }
+            }
+            T* dst = Ks + n * ks_stride + d;
+            if (src != nullptr && vec_ok && d + VEC <= d_qk) {
+                moemla_copy16(dst, src + d);
+            } else {
+                for (int v = 0; v < VEC; ++v) {
+                    if (src != nullptr && d + v < d_qk) {
+                        dst[v] = src[d + v];
+                    } else {
+                        moemla_store(dst + v, 0.0f);
+                    }
+                }
+            }
+        }
+        __syncthreads();
+
+        // (b) S = Q K^T (unscaled) into Ss[r][n].
+        bool done = false;
+#if MOEMLA_HAS_MMA_SYNC
+        if constexpr (MMA16) {
+            if (use_mma) {
+                const int g = lane >> 2, t = lane & 3;
+                for (int f = warp; f < block_n / 8; f += nwarps) {
+                    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                    for (int ks = 0; ks < d16 / 16; ++ks) {
+                        const T* a0 = Qs + g * ks_stride + ks * 16 + 2 * t;
+                        const T* a1 = a0 + 8 * ks_stride;
+                        const moemla_u32 a[4] = {moemla_pair(a0), moemla_pair(a1), moemla_pair(a0 + 8),
+                                                 moemla_pair(a1 + 8)};
+                        const T* b0 = Ks + (f * 8 + g) * ks_stride + ks * 16 + 2 * t;
+                        const moemla_u32 bf[2] = {moemla_pair(b0), moemla_pair(b0 + 8)};
+                        moemla_mma_16816(acc, a, bf, T());
+                    }
+                    const int col = f * 8 + 2 * t;
+                    Ss[g * block_n + col] = acc[0];
+                    Ss[g * block_n + col + 1] = acc[1];
+                    Ss[(g + 8) * block_n + col] = acc[2];
+                    Ss[(g + 8) * block_n + col + 1] = acc[3];
+                }
+                done = true;
+            }
+        }
+#endif
+        if (!done) {
+            for (int idx = tid; idx < block_q * block_n; idx += nthreads) {
+                const int r = idx / block_n;
+                const int n = idx % block_n;
+                const T* qr = Qs + r * ks_stride;
+                const T* kr = Ks + n * ks_stride;
+                float dot = 0.0f;
+                for (int d = 0; d < d_qk; ++d) dot += moemla_load(qr + d) * moemla_load(kr + d);
+                Ss[idx] = dot;
+            }
+        }
+        __syncthreads();
+
+        // (c) Online softmax, one warp per row: P into Ss (f32) and Ps (T, tensor path).
+        for (int r = warp; r < block_q; r += nwarps) {
+            const moemla_i64 lim = lim_s[r];
+            float mx = MOEMLA_NEG_INF;
+            for (int n = lane; n < block_n; n += MOEMLA_WARP_SIZE) {
+                const float s = (c0 + n < lim) ? Ss[r * block_n + n] * softmax_scale : MOEMLA_NEG_INF;
+                Ss[r * block_n + n] = s;
+                mx = fmaxf(mx, s);
+            }
+            mx = moemla_warp_max(mx);
+            const float m_old = m_s[r];
+            const float m_new = fmaxf(m_old, mx);
+            const bool none = m_new == MOEMLA_NEG_INF;
+            const float alpha = none ? 1.0f : expf(m_old - m_new);
+            float sum = 0.0f;
+            for (int n = lane; n < block_n; n += MOEMLA_WARP_SIZE) {
+                const float s = Ss[r * block_n + n];
+                const float p = (none || s == MOEMLA_NEG_INF) ? 0.0f : expf(s - m_new);
+                Ss[r * block_n + n] = p;
+                if (use_mma) moemla_store(Ps + r * ps_stride + n, p);
+                sum += p;
+            }
+            sum = moemla_warp_sum(sum);
+            if (lane == 0) {
+                m_s[r] = m_new;
+                l_s[r] = l_s[r] * alpha + sum;
+                alpha_s[r] = alpha;
+            }
+        }
+        __syncthreads();
+
+        // (d) O = O * alpha + P V (V = the first d_v columns of the staged rows).
+        done = false;
+#if MOEMLA_HAS_MMA_SYNC
+        if constexpr (MMA16) {
+            if (use_mma) {
+                const int g = lane >> 2, t = lane & 3;
+                for (int f = warp; f < os_stride / 8; f += nwarps) {
+                    const int col = f * 8 + 2 * t;
+                    float acc[4] = {Os[g * os_stride + col] * alpha_s[g],
+                                    Os[g * os_stride + col + 1] * alpha_s[g],
+                                    Os[(g + 8) * os_stride + col] * alpha_s[g + 8],
+                                    Os[(g + 8) * os_stride + col + 1] * alpha_s[g + 8]};
+                    for (int ks = 0; ks < block_n / 16; ++ks) {
+                        const T* a0 = Ps + g * ps_stride + ks * 16 + 2 * t;
+                        const T* a1 = a0 + 8 * ps_stride;
+                        const moemla_u32 a[4] = {moemla_pair(a0), moemla_pair(a1), moemla_pair(a0 + 8),
+                                                 moemla_pair(a1 + 8)};
+                        // B[k][n] = V[ks*16 + k][f*8 + n]: k pairs are rows apart, packed by hand.
+                        const T* v0 = Ks + (ks * 16 + 2 * t) * ks_stride + f * 8 + g;
+                        const moemla_u32 bf[2] = {moemla_pack(v0, v0 + ks_stride),
+                                                  moemla_pack(v0 + 8 * ks_stride, v0 + 9 * ks_stride)};
+                        moemla_mma_16816(acc, a, bf, T());
+                    }
+                    Os[g * os_stride + col] = acc[0];
+                    Os[g * os_stride + col + 1] = acc[1];
+                    Os[(g + 8) * os_stride + col] = acc[2];
+                    Os[(g + 8) * os_stride + col + 1] = acc[3];
+                }
+                done = true;
+            }
+        }
+#endif
+        if (!done) {
+            for (int idx = tid; idx < block_q * os_stride; idx += nthreads) {
+                const int r = idx / os_stride;
+                const int c = idx % os_stride;
+                if (c >= d_v) continue;
+                float acc = Os[idx] * alpha_s[r];
+                for (int n = 0; n < block_n; ++n) acc += Ss[r * block_n + n] * moemla_load(Ks + n * ks_stride + c);
+                Os[idx] = acc;
+            }
+        }
+        __syncthreads();
+    }
+
+    // Per-split results: o normalised by this split's sum, lse in natural log.
+    for (int idx = tid; idx < block_q * d_v; idx += nthreads) {
+        const int r = idx / d_v;
+        const int c = idx % d_v;
+        const int rg = m0 + r;
+        if (rg >= rows_total) continue;
+        const int i = rg / group;
+        const int h = kvh * group + rg % group;
+        const moemla_i64 orow = ((moemla_i64)b * s_q + i) * h_q + h;
+        const float l = l_s[r];
+        o_part[((moemla_i64)split * out_rows + orow) * d_v + c] = l > 0.0f ? Os[r * os_stride + c] / l : 0.0f;
+    }
+    for (int r = tid; r < block_q; r += nthreads) {
+        const int rg = m0 + r;
+        if (rg >= rows_total) continue;
+        const int i = rg / group;
+        const int h = kvh * group + rg % group;
+        const moemla_i64 orow = ((moemla_i64)b * s_q + i) * h_q + h;
+        const float l = l_s[r];
+        lse_part[(moemla_i64)split * out_rows + orow] = l > 0.0f ? m_s[r] + logf(l) : MOEMLA_NEG_INF;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. Split combine, one block per output row (b, i, h)
+// ---------------------------------------------------------------------------------------
+template <typename T>
+__device__ void moemla_mla_combine(const float* __restrict__ o_part, const float* __restrict__ lse_part,
+                                   T* __restrict__ o, float* __restrict__ lse, int batch, int s_q,
+                                   int h_q, int d_v, int num_splits) {
+    __shared__ float weight[MOEMLA_MLA_MAX_SPLITS];
+    __shared__ float inv_sum;
+    const moemla_i64 orow = blockIdx.x;
+    const moemla_i64 out_rows = (moemla_i64)batch * s_q * h_q;
+    if (threadIdx.x == 0) {
+        float m = MOEMLA_NEG_INF;
+        for (int s = 0; s < num_splits; ++s) m = fmaxf(m, lse_part[s * out_rows + orow]);
+        float sum = 0.0f;
+        for (int s = 0; s < num_splits; ++s) {
+            const float ls = lse_part[s * out_rows + orow];
+            const float w = (m == MOEMLA_NEG_INF || ls == MOEMLA_NEG_INF) ? 0.0f : expf(ls - m);
+            weight[s] = w;
+            sum += w;
+        }
+        inv_sum = sum > 0.0f ? 1.0f / sum : 0.0f;
+        const moemla_i64 b = orow / ((moemla_i64)s_q * h_q);
+        const moemla_i64 rem = orow % ((moemla_i64)s_q * h_q);
+        const moemla_i64 i = rem / h_q;
+        const moemla_i64 h = rem % h_q;
+        lse[(b * h_q + h) * s_q + i] = sum > 0.0f ? m + logf(sum) : MOEMLA_NEG_INF;
+    }
+    __syncthreads();
+    for (int c = threadIdx.x; c < d_v; c += blockDim.x) {
+        float acc = 0.0f;
+        for (int s = 0; s < num_splits; ++s) {
+            if (weight[s] != 0.0f) acc += weight[s] * o_part[(s * out_rows + orow) * d_v + c];
+        }
+        moemla_store(o + orow * d_v + c, acc * inv_sum);
+    }
+}
+
+#define MOEMLA_MLA_ENTRIES(SFX, T)                                                               \
+    extern "C" __global__ void moemla_mla_decode_##SFX(                                           \
+        const T* q, const T* kv_cache, const int* block_table, const int* cache_seqlens,          \
+        float* o_part, float* lse_part, int batch, int s_q, int h_q, int h_kv, int d_qk, int d_v, \
+        int num_blocks, int block_size, int max_blocks, int causal, float softmax_scale,          \
+        int num_splits, int block_q, int block_n) {                                               \
+        moemla_mla_decode<T>(q, kv_cache, block_table, cache_seqlens, o_part, lse_part, batch,    \
+                             s_q, h_q, h_kv, d_qk, d_v, num_blocks, block_size, max_blocks,       \
+                             causal, softmax_scale, num_splits, block_q, block_n);                \
+    }                                                                                             \
+    extern "C" __global__ void moemla_mla_combine_##SFX(const float* o_part, const float* lse_part, \
+                                                        T* o, float* lse, int batch, int s_q,     \
+                                                        int h_q, int d_v, int num_splits) {       \
+        moemla_mla_combine<T>(o_part, lse_part, o, lse, batch, s_q, h_q, d_v, num_splits);        \
+    }
+
+MOEMLA_MLA_ENTRIES(f32, float)
+MOEMLA_MLA_ENTRIES(f16, moemla_f16)
+MOEMLA_MLA_ENTRIES(bf16, moemla_bf16)
