@@ -1,0 +1,101 @@
+//! aclnnCast, aclnnInplaceCopy, aclnnMuls.
+//!
+//! - `aclnnCastGetWorkspaceSize(const aclTensor *self, const aclDataType dtype,
+//!   aclTensor *out, uint64_t *workspaceSize, aclOpExecutor **executor)`: out = self
+//!   converted to `dtype` (out's dtype), same shape
+//!   (https://www.hiascend.com/document/detail/zh/CANNCommunityEdition/83RC1/API/aolapi/context/aclnnCast.md).
+//! - `aclnnInplaceCopyGetWorkspaceSize(aclTensor *selfRef, const aclTensor *src, ...)`:
+//!   selfRef = src, converting dtype; non-contiguous views allowed on both sides
+//!   (.../aolapi/context/aclnnInplaceCopy.md). The emulator requires equal shapes (CANN
+//!   also broadcasts; moemla does not use that).
+//! - `aclnnMulsGetWorkspaceSize(const aclTensor *self, const aclScalar *other,
+//!   aclTensor *out, ...)`: out = self * other (.../aolapi/context/aclnnMuls.md).
+
+use super::{aclnn_launch, expect_dims, expect_dtype};
+use crate::executor::prepare;
+use crate::tensor::{scalar, tensor, AclScalar, AclTensor, DT_BF16, DT_F16, DT_F32, DT_I32};
+use std::ffi::c_void;
+
+const FLOATS_AND_I32: [i32; 4] = [DT_F32, DT_F16, DT_BF16, DT_I32];
+
+/// First phase of aclnnCast.
+///
+/// # Safety
+/// Pointers are checked against the emulator's records; out-pointers must be writable.
+#[no_mangle]
+pub unsafe extern "C" fn aclnnCastGetWorkspaceSize(
+    self_: *const AclTensor,
+    dtype: i32,
+    out: *const AclTensor,
+    workspace_size: *mut u64,
+    executor: *mut *mut c_void,
+) -> i32 {
+    // SAFETY: forwarded caller guarantees.
+    unsafe {
+        prepare("aclnnCast", workspace_size, executor, || {
+            let x = tensor(self_, "self")?;
+            let y = tensor(out, "out")?;
+            expect_dtype(&x, &FLOATS_AND_I32, "self")?;
+            expect_dtype(&y, &[dtype], "out (must be the requested dtype)")?;
+            expect_dtype(&y, &FLOATS_AND_I32, "out")?;
+            expect_dims(&y, &x.dims, "out")?;
+            Ok(Box::new(move || y.store(&x.load()?)))
+        })
+    }
+}
+aclnn_launch!(aclnnCast);
+
+/// First phase of aclnnInplaceCopy.
+///
+/// # Safety
+/// Pointers are checked against the emulator's records; out-pointers must be writable.
+#[no_mangle]
+pub unsafe extern "C" fn aclnnInplaceCopyGetWorkspaceSize(
+    self_ref: *const AclTensor,
+    src: *const AclTensor,
+    workspace_size: *mut u64,
+    executor: *mut *mut c_void,
+) -> i32 {
+    // SAFETY: forwarded caller guarantees.
+    unsafe {
+        prepare("aclnnInplaceCopy", workspace_size, executor, || {
+            let dst = tensor(self_ref, "selfRef")?;
+            let src = tensor(src, "src")?;
+            expect_dtype(&dst, &FLOATS_AND_I32, "selfRef")?;
+            expect_dtype(&src, &FLOATS_AND_I32, "src")?;
+            expect_dims(&src, &dst.dims, "src (the emulator does not broadcast)")?;
+            Ok(Box::new(move || dst.store(&src.load()?)))
+        })
+    }
+}
+aclnn_launch!(aclnnInplaceCopy);
+
+/// First phase of aclnnMuls.
+///
+/// # Safety
+/// Pointers are checked against the emulator's records; out-pointers must be writable.
+#[no_mangle]
+pub unsafe extern "C" fn aclnnMulsGetWorkspaceSize(
+    self_: *const AclTensor,
+    other: *const AclScalar,
+    out: *const AclTensor,
+    workspace_size: *mut u64,
+    executor: *mut *mut c_void,
+) -> i32 {
+    // SAFETY: forwarded caller guarantees.
+    unsafe {
+        prepare("aclnnMuls", workspace_size, executor, || {
+            let x = tensor(self_, "self")?;
+            let s = scalar(other, "other")?;
+            let y = tensor(out, "out")?;
+            expect_dtype(&x, &[DT_F32, DT_F16, DT_BF16], "self")?;
+            expect_dtype(&y, &[DT_F32, DT_F16, DT_BF16], "out")?;
+            expect_dims(&y, &x.dims, "out")?;
+            Ok(Box::new(move || {
+                let v: Vec<f64> = x.load()?.into_iter().map(|e| e * s).collect();
+                y.store(&v)
+            }))
+        })
+    }
+}
+aclnn_launch!(aclnnMuls);

@@ -1,0 +1,60 @@
+//! The emulated aclnn ops, one file per op family. Each implements CANN's documented
+//! semantics and constraints (cited in the file), not moemla's contract.
+
+pub mod elementwise;
+pub mod fused_infer_attention_score;
+pub mod matmul;
+pub mod moe_gating_top_k;
+pub mod reduce;
+
+/// Defines the second-phase entry point `aclnnXxx(workspace, workspaceSize, executor,
+/// stream)` of an op.
+macro_rules! aclnn_launch {
+    ($name:ident) => {
+        /// Second phase: runs the executor from the matching `GetWorkspaceSize` on `stream`.
+        ///
+        /// # Safety
+        /// Any pointer values are accepted; they are checked against the emulator's records.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            workspace: *mut std::ffi::c_void,
+            workspace_size: u64,
+            executor: *mut std::ffi::c_void,
+            stream: *mut std::ffi::c_void,
+        ) -> i32 {
+            $crate::executor::launch(
+                stringify!($name),
+                workspace,
+                workspace_size,
+                executor,
+                stream,
+            )
+        }
+    };
+}
+pub(crate) use aclnn_launch;
+
+use crate::status::{EmuResult, Fail};
+use crate::tensor::TensorDesc;
+
+/// Fails unless `t` has shape `dims`.
+pub(crate) fn expect_dims(t: &TensorDesc, dims: &[usize], arg: &str) -> EmuResult<()> {
+    if t.dims != dims {
+        return Err(Fail::invalid(format!(
+            "`{arg}` must have shape {dims:?}, got {:?}",
+            t.dims
+        )));
+    }
+    Ok(())
+}
+
+/// Fails unless `t`'s dtype is one of `allowed`.
+pub(crate) fn expect_dtype(t: &TensorDesc, allowed: &[i32], arg: &str) -> EmuResult<()> {
+    if !allowed.contains(&t.dtype) {
+        return Err(Fail::invalid(format!(
+            "`{arg}` has aclDataType {}, supported: {allowed:?}",
+            t.dtype
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,185 @@
+//! ACL runtime: initialisation, the one emulated device, streams.
+//!
+//! Signatures (AscendCL API reference, "System Configuration", "Device Management", "Stream
+//! Management", https://www.hiascend.com/document/detail/en/canncommercial/800/apiref/appdevgapi/ ):
+//! `aclError aclInit(const char *configPath)`, `aclError aclFinalize()`,
+//! `aclError aclrtSetDevice(int32_t deviceId)`, `aclError aclrtResetDevice(int32_t deviceId)`,
+//! `aclError aclrtGetDeviceCount(uint32_t *count)`, `aclError aclrtCreateStream(aclrtStream *stream)`,
+//! `aclError aclrtDestroyStream(aclrtStream stream)`,
+//! `aclError aclrtSynchronizeStream(aclrtStream stream)`, `const char *aclrtGetSocName()`.
+//!
+//! Streams are queues: aclnn launches append a task, `aclrtSynchronizeStream` runs them in
+//! order and returns the first failure (the rest of that queue is dropped).
+
+use crate::status::{
+    status, EmuResult, Fail, ACL_ERROR_INVALID_PARAM, ACL_ERROR_REPEAT_INITIALIZE,
+    ACL_ERROR_RT_PARAM_INVALID,
+};
+use std::collections::HashMap;
+use std::ffi::{c_char, c_void};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// Work queued on a stream.
+pub type Task = Box<dyn FnOnce() -> EmuResult<()> + Send>;
+
+static INITIALISED: AtomicBool = AtomicBool::new(false);
+static NEXT_STREAM: AtomicUsize = AtomicUsize::new(0x5000);
+static STREAMS: Mutex<Option<HashMap<usize, Vec<Task>>>> = Mutex::new(None);
+
+/// The SoC the emulator reports: it emulates the API, not a chip.
+const SOC_NAME: &[u8] = b"moemla-cann-emulator\0";
+
+fn with_streams<R>(f: impl FnOnce(&mut HashMap<usize, Vec<Task>>) -> R) -> R {
+    let mut guard = STREAMS.lock().unwrap_or_else(|e| e.into_inner());
+    f(guard.get_or_insert_with(HashMap::new))
+}
+
+/// Appends `task` to `stream`'s queue.
+pub fn enqueue(stream: *mut c_void, task: Task) -> EmuResult<()> {
+    with_streams(|s| match s.get_mut(&(stream as usize)) {
+        Some(queue) => {
+            queue.push(task);
+            Ok(())
+        }
+        None => Err(Fail::new(
+            ACL_ERROR_RT_PARAM_INVALID,
+            format!("stream {stream:p} was not created by aclrtCreateStream"),
+        )),
+    })
+}
+
+/// `aclInit`: once per process; a second call returns ACL_ERROR_REPEAT_INITIALIZE.
+///
+/// # Safety
+/// `config_path` may be null (no configuration file); it is not read.
+#[no_mangle]
+pub unsafe extern "C" fn aclInit(_config_path: *const c_char) -> i32 {
+    if INITIALISED.swap(true, Ordering::SeqCst) {
+        return status(Err(Fail::new(
+            ACL_ERROR_REPEAT_INITIALIZE,
+            "aclInit: already initialised in this process",
+        )));
+    }
+    0
+}
+
+/// `aclFinalize`.
+///
+/// # Safety
+/// Always safe to call.
+#[no_mangle]
+pub unsafe extern "C" fn aclFinalize() -> i32 {
+    INITIALISED.store(false, Ordering::SeqCst);
+    0
+}
+
+fn check_device(device_id: i32) -> EmuResult<()> {
+    if !INITIALISED.load(Ordering::SeqCst) {
+        return Err(Fail::new(
+            ACL_ERROR_INVALID_PARAM,
+            "aclInit has not been called",
+        ));
+    }
+    if device_id != 0 {
+        return Err(Fail::new(
+            ACL_ERROR_RT_PARAM_INVALID,
+            format!("device {device_id} does not exist (the emulator has device 0 only)"),
+        ));
+    }
+    Ok(())
+}
+
+/// `aclrtSetDevice`: device 0 only.
+///
+/// # Safety
+/// Always safe to call.
+#[no_mangle]
+pub unsafe extern "C" fn aclrtSetDevice(device_id: i32) -> i32 {
+    status(check_device(device_id))
+}
+
+/// `aclrtResetDevice`.
+///
+/// # Safety
+/// Always safe to call.
+#[no_mangle]
+pub unsafe extern "C" fn aclrtResetDevice(device_id: i32) -> i32 {
+    status(check_device(device_id))
+}
+
+/// `aclrtGetDeviceCount`: one device.
+///
+/// # Safety
+/// `count` must be null or writable.
+#[no_mangle]
+pub unsafe extern "C" fn aclrtGetDeviceCount(count: *mut u32) -> i32 {
+    if count.is_null() {
+        return status(Err(Fail::new(
+            ACL_ERROR_INVALID_PARAM,
+            "aclrtGetDeviceCount: null count",
+        )));
+    }
+    // SAFETY: checked non-null.
+    unsafe { *count = 1 };
+    0
+}
+
+/// `aclrtGetSocName`.
+///
+/// # Safety
+/// The returned string is static.
+#[no_mangle]
+pub unsafe extern "C" fn aclrtGetSocName() -> *const c_char {
+    SOC_NAME.as_ptr() as *const c_char
+}
+
+/// `aclrtCreateStream`.
+///
+/// # Safety
+/// `stream` must be null or writable.
+#[no_mangle]
+pub unsafe extern "C" fn aclrtCreateStream(stream: *mut *mut c_void) -> i32 {
+    if stream.is_null() {
+        return status(Err(Fail::new(
+            ACL_ERROR_INVALID_PARAM,
+            "aclrtCreateStream: null stream",
+        )));
+    }
+    let id = NEXT_STREAM.fetch_add(16, Ordering::SeqCst);
+    with_streams(|s| s.insert(id, Vec::new()));
+    // SAFETY: checked non-null.
+    unsafe { *stream = id as *mut c_void };
+    0
+}
+
+/// `aclrtDestroyStream`: pending tasks are dropped unrun.
+///
+/// # Safety
+/// Any value is accepted; unknown streams are reported.
+#[no_mangle]
+pub unsafe extern "C" fn aclrtDestroyStream(stream: *mut c_void) -> i32 {
+    status(match with_streams(|s| s.remove(&(stream as usize))) {
+        Some(_) => Ok(()),
+        None => Err(Fail::new(
+            ACL_ERROR_RT_PARAM_INVALID,
+            format!("aclrtDestroyStream: unknown stream {stream:p}"),
+        )),
+    })
+}
+
+/// `aclrtSynchronizeStream`: runs the queued tasks in order.
+///
+/// # Safety
+/// Any value is accepted; unknown streams are reported.
+#[no_mangle]
+pub unsafe extern "C" fn aclrtSynchronizeStream(stream: *mut c_void) -> i32 {
+    let queue = with_streams(|s| s.get_mut(&(stream as usize)).map(std::mem::take));
+    status(match queue {
+        None => Err(Fail::new(
+            ACL_ERROR_RT_PARAM_INVALID,
+            format!("aclrtSynchronizeStream: unknown stream {stream:p}"),
+        )),
+        Some(tasks) => tasks.into_iter().try_for_each(|task| task()),
+    })
+}

@@ -1,0 +1,414 @@
+//! The device: CANN loaded, device set, one stream; device memory; aclTensor handles; the
+//! two-phase aclnn call.
+
+use crate::error::{status_name, CannError, ACL_ERROR_REPEAT_INITIALIZE};
+use crate::loader::{Cann, Handle, LaunchFn};
+use moemla_core::{DType, DeviceBuffer, Error, Result};
+use std::any::Any;
+use std::ffi::{c_void, CStr};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The backend's name.
+pub const NAME: &str = "ascend";
+
+/// aclDataType values (AscendCL "aclDataType"): ACL_FLOAT 0, ACL_FLOAT16 1, ACL_INT8 2,
+/// ACL_INT32 3, ACL_BF16 27.
+pub fn acl_dtype(dtype: DType) -> i32 {
+    match dtype {
+        DType::F32 => ACL_FLOAT,
+        DType::F16 => 1,
+        DType::BF16 => 27,
+        DType::I32 => 3,
+        DType::F8E4M3 => -1,
+    }
+}
+/// ACL_FLOAT.
+pub const ACL_FLOAT: i32 = 0;
+/// ACL_INT8.
+pub const ACL_INT8: i32 = 2;
+/// ACL_FORMAT_ND (AscendCL "aclFormat").
+const ACL_FORMAT_ND: i32 = 2;
+/// ACL_MEM_MALLOC_HUGE_FIRST (AscendCL "aclrtMemMallocPolicy").
+const ACL_MEM_MALLOC_HUGE_FIRST: i32 = 0;
+/// aclrtMemcpyKind ACL_MEMCPY_HOST_TO_DEVICE / ACL_MEMCPY_DEVICE_TO_HOST.
+const HOST_TO_DEVICE: i32 = 1;
+const DEVICE_TO_HOST: i32 = 2;
+
+/// CANN, initialised, with device `id` set and one stream.
+pub struct Device {
+    /// The loaded libraries.
+    pub cann: Cann,
+    /// The device index.
+    pub id: i32,
+    /// `aclrtGetSocName()`.
+    pub soc: String,
+    stream: usize,
+    lock: Mutex<()>,
+}
+
+// SAFETY: the stream is a process-wide CANN handle and the tables hold plain function
+// pointers; every use of the stream by an op goes through `Device::lock`.
+unsafe impl Send for Device {}
+// SAFETY: as above.
+unsafe impl Sync for Device {}
+
+impl Device {
+    /// Initialises ACL (a repeated `aclInit` is fine), sets device `id`, creates a stream.
+    pub fn open(cann: Cann, id: i32) -> Result<Arc<Device>> {
+        let unavailable = |reason: String| Error::Unavailable {
+            backend: NAME.to_string(),
+            reason,
+        };
+        // SAFETY: FFI calls with valid arguments (null config path, out-pointers to locals).
+        unsafe {
+            let st = (cann.rt.aclInit)(std::ptr::null());
+            if st != 0 && st != ACL_ERROR_REPEAT_INITIALIZE {
+                return Err(unavailable(format!(
+                    "aclInit failed: {} ({st})",
+                    status_name(st)
+                )));
+            }
+            let mut count = 0u32;
+            let st = (cann.rt.aclrtGetDeviceCount)(&mut count);
+            if st != 0 || count == 0 || id < 0 || id as u32 >= count {
+                return Err(unavailable(format!(
+                    "no Ascend device {id}: aclrtGetDeviceCount returned {} ({st}), count {count}",
+                    status_name(st)
+                )));
+            }
+            let st = (cann.rt.aclrtSetDevice)(id);
+            if st != 0 {
+                return Err(unavailable(format!(
+                    "aclrtSetDevice({id}) failed: {} ({st})",
+                    status_name(st)
+                )));
+            }
+            let mut stream: Handle = std::ptr::null_mut();
+            let st = (cann.rt.aclrtCreateStream)(&mut stream);
+            if st != 0 {
+                return Err(unavailable(format!(
+                    "aclrtCreateStream failed: {} ({st})",
+                    status_name(st)
+                )));
+            }
+            let soc_ptr = (cann.rt.aclrtGetSocName)();
+            let soc = if soc_ptr.is_null() {
+                "unknown SoC".to_string()
+            } else {
+                CStr::from_ptr(soc_ptr).to_string_lossy().into_owned()
+            };
+            Ok(Arc::new(Device {
+                cann,
+                id,
+                soc,
+                stream: stream as usize,
+                lock: Mutex::new(()),
+            }))
+        }
+    }
+
+    /// The stream handle.
+    pub fn stream(&self) -> Handle {
+        self.stream as Handle
+    }
+
+    /// Serialises op sequences on the stream.
+    pub fn lock(&self) -> MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Turns a CANN status into a moemla error naming `call` and CANN's recent message.
+    pub fn check(&self, status: i32, call: &str) -> Result<()> {
+        if status == 0 {
+            return Ok(());
+        }
+        // SAFETY: returns null or a NUL-terminated string owned by CANN.
+        let msg = unsafe {
+            let p = (self.cann.rt.aclGetRecentErrMsg)();
+            if p.is_null() {
+                "(aclGetRecentErrMsg: no message)".to_string()
+            } else {
+                CStr::from_ptr(p).to_string_lossy().into_owned()
+            }
+        };
+        Err(CannError {
+            call: call.to_string(),
+            code: status,
+            name: status_name(status),
+            message: msg,
+        }
+        .into_error(NAME))
+    }
+
+    /// Waits for the stream.
+    pub fn synchronize(&self) -> Result<()> {
+        // SAFETY: the stream was created by `open` and lives as long as `self`.
+        let st = unsafe { (self.cann.rt.aclrtSynchronizeStream)(self.stream()) };
+        self.check(st, "aclrtSynchronizeStream")
+    }
+
+    /// `bytes` of device memory (at least 1: CANN rejects size 0), contents undefined.
+    pub fn alloc(self: &Arc<Self>, bytes: usize) -> Result<Arc<DevMem>> {
+        let mut ptr: Handle = std::ptr::null_mut();
+        // SAFETY: out-pointer to a local; policy is a documented value.
+        let st = unsafe {
+            (self.cann.rt.aclrtMalloc)(&mut ptr, bytes.max(1), ACL_MEM_MALLOC_HUGE_FIRST)
+        };
+        self.check(st, "aclrtMalloc")?;
+        Ok(Arc::new(DevMem {
+            ptr: ptr as usize,
+            bytes,
+            dev: self.clone(),
+        }))
+    }
+
+    /// Device memory holding a copy of `data`.
+    pub fn upload_bytes(self: &Arc<Self>, data: &[u8]) -> Result<Arc<DevMem>> {
+        let mem = self.alloc(data.len())?;
+        if !data.is_empty() {
+            // SAFETY: destination is a fresh allocation of data.len() bytes.
+            let st = unsafe {
+                (self.cann.rt.aclrtMemcpy)(
+                    mem.ptr(),
+                    mem.bytes,
+                    data.as_ptr() as *const c_void,
+                    data.len(),
+                    HOST_TO_DEVICE,
+                )
+            };
+            self.check(st, "aclrtMemcpy(HOST_TO_DEVICE)")?;
+        }
+        Ok(mem)
+    }
+
+    /// Waits for the stream, then copies the first `bytes` of `mem` to the host.
+    pub fn download_bytes(&self, mem: &DevMem, bytes: usize) -> Result<Vec<u8>> {
+        self.synchronize()?;
+        let mut out = vec![0u8; bytes];
+        if bytes > 0 {
+            // SAFETY: `out` holds `bytes` bytes; `mem` holds at least that many.
+            let st = unsafe {
+                (self.cann.rt.aclrtMemcpy)(
+                    out.as_mut_ptr() as Handle,
+                    bytes,
+                    mem.ptr() as *const c_void,
+                    bytes.min(mem.bytes),
+                    DEVICE_TO_HOST,
+                )
+            };
+            self.check(st, "aclrtMemcpy(DEVICE_TO_HOST)")?;
+        }
+        Ok(out)
+    }
+
+    /// An aclTensor viewing `mem`: `dims` with `strides` (row-major if `None`) from element
+    /// `offset`; the storage is all of `mem` as a 1-D array of `dtype`.
+    pub fn tensor(
+        &self,
+        mem: &DevMem,
+        dims: &[usize],
+        strides: Option<&[usize]>,
+        offset: usize,
+        dtype: i32,
+    ) -> Result<AclTensor<'_>> {
+        let size = match dtype {
+            1 | 27 => 2,
+            ACL_INT8 => 1,
+            _ => 4,
+        };
+        let dims: Vec<i64> = dims.iter().map(|&d| d as i64).collect();
+        let strides: Vec<i64> = match strides {
+            Some(s) => s.iter().map(|&d| d as i64).collect(),
+            None => {
+                let mut s = vec![1i64; dims.len()];
+                for i in (0..dims.len().saturating_sub(1)).rev() {
+                    s[i] = s[i + 1] * dims[i + 1];
+                }
+                s
+            }
+        };
+        let storage = [(mem.bytes / size) as i64];
+        // SAFETY: arrays are valid for their lengths during the call; CANN copies them.
+        let ptr = unsafe {
+            (self.cann.nn.aclCreateTensor)(
+                dims.as_ptr(),
+                dims.len() as u64,
+                dtype,
+                strides.as_ptr(),
+                offset as i64,
+                ACL_FORMAT_ND,
+                storage.as_ptr(),
+                1,
+                mem.ptr(),
+            )
+        };
+        if ptr.is_null() {
+            self.check(crate::error::ACLNN_NULL_RESULT, "aclCreateTensor")?;
+        }
+        Ok(AclTensor { ptr, dev: self })
+    }
+
+    /// An aclIntArray of `values`.
+    pub fn int_array(&self, values: &[i64]) -> Result<AclObject<'_>> {
+        // SAFETY: `values` valid for its length; CANN copies it.
+        let ptr = unsafe { (self.cann.nn.aclCreateIntArray)(values.as_ptr(), values.len() as u64) };
+        self.object(ptr, "aclCreateIntArray", self.cann.nn.aclDestroyIntArray)
+    }
+
+    /// An aclScalar holding the f32 `value`.
+    pub fn scalar_f32(&self, value: f32) -> Result<AclObject<'_>> {
+        // SAFETY: points at one f32 for the duration of the call; CANN copies it.
+        let ptr = unsafe {
+            (self.cann.nn.aclCreateScalar)(&value as *const f32 as *const c_void, ACL_FLOAT)
+        };
+        self.object(ptr, "aclCreateScalar", self.cann.nn.aclDestroyScalar)
+    }
+
+    /// An aclTensorList taking over `tensors` (destroyed with the list).
+    pub fn tensor_list(&self, tensors: Vec<AclTensor<'_>>) -> Result<AclObject<'_>> {
+        let raw: Vec<Handle> = tensors.into_iter().map(AclTensor::into_raw).collect();
+        // SAFETY: `raw` valid for its length; the list owns the tensors from here on.
+        let ptr = unsafe { (self.cann.nn.aclCreateTensorList)(raw.as_ptr(), raw.len() as u64) };
+        self.object(
+            ptr,
+            "aclCreateTensorList",
+            self.cann.nn.aclDestroyTensorList,
+        )
+    }
+
+    fn object(
+        &self,
+        ptr: Handle,
+        call: &str,
+        destroy: unsafe extern "C" fn(Handle) -> i32,
+    ) -> Result<AclObject<'_>> {
+        if ptr.is_null() {
+            self.check(crate::error::ACLNN_NULL_RESULT, call)?;
+        }
+        Ok(AclObject {
+            ptr,
+            destroy,
+            _dev: self,
+        })
+    }
+
+    /// Runs one aclnn op: `prepare(&mut workspaceSize, &mut executor)` (its
+    /// `GetWorkspaceSize`), allocates the workspace, then `launch` on the stream. Returns the
+    /// workspace, which the caller keeps until it has synchronised.
+    pub fn run(
+        self: &Arc<Self>,
+        op: &str,
+        prepare: impl FnOnce(*mut u64, *mut Handle) -> i32,
+        launch: Option<LaunchFn>,
+    ) -> Result<Option<Arc<DevMem>>> {
+        let launch = launch.ok_or_else(|| Error::Device {
+            backend: NAME.to_string(),
+            call: op.to_string(),
+            message: "symbol missing from the loaded op libraries".to_string(),
+        })?;
+        let mut size = 0u64;
+        let mut executor: Handle = std::ptr::null_mut();
+        self.check(
+            prepare(&mut size, &mut executor),
+            &format!("{op}GetWorkspaceSize"),
+        )?;
+        let workspace = if size > 0 {
+            Some(self.alloc(size as usize)?)
+        } else {
+            None
+        };
+        let ws_ptr = workspace.as_ref().map_or(std::ptr::null_mut(), |w| w.ptr());
+        // SAFETY: executor from the matching first phase, workspace of the size it asked.
+        let st = unsafe { launch(ws_ptr, size, executor, self.stream()) };
+        self.check(st, op)?;
+        Ok(workspace)
+    }
+}
+
+/// Device memory from `aclrtMalloc`, freed on drop.
+#[derive(Debug)]
+pub struct DevMem {
+    ptr: usize,
+    bytes: usize,
+    dev: Arc<Device>,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Device({} #{})", self.soc, self.id)
+    }
+}
+
+impl DevMem {
+    /// The device address.
+    pub fn ptr(&self) -> Handle {
+        self.ptr as Handle
+    }
+
+    /// Size in bytes.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Drop for DevMem {
+    fn drop(&mut self) {
+        // SAFETY: allocated by aclrtMalloc in `Device::alloc`, freed once. A failure cannot
+        // be reported from drop; it would only mean the pointer is already gone.
+        let _ = unsafe { (self.dev.cann.rt.aclrtFree)(self.ptr()) };
+    }
+}
+
+impl DeviceBuffer for DevMem {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// An aclTensor, destroyed on drop.
+pub struct AclTensor<'a> {
+    ptr: Handle,
+    dev: &'a Device,
+}
+
+impl AclTensor<'_> {
+    /// The handle, for passing to CANN.
+    pub fn raw(&self) -> Handle {
+        self.ptr
+    }
+
+    /// Gives up ownership (to an aclTensorList).
+    fn into_raw(self) -> Handle {
+        let ptr = self.ptr;
+        std::mem::forget(self);
+        ptr
+    }
+}
+
+impl Drop for AclTensor<'_> {
+    fn drop(&mut self) {
+        // SAFETY: created by aclCreateTensor and not owned by a list.
+        let _ = unsafe { (self.dev.cann.nn.aclDestroyTensor)(self.ptr) };
+    }
+}
+
+/// An aclIntArray, aclScalar or aclTensorList, destroyed on drop.
+pub struct AclObject<'a> {
+    ptr: Handle,
+    destroy: unsafe extern "C" fn(Handle) -> i32,
+    _dev: &'a Device,
+}
+
+impl AclObject<'_> {
+    /// The handle, for passing to CANN.
+    pub fn raw(&self) -> Handle {
+        self.ptr
+    }
+}
+
+impl Drop for AclObject<'_> {
+    fn drop(&mut self) {
+        // SAFETY: created by the matching aclCreate* function, destroyed once.
+        let _ = unsafe { (self.destroy)(self.ptr) };
+    }
+}

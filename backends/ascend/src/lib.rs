@@ -1,0 +1,170 @@
+//! # moemla-ascend
+//!
+//! moemla on Huawei Ascend NPUs through CANN's operator library (aclnn), loaded at run
+//! time — no CANN needed to build. See `loader` for where CANN is looked for, and
+//! `backends/ascend/README.md` for the op mapping, the contract gaps and how to verify on
+//! a 910B.
+//!
+//! Verified only against `moemla-cann-emulator` (a CPU emulator of the CANN C API), never
+//! on Ascend hardware; `info()` says so.
+
+mod device;
+mod error;
+mod loader;
+mod ops;
+
+pub use device::NAME;
+
+use device::{acl_dtype, DevMem, Device};
+use moemla_core::calls::{
+    MlaDecodeCall, MlaDecodeOutput, MoeExpertsCall, MoeRouteCall, MoeRouteOutput,
+};
+use moemla_core::{
+    Backend, BackendInfo, DType, DeviceTensor, Error, HostTensor, Op, OpSupport, Result, Shape,
+    Verification, VerificationKind,
+};
+use std::sync::Arc;
+
+/// The Ascend backend: one device, one stream.
+pub struct AscendBackend {
+    dev: Arc<Device>,
+    name: Arc<str>,
+}
+
+impl AscendBackend {
+    /// Loads CANN and opens device `MOEMLA_ASCEND_DEVICE` (default 0). Fails with
+    /// [`Error::Unavailable`] (listing every library path tried) when CANN or the device is
+    /// missing; never panics.
+    pub fn new() -> Result<Self> {
+        let id = match std::env::var("MOEMLA_ASCEND_DEVICE") {
+            Ok(s) => s.parse::<i32>().map_err(|_| Error::Unavailable {
+                backend: NAME.to_string(),
+                reason: format!("MOEMLA_ASCEND_DEVICE={s:?} is not a device index"),
+            })?,
+            Err(_) => 0,
+        };
+        let cann = loader::Cann::load().map_err(|reason| Error::Unavailable {
+            backend: NAME.to_string(),
+            reason,
+        })?;
+        Ok(AscendBackend {
+            dev: Device::open(cann, id)?,
+            name: Arc::from(NAME),
+        })
+    }
+
+    fn mem<'a>(
+        &self,
+        t: &'a DeviceTensor,
+        call: &'static str,
+        arg: &'static str,
+    ) -> Result<&'a DevMem> {
+        t.buffer::<DevMem>(NAME, call, arg)
+    }
+
+    fn wrap(&self, mem: Arc<DevMem>, shape: impl Into<Shape>, dtype: DType) -> DeviceTensor {
+        DeviceTensor::new(mem, self.name.clone(), shape, dtype)
+    }
+}
+
+impl Backend for AscendBackend {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn info(&self) -> BackendInfo {
+        let ops = &self.dev.cann.ops;
+        let mut supported = Vec::new();
+        if ops::moe_route::available(ops) {
+            supported.extend(DType::FLOATS.map(|dtype| OpSupport {
+                op: Op::MoeRoute,
+                dtype,
+            }));
+        }
+        if ops::mla_decode::available(ops) {
+            supported.extend([DType::F16, DType::BF16].map(|dtype| OpSupport {
+                op: Op::MlaDecode,
+                dtype,
+            }));
+        }
+        let mut notes: Vec<String> = vec![format!(
+            "loaded: {}",
+            self.dev
+                .cann
+                .origin
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )];
+        notes.extend(ops::moe_route::NOTES.iter().map(|s| s.to_string()));
+        notes.extend(ops::mla_decode::NOTES.iter().map(|s| s.to_string()));
+        notes.push("moe_experts: not implemented yet (planned: aclnnMoeInitRoutingV2 + aclnnGroupedMatmulV4 + aclnnSwiGlu + aclnnGroupedMatmulV4 + aclnnMoeFinalizeRoutingV2)".to_string());
+        let mut memory_bytes = None;
+        if let Some(get) = self.dev.cann.rt.aclrtGetMemInfo {
+            let (mut free, mut total) = (0usize, 0usize);
+            // SAFETY: out-pointers to locals; attr 1 = ACL_HBM_MEM (AscendCL "aclrtMemAttr").
+            if unsafe { get(1, &mut free, &mut total) } == 0 {
+                memory_bytes = Some(total as u64);
+            }
+        }
+        BackendInfo {
+            name: NAME.to_string(),
+            vendor: "Huawei Ascend (CANN aclnn)".to_string(),
+            device: format!("{} (device {})", self.dev.soc, self.dev.id),
+            memory_bytes,
+            supported,
+            verification: Verification {
+                kind: VerificationKind::Emulator,
+                detail: "CANN C-API emulator; not verified on Ascend hardware".to_string(),
+            },
+            notes,
+        }
+    }
+
+    fn alloc_zeroed(&self, shape: &Shape, dtype: DType) -> Result<DeviceTensor> {
+        let bytes = shape.elem_count() * dtype.size_in_bytes();
+        let mem = self.dev.alloc(bytes)?;
+        // SAFETY: `mem` holds max(bytes, 1) bytes.
+        let st = unsafe { (self.dev.cann.rt.aclrtMemset)(mem.ptr(), mem.bytes().max(1), 0, bytes) };
+        self.dev.check(st, "aclrtMemset")?;
+        Ok(self.wrap(mem, shape.clone(), dtype))
+    }
+
+    fn upload(&self, host: &HostTensor) -> Result<DeviceTensor> {
+        let mem = self.dev.upload_bytes(host.as_bytes())?;
+        Ok(self.wrap(mem, host.shape().clone(), host.dtype()))
+    }
+
+    fn download(&self, tensor: &DeviceTensor) -> Result<HostTensor> {
+        let mem = self.mem(tensor, "download", "tensor")?;
+        let bytes = self.dev.download_bytes(mem, tensor.size_in_bytes())?;
+        HostTensor::from_bytes(tensor.shape().clone(), tensor.dtype(), bytes)
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.dev.synchronize()
+    }
+
+    fn moe_route(&self, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput> {
+        ops::moe_route::run(self, call)
+    }
+
+    fn moe_experts(&self, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor> {
+        Err(Error::Unsupported {
+            backend: NAME.to_string(),
+            op: Op::MoeExperts,
+            what: call.dtype.to_string(),
+            reason: "moe_experts is not implemented on the Ascend backend yet".to_string(),
+        })
+    }
+
+    fn mla_decode(&self, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutput> {
+        ops::mla_decode::run(self, call)
+    }
+}
+
+/// aclDataType of a moemla dtype (for the ops modules).
+fn acl(dtype: DType) -> i32 {
+    acl_dtype(dtype)
+}

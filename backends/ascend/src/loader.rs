@@ -1,0 +1,324 @@
+//! Run-time loading of CANN: the three libraries' symbols as declarative tables (required /
+//! optional, after IREE's `dynamic_symbol_tables.h`), the search path, and the
+//! `Unavailable` error that lists every path tried.
+//!
+//! Where CANN is looked for, first hit wins per library:
+//! 1. `MOEMLA_ASCEND_LIB=<file>`: one library that provides every symbol (how the tests and
+//!    CI load `libmoemla_cann_emulator.so`, the CANN C-API emulator).
+//! 2. `MOEMLA_ASCEND_LIB_DIR=<dir>`: a directory holding libascendcl.so, libnnopbase.so and
+//!    libopapi.so and/or libopapi_{math,nn,cv,transformer}.so.
+//! 3. `$ASCEND_HOME_PATH`, `$ASCEND_TOOLKIT_HOME`, `/usr/local/Ascend/ascend-toolkit/latest`,
+//!    each in `lib64`, `{aarch64,x86_64}-linux/lib64` and the op-API directory
+//!    `opp/built-in/op_impl/ai_core/tbe/op_api/lib/linux/{aarch64,x86_64}`.
+//!
+//! Each op symbol is looked up in every op library found (newer CANN splits libopapi.so).
+//! Signatures and enum values are cited next to the tables; types are spelled in Rust:
+//! `aclError`/`aclnnStatus` = i32, `aclrtStream`/`aclOpExecutor*`/`aclTensor*`/... = pointers.
+
+use libloading::Library;
+use std::ffi::{c_char, c_void};
+use std::path::{Path, PathBuf};
+
+/// Opaque CANN handle (`aclTensor*`, `aclOpExecutor*`, `aclrtStream`, ...).
+pub type Handle = *mut c_void;
+
+/// Declares one library's symbol table: a struct of function pointers (`Option` for
+/// optional ones) and `resolve`, which looks each symbol up in a list of libraries.
+macro_rules! symbol_table {
+    (
+        $(#[$meta:meta])* $table:ident {
+            required { $( $(#[$rm:meta])* $req:ident : fn($($rarg:ty),*) -> $rret:ty; )* }
+            optional { $( $(#[$om:meta])* $opt:ident : fn($($oarg:ty),*) -> $oret:ty; )* }
+        }
+    ) => {
+        $(#[$meta])*
+        // The tables list the documented surface; not every entry is called yet.
+        #[allow(non_snake_case, dead_code)]
+        pub struct $table {
+            $( $(#[$rm])* pub $req: unsafe extern "C" fn($($rarg),*) -> $rret, )*
+            $( $(#[$om])* pub $opt: Option<unsafe extern "C" fn($($oarg),*) -> $oret>, )*
+        }
+
+        impl $table {
+            /// Resolves every symbol from the first library in `libs` that has it; fails with
+            /// the first missing required symbol.
+            pub fn resolve(libs: &[&Library]) -> Result<Self, String> {
+                let table = $table {
+                    $( $req: match lookup(libs, stringify!($req)) {
+                        // SAFETY: the symbol has the C signature the CANN docs give (cited
+                        // at the table); the libraries outlive the table (see `Cann`).
+                        Some(p) => unsafe { std::mem::transmute::<*mut c_void, unsafe extern "C" fn($($rarg),*) -> $rret>(p) },
+                        None => return Err(format!("missing required symbol {}", stringify!($req))),
+                    }, )*
+                    $( $opt: lookup(libs, stringify!($opt)).map(|p| {
+                        // SAFETY: as above.
+                        unsafe { std::mem::transmute::<*mut c_void, unsafe extern "C" fn($($oarg),*) -> $oret>(p) }
+                    }), )*
+                };
+                Ok(table)
+            }
+        }
+    };
+}
+
+/// The first non-null address of `name` in `libs`.
+fn lookup(libs: &[&Library], name: &str) -> Option<*mut c_void> {
+    libs.iter().find_map(|lib| {
+        // SAFETY: only the address is read here; it is typed by the table that asked.
+        let sym = unsafe { lib.get::<*mut c_void>(name.as_bytes()) }.ok()?;
+        let addr = *sym;
+        (!addr.is_null()).then_some(addr)
+    })
+}
+
+symbol_table! {
+    /// libascendcl.so — AscendCL runtime. Signatures: AscendCL API reference
+    /// (https://www.hiascend.com/document/detail/en/canncommercial/800/apiref/appdevgapi/ ,
+    /// "System Configuration", "Device Management", "Stream Management", "Memory Management").
+    /// `aclrtMemMallocPolicy`: ACL_MEM_MALLOC_HUGE_FIRST = 0. `aclrtMemcpyKind`:
+    /// HOST_TO_HOST 0, HOST_TO_DEVICE 1, DEVICE_TO_HOST 2, DEVICE_TO_DEVICE 3.
+    AclRuntime {
+        required {
+            /// `aclError aclInit(const char *configPath)`
+            aclInit: fn(*const c_char) -> i32;
+            /// `aclError aclFinalize()`
+            aclFinalize: fn() -> i32;
+            /// `aclError aclrtSetDevice(int32_t deviceId)`
+            aclrtSetDevice: fn(i32) -> i32;
+            /// `aclError aclrtResetDevice(int32_t deviceId)`
+            aclrtResetDevice: fn(i32) -> i32;
+            /// `aclError aclrtGetDeviceCount(uint32_t *count)`
+            aclrtGetDeviceCount: fn(*mut u32) -> i32;
+            /// `aclError aclrtCreateStream(aclrtStream *stream)`
+            aclrtCreateStream: fn(*mut Handle) -> i32;
+            /// `aclError aclrtDestroyStream(aclrtStream stream)`
+            aclrtDestroyStream: fn(Handle) -> i32;
+            /// `aclError aclrtSynchronizeStream(aclrtStream stream)`
+            aclrtSynchronizeStream: fn(Handle) -> i32;
+            /// `aclError aclrtMalloc(void **devPtr, size_t size, aclrtMemMallocPolicy policy)`
+            aclrtMalloc: fn(*mut Handle, usize, i32) -> i32;
+            /// `aclError aclrtFree(void *devPtr)`
+            aclrtFree: fn(Handle) -> i32;
+            /// `aclError aclrtMemcpy(void *dst, size_t destMax, const void *src, size_t count, aclrtMemcpyKind kind)`
+            aclrtMemcpy: fn(Handle, usize, *const c_void, usize, i32) -> i32;
+            /// `aclError aclrtMemset(void *devPtr, size_t maxCount, int32_t value, size_t count)`
+            aclrtMemset: fn(Handle, usize, i32, usize) -> i32;
+            /// `const char *aclrtGetSocName()`
+            aclrtGetSocName: fn() -> *const c_char;
+            /// `const char *aclGetRecentErrMsg()`
+            aclGetRecentErrMsg: fn() -> *const c_char;
+        }
+        optional {
+            /// `aclError aclrtGetMemInfo(aclrtMemAttr attr, size_t *free, size_t *total)`; attr ACL_HBM_MEM = 1.
+            aclrtGetMemInfo: fn(i32, *mut usize, *mut usize) -> i32;
+        }
+    }
+}
+
+symbol_table! {
+    /// libnnopbase.so — aclTensor and friends. Signatures: "aclCreateTensor" and the
+    /// neighbouring base-interface pages
+    /// (https://www.hiascend.com/document/detail/en/canncommercial/850/API/aolapi/operatorlist_00019.html).
+    /// `aclDataType`: ACL_FLOAT 0, ACL_FLOAT16 1, ACL_INT8 2, ACL_INT32 3, ACL_INT64 9,
+    /// ACL_BF16 27; `aclFormat`: ACL_FORMAT_ND 2
+    /// (https://www.hiascend.com/document/detail/en/canncommercial/800/apiref/appdevgapi/aclcppdevg_03_1348.html).
+    NnopBase {
+        required {
+            /// `aclTensor *aclCreateTensor(const int64_t *viewDims, uint64_t viewDimsNum, aclDataType dataType, const int64_t *stride, int64_t offset, aclFormat format, const int64_t *storageDims, uint64_t storageDimsNum, void *tensorData)`
+            aclCreateTensor: fn(*const i64, u64, i32, *const i64, i64, i32, *const i64, u64, Handle) -> Handle;
+            /// `aclnnStatus aclDestroyTensor(const aclTensor *tensor)`
+            aclDestroyTensor: fn(Handle) -> i32;
+            /// `aclIntArray *aclCreateIntArray(const int64_t *value, uint64_t size)`
+            aclCreateIntArray: fn(*const i64, u64) -> Handle;
+            /// `aclnnStatus aclDestroyIntArray(const aclIntArray *array)`
+            aclDestroyIntArray: fn(Handle) -> i32;
+            /// `aclTensorList *aclCreateTensorList(const aclTensor *const *value, uint64_t size)`
+            aclCreateTensorList: fn(*const Handle, u64) -> Handle;
+            /// `aclnnStatus aclDestroyTensorList(const aclTensorList *array)` (destroys its tensors too)
+            aclDestroyTensorList: fn(Handle) -> i32;
+            /// `aclScalar *aclCreateScalar(void *value, aclDataType dataType)`
+            aclCreateScalar: fn(*const c_void, i32) -> Handle;
+            /// `aclnnStatus aclDestroyScalar(const aclScalar *scalar)`
+            aclDestroyScalar: fn(Handle) -> i32;
+        }
+        optional {}
+    }
+}
+
+/// Second phase of every aclnn op: `aclnnStatus aclnnXxx(void *workspace, uint64_t
+/// workspaceSize, aclOpExecutor *executor, aclrtStream stream)`.
+pub type LaunchFn = unsafe extern "C" fn(Handle, u64, Handle, Handle) -> i32;
+
+symbol_table! {
+    /// The aclnn ops moemla uses, from libopapi.so or libopapi_{math,nn,cv,transformer}.so.
+    /// All optional: an op whose symbols are missing makes only the moemla ops that need it
+    /// unsupported. First-phase signatures (all end in `uint64_t *workspaceSize,
+    /// aclOpExecutor **executor`), from the op pages under
+    /// https://www.hiascend.com/document/detail/zh/CANNCommunityEdition/83RC1/API/aolapi/context/ :
+    OpApi {
+        required {}
+        optional {
+            /// aclnnCast.md: `(const aclTensor *self, const aclDataType dtype, aclTensor *out, ...)`
+            aclnnCastGetWorkspaceSize: fn(Handle, i32, Handle, *mut u64, *mut Handle) -> i32;
+            /// aclnnCast second phase.
+            aclnnCast: fn(Handle, u64, Handle, Handle) -> i32;
+            /// aclnnInplaceCopy.md: `(aclTensor *selfRef, const aclTensor *src, ...)`
+            aclnnInplaceCopyGetWorkspaceSize: fn(Handle, Handle, *mut u64, *mut Handle) -> i32;
+            /// aclnnInplaceCopy second phase.
+            aclnnInplaceCopy: fn(Handle, u64, Handle, Handle) -> i32;
+            /// aclnnMuls.md: `(const aclTensor *self, const aclScalar *other, aclTensor *out, ...)`
+            aclnnMulsGetWorkspaceSize: fn(Handle, Handle, Handle, *mut u64, *mut Handle) -> i32;
+            /// aclnnMuls second phase.
+            aclnnMuls: fn(Handle, u64, Handle, Handle) -> i32;
+            /// aclnnMatmul.md: `(const aclTensor *self, const aclTensor *mat2, aclTensor *out, int8_t cubeMathType, ...)`
+            aclnnMatmulGetWorkspaceSize: fn(Handle, Handle, Handle, i8, *mut u64, *mut Handle) -> i32;
+            /// aclnnMatmul second phase.
+            aclnnMatmul: fn(Handle, u64, Handle, Handle) -> i32;
+            /// aclnnLogSumExp.md: `(const aclTensor *self, const aclIntArray *dim, bool keepDim, aclTensor *out, ...)`
+            aclnnLogSumExpGetWorkspaceSize: fn(Handle, Handle, bool, Handle, *mut u64, *mut Handle) -> i32;
+            /// aclnnLogSumExp second phase.
+            aclnnLogSumExp: fn(Handle, u64, Handle, Handle) -> i32;
+            /// aclnnMoeGatingTopK.md: `(const aclTensor *x, const aclTensor *biasOptional, int64_t k, int64_t kGroup, int64_t groupCount, int64_t groupSelectMode, int64_t renorm, int64_t normType, bool outFlag, double routedScalingFactor, double eps, const aclTensor *yOut, const aclTensor *expertIdxOut, const aclTensor *outOut, ...)`
+            aclnnMoeGatingTopKGetWorkspaceSize: fn(Handle, Handle, i64, i64, i64, i64, i64, i64, bool, f64, f64, Handle, Handle, Handle, *mut u64, *mut Handle) -> i32;
+            /// aclnnMoeGatingTopK second phase.
+            aclnnMoeGatingTopK: fn(Handle, u64, Handle, Handle) -> i32;
+            /// aclnnFusedInferAttentionScoreV3.md: query, key (list), value (list), pseShift, attenMask, actualSeqLengths (int array), actualSeqLengthsKv (int array), deqScale1, quantScale1, deqScale2, quantScale2, quantOffset2, antiquantScale, antiquantOffset, blockTable, queryPaddingSize, kvPaddingSize, keyAntiquantScale, keyAntiquantOffset, valueAntiquantScale, valueAntiquantOffset, keySharedPrefix, valueSharedPrefix, actualSharedPrefixLen (int array), queryRope, keyRope, keyRopeAntiquantScale, int64 numHeads, double scaleValue, int64 preTokens, int64 nextTokens, char *inputLayout, int64 numKeyValueHeads, int64 sparseMode, int64 innerPrecise, int64 blockSize, int64 antiquantMode, bool softmaxLseFlag, int64 keyAntiquantMode, int64 valueAntiquantMode, attentionOut, softmaxLse, ...
+            aclnnFusedInferAttentionScoreV3GetWorkspaceSize: fn(
+                Handle, Handle, Handle, Handle, Handle, Handle, Handle, Handle, Handle, Handle,
+                Handle, Handle, Handle, Handle, Handle, Handle, Handle, Handle, Handle, Handle,
+                Handle, Handle, Handle, Handle, Handle, Handle, Handle,
+                i64, f64, i64, i64, *const c_char, i64, i64, i64, i64, i64, bool, i64, i64,
+                Handle, Handle, *mut u64, *mut Handle) -> i32;
+            /// aclnnFusedInferAttentionScoreV3 second phase.
+            aclnnFusedInferAttentionScoreV3: fn(Handle, u64, Handle, Handle) -> i32;
+        }
+    }
+}
+
+/// The loaded CANN: its libraries (kept alive as long as the tables) and where they came from.
+pub struct Cann {
+    /// libascendcl.so symbols.
+    pub rt: AclRuntime,
+    /// libnnopbase.so symbols.
+    pub nn: NnopBase,
+    /// aclnn op symbols.
+    pub ops: OpApi,
+    /// Which files were loaded.
+    pub origin: Vec<PathBuf>,
+    _libs: Vec<Library>,
+}
+
+/// Op libraries, newest layout first.
+const OP_LIBS: [&str; 5] = [
+    "libopapi.so",
+    "libopapi_math.so",
+    "libopapi_nn.so",
+    "libopapi_cv.so",
+    "libopapi_transformer.so",
+];
+
+/// Directories searched under each CANN root.
+fn dirs_under(root: &Path) -> Vec<PathBuf> {
+    let mut dirs = vec![root.join("lib64")];
+    for arch in ["aarch64", "x86_64"] {
+        dirs.push(root.join(format!("{arch}-linux/lib64")));
+        dirs.push(root.join(format!(
+            "opp/built-in/op_impl/ai_core/tbe/op_api/lib/linux/{arch}"
+        )));
+    }
+    dirs
+}
+
+/// The directories to search, in order, from the environment.
+pub fn search_dirs() -> Vec<PathBuf> {
+    if let Some(dir) = std::env::var_os("MOEMLA_ASCEND_LIB_DIR") {
+        return vec![PathBuf::from(dir)];
+    }
+    let mut roots: Vec<PathBuf> = ["ASCEND_HOME_PATH", "ASCEND_TOOLKIT_HOME"]
+        .iter()
+        .filter_map(std::env::var_os)
+        .map(PathBuf::from)
+        .collect();
+    roots.push(PathBuf::from("/usr/local/Ascend/ascend-toolkit/latest"));
+    roots.iter().flat_map(|r| dirs_under(r)).collect()
+}
+
+/// Loads one file, recording the attempt.
+fn try_load(path: &Path, tried: &mut Vec<String>) -> Option<Library> {
+    if !path.exists() {
+        tried.push(format!("{}: not found", path.display()));
+        return None;
+    }
+    // SAFETY: loading runs the library's initialisers; CANN's and the emulator's are
+    // ordinary shared-library constructors.
+    match unsafe { Library::new(path) } {
+        Ok(lib) => Some(lib),
+        Err(e) => {
+            tried.push(format!("{}: {e}", path.display()));
+            None
+        }
+    }
+}
+
+impl Cann {
+    /// Finds and loads CANN; the error lists every path tried and why it failed.
+    pub fn load() -> Result<Cann, String> {
+        let mut tried = Vec::new();
+        let mut libs: Vec<(PathBuf, Library)> = Vec::new();
+        if let Some(file) = std::env::var_os("MOEMLA_ASCEND_LIB") {
+            let path = PathBuf::from(file);
+            if let Some(lib) = try_load(&path, &mut tried) {
+                libs.push((path, lib));
+            }
+        } else {
+            let dirs = search_dirs();
+            for name in ["libascendcl.so", "libnnopbase.so"] {
+                if let Some(found) = dirs.iter().find_map(|d| {
+                    let p = d.join(name);
+                    try_load(&p, &mut tried).map(|l| (p, l))
+                }) {
+                    libs.push(found);
+                }
+            }
+            for name in OP_LIBS {
+                for d in &dirs {
+                    let p = d.join(name);
+                    if let Some(lib) = try_load(&p, &mut tried) {
+                        libs.push((p, lib));
+                    }
+                }
+            }
+        }
+        let refs: Vec<&Library> = libs.iter().map(|(_, l)| l).collect();
+        let tables = AclRuntime::resolve(&refs)
+            .map_err(|e| format!("libascendcl.so: {e}"))
+            .and_then(|rt| {
+                let nn = NnopBase::resolve(&refs).map_err(|e| format!("libnnopbase.so: {e}"))?;
+                let ops = OpApi::resolve(&refs)?;
+                Ok((rt, nn, ops))
+            });
+        match tables {
+            Ok((rt, nn, ops)) => {
+                let (origin, libs) = libs.into_iter().unzip();
+                Ok(Cann {
+                    rt,
+                    nn,
+                    ops,
+                    origin,
+                    _libs: libs,
+                })
+            }
+            Err(e) => {
+                let loaded: Vec<String> =
+                    libs.iter().map(|(p, _)| p.display().to_string()).collect();
+                Err(format!(
+                    "CANN not found ({e}); loaded: [{}]; tried: [{}]. Set MOEMLA_ASCEND_LIB_DIR to \
+                     the directory holding libascendcl.so, or source CANN's set_env.sh \
+                     (ASCEND_HOME_PATH)",
+                    loaded.join(", "),
+                    tried.join("; ")
+                ))
+            }
+        }
+    }
+}

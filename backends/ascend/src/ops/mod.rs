@@ -1,0 +1,17 @@
+//! One file per moemla op: argument checks against CANN's documented limits, marshalling,
+//! and the aclnn calls.
+
+pub mod mla_decode;
+pub mod moe_route;
+
+use moemla_core::{Error, Op};
+
+/// An [`Error::Unsupported`] from this backend.
+pub fn unsupported(op: Op, what: impl Into<String>, reason: impl Into<String>) -> Error {
+    Error::Unsupported {
+        backend: crate::NAME.to_string(),
+        op,
+        what: what.into(),
+        reason: reason.into(),
+    }
+}

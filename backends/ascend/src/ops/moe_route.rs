@@ -1,0 +1,172 @@
+//! moe_route -> (aclnnCast for F16/BF16 logits) + aclnnMoeGatingTopK.
+//!
+//! aclnnMoeGatingTopK (cited in `loader.rs`; semantics in the emulator's
+//! `ops/moe_gating_top_k.rs`) computes DeepSeek gating, with these differences from the
+//! contract, handled here:
+//! - its weights are always `y / (sum(y) + eps) * routedScalingFactor`: contract
+//!   `renormalize=false` is Unsupported; with `renormalize=true` we pass eps = 1e-20, below
+//!   f32 resolution for any weight sum above 1e-12 (sigmoid/softmax top-k sums of real
+//!   routers are far above that);
+//! - bias and yOut share x's dtype: logits are first cast to F32 (aclnnCast), so routing is
+//!   computed in f32 with the F32 bias and F32 weights, as the contract says;
+//! - its limits (E <= 2048, E / n_group > 2, align32(E / n_group) * n_group <= 2048,
+//!   top_k <= topk_group * E / n_group) are checked first and reported as Unsupported.
+
+use crate::device::ACL_FLOAT;
+use crate::loader::OpApi;
+use crate::ops::unsupported;
+use crate::{acl, AscendBackend};
+use moemla_core::calls::{MoeRouteCall, MoeRouteOutput};
+use moemla_core::{DType, GroupSelect, Op, Result, ScoreFunc};
+
+/// The eps passed to aclnnMoeGatingTopK (see the module doc).
+const EPS: f64 = 1e-20;
+
+/// Contract gaps, for `info().notes`.
+pub const NOTES: [&str; 2] = [
+    "moe_route: aclnnMoeGatingTopK (F16/BF16 logits cast to F32 with aclnnCast first); renormalize=false is Unsupported (the op always divides by sum + eps; eps = 1e-20 is passed)",
+    "moe_route: Unsupported where aclnnMoeGatingTopK's limits are exceeded: E > 2048, E / n_group <= 2, align32(E / n_group) * n_group > 2048",
+];
+
+/// Whether the loaded op libraries have what moe_route needs.
+pub fn available(ops: &OpApi) -> bool {
+    ops.aclnnMoeGatingTopK.is_some()
+        && ops.aclnnMoeGatingTopKGetWorkspaceSize.is_some()
+        && ops.aclnnCast.is_some()
+        && ops.aclnnCastGetWorkspaceSize.is_some()
+}
+
+fn check_limits(call: &MoeRouteCall<'_>) -> Result<()> {
+    let p = call.params;
+    let e = call.experts;
+    let per_group = e / p.n_group;
+    let rule =
+        |what: String, reason: &str| Err(unsupported(Op::MoeRoute, what, reason.to_string()));
+    if !p.renormalize {
+        return rule(
+            "renormalize=false".into(),
+            "aclnnMoeGatingTopK always divides the selected weights by their sum (+ eps)",
+        );
+    }
+    if e > 2048 {
+        return rule(
+            format!("E={e}"),
+            "aclnnMoeGatingTopK supports at most 2048 experts",
+        );
+    }
+    if per_group <= 2 {
+        return rule(
+            format!("E/n_group={per_group}"),
+            "aclnnMoeGatingTopK needs more than 2 experts per group",
+        );
+    }
+    if per_group.div_ceil(32) * 32 * p.n_group > 2048 {
+        return rule(
+            format!("n_group={} with {per_group} experts per group", p.n_group),
+            "aclnnMoeGatingTopK needs align32(E / n_group) * n_group <= 2048",
+        );
+    }
+    if p.top_k > per_group * p.topk_group {
+        return rule(
+            format!("top_k={}", p.top_k),
+            "aclnnMoeGatingTopK needs top_k <= topk_group * E / n_group",
+        );
+    }
+    Ok(())
+}
+
+/// Runs moe_route.
+pub fn run(be: &AscendBackend, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput> {
+    check_limits(call)?;
+    if !available(&be.dev.cann.ops) {
+        return Err(unsupported(
+            Op::MoeRoute,
+            "all",
+            "aclnnMoeGatingTopK or aclnnCast missing from the loaded op libraries",
+        ));
+    }
+    let dev = &be.dev;
+    let ops = &dev.cann.ops;
+    let p = call.params;
+    let (t, e, k) = (call.tokens, call.experts, p.top_k);
+    let logits_mem = be.mem(call.logits, "moe_route", "logits")?;
+    let bias_mem = call
+        .bias
+        .map(|b| be.mem(b, "moe_route", "bias"))
+        .transpose()?;
+    let _guard = dev.lock();
+    let mut keep = Vec::new();
+
+    // Routing runs in f32: cast F16/BF16 logits first.
+    let x32 = if call.logits.dtype() == DType::F32 {
+        None
+    } else {
+        let x32 = dev.alloc(t * e * 4)?;
+        let src = dev.tensor(logits_mem, &[t, e], None, 0, acl(call.logits.dtype()))?;
+        let dst = dev.tensor(&x32, &[t, e], None, 0, ACL_FLOAT)?;
+        // SAFETY: handles live for the call; out-pointers come from `Device::run`.
+        keep.push(dev.run(
+            "aclnnCast",
+            |ws, ex| unsafe {
+                (ops.aclnnCastGetWorkspaceSize
+                    .expect("checked by available()"))(
+                    src.raw(), ACL_FLOAT, dst.raw(), ws, ex
+                )
+            },
+            ops.aclnnCast,
+        )?);
+        Some(x32)
+    };
+    let x_mem = x32.as_deref().unwrap_or(logits_mem);
+    let weights = dev.alloc(t * k * 4)?;
+    let ids = dev.alloc(t * k * 4)?;
+    let norm = dev.alloc(t * e * 4)?;
+    let x = dev.tensor(x_mem, &[t, e], None, 0, ACL_FLOAT)?;
+    let bias = bias_mem
+        .map(|m| dev.tensor(m, &[e], None, 0, ACL_FLOAT))
+        .transpose()?;
+    let y = dev.tensor(&weights, &[t, k], None, 0, ACL_FLOAT)?;
+    let idx = dev.tensor(&ids, &[t, k], None, 0, acl(DType::I32))?;
+    let out = dev.tensor(&norm, &[t, e], None, 0, ACL_FLOAT)?;
+    let group_select_mode = match p.group_select {
+        GroupSelect::Max => 0,
+        GroupSelect::Top2Sum => 1,
+    };
+    let norm_type = match p.score_func {
+        ScoreFunc::Softmax => 0,
+        ScoreFunc::Sigmoid => 1,
+    };
+    let bias_raw = bias.as_ref().map_or(std::ptr::null_mut(), |b| b.raw());
+    // SAFETY: handles live for the call; attribute values are the documented ones.
+    keep.push(dev.run(
+        "aclnnMoeGatingTopK",
+        |ws, ex| unsafe {
+            (ops.aclnnMoeGatingTopKGetWorkspaceSize
+                .expect("checked by available()"))(
+                x.raw(),
+                bias_raw,
+                k as i64,
+                p.topk_group as i64,
+                p.n_group as i64,
+                group_select_mode,
+                0,
+                norm_type,
+                false,
+                p.routed_scaling_factor,
+                EPS,
+                y.raw(),
+                idx.raw(),
+                out.raw(),
+                ws,
+                ex,
+            )
+        },
+        ops.aclnnMoeGatingTopK,
+    )?);
+    dev.synchronize()?;
+    drop(keep);
+    Ok(MoeRouteOutput {
+        topk_ids: be.wrap(ids, [t, k], DType::I32),
+        topk_weights: be.wrap(weights, [t, k], DType::F32),
+    })
+}

@@ -1,0 +1,58 @@
+//! Shared test setup: the backend on the CANN C-API emulator, loaded through the normal
+//! loader (`MOEMLA_ASCEND_LIB`).
+//!
+//! `moemla-cann-emulator` is a dev-dependency built as cdylib + rlib, so `cargo test`
+//! has built `libmoemla_cann_emulator.so` into the target directory (`deps/`) before this
+//! runs; we find it next to the test executable unless `MOEMLA_ASCEND_LIB` is already set.
+
+#![allow(dead_code)]
+
+use moemla_ascend::AscendBackend;
+use std::path::PathBuf;
+use std::sync::Once;
+
+const SO: &str = "libmoemla_cann_emulator.so";
+
+/// Where the emulator library is.
+pub fn emulator_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("MOEMLA_ASCEND_LIB") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let deps = exe.parent().expect("deps directory").to_path_buf();
+    let candidates = [
+        deps.join(SO),
+        deps.parent().map(|d| d.join(SO)).unwrap_or_default(),
+    ];
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!("{SO} not found in {candidates:?}; run `cargo build -p moemla-cann-emulator`")
+        })
+}
+
+/// The Ascend backend on the emulator.
+pub fn backend() -> AscendBackend {
+    static SET: Once = Once::new();
+    SET.call_once(|| {
+        let path = emulator_path();
+        // Set once, before any backend is created; tests only read it afterwards.
+        std::env::set_var("MOEMLA_ASCEND_LIB", path);
+    });
+    AscendBackend::new().expect("Ascend backend on the CANN emulator")
+}
+
+/// Deterministic pseudo-random values in [lo, hi) (xorshift), for reproducible inputs.
+pub fn values(seed: u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            lo + (hi - lo) * ((s >> 11) as f64 / (1u64 << 53) as f64) as f32
+        })
+        .collect()
+}
