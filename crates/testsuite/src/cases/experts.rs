@@ -1,0 +1,158 @@
+//! `moe_experts` against the reference: small, moderate (H 256, I 128, E 8, k 2, T 17),
+//! empty slots and repeated ids.
+
+use crate::compare::{check_close, ensure, Tol};
+use crate::harness::Ctx;
+use crate::reference;
+use crate::rng::Rng;
+use moemla_core::{ops, DType, ExpertsParams, Op};
+
+/// The sizes of a `moe_experts` problem.
+#[derive(Clone, Copy, Debug)]
+pub struct ExpertsDims {
+    /// T.
+    pub tokens: usize,
+    /// H.
+    pub hidden: usize,
+    /// I.
+    pub inter: usize,
+    /// E.
+    pub experts: usize,
+    /// k.
+    pub top_k: usize,
+}
+
+/// Host data of one problem (f32, before rounding to the run dtype).
+#[derive(Clone, Debug)]
+pub struct ExpertsData {
+    /// x [T, H].
+    pub x: Vec<f32>,
+    /// w13 [E, 2I, H].
+    pub w13: Vec<f32>,
+    /// w2 [E, H, I].
+    pub w2: Vec<f32>,
+}
+
+impl ExpertsData {
+    /// Random data scaled so that activations and outputs stay O(1).
+    pub fn random(d: ExpertsDims, rng: &mut Rng) -> Self {
+        let a13 = (3.0 / d.hidden as f64).sqrt() * 1.5;
+        let a2 = (3.0 / d.inter as f64).sqrt();
+        ExpertsData {
+            x: rng.vec(d.tokens * d.hidden, -1.0, 1.0),
+            w13: rng.vec(d.experts * 2 * d.inter * d.hidden, -a13, a13),
+            w2: rng.vec(d.experts * d.hidden * d.inter, -a2, a2),
+        }
+    }
+}
+
+/// Runs `moe_experts` on the backend and returns `y` (as f32) and the reference `y`.
+pub fn run_experts(
+    ctx: &Ctx<'_>,
+    dtype: DType,
+    d: ExpertsDims,
+    data: &ExpertsData,
+    ids: &[i32],
+    weights: &[f32],
+) -> (Vec<f32>, Vec<f64>) {
+    let (x, xv) = ctx.upload_as(&[d.tokens, d.hidden], &data.x, dtype);
+    let (w13, w13v) = ctx.upload_as(&[d.experts, 2 * d.inter, d.hidden], &data.w13, dtype);
+    let (w2, w2v) = ctx.upload_as(&[d.experts, d.hidden, d.inter], &data.w2, dtype);
+    let id_t = ctx.upload_i32(&[d.tokens, d.top_k], ids);
+    let (w_t, wv) = ctx.upload_as(&[d.tokens, d.top_k], weights, DType::F32);
+    let y = ops::moe_experts(ctx.backend, &x, &w13, &w2, &id_t, &w_t, &ExpertsParams {})
+        .unwrap_or_else(|e| panic!("moe_experts {dtype} {d:?}: {e}"));
+    let exp = reference::moe_experts(
+        &xv, &w13v, &w2v, ids, &wv, d.tokens, d.hidden, d.inter, d.top_k,
+    );
+    (ctx.download_f32(&y), exp)
+}
+
+/// Random ids in [0, E), with `-1` in every `minus_one_every`-th slot (0: none).
+pub fn random_ids(d: ExpertsDims, rng: &mut Rng, minus_one_every: usize) -> Vec<i32> {
+    (0..d.tokens * d.top_k)
+        .map(|i| {
+            if minus_one_every > 0 && i % minus_one_every == minus_one_every - 1 {
+                -1
+            } else {
+                rng.below(d.experts) as i32
+            }
+        })
+        .collect()
+}
+
+fn case(ctx: &Ctx<'_>, dtype: DType, d: ExpertsDims, seed: u64, minus_one_every: usize) {
+    if !ctx.supports(Op::MoeExperts, dtype) {
+        return;
+    }
+    let mut rng = Rng::new(seed);
+    let data = ExpertsData::random(d, &mut rng);
+    let ids = random_ids(d, &mut rng, minus_one_every);
+    let weights = rng.vec(d.tokens * d.top_k, 0.05, 1.0);
+    let (y, exp) = run_experts(ctx, dtype, d, &data, &ids, &weights);
+    ensure(check_close(
+        &format!("moe_experts {dtype} {d:?} y"),
+        &y,
+        &exp,
+        Tol::of(dtype),
+    ));
+}
+
+/// T 3, H 8, I 4, E 4, k 2, one slot in three set to -1.
+pub fn small(ctx: &Ctx<'_>, dtype: DType) {
+    let d = ExpertsDims {
+        tokens: 3,
+        hidden: 8,
+        inter: 4,
+        experts: 4,
+        top_k: 2,
+    };
+    case(ctx, dtype, d, 0xe1, 3);
+}
+
+/// T 17, H 256, I 128, E 8, k 2, one slot in five set to -1.
+pub fn moderate(ctx: &Ctx<'_>, dtype: DType) {
+    let d = ExpertsDims {
+        tokens: 17,
+        hidden: 256,
+        inter: 128,
+        experts: 8,
+        top_k: 2,
+    };
+    case(ctx, dtype, d, 0xe2, 5);
+}
+
+/// Every slot -1: y = 0.
+pub fn all_slots_empty(ctx: &Ctx<'_>, dtype: DType) {
+    let d = ExpertsDims {
+        tokens: 4,
+        hidden: 16,
+        inter: 8,
+        experts: 3,
+        top_k: 2,
+    };
+    case(ctx, dtype, d, 0xe3, 1);
+}
+
+/// The same expert in two slots of a token counts twice (the contract sums over slots).
+pub fn repeated_id_counts_twice(ctx: &Ctx<'_>, dtype: DType) {
+    if !ctx.supports(Op::MoeExperts, dtype) {
+        return;
+    }
+    let d = ExpertsDims {
+        tokens: 2,
+        hidden: 16,
+        inter: 8,
+        experts: 3,
+        top_k: 2,
+    };
+    let mut rng = Rng::new(0xe4);
+    let data = ExpertsData::random(d, &mut rng);
+    let (y, exp) = run_experts(ctx, dtype, d, &data, &[1, 1, 2, 0], &[0.25, 0.5, 1.0, 0.5]);
+    ensure(check_close(
+        "moe_experts repeated ids y",
+        &y,
+        &exp,
+        Tol::of(dtype),
+    ));
+}

@@ -1,0 +1,7 @@
+//! Value tests: each op, each run dtype, small and DeepSeek-sized shapes, against the f64
+//! reference computed from the exact (rounded) inputs.
+
+pub mod experts;
+pub mod mla;
+mod mla_problem;
+pub mod route;
