@@ -1,0 +1,497 @@
+//! One HIP device: its properties, a stream, device memory and the compiled-module cache.
+
+use crate::error::{unavailable, HipError, HipStatus};
+use crate::flavour::{Flavour, SearchList};
+use crate::hiprtc;
+use crate::kernels::KernelModule;
+use crate::loader::{self, attr, HipFunction, HipModule, HipStream, Libraries};
+use std::collections::HashMap;
+use std::ffi::{c_void, CStr, CString};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// What the runtime says about the device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceProps {
+    /// `hipDeviceGetName` ("AMD Instinct MI300X", ...).
+    pub name: String,
+    /// `gcnArchName` with target features ("gfx942:sramecc+:xnack-").
+    pub arch: String,
+    /// Compute units.
+    pub compute_units: i32,
+    /// Lanes per wavefront (64 on gfx9 / CDNA / Hygon DCU).
+    pub warp_size: i32,
+    /// Largest block, in threads.
+    pub max_threads_per_block: i32,
+    /// LDS bytes a block may use.
+    pub max_shared_per_block: i32,
+    /// Global memory in bytes.
+    pub memory_bytes: u64,
+}
+
+impl DeviceProps {
+    /// The processor without target features ("gfx942").
+    pub fn arch_base(&self) -> &str {
+        self.arch.split(':').next().unwrap_or(&self.arch)
+    }
+}
+
+/// A loaded module and the kernels looked up in it so far.
+struct Module {
+    handle: HipModule,
+    functions: HashMap<String, HipFunction>,
+}
+
+/// The HIP device the backend runs on.
+pub(crate) struct Device {
+    pub(crate) libs: Libraries,
+    pub(crate) ordinal: i32,
+    pub(crate) props: DeviceProps,
+    stream: HipStream,
+    /// Modules by (module name, arch).
+    modules: Mutex<HashMap<(&'static str, String), Module>>,
+}
+
+// SAFETY: HIP stream, module and function handles are process-wide and usable from any
+// thread (the HIP runtime is thread-safe); the cache is behind a Mutex.
+unsafe impl Send for Device {}
+// SAFETY: as above; all mutation goes through the Mutex or the thread-safe runtime.
+unsafe impl Sync for Device {}
+
+// hipDeviceProp_t byte offsets of `gcnArchName` (char[256]) on x86-64 Linux:
+// - R0000 layout (ROCm 5.x, `hipGetDeviceProperties`): 396 — offsetof() computed by
+//   clang-19 from Debian's libamdhip64-dev 5.2.3 hip_runtime_api.h; struct size 792.
+// - R0600 layout (ROCm 6.x, `hipGetDevicePropertiesR0600`): 1160 — offsetof() computed
+//   from ROCm 6's hip_runtime_api.h hipDeviceProp_tR0600 field list; struct size 1472.
+// The runtime writes into a 4 KiB buffer, so a struct grown by a later version still fits;
+// a name read from a wrong offset would not start with "gfx" and is rejected.
+const ARCH_OFFSET_R0000: usize = 396;
+const ARCH_OFFSET_R0600: usize = 1160;
+const PROPS_BUFFER_WORDS: usize = 512;
+const ARCH_LEN: usize = 256;
+
+impl Device {
+    /// Loads the libraries of `search` and opens device `ordinal`.
+    pub(crate) fn open(search: &SearchList, ordinal: i32) -> moemla_core::Result<Device> {
+        let libs = loader::load(search).map_err(unavailable)?;
+        let hip = &libs.runtime;
+        let mut origin = format!(
+            "runtime {} ({}), hipRTC {}",
+            libs.runtime_path.display(),
+            libs.flavour,
+            libs.rtc_path.display()
+        );
+        if !libs.skipped.is_empty() {
+            origin.push_str(&format!("; not used: {}", libs.skipped.join("; ")));
+        }
+        // SAFETY: plain C calls with valid out-pointers.
+        let init = unsafe { (hip.hipInit)(0) };
+        let mut count = 0i32;
+        // SAFETY: as above.
+        let counted = unsafe { (hip.hipGetDeviceCount)(&mut count) };
+        if counted != HipStatus::SUCCESS || count <= 0 {
+            return Err(unavailable(format!(
+                "no HIP device: hipInit(0) returned {init}, hipGetDeviceCount returned {counted} \
+                 with {count} devices ({origin})"
+            )));
+        }
+        if ordinal >= count {
+            return Err(unavailable(format!(
+                "HIP device {ordinal} requested, {count} present ({origin})"
+            )));
+        }
+        let mut device = Device {
+            libs,
+            ordinal,
+            props: DeviceProps {
+                name: String::new(),
+                arch: String::new(),
+                compute_units: 0,
+                warp_size: 0,
+                max_threads_per_block: 0,
+                max_shared_per_block: 0,
+                memory_bytes: 0,
+            },
+            stream: std::ptr::null_mut(),
+            modules: Mutex::new(HashMap::new()),
+        };
+        let describe = |e: HipError| unavailable(format!("HIP device {ordinal}: {e} ({origin})"));
+        device.props = device.query_props().map_err(describe)?;
+        device.select().map_err(describe)?;
+        let mut stream = std::ptr::null_mut();
+        // SAFETY: valid out-pointer; the device is current.
+        let status = unsafe { (device.libs.runtime.hipStreamCreate)(&mut stream) };
+        device.check("hipStreamCreate", status).map_err(describe)?;
+        device.stream = stream;
+        Ok(device)
+    }
+
+    /// The library search result, for `info()`.
+    pub(crate) fn flavour(&self) -> Flavour {
+        self.libs.flavour
+    }
+
+    /// The runtime library path, for `info()`.
+    pub(crate) fn runtime_path(&self) -> &PathBuf {
+        &self.libs.runtime_path
+    }
+
+    /// Turns a status into a [`HipError`] carrying the runtime's message.
+    pub(crate) fn check(&self, call: &'static str, status: HipStatus) -> Result<(), HipError> {
+        if status == HipStatus::SUCCESS {
+            return Ok(());
+        }
+        // SAFETY: hipGetErrorString accepts any status and returns a static C string.
+        let text = unsafe { (self.libs.runtime.hipGetErrorString)(status) };
+        let message = if text.is_null() {
+            status.to_string()
+        } else {
+            // SAFETY: non-null, NUL-terminated, static storage.
+            unsafe { CStr::from_ptr(text) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        Err(HipError::Hip {
+            call,
+            status,
+            message,
+        })
+    }
+
+    /// Makes this device current on the calling thread (HIP's current device is per thread).
+    pub(crate) fn select(&self) -> Result<(), HipError> {
+        // SAFETY: plain C call.
+        let status = unsafe { (self.libs.runtime.hipSetDevice)(self.ordinal) };
+        self.check("hipSetDevice", status)
+    }
+
+    fn attribute(&self, attribute: i32) -> Result<i32, HipError> {
+        let mut value = 0;
+        // SAFETY: valid out-pointer.
+        let status = unsafe {
+            (self.libs.runtime.hipDeviceGetAttribute)(&mut value, attribute, self.ordinal)
+        };
+        self.check("hipDeviceGetAttribute", status)?;
+        Ok(value)
+    }
+
+    fn query_props(&self) -> Result<DeviceProps, HipError> {
+        let hip = &self.libs.runtime;
+        let mut name = [0 as std::ffi::c_char; 256];
+        // SAFETY: the buffer holds `len` bytes.
+        let status = unsafe { (hip.hipDeviceGetName)(name.as_mut_ptr(), 256, self.ordinal) };
+        self.check("hipDeviceGetName", status)?;
+        // SAFETY: hipDeviceGetName NUL-terminates within len; the last byte stays 0 anyway.
+        name[255] = 0;
+        let name = unsafe { CStr::from_ptr(name.as_ptr()) }
+            .to_string_lossy()
+            .into_owned();
+        let mut memory = 0usize;
+        // SAFETY: valid out-pointer.
+        let status = unsafe { (hip.hipDeviceTotalMem)(&mut memory, self.ordinal) };
+        self.check("hipDeviceTotalMem", status)?;
+        Ok(DeviceProps {
+            name,
+            arch: self.arch_name()?,
+            compute_units: self.attribute(attr::MULTIPROCESSOR_COUNT)?,
+            warp_size: self.attribute(attr::WARP_SIZE)?,
+            max_threads_per_block: self.attribute(attr::MAX_THREADS_PER_BLOCK)?,
+            max_shared_per_block: self.attribute(attr::MAX_SHARED_MEMORY_PER_BLOCK)?,
+            memory_bytes: memory as u64,
+        })
+    }
+
+    /// `gcnArchName`, which no attribute query returns: read from hipDeviceProp_t.
+    fn arch_name(&self) -> Result<String, HipError> {
+        let hip = &self.libs.runtime;
+        let (call, get, offset) =
+            match (hip.hipGetDevicePropertiesR0600, hip.hipGetDeviceProperties) {
+                (Some(get), _) => ("hipGetDevicePropertiesR0600", get, ARCH_OFFSET_R0600),
+                (None, Some(get)) => ("hipGetDeviceProperties", get, ARCH_OFFSET_R0000),
+                (None, None) => {
+                    return Err(HipError::Hip {
+                        call: "hipGetDeviceProperties",
+                        status: HipStatus::NOT_FOUND,
+                        message: "neither hipGetDevicePropertiesR0600 nor hipGetDeviceProperties \
+                              is exported"
+                            .into(),
+                    })
+                }
+            };
+        let mut buffer = vec![0u64; PROPS_BUFFER_WORDS];
+        // SAFETY: the buffer (4 KiB, 8-byte aligned) is larger than either struct layout.
+        let status = unsafe { get(buffer.as_mut_ptr().cast::<c_void>(), self.ordinal) };
+        self.check(call, status)?;
+        let bytes: Vec<u8> = buffer.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let field = &bytes[offset..offset + ARCH_LEN];
+        let end = field.iter().position(|&b| b == 0).unwrap_or(ARCH_LEN);
+        let arch = String::from_utf8_lossy(&field[..end]).into_owned();
+        if !arch.starts_with("gfx") {
+            return Err(HipError::Hip {
+                call,
+                status: HipStatus::INVALID_VALUE,
+                message: format!(
+                    "gcnArchName read at byte {offset} is {arch:?}, not a gfx target: unknown \
+                     hipDeviceProp_t layout"
+                ),
+            });
+        }
+        Ok(arch)
+    }
+
+    /// The device's stream.
+    pub(crate) fn stream(&self) -> HipStream {
+        self.stream
+    }
+
+    /// A kernel of `module`, compiling (hipRTC) and loading the module for this device's
+    /// arch on first use.
+    pub(crate) fn function(
+        &self,
+        module: &KernelModule,
+        kernel: &str,
+    ) -> moemla_core::Result<HipFunction> {
+        let mut cache = self
+            .modules
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let key = (module.name, self.props.arch.clone());
+        if !cache.contains_key(&key) {
+            let source = module.source();
+            let code = hiprtc::compile(&self.libs.rtc, module.name, &source, &self.props.arch)?;
+            let mut handle = std::ptr::null_mut();
+            // SAFETY: `code` is a complete code object; valid out-pointer.
+            let status =
+                unsafe { (self.libs.runtime.hipModuleLoadData)(&mut handle, code.as_ptr().cast()) };
+            self.check("hipModuleLoadData", status)?;
+            cache.insert(
+                key.clone(),
+                Module {
+                    handle,
+                    functions: HashMap::new(),
+                },
+            );
+        }
+        let entry = cache.get_mut(&key).expect("inserted above");
+        if let Some(&f) = entry.functions.get(kernel) {
+            return Ok(f);
+        }
+        let name = CString::new(kernel).map_err(|_| HipError::Hip {
+            call: "hipModuleGetFunction",
+            status: HipStatus::INVALID_VALUE,
+            message: format!("kernel name {kernel:?} contains NUL"),
+        })?;
+        let mut function = std::ptr::null_mut();
+        // SAFETY: valid module handle, NUL-terminated name, valid out-pointer.
+        let status = unsafe {
+            (self.libs.runtime.hipModuleGetFunction)(&mut function, entry.handle, name.as_ptr())
+        };
+        self.check("hipModuleGetFunction", status)?;
+        entry.functions.insert(kernel.to_string(), function);
+        Ok(function)
+    }
+
+    /// Launches `function` on the device's stream. `args` holds one pointer per kernel
+    /// parameter, each to a value of the parameter's exact type (see [`KernelArgs`]).
+    pub(crate) fn launch(
+        &self,
+        function: HipFunction,
+        grid: [u32; 3],
+        block: [u32; 3],
+        shared_bytes: u32,
+        args: &mut KernelArgs,
+    ) -> Result<(), HipError> {
+        let mut pointers = args.pointers();
+        // SAFETY: `function` came from hipModuleGetFunction; every pointer in `pointers`
+        // points into `args`, alive for the call, holding the parameter's value.
+        let status = unsafe {
+            (self.libs.runtime.hipModuleLaunchKernel)(
+                function,
+                grid[0],
+                grid[1],
+                grid[2],
+                block[0],
+                block[1],
+                block[2],
+                shared_bytes,
+                self.stream,
+                pointers.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        };
+        self.check("hipModuleLaunchKernel", status)
+    }
+
+    /// Waits for the stream.
+    pub(crate) fn synchronize(&self) -> Result<(), HipError> {
+        // SAFETY: valid stream.
+        let status = unsafe { (self.libs.runtime.hipStreamSynchronize)(self.stream) };
+        self.check("hipStreamSynchronize", status)
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        let cache = self
+            .modules
+            .get_mut()
+            .unwrap_or_else(|poison| poison.into_inner());
+        for module in cache.values() {
+            // SAFETY: each handle came from hipModuleLoadData and is unloaded once.
+            unsafe { (self.libs.runtime.hipModuleUnload)(module.handle) };
+        }
+        if !self.stream.is_null() {
+            // SAFETY: created by hipStreamCreate, destroyed once.
+            unsafe { (self.libs.runtime.hipStreamDestroy)(self.stream) };
+        }
+    }
+}
+
+/// Kernel parameters as `hipModuleLaunchKernel` wants them: one 8-byte slot per parameter
+/// holding its value in the low bytes (little-endian), pointed to by `kernelParams`.
+#[derive(Default)]
+pub(crate) struct KernelArgs {
+    slots: Vec<u64>,
+}
+
+impl KernelArgs {
+    /// A device pointer parameter.
+    pub(crate) fn ptr(&mut self, p: *mut c_void) -> &mut Self {
+        self.slots.push(p as usize as u64);
+        self
+    }
+    /// An `int` parameter.
+    pub(crate) fn i32(&mut self, v: i32) -> &mut Self {
+        self.slots.push(v as u32 as u64);
+        self
+    }
+    /// A `float` parameter.
+    pub(crate) fn f32(&mut self, v: f32) -> &mut Self {
+        self.slots.push(v.to_bits() as u64);
+        self
+    }
+    fn pointers(&mut self) -> Vec<*mut c_void> {
+        self.slots
+            .iter_mut()
+            .map(|s| (s as *mut u64).cast())
+            .collect()
+    }
+}
+
+/// Device memory owned by a tensor; freed on drop.
+#[derive(Debug)]
+pub struct HipBuffer {
+    ptr: *mut c_void,
+    bytes: usize,
+    device: Arc<DeviceHandle>,
+}
+
+/// Keeps the device (and its libraries) alive while buffers exist.
+pub(crate) struct DeviceHandle(pub(crate) Device);
+
+impl std::fmt::Debug for DeviceHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HipDevice({}, {})", self.0.props.name, self.0.props.arch)
+    }
+}
+
+// SAFETY: a device pointer is an address in the device's memory, valid from any thread.
+unsafe impl Send for HipBuffer {}
+// SAFETY: as above; the buffer is never mutated through &self on the host.
+unsafe impl Sync for HipBuffer {}
+
+impl HipBuffer {
+    /// `bytes` of uninitialised device memory (a null pointer for zero bytes).
+    pub(crate) fn alloc(device: &Arc<DeviceHandle>, bytes: usize) -> Result<HipBuffer, HipError> {
+        let mut ptr = std::ptr::null_mut();
+        if bytes > 0 {
+            let dev = &device.0;
+            dev.select()?;
+            // SAFETY: valid out-pointer.
+            let status = unsafe { (dev.libs.runtime.hipMalloc)(&mut ptr, bytes) };
+            dev.check("hipMalloc", status)?;
+        }
+        Ok(HipBuffer {
+            ptr,
+            bytes,
+            device: device.clone(),
+        })
+    }
+
+    /// `bytes` of zero-filled device memory, zeroed in order on the device's stream.
+    pub(crate) fn zeroed(device: &Arc<DeviceHandle>, bytes: usize) -> Result<HipBuffer, HipError> {
+        let buffer = HipBuffer::alloc(device, bytes)?;
+        if bytes > 0 {
+            let dev = &device.0;
+            // SAFETY: `ptr` holds `bytes` bytes; ordered on the device's stream.
+            let status =
+                unsafe { (dev.libs.runtime.hipMemsetAsync)(buffer.ptr, 0, bytes, dev.stream()) };
+            dev.check("hipMemsetAsync", status)?;
+        }
+        Ok(buffer)
+    }
+
+    /// The device address.
+    pub(crate) fn ptr(&self) -> *mut c_void {
+        self.ptr
+    }
+
+    /// Copies `data` (exactly the buffer's size) to the device; returns once copied.
+    pub(crate) fn write(&self, data: &[u8]) -> Result<(), HipError> {
+        debug_assert_eq!(data.len(), self.bytes, "host and device sizes differ");
+        if self.bytes == 0 {
+            return Ok(());
+        }
+        let dev = &self.device.0;
+        // SAFETY: both ranges hold `bytes` bytes; the stream is synchronised before `data`
+        // can go away.
+        let status = unsafe {
+            (dev.libs.runtime.hipMemcpyAsync)(
+                self.ptr,
+                data.as_ptr().cast(),
+                self.bytes,
+                loader::MEMCPY_HOST_TO_DEVICE,
+                dev.stream(),
+            )
+        };
+        dev.check("hipMemcpyAsync", status)?;
+        dev.synchronize()
+    }
+
+    /// Copies the buffer to the host after the stream's pending work.
+    pub(crate) fn read(&self) -> Result<Vec<u8>, HipError> {
+        let mut out = vec![0u8; self.bytes];
+        if self.bytes == 0 {
+            return Ok(out);
+        }
+        let dev = &self.device.0;
+        // SAFETY: both ranges hold `bytes` bytes; synchronised before `out` is read.
+        let status = unsafe {
+            (dev.libs.runtime.hipMemcpyAsync)(
+                out.as_mut_ptr().cast(),
+                self.ptr,
+                self.bytes,
+                loader::MEMCPY_DEVICE_TO_HOST,
+                dev.stream(),
+            )
+        };
+        dev.check("hipMemcpyAsync", status)?;
+        dev.synchronize()?;
+        Ok(out)
+    }
+}
+
+impl Drop for HipBuffer {
+    fn drop(&mut self) {
+        if !self.ptr.is_null() {
+            // SAFETY: allocated by hipMalloc, freed once. hipFree waits for pending work.
+            unsafe { (self.device.0.libs.runtime.hipFree)(self.ptr) };
+        }
+    }
+}
+
+impl moemla_core::DeviceBuffer for HipBuffer {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}

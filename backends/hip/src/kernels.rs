@@ -1,0 +1,61 @@
+//! The kernel sources the backend compiles with hipRTC, embedded at build time.
+//!
+//! A module's source is the portability header followed by the shared CUDA/HIP kernel
+//! file (the order `kernels/README.md` prescribes): exactly the text hipRTC receives.
+
+/// The portability header shared with the CUDA backend.
+pub const DEVICE_HEADER: &str = include_str!("../../../kernels/common/moemla_device.h");
+
+/// Declarations of the HIP device built-ins hipRTC provides implicitly, for compiling the
+/// same sources offline with `clang -x hip -nogpuinc -nogpulib` (CI). Never given to hipRTC.
+pub const OFFLINE_SHIM: &str = include_str!("../../../kernels/hip/moemla_hip_offline.h");
+
+/// One kernel module: a `.cu` file of `kernels/cuda`.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelModule {
+    /// Module name (the file stem), the key of the module cache.
+    pub name: &'static str,
+    /// The file's text (without the header).
+    pub kernels: &'static str,
+    /// Every `extern "C"` entry point it defines.
+    pub entry_points: &'static [&'static str],
+}
+
+impl KernelModule {
+    /// The complete translation unit: header, then kernels.
+    pub fn source(&self) -> String {
+        format!("{DEVICE_HEADER}\n{}", self.kernels)
+    }
+}
+
+/// DeepSeek gating (`moe_route`).
+pub const MOE_ROUTE: KernelModule = KernelModule {
+    name: "moe_route",
+    kernels: include_str!("../../../kernels/cuda/moe_route.cu"),
+    entry_points: &[
+        "moemla_moe_route_f32",
+        "moemla_moe_route_f16",
+        "moemla_moe_route_bf16",
+    ],
+};
+
+/// Fused routed experts (`moe_experts`): align, gate-up + SwiGLU, down, combine.
+pub const MOE_EXPERTS: KernelModule = KernelModule {
+    name: "moe_experts",
+    kernels: include_str!("../../../kernels/cuda/moe_experts.cu"),
+    entry_points: &[
+        "moemla_moe_align",
+        "moemla_moe_gate_up_f32",
+        "moemla_moe_gate_up_f16",
+        "moemla_moe_gate_up_bf16",
+        "moemla_moe_down_f32",
+        "moemla_moe_down_f16",
+        "moemla_moe_down_bf16",
+        "moemla_moe_combine_f32",
+        "moemla_moe_combine_f16",
+        "moemla_moe_combine_bf16",
+    ],
+};
+
+/// Every kernel module.
+pub const SOURCES: &[KernelModule] = &[MOE_ROUTE, MOE_EXPERTS];
