@@ -154,9 +154,11 @@ impl ClDevice {
 
     fn build(&self, module: Module, dtype: DType) -> Result<Arc<Program>> {
         self.builds.fetch_add(1, Ordering::SeqCst);
-        let mut program =
-            Program::create_from_sources(&self.context, &[COMMON_SRC, module.source()])
-                .map_err(cl("clCreateProgramWithSource"))?;
+        // One string: opencl3's multi-source constructor passes `&str`s where C wants
+        // `char*`s, so the helpers are prepended here.
+        let source = format!("{COMMON_SRC}\n{}", module.source());
+        let mut program = Program::create_from_source(&self.context, &source)
+            .map_err(cl("clCreateProgramWithSource"))?;
         if let Err(e) = program.build(self.context.devices(), build_options(dtype)) {
             let log = program
                 .get_build_log(self.context.default_device())
