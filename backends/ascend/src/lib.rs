@@ -23,12 +23,14 @@ use moemla_core::{
     Backend, BackendInfo, DType, DeviceTensor, Error, HostTensor, Op, OpSupport, Result, Shape,
     Verification, VerificationKind,
 };
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// The Ascend backend: one device, one stream.
 pub struct AscendBackend {
     dev: Arc<Device>,
     name: Arc<str>,
+    /// The optimised rightDownCausal mask for sparseMode 3, made on first use.
+    mask: OnceLock<Arc<DevMem>>,
 }
 
 impl AscendBackend {
@@ -50,6 +52,7 @@ impl AscendBackend {
         Ok(AscendBackend {
             dev: Device::open(cann, id)?,
             name: Arc::from(NAME),
+            mask: OnceLock::new(),
         })
     }
 
@@ -60,6 +63,18 @@ impl AscendBackend {
         arg: &'static str,
     ) -> Result<&'a DevMem> {
         t.buffer::<DevMem>(NAME, call, arg)
+    }
+
+    /// The 2048 x 2048 INT8 mask FIA's sparseMode 3 takes: 1 (masked) above the diagonal
+    /// (FIA V3 page, sparseMode table: "优化后的attenmask矩阵（2048*2048）").
+    fn causal_mask(&self) -> Result<Arc<DevMem>> {
+        if let Some(m) = self.mask.get() {
+            return Ok(m.clone());
+        }
+        const N: usize = 2048;
+        let host: Vec<u8> = (0..N * N).map(|i| u8::from(i % N > i / N)).collect();
+        let mem = self.dev.upload_bytes(&host)?;
+        Ok(self.mask.get_or_init(|| mem).clone())
     }
 
     fn wrap(&self, mem: Arc<DevMem>, shape: impl Into<Shape>, dtype: DType) -> DeviceTensor {

@@ -1,12 +1,459 @@
-//! stub
+//! mla_decode -> aclnnFusedInferAttentionScoreV3 in MLA mode for `o`, plus a second pass
+//! for `lse` (the MLA mode cannot output it).
+//!
+//! 1. Index contents: block_table and cache_seqlens are copied to the host (aclrtMemcpy)
+//!    and checked with `moemla_core::indices` — CANN's ops do not bounds-check them. Unused
+//!    block-table entries are replaced by 0 in the table given to CANN.
+//! 2. Split (aclnnInplaceCopy from strided views, since FIA wants contiguous key/query):
+//!    kv_cache [nb, bs, 1, 576] -> nope cache [nb, bs, 512] + rope cache [nb, bs, 64];
+//!    q [B, Sq, Hq, 576] -> q_nope [B, Sq, Hq, 512] + q_rope [B, Sq, Hq, 64].
+//! 3. aclnnFusedInferAttentionScoreV3: query q_nope, key = value = [nope cache],
+//!    queryRope, keyRope, blockTable, actualSeqLengthsKv = seqlens, numHeads Hq,
+//!    numKeyValueHeads 1, inputLayout "BSND", blockSize bs, scaleValue softmax_scale,
+//!    sparseMode 0 (Sq = 1) or 3 = rightDownCausal with the 2048x2048 mask (Sq > 1, causal),
+//!    innerPrecise 2 (row-invalid correction) when causal, softmaxLseFlag false.
+//! 4. lse, per sequence b (natural log, f32): gather its used cache blocks into an F32
+//!    [n_used * bs, 576] matrix (aclnnInplaceCopy, converting dtype), copy q[b] as F32
+//!    [Sq * Hq, 576] (aclnnInplaceCopy), scores = q @ K^T over the first seqlen rows
+//!    (aclnnMatmul on a transposed view, KEEP_DTYPE), scaled (aclnnMuls), then for each query
+//!    i aclnnLogSumExp over its attended columns [0, L_i), written through a strided view
+//!    into lse[b, :, i]. Empty ranges keep the -inf lse was initialised with.
+//!
+//! CANN limits (FIA V3 page, MLA constraints) reported as Unsupported: dtype F32, Dqk != 576
+//! or Dv != 512, Hkv != 1, block_size not 16/128, Sq > 16, Hq not a power of two <= 128,
+//! non-causal with Sq > 1 (MLA mode requires sparseMode 3 for Sq > 1).
+
+use crate::device::{DevMem, ACL_FLOAT, ACL_INT8};
 use crate::loader::OpApi;
-pub const NOTES: [&str; 0] = [];
-pub fn available(_: &OpApi) -> bool {
-    false
+use crate::ops::unsupported;
+use crate::{acl, AscendBackend};
+use moemla_core::calls::{MlaDecodeCall, MlaDecodeOutput};
+use moemla_core::{indices, DType, Op, Result};
+use std::sync::Arc;
+
+const NOPE: usize = 512;
+const ROPE: usize = 64;
+const DQK: usize = NOPE + ROPE;
+/// Side of the optimised causal mask sparseMode 3 takes (FIA V3 page, sparseMode table).
+const MASK: usize = 2048;
+
+/// Contract gaps, for `info().notes`.
+pub const NOTES: [&str; 2] = [
+    "mla_decode: aclnnFusedInferAttentionScoreV3 MLA mode (F16/BF16, Dqk 576 = 512 + 64, Hkv 1, block_size 16 or 128, Sq <= 16, Hq a power of two <= 128, Sq > 1 only causal); other shapes and F32 are Unsupported",
+    "mla_decode: lse is not produced by FIA's MLA mode; it is computed by a second pass (aclnnInplaceCopy gather + aclnnMatmul + aclnnMuls + aclnnLogSumExp, in f32)",
+];
+
+/// Whether the loaded op libraries have what mla_decode needs.
+pub fn available(ops: &OpApi) -> bool {
+    ops.aclnnFusedInferAttentionScoreV3GetWorkspaceSize
+        .is_some()
+        && ops.aclnnFusedInferAttentionScoreV3.is_some()
+        && ops.aclnnInplaceCopyGetWorkspaceSize.is_some()
+        && ops.aclnnInplaceCopy.is_some()
+        && ops.aclnnMatmulGetWorkspaceSize.is_some()
+        && ops.aclnnMatmul.is_some()
+        && ops.aclnnMulsGetWorkspaceSize.is_some()
+        && ops.aclnnMuls.is_some()
+        && ops.aclnnLogSumExpGetWorkspaceSize.is_some()
+        && ops.aclnnLogSumExp.is_some()
 }
-pub fn run(
-    _: &crate::AscendBackend,
-    _: &moemla_core::calls::MlaDecodeCall<'_>,
-) -> moemla_core::Result<moemla_core::MlaDecodeOutput> {
-    todo!()
+
+fn check_limits(call: &MlaDecodeCall<'_>) -> Result<()> {
+    let rule =
+        |what: String, reason: &str| Err(unsupported(Op::MlaDecode, what, reason.to_string()));
+    if !matches!(call.dtype, DType::F16 | DType::BF16) {
+        return rule(
+            call.dtype.to_string(),
+            "FIA's MLA mode supports FLOAT16 and BFLOAT16 only",
+        );
+    }
+    if call.d_qk != DQK || call.d_v != NOPE {
+        return rule(
+            format!("Dqk={} Dv={}", call.d_qk, call.d_v),
+            "FIA's MLA mode needs Dqk 576 = 512 + 64 rope, Dv 512",
+        );
+    }
+    if call.h_kv != 1 {
+        return rule(
+            format!("Hkv={}", call.h_kv),
+            "FIA's MLA mode needs one kv head",
+        );
+    }
+    if call.block_size != 16 && call.block_size != 128 {
+        return rule(
+            format!("block_size={}", call.block_size),
+            "FIA's MLA page attention supports block sizes 16 and 128",
+        );
+    }
+    if call.s_q > 16 {
+        return rule(
+            format!("Sq={}", call.s_q),
+            "FIA's MLA mode supports 1..=16 queries per sequence",
+        );
+    }
+    if !call.h_q.is_power_of_two() || call.h_q > 128 {
+        return rule(
+            format!("Hq={}", call.h_q),
+            "FIA's MLA mode supports Hq in 1, 2, 4, ..., 128",
+        );
+    }
+    if call.s_q > 1 && !call.params.causal {
+        return rule(
+            "causal=false with Sq>1".into(),
+            "FIA's MLA mode supports only sparseMode 3 (causal) when Sq > 1",
+        );
+    }
+    Ok(())
+}
+
+fn to_i32s(bytes: &[u8]) -> Vec<i32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// Runs mla_decode.
+pub fn run(be: &AscendBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutput> {
+    check_limits(call)?;
+    if !available(&be.dev.cann.ops) {
+        return Err(unsupported(
+            Op::MlaDecode,
+            "all",
+            "an aclnn op it needs is missing from the loaded op libraries",
+        ));
+    }
+    let dev = &be.dev;
+    let q_mem = be.mem(call.q, "mla_decode", "q")?;
+    let kv_mem = be.mem(call.kv_cache, "mla_decode", "kv_cache")?;
+    let bt_mem = be.mem(call.block_table, "mla_decode", "block_table")?;
+    let len_mem = be.mem(call.cache_seqlens, "mla_decode", "cache_seqlens")?;
+    let _guard = dev.lock();
+
+    // 1. Index contents, on the host.
+    let (b, sq, hq, nb, bs, mb) = (
+        call.batch,
+        call.s_q,
+        call.h_q,
+        call.num_blocks,
+        call.block_size,
+        call.max_blocks,
+    );
+    let table = to_i32s(&dev.download_bytes(bt_mem, b * mb * 4)?);
+    let seqlens = to_i32s(&dev.download_bytes(len_mem, b * 4)?);
+    indices::check_mla_indices(call, &table, &seqlens)?;
+    let mut clean = vec![0i32; b * mb];
+    for (bi, &len) in seqlens.iter().enumerate() {
+        let used = (len as usize).div_ceil(bs);
+        clean[bi * mb..bi * mb + used].copy_from_slice(&table[bi * mb..bi * mb + used]);
+    }
+    let clean_mem = dev.upload_bytes(
+        &clean
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<u8>>(),
+    )?;
+
+    let dt = acl(call.dtype);
+    let esz = call.dtype.size_in_bytes();
+    let mut keep: Vec<Option<Arc<DevMem>>> = Vec::new();
+    let copy = |dst: &DevMem,
+                dst_dims: &[usize],
+                dst_off: usize,
+                dst_dt: i32,
+                src: &DevMem,
+                src_dims: &[usize],
+                src_strides: &[usize],
+                src_off: usize|
+     -> Result<Option<Arc<DevMem>>> {
+        let d = dev.tensor(dst, dst_dims, None, dst_off, dst_dt)?;
+        let s = dev.tensor(src, src_dims, Some(src_strides), src_off, dt)?;
+        let ops = &dev.cann.ops;
+        // SAFETY: handles live for the call; out-pointers come from `Device::run`.
+        dev.run(
+            "aclnnInplaceCopy",
+            |ws, ex| unsafe {
+                (ops.aclnnInplaceCopyGetWorkspaceSize
+                    .expect("checked by available()"))(d.raw(), s.raw(), ws, ex)
+            },
+            ops.aclnnInplaceCopy,
+        )
+    };
+
+    // 2. Split cache and query into the contiguous nope / rope parts FIA takes.
+    let kv_strides = [bs * DQK, DQK, 1];
+    let nope = dev.alloc(nb * bs * NOPE * esz)?;
+    let rope = dev.alloc(nb * bs * ROPE * esz)?;
+    keep.push(copy(
+        &nope,
+        &[nb, bs, NOPE],
+        0,
+        dt,
+        kv_mem,
+        &[nb, bs, NOPE],
+        &kv_strides,
+        0,
+    )?);
+    keep.push(copy(
+        &rope,
+        &[nb, bs, ROPE],
+        0,
+        dt,
+        kv_mem,
+        &[nb, bs, ROPE],
+        &kv_strides,
+        NOPE,
+    )?);
+    let q_strides = [sq * hq * DQK, hq * DQK, DQK, 1];
+    let q_nope = dev.alloc(b * sq * hq * NOPE * esz)?;
+    let q_rope = dev.alloc(b * sq * hq * ROPE * esz)?;
+    keep.push(copy(
+        &q_nope,
+        &[b, sq, hq, NOPE],
+        0,
+        dt,
+        q_mem,
+        &[b, sq, hq, NOPE],
+        &q_strides,
+        0,
+    )?);
+    keep.push(copy(
+        &q_rope,
+        &[b, sq, hq, ROPE],
+        0,
+        dt,
+        q_mem,
+        &[b, sq, hq, ROPE],
+        &q_strides,
+        NOPE,
+    )?);
+
+    // 3. Attention output.
+    let o = dev.alloc(b * sq * hq * NOPE * esz)?;
+    let mask = if sq > 1 {
+        Some(be.causal_mask()?)
+    } else {
+        None
+    };
+    {
+        let ops = &dev.cann.ops;
+        let query = dev.tensor(&q_nope, &[b, sq, hq, NOPE], None, 0, dt)?;
+        let query_rope = dev.tensor(&q_rope, &[b, sq, hq, ROPE], None, 0, dt)?;
+        let key = dev.tensor_list(vec![dev.tensor(&nope, &[nb, bs, NOPE], None, 0, dt)?])?;
+        let value = dev.tensor_list(vec![dev.tensor(&nope, &[nb, bs, NOPE], None, 0, dt)?])?;
+        let key_rope = dev.tensor(&rope, &[nb, bs, ROPE], None, 0, dt)?;
+        let block_table = dev.tensor(&clean_mem, &[b, mb], None, 0, acl(DType::I32))?;
+        let lens: Vec<i64> = seqlens.iter().map(|&l| l as i64).collect();
+        let seq_kv = dev.int_array(&lens)?;
+        let mask_t = mask
+            .as_ref()
+            .map(|m| dev.tensor(m, &[MASK, MASK], None, 0, ACL_INT8))
+            .transpose()?;
+        let out = dev.tensor(&o, &[b, sq, hq, NOPE], None, 0, dt)?;
+        let null = std::ptr::null_mut();
+        let mask_raw = mask_t.as_ref().map_or(null, |m| m.raw());
+        let (sparse, precise) = if sq > 1 { (3, 2) } else { (0, 0) };
+        let layout = c"BSND";
+        // SAFETY: handles live for the call; unused optional inputs are null as documented.
+        keep.push(dev.run(
+            "aclnnFusedInferAttentionScoreV3",
+            |ws, ex| unsafe {
+                (ops.aclnnFusedInferAttentionScoreV3GetWorkspaceSize
+                    .expect("checked by available()"))(
+                    query.raw(),
+                    key.raw(),
+                    value.raw(),
+                    null,
+                    mask_raw,
+                    null,
+                    seq_kv.raw(),
+                    null,
+                    null,
+                    null,
+                    null,
+                    null,
+                    null,
+                    null,
+                    block_table.raw(),
+                    null,
+                    null,
+                    null,
+                    null,
+                    null,
+                    null,
+                    null,
+                    null,
+                    null,
+                    query_rope.raw(),
+                    key_rope.raw(),
+                    null,
+                    hq as i64,
+                    call.params.softmax_scale,
+                    i32::MAX as i64,
+                    0,
+                    layout.as_ptr(),
+                    1,
+                    sparse,
+                    precise,
+                    bs as i64,
+                    0,
+                    false,
+                    0,
+                    0,
+                    out.raw(),
+                    null,
+                    ws,
+                    ex,
+                )
+            },
+            ops.aclnnFusedInferAttentionScoreV3,
+        )?);
+    }
+
+    // 4. lse, second pass.
+    let neg_inf: Vec<u8> = std::iter::repeat_n(f32::NEG_INFINITY.to_le_bytes(), b * hq * sq)
+        .flatten()
+        .collect();
+    let lse = dev.upload_bytes(&neg_inf)?;
+    for (bi, &len) in seqlens.iter().enumerate() {
+        let len = len as usize;
+        if len == 0 {
+            continue;
+        }
+        keep.extend(lse_for_sequence(
+            be,
+            call,
+            bi,
+            len,
+            &table[bi * mb..],
+            q_mem,
+            kv_mem,
+            &lse,
+        )?);
+    }
+    dev.synchronize()?;
+    drop(keep);
+    Ok(MlaDecodeOutput {
+        o: be.wrap(o, [b, sq, hq, NOPE], call.dtype),
+        lse: be.wrap(lse, [b, hq, sq], DType::F32),
+    })
+}
+
+/// Queues the lse computation of sequence `bi` (`len` > 0 cached tokens); returns the
+/// workspaces and temporaries to keep until the stream is synchronised.
+#[allow(clippy::too_many_arguments)]
+fn lse_for_sequence(
+    be: &AscendBackend,
+    call: &MlaDecodeCall<'_>,
+    bi: usize,
+    len: usize,
+    row: &[i32],
+    q_mem: &DevMem,
+    kv_mem: &DevMem,
+    lse: &DevMem,
+) -> Result<Vec<Option<Arc<DevMem>>>> {
+    let dev = &be.dev;
+    let ops = &dev.cann.ops;
+    let (sq, hq, bs) = (call.s_q, call.h_q, call.block_size);
+    let dt = acl(call.dtype);
+    let used = len.div_ceil(bs);
+    let rows = sq * hq;
+    let mut keep = Vec::new();
+    let copy = |dst: &DevMem,
+                dims: &[usize],
+                dst_off: usize,
+                src: &DevMem,
+                src_off: usize|
+     -> Result<Option<Arc<DevMem>>> {
+        let d = dev.tensor(dst, dims, None, dst_off, ACL_FLOAT)?;
+        let s = dev.tensor(src, dims, None, src_off, dt)?;
+        // SAFETY: handles live for the call; out-pointers come from `Device::run`.
+        dev.run(
+            "aclnnInplaceCopy",
+            |ws, ex| unsafe {
+                (ops.aclnnInplaceCopyGetWorkspaceSize
+                    .expect("checked by available()"))(d.raw(), s.raw(), ws, ex)
+            },
+            ops.aclnnInplaceCopy,
+        )
+    };
+    let k32 = dev.alloc(used * bs * DQK * 4)?;
+    for (j, &blk) in row[..used].iter().enumerate() {
+        keep.push(copy(
+            &k32,
+            &[bs, DQK],
+            j * bs * DQK,
+            kv_mem,
+            blk as usize * bs * DQK,
+        )?);
+    }
+    let q32 = dev.alloc(rows * DQK * 4)?;
+    keep.push(copy(&q32, &[rows, DQK], 0, q_mem, bi * rows * DQK)?);
+    let scores = dev.alloc(rows * len * 4)?;
+    let scaled = dev.alloc(rows * len * 4)?;
+    {
+        let a = dev.tensor(&q32, &[rows, DQK], None, 0, ACL_FLOAT)?;
+        let kt = dev.tensor(&k32, &[DQK, len], Some(&[1, DQK]), 0, ACL_FLOAT)?;
+        let c = dev.tensor(&scores, &[rows, len], None, 0, ACL_FLOAT)?;
+        // SAFETY: as above; cubeMathType 0 = KEEP_DTYPE (f32).
+        keep.push(dev.run(
+            "aclnnMatmul",
+            |ws, ex| unsafe {
+                (ops.aclnnMatmulGetWorkspaceSize
+                    .expect("checked by available()"))(
+                    a.raw(), kt.raw(), c.raw(), 0, ws, ex
+                )
+            },
+            ops.aclnnMatmul,
+        )?);
+        let s = dev.scalar_f32(call.params.softmax_scale as f32)?;
+        let out = dev.tensor(&scaled, &[rows, len], None, 0, ACL_FLOAT)?;
+        // SAFETY: as above.
+        keep.push(dev.run(
+            "aclnnMuls",
+            |ws, ex| unsafe {
+                (ops.aclnnMulsGetWorkspaceSize
+                    .expect("checked by available()"))(
+                    c.raw(), s.raw(), out.raw(), ws, ex
+                )
+            },
+            ops.aclnnMuls,
+        )?);
+    }
+    let last_dim = dev.int_array(&[1])?;
+    for i in 0..sq {
+        let l = call.attended_len(len, i);
+        if l <= 0 {
+            continue;
+        }
+        let x = dev.tensor(
+            &scaled,
+            &[hq, l as usize],
+            Some(&[len, 1]),
+            i * hq * len,
+            ACL_FLOAT,
+        )?;
+        let y = dev.tensor(lse, &[hq], Some(&[sq]), bi * hq * sq + i, ACL_FLOAT)?;
+        // SAFETY: as above.
+        keep.push(dev.run(
+            "aclnnLogSumExp",
+            |ws, ex| unsafe {
+                (ops.aclnnLogSumExpGetWorkspaceSize
+                    .expect("checked by available()"))(
+                    x.raw(),
+                    last_dim.raw(),
+                    false,
+                    y.raw(),
+                    ws,
+                    ex,
+                )
+            },
+            ops.aclnnLogSumExp,
+        )?);
+    }
+    keep.push(Some(k32));
+    keep.push(Some(q32));
+    keep.push(Some(scores));
+    keep.push(Some(scaled));
+    Ok(keep)
 }
