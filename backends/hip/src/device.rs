@@ -495,3 +495,25 @@ impl moemla_core::DeviceBuffer for HipBuffer {
         self
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::KernelArgs;
+
+    #[test]
+    fn kernel_args_point_at_each_value_in_its_c_type() {
+        let mut args = KernelArgs::default();
+        let p = 0x1234_5678_9abc_def0usize as *mut std::ffi::c_void;
+        args.ptr(p).i32(-7).f32(0.135).i32(i32::MAX);
+        let ptrs = args.pointers();
+        assert_eq!(ptrs.len(), 4);
+        // SAFETY: each pointer addresses an 8-byte slot of `args`, alive here; the kernel
+        // reads as many bytes as its parameter's type has, from the slot's start.
+        unsafe {
+            assert_eq!(*(ptrs[0] as *const usize), 0x1234_5678_9abc_def0);
+            assert_eq!(*(ptrs[1] as *const i32), -7);
+            assert_eq!(*(ptrs[2] as *const f32), 0.135);
+            assert_eq!(*(ptrs[3] as *const i32), i32::MAX);
+        }
+    }
+}

@@ -6,13 +6,9 @@ use std::ffi::{c_char, CStr, CString};
 
 /// Compiles `source` (a complete translation unit: the portability header followed by
 /// the kernels) for `arch`, the device's full `gcnArchName` ("gfx942:sramecc+:xnack-"),
-/// returning the code object for `hipModuleLoadData`.
-pub(crate) fn compile(
-    rtc: &HipRtc,
-    module: &str,
-    source: &str,
-    arch: &str,
-) -> Result<Vec<u8>, HipError> {
+/// returning the code object for `hipModuleLoadData`. Needs no device: hipRTC compiles
+/// for any arch its LLVM knows.
+pub fn compile(rtc: &HipRtc, module: &str, source: &str, arch: &str) -> Result<Vec<u8>, HipError> {
     let source = CString::new(source).expect("embedded kernel sources have no NUL");
     let name = CString::new(format!("{module}.hip")).expect("module names have no NUL");
     let mut program: HiprtcProgram = std::ptr::null_mut();

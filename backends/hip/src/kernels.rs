@@ -57,5 +57,20 @@ pub const MOE_EXPERTS: KernelModule = KernelModule {
     ],
 };
 
+/// MLA decode (`mla_decode`): index check, split-KV decode, split combine.
+pub const MLA_DECODE: KernelModule = KernelModule {
+    name: "mla_decode",
+    kernels: include_str!("../../../kernels/cuda/mla_decode.cu"),
+    entry_points: &[
+        "moemla_mla_check",
+        "moemla_mla_decode_f32",
+        "moemla_mla_decode_f16",
+        "moemla_mla_decode_bf16",
+        "moemla_mla_combine_f32",
+        "moemla_mla_combine_f16",
+        "moemla_mla_combine_bf16",
+    ],
+};
+
 /// Every kernel module.
-pub const SOURCES: &[KernelModule] = &[MOE_ROUTE, MOE_EXPERTS];
+pub const SOURCES: &[KernelModule] = &[MOE_ROUTE, MOE_EXPERTS, MLA_DECODE];

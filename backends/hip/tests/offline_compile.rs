@@ -127,13 +127,7 @@ fn every_kernel_module_compiles_for_gfx942_gfx90a_and_gfx906() {
         .iter()
         .map(|m| (m.name, m.source(), m.entry_points.to_vec()))
         .collect();
-    assert!(!modules.is_empty());
+    let names: Vec<_> = modules.iter().map(|m| m.0).collect();
+    assert_eq!(names, ["moe_route", "moe_experts", "mla_decode"]);
     run(&modules);
-}
-
-#[test]
-fn the_portability_header_pipeline_compiles_a_fixture_kernel() {
-    let fixture = include_str!("fixtures/pipeline.hip");
-    let source = format!("{}\n{fixture}", moemla_hip::kernels::DEVICE_HEADER);
-    run(&[("pipeline", source, vec!["moemla_fixture_rowmax_bf16"])]);
 }

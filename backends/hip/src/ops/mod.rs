@@ -12,10 +12,6 @@ use moemla_core::{Backend, DType, DeviceTensor, HostTensor, Result, Shape};
 use moemla_kernel_plan::{DeviceLimits, Launch, PlanError};
 use std::ffi::c_void;
 
-/// The ops wired to kernels so far (each in every float dtype).
-pub(crate) const IMPLEMENTED: &[moemla_core::Op] =
-    &[moemla_core::Op::MoeRoute, moemla_core::Op::MoeExperts];
-
 impl HipBackend {
     /// What the launch plans need to know about the device. The kernels' portable path
     /// is used on HIP (no MFMA yet), hence `tensor_cores: false`.

@@ -1,0 +1,89 @@
+//! The backend's own run-time compile path (`hiprtc::compile`, as used on first launch)
+//! on every kernel module, with whatever hipRTC the library search finds. No GPU needed.
+//!
+//! Debian's ROCm 5.2 hipRTC (package libamdhip64-5: hiprtc lives in libamdhip64.so.5)
+//! knows gfx90a and gfx906; it aborts the process on gfx942 (added in ROCm 5.7), so
+//! gfx942 is left to the offline clang check. Without a hipRTC the test prints why and
+//! passes, unless `MOEMLA_REQUIRE_TOOLCHAINS` contains `hiprtc`.
+
+use moemla_core::Error;
+use moemla_hip::error::HipError;
+use moemla_hip::flavour::SearchList;
+use moemla_hip::{hiprtc, kernels, loader};
+
+/// `EF_AMDGPU_MACH` values (LLVM AMDGPUUsage).
+const ARCHS: [(&str, u32); 2] = [("gfx90a", 0x03f), ("gfx906", 0x02f)];
+
+fn libraries() -> Option<loader::Libraries> {
+    match loader::load(&SearchList::from_env()) {
+        Ok(libs) => Some(libs),
+        Err(why) => {
+            let required = std::env::var("MOEMLA_REQUIRE_TOOLCHAINS").unwrap_or_default();
+            assert!(
+                !required.contains("hiprtc"),
+                "no hipRTC, but required: {why}"
+            );
+            eprintln!("skipped: {why}");
+            None
+        }
+    }
+}
+
+#[test]
+fn hiprtc_compiles_every_module_for_gfx90a_and_gfx906_and_reports_errors_with_the_log() {
+    let Some(libs) = libraries() else { return };
+    for (arch, mach) in ARCHS {
+        for module in kernels::SOURCES {
+            let code = hiprtc::compile(&libs.rtc, module.name, &module.source(), arch)
+                .unwrap_or_else(|e| panic!("{} for {arch}: {e}", module.name));
+            assert_eq!(&code[..4], b"\x7fELF", "{} for {arch}", module.name);
+            assert_eq!(u16::from_le_bytes([code[18], code[19]]), 224, "EM_AMDGPU");
+            let e_flags = u32::from_le_bytes(code[48..52].try_into().unwrap());
+            assert_eq!(
+                e_flags & 0xff,
+                mach,
+                "{} for {arch}: e_flags {e_flags:#x}",
+                module.name
+            );
+            for name in module.entry_points {
+                let symbol = format!("{name}.kd\0");
+                assert!(
+                    code.windows(symbol.len()).any(|w| w == symbol.as_bytes()),
+                    "{} for {arch}: no kernel descriptor for {name}",
+                    module.name
+                );
+            }
+        }
+    }
+    // A compile error comes back typed, with hipRTC's log naming the problem.
+    let broken = format!(
+        "{}\nextern \"C\" __global__ void broken() {{ undeclared_thing(); }}\n",
+        kernels::DEVICE_HEADER
+    );
+    let err = hiprtc::compile(&libs.rtc, "broken", &broken, "gfx90a").unwrap_err();
+    assert!(
+        matches!(
+            err,
+            HipError::Rtc {
+                call: "hiprtcCompileProgram",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err: Error = err.into();
+    match err {
+        Error::Device {
+            backend,
+            call,
+            message,
+        } => {
+            assert_eq!(
+                (backend.as_str(), call.as_str()),
+                ("hip", "hiprtcCompileProgram")
+            );
+            assert!(message.contains("undeclared_thing"), "{message}");
+        }
+        other => panic!("expected Error::Device, got {other}"),
+    }
+}
