@@ -8,9 +8,14 @@ type Opener = fn() -> Result<Arc<dyn Backend>>;
 
 /// Every backend compiled into this build, in preference order (most capable first; the
 /// CPU reference last, as the fallback). One line per backend.
-const BACKENDS: &[(&str, Opener)] = &[(moemla_cpu::NAME, || {
-    Ok(Arc::new(moemla_cpu::CpuBackend::new()))
-})];
+const BACKENDS: &[(&str, Opener)] = &[
+    (moemla_hip::NAME, || {
+        Ok(Arc::new(moemla_hip::HipBackend::new()?))
+    }),
+    (moemla_cpu::NAME, || {
+        Ok(Arc::new(moemla_cpu::CpuBackend::new()))
+    }),
+];
 
 /// Backend names in preference order, as [`select`] tries them.
 pub const PREFERENCE: &[&str] = &["cuda", "hip", "ascend", "opencl", "cpu"];
