@@ -1,0 +1,100 @@
+//! CI gate: every CUDA kernel compiles through NVRTC for sm_80 and sm_90, to PTX and to
+//! CUBIN, with the same sources and the same compile function the backend uses.
+//!
+//! NVRTC is found by the backend's loader: `MOEMLA_NVRTC_LIB` (the file, or its directory —
+//! e.g. the `nvidia-cuda-nvrtc-cu12` wheel's `site-packages/nvidia/cuda_nvrtc/lib`), or
+//! `libnvrtc.so.{13,12}` on `LD_LIBRARY_PATH`. Without NVRTC the tests print why and pass,
+//! unless `MOEMLA_REQUIRE_TOOLCHAINS` contains `nvrtc` (CI sets it), then they fail.
+
+use moemla_cuda::loader::Nvrtc;
+use moemla_cuda::nvrtc::{compile, compile_source, Module};
+use moemla_cuda::CudaError;
+
+const ARCHS: [u32; 2] = [80, 90];
+
+fn nvrtc_or_skip() -> Option<Nvrtc> {
+    match Nvrtc::load() {
+        Ok(n) => Some(n),
+        Err(why) => {
+            let required = std::env::var("MOEMLA_REQUIRE_TOOLCHAINS")
+                .map(|v| v.contains("nvrtc"))
+                .unwrap_or(false);
+            assert!(
+                !required,
+                "MOEMLA_REQUIRE_TOOLCHAINS requires nvrtc, but: {why}"
+            );
+            eprintln!("skipping the NVRTC compile test: {why}");
+            None
+        }
+    }
+}
+
+#[test]
+fn every_kernel_compiles_for_sm80_and_sm90_to_ptx_and_cubin() {
+    let Some(nvrtc) = nvrtc_or_skip() else {
+        return;
+    };
+    let (major, minor) = nvrtc.version();
+    eprintln!("NVRTC {major}.{minor} from {}", nvrtc.path);
+    for arch in ARCHS {
+        for module in Module::ALL {
+            let what = format!("{} for sm_{arch}", module.file_name());
+            let c = compile(&nvrtc, module, arch).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert!(
+                c.ptx.contains(&format!(".target sm_{arch}")),
+                "{what}: PTX target"
+            );
+            for entry in module.entry_points() {
+                assert!(
+                    c.ptx.contains(&format!(".entry {entry}(")),
+                    "{what}: entry point {entry} missing from the PTX"
+                );
+            }
+            // CUBIN: an ELF image for EM_CUDA (190).
+            assert!(c.cubin.len() > 64, "{what}: CUBIN too small");
+            assert_eq!(&c.cubin[..4], b"\x7fELF", "{what}: CUBIN is not ELF");
+            assert_eq!(
+                u16::from_le_bytes([c.cubin[18], c.cubin[19]]),
+                190,
+                "{what}: e_machine"
+            );
+            if module != Module::MoeRoute {
+                for ty in ["bf16", "f16"] {
+                    let insn = format!("mma.sync.aligned.m16n8k16.row.col.f32.{ty}.{ty}.f32");
+                    assert!(
+                        c.ptx.contains(&insn),
+                        "{what}: no {insn} (tensor-core path)"
+                    );
+                }
+            }
+            eprintln!(
+                "{what}: PTX {} bytes, CUBIN {} bytes{}",
+                c.ptx.len(),
+                c.cubin.len(),
+                if c.log.is_empty() {
+                    String::new()
+                } else {
+                    format!(", log: {}", c.log)
+                }
+            );
+        }
+    }
+}
+
+#[test]
+fn a_compile_error_carries_the_program_log() {
+    let Some(nvrtc) = nvrtc_or_skip() else {
+        return;
+    };
+    let src = "extern \"C\" __global__ void broken(float* p) { p[0] = not_declared; }";
+    match compile_source(&nvrtc, "broken.cu", src, 90) {
+        Err(CudaError::Nvrtc {
+            call, status, log, ..
+        }) => {
+            assert_eq!(call, "nvrtcCompileProgram");
+            assert_eq!(status, "NVRTC_ERROR_COMPILATION");
+            assert!(log.contains("not_declared"), "log: {log}");
+        }
+        other => panic!("expected a compile error, got {other:?}"),
+    }
+}
