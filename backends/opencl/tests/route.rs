@@ -6,7 +6,12 @@ use common::{assert_close, backend, float_tensor, read_f32, read_i32};
 use moemla_core::{ops, DType, GroupSelect, RouteParams, ScoreFunc};
 
 /// DeepSeek gating in f64, written from the contract: returns (ids, weights) per token.
-fn reference(logits: &[f64], bias: Option<&[f64]>, e: usize, p: &RouteParams) -> Vec<Vec<(usize, f64)>> {
+fn reference(
+    logits: &[f64],
+    bias: Option<&[f64]>,
+    e: usize,
+    p: &RouteParams,
+) -> Vec<Vec<(usize, f64)>> {
     logits
         .chunks(e)
         .map(|row| {
@@ -43,7 +48,9 @@ fn reference(logits: &[f64], bias: Option<&[f64]>, e: usize, p: &RouteParams) ->
             ids.truncate(p.top_k);
             let total: f64 = ids.iter().map(|&i| s[i]).sum();
             let norm = if p.renormalize { total } else { 1.0 };
-            ids.iter().map(|&i| (i, s[i] / norm * p.routed_scaling_factor)).collect()
+            ids.iter()
+                .map(|&i| (i, s[i] / norm * p.routed_scaling_factor))
+                .collect()
         })
         .collect()
 }
@@ -68,7 +75,12 @@ fn check(seed: u64, t: usize, e: usize, with_bias: bool, p: &RouteParams, dtype:
         assert_eq!(got_sorted, want_sorted, "token {tok}: ids");
         for (j, &id) in got_ids.iter().enumerate() {
             let w = row.iter().find(|&&(i, _)| i as i32 == id).unwrap().1;
-            assert_close(&format!("token {tok} weight of {id}"), &[weights[tok * p.top_k + j]], &[w], 1e-5);
+            assert_close(
+                &format!("token {tok} weight of {id}"),
+                &[weights[tok * p.top_k + j]],
+                &[w],
+                1e-5,
+            );
         }
     }
 }
@@ -99,7 +111,14 @@ fn deepseek_v2_style_softmax_max_groups_unnormalised() {
 
 #[test]
 fn softmax_without_groups_over_many_experts() {
-    check(31, 3, 300, false, &RouteParams::deepseek_v2_lite(), DType::BF16);
+    check(
+        31,
+        3,
+        300,
+        false,
+        &RouteParams::deepseek_v2_lite(),
+        DType::BF16,
+    );
 }
 
 #[test]

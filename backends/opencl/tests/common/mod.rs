@@ -37,15 +37,26 @@ pub fn uniform(seed: u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
 }
 
 /// `values` stored as `dtype` on the device, and the stored values widened to f64.
-pub fn float_tensor(b: &dyn Backend, dims: &[usize], values: &[f32], dtype: DType) -> (DeviceTensor, Vec<f64>) {
+pub fn float_tensor(
+    b: &dyn Backend,
+    dims: &[usize],
+    values: &[f32],
+    dtype: DType,
+) -> (DeviceTensor, Vec<f64>) {
     let host = HostTensor::from_f32_as(dims, values, dtype).unwrap();
-    let stored = host.to_f32_vec().unwrap().iter().map(|&v| v as f64).collect();
+    let stored = host
+        .to_f32_vec()
+        .unwrap()
+        .iter()
+        .map(|&v| v as f64)
+        .collect();
     (b.upload(&host).unwrap(), stored)
 }
 
 /// An I32 tensor on the device.
 pub fn int_tensor(b: &dyn Backend, dims: &[usize], values: &[i32]) -> DeviceTensor {
-    b.upload(&HostTensor::from_slice(dims, values).unwrap()).unwrap()
+    b.upload(&HostTensor::from_slice(dims, values).unwrap())
+        .unwrap()
 }
 
 /// A device tensor's elements widened to f32.
