@@ -12,6 +12,7 @@ const BACKENDS: &[(&str, Opener)] = &[
     (moemla_hip::NAME, || {
         Ok(Arc::new(moemla_hip::HipBackend::new()?))
     }),
+    (moemla_ascend::NAME, || Ok(Arc::new(moemla_ascend::AscendBackend::new()?))),
     (moemla_cpu::NAME, || {
         Ok(Arc::new(moemla_cpu::CpuBackend::new()))
     }),
