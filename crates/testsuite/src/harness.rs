@@ -14,7 +14,7 @@ pub struct SuiteConfig {
 
 impl Default for SuiteConfig {
     fn default() -> Self {
-        SuiteConfig { proptest_cases: 24 }
+        SuiteConfig { proptest_cases: 64 }
     }
 }
 
