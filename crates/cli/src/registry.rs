@@ -9,6 +9,7 @@ type Opener = fn() -> Result<Arc<dyn Backend>>;
 /// Every backend compiled into this build, in preference order (most capable first; the
 /// CPU reference last, as the fallback). One line per backend.
 const BACKENDS: &[(&str, Opener)] = &[
+    (moemla_cuda::NAME, || Ok(Arc::new(moemla_cuda::CudaBackend::new()?))),
     (moemla_hip::NAME, || {
         Ok(Arc::new(moemla_hip::HipBackend::new()?))
     }),
