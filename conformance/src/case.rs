@@ -190,6 +190,9 @@ fn parse(bytes: &[u8], path: &Path, name: &str) -> Result<Case, String> {
     for (arg, t) in &expected {
         check_trustworthy(arg, t)?;
     }
+    if let Params::MoeRoute(p) = &params {
+        check_distinct_ids(&expected["topk_ids"], p.top_k)?;
+    }
     let tolerances = tolerances(op, dtype, get("tolerance"))?;
     Ok(Case {
         name: name.to_string(),
@@ -263,6 +266,20 @@ fn check_trustworthy(arg: &str, t: &HostTensor) -> Result<(), String> {
         return Err(format!(
             "expected output `out.{arg}` is all zeros: it proves nothing (mistrusted)"
         ));
+    }
+    Ok(())
+}
+
+/// Each row of the expected `topk_ids` must name distinct experts (ids compare as sets).
+fn check_distinct_ids(ids: &HostTensor, top_k: usize) -> Result<(), String> {
+    let values = ids.to_i32_vec().map_err(|e| e.to_string())?;
+    for (t, row) in values.chunks(top_k.max(1)).enumerate() {
+        if let Some(j) = (1..row.len()).find(|&j| row[..j].contains(&row[j])) {
+            return Err(format!(
+                "expected `out.topk_ids` row {t} names expert {} twice: {row:?}",
+                row[j]
+            ));
+        }
     }
     Ok(())
 }

@@ -89,10 +89,11 @@ impl Acc {
             .expect("elementwise comparisons carry a tolerance");
         let allowed = tol.allowed(exp);
         let (abs, rel) = errors(got, exp);
-        let pass = got == exp || abs <= allowed;
+        // An infinite expected value allows an infinite error: only an exact match passes.
+        let pass = got == exp || (exp.is_finite() && abs <= allowed);
         let ratio = if abs == 0.0 {
             0.0
-        } else if allowed > 0.0 {
+        } else if exp.is_finite() && allowed > 0.0 {
             abs / allowed
         } else {
             f64::INFINITY
@@ -116,7 +117,7 @@ impl Acc {
             got,
             expected: exp,
             allowed,
-            detail: format!("{what}got {got:e}, expected {exp:e}, allowed error {allowed:e}"),
+            detail: format!("{what}got {got:.6e}, expected {exp:.6e}, allowed error {allowed:.2e}"),
         };
         if c.first_failure.is_none() {
             c.first_failure = Some(mismatch.clone());

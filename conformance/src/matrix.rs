@@ -46,6 +46,7 @@ pub fn render(report: &Report) -> String {
     for n in &names {
         let _ = write!(s, "  {:<w$}", n, w = n.len().max(5));
     }
+    s.truncate(s.trim_end().len());
     s += "\n";
     let mut group = None;
     for ((op, dtype, name, _), by_backend) in &rows {
@@ -63,6 +64,7 @@ pub fn render(report: &Report) -> String {
             let cell = by_backend.get(n).map_or("-", |o| o.status.cell());
             let _ = write!(s, "  {:<w$}", cell, w = n.len().max(5));
         }
+        s.truncate(s.trim_end().len());
         s += "\n";
     }
     failures(&mut s, report);

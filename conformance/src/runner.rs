@@ -204,11 +204,8 @@ fn describe(c: &Comparison) -> String {
     if let Some(m) = &c.first_failure {
         s += &format!("; first at {:?}: {}", m.index, m.detail);
     }
-    if let Some(m) = c
-        .worst_failure
-        .as_ref()
-        .filter(|w| Some(*w) != c.first_failure.as_ref())
-    {
+    let first_index = c.first_failure.as_ref().map(|m| &m.index);
+    if let Some(m) = (c.worst_failure.as_ref()).filter(|w| Some(&w.index) != first_index) {
         s += &format!("; worst at {:?}: {}", m.index, m.detail);
     }
     s
