@@ -289,6 +289,13 @@ impl Cann {
                 }
             }
         }
+        if libs.is_empty() {
+            return Err(format!(
+                "no CANN library could be loaded; tried: [{}]. Set MOEMLA_ASCEND_LIB_DIR to the \
+                 directory holding libascendcl.so, or source CANN's set_env.sh (ASCEND_HOME_PATH)",
+                tried.join("; ")
+            ));
+        }
         let refs: Vec<&Library> = libs.iter().map(|(_, l)| l).collect();
         let tables = AclRuntime::resolve(&refs)
             .map_err(|e| format!("libascendcl.so: {e}"))
