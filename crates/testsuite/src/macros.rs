@@ -66,6 +66,11 @@ macro_rules! __suite_tests {
             moe_experts_all_slots_empty_bf16: cases::experts::all_slots_empty(BF16);
             moe_experts_repeated_id_counts_twice_f32: cases::experts::repeated_id_counts_twice(F32);
             moe_experts_repeated_id_counts_twice_f16: cases::experts::repeated_id_counts_twice(F16);
+            moe_experts_most_experts_idle_f32: cases::experts::most_experts_idle(F32);
+            moe_experts_most_experts_idle_bf16: cases::experts::most_experts_idle(BF16);
+            moe_experts_single_token_top8_f32: cases::experts::single_token_top8(F32);
+            moe_experts_single_token_top8_f16: cases::experts::single_token_top8(F16);
+            moe_experts_single_token_top8_bf16: cases::experts::single_token_top8(BF16);
 
             mla_decode_small_f32: cases::mla::small(F32);
             mla_decode_small_f16: cases::mla::small(F16);
@@ -89,6 +94,15 @@ macro_rules! __suite_tests {
             mla_decode_deepseek_hq128_sq2_block64_f32: cases::mla::deepseek(F32, 128, 2, 64);
             mla_decode_deepseek_hq128_sq2_block64_f16: cases::mla::deepseek(F16, 128, 2, 64);
             mla_decode_deepseek_hq128_sq2_block64_bf16: cases::mla::deepseek(BF16, 128, 2, 64);
+            mla_decode_long_sequences_f32: cases::mla::long_sequences(F32);
+            mla_decode_long_sequences_bf16: cases::mla::long_sequences(BF16);
+            mla_decode_batch_with_block_boundaries_f32: cases::mla::batch_with_block_boundaries(F32);
+            mla_decode_batch_with_block_boundaries_f16: cases::mla::batch_with_block_boundaries(F16);
+            mla_decode_batch_with_block_boundaries_bf16: cases::mla::batch_with_block_boundaries(BF16);
+
+            upload_download_round_trip_is_bit_exact: cases::tensors::upload_download_round_trip();
+            alloc_zeroed_is_zero: cases::tensors::alloc_zeroed_is_zero();
+            ops_leave_inputs_unchanged: cases::tensors::ops_leave_inputs_unchanged();
 
             prop_moe_route_properties: props::route::properties();
             prop_moe_experts_linear_in_weights: props::experts::linear_in_weights();

@@ -156,3 +156,27 @@ pub fn repeated_id_counts_twice(ctx: &Ctx<'_>, dtype: DType) {
         Tol::of(dtype),
     ));
 }
+
+/// More experts than routed slots (E 16, T 2, k 2): most experts receive no token.
+pub fn most_experts_idle(ctx: &Ctx<'_>, dtype: DType) {
+    let d = ExpertsDims {
+        tokens: 2,
+        hidden: 32,
+        inter: 16,
+        experts: 16,
+        top_k: 2,
+    };
+    case(ctx, dtype, d, 0xe5, 0);
+}
+
+/// One token (decode batch of 1) routed to top-8 of 32 experts, H 128, I 64.
+pub fn single_token_top8(ctx: &Ctx<'_>, dtype: DType) {
+    let d = ExpertsDims {
+        tokens: 1,
+        hidden: 128,
+        inter: 64,
+        experts: 32,
+        top_k: 8,
+    };
+    case(ctx, dtype, d, 0xe6, 0);
+}

@@ -131,3 +131,38 @@ pub fn deepseek(ctx: &Ctx<'_>, dtype: DType, h_q: usize, s_q: usize, block_size:
     };
     case(ctx, dtype, spec, 0xd5 + (h_q * s_q * block_size) as u64);
 }
+
+/// Long sequences (1500 and 700 tokens, blocks of 64) at DeepSeek width: enough work for a
+/// split-KV kernel to cut each sequence into several chunks and combine them.
+pub fn long_sequences(ctx: &Ctx<'_>, dtype: DType) {
+    let spec = MlaSpec {
+        s_q: 1,
+        h_q: 16,
+        h_kv: 1,
+        d_qk: 576,
+        d_v: 512,
+        block_size: 64,
+        seqlens: vec![1500, 700],
+        spare_blocks: 2,
+        causal: true,
+        softmax_scale: MlaDecodeParams::DEEPSEEK_V3_SOFTMAX_SCALE,
+    };
+    case(ctx, dtype, spec, 0xa5);
+}
+
+/// A wider batch (B 5) with lengths around block boundaries (0, 1, 15, 16, 17; blocks of 16).
+pub fn batch_with_block_boundaries(ctx: &Ctx<'_>, dtype: DType) {
+    let spec = MlaSpec {
+        s_q: 2,
+        h_q: 8,
+        h_kv: 1,
+        d_qk: 64,
+        d_v: 32,
+        block_size: 16,
+        seqlens: vec![0, 1, 15, 16, 17],
+        spare_blocks: 2,
+        causal: true,
+        softmax_scale: 0.125,
+    };
+    case(ctx, dtype, spec, 0xa6);
+}

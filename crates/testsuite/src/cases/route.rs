@@ -4,7 +4,7 @@ use crate::compare::{check_route, ensure, Tol};
 use crate::harness::Ctx;
 use crate::reference;
 use crate::rng::Rng;
-use moemla_core::{ops, DType, GroupSelect, Op, RouteParams, ScoreFunc};
+use moemla_core::{ops, DType, GroupSelect, HostTensor, Op, RouteParams, ScoreFunc};
 
 /// Smallest accepted decision margin (relative to the row's score magnitude) of generated
 /// inputs: f32 routing is accurate to ~1e-7, so no backend can legitimately flip a choice.
@@ -12,7 +12,15 @@ const MIN_MARGIN: f64 = 1e-4;
 
 /// DeepSeek-V3: E 256, top-8, 8 groups keep 4, sigmoid + bias, top-2 sum, renormalised, 2.5.
 pub fn v3(ctx: &Ctx<'_>, dtype: DType) {
-    route_case(ctx, dtype, 7, 256, &RouteParams::deepseek_v3(), true, 0x5e3);
+    route_case(
+        ctx,
+        dtype,
+        33,
+        256,
+        &RouteParams::deepseek_v3(),
+        true,
+        0x5e3,
+    );
 }
 
 /// DeepSeek-V2: E 160, top-6, 8 groups keep 3, softmax, max, no renormalisation, 16.
@@ -20,7 +28,7 @@ pub fn v2(ctx: &Ctx<'_>, dtype: DType) {
     route_case(
         ctx,
         dtype,
-        7,
+        33,
         160,
         &RouteParams::deepseek_v2(),
         false,
@@ -33,7 +41,7 @@ pub fn v2_lite(ctx: &Ctx<'_>, dtype: DType) {
     route_case(
         ctx,
         dtype,
-        7,
+        33,
         64,
         &RouteParams::deepseek_v2_lite(),
         false,
@@ -71,8 +79,8 @@ pub fn top_k_equals_experts(ctx: &Ctx<'_>, dtype: DType) {
     }
 }
 
-/// Generates logits (and bias) without near ties, routes them on the backend and checks
-/// ids (as sets) and weights (by id) against the reference.
+/// Generates logits without near ties (row by row, after rounding to `dtype`), routes them
+/// on the backend and checks ids (as sets) and weights (by id) against the reference.
 fn route_case(
     ctx: &Ctx<'_>,
     dtype: DType,
@@ -86,23 +94,41 @@ fn route_case(
         return;
     }
     let mut rng = Rng::new(seed);
-    for _attempt in 0..100 {
-        let logits = rng.vec(tokens * experts, -4.0, 4.0);
-        let bias = rng.vec(experts, -0.5, 0.5);
-        let (logits_d, logits_x) = ctx.upload_as(&[tokens, experts], &logits, dtype);
-        let (bias_d, bias_x) = ctx.upload_as(&[experts], &bias, DType::F32);
-        let bias_x = with_bias.then_some(bias_x.as_slice());
-        let r = reference::moe_route(&logits_x, bias_x, tokens, experts, p);
-        if r.margin.iter().any(|&m| m < MIN_MARGIN) {
-            continue;
-        }
-        let out = ops::moe_route(ctx.backend, &logits_d, with_bias.then_some(&bias_d), p)
-            .unwrap_or_else(|e| panic!("moe_route {dtype} E={experts}: {e}"));
-        let ids = ctx.download_i32(&out.topk_ids);
-        let w = ctx.download_f32(&out.topk_weights);
-        let result = check_route(&ids, &w, &r, Tol::of(DType::F32));
-        ensure(result.map_err(|m| format!("moe_route {dtype} E={experts} {p:?}: {m}")));
-        return;
+    let bias = rng.vec(experts, -0.5, 0.5);
+    let (bias_d, bias_x) = ctx.upload_as(&[experts], &bias, DType::F32);
+    let bias_x = with_bias.then_some(bias_x.as_slice());
+    let mut logits = Vec::with_capacity(tokens * experts);
+    for _ in 0..tokens {
+        logits.extend(well_separated_row(&mut rng, dtype, bias_x, experts, p));
     }
-    panic!("could not generate routing input without near ties (E={experts})");
+    let (logits_d, logits_x) = ctx.upload_as(&[tokens, experts], &logits, dtype);
+    let r = reference::moe_route(&logits_x, bias_x, tokens, experts, p);
+    let out = ops::moe_route(ctx.backend, &logits_d, with_bias.then_some(&bias_d), p)
+        .unwrap_or_else(|e| panic!("moe_route {dtype} E={experts}: {e}"));
+    let ids = ctx.download_i32(&out.topk_ids);
+    let w = ctx.download_f32(&out.topk_weights);
+    let result = check_route(&ids, &w, &r, Tol::of(DType::F32));
+    ensure(result.map_err(|m| format!("moe_route {dtype} T={tokens} E={experts} {p:?}: {m}")));
+}
+
+/// One row of logits whose routing decisions (after rounding to `dtype`) all have a margin
+/// of at least [`MIN_MARGIN`].
+fn well_separated_row(
+    rng: &mut Rng,
+    dtype: DType,
+    bias: Option<&[f64]>,
+    experts: usize,
+    p: &RouteParams,
+) -> Vec<f32> {
+    for _attempt in 0..1000 {
+        let row = rng.vec(experts, -4.0, 4.0);
+        let rounded = HostTensor::from_f32_as([experts], &row, dtype)
+            .and_then(|t| t.to_f32_vec())
+            .expect("float row");
+        let exact: Vec<f64> = rounded.iter().map(|&v| v as f64).collect();
+        if reference::moe_route(&exact, bias, 1, experts, p).margin[0] >= MIN_MARGIN {
+            return row;
+        }
+    }
+    panic!("no routing row without near ties found (E={experts}, {p:?})");
 }

@@ -10,26 +10,25 @@ use crate::harness::Ctx;
 use crate::rng::Rng;
 use moemla_core::{ops, DType, Error, ExpertsParams, Op};
 
-const EXPERTS: ExpertsDims = ExpertsDims {
-    tokens: 3,
-    hidden: 4,
-    inter: 2,
-    experts: 4,
-    top_k: 2,
-};
-
-/// Runs `moe_experts` with `ids` and expects the index error at `index` with `value`,
-/// then checks a valid call on the same backend.
+/// Runs `moe_experts` (E 4, k 2, T = ids.len() / 2) with `ids` and expects the index
+/// error at `index` with `value`, then checks a valid call on the same backend.
 fn experts_index_error(ctx: &Ctx<'_>, ids: &[i32], index: [usize; 2], value: i64) {
+    let d = ExpertsDims {
+        tokens: ids.len() / 2,
+        hidden: 4,
+        inter: 2,
+        experts: 4,
+        top_k: 2,
+    };
+    let weights = vec![0.5; ids.len()];
+    let valid_ids: Vec<i32> = (0..ids.len()).map(|i| (i % 5) as i32 - 1).collect();
     for dtype in ctx.float_dtypes(Op::MoeExperts) {
-        let d = EXPERTS;
-        let mut rng = Rng::new(0x1d);
-        let data = ExpertsData::random(d, &mut rng);
+        let data = ExpertsData::random(d, &mut Rng::new(0x1d));
         let (x, _) = ctx.upload_as(&[d.tokens, d.hidden], &data.x, dtype);
         let (w13, _) = ctx.upload_as(&[d.experts, 2 * d.inter, d.hidden], &data.w13, dtype);
         let (w2, _) = ctx.upload_as(&[d.experts, d.hidden, d.inter], &data.w2, dtype);
         let id_t = ctx.upload_i32(&[d.tokens, d.top_k], ids);
-        let (w_t, _) = ctx.upload_as(&[d.tokens, d.top_k], &[0.5; 6], DType::F32);
+        let (w_t, _) = ctx.upload_as(&[d.tokens, d.top_k], &weights, DType::F32);
         let got = ops::moe_experts(ctx.backend, &x, &w13, &w2, &id_t, &w_t, &ExpertsParams {});
         let want = Error::IndexOutOfRange {
             op: Op::MoeExperts,
@@ -38,27 +37,42 @@ fn experts_index_error(ctx: &Ctx<'_>, ids: &[i32], index: [usize; 2], value: i64
             value,
             valid: "[-1, 4)".into(),
         };
-        assert_eq!(got.map(|_| ()), Err(want), "{dtype} topk_ids {ids:?}");
-        let (y, exp) = run_experts(ctx, dtype, d, &data, &[0, 1, 2, 3, -1, 0], &[0.5; 6]);
-        ensure(check_close(
-            &format!("{dtype} y after an index error"),
-            &y,
-            &exp,
-            Tol::of(dtype),
-        ));
+        assert_eq!(
+            got.map(|_| ()),
+            Err(want),
+            "{dtype} T {} topk_ids {ids:?}",
+            d.tokens
+        );
+        let (y, exp) = run_experts(ctx, dtype, d, &data, &valid_ids, &weights);
+        let what = format!("{dtype} y after an index error");
+        ensure(check_close(&what, &y, &exp, Tol::of(dtype)));
     }
+}
+
+/// 64 tokens of valid ids with bad ones written at the given (row, slot) positions.
+fn many_tokens_with(bad: &[(usize, i32)]) -> Vec<i32> {
+    let mut ids: Vec<i32> = (0..128).map(|i| (i % 5) as i32 - 1).collect();
+    for &(at, v) in bad {
+        ids[at] = v;
+    }
+    ids
 }
 
 /// An id >= E is reported at its position (the first bad one, row-major).
 pub fn topk_id_above_range(ctx: &Ctx<'_>) {
     experts_index_error(ctx, &[0, 1, 2, 4, 5, -1], [1, 1], 4);
     experts_index_error(ctx, &[0, 1, 2, 3, -1, i32::MAX], [2, 1], i32::MAX as i64);
+    // Several bad ids far apart (different work-groups on a device): the first one wins.
+    let ids = many_tokens_with(&[(127, 9), (81, 4), (100, 7)]);
+    experts_index_error(ctx, &ids, [40, 1], 4);
 }
 
 /// An id < -1 is reported at its position.
 pub fn topk_id_below_minus_one(ctx: &Ctx<'_>) {
     experts_index_error(ctx, &[0, -2, -5, 1, 0, 0], [0, 1], -2);
     experts_index_error(ctx, &[0, 1, 2, 3, 0, i32::MIN], [2, 1], i32::MIN as i64);
+    let ids = many_tokens_with(&[(126, -2), (64, i32::MIN), (90, -3)]);
+    experts_index_error(ctx, &ids, [32, 0], i32::MIN as i64);
 }
 
 /// B 2, Sq 1, blocks of 4, lengths 5 / 9: row 0 uses 2 table entries, row 1 uses 3.
