@@ -1,0 +1,284 @@
+//! The JSON and JUnit reports parse back with the right counts; the verdict (exit code)
+//! follows failures and required backends; the matrix shows every cell.
+
+mod common;
+
+use common::{fixture_set, TempDir, FIXTURE_CASES};
+use moemla_conformance::{
+    load_cases, render, run, run_unavailable, to_junit, CaseFile, Report, Status,
+};
+use moemla_core::calls::{MlaDecodeCall, MoeExpertsCall, MoeRouteCall};
+use moemla_core::{
+    Backend, BackendInfo, DType, DeviceTensor, HostTensor, MlaDecodeOutput, MoeRouteOutput, Result,
+    Shape,
+};
+use moemla_cpu::CpuBackend;
+use serde_json::Value;
+
+/// The CPU backend declaring only F32 support.
+struct F32Only(CpuBackend);
+
+impl Backend for F32Only {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn info(&self) -> BackendInfo {
+        let mut info = self.0.info();
+        info.supported.retain(|s| s.dtype == DType::F32);
+        info
+    }
+    fn alloc_zeroed(&self, shape: &Shape, dtype: DType) -> Result<DeviceTensor> {
+        self.0.alloc_zeroed(shape, dtype)
+    }
+    fn upload(&self, host: &HostTensor) -> Result<DeviceTensor> {
+        self.0.upload(host)
+    }
+    fn download(&self, tensor: &DeviceTensor) -> Result<HostTensor> {
+        self.0.download(tensor)
+    }
+    fn synchronize(&self) -> Result<()> {
+        self.0.synchronize()
+    }
+    fn moe_route(&self, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput> {
+        self.0.moe_route(call)
+    }
+    fn moe_experts(&self, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor> {
+        self.0.moe_experts(call)
+    }
+    fn mla_decode(&self, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutput> {
+        self.0.mla_decode(call)
+    }
+}
+
+/// A malformed file whose name needs XML escaping.
+const ODD_NAME: &str = "bad/a&b<'q'>\"x\".safetensors";
+
+/// The fixtures plus one malformed file.
+fn cases(dir: &TempDir) -> Vec<CaseFile> {
+    fixture_set(&dir.0);
+    std::fs::create_dir_all(dir.join("bad")).unwrap();
+    std::fs::write(dir.join(ODD_NAME), b"\x01<not>&a file").unwrap();
+    load_cases(&[&dir.0])
+}
+
+/// Renames the (single) backend of a report, as a second column would be called.
+fn renamed(mut report: Report, name: &str) -> Report {
+    report.backends[0].name = name.to_string();
+    report
+        .results
+        .iter_mut()
+        .for_each(|o| o.backend = name.to_string());
+    report
+}
+
+/// cpu: 6 pass + 1 fail; lite: 3 pass + 3 unsupported + 1 fail; ghost: 7 unavailable.
+fn three_backends(cases: &[CaseFile]) -> Report {
+    let mut report = run(&CpuBackend::new(), cases);
+    report.extend(renamed(run(&F32Only(CpuBackend::new()), cases), "lite"));
+    report.extend(run_unavailable(
+        "ghost",
+        "no <libghost.so> & \"no\" driver",
+        cases,
+    ));
+    report
+}
+
+#[test]
+fn json_report_has_one_object_per_case_and_backend() {
+    let dir = TempDir::new("json");
+    let cases = cases(&dir);
+    let report = three_backends(&cases);
+    let doc: Value = serde_json::from_str(&report.to_json()).unwrap();
+    let s = &doc["summary"];
+    let counts = (
+        &s["passed"],
+        &s["failed"],
+        &s["skipped"],
+        &s["unsupported"],
+        &s["unavailable"],
+    );
+    assert_eq!(
+        counts,
+        (
+            &Value::from(9),
+            &Value::from(2),
+            &Value::from(10),
+            &Value::from(3),
+            &Value::from(7)
+        )
+    );
+    let results = doc["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3 * (FIXTURE_CASES + 1));
+    let keys = [
+        "case", "path", "op", "dtype", "backend", "status", "max_abs", "max_rel",
+    ];
+    for r in results {
+        for key in keys.iter().chain(&["worst_index", "message"]) {
+            assert!(r.get(key).is_some(), "{key} missing in {r}");
+        }
+    }
+    let find = |backend: &str, case: &str| {
+        (results.iter())
+            .find(|r| r["backend"] == backend && r["case"] == case)
+            .unwrap()
+    };
+    let pass = find("cpu", "mla_decode/bf16/mla.safetensors");
+    assert_eq!(
+        (&pass["status"], &pass["op"], &pass["dtype"]),
+        (
+            &Value::from("pass"),
+            &Value::from("mla_decode"),
+            &Value::from("BF16")
+        )
+    );
+    assert!(pass["max_abs"].as_f64().unwrap() < 2e-2);
+    assert_eq!(pass["worst_index"].as_array().unwrap().len(), 4);
+    let fail = find("cpu", ODD_NAME);
+    assert_eq!(fail["status"], "fail");
+    assert!(fail["message"].as_str().unwrap().contains(ODD_NAME));
+    assert_eq!(
+        find("lite", "moe_route/bf16/route.safetensors")["status"],
+        "unsupported"
+    );
+    assert_eq!(
+        find("ghost", "moe_route/f32/route.safetensors")["status"],
+        "unavailable"
+    );
+    assert_eq!(doc["backends"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn junit_is_well_formed_with_the_right_counts() {
+    let dir = TempDir::new("junit");
+    let cases = cases(&dir);
+    let report = three_backends(&cases);
+    let xml = to_junit(&report);
+    let doc = roxmltree::Document::parse(&xml).unwrap();
+    let root = doc.root_element();
+    assert_eq!(root.tag_name().name(), "testsuites");
+    let attr = |n: roxmltree::Node, a: &str| n.attribute(a).unwrap().parse::<usize>().unwrap();
+    assert_eq!(
+        (
+            attr(root, "tests"),
+            attr(root, "failures"),
+            attr(root, "skipped")
+        ),
+        (21, 2, 10)
+    );
+    let suites: Vec<_> = root
+        .children()
+        .filter(|n| n.has_tag_name("testsuite"))
+        .collect();
+    let names: Vec<&str> = suites
+        .iter()
+        .map(|s| s.attribute("name").unwrap())
+        .collect();
+    assert_eq!(names, ["cpu", "lite", "ghost"]);
+    let want = [(7, 1, 0), (7, 1, 3), (7, 0, 7)];
+    for (suite, want) in suites.iter().zip(want) {
+        let cases: Vec<_> = suite
+            .children()
+            .filter(|n| n.has_tag_name("testcase"))
+            .collect();
+        let with = |tag: &str| {
+            cases
+                .iter()
+                .filter(|c| c.children().any(|n| n.has_tag_name(tag)))
+                .count()
+        };
+        let got = (cases.len(), with("failure"), with("skipped"));
+        assert_eq!(got, want);
+        assert_eq!(
+            (
+                attr(*suite, "tests"),
+                attr(*suite, "failures"),
+                attr(*suite, "skipped")
+            ),
+            want
+        );
+    }
+    // Names and messages survive escaping.
+    let odd = doc
+        .descendants()
+        .find(|n| n.attribute("name") == Some(ODD_NAME))
+        .unwrap();
+    let failure = odd.children().find(|n| n.has_tag_name("failure")).unwrap();
+    assert!(failure.attribute("message").unwrap().contains(ODD_NAME));
+    assert!(xml.contains("no &lt;libghost.so&gt; &amp; &quot;no&quot; driver"));
+}
+
+#[test]
+fn verdict_fails_on_failures_and_on_required_backends() {
+    let dir = TempDir::new("verdict");
+    let cases = cases(&dir);
+    let report = three_backends(&cases);
+    let v = report.verdict(&[]);
+    assert!(!v.ok);
+    assert_eq!(
+        v.reasons,
+        [
+            "1 case(s) failed on backend `cpu`",
+            "1 case(s) failed on backend `lite`"
+        ]
+    );
+    let v = report.verdict(&["ghost".into(), "lite".into(), "cuda".into()]);
+    assert!(v
+        .reasons
+        .iter()
+        .any(|r| r.starts_with("required backend `ghost` is unavailable: no <libghost")));
+    assert!(v
+        .reasons
+        .iter()
+        .any(|r| r == "required backend `lite` skipped 3 case(s) as unsupported"));
+    assert!(v
+        .reasons
+        .iter()
+        .any(|r| r == "required backend `cuda` was not run"));
+
+    // Only well-formed cases: failures on an unavailable backend do not count...
+    let good: Vec<CaseFile> = cases.into_iter().filter(|c| c.is_ok()).collect();
+    let mut report = run(&CpuBackend::new(), &good);
+    report.extend(run_unavailable("ghost", "no driver", &good));
+    assert!(report.verdict(&["cpu".into()]).ok);
+    // ...unless it is required.
+    assert!(!report.verdict(&["ghost".into()]).ok);
+    assert_eq!(report.counts(None).line(), "6 passed, 0 failed, 6 skipped");
+}
+
+#[test]
+fn matrix_shows_every_cell_and_the_failures() {
+    let dir = TempDir::new("matrix");
+    let report = three_backends(&cases(&dir));
+    let text = render(&report);
+    let row = |case: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(case))
+            .unwrap()
+            .to_string()
+    };
+    let cells = |line: String| {
+        line.split_whitespace()
+            .skip(1)
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(cells(row("moe_route/bf16/route")), ["PASS", "unsup", "n/a"]);
+    assert_eq!(cells(row("mla_decode/f32/mla")), ["PASS", "PASS", "n/a"]);
+    assert!(text.contains("malformed case files"), "{text}");
+    let unsupported = text.matches("[lite] 1 case(s) unsupported: `cpu` does not list");
+    assert_eq!(unsupported.count(), 3, "{text}");
+    assert!(text.contains("[ghost] 7 case(s) not run"), "{text}");
+    // Groups follow contract order: moe_route, moe_experts, mla_decode; F32, F16, BF16.
+    let at = |s: &str| text.find(s).unwrap();
+    assert!(at("moe_route F32") < at("moe_route BF16"));
+    assert!(at("moe_route BF16") < at("moe_experts F32"));
+    assert!(at("moe_experts BF16") < at("mla_decode F32"));
+    assert_eq!(
+        report
+            .results
+            .iter()
+            .filter(|o| o.status == Status::Fail)
+            .count(),
+        2
+    );
+}
