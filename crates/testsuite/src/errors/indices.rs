@@ -51,7 +51,7 @@ fn experts_index_error(ctx: &Ctx<'_>, ids: &[i32], index: [usize; 2], value: i64
 
 /// 64 tokens of valid ids with bad ones written at the given (row, slot) positions.
 fn many_tokens_with(bad: &[(usize, i32)]) -> Vec<i32> {
-    let mut ids: Vec<i32> = (0..128).map(|i| (i % 5) as i32 - 1).collect();
+    let mut ids: Vec<i32> = (0..128).map(|i| i % 5 - 1).collect();
     for &(at, v) in bad {
         ids[at] = v;
     }
