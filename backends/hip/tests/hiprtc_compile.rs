@@ -55,6 +55,19 @@ fn hiprtc_compiles_every_module_for_gfx90a_and_gfx906_and_reports_errors_with_th
             }
         }
     }
+    // The device's gcnArchName carries target features; they reach the code object
+    // (EF_AMDGPU_FEATURE_XNACK_OFF_V4 0x200 | EF_AMDGPU_FEATURE_SRAMECC_ON_V4 0xc00).
+    let route = &kernels::SOURCES[0];
+    let code = hiprtc::compile(
+        &libs.rtc,
+        route.name,
+        &route.source(),
+        "gfx90a:sramecc+:xnack-",
+    )
+    .unwrap_or_else(|e| panic!("{} for gfx90a:sramecc+:xnack-: {e}", route.name));
+    let e_flags = u32::from_le_bytes(code[48..52].try_into().unwrap());
+    assert_eq!(e_flags & 0xfff, 0xe3f, "e_flags {e_flags:#x}");
+
     // A compile error comes back typed, with hipRTC's log naming the problem.
     let broken = format!(
         "{}\nextern \"C\" __global__ void broken() {{ undeclared_thing(); }}\n",

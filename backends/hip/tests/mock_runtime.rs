@@ -1,0 +1,198 @@
+//! The backend's device plumbing against a host-only mock HIP runtime (tests/mock/mock_hip.c,
+//! compiled here) plus the real hipRTC (Debian's ROCm 5.2 `libamdhip64.so.5`): device
+//! discovery and properties in both hipDeviceProp_t layouts, memory round trips, hipRTC
+//! compile -> code-object load -> kernel lookup, module caching and launch geometry. The
+//! mock never runs kernels, so op outputs are not checked here (tests/suite.rs does that
+//! on a real device).
+//!
+//! The only test of this binary (its own process): it sets `MOCK_HIP_LOG`. Skips without
+//! clang-19 or hipRTC unless `MOEMLA_REQUIRE_TOOLCHAINS` names `clang-hip` / `hiprtc`.
+
+use moemla_core::{
+    ops, Backend, DType, ExpertsParams, HostTensor, MlaDecodeParams, RouteParams, Shape,
+};
+use moemla_hip::flavour::{Candidate, Flavour, SearchList};
+use moemla_hip::HipBackend;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const DEBIAN_HIP: &str = "/usr/lib/x86_64-linux-gnu/libamdhip64.so.5";
+
+fn skip_or_fail(tool: &str, why: &str) {
+    let required = std::env::var("MOEMLA_REQUIRE_TOOLCHAINS").unwrap_or_default();
+    assert!(
+        !required.contains(tool),
+        "{why}, but MOEMLA_REQUIRE_TOOLCHAINS={required}"
+    );
+    eprintln!("skipped: {why}");
+}
+
+/// Builds the mock runtime (`-DMOCK_R0000` for the ROCm 5 layout).
+fn build_mock(dir: &Path, defines: &[&str], name: &str) -> Option<PathBuf> {
+    let clang = std::env::var("MOEMLA_HIP_CLANG").unwrap_or_else(|_| "clang-19".into());
+    let out = dir.join(name);
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mock/mock_hip.c");
+    let status = Command::new(&clang)
+        .args(["-shared", "-fPIC", "-O1", "-Wall", "-Werror"])
+        .args(defines)
+        .arg(&source)
+        .arg("-o")
+        .arg(&out)
+        .status();
+    match status {
+        Ok(s) if s.success() => Some(out),
+        Ok(s) => panic!("{clang} failed to build the mock runtime: {s}"),
+        Err(e) => {
+            skip_or_fail("clang-hip", &format!("{clang} not runnable ({e})"));
+            None
+        }
+    }
+}
+
+fn open(runtime: &Path) -> HipBackend {
+    let search = SearchList {
+        runtime: vec![Candidate {
+            path: runtime.to_path_buf(),
+            flavour: Flavour::Rocm,
+        }],
+        hiprtc: vec![Candidate {
+            path: PathBuf::from(DEBIAN_HIP),
+            flavour: Flavour::Rocm,
+        }],
+    };
+    HipBackend::with_search(&search, 0).unwrap_or_else(|e| panic!("mock device: {e}"))
+}
+
+fn launches(log: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    std::fs::write(log, "").unwrap();
+    text.lines().map(str::to_string).collect()
+}
+
+fn upload(b: &HipBackend, dims: &[usize], dtype: DType) -> moemla_core::DeviceTensor {
+    let n: usize = dims.iter().product();
+    let values: Vec<f32> = (0..n).map(|i| (i % 7) as f32 * 0.25 - 0.5).collect();
+    b.upload(&HostTensor::from_f32_as(dims, &values, dtype).unwrap())
+        .unwrap()
+}
+
+fn upload_i32(b: &HipBackend, dims: &[usize], values: &[i32]) -> moemla_core::DeviceTensor {
+    b.upload(&HostTensor::from_slice(dims, values).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn mock_device_is_discovered_described_and_launched_as_planned() {
+    if !Path::new(DEBIAN_HIP).exists() {
+        return skip_or_fail("hiprtc", &format!("{DEBIAN_HIP} not installed"));
+    }
+    let dir = std::env::temp_dir().join(format!("moemla-hip-mock-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let Some(r0600) = build_mock(&dir, &[], "libmock_hip_r0600.so") else {
+        return;
+    };
+    let r0000 = build_mock(&dir, &["-DMOCK_R0000"], "libmock_hip_r0000.so").unwrap();
+    let log = dir.join("launches.log");
+    std::env::set_var("MOCK_HIP_LOG", &log);
+
+    // Properties, read through both hipDeviceProp_t layouts.
+    for lib in [&r0000, &r0600] {
+        let b = open(lib);
+        let p = b.props();
+        assert_eq!(p.name, "Mock MI250X");
+        assert_eq!(p.arch, "gfx90a:sramecc+:xnack-", "{}", lib.display());
+        assert_eq!(p.arch_base(), "gfx90a");
+        assert_eq!((p.compute_units, p.warp_size), (110, 64));
+        assert_eq!(
+            (p.max_threads_per_block, p.max_shared_per_block),
+            (1024, 65536)
+        );
+        assert_eq!(p.memory_bytes, 64 << 30);
+        let info = b.info();
+        assert_eq!(info.vendor, "AMD ROCm");
+        assert_eq!(info.device, "Mock MI250X (gfx90a:sramecc+:xnack-)");
+        assert_eq!(info.memory_bytes, Some(64 << 30));
+        assert_eq!(
+            info.verification.kind,
+            moemla_core::VerificationKind::CompileOnly
+        );
+    }
+    let b = open(&r0600);
+
+    // Memory: zero-filled allocation and an exact round trip.
+    let zeros = b
+        .alloc_zeroed(&Shape::new(vec![3, 5]), DType::BF16)
+        .unwrap();
+    assert_eq!(b.download(&zeros).unwrap().as_bytes(), &[0u8; 30]);
+    let host =
+        HostTensor::from_f32_as([2, 3], &[1.5, -2.0, 0.1, 3.0e5, -0.0, 7.25], DType::BF16).unwrap();
+    let back = b.download(&b.upload(&host).unwrap()).unwrap();
+    assert_eq!(back, host);
+    launches(&log);
+
+    // moe_route: compiled by hipRTC, loaded once, launched one block per token with the
+    // parameters in the kernel's order.
+    let logits = upload(&b, &[5, 64], DType::BF16);
+    let bias = upload(&b, &[64], DType::F32);
+    let v2 = RouteParams::deepseek_v2();
+    ops::moe_route(&b, &logits, Some(&bias), &v2).unwrap();
+    ops::moe_route(&b, &logits, None, &v2).unwrap();
+    let route = format!(
+        "moemla_moe_route_bf16 grid=5,1,1 block=256,1,1 shared={} scalars=64,6,8,3,1,0,0,16",
+        12 * 64 + 8 * 8
+    );
+    assert_eq!(launches(&log), ["load".to_string(), route.clone(), route]);
+
+    // moe_experts: T=3, k=2, E=4, H=64, I=32 -> 6 slots, max_tiles = (6 + 4*63) / 64 = 4.
+    let x = upload(&b, &[3, 64], DType::F16);
+    let w13 = upload(&b, &[4, 64, 64], DType::F16);
+    let w2 = upload(&b, &[4, 64, 32], DType::F16);
+    let ids = upload_i32(&b, &[3, 2], &[0, 3, -1, 2, 1, 1]);
+    let weights = upload(&b, &[3, 2], DType::F32);
+    ops::moe_experts(&b, &x, &w13, &w2, &ids, &weights, &ExpertsParams::default()).unwrap();
+    assert_eq!(
+        launches(&log),
+        [
+            "load",
+            "moemla_moe_align grid=1,1,1 block=1024,1,1 shared=48",
+            "moemla_moe_gate_up_f16 grid=4,1,1 block=128,1,1 shared=0",
+            "moemla_moe_down_f16 grid=4,1,1 block=128,1,1 shared=0",
+            "moemla_moe_combine_f16 grid=3,1,1 block=256,1,1 shared=0",
+        ]
+    );
+
+    // mla_decode: B=2, Sq=1, Hq=4, Hkv=1, Dqk=80, Dv=64, 6 blocks of 16, 3 per sequence.
+    let q = upload(&b, &[2, 1, 4, 80], DType::F32);
+    let kv = upload(&b, &[6, 16, 1, 80], DType::F32);
+    let table = upload_i32(&b, &[2, 3], &[0, 1, 2, 3, 4, 5]);
+    let seqlens = upload_i32(&b, &[2], &[40, 17]);
+    let params = MlaDecodeParams {
+        softmax_scale: 0.125,
+        causal: true,
+        head_dim_v: 64,
+    };
+    ops::mla_decode(&b, &q, &kv, &table, &seqlens, &params).unwrap();
+    let lines = launches(&log);
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(lines[0], "load");
+    assert_eq!(
+        lines[1],
+        "moemla_mla_check grid=1,1,1 block=256,1,1 shared=0"
+    );
+    assert!(
+        lines[2].starts_with("moemla_mla_decode_f32 grid="),
+        "{}",
+        lines[2]
+    );
+    assert!(
+        lines[2].contains(",1,2 block=128,1,1 shared="),
+        "{}",
+        lines[2]
+    );
+    assert_eq!(
+        lines[3],
+        "moemla_mla_combine_f32 grid=8,1,1 block=128,1,1 shared=0"
+    );
+
+    std::fs::remove_dir_all(&dir).ok();
+}
