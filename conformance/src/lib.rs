@@ -34,5 +34,5 @@ pub use compare::{Comparison, Mismatch};
 pub use junit::to_junit;
 pub use matrix::render;
 pub use report::{BackendSummary, Counts, Outcome, Report, Status, Verdict};
-pub use runner::{run, run_unavailable};
+pub use runner::{assert_committed_set_passes, run, run_unavailable};
 pub use tolerance::Tolerance;

@@ -301,3 +301,30 @@ fn float_output(case: &Case, arg: &str, got: &HostTensor) -> Result<Comparison, 
         case.tolerances[arg],
     ))
 }
+
+/// For a backend crate's own tests: runs the committed golden set
+/// ([`crate::golden::committed_dir`]) on `backend` and panics, printing the parity matrix,
+/// if any case fails — or, with `require_all`, if any case is unsupported.
+///
+/// ```no_run
+/// # fn demo(backend: &dyn moemla_core::Backend) {
+/// moemla_conformance::assert_committed_set_passes(backend, true);
+/// # }
+/// ```
+pub fn assert_committed_set_passes(backend: &dyn Backend, require_all: bool) {
+    let cases = crate::load_cases(&[crate::golden::committed_dir()]);
+    let report = run(backend, &cases);
+    let required = if require_all {
+        vec![backend.name().to_string()]
+    } else {
+        Vec::new()
+    };
+    let verdict = report.verdict(&required);
+    assert!(
+        verdict.ok,
+        "{}{}\n{}",
+        crate::render(&report),
+        report.counts(None).line(),
+        verdict.reasons.join("\n")
+    );
+}

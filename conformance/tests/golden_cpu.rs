@@ -40,3 +40,8 @@ fn cpu_passes_every_committed_case() {
     }
     assert!(report.verdict(&["cpu".to_string()]).ok);
 }
+
+#[test]
+fn the_vendor_helper_accepts_the_cpu_backend() {
+    moemla_conformance::assert_committed_set_passes(&CpuBackend::new(), true);
+}
