@@ -4,6 +4,7 @@
 //! f32 accumulation, rayon parallelism and the `gemm` crate for the dense products.
 //! Integrators fall back to it, and the golden cases are checked against it.
 
+mod ceilings;
 mod convert;
 mod device;
 mod gemm_util;
@@ -113,5 +114,21 @@ impl Backend for CpuBackend {
             o: self.tensor(o, [call.batch, call.s_q, call.h_q, call.d_v]),
             lse: self.tensor(CpuStorage::F32(lse), [call.batch, call.h_q, call.s_q]),
         })
+    }
+
+    fn copy_bench(&self, bytes: usize, reps: usize) -> Result<std::time::Duration> {
+        Ok(ceilings::copy_bench(bytes, reps))
+    }
+
+    fn dense_gemm(&self, a: &DeviceTensor, b: &DeviceTensor) -> Result<DeviceTensor> {
+        let c = ceilings::dense_gemm(&self.name, a, b)?;
+        Ok(self.tensor(c, [a.dims()[0], b.dims()[0]]))
+    }
+
+    fn dense_gemm_impl(&self, dtype: DType) -> String {
+        match dtype {
+            DType::F32 => "gemm crate 0.19, f32, all threads".into(),
+            other => format!("gemm crate 0.19, f32 compute on {other} inputs upcast, all threads"),
+        }
     }
 }

@@ -20,6 +20,8 @@ enum Command {
     Devices(commands::devices::DevicesArgs),
     /// Run the golden conformance cases on every backend and print the parity matrix.
     Conformance(commands::conformance::ConformanceArgs),
+    /// Time the ops at DeepSeek shapes against ceilings measured in the same run.
+    Bench(commands::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -27,6 +29,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Devices(args) => commands::devices::run(&args),
         Command::Conformance(args) => commands::conformance::run(&args),
+        Command::Bench(args) => commands::bench::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -42,13 +42,14 @@ pub trait Backend: Send + Sync {
     /// `mla_decode` on validated input. Use [`crate::ops::mla_decode`].
     fn mla_decode(&self, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutput>;
 
-    /// Bandwidth ceiling for benchmarks: a device-to-device copy of `src` into a new tensor
-    /// of the same shape and dtype. Optional.
-    fn copy_tensor(&self, src: &DeviceTensor) -> Result<DeviceTensor> {
-        let _ = src;
+    /// Bandwidth ceiling for benchmarks: the median time of `reps` device-to-device copies
+    /// of `bytes` bytes between two buffers allocated and touched beforehand (so neither
+    /// allocation nor first-touch page faults are timed). Optional.
+    fn copy_bench(&self, bytes: usize, reps: usize) -> Result<std::time::Duration> {
+        let _ = (bytes, reps);
         Err(Error::NotProvided {
             backend: self.name().to_string(),
-            what: "copy_tensor",
+            what: "copy_bench",
         })
     }
 

@@ -155,7 +155,7 @@ pub enum Error {
     NotProvided {
         /// The backend name.
         backend: String,
-        /// The capability (`copy_tensor`, `dense_gemm`).
+        /// The capability (`copy_bench`, `dense_gemm`).
         what: &'static str,
     },
     /// A host tensor was built from inconsistent parts.

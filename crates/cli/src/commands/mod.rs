@@ -2,6 +2,7 @@
 //! `run(&Args) -> Result<ExitCode, Box<dyn Error>>`.
 
 pub mod conformance;
+pub mod bench;
 pub mod devices;
 
 /// The error type subcommands return for failures outside their normal report.

@@ -1,0 +1,226 @@
+//! `moemla bench`: op times at DeepSeek shapes as ratios of a roofline floor built from
+//! ceilings measured in the same run, optionally side by side with a numpy peer.
+
+use super::CommandError;
+use moemla::discover;
+use moemla_benches::ceilings::{self, Ceilings};
+use moemla_benches::inputs::generate;
+use moemla_benches::report::{ceilings_text, table, Row};
+use moemla_benches::run::run_case;
+use moemla_benches::timing::Budget;
+use moemla_benches::{peer, BenchCase, Suite};
+use moemla_core::{Backend, DType, Error, Op};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Arguments of `moemla bench`.
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Backend to measure (default: every available backend).
+    #[arg(long)]
+    backend: Option<String>,
+    /// Only these ops (moe_route, moe_experts, mla_decode); repeatable.
+    #[arg(long = "op")]
+    ops: Vec<String>,
+    /// Only these run dtypes (f32, bf16, f16); repeatable. Default: bf16 and f32.
+    #[arg(long = "dtype")]
+    dtypes: Vec<String>,
+    /// Also time the same ops in numpy on the same inputs (`--peer numpy`).
+    #[arg(long)]
+    peer: Option<String>,
+    /// Tiny shapes and few repetitions: checks the harness, measures nothing meaningful.
+    #[arg(long)]
+    quick: bool,
+    /// Write every row and the ceilings as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write a Markdown report (machine, date, command, ceilings, table).
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+    /// Side of the square GEMM that measures the compute ceiling.
+    #[arg(long, default_value_t = 2048)]
+    gemm_size: usize,
+    /// Size of the copy that measures the bandwidth ceiling, MiB.
+    #[arg(long, default_value_t = 512)]
+    copy_mib: usize,
+}
+
+/// Runs `moemla bench`.
+pub fn run(args: &BenchArgs) -> Result<ExitCode, CommandError> {
+    let ops = parse_list(&args.ops, Op::from_name, "op")?;
+    let ops = if ops.is_empty() {
+        Op::ALL.to_vec()
+    } else {
+        ops
+    };
+    let dtypes = parse_list(&args.dtypes, DType::from_name, "dtype")?;
+    let dtypes = if dtypes.is_empty() {
+        vec![DType::BF16, DType::F32]
+    } else {
+        dtypes
+    };
+    match args.peer.as_deref() {
+        None | Some("numpy") => {}
+        Some(other) => return Err(format!("unknown peer `{other}` (supported: numpy)").into()),
+    }
+    let (suite, budget) = if args.quick {
+        (Suite::Quick, Budget::QUICK)
+    } else {
+        (Suite::Standard, Budget::STANDARD)
+    };
+    let cases = BenchCase::list(suite, &ops, &dtypes);
+    let backends: Vec<_> = discover()
+        .into_iter()
+        .filter(|e| args.backend.as_deref().is_none_or(|b| b == e.name))
+        .collect();
+    if backends.is_empty() {
+        return Err(format!("no backend named {:?} is compiled in", args.backend).into());
+    }
+
+    let mut all_rows = Vec::new();
+    let mut all_ceilings = Vec::new();
+    for entry in backends {
+        let backend = match entry.backend {
+            Ok(b) => b,
+            Err(e) if args.backend.is_some() => return Err(e.into()),
+            Err(e) => {
+                println!("{}: skipped ({e})", entry.name);
+                continue;
+            }
+        };
+        let (copy_bytes, gemm_size) = if args.quick {
+            (8 << 20, 128)
+        } else {
+            (args.copy_mib << 20, args.gemm_size)
+        };
+        let mut ceils = Vec::new();
+        for &dtype in &dtypes {
+            match ceilings::measure(&*backend, dtype, copy_bytes, gemm_size, budget) {
+                Ok(c) => ceils.push(c),
+                Err(Error::NotProvided { what, .. }) => {
+                    println!(
+                        "{}: no ceilings ({what} not provided): times only",
+                        entry.name
+                    );
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        print!("{}", ceilings_text(entry.name, &ceils));
+        let rows = bench_backend(&*backend, &cases, &ceils, budget, args.peer.is_some())?;
+        print!("{}", table(&rows));
+        all_rows.extend(rows);
+        all_ceilings.push((entry.name, ceils));
+    }
+    println!("{} cases measured", all_rows.len());
+
+    if let Some(path) = &args.json {
+        let ceilings: Vec<_> = all_ceilings
+            .iter()
+            .map(|(name, c)| serde_json::json!({"backend": name, "ceilings": c}))
+            .collect();
+        let doc = serde_json::json!({"ceilings": ceilings, "rows": all_rows});
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
+    }
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, markdown(&all_ceilings, &all_rows))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Times every case on one backend (and in the peer, when asked).
+fn bench_backend(
+    backend: &dyn Backend,
+    cases: &[BenchCase],
+    ceils: &[Ceilings],
+    budget: Budget,
+    with_peer: bool,
+) -> Result<Vec<Row>, CommandError> {
+    let dir = std::env::temp_dir().join(format!("moemla-bench-{}", std::process::id()));
+    if with_peer {
+        std::fs::create_dir_all(&dir)?;
+    }
+    let mut rows = Vec::new();
+    let mut files = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        let inputs = generate(case)?;
+        let ceiling = ceils.iter().find(|c| c.dtype == case.dtype());
+        rows.push(run_case(backend, case, &inputs, ceiling, budget)?);
+        if with_peer {
+            let file = dir.join(format!("case{i:03}.safetensors"));
+            peer::write_case(&file, case, &inputs)?;
+            files.push(file);
+        }
+    }
+    if with_peer {
+        let result = peer::run_numpy(&files, budget);
+        std::fs::remove_dir_all(&dir)?;
+        for (row, time) in rows.iter_mut().zip(result?) {
+            row.peer_time_s = Some(time);
+        }
+    }
+    Ok(rows)
+}
+
+fn parse_list<T>(
+    names: &[String],
+    parse: fn(&str) -> Option<T>,
+    what: &str,
+) -> Result<Vec<T>, CommandError> {
+    names
+        .iter()
+        .map(|n| parse(n).ok_or_else(|| format!("unknown {what} `{n}`").into()))
+        .collect()
+}
+
+/// The Markdown report: machine, date, exact command, ceilings, table.
+fn markdown(ceilings: &[(&str, Vec<Ceilings>)], rows: &[Row]) -> String {
+    let command: Vec<String> = std::env::args().collect();
+    let mut s = String::from("# moemla benchmarks\n\n");
+    s += "Regenerate with the command below. Every ratio is against ceilings measured by the\n";
+    s +=
+        "same command in the same run: `floor = max(bytes / copy bandwidth, FLOPs / GEMM rate)`,\n";
+    s += "`floor/time` = 100% means at the roofline; `vs numpy` = our time / numpy's time on the\n";
+    s += "same inputs (below 1.00x: faster than numpy).\n\n";
+    s += &format!("- date: {}\n", utc_date());
+    s += &format!("- machine: {}\n", machine());
+    s += &format!("- command: `{}`\n\n", command.join(" "));
+    for (name, c) in ceilings {
+        s += &format!("```\n{}```\n\n", ceilings_text(name, c));
+    }
+    s += &table(rows);
+    s
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{model}, {cpus} hardware threads")
+}
+
+/// Today's date in UTC (YYYY-MM-DD), from the system clock.
+fn utc_date() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    // Civil-from-days (Howard Hinnant's algorithm, public domain description).
+    let z = (secs / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
