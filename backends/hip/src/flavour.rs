@@ -69,8 +69,19 @@ pub struct SearchList {
     pub hiprtc: Vec<Candidate>,
 }
 
-const ROCM_RUNTIME: [&str; 3] = ["libamdhip64.so", "libamdhip64.so.6", "libamdhip64.so.5"];
-const ROCM_HIPRTC: [&str; 3] = ["libhiprtc.so", "libhiprtc.so.6", "libhiprtc.so.5"];
+// Sonames by ROCm major version: 7.x, 6.x, 5.x.
+const ROCM_RUNTIME: [&str; 4] = [
+    "libamdhip64.so",
+    "libamdhip64.so.7",
+    "libamdhip64.so.6",
+    "libamdhip64.so.5",
+];
+const ROCM_HIPRTC: [&str; 4] = [
+    "libhiprtc.so",
+    "libhiprtc.so.7",
+    "libhiprtc.so.6",
+    "libhiprtc.so.5",
+];
 const DTK_RUNTIME: [&str; 2] = ["libgalaxyhip.so", "libgalaxyhip.so.5"];
 const DTK_HIPRTC: [&str; 2] = ["libhiprtc.so", "libhiprtc.so.5"];
 

@@ -95,7 +95,11 @@ impl Backend for HipBackend {
             vendor: dev.flavour().vendor().to_string(),
             device: format!("{} ({})", p.name, p.arch),
             memory_bytes: Some(p.memory_bytes),
-            supported: OpSupport::all_v1(),
+            supported: if p.warp_size == ops::KERNEL_WAVEFRONT {
+                OpSupport::all_v1()
+            } else {
+                Vec::new()
+            },
             verification: Verification {
                 kind: VerificationKind::CompileOnly,
                 detail: VERIFICATION_DETAIL.to_string(),

@@ -194,5 +194,20 @@ fn mock_device_is_discovered_described_and_launched_as_planned() {
         "moemla_mla_combine_f32 grid=8,1,1 block=128,1,1 shared=0"
     );
 
+    // A wave32 device (RDNA) is described but runs nothing: the kernels assume 64 lanes.
+    std::env::set_var("MOCK_HIP_WARP", "32");
+    let b = open(&r0600);
+    assert_eq!(b.props().warp_size, 32);
+    assert!(b.info().supported.is_empty());
+    let logits = upload(&b, &[5, 64], DType::F32);
+    match ops::moe_route(&b, &logits, None, &v2) {
+        Err(moemla_core::Error::Unsupported { backend, what, .. }) => {
+            assert_eq!(backend, "hip");
+            assert_eq!(what, "wavefront of 32 lanes (gfx90a:sramecc+:xnack-)");
+        }
+        other => panic!("expected Unsupported, got {other:?}"),
+    }
+    assert!(launches(&log).is_empty());
+
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -12,6 +12,7 @@ const CALL: &str = "mla_decode";
 
 /// Runs `mla_decode`: o [B, Sq, Hq, Dv] in the run dtype, lse [B, Hq, Sq] F32.
 pub(crate) fn run(b: &HipBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutput> {
+    b.check_wavefront(Op::MlaDecode)?;
     let sizes = MlaSizes {
         batch: call.batch,
         s_q: call.s_q,

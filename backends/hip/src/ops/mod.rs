@@ -8,11 +8,33 @@ pub(crate) mod moe_route;
 use crate::device::{HipBuffer, KernelArgs};
 use crate::kernels::KernelModule;
 use crate::{HipBackend, NAME};
-use moemla_core::{Backend, DType, DeviceTensor, HostTensor, Result, Shape};
+use moemla_core::{Backend, DType, DeviceTensor, HostTensor, Op, Result, Shape};
 use moemla_kernel_plan::{DeviceLimits, Launch, PlanError};
 use std::ffi::c_void;
 
+/// Lanes per wavefront the kernels are compiled for on HIP: `moemla_device.h` takes
+/// `__AMDGCN_WAVEFRONT_SIZE` and falls back to 64 where the macro is gone (removed in
+/// ROCm 7.2), so only 64-lane devices (gfx9: CDNA, Hygon DCU) are known to match.
+pub(crate) const KERNEL_WAVEFRONT: i32 = 64;
+
 impl HipBackend {
+    /// Refuses devices whose wavefront differs from the kernels' (RDNA runs wave32).
+    pub(crate) fn check_wavefront(&self, op: Op) -> Result<()> {
+        let warp = self.props().warp_size;
+        if warp == KERNEL_WAVEFRONT {
+            return Ok(());
+        }
+        Err(moemla_core::Error::Unsupported {
+            backend: NAME.to_string(),
+            op,
+            what: format!("wavefront of {warp} lanes ({})", self.props().arch),
+            reason: format!(
+                "the HIP kernels are built for {KERNEL_WAVEFRONT}-lane wavefronts (gfx9: \
+                 MI300X, MI250, Hygon DCU)"
+            ),
+        })
+    }
+
     /// What the launch plans need to know about the device. The kernels' portable path
     /// is used on HIP (no MFMA yet), hence `tensor_cores: false`.
     pub(crate) fn limits(&self) -> DeviceLimits {

@@ -12,6 +12,7 @@ const CALL: &str = "moe_experts";
 
 /// Runs `moe_experts`: y [T, H] in the run dtype.
 pub(crate) fn run(b: &HipBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor> {
+    b.check_wavefront(Op::MoeExperts)?;
     let (t, h, i, e, k) = (
         call.tokens,
         call.hidden,

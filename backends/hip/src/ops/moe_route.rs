@@ -4,13 +4,14 @@ use super::plan_error;
 use crate::device::KernelArgs;
 use crate::{kernels, HipBackend};
 use moemla_core::calls::MoeRouteCall;
-use moemla_core::{Backend, DType, GroupSelect, MoeRouteOutput, Result, ScoreFunc, Shape};
+use moemla_core::{Backend, DType, GroupSelect, MoeRouteOutput, Op, Result, ScoreFunc, Shape};
 use moemla_kernel_plan::route;
 
 const CALL: &str = "moe_route";
 
 /// Runs `moe_route`: logits [T, E] -> topk_ids [T, k] I32, topk_weights [T, k] F32.
 pub(crate) fn run(b: &HipBackend, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput> {
+    b.check_wavefront(Op::MoeRoute)?;
     let p = call.params;
     let launch = route::plan(
         call.tokens,

@@ -1,7 +1,7 @@
 // A host-only stand-in for the HIP runtime, for testing the backend's plumbing without a
 // GPU: one device ("Mock MI250X", gfx90a:sramecc+:xnack-), host memory for device memory,
 // code objects checked (ELF, EM_AMDGPU, kernel descriptor present), launches logged to
-// $MOCK_HIP_LOG instead of run. Built by tests/mock_runtime.rs in two layouts: ROCm 6
+// $MOCK_HIP_LOG instead of run; $MOCK_HIP_WARP overrides the wavefront size (64). Built by tests/mock_runtime.rs in two layouts: ROCm 6
 // (hipGetDevicePropertiesR0600, gcnArchName at byte 1160) and, with -DMOCK_R0000, ROCm 5
 // (hipGetDeviceProperties, gcnArchName at byte 396). Kernels never execute.
 #include <stdint.h>
@@ -35,7 +35,7 @@ hipError_t hipDeviceGetAttribute(int* v, int attr, int d) {
         case 56: *v = 1024; break;   // MaxThreadsPerBlock
         case 63: *v = 110; break;    // MultiprocessorCount
         case 74: *v = 65536; break;  // MaxSharedMemoryPerBlock
-        case 87: *v = 64; break;     // WarpSize
+        case 87: *v = getenv("MOCK_HIP_WARP") ? atoi(getenv("MOCK_HIP_WARP")) : 64; break;
         default: return 1;
     }
     return d == 0 ? 0 : 101;
