@@ -68,6 +68,9 @@ macro_rules! __suite_tests {
             moe_experts_repeated_id_counts_twice_f16: cases::experts::repeated_id_counts_twice(F16);
             moe_experts_most_experts_idle_f32: cases::experts::most_experts_idle(F32);
             moe_experts_most_experts_idle_bf16: cases::experts::most_experts_idle(BF16);
+            moe_experts_odd_sizes_f32: cases::experts::odd_sizes(F32);
+            moe_experts_odd_sizes_f16: cases::experts::odd_sizes(F16);
+            moe_experts_odd_sizes_bf16: cases::experts::odd_sizes(BF16);
             moe_experts_single_token_top8_f32: cases::experts::single_token_top8(F32);
             moe_experts_single_token_top8_f16: cases::experts::single_token_top8(F16);
             moe_experts_single_token_top8_bf16: cases::experts::single_token_top8(BF16);

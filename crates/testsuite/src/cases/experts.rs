@@ -180,3 +180,15 @@ pub fn single_token_top8(ctx: &Ctx<'_>, dtype: DType) {
     };
     case(ctx, dtype, d, 0xe6, 0);
 }
+
+/// Sizes that are no multiple of any tile (T 5, H 33, I 17, E 3, k 2).
+pub fn odd_sizes(ctx: &Ctx<'_>, dtype: DType) {
+    let d = ExpertsDims {
+        tokens: 5,
+        hidden: 33,
+        inter: 17,
+        experts: 3,
+        top_k: 2,
+    };
+    case(ctx, dtype, d, 0xe7, 4);
+}

@@ -11,9 +11,9 @@ use proptest::prelude::*;
 fn problems(dtypes: Vec<DType>) -> impl Strategy<Value = (DType, ExpertsDims, u64)> {
     let dims = (
         1usize..=4,
-        prop::sample::select(vec![4usize, 8, 16]),
-        prop::sample::select(vec![2usize, 4, 8]),
-        1usize..=4,
+        prop::sample::select(vec![4usize, 8, 16, 20, 33]),
+        prop::sample::select(vec![2usize, 4, 8, 12, 17]),
+        1usize..=6,
         1usize..=3,
     )
         .prop_map(|(tokens, hidden, inter, experts, top_k)| ExpertsDims {

@@ -22,7 +22,7 @@ struct Input {
 fn inputs(dtypes: Vec<DType>) -> impl Strategy<Value = Input> {
     let shape = (
         1usize..=3,
-        prop::sample::select(vec![1usize, 2, 4, 8]),
+        prop::sample::select(vec![1usize, 2, 3, 4, 8]),
         2usize..=6,
     );
     let flags = (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>());
