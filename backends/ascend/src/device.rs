@@ -211,9 +211,11 @@ impl Device {
         offset: usize,
         dtype: i32,
     ) -> Result<AclTensor<'_>> {
+        // Element sizes: ACL_FLOAT16 1 / ACL_BF16 27: 2 bytes; ACL_INT8: 1; ACL_INT64 9: 8.
         let size = match dtype {
             1 | 27 => 2,
             ACL_INT8 => 1,
+            9 => 8,
             _ => 4,
         };
         let dims: Vec<i64> = dims.iter().map(|&d| d as i64).collect();

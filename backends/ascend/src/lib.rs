@@ -96,6 +96,12 @@ impl Backend for AscendBackend {
                 dtype,
             }));
         }
+        if ops::moe_experts::available(ops) {
+            supported.extend(DType::FLOATS.map(|dtype| OpSupport {
+                op: Op::MoeExperts,
+                dtype,
+            }));
+        }
         if ops::mla_decode::available(ops) {
             supported.extend([DType::F16, DType::BF16].map(|dtype| OpSupport {
                 op: Op::MlaDecode,
@@ -114,7 +120,7 @@ impl Backend for AscendBackend {
         )];
         notes.extend(ops::moe_route::NOTES.iter().map(|s| s.to_string()));
         notes.extend(ops::mla_decode::NOTES.iter().map(|s| s.to_string()));
-        notes.push("moe_experts: not implemented yet (planned: aclnnMoeInitRoutingV2 + aclnnGroupedMatmulV4 + aclnnSwiGlu + aclnnGroupedMatmulV4 + aclnnMoeFinalizeRoutingV2)".to_string());
+        notes.extend(ops::moe_experts::NOTES.iter().map(|s| s.to_string()));
         let mut memory_bytes = None;
         if let Some(get) = self.dev.cann.rt.aclrtGetMemInfo {
             let (mut free, mut total) = (0usize, 0usize);
@@ -166,12 +172,7 @@ impl Backend for AscendBackend {
     }
 
     fn moe_experts(&self, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor> {
-        Err(Error::Unsupported {
-            backend: NAME.to_string(),
-            op: Op::MoeExperts,
-            what: call.dtype.to_string(),
-            reason: "moe_experts is not implemented on the Ascend backend yet".to_string(),
-        })
+        ops::moe_experts::run(self, call)
     }
 
     fn mla_decode(&self, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutput> {

@@ -182,6 +182,22 @@ symbol_table! {
             aclnnMoeGatingTopKGetWorkspaceSize: fn(Handle, Handle, i64, i64, i64, i64, i64, i64, bool, f64, f64, Handle, Handle, Handle, *mut u64, *mut Handle) -> i32;
             /// aclnnMoeGatingTopK second phase.
             aclnnMoeGatingTopK: fn(Handle, u64, Handle, Handle) -> i32;
+            /// aclnnMoeInitRoutingV2.md: `(const aclTensor *x, const aclTensor *expertIdx, int64_t activeNum, int64_t expertCapacity, int64_t expertNum, int64_t dropPadMode, int64_t expertTokensCountOrCumsumFlag, bool expertTokensBeforeCapacityFlag, const aclTensor *expandedXOut, const aclTensor *expandedRowIdxOut, const aclTensor *expertTokensCountOrCumsumOut, const aclTensor *expertTokensBeforeCapacityOut, ...)`
+            aclnnMoeInitRoutingV2GetWorkspaceSize: fn(Handle, Handle, i64, i64, i64, i64, i64, bool, Handle, Handle, Handle, Handle, *mut u64, *mut Handle) -> i32;
+            /// aclnnMoeInitRoutingV2 second phase.
+            aclnnMoeInitRoutingV2: fn(Handle, u64, Handle, Handle) -> i32;
+            /// aclnnGroupedMatmulV4.md: `(const aclTensorList *x, *weight, *biasOptional, *scaleOptional, *offsetOptional, *antiquantScaleOptional, *antiquantOffsetOptional, *perTokenScaleOptional, const aclTensor *groupListOptional, const aclTensorList *activationInputOptional, *activationQuantScaleOptional, *activationQuantOffsetOptional, int64_t splitItem, int64_t groupType, int64_t groupListType, int64_t actType, aclTensorList *out, *activationFeatureOutOptional, *dynQuantScaleOutOptional, ...)`
+            aclnnGroupedMatmulV4GetWorkspaceSize: fn(Handle, Handle, Handle, Handle, Handle, Handle, Handle, Handle, Handle, Handle, Handle, Handle, i64, i64, i64, i64, Handle, Handle, Handle, *mut u64, *mut Handle) -> i32;
+            /// aclnnGroupedMatmulV4 second phase.
+            aclnnGroupedMatmulV4: fn(Handle, u64, Handle, Handle) -> i32;
+            /// aclnnSwiGlu.md: `(const aclTensor *x, int64_t dim, aclTensor *out, ...)`
+            aclnnSwiGluGetWorkspaceSize: fn(Handle, i64, Handle, *mut u64, *mut Handle) -> i32;
+            /// aclnnSwiGlu second phase.
+            aclnnSwiGlu: fn(Handle, u64, Handle, Handle) -> i32;
+            /// aclnnMoeFinalizeRoutingV2.md: `(const aclTensor *expandedX, const aclTensor *expandedRowIdx, const aclTensor *x1Optional, const aclTensor *x2Optional, const aclTensor *biasOptional, const aclTensor *scalesOptional, const aclTensor *expertIdxOptional, int64_t dropPadMode, const aclTensor *out, ...)`
+            aclnnMoeFinalizeRoutingV2GetWorkspaceSize: fn(Handle, Handle, Handle, Handle, Handle, Handle, Handle, i64, Handle, *mut u64, *mut Handle) -> i32;
+            /// aclnnMoeFinalizeRoutingV2 second phase.
+            aclnnMoeFinalizeRoutingV2: fn(Handle, u64, Handle, Handle) -> i32;
             /// aclnnFusedInferAttentionScoreV3.md: query, key (list), value (list), pseShift, attenMask, actualSeqLengths (int array), actualSeqLengthsKv (int array), deqScale1, quantScale1, deqScale2, quantScale2, quantOffset2, antiquantScale, antiquantOffset, blockTable, queryPaddingSize, kvPaddingSize, keyAntiquantScale, keyAntiquantOffset, valueAntiquantScale, valueAntiquantOffset, keySharedPrefix, valueSharedPrefix, actualSharedPrefixLen (int array), queryRope, keyRope, keyRopeAntiquantScale, int64 numHeads, double scaleValue, int64 preTokens, int64 nextTokens, char *inputLayout, int64 numKeyValueHeads, int64 sparseMode, int64 innerPrecise, int64 blockSize, int64 antiquantMode, bool softmaxLseFlag, int64 keyAntiquantMode, int64 valueAntiquantMode, attentionOut, softmaxLse, ...
             aclnnFusedInferAttentionScoreV3GetWorkspaceSize: fn(
                 Handle, Handle, Handle, Handle, Handle, Handle, Handle, Handle, Handle, Handle,

@@ -2,6 +2,7 @@
 //! and the aclnn calls.
 
 pub mod mla_decode;
+pub mod moe_experts;
 pub mod moe_route;
 
 use moemla_core::{Error, Op};

@@ -13,10 +13,12 @@
 
 use super::{aclnn_launch, expect_dims, expect_dtype};
 use crate::executor::prepare;
-use crate::tensor::{scalar, tensor, AclScalar, AclTensor, DT_BF16, DT_F16, DT_F32, DT_I32};
+use crate::tensor::{
+    scalar, tensor, AclScalar, AclTensor, DT_BF16, DT_F16, DT_F32, DT_I32, DT_I64,
+};
 use std::ffi::c_void;
 
-const FLOATS_AND_I32: [i32; 4] = [DT_F32, DT_F16, DT_BF16, DT_I32];
+const NUMERIC: [i32; 5] = [DT_F32, DT_F16, DT_BF16, DT_I32, DT_I64];
 
 /// First phase of aclnnCast.
 ///
@@ -35,9 +37,9 @@ pub unsafe extern "C" fn aclnnCastGetWorkspaceSize(
         prepare("aclnnCast", workspace_size, executor, || {
             let x = tensor(self_, "self")?;
             let y = tensor(out, "out")?;
-            expect_dtype(&x, &FLOATS_AND_I32, "self")?;
+            expect_dtype(&x, &NUMERIC, "self")?;
             expect_dtype(&y, &[dtype], "out (must be the requested dtype)")?;
-            expect_dtype(&y, &FLOATS_AND_I32, "out")?;
+            expect_dtype(&y, &NUMERIC, "out")?;
             expect_dims(&y, &x.dims, "out")?;
             Ok(Box::new(move || y.store(&x.load()?)))
         })
@@ -61,8 +63,8 @@ pub unsafe extern "C" fn aclnnInplaceCopyGetWorkspaceSize(
         prepare("aclnnInplaceCopy", workspace_size, executor, || {
             let dst = tensor(self_ref, "selfRef")?;
             let src = tensor(src, "src")?;
-            expect_dtype(&dst, &FLOATS_AND_I32, "selfRef")?;
-            expect_dtype(&src, &FLOATS_AND_I32, "src")?;
+            expect_dtype(&dst, &NUMERIC, "selfRef")?;
+            expect_dtype(&src, &NUMERIC, "src")?;
             expect_dims(&src, &dst.dims, "src (the emulator does not broadcast)")?;
             Ok(Box::new(move || dst.store(&src.load()?)))
         })

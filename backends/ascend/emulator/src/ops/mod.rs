@@ -3,8 +3,10 @@
 
 pub mod elementwise;
 pub mod fused_infer_attention_score;
+pub mod grouped_matmul;
 pub mod matmul;
 pub mod moe_gating_top_k;
+pub mod moe_routing;
 pub mod reduce;
 
 /// Defines the second-phase entry point `aclnnXxx(workspace, workspaceSize, executor,

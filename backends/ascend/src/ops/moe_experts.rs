@@ -1,0 +1,281 @@
+//! moe_experts -> aclnnMoeInitRoutingV2 + aclnnGroupedMatmulV4 (gate/up) + aclnnSwiGlu +
+//! aclnnGroupedMatmulV4 (down) + aclnnMoeFinalizeRoutingV2, with aclnnCast around them.
+//!
+//! 1. topk_ids are copied to the host and checked (`moemla_core::indices::check_topk_ids`):
+//!    CANN's routing ops do not bounds-check ids.
+//! 2. Our "no expert" id -1 has no CANN equivalent (InitRoutingV2 wants ids in
+//!    [0, expertNum) when it counts tokens per expert): such a slot is routed to expert 0
+//!    with weight 0 (ids and weights are rewritten on the host and uploaded). It contributes
+//!    exactly 0 unless expert 0's output for that token is not finite.
+//! 3. InitRoutingV2 (dropless, cumsum counts) -> expanded x [T*k, H], expandedRowIdx, per
+//!    expert cumsum (cast I32 -> I64 for GroupedMatmulV4's groupList).
+//! 4. GroupedMatmulV4, m-axis groups: expanded x @ W13[e]^T. Our w13 is [E, 2I, H]; GMM wants
+//!    weight [E, K=H, N=2I]: passed as a strided view (strides [2I*H, 1, H]), the transposed
+//!    weight layout GMM documents ("tensor转置"), no copy. Same for w2 [E, H, I] -> [E, I, H].
+//! 5. SwiGlu(dim -1): silu(first half = gate W1) * second half (up W3), as w13 is ordered.
+//! 6. Down projection cast to F32, MoeFinalizeRoutingV2 (dropPadMode 2, F32 scales =
+//!    topk_weights) in F32, then cast to the run dtype: the weighted combine runs in f32.
+
+use crate::device::{DevMem, ACL_FLOAT};
+use crate::loader::OpApi;
+use crate::ops::unsupported;
+use crate::{acl, AscendBackend};
+use moemla_core::calls::MoeExpertsCall;
+use moemla_core::{indices, DType, DeviceTensor, Op, Result};
+use std::sync::Arc;
+
+/// ACL_INT64 (AscendCL "aclDataType").
+const ACL_INT64: i32 = 9;
+
+/// Contract gaps, for `info().notes`.
+pub const NOTES: [&str; 2] = [
+    "moe_experts: aclnnMoeInitRoutingV2 + aclnnGroupedMatmulV4 (w13/w2 as transposed strided views) + aclnnSwiGlu + aclnnGroupedMatmulV4 + aclnnMoeFinalizeRoutingV2 (combine in f32)",
+    "moe_experts: id -1 (no expert) is routed to expert 0 with weight 0 (CANN's routing has no 'none' id): exact unless expert 0's output for that token is inf/NaN",
+];
+
+/// Whether the loaded op libraries have what moe_experts needs.
+pub fn available(ops: &OpApi) -> bool {
+    ops.aclnnMoeInitRoutingV2GetWorkspaceSize.is_some()
+        && ops.aclnnMoeInitRoutingV2.is_some()
+        && ops.aclnnGroupedMatmulV4GetWorkspaceSize.is_some()
+        && ops.aclnnGroupedMatmulV4.is_some()
+        && ops.aclnnSwiGluGetWorkspaceSize.is_some()
+        && ops.aclnnSwiGlu.is_some()
+        && ops.aclnnMoeFinalizeRoutingV2GetWorkspaceSize.is_some()
+        && ops.aclnnMoeFinalizeRoutingV2.is_some()
+        && ops.aclnnCastGetWorkspaceSize.is_some()
+        && ops.aclnnCast.is_some()
+}
+
+fn bytes_of<T: Copy>(v: &[T], f: impl Fn(T) -> [u8; 4]) -> Vec<u8> {
+    v.iter().flat_map(|&x| f(x)).collect()
+}
+
+/// Runs moe_experts.
+pub fn run(be: &AscendBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor> {
+    if !available(&be.dev.cann.ops) {
+        return Err(unsupported(
+            Op::MoeExperts,
+            "all",
+            "an aclnn op it needs is missing from the loaded op libraries",
+        ));
+    }
+    let dev = &be.dev;
+    let ops = &dev.cann.ops;
+    let (t, h, i, e, k) = (
+        call.tokens,
+        call.hidden,
+        call.inter,
+        call.experts,
+        call.top_k,
+    );
+    let x_mem = be.mem(call.x, "moe_experts", "x")?;
+    let w13_mem = be.mem(call.w13, "moe_experts", "w13")?;
+    let w2_mem = be.mem(call.w2, "moe_experts", "w2")?;
+    let ids_mem = be.mem(call.topk_ids, "moe_experts", "topk_ids")?;
+    let wts_mem = be.mem(call.topk_weights, "moe_experts", "topk_weights")?;
+    let _guard = dev.lock();
+
+    // 1-2. Ids on the host: check, then map -1 to (expert 0, weight 0).
+    let to_i32 = |b: Vec<u8>| -> Vec<i32> {
+        b.chunks_exact(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
+    let ids = to_i32(dev.download_bytes(ids_mem, t * k * 4)?);
+    indices::check_topk_ids(call, &ids)?;
+    let mut weights: Vec<f32> = dev
+        .download_bytes(wts_mem, t * k * 4)?
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let routed: Vec<i32> = ids.iter().map(|&id| id.max(0)).collect();
+    for (w, &id) in weights.iter_mut().zip(&ids) {
+        if id < 0 {
+            *w = 0.0;
+        }
+    }
+    let ids_dev = dev.upload_bytes(&bytes_of(&routed, i32::to_le_bytes))?;
+    let wts_dev = dev.upload_bytes(&bytes_of(&weights, f32::to_le_bytes))?;
+
+    let dt = acl(call.dtype);
+    let esz = call.dtype.size_in_bytes();
+    let rows = t * k;
+    let i32_t = acl(DType::I32);
+    let mut keep: Vec<Option<Arc<DevMem>>> = Vec::new();
+    let cast = |src: &DevMem,
+                dims: &[usize],
+                from: i32,
+                dst: &DevMem,
+                to: i32|
+     -> Result<Option<Arc<DevMem>>> {
+        let a = dev.tensor(src, dims, None, 0, from)?;
+        let b = dev.tensor(dst, dims, None, 0, to)?;
+        // SAFETY: handles live for the call; out-pointers come from `Device::run`.
+        dev.run(
+            "aclnnCast",
+            |ws, ex| unsafe {
+                (ops.aclnnCastGetWorkspaceSize
+                    .expect("checked by available()"))(a.raw(), to, b.raw(), ws, ex)
+            },
+            ops.aclnnCast,
+        )
+    };
+
+    // 3. Permute tokens by expert.
+    let expanded = dev.alloc(rows * h * esz)?;
+    let row_idx = dev.alloc(rows * 4)?;
+    let cumsum = dev.alloc(e * 4)?;
+    {
+        let x = dev.tensor(x_mem, &[t, h], None, 0, dt)?;
+        let idx = dev.tensor(&ids_dev, &[t, k], None, 0, i32_t)?;
+        let ex_t = dev.tensor(&expanded, &[rows, h], None, 0, dt)?;
+        let ri = dev.tensor(&row_idx, &[rows], None, 0, i32_t)?;
+        let cs = dev.tensor(&cumsum, &[e], None, 0, i32_t)?;
+        let null = std::ptr::null_mut();
+        // SAFETY: as above; dropless (dropPadMode 0, activeNum 0), cumsum counts (flag 1).
+        keep.push(dev.run(
+            "aclnnMoeInitRoutingV2",
+            |ws, exr| unsafe {
+                (ops.aclnnMoeInitRoutingV2GetWorkspaceSize
+                    .expect("checked by available()"))(
+                    x.raw(),
+                    idx.raw(),
+                    0,
+                    0,
+                    e as i64,
+                    0,
+                    1,
+                    false,
+                    ex_t.raw(),
+                    ri.raw(),
+                    cs.raw(),
+                    null,
+                    ws,
+                    exr,
+                )
+            },
+            ops.aclnnMoeInitRoutingV2,
+        )?);
+    }
+    let group_list = dev.alloc(e * 8)?;
+    keep.push(cast(&cumsum, &[e], i32_t, &group_list, ACL_INT64)?);
+
+    // 4-5. Gate/up GEMM, SwiGLU, down GEMM.
+    let gmm = |input: &DevMem,
+               kk: usize,
+               weight: &DevMem,
+               n: usize,
+               out: &DevMem|
+     -> Result<Option<Arc<DevMem>>> {
+        let xs = dev.tensor_list(vec![dev.tensor(input, &[rows, kk], None, 0, dt)?])?;
+        // Our weights are [E, N, K]; GMM's [E, K, N] as the transposed view.
+        let ws_t = dev.tensor_list(vec![dev.tensor(
+            weight,
+            &[e, kk, n],
+            Some(&[n * kk, 1, kk]),
+            0,
+            dt,
+        )?])?;
+        let ys = dev.tensor_list(vec![dev.tensor(out, &[rows, n], None, 0, dt)?])?;
+        let gl = dev.tensor(&group_list, &[e], None, 0, ACL_INT64)?;
+        let null = std::ptr::null_mut();
+        // SAFETY: as above; splitItem 2 (single out), groupType 0 (m), groupListType 0 (cumsum), actType 0.
+        dev.run(
+            "aclnnGroupedMatmulV4",
+            |wsz, exr| unsafe {
+                (ops.aclnnGroupedMatmulV4GetWorkspaceSize
+                    .expect("checked by available()"))(
+                    xs.raw(),
+                    ws_t.raw(),
+                    null,
+                    null,
+                    null,
+                    null,
+                    null,
+                    null,
+                    gl.raw(),
+                    null,
+                    null,
+                    null,
+                    2,
+                    0,
+                    0,
+                    0,
+                    ys.raw(),
+                    null,
+                    null,
+                    wsz,
+                    exr,
+                )
+            },
+            ops.aclnnGroupedMatmulV4,
+        )
+    };
+    let h13 = dev.alloc(rows * 2 * i * esz)?;
+    keep.push(gmm(&expanded, h, w13_mem, 2 * i, &h13)?);
+    let act = dev.alloc(rows * i * esz)?;
+    {
+        let a = dev.tensor(&h13, &[rows, 2 * i], None, 0, dt)?;
+        let b = dev.tensor(&act, &[rows, i], None, 0, dt)?;
+        // SAFETY: as above.
+        keep.push(dev.run(
+            "aclnnSwiGlu",
+            |ws, ex| unsafe {
+                (ops.aclnnSwiGluGetWorkspaceSize
+                    .expect("checked by available()"))(a.raw(), -1, b.raw(), ws, ex)
+            },
+            ops.aclnnSwiGlu,
+        )?);
+    }
+    let down = dev.alloc(rows * h * esz)?;
+    keep.push(gmm(&act, i, w2_mem, h, &down)?);
+
+    // 6. Weighted combine in f32.
+    let down32 = if call.dtype == DType::F32 {
+        down.clone()
+    } else {
+        let d = dev.alloc(rows * h * 4)?;
+        keep.push(cast(&down, &[rows, h], dt, &d, ACL_FLOAT)?);
+        d
+    };
+    let y32 = dev.alloc(t * h * 4)?;
+    {
+        let ex_t = dev.tensor(&down32, &[rows, h], None, 0, ACL_FLOAT)?;
+        let ri = dev.tensor(&row_idx, &[rows], None, 0, i32_t)?;
+        let sc = dev.tensor(&wts_dev, &[t, k], None, 0, ACL_FLOAT)?;
+        let out = dev.tensor(&y32, &[t, h], None, 0, ACL_FLOAT)?;
+        let null = std::ptr::null_mut();
+        // SAFETY: as above; dropPadMode 2 = dropless with InitRoutingV2's row order.
+        keep.push(dev.run(
+            "aclnnMoeFinalizeRoutingV2",
+            |ws, exr| unsafe {
+                (ops.aclnnMoeFinalizeRoutingV2GetWorkspaceSize
+                    .expect("checked by available()"))(
+                    ex_t.raw(),
+                    ri.raw(),
+                    null,
+                    null,
+                    null,
+                    sc.raw(),
+                    null,
+                    2,
+                    out.raw(),
+                    ws,
+                    exr,
+                )
+            },
+            ops.aclnnMoeFinalizeRoutingV2,
+        )?);
+    }
+    let y = if call.dtype == DType::F32 {
+        y32
+    } else {
+        let y = dev.alloc(t * h * esz)?;
+        keep.push(cast(&y32, &[t, h], ACL_FLOAT, &y, dt)?);
+        y
+    };
+    dev.synchronize()?;
+    drop(keep);
+    Ok(be.wrap(y, [t, h], call.dtype))
+}
