@@ -89,13 +89,16 @@ pub fn run(args: &ConformanceArgs) -> Result<ExitCode, CommandError> {
         cases.len()
     );
     print!("{}", render(&report));
-    for e in entries
-        .iter()
-        .filter(|e| !selected.iter().any(|s| s == e.name))
-    {
-        if let Err(err) = &e.backend {
-            println!("not run (unavailable here): {err}");
-        }
+    let idle: Vec<&str> = (entries.iter())
+        .filter(|e| e.backend.is_err() && !selected.iter().any(|s| s == e.name))
+        .map(|e| e.name)
+        .collect();
+    if !idle.is_empty() {
+        println!(
+            "not run, unavailable here: {} (why: `moemla devices`; name one with --backend \
+             to show it as n/a)",
+            idle.join(", ")
+        );
     }
     if let Some(path) = &args.json {
         std::fs::write(path, report.to_json())
