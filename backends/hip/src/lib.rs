@@ -11,16 +11,19 @@
 //! (`$ROCM_PATH`, `$HIP_PATH`, `/opt/rocm`), then DTK (`$DTK_PATH`, `/opt/dtk`); see
 //! [`flavour::SearchList`].
 
+mod args;
 mod device;
 pub mod error;
 pub mod flavour;
 pub mod hiprtc;
 pub mod kernels;
 pub mod loader;
+mod memory;
 mod ops;
 
-use device::{Device, DeviceHandle, HipBuffer};
+use device::Device;
 use flavour::SearchList;
+use memory::{DeviceHandle, HipBuffer};
 use moemla_core::calls::{MlaDecodeCall, MoeExpertsCall, MoeRouteCall};
 use moemla_core::{
     Backend, BackendInfo, DType, DeviceTensor, HostTensor, MlaDecodeOutput, MoeRouteOutput,

@@ -2,7 +2,7 @@
 //! kernels/cuda/mla_decode.cu), then the `cache_seqlens` and `block_table` error flags.
 
 use super::plan_error;
-use crate::device::KernelArgs;
+use crate::args::KernelArgs;
 use crate::{kernels, HipBackend};
 use moemla_core::calls::MlaDecodeCall;
 use moemla_core::{Backend, DType, DeviceTensor, Error, MlaDecodeOutput, Op, Result, Shape};

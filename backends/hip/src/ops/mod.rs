@@ -5,8 +5,9 @@ pub(crate) mod mla_decode;
 pub(crate) mod moe_experts;
 pub(crate) mod moe_route;
 
-use crate::device::{HipBuffer, KernelArgs};
+use crate::args::KernelArgs;
 use crate::kernels::KernelModule;
+use crate::memory::HipBuffer;
 use crate::{HipBackend, NAME};
 use moemla_core::{Backend, DType, DeviceTensor, HostTensor, Op, Result, Shape};
 use moemla_kernel_plan::{DeviceLimits, Launch, PlanError};

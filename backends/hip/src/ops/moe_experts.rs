@@ -2,7 +2,7 @@
 //! (four launches of kernels/cuda/moe_experts.cu), then the `topk_ids` error flag.
 
 use super::plan_error;
-use crate::device::KernelArgs;
+use crate::args::KernelArgs;
 use crate::{kernels, HipBackend};
 use moemla_core::calls::MoeExpertsCall;
 use moemla_core::{Backend, DType, DeviceTensor, Error, Op, Result, Shape};

@@ -1,7 +1,7 @@
 //! `moe_route`: one launch of `moemla_moe_route_<DT>` (kernels/cuda/moe_route.cu).
 
 use super::plan_error;
-use crate::device::KernelArgs;
+use crate::args::KernelArgs;
 use crate::{kernels, HipBackend};
 use moemla_core::calls::MoeRouteCall;
 use moemla_core::{Backend, DType, GroupSelect, MoeRouteOutput, Op, Result, ScoreFunc, Shape};
