@@ -12,3 +12,8 @@ pub mod registry;
 
 pub use moemla_core as core;
 pub use registry::{discover, select, BackendEntry, PREFERENCE};
+
+/// The README's Rust example, compiled and run as a doc-test.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
