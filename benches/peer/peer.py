@@ -92,7 +92,8 @@ def mla_decode(p, q, kv_cache, block_table, cache_seqlens):
             l = e.sum(axis=1, keepdims=True)
             out = (e @ k[:, :dv]) / np.where(l > 0, l, 1.0)
             o[i, :, g * group : (g + 1) * group, :] = out.reshape(sq, group, dv)
-            lse[i, g * group : (g + 1) * group, :] = (np.log(l) + m).reshape(sq, group).T
+            with np.errstate(divide="ignore"):  # empty causal range: log(0) = -inf
+                lse[i, g * group : (g + 1) * group, :] = (np.log(l) + m).reshape(sq, group).T
     return o, lse
 
 
