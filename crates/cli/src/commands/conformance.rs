@@ -3,10 +3,12 @@
 //! backend was unavailable or skipped anything.
 
 use super::CommandError;
-use moemla::{discover, BackendEntry};
+use moemla::{discover, select};
 use moemla_conformance::{filter, golden, load_cases, render, run_unavailable, to_junit, Report};
+use moemla_core::{Backend, Error};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Arguments of `moemla conformance`.
@@ -45,8 +47,7 @@ pub struct ConformanceArgs {
 pub fn run(args: &ConformanceArgs) -> Result<ExitCode, CommandError> {
     let start = Instant::now();
     let required: Vec<String> = clean(&args.require);
-    let entries = discover();
-    let selected = selection(&clean(&args.backend), &required, &entries);
+    let (columns, idle) = open_backends(&clean(&args.backend), &required);
 
     let dirs = if args.golden.is_empty() {
         golden::default_dirs()
@@ -59,25 +60,11 @@ pub fn run(args: &ConformanceArgs) -> Result<ExitCode, CommandError> {
     }
 
     let mut report = Report::default();
-    for name in &selected {
-        let part = match entries.iter().find(|e| e.name == name) {
-            Some(BackendEntry {
-                backend: Ok(backend),
-                ..
-            }) => moemla_conformance::run(backend.as_ref(), &cases),
-            Some(BackendEntry {
-                backend: Err(err), ..
-            }) => run_unavailable(name, &err.to_string(), &cases),
-            None => {
-                let compiled: Vec<&str> = entries.iter().map(|e| e.name).collect();
-                let why = format!(
-                    "not compiled into this build (compiled in: {})",
-                    compiled.join(", ")
-                );
-                run_unavailable(name, &why, &cases)
-            }
-        };
-        report.extend(part);
+    for (name, backend) in &columns {
+        report.extend(match backend {
+            Ok(backend) => moemla_conformance::run(backend.as_ref(), &cases),
+            Err(err) => run_unavailable(name, &reason(err), &cases),
+        });
     }
 
     println!(
@@ -89,10 +76,6 @@ pub fn run(args: &ConformanceArgs) -> Result<ExitCode, CommandError> {
         cases.len()
     );
     print!("{}", render(&report));
-    let idle: Vec<&str> = (entries.iter())
-        .filter(|e| e.backend.is_err() && !selected.iter().any(|s| s == e.name))
-        .map(|e| e.name)
-        .collect();
     if !idle.is_empty() {
         println!(
             "not run, unavailable here: {} (why: `moemla devices`; name one with --backend \
@@ -117,7 +100,7 @@ pub fn run(args: &ConformanceArgs) -> Result<ExitCode, CommandError> {
             None => "no cases to run".to_string(),
         });
     }
-    if selected.is_empty() {
+    if columns.is_empty() {
         verdict.ok = false;
         verdict
             .reasons
@@ -146,17 +129,48 @@ fn clean(names: &[String]) -> Vec<String> {
     out
 }
 
-/// The backends to run, in preference order: `all` expands to every available backend;
-/// required backends are always included.
-fn selection(wanted: &[String], required: &[String], entries: &[BackendEntry]) -> Vec<String> {
-    let mut names: Vec<String> = Vec::new();
-    for w in wanted.iter().chain(required) {
-        if w == "all" {
-            let available = entries.iter().filter(|e| e.backend.is_ok());
-            names.extend(available.map(|e| e.name.to_string()));
-        } else {
-            names.push(w.clone());
+/// A backend to run: its name, and the opened backend or why it cannot run here.
+type Column = (String, Result<Arc<dyn Backend>, Error>);
+
+/// Opens the backends to run: `all` is every available backend in preference order (the
+/// only case that probes every compiled-in backend); named and required backends are
+/// always run, as `n/a` if they cannot open. Also returns the unavailable backends `all`
+/// left out.
+fn open_backends(wanted: &[String], required: &[String]) -> (Vec<Column>, Vec<&'static str>) {
+    let names = clean(&[wanted, required].concat());
+    let entries = if names.iter().any(|n| n == "all") {
+        discover()
+    } else {
+        Vec::new()
+    };
+    let mut columns: Vec<Column> = Vec::new();
+    for name in &names {
+        let fresh = |n: &str, cols: &[Column]| !cols.iter().any(|(c, _)| c == n);
+        if name == "all" {
+            for e in entries.iter().filter(|e| e.backend.is_ok()) {
+                if fresh(e.name, &columns) {
+                    columns.push((e.name.to_string(), e.backend.clone()));
+                }
+            }
+        } else if fresh(name, &columns) {
+            let opened = match entries.iter().find(|e| e.name == name) {
+                Some(e) => e.backend.clone(),
+                None => select(Some(name)),
+            };
+            columns.push((name.clone(), opened));
         }
     }
-    clean(&names)
+    let idle = (entries.iter())
+        .filter(|e| e.backend.is_err() && !columns.iter().any(|(c, _)| c == e.name))
+        .map(|e| e.name)
+        .collect();
+    (columns, idle)
+}
+
+/// Why a backend cannot run, without the "backend `x` is unavailable" prefix.
+fn reason(err: &Error) -> String {
+    match err {
+        Error::Unavailable { reason, .. } => reason.clone(),
+        other => other.to_string(),
+    }
 }
