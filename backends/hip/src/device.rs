@@ -64,8 +64,9 @@ unsafe impl Sync for Device {}
 //   clang-19 from Debian's libamdhip64-dev 5.2.3 hip_runtime_api.h; struct size 792.
 // - R0600 layout (ROCm 6.x, `hipGetDevicePropertiesR0600`): 1160 — offsetof() computed
 //   from ROCm 6's hip_runtime_api.h hipDeviceProp_tR0600 field list; struct size 1472.
-// The runtime writes into a 4 KiB buffer, so a struct grown by a later version still fits;
-// a name read from a wrong offset would not start with "gfx" and is rejected.
+// The runtime writes into a 4 KiB buffer, so a struct grown by a later version still fits.
+// If the expected offset holds no gfx target name (a layout we do not know, e.g. a DTK
+// variant), the 4-byte-aligned offsets are searched for one (see `find_gcn_arch`).
 const ARCH_OFFSET_R0000: usize = 396;
 const ARCH_OFFSET_R0600: usize = 1160;
 const PROPS_BUFFER_WORDS: usize = 512;
@@ -224,20 +225,14 @@ impl Device {
         let status = unsafe { get(buffer.as_mut_ptr().cast::<c_void>(), self.ordinal) };
         self.check(call, status)?;
         let bytes: Vec<u8> = buffer.iter().flat_map(|w| w.to_le_bytes()).collect();
-        let field = &bytes[offset..offset + ARCH_LEN];
-        let end = field.iter().position(|&b| b == 0).unwrap_or(ARCH_LEN);
-        let arch = String::from_utf8_lossy(&field[..end]).into_owned();
-        if !arch.starts_with("gfx") {
-            return Err(HipError::Hip {
-                call,
-                status: HipStatus::INVALID_VALUE,
-                message: format!(
-                    "gcnArchName read at byte {offset} is {arch:?}, not a gfx target: unknown \
-                     hipDeviceProp_t layout"
-                ),
-            });
-        }
-        Ok(arch)
+        find_gcn_arch(&bytes, offset).ok_or_else(|| HipError::Hip {
+            call,
+            status: HipStatus::INVALID_VALUE,
+            message: format!(
+                "no gfx target name at byte {offset} (nor anywhere else) of hipDeviceProp_t: \
+                 unknown layout"
+            ),
+        })
     }
 
     /// The device's stream.
@@ -331,6 +326,36 @@ impl Device {
     }
 }
 
+/// The NUL-terminated string at `offset` of `props` if it is a gfx target name, else the
+/// first such string at any 4-byte-aligned offset (char arrays of hipDeviceProp_t are).
+fn find_gcn_arch(props: &[u8], offset: usize) -> Option<String> {
+    let at = |start: usize| {
+        let field = props.get(start..(start + ARCH_LEN).min(props.len()))?;
+        let end = field.iter().position(|&b| b == 0)?;
+        let name = std::str::from_utf8(&field[..end]).ok()?;
+        is_gfx_target(name).then(|| name.to_string())
+    };
+    at(offset).or_else(|| (0..props.len()).step_by(4).find_map(at))
+}
+
+/// `gfx` + processor digits (hex), then any `:feature+` / `:feature-` target features,
+/// as in "gfx942:sramecc+:xnack-" (LLVM AMDGPUUsage, "Target ID").
+fn is_gfx_target(s: &str) -> bool {
+    let mut parts = s.split(':');
+    let processor = parts.next().unwrap_or("");
+    let digits = processor.strip_prefix("gfx").unwrap_or("");
+    let processor_ok = (3..=4).contains(&digits.len())
+        && digits
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    processor_ok
+        && parts.all(|f| {
+            f.len() > 1
+                && (f.ends_with('+') || f.ends_with('-'))
+                && f[..f.len() - 1].bytes().all(|b| b.is_ascii_lowercase())
+        })
+}
+
 impl Drop for Device {
     fn drop(&mut self) {
         let cache = self
@@ -345,5 +370,55 @@ impl Drop for Device {
             // SAFETY: created by hipStreamCreate, destroyed once.
             unsafe { (self.libs.runtime.hipStreamDestroy)(self.stream) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{find_gcn_arch, is_gfx_target};
+
+    #[test]
+    fn gfx_target_names_are_recognised_with_their_features() {
+        for ok in [
+            "gfx942",
+            "gfx90a",
+            "gfx906",
+            "gfx1100",
+            "gfx942:sramecc+:xnack-",
+        ] {
+            assert!(is_gfx_target(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "gfx",
+            "gfx9",
+            "sm_90",
+            "ZZZZ",
+            "gfx942:",
+            "gfx942:xnack",
+            "gfx94g",
+        ] {
+            assert!(!is_gfx_target(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn arch_is_read_at_the_layout_offset_else_found_elsewhere() {
+        let mut props = vec![0x5au8; 1472];
+        props[..12].copy_from_slice(b"Mock MI300X\0");
+        let arch = b"gfx942:sramecc+:xnack-\0";
+        props[1160..1160 + arch.len()].copy_from_slice(arch);
+        assert_eq!(
+            find_gcn_arch(&props, 1160).as_deref(),
+            Some("gfx942:sramecc+:xnack-")
+        );
+        // Wrong expected offset (an unknown layout): found by the aligned search.
+        assert_eq!(
+            find_gcn_arch(&props, 396).as_deref(),
+            Some("gfx942:sramecc+:xnack-")
+        );
+        // No target name anywhere.
+        props[1160..1160 + arch.len()].fill(0x5a);
+        assert_eq!(find_gcn_arch(&props, 1160), None);
     }
 }

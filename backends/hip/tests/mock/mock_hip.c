@@ -54,6 +54,8 @@ hipError_t hipGetDevicePropertiesR0600(void* props, int d)
 {
     memset(props, 0x5a, PROPS_SIZE);  // garbage everywhere but the fields set below
     snprintf((char*)props, 256, "%s", "Mock MI250X");
+    // Decoy: a reader that misses ARCH_OFFSET and searches would find this one first.
+    memcpy((char*)props + 260, "gfx000", 7);
     memset((char*)props + ARCH_OFFSET, 0, 256);
     memcpy((char*)props + ARCH_OFFSET, ARCH, sizeof(ARCH));
     return d == 0 ? 0 : 101;
