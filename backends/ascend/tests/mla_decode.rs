@@ -175,6 +175,42 @@ fn decode_block128_f16_matches_reference() {
 }
 
 #[test]
+fn flashmla_block64_runs_as_fia_blocks_of_16() {
+    run_case(&Case {
+        dtype: DType::BF16,
+        block_size: 64,
+        seqlens: vec![100, 64, 3],
+        s_q: 2,
+        h_q: 4,
+        causal: true,
+    });
+}
+
+#[test]
+fn block256_runs_as_fia_blocks_of_128() {
+    run_case(&Case {
+        dtype: DType::F16,
+        block_size: 256,
+        seqlens: vec![300],
+        s_q: 1,
+        h_q: 16,
+        causal: true,
+    });
+}
+
+#[test]
+fn non_causal_multi_token_runs_as_folded_heads() {
+    run_case(&Case {
+        dtype: DType::BF16,
+        block_size: 16,
+        seqlens: vec![40, 0, 17],
+        s_q: 4,
+        h_q: 8,
+        causal: false,
+    });
+}
+
+#[test]
 fn multi_token_causal_block16_f16_matches_reference() {
     // Sq 2 (MTP), a sequence shorter than Sq gets an empty range for its first query.
     run_case(&Case {
@@ -247,7 +283,7 @@ fn used_block_table_entry_out_of_range_is_an_index_error() {
 }
 
 #[test]
-fn f32_and_other_block_sizes_are_unsupported() {
+fn f32_and_block_sizes_not_a_multiple_of_16_are_unsupported() {
     let be = common::backend();
     let [q, kv, bt, len] = small_inputs(&be, DType::F32, 16, &[0], &[3]);
     let err =
@@ -256,11 +292,11 @@ fn f32_and_other_block_sizes_are_unsupported() {
         matches!(&err, Error::Unsupported { what, .. } if what == "F32"),
         "{err}"
     );
-    let [q, kv, bt, len] = small_inputs(&be, DType::BF16, 64, &[0], &[3]);
+    let [q, kv, bt, len] = small_inputs(&be, DType::BF16, 24, &[0], &[3]);
     let err =
         ops::mla_decode(&be, &q, &kv, &bt, &len, &MlaDecodeParams::deepseek_v3()).unwrap_err();
     assert!(
-        matches!(&err, Error::Unsupported { what, .. } if what == "block_size=64"),
+        matches!(&err, Error::Unsupported { what, .. } if what == "block_size=24"),
         "{err}"
     );
 }

@@ -131,16 +131,12 @@ fn ungrouped_routing_matches_reference() {
 }
 
 #[test]
-fn renormalize_false_is_unsupported_not_silently_wrong() {
-    let be = common::backend();
-    let host =
-        HostTensor::from_f32_as([2, 64], &common::values(1, 128, -1.0, 1.0), DType::F32).unwrap();
-    let dl = be.upload(&host).unwrap();
-    let err = ops::moe_route(&be, &dl, None, &RouteParams::deepseek_v2_lite()).unwrap_err();
-    assert!(
-        matches!(&err, Error::Unsupported { what, .. } if what == "renormalize=false"),
-        "{err}"
-    );
+fn unrenormalised_softmax_routing_matches_reference_in_every_dtype() {
+    // DeepSeek-V2: softmax, groups scored by max, no renormalisation, scale 16.
+    for dtype in DType::FLOATS {
+        check_route(dtype, &RouteParams::deepseek_v2(), 33, 160, false);
+    }
+    check_route(DType::F32, &RouteParams::deepseek_v2_lite(), 7, 64, false);
 }
 
 #[test]

@@ -19,9 +19,15 @@
 //!    i aclnnLogSumExp over its attended columns [0, L_i), written through a strided view
 //!    into lse[b, :, i]. Empty ranges keep the -inf lse was initialised with.
 //!
+//! Exact re-layouts that widen what FIA takes: a block_size that is a multiple of 128 (or
+//! of 16) is passed as block_size / 128 (or / 16) consecutive FIA blocks of the same memory,
+//! with the block-table entries expanded on the host; non-causal Sq > 1 (which MLA mode
+//! cannot mask: it wants sparseMode 3 for Sq > 1) is passed as one query of Sq * Hq heads,
+//! since every query then attends the same range.
+//!
 //! CANN limits (FIA V3 page, MLA constraints) reported as Unsupported: dtype F32, Dqk != 576
-//! or Dv != 512, Hkv != 1, block_size not 16/128, Sq > 16, Hq not a power of two <= 128,
-//! non-causal with Sq > 1 (MLA mode requires sparseMode 3 for Sq > 1).
+//! or Dv != 512, Hkv != 1, block_size not a multiple of 16, Sq > 16, query heads (Hq, or
+//! Sq * Hq when folded) not a power of two <= 128.
 
 use crate::device::{DevMem, ACL_FLOAT, ACL_INT8};
 use crate::loader::OpApi;
@@ -39,7 +45,7 @@ const MASK: usize = 2048;
 
 /// Contract gaps, for `info().notes`.
 pub const NOTES: [&str; 2] = [
-    "mla_decode: aclnnFusedInferAttentionScoreV3 MLA mode (F16/BF16, Dqk 576 = 512 + 64, Hkv 1, block_size 16 or 128, Sq <= 16, Hq a power of two <= 128, Sq > 1 only causal); other shapes and F32 are Unsupported",
+    "mla_decode: aclnnFusedInferAttentionScoreV3 MLA mode (F16/BF16, Dqk 576 = 512 + 64, Hkv 1, block_size a multiple of 16 (run as FIA blocks of 128 or 16), Sq <= 16, Hq (non-causal Sq > 1: Sq*Hq) a power of two <= 128); other shapes and F32 are Unsupported",
     "mla_decode: lse is not produced by FIA's MLA mode; it is computed by a second pass (aclnnInplaceCopy gather + aclnnMatmul + aclnnMuls + aclnnLogSumExp, in f32)",
 ];
 
@@ -58,7 +64,17 @@ pub fn available(ops: &OpApi) -> bool {
         && ops.aclnnLogSumExp.is_some()
 }
 
-fn check_limits(call: &MlaDecodeCall<'_>) -> Result<()> {
+/// How a call is laid out for FIA: exact re-expressions of the same attention.
+struct Plan {
+    /// FIA's page block size: 128 or 16. A cache block of `block_size` tokens is
+    /// `block_size / fia_block` consecutive FIA blocks (same memory, table entries expanded).
+    fia_block: usize,
+    /// Non-causal Sq > 1: all Sq queries attend the same range, so they are passed as
+    /// Sq * Hq heads of one query ([B, Sq, Hq, D] is [B, 1, Sq * Hq, D] in memory).
+    fold_queries: bool,
+}
+
+fn plan(call: &MlaDecodeCall<'_>) -> Result<Plan> {
     let rule =
         |what: String, reason: &str| Err(unsupported(Op::MlaDecode, what, reason.to_string()));
     if !matches!(call.dtype, DType::F16 | DType::BF16) {
@@ -79,31 +95,42 @@ fn check_limits(call: &MlaDecodeCall<'_>) -> Result<()> {
             "FIA's MLA mode needs one kv head",
         );
     }
-    if call.block_size != 16 && call.block_size != 128 {
-        return rule(
-            format!("block_size={}", call.block_size),
-            "FIA's MLA page attention supports block sizes 16 and 128",
-        );
-    }
+    let fia_block =
+        match call.block_size {
+            b if b % 128 == 0 => 128,
+            b if b % 16 == 0 => 16,
+            b => return rule(
+                format!("block_size={b}"),
+                "FIA's MLA page attention supports block sizes 16 and 128 (and so multiples of 16)",
+            ),
+        };
+    let fold_queries = call.s_q > 1 && !call.params.causal;
+    let heads = if fold_queries {
+        call.s_q * call.h_q
+    } else {
+        call.h_q
+    };
     if call.s_q > 16 {
         return rule(
             format!("Sq={}", call.s_q),
             "FIA's MLA mode supports 1..=16 queries per sequence",
         );
     }
-    if !call.h_q.is_power_of_two() || call.h_q > 128 {
+    if !heads.is_power_of_two() || heads > 128 {
+        let what = if fold_queries {
+            format!("Sq*Hq={heads} (non-causal)")
+        } else {
+            format!("Hq={heads}")
+        };
         return rule(
-            format!("Hq={}", call.h_q),
-            "FIA's MLA mode supports Hq in 1, 2, 4, ..., 128",
+            what,
+            "FIA's MLA mode supports 1, 2, 4, ..., 128 query heads (non-causal Sq > 1 runs as Sq*Hq heads)",
         );
     }
-    if call.s_q > 1 && !call.params.causal {
-        return rule(
-            "causal=false with Sq>1".into(),
-            "FIA's MLA mode supports only sparseMode 3 (causal) when Sq > 1",
-        );
-    }
-    Ok(())
+    Ok(Plan {
+        fia_block,
+        fold_queries,
+    })
 }
 
 fn to_i32s(bytes: &[u8]) -> Vec<i32> {
@@ -115,7 +142,7 @@ fn to_i32s(bytes: &[u8]) -> Vec<i32> {
 
 /// Runs mla_decode.
 pub fn run(be: &AscendBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutput> {
-    check_limits(call)?;
+    let plan = plan(call)?;
     if !available(&be.dev.cann.ops) {
         return Err(unsupported(
             Op::MlaDecode,
@@ -142,10 +169,17 @@ pub fn run(be: &AscendBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutp
     let table = to_i32s(&dev.download_bytes(bt_mem, b * mb * 4)?);
     let seqlens = to_i32s(&dev.download_bytes(len_mem, b * 4)?);
     indices::check_mla_indices(call, &table, &seqlens)?;
-    let mut clean = vec![0i32; b * mb];
+    // FIA's table: used entries expanded to FIA blocks, unused ones 0.
+    let sub = bs / plan.fia_block;
+    let fia_mb = mb * sub;
+    let mut clean = vec![0i32; b * fia_mb];
     for (bi, &len) in seqlens.iter().enumerate() {
         let used = (len as usize).div_ceil(bs);
-        clean[bi * mb..bi * mb + used].copy_from_slice(&table[bi * mb..bi * mb + used]);
+        for (j, &blk) in table[bi * mb..bi * mb + used].iter().enumerate() {
+            for s in 0..sub {
+                clean[bi * fia_mb + j * sub + s] = blk * sub as i32 + s as i32;
+            }
+        }
     }
     let clean_mem = dev.upload_bytes(
         &clean
@@ -230,29 +264,35 @@ pub fn run(be: &AscendBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutp
 
     // 3. Attention output.
     let o = dev.alloc(b * sq * hq * NOPE * esz)?;
-    let mask = if sq > 1 {
+    let mask = if sq > 1 && !plan.fold_queries {
         Some(be.causal_mask()?)
     } else {
         None
     };
     {
         let ops = &dev.cann.ops;
-        let query = dev.tensor(&q_nope, &[b, sq, hq, NOPE], None, 0, dt)?;
-        let query_rope = dev.tensor(&q_rope, &[b, sq, hq, ROPE], None, 0, dt)?;
-        let key = dev.tensor_list(vec![dev.tensor(&nope, &[nb, bs, NOPE], None, 0, dt)?])?;
-        let value = dev.tensor_list(vec![dev.tensor(&nope, &[nb, bs, NOPE], None, 0, dt)?])?;
-        let key_rope = dev.tensor(&rope, &[nb, bs, ROPE], None, 0, dt)?;
-        let block_table = dev.tensor(&clean_mem, &[b, mb], None, 0, acl(DType::I32))?;
+        let (fs, fh) = if plan.fold_queries {
+            (1, sq * hq)
+        } else {
+            (sq, hq)
+        };
+        let (fnb, fbs) = (nb * sub, plan.fia_block);
+        let query = dev.tensor(&q_nope, &[b, fs, fh, NOPE], None, 0, dt)?;
+        let query_rope = dev.tensor(&q_rope, &[b, fs, fh, ROPE], None, 0, dt)?;
+        let key = dev.tensor_list(vec![dev.tensor(&nope, &[fnb, fbs, NOPE], None, 0, dt)?])?;
+        let value = dev.tensor_list(vec![dev.tensor(&nope, &[fnb, fbs, NOPE], None, 0, dt)?])?;
+        let key_rope = dev.tensor(&rope, &[fnb, fbs, ROPE], None, 0, dt)?;
+        let block_table = dev.tensor(&clean_mem, &[b, fia_mb], None, 0, acl(DType::I32))?;
         let lens: Vec<i64> = seqlens.iter().map(|&l| l as i64).collect();
         let seq_kv = dev.int_array(&lens)?;
         let mask_t = mask
             .as_ref()
             .map(|m| dev.tensor(m, &[MASK, MASK], None, 0, ACL_INT8))
             .transpose()?;
-        let out = dev.tensor(&o, &[b, sq, hq, NOPE], None, 0, dt)?;
+        let out = dev.tensor(&o, &[b, fs, fh, NOPE], None, 0, dt)?;
         let null = std::ptr::null_mut();
         let mask_raw = mask_t.as_ref().map_or(null, |m| m.raw());
-        let (sparse, precise) = if sq > 1 { (3, 2) } else { (0, 0) };
+        let (sparse, precise) = if fs > 1 { (3, 2) } else { (0, 0) };
         let layout = c"BSND";
         // SAFETY: handles live for the call; unused optional inputs are null as documented.
         keep.push(dev.run(
@@ -287,7 +327,7 @@ pub fn run(be: &AscendBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutp
                     query_rope.raw(),
                     key_rope.raw(),
                     null,
-                    hq as i64,
+                    fh as i64,
                     call.params.softmax_scale,
                     i32::MAX as i64,
                     0,
@@ -295,7 +335,7 @@ pub fn run(be: &AscendBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutp
                     1,
                     sparse,
                     precise,
-                    bs as i64,
+                    fbs as i64,
                     0,
                     false,
                     0,

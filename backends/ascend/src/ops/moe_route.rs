@@ -3,10 +3,12 @@
 //! aclnnMoeGatingTopK (cited in `loader.rs`; semantics in the emulator's
 //! `ops/moe_gating_top_k.rs`) computes DeepSeek gating, with these differences from the
 //! contract, handled here:
-//! - its weights are always `y / (sum(y) + eps) * routedScalingFactor`: contract
-//!   `renormalize=false` is Unsupported; with `renormalize=true` we pass eps = 1e-20, below
-//!   f32 resolution for any weight sum above 1e-12 (sigmoid/softmax top-k sums of real
-//!   routers are far above that);
+//! - its weights are always `y / (sum(y) + eps) * routedScalingFactor`. With
+//!   `renormalize=true` we pass eps = 1e-20, below f32 resolution for any weight sum above
+//!   1e-12 (sigmoid/softmax top-k sums of real routers are far above that). With
+//!   `renormalize=false` its weights are not used: outFlag = true makes it output the
+//!   unbiased scores normOut [T, E], and the weights are aclnnGather(normOut, 1, ids) then
+//!   aclnnMuls(routed_scaling_factor);
 //! - bias and yOut share x's dtype: logits are first cast to F32 (aclnnCast), so routing is
 //!   computed in f32 with the F32 bias and F32 weights, as the contract says;
 //! - its limits (E <= 2048, E / n_group > 2, align32(E / n_group) * n_group <= 2048,
@@ -24,7 +26,7 @@ const EPS: f64 = 1e-20;
 
 /// Contract gaps, for `info().notes`.
 pub const NOTES: [&str; 2] = [
-    "moe_route: aclnnMoeGatingTopK (F16/BF16 logits cast to F32 with aclnnCast first); renormalize=false is Unsupported (the op always divides by sum + eps; eps = 1e-20 is passed)",
+    "moe_route: aclnnMoeGatingTopK (F16/BF16 logits cast to F32 with aclnnCast first; eps = 1e-20); renormalize=false: weights from its normOut via aclnnGather + aclnnMuls (the op itself always renormalises)",
     "moe_route: Unsupported where aclnnMoeGatingTopK's limits are exceeded: E > 2048, E / n_group <= 2, align32(E / n_group) * n_group > 2048",
 ];
 
@@ -34,6 +36,10 @@ pub fn available(ops: &OpApi) -> bool {
         && ops.aclnnMoeGatingTopKGetWorkspaceSize.is_some()
         && ops.aclnnCast.is_some()
         && ops.aclnnCastGetWorkspaceSize.is_some()
+        && ops.aclnnGather.is_some()
+        && ops.aclnnGatherGetWorkspaceSize.is_some()
+        && ops.aclnnMuls.is_some()
+        && ops.aclnnMulsGetWorkspaceSize.is_some()
 }
 
 fn check_limits(call: &MoeRouteCall<'_>) -> Result<()> {
@@ -42,12 +48,6 @@ fn check_limits(call: &MoeRouteCall<'_>) -> Result<()> {
     let per_group = e / p.n_group;
     let rule =
         |what: String, reason: &str| Err(unsupported(Op::MoeRoute, what, reason.to_string()));
-    if !p.renormalize {
-        return rule(
-            "renormalize=false".into(),
-            "aclnnMoeGatingTopK always divides the selected weights by their sum (+ eps)",
-        );
-    }
     if e > 2048 {
         return rule(
             format!("E={e}"),
@@ -151,7 +151,7 @@ pub fn run(be: &AscendBackend, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput
                 group_select_mode,
                 0,
                 norm_type,
-                false,
+                !p.renormalize,
                 p.routed_scaling_factor,
                 EPS,
                 y.raw(),
@@ -163,6 +163,35 @@ pub fn run(be: &AscendBackend, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput
         },
         ops.aclnnMoeGatingTopK,
     )?);
+    if !p.renormalize {
+        // Unnormalised weights: scale * normOut[t, ids[t, j]].
+        let picked = dev.alloc(t * k * 4)?;
+        let g = dev.tensor(&picked, &[t, k], None, 0, ACL_FLOAT)?;
+        // SAFETY: handles live for the call; dim 1 gathers along the experts.
+        keep.push(dev.run(
+            "aclnnGather",
+            |ws, ex| unsafe {
+                (ops.aclnnGatherGetWorkspaceSize
+                    .expect("checked by available()"))(
+                    out.raw(), 1, idx.raw(), g.raw(), ws, ex
+                )
+            },
+            ops.aclnnGather,
+        )?);
+        let scale = dev.scalar_f32(p.routed_scaling_factor as f32)?;
+        // SAFETY: as above.
+        keep.push(dev.run(
+            "aclnnMuls",
+            |ws, ex| unsafe {
+                (ops.aclnnMulsGetWorkspaceSize
+                    .expect("checked by available()"))(
+                    g.raw(), scale.raw(), y.raw(), ws, ex
+                )
+            },
+            ops.aclnnMuls,
+        )?);
+        keep.push(Some(picked));
+    }
     dev.synchronize()?;
     drop(keep);
     Ok(MoeRouteOutput {
