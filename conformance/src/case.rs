@@ -42,8 +42,8 @@ pub struct Case {
     pub inputs: BTreeMap<String, HostTensor>,
     /// Expected outputs by argument name (without `out.`): floats F32, ids I32.
     pub expected: BTreeMap<String, HostTensor>,
-    /// The tolerance of every float output: the run dtype's default unless the case
-    /// tightens it.
+    /// The tolerance of every float output: the default for the op and run dtype
+    /// ([`Tolerance::default_for_case`]) unless the case tightens it.
     pub tolerances: BTreeMap<String, Tolerance>,
     /// Who or what computed the expected values, if the file says.
     pub source: Option<String>,
@@ -284,13 +284,13 @@ fn check_distinct_ids(ids: &HostTensor, top_k: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// The tolerance of each float output: the default for `dtype`, tightened by the case.
+/// The tolerance of each float output: the default for `op` and `dtype`, tightened by the case.
 fn tolerances(
     op: Op,
     dtype: DType,
     json: Option<&str>,
 ) -> Result<BTreeMap<String, Tolerance>, String> {
-    let default = Tolerance::default_for(dtype);
+    let default = Tolerance::default_for_case(op, dtype);
     let mut out: BTreeMap<String, Tolerance> = spec(op)
         .outputs
         .iter()

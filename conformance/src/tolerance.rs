@@ -1,6 +1,6 @@
 //! Tolerances: the contract's defaults per run dtype, and per-case tightening.
 
-use moemla_core::DType;
+use moemla_core::{DType, Op};
 use serde::{Deserialize, Serialize};
 
 /// An elementwise tolerance: `|got - exp| <= atol + rtol * |exp|`.
@@ -25,6 +25,16 @@ impl Tolerance {
         Tolerance { atol: t, rtol: t }
     }
 
+    /// The default for a case of `op` with run dtype `run`. `moe_route` computes in f32
+    /// from the stored logits and its weights are always F32, so it gets the F32 default
+    /// whatever the logits dtype (CONTRACT.md: "moe_route runs in F32").
+    pub fn default_for_case(op: Op, run: DType) -> Tolerance {
+        match op {
+            Op::MoeRoute => Self::default_for(DType::F32),
+            _ => Self::default_for(run),
+        }
+    }
+
     /// The bound for one expected value.
     pub fn allowed(&self, expected: f64) -> f64 {
         self.atol + self.rtol * expected.abs()
@@ -46,6 +56,10 @@ mod tests {
         assert_eq!(Tolerance::default_for(DType::F32).atol, 1e-4);
         assert_eq!(Tolerance::default_for(DType::F16).rtol, 2e-3);
         assert_eq!(Tolerance::default_for(DType::BF16).atol, 2e-2);
+        let route = Tolerance::default_for_case(Op::MoeRoute, DType::BF16);
+        assert_eq!((route.atol, route.rtol), (1e-4, 1e-4));
+        let mla = Tolerance::default_for_case(Op::MlaDecode, DType::BF16);
+        assert_eq!((mla.atol, mla.rtol), (2e-2, 2e-2));
     }
 
     #[test]
