@@ -2,13 +2,12 @@
 
 use crate::args::KernelArgs;
 use crate::error::{unavailable, HipError, HipStatus};
-use crate::flavour::{Flavour, SearchList};
+use crate::flavour::SearchList;
 use crate::hiprtc;
 use crate::kernels::KernelModule;
 use crate::loader::{self, attr, HipFunction, HipModule, HipStream, Libraries};
 use std::collections::HashMap;
 use std::ffi::{c_void, CStr, CString};
-use std::path::PathBuf;
 use std::sync::Mutex;
 
 /// What the runtime says about the device.
@@ -126,16 +125,6 @@ impl Device {
         device.check("hipStreamCreate", status).map_err(describe)?;
         device.stream = stream;
         Ok(device)
-    }
-
-    /// The library search result, for `info()`.
-    pub(crate) fn flavour(&self) -> Flavour {
-        self.libs.flavour
-    }
-
-    /// The runtime library path, for `info()`.
-    pub(crate) fn runtime_path(&self) -> &PathBuf {
-        &self.libs.runtime_path
     }
 
     /// Turns a status into a [`HipError`] carrying the runtime's message.

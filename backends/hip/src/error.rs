@@ -38,17 +38,17 @@ impl HipStatus {
 
     /// The constant's name where this crate knows it.
     pub fn known_name(self) -> Option<&'static str> {
-        Some(match self.0 {
-            0 => "hipSuccess",
-            1 => "hipErrorInvalidValue",
-            2 => "hipErrorOutOfMemory",
-            3 => "hipErrorNotInitialized",
-            100 => "hipErrorNoDevice",
-            101 => "hipErrorInvalidDevice",
-            200 => "hipErrorInvalidImage",
-            209 => "hipErrorNoBinaryForGpu",
-            500 => "hipErrorNotFound",
-            719 => "hipErrorLaunchFailure",
+        Some(match self {
+            HipStatus::SUCCESS => "hipSuccess",
+            HipStatus::INVALID_VALUE => "hipErrorInvalidValue",
+            HipStatus::OUT_OF_MEMORY => "hipErrorOutOfMemory",
+            HipStatus::NOT_INITIALIZED => "hipErrorNotInitialized",
+            HipStatus::NO_DEVICE => "hipErrorNoDevice",
+            HipStatus::INVALID_DEVICE => "hipErrorInvalidDevice",
+            HipStatus::INVALID_IMAGE => "hipErrorInvalidImage",
+            HipStatus::NO_BINARY_FOR_GPU => "hipErrorNoBinaryForGpu",
+            HipStatus::NOT_FOUND => "hipErrorNotFound",
+            HipStatus::LAUNCH_FAILURE => "hipErrorLaunchFailure",
             _ => return None,
         })
     }

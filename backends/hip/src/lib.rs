@@ -4,8 +4,9 @@
 //! DTK DCUs. The HIP runtime and hipRTC are loaded at run time (no ROCm needed to build);
 //! the kernels are the CUDA backend's sources (`kernels/cuda`, with the portability header
 //! `kernels/common/moemla_device.h`), compiled by hipRTC for the device's `gcnArchName`
-//! and cached per (module, arch). Wavefronts are 64 lanes: lane counts come from the
-//! header and the device's `warpSize`, never from a literal.
+//! and cached per (module, arch). The kernels take lane counts from the header, which
+//! gives 64 on gfx9 (CDNA, Hygon DCU); the backend checks the device's `warpSize` and
+//! refuses ops on a device with another wavefront size.
 //!
 //! Library search: `MOEMLA_HIP_LIB` / `MOEMLA_HIPRTC_LIB` (exact files) first, then ROCm
 //! (`$ROCM_PATH`, `$HIP_PATH`, `/opt/rocm`), then DTK (`$DTK_PATH`, `/opt/dtk`); see
@@ -92,13 +93,29 @@ impl Backend for HipBackend {
 
     fn info(&self) -> BackendInfo {
         let dev = &self.device.0;
-        let p = &dev.props;
+        let (p, libs) = (&dev.props, &dev.libs);
+        let wave_ok = p.warp_size == ops::KERNEL_WAVEFRONT;
+        let mut notes = vec![
+            format!("{} runtime {}", libs.flavour, libs.runtime_path.display()),
+            format!("hipRTC {}", libs.rtc_path.display()),
+            format!(
+                "gcnArchName {}, {} compute units, wavefront {} lanes",
+                p.arch, p.compute_units, p.warp_size
+            ),
+            "portable kernels (no MFMA matrix cores yet)".to_string(),
+        ];
+        if !wave_ok {
+            notes.push(format!(
+                "no ops: the kernels are built for {}-lane wavefronts",
+                ops::KERNEL_WAVEFRONT
+            ));
+        }
         BackendInfo {
             name: NAME.to_string(),
-            vendor: dev.flavour().vendor().to_string(),
+            vendor: libs.flavour.vendor().to_string(),
             device: format!("{} ({})", p.name, p.arch),
             memory_bytes: Some(p.memory_bytes),
-            supported: if p.warp_size == ops::KERNEL_WAVEFRONT {
+            supported: if wave_ok {
                 OpSupport::all_v1()
             } else {
                 Vec::new()
@@ -107,19 +124,7 @@ impl Backend for HipBackend {
                 kind: VerificationKind::CompileOnly,
                 detail: VERIFICATION_DETAIL.to_string(),
             },
-            notes: vec![
-                format!(
-                    "flavour {}: runtime {}",
-                    dev.flavour(),
-                    dev.runtime_path().display()
-                ),
-                format!("hipRTC {}", dev.libs.rtc_path.display()),
-                format!(
-                    "gcnArchName {}, {} compute units, wavefront {} lanes",
-                    p.arch, p.compute_units, p.warp_size
-                ),
-                "portable kernels (no MFMA matrix cores yet)".to_string(),
-            ],
+            notes,
         }
     }
 
