@@ -200,7 +200,7 @@ pub struct Libraries {
     pub rtc: HipRtc,
     /// hipRTC's file (or soname) as found.
     pub rtc_path: PathBuf,
-    /// Runtime candidates tried before the one found, each "<path> (<why it failed>)".
+    /// Runtime candidates tried before the one found, each `"<path> (<why it failed>)"`.
     pub skipped: Vec<String>,
 }
 
