@@ -5,11 +5,12 @@ use crate::case::{Case, CaseFile, Params};
 use crate::compare::{compare_routing, compare_values, Comparison, Routing};
 use crate::report::{BackendSummary, Outcome, Report, Status};
 use moemla_core::{ops, Backend, DeviceTensor, Error, HostTensor};
+use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
 /// Runs every case on `backend` and compares the results with the expected outputs.
 ///
-/// Never stops early: a malformed case file is a failure, an (op, dtype) the backend does
+/// Never stops early: a malformed case file is a failure, so is a backend panic, an (op, dtype) the backend does
 /// not list in [`Backend::info`] (or an [`Error::Unsupported`] from it) is `unsupported`,
 /// and any other backend error is a failure carrying the error's message.
 ///
@@ -35,7 +36,7 @@ pub fn run(backend: &dyn Backend, cases: &[CaseFile]) -> Report {
                 );
                 outcome(&name, case, Status::Unsupported, Some(why), Vec::new(), 0.0)
             }
-            Ok(case) => run_case(backend, case),
+            Ok(case) => run_guarded(backend, case),
         })
         .collect();
     Report {
@@ -111,6 +112,31 @@ impl From<Error> for Problem {
                 Problem::Fail(format!("malformed case: inputs break the contract: {err}"))
             }
             other => Problem::Fail(other.to_string()),
+        }
+    }
+}
+
+/// Runs one well-formed case; a backend that panics fails the case instead of ending the
+/// run.
+fn run_guarded(backend: &dyn Backend, case: &Case) -> Outcome {
+    let start = Instant::now();
+    // The backend is only borrowed; a panic leaves nothing of ours half-updated.
+    match std::panic::catch_unwind(AssertUnwindSafe(|| run_case(backend, case))) {
+        Ok(outcome) => outcome,
+        Err(payload) => {
+            let what = (payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".into());
+            let message = format!("backend panicked: {what}");
+            let seconds = start.elapsed().as_secs_f64();
+            outcome(
+                backend.name(),
+                case,
+                Status::Fail,
+                Some(message),
+                Vec::new(),
+                seconds,
+            )
         }
     }
 }

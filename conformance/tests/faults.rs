@@ -21,6 +21,8 @@ enum Fault {
     SwappedRouteId { row: usize, slot: usize },
     /// Write NaN into one element of moe_experts' `y`.
     NanInY(usize),
+    /// Panic in mla_decode.
+    Panic,
 }
 
 /// The CPU backend, with one fault applied to its outputs.
@@ -90,6 +92,9 @@ impl Backend for Faulty {
     }
 
     fn mla_decode(&self, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutput> {
+        if let Fault::Panic = self.fault {
+            panic!("injected fault in {:?}", call.q);
+        }
         let mut out = self.inner.mla_decode(call)?;
         if let Fault::MlaOffByHundredth(at) = self.fault {
             out.o = self.edit_f32(&out.o, |v| v[at] += 1e-2)?;
@@ -186,6 +191,25 @@ fn nan_leaked_into_y_fails_at_that_element() {
         assert_eq!(y.failed, 1);
         assert!(y.first_failure.as_ref().unwrap().got.is_nan());
         assert_eq!(y.max_abs, Some(f64::INFINITY));
+    }
+    others_pass(&report, &failing);
+}
+
+#[test]
+fn a_panicking_backend_fails_the_case_and_the_run_goes_on() {
+    let report = run_with(Fault::Panic);
+    let failing = [
+        "mla_decode/f32/mla.safetensors",
+        "mla_decode/bf16/mla.safetensors",
+    ];
+    for name in failing {
+        let o = outcome(&report, name);
+        assert_eq!(o.status, Status::Fail);
+        let message = o.message.as_deref().unwrap();
+        assert!(
+            message.starts_with("backend panicked: injected fault in DeviceTensor("),
+            "{message}"
+        );
     }
     others_pass(&report, &failing);
 }
