@@ -33,6 +33,17 @@ inline void store_f32(__global store_t *p, size_t i, float v) {
 #error "build with one of -DDTYPE_F32, -DDTYPE_F16, -DDTYPE_BF16"
 #endif
 
+// A loop over i in [0, n) strided by the work-group: every work-item runs the same number
+// of iterations and the bound is checked inside. The plain form
+// `for (int i = get_local_id(0); i < n; i += get_local_size(0))` is miscompiled by PoCL 3.1
+// (loopvec work-group method) after a barrier: work-items with local id >= n ran one
+// iteration. Use as `FOR_STRIDED(i, n) { ... } END_STRIDED`.
+#define FOR_STRIDED(i, n)                                                            \
+    for (int i##_base = 0; i##_base < (n); i##_base += (int)get_local_size(0)) {     \
+        const int i = i##_base + (int)get_local_id(0);                               \
+        if (i < (n))
+#define END_STRIDED }
+
 // Records a bad index: the smallest offending row-major position wins.
 inline void flag_bad_index(volatile __global int *flag, int linear) {
     atomic_min(flag, linear);

@@ -40,26 +40,26 @@ __kernel void mla_split(__global const store_t *q, __global const store_t *kv_ca
     const int end = min(start + chunk, seqlen);
 
     // Query rows of this block, widened to f32.
-    for (int idx = lid; idx < QB * D; idx += wg) {
+    FOR_STRIDED(idx, QB * D) {
         const int r = r0 + idx / D;
         const int i = r / group, h = g * group + r % group;
         qs[idx] = r < rows ? load_f32(q, (((size_t)b * Sq + i) * Hq + h) * D + idx % D) : 0.0f;
-    }
+    } END_STRIDED
     // Work-item rr < QB owns the running max and sum of row r0 + rr.
     float m_run = -INFINITY, l_run = 0.0f;
     // The partial o of (row r0 + idx / Dv, column idx % Dv) is owned by work-item idx % wg.
-    for (int idx = lid; idx < QB * Dv; idx += wg) {
+    FOR_STRIDED(idx, QB * Dv) {
         const int r = r0 + idx / Dv;
         if (r < rows) {
             const size_t part = (((size_t)b * Hkv + g) * rows + r) * n_splits + s;
             ws_o[part * Dv + idx % Dv] = 0.0f;
         }
-    }
+    } END_STRIDED
 
     for (int p0 = start; p0 < end; p0 += TN) {
         barrier(CLK_LOCAL_MEM_FENCE);
         // Cache rows p0 .. p0 + TN of kv head g; positions >= end are zeros, never loaded.
-        for (int idx = lid; idx < TN * D; idx += wg) {
+        FOR_STRIDED(idx, TN * D) {
             const int p = p0 + idx / D;
             float v = 0.0f;
             if (p < end) {
@@ -73,10 +73,10 @@ __kernel void mla_split(__global const store_t *q, __global const store_t *kv_ca
                 }
             }
             ks[idx] = v;
-        }
+        } END_STRIDED
         barrier(CLK_LOCAL_MEM_FENCE);
         // Scaled scores; positions a row may not attend to are -inf.
-        for (int idx = lid; idx < QB * TN; idx += wg) {
+        FOR_STRIDED(idx, QB * TN) {
             const int rr = idx / TN, p = p0 + idx % TN;
             const int r = r0 + rr;
             const int i = r / group;
@@ -84,7 +84,7 @@ __kernel void mla_split(__global const store_t *q, __global const store_t *kv_ca
             float dot = 0.0f;
             for (int d = 0; d < D; ++d) dot += qs[rr * D + d] * ks[(idx % TN) * D + d];
             sc[idx] = (r < rows && p < end && p < len) ? scale * dot : -INFINITY;
-        }
+        } END_STRIDED
         barrier(CLK_LOCAL_MEM_FENCE);
         // Online softmax: scores become probabilities relative to the new running max.
         if (lid < QB) {
@@ -107,7 +107,7 @@ __kernel void mla_split(__global const store_t *q, __global const store_t *kv_ca
             alpha[lid] = a;
         }
         barrier(CLK_LOCAL_MEM_FENCE);
-        for (int idx = lid; idx < QB * Dv; idx += wg) {
+        FOR_STRIDED(idx, QB * Dv) {
             const int rr = idx / Dv, d = idx % Dv;
             const int r = r0 + rr;
             if (r < rows) {
@@ -116,7 +116,7 @@ __kernel void mla_split(__global const store_t *q, __global const store_t *kv_ca
                 for (int pp = 0; pp < TN; ++pp) acc += sc[rr * TN + pp] * ks[pp * D + d];
                 ws_o[part * Dv + d] = acc;
             }
-        }
+        } END_STRIDED
     }
     if (lid < QB && r0 + lid < rows) {
         const size_t part = (((size_t)b * Hkv + g) * rows + r0 + lid) * n_splits + s;
@@ -144,7 +144,7 @@ __kernel void mla_combine(__global const float *ws_o, __global const float *ws_m
             l += ws_ml[(part0 + s) * 2 + 1] * exp(ws_ml[(part0 + s) * 2] - m);
         }
     }
-    for (int d = lid; d < Dv; d += wg) {
+    FOR_STRIDED(d, Dv) {
         float acc = 0.0f;
         if (m != -INFINITY) {
             for (int s = 0; s < n_splits; ++s) {
@@ -153,6 +153,6 @@ __kernel void mla_combine(__global const float *ws_o, __global const float *ws_m
             acc /= l;
         }
         store_f32(o, (size_t)row * Dv + d, acc);
-    }
+    } END_STRIDED
     if (lid == 0) lse[((size_t)b * Hq + h) * Sq + i] = m != -INFINITY ? m + log(l) : -INFINITY;
 }

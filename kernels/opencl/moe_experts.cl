@@ -17,9 +17,9 @@ __kernel void experts_plan(__global const int *topk_ids, int n_pairs, int E,
                            volatile __local int *counts, __local int *starts) {
     const int lid = get_local_id(0);
     const int ls = get_local_size(0);
-    for (int e = lid; e < E; e += ls) counts[e] = 0;
+    FOR_STRIDED(e, E) { counts[e] = 0; } END_STRIDED
     barrier(CLK_LOCAL_MEM_FENCE);
-    for (int n = lid; n < n_pairs; n += ls) {
+    FOR_STRIDED(n, n_pairs) {
         const int id = topk_ids[n];
         if (id < -1 || id >= E) {
             flag_bad_index(bad_index, n);
@@ -27,7 +27,7 @@ __kernel void experts_plan(__global const int *topk_ids, int n_pairs, int E,
             atomic_inc(&counts[id]);
         }
         pair_row[n] = -1;
-    }
+    } END_STRIDED
     barrier(CLK_LOCAL_MEM_FENCE | CLK_GLOBAL_MEM_FENCE);
     if (lid == 0) {
         for (int b = 0; b < n_blocks; ++b) block_expert[b] = -1;
@@ -40,7 +40,7 @@ __kernel void experts_plan(__global const int *topk_ids, int n_pairs, int E,
         }
     }
     barrier(CLK_LOCAL_MEM_FENCE | CLK_GLOBAL_MEM_FENCE);
-    for (int e = lid; e < E; e += ls) {
+    FOR_STRIDED(e, E) {
         int r = starts[e];
         for (int n = 0; n < n_pairs; ++n) {
             if (topk_ids[n] == e) {
@@ -50,7 +50,7 @@ __kernel void experts_plan(__global const int *topk_ids, int n_pairs, int E,
             }
         }
         for (; r % TILE != 0; ++r) rows[r] = -1;
-    }
+    } END_STRIDED
 }
 
 inline float silu(float g) { return g / (1.0f + exp(-g)); }

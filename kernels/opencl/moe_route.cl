@@ -13,15 +13,26 @@
 #define GROUP_MAX 0
 #define GROUP_TOP2_SUM 1
 
-// Tree reduction of one value per work-item; every work-item gets the result.
-inline float wg_reduce(__local float *red, float v, int is_max) {
+// Tree reductions of one value per work-item; every work-item gets the result.
+inline float wg_max(__local float *red, float v) {
     const int lid = get_local_id(0);
     red[lid] = v;
     barrier(CLK_LOCAL_MEM_FENCE);
-    for (int s = get_local_size(0) / 2; s > 0; s >>= 1) {
-        if (lid < s) {
-            red[lid] = is_max ? fmax(red[lid], red[lid + s]) : red[lid] + red[lid + s];
-        }
+    for (int n = get_local_size(0) / 2; n > 0; n >>= 1) {
+        if (lid < n) red[lid] = fmax(red[lid], red[lid + n]);
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    const float r = red[0];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    return r;
+}
+
+inline float wg_sum(__local float *red, float v) {
+    const int lid = get_local_id(0);
+    red[lid] = v;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int n = get_local_size(0) / 2; n > 0; n >>= 1) {
+        if (lid < n) red[lid] = red[lid] + red[lid + n];
         barrier(CLK_LOCAL_MEM_FENCE);
     }
     const float r = red[0];
@@ -48,30 +59,27 @@ __kernel void moe_route(__global const store_t *logits, __global const float *bi
 
     // Scores.
     float local_max = -INFINITY;
-    for (int e = lid; e < E; e += ls) {
+    FOR_STRIDED(e, E) {
         s[e] = load_f32(row, e);
         local_max = fmax(local_max, s[e]);
         taken[e] = 0;
-    }
+    } END_STRIDED
     if (score_func == SCORE_SOFTMAX) {
-        const float m = wg_reduce(red_v, local_max, 1);
+        const float m = wg_max(red_v, local_max);
         float part = 0.0f;
-        for (int e = lid; e < E; e += ls) {
-            s[e] = exp(s[e] - m);
-            part += s[e];
-        }
-        const float total = wg_reduce(red_v, part, 0);
-        for (int e = lid; e < E; e += ls) s[e] = s[e] / total;
+        FOR_STRIDED(e, E) { part += exp(s[e] - m); } END_STRIDED
+        const float total = wg_sum(red_v, part);
+        FOR_STRIDED(e, E) { s[e] = exp(s[e] - m) / total; } END_STRIDED
     } else {
-        for (int e = lid; e < E; e += ls) s[e] = 1.0f / (1.0f + exp(-s[e]));
+        FOR_STRIDED(e, E) { s[e] = 1.0f / (1.0f + exp(-s[e])); } END_STRIDED
     }
-    for (int e = lid; e < E; e += ls) sel[e] = s[e] + (has_bias ? bias[e] : 0.0f);
+    FOR_STRIDED(e, E) { sel[e] = s[e] + (has_bias ? bias[e] : 0.0f); } END_STRIDED
     barrier(CLK_LOCAL_MEM_FENCE);
 
     // Group limit: score groups, keep the topk_group best (ties to the lower group).
     if (n_group > 1) {
         const int gsize = E / n_group;
-        for (int g = lid; g < n_group; g += ls) {
+        FOR_STRIDED(g, n_group) {
             float a = -INFINITY, b = -INFINITY;
             for (int e = g * gsize; e < (g + 1) * gsize; ++e) {
                 const float v = sel[e];
@@ -84,7 +92,7 @@ __kernel void moe_route(__global const store_t *logits, __global const float *bi
             }
             gscore[g] = (group_select == GROUP_TOP2_SUM && gsize > 1) ? a + b : a;
             gkept[g] = 0;
-        }
+        } END_STRIDED
         barrier(CLK_LOCAL_MEM_FENCE);
         if (lid == 0) {
             for (int r = 0; r < topk_group; ++r) {
@@ -98,9 +106,9 @@ __kernel void moe_route(__global const store_t *logits, __global const float *bi
             }
         }
         barrier(CLK_LOCAL_MEM_FENCE);
-        for (int e = lid; e < E; e += ls) {
+        FOR_STRIDED(e, E) {
             if (!gkept[e / gsize]) sel[e] = -INFINITY;
-        }
+        } END_STRIDED
         barrier(CLK_LOCAL_MEM_FENCE);
     }
 
@@ -108,12 +116,12 @@ __kernel void moe_route(__global const store_t *logits, __global const float *bi
     for (int j = 0; j < top_k; ++j) {
         float bv = 0.0f;
         int bi = -1;
-        for (int e = lid; e < E; e += ls) {
+        FOR_STRIDED(e, E) {
             if (!taken[e] && beats(sel[e], e, bv, bi)) {
                 bv = sel[e];
                 bi = e;
             }
-        }
+        } END_STRIDED
         red_v[lid] = bv;
         red_i[lid] = bi;
         barrier(CLK_LOCAL_MEM_FENCE);

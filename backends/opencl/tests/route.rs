@@ -133,3 +133,10 @@ fn descending_order_and_ties_go_to_the_lower_id() {
     let out = ops::moe_route(&*be, &logits, None, &p).unwrap();
     assert_eq!(read_i32(&*be, &out.topk_ids), vec![1, 3, 0]);
 }
+
+#[test]
+fn deepseek_v2_shape_with_fewer_experts_than_work_items() {
+    // E = 160 runs in a 256-wide work-group: work-items past E must not touch local memory
+    // (PoCL 3.1 once ran them through a strided loop; see FOR_STRIDED in common.cl).
+    check(5, 33, 160, false, &RouteParams::deepseek_v2(), DType::F32);
+}
