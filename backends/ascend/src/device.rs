@@ -327,6 +327,15 @@ impl Device {
     }
 }
 
+impl Drop for Device {
+    fn drop(&mut self) {
+        // SAFETY: the stream was created in `open`; every buffer (which holds an Arc to this
+        // device) is gone. The device is not reset and ACL not finalised: both are
+        // process-wide, and other backend instances may still use them.
+        let _ = unsafe { (self.cann.rt.aclrtDestroyStream)(self.stream()) };
+    }
+}
+
 /// Device memory from `aclrtMalloc`, freed on drop.
 #[derive(Debug)]
 pub struct DevMem {

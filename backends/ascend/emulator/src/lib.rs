@@ -9,7 +9,7 @@
 //! - ACL runtime ([`runtime`], [`memory`]): device memory as tracked host allocations (filled
 //!   with 0xFF bytes, i.e. NaN, so reads of never-written memory show), streams as queues run
 //!   at `aclrtSynchronizeStream`, `aclGetRecentErrMsg`.
-//! - aclTensor & co. ([`tensor`]): views (viewDims, strides, offset, storageDims) honoured
+//! - aclTensor & co. ([`handles`], [`tensor`]): views (viewDims, strides, offset, storageDims) honoured
 //!   and bounds-checked against the allocation.
 //! - The two-phase aclnn protocol ([`executor`]): an executor per `GetWorkspaceSize`, used
 //!   once, by the matching op, with at least the workspace it asked for.
@@ -18,6 +18,7 @@
 //! Every exported function is `unsafe extern "C"`: callers pass raw pointers, as in C.
 
 pub mod executor;
+pub mod handles;
 pub mod memory;
 pub mod ops;
 pub mod runtime;

@@ -3,6 +3,7 @@
 //! storage. Calls go straight to the exported C functions.
 
 use moemla_cann_emulator::executor::WORKSPACE_BYTES;
+use moemla_cann_emulator::handles::{aclCreateTensor, AclTensor};
 use moemla_cann_emulator::memory::{aclrtFree, aclrtMalloc, aclrtMemcpy};
 use moemla_cann_emulator::ops::elementwise::{
     aclnnCast, aclnnCastGetWorkspaceSize, aclnnInplaceCopy,
@@ -12,7 +13,7 @@ use moemla_cann_emulator::status::{
     aclGetRecentErrMsg, ACLNN_ERR_PARAM_INVALID, ACLNN_ERR_PARAM_NULLPTR,
     ACL_ERROR_RT_PARAM_INVALID,
 };
-use moemla_cann_emulator::tensor::{aclCreateTensor, AclTensor, DT_F16, DT_F32, FORMAT_ND};
+use moemla_cann_emulator::tensor::{DT_F16, DT_F32, FORMAT_ND};
 use std::ffi::{c_void, CStr};
 use std::ptr::null_mut;
 

@@ -29,7 +29,7 @@
 //! or Dv != 512, Hkv != 1, block_size not a multiple of 16, Sq > 16, query heads (Hq, or
 //! Sq * Hq when folded) not a power of two <= 128.
 
-use crate::device::{DevMem, ACL_FLOAT, ACL_INT8};
+use crate::device::{DevMem, ACL_INT8};
 use crate::loader::OpApi;
 use crate::ops::unsupported;
 use crate::{acl, AscendBackend};
@@ -39,7 +39,8 @@ use std::sync::Arc;
 
 const NOPE: usize = 512;
 const ROPE: usize = 64;
-const DQK: usize = NOPE + ROPE;
+/// Query/key width: latent (NOPE) + rope.
+pub(crate) const DQK: usize = NOPE + ROPE;
 /// Side of the optimised causal mask sparseMode 3 takes (FIA V3 page, sparseMode table).
 const MASK: usize = 2048;
 
@@ -360,7 +361,7 @@ pub fn run(be: &AscendBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutp
         if len == 0 {
             continue;
         }
-        keep.extend(lse_for_sequence(
+        keep.extend(super::mla_lse::lse_for_sequence(
             be,
             call,
             bi,
@@ -377,123 +378,4 @@ pub fn run(be: &AscendBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutp
         o: be.wrap(o, [b, sq, hq, NOPE], call.dtype),
         lse: be.wrap(lse, [b, hq, sq], DType::F32),
     })
-}
-
-/// Queues the lse computation of sequence `bi` (`len` > 0 cached tokens); returns the
-/// workspaces and temporaries to keep until the stream is synchronised.
-#[allow(clippy::too_many_arguments)]
-fn lse_for_sequence(
-    be: &AscendBackend,
-    call: &MlaDecodeCall<'_>,
-    bi: usize,
-    len: usize,
-    row: &[i32],
-    q_mem: &DevMem,
-    kv_mem: &DevMem,
-    lse: &DevMem,
-) -> Result<Vec<Option<Arc<DevMem>>>> {
-    let dev = &be.dev;
-    let ops = &dev.cann.ops;
-    let (sq, hq, bs) = (call.s_q, call.h_q, call.block_size);
-    let dt = acl(call.dtype);
-    let used = len.div_ceil(bs);
-    let rows = sq * hq;
-    let mut keep = Vec::new();
-    let copy = |dst: &DevMem,
-                dims: &[usize],
-                dst_off: usize,
-                src: &DevMem,
-                src_off: usize|
-     -> Result<Option<Arc<DevMem>>> {
-        let d = dev.tensor(dst, dims, None, dst_off, ACL_FLOAT)?;
-        let s = dev.tensor(src, dims, None, src_off, dt)?;
-        // SAFETY: handles live for the call; out-pointers come from `Device::run`.
-        dev.run(
-            "aclnnInplaceCopy",
-            |ws, ex| unsafe {
-                (ops.aclnnInplaceCopyGetWorkspaceSize
-                    .expect("checked by available()"))(d.raw(), s.raw(), ws, ex)
-            },
-            ops.aclnnInplaceCopy,
-        )
-    };
-    let k32 = dev.alloc(used * bs * DQK * 4)?;
-    for (j, &blk) in row[..used].iter().enumerate() {
-        keep.push(copy(
-            &k32,
-            &[bs, DQK],
-            j * bs * DQK,
-            kv_mem,
-            blk as usize * bs * DQK,
-        )?);
-    }
-    let q32 = dev.alloc(rows * DQK * 4)?;
-    keep.push(copy(&q32, &[rows, DQK], 0, q_mem, bi * rows * DQK)?);
-    let scores = dev.alloc(rows * len * 4)?;
-    let scaled = dev.alloc(rows * len * 4)?;
-    {
-        let a = dev.tensor(&q32, &[rows, DQK], None, 0, ACL_FLOAT)?;
-        let kt = dev.tensor(&k32, &[DQK, len], Some(&[1, DQK]), 0, ACL_FLOAT)?;
-        let c = dev.tensor(&scores, &[rows, len], None, 0, ACL_FLOAT)?;
-        // SAFETY: as above; cubeMathType 0 = KEEP_DTYPE (f32).
-        keep.push(dev.run(
-            "aclnnMatmul",
-            |ws, ex| unsafe {
-                (ops.aclnnMatmulGetWorkspaceSize
-                    .expect("checked by available()"))(
-                    a.raw(), kt.raw(), c.raw(), 0, ws, ex
-                )
-            },
-            ops.aclnnMatmul,
-        )?);
-        let s = dev.scalar_f32(call.params.softmax_scale as f32)?;
-        let out = dev.tensor(&scaled, &[rows, len], None, 0, ACL_FLOAT)?;
-        // SAFETY: as above.
-        keep.push(dev.run(
-            "aclnnMuls",
-            |ws, ex| unsafe {
-                (ops.aclnnMulsGetWorkspaceSize
-                    .expect("checked by available()"))(
-                    c.raw(), s.raw(), out.raw(), ws, ex
-                )
-            },
-            ops.aclnnMuls,
-        )?);
-    }
-    let last_dim = dev.int_array(&[1])?;
-    for i in 0..sq {
-        let l = call.attended_len(len, i);
-        if l <= 0 {
-            continue;
-        }
-        let x = dev.tensor(
-            &scaled,
-            &[hq, l as usize],
-            Some(&[len, 1]),
-            i * hq * len,
-            ACL_FLOAT,
-        )?;
-        let y = dev.tensor(lse, &[hq], Some(&[sq]), bi * hq * sq + i, ACL_FLOAT)?;
-        // SAFETY: as above.
-        keep.push(dev.run(
-            "aclnnLogSumExp",
-            |ws, ex| unsafe {
-                (ops.aclnnLogSumExpGetWorkspaceSize
-                    .expect("checked by available()"))(
-                    x.raw(),
-                    last_dim.raw(),
-                    false,
-                    y.raw(),
-                    ws,
-                    ex,
-                )
-            },
-            ops.aclnnLogSumExp,
-        )?);
-    }
-    keep.push(Some(k32));
-    keep.push(Some(q32));
-    keep.push(Some(scores));
-    keep.push(Some(scaled));
-    Ok(keep)
 }

@@ -2,6 +2,7 @@
 //! and the aclnn calls.
 
 pub mod mla_decode;
+mod mla_lse;
 pub mod moe_experts;
 pub mod moe_route;
 

@@ -13,9 +13,8 @@
 
 use super::{aclnn_launch, expect_dims, expect_dtype};
 use crate::executor::prepare;
-use crate::tensor::{
-    scalar, tensor, AclScalar, AclTensor, DT_BF16, DT_F16, DT_F32, DT_I32, DT_I64,
-};
+use crate::handles::{scalar, tensor, AclScalar, AclTensor};
+use crate::tensor::{DT_BF16, DT_F16, DT_F32, DT_I32, DT_I64};
 use std::ffi::c_void;
 
 const NUMERIC: [i32; 5] = [DT_F32, DT_F16, DT_BF16, DT_I32, DT_I64];

@@ -24,11 +24,11 @@
 
 use super::{aclnn_launch, expect_dims, expect_dtype};
 use crate::executor::prepare;
-use crate::status::{EmuResult, Fail, ACLNN_ERR_RUNTIME_ERROR};
-use crate::tensor::{
+use crate::handles::{
     opt_int_array, opt_tensor, tensor, tensor_list, AclIntArray, AclTensor, AclTensorList,
-    TensorDesc, DT_BF16, DT_BOOL, DT_F16, DT_I32, DT_I8, DT_U8,
 };
+use crate::status::{EmuResult, Fail, ACLNN_ERR_RUNTIME_ERROR};
+use crate::tensor::{TensorDesc, DT_BF16, DT_BOOL, DT_F16, DT_I32, DT_I8, DT_U8};
 use std::ffi::{c_char, c_void, CStr};
 
 const NOPE: usize = 512;

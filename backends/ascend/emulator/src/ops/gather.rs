@@ -8,8 +8,9 @@
 
 use super::{aclnn_launch, expect_dims, expect_dtype};
 use crate::executor::prepare;
+use crate::handles::{tensor, AclTensor};
 use crate::status::{Fail, ACLNN_ERR_RUNTIME_ERROR};
-use crate::tensor::{tensor, AclTensor, DT_BF16, DT_F16, DT_F32, DT_I32, DT_I64};
+use crate::tensor::{DT_BF16, DT_F16, DT_F32, DT_I32, DT_I64};
 use std::ffi::c_void;
 
 /// First phase of aclnnGather.

@@ -19,11 +19,9 @@
 
 use super::{aclnn_launch, expect_dims, expect_dtype};
 use crate::executor::prepare;
+use crate::handles::{opt_tensor, tensor, tensor_list, AclTensor, AclTensorList};
 use crate::status::{Fail, ACLNN_ERR_RUNTIME_ERROR};
-use crate::tensor::{
-    opt_tensor, tensor, tensor_list, AclTensor, AclTensorList, TensorDesc, DT_BF16, DT_F16, DT_F32,
-    DT_I64,
-};
+use crate::tensor::{TensorDesc, DT_BF16, DT_F16, DT_F32, DT_I64};
 use std::ffi::c_void;
 
 fn single(list: *const AclTensorList, arg: &str) -> Result<TensorDesc, Fail> {

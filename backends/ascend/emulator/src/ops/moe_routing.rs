@@ -21,8 +21,9 @@
 
 use super::{aclnn_launch, expect_dims, expect_dtype};
 use crate::executor::prepare;
+use crate::handles::{opt_tensor, tensor, AclTensor};
 use crate::status::{Fail, ACLNN_ERR_INNER_TILING_ERROR, ACLNN_ERR_RUNTIME_ERROR};
-use crate::tensor::{opt_tensor, tensor, AclTensor, DT_BF16, DT_F16, DT_F32, DT_I32};
+use crate::tensor::{DT_BF16, DT_F16, DT_F32, DT_I32};
 use std::ffi::c_void;
 
 /// First phase of aclnnMoeInitRoutingV2.

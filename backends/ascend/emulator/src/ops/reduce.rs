@@ -6,8 +6,9 @@
 
 use super::{aclnn_launch, expect_dims, expect_dtype};
 use crate::executor::prepare;
+use crate::handles::{int_array, tensor, AclIntArray, AclTensor};
 use crate::status::Fail;
-use crate::tensor::{int_array, tensor, AclIntArray, AclTensor, DT_BF16, DT_F16, DT_F32};
+use crate::tensor::{DT_BF16, DT_F16, DT_F32};
 use std::ffi::c_void;
 
 /// First phase of aclnnLogSumExp.
