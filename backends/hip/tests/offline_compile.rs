@@ -18,13 +18,18 @@ const EF_AMDGPU_MACH: u32 = 0x0ff;
 /// gfx926 / gfx928 / gfx936 (Hygon) are not known to upstream clang-19, only to DTK's.
 const ARCHS: [(&str, u32); 3] = [("gfx942", 0x04c), ("gfx90a", 0x03f), ("gfx906", 0x02f)];
 
-fn clang() -> Option<String> {
+/// The compiler: `$MOEMLA_HIP_CLANG`, else `clang-19`; `Err(name)` when it does not run.
+fn clang() -> Result<String, String> {
     let clang = std::env::var("MOEMLA_HIP_CLANG").unwrap_or_else(|_| "clang-19".into());
     let ok = Command::new(&clang)
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
-    ok.then_some(clang)
+    if ok {
+        Ok(clang)
+    } else {
+        Err(clang)
+    }
 }
 
 /// A fresh folder per call (tests run in parallel threads of one process).
@@ -100,15 +105,18 @@ fn check_entry_points(bytes: &[u8], arch: &str, module: &str, entry_points: &[&s
 }
 
 fn run(modules: &[(&str, String, Vec<&str>)]) {
-    let Some(clang) = clang() else {
-        let required = std::env::var("MOEMLA_REQUIRE_TOOLCHAINS").unwrap_or_default();
-        assert!(
-            !required.contains("clang-hip"),
-            "clang-19 not found, and MOEMLA_REQUIRE_TOOLCHAINS={required} requires clang-hip \
-             (apt install clang-19 lld-19)"
-        );
-        eprintln!("skipped: clang-19 not found (apt install clang-19 lld-19)");
-        return;
+    let clang = match clang() {
+        Ok(clang) => clang,
+        Err(name) => {
+            let required = std::env::var("MOEMLA_REQUIRE_TOOLCHAINS").unwrap_or_default();
+            assert!(
+                !required.contains("clang-hip"),
+                "{name} not found, and MOEMLA_REQUIRE_TOOLCHAINS={required} requires clang-hip \
+                 (apt install clang-19 lld-19)"
+            );
+            eprintln!("skipped: {name} not found (apt install clang-19 lld-19)");
+            return;
+        }
     };
     let dir = scratch_dir();
     for (arch, mach) in ARCHS {
