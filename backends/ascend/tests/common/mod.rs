@@ -1,5 +1,5 @@
 //! Shared test setup: the backend on the CANN C-API emulator, loaded through the normal
-//! loader (`MOEMLA_ASCEND_LIB`).
+//! loader (`MOEMLA_ASCEND_LIB`); with `MOEMLA_ASCEND_TEST_REAL=1`, on the installed CANN.
 //!
 //! `moemla-cann-emulator` is a dev-dependency built as cdylib + rlib, so `cargo test`
 //! has built `libmoemla_cann_emulator.so` into the target directory (`deps/`) before this
@@ -33,15 +33,19 @@ pub fn emulator_path() -> PathBuf {
         })
 }
 
-/// The Ascend backend on the emulator.
+/// The Ascend backend on the emulator, or on the installed CANN when
+/// `MOEMLA_ASCEND_TEST_REAL=1` (how the same tests verify a real Ascend device).
 pub fn backend() -> AscendBackend {
     static SET: Once = Once::new();
     SET.call_once(|| {
+        if std::env::var_os("MOEMLA_ASCEND_TEST_REAL").is_some_and(|v| v == "1") {
+            return;
+        }
         let path = emulator_path();
         // Set once, before any backend is created; tests only read it afterwards.
         std::env::set_var("MOEMLA_ASCEND_LIB", path);
     });
-    AscendBackend::new().expect("Ascend backend on the CANN emulator")
+    AscendBackend::new().expect("Ascend backend (CANN emulator, or CANN with MOEMLA_ASCEND_TEST_REAL=1)")
 }
 
 /// Deterministic pseudo-random values in [lo, hi) (xorshift), for reproducible inputs.
