@@ -48,9 +48,8 @@ pub fn run(backend: &str, call: &MlaDecodeCall<'_>) -> Result<(CpuStorage, Vec<f
             };
             let rows = query_rows(call, q, job.b, job.g);
             let limits = row_limits(call, seqlens[job.b]);
-            attend::attend(
-                &rows, &limits, &cache, job.g, job.start, job.end, scale, scratch,
-            )
+            let span = job.start..job.end;
+            attend::attend((&rows, &limits), &cache, job.g, span, scale, scratch)
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(write_outputs(call, &jobs, &parts))

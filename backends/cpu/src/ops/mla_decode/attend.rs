@@ -8,6 +8,7 @@
 use crate::gemm_util::{matmul, MatRef};
 use crate::storage::FloatSlice;
 use moemla_core::Result;
+use std::ops::Range;
 
 /// Cache positions per chunk (rows of K/V upcast together).
 pub const CHUNK: usize = 128;
@@ -56,17 +57,14 @@ pub struct Scratch {
     s: Vec<f32>,
 }
 
-/// Attends `q` ([M, Dqk] f32, unscaled) over cache head `g`, positions `start..end`.
-/// Row `r` may only see positions `< limits[r]`; `end` must not exceed the largest limit
-/// (and so the sequence length).
-#[allow(clippy::too_many_arguments)]
+/// Attends `q` ([M, Dqk] f32, unscaled) over cache head `g`, positions `span`.
+/// Row `r` may only see positions `< limits[r]`; `span.end` must not exceed the largest
+/// limit (and so the sequence length).
 pub fn attend(
-    q: &[f32],
-    limits: &[usize],
+    (q, limits): (&[f32], &[usize]),
     cache: &Cache<'_>,
     g: usize,
-    start: usize,
-    end: usize,
+    span: Range<usize>,
     scale: f32,
     scratch: &mut Scratch,
 ) -> Result<Partial> {
@@ -77,7 +75,7 @@ pub fn attend(
         acc: vec![0.0; rows * d_v],
     };
     let q = MatRef::row_major(q, rows, d_qk);
-    let mut p0 = start;
+    let (mut p0, end) = (span.start, span.end);
     while p0 < end {
         let n = CHUNK.min(end - p0);
         scratch.kv.resize(n * d_qk, 0.0);

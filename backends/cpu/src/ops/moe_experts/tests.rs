@@ -5,7 +5,6 @@ use crate::CpuBackend;
 use moemla_core::{ops, Backend, DType, Error, ExpertsParams, HostTensor};
 
 /// `y[t] = sum_j w[t,j] * W2[e] (silu(W1[e] x[t]) * W3[e] x[t])` in f64, written plainly.
-#[allow(clippy::too_many_arguments)]
 fn reference(
     x: &[f32],
     w13: &[f32],
