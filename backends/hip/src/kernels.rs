@@ -74,3 +74,57 @@ pub const MLA_DECODE: KernelModule = KernelModule {
 
 /// Every kernel module.
 pub const SOURCES: &[KernelModule] = &[MOE_ROUTE, MOE_EXPERTS, MLA_DECODE];
+
+#[cfg(test)]
+mod tests {
+    use super::{MLA_DECODE, MOE_EXPERTS, MOE_ROUTE};
+    use moemla_core::DType;
+    use moemla_kernel_plan::mla::MlaSizes;
+    use moemla_kernel_plan::{experts, mla, route, DeviceLimits};
+
+    /// Every kernel a plan launches is an entry point of the module the op loads.
+    #[test]
+    fn planned_kernels_are_listed_entry_points() {
+        let limits = DeviceLimits {
+            compute_units: 304,
+            warp_size: 64,
+            max_shared_bytes: 65536,
+            tensor_cores: false,
+        };
+        let sizes = MlaSizes {
+            batch: 2,
+            s_q: 1,
+            h_q: 16,
+            h_kv: 1,
+            d_qk: 576,
+            d_v: 512,
+            num_blocks: 8,
+            block_size: 64,
+            max_blocks: 4,
+        };
+        for dtype in DType::FLOATS {
+            let l = route::plan(4, 256, 8, dtype, &limits).unwrap();
+            assert!(
+                MOE_ROUTE.entry_points.contains(&l.kernel.as_str()),
+                "{}",
+                l.kernel
+            );
+            let p = experts::plan(4, 7168, 2048, 256, 8, dtype, &limits).unwrap();
+            for l in &p.launches {
+                assert!(
+                    MOE_EXPERTS.entry_points.contains(&l.kernel.as_str()),
+                    "{}",
+                    l.kernel
+                );
+            }
+            let p = mla::plan(&sizes, dtype, &limits).unwrap();
+            for l in &p.launches {
+                assert!(
+                    MLA_DECODE.entry_points.contains(&l.kernel.as_str()),
+                    "{}",
+                    l.kernel
+                );
+            }
+        }
+    }
+}
