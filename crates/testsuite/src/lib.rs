@@ -8,7 +8,7 @@
 //! ```
 //!
 //! - [`cases`]: each op, each dtype, small and DeepSeek-sized shapes, against the f64
-//!   [`reference`] computed from the exact inputs the backend received.
+//!   [`reference`](mod@reference) computed from the exact inputs the backend received.
 //! - [`props`]: proptest properties of each op.
 //! - [`errors`]: every validation rule of core and every index-content check, asserting
 //!   the error variant and its key fields.

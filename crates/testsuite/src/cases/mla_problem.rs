@@ -21,7 +21,7 @@ pub struct MlaProblem {
     pub kv: Vec<f32>,
     /// block_table [B, max_blocks].
     pub table: Vec<i32>,
-    /// cache_seqlens [B].
+    /// cache_seqlens `[B]`.
     pub seqlens: Vec<i32>,
     /// Parameters.
     pub params: MlaDecodeParams,

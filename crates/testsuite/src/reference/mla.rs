@@ -33,7 +33,7 @@ pub struct MlaRef {
 }
 
 /// Attention of `q` [B, Sq, Hq, Dqk] over `kv` [num_blocks, block_size, Hkv, Dqk] through
-/// `table` [B, max_blocks] and `seqlens` [B]; indices must be valid for the used entries.
+/// `table` `[B, max_blocks]` and `seqlens` `[B]`; indices must be valid for the used entries.
 pub fn mla_decode(
     q: &[f64],
     kv: &[f64],
