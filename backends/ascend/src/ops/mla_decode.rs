@@ -143,7 +143,6 @@ fn to_i32s(bytes: &[u8]) -> Vec<i32> {
 
 /// Runs mla_decode.
 pub fn run(be: &AscendBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutput> {
-    let plan = plan(call)?;
     if !available(&be.dev.cann.ops) {
         return Err(unsupported(
             Op::MlaDecode,
@@ -170,6 +169,8 @@ pub fn run(be: &AscendBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutp
     let table = to_i32s(&dev.download_bytes(bt_mem, b * mb * 4)?);
     let seqlens = to_i32s(&dev.download_bytes(len_mem, b * 4)?);
     indices::check_mla_indices(call, &table, &seqlens)?;
+    // Input errors first, then what FIA cannot do.
+    let plan = plan(call)?;
     // FIA's table: used entries expanded to FIA blocks, unused ones 0.
     let sub = bs / plan.fia_block;
     let fia_mb = mb * sub;

@@ -45,7 +45,8 @@ pub fn backend() -> AscendBackend {
         // Set once, before any backend is created; tests only read it afterwards.
         std::env::set_var("MOEMLA_ASCEND_LIB", path);
     });
-    AscendBackend::new().expect("Ascend backend (CANN emulator, or CANN with MOEMLA_ASCEND_TEST_REAL=1)")
+    AscendBackend::new()
+        .expect("Ascend backend (CANN emulator, or CANN with MOEMLA_ASCEND_TEST_REAL=1)")
 }
 
 /// Deterministic pseudo-random values in [lo, hi) (xorshift), for reproducible inputs.
