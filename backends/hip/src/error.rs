@@ -57,6 +57,8 @@ impl HipStatus {
 impl RtcStatus {
     /// `HIPRTC_SUCCESS`.
     pub const SUCCESS: RtcStatus = RtcStatus(0);
+    /// `HIPRTC_ERROR_INVALID_INPUT`.
+    pub const INVALID_INPUT: RtcStatus = RtcStatus(3);
 }
 
 /// A failed HIP or hipRTC call, with the call's name and the runtime's own message.

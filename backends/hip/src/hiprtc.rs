@@ -9,8 +9,8 @@ use std::ffi::{c_char, CStr, CString};
 /// returning the code object for `hipModuleLoadData`. Needs no device: hipRTC compiles
 /// for any arch its LLVM knows.
 pub fn compile(rtc: &HipRtc, module: &str, source: &str, arch: &str) -> Result<Vec<u8>, HipError> {
-    let source = CString::new(source).expect("embedded kernel sources have no NUL");
-    let name = CString::new(format!("{module}.hip")).expect("module names have no NUL");
+    let source = c_string(source, "the source")?;
+    let name = c_string(&format!("{module}.hip"), "the module name")?;
     let mut program: HiprtcProgram = std::ptr::null_mut();
     // SAFETY: valid C strings; no extra headers (the source is self-contained).
     let status = unsafe {
@@ -36,10 +36,10 @@ fn compile_program(rtc: &HipRtc, program: HiprtcProgram, arch: &str) -> Result<V
         "-O3".to_string(),
         "-std=c++17".to_string(),
     ];
-    let options: Vec<CString> = options
+    let options = options
         .iter()
-        .map(|o| CString::new(o.as_str()).expect("options have no NUL"))
-        .collect();
+        .map(|o| c_string(o, "an option"))
+        .collect::<Result<Vec<_>, _>>()?;
     let pointers: Vec<*const c_char> = options.iter().map(|o| o.as_ptr()).collect();
     // SAFETY: `pointers` holds options.len() valid C strings.
     let status =
@@ -57,6 +57,16 @@ fn compile_program(rtc: &HipRtc, program: HiprtcProgram, arch: &str) -> Result<V
     let status = unsafe { (rtc.hiprtcGetCode)(program, code.as_mut_ptr().cast()) };
     check(rtc, "hiprtcGetCode", status, String::new())?;
     Ok(code)
+}
+
+/// A C string, or `HIPRTC_ERROR_INVALID_INPUT` naming what held a NUL byte.
+fn c_string(text: &str, what: &str) -> Result<CString, HipError> {
+    CString::new(text).map_err(|e| HipError::Rtc {
+        call: "hiprtcCreateProgram",
+        status: RtcStatus::INVALID_INPUT,
+        message: format!("{what} contains a NUL byte at {}", e.nul_position()),
+        log: String::new(),
+    })
 }
 
 fn program_log(rtc: &HipRtc, program: HiprtcProgram) -> String {

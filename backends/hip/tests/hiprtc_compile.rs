@@ -68,6 +68,14 @@ fn hiprtc_compiles_every_module_for_gfx90a_and_gfx906_and_reports_errors_with_th
     let e_flags = u32::from_le_bytes(code[48..52].try_into().unwrap());
     assert_eq!(e_flags & 0xfff, 0xe3f, "e_flags {e_flags:#x}");
 
+    // A source hipRTC cannot take (a NUL byte) is refused before the call.
+    let err = hiprtc::compile(&libs.rtc, "nul", "a\0b", "gfx90a").unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("the source contains a NUL byte at 1"),
+        "{err}"
+    );
+
     // A compile error comes back typed, with hipRTC's log naming the problem.
     let broken = format!(
         "{}\nextern \"C\" __global__ void broken() {{ undeclared_thing(); }}\n",
