@@ -35,7 +35,10 @@ macro_rules! backend_tests {
     };
 }
 
-/// The list of tests; each entry is `test_name: module::function(extra args);`.
+/// The list of tests, the one registry of the suite: each entry is
+/// `test_name: module::function(extra args);` and becomes `#[test] fn test_name()` calling
+/// `moemla_testsuite::module::function(ctx, extra args)`. To add a behaviour, write a
+/// `pub fn(ctx: &Ctx<'_>, ..)` that panics on failure and add one line here.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __suite_tests {
@@ -106,6 +109,7 @@ macro_rules! __suite_tests {
             upload_download_round_trip_is_bit_exact: cases::tensors::upload_download_round_trip();
             alloc_zeroed_is_zero: cases::tensors::alloc_zeroed_is_zero();
             ops_leave_inputs_unchanged: cases::tensors::ops_leave_inputs_unchanged();
+            info_is_consistent: cases::tensors::info_is_consistent();
 
             prop_moe_route_properties: props::route::properties();
             prop_moe_experts_linear_in_weights: props::experts::linear_in_weights();

@@ -1,5 +1,5 @@
-//! Memory: upload/download round trips, zeroed allocation, and ops that leave their inputs
-//! untouched.
+//! Memory and self-description: upload/download round trips, zeroed allocation, ops that
+//! leave their inputs untouched, a consistent `info()`.
 
 use crate::cases::experts::{ExpertsData, ExpertsDims};
 use crate::cases::mla::{MlaProblem, MlaSpec};
@@ -123,5 +123,17 @@ pub fn ops_leave_inputs_unchanged(ctx: &Ctx<'_>) {
         let t: Vec<_> = inputs.iter().map(|(_, d)| d).collect();
         ops::mla_decode(ctx.backend, t[0], t[1], t[2], t[3], &pr.params).expect("mla_decode");
         unchanged(&format!("mla_decode {dtype}"), &inputs);
+    }
+}
+
+/// `info()` names the backend as `name()` does, and lists each (op, dtype) at most once.
+pub fn info_is_consistent(ctx: &Ctx<'_>) {
+    assert_eq!(ctx.info.name, ctx.backend.name(), "info().name vs name()");
+    let s = &ctx.info.supported;
+    for (i, a) in s.iter().enumerate() {
+        assert!(
+            !s[i + 1..].contains(a),
+            "{a:?} listed twice in info().supported"
+        );
     }
 }
