@@ -10,9 +10,10 @@ use std::time::Instant;
 
 /// Runs every case on `backend` and compares the results with the expected outputs.
 ///
-/// Never stops early: a malformed case file is a failure, so is a backend panic, an (op, dtype) the backend does
-/// not list in [`Backend::info`] (or an [`Error::Unsupported`] from it) is `unsupported`,
-/// and any other backend error is a failure carrying the error's message.
+/// Never stops early: a malformed case file is a failure, and so is a backend panic; an
+/// (op, dtype) the backend does not list in [`Backend::info`] (or an
+/// [`Error::Unsupported`] from it) is `unsupported`; any other backend error is a failure
+/// carrying the error's message.
 ///
 /// ```no_run
 /// # fn demo(backend: &dyn moemla_core::Backend) {
@@ -100,7 +101,9 @@ fn malformed(backend: &str, err: &crate::CaseError) -> Outcome {
 enum Problem {
     /// The backend declined the call.
     Unsupported(String),
-    /// Anything else: a backend error or a malformed case.
+    /// The case's inputs or expected outputs do not fit the op (found only by running it).
+    Malformed(String),
+    /// Anything else: a backend error.
     Fail(String),
 }
 
@@ -109,7 +112,7 @@ impl From<Error> for Problem {
         match err {
             Error::Unsupported { .. } => Problem::Unsupported(err.to_string()),
             Error::Rank { .. } | Error::Dim { .. } | Error::DType { .. } | Error::Param { .. } => {
-                Problem::Fail(format!("malformed case: inputs break the contract: {err}"))
+                Problem::Malformed(format!("inputs break the contract: {err}"))
             }
             other => Problem::Fail(other.to_string()),
         }
@@ -157,6 +160,10 @@ fn run_case(backend: &dyn Backend, case: &Case) -> Outcome {
             seconds,
         ),
         Err(Problem::Fail(msg)) => {
+            outcome(name, case, Status::Fail, Some(msg), Vec::new(), seconds)
+        }
+        Err(Problem::Malformed(msg)) => {
+            let msg = format!("malformed case {}: {msg}", case.path.display());
             outcome(name, case, Status::Fail, Some(msg), Vec::new(), seconds)
         }
         Ok(comparisons) => {
@@ -252,7 +259,7 @@ fn execute(backend: &dyn Backend, case: &Case) -> Result<Vec<Comparison>, Proble
             .map_err(Problem::from)
     };
     let req = |arg: &str| -> Result<DeviceTensor, Problem> {
-        up(arg)?.ok_or_else(|| Problem::Fail(format!("malformed case: no `in.{arg}`")))
+        up(arg)?.ok_or_else(|| Problem::Malformed(format!("no `in.{arg}`")))
     };
     let down = |t: &DeviceTensor| backend.download(t).map_err(Problem::from);
     match &case.params {
@@ -305,8 +312,8 @@ fn same_shape(case: &Case, arg: &str, got: &HostTensor) -> Result<(), Problem> {
     if exp.shape() == got.shape() {
         Ok(())
     } else {
-        Err(Problem::Fail(format!(
-            "malformed case: `out.{arg}` has shape {}, but the op returns {}",
+        Err(Problem::Malformed(format!(
+            "`out.{arg}` has shape {}, but the op returns {}",
             exp.shape(),
             got.shape()
         )))
