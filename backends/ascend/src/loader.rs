@@ -6,7 +6,8 @@
 //! 1. `MOEMLA_ASCEND_LIB=<file>`: one library that provides every symbol (how the tests and
 //!    CI load `libmoemla_cann_emulator.so`, the CANN C-API emulator).
 //! 2. `MOEMLA_ASCEND_LIB_DIR=<dir>`: a directory holding libascendcl.so, libnnopbase.so and
-//!    libopapi.so and/or libopapi_{math,nn,cv,transformer}.so.
+//!    libopapi.so and/or libopapi_{math,nn,cv,transformer}.so — or, when it holds no
+//!    libascendcl.so, the emulator `libmoemla_cann_emulator.so` (so `target/debug` works).
 //! 3. `$ASCEND_HOME_PATH`, `$ASCEND_TOOLKIT_HOME`, `/usr/local/Ascend/ascend-toolkit/latest`,
 //!    each in `lib64`, `{aarch64,x86_64}-linux/lib64` and the op-API directory
 //!    `opp/built-in/op_impl/ai_core/tbe/op_api/lib/linux/{aarch64,x86_64}`.
@@ -134,7 +135,7 @@ symbol_table! {
             aclDestroyIntArray: fn(Handle) -> i32;
             /// `aclTensorList *aclCreateTensorList(const aclTensor *const *value, uint64_t size)`
             aclCreateTensorList: fn(*const Handle, u64) -> Handle;
-            /// `aclnnStatus aclDestroyTensorList(const aclTensorList *array)` (destroys its tensors too)
+            /// `aclnnStatus aclDestroyTensorList(const aclTensorList *array)`; assumed to destroy the tensors it holds (to confirm on silicon, see README)
             aclDestroyTensorList: fn(Handle) -> i32;
             /// `aclScalar *aclCreateScalar(void *value, aclDataType dataType)`
             aclCreateScalar: fn(*const c_void, i32) -> Handle;
@@ -263,6 +264,21 @@ pub fn search_dirs() -> Vec<PathBuf> {
     roots.iter().flat_map(|r| dirs_under(r)).collect()
 }
 
+/// The one library that provides every symbol, if the environment names one:
+/// `MOEMLA_ASCEND_LIB`, or a `MOEMLA_ASCEND_LIB_DIR` that holds the emulator
+/// (`libmoemla_cann_emulator.so`) and no `libascendcl.so`.
+fn single_library() -> Option<PathBuf> {
+    if let Some(file) = std::env::var_os("MOEMLA_ASCEND_LIB") {
+        return Some(PathBuf::from(file));
+    }
+    let dir = PathBuf::from(std::env::var_os("MOEMLA_ASCEND_LIB_DIR")?);
+    let emulator = dir.join(EMULATOR);
+    (!dir.join("libascendcl.so").exists() && emulator.exists()).then_some(emulator)
+}
+
+/// The file name of the CANN C-API emulator (`moemla-cann-emulator`).
+const EMULATOR: &str = "libmoemla_cann_emulator.so";
+
 /// Loads one file, recording the attempt.
 fn try_load(path: &Path, tried: &mut Vec<String>) -> Option<Library> {
     if !path.exists() {
@@ -285,8 +301,7 @@ impl Cann {
     pub fn load() -> Result<Cann, String> {
         let mut tried = Vec::new();
         let mut libs: Vec<(PathBuf, Library)> = Vec::new();
-        if let Some(file) = std::env::var_os("MOEMLA_ASCEND_LIB") {
-            let path = PathBuf::from(file);
+        if let Some(path) = single_library() {
             if let Some(lib) = try_load(&path, &mut tried) {
                 libs.push((path, lib));
             }

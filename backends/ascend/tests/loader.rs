@@ -35,6 +35,18 @@ fn missing_cann_is_unavailable_with_every_path_tried() {
         );
     }
 
+    // A directory with neither CANN nor the emulator lists every name it looked for.
+    let empty = std::env::temp_dir();
+    std::env::set_var("MOEMLA_ASCEND_LIB_DIR", &empty);
+    let reason = unavailable_reason();
+    assert!(
+        reason.contains(&format!(
+            "{}: not found",
+            empty.join("libascendcl.so").display()
+        )),
+        "{reason}"
+    );
+
     // A file that exists but is no library: the loader's own error text is passed on.
     std::env::set_var("MOEMLA_ASCEND_LIB", "/proc/self/status");
     let reason = unavailable_reason();
