@@ -181,8 +181,9 @@ impl Report {
     }
 
     /// The JSON report: `{"summary": {...}, "backends": [...], "results": [...]}`, one
-    /// result object per case x backend. Non-finite numbers are written as `null`.
+    /// result object per case x backend; each backend carries its own `summary`. Non-finite numbers are written as `null`.
     pub fn to_json(&self) -> String {
+        /// Counts with `skipped` spelled out.
         #[derive(Serialize)]
         struct Summary {
             passed: usize,
@@ -191,22 +192,38 @@ impl Report {
             unsupported: usize,
             unavailable: usize,
         }
+        impl From<Counts> for Summary {
+            fn from(c: Counts) -> Summary {
+                Summary {
+                    passed: c.passed,
+                    failed: c.failed,
+                    skipped: c.skipped(),
+                    unsupported: c.unsupported,
+                    unavailable: c.unavailable,
+                }
+            }
+        }
+        /// A backend with its own counts.
+        #[derive(Serialize)]
+        struct Backend<'a> {
+            #[serde(flatten)]
+            backend: &'a BackendSummary,
+            summary: Summary,
+        }
         #[derive(Serialize)]
         struct Doc<'a> {
             summary: Summary,
-            backends: &'a [BackendSummary],
+            backends: Vec<Backend<'a>>,
             results: &'a [Outcome],
         }
-        let c = self.counts(None);
         let doc = Doc {
-            summary: Summary {
-                passed: c.passed,
-                failed: c.failed,
-                skipped: c.skipped(),
-                unsupported: c.unsupported,
-                unavailable: c.unavailable,
-            },
-            backends: &self.backends,
+            summary: self.counts(None).into(),
+            backends: (self.backends.iter())
+                .map(|b| Backend {
+                    backend: b,
+                    summary: self.counts(Some(&b.name)).into(),
+                })
+                .collect(),
             results: &self.results,
         };
         serde_json::to_string_pretty(&doc).expect("a report always serializes")

@@ -144,7 +144,24 @@ fn json_report_has_one_object_per_case_and_backend() {
         find("ghost", "moe_route/f32/route.safetensors")["status"],
         "unavailable"
     );
-    assert_eq!(doc["backends"].as_array().unwrap().len(), 3);
+    let backends = doc["backends"].as_array().unwrap();
+    let per_backend: Vec<(&str, u64, u64, u64)> = (backends.iter())
+        .map(|b| {
+            let s = &b["summary"];
+            let n = |k: &str| s[k].as_u64().unwrap();
+            (
+                b["name"].as_str().unwrap(),
+                n("passed"),
+                n("failed"),
+                n("skipped"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        per_backend,
+        [("cpu", 6, 1, 0), ("lite", 3, 1, 3), ("ghost", 0, 0, 7)]
+    );
+    assert_eq!(backends[2]["available"], false);
 }
 
 #[test]
