@@ -145,6 +145,7 @@ macro_rules! __suite_tests {
             mla_decode_negative_seqlen_is_index_error: errors::indices::seqlen_negative();
             mla_decode_seqlen_above_capacity_is_index_error: errors::indices::seqlen_above_capacity();
             mla_decode_seqlens_checked_before_block_table: errors::indices::seqlens_checked_before_block_table();
+            concurrent_calls_keep_index_errors_apart: errors::indices::concurrent_calls_keep_errors_apart();
         );
     };
     (@emit $suite:ident $($test:ident: $($path:ident)::+ ($($arg:expr),*);)*) => {

@@ -227,3 +227,24 @@ pub fn seqlens_checked_before_block_table(ctx: &Ctx<'_>) {
     p.seqlens[1] = 1000;
     mla_index_error(ctx, &p, bad_seqlen(1, 1000, capacity));
 }
+
+/// Backends are shared across threads (`Send + Sync`): index errors raised by calls running
+/// at the same time as valid ones (on devices: kernels sharing a queue) stay with their
+/// own call, and the valid calls still compute correctly.
+pub fn concurrent_calls_keep_errors_apart(ctx: &Ctx<'_>) {
+    let tests: [fn(&Ctx<'_>); 4] = [
+        topk_id_above_range,
+        block_table_entry_out_of_range,
+        unused_block_table_entries_are_ignored,
+        seqlens_checked_before_block_table,
+    ];
+    std::thread::scope(|scope| {
+        for first in 0..tests.len() {
+            scope.spawn(move || {
+                for round in 0..2 {
+                    tests[(first + round) % tests.len()](ctx);
+                }
+            });
+        }
+    });
+}
