@@ -181,7 +181,8 @@ impl Report {
     }
 
     /// The JSON report: `{"summary": {...}, "backends": [...], "results": [...]}`, one
-    /// result object per case x backend; each backend carries its own `summary`. Non-finite numbers are written as `null`.
+    /// result object per case x backend; each backend carries its own `summary`.
+    /// Non-finite numbers are written as `null`.
     pub fn to_json(&self) -> String {
         /// Counts with `skipped` spelled out.
         #[derive(Serialize)]
