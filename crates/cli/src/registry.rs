@@ -14,6 +14,7 @@ const BACKENDS: &[(&str, Opener)] = &[
         Ok(Arc::new(moemla_hip::HipBackend::new()?))
     }),
     (moemla_ascend::NAME, || Ok(Arc::new(moemla_ascend::AscendBackend::new()?))),
+    (moemla_opencl::NAME, || Ok(moemla_opencl::shared()? as Arc<dyn Backend>)),
     (moemla_cpu::NAME, || {
         Ok(Arc::new(moemla_cpu::CpuBackend::new()))
     }),
