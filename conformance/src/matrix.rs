@@ -41,7 +41,7 @@ pub fn render(report: &Report) -> String {
         .map(|((_, _, n, _), _)| label(n).len() + 2)
         .max()
         .unwrap_or(0);
-    let first = first.max("case".len());
+    let first = first.max("passed".len());
     let _ = write!(s, "\n{:<first$}", "case");
     for n in &names {
         let _ = write!(s, "  {:<w$}", n, w = n.len().max(5));
@@ -67,6 +67,20 @@ pub fn render(report: &Report) -> String {
         s.truncate(s.trim_end().len());
         s += "\n";
     }
+    // Footer: passed cells out of all cells, per backend.
+    let _ = write!(s, "{:<first$}", "passed");
+    for n in &names {
+        let c = report.counts(Some(n));
+        let total = c.passed + c.failed + c.skipped();
+        let _ = write!(
+            s,
+            "  {:<w$}",
+            format!("{}/{total}", c.passed),
+            w = n.len().max(5)
+        );
+    }
+    s.truncate(s.trim_end().len());
+    s += "\n";
     failures(&mut s, report);
     skipped(&mut s, report);
     s

@@ -281,6 +281,7 @@ fn matrix_shows_every_cell_and_the_failures() {
     };
     assert_eq!(cells(row("moe_route/bf16/route")), ["PASS", "unsup", "n/a"]);
     assert_eq!(cells(row("mla_decode/f32/mla")), ["PASS", "PASS", "n/a"]);
+    assert_eq!(cells(row("passed")), ["6/7", "3/7", "0/7"]);
     assert!(text.contains("malformed case files"), "{text}");
     let unsupported = text.matches("[lite] 1 case(s) unsupported: `cpu` does not list");
     assert_eq!(unsupported.count(), 3, "{text}");
