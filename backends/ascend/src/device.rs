@@ -140,8 +140,25 @@ impl Device {
         .into_error(NAME))
     }
 
+    /// Makes this device current on the calling thread (AscendCL's device and context are
+    /// per thread: "aclrtSetDevice" page); done once per thread.
+    fn bind_thread(&self) -> Result<()> {
+        thread_local! {
+            static BOUND: std::cell::Cell<i32> = const { std::cell::Cell::new(-1) };
+        }
+        if BOUND.with(|b| b.get()) == self.id {
+            return Ok(());
+        }
+        // SAFETY: plain FFI call; `id` was validated in `open`.
+        let st = unsafe { (self.cann.rt.aclrtSetDevice)(self.id) };
+        self.check(st, "aclrtSetDevice")?;
+        BOUND.with(|b| b.set(self.id));
+        Ok(())
+    }
+
     /// Waits for the stream.
     pub fn synchronize(&self) -> Result<()> {
+        self.bind_thread()?;
         // SAFETY: the stream was created by `open` and lives as long as `self`.
         let st = unsafe { (self.cann.rt.aclrtSynchronizeStream)(self.stream()) };
         self.check(st, "aclrtSynchronizeStream")
@@ -149,6 +166,7 @@ impl Device {
 
     /// `bytes` of device memory (at least 1: CANN rejects size 0), contents undefined.
     pub fn alloc(self: &Arc<Self>, bytes: usize) -> Result<Arc<DevMem>> {
+        self.bind_thread()?;
         let mut ptr: Handle = std::ptr::null_mut();
         // SAFETY: out-pointer to a local; policy is a documented value.
         let st = unsafe {
@@ -303,6 +321,7 @@ impl Device {
         prepare: impl FnOnce(*mut u64, *mut Handle) -> i32,
         launch: Option<LaunchFn>,
     ) -> Result<Option<Arc<DevMem>>> {
+        self.bind_thread()?;
         let launch = launch.ok_or_else(|| Error::Device {
             backend: NAME.to_string(),
             call: op.to_string(),

@@ -156,3 +156,39 @@ fn too_many_experts_for_the_op_are_unsupported() {
         "{err}"
     );
 }
+
+#[test]
+fn backend_works_from_a_thread_other_than_its_creator() {
+    // AscendCL's current device is per thread; the backend must set it where it runs.
+    let be = std::sync::Arc::new(common::backend());
+    let host =
+        HostTensor::from_f32_as([2, 64], &common::values(4, 128, -2.0, 2.0), DType::F32).unwrap();
+    let dl = be.upload(&host).unwrap();
+    let p = RouteParams {
+        n_group: 1,
+        topk_group: 1,
+        ..RouteParams::deepseek_v3()
+    };
+    let be2 = be.clone();
+    let ids = std::thread::spawn(move || {
+        let out = ops::moe_route(&*be2, &dl, None, &p).unwrap();
+        be2.download(&out.topk_ids).unwrap().to_i32_vec().unwrap()
+    })
+    .join()
+    .unwrap();
+    let logits = host.to_f32_vec().unwrap();
+    let want = reference_row(
+        &logits[..64],
+        None,
+        &RouteParams {
+            n_group: 1,
+            topk_group: 1,
+            ..RouteParams::deepseek_v3()
+        },
+    );
+    let mut got: Vec<i32> = ids[..8].to_vec();
+    let mut want_ids: Vec<i32> = want.iter().map(|w| w.0).collect();
+    got.sort();
+    want_ids.sort();
+    assert_eq!(got, want_ids);
+}

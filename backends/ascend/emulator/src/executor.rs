@@ -87,6 +87,7 @@ pub fn launch(
     stream: *mut c_void,
 ) -> i32 {
     status((|| {
+        crate::runtime::require_device(op)?;
         if executor.is_null() {
             return Err(Fail::new(
                 ACLNN_ERR_PARAM_NULLPTR,

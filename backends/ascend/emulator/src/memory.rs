@@ -71,6 +71,7 @@ pub unsafe extern "C" fn aclrtMalloc(dev_ptr: *mut *mut c_void, size: usize, pol
                 ),
             ));
         }
+        crate::runtime::require_device("aclrtMalloc")?;
         let block = vec![0xFFu8; size].into_boxed_slice();
         let addr = block.as_ptr() as usize;
         heap().insert(addr, block);

@@ -27,6 +27,27 @@ static INITIALISED: AtomicBool = AtomicBool::new(false);
 static NEXT_STREAM: AtomicUsize = AtomicUsize::new(0x5000);
 static STREAMS: Mutex<Option<HashMap<usize, Vec<Task>>>> = Mutex::new(None);
 
+thread_local! {
+    /// Whether `aclrtSetDevice` has been called on this thread: AscendCL's current device
+    /// and context are per thread ("aclrtSetDevice" page).
+    static DEVICE_SET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// ACL_ERROR_RT_CONTEXT_NULL (rt_error_codes.h): no current context on this thread.
+pub const ACL_ERROR_RT_CONTEXT_NULL: i32 = 107002;
+
+/// Fails unless the calling thread has set a device.
+pub fn require_device(call: &str) -> EmuResult<()> {
+    if DEVICE_SET.with(|d| d.get()) {
+        Ok(())
+    } else {
+        Err(Fail::new(
+            ACL_ERROR_RT_CONTEXT_NULL,
+            format!("{call}: no device set on this thread (call aclrtSetDevice first)"),
+        ))
+    }
+}
+
 /// The SoC the emulator reports: it emulates the API, not a chip.
 const SOC_NAME: &[u8] = b"moemla-cann-emulator\0";
 
@@ -96,7 +117,11 @@ fn check_device(device_id: i32) -> EmuResult<()> {
 /// Always safe to call.
 #[no_mangle]
 pub unsafe extern "C" fn aclrtSetDevice(device_id: i32) -> i32 {
-    status(check_device(device_id))
+    let result = check_device(device_id);
+    if result.is_ok() {
+        DEVICE_SET.with(|d| d.set(true));
+    }
+    status(result)
 }
 
 /// `aclrtResetDevice`.
@@ -146,6 +171,9 @@ pub unsafe extern "C" fn aclrtCreateStream(stream: *mut *mut c_void) -> i32 {
             "aclrtCreateStream: null stream",
         )));
     }
+    if let Err(fail) = require_device("aclrtCreateStream") {
+        return status(Err(fail));
+    }
     let id = NEXT_STREAM.fetch_add(16, Ordering::SeqCst);
     with_streams(|s| s.insert(id, Vec::new()));
     // SAFETY: checked non-null.
@@ -174,6 +202,9 @@ pub unsafe extern "C" fn aclrtDestroyStream(stream: *mut c_void) -> i32 {
 /// Any value is accepted; unknown streams are reported.
 #[no_mangle]
 pub unsafe extern "C" fn aclrtSynchronizeStream(stream: *mut c_void) -> i32 {
+    if let Err(fail) = require_device("aclrtSynchronizeStream") {
+        return status(Err(fail));
+    }
     let queue = with_streams(|s| s.get_mut(&(stream as usize)).map(std::mem::take));
     status(match queue {
         None => Err(Fail::new(

@@ -8,7 +8,9 @@ use moemla_cann_emulator::memory::{aclrtFree, aclrtMalloc, aclrtMemcpy};
 use moemla_cann_emulator::ops::elementwise::{
     aclnnCast, aclnnCastGetWorkspaceSize, aclnnInplaceCopy,
 };
-use moemla_cann_emulator::runtime::{aclInit, aclrtCreateStream, aclrtSynchronizeStream};
+use moemla_cann_emulator::runtime::{
+    aclInit, aclrtCreateStream, aclrtSetDevice, aclrtSynchronizeStream, ACL_ERROR_RT_CONTEXT_NULL,
+};
 use moemla_cann_emulator::status::{
     aclGetRecentErrMsg, ACLNN_ERR_PARAM_INVALID, ACLNN_ERR_PARAM_NULLPTR,
     ACL_ERROR_RT_PARAM_INVALID,
@@ -26,7 +28,17 @@ fn recent() -> String {
     }
 }
 
+/// aclInit (once per process; a repeat is reported and harmless) and device 0 on this thread.
+fn setup() {
+    // SAFETY: plain FFI calls.
+    unsafe {
+        aclInit(std::ptr::null());
+        assert_eq!(aclrtSetDevice(0), 0);
+    }
+}
+
 fn malloc(bytes: usize) -> *mut c_void {
+    setup();
     let mut p = null_mut();
     // SAFETY: out-pointer to a local.
     assert_eq!(unsafe { aclrtMalloc(&mut p, bytes, 0) }, 0);
@@ -57,8 +69,8 @@ fn tensor(data: *mut c_void, n: usize, dtype: i32) -> *mut AclTensor {
 /// A stream and a prepared f32 -> f16 cast executor over 8 elements.
 fn prepared_cast() -> (*mut c_void, *mut c_void, u64) {
     // SAFETY: plain FFI calls with valid out-pointers.
+    setup();
     unsafe {
-        aclInit(std::ptr::null());
         let mut stream = null_mut();
         assert_eq!(aclrtCreateStream(&mut stream), 0);
         let (x, y) = (tensor(malloc(32), 8, DT_F32), tensor(malloc(16), 8, DT_F16));
@@ -116,8 +128,8 @@ fn executor_of_another_op_or_used_twice_is_rejected() {
 #[test]
 fn null_arguments_are_reported_as_nullptr() {
     // SAFETY: emulator checks every pointer.
+    setup();
     unsafe {
-        aclInit(std::ptr::null());
         let y = tensor(malloc(16), 8, DT_F16);
         let (mut ws, mut exec) = (0u64, null_mut());
         assert_eq!(
@@ -184,5 +196,24 @@ fn views_reaching_past_storage_are_refused() {
         recent().contains("reaches element 15 of a storage of 8"),
         "{}",
         recent()
+    );
+}
+
+#[test]
+fn runtime_calls_need_a_device_set_on_the_calling_thread() {
+    setup();
+    let status = std::thread::spawn(|| {
+        let mut p = null_mut();
+        // SAFETY: out-pointer to a local.
+        let st = unsafe { aclrtMalloc(&mut p, 64, 0) };
+        (st, recent())
+    })
+    .join()
+    .unwrap();
+    assert_eq!(status.0, ACL_ERROR_RT_CONTEXT_NULL);
+    assert!(
+        status.1.contains("no device set on this thread"),
+        "{}",
+        status.1
     );
 }
