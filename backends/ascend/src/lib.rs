@@ -15,7 +15,7 @@ mod ops;
 
 pub use device::NAME;
 
-use device::{acl_dtype, DevMem, Device};
+use device::{DevMem, Device};
 use moemla_core::calls::{
     MlaDecodeCall, MlaDecodeOutput, MoeExpertsCall, MoeRouteCall, MoeRouteOutput,
 };
@@ -178,9 +178,4 @@ impl Backend for AscendBackend {
     fn mla_decode(&self, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutput> {
         ops::mla_decode::run(self, call)
     }
-}
-
-/// aclDataType of a moemla dtype (for the ops modules).
-fn acl(dtype: DType) -> i32 {
-    acl_dtype(dtype)
 }

@@ -29,10 +29,10 @@
 //! or Dv != 512, Hkv != 1, block_size not a multiple of 16, Sq > 16, query heads (Hq, or
 //! Sq * Hq when folded) not a power of two <= 128.
 
-use crate::device::{DevMem, ACL_INT8};
+use crate::device::{acl_dtype, DevMem, ACL_INT8};
 use crate::loader::OpApi;
 use crate::ops::unsupported;
-use crate::{acl, AscendBackend};
+use crate::AscendBackend;
 use moemla_core::calls::{MlaDecodeCall, MlaDecodeOutput};
 use moemla_core::{indices, DType, Op, Result};
 use std::sync::Arc;
@@ -190,7 +190,7 @@ pub fn run(be: &AscendBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutp
             .collect::<Vec<u8>>(),
     )?;
 
-    let dt = acl(call.dtype);
+    let dt = acl_dtype(call.dtype);
     let esz = call.dtype.size_in_bytes();
     let mut keep: Vec<Option<Arc<DevMem>>> = Vec::new();
     let copy = |dst: &DevMem,
@@ -284,7 +284,7 @@ pub fn run(be: &AscendBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutp
         let key = dev.tensor_list(vec![dev.tensor(&nope, &[fnb, fbs, NOPE], None, 0, dt)?])?;
         let value = dev.tensor_list(vec![dev.tensor(&nope, &[fnb, fbs, NOPE], None, 0, dt)?])?;
         let key_rope = dev.tensor(&rope, &[fnb, fbs, ROPE], None, 0, dt)?;
-        let block_table = dev.tensor(&clean_mem, &[b, fia_mb], None, 0, acl(DType::I32))?;
+        let block_table = dev.tensor(&clean_mem, &[b, fia_mb], None, 0, acl_dtype(DType::I32))?;
         let lens: Vec<i64> = seqlens.iter().map(|&l| l as i64).collect();
         let seq_kv = dev.int_array(&lens)?;
         let mask_t = mask

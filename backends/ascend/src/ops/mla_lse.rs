@@ -10,8 +10,8 @@
 //! L_i <= 0 keep the -inf lse was initialised with.
 
 use super::mla_decode::DQK;
-use crate::device::{DevMem, ACL_FLOAT};
-use crate::{acl, AscendBackend};
+use crate::device::{acl_dtype, DevMem, ACL_FLOAT};
+use crate::AscendBackend;
 use moemla_core::calls::MlaDecodeCall;
 use moemla_core::Result;
 use std::sync::Arc;
@@ -32,7 +32,7 @@ pub(crate) fn lse_for_sequence(
     let dev = &be.dev;
     let ops = &dev.cann.ops;
     let (sq, hq, bs) = (call.s_q, call.h_q, call.block_size);
-    let dt = acl(call.dtype);
+    let dt = acl_dtype(call.dtype);
     let used = len.div_ceil(bs);
     let rows = sq * hq;
     let mut keep = Vec::new();

@@ -16,10 +16,10 @@
 //! 6. Down projection cast to F32, MoeFinalizeRoutingV2 (dropPadMode 2, F32 scales =
 //!    topk_weights) in F32, then cast to the run dtype: the weighted combine runs in f32.
 
-use crate::device::{DevMem, ACL_FLOAT};
+use crate::device::{acl_dtype, DevMem, ACL_FLOAT};
 use crate::loader::OpApi;
 use crate::ops::unsupported;
-use crate::{acl, AscendBackend};
+use crate::AscendBackend;
 use moemla_core::calls::MoeExpertsCall;
 use moemla_core::{indices, DType, DeviceTensor, Op, Result};
 use std::sync::Arc;
@@ -98,10 +98,10 @@ pub fn run(be: &AscendBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor
     let ids_dev = dev.upload_bytes(&bytes_of(&routed, i32::to_le_bytes))?;
     let wts_dev = dev.upload_bytes(&bytes_of(&weights, f32::to_le_bytes))?;
 
-    let dt = acl(call.dtype);
+    let dt = acl_dtype(call.dtype);
     let esz = call.dtype.size_in_bytes();
     let rows = t * k;
-    let i32_t = acl(DType::I32);
+    let i32_t = acl_dtype(DType::I32);
     let mut keep: Vec<Option<Arc<DevMem>>> = Vec::new();
     let cast = |src: &DevMem,
                 dims: &[usize],

@@ -14,10 +14,10 @@
 //! - its limits (E <= 2048, E / n_group > 2, align32(E / n_group) * n_group <= 2048,
 //!   top_k <= topk_group * E / n_group) are checked first and reported as Unsupported.
 
-use crate::device::ACL_FLOAT;
+use crate::device::{acl_dtype, ACL_FLOAT};
 use crate::loader::OpApi;
 use crate::ops::unsupported;
-use crate::{acl, AscendBackend};
+use crate::AscendBackend;
 use moemla_core::calls::{MoeRouteCall, MoeRouteOutput};
 use moemla_core::{DType, GroupSelect, Op, Result, ScoreFunc};
 
@@ -102,7 +102,7 @@ pub fn run(be: &AscendBackend, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput
         None
     } else {
         let x32 = dev.alloc(t * e * 4)?;
-        let src = dev.tensor(logits_mem, &[t, e], None, 0, acl(call.logits.dtype()))?;
+        let src = dev.tensor(logits_mem, &[t, e], None, 0, acl_dtype(call.logits.dtype()))?;
         let dst = dev.tensor(&x32, &[t, e], None, 0, ACL_FLOAT)?;
         // SAFETY: handles live for the call; out-pointers come from `Device::run`.
         keep.push(dev.run(
@@ -126,7 +126,7 @@ pub fn run(be: &AscendBackend, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput
         .map(|m| dev.tensor(m, &[e], None, 0, ACL_FLOAT))
         .transpose()?;
     let y = dev.tensor(&weights, &[t, k], None, 0, ACL_FLOAT)?;
-    let idx = dev.tensor(&ids, &[t, k], None, 0, acl(DType::I32))?;
+    let idx = dev.tensor(&ids, &[t, k], None, 0, acl_dtype(DType::I32))?;
     let out = dev.tensor(&norm, &[t, e], None, 0, ACL_FLOAT)?;
     let group_select_mode = match p.group_select {
         GroupSelect::Max => 0,
