@@ -116,11 +116,12 @@ __kernel void experts_down(__global const float *act, __global const store_t *w2
     if (c < H) out[(size_t)r * H + c] = acc;
 }
 
-// Launch: global (H, T).
+// Launch: global (ceil(H / TILE) * TILE, T), local (TILE, 1).
 __kernel void experts_combine(__global const float *out, __global const int *pair_row,
                               __global const float *topk_weights, __global store_t *y, int H,
                               int k) {
     const int h = get_global_id(0), t = get_global_id(1);
+    if (h >= H) return;
     float acc = 0.0f;
     for (int j = 0; j < k; ++j) {
         const int r = pair_row[t * k + j];

@@ -21,11 +21,9 @@ impl Tiling {
     }
 
     /// The largest tiling up to 16 x 16 that fits the device (halving the larger side).
-    fn choose(rows: usize, d_qk: usize, local_mem: u64, max_work_group: usize) -> Option<Tiling> {
-        let mut t = Tiling {
-            qb: rows.min(16),
-            tn: 16,
-        };
+    /// It does not depend on the head count, so PoCL compiles few work-group variants.
+    fn choose(d_qk: usize, local_mem: u64, max_work_group: usize) -> Option<Tiling> {
+        let mut t = Tiling { qb: 16, tn: 16 };
         let budget = local_mem.saturating_sub(1024) as usize;
         while t.local_bytes(d_qk) > budget || t.qb * t.tn > max_work_group {
             if t.qb == 1 && t.tn == 1 {
@@ -64,15 +62,17 @@ pub fn run(
     let program = dev.program(Module::MlaDecode, call.dtype)?;
 
     let rows = (h_q / h_kv) * s_q;
-    let tiling = Tiling::choose(rows, d_qk, dev.facts.local_mem, dev.facts.max_work_group)
-        .ok_or_else(|| Error::Unsupported {
-            backend: backend.to_string(),
-            op,
-            what: format!("Dqk = {d_qk}"),
-            reason: format!(
-                "a cache row does not fit in {} bytes of local memory",
-                dev.facts.local_mem
-            ),
+    let tiling =
+        Tiling::choose(d_qk, dev.facts.local_mem, dev.facts.max_work_group).ok_or_else(|| {
+            Error::Unsupported {
+                backend: backend.to_string(),
+                op,
+                what: format!("Dqk = {d_qk}"),
+                reason: format!(
+                    "a cache row does not fit in {} bytes of local memory",
+                    dev.facts.local_mem
+                ),
+            }
         })?;
     let wg = tiling.qb * tiling.tn;
     let q_blocks = rows.div_ceil(tiling.qb);
@@ -140,7 +140,7 @@ pub fn run(
         Arg::I32(dv32),
         Arg::I32(splits32),
     ];
-    let wg_c = pow2_at_most(d_v, 64.min(dev.facts.max_work_group));
+    let wg_c = pow2_at_most(64, dev.facts.max_work_group);
     dev.launch(
         &program,
         "mla_combine",
@@ -197,11 +197,14 @@ mod tests {
 
     #[test]
     fn tiling_shrinks_to_fit_local_memory() {
-        let big = Tiling::choose(128, 576, 1 << 20, 4096).unwrap();
+        let big = Tiling::choose(576, 1 << 20, 4096).unwrap();
         assert_eq!(big, Tiling { qb: 16, tn: 16 });
-        let small = Tiling::choose(128, 576, 32 * 1024, 1024).unwrap();
+        let small = Tiling::choose(576, 32 * 1024, 1024).unwrap();
         assert!(small.local_bytes(576) <= 31 * 1024, "{small:?}");
-        assert_eq!(Tiling::choose(1, 64, 1 << 20, 4096).unwrap().qb, 1);
-        assert!(Tiling::choose(16, 1 << 20, 32 * 1024, 1024).is_none());
+        assert_eq!(
+            Tiling::choose(64, 1 << 20, 64).unwrap(),
+            Tiling { qb: 8, tn: 8 }
+        );
+        assert!(Tiling::choose(1 << 20, 32 * 1024, 1024).is_none());
     }
 }

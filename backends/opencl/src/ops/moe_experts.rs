@@ -103,7 +103,13 @@ pub fn run(dev: &ClDevice, backend: &str, call: &MoeExpertsCall<'_>) -> Result<C
         Arg::I32(h32),
         Arg::I32(k32),
     ];
-    dev.launch(&program, "experts_combine", &combine, &[h, t], &[])?;
+    dev.launch(
+        &program,
+        "experts_combine",
+        &combine,
+        &[tiles(h), t],
+        &[TILE, 1],
+    )?;
 
     let first_bad = dev.read_i32(&bad, 0)?;
     if first_bad != NO_BAD_INDEX {

@@ -20,7 +20,8 @@ pub fn run(dev: &ClDevice, backend: &str, call: &MoeRouteCall<'_>) -> Result<(Cl
     let ids = dev.alloc_zeroed(t * k * 4)?;
     let weights = dev.alloc_zeroed(t * k * 4)?;
     let program = dev.program(Module::MoeRoute, call.logits.dtype())?;
-    let ls = pow2_at_most(e.next_power_of_two(), 256.min(dev.facts.max_work_group));
+    // One work-group size for every E: PoCL compiles a kernel per work-group size.
+    let ls = pow2_at_most(64, dev.facts.max_work_group);
     let args = [
         Arg::Buf(logits),
         Arg::Buf(bias.unwrap_or(logits)), // never read when has_bias = 0
