@@ -157,16 +157,25 @@ impl ClDevice {
         // One string: opencl3's multi-source constructor passes `&str`s where C wants
         // `char*`s, so the helpers are prepended here.
         let source = format!("{COMMON_SRC}\n{}", module.source());
-        let mut program = Program::create_from_source(&self.context, &source)
+        self.build_source(
+            &source,
+            build_options(dtype),
+            &format!("{module:?} {dtype}"),
+        )
+    }
+
+    /// Builds `source`; a failure carries the status and the build log.
+    fn build_source(&self, source: &str, options: &str, what: &str) -> Result<Arc<Program>> {
+        let mut program = Program::create_from_source(&self.context, source)
             .map_err(cl("clCreateProgramWithSource"))?;
-        if let Err(e) = program.build(self.context.devices(), build_options(dtype)) {
+        if let Err(e) = program.build(self.context.devices(), options) {
             let log = program
                 .get_build_log(self.context.default_device())
                 .unwrap_or_else(|_| "(no build log)".to_string());
             return Err(ClCallError {
                 call: "clBuildProgram",
                 status: e.0,
-                detail: Some(format!("{module:?} {dtype}: {}", log.trim())),
+                detail: Some(format!("{what}: {}", log.trim())),
             }
             .into());
         }
@@ -373,5 +382,27 @@ impl ClBuffer {
 impl DeviceBuffer for ClBuffer {
     fn as_any(&self) -> &dyn Any {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_build_reports_status_and_log() {
+        let Ok(backend) = crate::shared() else { return };
+        let src = "__kernel void broken(__global int *p) { p[0] = not_declared; }";
+        match backend.device().build_source(src, "-cl-std=CL1.2", "test") {
+            Err(Error::Device { call, message, .. }) => {
+                assert_eq!(call, "clBuildProgram");
+                assert!(
+                    message.starts_with("CL_BUILD_PROGRAM_FAILURE (-11): test: "),
+                    "{message}"
+                );
+                assert!(message.contains("not_declared"), "{message}");
+            }
+            other => panic!("expected a build failure, got {:?}", other.map(|_| ())),
+        }
     }
 }

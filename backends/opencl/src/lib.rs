@@ -53,6 +53,12 @@ impl OpenClBackend {
         self.device.programs_built()
     }
 
+    /// The device, context and queue (for this crate's unit tests).
+    #[cfg(test)]
+    pub(crate) fn device(&self) -> &ClDevice {
+        &self.device
+    }
+
     /// Wraps a buffer as a tensor of this backend.
     fn tensor(&self, buf: ClBuffer, shape: impl Into<Shape>, dtype: DType) -> DeviceTensor {
         DeviceTensor::new(Arc::new(buf), self.name.clone(), shape, dtype)

@@ -2,7 +2,7 @@
 //! splits (kernels/opencl/mla_decode.cl).
 
 use crate::device::{Arg, ClDevice, Module};
-use crate::ops::{flags, int, need_work_group, pow2_at_most, NO_BAD_INDEX};
+use crate::ops::{flags, int, pow2_at_most, NO_BAD_INDEX};
 use crate::ClBuffer;
 use moemla_core::calls::MlaDecodeCall;
 use moemla_core::{Error, Op, Result};
@@ -126,7 +126,6 @@ pub fn run(
         Arg::Local(tiling.qb * tiling.tn * 4),
         Arg::Local(tiling.qb * 4),
     ];
-    need_work_group(dev, op, wg)?;
     let global = [wg * splits, q_blocks * h_kv, b];
     dev.launch(&program, "mla_split", &split_args, &global, &[wg, 1, 1])?;
     let combine_args = [
