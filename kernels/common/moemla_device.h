@@ -110,12 +110,20 @@ __device__ __forceinline__ float moemla_bits_float(moemla_u32 u) {
 }
 
 #define MOEMLA_ALIGN16 __attribute__((aligned(16)))
+#ifndef MOEMLA_DYN_SMEM  // the host emulator provides its own
 #define MOEMLA_DYN_SMEM(name) extern __shared__ MOEMLA_ALIGN16 unsigned char name[]
+#endif
 
 // The portable (CUDA-core style) paths are used on HIP. MFMA (v_mfma_f32_32x32x8bf16_1k /
 // v_mfma_f32_16x16x16f16 on gfx90a/gfx942) would replace moemla_mma_16816 in the
 // MOEMLA_HAS_MMA_SYNC blocks of moe_experts.cu and mla_decode.cu.
+// MOEMLA_EMULATE_MMA (host emulation only, kernels/common/host_emulation) runs those blocks
+// on an emulated moemla_mma_16816.
+#if defined(MOEMLA_EMULATE_MMA)
+#define MOEMLA_HAS_MMA_SYNC 1
+#else
 #define MOEMLA_HAS_MMA_SYNC 0
+#endif
 
 #endif
 
@@ -258,7 +266,7 @@ __device__ __forceinline__ void moemla_atomic_min_i32(int* flag, int value) { at
 //   d[0] = D[g][2t], d[1] = D[g][2t+1], d[2] = D[g+8][2t], d[3] = D[g+8][2t+1]
 // The lower-indexed element of a pair sits in the low 16 bits of its register.
 // ---------------------------------------------------------------------------------------
-#if MOEMLA_HAS_MMA_SYNC
+#if MOEMLA_HAS_MMA_SYNC && !defined(MOEMLA_EMULATE_MMA)
 __device__ __forceinline__ void moemla_mma_16816(float* d, const moemla_u32* a, const moemla_u32* b,
                                                  moemla_bf16) {
     asm volatile(

@@ -1,0 +1,426 @@
+// kernels_test.cpp — runs every moemla kernel on the host emulator (cuda_on_host.h) and
+// compares with plain double-precision references written here from the contract
+// (docs: /work/shared/CONTRACT.md; kernels/README.md for the launch contract).
+//
+// Build and run: kernels/common/host_emulation/run.sh (clang++ -std=c++20). Variants:
+// 32- and 64-lane warps on the portable paths, and 32 lanes with emulated mma.sync.
+#include "cuda_on_host.h"
+#include "../moemla_device.h"
+#ifdef MOEMLA_EMULATE_MMA
+#include "mma_emulation.h"
+#endif
+#include "../../cuda/moe_route.cu"
+#include "../../cuda/moe_experts.cu"
+#include "../../cuda/mla_decode.cu"
+
+#include <algorithm>
+#include <cstdio>
+#include <random>
+#include <string>
+
+static int g_failures = 0;
+static int g_checks = 0;
+
+static void expect(bool ok, const std::string& what) {
+    ++g_checks;
+    if (!ok) {
+        ++g_failures;
+        std::printf("FAIL %s\n", what.c_str());
+    }
+}
+
+static bool close(double got, double want, double atol, double rtol) {
+    if (std::isinf(want) && got == want) return true;
+    return std::fabs(got - want) <= atol + rtol * std::fabs(want);  // NaN fails
+}
+
+// Storage of a run dtype: 0 f32, 1 f16, 2 bf16.
+struct Store {
+    int dtype;
+    std::vector<uint32_t> words;  // f32 bits or 16-bit patterns
+    float get(size_t i) const {
+        if (dtype == 0) return moemla_bits_float(words[i]);
+        if (dtype == 1) return moemla_f16_to_f32((moemla_u16)words[i]);
+        return moemla_bf16_to_f32((moemla_u16)words[i]);
+    }
+};
+
+// Device-layout bytes plus the values they hold exactly.
+struct Tensor {
+    std::vector<unsigned char> bytes;
+    std::vector<float> vals;
+    void* ptr() { return bytes.data(); }
+};
+
+static Tensor make(const std::vector<float>& v, int dtype) {
+    Tensor t;
+    const size_t es = dtype == 0 ? 4 : 2;
+    t.bytes.assign(v.size() * es, 0);
+    t.vals.resize(v.size());
+    for (size_t i = 0; i < v.size(); ++i) {
+        if (dtype == 0) {
+            std::memcpy(&t.bytes[i * 4], &v[i], 4);
+            t.vals[i] = v[i];
+        } else {
+            moemla_u16 h = dtype == 1 ? moemla_f32_to_f16(v[i]) : moemla_f32_to_bf16(v[i]);
+            std::memcpy(&t.bytes[i * 2], &h, 2);
+            t.vals[i] = dtype == 1 ? moemla_f16_to_f32(h) : moemla_bf16_to_f32(h);
+        }
+    }
+    return t;
+}
+
+static float read_out(const Tensor& t, size_t i, int dtype) {
+    if (dtype == 0) {
+        float f;
+        std::memcpy(&f, &t.bytes[i * 4], 4);
+        return f;
+    }
+    moemla_u16 h;
+    std::memcpy(&h, &t.bytes[i * 2], 2);
+    return dtype == 1 ? moemla_f16_to_f32(h) : moemla_bf16_to_f32(h);
+}
+
+static const char* dname(int d) { return d == 0 ? "f32" : d == 1 ? "f16" : "bf16"; }
+static double atol_of(int d) { return d == 0 ? 1e-4 : d == 1 ? 2e-3 : 2e-2; }
+
+static std::mt19937 rng(1234);
+static std::vector<float> randn(size_t n, float scale) {
+    std::normal_distribution<float> dist(0.0f, scale);
+    std::vector<float> v(n);
+    for (auto& x : v) x = dist(rng);
+    return v;
+}
+
+// ---------------------------------------------------------------------------------------
+// moe_route
+// ---------------------------------------------------------------------------------------
+static void route_case(int dtype, int T, int E, int top_k, int n_group, int topk_group,
+                       int score_func, int group_select, int renorm, float scale, bool with_bias) {
+    Tensor logits = make(randn((size_t)T * E, 2.0f), dtype);
+    std::vector<float> bias = randn(E, 0.5f);
+    std::vector<int> ids((size_t)T * top_k, -7);
+    std::vector<float> w((size_t)T * top_k, -7.0f);
+    int threads = 256;
+    moemla_emu_launch({(unsigned)T, 1, 1}, threads, [&] {
+        auto* lg = (const void*)logits.ptr();
+        if (dtype == 0)
+            moemla_moe_route_f32((const float*)lg, bias.data(), with_bias, ids.data(), w.data(), E, top_k,
+                                 n_group, topk_group, score_func, group_select, renorm, scale);
+        else if (dtype == 1)
+            moemla_moe_route_f16((const moemla_f16*)lg, bias.data(), with_bias, ids.data(), w.data(), E,
+                                 top_k, n_group, topk_group, score_func, group_select, renorm, scale);
+        else
+            moemla_moe_route_bf16((const moemla_bf16*)lg, bias.data(), with_bias, ids.data(), w.data(), E,
+                                  top_k, n_group, topk_group, score_func, group_select, renorm, scale);
+    });
+    for (int t = 0; t < T; ++t) {
+        std::vector<double> s(E), sel(E);
+        double mx = -INFINITY, sum = 0;
+        for (int e = 0; e < E; ++e) mx = std::max(mx, (double)logits.vals[t * E + e]);
+        for (int e = 0; e < E; ++e) {
+            double x = logits.vals[t * E + e];
+            s[e] = score_func == 1 ? std::exp(x - mx) : 1.0 / (1.0 + std::exp(-x));
+            sum += s[e];
+        }
+        for (int e = 0; e < E; ++e) {
+            if (score_func == 1) s[e] /= sum;
+            sel[e] = s[e] + (with_bias ? bias[e] : 0.0);
+        }
+        if (n_group > 1) {
+            int gs = E / n_group;
+            std::vector<std::pair<double, int>> gsc;
+            for (int g = 0; g < n_group; ++g) {
+                std::vector<double> v(sel.begin() + g * gs, sel.begin() + (g + 1) * gs);
+                std::sort(v.rbegin(), v.rend());
+                double score = (group_select == 1 && gs > 1) ? v[0] + v[1] : v[0];
+                gsc.push_back({-score, g});
+            }
+            std::sort(gsc.begin(), gsc.end());
+            std::vector<bool> keep(n_group, false);
+            for (int i = 0; i < topk_group; ++i) keep[gsc[i].second] = true;
+            for (int e = 0; e < E; ++e)
+                if (!keep[e / gs]) sel[e] = -INFINITY;
+        }
+        std::vector<std::pair<double, int>> order;
+        for (int e = 0; e < E; ++e) order.push_back({-sel[e], e});
+        std::sort(order.begin(), order.end());
+        double wsum = 0;
+        for (int j = 0; j < top_k; ++j) wsum += s[order[j].second];
+        for (int j = 0; j < top_k; ++j) {
+            int want_id = order[j].second;
+            double want_w = s[want_id] / (renorm ? wsum : 1.0) * scale;
+            char buf[200];
+            std::snprintf(buf, sizeof buf, "moe_route %s T%d E%d g%d sf%d gs%d t%d j%d: id %d want %d, w %g want %g",
+                          dname(dtype), T, E, n_group, score_func, group_select, t, j, ids[t * top_k + j], want_id,
+                          w[t * top_k + j], want_w);
+            expect(ids[t * top_k + j] == want_id && close(w[t * top_k + j], want_w, 1e-5, 1e-5), buf);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// moe_experts
+// ---------------------------------------------------------------------------------------
+static void experts_case(int dtype, int T, int H, int I, int E, int k, int bad_slot) {
+    Tensor x = make(randn((size_t)T * H, 1.0f), dtype);
+    Tensor w13 = make(randn((size_t)E * 2 * I * H, 0.2f), dtype);
+    Tensor w2 = make(randn((size_t)E * H * I, 0.2f), dtype);
+    std::vector<int> ids((size_t)T * k);
+    std::uniform_int_distribution<int> pick(-1, E - 1);
+    for (auto& id : ids) id = pick(rng);
+    if (bad_slot >= 0) {
+        ids[bad_slot] = E;                                // first bad
+        if (bad_slot + 2 < (int)ids.size()) ids[bad_slot + 2] = -5;  // a later bad one
+    }
+    std::vector<float> tw = randn((size_t)T * k, 0.5f);
+
+    const int slots = T * k;
+    const int TMt = 64;
+    const int max_tiles = (slots + std::min(E, slots) * (TMt - 1)) / TMt;
+    const int rows = max_tiles * TMt;
+    std::vector<int> sorted_rows(rows, -9), slot_pos(slots, -9), tile_expert(std::max(max_tiles, 1), -9), meta(1, -9);
+    int err = MOEMLA_INT_MAX;
+    const size_t es = dtype == 0 ? 4 : 2;
+    std::vector<unsigned char> act((size_t)rows * I * es);
+    std::vector<float> yslot((size_t)rows * H, NAN);
+    std::vector<unsigned char> y((size_t)T * H * es);
+
+    moemla_emu_launch({1, 1, 1}, 1024, [&] {
+        moemla_moe_align(ids.data(), slots, E, max_tiles, sorted_rows.data(), slot_pos.data(), tile_expert.data(),
+                         meta.data(), &err);
+    });
+    moemla_dim3 g1{(unsigned)max_tiles, (unsigned)((I + 63) / 64), 1}, g2{(unsigned)max_tiles, (unsigned)((H + 63) / 64), 1};
+#define MOEMLA_RUN_EXPERTS(SFX, TT)                                                                               \
+    moemla_emu_launch(g1, 128, [&] {                                                                              \
+        moemla_moe_gate_up_##SFX((const TT*)x.ptr(), (const TT*)w13.ptr(), sorted_rows.data(), tile_expert.data(), \
+                                 meta.data(), (TT*)act.data(), H, I, k);                                          \
+    });                                                                                                           \
+    moemla_emu_launch(g2, 128, [&] {                                                                              \
+        moemla_moe_down_##SFX((const TT*)act.data(), (const TT*)w2.ptr(), sorted_rows.data(), tile_expert.data(),  \
+                              meta.data(), yslot.data(), H, I);                                                   \
+    });                                                                                                           \
+    moemla_emu_launch({(unsigned)T, 1, 1}, 256, [&] {                                                             \
+        moemla_moe_combine_##SFX(yslot.data(), slot_pos.data(), tw.data(), (TT*)y.data(), H, k);                  \
+    });
+    if (dtype == 0) {
+        MOEMLA_RUN_EXPERTS(f32, float)
+    } else if (dtype == 1) {
+        MOEMLA_RUN_EXPERTS(f16, moemla_f16)
+    } else {
+        MOEMLA_RUN_EXPERTS(bf16, moemla_bf16)
+    }
+
+    char buf[200];
+    std::snprintf(buf, sizeof buf, "moe_experts %s T%d H%d I%d E%d k%d: err flag %d want %d", dname(dtype), T, H, I, E, k,
+                  err, bad_slot >= 0 ? bad_slot : MOEMLA_INT_MAX);
+    expect(err == (bad_slot >= 0 ? bad_slot : MOEMLA_INT_MAX), buf);
+    int worst = 0;
+    double worst_err = 0;
+    for (int t = 0; t < T; ++t)
+        for (int n = 0; n < H; ++n) {
+            double acc = 0;
+            for (int j = 0; j < k; ++j) {
+                int e = ids[t * k + j];
+                if (e < 0 || e >= E) continue;
+                double out = 0;
+                for (int i = 0; i < I; ++i) {
+                    double g = 0, u = 0;
+                    for (int h = 0; h < H; ++h) {
+                        g += (double)x.vals[t * H + h] * w13.vals[((size_t)e * 2 * I + i) * H + h];
+                        u += (double)x.vals[t * H + h] * w13.vals[((size_t)e * 2 * I + I + i) * H + h];
+                    }
+                    out += g / (1.0 + std::exp(-g)) * u * w2.vals[((size_t)e * H + n) * I + i];
+                }
+                acc += tw[t * k + j] * out;
+            }
+            double got = read_out(Tensor{y, {}}, (size_t)t * H + n, dtype);
+            double errv = std::fabs(got - acc) - (atol_of(dtype) + atol_of(dtype) * std::fabs(acc));
+            if (!(errv <= 0)) {
+                ++worst;
+                if (!(errv <= worst_err)) worst_err = errv;
+                if (worst <= 3) {
+                    std::snprintf(buf, sizeof buf, "moe_experts %s T%d H%d I%d: y[%d,%d] = %g want %g", dname(dtype), T, H,
+                                  I, t, n, got, acc);
+                    expect(false, buf);
+                }
+            } else {
+                ++g_checks;
+            }
+        }
+}
+
+// ---------------------------------------------------------------------------------------
+// mla_decode
+// ---------------------------------------------------------------------------------------
+struct MlaCase {
+    int B, s_q, h_q, h_kv, d_qk, d_v, block_size, max_blocks, num_blocks;
+    bool causal;
+    std::vector<int> seqlens;
+    int num_splits, block_q, block_n;
+};
+
+static void mla_case(int dtype, const MlaCase& c, int corrupt /*0 none, 1 seqlen, 2 table*/) {
+    Tensor q = make(randn((size_t)c.B * c.s_q * c.h_q * c.d_qk, 1.0f), dtype);
+    std::vector<float> kvv = randn((size_t)c.num_blocks * c.block_size * c.h_kv * c.d_qk, 1.0f);
+    // Block table: a random permutation; unused entries hold 2147480000 (FlashMLA's tests).
+    std::vector<int> perm(c.num_blocks);
+    for (int i = 0; i < c.num_blocks; ++i) perm[i] = i;
+    std::shuffle(perm.begin(), perm.end(), rng);
+    std::vector<int> table((size_t)c.B * c.max_blocks, 2147480000);
+    std::vector<bool> used_block(c.num_blocks, false);
+    int next = 0;
+    std::vector<int> lens = c.seqlens;
+    for (int b = 0; b < c.B; ++b) {
+        int used = (lens[b] + c.block_size - 1) / c.block_size;
+        for (int j = 0; j < used; ++j) {
+            table[b * c.max_blocks + j] = perm[next];
+            used_block[perm[next]] = true;
+            ++next;
+        }
+    }
+    // NaN in every slot no sequence may read: unused blocks and tails past seqlen.
+    for (int b = 0; b < c.B; ++b) {
+        int used = (lens[b] + c.block_size - 1) / c.block_size;
+        for (int p = lens[b]; p < used * c.block_size; ++p) {
+            int blk = table[b * c.max_blocks + p / c.block_size];
+            for (int h = 0; h < c.h_kv; ++h)
+                for (int d = 0; d < c.d_qk; ++d)
+                    kvv[(((size_t)blk * c.block_size + p % c.block_size) * c.h_kv + h) * c.d_qk + d] = NAN;
+        }
+    }
+    for (int blk = 0; blk < c.num_blocks; ++blk)
+        if (!used_block[blk])
+            for (size_t i = 0; i < (size_t)c.block_size * c.h_kv * c.d_qk; ++i)
+                kvv[(size_t)blk * c.block_size * c.h_kv * c.d_qk + i] = NAN;
+    Tensor kv = make(kvv, dtype);
+    int want_err0 = MOEMLA_INT_MAX, want_err1 = MOEMLA_INT_MAX;
+    if (corrupt == 1) {
+        lens[1] = c.max_blocks * c.block_size + 1;
+        lens[2] = -3;
+        want_err0 = 1;
+    } else if (corrupt == 2) {
+        table[2 * c.max_blocks + 0] = c.num_blocks;  // used (seqlen of row 2 > 0)
+        table[1 * c.max_blocks + 1] = -1;            // used if seqlen of row 1 > block_size
+        want_err1 = lens[1] > c.block_size ? 1 * c.max_blocks + 1 : 2 * c.max_blocks;
+    }
+
+    const int out_rows = c.B * c.s_q * c.h_q;
+    std::vector<float> o_part((size_t)c.num_splits * out_rows * c.d_v, NAN), lse_part((size_t)c.num_splits * out_rows, NAN);
+    const size_t es = dtype == 0 ? 4 : 2;
+    Tensor o;
+    o.bytes.assign((size_t)out_rows * c.d_v * es, 0);
+    std::vector<float> lse(out_rows, NAN);
+    int err[2] = {MOEMLA_INT_MAX, MOEMLA_INT_MAX};
+    const float scale = 0.1352337788608801f;
+    moemla_emu_launch({(unsigned)((c.B * c.max_blocks + 255) / 256), 1, 1}, 256, [&] {
+        moemla_mla_check(table.data(), lens.data(), c.B, c.max_blocks, c.block_size, c.num_blocks, err);
+    });
+    const int group = c.h_q / c.h_kv;
+    moemla_dim3 grid{(unsigned)c.num_splits, (unsigned)((c.s_q * group + c.block_q - 1) / c.block_q), (unsigned)(c.B * c.h_kv)};
+#define MOEMLA_RUN_MLA(SFX, TT)                                                                                   \
+    moemla_emu_launch(grid, 128, [&] {                                                                            \
+        moemla_mla_decode_##SFX((const TT*)q.ptr(), (const TT*)kv.ptr(), table.data(), lens.data(), o_part.data(), \
+                                lse_part.data(), c.B, c.s_q, c.h_q, c.h_kv, c.d_qk, c.d_v, c.num_blocks,           \
+                                c.block_size, c.max_blocks, c.causal, scale, c.num_splits, c.block_q, c.block_n);  \
+    });                                                                                                           \
+    moemla_emu_launch({(unsigned)out_rows, 1, 1}, 128, [&] {                                                      \
+        moemla_mla_combine_##SFX(o_part.data(), lse_part.data(), (TT*)o.ptr(), lse.data(), c.B, c.s_q, c.h_q,     \
+                                 c.d_v, c.num_splits);                                                           \
+    });
+    if (dtype == 0) {
+        MOEMLA_RUN_MLA(f32, float)
+    } else if (dtype == 1) {
+        MOEMLA_RUN_MLA(f16, moemla_f16)
+    } else {
+        MOEMLA_RUN_MLA(bf16, moemla_bf16)
+    }
+    char buf[240];
+    std::snprintf(buf, sizeof buf, "mla_check %s corrupt%d: err {%d, %d} want {%d, %d}", dname(dtype), corrupt, err[0],
+                  err[1], want_err0, want_err1);
+    expect(err[0] == want_err0 && err[1] == want_err1, buf);
+    if (corrupt) return;
+
+    int shown = 0;
+    for (int b = 0; b < c.B; ++b)
+        for (int i = 0; i < c.s_q; ++i)
+            for (int h = 0; h < c.h_q; ++h) {
+                const int kvh = h / group;
+                long L = c.causal ? (long)lens[b] - c.s_q + i + 1 : lens[b];
+                std::vector<double> sc;
+                double m = -INFINITY;
+                for (long p = 0; p < L; ++p) {
+                    int blk = table[b * c.max_blocks + p / c.block_size];
+                    double dot = 0;
+                    for (int d = 0; d < c.d_qk; ++d)
+                        dot += (double)q.vals[(((size_t)b * c.s_q + i) * c.h_q + h) * c.d_qk + d] *
+                               kv.vals[(((size_t)blk * c.block_size + p % c.block_size) * c.h_kv + kvh) * c.d_qk + d];
+                    sc.push_back(dot * scale);
+                    m = std::max(m, dot * scale);
+                }
+                double denom = 0;
+                for (double s : sc) denom += std::exp(s - m);
+                const size_t orow = ((size_t)b * c.s_q + i) * c.h_q + h;
+                double want_lse = L > 0 ? m + std::log(denom) : -INFINITY;
+                double got_lse = lse[((size_t)b * c.h_q + h) * c.s_q + i];
+                std::snprintf(buf, sizeof buf, "mla %s b%d i%d h%d: lse %g want %g", dname(dtype), b, i, h, got_lse, want_lse);
+                expect(close(got_lse, want_lse, atol_of(dtype), atol_of(dtype)), buf);
+                for (int dv = 0; dv < c.d_v; ++dv) {
+                    double want = 0;
+                    for (long p = 0; p < L; ++p) {
+                        int blk = table[b * c.max_blocks + p / c.block_size];
+                        want += std::exp(sc[p] - m) / denom *
+                                kv.vals[(((size_t)blk * c.block_size + p % c.block_size) * c.h_kv + kvh) * c.d_qk + dv];
+                    }
+                    double got = read_out(o, orow * c.d_v + dv, dtype);
+                    bool ok = close(got, want, atol_of(dtype), atol_of(dtype));
+                    if (!ok && shown++ < 4) {
+                        std::snprintf(buf, sizeof buf, "mla %s b%d i%d h%d dv%d: o %g want %g (L %ld)", dname(dtype), b, i,
+                                      h, dv, got, want, L);
+                        expect(false, buf);
+                    } else if (ok) {
+                        ++g_checks;
+                    }
+                }
+            }
+}
+
+int main() {
+    g_emu.warp_size = MOEMLA_WARP_SIZE;
+    for (int dtype = 0; dtype < 3; ++dtype) {
+        // DeepSeek-V3 routing; V2 (softmax, max); V2-Lite (no groups); a one-expert-group edge.
+        route_case(dtype, 5, 256, 8, 8, 4, 0, 1, 1, 2.5f, true);
+        route_case(dtype, 3, 160, 6, 8, 3, 1, 0, 0, 16.0f, false);
+        route_case(dtype, 4, 64, 6, 1, 1, 1, 0, 0, 1.0f, false);
+        route_case(dtype, 2, 300, 7, 300, 20, 0, 1, 1, 1.5f, true);
+
+        experts_case(dtype, 7, 40, 24, 5, 3, -1);    // vector loads, ragged tiles
+        experts_case(dtype, 9, 36, 70, 3, 2, -1);    // scalar loads (H % 8 != 0), I > 64
+        experts_case(dtype, 150, 72, 16, 2, 2, -1);   // segments longer than one tile
+        experts_case(dtype, 4, 16, 8, 4, 3, 5);      // bad ids: flag = first bad slot
+
+        MlaCase base{3, 2, 4, 2, 40, 32, 5, 7, 24, true, {0, 13, 30}, 3, 16, 16};
+        mla_case(dtype, base, 0);
+        MlaCase nc = base;
+        nc.causal = false;
+        nc.block_q = 4;
+        nc.block_n = 32;
+        nc.num_splits = 2;
+        mla_case(dtype, nc, 0);
+        MlaCase wide{2, 1, 16, 1, 72, 64, 16, 4, 10, true, {64, 37}, 1, 16, 32};  // d_qk % 16 != 0
+        mla_case(dtype, wide, 0);
+        MlaCase odd{2, 3, 6, 3, 21, 13, 3, 9, 20, true, {2, 27}, 4, 16, 16};  // scalar loads, Sq 3
+        mla_case(dtype, odd, 0);
+        mla_case(dtype, base, 1);
+        mla_case(dtype, base, 2);
+    }
+    std::printf("%s: %d checks, %d failures (warp %d%s)\n", g_failures ? "FAILED" : "ok", g_checks, g_failures,
+                MOEMLA_WARP_SIZE,
+#ifdef MOEMLA_EMULATE_MMA
+                ", emulated mma.sync"
+#else
+                ""
+#endif
+    );
+    return g_failures ? 1 : 0;
+}
