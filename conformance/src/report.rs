@@ -150,6 +150,14 @@ impl Report {
 
     /// The run's verdict given the backends that must be available and skip nothing.
     pub fn verdict(&self, required: &[String]) -> Verdict {
+        self.verdict_allowing(required, &[])
+    }
+
+    /// The run's verdict given the backends that must be available, where the backends in
+    /// `allow_unsupported` may leave the cases they declare unsupported (a vendor op that
+    /// cannot do some parameters, reported in the matrix with the backend's reason) while
+    /// every other case must pass. Every other required backend must skip nothing.
+    pub fn verdict_allowing(&self, required: &[String], allow_unsupported: &[String]) -> Verdict {
         let mut reasons = Vec::new();
         for b in &self.backends {
             let failed = self.counts(Some(&b.name)).failed;
@@ -164,6 +172,7 @@ impl Report {
                     "required backend `{name}` is unavailable: {}",
                     b.detail
                 )),
+                Some(_) if allow_unsupported.contains(name) => {}
                 Some(_) => {
                     let skipped = self.counts(Some(name)).skipped();
                     if skipped > 0 {

@@ -300,3 +300,20 @@ fn matrix_shows_every_cell_and_the_failures() {
         2
     );
 }
+
+#[test]
+fn allow_unsupported_accepts_declared_gaps_of_a_required_backend_only() {
+    let dir = TempDir::new("allow");
+    let good: Vec<CaseFile> = cases(&dir).into_iter().filter(|c| c.is_ok()).collect();
+    let report = renamed(run(&F32Only(CpuBackend::new()), &good), "lite");
+    assert_eq!(report.counts(None).unsupported, 3);
+    let required = ["lite".to_string()];
+    assert!(
+        !report.verdict(&required).ok,
+        "unsupported cells of a required backend fail"
+    );
+    assert!(report.verdict_allowing(&required, &required).ok);
+    // Allowing gaps never excuses an unavailable required backend.
+    let ghost = ["ghost".to_string()];
+    assert!(!report.verdict_allowing(&ghost, &ghost).ok);
+}

@@ -1,6 +1,7 @@
 //! `moemla conformance`: run the golden cases on every selected backend and print the
 //! parity matrix; exit non-zero iff a case failed on an available backend or a required
-//! backend was unavailable or skipped anything.
+//! backend was unavailable or skipped anything (unless `--allow-unsupported` names it,
+//! for cases it declares unsupported).
 
 use super::CommandError;
 use moemla::{discover, select};
@@ -36,6 +37,12 @@ pub struct ConformanceArgs {
     /// even if --backend does not name them.
     #[arg(long, env = "MOEMLA_REQUIRE", value_delimiter = ',')]
     require: Vec<String>,
+
+    /// Required backends that may leave cases unsupported (comma-separated): a vendor op
+    /// library that cannot do some shapes or dtypes. Their unsupported cases are listed
+    /// with the reason and counted as skipped; everything else they run must pass.
+    #[arg(long, env = "MOEMLA_ALLOW_UNSUPPORTED", value_delimiter = ',')]
+    allow_unsupported: Vec<String>,
 
     /// Only cases of this op (`mla_decode`) or whose relative path matches this glob
     /// (`*` and `?`; e.g. `moe_route/bf16/*`).
@@ -92,7 +99,7 @@ pub fn run(args: &ConformanceArgs) -> Result<ExitCode, CommandError> {
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
 
-    let mut verdict = report.verdict(&required);
+    let mut verdict = report.verdict_allowing(&required, &clean(&args.allow_unsupported));
     if cases.is_empty() {
         verdict.ok = false;
         verdict.reasons.push(match &args.filter {
