@@ -6,7 +6,8 @@
 # Steps (stops at the first failure):
 #   1. find NVRTC (MOEMLA_NVRTC_LIB, else the CUDA toolkit's lib64, else the PyPI wheel
 #      nvidia-cuda-nvrtc-cu12/-cu13 if installed) and print the device (nvidia-smi);
-#   2. the NVRTC compile test for sm_80/sm_90 (cargo test -p moemla-cuda);
+#   2. cargo test -p moemla-cuda: the NVRTC compile test for sm_80/sm_90 and the shared op
+#      suite on the GPU (MOEMLA_REQUIRE=cuda: a missing device fails instead of skipping);
 #   3. build the `moemla` CLI (release);
 #   4. `moemla devices`, then `moemla conformance --require cuda` on the committed goldens
 #      (every case must pass; reports land in $OUT_DIR, default target/gpu-check);
@@ -35,8 +36,8 @@ fi
 echo "== NVRTC: ${MOEMLA_NVRTC_LIB:-<dynamic loader default>}"
 nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv || true
 
-echo "== NVRTC compile test (sm_80, sm_90)"
-MOEMLA_REQUIRE_TOOLCHAINS=nvrtc cargo test --release -p moemla-cuda
+echo "== NVRTC compile test (sm_80, sm_90) and the shared op suite on the GPU"
+MOEMLA_REQUIRE_TOOLCHAINS=nvrtc MOEMLA_REQUIRE=cuda cargo test --release -p moemla-cuda
 
 echo "== build"
 cargo build --release -p moemla
