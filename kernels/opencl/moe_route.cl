@@ -41,8 +41,11 @@ inline float wg_sum(__local float *red, float v) {
 }
 
 // Whether candidate (v, i) beats (bv, bi): higher score, ties to the lower id; -1 = none.
+// A NaN score counts as -inf.
 inline int beats(float v, int i, float bv, int bi) {
     if (i < 0) return 0;
+    v = isnan(v) ? -INFINITY : v;
+    bv = isnan(bv) ? -INFINITY : bv;
     return bi < 0 || v > bv || (v == bv && i < bi);
 }
 

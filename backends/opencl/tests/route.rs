@@ -140,3 +140,16 @@ fn deepseek_v2_shape_with_fewer_experts_than_work_items() {
     // (PoCL 3.1 once ran them through a strided loop; see FOR_STRIDED in common.cl).
     check(5, 33, 160, false, &RouteParams::deepseek_v2(), DType::F32);
 }
+
+#[test]
+fn nan_logits_rank_last() {
+    let Some(be) = backend() else { return };
+    let (logits, _) = float_tensor(&*be, &[1, 4], &[f32::NAN, 1.0, 3.0, 2.0], DType::F32);
+    let p = RouteParams {
+        score_func: ScoreFunc::Sigmoid,
+        top_k: 3,
+        ..RouteParams::deepseek_v2_lite()
+    };
+    let out = ops::moe_route(&*be, &logits, None, &p).unwrap();
+    assert_eq!(read_i32(&*be, &out.topk_ids), vec![2, 3, 1]);
+}
