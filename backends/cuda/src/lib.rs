@@ -36,7 +36,7 @@ pub const NAME: &str = "cuda";
 
 /// What `moemla devices` says about how far this backend has been checked.
 pub const VERIFICATION_DETAIL: &str =
-    "kernels compiled by NVRTC for sm_80/sm_90 in CI; never run on NVIDIA silicon";
+    "kernels compiled by NVRTC for sm_80/sm_90 in CI and run on a host emulator; never run on NVIDIA silicon";
 
 /// One NVIDIA GPU.
 pub struct CudaBackend {
@@ -55,7 +55,7 @@ impl CudaBackend {
     pub fn with_ordinal(ordinal: usize) -> Result<Self> {
         let unavailable = |reason: String| Error::Unavailable {
             backend: NAME.to_string(),
-            reason,
+            reason: format!("{reason} [verification: compile-only, {VERIFICATION_DETAIL}]"),
         };
         // SAFETY: only tries to dlopen the driver library's names; calls nothing in it.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
