@@ -204,6 +204,22 @@ impl ClDevice {
         })
     }
 
+    /// A device workspace of `bytes` bytes with undefined contents (for buffers the kernels
+    /// write before they read them; skips the fill of large intermediates).
+    pub fn alloc_workspace(&self, bytes: usize) -> Result<ClBuffer> {
+        // SAFETY: no host pointer is passed; the size is non-zero.
+        let mem = unsafe {
+            Buffer::<u8>::create(
+                &self.context,
+                CL_MEM_READ_WRITE,
+                bytes.max(1),
+                ptr::null_mut(),
+            )
+        }
+        .map_err(cl("clCreateBuffer"))?;
+        Ok(ClBuffer { mem, bytes })
+    }
+
     /// A zero-filled device buffer of `bytes` bytes (at least one is allocated).
     pub fn alloc_zeroed(&self, bytes: usize) -> Result<ClBuffer> {
         let size = bytes.max(1);

@@ -87,7 +87,7 @@ pub fn run(
     int(op, "workspace", b * h_q * s_q * splits * d_v.max(2))?;
 
     let bad = flags(dev, 2)?;
-    let ws_o = dev.alloc_zeroed(b * h_q * s_q * splits * d_v * 4)?;
+    let ws_o = dev.alloc_workspace(b * h_q * s_q * splits * d_v * 4)?;
     let ws_ml = dev.alloc_zeroed(b * h_q * s_q * splits * 2 * 4)?;
     let o = dev.alloc_zeroed(b * s_q * h_q * d_v * call.dtype.size_in_bytes())?;
     let lse = dev.alloc_zeroed(b * h_q * s_q * 4)?;

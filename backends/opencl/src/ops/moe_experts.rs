@@ -42,8 +42,8 @@ pub fn run(dev: &ClDevice, backend: &str, call: &MoeExpertsCall<'_>) -> Result<C
     let block_expert = dev.alloc_zeroed(blocks * 4)?;
     let row_pair = dev.alloc_zeroed(rows * 4)?;
     let pair_row = dev.alloc_zeroed(pairs * 4)?;
-    let act = dev.alloc_zeroed(rows * i * 4)?;
-    let down = dev.alloc_zeroed(rows * h * 4)?;
+    let act = dev.alloc_workspace(rows * i * 4)?;
+    let down = dev.alloc_workspace(rows * h * 4)?;
     let y = dev.alloc_zeroed(t * h * call.dtype.size_in_bytes())?;
     let (h32, i32_, k32) = (int(op, "H", h)?, int(op, "I", i)?, int(op, "k", k)?);
     int(op, "rows * max(H, I)", rows * h.max(i))?;
