@@ -67,7 +67,7 @@ impl OpenClBackend {
     fn verification(&self) -> Verification {
         let facts = &self.device.facts;
         match pocl_version(&facts.platform_version) {
-            Some(version) if facts.is_cpu => Verification {
+            Some(version) if facts.is_cpu && verified_pocl(version) => Verification {
                 kind: VerificationKind::Silicon,
                 detail: format!("CPU via PoCL {version}"),
             },
@@ -78,6 +78,19 @@ impl OpenClBackend {
             },
         }
     }
+}
+
+/// PoCL releases (major.minor) on whose CPU device every committed golden case has passed
+/// (`moemla conformance --backend opencl`; PoCL 3.1 as Debian 12 ships it).
+const VERIFIED_POCL: &[&str] = &["3.1"];
+
+/// Whether `version` ("3.1+debian") is one of [`VERIFIED_POCL`].
+fn verified_pocl(version: &str) -> bool {
+    VERIFIED_POCL.iter().any(|v| {
+        version
+            .strip_prefix(v)
+            .is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
+    })
 }
 
 /// "3.1+debian" from a PoCL platform version ("OpenCL 3.0 PoCL 3.1+debian  Linux, ...").
@@ -171,5 +184,13 @@ mod tests {
         let v = "OpenCL 3.0 PoCL 3.1+debian  Linux, None+Asserts, RELOC, SPIR, LLVM 15.0.6";
         assert_eq!(pocl_version(v), Some("3.1+debian"));
         assert_eq!(pocl_version("OpenCL 3.0 CUDA 12.4.131"), None);
+    }
+
+    #[test]
+    fn only_verified_pocl_releases_claim_silicon() {
+        assert!(verified_pocl("3.1+debian"));
+        assert!(verified_pocl("3.1"));
+        assert!(!verified_pocl("3.10"));
+        assert!(!verified_pocl("6.0+debian"));
     }
 }
