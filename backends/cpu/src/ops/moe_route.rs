@@ -36,8 +36,8 @@ struct Scratch {
     scores: Vec<f32>,
     /// Selection scores (scores + bias; -inf outside the kept groups).
     sel: Vec<f32>,
-    /// Candidate indices (experts or groups) being ranked.
-    order: Vec<usize>,
+    /// The best (key, index) pairs of a ranking (experts or groups), best first.
+    best: Vec<(f32, usize)>,
     /// Group scores.
     group_scores: Vec<f32>,
 }
@@ -47,7 +47,7 @@ impl Scratch {
         Scratch {
             scores: vec![0.0; experts],
             sel: vec![0.0; experts],
-            order: Vec::with_capacity(experts),
+            best: Vec::with_capacity(experts),
             group_scores: Vec::new(),
         }
     }
@@ -64,7 +64,7 @@ fn route_token(
     let Scratch {
         scores,
         sel,
-        order,
+        best,
         group_scores,
     } = scratch;
     apply_score_func(p.score_func, scores);
@@ -76,10 +76,10 @@ fn route_token(
         None => sel.copy_from_slice(scores),
     }
     if p.n_group > 1 {
-        mask_groups(p, sel, order, group_scores);
+        mask_groups(p, sel, best, group_scores);
     }
-    top_indices(sel, ids.len(), order);
-    for ((id, w), &e) in ids.iter_mut().zip(weights.iter_mut()).zip(order.iter()) {
+    top_indices(sel, ids.len(), best);
+    for ((id, w), &(_, e)) in ids.iter_mut().zip(weights.iter_mut()).zip(best.iter()) {
         *id = e as i32;
         *w = scores[e];
     }
@@ -110,13 +110,18 @@ fn apply_score_func(func: ScoreFunc, row: &mut [f32]) {
 
 /// Keeps the `topk_group` best groups of `sel` (group score: max, or sum of the best two);
 /// sets the selection score of every expert in the other groups to -inf.
-fn mask_groups(p: &RouteParams, sel: &mut [f32], order: &mut Vec<usize>, scores: &mut Vec<f32>) {
+fn mask_groups(
+    p: &RouteParams,
+    sel: &mut [f32],
+    best: &mut Vec<(f32, usize)>,
+    scores: &mut Vec<f32>,
+) {
     let size = sel.len() / p.n_group;
     scores.clear();
     scores.extend(sel.chunks(size).map(|g| group_score(p.group_select, g)));
-    top_indices(scores, p.topk_group, order);
+    top_indices(scores, p.topk_group, best);
     for (g, group) in sel.chunks_mut(size).enumerate() {
-        if !order.contains(&g) {
+        if !best.iter().any(|&(_, kept)| kept == g) {
             group.fill(f32::NEG_INFINITY);
         }
     }
@@ -146,20 +151,21 @@ fn group_score(select: GroupSelect, group: &[f32]) -> f32 {
     }
 }
 
-/// Fills `order` with the indices of the `k` largest `values`, best first; ties go to the
+/// Fills `best` with the `k` largest `values` (key, index), best first; ties go to the
 /// lower index. NaN ranks as -inf. One pass keeping the best `k` (key, index) pairs sorted:
 /// one comparison against the current k-th key for most values when `k` is small
 /// (routing: 8 of 256).
-fn top_indices(values: &[f32], k: usize, order: &mut Vec<usize>) {
-    let mut best: Vec<(f32, usize)> = Vec::with_capacity(k + 1);
+fn top_indices(values: &[f32], k: usize, best: &mut Vec<(f32, usize)>) {
+    best.clear();
     let mut threshold = f32::NEG_INFINITY; // the k-th best key once `best` is full
     for (i, &v) in values.iter().enumerate() {
+        // NaN ranks last; adding 0.0 turns -0.0 into +0.0 so that the two tie.
         let v = if v.is_nan() {
             f32::NEG_INFINITY
         } else {
             v + 0.0
-        }; // -0.0 ties +0.0
-           // Indices arrive in ascending order, so an equal key never displaces an earlier one.
+        };
+        // Indices arrive in ascending order, so an equal key never displaces an earlier one.
         if best.len() == k && v <= threshold {
             continue;
         }
@@ -170,8 +176,6 @@ fn top_indices(values: &[f32], k: usize, order: &mut Vec<usize>) {
             threshold = last;
         }
     }
-    order.clear();
-    order.extend(best.iter().map(|&(_, i)| i));
 }
 
 #[cfg(test)]
