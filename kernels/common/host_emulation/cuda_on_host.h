@@ -96,26 +96,30 @@ inline int atomicMin(int* p, int v) {
 }
 inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
 
-// Runs `kernel()` over the grid; every GPU thread is a host thread, one block at a time.
+// Runs `kernel()` over the grid, one block at a time: `threads` host threads (one per GPU
+// thread) visit every block in order, meeting at a barrier between blocks.
 inline void moemla_emu_launch(moemla_dim3 grid, unsigned threads, const std::function<void()>& kernel) {
     gridDim = grid;
     blockDim = moemla_dim3{threads, 1, 1};
     const int ws = g_emu.warp_size;
-    for (unsigned z = 0; z < grid.z; ++z)
-        for (unsigned y = 0; y < grid.y; ++y)
-            for (unsigned x = 0; x < grid.x; ++x) {
-                blockIdx = moemla_dim3{x, y, z};
-                g_emu.block_bar = std::make_unique<std::barrier<>>(threads);
-                g_emu.warp_bars.clear();
-                for (unsigned w = 0; w < (threads + ws - 1) / ws; ++w)
-                    g_emu.warp_bars.push_back(std::make_unique<std::barrier<>>(ws));
-                g_emu.exchange.assign(threads, 0);
-                std::vector<std::thread> pool;
-                for (unsigned t = 0; t < threads; ++t)
-                    pool.emplace_back([t, &kernel] {
-                        threadIdx = moemla_dim3{t, 0, 0};
-                        kernel();
-                    });
-                for (auto& th : pool) th.join();
+    g_emu.block_bar = std::make_unique<std::barrier<>>(threads);
+    g_emu.warp_bars.clear();
+    for (unsigned w = 0; w < (threads + ws - 1) / ws; ++w)
+        g_emu.warp_bars.push_back(std::make_unique<std::barrier<>>(ws));
+    g_emu.exchange.assign(threads, 0);
+    const unsigned long long blocks = (unsigned long long)grid.x * grid.y * grid.z;
+    std::vector<std::thread> pool;
+    for (unsigned t = 0; t < threads; ++t)
+        pool.emplace_back([t, blocks, grid, &kernel] {
+            threadIdx = moemla_dim3{t, 0, 0};
+            for (unsigned long long b = 0; b < blocks; ++b) {
+                if (t == 0)
+                    blockIdx = moemla_dim3{(unsigned)(b % grid.x), (unsigned)((b / grid.x) % grid.y),
+                                           (unsigned)(b / ((unsigned long long)grid.x * grid.y))};
+                g_emu.block_bar->arrive_and_wait();  // blockIdx published
+                kernel();
+                g_emu.block_bar->arrive_and_wait();  // block done before the next starts
             }
+        });
+    for (auto& th : pool) th.join();
 }
