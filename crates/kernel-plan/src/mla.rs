@@ -197,19 +197,28 @@ pub fn plan(s: &MlaSizes, dtype: DType, limits: &DeviceLimits) -> PlanResult<Mla
     })
 }
 
-/// The largest tile that fits: the tensor-core path needs 16 query rows; the portable
-/// path may shrink the row count too.
+/// Shared memory the hardware reserves per resident block (CUDA: 1 KiB).
+const PER_BLOCK_RESERVED: usize = 1024;
+
+/// The tile to use. The tensor-core path needs 16 query rows and prefers the largest
+/// `block_n` that lets two blocks share an SM (the kernel does not overlap its own loads
+/// and math, so a second resident block hides the load latency), else the largest that
+/// fits once. The portable path may shrink the row count too.
 fn pick_tiles(
     s: &MlaSizes,
     elem: usize,
     tensor_path: bool,
     max_smem: usize,
 ) -> Option<(usize, usize)> {
-    let fits = |bq: usize, bn: usize| decode_shared_bytes(elem, s.d_qk, s.d_v, bq, bn) <= max_smem;
+    let bytes = |bq: usize, bn: usize| decode_shared_bytes(elem, s.d_qk, s.d_v, bq, bn);
+    let fits = |bq: usize, bn: usize| bytes(bq, bn) <= max_smem;
     if tensor_path {
+        let per_sm = max_smem + PER_BLOCK_RESERVED;
+        let twice = |bn: usize| 2 * (bytes(16, bn) + PER_BLOCK_RESERVED) <= per_sm;
         return [64, 32, 16]
             .into_iter()
-            .find(|&bn| fits(16, bn))
+            .find(|&bn| twice(bn))
+            .or_else(|| [64, 32, 16].into_iter().find(|&bn| fits(16, bn)))
             .map(|bn| (16, bn));
     }
     [16, 8, 4, 2, 1]

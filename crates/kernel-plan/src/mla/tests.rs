@@ -67,7 +67,9 @@ fn shared_memory_follows_the_documented_layout() {
 #[test]
 fn memory_bound_shape_uses_tensor_tiles_and_fills_the_sms() {
     let p = plan(&v3(128, 1, 16, 4096), DType::BF16, &h100()).unwrap();
-    assert_eq!((p.block_q, p.block_n), (16, 64));
+    // 16 x 32 tiles: 93 KiB each, two blocks per SM (a 64-position tile needs 130 KiB).
+    assert_eq!((p.block_q, p.block_n), (16, 32));
+    assert!(2 * (decode_shared_bytes(2, 576, 512, 16, 32) + 1024) <= 228 * 1024);
     // 128 blocks without splitting; 2 * 132 wanted -> 3 splits.
     assert_eq!(p.num_splits, 3);
     assert_eq!(p.launches[1].grid, [3, 1, 128]);
@@ -108,6 +110,21 @@ fn a_head_dim_too_wide_for_shared_memory_is_unsupported() {
     s.d_v = 512;
     let err = plan(&s, DType::F32, &h100()).unwrap_err();
     assert_eq!(err.op, Op::MlaDecode);
+}
+
+#[test]
+fn sm80_prefers_two_resident_blocks_over_a_wider_tile() {
+    let a100 = DeviceLimits {
+        compute_units: 108,
+        warp_size: 32,
+        max_shared_bytes: 163 * 1024,
+        tensor_cores: true,
+    };
+    // 32 positions (93 KiB) do not fit twice in 164 KiB and 64 (130 KiB) only once;
+    // 16 positions (71 KiB) fit twice, and two resident blocks come first.
+    let p = plan(&v3(8, 1, 16, 1024), DType::BF16, &a100).unwrap();
+    assert_eq!((p.block_q, p.block_n), (16, 16));
+    assert!(2 * (decode_shared_bytes(2, 576, 512, 16, 16) + 1024) <= 164 * 1024);
 }
 
 #[test]
