@@ -26,6 +26,9 @@ pub type Task = Box<dyn FnOnce() -> EmuResult<()> + Send>;
 static INITIALISED: AtomicBool = AtomicBool::new(false);
 static NEXT_STREAM: AtomicUsize = AtomicUsize::new(0x5000);
 static STREAMS: Mutex<Option<HashMap<usize, Vec<Task>>>> = Mutex::new(None);
+/// Held while a synchronize runs tasks: a concurrent `aclrtSynchronizeStream` must not
+/// return while tasks queued before it are still running on another thread.
+static RUNNING: Mutex<()> = Mutex::new(());
 
 thread_local! {
     /// Whether `aclrtSetDevice` has been called on this thread: AscendCL's current device
@@ -196,7 +199,8 @@ pub unsafe extern "C" fn aclrtDestroyStream(stream: *mut c_void) -> i32 {
     })
 }
 
-/// `aclrtSynchronizeStream`: runs the queued tasks in order.
+/// `aclrtSynchronizeStream`: runs the queued tasks in order; returns only when every task
+/// queued before the call has finished, including tasks another thread's synchronize took.
 ///
 /// # Safety
 /// Any value is accepted; unknown streams are reported.
@@ -205,6 +209,7 @@ pub unsafe extern "C" fn aclrtSynchronizeStream(stream: *mut c_void) -> i32 {
     if let Err(fail) = require_device("aclrtSynchronizeStream") {
         return status(Err(fail));
     }
+    let _running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
     let queue = with_streams(|s| s.get_mut(&(stream as usize)).map(std::mem::take));
     status(match queue {
         None => Err(Fail::new(
