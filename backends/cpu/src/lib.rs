@@ -8,6 +8,7 @@ mod ceilings;
 mod convert;
 mod device;
 mod gemm_util;
+mod gemv;
 mod ops;
 mod storage;
 #[cfg(test)]

@@ -7,6 +7,7 @@
 
 use super::permute::Permutation;
 use crate::gemm_util::{matmul, MatRef};
+use crate::gemv;
 use crate::storage::FloatSlice;
 use moemla_core::Result;
 use rayon::prelude::*;
@@ -48,7 +49,8 @@ struct Tile<'b> {
     out: &'b mut [f32],
 }
 
-/// Per-thread f32 buffers for upcast weight tiles and the up-projection tile.
+/// Per-thread f32 buffers: upcast weight tiles (or rows), and the up-projection tile (or
+/// the transposed activations of the down projection).
 #[derive(Default)]
 struct Scratch {
     gate: Vec<f32>,
@@ -65,18 +67,24 @@ pub fn gate_up(perm: &Permutation, xg: &[f32], w: ExpertWeights<'_>) -> Result<V
         .into_par_iter()
         .try_for_each_init(Scratch::default, |s, tile| {
             let (first, n) = perm.expert_rows(tile.expert);
-            let x_t = MatRef::row_major(&xg[first * h..(first + n) * h], n, h).t();
+            let x = &xg[first * h..(first + n) * h];
             let base = tile.expert * 2 * i + tile.first;
-            let gate = w.w13.rows_f32(base, tile.rows, h, &mut s.gate);
-            matmul(tile.out, MatRef::row_major(gate, tile.rows, h), x_t, false)?;
-            let up = w.w13.rows_f32(base + i, tile.rows, h, &mut s.up);
             s.up_out.resize(tile.out.len(), 0.0);
-            matmul(
-                &mut s.up_out,
-                MatRef::row_major(up, tile.rows, h),
-                x_t,
-                false,
-            )?;
+            if skinny(w.w13, n) {
+                gemv::rows_times(w.w13, base, tile.rows, h, x, tile.out, &mut s.gate);
+                gemv::rows_times(w.w13, base + i, tile.rows, h, x, &mut s.up_out, &mut s.up);
+            } else {
+                let x_t = MatRef::row_major(x, n, h).t();
+                let gate = w.w13.rows_f32(base, tile.rows, h, &mut s.gate);
+                matmul(tile.out, MatRef::row_major(gate, tile.rows, h), x_t, false)?;
+                let up = w.w13.rows_f32(base + i, tile.rows, h, &mut s.up);
+                matmul(
+                    &mut s.up_out,
+                    MatRef::row_major(up, tile.rows, h),
+                    x_t,
+                    false,
+                )?;
+            }
             for (g, u) in tile.out.iter_mut().zip(&s.up_out) {
                 *g = silu(*g) * u;
             }
@@ -91,14 +99,30 @@ pub fn down(perm: &Permutation, h_t: &[f32], w: ExpertWeights<'_>) -> Result<Vec
     let mut out = vec![0.0; perm.rows() * h];
     tiles(perm, &mut out, h, tile_rows(w.w2, i))
         .into_par_iter()
-        .try_for_each_init(Vec::new, |scratch, tile| {
+        .try_for_each_init(Scratch::default, |s, tile| {
             let (first, n) = perm.expert_rows(tile.expert);
-            let act = MatRef::row_major(&h_t[first * i..(first + n) * i], i, n);
-            let w2 =
-                w.w2.rows_f32(tile.expert * h + tile.first, tile.rows, i, scratch);
-            matmul(tile.out, MatRef::row_major(w2, tile.rows, i), act, false)
+            let act = &h_t[first * i..(first + n) * i];
+            let base = tile.expert * h + tile.first;
+            if skinny(w.w2, n) {
+                // The activations as n contiguous vectors: [n, I].
+                s.up_out.clear();
+                s.up_out
+                    .extend((0..n * i).map(|at| act[(at % i) * n + at / i]));
+                gemv::rows_times(w.w2, base, tile.rows, i, &s.up_out, tile.out, &mut s.gate);
+                Ok(())
+            } else {
+                let w2 = w.w2.rows_f32(base, tile.rows, i, &mut s.gate);
+                let act = MatRef::row_major(act, i, n);
+                matmul(tile.out, MatRef::row_major(w2, tile.rows, i), act, false)
+            }
         })?;
     Ok(out)
+}
+
+/// Whether `n` tokens of an expert with these weights take the matrix-vector path: only
+/// for weights that need upcasting (F32 weights stream straight into the GEMM).
+fn skinny(weights: FloatSlice<'_>, n: usize) -> bool {
+    !matches!(weights, FloatSlice::F32(_)) && n <= gemv::MAX_VECTORS
 }
 
 /// SiLU (swish): `x * sigmoid(x)`.
