@@ -1,7 +1,11 @@
 //! The per-backend harness: the backend instance shared by all tests of one instantiation,
-//! skipping when it is unavailable, and helpers to move data in and out.
+//! skipping when it is unavailable (or, if allowed, when an op is unsupported), and helpers
+//! to move data in and out.
 
+use crate::unsupported::{quiet_panics_after_unsupported, Recording};
 use moemla_core::{Backend, BackendInfo, DType, DeviceTensor, Error, HostTensor, Op, Result};
+use std::cell::{Cell, RefCell};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 /// Settings of one instantiation of the suite.
@@ -10,11 +14,20 @@ pub struct SuiteConfig {
     /// Cases per proptest property (env `PROPTEST_CASES` overrides it). Slow backends
     /// (e.g. OpenCL on PoCL) may want fewer.
     pub proptest_cases: u32,
+    /// Whether `Error::Unsupported` from the backend skips instead of failing: a test that
+    /// fails after any call returned `Unsupported` prints `skipped: unsupported: <error>`
+    /// and passes, and a property case that met one is rejected (another input is drawn;
+    /// the property is skipped only if proptest gives up). For backends whose vendor ops
+    /// cannot do some parameter combinations (Ascend's aclnn); default false (strict).
+    pub allow_unsupported: bool,
 }
 
 impl Default for SuiteConfig {
     fn default() -> Self {
-        SuiteConfig { proptest_cases: 64 }
+        SuiteConfig {
+            proptest_cases: 64,
+            allow_unsupported: false,
+        }
     }
 }
 
@@ -47,13 +60,31 @@ impl Suite {
     /// Runs one test body against the backend. If the factory failed with
     /// [`Error::Unavailable`], prints `skipped: <reason>` and passes, unless env
     /// `MOEMLA_REQUIRE` (a comma list of names) names this backend; any other factory error
-    /// fails the test.
+    /// fails the test. See [`SuiteConfig::allow_unsupported`] for `Error::Unsupported`.
     pub fn run(&self, body: impl FnOnce(&Ctx<'_>)) {
         match &self.backend {
+            Ok((backend, info)) if self.config.allow_unsupported => {
+                quiet_panics_after_unsupported();
+                let recording = Recording::new(backend.as_ref());
+                recording.take(); // clears this thread's flag from an earlier test
+                let ctx = Ctx {
+                    backend: &recording,
+                    info,
+                    config: &self.config,
+                    recording: Some(&recording),
+                };
+                let outcome = catch_unwind(AssertUnwindSafe(|| body(&ctx)));
+                match (outcome, recording.take()) {
+                    (Ok(()), _) => {}
+                    (Err(_), Some(reason)) => println!("skipped: unsupported: {reason}"),
+                    (Err(panic), None) => resume_unwind(panic),
+                }
+            }
             Ok((backend, info)) => body(&Ctx {
                 backend: backend.as_ref(),
                 info,
                 config: &self.config,
+                recording: None,
             }),
             Err(e @ Error::Unavailable { backend, .. }) => {
                 if required(self.name) || required(backend) {
@@ -82,6 +113,8 @@ pub struct Ctx<'a> {
     pub info: &'a BackendInfo,
     /// The instantiation's settings.
     pub config: &'a SuiteConfig,
+    /// With `allow_unsupported`: the wrapper `backend` is, to tell unsupported cases apart.
+    recording: Option<&'a Recording<'a>>,
 }
 
 impl Ctx<'_> {
@@ -90,7 +123,7 @@ impl Ctx<'_> {
         let yes = self.info.supports(op, dtype);
         if !yes {
             println!(
-                "skipped: backend `{}` does not list {op} {dtype}",
+                "skipped: unsupported: backend `{}` does not list {op} {dtype}",
                 self.info.name
             );
         }
@@ -158,17 +191,42 @@ impl Ctx<'_> {
 
 impl Ctx<'_> {
     /// Runs a proptest property over `strategy`; `test` returns `Err(why)` on failure.
-    /// Panics with proptest's minimal failing input.
+    /// Panics with proptest's minimal failing input. With `allow_unsupported`, a case in
+    /// which the backend returned `Unsupported` is rejected; if proptest gives up for too
+    /// many rejects the property prints `skipped: unsupported: ..` and passes.
     pub fn check_property<S: proptest::strategy::Strategy>(
         &self,
         name: &str,
         strategy: S,
         test: impl Fn(S::Value) -> std::result::Result<(), String>,
     ) {
-        let mut runner = proptest::test_runner::TestRunner::new(self.proptest_config());
+        use proptest::test_runner::{TestCaseError, TestError, TestRunner};
+        let (passed, rejected, reason) = (Cell::new(0u32), Cell::new(0u32), RefCell::new(None));
+        let mut runner = TestRunner::new(self.proptest_config());
         let result = runner.run(&strategy, |value| {
-            test(value).map_err(proptest::test_runner::TestCaseError::fail)
+            // Some properties panic (through the case helpers) rather than return Err.
+            let outcome = catch_unwind(AssertUnwindSafe(|| test(value)));
+            if let Some(why) = self.recording.and_then(Recording::take) {
+                rejected.set(rejected.get() + 1);
+                return Err(TestCaseError::reject(
+                    reason.borrow_mut().insert(why).clone(),
+                ));
+            }
+            let result = outcome.unwrap_or_else(|panic| resume_unwind(panic));
+            passed.set(passed.get() + u32::from(result.is_ok()));
+            result.map_err(TestCaseError::fail)
         });
+        if rejected.get() > 0 {
+            let (passed, rejected) = (passed.get(), rejected.get());
+            let why = reason.borrow().clone().unwrap_or_default();
+            if let Err(TestError::Abort(_)) = result {
+                println!(
+                    "skipped: unsupported: {why} ({rejected} cases rejected, {passed} passed)"
+                );
+                return;
+            }
+            println!("note: {rejected} cases rejected as unsupported ({why}), {passed} passed");
+        }
         if let Err(e) = result {
             panic!(
                 "property `{name}` failed on backend `{}`: {e}",

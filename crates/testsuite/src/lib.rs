@@ -23,6 +23,7 @@ mod macros;
 pub mod props;
 pub mod reference;
 pub mod rng;
+mod unsupported;
 
 pub use harness::{Ctx, Suite, SuiteConfig};
 

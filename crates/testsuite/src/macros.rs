@@ -7,7 +7,10 @@
 /// moemla_testsuite::backend_tests!(cpu, || Ok(std::sync::Arc::new(moemla_cpu::CpuBackend::new())));
 /// // A slow backend may run fewer proptest cases (env PROPTEST_CASES still overrides):
 /// moemla_testsuite::backend_tests!(opencl, moemla_opencl::shared,
-///     moemla_testsuite::SuiteConfig { proptest_cases: 8 });
+///     moemla_testsuite::SuiteConfig { proptest_cases: 8, ..Default::default() });
+/// // A backend whose vendor ops cannot do some shapes skips on `Error::Unsupported`:
+/// moemla_testsuite::backend_tests!(ascend, factory,
+///     moemla_testsuite::SuiteConfig { allow_unsupported: true, ..Default::default() });
 /// ```
 ///
 /// The factory (`FnOnce() -> moemla_core::Result<Arc<dyn Backend>>`) is called once per
