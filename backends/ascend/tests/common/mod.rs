@@ -33,18 +33,27 @@ pub fn emulator_path() -> PathBuf {
         })
 }
 
-/// The Ascend backend on the emulator, or on the installed CANN when
-/// `MOEMLA_ASCEND_TEST_REAL=1` (how the same tests verify a real Ascend device).
-pub fn backend() -> AscendBackend {
+/// Points the loader at the emulator (`MOEMLA_ASCEND_LIB`) unless `MOEMLA_ASCEND_LIB` or
+/// `MOEMLA_ASCEND_LIB_DIR` already says where CANN is, or `MOEMLA_ASCEND_TEST_REAL=1`
+/// asks for the installed CANN (how the same tests verify a real Ascend device).
+pub fn use_emulator_unless_configured() {
     static SET: Once = Once::new();
     SET.call_once(|| {
-        if std::env::var_os("MOEMLA_ASCEND_TEST_REAL").is_some_and(|v| v == "1") {
+        let real = std::env::var_os("MOEMLA_ASCEND_TEST_REAL").is_some_and(|v| v == "1");
+        let configured = std::env::var_os("MOEMLA_ASCEND_LIB_DIR").is_some();
+        if real || configured {
             return;
         }
         let path = emulator_path();
         // Set once, before any backend is created; tests only read it afterwards.
         std::env::set_var("MOEMLA_ASCEND_LIB", path);
     });
+}
+
+/// The Ascend backend on the emulator, or where the environment points (see
+/// [`use_emulator_unless_configured`]).
+pub fn backend() -> AscendBackend {
+    use_emulator_unless_configured();
     AscendBackend::new()
         .expect("Ascend backend (CANN emulator, or CANN with MOEMLA_ASCEND_TEST_REAL=1)")
 }
