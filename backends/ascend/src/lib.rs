@@ -12,6 +12,7 @@ mod device;
 mod error;
 mod loader;
 mod ops;
+mod tried;
 
 pub use device::NAME;
 

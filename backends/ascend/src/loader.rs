@@ -16,6 +16,7 @@
 //! Signatures and enum values are cited next to the tables; types are spelled in Rust:
 //! `aclError`/`aclnnStatus` = i32, `aclrtStream`/`aclOpExecutor*`/`aclTensor*`/... = pointers.
 
+use crate::tried::Tried;
 use libloading::Library;
 use std::ffi::{c_char, c_void};
 use std::path::{Path, PathBuf};
@@ -280,9 +281,9 @@ fn single_library() -> Option<PathBuf> {
 const EMULATOR: &str = "libmoemla_cann_emulator.so";
 
 /// Loads one file, recording the attempt.
-fn try_load(path: &Path, tried: &mut Vec<String>) -> Option<Library> {
+fn try_load(path: &Path, tried: &mut Tried) -> Option<Library> {
     if !path.exists() {
-        tried.push(format!("{}: not found", path.display()));
+        tried.not_found(path);
         return None;
     }
     // SAFETY: loading runs the library's initialisers; CANN's and the emulator's are
@@ -290,7 +291,7 @@ fn try_load(path: &Path, tried: &mut Vec<String>) -> Option<Library> {
     match unsafe { Library::new(path) } {
         Ok(lib) => Some(lib),
         Err(e) => {
-            tried.push(format!("{}: {e}", path.display()));
+            tried.failed(path, e);
             None
         }
     }
@@ -299,7 +300,7 @@ fn try_load(path: &Path, tried: &mut Vec<String>) -> Option<Library> {
 impl Cann {
     /// Finds and loads CANN; the error lists every path tried and why it failed.
     pub fn load() -> Result<Cann, String> {
-        let mut tried = Vec::new();
+        let mut tried = Tried::default();
         let mut libs: Vec<(PathBuf, Library)> = Vec::new();
         if let Some(path) = single_library() {
             if let Some(lib) = try_load(&path, &mut tried) {
@@ -328,7 +329,7 @@ impl Cann {
             return Err(format!(
                 "no CANN library could be loaded; tried: [{}]. Set MOEMLA_ASCEND_LIB_DIR to the \
                  directory holding libascendcl.so, or source CANN's set_env.sh (ASCEND_HOME_PATH)",
-                tried.join("; ")
+                tried.summary()
             ));
         }
         let refs: Vec<&Library> = libs.iter().map(|(_, l)| l).collect();
@@ -358,7 +359,7 @@ impl Cann {
                      the directory holding libascendcl.so, or source CANN's set_env.sh \
                      (ASCEND_HOME_PATH)",
                     loaded.join(", "),
-                    tried.join("; ")
+                    tried.summary()
                 ))
             }
         }

@@ -20,32 +20,41 @@ fn missing_cann_is_unavailable_with_every_path_tried() {
     std::env::remove_var("MOEMLA_ASCEND_LIB");
     std::env::set_var("MOEMLA_ASCEND_LIB_DIR", "/bogus/cann/dir");
     let reason = unavailable_reason();
-    for lib in [
-        "libascendcl.so",
-        "libnnopbase.so",
-        "libopapi.so",
-        "libopapi_math.so",
-        "libopapi_nn.so",
-        "libopapi_cv.so",
-        "libopapi_transformer.so",
-    ] {
-        assert!(
-            reason.contains(&format!("/bogus/cann/dir/{lib}: not found")),
-            "{reason}"
-        );
-    }
+    let every_lib = "libascendcl.so, libnnopbase.so, libopapi.so, libopapi_math.so, \
+                     libopapi_nn.so, libopapi_cv.so, libopapi_transformer.so";
+    assert!(
+        reason.contains(&format!("/bogus/cann/dir: none of {every_lib} found")),
+        "{reason}"
+    );
 
     // A directory with neither CANN nor the emulator lists every name it looked for.
     let empty = std::env::temp_dir();
     std::env::set_var("MOEMLA_ASCEND_LIB_DIR", &empty);
     let reason = unavailable_reason();
     assert!(
-        reason.contains(&format!(
-            "{}: not found",
-            empty.join("libascendcl.so").display()
-        )),
+        reason.contains(&format!("{}: none of {every_lib} found", empty.display())),
         "{reason}"
     );
+
+    // The CANN roots: each root's five directories in one group, the message a few lines.
+    std::env::remove_var("MOEMLA_ASCEND_LIB_DIR");
+    std::env::set_var("ASCEND_HOME_PATH", "/bogus/home");
+    std::env::set_var("ASCEND_TOOLKIT_HOME", "/bogus/toolkit");
+    let reason = unavailable_reason();
+    let op_api = "opp/built-in/op_impl/ai_core/tbe/op_api/lib/linux";
+    for root in ["/bogus/home", "/bogus/toolkit"] {
+        let dirs = format!(
+            "{root}/{{lib64, aarch64-linux/lib64, {op_api}/aarch64, x86_64-linux/lib64, \
+             {op_api}/x86_64}}"
+        );
+        assert!(
+            reason.contains(&format!("{dirs}: none of {every_lib} found")),
+            "{reason}"
+        );
+    }
+    assert!(reason.len() < 1200, "{} chars: {reason}", reason.len());
+    std::env::remove_var("ASCEND_HOME_PATH");
+    std::env::remove_var("ASCEND_TOOLKIT_HOME");
 
     // A file that exists but is no library: the loader's own error text is passed on.
     std::env::set_var("MOEMLA_ASCEND_LIB", "/proc/self/status");
