@@ -85,30 +85,62 @@ extern "C" __global__ void moemla_moe_align(const int* __restrict__ topk_ids, in
 // Tile machinery shared by the two GEMMs
 // ---------------------------------------------------------------------------------------
 
-// Stages rows [0, ROWS) x columns [k0, k0 + MOEMLA_TK) into `dst` (row stride MOEMLA_SK),
-// zero where a row is absent (row_ptr returns nullptr) or a column is >= K. `vec_ok`: every
-// row pointer plus a multiple of 16 bytes is 16-byte aligned (K a multiple of the vector).
+// Threads per GEMM block: the accumulator layouts below assume exactly four 32-lane warps
+// (tensor-core path) or 16 x 8 threads (portable path).
+#define MOEMLA_GEMM_THREADS 128
+
+// One thread's share of a ROWS x MOEMLA_TK tile, held in registers between the global
+// load (fetch) and the shared-memory store (put), so the next tile's loads are in flight
+// while the current tile is multiplied.
+template <typename T, int ROWS>
+struct moemla_tile_regs {
+    static constexpr int VEC = 16 / (int)sizeof(T);
+    static constexpr int CHUNKS = MOEMLA_TK / VEC;  // 16-byte chunks per row
+    static constexpr int PER_THREAD = ROWS * CHUNKS / MOEMLA_GEMM_THREADS;
+    union Chunk {
+        moemla_vec16 v;
+        T e[VEC];
+    };
+    Chunk chunk[PER_THREAD];
+};
+
+// Loads rows [0, ROWS) x columns [k0, k0 + MOEMLA_TK), zero where a row is absent
+// (row_ptr returns nullptr) or a column is >= K. `vec_ok`: every row pointer plus a
+// multiple of 16 bytes is 16-byte aligned (K a multiple of the vector length).
 template <typename T, int ROWS, typename RowFn>
-__device__ __forceinline__ void moemla_stage_tile(T* dst, RowFn row_ptr, int k0, int K, bool vec_ok) {
-    constexpr int VEC = 16 / (int)sizeof(T);
-    constexpr int CHUNKS = MOEMLA_TK / VEC;
-    for (int idx = threadIdx.x; idx < ROWS * CHUNKS; idx += blockDim.x) {
-        const int r = idx / CHUNKS;
-        const int c = (idx % CHUNKS) * VEC;
-        const int k = k0 + c;
+__device__ __forceinline__ void moemla_tile_fetch(moemla_tile_regs<T, ROWS>& regs, RowFn row_ptr, int k0,
+                                                  int K, bool vec_ok) {
+    using R = moemla_tile_regs<T, ROWS>;
+#pragma unroll
+    for (int s = 0; s < R::PER_THREAD; ++s) {
+        const int idx = threadIdx.x + s * MOEMLA_GEMM_THREADS;
+        const int r = idx / R::CHUNKS;
+        const int k = k0 + (idx % R::CHUNKS) * R::VEC;
         const T* src = row_ptr(r);
-        T* d = dst + r * MOEMLA_SK + c;
-        if (src != nullptr && vec_ok && k + VEC <= K) {
-            moemla_copy16(d, src + k);
+        if (src != nullptr && vec_ok && k + R::VEC <= K) {
+            regs.chunk[s].v = *reinterpret_cast<const moemla_vec16*>(src + k);
         } else {
-            for (int v = 0; v < VEC; ++v) {
+            for (int v = 0; v < R::VEC; ++v) {
                 if (src != nullptr && k + v < K) {
-                    d[v] = src[k + v];
+                    regs.chunk[s].e[v] = src[k + v];
                 } else {
-                    moemla_store(d + v, 0.0f);
+                    moemla_store(&regs.chunk[s].e[v], 0.0f);
                 }
             }
         }
+    }
+}
+
+// Stores the fetched chunks into the shared tile (row stride MOEMLA_SK).
+template <typename T, int ROWS>
+__device__ __forceinline__ void moemla_tile_put(T* dst, const moemla_tile_regs<T, ROWS>& regs) {
+    using R = moemla_tile_regs<T, ROWS>;
+#pragma unroll
+    for (int s = 0; s < R::PER_THREAD; ++s) {
+        const int idx = threadIdx.x + s * MOEMLA_GEMM_THREADS;
+        const int r = idx / R::CHUNKS;
+        const int c = (idx % R::CHUNKS) * R::VEC;
+        *reinterpret_cast<moemla_vec16*>(dst + r * MOEMLA_SK + c) = regs.chunk[s].v;
     }
 }
 
@@ -233,11 +265,21 @@ __device__ void moemla_moe_gate_up(const T* __restrict__ x, const T* __restrict_
         acc[1][i] = 0.0f;
     }
     const T* const bs[2] = {Bg, Bu};
+    moemla_tile_regs<T, MOEMLA_TM> ra;
+    moemla_tile_regs<T, MOEMLA_TN> rg, ru;
+    moemla_tile_fetch(ra, a_row, 0, hidden, vec_ok);
+    moemla_tile_fetch(rg, g_row, 0, hidden, vec_ok);
+    moemla_tile_fetch(ru, u_row, 0, hidden, vec_ok);
     for (int k0 = 0; k0 < hidden; k0 += MOEMLA_TK) {
-        moemla_stage_tile<T, MOEMLA_TM>(As, a_row, k0, hidden, vec_ok);
-        moemla_stage_tile<T, MOEMLA_TN>(Bg, g_row, k0, hidden, vec_ok);
-        moemla_stage_tile<T, MOEMLA_TN>(Bu, u_row, k0, hidden, vec_ok);
+        moemla_tile_put(As, ra);
+        moemla_tile_put(Bg, rg);
+        moemla_tile_put(Bu, ru);
         __syncthreads();
+        if (k0 + MOEMLA_TK < hidden) {  // next tile's loads overlap this tile's math
+            moemla_tile_fetch(ra, a_row, k0 + MOEMLA_TK, hidden, vec_ok);
+            moemla_tile_fetch(rg, g_row, k0 + MOEMLA_TK, hidden, vec_ok);
+            moemla_tile_fetch(ru, u_row, k0 + MOEMLA_TK, hidden, vec_ok);
+        }
         moemla_tile_step<T, 2, MMA>(acc, As, bs);
         __syncthreads();
     }
@@ -283,10 +325,18 @@ __device__ void moemla_moe_down(const T* __restrict__ act, const T* __restrict__
 #pragma unroll
     for (int i = 0; i < MOEMLA_ACC; ++i) acc[0][i] = 0.0f;
     const T* const bs[1] = {Bd};
+    moemla_tile_regs<T, MOEMLA_TM> ra;
+    moemla_tile_regs<T, MOEMLA_TN> rb;
+    moemla_tile_fetch(ra, a_row, 0, inter, vec_ok);
+    moemla_tile_fetch(rb, b_row, 0, inter, vec_ok);
     for (int k0 = 0; k0 < inter; k0 += MOEMLA_TK) {
-        moemla_stage_tile<T, MOEMLA_TM>(As, a_row, k0, inter, vec_ok);
-        moemla_stage_tile<T, MOEMLA_TN>(Bd, b_row, k0, inter, vec_ok);
+        moemla_tile_put(As, ra);
+        moemla_tile_put(Bd, rb);
         __syncthreads();
+        if (k0 + MOEMLA_TK < inter) {  // next tile's loads overlap this tile's math
+            moemla_tile_fetch(ra, a_row, k0 + MOEMLA_TK, inter, vec_ok);
+            moemla_tile_fetch(rb, b_row, k0 + MOEMLA_TK, inter, vec_ok);
+        }
         moemla_tile_step<T, 1, MMA>(acc, As, bs);
         __syncthreads();
     }
