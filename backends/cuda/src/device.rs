@@ -158,6 +158,10 @@ impl Device {
     ) -> CudaResult<(CudaFunction, LaunchConfig)> {
         let func = self.function(module, &launch.kernel)?;
         if launch.shared_bytes > DEFAULT_SHARED_BYTES {
+            self.stream
+                .context()
+                .bind_to_thread()
+                .call("cuCtxSetCurrent")?;
             func.set_attribute(
                 CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 launch.shared_bytes as i32,
