@@ -56,6 +56,6 @@ SANITIZER="${SANITIZER:-$(command -v compute-sanitizer || echo /usr/local/cuda/b
     "$MOEMLA" conformance --require cuda --backend cuda --json "$OUT_DIR/conformance-memcheck.json"
 
 echo "== CUDA benches"
-"$MOEMLA" bench --backend cuda
+"$MOEMLA" bench --backend cuda --json "$OUT_DIR/bench.json" --markdown "$OUT_DIR/bench.md"
 
 echo "== gpu-check passed; reports in $OUT_DIR"
