@@ -11,7 +11,7 @@
 pub mod registry;
 
 pub use moemla_core as core;
-pub use registry::{discover, select, BackendEntry, PREFERENCE};
+pub use registry::{discover, names, select, BackendEntry};
 
 /// The README's Rust example, compiled and run as a doc-test.
 #[doc = include_str!("../../../README.md")]

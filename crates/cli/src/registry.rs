@@ -9,19 +9,22 @@ type Opener = fn() -> Result<Arc<dyn Backend>>;
 /// Every backend compiled into this build, in preference order (most capable first; the
 /// CPU reference last, as the fallback). One line per backend.
 const BACKENDS: &[(&str, Opener)] = &[
-    (moemla_cuda::NAME, || Ok(Arc::new(moemla_cuda::CudaBackend::new()?))),
+    (moemla_cuda::NAME, || {
+        Ok(Arc::new(moemla_cuda::CudaBackend::new()?))
+    }),
     (moemla_hip::NAME, || {
         Ok(Arc::new(moemla_hip::HipBackend::new()?))
     }),
-    (moemla_ascend::NAME, || Ok(Arc::new(moemla_ascend::AscendBackend::new()?))),
-    (moemla_opencl::NAME, || Ok(moemla_opencl::shared()? as Arc<dyn Backend>)),
+    (moemla_ascend::NAME, || {
+        Ok(Arc::new(moemla_ascend::AscendBackend::new()?))
+    }),
+    (moemla_opencl::NAME, || {
+        Ok(moemla_opencl::shared()? as Arc<dyn Backend>)
+    }),
     (moemla_cpu::NAME, || {
         Ok(Arc::new(moemla_cpu::CpuBackend::new()))
     }),
 ];
-
-/// Backend names in preference order, as [`select`] tries them.
-pub const PREFERENCE: &[&str] = &["cuda", "hip", "ascend", "opencl", "cpu"];
 
 /// A compiled-in backend and the result of opening it.
 pub struct BackendEntry {
@@ -34,19 +37,17 @@ pub struct BackendEntry {
 /// Opens every compiled-in backend, in preference order. Never panics: a backend whose
 /// SDK, driver or device is missing comes back as `Err(Error::Unavailable)`.
 pub fn discover() -> Vec<BackendEntry> {
-    let mut entries: Vec<BackendEntry> = BACKENDS
+    BACKENDS
         .iter()
         .map(|&(name, open)| BackendEntry {
             name,
             backend: open(),
         })
-        .collect();
-    entries.sort_by_key(|e| rank(e.name));
-    entries
+        .collect()
 }
 
 /// Opens the backend named `name`, or, with `None`, the one named by env `MOEMLA_BACKEND`,
-/// or else the first available in [`PREFERENCE`] order (the CPU backend always is).
+/// or else the first available in preference order ([`names`]; the CPU backend always is).
 pub fn select(name: Option<&str>) -> Result<Arc<dyn Backend>> {
     let from_env = std::env::var("MOEMLA_BACKEND").ok();
     match name.or(from_env.as_deref()).filter(|n| !n.is_empty()) {
@@ -75,17 +76,9 @@ fn open(name: &str) -> Result<Arc<dyn Backend>> {
     }
 }
 
-/// Names of the compiled-in backends.
+/// Names of the compiled-in backends, in preference order.
 pub fn names() -> Vec<&'static str> {
     BACKENDS.iter().map(|(n, _)| *n).collect()
-}
-
-/// Position of `name` in [`PREFERENCE`] (unknown names last).
-fn rank(name: &str) -> usize {
-    PREFERENCE
-        .iter()
-        .position(|p| *p == name)
-        .unwrap_or(PREFERENCE.len())
 }
 
 #[cfg(test)]
@@ -115,8 +108,8 @@ mod tests {
 
     #[test]
     fn preference_order_ends_with_the_cpu_fallback() {
-        assert_eq!(PREFERENCE.last(), Some(&"cpu"));
-        let order: Vec<usize> = discover().iter().map(|e| rank(e.name)).collect();
-        assert!(order.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(names().last(), Some(&"cpu"));
+        let discovered: Vec<&str> = discover().iter().map(|e| e.name).collect();
+        assert_eq!(discovered, names());
     }
 }

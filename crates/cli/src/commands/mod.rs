@@ -1,8 +1,8 @@
 //! One module per `moemla` subcommand. Each exposes its clap args and
 //! `run(&Args) -> Result<ExitCode, Box<dyn Error>>`.
 
-pub mod conformance;
 pub mod bench;
+pub mod conformance;
 pub mod devices;
 
 /// The error type subcommands return for failures outside their normal report.
