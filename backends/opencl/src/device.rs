@@ -32,6 +32,8 @@ pub enum Module {
     MoeExperts,
     /// `mla_decode.cl`
     MlaDecode,
+    /// `ceilings.cl` (the benchmark GEMM)
+    Ceilings,
 }
 
 impl Module {
@@ -40,6 +42,7 @@ impl Module {
             Module::MoeRoute => include_str!("../../../kernels/opencl/moe_route.cl"),
             Module::MoeExperts => include_str!("../../../kernels/opencl/moe_experts.cl"),
             Module::MlaDecode => include_str!("../../../kernels/opencl/mla_decode.cl"),
+            Module::Ceilings => include_str!("../../../kernels/opencl/ceilings.cl"),
         }
     }
 }
@@ -267,6 +270,28 @@ impl ClDevice {
         let mut b = [0u8; 4];
         self.read(buf, index * 4, &mut b)?;
         Ok(i32::from_le_bytes(b))
+    }
+
+    /// Enqueues a device-to-device copy of all of `src` into `dst` (no larger than `dst`).
+    pub fn copy(&self, src: &ClBuffer, dst: &mut ClBuffer) -> Result<()> {
+        if src.bytes == 0 {
+            return Ok(());
+        }
+        if src.bytes > dst.bytes {
+            return Err(Error::Device {
+                backend: crate::NAME.to_string(),
+                call: "copy".to_string(),
+                message: format!("{} bytes into a {}-byte buffer", src.bytes, dst.bytes),
+            });
+        }
+        // SAFETY: both buffers are live and distinct (`&` and `&mut`); the range is within
+        // both (checked above); the queue keeps its own references until the copy runs.
+        unsafe {
+            self.queue
+                .enqueue_copy_buffer(&src.mem, &mut dst.mem, 0, 0, src.bytes, &[])
+        }
+        .map_err(cl("clEnqueueCopyBuffer"))?;
+        Ok(())
     }
 
     /// Waits until all queued work has finished.

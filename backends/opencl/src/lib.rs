@@ -9,6 +9,7 @@
 //! env `MOEMLA_OPENCL_DEVICE` (an index or a name substring; default the first GPU, else
 //! the first device).
 
+mod ceilings;
 mod device;
 mod error;
 mod ops;
@@ -22,6 +23,7 @@ use moemla_core::{
     OpSupport, Result, Shape, Verification, VerificationKind,
 };
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 /// The backend's name, as `--backend opencl` selects it and as its tensors carry it.
 pub const NAME: &str = "opencl";
@@ -172,6 +174,19 @@ impl Backend for OpenClBackend {
             o: self.tensor(o, [call.batch, call.s_q, call.h_q, call.d_v], call.dtype),
             lse: self.tensor(lse, [call.batch, call.h_q, call.s_q], DType::F32),
         })
+    }
+
+    fn copy_bench(&self, bytes: usize, reps: usize) -> Result<Duration> {
+        ceilings::copy_bench(&self.device, bytes, reps)
+    }
+
+    fn dense_gemm(&self, a: &DeviceTensor, b: &DeviceTensor) -> Result<DeviceTensor> {
+        let (c, dims) = ceilings::dense_gemm(&self.device, &self.name, a, b)?;
+        Ok(self.tensor(c, dims, a.dtype()))
+    }
+
+    fn dense_gemm_impl(&self, dtype: DType) -> String {
+        ceilings::dense_gemm_impl(dtype)
     }
 }
 
