@@ -26,6 +26,14 @@ use moemla_core::{
 };
 use std::sync::{Arc, OnceLock};
 
+/// How this backend has been verified, shown by `moemla devices` even where it cannot run.
+pub fn claimed_verification() -> Verification {
+    Verification {
+        kind: VerificationKind::Emulator,
+        detail: "CANN C-API emulator; not verified on Ascend hardware".to_string(),
+    }
+}
+
 /// The Ascend backend: one device, one stream.
 pub struct AscendBackend {
     dev: Arc<Device>,
@@ -136,10 +144,7 @@ impl Backend for AscendBackend {
             device: format!("{} (device {})", self.dev.soc, self.dev.id),
             memory_bytes,
             supported,
-            verification: Verification {
-                kind: VerificationKind::Emulator,
-                detail: "CANN C-API emulator; not verified on Ascend hardware".to_string(),
-            },
+            verification: claimed_verification(),
             notes,
         }
     }

@@ -26,6 +26,15 @@ use std::sync::Arc;
 /// The backend's name, as `--backend cpu` selects it and as its tensors carry it.
 pub const NAME: &str = "cpu";
 
+/// How this backend has been verified: it is the reference, checked against the
+/// independent golden set.
+pub fn claimed_verification() -> Verification {
+    Verification {
+        kind: VerificationKind::Reference,
+        detail: "reference implementation (f32 accumulation)".to_string(),
+    }
+}
+
 /// The CPU backend. Tensors live in host memory as [`CpuStorage`]; ops run on the global
 /// rayon thread pool (size it with `RAYON_NUM_THREADS`).
 #[derive(Debug, Clone)]
@@ -68,10 +77,7 @@ impl Backend for CpuBackend {
             ),
             memory_bytes: device::total_memory_bytes(),
             supported: OpSupport::all_v1(),
-            verification: Verification {
-                kind: VerificationKind::Reference,
-                detail: "reference implementation (f32 accumulation)".to_string(),
-            },
+            verification: claimed_verification(),
             notes: vec![],
         }
     }

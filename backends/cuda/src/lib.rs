@@ -34,6 +34,14 @@ use std::sync::Arc;
 /// The backend's name.
 pub const NAME: &str = "cuda";
 
+/// How this backend has been verified, shown by `moemla devices` even where it cannot run.
+pub fn claimed_verification() -> Verification {
+    Verification {
+        kind: VerificationKind::CompileOnly,
+        detail: VERIFICATION_DETAIL.to_string(),
+    }
+}
+
 /// What `moemla devices` says about how far this backend has been checked.
 pub const VERIFICATION_DETAIL: &str =
     "kernels compiled by NVRTC for sm_80/sm_90 in CI and run on a host emulator; never run on NVIDIA silicon";
@@ -55,7 +63,7 @@ impl CudaBackend {
     pub fn with_ordinal(ordinal: usize) -> Result<Self> {
         let unavailable = |reason: String| Error::Unavailable {
             backend: NAME.to_string(),
-            reason: format!("{reason} [verification: compile-only, {VERIFICATION_DETAIL}]"),
+            reason,
         };
         // SAFETY: only tries to dlopen the driver library's names; calls nothing in it.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
@@ -114,10 +122,7 @@ impl Backend for CudaBackend {
             device: format!("{} (sm_{})", self.dev.name, self.dev.arch),
             memory_bytes: Some(self.dev.memory_bytes),
             supported: OpSupport::all_v1(),
-            verification: Verification {
-                kind: VerificationKind::CompileOnly,
-                detail: VERIFICATION_DETAIL.to_string(),
-            },
+            verification: claimed_verification(),
             notes: vec![
                 self.dev.nvrtc_note(),
                 format!(

@@ -44,6 +44,14 @@ pub const VERIFICATION_DETAIL: &str = "kernels compiled in CI, never run on AMD 
     hipRTC path (Debian ROCm 5.2) for gfx90a and gfx906; code objects checked (EM_AMDGPU, \
     arch, every entry point)";
 
+/// How this backend has been verified, shown by `moemla devices` even where it cannot run.
+pub fn claimed_verification() -> Verification {
+    Verification {
+        kind: VerificationKind::CompileOnly,
+        detail: VERIFICATION_DETAIL.to_string(),
+    }
+}
+
 /// The HIP backend on one device.
 pub struct HipBackend {
     device: Arc<DeviceHandle>,
@@ -120,10 +128,7 @@ impl Backend for HipBackend {
             } else {
                 Vec::new()
             },
-            verification: Verification {
-                kind: VerificationKind::CompileOnly,
-                detail: VERIFICATION_DETAIL.to_string(),
-            },
+            verification: claimed_verification(),
             notes,
         }
     }

@@ -28,6 +28,18 @@ use std::time::Duration;
 /// The backend's name, as `--backend opencl` selects it and as its tensors carry it.
 pub const NAME: &str = "opencl";
 
+/// How this backend has been verified as a whole, shown by `moemla devices` even where it
+/// cannot run; [`Backend::info`] says what holds for the device in hand.
+pub fn claimed_verification() -> Verification {
+    Verification {
+        kind: VerificationKind::Silicon,
+        detail: format!(
+            "CPU via PoCL {} (golden set in CI); not verified on any other OpenCL device",
+            VERIFIED_POCL.join(", ")
+        ),
+    }
+}
+
 /// The OpenCL backend on the process's one device, context and queue.
 pub struct OpenClBackend {
     name: Arc<str>,

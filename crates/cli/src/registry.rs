@@ -1,29 +1,44 @@
 //! The table of every backend compiled in, probed at run time.
 
-use moemla_core::{Backend, Error, Result};
+use moemla_core::{Backend, Error, Result, Verification};
 use std::sync::Arc;
 
-/// Opens one backend; `Err(Error::Unavailable)` says why it cannot run here.
-type Opener = fn() -> Result<Arc<dyn Backend>>;
+/// One compiled-in backend: its name, how to open it (`Err(Error::Unavailable)` says why
+/// it cannot run here) and how it has been verified (known even where it cannot run).
+struct Registered {
+    name: &'static str,
+    open: fn() -> Result<Arc<dyn Backend>>,
+    verification: fn() -> Verification,
+}
 
 /// Every backend compiled into this build, in preference order (most capable first; the
-/// CPU reference last, as the fallback). One line per backend.
-const BACKENDS: &[(&str, Opener)] = &[
-    (moemla_cuda::NAME, || {
-        Ok(Arc::new(moemla_cuda::CudaBackend::new()?))
-    }),
-    (moemla_hip::NAME, || {
-        Ok(Arc::new(moemla_hip::HipBackend::new()?))
-    }),
-    (moemla_ascend::NAME, || {
-        Ok(Arc::new(moemla_ascend::AscendBackend::new()?))
-    }),
-    (moemla_opencl::NAME, || {
-        Ok(moemla_opencl::shared()? as Arc<dyn Backend>)
-    }),
-    (moemla_cpu::NAME, || {
-        Ok(Arc::new(moemla_cpu::CpuBackend::new()))
-    }),
+/// CPU reference last, as the fallback). One entry per backend.
+const BACKENDS: &[Registered] = &[
+    Registered {
+        name: moemla_cuda::NAME,
+        open: || Ok(Arc::new(moemla_cuda::CudaBackend::new()?)),
+        verification: moemla_cuda::claimed_verification,
+    },
+    Registered {
+        name: moemla_hip::NAME,
+        open: || Ok(Arc::new(moemla_hip::HipBackend::new()?)),
+        verification: moemla_hip::claimed_verification,
+    },
+    Registered {
+        name: moemla_ascend::NAME,
+        open: || Ok(Arc::new(moemla_ascend::AscendBackend::new()?)),
+        verification: moemla_ascend::claimed_verification,
+    },
+    Registered {
+        name: moemla_opencl::NAME,
+        open: || Ok(moemla_opencl::shared()? as Arc<dyn Backend>),
+        verification: moemla_opencl::claimed_verification,
+    },
+    Registered {
+        name: moemla_cpu::NAME,
+        open: || Ok(Arc::new(moemla_cpu::CpuBackend::new())),
+        verification: moemla_cpu::claimed_verification,
+    },
 ];
 
 /// A compiled-in backend and the result of opening it.
@@ -32,6 +47,9 @@ pub struct BackendEntry {
     pub name: &'static str,
     /// The opened backend, or why it is unavailable.
     pub backend: Result<Arc<dyn Backend>>,
+    /// How the backend has been verified in general; an opened backend's
+    /// [`Backend::info`] says what holds for its device.
+    pub verification: Verification,
 }
 
 /// Opens every compiled-in backend, in preference order. Never panics: a backend whose
@@ -39,9 +57,10 @@ pub struct BackendEntry {
 pub fn discover() -> Vec<BackendEntry> {
     BACKENDS
         .iter()
-        .map(|&(name, open)| BackendEntry {
-            name,
-            backend: open(),
+        .map(|r| BackendEntry {
+            name: r.name,
+            backend: (r.open)(),
+            verification: (r.verification)(),
         })
         .collect()
 }
@@ -64,8 +83,8 @@ pub fn select(name: Option<&str>) -> Result<Arc<dyn Backend>> {
 
 /// Opens one backend by name.
 fn open(name: &str) -> Result<Arc<dyn Backend>> {
-    match BACKENDS.iter().find(|(n, _)| *n == name) {
-        Some((_, open)) => open(),
+    match BACKENDS.iter().find(|r| r.name == name) {
+        Some(r) => (r.open)(),
         None => Err(Error::Unavailable {
             backend: name.to_string(),
             reason: format!(
@@ -78,7 +97,7 @@ fn open(name: &str) -> Result<Arc<dyn Backend>> {
 
 /// Names of the compiled-in backends, in preference order.
 pub fn names() -> Vec<&'static str> {
-    BACKENDS.iter().map(|(n, _)| *n).collect()
+    BACKENDS.iter().map(|r| r.name).collect()
 }
 
 #[cfg(test)]

@@ -35,8 +35,9 @@ fn devices_json_lists_cpu_as_available_reference() {
         .expect("cpu listed");
     assert_eq!(cpu["available"], true);
     assert_eq!(cpu["info"]["verification"]["kind"], "reference");
-    // Every unavailable backend says why.
+    // Every backend says how it was verified; every unavailable one also says why.
     for d in devices.as_array().unwrap() {
+        assert!(d["verification"]["kind"].is_string(), "{d}");
         if d["available"] == false {
             assert!(d["reason"].as_str().is_some_and(|r| !r.is_empty()), "{d}");
         }

@@ -2,7 +2,7 @@
 
 use super::CommandError;
 use moemla::{discover, BackendEntry};
-use moemla_core::{BackendInfo, DType, Op};
+use moemla_core::{BackendInfo, DType, Op, Verification};
 use serde::Serialize;
 use std::process::ExitCode;
 
@@ -21,6 +21,8 @@ struct DeviceRecord {
     available: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
+    /// How the backend has been verified (present whether or not it can run here).
+    verification: Verification,
     #[serde(skip_serializing_if = "Option::is_none")]
     info: Option<BackendInfo>,
 }
@@ -38,19 +40,16 @@ pub fn run(args: &DevicesArgs) -> Result<ExitCode, CommandError> {
 }
 
 fn record(entry: &BackendEntry) -> DeviceRecord {
-    match &entry.backend {
-        Ok(backend) => DeviceRecord {
-            name: entry.name,
-            available: true,
-            reason: None,
-            info: Some(backend.info()),
-        },
-        Err(err) => DeviceRecord {
-            name: entry.name,
-            available: false,
-            reason: Some(err.to_string()),
-            info: None,
-        },
+    let info = entry.backend.as_ref().ok().map(|b| b.info());
+    DeviceRecord {
+        name: entry.name,
+        available: info.is_some(),
+        reason: entry.backend.as_ref().err().map(ToString::to_string),
+        // The device in hand's status where there is one, else the backend's general one.
+        verification: info
+            .as_ref()
+            .map_or_else(|| entry.verification.clone(), |i| i.verification.clone()),
+        info,
     }
 }
 
@@ -80,6 +79,7 @@ fn print_table(entries: &[BackendEntry]) {
             }
             Err(err) => {
                 println!("{:<8} {:<11} {err}", entry.name, "unavailable");
+                println!("{:<8} {:<11} verification: {}", "", "", entry.verification);
             }
         }
     }
