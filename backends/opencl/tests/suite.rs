@@ -9,5 +9,8 @@ moemla_testsuite::backend_tests!(
     opencl,
     || moemla_opencl::shared().map(|b| b as Arc<dyn Backend>),
     // PoCL on a CPU is slow; env PROPTEST_CASES still overrides.
-    moemla_testsuite::SuiteConfig { proptest_cases: 8, ..Default::default() }
+    moemla_testsuite::SuiteConfig {
+        proptest_cases: 8,
+        ..Default::default()
+    }
 );
