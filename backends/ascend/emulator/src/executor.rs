@@ -7,10 +7,16 @@
 //! The emulator enforces what the protocol implies: an executor is used once (CANN frees it
 //! after the launch unless made repeatable), only by the op that made it, with a workspace
 //! of at least the size asked for that lies in device memory.
+//!
+//! Fault injection, for tests of a caller's failure paths: `MOEMLA_CANN_EMULATOR_REJECT` =
+//! comma-separated op names (e.g. `aclnnMoeGatingTopK`) makes those ops' first phase fail
+//! with ACLNN_ERR_INNER_TILING_ERROR, as CANN's tiling does for inputs it cannot run.
 
 use crate::memory::{heap, range_mut};
 use crate::runtime::{enqueue, Task};
-use crate::status::{report, status, EmuResult, Fail, ACLNN_ERR_PARAM_NULLPTR};
+use crate::status::{
+    report, status, EmuResult, Fail, ACLNN_ERR_INNER_TILING_ERROR, ACLNN_ERR_PARAM_NULLPTR,
+};
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,6 +39,12 @@ fn with_executors<R>(f: impl FnOnce(&mut HashMap<usize, Executor>) -> R) -> R {
     f(guard.get_or_insert_with(HashMap::new))
 }
 
+/// Whether `MOEMLA_CANN_EMULATOR_REJECT` names `op` (see the module doc).
+fn injected_rejection(op: &str) -> bool {
+    std::env::var("MOEMLA_CANN_EMULATOR_REJECT")
+        .is_ok_and(|names| names.split(',').any(|n| n.trim() == op))
+}
+
 /// Phase one: `check` validates the arguments and returns the computation; on success the
 /// workspace size and a new executor handle are written to the out-pointers.
 ///
@@ -48,6 +60,12 @@ pub unsafe fn prepare(
         return report(Fail::new(
             ACLNN_ERR_PARAM_NULLPTR,
             format!("{op}GetWorkspaceSize: workspaceSize or executor is a null pointer"),
+        ));
+    }
+    if injected_rejection(op) {
+        return report(Fail::new(
+            ACLNN_ERR_INNER_TILING_ERROR,
+            format!("{op}GetWorkspaceSize: rejected by MOEMLA_CANN_EMULATOR_REJECT"),
         ));
     }
     let run = match check() {

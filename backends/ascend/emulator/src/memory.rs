@@ -22,6 +22,24 @@ pub const TOTAL_BYTES: usize = 64 << 30;
 /// Live allocations: start address -> the owned bytes.
 static HEAP: Mutex<BTreeMap<usize, Box<[u8]>>> = Mutex::new(BTreeMap::new());
 
+/// Blocks `aclrtFree` released while tasks issued before it were still pending (CANN: "the
+/// memory must not be in use", undefined otherwise): start address -> (bytes, the task
+/// count at the free). Kept allocated, so a new `aclrtMalloc` cannot reuse the address and
+/// hide the use; a task touching one fails with "use after free". Released once every
+/// task issued before the free has finished ([`release_quarantine`]).
+static QUARANTINE: Mutex<BTreeMap<usize, (Box<[u8]>, u64)>> = Mutex::new(BTreeMap::new());
+
+fn quarantine() -> MutexGuard<'static, BTreeMap<usize, (Box<[u8]>, u64)>> {
+    QUARANTINE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Drops the quarantined blocks no pending task can still reach (called after every
+/// synchronize and stream destruction).
+pub fn release_quarantine() {
+    let oldest = crate::runtime::oldest_pending_task();
+    quarantine().retain(|_, (_, issued)| oldest < *issued);
+}
+
 /// Locks the heap (a panic elsewhere never poisons it for good).
 pub fn heap() -> MutexGuard<'static, BTreeMap<usize, Box<[u8]>>> {
     HEAP.lock().unwrap_or_else(|e| e.into_inner())
@@ -35,9 +53,19 @@ pub fn range_mut<'a>(
     what: &str,
 ) -> EmuResult<&'a mut [u8]> {
     let bad = || {
+        let freed = quarantine()
+            .range(..=addr)
+            .next_back()
+            .is_some_and(|(&base, (block, _))| addr < base + block.len());
+        let why = if freed {
+            "use after free: it lies in memory aclrtFree released while this task was still \
+             queued"
+        } else {
+            "is not inside one device allocation"
+        };
         Fail::new(
             ACL_ERROR_RT_PARAM_INVALID,
-            format!("{what}: [{addr:#x}, +{len}) is not inside one device allocation"),
+            format!("{what}: [{addr:#x}, +{len}) {why}"),
         )
     };
     let (&base, block) = heap.range_mut(..=addr).next_back().ok_or_else(bad)?;
@@ -81,14 +109,22 @@ pub unsafe extern "C" fn aclrtMalloc(dev_ptr: *mut *mut c_void, size: usize, pol
     })())
 }
 
-/// `aclrtFree`: only pointers returned by `aclrtMalloc`, once.
+/// `aclrtFree`: only pointers returned by `aclrtMalloc`, once. A block freed while tasks
+/// issued before are pending is quarantined (see `QUARANTINE`), not returned to the host.
 ///
 /// # Safety
 /// Any pointer value is accepted; unknown ones are reported, not freed.
 #[no_mangle]
 pub unsafe extern "C" fn aclrtFree(dev_ptr: *mut c_void) -> i32 {
-    status(match heap().remove(&(dev_ptr as usize)) {
-        Some(_) => Ok(()),
+    let removed = heap().remove(&(dev_ptr as usize));
+    status(match removed {
+        Some(block) => {
+            let issued = crate::runtime::tasks_issued();
+            if crate::runtime::oldest_pending_task() < issued {
+                quarantine().insert(dev_ptr as usize, (block, issued));
+            }
+            Ok(())
+        }
         None => Err(Fail::new(
             ACL_ERROR_RT_PARAM_INVALID,
             format!("aclrtFree: {dev_ptr:p} is not a live aclrtMalloc pointer"),

@@ -9,7 +9,9 @@
 //! `aclError aclrtSynchronizeStream(aclrtStream stream)`, `const char *aclrtGetSocName()`.
 //!
 //! Streams are queues: aclnn launches append a task, `aclrtSynchronizeStream` runs them in
-//! order and returns the first failure (the rest of that queue is dropped).
+//! order and returns the first failure (the rest of that queue is dropped). Tasks are
+//! numbered in issue order, so that memory freed while older tasks are still pending can be
+//! quarantined until they are gone (see `memory`).
 
 use crate::status::{
     status, EmuResult, Fail, ACL_ERROR_INVALID_PARAM, ACL_ERROR_REPEAT_INITIALIZE,
@@ -17,7 +19,7 @@ use crate::status::{
 };
 use std::collections::HashMap;
 use std::ffi::{c_char, c_void};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// Work queued on a stream.
@@ -25,7 +27,13 @@ pub type Task = Box<dyn FnOnce() -> EmuResult<()> + Send>;
 
 static INITIALISED: AtomicBool = AtomicBool::new(false);
 static NEXT_STREAM: AtomicUsize = AtomicUsize::new(0x5000);
-static STREAMS: Mutex<Option<HashMap<usize, Vec<Task>>>> = Mutex::new(None);
+/// Per stream, its queued tasks with their issue numbers.
+static STREAMS: Mutex<Option<HashMap<usize, Vec<(u64, Task)>>>> = Mutex::new(None);
+/// The issue number of the next task.
+static NEXT_TASK: AtomicU64 = AtomicU64::new(0);
+/// The issue number of the first task of the batch a synchronize is running (`u64::MAX`
+/// when none); read and written under the `STREAMS` lock.
+static RUNNING_FROM: AtomicU64 = AtomicU64::new(u64::MAX);
 /// Held while a synchronize runs tasks: a concurrent `aclrtSynchronizeStream` must not
 /// return while tasks queued before it are still running on another thread.
 static RUNNING: Mutex<()> = Mutex::new(());
@@ -54,7 +62,7 @@ pub fn require_device(call: &str) -> EmuResult<()> {
 /// The SoC the emulator reports: it emulates the API, not a chip.
 const SOC_NAME: &[u8] = b"moemla-cann-emulator\0";
 
-fn with_streams<R>(f: impl FnOnce(&mut HashMap<usize, Vec<Task>>) -> R) -> R {
+fn with_streams<R>(f: impl FnOnce(&mut HashMap<usize, Vec<(u64, Task)>>) -> R) -> R {
     let mut guard = STREAMS.lock().unwrap_or_else(|e| e.into_inner());
     f(guard.get_or_insert_with(HashMap::new))
 }
@@ -63,13 +71,28 @@ fn with_streams<R>(f: impl FnOnce(&mut HashMap<usize, Vec<Task>>) -> R) -> R {
 pub fn enqueue(stream: *mut c_void, task: Task) -> EmuResult<()> {
     with_streams(|s| match s.get_mut(&(stream as usize)) {
         Some(queue) => {
-            queue.push(task);
+            queue.push((NEXT_TASK.fetch_add(1, Ordering::SeqCst), task));
             Ok(())
         }
         None => Err(Fail::new(
             ACL_ERROR_RT_PARAM_INVALID,
             format!("stream {stream:p} was not created by aclrtCreateStream"),
         )),
+    })
+}
+
+/// The number of tasks issued so far: every task issued before now has a smaller number.
+pub fn tasks_issued() -> u64 {
+    with_streams(|_| NEXT_TASK.load(Ordering::SeqCst))
+}
+
+/// The issue number of the oldest task not yet finished (queued on any stream, or in the
+/// batch a synchronize is running); `u64::MAX` when there is none.
+pub fn oldest_pending_task() -> u64 {
+    with_streams(|s| {
+        s.values()
+            .filter_map(|q| q.first().map(|(id, _)| *id))
+            .fold(RUNNING_FROM.load(Ordering::SeqCst), u64::min)
     })
 }
 
@@ -190,7 +213,9 @@ pub unsafe extern "C" fn aclrtCreateStream(stream: *mut *mut c_void) -> i32 {
 /// Any value is accepted; unknown streams are reported.
 #[no_mangle]
 pub unsafe extern "C" fn aclrtDestroyStream(stream: *mut c_void) -> i32 {
-    status(match with_streams(|s| s.remove(&(stream as usize))) {
+    let removed = with_streams(|s| s.remove(&(stream as usize)));
+    crate::memory::release_quarantine();
+    status(match removed {
         Some(_) => Ok(()),
         None => Err(Fail::new(
             ACL_ERROR_RT_PARAM_INVALID,
@@ -210,12 +235,21 @@ pub unsafe extern "C" fn aclrtSynchronizeStream(stream: *mut c_void) -> i32 {
         return status(Err(fail));
     }
     let _running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
-    let queue = with_streams(|s| s.get_mut(&(stream as usize)).map(std::mem::take));
-    status(match queue {
+    let queue = with_streams(|s| {
+        let queue = s.get_mut(&(stream as usize)).map(std::mem::take);
+        if let Some(&(first, _)) = queue.as_ref().and_then(|q| q.first()) {
+            RUNNING_FROM.store(first, Ordering::SeqCst);
+        }
+        queue
+    });
+    let result = match queue {
         None => Err(Fail::new(
             ACL_ERROR_RT_PARAM_INVALID,
             format!("aclrtSynchronizeStream: unknown stream {stream:p}"),
         )),
-        Some(tasks) => tasks.into_iter().try_for_each(|task| task()),
-    })
+        Some(tasks) => tasks.into_iter().try_for_each(|(_, task)| task()),
+    };
+    with_streams(|_| RUNNING_FROM.store(u64::MAX, Ordering::SeqCst));
+    crate::memory::release_quarantine();
+    status(result)
 }

@@ -217,3 +217,56 @@ fn runtime_calls_need_a_device_set_on_the_calling_thread() {
         status.1
     );
 }
+
+#[test]
+fn a_task_touching_memory_freed_while_it_was_queued_fails_at_synchronize() {
+    setup();
+    // SAFETY: emulator checks every pointer; out-pointers are locals.
+    unsafe {
+        let mut stream = null_mut();
+        assert_eq!(aclrtCreateStream(&mut stream), 0);
+        let (src, dst) = (malloc(32), malloc(16));
+        let (x, y) = (tensor(src, 8, DT_F32), tensor(dst, 8, DT_F16));
+        let (mut ws, mut exec) = (0u64, null_mut());
+        assert_eq!(
+            aclnnCastGetWorkspaceSize(x, DT_F16, y, &mut ws, &mut exec),
+            0
+        );
+        let buf = malloc(ws as usize);
+        assert_eq!(aclnnCast(buf, ws, exec, stream), 0);
+        // The cast is queued, not run: freeing its output now is a use after free on the
+        // device, reported when the task runs.
+        assert_eq!(aclrtFree(dst), 0);
+        assert_eq!(aclrtSynchronizeStream(stream), ACL_ERROR_RT_PARAM_INVALID);
+        assert!(recent().contains("use after free"), "{}", recent());
+        // Once nothing queued before the free is left, the block is gone for good.
+        assert_eq!(aclrtSynchronizeStream(stream), 0);
+        assert_eq!(aclrtFree(dst), ACL_ERROR_RT_PARAM_INVALID);
+        assert_eq!(aclrtFree(src), 0);
+        assert_eq!(aclrtFree(buf), 0);
+    }
+}
+
+#[test]
+fn memory_freed_after_its_task_ran_is_simply_freed() {
+    setup();
+    // SAFETY: emulator checks every pointer; out-pointers are locals.
+    unsafe {
+        let mut stream = null_mut();
+        assert_eq!(aclrtCreateStream(&mut stream), 0);
+        let (src, dst) = (malloc(32), malloc(16));
+        let (x, y) = (tensor(src, 8, DT_F32), tensor(dst, 8, DT_F16));
+        let (mut ws, mut exec) = (0u64, null_mut());
+        assert_eq!(
+            aclnnCastGetWorkspaceSize(x, DT_F16, y, &mut ws, &mut exec),
+            0
+        );
+        let buf = malloc(ws as usize);
+        assert_eq!(aclnnCast(buf, ws, exec, stream), 0);
+        assert_eq!(aclrtSynchronizeStream(stream), 0);
+        for p in [src, dst, buf] {
+            assert_eq!(aclrtFree(p), 0);
+        }
+        assert_eq!(aclrtSynchronizeStream(stream), 0);
+    }
+}
