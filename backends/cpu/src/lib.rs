@@ -11,6 +11,7 @@ mod gemm_util;
 mod gemv;
 mod ops;
 mod storage;
+mod vmath;
 #[cfg(test)]
 mod test_util;
 

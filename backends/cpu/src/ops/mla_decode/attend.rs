@@ -7,6 +7,7 @@
 
 use crate::gemm_util::{matmul, MatRef};
 use crate::storage::FloatSlice;
+use crate::vmath;
 use moemla_core::Result;
 use std::ops::Range;
 
@@ -110,16 +111,10 @@ fn softmax_step(s: &mut [f32], valid: usize, scale: f32, st: &mut Partial, r: us
     if seen.is_empty() {
         return;
     }
-    let chunk_max = seen
-        .iter()
-        .fold(f32::NEG_INFINITY, |a, &x| a.max(x * scale));
-    let m_new = st.m[r].max(chunk_max);
+    // scale > 0 (validated), so the scaled maximum is the maximum scaled.
+    let m_new = st.m[r].max(vmath::max(seen) * scale);
     let alpha = (st.m[r] - m_new).exp();
-    let mut sum = 0.0;
-    for x in seen.iter_mut() {
-        *x = (*x * scale - m_new).exp();
-        sum += *x;
-    }
+    let sum = vmath::exp_scaled_sum(seen, scale, m_new);
     st.l[r] = st.l[r] * alpha + sum;
     st.m[r] = m_new;
     if alpha != 1.0 {
