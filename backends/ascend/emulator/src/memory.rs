@@ -14,6 +14,7 @@
 use crate::status::{status, EmuResult, Fail, ACL_ERROR_INVALID_PARAM, ACL_ERROR_RT_PARAM_INVALID};
 use std::collections::BTreeMap;
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 /// The emulated device's capacity, reported by `aclrtGetMemInfo` (64 GiB, as a 910B).
@@ -27,9 +28,23 @@ static HEAP: Mutex<BTreeMap<usize, Box<[u8]>>> = Mutex::new(BTreeMap::new());
 /// count at the free). Kept allocated, so a new `aclrtMalloc` cannot reuse the address and
 /// hide the use; a task touching one fails with "use after free". Released once every
 /// task issued before the free has finished ([`release_quarantine`]).
-static QUARANTINE: Mutex<BTreeMap<usize, (Box<[u8]>, u64)>> = Mutex::new(BTreeMap::new());
+static QUARANTINE: Mutex<Quarantine> = Mutex::new(BTreeMap::new());
 
-fn quarantine() -> MutexGuard<'static, BTreeMap<usize, (Box<[u8]>, u64)>> {
+/// Quarantined blocks: start address -> (bytes, tasks issued before the free).
+type Quarantine = BTreeMap<usize, (Box<[u8]>, u64)>;
+
+/// Accesses to quarantined memory so far (see [`moemla_emulator_use_after_free_count`]).
+static USE_AFTER_FREE: AtomicU64 = AtomicU64::new(0);
+
+/// Not a CANN symbol: how many device accesses hit memory freed while still in use, since
+/// the library was loaded. Each also fails its task; this count lets a test see them even
+/// when the caller does not report that failure.
+#[no_mangle]
+pub extern "C" fn moemla_emulator_use_after_free_count() -> u64 {
+    USE_AFTER_FREE.load(Ordering::SeqCst)
+}
+
+fn quarantine() -> MutexGuard<'static, Quarantine> {
     QUARANTINE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -58,6 +73,7 @@ pub fn range_mut<'a>(
             .next_back()
             .is_some_and(|(&base, (block, _))| addr < base + block.len());
         let why = if freed {
+            USE_AFTER_FREE.fetch_add(1, Ordering::SeqCst);
             "use after free: it lies in memory aclrtFree released while this task was still \
              queued"
         } else {

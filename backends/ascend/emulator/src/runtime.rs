@@ -27,8 +27,10 @@ pub type Task = Box<dyn FnOnce() -> EmuResult<()> + Send>;
 
 static INITIALISED: AtomicBool = AtomicBool::new(false);
 static NEXT_STREAM: AtomicUsize = AtomicUsize::new(0x5000);
-/// Per stream, its queued tasks with their issue numbers.
-static STREAMS: Mutex<Option<HashMap<usize, Vec<(u64, Task)>>>> = Mutex::new(None);
+/// A stream's queued tasks with their issue numbers.
+type Queue = Vec<(u64, Task)>;
+/// Per stream, its queue.
+static STREAMS: Mutex<Option<HashMap<usize, Queue>>> = Mutex::new(None);
 /// The issue number of the next task.
 static NEXT_TASK: AtomicU64 = AtomicU64::new(0);
 /// The issue number of the first task of the batch a synchronize is running (`u64::MAX`
@@ -62,7 +64,7 @@ pub fn require_device(call: &str) -> EmuResult<()> {
 /// The SoC the emulator reports: it emulates the API, not a chip.
 const SOC_NAME: &[u8] = b"moemla-cann-emulator\0";
 
-fn with_streams<R>(f: impl FnOnce(&mut HashMap<usize, Vec<(u64, Task)>>) -> R) -> R {
+fn with_streams<R>(f: impl FnOnce(&mut HashMap<usize, Queue>) -> R) -> R {
     let mut guard = STREAMS.lock().unwrap_or_else(|e| e.into_inner());
     f(guard.get_or_insert_with(HashMap::new))
 }

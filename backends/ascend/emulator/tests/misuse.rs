@@ -4,7 +4,9 @@
 
 use moemla_cann_emulator::executor::WORKSPACE_BYTES;
 use moemla_cann_emulator::handles::{aclCreateTensor, AclTensor};
-use moemla_cann_emulator::memory::{aclrtFree, aclrtMalloc, aclrtMemcpy};
+use moemla_cann_emulator::memory::{
+    aclrtFree, aclrtMalloc, aclrtMemcpy, moemla_emulator_use_after_free_count,
+};
 use moemla_cann_emulator::ops::elementwise::{
     aclnnCast, aclnnCastGetWorkspaceSize, aclnnInplaceCopy,
 };
@@ -237,8 +239,10 @@ fn a_task_touching_memory_freed_while_it_was_queued_fails_at_synchronize() {
         // The cast is queued, not run: freeing its output now is a use after free on the
         // device, reported when the task runs.
         assert_eq!(aclrtFree(dst), 0);
+        let count = moemla_emulator_use_after_free_count();
         assert_eq!(aclrtSynchronizeStream(stream), ACL_ERROR_RT_PARAM_INVALID);
         assert!(recent().contains("use after free"), "{}", recent());
+        assert!(moemla_emulator_use_after_free_count() > count);
         // Once nothing queued before the free is left, the block is gone for good.
         assert_eq!(aclrtSynchronizeStream(stream), 0);
         assert_eq!(aclrtFree(dst), ACL_ERROR_RT_PARAM_INVALID);
