@@ -1,5 +1,15 @@
 //! The device: CANN loaded, device set, one stream; device memory; aclTensor handles; the
 //! two-phase aclnn call.
+//!
+//! Freeing device memory: aclnn launches are asynchronous, and `aclrtFree` of memory that
+//! queued work still uses is undefined on CANN (the device may write into freed memory).
+//! So a [`DevMem`] dropped while launches are outstanding is not freed at once: it goes on
+//! a deferred list, tagged with the number of launches queued so far, and is freed by the
+//! first successful [`Device::synchronize`] that started after those launches (a failed
+//! one frees nothing). With nothing outstanding, a drop frees at once. [`Device::op`] runs
+//! an op's whole sequence under the stream lock and, if it fails, synchronises before
+//! returning the error, so the steps it had queued finish and its temporaries are freed.
+//! Dropping the device synchronises and frees what is left.
 
 use crate::error::{status_name, CannError, ACL_ERROR_REPEAT_INITIALIZE};
 use crate::loader::{Cann, Handle, LaunchFn};
@@ -44,6 +54,18 @@ pub struct Device {
     pub soc: String,
     stream: usize,
     lock: Mutex<()>,
+    frees: Mutex<Frees>,
+}
+
+/// Launch accounting and the deferred frees (see the module doc).
+#[derive(Default)]
+struct Frees {
+    /// Launches queued on the stream so far.
+    launched: u64,
+    /// All launches up to this count have completed (a synchronize succeeded after them).
+    completed: u64,
+    /// Device pointers dropped while launches were outstanding, with `launched` then.
+    deferred: Vec<(usize, u64)>,
 }
 
 // SAFETY: the stream is a process-wide CANN handle and the tables hold plain function
@@ -103,6 +125,7 @@ impl Device {
                 soc,
                 stream: stream as usize,
                 lock: Mutex::new(()),
+                frees: Mutex::new(Frees::default()),
             }))
         }
     }
@@ -112,9 +135,50 @@ impl Device {
         self.stream as Handle
     }
 
-    /// Serialises op sequences on the stream.
-    pub fn lock(&self) -> MutexGuard<'_, ()> {
-        self.lock.lock().unwrap_or_else(|e| e.into_inner())
+    /// Runs one op's sequence of launches, serialised with other ops on the stream. If it
+    /// fails, waits for the stream before returning the error (its own error: a failure of
+    /// that synchronize is dropped), so nothing the op queued is still running and its
+    /// temporaries, dropped on the way out, are freed.
+    pub fn op<T>(&self, body: impl FnOnce() -> Result<T>) -> Result<T> {
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let result = body();
+        if result.is_err() {
+            let _ = self.synchronize();
+        }
+        result
+    }
+
+    fn frees(&self) -> MutexGuard<'_, Frees> {
+        self.frees.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Frees `ptr` now if no launch is outstanding, else defers it to the next successful
+    /// synchronize.
+    fn free(&self, ptr: usize) {
+        let mut f = self.frees();
+        if f.launched == f.completed {
+            // SAFETY: allocated by aclrtMalloc in `Device::alloc`, freed once; no queued
+            // work can use it. A failure cannot be reported from drop.
+            let _ = unsafe { (self.cann.rt.aclrtFree)(ptr as Handle) };
+        } else {
+            let launched = f.launched;
+            f.deferred.push((ptr, launched));
+        }
+    }
+
+    /// Frees the deferred pointers whose launches all completed: those dropped when at
+    /// most `done` launches had been queued.
+    fn release(&self, done: u64) {
+        let mut f = self.frees();
+        f.completed = f.completed.max(done);
+        f.deferred.retain(|&(ptr, launched)| {
+            if launched > done {
+                return true;
+            }
+            // SAFETY: as in `free`; the launches that could use it have completed.
+            let _ = unsafe { (self.cann.rt.aclrtFree)(ptr as Handle) };
+            false
+        });
     }
 
     /// Turns a CANN status into a moemla error naming `call` and CANN's recent message.
@@ -156,12 +220,15 @@ impl Device {
         Ok(())
     }
 
-    /// Waits for the stream.
+    /// Waits for the stream; on success frees the memory deferred until then.
     pub fn synchronize(&self) -> Result<()> {
         self.bind_thread()?;
+        let queued = self.frees().launched;
         // SAFETY: the stream was created by `open` and lives as long as `self`.
         let st = unsafe { (self.cann.rt.aclrtSynchronizeStream)(self.stream()) };
-        self.check(st, "aclrtSynchronizeStream")
+        self.check(st, "aclrtSynchronizeStream")?;
+        self.release(queued);
+        Ok(())
     }
 
     /// `bytes` of device memory (at least 1: CANN rejects size 0), contents undefined.
@@ -314,7 +381,7 @@ impl Device {
 
     /// Runs one aclnn op: `prepare(&mut workspaceSize, &mut executor)` (its
     /// `GetWorkspaceSize`), allocates the workspace, then `launch` on the stream. Returns the
-    /// workspace, which the caller keeps until it has synchronised.
+    /// workspace; dropping it (or any buffer the op uses) before the stream ran is safe.
     pub fn run(
         self: &Arc<Self>,
         op: &str,
@@ -339,6 +406,8 @@ impl Device {
             None
         };
         let ws_ptr = workspace.as_ref().map_or(std::ptr::null_mut(), |w| w.ptr());
+        // Counted before the launch: from here on, drops are deferred.
+        self.frees().launched += 1;
         // SAFETY: executor from the matching first phase, workspace of the size it asked.
         let st = unsafe { launch(ws_ptr, size, executor, self.stream()) };
         self.check(st, op)?;
@@ -348,14 +417,17 @@ impl Device {
 
 impl Drop for Device {
     fn drop(&mut self) {
-        // SAFETY: the stream was created in `open`; every buffer (which holds an Arc to this
-        // device) is gone. The device is not reset and ACL not finalised: both are
-        // process-wide, and other backend instances may still use them.
+        // Every buffer (each holds an Arc to this device) is gone; the deferred ones are
+        // freed once the stream is idle, also if this last synchronize fails.
+        let _ = self.synchronize();
+        self.release(u64::MAX);
+        // SAFETY: the stream was created in `open`. The device is not reset and ACL not
+        // finalised: both are process-wide, and other backend instances may still use them.
         let _ = unsafe { (self.cann.rt.aclrtDestroyStream)(self.stream()) };
     }
 }
 
-/// Device memory from `aclrtMalloc`, freed on drop.
+/// Device memory from `aclrtMalloc`, freed on drop once no queued work can use it.
 #[derive(Debug)]
 pub struct DevMem {
     ptr: usize,
@@ -383,9 +455,7 @@ impl DevMem {
 
 impl Drop for DevMem {
     fn drop(&mut self) {
-        // SAFETY: allocated by aclrtMalloc in `Device::alloc`, freed once. A failure cannot
-        // be reported from drop; it would only mean the pointer is already gone.
-        let _ = unsafe { (self.dev.cann.rt.aclrtFree)(self.ptr()) };
+        self.dev.free(self.ptr);
     }
 }
 

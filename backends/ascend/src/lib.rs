@@ -174,14 +174,14 @@ impl Backend for AscendBackend {
     }
 
     fn moe_route(&self, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput> {
-        ops::moe_route::run(self, call)
+        self.dev.op(|| ops::moe_route::run(self, call))
     }
 
     fn moe_experts(&self, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor> {
-        ops::moe_experts::run(self, call)
+        self.dev.op(|| ops::moe_experts::run(self, call))
     }
 
     fn mla_decode(&self, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutput> {
-        ops::mla_decode::run(self, call)
+        self.dev.op(|| ops::mla_decode::run(self, call))
     }
 }

@@ -155,7 +155,6 @@ pub fn run(be: &AscendBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutp
     let kv_mem = be.mem(call.kv_cache, "mla_decode", "kv_cache")?;
     let bt_mem = be.mem(call.block_table, "mla_decode", "block_table")?;
     let len_mem = be.mem(call.cache_seqlens, "mla_decode", "cache_seqlens")?;
-    let _guard = dev.lock();
 
     // 1. Index contents, on the host.
     let (b, sq, hq, nb, bs, mb) = (

@@ -74,7 +74,6 @@ pub fn run(be: &AscendBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor
     let w2_mem = be.mem(call.w2, "moe_experts", "w2")?;
     let ids_mem = be.mem(call.topk_ids, "moe_experts", "topk_ids")?;
     let wts_mem = be.mem(call.topk_weights, "moe_experts", "topk_weights")?;
-    let _guard = dev.lock();
 
     // 1-2. Ids on the host: check, then map -1 to (expert 0, weight 0).
     let to_i32 = |b: Vec<u8>| -> Vec<i32> {

@@ -94,7 +94,6 @@ pub fn run(be: &AscendBackend, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput
         .bias
         .map(|b| be.mem(b, "moe_route", "bias"))
         .transpose()?;
-    let _guard = dev.lock();
     let mut keep = Vec::new();
 
     // Routing runs in f32: cast F16/BF16 logits first.
