@@ -1,11 +1,13 @@
 // Benchmark ceiling: dense c[M, N] = a[M, K] . b[N, K]^T, f32 compute, store_t in and out.
+// Two kernels; the host picks dense_gemm_dot on CPU devices and dense_gemm_tiled elsewhere.
 //
-// Each work-group of 16 x 16 work-items computes a 64 x 64 tile of c; each work-item a 4 x 4
-// micro-tile (rows ly + 16 i, columns lx + 16 j, so neighbouring work-items read neighbouring
-// local-memory words). K is walked in 16-wide slices: the work-group stages the 64 x 16 slices
-// of a and b in local memory, k-major, each work-item loading 4 elements of each (consecutive
-// work-items read consecutive k, i.e. consecutive addresses of the row-major operands).
-// Out-of-range rows and k are loaded as zeros; out-of-range outputs are not stored.
+// dense_gemm_tiled (GPUs): each work-group of 16 x 16 work-items computes a 64 x 64 tile of c;
+// each work-item a 4 x 4 micro-tile (rows ly + 16 i, columns lx + 16 j, so neighbouring
+// work-items read neighbouring local-memory words). K is walked in 16-wide slices: the
+// work-group stages the 64 x 16 slices of a and b in local memory, k-major, each work-item
+// loading 4 elements of each (consecutive work-items read consecutive k, i.e. consecutive
+// addresses of the row-major operands). Out-of-range rows and k are loaded as zeros;
+// out-of-range outputs are not stored.
 
 #define GEMM_TILE 64
 #define GEMM_K 16
@@ -13,8 +15,8 @@
 #define GEMM_MICRO 4
 
 // Launch: global (ceil(N / 64) * 16, ceil(M / 64) * 16), local (16, 16).
-__kernel void dense_gemm(__global const store_t *a, __global const store_t *b,
-                         __global store_t *c, int M, int N, int K) {
+__kernel void dense_gemm_tiled(__global const store_t *a, __global const store_t *b,
+                               __global store_t *c, int M, int N, int K) {
     __local float as[GEMM_K][GEMM_TILE + 1];
     __local float bs[GEMM_K][GEMM_TILE + 1];
     const int lx = get_local_id(0), ly = get_local_id(1);
@@ -48,6 +50,56 @@ __kernel void dense_gemm(__global const store_t *a, __global const store_t *b,
         for (int j = 0; j < GEMM_MICRO; ++j) {
             const int col = col0 + lx + GEMM_WG * j;
             if (r < M && col < N) store_f32(c, (size_t)r * N + col, acc[i][j]);
+        }
+    }
+}
+
+// dense_gemm_dot (CPUs): no local memory or barriers, which a CPU runtime such as PoCL turns
+// into per-work-item state (5x slower there). Each work-item computes a 4 x 4 block of c as
+// 16 dot products over K, 8 lanes wide: per 8-wide k step it loads 4 row slices of a and 4 of
+// b (both operands are contiguous along K) and does 16 vector FMAs; the lanes are summed at
+// the end, the K % 8 tail is scalar. Rows and columns past M and N are clamped for loading
+// and not stored.
+
+// 8 consecutive elements from element i, widened to f32.
+#if defined(DTYPE_F32)
+inline float8 load8_f32(__global const store_t *p, size_t i) { return vload8(0, p + i); }
+#elif defined(DTYPE_F16)
+inline float8 load8_f32(__global const store_t *p, size_t i) { return vload_half8(0, p + i); }
+#else
+inline float8 load8_f32(__global const store_t *p, size_t i) {
+    return as_float8(convert_uint8(vload8(0, p + i)) << 16);
+}
+#endif
+
+#define GEMM_RB 4
+
+// Launch: global (ceil(ceil(N / 4) / 16) * 16, ceil(ceil(M / 4) / 4) * 4), local (16, 4).
+__kernel void dense_gemm_dot(__global const store_t *a, __global const store_t *b,
+                             __global store_t *c, int M, int N, int K) {
+    const int c0 = get_global_id(0) * GEMM_RB, r0 = get_global_id(1) * GEMM_RB;
+    if (c0 >= N || r0 >= M) return;
+    size_t ar[GEMM_RB], br[GEMM_RB];
+    for (int i = 0; i < GEMM_RB; ++i) ar[i] = (size_t)min(r0 + i, M - 1) * K;
+    for (int j = 0; j < GEMM_RB; ++j) br[j] = (size_t)min(c0 + j, N - 1) * K;
+    float8 acc[GEMM_RB][GEMM_RB];
+    for (int i = 0; i < GEMM_RB; ++i)
+        for (int j = 0; j < GEMM_RB; ++j) acc[i][j] = (float8)(0.0f);
+    const int K8 = K / 8 * 8;
+    for (int k = 0; k < K8; k += 8) {
+        float8 av[GEMM_RB], bv[GEMM_RB];
+        for (int i = 0; i < GEMM_RB; ++i) av[i] = load8_f32(a, ar[i] + k);
+        for (int j = 0; j < GEMM_RB; ++j) bv[j] = load8_f32(b, br[j] + k);
+        for (int i = 0; i < GEMM_RB; ++i)
+            for (int j = 0; j < GEMM_RB; ++j) acc[i][j] = fma(av[i], bv[j], acc[i][j]);
+    }
+    for (int i = 0; i < GEMM_RB; ++i) {
+        for (int j = 0; j < GEMM_RB; ++j) {
+            const float8 v = acc[i][j];
+            float s = ((v.s0 + v.s1) + (v.s2 + v.s3)) + ((v.s4 + v.s5) + (v.s6 + v.s7));
+            for (int k = K8; k < K; ++k)
+                s = fma(load_f32(a, ar[i] + k), load_f32(b, br[j] + k), s);
+            if (r0 + i < M && c0 + j < N) store_f32(c, (size_t)(r0 + i) * N + c0 + j, s);
         }
     }
 }

@@ -193,12 +193,13 @@ impl Backend for OpenClBackend {
     }
 
     fn dense_gemm(&self, a: &DeviceTensor, b: &DeviceTensor) -> Result<DeviceTensor> {
-        let (c, dims) = ceilings::dense_gemm(&self.device, &self.name, a, b)?;
+        let kernel = ceilings::Gemm::for_device(&self.device);
+        let (c, dims) = ceilings::dense_gemm(&self.device, &self.name, kernel, a, b)?;
         Ok(self.tensor(c, dims, a.dtype()))
     }
 
     fn dense_gemm_impl(&self, dtype: DType) -> String {
-        ceilings::dense_gemm_impl(dtype)
+        ceilings::dense_gemm_impl(ceilings::Gemm::for_device(&self.device), dtype)
     }
 }
 

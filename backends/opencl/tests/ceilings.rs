@@ -84,7 +84,7 @@ fn dense_gemm_impl_names_the_storage_dtype() {
     let Some(be) = backend() else { return };
     let name = be.dense_gemm_impl(DType::BF16);
     assert!(
-        name.contains("tiled GEMM") && name.ends_with("bf16 storage"),
+        name.starts_with("moemla OpenCL") && name.ends_with("bf16 storage"),
         "{name}"
     );
 }
