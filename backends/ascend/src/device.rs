@@ -380,14 +380,15 @@ impl Device {
     }
 
     /// Runs one aclnn op: `prepare(&mut workspaceSize, &mut executor)` (its
-    /// `GetWorkspaceSize`), allocates the workspace, then `launch` on the stream. Returns the
-    /// workspace; dropping it (or any buffer the op uses) before the stream ran is safe.
+    /// `GetWorkspaceSize`), allocates the workspace, then `launch` on the stream. The
+    /// workspace is dropped at once: like any buffer dropped while launches are
+    /// outstanding, it is freed after the stream ran (module doc).
     pub fn run(
         self: &Arc<Self>,
         op: &str,
         prepare: impl FnOnce(*mut u64, *mut Handle) -> i32,
         launch: Option<LaunchFn>,
-    ) -> Result<Option<Arc<DevMem>>> {
+    ) -> Result<()> {
         self.bind_thread()?;
         let launch = launch.ok_or_else(|| Error::Device {
             backend: NAME.to_string(),
@@ -410,8 +411,7 @@ impl Device {
         self.frees().launched += 1;
         // SAFETY: executor from the matching first phase, workspace of the size it asked.
         let st = unsafe { launch(ws_ptr, size, executor, self.stream()) };
-        self.check(st, op)?;
-        Ok(workspace)
+        self.check(st, op)
     }
 }
 

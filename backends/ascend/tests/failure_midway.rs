@@ -95,7 +95,14 @@ fn op_failing_partway_frees_its_temporaries_only_after_the_stream_ran() {
         // SAFETY: the emulator library; loading it runs no initialisers with preconditions.
         unsafe { libloading::Library::new(common::emulator_path()) }.expect("emulator")
     };
+    let baseline = used_bytes(&lib);
+    run_cases(&be, &lib);
+    drop(be);
+    assert_eq!(used_bytes(&lib), baseline, "device memory leaked");
+}
 
+/// Each op, failing at an early and at a late step.
+fn run_cases(be: &dyn Backend, lib: &libloading::Library) {
     // moe_route, F16 logits, no renormalisation: Cast, MoeGatingTopK, Gather, Muls.
     let (t, e) = (5, 160);
     let logits = be
@@ -105,14 +112,14 @@ fn op_failing_partway_frees_its_temporaries_only_after_the_stream_ran() {
         )
         .unwrap();
     let route = || {
-        let out = ops::moe_route(&be, &logits, None, &RouteParams::deepseek_v2())?;
+        let out = ops::moe_route(be, &logits, None, &RouteParams::deepseek_v2())?;
         Ok(vec![
             be.download(&out.topk_ids)?,
             be.download(&out.topk_weights)?,
         ])
     };
     for reject in ["aclnnMoeGatingTopK", "aclnnMuls"] {
-        check_failure_midway(&be, &lib, reject, &route);
+        check_failure_midway(be, lib, reject, &route);
     }
 
     // moe_experts, BF16: InitRoutingV2, Cast, GMM, SwiGlu, GMM, Cast, FinalizeRoutingV2, Cast.
@@ -133,11 +140,11 @@ fn op_failing_partway_frees_its_temporaries_only_after_the_stream_ran() {
     let wts = be.upload(&be.download(&wts).unwrap().to_dtype(DType::F32).unwrap());
     let wts = wts.unwrap();
     let experts = || {
-        let y = ops::moe_experts(&be, &x, &w13, &w2, &ids, &wts, &ExpertsParams::default())?;
+        let y = ops::moe_experts(be, &x, &w13, &w2, &ids, &wts, &ExpertsParams::default())?;
         Ok(vec![be.download(&y)?])
     };
     for reject in ["aclnnSwiGlu", "aclnnMoeFinalizeRoutingV2"] {
-        check_failure_midway(&be, &lib, reject, &experts);
+        check_failure_midway(be, lib, reject, &experts);
     }
 
     // mla_decode, F16, one query: 4 InplaceCopy, FIA, then the lse pass.
@@ -156,10 +163,10 @@ fn op_failing_partway_frees_its_temporaries_only_after_the_stream_ran() {
         .unwrap();
     let mla = || {
         let p = MlaDecodeParams::deepseek_v3();
-        let out = ops::mla_decode(&be, &q, &kv, &table, &lens, &p)?;
+        let out = ops::mla_decode(be, &q, &kv, &table, &lens, &p)?;
         Ok(vec![be.download(&out.o)?, be.download(&out.lse)?])
     };
     for reject in ["aclnnFusedInferAttentionScoreV3", "aclnnLogSumExp"] {
-        check_failure_midway(&be, &lib, reject, &mla);
+        check_failure_midway(be, lib, reject, &mla);
     }
 }

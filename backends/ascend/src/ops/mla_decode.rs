@@ -35,7 +35,6 @@ use crate::ops::unsupported;
 use crate::AscendBackend;
 use moemla_core::calls::{MlaDecodeCall, MlaDecodeOutput};
 use moemla_core::{indices, DType, Op, Result};
-use std::sync::Arc;
 
 const NOPE: usize = 512;
 const ROPE: usize = 64;
@@ -191,7 +190,6 @@ pub fn run(be: &AscendBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutp
 
     let dt = acl_dtype(call.dtype);
     let esz = call.dtype.size_in_bytes();
-    let mut keep: Vec<Option<Arc<DevMem>>> = Vec::new();
     let copy = |dst: &DevMem,
                 dst_dims: &[usize],
                 dst_off: usize,
@@ -200,7 +198,7 @@ pub fn run(be: &AscendBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutp
                 src_dims: &[usize],
                 src_strides: &[usize],
                 src_off: usize|
-     -> Result<Option<Arc<DevMem>>> {
+     -> Result<()> {
         let d = dev.tensor(dst, dst_dims, None, dst_off, dst_dt)?;
         let s = dev.tensor(src, src_dims, Some(src_strides), src_off, dt)?;
         let ops = &dev.cann.ops;
@@ -219,7 +217,7 @@ pub fn run(be: &AscendBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutp
     let kv_strides = [bs * DQK, DQK, 1];
     let nope = dev.alloc(nb * bs * NOPE * esz)?;
     let rope = dev.alloc(nb * bs * ROPE * esz)?;
-    keep.push(copy(
+    copy(
         &nope,
         &[nb, bs, NOPE],
         0,
@@ -228,8 +226,8 @@ pub fn run(be: &AscendBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutp
         &[nb, bs, NOPE],
         &kv_strides,
         0,
-    )?);
-    keep.push(copy(
+    )?;
+    copy(
         &rope,
         &[nb, bs, ROPE],
         0,
@@ -238,11 +236,11 @@ pub fn run(be: &AscendBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutp
         &[nb, bs, ROPE],
         &kv_strides,
         NOPE,
-    )?);
+    )?;
     let q_strides = [sq * hq * DQK, hq * DQK, DQK, 1];
     let q_nope = dev.alloc(b * sq * hq * NOPE * esz)?;
     let q_rope = dev.alloc(b * sq * hq * ROPE * esz)?;
-    keep.push(copy(
+    copy(
         &q_nope,
         &[b, sq, hq, NOPE],
         0,
@@ -251,8 +249,8 @@ pub fn run(be: &AscendBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutp
         &[b, sq, hq, NOPE],
         &q_strides,
         0,
-    )?);
-    keep.push(copy(
+    )?;
+    copy(
         &q_rope,
         &[b, sq, hq, ROPE],
         0,
@@ -261,7 +259,7 @@ pub fn run(be: &AscendBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutp
         &[b, sq, hq, ROPE],
         &q_strides,
         NOPE,
-    )?);
+    )?;
 
     // 3. Attention output.
     let o = dev.alloc(b * sq * hq * NOPE * esz)?;
@@ -296,7 +294,7 @@ pub fn run(be: &AscendBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutp
         let (sparse, precise) = if fs > 1 { (3, 2) } else { (0, 0) };
         let layout = c"BSND";
         // SAFETY: handles live for the call; unused optional inputs are null as documented.
-        keep.push(dev.run(
+        dev.run(
             "aclnnFusedInferAttentionScoreV3",
             |ws, ex| unsafe {
                 (ops.aclnnFusedInferAttentionScoreV3GetWorkspaceSize
@@ -348,7 +346,7 @@ pub fn run(be: &AscendBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutp
                 )
             },
             ops.aclnnFusedInferAttentionScoreV3,
-        )?);
+        )?;
     }
 
     // 4. lse, second pass.
@@ -361,7 +359,7 @@ pub fn run(be: &AscendBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutp
         if len == 0 {
             continue;
         }
-        keep.extend(super::mla_lse::lse_for_sequence(
+        super::mla_lse::lse_for_sequence(
             be,
             call,
             bi,
@@ -370,10 +368,9 @@ pub fn run(be: &AscendBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutp
             q_mem,
             kv_mem,
             &lse,
-        )?);
+        )?;
     }
     dev.synchronize()?;
-    drop(keep);
     Ok(MlaDecodeOutput {
         o: be.wrap(o, [b, sq, hq, NOPE], call.dtype),
         lse: be.wrap(lse, [b, hq, sq], DType::F32),

@@ -14,10 +14,9 @@ use crate::device::{acl_dtype, DevMem, ACL_FLOAT};
 use crate::AscendBackend;
 use moemla_core::calls::MlaDecodeCall;
 use moemla_core::Result;
-use std::sync::Arc;
 
-/// Queues the lse computation of sequence `bi` (`len` > 0 cached tokens); returns the
-/// workspaces and temporaries to keep until the stream is synchronised.
+/// Queues the lse computation of sequence `bi` (`len` > 0 cached tokens). Its temporaries
+/// may be dropped before the stream ran (`Device` defers their free).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn lse_for_sequence(
     be: &AscendBackend,
@@ -28,20 +27,19 @@ pub(crate) fn lse_for_sequence(
     q_mem: &DevMem,
     kv_mem: &DevMem,
     lse: &DevMem,
-) -> Result<Vec<Option<Arc<DevMem>>>> {
+) -> Result<()> {
     let dev = &be.dev;
     let ops = &dev.cann.ops;
     let (sq, hq, bs) = (call.s_q, call.h_q, call.block_size);
     let dt = acl_dtype(call.dtype);
     let used = len.div_ceil(bs);
     let rows = sq * hq;
-    let mut keep = Vec::new();
     let copy = |dst: &DevMem,
                 dims: &[usize],
                 dst_off: usize,
                 src: &DevMem,
                 src_off: usize|
-     -> Result<Option<Arc<DevMem>>> {
+     -> Result<()> {
         let d = dev.tensor(dst, dims, None, dst_off, ACL_FLOAT)?;
         let s = dev.tensor(src, dims, None, src_off, dt)?;
         // SAFETY: handles live for the call; out-pointers come from `Device::run`.
@@ -56,16 +54,16 @@ pub(crate) fn lse_for_sequence(
     };
     let k32 = dev.alloc(used * bs * DQK * 4)?;
     for (j, &blk) in row[..used].iter().enumerate() {
-        keep.push(copy(
+        copy(
             &k32,
             &[bs, DQK],
             j * bs * DQK,
             kv_mem,
             blk as usize * bs * DQK,
-        )?);
+        )?;
     }
     let q32 = dev.alloc(rows * DQK * 4)?;
-    keep.push(copy(&q32, &[rows, DQK], 0, q_mem, bi * rows * DQK)?);
+    copy(&q32, &[rows, DQK], 0, q_mem, bi * rows * DQK)?;
     let scores = dev.alloc(rows * len * 4)?;
     let scaled = dev.alloc(rows * len * 4)?;
     {
@@ -73,7 +71,7 @@ pub(crate) fn lse_for_sequence(
         let kt = dev.tensor(&k32, &[DQK, len], Some(&[1, DQK]), 0, ACL_FLOAT)?;
         let c = dev.tensor(&scores, &[rows, len], None, 0, ACL_FLOAT)?;
         // SAFETY: as above; cubeMathType 0 = KEEP_DTYPE (f32).
-        keep.push(dev.run(
+        dev.run(
             "aclnnMatmul",
             |ws, ex| unsafe {
                 (ops.aclnnMatmulGetWorkspaceSize
@@ -82,11 +80,11 @@ pub(crate) fn lse_for_sequence(
                 )
             },
             ops.aclnnMatmul,
-        )?);
+        )?;
         let s = dev.scalar_f32(call.params.softmax_scale as f32)?;
         let out = dev.tensor(&scaled, &[rows, len], None, 0, ACL_FLOAT)?;
         // SAFETY: as above.
-        keep.push(dev.run(
+        dev.run(
             "aclnnMuls",
             |ws, ex| unsafe {
                 (ops.aclnnMulsGetWorkspaceSize
@@ -95,7 +93,7 @@ pub(crate) fn lse_for_sequence(
                 )
             },
             ops.aclnnMuls,
-        )?);
+        )?;
     }
     let last_dim = dev.int_array(&[1])?;
     for i in 0..sq {
@@ -112,7 +110,7 @@ pub(crate) fn lse_for_sequence(
         )?;
         let y = dev.tensor(lse, &[hq], Some(&[sq]), bi * hq * sq + i, ACL_FLOAT)?;
         // SAFETY: as above.
-        keep.push(dev.run(
+        dev.run(
             "aclnnLogSumExp",
             |ws, ex| unsafe {
                 (ops.aclnnLogSumExpGetWorkspaceSize
@@ -126,11 +124,7 @@ pub(crate) fn lse_for_sequence(
                 )
             },
             ops.aclnnLogSumExp,
-        )?);
+        )?;
     }
-    keep.push(Some(k32));
-    keep.push(Some(q32));
-    keep.push(Some(scores));
-    keep.push(Some(scaled));
-    Ok(keep)
+    Ok(())
 }

@@ -22,7 +22,6 @@ use crate::ops::unsupported;
 use crate::AscendBackend;
 use moemla_core::calls::MoeExpertsCall;
 use moemla_core::{indices, DType, DeviceTensor, Op, Result};
-use std::sync::Arc;
 
 /// ACL_INT64 (AscendCL "aclDataType").
 const ACL_INT64: i32 = 9;
@@ -101,13 +100,7 @@ pub fn run(be: &AscendBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor
     let esz = call.dtype.size_in_bytes();
     let rows = t * k;
     let i32_t = acl_dtype(DType::I32);
-    let mut keep: Vec<Option<Arc<DevMem>>> = Vec::new();
-    let cast = |src: &DevMem,
-                dims: &[usize],
-                from: i32,
-                dst: &DevMem,
-                to: i32|
-     -> Result<Option<Arc<DevMem>>> {
+    let cast = |src: &DevMem, dims: &[usize], from: i32, dst: &DevMem, to: i32| -> Result<()> {
         let a = dev.tensor(src, dims, None, 0, from)?;
         let b = dev.tensor(dst, dims, None, 0, to)?;
         // SAFETY: handles live for the call; out-pointers come from `Device::run`.
@@ -133,7 +126,7 @@ pub fn run(be: &AscendBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor
         let cs = dev.tensor(&cumsum, &[e], None, 0, i32_t)?;
         let null = std::ptr::null_mut();
         // SAFETY: as above; dropless (dropPadMode 0, activeNum 0), cumsum counts (flag 1).
-        keep.push(dev.run(
+        dev.run(
             "aclnnMoeInitRoutingV2",
             |ws, exr| unsafe {
                 (ops.aclnnMoeInitRoutingV2GetWorkspaceSize
@@ -155,18 +148,13 @@ pub fn run(be: &AscendBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor
                 )
             },
             ops.aclnnMoeInitRoutingV2,
-        )?);
+        )?;
     }
     let group_list = dev.alloc(e * 8)?;
-    keep.push(cast(&cumsum, &[e], i32_t, &group_list, ACL_INT64)?);
+    cast(&cumsum, &[e], i32_t, &group_list, ACL_INT64)?;
 
     // 4-5. Gate/up GEMM, SwiGLU, down GEMM.
-    let gmm = |input: &DevMem,
-               kk: usize,
-               weight: &DevMem,
-               n: usize,
-               out: &DevMem|
-     -> Result<Option<Arc<DevMem>>> {
+    let gmm = |input: &DevMem, kk: usize, weight: &DevMem, n: usize, out: &DevMem| -> Result<()> {
         let xs = dev.tensor_list(vec![dev.tensor(input, &[rows, kk], None, 0, dt)?])?;
         // Our weights are [E, N, K]; GMM's [E, K, N] as the transposed view.
         let ws_t = dev.tensor_list(vec![dev.tensor(
@@ -212,30 +200,30 @@ pub fn run(be: &AscendBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor
         )
     };
     let h13 = dev.alloc(rows * 2 * i * esz)?;
-    keep.push(gmm(&expanded, h, w13_mem, 2 * i, &h13)?);
+    gmm(&expanded, h, w13_mem, 2 * i, &h13)?;
     let act = dev.alloc(rows * i * esz)?;
     {
         let a = dev.tensor(&h13, &[rows, 2 * i], None, 0, dt)?;
         let b = dev.tensor(&act, &[rows, i], None, 0, dt)?;
         // SAFETY: as above.
-        keep.push(dev.run(
+        dev.run(
             "aclnnSwiGlu",
             |ws, ex| unsafe {
                 (ops.aclnnSwiGluGetWorkspaceSize
                     .expect("checked by available()"))(a.raw(), -1, b.raw(), ws, ex)
             },
             ops.aclnnSwiGlu,
-        )?);
+        )?;
     }
     let down = dev.alloc(rows * h * esz)?;
-    keep.push(gmm(&act, i, w2_mem, h, &down)?);
+    gmm(&act, i, w2_mem, h, &down)?;
 
     // 6. Weighted combine in f32.
     let down32 = if call.dtype == DType::F32 {
         down.clone()
     } else {
         let d = dev.alloc(rows * h * 4)?;
-        keep.push(cast(&down, &[rows, h], dt, &d, ACL_FLOAT)?);
+        cast(&down, &[rows, h], dt, &d, ACL_FLOAT)?;
         d
     };
     let y32 = dev.alloc(t * h * 4)?;
@@ -246,7 +234,7 @@ pub fn run(be: &AscendBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor
         let out = dev.tensor(&y32, &[t, h], None, 0, ACL_FLOAT)?;
         let null = std::ptr::null_mut();
         // SAFETY: as above; dropPadMode 2 = dropless with InitRoutingV2's row order.
-        keep.push(dev.run(
+        dev.run(
             "aclnnMoeFinalizeRoutingV2",
             |ws, exr| unsafe {
                 (ops.aclnnMoeFinalizeRoutingV2GetWorkspaceSize
@@ -265,16 +253,15 @@ pub fn run(be: &AscendBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor
                 )
             },
             ops.aclnnMoeFinalizeRoutingV2,
-        )?);
+        )?;
     }
     let y = if call.dtype == DType::F32 {
         y32
     } else {
         let y = dev.alloc(t * h * esz)?;
-        keep.push(cast(&y32, &[t, h], ACL_FLOAT, &y, dt)?);
+        cast(&y32, &[t, h], ACL_FLOAT, &y, dt)?;
         y
     };
     dev.synchronize()?;
-    drop(keep);
     Ok(be.wrap(y, [t, h], call.dtype))
 }

@@ -94,7 +94,6 @@ pub fn run(be: &AscendBackend, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput
         .bias
         .map(|b| be.mem(b, "moe_route", "bias"))
         .transpose()?;
-    let mut keep = Vec::new();
 
     // Routing runs in f32: cast F16/BF16 logits first.
     let x32 = if call.logits.dtype() == DType::F32 {
@@ -104,7 +103,7 @@ pub fn run(be: &AscendBackend, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput
         let src = dev.tensor(logits_mem, &[t, e], None, 0, acl_dtype(call.logits.dtype()))?;
         let dst = dev.tensor(&x32, &[t, e], None, 0, ACL_FLOAT)?;
         // SAFETY: handles live for the call; out-pointers come from `Device::run`.
-        keep.push(dev.run(
+        dev.run(
             "aclnnCast",
             |ws, ex| unsafe {
                 (ops.aclnnCastGetWorkspaceSize
@@ -113,7 +112,7 @@ pub fn run(be: &AscendBackend, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput
                 )
             },
             ops.aclnnCast,
-        )?);
+        )?;
         Some(x32)
     };
     let x_mem = x32.as_deref().unwrap_or(logits_mem);
@@ -137,7 +136,7 @@ pub fn run(be: &AscendBackend, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput
     };
     let bias_raw = bias.as_ref().map_or(std::ptr::null_mut(), |b| b.raw());
     // SAFETY: handles live for the call; attribute values are the documented ones.
-    keep.push(dev.run(
+    dev.run(
         "aclnnMoeGatingTopK",
         |ws, ex| unsafe {
             (ops.aclnnMoeGatingTopKGetWorkspaceSize
@@ -161,13 +160,13 @@ pub fn run(be: &AscendBackend, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput
             )
         },
         ops.aclnnMoeGatingTopK,
-    )?);
+    )?;
     if !p.renormalize {
         // Unnormalised weights: scale * normOut[t, ids[t, j]].
         let picked = dev.alloc(t * k * 4)?;
         let g = dev.tensor(&picked, &[t, k], None, 0, ACL_FLOAT)?;
         // SAFETY: handles live for the call; dim 1 gathers along the experts.
-        keep.push(dev.run(
+        dev.run(
             "aclnnGather",
             |ws, ex| unsafe {
                 (ops.aclnnGatherGetWorkspaceSize
@@ -176,10 +175,10 @@ pub fn run(be: &AscendBackend, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput
                 )
             },
             ops.aclnnGather,
-        )?);
+        )?;
         let scale = dev.scalar_f32(p.routed_scaling_factor as f32)?;
         // SAFETY: as above.
-        keep.push(dev.run(
+        dev.run(
             "aclnnMuls",
             |ws, ex| unsafe {
                 (ops.aclnnMulsGetWorkspaceSize
@@ -188,11 +187,9 @@ pub fn run(be: &AscendBackend, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput
                 )
             },
             ops.aclnnMuls,
-        )?);
-        keep.push(Some(picked));
+        )?;
     }
     dev.synchronize()?;
-    drop(keep);
     Ok(MoeRouteOutput {
         topk_ids: be.wrap(ids, [t, k], DType::I32),
         topk_weights: be.wrap(weights, [t, k], DType::F32),
