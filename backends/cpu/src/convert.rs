@@ -44,14 +44,11 @@ impl FloatSlice<'_> {
 /// stream weights from memory at full bandwidth.
 fn bf16_to_f32(src: &[bf16], dst: &mut [f32]) {
     let bits: &[u16] = bytemuck::cast_slice(src);
-    pulp::Arch::new().dispatch(
-        #[inline(always)]
-        || {
-            for (d, &b) in dst.iter_mut().zip(bits) {
-                *d = f32::from_bits(u32::from(b) << 16);
-            }
-        },
-    );
+    pulp::Arch::new().dispatch(Upcast {
+        src: bits,
+        dst,
+        convert: |b| f32::from_bits(u32::from(b) << 16),
+    });
 }
 
 /// f16 to f32 in integer arithmetic, branch-free per element so that it vectorises (half's
@@ -59,14 +56,31 @@ fn bf16_to_f32(src: &[bf16], dst: &mut [f32]) {
 /// subnormals are `mantissa * 2^-24` (exact), infinities and NaN keep their payload.
 fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
     let bits: &[u16] = bytemuck::cast_slice(src);
-    pulp::Arch::new().dispatch(
-        #[inline(always)]
-        || {
-            for (d, &h) in dst.iter_mut().zip(bits) {
-                *d = f16_bits_to_f32(h);
-            }
-        },
-    );
+    pulp::Arch::new().dispatch(Upcast {
+        src: bits,
+        dst,
+        convert: f16_bits_to_f32,
+    });
+}
+
+/// An elementwise 16-bit to f32 conversion as a pulp kernel: `with_simd` is inlined into
+/// the code compiled for the detected vector unit (a closure would be compiled on its own,
+/// for the baseline, and not vectorise).
+struct Upcast<'a, F> {
+    src: &'a [u16],
+    dst: &'a mut [f32],
+    convert: F,
+}
+
+impl<F: Fn(u16) -> f32> pulp::WithSimd for Upcast<'_, F> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        for (d, &b) in self.dst.iter_mut().zip(self.src) {
+            *d = (self.convert)(b);
+        }
+    }
 }
 
 /// One f16 (as bits) to f32, exactly.

@@ -25,14 +25,27 @@ pub fn rows_times(
     for (r, out) in out.chunks_mut(n).take(rows).enumerate() {
         w.read_f32((first + r) * k, row);
         let row = &row[..];
-        pulp::Arch::new().dispatch(
-            #[inline(always)]
-            || {
-                for (o, a) in out.iter_mut().zip(act.chunks_exact(k)) {
-                    *o = dot(row, a);
-                }
-            },
-        );
+        pulp::Arch::new().dispatch(Dots { row, act, k, out });
+    }
+}
+
+/// `out[c] = row . act[c]` as a pulp kernel (inlined into the code compiled for the
+/// detected vector unit).
+struct Dots<'a> {
+    row: &'a [f32],
+    act: &'a [f32],
+    k: usize,
+    out: &'a mut [f32],
+}
+
+impl pulp::WithSimd for Dots<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        for (o, a) in self.out.iter_mut().zip(self.act.chunks_exact(self.k)) {
+            *o = dot(self.row, a);
+        }
     }
 }
 
