@@ -4,14 +4,15 @@
 //! Freeing device memory: aclnn launches are asynchronous, and `aclrtFree` of memory that
 //! queued work still uses is undefined on CANN (the device may write into freed memory).
 //! So a [`DevMem`] dropped while launches are outstanding is not freed at once: it goes on
-//! a deferred list, tagged with the number of launches queued so far, and is freed by the
-//! first successful [`Device::synchronize`] that started after those launches (a failed
-//! one frees nothing). With nothing outstanding, a drop frees at once. [`Device::op`] runs
+//! a deferred list ([`crate::frees`]), tagged with the number of launches queued so far,
+//! and is freed by the first successful [`Device::synchronize`] that started after those
+//! launches (a failed one frees nothing). With nothing outstanding, a drop frees at once. [`Device::op`] runs
 //! an op's whole sequence under the stream lock and, if it fails, synchronises before
 //! returning the error, so the steps it had queued finish and its temporaries are freed.
 //! Dropping the device synchronises and frees what is left.
 
 use crate::error::{status_name, CannError, ACL_ERROR_REPEAT_INITIALIZE};
+use crate::frees::Frees;
 use crate::loader::{Cann, Handle, LaunchFn};
 use moemla_core::{DType, DeviceBuffer, Error, Result};
 use std::any::Any;
@@ -55,17 +56,6 @@ pub struct Device {
     stream: usize,
     lock: Mutex<()>,
     frees: Mutex<Frees>,
-}
-
-/// Launch accounting and the deferred frees (see the module doc).
-#[derive(Default)]
-struct Frees {
-    /// Launches queued on the stream so far.
-    launched: u64,
-    /// All launches up to this count have completed (a synchronize succeeded after them).
-    completed: u64,
-    /// Device pointers dropped while launches were outstanding, with `launched` then.
-    deferred: Vec<(usize, u64)>,
 }
 
 // SAFETY: the stream is a process-wide CANN handle and the tables hold plain function
@@ -152,33 +142,15 @@ impl Device {
         self.frees.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Frees `ptr` now if no launch is outstanding, else defers it to the next successful
-    /// synchronize.
-    fn free(&self, ptr: usize) {
-        let mut f = self.frees();
-        if f.launched == f.completed {
-            // SAFETY: allocated by aclrtMalloc in `Device::alloc`, freed once; no queued
-            // work can use it. A failure cannot be reported from drop.
+    /// `aclrtFree`s `ptrs`: allocated by `Device::alloc`, dropped, and no longer used by
+    /// queued work (see [`crate::frees`]).
+    fn free_now(&self, ptrs: impl IntoIterator<Item = usize>) {
+        for ptr in ptrs {
+            // SAFETY: from aclrtMalloc in `alloc`, handed out once by `Frees`, so freed
+            // once, and no queued work uses it any more. A failure cannot be reported from a
+            // drop; it would only mean the pointer is already gone.
             let _ = unsafe { (self.cann.rt.aclrtFree)(ptr as Handle) };
-        } else {
-            let launched = f.launched;
-            f.deferred.push((ptr, launched));
         }
-    }
-
-    /// Frees the deferred pointers whose launches all completed: those dropped when at
-    /// most `done` launches had been queued.
-    fn release(&self, done: u64) {
-        let mut f = self.frees();
-        f.completed = f.completed.max(done);
-        f.deferred.retain(|&(ptr, launched)| {
-            if launched > done {
-                return true;
-            }
-            // SAFETY: as in `free`; the launches that could use it have completed.
-            let _ = unsafe { (self.cann.rt.aclrtFree)(ptr as Handle) };
-            false
-        });
     }
 
     /// Turns a CANN status into a moemla error naming `call` and CANN's recent message.
@@ -223,11 +195,12 @@ impl Device {
     /// Waits for the stream; on success frees the memory deferred until then.
     pub fn synchronize(&self) -> Result<()> {
         self.bind_thread()?;
-        let queued = self.frees().launched;
+        let mark = self.frees().mark();
         // SAFETY: the stream was created by `open` and lives as long as `self`.
         let st = unsafe { (self.cann.rt.aclrtSynchronizeStream)(self.stream()) };
         self.check(st, "aclrtSynchronizeStream")?;
-        self.release(queued);
+        let ready = self.frees().completed(mark);
+        self.free_now(ready);
         Ok(())
     }
 
@@ -407,10 +380,11 @@ impl Device {
             None
         };
         let ws_ptr = workspace.as_ref().map_or(std::ptr::null_mut(), |w| w.ptr());
-        // Counted before the launch: from here on, drops are deferred.
-        self.frees().launched += 1;
         // SAFETY: executor from the matching first phase, workspace of the size it asked.
         let st = unsafe { launch(ws_ptr, size, executor, self.stream()) };
+        // Counted once queued, so a synchronize that reads the count covers the launch; the
+        // buffers it uses (the workspace included) are only dropped after this.
+        self.frees().launched();
         self.check(st, op)
     }
 }
@@ -420,7 +394,8 @@ impl Drop for Device {
         // Every buffer (each holds an Arc to this device) is gone; the deferred ones are
         // freed once the stream is idle, also if this last synchronize fails.
         let _ = self.synchronize();
-        self.release(u64::MAX);
+        let rest = self.frees().drain();
+        self.free_now(rest);
         // SAFETY: the stream was created in `open`. The device is not reset and ACL not
         // finalised: both are process-wide, and other backend instances may still use them.
         let _ = unsafe { (self.cann.rt.aclrtDestroyStream)(self.stream()) };
@@ -455,7 +430,8 @@ impl DevMem {
 
 impl Drop for DevMem {
     fn drop(&mut self) {
-        self.dev.free(self.ptr);
+        let now = self.dev.frees().dropped(self.ptr);
+        self.dev.free_now(now);
     }
 }
 

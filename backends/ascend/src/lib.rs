@@ -10,6 +10,7 @@
 
 mod device;
 mod error;
+mod frees;
 mod loader;
 mod ops;
 mod tried;
