@@ -1,6 +1,7 @@
 //! The grouped SwiGLU FFN over permuted rows: per expert, tiles of weight rows are upcast
 //! to f32 once and multiplied with all of that expert's tokens (gate and up GEMMs with
-//! SwiGLU fused, then the down GEMM). Tiles of all experts run in parallel.
+//! SwiGLU fused, then the down GEMM). Tiles of all experts run in parallel. An expert with
+//! only a few tokens (decode) takes the matrix-vector path of [`gemv`] instead.
 //!
 //! Activations are kept transposed per expert (`[rows_out, n_e]`, expert after expert),
 //! so every tile writes one contiguous chunk.
@@ -70,7 +71,7 @@ pub fn gate_up(perm: &Permutation, xg: &[f32], w: ExpertWeights<'_>) -> Result<V
             let x = &xg[first * h..(first + n) * h];
             let base = tile.expert * 2 * i + tile.first;
             s.up_out.resize(tile.out.len(), 0.0);
-            if skinny(w.w13, n) {
+            if skinny(n) {
                 gemv::rows_times(w.w13, base, tile.rows, h, x, tile.out, &mut s.gate);
                 gemv::rows_times(w.w13, base + i, tile.rows, h, x, &mut s.up_out, &mut s.up);
             } else {
@@ -103,7 +104,7 @@ pub fn down(perm: &Permutation, h_t: &[f32], w: ExpertWeights<'_>) -> Result<Vec
             let (first, n) = perm.expert_rows(tile.expert);
             let act = &h_t[first * i..(first + n) * i];
             let base = tile.expert * h + tile.first;
-            if skinny(w.w2, n) {
+            if skinny(n) {
                 // The activations as n contiguous vectors: [n, I].
                 s.up_out.clear();
                 s.up_out
@@ -119,10 +120,10 @@ pub fn down(perm: &Permutation, h_t: &[f32], w: ExpertWeights<'_>) -> Result<Vec
     Ok(out)
 }
 
-/// Whether `n` tokens of an expert with these weights take the matrix-vector path: only
-/// for weights that need upcasting (F32 weights stream straight into the GEMM).
-fn skinny(weights: FloatSlice<'_>, n: usize) -> bool {
-    !matches!(weights, FloatSlice::F32(_)) && n <= gemv::MAX_VECTORS
+/// Whether an expert with `n` tokens takes the matrix-vector path (each weight row read
+/// once and dotted with every token) rather than tile + GEMM.
+fn skinny(n: usize) -> bool {
+    n <= gemv::MAX_VECTORS
 }
 
 /// SiLU (swish): `x * sigmoid(x)`.
