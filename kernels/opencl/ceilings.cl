@@ -74,7 +74,7 @@ inline float8 load8_f32(__global const store_t *p, size_t i) {
 
 #define GEMM_RB 4
 
-// Launch: global (ceil(ceil(N / 4) / 16) * 16, ceil(ceil(M / 4) / 4) * 4), local (16, 4).
+// Launch: global (ceil(ceil(N / 4) / 4) * 4, ceil(ceil(M / 4) / 16) * 16), local (4, 16).
 __kernel void dense_gemm_dot(__global const store_t *a, __global const store_t *b,
                              __global store_t *c, int M, int N, int K) {
     const int c0 = get_global_id(0) * GEMM_RB, r0 = get_global_id(1) * GEMM_RB;

@@ -14,7 +14,7 @@ const WG: usize = 16;
 /// Output rows and columns per work-item of the dot kernel (`GEMM_RB`).
 const RB: usize = 4;
 /// Work-group of the dot kernel (fixed: PoCL compiles one variant per work-group size).
-const DOT_WG: [usize; 2] = [16, 4];
+const DOT_WG: [usize; 2] = [4, 16];
 
 /// The two GEMM kernels of `ceilings.cl`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
