@@ -13,21 +13,14 @@ use crate::storage::FloatSlice;
 use moemla_core::Result;
 use rayon::prelude::*;
 
-/// Bytes of f32 weights per tile when they must be upcast: the tile stays in L2 while
-/// every token of its expert streams past it (measured on the 2-core dev machine with
-/// V2-Lite shapes: 1 MiB beat 256 KiB by ~15% and 4 MiB by ~20% of CPU time).
+/// Bytes of f32 weights per tile. Measured on the 2-core dev machine at V2-Lite shapes
+/// (T = 256): 4 MiB beat 1 MiB by ~15% for bf16 (upcast tiles) and ~7% for f32; larger
+/// tiles gained nothing. Few-token experts do not use tiles (see [`gemv`]).
 #[cfg(not(test))]
-const UPCAST_TILE_BYTES: usize = 1 << 20;
+const TILE_BYTES: usize = 4 << 20;
 /// Small tiles in tests, so that their shapes span several tiles and a partial one.
 #[cfg(test)]
-const UPCAST_TILE_BYTES: usize = 32 << 10;
-
-/// Bytes per tile of F32 weights, used in place: larger products run closer to the GEMM
-/// peak (4 MiB beat 1 MiB by ~7% of CPU time at T = 256).
-#[cfg(not(test))]
-const F32_TILE_BYTES: usize = 4 << 20;
-#[cfg(test)]
-const F32_TILE_BYTES: usize = 64 << 10;
+const TILE_BYTES: usize = 32 << 10;
 
 /// One expert's weights, in storage type.
 #[derive(Clone, Copy, Debug)]
@@ -64,7 +57,7 @@ struct Scratch {
 pub fn gate_up(perm: &Permutation, xg: &[f32], w: ExpertWeights<'_>) -> Result<Vec<f32>> {
     let (h, i) = (w.hidden, w.inter);
     let mut out = vec![0.0; perm.rows() * i];
-    tiles(perm, &mut out, i, tile_rows(w.w13, h))
+    tiles(perm, &mut out, i, tile_rows(h))
         .into_par_iter()
         .try_for_each_init(Scratch::default, |s, tile| {
             let (first, n) = perm.expert_rows(tile.expert);
@@ -98,7 +91,7 @@ pub fn gate_up(perm: &Permutation, xg: &[f32], w: ExpertWeights<'_>) -> Result<V
 pub fn down(perm: &Permutation, h_t: &[f32], w: ExpertWeights<'_>) -> Result<Vec<f32>> {
     let (h, i) = (w.hidden, w.inter);
     let mut out = vec![0.0; perm.rows() * h];
-    tiles(perm, &mut out, h, tile_rows(w.w2, i))
+    tiles(perm, &mut out, h, tile_rows(i))
         .into_par_iter()
         .try_for_each_init(Scratch::default, |s, tile| {
             let (first, n) = perm.expert_rows(tile.expert);
@@ -131,13 +124,9 @@ fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
-/// Weight rows per tile for `weights` with rows of `k` columns (a multiple of 16, >= 16).
-fn tile_rows(weights: FloatSlice<'_>, k: usize) -> usize {
-    let bytes = match weights {
-        FloatSlice::F32(_) => F32_TILE_BYTES,
-        _ => UPCAST_TILE_BYTES,
-    };
-    let rows = bytes / (4 * k.max(1));
+/// Weight rows per tile for rows of `k` columns (a multiple of 16, >= 16).
+fn tile_rows(k: usize) -> usize {
+    let rows = TILE_BYTES / (4 * k.max(1));
     (rows / 16 * 16).max(16)
 }
 
@@ -197,9 +186,7 @@ mod tests {
             .map(|t| (t.expert, t.first, t.rows, t.out.len()))
             .collect();
         assert_eq!(spans, vec![(1, 0, 2, 6), (1, 2, 2, 6), (1, 4, 1, 3)]);
-        let bf16 = FloatSlice::BF16(&[]);
-        assert_eq!(tile_rows(bf16, 256), 32);
-        assert_eq!(tile_rows(FloatSlice::F32(&[]), 256), 64);
-        assert_eq!(tile_rows(bf16, 1 << 20), 16);
+        assert_eq!(tile_rows(256), 32);
+        assert_eq!(tile_rows(1 << 20), 16);
     }
 }
