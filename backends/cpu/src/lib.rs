@@ -11,9 +11,9 @@ mod gemm_util;
 mod gemv;
 mod ops;
 mod storage;
-mod vmath;
 #[cfg(test)]
 mod test_util;
+mod vmath;
 
 pub use storage::CpuStorage;
 
