@@ -16,6 +16,28 @@ impl FloatSlice<'_> {
         }
     }
 
+    /// [`FloatSlice::read_f32`] without the run-time dispatch, for use inside kernels that
+    /// are already compiled for the detected vector unit (inlined there).
+    #[inline(always)]
+    pub fn read_f32_inline(&self, start: usize, dst: &mut [f32]) {
+        let end = start + dst.len();
+        match self {
+            FloatSlice::F32(v) => dst.copy_from_slice(&v[start..end]),
+            FloatSlice::F16(v) => {
+                let bits: &[u16] = bytemuck::cast_slice(&v[start..end]);
+                for (d, &h) in dst.iter_mut().zip(bits) {
+                    *d = f16_bits_to_f32(h);
+                }
+            }
+            FloatSlice::BF16(v) => {
+                let bits: &[u16] = bytemuck::cast_slice(&v[start..end]);
+                for (d, &b) in dst.iter_mut().zip(bits) {
+                    *d = f32::from_bits(u32::from(b) << 16);
+                }
+            }
+        }
+    }
+
     /// Rows `first..first + rows` of a row-major matrix with `cols` columns, as f32: the
     /// stored rows themselves for F32, else upcast once into `scratch`.
     pub fn rows_f32<'s>(

@@ -21,29 +21,49 @@ pub fn rows_times(
     out: &mut [f32],
     row: &mut Vec<f32>,
 ) {
-    let n = act.len() / k.max(1);
-    for (r, out) in out.chunks_mut(n).take(rows).enumerate() {
-        let row = w.rows_f32(first + r, 1, k, row);
-        pulp::Arch::new().dispatch(Dots { row, act, k, out });
-    }
+    pulp::Arch::new().dispatch(RowsTimes {
+        w,
+        first,
+        rows,
+        k,
+        act,
+        out,
+        row,
+    });
 }
 
-/// `out[c] = row . act[c]` as a pulp kernel (inlined into the code compiled for the
-/// detected vector unit).
-struct Dots<'a> {
-    row: &'a [f32],
-    act: &'a [f32],
+/// [`rows_times`] as a pulp kernel: one run-time dispatch per call, the whole loop (upcast
+/// and dot products) inlined into the code compiled for the detected vector unit.
+struct RowsTimes<'a> {
+    w: FloatSlice<'a>,
+    first: usize,
+    rows: usize,
     k: usize,
+    act: &'a [f32],
     out: &'a mut [f32],
+    row: &'a mut Vec<f32>,
 }
 
-impl pulp::WithSimd for Dots<'_> {
+impl pulp::WithSimd for RowsTimes<'_> {
     type Output = ();
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _simd: S) {
-        for (o, a) in self.out.iter_mut().zip(self.act.chunks_exact(self.k)) {
-            *o = dot(self.row, a);
+        let k = self.k;
+        let n = self.act.len() / k.max(1);
+        self.row.resize(k, 0.0);
+        for (r, out) in self.out.chunks_mut(n).take(self.rows).enumerate() {
+            let start = (self.first + r) * k;
+            let w_row: &[f32] = match self.w {
+                FloatSlice::F32(v) => &v[start..start + k],
+                other => {
+                    other.read_f32_inline(start, self.row);
+                    self.row
+                }
+            };
+            for (o, x) in out.iter_mut().zip(self.act.chunks_exact(k)) {
+                *o = dot(w_row, x);
+            }
         }
     }
 }
