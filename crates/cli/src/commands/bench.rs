@@ -143,10 +143,22 @@ fn bench_backend(
     }
     let mut rows = Vec::new();
     let mut files = Vec::new();
+    let info = backend.info();
     for (i, case) in cases.iter().enumerate() {
+        if !info.supports(case.op(), case.dtype()) {
+            println!("{}: {case}: not supported by this backend", backend.name());
+            continue;
+        }
         let inputs = generate(case)?;
         let ceiling = ceils.iter().find(|c| c.dtype == case.dtype());
-        rows.push(run_case(backend, case, &inputs, ceiling, budget)?);
+        match run_case(backend, case, &inputs, ceiling, budget) {
+            Ok(row) => rows.push(row),
+            Err(Error::Unsupported { reason, .. }) => {
+                println!("{}: {case}: unsupported: {reason}", backend.name());
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        }
         if with_peer {
             let file = dir.join(format!("case{i:03}.safetensors"));
             peer::write_case(&file, case, &inputs)?;
