@@ -41,6 +41,23 @@ pub struct MlaSizes {
     pub max_blocks: usize,
 }
 
+impl MlaSizes {
+    /// The sizes of a validated call.
+    pub fn of(call: &moemla_core::calls::MlaDecodeCall<'_>) -> Self {
+        MlaSizes {
+            batch: call.batch,
+            s_q: call.s_q,
+            h_q: call.h_q,
+            h_kv: call.h_kv,
+            d_qk: call.d_qk,
+            d_v: call.d_v,
+            num_blocks: call.num_blocks,
+            block_size: call.block_size,
+            max_blocks: call.max_blocks,
+        }
+    }
+}
+
 /// Workspace sizes, in elements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MlaWorkspace {

@@ -15,17 +15,7 @@ pub(crate) fn run(b: &CudaBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecode
     let kv = buf(call.kv_cache, "mla_decode", "kv_cache")?;
     let table = buf(call.block_table, "mla_decode", "block_table")?;
     let seqlens = buf(call.cache_seqlens, "mla_decode", "cache_seqlens")?;
-    let sizes = MlaSizes {
-        batch: call.batch,
-        s_q: call.s_q,
-        h_q: call.h_q,
-        h_kv: call.h_kv,
-        d_qk: call.d_qk,
-        d_v: call.d_v,
-        num_blocks: call.num_blocks,
-        block_size: call.block_size,
-        max_blocks: call.max_blocks,
-    };
+    let sizes = MlaSizes::of(call);
     let plan = mla::plan(&sizes, call.dtype, &b.dev.limits).or_core()?;
     let dev = &b.dev;
     let elem = call.dtype.size_in_bytes();

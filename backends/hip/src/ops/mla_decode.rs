@@ -13,17 +13,7 @@ const CALL: &str = "mla_decode";
 /// Runs `mla_decode`: o [B, Sq, Hq, Dv] in the run dtype, lse [B, Hq, Sq] F32.
 pub(crate) fn run(b: &HipBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutput> {
     b.check_wavefront(Op::MlaDecode)?;
-    let sizes = MlaSizes {
-        batch: call.batch,
-        s_q: call.s_q,
-        h_q: call.h_q,
-        h_kv: call.h_kv,
-        d_qk: call.d_qk,
-        d_v: call.d_v,
-        num_blocks: call.num_blocks,
-        block_size: call.block_size,
-        max_blocks: call.max_blocks,
-    };
+    let sizes = MlaSizes::of(call);
     let plan = mla::plan(&sizes, call.dtype, &b.limits()).map_err(plan_error)?;
     let o = b.alloc_zeroed(
         &Shape::new(vec![call.batch, call.s_q, call.h_q, call.d_v]),
