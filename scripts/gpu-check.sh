@@ -57,5 +57,7 @@ SANITIZER="${SANITIZER:-$(command -v compute-sanitizer || echo /usr/local/cuda/b
 
 echo "== CUDA benches"
 "$MOEMLA" bench --backend cuda --json "$OUT_DIR/bench.json" --markdown "$OUT_DIR/bench.md"
+"$MOEMLA" bench --backend cuda --device-shapes --dtype bf16 \
+    --json "$OUT_DIR/bench-device.json" --markdown "$OUT_DIR/bench-device.md"
 
 echo "== gpu-check passed; reports in $OUT_DIR"

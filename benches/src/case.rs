@@ -55,6 +55,11 @@ pub enum Suite {
     Standard,
     /// Tiny shapes that exercise the whole harness in seconds (CI smoke run).
     Quick,
+    /// The accelerator shapes of the CUDA issue: FlashMLA's memory-bound decode (b=128,
+    /// s_q=1, h_q=16, sk=4096) and compute-bound decode (h_q=128, s_q=2), and full
+    /// DeepSeek-V3 experts (E=256, H=7168, I=2048, top-8) at T=16 and T=4096. About 25 GB of
+    /// weights: for GPUs with the memory for it.
+    Device,
 }
 
 /// MLA latent width (FlashMLA `d`) and value width (`dv`).
@@ -90,6 +95,7 @@ impl BenchCase {
         let all = match suite {
             Suite::Standard => standard(),
             Suite::Quick => quick(),
+            Suite::Device => device(),
         };
         all.into_iter()
             .filter(|c| {
@@ -143,6 +149,33 @@ fn standard() -> Vec<BenchCase> {
                 }
             }
         }
+    }
+    cases
+}
+
+fn device() -> Vec<BenchCase> {
+    let mut cases = Vec::new();
+    for dtype in [DType::BF16, DType::F32] {
+        for (s_q, h_q) in [(1, 16), (2, 128)] {
+            cases.push(BenchCase::Mla {
+                dtype,
+                batch: 128,
+                s_q,
+                h_q,
+                seqlen: 4096,
+                block_size: 64,
+            });
+        }
+    }
+    for tokens in [16, 4096] {
+        cases.push(BenchCase::Experts {
+            dtype: DType::BF16,
+            tokens,
+            hidden: 7168,
+            inter: 2048,
+            experts: 256,
+            top_k: 8,
+        });
     }
     cases
 }

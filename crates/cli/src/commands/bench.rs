@@ -31,6 +31,10 @@ pub struct BenchArgs {
     /// Tiny shapes and few repetitions: checks the harness, measures nothing meaningful.
     #[arg(long)]
     quick: bool,
+    /// The accelerator shapes instead (FlashMLA's decode shapes at b=128, DeepSeek-V3's
+    /// 256 experts at T=16 and 4096; ~25 GB of weights).
+    #[arg(long, conflicts_with = "quick")]
+    device_shapes: bool,
     /// Write every row and the ceilings as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -63,10 +67,10 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, CommandError> {
         None | Some("numpy") => {}
         Some(other) => return Err(format!("unknown peer `{other}` (supported: numpy)").into()),
     }
-    let (suite, budget) = if args.quick {
-        (Suite::Quick, Budget::QUICK)
-    } else {
-        (Suite::Standard, Budget::STANDARD)
+    let (suite, budget) = match (args.quick, args.device_shapes) {
+        (true, _) => (Suite::Quick, Budget::QUICK),
+        (_, true) => (Suite::Device, Budget::STANDARD),
+        _ => (Suite::Standard, Budget::STANDARD),
     };
     let cases = BenchCase::list(suite, &ops, &dtypes);
     let backends: Vec<_> = discover()
@@ -188,7 +192,7 @@ fn parse_list<T>(
 
 /// The Markdown report: machine, date, exact command, ceilings, table.
 fn markdown(ceilings: &[(&str, Vec<Ceilings>)], rows: &[Row]) -> String {
-    let command: Vec<String> = std::env::args().collect();
+    let args: Vec<String> = std::env::args().skip(1).collect();
     let mut s = String::from("# moemla benchmarks\n\n");
     s += "Regenerate with the command below. Every ratio is against ceilings measured by the\n";
     s +=
@@ -197,11 +201,17 @@ fn markdown(ceilings: &[(&str, Vec<Ceilings>)], rows: &[Row]) -> String {
     s += "same inputs (below 1.00x: faster than numpy).\n\n";
     s += &format!("- date: {}\n", utc_date());
     s += &format!("- machine: {}\n", machine());
-    s += &format!("- command: `{}`\n\n", command.join(" "));
+    s += &format!("- command: `cargo run --release -- {}`\n\n", args.join(" "));
     for (name, c) in ceilings {
         s += &format!("```\n{}```\n\n", ceilings_text(name, c));
     }
     s += &table(rows);
+    s += "\nReading the numbers:\n";
+    s += "- Above 100%: the ceilings are measured, not datasheet peaks. A copy moves each byte\n";
+    s += "  twice (read + write) while the ops mostly read, and an op's GEMMs can run faster\n";
+    s += "  than the square ceiling GEMM; both make the floor pessimistic, never flattering.\n";
+    s += "- Only backends available on the machine that ran the command appear. GPU numbers\n";
+    s += "  come from `scripts/gpu-check.sh` on the device (CUDA: FlashMLA's shapes included).\n";
     s
 }
 
