@@ -9,9 +9,15 @@
 //! CUBIN); the kernels have not run on NVIDIA silicon. `scripts/gpu-check.sh` is the one
 //! command that checks them on a GPU.
 //!
+//! Benchmark ceilings ([`Backend::copy_bench`], [`Backend::dense_gemm`]): device copies
+//! timed with CUDA events, and cuBLAS `cublasGemmEx` (libcublas loaded at run time, see
+//! [`cublas`]). They are compile-only too: never run on a GPU.
+//!
 //! [`CudaBackend::new`] never panics on a machine without the driver, NVRTC or a device:
 //! it returns [`Error::Unavailable`] with the reason.
 
+mod ceilings;
+pub mod cublas;
 mod device;
 mod error;
 pub mod loader;
@@ -29,7 +35,8 @@ use moemla_core::{
     Backend, BackendInfo, DType, DeviceTensor, Error, HostTensor, OpSupport, Result, Shape,
     Verification, VerificationKind,
 };
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 /// The backend's name.
 pub const NAME: &str = "cuda";
@@ -50,6 +57,8 @@ pub const VERIFICATION_DETAIL: &str =
 pub struct CudaBackend {
     dev: Device,
     name: Arc<str>,
+    /// cuBLAS and its handle, opened by the first [`Backend::dense_gemm`].
+    blas: OnceLock<Result<ceilings::Blas>>,
 }
 
 impl CudaBackend {
@@ -92,6 +101,7 @@ impl CudaBackend {
         Ok(CudaBackend {
             dev,
             name: Arc::from(NAME),
+            blas: OnceLock::new(),
         })
     }
 
@@ -178,5 +188,29 @@ impl Backend for CudaBackend {
 
     fn mla_decode(&self, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutput> {
         ops::mla_decode::run(self, call)
+    }
+
+    fn copy_bench(&self, bytes: usize, reps: usize) -> Result<Duration> {
+        ceilings::copy_bench(&self.dev, bytes, reps)
+    }
+
+    fn dense_gemm(&self, a: &DeviceTensor, b: &DeviceTensor) -> Result<DeviceTensor> {
+        // Operands first, so bad input is reported the same with or without cuBLAS.
+        ceilings::gemm_dims(a.dims(), b.dims(), a.dtype(), b.dtype())?;
+        let blas = self
+            .blas
+            .get_or_init(|| ceilings::Blas::open(&self.dev))
+            .as_ref()
+            .map_err(Clone::clone)?;
+        let (c, dims) = ceilings::dense_gemm(&self.dev, blas, a, b)?;
+        Ok(self.tensor(c, dims, a.dtype()))
+    }
+
+    fn dense_gemm_impl(&self, dtype: DType) -> String {
+        let lib = match self.blas.get() {
+            Some(Ok(blas)) => format!(" [{}]", blas.path()),
+            _ => String::new(),
+        };
+        format!("{}{lib}", ceilings::dense_gemm_impl(dtype))
     }
 }

@@ -81,7 +81,7 @@ impl Nvrtc {
     /// Loads NVRTC from the search list; on failure the reason lists every path tried.
     pub fn load() -> Result<Nvrtc, String> {
         let mut tried = Vec::new();
-        for candidate in candidates() {
+        for candidate in search_paths(NVRTC_ENV, &SONAMES) {
             // SAFETY: loading a shared library runs its initialisers; NVRTC's are benign.
             match unsafe { Library::new(&candidate) } {
                 Ok(lib) => {
@@ -111,18 +111,19 @@ impl Nvrtc {
     }
 }
 
-/// The library paths to try, in order.
-fn candidates() -> Vec<PathBuf> {
+/// The library paths to try, in order: `$env` (a file, or a directory holding one of
+/// `sonames`), the sonames through the dynamic loader, then each CUDA root's `lib64/`.
+pub(crate) fn search_paths(env: &str, sonames: &[&str]) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    if let Some(v) = std::env::var_os(NVRTC_ENV) {
+    if let Some(v) = std::env::var_os(env) {
         let p = PathBuf::from(v);
         if p.is_dir() {
-            out.extend(SONAMES.iter().map(|s| p.join(s)));
+            out.extend(sonames.iter().map(|s| p.join(s)));
         } else {
             out.push(p);
         }
     }
-    out.extend(SONAMES.iter().map(PathBuf::from));
+    out.extend(sonames.iter().map(PathBuf::from));
     let roots = ["CUDA_PATH", "CUDA_HOME"]
         .iter()
         .filter_map(std::env::var_os)
@@ -130,7 +131,7 @@ fn candidates() -> Vec<PathBuf> {
         .chain(std::iter::once(PathBuf::from("/usr/local/cuda")));
     for root in roots {
         let lib = Path::new(&root).join("lib64");
-        out.extend(SONAMES.iter().map(|s| lib.join(s)));
+        out.extend(sonames.iter().map(|s| lib.join(s)));
     }
     out
 }
