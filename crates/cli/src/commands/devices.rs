@@ -73,6 +73,7 @@ fn print_table(entries: &[BackendEntry]) {
                     dtypes(&info),
                     info.verification
                 );
+                println!("{:<8} {:<11} vendor: {}", "", "", info.vendor);
                 for note in &info.notes {
                     println!("{:<8} {:<11} note: {note}", "", "");
                 }
