@@ -1,6 +1,6 @@
 //! `moe_experts` validation: ranks, dtypes, every dim, owning backend.
 
-use super::{shell, Cases, Expect};
+use super::{shells, Cases, Expect};
 use crate::harness::Ctx;
 use moemla_core::{ops, DType, ExpertsParams, Op};
 
@@ -36,16 +36,7 @@ impl Args {
         ctx: &Ctx<'_>,
         foreign: Option<&str>,
     ) -> moemla_core::Result<moemla_core::DeviceTensor> {
-        let t: Vec<_> = (0..5)
-            .map(|i| {
-                let owner = if foreign == Some(NAMES[i]) {
-                    "elsewhere"
-                } else {
-                    ctx.backend.name()
-                };
-                shell(owner, &self.0[i].0, self.0[i].1)
-            })
-            .collect();
+        let t = shells(ctx.backend.name(), &NAMES, &self.0, foreign);
         ops::moe_experts(
             ctx.backend,
             &t[0],

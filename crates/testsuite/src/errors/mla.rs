@@ -1,7 +1,7 @@
 //! `mla_decode` validation: ranks, dtypes, every dim (block_size > 0 included), heads,
 //! head_dim_v, softmax_scale, owning backend.
 
-use super::{shell, Cases, Expect};
+use super::{shells, Cases, Expect};
 use crate::harness::Ctx;
 use moemla_core::{ops, DType, MlaDecodeParams, Op};
 
@@ -36,16 +36,7 @@ impl Args {
         foreign: Option<&str>,
         p: &MlaDecodeParams,
     ) -> moemla_core::Result<moemla_core::MlaDecodeOutput> {
-        let t: Vec<_> = (0..4)
-            .map(|i| {
-                let owner = if foreign == Some(NAMES[i]) {
-                    "elsewhere"
-                } else {
-                    ctx.backend.name()
-                };
-                shell(owner, &self.0[i].0, self.0[i].1)
-            })
-            .collect();
+        let t = shells(ctx.backend.name(), &NAMES, &self.0, foreign);
         ops::mla_decode(ctx.backend, &t[0], &t[1], &t[2], &t[3], p)
     }
 }

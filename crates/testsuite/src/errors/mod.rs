@@ -29,6 +29,28 @@ pub(crate) fn shell(backend: &str, dims: &[usize], dtype: DType) -> DeviceTensor
     DeviceTensor::new(Arc::new(Shell), backend.into(), dims, dtype)
 }
 
+/// Shell tensors for arguments `names` with `(dims, dtype)` each, owned by `backend` except
+/// the one named `foreign`, which belongs to another backend.
+pub(crate) fn shells(
+    backend: &str,
+    names: &[&str],
+    args: &[(Vec<usize>, DType)],
+    foreign: Option<&str>,
+) -> Vec<DeviceTensor> {
+    names
+        .iter()
+        .zip(args)
+        .map(|(&name, (dims, dtype))| {
+            let owner = if foreign == Some(name) {
+                "elsewhere"
+            } else {
+                backend
+            };
+            shell(owner, dims, *dtype)
+        })
+        .collect()
+}
+
 /// The key fields of an expected error.
 #[derive(Clone, Debug)]
 pub(crate) enum Expect {
