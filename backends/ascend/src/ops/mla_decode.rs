@@ -31,7 +31,7 @@
 
 use crate::device::{acl_dtype, DevMem, ACL_INT8};
 use crate::loader::OpApi;
-use crate::ops::unsupported;
+use crate::ops::{require_ops, unsupported};
 use crate::AscendBackend;
 use moemla_core::calls::{MlaDecodeCall, MlaDecodeOutput};
 use moemla_core::{indices, DType, Op, Result};
@@ -142,13 +142,7 @@ fn to_i32s(bytes: &[u8]) -> Vec<i32> {
 
 /// Runs mla_decode.
 pub fn run(be: &AscendBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutput> {
-    if !available(&be.dev.cann.ops) {
-        return Err(unsupported(
-            Op::MlaDecode,
-            "all",
-            "an aclnn op it needs is missing from the loaded op libraries",
-        ));
-    }
+    require_ops(Op::MlaDecode, available(&be.dev.cann.ops))?;
     let dev = &be.dev;
     let q_mem = be.mem(call.q, "mla_decode", "q")?;
     let kv_mem = be.mem(call.kv_cache, "mla_decode", "kv_cache")?;

@@ -17,3 +17,17 @@ pub fn unsupported(op: Op, what: impl Into<String>, reason: impl Into<String>) -
         reason: reason.into(),
     }
 }
+
+/// Fails with [`Error::Unsupported`] unless every aclnn op `op` needs was found
+/// (`available`: the op's own check of the loaded op libraries).
+pub fn require_ops(op: Op, available: bool) -> Result<(), Error> {
+    if available {
+        Ok(())
+    } else {
+        Err(unsupported(
+            op,
+            "all",
+            "an aclnn op it needs is missing from the loaded op libraries",
+        ))
+    }
+}

@@ -18,7 +18,7 @@
 
 use crate::device::{acl_dtype, DevMem, ACL_FLOAT};
 use crate::loader::OpApi;
-use crate::ops::unsupported;
+use crate::ops::require_ops;
 use crate::AscendBackend;
 use moemla_core::calls::MoeExpertsCall;
 use moemla_core::{indices, DType, DeviceTensor, Op, Result};
@@ -52,13 +52,7 @@ fn bytes_of<T: Copy>(v: &[T], f: impl Fn(T) -> [u8; 4]) -> Vec<u8> {
 
 /// Runs moe_experts.
 pub fn run(be: &AscendBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor> {
-    if !available(&be.dev.cann.ops) {
-        return Err(unsupported(
-            Op::MoeExperts,
-            "all",
-            "an aclnn op it needs is missing from the loaded op libraries",
-        ));
-    }
+    require_ops(Op::MoeExperts, available(&be.dev.cann.ops))?;
     let dev = &be.dev;
     let ops = &dev.cann.ops;
     let (t, h, i, e, k) = (

@@ -16,7 +16,7 @@
 
 use crate::device::{acl_dtype, ACL_FLOAT};
 use crate::loader::OpApi;
-use crate::ops::unsupported;
+use crate::ops::{require_ops, unsupported};
 use crate::AscendBackend;
 use moemla_core::calls::{MoeRouteCall, MoeRouteOutput};
 use moemla_core::{DType, GroupSelect, Op, Result, ScoreFunc};
@@ -78,13 +78,7 @@ fn check_limits(call: &MoeRouteCall<'_>) -> Result<()> {
 /// Runs moe_route.
 pub fn run(be: &AscendBackend, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput> {
     check_limits(call)?;
-    if !available(&be.dev.cann.ops) {
-        return Err(unsupported(
-            Op::MoeRoute,
-            "all",
-            "aclnnMoeGatingTopK or aclnnCast missing from the loaded op libraries",
-        ));
-    }
+    require_ops(Op::MoeRoute, available(&be.dev.cann.ops))?;
     let dev = &be.dev;
     let ops = &dev.cann.ops;
     let p = call.params;
