@@ -167,7 +167,8 @@ fn run_indices(p: &Problem) -> Error {
         .upload(&HostTensor::zeros(
             [p.num_blocks, p.block_size, p.h_kv, p.d_qk],
             DType::F32,
-        ))
+        )
+        .unwrap())
         .unwrap();
     let table = int_tensor(&*be, &[p.b, p.max_blocks], &p.table);
     let seqlens = int_tensor(&*be, &[p.b], &p.seqlens);

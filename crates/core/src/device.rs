@@ -76,6 +76,7 @@ impl DeviceTensor {
     /// The same buffer seen with another shape of the same element count.
     pub fn reshape(&self, shape: impl Into<Shape>) -> Result<DeviceTensor> {
         let shape = shape.into();
+        shape.byte_len(self.dtype)?;
         if shape.elem_count() != self.elem_count() {
             return Err(Error::Tensor(format!(
                 "cannot reshape {} to {shape}: element counts differ",

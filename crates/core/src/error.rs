@@ -158,6 +158,22 @@ pub enum Error {
         /// The capability (`copy_bench`, `dense_gemm`).
         what: &'static str,
     },
+    /// A shape whose element or byte count does not fit in the address space.
+    #[error("a {dtype} tensor of shape {shape} is too large: its byte count overflows the address space")]
+    Size {
+        /// The shape asked for.
+        shape: Shape,
+        /// Its element type.
+        dtype: DType,
+    },
+    /// Memory could not be allocated (host or device).
+    #[error("{what}: cannot allocate {bytes} bytes")]
+    OutOfMemory {
+        /// What the memory was for (backend and call, e.g. "cpu alloc_zeroed").
+        what: String,
+        /// The size asked for.
+        bytes: usize,
+    },
     /// A host tensor was built from inconsistent parts.
     #[error("tensor: {0}")]
     Tensor(String),

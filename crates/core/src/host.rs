@@ -34,7 +34,7 @@ impl HostTensor {
     /// A tensor from raw little-endian bytes; the length must match shape and dtype.
     pub fn from_bytes(shape: impl Into<Shape>, dtype: DType, bytes: Vec<u8>) -> Result<Self> {
         let shape = shape.into();
-        let want = shape.elem_count() * dtype.size_in_bytes();
+        let want = shape.byte_len(dtype)?;
         if bytes.len() != want {
             return Err(Error::Tensor(format!(
                 "{} bytes given for a {dtype} tensor of shape {shape}, which needs {want}",
@@ -72,15 +72,15 @@ impl HostTensor {
         }
     }
 
-    /// A zero-filled tensor.
-    pub fn zeros(shape: impl Into<Shape>, dtype: DType) -> Self {
+    /// A zero-filled tensor; a size that overflows or cannot be allocated is an error.
+    pub fn zeros(shape: impl Into<Shape>, dtype: DType) -> Result<Self> {
         let shape = shape.into();
-        let len = shape.elem_count() * dtype.size_in_bytes();
-        HostTensor {
-            bytes: vec![0; len],
+        let len = shape.byte_len(dtype)?;
+        Ok(HostTensor {
+            bytes: crate::alloc::try_filled_vec(len, "HostTensor::zeros")?,
             shape,
             dtype,
-        }
+        })
     }
 
     /// The shape.
@@ -162,6 +162,21 @@ mod tests {
     fn byte_length_must_match_shape() {
         let err = HostTensor::from_bytes([2, 2], DType::F32, vec![0; 12]).unwrap_err();
         assert!(matches!(err, Error::Tensor(_)));
+    }
+
+    #[test]
+    fn unrepresentable_shapes_are_rejected_not_wrapped() {
+        // 2^62 * 4 elements wrap to 0 in unchecked arithmetic: an empty byte vector matched.
+        let err = HostTensor::from_bytes([1usize << 62, 4], DType::F32, vec![]).unwrap_err();
+        assert!(matches!(err, Error::Size { .. }), "{err}");
+        assert!(matches!(
+            HostTensor::zeros([1usize << 62, 4], DType::F32),
+            Err(Error::Size { .. })
+        ));
+        assert!(matches!(
+            HostTensor::zeros([1usize << 40, 1 << 20], DType::F16),
+            Err(Error::OutOfMemory { .. } | Error::Size { .. })
+        ));
     }
 
     #[test]

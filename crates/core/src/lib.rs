@@ -8,6 +8,7 @@
 //!   before any backend sees it.
 //! - Op semantics: `docs/ops.md` in the repository.
 
+pub mod alloc;
 mod backend;
 pub mod calls;
 mod device;

@@ -67,7 +67,7 @@ impl Backend for ReferenceBackend {
     }
 
     fn alloc_zeroed(&self, shape: &Shape, dtype: DType) -> Result<DeviceTensor> {
-        Ok(wrap(HostTensor::zeros(shape.clone(), dtype)))
+        Ok(wrap(HostTensor::zeros(shape.clone(), dtype)?))
     }
 
     fn upload(&self, h: &HostTensor) -> Result<DeviceTensor> {

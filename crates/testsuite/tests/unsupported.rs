@@ -61,7 +61,7 @@ impl Backend for Refusing {
     }
 
     fn alloc_zeroed(&self, shape: &Shape, dtype: DType) -> Result<DeviceTensor> {
-        Ok(wrap(HostTensor::zeros(shape.clone(), dtype)))
+        Ok(wrap(HostTensor::zeros(shape.clone(), dtype)?))
     }
 
     fn upload(&self, h: &HostTensor) -> Result<DeviceTensor> {

@@ -144,6 +144,13 @@ pub(crate) fn param(
     }
 }
 
+/// Whether `v`, converted to the f32 kernels compute with, is finite and > 0 (1e300 is
+/// infinite and 1e-300 is zero in f32, though both are finite positive f64s).
+pub(crate) fn finite_positive_f32(v: f64) -> bool {
+    let v = v as f32;
+    v.is_finite() && v > 0.0
+}
+
 /// Every tensor must belong to `backend`.
 pub(crate) fn same_backend(
     op: Op,

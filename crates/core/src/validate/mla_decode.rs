@@ -98,8 +98,8 @@ pub(crate) fn validate<'a>(
     checks::param(
         OP,
         "softmax_scale",
-        p.softmax_scale.is_finite() && p.softmax_scale > 0.0,
-        || "finite and > 0".into(),
+        checks::finite_positive_f32(p.softmax_scale),
+        || "finite and > 0 as an f32 (what kernels compute with)".into(),
         p.softmax_scale,
     )?;
 

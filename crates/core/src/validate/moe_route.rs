@@ -71,8 +71,8 @@ pub(crate) fn validate<'a>(
     checks::param(
         OP,
         "routed_scaling_factor",
-        p.routed_scaling_factor.is_finite(),
-        || "finite".into(),
+        (p.routed_scaling_factor as f32).is_finite(),
+        || "finite as an f32 (what kernels compute with)".into(),
         p.routed_scaling_factor,
     )?;
 

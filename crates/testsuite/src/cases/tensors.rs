@@ -42,7 +42,7 @@ pub fn alloc_zeroed_is_zero(ctx: &Ctx<'_>) {
             let back = ctx.backend.download(&dev).expect("download");
             assert_eq!(
                 back,
-                HostTensor::zeros(dims, dtype),
+                HostTensor::zeros(dims, dtype).unwrap(),
                 "{dtype} {shape} not zeroed"
             );
         }
