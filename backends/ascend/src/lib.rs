@@ -35,6 +35,14 @@ pub fn claimed_verification() -> Verification {
     }
 }
 
+/// This backend as the registry lists it: [`NAME`], [`claimed_verification`] and the
+/// function that opens it (`Err(Error::Unavailable)` with the reason where it cannot run).
+pub fn factory() -> moemla_core::BackendFactory {
+    moemla_core::BackendFactory::new(NAME, claimed_verification(), || {
+        Ok(Arc::new(AscendBackend::new()?) as Arc<dyn Backend>)
+    })
+}
+
 /// The Ascend backend: one device, one stream.
 pub struct AscendBackend {
     dev: Arc<Device>,
@@ -143,6 +151,12 @@ impl Backend for AscendBackend {
             name: NAME.to_string(),
             vendor: "Huawei Ascend (CANN aclnn)".to_string(),
             device: format!("{} (device {})", self.dev.soc, self.dev.id),
+            // The CANN C-API emulator names its SoC after itself; real CANN names the chip.
+            device_kind: if self.dev.soc == "moemla-cann-emulator" {
+                moemla_core::DeviceKind::Emulator
+            } else {
+                moemla_core::DeviceKind::Accelerator
+            },
             memory_bytes,
             supported,
             verification: claimed_verification(),

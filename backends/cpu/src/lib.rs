@@ -36,6 +36,14 @@ pub fn claimed_verification() -> Verification {
     }
 }
 
+/// This backend as the registry lists it: [`NAME`], [`claimed_verification`] and the
+/// function that opens it (always: the CPU backend runs everywhere).
+pub fn factory() -> moemla_core::BackendFactory {
+    moemla_core::BackendFactory::new(NAME, claimed_verification(), || {
+        Ok(Arc::new(CpuBackend::new()) as Arc<dyn Backend>)
+    })
+}
+
 /// The CPU backend. Tensors live in host memory as [`CpuStorage`]; ops run on the global
 /// rayon thread pool (size it with `RAYON_NUM_THREADS`).
 #[derive(Debug, Clone)]
@@ -76,6 +84,7 @@ impl Backend for CpuBackend {
                 device::cpu_model(),
                 rayon::current_num_threads()
             ),
+            device_kind: moemla_core::DeviceKind::Cpu,
             memory_bytes: device::total_memory_bytes(),
             supported: OpSupport::all_v1(),
             verification: claimed_verification(),

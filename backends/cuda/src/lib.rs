@@ -49,6 +49,14 @@ pub fn claimed_verification() -> Verification {
     }
 }
 
+/// This backend as the registry lists it: [`NAME`], [`claimed_verification`] and the
+/// function that opens it (`Err(Error::Unavailable)` with the reason where it cannot run).
+pub fn factory() -> moemla_core::BackendFactory {
+    moemla_core::BackendFactory::new(NAME, claimed_verification(), || {
+        Ok(Arc::new(CudaBackend::new()?) as Arc<dyn Backend>)
+    })
+}
+
 /// What `moemla devices` says about how far this backend has been checked.
 pub const VERIFICATION_DETAIL: &str =
     "kernels compiled by NVRTC for sm_80/sm_90 in CI and run on a host emulator; never run on NVIDIA silicon";
@@ -130,6 +138,7 @@ impl Backend for CudaBackend {
             name: NAME.to_string(),
             vendor: "NVIDIA".to_string(),
             device: format!("{} (sm_{})", self.dev.name, self.dev.arch),
+            device_kind: moemla_core::DeviceKind::Accelerator,
             memory_bytes: Some(self.dev.memory_bytes),
             supported: OpSupport::all_v1(),
             verification: claimed_verification(),

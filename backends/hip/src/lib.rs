@@ -52,6 +52,14 @@ pub fn claimed_verification() -> Verification {
     }
 }
 
+/// This backend as the registry lists it: [`NAME`], [`claimed_verification`] and the
+/// function that opens it (`Err(Error::Unavailable)` with the reason where it cannot run).
+pub fn factory() -> moemla_core::BackendFactory {
+    moemla_core::BackendFactory::new(NAME, claimed_verification(), || {
+        Ok(Arc::new(HipBackend::new()?) as Arc<dyn Backend>)
+    })
+}
+
 /// The HIP backend on one device.
 pub struct HipBackend {
     device: Arc<DeviceHandle>,
@@ -122,6 +130,7 @@ impl Backend for HipBackend {
             name: NAME.to_string(),
             vendor: libs.flavour.vendor().to_string(),
             device: format!("{} ({})", p.name, p.arch),
+            device_kind: moemla_core::DeviceKind::Accelerator,
             memory_bytes: Some(p.memory_bytes),
             supported: if wave_ok {
                 OpSupport::all_v1()

@@ -40,6 +40,14 @@ pub fn claimed_verification() -> Verification {
     }
 }
 
+/// This backend as the registry lists it: [`NAME`], [`claimed_verification`] and the
+/// function that opens it (`Err(Error::Unavailable)` with the reason where it cannot run).
+pub fn factory() -> moemla_core::BackendFactory {
+    moemla_core::BackendFactory::new(NAME, claimed_verification(), || {
+        Ok(shared()? as Arc<dyn Backend>)
+    })
+}
+
 /// The OpenCL backend on the process's one device, context and queue.
 pub struct OpenClBackend {
     name: Arc<str>,
@@ -129,6 +137,11 @@ impl Backend for OpenClBackend {
             name: NAME.to_string(),
             vendor: facts.platform.clone(),
             device: facts.name.clone(),
+            device_kind: if facts.is_cpu {
+                moemla_core::DeviceKind::Cpu
+            } else {
+                moemla_core::DeviceKind::Accelerator
+            },
             memory_bytes: Some(facts.global_mem),
             supported: OpSupport::all_v1(),
             verification: self.verification(),

@@ -137,6 +137,36 @@ impl OpSupport {
     }
 }
 
+/// What kind of device a backend runs on; `moemla::select(None)` prefers accelerators,
+/// then CPUs, then emulators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceKind {
+    /// Real accelerator silicon: a GPU, an NPU, an OpenCL GPU or accelerator device.
+    Accelerator,
+    /// The host CPU (the native CPU backend, or an OpenCL CPU device such as PoCL).
+    Cpu,
+    /// Software emulating an accelerator's API on the host (e.g. the CANN C-API emulator).
+    Emulator,
+}
+
+impl DeviceKind {
+    /// "accelerator", "cpu" or "emulator".
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceKind::Accelerator => "accelerator",
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Emulator => "emulator",
+        }
+    }
+}
+
+impl fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// What a backend reports about itself (`moemla devices`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BackendInfo {
@@ -146,6 +176,8 @@ pub struct BackendInfo {
     pub vendor: String,
     /// Device name as the driver reports it.
     pub device: String,
+    /// What kind of device that is (accelerator, CPU, emulator).
+    pub device_kind: DeviceKind,
     /// Device memory in bytes, where known.
     pub memory_bytes: Option<u64>,
     /// The (op, dtype) pairs implemented. Calls outside them fail with

@@ -22,7 +22,7 @@ mod params;
 mod shape;
 mod validate;
 
-pub use backend::{Backend, BackendInfo, OpSupport, Verification, VerificationKind};
+pub use backend::{Backend, BackendInfo, DeviceKind, OpSupport, Verification, VerificationKind};
 pub use calls::{MlaDecodeOutput, MoeRouteOutput};
 pub use device::{DeviceBuffer, DeviceTensor};
 pub use dtype::DType;

@@ -56,6 +56,7 @@ impl Backend for ReferenceBackend {
             name: NAME.into(),
             vendor: "moemla".into(),
             device: "f64 reference".into(),
+            device_kind: moemla_core::DeviceKind::Cpu,
             memory_bytes: None,
             supported: OpSupport::all_v1(),
             verification: Verification {

@@ -50,6 +50,7 @@ impl Backend for Refusing {
             name: NAME.into(),
             vendor: "moemla".into(),
             device: "host".into(),
+            device_kind: moemla_core::DeviceKind::Cpu,
             memory_bytes: None,
             supported: OpSupport::all_v1(),
             verification: Verification {
