@@ -5,10 +5,14 @@
 //! (JSON), optional `tolerance` (JSON) and `source`. Anything that does not fit is a
 //! [`CaseError`] naming the file; the runner reports it as a failure and goes on.
 
+use crate::file::read_case_file;
 use crate::spec::{spec, Rule};
 use crate::tolerance::Tolerance;
 use moemla_core::{DType, ExpertsParams, HostTensor, MlaDecodeParams, Op, RouteParams};
 use safetensors::SafeTensors;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -38,6 +42,9 @@ pub struct Case {
     pub dtype: DType,
     /// The op's parameters.
     pub params: Params,
+    /// Why the case proves nothing, if every expected float output is all zeros
+    /// (benchdnn's "mistrusted"): a pass on it is reported as `mistrusted`, not `pass`.
+    pub mistrusted: Option<String>,
     /// Inputs by argument name (without `in.`).
     pub inputs: BTreeMap<String, HostTensor>,
     /// Expected outputs by argument name (without `out.`): floats F32, ids I32.
@@ -62,6 +69,9 @@ pub struct CaseError {
 
 impl fmt::Display for CaseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.as_os_str().is_empty() {
+            return write!(f, "malformed case (empty path): {}", self.message);
+        }
         write!(
             f,
             "malformed case {}: {}",
@@ -77,10 +87,11 @@ impl std::error::Error for CaseError {}
 pub type CaseFile = Result<Case, CaseError>;
 
 /// Loads every `.safetensors` file under each of `dirs`, recursively, sorted by relative
-/// path within each directory. A path that is a file is loaded as a single case.
+/// path within each directory. A path that is not a directory is loaded as a single case.
 ///
-/// Never fails as a whole: a missing directory, a directory without any case, and each
-/// malformed file come back as an `Err` entry, so a run can never pass vacuously.
+/// Never fails as a whole and never panics: a missing directory, a directory without any
+/// case, and each malformed file (including one whose loading panicked) come back as an
+/// `Err` entry, so a run can never pass vacuously.
 pub fn load_cases<P: AsRef<Path>>(dirs: &[P]) -> Vec<CaseFile> {
     let mut cases = Vec::new();
     for dir in dirs {
@@ -90,14 +101,24 @@ pub fn load_cases<P: AsRef<Path>>(dirs: &[P]) -> Vec<CaseFile> {
             path: dir.to_path_buf(),
             message,
         };
-        if dir.is_file() {
-            let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
-            cases.push(load_case(dir, &name.unwrap_or_default()));
+        if dir.as_os_str().is_empty() {
+            cases.push(Err(dir_error(
+                "an empty golden path names no directory or file".into(),
+            )));
             continue;
         }
-        if !dir.is_dir() {
-            cases.push(Err(dir_error("golden directory does not exist".into())));
-            continue;
+        match std::fs::metadata(dir) {
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                cases.push(Err(dir_error("golden directory does not exist".into())));
+                continue;
+            }
+            Ok(meta) if meta.is_dir() => {}
+            // A file, or something that is neither: `load_case` says which.
+            _ => {
+                let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+                cases.push(load_guarded(dir, &name.unwrap_or_default()));
+                continue;
+            }
         }
         let mut found = Vec::new();
         if let Err(err) = walk(dir, "", &mut found) {
@@ -108,12 +129,14 @@ pub fn load_cases<P: AsRef<Path>>(dirs: &[P]) -> Vec<CaseFile> {
             cases.push(Err(dir_error("no .safetensors case files in it".into())));
         }
         found.sort();
-        cases.extend(found.iter().map(|(name, path)| load_case(path, name)));
+        cases.extend(found.iter().map(|(name, path)| load_guarded(path, name)));
     }
     cases
 }
 
-/// Collects `(relative name, path)` of every `.safetensors` file under `dir`.
+/// Collects `(relative name, path)` of every `.safetensors` entry under `dir` (links to
+/// directories are not followed; whatever the entry is, [`load_case`] decides whether it
+/// is a readable case).
 fn walk(dir: &Path, prefix: &str, found: &mut Vec<(String, PathBuf)>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -128,14 +151,37 @@ fn walk(dir: &Path, prefix: &str, found: &mut Vec<(String, PathBuf)>) -> std::io
     Ok(())
 }
 
+/// [`load_case`], with a panic while loading reported as a malformed case (the last line of
+/// defence: loading is written not to panic).
+fn load_guarded(path: &Path, name: &str) -> CaseFile {
+    std::panic::catch_unwind(|| load_case(path, name)).unwrap_or_else(|payload| {
+        Err(CaseError {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            message: format!("loading it panicked: {}", panic_message(&*payload)),
+        })
+    })
+}
+
+/// The text of a panic payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    (payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
 /// Reads and checks one case file; `name` is its path relative to its golden directory.
+///
+/// Only a regular file (or a link to one) of at most [`crate::MAX_CASE_BYTES`] whose size
+/// is exactly what its safetensors header describes is read; anything else is a
+/// [`CaseError`] before its data is touched.
 pub fn load_case(path: &Path, name: &str) -> CaseFile {
     let fail = |message: String| CaseError {
         name: name.to_string(),
         path: path.to_path_buf(),
         message,
     };
-    let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    let bytes = read_case_file(path).map_err(fail)?;
     parse(&bytes, path, name).map_err(fail)
 }
 
@@ -159,7 +205,10 @@ fn parse(bytes: &[u8], path: &Path, name: &str) -> Result<Case, String> {
     let (inputs, expected) = read_tensors(&st, op)?;
     let spec = spec(op);
     let run_arg = spec.inputs[0].name;
-    let dtype = inputs[run_arg].dtype();
+    let dtype = inputs
+        .get(run_arg)
+        .ok_or_else(|| format!("missing tensor `in.{run_arg}`"))?
+        .dtype();
     if !dtype.is_float() {
         return Err(format!(
             "`in.{run_arg}` is {dtype}; the run dtype must be F32, F16 or BF16"
@@ -188,10 +237,13 @@ fn parse(bytes: &[u8], path: &Path, name: &str) -> Result<Case, String> {
         }
     }
     for (arg, t) in &expected {
-        check_trustworthy(arg, t)?;
+        check_no_nan(arg, t)?;
     }
     if let Params::MoeRoute(p) = &params {
-        check_distinct_ids(&expected["topk_ids"], p.top_k)?;
+        if let (Some(logits), Some(ids)) = (inputs.get("logits"), expected.get("topk_ids")) {
+            check_top_k(logits, ids, p.top_k)?;
+            check_distinct_ids(ids, p.top_k)?;
+        }
     }
     let tolerances = tolerances(op, dtype, get("tolerance"))?;
     Ok(Case {
@@ -200,6 +252,7 @@ fn parse(bytes: &[u8], path: &Path, name: &str) -> Result<Case, String> {
         op,
         dtype,
         params,
+        mistrusted: mistrusted(&expected)?,
         inputs,
         expected,
         tolerances,
@@ -208,12 +261,33 @@ fn parse(bytes: &[u8], path: &Path, name: &str) -> Result<Case, String> {
 }
 
 /// Parses `params` into the op's parameter struct.
-fn parse_params(op: Op, json: &str) -> serde_json::Result<Params> {
-    Ok(match op {
-        Op::MoeRoute => Params::MoeRoute(serde_json::from_str(json)?),
-        Op::MoeExperts => Params::MoeExperts(serde_json::from_str(json)?),
-        Op::MlaDecode => Params::MlaDecode(serde_json::from_str(json)?),
-    })
+fn parse_params(op: Op, json: &str) -> Result<Params, String> {
+    match op {
+        Op::MoeRoute => typed(json, &RouteParams::deepseek_v3()).map(Params::MoeRoute),
+        Op::MoeExperts => typed(json, &ExpertsParams::default()).map(Params::MoeExperts),
+        Op::MlaDecode => typed(json, &MlaDecodeParams::deepseek_v3()).map(Params::MlaDecode),
+    }
+}
+
+/// Parses `json` as `P`. When that fails, names the parameter at fault: each given field is
+/// put in place of the same field of `valid` (a known-good value), and the first one that
+/// alone breaks it is reported with its value.
+fn typed<P: Serialize + DeserializeOwned>(json: &str, valid: &P) -> Result<P, String> {
+    let err = match serde_json::from_str::<P>(json) {
+        Ok(p) => return Ok(p),
+        Err(err) => err,
+    };
+    let given = serde_json::from_str::<serde_json::Map<String, Value>>(json).ok();
+    let base = serde_json::to_value(valid).ok();
+    let culprit = given.zip(base).and_then(|(given, base)| {
+        given.into_iter().find_map(|(key, value)| {
+            let mut probe = base.clone();
+            probe.as_object_mut()?.insert(key.clone(), value.clone());
+            let err = serde_json::from_value::<P>(probe).err()?;
+            Some(format!("parameter `{key}` = {value}: {err}"))
+        })
+    });
+    Err(culprit.unwrap_or_else(|| err.to_string()))
 }
 
 type Tensors = BTreeMap<String, HostTensor>;
@@ -242,16 +316,23 @@ fn read_tensors(st: &SafeTensors<'_>, op: Op) -> Result<(Tensors, Tensors), Stri
         let dtype = DType::from_name(&stored)
             .filter(|d| d.is_float() || *d == DType::I32)
             .ok_or_else(|| format!("tensor `{full}` has dtype {stored}, which no op uses"))?;
-        let t = HostTensor::from_bytes(view.shape(), dtype, view.data().to_vec())
+        let mut data = Vec::new();
+        data.try_reserve_exact(view.data().len()).map_err(|_| {
+            format!(
+                "tensor `{full}`: cannot allocate {} bytes",
+                view.data().len()
+            )
+        })?;
+        data.extend_from_slice(view.data());
+        let t = HostTensor::from_bytes(view.shape(), dtype, data)
             .map_err(|e| format!("tensor `{full}`: {e}"))?;
         map.insert(arg.to_string(), t);
     }
     Ok((inputs, expected))
 }
 
-/// Rejects expected outputs that could not prove anything: NaN anywhere (NaN never passes)
-/// or a float output that is all zeros (benchdnn's "mistrusted").
-fn check_trustworthy(arg: &str, t: &HostTensor) -> Result<(), String> {
+/// Rejects an expected float output holding NaN: NaN never passes, so no backend could.
+fn check_no_nan(arg: &str, t: &HostTensor) -> Result<(), String> {
     if t.dtype() != DType::F32 {
         return Ok(());
     }
@@ -262,12 +343,56 @@ fn check_trustworthy(arg: &str, t: &HostTensor) -> Result<(), String> {
             t.shape().unravel(at)
         ));
     }
-    if values.iter().all(|&v| v == 0.0) {
-        return Err(format!(
-            "expected output `out.{arg}` is all zeros: it proves nothing (mistrusted)"
-        ));
-    }
     Ok(())
+}
+
+/// Why a case proves nothing (benchdnn's "mistrusted"), if it does not: every expected
+/// float output is all zeros, so a backend that writes nothing would pass it. One
+/// all-zero output beside another that is not (an empty attention range: `o` zeros, `lse`
+/// `-inf`) is an ordinary case.
+fn mistrusted(expected: &Tensors) -> Result<Option<String>, String> {
+    let floats: Vec<(&String, &HostTensor)> = (expected.iter())
+        .filter(|(_, t)| t.dtype() == DType::F32)
+        .collect();
+    for (_, t) in &floats {
+        if t.to_f32_vec()
+            .map_err(|e| e.to_string())?
+            .iter()
+            .any(|&v| v != 0.0)
+        {
+            return Ok(None);
+        }
+    }
+    if floats.is_empty() {
+        return Ok(None);
+    }
+    let names: Vec<String> = floats.iter().map(|(arg, _)| format!("out.{arg}")).collect();
+    Ok(Some(format!(
+        "every expected float output ({}) is all zeros: a backend that computes nothing \
+         would pass it",
+        names.join(", ")
+    )))
+}
+
+/// `top_k` must fit the case: `1 <= top_k <= E` (from `in.logits` [T, E]) and the rows of
+/// the expected `out.topk_ids` [T, top_k] must hold `top_k` ids.
+fn check_top_k(logits: &HostTensor, ids: &HostTensor, top_k: usize) -> Result<(), String> {
+    if let [_, experts] = logits.dims() {
+        if top_k == 0 || top_k > *experts {
+            return Err(format!(
+                "bad parameter `top_k`: must be in 1..=E ({experts}, from `in.logits`), got \
+                 {top_k}"
+            ));
+        }
+    }
+    match ids.dims() {
+        [_, k] if *k == top_k => Ok(()),
+        _ => Err(format!(
+            "bad parameter `top_k` ({top_k}) for the expected `out.topk_ids` of shape {}: \
+             each of its rows must hold top_k ids",
+            ids.shape()
+        )),
+    }
 }
 
 /// Each row of the expected `topk_ids` must name distinct experts (ids compare as sets).

@@ -146,7 +146,8 @@ fn errors(got: f64, exp: f64) -> (f64, f64) {
     (abs, rel)
 }
 
-/// Compares a float output elementwise. `got` and `expected` are row-major over `shape`.
+/// Compares a float output elementwise. `got` and `expected` are row-major over `shape`;
+/// an element `got` lacks counts as NaN (a failure).
 pub fn compare_values(
     output: &str,
     shape: &Shape,
@@ -155,8 +156,9 @@ pub fn compare_values(
     tolerance: Tolerance,
 ) -> Comparison {
     let mut acc = Acc::new(output, tolerance);
-    for (i, (&g, &e)) in got.iter().zip(expected).enumerate() {
-        acc.push(shape.unravel(i), g as f64, e as f64, "");
+    for (i, &e) in expected.iter().enumerate() {
+        let g = got.get(i).map_or(f64::NAN, |&g| g as f64);
+        acc.push(shape.unravel(i), g, e as f64, "");
     }
     acc.cmp
 }
@@ -170,8 +172,8 @@ pub struct Routing<'a> {
     pub weights: &'a [f32],
 }
 
-/// Compares routing results: ids per row as a set, weights matched by id. Returns the
-/// `topk_ids` and `topk_weights` comparisons.
+/// Compares routing results: ids per row as a set, weights matched by id (a weight `got`
+/// lacks counts as NaN, a failure). Returns the `topk_ids` and `topk_weights` comparisons.
 pub fn compare_routing(
     top_k: usize,
     got: Routing<'_>,
@@ -215,8 +217,12 @@ pub fn compare_routing(
         }
         for (j, &id) in exp_row.iter().enumerate() {
             if let Some(p) = got_row.iter().position(|&g| g == id) {
-                let g = got.weights[t * top_k + p] as f64;
-                let e = expected.weights[t * top_k + j] as f64;
+                let weight = |side: &[f32], slot: usize| {
+                    let at = t.checked_mul(top_k).and_then(|row| row.checked_add(slot));
+                    at.and_then(|i| side.get(i)).map_or(f64::NAN, |&w| w as f64)
+                };
+                let g = weight(got.weights, p);
+                let e = weight(expected.weights, j);
                 weights.push(vec![t, j], g, e, &format!("expert {id} (row {t}): "));
             }
         }

@@ -12,17 +12,30 @@ pub fn committed_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("golden")
 }
 
-/// The golden directories to use when none is given: those in `$MOEMLA_GOLDEN`, else
-/// `conformance/golden` under the current directory if it exists, else
-/// [`committed_dir`].
-pub fn default_dirs() -> Vec<PathBuf> {
+/// The golden directories to use when none is given: those in `$MOEMLA_GOLDEN` (a path
+/// list, like `PATH`), else `conformance/golden` under the current directory if it exists,
+/// else [`committed_dir`]. An empty `$MOEMLA_GOLDEN` counts as unset.
+///
+/// An empty entry in the list (`MOEMLA_GOLDEN='::'`, `a::b`, a trailing separator) is an
+/// error naming the variable and the entry, never an empty directory name.
+pub fn default_dirs() -> Result<Vec<PathBuf>, String> {
     if let Some(list) = std::env::var_os(GOLDEN_ENV).filter(|v| !v.is_empty()) {
-        return std::env::split_paths(&list).collect();
+        let dirs: Vec<PathBuf> = std::env::split_paths(&list).collect();
+        if let Some(at) = dirs.iter().position(|d| d.as_os_str().is_empty()) {
+            return Err(format!(
+                "${GOLDEN_ENV} ({list:?}) has an empty entry (number {} of {}): list golden \
+                 directories or case files separated by '{}', none of them empty",
+                at + 1,
+                dirs.len(),
+                if cfg!(windows) { ';' } else { ':' }
+            ));
+        }
+        return Ok(dirs);
     }
     let local = Path::new("conformance").join("golden");
-    vec![if local.is_dir() {
+    Ok(vec![if local.is_dir() {
         local
     } else {
         committed_dir()
-    }]
+    }])
 }

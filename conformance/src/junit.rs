@@ -1,5 +1,6 @@
 //! JUnit XML: `testsuites` > one `testsuite` per backend > one `testcase` per case, with
-//! `failure` and `skipped` elements, as CI systems display natively.
+//! `failure` and `skipped` elements, as CI systems display natively. A mistrusted cell is
+//! `skipped` with a message starting `mistrusted: `.
 
 use crate::report::{Outcome, Report, Status};
 use std::fmt::Write;
@@ -15,7 +16,7 @@ pub fn to_junit(report: &Report) -> String {
          skipped=\"{}\" time=\"{time:.6}\">",
         report.results.len(),
         total.failed,
-        total.skipped()
+        total.skipped() + total.mistrusted
     );
     for b in &report.backends {
         let cases: Vec<&Outcome> = report
@@ -32,7 +33,7 @@ pub fn to_junit(report: &Report) -> String {
             escape(&b.name),
             cases.len(),
             c.failed,
-            c.skipped()
+            c.skipped() + c.mistrusted
         );
         let _ = writeln!(
             x,
@@ -70,11 +71,14 @@ fn testcase(x: &mut String, o: &Outcome) {
                 ">\n      <failure message=\"{message}\" type=\"mismatch\">{message}</failure>\n    </testcase>"
             );
         }
-        Status::Unsupported | Status::Unavailable => {
+        Status::Unsupported | Status::Unavailable | Status::Mistrusted => {
+            let label = match o.status {
+                Status::Mistrusted => "mistrusted",
+                other => other.cell(),
+            };
             let _ = writeln!(
                 x,
-                ">\n      <skipped message=\"{}: {message}\"/>\n    </testcase>",
-                o.status.cell()
+                ">\n      <skipped message=\"{label}: {message}\"/>\n    </testcase>"
             );
         }
     }

@@ -20,6 +20,7 @@
 
 mod case;
 pub mod compare;
+mod file;
 pub mod filter;
 pub mod golden;
 mod junit;
@@ -31,6 +32,7 @@ mod tolerance;
 
 pub use case::{load_case, load_cases, Case, CaseError, CaseFile, Params};
 pub use compare::{Comparison, Mismatch};
+pub use file::MAX_CASE_BYTES;
 pub use junit::to_junit;
 pub use matrix::render;
 pub use report::{BackendSummary, Counts, Outcome, Report, Status, Verdict};

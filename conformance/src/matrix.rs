@@ -11,8 +11,8 @@ use std::path::PathBuf;
 type RowKey = (Option<Op>, Option<DType>, String, PathBuf);
 
 /// Renders the report: the backends, the matrix, then the failures (max abs error, max rel
-/// error, worst element, message) and the reasons for skipped cells. Does not include the
-/// summary line ([`crate::Counts::line`]).
+/// error, worst element, message), the mistrusted cells and the reasons for skipped cells.
+/// Does not include the summary line ([`crate::Counts::line`]).
 pub fn render(report: &Report) -> String {
     let mut s = String::new();
     let names: Vec<&str> = report.backends.iter().map(|b| b.name.as_str()).collect();
@@ -71,7 +71,7 @@ pub fn render(report: &Report) -> String {
     let _ = write!(s, "{:<first$}", "passed");
     for n in &names {
         let c = report.counts(Some(n));
-        let total = c.passed + c.failed + c.skipped();
+        let total = c.passed + c.failed + c.skipped() + c.mistrusted;
         let _ = write!(
             s,
             "  {:<w$}",
@@ -82,8 +82,24 @@ pub fn render(report: &Report) -> String {
     s.truncate(s.trim_end().len());
     s += "\n";
     failures(&mut s, report);
+    mistrusted(&mut s, report);
     skipped(&mut s, report);
     s
+}
+
+/// The mistrusted cells, each with why its case proves nothing.
+fn mistrusted(s: &mut String, report: &Report) {
+    let cells: Vec<&Outcome> = (report.results.iter())
+        .filter(|o| o.status == Status::Mistrusted)
+        .collect();
+    if cells.is_empty() {
+        return;
+    }
+    *s += "\nmistrusted (within tolerance, but proves nothing; neither pass nor fail):\n";
+    for o in cells {
+        let why = o.message.as_deref().unwrap_or("mistrusted");
+        let _ = writeln!(s, "  [{}] {}: {why}", o.backend, o.case);
+    }
 }
 
 /// One paragraph per failing cell.

@@ -11,22 +11,28 @@ use std::path::PathBuf;
 pub enum Status {
     /// Every output within tolerance.
     Pass,
-    /// An output out of tolerance, a backend error, or a malformed case file.
+    /// An output out of tolerance, a backend error, a backend panic, or a malformed case
+    /// file (one whose loading panicked included).
     Fail,
     /// The backend does not implement this (op, dtype) or these parameters (skipped).
     Unsupported,
     /// The backend could not be opened on this machine (skipped).
     Unavailable,
+    /// Within tolerance, but the case proves nothing: every expected float output is all
+    /// zeros, so a backend that computes nothing would pass it (benchdnn's "mistrusted").
+    /// Neither a pass nor a failure.
+    Mistrusted,
 }
 
 impl Status {
-    /// The matrix cell: `PASS`, `FAIL`, `unsup`, `n/a`.
+    /// The matrix cell: `PASS`, `FAIL`, `unsup`, `n/a`, `mistr`.
     pub fn cell(self) -> &'static str {
         match self {
             Status::Pass => "PASS",
             Status::Fail => "FAIL",
             Status::Unsupported => "unsup",
             Status::Unavailable => "n/a",
+            Status::Mistrusted => "mistr",
         }
     }
 }
@@ -84,6 +90,8 @@ pub struct Counts {
     pub unsupported: usize,
     /// Unavailable cells.
     pub unavailable: usize,
+    /// Mistrusted cells (neither passed nor failed, nor skipped by the backend).
+    pub mistrusted: usize,
 }
 
 impl Counts {
@@ -92,14 +100,19 @@ impl Counts {
         self.unsupported + self.unavailable
     }
 
-    /// The summary line CI reads: `N passed, N failed, N skipped`.
+    /// The summary line CI reads: `N passed, N failed, N skipped`, followed by
+    /// `, N mistrusted` when a cell was.
     pub fn line(&self) -> String {
-        format!(
+        let mut line = format!(
             "{} passed, {} failed, {} skipped",
             self.passed,
             self.failed,
             self.skipped()
-        )
+        );
+        if self.mistrusted > 0 {
+            line += &format!(", {} mistrusted", self.mistrusted);
+        }
+        line
     }
 
     fn add(&mut self, status: Status) {
@@ -108,6 +121,7 @@ impl Counts {
             Status::Fail => self.failed += 1,
             Status::Unsupported => self.unsupported += 1,
             Status::Unavailable => self.unavailable += 1,
+            Status::Mistrusted => self.mistrusted += 1,
         }
     }
 }
@@ -116,7 +130,7 @@ impl Counts {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
     /// True iff no case failed on an available backend and every required backend was
-    /// available and skipped nothing.
+    /// available and skipped nothing (mistrusted cells neither pass nor fail a run).
     pub ok: bool,
     /// One line per reason the run failed.
     pub reasons: Vec<String>,
@@ -201,6 +215,7 @@ impl Report {
             skipped: usize,
             unsupported: usize,
             unavailable: usize,
+            mistrusted: usize,
         }
         impl From<Counts> for Summary {
             fn from(c: Counts) -> Summary {
@@ -210,6 +225,7 @@ impl Report {
                     skipped: c.skipped(),
                     unsupported: c.unsupported,
                     unavailable: c.unavailable,
+                    mistrusted: c.mistrusted,
                 }
             }
         }

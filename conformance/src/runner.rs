@@ -1,7 +1,7 @@
 //! Running cases on a backend: upload inputs, call the op through `moemla_core::ops`,
 //! download, upcast to f32 and compare with the expected outputs.
 
-use crate::case::{Case, CaseFile, Params};
+use crate::case::{panic_message, Case, CaseFile, Params};
 use crate::compare::{compare_routing, compare_values, Comparison, Routing};
 use crate::report::{BackendSummary, Outcome, Report, Status};
 use moemla_core::{ops, Backend, DeviceTensor, Error, HostTensor};
@@ -13,7 +13,8 @@ use std::time::Instant;
 /// Never stops early: a malformed case file is a failure, and so is a backend panic; an
 /// (op, dtype) the backend does not list in [`Backend::info`] (or an
 /// [`Error::Unsupported`] from it) is `unsupported`; any other backend error is a failure
-/// carrying the error's message.
+/// carrying the error's message. A case whose expected float outputs are all zeros
+/// ([`Case::mistrusted`]) is `mistrusted` where it would pass.
 ///
 /// ```no_run
 /// # fn demo(backend: &dyn moemla_core::Backend) {
@@ -127,10 +128,7 @@ fn run_guarded(backend: &dyn Backend, case: &Case) -> Outcome {
     match std::panic::catch_unwind(AssertUnwindSafe(|| run_case(backend, case))) {
         Ok(outcome) => outcome,
         Err(payload) => {
-            let what = (payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "(no message)".into());
-            let message = format!("backend panicked: {what}");
+            let message = format!("backend panicked: {}", panic_message(&*payload));
             let seconds = start.elapsed().as_secs_f64();
             outcome(
                 backend.name(),
@@ -172,10 +170,10 @@ fn run_case(backend: &dyn Backend, case: &Case) -> Outcome {
                 .filter(|c| !c.passed)
                 .map(describe)
                 .collect();
-            let (status, message) = if failed.is_empty() {
-                (Status::Pass, None)
-            } else {
-                (Status::Fail, Some(failed.join("; ")))
+            let (status, message) = match &case.mistrusted {
+                _ if !failed.is_empty() => (Status::Fail, Some(failed.join("; "))),
+                Some(why) => (Status::Mistrusted, Some(why.clone())),
+                None => (Status::Pass, None),
             };
             outcome(name, case, status, message, comparisons, seconds)
         }
@@ -275,17 +273,17 @@ fn execute(backend: &dyn Backend, case: &Case) -> Result<Vec<Comparison>, Proble
                 ids: &got_ids,
                 weights: &got_w,
             };
-            let exp_ids = case.expected["topk_ids"]
+            let exp_ids = expected(case, "topk_ids")?
                 .to_i32_vec()
                 .map_err(Problem::from)?;
-            let exp_w = case.expected["topk_weights"]
+            let exp_w = expected(case, "topk_weights")?
                 .to_f32_vec()
                 .map_err(Problem::from)?;
             let expected = Routing {
                 ids: &exp_ids,
                 weights: &exp_w,
             };
-            let tol = case.tolerances["topk_weights"];
+            let tol = tolerance(case, "topk_weights")?;
             let (ids, weights) = compare_routing(p.top_k, got, expected, tol);
             Ok(vec![ids, weights])
         }
@@ -306,9 +304,21 @@ fn execute(backend: &dyn Backend, case: &Case) -> Result<Vec<Comparison>, Proble
     }
 }
 
+/// The case's expected output `arg` (a loaded case always has it; a hand-built one may
+/// not).
+fn expected<'a>(case: &'a Case, arg: &str) -> Result<&'a HostTensor, Problem> {
+    (case.expected.get(arg)).ok_or_else(|| Problem::Malformed(format!("no `out.{arg}`")))
+}
+
+/// The tolerance of the case's float output `arg`.
+fn tolerance(case: &Case, arg: &str) -> Result<crate::Tolerance, Problem> {
+    (case.tolerances.get(arg).copied())
+        .ok_or_else(|| Problem::Malformed(format!("no tolerance for `out.{arg}`")))
+}
+
 /// A downloaded output must have the shape of the case's expected output.
 fn same_shape(case: &Case, arg: &str, got: &HostTensor) -> Result<(), Problem> {
-    let exp = &case.expected[arg];
+    let exp = expected(case, arg)?;
     if exp.shape() == got.shape() {
         Ok(())
     } else {
@@ -324,14 +334,14 @@ fn same_shape(case: &Case, arg: &str, got: &HostTensor) -> Result<(), Problem> {
 fn float_output(case: &Case, arg: &str, got: &HostTensor) -> Result<Comparison, Problem> {
     same_shape(case, arg, got)?;
     let got = got.to_f32_vec().map_err(Problem::from)?;
-    let exp = &case.expected[arg];
-    let expected = exp.to_f32_vec().map_err(Problem::from)?;
+    let exp = expected(case, arg)?;
+    let want = exp.to_f32_vec().map_err(Problem::from)?;
     Ok(compare_values(
         arg,
         exp.shape(),
         &got,
-        &expected,
-        case.tolerances[arg],
+        &want,
+        tolerance(case, arg)?,
     ))
 }
 

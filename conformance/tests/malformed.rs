@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{fixture_set, write_case, TempDir, FIXTURE_CASES};
+use common::{fixture_set, write_case, TempDir, FIXTURE_CASES, ROUTE_PARAMS};
 use moemla_conformance::{load_cases, render, run, Status};
 use moemla_core::{DType, HostTensor};
 use moemla_cpu::CpuBackend;
@@ -71,12 +71,42 @@ fn malformed_set(dir: &Path) -> Vec<(&'static str, &'static str)> {
         let wrong = HostTensor::from_slice(ids.shape().clone(), &as_f32).unwrap();
         t.insert("in.topk_ids".into(), wrong);
     });
-    variant(dir, EXPERTS, "bad/all_zero_expected.safetensors", |t, _| {
-        let y = &t["out.y"];
-        t.insert(
-            "out.y".into(),
-            HostTensor::zeros(y.shape().clone(), DType::F32).unwrap(),
-        );
+    variant(dir, MLA, "bad/missing_run_input.safetensors", |t, _| {
+        t.remove("in.q");
+    });
+    variant(dir, ROUTE, "bad/missing_logits.safetensors", |t, _| {
+        t.remove("in.logits");
+    });
+    variant(dir, EXPERTS, "bad/missing_x.safetensors", |t, _| {
+        t.remove("in.x");
+    });
+    variant(
+        dir,
+        ROUTE,
+        "bad/missing_expected_ids.safetensors",
+        |t, _| {
+            t.remove("out.topk_ids");
+        },
+    );
+    variant(dir, ROUTE, "bad/top_k_u64_max.safetensors", |_, m| {
+        let params = ROUTE_PARAMS.replace(r#""top_k":2"#, &format!(r#""top_k":{}"#, u64::MAX));
+        m.insert("params".into(), params);
+    });
+    variant(dir, ROUTE, "bad/top_k_above_u64.safetensors", |_, m| {
+        let params = ROUTE_PARAMS.replace(r#""top_k":2"#, r#""top_k":18446744073709551616"#);
+        m.insert("params".into(), params);
+    });
+    variant(dir, ROUTE, "bad/top_k_negative.safetensors", |_, m| {
+        let params = ROUTE_PARAMS.replace(r#""top_k":2"#, r#""top_k":-1"#);
+        m.insert("params".into(), params);
+    });
+    variant(dir, ROUTE, "bad/top_k_not_ids_width.safetensors", |_, m| {
+        let params = ROUTE_PARAMS.replace(r#""top_k":2"#, r#""top_k":1"#);
+        m.insert("params".into(), params);
+    });
+    variant(dir, MLA, "bad/head_dim_v_text.safetensors", |_, m| {
+        let params = m["params"].replace(r#""head_dim_v":8"#, r#""head_dim_v":"8""#);
+        m.insert("params".into(), params);
     });
     variant(dir, EXPERTS, "bad/loose_tolerance.safetensors", |_, m| {
         m.insert(
@@ -120,7 +150,21 @@ fn malformed_set(dir: &Path) -> Vec<(&'static str, &'static str)> {
         ("bad_params", "bad `params` JSON for moe_route"),
         ("unknown_op", "unknown op `moe_gate`"),
         ("wrong_dtype", "tensor `in.topk_ids` must be I32, got F32"),
-        ("all_zero_expected", "all zeros"),
+        ("missing_run_input", "missing tensor `in.q`"),
+        ("missing_logits", "missing tensor `in.logits`"),
+        ("missing_x", "missing tensor `in.x`"),
+        ("missing_expected_ids", "missing tensor `out.topk_ids`"),
+        (
+            "top_k_u64_max",
+            "bad parameter `top_k`: must be in 1..=E (8, from `in.logits`), got 18446744073709551615",
+        ),
+        (
+            "top_k_above_u64",
+            "bad `params` JSON for moe_route: parameter `top_k` = 1.8446744073709552e+19: invalid type",
+        ),
+        ("top_k_negative", "parameter `top_k` = -1: invalid value: integer `-1`"),
+        ("top_k_not_ids_width", "bad parameter `top_k` (1) for the expected `out.topk_ids` of shape [4, 2]"),
+        ("head_dim_v_text", "parameter `head_dim_v` = \"8\": invalid type: string"),
         ("loose_tolerance", "may only tighten"),
         (
             "output_shape",

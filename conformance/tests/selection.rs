@@ -56,12 +56,31 @@ fn golden_dirs_default_to_the_committed_set_unless_overridden() {
         "the committed golden set is missing"
     );
     // Tests run in the crate directory, which has no conformance/golden below it.
-    assert_eq!(default_dirs(), [committed_dir()]);
+    assert_eq!(default_dirs().unwrap(), [committed_dir()]);
     let list = std::env::join_paths(["/a/golden", "/b"]).unwrap();
     std::env::set_var(GOLDEN_ENV, &list);
     assert_eq!(
-        default_dirs(),
+        default_dirs().unwrap(),
         [std::path::PathBuf::from("/a/golden"), "/b".into()]
     );
+    // Empty entries are an error naming the variable and the entry, never empty names.
+    let lists: [(&[&str], &str); 3] = [
+        (&["", "", ""], "number 1 of 3"), // MOEMLA_GOLDEN='::'
+        (&["/a", "", "/b"], "number 2 of 3"),
+        (&["/a", ""], "number 2 of 2"),
+    ];
+    for (entries, entry) in lists {
+        let list = std::env::join_paths(entries).unwrap();
+        std::env::set_var(GOLDEN_ENV, &list);
+        let err = default_dirs().unwrap_err();
+        assert!(
+            err.contains(GOLDEN_ENV) && err.contains("empty entry"),
+            "{err}"
+        );
+        assert!(err.contains(entry), "{list:?}: {err}");
+    }
+    // An empty variable is unset.
+    std::env::set_var(GOLDEN_ENV, "");
+    assert_eq!(default_dirs().unwrap(), [committed_dir()]);
     std::env::remove_var(GOLDEN_ENV);
 }

@@ -57,7 +57,7 @@ pub fn run(args: &ConformanceArgs) -> Result<ExitCode, CommandError> {
     let (columns, idle) = open_backends(&clean(&args.backend), &required);
 
     let dirs = if args.golden.is_empty() {
-        golden::default_dirs()
+        golden::default_dirs()?
     } else {
         args.golden.clone()
     };
