@@ -17,7 +17,12 @@ class Case:
     params: dict
     tensors: dict = field(default_factory=dict)  # "in.*" and "out.*" arrays, as stored
     tolerance: dict | None = None  # only ever tighter than the contract's defaults
-    check_ratio: float = 0.0  # worst simulated-kernel error / tolerance (must stay < 1)
+    # Worst simulated-kernel error / tolerance (must stay < 1); None until the case's fairness
+    # check ran (generate.py refuses to write such a case).
+    check_ratio: float | None = None
+    # Informational: worst error, in tolerance units, of a backend that ignores the case's
+    # feature under test (e.g. skips activation quantization); > 1 means the case catches it.
+    discrimination: float | None = None
 
     @property
     def path(self):

@@ -1,10 +1,17 @@
-"""The committed case list. Each entry is (op, dtype, name) and a zero-argument builder."""
+"""The case lists. Each entry is (op, dtype, name) and a zero-argument builder.
+
+Set "v1" is the committed conformance/golden set (contract v1); set "v2" holds the cases of
+the "Contract v2 additions" (not committed until the Rust runner reads them); "all" is both.
+"""
 
 import math
 
 import experts
+import indexer
+import kvquant
 import mla
 import route
+import sparse
 
 DTYPES = ("f32", "f16", "bf16")
 
@@ -77,10 +84,169 @@ def _mla_cases(dtype):
     return cases
 
 
-def all_cases():
-    """[(op, dtype, name, builder)] in a fixed order."""
+# ---- contract v2 --------------------------------------------------------------------------
+
+# DeepSeek-V4-like gate: sqrt(softplus) scores, 256 experts, top-6, no groups, x1.5.
+V4 = {"score_func": "sqrtsoftplus", "top_k": 6, "n_group": 1, "topk_group": 1, "group_select": "max", "renormalize": True, "routed_scaling_factor": 1.5}
+SQRTSOFTPLUS_GROUPS = {"score_func": "sqrtsoftplus", "top_k": 3, "n_group": 4, "topk_group": 2, "group_select": "top2_sum", "renormalize": True, "routed_scaling_factor": 2.0}
+SIGMOID_RENORM = {"score_func": "sigmoid", "top_k": 4, "n_group": 1, "topk_group": 1, "group_select": "max", "renormalize": True, "routed_scaling_factor": 1.0}
+SQRTSOFTPLUS_PLAIN = {"score_func": "sqrtsoftplus", "top_k": 2, "n_group": 1, "topk_group": 1, "group_select": "max", "renormalize": False, "routed_scaling_factor": 2.0}
+
+W8A16 = {"activation_quant": "none"}
+W8A8_F32 = {"activation_quant": "fp8_block128", "activation_scale": "f32"}
+W8A8_UE8M0 = {"activation_quant": "fp8_block128", "activation_scale": "ue8m0"}
+
+
+def _route_v2_cases(dtype):
+    def c(name, desc, *args, **kw):
+        return (name, lambda: route.build_v2(dtype, name, desc, *args, **kw))
+
+    return [
+        c("v4_sqrtsoftplus_t33", "DeepSeek-V4-like gate, 33 tokens: sqrt(softplus) + bias, 256 experts, top-6, renormalised, x1.5", 33, 256, V4, 1.5, 0.05),
+        c("v4_sqrtsoftplus_t1", "DeepSeek-V4-like gate, one token", 1, 256, V4, 1.5, 0.05),
+        c(
+            "v4_hash_t17_vocab40",
+            "V4 hash routing: ids = tid2eid[input_ids] (tokens 0 and 16 read the same row; the 3 rows no token reads hold -1, 2147480000, INT_MIN and duplicates: not checked), sqrt(softplus) weights renormalised x1.5",
+            17, 256, V4, 1.5, hash_vocab=40,
+        ),
+        c("hash_zero_rows_t5_vocab8", "hash routing with token 2's logits all -1000: renormalisation by max(sum, 1e-20) gives weights 0", 5, 32, dict(V4, top_k=3), 1.5, zero_rows=(2,), hash_vocab=8),
+        c("sigmoid_renorm_zero_rows_t6", "sigmoid + bias, top-4, renormalised: tokens 1 and 4 have all logits -1000 (scores 0): weights exactly 0, ids from the bias", 6, 32, SIGMOID_RENORM, 1.5, 0.1, zero_rows=(1, 4)),
+        c("e16_sqrtsoftplus_groups_zero_row_t5", "sqrt(softplus) + bias, 4 groups keep 2 by top-2 sum, top-3: token 2 all -1000 (weights 0, groups and ids from the bias)", 5, 16, SQRTSOFTPLUS_GROUPS, 1.5, 0.1, zero_rows=(2,)),
+        c("e64_sqrtsoftplus_norenorm_t7", "sqrt(softplus), no bias, top-2 of 64, not renormalised, x2 (logits up to ~25: softplus's x > 20 branch)", 7, 64, SQRTSOFTPLUS_PLAIN, 6.0),
+    ]
+
+
+def _experts_v2_cases(dtype):
+    def c(name, desc, *args, **kw):
+        return (name, lambda: experts.build_v2(dtype, name, desc, *args, **kw))
+
+    return [
+        c("fp8_w8a16_t5_h256_i128_e2_k2", "FP8 weights, 128-aligned (2x2 w13 blocks), w8a16 (explicit activation_quant none, swiglu_limit null)", 5, 256, 128, 2, 2, dict(W8A16, swiglu_limit=None)),
+        c(
+            "fp8_w8a16_t7_h200_i96_e3_k2_partial",
+            "FP8 w8a16 with params {}: H 200 and I 96 (partial blocks; w13's first block row straddles W1/W3), a -1 id and a -0.0 weight slot",
+            7, 200, 96, 3, 2, {}, empty_slots=((1, 1),), zero_weight_slots=((2, 0),),
+        ),
+        c("fp8_w8a8_f32_t9_h200_i160_e4_k3", "FP8 w8a8, f32 activation scales: x and the activation quantized per 128 (partial last groups), w13 block row 1 straddles W1/W3", 9, 200, 160, 4, 3, W8A8_F32, w2_gain=0.5),
+        c("fp8_w8a8_ue8m0_t9_h200_i160_e4_k3", "FP8 w8a8 with UE8M0 (power-of-two) activation scales", 9, 200, 160, 4, 3, W8A8_UE8M0, w2_gain=0.5),
+        c("fp8_w8a16_swiglu10_t6_h256_i160_e3_k2", "FP8 w8a16 with swiglu_limit 10 (V4) that bites: large activations", 6, 256, 160, 3, 2, {"swiglu_limit": 10.0}, x_std=6.0, w2_gain=0.05),
+        c("fp8_w8a8_ue8m0_swiglu10_t8_h256_i256_e3_k2", "FP8 w8a8 UE8M0 with swiglu_limit 10 (V4-like)", 8, 256, 256, 3, 2, dict(W8A8_UE8M0, swiglu_limit=10.0), x_std=10.0, w2_gain=0.012),
+        c("dense_swiglu7_t5_h64_i32_e4_k2", "run-dtype weights with swiglu_limit 7 (clamp without FP8)", 5, 64, 32, 4, 2, {"swiglu_limit": 7.0}, fp8_weights=False, x_std=5.0, w2_gain=0.1),
+    ]
+
+
+def _kvquant_cases(dtype):
+    def c(name, desc, *args, **kw):
+        return (name, lambda: kvquant.build(dtype, name, desc, *args, **kw))
+
+    return [
+        c(
+            "n40_corners",
+            "designed rows (all-zero and -0.0 tiles, 1e-3 and 1e3 tiles, the 1e-4 scale floor, exact e4m3 ties, exact power-of-two amax"
+            + (", amax/448 = 2^k(1+2^-23)" if dtype == "f32" else "")
+            + ") + 40 random rows with tile magnitudes 1e-3..1e3",
+            40,
+        ),
+        c("n200_random", "the designed rows + 200 random rows (heavy-tailed values, tile magnitudes 1e-3..1e3)", 200),
+    ]
+
+
+def _mla_v2_cases(dtype):
+    def c(name, desc, *args, **kw):
+        return (name, lambda: mla.build_fp8(dtype, name, desc, *args, **kw))
+
+    v3 = mla.DEEPSEEK_V3_SOFTMAX_SCALE
+    return [
+        c("fp8_b3_sq1_h16_blk64", "FP8 cache (non-power-of-two scales, unused slots 0xFF), Hq 16, seqlens 0/100/37, block 64", [0, 100, 37], 1, 16, 64, True, v3),
+        c("fp8_b2_sq2_h64_causal_blk64", "FP8 cache, Hq 64, Sq 2 causal, seqlens 1/130 (an empty first query)", [1, 130], 2, 64, 64, True, v3),
+        c("fp8_b2_sq4_h4_noncausal_blk16", "FP8 cache, Sq 4 non-causal, seqlens 40/5, block 16", [40, 5], 4, 4, 16, False, v3),
+    ]
+
+
+def _sparse_cases(dtype):
+    def c(name, desc, *args, **kw):
+        return (name, lambda: sparse.build(dtype, name, desc, *args, **kw))
+
+    v3 = mla.DEEPSEEK_V3_SOFTMAX_SCALE
+    inf = math.inf
+    cases = [
+        c(
+            "d64_v48_b3_sq2_h8_topk32_edges",
+            "dense 64/48: -1 entries, duplicated indices, topk_length 32/20/0 (batch 2 empty; ignored entries hold out-of-range values and NaN slots), row (0,1) with no valid entry, sinks finite / -inf (head 1) / +inf (head 3)",
+            [80, 50, 70], 2, 8, 32, 64, 48, 1 / 8,
+            block_size=16, minus_one=0.15, duplicates=0.1, topk_length=[32, 20, 0], no_valid=((0, 1),),
+            sink=["finite", -inf, "finite", inf, "finite", "finite", "finite", "finite"], explicit_format=False,
+        ),
+        c("d64_v48_b2_sq1_h4_topk8_plain", "dense 64/48, no optional inputs, kv_format omitted (default dense)", [40, 12], 1, 4, 8, 64, 48, 1 / 8, block_size=16, explicit_format=False),
+        c(
+            "d64_v48_prefill_b1_sq64_h16_topk64",
+            "prefill-like: B 1, Sq 64, query i sees positions [0, 16 + i] (the first 47 queries have fewer than 64: -1 padding), finite sinks",
+            [80], 64, 16, 64, 64, 48, 1 / 8, block_size=16, prefill_ctx=16, sink=["finite"] * 16, explicit_format=False,
+        ),
+        c("v32_dense_b2_sq1_h16_topk64", "DeepSeek dims 576/512 over a dense run-dtype cache, -1 entries, topk_length 64/50", [100, 70], 1, 16, 64, 576, 512, v3, minus_one=0.05, topk_length=[64, 50], kv_std=0.5),
+    ]
+    if dtype == "f32":
+        return cases
+    fp8 = dict(kv_format=mla.FP8_FORMAT, kv_std=0.5)
+    cases += [
+        c(
+            "v32_fp8_b3_sq2_h16_topk64_edges",
+            "FP8 cache, MTP Sq 2, Hq 16: -1 entries, duplicates, topk_length 64/40/64, row (2,1) with no valid entry, sinks finite / -inf",
+            [150, 90, 64], 2, 16, 64, 576, 512, v3, minus_one=0.1, duplicates=0.05, topk_length=[64, 40, 64], no_valid=((2, 1),), sink=["finite", -inf] * 8, **fp8,
+        ),
+    ]
+    if dtype == "bf16":
+        cases += [
+            c("v32_fp8_b2_sq1_h128_topk256", "FP8 cache, Hq 128, topk 256", [300, 280], 1, 128, 256, 576, 512, v3, **fp8),
+            c("v32_fp8_b1_sq1_h64_topk2048", "FP8 cache, Hq 64, topk 2048 (DeepSeek-V3.2's), 2300 positions", [2300], 1, 64, 2048, 576, 512, v3, q_std=2.0, **fp8),
+        ]
+    else:
+        cases += [
+            c("v32_fp8_b2_sq1_h64_topk512", "FP8 cache, Hq 64, topk 512", [600, 520], 1, 64, 512, 576, 512, v3, q_std=2.0, **fp8),
+        ]
+    return cases
+
+
+def _indexer_cases(dtype):
+    def c(name, desc, *args, **kw):
+        return (name, lambda: indexer.build(dtype, name, desc, *args, **kw))
+
+    cases = [
+        c("hi4_di32_b3_sq3_causal_k16", "small dims, Sq 3 causal, seqlens 2/40/13: batch 0 and 2 have fewer positions than top_k (-1 padding; query 0 of batch 0 sees none)", [2, 40, 13], 3, 4, 32, 16, 16, True),
+        c("hi8_di16_b2_sq1_k32_blk64", "small dims, non-causal, seqlens 100/7, block 64", [100, 7], 1, 8, 16, 32, 64, False),
+        c("hi64_di128_b2_sq2_causal_k256", "DeepSeek-V3.2 indexer dims (Hi 64, Di 128), Sq 2 causal, seqlens 700/200 (batch 1 pads)", [700, 200], 2, 64, 128, 256, 64, True),
+    ]
+    if dtype == "bf16":
+        cases.append(c("hi64_di128_b2_sq1_k2048", "DeepSeek-V3.2 dims and top_k 2048, seqlens 2600/1500", [2600, 1500], 1, 64, 128, 2048, 64, False))
+    return cases
+
+
+V1_FAMILIES = (("moe_route", _route_cases), ("moe_experts", _experts_cases), ("mla_decode", _mla_cases))
+V2_FAMILIES = (
+    ("moe_route", _route_v2_cases),
+    ("moe_experts", _experts_v2_cases),
+    ("mla_kv_quantize", _kvquant_cases),
+    ("mla_decode", _mla_v2_cases),
+    ("mla_sparse_decode", _sparse_cases),
+    ("dsa_indexer_topk", _indexer_cases),
+)
+# Run dtypes each v2 op allows (contract v2: an FP8 cache takes f16/bf16 queries).
+V2_DTYPES = {"mla_decode": ("f16", "bf16")}
+SETS = ("v1", "v2", "all")
+
+
+def all_cases(case_set="v1"):
+    """[(op, dtype, name, builder)] of a set ("v1", "v2" or "all") in a fixed order."""
+    if case_set not in SETS:
+        raise ValueError(f"unknown case set {case_set!r}")
     out = []
-    for dtype in DTYPES:
-        for op, family in (("moe_route", _route_cases), ("moe_experts", _experts_cases), ("mla_decode", _mla_cases)):
-            out += [(op, dtype, name, builder) for name, builder in family(dtype)]
+    if case_set in ("v1", "all"):
+        for dtype in DTYPES:
+            for op, family in V1_FAMILIES:
+                out += [(op, dtype, name, builder) for name, builder in family(dtype)]
+    if case_set in ("v2", "all"):
+        for dtype in DTYPES:
+            for op, family in V2_FAMILIES:
+                if dtype in V2_DTYPES.get(op, DTYPES):
+                    out += [(op, dtype, name, builder) for name, builder in family(dtype)]
     return out

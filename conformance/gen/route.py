@@ -9,6 +9,8 @@ from checks import (
     ROUTE_MARGIN,
     CaseError,
     check_not_degenerate,
+    fair_keyed,
+    record_fairness,
     route_row_margin,
     within_tolerance,
     worst_violation,
@@ -68,3 +70,86 @@ def _verify(case, logits, bias, weights):
             raise CaseError(f"{case.path}: float32 weights off by {ratio:.2f}x the tolerance")
         worst = max(worst, worst_violation(got_w[t, order], weights[t], tol["atol"], tol["rtol"]))
     return worst
+
+
+# ---- contract v2: sqrtsoftplus, hash routing, renormalisation of all-zero rows --------------
+
+# Logit of the all-zero rows: sigmoid, softplus and sqrt(softplus) are exactly 0 in f32 and f64.
+ZERO_SCORE_LOGIT = -1000.0
+# Garbage in the tid2eid rows no token reads (the contract does not check them).
+UNREAD_ROW_GARBAGE = (-1, 2147480000, -2147483648)
+
+
+def build_v2(dtype, name, description, tokens, experts, params, logit_std, bias_std=None, zero_rows=(), hash_vocab=None):
+    """A v2 routing case.
+
+    zero_rows: tokens whose logits are all -1000 (every score exactly 0: renormalisation by
+    max(sum, 1e-20) gives weights 0; the bias alone decides the ids, so it is redrawn until
+    those rows have clear margins). hash_vocab: hash routing with a random tid2eid [vocab,
+    top_k] of distinct ids; tokens read some rows (several tokens the same row), and three
+    rows no token reads hold out-of-range and duplicate ids.
+    """
+    rng = case_rng("moe_route", dtype, name)
+    top_k = params["top_k"]
+    bias = None
+    if bias_std is not None:
+        for _ in range(MAX_RESAMPLES):
+            bias = (rng.standard_normal(experts) * bias_std).astype(np.float32)
+            zero = np.zeros((1, experts))
+            if not zero_rows or route_row_margin(ops_ref.route_selection_scores(zero + ZERO_SCORE_LOGIT, bias, params)[1][0], bias.astype(np.float64), params) > ROUTE_MARGIN:
+                break
+        else:
+            raise CaseError(f"moe_route/{dtype}/{name}: no bias with clear margins for the zero rows")
+    elif zero_rows and hash_vocab is None:
+        raise CaseError(f"moe_route/{dtype}/{name}: zero rows need a bias to decide their ids")
+    tensors = {}
+    input_ids = tid2eid = None
+    if hash_vocab is None:
+        rows = []
+        for t in range(tokens):
+            if t in zero_rows:
+                rows.append(to_run_dtype(np.full(experts, ZERO_SCORE_LOGIT), dtype))
+            else:
+                rows.append(_logit_row(rng, experts, logit_std, bias, params, dtype))
+        logits = np.stack(rows)
+    else:
+        logits = to_run_dtype(rng.standard_normal((tokens, experts)) * logit_std, dtype)
+        for t in zero_rows:
+            logits[t] = ZERO_SCORE_LOGIT
+        tid2eid = np.stack([rng.choice(experts, size=top_k, replace=False) for _ in range(hash_vocab)]).astype(np.int32)
+        input_ids = rng.randint(0, hash_vocab - 3, size=tokens).astype(np.int32)
+        input_ids[-1] = input_ids[0]  # two tokens read the same row
+        for r, bad in zip(range(hash_vocab - 3, hash_vocab), UNREAD_ROW_GARBAGE):
+            tid2eid[r, 0] = bad
+            tid2eid[r, 1] = tid2eid[r, 2]  # duplicate ids
+    tensors["in.logits"] = logits
+    if bias is not None:
+        tensors["in.bias"] = bias
+    if hash_vocab is not None:
+        tensors["in.input_ids"] = input_ids
+        tensors["in.tid2eid"] = tid2eid
+    ids, weights = ops_ref.moe_route(logits, bias, params, input_ids, tid2eid)
+    tensors["out.topk_ids"] = ids
+    tensors["out.topk_weights"] = weights.astype(np.float32)
+    case = Case("moe_route", dtype, name, description, params, tensors, WEIGHT_TOLERANCE)
+    _verify_v2(case, logits, bias, weights, zero_rows, input_ids, tid2eid)
+    return case
+
+
+def _verify_v2(case, logits, bias, weights, zero_rows, input_ids, tid2eid):
+    """Zero rows exactly 0, the rest informative, and the float32 model (fairness)."""
+    ids = case.tensors["out.topk_ids"]
+    live = np.ones(ids.shape[0], dtype=bool)
+    live[list(zero_rows)] = False
+    if not np.all(weights[~live] == 0):
+        raise CaseError(f"{case.path}: an all-zero-score row has non-zero weights")
+    check_not_degenerate(f"{case.path} out.topk_weights", weights, meaningful=np.broadcast_to(live[:, None], weights.shape), rms_range=(0.01, 20.0))
+    if any(len(set(row)) != len(row) for row in ids.tolist()):
+        raise CaseError(f"{case.path}: a row repeats an expert id")
+    if input_ids is None:
+        if ids.shape[0] > 1 and len(np.unique(ids)) <= ids.shape[1]:
+            raise CaseError(f"{case.path} out.topk_ids: every token picks the same experts")
+        got_ids, got_w = lowp.moe_route(logits, bias, case.params)
+    else:
+        got_ids, got_w = lowp.moe_route_hash(logits, case.params, input_ids, tid2eid)
+    record_fairness(case, [fair_keyed(case, "topk_ids", "topk_weights", got_ids, got_w, ids, weights)])
