@@ -1,7 +1,8 @@
 //! The ceilings every ratio is taken against, measured on the backend in the same run.
 
 use crate::timing::{median_time, Budget};
-use moemla_core::{Backend, DType, HostTensor, Result};
+use moemla_core::alloc::try_filled_vec;
+use moemla_core::{Backend, DType, Error, HostTensor, Result, Shape};
 use serde::Serialize;
 
 /// Measured limits of one backend for one dtype.
@@ -21,8 +22,75 @@ pub struct Ceilings {
     pub gemm_impl: String,
 }
 
+/// The largest `--copy-mib` accepted: 16 TiB (no machine has more; anything larger is a
+/// typing mistake, and `MiB << 20` must not overflow).
+pub const MAX_COPY_MIB: u64 = 1 << 24;
+
+/// The largest `--gemm-size` accepted: 2^24 (its square in F32 still fits a 64-bit byte
+/// count; far beyond any memory, so the memory check below refuses it first).
+pub const MAX_GEMM_SIZE: u64 = 1 << 24;
+
+/// Checks up front that the ceilings of `measure(backend, dtype, copy_bytes, gemm_size, ..)`
+/// fit this machine: the copy's two `copy_bytes` buffers and the GEMM's three
+/// `gemm_size`^2 matrices in device memory, the GEMM's f32 values and their `dtype` copy in
+/// host memory. A GEMM size whose matrix byte count overflows is [`Error::Size`]; a total
+/// that overflows, or is larger than the device's or the host's memory (where known), is
+/// [`Error::OutOfMemory`], naming the buffers and the memory. Nothing is allocated.
+pub fn check_fits(
+    backend: &dyn Backend,
+    dtype: DType,
+    copy_bytes: usize,
+    gemm_size: usize,
+) -> Result<()> {
+    let name = backend.name();
+    let matrix = Shape::new([gemm_size, gemm_size]);
+    let (gemm_bytes, values_bytes) = (matrix.byte_len(dtype)?, matrix.byte_len(DType::F32)?);
+    let (device, host) = (backend.info().memory_bytes, host_memory_bytes());
+    let needs = [
+        (
+            copy_bytes.checked_mul(2),
+            device,
+            format!("`{name}` copy ceiling: 2 device buffers of {copy_bytes} bytes"),
+        ),
+        (
+            gemm_bytes.checked_mul(3),
+            device,
+            format!("`{name}` GEMM ceiling: 3 {dtype} device matrices of {gemm_size}^2"),
+        ),
+        (
+            gemm_bytes.checked_add(values_bytes),
+            host,
+            format!("`{name}` GEMM ceiling: {gemm_size}^2 f32 values and their {dtype} copy on the host"),
+        ),
+    ];
+    for (need, memory, what) in needs {
+        let over = match need {
+            None => Some("the byte count overflows".to_string()),
+            Some(n) => {
+                (memory.filter(|&m| n as u64 > m)).map(|m| format!("the memory is {m} bytes"))
+            }
+        };
+        if let Some(why) = over {
+            return Err(Error::OutOfMemory {
+                what: format!("{what} ({why})"),
+                bytes: need.unwrap_or(usize::MAX),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Total host RAM from `/proc/meminfo` (`MemTotal`), `None` where unknown.
+fn host_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 /// Measures copy bandwidth (a `copy_bytes`-byte buffer) and the dense GEMM rate at
-/// `gemm_size`^3 in `dtype`.
+/// `gemm_size`^3 in `dtype`, after [`check_fits`]: sizes the machine cannot hold are a
+/// typed error, never an abort.
 pub fn measure(
     backend: &dyn Backend,
     dtype: DType,
@@ -30,11 +98,20 @@ pub fn measure(
     gemm_size: usize,
     budget: Budget,
 ) -> Result<Ceilings> {
+    check_fits(backend, dtype, copy_bytes, gemm_size)?;
     let copy = backend.copy_bench(copy_bytes, budget.max_reps.min(10))?;
     let n = gemm_size;
-    let values: Vec<f32> = (0..n * n).map(|i| ((i % 7) as f32 - 3.0) / 8.0).collect();
-    let a = backend.upload(&HostTensor::from_f32_as([n, n], &values, dtype)?)?;
-    let b = backend.upload(&HostTensor::from_f32_as([n, n], &values, dtype)?)?;
+    let matrix = Shape::new([n, n]);
+    let count = matrix.checked_elem_count().ok_or(Error::Size {
+        shape: matrix.clone(),
+        dtype,
+    })?;
+    let mut values: Vec<f32> = try_filled_vec(count, "bench GEMM ceiling inputs")?;
+    for (i, v) in values.iter_mut().enumerate() {
+        *v = ((i % 7) as f32 - 3.0) / 8.0;
+    }
+    let a = backend.upload(&HostTensor::from_f32_as(matrix.clone(), &values, dtype)?)?;
+    let b = backend.upload(&HostTensor::from_f32_as(matrix, &values, dtype)?)?;
     let gemm = median_time(backend, budget, || backend.dense_gemm(&a, &b).map(drop))?;
     Ok(Ceilings {
         dtype,
