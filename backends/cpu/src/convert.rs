@@ -2,7 +2,8 @@
 
 use crate::storage::{CpuStorage, FloatSlice};
 use half::{bf16, f16};
-use moemla_core::DType;
+use moemla_core::alloc::try_filled_vec;
+use moemla_core::{DType, Result};
 
 impl FloatSlice<'_> {
     /// Converts the elements `start..start + dst.len()` to f32 into `dst` (exact: every f16
@@ -124,13 +125,19 @@ fn f16_bits_to_f32(h: u16) -> f32 {
     f32::from_bits(bits | sign)
 }
 
-/// Storage of `dtype` (F32 | F16 | BF16) holding `values`, rounded to nearest-even.
-pub fn storage_from_f32(values: Vec<f32>, dtype: DType) -> CpuStorage {
-    match dtype {
-        DType::F16 => CpuStorage::F16(values.iter().map(|&v| f16::from_f32(v)).collect()),
-        DType::BF16 => CpuStorage::BF16(values.iter().map(|&v| bf16::from_f32(v)).collect()),
-        _ => CpuStorage::F32(values),
+/// Storage of `dtype` (F32 | F16 | BF16) holding `values`, rounded to nearest-even (the
+/// 16-bit copy is allocated fallibly).
+pub fn storage_from_f32(values: Vec<f32>, dtype: DType) -> Result<CpuStorage> {
+    fn narrow<T: Clone + Default>(values: &[f32], f: impl Fn(f32) -> T) -> Result<Vec<T>> {
+        let mut out: Vec<T> = try_filled_vec(values.len(), "cpu output")?;
+        out.iter_mut().zip(values).for_each(|(o, &v)| *o = f(v));
+        Ok(out)
     }
+    Ok(match dtype {
+        DType::F16 => CpuStorage::F16(narrow(&values, f16::from_f32)?),
+        DType::BF16 => CpuStorage::BF16(narrow(&values, bf16::from_f32)?),
+        _ => CpuStorage::F32(values),
+    })
 }
 
 #[cfg(test)]
@@ -171,14 +178,14 @@ mod tests {
         // 1 + 2^-8 lies halfway between two bf16 values: ties go to the even one (1.0).
         let tie = 1.0 + 2f32.powi(-8);
         let above = 1.0 + 2f32.powi(-8) + 2f32.powi(-20);
-        match storage_from_f32(vec![tie, above], DType::BF16) {
+        match storage_from_f32(vec![tie, above], DType::BF16).unwrap() {
             CpuStorage::BF16(v) => {
                 assert_eq!(v[0].to_f32(), 1.0);
                 assert_eq!(v[1].to_f32(), 1.0 + 2f32.powi(-7));
             }
             other => panic!("wrong storage {other:?}"),
         }
-        match storage_from_f32(vec![0.1], DType::F32) {
+        match storage_from_f32(vec![0.1], DType::F32).unwrap() {
             CpuStorage::F32(v) => assert_eq!(v, vec![0.1]),
             other => panic!("wrong storage {other:?}"),
         }

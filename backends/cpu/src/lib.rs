@@ -93,8 +93,7 @@ impl Backend for CpuBackend {
     }
 
     fn alloc_zeroed(&self, shape: &Shape, dtype: DType) -> Result<DeviceTensor> {
-        let storage = CpuStorage::zeros(dtype, shape.elem_count());
-        Ok(self.tensor(storage, shape.clone()))
+        Ok(self.tensor(CpuStorage::zeros(dtype, shape)?, shape.clone()))
     }
 
     fn upload(&self, host: &HostTensor) -> Result<DeviceTensor> {
@@ -103,7 +102,7 @@ impl Backend for CpuBackend {
 
     fn download(&self, tensor: &DeviceTensor) -> Result<HostTensor> {
         let s = storage::storage(tensor, &self.name, "download", "tensor")?;
-        HostTensor::from_bytes(tensor.shape().clone(), tensor.dtype(), s.to_bytes())
+        HostTensor::from_bytes(tensor.shape().clone(), tensor.dtype(), s.to_bytes()?)
     }
 
     fn synchronize(&self) -> Result<()> {
@@ -134,7 +133,7 @@ impl Backend for CpuBackend {
     }
 
     fn copy_bench(&self, bytes: usize, reps: usize) -> Result<std::time::Duration> {
-        Ok(ceilings::copy_bench(bytes, reps))
+        ceilings::copy_bench(bytes, reps)
     }
 
     fn dense_gemm(&self, a: &DeviceTensor, b: &DeviceTensor) -> Result<DeviceTensor> {

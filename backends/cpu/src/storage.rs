@@ -1,7 +1,8 @@
 //! The CPU backend's tensor storage: a typed host vector per tensor.
 
 use half::{bf16, f16};
-use moemla_core::{DType, DeviceBuffer, DeviceTensor, HostTensor, Result};
+use moemla_core::alloc::try_filled_vec;
+use moemla_core::{DType, DeviceBuffer, DeviceTensor, Element, Error, HostTensor, Result, Shape};
 use std::any::Any;
 
 /// One tensor's elements in host memory, typed by its dtype.
@@ -26,37 +27,42 @@ impl DeviceBuffer for CpuStorage {
 }
 
 impl CpuStorage {
-    /// `len` zero elements of `dtype`.
-    pub fn zeros(dtype: DType, len: usize) -> Self {
-        match dtype {
-            DType::F32 => CpuStorage::F32(vec![0.0; len]),
-            DType::F16 => CpuStorage::F16(vec![f16::ZERO; len]),
-            DType::BF16 => CpuStorage::BF16(vec![bf16::ZERO; len]),
-            DType::I32 => CpuStorage::I32(vec![0; len]),
-            DType::F8E4M3 => CpuStorage::F8E4M3(vec![0; len]),
-        }
-    }
-
-    /// A copy of a host tensor's elements.
-    pub fn from_host(host: &HostTensor) -> Result<Self> {
-        Ok(match host.dtype() {
-            DType::F32 => CpuStorage::F32(host.to_vec()?),
-            DType::F16 => CpuStorage::F16(host.to_vec()?),
-            DType::BF16 => CpuStorage::BF16(host.to_vec()?),
-            DType::I32 => CpuStorage::I32(host.to_vec()?),
-            DType::F8E4M3 => CpuStorage::F8E4M3(host.as_bytes().to_vec()),
+    /// A zero-filled `dtype` tensor of `shape`: an unrepresentable size is
+    /// [`Error::Size`], a refused allocation [`Error::OutOfMemory`] (never an abort).
+    pub fn zeros(dtype: DType, shape: &Shape) -> Result<Self> {
+        let len = shape.byte_len(dtype)? / dtype.size_in_bytes();
+        const WHAT: &str = "cpu alloc_zeroed";
+        Ok(match dtype {
+            DType::F32 => CpuStorage::F32(try_filled_vec(len, WHAT)?),
+            DType::F16 => CpuStorage::F16(try_filled_vec(len, WHAT)?),
+            DType::BF16 => CpuStorage::BF16(try_filled_vec(len, WHAT)?),
+            DType::I32 => CpuStorage::I32(try_filled_vec(len, WHAT)?),
+            DType::F8E4M3 => CpuStorage::F8E4M3(try_filled_vec(len, WHAT)?),
         })
     }
 
-    /// The elements as little-endian bytes.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        match self {
-            CpuStorage::F32(v) => bytemuck::cast_slice(v).to_vec(),
-            CpuStorage::F16(v) => bytemuck::cast_slice(v).to_vec(),
-            CpuStorage::BF16(v) => bytemuck::cast_slice(v).to_vec(),
-            CpuStorage::I32(v) => bytemuck::cast_slice(v).to_vec(),
-            CpuStorage::F8E4M3(v) => v.clone(),
-        }
+    /// A copy of a host tensor's elements (fallible allocation).
+    pub fn from_host(host: &HostTensor) -> Result<Self> {
+        let bytes = host.as_bytes();
+        Ok(match host.dtype() {
+            DType::F32 => CpuStorage::F32(copy_of(bytes)?),
+            DType::F16 => CpuStorage::F16(copy_of(bytes)?),
+            DType::BF16 => CpuStorage::BF16(copy_of(bytes)?),
+            DType::I32 => CpuStorage::I32(copy_of(bytes)?),
+            DType::F8E4M3 => CpuStorage::F8E4M3(copy_of(bytes)?),
+        })
+    }
+
+    /// The elements as little-endian bytes (fallible allocation).
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let bytes: &[u8] = match self {
+            CpuStorage::F32(v) => bytemuck::cast_slice(v),
+            CpuStorage::F16(v) => bytemuck::cast_slice(v),
+            CpuStorage::BF16(v) => bytemuck::cast_slice(v),
+            CpuStorage::I32(v) => bytemuck::cast_slice(v),
+            CpuStorage::F8E4M3(v) => v,
+        };
+        copy_of(bytes)
     }
 
     /// Number of elements.
@@ -87,6 +93,23 @@ impl CpuStorage {
     }
 }
 
+/// `bytes` (a whole number of `T`s, as a host tensor holds them) copied into a new `Vec<T>`,
+/// allocated fallibly.
+fn copy_of<T: bytemuck::Pod + Default>(bytes: &[u8]) -> Result<Vec<T>> {
+    let mut v: Vec<T> = try_filled_vec(bytes.len() / std::mem::size_of::<T>(), "cpu upload")?;
+    bytemuck::cast_slice_mut(&mut v).copy_from_slice(bytes);
+    Ok(v)
+}
+
+/// A zero-filled buffer for `dims` elements of `T` (an output or a scratch buffer whose size
+/// no input tensor bounds): the count is multiplied out with checked arithmetic
+/// ([`Error::Size`] when it does not fit) and the allocation is fallible
+/// ([`Error::OutOfMemory`]); `what` names the buffer in the error.
+pub fn zeroed<T: Element + Default>(dims: &[usize], what: &str) -> Result<Vec<T>> {
+    let bytes = Shape::from(dims).byte_len(T::DTYPE)?;
+    try_filled_vec(bytes / T::DTYPE.size_in_bytes(), what)
+}
+
 /// A float tensor's elements, borrowed in their storage type.
 #[derive(Clone, Copy, Debug)]
 pub enum FloatSlice<'a> {
@@ -107,8 +130,8 @@ pub fn storage<'a>(
     arg: &'static str,
 ) -> Result<&'a CpuStorage> {
     let s = t.buffer::<CpuStorage>(backend, call, arg)?;
-    if s.dtype() != t.dtype() || s.len() != t.elem_count() {
-        return Err(moemla_core::Error::Device {
+    if s.dtype() != t.dtype() || t.shape().checked_elem_count() != Some(s.len()) {
+        return Err(Error::Device {
             backend: backend.to_string(),
             call: format!("{call}: `{arg}`"),
             message: format!(
@@ -165,16 +188,97 @@ pub fn i32_slice<'a>(
 
 /// A buffer whose stored type disagrees with what validation promised: a backend bug or a
 /// tensor built by hand with a mislabelled buffer.
-fn mismatch(
-    backend: &str,
-    call: &'static str,
-    arg: &'static str,
-    got: DType,
-    want: &str,
-) -> moemla_core::Error {
-    moemla_core::Error::Device {
+fn mismatch(backend: &str, call: &'static str, arg: &'static str, got: DType, want: &str) -> Error {
+    Error::Device {
         backend: backend.to_string(),
         call: format!("{call}: `{arg}`"),
         message: format!("buffer holds {got}, expected {want}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::CpuBackend;
+    use moemla_core::{ops, Backend, ExpertsParams, MlaDecodeParams, RouteParams};
+    use std::sync::Arc;
+
+    #[test]
+    fn alloc_zeroed_of_an_impossible_size_is_an_error_not_an_abort() {
+        let cpu = CpuBackend::new();
+        // 1 TiB: representable, but no allocator here grants it.
+        let err = cpu.alloc_zeroed(&[1 << 38].into(), DType::F32).unwrap_err();
+        assert!(matches!(err, Error::OutOfMemory { .. }), "{err}");
+        // 2^64 elements wrap to 0 in unchecked arithmetic.
+        for (dims, dtype) in [
+            (vec![1usize << 62, 4], DType::F32),
+            (vec![usize::MAX, 2], DType::I32),
+            (vec![1usize << 63], DType::BF16),
+        ] {
+            let err = cpu.alloc_zeroed(&dims.clone().into(), dtype).unwrap_err();
+            assert!(matches!(err, Error::Size { .. }), "{dims:?} {dtype}: {err}");
+        }
+        let ok = cpu.alloc_zeroed(&[2, 3].into(), DType::BF16).unwrap();
+        assert_eq!(
+            cpu.download(&ok).unwrap().to_f32_vec().unwrap(),
+            vec![0.0; 6]
+        );
+    }
+
+    /// A tensor built by hand whose shape claims 2^64 elements over an empty buffer (what
+    /// `HostTensor::from_bytes` accepted before sizes were checked).
+    fn unrepresentable(dims: &[usize], storage: CpuStorage) -> DeviceTensor {
+        let dtype = storage.dtype();
+        DeviceTensor::new(Arc::new(storage), crate::NAME.into(), dims, dtype)
+    }
+
+    #[test]
+    fn tensors_whose_shape_disagrees_with_their_buffer_are_rejected_by_every_call() {
+        let cpu = CpuBackend::new();
+        let huge = 1usize << 62;
+        let logits = unrepresentable(&[huge, 4], CpuStorage::F32(vec![]));
+        assert!(matches!(cpu.download(&logits), Err(Error::Device { .. })));
+        let p = RouteParams {
+            top_k: 2,
+            ..RouteParams::deepseek_v2_lite()
+        };
+        let err = ops::moe_route(&cpu, &logits, None, &p).unwrap_err();
+        assert!(matches!(err, Error::Device { .. }), "{err}");
+
+        let up = |dims: &[usize]| cpu.alloc_zeroed(&dims.into(), DType::F32).unwrap();
+        let x = unrepresentable(&[huge, 4], CpuStorage::F32(vec![]));
+        let ids = unrepresentable(&[huge, 1], CpuStorage::I32(vec![]));
+        let w = unrepresentable(&[huge, 1], CpuStorage::F32(vec![]));
+        let (w13, w2) = (up(&[1, 2, 4]), up(&[1, 4, 1]));
+        let err = ops::moe_experts(&cpu, &x, &w13, &w2, &ids, &w, &ExpertsParams {}).unwrap_err();
+        assert!(matches!(err, Error::Device { .. }), "{err}");
+
+        let q = unrepresentable(&[huge, 1, 1, 4], CpuStorage::F32(vec![]));
+        let table = unrepresentable(&[huge, 1], CpuStorage::I32(vec![]));
+        let lens = unrepresentable(&[huge], CpuStorage::I32(vec![]));
+        let cache = up(&[1, 1, 1, 4]);
+        let p = MlaDecodeParams {
+            softmax_scale: 0.5,
+            causal: false,
+            head_dim_v: 2,
+        };
+        let err = ops::mla_decode(&cpu, &q, &cache, &table, &lens, &p).unwrap_err();
+        assert!(matches!(err, Error::Device { .. }), "{err}");
+
+        // A plain length mismatch (6 elements claimed, 4 held) is caught the same way.
+        let short = unrepresentable(&[2, 3], CpuStorage::F32(vec![0.0; 4]));
+        assert!(matches!(cpu.download(&short), Err(Error::Device { .. })));
+    }
+
+    #[test]
+    fn upload_copies_every_dtype_exactly() {
+        let host = HostTensor::from_bytes([3], DType::F8E4M3, vec![0x7f, 0x01, 0x80]).unwrap();
+        let s = CpuStorage::from_host(&host).unwrap();
+        assert_eq!(s, CpuStorage::F8E4M3(vec![0x7f, 0x01, 0x80]));
+        assert_eq!(s.to_bytes().unwrap(), host.as_bytes());
+        let host = HostTensor::from_slice([2], &[1.5f32, -2.0]).unwrap();
+        let s = CpuStorage::from_host(&host).unwrap();
+        assert_eq!(s, CpuStorage::F32(vec![1.5, -2.0]));
+        assert_eq!(s.to_bytes().unwrap(), host.as_bytes());
     }
 }

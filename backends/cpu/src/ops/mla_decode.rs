@@ -6,7 +6,7 @@
 mod attend;
 
 use crate::convert::storage_from_f32;
-use crate::storage::{float_slice, i32_slice, CpuStorage, FloatSlice};
+use crate::storage::{float_slice, i32_slice, zeroed, CpuStorage, FloatSlice};
 use attend::{Cache, Partial, Scratch, CHUNK};
 use moemla_core::calls::MlaDecodeCall;
 use moemla_core::indices::check_mla_indices;
@@ -46,13 +46,13 @@ pub fn run(backend: &str, call: &MlaDecodeCall<'_>) -> Result<(CpuStorage, Vec<f
                 d_qk: call.d_qk,
                 d_v: call.d_v,
             };
-            let rows = query_rows(call, q, job.b, job.g);
+            let rows = query_rows(call, q, job.b, job.g)?;
             let limits = row_limits(call, seqlens[job.b]);
             let span = job.start..job.end;
             attend::attend((&rows, &limits), &cache, job.g, span, scale, scratch)
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(write_outputs(call, &jobs, &parts))
+    write_outputs(call, &jobs, &parts)
 }
 
 /// Splits every (sequence, cache head) into position ranges of whole chunks: enough jobs
@@ -97,25 +97,27 @@ fn row_limits(call: &MlaDecodeCall<'_>, seqlen: usize) -> Vec<usize> {
 }
 
 /// The query rows of sequence `b` that use cache head `g`, as f32 [Sq * group, Dqk].
-fn query_rows(call: &MlaDecodeCall<'_>, q: FloatSlice<'_>, b: usize, g: usize) -> Vec<f32> {
+fn query_rows(call: &MlaDecodeCall<'_>, q: FloatSlice<'_>, b: usize, g: usize) -> Result<Vec<f32>> {
     let (group, d) = (call.h_q / call.h_kv, call.d_qk);
-    let mut rows = vec![0.0; call.s_q * group * d];
+    let mut rows = zeroed(&[call.s_q, group, d], "cpu mla_decode query rows")?;
     for (r, row) in rows.chunks_mut(d).enumerate() {
         let (i, h) = (r / group, g * group + r % group);
         q.read_f32(((b * call.s_q + i) * call.h_q + h) * d, row);
     }
-    rows
+    Ok(rows)
 }
 
-/// Merges each (sequence, head)'s ranges and writes `o` (run dtype) and `lse`.
+/// Merges each (sequence, head)'s ranges and writes `o` (run dtype) and `lse` (both
+/// allocated with checked sizes, fallibly).
 fn write_outputs(
     call: &MlaDecodeCall<'_>,
     jobs: &[Job],
     parts: &[Partial],
-) -> (CpuStorage, Vec<f32>) {
+) -> Result<(CpuStorage, Vec<f32>)> {
     let (group, d_v, s_q, h_q) = (call.h_q / call.h_kv, call.d_v, call.s_q, call.h_q);
-    let mut o = vec![0.0f32; call.batch * s_q * h_q * d_v];
-    let mut lse = vec![f32::NEG_INFINITY; call.batch * h_q * s_q];
+    let mut o = zeroed(&[call.batch, s_q, h_q, d_v], "cpu mla_decode o")?;
+    let mut lse = zeroed(&[call.batch, h_q, s_q], "cpu mla_decode lse")?;
+    lse.fill(f32::NEG_INFINITY);
     let mut at = 0;
     while at < jobs.len() {
         let (b, g) = (jobs[at].b, jobs[at].g);
@@ -138,7 +140,7 @@ fn write_outputs(
             }
         }
     }
-    (storage_from_f32(o, call.dtype), lse)
+    Ok((storage_from_f32(o, call.dtype)?, lse))
 }
 
 #[cfg(test)]

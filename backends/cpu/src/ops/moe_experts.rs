@@ -1,12 +1,15 @@
 //! `moe_experts` on the CPU, structured like a fused MoE kernel: check ids, permute
 //! (group routed pairs by expert and gather their token rows), grouped SwiGLU GEMMs
 //! ([`ffn`]), then a deterministic weighted combine (each token sums its slots in order).
+//! Slots with id -1 or weight 0 are never routed, so they contribute nothing even when
+//! their expert's output is not finite. Every buffer whose size no input bounds (rows x H,
+//! rows x I) is sized with checked arithmetic and allocated fallibly.
 
 mod ffn;
 mod permute;
 
 use crate::convert::storage_from_f32;
-use crate::storage::{f32_slice, float_slice, i32_slice, CpuStorage, FloatSlice};
+use crate::storage::{f32_slice, float_slice, i32_slice, zeroed, CpuStorage, FloatSlice};
 use ffn::ExpertWeights;
 use moemla_core::calls::MoeExpertsCall;
 use moemla_core::indices::check_topk_ids;
@@ -28,34 +31,34 @@ pub fn run(backend: &str, call: &MoeExpertsCall<'_>) -> Result<CpuStorage> {
         hidden: call.hidden,
         inter: call.inter,
     };
-    let perm = Permutation::new(ids, call.experts, call.top_k);
-    let xg = gather_rows(x, &perm, call.hidden);
+    let perm = Permutation::new(ids, weights, call.experts, call.top_k)?;
+    let xg = gather_rows(x, &perm, call.hidden)?;
     let h_t = ffn::gate_up(&perm, &xg, w)?;
     let y_t = ffn::down(&perm, &h_t, w)?;
-    let y = combine(&perm, &y_t, weights, call.top_k, call.hidden);
-    Ok(storage_from_f32(y, call.dtype))
+    let y = combine(&perm, &y_t, weights, call.top_k, call.hidden)?;
+    storage_from_f32(y, call.dtype)
 }
 
 /// The permuted rows of `x`, upcast to f32: [rows, H].
-fn gather_rows(x: FloatSlice<'_>, perm: &Permutation, hidden: usize) -> Vec<f32> {
-    let mut xg = vec![0.0; perm.rows() * hidden];
+fn gather_rows(x: FloatSlice<'_>, perm: &Permutation, hidden: usize) -> Result<Vec<f32>> {
+    let mut xg = zeroed(&[perm.rows(), hidden], "cpu moe_experts gathered rows")?;
     xg.par_chunks_mut(hidden)
         .zip(perm.tokens.par_iter())
         .for_each(|(row, &t)| x.read_f32(t * hidden, row));
-    xg
+    Ok(xg)
 }
 
-/// `y[t] = sum_j w[t, j] * down[row_of(t, j)]`, slots summed in order (deterministic);
-/// `y_t` holds each expert's down projections transposed, `[H, n_e]`.
+/// `y[t] = sum_j w[t, j] * down[row_of(t, j)]` over the routed slots, summed in order
+/// (deterministic); `y_t` holds each expert's down projections transposed, `[H, n_e]`.
 fn combine(
     perm: &Permutation,
     y_t: &[f32],
     weights: &[f32],
     top_k: usize,
     hidden: usize,
-) -> Vec<f32> {
+) -> Result<Vec<f32>> {
     let tokens = weights.len() / top_k;
-    let mut y = vec![0.0; tokens * hidden];
+    let mut y = zeroed(&[tokens, hidden], "cpu moe_experts y")?;
     y.par_chunks_mut(hidden).enumerate().for_each(|(t, out)| {
         for j in 0..top_k {
             let Some(row) = perm.row_of[t * top_k + j] else {
@@ -71,7 +74,7 @@ fn combine(
             }
         }
     });
-    y
+    Ok(y)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 use super::permute::Permutation;
 use crate::gemm_util::{matmul, MatRef};
 use crate::gemv;
-use crate::storage::FloatSlice;
+use crate::storage::{zeroed, FloatSlice};
 use moemla_core::Result;
 use rayon::prelude::*;
 
@@ -53,10 +53,12 @@ struct Scratch {
 }
 
 /// `h^T` per expert, `[I, n_e]` expert after expert: `silu(W1_e X_e^T) * (W3_e X_e^T)`,
-/// where `X_e` are the expert's permuted rows of `xg` [rows, H] (f32).
+/// where `X_e` are the expert's permuted rows of `xg` [rows, H] (f32). The output (rows x I,
+/// which no input bounds) is checked ([`moemla_core::Error::Size`]) and allocated fallibly
+/// ([`moemla_core::Error::OutOfMemory`]).
 pub fn gate_up(perm: &Permutation, xg: &[f32], w: ExpertWeights<'_>) -> Result<Vec<f32>> {
     let (h, i) = (w.hidden, w.inter);
-    let mut out = vec![0.0; perm.rows() * i];
+    let mut out = zeroed(&[perm.rows(), i], "cpu moe_experts activations")?;
     tiles(perm, &mut out, i, tile_rows(h))
         .into_par_iter()
         .try_for_each_init(Scratch::default, |s, tile| {
@@ -90,7 +92,7 @@ pub fn gate_up(perm: &Permutation, xg: &[f32], w: ExpertWeights<'_>) -> Result<V
 /// `y^T` per expert, `[H, n_e]` expert after expert: `W2_e h_e` from [`gate_up`]'s output.
 pub fn down(perm: &Permutation, h_t: &[f32], w: ExpertWeights<'_>) -> Result<Vec<f32>> {
     let (h, i) = (w.hidden, w.inter);
-    let mut out = vec![0.0; perm.rows() * h];
+    let mut out = zeroed(&[perm.rows(), h], "cpu moe_experts down projections")?;
     tiles(perm, &mut out, h, tile_rows(i))
         .into_par_iter()
         .try_for_each_init(Scratch::default, |s, tile| {
@@ -126,7 +128,7 @@ fn silu(x: f32) -> f32 {
 
 /// Weight rows per tile for rows of `k` columns (a multiple of 16, >= 16).
 fn tile_rows(k: usize) -> usize {
-    let rows = TILE_BYTES / (4 * k.max(1));
+    let rows = TILE_BYTES / k.max(1).saturating_mul(4);
     (rows / 16 * 16).max(16)
 }
 
@@ -178,7 +180,7 @@ mod tests {
 
     #[test]
     fn tiles_cover_each_used_expert_once() {
-        let perm = Permutation::new(&[1, 1, -1, 1], 3, 1); // expert 1: 3 rows
+        let perm = Permutation::new(&[1, 1, -1, 1], &[1.0; 4], 3, 1).unwrap(); // expert 1: 3 rows
         let mut buf = vec![0.0; 3 * 5];
         let t = tiles(&perm, &mut buf, 5, 2);
         let spans: Vec<_> = t
@@ -188,5 +190,25 @@ mod tests {
         assert_eq!(spans, vec![(1, 0, 2, 6), (1, 2, 2, 6), (1, 4, 1, 3)]);
         assert_eq!(tile_rows(256), 32);
         assert_eq!(tile_rows(1 << 20), 16);
+    }
+
+    #[test]
+    fn activation_sizes_are_checked_not_wrapped() {
+        // Two routed rows; I so large that rows x I cannot be allocated (256 TiB) or does
+        // not even fit in the address space. The weights are never read.
+        let perm = Permutation::new(&[0, 0], &[1.0; 2], 1, 1).unwrap();
+        let w = |inter| ExpertWeights {
+            w13: FloatSlice::F32(&[]),
+            w2: FloatSlice::F32(&[]),
+            hidden: 1,
+            inter,
+        };
+        let err = gate_up(&perm, &[1.0, 1.0], w(1 << 45)).unwrap_err();
+        assert!(
+            matches!(err, moemla_core::Error::OutOfMemory { .. }),
+            "{err}"
+        );
+        let err = gate_up(&perm, &[1.0, 1.0], w(1 << 62)).unwrap_err();
+        assert!(matches!(err, moemla_core::Error::Size { .. }), "{err}");
     }
 }

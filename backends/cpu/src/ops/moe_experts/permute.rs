@@ -1,47 +1,61 @@
 //! Grouping (token, slot) pairs by expert: the "permute" step of a fused MoE.
 
+use moemla_core::alloc::try_filled_vec;
+use moemla_core::Result;
+
 /// Where each routed (token, slot) pair lives once rows are grouped by expert.
 ///
 /// Permuted row `r` belongs to the expert `e` with `offsets[e] <= r < offsets[e + 1]`;
-/// within an expert, rows keep token order (then slot order).
+/// within an expert, rows keep token order (then slot order). Only pairs that contribute
+/// are routed: a slot with id -1 or with weight 0 (either sign) gets no row, so its expert
+/// is never evaluated for it (an expert whose output is NaN or inf cannot reach `y`
+/// through a zero weight).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Permutation {
     /// `offsets[e]..offsets[e + 1]` are expert `e`'s rows; `E + 1` entries.
     pub offsets: Vec<usize>,
     /// The token of each permuted row.
     pub tokens: Vec<usize>,
-    /// For each (token, slot), row-major [T, k]: its permuted row, `None` for id -1.
+    /// For each (token, slot), row-major [T, k]: its permuted row, `None` for a slot that
+    /// contributes nothing (id -1 or weight 0).
     pub row_of: Vec<Option<usize>>,
 }
 
 impl Permutation {
-    /// Groups `ids` [T, k] (already checked to lie in [-1, E)) by expert.
-    pub fn new(ids: &[i32], experts: usize, top_k: usize) -> Self {
-        let mut offsets = vec![0usize; experts + 1];
-        for &id in ids.iter().filter(|&&id| id >= 0) {
-            offsets[id as usize + 1] += 1;
+    /// Groups the contributing pairs of `ids` [T, k] (already checked to lie in [-1, E))
+    /// by expert; `weights` [T, k] decides which slots contribute. Every buffer is sized by
+    /// the inputs and allocated fallibly ([`moemla_core::Error::OutOfMemory`]).
+    pub fn new(ids: &[i32], weights: &[f32], experts: usize, top_k: usize) -> Result<Self> {
+        const WHAT: &str = "cpu moe_experts permutation";
+        let routed = |(&id, &w): (&i32, &f32)| usize::try_from(id).ok().filter(|_| w != 0.0);
+        let mut offsets: Vec<usize> = try_filled_vec(experts.saturating_add(1), WHAT)?;
+        for e in ids.iter().zip(weights).filter_map(routed) {
+            offsets[e + 1] += 1;
         }
         for e in 0..experts {
             offsets[e + 1] += offsets[e];
         }
-        let mut cursor = offsets[..experts].to_vec();
-        let mut tokens = vec![0usize; offsets[experts]];
-        let row_of = ids
-            .iter()
+        let mut cursor: Vec<usize> = try_filled_vec(experts, WHAT)?;
+        cursor.copy_from_slice(&offsets[..experts]);
+        let mut tokens: Vec<usize> = try_filled_vec(offsets[experts], WHAT)?;
+        let mut row_of: Vec<Option<usize>> = try_filled_vec(ids.len(), WHAT)?;
+        for (pair, (slot, e)) in row_of
+            .iter_mut()
+            .zip(ids.iter().zip(weights).map(routed))
             .enumerate()
-            .map(|(pair, &id)| {
-                let e = usize::try_from(id).ok()?;
+        {
+            if let Some(e) = e {
                 let row = cursor[e];
                 cursor[e] += 1;
                 tokens[row] = pair / top_k;
-                Some(row)
-            })
-            .collect();
-        Permutation {
+                *slot = Some(row);
+            }
+        }
+        Ok(Permutation {
             offsets,
             tokens,
             row_of,
-        }
+        })
     }
 
     /// Number of permuted rows (routed pairs).
@@ -63,7 +77,7 @@ mod tests {
     fn pairs_are_grouped_by_expert_in_token_order() {
         // T = 3, k = 2, E = 3.
         let ids = [2, 0, -1, 2, 0, 1];
-        let p = Permutation::new(&ids, 3, 2);
+        let p = Permutation::new(&ids, &[1.0; 6], 3, 2).unwrap();
         assert_eq!(p.offsets, vec![0, 2, 3, 5]);
         assert_eq!(p.tokens, vec![0, 2, 2, 0, 1]);
         assert_eq!(
@@ -71,5 +85,17 @@ mod tests {
             vec![Some(3), Some(0), None, Some(4), Some(1), Some(2)]
         );
         assert_eq!(p.expert_rows(2), (3, 2));
+    }
+
+    #[test]
+    fn zero_weight_slots_get_no_row() {
+        // The same ids; slots 0 (+0.0) and 4 (-0.0) carry no weight, slot 2 is -1 with a
+        // NaN weight: none of the three is routed.
+        let ids = [2, 0, -1, 2, 0, 1];
+        let weights = [0.0, 1.0, f32::NAN, 1.0, -0.0, 1.0];
+        let p = Permutation::new(&ids, &weights, 3, 2).unwrap();
+        assert_eq!(p.offsets, vec![0, 1, 2, 3]);
+        assert_eq!(p.tokens, vec![0, 2, 1]);
+        assert_eq!(p.row_of, vec![None, Some(0), None, Some(2), None, Some(1)]);
     }
 }

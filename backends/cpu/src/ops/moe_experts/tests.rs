@@ -117,3 +117,56 @@ fn out_of_range_id_is_reported_at_its_position() {
         other => panic!("expected IndexOutOfRange, got {other:?}"),
     }
 }
+
+#[test]
+fn zero_weight_and_empty_slots_skip_a_non_finite_expert() {
+    // Expert 1's weights hold NaN (gate) and inf (down): any token it computes is NaN.
+    // It is routed only with weight +0.0 or -0.0, or with id -1 (whose weight is NaN):
+    // those slots contribute nothing, so y is finite and equals y without them.
+    let cpu = CpuBackend::new();
+    let (t, h, i, e, k) = (4, 8, 4, 3, 3);
+    let mut rng = Lcg::new(17);
+    let x = rng.vec(t * h, -1.0, 1.0);
+    let mut w13 = rng.vec(e * 2 * i * h, -0.3, 0.3);
+    let mut w2 = rng.vec(e * h * i, -0.3, 0.3);
+    w13[2 * i * h + 3] = f32::NAN;
+    w2[h * i + 5] = f32::INFINITY;
+    let ids = [0, 1, 2, 1, 2, -1, -1, 0, 1, 2, 1, 0];
+    let weights = [
+        0.5,
+        0.0,
+        0.25,
+        -0.0,
+        0.75,
+        f32::NAN,
+        f32::NAN,
+        1.0,
+        0.0,
+        0.5,
+        -0.0,
+        0.125,
+    ];
+    let (xd, _) = upload_as(&cpu, &[t, h], &x, DType::F32);
+    let (w13d, _) = upload_as(&cpu, &[e, 2 * i, h], &w13, DType::F32);
+    let (w2d, _) = upload_as(&cpu, &[e, h, i], &w2, DType::F32);
+    let ids_d = cpu
+        .upload(&HostTensor::from_slice([t, k], &ids).unwrap())
+        .unwrap();
+    let w_d = cpu
+        .upload(&HostTensor::from_slice([t, k], &weights).unwrap())
+        .unwrap();
+    let y = ops::moe_experts(&cpu, &xd, &w13d, &w2d, &ids_d, &w_d, &ExpertsParams {}).unwrap();
+    let got = download_f32(&cpu, &y);
+    // The reference without those slots: their ids set to -1.
+    let kept: Vec<i32> = ids
+        .iter()
+        .zip(&weights)
+        .map(|(&id, &w)| if w == 0.0 || id < 0 { -1 } else { id })
+        .collect();
+    assert!(!kept.contains(&1), "expert 1 must only sit in skipped slots");
+    let want = reference(&x, &w13, &w2, &kept, &weights, (h, i, k));
+    for (n, (&g, &w)) in got.iter().zip(&want).enumerate() {
+        assert!(g.is_finite(), "y[{n}] = {g}");
+        assert!((g as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()), "y[{n}]: {g} vs {w}");
+    }
+}
