@@ -1,11 +1,20 @@
 //! `moe_route` on the CPU: DeepSeek-V2/V3 gating, one token per rayon task.
+//!
+//! Selection (groups, then experts) is a partial selection plus a sort of the chosen few,
+//! O(E + k log k) per token, so `top_k` near `E` costs no more than a sort. A NaN selection
+//! score ranks as -inf; renormalisation divides by `max(sum, 1e-20)`.
 
-use crate::storage::{f32_slice, float_slice};
+use crate::storage::{f32_slice, float_slice, zeroed};
 use moemla_core::calls::MoeRouteCall;
-use moemla_core::{GroupSelect, Result, RouteParams, ScoreFunc};
+use moemla_core::{Error, GroupSelect, Op, Result, RouteParams, ScoreFunc, Shape};
 use rayon::prelude::*;
+use std::cmp::Ordering;
 
 const CALL: &str = "moe_route";
+
+/// The smallest renormalisation denominator (contract v2: a row whose selected scores are
+/// all 0 gets weights 0, not NaN).
+const RENORM_MIN: f32 = 1e-20;
 
 /// Runs the routing; returns `topk_ids` [T, k] (I32) and `topk_weights` [T, k] (F32).
 pub fn run(backend: &str, call: &MoeRouteCall<'_>) -> Result<(Vec<i32>, Vec<f32>)> {
@@ -15,8 +24,9 @@ pub fn run(backend: &str, call: &MoeRouteCall<'_>) -> Result<(Vec<i32>, Vec<f32>
         None => None,
     };
     let (experts, k) = (call.experts, call.params.top_k);
-    let mut ids = vec![0i32; call.tokens * k];
-    let mut weights = vec![0f32; call.tokens * k];
+    ids_fit_i32(experts, call.logits.shape())?;
+    let mut ids = zeroed(&[call.tokens, k], "cpu moe_route topk_ids")?;
+    let mut weights = zeroed(&[call.tokens, k], "cpu moe_route topk_weights")?;
     ids.par_chunks_mut(k)
         .zip(weights.par_chunks_mut(k))
         .enumerate()
@@ -30,6 +40,22 @@ pub fn run(backend: &str, call: &MoeRouteCall<'_>) -> Result<(Vec<i32>, Vec<f32>
     Ok((ids, weights))
 }
 
+/// Every expert id (`0..E`) must be representable in the I32 `topk_ids`: E <= 2^31.
+fn ids_fit_i32(experts: usize, shape: &Shape) -> Result<()> {
+    if i32::try_from(experts - 1).is_ok() {
+        return Ok(());
+    }
+    Err(Error::Dim {
+        op: Op::MoeRoute,
+        arg: "logits",
+        dim: 1,
+        dim_name: "E",
+        expected: "<= 2^31 (topk_ids are I32)".into(),
+        got: experts,
+        shape: shape.clone(),
+    })
+}
+
 /// Per-thread working rows, reused across tokens.
 struct Scratch {
     /// Logits, then scores (in place).
@@ -40,6 +66,8 @@ struct Scratch {
     best: Vec<(f32, usize)>,
     /// Group scores.
     group_scores: Vec<f32>,
+    /// Per group: whether it is kept.
+    kept: Vec<bool>,
 }
 
 impl Scratch {
@@ -49,6 +77,7 @@ impl Scratch {
             sel: vec![0.0; experts],
             best: Vec::with_capacity(experts),
             group_scores: Vec::new(),
+            kept: Vec::new(),
         }
     }
 }
@@ -66,6 +95,7 @@ fn route_token(
         sel,
         best,
         group_scores,
+        kept,
     } = scratch;
     apply_score_func(p.score_func, scores);
     match bias {
@@ -76,16 +106,18 @@ fn route_token(
         None => sel.copy_from_slice(scores),
     }
     if p.n_group > 1 {
-        mask_groups(p, sel, best, group_scores);
+        mask_groups(p, sel, best, group_scores, kept);
     }
     top_indices(sel, ids.len(), best);
     for ((id, w), &(_, e)) in ids.iter_mut().zip(weights.iter_mut()).zip(best.iter()) {
-        *id = e as i32;
+        *id = e as i32; // e < E <= 2^31 (checked in `run`)
         *w = scores[e];
     }
     if p.renormalize {
         let sum: f32 = weights.iter().sum();
-        weights.iter_mut().for_each(|w| *w /= sum);
+        // IEEE maxNum (C's fmax): a NaN sum gives RENORM_MIN, as on every backend.
+        let denominator = sum.max(RENORM_MIN);
+        weights.iter_mut().for_each(|w| *w /= denominator);
     }
     let scale = p.routed_scaling_factor as f32;
     weights.iter_mut().for_each(|w| *w *= scale);
@@ -109,26 +141,31 @@ fn apply_score_func(func: ScoreFunc, row: &mut [f32]) {
 }
 
 /// Keeps the `topk_group` best groups of `sel` (group score: max, or sum of the best two);
-/// sets the selection score of every expert in the other groups to -inf.
+/// sets the selection score of every expert in the other groups to -inf. O(E + n_group).
 fn mask_groups(
     p: &RouteParams,
     sel: &mut [f32],
     best: &mut Vec<(f32, usize)>,
     scores: &mut Vec<f32>,
+    kept: &mut Vec<bool>,
 ) {
     let size = sel.len() / p.n_group;
     scores.clear();
     scores.extend(sel.chunks(size).map(|g| group_score(p.group_select, g)));
     top_indices(scores, p.topk_group, best);
-    for (g, group) in sel.chunks_mut(size).enumerate() {
-        if !best.iter().any(|&(_, kept)| kept == g) {
+    kept.clear();
+    kept.resize(p.n_group, false);
+    best.iter().for_each(|&(_, g)| kept[g] = true);
+    for (group, &keep) in sel.chunks_mut(size).zip(kept.iter()) {
+        if !keep {
             group.fill(f32::NEG_INFINITY);
         }
     }
 }
 
 /// A group's score: its best selection score, or the sum of its best two (the one score
-/// when the group has a single expert).
+/// when the group has a single expert). NaN scores count as -inf: `f32::max` and the
+/// comparisons below pass over them.
 fn group_score(select: GroupSelect, group: &[f32]) -> f32 {
     match select {
         GroupSelect::Max => group.iter().copied().fold(f32::NEG_INFINITY, f32::max),
@@ -151,31 +188,31 @@ fn group_score(select: GroupSelect, group: &[f32]) -> f32 {
     }
 }
 
-/// Fills `best` with the `k` largest `values` (key, index), best first; ties go to the
-/// lower index. NaN ranks as -inf. One pass keeping the best `k` (key, index) pairs sorted:
-/// one comparison against the current k-th key for most values when `k` is small
-/// (routing: 8 of 256).
+/// Fills `best` with the `k` largest `values` as (key, index), best first; ties go to the
+/// lower index and NaN ranks as -inf. O(n + k log k): a selection of the k best
+/// (`select_nth_unstable_by`), then a sort of those k.
 fn top_indices(values: &[f32], k: usize, best: &mut Vec<(f32, usize)>) {
     best.clear();
-    let mut threshold = f32::NEG_INFINITY; // the k-th best key once `best` is full
-    for (i, &v) in values.iter().enumerate() {
-        // NaN ranks last; adding 0.0 turns -0.0 into +0.0 so that the two tie.
-        let v = if v.is_nan() {
+    // NaN ranks as -inf; adding 0.0 turns -0.0 into +0.0 so that the two tie.
+    best.extend(values.iter().enumerate().map(|(i, &v)| {
+        let key = if v.is_nan() {
             f32::NEG_INFINITY
         } else {
             v + 0.0
         };
-        // Indices arrive in ascending order, so an equal key never displaces an earlier one.
-        if best.len() == k && v <= threshold {
-            continue;
-        }
-        let at = best.partition_point(|&(b, _)| b >= v);
-        best.insert(at, (v, i));
+        (key, i)
+    }));
+    if k < best.len() {
+        best.select_nth_unstable_by(k, better_first);
         best.truncate(k);
-        if let Some(&(last, _)) = best.last() {
-            threshold = last;
-        }
     }
+    best.sort_unstable_by(better_first);
+}
+
+/// The ranking order: larger key first, then the lower index (a total order: keys are
+/// never NaN and never -0.0 here, so `total_cmp` is the numeric order).
+fn better_first(a: &(f32, usize), b: &(f32, usize)) -> Ordering {
+    b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
 }
 
 #[cfg(test)]
