@@ -64,10 +64,9 @@ pub fn check_close(what: &str, got: &[f32], exp: &[f64], tol: Tol) -> Result<(),
     ))
 }
 
-/// Routing check: per token the ids must equal the reference set, and each weight must
-/// match the reference weight of the same id.
-pub fn check_route(got_ids: &[i32], got_w: &[f32], r: &RouteRef, tol: Tol) -> Result<(), String> {
-    for (t, (ref_ids, ref_w)) in r.ids.iter().zip(&r.weights).enumerate() {
+/// Routing ids check: per token the ids must equal the reference set.
+pub fn check_route_ids(got_ids: &[i32], r: &RouteRef) -> Result<(), String> {
+    for (t, ref_ids) in r.ids.iter().enumerate() {
         let k = ref_ids.len();
         let ids = &got_ids[t * k..(t + 1) * k];
         let mut got_set: Vec<i64> = ids.iter().map(|&v| v as i64).collect();
@@ -80,6 +79,17 @@ pub fn check_route(got_ids: &[i32], got_w: &[f32], r: &RouteRef, tol: Tol) -> Re
                 r.margin[t]
             ));
         }
+    }
+    Ok(())
+}
+
+/// Routing check: per token the ids must equal the reference set ([`check_route_ids`]), and
+/// each weight must match the reference weight of the same id.
+pub fn check_route(got_ids: &[i32], got_w: &[f32], r: &RouteRef, tol: Tol) -> Result<(), String> {
+    check_route_ids(got_ids, r)?;
+    for (t, (ref_ids, ref_w)) in r.ids.iter().zip(&r.weights).enumerate() {
+        let k = ref_ids.len();
+        let ids = &got_ids[t * k..(t + 1) * k];
         for (j, &id) in ids.iter().enumerate() {
             let exp = ref_w[ref_ids
                 .iter()

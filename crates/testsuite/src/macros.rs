@@ -61,6 +61,8 @@ macro_rules! __suite_tests {
             moe_route_small_groups_bf16: cases::route::small_groups(BF16);
             moe_route_top_k_equals_experts_f32: cases::route::top_k_equals_experts(F32);
             moe_route_top_k_equals_experts_bf16: cases::route::top_k_equals_experts(BF16);
+            moe_route_renorm_all_zero_scores: cases::route::renorm_all_zero_scores();
+            moe_route_nan_scores_rank_last: cases::route::nan_scores_rank_last();
 
             moe_experts_small_f32: cases::experts::small(F32);
             moe_experts_small_f16: cases::experts::small(F16);
@@ -80,6 +82,7 @@ macro_rules! __suite_tests {
             moe_experts_single_token_top8_f32: cases::experts::single_token_top8(F32);
             moe_experts_single_token_top8_f16: cases::experts::single_token_top8(F16);
             moe_experts_single_token_top8_bf16: cases::experts::single_token_top8(BF16);
+            moe_experts_zero_weight_slot_ignores_nonfinite_expert: cases::experts::zero_weight_slot_ignores_nonfinite_expert();
 
             mla_decode_small_f32: cases::mla::small(F32);
             mla_decode_small_f16: cases::mla::small(F16);

@@ -192,3 +192,61 @@ pub fn odd_sizes(ctx: &Ctx<'_>, dtype: DType) {
     };
     case(ctx, dtype, d, 0xe7, 4);
 }
+
+/// A slot with weight 0 (+0.0 and -0.0) or id -1 contributes nothing even when its expert's
+/// output is not finite: expert 2's weights hold NaN and inf, and it is routed only with
+/// weight 0 (the -1 slots carry NaN weights). `y` must be finite and equal the reference
+/// computed with those slots removed (their ids set to -1). Every float run dtype.
+pub fn zero_weight_slot_ignores_nonfinite_expert(ctx: &Ctx<'_>) {
+    let d = ExpertsDims {
+        tokens: 5,
+        hidden: 16,
+        inter: 8,
+        experts: 4,
+        top_k: 3,
+    };
+    let poisoned = 2;
+    for dtype in DType::FLOATS {
+        if !ctx.supports(Op::MoeExperts, dtype) {
+            continue;
+        }
+        let mut rng = Rng::new(0xe8);
+        let mut data = ExpertsData::random(d, &mut rng);
+        let gate_up = 2 * d.inter * d.hidden;
+        data.w13[poisoned * gate_up + 5] = f32::NAN; // a gate row
+        data.w13[poisoned * gate_up + d.inter * d.hidden + 9] = f32::INFINITY; // an up row
+        data.w2[(poisoned * d.hidden + 3) * d.inter + 1] = f32::NEG_INFINITY;
+        // Per token (k = 3): the poisoned expert at weight +0 or -0, -1 slots with NaN
+        // weights, and ordinary experts with weights in [0.05, 1).
+        #[rustfmt::skip]
+        let ids = [
+            0, 2, 1,
+            2, 3, -1,
+            -1, 1, 2,
+            3, 0, 1,
+            2, -1, 2,
+        ];
+        let weights: Vec<f32> = ids
+            .iter()
+            .enumerate()
+            .map(|(n, &id)| match id {
+                -1 => f32::NAN,
+                2 if n % 2 == 0 => 0.0,
+                2 => -0.0,
+                _ => rng.uniform(0.05, 1.0) as f32,
+            })
+            .collect();
+        let removed: Vec<i32> = ids
+            .iter()
+            .map(|&e| if e == poisoned as i32 { -1 } else { e })
+            .collect();
+        let (y, _) = run_experts(ctx, dtype, d, &data, &ids, &weights);
+        let (_, exp) = run_experts(ctx, dtype, d, &data, &removed, &weights);
+        let what = format!("moe_experts {dtype} zero-weight slots of a NaN/inf expert: y");
+        assert!(
+            y.iter().all(|v| v.is_finite()),
+            "{what} is not finite: {y:?}"
+        );
+        ensure(check_close(&what, &y, &exp, Tol::of(dtype)));
+    }
+}

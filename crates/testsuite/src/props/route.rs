@@ -148,7 +148,7 @@ fn check(ctx: &Ctx<'_>, input: &Input) -> Result<(), String> {
         // Weights: the unbiased scores of the chosen ids, renormalised, scaled.
         let sum: f64 = chosen.iter().map(|&e| s[e]).sum();
         for (j, &e) in chosen.iter().enumerate() {
-            let norm = if p.renormalize { sum } else { 1.0 };
+            let norm = if p.renormalize { sum.max(1e-20) } else { 1.0 };
             let exp = s[e] / norm * p.routed_scaling_factor;
             let got = weights[t * k + j] as f64;
             if !Tol::of(DType::F32).accepts(got, exp) {

@@ -1,4 +1,8 @@
 //! `moe_route` in f64: scores, biased selection, group limit, top-k, unbiased weights.
+//!
+//! Non-finite data follows the contract: a NaN selection score (from a NaN logit or bias),
+//! and a NaN group score, ranks as -inf, ties going to the lower index; renormalisation
+//! divides by max(sum, 1e-20).
 
 use moemla_core::{GroupSelect, RouteParams, ScoreFunc};
 
@@ -18,6 +22,9 @@ pub struct RouteRef {
     /// near tie that f32 rounding could flip; `f64::INFINITY` when nothing is cut.
     pub margin: Vec<f64>,
 }
+
+/// The smallest renormalisation denominator (contract v2).
+const RENORM_MIN: f64 = 1e-20;
 
 /// Routes `tokens` rows of `experts` logits (row-major), with an optional selection bias.
 pub fn moe_route(
@@ -51,8 +58,10 @@ pub fn moe_route(
             .collect();
         let group_order = descending(&group_scores);
         if p.topk_group < p.n_group {
-            let gap = group_scores[group_order[p.topk_group - 1]]
-                - group_scores[group_order[p.topk_group]];
+            let gap = gap(
+                group_scores[group_order[p.topk_group - 1]],
+                group_scores[group_order[p.topk_group]],
+            );
             margin = margin.min(gap / magnitude);
         }
         let mut kept: Vec<usize> = group_order[..p.topk_group].to_vec();
@@ -72,7 +81,7 @@ pub fn moe_route(
         let ids: Vec<usize> = order[..p.top_k].to_vec();
         let candidates = p.topk_group * group_size;
         if p.top_k < candidates {
-            let gap = masked[order[p.top_k - 1]] - masked[order[p.top_k]];
+            let gap = gap(masked[order[p.top_k - 1]], masked[order[p.top_k]]);
             margin = margin.min(gap / magnitude);
         }
 
@@ -80,7 +89,9 @@ pub fn moe_route(
         let mut w: Vec<f64> = ids.iter().map(|&e| s[e]).collect();
         if p.renormalize {
             let sum: f64 = w.iter().sum();
-            w.iter_mut().for_each(|v| *v /= sum);
+            // IEEE maxNum, as C's fmax: a NaN sum gives 1e-20.
+            let denominator = sum.max(RENORM_MIN);
+            w.iter_mut().for_each(|v| *v /= denominator);
         }
         w.iter_mut().for_each(|v| *v *= p.routed_scaling_factor);
 
@@ -106,19 +117,45 @@ fn scores(row: &[f64], f: ScoreFunc) -> Vec<f64> {
     }
 }
 
-/// A group's score: its best selection score, or the sum of its two best.
+/// A group's score: its best selection score, or the sum of its two best (NaN counting
+/// as -inf).
 fn group_score(sel: &[f64], how: GroupSelect) -> f64 {
     let order = descending(sel);
-    match how {
-        GroupSelect::Max => sel[order[0]],
-        GroupSelect::Top2Sum => order.iter().take(2).map(|&i| sel[i]).sum(),
+    let take = match how {
+        GroupSelect::Max => 1,
+        GroupSelect::Top2Sum => 2,
+    };
+    order.iter().take(take).map(|&i| rank_key(sel[i])).sum()
+}
+
+/// How far the last kept score `kept` lies above the first dropped one (0 for a tie, -inf
+/// against -inf included).
+fn gap(kept: f64, dropped: f64) -> f64 {
+    let (a, b) = (rank_key(kept), rank_key(dropped));
+    if a == b {
+        0.0
+    } else {
+        a - b
     }
 }
 
-/// Indices of `v` by descending value (stable: lower index first among equals).
+/// The value a score ranks by: NaN ranks as -inf.
+fn rank_key(v: f64) -> f64 {
+    if v.is_nan() {
+        f64::NEG_INFINITY
+    } else {
+        v
+    }
+}
+
+/// Indices of `v` by descending value, NaN as -inf (stable: lower index first among equals).
 fn descending(v: &[f64]) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..v.len()).collect();
-    idx.sort_by(|&a, &b| v[b].total_cmp(&v[a]));
+    idx.sort_by(|&a, &b| {
+        rank_key(v[b])
+            .partial_cmp(&rank_key(v[a]))
+            .expect("no NaN key")
+    });
     idx
 }
 
@@ -174,6 +211,46 @@ mod tests {
         let r = moe_route(&[0.0, 3f64.ln()], Some(&[0.5, 0.0]), 1, 2, &p);
         assert_eq!(r.ids, vec![vec![0]]);
         assert!((r.weights[0][0] - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn nan_scores_rank_as_minus_infinity() {
+        // sigmoid(0) = 0.5 everywhere; expert 1 has a NaN logit, expert 2 a NaN bias.
+        let logits = [0.0, f64::NAN, 0.0, 0.0];
+        let bias = [0.1, 0.0, f64::NAN, 0.2];
+        let mut p = params(ScoreFunc::Sigmoid, 2, 1, 1);
+        let r = moe_route(&logits, Some(&bias), 1, 4, &p);
+        assert_eq!(r.ids[0], vec![3, 0]);
+        // Past the finite ones: the NaN experts last, the lower index first; they tie.
+        p.top_k = 3;
+        let r = moe_route(&logits, Some(&bias), 1, 4, &p);
+        assert_eq!(r.ids[0], vec![3, 0, 1]);
+        assert_eq!(r.margin[0], 0.0, "the NaN experts tie");
+        // Groups {0, 1} and {2, 3}: a NaN counts as -inf in the group score too, so
+        // group 0 scores 0.6 (max) and group 1 scores 0.7; with top2_sum, group 0 is
+        // 0.6 + -inf and group 1 is 0.7 + -inf: a tie at -inf, kept: the lower, group 0.
+        let mut p = params(ScoreFunc::Sigmoid, 1, 2, 1);
+        let r = moe_route(&logits, Some(&bias), 1, 4, &p);
+        assert_eq!(
+            (r.kept_groups[0].clone(), r.ids[0].clone()),
+            (vec![1], vec![3])
+        );
+        p.group_select = GroupSelect::Top2Sum;
+        let r = moe_route(&logits, Some(&bias), 1, 4, &p);
+        assert_eq!(
+            (r.kept_groups[0].clone(), r.ids[0].clone()),
+            (vec![0], vec![0])
+        );
+    }
+
+    #[test]
+    fn renormalising_zero_scores_gives_zero_weights() {
+        // sigmoid(-1000) underflows to exactly 0: 0 / max(0, 1e-20) = 0, not NaN.
+        let mut p = params(ScoreFunc::Sigmoid, 2, 1, 1);
+        p.renormalize = true;
+        let r = moe_route(&[-1000.0; 3], None, 1, 3, &p);
+        assert_eq!(r.weights[0], vec![0.0, 0.0]);
+        assert_eq!(r.ids[0], vec![0, 1]);
     }
 
     #[test]
