@@ -1,19 +1,83 @@
-//! # moemla
+//! # moemla-cli
 //!
-//! Run-time discovery and selection of the backends compiled into this build, for
-//! integrators that pick hardware at run time, and the library behind the `moemla` command.
+//! The `moemla` command — `devices`, `conformance`, `bench` — over any list of backend
+//! factories. moemla's own binary passes [`moemla::factories`]; a vendor's binary passes its
+//! backend's factory and gets the same commands for it, with no edit to moemla:
 //!
+//! ```no_run
+//! # mod acme { pub fn factory() -> moemla::core::BackendFactory { unimplemented!() } }
+//! fn main() -> std::process::ExitCode {
+//!     let mut factories = vec![acme::factory()];
+//!     factories.extend(moemla::factories());
+//!     moemla_cli::main_with(factories)
+//! }
 //! ```
-//! let cpu = moemla::select(Some("cpu")).unwrap();
-//! assert_eq!(cpu.name(), "cpu");
-//! ```
 
-pub mod registry;
+mod commands;
 
-pub use moemla_core as core;
-pub use registry::{discover, names, select, BackendEntry};
+pub use commands::devices::status_table;
 
-/// The README's Rust example, compiled and run as a doc-test.
-#[doc = include_str!("../../../README.md")]
-#[cfg(doctest)]
-pub struct ReadmeDoctests;
+use clap::{Parser, Subcommand};
+use moemla::core::BackendFactory;
+use moemla::Registry;
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+/// DeepSeek MoE and MLA ops on every accelerator, with proof of parity.
+#[derive(Parser)]
+#[command(name = "moemla", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List every backend of this build: available or not (and why), device, memory, dtypes,
+    /// verification status.
+    Devices(commands::devices::DevicesArgs),
+    /// Run the golden conformance cases on every backend and print the parity matrix.
+    Conformance(commands::conformance::ConformanceArgs),
+    /// Time the ops at DeepSeek shapes against ceilings measured in the same run.
+    Bench(commands::bench::BenchArgs),
+}
+
+/// Runs the `moemla` command on this process's arguments over `factories` (in preference
+/// order; see [`moemla::Registry`]).
+pub fn main_with(factories: Vec<BackendFactory>) -> ExitCode {
+    run(std::env::args_os(), factories)
+}
+
+/// Runs the `moemla` command on `args` (the program name first) over `factories`: exit
+/// status 0 on success, 1 when a check failed (conformance), 2 on a usage or run error.
+pub fn run<I, T>(args: I, factories: Vec<BackendFactory>) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(err) => {
+            // --help and --version are "errors" that go to stdout and exit 0.
+            let _ = err.print();
+            return if err.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let registry = Registry::new(factories);
+    let result = match cli.command {
+        Command::Devices(args) => commands::devices::run(&args, &registry),
+        Command::Conformance(args) => commands::conformance::run(&args, &registry),
+        Command::Bench(args) => commands::bench::run(&args, &registry),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("moemla: {err}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -2,7 +2,7 @@
 //! ceilings measured in the same run, optionally side by side with a numpy peer.
 
 use super::CommandError;
-use moemla::discover;
+use moemla::Registry;
 use moemla_benches::ceilings::{self, Ceilings};
 use moemla_benches::inputs::generate;
 use moemla_benches::report::{ceilings_text, table, Row};
@@ -50,7 +50,7 @@ pub struct BenchArgs {
 }
 
 /// Runs `moemla bench`.
-pub fn run(args: &BenchArgs) -> Result<ExitCode, CommandError> {
+pub fn run(args: &BenchArgs, registry: &Registry) -> Result<ExitCode, CommandError> {
     let ops = parse_list(&args.ops, Op::from_name, "op")?;
     let ops = if ops.is_empty() {
         Op::ALL.to_vec()
@@ -73,7 +73,8 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, CommandError> {
         _ => (Suite::Standard, Budget::STANDARD),
     };
     let cases = BenchCase::list(suite, &ops, &dtypes);
-    let backends: Vec<_> = discover()
+    let backends: Vec<_> = registry
+        .discover()
         .into_iter()
         .filter(|e| args.backend.as_deref().is_none_or(|b| b == e.name))
         .collect();
@@ -108,7 +109,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, CommandError> {
                 }
             }
         }
-        print!("{}", ceilings_text(entry.name, &ceils));
+        print!("{}", ceilings_text(&entry.name, &ceils));
         let rows = bench_backend(&*backend, &cases, &ceils, budget, args.peer.is_some())?;
         print!("{}", table(&rows));
         all_rows.extend(rows);
@@ -188,7 +189,7 @@ fn parse_list<T>(
 }
 
 /// The Markdown report: machine, date, exact command, ceilings, table.
-fn markdown(ceilings: &[(&str, Vec<Ceilings>)], rows: &[Row]) -> String {
+fn markdown(ceilings: &[(String, Vec<Ceilings>)], rows: &[Row]) -> String {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut s = String::from("# moemla benchmarks\n\n");
     s += "Regenerate with the command below. Every ratio is against ceilings measured by the\n";

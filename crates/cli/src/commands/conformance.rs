@@ -4,7 +4,7 @@
 //! for cases it declares unsupported).
 
 use super::CommandError;
-use moemla::{discover, select};
+use moemla::Registry;
 use moemla_conformance::{filter, golden, load_cases, render, run_unavailable, to_junit, Report};
 use moemla_core::{Backend, Error};
 use std::path::PathBuf;
@@ -51,10 +51,10 @@ pub struct ConformanceArgs {
 }
 
 /// Runs `moemla conformance`.
-pub fn run(args: &ConformanceArgs) -> Result<ExitCode, CommandError> {
+pub fn run(args: &ConformanceArgs, registry: &Registry) -> Result<ExitCode, CommandError> {
     let start = Instant::now();
     let required: Vec<String> = clean(&args.require);
-    let (columns, idle) = open_backends(&clean(&args.backend), &required);
+    let (columns, idle) = open_backends(registry, &clean(&args.backend), &required);
 
     let dirs = if args.golden.is_empty() {
         golden::default_dirs()?
@@ -143,10 +143,14 @@ type Column = (String, Result<Arc<dyn Backend>, Error>);
 /// only case that probes every compiled-in backend); named and required backends are
 /// always run, as `n/a` if they cannot open. Also returns the unavailable backends `all`
 /// left out.
-fn open_backends(wanted: &[String], required: &[String]) -> (Vec<Column>, Vec<&'static str>) {
+fn open_backends(
+    registry: &Registry,
+    wanted: &[String],
+    required: &[String],
+) -> (Vec<Column>, Vec<String>) {
     let names = clean(&[wanted, required].concat());
     let entries = if names.iter().any(|n| n == "all") {
-        discover()
+        registry.discover()
     } else {
         Vec::new()
     };
@@ -155,21 +159,21 @@ fn open_backends(wanted: &[String], required: &[String]) -> (Vec<Column>, Vec<&'
         let fresh = |n: &str, cols: &[Column]| !cols.iter().any(|(c, _)| c == n);
         if name == "all" {
             for e in entries.iter().filter(|e| e.backend.is_ok()) {
-                if fresh(e.name, &columns) {
+                if fresh(&e.name, &columns) {
                     columns.push((e.name.to_string(), e.backend.clone()));
                 }
             }
         } else if fresh(name, &columns) {
-            let opened = match entries.iter().find(|e| e.name == name) {
+            let opened = match entries.iter().find(|e| e.name == *name) {
                 Some(e) => e.backend.clone(),
-                None => select(Some(name)),
+                None => registry.select(Some(name)),
             };
             columns.push((name.clone(), opened));
         }
     }
     let idle = (entries.iter())
-        .filter(|e| e.backend.is_err() && !columns.iter().any(|(c, _)| c == e.name))
-        .map(|e| e.name)
+        .filter(|e| e.backend.is_err() && !columns.iter().any(|(c, _)| *c == e.name))
+        .map(|e| e.name.clone())
         .collect();
     (columns, idle)
 }

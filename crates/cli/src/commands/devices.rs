@@ -1,8 +1,8 @@
 //! `moemla devices`: what is compiled in, what can run here, and how each was verified.
 
 use super::CommandError;
-use moemla::{discover, BackendEntry};
-use moemla_core::{BackendInfo, DType, Op, Verification};
+use moemla::{BackendEntry, Registry};
+use moemla_core::{BackendFactory, BackendInfo, DType, Op, Verification};
 use serde::Serialize;
 use std::process::ExitCode;
 
@@ -12,12 +12,17 @@ pub struct DevicesArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+
+    /// Print README.md's backend-status table (every backend's claimed verification), as
+    /// it goes between `<!-- backend-status:begin -->` and `<!-- backend-status:end -->`.
+    #[arg(long, conflicts_with = "json")]
+    readme_table: bool,
 }
 
 /// One backend as `--json` prints it.
 #[derive(Serialize)]
 struct DeviceRecord {
-    name: &'static str,
+    name: String,
     available: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
@@ -28,8 +33,12 @@ struct DeviceRecord {
 }
 
 /// Runs `moemla devices`.
-pub fn run(args: &DevicesArgs) -> Result<ExitCode, CommandError> {
-    let entries = discover();
+pub fn run(args: &DevicesArgs, registry: &Registry) -> Result<ExitCode, CommandError> {
+    if args.readme_table {
+        print!("{}", status_table(registry.factories()));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let entries = registry.discover();
     if args.json {
         let records: Vec<DeviceRecord> = entries.iter().map(record).collect();
         println!("{}", serde_json::to_string_pretty(&records)?);
@@ -42,7 +51,7 @@ pub fn run(args: &DevicesArgs) -> Result<ExitCode, CommandError> {
 fn record(entry: &BackendEntry) -> DeviceRecord {
     let info = entry.backend.as_ref().ok().map(|b| b.info());
     DeviceRecord {
-        name: entry.name,
+        name: entry.name.clone(),
         available: info.is_some(),
         reason: entry.backend.as_ref().err().map(ToString::to_string),
         // The device in hand's status where there is one, else the backend's general one.
@@ -73,7 +82,10 @@ fn print_table(entries: &[BackendEntry]) {
                     dtypes(&info),
                     info.verification
                 );
-                println!("{:<8} {:<11} vendor: {}", "", "", info.vendor);
+                println!(
+                    "{:<8} {:<11} vendor: {}; device kind: {}",
+                    "", "", info.vendor, info.device_kind
+                );
                 for note in &info.notes {
                     println!("{:<8} {:<11} note: {note}", "", "");
                 }
@@ -84,6 +96,31 @@ fn print_table(entries: &[BackendEntry]) {
             }
         }
     }
+}
+
+/// The Markdown table of every backend's claimed verification, one row per factory in
+/// order: README.md's backend-status table for moemla's compiled-in backends.
+pub fn status_table(factories: &[BackendFactory]) -> String {
+    let mut table = String::from("| backend | claimed verification | detail |\n|---|---|---|\n");
+    for factory in factories {
+        let claim = factory.claimed_verification();
+        // The kind as `Verification`'s Display names it ("compile-only", "emulated", ...).
+        let kind = Verification {
+            kind: claim.kind,
+            detail: String::new(),
+        };
+        table += &format!(
+            "| {} | {kind} | {} |\n",
+            cell(factory.name()),
+            cell(&claim.detail)
+        );
+    }
+    table
+}
+
+/// Text as one Markdown table cell: `|` escaped, line breaks as spaces.
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|").replace(['\n', '\r'], " ")
 }
 
 /// The float dtypes every op supports, e.g. "F32,F16,BF16" (with "*" if some op lacks one).
@@ -107,5 +144,40 @@ fn truncate(s: &str, width: usize) -> String {
     } else {
         let cut: String = s.chars().take(width - 1).collect();
         format!("{cut}…")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use moemla_core::{Error, VerificationKind};
+
+    fn claimed(name: &str, kind: VerificationKind, detail: &str) -> BackendFactory {
+        let verification = Verification {
+            kind,
+            detail: detail.to_string(),
+        };
+        let backend = name.to_string();
+        BackendFactory::new(name, verification, move || {
+            Err(Error::Unavailable {
+                backend: backend.clone(),
+                reason: "never opened by the table".into(),
+            })
+        })
+    }
+
+    #[test]
+    fn status_table_has_a_row_per_factory_in_order_with_cells_escaped() {
+        let table = status_table(&[
+            claimed("zeta", VerificationKind::Emulator, "on a | emulator\nin CI"),
+            claimed("alpha", VerificationKind::CompileOnly, "NVRTC"),
+        ]);
+        assert_eq!(
+            table,
+            "| backend | claimed verification | detail |\n\
+             |---|---|---|\n\
+             | zeta | emulated | on a \\| emulator in CI |\n\
+             | alpha | compile-only | NVRTC |\n"
+        );
     }
 }
