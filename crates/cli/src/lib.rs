@@ -21,12 +21,18 @@ use clap::{Parser, Subcommand};
 use moemla::core::BackendFactory;
 use moemla::Registry;
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// DeepSeek MoE and MLA ops on every accelerator, with proof of parity.
 #[derive(Parser)]
 #[command(name = "moemla", version, about)]
 struct Cli {
+    /// A backend built as a C plugin (include/moemla_plugin.h) to add (repeatable; env
+    /// MOEMLA_PLUGIN_PATH lists more). Loading a library runs its code: trusted files only.
+    #[arg(long = "plugin", value_name = "FILE", global = true)]
+    plugins: Vec<PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -48,9 +54,10 @@ pub fn main_with(factories: Vec<BackendFactory>) -> ExitCode {
     run(std::env::args_os(), factories)
 }
 
-/// Runs the `moemla` command on `args` (the program name first) over `factories`: exit
-/// status 0 on success, 1 when a check failed (conformance), 2 on a usage or run error.
-pub fn run<I, T>(args: I, factories: Vec<BackendFactory>) -> ExitCode
+/// Runs the `moemla` command on `args` (the program name first) over `factories`, then the
+/// plugins `--plugin` names: exit status 0 on success, 1 when a check failed (conformance),
+/// 2 on a usage or run error.
+pub fn run<I, T>(args: I, mut factories: Vec<BackendFactory>) -> ExitCode
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
@@ -67,6 +74,11 @@ where
             };
         }
     };
+    factories.extend(
+        cli.plugins
+            .iter()
+            .map(|file| moemla::plugin::factory_for(file)),
+    );
     let registry = Registry::new(factories);
     let result = match cli.command {
         Command::Devices(args) => commands::devices::run(&args, &registry),
