@@ -49,26 +49,25 @@ pub fn check_fits(
     let needs = [
         (
             copy_bytes.checked_mul(2),
-            device,
+            (device, "device"),
             format!("`{name}` copy ceiling: 2 device buffers of {copy_bytes} bytes"),
         ),
         (
             gemm_bytes.checked_mul(3),
-            device,
+            (device, "device"),
             format!("`{name}` GEMM ceiling: 3 {dtype} device matrices of {gemm_size}^2"),
         ),
         (
             gemm_bytes.checked_add(values_bytes),
-            host,
+            (host, "host"),
             format!("`{name}` GEMM ceiling: {gemm_size}^2 f32 values and their {dtype} copy on the host"),
         ),
     ];
-    for (need, memory, what) in needs {
+    for (need, (memory, of), what) in needs {
         let over = match need {
             None => Some("the byte count overflows".to_string()),
-            Some(n) => {
-                (memory.filter(|&m| n as u64 > m)).map(|m| format!("the memory is {m} bytes"))
-            }
+            Some(n) => (memory.filter(|&m| n as u64 > m))
+                .map(|m| format!("more than the {of}'s {m} bytes")),
         };
         if let Some(why) = over {
             return Err(Error::OutOfMemory {

@@ -23,8 +23,8 @@ pub struct BenchArgs {
     #[arg(long = "op")]
     ops: Vec<String>,
     /// Only these run dtypes (f32, bf16, f16); repeatable. Default: bf16 and f32.
-    #[arg(long = "dtype")]
-    dtypes: Vec<String>,
+    #[arg(long = "dtype", value_parser = run_dtype)]
+    dtypes: Vec<DType>,
     /// Also time the same ops in numpy on the same inputs (`--peer numpy`).
     #[arg(long)]
     peer: Option<String>,
@@ -41,12 +41,38 @@ pub struct BenchArgs {
     /// Write a Markdown report (machine, date, command, ceilings, table).
     #[arg(long)]
     markdown: Option<PathBuf>,
-    /// Side of the square GEMM that measures the compute ceiling.
-    #[arg(long, default_value_t = 2048)]
-    gemm_size: usize,
-    /// Size of the copy that measures the bandwidth ceiling, MiB.
-    #[arg(long, default_value_t = 512)]
-    copy_mib: usize,
+    /// Side of the square GEMM that measures the compute ceiling (1 to 2^24; its three
+    /// matrices must also fit the device's and the host's memory).
+    #[arg(long, default_value_t = 2048,
+          value_parser = clap::value_parser!(u64).range(1..=ceilings::MAX_GEMM_SIZE))]
+    gemm_size: u64,
+    /// Size of the copy that measures the bandwidth ceiling, MiB (1 to 2^24; its two
+    /// buffers must also fit the device's memory).
+    #[arg(long, default_value_t = 512,
+          value_parser = clap::value_parser!(u64).range(1..=ceilings::MAX_COPY_MIB))]
+    copy_mib: u64,
+}
+
+/// Parses `--dtype`: a float run dtype, or a usage error.
+fn run_dtype(name: &str) -> Result<DType, String> {
+    match DType::from_name(name) {
+        Some(d) if d.is_float() => Ok(d),
+        Some(d) => Err(format!("{d} is not a run dtype (f32, f16, bf16)")),
+        None => Err(format!("unknown dtype `{name}` (f32, f16, bf16)")),
+    }
+}
+
+/// The copy size in bytes and the GEMM side of the ceilings, with checked arithmetic.
+fn ceiling_sizes(args: &BenchArgs) -> Result<(usize, usize), CommandError> {
+    if args.quick {
+        return Ok((8 << 20, 128));
+    }
+    let copy = (usize::try_from(args.copy_mib).ok()).and_then(|m| m.checked_mul(1 << 20));
+    let copy =
+        copy.ok_or_else(|| format!("--copy-mib {}: too large for this host", args.copy_mib))?;
+    let gemm = usize::try_from(args.gemm_size)
+        .map_err(|_| format!("--gemm-size {}: too large for this host", args.gemm_size))?;
+    Ok((copy, gemm))
 }
 
 /// Runs `moemla bench`.
@@ -57,12 +83,12 @@ pub fn run(args: &BenchArgs, registry: &Registry) -> Result<ExitCode, CommandErr
     } else {
         ops
     };
-    let dtypes = parse_list(&args.dtypes, DType::from_name, "dtype")?;
-    let dtypes = if dtypes.is_empty() {
+    let dtypes = if args.dtypes.is_empty() {
         vec![DType::BF16, DType::F32]
     } else {
-        dtypes
+        args.dtypes.clone()
     };
+    let (copy_bytes, gemm_size) = ceiling_sizes(args)?;
     match args.peer.as_deref() {
         None | Some("numpy") => {}
         Some(other) => return Err(format!("unknown peer `{other}` (supported: numpy)").into()),
@@ -81,6 +107,12 @@ pub fn run(args: &BenchArgs, registry: &Registry) -> Result<ExitCode, CommandErr
     if backends.is_empty() {
         return Err(format!("no backend named {:?} is compiled in", args.backend).into());
     }
+    // Ceiling sizes this machine cannot hold fail now, before anything is measured.
+    for backend in backends.iter().filter_map(|e| e.backend.as_ref().ok()) {
+        for &dtype in &dtypes {
+            ceilings::check_fits(&**backend, dtype, copy_bytes, gemm_size)?;
+        }
+    }
 
     let mut all_rows = Vec::new();
     let mut all_ceilings = Vec::new();
@@ -93,15 +125,12 @@ pub fn run(args: &BenchArgs, registry: &Registry) -> Result<ExitCode, CommandErr
                 continue;
             }
         };
-        let (copy_bytes, gemm_size) = if args.quick {
-            (8 << 20, 128)
-        } else {
-            (args.copy_mib << 20, args.gemm_size)
-        };
         let mut ceils = Vec::new();
         for &dtype in &dtypes {
             match ceilings::measure(&*backend, dtype, copy_bytes, gemm_size, budget) {
                 Ok(c) => ceils.push(c),
+                // Sizes this machine cannot hold: the arguments are wrong, not the backend.
+                Err(e @ (Error::OutOfMemory { .. } | Error::Size { .. })) => return Err(e.into()),
                 // Times still mean something without ceilings (e.g. no cuBLAS found).
                 Err(e) => {
                     println!("{}: no ceilings ({e}): times only", entry.name);
