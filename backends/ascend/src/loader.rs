@@ -172,10 +172,6 @@ symbol_table! {
             aclnnMulsGetWorkspaceSize: fn(Handle, Handle, Handle, *mut u64, *mut Handle) -> i32;
             /// aclnnMuls second phase.
             aclnnMuls: fn(Handle, u64, Handle, Handle) -> i32;
-            /// aclnnGather.md: `(const aclTensor *self, const int64_t dim, const aclTensor *index, aclTensor *out, ...)`
-            aclnnGatherGetWorkspaceSize: fn(Handle, i64, Handle, Handle, *mut u64, *mut Handle) -> i32;
-            /// aclnnGather second phase.
-            aclnnGather: fn(Handle, u64, Handle, Handle) -> i32;
             /// aclnnMatmul.md: `(const aclTensor *self, const aclTensor *mat2, aclTensor *out, int8_t cubeMathType, ...)`
             aclnnMatmulGetWorkspaceSize: fn(Handle, Handle, Handle, i8, *mut u64, *mut Handle) -> i32;
             /// aclnnMatmul second phase.

@@ -1,18 +1,27 @@
-//! moe_route -> (aclnnCast for F16/BF16 logits) + aclnnMoeGatingTopK.
+//! moe_route -> (aclnnCast for F16/BF16 logits) + aclnnMoeGatingTopK, finished on the host.
 //!
-//! aclnnMoeGatingTopK (cited in `loader.rs`; semantics in the emulator's
-//! `ops/moe_gating_top_k.rs`) computes DeepSeek gating, with these differences from the
-//! contract, handled here:
-//! - its weights are always `y / (sum(y) + eps) * routedScalingFactor`. With
-//!   `renormalize=true` we pass eps = 1e-20, below f32 resolution for any weight sum above
-//!   1e-12 (sigmoid/softmax top-k sums of real routers are far above that). With
-//!   `renormalize=false` its weights are not used: outFlag = true makes it output the
-//!   unbiased scores normOut [T, E], and the weights are aclnnGather(normOut, 1, ids) then
-//!   aclnnMuls(routed_scaling_factor);
+//! aclnnMoeGatingTopK (cited in `loader.rs`; its semantics, with the Huawei source of each,
+//! in the emulator's `ops/moe_gating_top_k.rs`) computes DeepSeek gating. Where it differs
+//! from the contract, this backend corrects it, so that it matches on hardware too:
+//! - yOut is `y / (sum + eps) * routedScalingFactor` for sigmoid but NOT renormalised for
+//!   softmax (ops-transformer `moe_gating_top_k_without_group.h` / `_generalized.h`
+//!   SelectTopKExpertScore; vllm-ascend renormalises softmax after the call), and the
+//!   contract divides by max(sum, 1e-20), not sum + eps. So yOut is not used: outFlag =
+//!   true makes the op output the unbiased scores normOut [T, E], and the host computes
+//!   the weights normOut[ids] (/ max(sum, 1e-20) if renormalize) * routed_scaling_factor
+//!   (`host.rs`). This costs one T x E f32 download per call (and forgoes the op's
+//!   DeepSeek-V3 fast tiling, which needs outFlag false).
+//! - NaN selection scores rank as -inf in the contract; CANN documents no NaN order for its
+//!   Sort. Rows whose scores hold a NaN, and all rows when the bias holds a non-finite value
+//!   (the grouped kernel pads groups with -inf, which a -inf score would tie with), get
+//!   their ids from the contract's selection on the host (`host.rs`), from the same normOut.
 //! - bias and yOut share x's dtype: logits are first cast to F32 (aclnnCast), so routing is
-//!   computed in f32 with the F32 bias and F32 weights, as the contract says;
-//! - its limits (E <= 2048, E / n_group > 2, align32(E / n_group) * n_group <= 2048,
-//!   top_k <= topk_group * E / n_group) are checked first and reported as Unsupported.
+//!   computed in f32 with the F32 bias, as the contract says;
+//! - the op's tiling limits (`moe_gating_top_k_tiling.cpp` CheckAttr) are checked first and
+//!   reported as Unsupported: E <= 2048, and align32(E / n_group) * n_group <= 2048 only
+//!   when groups are really selected (1 < n_group < E, topk_group < n_group).
+
+mod host;
 
 use crate::device::{acl_dtype, ACL_FLOAT};
 use crate::loader::OpApi;
@@ -21,13 +30,15 @@ use crate::AscendBackend;
 use moemla_core::calls::{MoeRouteCall, MoeRouteOutput};
 use moemla_core::{DType, GroupSelect, Op, Result, ScoreFunc};
 
-/// The eps passed to aclnnMoeGatingTopK (see the module doc).
+/// The eps passed to aclnnMoeGatingTopK, its documented default (unused: yOut is ignored).
 const EPS: f64 = 1e-20;
+/// aclnnMoeGatingTopK's most experts (tiling MAX_EXPERT_COUNT).
+const MAX_EXPERTS: usize = 2048;
 
 /// Contract gaps, for `info().notes`.
 pub const NOTES: [&str; 2] = [
-    "moe_route: aclnnMoeGatingTopK (F16/BF16 logits cast to F32 with aclnnCast first; eps = 1e-20); renormalize=false: weights from its normOut via aclnnGather + aclnnMuls (the op itself always renormalises)",
-    "moe_route: Unsupported where aclnnMoeGatingTopK's limits are exceeded: E > 2048, E / n_group <= 2, align32(E / n_group) * n_group > 2048",
+    "moe_route: aclnnMoeGatingTopK selects (F16/BF16 logits cast to F32 first); the weights are its normOut at the ids, renormalised by max(sum, 1e-20) and scaled on the host (the op renormalises only sigmoid, by sum + eps); rows with a NaN score, or all rows with a non-finite bias, are selected on the host by the contract's rules",
+    "moe_route: Unsupported where aclnnMoeGatingTopK's tiling refuses: E > 2048; with real group selection (1 < n_group < E, topk_group < n_group) align32(E / n_group) * n_group > 2048",
 ];
 
 /// Whether the loaded op libraries have what moe_route needs.
@@ -36,43 +47,41 @@ pub fn available(ops: &OpApi) -> bool {
         && ops.aclnnMoeGatingTopKGetWorkspaceSize.is_some()
         && ops.aclnnCast.is_some()
         && ops.aclnnCastGetWorkspaceSize.is_some()
-        && ops.aclnnGather.is_some()
-        && ops.aclnnGatherGetWorkspaceSize.is_some()
-        && ops.aclnnMuls.is_some()
-        && ops.aclnnMulsGetWorkspaceSize.is_some()
+}
+
+/// Whether the op really selects groups (its tiling's grouped case, GetTilingKey): with one
+/// group, one expert per group, or every group kept, it takes the top-k over all experts.
+fn grouped(call: &MoeRouteCall<'_>) -> bool {
+    let p = call.params;
+    p.n_group != 1 && p.n_group != call.experts && p.topk_group != p.n_group
 }
 
 fn check_limits(call: &MoeRouteCall<'_>) -> Result<()> {
     let p = call.params;
     let e = call.experts;
-    let per_group = e / p.n_group;
-    let rule =
-        |what: String, reason: &str| Err(unsupported(Op::MoeRoute, what, reason.to_string()));
-    if e > 2048 {
-        return rule(
+    if e > MAX_EXPERTS {
+        return Err(unsupported(
+            Op::MoeRoute,
             format!("E={e}"),
             "aclnnMoeGatingTopK supports at most 2048 experts",
-        );
+        ));
     }
-    if per_group <= 2 {
-        return rule(
-            format!("E/n_group={per_group}"),
-            "aclnnMoeGatingTopK needs more than 2 experts per group",
-        );
-    }
-    if per_group.div_ceil(32) * 32 * p.n_group > 2048 {
-        return rule(
-            format!("n_group={} with {per_group} experts per group", p.n_group),
-            "aclnnMoeGatingTopK needs align32(E / n_group) * n_group <= 2048",
-        );
-    }
-    if p.top_k > per_group * p.topk_group {
-        return rule(
-            format!("top_k={}", p.top_k),
-            "aclnnMoeGatingTopK needs top_k <= topk_group * E / n_group",
-        );
+    let aligned = (e / p.n_group).div_ceil(32) * 32 * p.n_group;
+    if grouped(call) && aligned > MAX_EXPERTS {
+        return Err(unsupported(
+            Op::MoeRoute,
+            format!("n_group={} with {} experts per group", p.n_group, e / p.n_group),
+            "aclnnMoeGatingTopK needs align32(E / n_group) * n_group <= 2048 when it selects groups",
+        ));
     }
     Ok(())
+}
+
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 /// Runs moe_route.
@@ -110,82 +119,77 @@ pub fn run(be: &AscendBackend, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput
         Some(x32)
     };
     let x_mem = x32.as_deref().unwrap_or(logits_mem);
-    let weights = dev.alloc(t * k * 4)?;
+    let y_out = dev.alloc(t * k * 4)?;
     let ids = dev.alloc(t * k * 4)?;
     let norm = dev.alloc(t * e * 4)?;
-    let x = dev.tensor(x_mem, &[t, e], None, 0, ACL_FLOAT)?;
-    let bias = bias_mem
-        .map(|m| dev.tensor(m, &[e], None, 0, ACL_FLOAT))
-        .transpose()?;
-    let y = dev.tensor(&weights, &[t, k], None, 0, ACL_FLOAT)?;
-    let idx = dev.tensor(&ids, &[t, k], None, 0, acl_dtype(DType::I32))?;
-    let out = dev.tensor(&norm, &[t, e], None, 0, ACL_FLOAT)?;
-    let group_select_mode = match p.group_select {
-        GroupSelect::Max => 0,
-        GroupSelect::Top2Sum => 1,
-    };
-    let norm_type = match p.score_func {
-        ScoreFunc::Softmax => 0,
-        ScoreFunc::Sigmoid => 1,
-    };
-    let bias_raw = bias.as_ref().map_or(std::ptr::null_mut(), |b| b.raw());
-    // SAFETY: handles live for the call; attribute values are the documented ones.
-    dev.run(
-        "aclnnMoeGatingTopK",
-        |ws, ex| unsafe {
-            (ops.aclnnMoeGatingTopKGetWorkspaceSize
-                .expect("checked by available()"))(
-                x.raw(),
-                bias_raw,
-                k as i64,
-                p.topk_group as i64,
-                p.n_group as i64,
-                group_select_mode,
-                0,
-                norm_type,
-                !p.renormalize,
-                p.routed_scaling_factor,
-                EPS,
-                y.raw(),
-                idx.raw(),
-                out.raw(),
-                ws,
-                ex,
-            )
-        },
-        ops.aclnnMoeGatingTopK,
-    )?;
-    if !p.renormalize {
-        // Unnormalised weights: scale * normOut[t, ids[t, j]].
-        let picked = dev.alloc(t * k * 4)?;
-        let g = dev.tensor(&picked, &[t, k], None, 0, ACL_FLOAT)?;
-        // SAFETY: handles live for the call; dim 1 gathers along the experts.
+    {
+        let x = dev.tensor(x_mem, &[t, e], None, 0, ACL_FLOAT)?;
+        let bias = bias_mem
+            .map(|m| dev.tensor(m, &[e], None, 0, ACL_FLOAT))
+            .transpose()?;
+        let y = dev.tensor(&y_out, &[t, k], None, 0, ACL_FLOAT)?;
+        let idx = dev.tensor(&ids, &[t, k], None, 0, acl_dtype(DType::I32))?;
+        let out = dev.tensor(&norm, &[t, e], None, 0, ACL_FLOAT)?;
+        // A one-expert group's top-2 sum is its one score (the contract's reading, as on the
+        // CPU backend), i.e. its max; the tiling refuses mode 1 below two experts per group.
+        let group_select_mode = match p.group_select {
+            GroupSelect::Top2Sum if e / p.n_group >= 2 => 1,
+            _ => 0,
+        };
+        let norm_type = match p.score_func {
+            ScoreFunc::Softmax => 0,
+            ScoreFunc::Sigmoid => 1,
+        };
+        let bias_raw = bias.as_ref().map_or(std::ptr::null_mut(), |b| b.raw());
+        // SAFETY: handles live for the call; attribute values are the documented ones
+        // (renorm 0, the only one the tiling accepts; outFlag true for normOut).
         dev.run(
-            "aclnnGather",
+            "aclnnMoeGatingTopK",
             |ws, ex| unsafe {
-                (ops.aclnnGatherGetWorkspaceSize
+                (ops.aclnnMoeGatingTopKGetWorkspaceSize
                     .expect("checked by available()"))(
-                    out.raw(), 1, idx.raw(), g.raw(), ws, ex
+                    x.raw(),
+                    bias_raw,
+                    k as i64,
+                    p.topk_group as i64,
+                    p.n_group as i64,
+                    group_select_mode,
+                    0,
+                    norm_type,
+                    true,
+                    p.routed_scaling_factor,
+                    EPS,
+                    y.raw(),
+                    idx.raw(),
+                    out.raw(),
+                    ws,
+                    ex,
                 )
             },
-            ops.aclnnGather,
-        )?;
-        let scale = dev.scalar_f32(p.routed_scaling_factor as f32)?;
-        // SAFETY: as above.
-        dev.run(
-            "aclnnMuls",
-            |ws, ex| unsafe {
-                (ops.aclnnMulsGetWorkspaceSize
-                    .expect("checked by available()"))(
-                    g.raw(), scale.raw(), y.raw(), ws, ex
-                )
-            },
-            ops.aclnnMuls,
+            ops.aclnnMoeGatingTopK,
         )?;
     }
-    dev.synchronize()?;
+    // The host side (module doc): normOut, ids and bias back, the contract's weights (and,
+    // where CANN's selection cannot be trusted, ids) up.
+    let scores = f32s(&dev.download_bytes(&norm, t * e * 4)?);
+    let mut host_ids: Vec<i32> = dev
+        .download_bytes(&ids, t * k * 4)?
+        .chunks_exact(4)
+        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let bias = bias_mem
+        .map(|m| dev.download_bytes(m, e * 4).map(|b| f32s(&b)))
+        .transpose()?;
+    let (weights, recomputed) = host::finish(p, e, &scores, bias.as_deref(), &mut host_ids)?;
+    let weights: Vec<u8> = weights.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let ids = if recomputed {
+        let bytes: Vec<u8> = host_ids.iter().flat_map(|i| i.to_le_bytes()).collect();
+        dev.upload_bytes(&bytes)?
+    } else {
+        ids
+    };
     Ok(MoeRouteOutput {
         topk_ids: be.wrap(ids, [t, k], DType::I32),
-        topk_weights: be.wrap(weights, [t, k], DType::F32),
+        topk_weights: be.wrap(dev.upload_bytes(&weights)?, [t, k], DType::F32),
     })
 }

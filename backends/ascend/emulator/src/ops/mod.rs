@@ -3,7 +3,6 @@
 
 pub mod elementwise;
 pub mod fused_infer_attention_score;
-pub mod gather;
 pub mod grouped_matmul;
 pub mod matmul;
 pub mod moe_gating_top_k;

@@ -1,0 +1,257 @@
+//! The emulated ops follow Huawei's sources where they differ from what a caller might
+//! expect (each case names the source the emulator cites): MoeGatingTopK's yOut and tiling
+//! rules. Calls go straight to the exported C functions.
+
+use moemla_cann_emulator::handles::{aclCreateTensor, AclTensor};
+use moemla_cann_emulator::memory::{aclrtMalloc, aclrtMemcpy};
+use moemla_cann_emulator::ops::moe_gating_top_k::{
+    aclnnMoeGatingTopK, aclnnMoeGatingTopKGetWorkspaceSize,
+};
+use moemla_cann_emulator::runtime::{
+    aclInit, aclrtCreateStream, aclrtSetDevice, aclrtSynchronizeStream,
+};
+use moemla_cann_emulator::status::{aclGetRecentErrMsg, ACLNN_ERR_INNER_TILING_ERROR};
+use moemla_cann_emulator::tensor::{DT_F32, DT_I32, FORMAT_ND};
+use std::ffi::{c_void, CStr};
+use std::ptr::{null, null_mut};
+
+fn recent() -> String {
+    // SAFETY: returns null or a live C string.
+    unsafe {
+        let p = aclGetRecentErrMsg();
+        assert!(!p.is_null());
+        CStr::from_ptr(p).to_string_lossy().into_owned()
+    }
+}
+
+/// aclInit (a repeat is harmless), device 0 on this thread, and a stream.
+fn stream() -> *mut c_void {
+    // SAFETY: plain FFI calls with out-pointers to locals.
+    unsafe {
+        aclInit(null());
+        assert_eq!(aclrtSetDevice(0), 0);
+        let mut s = null_mut();
+        assert_eq!(aclrtCreateStream(&mut s), 0);
+        s
+    }
+}
+
+fn malloc(bytes: usize) -> *mut c_void {
+    let mut p = null_mut();
+    // SAFETY: out-pointer to a local.
+    assert_eq!(unsafe { aclrtMalloc(&mut p, bytes.max(1), 0) }, 0);
+    p
+}
+
+/// Device memory holding `data`'s bytes.
+fn upload<T: Copy>(data: &[T]) -> *mut c_void {
+    let bytes = std::mem::size_of_val(data);
+    let p = malloc(bytes);
+    // SAFETY: `p` holds `bytes` bytes; `data` is valid for them (kind 1 = host to device).
+    let st = unsafe { aclrtMemcpy(p, bytes, data.as_ptr() as *const c_void, bytes, 1) };
+    assert_eq!(st, 0);
+    p
+}
+
+/// `n` values of `T` copied back from `p`.
+fn download<T: Copy + Default>(p: *mut c_void, n: usize) -> Vec<T> {
+    let mut out = vec![T::default(); n];
+    let bytes = std::mem::size_of_val(out.as_slice());
+    // SAFETY: `out` holds `bytes` bytes (kind 2 = device to host).
+    let st = unsafe { aclrtMemcpy(out.as_mut_ptr() as *mut c_void, bytes, p, bytes, 2) };
+    assert_eq!(st, 0);
+    out
+}
+
+/// An aclTensor `dims` (row-major unless `strides`) from element `offset` of `storage`
+/// elements at `data`.
+fn view(
+    data: *mut c_void,
+    dims: &[usize],
+    strides: Option<&[usize]>,
+    offset: usize,
+    storage: usize,
+    dtype: i32,
+) -> *mut AclTensor {
+    let d: Vec<i64> = dims.iter().map(|&x| x as i64).collect();
+    let s: Vec<i64> = match strides {
+        Some(s) => s.iter().map(|&x| x as i64).collect(),
+        None => (0..dims.len())
+            .map(|i| dims[i + 1..].iter().product::<usize>() as i64)
+            .collect(),
+    };
+    let st = [storage as i64];
+    // SAFETY: arrays valid for their lengths.
+    let t = unsafe {
+        aclCreateTensor(
+            d.as_ptr(),
+            d.len() as u64,
+            dtype,
+            s.as_ptr(),
+            offset as i64,
+            FORMAT_ND,
+            st.as_ptr(),
+            1,
+            data,
+        )
+    };
+    assert!(!t.is_null(), "{}", recent());
+    t
+}
+
+/// A contiguous tensor over its own new device copy of `data`.
+fn tensor<T: Copy>(data: &[T], dims: &[usize], dtype: i32) -> (*mut c_void, *mut AclTensor) {
+    let p = upload(data);
+    (p, view(p, dims, None, 0, data.len(), dtype))
+}
+
+/// Runs a prepared executor on `stream` with the workspace it asked for, and waits.
+fn launch(
+    op: unsafe extern "C" fn(*mut c_void, u64, *mut c_void, *mut c_void) -> i32,
+    ws: u64,
+    exec: *mut c_void,
+    stream: *mut c_void,
+) {
+    let buf = malloc(ws as usize);
+    // SAFETY: executor from the matching first phase; workspace of its size.
+    unsafe {
+        assert_eq!(op(buf, ws, exec, stream), 0, "{}", recent());
+        assert_eq!(aclrtSynchronizeStream(stream), 0, "{}", recent());
+    }
+}
+
+/// MoeGatingTopK attributes (k, kGroup, groupCount, groupSelectMode, renorm, normType,
+/// scale, eps).
+type GatingAttrs = (i64, i64, i64, i64, i64, i64, f64, f64);
+
+/// MoeGatingTopK's first phase over F32 `x` [t, e] (outFlag true); the status and, on
+/// success, the executor and device outputs (yOut, expertIdxOut, outOut).
+fn gating(
+    x: &[f32],
+    t: usize,
+    e: usize,
+    a: GatingAttrs,
+) -> Result<(u64, *mut c_void, [*mut c_void; 3]), i32> {
+    let (k, k_group, groups, mode, renorm, norm_type, scale, eps) = a;
+    let kk = k.max(0) as usize;
+    let (_, xt) = tensor(x, &[t, e], DT_F32);
+    let (y, yt) = tensor(&vec![0f32; t * kk], &[t, kk], DT_F32);
+    let (ids, it) = tensor(&vec![0i32; t * kk], &[t, kk], DT_I32);
+    let (norm, nt) = tensor(&vec![0f32; t * e], &[t, e], DT_F32);
+    let (mut ws, mut exec) = (0u64, null_mut());
+    // SAFETY: handles from the emulator; out-pointers are locals.
+    let st = unsafe {
+        aclnnMoeGatingTopKGetWorkspaceSize(
+            xt,
+            null(),
+            k,
+            k_group,
+            groups,
+            mode,
+            renorm,
+            norm_type,
+            true,
+            scale,
+            eps,
+            yt,
+            it,
+            nt,
+            &mut ws,
+            &mut exec,
+        )
+    };
+    if st == 0 {
+        Ok((ws, exec, [y, ids, norm]))
+    } else {
+        Err(st)
+    }
+}
+
+/// Runs MoeGatingTopK; returns (yOut, expertIdxOut, normOut).
+fn run_gating(x: &[f32], t: usize, e: usize, a: GatingAttrs) -> (Vec<f32>, Vec<i32>, Vec<f32>) {
+    let s = stream();
+    let (ws, exec, [y, ids, norm]) = gating(x, t, e, a).unwrap_or_else(|st| {
+        panic!("status {st}: {}", recent());
+    });
+    launch(aclnnMoeGatingTopK, ws, exec, s);
+    let k = a.0 as usize;
+    (
+        download(y, t * k),
+        download(ids, t * k),
+        download(norm, t * e),
+    )
+}
+
+#[test]
+fn moe_gating_top_k_softmax_y_is_scaled_not_renormalised() {
+    // ops-transformer moe_gating_top_k_without_group.h SelectTopKExpertScore: only
+    // normType 1 divides by sum + eps.
+    let x = [0.5f32, -1.0, 2.0, 0.25, 1.5, -0.5, 0.0, 1.0];
+    let (y, ids, norm) = run_gating(&x, 1, 8, (3, 1, 1, 0, 0, 0, 2.0, 1e-20));
+    let z: f64 = x.iter().map(|&v| (v as f64).exp()).sum();
+    let softmax: Vec<f64> = x.iter().map(|&v| (v as f64).exp() / z).collect();
+    assert_eq!(ids, [2, 4, 7]);
+    for (j, &id) in ids.iter().enumerate() {
+        let want = softmax[id as usize] * 2.0;
+        assert!((y[j] as f64 - want).abs() < 1e-6, "{y:?} vs softmax * 2");
+        assert!((norm[id as usize] as f64 - softmax[id as usize]).abs() < 1e-6);
+    }
+    // Renormalised weights would sum to the scale; these sum to 2 * 0.78.
+    let sum: f32 = y.iter().sum();
+    assert!((sum - 2.0).abs() > 0.3, "sum {sum}");
+}
+
+#[test]
+fn moe_gating_top_k_sigmoid_y_divides_by_sum_plus_eps() {
+    // Same source: sigmoid yOut = y / (sum(y) + eps) * routedScalingFactor. A large eps
+    // tells sum + eps from max(sum, eps).
+    let x = [3.0f32, -2.0, 1.0, 0.0];
+    let (y, ids, _) = run_gating(&x, 1, 4, (2, 1, 1, 0, 0, 1, 1.5, 0.5));
+    assert_eq!(ids, [0, 2]);
+    let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
+    let (a, b) = (sig(3.0), sig(1.0));
+    for (got, s) in y.iter().zip([a, b]) {
+        let want = s / (a + b + 0.5) * 1.5;
+        assert!((*got as f64 - want).abs() < 1e-6, "{got} vs {want}");
+    }
+}
+
+#[test]
+fn moe_gating_top_k_align32_is_checked_only_when_groups_are_selected() {
+    // moe_gating_top_k_tiling.cpp CheckAttr: align32(E / groupCount) * groupCount <= 2048
+    // only "分组场景" (groupCount not 1, not E, kGroup < groupCount).
+    let (t, e) = (1, 2040); // 120 groups of 17: 120 * 32 = 3840 > 2048
+    let x: Vec<f32> = (0..e)
+        .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+        .collect();
+    let (_, ids, _) = run_gating(&x, t, e, (4, 120, 120, 0, 0, 1, 1.0, 1e-20));
+    let mut want: Vec<usize> = (0..e).collect();
+    want.sort_by(|&a, &b| x[b].total_cmp(&x[a]).then(a.cmp(&b)));
+    let want: Vec<i32> = want[..4].iter().map(|&i| i as i32).collect();
+    assert_eq!(ids, want);
+    let st = gating(&x, t, e, (4, 4, 120, 0, 0, 1, 1.0, 1e-20)).unwrap_err();
+    assert_eq!(st, ACLNN_ERR_INNER_TILING_ERROR);
+    assert!(recent().contains("group count * group expert count align is: 3840"));
+}
+
+#[test]
+fn moe_gating_top_k_tiling_rejects_what_its_tiling_rejects() {
+    stream();
+    let x = vec![0.1f32; 8];
+    // Top-2 sum needs two experts per group; max is fine with one.
+    let st = gating(&x, 1, 8, (2, 4, 8, 1, 0, 1, 1.0, 1e-20)).unwrap_err();
+    assert_eq!(st, ACLNN_ERR_INNER_TILING_ERROR);
+    assert!(recent().contains("group expert count should be greater than 1"));
+    assert!(gating(&x, 1, 8, (2, 4, 8, 0, 0, 1, 1.0, 1e-20)).is_ok());
+    // renorm 1 and normType 2 are refused by the tiling (not a dtype / null error).
+    for attrs in [
+        (2, 1, 1, 0, 1, 1, 1.0, 1e-20),
+        (2, 1, 1, 0, 0, 2, 1.0, 1e-20),
+        (2, 1, 1, 2, 0, 1, 1.0, 1e-20),
+        (9, 1, 1, 0, 0, 1, 1.0, 1e-20),
+        (5, 1, 2, 0, 0, 1, 1.0, 1e-20),
+    ] {
+        let st = gating(&x, 1, 8, attrs).unwrap_err();
+        assert_eq!(st, ACLNN_ERR_INNER_TILING_ERROR, "{attrs:?}: {}", recent());
+    }
+}
