@@ -48,8 +48,8 @@ MoemlaError* ex_error(MoemlaErrorCode code, const char* format, ...) {
 
 MoemlaError* ex_index_error(const char* arg, size_t position, int64_t value) {
     MoemlaError* error = ex_error(MOEMLA_ERROR_INDEX_OUT_OF_RANGE,
-                                  "example: `%s` element %lu = %lld is out of range", arg,
-                                  (unsigned long)position, (long long)value);
+                                  "example: `%s` element %zu = %lld is out of range", arg,
+                                  position, (long long)value);
     if (!error->is_static) {
         error->index_arg = arg;
         error->index_position = position;
@@ -161,8 +161,8 @@ static MoemlaError* ex_buffer_alloc(MoemlaBufferAllocArgs* args) {
      * memset only when args->zero_fill is 1. */
     args->buffer = ex_new_buffer(args->size_in_bytes);
     if (args->buffer == NULL) {
-        return ex_error(MOEMLA_ERROR_OUT_OF_MEMORY, "example: cannot allocate %lu bytes",
-                        (unsigned long)args->size_in_bytes);
+        return ex_error(MOEMLA_ERROR_OUT_OF_MEMORY, "example: cannot allocate %zu bytes",
+                        args->size_in_bytes);
     }
     return NULL;
 }
@@ -171,8 +171,8 @@ static MoemlaError* ex_buffer_from_host(MoemlaBufferFromHostArgs* args) {
     EX_REQUIRE_SIZE(MoemlaBufferFromHostArgs, args, buffer);
     args->buffer = ex_new_buffer(args->size_in_bytes);
     if (args->buffer == NULL) {
-        return ex_error(MOEMLA_ERROR_OUT_OF_MEMORY, "example: cannot allocate %lu bytes",
-                        (unsigned long)args->size_in_bytes);
+        return ex_error(MOEMLA_ERROR_OUT_OF_MEMORY, "example: cannot allocate %zu bytes",
+                        args->size_in_bytes);
     }
     if (args->size_in_bytes > 0) {
         memcpy(args->buffer->data, args->host_data, args->size_in_bytes);
@@ -184,9 +184,9 @@ static MoemlaError* ex_buffer_to_host(MoemlaBufferToHostArgs* args) {
     EX_REQUIRE_SIZE(MoemlaBufferToHostArgs, args, size_in_bytes);
     if (args->buffer == NULL || args->size_in_bytes != args->buffer->size) {
         return ex_error(MOEMLA_ERROR_INVALID_ARGUMENT,
-                        "example: buffer_to_host of %lu bytes from a buffer of %lu",
-                        (unsigned long)args->size_in_bytes,
-                        (unsigned long)(args->buffer ? args->buffer->size : 0));
+                        "example: buffer_to_host of %zu bytes from a buffer of %zu",
+                        args->size_in_bytes,
+                        (args->buffer ? args->buffer->size : (size_t)0));
     }
     if (args->size_in_bytes > 0) {
         memcpy(args->host_data, args->buffer->data, args->size_in_bytes);
