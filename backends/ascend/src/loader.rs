@@ -172,6 +172,10 @@ symbol_table! {
             aclnnMulsGetWorkspaceSize: fn(Handle, Handle, Handle, *mut u64, *mut Handle) -> i32;
             /// aclnnMuls second phase.
             aclnnMuls: fn(Handle, u64, Handle, Handle) -> i32;
+            /// aclnnInplaceZero.md (hicann/ops-math `math/zero_op/docs/aclnnInplaceZero.md`): `(aclTensor *selfRef, ...)`
+            aclnnInplaceZeroGetWorkspaceSize: fn(Handle, *mut u64, *mut Handle) -> i32;
+            /// aclnnInplaceZero second phase.
+            aclnnInplaceZero: fn(Handle, u64, Handle, Handle) -> i32;
             /// aclnnMatmul.md: `(const aclTensor *self, const aclTensor *mat2, aclTensor *out, int8_t cubeMathType, ...)`
             aclnnMatmulGetWorkspaceSize: fn(Handle, Handle, Handle, i8, *mut u64, *mut Handle) -> i32;
             /// aclnnMatmul second phase.

@@ -2,9 +2,10 @@
 
 mod common;
 
-use moemla_core::{ops, Backend, DType, Error, ExpertsParams, HostTensor};
+use moemla_core::{ops, Backend, DType, DeviceTensor, Error, ExpertsParams, HostTensor};
 
-/// y[t] = sum_j w[t,j] * W2[e] @ (silu(W1[e] x[t]) * (W3[e] x[t])), in f64.
+/// y[t] = sum_j w[t,j] * W2[e] @ (silu(W1[e] x[t]) * (W3[e] x[t])), in f64; a slot with id -1
+/// or weight 0 is skipped (it contributes nothing, whatever its expert computes).
 #[allow(clippy::too_many_arguments)]
 fn reference(
     x: &[f32],
@@ -22,7 +23,7 @@ fn reference(
         let xr = &x[tok * h..(tok + 1) * h];
         for j in 0..k {
             let e = ids[tok * k + j];
-            if e < 0 {
+            if e < 0 || wts[tok * k + j] == 0.0 {
                 continue;
             }
             let e = e as usize;
@@ -160,4 +161,120 @@ fn expert_id_out_of_range_is_an_index_error() {
         matches!(&err, Error::IndexOutOfRange { arg: "topk_ids", index, value: 4, .. } if index == &vec![1, 1]),
         "{err}"
     );
+}
+
+/// Uploads `values` as a `dtype` tensor of `shape`.
+fn upload(be: &dyn Backend, shape: &[usize], values: &[f32], dtype: DType) -> DeviceTensor {
+    be.upload(&HostTensor::from_f32_as(shape.to_vec(), values, dtype).unwrap())
+        .unwrap()
+}
+
+fn empty_slots_case(dtype: DType) {
+    let be = common::backend();
+    let (t, h, i, e, k) = (3, 32, 16, 4, 3);
+    let x = common::values(31, t * h, -1.0, 1.0);
+    let mut w13 = common::values(32, e * 2 * i * h, -0.2, 0.2);
+    let mut w2 = common::values(33, e * h * i, -0.2, 0.2);
+    // Expert 0 computes NaN (its down projection is NaN), expert 2 inf/NaN (an inf in its
+    // gate projection).
+    w2[..h * i].fill(f32::NAN);
+    w13[2 * 2 * i * h] = f32::INFINITY;
+    // Row 0: an empty slot (-1) next to live ones; row 1: weights +0 and -0 on the
+    // non-finite experts; row 2: a zero weight on expert 0 after two live slots.
+    let ids = [1, -1, 3, 0, 1, 2, 3, 1, 0];
+    let wts = [0.5, 0.7, 0.3, 0.0, 0.4, -0.0, 0.2, 0.3, 0.0f32];
+    let (xh, w13h, w2h) = (
+        HostTensor::from_f32_as([t, h], &x, dtype).unwrap(),
+        HostTensor::from_f32_as([e, 2 * i, h], &w13, dtype).unwrap(),
+        HostTensor::from_f32_as([e, h, i], &w2, dtype).unwrap(),
+    );
+    let y = ops::moe_experts(
+        &be,
+        &be.upload(&xh).unwrap(),
+        &be.upload(&w13h).unwrap(),
+        &be.upload(&w2h).unwrap(),
+        &be.upload(&HostTensor::from_slice([t, k], &ids).unwrap())
+            .unwrap(),
+        &be.upload(&HostTensor::from_slice([t, k], &wts).unwrap())
+            .unwrap(),
+        &ExpertsParams::default(),
+    )
+    .unwrap();
+    let got = be.download(&y).unwrap().to_f32_vec().unwrap();
+    let want = reference(
+        &xh.to_f32_vec().unwrap(),
+        &w13h.to_f32_vec().unwrap(),
+        &w2h.to_f32_vec().unwrap(),
+        &ids,
+        &wts,
+        t,
+        h,
+        i,
+        k,
+    );
+    let tol = if dtype == DType::F32 { 1e-4 } else { 2e-2 };
+    for (n, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!(
+            w.is_finite() && (*g as f64 - w).abs() <= tol + tol * w.abs(),
+            "{dtype} y[{n}] = {g}, want {w}"
+        );
+    }
+    assert!(want.iter().any(|w| w.abs() > 0.01), "degenerate reference");
+}
+
+#[test]
+fn empty_and_zero_weight_slots_ignore_non_finite_experts_f32() {
+    empty_slots_case(DType::F32);
+}
+
+#[test]
+fn empty_and_zero_weight_slots_ignore_non_finite_experts_bf16() {
+    empty_slots_case(DType::BF16);
+}
+
+#[test]
+fn grouped_matmul_limits_are_unsupported() {
+    // aclnnGroupedMatmulV4: at most 1024 groups, K (H for gate/up, I for down) <= 65535.
+    let be = common::backend();
+    let run = |t: usize, h: usize, i: usize, e: usize| {
+        let ids = vec![0i32; t];
+        let x = upload(&be, &[t, h], &vec![0.5; t * h], DType::BF16);
+        let w13 = upload(&be, &[e, 2 * i, h], &vec![0.1; e * 2 * i * h], DType::BF16);
+        let w2 = upload(&be, &[e, h, i], &vec![0.1; e * h * i], DType::BF16);
+        let ids = be
+            .upload(&HostTensor::from_slice([t, 1], &ids).unwrap())
+            .unwrap();
+        let wts = be
+            .upload(&HostTensor::from_slice([t, 1], &vec![1.0f32; t]).unwrap())
+            .unwrap();
+        ops::moe_experts(&be, &x, &w13, &w2, &ids, &wts, &ExpertsParams::default())
+    };
+    assert!(run(1, 2, 1, 1024).is_ok());
+    for (h, i, e, what) in [
+        (2, 1, 1025, "E=1025"),
+        (65536, 1, 1, "H=65536"),
+        (2, 65536, 1, "I=65536"),
+    ] {
+        let err = run(1, h, i, e).unwrap_err();
+        assert!(
+            matches!(&err, Error::Unsupported { what: w, .. } if w == what),
+            "{what}: {err}"
+        );
+    }
+    // An input error is reported before the capability check.
+    let ids = be
+        .upload(&HostTensor::from_slice([1, 1], &[1025i32]).unwrap())
+        .unwrap();
+    let err = ops::moe_experts(
+        &be,
+        &upload(&be, &[1, 2], &[0.5; 2], DType::BF16),
+        &upload(&be, &[1025, 2, 2], &vec![0.1; 1025 * 4], DType::BF16),
+        &upload(&be, &[1025, 2, 1], &vec![0.1; 1025 * 2], DType::BF16),
+        &ids,
+        &be.upload(&HostTensor::from_slice([1, 1], &[1.0f32]).unwrap())
+            .unwrap(),
+        &ExpertsParams::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(&err, Error::IndexOutOfRange { .. }), "{err}");
 }

@@ -1,17 +1,23 @@
 //! The emulated ops follow Huawei's sources where they differ from what a caller might
 //! expect (each case names the source the emulator cites): MoeGatingTopK's yOut and tiling
-//! rules. Calls go straight to the exported C functions.
+//! rules, GroupedMatmulV4's limits, InplaceZero. Calls go straight to the exported C functions.
 
-use moemla_cann_emulator::handles::{aclCreateTensor, AclTensor};
+use moemla_cann_emulator::handles::{
+    aclCreateTensor, aclCreateTensorList, AclTensor, AclTensorList,
+};
 use moemla_cann_emulator::memory::{aclrtMalloc, aclrtMemcpy};
+use moemla_cann_emulator::ops::elementwise::{aclnnInplaceZero, aclnnInplaceZeroGetWorkspaceSize};
+use moemla_cann_emulator::ops::grouped_matmul::aclnnGroupedMatmulV4GetWorkspaceSize;
 use moemla_cann_emulator::ops::moe_gating_top_k::{
     aclnnMoeGatingTopK, aclnnMoeGatingTopKGetWorkspaceSize,
 };
 use moemla_cann_emulator::runtime::{
     aclInit, aclrtCreateStream, aclrtSetDevice, aclrtSynchronizeStream,
 };
-use moemla_cann_emulator::status::{aclGetRecentErrMsg, ACLNN_ERR_INNER_TILING_ERROR};
-use moemla_cann_emulator::tensor::{DT_F32, DT_I32, FORMAT_ND};
+use moemla_cann_emulator::status::{
+    aclGetRecentErrMsg, ACLNN_ERR_INNER_TILING_ERROR, ACLNN_ERR_PARAM_INVALID,
+};
+use moemla_cann_emulator::tensor::{DT_F16, DT_F32, DT_I32, DT_I64, FORMAT_ND};
 use std::ffi::{c_void, CStr};
 use std::ptr::{null, null_mut};
 
@@ -103,6 +109,12 @@ fn view(
 fn tensor<T: Copy>(data: &[T], dims: &[usize], dtype: i32) -> (*mut c_void, *mut AclTensor) {
     let p = upload(data);
     (p, view(p, dims, None, 0, data.len(), dtype))
+}
+
+fn list(t: *mut AclTensor) -> *mut AclTensorList {
+    let items = [t as *const AclTensor];
+    // SAFETY: one valid element.
+    unsafe { aclCreateTensorList(items.as_ptr(), 1) }
 }
 
 /// Runs a prepared executor on `stream` with the workspace it asked for, and waits.
@@ -254,4 +266,87 @@ fn moe_gating_top_k_tiling_rejects_what_its_tiling_rejects() {
         let st = gating(&x, 1, 8, attrs).unwrap_err();
         assert_eq!(st, ACLNN_ERR_INNER_TILING_ERROR, "{attrs:?}: {}", recent());
     }
+}
+
+/// GroupedMatmulV4's first phase: x [m, k], weight [e, k, n] (transposed in its last two
+/// dims if `transposed`), groupList [e] cumsum, out [m, n].
+fn gmm(m: usize, k: usize, n: usize, e: usize, transposed: bool) -> i32 {
+    let (_, x) = tensor(&vec![0u16; m * k], &[m, k], DT_F16);
+    let wp = upload(&vec![0u16; e * k * n]);
+    let strides = [k * n, 1, k];
+    let w = view(
+        wp,
+        &[e, k, n],
+        transposed.then_some(&strides[..]),
+        0,
+        e * k * n,
+        DT_F16,
+    );
+    let groups: Vec<i64> = vec![m as i64; e];
+    let (_, gl) = tensor(&groups, &[e], DT_I64);
+    let (_, y) = tensor(&vec![0u16; m * n], &[m, n], DT_F16);
+    let (mut ws, mut exec) = (0u64, null_mut());
+    let n = null();
+    // SAFETY: handles from the emulator, the rest null; out-pointers are locals.
+    unsafe {
+        aclnnGroupedMatmulV4GetWorkspaceSize(
+            list(x),
+            list(w),
+            n,
+            n,
+            n,
+            n,
+            n,
+            n,
+            gl,
+            n,
+            n,
+            n,
+            2,
+            0,
+            0,
+            0,
+            list(y),
+            n,
+            n,
+            &mut ws,
+            &mut exec,
+        )
+    }
+}
+
+#[test]
+fn grouped_matmul_v4_limits_groups_and_the_inner_axis() {
+    // aclnn_grouped_matmul.cpp: groupList (tensor) at most 1024 long; x's K and, for a
+    // weight that is not transposed, its N at most 65535.
+    stream();
+    assert_eq!(gmm(2, 2, 2, 1024, true), 0, "{}", recent());
+    assert_eq!(gmm(2, 2, 2, 1025, true), ACLNN_ERR_PARAM_INVALID);
+    assert!(recent().contains("size of groupList 1025"), "{}", recent());
+    assert_eq!(gmm(1, 65535, 1, 1, true), 0, "{}", recent());
+    assert_eq!(gmm(1, 65536, 1, 1, true), ACLNN_ERR_PARAM_INVALID);
+    assert!(recent().contains("x[0] should less or equal to 65535"));
+    assert_eq!(gmm(1, 2, 65536, 1, false), ACLNN_ERR_PARAM_INVALID);
+    assert!(recent().contains("Weight[0] should less or equal to 65535"));
+    assert_eq!(gmm(1, 2, 65536, 1, true), 0, "{}", recent());
+}
+
+#[test]
+fn inplace_zero_zeroes_its_view_only() {
+    // ops-math aclnnInplaceZero.md: selfRef = 0; non-contiguous views allowed.
+    let s = stream();
+    let data: Vec<f32> = (1..=12).map(|v| v as f32).collect();
+    let p = upload(&data);
+    // Rows 1..3 of a [4, 3] matrix, columns 0 and 2.
+    let t = view(p, &[2, 2], Some(&[3, 2]), 3, 12, DT_F32);
+    let (mut ws, mut exec) = (0u64, null_mut());
+    // SAFETY: handle from the emulator; out-pointers are locals.
+    assert_eq!(
+        unsafe { aclnnInplaceZeroGetWorkspaceSize(t, &mut ws, &mut exec) },
+        0
+    );
+    launch(aclnnInplaceZero, ws, exec, s);
+    let got: Vec<f32> = download(p, 12);
+    let want = [1., 2., 3., 0., 5., 0., 0., 8., 0., 10., 11., 12.];
+    assert_eq!(got, want);
 }

@@ -3,33 +3,46 @@
 //!
 //! 1. topk_ids are copied to the host and checked (`moemla_core::indices::check_topk_ids`):
 //!    CANN's routing ops do not bounds-check ids.
-//! 2. Our "no expert" id -1 has no CANN equivalent (InitRoutingV2 wants ids in
-//!    [0, expertNum) when it counts tokens per expert): such a slot is routed to expert 0
-//!    with weight 0 (ids and weights are rewritten on the host and uploaded). It contributes
-//!    exactly 0 unless expert 0's output for that token is not finite.
+//! 2. A slot with id -1 ("no expert") or weight 0 (+0 or -0) must contribute nothing, even
+//!    when an expert's output is NaN or inf; CANN has no "none" id, and
+//!    MoeFinalizeRoutingV2 multiplies every slot's expert output by its scale (0 * NaN =
+//!    NaN). So, on the host, such a slot is parked on an extra expert E that no GEMM
+//!    computes (weight set to 0): InitRoutingV2 runs with expertNum E + 1, sorts the parked
+//!    slots after every real one, i.e. into the last rows of the expanded matrix, and those
+//!    rows are zeroed (aclnnInplaceZero) before the combine, which then adds 0 * 0.
 //! 3. InitRoutingV2 (dropless, cumsum counts) -> expanded x [T*k, H], expandedRowIdx, per
-//!    expert cumsum (cast I32 -> I64 for GroupedMatmulV4's groupList).
+//!    expert cumsum [E + 1] (cast I32 -> I64; its first E entries are GroupedMatmulV4's
+//!    groupList, so the parked rows lie past the last group).
 //! 4. GroupedMatmulV4, m-axis groups: expanded x @ W13[e]^T. Our w13 is [E, 2I, H]; GMM wants
 //!    weight [E, K=H, N=2I]: passed as a strided view (strides [2I*H, 1, H]), the transposed
 //!    weight layout GMM documents ("tensor转置"), no copy. Same for w2 [E, H, I] -> [E, I, H].
+//!    GMM's limits (ops-transformer `gmm/grouped_matmul/op_host/op_api/aclnn_grouped_matmul.cpp`:
+//!    at most 1024 groups, x's K <= 65535; with transposed weights N is not limited) are
+//!    checked first and reported as Unsupported: E <= 1024, H and I <= 65535.
 //! 5. SwiGlu(dim -1): silu(first half = gate W1) * second half (up W3), as w13 is ordered.
-//! 6. Down projection cast to F32, MoeFinalizeRoutingV2 (dropPadMode 2, F32 scales =
-//!    topk_weights) in F32, then cast to the run dtype: the weighted combine runs in f32.
+//! 6. Down projection cast to F32, parked rows zeroed, MoeFinalizeRoutingV2 (dropPadMode 2,
+//!    F32 scales = topk_weights) in F32, then cast to the run dtype: the weighted combine
+//!    runs in f32.
 
 use crate::device::{acl_dtype, DevMem, ACL_FLOAT};
 use crate::loader::OpApi;
-use crate::ops::require_ops;
+use crate::ops::{require_ops, unsupported};
 use crate::AscendBackend;
 use moemla_core::calls::MoeExpertsCall;
 use moemla_core::{indices, DType, DeviceTensor, Op, Result};
 
 /// ACL_INT64 (AscendCL "aclDataType").
 const ACL_INT64: i32 = 9;
+/// GroupedMatmulV4's most groups (aclnn_grouped_matmul.cpp MAX_GROUP_LIST_SIZE_TENSOR).
+const MAX_GROUPS: usize = 1024;
+/// GroupedMatmulV4's largest K (aclnn_grouped_matmul.cpp MAX_INNER_AXIS: x's last dim).
+const MAX_K: usize = 65535;
 
 /// Contract gaps, for `info().notes`.
-pub const NOTES: [&str; 2] = [
+pub const NOTES: [&str; 3] = [
     "moe_experts: aclnnMoeInitRoutingV2 + aclnnGroupedMatmulV4 (w13/w2 as transposed strided views) + aclnnSwiGlu + aclnnGroupedMatmulV4 + aclnnMoeFinalizeRoutingV2 (combine in f32)",
-    "moe_experts: id -1 (no expert) is routed to expert 0 with weight 0 (CANN's routing has no 'none' id): exact unless expert 0's output for that token is inf/NaN",
+    "moe_experts: slots with id -1 or weight 0 are parked on an extra expert no GEMM computes and their rows zeroed (aclnnInplaceZero) before the combine, so they contribute nothing even when an expert's output is NaN/inf",
+    "moe_experts: Unsupported beyond aclnnGroupedMatmulV4's limits: E > 1024 groups, H or I > 65535 (its K)",
 ];
 
 /// Whether the loaded op libraries have what moe_experts needs.
@@ -44,6 +57,29 @@ pub fn available(ops: &OpApi) -> bool {
         && ops.aclnnMoeFinalizeRoutingV2.is_some()
         && ops.aclnnCastGetWorkspaceSize.is_some()
         && ops.aclnnCast.is_some()
+        && ops.aclnnInplaceZeroGetWorkspaceSize.is_some()
+        && ops.aclnnInplaceZero.is_some()
+}
+
+/// GroupedMatmulV4's limits (module doc, step 4), as Unsupported.
+fn check_limits(call: &MoeExpertsCall<'_>) -> Result<()> {
+    if call.experts > MAX_GROUPS {
+        return Err(unsupported(
+            Op::MoeExperts,
+            format!("E={}", call.experts),
+            "aclnnGroupedMatmulV4 takes at most 1024 groups (experts)",
+        ));
+    }
+    for (what, k) in [("H", call.hidden), ("I", call.inter)] {
+        if k > MAX_K {
+            return Err(unsupported(
+                Op::MoeExperts,
+                format!("{what}={k}"),
+                "aclnnGroupedMatmulV4 needs K (H for gate/up, I for down) <= 65535",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn bytes_of<T: Copy>(v: &[T], f: impl Fn(T) -> [u8; 4]) -> Vec<u8> {
@@ -52,7 +88,6 @@ fn bytes_of<T: Copy>(v: &[T], f: impl Fn(T) -> [u8; 4]) -> Vec<u8> {
 
 /// Runs moe_experts.
 pub fn run(be: &AscendBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor> {
-    require_ops(Op::MoeExperts, available(&be.dev.cann.ops))?;
     let dev = &be.dev;
     let ops = &dev.cann.ops;
     let (t, h, i, e, k) = (
@@ -68,7 +103,8 @@ pub fn run(be: &AscendBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor
     let ids_mem = be.mem(call.topk_ids, "moe_experts", "topk_ids")?;
     let wts_mem = be.mem(call.topk_weights, "moe_experts", "topk_weights")?;
 
-    // 1-2. Ids on the host: check, then map -1 to (expert 0, weight 0).
+    // 1-2. Ids on the host: check (an input error comes before any capability check),
+    // then park the slots that contribute nothing on expert E with weight 0.
     let to_i32 = |b: Vec<u8>| -> Vec<i32> {
         b.chunks_exact(4)
             .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -76,17 +112,24 @@ pub fn run(be: &AscendBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor
     };
     let ids = to_i32(dev.download_bytes(ids_mem, t * k * 4)?);
     indices::check_topk_ids(call, &ids)?;
+    check_limits(call)?;
+    require_ops(Op::MoeExperts, available(&dev.cann.ops))?;
     let mut weights: Vec<f32> = dev
         .download_bytes(wts_mem, t * k * 4)?
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
-    let routed: Vec<i32> = ids.iter().map(|&id| id.max(0)).collect();
-    for (w, &id) in weights.iter_mut().zip(&ids) {
-        if id < 0 {
+    // E <= 1024 (check_limits), so E as i32 is exact.
+    let parked_id = e as i32;
+    let mut routed = ids;
+    for (id, w) in routed.iter_mut().zip(weights.iter_mut()) {
+        // `== 0.0` is also true for -0.0.
+        if *id < 0 || *w == 0.0 {
+            *id = parked_id;
             *w = 0.0;
         }
     }
+    let live = routed.iter().filter(|&&id| id != parked_id).count();
     let ids_dev = dev.upload_bytes(&bytes_of(&routed, i32::to_le_bytes))?;
     let wts_dev = dev.upload_bytes(&bytes_of(&weights, f32::to_le_bytes))?;
 
@@ -108,16 +151,16 @@ pub fn run(be: &AscendBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor
         )
     };
 
-    // 3. Permute tokens by expert.
+    // 3. Permute tokens by expert (expert E = the parked slots, sorted last).
     let expanded = dev.alloc(rows * h * esz)?;
     let row_idx = dev.alloc(rows * 4)?;
-    let cumsum = dev.alloc(e * 4)?;
+    let cumsum = dev.alloc((e + 1) * 4)?;
     {
         let x = dev.tensor(x_mem, &[t, h], None, 0, dt)?;
         let idx = dev.tensor(&ids_dev, &[t, k], None, 0, i32_t)?;
         let ex_t = dev.tensor(&expanded, &[rows, h], None, 0, dt)?;
         let ri = dev.tensor(&row_idx, &[rows], None, 0, i32_t)?;
-        let cs = dev.tensor(&cumsum, &[e], None, 0, i32_t)?;
+        let cs = dev.tensor(&cumsum, &[e + 1], None, 0, i32_t)?;
         let null = std::ptr::null_mut();
         // SAFETY: as above; dropless (dropPadMode 0, activeNum 0), cumsum counts (flag 1).
         dev.run(
@@ -129,7 +172,7 @@ pub fn run(be: &AscendBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor
                     idx.raw(),
                     0,
                     0,
-                    e as i64,
+                    (e + 1) as i64,
                     0,
                     1,
                     false,
@@ -144,8 +187,8 @@ pub fn run(be: &AscendBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor
             ops.aclnnMoeInitRoutingV2,
         )?;
     }
-    let group_list = dev.alloc(e * 8)?;
-    cast(&cumsum, &[e], i32_t, &group_list, ACL_INT64)?;
+    let group_list = dev.alloc((e + 1) * 8)?;
+    cast(&cumsum, &[e + 1], i32_t, &group_list, ACL_INT64)?;
 
     // 4-5. Gate/up GEMM, SwiGLU, down GEMM.
     let gmm = |input: &DevMem, kk: usize, weight: &DevMem, n: usize, out: &DevMem| -> Result<()> {
@@ -159,6 +202,7 @@ pub fn run(be: &AscendBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor
             dt,
         )?])?;
         let ys = dev.tensor_list(vec![dev.tensor(out, &[rows, n], None, 0, dt)?])?;
+        // The first E cumsums: rows of the parked expert lie past the last group.
         let gl = dev.tensor(&group_list, &[e], None, 0, ACL_INT64)?;
         let null = std::ptr::null_mut();
         // SAFETY: as above; splitItem 2 (single out), groupType 0 (m), groupListType 0 (cumsum), actType 0.
@@ -220,6 +264,20 @@ pub fn run(be: &AscendBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor
         cast(&down, &[rows, h], dt, &d, ACL_FLOAT)?;
         d
     };
+    if live < rows {
+        // The parked slots' rows: never written by GMM (they lie past its last group), so
+        // zeroed here, on the stream after the cast.
+        let parked = dev.tensor(&down32, &[rows - live, h], None, live * h, ACL_FLOAT)?;
+        // SAFETY: as above; the view lies inside `down32` ([rows, h] f32).
+        dev.run(
+            "aclnnInplaceZero",
+            |ws, ex| unsafe {
+                (ops.aclnnInplaceZeroGetWorkspaceSize
+                    .expect("checked by available()"))(parked.raw(), ws, ex)
+            },
+            ops.aclnnInplaceZero,
+        )?;
+    }
     let y32 = dev.alloc(t * h * 4)?;
     {
         let ex_t = dev.tensor(&down32, &[rows, h], None, 0, ACL_FLOAT)?;

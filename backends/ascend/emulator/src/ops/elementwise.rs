@@ -1,4 +1,4 @@
-//! aclnnCast, aclnnInplaceCopy, aclnnMuls.
+//! aclnnCast, aclnnInplaceCopy, aclnnMuls, aclnnInplaceZero.
 //!
 //! - `aclnnCastGetWorkspaceSize(const aclTensor *self, const aclDataType dtype,
 //!   aclTensor *out, uint64_t *workspaceSize, aclOpExecutor **executor)`: out = self
@@ -10,6 +10,10 @@
 //!   also broadcasts; moemla does not use that).
 //! - `aclnnMulsGetWorkspaceSize(const aclTensor *self, const aclScalar *other,
 //!   aclTensor *out, ...)`: out = self * other (.../aolapi/context/aclnnMuls.md).
+//! - `aclnnInplaceZeroGetWorkspaceSize(aclTensor *selfRef, ...)`: selfRef = 0;
+//!   non-contiguous views allowed; on A2/A3 INT8 ... FLOAT32, BFLOAT16 among others (the
+//!   emulator: the numeric dtypes it knows); a dtype outside is ACLNN_ERR_PARAM_INVALID
+//!   (hicann/ops-math `math/zero_op/docs/aclnnInplaceZero.md`).
 
 use super::{aclnn_launch, expect_dims, expect_dtype};
 use crate::executor::prepare;
@@ -100,3 +104,24 @@ pub unsafe extern "C" fn aclnnMulsGetWorkspaceSize(
     }
 }
 aclnn_launch!(aclnnMuls);
+
+/// First phase of aclnnInplaceZero.
+///
+/// # Safety
+/// Pointers are checked against the emulator's records; out-pointers must be writable.
+#[no_mangle]
+pub unsafe extern "C" fn aclnnInplaceZeroGetWorkspaceSize(
+    self_ref: *const AclTensor,
+    workspace_size: *mut u64,
+    executor: *mut *mut c_void,
+) -> i32 {
+    // SAFETY: forwarded caller guarantees.
+    unsafe {
+        prepare("aclnnInplaceZero", workspace_size, executor, || {
+            let x = tensor(self_ref, "selfRef")?;
+            expect_dtype(&x, &NUMERIC, "selfRef")?;
+            Ok(Box::new(move || x.store(&vec![0.0; x.numel()])))
+        })
+    }
+}
+aclnn_launch!(aclnnInplaceZero);

@@ -13,6 +13,14 @@
 //! splitItem 2/3 (single out [M, N]), actType 0, non-quantised, x/weight/out one dtype.
 //! Rows past the last group are not written.
 //!
+//! Limits, from `gmm/grouped_matmul/op_host/op_api/aclnn_grouped_matmul.cpp`
+//! (SplitMSingleXSingleWeightSingleY, CheckShapeSameLengthTensorList,
+//! CheckGroupListCommonTensor) and `gmm/grouped_matmul/README.md` (constraints: "x和weight中
+//! 每一组tensor的最后一维大小都应小于65536", "group_list第1维最大支持1024"), all
+//! ACLNN_ERR_PARAM_INVALID: x's K <= 65535 (MAX_INNER_AXIS); weight's N <= 65535 unless the
+//! weight is transposed (then its last dim is K, already checked); groupList length <= 1024
+//! (MAX_GROUP_LIST_SIZE_TENSOR).
+//!
 //! SwiGlu (https://www.hiascend.com/document/detail/zh/CANNCommunityEdition/83RC1/API/aolapi/context/aclnnSwiGlu.md):
 //! `(const aclTensor *x, int64_t dim, aclTensor *out, ...)`: x split in halves A, B along
 //! `dim`, out = Swish(A) * B = A * sigmoid(A) * B.
@@ -23,6 +31,12 @@ use crate::handles::{opt_tensor, tensor, tensor_list, AclTensor, AclTensorList};
 use crate::status::{Fail, ACLNN_ERR_RUNTIME_ERROR};
 use crate::tensor::{TensorDesc, DT_BF16, DT_F16, DT_F32, DT_I64};
 use std::ffi::c_void;
+
+/// aclnn_grouped_matmul.cpp MAX_INNER_AXIS: the largest last dim of x / weight.
+const MAX_INNER_AXIS: usize = 65535;
+/// aclnn_grouped_matmul.cpp MAX_GROUP_LIST_SIZE_TENSOR: the most groups a tensor groupList
+/// may give.
+const MAX_GROUP_LIST: usize = 1024;
 
 fn single(list: *const AclTensorList, arg: &str) -> Result<TensorDesc, Fail> {
     let mut v = tensor_list(list, arg)?;
@@ -122,6 +136,26 @@ pub unsafe extern "C" fn aclnnGroupedMatmulV4GetWorkspaceSize(
                 ));
             }
             let (m, kk, e, n) = (a.dims[0], a.dims[1], w.dims[0], w.dims[2]);
+            // aclnn_grouped_matmul.cpp: the inner (last) axis of x, and of a weight that is
+            // not transposed, at most MAX_INNER_AXIS.
+            if kk > MAX_INNER_AXIS {
+                return Err(Fail::invalid(format!(
+                    "Dim 1 value of x[0] should less or equal to 65535, but now is {kk}."
+                )));
+            }
+            if w.is_contiguous() && n > MAX_INNER_AXIS {
+                return Err(Fail::invalid(format!(
+                    "Dim 2 value of Weight[0] should less or equal to 65535, but now is {n}."
+                )));
+            }
+            // aclnn_grouped_matmul.cpp CheckGroupListCommonTensor (V3/V4/V5).
+            if groups.dims.first().copied().unwrap_or(0) > MAX_GROUP_LIST {
+                return Err(Fail::invalid(format!(
+                    "When groupList type is tensor, size of groupList {} should be less than \
+                     or equal to {MAX_GROUP_LIST}.",
+                    groups.dims[0]
+                )));
+            }
             expect_dims(&groups, &[e], "groupListOptional")?;
             expect_dims(&y, &[m, n], "out")?;
             Ok(Box::new(move || {
