@@ -1,12 +1,14 @@
 //! The emulated ops follow Huawei's sources where they differ from what a caller might
 //! expect (each case names the source the emulator cites): MoeGatingTopK's yOut and tiling
-//! rules, GroupedMatmulV4's limits, InplaceZero. Calls go straight to the exported C functions.
+//! rules, FusedInferAttentionScoreV3's innerPrecise in MLA mode, GroupedMatmulV4's limits,
+//! InplaceZero. Calls go straight to the exported C functions.
 
 use moemla_cann_emulator::handles::{
-    aclCreateTensor, aclCreateTensorList, AclTensor, AclTensorList,
+    aclCreateIntArray, aclCreateTensor, aclCreateTensorList, AclTensor, AclTensorList,
 };
 use moemla_cann_emulator::memory::{aclrtMalloc, aclrtMemcpy};
 use moemla_cann_emulator::ops::elementwise::{aclnnInplaceZero, aclnnInplaceZeroGetWorkspaceSize};
+use moemla_cann_emulator::ops::fused_infer_attention_score::aclnnFusedInferAttentionScoreV3GetWorkspaceSize;
 use moemla_cann_emulator::ops::grouped_matmul::aclnnGroupedMatmulV4GetWorkspaceSize;
 use moemla_cann_emulator::ops::moe_gating_top_k::{
     aclnnMoeGatingTopK, aclnnMoeGatingTopKGetWorkspaceSize,
@@ -17,7 +19,7 @@ use moemla_cann_emulator::runtime::{
 use moemla_cann_emulator::status::{
     aclGetRecentErrMsg, ACLNN_ERR_INNER_TILING_ERROR, ACLNN_ERR_PARAM_INVALID,
 };
-use moemla_cann_emulator::tensor::{DT_F16, DT_F32, DT_I32, DT_I64, FORMAT_ND};
+use moemla_cann_emulator::tensor::{DT_F16, DT_F32, DT_I32, DT_I64, DT_U8, FORMAT_ND};
 use std::ffi::{c_void, CStr};
 use std::ptr::{null, null_mut};
 
@@ -266,6 +268,93 @@ fn moe_gating_top_k_tiling_rejects_what_its_tiling_rejects() {
         let st = gating(&x, 1, 8, attrs).unwrap_err();
         assert_eq!(st, ACLNN_ERR_INNER_TILING_ERROR, "{attrs:?}: {}", recent());
     }
+}
+
+/// FusedInferAttentionScoreV3's first phase in MLA mode: B 1, Q_S 2, N 1, one block of 16,
+/// sparseMode 3 with the 2048 x 2048 mask, `inner_precise`.
+fn fia_mla(inner_precise: i64) -> i32 {
+    let (_, q) = tensor(&vec![0u16; 2 * 512], &[1, 2, 1, 512], DT_F16);
+    let (_, q_rope) = tensor(&vec![0u16; 2 * 64], &[1, 2, 1, 64], DT_F16);
+    let (kv, _) = tensor(&vec![0u16; 16 * 512], &[1, 16, 512], DT_F16);
+    let key = list(view(kv, &[1, 16, 512], None, 0, 16 * 512, DT_F16));
+    let value = list(view(kv, &[1, 16, 512], None, 0, 16 * 512, DT_F16));
+    let (_, k_rope) = tensor(&vec![0u16; 16 * 64], &[1, 16, 64], DT_F16);
+    let (_, table) = tensor(&[0i32], &[1, 1], DT_I32);
+    let (_, mask) = tensor(&vec![0u8; 2048 * 2048], &[2048, 2048], DT_U8);
+    let (_, out) = tensor(&vec![0u16; 2 * 512], &[1, 2, 1, 512], DT_F16);
+    let lens = [5i64];
+    // SAFETY: one valid element.
+    let seq_kv = unsafe { aclCreateIntArray(lens.as_ptr(), 1) };
+    let (mut ws, mut exec) = (0u64, null_mut());
+    let n = null();
+    // SAFETY: handles from the emulator, the rest null; a C string layout; out-pointers
+    // are locals.
+    unsafe {
+        aclnnFusedInferAttentionScoreV3GetWorkspaceSize(
+            q,
+            key,
+            value,
+            n,
+            mask,
+            null(),
+            seq_kv,
+            n,
+            n,
+            n,
+            n,
+            n,
+            n,
+            n,
+            table,
+            n,
+            n,
+            n,
+            n,
+            n,
+            n,
+            n,
+            n,
+            null(),
+            q_rope,
+            k_rope,
+            n,
+            1,
+            0.0625,
+            2147483647,
+            0,
+            c"BSND".as_ptr(),
+            1,
+            3,
+            inner_precise,
+            16,
+            0,
+            false,
+            0,
+            0,
+            out,
+            n,
+            &mut ws,
+            &mut exec,
+        )
+    }
+}
+
+#[test]
+fn fia_mla_mode_takes_inner_precise_0_or_1_only() {
+    // fused_infer_attention_score_tiling_check_feature.cpp CheckFeatureMlaNoquantUnsupported.
+    stream();
+    for ok in [0, 1] {
+        assert_eq!(fia_mla(ok), 0, "innerPrecise {ok}: {}", recent());
+    }
+    for bad in [2, 3] {
+        assert_eq!(fia_mla(bad), ACLNN_ERR_INNER_TILING_ERROR);
+        let msg = recent();
+        assert!(
+            msg.ends_with(&format!("inner_precise({bad}) should be 0 or 1 in MLA")),
+            "{msg}"
+        );
+    }
+    assert_eq!(fia_mla(4), ACLNN_ERR_INNER_TILING_ERROR);
 }
 
 /// GroupedMatmulV4's first phase: x [m, k], weight [e, k, n] (transposed in its last two

@@ -11,7 +11,9 @@
 //!    queryRope, keyRope, blockTable, actualSeqLengthsKv = seqlens, numHeads Hq,
 //!    numKeyValueHeads 1, inputLayout "BSND", blockSize bs, scaleValue softmax_scale,
 //!    sparseMode 0 (Sq = 1) or 3 = rightDownCausal with the 2048x2048 mask (Sq > 1, causal),
-//!    innerPrecise 2 (row-invalid correction) when causal, softmaxLseFlag false.
+//!    innerPrecise 0 (high precision; MLA mode refuses 2 and 3, "inner_precise(%d) should
+//!    be 0 or 1 in MLA", and sparseMode 3 turns on the invalid-row correction itself for
+//!    rows with nothing to attend to), softmaxLseFlag false.
 //! 4. lse, per sequence b (natural log, f32): gather its used cache blocks into an F32
 //!    [n_used * bs, 576] matrix (aclnnInplaceCopy, converting dtype), copy q[b] as F32
 //!    [Sq * Hq, 576] (aclnnInplaceCopy), scores = q @ K^T over the first seqlen rows
@@ -285,7 +287,10 @@ pub fn run(be: &AscendBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutp
         let out = dev.tensor(&o, &[b, fs, fh, NOPE], None, 0, dt)?;
         let null = std::ptr::null_mut();
         let mask_raw = mask_t.as_ref().map_or(null, |m| m.raw());
-        let (sparse, precise) = if fs > 1 { (3, 2) } else { (0, 0) };
+        let sparse = if fs > 1 { 3 } else { 0 };
+        // innerPrecise 0 = high precision without forced row-invalid correction: MLA mode
+        // accepts only 0 and 1, and sparseMode 3 corrects empty rows on its own (module doc).
+        let precise = 0;
         let layout = c"BSND";
         // SAFETY: handles live for the call; unused optional inputs are null as documented.
         dev.run(
