@@ -291,10 +291,24 @@ fn try_load(path: &Path, tried: &mut Tried) -> Option<Library> {
     match unsafe { Library::new(path) } {
         Ok(lib) => Some(lib),
         Err(e) => {
-            tried.failed(path, e);
+            tried.failed(path, with_sources(&e));
             None
         }
     }
+}
+
+/// `e` followed by its chain of sources. libloading's `DlOpen` error displays only
+/// "dlopen failed"; dlerror's text (the reason: no such file, wrong ELF class, a missing
+/// dependency) is its source.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 impl Cann {

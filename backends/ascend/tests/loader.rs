@@ -56,10 +56,23 @@ fn missing_cann_is_unavailable_with_every_path_tried() {
     std::env::remove_var("ASCEND_HOME_PATH");
     std::env::remove_var("ASCEND_TOOLKIT_HOME");
 
-    // A file that exists but is no library: the loader's own error text is passed on.
+    // A file that exists but is no library: dlerror's own text is passed on (libloading
+    // displays only "dlopen failed"; the reason is the error's source).
     std::env::set_var("MOEMLA_ASCEND_LIB", "/proc/self/status");
     let reason = unavailable_reason();
-    assert!(reason.contains("/proc/self/status: "), "{reason}");
+    // SAFETY: dlopen of a file that is not a library fails before running any code.
+    let err = unsafe { libloading::Library::new("/proc/self/status") }.unwrap_err();
+    let dlerror = std::error::Error::source(&err)
+        .expect("libloading keeps dlerror's text as the source")
+        .to_string();
+    assert!(
+        !dlerror.is_empty() && dlerror != "dlopen failed",
+        "{dlerror}"
+    );
+    assert!(
+        reason.contains(&format!("/proc/self/status: dlopen failed: {dlerror}")),
+        "{reason}"
+    );
     assert!(!reason.contains("not found"), "{reason}");
 
     // A library without the CANN symbols: the missing symbol is named.
