@@ -165,7 +165,7 @@ impl Backend for AscendBackend {
     }
 
     fn alloc_zeroed(&self, shape: &Shape, dtype: DType) -> Result<DeviceTensor> {
-        let bytes = shape.elem_count() * dtype.size_in_bytes();
+        let bytes = shape.byte_len(dtype)?;
         let mem = self.dev.alloc(bytes)?;
         // SAFETY: `mem` holds max(bytes, 1) bytes.
         let st = unsafe { (self.dev.cann.rt.aclrtMemset)(mem.ptr(), mem.bytes().max(1), 0, bytes) };

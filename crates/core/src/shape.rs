@@ -117,7 +117,9 @@ mod tests {
         assert_eq!(bytes_overflow.checked_elem_count(), Some(1 << 62));
         assert!(bytes_overflow.byte_len(DType::F32).is_err());
         // Above isize::MAX even though it fits in usize.
-        assert!(Shape::new([(1usize << 63) + 1]).byte_len(DType::F8E4M3).is_err());
+        assert!(Shape::new([(1usize << 63) + 1])
+            .byte_len(DType::F8E4M3)
+            .is_err());
         assert_eq!(Shape::new([3, 5]).byte_len(DType::BF16).unwrap(), 30);
         assert_eq!(Shape::new([0, usize::MAX]).byte_len(DType::F32).unwrap(), 0);
     }

@@ -11,7 +11,10 @@
 //! - `aclError aclrtMemset(void *devPtr, size_t maxCount, int32_t value, size_t count)`
 //! - `aclError aclrtGetMemInfo(aclrtMemAttr attr, size_t *free, size_t *total)`
 
-use crate::status::{status, EmuResult, Fail, ACL_ERROR_INVALID_PARAM, ACL_ERROR_RT_PARAM_INVALID};
+use crate::status::{
+    status, EmuResult, Fail, ACL_ERROR_INVALID_PARAM, ACL_ERROR_RT_MEMORY_ALLOCATION,
+    ACL_ERROR_RT_PARAM_INVALID,
+};
 use std::collections::BTreeMap;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -116,7 +119,16 @@ pub unsafe extern "C" fn aclrtMalloc(dev_ptr: *mut *mut c_void, size: usize, pol
             ));
         }
         crate::runtime::require_device("aclrtMalloc")?;
-        let block = vec![0xFFu8; size].into_boxed_slice();
+        // A size the host cannot provide is CANN's allocation failure, never an abort.
+        let mut block = Vec::new();
+        block.try_reserve_exact(size).map_err(|_| {
+            Fail::new(
+                ACL_ERROR_RT_MEMORY_ALLOCATION,
+                format!("aclrtMalloc: cannot allocate {size} bytes"),
+            )
+        })?;
+        block.resize(size, 0xFFu8);
+        let block = block.into_boxed_slice();
         let addr = block.as_ptr() as usize;
         heap().insert(addr, block);
         // SAFETY: checked non-null above; the caller provides a writable slot.
