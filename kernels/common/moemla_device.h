@@ -9,7 +9,7 @@
 //   MOEMLA_CUDA / MOEMLA_HIP      which dialect is being compiled
 //   MOEMLA_WARP_SIZE               lanes per warp (32) or wavefront (64 on gfx9 / DCU)
 //   moemla_lane_mask_t            ballot mask type (uint32 on CUDA, uint64 on HIP)
-//   moemla_shfl_xor/down, moemla_ballot, warp sum / max / argmax reductions
+//   moemla_shfl_xor/down, moemla_ballot, warp sum / max reductions
 //   moemla_f16, moemla_bf16      16-bit storage types (a uint16 inside a struct), with
 //                                 bit-exact conversions to f32 and round-to-nearest-even back
 //   moemla_load / moemla_store   dtype-generic element access (f32 compute)
@@ -17,7 +17,7 @@
 //   MOEMLA_HAS_MMA_SYNC           1 where the mma.sync m16n8k16 tensor-core path is compiled
 //   MOEMLA_DYN_SMEM(name)         the dynamic shared-memory buffer (16-byte aligned)
 //   moemla_copy16 / moemla_zero16 16-byte vector moves
-//   moemla_atomic_min_i32         the error-flag primitive
+//   moemla_flag_index             records a bad index in a 64-bit error flag
 //
 // Shared logic never writes a literal lane count: use MOEMLA_WARP_SIZE.
 
@@ -140,26 +140,6 @@ __device__ __forceinline__ float moemla_warp_max(float v) {
     return v;
 }
 
-// (value, index) "better": larger value wins; equal values: the lower index wins. An index
-// of MOEMLA_INT_MAX means "no candidate" and loses to any real candidate.
-__device__ __forceinline__ bool moemla_argmax_better(float v, int i, float bv, int bi) {
-    if (bi == MOEMLA_INT_MAX) return i != MOEMLA_INT_MAX;
-    if (i == MOEMLA_INT_MAX) return false;
-    return v > bv || (v == bv && i < bi);
-}
-
-// Warp-wide argmax with lower-index tie break; every lane gets the winner.
-__device__ __forceinline__ void moemla_warp_argmax(float& v, int& i) {
-    for (int m = MOEMLA_WARP_SIZE / 2; m > 0; m >>= 1) {
-        float ov = moemla_shfl_xor(v, m);
-        int oi = moemla_shfl_xor(i, m);
-        if (moemla_argmax_better(ov, oi, v, i)) {
-            v = ov;
-            i = oi;
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // 16-bit float storage and conversions (bit manipulation only)
 // ---------------------------------------------------------------------------------------
@@ -256,7 +236,13 @@ __device__ __forceinline__ void moemla_zero16(void* dst) {
     *reinterpret_cast<moemla_vec16*>(dst) = z;
 }
 
-__device__ __forceinline__ void moemla_atomic_min_i32(int* flag, int value) { atomicMin(flag, value); }
+// Error flags (kernels/README.md): one 64-bit word, all ones while clean. A bad index at
+// row-major position `position` (< 2^31) holding `value` lowers the flag to
+// (position << 32) | (u32)value, so the flag ends up naming the first bad position and the
+// value found there; the host never reads the index tensor back.
+__device__ __forceinline__ void moemla_flag_index(moemla_u64* flag, moemla_i64 position, int value) {
+    atomicMin(flag, ((moemla_u64)position << 32) | (moemla_u64)(moemla_u32)value);
+}
 
 // ---------------------------------------------------------------------------------------
 // Tensor cores (CUDA sm_80+): D = A(16x16, row) * B(16x8, col) + D, f32 accumulate.

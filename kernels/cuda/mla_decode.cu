@@ -2,7 +2,7 @@
 // Prepended by the backend with kernels/common/moemla_device.h.
 //
 //   1. moemla_mla_check     seqlens in [0, max_blocks*block_size], used table entries in
-//                           [0, num_blocks); first bad linear index via atomicMin
+//                           [0, num_blocks); first bad position and its value flagged
 //   2. moemla_mla_decode_*  one block per (split, 16-row query tile, batch * kv head):
 //                           S = Q K^T, online softmax (f32), O = P V, written per split
 //   3. moemla_mla_combine_* merges the splits by their log-sum-exp
@@ -18,21 +18,21 @@
 extern "C" __global__ void moemla_mla_check(const int* __restrict__ block_table,
                                             const int* __restrict__ cache_seqlens, int batch,
                                             int max_blocks, int block_size, int num_blocks,
-                                            int* __restrict__ err) {
+                                            moemla_u64* __restrict__ err) {
     const moemla_i64 idx = (moemla_i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (moemla_i64)batch * max_blocks) return;
     const int b = (int)(idx / max_blocks);
     const int j = (int)(idx % max_blocks);
-    const moemla_i64 len = cache_seqlens[b];
+    const int len = cache_seqlens[b];
     const moemla_i64 cap = (moemla_i64)max_blocks * block_size;
     if (len < 0 || len > cap) {
-        if (j == 0) moemla_atomic_min_i32(&err[0], b);
+        if (j == 0) moemla_flag_index(&err[0], b, len);
         return;
     }
-    const moemla_i64 used = (len + block_size - 1) / block_size;
+    const moemla_i64 used = ((moemla_i64)len + block_size - 1) / block_size;
     if (j < used) {
         const int blk = block_table[idx];
-        if (blk < 0 || blk >= num_blocks) moemla_atomic_min_i32(&err[1], (int)idx);
+        if (blk < 0 || blk >= num_blocks) moemla_flag_index(&err[1], idx, blk);
     }
 }
 

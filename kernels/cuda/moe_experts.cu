@@ -16,12 +16,16 @@
 // ---------------------------------------------------------------------------------------
 // 1. Align / permute
 // ---------------------------------------------------------------------------------------
-extern "C" __global__ void moemla_moe_align(const int* __restrict__ topk_ids, int slots,
+// A slot contributes nothing when its id is -1 or its weight is 0 (+0 or -0): it gets no
+// row, so its expert is never computed for it (0 * NaN never happens). Ids outside
+// [-1, E) are flagged and treated as -1; a NaN weight is data and contributes NaN.
+extern "C" __global__ void moemla_moe_align(const int* __restrict__ topk_ids,
+                                            const float* __restrict__ topk_weights, int slots,
                                             int experts, int max_tiles,
                                             int* __restrict__ sorted_rows,
                                             int* __restrict__ slot_pos,
                                             int* __restrict__ tile_expert, int* __restrict__ meta,
-                                            int* __restrict__ err) {
+                                            moemla_u64* __restrict__ err) {
     MOEMLA_DYN_SMEM(smem);
     int* cnt = reinterpret_cast<int*>(smem);  // [E] rows per expert, later the scatter cursor
     int* row_off = cnt + experts;             // [E] first row of each segment
@@ -37,8 +41,8 @@ extern "C" __global__ void moemla_moe_align(const int* __restrict__ topk_ids, in
     for (int s = tid; s < slots; s += nthreads) {
         int id = topk_ids[s];
         if (id < -1 || id >= experts) {
-            moemla_atomic_min_i32(err, s);
-        } else if (id >= 0) {
+            moemla_flag_index(err, s, id);
+        } else if (id >= 0 && topk_weights[s] != 0.0f) {
             atomicAdd(&cnt[id], 1);
         }
     }
@@ -70,7 +74,7 @@ extern "C" __global__ void moemla_moe_align(const int* __restrict__ topk_ids, in
     for (int s = tid; s < slots; s += nthreads) {
         int id = topk_ids[s];
         int pos = -1;
-        if (id >= 0 && id < experts) {
+        if (id >= 0 && id < experts && topk_weights[s] != 0.0f) {
             int p = atomicAdd(&cnt[id], 1);
             if (p < max_rows) {
                 sorted_rows[p] = s;

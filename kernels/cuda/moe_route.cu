@@ -2,34 +2,13 @@
 // Prepended by the backend with kernels/common/moemla_device.h.
 //
 // One block per token: scores (sigmoid / softmax) -> selection scores (+ bias) -> group
-// scores (max / top-2 sum) -> drop all but the best topk_group groups (-inf) -> top_k by
-// iterated block-wide argmax (ties to the lower expert id) -> unbiased scores of the chosen
-// ids, renormalised in slot order, scaled.
-
-// Block-wide argmax of (v, i) with lower-index tie break; every thread gets the winner.
-// `red_v` / `red_i` hold one entry per warp. Contains two __syncthreads.
-__device__ __forceinline__ void moemla_block_argmax(float& v, int& i, float* red_v, int* red_i) {
-    const int lane = threadIdx.x % MOEMLA_WARP_SIZE;
-    const int warp = threadIdx.x / MOEMLA_WARP_SIZE;
-    const int nwarps = (blockDim.x + MOEMLA_WARP_SIZE - 1) / MOEMLA_WARP_SIZE;
-    moemla_warp_argmax(v, i);
-    if (lane == 0) {
-        red_v[warp] = v;
-        red_i[warp] = i;
-    }
-    __syncthreads();
-    float bv = red_v[0];
-    int bi = red_i[0];
-    for (int w = 1; w < nwarps; ++w) {
-        if (moemla_argmax_better(red_v[w], red_i[w], bv, bi)) {
-            bv = red_v[w];
-            bi = red_i[w];
-        }
-    }
-    __syncthreads();  // red_* may be reused right after
-    v = bv;
-    i = bi;
-}
+// scores (max / top-2 sum) -> drop all but the best topk_group groups (-inf) -> top_k ->
+// unbiased scores of the chosen ids, renormalised in slot order, scaled.
+//
+// Ranking (groups and experts alike): larger first, the lower index on ties, NaN as -inf,
+// -0 equal to +0. Both selections are block-wide radix selects of the k-th best key (four
+// 8-bit passes over the n values) followed by an ordered compaction of the k winners and,
+// for the experts, a bitonic sort of those k: O(n + k log^2 k) per token, whatever k is.
 
 // Block-wide sum / max of one float; every thread gets the result. Two __syncthreads.
 __device__ __forceinline__ float moemla_block_reduce(float v, bool is_max, float* red) {
@@ -47,6 +26,152 @@ __device__ __forceinline__ float moemla_block_reduce(float v, bool is_max, float
 
 // Most warps a block can have (1024 threads / 32 lanes).
 #define MOEMLA_MAX_WARPS 32
+// Bins of one radix-select pass (8 bits).
+#define MOEMLA_RADIX_BINS 256
+
+// The smallest power of two >= k (k >= 1).
+__device__ __forceinline__ int moemla_pow2_ceil(int k) {
+    int p = 1;
+    while (p < k) p <<= 1;
+    return p;
+}
+
+// The ranking key of a score: an unsigned integer ordered as the floats are, NaN mapped
+// to -inf and -0 to +0 (so that they tie).
+__device__ __forceinline__ moemla_u32 moemla_rank_key(float v) {
+    if (!(v == v)) v = MOEMLA_NEG_INF;
+    if (v == 0.0f) v = 0.0f;
+    const moemla_u32 u = moemla_float_bits(v);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// Whether candidate a ranks before candidate b (MOEMLA_INT_MAX: no candidate, ranks last).
+__device__ __forceinline__ bool moemla_ranks_before(const float* vals, int a, int b) {
+    if (a == MOEMLA_INT_MAX) return false;
+    if (b == MOEMLA_INT_MAX) return true;
+    const moemla_u32 ka = moemla_rank_key(vals[a]);
+    const moemla_u32 kb = moemla_rank_key(vals[b]);
+    return ka > kb || (ka == kb && a < b);
+}
+
+// The k best of vals[0, n) (1 <= k <= n) by the ranking above, block-wide. Writes their
+// indices to out[0, k): best first when `sorted`, else in no particular order. out holds
+// moemla_pow2_ceil(k) ints when sorted (the bitonic sort pads with MOEMLA_INT_MAX), k
+// otherwise. Scratch: hist[MOEMLA_RADIX_BINS], part[2 * blockDim.x], bcast[2]. Every
+// thread of the block calls it; it starts and ends with a __syncthreads.
+__device__ void moemla_block_topk(const float* vals, int n, int k, bool sorted, int* out,
+                                  int* hist, int* part, int* bcast) {
+    const int tid = threadIdx.x;
+    const int nthreads = blockDim.x;
+    __syncthreads();  // vals complete
+
+    // 1. The k-th best key, 8 bits at a time from the top: per pass, a histogram of the
+    //    next digit among the keys that share the digits chosen so far.
+    moemla_u32 prefix = 0u, mask = 0u;
+    int remaining = k;  // how many of the keys matching `prefix` are still to be taken
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int d = tid; d < MOEMLA_RADIX_BINS; d += nthreads) hist[d] = 0;
+        __syncthreads();
+        for (int i = tid; i < n; i += nthreads) {
+            const moemla_u32 key = moemla_rank_key(vals[i]);
+            if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1);
+        }
+        __syncthreads();
+        if (tid == 0) {
+            int above = 0;
+            int d = MOEMLA_RADIX_BINS - 1;
+            for (; d > 0; --d) {
+                if (above + hist[d] >= remaining) break;
+                above += hist[d];
+            }
+            bcast[0] = d;
+            bcast[1] = remaining - above;
+        }
+        __syncthreads();
+        prefix |= (moemla_u32)bcast[0] << shift;
+        mask |= 255u << shift;
+        remaining = bcast[1];
+        // bcast is written again only after the next pass's two barriers.
+    }
+    const moemla_u32 threshold = prefix;  // the k-th best key
+    const int need = remaining;           // keys equal to it to take, lowest indices first
+
+    // 2. Ordered compaction: thread t owns the contiguous range [lo, hi); keys above the
+    //    threshold fill out[0, k - need) in index order, the first `need` keys equal to it
+    //    (in index order) fill out[k - need, k).
+    const int chunk = (n + nthreads - 1) / nthreads;
+    const int lo = (int)((moemla_i64)tid * chunk < n ? (moemla_i64)tid * chunk : n);
+    const int hi = lo + chunk < n ? lo + chunk : n;
+    int greater = 0, equal = 0;
+    for (int i = lo; i < hi; ++i) {
+        const moemla_u32 key = moemla_rank_key(vals[i]);
+        greater += key > threshold;
+        equal += key == threshold;
+    }
+    part[tid] = greater;
+    part[nthreads + tid] = equal;
+    __syncthreads();
+    if (tid == 0) {
+        int run_greater = 0, run_equal = 0;
+        for (int t = 0; t < nthreads; ++t) {
+            const int g = part[t], e = part[nthreads + t];
+            part[t] = run_greater;
+            part[nthreads + t] = run_equal;
+            run_greater += g;
+            run_equal += e;
+        }
+    }
+    __syncthreads();
+    int at_greater = part[tid];
+    int at_equal = part[nthreads + tid];
+    for (int i = lo; i < hi; ++i) {
+        const moemla_u32 key = moemla_rank_key(vals[i]);
+        if (key > threshold) {
+            out[at_greater++] = i;
+        } else if (key == threshold) {
+            if (at_equal < need) out[k - need + at_equal] = i;
+            ++at_equal;
+        }
+    }
+    if (!sorted || k == 1) {
+        __syncthreads();
+        return;
+    }
+
+    // 3. Bitonic sort of out[0, p), p = k rounded up to a power of two, best first.
+    const int p = moemla_pow2_ceil(k);
+    for (int i = k + tid; i < p; i += nthreads) out[i] = MOEMLA_INT_MAX;
+    __syncthreads();
+    for (int size = 2; size <= p; size <<= 1) {
+        for (int stride = size >> 1; stride > 0; stride >>= 1) {
+            for (int i = tid; i < p; i += nthreads) {
+                const int j = i ^ stride;
+                if (j <= i) continue;
+                const int a = out[i], b = out[j];
+                // In a `best first` run (i & size == 0) the better one goes to i.
+                const bool best_first = (i & size) == 0;
+                if (best_first ? moemla_ranks_before(vals, b, a) : moemla_ranks_before(vals, a, b)) {
+                    out[i] = b;
+                    out[j] = a;
+                }
+            }
+            __syncthreads();
+        }
+    }
+}
+
+// The dynamic shared memory layout of moemla_moe_route_* (kernel-plan route::shared_bytes
+// computes the same size): every region 4-byte entries, in this order.
+struct moemla_route_smem {
+    float* sel;    // [E] selection scores; later the chosen experts' unbiased scores
+    int* cand;     // [pow2_ceil(top_k)] chosen experts, best first
+    float* gscore; // [n_group] group scores
+    int* gsel;     // [n_group] the kept groups
+    int* gkept;    // [n_group] 1 when kept
+    int* hist;     // [256] radix histogram
+    int* part;     // [2 * blockDim.x] per-thread counts
+    int* bcast;    // [2] values broadcast by thread 0
+};
 
 template <typename T>
 __device__ void moemla_moe_route(const T* __restrict__ logits, const float* __restrict__ bias,
@@ -55,114 +180,93 @@ __device__ void moemla_moe_route(const T* __restrict__ logits, const float* __re
                                  int n_group, int topk_group, int score_func, int group_select,
                                  int renormalize, float routed_scaling_factor) {
     MOEMLA_DYN_SMEM(smem);
-    float* scores = reinterpret_cast<float*>(smem);       // [E] unbiased scores
-    float* sel = scores + experts;                         // [E] selection scores
-    int* taken = reinterpret_cast<int*>(sel + experts);    // [E] 1 once chosen
-    float* gscore = reinterpret_cast<float*>(taken + experts);  // [n_group]
-    int* gkept = reinterpret_cast<int*>(gscore + n_group);      // [n_group]
-    __shared__ float red_v[MOEMLA_MAX_WARPS];
-    __shared__ int red_i[MOEMLA_MAX_WARPS];
+    moemla_route_smem s;
+    s.sel = reinterpret_cast<float*>(smem);
+    s.cand = reinterpret_cast<int*>(s.sel + experts);
+    s.gscore = reinterpret_cast<float*>(s.cand + moemla_pow2_ceil(top_k));
+    s.gsel = reinterpret_cast<int*>(s.gscore + n_group);
+    s.gkept = s.gsel + n_group;
+    s.hist = s.gkept + n_group;
+    s.part = s.hist + MOEMLA_RADIX_BINS;
+    s.bcast = s.part + 2 * blockDim.x;
+    __shared__ float red[MOEMLA_MAX_WARPS];
 
     const int tid = threadIdx.x;
     const int nthreads = blockDim.x;
     const moemla_i64 row = (moemla_i64)blockIdx.x * experts;
 
-    // 1. Scores.
-    float local_max = MOEMLA_NEG_INF;
-    for (int e = tid; e < experts; e += nthreads) {
-        float x = moemla_load(logits + row + e);
-        scores[e] = x;
-        local_max = fmaxf(local_max, x);
-        taken[e] = 0;
-    }
+    // 1. Score function. Scores are recomputed from the logits where needed (step 5) with
+    //    the same operations, so they are not kept.
+    float mx = 0.0f, sum = 1.0f;
     if (score_func == 1) {
-        // softmax over the row
-        float mx = moemla_block_reduce(local_max, true, red_v);
+        float local_max = MOEMLA_NEG_INF;
+        for (int e = tid; e < experts; e += nthreads) local_max = fmaxf(local_max, moemla_load(logits + row + e));
+        mx = moemla_block_reduce(local_max, true, red);
         float local_sum = 0.0f;
-        for (int e = tid; e < experts; e += nthreads) {
-            float p = expf(scores[e] - mx);
-            scores[e] = p;
-            local_sum += p;
-        }
-        float sum = moemla_block_reduce(local_sum, false, red_v);
-        for (int e = tid; e < experts; e += nthreads) scores[e] = scores[e] / sum;
-    } else {
-        for (int e = tid; e < experts; e += nthreads) scores[e] = 1.0f / (1.0f + expf(-scores[e]));
+        for (int e = tid; e < experts; e += nthreads) local_sum += expf(moemla_load(logits + row + e) - mx);
+        sum = moemla_block_reduce(local_sum, false, red);
     }
-    // 2. Selection scores (bias steers selection only). NaN never wins: it becomes -inf.
-    for (int e = tid; e < experts; e += nthreads) {
-        float s = scores[e] + (has_bias ? bias[e] : 0.0f);
-        sel[e] = (s == s) ? s : MOEMLA_NEG_INF;
-    }
-    __syncthreads();
+    auto score = [&](int e) -> float {
+        const float x = moemla_load(logits + row + e);
+        return score_func == 1 ? expf(x - mx) / sum : 1.0f / (1.0f + expf(-x));
+    };
 
-    // 3. Group limit.
+    // 2. Selection scores (the bias steers selection only); NaN ranks as -inf.
+    for (int e = tid; e < experts; e += nthreads) {
+        const float v = score(e) + (has_bias ? bias[e] : 0.0f);
+        s.sel[e] = (v == v) ? v : MOEMLA_NEG_INF;
+    }
+
+    // 3. Group limit: keep the topk_group best groups, the others' experts become -inf.
     if (n_group > 1) {
+        __syncthreads();
         const int gsize = experts / n_group;
         for (int g = tid; g < n_group; g += nthreads) {
             float best = MOEMLA_NEG_INF, second = MOEMLA_NEG_INF;
             for (int e = g * gsize; e < (g + 1) * gsize; ++e) {
-                float s = sel[e];
-                if (s > best) {
+                const float v = s.sel[e];
+                if (v > best) {
                     second = best;
-                    best = s;
-                } else if (s > second) {
-                    second = s;
+                    best = v;
+                } else if (v > second) {
+                    second = v;
                 }
             }
-            // top2_sum over a one-expert group is that expert's score.
-            gscore[g] = (group_select == 1 && gsize > 1) ? best + second : best;
-            gkept[g] = 0;
+            // top2_sum over a one-expert group is that expert's score; inf + -inf = NaN
+            // ranks as -inf.
+            s.gscore[g] = (group_select == 1 && gsize > 1) ? best + second : best;
+            s.gkept[g] = 0;
         }
+        moemla_block_topk(s.gscore, n_group, topk_group, false, s.gsel, s.hist, s.part, s.bcast);
+        for (int j = tid; j < topk_group; j += nthreads) s.gkept[s.gsel[j]] = 1;
         __syncthreads();
-        for (int round = 0; round < topk_group; ++round) {
-            float v = MOEMLA_NEG_INF;
-            int idx = MOEMLA_INT_MAX;
-            for (int g = tid; g < n_group; g += nthreads) {
-                if (!gkept[g] && moemla_argmax_better(gscore[g], g, v, idx)) {
-                    v = gscore[g];
-                    idx = g;
-                }
-            }
-            moemla_block_argmax(v, idx, red_v, red_i);
-            if (tid == 0 && idx != MOEMLA_INT_MAX) gkept[idx] = 1;
-            __syncthreads();
-        }
         for (int e = tid; e < experts; e += nthreads) {
-            if (!gkept[e / gsize]) sel[e] = MOEMLA_NEG_INF;
+            if (!s.gkept[e / gsize]) s.sel[e] = MOEMLA_NEG_INF;
         }
-        __syncthreads();
     }
 
-    // 4. Top-k by iterated argmax; thread 0 records the ids in slot order.
+    // 4. The top_k experts, best first.
+    moemla_block_topk(s.sel, experts, top_k, true, s.cand, s.hist, s.part, s.bcast);
+
+    // 5. Weights: unbiased scores of the chosen ids, renormalised (sum in slot order,
+    //    divided by max(sum, 1e-20)), scaled. sel is free again: it holds the scores.
     const moemla_i64 out = (moemla_i64)blockIdx.x * top_k;
-    for (int j = 0; j < top_k; ++j) {
-        float v = MOEMLA_NEG_INF;
-        int idx = MOEMLA_INT_MAX;
-        for (int e = tid; e < experts; e += nthreads) {
-            if (!taken[e] && moemla_argmax_better(sel[e], e, v, idx)) {
-                v = sel[e];
-                idx = e;
-            }
-        }
-        moemla_block_argmax(v, idx, red_v, red_i);
-        // top_k <= E, so an untaken expert always exists and idx is a real id.
-        if (tid == 0) {
-            taken[idx] = 1;
-            topk_ids[out + j] = idx;
-        }
-        __syncthreads();
+    for (int j = tid; j < top_k; j += nthreads) {
+        const int id = s.cand[j];
+        topk_ids[out + j] = id;
+        s.sel[j] = score(id);
     }
-
-    // 5. Weights: unbiased scores, renormalised in slot order, scaled.
-    if (tid == 0) {
-        float sum = 0.0f;
-        for (int j = 0; j < top_k; ++j) sum += scores[topk_ids[out + j]];
-        for (int j = 0; j < top_k; ++j) {
-            float w = scores[topk_ids[out + j]];
-            if (renormalize) w = w / sum;
-            topk_weights[out + j] = w * routed_scaling_factor;
-        }
+    __syncthreads();
+    if (renormalize && tid == 0) {
+        float total = 0.0f;
+        for (int j = 0; j < top_k; ++j) total += s.sel[j];
+        red[0] = fmaxf(total, 1e-20f);
+    }
+    __syncthreads();
+    const float denom = renormalize ? red[0] : 1.0f;
+    for (int j = tid; j < top_k; j += nthreads) {
+        const float w = renormalize ? s.sel[j] / denom : s.sel[j];
+        topk_weights[out + j] = w * routed_scaling_factor;
     }
 }
 

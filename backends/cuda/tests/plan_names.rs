@@ -12,6 +12,8 @@ fn limits(tensor_cores: bool) -> DeviceLimits {
         warp_size: 32,
         max_shared_bytes: 227 * 1024,
         tensor_cores,
+        max_grid: DeviceLimits::CUDA_GRID,
+        max_grid_threads: u64::MAX,
     }
 }
 
@@ -27,7 +29,7 @@ fn assert_in(module: Module, kernel: &str) {
 fn planned_kernels_are_entry_points_of_their_modules() {
     for dtype in DType::FLOATS {
         for tc in [false, true] {
-            let l = route::plan(4, 64, 8, dtype, &limits(tc)).unwrap();
+            let l = route::plan(4, 64, 6, 8, dtype, &limits(tc)).unwrap();
             assert_in(Module::MoeRoute, &l.kernel);
             let p = experts::plan(4, 64, 32, 8, 2, dtype, &limits(tc)).unwrap();
             for l in &p.launches {

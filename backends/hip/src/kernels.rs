@@ -90,6 +90,8 @@ mod tests {
             warp_size: 64,
             max_shared_bytes: 65536,
             tensor_cores: false,
+            max_grid: DeviceLimits::HIP_GRID,
+            max_grid_threads: DeviceLimits::HIP_GRID_THREADS,
         };
         let sizes = MlaSizes {
             batch: 2,
@@ -103,7 +105,7 @@ mod tests {
             max_blocks: 4,
         };
         for dtype in DType::FLOATS {
-            let l = route::plan(4, 256, 8, dtype, &limits).unwrap();
+            let l = route::plan(4, 256, 8, 8, dtype, &limits).unwrap();
             assert!(
                 MOE_ROUTE.entry_points.contains(&l.kernel.as_str()),
                 "{}",

@@ -139,7 +139,7 @@ fn mock_device_is_discovered_described_and_launched_as_planned() {
     ops::moe_route(&b, &logits, None, &v2).unwrap();
     let route = format!(
         "moemla_moe_route_bf16 grid=5,1,1 block=256,1,1 shared={} scalars=64,6,8,3,1,0,0,16",
-        12 * 64 + 8 * 8
+        moemla_kernel_plan::route::shared_bytes(64, 6, 8, 256).unwrap()
     );
     assert_eq!(launches(&log), ["load".to_string(), route.clone(), route]);
 
@@ -170,6 +170,7 @@ fn mock_device_is_discovered_described_and_launched_as_planned() {
         softmax_scale: 0.125,
         causal: true,
         head_dim_v: 64,
+        kv_format: Default::default(),
     };
     ops::mla_decode(&b, &q, &kv, &table, &seqlens, &params).unwrap();
     let lines = launches(&log);

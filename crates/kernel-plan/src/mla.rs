@@ -1,8 +1,8 @@
 //! `mla_decode`: index check, split-KV decode over the paged cache, split combine.
 
 use crate::{
-    ceil_div, dtype_suffix, fits, round_up, DeviceLimits, Launch, PlanError, PlanResult,
-    GRID_YZ_LIMIT, INT_LIMIT,
+    ceil_div, check_launch, checked, dtype_suffix, fits, layout, round_up, DeviceLimits, Launch,
+    PlanError, PlanResult, Region, INT_LIMIT,
 };
 use moemla_core::{DType, Op};
 
@@ -17,6 +17,8 @@ pub const COMBINE_BLOCK: u32 = 128;
 pub const MAX_SPLITS: usize = 64;
 /// Fewest cache positions worth a split of their own.
 pub const MIN_SPLIT_LEN: usize = 256;
+/// Static shared memory of `moemla_mla_combine_*`: one weight per split and a sum.
+pub const COMBINE_STATIC_SHARED_BYTES: u32 = (MAX_SPLITS as u32 + 1) * 4;
 
 /// Problem sizes of an `mla_decode` call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,15 +60,16 @@ impl MlaSizes {
     }
 }
 
-/// Workspace sizes, in elements.
+/// Where the workspace buffers lie in the op's workspace (byte regions). Neither needs
+/// initialising: the decode kernel writes every split of every row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MlaWorkspace {
-    /// `err`: i32[2], initialise both to `i32::MAX`.
-    pub err: usize,
     /// `o_part`: f32, `num_splits * B * Sq * Hq * Dv`.
-    pub o_part: usize,
+    pub o_part: Region,
     /// `lse_part`: f32, `num_splits * B * Sq * Hq`.
-    pub lse_part: usize,
+    pub lse_part: Region,
+    /// Total bytes.
+    pub bytes: usize,
 }
 
 /// The launches of one `mla_decode` call.
@@ -78,32 +81,39 @@ pub struct MlaPlan {
     pub block_q: usize,
     /// Cache positions per inner step.
     pub block_n: usize,
-    /// Workspace sizes.
+    /// Workspace layout.
     pub workspace: MlaWorkspace,
+    /// Bytes of `o` [B, Sq, Hq, Dv] in the run dtype.
+    pub o_bytes: usize,
+    /// Bytes of `lse` [B, Hq, Sq] f32.
+    pub lse_bytes: usize,
     /// `moemla_mla_check`, `moemla_mla_decode_*`, `moemla_mla_combine_*`, in order.
     pub launches: [Launch; 3],
 }
 
-/// Dynamic shared memory of `moemla_mla_decode_*` (the layout in kernels/README.md).
+/// Dynamic shared memory of `moemla_mla_decode_*` (the layout in kernels/README.md);
+/// `None` on overflow.
 pub fn decode_shared_bytes(
     elem: usize,
     d_qk: usize,
     d_v: usize,
     block_q: usize,
     block_n: usize,
-) -> usize {
-    let ks = round_up(d_qk, 16) + 8;
-    let os = round_up(d_v, 8);
-    let ps = block_n + 8;
+) -> Option<usize> {
+    let ks = round_up(d_qk, 16)?.checked_add(8)?;
+    let os = round_up(d_v, 8)?;
+    let ps = block_n.checked_add(8)?;
     let regions = [
-        block_q * ks * elem,
-        block_n * ks * elem,
-        block_q * os * 4,
-        block_q * block_n * 4,
-        block_q * ps * elem,
-        block_q * 16,
+        block_q.checked_mul(ks)?.checked_mul(elem)?,
+        block_n.checked_mul(ks)?.checked_mul(elem)?,
+        block_q.checked_mul(os)?.checked_mul(4)?,
+        block_q.checked_mul(block_n)?.checked_mul(4)?,
+        block_q.checked_mul(ps)?.checked_mul(elem)?,
+        block_q.checked_mul(16)?,
     ];
-    regions.iter().map(|&r| round_up(r, 16)).sum()
+    regions
+        .iter()
+        .try_fold(0usize, |sum, &r| sum.checked_add(round_up(r, 16)?))
 }
 
 /// The positions `[start, end)` of split `split` (of `num_splits`) of a sequence of
@@ -115,9 +125,9 @@ pub fn split_range(
     num_splits: usize,
     block_n: usize,
 ) -> (usize, usize) {
-    let len = round_up(ceil_div(seqlen, num_splits), block_n);
-    let start = (split * len).min(seqlen);
-    let end = (start + len).min(seqlen);
+    let len = ceil_div(seqlen, num_splits).next_multiple_of(block_n);
+    let start = split.saturating_mul(len).min(seqlen);
+    let end = start.saturating_add(len).min(seqlen);
     (start, end)
 }
 
@@ -131,9 +141,15 @@ pub fn choose_splits(blocks_per_split: usize, capacity: usize, compute_units: us
     want.min(by_len).clamp(1, MAX_SPLITS)
 }
 
-/// Plans `mla_decode` with run dtype `dtype`.
+/// Plans `mla_decode` with run dtype `dtype`. Every size is checked: a problem the
+/// kernels' `int` parameters, the grid or the address space cannot hold is a
+/// [`PlanError`].
 pub fn plan(s: &MlaSizes, dtype: DType, limits: &DeviceLimits) -> PlanResult<MlaPlan> {
     let op = Op::MlaDecode;
+    let mul = |what: &str, a: usize, b: usize| checked(op, what, a.checked_mul(b));
+    let capacity = mul("max_blocks * block_size", s.max_blocks, s.block_size)?;
+    let table_len = mul("B * max_blocks", s.batch, s.max_blocks)?;
+    let out_rows = mul("B * Sq * Hq", mul("B * Sq", s.batch, s.s_q)?, s.h_q)?;
     for (what, v) in [
         ("B", s.batch),
         ("Sq", s.s_q),
@@ -142,8 +158,9 @@ pub fn plan(s: &MlaSizes, dtype: DType, limits: &DeviceLimits) -> PlanResult<Mla
         ("num_blocks", s.num_blocks),
         ("block_size", s.block_size),
         ("max_blocks", s.max_blocks),
-        ("max_blocks * block_size", s.max_blocks * s.block_size),
-        ("B * max_blocks", s.batch * s.max_blocks),
+        ("max_blocks * block_size", capacity),
+        ("B * max_blocks", table_len),
+        ("B * Sq * Hq", out_rows),
     ] {
         fits(op, what, v, INT_LIMIT)?;
     }
@@ -153,25 +170,28 @@ pub fn plan(s: &MlaSizes, dtype: DType, limits: &DeviceLimits) -> PlanResult<Mla
         .ok_or_else(|| PlanError {
             op,
             what: format!("Dqk = {}, Dv = {}", s.d_qk, s.d_v),
-            reason: format!(
-                "the smallest decode tile needs {} bytes of shared memory, the device allows {}",
-                decode_shared_bytes(elem, s.d_qk, s.d_v, 1, 16),
-                limits.max_shared_bytes
-            ),
+            reason: match decode_shared_bytes(elem, s.d_qk, s.d_v, 1, 16) {
+                Some(bytes) => format!(
+                    "the smallest decode tile needs {bytes} bytes of shared memory, the device \
+                     allows {}",
+                    limits.max_shared_bytes
+                ),
+                None => "the decode tile's shared memory overflows the address space".into(),
+            },
         })?;
-    let rows = s.s_q * (s.h_q / s.h_kv);
+    let rows = mul("Sq * Hq / Hkv", s.s_q, s.h_q / s.h_kv)?;
     let m_tiles = ceil_div(rows, block_q);
-    let grid_m = fits(op, "query row tiles", m_tiles, GRID_YZ_LIMIT)?;
-    let grid_bh = fits(op, "B * Hkv", s.batch * s.h_kv, GRID_YZ_LIMIT)?;
+    let bh = mul("B * Hkv", s.batch, s.h_kv)?;
     let num_splits = choose_splits(
-        s.batch * s.h_kv * m_tiles,
-        s.max_blocks * s.block_size,
+        bh.saturating_mul(m_tiles),
+        capacity,
         limits.compute_units as usize,
     );
-    let out_rows = s.batch * s.s_q * s.h_q;
-    fits(op, "B * Sq * Hq", out_rows, INT_LIMIT)?;
     let sfx = dtype_suffix(dtype);
-    let smem = decode_shared_bytes(elem, s.d_qk, s.d_v, block_q, block_n);
+    // pick_tiles found a tile that fits max_shared_bytes (a u32).
+    let smem = decode_shared_bytes(elem, s.d_qk, s.d_v, block_q, block_n)
+        .and_then(|b| u32::try_from(b).ok())
+        .unwrap_or(u32::MAX);
     let launches = [
         Launch {
             kernel: "moemla_mla_check".into(),
@@ -179,7 +199,7 @@ pub fn plan(s: &MlaSizes, dtype: DType, limits: &DeviceLimits) -> PlanResult<Mla
                 fits(
                     op,
                     "check blocks",
-                    ceil_div(s.batch * s.max_blocks, CHECK_BLOCK as usize),
+                    ceil_div(table_len, CHECK_BLOCK as usize),
                     INT_LIMIT,
                 )?,
                 1,
@@ -190,26 +210,53 @@ pub fn plan(s: &MlaSizes, dtype: DType, limits: &DeviceLimits) -> PlanResult<Mla
         },
         Launch {
             kernel: format!("moemla_mla_decode_{sfx}"),
-            grid: [num_splits as u32, grid_m, grid_bh],
+            grid: [
+                fits(op, "splits", num_splits, INT_LIMIT)?,
+                fits(op, "query row tiles", m_tiles, INT_LIMIT)?,
+                fits(op, "B * Hkv", bh, INT_LIMIT)?,
+            ],
             block: [DECODE_BLOCK, 1, 1],
-            shared_bytes: smem as u32,
+            shared_bytes: smem,
         },
         Launch {
             kernel: format!("moemla_mla_combine_{sfx}"),
-            grid: [out_rows as u32, 1, 1],
+            grid: [fits(op, "B * Sq * Hq", out_rows, INT_LIMIT)?, 1, 1],
             block: [COMBINE_BLOCK, 1, 1],
             shared_bytes: 0,
         },
     ];
+    check_launch(op, &launches[0], 0, limits)?;
+    check_launch(op, &launches[1], 0, limits)?;
+    check_launch(op, &launches[2], COMBINE_STATIC_SHARED_BYTES, limits)?;
+    let lse_len = mul("num_splits * B * Sq * Hq", num_splits, out_rows)?;
+    let (r, bytes) = layout(
+        op,
+        [
+            (
+                "o_part",
+                lse_len.checked_mul(s.d_v).and_then(|n| n.checked_mul(4)),
+            ),
+            ("lse_part", lse_len.checked_mul(4)),
+        ],
+    )?;
+    let o_bytes = checked(
+        op,
+        "o",
+        out_rows
+            .checked_mul(s.d_v)
+            .and_then(|n| n.checked_mul(elem)),
+    )?;
     Ok(MlaPlan {
         num_splits,
         block_q,
         block_n,
         workspace: MlaWorkspace {
-            err: 2,
-            o_part: num_splits * out_rows * s.d_v,
-            lse_part: num_splits * out_rows,
+            o_part: r[0],
+            lse_part: r[1],
+            bytes,
         },
+        o_bytes,
+        lse_bytes: mul("lse", out_rows, 4)?,
         launches,
     })
 }
@@ -228,10 +275,12 @@ fn pick_tiles(
     max_smem: usize,
 ) -> Option<(usize, usize)> {
     let bytes = |bq: usize, bn: usize| decode_shared_bytes(elem, s.d_qk, s.d_v, bq, bn);
-    let fits = |bq: usize, bn: usize| bytes(bq, bn) <= max_smem;
+    let fits = |bq: usize, bn: usize| bytes(bq, bn).is_some_and(|b| b <= max_smem);
     if tensor_path {
         let per_sm = max_smem + PER_BLOCK_RESERVED;
-        let twice = |bn: usize| 2 * (bytes(16, bn) + PER_BLOCK_RESERVED) <= per_sm;
+        let twice = |bn: usize| {
+            bytes(16, bn).is_some_and(|b| b <= max_smem && 2 * (b + PER_BLOCK_RESERVED) <= per_sm)
+        };
         return [64, 32, 16]
             .into_iter()
             .find(|&bn| twice(bn))

@@ -94,6 +94,13 @@ inline int atomicMin(int* p, int v) {
     }
     return old;
 }
+inline unsigned long long atomicMin(unsigned long long* p, unsigned long long v) {
+    std::atomic_ref<unsigned long long> a(*p);
+    unsigned long long old = a.load();
+    while (v < old && !a.compare_exchange_weak(old, v)) {
+    }
+    return old;
+}
 inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
 
 // Runs `kernel()` over the grid, one block at a time: `threads` host threads (one per GPU

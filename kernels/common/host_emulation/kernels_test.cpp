@@ -95,100 +95,248 @@ static std::vector<float> randn(size_t n, float scale) {
 // ---------------------------------------------------------------------------------------
 // moe_route
 // ---------------------------------------------------------------------------------------
-static void route_case(int dtype, int T, int E, int top_k, int n_group, int topk_group,
-                       int score_func, int group_select, int renorm, float scale, bool with_bias) {
-    Tensor logits = make(randn((size_t)T * E, 2.0f), dtype);
-    std::vector<float> bias = randn(E, 0.5f);
+struct RouteCase {
+    int T, E, top_k, n_group, topk_group, score_func, group_select, renorm;
+    float scale;
+    bool with_bias;
+};
+
+// The contract's ranking on doubles: larger first, NaN as -inf (-0 == +0 already).
+static double rank_value(double v) { return std::isnan(v) ? -INFINITY : v; }
+
+// Runs moemla_moe_route_* on `logit_vals` (stored in `dtype`) and `bias`, and checks it
+// against a double-precision reference written from the contract. Ids must be the
+// reference's top_k, best first; where two reference selection scores are within
+// `near` (f32 rounding of nearly equal values) either order is accepted, an exact tie
+// must go to the lower index.
+static void route_run(int dtype, const RouteCase& c, const std::vector<float>& logit_vals,
+                      const std::vector<float>& bias, const char* label) {
+    const int T = c.T, E = c.E, top_k = c.top_k;
+    Tensor logits = make(logit_vals, dtype);
     std::vector<int> ids((size_t)T * top_k, -7);
     std::vector<float> w((size_t)T * top_k, -7.0f);
-    int threads = 256;
-    moemla_emu_launch({(unsigned)T, 1, 1}, threads, [&] {
+    moemla_emu_launch({(unsigned)T, 1, 1}, 256, [&] {
         auto* lg = (const void*)logits.ptr();
+        const float* b = bias.data();
         if (dtype == 0)
-            moemla_moe_route_f32((const float*)lg, bias.data(), with_bias, ids.data(), w.data(), E, top_k,
-                                 n_group, topk_group, score_func, group_select, renorm, scale);
+            moemla_moe_route_f32((const float*)lg, b, c.with_bias, ids.data(), w.data(), E, top_k, c.n_group,
+                                 c.topk_group, c.score_func, c.group_select, c.renorm, c.scale);
         else if (dtype == 1)
-            moemla_moe_route_f16((const moemla_f16*)lg, bias.data(), with_bias, ids.data(), w.data(), E,
-                                 top_k, n_group, topk_group, score_func, group_select, renorm, scale);
+            moemla_moe_route_f16((const moemla_f16*)lg, b, c.with_bias, ids.data(), w.data(), E, top_k, c.n_group,
+                                 c.topk_group, c.score_func, c.group_select, c.renorm, c.scale);
         else
-            moemla_moe_route_bf16((const moemla_bf16*)lg, bias.data(), with_bias, ids.data(), w.data(), E,
-                                  top_k, n_group, topk_group, score_func, group_select, renorm, scale);
+            moemla_moe_route_bf16((const moemla_bf16*)lg, b, c.with_bias, ids.data(), w.data(), E, top_k,
+                                  c.n_group, c.topk_group, c.score_func, c.group_select, c.renorm, c.scale);
     });
+    const double near = 1e-6;
     for (int t = 0; t < T; ++t) {
         std::vector<double> s(E), sel(E);
         double mx = -INFINITY, sum = 0;
-        for (int e = 0; e < E; ++e) mx = std::max(mx, (double)logits.vals[t * E + e]);
+        for (int e = 0; e < E; ++e)
+            if (logits.vals[t * E + e] > mx) mx = logits.vals[t * E + e];
         for (int e = 0; e < E; ++e) {
             double x = logits.vals[t * E + e];
-            s[e] = score_func == 1 ? std::exp(x - mx) : 1.0 / (1.0 + std::exp(-x));
+            s[e] = c.score_func == 1 ? std::exp(x - mx) : 1.0 / (1.0 + std::exp(-x));
             sum += s[e];
         }
         for (int e = 0; e < E; ++e) {
-            if (score_func == 1) s[e] /= sum;
-            sel[e] = s[e] + (with_bias ? bias[e] : 0.0);
+            if (c.score_func == 1) s[e] /= sum;
+            sel[e] = rank_value(s[e] + (c.with_bias ? bias[e] : 0.0));
         }
-        if (n_group > 1) {
-            int gs = E / n_group;
-            std::vector<std::pair<double, int>> gsc;
-            for (int g = 0; g < n_group; ++g) {
-                std::vector<double> v(sel.begin() + g * gs, sel.begin() + (g + 1) * gs);
-                std::sort(v.rbegin(), v.rend());
-                double score = (group_select == 1 && gs > 1) ? v[0] + v[1] : v[0];
-                gsc.push_back({-score, g});
+        auto by_rank = [](const std::vector<double>& v) {
+            std::vector<int> order(v.size());
+            for (size_t i = 0; i < v.size(); ++i) order[i] = (int)i;
+            std::stable_sort(order.begin(), order.end(),
+                             [&](int a, int b) { return rank_value(v[a]) > rank_value(v[b]); });
+            return order;
+        };
+        if (c.n_group > 1) {
+            int gs = E / c.n_group;
+            std::vector<double> gscore(c.n_group);
+            for (int g = 0; g < c.n_group; ++g) {
+                double best = -INFINITY, second = -INFINITY;
+                for (int e = g * gs; e < (g + 1) * gs; ++e) {
+                    if (sel[e] > best) {
+                        second = best;
+                        best = sel[e];
+                    } else if (sel[e] > second) {
+                        second = sel[e];
+                    }
+                }
+                gscore[g] = (c.group_select == 1 && gs > 1) ? best + second : best;
             }
-            std::sort(gsc.begin(), gsc.end());
-            std::vector<bool> keep(n_group, false);
-            for (int i = 0; i < topk_group; ++i) keep[gsc[i].second] = true;
+            std::vector<int> gorder = by_rank(gscore);
+            std::vector<bool> keep(c.n_group, false);
+            for (int i = 0; i < c.topk_group; ++i) keep[gorder[i]] = true;
             for (int e = 0; e < E; ++e)
                 if (!keep[e / gs]) sel[e] = -INFINITY;
         }
-        std::vector<std::pair<double, int>> order;
-        for (int e = 0; e < E; ++e) order.push_back({-sel[e], e});
-        std::sort(order.begin(), order.end());
-        double wsum = 0;
-        for (int j = 0; j < top_k; ++j) wsum += s[order[j].second];
+        std::vector<int> order = by_rank(sel);
+        std::vector<bool> chosen(E, false);
+        char buf[240];
+        bool ids_ok = true;
         for (int j = 0; j < top_k; ++j) {
-            int want_id = order[j].second;
-            double want_w = s[want_id] / (renorm ? wsum : 1.0) * scale;
-            char buf[200];
-            std::snprintf(buf, sizeof buf, "moe_route %s T%d E%d g%d sf%d gs%d t%d j%d: id %d want %d, w %g want %g",
-                          dname(dtype), T, E, n_group, score_func, group_select, t, j, ids[t * top_k + j], want_id,
-                          w[t * top_k + j], want_w);
-            expect(ids[t * top_k + j] == want_id && close(w[t * top_k + j], want_w, 1e-5, 1e-5), buf);
+            const int got = ids[t * top_k + j];
+            if (got < 0 || got >= E || chosen[got]) {
+                ids_ok = false;
+                break;
+            }
+            chosen[got] = true;
+            if (j > 0) {
+                const int prev = ids[t * top_k + j - 1];
+                const double a = sel[prev], b = sel[got];
+                // best first; an exact tie goes to the lower index
+                if (a < b - near || (a == b && prev > got)) ids_ok = false;
+            }
         }
+        // The chosen set is the reference's, up to near-ties at the boundary.
+        if (ids_ok) {
+            for (int j = 0; j < top_k && ids_ok; ++j) {
+                const int want = order[j];
+                if (chosen[want]) continue;
+                const int kth = order[top_k - 1];
+                if (!(std::fabs(sel[want] - sel[kth]) <= near && sel[want] != sel[kth])) ids_ok = false;
+            }
+        }
+        std::snprintf(buf, sizeof buf, "moe_route %s %s T%d E%d k%d g%d sf%d gs%d t%d: ids (first %d, want %d)",
+                      label, dname(dtype), T, E, top_k, c.n_group, c.score_func, c.group_select, t, ids[t * top_k],
+                      order[0]);
+        expect(ids_ok, buf);
+        if (!ids_ok) continue;
+        double wsum = 0;
+        for (int j = 0; j < top_k; ++j) wsum += s[ids[t * top_k + j]];
+        const double denom = c.renorm ? std::max(wsum, 1e-20) : 1.0;
+        int shown = 0;
+        for (int j = 0; j < top_k; ++j) {
+            const double want_w = s[ids[t * top_k + j]] / denom * c.scale;
+            const double got_w = w[t * top_k + j];
+            const bool ok = std::isnan(want_w) ? std::isnan(got_w) : close(got_w, want_w, 1e-5, 1e-5);
+            if (!ok && shown++ < 3) {
+                std::snprintf(buf, sizeof buf, "moe_route %s %s t%d j%d: w %g want %g", label, dname(dtype), t, j,
+                              got_w, want_w);
+                expect(false, buf);
+            } else if (ok) {
+                ++g_checks;
+            }
+        }
+    }
+}
+
+static void route_case(int dtype, const RouteCase& c) {
+    route_run(dtype, c, randn((size_t)c.T * c.E, 2.0f), randn(c.E, 0.5f), "random");
+}
+
+// Issue 11: NaN selection scores rank as -inf (expert and group scores), ties go to the
+// lower index, an all-zero row renormalises to weights 0, and top_k up to E.
+static void route_edge_cases(int dtype) {
+    const float nan = NAN, inf = INFINITY;
+    // NaN logits and a NaN bias are picked last; with top_k = E - 2 two of the four NaN
+    // experts are picked, the lower indices, weights as the arithmetic gives (NaN).
+    {
+        RouteCase c{3, 64, 8, 1, 1, 0, 0, 0, 1.0f, true};
+        std::vector<float> lg = randn((size_t)c.T * c.E, 2.0f), b = randn(c.E, 0.5f);
+        for (int t = 0; t < c.T; ++t)
+            for (int e : {0, 5, 9}) lg[t * c.E + e] = nan;
+        b[3] = nan;
+        route_run(dtype, c, lg, b, "nan-last");
+        c.top_k = c.E - 2;
+        route_run(dtype, c, lg, b, "nan-picked-last");
+        c.renorm = 1;
+        c.top_k = 8;
+        route_run(dtype, c, lg, b, "nan-last-renorm");
+    }
+    // A group whose top-2 sum is inf + -inf = NaN ranks as -inf; a group of NaN only too.
+    {
+        RouteCase c{2, 16, 4, 8, 3, 0, 1, 1, 2.0f, true};
+        std::vector<float> lg = randn((size_t)c.T * c.E, 1.0f), b = randn(c.E, 0.5f);
+        b[0] = inf;
+        b[1] = -inf;
+        b[4] = nan;
+        b[5] = nan;
+        route_run(dtype, c, lg, b, "nan-group");
+        c.group_select = 0;
+        route_run(dtype, c, lg, b, "nan-group-max");
+    }
+    // Sigmoid of -1000 is 0 for every expert: renormalised weights are exactly 0 (the
+    // denominator is max(sum, 1e-20)), ids the first top_k (all tie).
+    {
+        RouteCase c{2, 32, 6, 4, 2, 0, 1, 1, 2.5f, false};
+        std::vector<float> lg((size_t)c.T * c.E, -1000.0f), b(c.E, 0.0f);
+        route_run(dtype, c, lg, b, "all-zero-renorm");
+        c.n_group = 1;
+        c.topk_group = 1;
+        route_run(dtype, c, lg, b, "all-zero-renorm-nogroup");
+    }
+    // Equal logits: groups and experts both tie; the lower indices win.
+    {
+        RouteCase c{1, 64, 5, 8, 3, 1, 0, 1, 1.0f, false};
+        std::vector<float> lg((size_t)c.T * c.E, 0.25f), b(c.E, 0.0f);
+        route_run(dtype, c, lg, b, "ties");
+    }
+    // top_k close to and equal to E (the selection is O(E + k log^2 k), not O(E * k)).
+    {
+        RouteCase c{2, 2048, 2048, 1, 1, 0, 0, 1, 1.0f, true};
+        route_run(dtype, c, randn((size_t)c.T * c.E, 2.0f), randn(c.E, 0.5f), "k-equals-E");
+        RouteCase g{1, 2000, 1999, 8, 8, 1, 1, 0, 1.0f, true};
+        route_run(dtype, g, randn((size_t)g.T * g.E, 2.0f), randn(g.E, 0.5f), "k-near-E-groups");
+        RouteCase many{1, 4096, 300, 1024, 700, 0, 1, 1, 1.0f, true};
+        route_run(dtype, many, randn((size_t)many.T * many.E, 2.0f), randn(many.E, 0.5f), "many-groups");
     }
 }
 
 // ---------------------------------------------------------------------------------------
 // moe_experts
 // ---------------------------------------------------------------------------------------
-static void experts_case(int dtype, int T, int H, int I, int E, int k, int bad_slot) {
+// What an experts case puts in its routing besides random ids and weights.
+struct ExpertsOpts {
+    int bad_slot = -1;     // ids[bad_slot] = E (first bad), ids[bad_slot + 2] = -5 (a later one)
+    bool poison = false;   // expert E - 1 has NaN / inf weights and every slot routed to it
+                           // weight +0 or -0; id -1 slots get NaN weights
+    int nan_weight = -1;   // this slot (a valid expert) gets a NaN weight: its row is NaN
+};
+
+static void experts_case(int dtype, int T, int H, int I, int E, int k, ExpertsOpts opt = {}) {
     Tensor x = make(randn((size_t)T * H, 1.0f), dtype);
-    Tensor w13 = make(randn((size_t)E * 2 * I * H, 0.2f), dtype);
-    Tensor w2 = make(randn((size_t)E * H * I, 0.2f), dtype);
+    std::vector<float> w13v = randn((size_t)E * 2 * I * H, 0.2f), w2v = randn((size_t)E * H * I, 0.2f);
     std::vector<int> ids((size_t)T * k);
     std::uniform_int_distribution<int> pick(-1, E - 1);
     for (auto& id : ids) id = pick(rng);
-    if (bad_slot >= 0) {
-        ids[bad_slot] = E;                                // first bad
-        if (bad_slot + 2 < (int)ids.size()) ids[bad_slot + 2] = -5;  // a later bad one
+    if (opt.bad_slot >= 0) {
+        ids[opt.bad_slot] = E;                                        // first bad
+        if (opt.bad_slot + 2 < (int)ids.size()) ids[opt.bad_slot + 2] = -5;  // a later bad one
     }
     std::vector<float> tw = randn((size_t)T * k, 0.5f);
+    if (opt.poison) {
+        const size_t per13 = (size_t)2 * I * H, per2 = (size_t)H * I;
+        for (size_t i = 0; i < per13; ++i) w13v[(E - 1) * per13 + i] = i % 3 == 0 ? NAN : INFINITY;
+        for (size_t i = 0; i < per2; ++i) w2v[(E - 1) * per2 + i] = i % 2 ? NAN : -INFINITY;
+        for (size_t s = 0; s < ids.size(); ++s) {
+            if (s % 4 == 0) ids[s] = E - 1;  // make sure the poisoned expert is routed to
+            if (ids[s] == E - 1) tw[s] = s % 2 ? -0.0f : 0.0f;
+            if (ids[s] == -1) tw[s] = NAN;
+        }
+    }
+    if (opt.nan_weight >= 0) {
+        if (ids[opt.nan_weight] < 0) ids[opt.nan_weight] = 0;
+        tw[opt.nan_weight] = NAN;
+    }
+    Tensor w13 = make(w13v, dtype), w2 = make(w2v, dtype);
 
     const int slots = T * k;
     const int TMt = 64;
     const int max_tiles = (slots + std::min(E, slots) * (TMt - 1)) / TMt;
     const int rows = max_tiles * TMt;
     std::vector<int> sorted_rows(rows, -9), slot_pos(slots, -9), tile_expert(std::max(max_tiles, 1), -9), meta(1, -9);
-    int err = MOEMLA_INT_MAX;
+    unsigned long long err = ~0ull;
     const size_t es = dtype == 0 ? 4 : 2;
-    std::vector<unsigned char> act((size_t)rows * I * es);
+    // Workspaces and output start as NaN bytes: the kernels must write what they read.
+    std::vector<unsigned char> act((size_t)rows * I * es, 0xff);
     std::vector<float> yslot((size_t)rows * H, NAN);
-    std::vector<unsigned char> y((size_t)T * H * es);
+    std::vector<unsigned char> y((size_t)T * H * es, 0xff);
 
     moemla_emu_launch({1, 1, 1}, 1024, [&] {
-        moemla_moe_align(ids.data(), slots, E, max_tiles, sorted_rows.data(), slot_pos.data(), tile_expert.data(),
-                         meta.data(), &err);
+        moemla_moe_align(ids.data(), tw.data(), slots, E, max_tiles, sorted_rows.data(), slot_pos.data(),
+                         tile_expert.data(), meta.data(), &err);
     });
     moemla_dim3 g1{(unsigned)max_tiles, (unsigned)((I + 63) / 64), 1}, g2{(unsigned)max_tiles, (unsigned)((H + 63) / 64), 1};
 #define MOEMLA_RUN_EXPERTS(SFX, TT)                                                                               \
@@ -212,9 +360,12 @@ static void experts_case(int dtype, int T, int H, int I, int E, int k, int bad_s
     }
 
     char buf[200];
-    std::snprintf(buf, sizeof buf, "moe_experts %s T%d H%d I%d E%d k%d: err flag %d want %d", dname(dtype), T, H, I, E, k,
-                  err, bad_slot >= 0 ? bad_slot : MOEMLA_INT_MAX);
-    expect(err == (bad_slot >= 0 ? bad_slot : MOEMLA_INT_MAX), buf);
+    // The flag names the first bad slot and the id found there.
+    const unsigned long long want_err =
+        opt.bad_slot >= 0 ? ((unsigned long long)opt.bad_slot << 32) | (unsigned)E : ~0ull;
+    std::snprintf(buf, sizeof buf, "moe_experts %s T%d H%d I%d E%d k%d: err flag %#llx want %#llx", dname(dtype), T, H,
+                  I, E, k, err, want_err);
+    expect(err == want_err, buf);
     int worst = 0;
     double worst_err = 0;
     for (int t = 0; t < T; ++t)
@@ -222,7 +373,8 @@ static void experts_case(int dtype, int T, int H, int I, int E, int k, int bad_s
             double acc = 0;
             for (int j = 0; j < k; ++j) {
                 int e = ids[t * k + j];
-                if (e < 0 || e >= E) continue;
+                // id -1 (or bad) and weight 0 (either sign) contribute nothing
+                if (e < 0 || e >= E || tw[t * k + j] == 0.0f) continue;
                 double out = 0;
                 for (int i = 0; i < I; ++i) {
                     double g = 0, u = 0;
@@ -236,6 +388,7 @@ static void experts_case(int dtype, int T, int H, int I, int E, int k, int bad_s
             }
             double got = read_out(Tensor{y, {}}, (size_t)t * H + n, dtype);
             double errv = std::fabs(got - acc) - (atol_of(dtype) + atol_of(dtype) * std::fabs(acc));
+            if (std::isnan(acc) && std::isnan(got)) errv = 0;  // a NaN weight's row
             if (!(errv <= 0)) {
                 ++worst;
                 if (!(errv <= worst_err)) worst_err = errv;
@@ -294,24 +447,26 @@ static void mla_case(int dtype, const MlaCase& c, int corrupt /*0 none, 1 seqlen
             for (size_t i = 0; i < (size_t)c.block_size * c.h_kv * c.d_qk; ++i)
                 kvv[(size_t)blk * c.block_size * c.h_kv * c.d_qk + i] = NAN;
     Tensor kv = make(kvv, dtype);
-    int want_err0 = MOEMLA_INT_MAX, want_err1 = MOEMLA_INT_MAX;
+    // Flags: all ones when clean, else (first bad position << 32) | the value there.
+    auto flag = [](unsigned long long pos, int value) { return (pos << 32) | (unsigned)value; };
+    unsigned long long want_err0 = ~0ull, want_err1 = ~0ull;
     if (corrupt == 1) {
         lens[1] = c.max_blocks * c.block_size + 1;
         lens[2] = -3;
-        want_err0 = 1;
+        want_err0 = flag(1, lens[1]);
     } else if (corrupt == 2) {
         table[2 * c.max_blocks + 0] = c.num_blocks;  // used (seqlen of row 2 > 0)
         table[1 * c.max_blocks + 1] = -1;            // used if seqlen of row 1 > block_size
-        want_err1 = lens[1] > c.block_size ? 1 * c.max_blocks + 1 : 2 * c.max_blocks;
+        want_err1 = lens[1] > c.block_size ? flag(1 * c.max_blocks + 1, -1) : flag(2 * c.max_blocks, c.num_blocks);
     }
 
     const int out_rows = c.B * c.s_q * c.h_q;
     std::vector<float> o_part((size_t)c.num_splits * out_rows * c.d_v, NAN), lse_part((size_t)c.num_splits * out_rows, NAN);
     const size_t es = dtype == 0 ? 4 : 2;
     Tensor o;
-    o.bytes.assign((size_t)out_rows * c.d_v * es, 0);
+    o.bytes.assign((size_t)out_rows * c.d_v * es, 0xff);  // NaN bytes: every element must be written
     std::vector<float> lse(out_rows, NAN);
-    int err[2] = {MOEMLA_INT_MAX, MOEMLA_INT_MAX};
+    unsigned long long err[2] = {~0ull, ~0ull};
     const float scale = 0.1352337788608801f;
     moemla_emu_launch({(unsigned)((c.B * c.max_blocks + 255) / 256), 1, 1}, 256, [&] {
         moemla_mla_check(table.data(), lens.data(), c.B, c.max_blocks, c.block_size, c.num_blocks, err);
@@ -336,8 +491,8 @@ static void mla_case(int dtype, const MlaCase& c, int corrupt /*0 none, 1 seqlen
         MOEMLA_RUN_MLA(bf16, moemla_bf16)
     }
     char buf[240];
-    std::snprintf(buf, sizeof buf, "mla_check %s corrupt%d: err {%d, %d} want {%d, %d}", dname(dtype), corrupt, err[0],
-                  err[1], want_err0, want_err1);
+    std::snprintf(buf, sizeof buf, "mla_check %s corrupt%d: err {%#llx, %#llx} want {%#llx, %#llx}", dname(dtype),
+                  corrupt, err[0], err[1], want_err0, want_err1);
     expect(err[0] == want_err0 && err[1] == want_err1, buf);
     if (corrupt) return;
 
@@ -389,15 +544,18 @@ int main() {
     g_emu.warp_size = MOEMLA_WARP_SIZE;
     for (int dtype = 0; dtype < 3; ++dtype) {
         // DeepSeek-V3 routing; V2 (softmax, max); V2-Lite (no groups); a one-expert-group edge.
-        route_case(dtype, 5, 256, 8, 8, 4, 0, 1, 1, 2.5f, true);
-        route_case(dtype, 3, 160, 6, 8, 3, 1, 0, 0, 16.0f, false);
-        route_case(dtype, 4, 64, 6, 1, 1, 1, 0, 0, 1.0f, false);
-        route_case(dtype, 2, 300, 7, 300, 20, 0, 1, 1, 1.5f, true);
+        route_case(dtype, {5, 256, 8, 8, 4, 0, 1, 1, 2.5f, true});
+        route_case(dtype, {3, 160, 6, 8, 3, 1, 0, 0, 16.0f, false});
+        route_case(dtype, {4, 64, 6, 1, 1, 1, 0, 0, 1.0f, false});
+        route_case(dtype, {2, 300, 7, 300, 20, 0, 1, 1, 1.5f, true});
+        route_edge_cases(dtype);
 
-        experts_case(dtype, 7, 40, 24, 5, 3, -1);    // vector loads, ragged tiles
-        experts_case(dtype, 9, 36, 70, 3, 2, -1);    // scalar loads (H % 8 != 0), I > 64
-        experts_case(dtype, 150, 72, 16, 2, 2, -1);   // segments longer than one tile
-        experts_case(dtype, 4, 16, 8, 4, 3, 5);      // bad ids: flag = first bad slot
+        experts_case(dtype, 7, 40, 24, 5, 3);    // vector loads, ragged tiles
+        experts_case(dtype, 9, 36, 70, 3, 2);    // scalar loads (H % 8 != 0), I > 64
+        experts_case(dtype, 150, 72, 16, 2, 2);  // segments longer than one tile
+        experts_case(dtype, 4, 16, 8, 4, 3, {.bad_slot = 5});  // bad ids: flag = first bad slot
+        experts_case(dtype, 11, 40, 24, 4, 3, {.poison = true});  // weight 0 / id -1 skip a NaN expert
+        experts_case(dtype, 5, 24, 16, 3, 2, {.nan_weight = 3});  // a NaN weight is data
 
         MlaCase base{3, 2, 4, 2, 40, 32, 5, 7, 24, true, {0, 13, 30}, 3, 16, 16};
         mla_case(dtype, base, 0);

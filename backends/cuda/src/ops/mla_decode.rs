@@ -1,12 +1,12 @@
 //! `mla_decode`: index check, split-KV decode, split combine (three launches).
 
-use super::{as_i32, buf, read_flags, unconfirmed_flag, OrCore};
+use super::{buf, int_arg, read_flags, OrCore};
 use crate::error::DriverContext;
 use crate::nvrtc::Module;
 use crate::CudaBackend;
 use cudarc::driver::PushKernelArg;
 use moemla_core::calls::{MlaDecodeCall, MlaDecodeOutput};
-use moemla_core::{indices, DType, Result};
+use moemla_core::{DType, Error, Op, Result};
 use moemla_kernel_plan::mla::{self, MlaSizes};
 
 /// Runs MLA decode; `o` [B, Sq, Hq, Dv] in the run dtype, `lse` [B, Hq, Sq] F32.
@@ -18,29 +18,28 @@ pub(crate) fn run(b: &CudaBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecode
     let sizes = MlaSizes::of(call);
     let plan = mla::plan(&sizes, call.dtype, &b.dev.limits).or_core()?;
     let dev = &b.dev;
-    let elem = call.dtype.size_in_bytes();
-    let out_rows = call.batch * call.s_q * call.h_q;
+    let int = |what, v| int_arg(Op::MlaDecode, what, v);
 
-    let err = dev.upload(&[i32::MAX, i32::MAX]).or_core()?;
-    let o_part = dev.alloc_zeroed(plan.workspace.o_part * 4).or_core()?;
-    let lse_part = dev.alloc_zeroed(plan.workspace.lse_part * 4).or_core()?;
-    let o = dev.alloc_zeroed(out_rows * call.d_v * elem).or_core()?;
-    let lse = dev.alloc_zeroed(out_rows * 4).or_core()?;
+    let err = dev.upload(&[u64::MAX, u64::MAX]).or_core()?;
+    let o_part = dev.alloc_zeroed(plan.workspace.o_part.bytes).or_core()?;
+    let lse_part = dev.alloc_zeroed(plan.workspace.lse_part.bytes).or_core()?;
+    let o = dev.alloc_zeroed(plan.o_bytes).or_core()?;
+    let lse = dev.alloc_zeroed(plan.lse_bytes).or_core()?;
 
-    let batch = call.batch as i32;
-    let s_q = call.s_q as i32;
-    let h_q = call.h_q as i32;
-    let h_kv = call.h_kv as i32;
-    let d_qk = call.d_qk as i32;
-    let d_v = call.d_v as i32;
-    let num_blocks = call.num_blocks as i32;
-    let block_size = call.block_size as i32;
-    let max_blocks = call.max_blocks as i32;
+    let batch = int("B", call.batch)?;
+    let s_q = int("Sq", call.s_q)?;
+    let h_q = int("Hq", call.h_q)?;
+    let h_kv = int("Hkv", call.h_kv)?;
+    let d_qk = int("Dqk", call.d_qk)?;
+    let d_v = int("Dv", call.d_v)?;
+    let num_blocks = int("num_blocks", call.num_blocks)?;
+    let block_size = int("block_size", call.block_size)?;
+    let max_blocks = int("max_blocks", call.max_blocks)?;
     let causal = i32::from(call.params.causal);
     let scale = call.params.softmax_scale as f32;
-    let num_splits = plan.num_splits as i32;
-    let block_q = plan.block_q as i32;
-    let block_n = plan.block_n as i32;
+    let num_splits = int("num_splits", plan.num_splits)?;
+    let block_q = int("block_q", plan.block_q)?;
+    let block_n = int("block_n", plan.block_n)?;
 
     // 1. index check
     let (f, cfg) = dev
@@ -110,18 +109,30 @@ pub(crate) fn run(b: &CudaBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecode
         .call("cuLaunchKernel(mla_combine)")
         .or_core()?;
 
+    // Sequence lengths first, then block-table entries: the order of moemla_core::indices.
     let flags = read_flags(b, &err, 2)?;
-    if flags.iter().any(|&f| f != i32::MAX) {
-        let host_table = as_i32(
-            &dev.download(&table.slice, 0, call.block_table.size_in_bytes())
-                .or_core()?,
-        );
-        let host_lens = as_i32(
-            &dev.download(&seqlens.slice, 0, call.cache_seqlens.size_in_bytes())
-                .or_core()?,
-        );
-        indices::check_mla_indices(call, &host_table, &host_lens)?;
-        return Err(unconfirmed_flag("mla_check", flags[0].min(flags[1])));
+    if let Some((linear, value)) = flags[0] {
+        return Err(Error::index_out_of_range(
+            Op::MlaDecode,
+            "cache_seqlens",
+            call.cache_seqlens.shape(),
+            linear,
+            value,
+            format!(
+                "[0, {}] (max_blocks * block_size)",
+                call.max_blocks * call.block_size
+            ),
+        ));
+    }
+    if let Some((linear, value)) = flags[1] {
+        return Err(Error::index_out_of_range(
+            Op::MlaDecode,
+            "block_table",
+            call.block_table.shape(),
+            linear,
+            value,
+            format!("[0, {}) (num_blocks)", call.num_blocks),
+        ));
     }
     Ok(MlaDecodeOutput {
         o: b.tensor(o, [call.batch, call.s_q, call.h_q, call.d_v], call.dtype),

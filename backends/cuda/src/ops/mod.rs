@@ -7,7 +7,7 @@ pub(crate) mod moe_route;
 
 use crate::error::CudaError;
 use crate::{CudaBuffer, NAME};
-use moemla_core::{DeviceTensor, Error, Result};
+use moemla_core::{DeviceTensor, Error, Op, Result};
 use moemla_kernel_plan::PlanError;
 
 /// The tensor's CUDA buffer (typed error if it belongs to another backend).
@@ -37,30 +37,26 @@ impl<T> OrCore<T> for std::result::Result<T, PlanError> {
     }
 }
 
-/// The error for a device flag the host re-check did not confirm (a kernel bug).
-pub(crate) fn unconfirmed_flag(what: &str, flag: i32) -> Error {
-    Error::Device {
+/// A kernel's `int` parameter (the plans have checked every size against `i32::MAX`).
+pub(crate) fn int_arg(op: Op, what: &str, value: usize) -> Result<i32> {
+    i32::try_from(value).map_err(|_| Error::Unsupported {
         backend: NAME.to_string(),
-        call: what.to_string(),
-        message: format!(
-            "the device flagged index {flag} but the host re-check found no bad element"
-        ),
-    }
+        op,
+        what: format!("{what} = {value}"),
+        reason: "exceeds the kernels' int parameters".into(),
+    })
 }
 
-/// Reads one i32 error flag set (`i32::MAX` = clean).
+/// Reads `n` 64-bit error flags (all ones = clean; else the first bad position in the
+/// high word and the value found there in the low word, kernels/README.md).
 pub(crate) fn read_flags(
     b: &crate::CudaBackend,
-    flags: &cudarc::driver::CudaSlice<i32>,
+    flags: &cudarc::driver::CudaSlice<u64>,
     n: usize,
-) -> Result<Vec<i32>> {
-    b.dev.download(flags, 0, n).or_core()
-}
-
-/// Little-endian i32 elements of a byte buffer.
-pub(crate) fn as_i32(bytes: &[u8]) -> Vec<i32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+) -> Result<Vec<Option<(usize, i64)>>> {
+    let words = b.dev.download(flags, 0, n).or_core()?;
+    Ok(words
+        .into_iter()
+        .map(|w| (w != u64::MAX).then(|| ((w >> 32) as usize, i64::from(w as u32 as i32))))
+        .collect())
 }

@@ -1,12 +1,12 @@
 //! `moe_experts`: align, gate/up GEMM + SwiGLU, down GEMM, combine (four launches).
 
-use super::{as_i32, buf, read_flags, unconfirmed_flag, OrCore};
+use super::{buf, int_arg, read_flags, OrCore};
 use crate::error::DriverContext;
 use crate::nvrtc::Module;
 use crate::CudaBackend;
 use cudarc::driver::PushKernelArg;
 use moemla_core::calls::MoeExpertsCall;
-use moemla_core::{indices, DeviceTensor, Result};
+use moemla_core::{DeviceTensor, Error, Op, Result};
 use moemla_kernel_plan::experts;
 
 /// Runs the fused experts; `y` [T, H] in the run dtype.
@@ -27,26 +27,24 @@ pub(crate) fn run(b: &CudaBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTe
     )
     .or_core()?;
     let ws = plan.workspace;
-    let elem = call.dtype.size_in_bytes();
     let dev = &b.dev;
+    let int = |what, v| int_arg(Op::MoeExperts, what, v);
 
-    let err = dev.upload(&[i32::MAX]).or_core()?;
-    let meta = dev.alloc_zeroed(ws.meta * 4).or_core()?;
-    let sorted_rows = dev.alloc_zeroed(ws.sorted_rows * 4).or_core()?;
-    let slot_pos = dev.alloc_zeroed(ws.slot_pos * 4).or_core()?;
-    let tile_expert = dev.alloc_zeroed(ws.tile_expert * 4).or_core()?;
-    let act = dev.alloc_zeroed(ws.act * elem).or_core()?;
-    let yslot = dev.alloc_zeroed(ws.yslot * 4).or_core()?;
-    let y = dev
-        .alloc_zeroed(call.tokens * call.hidden * elem)
-        .or_core()?;
+    let err = dev.upload(&[u64::MAX]).or_core()?;
+    let meta = dev.alloc_zeroed(ws.meta.bytes).or_core()?;
+    let sorted_rows = dev.alloc_zeroed(ws.sorted_rows.bytes).or_core()?;
+    let slot_pos = dev.alloc_zeroed(ws.slot_pos.bytes).or_core()?;
+    let tile_expert = dev.alloc_zeroed(ws.tile_expert.bytes).or_core()?;
+    let act = dev.alloc_zeroed(ws.act.bytes).or_core()?;
+    let yslot = dev.alloc_zeroed(ws.yslot.bytes).or_core()?;
+    let y = dev.alloc_zeroed(plan.y_bytes).or_core()?;
 
-    let slots = (call.tokens * call.top_k) as i32;
-    let n_experts = call.experts as i32;
-    let max_tiles = plan.max_tiles as i32;
-    let hidden = call.hidden as i32;
-    let inter = call.inter as i32;
-    let top_k = call.top_k as i32;
+    let slots = int("T * k", plan.slots)?;
+    let n_experts = int("E", call.experts)?;
+    let max_tiles = int("row tiles", plan.max_tiles)?;
+    let hidden = int("H", call.hidden)?;
+    let inter = int("I", call.inter)?;
+    let top_k = int("k", call.top_k)?;
 
     // 1. align
     let (f, cfg) = dev
@@ -54,6 +52,7 @@ pub(crate) fn run(b: &CudaBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTe
         .or_core()?;
     let mut a = dev.stream.launch_builder(&f);
     a.arg(&ids.slice)
+        .arg(&weights.slice)
         .arg(&slots)
         .arg(&n_experts)
         .arg(&max_tiles)
@@ -62,8 +61,9 @@ pub(crate) fn run(b: &CudaBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTe
         .arg(&tile_expert)
         .arg(&meta)
         .arg(&err);
-    // SAFETY: moemla_moe_align's parameters in order; the workspace is sized by the plan
-    // (sorted_rows max_tiles * 64, slot_pos T * k, tile_expert max_tiles, meta 1, err 1).
+    // SAFETY: moemla_moe_align's parameters in order; topk_weights [T, k]; the workspace is
+    // sized by the plan (sorted_rows max_tiles * 64, slot_pos T * k, tile_expert max_tiles,
+    // meta 1, err one u64).
     unsafe { a.launch(cfg) }
         .call("cuLaunchKernel(moe_align)")
         .or_core()?;
@@ -123,14 +123,15 @@ pub(crate) fn run(b: &CudaBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTe
         .call("cuLaunchKernel(moe_combine)")
         .or_core()?;
 
-    let flag = read_flags(b, &err, 1)?[0];
-    if flag != i32::MAX {
-        let host_ids = as_i32(
-            &dev.download(&ids.slice, 0, call.topk_ids.size_in_bytes())
-                .or_core()?,
-        );
-        indices::check_topk_ids(call, &host_ids)?;
-        return Err(unconfirmed_flag("moe_align", flag));
+    if let Some((linear, value)) = read_flags(b, &err, 1)?[0] {
+        return Err(Error::index_out_of_range(
+            Op::MoeExperts,
+            "topk_ids",
+            call.topk_ids.shape(),
+            linear,
+            value,
+            format!("[-1, {})", call.experts),
+        ));
     }
     Ok(b.tensor(y, [call.tokens, call.hidden], call.dtype))
 }

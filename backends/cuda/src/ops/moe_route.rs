@@ -1,12 +1,12 @@
 //! `moe_route`: one launch of `moemla_moe_route_<dtype>`.
 
-use super::{buf, OrCore};
+use super::{buf, int_arg, OrCore};
 use crate::error::DriverContext;
 use crate::nvrtc::Module;
 use crate::CudaBackend;
 use cudarc::driver::PushKernelArg;
 use moemla_core::calls::{MoeRouteCall, MoeRouteOutput};
-use moemla_core::{DType, GroupSelect, Result, ScoreFunc};
+use moemla_core::{DType, GroupSelect, Op, Result, ScoreFunc, Shape};
 use moemla_kernel_plan::route;
 
 /// Routes `call.tokens` tokens: ids [T, top_k] I32 and weights [T, top_k] F32.
@@ -14,28 +14,38 @@ pub(crate) fn run(b: &CudaBackend, call: &MoeRouteCall<'_>) -> Result<MoeRouteOu
     let logits = buf(call.logits, "moe_route", "logits")?;
     let bias = call.bias.map(|t| buf(t, "moe_route", "bias")).transpose()?;
     let p = call.params;
+    let int = |what, v| int_arg(Op::MoeRoute, what, v);
     let launch = route::plan(
         call.tokens,
         call.experts,
+        p.top_k,
         p.n_group,
         call.logits.dtype(),
         &b.dev.limits,
     )
     .or_core()?;
-    let slots = call.tokens * p.top_k;
-    let ids = b.dev.alloc_zeroed(slots * 4).or_core()?;
-    let weights = b.dev.alloc_zeroed(slots * 4).or_core()?;
+    let dims = [call.tokens, p.top_k];
+    let bytes = Shape::new(dims.to_vec()).byte_len(DType::I32)?;
+    let ids = b.dev.alloc_zeroed(bytes).or_core()?;
+    let weights = b.dev.alloc_zeroed(bytes).or_core()?;
 
     let has_bias = i32::from(bias.is_some());
     // Any valid pointer when there is no bias: the kernel does not read it.
     let bias_slice = bias.map(|t| &t.slice).unwrap_or(&weights);
-    let experts = call.experts as i32;
-    let top_k = p.top_k as i32;
-    let n_group = p.n_group as i32;
-    let topk_group = p.topk_group as i32;
+    let experts = int("E", call.experts)?;
+    let top_k = int("top_k", p.top_k)?;
+    let n_group = int("n_group", p.n_group)?;
+    let topk_group = int("topk_group", p.topk_group)?;
     let score_func: i32 = match p.score_func {
         ScoreFunc::Sigmoid => 0,
         ScoreFunc::Softmax => 1,
+        ScoreFunc::Sqrtsoftplus => {
+            return Err(moemla_core::Error::unsupported_format(
+                crate::NAME,
+                Op::MoeRoute,
+                moemla_core::Format::Sqrtsoftplus,
+            ))
+        }
     };
     let group_select: i32 = match p.group_select {
         GroupSelect::Max => 0,
@@ -65,7 +75,6 @@ pub(crate) fn run(b: &CudaBackend, call: &MoeRouteCall<'_>) -> Result<MoeRouteOu
         .call("cuLaunchKernel(moe_route)")
         .or_core()?;
 
-    let dims = [call.tokens, p.top_k];
     Ok(MoeRouteOutput {
         topk_ids: b.tensor(ids, dims, DType::I32),
         topk_weights: b.tensor(weights, dims, DType::F32),

@@ -23,9 +23,10 @@ pub(crate) fn run(b: &HipBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeO
         &Shape::new(vec![call.batch, call.h_q, call.s_q]),
         DType::F32,
     )?;
-    let err = b.error_flags(plan.workspace.err)?;
-    let o_part = b.workspace(plan.workspace.o_part, DType::F32)?;
-    let lse_part = b.workspace(plan.workspace.lse_part, DType::F32)?;
+    let err = b.error_flags(2)?;
+    let o_part = b.workspace(plan.workspace.o_part.bytes)?;
+    let lse_part = b.workspace(plan.workspace.lse_part.bytes)?;
+    let int = |what, v| b.int(Op::MlaDecode, what, v);
     let ptr = |t: &DeviceTensor, arg| b.device_ptr(t, CALL, arg);
     let [check, decode, combine] = &plan.launches;
     let module = &kernels::MLA_DECODE;
@@ -33,10 +34,10 @@ pub(crate) fn run(b: &HipBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeO
     let mut args = KernelArgs::default();
     args.ptr(ptr(call.block_table, "block_table")?)
         .ptr(ptr(call.cache_seqlens, "cache_seqlens")?)
-        .i32(call.batch as i32)
-        .i32(call.max_blocks as i32)
-        .i32(call.block_size as i32)
-        .i32(call.num_blocks as i32)
+        .i32(int("B", call.batch)?)
+        .i32(int("max_blocks", call.max_blocks)?)
+        .i32(int("block_size", call.block_size)?)
+        .i32(int("num_blocks", call.num_blocks)?)
         .ptr(ptr(&err, "err")?);
     b.launch(module, check, &mut args)?;
 
@@ -47,24 +48,24 @@ pub(crate) fn run(b: &HipBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeO
         .ptr(ptr(call.cache_seqlens, "cache_seqlens")?)
         .ptr(ptr(&o_part, "o_part")?)
         .ptr(ptr(&lse_part, "lse_part")?);
-    for v in [
-        call.batch,
-        call.s_q,
-        call.h_q,
-        call.h_kv,
-        call.d_qk,
-        call.d_v,
-        call.num_blocks,
-        call.block_size,
-        call.max_blocks,
+    for (what, v) in [
+        ("B", call.batch),
+        ("Sq", call.s_q),
+        ("Hq", call.h_q),
+        ("Hkv", call.h_kv),
+        ("Dqk", call.d_qk),
+        ("Dv", call.d_v),
+        ("num_blocks", call.num_blocks),
+        ("block_size", call.block_size),
+        ("max_blocks", call.max_blocks),
     ] {
-        args.i32(v as i32);
+        args.i32(int(what, v)?);
     }
-    args.i32(call.params.causal as i32)
+    args.i32(i32::from(call.params.causal))
         .f32(call.params.softmax_scale as f32)
-        .i32(plan.num_splits as i32)
-        .i32(plan.block_q as i32)
-        .i32(plan.block_n as i32);
+        .i32(int("num_splits", plan.num_splits)?)
+        .i32(int("block_q", plan.block_q)?)
+        .i32(int("block_n", plan.block_n)?);
     b.launch(module, decode, &mut args)?;
 
     let mut args = KernelArgs::default();
@@ -72,17 +73,17 @@ pub(crate) fn run(b: &HipBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeO
         .ptr(ptr(&lse_part, "lse_part")?)
         .ptr(ptr(&o, "o")?)
         .ptr(ptr(&lse, "lse")?)
-        .i32(call.batch as i32)
-        .i32(call.s_q as i32)
-        .i32(call.h_q as i32)
-        .i32(call.d_v as i32)
-        .i32(plan.num_splits as i32);
+        .i32(int("B", call.batch)?)
+        .i32(int("Sq", call.s_q)?)
+        .i32(int("Hq", call.h_q)?)
+        .i32(int("Dv", call.d_v)?)
+        .i32(int("num_splits", plan.num_splits)?);
     b.launch(module, combine, &mut args)?;
 
     // Sequence lengths first, then block-table entries: the order of moemla_core::indices.
-    let flags = b.download(&err)?.to_i32_vec()?;
+    let flags = b.read_flags(&err)?;
     let capacity = call.max_blocks * call.block_size;
-    if let Some((linear, value)) = b.flagged(flags[0], call.cache_seqlens, "moemla_mla_check")? {
+    if let Some((linear, value)) = flags[0] {
         return Err(Error::index_out_of_range(
             Op::MlaDecode,
             "cache_seqlens",
@@ -92,7 +93,7 @@ pub(crate) fn run(b: &HipBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeO
             format!("[0, {capacity}] (max_blocks * block_size)"),
         ));
     }
-    if let Some((linear, value)) = b.flagged(flags[1], call.block_table, "moemla_mla_check")? {
+    if let Some((linear, value)) = flags[1] {
         return Err(Error::index_out_of_range(
             Op::MlaDecode,
             "block_table",

@@ -41,10 +41,12 @@ impl HipBackend {
     pub(crate) fn limits(&self) -> DeviceLimits {
         let p = self.props();
         DeviceLimits {
-            compute_units: p.compute_units.max(1) as u32,
-            warp_size: p.warp_size as u32,
-            max_shared_bytes: p.max_shared_per_block.max(0) as u32,
+            compute_units: u32::try_from(p.compute_units).unwrap_or(0).max(1),
+            warp_size: u32::try_from(p.warp_size).unwrap_or(0),
+            max_shared_bytes: u32::try_from(p.max_shared_per_block).unwrap_or(0),
             tensor_cores: false,
+            max_grid: DeviceLimits::HIP_GRID,
+            max_grid_threads: DeviceLimits::HIP_GRID_THREADS,
         }
     }
 
@@ -58,42 +60,39 @@ impl HipBackend {
         Ok(t.buffer::<HipBuffer>(NAME, call, arg)?.ptr())
     }
 
-    /// A zero-filled scratch tensor of `len` elements.
-    pub(crate) fn workspace(&self, len: usize, dtype: DType) -> Result<DeviceTensor> {
-        self.alloc_zeroed(&Shape::new(vec![len]), dtype)
+    /// A zero-filled scratch tensor of at least `bytes` bytes.
+    pub(crate) fn workspace(&self, bytes: usize) -> Result<DeviceTensor> {
+        self.alloc_zeroed(&Shape::new(vec![bytes.div_ceil(4)]), DType::I32)
     }
 
-    /// `len` error flags set to `INT_MAX` (the kernels atomic-min a bad index into them).
+    /// `len` 64-bit error flags, all ones (clean; the kernels atomic-min a bad index into
+    /// them, kernels/README.md).
     pub(crate) fn error_flags(&self, len: usize) -> Result<DeviceTensor> {
-        self.upload(&HostTensor::from_slice(vec![len], &vec![i32::MAX; len])?)
+        self.upload(&HostTensor::from_slice(
+            vec![len * 2],
+            &vec![-1i32; len * 2],
+        )?)
     }
 
-    /// Reads an error flag: `None` when no element was flagged, else the flagged linear
-    /// index into `indices` and the value there (read back from the device).
-    pub(crate) fn flagged(
-        &self,
-        flag: i32,
-        indices: &DeviceTensor,
-        kernel: &str,
-    ) -> Result<Option<(usize, i64)>> {
-        if flag == i32::MAX {
-            return Ok(None);
-        }
-        let values = self.download(indices)?.to_i32_vec()?;
-        match usize::try_from(flag)
-            .ok()
-            .and_then(|i| values.get(i).map(|&v| (i, v)))
-        {
-            Some((linear, value)) => Ok(Some((linear, value as i64))),
-            None => Err(moemla_core::Error::Device {
-                backend: NAME.to_string(),
-                call: kernel.to_string(),
-                message: format!(
-                    "error flag {flag} is not an index of a {}-element tensor",
-                    values.len()
-                ),
-            }),
-        }
+    /// Reads the error flags: `None` for a clean one, else the first bad position and the
+    /// value found there.
+    pub(crate) fn read_flags(&self, flags: &DeviceTensor) -> Result<Vec<Option<(usize, i64)>>> {
+        let words = self.download(flags)?.into_bytes();
+        Ok(words
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .map(|w| (w != u64::MAX).then(|| ((w >> 32) as usize, i64::from(w as u32 as i32))))
+            .collect())
+    }
+
+    /// A kernel's `int` parameter (the plans have checked every size against `i32::MAX`).
+    pub(crate) fn int(&self, op: Op, what: &str, value: usize) -> Result<i32> {
+        i32::try_from(value).map_err(|_| moemla_core::Error::Unsupported {
+            backend: NAME.to_string(),
+            op,
+            what: format!("{what} = {value}"),
+            reason: "exceeds the kernels' int parameters".into(),
+        })
     }
 
     /// Launches one planned kernel of `module` on the device's stream. A grid with a zero

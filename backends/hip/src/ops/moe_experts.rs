@@ -5,7 +5,7 @@ use super::plan_error;
 use crate::args::KernelArgs;
 use crate::{kernels, HipBackend};
 use moemla_core::calls::MoeExpertsCall;
-use moemla_core::{Backend, DType, DeviceTensor, Error, Op, Result, Shape};
+use moemla_core::{Backend, DeviceTensor, Error, Op, Result, Shape};
 use moemla_kernel_plan::experts;
 
 const CALL: &str = "moe_experts";
@@ -26,22 +26,24 @@ pub(crate) fn run(b: &HipBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTen
     }
     let plan = experts::plan(t, h, i, e, k, call.dtype, &b.limits()).map_err(plan_error)?;
     let ws = &plan.workspace;
-    let err = b.error_flags(ws.err)?;
-    let meta = b.workspace(ws.meta, DType::I32)?;
-    let sorted_rows = b.workspace(ws.sorted_rows, DType::I32)?;
-    let slot_pos = b.workspace(ws.slot_pos, DType::I32)?;
-    let tile_expert = b.workspace(ws.tile_expert, DType::I32)?;
-    let act = b.workspace(ws.act, call.dtype)?;
-    let yslot = b.workspace(ws.yslot, DType::F32)?;
+    let err = b.error_flags(1)?;
+    let meta = b.workspace(ws.meta.bytes)?;
+    let sorted_rows = b.workspace(ws.sorted_rows.bytes)?;
+    let slot_pos = b.workspace(ws.slot_pos.bytes)?;
+    let tile_expert = b.workspace(ws.tile_expert.bytes)?;
+    let act = b.workspace(ws.act.bytes)?;
+    let yslot = b.workspace(ws.yslot.bytes)?;
+    let int = |what, v| b.int(Op::MoeExperts, what, v);
     let ptr = |t: &DeviceTensor, arg| b.device_ptr(t, CALL, arg);
     let [align, gate_up, down, combine] = &plan.launches;
     let module = &kernels::MOE_EXPERTS;
 
     let mut args = KernelArgs::default();
     args.ptr(ptr(call.topk_ids, "topk_ids")?)
-        .i32((t * k) as i32)
-        .i32(e as i32)
-        .i32(plan.max_tiles as i32)
+        .ptr(ptr(call.topk_weights, "topk_weights")?)
+        .i32(int("T * k", t * k)?)
+        .i32(int("E", e)?)
+        .i32(int("row tiles", plan.max_tiles)?)
         .ptr(ptr(&sorted_rows, "sorted_rows")?)
         .ptr(ptr(&slot_pos, "slot_pos")?)
         .ptr(ptr(&tile_expert, "tile_expert")?)
@@ -56,9 +58,9 @@ pub(crate) fn run(b: &HipBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTen
         .ptr(ptr(&tile_expert, "tile_expert")?)
         .ptr(ptr(&meta, "meta")?)
         .ptr(ptr(&act, "act")?)
-        .i32(h as i32)
-        .i32(i as i32)
-        .i32(k as i32);
+        .i32(int("H", h)?)
+        .i32(int("I", i)?)
+        .i32(int("k", k)?);
     b.launch(module, gate_up, &mut args)?;
 
     let mut args = KernelArgs::default();
@@ -68,8 +70,8 @@ pub(crate) fn run(b: &HipBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTen
         .ptr(ptr(&tile_expert, "tile_expert")?)
         .ptr(ptr(&meta, "meta")?)
         .ptr(ptr(&yslot, "yslot")?)
-        .i32(h as i32)
-        .i32(i as i32);
+        .i32(int("H", h)?)
+        .i32(int("I", i)?);
     b.launch(module, down, &mut args)?;
 
     let mut args = KernelArgs::default();
@@ -77,12 +79,11 @@ pub(crate) fn run(b: &HipBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTen
         .ptr(ptr(&slot_pos, "slot_pos")?)
         .ptr(ptr(call.topk_weights, "topk_weights")?)
         .ptr(ptr(&y, "y")?)
-        .i32(h as i32)
-        .i32(k as i32);
+        .i32(int("H", h)?)
+        .i32(int("k", k)?);
     b.launch(module, combine, &mut args)?;
 
-    let flags = b.download(&err)?.to_i32_vec()?;
-    if let Some((linear, value)) = b.flagged(flags[0], call.topk_ids, "moemla_moe_align")? {
+    if let Some((linear, value)) = b.read_flags(&err)?[0] {
         return Err(Error::index_out_of_range(
             Op::MoeExperts,
             "topk_ids",

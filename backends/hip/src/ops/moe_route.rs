@@ -16,6 +16,7 @@ pub(crate) fn run(b: &HipBackend, call: &MoeRouteCall<'_>) -> Result<MoeRouteOut
     let launch = route::plan(
         call.tokens,
         call.experts,
+        p.top_k,
         p.n_group,
         call.logits.dtype(),
         &b.limits(),
@@ -36,13 +37,20 @@ pub(crate) fn run(b: &HipBackend, call: &MoeRouteCall<'_>) -> Result<MoeRouteOut
         .i32(call.bias.is_some() as i32)
         .ptr(b.device_ptr(&topk_ids, CALL, "topk_ids")?)
         .ptr(b.device_ptr(&topk_weights, CALL, "topk_weights")?)
-        .i32(call.experts as i32)
-        .i32(p.top_k as i32)
-        .i32(p.n_group as i32)
-        .i32(p.topk_group as i32)
+        .i32(b.int(Op::MoeRoute, "E", call.experts)?)
+        .i32(b.int(Op::MoeRoute, "top_k", p.top_k)?)
+        .i32(b.int(Op::MoeRoute, "n_group", p.n_group)?)
+        .i32(b.int(Op::MoeRoute, "topk_group", p.topk_group)?)
         .i32(match p.score_func {
             ScoreFunc::Sigmoid => 0,
             ScoreFunc::Softmax => 1,
+            ScoreFunc::Sqrtsoftplus => {
+                return Err(moemla_core::Error::unsupported_format(
+                    crate::NAME,
+                    Op::MoeRoute,
+                    moemla_core::Format::Sqrtsoftplus,
+                ))
+            }
         })
         .i32(match p.group_select {
             GroupSelect::Max => 0,

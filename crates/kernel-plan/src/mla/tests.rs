@@ -6,6 +6,8 @@ fn h100() -> DeviceLimits {
         warp_size: 32,
         max_shared_bytes: 227 * 1024,
         tensor_cores: true,
+        max_grid: DeviceLimits::CUDA_GRID,
+        max_grid_threads: u64::MAX,
     }
 }
 
@@ -56,10 +58,10 @@ fn shared_memory_follows_the_documented_layout() {
     // bf16, Dqk 576, Dv 512, 16 rows, 64 positions:
     // Q 16*584*2, K 64*584*2, O 16*512*4, S 16*64*4, P 16*72*2, stats 16*16.
     let want = 18_688 + 74_752 + 32_768 + 4_096 + 2_304 + 256;
-    assert_eq!(decode_shared_bytes(2, 576, 512, 16, 64), want);
+    assert_eq!(decode_shared_bytes(2, 576, 512, 16, 64).unwrap(), want);
     // Unaligned regions round up to 16 bytes: Dqk 5 -> KS 24; 1 row of f32 = 96 bytes.
     assert_eq!(
-        decode_shared_bytes(4, 5, 3, 1, 16),
+        decode_shared_bytes(4, 5, 3, 1, 16).unwrap(),
         96 + 16 * 96 + 32 + 64 + 96 + 16
     );
 }
@@ -69,14 +71,16 @@ fn memory_bound_shape_uses_tensor_tiles_and_fills_the_sms() {
     let p = plan(&v3(128, 1, 16, 4096), DType::BF16, &h100()).unwrap();
     // 16 x 32 tiles: 93 KiB each, two blocks per SM (a 64-position tile needs 130 KiB).
     assert_eq!((p.block_q, p.block_n), (16, 32));
-    assert!(2 * (decode_shared_bytes(2, 576, 512, 16, 32) + 1024) <= 228 * 1024);
+    assert!(2 * (decode_shared_bytes(2, 576, 512, 16, 32).unwrap() + 1024) <= 228 * 1024);
     // 128 blocks without splitting; 2 * 132 wanted -> 3 splits.
     assert_eq!(p.num_splits, 3);
     assert_eq!(p.launches[1].grid, [3, 1, 128]);
     assert_eq!(p.launches[1].kernel, "moemla_mla_decode_bf16");
     assert_eq!(p.launches[2].grid, [128 * 16, 1, 1]);
-    assert_eq!(p.workspace.o_part, 3 * 128 * 16 * 512);
-    assert_eq!(p.workspace.lse_part, 3 * 128 * 16);
+    assert_eq!(p.workspace.o_part.bytes, 3 * 128 * 16 * 512 * 4);
+    assert_eq!(p.workspace.lse_part.bytes, 3 * 128 * 16 * 4);
+    assert_eq!(p.o_bytes, 128 * 16 * 512 * 2);
+    assert_eq!(p.lse_bytes, 128 * 16 * 4);
     assert_eq!(p.launches[0].grid, [ceil_div(128 * 64, 256) as u32, 1, 1]);
 }
 
@@ -95,9 +99,11 @@ fn small_shared_memory_shrinks_the_portable_tile() {
         warp_size: 64,
         max_shared_bytes: 64 * 1024,
         tensor_cores: false,
+        max_grid: DeviceLimits::HIP_GRID,
+        max_grid_threads: DeviceLimits::HIP_GRID_THREADS,
     };
     let p = plan(&v3(4, 1, 16, 512), DType::F32, &gfx942).unwrap();
-    assert!(decode_shared_bytes(4, 576, 512, p.block_q, p.block_n) <= 64 * 1024);
+    assert!(decode_shared_bytes(4, 576, 512, p.block_q, p.block_n).unwrap() <= 64 * 1024);
     assert_eq!((p.block_q, p.block_n), (4, 16));
     // Short caches get few splits: 512 positions at >= 256 a split.
     assert_eq!(p.num_splits, 2);
@@ -119,12 +125,14 @@ fn sm80_prefers_two_resident_blocks_over_a_wider_tile() {
         warp_size: 32,
         max_shared_bytes: 163 * 1024,
         tensor_cores: true,
+        max_grid: DeviceLimits::CUDA_GRID,
+        max_grid_threads: u64::MAX,
     };
     // 32 positions (93 KiB) do not fit twice in 164 KiB and 64 (130 KiB) only once;
     // 16 positions (71 KiB) fit twice, and two resident blocks come first.
     let p = plan(&v3(8, 1, 16, 1024), DType::BF16, &a100).unwrap();
     assert_eq!((p.block_q, p.block_n), (16, 16));
-    assert!(2 * (decode_shared_bytes(2, 576, 512, 16, 16) + 1024) <= 164 * 1024);
+    assert!(2 * (decode_shared_bytes(2, 576, 512, 16, 16).unwrap() + 1024) <= 164 * 1024);
 }
 
 #[test]
@@ -132,4 +140,30 @@ fn split_count_is_capped() {
     assert_eq!(choose_splits(1, 1 << 20, 132), MAX_SPLITS);
     assert_eq!(choose_splits(1, 10, 132), 1);
     assert_eq!(choose_splits(10_000, 1 << 20, 132), 1);
+}
+
+#[test]
+fn sizes_that_overflow_are_plan_errors_not_wraps() {
+    let mut s = v3(1, 1, 16, 64);
+    s.max_blocks = usize::MAX / 2;
+    let e = plan(&s, DType::F32, &h100()).unwrap_err();
+    assert_eq!(e.what, "max_blocks * block_size");
+    let mut s = v3(1, 1, 16, 64);
+    s.block_size = 1 << 16;
+    s.max_blocks = 1 << 16;
+    let e = plan(&s, DType::F32, &h100()).unwrap_err();
+    assert!(e.what.starts_with("max_blocks * block_size = "), "{e:?}");
+    let mut s = v3(1 << 16, 1 << 16, 16, 64);
+    s.num_blocks = 1;
+    let e = plan(&s, DType::F32, &h100()).unwrap_err();
+    assert!(e.what.starts_with("B * Sq * Hq = "), "{e:?}");
+    assert_eq!(decode_shared_bytes(4, usize::MAX - 4, 8, 1, 16), None);
+}
+
+#[test]
+fn batch_times_kv_heads_beyond_grid_z_is_unsupported() {
+    let mut s = v3(70_000, 1, 1, 64);
+    s.num_blocks = 1;
+    let e = plan(&s, DType::F32, &h100()).unwrap_err();
+    assert!(e.what.contains("grid z"), "{e:?}");
 }
