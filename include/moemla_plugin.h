@@ -127,6 +127,9 @@ typedef int32_t MoemlaDType;
 /** FP8 e4m3fn bytes: no v1 op reads it, but buffer calls may carry it (moemla tensors of
  * any dtype can be uploaded). */
 #define MOEMLA_DTYPE_F8E4M3 5
+/** Unsigned bytes (packed rows such as the 656-byte FP8 latent cache of contract v2): no
+ * op of this ABI reads it, but buffer calls may carry it. */
+#define MOEMLA_DTYPE_U8 6
 
 /** The ops of contract v1. */
 typedef int32_t MoemlaOp;

@@ -48,6 +48,7 @@ fn view(t: &HostTensor) -> Result<TensorView<'_>> {
         DType::BF16 => safetensors::Dtype::BF16,
         DType::I32 => safetensors::Dtype::I32,
         DType::F8E4M3 => safetensors::Dtype::F8_E4M3,
+        DType::U8 => safetensors::Dtype::U8,
     };
     TensorView::new(dtype, t.dims().to_vec(), t.as_bytes())
         .map_err(|e| peer_error("tensor view", e))

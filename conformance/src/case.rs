@@ -6,9 +6,12 @@
 //! [`CaseError`] naming the file; the runner reports it as a failure and goes on.
 
 use crate::file::read_case_file;
-use crate::spec::{spec, Rule};
+use crate::spec::spec;
 use crate::tolerance::Tolerance;
-use moemla_core::{DType, ExpertsParams, HostTensor, MlaDecodeParams, Op, RouteParams};
+use moemla_core::{
+    DType, ExpertsParams, HostTensor, IndexerParams, KvFormat, KvQuantizeParams, MlaDecodeParams,
+    Op, RouteParams, SparseDecodeParams,
+};
 use safetensors::SafeTensors;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -26,6 +29,12 @@ pub enum Params {
     MoeExperts(ExpertsParams),
     /// `mla_decode` parameters.
     MlaDecode(MlaDecodeParams),
+    /// `mla_kv_quantize` parameters.
+    MlaKvQuantize(KvQuantizeParams),
+    /// `mla_sparse_decode` parameters.
+    MlaSparseDecode(SparseDecodeParams),
+    /// `dsa_indexer_topk` parameters.
+    DsaIndexerTopk(IndexerParams),
 }
 
 /// One well-formed golden case, in host memory.
@@ -38,7 +47,7 @@ pub struct Case {
     pub path: PathBuf,
     /// The op.
     pub op: Op,
-    /// The run dtype: the dtype of `in.logits`, `in.x` or `in.q`.
+    /// The run dtype: the dtype of `in.logits`, `in.x`, `in.q` or `in.kv`.
     pub dtype: DType,
     /// The op's parameters.
     pub params: Params,
@@ -47,7 +56,7 @@ pub struct Case {
     pub mistrusted: Option<String>,
     /// Inputs by argument name (without `in.`).
     pub inputs: BTreeMap<String, HostTensor>,
-    /// Expected outputs by argument name (without `out.`): floats F32, ids I32.
+    /// Expected outputs by argument name (without `out.`): floats F32, ids I32, bytes U8.
     pub expected: BTreeMap<String, HostTensor>,
     /// The tolerance of every float output: the default for the op and run dtype
     /// ([`Tolerance::default_for_case`]) unless the case tightens it.
@@ -196,7 +205,11 @@ fn parse(bytes: &[u8], path: &Path, name: &str) -> Result<Case, String> {
 
     let op_name = get("op").ok_or("`__metadata__` has no `op`")?;
     let op = Op::from_name(op_name).ok_or_else(|| {
-        format!("unknown op `{op_name}` (expected moe_route, moe_experts or mla_decode)")
+        let names: Vec<&str> = Op::ALL.iter().map(|op| op.name()).collect();
+        format!(
+            "unknown op `{op_name}` (expected one of {})",
+            names.join(", ")
+        )
     })?;
     let params_json = get("params").ok_or("`__metadata__` has no `params`")?;
     let params = parse_params(op, params_json)
@@ -220,15 +233,15 @@ fn parse(bytes: &[u8], path: &Path, name: &str) -> Result<Case, String> {
     ];
     for (prefix, args, tensors) in io {
         for arg in args {
-            let want = arg.rule.dtype(dtype);
             match tensors.get(arg.name) {
                 None if arg.required => {
                     return Err(format!("missing tensor `{prefix}.{}`", arg.name))
                 }
-                Some(t) if t.dtype() != want => {
+                Some(t) if !arg.rule.accepts(dtype, t.dtype()) => {
                     return Err(format!(
-                        "tensor `{prefix}.{}` must be {want}, got {}",
+                        "tensor `{prefix}.{}` must be {}, got {}",
                         arg.name,
+                        arg.rule.describe(dtype),
                         t.dtype()
                     ))
                 }
@@ -242,10 +255,15 @@ fn parse(bytes: &[u8], path: &Path, name: &str) -> Result<Case, String> {
     if let Params::MoeRoute(p) = &params {
         if let (Some(logits), Some(ids)) = (inputs.get("logits"), expected.get("topk_ids")) {
             check_top_k(logits, ids, p.top_k)?;
-            check_distinct_ids(ids, p.top_k)?;
+            check_distinct_ids(ids, p.top_k, "topk_ids")?;
         }
     }
-    let tolerances = tolerances(op, dtype, get("tolerance"))?;
+    if let (Params::DsaIndexerTopk(p), Some(idx)) = (&params, expected.get("topk_indices")) {
+        check_indexer_top_k(idx, p.top_k)?;
+        check_distinct_ids(idx, p.top_k, "topk_indices")?;
+    }
+    let default = Tolerance::default_for_params(op, dtype, &params);
+    let tolerances = tolerances(op, dtype, default, get("tolerance"))?;
     Ok(Case {
         name: name.to_string(),
         path: path.to_path_buf(),
@@ -266,6 +284,24 @@ fn parse_params(op: Op, json: &str) -> Result<Params, String> {
         Op::MoeRoute => typed(json, &RouteParams::deepseek_v3()).map(Params::MoeRoute),
         Op::MoeExperts => typed(json, &ExpertsParams::default()).map(Params::MoeExperts),
         Op::MlaDecode => typed(json, &MlaDecodeParams::deepseek_v3()).map(Params::MlaDecode),
+        Op::MlaKvQuantize => typed(
+            json,
+            &KvQuantizeParams {
+                kv_format: KvFormat::Fp8DsV32,
+            },
+        )
+        .map(Params::MlaKvQuantize),
+        Op::MlaSparseDecode => {
+            typed(json, &SparseDecodeParams::deepseek_v32()).map(Params::MlaSparseDecode)
+        }
+        Op::DsaIndexerTopk => typed(
+            json,
+            &IndexerParams {
+                top_k: 2048,
+                causal: true,
+            },
+        )
+        .map(Params::DsaIndexerTopk),
     }
 }
 
@@ -314,7 +350,6 @@ fn read_tensors(st: &SafeTensors<'_>, op: Op) -> Result<(Tensors, Tensors), Stri
         };
         let stored = view.dtype().to_string();
         let dtype = DType::from_name(&stored)
-            .filter(|d| d.is_float() || *d == DType::I32)
             .ok_or_else(|| format!("tensor `{full}` has dtype {stored}, which no op uses"))?;
         let mut data = Vec::new();
         data.try_reserve_exact(view.data().len()).map_err(|_| {
@@ -395,13 +430,15 @@ fn check_top_k(logits: &HostTensor, ids: &HostTensor, top_k: usize) -> Result<()
     }
 }
 
-/// Each row of the expected `topk_ids` must name distinct experts (ids compare as sets).
-fn check_distinct_ids(ids: &HostTensor, top_k: usize) -> Result<(), String> {
+/// Each row of an expected id output (`topk_ids`, `topk_indices`) must hold distinct
+/// values, -1 (`dsa_indexer_topk`'s padding) excepted: rows compare as sets.
+fn check_distinct_ids(ids: &HostTensor, top_k: usize, arg: &str) -> Result<(), String> {
     let values = ids.to_i32_vec().map_err(|e| e.to_string())?;
     for (t, row) in values.chunks(top_k.max(1)).enumerate() {
-        if let Some(j) = (1..row.len()).find(|&j| row[..j].contains(&row[j])) {
+        if let Some(j) = (1..row.len()).find(|&j| row[j] != -1 && row[..j].contains(&row[j])) {
+            let what = if arg == "topk_ids" { "expert" } else { "slot" };
             return Err(format!(
-                "expected `out.topk_ids` row {t} names expert {} twice: {row:?}",
+                "expected `out.{arg}` row {t} names {what} {} twice: {row:?}",
                 row[j]
             ));
         }
@@ -409,17 +446,30 @@ fn check_distinct_ids(ids: &HostTensor, top_k: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// The tolerance of each float output: the default for `op` and `dtype`, tightened by the case.
+/// The expected `topk_indices` must be [B, Sq, top_k].
+fn check_indexer_top_k(idx: &HostTensor, top_k: usize) -> Result<(), String> {
+    match idx.dims() {
+        [_, _, k] if *k == top_k && top_k >= 1 => Ok(()),
+        _ => Err(format!(
+            "bad parameter `top_k` ({top_k}) for the expected `out.topk_indices` of shape {}: \
+             it must be [B, Sq, top_k] with top_k >= 1",
+            idx.shape()
+        )),
+    }
+}
+
+/// The tolerance of each float output: `default` (the op's, for the run dtype and
+/// parameters), tightened by the case.
 fn tolerances(
     op: Op,
     dtype: DType,
+    default: Tolerance,
     json: Option<&str>,
 ) -> Result<BTreeMap<String, Tolerance>, String> {
-    let default = Tolerance::default_for_case(op, dtype);
     let mut out: BTreeMap<String, Tolerance> = spec(op)
         .outputs
         .iter()
-        .filter(|a| a.rule != Rule::I32)
+        .filter(|a| a.rule.is_float_output())
         .map(|a| (a.name.to_string(), default))
         .collect();
     let Some(json) = json else {

@@ -4,7 +4,10 @@
 //!   infinity passes only against the same infinity.
 //! - Routing: per token row, `topk_ids` are compared as a set (a duplicate or a missing id
 //!   fails the row) and each expected weight is compared with the weight the backend gave
-//!   the same expert id, wherever it put it in the row.
+//!   the same expert id, wherever it put it in the row. `dsa_indexer_topk` alike: per
+//!   query row, `topk_indices` as a set (its -1 padding as a count) and `topk_scores`
+//!   matched by index.
+//! - Bytes (U8 outputs): exact, byte for byte; a failure names the first differing byte.
 //!
 //! Every comparison reports its largest absolute and relative errors and the worst
 //! element (the one furthest beyond its allowed error), and for a failure the first and the
@@ -163,6 +166,69 @@ pub fn compare_values(
     acc.cmp
 }
 
+/// Compares a U8 output byte for byte. `got` and `expected` are row-major over `shape`; a
+/// byte `got` lacks (or an extra one) is a difference. The first differing byte is the
+/// first failure; the count of differing bytes is `failed`.
+pub fn compare_bytes(output: &str, shape: &Shape, got: &[u8], expected: &[u8]) -> Comparison {
+    let mut cmp = Comparison {
+        output: output.to_string(),
+        tolerance: None,
+        passed: true,
+        checked: expected.len(),
+        failed: 0,
+        max_abs: None,
+        max_rel: None,
+        worst_index: None,
+        first_failure: None,
+        worst_failure: None,
+    };
+    let row_len = shape.dims().last().copied().unwrap_or(1).max(1);
+    for (i, &e) in expected.iter().enumerate() {
+        let g = got.get(i).copied();
+        if g == Some(e) {
+            continue;
+        }
+        cmp.passed = false;
+        cmp.failed += 1;
+        if cmp.first_failure.is_none() {
+            let index = shape.unravel(i);
+            let got_text = g.map_or_else(|| "nothing".to_string(), |g| format!("{g:#04x}"));
+            let mismatch = Mismatch {
+                index: index.clone(),
+                got: g.map_or(f64::NAN, f64::from),
+                expected: f64::from(e),
+                allowed: 0.0,
+                detail: format!(
+                    "first differing byte: {i} (row {}, byte {} of the row): got {got_text}, \
+                     expected {e:#04x}",
+                    i / row_len,
+                    i % row_len
+                ),
+            };
+            cmp.worst_index = Some(index);
+            cmp.first_failure = Some(mismatch.clone());
+            cmp.worst_failure = Some(mismatch);
+        }
+    }
+    if got.len() != expected.len() {
+        cmp.passed = false;
+        let extra = got.len().saturating_sub(expected.len());
+        cmp.failed += extra;
+        if cmp.first_failure.is_none() {
+            let mismatch = Mismatch {
+                index: vec![expected.len()],
+                got: f64::NAN,
+                expected: f64::NAN,
+                allowed: 0.0,
+                detail: format!("got {} bytes, expected {}", got.len(), expected.len()),
+            };
+            cmp.first_failure = Some(mismatch.clone());
+            cmp.worst_failure = Some(mismatch);
+        }
+    }
+    cmp
+}
+
 /// One side of a routing result: `ids` and `weights`, both `[tokens, top_k]` row-major.
 #[derive(Clone, Copy, Debug)]
 pub struct Routing<'a> {
@@ -180,8 +246,36 @@ pub fn compare_routing(
     expected: Routing<'_>,
     tolerance: Tolerance,
 ) -> (Comparison, Comparison) {
+    let names = ("topk_ids", "topk_weights");
+    compare_keyed(names, top_k, got, expected, tolerance, None)
+}
+
+/// Compares `dsa_indexer_topk` results: per query row, `indices` as a set of slots (the -1
+/// padding compared as a count), scores matched by index (the k-th -1 of a row with the
+/// k-th -1 of the other: both -inf). Returns the `topk_indices` and `topk_scores`
+/// comparisons.
+pub fn compare_topk_indices(
+    top_k: usize,
+    got: Routing<'_>,
+    expected: Routing<'_>,
+    tolerance: Tolerance,
+) -> (Comparison, Comparison) {
+    let names = ("topk_indices", "topk_scores");
+    compare_keyed(names, top_k, got, expected, tolerance, Some(-1))
+}
+
+/// Keys per row as a set (`padding`, if any, may repeat and is compared as a count),
+/// values matched by key.
+fn compare_keyed(
+    (key_name, value_name): (&str, &str),
+    top_k: usize,
+    got: Routing<'_>,
+    expected: Routing<'_>,
+    tolerance: Tolerance,
+    padding: Option<i32>,
+) -> (Comparison, Comparison) {
     let mut ids = Comparison {
-        output: "topk_ids".into(),
+        output: key_name.into(),
         tolerance: None,
         passed: true,
         checked: 0,
@@ -192,14 +286,14 @@ pub fn compare_routing(
         first_failure: None,
         worst_failure: None,
     };
-    let mut weights = Acc::new("topk_weights", tolerance);
+    let mut weights = Acc::new(value_name, tolerance);
     let rows = got
         .ids
         .chunks(top_k.max(1))
         .zip(expected.ids.chunks(top_k.max(1)));
     for (t, (got_row, exp_row)) in rows.enumerate() {
         ids.checked += 1;
-        if let Some(detail) = row_difference(got_row, exp_row) {
+        if let Some(detail) = row_difference(got_row, exp_row, padding) {
             let mismatch = Mismatch {
                 index: vec![t],
                 got: f64::NAN,
@@ -216,26 +310,41 @@ pub fn compare_routing(
             }
         }
         for (j, &id) in exp_row.iter().enumerate() {
-            if let Some(p) = got_row.iter().position(|&g| g == id) {
+            // The n-th occurrence of `id` in the expected row meets its n-th in `got`.
+            let nth = exp_row[..j].iter().filter(|&&e| e == id).count();
+            let found = (got_row.iter().enumerate())
+                .filter(|(_, &g)| g == id)
+                .nth(nth)
+                .map(|(p, _)| p);
+            if let Some(p) = found {
                 let weight = |side: &[f32], slot: usize| {
                     let at = t.checked_mul(top_k).and_then(|row| row.checked_add(slot));
                     at.and_then(|i| side.get(i)).map_or(f64::NAN, |&w| w as f64)
                 };
                 let g = weight(got.weights, p);
                 let e = weight(expected.weights, j);
-                weights.push(vec![t, j], g, e, &format!("expert {id} (row {t}): "));
+                let what = format!("{key_name} {id} (row {t}): ");
+                weights.push(vec![t, j], g, e, &what);
             }
         }
     }
     (ids, weights.cmp)
 }
 
-/// Why a row of ids differs from the expected set, or `None` if it is the same set.
-fn row_difference(got: &[i32], expected: &[i32]) -> Option<String> {
+/// Why a row of ids differs from the expected set, or `None` if it is the same set
+/// (`padding` may repeat; its counts must agree).
+fn row_difference(got: &[i32], expected: &[i32], padding: Option<i32>) -> Option<String> {
     let mut problems = Vec::new();
     for (i, id) in got.iter().enumerate() {
-        if got[..i].contains(id) {
+        if Some(*id) != padding && got[..i].contains(id) {
             problems.push(format!("duplicate id {id}"));
+        }
+    }
+    if let Some(pad) = padding {
+        let count = |row: &[i32]| row.iter().filter(|&&v| v == pad).count();
+        let (g, e) = (count(got), count(expected));
+        if g != e {
+            problems.push(format!("{g} entries {pad}, expected {e}"));
         }
     }
     let missing: Vec<i32> = (expected.iter().filter(|e| !got.contains(e)).copied()).collect();

@@ -2,9 +2,13 @@
 //! download, upcast to f32 and compare with the expected outputs.
 
 use crate::case::{panic_message, Case, CaseFile, Params};
-use crate::compare::{compare_routing, compare_values, Comparison, Routing};
+use crate::compare::{
+    compare_bytes, compare_routing, compare_topk_indices, compare_values, Comparison, Routing,
+};
 use crate::report::{BackendSummary, Outcome, Report, Status};
-use moemla_core::{ops, Backend, DeviceTensor, Error, HostTensor};
+use crate::spec::{spec, Rule};
+use moemla_core::ops::{ExpertsInputs, RouteInputs, SparseDecodeInputs};
+use moemla_core::{ops, Backend, DType, DeviceTensor, Error, HostTensor};
 use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
@@ -112,7 +116,11 @@ impl From<Error> for Problem {
     fn from(err: Error) -> Problem {
         match err {
             Error::Unsupported { .. } => Problem::Unsupported(err.to_string()),
-            Error::Rank { .. } | Error::Dim { .. } | Error::DType { .. } | Error::Param { .. } => {
+            Error::Rank { .. }
+            | Error::Dim { .. }
+            | Error::DType { .. }
+            | Error::Param { .. }
+            | Error::Input { .. } => {
                 Problem::Malformed(format!("inputs break the contract: {err}"))
             }
             other => Problem::Fail(other.to_string()),
@@ -168,7 +176,7 @@ fn run_case(backend: &dyn Backend, case: &Case) -> Outcome {
             let failed: Vec<String> = comparisons
                 .iter()
                 .filter(|c| !c.passed)
-                .map(describe)
+                .map(|c| describe(case, c))
                 .collect();
             let (status, message) = match &case.mistrusted {
                 _ if !failed.is_empty() => (Status::Fail, Some(failed.join("; "))),
@@ -217,8 +225,9 @@ fn outcome(
     }
 }
 
-/// One line about a failed comparison: counts, maxima, first and worst element.
-fn describe(c: &Comparison) -> String {
+/// One line about a failed comparison of `case`: counts, maxima, first and worst element.
+fn describe(case: &Case, c: &Comparison) -> String {
+    let bytes = (spec(case.op).outputs.iter()).any(|a| a.name == c.output && a.rule == Rule::U8);
     let mut s = format!("`{}`: {} of {} ", c.output, c.failed, c.checked);
     match c.tolerance {
         Some(t) => {
@@ -230,6 +239,7 @@ fn describe(c: &Comparison) -> String {
                 num(c.max_rel)
             )
         }
+        None if bytes => s += "bytes differ",
         None => s += "rows differ",
     }
     if let Some(m) = &c.first_failure {
@@ -263,34 +273,45 @@ fn execute(backend: &dyn Backend, case: &Case) -> Result<Vec<Comparison>, Proble
     match &case.params {
         Params::MoeRoute(p) => {
             let (logits, bias) = (req("logits")?, up("bias")?);
-            let out = ops::moe_route(backend, &logits, bias.as_ref(), p)?;
-            let (ids, weights) = (down(&out.topk_ids)?, down(&out.topk_weights)?);
-            same_shape(case, "topk_ids", &ids)?;
-            same_shape(case, "topk_weights", &weights)?;
-            let got_ids = ids.to_i32_vec().map_err(Problem::from)?;
-            let got_w = weights.to_f32_vec().map_err(Problem::from)?;
-            let got = Routing {
-                ids: &got_ids,
-                weights: &got_w,
+            let (input_ids, tid2eid) = (up("input_ids")?, up("tid2eid")?);
+            let inputs = RouteInputs {
+                logits: &logits,
+                bias: bias.as_ref(),
+                input_ids: input_ids.as_ref(),
+                tid2eid: tid2eid.as_ref(),
             };
-            let exp_ids = expected(case, "topk_ids")?
-                .to_i32_vec()
-                .map_err(Problem::from)?;
-            let exp_w = expected(case, "topk_weights")?
-                .to_f32_vec()
-                .map_err(Problem::from)?;
-            let expected = Routing {
-                ids: &exp_ids,
-                weights: &exp_w,
-            };
+            let out = ops::moe_route_with(backend, inputs, p)?;
+            let names = ["topk_ids", "topk_weights"];
+            let (got_ids, got_w) = keyed_output(
+                case,
+                names,
+                &down(&out.topk_ids)?,
+                &down(&out.topk_weights)?,
+            )?;
+            let (exp_ids, exp_w) = expected_keyed(case, names)?;
             let tol = tolerance(case, "topk_weights")?;
-            let (ids, weights) = compare_routing(p.top_k, got, expected, tol);
+            let (ids, weights) = compare_routing(
+                p.top_k,
+                Routing {
+                    ids: &got_ids,
+                    weights: &got_w,
+                },
+                Routing {
+                    ids: &exp_ids,
+                    weights: &exp_w,
+                },
+                tol,
+            );
             Ok(vec![ids, weights])
         }
         Params::MoeExperts(p) => {
             let (x, w13, w2) = (req("x")?, req("w13")?, req("w2")?);
             let (ids, weights) = (req("topk_ids")?, req("topk_weights")?);
-            let y = ops::moe_experts(backend, &x, &w13, &w2, &ids, &weights, p)?;
+            let (w13_scale, w2_scale) = (up("w13_scale")?, up("w2_scale")?);
+            let mut inputs = ExpertsInputs::new(&x, &w13, &w2, &ids, &weights);
+            inputs.w13_scale = w13_scale.as_ref();
+            inputs.w2_scale = w2_scale.as_ref();
+            let y = ops::moe_experts_with(backend, inputs, p)?;
             Ok(vec![float_output(case, "y", &down(&y)?)?])
         }
         Params::MlaDecode(p) => {
@@ -301,7 +322,95 @@ fn execute(backend: &dyn Backend, case: &Case) -> Result<Vec<Comparison>, Proble
             let lse = float_output(case, "lse", &down(&out.lse)?)?;
             Ok(vec![o, lse])
         }
+        Params::MlaKvQuantize(p) => {
+            let kv = req("kv")?;
+            let out = ops::mla_kv_quantize(backend, &kv, p)?;
+            Ok(vec![byte_output(case, "kv_fp8", &down(&out)?)?])
+        }
+        Params::MlaSparseDecode(p) => {
+            let (q, kv, indices) = (req("q")?, req("kv_cache")?, req("indices")?);
+            let (topk_length, attn_sink) = (up("topk_length")?, up("attn_sink")?);
+            let mut inputs = SparseDecodeInputs::new(&q, &kv, &indices);
+            inputs.topk_length = topk_length.as_ref();
+            inputs.attn_sink = attn_sink.as_ref();
+            let out = ops::mla_sparse_decode(backend, inputs, p)?;
+            let o = float_output(case, "o", &down(&out.o)?)?;
+            let lse = float_output(case, "lse", &down(&out.lse)?)?;
+            Ok(vec![o, lse])
+        }
+        Params::DsaIndexerTopk(p) => {
+            let (q, weights, k_cache) = (req("q")?, req("weights")?, req("k_cache")?);
+            let (table, lens) = (req("block_table")?, req("cache_seqlens")?);
+            let out = ops::dsa_indexer_topk(backend, &q, &weights, &k_cache, &table, &lens, p)?;
+            let names = ["topk_indices", "topk_scores"];
+            let (got_idx, got_sc) = keyed_output(
+                case,
+                names,
+                &down(&out.topk_indices)?,
+                &down(&out.topk_scores)?,
+            )?;
+            let (exp_idx, exp_sc) = expected_keyed(case, names)?;
+            let tol = tolerance(case, "topk_scores")?;
+            let (idx, scores) = compare_topk_indices(
+                p.top_k,
+                Routing {
+                    ids: &got_idx,
+                    weights: &got_sc,
+                },
+                Routing {
+                    ids: &exp_idx,
+                    weights: &exp_sc,
+                },
+                tol,
+            );
+            Ok(vec![idx, scores])
+        }
     }
+}
+
+/// A backend's (ids, values) output pair, checked against the expected shapes.
+fn keyed_output(
+    case: &Case,
+    [ids_arg, values_arg]: [&str; 2],
+    ids: &HostTensor,
+    values: &HostTensor,
+) -> Result<(Vec<i32>, Vec<f32>), Problem> {
+    same_shape(case, ids_arg, ids)?;
+    same_shape(case, values_arg, values)?;
+    let ids = ids.to_i32_vec().map_err(Problem::from)?;
+    let values = values.to_f32_vec().map_err(Problem::from)?;
+    Ok((ids, values))
+}
+
+/// The case's expected (ids, values) output pair.
+fn expected_keyed(
+    case: &Case,
+    [ids_arg, values_arg]: [&str; 2],
+) -> Result<(Vec<i32>, Vec<f32>), Problem> {
+    let ids = expected(case, ids_arg)?
+        .to_i32_vec()
+        .map_err(Problem::from)?;
+    let values = (expected(case, values_arg)?.to_f32_vec()).map_err(Problem::from)?;
+    Ok((ids, values))
+}
+
+/// Compares a U8 output byte for byte.
+fn byte_output(case: &Case, arg: &str, got: &HostTensor) -> Result<Comparison, Problem> {
+    same_shape(case, arg, got)?;
+    let exp = expected(case, arg)?;
+    if got.dtype() != DType::U8 || exp.dtype() != DType::U8 {
+        return Err(Problem::Malformed(format!(
+            "`out.{arg}` must be U8 on both sides, got {} (expected {})",
+            got.dtype(),
+            exp.dtype()
+        )));
+    }
+    Ok(compare_bytes(
+        arg,
+        exp.shape(),
+        got.as_bytes(),
+        exp.as_bytes(),
+    ))
 }
 
 /// The case's expected output `arg` (a loaded case always has it; a hand-built one may

@@ -11,16 +11,42 @@ pub(crate) enum Rule {
     F32,
     /// Always I32.
     I32,
+    /// Always U8 (packed bytes, compared byte for byte).
+    U8,
+    /// The run dtype or F8E4M3 (expert weights; the op checks both agree).
+    RunOrF8,
+    /// The run dtype or U8 (a latent cache: dense, or `fp8_ds_v32` rows).
+    RunOrU8,
 }
 
 impl Rule {
-    /// The dtype this rule requires in a case of run dtype `run`.
-    pub(crate) fn dtype(self, run: DType) -> DType {
+    /// Whether a tensor of dtype `got` fits this rule in a case of run dtype `run`.
+    pub(crate) fn accepts(self, run: DType, got: DType) -> bool {
         match self {
-            Rule::Run => run,
-            Rule::F32 => DType::F32,
-            Rule::I32 => DType::I32,
+            Rule::Run => got == run,
+            Rule::F32 => got == DType::F32,
+            Rule::I32 => got == DType::I32,
+            Rule::U8 => got == DType::U8,
+            Rule::RunOrF8 => got == run || got == DType::F8E4M3,
+            Rule::RunOrU8 => got == run || got == DType::U8,
         }
+    }
+
+    /// The dtypes this rule accepts in a case of run dtype `run`, in words.
+    pub(crate) fn describe(self, run: DType) -> String {
+        match self {
+            Rule::Run => run.to_string(),
+            Rule::F32 => "F32".into(),
+            Rule::I32 => "I32".into(),
+            Rule::U8 => "U8".into(),
+            Rule::RunOrF8 => format!("{run} or F8_E4M3"),
+            Rule::RunOrU8 => format!("{run} or U8"),
+        }
+    }
+
+    /// Whether an output of this rule is compared as floats (with a tolerance).
+    pub(crate) fn is_float_output(self) -> bool {
+        matches!(self, Rule::F32)
     }
 }
 
@@ -33,11 +59,11 @@ pub(crate) struct Arg {
     pub required: bool,
 }
 
-/// The tensors of one op. The first input decides the run dtype (logits, x, q).
+/// The tensors of one op. The first input decides the run dtype (logits, x, q, kv).
 #[derive(Debug)]
 pub(crate) struct OpSpec {
     pub inputs: &'static [Arg],
-    /// Expected outputs as stored: floats as F32, ids as I32.
+    /// Expected outputs as stored: floats as F32, ids as I32, bytes as U8.
     pub outputs: &'static [Arg],
 }
 
@@ -53,6 +79,8 @@ const MOE_ROUTE: OpSpec = OpSpec {
     inputs: &[
         arg("logits", Rule::Run, true),
         arg("bias", Rule::F32, false),
+        arg("input_ids", Rule::I32, false),
+        arg("tid2eid", Rule::I32, false),
     ],
     outputs: &[
         arg("topk_ids", Rule::I32, true),
@@ -63,10 +91,12 @@ const MOE_ROUTE: OpSpec = OpSpec {
 const MOE_EXPERTS: OpSpec = OpSpec {
     inputs: &[
         arg("x", Rule::Run, true),
-        arg("w13", Rule::Run, true),
-        arg("w2", Rule::Run, true),
+        arg("w13", Rule::RunOrF8, true),
+        arg("w2", Rule::RunOrF8, true),
         arg("topk_ids", Rule::I32, true),
         arg("topk_weights", Rule::F32, true),
+        arg("w13_scale", Rule::F32, false),
+        arg("w2_scale", Rule::F32, false),
     ],
     outputs: &[arg("y", Rule::F32, true)],
 };
@@ -74,11 +104,41 @@ const MOE_EXPERTS: OpSpec = OpSpec {
 const MLA_DECODE: OpSpec = OpSpec {
     inputs: &[
         arg("q", Rule::Run, true),
-        arg("kv_cache", Rule::Run, true),
+        arg("kv_cache", Rule::RunOrU8, true),
         arg("block_table", Rule::I32, true),
         arg("cache_seqlens", Rule::I32, true),
     ],
     outputs: &[arg("o", Rule::F32, true), arg("lse", Rule::F32, true)],
+};
+
+const MLA_KV_QUANTIZE: OpSpec = OpSpec {
+    inputs: &[arg("kv", Rule::Run, true)],
+    outputs: &[arg("kv_fp8", Rule::U8, true)],
+};
+
+const MLA_SPARSE_DECODE: OpSpec = OpSpec {
+    inputs: &[
+        arg("q", Rule::Run, true),
+        arg("kv_cache", Rule::RunOrU8, true),
+        arg("indices", Rule::I32, true),
+        arg("topk_length", Rule::I32, false),
+        arg("attn_sink", Rule::F32, false),
+    ],
+    outputs: &[arg("o", Rule::F32, true), arg("lse", Rule::F32, true)],
+};
+
+const DSA_INDEXER_TOPK: OpSpec = OpSpec {
+    inputs: &[
+        arg("q", Rule::Run, true),
+        arg("weights", Rule::F32, true),
+        arg("k_cache", Rule::Run, true),
+        arg("block_table", Rule::I32, true),
+        arg("cache_seqlens", Rule::I32, true),
+    ],
+    outputs: &[
+        arg("topk_indices", Rule::I32, true),
+        arg("topk_scores", Rule::F32, true),
+    ],
 };
 
 /// The tensor table of `op`.
@@ -87,5 +147,8 @@ pub(crate) fn spec(op: Op) -> &'static OpSpec {
         Op::MoeRoute => &MOE_ROUTE,
         Op::MoeExperts => &MOE_EXPERTS,
         Op::MlaDecode => &MLA_DECODE,
+        Op::MlaKvQuantize => &MLA_KV_QUANTIZE,
+        Op::MlaSparseDecode => &MLA_SPARSE_DECODE,
+        Op::DsaIndexerTopk => &DSA_INDEXER_TOPK,
     }
 }

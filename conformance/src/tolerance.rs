@@ -1,6 +1,7 @@
 //! Tolerances: the contract's defaults per run dtype, and per-case tightening.
 
-use moemla_core::{DType, Op};
+use crate::case::Params;
+use moemla_core::{ActivationQuant, DType, Op};
 use serde::{Deserialize, Serialize};
 
 /// An elementwise tolerance: `|got - exp| <= atol + rtol * |exp|`.
@@ -35,6 +36,26 @@ impl Tolerance {
         }
     }
 
+    /// The default of `moe_experts` cases with `activation_quant` `fp8_block128`, whatever
+    /// the run dtype: atol 5e-2, rtol 5e-2 (contract v2: quantization-boundary flips of the
+    /// activations are legitimate).
+    pub const FP8_BLOCK128: Tolerance = Tolerance {
+        atol: 5e-2,
+        rtol: 5e-2,
+    };
+
+    /// The default for a case of `op` with run dtype `run` and parameters `params`:
+    /// [`Tolerance::default_for_case`], except [`Tolerance::FP8_BLOCK128`] for w8a8
+    /// experts.
+    pub fn default_for_params(op: Op, run: DType, params: &Params) -> Tolerance {
+        match params {
+            Params::MoeExperts(p) if p.activation_quant == ActivationQuant::Fp8Block128 => {
+                Self::FP8_BLOCK128
+            }
+            _ => Self::default_for_case(op, run),
+        }
+    }
+
     /// The bound for one expected value.
     pub fn allowed(&self, expected: f64) -> f64 {
         self.atol + self.rtol * expected.abs()
@@ -60,6 +81,23 @@ mod tests {
         assert_eq!((route.atol, route.rtol), (1e-4, 1e-4));
         let mla = Tolerance::default_for_case(Op::MlaDecode, DType::BF16);
         assert_eq!((mla.atol, mla.rtol), (2e-2, 2e-2));
+    }
+
+    #[test]
+    fn w8a8_experts_default_to_5e_2_in_every_dtype() {
+        let w8a8 = Params::MoeExperts(moemla_core::ExpertsParams {
+            activation_quant: ActivationQuant::Fp8Block128,
+            ..Default::default()
+        });
+        for dtype in DType::FLOATS {
+            let t = Tolerance::default_for_params(Op::MoeExperts, dtype, &w8a8);
+            assert_eq!((t.atol, t.rtol), (5e-2, 5e-2), "{dtype}");
+        }
+        let w8a16 = Params::MoeExperts(moemla_core::ExpertsParams::default());
+        let t = Tolerance::default_for_params(Op::MoeExperts, DType::F32, &w8a16);
+        assert_eq!((t.atol, t.rtol), (1e-4, 1e-4));
+        let t = Tolerance::default_for_params(Op::MoeExperts, DType::BF16, &w8a16);
+        assert_eq!((t.atol, t.rtol), (2e-2, 2e-2));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub const NAME: &str = "ascend";
 
 /// aclDataType values (AscendCL "aclDataType"): ACL_FLOAT 0, ACL_FLOAT16 1, ACL_INT8 2,
-/// ACL_INT32 3, ACL_BF16 27.
+/// ACL_INT32 3, ACL_UINT8 4, ACL_BF16 27.
 pub fn acl_dtype(dtype: DType) -> i32 {
     match dtype {
         DType::F32 => ACL_FLOAT,
@@ -31,6 +31,7 @@ pub fn acl_dtype(dtype: DType) -> i32 {
         DType::BF16 => 27,
         DType::I32 => 3,
         DType::F8E4M3 => -1,
+        DType::U8 => 4,
     }
 }
 /// ACL_FLOAT.

@@ -109,22 +109,15 @@ impl Backend for AscendBackend {
         let ops = &self.dev.cann.ops;
         let mut supported = Vec::new();
         if ops::moe_route::available(ops) {
-            supported.extend(DType::FLOATS.map(|dtype| OpSupport {
-                op: Op::MoeRoute,
-                dtype,
-            }));
+            supported.extend(DType::FLOATS.map(|dtype| OpSupport::new(Op::MoeRoute, dtype)));
         }
         if ops::moe_experts::available(ops) {
-            supported.extend(DType::FLOATS.map(|dtype| OpSupport {
-                op: Op::MoeExperts,
-                dtype,
-            }));
+            supported.extend(DType::FLOATS.map(|dtype| OpSupport::new(Op::MoeExperts, dtype)));
         }
         if ops::mla_decode::available(ops) {
-            supported.extend([DType::F16, DType::BF16].map(|dtype| OpSupport {
-                op: Op::MlaDecode,
-                dtype,
-            }));
+            supported.extend(
+                [DType::F16, DType::BF16].map(|dtype| OpSupport::new(Op::MlaDecode, dtype)),
+            );
         }
         let mut notes: Vec<String> = vec![format!(
             "loaded: {}",

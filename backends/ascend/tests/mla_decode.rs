@@ -114,6 +114,7 @@ fn run_case(c: &Case) {
         softmax_scale: MlaDecodeParams::DEEPSEEK_V3_SOFTMAX_SCALE,
         causal: c.causal,
         head_dim_v: 512,
+        kv_format: Default::default(),
     };
     let out = ops::mla_decode(
         &be,

@@ -31,6 +31,16 @@ fn reference_row(logits: &[f32], bias: Option<&[f32]>, p: &RouteParams) -> Vec<(
             let z: f64 = ex.iter().sum();
             ex.iter().map(|v| v / z).collect()
         }
+        ScoreFunc::Sqrtsoftplus => (logits.iter())
+            .map(|&x| {
+                if x > 20.0 {
+                    x as f64
+                } else {
+                    (x as f64).exp().ln_1p()
+                }
+                .sqrt()
+            })
+            .collect(),
     };
     let mut sel: Vec<f64> = (0..e)
         .map(|i| key(s[i] + bias.map_or(0.0, |b| b[i] as f64)))

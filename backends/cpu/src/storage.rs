@@ -16,8 +16,10 @@ pub enum CpuStorage {
     BF16(Vec<bf16>),
     /// Signed 32-bit integers (ids, block tables, sequence lengths).
     I32(Vec<i32>),
-    /// FP8 e4m3fn bit patterns (no v1 op reads them).
+    /// FP8 e4m3fn bit patterns (FP8 expert weights).
     F8E4M3(Vec<u8>),
+    /// Bytes (the 656-byte FP8 latent cache rows).
+    U8(Vec<u8>),
 }
 
 impl DeviceBuffer for CpuStorage {
@@ -38,6 +40,7 @@ impl CpuStorage {
             DType::BF16 => CpuStorage::BF16(try_filled_vec(len, WHAT)?),
             DType::I32 => CpuStorage::I32(try_filled_vec(len, WHAT)?),
             DType::F8E4M3 => CpuStorage::F8E4M3(try_filled_vec(len, WHAT)?),
+            DType::U8 => CpuStorage::U8(try_filled_vec(len, WHAT)?),
         })
     }
 
@@ -50,6 +53,7 @@ impl CpuStorage {
             DType::BF16 => CpuStorage::BF16(copy_of(bytes)?),
             DType::I32 => CpuStorage::I32(copy_of(bytes)?),
             DType::F8E4M3 => CpuStorage::F8E4M3(copy_of(bytes)?),
+            DType::U8 => CpuStorage::U8(copy_of(bytes)?),
         })
     }
 
@@ -60,7 +64,7 @@ impl CpuStorage {
             CpuStorage::F16(v) => bytemuck::cast_slice(v),
             CpuStorage::BF16(v) => bytemuck::cast_slice(v),
             CpuStorage::I32(v) => bytemuck::cast_slice(v),
-            CpuStorage::F8E4M3(v) => v,
+            CpuStorage::F8E4M3(v) | CpuStorage::U8(v) => v,
         };
         copy_of(bytes)
     }
@@ -72,7 +76,7 @@ impl CpuStorage {
             CpuStorage::F16(v) => v.len(),
             CpuStorage::BF16(v) => v.len(),
             CpuStorage::I32(v) => v.len(),
-            CpuStorage::F8E4M3(v) => v.len(),
+            CpuStorage::F8E4M3(v) | CpuStorage::U8(v) => v.len(),
         }
     }
 
@@ -89,6 +93,7 @@ impl CpuStorage {
             CpuStorage::BF16(_) => DType::BF16,
             CpuStorage::I32(_) => DType::I32,
             CpuStorage::F8E4M3(_) => DType::F8E4M3,
+            CpuStorage::U8(_) => DType::U8,
         }
     }
 }
@@ -250,7 +255,8 @@ mod tests {
         let ids = unrepresentable(&[huge, 1], CpuStorage::I32(vec![]));
         let w = unrepresentable(&[huge, 1], CpuStorage::F32(vec![]));
         let (w13, w2) = (up(&[1, 2, 4]), up(&[1, 4, 1]));
-        let err = ops::moe_experts(&cpu, &x, &w13, &w2, &ids, &w, &ExpertsParams {}).unwrap_err();
+        let err =
+            ops::moe_experts(&cpu, &x, &w13, &w2, &ids, &w, &ExpertsParams::default()).unwrap_err();
         assert!(matches!(err, Error::Device { .. }), "{err}");
 
         let q = unrepresentable(&[huge, 1, 1, 4], CpuStorage::F32(vec![]));
@@ -261,6 +267,7 @@ mod tests {
             softmax_scale: 0.5,
             causal: false,
             head_dim_v: 2,
+            kv_format: Default::default(),
         };
         let err = ops::mla_decode(&cpu, &q, &cache, &table, &lens, &p).unwrap_err();
         assert!(matches!(err, Error::Device { .. }), "{err}");

@@ -88,6 +88,7 @@ fn check(p: &Problem, causal: bool, dtype: DType) {
         softmax_scale: 0.3,
         causal,
         head_dim_v: p.d_v,
+        kv_format: Default::default(),
     };
     let out = ops::mla_decode(&*be, &q, &kv, &table, &seqlens, &params).unwrap();
     let (o, lse) = reference(p, &q64, &kv64, 0.3, causal);
@@ -176,6 +177,7 @@ fn run_indices(p: &Problem) -> Error {
         softmax_scale: 0.3,
         causal: false,
         head_dim_v: p.d_v,
+        kv_format: Default::default(),
     };
     ops::mla_decode(&*be, &q, &kv, &table, &seqlens, &params).unwrap_err()
 }

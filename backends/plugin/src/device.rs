@@ -133,7 +133,7 @@ impl Device {
         for pair in pairs {
             match (op(pair.op), dtype(pair.dtype)) {
                 (Some(op), Some(dtype)) => {
-                    let s = OpSupport { op, dtype };
+                    let s = OpSupport::new(op, dtype);
                     if !supported.contains(&s) {
                         supported.push(s);
                     }
@@ -267,6 +267,7 @@ pub(crate) fn dtype_code(dtype: DType) -> i32 {
         DType::BF16 => ffi::DTYPE_BF16,
         DType::I32 => ffi::DTYPE_I32,
         DType::F8E4M3 => ffi::DTYPE_F8E4M3,
+        DType::U8 => ffi::DTYPE_U8,
     }
 }
 

@@ -23,6 +23,8 @@ pub const DTYPE_BF16: i32 = 3;
 pub const DTYPE_I32: i32 = 4;
 /// `MOEMLA_DTYPE_F8E4M3` (buffer calls only; no v1 op reads it).
 pub const DTYPE_F8E4M3: i32 = 5;
+/// `MOEMLA_DTYPE_U8` (buffer calls only; no op of the plugin ABI reads it).
+pub const DTYPE_U8: i32 = 6;
 
 /// `MOEMLA_OP_MOE_ROUTE`.
 pub const OP_MOE_ROUTE: i32 = 1;

@@ -34,6 +34,13 @@ pub(crate) fn moe_route(b: &PluginBackend, call: &MoeRouteCall<'_>) -> Result<Mo
     args.score_func = match p.score_func {
         ScoreFunc::Sigmoid => ffi::SCORE_FUNC_SIGMOID,
         ScoreFunc::Softmax => ffi::SCORE_FUNC_SOFTMAX,
+        ScoreFunc::Sqrtsoftplus => {
+            return Err(moemla_core::Error::unsupported_format(
+                b.device.name(),
+                Op::MoeRoute,
+                moemla_core::Format::Sqrtsoftplus,
+            ))
+        }
     };
     args.group_select = match p.group_select {
         GroupSelect::Max => ffi::GROUP_SELECT_MAX,

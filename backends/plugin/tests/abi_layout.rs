@@ -107,6 +107,7 @@ fn rust_mirror_matches_the_c_header() {
         MOEMLA_DTYPE_BF16 = ffi::DTYPE_BF16;
         MOEMLA_DTYPE_I32 = ffi::DTYPE_I32;
         MOEMLA_DTYPE_F8E4M3 = ffi::DTYPE_F8E4M3;
+        MOEMLA_DTYPE_U8 = ffi::DTYPE_U8;
         MOEMLA_OP_MOE_ROUTE = ffi::OP_MOE_ROUTE;
         MOEMLA_OP_MOE_EXPERTS = ffi::OP_MOE_EXPERTS;
         MOEMLA_OP_MLA_DECODE = ffi::OP_MLA_DECODE;

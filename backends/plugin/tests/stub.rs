@@ -82,14 +82,8 @@ fn a_device_reports_errors_and_every_buffer_and_device_is_released() {
     assert_eq!(
         info.supported,
         [
-            OpSupport {
-                op: Op::MoeRoute,
-                dtype: DType::F32
-            },
-            OpSupport {
-                op: Op::MoeExperts,
-                dtype: DType::F32
-            },
+            OpSupport::new(Op::MoeRoute, DType::F32),
+            OpSupport::new(Op::MoeExperts, DType::F32),
         ]
     );
     assert_eq!(info.notes[0], "device type: GPU");
@@ -140,7 +134,15 @@ fn a_device_reports_errors_and_every_buffer_and_device_is_released() {
         .upload(&HostTensor::from_slice([2, 1], &[0i32, 0]).unwrap())
         .unwrap();
     let weights = up(&[2, 1], &[1.0; 2], DType::F32);
-    let got = ops::moe_experts(&*backend, &x, &w13, &w2, &ids, &weights, &ExpertsParams {});
+    let got = ops::moe_experts(
+        &*backend,
+        &x,
+        &w13,
+        &w2,
+        &ids,
+        &weights,
+        &ExpertsParams::default(),
+    );
     assert_eq!(
         got.unwrap_err(),
         Error::Device {
@@ -161,6 +163,7 @@ fn a_device_reports_errors_and_every_buffer_and_device_is_released() {
         softmax_scale: 0.5,
         causal: false,
         head_dim_v: 2,
+        kv_format: Default::default(),
     };
     assert!(matches!(
         ops::mla_decode(&*backend, &q, &cache, &table, &lens, &mla),

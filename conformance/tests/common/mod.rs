@@ -50,6 +50,7 @@ pub fn write_case(path: &Path, meta: &[(&str, &str)], tensors: &[(&str, &HostTen
                 DType::BF16 => Dtype::BF16,
                 DType::I32 => Dtype::I32,
                 DType::F8E4M3 => Dtype::F8_E4M3,
+                DType::U8 => Dtype::U8,
             };
             let view = TensorView::new(dtype, t.dims().to_vec(), t.as_bytes()).unwrap();
             (name.to_string(), view)

@@ -101,9 +101,16 @@ pub fn property(backend: &dyn Backend, mut runner: TestRunner) -> Result<(), Str
             let (w2, _) = upload_as(backend, &[e, h, i], &c.w2, c.dtype).map_err(fail)?;
             let ids = upload_i32(backend, &[t, k], &c.ids).map_err(fail)?;
             let (weights, _) = upload_as(backend, &[t, k], &c.weights, DType::F32).map_err(fail)?;
-            let result =
-                ops::moe_experts(backend, &x, &w13, &w2, &ids, &weights, &ExpertsParams {})
-                    .and_then(|y| backend.download(&y)?.to_f32_vec());
+            let result = ops::moe_experts(
+                backend,
+                &x,
+                &w13,
+                &w2,
+                &ids,
+                &weights,
+                &ExpertsParams::default(),
+            )
+            .and_then(|y| backend.download(&y)?.to_f32_vec());
 
             let first_bad = c.ids.iter().position(|&id| id < -1 || id >= e as i32);
             let y = match (result, first_bad) {

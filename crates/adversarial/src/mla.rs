@@ -78,6 +78,7 @@ fn case() -> impl Strategy<Value = MlaCase> {
                             softmax_scale: scale,
                             causal,
                             head_dim_v: d_v,
+                            kv_format: Default::default(),
                         },
                     };
                     poison_unused_slots(&mut c);

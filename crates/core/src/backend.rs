@@ -1,11 +1,20 @@
 //! The `Backend` trait every device family implements, and what a backend says about itself.
 
-use crate::calls::{MlaDecodeCall, MlaDecodeOutput, MoeExpertsCall, MoeRouteCall, MoeRouteOutput};
+use crate::calls::{
+    DsaIndexerTopkCall, DsaIndexerTopkOutput, MlaDecodeCall, MlaDecodeOutput, MlaKvQuantizeCall,
+    MlaSparseDecodeCall, MoeExpertsCall, MoeRouteCall, MoeRouteOutput,
+};
 use crate::{DType, DeviceTensor, Error, HostTensor, Op, Result, Shape};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// A device family's implementation of the v1 ops.
+/// A device family's implementation of the ops.
+///
+/// The v1 ops are required; the v2 ops have default implementations that return
+/// [`Error::Unsupported`], and the v2 variants of the v1 ops (FP8 weights, the FP8 cache,
+/// new score functions, ...: [`Format`]) only reach a backend that lists them in
+/// [`BackendInfo::supported`] ([`crate::ops`] refuses them otherwise), so a backend written
+/// for v1 keeps compiling and reports v2 as unsupported.
 ///
 /// Object safe: integrators hold backends as `Arc<dyn Backend>`. The op methods receive
 /// calls that [`crate::ops`] has already validated (shapes, dtypes, parameters), so every
@@ -39,8 +48,38 @@ pub trait Backend: Send + Sync {
     /// Use [`crate::ops::moe_experts`].
     fn moe_experts(&self, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor>;
 
-    /// `mla_decode` on validated input. Use [`crate::ops::mla_decode`].
+    /// `mla_decode` on validated input (with `kv_format` `fp8_ds_v32` only if the backend
+    /// lists [`Format::Fp8DsV32`] for it). Use [`crate::ops::mla_decode`].
     fn mla_decode(&self, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutput>;
+
+    /// `mla_kv_quantize` on validated input; returns `kv_fp8` [N, 656] U8. Optional (v2).
+    /// Use [`crate::ops::mla_kv_quantize`].
+    fn mla_kv_quantize(&self, call: &MlaKvQuantizeCall<'_>) -> Result<DeviceTensor> {
+        Err(not_implemented(self.name(), Op::MlaKvQuantize, call.dtype))
+    }
+
+    /// `mla_sparse_decode` on validated input. Optional (v2).
+    /// Use [`crate::ops::mla_sparse_decode`].
+    fn mla_sparse_decode(&self, call: &MlaSparseDecodeCall<'_>) -> Result<MlaDecodeOutput> {
+        Err(not_implemented(
+            self.name(),
+            Op::MlaSparseDecode,
+            call.dtype,
+        ))
+    }
+
+    /// `dsa_indexer_topk` on validated input. Optional (v2).
+    /// Use [`crate::ops::dsa_indexer_topk`].
+    fn dsa_indexer_topk(&self, call: &DsaIndexerTopkCall<'_>) -> Result<DsaIndexerTopkOutput> {
+        Err(not_implemented(self.name(), Op::DsaIndexerTopk, call.dtype))
+    }
+
+    /// Whether the backend implements `support` (an entry of [`BackendInfo::supported`]).
+    /// [`crate::ops`] asks before handing a backend a v2 variant ([`Format`]) of an op.
+    /// The default looks it up in [`Backend::info`]; override it where `info` is costly.
+    fn supports(&self, support: &OpSupport) -> bool {
+        self.info().supported.contains(support)
+    }
 
     /// Bandwidth ceiling for benchmarks: the median time of `reps` device-to-device copies
     /// of `bytes` bytes between two buffers allocated and touched beforehand (so neither
@@ -113,27 +152,149 @@ impl fmt::Display for Verification {
     }
 }
 
-/// One (op, run dtype) pair a backend implements.
+/// The default [`Backend`] v2 op: not implemented.
+fn not_implemented(backend: &str, op: Op, dtype: DType) -> Error {
+    Error::Unsupported {
+        backend: backend.to_string(),
+        op,
+        what: dtype.name().to_string(),
+        reason: "not implemented by this backend".to_string(),
+    }
+}
+
+/// A contract-v2 data format or variant of an op, which a backend implements only if it
+/// lists it ([`OpSupport::format`]). A call that needs one a backend does not list fails
+/// with [`Error::Unsupported`] before the backend sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// `moe_route` with `score_func` `sqrtsoftplus`.
+    Sqrtsoftplus,
+    /// `moe_route` hash routing (`input_ids` + `tid2eid`).
+    HashRouting,
+    /// `moe_experts` with F8E4M3 weights and 128x128 block scales, activations unquantized
+    /// (w8a16).
+    Fp8Weights,
+    /// `moe_experts` with `activation_quant` `fp8_block128` (w8a8; f32 and UE8M0 scales).
+    /// Such a call also needs [`Format::Fp8Weights`].
+    Fp8Activations,
+    /// `moe_experts` with a `swiglu_limit`.
+    SwigluLimit,
+    /// The 656-byte FP8 latent cache (`mla_decode`, `mla_sparse_decode`, `mla_kv_quantize`).
+    Fp8DsV32,
+}
+
+impl Format {
+    /// Every format, in declaration order.
+    pub const ALL: [Format; 6] = [
+        Format::Sqrtsoftplus,
+        Format::HashRouting,
+        Format::Fp8Weights,
+        Format::Fp8Activations,
+        Format::SwigluLimit,
+        Format::Fp8DsV32,
+    ];
+
+    /// The name in reports (`fp8_ds_v32`, `hash_routing`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Sqrtsoftplus => "sqrtsoftplus",
+            Format::HashRouting => "hash_routing",
+            Format::Fp8Weights => "fp8_weights",
+            Format::Fp8Activations => "fp8_activations",
+            Format::SwigluLimit => "swiglu_limit",
+            Format::Fp8DsV32 => "fp8_ds_v32",
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One (op, run dtype[, format]) a backend implements. Without a format: the op's plain
+/// form (v1's, or a v2 op's dense form); with one: that v2 variant too (a call using it needs
+/// both entries).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct OpSupport {
     /// The op.
     pub op: Op,
     /// The run dtype (see the contract: logits for moe_route, x for moe_experts, q for
-    /// mla_decode).
+    /// mla_decode / mla_sparse_decode / dsa_indexer_topk, kv for mla_kv_quantize).
     pub dtype: DType,
+    /// The v2 format or variant, if this entry is about one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<Format>,
 }
 
 impl OpSupport {
+    /// The plain form of `op` in run dtype `dtype`.
+    pub fn new(op: Op, dtype: DType) -> OpSupport {
+        OpSupport {
+            op,
+            dtype,
+            format: None,
+        }
+    }
+
+    /// Variant `format` of `op` in run dtype `dtype`.
+    pub fn with_format(op: Op, dtype: DType, format: Format) -> OpSupport {
+        OpSupport {
+            op,
+            dtype,
+            format: Some(format),
+        }
+    }
+
     /// Every v1 op in every float dtype.
     pub fn all_v1() -> Vec<OpSupport> {
-        Op::ALL
+        Op::V1
             .into_iter()
-            .flat_map(|op| {
-                DType::FLOATS
-                    .into_iter()
-                    .map(move |dtype| OpSupport { op, dtype })
-            })
+            .flat_map(|op| DType::FLOATS.map(|dtype| OpSupport::new(op, dtype)))
             .collect()
+    }
+
+    /// Everything contract v2 defines: every op in every float dtype, and every format the
+    /// op has in every dtype the contract allows it (the FP8 cache with F16/BF16 queries
+    /// for the attention ops).
+    pub fn all_v2() -> Vec<OpSupport> {
+        let mut all = Vec::new();
+        for op in Op::ALL {
+            for dtype in DType::FLOATS {
+                all.push(OpSupport::new(op, dtype));
+                let formats: &[Format] = match op {
+                    Op::MoeRoute => &[Format::Sqrtsoftplus, Format::HashRouting],
+                    Op::MoeExperts => &[
+                        Format::Fp8Weights,
+                        Format::Fp8Activations,
+                        Format::SwigluLimit,
+                    ],
+                    Op::MlaKvQuantize => &[Format::Fp8DsV32],
+                    Op::MlaDecode | Op::MlaSparseDecode if dtype != DType::F32 => {
+                        &[Format::Fp8DsV32]
+                    }
+                    _ => &[],
+                };
+                all.extend(
+                    formats
+                        .iter()
+                        .map(|&f| OpSupport::with_format(op, dtype, f)),
+                );
+            }
+        }
+        all
+    }
+}
+
+impl fmt::Display for OpSupport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.op, self.dtype)?;
+        match self.format {
+            Some(format) => write!(f, " {format}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -180,7 +341,7 @@ pub struct BackendInfo {
     pub device_kind: DeviceKind,
     /// Device memory in bytes, where known.
     pub memory_bytes: Option<u64>,
-    /// The (op, dtype) pairs implemented. Calls outside them fail with
+    /// The (op, dtype[, format]) entries implemented. Calls outside them fail with
     /// [`crate::Error::Unsupported`]; so may parameter combinations a vendor op cannot do
     /// (listed in `notes`).
     pub supported: Vec<OpSupport>,
@@ -191,8 +352,14 @@ pub struct BackendInfo {
 }
 
 impl BackendInfo {
-    /// Whether `op` is implemented for run dtype `dtype`.
+    /// Whether `op` is implemented for run dtype `dtype` (its plain form).
     pub fn supports(&self, op: Op, dtype: DType) -> bool {
-        self.supported.contains(&OpSupport { op, dtype })
+        self.supported.contains(&OpSupport::new(op, dtype))
+    }
+
+    /// Whether variant `format` of `op` is implemented for run dtype `dtype`.
+    pub fn supports_format(&self, op: Op, dtype: DType, format: Format) -> bool {
+        self.supported
+            .contains(&OpSupport::with_format(op, dtype, format))
     }
 }

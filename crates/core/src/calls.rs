@@ -4,7 +4,10 @@
 //! may rely on every shape, dtype and parameter rule of the contract. The sizes are carried
 //! alongside so backends need not re-derive them.
 
-use crate::{DType, DeviceTensor, ExpertsParams, MlaDecodeParams, RouteParams};
+use crate::{
+    DType, DeviceTensor, ExpertsParams, IndexerParams, KvQuantizeParams, MlaDecodeParams,
+    RouteParams, SparseDecodeParams,
+};
 
 /// Proof that a call went through validation; only this crate can make one.
 #[derive(Debug, Clone, Copy)]
@@ -15,8 +18,10 @@ pub struct Validated(pub(crate) ());
 pub struct MoeRouteCall<'a> {
     /// Router logits [T, E], F32 | F16 | BF16 (computed in f32).
     pub logits: &'a DeviceTensor,
-    /// Selection bias [E], F32, if any.
+    /// Selection bias [E], F32, if any (never with hash routing).
     pub bias: Option<&'a DeviceTensor>,
+    /// Hash routing (v2), if any: the ids come from a table instead of a top-k.
+    pub hash: Option<HashRouting<'a>>,
     /// Routing parameters.
     pub params: &'a RouteParams,
     /// T: tokens.
@@ -25,6 +30,18 @@ pub struct MoeRouteCall<'a> {
     pub experts: usize,
     /// Validation marker.
     pub validated: Validated,
+}
+
+/// The tables of hash routing (DeepSeek-V4's first layers): `ids[t] = tid2eid[input_ids[t]]`.
+#[derive(Debug, Clone, Copy)]
+pub struct HashRouting<'a> {
+    /// Token ids [T], I32. Contents not yet checked (must lie in [0, vocab)).
+    pub input_ids: &'a DeviceTensor,
+    /// Expert ids per token id [vocab, top_k], I32. Contents not yet checked (the rows
+    /// tokens read must hold top_k distinct ids in [0, E)).
+    pub tid2eid: &'a DeviceTensor,
+    /// Rows of `tid2eid`.
+    pub vocab: usize,
 }
 
 /// The result of `moe_route`.
@@ -41,10 +58,13 @@ pub struct MoeRouteOutput {
 pub struct MoeExpertsCall<'a> {
     /// Tokens [T, H], run dtype.
     pub x: &'a DeviceTensor,
-    /// Gate and up projections [E, 2I, H] (rows 0..I gate W1, I..2I up W3), run dtype.
+    /// Gate and up projections [E, 2I, H] (rows 0..I gate W1, I..2I up W3), run dtype or
+    /// F8E4M3 (then `fp8_scales` is set).
     pub w13: &'a DeviceTensor,
-    /// Down projections [E, H, I], run dtype.
+    /// Down projections [E, H, I], the dtype of `w13`.
     pub w2: &'a DeviceTensor,
+    /// The block scales of FP8 weights (v2), `None` for run-dtype weights.
+    pub fp8_scales: Option<BlockScales<'a>>,
     /// Expert per token and slot [T, k], I32; -1 = none. Contents not yet checked.
     pub topk_ids: &'a DeviceTensor,
     /// Weights [T, k], F32.
@@ -67,18 +87,29 @@ pub struct MoeExpertsCall<'a> {
     pub validated: Validated,
 }
 
+/// Dequantization multipliers of FP8 expert weights (the checkpoint's `weight_scale_inv`):
+/// `W[e, r, c] = w[e, r, c] * scale[e, r / 128, c / 128]`.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockScales<'a> {
+    /// [E, ceil(2I / 128), ceil(H / 128)], F32 (blocks of the fused [2I, H] matrix).
+    pub w13_scale: &'a DeviceTensor,
+    /// [E, ceil(H / 128), ceil(I / 128)], F32.
+    pub w2_scale: &'a DeviceTensor,
+}
+
 /// A validated `mla_decode` call.
 #[derive(Debug, Clone, Copy)]
 pub struct MlaDecodeCall<'a> {
     /// Queries [B, Sq, Hq, Dqk], run dtype.
     pub q: &'a DeviceTensor,
-    /// Paged latent cache [num_blocks, block_size, Hkv, Dqk], run dtype.
+    /// Paged latent cache [num_blocks, block_size, Hkv, Dqk], run dtype; with
+    /// `kv_format` `fp8_ds_v32`: U8 [num_blocks, block_size, 1, 656].
     pub kv_cache: &'a DeviceTensor,
     /// Block table [B, max_blocks], I32. Contents not yet checked.
     pub block_table: &'a DeviceTensor,
     /// Sequence lengths [B], I32. Contents not yet checked.
     pub cache_seqlens: &'a DeviceTensor,
-    /// Op parameters.
+    /// Op parameters (`kv_format` says how to read the cache).
     pub params: &'a MlaDecodeParams,
     /// The run dtype (of q and kv_cache).
     pub dtype: DType,
@@ -90,7 +121,7 @@ pub struct MlaDecodeCall<'a> {
     pub h_q: usize,
     /// Hkv: cache heads.
     pub h_kv: usize,
-    /// Dqk: query/key width.
+    /// Dqk: query/key width (576 for `fp8_ds_v32`, whose rows are 656 bytes).
     pub d_qk: usize,
     /// Dv: value width (`params.head_dim_v`).
     pub d_v: usize,
@@ -118,10 +149,130 @@ impl MlaDecodeCall<'_> {
     /// `seqlen` tokens: `seqlen` without the causal mask, `seqlen - s_q + i + 1` with it
     /// (bottom-right aligned). Zero or less means an empty range.
     pub fn attended_len(&self, seqlen: usize, i: usize) -> i64 {
-        if self.params.causal {
-            seqlen as i64 - self.s_q as i64 + i as i64 + 1
-        } else {
-            seqlen as i64
-        }
+        attended_len(self.params.causal, self.s_q, seqlen, i)
     }
+}
+
+/// `seqlen` without the causal mask, `seqlen - s_q + i + 1` with it (bottom-right aligned).
+fn attended_len(causal: bool, s_q: usize, seqlen: usize, i: usize) -> i64 {
+    if causal {
+        seqlen as i64 - s_q as i64 + i as i64 + 1
+    } else {
+        seqlen as i64
+    }
+}
+
+/// A validated `mla_kv_quantize` call.
+#[derive(Debug, Clone, Copy)]
+pub struct MlaKvQuantizeCall<'a> {
+    /// Latent rows [N, 576], run dtype. Contents not yet checked (must be finite).
+    pub kv: &'a DeviceTensor,
+    /// Op parameters (`kv_format` is `fp8_ds_v32`).
+    pub params: &'a KvQuantizeParams,
+    /// The run dtype (of kv).
+    pub dtype: DType,
+    /// N: rows.
+    pub rows: usize,
+    /// Validation marker.
+    pub validated: Validated,
+}
+
+/// A validated `mla_sparse_decode` call.
+#[derive(Debug, Clone, Copy)]
+pub struct MlaSparseDecodeCall<'a> {
+    /// Queries [B, Sq, Hq, Dqk], run dtype.
+    pub q: &'a DeviceTensor,
+    /// Cache [num_blocks, block_size, 1, Dqk], run dtype; with `kv_format` `fp8_ds_v32`:
+    /// U8 [num_blocks, block_size, 1, 656].
+    pub kv_cache: &'a DeviceTensor,
+    /// Attended slots [B, Sq, topk], I32: `block * block_size + offset`, or -1. Contents not
+    /// yet checked.
+    pub indices: &'a DeviceTensor,
+    /// Valid prefix length of each batch's index rows [B], I32, if any. Contents not yet
+    /// checked (must lie in [0, topk]).
+    pub topk_length: Option<&'a DeviceTensor>,
+    /// Attention sink per head [Hq], F32, if any.
+    pub attn_sink: Option<&'a DeviceTensor>,
+    /// Op parameters.
+    pub params: &'a SparseDecodeParams,
+    /// The run dtype (of q).
+    pub dtype: DType,
+    /// B: batch.
+    pub batch: usize,
+    /// Sq: queries per sequence.
+    pub s_q: usize,
+    /// Hq: query heads.
+    pub h_q: usize,
+    /// Dqk: query/key width.
+    pub d_qk: usize,
+    /// Dv: value width (`params.head_dim_v`).
+    pub d_v: usize,
+    /// Blocks in the cache.
+    pub num_blocks: usize,
+    /// Tokens per cache block.
+    pub block_size: usize,
+    /// topk: index entries per query.
+    pub topk: usize,
+    /// Validation marker.
+    pub validated: Validated,
+}
+
+impl MlaSparseDecodeCall<'_> {
+    /// Cache slots: `num_blocks * block_size` (valid indices lie in [0, slots)).
+    pub fn slots(&self) -> usize {
+        self.num_blocks * self.block_size
+    }
+}
+
+/// A validated `dsa_indexer_topk` call.
+#[derive(Debug, Clone, Copy)]
+pub struct DsaIndexerTopkCall<'a> {
+    /// Indexer queries [B, Sq, Hi, Di], run dtype.
+    pub q: &'a DeviceTensor,
+    /// Per-head weights [B, Sq, Hi], F32.
+    pub weights: &'a DeviceTensor,
+    /// Indexer keys [num_blocks, block_size, Di], run dtype.
+    pub k_cache: &'a DeviceTensor,
+    /// Block table [B, max_blocks], I32. Contents not yet checked.
+    pub block_table: &'a DeviceTensor,
+    /// Sequence lengths [B], I32. Contents not yet checked.
+    pub cache_seqlens: &'a DeviceTensor,
+    /// Op parameters.
+    pub params: &'a IndexerParams,
+    /// The run dtype (of q and k_cache).
+    pub dtype: DType,
+    /// B: batch.
+    pub batch: usize,
+    /// Sq: queries per sequence.
+    pub s_q: usize,
+    /// Hi: indexer heads.
+    pub h_i: usize,
+    /// Di: indexer head width.
+    pub d_i: usize,
+    /// Blocks in the cache.
+    pub num_blocks: usize,
+    /// Tokens per cache block.
+    pub block_size: usize,
+    /// Columns of the block table.
+    pub max_blocks: usize,
+    /// Validation marker.
+    pub validated: Validated,
+}
+
+impl DsaIndexerTopkCall<'_> {
+    /// Positions query `i` scores in a sequence of `seqlen` tokens (as
+    /// [`MlaDecodeCall::attended_len`]); zero or less: none.
+    pub fn attended_len(&self, seqlen: usize, i: usize) -> i64 {
+        attended_len(self.params.causal, self.s_q, seqlen, i)
+    }
+}
+
+/// The result of `dsa_indexer_topk`.
+#[derive(Debug, Clone)]
+pub struct DsaIndexerTopkOutput {
+    /// Flat cache slots of the best positions [B, Sq, top_k], I32, by descending score;
+    /// -1 past the attended positions.
+    pub topk_indices: DeviceTensor,
+    /// Their scores [B, Sq, top_k], F32 (-inf where the index is -1).
+    pub topk_scores: DeviceTensor,
 }

@@ -17,12 +17,15 @@ pub enum DType {
     BF16,
     /// Signed 32-bit integer (ids, block tables, sequence lengths).
     I32,
-    /// FP8 e4m3fn. Reserved for the FP8 ops; no v1 op accepts it.
+    /// FP8 e4m3fn (OCP; max 448, no infinities, 0x80 = -0.0): block-scaled expert weights
+    /// (contract v2). Conversions: [`crate::fp8`].
     F8E4M3,
+    /// Unsigned bytes: packed rows such as the 656-byte FP8 latent cache (contract v2).
+    U8,
 }
 
 impl DType {
-    /// The float types every v1 op runs in.
+    /// The float types every op runs in (the run dtypes).
     pub const FLOATS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 
     /// Bytes per element.
@@ -30,7 +33,7 @@ impl DType {
         match self {
             DType::F32 | DType::I32 => 4,
             DType::F16 | DType::BF16 => 2,
-            DType::F8E4M3 => 1,
+            DType::F8E4M3 | DType::U8 => 1,
         }
     }
 
@@ -47,6 +50,7 @@ impl DType {
             DType::BF16 => "BF16",
             DType::I32 => "I32",
             DType::F8E4M3 => "F8_E4M3",
+            DType::U8 => "U8",
         }
     }
 
@@ -58,6 +62,7 @@ impl DType {
             DType::BF16,
             DType::I32,
             DType::F8E4M3,
+            DType::U8,
         ]
         .into_iter()
         .find(|d| d.name().eq_ignore_ascii_case(name))

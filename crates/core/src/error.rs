@@ -4,7 +4,8 @@ use crate::{DType, Shape};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// The ops of the v1 contract.
+/// The ops of the contract (v1: the first three; v2 adds the FP8 cache writer and DeepSeek
+/// Sparse Attention).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Op {
@@ -14,11 +15,27 @@ pub enum Op {
     MoeExperts,
     /// Absorbed MLA attention over a paged latent KV cache.
     MlaDecode,
+    /// Writes latent KV rows in the 656-byte FP8 cache layout (v2).
+    MlaKvQuantize,
+    /// DeepSeek Sparse Attention: MLA over the cache slots an index list names (v2).
+    MlaSparseDecode,
+    /// DeepSeek-V3.2's lightning indexer and its top-k over a paged cache (v2).
+    DsaIndexerTopk,
 }
 
 impl Op {
     /// Every op, in contract order.
-    pub const ALL: [Op; 3] = [Op::MoeRoute, Op::MoeExperts, Op::MlaDecode];
+    pub const ALL: [Op; 6] = [
+        Op::MoeRoute,
+        Op::MoeExperts,
+        Op::MlaDecode,
+        Op::MlaKvQuantize,
+        Op::MlaSparseDecode,
+        Op::DsaIndexerTopk,
+    ];
+
+    /// The ops of contract v1.
+    pub const V1: [Op; 3] = [Op::MoeRoute, Op::MoeExperts, Op::MlaDecode];
 
     /// The contract's name for the op (`moe_route`, ...), as golden files carry it.
     pub fn name(self) -> &'static str {
@@ -26,6 +43,9 @@ impl Op {
             Op::MoeRoute => "moe_route",
             Op::MoeExperts => "moe_experts",
             Op::MlaDecode => "mla_decode",
+            Op::MlaKvQuantize => "mla_kv_quantize",
+            Op::MlaSparseDecode => "mla_sparse_decode",
+            Op::DsaIndexerTopk => "dsa_indexer_topk",
         }
     }
 
@@ -101,6 +121,20 @@ pub enum Error {
         /// The rule, in words ("<= E (256)").
         expected: String,
         /// The actual value.
+        got: String,
+    },
+    /// A tensor is missing where the contract requires it (with another one, or for these
+    /// parameters), present where it forbids it, or holds values the op cannot take (a
+    /// non-finite value where finite ones are required; the first bad element is named).
+    #[error("{op}: `{arg}` must be {expected}, got {got}")]
+    Input {
+        /// The op that rejected the input.
+        op: Op,
+        /// The argument name.
+        arg: &'static str,
+        /// The rule, in words ("given together with `input_ids`", "finite").
+        expected: String,
+        /// What was given ("absent", "NaN at row 3 ([3, 17])").
         got: String,
     },
     /// An index held in a tensor (expert id, block-table entry, sequence length) is out of
@@ -193,6 +227,18 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The [`Error::Unsupported`] a backend returns for a contract-v2 `format` of `op` it
+    /// does not implement (ops never hand it one it does not list; this covers the arms of
+    /// exhaustive matches).
+    pub fn unsupported_format(backend: &str, op: Op, format: crate::Format) -> Self {
+        Error::Unsupported {
+            backend: backend.to_string(),
+            op,
+            what: format.name().to_string(),
+            reason: "not implemented by this backend (contract v2)".to_string(),
+        }
+    }
+
     /// An [`Error::IndexOutOfRange`] for the element at row-major `linear` in a tensor of
     /// `shape`: the position is reported per dimension.
     pub fn index_out_of_range(

@@ -29,6 +29,9 @@ impl Element for bf16 {
 impl Element for i32 {
     const DTYPE: DType = DType::I32;
 }
+impl Element for u8 {
+    const DTYPE: DType = DType::U8;
+}
 
 impl HostTensor {
     /// A tensor from raw little-endian bytes; the length must match shape and dtype.

@@ -139,6 +139,13 @@ pub fn run(be: &AscendBackend, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput
         let norm_type = match p.score_func {
             ScoreFunc::Softmax => 0,
             ScoreFunc::Sigmoid => 1,
+            ScoreFunc::Sqrtsoftplus => {
+                return Err(moemla_core::Error::unsupported_format(
+                    crate::NAME,
+                    Op::MoeRoute,
+                    moemla_core::Format::Sqrtsoftplus,
+                ))
+            }
         };
         let bias_raw = bias.as_ref().map_or(std::ptr::null_mut(), |b| b.raw());
         // SAFETY: handles live for the call; attribute values are the documented ones

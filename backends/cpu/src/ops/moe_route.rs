@@ -123,8 +123,8 @@ fn route_token(
     weights.iter_mut().for_each(|w| *w *= scale);
 }
 
-/// Logits to affinity scores in place: sigmoid per expert, or softmax over the row
-/// (max-subtracted).
+/// Logits to affinity scores in place: sigmoid or sqrt-softplus per expert, or softmax
+/// over the row (max-subtracted).
 fn apply_score_func(func: ScoreFunc, row: &mut [f32]) {
     match func {
         ScoreFunc::Sigmoid => row.iter_mut().for_each(|v| *v = 1.0 / (1.0 + (-*v).exp())),
@@ -137,7 +137,14 @@ fn apply_score_func(func: ScoreFunc, row: &mut [f32]) {
             }
             row.iter_mut().for_each(|v| *v /= sum);
         }
+        ScoreFunc::Sqrtsoftplus => row.iter_mut().for_each(|v| *v = sqrt_softplus(*v)),
     }
+}
+
+/// `sqrt(softplus(x))`, `softplus(x) = x` above 20, else `ln(1 + e^x)` (contract v2).
+fn sqrt_softplus(x: f32) -> f32 {
+    let softplus = if x > 20.0 { x } else { x.exp().ln_1p() };
+    softplus.sqrt()
 }
 
 /// Keeps the `topk_group` best groups of `sel` (group score: max, or sum of the best two);

@@ -1,6 +1,7 @@
 //! Small reusable shape and dtype checks, each returning the contract's typed error.
 
-use crate::{DType, DeviceTensor, Error, Op, Result};
+use crate::fp8::{DS_V32_DIM, DS_V32_LATENT, DS_V32_ROW_BYTES};
+use crate::{DType, DeviceTensor, Error, KvFormat, Op, Result};
 
 /// `t` must have `rank` dimensions laid out as `layout` (e.g. "[T, E]").
 pub(crate) fn rank(
@@ -122,6 +123,66 @@ pub(crate) fn dtype_same(
             got: t.dtype(),
         })
     }
+}
+
+/// The dtypes of `q` and a latent cache in `format`; returns the run dtype (of `q`). Dense:
+/// `q` F32 | F16 | BF16 and the cache the same; `fp8_ds_v32`: `q` F16 | BF16, the cache U8.
+pub(crate) fn cache_dtypes(
+    op: Op,
+    q: &DeviceTensor,
+    kv_cache: &DeviceTensor,
+    format: KvFormat,
+) -> Result<DType> {
+    if format == KvFormat::Dense {
+        dtype_in(op, "q", q, &DType::FLOATS)?;
+        dtype_same(op, "kv_cache", kv_cache, "q", q.dtype())?;
+        return Ok(q.dtype());
+    }
+    if ![DType::F16, DType::BF16].contains(&q.dtype()) {
+        return Err(Error::DType {
+            op,
+            arg: "q",
+            expected: "F16|BF16 (kv_format fp8_ds_v32)".into(),
+            got: q.dtype(),
+        });
+    }
+    if kv_cache.dtype() != DType::U8 {
+        return Err(Error::DType {
+            op,
+            arg: "kv_cache",
+            expected: "U8 (kv_format fp8_ds_v32: 656-byte rows)".into(),
+            got: kv_cache.dtype(),
+        });
+    }
+    Ok(q.dtype())
+}
+
+/// The `fp8_ds_v32` layout: one kv head of 656-byte rows, `Dqk` 576 and `Dv` 512.
+pub(crate) fn fp8_cache_dims(
+    op: Op,
+    q: &DeviceTensor,
+    kv_cache: &DeviceTensor,
+    head_dim_v: usize,
+) -> Result<()> {
+    let why = "kv_format fp8_ds_v32";
+    dim_eq(op, "kv_cache", kv_cache, 2, "Hkv", 1, why)?;
+    dim_eq(
+        op,
+        "kv_cache",
+        kv_cache,
+        3,
+        "row bytes",
+        DS_V32_ROW_BYTES,
+        why,
+    )?;
+    dim_eq(op, "q", q, 3, "Dqk", DS_V32_DIM, why)?;
+    param(
+        op,
+        "head_dim_v",
+        head_dim_v == DS_V32_LATENT,
+        || format!("{DS_V32_LATENT} ({why})"),
+        head_dim_v,
+    )
 }
 
 /// A parameter rule: fails with [`Error::Param`] unless `ok`.

@@ -2,7 +2,7 @@
 
 use super::checks;
 use crate::calls::{MlaDecodeCall, Validated};
-use crate::{DType, DeviceTensor, MlaDecodeParams, Op, Result};
+use crate::{DType, DeviceTensor, KvFormat, MlaDecodeParams, Op, Result};
 
 const OP: Op = Op::MlaDecode;
 
@@ -42,9 +42,8 @@ pub(crate) fn validate<'a>(
     checks::rank(OP, "block_table", a.block_table, 2, "[B, max_blocks]")?;
     checks::rank(OP, "cache_seqlens", a.cache_seqlens, 1, "[B]")?;
 
-    checks::dtype_in(OP, "q", a.q, &DType::FLOATS)?;
-    let dtype = a.q.dtype();
-    checks::dtype_same(OP, "kv_cache", a.kv_cache, "q", dtype)?;
+    let fp8 = params.kv_format == KvFormat::Fp8DsV32;
+    let dtype = checks::cache_dtypes(OP, a.q, a.kv_cache, params.kv_format)?;
     checks::dtype_in(OP, "block_table", a.block_table, &[DType::I32])?;
     checks::dtype_in(OP, "cache_seqlens", a.cache_seqlens, &[DType::I32])?;
 
@@ -56,7 +55,11 @@ pub(crate) fn validate<'a>(
     checks::dim_nonzero(OP, "kv_cache", a.kv_cache, 1, "block_size")?;
     checks::dim_nonzero(OP, "kv_cache", a.kv_cache, 2, "Hkv")?;
     let [num_blocks, block_size, h_kv] = [0, 1, 2].map(|d| a.kv_cache.dims()[d]);
-    checks::dim_eq(OP, "kv_cache", a.kv_cache, 3, "Dqk", d_qk, "Dqk of q")?;
+    if fp8 {
+        checks::fp8_cache_dims(OP, a.q, a.kv_cache, params.head_dim_v)?;
+    } else {
+        checks::dim_eq(OP, "kv_cache", a.kv_cache, 3, "Dqk", d_qk, "Dqk of q")?;
+    }
     if !h_q.is_multiple_of(h_kv) {
         return Err(checks::dim_error(
             OP,

@@ -1,37 +1,30 @@
-//! Shape, dtype and parameter rules of `moe_experts`.
+//! Shape, dtype and parameter rules of `moe_experts` (v1, and v2's FP8 weights and
+//! parameters).
 
 use super::checks;
-use crate::calls::{MoeExpertsCall, Validated};
-use crate::{DType, DeviceTensor, ExpertsParams, Op, Result};
+use crate::calls::{BlockScales, MoeExpertsCall, Validated};
+use crate::fp8::BLOCK;
+use crate::ops::ExpertsInputs;
+use crate::{ActivationQuant, DType, DeviceTensor, Error, ExpertsParams, Op, Result};
 
 const OP: Op = Op::MoeExperts;
-
-/// The tensors of a `moe_experts` call, by contract name.
-pub(crate) struct ExpertsArgs<'a> {
-    pub x: &'a DeviceTensor,
-    pub w13: &'a DeviceTensor,
-    pub w2: &'a DeviceTensor,
-    pub topk_ids: &'a DeviceTensor,
-    pub topk_weights: &'a DeviceTensor,
-}
 
 /// Checks a `moe_experts` call against the contract and returns it validated.
 pub(crate) fn validate<'a>(
     backend: &str,
-    a: ExpertsArgs<'a>,
+    a: ExpertsInputs<'a>,
     params: &'a ExpertsParams,
 ) -> Result<MoeExpertsCall<'a>> {
-    checks::same_backend(
-        OP,
-        backend,
-        &[
-            ("x", a.x),
-            ("w13", a.w13),
-            ("w2", a.w2),
-            ("topk_ids", a.topk_ids),
-            ("topk_weights", a.topk_weights),
-        ],
-    )?;
+    let mut tensors = vec![
+        ("x", a.x),
+        ("w13", a.w13),
+        ("w2", a.w2),
+        ("topk_ids", a.topk_ids),
+        ("topk_weights", a.topk_weights),
+    ];
+    tensors.extend(a.w13_scale.map(|t| ("w13_scale", t)));
+    tensors.extend(a.w2_scale.map(|t| ("w2_scale", t)));
+    checks::same_backend(OP, backend, &tensors)?;
 
     checks::rank(OP, "x", a.x, 2, "[T, H]")?;
     checks::rank(OP, "w13", a.w13, 3, "[E, 2I, H]")?;
@@ -41,8 +34,7 @@ pub(crate) fn validate<'a>(
 
     checks::dtype_in(OP, "x", a.x, &DType::FLOATS)?;
     let dtype = a.x.dtype();
-    checks::dtype_same(OP, "w13", a.w13, "x", dtype)?;
-    checks::dtype_same(OP, "w2", a.w2, "x", dtype)?;
+    let fp8 = weight_dtypes(a.w13, a.w2, dtype)?;
     checks::dtype_in(OP, "topk_ids", a.topk_ids, &[DType::I32])?;
     checks::dtype_in(OP, "topk_weights", a.topk_weights, &[DType::F32])?;
 
@@ -81,10 +73,58 @@ pub(crate) fn validate<'a>(
         "k of topk_ids",
     )?;
 
+    let fp8_scales = if fp8 {
+        let w13_scale = required_scale(a.w13_scale, "w13_scale")?;
+        let w2_scale = required_scale(a.w2_scale, "w2_scale")?;
+        let blocks = |n: usize| n.div_ceil(BLOCK);
+        scale_shape(
+            w13_scale,
+            "w13_scale",
+            experts,
+            blocks(two_i),
+            blocks(hidden),
+        )?;
+        scale_shape(w2_scale, "w2_scale", experts, blocks(hidden), blocks(inter))?;
+        Some(BlockScales {
+            w13_scale,
+            w2_scale,
+        })
+    } else {
+        for (arg, t) in [("w13_scale", a.w13_scale), ("w2_scale", a.w2_scale)] {
+            if let Some(t) = t {
+                return Err(Error::Input {
+                    op: OP,
+                    arg,
+                    expected: "absent: block scales go with F8_E4M3 weights only".into(),
+                    got: format!("a {} {} tensor with {dtype} weights", t.dtype(), t.shape()),
+                });
+            }
+        }
+        None
+    };
+
+    checks::param(
+        OP,
+        "activation_quant",
+        fp8 || params.activation_quant == ActivationQuant::None,
+        || "\"none\" unless the weights are F8_E4M3 (fp8_block128 is w8a8)".into(),
+        format!("\"fp8_block128\" with {dtype} weights"),
+    )?;
+    if let Some(limit) = params.swiglu_limit {
+        checks::param(
+            OP,
+            "swiglu_limit",
+            checks::finite_positive_f32(limit),
+            || "null, or finite and > 0 as an f32".into(),
+            limit,
+        )?;
+    }
+
     Ok(MoeExpertsCall {
         x: a.x,
         w13: a.w13,
         w2: a.w2,
+        fp8_scales,
         topk_ids: a.topk_ids,
         topk_weights: a.topk_weights,
         params,
@@ -96,4 +136,65 @@ pub(crate) fn validate<'a>(
         top_k,
         validated: Validated(()),
     })
+}
+
+/// The weights are both the run dtype, or both F8E4M3: returns whether they are FP8.
+fn weight_dtypes(w13: &DeviceTensor, w2: &DeviceTensor, run: DType) -> Result<bool> {
+    let fp8 = w13.dtype() == DType::F8E4M3;
+    if !fp8 && w13.dtype() != run {
+        return Err(Error::DType {
+            op: OP,
+            arg: "w13",
+            expected: format!("the dtype of x ({run}) or F8_E4M3"),
+            got: w13.dtype(),
+        });
+    }
+    let want = w13.dtype();
+    if w2.dtype() != want {
+        return Err(Error::DType {
+            op: OP,
+            arg: "w2",
+            expected: format!("{want}, as w13 (both weights FP8 or neither)"),
+            got: w2.dtype(),
+        });
+    }
+    Ok(fp8)
+}
+
+/// A scale that FP8 weights require.
+fn required_scale<'a>(t: Option<&'a DeviceTensor>, arg: &'static str) -> Result<&'a DeviceTensor> {
+    t.ok_or_else(|| Error::Input {
+        op: OP,
+        arg,
+        expected: "given with F8_E4M3 weights (both w13_scale and w2_scale)".into(),
+        got: "absent".into(),
+    })
+}
+
+/// A block-scale tensor must be F32 [E, rows, cols] (rows and cols counted in 128-blocks).
+fn scale_shape(
+    t: &DeviceTensor,
+    arg: &'static str,
+    experts: usize,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    let (layout, row_why, col_why) = if arg == "w13_scale" {
+        (
+            "[E, ceil(2I/128), ceil(H/128)]",
+            "ceil(2I / 128)",
+            "ceil(H / 128)",
+        )
+    } else {
+        (
+            "[E, ceil(H/128), ceil(I/128)]",
+            "ceil(H / 128)",
+            "ceil(I / 128)",
+        )
+    };
+    checks::rank(OP, arg, t, 3, layout)?;
+    checks::dtype_in(OP, arg, t, &[DType::F32])?;
+    checks::dim_eq(OP, arg, t, 0, "E", experts, "E of w13")?;
+    checks::dim_eq(OP, arg, t, 1, "row blocks", rows, row_why)?;
+    checks::dim_eq(OP, arg, t, 2, "column blocks", cols, col_why)
 }

@@ -60,8 +60,16 @@ pub fn run_experts(
     let (w2, w2v) = ctx.upload_as(&[d.experts, d.hidden, d.inter], &data.w2, dtype);
     let id_t = ctx.upload_i32(&[d.tokens, d.top_k], ids);
     let (w_t, wv) = ctx.upload_as(&[d.tokens, d.top_k], weights, DType::F32);
-    let y = ops::moe_experts(ctx.backend, &x, &w13, &w2, &id_t, &w_t, &ExpertsParams {})
-        .unwrap_or_else(|e| panic!("moe_experts {dtype} {d:?}: {e}"));
+    let y = ops::moe_experts(
+        ctx.backend,
+        &x,
+        &w13,
+        &w2,
+        &id_t,
+        &w_t,
+        &ExpertsParams::default(),
+    )
+    .unwrap_or_else(|e| panic!("moe_experts {dtype} {d:?}: {e}"));
     let exp = reference::moe_experts(
         &xv, &w13v, &w2v, ids, &wv, d.tokens, d.hidden, d.inter, d.top_k,
     );

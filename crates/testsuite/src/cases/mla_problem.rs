@@ -104,6 +104,7 @@ impl MlaProblem {
                 softmax_scale: spec.softmax_scale,
                 causal: spec.causal,
                 head_dim_v: spec.d_v,
+                kv_format: Default::default(),
             },
         }
     }

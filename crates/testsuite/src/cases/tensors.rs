@@ -93,8 +93,16 @@ pub fn ops_leave_inputs_unchanged(ctx: &Ctx<'_>) {
         ];
         let inputs: Vec<_> = hosts.iter().map(|h| (h.clone(), ctx.upload(h))).collect();
         let t: Vec<_> = inputs.iter().map(|(_, d)| d).collect();
-        ops::moe_experts(ctx.backend, t[0], t[1], t[2], t[3], t[4], &ExpertsParams {})
-            .expect("moe_experts");
+        ops::moe_experts(
+            ctx.backend,
+            t[0],
+            t[1],
+            t[2],
+            t[3],
+            t[4],
+            &ExpertsParams::default(),
+        )
+        .expect("moe_experts");
         unchanged(&format!("moe_experts {dtype}"), &inputs);
     }
     for dtype in ctx.float_dtypes(Op::MlaDecode) {

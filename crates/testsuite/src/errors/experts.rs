@@ -44,7 +44,7 @@ impl Args {
             &t[2],
             &t[3],
             &t[4],
-            &ExpertsParams {},
+            &ExpertsParams::default(),
         )
     }
 }

@@ -29,7 +29,15 @@ fn experts_index_error(ctx: &Ctx<'_>, ids: &[i32], index: [usize; 2], value: i64
         let (w2, _) = ctx.upload_as(&[d.experts, d.hidden, d.inter], &data.w2, dtype);
         let id_t = ctx.upload_i32(&[d.tokens, d.top_k], ids);
         let (w_t, _) = ctx.upload_as(&[d.tokens, d.top_k], &weights, DType::F32);
-        let got = ops::moe_experts(ctx.backend, &x, &w13, &w2, &id_t, &w_t, &ExpertsParams {});
+        let got = ops::moe_experts(
+            ctx.backend,
+            &x,
+            &w13,
+            &w2,
+            &id_t,
+            &w_t,
+            &ExpertsParams::default(),
+        );
         let want = Error::IndexOutOfRange {
             op: Op::MoeExperts,
             arg: "topk_ids",

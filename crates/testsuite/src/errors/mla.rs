@@ -46,6 +46,7 @@ fn params() -> MlaDecodeParams {
         softmax_scale: 0.5,
         causal: true,
         head_dim_v: 6,
+        kv_format: Default::default(),
     }
 }
 
@@ -242,7 +243,15 @@ pub fn head_dim_v(ctx: &Ctx<'_>) {
 /// softmax_scale finite and > 0 as the f32 kernels use (1e300 is inf and 1e-300 is 0 in f32).
 pub fn softmax_scale(ctx: &Ctx<'_>) {
     let mut c = Cases::default();
-    for s in [0.0, -0.5, f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 1e300, 1e-300] {
+    for s in [
+        0.0,
+        -0.5,
+        f64::NAN,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        1e300,
+        1e-300,
+    ] {
         let p = MlaDecodeParams {
             softmax_scale: s,
             ..params()

@@ -170,6 +170,9 @@ fn scores(row: &[f64], f: ScoreFunc) -> Vec<f64> {
             let sum: f64 = row.iter().map(|x| (x - max).exp()).sum();
             row.iter().map(|x| (x - max).exp() / sum).collect()
         }
+        ScoreFunc::Sqrtsoftplus => (row.iter())
+            .map(|&x| if x > 20.0 { x } else { (1.0 + x.exp()).ln() }.sqrt())
+            .collect(),
     }
 }
 

@@ -114,6 +114,10 @@ fn scores(row: &[f64], f: ScoreFunc) -> Vec<f64> {
             let sum: f64 = e.iter().sum();
             e.iter().map(|v| v / sum).collect()
         }
+        // sqrt(softplus(x)), softplus(x) = x above 20 (contract v2).
+        ScoreFunc::Sqrtsoftplus => (row.iter())
+            .map(|&x| if x > 20.0 { x } else { x.exp().ln_1p() }.sqrt())
+            .collect(),
     }
 }
 

@@ -111,6 +111,7 @@ fn check(c: &Case, dtype: DType, tol: f64) {
         softmax_scale: MlaDecodeParams::DEEPSEEK_V3_SOFTMAX_SCALE,
         causal: c.causal,
         head_dim_v: c.d_v,
+        kv_format: Default::default(),
     };
     let out = ops::mla_decode(&cpu, &q, &cache, &table_t, &lens_t, &params).unwrap();
     let (o, lse) = (download_f32(&cpu, &out.o), download_f32(&cpu, &out.lse));
@@ -190,6 +191,7 @@ fn used_block_entry_out_of_range_is_reported() {
         softmax_scale: 0.5,
         causal: true,
         head_dim_v: 4,
+        kv_format: Default::default(),
     };
     match ops::mla_decode(&cpu, &q, &cache, &table, &lens, &params).unwrap_err() {
         Error::IndexOutOfRange {

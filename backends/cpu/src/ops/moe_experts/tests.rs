@@ -72,7 +72,7 @@ fn check(dtype: DType, tol: f64) {
     let w_t = cpu
         .upload(&HostTensor::from_slice([t, k], &weights).unwrap())
         .unwrap();
-    let y = ops::moe_experts(&cpu, &x, &w13, &w2, &ids_t, &w_t, &ExpertsParams {}).unwrap();
+    let y = ops::moe_experts(&cpu, &x, &w13, &w2, &ids_t, &w_t, &ExpertsParams::default()).unwrap();
     assert_eq!(y.dtype(), dtype);
     let got = download_f32(&cpu, &y);
     let want = reference(&xs, &w13s, &w2s, &ids, &weights, (h, i, k));
@@ -107,7 +107,8 @@ fn out_of_range_id_is_reported_at_its_position() {
         .upload(&HostTensor::from_slice([2, 2], &[0, 1, 2, 3]).unwrap())
         .unwrap();
     let w = up(&[2, 2], 4);
-    let err = ops::moe_experts(&cpu, &x, &w13, &w2, &ids, &w, &ExpertsParams {}).unwrap_err();
+    let err =
+        ops::moe_experts(&cpu, &x, &w13, &w2, &ids, &w, &ExpertsParams::default()).unwrap_err();
     match err {
         Error::IndexOutOfRange {
             arg, index, value, ..
@@ -155,7 +156,16 @@ fn zero_weight_and_empty_slots_skip_a_non_finite_expert() {
     let w_d = cpu
         .upload(&HostTensor::from_slice([t, k], &weights).unwrap())
         .unwrap();
-    let y = ops::moe_experts(&cpu, &xd, &w13d, &w2d, &ids_d, &w_d, &ExpertsParams {}).unwrap();
+    let y = ops::moe_experts(
+        &cpu,
+        &xd,
+        &w13d,
+        &w2d,
+        &ids_d,
+        &w_d,
+        &ExpertsParams::default(),
+    )
+    .unwrap();
     let got = download_f32(&cpu, &y);
     // The reference without those slots: their ids set to -1.
     let kept: Vec<i32> = ids
@@ -163,10 +173,16 @@ fn zero_weight_and_empty_slots_skip_a_non_finite_expert() {
         .zip(&weights)
         .map(|(&id, &w)| if w == 0.0 || id < 0 { -1 } else { id })
         .collect();
-    assert!(!kept.contains(&1), "expert 1 must only sit in skipped slots");
+    assert!(
+        !kept.contains(&1),
+        "expert 1 must only sit in skipped slots"
+    );
     let want = reference(&x, &w13, &w2, &kept, &weights, (h, i, k));
     for (n, (&g, &w)) in got.iter().zip(&want).enumerate() {
         assert!(g.is_finite(), "y[{n}] = {g}");
-        assert!((g as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()), "y[{n}]: {g} vs {w}");
+        assert!(
+            (g as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()),
+            "y[{n}]: {g} vs {w}"
+        );
     }
 }

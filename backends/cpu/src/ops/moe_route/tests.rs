@@ -27,6 +27,9 @@ fn reference(
                     let z: f64 = x.iter().map(|v| (v - m).exp()).sum();
                     x.iter().map(|v| (v - m).exp() / z).collect()
                 }
+                ScoreFunc::Sqrtsoftplus => (x.iter())
+                    .map(|&v| if v > 20.0 { v } else { (1.0 + v.exp()).ln() }.sqrt())
+                    .collect(),
             };
             let mut sel: Vec<f64> = (0..e)
                 .map(|i| s[i] + bias.map_or(0.0, |b| b[i] as f64))
