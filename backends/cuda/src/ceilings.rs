@@ -4,7 +4,7 @@
 //! Compile-only: like the kernels, these paths have never run on an NVIDIA GPU.
 
 use crate::cublas::{self, Cublas, CublasHandle};
-use crate::device::Device;
+use crate::device::CudaDevice as Device;
 use crate::error::{CudaError, CudaResult, DriverContext};
 use crate::{CudaBuffer, NAME};
 use cudarc::driver::sys::CUevent_flags;
@@ -93,7 +93,7 @@ pub(crate) fn gemm_dims(
 
 /// A cuBLAS handle bound to the backend's stream; destroyed on drop.
 pub(crate) struct Blas {
-    api: Cublas,
+    lib: Cublas,
     handle: Mutex<Handle>,
     /// Keeps the context alive, and current for `cublasDestroy`.
     stream: Arc<CudaStream>,
@@ -110,29 +110,30 @@ impl Blas {
     /// Loads cuBLAS and creates a handle on `dev`'s stream. A missing library is an
     /// [`Error::Device`] naming every path tried, never a panic.
     pub(crate) fn open(dev: &Device) -> Result<Blas> {
-        let api = Cublas::load().map_err(|why| device_err("dlopen(libcublas)", why))?;
+        let lib = Cublas::load().map_err(|why| device_err("dlopen(libcublas)", why))?;
         let stream = dev.stream.clone();
         bind(&stream)?;
         let mut raw: CublasHandle = std::ptr::null_mut();
         // SAFETY: `raw` is a valid out-pointer; the device's context is current.
         check("cublasCreate_v2", unsafe {
-            (api.cublasCreate_v2)(&mut raw)
+            (lib.api.cublasCreate_v2)(&mut raw)
         })?;
         let blas = Blas {
-            api,
+            lib,
             handle: Mutex::new(Handle(raw)),
             stream,
         };
         // SAFETY: a live handle and the backend's live stream (kept alive by `blas`).
-        let status =
-            unsafe { (blas.api.cublasSetStream_v2)(raw, blas.stream.cu_stream() as *mut c_void) };
+        let status = unsafe {
+            (blas.lib.api.cublasSetStream_v2)(raw, blas.stream.cu_stream() as *mut c_void)
+        };
         check("cublasSetStream_v2", status)?;
         Ok(blas)
     }
 
     /// Where cuBLAS was loaded from.
     pub(crate) fn path(&self) -> &str {
-        &self.api.path
+        &self.lib.path
     }
 }
 
@@ -141,7 +142,7 @@ impl Drop for Blas {
         let handle = self.handle.get_mut().unwrap_or_else(|p| p.into_inner());
         let _ = self.stream.context().bind_to_thread();
         // SAFETY: the handle was created by `open` and is destroyed once, here.
-        unsafe { (self.api.cublasDestroy_v2)(handle.0) };
+        unsafe { (self.lib.api.cublasDestroy_v2)(handle.0) };
     }
 }
 
@@ -181,7 +182,7 @@ pub(crate) fn dense_gemm(
     blas: &Blas,
     a: &DeviceTensor,
     b: &DeviceTensor,
-) -> Result<(CudaSlice<u8>, [usize; 2])> {
+) -> Result<(CudaSlice<u8>, [usize; 2], usize)> {
     let (m, n, k) = gemm_dims(a.dims(), b.dims(), a.dtype(), b.dtype())?;
     let a_buf = a.buffer::<CudaBuffer>(NAME, "dense_gemm", "a")?;
     let b_buf = b.buffer::<CudaBuffer>(NAME, "dense_gemm", "b")?;
@@ -191,7 +192,7 @@ pub(crate) fn dense_gemm(
         .ok_or_else(|| device_err("dense_gemm", format!("c [{m}, {n}] overflows usize")))?;
     let mut c = dev.alloc_zeroed(c_bytes).map_err(|e| e.into_error(NAME))?;
     if m == 0 || n == 0 || k == 0 {
-        return Ok((c, [m, n])); // an empty product: c is already its zeros
+        return Ok((c, [m, n], c_bytes)); // an empty product: c is already its zeros
     }
     bind(&dev.stream)?;
     let ty = cuda_type(a.dtype());
@@ -212,7 +213,7 @@ pub(crate) fn dense_gemm(
     // (see above); alpha and beta are host f32s, as CUBLAS_COMPUTE_32F with the default
     // host pointer mode expects; the handle is live and bound to this stream.
     let status = unsafe {
-        (blas.api.cublasGemmEx)(
+        (blas.lib.api.cublasGemmEx)(
             handle.0,
             cublas::OP_T,
             cublas::OP_N,
@@ -236,7 +237,7 @@ pub(crate) fn dense_gemm(
     };
     check("cublasGemmEx", status)?;
     drop((handle, _a_sync, _b_sync, _c_sync));
-    Ok((c, [m, n]))
+    Ok((c, [m, n], c_bytes))
 }
 
 /// What [`dense_gemm`] runs for `dtype`, for the benchmark report.

@@ -1,14 +1,14 @@
 //! cuBLAS, loaded at run time from the same kind of search list as NVRTC
-//! ([`crate::loader`]). cudarc's own cuBLAS loader panics when the library is missing and
-//! does not look for CUDA 13's soname, so moemla resolves the four entry points it uses
-//! itself; their signatures are the same in CUDA 12 and 13.
+//! ([`crate::loader`]), with the shared symbol table of [`moemla_gpu_launch::library`].
+//! cudarc's own cuBLAS loader panics when the library is missing and does not look for
+//! CUDA 13's soname, so moemla resolves the four entry points it uses itself; their
+//! signatures are the same in CUDA 12 and 13.
 //!
 //! Search order: `$MOEMLA_CUBLAS_LIB` (a file, or a directory holding `libcublas.so*`),
 //! the sonames `libcublas.so.13`, `libcublas.so.12`, `libcublas.so` through the dynamic
 //! loader, then `$CUDA_PATH`, `$CUDA_HOME` and `/usr/local/cuda` (`lib64/`).
 
-use crate::loader::search_paths;
-use libloading::Library;
+use crate::loader::{self, Found};
 use std::ffi::{c_int, c_void};
 
 /// `cublasHandle_t`.
@@ -38,99 +38,31 @@ pub const COMPUTE_32F: c_int = 68;
 /// `CUBLAS_GEMM_DEFAULT`: cuBLAS's heuristic picks the kernel.
 pub const GEMM_DEFAULT: c_int = -1;
 
-/// `cublasGemmEx(handle, transa, transb, m, n, k, alpha, A, Atype, lda, B, Btype, ldb,
-/// beta, C, Ctype, ldc, computeType, algo)`.
-pub type GemmExFn = unsafe extern "C" fn(
-    CublasHandle,
-    c_int,
-    c_int,
-    c_int,
-    c_int,
-    c_int,
-    *const c_void,
-    *const c_void,
-    c_int,
-    c_int,
-    *const c_void,
-    c_int,
-    c_int,
-    *const c_void,
-    *mut c_void,
-    c_int,
-    c_int,
-    c_int,
-    c_int,
-) -> CublasStatus;
-
-/// The cuBLAS entry points moemla uses, resolved from one loaded library (fields keep
-/// cuBLAS's own names).
-#[allow(non_snake_case)]
-pub struct Cublas {
-    /// Where the library was found.
-    pub path: String,
-    /// `cublasCreate_v2(handle*)`.
-    pub cublasCreate_v2: unsafe extern "C" fn(*mut CublasHandle) -> CublasStatus,
-    /// `cublasDestroy_v2(handle)`.
-    pub cublasDestroy_v2: unsafe extern "C" fn(CublasHandle) -> CublasStatus,
-    /// `cublasSetStream_v2(handle, stream)`.
-    pub cublasSetStream_v2: unsafe extern "C" fn(CublasHandle, *mut c_void) -> CublasStatus,
-    /// `cublasGemmEx`.
-    pub cublasGemmEx: GemmExFn,
-    _lib: Library,
+moemla_gpu_launch::symbol_table! {
+    /// The cuBLAS entry points moemla uses (cublas_api.h, CUDA 12 and 13), fields keeping
+    /// cuBLAS's own names.
+    pub struct CublasApi;
+    required {
+        fn cublasCreate_v2(handle: *mut CublasHandle) -> CublasStatus;
+        fn cublasDestroy_v2(handle: CublasHandle) -> CublasStatus;
+        fn cublasSetStream_v2(handle: CublasHandle, stream: *mut c_void) -> CublasStatus;
+        fn cublasGemmEx(
+            handle: CublasHandle, transa: c_int, transb: c_int, m: c_int, n: c_int, k: c_int,
+            alpha: *const c_void, a: *const c_void, a_type: c_int, lda: c_int,
+            b: *const c_void, b_type: c_int, ldb: c_int, beta: *const c_void,
+            c: *mut c_void, c_type: c_int, ldc: c_int, compute_type: c_int, algo: c_int,
+        ) -> CublasStatus;
+    }
+    optional {}
 }
 
-impl Cublas {
+/// cuBLAS, loaded, and where it was found.
+pub type Cublas = Found<CublasApi>;
+
+impl Found<CublasApi> {
     /// Loads cuBLAS from the search list; on failure the reason lists every path tried.
     pub fn load() -> Result<Cublas, String> {
-        let mut tried = Vec::new();
-        for candidate in search_paths(CUBLAS_ENV, &SONAMES) {
-            // SAFETY: loading a shared library runs its initialisers; cuBLAS's are benign.
-            match unsafe { Library::new(&candidate) } {
-                Ok(lib) => {
-                    let path = candidate.display().to_string();
-                    // SAFETY: a library answering to a cuBLAS name is cuBLAS.
-                    match unsafe { Cublas::resolve(lib, path) } {
-                        Ok(api) => return Ok(api),
-                        Err(why) => tried.push(format!("{}: {why}", candidate.display())),
-                    }
-                }
-                Err(e) => tried.push(format!("{}: {e}", candidate.display())),
-            }
-        }
-        Err(format!(
-            "cuBLAS not found (set {CUBLAS_ENV} to libcublas.so.*, or add its directory to \
-             LD_LIBRARY_PATH); tried: {}",
-            tried.join("; ")
-        ))
-    }
-
-    /// Resolves every symbol of `lib`.
-    ///
-    /// # Safety
-    /// `lib` must be a cuBLAS library: the symbols are used with cuBLAS's signatures.
-    #[allow(non_snake_case)]
-    unsafe fn resolve(lib: Library, path: String) -> Result<Self, String> {
-        /// The symbol `name` as a `T`.
-        ///
-        /// # Safety
-        /// `T` must be the symbol's true function-pointer type.
-        unsafe fn sym<T: Copy>(lib: &Library, name: &str) -> Result<T, String> {
-            // SAFETY: the caller names the symbol's own signature (cublas_api.h).
-            unsafe { lib.get::<T>(format!("{name}\0").as_bytes()) }
-                .map(|s| *s)
-                .map_err(|e| format!("missing symbol {name}: {e}"))
-        }
-        // SAFETY: each type below is cublas_api.h's signature for that symbol.
-        unsafe {
-            Ok(Cublas {
-                cublasCreate_v2: sym(&lib, "cublasCreate_v2")?,
-                cublasDestroy_v2: sym(&lib, "cublasDestroy_v2")?,
-                cublasSetStream_v2: sym(&lib, "cublasSetStream_v2")?,
-                cublasGemmEx: sym(&lib, "cublasGemmEx")?,
-                path,
-                _lib: lib,
-            })
-        }
+        loader::load("cuBLAS", CUBLAS_ENV, &SONAMES)
     }
 }
 

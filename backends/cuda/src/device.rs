@@ -1,24 +1,46 @@
-//! Context, stream, memory and the compiled-module cache.
+//! The CUDA device: context, stream, memory and the loaded kernels, as the shared launch
+//! layer's [`GpuDevice`].
 
-use crate::error::{CudaResult, DriverContext};
+use crate::error::{CudaError, CudaResult, DriverContext, OrCore};
 use crate::loader::Nvrtc;
-use crate::nvrtc::{compile, Module};
+use crate::nvrtc::compile;
+use crate::NAME;
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig};
-use moemla_core::DeviceBuffer;
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr};
+use moemla_core::{DeviceBuffer, Error, Op, Result};
+use moemla_gpu_launch::device::check_len;
+use moemla_gpu_launch::{Arg, ArgSlots, GpuBuffer, GpuDevice, KernelCache, Module};
 use moemla_kernel_plan::{DeviceLimits, Launch};
 use std::any::Any;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// Dynamic shared memory a kernel may use without opting in.
 const DEFAULT_SHARED_BYTES: u32 = 48 * 1024;
 
-/// A tensor's device memory: a byte allocation (at least one byte; the tensor may use fewer).
+/// A tensor's device memory: a byte allocation (at least one byte; the tensor may use
+/// fewer), and its address.
 #[derive(Debug)]
 pub struct CudaBuffer {
     /// The allocation.
     pub(crate) slice: CudaSlice<u8>,
+    address: u64,
+    bytes: usize,
+}
+
+impl CudaBuffer {
+    /// Wraps an allocation holding at least `bytes` bytes, made on `stream`.
+    pub(crate) fn new(slice: CudaSlice<u8>, bytes: usize, stream: &Arc<CudaStream>) -> Self {
+        let address = {
+            // Event tracking is off (CudaDevice::open), so the guard records nothing.
+            let (address, _guard) = slice.device_ptr(stream);
+            address
+        };
+        CudaBuffer {
+            slice,
+            address,
+            bytes,
+        }
+    }
 }
 
 impl DeviceBuffer for CudaBuffer {
@@ -27,8 +49,17 @@ impl DeviceBuffer for CudaBuffer {
     }
 }
 
-/// One CUDA device with its stream and compiled modules.
-pub(crate) struct Device {
+impl GpuBuffer for CudaBuffer {
+    fn address(&self) -> u64 {
+        self.address
+    }
+    fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// One CUDA device with its stream and loaded kernels.
+pub struct CudaDevice {
     pub(crate) stream: Arc<CudaStream>,
     pub(crate) name: String,
     pub(crate) memory_bytes: u64,
@@ -36,12 +67,12 @@ pub(crate) struct Device {
     pub(crate) arch: u32,
     pub(crate) limits: DeviceLimits,
     nvrtc: Nvrtc,
-    modules: Mutex<HashMap<(Module, u32), Arc<CudaModule>>>,
+    kernels: KernelCache<Arc<CudaModule>, CudaFunction>,
 }
 
-impl Device {
-    /// Opens device `ordinal`. The caller has checked that libcuda is present.
-    pub(crate) fn open(ctx: Arc<CudaContext>, nvrtc: Nvrtc) -> CudaResult<Device> {
+impl CudaDevice {
+    /// Opens the device of `ctx`. The caller has checked that libcuda is present.
+    pub(crate) fn open(ctx: Arc<CudaContext>, nvrtc: Nvrtc) -> CudaResult<CudaDevice> {
         let (major, minor) = ctx
             .compute_capability()
             .call("cuDeviceGetAttribute(COMPUTE_CAPABILITY)")?;
@@ -60,22 +91,19 @@ impl Device {
         // per-buffer events cudarc records for cross-stream ordering are not needed.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
-        let arch = (major * 10 + minor) as u32;
-        Ok(Device {
+        let arch = u32::try_from(major * 10 + minor).unwrap_or(0);
+        Ok(CudaDevice {
             stream,
             name,
             memory_bytes,
             arch,
-            limits: DeviceLimits {
-                compute_units: u32::try_from(sms).unwrap_or(0).max(1),
-                warp_size: 32,
-                max_shared_bytes: u32::try_from(smem).unwrap_or(0),
-                tensor_cores: major >= 8,
-                max_grid: DeviceLimits::CUDA_GRID,
-                max_grid_threads: u64::MAX,
-            },
+            limits: DeviceLimits::cuda(
+                u32::try_from(sms).unwrap_or(0).max(1),
+                u32::try_from(smem).unwrap_or(0),
+                major >= 8,
+            ),
             nvrtc,
-            modules: Mutex::new(HashMap::new()),
+            kernels: KernelCache::new(NAME),
         })
     }
 
@@ -85,96 +113,144 @@ impl Device {
         format!("NVRTC {major}.{minor} ({})", self.nvrtc.path)
     }
 
-    /// The entry point `kernel` of `module`, compiling and loading the module for this
-    /// device's exact sm on first use.
-    pub(crate) fn function(&self, module: Module, kernel: &str) -> CudaResult<CudaFunction> {
-        let loaded = {
-            let mut cache = self.modules.lock().unwrap_or_else(|p| p.into_inner());
-            match cache.get(&(module, self.arch)) {
-                Some(m) => m.clone(),
-                None => {
-                    let compiled = compile(&self.nvrtc, module, self.arch)?;
-                    let image = cudarc::nvrtc::Ptx::from_binary(compiled.cubin);
-                    let m = self
-                        .stream
-                        .context()
-                        .load_module(image)
-                        .call("cuModuleLoadData")?;
-                    cache.insert((module, self.arch), m.clone());
-                    m
-                }
-            }
-        };
-        loaded.load_function(kernel).call("cuModuleGetFunction")
-    }
-
-    /// A byte allocation of at least `bytes` (one byte for empty tensors), zero-filled.
+    /// A zero-filled byte allocation of at least `bytes` (one byte for empty tensors), on
+    /// the stream (for the benchmark ceilings).
     pub(crate) fn alloc_zeroed(&self, bytes: usize) -> CudaResult<CudaSlice<u8>> {
         self.stream
             .alloc_zeros::<u8>(bytes.max(1))
             .call("cuMemAllocAsync")
     }
 
-    /// A device copy of `data`.
-    pub(crate) fn upload<T: cudarc::driver::DeviceRepr>(
-        &self,
-        data: &[T],
-    ) -> CudaResult<CudaSlice<T>> {
-        if data.is_empty() {
-            // SAFETY: a one-element allocation nothing reads (the tensor is empty).
-            return unsafe { self.stream.alloc::<T>(1) }.call("cuMemAllocAsync");
-        }
-        self.stream.clone_htod(data).call("cuMemcpyHtoDAsync")
+    /// `module` compiled by NVRTC for this device's exact sm and loaded.
+    fn load(&self, module: Module) -> Result<Arc<CudaModule>> {
+        let compiled = compile(&self.nvrtc, module, self.arch).or_core()?;
+        let image = cudarc::nvrtc::Ptx::from_binary(compiled.cubin);
+        self.stream
+            .context()
+            .load_module(image)
+            .call("cuModuleLoadData")
+            .or_core()
+    }
+}
+
+impl GpuDevice for CudaDevice {
+    type Buffer = CudaBuffer;
+    const NAME: &'static str = NAME;
+
+    fn enter(&self) -> Result<()> {
+        self.stream
+            .context()
+            .bind_to_thread()
+            .call("cuCtxSetCurrent")
+            .or_core()
     }
 
-    /// The first `len` elements of `slice`, copied to the host after the stream drains.
-    pub(crate) fn download<T: cudarc::driver::DeviceRepr + Default + Clone>(
-        &self,
-        slice: &CudaSlice<T>,
-        offset: usize,
-        len: usize,
-    ) -> CudaResult<Vec<T>> {
-        if len == 0 {
+    fn limits(&self, _op: Op) -> Result<DeviceLimits> {
+        Ok(self.limits)
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<CudaBuffer> {
+        // SAFETY: uninitialised memory; the runner's kernels write every byte they read.
+        let slice = unsafe { self.stream.alloc::<u8>(bytes.max(1)) }
+            .call("cuMemAllocAsync")
+            .or_core()?;
+        Ok(CudaBuffer::new(slice, bytes, &self.stream))
+    }
+
+    fn fill(&self, buffer: &CudaBuffer, bytes: usize, value: u8) -> Result<()> {
+        check_len(NAME, "cuMemsetD8Async", buffer, bytes)?;
+        if bytes == 0 {
+            return Ok(());
+        }
+        // SAFETY: the first `bytes` bytes of a live allocation made on this stream.
+        unsafe {
+            cudarc::driver::result::memset_d8_async(
+                buffer.address,
+                value,
+                bytes,
+                self.stream.cu_stream(),
+            )
+        }
+        .call("cuMemsetD8Async")
+        .or_core()
+    }
+
+    fn upload(&self, data: &[u8]) -> Result<CudaBuffer> {
+        if data.is_empty() {
+            return self.alloc(0);
+        }
+        // Pageable host memory is staged before cuMemcpyHtoDAsync returns.
+        let slice = self
+            .stream
+            .clone_htod(data)
+            .call("cuMemcpyHtoDAsync")
+            .or_core()?;
+        Ok(CudaBuffer::new(slice, data.len(), &self.stream))
+    }
+
+    fn download(&self, buffer: &CudaBuffer, bytes: usize) -> Result<Vec<u8>> {
+        check_len(NAME, "cuMemcpyDtoHAsync", buffer, bytes)?;
+        if bytes == 0 {
             return Ok(Vec::new());
         }
-        let view = slice.slice(offset..offset + len);
-        let mut host = vec![T::default(); len];
+        let mut host = moemla_core::alloc::try_filled_vec::<u8>(bytes, "cuda download")?;
+        let view = buffer.slice.slice(0..bytes);
         self.stream
             .memcpy_dtoh(&view, &mut host)
-            .call("cuMemcpyDtoHAsync")?;
+            .call("cuMemcpyDtoHAsync")
+            .or_core()?;
         self.synchronize()?;
         Ok(host)
     }
 
-    /// Waits for the stream.
-    pub(crate) fn synchronize(&self) -> CudaResult<()> {
-        self.stream.synchronize().call("cuStreamSynchronize")
+    fn launch(&self, module: Module, launch: &Launch, args: &[Arg]) -> Result<()> {
+        let function = self.kernels.function(
+            module,
+            launch,
+            DEFAULT_SHARED_BYTES,
+            |m| self.load(m),
+            |m, name| m.load_function(name).call("cuModuleGetFunction").or_core(),
+            |f, bytes| {
+                let bytes = i32::try_from(bytes).map_err(|_| Error::Device {
+                    backend: NAME.into(),
+                    call: "cuFuncSetAttribute".into(),
+                    message: format!("{bytes} bytes of shared memory"),
+                })?;
+                f.set_attribute(
+                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    bytes,
+                )
+                .call("cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)")
+                .or_core()
+            },
+        )?;
+        let mut slots = ArgSlots::new(args);
+        let mut params = slots.pointers();
+        let [gx, gy, gz] = launch.grid;
+        let [bx, by, bz] = launch.block;
+        // SAFETY: `function` is a live entry point of a loaded module; `params` holds one
+        // pointer per kernel parameter, in order and of the parameter's type
+        // (kernels/README.md; the runner builds the list from the plan, whose buffers it
+        // sized), each into `slots`, alive for the call; the grid, block and dynamic
+        // shared memory come from the plan, checked against this device's limits.
+        unsafe {
+            cudarc::driver::result::launch_kernel(
+                function.cu_function(),
+                (gx, gy, gz),
+                (bx, by, bz),
+                launch.shared_bytes,
+                self.stream.cu_stream(),
+                &mut params,
+            )
+        }
+        .map_err(|e| CudaError::driver("cuLaunchKernel", e))
+        .or_core()
     }
 
-    /// The loaded entry point of `launch` and its launch configuration (dynamic shared
-    /// memory above 48 KiB opted into).
-    pub(crate) fn prepare(
-        &self,
-        module: Module,
-        launch: &Launch,
-    ) -> CudaResult<(CudaFunction, LaunchConfig)> {
-        let func = self.function(module, &launch.kernel)?;
-        if launch.shared_bytes > DEFAULT_SHARED_BYTES {
-            self.stream
-                .context()
-                .bind_to_thread()
-                .call("cuCtxSetCurrent")?;
-            func.set_attribute(
-                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                launch.shared_bytes as i32,
-            )
-            .call("cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)")?;
-        }
-        let cfg = LaunchConfig {
-            grid_dim: (launch.grid[0], launch.grid[1], launch.grid[2]),
-            block_dim: (launch.block[0], launch.block[1], launch.block[2]),
-            shared_mem_bytes: launch.shared_bytes,
-        };
-        Ok((func, cfg))
+    fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .call("cuStreamSynchronize")
+            .or_core()
     }
 }

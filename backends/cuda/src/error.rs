@@ -90,3 +90,15 @@ impl<T> DriverContext<T> for Result<T, DriverError> {
         self.map_err(|e| CudaError::driver(call, e))
     }
 }
+
+/// Converts backend-internal failures to the contract's error at the trait boundary.
+pub(crate) trait OrCore<T> {
+    /// The contract's [`Error::Device`].
+    fn or_core(self) -> moemla_core::Result<T>;
+}
+
+impl<T> OrCore<T> for CudaResult<T> {
+    fn or_core(self) -> moemla_core::Result<T> {
+        self.map_err(|e| e.into_error(crate::NAME))
+    }
+}

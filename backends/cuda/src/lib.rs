@@ -13,6 +13,11 @@
 //! timed with CUDA events, and cuBLAS `cublasGemmEx` (libcublas loaded at run time, see
 //! [`cublas`]). They are compile-only too: never run on a GPU.
 //!
+//! Ops run through the launch layer shared with the HIP backend
+//! ([`moemla_gpu_launch::GpuRunner`] over [`CudaDevice`]): they enqueue on the device's
+//! stream and return; index errors found on the device surface at the next
+//! [`Backend::synchronize`] or [`Backend::download`] (kernels/README.md).
+//!
 //! [`CudaBackend::new`] never panics on a machine without the driver, NVRTC or a device:
 //! it returns [`Error::Unavailable`] with the reason.
 
@@ -22,12 +27,11 @@ mod device;
 mod error;
 pub mod loader;
 pub mod nvrtc;
-mod ops;
 
-pub use device::CudaBuffer;
+pub use device::{CudaBuffer, CudaDevice};
 pub use error::CudaError;
 
-use device::Device;
+use error::OrCore;
 use moemla_core::calls::{
     MlaDecodeCall, MlaDecodeOutput, MoeExpertsCall, MoeRouteCall, MoeRouteOutput,
 };
@@ -35,6 +39,7 @@ use moemla_core::{
     Backend, BackendInfo, DType, DeviceTensor, Error, HostTensor, OpSupport, Result, Shape,
     Verification, VerificationKind,
 };
+use moemla_gpu_launch::GpuRunner;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -63,8 +68,7 @@ pub const VERIFICATION_DETAIL: &str =
 
 /// One NVIDIA GPU.
 pub struct CudaBackend {
-    dev: Device,
-    name: Arc<str>,
+    gpu: GpuRunner<CudaDevice>,
     /// cuBLAS and its handle, opened by the first [`Backend::dense_gemm`].
     blas: OnceLock<Result<ceilings::Blas>>,
 }
@@ -98,33 +102,23 @@ impl CudaBackend {
                 unavailable("the NVIDIA driver lacks a required symbol (driver too old)".into())
             })?
             .map_err(|e| unavailable(format!("cuInit / cuDeviceGetCount failed: {e:?}")))?;
-        if count <= ordinal as i32 {
+        if usize::try_from(count).map_or(true, |n| n <= ordinal) {
             return Err(unavailable(format!(
                 "no CUDA device {ordinal} ({count} device(s) found)"
             )));
         }
         let ctx = cudarc::driver::CudaContext::new(ordinal)
             .map_err(|e| unavailable(format!("cuDevicePrimaryCtxRetain failed: {e:?}")))?;
-        let dev = Device::open(ctx, nvrtc).map_err(|e| e.into_error(NAME))?;
+        let dev = CudaDevice::open(ctx, nvrtc).or_core()?;
         Ok(CudaBackend {
-            dev,
-            name: Arc::from(NAME),
+            gpu: GpuRunner::new(dev),
             blas: OnceLock::new(),
         })
     }
 
-    fn tensor(
-        &self,
-        slice: cudarc::driver::CudaSlice<u8>,
-        shape: impl Into<Shape>,
-        dtype: DType,
-    ) -> DeviceTensor {
-        DeviceTensor::new(
-            Arc::new(CudaBuffer { slice }),
-            self.name.clone(),
-            shape,
-            dtype,
-        )
+    /// The device.
+    pub fn device(&self) -> &CudaDevice {
+        self.gpu.device()
     }
 }
 
@@ -134,21 +128,22 @@ impl Backend for CudaBackend {
     }
 
     fn info(&self) -> BackendInfo {
+        let dev = self.device();
         BackendInfo {
             name: NAME.to_string(),
             vendor: "NVIDIA".to_string(),
-            device: format!("{} (sm_{})", self.dev.name, self.dev.arch),
+            device: format!("{} (sm_{})", dev.name, dev.arch),
             device_kind: moemla_core::DeviceKind::Accelerator,
-            memory_bytes: Some(self.dev.memory_bytes),
+            memory_bytes: Some(dev.memory_bytes),
             supported: OpSupport::all_v1(),
             verification: claimed_verification(),
             notes: vec![
-                self.dev.nvrtc_note(),
+                dev.nvrtc_note(),
                 format!(
                     "{} SMs, {} bytes of shared memory per block (opt-in)",
-                    self.dev.limits.compute_units, self.dev.limits.max_shared_bytes
+                    dev.limits.compute_units, dev.limits.max_shared_bytes
                 ),
-                if self.dev.limits.tensor_cores {
+                if dev.limits.tensor_cores {
                     "f16/bf16 GEMM tiles on tensor cores (mma.sync m16n8k16)".to_string()
                 } else {
                     "no mma.sync below sm_80: f16/bf16 run on the CUDA-core path".to_string()
@@ -158,49 +153,35 @@ impl Backend for CudaBackend {
     }
 
     fn alloc_zeroed(&self, shape: &Shape, dtype: DType) -> Result<DeviceTensor> {
-        let bytes = shape.elem_count() * dtype.size_in_bytes();
-        let slice = self
-            .dev
-            .alloc_zeroed(bytes)
-            .map_err(|e| e.into_error(NAME))?;
-        Ok(self.tensor(slice, shape.clone(), dtype))
+        self.gpu.alloc_zeroed(shape, dtype)
     }
 
     fn upload(&self, host: &HostTensor) -> Result<DeviceTensor> {
-        let slice = self
-            .dev
-            .upload(host.as_bytes())
-            .map_err(|e| e.into_error(NAME))?;
-        Ok(self.tensor(slice, host.shape().clone(), host.dtype()))
+        self.gpu.upload(host)
     }
 
     fn download(&self, tensor: &DeviceTensor) -> Result<HostTensor> {
-        let buf = tensor.buffer::<CudaBuffer>(NAME, "download", "tensor")?;
-        let bytes = self
-            .dev
-            .download(&buf.slice, 0, tensor.size_in_bytes())
-            .map_err(|e| e.into_error(NAME))?;
-        HostTensor::from_bytes(tensor.shape().clone(), tensor.dtype(), bytes)
+        self.gpu.download(tensor)
     }
 
     fn synchronize(&self) -> Result<()> {
-        self.dev.synchronize().map_err(|e| e.into_error(NAME))
+        self.gpu.synchronize()
     }
 
     fn moe_route(&self, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput> {
-        ops::moe_route::run(self, call)
+        self.gpu.moe_route(call)
     }
 
     fn moe_experts(&self, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor> {
-        ops::moe_experts::run(self, call)
+        self.gpu.moe_experts(call)
     }
 
     fn mla_decode(&self, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutput> {
-        ops::mla_decode::run(self, call)
+        self.gpu.mla_decode(call)
     }
 
     fn copy_bench(&self, bytes: usize, reps: usize) -> Result<Duration> {
-        ceilings::copy_bench(&self.dev, bytes, reps)
+        ceilings::copy_bench(self.device(), bytes, reps)
     }
 
     fn dense_gemm(&self, a: &DeviceTensor, b: &DeviceTensor) -> Result<DeviceTensor> {
@@ -208,11 +189,12 @@ impl Backend for CudaBackend {
         ceilings::gemm_dims(a.dims(), b.dims(), a.dtype(), b.dtype())?;
         let blas = self
             .blas
-            .get_or_init(|| ceilings::Blas::open(&self.dev))
+            .get_or_init(|| ceilings::Blas::open(self.device()))
             .as_ref()
             .map_err(Clone::clone)?;
-        let (c, dims) = ceilings::dense_gemm(&self.dev, blas, a, b)?;
-        Ok(self.tensor(c, dims, a.dtype()))
+        let (c, dims, bytes) = ceilings::dense_gemm(self.device(), blas, a, b)?;
+        let c = CudaBuffer::new(c, bytes, &self.device().stream);
+        Ok(self.gpu.tensor(c, dims, a.dtype()))
     }
 
     fn dense_gemm_impl(&self, dtype: DType) -> String {

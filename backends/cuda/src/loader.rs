@@ -1,12 +1,14 @@
 //! NVRTC, loaded at run time from a search list (cudarc's own NVRTC loader panics when the
-//! library is missing and only looks for the soname of one CUDA major version).
+//! library is missing and only looks for the soname of one CUDA major version), with the
+//! shared declarative symbol table and "every path tried" report of
+//! [`moemla_gpu_launch::library`].
 //!
 //! Search order: `$MOEMLA_NVRTC_LIB` (a file, or a directory holding `libnvrtc.so*`), then
 //! the sonames `libnvrtc.so.13`, `libnvrtc.so.12`, `libnvrtc.so` through the dynamic
 //! loader (`LD_LIBRARY_PATH`), then `$CUDA_PATH`, `$CUDA_HOME` and `/usr/local/cuda`
 //! (`lib64/`). The NVRTC entry points used here are the same in CUDA 12 and 13.
 
-use libloading::Library;
+use moemla_gpu_launch::library::{open_first, SymbolTable};
 use std::ffi::{c_char, c_int, c_void};
 use std::path::{Path, PathBuf};
 
@@ -20,93 +22,72 @@ pub const NVRTC_ENV: &str = "MOEMLA_NVRTC_LIB";
 
 const SONAMES: [&str; 3] = ["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"];
 
-macro_rules! nvrtc_table {
-    ($( $(#[$doc:meta])* $name:ident : fn($($arg:ty),*); )*) => {
-        /// The NVRTC entry points moemla uses, resolved from one loaded library (fields
-        /// keep NVRTC's own names).
-        #[allow(non_snake_case)]
-        pub struct Nvrtc {
-            /// Where the library was found.
-            pub path: String,
-            $( $(#[$doc])* pub $name: unsafe extern "C" fn($($arg),*) -> NvrtcResult, )*
-            _lib: Library,
-        }
-
-        impl Nvrtc {
-            /// Resolves every required symbol of `lib`.
-            ///
-            /// # Safety
-            /// `lib` must be an NVRTC library: the symbols are used with NVRTC's signatures.
-            #[allow(non_snake_case)]
-            unsafe fn resolve(lib: Library, path: String) -> Result<Self, String> {
-                $(
-                    // SAFETY: the signature is NVRTC's own for this symbol (nvrtc.h).
-                    let $name = unsafe {
-                        *lib.get::<unsafe extern "C" fn($($arg),*) -> NvrtcResult>(
-                            concat!(stringify!($name), "\0").as_bytes(),
-                        )
-                        .map_err(|e| format!("missing symbol {}: {e}", stringify!($name)))?
-                    };
-                )*
-                Ok(Nvrtc { path, $($name,)* _lib: lib })
-            }
-        }
-    };
+moemla_gpu_launch::symbol_table! {
+    /// The NVRTC entry points moemla uses (nvrtc.h, CUDA 12 and 13), fields keeping
+    /// NVRTC's own names.
+    pub struct NvrtcApi;
+    required {
+        fn nvrtcVersion(major: *mut c_int, minor: *mut c_int) -> NvrtcResult;
+        fn nvrtcCreateProgram(
+            prog: *mut NvrtcProgram, src: *const c_char, name: *const c_char, num_headers: c_int,
+            headers: *const *const c_char, include_names: *const *const c_char,
+        ) -> NvrtcResult;
+        fn nvrtcCompileProgram(
+            prog: NvrtcProgram, num_options: c_int, options: *const *const c_char,
+        ) -> NvrtcResult;
+        fn nvrtcDestroyProgram(prog: *mut NvrtcProgram) -> NvrtcResult;
+        fn nvrtcGetProgramLogSize(prog: NvrtcProgram, size: *mut usize) -> NvrtcResult;
+        fn nvrtcGetProgramLog(prog: NvrtcProgram, log: *mut c_char) -> NvrtcResult;
+        fn nvrtcGetPTXSize(prog: NvrtcProgram, size: *mut usize) -> NvrtcResult;
+        fn nvrtcGetPTX(prog: NvrtcProgram, ptx: *mut c_char) -> NvrtcResult;
+        fn nvrtcGetCUBINSize(prog: NvrtcProgram, size: *mut usize) -> NvrtcResult;
+        fn nvrtcGetCUBIN(prog: NvrtcProgram, cubin: *mut c_char) -> NvrtcResult;
+    }
+    optional {}
 }
 
-nvrtc_table! {
-    /// `nvrtcVersion(int* major, int* minor)`.
-    nvrtcVersion: fn(*mut c_int, *mut c_int);
-    /// `nvrtcCreateProgram(prog, src, name, numHeaders, headers, includeNames)`.
-    nvrtcCreateProgram: fn(*mut NvrtcProgram, *const c_char, *const c_char, c_int, *const *const c_char, *const *const c_char);
-    /// `nvrtcCompileProgram(prog, numOptions, options)`.
-    nvrtcCompileProgram: fn(NvrtcProgram, c_int, *const *const c_char);
-    /// `nvrtcDestroyProgram(prog*)`.
-    nvrtcDestroyProgram: fn(*mut NvrtcProgram);
-    /// `nvrtcGetProgramLogSize(prog, size*)`.
-    nvrtcGetProgramLogSize: fn(NvrtcProgram, *mut usize);
-    /// `nvrtcGetProgramLog(prog, log)`.
-    nvrtcGetProgramLog: fn(NvrtcProgram, *mut c_char);
-    /// `nvrtcGetPTXSize(prog, size*)`.
-    nvrtcGetPTXSize: fn(NvrtcProgram, *mut usize);
-    /// `nvrtcGetPTX(prog, ptx)`.
-    nvrtcGetPTX: fn(NvrtcProgram, *mut c_char);
-    /// `nvrtcGetCUBINSize(prog, size*)`.
-    nvrtcGetCUBINSize: fn(NvrtcProgram, *mut usize);
-    /// `nvrtcGetCUBIN(prog, cubin)`.
-    nvrtcGetCUBIN: fn(NvrtcProgram, *mut c_char);
+/// A library found on the search list: its symbol table and where it was found.
+pub struct Found<T> {
+    /// Where the library was found.
+    pub path: String,
+    /// Its entry points.
+    pub api: T,
 }
 
-impl Nvrtc {
+/// Loads the first library of [`search_paths`]`(env, sonames)` that carries every symbol
+/// of `T`; on failure the reason names `what`, `env` and every path tried.
+pub(crate) fn load<T: SymbolTable>(
+    what: &str,
+    env: &str,
+    sonames: &[&str],
+) -> Result<Found<T>, String> {
+    match open_first::<T, _>(search_paths(env, sonames)) {
+        Ok(opened) => Ok(Found {
+            path: opened.candidate.display().to_string(),
+            api: opened.table,
+        }),
+        Err(tried) => Err(format!(
+            "{what} not found (set {env} to {}.*, or add its directory to LD_LIBRARY_PATH); \
+             tried: {tried}",
+            sonames.last().copied().unwrap_or_default()
+        )),
+    }
+}
+
+/// NVRTC, loaded, and where it was found.
+pub type Nvrtc = Found<NvrtcApi>;
+
+impl Found<NvrtcApi> {
     /// Loads NVRTC from the search list; on failure the reason lists every path tried.
     pub fn load() -> Result<Nvrtc, String> {
-        let mut tried = Vec::new();
-        for candidate in search_paths(NVRTC_ENV, &SONAMES) {
-            // SAFETY: loading a shared library runs its initialisers; NVRTC's are benign.
-            match unsafe { Library::new(&candidate) } {
-                Ok(lib) => {
-                    let path = candidate.display().to_string();
-                    // SAFETY: a library answering to an NVRTC name is NVRTC.
-                    match unsafe { Nvrtc::resolve(lib, path) } {
-                        Ok(api) => return Ok(api),
-                        Err(why) => tried.push(format!("{}: {why}", candidate.display())),
-                    }
-                }
-                Err(e) => tried.push(format!("{}: {e}", candidate.display())),
-            }
-        }
-        Err(format!(
-            "NVRTC not found (set {NVRTC_ENV} to libnvrtc.so.*, or add its directory to \
-             LD_LIBRARY_PATH); tried: {}",
-            tried.join("; ")
-        ))
+        load("NVRTC", NVRTC_ENV, &SONAMES)
     }
 
     /// NVRTC's (major, minor) version.
     pub fn version(&self) -> (i32, i32) {
         let (mut major, mut minor) = (0, 0);
         // SAFETY: two valid out-pointers.
-        unsafe { (self.nvrtcVersion)(&mut major, &mut minor) };
+        unsafe { (self.api.nvrtcVersion)(&mut major, &mut minor) };
         (major, minor)
     }
 }

@@ -1,83 +1,11 @@
-//! The embedded kernel sources and the one compile function used both by the backend and by
-//! the CI compile test (`tests/nvrtc_compile.rs`).
+//! The one NVRTC compile function, used both by the backend and by the CI compile test
+//! (`tests/nvrtc_compile.rs`). The kernel modules themselves are the shared launch
+//! layer's ([`Module`]).
 
 use crate::error::{CudaError, CudaResult};
 use crate::loader::{Nvrtc, NvrtcProgram, NvrtcResult};
+pub use moemla_gpu_launch::Module;
 use std::ffi::{c_char, CString};
-
-/// The portability header, prepended to every module.
-pub const DEVICE_HEADER: &str = include_str!("../../../kernels/common/moemla_device.h");
-
-/// One kernel module (one `.cu` file under `kernels/cuda`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Module {
-    /// `moe_route.cu`.
-    MoeRoute,
-    /// `moe_experts.cu`.
-    MoeExperts,
-    /// `mla_decode.cu`.
-    MlaDecode,
-}
-
-impl Module {
-    /// Every module.
-    pub const ALL: [Module; 3] = [Module::MoeRoute, Module::MoeExperts, Module::MlaDecode];
-
-    /// The file name under `kernels/cuda`.
-    pub fn file_name(self) -> &'static str {
-        match self {
-            Module::MoeRoute => "moe_route.cu",
-            Module::MoeExperts => "moe_experts.cu",
-            Module::MlaDecode => "mla_decode.cu",
-        }
-    }
-
-    /// The `.cu` text.
-    pub fn body(self) -> &'static str {
-        match self {
-            Module::MoeRoute => include_str!("../../../kernels/cuda/moe_route.cu"),
-            Module::MoeExperts => include_str!("../../../kernels/cuda/moe_experts.cu"),
-            Module::MlaDecode => include_str!("../../../kernels/cuda/mla_decode.cu"),
-        }
-    }
-
-    /// The `extern "C"` entry points the module defines.
-    pub fn entry_points(self) -> Vec<String> {
-        let per_dtype = |bases: &[&str]| -> Vec<String> {
-            bases
-                .iter()
-                .flat_map(|b| ["f32", "f16", "bf16"].map(|s| format!("{b}_{s}")))
-                .collect()
-        };
-        match self {
-            Module::MoeRoute => per_dtype(&["moemla_moe_route"]),
-            Module::MoeExperts => {
-                let mut v = vec!["moemla_moe_align".to_string()];
-                v.extend(per_dtype(&[
-                    "moemla_moe_gate_up",
-                    "moemla_moe_down",
-                    "moemla_moe_combine",
-                ]));
-                v
-            }
-            Module::MlaDecode => {
-                let mut v = vec!["moemla_mla_check".to_string()];
-                v.extend(per_dtype(&["moemla_mla_decode", "moemla_mla_combine"]));
-                v
-            }
-        }
-    }
-
-    /// The full source given to NVRTC: the header, then the module (with a `#line` so
-    /// compiler messages name the `.cu` file and its own line numbers).
-    pub fn source(self) -> String {
-        format!(
-            "{DEVICE_HEADER}\n#line 1 \"{}\"\n{}",
-            self.file_name(),
-            self.body()
-        )
-    }
-}
 
 /// What NVRTC produced for one (module, arch).
 #[derive(Clone, Debug)]
@@ -108,7 +36,7 @@ pub fn compile_source(nvrtc: &Nvrtc, name: &str, source: &str, arch: u32) -> Cud
     let mut prog: NvrtcProgram = std::ptr::null_mut();
     // SAFETY: valid C strings, no headers (null arrays with count 0), out-pointer valid.
     let rc = unsafe {
-        (nvrtc.nvrtcCreateProgram)(
+        (nvrtc.api.nvrtcCreateProgram)(
             &mut prog,
             src.as_ptr(),
             name.as_ptr(),
@@ -130,14 +58,22 @@ pub fn compile_source(nvrtc: &Nvrtc, name: &str, source: &str, arch: u32) -> Cud
     let option_ptrs: Vec<*const c_char> = options.iter().map(|o| o.as_ptr()).collect();
     // SAFETY: `prog` is live; the option pointers outlive the call.
     let rc = unsafe {
-        (nvrtc.nvrtcCompileProgram)(program.prog, option_ptrs.len() as i32, option_ptrs.as_ptr())
+        (nvrtc.api.nvrtcCompileProgram)(
+            program.prog,
+            option_ptrs.len() as i32,
+            option_ptrs.as_ptr(),
+        )
     };
     let log = program.log();
     check("nvrtcCompileProgram", rc, format!("\n{log}"))?;
-    let ptx = program.bytes(nvrtc.nvrtcGetPTXSize, nvrtc.nvrtcGetPTX, "nvrtcGetPTX")?;
+    let ptx = program.bytes(
+        nvrtc.api.nvrtcGetPTXSize,
+        nvrtc.api.nvrtcGetPTX,
+        "nvrtcGetPTX",
+    )?;
     let cubin = program.bytes(
-        nvrtc.nvrtcGetCUBINSize,
-        nvrtc.nvrtcGetCUBIN,
+        nvrtc.api.nvrtcGetCUBINSize,
+        nvrtc.api.nvrtcGetCUBIN,
         "nvrtcGetCUBIN",
     )?;
     let ptx = String::from_utf8_lossy(ptx.strip_suffix(&[0]).unwrap_or(&ptx)).into_owned();
@@ -157,8 +93,8 @@ impl Program<'_> {
     /// The compile log without its trailing NUL.
     fn log(&self) -> String {
         match self.bytes(
-            self.nvrtc.nvrtcGetProgramLogSize,
-            self.nvrtc.nvrtcGetProgramLog,
+            self.nvrtc.api.nvrtcGetProgramLogSize,
+            self.nvrtc.api.nvrtcGetProgramLog,
             "nvrtcGetProgramLog",
         ) {
             Ok(b) => String::from_utf8_lossy(b.strip_suffix(&[0]).unwrap_or(&b))
@@ -185,7 +121,7 @@ impl Program<'_> {
 impl Drop for Program<'_> {
     fn drop(&mut self) {
         // SAFETY: `prog` was created by nvrtcCreateProgram and is destroyed once.
-        unsafe { (self.nvrtc.nvrtcDestroyProgram)(&mut self.prog) };
+        unsafe { (self.nvrtc.api.nvrtcDestroyProgram)(&mut self.prog) };
     }
 }
 

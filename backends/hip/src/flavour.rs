@@ -59,6 +59,12 @@ pub struct Candidate {
     pub flavour: Flavour,
 }
 
+impl AsRef<Path> for Candidate {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
 /// The ordered library candidates for the runtime and for hipRTC.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SearchList {

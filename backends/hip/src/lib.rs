@@ -8,32 +8,38 @@
 //! gives 64 on gfx9 (CDNA, Hygon DCU); the backend checks the device's `warpSize` and
 //! refuses ops on a device with another wavefront size.
 //!
+//! Ops run through the launch layer shared with the CUDA backend
+//! ([`moemla_gpu_launch::GpuRunner`] over [`HipDevice`]): they enqueue on the device's
+//! stream and return; index errors found on the device surface at the next
+//! [`Backend::synchronize`] or [`Backend::download`] (kernels/README.md).
+//!
 //! Library search: `MOEMLA_HIP_LIB` / `MOEMLA_HIPRTC_LIB` (exact files) first, then ROCm
 //! (`$ROCM_PATH`, `$HIP_PATH`, `/opt/rocm`), then DTK (`$DTK_PATH`, `/opt/dtk`); see
 //! [`flavour::SearchList`].
 
-mod args;
+mod buffer;
 mod device;
 pub mod error;
 pub mod flavour;
 pub mod hiprtc;
 pub mod kernels;
 pub mod loader;
-mod memory;
-mod ops;
+mod props;
 
-use device::Device;
+use device::{Device, KERNEL_WAVEFRONT};
 use flavour::SearchList;
-use memory::{DeviceHandle, HipBuffer};
 use moemla_core::calls::{MlaDecodeCall, MoeExpertsCall, MoeRouteCall};
 use moemla_core::{
     Backend, BackendInfo, DType, DeviceTensor, HostTensor, MlaDecodeOutput, MoeRouteOutput,
     OpSupport, Result, Shape, Verification, VerificationKind,
 };
+use moemla_gpu_launch::GpuRunner;
 use std::sync::Arc;
 
-pub use device::DeviceProps;
+pub use buffer::HipBuffer;
+pub use device::HipDevice;
 pub use flavour::Flavour;
+pub use props::DeviceProps;
 
 /// The backend's name, as `moemla devices` and device tensors show it.
 pub const NAME: &str = "hip";
@@ -62,8 +68,7 @@ pub fn factory() -> moemla_core::BackendFactory {
 
 /// The HIP backend on one device.
 pub struct HipBackend {
-    device: Arc<DeviceHandle>,
-    name: Arc<str>,
+    gpu: GpuRunner<HipDevice>,
 }
 
 impl HipBackend {
@@ -78,27 +83,13 @@ impl HipBackend {
     pub fn with_search(search: &SearchList, ordinal: i32) -> Result<HipBackend> {
         let device = Device::open(search, ordinal)?;
         Ok(HipBackend {
-            device: Arc::new(DeviceHandle(device)),
-            name: Arc::from(NAME),
+            gpu: GpuRunner::new(HipDevice(Arc::new(device))),
         })
     }
 
     /// The device's properties (name, arch, compute units, warp size, memory).
     pub fn props(&self) -> &DeviceProps {
-        &self.device.0.props
-    }
-
-    fn buffer<'a>(
-        &self,
-        t: &'a DeviceTensor,
-        call: &'static str,
-        arg: &'static str,
-    ) -> Result<&'a HipBuffer> {
-        t.buffer::<HipBuffer>(NAME, call, arg)
-    }
-
-    fn tensor(&self, buffer: HipBuffer, shape: Shape, dtype: DType) -> DeviceTensor {
-        DeviceTensor::new(Arc::new(buffer), self.name.clone(), shape, dtype)
+        &self.gpu.device().0.props
     }
 }
 
@@ -108,9 +99,9 @@ impl Backend for HipBackend {
     }
 
     fn info(&self) -> BackendInfo {
-        let dev = &self.device.0;
+        let dev = &self.gpu.device().0;
         let (p, libs) = (&dev.props, &dev.libs);
-        let wave_ok = p.warp_size == ops::KERNEL_WAVEFRONT;
+        let wave_ok = p.warp_size == KERNEL_WAVEFRONT;
         let mut notes = vec![
             format!("{} runtime {}", libs.flavour, libs.runtime_path.display()),
             format!("hipRTC {}", libs.rtc_path.display()),
@@ -122,8 +113,7 @@ impl Backend for HipBackend {
         ];
         if !wave_ok {
             notes.push(format!(
-                "no ops: the kernels are built for {}-lane wavefronts",
-                ops::KERNEL_WAVEFRONT
+                "no ops: the kernels are built for {KERNEL_WAVEFRONT}-lane wavefronts"
             ));
         }
         BackendInfo {
@@ -143,35 +133,30 @@ impl Backend for HipBackend {
     }
 
     fn alloc_zeroed(&self, shape: &Shape, dtype: DType) -> Result<DeviceTensor> {
-        let bytes = shape.elem_count() * dtype.size_in_bytes();
-        let buffer = HipBuffer::zeroed(&self.device, bytes)?;
-        Ok(self.tensor(buffer, shape.clone(), dtype))
+        self.gpu.alloc_zeroed(shape, dtype)
     }
 
     fn upload(&self, host: &HostTensor) -> Result<DeviceTensor> {
-        let buffer = HipBuffer::alloc(&self.device, host.as_bytes().len())?;
-        buffer.write(host.as_bytes())?;
-        Ok(self.tensor(buffer, host.shape().clone(), host.dtype()))
+        self.gpu.upload(host)
     }
 
     fn download(&self, tensor: &DeviceTensor) -> Result<HostTensor> {
-        let bytes = self.buffer(tensor, "download", "tensor")?.read()?;
-        HostTensor::from_bytes(tensor.shape().clone(), tensor.dtype(), bytes)
+        self.gpu.download(tensor)
     }
 
     fn synchronize(&self) -> Result<()> {
-        Ok(self.device.0.synchronize()?)
+        self.gpu.synchronize()
     }
 
     fn moe_route(&self, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput> {
-        ops::moe_route::run(self, call)
+        self.gpu.moe_route(call)
     }
 
     fn moe_experts(&self, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor> {
-        ops::moe_experts::run(self, call)
+        self.gpu.moe_experts(call)
     }
 
     fn mla_decode(&self, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutput> {
-        ops::mla_decode::run(self, call)
+        self.gpu.mla_decode(call)
     }
 }

@@ -1,24 +1,22 @@
-//! The HIP runtime and hipRTC, loaded at run time: one symbol table per library.
+//! The HIP runtime and hipRTC, loaded at run time: one symbol table per library, declared
+//! with the shared [`moemla_gpu_launch::symbol_table!`] and searched with
+//! [`moemla_gpu_launch::library::open_first`], which reports every path tried.
 //!
-//! Each table lists its required and optional C functions once; the macro expands it to a
-//! struct of function pointers (which owns the library handle) and its resolver. A library
-//! missing a required symbol is rejected with the names of all missing ones. The model is
-//! IREE's HIP driver (`REQUIRED_PFN_DECL` / `OPTIONAL_PFN_DECL` tables); the signatures are
-//! those of AMD's `hip_runtime_api.h` and `hiprtc.h` (ROCm 5.2 and 6.x agree on all of
-//! them), declared here so that building needs no ROCm headers.
+//! A table lists the C functions the backend calls, no more: a library missing a required
+//! symbol is rejected with the names of all missing ones. The signatures are those of
+//! AMD's `hip_runtime_api.h` and `hiprtc.h` (ROCm 5.2 and 6.x agree on all of them),
+//! declared here so that building needs no ROCm headers.
 
 use crate::error::{HipStatus, RtcStatus};
-use crate::flavour::{Candidate, Flavour, SearchList};
-use libloading::Library;
+use crate::flavour::{Flavour, SearchList};
+use moemla_gpu_launch::library::open_first;
 use std::ffi::{c_char, c_void};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// `hipDevice_t`.
 pub type HipDevice = i32;
 /// `hipStream_t` (opaque handle).
 pub type HipStream = *mut c_void;
-/// `hipEvent_t` (opaque handle).
-pub type HipEvent = *mut c_void;
 /// `hipModule_t` (opaque handle).
 pub type HipModule = *mut c_void;
 /// `hipFunction_t` (opaque handle).
@@ -44,84 +42,13 @@ pub const MEMCPY_HOST_TO_DEVICE: i32 = 1;
 /// `hipMemcpyKind::hipMemcpyDeviceToHost`.
 pub const MEMCPY_DEVICE_TO_HOST: i32 = 2;
 
-/// Declares a library's symbol table: a struct with one field per C function
-/// (`Option` for optional ones) holding the library open, and `resolve`, which looks every
-/// symbol up and fails with the list of missing required names.
-macro_rules! symbol_table {
-    (
-        $(#[$meta:meta])*
-        pub struct $table:ident;
-        required {
-            $( fn $req:ident ( $($ra:ident : $rt:ty),* $(,)? ) -> $rret:ty; )*
-        }
-        optional {
-            $( fn $opt:ident ( $($oa:ident : $ot:ty),* $(,)? ) -> $oret:ty; )*
-        }
-    ) => {
-        $(#[$meta])*
-        #[allow(non_snake_case)]
-        pub struct $table {
-            $(
-                #[doc = concat!("`", stringify!($req), "` (required).")]
-                pub $req: unsafe extern "C" fn($($rt),*) -> $rret,
-            )*
-            $(
-                #[doc = concat!("`", stringify!($opt), "` (optional: absent in some versions).")]
-                pub $opt: Option<unsafe extern "C" fn($($ot),*) -> $oret>,
-            )*
-            _library: Library,
-        }
-
-        impl $table {
-            /// The required symbols, in table order.
-            pub const REQUIRED: &'static [&'static str] = &[$(stringify!($req)),*];
-            /// The optional symbols, in table order.
-            pub const OPTIONAL: &'static [&'static str] = &[$(stringify!($opt)),*];
-
-            /// Looks up every symbol of the table in `library`.
-            ///
-            /// # Safety
-            /// Each symbol the library exports under a listed name must have the listed C
-            /// signature (true of every HIP runtime / hipRTC since ROCm 5.0 and of DTK's).
-            #[allow(non_snake_case)]
-            unsafe fn resolve(library: Library) -> Result<Self, Vec<&'static str>> {
-                let mut missing: Vec<&'static str> = Vec::new();
-                $(
-                    // SAFETY: the caller vouches for the signature; the pointer is copied
-                    // out and stays valid because the struct keeps `library` open.
-                    let $req = unsafe {
-                        library.get::<unsafe extern "C" fn($($rt),*) -> $rret>(stringify!($req))
-                    }
-                    .ok()
-                    .map(|symbol| *symbol);
-                    if $req.is_none() {
-                        missing.push(stringify!($req));
-                    }
-                )*
-                $(
-                    // SAFETY: as above.
-                    let $opt = unsafe {
-                        library.get::<unsafe extern "C" fn($($ot),*) -> $oret>(stringify!($opt))
-                    }
-                    .ok()
-                    .map(|symbol| *symbol);
-                )*
-                match ($($req,)*) {
-                    ($(Some($req),)*) => Ok($table { $($req,)* $($opt,)* _library: library }),
-                    _ => Err(missing),
-                }
-            }
-        }
-    };
-}
-
-symbol_table! {
-    /// The HIP runtime (`libamdhip64.so` on ROCm, `libgalaxyhip.so` on DTK).
+moemla_gpu_launch::symbol_table! {
+    /// The HIP runtime (`libamdhip64.so` on ROCm, `libgalaxyhip.so` on DTK): exactly the
+    /// functions the backend calls (hip_runtime_api.h).
     pub struct HipRuntime;
     required {
         fn hipInit(flags: u32) -> HipStatus;
         fn hipGetDeviceCount(count: *mut i32) -> HipStatus;
-        fn hipDeviceGet(device: *mut HipDevice, ordinal: i32) -> HipStatus;
         fn hipSetDevice(device: HipDevice) -> HipStatus;
         fn hipDeviceGetName(name: *mut c_char, len: i32, device: HipDevice) -> HipStatus;
         fn hipDeviceGetAttribute(value: *mut i32, attribute: i32, device: HipDevice) -> HipStatus;
@@ -129,7 +56,6 @@ symbol_table! {
         fn hipGetErrorString(status: HipStatus) -> *const c_char;
         fn hipMalloc(ptr: *mut *mut c_void, bytes: usize) -> HipStatus;
         fn hipFree(ptr: *mut c_void) -> HipStatus;
-        fn hipMemcpy(dst: *mut c_void, src: *const c_void, bytes: usize, kind: i32) -> HipStatus;
         fn hipMemcpyAsync(
             dst: *mut c_void, src: *const c_void, bytes: usize, kind: i32, stream: HipStream,
         ) -> HipStatus;
@@ -138,11 +64,6 @@ symbol_table! {
         fn hipStreamCreate(stream: *mut HipStream) -> HipStatus;
         fn hipStreamDestroy(stream: HipStream) -> HipStatus;
         fn hipStreamSynchronize(stream: HipStream) -> HipStatus;
-        fn hipEventCreate(event: *mut HipEvent) -> HipStatus;
-        fn hipEventRecord(event: HipEvent, stream: HipStream) -> HipStatus;
-        fn hipEventSynchronize(event: HipEvent) -> HipStatus;
-        fn hipEventElapsedTime(ms: *mut f32, start: HipEvent, stop: HipEvent) -> HipStatus;
-        fn hipEventDestroy(event: HipEvent) -> HipStatus;
         fn hipModuleLoadData(module: *mut HipModule, image: *const c_void) -> HipStatus;
         fn hipModuleUnload(module: HipModule) -> HipStatus;
         fn hipModuleGetFunction(
@@ -160,13 +81,11 @@ symbol_table! {
         // ROCm 5.x / DTK layout (`hipDeviceProp_tR0000`); ROCm 6 exports the R0600 one.
         fn hipGetDeviceProperties(props: *mut c_void, device: HipDevice) -> HipStatus;
         fn hipGetDevicePropertiesR0600(props: *mut c_void, device: HipDevice) -> HipStatus;
-        fn hipGetErrorName(status: HipStatus) -> *const c_char;
-        fn hipRuntimeGetVersion(version: *mut i32) -> HipStatus;
     }
 }
 
-symbol_table! {
-    /// hipRTC (`libhiprtc.so` on ROCm 6; inside `libamdhip64.so` on ROCm 5.x).
+moemla_gpu_launch::symbol_table! {
+    /// hipRTC (`libhiprtc.so` on ROCm 6; inside `libamdhip64.so` on ROCm 5.x): hiprtc.h.
     pub struct HipRtc;
     required {
         fn hiprtcCreateProgram(
@@ -183,9 +102,7 @@ symbol_table! {
         fn hiprtcDestroyProgram(program: *mut HiprtcProgram) -> RtcStatus;
         fn hiprtcGetErrorString(status: RtcStatus) -> *const c_char;
     }
-    optional {
-        fn hiprtcVersion(major: *mut i32, minor: *mut i32) -> RtcStatus;
-    }
+    optional {}
 }
 
 /// Both libraries, resolved, and where they came from.
@@ -207,78 +124,23 @@ pub struct Libraries {
 /// Opens the first runtime and the first hipRTC of `list` that load and carry every
 /// required symbol. On failure the message lists every candidate tried and why it failed.
 pub fn load(list: &SearchList) -> Result<Libraries, String> {
-    let mut tried = Vec::new();
-    let Some((runtime, found)) = open_first(&list.runtime, HipRuntime::resolve_checked, &mut tried)
-    else {
-        return Err(format!(
-            "no usable HIP runtime library; tried: {}",
-            tried.join("; ")
-        ));
-    };
+    let runtime = open_first::<HipRuntime, _>(list.runtime.iter().cloned())
+        .map_err(|tried| format!("no usable HIP runtime library; tried: {tried}"))?;
+    let found = runtime.candidate;
     // ROCm 5.x (and DTK) ship hipRTC inside the runtime library itself.
-    let mut rtc_list = list.hiprtc.clone();
-    rtc_list.push(found.clone());
-    let mut rtc_tried = Vec::new();
-    let Some((rtc, rtc_found)) = open_first(&rtc_list, HipRtc::resolve_checked, &mut rtc_tried)
-    else {
-        return Err(format!(
-            "HIP runtime {} loaded, but no usable hipRTC library; tried: {}",
-            found.path.display(),
-            rtc_tried.join("; ")
-        ));
-    };
+    let rtc_list = list.hiprtc.iter().cloned().chain([found.clone()]);
+    let rtc = open_first::<HipRtc, _>(rtc_list).map_err(|tried| {
+        format!(
+            "HIP runtime {} loaded, but no usable hipRTC library; tried: {tried}",
+            found.path.display()
+        )
+    })?;
     Ok(Libraries {
-        runtime,
+        runtime: runtime.table,
         runtime_path: found.path,
         flavour: found.flavour,
-        rtc,
-        rtc_path: rtc_found.path,
-        skipped: tried,
-    })
-}
-
-impl HipRuntime {
-    fn resolve_checked(library: Library) -> Result<Self, Vec<&'static str>> {
-        // SAFETY: the table's signatures are those of hip_runtime_api.h (see module doc).
-        unsafe { Self::resolve(library) }
-    }
-}
-
-impl HipRtc {
-    fn resolve_checked(library: Library) -> Result<Self, Vec<&'static str>> {
-        // SAFETY: the table's signatures are those of hiprtc.h (see module doc).
-        unsafe { Self::resolve(library) }
-    }
-}
-
-/// Tries each candidate in order; records "<path> (<why it failed>)" in `tried`.
-fn open_first<T>(
-    candidates: &[Candidate],
-    resolve: fn(Library) -> Result<T, Vec<&'static str>>,
-    tried: &mut Vec<String>,
-) -> Option<(T, Candidate)> {
-    for candidate in candidates {
-        match open_one(&candidate.path, resolve) {
-            Ok(table) => return Some((table, candidate.clone())),
-            Err(why) => tried.push(format!("{} ({why})", candidate.path.display())),
-        }
-    }
-    None
-}
-
-fn open_one<T>(
-    path: &Path,
-    resolve: fn(Library) -> Result<T, Vec<&'static str>>,
-) -> Result<T, String> {
-    let has_folder = path.parent().is_some_and(|p| !p.as_os_str().is_empty());
-    if has_folder && !path.exists() {
-        return Err("not found".into());
-    }
-    // SAFETY: loading a shared library runs its initialisers; the candidates are HIP
-    // runtimes named by the user or installed under the standard ROCm / DTK folders.
-    let library = unsafe { Library::new(path) }.map_err(|e| format!("dlopen failed: {e}"))?;
-    resolve(library).map_err(|missing| {
-        let s = if missing.len() == 1 { "" } else { "s" };
-        format!("missing required symbol{s} {}", missing.join(", "))
+        rtc: rtc.table,
+        rtc_path: rtc.candidate.path,
+        skipped: runtime.skipped.0,
     })
 }

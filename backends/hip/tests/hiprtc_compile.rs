@@ -9,7 +9,8 @@
 use moemla_core::Error;
 use moemla_hip::error::HipError;
 use moemla_hip::flavour::SearchList;
-use moemla_hip::{hiprtc, kernels, loader};
+use moemla_hip::kernels::Module;
+use moemla_hip::{hiprtc, loader};
 
 /// `EF_AMDGPU_MACH` values (LLVM AMDGPUUsage).
 const ARCHS: [(&str, u32); 2] = [("gfx90a", 0x03f), ("gfx906", 0x02f)];
@@ -33,38 +34,37 @@ fn libraries() -> Option<loader::Libraries> {
 fn hiprtc_compiles_every_module_for_gfx90a_and_gfx906_and_reports_errors_with_the_log() {
     let Some(libs) = libraries() else { return };
     for (arch, mach) in ARCHS {
-        for module in kernels::SOURCES {
-            let code = hiprtc::compile(&libs.rtc, module.name, &module.source(), arch)
-                .unwrap_or_else(|e| panic!("{} for {arch}: {e}", module.name));
-            assert_eq!(&code[..4], b"\x7fELF", "{} for {arch}", module.name);
+        for module in Module::ALL {
+            let name = module.name();
+            let code = hiprtc::compile(&libs.rtc, name, &module.source(), arch)
+                .unwrap_or_else(|e| panic!("{name} for {arch}: {e}"));
+            assert_eq!(&code[..4], b"\x7fELF", "{name} for {arch}");
             assert_eq!(u16::from_le_bytes([code[18], code[19]]), 224, "EM_AMDGPU");
             let e_flags = u32::from_le_bytes(code[48..52].try_into().unwrap());
             assert_eq!(
                 e_flags & 0xff,
                 mach,
-                "{} for {arch}: e_flags {e_flags:#x}",
-                module.name
+                "{name} for {arch}: e_flags {e_flags:#x}"
             );
-            for name in module.entry_points {
-                let symbol = format!("{name}.kd\0");
+            for entry in module.entry_points() {
+                let symbol = format!("{entry}.kd\0");
                 assert!(
                     code.windows(symbol.len()).any(|w| w == symbol.as_bytes()),
-                    "{} for {arch}: no kernel descriptor for {name}",
-                    module.name
+                    "{name} for {arch}: no kernel descriptor for {entry}"
                 );
             }
         }
     }
     // The device's gcnArchName carries target features; they reach the code object
     // (EF_AMDGPU_FEATURE_XNACK_OFF_V4 0x200 | EF_AMDGPU_FEATURE_SRAMECC_ON_V4 0xc00).
-    let route = &kernels::SOURCES[0];
+    let route = Module::MoeRoute;
     let code = hiprtc::compile(
         &libs.rtc,
-        route.name,
+        route.name(),
         &route.source(),
         "gfx90a:sramecc+:xnack-",
     )
-    .unwrap_or_else(|e| panic!("{} for gfx90a:sramecc+:xnack-: {e}", route.name));
+    .unwrap_or_else(|e| panic!("moe_route for gfx90a:sramecc+:xnack-: {e}"));
     let e_flags = u32::from_le_bytes(code[48..52].try_into().unwrap());
     assert_eq!(e_flags & 0xfff, 0xe3f, "e_flags {e_flags:#x}");
 
@@ -79,7 +79,7 @@ fn hiprtc_compiles_every_module_for_gfx90a_and_gfx906_and_reports_errors_with_th
     // A compile error comes back typed, with hipRTC's log naming the problem.
     let broken = format!(
         "{}\nextern \"C\" __global__ void broken() {{ undeclared_thing(); }}\n",
-        kernels::DEVICE_HEADER
+        moemla_gpu_launch::module::DEVICE_HEADER
     );
     let err = hiprtc::compile(&libs.rtc, "broken", &broken, "gfx90a").unwrap_err();
     assert!(

@@ -1,15 +1,18 @@
 //! The backend's device plumbing against a host-only mock HIP runtime (tests/mock/mock_hip.c,
 //! compiled here) plus the real hipRTC (Debian's ROCm 5.2 `libamdhip64.so.5`): device
 //! discovery and properties in both hipDeviceProp_t layouts, memory round trips, hipRTC
-//! compile -> code-object load -> kernel lookup, module caching and launch geometry. The
-//! mock never runs kernels, so op outputs are not checked here (tests/suite.rs does that
-//! on a real device).
+//! compile -> code-object load -> kernel lookup, module and function caching, launch
+//! geometry, and the rule that an op only enqueues (no hipStreamSynchronize, no
+//! device-to-host copy, no free inside an op; index errors at the next synchronize or
+//! download). The mock's stream runs its queue only when synchronized, and its kernels do
+//! nothing but their error flags, so op outputs are not checked here (tests/suite.rs does
+//! that on a real device).
 //!
 //! The only test of this binary (its own process): it sets `MOCK_HIP_LOG`. Skips without
 //! clang-19 or hipRTC unless `MOEMLA_REQUIRE_TOOLCHAINS` names `clang-hip` / `hiprtc`.
 
 use moemla_core::{
-    ops, Backend, DType, ExpertsParams, HostTensor, MlaDecodeParams, RouteParams, Shape,
+    ops, Backend, DType, Error, ExpertsParams, HostTensor, MlaDecodeParams, Op, RouteParams, Shape,
 };
 use moemla_hip::flavour::{Candidate, Flavour, SearchList};
 use moemla_hip::HipBackend;
@@ -63,10 +66,22 @@ fn open(runtime: &Path) -> HipBackend {
     HipBackend::with_search(&search, 0).unwrap_or_else(|e| panic!("mock device: {e}"))
 }
 
-fn launches(log: &Path) -> Vec<String> {
+/// The runtime calls logged since the last look.
+fn calls(log: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     std::fs::write(log, "").unwrap();
     text.lines().map(str::to_string).collect()
+}
+
+/// What an op must never do: wait for the stream, copy to the host, or free memory the
+/// stream may still use.
+fn assert_enqueued_only(what: &str, calls: &[String]) {
+    for bad in ["sync", "d2h", "free"] {
+        assert!(
+            !calls.iter().any(|c| c.starts_with(bad)),
+            "{what}: {bad} inside the op: {calls:?}"
+        );
+    }
 }
 
 fn upload(b: &HipBackend, dims: &[usize], dtype: DType) -> moemla_core::DeviceTensor {
@@ -82,7 +97,7 @@ fn upload_i32(b: &HipBackend, dims: &[usize], values: &[i32]) -> moemla_core::De
 }
 
 #[test]
-fn mock_device_is_discovered_described_and_launched_as_planned() {
+fn mock_device_is_discovered_and_its_ops_only_enqueue() {
     if !Path::new(DEBIAN_HIP).exists() {
         return skip_or_fail("hiprtc", &format!("{DEBIAN_HIP} not installed"));
     }
@@ -128,20 +143,30 @@ fn mock_device_is_discovered_described_and_launched_as_planned() {
         HostTensor::from_f32_as([2, 3], &[1.5, -2.0, 0.1, 3.0e5, -0.0, 7.25], DType::BF16).unwrap();
     let back = b.download(&b.upload(&host).unwrap()).unwrap();
     assert_eq!(back, host);
-    launches(&log);
 
-    // moe_route: compiled by hipRTC, loaded once, launched one block per token with the
-    // parameters in the kernel's order.
+    // moe_route: compiled by hipRTC, loaded and looked up once; an op makes the device
+    // current once, allocates its outputs and launches: nothing else, per launch nothing
+    // but the launch.
     let logits = upload(&b, &[5, 64], DType::BF16);
     let bias = upload(&b, &[64], DType::F32);
     let v2 = RouteParams::deepseek_v2();
+    calls(&log);
     ops::moe_route(&b, &logits, Some(&bias), &v2).unwrap();
     ops::moe_route(&b, &logits, None, &v2).unwrap();
     let route = format!(
         "moemla_moe_route_bf16 grid=5,1,1 block=256,1,1 shared={} scalars=64,6,8,3,1,0,0,16",
         moemla_kernel_plan::route::shared_bytes(64, 6, 8, 256).unwrap()
     );
-    assert_eq!(launches(&log), ["load".to_string(), route.clone(), route]);
+    let outputs = ["setdevice", "malloc 120", "malloc 120"];
+    let mut want: Vec<String> = outputs.iter().map(|s| s.to_string()).collect();
+    want.extend([
+        "load".into(),
+        "getfn moemla_moe_route_bf16".into(),
+        route.clone(),
+    ]);
+    want.extend(outputs.iter().map(|s| s.to_string()));
+    want.push(route);
+    assert_eq!(calls(&log), want);
 
     // moe_experts: T=3, k=2, E=4, H=64, I=32 -> 6 slots, max_tiles = (6 + 4*63) / 64 = 4.
     let x = upload(&b, &[3, 64], DType::F16);
@@ -149,51 +174,103 @@ fn mock_device_is_discovered_described_and_launched_as_planned() {
     let w2 = upload(&b, &[4, 64, 32], DType::F16);
     let ids = upload_i32(&b, &[3, 2], &[0, 3, -1, 2, 1, 1]);
     let weights = upload(&b, &[3, 2], DType::F32);
-    ops::moe_experts(&b, &x, &w13, &w2, &ids, &weights, &ExpertsParams::default()).unwrap();
+    let experts = |ids: &moemla_core::DeviceTensor| {
+        ops::moe_experts(&b, &x, &w13, &w2, ids, &weights, &ExpertsParams::default())
+    };
+    calls(&log);
+    experts(&ids).unwrap();
+    let first = calls(&log);
+    assert_enqueued_only("moe_experts", &first);
+    // y, the workspace, the error-flag chunk (cleared to all ones), the modules' kernels.
+    assert_eq!(first[..2], ["setdevice", "malloc 384"]);
+    assert_eq!(first[3..5], ["malloc 4096", "memset 4096"]);
+    let launches = [
+        "moemla_moe_align grid=1,1,1 block=1024,1,1 shared=48",
+        "moemla_moe_gate_up_f16 grid=4,1,1 block=128,1,1 shared=0",
+        "moemla_moe_down_f16 grid=4,1,1 block=128,1,1 shared=0",
+        "moemla_moe_combine_f16 grid=3,1,1 block=256,1,1 shared=0",
+    ];
+    assert!(first.ends_with(&[
+        "getfn moemla_moe_combine_f16".to_string(),
+        launches[3].to_string()
+    ]));
+    // Again: the workspace and flags are reused, the functions cached.
+    experts(&ids).unwrap();
+    let mut want = vec!["setdevice".to_string(), "malloc 384".to_string()];
+    want.extend(launches.iter().map(|s| s.to_string()));
+    assert_eq!(calls(&log), want);
+
+    // An index error surfaces at the next synchronize, naming the op, the argument, the
+    // first bad position and its value; the op itself returned at once.
+    let bad = upload_i32(&b, &[3, 2], &[0, 3, -1, 1, -7, 9]);
+    calls(&log);
+    experts(&bad).expect("enqueued; checked at the next synchronize");
+    assert_enqueued_only("moe_experts with a bad id", &calls(&log));
     assert_eq!(
-        launches(&log),
-        [
-            "load",
-            "moemla_moe_align grid=1,1,1 block=1024,1,1 shared=48",
-            "moemla_moe_gate_up_f16 grid=4,1,1 block=128,1,1 shared=0",
-            "moemla_moe_down_f16 grid=4,1,1 block=128,1,1 shared=0",
-            "moemla_moe_combine_f16 grid=3,1,1 block=256,1,1 shared=0",
-        ]
+        b.synchronize(),
+        Err(Error::IndexOutOfRange {
+            op: Op::MoeExperts,
+            arg: "topk_ids",
+            index: vec![2, 0],
+            value: -7,
+            valid: "[-1, 4)".into(),
+        }),
+        "the first bad slot, [2, 0], holds -7 (the next, 9 at [2, 1], is not reported)"
     );
+    // One wait, one read of the three experts calls' flags, one reset.
+    let sync: Vec<_> = calls(&log).into_iter().filter(|c| c != "free").collect();
+    assert_eq!(sync, ["setdevice", "sync", "d2h 24", "sync", "memset 24"]);
+    b.synchronize().expect("reported once");
 
     // mla_decode: B=2, Sq=1, Hq=4, Hkv=1, Dqk=80, Dv=64, 6 blocks of 16, 3 per sequence.
     let q = upload(&b, &[2, 1, 4, 80], DType::F32);
     let kv = upload(&b, &[6, 16, 1, 80], DType::F32);
     let table = upload_i32(&b, &[2, 3], &[0, 1, 2, 3, 4, 5]);
     let seqlens = upload_i32(&b, &[2], &[40, 17]);
-    let params = MlaDecodeParams {
-        softmax_scale: 0.125,
-        causal: true,
-        head_dim_v: 64,
-        kv_format: Default::default(),
-    };
-    ops::mla_decode(&b, &q, &kv, &table, &seqlens, &params).unwrap();
-    let lines = launches(&log);
-    assert_eq!(lines.len(), 4, "{lines:?}");
-    assert_eq!(lines[0], "load");
+    let mut params = MlaDecodeParams::deepseek_v3();
+    params.softmax_scale = 0.125;
+    params.head_dim_v = 64;
+    calls(&log);
+    let out = ops::mla_decode(&b, &q, &kv, &table, &seqlens, &params).unwrap();
+    let lines = calls(&log);
+    assert_enqueued_only("mla_decode", &lines);
+    let launched: Vec<_> = lines.iter().filter(|l| l.starts_with("moemla_")).collect();
+    assert_eq!(launched.len(), 3, "{lines:?}");
     assert_eq!(
-        lines[1],
+        launched[0],
         "moemla_mla_check grid=1,1,1 block=256,1,1 shared=0"
     );
     assert!(
-        lines[2].starts_with("moemla_mla_decode_f32 grid="),
+        launched[1].starts_with("moemla_mla_decode_f32 grid=")
+            && launched[1].contains(",1,2 block=128,1,1 shared="),
         "{}",
-        lines[2]
-    );
-    assert!(
-        lines[2].contains(",1,2 block=128,1,1 shared="),
-        "{}",
-        lines[2]
+        launched[1]
     );
     assert_eq!(
-        lines[3],
+        launched[2],
         "moemla_mla_combine_f32 grid=8,1,1 block=128,1,1 shared=0"
     );
+    assert_eq!(b.download(&out.lse).unwrap().dims(), [2, 4, 1]);
+
+    // A bad sequence length is reported by the next download, before any copy of it.
+    let too_long = upload_i32(&b, &[2], &[40, 49]);
+    ops::mla_decode(&b, &q, &kv, &table, &too_long, &params).unwrap();
+    calls(&log);
+    assert_eq!(
+        b.download(&out.o).unwrap_err(),
+        Error::IndexOutOfRange {
+            op: Op::MlaDecode,
+            arg: "cache_seqlens",
+            index: vec![1],
+            value: 49,
+            valid: "[0, 48] (max_blocks * block_size)".into(),
+        }
+    );
+    assert!(
+        !calls(&log).contains(&"d2h 2048".to_string()),
+        "o copied despite the error"
+    );
+    assert_eq!(b.download(&out.o).unwrap().dims(), [2, 1, 4, 64]);
 
     // A wave32 device (RDNA) is described but runs nothing: the kernels assume 64 lanes.
     std::env::set_var("MOCK_HIP_WARP", "32");
@@ -208,7 +285,7 @@ fn mock_device_is_discovered_described_and_launched_as_planned() {
         }
         other => panic!("expected Unsupported, got {other:?}"),
     }
-    assert!(launches(&log).is_empty());
+    assert!(!calls(&log).iter().any(|c| c.starts_with("moemla_")));
 
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -131,9 +131,9 @@ fn run(modules: &[(&str, String, Vec<&str>)]) {
 
 #[test]
 fn every_kernel_module_compiles_for_gfx942_gfx90a_and_gfx906() {
-    let modules: Vec<_> = moemla_hip::kernels::SOURCES
+    let modules: Vec<_> = moemla_hip::kernels::Module::ALL
         .iter()
-        .map(|m| (m.name, m.source(), m.entry_points.to_vec()))
+        .map(|m| (m.name(), m.source(), m.entry_points().to_vec()))
         .collect();
     let names: Vec<_> = modules.iter().map(|m| m.0).collect();
     assert_eq!(names, ["moe_route", "moe_experts", "mla_decode"]);

@@ -177,14 +177,7 @@ mod tests {
     use super::*;
 
     fn limits() -> DeviceLimits {
-        DeviceLimits {
-            compute_units: 132,
-            warp_size: 32,
-            max_shared_bytes: 227 * 1024,
-            tensor_cores: true,
-            max_grid: DeviceLimits::CUDA_GRID,
-            max_grid_threads: u64::MAX,
-        }
+        DeviceLimits::cuda(132, 227 * 1024, true)
     }
 
     /// Every way of spreading `slots` rows over `experts` fits in `max_tiles`, and the

@@ -37,6 +37,30 @@ pub struct DeviceLimits {
 }
 
 impl DeviceLimits {
+    /// A CUDA device: 32-lane warps and CUDA's grid limits.
+    pub fn cuda(compute_units: u32, max_shared_bytes: u32, tensor_cores: bool) -> Self {
+        DeviceLimits {
+            compute_units,
+            warp_size: 32,
+            max_shared_bytes,
+            tensor_cores,
+            max_grid: Self::CUDA_GRID,
+            max_grid_threads: u64::MAX,
+        }
+    }
+
+    /// A HIP device (the kernels' portable path: no tensor cores) and HIP's grid limits.
+    pub fn hip(compute_units: u32, warp_size: u32, max_shared_bytes: u32) -> Self {
+        DeviceLimits {
+            compute_units,
+            warp_size,
+            max_shared_bytes,
+            tensor_cores: false,
+            max_grid: Self::HIP_GRID,
+            max_grid_threads: Self::HIP_GRID_THREADS,
+        }
+    }
+
     /// CUDA's grid limits (every compute capability since 3.0): 2^31 - 1 blocks in x,
     /// 65535 in y and z.
     pub const CUDA_GRID: [u32; 3] = [i32::MAX as u32, 65_535, 65_535];
@@ -218,14 +242,7 @@ mod tests {
     use super::*;
 
     fn hip() -> DeviceLimits {
-        DeviceLimits {
-            compute_units: 304,
-            warp_size: 64,
-            max_shared_bytes: 64 * 1024,
-            tensor_cores: false,
-            max_grid: DeviceLimits::HIP_GRID,
-            max_grid_threads: DeviceLimits::HIP_GRID_THREADS,
-        }
+        DeviceLimits::hip(304, 64, 64 * 1024)
     }
 
     fn launch(grid: [u32; 3], block: u32, shared_bytes: u32) -> Launch {

@@ -1,9 +1,20 @@
 // A host-only stand-in for the HIP runtime, for testing the backend's plumbing without a
 // GPU: one device ("Mock MI250X", gfx90a:sramecc+:xnack-), host memory for device memory,
-// code objects checked (ELF, EM_AMDGPU, kernel descriptor present), launches logged to
-// $MOCK_HIP_LOG instead of run; $MOCK_HIP_WARP overrides the wavefront size (64). Built by tests/mock_runtime.rs in two layouts: ROCm 6
-// (hipGetDevicePropertiesR0600, gcnArchName at byte 1160) and, with -DMOCK_R0000, ROCm 5
-// (hipGetDeviceProperties, gcnArchName at byte 396). Kernels never execute.
+// code objects checked (ELF, EM_AMDGPU, kernel descriptor present), $MOCK_HIP_WARP
+// overriding the wavefront size (64). It exports exactly the functions the backend's
+// symbol table requires (no hipDeviceGet, hipMemcpy or hipEvent*).
+//
+// The stream is a queue: hipMemsetAsync, hipMemcpyAsync and launches only run when the
+// stream is synchronized, so a result read before a synchronize is stale. Kernels do not
+// execute, except for their error flags: moemla_moe_align and moemla_mla_check apply the
+// flag rule of kernels/README.md to the index tensors in (host) memory.
+//
+// Every call is logged to $MOCK_HIP_LOG, one line each: "setdevice", "malloc <bytes>",
+// "free", "memset <bytes>", "h2d <bytes>", "d2h <bytes>", "sync", "load", "getfn <name>",
+// "<kernel> grid=x,y,z block=x,y,z shared=n" (moemla_moe_route_* adds its scalars).
+// Built by tests/mock_runtime.rs in two layouts: ROCm 6 (hipGetDevicePropertiesR0600,
+// gcnArchName at byte 1160) and, with -DMOCK_R0000, ROCm 5 (hipGetDeviceProperties,
+// gcnArchName at byte 396).
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,10 +33,18 @@ static void log_line(const char* line) {
     fclose(f);
 }
 
+static void log_fmt(const char* what, size_t n) {
+    char line[64];
+    snprintf(line, sizeof line, "%s %zu", what, n);
+    log_line(line);
+}
+
 hipError_t hipInit(unsigned flags) { return flags == 0 ? 0 : 1; }
 hipError_t hipGetDeviceCount(int* n) { *n = 1; return 0; }
-hipError_t hipDeviceGet(int* d, int ordinal) { *d = ordinal; return ordinal == 0 ? 0 : 101; }
-hipError_t hipSetDevice(int d) { return d == 0 ? 0 : 101; }
+hipError_t hipSetDevice(int d) {
+    log_line("setdevice");
+    return d == 0 ? 0 : 101;
+}
 hipError_t hipDeviceGetName(char* name, int len, int d) {
     snprintf(name, (size_t)len, "%s", "Mock MI250X");
     return d == 0 ? 0 : 101;
@@ -64,33 +83,111 @@ hipError_t hipGetDevicePropertiesR0600(void* props, int d)
 const char* hipGetErrorString(hipError_t e) { return e == 0 ? "no error" : "mock error"; }
 
 hipError_t hipMalloc(void** p, size_t bytes) {
+    log_fmt("malloc", bytes);
     *p = malloc(bytes);
+    if (*p) memset(*p, 0xa5, bytes);  // fresh device memory holds garbage, never zeros
     return *p ? 0 : 2;
 }
-hipError_t hipFree(void* p) { free(p); return 0; }
-hipError_t hipMemcpy(void* dst, const void* src, size_t bytes, int kind) {
-    memcpy(dst, src, bytes);
-    return kind == 1 || kind == 2 ? 0 : 1;
-}
-hipError_t hipMemcpyAsync(void* dst, const void* src, size_t bytes, int kind, void* stream) {
-    (void)stream;
-    return hipMemcpy(dst, src, bytes, kind);
-}
-hipError_t hipMemsetAsync(void* dst, int value, size_t bytes, void* stream) {
-    (void)stream;
-    memset(dst, value, bytes);
+hipError_t hipFree(void* p) {
+    log_line("free");
+    free(p);
     return 0;
 }
+
+// ---------------------------------------------------------------------------------------
+// The stream: a queue of work run at hipStreamSynchronize.
+// ---------------------------------------------------------------------------------------
+enum { WORK_MEMSET, WORK_COPY, WORK_ALIGN, WORK_MLA_CHECK };
+typedef struct {
+    int kind;
+    void* dst;
+    const void* src;
+    void* staging;  // a host-to-device copy's source, taken when enqueued
+    size_t bytes;
+    int value;
+    void* p[3];  // kernel pointer parameters
+    int n[4];    // kernel int parameters
+} work_t;
+static work_t queue[4096];
+static int queued;
 static int the_stream;
+
+static hipError_t enqueue(work_t w, void* stream) {
+    if (stream != &the_stream) return 400;
+    if (queued == (int)(sizeof queue / sizeof queue[0])) return 2;
+    queue[queued++] = w;
+    return 0;
+}
+
+// moemla_flag_index: the flag keeps the smallest (position << 32) | (u32)value.
+static void flag_index(void* flag, long long position, int value) {
+    uint64_t word = ((uint64_t)position << 32) | (uint32_t)value;
+    uint64_t old;
+    memcpy(&old, flag, 8);
+    if (word < old) memcpy(flag, &word, 8);
+}
+
+static void run(const work_t* w) {
+    switch (w->kind) {
+        case WORK_MEMSET:
+            memset(w->dst, w->value, w->bytes);
+            break;
+        case WORK_COPY:
+            memcpy(w->dst, w->staging ? w->staging : w->src, w->bytes);
+            free(w->staging);
+            break;
+        case WORK_ALIGN: {  // ids p[0], err p[1]; slots n[0], experts n[1]
+            const int* ids = (const int*)w->p[0];
+            for (int s = 0; s < w->n[0]; ++s)
+                if (ids[s] < -1 || ids[s] >= w->n[1]) flag_index(w->p[1], s, ids[s]);
+            break;
+        }
+        case WORK_MLA_CHECK: {  // table p[0], seqlens p[1], err p[2]; batch, max_blocks,
+                                // block_size, num_blocks n[0..3]
+            const int* table = (const int*)w->p[0];
+            const int* lens = (const int*)w->p[1];
+            char* err = (char*)w->p[2];
+            const long long cap = (long long)w->n[1] * w->n[2];
+            for (int b = 0; b < w->n[0]; ++b) {
+                if (lens[b] < 0 || lens[b] > cap) {
+                    flag_index(err, b, lens[b]);
+                    continue;
+                }
+                const int used = (lens[b] + w->n[2] - 1) / w->n[2];
+                for (int j = 0; j < used; ++j) {
+                    const long long idx = (long long)b * w->n[1] + j;
+                    if (table[idx] < 0 || table[idx] >= w->n[3]) flag_index(err + 8, idx, table[idx]);
+                }
+            }
+            break;
+        }
+    }
+}
+
+hipError_t hipMemcpyAsync(void* dst, const void* src, size_t bytes, int kind, void* stream) {
+    if (kind != 1 && kind != 2) return 1;
+    log_fmt(kind == 1 ? "h2d" : "d2h", bytes);
+    work_t w = {WORK_COPY, dst, src, NULL, bytes, 0, {0}, {0}};
+    if (kind == 1) {  // pageable host memory: staged now, copied in stream order
+        w.staging = malloc(bytes);
+        memcpy(w.staging, src, bytes);
+    }
+    return enqueue(w, stream);
+}
+hipError_t hipMemsetAsync(void* dst, int value, size_t bytes, void* stream) {
+    log_fmt("memset", bytes);
+    work_t w = {WORK_MEMSET, dst, NULL, NULL, bytes, value, {0}, {0}};
+    return enqueue(w, stream);
+}
 hipError_t hipStreamCreate(void** s) { *s = &the_stream; return 0; }
 hipError_t hipStreamDestroy(void* s) { return s == &the_stream ? 0 : 400; }
-hipError_t hipStreamSynchronize(void* s) { return s == &the_stream ? 0 : 400; }
-static int the_event;
-hipError_t hipEventCreate(void** e) { *e = &the_event; return 0; }
-hipError_t hipEventRecord(void* e, void* s) { (void)e; (void)s; return 0; }
-hipError_t hipEventSynchronize(void* e) { (void)e; return 0; }
-hipError_t hipEventElapsedTime(float* ms, void* a, void* b) { (void)a; (void)b; *ms = 0.0f; return 0; }
-hipError_t hipEventDestroy(void* e) { (void)e; return 0; }
+hipError_t hipStreamSynchronize(void* s) {
+    if (s != &the_stream) return 400;
+    log_line("sync");
+    for (int i = 0; i < queued; ++i) run(&queue[i]);
+    queued = 0;
+    return 0;
+}
 
 typedef struct {
     unsigned char* image;
@@ -128,6 +225,9 @@ hipError_t hipModuleGetFunction(void** function, void* module, const char* name)
     char symbol[256];
     snprintf(symbol, sizeof symbol, "%s.kd", name);
     size_t n = strlen(symbol) + 1;
+    char line[300];
+    snprintf(line, sizeof line, "getfn %s", name);
+    log_line(line);
     for (size_t i = 0; i + n <= m->size; ++i) {
         if (memcmp(m->image + i, symbol, n) == 0) {
             *function = strdup(name);  // leaked: the mock lives for one test process
@@ -138,18 +238,40 @@ hipError_t hipModuleGetFunction(void** function, void* module, const char* name)
 }
 // Logs "<kernel> grid=x,y,z block=x,y,z shared=n"; for moemla_moe_route_* also its scalar
 // parameters (experts, top_k, n_group, topk_group, score_func, group_select, renormalize,
-// routed_scaling_factor), read through kernelParams as the kernel would.
+// routed_scaling_factor), read through kernelParams as the kernel would. The two
+// index-checking kernels enqueue their flag updates.
 hipError_t hipModuleLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
                                  unsigned by, unsigned bz, unsigned shared, void* stream,
                                  void** params, void** extra) {
+    const char* name = (const char*)f;
     char line[512];
-    int n = snprintf(line, sizeof line, "%s grid=%u,%u,%u block=%u,%u,%u shared=%u", (const char*)f,
-                     gx, gy, gz, bx, by, bz, shared);
-    if (strncmp((const char*)f, "moemla_moe_route_", 17) == 0) {
+    int n = snprintf(line, sizeof line, "%s grid=%u,%u,%u block=%u,%u,%u shared=%u", name, gx, gy,
+                     gz, bx, by, bz, shared);
+    if (strncmp(name, "moemla_moe_route_", 17) == 0) {
         snprintf(line + n, sizeof line - (size_t)n, " scalars=%d,%d,%d,%d,%d,%d,%d,%g",
                  *(int*)params[5], *(int*)params[6], *(int*)params[7], *(int*)params[8],
                  *(int*)params[9], *(int*)params[10], *(int*)params[11], *(float*)params[12]);
     }
     log_line(line);
-    return stream == &the_stream && extra == NULL ? 0 : 1;
+    if (extra != NULL) return 1;
+    work_t w = {-1, NULL, NULL, NULL, 0, 0, {0}, {0}};
+    if (strcmp(name, "moemla_moe_align") == 0) {
+        // (topk_ids, topk_weights, slots, experts, max_tiles, sorted_rows, slot_pos,
+        //  tile_expert, meta, err)
+        w.kind = WORK_ALIGN;
+        w.p[0] = *(void**)params[0];
+        w.p[1] = *(void**)params[9];
+        w.n[0] = *(int*)params[2];
+        w.n[1] = *(int*)params[3];
+    } else if (strcmp(name, "moemla_mla_check") == 0) {
+        // (block_table, cache_seqlens, batch, max_blocks, block_size, num_blocks, err)
+        w.kind = WORK_MLA_CHECK;
+        w.p[0] = *(void**)params[0];
+        w.p[1] = *(void**)params[1];
+        w.p[2] = *(void**)params[6];
+        for (int i = 0; i < 4; ++i) w.n[i] = *(int*)params[2 + i];
+    } else {
+        return stream == &the_stream ? 0 : 400;
+    }
+    return enqueue(w, stream);
 }

@@ -1,14 +1,7 @@
 use super::*;
 
 fn h100() -> DeviceLimits {
-    DeviceLimits {
-        compute_units: 132,
-        warp_size: 32,
-        max_shared_bytes: 227 * 1024,
-        tensor_cores: true,
-        max_grid: DeviceLimits::CUDA_GRID,
-        max_grid_threads: u64::MAX,
-    }
+    DeviceLimits::cuda(132, 227 * 1024, true)
 }
 
 fn v3(batch: usize, s_q: usize, h_q: usize, seqlen: usize) -> MlaSizes {
@@ -94,14 +87,7 @@ fn compute_bound_shape_has_sixteen_row_tiles() {
 
 #[test]
 fn small_shared_memory_shrinks_the_portable_tile() {
-    let gfx942 = DeviceLimits {
-        compute_units: 304,
-        warp_size: 64,
-        max_shared_bytes: 64 * 1024,
-        tensor_cores: false,
-        max_grid: DeviceLimits::HIP_GRID,
-        max_grid_threads: DeviceLimits::HIP_GRID_THREADS,
-    };
+    let gfx942 = DeviceLimits::hip(304, 64, 64 * 1024);
     let p = plan(&v3(4, 1, 16, 512), DType::F32, &gfx942).unwrap();
     assert!(decode_shared_bytes(4, 576, 512, p.block_q, p.block_n).unwrap() <= 64 * 1024);
     assert_eq!((p.block_q, p.block_n), (4, 16));
@@ -120,14 +106,7 @@ fn a_head_dim_too_wide_for_shared_memory_is_unsupported() {
 
 #[test]
 fn sm80_prefers_two_resident_blocks_over_a_wider_tile() {
-    let a100 = DeviceLimits {
-        compute_units: 108,
-        warp_size: 32,
-        max_shared_bytes: 163 * 1024,
-        tensor_cores: true,
-        max_grid: DeviceLimits::CUDA_GRID,
-        max_grid_threads: u64::MAX,
-    };
+    let a100 = DeviceLimits::cuda(108, 163 * 1024, true);
     // 32 positions (93 KiB) do not fit twice in 164 KiB and 64 (130 KiB) only once;
     // 16 positions (71 KiB) fit twice, and two resident blocks come first.
     let p = plan(&v3(8, 1, 16, 1024), DType::BF16, &a100).unwrap();

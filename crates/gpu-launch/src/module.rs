@@ -1,0 +1,182 @@
+//! The kernel modules: one per `.cu` file of `kernels/cuda`, each compiled as the
+//! portability header followed by the file (kernels/README.md), with its entry points.
+
+/// The portability header, prepended to every module.
+pub const DEVICE_HEADER: &str = include_str!("../../../kernels/common/moemla_device.h");
+
+/// One kernel module (one `.cu` file under `kernels/cuda`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Module {
+    /// `moe_route.cu`: DeepSeek gating.
+    MoeRoute,
+    /// `moe_experts.cu`: align, gate-up + SwiGLU, down, combine.
+    MoeExperts,
+    /// `mla_decode.cu`: index check, split-KV decode, split combine.
+    MlaDecode,
+}
+
+impl Module {
+    /// Every module.
+    pub const ALL: [Module; 3] = [Module::MoeRoute, Module::MoeExperts, Module::MlaDecode];
+
+    /// The module's name (the file stem), as compile logs and caches name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Module::MoeRoute => "moe_route",
+            Module::MoeExperts => "moe_experts",
+            Module::MlaDecode => "mla_decode",
+        }
+    }
+
+    /// The file name under `kernels/cuda`.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Module::MoeRoute => "moe_route.cu",
+            Module::MoeExperts => "moe_experts.cu",
+            Module::MlaDecode => "mla_decode.cu",
+        }
+    }
+
+    /// The `.cu` text.
+    pub fn body(self) -> &'static str {
+        match self {
+            Module::MoeRoute => include_str!("../../../kernels/cuda/moe_route.cu"),
+            Module::MoeExperts => include_str!("../../../kernels/cuda/moe_experts.cu"),
+            Module::MlaDecode => include_str!("../../../kernels/cuda/mla_decode.cu"),
+        }
+    }
+
+    /// The `extern "C"` entry points the module defines.
+    pub fn entry_points(self) -> &'static [&'static str] {
+        match self {
+            Module::MoeRoute => &[
+                "moemla_moe_route_f32",
+                "moemla_moe_route_f16",
+                "moemla_moe_route_bf16",
+            ],
+            Module::MoeExperts => &[
+                "moemla_moe_align",
+                "moemla_moe_gate_up_f32",
+                "moemla_moe_gate_up_f16",
+                "moemla_moe_gate_up_bf16",
+                "moemla_moe_down_f32",
+                "moemla_moe_down_f16",
+                "moemla_moe_down_bf16",
+                "moemla_moe_combine_f32",
+                "moemla_moe_combine_f16",
+                "moemla_moe_combine_bf16",
+            ],
+            Module::MlaDecode => &[
+                "moemla_mla_check",
+                "moemla_mla_decode_f32",
+                "moemla_mla_decode_f16",
+                "moemla_mla_decode_bf16",
+                "moemla_mla_combine_f32",
+                "moemla_mla_combine_f16",
+                "moemla_mla_combine_bf16",
+            ],
+        }
+    }
+
+    /// The translation unit NVRTC / hipRTC compile: the header, then the module, with a
+    /// `#line` so compiler messages name the `.cu` file and its own line numbers.
+    pub fn source(self) -> String {
+        format!(
+            "{DEVICE_HEADER}\n#line 1 \"{}\"\n{}",
+            self.file_name(),
+            self.body()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Module;
+    use moemla_core::DType;
+    use moemla_kernel_plan::mla::{self, MlaSizes};
+    use moemla_kernel_plan::{experts, route, DeviceLimits};
+
+    /// The limits of both APIs: CUDA (tensor cores on and off) and HIP (64-lane waves).
+    fn devices() -> [DeviceLimits; 3] {
+        [
+            DeviceLimits::cuda(132, 227 * 1024, false),
+            DeviceLimits::cuda(132, 227 * 1024, true),
+            DeviceLimits::hip(304, 64, 64 * 1024),
+        ]
+    }
+
+    fn assert_in(module: Module, kernel: &str) {
+        assert!(
+            module.entry_points().contains(&kernel),
+            "{kernel} is not an entry point of {}",
+            module.file_name()
+        );
+    }
+
+    /// Every kernel a plan launches is an entry point of the module the runner loads it
+    /// from, on every device kind and dtype.
+    #[test]
+    fn planned_kernels_are_entry_points_of_their_modules() {
+        let sizes = MlaSizes {
+            batch: 2,
+            s_q: 1,
+            h_q: 16,
+            h_kv: 1,
+            d_qk: 576,
+            d_v: 512,
+            num_blocks: 8,
+            block_size: 64,
+            max_blocks: 4,
+        };
+        for limits in devices() {
+            for dtype in DType::FLOATS {
+                let l = route::plan(4, 256, 8, 8, dtype, &limits).unwrap();
+                assert_in(Module::MoeRoute, &l.kernel);
+                let p = experts::plan(4, 7168, 2048, 256, 8, dtype, &limits).unwrap();
+                for l in &p.launches {
+                    assert_in(Module::MoeExperts, &l.kernel);
+                }
+                let p = mla::plan(&sizes, dtype, &limits).unwrap();
+                for l in &p.launches {
+                    assert_in(Module::MlaDecode, &l.kernel);
+                }
+            }
+        }
+    }
+
+    /// Every listed entry point is defined in its module's source, written out or through
+    /// the module's per-dtype macro, and every `__global__` definition is listed.
+    #[test]
+    fn every_entry_point_is_defined_in_its_source_and_listed() {
+        for module in Module::ALL {
+            let body = module.body();
+            for entry in module.entry_points() {
+                let (base, sfx) = entry.rsplit_once('_').unwrap();
+                let direct = body.contains(&format!("void {entry}("));
+                let via_macro = body.contains(&format!("void {base}_##SFX("))
+                    && body.contains(&format!("({sfx}, "));
+                assert!(
+                    direct || via_macro,
+                    "{entry} not found in {}",
+                    module.file_name()
+                );
+            }
+            let defined = body.matches("__global__ void ").count();
+            let macros = body.matches("_##SFX(").count();
+            let per_macro = 3; // f32, f16, bf16
+            assert_eq!(
+                defined - macros + macros * per_macro,
+                module.entry_points().len(),
+                "{}: entry points listed vs defined",
+                module.file_name()
+            );
+        }
+    }
+
+    #[test]
+    fn the_source_is_the_header_then_the_module() {
+        let src = Module::MoeExperts.source();
+        assert!(src.starts_with(super::DEVICE_HEADER));
+        assert!(src.contains("#line 1 \"moe_experts.cu\"\n// moe_experts.cu"));
+    }
+}

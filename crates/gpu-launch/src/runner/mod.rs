@@ -1,0 +1,201 @@
+//! The one generic runner of the CUDA and HIP backends: the `Backend` methods on top of a
+//! [`GpuDevice`], with the ops' argument lists written once (one file per op).
+//!
+//! Every op plans with `moemla-kernel-plan`, allocates its outputs (not zero-filled: the
+//! kernels write every element), takes the backend's stream state (workspace and error
+//! flags) for as long as it enqueues, launches, and returns without waiting for the
+//! device. Index errors surface at the next [`GpuRunner::synchronize`] or
+//! [`GpuRunner::download`] (see [`crate::flags`]).
+
+mod mla_decode;
+mod moe_experts;
+mod moe_route;
+
+use crate::args::Arg;
+use crate::device::{GpuBuffer, GpuDevice};
+use crate::flags::{FlagArena, FlagCheck};
+use crate::module::Module;
+use moemla_core::calls::{
+    MlaDecodeCall, MlaDecodeOutput, MoeExpertsCall, MoeRouteCall, MoeRouteOutput,
+};
+use moemla_core::{DType, DeviceTensor, Error, HostTensor, Op, Result, Shape};
+use moemla_kernel_plan::{Launch, PlanError};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// What the ops share on the backend's one stream: the workspace they reuse and the
+/// error flags. Held by an op for as long as it enqueues, so that one op's launches are
+/// consecutive on the stream and its workspace is not another's until it has run.
+struct StreamState<B> {
+    workspace: Option<B>,
+    flags: FlagArena<B>,
+}
+
+/// The CUDA/HIP implementation of the `Backend` methods over a device `D`.
+pub struct GpuRunner<D: GpuDevice> {
+    dev: D,
+    name: Arc<str>,
+    stream: Mutex<StreamState<D::Buffer>>,
+}
+
+impl<D: GpuDevice> GpuRunner<D> {
+    /// A runner on `dev`.
+    pub fn new(dev: D) -> Self {
+        GpuRunner {
+            dev,
+            name: Arc::from(D::NAME),
+            stream: Mutex::new(StreamState {
+                workspace: None,
+                flags: FlagArena::default(),
+            }),
+        }
+    }
+
+    /// The device.
+    pub fn device(&self) -> &D {
+        &self.dev
+    }
+
+    /// A tensor of this backend over `buffer`.
+    pub fn tensor(&self, buffer: D::Buffer, shape: impl Into<Shape>, dtype: DType) -> DeviceTensor {
+        DeviceTensor::new(Arc::new(buffer), self.name.clone(), shape, dtype)
+    }
+
+    /// The buffer of a tensor of this backend (`WrongBackend` naming `call` and `arg`
+    /// otherwise).
+    pub fn buffer<'a>(
+        &self,
+        t: &'a DeviceTensor,
+        call: &'static str,
+        arg: &'static str,
+    ) -> Result<&'a D::Buffer> {
+        t.buffer::<D::Buffer>(D::NAME, call, arg)
+    }
+
+    /// A zero-filled tensor (the fill is enqueued, not waited for).
+    pub fn alloc_zeroed(&self, shape: &Shape, dtype: DType) -> Result<DeviceTensor> {
+        let bytes = shape.byte_len(dtype)?;
+        self.dev.enter()?;
+        let buffer = self.dev.alloc(bytes)?;
+        self.dev.fill(&buffer, bytes, 0)?;
+        Ok(self.tensor(buffer, shape.clone(), dtype))
+    }
+
+    /// Copies a host tensor to the device.
+    pub fn upload(&self, host: &HostTensor) -> Result<DeviceTensor> {
+        self.dev.enter()?;
+        let buffer = self.dev.upload(host.as_bytes())?;
+        Ok(self.tensor(buffer, host.shape().clone(), host.dtype()))
+    }
+
+    /// Copies a tensor to the host after all enqueued work; first reports a pending index
+    /// error of an earlier op (see [`GpuRunner::synchronize`]).
+    pub fn download(&self, t: &DeviceTensor) -> Result<HostTensor> {
+        let buffer = self.buffer(t, "download", "tensor")?;
+        let bytes = t.shape().byte_len(t.dtype())?;
+        self.dev.enter()?;
+        self.check()?;
+        let data = self.dev.download(buffer, bytes)?;
+        HostTensor::from_bytes(t.shape().clone(), t.dtype(), data)
+    }
+
+    /// Waits for all enqueued work, then reports the first index error an op enqueued since
+    /// the last check met on the device (in enqueue order), as `IndexOutOfRange` naming
+    /// that op, the argument and the first bad position. Reported once: the flags are
+    /// reset, and the backend stays usable.
+    pub fn synchronize(&self) -> Result<()> {
+        self.dev.enter()?;
+        self.check()
+    }
+
+    fn check(&self) -> Result<()> {
+        let mut stream = self.lock();
+        self.dev.synchronize()?;
+        match stream.flags.take_error(&self.dev)? {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// `moe_route` (one launch).
+    pub fn moe_route(&self, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput> {
+        moe_route::run(self, call)
+    }
+
+    /// `moe_experts` (four launches); bad `topk_ids` surface at the next synchronize.
+    pub fn moe_experts(&self, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor> {
+        moe_experts::run(self, call)
+    }
+
+    /// `mla_decode` (three launches); bad `cache_seqlens` / `block_table` entries surface
+    /// at the next synchronize.
+    pub fn mla_decode(&self, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutput> {
+        mla_decode::run(self, call)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, StreamState<D::Buffer>> {
+        self.stream.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An uninitialised output tensor (the op's kernels write every element).
+    fn output(&self, dims: &[usize], dtype: DType, bytes: usize) -> Result<(D::Buffer, Shape)> {
+        let shape = Shape::new(dims.to_vec());
+        debug_assert_eq!(shape.byte_len(dtype).ok(), Some(bytes));
+        Ok((self.dev.alloc(bytes)?, shape))
+    }
+
+    /// The contract's `Unsupported` for a problem the plans cannot launch.
+    fn plan_error(&self, e: PlanError) -> Error {
+        e.into_error(D::NAME)
+    }
+
+    /// Enqueues one planned launch; a grid with a zero dimension (an empty problem)
+    /// launches nothing.
+    fn launch(&self, module: Module, launch: &Launch, args: &[Arg]) -> Result<()> {
+        if launch.grid.contains(&0) {
+            return Ok(());
+        }
+        self.dev.launch(module, launch, args)
+    }
+}
+
+impl<B: GpuBuffer> StreamState<B> {
+    /// The base address of a workspace of at least `bytes` bytes, reused across ops (the
+    /// stream runs them in order); a larger one replaces it when needed.
+    fn workspace<D: GpuDevice<Buffer = B>>(&mut self, dev: &D, bytes: usize) -> Result<u64> {
+        if self.workspace.as_ref().is_none_or(|w| w.bytes() < bytes) {
+            // The old buffer is released by the device in stream order, never waited for.
+            self.workspace = Some(dev.alloc(bytes)?);
+        }
+        Ok(self.workspace.as_ref().map_or(0, |w| w.address()))
+    }
+}
+
+/// A kernel's `int` parameter; the plans have checked every size, so a value beyond
+/// `i32::MAX` is a typed error here, never a wrap.
+fn int<D: GpuDevice>(op: Op, what: &str, value: usize) -> Result<Arg> {
+    i32::try_from(value)
+        .map(Arg::I32)
+        .map_err(|_| Error::Unsupported {
+            backend: D::NAME.to_string(),
+            op,
+            what: format!("{what} = {value}"),
+            reason: "exceeds the kernels' int parameters".into(),
+        })
+}
+
+/// The address of a workspace region.
+fn at(base: u64, region: moemla_kernel_plan::Region) -> Arg {
+    Arg::Ptr(base + region.offset as u64)
+}
+
+/// The flag check of an index argument.
+fn flag_check(arg: &'static str, t: &DeviceTensor, valid: String) -> FlagCheck {
+    FlagCheck {
+        arg,
+        shape: t.shape().clone(),
+        valid,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,527 @@
+//! The runner on a fake device: host memory, a stream whose work runs only when it is
+//! synchronized (so a result read before a synchronize would be stale), a call log, and
+//! the two index-checking kernels modelled from kernels/README.md's flag rule.
+
+use super::GpuRunner;
+use crate::args::Arg;
+use crate::device::{GpuBuffer, GpuDevice};
+use crate::module::Module;
+use moemla_core::calls::{
+    MlaDecodeCall, MlaDecodeOutput, MoeExpertsCall, MoeRouteCall, MoeRouteOutput,
+};
+use moemla_core::{
+    ops, Backend, BackendInfo, DType, DeviceBuffer, DeviceTensor, Error, ExpertsParams, HostTensor,
+    MlaDecodeParams, Op, Result, RouteParams, Shape, Verification, VerificationKind,
+};
+use moemla_kernel_plan::{DeviceLimits, Launch};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// Device memory and the stream of the fake device.
+#[derive(Default)]
+struct State {
+    /// Allocations by base address.
+    memory: BTreeMap<u64, Vec<u8>>,
+    next: u64,
+    /// Enqueued work, run at synchronize.
+    queue: Vec<Work>,
+    /// Frees deferred to the next synchronize (stream order).
+    freed: Vec<u64>,
+    /// Every call, in order.
+    log: Vec<String>,
+}
+
+enum Work {
+    Fill(u64, usize, u8),
+    Launch(String, Vec<Arg>),
+}
+
+impl State {
+    fn slice(&mut self, addr: u64, len: usize) -> &mut [u8] {
+        let (&base, buf) = self.memory.range_mut(..=addr).next_back().expect("mapped");
+        let off = (addr - base) as usize;
+        &mut buf[off..off + len]
+    }
+    fn i32_at(&mut self, addr: u64, i: usize) -> i32 {
+        let b = self.slice(addr + 4 * i as u64, 4);
+        i32::from_le_bytes(b.try_into().unwrap())
+    }
+    fn f32_at(&mut self, addr: u64, i: usize) -> f32 {
+        let b = self.slice(addr + 4 * i as u64, 4);
+        f32::from_le_bytes(b.try_into().unwrap())
+    }
+    /// `moemla_flag_index`: atomicMin of (position << 32) | (u32)value.
+    fn flag(&mut self, addr: u64, position: usize, value: i32) {
+        let word = ((position as u64) << 32) | u64::from(value as u32);
+        let b = self.slice(addr, 8);
+        let old = u64::from_le_bytes(b.try_into().unwrap());
+        b.copy_from_slice(&old.min(word).to_le_bytes());
+    }
+    fn run(&mut self, work: Work) {
+        match work {
+            Work::Fill(addr, len, v) => self.slice(addr, len).fill(v),
+            Work::Launch(kernel, a) => {
+                let p = |i: usize| match a[i] {
+                    Arg::Ptr(p) => p,
+                    _ => panic!("{kernel}: parameter {i} is not a pointer"),
+                };
+                let n = |i: usize| match a[i] {
+                    Arg::I32(v) => v,
+                    _ => panic!("{kernel}: parameter {i} is not an int"),
+                };
+                match kernel.as_str() {
+                    "moemla_moe_align" => {
+                        let (ids, weights, slots, experts, err) = (p(0), p(1), n(2), n(3), p(9));
+                        for s in 0..slots as usize {
+                            let id = self.i32_at(ids, s);
+                            let _ = self.f32_at(weights, s);
+                            if id < -1 || id >= experts {
+                                self.flag(err, s, id);
+                            }
+                        }
+                    }
+                    "moemla_mla_check" => {
+                        let (table, lens, batch, max_blocks, block_size, num_blocks, err) =
+                            (p(0), p(1), n(2), n(3), n(4), n(5), p(6));
+                        let cap = i64::from(max_blocks) * i64::from(block_size);
+                        for idx in 0..(batch * max_blocks) as usize {
+                            let (b, j) = (idx / max_blocks as usize, idx % max_blocks as usize);
+                            let len = self.i32_at(lens, b);
+                            if len < 0 || i64::from(len) > cap {
+                                if j == 0 {
+                                    self.flag(err, b, len);
+                                }
+                                continue;
+                            }
+                            if (j as i64)
+                                < (i64::from(len) + i64::from(block_size) - 1)
+                                    / i64::from(block_size)
+                            {
+                                let blk = self.i32_at(table, idx);
+                                if blk < 0 || blk >= num_blocks {
+                                    self.flag(err + 8, idx, blk);
+                                }
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone, Default)]
+struct Fake(Arc<Mutex<State>>);
+
+impl Fake {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn log(&self, line: String) {
+        self.state().log.push(line);
+    }
+    /// The calls since the last take.
+    fn take_log(&self) -> Vec<String> {
+        std::mem::take(&mut self.state().log)
+    }
+}
+
+#[derive(Debug)]
+struct FakeBuffer {
+    addr: u64,
+    bytes: usize,
+    dev: Arc<Mutex<State>>,
+}
+
+impl DeviceBuffer for FakeBuffer {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+impl GpuBuffer for FakeBuffer {
+    fn address(&self) -> u64 {
+        self.addr
+    }
+    fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Drop for FakeBuffer {
+    fn drop(&mut self) {
+        let mut s = self.dev.lock().unwrap_or_else(|p| p.into_inner());
+        s.freed.push(self.addr);
+    }
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "fake device")
+    }
+}
+
+impl GpuDevice for Fake {
+    type Buffer = FakeBuffer;
+    const NAME: &'static str = "fake";
+
+    fn enter(&self) -> Result<()> {
+        self.log("enter".into());
+        Ok(())
+    }
+    fn limits(&self, _op: Op) -> Result<DeviceLimits> {
+        Ok(DeviceLimits::hip(4, 64, 64 * 1024))
+    }
+    fn alloc(&self, bytes: usize) -> Result<FakeBuffer> {
+        let mut s = self.state();
+        s.log.push(format!("alloc {bytes}"));
+        let addr = 0x1000 + s.next;
+        s.next += (bytes as u64).max(1).next_multiple_of(256);
+        // Fresh memory holds garbage (0xa5), never zeros.
+        s.memory.insert(addr, vec![0xa5; bytes.max(1)]);
+        Ok(FakeBuffer {
+            addr,
+            bytes,
+            dev: self.0.clone(),
+        })
+    }
+    fn fill(&self, buffer: &FakeBuffer, bytes: usize, value: u8) -> Result<()> {
+        let mut s = self.state();
+        s.log.push(format!("fill {bytes} {value:#x}"));
+        s.queue.push(Work::Fill(buffer.addr, bytes, value));
+        Ok(())
+    }
+    fn upload(&self, data: &[u8]) -> Result<FakeBuffer> {
+        let buffer = self.alloc(data.len())?;
+        let mut s = self.state();
+        s.log.push(format!("upload {}", data.len()));
+        s.slice(buffer.addr, data.len()).copy_from_slice(data);
+        Ok(buffer)
+    }
+    fn download(&self, buffer: &FakeBuffer, bytes: usize) -> Result<Vec<u8>> {
+        let mut s = self.state();
+        s.log.push(format!("download {bytes}"));
+        // A copy after the stream's pending work, waited for.
+        for work in std::mem::take(&mut s.queue) {
+            s.run(work);
+        }
+        assert!(bytes <= buffer.bytes);
+        Ok(s.slice(buffer.addr, bytes).to_vec())
+    }
+    fn launch(&self, module: Module, launch: &Launch, args: &[Arg]) -> Result<()> {
+        assert!(module.entry_points().contains(&launch.kernel.as_str()));
+        assert!(
+            !launch.grid.contains(&0),
+            "{} with an empty grid",
+            launch.kernel
+        );
+        let mut s = self.state();
+        s.log.push(format!("launch {}", launch.kernel));
+        s.queue
+            .push(Work::Launch(launch.kernel.clone(), args.to_vec()));
+        Ok(())
+    }
+    fn synchronize(&self) -> Result<()> {
+        let mut s = self.state();
+        s.log.push("sync".into());
+        for work in std::mem::take(&mut s.queue) {
+            s.run(work);
+        }
+        for addr in std::mem::take(&mut s.freed) {
+            s.memory.remove(&addr);
+        }
+        Ok(())
+    }
+}
+
+/// A backend on the fake device, so that calls go through core's validation.
+struct FakeBackend(GpuRunner<Fake>);
+
+impl Backend for FakeBackend {
+    fn name(&self) -> &str {
+        "fake"
+    }
+    fn info(&self) -> BackendInfo {
+        BackendInfo {
+            name: "fake".into(),
+            vendor: "test".into(),
+            device: "fake".into(),
+            device_kind: moemla_core::DeviceKind::Emulator,
+            memory_bytes: None,
+            supported: moemla_core::OpSupport::all_v1(),
+            verification: Verification {
+                kind: VerificationKind::Unverified,
+                detail: String::new(),
+            },
+            notes: vec![],
+        }
+    }
+    fn alloc_zeroed(&self, shape: &Shape, dtype: DType) -> Result<DeviceTensor> {
+        self.0.alloc_zeroed(shape, dtype)
+    }
+    fn upload(&self, host: &HostTensor) -> Result<DeviceTensor> {
+        self.0.upload(host)
+    }
+    fn download(&self, tensor: &DeviceTensor) -> Result<HostTensor> {
+        self.0.download(tensor)
+    }
+    fn synchronize(&self) -> Result<()> {
+        self.0.synchronize()
+    }
+    fn moe_route(&self, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput> {
+        self.0.moe_route(call)
+    }
+    fn moe_experts(&self, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor> {
+        self.0.moe_experts(call)
+    }
+    fn mla_decode(&self, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutput> {
+        self.0.mla_decode(call)
+    }
+}
+
+fn backend() -> (FakeBackend, Fake) {
+    let fake = Fake::default();
+    (FakeBackend(GpuRunner::new(fake.clone())), fake)
+}
+
+fn f32s(b: &FakeBackend, dims: &[usize]) -> DeviceTensor {
+    let n: usize = dims.iter().product();
+    let v: Vec<f32> = (0..n).map(|i| (i % 5) as f32 * 0.5 - 1.0).collect();
+    b.upload(&HostTensor::from_slice(dims, &v).unwrap())
+        .unwrap()
+}
+
+fn i32s(b: &FakeBackend, dims: &[usize], v: &[i32]) -> DeviceTensor {
+    b.upload(&HostTensor::from_slice(dims, v).unwrap()).unwrap()
+}
+
+/// An experts call: T = 3, k = 2, E = 4, H = 64, I = 32.
+fn experts(b: &FakeBackend, ids: &[i32]) -> Result<DeviceTensor> {
+    let x = f32s(b, &[3, 64]);
+    let w13 = f32s(b, &[4, 64, 64]);
+    let w2 = f32s(b, &[4, 64, 32]);
+    let ids = i32s(b, &[3, 2], ids);
+    let w = f32s(b, &[3, 2]);
+    ops::moe_experts(b, &x, &w13, &w2, &ids, &w, &ExpertsParams::default())
+}
+
+/// An MLA call: B = 2, Sq = 1, Hq = 4, Dqk = 24, Dv = 16, 4 blocks of 8, 2 per sequence.
+fn mla(b: &FakeBackend, table: &[i32], seqlens: &[i32]) -> Result<MlaDecodeOutput> {
+    let q = f32s(b, &[2, 1, 4, 24]);
+    let kv = f32s(b, &[4, 8, 1, 24]);
+    let table = i32s(b, &[2, 2], table);
+    let seqlens = i32s(b, &[2], seqlens);
+    let mut p = MlaDecodeParams::deepseek_v3();
+    p.softmax_scale = 0.2;
+    p.causal = false;
+    p.head_dim_v = 16;
+    ops::mla_decode(b, &q, &kv, &table, &seqlens, &p)
+}
+
+fn has(log: &[String], prefix: &str) -> bool {
+    log.iter().any(|l| l.starts_with(prefix))
+}
+
+#[test]
+fn ops_enqueue_and_return_without_waiting_or_reading_back() {
+    let (b, fake) = backend();
+    let logits = f32s(&b, &[5, 64]);
+    fake.take_log();
+    let out = ops::moe_route(&b, &logits, None, &RouteParams::deepseek_v2()).unwrap();
+    assert_eq!(
+        fake.take_log(),
+        [
+            "enter",
+            "alloc 120",
+            "alloc 120",
+            "launch moemla_moe_route_f32"
+        ]
+    );
+    assert_eq!(out.topk_ids.dims(), [5, 6]);
+    experts(&b, &[0, 3, -1, 2, 1, 1]).unwrap();
+    mla(&b, &[0, 1, 2, 3], &[16, 9]).unwrap();
+    let log = fake.take_log();
+    assert!(!has(&log, "sync") && !has(&log, "download"), "{log:?}");
+    // Outputs are not zero-filled: the only fills clear the error flags.
+    assert!(
+        log.iter()
+            .filter(|l| l.starts_with("fill"))
+            .all(|l| l.ends_with("0xff")),
+        "{log:?}"
+    );
+    b.synchronize().unwrap();
+    // One read of the three flags in use, one reset.
+    assert_eq!(
+        fake.take_log(),
+        ["enter", "sync", "download 24", "fill 24 0xff"]
+    );
+}
+
+#[test]
+fn an_index_error_surfaces_at_the_next_synchronize_naming_op_arg_and_position() {
+    let (b, fake) = backend();
+    // Slot 3 = [1, 1] holds 4 = E; slot 5 holds -5 (a later bad one).
+    experts(&b, &[0, 3, -1, 4, 1, -5]).expect("enqueued; not yet checked");
+    assert!(!has(&fake.take_log(), "sync"));
+    assert_eq!(
+        b.synchronize(),
+        Err(Error::IndexOutOfRange {
+            op: Op::MoeExperts,
+            arg: "topk_ids",
+            index: vec![1, 1],
+            value: 4,
+            valid: "[-1, 4)".into(),
+        })
+    );
+    // Reported once, and the backend goes on.
+    b.synchronize().unwrap();
+    let y = experts(&b, &[0, 3, -1, 2, 1, 1]).unwrap();
+    assert_eq!(b.download(&y).unwrap().dims(), [3, 64]);
+}
+
+#[test]
+fn the_first_error_in_enqueue_order_is_reported_by_download_too() {
+    let (b, _fake) = backend();
+    // Sequence 1's length 17 > 2 * 8; sequence 0's table entry 1 = 4 >= num_blocks.
+    mla(&b, &[0, 4, 2, 3], &[16, 17]).unwrap();
+    let y = experts(&b, &[0, 9, -1, 2, 1, 1]).unwrap();
+    let err = b.download(&y).unwrap_err();
+    // The MLA call came first, and its seqlens are checked before its table.
+    assert_eq!(
+        err,
+        Error::IndexOutOfRange {
+            op: Op::MlaDecode,
+            arg: "cache_seqlens",
+            index: vec![1],
+            value: 17,
+            valid: "[0, 16] (max_blocks * block_size)".into(),
+        }
+    );
+    b.download(&y).unwrap();
+    mla(&b, &[0, 4, 2, 3], &[16, 9]).unwrap();
+    match b.synchronize() {
+        Err(Error::IndexOutOfRange {
+            arg, index, value, ..
+        }) => {
+            assert_eq!((arg, value), ("block_table", 4));
+            assert_eq!(index, vec![0, 1]);
+        }
+        other => panic!("expected a block_table error, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_workspace_and_flags_are_reused_and_a_repeated_op_only_allocates_its_output() {
+    let (b, fake) = backend();
+    let x = f32s(&b, &[3, 64]);
+    let w13 = f32s(&b, &[4, 64, 64]);
+    let w2 = f32s(&b, &[4, 64, 32]);
+    let ids = i32s(&b, &[3, 2], &[0, 3, -1, 2, 1, 1]);
+    let w = f32s(&b, &[3, 2]);
+    let run = || ops::moe_experts(&b, &x, &w13, &w2, &ids, &w, &ExpertsParams::default()).unwrap();
+    fake.take_log();
+    run();
+    let first = fake.take_log();
+    assert_eq!(
+        first.iter().filter(|l| l.starts_with("alloc")).count(),
+        3,
+        "{first:?}"
+    );
+    run();
+    assert_eq!(
+        fake.take_log(),
+        [
+            "enter",
+            "alloc 768", // y: 3 x 64 f32
+            "launch moemla_moe_align",
+            "launch moemla_moe_gate_up_f32",
+            "launch moemla_moe_down_f32",
+            "launch moemla_moe_combine_f32",
+        ]
+    );
+}
+
+#[test]
+fn the_argument_lists_follow_the_kernels_parameters() {
+    let (b, fake) = backend();
+    let logits = f32s(&b, &[5, 64]);
+    let bias = f32s(&b, &[64]);
+    let (logits_at, bias_at) = (
+        b.0.buffer(&logits, "t", "t").unwrap().addr,
+        b.0.buffer(&bias, "t", "t").unwrap().addr,
+    );
+    ops::moe_route(&b, &logits, Some(&bias), &RouteParams::deepseek_v3()).unwrap();
+    let s = fake.state();
+    let Some(Work::Launch(kernel, args)) = s.queue.last() else {
+        panic!("no launch");
+    };
+    assert_eq!(kernel, "moemla_moe_route_f32");
+    let v3 = RouteParams::deepseek_v3();
+    assert_eq!(args.len(), 13);
+    assert_eq!(
+        args[..3],
+        [Arg::Ptr(logits_at), Arg::Ptr(bias_at), Arg::I32(1)]
+    );
+    // topk_ids and topk_weights: two fresh, distinct allocations.
+    assert!(matches!((args[3], args[4]), (Arg::Ptr(i), Arg::Ptr(w)) if i != w && i > bias_at));
+    assert_eq!(
+        args[5..],
+        [
+            Arg::I32(64),
+            Arg::I32(v3.top_k as i32),
+            Arg::I32(v3.n_group as i32),
+            Arg::I32(v3.topk_group as i32),
+            Arg::I32(0), // sigmoid
+            Arg::I32(1), // top2_sum
+            Arg::I32(1), // renormalize
+            Arg::F32(v3.routed_scaling_factor as f32),
+        ]
+    );
+}
+
+#[test]
+fn a_grid_with_a_zero_dimension_launches_nothing() {
+    let (b, fake) = backend();
+    let launch = Launch {
+        kernel: "moemla_moe_route_f32".into(),
+        grid: [0, 1, 1],
+        block: [256, 1, 1],
+        shared_bytes: 0,
+    };
+    b.0.launch(Module::MoeRoute, &launch, &[]).unwrap();
+    assert!(fake.take_log().is_empty());
+}
+
+#[test]
+fn flags_beyond_one_chunk_are_read_and_reset_together() {
+    let (b, _fake) = backend();
+    // 300 MLA calls hold 600 flags: two chunks; the bad one is the 290th.
+    for i in 0..300 {
+        let table = if i == 289 { [0, 1, 2, 7] } else { [0, 1, 2, 3] };
+        mla(&b, &table, &[16, 9]).unwrap();
+    }
+    match b.synchronize() {
+        Err(Error::IndexOutOfRange {
+            arg, index, value, ..
+        }) => {
+            assert_eq!((arg, value), ("block_table", 7));
+            assert_eq!(index, vec![1, 1]);
+        }
+        other => panic!("expected the 290th call's error, got {other:?}"),
+    }
+    b.synchronize().unwrap();
+    mla(&b, &[0, 1, 2, 3], &[16, 9]).unwrap();
+    b.synchronize().unwrap();
+}
+
+#[test]
+fn alloc_zeroed_is_zero_and_upload_round_trips() {
+    let (b, _fake) = backend();
+    let z = b
+        .alloc_zeroed(&Shape::new(vec![3, 5]), DType::BF16)
+        .unwrap();
+    assert_eq!(b.download(&z).unwrap().as_bytes(), &[0u8; 30]);
+    let host = HostTensor::from_slice([2, 2], &[1i32, -2, 3, i32::MIN]).unwrap();
+    assert_eq!(b.download(&b.upload(&host).unwrap()).unwrap(), host);
+}
