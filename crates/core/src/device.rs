@@ -65,7 +65,8 @@ impl DeviceTensor {
 
     /// The size of the data in bytes.
     pub fn size_in_bytes(&self) -> usize {
-        self.elem_count() * self.dtype.size_in_bytes()
+        // Saturating, like `elem_count`: a tensor built by a backend always fits.
+        self.elem_count().saturating_mul(self.dtype.size_in_bytes())
     }
 
     /// The name of the backend that owns the buffer.

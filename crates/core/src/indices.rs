@@ -75,7 +75,8 @@ struct Paged<'s> {
 
 impl Paged<'_> {
     fn check(&self, block_table: &[i32], cache_seqlens: &[i32]) -> Result<()> {
-        let capacity = self.max_blocks.saturating_mul(self.block_size) as i64;
+        let capacity =
+            i64::try_from(self.max_blocks.saturating_mul(self.block_size)).unwrap_or(i64::MAX);
         if let Some(b) = cache_seqlens
             .iter()
             .position(|&len| !(0..=capacity).contains(&(len as i64)))

@@ -27,6 +27,17 @@ pub(crate) fn validate<'a>(
     checks::dtype_in(OP, "logits", logits, &DType::FLOATS)?;
     checks::dim_nonzero(OP, "logits", logits, 0, "T")?;
     checks::dim_nonzero(OP, "logits", logits, 1, "E")?;
+    if logits.dims()[1] > i32::MAX as usize {
+        // topk_ids are I32: every expert id must be representable.
+        return Err(checks::dim_error(
+            OP,
+            "logits",
+            logits,
+            1,
+            "E",
+            format!("<= {} (expert ids are I32)", i32::MAX),
+        ));
+    }
     let (tokens, experts) = (logits.dims()[0], logits.dims()[1]);
 
     if let Some(bias) = a.bias {
