@@ -32,12 +32,9 @@ pub use device::{CudaBuffer, CudaDevice};
 pub use error::CudaError;
 
 use error::OrCore;
-use moemla_core::calls::{
-    MlaDecodeCall, MlaDecodeOutput, MoeExpertsCall, MoeRouteCall, MoeRouteOutput,
-};
 use moemla_core::{
-    Backend, BackendInfo, DType, DeviceTensor, Error, HostTensor, OpSupport, Result, Shape,
-    Verification, VerificationKind,
+    Backend, BackendInfo, DType, DeviceTensor, Error, OpSupport, Result, Verification,
+    VerificationKind,
 };
 use moemla_gpu_launch::GpuRunner;
 use std::sync::{Arc, OnceLock};
@@ -152,33 +149,7 @@ impl Backend for CudaBackend {
         }
     }
 
-    fn alloc_zeroed(&self, shape: &Shape, dtype: DType) -> Result<DeviceTensor> {
-        self.gpu.alloc_zeroed(shape, dtype)
-    }
-
-    fn upload(&self, host: &HostTensor) -> Result<DeviceTensor> {
-        self.gpu.upload(host)
-    }
-
-    fn download(&self, tensor: &DeviceTensor) -> Result<HostTensor> {
-        self.gpu.download(tensor)
-    }
-
-    fn synchronize(&self) -> Result<()> {
-        self.gpu.synchronize()
-    }
-
-    fn moe_route(&self, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput> {
-        self.gpu.moe_route(call)
-    }
-
-    fn moe_experts(&self, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor> {
-        self.gpu.moe_experts(call)
-    }
-
-    fn mla_decode(&self, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutput> {
-        self.gpu.mla_decode(call)
-    }
+    moemla_gpu_launch::runner_backend_methods!(gpu);
 
     fn copy_bench(&self, bytes: usize, reps: usize) -> Result<Duration> {
         ceilings::copy_bench(self.device(), bytes, reps)

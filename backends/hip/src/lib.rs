@@ -28,11 +28,7 @@ mod props;
 
 use device::{Device, KERNEL_WAVEFRONT};
 use flavour::SearchList;
-use moemla_core::calls::{MlaDecodeCall, MoeExpertsCall, MoeRouteCall};
-use moemla_core::{
-    Backend, BackendInfo, DType, DeviceTensor, HostTensor, MlaDecodeOutput, MoeRouteOutput,
-    OpSupport, Result, Shape, Verification, VerificationKind,
-};
+use moemla_core::{Backend, BackendInfo, OpSupport, Result, Verification, VerificationKind};
 use moemla_gpu_launch::GpuRunner;
 use std::sync::Arc;
 
@@ -132,31 +128,5 @@ impl Backend for HipBackend {
         }
     }
 
-    fn alloc_zeroed(&self, shape: &Shape, dtype: DType) -> Result<DeviceTensor> {
-        self.gpu.alloc_zeroed(shape, dtype)
-    }
-
-    fn upload(&self, host: &HostTensor) -> Result<DeviceTensor> {
-        self.gpu.upload(host)
-    }
-
-    fn download(&self, tensor: &DeviceTensor) -> Result<HostTensor> {
-        self.gpu.download(tensor)
-    }
-
-    fn synchronize(&self) -> Result<()> {
-        self.gpu.synchronize()
-    }
-
-    fn moe_route(&self, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput> {
-        self.gpu.moe_route(call)
-    }
-
-    fn moe_experts(&self, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor> {
-        self.gpu.moe_experts(call)
-    }
-
-    fn mla_decode(&self, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutput> {
-        self.gpu.mla_decode(call)
-    }
+    moemla_gpu_launch::runner_backend_methods!(gpu);
 }

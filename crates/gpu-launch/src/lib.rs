@@ -32,6 +32,9 @@ pub mod library;
 pub mod module;
 pub mod runner;
 
+#[doc(hidden)]
+pub use moemla_core as __core;
+
 pub use args::{Arg, ArgSlots};
 pub use device::{GpuBuffer, GpuDevice, KernelCache};
 pub use module::Module;

@@ -158,6 +158,61 @@ impl<D: GpuDevice> GpuRunner<D> {
     }
 }
 
+/// The `Backend` methods a CUDA/HIP backend forwards to its [`GpuRunner`] field: memory,
+/// copies, synchronize and the v1 ops. Write `runner_backend_methods!(field);` inside the
+/// backend's `impl Backend` block, beside its own `name`, `info` and extras.
+#[macro_export]
+macro_rules! runner_backend_methods {
+    ($gpu:ident) => {
+        fn alloc_zeroed(
+            &self,
+            shape: &$crate::__core::Shape,
+            dtype: $crate::__core::DType,
+        ) -> $crate::__core::Result<$crate::__core::DeviceTensor> {
+            self.$gpu.alloc_zeroed(shape, dtype)
+        }
+
+        fn upload(
+            &self,
+            host: &$crate::__core::HostTensor,
+        ) -> $crate::__core::Result<$crate::__core::DeviceTensor> {
+            self.$gpu.upload(host)
+        }
+
+        fn download(
+            &self,
+            tensor: &$crate::__core::DeviceTensor,
+        ) -> $crate::__core::Result<$crate::__core::HostTensor> {
+            self.$gpu.download(tensor)
+        }
+
+        fn synchronize(&self) -> $crate::__core::Result<()> {
+            self.$gpu.synchronize()
+        }
+
+        fn moe_route(
+            &self,
+            call: &$crate::__core::calls::MoeRouteCall<'_>,
+        ) -> $crate::__core::Result<$crate::__core::calls::MoeRouteOutput> {
+            self.$gpu.moe_route(call)
+        }
+
+        fn moe_experts(
+            &self,
+            call: &$crate::__core::calls::MoeExpertsCall<'_>,
+        ) -> $crate::__core::Result<$crate::__core::DeviceTensor> {
+            self.$gpu.moe_experts(call)
+        }
+
+        fn mla_decode(
+            &self,
+            call: &$crate::__core::calls::MlaDecodeCall<'_>,
+        ) -> $crate::__core::Result<$crate::__core::calls::MlaDecodeOutput> {
+            self.$gpu.mla_decode(call)
+        }
+    };
+}
+
 impl<B: GpuBuffer> StreamState<B> {
     /// The base address of a workspace of at least `bytes` bytes, reused across ops (the
     /// stream runs them in order); a larger one replaces it when needed.

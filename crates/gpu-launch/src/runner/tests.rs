@@ -6,9 +6,7 @@ use super::GpuRunner;
 use crate::args::Arg;
 use crate::device::{GpuBuffer, GpuDevice};
 use crate::module::Module;
-use moemla_core::calls::{
-    MlaDecodeCall, MlaDecodeOutput, MoeExpertsCall, MoeRouteCall, MoeRouteOutput,
-};
+use moemla_core::calls::MlaDecodeOutput;
 use moemla_core::{
     ops, Backend, BackendInfo, DType, DeviceBuffer, DeviceTensor, Error, ExpertsParams, HostTensor,
     MlaDecodeParams, Op, Result, RouteParams, Shape, Verification, VerificationKind,
@@ -236,7 +234,9 @@ impl GpuDevice for Fake {
 }
 
 /// A backend on the fake device, so that calls go through core's validation.
-struct FakeBackend(GpuRunner<Fake>);
+struct FakeBackend {
+    runner: GpuRunner<Fake>,
+}
 
 impl Backend for FakeBackend {
     fn name(&self) -> &str {
@@ -257,32 +257,17 @@ impl Backend for FakeBackend {
             notes: vec![],
         }
     }
-    fn alloc_zeroed(&self, shape: &Shape, dtype: DType) -> Result<DeviceTensor> {
-        self.0.alloc_zeroed(shape, dtype)
-    }
-    fn upload(&self, host: &HostTensor) -> Result<DeviceTensor> {
-        self.0.upload(host)
-    }
-    fn download(&self, tensor: &DeviceTensor) -> Result<HostTensor> {
-        self.0.download(tensor)
-    }
-    fn synchronize(&self) -> Result<()> {
-        self.0.synchronize()
-    }
-    fn moe_route(&self, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput> {
-        self.0.moe_route(call)
-    }
-    fn moe_experts(&self, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor> {
-        self.0.moe_experts(call)
-    }
-    fn mla_decode(&self, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutput> {
-        self.0.mla_decode(call)
-    }
+    crate::runner_backend_methods!(runner);
 }
 
 fn backend() -> (FakeBackend, Fake) {
     let fake = Fake::default();
-    (FakeBackend(GpuRunner::new(fake.clone())), fake)
+    (
+        FakeBackend {
+            runner: GpuRunner::new(fake.clone()),
+        },
+        fake,
+    )
 }
 
 fn f32s(b: &FakeBackend, dims: &[usize]) -> DeviceTensor {
@@ -448,8 +433,8 @@ fn the_argument_lists_follow_the_kernels_parameters() {
     let logits = f32s(&b, &[5, 64]);
     let bias = f32s(&b, &[64]);
     let (logits_at, bias_at) = (
-        b.0.buffer(&logits, "t", "t").unwrap().addr,
-        b.0.buffer(&bias, "t", "t").unwrap().addr,
+        b.runner.buffer(&logits, "t", "t").unwrap().addr,
+        b.runner.buffer(&bias, "t", "t").unwrap().addr,
     );
     ops::moe_route(&b, &logits, Some(&bias), &RouteParams::deepseek_v3()).unwrap();
     let s = fake.state();
@@ -489,7 +474,7 @@ fn a_grid_with_a_zero_dimension_launches_nothing() {
         block: [256, 1, 1],
         shared_bytes: 0,
     };
-    b.0.launch(Module::MoeRoute, &launch, &[]).unwrap();
+    b.runner.launch(Module::MoeRoute, &launch, &[]).unwrap();
     assert!(fake.take_log().is_empty());
 }
 
