@@ -30,6 +30,18 @@ pub(super) fn run<D: GpuDevice>(
         &limits,
     )
     .map_err(|e| g.plan_error(e))?;
+    let score_func = match p.score_func {
+        ScoreFunc::Sigmoid => 0,
+        ScoreFunc::Softmax => 1,
+        // Not in the kernels (contract v2): refused before anything is allocated.
+        ScoreFunc::Sqrtsoftplus => {
+            return Err(moemla_core::Error::unsupported_format(
+                D::NAME,
+                op,
+                moemla_core::Format::Sqrtsoftplus,
+            ))
+        }
+    };
     let dims = [call.tokens, p.top_k];
     let bytes = moemla_core::Shape::new(dims.to_vec()).byte_len(DType::I32)?;
     let (ids, shape) = g.output(&dims, DType::I32, bytes)?;
@@ -45,17 +57,7 @@ pub(super) fn run<D: GpuDevice>(
         int::<D>(op, "top_k", p.top_k)?,
         int::<D>(op, "n_group", p.n_group)?,
         int::<D>(op, "topk_group", p.topk_group)?,
-        Arg::I32(match p.score_func {
-            ScoreFunc::Sigmoid => 0,
-            ScoreFunc::Softmax => 1,
-            ScoreFunc::Sqrtsoftplus => {
-                return Err(moemla_core::Error::unsupported_format(
-                    D::NAME,
-                    Op::MoeRoute,
-                    moemla_core::Format::Sqrtsoftplus,
-                ))
-            }
-        }),
+        Arg::I32(score_func),
         Arg::I32(match p.group_select {
             GroupSelect::Max => 0,
             GroupSelect::Top2Sum => 1,

@@ -510,3 +510,25 @@ fn alloc_zeroed_is_zero_and_upload_round_trips() {
     let host = HostTensor::from_slice([2, 2], &[1i32, -2, 3, i32::MIN]).unwrap();
     assert_eq!(b.download(&b.upload(&host).unwrap()).unwrap(), host);
 }
+
+#[test]
+fn a_score_function_the_kernels_lack_is_unsupported_before_any_device_work() {
+    let (b, fake) = backend();
+    let logits = f32s(&b, &[5, 64]);
+    let mut p = RouteParams::deepseek_v2();
+    p.score_func = moemla_core::ScoreFunc::Sqrtsoftplus;
+    fake.take_log();
+    let err = ops::moe_route(&b, &logits, None, &p).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Unsupported {
+                op: Op::MoeRoute,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let log = fake.take_log();
+    assert!(!has(&log, "alloc") && !has(&log, "launch"), "{log:?}");
+}
