@@ -125,7 +125,9 @@ __kernel void experts_combine(__global const float *out, __global const int *pai
     float acc = 0.0f;
     for (int j = 0; j < k; ++j) {
         const int r = pair_row[t * k + j];
-        if (r >= 0) acc += topk_weights[t * k + j] * out[(size_t)r * H + h];
+        const float w = topk_weights[t * k + j];
+        // A slot with weight 0 (+0 or -0) or id -1 contributes nothing (never 0 * NaN).
+        if (r >= 0 && w != 0.0f) acc += w * out[(size_t)r * H + h];
     }
     store_f32(y, (size_t)t * H + h, acc);
 }

@@ -6,7 +6,8 @@
 //
 // s = sigmoid(logit) or softmax(logits); sel = s + bias (selection only); with groups,
 // experts outside the topk_group best groups get sel = -inf; ids = top_k of sel
-// (descending, ties to the lower id); weights = s[ids], renormalised, then scaled.
+// (descending, ties to the lower id); weights = s[ids], renormalised by max(sum, 1e-20),
+// then scaled.
 
 #define SCORE_SIGMOID 0
 #define SCORE_SOFTMAX 1
@@ -149,7 +150,8 @@ __kernel void moe_route(__global const store_t *logits, __global const float *bi
         __global float *w = topk_weights + (size_t)t * top_k;
         float sum = 0.0f;
         for (int j = 0; j < top_k; ++j) sum += w[j];
-        const float norm = renormalize ? scaling / sum : scaling;
-        for (int j = 0; j < top_k; ++j) w[j] = w[j] * norm;
+        // max(sum, 1e-20): all-zero scores give weights 0, not 0 / 0.
+        const float denom = renormalize ? fmax(sum, 1e-20f) : 1.0f;
+        for (int j = 0; j < top_k; ++j) w[j] = w[j] / denom * scaling;
     }
 }

@@ -3,8 +3,9 @@
 //! dot products on CPU devices.
 
 use crate::device::{Arg, ClDevice, Module};
+use crate::ops::kernel_int;
 use crate::ClBuffer;
-use moemla_core::{DType, DeviceTensor, Error, Result};
+use moemla_core::{DType, DeviceTensor, Error, Result, Shape};
 use std::time::{Duration, Instant};
 
 /// Output rows and columns per work-group of the tiled kernel (`GEMM_TILE`).
@@ -41,8 +42,8 @@ impl Gemm {
 /// for with clFinish (the shared queue is created without profiling, so no event times).
 /// Both buffers are allocated and copied once before timing starts.
 pub fn copy_bench(dev: &ClDevice, bytes: usize, reps: usize) -> Result<Duration> {
-    let src = dev.alloc_zeroed(bytes)?;
-    let mut dst = dev.alloc_zeroed(bytes)?;
+    let src = dev.alloc_zeroed("copy_bench source", bytes)?;
+    let mut dst = dev.alloc_zeroed("copy_bench destination", bytes)?;
     dev.copy(&src, &mut dst)?;
     dev.finish()?;
     let mut times = Vec::with_capacity(reps.max(1));
@@ -80,13 +81,11 @@ pub fn dense_gemm(
             )))
         }
     };
+    // Kernel ints: the sizes, up to a tile past them (the kernels index with size_t).
     let int = |what: &str, v: usize| {
-        i32::try_from(v).map_err(|_| err(format!("{what} = {v} does not fit a kernel int")))
+        kernel_int(v).ok_or_else(|| err(format!("{what} = {v} does not fit a kernel int")))
     };
     let (m32, n32, k32) = (int("M", m)?, int("N", n)?, int("K", k)?);
-    int("M * K", m * k)?;
-    int("N * K", n * k)?;
-    int("M * N", m * n)?;
     let group = match kernel {
         Gemm::Tiled => [WG, WG],
         Gemm::Dot => DOT_WG,
@@ -101,7 +100,8 @@ pub fn dense_gemm(
     let a_buf = a.buffer::<ClBuffer>(backend, "dense_gemm", "a")?;
     let b_buf = b.buffer::<ClBuffer>(backend, "dense_gemm", "b")?;
     let program = dev.program(Module::Ceilings, a.dtype())?;
-    let c = dev.alloc_workspace(m * n * a.dtype().size_in_bytes())?;
+    let c_bytes = Shape::new([m, n]).byte_len(a.dtype())?;
+    let c = dev.alloc_workspace("dense_gemm c", c_bytes)?;
     let args = [
         Arg::Buf(a_buf),
         Arg::Buf(b_buf),
@@ -192,13 +192,13 @@ mod tests {
         let Ok(backend) = crate::shared() else { return };
         let dev = backend.device();
         let data: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 251) as u8).collect();
-        let src = dev.upload(&data).unwrap();
-        let mut dst = dev.alloc_zeroed(data.len()).unwrap();
+        let src = dev.upload("test", &data).unwrap();
+        let mut dst = dev.alloc_zeroed("test", data.len()).unwrap();
         dev.copy(&src, &mut dst).unwrap();
         let mut got = vec![0u8; data.len()];
         dev.read(&dst, 0, &mut got).unwrap();
         assert_eq!(got, data);
-        let mut small = dev.alloc_zeroed(10).unwrap();
+        let mut small = dev.alloc_zeroed("test", 10).unwrap();
         assert!(dev.copy(&src, &mut small).is_err());
     }
 }

@@ -1,7 +1,7 @@
 //! The OpenCL device: one context and one in-order queue per process, buffers, and the
 //! program cache (each (module, dtype) program is built once).
 
-use crate::error::{cl, unavailable, ClCallError};
+use crate::error::{cl, cl_alloc, unavailable, ClCallError};
 use moemla_core::{DType, DeviceBuffer, Error, Result};
 use opencl3::command_queue::CommandQueue;
 use opencl3::context::Context;
@@ -13,6 +13,7 @@ use opencl3::program::Program;
 use opencl3::types::CL_BLOCKING;
 use std::any::Any;
 use std::collections::HashMap;
+use std::ffi::c_void;
 use std::ptr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -69,10 +70,14 @@ pub struct DeviceFacts {
     pub is_cpu: bool,
     /// Global memory in bytes.
     pub global_mem: u64,
+    /// The largest single buffer in bytes (`CL_DEVICE_MAX_MEM_ALLOC_SIZE`).
+    pub max_alloc: u64,
     /// Local memory per work-group in bytes.
     pub local_mem: u64,
     /// Largest work-group.
     pub max_work_group: usize,
+    /// Largest work-group extent per dimension (`CL_DEVICE_MAX_WORK_ITEM_SIZES`).
+    pub max_work_item_sizes: Vec<usize>,
     /// Compute units.
     pub compute_units: u32,
     /// "OpenCL C 1.2 ...".
@@ -185,58 +190,85 @@ impl ClDevice {
         Ok(Arc::new(program))
     }
 
-    /// A device buffer holding `data` (at least one byte is allocated).
-    pub fn upload(&self, data: &[u8]) -> Result<ClBuffer> {
-        if data.is_empty() {
-            return self.alloc_zeroed(0);
+    /// Creates a buffer of `bytes` bytes (at least one is allocated), holding a copy of
+    /// `init` when given (then `bytes` is its length). A size over the device's largest
+    /// buffer, or an allocation the device refuses, is [`Error::OutOfMemory`] naming `what`.
+    fn create_buffer(&self, what: &str, bytes: usize, init: Option<&[u8]>) -> Result<Buffer<u8>> {
+        let size = bytes.max(1);
+        if u64::try_from(size).map_or(true, |s| s > self.facts.max_alloc) {
+            return Err(Error::OutOfMemory {
+                what: format!(
+                    "{} {what} (the device's largest buffer is {} bytes)",
+                    crate::NAME,
+                    self.facts.max_alloc
+                ),
+                bytes,
+            });
         }
-        // SAFETY: CL_MEM_COPY_HOST_PTR copies `data.len()` bytes from a live slice during
-        // the call; the pointer is not kept.
-        let mem = unsafe {
-            Buffer::<u8>::create(
-                &self.context,
+        let (flags, host) = match init {
+            Some(data) if !data.is_empty() => (
                 CL_MEM_READ_WRITE | CL_MEM_COPY_HOST_PTR,
-                data.len(),
-                data.as_ptr() as *mut _,
-            )
+                data.as_ptr() as *mut c_void,
+            ),
+            _ => (CL_MEM_READ_WRITE, ptr::null_mut()),
+        };
+        // SAFETY: `host` is null, or (CL_MEM_COPY_HOST_PTR) points to `init`, a live slice of
+        // exactly `size` bytes that OpenCL copies during the call and does not keep.
+        unsafe { Buffer::<u8>::create(&self.context, flags, size, host) }.map_err(cl_alloc(
+            "clCreateBuffer",
+            what,
+            bytes,
+        ))
+    }
+
+    /// A device buffer holding `data`, for `what` (at least one byte is allocated).
+    pub fn upload(&self, what: &str, data: &[u8]) -> Result<ClBuffer> {
+        if data.is_empty() {
+            return self.alloc_zeroed(what, 0);
         }
-        .map_err(cl("clCreateBuffer"))?;
+        let mem = self.create_buffer(what, data.len(), Some(data))?;
         Ok(ClBuffer {
             mem,
             bytes: data.len(),
         })
     }
 
-    /// A device workspace of `bytes` bytes with undefined contents (for buffers the kernels
-    /// write before they read them; skips the fill of large intermediates).
-    pub fn alloc_workspace(&self, bytes: usize) -> Result<ClBuffer> {
-        // SAFETY: no host pointer is passed; the size is non-zero.
-        let mem = unsafe {
-            Buffer::<u8>::create(
-                &self.context,
-                CL_MEM_READ_WRITE,
-                bytes.max(1),
-                ptr::null_mut(),
-            )
-        }
-        .map_err(cl("clCreateBuffer"))?;
+    /// A device workspace of `bytes` bytes for `what`, with undefined contents (for buffers
+    /// the kernels write before they read them; skips the fill of large intermediates).
+    pub fn alloc_workspace(&self, what: &str, bytes: usize) -> Result<ClBuffer> {
+        let mem = self.create_buffer(what, bytes, None)?;
         Ok(ClBuffer { mem, bytes })
     }
 
-    /// A zero-filled device buffer of `bytes` bytes (at least one is allocated).
-    pub fn alloc_zeroed(&self, bytes: usize) -> Result<ClBuffer> {
+    /// A zero-filled device buffer of `bytes` bytes for `what` (at least one is allocated).
+    pub fn alloc_zeroed(&self, what: &str, bytes: usize) -> Result<ClBuffer> {
+        self.alloc_filled(what, bytes, 0)
+    }
+
+    /// A device buffer of `bytes` bytes (a multiple of 4) for `what`, every 32-bit word
+    /// `value`.
+    pub fn alloc_filled(&self, what: &str, bytes: usize, value: u32) -> Result<ClBuffer> {
+        let mut mem = self.create_buffer(what, bytes, None)?;
         let size = bytes.max(1);
-        // SAFETY: no host pointer is passed; the size is non-zero.
-        let mut mem = unsafe {
-            Buffer::<u8>::create(&self.context, CL_MEM_READ_WRITE, size, ptr::null_mut())
-        }
-        .map_err(cl("clCreateBuffer"))?;
+        let word = value.to_le_bytes();
+        // The fill pattern must divide the size: whole words, or bytes when they are equal.
+        let pattern: &[u8] = if size.is_multiple_of(4) {
+            &word
+        } else if word.iter().all(|&b| b == word[0]) {
+            &word[..1]
+        } else {
+            return Err(Error::Device {
+                backend: crate::NAME.to_string(),
+                call: "fill".to_string(),
+                message: format!("{bytes} bytes for {what} are not whole 32-bit words"),
+            });
+        };
         // SAFETY: the fill covers exactly the buffer; the pattern is copied at enqueue time.
         unsafe {
             self.queue
-                .enqueue_fill_buffer(&mut mem, &[0u8], 0, size, &[])
+                .enqueue_fill_buffer(&mut mem, pattern, 0, size, &[])
         }
-        .map_err(cl("clEnqueueFillBuffer"))?;
+        .map_err(cl_alloc("clEnqueueFillBuffer", what, bytes))?;
         Ok(ClBuffer { mem, bytes })
     }
 
@@ -245,7 +277,10 @@ impl ClDevice {
         if out.is_empty() {
             return self.finish();
         }
-        if offset + out.len() > buf.bytes {
+        if offset
+            .checked_add(out.len())
+            .is_none_or(|end| end > buf.bytes)
+        {
             return Err(Error::Device {
                 backend: crate::NAME.to_string(),
                 call: "read".to_string(),
@@ -268,7 +303,7 @@ impl ClDevice {
     /// Reads one i32 at element `index` of `buf`.
     pub fn read_i32(&self, buf: &ClBuffer, index: usize) -> Result<i32> {
         let mut b = [0u8; 4];
-        self.read(buf, index * 4, &mut b)?;
+        self.read(buf, index.saturating_mul(4), &mut b)?;
         Ok(i32::from_le_bytes(b))
     }
 
@@ -300,7 +335,10 @@ impl ClDevice {
     }
 
     /// Enqueues kernel `name` of `program` over `global` work-items in groups of `local`
-    /// (an empty `local` lets the runtime choose).
+    /// (an empty `local` lets the runtime choose). Geometry and local memory the device
+    /// cannot run are refused here with an error, never handed to the runtime (PoCL aborts
+    /// on local memory beyond the device's); ops check their needs first and report them
+    /// as `Unsupported`.
     pub fn launch(
         &self,
         program: &Program,
@@ -309,12 +347,52 @@ impl ClDevice {
         global: &[usize],
         local: &[usize],
     ) -> Result<()> {
+        let refuse = |message: String| Error::Device {
+            backend: crate::NAME.to_string(),
+            call: "clEnqueueNDRangeKernel".to_string(),
+            message: format!("{name}: {message} (refused before launch)"),
+        };
+        if global.is_empty()
+            || global.len() > 3
+            || !(local.is_empty() || local.len() == global.len())
+        {
+            return Err(refuse(format!("global {global:?} with local {local:?}")));
+        }
         if global.contains(&0) {
             return Ok(());
         }
+        let facts = &self.facts;
+        let group = local.iter().try_fold(1usize, |n, &l| n.checked_mul(l));
+        let fits = |(d, (&g, &l)): (usize, (&usize, &usize))| {
+            l > 0
+                && g.is_multiple_of(l)
+                && facts.max_work_item_sizes.get(d).is_some_and(|&m| l <= m)
+        };
+        if group.is_none_or(|n| n > facts.max_work_group)
+            || !global.iter().zip(local).enumerate().all(fits)
+        {
+            return Err(refuse(format!(
+                "global {global:?} in groups of {local:?} (the device allows groups of {} \
+                 work-items, {:?} per dimension)",
+                facts.max_work_group, facts.max_work_item_sizes
+            )));
+        }
+        let dynamic_local = args
+            .iter()
+            .map(|a| match a {
+                Arg::Local(bytes) => (*bytes).max(4) as u64,
+                _ => 0,
+            })
+            .fold(0u64, u64::saturating_add);
+        if dynamic_local > facts.local_mem {
+            return Err(refuse(format!(
+                "{dynamic_local} bytes of local memory (the device has {})",
+                facts.local_mem
+            )));
+        }
         let kernel = Kernel::create(program, name).map_err(cl("clCreateKernel"))?;
         for (i, arg) in args.iter().enumerate() {
-            let i = i as u32;
+            let i = u32::try_from(i).map_err(|_| refuse(format!("{} arguments", args.len())))?;
             // SAFETY: each value has the size and type of the kernel's parameter `i`
             // (cl_mem for buffers, int, float), checked by the OpenCL runtime.
             let set = unsafe {
@@ -327,9 +405,25 @@ impl ClDevice {
             };
             set.map_err(cl("clSetKernelArg"))?;
         }
-        // SAFETY: all arguments are set; the size arrays live across the call and `local`
-        // is empty (null) or has `global.len()` entries (callers pass matching literals); every buffer argument is kept alive by the caller's
-        // `Arc`s until the queue has used it (released objects outlive queued commands).
+        // The kernel's own limits: static plus argument local memory, and its largest group.
+        let device = self.context.default_device();
+        let used = kernel
+            .get_local_mem_size(device)
+            .map_err(cl("clGetKernelWorkGroupInfo"))?;
+        let largest = kernel
+            .get_work_group_size(device)
+            .map_err(cl("clGetKernelWorkGroupInfo"))?;
+        if used > facts.local_mem || group.is_some_and(|n| n > largest) {
+            return Err(refuse(format!(
+                "{used} bytes of local memory and groups of {local:?} (the device has {} \
+                 bytes; this kernel runs groups of at most {largest})",
+                facts.local_mem
+            )));
+        }
+        // SAFETY: all arguments are set; `global` has 1..=3 entries and `local` is empty
+        // (null) or has as many (checked above), both live across the call; every buffer
+        // argument is kept alive by the caller's `Arc`s until the queue has used it
+        // (released objects outlive queued commands).
         unsafe {
             self.queue.enqueue_nd_range_kernel(
                 kernel.get(),
@@ -393,8 +487,10 @@ fn facts(platform: Platform, device: Device) -> std::result::Result<DeviceFacts,
         name: device.name().map_err(info)?,
         is_cpu: device.dev_type().map_err(info)? & CL_DEVICE_TYPE_CPU != 0,
         global_mem: device.global_mem_size().map_err(info)?,
+        max_alloc: device.max_mem_alloc_size().map_err(info)?,
         local_mem: device.local_mem_size().map_err(info)?,
         max_work_group: device.max_work_group_size().map_err(info)?,
+        max_work_item_sizes: device.max_work_item_sizes().map_err(info)?,
         compute_units: device.max_compute_units().map_err(info)?,
         c_version: device.opencl_c_version().map_err(info)?,
         extensions: device.extensions().map_err(info)?,
@@ -445,5 +541,73 @@ mod tests {
             }
             other => panic!("expected a build failure, got {:?}", other.map(|_| ())),
         }
+    }
+
+    #[test]
+    fn launch_refuses_what_the_device_cannot_run() {
+        let Ok(backend) = crate::shared() else { return };
+        let dev = backend.device();
+        let src = "__kernel void k(__global int *p, __local int *l) { \
+                   l[get_local_id(0)] = 1; barrier(CLK_LOCAL_MEM_FENCE); \
+                   p[get_global_id(0)] = l[0]; }";
+        let program = dev.build_source(src, "-cl-std=CL1.2", "test").unwrap();
+        let out = dev.alloc_zeroed("test", 4 * 4096).unwrap();
+        let refused = |local_bytes: usize, global: &[usize], local: &[usize], why: &str| {
+            let args = [Arg::Buf(&out), Arg::Local(local_bytes)];
+            match dev.launch(&program, "k", &args, global, local) {
+                Err(Error::Device { message, .. }) => {
+                    assert!(message.contains(why), "{message}");
+                    assert!(message.contains("refused before launch"), "{message}");
+                }
+                other => panic!("expected a refusal ({why}), got {:?}", other.map(|_| ())),
+            }
+        };
+        // PoCL aborts on local memory beyond the device's; the launch must refuse it.
+        let local_mem = usize::try_from(dev.facts.local_mem).unwrap();
+        refused(local_mem + 4, &[64], &[64], "local memory");
+        refused(usize::MAX, &[64], &[64], "local memory");
+        let too_wide = dev.facts.max_work_group * 2;
+        refused(4 * too_wide, &[too_wide], &[too_wide], "groups of");
+        refused(256, &[65], &[64], "groups of");
+        refused(256, &[64, 1], &[64], "global");
+        // What fits runs.
+        dev.launch(
+            &program,
+            "k",
+            &[Arg::Buf(&out), Arg::Local(256)],
+            &[128],
+            &[64],
+        )
+        .unwrap();
+        let mut got = [0u8; 4];
+        dev.read(&out, 4 * 127, &mut got).unwrap();
+        assert_eq!(i32::from_le_bytes(got), 1);
+    }
+
+    #[test]
+    fn buffers_beyond_the_device_are_out_of_memory() {
+        let Ok(backend) = crate::shared() else { return };
+        let dev = backend.device();
+        let bytes = usize::try_from(dev.facts.max_alloc).unwrap() + 1;
+        for result in [
+            dev.alloc_zeroed("test", bytes),
+            dev.alloc_workspace("test", bytes),
+        ] {
+            match result {
+                Err(Error::OutOfMemory { what, bytes: b }) => {
+                    assert_eq!(b, bytes);
+                    assert!(
+                        what.starts_with("opencl test (the device's largest"),
+                        "{what}"
+                    );
+                }
+                other => panic!("expected OutOfMemory, got {:?}", other.map(|_| ())),
+            }
+        }
+        // Reads past the end are refused, also when offset + length overflows.
+        let buf = dev.alloc_zeroed("test", 8).unwrap();
+        assert!(dev.read(&buf, 8, &mut [0u8; 1]).is_err());
+        assert!(dev.read(&buf, usize::MAX, &mut [0u8; 2]).is_err());
+        assert!(dev.read_i32(&buf, usize::MAX).is_err());
     }
 }

@@ -1,7 +1,10 @@
 //! OpenCL statuses and their conversion to [`moemla_core::Error`].
 
 use crate::NAME;
-use opencl3::error_codes::ClError;
+use opencl3::error_codes::{
+    ClError, CL_INVALID_BUFFER_SIZE, CL_MEM_OBJECT_ALLOCATION_FAILURE, CL_OUT_OF_HOST_MEMORY,
+    CL_OUT_OF_RESOURCES,
+};
 
 /// A failed OpenCL call: the API function and the status it returned.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -56,6 +59,26 @@ impl From<ClCallError> for moemla_core::Error {
 /// Maps an OpenCL status of `call` to the core error, for `map_err`.
 pub fn cl(call: &'static str) -> impl FnOnce(ClError) -> moemla_core::Error {
     move |e| ClCallError::new(call, e).into()
+}
+
+/// Maps a status of `call`, which allocates device memory for `what` (`bytes` bytes), to the
+/// core error: a refused allocation is [`moemla_core::Error::OutOfMemory`], anything else
+/// the call's device error.
+pub fn cl_alloc<'a>(
+    call: &'static str,
+    what: &'a str,
+    bytes: usize,
+) -> impl FnOnce(ClError) -> moemla_core::Error + 'a {
+    move |e| match e.0 {
+        CL_MEM_OBJECT_ALLOCATION_FAILURE
+        | CL_OUT_OF_RESOURCES
+        | CL_OUT_OF_HOST_MEMORY
+        | CL_INVALID_BUFFER_SIZE => moemla_core::Error::OutOfMemory {
+            what: format!("{NAME} {what} ({call}: {})", status_name(e.0)),
+            bytes,
+        },
+        _ => ClCallError::new(call, e).into(),
+    }
 }
 
 /// The backend cannot run here, for `reason`.

@@ -159,18 +159,19 @@ impl Backend for OpenClBackend {
     fn alloc_zeroed(&self, shape: &Shape, dtype: DType) -> Result<DeviceTensor> {
         let buf = self
             .device
-            .alloc_zeroed(shape.elem_count() * dtype.size_in_bytes())?;
+            .alloc_zeroed("alloc_zeroed", shape.byte_len(dtype)?)?;
         Ok(self.tensor(buf, shape.clone(), dtype))
     }
 
     fn upload(&self, host: &HostTensor) -> Result<DeviceTensor> {
-        let buf = self.device.upload(host.as_bytes())?;
+        let buf = self.device.upload("upload", host.as_bytes())?;
         Ok(self.tensor(buf, host.shape().clone(), host.dtype()))
     }
 
     fn download(&self, tensor: &DeviceTensor) -> Result<HostTensor> {
         let buf = tensor.buffer::<ClBuffer>(&self.name, "download", "tensor")?;
-        let mut bytes = vec![0u8; tensor.size_in_bytes()];
+        let len = tensor.shape().byte_len(tensor.dtype())?;
+        let mut bytes = moemla_core::alloc::try_filled_vec::<u8>(len, "opencl download")?;
         self.device.read(buf, 0, &mut bytes)?;
         HostTensor::from_bytes(tensor.shape().clone(), tensor.dtype(), bytes)
     }

@@ -132,3 +132,42 @@ fn ids_outside_minus_one_to_e_raise_the_first_bad_element() {
         assert_eq!(err, want);
     }
 }
+
+#[test]
+fn zero_weight_and_minus_one_slots_skip_non_finite_experts() {
+    let Some(be) = backend() else { return };
+    // Expert 1's weights are NaN, expert 2's inf. Slots naming them have weight +0 or -0
+    // (or id -1): they contribute nothing (never 0 * NaN); y is expert 0's slots alone.
+    let (t, h, i, e, k) = (3, 20, 18, 3, 3);
+    let ids = [0, 1, 2, 1, 0, -1, 2, 2, 0];
+    let weights = [0.5, 0.0, -0.0, -0.0, 0.7, 0.9, 0.0, -0.0, 1.0];
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        let (x, x64) = float_tensor(&*be, &[t, h], &common::uniform(1, t * h, -1.0, 1.0), dtype);
+        let expert = |seed: u64, n: usize| {
+            let mut v = common::uniform(seed, n, -0.3, 0.3);
+            v.extend(vec![f32::NAN; n]);
+            v.extend(vec![f32::INFINITY; n]);
+            v
+        };
+        let (w13, w13_64) = float_tensor(&*be, &[e, 2 * i, h], &expert(2, 2 * i * h), dtype);
+        let (w2, w2_64) = float_tensor(&*be, &[e, h, i], &expert(3, h * i), dtype);
+        let (w, w64) = float_tensor(&*be, &[t, k], &weights, DType::F32);
+        let topk_ids = int_tensor(&*be, &[t, k], &ids);
+        let params = ExpertsParams::default();
+        let y = ops::moe_experts(&*be, &x, &w13, &w2, &topk_ids, &w, &params).unwrap();
+        // The reference sees only the computed slots (expert 0, non-zero weight).
+        let kept: Vec<i32> = ids
+            .iter()
+            .zip(&weights)
+            .map(|(&id, &wt)| if id == 0 && wt != 0.0 { 0 } else { -1 })
+            .collect();
+        let want = reference(&x64, &w13_64, &w2_64, &kept, &w64, (h, i, k));
+        assert!(want.iter().all(|v| v.is_finite()));
+        assert_close(
+            &format!("y {dtype}"),
+            &read_f32(&*be, &y),
+            &want,
+            tolerance(dtype),
+        );
+    }
+}

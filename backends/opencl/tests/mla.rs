@@ -165,11 +165,9 @@ fn run_indices(p: &Problem) -> Error {
         DType::F32,
     );
     let kv = be
-        .upload(&HostTensor::zeros(
-            [p.num_blocks, p.block_size, p.h_kv, p.d_qk],
-            DType::F32,
+        .upload(
+            &HostTensor::zeros([p.num_blocks, p.block_size, p.h_kv, p.d_qk], DType::F32).unwrap(),
         )
-        .unwrap())
         .unwrap();
     let table = int_tensor(&*be, &[p.b, p.max_blocks], &p.table);
     let seqlens = int_tensor(&*be, &[p.b], &p.seqlens);

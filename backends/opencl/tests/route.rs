@@ -2,58 +2,8 @@
 
 mod common;
 
-use common::{assert_close, backend, float_tensor, read_f32, read_i32};
+use common::{assert_close, backend, float_tensor, read_f32, read_i32, route_reference};
 use moemla_core::{ops, DType, GroupSelect, RouteParams, ScoreFunc};
-
-/// DeepSeek gating in f64, written from the contract: returns (ids, weights) per token.
-fn reference(
-    logits: &[f64],
-    bias: Option<&[f64]>,
-    e: usize,
-    p: &RouteParams,
-) -> Vec<Vec<(usize, f64)>> {
-    logits
-        .chunks(e)
-        .map(|row| {
-            let s: Vec<f64> = match p.score_func {
-                ScoreFunc::Sigmoid => row.iter().map(|x| 1.0 / (1.0 + (-x).exp())).collect(),
-                ScoreFunc::Softmax => {
-                    let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                    let ex: Vec<f64> = row.iter().map(|x| (x - m).exp()).collect();
-                    let sum: f64 = ex.iter().sum();
-                    ex.iter().map(|v| v / sum).collect()
-                }
-            };
-            let mut sel: Vec<f64> = (0..e).map(|i| s[i] + bias.map_or(0.0, |b| b[i])).collect();
-            if p.n_group > 1 {
-                let gs = e / p.n_group;
-                let score = |g: usize| {
-                    let mut v: Vec<f64> = sel[g * gs..(g + 1) * gs].to_vec();
-                    v.sort_by(|a, b| b.partial_cmp(a).unwrap());
-                    match p.group_select {
-                        GroupSelect::Max => v[0],
-                        GroupSelect::Top2Sum => v.iter().take(2).sum(),
-                    }
-                };
-                let mut groups: Vec<usize> = (0..p.n_group).collect();
-                groups.sort_by(|&a, &b| score(b).partial_cmp(&score(a)).unwrap());
-                for (i, v) in sel.iter_mut().enumerate() {
-                    if !groups[..p.topk_group].contains(&(i / gs)) {
-                        *v = f64::NEG_INFINITY;
-                    }
-                }
-            }
-            let mut ids: Vec<usize> = (0..e).collect();
-            ids.sort_by(|&a, &b| sel[b].partial_cmp(&sel[a]).unwrap());
-            ids.truncate(p.top_k);
-            let total: f64 = ids.iter().map(|&i| s[i]).sum();
-            let norm = if p.renormalize { total } else { 1.0 };
-            ids.iter()
-                .map(|&i| (i, s[i] / norm * p.routed_scaling_factor))
-                .collect()
-        })
-        .collect()
-}
 
 fn check(seed: u64, t: usize, e: usize, with_bias: bool, p: &RouteParams, dtype: DType) {
     let Some(be) = backend() else { return };
@@ -65,7 +15,7 @@ fn check(seed: u64, t: usize, e: usize, with_bias: bool, p: &RouteParams, dtype:
     let out = ops::moe_route(&*be, &logits, bias_arg, p).unwrap();
     let ids = read_i32(&*be, &out.topk_ids);
     let weights = read_f32(&*be, &out.topk_weights);
-    let want = reference(&logits64, with_bias.then_some(&bias64[..]), e, p);
+    let want = route_reference(&logits64, with_bias.then_some(&bias64[..]), e, p);
     for (tok, row) in want.iter().enumerate() {
         let got_ids = &ids[tok * p.top_k..][..p.top_k];
         let mut got_sorted: Vec<i32> = got_ids.to_vec();
@@ -152,4 +102,76 @@ fn nan_logits_rank_last() {
     };
     let out = ops::moe_route(&*be, &logits, None, &p).unwrap();
     assert_eq!(read_i32(&*be, &out.topk_ids), vec![2, 3, 1]);
+}
+
+/// Four groups of two (expert 2g, 2g + 1), sigmoid scores, renormalised; bias NaN on
+/// experts 1, 2 and 3 (group 1 is all NaN). Returns (ids, weights) of one token.
+fn route_with_nan_bias(p: &RouteParams) -> (Vec<i32>, Vec<f32>) {
+    let be = backend().unwrap();
+    let raw = [1.0, 0.5, 3.0, 2.5, 2.0, -1.0, 0.0, -2.0];
+    let (logits, _) = float_tensor(&*be, &[1, 8], &raw, DType::F32);
+    let nan = f32::NAN;
+    let (bias, _) = float_tensor(
+        &*be,
+        &[8],
+        &[0.0, nan, nan, nan, 0.0, 0.0, 0.0, 0.0],
+        DType::F32,
+    );
+    let out = ops::moe_route(&*be, &logits, Some(&bias), p).unwrap();
+    (
+        read_i32(&*be, &out.topk_ids),
+        read_f32(&*be, &out.topk_weights),
+    )
+}
+
+#[test]
+fn nan_bias_ranks_last_in_groups_and_experts() {
+    if backend().is_none() {
+        return;
+    }
+    let s = |x: f64| 1.0 / (1.0 + (-x).exp());
+    let logit = [1.0, 0.5, 3.0, 2.5, 2.0, -1.0, 0.0, -2.0];
+    let p = |top_k, topk_group, group_select| RouteParams {
+        score_func: ScoreFunc::Sigmoid,
+        top_k,
+        n_group: 4,
+        topk_group,
+        group_select,
+        renormalize: true,
+        routed_scaling_factor: 1.0,
+    };
+    // (params, ids). Max: group 1 scores -inf (all NaN), group 0 s(1.0) (its NaN ignored):
+    // keep groups 2 and 0; expert 1 (NaN) comes last, after the finite expert 5.
+    // Top2Sum: group 0 scores s(1.0) + -inf = -inf as group 1 does; keep 2 and 3, then
+    // (third group) the lower of the two -inf groups, group 0.
+    for (p, want) in [
+        (p(4, 2, GroupSelect::Max), vec![4, 0, 5, 1]),
+        (p(4, 2, GroupSelect::Top2Sum), vec![4, 6, 5, 7]),
+        (p(5, 3, GroupSelect::Top2Sum), vec![4, 0, 6, 5, 7]),
+    ] {
+        let (ids, weights) = route_with_nan_bias(&p);
+        assert_eq!(ids, want, "{p:?}");
+        // Weights are the unbiased scores (finite even for the NaN-biased expert 1).
+        let total: f64 = want.iter().map(|&i| s(logit[i as usize])).sum();
+        let w: Vec<f64> = want.iter().map(|&i| s(logit[i as usize]) / total).collect();
+        assert_close(&format!("{p:?} weights"), &weights, &w, 1e-6);
+    }
+}
+
+#[test]
+fn renormalising_all_zero_scores_gives_zero_weights() {
+    let Some(be) = backend() else { return };
+    // sigmoid(-1000) = 0 in f32: the sum is 0, the denominator max(0, 1e-20), weights 0
+    // (they were 0 / 0 = NaN). Ties: the lowest ids, in order.
+    let (logits, _) = float_tensor(&*be, &[2, 6], &[-1000.0; 12], DType::F32);
+    let p = RouteParams {
+        score_func: ScoreFunc::Sigmoid,
+        top_k: 3,
+        renormalize: true,
+        routed_scaling_factor: 1e30,
+        ..RouteParams::deepseek_v2_lite()
+    };
+    let out = ops::moe_route(&*be, &logits, None, &p).unwrap();
+    assert_eq!(read_i32(&*be, &out.topk_ids), vec![0, 1, 2, 0, 1, 2]);
+    assert_eq!(read_f32(&*be, &out.topk_weights), vec![0.0; 6]);
 }

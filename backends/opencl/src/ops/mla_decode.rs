@@ -2,10 +2,10 @@
 //! splits (kernels/opencl/mla_decode.cl).
 
 use crate::device::{Arg, ClDevice, Module};
-use crate::ops::{flags, int, pow2_at_most, NO_BAD_INDEX};
+use crate::ops::{byte_len, flags, int, int_product, need_local, pow2_at_most, NO_BAD_INDEX};
 use crate::ClBuffer;
 use moemla_core::calls::MlaDecodeCall;
-use moemla_core::{Error, Op, Result};
+use moemla_core::{DType, Error, Op, Result};
 
 /// Work-group tiling of `mla_split`: QB query rows share each tile of TN cache rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,16 +15,19 @@ struct Tiling {
 }
 
 impl Tiling {
-    /// Local memory of `mla_split`: q rows, a cache tile, scores, rescale factors.
+    /// Local memory of `mla_split`: q rows, a cache tile, scores, rescale factors
+    /// (saturating: a size that overflows fits no device).
     fn local_bytes(self, d_qk: usize) -> usize {
-        4 * (self.qb * d_qk + self.tn * d_qk + self.qb * self.tn + self.qb)
+        let rows = (self.qb + self.tn).saturating_mul(d_qk);
+        rows.saturating_add(self.qb * self.tn + self.qb)
+            .saturating_mul(4)
     }
 
     /// The largest tiling up to 16 x 16 that fits the device (halving the larger side).
     /// It does not depend on the head count, so PoCL compiles few work-group variants.
     fn choose(d_qk: usize, local_mem: u64, max_work_group: usize) -> Option<Tiling> {
         let mut t = Tiling { qb: 16, tn: 16 };
-        let budget = local_mem.saturating_sub(1024) as usize;
+        let budget = usize::try_from(local_mem.saturating_sub(1024)).unwrap_or(usize::MAX);
         while t.local_bytes(d_qk) > budget || t.qb * t.tn > max_work_group {
             if t.qb == 1 && t.tn == 1 {
                 return None;
@@ -61,7 +64,16 @@ pub fn run(
         .buffer::<ClBuffer>(backend, "mla_decode", "cache_seqlens")?;
     let program = dev.program(Module::MlaDecode, call.dtype)?;
 
-    let rows = (h_q / h_kv) * s_q;
+    // Kernel ints: every size, query rows per kv head, cache positions (a chunk past the
+    // capacity), block-table entries, and the (b, i, h) rows of mla_combine.
+    let rows = int_product(op, "(Hq / Hkv) * Sq", &[h_q / h_kv, s_q])? as usize;
+    let capacity = int_product(
+        op,
+        "max_blocks * block_size",
+        &[call.max_blocks, call.block_size],
+    )? as usize;
+    int_product(op, "B * max_blocks", &[b, call.max_blocks])?;
+    int_product(op, "B * Sq * Hq", &[b, s_q, h_q])?;
     let tiling =
         Tiling::choose(d_qk, dev.facts.local_mem, dev.facts.max_work_group).ok_or_else(|| {
             Error::Unsupported {
@@ -77,20 +89,25 @@ pub fn run(
     let wg = tiling.qb * tiling.tn;
     let q_blocks = rows.div_ceil(tiling.qb);
     // Enough splits along the sequence to give every compute unit a few work-groups.
-    let capacity = call.max_blocks * call.block_size;
     let target = 4 * dev.facts.compute_units as usize;
-    let wanted = target.div_ceil(b * h_kv * q_blocks).clamp(1, 64);
+    let groups = b.saturating_mul(h_kv).saturating_mul(q_blocks);
+    let wanted = target.div_ceil(groups).clamp(1, 64);
     let splits0 = wanted.min(capacity.div_ceil(tiling.tn)).max(1);
     let chunk = capacity.div_ceil(splits0).div_ceil(tiling.tn) * tiling.tn;
     let splits = capacity.div_ceil(chunk).max(1);
-    int(op, "max_blocks * block_size", capacity + chunk)?;
-    int(op, "workspace", b * h_q * s_q * splits * d_v.max(2))?;
+    int(op, "max_blocks * block_size + chunk", capacity + chunk)?;
 
     let bad = flags(dev, 2)?;
-    let ws_o = dev.alloc_workspace(b * h_q * s_q * splits * d_v * 4)?;
-    let ws_ml = dev.alloc_zeroed(b * h_q * s_q * splits * 2 * 4)?;
-    let o = dev.alloc_zeroed(b * s_q * h_q * d_v * call.dtype.size_in_bytes())?;
-    let lse = dev.alloc_zeroed(b * h_q * s_q * 4)?;
+    let ws_o = dev.alloc_workspace(
+        "mla_decode partial o",
+        byte_len(&[b, h_q, s_q, splits, d_v], DType::F32)?,
+    )?;
+    let ws_ml = dev.alloc_zeroed(
+        "mla_decode partial max and sum",
+        byte_len(&[b, h_q, s_q, splits, 2], DType::F32)?,
+    )?;
+    let o = dev.alloc_zeroed("mla_decode o", byte_len(&[b, s_q, h_q, d_v], call.dtype)?)?;
+    let lse = dev.alloc_zeroed("mla_decode lse", byte_len(&[b, h_q, s_q], DType::F32)?)?;
     let (sq32, hq32, hkv32, dv32) = (
         int(op, "Sq", s_q)?,
         int(op, "Hq", h_q)?,
@@ -98,6 +115,13 @@ pub fn run(
         int(op, "Dv", d_v)?,
     );
     let splits32 = int(op, "splits", splits)?;
+    let local = [
+        tiling.qb * d_qk * 4,
+        tiling.tn * d_qk * 4,
+        tiling.qb * tiling.tn * 4,
+        tiling.qb * 4,
+    ];
+    need_local(dev, op, &format!("Dqk = {d_qk}"), local.iter().sum())?;
 
     let split_args = [
         Arg::Buf(q),
@@ -121,10 +145,10 @@ pub fn run(
         Arg::I32(splits32),
         Arg::I32(tiling.qb as i32),
         Arg::I32(tiling.tn as i32),
-        Arg::Local(tiling.qb * d_qk * 4),
-        Arg::Local(tiling.tn * d_qk * 4),
-        Arg::Local(tiling.qb * tiling.tn * 4),
-        Arg::Local(tiling.qb * 4),
+        Arg::Local(local[0]),
+        Arg::Local(local[1]),
+        Arg::Local(local[2]),
+        Arg::Local(local[3]),
     ];
     let global = [wg * splits, q_blocks * h_kv, b];
     dev.launch(&program, "mla_split", &split_args, &global, &[wg, 1, 1])?;
@@ -144,7 +168,7 @@ pub fn run(
         &program,
         "mla_combine",
         &combine_args,
-        &[wg_c * b * s_q * h_q],
+        &[wg_c * b * s_q * h_q], // B * Sq * Hq fits an int (checked above)
         &[wg_c],
     )?;
 
@@ -171,7 +195,7 @@ fn check_flags(
             dev.read_i32(seqlens, at)? as i64,
             format!(
                 "[0, {}] (max_blocks * block_size)",
-                call.max_blocks * call.block_size
+                call.max_blocks.saturating_mul(call.block_size)
             ),
         ));
     }
@@ -205,5 +229,7 @@ mod tests {
             Tiling { qb: 8, tn: 8 }
         );
         assert!(Tiling::choose(1 << 20, 32 * 1024, 1024).is_none());
+        // A Dqk whose local memory overflows usize fits no device (no wrap to a small size).
+        assert!(Tiling::choose(usize::MAX / 8, 1 << 20, 4096).is_none());
     }
 }

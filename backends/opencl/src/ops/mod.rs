@@ -5,10 +5,14 @@ pub mod moe_experts;
 pub mod moe_route;
 
 use crate::device::ClDevice;
-use moemla_core::{Error, Op, Result};
+use moemla_core::{DType, Error, Op, Result, Shape};
 
 /// Flag value meaning "no bad index" (kernels atomic-min the first bad linear index in).
 pub const NO_BAD_INDEX: i32 = i32::MAX;
+
+/// The largest size a kernel takes as an `int`: `INT_MAX` less room for one stride, since
+/// kernel loops step one work-group or tile past their bound before they stop.
+pub const KERNEL_INT_MAX: usize = i32::MAX as usize - (1 << 16);
 
 /// The largest power of two <= `n` and <= `cap` (at least 1).
 pub fn pow2_at_most(n: usize, cap: usize) -> usize {
@@ -16,14 +20,31 @@ pub fn pow2_at_most(n: usize, cap: usize) -> usize {
     1 << (usize::BITS - 1 - n.leading_zeros())
 }
 
-/// A size as a kernel `int`, or `Unsupported` when it does not fit.
+/// A size as a kernel `int`, when it is at most [`KERNEL_INT_MAX`].
+pub fn kernel_int(v: usize) -> Option<i32> {
+    (v <= KERNEL_INT_MAX).then_some(v as i32)
+}
+
+/// A size as a kernel `int`, or `Unsupported` when it exceeds [`KERNEL_INT_MAX`].
 pub fn int(op: Op, what: &str, v: usize) -> Result<i32> {
-    i32::try_from(v).map_err(|_| Error::Unsupported {
+    kernel_int(v).ok_or_else(|| Error::Unsupported {
         backend: crate::NAME.to_string(),
         op,
         what: format!("{what} = {v}"),
-        reason: "OpenCL kernels index with 32-bit ints".to_string(),
+        reason: format!("OpenCL kernels index with 32-bit ints (sizes up to {KERNEL_INT_MAX})"),
     })
+}
+
+/// The product of `factors` as a kernel `int` (see [`int`]); an overflowing product is
+/// `Unsupported` too.
+pub fn int_product(op: Op, what: &str, factors: &[usize]) -> Result<i32> {
+    let product = factors.iter().try_fold(1usize, |n, &f| n.checked_mul(f));
+    int(op, what, product.unwrap_or(usize::MAX))
+}
+
+/// The size in bytes of a `dtype` buffer of `dims` elements (checked: `Error::Size`).
+pub fn byte_len(dims: &[usize], dtype: DType) -> Result<usize> {
+    Shape::from(dims).byte_len(dtype)
 }
 
 /// Fails with `Unsupported` unless the device runs work-groups of `size`.
@@ -39,8 +60,46 @@ pub fn need_work_group(dev: &ClDevice, op: Op, size: usize) -> Result<()> {
     })
 }
 
+/// Fails with `Unsupported` unless the device's local memory holds `bytes` per work-group.
+pub fn need_local(dev: &ClDevice, op: Op, what: &str, bytes: usize) -> Result<()> {
+    if u64::try_from(bytes).is_ok_and(|b| b <= dev.facts.local_mem) {
+        return Ok(());
+    }
+    Err(Error::Unsupported {
+        backend: crate::NAME.to_string(),
+        op,
+        what: format!("{what}: {bytes} bytes of local memory per work-group"),
+        reason: format!("the device has {} bytes", dev.facts.local_mem),
+    })
+}
+
 /// A buffer of `n` flags set to [`NO_BAD_INDEX`].
 pub fn flags(dev: &ClDevice, n: usize) -> Result<crate::ClBuffer> {
-    let init: Vec<u8> = (0..n).flat_map(|_| NO_BAD_INDEX.to_le_bytes()).collect();
-    dev.upload(&init)
+    dev.alloc_filled(
+        "error flags",
+        byte_len(&[n], DType::I32)?,
+        NO_BAD_INDEX as u32,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_ints_leave_room_for_one_stride() {
+        assert_eq!(int(Op::MoeRoute, "E", 256), Ok(256));
+        assert_eq!(
+            int(Op::MoeRoute, "E", KERNEL_INT_MAX),
+            Ok(KERNEL_INT_MAX as i32)
+        );
+        let err = int(Op::MoeRoute, "E", KERNEL_INT_MAX + 1).unwrap_err();
+        assert!(
+            matches!(err, Error::Unsupported { ref what, .. } if what == &format!("E = {}", KERNEL_INT_MAX + 1)),
+            "{err}"
+        );
+        assert!(int_product(Op::MoeExperts, "T * k", &[1 << 20, 1 << 11]).is_err());
+        assert!(int_product(Op::MoeExperts, "T * k", &[usize::MAX, 2]).is_err());
+        assert_eq!(int_product(Op::MoeExperts, "T * k", &[1000, 8]), Ok(8000));
+    }
 }

@@ -2,10 +2,11 @@
 //! down GEMM, weighted combine (kernels/opencl/moe_experts.cl).
 
 use crate::device::{Arg, ClDevice, Module};
-use crate::ops::{flags, int, need_work_group, pow2_at_most, NO_BAD_INDEX};
+use crate::ops::NO_BAD_INDEX;
+use crate::ops::{byte_len, flags, int, int_product, need_local, need_work_group, pow2_at_most};
 use crate::ClBuffer;
 use moemla_core::calls::MoeExpertsCall;
-use moemla_core::{Error, Op, Result};
+use moemla_core::{DType, Error, Op, Result};
 
 /// Rows per GEMM block and columns per GEMM tile (`TILE` in the kernel source).
 const TILE: usize = 16;
@@ -35,18 +36,22 @@ pub fn run(dev: &ClDevice, backend: &str, call: &MoeExpertsCall<'_>) -> Result<C
 
     // Each expert's rows are padded to whole TILE-row blocks; every used block holds at
     // least one pair, so there are at most min(pairs, ceil(pairs / TILE) + E) of them.
-    let pairs = t * k;
+    let pairs = int_product(op, "T * k", &[t, k])? as usize;
     let blocks = pairs.min(pairs.div_ceil(TILE) + e);
-    let rows = blocks * TILE;
+    let rows = int_product(op, "GEMM rows", &[blocks, TILE])? as usize;
+    // Local memory of experts_plan: two ints per expert.
+    need_local(dev, op, &format!("E = {e}"), e.saturating_mul(8))?;
     let bad = flags(dev, 1)?;
-    let block_expert = dev.alloc_zeroed(blocks * 4)?;
-    let row_pair = dev.alloc_zeroed(rows * 4)?;
-    let pair_row = dev.alloc_zeroed(pairs * 4)?;
-    let act = dev.alloc_workspace(rows * i * 4)?;
-    let down = dev.alloc_workspace(rows * h * 4)?;
-    let y = dev.alloc_zeroed(t * h * call.dtype.size_in_bytes())?;
+    let block_expert = dev.alloc_zeroed("moe_experts blocks", byte_len(&[blocks], DType::I32)?)?;
+    let row_pair = dev.alloc_zeroed("moe_experts rows", byte_len(&[rows], DType::I32)?)?;
+    let pair_row = dev.alloc_zeroed("moe_experts pairs", byte_len(&[pairs], DType::I32)?)?;
+    let act = dev.alloc_workspace("moe_experts activations", byte_len(&[rows, i], DType::F32)?)?;
+    let down = dev.alloc_workspace(
+        "moe_experts down projections",
+        byte_len(&[rows, h], DType::F32)?,
+    )?;
+    let y = dev.alloc_zeroed("moe_experts y", byte_len(&[t, h], call.dtype)?)?;
     let (h32, i32_, k32) = (int(op, "H", h)?, int(op, "I", i)?, int(op, "k", k)?);
-    int(op, "rows * max(H, I)", rows * h.max(i))?;
 
     let ls = pow2_at_most(256, dev.facts.max_work_group);
     let plan = [
@@ -113,7 +118,7 @@ pub fn run(dev: &ClDevice, backend: &str, call: &MoeExpertsCall<'_>) -> Result<C
 
     let first_bad = dev.read_i32(&bad, 0)?;
     if first_bad != NO_BAD_INDEX {
-        let at = first_bad as usize;
+        let at = usize::try_from(first_bad).unwrap_or(0);
         let value = dev.read_i32(ids, at)?;
         return Err(Error::index_out_of_range(
             op,

@@ -1,10 +1,10 @@
 //! `moe_route`: one work-group per token (kernels/opencl/moe_route.cl).
 
 use crate::device::{Arg, ClDevice, Module};
-use crate::ops::{int, pow2_at_most};
+use crate::ops::{byte_len, int, need_local, pow2_at_most};
 use crate::ClBuffer;
 use moemla_core::calls::MoeRouteCall;
-use moemla_core::{GroupSelect, Op, Result, ScoreFunc};
+use moemla_core::{DType, Error, Format, GroupSelect, Op, Result, ScoreFunc};
 
 /// Runs the routing; returns `topk_ids` [T, k] I32 and `topk_weights` [T, k] F32 buffers.
 pub fn run(dev: &ClDevice, backend: &str, call: &MoeRouteCall<'_>) -> Result<(ClBuffer, ClBuffer)> {
@@ -17,11 +17,35 @@ pub fn run(dev: &ClDevice, backend: &str, call: &MoeRouteCall<'_>) -> Result<(Cl
         Some(b) => Some(b.buffer::<ClBuffer>(backend, "moe_route", "bias")?),
         None => None,
     };
-    let ids = dev.alloc_zeroed(t * k * 4)?;
-    let weights = dev.alloc_zeroed(t * k * 4)?;
-    let program = dev.program(Module::MoeRoute, call.logits.dtype())?;
+    int(Op::MoeRoute, "T", t)?;
+    let score_func = match p.score_func {
+        ScoreFunc::Sigmoid => 0,
+        ScoreFunc::Softmax => 1,
+        ScoreFunc::Sqrtsoftplus => {
+            return Err(Error::unsupported_format(
+                crate::NAME,
+                Op::MoeRoute,
+                Format::Sqrtsoftplus,
+            ))
+        }
+    };
     // One work-group size for every E: PoCL compiles a kernel per work-group size.
     let ls = pow2_at_most(64, dev.facts.max_work_group);
+    // Local memory: 12 bytes per expert, 8 per group, 8 per work-item.
+    let local = e
+        .checked_mul(12)
+        .and_then(|b| b.checked_add(p.n_group.checked_mul(8)?))
+        .and_then(|b| b.checked_add(ls * 8))
+        .unwrap_or(usize::MAX);
+    need_local(
+        dev,
+        Op::MoeRoute,
+        &format!("E = {e}, n_group = {}", p.n_group),
+        local,
+    )?;
+    let ids = dev.alloc_zeroed("moe_route topk_ids", byte_len(&[t, k], DType::I32)?)?;
+    let weights = dev.alloc_zeroed("moe_route topk_weights", byte_len(&[t, k], DType::F32)?)?;
+    let program = dev.program(Module::MoeRoute, call.logits.dtype())?;
     let args = [
         Arg::Buf(logits),
         Arg::Buf(bias.unwrap_or(logits)), // never read when has_bias = 0
@@ -29,10 +53,7 @@ pub fn run(dev: &ClDevice, backend: &str, call: &MoeRouteCall<'_>) -> Result<(Cl
         Arg::Buf(&ids),
         Arg::Buf(&weights),
         Arg::I32(int(Op::MoeRoute, "E", e)?),
-        Arg::I32(match p.score_func {
-            ScoreFunc::Sigmoid => 0,
-            ScoreFunc::Softmax => 1,
-        }),
+        Arg::I32(score_func),
         Arg::I32(int(Op::MoeRoute, "n_group", p.n_group)?),
         Arg::I32(int(Op::MoeRoute, "topk_group", p.topk_group)?),
         Arg::I32(match p.group_select {
