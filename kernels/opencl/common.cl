@@ -44,6 +44,37 @@ inline void store_f32(__global store_t *p, size_t i, float v) {
         if (i < (n))
 #define END_STRIDED }
 
+// A loop over the work-item's contiguous chunk of [0, n), ceil(n / LS) long: the same trip
+// count on every work-item (see FOR_STRIDED), bound checked inside. Chunks are in work-item
+// order, so a scan over work-items keeps index order. `FOR_CHUNK(i, n) { ... } END_CHUNK`.
+#define FOR_CHUNK(i, n)                                                                  \
+    for (int i##_j = 0, i##_c = chunk_len(n); i##_j < i##_c; ++i##_j) {                  \
+        const int i = (int)get_local_id(0) * i##_c + i##_j;                              \
+        if (i < (n))
+#define END_CHUNK }
+
+inline int chunk_len(int n) {
+    const int ls = get_local_size(0);
+    return n / ls + (n % ls != 0);
+}
+
+// Exclusive prefix sum over work-items (Hillis-Steele); *total gets the sum of all.
+inline uint wg_scan(__local uint *buf, uint v, uint *total) {
+    const int lid = get_local_id(0), ls = get_local_size(0);
+    buf[lid] = v;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int off = 1; off < ls; off <<= 1) {
+        const uint add = lid >= off ? buf[lid - off] : 0u;
+        barrier(CLK_LOCAL_MEM_FENCE);
+        buf[lid] += add;
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    const uint incl = buf[lid];
+    *total = buf[ls - 1];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    return incl - v;
+}
+
 // Records a bad index: the smallest offending row-major position wins.
 inline void flag_bad_index(volatile __global int *flag, int linear) {
     atomic_min(flag, linear);

@@ -1,56 +1,72 @@
 // moe_experts: permute -> grouped SwiGLU GEMMs -> weighted combine, all on the device.
 //
-// 1. experts_plan (one work-group): checks every id against [-1, E) (bad ones raise the
-//    error flag and are skipped), counts pairs per expert, prefix-sums the counts padded to
-//    TILE rows, and scatters each expert's (token, slot) pairs in pair order, so the result
-//    does not depend on scheduling. Padded rows hold -1.
-// 2. experts_gate_up: per TILE-row block of one expert, act = silu(x W1^T) * (x W3^T).
-// 3. experts_down: out = act W2^T for the same blocks.
-// 4. experts_combine: y[t] = sum over slots j, in slot order, of w[t, j] * out[row(t, j)];
-//    no float atomics.
+// A pair is one (token, slot) of topk_ids. A pair is computed when its id is in [0, E) and
+// its weight is not 0 (+0 or -0): a slot with id -1 or weight 0 contributes nothing, even
+// when its expert's output would be NaN or inf.
+// 1. experts_count (one work-item per pair): checks every id against [-1, E) (bad ones
+//    raise the error flag and are skipped), counts the computed pairs per expert (global
+//    atomics) and marks every pair as having no row.
+// 2. experts_offsets (one work-group): prefix-sums the counts padded to TILE rows, turns
+//    each count into its expert's first row, and names the expert of each TILE-row block.
+// 3. experts_scatter (one work-item per pair): each computed pair takes the next row of its
+//    expert. The order of rows within an expert depends on scheduling; the results do not
+//    (every row is computed on its own). Rows no pair took hold -1 (the host fills them).
+// 4. experts_gate_up: per TILE-row block of one expert, act = silu(x W1^T) * (x W3^T).
+// 5. experts_down: out = act W2^T for the same blocks.
+// 6. experts_combine: y[t] = sum over computed slots j, in slot order, of
+//    w[t, j] * out[row(t, j)]; no float atomics.
+// Nothing is sized by E but the counts (global memory): any E the ints index runs.
 
 #define TILE 16
 
-__kernel void experts_plan(__global const int *topk_ids, int n_pairs, int E,
-                           volatile __global int *bad_index, __global int *block_expert,
-                           int n_blocks, __global int *rows, __global int *pair_row,
-                           volatile __local int *counts, __local int *starts) {
-    const int lid = get_local_id(0);
-    const int ls = get_local_size(0);
-    FOR_STRIDED(e, E) { counts[e] = 0; } END_STRIDED
-    barrier(CLK_LOCAL_MEM_FENCE);
-    FOR_STRIDED(n, n_pairs) {
-        const int id = topk_ids[n];
-        if (id < -1 || id >= E) {
-            flag_bad_index(bad_index, n);
-        } else if (id >= 0) {
-            atomic_inc(&counts[id]);
-        }
-        pair_row[n] = -1;
-    } END_STRIDED
-    barrier(CLK_LOCAL_MEM_FENCE | CLK_GLOBAL_MEM_FENCE);
-    if (lid == 0) {
-        for (int b = 0; b < n_blocks; ++b) block_expert[b] = -1;
-        int start = 0;
-        for (int e = 0; e < E; ++e) {
-            starts[e] = start;
-            const int padded = (counts[e] + TILE - 1) / TILE * TILE;
-            for (int b = start / TILE; b < (start + padded) / TILE; ++b) block_expert[b] = e;
-            start += padded;
-        }
+// Whether pair n is computed (its id is valid and its weight not zero).
+inline int computed(int id, int E, float weight) {
+    return id >= 0 && id < E && weight != 0.0f;
+}
+
+// Launch: global n_pairs rounded up to the work-group, any work-group.
+__kernel void experts_count(__global const int *topk_ids, __global const float *topk_weights,
+                            int n_pairs, int E, volatile __global int *bad_index,
+                            volatile __global int *counts, __global int *pair_row) {
+    const int n = get_global_id(0);
+    if (n >= n_pairs) return;
+    const int id = topk_ids[n];
+    pair_row[n] = -1;
+    if (id < -1 || id >= E) {
+        flag_bad_index(bad_index, n);
+    } else if (computed(id, E, topk_weights[n])) {
+        atomic_inc(&counts[id]);
     }
-    barrier(CLK_LOCAL_MEM_FENCE | CLK_GLOBAL_MEM_FENCE);
-    FOR_STRIDED(e, E) {
-        int r = starts[e];
-        for (int n = 0; n < n_pairs; ++n) {
-            if (topk_ids[n] == e) {
-                rows[r] = n;
-                pair_row[n] = r;
-                ++r;
-            }
-        }
-        for (; r % TILE != 0; ++r) rows[r] = -1;
-    } END_STRIDED
+}
+
+// Launch: one work-group. counts[e] becomes the first row of expert e; block_expert[b] the
+// expert of block b (blocks past the last used one keep the host's -1).
+__kernel void experts_offsets(__global int *counts, int E, __global int *block_expert,
+                              __local uint *scan) {
+    uint mine = 0u;
+    FOR_CHUNK(e, E) { mine += (counts[e] + TILE - 1) / TILE * TILE; } END_CHUNK
+    uint rows;
+    int start = (int)wg_scan(scan, mine, &rows);
+    FOR_CHUNK(e, E) {
+        const int padded = (counts[e] + TILE - 1) / TILE * TILE;
+        for (int b = start / TILE; b < (start + padded) / TILE; ++b) block_expert[b] = e;
+        counts[e] = start;
+        start += padded;
+    } END_CHUNK
+}
+
+// Launch: as experts_count, after experts_offsets.
+__kernel void experts_scatter(__global const int *topk_ids, __global const float *topk_weights,
+                              int n_pairs, int E, volatile __global int *cursor,
+                              __global int *rows, __global int *pair_row) {
+    const int n = get_global_id(0);
+    if (n >= n_pairs) return;
+    const int id = topk_ids[n];
+    if (computed(id, E, topk_weights[n])) {
+        const int r = atomic_inc(&cursor[id]);
+        rows[r] = n;
+        pair_row[n] = r;
+    }
 }
 
 inline float silu(float g) { return g / (1.0f + exp(-g)); }
@@ -124,10 +140,8 @@ __kernel void experts_combine(__global const float *out, __global const int *pai
     if (h >= H) return;
     float acc = 0.0f;
     for (int j = 0; j < k; ++j) {
-        const int r = pair_row[t * k + j];
-        const float w = topk_weights[t * k + j];
-        // A slot with weight 0 (+0 or -0) or id -1 contributes nothing (never 0 * NaN).
-        if (r >= 0 && w != 0.0f) acc += w * out[(size_t)r * H + h];
+        const int r = pair_row[t * k + j];  // -1: not computed, contributes nothing
+        if (r >= 0) acc += topk_weights[t * k + j] * out[(size_t)r * H + h];
     }
     store_f32(y, (size_t)t * H + h, acc);
 }

@@ -1,5 +1,6 @@
-//! `moe_experts`: plan (check, count, prefix sum, scatter), gate/up GEMM with SwiGLU,
-//! down GEMM, weighted combine (kernels/opencl/moe_experts.cl).
+//! `moe_experts`: plan (check and count, offsets, scatter), gate/up GEMM with SwiGLU, down
+//! GEMM, weighted combine (kernels/opencl/moe_experts.cl). Slots with id -1 or weight 0
+//! are not computed; nothing is sized by E in local memory.
 
 use crate::device::{Arg, ClDevice, Module};
 use crate::ops::NO_BAD_INDEX;
@@ -32,41 +33,70 @@ pub fn run(dev: &ClDevice, backend: &str, call: &MoeExpertsCall<'_>) -> Result<C
     let weights = call
         .topk_weights
         .buffer::<ClBuffer>(backend, "moe_experts", "topk_weights")?;
-    let program = dev.program(Module::MoeExperts, call.dtype)?;
 
     // Each expert's rows are padded to whole TILE-row blocks; every used block holds at
     // least one pair, so there are at most min(pairs, ceil(pairs / TILE) + E) of them.
-    let pairs = int_product(op, "T * k", &[t, k])? as usize;
+    let pairs32 = int_product(op, "T * k", &[t, k])?;
+    let pairs = pairs32 as usize;
     let blocks = pairs.min(pairs.div_ceil(TILE) + e);
+    // Kernel ints: row and column indices up to a tile past each size (products are size_t).
     let rows = int_product(op, "GEMM rows", &[blocks, TILE])? as usize;
-    // Local memory of experts_plan: two ints per expert.
-    need_local(dev, op, &format!("E = {e}"), e.saturating_mul(8))?;
+    let (h32, i32_, k32, e32) = (
+        int(op, "H", h)?,
+        int(op, "I", i)?,
+        int(op, "k", k)?,
+        int(op, "E", e)?,
+    );
+    int(op, "T", t)?;
+    let ls = pow2_at_most(256, dev.facts.max_work_group);
+    need_local(dev, op, "the expert offsets scan", ls * 4)?;
+
     let bad = flags(dev, 1)?;
-    let block_expert = dev.alloc_zeroed("moe_experts blocks", byte_len(&[blocks], DType::I32)?)?;
-    let row_pair = dev.alloc_zeroed("moe_experts rows", byte_len(&[rows], DType::I32)?)?;
-    let pair_row = dev.alloc_zeroed("moe_experts pairs", byte_len(&[pairs], DType::I32)?)?;
+    let counts = dev.alloc_zeroed("moe_experts counts", byte_len(&[e], DType::I32)?)?;
+    let block_expert = dev.alloc_filled(
+        "moe_experts blocks",
+        byte_len(&[blocks], DType::I32)?,
+        u32::MAX,
+    )?;
+    let row_pair =
+        dev.alloc_filled("moe_experts rows", byte_len(&[rows], DType::I32)?, u32::MAX)?;
+    let pair_row = dev.alloc_workspace("moe_experts pairs", byte_len(&[pairs], DType::I32)?)?;
     let act = dev.alloc_workspace("moe_experts activations", byte_len(&[rows, i], DType::F32)?)?;
     let down = dev.alloc_workspace(
         "moe_experts down projections",
         byte_len(&[rows, h], DType::F32)?,
     )?;
     let y = dev.alloc_zeroed("moe_experts y", byte_len(&[t, h], call.dtype)?)?;
-    let (h32, i32_, k32) = (int(op, "H", h)?, int(op, "I", i)?, int(op, "k", k)?);
+    let program = dev.program(Module::MoeExperts, call.dtype)?;
 
-    let ls = pow2_at_most(256, dev.facts.max_work_group);
-    let plan = [
+    let per_pair = [pairs.div_ceil(ls) * ls];
+    let count = [
         Arg::Buf(ids),
-        Arg::I32(int(op, "T * k", pairs)?),
-        Arg::I32(int(op, "E", e)?),
+        Arg::Buf(weights),
+        Arg::I32(pairs32),
+        Arg::I32(e32),
         Arg::Buf(&bad),
+        Arg::Buf(&counts),
+        Arg::Buf(&pair_row),
+    ];
+    dev.launch(&program, "experts_count", &count, &per_pair, &[ls])?;
+    let offsets = [
+        Arg::Buf(&counts),
+        Arg::I32(e32),
         Arg::Buf(&block_expert),
-        Arg::I32(int(op, "blocks", blocks)?),
+        Arg::Local(ls * 4),
+    ];
+    dev.launch(&program, "experts_offsets", &offsets, &[ls], &[ls])?;
+    let scatter = [
+        Arg::Buf(ids),
+        Arg::Buf(weights),
+        Arg::I32(pairs32),
+        Arg::I32(e32),
+        Arg::Buf(&counts),
         Arg::Buf(&row_pair),
         Arg::Buf(&pair_row),
-        Arg::Local(e * 4),
-        Arg::Local(e * 4),
     ];
-    dev.launch(&program, "experts_plan", &plan, &[ls], &[ls])?;
+    dev.launch(&program, "experts_scatter", &scatter, &per_pair, &[ls])?;
     let gate_up = [
         Arg::Buf(x),
         Arg::Buf(w13),
