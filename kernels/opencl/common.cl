@@ -75,6 +75,23 @@ inline uint wg_scan(__local uint *buf, uint v, uint *total) {
     return incl - v;
 }
 
+// wg_scan of 16 counters at once.
+inline uint16 wg_scan16(__local uint16 *buf, uint16 v, uint16 *total) {
+    const int lid = get_local_id(0), ls = get_local_size(0);
+    buf[lid] = v;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int off = 1; off < ls; off <<= 1) {
+        const uint16 add = lid >= off ? buf[lid - off] : (uint16)(0u);
+        barrier(CLK_LOCAL_MEM_FENCE);
+        buf[lid] += add;
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    const uint16 incl = buf[lid];
+    *total = buf[ls - 1];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    return incl - v;
+}
+
 // Records a bad index: the smallest offending row-major position wins.
 inline void flag_bad_index(volatile __global int *flag, int linear) {
     atomic_min(flag, linear);
