@@ -67,7 +67,7 @@ fn case() -> impl Strategy<Value = RouteCase> {
 
 /// A divisor of `n` (n >= 1).
 fn divisor_of(n: usize) -> impl Strategy<Value = usize> {
-    let divisors: Vec<usize> = (1..=n.min(4096)).filter(|d| n % d == 0).collect();
+    let divisors: Vec<usize> = (1..=n.min(4096)).filter(|&d| n.is_multiple_of(d)).collect();
     prop::sample::select(divisors)
 }
 
@@ -76,7 +76,7 @@ fn params_valid(p: &RouteParams, experts: usize) -> bool {
     p.top_k >= 1
         && p.top_k <= experts
         && p.n_group >= 1
-        && experts % p.n_group == 0
+        && experts.is_multiple_of(p.n_group)
         && p.topk_group >= 1
         && p.topk_group <= p.n_group
         && p.top_k <= p.topk_group * (experts / p.n_group)
