@@ -6,6 +6,7 @@ use crate::calls::{
 };
 use crate::{DType, DeviceTensor, Error, HostTensor, Op, Result, Shape};
 use serde::{Deserialize, Serialize};
+use std::ffi::c_void;
 use std::fmt;
 
 /// A device family's implementation of the ops.
@@ -40,6 +41,95 @@ pub trait Backend: Send + Sync {
 
     /// Waits until all submitted work has finished.
     fn synchronize(&self) -> Result<()>;
+
+    /// Wraps `bytes` bytes of memory the caller owns at `ptr` as a tensor of `shape` and
+    /// `dtype` (`bytes` is `shape.byte_len(dtype)`), without copying or taking ownership.
+    /// Optional: the default is [`Error::NotProvided`]. Use [`DeviceTensor::from_raw`].
+    ///
+    /// # Safety
+    ///
+    /// The contract of [`DeviceTensor::from_raw`].
+    unsafe fn wrap_raw(
+        &self,
+        ptr: *mut c_void,
+        bytes: usize,
+        shape: &Shape,
+        dtype: DType,
+    ) -> Result<DeviceTensor> {
+        let _ = (ptr, bytes, shape, dtype);
+        Err(Error::NotProvided {
+            backend: self.name().to_string(),
+            what: "wrap_raw",
+        })
+    }
+
+    /// Writes all of `src` into `dst` in place, at element `dst_offset` (elements of the
+    /// common dtype), ordered after the work already enqueued. Fails with
+    /// [`Error::DTypeMismatch`] when the dtypes differ, [`Error::OutOfBounds`] when the
+    /// range does not fit (see [`crate::memory`]); nothing is written then. Optional: the
+    /// default is [`Error::NotProvided`].
+    fn upload_into(&self, src: &HostTensor, dst: &DeviceTensor, dst_offset: usize) -> Result<()> {
+        let _ = (src, dst, dst_offset);
+        Err(Error::NotProvided {
+            backend: self.name().to_string(),
+            what: "upload_into",
+        })
+    }
+
+    /// Copies `len` elements of `src` from element `src_offset` into `dst` at element
+    /// `dst_offset`, on the device, ordered after the work already enqueued. The ranges
+    /// may overlap only within one buffer. Errors as [`Backend::upload_into`]. Optional:
+    /// the default is [`Error::NotProvided`].
+    fn copy_into(
+        &self,
+        src: &DeviceTensor,
+        src_offset: usize,
+        dst: &DeviceTensor,
+        dst_offset: usize,
+        len: usize,
+    ) -> Result<()> {
+        let _ = (src, src_offset, dst, dst_offset, len);
+        Err(Error::NotProvided {
+            backend: self.name().to_string(),
+            what: "copy_into",
+        })
+    }
+
+    /// `moe_route` writing into caller tensors that [`crate::ops::moe_route_into`] has
+    /// checked (contract shapes and dtypes, this backend, no aliasing). The default runs
+    /// [`Backend::moe_route`] and copies its outputs with [`Backend::copy_into`].
+    fn moe_route_into(
+        &self,
+        call: &MoeRouteCall<'_>,
+        topk_ids: &DeviceTensor,
+        topk_weights: &DeviceTensor,
+    ) -> Result<()> {
+        let out = self.moe_route(call)?;
+        copy_whole(self, &out.topk_ids, topk_ids)?;
+        copy_whole(self, &out.topk_weights, topk_weights)
+    }
+
+    /// `moe_experts` writing `y` into a caller tensor that [`crate::ops::moe_experts_into`]
+    /// has checked. The default runs [`Backend::moe_experts`] and copies `y` with
+    /// [`Backend::copy_into`].
+    fn moe_experts_into(&self, call: &MoeExpertsCall<'_>, y: &DeviceTensor) -> Result<()> {
+        let out = self.moe_experts(call)?;
+        copy_whole(self, &out, y)
+    }
+
+    /// `mla_decode` writing into caller tensors that [`crate::ops::mla_decode_into`] has
+    /// checked. The default runs [`Backend::mla_decode`] and copies its outputs with
+    /// [`Backend::copy_into`].
+    fn mla_decode_into(
+        &self,
+        call: &MlaDecodeCall<'_>,
+        o: &DeviceTensor,
+        lse: &DeviceTensor,
+    ) -> Result<()> {
+        let out = self.mla_decode(call)?;
+        copy_whole(self, &out.o, o)?;
+        copy_whole(self, &out.lse, lse)
+    }
 
     /// `moe_route` on validated input. Use [`crate::ops::moe_route`].
     fn moe_route(&self, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput>;
@@ -150,6 +240,16 @@ impl fmt::Display for Verification {
             write!(f, "{kind}: {}", self.detail)
         }
     }
+}
+
+/// Copies all of `dst`'s elements from `src` with [`Backend::copy_into`] (a wrongly sized
+/// `src` is an [`Error::OutOfBounds`] there).
+fn copy_whole<B: Backend + ?Sized>(
+    backend: &B,
+    src: &DeviceTensor,
+    dst: &DeviceTensor,
+) -> Result<()> {
+    backend.copy_into(src, 0, dst, 0, dst.elem_count())
 }
 
 /// The default [`Backend`] v2 op: not implemented.

@@ -111,6 +111,53 @@ impl DeviceTensor {
         }
         self.buffer.as_any().downcast_ref::<B>().ok_or_else(wrong)
     }
+
+    /// Whether `self` and `other` share one buffer (clones and reshapes of one tensor).
+    /// Tensors wrapped separately over the same caller memory ([`DeviceTensor::from_raw`])
+    /// are not recognised.
+    pub fn same_buffer(&self, other: &DeviceTensor) -> bool {
+        std::ptr::addr_eq(Arc::as_ptr(&self.buffer), Arc::as_ptr(&other.buffer))
+    }
+
+    /// Wraps memory the caller owns as a tensor of `backend`, without copying it and without
+    /// taking ownership: moemla never frees it. Ops read it and write it in place
+    /// ([`crate::Backend::upload_into`], [`crate::Backend::copy_into`], the ops' `_into`
+    /// forms), so an engine can run moemla on its own buffers. Backends that cannot wrap
+    /// memory return [`Error::NotProvided`].
+    ///
+    /// `ptr` is, per backend: `cpu` a host pointer; `opencl` a `cl_mem` handle created in
+    /// the backend's context (moemla retains it and releases its own reference when the
+    /// last tensor over it is dropped; the caller keeps and releases its own); `cuda` / `hip`
+    /// a device pointer in the backend's context.
+    ///
+    /// Fails with [`Error::Size`] when `shape` and `dtype` make an unrepresentable size, and
+    /// with the backend's error when `ptr` is null, misaligned or (where the backend can
+    /// tell) smaller than the tensor.
+    ///
+    /// # Safety
+    ///
+    /// - `ptr` points to at least `shape.byte_len(dtype)` bytes of memory of that kind,
+    ///   readable and writable, aligned to `dtype.size_in_bytes()` (a `cl_mem` buffer of at
+    ///   least that size).
+    /// - The memory stays valid until every tensor made from it (clones and reshapes
+    ///   included) is dropped and every op enqueued on it has finished
+    ///   ([`crate::Backend::synchronize`]).
+    /// - While moemla may use it, nothing else writes it, or reads it while an op or copy
+    ///   writes it (on the CPU: no other thread touches it during a call that uses it).
+    /// - It does not overlap another tensor an op or copy uses with it, unless both are only
+    ///   read: an output never overlaps an input or another output.
+    pub unsafe fn from_raw(
+        backend: &dyn crate::Backend,
+        ptr: *mut std::ffi::c_void,
+        shape: impl Into<Shape>,
+        dtype: DType,
+    ) -> Result<DeviceTensor> {
+        let shape = shape.into();
+        let bytes = shape.byte_len(dtype)?;
+        // SAFETY: the caller upholds this function's contract, which is `wrap_raw`'s, for
+        // `bytes`, the checked size of `shape` in `dtype`.
+        unsafe { backend.wrap_raw(ptr, bytes, &shape, dtype) }
+    }
 }
 
 impl fmt::Debug for DeviceTensor {

@@ -211,6 +211,36 @@ pub enum Error {
     /// A host tensor was built from inconsistent parts.
     #[error("tensor: {0}")]
     Tensor(String),
+    /// A range of elements a copy names (`upload_into`, `copy_into`) lies outside its
+    /// tensor. Nothing is written.
+    #[error("{call}: `{arg}` range of {len} elements at offset {offset} lies outside its {size} elements")]
+    OutOfBounds {
+        /// The call (`upload_into`, `copy_into`).
+        call: &'static str,
+        /// The tensor (`src`, `dst`).
+        arg: &'static str,
+        /// First element of the range.
+        offset: usize,
+        /// Elements in the range.
+        len: usize,
+        /// Elements in the tensor.
+        size: usize,
+    },
+    /// The tensors a copy joins (`upload_into`, `copy_into`) have different element types.
+    /// Nothing is written.
+    #[error("{call}: `{arg}` must be {expected} (the dtype of `{other}`), got {got}")]
+    DTypeMismatch {
+        /// The call (`upload_into`, `copy_into`).
+        call: &'static str,
+        /// The tensor whose dtype disagrees (`dst`).
+        arg: &'static str,
+        /// The tensor it must agree with (`src`).
+        other: &'static str,
+        /// The dtype of `other`.
+        expected: DType,
+        /// The dtype of `arg`.
+        got: DType,
+    },
     /// A device or driver call failed.
     #[error("backend `{backend}`: {call} failed: {message}")]
     Device {

@@ -19,6 +19,7 @@ mod factory;
 pub mod fp8;
 mod host;
 pub mod indices;
+pub mod memory;
 pub mod ops;
 mod params;
 mod shape;

@@ -22,6 +22,10 @@
 //! # Ok(()) }
 //! ```
 
+mod into;
+
+pub use into::{mla_decode_into, moe_experts_into, moe_route_into};
+
 use crate::calls::{DsaIndexerTopkOutput, MlaDecodeOutput, MoeRouteOutput};
 use crate::validate::dsa_indexer_topk::IndexerArgs;
 use crate::validate::mla_decode::MlaArgs;
