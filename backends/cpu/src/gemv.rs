@@ -1,8 +1,9 @@
 //! Weight rows times a few activation vectors: the decode-time shape of the expert GEMMs,
 //! where a general GEMM would first pack (copy) the whole weight tile. Each weight row is
 //! read once (F16/BF16: upcast into an L1-resident buffer) and dotted with every
-//! activation vector.
+//! activation vector. FP8 weights are dequantized the same way, row by row.
 
+use crate::ops::moe_experts::fp8::Weights;
 use crate::storage::FloatSlice;
 
 /// Up to this many activation vectors, [`rows_times`] beats a tile plus GEMM (measured
@@ -13,7 +14,7 @@ pub const MAX_VECTORS: usize = 4;
 /// row-major matrix in storage type) and `n` activation vectors `act` [n, k] (f32);
 /// `out` is [rows, n]. `row` is scratch for one upcast weight row (unused for F32).
 pub fn rows_times(
-    w: FloatSlice<'_>,
+    w: Weights<'_>,
     first: usize,
     rows: usize,
     k: usize,
@@ -35,7 +36,7 @@ pub fn rows_times(
 /// [`rows_times`] as a pulp kernel: one run-time dispatch per call, the whole loop (upcast
 /// and dot products) inlined into the code compiled for the detected vector unit.
 struct RowsTimes<'a> {
-    w: FloatSlice<'a>,
+    w: Weights<'a>,
     first: usize,
     rows: usize,
     k: usize,
@@ -53,11 +54,10 @@ impl pulp::WithSimd for RowsTimes<'_> {
         let n = self.act.len() / k.max(1);
         self.row.resize(k, 0.0);
         for (r, out) in self.out.chunks_mut(n).take(self.rows).enumerate() {
-            let start = (self.first + r) * k;
             let w_row: &[f32] = match self.w {
-                FloatSlice::F32(v) => &v[start..start + k],
+                Weights::Float(FloatSlice::F32(v)) => &v[(self.first + r) * k..][..k],
                 other => {
-                    other.read_f32_inline(start, self.row);
+                    other.read_row_inline(self.first + r, self.row);
                     self.row
                 }
             };
@@ -102,7 +102,7 @@ mod tests {
         let act: Vec<f32> = (0..2 * k).map(|i| ((i * 3) % 5) as f32 * 0.5).collect();
         let mut out = vec![0.0; rows * 2];
         rows_times(
-            FloatSlice::BF16(&w),
+            Weights::Float(FloatSlice::BF16(&w)),
             1,
             rows,
             k,

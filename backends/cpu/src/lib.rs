@@ -1,7 +1,8 @@
 //! # moemla-cpu
 //!
-//! The moemla reference backend: every v1 op in F32, F16 and BF16 on the host CPU, with
-//! f32 accumulation, rayon parallelism and the `gemm` crate for the dense products.
+//! The moemla reference backend: every op of contract v2 in F32, F16 and BF16 on the host
+//! CPU (FP8 weights and the FP8 latent cache included), with f32 accumulation, rayon
+//! parallelism and the `gemm` crate for the dense products.
 //! Integrators fall back to it, and the golden cases are checked against it.
 
 mod ceilings;
@@ -17,10 +18,13 @@ mod vmath;
 
 pub use storage::CpuStorage;
 
-use moemla_core::calls::{MlaDecodeCall, MoeExpertsCall, MoeRouteCall};
+use moemla_core::calls::{
+    DsaIndexerTopkCall, MlaDecodeCall, MlaKvQuantizeCall, MlaSparseDecodeCall, MoeExpertsCall,
+    MoeRouteCall,
+};
 use moemla_core::{
-    Backend, BackendInfo, DType, DeviceTensor, HostTensor, MlaDecodeOutput, MoeRouteOutput,
-    OpSupport, Result, Shape, Verification, VerificationKind,
+    Backend, BackendInfo, DType, DeviceTensor, DsaIndexerTopkOutput, HostTensor, MlaDecodeOutput,
+    MoeRouteOutput, OpSupport, Result, Shape, Verification, VerificationKind,
 };
 use std::sync::Arc;
 
@@ -86,7 +90,7 @@ impl Backend for CpuBackend {
             ),
             device_kind: moemla_core::DeviceKind::Cpu,
             memory_bytes: device::total_memory_bytes(),
-            supported: OpSupport::all_v1(),
+            supported: OpSupport::all_v2(),
             verification: claimed_verification(),
             notes: vec![],
         }
@@ -130,6 +134,34 @@ impl Backend for CpuBackend {
             o: self.tensor(o, [call.batch, call.s_q, call.h_q, call.d_v]),
             lse: self.tensor(CpuStorage::F32(lse), [call.batch, call.h_q, call.s_q]),
         })
+    }
+
+    fn mla_kv_quantize(&self, call: &MlaKvQuantizeCall<'_>) -> Result<DeviceTensor> {
+        let rows = ops::mla_kv_quantize::run(&self.name, call)?;
+        let dims = [call.rows, moemla_core::fp8::DS_V32_ROW_BYTES];
+        Ok(self.tensor(CpuStorage::U8(rows), dims))
+    }
+
+    fn mla_sparse_decode(&self, call: &MlaSparseDecodeCall<'_>) -> Result<MlaDecodeOutput> {
+        let (o, lse) = ops::mla_sparse_decode::run(&self.name, call)?;
+        Ok(MlaDecodeOutput {
+            o: self.tensor(o, [call.batch, call.s_q, call.h_q, call.d_v]),
+            lse: self.tensor(CpuStorage::F32(lse), [call.batch, call.h_q, call.s_q]),
+        })
+    }
+
+    fn dsa_indexer_topk(&self, call: &DsaIndexerTopkCall<'_>) -> Result<DsaIndexerTopkOutput> {
+        let (indices, scores) = ops::dsa_indexer_topk::run(&self.name, call)?;
+        let dims = [call.batch, call.s_q, call.params.top_k];
+        Ok(DsaIndexerTopkOutput {
+            topk_indices: self.tensor(CpuStorage::I32(indices), dims),
+            topk_scores: self.tensor(CpuStorage::F32(scores), dims),
+        })
+    }
+
+    fn supports(&self, support: &OpSupport) -> bool {
+        // What `info` lists, without probing the host for the device name.
+        OpSupport::all_v2().contains(support)
     }
 
     fn copy_bench(&self, bytes: usize, reps: usize) -> Result<std::time::Duration> {

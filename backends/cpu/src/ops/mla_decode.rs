@@ -1,13 +1,15 @@
-//! `mla_decode` on the CPU: check the indices, then for each (sequence, cache head) attend
+//! `mla_decode` on the CPU (dense or `fp8_ds_v32` cache, dequantized as rows are loaded):
+//! check the indices, then for each (sequence, cache head) attend
 //! with all `Sq * Hq / Hkv` query rows that share that head at once ([`attend`]), the
 //! sequence split into ranges so every core is busy even at batch 1, the partial softmax
 //! states merged at the end. Work is linear in the sequence lengths.
 
-mod attend;
+pub(crate) mod attend;
 
+use super::kv_rows::KvRows;
 use crate::convert::storage_from_f32;
 use crate::storage::{float_slice, i32_slice, zeroed, CpuStorage, FloatSlice};
-use attend::{Cache, Partial, Scratch, CHUNK};
+use attend::{Cache, Partial, Scratch, Slots, CHUNK};
 use moemla_core::calls::MlaDecodeCall;
 use moemla_core::indices::check_mla_indices;
 use moemla_core::Result;
@@ -30,7 +32,7 @@ pub fn run(backend: &str, call: &MlaDecodeCall<'_>) -> Result<(CpuStorage, Vec<f
     let seqlens = i32_slice(call.cache_seqlens, backend, CALL, "cache_seqlens")?;
     check_mla_indices(call, table, seqlens)?;
     let q = float_slice(call.q, backend, CALL, "q")?;
-    let data = float_slice(call.kv_cache, backend, CALL, "kv_cache")?;
+    let data = KvRows::of(call.kv_cache, call.params.kv_format, backend, CALL)?;
     // Checked above: every length lies in [0, max_blocks * block_size].
     let seqlens: Vec<usize> = seqlens.iter().map(|&l| l as usize).collect();
     let jobs = plan(call, &seqlens);
@@ -40,8 +42,10 @@ pub fn run(backend: &str, call: &MlaDecodeCall<'_>) -> Result<(CpuStorage, Vec<f
         .map_init(Scratch::default, |scratch, job| {
             let cache = Cache {
                 data,
-                table: &table[job.b * call.max_blocks..(job.b + 1) * call.max_blocks],
-                block_size: call.block_size,
+                slots: Slots::Paged {
+                    table: &table[job.b * call.max_blocks..(job.b + 1) * call.max_blocks],
+                    block_size: call.block_size,
+                },
                 h_kv: call.h_kv,
                 d_qk: call.d_qk,
                 d_v: call.d_v,

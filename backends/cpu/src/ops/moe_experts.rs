@@ -2,18 +2,22 @@
 //! (group routed pairs by expert and gather their token rows), grouped SwiGLU GEMMs
 //! ([`ffn`]), then a deterministic weighted combine (each token sums its slots in order).
 //! Slots with id -1 or weight 0 are never routed, so they contribute nothing even when
-//! their expert's output is not finite. Every buffer whose size no input bounds (rows x H,
+//! their expert's output is not finite. Contract v2: FP8 weights are dequantized tile by
+//! tile as the GEMMs read them ([`fp8`]); `fp8_block128` quantizes x and the activations
+//! before the GEMM that reads them; `swiglu_limit` clamps the gate and up values. Every buffer whose size no input bounds (rows x H,
 //! rows x I) is sized with checked arithmetic and allocated fallibly.
 
 mod ffn;
+pub mod fp8;
 mod permute;
 
 use crate::convert::storage_from_f32;
 use crate::storage::{f32_slice, float_slice, i32_slice, zeroed, CpuStorage, FloatSlice};
 use ffn::ExpertWeights;
+use fp8::Weights;
 use moemla_core::calls::MoeExpertsCall;
 use moemla_core::indices::check_topk_ids;
-use moemla_core::Result;
+use moemla_core::{ActivationQuant, Result};
 use permute::Permutation;
 use rayon::prelude::*;
 
@@ -25,15 +29,36 @@ pub fn run(backend: &str, call: &MoeExpertsCall<'_>) -> Result<CpuStorage> {
     check_topk_ids(call, ids)?;
     let weights = f32_slice(call.topk_weights, backend, CALL, "topk_weights")?;
     let x = float_slice(call.x, backend, CALL, "x")?;
+    let scales = call.fp8_scales;
     let w = ExpertWeights {
-        w13: float_slice(call.w13, backend, CALL, "w13")?,
-        w2: float_slice(call.w2, backend, CALL, "w2")?,
+        w13: Weights::of(
+            backend,
+            CALL,
+            ("w13", call.w13),
+            scales.map(|s| ("w13_scale", s.w13_scale)),
+        )?,
+        w2: Weights::of(
+            backend,
+            CALL,
+            ("w2", call.w2),
+            scales.map(|s| ("w2_scale", s.w2_scale)),
+        )?,
         hidden: call.hidden,
         inter: call.inter,
     };
+    let p = call.params;
+    let quant =
+        (p.activation_quant == ActivationQuant::Fp8Block128).then(|| p.activation_scale.mode());
     let perm = Permutation::new(ids, weights, call.experts, call.top_k)?;
-    let xg = gather_rows(x, &perm, call.hidden)?;
-    let h_t = ffn::gate_up(&perm, &xg, w)?;
+    let mut xg = gather_rows(x, &perm, call.hidden)?;
+    if let Some(mode) = quant {
+        fp8::quantize_rows(&mut xg, call.hidden, mode);
+    }
+    let limit = p.swiglu_limit.map(|c| c as f32);
+    let mut h_t = ffn::gate_up(&perm, &xg, w, limit)?;
+    if let Some(mode) = quant {
+        fp8::quantize_columns(&perm, &mut h_t, call.inter, mode);
+    }
     let y_t = ffn::down(&perm, &h_t, w)?;
     let y = combine(&perm, &y_t, weights, call.top_k, call.hidden)?;
     storage_from_f32(y, call.dtype)

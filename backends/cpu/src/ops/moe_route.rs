@@ -2,10 +2,12 @@
 //!
 //! Selection (groups, then experts) is a partial selection plus a sort of the chosen few,
 //! O(E + k log k) per token, so `top_k` near `E` costs no more than a sort. A NaN selection
-//! score ranks as -inf; renormalisation divides by `max(sum, 1e-20)`.
+//! score ranks as -inf; renormalisation divides by `max(sum, 1e-20)`. With hash routing
+//! (contract v2) a token's ids are its `tid2eid` row instead (tables checked first).
 
-use crate::storage::{f32_slice, float_slice, zeroed};
+use crate::storage::{f32_slice, float_slice, i32_slice, zeroed};
 use moemla_core::calls::MoeRouteCall;
+use moemla_core::indices::check_hash_routing;
 use moemla_core::{Error, GroupSelect, Op, Result, RouteParams, ScoreFunc, Shape};
 use rayon::prelude::*;
 use std::cmp::Ordering;
@@ -25,6 +27,15 @@ pub fn run(backend: &str, call: &MoeRouteCall<'_>) -> Result<(Vec<i32>, Vec<f32>
     };
     let (experts, k) = (call.experts, call.params.top_k);
     ids_fit_i32(experts, call.logits.shape())?;
+    let hash = match call.hash {
+        Some(h) => {
+            let input_ids = i32_slice(h.input_ids, backend, CALL, "input_ids")?;
+            let tid2eid = i32_slice(h.tid2eid, backend, CALL, "tid2eid")?;
+            check_hash_routing(call, input_ids, tid2eid)?;
+            Some((input_ids, tid2eid))
+        }
+        None => None,
+    };
     let mut ids = zeroed(&[call.tokens, k], "cpu moe_route topk_ids")?;
     let mut weights = zeroed(&[call.tokens, k], "cpu moe_route topk_weights")?;
     ids.par_chunks_mut(k)
@@ -34,7 +45,12 @@ pub fn run(backend: &str, call: &MoeRouteCall<'_>) -> Result<(Vec<i32>, Vec<f32>
             || Scratch::new(experts),
             |scratch, (t, (ids, weights))| {
                 logits.read_f32(t * experts, &mut scratch.scores);
-                route_token(call.params, bias, scratch, ids, weights);
+                // Checked above: input_ids[t] in [0, vocab), its row k ids in [0, E).
+                let row = hash.map(|(input_ids, table)| {
+                    let at = input_ids[t] as usize * k;
+                    &table[at..at + k]
+                });
+                route_token(call.params, bias, row, scratch, ids, weights);
             },
         );
     Ok((ids, weights))
@@ -82,10 +98,12 @@ impl Scratch {
     }
 }
 
-/// Routes one token whose logits are in `scratch.scores`.
+/// Routes one token whose logits are in `scratch.scores`: by top-k selection, or to the
+/// experts of its hash-table row (`table_row`, checked: k distinct ids in [0, E)).
 fn route_token(
     p: &RouteParams,
     bias: Option<&[f32]>,
+    table_row: Option<&[i32]>,
     scratch: &mut Scratch,
     ids: &mut [i32],
     weights: &mut [f32],
@@ -98,6 +116,14 @@ fn route_token(
         kept,
     } = scratch;
     apply_score_func(p.score_func, scores);
+    if let Some(row) = table_row {
+        for ((id, w), &e) in ids.iter_mut().zip(weights.iter_mut()).zip(row) {
+            *id = e;
+            *w = scores[e as usize];
+        }
+        finish_weights(p, weights);
+        return;
+    }
     match bias {
         Some(b) => sel
             .iter_mut()
@@ -113,6 +139,11 @@ fn route_token(
         *id = e as i32; // e < E <= 2^31 (checked in `run`)
         *w = scores[e];
     }
+    finish_weights(p, weights);
+}
+
+/// Renormalisation (by `max(sum, 1e-20)`) if asked, then the routed scaling factor.
+fn finish_weights(p: &RouteParams, weights: &mut [f32]) {
     if p.renormalize {
         let sum: f32 = weights.iter().sum();
         // IEEE maxNum (C's fmax): a NaN sum gives RENORM_MIN, as on every backend.

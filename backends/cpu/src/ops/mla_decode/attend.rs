@@ -2,11 +2,12 @@
 //! cache positions with online softmax, chunk by chunk, as two GEMMs per chunk:
 //! `S = Q K^T` ([M, Dqk] x [Dqk, C]) and `acc += P V` ([M, C] x [C, Dv]).
 //!
-//! Each chunk of K/V rows is gathered from the paged cache and upcast to f32 once, shared
-//! by all M rows. Only positions below a row's attended length are ever read or weighted.
+//! Each chunk of K/V rows is gathered from the cache (through a block table, or an index
+//! list for sparse attention) and upcast (or FP8-dequantized) to f32 once, shared by all M
+//! rows. Only positions below a row's attended length are ever read or weighted.
 
 use crate::gemm_util::{matmul, MatRef};
-use crate::storage::FloatSlice;
+use crate::ops::kv_rows::KvRows;
 use crate::vmath;
 use moemla_core::Result;
 use std::ops::Range;
@@ -17,12 +18,10 @@ pub const CHUNK: usize = 128;
 /// One sequence's cache as the kernel reads it.
 #[derive(Clone, Copy, Debug)]
 pub struct Cache<'a> {
-    /// [num_blocks, block_size, Hkv, Dqk] in storage type.
-    pub data: FloatSlice<'a>,
-    /// This sequence's block-table row (entries covering positions < seqlen are checked).
-    pub table: &'a [i32],
-    /// Tokens per block.
-    pub block_size: usize,
+    /// The cache rows in storage type.
+    pub data: KvRows<'a>,
+    /// Which cache slot each attended position is.
+    pub slots: Slots<'a>,
     /// Cache heads.
     pub h_kv: usize,
     /// Key width.
@@ -31,11 +30,30 @@ pub struct Cache<'a> {
     pub d_v: usize,
 }
 
-impl Cache<'_> {
-    /// Element offset of position `p`, head `g` (the block entry was checked).
-    fn row_offset(&self, p: usize, g: usize) -> usize {
-        let block = self.table[p / self.block_size] as usize;
-        ((block * self.block_size + p % self.block_size) * self.h_kv + g) * self.d_qk
+/// How attended positions map to cache slots.
+#[derive(Clone, Copy, Debug)]
+pub enum Slots<'a> {
+    /// A sequence's positions through its block-table row (the entries covering positions
+    /// below its length are checked).
+    Paged {
+        /// The block-table row.
+        table: &'a [i32],
+        /// Tokens per block.
+        block_size: usize,
+    },
+    /// Sparse attention: position `p` is slot `list[p]` (checked to exist).
+    Listed(&'a [u32]),
+}
+
+impl Slots<'_> {
+    /// The cache slot of position `p`.
+    fn slot(&self, p: usize) -> usize {
+        match *self {
+            Slots::Paged { table, block_size } => {
+                table[p / block_size] as usize * block_size + p % block_size
+            }
+            Slots::Listed(list) => list[p] as usize,
+        }
     }
 }
 
@@ -81,7 +99,8 @@ pub fn attend(
         let n = CHUNK.min(end - p0);
         scratch.kv.resize(n * d_qk, 0.0);
         for (j, row) in scratch.kv.chunks_mut(d_qk).enumerate() {
-            cache.data.read_f32(cache.row_offset(p0 + j, g), row);
+            let slot = cache.slots.slot(p0 + j);
+            cache.data.read(slot, g, cache.h_kv, row);
         }
         let kv = &scratch.kv[..n * d_qk];
         scratch.s.resize(rows * n, 0.0);

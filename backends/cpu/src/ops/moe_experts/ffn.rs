@@ -6,10 +6,11 @@
 //! Activations are kept transposed per expert (`[rows_out, n_e]`, expert after expert),
 //! so every tile writes one contiguous chunk.
 
+use super::fp8::Weights;
 use super::permute::Permutation;
 use crate::gemm_util::{matmul, MatRef};
 use crate::gemv;
-use crate::storage::{zeroed, FloatSlice};
+use crate::storage::zeroed;
 use moemla_core::Result;
 use rayon::prelude::*;
 
@@ -22,13 +23,13 @@ const TILE_BYTES: usize = 4 << 20;
 #[cfg(test)]
 const TILE_BYTES: usize = 32 << 10;
 
-/// One expert's weights, in storage type.
+/// The experts' weights, in storage type (run dtype, or FP8 with block scales).
 #[derive(Clone, Copy, Debug)]
 pub struct ExpertWeights<'a> {
     /// [E, 2I, H]: rows 0..I gate (W1), I..2I up (W3).
-    pub w13: FloatSlice<'a>,
+    pub w13: Weights<'a>,
     /// [E, H, I].
-    pub w2: FloatSlice<'a>,
+    pub w2: Weights<'a>,
     /// H.
     pub hidden: usize,
     /// I.
@@ -53,10 +54,16 @@ struct Scratch {
 }
 
 /// `h^T` per expert, `[I, n_e]` expert after expert: `silu(W1_e X_e^T) * (W3_e X_e^T)`,
-/// where `X_e` are the expert's permuted rows of `xg` [rows, H] (f32). The output (rows x I,
-/// which no input bounds) is checked ([`moemla_core::Error::Size`]) and allocated fallibly
+/// where `X_e` are the expert's permuted rows of `xg` [rows, H] (f32); with a SwiGLU
+/// `limit` c, `silu(min(g, c)) * clamp(u, -c, c)`. The output (rows x I, which no input
+/// bounds) is checked ([`moemla_core::Error::Size`]) and allocated fallibly
 /// ([`moemla_core::Error::OutOfMemory`]).
-pub fn gate_up(perm: &Permutation, xg: &[f32], w: ExpertWeights<'_>) -> Result<Vec<f32>> {
+pub fn gate_up(
+    perm: &Permutation,
+    xg: &[f32],
+    w: ExpertWeights<'_>,
+    limit: Option<f32>,
+) -> Result<Vec<f32>> {
     let (h, i) = (w.hidden, w.inter);
     let mut out = zeroed(&[perm.rows(), i], "cpu moe_experts activations")?;
     tiles(perm, &mut out, i, tile_rows(h))
@@ -81,8 +88,17 @@ pub fn gate_up(perm: &Permutation, xg: &[f32], w: ExpertWeights<'_>) -> Result<V
                     false,
                 )?;
             }
-            for (g, u) in tile.out.iter_mut().zip(&s.up_out) {
-                *g = silu(*g) * u;
+            match limit {
+                None => {
+                    for (g, u) in tile.out.iter_mut().zip(&s.up_out) {
+                        *g = silu(*g) * u;
+                    }
+                }
+                Some(c) => {
+                    for (g, u) in tile.out.iter_mut().zip(&s.up_out) {
+                        *g = clamped_swiglu(*g, *u, c);
+                    }
+                }
             }
             Ok(())
         })?;
@@ -124,6 +140,12 @@ fn skinny(n: usize) -> bool {
 /// SiLU (swish): `x * sigmoid(x)`.
 fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
+}
+
+/// `silu(min(g, c)) * clamp(u, -c, c)` (DeepSeek-V4's clamp); a NaN `g` or `u` stays NaN.
+fn clamped_swiglu(g: f32, u: f32, c: f32) -> f32 {
+    let g = if g > c { c } else { g };
+    silu(g) * u.clamp(-c, c)
 }
 
 /// Weight rows per tile for rows of `k` columns (a multiple of 16, >= 16).
@@ -169,6 +191,7 @@ fn tiles<'b>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::FloatSlice;
 
     #[test]
     fn silu_matches_its_definition() {
@@ -176,6 +199,16 @@ mod tests {
             let want = x as f64 / (1.0 + (-x as f64).exp());
             assert!((silu(x) as f64 - want).abs() < 1e-6);
         }
+    }
+
+    #[test]
+    fn the_swiglu_clamp_bites_both_ways_and_keeps_nan() {
+        let c = 10.0;
+        assert_eq!(clamped_swiglu(3.0, -4.0, c), silu(3.0) * -4.0);
+        assert_eq!(clamped_swiglu(25.0, 30.0, c), silu(10.0) * 10.0);
+        assert_eq!(clamped_swiglu(-25.0, -30.0, c), silu(-25.0) * -10.0);
+        assert!(clamped_swiglu(f32::NAN, 1.0, c).is_nan());
+        assert!(clamped_swiglu(1.0, f32::NAN, c).is_nan());
     }
 
     #[test]
@@ -198,17 +231,17 @@ mod tests {
         // not even fit in the address space. The weights are never read.
         let perm = Permutation::new(&[0, 0], &[1.0; 2], 1, 1).unwrap();
         let w = |inter| ExpertWeights {
-            w13: FloatSlice::F32(&[]),
-            w2: FloatSlice::F32(&[]),
+            w13: Weights::Float(FloatSlice::F32(&[])),
+            w2: Weights::Float(FloatSlice::F32(&[])),
             hidden: 1,
             inter,
         };
-        let err = gate_up(&perm, &[1.0, 1.0], w(1 << 45)).unwrap_err();
+        let err = gate_up(&perm, &[1.0, 1.0], w(1 << 45), None).unwrap_err();
         assert!(
             matches!(err, moemla_core::Error::OutOfMemory { .. }),
             "{err}"
         );
-        let err = gate_up(&perm, &[1.0, 1.0], w(1 << 62)).unwrap_err();
+        let err = gate_up(&perm, &[1.0, 1.0], w(1 << 62), None).unwrap_err();
         assert!(matches!(err, moemla_core::Error::Size { .. }), "{err}");
     }
 }

@@ -1,0 +1,28 @@
+//! `mla_kv_quantize` on the CPU: rows to the 656-byte `fp8_ds_v32` layout, byte-exact
+//! (the codec is `moemla_core::fp8`), one row per rayon task.
+
+use crate::storage::{float_slice, zeroed};
+use moemla_core::calls::MlaKvQuantizeCall;
+use moemla_core::fp8::{quantize_ds_v32_row, DS_V32_DIM, DS_V32_ROW_BYTES};
+use moemla_core::indices::check_kv_finite;
+use moemla_core::Result;
+use rayon::prelude::*;
+
+const CALL: &str = "mla_kv_quantize";
+
+/// Quantizes `kv` [N, 576]; returns `kv_fp8` [N, 656] bytes. A non-finite input is an
+/// input error naming its row, reported before anything is written.
+pub fn run(backend: &str, call: &MlaKvQuantizeCall<'_>) -> Result<Vec<u8>> {
+    let kv = float_slice(call.kv, backend, CALL, "kv")?;
+    let mut values = zeroed::<f32>(&[call.rows, DS_V32_DIM], "cpu mla_kv_quantize input")?;
+    kv.read_f32(0, &mut values);
+    check_kv_finite(call, &values)?;
+    let mut out = zeroed::<u8>(&[call.rows, DS_V32_ROW_BYTES], "cpu mla_kv_quantize kv_fp8")?;
+    let (rows_in, _) = values.as_chunks::<DS_V32_DIM>();
+    let (rows_out, _) = out.as_chunks_mut::<DS_V32_ROW_BYTES>();
+    rows_out
+        .par_iter_mut()
+        .zip(rows_in.par_iter())
+        .for_each(|(row, kv)| quantize_ds_v32_row(kv, row));
+    Ok(out)
+}

@@ -1,0 +1,154 @@
+//! `mla_sparse_decode` on the CPU: DeepSeek Sparse Attention over the cache slots each query
+//! lists. Check the indices, gather each query's valid entries (j < topk_length, not -1;
+//! duplicates kept: they attend twice), then all Hq heads of a query attend over only those
+//! rows with online softmax ([`attend`], dense or FP8 rows dequantized on load), long lists
+//! split across threads and merged, and the sink applied last. One path serves decode
+//! (Sq 1), MTP and prefill (Sq in the thousands).
+
+use super::kv_rows::KvRows;
+use super::mla_decode::attend::{self, Cache, Partial, Scratch, Slots, CHUNK};
+use crate::convert::storage_from_f32;
+use crate::storage::{f32_slice, float_slice, i32_slice, zeroed, CpuStorage};
+use moemla_core::alloc::try_filled_vec;
+use moemla_core::calls::MlaSparseDecodeCall;
+use moemla_core::indices::check_sparse_indices;
+use moemla_core::Result;
+use rayon::prelude::*;
+
+const CALL: &str = "mla_sparse_decode";
+
+/// A unit of parallel work: query row `r` (= b * Sq + i), list positions `start..end`.
+#[derive(Clone, Copy, Debug)]
+struct Job {
+    r: usize,
+    start: usize,
+    end: usize,
+}
+
+/// Runs the sparse attention; returns `o` [B, Sq, Hq, Dv] in the run dtype and `lse`
+/// [B, Hq, Sq].
+pub fn run(backend: &str, call: &MlaSparseDecodeCall<'_>) -> Result<(CpuStorage, Vec<f32>)> {
+    let indices = i32_slice(call.indices, backend, CALL, "indices")?;
+    let lens = match call.topk_length {
+        Some(t) => Some(i32_slice(t, backend, CALL, "topk_length")?),
+        None => None,
+    };
+    check_sparse_indices(call, indices, lens)?;
+    let sink = match call.attn_sink {
+        Some(t) => Some(f32_slice(t, backend, CALL, "attn_sink")?),
+        None => None,
+    };
+    let q = float_slice(call.q, backend, CALL, "q")?;
+    let data = KvRows::of(call.kv_cache, call.params.kv_format, backend, CALL)?;
+    let (list, offsets) = attended_lists(call, indices, lens)?;
+    let jobs = plan(&offsets);
+    let (h_q, d_qk) = (call.h_q, call.d_qk);
+    let scale = call.params.softmax_scale as f32;
+    let parts = jobs
+        .par_iter()
+        .map_init(Scratch::default, |scratch, job| {
+            let mut rows = zeroed::<f32>(&[h_q, d_qk], "cpu mla_sparse_decode query rows")?;
+            q.read_f32(job.r * h_q * d_qk, &mut rows);
+            let slots = &list[offsets[job.r]..offsets[job.r + 1]];
+            let cache = Cache {
+                data,
+                slots: Slots::Listed(slots),
+                h_kv: 1,
+                d_qk,
+                d_v: call.d_v,
+            };
+            let limits = vec![slots.len(); h_q];
+            let span = job.start..job.end;
+            attend::attend((&rows, &limits), &cache, 0, span, scale, scratch)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    write_outputs(call, &jobs, &parts, sink)
+}
+
+/// Every query row's attended slots, concatenated (`list[offsets[r]..offsets[r + 1]]`):
+/// the entries `j < topk_length[b]` that are not -1, in order, duplicates kept. Checked
+/// already: each lies in [0, slots) < 2^31.
+fn attended_lists(
+    call: &MlaSparseDecodeCall<'_>,
+    indices: &[i32],
+    lens: Option<&[i32]>,
+) -> Result<(Vec<u32>, Vec<usize>)> {
+    let (rows, topk) = (call.batch * call.s_q, call.topk);
+    let mut offsets: Vec<usize> = try_filled_vec(rows + 1, "cpu mla_sparse_decode lists")?;
+    let mut list = Vec::new();
+    list.try_reserve_exact(indices.len())
+        .map_err(|_| moemla_core::Error::OutOfMemory {
+            what: "cpu mla_sparse_decode lists".into(),
+            bytes: indices.len().saturating_mul(4),
+        })?;
+    for r in 0..rows {
+        let len = lens.map_or(topk, |l| l[r / call.s_q] as usize);
+        let row = &indices[r * topk..r * topk + len];
+        list.extend(row.iter().filter(|&&s| s != -1).map(|&s| s as u32));
+        offsets[r + 1] = list.len();
+    }
+    Ok((list, offsets))
+}
+
+/// Splits every query row's list into ranges of whole chunks: enough jobs for about four
+/// per thread, no range shorter than two chunks; a row with an empty list gets one empty
+/// job (its result: o = 0, lse = -inf).
+fn plan(offsets: &[usize]) -> Vec<Job> {
+    let rows = offsets.len() - 1;
+    let want = (4 * rayon::current_num_threads()).div_ceil(rows.max(1));
+    let mut jobs = Vec::new();
+    for r in 0..rows {
+        let len = offsets[r + 1] - offsets[r];
+        let splits = want.min(len.div_ceil(2 * CHUNK)).max(1);
+        let span = len.div_ceil(splits).div_ceil(CHUNK) * CHUNK;
+        let mut start = 0;
+        loop {
+            let end = (start + span).min(len);
+            jobs.push(Job { r, start, end });
+            start = end;
+            if start >= len {
+                break;
+            }
+        }
+    }
+    jobs
+}
+
+/// Merges each query row's ranges, applies the sink (`o *= 1 / (1 + exp(sink - lse))`,
+/// lse unchanged) and writes `o` (run dtype) and `lse`.
+fn write_outputs(
+    call: &MlaSparseDecodeCall<'_>,
+    jobs: &[Job],
+    parts: &[Partial],
+    sink: Option<&[f32]>,
+) -> Result<(CpuStorage, Vec<f32>)> {
+    let (d_v, s_q, h_q) = (call.d_v, call.s_q, call.h_q);
+    let mut o = zeroed(&[call.batch, s_q, h_q, d_v], "cpu mla_sparse_decode o")?;
+    let mut lse = zeroed(&[call.batch, h_q, s_q], "cpu mla_sparse_decode lse")?;
+    lse.fill(f32::NEG_INFINITY);
+    let mut at = 0;
+    while at < jobs.len() {
+        let r = jobs[at].r;
+        let count = jobs[at..].iter().take_while(|j| j.r == r).count();
+        let merged = attend::merge(&parts[at..at + count], d_v);
+        at += count;
+        let (b, i) = (r / s_q, r % s_q);
+        for h in 0..h_q {
+            let l = merged.l[h];
+            if l <= 0.0 {
+                continue; // no valid entry: o = 0, lse = -inf
+            }
+            let row_lse = merged.m[h] + l.ln();
+            lse[(b * h_q + h) * s_q + i] = row_lse;
+            let factor = match sink {
+                Some(s) => 1.0 / (1.0 + (s[h] - row_lse).exp()),
+                None => 1.0,
+            };
+            let dst = &mut o[(r * h_q + h) * d_v..][..d_v];
+            for (out, &a) in dst.iter_mut().zip(&merged.acc[h * d_v..(h + 1) * d_v]) {
+                *out = a / l * factor;
+            }
+        }
+    }
+    Ok((storage_from_f32(o, call.dtype)?, lse))
+}

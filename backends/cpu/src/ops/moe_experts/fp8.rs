@@ -1,0 +1,204 @@
+//! Contract v2 experts on the CPU: expert weights as stored (run dtype, or FP8 e4m3 codes
+//! with 128x128 block scales, dequantized row by row into the f32 tiles the GEMMs read, so
+//! no dequantized weight tensor ever exists), and `fp8_block128` activation quantization.
+
+use super::permute::Permutation;
+use crate::storage::{f32_slice, storage, CpuStorage, FloatSlice};
+use moemla_core::fp8::{quantize_activation_row, ScaleMode, BLOCK, E4M3_VALUES};
+use moemla_core::{DType, DeviceTensor, Error, Result};
+use rayon::prelude::*;
+
+/// One weight stack [E, R, C] as stored.
+#[derive(Clone, Copy, Debug)]
+pub enum Weights<'a> {
+    /// Run-dtype values.
+    Float(FloatSlice<'a>),
+    /// e4m3 codes with block scales.
+    Fp8(Fp8Weights<'a>),
+}
+
+/// FP8 weights [E, R, C]: `W[e, r, c] = e4m3(codes[e, r, c]) * scales[e, r / 128, c / 128]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Fp8Weights<'a> {
+    /// The codes, row-major [E, R, C].
+    pub codes: &'a [u8],
+    /// The scales, [E, ceil(R / 128), ceil(C / 128)].
+    pub scales: &'a [f32],
+    /// R: rows per expert.
+    pub rows: usize,
+    /// C: columns.
+    pub cols: usize,
+}
+
+impl<'a> Weights<'a> {
+    /// The weights of argument `arg` of `call`: run dtype, or FP8 with `scale` (validation
+    /// guarantees the dtypes and the scale shape `[E, ceil(R/128), ceil(C/128)]`).
+    pub fn of(
+        backend: &str,
+        call: &'static str,
+        (arg, t): (&'static str, &'a DeviceTensor),
+        scale: Option<(&'static str, &'a DeviceTensor)>,
+    ) -> Result<Self> {
+        let Some((scale_arg, scale)) = scale else {
+            return Ok(Weights::Float(crate::storage::float_slice(
+                t, backend, call, arg,
+            )?));
+        };
+        let codes = match storage(t, backend, call, arg)? {
+            CpuStorage::F8E4M3(v) => v,
+            other => {
+                return Err(Error::Device {
+                    backend: backend.to_string(),
+                    call: format!("{call}: `{arg}`"),
+                    message: format!("buffer holds {}, expected F8_E4M3", other.dtype()),
+                })
+            }
+        };
+        debug_assert_eq!(t.dtype(), DType::F8E4M3);
+        let [_, rows, cols] = [0, 1, 2].map(|d| t.dims()[d]);
+        Ok(Weights::Fp8(Fp8Weights {
+            codes,
+            scales: f32_slice(scale, backend, call, scale_arg)?,
+            rows,
+            cols,
+        }))
+    }
+
+    /// Rows `first..first + rows` (rows of the flattened [E * R, C] matrix, `cols` = C
+    /// columns) as f32: the stored rows themselves for F32, else converted once into
+    /// `scratch` (FP8: dequantized with their block scales).
+    pub fn rows_f32<'s>(
+        self,
+        first: usize,
+        rows: usize,
+        cols: usize,
+        scratch: &'s mut Vec<f32>,
+    ) -> &'s [f32]
+    where
+        Self: 's,
+    {
+        match self {
+            Weights::Float(w) => w.rows_f32(first, rows, cols, scratch),
+            Weights::Fp8(w) => {
+                scratch.resize(rows * cols, 0.0);
+                for (r, dst) in scratch.chunks_exact_mut(cols).enumerate() {
+                    w.read_row(first + r, dst);
+                }
+                scratch
+            }
+        }
+    }
+
+    /// Row `row` of the flattened [E * R, C] matrix as f32 into `dst` (C long), for kernels
+    /// compiled for the detected vector unit (inlined there).
+    #[inline(always)]
+    pub fn read_row_inline(&self, row: usize, dst: &mut [f32]) {
+        match self {
+            Weights::Float(w) => w.read_f32_inline(row * dst.len(), dst),
+            Weights::Fp8(w) => w.read_row(row, dst),
+        }
+    }
+}
+
+impl Fp8Weights<'_> {
+    /// Dequantizes row `row` (of the flattened [E * R, C] matrix) into `dst` (C long): each
+    /// 128-column block times its scale.
+    #[inline(always)]
+    pub fn read_row(&self, row: usize, dst: &mut [f32]) {
+        let (e, r) = (row / self.rows, row % self.rows);
+        let col_blocks = self.cols.div_ceil(BLOCK);
+        let row_blocks = self.rows.div_ceil(BLOCK);
+        let scales = &self.scales[(e * row_blocks + r / BLOCK) * col_blocks..][..col_blocks];
+        let codes = &self.codes[row * self.cols..][..self.cols];
+        for ((d, c), &s) in dst.chunks_mut(BLOCK).zip(codes.chunks(BLOCK)).zip(scales) {
+            for (v, &code) in d.iter_mut().zip(c) {
+                *v = E4M3_VALUES[code as usize] * s;
+            }
+        }
+    }
+}
+
+/// Quantizes every row of `rows` ([n, len] row-major) as `fp8_block128` activations.
+pub fn quantize_rows(rows: &mut [f32], len: usize, mode: ScaleMode) {
+    if len == 0 {
+        return;
+    }
+    rows.par_chunks_mut(len)
+        .for_each(|row| quantize_activation_row(row, mode));
+}
+
+/// Quantizes the activations `h_t` (per expert `[I, n_e]`, expert after expert: one token
+/// per column) as `fp8_block128` rows: each token's I values in groups of 128.
+pub fn quantize_columns(perm: &Permutation, h_t: &mut [f32], inter: usize, mode: ScaleMode) {
+    // Each expert's block [I, n_e], in parallel.
+    let mut blocks = Vec::new();
+    let mut rest = h_t;
+    for e in 0..perm.offsets.len().saturating_sub(1) {
+        let (_, n) = perm.expert_rows(e);
+        let (block, tail) = std::mem::take(&mut rest).split_at_mut(n * inter);
+        rest = tail;
+        blocks.push((block, n));
+    }
+    blocks.into_par_iter().for_each(|(block, n)| {
+        let mut column = Vec::with_capacity(inter);
+        for c in 0..n {
+            column.clear();
+            column.extend((0..inter).map(|r| block[r * n + c]));
+            quantize_activation_row(&mut column, mode);
+            for (r, &v) in column.iter().enumerate() {
+                block[r * n + c] = v;
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use moemla_core::fp8::e4m3_decode;
+
+    #[test]
+    fn fp8_rows_are_dequantized_with_their_own_block_scale() {
+        // E 2, R 130 (a partial row block), C 200 (a partial column block).
+        let (e, r, c) = (2, 130, 200);
+        let codes: Vec<u8> = (0..e * r * c).map(|i| (i * 7 % 251) as u8 & 0x7E).collect();
+        let scales: Vec<f32> = (0..e * 2 * 2).map(|i| 0.5 + i as f32 * 0.25).collect();
+        let w = Weights::Fp8(Fp8Weights {
+            codes: &codes,
+            scales: &scales,
+            rows: r,
+            cols: c,
+        });
+        let mut scratch = Vec::new();
+        // Rows 128..131 of the flattened matrix: expert 0 rows 128, 129, then expert 1 row 0.
+        let got = w.rows_f32(128, 3, c, &mut scratch).to_vec();
+        for (n, (row, expert, local)) in [(128, 0, 128), (129, 0, 129), (130, 1, 0)]
+            .into_iter()
+            .enumerate()
+        {
+            for col in [0, 127, 128, 199] {
+                let scale = scales[(expert * 2 + local / 128) * 2 + col / 128];
+                let want = e4m3_decode(codes[row * c + col]) * scale;
+                assert_eq!(got[n * c + col], want, "row {row} col {col}");
+            }
+        }
+        let mut one = vec![0.0; c];
+        w.read_row_inline(130, &mut one);
+        assert_eq!(one, got[2 * c..]);
+    }
+
+    #[test]
+    fn activation_columns_are_quantized_per_token() {
+        // One expert, 2 tokens, I 3: h_t = [[a0, b0], [a1, b1], [a2, b2]].
+        let perm = Permutation::new(&[0, 0], &[1.0, 1.0], 1, 1).unwrap();
+        let mut h_t = vec![1.0, 10.0, 0.3, -7.0, 0.11, 3.3];
+        quantize_columns(&perm, &mut h_t, 3, ScaleMode::F32);
+        let mut a = vec![1.0f32, 0.3, 0.11];
+        let mut b = vec![10.0f32, -7.0, 3.3];
+        quantize_activation_row(&mut a, ScaleMode::F32);
+        quantize_activation_row(&mut b, ScaleMode::F32);
+        assert_eq!(h_t, vec![a[0], b[0], a[1], b[1], a[2], b[2]]);
+        // amax 10 -> scale 10/448; 3.3 / scale is not a code: it moved.
+        assert_ne!(h_t[5], 3.3);
+    }
+}
