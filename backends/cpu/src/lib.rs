@@ -16,16 +16,18 @@ mod storage;
 mod test_util;
 mod vmath;
 
-pub use storage::CpuStorage;
+pub use storage::{CpuBuffer, CpuStorage};
 
 use moemla_core::calls::{
     DsaIndexerTopkCall, MlaDecodeCall, MlaKvQuantizeCall, MlaSparseDecodeCall, MoeExpertsCall,
     MoeRouteCall,
 };
+use moemla_core::memory;
 use moemla_core::{
     Backend, BackendInfo, DType, DeviceTensor, DsaIndexerTopkOutput, HostTensor, MlaDecodeOutput,
     MoeRouteOutput, OpSupport, Result, Shape, Verification, VerificationKind,
 };
+use std::ffi::c_void;
 use std::sync::Arc;
 
 /// The backend's name, as `--backend cpu` selects it and as its tensors carry it.
@@ -64,7 +66,12 @@ impl CpuBackend {
     /// Wraps storage as a tensor of this backend.
     fn tensor(&self, storage: CpuStorage, shape: impl Into<Shape>) -> DeviceTensor {
         let dtype = storage.dtype();
-        DeviceTensor::new(Arc::new(storage), self.name.clone(), shape, dtype)
+        DeviceTensor::new(
+            Arc::new(CpuBuffer::owned(storage)),
+            self.name.clone(),
+            shape,
+            dtype,
+        )
     }
 }
 
@@ -105,6 +112,7 @@ impl Backend for CpuBackend {
     }
 
     fn download(&self, tensor: &DeviceTensor) -> Result<HostTensor> {
+        let _reading = storage::reading();
         let s = storage::storage(tensor, &self.name, "download", "tensor")?;
         HostTensor::from_bytes(tensor.shape().clone(), tensor.dtype(), s.to_bytes()?)
     }
@@ -114,7 +122,73 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    /// `ptr` is a host pointer; the tensor never frees it.
+    unsafe fn wrap_raw(
+        &self,
+        ptr: *mut c_void,
+        bytes: usize,
+        shape: &Shape,
+        dtype: DType,
+    ) -> Result<DeviceTensor> {
+        if shape.byte_len(dtype)? != bytes {
+            return Err(moemla_core::Error::Tensor(format!(
+                "cpu wrap_raw: {bytes} bytes for a {dtype} tensor of shape {shape}"
+            )));
+        }
+        // SAFETY: the caller upholds `DeviceTensor::from_raw`'s contract for `bytes` bytes.
+        let buffer = unsafe { CpuBuffer::wrap(ptr, bytes, dtype)? };
+        Ok(DeviceTensor::new(
+            Arc::new(buffer),
+            self.name.clone(),
+            shape.clone(),
+            dtype,
+        ))
+    }
+
+    fn upload_into(&self, src: &HostTensor, dst: &DeviceTensor, dst_offset: usize) -> Result<()> {
+        const CALL: &str = "upload_into";
+        memory::same_dtype(CALL, "dst", dst.dtype(), "src", src.dtype())?;
+        let buffer = storage::buffer(dst, &self.name, CALL, "dst")?;
+        let range = memory::byte_range(CALL, "dst", dst, dst_offset, src.shape().elem_count())?;
+        let _writing = storage::writing();
+        // SAFETY: `writing` excludes every other access to CPU tensor memory, and `src` is
+        // host memory of its own.
+        let to = unsafe { buffer.bytes_mut() };
+        to[range].copy_from_slice(src.as_bytes());
+        Ok(())
+    }
+
+    fn copy_into(
+        &self,
+        src: &DeviceTensor,
+        src_offset: usize,
+        dst: &DeviceTensor,
+        dst_offset: usize,
+        len: usize,
+    ) -> Result<()> {
+        const CALL: &str = "copy_into";
+        memory::same_dtype(CALL, "dst", dst.dtype(), "src", src.dtype())?;
+        storage::storage(src, &self.name, CALL, "src")?;
+        let to = storage::buffer(dst, &self.name, CALL, "dst")?;
+        let from = memory::byte_range(CALL, "src", src, src_offset, len)?;
+        let range = memory::byte_range(CALL, "dst", dst, dst_offset, len)?;
+        let _writing = storage::writing();
+        if src.same_buffer(dst) {
+            // SAFETY: exclusive access under `writing`; one slice for both ranges.
+            let bytes = unsafe { to.bytes_mut() };
+            bytes.copy_within(from, range.start);
+        } else {
+            let bytes = storage::storage(src, &self.name, CALL, "src")?.as_bytes();
+            // SAFETY: exclusive access under `writing`; `src` is another buffer, which caller
+            // memory may not overlap (`from_raw`'s contract), so the slices are disjoint.
+            let to = unsafe { to.bytes_mut() };
+            to[range].copy_from_slice(&bytes[from]);
+        }
+        Ok(())
+    }
+
     fn moe_route(&self, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput> {
+        let _reading = storage::reading();
         let (ids, weights) = ops::moe_route::run(&self.name, call)?;
         let dims = [call.tokens, call.params.top_k];
         Ok(MoeRouteOutput {
@@ -124,11 +198,13 @@ impl Backend for CpuBackend {
     }
 
     fn moe_experts(&self, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor> {
+        let _reading = storage::reading();
         let y = ops::moe_experts::run(&self.name, call)?;
         Ok(self.tensor(y, [call.tokens, call.hidden]))
     }
 
     fn mla_decode(&self, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutput> {
+        let _reading = storage::reading();
         let (o, lse) = ops::mla_decode::run(&self.name, call)?;
         Ok(MlaDecodeOutput {
             o: self.tensor(o, [call.batch, call.s_q, call.h_q, call.d_v]),
@@ -137,12 +213,14 @@ impl Backend for CpuBackend {
     }
 
     fn mla_kv_quantize(&self, call: &MlaKvQuantizeCall<'_>) -> Result<DeviceTensor> {
+        let _reading = storage::reading();
         let rows = ops::mla_kv_quantize::run(&self.name, call)?;
         let dims = [call.rows, moemla_core::fp8::DS_V32_ROW_BYTES];
         Ok(self.tensor(CpuStorage::U8(rows), dims))
     }
 
     fn mla_sparse_decode(&self, call: &MlaSparseDecodeCall<'_>) -> Result<MlaDecodeOutput> {
+        let _reading = storage::reading();
         let (o, lse) = ops::mla_sparse_decode::run(&self.name, call)?;
         Ok(MlaDecodeOutput {
             o: self.tensor(o, [call.batch, call.s_q, call.h_q, call.d_v]),
@@ -151,6 +229,7 @@ impl Backend for CpuBackend {
     }
 
     fn dsa_indexer_topk(&self, call: &DsaIndexerTopkCall<'_>) -> Result<DsaIndexerTopkOutput> {
+        let _reading = storage::reading();
         let (indices, scores) = ops::dsa_indexer_topk::run(&self.name, call)?;
         let dims = [call.batch, call.s_q, call.params.top_k];
         Ok(DsaIndexerTopkOutput {
@@ -169,6 +248,7 @@ impl Backend for CpuBackend {
     }
 
     fn dense_gemm(&self, a: &DeviceTensor, b: &DeviceTensor) -> Result<DeviceTensor> {
+        let _reading = storage::reading();
         let c = ceilings::dense_gemm(&self.name, a, b)?;
         Ok(self.tensor(c, [a.dims()[0], b.dims()[0]]))
     }

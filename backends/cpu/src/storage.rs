@@ -4,6 +4,10 @@ use half::{bf16, f16};
 use moemla_core::alloc::try_filled_vec;
 use moemla_core::{DType, DeviceBuffer, DeviceTensor, Element, Error, HostTensor, Result, Shape};
 use std::any::Any;
+use std::cell::UnsafeCell;
+use std::fmt;
+use std::mem::ManuallyDrop;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// One tensor's elements in host memory, typed by its dtype.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,14 +63,18 @@ impl CpuStorage {
 
     /// The elements as little-endian bytes (fallible allocation).
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let bytes: &[u8] = match self {
+        copy_of(self.as_bytes())
+    }
+
+    /// The elements as little-endian bytes, borrowed.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
             CpuStorage::F32(v) => bytemuck::cast_slice(v),
             CpuStorage::F16(v) => bytemuck::cast_slice(v),
             CpuStorage::BF16(v) => bytemuck::cast_slice(v),
             CpuStorage::I32(v) => bytemuck::cast_slice(v),
             CpuStorage::F8E4M3(v) | CpuStorage::U8(v) => v,
-        };
-        copy_of(bytes)
+        }
     }
 
     /// Number of elements.
@@ -98,6 +106,158 @@ impl CpuStorage {
     }
 }
 
+/// Orders every access to [`CpuBuffer`] memory: calls that read tensors hold it shared
+/// ([`reading`]), calls that write into existing tensors hold it exclusively ([`writing`]),
+/// so a write never races a read in safe code.
+static ACCESS: RwLock<()> = RwLock::new(());
+
+/// Shared access to CPU tensor memory, for a call that reads tensors (ops, downloads).
+/// Not reentrant: a call takes it once.
+pub fn reading() -> RwLockReadGuard<'static, ()> {
+    ACCESS.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Exclusive access to CPU tensor memory, for a call that writes into existing tensors.
+pub fn writing() -> RwLockWriteGuard<'static, ()> {
+    ACCESS.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The memory of every tensor the CPU backend makes: its own elements, or (from
+/// [`moemla_core::DeviceTensor::from_raw`]) a caller's host memory it never frees. Writable in
+/// place ([`CpuBuffer::bytes_mut`]) under [`writing`].
+pub struct CpuBuffer {
+    /// The elements. A wrapped buffer's `Vec` points at the caller's memory with capacity
+    /// equal to its length; it is never grown, shrunk or dropped, only seen as a slice.
+    data: UnsafeCell<ManuallyDrop<CpuStorage>>,
+    /// Whether `data` is ours to free (false: the caller's memory).
+    owned: bool,
+}
+
+// SAFETY: `data` is read only under `reading` (or by the call that made the buffer) and
+// written only under `writing`; the caller's memory of a wrapped buffer is shared with other
+// threads only as `DeviceTensor::from_raw`'s contract allows.
+unsafe impl Sync for CpuBuffer {}
+// SAFETY: the elements are plain data; a wrapped buffer's memory is valid from any thread
+// (`from_raw`'s contract).
+unsafe impl Send for CpuBuffer {}
+
+impl CpuBuffer {
+    /// Storage the buffer owns.
+    pub fn owned(storage: CpuStorage) -> Self {
+        CpuBuffer {
+            data: UnsafeCell::new(ManuallyDrop::new(storage)),
+            owned: true,
+        }
+    }
+
+    /// `bytes` bytes of caller memory at `ptr`, as `dtype` elements; never freed here.
+    /// A null or misaligned `ptr`, or a size that is not whole elements, is
+    /// [`Error::Tensor`].
+    ///
+    /// # Safety
+    ///
+    /// The contract of [`moemla_core::DeviceTensor::from_raw`]: `ptr` points to `bytes`
+    /// readable and writable bytes that outlive the buffer.
+    pub unsafe fn wrap(ptr: *mut std::ffi::c_void, bytes: usize, dtype: DType) -> Result<Self> {
+        let width = dtype.size_in_bytes();
+        if ptr.is_null() || !(ptr as usize).is_multiple_of(width) || !bytes.is_multiple_of(width) {
+            return Err(Error::Tensor(format!(
+                "cpu wrap_raw: {ptr:p} ({bytes} bytes) is not a non-null {dtype} array aligned \
+                 to {width} bytes"
+            )));
+        }
+        let len = bytes / width;
+        // SAFETY: `ptr` is non-null and aligned for the element type, and points to `len`
+        // initialized elements (every bit pattern is valid for these plain types) that stay
+        // valid while the buffer lives (the caller's contract). The `Vec` never reallocates
+        // or frees (capacity = length, `ManuallyDrop`, `owned` false).
+        let storage = unsafe {
+            match dtype {
+                DType::F32 => CpuStorage::F32(Vec::from_raw_parts(ptr.cast(), len, len)),
+                DType::F16 => CpuStorage::F16(Vec::from_raw_parts(ptr.cast(), len, len)),
+                DType::BF16 => CpuStorage::BF16(Vec::from_raw_parts(ptr.cast(), len, len)),
+                DType::I32 => CpuStorage::I32(Vec::from_raw_parts(ptr.cast(), len, len)),
+                DType::F8E4M3 => CpuStorage::F8E4M3(Vec::from_raw_parts(ptr.cast(), len, len)),
+                DType::U8 => CpuStorage::U8(Vec::from_raw_parts(ptr.cast(), len, len)),
+            }
+        };
+        Ok(CpuBuffer {
+            data: UnsafeCell::new(ManuallyDrop::new(storage)),
+            owned: false,
+        })
+    }
+
+    /// The elements, for reading.
+    fn get(&self) -> &CpuStorage {
+        // SAFETY: writes happen only through `bytes_mut` under `writing`, which excludes
+        // every reader holding `reading`; see `ACCESS`.
+        unsafe { &*self.data.get() }
+    }
+
+    /// The elements as bytes, for writing in place (never resized).
+    ///
+    /// # Safety
+    ///
+    /// The caller holds [`writing`] and no other reference into this buffer is live.
+    #[allow(clippy::mut_from_ref)] // interior mutability through `UnsafeCell`, under `writing`
+    pub unsafe fn bytes_mut(&self) -> &mut [u8] {
+        // SAFETY: exclusive access per this function's contract.
+        match unsafe { &mut **self.data.get() } {
+            CpuStorage::F32(v) => bytemuck::cast_slice_mut(v),
+            CpuStorage::F16(v) => bytemuck::cast_slice_mut(v),
+            CpuStorage::BF16(v) => bytemuck::cast_slice_mut(v),
+            CpuStorage::I32(v) => bytemuck::cast_slice_mut(v),
+            CpuStorage::F8E4M3(v) | CpuStorage::U8(v) => v.as_mut_slice(),
+        }
+    }
+
+    /// Address of the first element (tests compare it to tell that a buffer was reused).
+    pub fn addr(&self) -> usize {
+        // SAFETY: reads the pointer only, not the elements.
+        match unsafe { &**self.data.get() } {
+            CpuStorage::F32(v) => v.as_ptr() as usize,
+            CpuStorage::F16(v) => v.as_ptr() as usize,
+            CpuStorage::BF16(v) => v.as_ptr() as usize,
+            CpuStorage::I32(v) => v.as_ptr() as usize,
+            CpuStorage::F8E4M3(v) | CpuStorage::U8(v) => v.as_ptr() as usize,
+        }
+    }
+}
+
+impl Drop for CpuBuffer {
+    fn drop(&mut self) {
+        if self.owned {
+            // SAFETY: dropped once, here; the storage is ours (not the caller's memory).
+            unsafe { ManuallyDrop::drop(self.data.get_mut()) }
+        }
+    }
+}
+
+impl fmt::Debug for CpuBuffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let owner = if self.owned { "owned" } else { "caller's" };
+        write!(f, "CpuBuffer({owner} memory at {:#x})", self.addr())
+    }
+}
+
+impl DeviceBuffer for CpuBuffer {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// The writable buffer of `t` (a CPU tensor the backend made), its dtype and element count
+/// checked as [`storage`] does.
+pub fn buffer<'a>(
+    t: &'a DeviceTensor,
+    backend: &str,
+    call: &'static str,
+    arg: &'static str,
+) -> Result<&'a CpuBuffer> {
+    storage(t, backend, call, arg)?;
+    t.buffer::<CpuBuffer>(backend, call, arg)
+}
+
 /// `bytes` (a whole number of `T`s, as a host tensor holds them) copied into a new `Vec<T>`,
 /// allocated fallibly.
 fn copy_of<T: bytemuck::Pod + Default>(bytes: &[u8]) -> Result<Vec<T>> {
@@ -127,14 +287,18 @@ pub enum FloatSlice<'a> {
 }
 
 /// The CPU storage of `t`, checking it belongs to backend `backend` and holds exactly the
-/// tensor's dtype and element count (so no op can index past it).
+/// tensor's dtype and element count (so no op can index past it). The caller holds
+/// [`reading`] (or made the tensor itself) while it uses the result.
 pub fn storage<'a>(
     t: &'a DeviceTensor,
     backend: &str,
     call: &'static str,
     arg: &'static str,
 ) -> Result<&'a CpuStorage> {
-    let s = t.buffer::<CpuStorage>(backend, call, arg)?;
+    let s = match t.buffer::<CpuBuffer>(backend, call, arg) {
+        Ok(b) => b.get(),
+        Err(_) => t.buffer::<CpuStorage>(backend, call, arg)?,
+    };
     if s.dtype() != t.dtype() || t.shape().checked_elem_count() != Some(s.len()) {
         return Err(Error::Device {
             backend: backend.to_string(),
