@@ -12,6 +12,13 @@ pub fn committed_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("golden")
 }
 
+/// The contract-v2 golden set committed beside it (`<repo>/conformance/golden-v2`: FP8
+/// weights and cache, V4 routing, sparse attention, the indexer). Not among
+/// [`default_dirs`]: run it with `--golden` (a backend without v2 would skip it all).
+pub fn committed_v2_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("golden-v2")
+}
+
 /// The golden directories to use when none is given: those in `$MOEMLA_GOLDEN` (a path
 /// list, like `PATH`), else `conformance/golden` under the current directory if it exists,
 /// else [`committed_dir`]. An empty `$MOEMLA_GOLDEN` counts as unset.

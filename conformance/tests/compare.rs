@@ -1,6 +1,8 @@
 //! The contract's comparison rules, element by element.
 
-use moemla_conformance::compare::{compare_routing, compare_values, Routing};
+use moemla_conformance::compare::{
+    compare_bytes, compare_routing, compare_topk_indices, compare_values, Routing,
+};
 use moemla_conformance::Tolerance;
 use moemla_core::Shape;
 
@@ -133,4 +135,70 @@ fn routing_failures_name_the_row() {
         .detail
         .starts_with("row 2: missing [5], unexpected [6]"));
     assert_eq!((weights.checked, weights.passed), (5, true));
+}
+
+#[test]
+fn bytes_compare_exactly_and_name_the_first_differing_byte() {
+    let shape = Shape::new([2, 4]);
+    let exp = [1u8, 2, 3, 4, 5, 6, 7, 8];
+    let c = compare_bytes("kv_fp8", &shape, &exp, &exp);
+    assert!(c.passed && c.failed == 0 && c.checked == 8);
+    let mut got = exp;
+    got[5] = 0x80;
+    got[7] = 0;
+    let c = compare_bytes("kv_fp8", &shape, &got, &exp);
+    assert!(!c.passed);
+    assert_eq!(c.failed, 2);
+    let first = c.first_failure.unwrap();
+    assert_eq!(first.index, vec![1, 1]);
+    assert!(
+        first.detail.contains("byte: 5 (row 1, byte 1 of the row)")
+            && first.detail.contains("got 0x80, expected 0x06"),
+        "{}",
+        first.detail
+    );
+    // A short output is a difference, not a pass.
+    let c = compare_bytes("kv_fp8", &shape, &exp[..6], &exp);
+    assert!(!c.passed && c.failed == 2, "{c:?}");
+    assert!(c.first_failure.unwrap().detail.contains("got nothing"));
+}
+
+/// Indexer rows: (indices pass, scores pass, first failure detail).
+fn topk(got_i: &[i32], got_s: &[f32], exp_i: &[i32], exp_s: &[f32]) -> (bool, bool, String) {
+    let (i, s) = compare_topk_indices(
+        exp_i.len(),
+        Routing {
+            ids: got_i,
+            weights: got_s,
+        },
+        Routing {
+            ids: exp_i,
+            weights: exp_s,
+        },
+        TOL,
+    );
+    let detail = (i.first_failure.or(s.first_failure)).map_or(String::new(), |m| m.detail);
+    (i.passed, s.passed, detail)
+}
+
+#[test]
+fn indexer_slots_compare_as_sets_with_padding_counted_and_scores_by_slot() {
+    let ninf = f32::NEG_INFINITY;
+    let exp_i = [7, 3, -1, -1];
+    let exp_s = [9.0, 4.0, ninf, ninf];
+    // Same set in another order, scores following their slot.
+    let (i, s, _) = topk(&[3, 7, -1, -1], &[4.0, 9.0, ninf, ninf], &exp_i, &exp_s);
+    assert!(i && s);
+    // A score given to the wrong slot fails.
+    let (i, s, d) = topk(&[3, 7, -1, -1], &[9.0, 4.0, ninf, ninf], &exp_i, &exp_s);
+    assert!(i && !s, "{d}");
+    // A padding entry where a slot was expected: the count of -1 differs.
+    let (i, _, d) = topk(&[7, -1, -1, -1], &[9.0, ninf, ninf, ninf], &exp_i, &exp_s);
+    assert!(!i && d.contains("3 entries -1, expected 2"), "{d}");
+    // A padding score must be -inf.
+    let (i, s, _) = topk(&[7, 3, -1, -1], &[9.0, 4.0, ninf, 0.0], &exp_i, &exp_s);
+    assert!(i && !s);
+    // A repeated slot fails even when the padding count matches.
+    let (i, _, d) = topk(&[7, 7, -1, -1], &[9.0, 9.0, ninf, ninf], &exp_i, &exp_s);
+    assert!(!i && d.contains("duplicate id 7"), "{d}");
 }

@@ -45,3 +45,62 @@ fn cpu_passes_every_committed_case() {
 fn the_vendor_helper_accepts_the_cpu_backend() {
     moemla_conformance::assert_committed_set_passes(&CpuBackend::new(), true);
 }
+
+#[test]
+fn cpu_passes_every_committed_v2_case() {
+    let dir = golden::committed_v2_dir();
+    let cases = load_cases(&[&dir]);
+    for file in &cases {
+        if let Err(err) = file {
+            panic!("{err}");
+        }
+    }
+    let report = run(&CpuBackend::new(), &cases);
+    let counts = report.counts(None);
+    assert_eq!(
+        (counts.passed, counts.failed, counts.skipped()),
+        (cases.len(), 0, 0),
+        "\n{}",
+        render(&report)
+    );
+    // The v2 set covers every op in every float dtype, except FP8-cache-only cases that
+    // need 16-bit queries (mla_decode v2).
+    let covered: BTreeSet<(Op, DType)> = report
+        .results
+        .iter()
+        .map(|o| (o.op.unwrap(), o.dtype.unwrap()))
+        .collect();
+    for op in Op::ALL {
+        for dtype in DType::FLOATS {
+            let fp8_only = op == Op::MlaDecode && dtype == DType::F32;
+            assert_eq!(
+                covered.contains(&(op, dtype)),
+                !fp8_only,
+                "{op} {dtype} in {dir:?}"
+            );
+        }
+    }
+    assert!(report.verdict(&["cpu".to_string()]).ok);
+}
+
+#[test]
+fn one_changed_byte_of_an_fp8_row_fails_the_case_and_is_named() {
+    let path = golden::committed_v2_dir().join("mla_kv_quantize/bf16/n40_corners.safetensors");
+    let mut case = moemla_conformance::load_case(&path, "n40_corners").unwrap();
+    let expected = case.expected.remove("kv_fp8").unwrap();
+    let (shape, dtype) = (expected.shape().clone(), expected.dtype());
+    let mut bytes = expected.into_bytes();
+    // Row 3, byte 514: inside the second f32 scale.
+    bytes[3 * 656 + 514] ^= 0x01;
+    let changed = moemla_core::HostTensor::from_bytes(shape, dtype, bytes).unwrap();
+    case.expected.insert("kv_fp8".into(), changed);
+    let report = run(&CpuBackend::new(), &[Ok(case)]);
+    let o = &report.results[0];
+    assert_eq!(o.status, Status::Fail);
+    let message = o.message.as_deref().unwrap();
+    assert!(
+        message.contains("`kv_fp8`: 1 of 27552 bytes differ")
+            && message.contains("first differing byte: 2482 (row 3, byte 514 of the row)"),
+        "{message}"
+    );
+}
