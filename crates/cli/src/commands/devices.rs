@@ -2,7 +2,7 @@
 
 use super::CommandError;
 use moemla::{BackendEntry, Registry};
-use moemla_core::{BackendFactory, BackendInfo, DType, Op, Verification};
+use moemla_core::{BackendFactory, BackendInfo, DType, Format, Op, Verification};
 use serde::Serialize;
 use std::process::ExitCode;
 
@@ -86,6 +86,7 @@ fn print_table(entries: &[BackendEntry]) {
                     "{:<8} {:<11} vendor: {}; device kind: {}",
                     "", "", info.vendor, info.device_kind
                 );
+                println!("{:<8} {:<11} contract v2: {}", "", "", v2_support(&info));
                 for note in &info.notes {
                     println!("{:<8} {:<11} note: {note}", "", "");
                 }
@@ -123,15 +124,41 @@ fn cell(text: &str) -> String {
     text.replace('|', "\\|").replace(['\n', '\r'], " ")
 }
 
-/// The float dtypes every op supports, e.g. "F32,F16,BF16" (with "*" if some op lacks one).
+/// The float dtypes every v1 op supports, e.g. "F32,F16,BF16" (with "*" if some v1 op
+/// lacks one).
 fn dtypes(info: &BackendInfo) -> String {
     let full: Vec<&str> = DType::FLOATS
         .into_iter()
-        .filter(|&d| Op::ALL.iter().all(|&op| info.supports(op, d)))
+        .filter(|&d| Op::V1.iter().all(|&op| info.supports(op, d)))
         .map(DType::name)
         .collect();
-    let partial = info.supported.len() > full.len() * Op::ALL.len();
+    let v1 = (info.supported.iter())
+        .filter(|s| s.format.is_none() && Op::V1.contains(&s.op))
+        .count();
+    let partial = v1 > full.len() * Op::V1.len();
     format!("{}{}", full.join(","), if partial { "*" } else { "" })
+}
+
+/// The contract-v2 (op, format) support with its dtypes, e.g. "mla_decode+fp8_ds_v32
+/// F16,BF16; dsa_indexer_topk F32,F16,BF16", or "none".
+fn v2_support(info: &BackendInfo) -> String {
+    let mut groups: Vec<(Op, Option<Format>, Vec<&str>)> = Vec::new();
+    for s in (info.supported.iter()).filter(|s| s.format.is_some() || !Op::V1.contains(&s.op)) {
+        match groups.iter_mut().find(|g| (g.0, g.1) == (s.op, s.format)) {
+            Some(g) => g.2.push(s.dtype.name()),
+            None => groups.push((s.op, s.format, vec![s.dtype.name()])),
+        }
+    }
+    if groups.is_empty() {
+        return "none".into();
+    }
+    let items: Vec<String> = (groups.iter())
+        .map(|(op, format, dtypes)| match format {
+            Some(f) => format!("{op}+{f} {}", dtypes.join(",")),
+            None => format!("{op} {}", dtypes.join(",")),
+        })
+        .collect();
+    items.join("; ")
 }
 
 fn format_bytes(bytes: u64) -> String {
@@ -164,6 +191,42 @@ mod tests {
                 reason: "never opened by the table".into(),
             })
         })
+    }
+
+    fn info(supported: Vec<moemla_core::OpSupport>) -> BackendInfo {
+        BackendInfo {
+            name: "x".into(),
+            vendor: "v".into(),
+            device: "d".into(),
+            device_kind: moemla_core::DeviceKind::Cpu,
+            memory_bytes: None,
+            supported,
+            verification: Verification {
+                kind: VerificationKind::Reference,
+                detail: String::new(),
+            },
+            notes: vec![],
+        }
+    }
+
+    #[test]
+    fn dtypes_count_v1_ops_and_v2_support_is_listed_by_op_and_format() {
+        use moemla_core::OpSupport;
+        let v1 = info(OpSupport::all_v1());
+        assert_eq!(dtypes(&v1), "F32,F16,BF16");
+        assert_eq!(v2_support(&v1), "none");
+        let v2 = info(OpSupport::all_v2());
+        assert_eq!(dtypes(&v2), "F32,F16,BF16");
+        let listed = v2_support(&v2);
+        assert!(
+            listed.contains("mla_decode+fp8_ds_v32 F16,BF16;")
+                && listed.contains("moe_experts+fp8_activations F32,F16,BF16;")
+                && listed.ends_with("dsa_indexer_topk F32,F16,BF16"),
+            "{listed}"
+        );
+        let mut partial = OpSupport::all_v1();
+        partial.retain(|s| !(s.op == Op::MlaDecode && s.dtype == DType::F32));
+        assert_eq!(dtypes(&info(partial)), "F16,BF16*");
     }
 
     #[test]
