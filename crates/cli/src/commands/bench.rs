@@ -238,7 +238,7 @@ fn markdown(ceilings: &[(String, Vec<Ceilings>)], rows: &[Row]) -> String {
     s += "  twice (read + write) while the ops mostly read, and an op's GEMMs can run faster\n";
     s += "  than the square ceiling GEMM; both make the floor pessimistic, never flattering.\n";
     s += "- Only backends available on the machine that ran the command appear. GPU numbers\n";
-    s += "  come from `scripts/gpu-check.sh` on the device (CUDA: FlashMLA's shapes included).\n";
+    s += "  come from `scripts/device-check.sh` on the GPU (CUDA: FlashMLA's shapes included).\n";
     s
 }
 
