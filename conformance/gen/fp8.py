@@ -1,4 +1,4 @@
-"""Bit-exact codecs of contract v2, written from shared/CONTRACT.md with integer arithmetic.
+"""Bit-exact codecs of contract v2, written from docs/ops.md with integer arithmetic.
 
 - e4m3 (OCP e4m3fn: bias 7, max 448, NaN 0x7F/0xFF, 0x80 = -0.0): `e4m3_encode` rounds an f32
   value to nearest, ties to even, and saturates |v| > 448 (inf included) to +-448. ml_dtypes'

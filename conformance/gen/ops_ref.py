@@ -1,5 +1,5 @@
-"""Float64 reference implementations of the ops, written from shared/CONTRACT.md (v1 and the
-"Contract v2 additions").
+"""Float64 reference implementations of the ops, written from the op contract in docs/ops.md
+(v1 and the contract v2 additions).
 
 Every function takes numpy arrays holding the exact stored inputs (already rounded to the
 run dtype; FP8 data already decoded exactly by fp8.py) and computes in float64, except where

@@ -1,4 +1,4 @@
-"""Schema check of golden sets against shared/CONTRACT.md's file format (v1 and v2): the
+"""Schema check of golden sets against the file format of docs/conformance.md (v1 and v2): the
 committed conformance/golden set, and the v2 set generated into a temporary directory.
 
 Run: python3 -m unittest discover -s conformance/gen -p 'test_*.py'

@@ -1,6 +1,6 @@
 //! Golden case files: finding them, reading one, and checking it is well formed.
 //!
-//! A case is one `.safetensors` file (format: `shared/CONTRACT.md`, `docs/conformance.md`):
+//! A case is one `.safetensors` file (format: `docs/conformance.md`):
 //! `in.<arg>` inputs, `out.<arg>` expected outputs, and `__metadata__` with `op`, `params`
 //! (JSON), optional `tolerance` (JSON) and `source`. Anything that does not fit is a
 //! [`CaseError`] naming the file; the runner reports it as a failure and goes on.

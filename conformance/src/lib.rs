@@ -1,8 +1,8 @@
 //! # moemla-conformance
 //!
 //! The moemla conformance suite: golden cases (one `.safetensors` file each, format in
-//! `shared/CONTRACT.md` and `docs/conformance.md`), run on any [`moemla_core::Backend`]
-//! and compared per the op contract.
+//! `docs/conformance.md`), run on any [`moemla_core::Backend`] and compared per the op
+//! contract (`docs/ops.md`).
 //!
 //! A vendor runs the committed set on its own backend from its own CI:
 //!

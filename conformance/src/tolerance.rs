@@ -28,7 +28,7 @@ impl Tolerance {
 
     /// The default for a case of `op` with run dtype `run`. `moe_route` computes in f32
     /// from the stored logits and its weights are always F32, so it gets the F32 default
-    /// whatever the logits dtype (CONTRACT.md: "moe_route runs in F32").
+    /// whatever the logits dtype (`docs/conformance.md`, "Tolerance policy").
     pub fn default_for_case(op: Op, run: DType) -> Tolerance {
         match op {
             Op::MoeRoute => Self::default_for(DType::F32),

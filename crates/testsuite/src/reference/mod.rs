@@ -1,4 +1,4 @@
-//! The f64 reference of the contract (`shared/CONTRACT.md`, `docs/ops.md`), written as
+//! The f64 reference of the op contract (`docs/ops.md`), written as
 //! plain loops. It shares no code with any backend: it is what backends are judged by.
 //! Inputs are the exact values a backend received (after rounding to the run dtype),
 //! widened to f64.

@@ -1,7 +1,7 @@
 //! The contract's routing rules that aclnnMoeGatingTopK does not follow, applied on the
 //! host to its outputs (normOut [T, E] and expertIdxOut [T, k]). See the parent module for
-//! why each is needed; every rule here is the contract's (CONTRACT v1 moe_route, v2
-//! renormalisation, "Bad input" NaN ranking), computed in f32 as the CPU backend does.
+//! why each is needed; every rule here is the contract's (`docs/ops.md`: moe_route,
+//! v2 renormalisation, NaN ranking under "Non-finite values"), computed in f32 as the CPU backend does.
 
 use moemla_core::{Error, GroupSelect, Result, RouteParams};
 
