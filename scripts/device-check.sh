@@ -5,6 +5,7 @@
 #   bash scripts/device-check.sh pack                    # here: build, strip, pack .device-pack/
 #   bash scripts/device-check.sh run OUT_DIR             # on the GPU machine: run the checks
 #   bash scripts/device-check.sh run --dry-run OUT_DIR   # here and in CI: the same run half
+#   bash scripts/device-check.sh run --only conformance,memcheck OUT_DIR   # a rerun of a few steps
 #
 # THE INVOCATION ON THE GPU MACHINE (the device tool's `run`, one call, after `pack` here):
 #   command:   bash scripts/device-check.sh run $OUT
@@ -209,6 +210,9 @@ EOF
 # run
 # ---------------------------------------------------------------------------------------
 DRY=0
+ONLY=""
+# Every step of `run`, in order (for --only).
+STEPS="nvidia-smi cuda-tests suite conformance memcheck racecheck initcheck ncu opencl bench-mla bench-experts torch-peer"
 OUT=""
 LOGS=""
 WORK=""
@@ -226,8 +230,17 @@ record() {
     printf '   -> %s: %s (%s s)\n' "$1" "$2" "$3"
 }
 
+# Whether step NAME is to run (every step unless --only names some); records it skipped
+# otherwise.
+selected() {
+    [[ -z $ONLY || $ONLY == *",$1,"* ]] && return 0
+    record "$1" "skipped (not selected)" 0
+    return 1
+}
+
 # A step that cannot run because a tool is missing: skipped in a dry run, failed otherwise.
 missing() {
+    selected "$1" || return 0
     if ((DRY)); then record "$1" "skipped (dry run: no $2)" 0; else record "$1" "fail (no $2)" 0; fi
 }
 
@@ -239,6 +252,7 @@ missing() {
 run_step() {
     local name=$1 limit=$2 gpu=$3 rc t0 left log="$LOGS/$1.log"
     shift 3
+    selected "$name" || return 0
     ((DRY)) && limit=$((limit * 2))
     left=$((DEADLINE - SECONDS))
     if ((left < 5)); then
@@ -500,12 +514,21 @@ cmd_run() {
     while (($#)); do
         case $1 in
         --dry-run) DRY=1 ;;
-        -*) die "unknown option $1 (usage: run [--dry-run] OUT_DIR)" ;;
+        --only)
+            shift
+            [[ -n ${1:-} ]] || die "--only needs a comma-separated list of steps"
+            ONLY=",$1,"
+            local n
+            for n in ${1//,/ }; do
+                [[ " $STEPS " == *" $n "* ]] || die "--only: unknown step $n (steps: $STEPS)"
+            done
+            ;;
+        -*) die "unknown option $1 (usage: run [--dry-run] [--only STEP,...] OUT_DIR)" ;;
         *) [[ -z $OUT ]] || die "one OUT_DIR only"; OUT=$1 ;;
         esac
         shift
     done
-    [[ -n $OUT ]] || die "usage: run [--dry-run] OUT_DIR"
+    [[ -n $OUT ]] || die "usage: run [--dry-run] [--only STEP,...] OUT_DIR"
     mkdir -p "$OUT" || die "cannot create $OUT"
     OUT=$(cd "$OUT" && pwd)
     LOGS="$OUT/logs"
@@ -524,7 +547,7 @@ cmd_run() {
 
     if [[ -n $SMI ]]; then
         run_step nvidia-smi 10 1 bash -c "'$SMI' && '$SMI' --query-gpu=name,driver_version,compute_cap,memory.total,memory.used,clocks.sm,clocks.mem,clocks.max.sm,power.limit,temperature.gpu --format=csv"
-        sed -n '2,$p' "$LOGS/nvidia-smi.log" | head -n 40
+        [[ -f $LOGS/nvidia-smi.log ]] && sed -n '2,$p' "$LOGS/nvidia-smi.log" | head -n 40
     else
         missing nvidia-smi nvidia-smi
     fi
@@ -562,7 +585,7 @@ cmd_run() {
     if opencl_env; then
         run_step opencl 30 0 env "${OCL_ENV[@]}" "$M" conformance --backend opencl --require opencl \
             --json "$LOGS/conformance-opencl.json" --junit "$LOGS/conformance-opencl.xml"
-    else
+    elif selected opencl; then
         record opencl "fail (no ICD loader in the pack, or no $( ((DRY)) && echo PoCL || echo libnvidia-opencl.so.1))" 0
     fi
 
