@@ -1,8 +1,9 @@
-"""The torch peer's parts that need no torch: its safetensors header reader, the golden cases
-it checks itself on, tolerances, the bench case names it shares with `moemla bench`, the
-ours-vs-torch table, and its exit status where torch cannot be imported (the GPU check reads
-that status). Its torch functions are checked against the goldens by the peer itself, on the
-GPU machine, before anything is timed."""
+"""The torch peer without torch: its safetensors header reader, the golden cases it checks
+itself on, tolerances, the bench case names it shares with `moemla bench`, the ours-vs-torch
+table, its exit status where torch cannot be imported (the GPU check reads that status), and
+its two reference functions (mla_decode `bmm`, moe_experts `loop`) run through a small numpy
+stand-in for the torch calls they make, against every golden case. On the GPU machine the
+peer checks the same functions, in torch and in the run dtype, before anything is timed."""
 import glob
 import os
 import subprocess
@@ -11,6 +12,8 @@ import tempfile
 import textwrap
 import unittest
 
+import ml_dtypes
+import numpy as np
 from safetensors import safe_open
 
 import torch_peer
@@ -118,6 +121,178 @@ class ExitStatus(unittest.TestCase):
         r = self.run_peer("--golden", os.path.join(GOLDEN, "no-such-dir"))
         self.assertEqual(r.returncode, 2, r.stdout + r.stderr)
         self.assertIn("does not exist", r.stderr)
+
+
+class _T:
+    """A torch-like tensor over a numpy array: just the operations the peer's reference
+    functions use, in float64, so that their indexing, masking and layout can be checked
+    against the goldens where torch is absent. Precision is torch's business, on the GPU."""
+
+    def __init__(self, a, dtype=None):
+        self.a = np.asarray(a)
+        self.dtype = dtype or ("bool" if self.a.dtype == bool else
+                               "int" if self.a.dtype.kind in "iu" else "float")
+
+    shape = property(lambda self: self.a.shape)
+    device = "cpu"
+
+    def reshape(self, *s):
+        return _T(self.a.reshape(*s), self.dtype)
+
+    view = reshape
+
+    def permute(self, *axes):
+        return _T(self.a.transpose(axes), self.dtype)
+
+    def transpose(self, i, j):
+        return _T(np.swapaxes(self.a, i, j), self.dtype)
+
+    def t(self):
+        return _T(self.a.T, self.dtype)
+
+    def long(self):
+        return _T(self.a.astype(np.int64))
+
+    def int(self):
+        return self.long()
+
+    def float(self):
+        return _T(self.a.astype(np.float64), "float")
+
+    def to(self, dtype):
+        return _T(self.a.astype(np.float64), dtype)
+
+    def clamp(self, lo, hi):
+        return _T(np.clip(self.a, lo, hi), self.dtype)
+
+    def masked_fill(self, mask, v):
+        return _T(np.where(mask.a, v, self.a), self.dtype)
+
+    def amax(self, dim, keepdim=False):
+        return _T(self.a.max(axis=dim, keepdims=keepdim), self.dtype)
+
+    def sum(self, dim, keepdim=False):
+        return _T(self.a.sum(axis=dim, keepdims=keepdim), self.dtype)
+
+    def squeeze(self, dim):
+        return _T(np.squeeze(self.a, dim), self.dtype)
+
+    def expand(self, *s):
+        return _T(np.broadcast_to(self.a, s), self.dtype)
+
+    def any(self):
+        return _T(self.a.any())
+
+    def __bool__(self):
+        return bool(self.a)
+
+    def tolist(self):
+        return self.a.tolist()
+
+    def index_add_(self, dim, index, src):
+        assert dim == 0
+        np.add.at(self.a, index.a, src.a)
+        return self
+
+    def __getitem__(self, idx):
+        conv = tuple(i.a if isinstance(i, _T) else i for i in (idx if isinstance(idx, tuple) else (idx,)))
+        return _T(self.a[conv if len(conv) > 1 else conv[0]], self.dtype)
+
+    def _op(f):
+        return lambda self, o: _T(f(self.a, o.a if isinstance(o, _T) else o))
+
+    __add__ = _op(np.add)
+    __radd__ = _op(lambda a, b: b + a)
+    __sub__ = _op(np.subtract)
+    __rsub__ = _op(lambda a, b: b - a)
+    __mul__ = _op(np.multiply)
+    __rmul__ = _op(np.multiply)
+    __truediv__ = _op(np.divide)
+    __matmul__ = _op(np.matmul)
+    __lt__ = _op(np.less)
+    __gt__ = _op(np.greater)
+    __ge__ = _op(np.greater_equal)
+    __eq__ = _op(np.equal)
+    __ne__ = _op(np.not_equal)
+    __and__ = _op(np.logical_and)
+    __invert__ = lambda self: _T(~self.a)  # noqa: E731
+
+
+class _FakeTorch:
+    """The torch functions the reference variants call."""
+
+    float32 = "float"
+
+    class nn:
+        class functional:
+            silu = staticmethod(lambda x: _T(x.a / (1.0 + np.exp(-x.a)), x.dtype))
+
+    @staticmethod
+    def arange(n, device=None):
+        return _T(np.arange(n))
+
+    @staticmethod
+    def matmul(a, b):
+        return _T(np.matmul(a.a, b.a), a.dtype)
+
+    @staticmethod
+    def where(c, a, b):
+        return _T(np.where(c.a, a.a, b.a), a.dtype)
+
+    zeros_like = staticmethod(lambda t: _T(np.zeros_like(t.a), t.dtype))
+    ones_like = staticmethod(lambda t: _T(np.ones_like(t.a), t.dtype))
+    isfinite = staticmethod(lambda t: _T(np.isfinite(t.a)))
+    exp = staticmethod(lambda t: _T(np.exp(t.a), t.dtype))
+
+    @staticmethod
+    def log(t):
+        with np.errstate(divide="ignore"):
+            return _T(np.log(t.a), t.dtype)
+
+    @staticmethod
+    def zeros(*shape, dtype=None, device=None):
+        return _T(np.zeros(shape), "float")
+
+    @staticmethod
+    def unique(t):
+        return _T(np.unique(t.a))
+
+    @staticmethod
+    def nonzero(t, as_tuple=True):
+        return tuple(_T(i) for i in np.nonzero(t.a))
+
+
+def _load(path):
+    with safe_open(path, "np") as f:
+        t = {k[3:]: f.get_tensor(k) for k in f.keys() if k.startswith("in.")}
+        exp = {k[4:]: f.get_tensor(k).astype(np.float64) for k in f.keys() if k.startswith("out.")}
+    return {k: _T(v.astype(np.float64) if v.dtype.kind == "f" or v.dtype == ml_dtypes.bfloat16 else v)
+            for k, v in t.items()}, exp
+
+
+class ReferenceFunctionsOnTheGoldens(unittest.TestCase):
+    """mla_decode_bmm and moe_experts_loop, run through the numpy stand-in above, match
+    every golden case in f64 within the F32 tolerance: their gathers, masks (NaN-filled
+    unused cache slots included), layouts and skipped slots are right."""
+
+    def check(self, op, outputs):
+        cases = [c for c in torch_peer.golden_cases([GOLDEN]) if c["op"] == op]
+        self.assertGreater(len(cases), 0)
+        for c in cases:
+            with self.subTest(case=os.path.relpath(c["path"], GOLDEN)):
+                t, exp = _load(c["path"])
+                got = torch_peer.run_case(_FakeTorch, variants_ref[op], op, c["params"], t)
+                for name, g in zip(outputs, got):
+                    np.testing.assert_allclose(g.a, exp[name], rtol=1e-4, atol=1e-4, err_msg=name)
+
+    def test_mla_decode_bmm(self):
+        self.check("mla_decode", ["o", "lse"])
+
+    def test_moe_experts_loop(self):
+        self.check("moe_experts", ["y"])
+
+
+variants_ref = {"mla_decode": "bmm", "moe_experts": "loop"}
 
 
 if __name__ == "__main__":

@@ -172,10 +172,15 @@ def mla_decode_bmm(torch, q, kv_cache, block_table, cache_seqlens, scale, causal
     table = block_table.long().clamp(0, nb - 1)
     kv = kv_cache[table].reshape(b, -1, hkv, d).permute(0, 2, 1, 3)  # [B, Hkv, S, D]
     s_len = kv.shape[2]
+    n = cache_seqlens.long().view(b, 1)
+    if bool((n < s_len).any()):
+        # Slots past a sequence's length are not data (the goldens fill them with NaN):
+        # select zeros there, since masked scores still multiply V (0 * NaN = NaN).
+        live = torch.arange(s_len, device=q.device).view(1, s_len) < n
+        kv = torch.where(live[:, None, :, None], kv, torch.zeros_like(kv))
     qg = q.reshape(b, sq, hkv, g, d).permute(0, 2, 1, 3, 4).reshape(b, hkv, sq * g, d)
     scores = torch.matmul(qg, kv.transpose(-1, -2)).float() * scale  # [B, Hkv, Sq*G, S]
     scores = scores.view(b, hkv, sq, g, s_len)
-    n = cache_seqlens.long().view(b, 1)
     limit = n - sq + 1 + torch.arange(sq, device=q.device).view(1, sq) if causal else n.expand(b, sq)
     visible = torch.arange(s_len, device=q.device).view(1, 1, s_len) < limit.view(b, sq, 1)
     scores = scores.masked_fill(~visible[:, None, :, None, :], float("-inf"))
