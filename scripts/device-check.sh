@@ -563,7 +563,7 @@ cmd_run() {
         --json "$LOGS/conformance-cuda.json" --junit "$LOGS/conformance-cuda.xml"
 
     if [[ -n $SANITIZER ]]; then
-        run_step memcheck 50 1 "$SANITIZER" --tool memcheck --leak-check full --error-exitcode 99 \
+        run_step memcheck 45 1 "$SANITIZER" --tool memcheck --leak-check full --error-exitcode 99 \
             "$M" conformance --require cuda --backend cuda "${sub[@]}"
         run_step racecheck 25 1 "$SANITIZER" --tool racecheck --error-exitcode 99 \
             "$M" conformance --require cuda --backend cuda "${small[@]}"
@@ -599,7 +599,7 @@ cmd_run() {
     # The torch peer: exit 3 = no torch (skipped), 4 = torch without a CUDA device.
     local py=${PYTHON:-python3}
     if command -v "$py" >/dev/null; then
-        run_step torch-peer 45 0 env PYTHONUNBUFFERED=1 "$py" benches/peer/torch_peer.py \
+        run_step torch-peer 50 0 env PYTHONUNBUFFERED=1 "$py" benches/peer/torch_peer.py \
             --golden conformance/golden --json "$LOGS/torch-peer.json" \
             --ours "$LOGS/bench-mla.json" --ours "$LOGS/bench-experts.json"
     else
