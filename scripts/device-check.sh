@@ -51,8 +51,8 @@
 # `run --dry-run OUT_DIR` runs the same half against the pack here: no libcuda, so every step
 # that needs the GPU must fail with the backend's own "backend `cuda` is unavailable" reason,
 # and is then reported "skipped (dry run: no GPU)" (any other failure fails); tools that are
-# absent here (nvidia-smi, compute-sanitizer, ncu, torch) are skipped, where a real run fails
-# without them; cuda-tests (NVRTC compile included, when NVRTC is found) and the OpenCL step
+# absent here (nvidia-smi, compute-sanitizer, ncu) are skipped, where a real run fails
+# without them (a missing torch is a skip in both); cuda-tests (NVRTC compile included, when NVRTC is found) and the OpenCL step
 # run for real, the latter on PoCL through the packed loader and an ICD file written by the
 # script. Step limits are doubled in a dry run (CI has 2 cores), the deadline is not.
 #
