@@ -6,8 +6,8 @@
 //! tensor-core instructions on sm_80 and newer.
 //!
 //! Verification: compile-only. CI compiles every kernel for sm_80 and sm_90 (PTX and
-//! CUBIN); the kernels have not run on NVIDIA silicon. `scripts/gpu-check.sh` is the one
-//! command that checks them on a GPU.
+//! CUBIN); the kernels have not run on NVIDIA silicon. `scripts/device-check.sh` is the one
+//! command that checks them on a GPU (`pack` here, `run` there).
 //!
 //! Benchmark ceilings ([`Backend::copy_bench`], [`Backend::dense_gemm`]): device copies
 //! timed with CUDA events, and cuBLAS `cublasGemmEx` (libcublas loaded at run time, see

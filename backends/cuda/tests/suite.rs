@@ -1,6 +1,6 @@
 //! The shared op suite on the CUDA backend. Without a CUDA device every test prints
 //! `skipped: <reason>` and passes; `MOEMLA_REQUIRE=cuda` makes them fail instead (what
-//! scripts/gpu-check.sh-style runs on a GPU should set).
+//! `scripts/device-check.sh run` sets it on a GPU).
 
 use moemla_core::Backend;
 use std::sync::Arc;
