@@ -212,6 +212,37 @@ pub(crate) fn finite_positive_f32(v: f64) -> bool {
     v.is_finite() && v > 0.0
 }
 
+/// The parameters every attention op shares: `head_dim_v` in `[1, Dqk)` and
+/// `softmax_scale` finite and > 0 as an f32.
+pub(crate) fn attention_params(
+    op: Op,
+    head_dim_v: usize,
+    softmax_scale: f64,
+    d_qk: usize,
+) -> Result<()> {
+    param(
+        op,
+        "head_dim_v",
+        head_dim_v >= 1,
+        || ">= 1".into(),
+        head_dim_v,
+    )?;
+    param(
+        op,
+        "head_dim_v",
+        head_dim_v < d_qk,
+        || format!("< Dqk ({d_qk})"),
+        head_dim_v,
+    )?;
+    param(
+        op,
+        "softmax_scale",
+        finite_positive_f32(softmax_scale),
+        || "finite and > 0 as an f32 (what kernels compute with)".into(),
+        softmax_scale,
+    )
+}
+
 /// Every tensor must belong to `backend`.
 pub(crate) fn same_backend(
     op: Op,

@@ -84,27 +84,7 @@ pub(crate) fn validate<'a>(
     )?;
 
     let p = params;
-    checks::param(
-        OP,
-        "head_dim_v",
-        p.head_dim_v >= 1,
-        || ">= 1".into(),
-        p.head_dim_v,
-    )?;
-    checks::param(
-        OP,
-        "head_dim_v",
-        p.head_dim_v < d_qk,
-        || format!("< Dqk ({d_qk})"),
-        p.head_dim_v,
-    )?;
-    checks::param(
-        OP,
-        "softmax_scale",
-        checks::finite_positive_f32(p.softmax_scale),
-        || "finite and > 0 as an f32 (what kernels compute with)".into(),
-        p.softmax_scale,
-    )?;
+    checks::attention_params(OP, p.head_dim_v, p.softmax_scale, d_qk)?;
 
     Ok(MlaDecodeCall {
         q: a.q,

@@ -62,27 +62,7 @@ pub(crate) fn validate<'a>(
     }
 
     let p = params;
-    checks::param(
-        OP,
-        "head_dim_v",
-        p.head_dim_v >= 1,
-        || ">= 1".into(),
-        p.head_dim_v,
-    )?;
-    checks::param(
-        OP,
-        "head_dim_v",
-        p.head_dim_v < d_qk,
-        || format!("< Dqk ({d_qk})"),
-        p.head_dim_v,
-    )?;
-    checks::param(
-        OP,
-        "softmax_scale",
-        checks::finite_positive_f32(p.softmax_scale),
-        || "finite and > 0 as an f32 (what kernels compute with)".into(),
-        p.softmax_scale,
-    )?;
+    checks::attention_params(OP, p.head_dim_v, p.softmax_scale, d_qk)?;
     // Flat slots are I32: num_blocks * block_size must fit (and not overflow usize).
     let slots = num_blocks.checked_mul(block_size);
     if slots.is_none_or(|s| s > i32::MAX as usize) {
