@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The example plugin's backend name (what `plugin_info` reports).
 pub const EXAMPLE: &str = "example_c";
@@ -47,8 +48,12 @@ pub fn build(name: &str, sources: &[PathBuf], flags: &[&str]) -> Result<PathBuf,
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("moemla-plugin");
     std::fs::create_dir_all(&dir).expect("create the build directory");
     let out = dir.join(library_file(name));
-    // Build beside the target and rename: a concurrent test binary never sees half a file.
-    let tmp = dir.join(format!("{name}.{}.tmp", std::process::id()));
+    // Build beside the target and rename: a concurrent test never sees half a file. The
+    // temporary name is unique per process and per call, since tests of one binary run
+    // on threads of one process and may build the same library at once.
+    static BUILDS: AtomicUsize = AtomicUsize::new(0);
+    let call = BUILDS.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!("{name}.{}.{call}.tmp", std::process::id()));
     let compiler = std::env::var("CC").unwrap_or_else(|_| "cc".to_string());
     let mut cmd = Command::new(&compiler);
     cmd.args([
