@@ -1,5 +1,5 @@
 //! Bytes moved and FLOPs of each case: each input read once, each output written once;
-//! MLA decode uses FlashMLA's counts (README of deepseek-ai/FlashMLA, see CONTEXT.md).
+//! MLA decode uses FlashMLA's counts (the README of github.com/deepseek-ai/FlashMLA).
 
 use crate::case::{BenchCase, MLA_D_QK, MLA_D_V};
 
