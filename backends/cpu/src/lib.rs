@@ -16,7 +16,7 @@ mod storage;
 mod test_util;
 mod vmath;
 
-pub use storage::{CpuBuffer, CpuStorage};
+pub use storage::{CpuBuffer, CpuSlice, CpuSliceMut, CpuStorage};
 
 use moemla_core::calls::{
     DsaIndexerTopkCall, MlaDecodeCall, MlaKvQuantizeCall, MlaSparseDecodeCall, MoeExpertsCall,

@@ -1,4 +1,6 @@
-//! The CPU backend's tensor storage: a typed host vector per tensor.
+//! The CPU backend's tensor storage: a typed host vector per tensor, or a caller's host
+//! memory borrowed for the tensor's life ([`CpuBuffer`]). Ops see either as typed slices
+//! ([`CpuSlice`], [`CpuSliceMut`]).
 
 use half::{bf16, f16};
 use moemla_core::alloc::try_filled_vec;
@@ -6,10 +8,10 @@ use moemla_core::{DType, DeviceBuffer, DeviceTensor, Element, Error, HostTensor,
 use std::any::Any;
 use std::cell::UnsafeCell;
 use std::fmt;
-use std::mem::ManuallyDrop;
+use std::ptr::NonNull;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-/// One tensor's elements in host memory, typed by its dtype.
+/// One tensor's elements in host memory the backend owns, typed by its dtype.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CpuStorage {
     /// IEEE binary32 elements.
@@ -24,6 +26,41 @@ pub enum CpuStorage {
     F8E4M3(Vec<u8>),
     /// Bytes (the 656-byte FP8 latent cache rows).
     U8(Vec<u8>),
+}
+
+/// A tensor's elements, borrowed for reading: what every CPU op matches on, whoever owns
+/// the memory (the backend or the caller).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CpuSlice<'a> {
+    /// IEEE binary32 elements.
+    F32(&'a [f32]),
+    /// IEEE binary16 elements.
+    F16(&'a [f16]),
+    /// bfloat16 elements.
+    BF16(&'a [bf16]),
+    /// Signed 32-bit integers.
+    I32(&'a [i32]),
+    /// FP8 e4m3fn bit patterns.
+    F8E4M3(&'a [u8]),
+    /// Bytes.
+    U8(&'a [u8]),
+}
+
+/// A tensor's elements, borrowed for writing in place (never resized).
+#[derive(Debug)]
+pub enum CpuSliceMut<'a> {
+    /// IEEE binary32 elements.
+    F32(&'a mut [f32]),
+    /// IEEE binary16 elements.
+    F16(&'a mut [f16]),
+    /// bfloat16 elements.
+    BF16(&'a mut [bf16]),
+    /// Signed 32-bit integers.
+    I32(&'a mut [i32]),
+    /// FP8 e4m3fn bit patterns.
+    F8E4M3(&'a mut [u8]),
+    /// Bytes.
+    U8(&'a mut [u8]),
 }
 
 impl DeviceBuffer for CpuStorage {
@@ -61,31 +98,43 @@ impl CpuStorage {
         })
     }
 
+    /// The elements, borrowed.
+    pub fn as_slice(&self) -> CpuSlice<'_> {
+        match self {
+            CpuStorage::F32(v) => CpuSlice::F32(v),
+            CpuStorage::F16(v) => CpuSlice::F16(v),
+            CpuStorage::BF16(v) => CpuSlice::BF16(v),
+            CpuStorage::I32(v) => CpuSlice::I32(v),
+            CpuStorage::F8E4M3(v) => CpuSlice::F8E4M3(v),
+            CpuStorage::U8(v) => CpuSlice::U8(v),
+        }
+    }
+
+    /// The elements, borrowed for writing in place.
+    pub fn as_mut_slice(&mut self) -> CpuSliceMut<'_> {
+        match self {
+            CpuStorage::F32(v) => CpuSliceMut::F32(v),
+            CpuStorage::F16(v) => CpuSliceMut::F16(v),
+            CpuStorage::BF16(v) => CpuSliceMut::BF16(v),
+            CpuStorage::I32(v) => CpuSliceMut::I32(v),
+            CpuStorage::F8E4M3(v) => CpuSliceMut::F8E4M3(v),
+            CpuStorage::U8(v) => CpuSliceMut::U8(v),
+        }
+    }
+
     /// The elements as little-endian bytes (fallible allocation).
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        copy_of(self.as_bytes())
+        self.as_slice().to_bytes()
     }
 
     /// The elements as little-endian bytes, borrowed.
     pub fn as_bytes(&self) -> &[u8] {
-        match self {
-            CpuStorage::F32(v) => bytemuck::cast_slice(v),
-            CpuStorage::F16(v) => bytemuck::cast_slice(v),
-            CpuStorage::BF16(v) => bytemuck::cast_slice(v),
-            CpuStorage::I32(v) => bytemuck::cast_slice(v),
-            CpuStorage::F8E4M3(v) | CpuStorage::U8(v) => v,
-        }
+        self.as_slice().as_bytes()
     }
 
     /// Number of elements.
     pub fn len(&self) -> usize {
-        match self {
-            CpuStorage::F32(v) => v.len(),
-            CpuStorage::F16(v) => v.len(),
-            CpuStorage::BF16(v) => v.len(),
-            CpuStorage::I32(v) => v.len(),
-            CpuStorage::F8E4M3(v) | CpuStorage::U8(v) => v.len(),
-        }
+        self.as_slice().len()
     }
 
     /// Whether there are no elements.
@@ -95,13 +144,59 @@ impl CpuStorage {
 
     /// The dtype of the elements.
     pub fn dtype(&self) -> DType {
+        self.as_slice().dtype()
+    }
+}
+
+impl<'a> CpuSlice<'a> {
+    /// The elements as little-endian bytes.
+    pub fn as_bytes(self) -> &'a [u8] {
         match self {
-            CpuStorage::F32(_) => DType::F32,
-            CpuStorage::F16(_) => DType::F16,
-            CpuStorage::BF16(_) => DType::BF16,
-            CpuStorage::I32(_) => DType::I32,
-            CpuStorage::F8E4M3(_) => DType::F8E4M3,
-            CpuStorage::U8(_) => DType::U8,
+            CpuSlice::F32(v) => bytemuck::cast_slice(v),
+            CpuSlice::F16(v) => bytemuck::cast_slice(v),
+            CpuSlice::BF16(v) => bytemuck::cast_slice(v),
+            CpuSlice::I32(v) => bytemuck::cast_slice(v),
+            CpuSlice::F8E4M3(v) | CpuSlice::U8(v) => v,
+        }
+    }
+
+    /// A copy of the elements as little-endian bytes (fallible allocation).
+    pub fn to_bytes(self) -> Result<Vec<u8>> {
+        copy_of(self.as_bytes())
+    }
+
+    /// Number of elements.
+    pub fn len(self) -> usize {
+        self.as_bytes().len() / self.dtype().size_in_bytes()
+    }
+
+    /// Whether there are no elements.
+    pub fn is_empty(self) -> bool {
+        self.len() == 0
+    }
+
+    /// The dtype of the elements.
+    pub fn dtype(self) -> DType {
+        match self {
+            CpuSlice::F32(_) => DType::F32,
+            CpuSlice::F16(_) => DType::F16,
+            CpuSlice::BF16(_) => DType::BF16,
+            CpuSlice::I32(_) => DType::I32,
+            CpuSlice::F8E4M3(_) => DType::F8E4M3,
+            CpuSlice::U8(_) => DType::U8,
+        }
+    }
+}
+
+impl<'a> CpuSliceMut<'a> {
+    /// The elements as little-endian bytes, for writing.
+    pub fn into_bytes(self) -> &'a mut [u8] {
+        match self {
+            CpuSliceMut::F32(v) => bytemuck::cast_slice_mut(v),
+            CpuSliceMut::F16(v) => bytemuck::cast_slice_mut(v),
+            CpuSliceMut::BF16(v) => bytemuck::cast_slice_mut(v),
+            CpuSliceMut::I32(v) => bytemuck::cast_slice_mut(v),
+            CpuSliceMut::F8E4M3(v) | CpuSliceMut::U8(v) => v,
         }
     }
 }
@@ -122,22 +217,34 @@ pub fn writing() -> RwLockWriteGuard<'static, ()> {
     ACCESS.write().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Where a [`CpuBuffer`]'s elements live.
+enum Memory {
+    /// A vector the buffer owns and frees.
+    Owned(CpuStorage),
+    /// `len` `dtype` elements of the caller's memory at `ptr` (non-null, aligned for
+    /// `dtype`), borrowed under [`moemla_core::DeviceTensor::from_raw`]'s contract; never
+    /// freed, resized or turned into an owning type here.
+    Borrowed {
+        ptr: NonNull<u8>,
+        len: usize,
+        dtype: DType,
+    },
+}
+
 /// The memory of every tensor the CPU backend makes: its own elements, or (from
-/// [`moemla_core::DeviceTensor::from_raw`]) a caller's host memory it never frees. Writable in
-/// place ([`CpuBuffer::bytes_mut`]) under [`writing`].
+/// [`moemla_core::DeviceTensor::from_raw`]) a caller's host memory it borrows and never
+/// frees. Read as a [`CpuSlice`]; writable in place ([`CpuBuffer::slice_mut`]) under
+/// [`writing`].
 pub struct CpuBuffer {
-    /// The elements. A wrapped buffer's `Vec` points at the caller's memory with capacity
-    /// equal to its length; it is never grown, shrunk or dropped, only seen as a slice.
-    data: UnsafeCell<ManuallyDrop<CpuStorage>>,
-    /// Whether `data` is ours to free (false: the caller's memory).
-    owned: bool,
+    /// The elements (mutated only through [`CpuBuffer::slice_mut`]).
+    data: UnsafeCell<Memory>,
 }
 
 // SAFETY: `data` is read only under `reading` (or by the call that made the buffer) and
-// written only under `writing`; the caller's memory of a wrapped buffer is shared with other
-// threads only as `DeviceTensor::from_raw`'s contract allows.
+// written only under `writing`; the caller's memory of a borrowed buffer is shared with
+// other threads only as `DeviceTensor::from_raw`'s contract allows.
 unsafe impl Sync for CpuBuffer {}
-// SAFETY: the elements are plain data; a wrapped buffer's memory is valid from any thread
+// SAFETY: the elements are plain data; a borrowed buffer's memory is valid from any thread
 // (`from_raw`'s contract).
 unsafe impl Send for CpuBuffer {}
 
@@ -145,97 +252,142 @@ impl CpuBuffer {
     /// Storage the buffer owns.
     pub fn owned(storage: CpuStorage) -> Self {
         CpuBuffer {
-            data: UnsafeCell::new(ManuallyDrop::new(storage)),
-            owned: true,
+            data: UnsafeCell::new(Memory::Owned(storage)),
         }
     }
 
-    /// `bytes` bytes of caller memory at `ptr`, as `dtype` elements; never freed here.
+    /// `bytes` bytes of caller memory at `ptr`, as `dtype` elements; borrowed, never freed.
     /// A null or misaligned `ptr`, or a size that is not whole elements, is
     /// [`Error::Tensor`].
     ///
     /// # Safety
     ///
     /// The contract of [`moemla_core::DeviceTensor::from_raw`]: `ptr` points to `bytes`
-    /// readable and writable bytes that outlive the buffer.
+    /// initialized, readable and writable bytes that stay valid while the buffer lives, and
+    /// nothing else writes them (or reads them during a write) while a call uses them.
     pub unsafe fn wrap(ptr: *mut std::ffi::c_void, bytes: usize, dtype: DType) -> Result<Self> {
         let width = dtype.size_in_bytes();
-        if ptr.is_null() || !(ptr as usize).is_multiple_of(width) || !bytes.is_multiple_of(width) {
-            return Err(Error::Tensor(format!(
+        let aligned = (ptr as usize).is_multiple_of(width);
+        match NonNull::new(ptr.cast::<u8>()) {
+            Some(ptr) if aligned && bytes.is_multiple_of(width) && bytes <= isize::MAX as usize => {
+                Ok(CpuBuffer {
+                    data: UnsafeCell::new(Memory::Borrowed {
+                        ptr,
+                        len: bytes / width,
+                        dtype,
+                    }),
+                })
+            }
+            _ => Err(Error::Tensor(format!(
                 "cpu wrap_raw: {ptr:p} ({bytes} bytes) is not a non-null {dtype} array aligned \
                  to {width} bytes"
-            )));
+            ))),
         }
-        let len = bytes / width;
-        // SAFETY: `ptr` is non-null and aligned for the element type, and points to `len`
-        // initialized elements (every bit pattern is valid for these plain types) that stay
-        // valid while the buffer lives (the caller's contract). The `Vec` never reallocates
-        // or frees (capacity = length, `ManuallyDrop`, `owned` false).
-        let storage = unsafe {
-            match dtype {
-                DType::F32 => CpuStorage::F32(Vec::from_raw_parts(ptr.cast(), len, len)),
-                DType::F16 => CpuStorage::F16(Vec::from_raw_parts(ptr.cast(), len, len)),
-                DType::BF16 => CpuStorage::BF16(Vec::from_raw_parts(ptr.cast(), len, len)),
-                DType::I32 => CpuStorage::I32(Vec::from_raw_parts(ptr.cast(), len, len)),
-                DType::F8E4M3 => CpuStorage::F8E4M3(Vec::from_raw_parts(ptr.cast(), len, len)),
-                DType::U8 => CpuStorage::U8(Vec::from_raw_parts(ptr.cast(), len, len)),
-            }
-        };
-        Ok(CpuBuffer {
-            data: UnsafeCell::new(ManuallyDrop::new(storage)),
-            owned: false,
-        })
     }
 
     /// The elements, for reading.
-    fn get(&self) -> &CpuStorage {
-        // SAFETY: writes happen only through `bytes_mut` under `writing`, which excludes
+    pub fn slice(&self) -> CpuSlice<'_> {
+        // SAFETY: writes happen only through `slice_mut` under `writing`, which excludes
         // every reader holding `reading`; see `ACCESS`.
-        unsafe { &*self.data.get() }
+        match unsafe { &*self.data.get() } {
+            Memory::Owned(s) => s.as_slice(),
+            &Memory::Borrowed { ptr, len, dtype } => {
+                // SAFETY: `wrap` checked `ptr` non-null and aligned for `dtype`; the caller's
+                // contract (`from_raw`) makes `len` initialized elements (every bit pattern
+                // is a valid value of these plain types) valid for the buffer's life, and
+                // nothing writes them while this shared borrow of `self` is used.
+                unsafe {
+                    match dtype {
+                        DType::F32 => CpuSlice::F32(borrow(ptr, len)),
+                        DType::F16 => CpuSlice::F16(borrow(ptr, len)),
+                        DType::BF16 => CpuSlice::BF16(borrow(ptr, len)),
+                        DType::I32 => CpuSlice::I32(borrow(ptr, len)),
+                        DType::F8E4M3 => CpuSlice::F8E4M3(borrow(ptr, len)),
+                        DType::U8 => CpuSlice::U8(borrow(ptr, len)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The elements, for writing in place (never resized).
+    ///
+    /// # Safety
+    ///
+    /// The caller holds [`writing`] and no other reference into this buffer is live.
+    #[allow(clippy::mut_from_ref)] // interior mutability through `UnsafeCell`, under `writing`
+    pub unsafe fn slice_mut(&self) -> CpuSliceMut<'_> {
+        // SAFETY: exclusive access per this function's contract.
+        match unsafe { &mut *self.data.get() } {
+            Memory::Owned(s) => s.as_mut_slice(),
+            &mut Memory::Borrowed { ptr, len, dtype } => {
+                // SAFETY: as in `slice`, and exclusive per this function's contract (the
+                // caller's memory overlaps no other tensor a call uses: `from_raw`).
+                unsafe {
+                    match dtype {
+                        DType::F32 => CpuSliceMut::F32(borrow_mut(ptr, len)),
+                        DType::F16 => CpuSliceMut::F16(borrow_mut(ptr, len)),
+                        DType::BF16 => CpuSliceMut::BF16(borrow_mut(ptr, len)),
+                        DType::I32 => CpuSliceMut::I32(borrow_mut(ptr, len)),
+                        DType::F8E4M3 => CpuSliceMut::F8E4M3(borrow_mut(ptr, len)),
+                        DType::U8 => CpuSliceMut::U8(borrow_mut(ptr, len)),
+                    }
+                }
+            }
+        }
     }
 
     /// The elements as bytes, for writing in place (never resized).
     ///
     /// # Safety
     ///
-    /// The caller holds [`writing`] and no other reference into this buffer is live.
+    /// As [`CpuBuffer::slice_mut`].
     #[allow(clippy::mut_from_ref)] // interior mutability through `UnsafeCell`, under `writing`
     pub unsafe fn bytes_mut(&self) -> &mut [u8] {
-        // SAFETY: exclusive access per this function's contract.
-        match unsafe { &mut **self.data.get() } {
-            CpuStorage::F32(v) => bytemuck::cast_slice_mut(v),
-            CpuStorage::F16(v) => bytemuck::cast_slice_mut(v),
-            CpuStorage::BF16(v) => bytemuck::cast_slice_mut(v),
-            CpuStorage::I32(v) => bytemuck::cast_slice_mut(v),
-            CpuStorage::F8E4M3(v) | CpuStorage::U8(v) => v.as_mut_slice(),
-        }
+        // SAFETY: this function's contract is `slice_mut`'s.
+        unsafe { self.slice_mut() }.into_bytes()
+    }
+
+    /// Whether the memory is the caller's (wrapped by `from_raw`), not the backend's.
+    pub fn is_borrowed(&self) -> bool {
+        // SAFETY: reads the variant only, not the elements.
+        matches!(unsafe { &*self.data.get() }, Memory::Borrowed { .. })
     }
 
     /// Address of the first element (tests compare it to tell that a buffer was reused).
     pub fn addr(&self) -> usize {
-        // SAFETY: reads the pointer only, not the elements.
-        match unsafe { &**self.data.get() } {
-            CpuStorage::F32(v) => v.as_ptr() as usize,
-            CpuStorage::F16(v) => v.as_ptr() as usize,
-            CpuStorage::BF16(v) => v.as_ptr() as usize,
-            CpuStorage::I32(v) => v.as_ptr() as usize,
-            CpuStorage::F8E4M3(v) | CpuStorage::U8(v) => v.as_ptr() as usize,
-        }
+        self.slice().as_bytes().as_ptr() as usize
     }
 }
 
-impl Drop for CpuBuffer {
-    fn drop(&mut self) {
-        if self.owned {
-            // SAFETY: dropped once, here; the storage is ours (not the caller's memory).
-            unsafe { ManuallyDrop::drop(self.data.get_mut()) }
-        }
-    }
+/// `len` `T`s at `ptr`, borrowed for reading.
+///
+/// # Safety
+///
+/// `ptr` is aligned for `T` and points to `len` initialized `T`s that no one writes while
+/// the result lives.
+unsafe fn borrow<'a, T: bytemuck::Pod>(ptr: NonNull<u8>, len: usize) -> &'a [T] {
+    // SAFETY: this function's contract.
+    unsafe { std::slice::from_raw_parts(ptr.as_ptr().cast::<T>(), len) }
+}
+
+/// `len` `T`s at `ptr`, borrowed for writing.
+///
+/// # Safety
+///
+/// As [`borrow`], and no one else reads or writes them while the result lives.
+unsafe fn borrow_mut<'a, T: bytemuck::Pod>(ptr: NonNull<u8>, len: usize) -> &'a mut [T] {
+    // SAFETY: this function's contract.
+    unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr().cast::<T>(), len) }
 }
 
 impl fmt::Debug for CpuBuffer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let owner = if self.owned { "owned" } else { "caller's" };
+        let owner = if self.is_borrowed() {
+            "caller's"
+        } else {
+            "owned"
+        };
         write!(f, "CpuBuffer({owner} memory at {:#x})", self.addr())
     }
 }
@@ -294,10 +446,10 @@ pub fn storage<'a>(
     backend: &str,
     call: &'static str,
     arg: &'static str,
-) -> Result<&'a CpuStorage> {
+) -> Result<CpuSlice<'a>> {
     let s = match t.buffer::<CpuBuffer>(backend, call, arg) {
-        Ok(b) => b.get(),
-        Err(_) => t.buffer::<CpuStorage>(backend, call, arg)?,
+        Ok(b) => b.slice(),
+        Err(_) => t.buffer::<CpuStorage>(backend, call, arg)?.as_slice(),
     };
     if s.dtype() != t.dtype() || t.shape().checked_elem_count() != Some(s.len()) {
         return Err(Error::Device {
@@ -322,9 +474,9 @@ pub fn float_slice<'a>(
     arg: &'static str,
 ) -> Result<FloatSlice<'a>> {
     match storage(t, backend, call, arg)? {
-        CpuStorage::F32(v) => Ok(FloatSlice::F32(v)),
-        CpuStorage::F16(v) => Ok(FloatSlice::F16(v)),
-        CpuStorage::BF16(v) => Ok(FloatSlice::BF16(v)),
+        CpuSlice::F32(v) => Ok(FloatSlice::F32(v)),
+        CpuSlice::F16(v) => Ok(FloatSlice::F16(v)),
+        CpuSlice::BF16(v) => Ok(FloatSlice::BF16(v)),
         other => Err(mismatch(backend, call, arg, other.dtype(), "F32|F16|BF16")),
     }
 }
@@ -337,7 +489,7 @@ pub fn f32_slice<'a>(
     arg: &'static str,
 ) -> Result<&'a [f32]> {
     match storage(t, backend, call, arg)? {
-        CpuStorage::F32(v) => Ok(v),
+        CpuSlice::F32(v) => Ok(v),
         other => Err(mismatch(backend, call, arg, other.dtype(), "F32")),
     }
 }
@@ -350,7 +502,7 @@ pub fn i32_slice<'a>(
     arg: &'static str,
 ) -> Result<&'a [i32]> {
     match storage(t, backend, call, arg)? {
-        CpuStorage::I32(v) => Ok(v),
+        CpuSlice::I32(v) => Ok(v),
         other => Err(mismatch(backend, call, arg, other.dtype(), "I32")),
     }
 }

@@ -1,7 +1,7 @@
 //! A latent KV cache as the attention kernels read it: rows in the run dtype (dense), or
 //! 656-byte `fp8_ds_v32` rows dequantized on load (contract v2), addressed by flat slot.
 
-use crate::storage::{float_slice, storage, CpuStorage, FloatSlice};
+use crate::storage::{float_slice, storage, CpuSlice, FloatSlice};
 use moemla_core::fp8::{dequantize_ds_v32_row, DS_V32_DIM, DS_V32_ROW_BYTES};
 use moemla_core::{DeviceTensor, Error, KvFormat, Result};
 
@@ -26,7 +26,7 @@ impl<'a> KvRows<'a> {
         match format {
             KvFormat::Dense => Ok(KvRows::Dense(float_slice(t, backend, call, "kv_cache")?)),
             KvFormat::Fp8DsV32 => match storage(t, backend, call, "kv_cache")? {
-                CpuStorage::U8(bytes) => Ok(KvRows::Fp8(bytes)),
+                CpuSlice::U8(bytes) => Ok(KvRows::Fp8(bytes)),
                 other => Err(Error::Device {
                     backend: backend.to_string(),
                     call: format!("{call}: `kv_cache`"),

@@ -3,7 +3,7 @@
 //! no dequantized weight tensor ever exists), and `fp8_block128` activation quantization.
 
 use super::permute::Permutation;
-use crate::storage::{f32_slice, storage, CpuStorage, FloatSlice};
+use crate::storage::{f32_slice, storage, CpuSlice, FloatSlice};
 use moemla_core::fp8::{quantize_activation_row, ScaleMode, BLOCK, E4M3_VALUES};
 use moemla_core::{DType, DeviceTensor, Error, Result};
 use rayon::prelude::*;
@@ -45,7 +45,7 @@ impl<'a> Weights<'a> {
             )?));
         };
         let codes = match storage(t, backend, call, arg)? {
-            CpuStorage::F8E4M3(v) => v,
+            CpuSlice::F8E4M3(v) => v,
             other => {
                 return Err(Error::Device {
                     backend: backend.to_string(),
