@@ -33,8 +33,7 @@ pub use error::CudaError;
 
 use error::OrCore;
 use moemla_core::{
-    Backend, BackendInfo, DType, DeviceTensor, Error, OpSupport, Result, Verification,
-    VerificationKind,
+    Backend, BackendInfo, DType, DeviceTensor, Error, Result, Verification, VerificationKind,
 };
 use moemla_gpu_launch::GpuRunner;
 use std::sync::{Arc, OnceLock};
@@ -132,7 +131,7 @@ impl Backend for CudaBackend {
             device: format!("{} (sm_{})", dev.name, dev.arch),
             device_kind: moemla_core::DeviceKind::Accelerator,
             memory_bytes: Some(dev.memory_bytes),
-            supported: OpSupport::all_v1(),
+            supported: moemla_gpu_launch::supported(),
             verification: claimed_verification(),
             notes: vec![
                 dev.nvrtc_note(),

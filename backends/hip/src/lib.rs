@@ -28,7 +28,7 @@ mod props;
 
 use device::{Device, KERNEL_WAVEFRONT};
 use flavour::SearchList;
-use moemla_core::{Backend, BackendInfo, OpSupport, Result, Verification, VerificationKind};
+use moemla_core::{Backend, BackendInfo, Result, Verification, VerificationKind};
 use moemla_gpu_launch::GpuRunner;
 use std::sync::Arc;
 
@@ -119,7 +119,7 @@ impl Backend for HipBackend {
             device_kind: moemla_core::DeviceKind::Accelerator,
             memory_bytes: Some(p.memory_bytes),
             supported: if wave_ok {
-                OpSupport::all_v1()
+                moemla_gpu_launch::supported()
             } else {
                 Vec::new()
             },

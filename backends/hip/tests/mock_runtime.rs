@@ -154,7 +154,7 @@ fn mock_device_is_discovered_and_its_ops_only_enqueue() {
     ops::moe_route(&b, &logits, Some(&bias), &v2).unwrap();
     ops::moe_route(&b, &logits, None, &v2).unwrap();
     let route = format!(
-        "moemla_moe_route_bf16 grid=5,1,1 block=256,1,1 shared={} scalars=64,6,8,3,1,0,0,16",
+        "moemla_moe_route_bf16 grid=5,1,1 block=256,1,1 shared={} scalars=64,6,8,3,1,0,0,16 vocab=0",
         moemla_kernel_plan::route::shared_bytes(64, 6, 8, 256).unwrap()
     );
     let outputs = ["setdevice", "malloc 120", "malloc 120"];
@@ -271,6 +271,39 @@ fn mock_device_is_discovered_and_its_ops_only_enqueue() {
         "o copied despite the error"
     );
     assert_eq!(b.download(&out.o).unwrap().dims(), [2, 1, 4, 64]);
+
+    // Contract v2, hash routing with sqrt-softplus scores (DeepSeek-V4's first layers): the
+    // route and the flag resolve are enqueued, nothing waited for or read back.
+    let logits = upload(&b, &[3, 16], DType::BF16);
+    let input_ids = upload_i32(&b, &[3], &[1, 0, 1]);
+    let table = upload_i32(&b, &[2, 2], &[4, 9, 7, 7]);
+    let v4_hash = RouteParams {
+        score_func: moemla_core::ScoreFunc::Sqrtsoftplus,
+        top_k: 2,
+        n_group: 1,
+        topk_group: 1,
+        group_select: moemla_core::GroupSelect::Max,
+        renormalize: true,
+        routed_scaling_factor: 1.5,
+    };
+    let mut inputs = ops::RouteInputs::new(&logits);
+    inputs.input_ids = Some(&input_ids);
+    inputs.tid2eid = Some(&table);
+    calls(&log);
+    ops::moe_route_with(&b, inputs, &v4_hash).unwrap();
+    let lines = calls(&log);
+    assert_enqueued_only("moe_route with hash routing", &lines);
+    let launched: Vec<_> = lines.iter().filter(|l| l.starts_with("moemla_")).collect();
+    assert_eq!(
+        launched,
+        [
+            &format!(
+                "moemla_moe_route_bf16 grid=3,1,1 block=256,1,1 shared={} scalars=16,2,1,1,2,0,1,1.5 vocab=2",
+                moemla_kernel_plan::route::shared_bytes(16, 2, 1, 256).unwrap()
+            ),
+            "moemla_moe_route_hash_resolve grid=1,1,1 block=1,1,1 shared=0",
+        ]
+    );
 
     // A wave32 device (RDNA) is described but runs nothing: the kernels assume 64 lanes.
     std::env::set_var("MOCK_HIP_WARP", "32");

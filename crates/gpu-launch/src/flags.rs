@@ -29,6 +29,24 @@ pub fn decode(flag: u64) -> Option<(usize, i64)> {
     Some((position, value))
 }
 
+/// How a flag word is reported.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FlagKind {
+    /// A flag as the kernels' rule has it: the first bad position and its value.
+    Range,
+    /// A word the kernels use for themselves (e.g. a raw flag another kernel resolves);
+    /// never reported.
+    Scratch,
+    /// A flag over rows whose entries must also be distinct (hash routing's `tid2eid`):
+    /// the next word holds the first column of the row repeating the value (position 0,
+    /// value = the column), clean when the value is not a repeat. A repeat is reported
+    /// with `valid` = `"{distinct}, distinct within the row (already at column c)"`.
+    DistinctRow {
+        /// The range part of a repeat's `valid` ("[0, 64)").
+        distinct: String,
+    },
+}
+
 /// What one flag checks: an index argument, its shape, and its valid range in words.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FlagCheck {
@@ -38,9 +56,45 @@ pub struct FlagCheck {
     pub shape: Shape,
     /// The valid range, as `moemla_core::indices` words it ("[-1, 64)").
     pub valid: String,
+    /// How the word is reported.
+    pub kind: FlagKind,
 }
 
 impl FlagCheck {
+    /// The contract's error for the words `words` (this check's flag first, then the
+    /// following ones of the same op), `None` when clean or [`FlagKind::Scratch`].
+    pub fn error_in(&self, backend: &str, op: Op, words: &[u64]) -> Option<Error> {
+        let flag = *words.first()?;
+        match &self.kind {
+            FlagKind::Range => self.error(backend, op, flag),
+            FlagKind::Scratch => None,
+            FlagKind::DistinctRow { distinct } => {
+                let repeat = words.get(1).copied().and_then(decode);
+                match (self.error(backend, op, flag), repeat) {
+                    (
+                        Some(Error::IndexOutOfRange {
+                            op,
+                            arg,
+                            index,
+                            value,
+                            ..
+                        }),
+                        Some((_, column)),
+                    ) => Some(Error::IndexOutOfRange {
+                        op,
+                        arg,
+                        index,
+                        value,
+                        valid: format!(
+                            "{distinct}, distinct within the row (already at column {column})"
+                        ),
+                    }),
+                    (e, _) => e,
+                }
+            }
+        }
+    }
+
     /// The contract's error for a flag holding `flag`, `None` when clean. A position
     /// outside the tensor (a kernel bug) is a device error, never an out-of-bounds read.
     pub fn error(&self, backend: &str, op: Op, flag: u64) -> Option<Error> {
@@ -168,10 +222,10 @@ impl<B: GpuBuffer> FlagArena<B> {
             );
         }
         let first = self.pending.iter().find_map(|p| {
-            p.checks
-                .iter()
-                .enumerate()
-                .find_map(|(i, check)| check.error(D::NAME, p.op, words[p.chunk][p.first + i]))
+            p.checks.iter().enumerate().find_map(|(i, check)| {
+                let own = &words[p.chunk][p.first + i..p.first + p.checks.len()];
+                check.error_in(D::NAME, p.op, own)
+            })
         });
         for chunk in &mut self.chunks {
             if chunk.used > 0 {
@@ -194,7 +248,50 @@ mod tests {
             arg: "topk_ids",
             shape: Shape::new(vec![3, 4]),
             valid: "[-1, 8)".into(),
+            kind: FlagKind::Range,
         }
+    }
+
+    /// A repeated entry is reported with the column it repeats; an out-of-range one with
+    /// the plain range; a scratch word never.
+    #[test]
+    fn a_distinct_row_flag_names_the_column_a_repeat_repeats() {
+        let check = FlagCheck {
+            arg: "tid2eid",
+            shape: Shape::new(vec![9, 4]),
+            valid: "[0, 48) (E)".into(),
+            kind: FlagKind::DistinctRow {
+                distinct: "[0, 48)".into(),
+            },
+        };
+        let flag = (22u64 << 32) | 17;
+        let want = |valid: &str| {
+            Some(Error::IndexOutOfRange {
+                op: Op::MoeRoute,
+                arg: "tid2eid",
+                index: vec![5, 2],
+                value: 17,
+                valid: valid.into(),
+            })
+        };
+        assert_eq!(
+            check.error_in("hip", Op::MoeRoute, &[flag, 0]),
+            want("[0, 48), distinct within the row (already at column 0)")
+        );
+        assert_eq!(
+            check.error_in("hip", Op::MoeRoute, &[flag, 1]),
+            want("[0, 48), distinct within the row (already at column 1)")
+        );
+        assert_eq!(
+            check.error_in("hip", Op::MoeRoute, &[flag, CLEAN]),
+            want("[0, 48) (E)")
+        );
+        assert_eq!(check.error_in("hip", Op::MoeRoute, &[CLEAN, 0]), None);
+        let scratch = FlagCheck {
+            kind: FlagKind::Scratch,
+            ..check
+        };
+        assert_eq!(scratch.error_in("hip", Op::MoeRoute, &[flag]), None);
     }
 
     #[test]

@@ -38,4 +38,4 @@ pub use moemla_core as __core;
 pub use args::{Arg, ArgSlots};
 pub use device::{GpuBuffer, GpuDevice, KernelCache};
 pub use module::Module;
-pub use runner::GpuRunner;
+pub use runner::{supported, GpuRunner};

@@ -53,6 +53,7 @@ impl Module {
                 "moemla_moe_route_f32",
                 "moemla_moe_route_f16",
                 "moemla_moe_route_bf16",
+                "moemla_moe_route_hash_resolve",
             ],
             Module::MoeExperts => &[
                 "moemla_moe_align",

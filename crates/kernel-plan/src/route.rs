@@ -75,6 +75,17 @@ pub fn plan(
     Ok(launch)
 }
 
+/// The launch of `moemla_moe_route_hash_resolve` after a hash-routed `moe_route`: one
+/// thread turns the first bad `tid2eid` entry in token order into its table position.
+pub fn hash_resolve() -> Launch {
+    Launch {
+        kernel: "moemla_moe_route_hash_resolve".into(),
+        grid: [1, 1, 1],
+        block: [1, 1, 1],
+        shared_bytes: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -101,6 +101,34 @@ struct RouteCase {
     bool with_bias;
 };
 
+// One moemla_moe_route_* launch (vocab > 0: hash routing with input_ids / tid2eid).
+static void route_launch(int dtype, const RouteCase& c, Tensor& logits, const float* bias, const int* input_ids,
+                         const int* tid2eid, int vocab, std::vector<int>& ids, std::vector<float>& w,
+                         unsigned long long* err) {
+    moemla_emu_launch({(unsigned)c.T, 1, 1}, 256, [&] {
+        auto* lg = (const void*)logits.ptr();
+        if (dtype == 0)
+            moemla_moe_route_f32((const float*)lg, bias, c.with_bias, input_ids, tid2eid, vocab, ids.data(), w.data(),
+                                 c.E, c.top_k, c.n_group, c.topk_group, c.score_func, c.group_select, c.renorm,
+                                 c.scale, err);
+        else if (dtype == 1)
+            moemla_moe_route_f16((const moemla_f16*)lg, bias, c.with_bias, input_ids, tid2eid, vocab, ids.data(),
+                                 w.data(), c.E, c.top_k, c.n_group, c.topk_group, c.score_func, c.group_select,
+                                 c.renorm, c.scale, err);
+        else
+            moemla_moe_route_bf16((const moemla_bf16*)lg, bias, c.with_bias, input_ids, tid2eid, vocab, ids.data(),
+                                  w.data(), c.E, c.top_k, c.n_group, c.topk_group, c.score_func, c.group_select,
+                                  c.renorm, c.scale, err);
+    });
+}
+
+// The contract's affinity score of one logit in double (sf 0 sigmoid, 2 sqrt-softplus;
+// softmax is done over the row by the caller).
+static double score_ref(int sf, double x) {
+    if (sf == 2) return std::sqrt(x > 20.0 ? x : std::log1p(std::exp(x)));
+    return 1.0 / (1.0 + std::exp(-x));
+}
+
 // The contract's ranking on doubles: larger first, NaN as -inf (-0 == +0 already).
 static double rank_value(double v) { return std::isnan(v) ? -INFINITY : v; }
 
@@ -115,19 +143,9 @@ static void route_run(int dtype, const RouteCase& c, const std::vector<float>& l
     Tensor logits = make(logit_vals, dtype);
     std::vector<int> ids((size_t)T * top_k, -7);
     std::vector<float> w((size_t)T * top_k, -7.0f);
-    moemla_emu_launch({(unsigned)T, 1, 1}, 256, [&] {
-        auto* lg = (const void*)logits.ptr();
-        const float* b = bias.data();
-        if (dtype == 0)
-            moemla_moe_route_f32((const float*)lg, b, c.with_bias, ids.data(), w.data(), E, top_k, c.n_group,
-                                 c.topk_group, c.score_func, c.group_select, c.renorm, c.scale);
-        else if (dtype == 1)
-            moemla_moe_route_f16((const moemla_f16*)lg, b, c.with_bias, ids.data(), w.data(), E, top_k, c.n_group,
-                                 c.topk_group, c.score_func, c.group_select, c.renorm, c.scale);
-        else
-            moemla_moe_route_bf16((const moemla_bf16*)lg, b, c.with_bias, ids.data(), w.data(), E, top_k,
-                                  c.n_group, c.topk_group, c.score_func, c.group_select, c.renorm, c.scale);
-    });
+    unsigned long long err = ~0ull;  // never touched without hash routing
+    route_launch(dtype, c, logits, bias.data(), nullptr, nullptr, 0, ids, w, &err);
+    expect(err == ~0ull, std::string("moe_route ") + label + ": flag touched");
     const double near = 1e-6;
     for (int t = 0; t < T; ++t) {
         std::vector<double> s(E), sel(E);
@@ -136,7 +154,7 @@ static void route_run(int dtype, const RouteCase& c, const std::vector<float>& l
             if (logits.vals[t * E + e] > mx) mx = logits.vals[t * E + e];
         for (int e = 0; e < E; ++e) {
             double x = logits.vals[t * E + e];
-            s[e] = c.score_func == 1 ? std::exp(x - mx) : 1.0 / (1.0 + std::exp(-x));
+            s[e] = c.score_func == 1 ? std::exp(x - mx) : score_ref(c.score_func, x);
             sum += s[e];
         }
         for (int e = 0; e < E; ++e) {
@@ -281,6 +299,69 @@ static void route_edge_cases(int dtype) {
         route_run(dtype, g, randn((size_t)g.T * g.E, 2.0f), randn(g.E, 0.5f), "k-near-E-groups");
         RouteCase many{1, 4096, 300, 1024, 700, 0, 1, 1, 1.0f, true};
         route_run(dtype, many, randn((size_t)many.T * many.E, 2.0f), randn(many.E, 0.5f), "many-groups");
+    }
+}
+
+// Hash routing (contract v2): ids = tid2eid[input_ids[t]] exactly, weights the unbiased
+// scores of those ids, renormalised by max(sum, 1e-20) and scaled. With `corrupt`, bad
+// token ids and bad table entries are flagged: err[0] the first bad input_ids position,
+// err[2] (after the resolve kernel) the first bad table entry in token order, at its
+// position in tid2eid, err[3] the first column repeating it.
+static void route_hash_case(int dtype, int sf, int corrupt) {
+    RouteCase c{6, 48, 4, 1, 1, sf, 0, 1, 1.5f, false};
+    const int vocab = 9, k = c.top_k;
+    std::vector<float> lv = randn((size_t)c.T * c.E, 3.0f);
+    for (int e = 0; e < c.E; ++e) lv[5 * c.E + e] = -1000.0f;  // token 5: every score 0
+    Tensor logits = make(lv, dtype);
+    std::vector<int> table((size_t)vocab * k);
+    for (int v = 0; v < vocab; ++v) {
+        std::vector<int> perm(c.E);
+        for (int e = 0; e < c.E; ++e) perm[e] = e;
+        std::shuffle(perm.begin(), perm.end(), rng);
+        for (int j = 0; j < k; ++j) table[v * k + j] = perm[j];
+    }
+    std::vector<int> input_ids = {3, 5, 0, 8, 3, 7};
+    unsigned long long want[4] = {~0ull, ~0ull, ~0ull, ~0ull};
+    auto flag = [](unsigned long long pos, int value) { return (pos << 32) | (unsigned)value; };
+    if (corrupt == 1) {  // bad token ids at t 2 and 4: the first is reported
+        input_ids[2] = vocab;
+        input_ids[4] = -1;
+        want[0] = flag(2, vocab);
+    } else if (corrupt == 2) {
+        // Token 1 reads row 5: a repeat at column 2 (first at column 0). Token 3 reads
+        // row 8: -2 at column 0 (a later token, an earlier table position: not reported).
+        // Row 1 (read by no token) is bad too and never looked at.
+        table[5 * k + 2] = table[5 * k + 0];
+        table[8 * k + 0] = -2;
+        table[1 * k + 1] = c.E;
+        want[1] = flag(1 * k + 2, table[5 * k + 0]);
+        want[2] = flag(5 * k + 2, table[5 * k + 0]);
+        want[3] = 0;
+    } else if (corrupt == 3) {  // out of range (E) in the first token's row, column 3
+        table[3 * k + 3] = c.E;
+        want[1] = flag(3, c.E);
+        want[2] = flag(3 * k + 3, c.E);
+    }
+    std::vector<int> ids((size_t)c.T * k, -7);
+    std::vector<float> w((size_t)c.T * k, -7.0f);
+    unsigned long long err[4] = {~0ull, ~0ull, ~0ull, ~0ull};
+    route_launch(dtype, c, logits, nullptr, input_ids.data(), table.data(), vocab, ids, w, err);
+    moemla_emu_launch({1, 1, 1}, 1, [&] { moemla_moe_route_hash_resolve(input_ids.data(), table.data(), k, err); });
+    char buf[240];
+    std::snprintf(buf, sizeof buf, "moe_route hash %s sf%d corrupt%d: err {%#llx %#llx %#llx %#llx}", dname(dtype), sf,
+                  corrupt, err[0], err[1], err[2], err[3]);
+    expect(err[0] == want[0] && err[1] == want[1] && err[2] == want[2] && err[3] == want[3], buf);
+    if (corrupt) return;
+    for (int t = 0; t < c.T; ++t) {
+        const int* row = &table[(size_t)input_ids[t] * k];
+        double sum = 0;
+        for (int j = 0; j < k; ++j) sum += score_ref(sf, logits.vals[(size_t)t * c.E + row[j]]);
+        for (int j = 0; j < k; ++j) {
+            const double want_w = score_ref(sf, logits.vals[(size_t)t * c.E + row[j]]) / std::max(sum, 1e-20) * c.scale;
+            std::snprintf(buf, sizeof buf, "moe_route hash %s sf%d t%d j%d: id %d want %d, w %g want %g", dname(dtype),
+                          sf, t, j, ids[t * k + j], row[j], w[t * k + j], want_w);
+            expect(ids[t * k + j] == row[j] && close(w[t * k + j], want_w, 1e-5, 1e-5), buf);
+        }
     }
 }
 
@@ -540,15 +621,33 @@ static void mla_case(int dtype, const MlaCase& c, int corrupt /*0 none, 1 seqlen
             }
 }
 
-int main() {
+// Sections run: all, or those named on the command line (route, experts, mla, ...).
+static std::vector<std::string> g_only;
+static bool want(const char* section) {
+    return g_only.empty() || std::find(g_only.begin(), g_only.end(), section) != g_only.end();
+}
+
+int main(int argc, char** argv) {
     g_emu.warp_size = MOEMLA_WARP_SIZE;
+    for (int i = 1; i < argc; ++i) g_only.push_back(argv[i]);
     for (int dtype = 0; dtype < 3; ++dtype) {
+        if (want("route")) {
         // DeepSeek-V3 routing; V2 (softmax, max); V2-Lite (no groups); a one-expert-group edge.
         route_case(dtype, {5, 256, 8, 8, 4, 0, 1, 1, 2.5f, true});
         route_case(dtype, {3, 160, 6, 8, 3, 1, 0, 0, 16.0f, false});
         route_case(dtype, {4, 64, 6, 1, 1, 1, 0, 0, 1.0f, false});
         route_case(dtype, {2, 300, 7, 300, 20, 0, 1, 1, 1.5f, true});
         route_edge_cases(dtype);
+        // DeepSeek-V4 routing: sqrt-softplus with bias, no groups; logits past 20 and far
+        // below 0 (ln(1 + e^x) for tiny e^x); with groups too.
+        route_case(dtype, {4, 256, 6, 1, 1, 2, 0, 1, 1.5f, true});
+        route_run(dtype, {3, 64, 6, 4, 2, 2, 1, 1, 2.5f, true}, randn(3 * 64, 30.0f), randn(64, 0.5f), "sqrtsp-wide");
+        route_run(dtype, {2, 32, 4, 1, 1, 2, 0, 1, 1.5f, false}, std::vector<float>(64, -1000.0f),
+                  std::vector<float>(32, 0.0f), "sqrtsp-all-zero-renorm");
+        for (int sf : {0, 2}) route_hash_case(dtype, sf, 0);
+        for (int corrupt = 1; corrupt <= 3; ++corrupt) route_hash_case(dtype, 1, corrupt);
+        }
+        if (want("experts")) {
 
         experts_case(dtype, 7, 40, 24, 5, 3);    // vector loads, ragged tiles
         experts_case(dtype, 9, 36, 70, 3, 2);    // scalar loads (H % 8 != 0), I > 64
@@ -556,6 +655,8 @@ int main() {
         experts_case(dtype, 4, 16, 8, 4, 3, {.bad_slot = 5});  // bad ids: flag = first bad slot
         experts_case(dtype, 11, 40, 24, 4, 3, {.poison = true});  // weight 0 / id -1 skip a NaN expert
         experts_case(dtype, 5, 24, 16, 3, 2, {.nan_weight = 3});  // a NaN weight is data
+        }
+        if (want("mla")) {
 
         MlaCase base{3, 2, 4, 2, 40, 32, 5, 7, 24, true, {0, 13, 30}, 3, 16, 16};
         mla_case(dtype, base, 0);
@@ -571,6 +672,7 @@ int main() {
         mla_case(dtype, odd, 0);
         mla_case(dtype, base, 1);
         mla_case(dtype, base, 2);
+        }
     }
     std::printf("%s: %d checks, %d failures (warp %d%s)\n", g_failures ? "FAILED" : "ok", g_checks, g_failures,
                 MOEMLA_WARP_SIZE,

@@ -236,9 +236,9 @@ hipError_t hipModuleGetFunction(void** function, void* module, const char* name)
     }
     return 500;
 }
-// Logs "<kernel> grid=x,y,z block=x,y,z shared=n"; for moemla_moe_route_* also its scalar
+// Logs "<kernel> grid=x,y,z block=x,y,z shared=n"; for moemla_moe_route_<DT> also its scalar
 // parameters (experts, top_k, n_group, topk_group, score_func, group_select, renormalize,
-// routed_scaling_factor), read through kernelParams as the kernel would. The two
+// routed_scaling_factor; vocab), read through kernelParams as the kernel would. The two
 // index-checking kernels enqueue their flag updates.
 hipError_t hipModuleLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
                                  unsigned by, unsigned bz, unsigned shared, void* stream,
@@ -247,10 +247,15 @@ hipError_t hipModuleLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz,
     char line[512];
     int n = snprintf(line, sizeof line, "%s grid=%u,%u,%u block=%u,%u,%u shared=%u", name, gx, gy,
                      gz, bx, by, bz, shared);
-    if (strncmp(name, "moemla_moe_route_", 17) == 0) {
-        snprintf(line + n, sizeof line - (size_t)n, " scalars=%d,%d,%d,%d,%d,%d,%d,%g",
-                 *(int*)params[5], *(int*)params[6], *(int*)params[7], *(int*)params[8],
-                 *(int*)params[9], *(int*)params[10], *(int*)params[11], *(float*)params[12]);
+    if (strncmp(name, "moemla_moe_route_", 17) == 0 &&
+        strcmp(name, "moemla_moe_route_hash_resolve") != 0) {
+        // (logits, bias, has_bias, input_ids, tid2eid, vocab, topk_ids, topk_weights,
+        //  experts, top_k, n_group, topk_group, score_func, group_select, renormalize,
+        //  routed_scaling_factor, err)
+        snprintf(line + n, sizeof line - (size_t)n, " scalars=%d,%d,%d,%d,%d,%d,%d,%g vocab=%d",
+                 *(int*)params[8], *(int*)params[9], *(int*)params[10], *(int*)params[11],
+                 *(int*)params[12], *(int*)params[13], *(int*)params[14], *(float*)params[15],
+                 *(int*)params[5]);
     }
     log_line(line);
     if (extra != NULL) return 1;

@@ -13,14 +13,26 @@ mod moe_route;
 
 use crate::args::Arg;
 use crate::device::{GpuBuffer, GpuDevice};
-use crate::flags::{FlagArena, FlagCheck};
+use crate::flags::{FlagArena, FlagCheck, FlagKind};
 use crate::module::Module;
 use moemla_core::calls::{
     MlaDecodeCall, MlaDecodeOutput, MoeExpertsCall, MoeRouteCall, MoeRouteOutput,
 };
-use moemla_core::{DType, DeviceTensor, Error, HostTensor, Op, Result, Shape};
+use moemla_core::{DType, DeviceTensor, Error, Format, HostTensor, Op, OpSupport, Result, Shape};
 use moemla_kernel_plan::{Launch, PlanError};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+/// What the CUDA and HIP kernels implement, as `BackendInfo::supported` lists it: the v1
+/// ops in every float dtype and the contract-v2 variants the kernels have.
+pub fn supported() -> Vec<OpSupport> {
+    let mut all = OpSupport::all_v1();
+    for dtype in DType::FLOATS {
+        for format in [Format::Sqrtsoftplus, Format::HashRouting] {
+            all.push(OpSupport::with_format(Op::MoeRoute, dtype, format));
+        }
+    }
+    all
+}
 
 /// What the ops share on the backend's one stream: the workspace they reuse and the
 /// error flags. Held by an op for as long as it enqueues, so that one op's launches are
@@ -249,6 +261,7 @@ fn flag_check(arg: &'static str, t: &DeviceTensor, valid: String) -> FlagCheck {
         arg,
         shape: t.shape().clone(),
         valid,
+        kind: FlagKind::Range,
     }
 }
 

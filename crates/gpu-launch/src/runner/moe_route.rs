@@ -1,8 +1,11 @@
-//! `moe_route`: one launch of `moemla_moe_route_<DT>` (kernels/README.md, moe_route.cu).
+//! `moe_route`: one launch of `moemla_moe_route_<DT>` (kernels/README.md, moe_route.cu);
+//! with hash routing a second, `moemla_moe_route_hash_resolve`, and `input_ids` / `tid2eid`
+//! checked on the device into error flags.
 
-use super::{int, GpuRunner};
+use super::{flag_check, int, GpuRunner};
 use crate::args::Arg;
 use crate::device::{GpuBuffer, GpuDevice};
+use crate::flags::{FlagCheck, FlagKind};
 use crate::module::Module;
 use moemla_core::calls::{MoeRouteCall, MoeRouteOutput};
 use moemla_core::{DType, GroupSelect, Op, Result, ScoreFunc};
@@ -33,24 +36,67 @@ pub(super) fn run<D: GpuDevice>(
     let score_func = match p.score_func {
         ScoreFunc::Sigmoid => 0,
         ScoreFunc::Softmax => 1,
-        // Not in the kernels (contract v2): refused before anything is allocated.
-        ScoreFunc::Sqrtsoftplus => {
-            return Err(moemla_core::Error::unsupported_format(
-                D::NAME,
-                op,
-                moemla_core::Format::Sqrtsoftplus,
-            ))
-        }
+        ScoreFunc::Sqrtsoftplus => 2,
     };
+    let hash = call
+        .hash
+        .map(|h| {
+            Ok::<_, moemla_core::Error>((
+                g.buffer(h.input_ids, CALL, "input_ids")?,
+                g.buffer(h.tid2eid, CALL, "tid2eid")?,
+                int::<D>(op, "vocab", h.vocab)?,
+                h,
+            ))
+        })
+        .transpose()?;
     let dims = [call.tokens, p.top_k];
     let bytes = moemla_core::Shape::new(dims.to_vec()).byte_len(DType::I32)?;
     let (ids, shape) = g.output(&dims, DType::I32, bytes)?;
     let (weights, _) = g.output(&dims, DType::F32, bytes)?;
+    let mut stream = g.lock();
+    // Hash routing's flags: input_ids; tid2eid in token order (the kernel's raw word), at
+    // its table position (resolved), the column a repeat repeats (see moe_route.cu).
+    let flags = match &hash {
+        Some((_, _, _, h)) => {
+            let experts = call.experts;
+            let table = |kind| FlagCheck {
+                arg: "tid2eid",
+                shape: h.tid2eid.shape().clone(),
+                valid: format!("[0, {experts}) (E)"),
+                kind,
+            };
+            stream.flags.reserve(
+                &g.dev,
+                op,
+                vec![
+                    flag_check(
+                        "input_ids",
+                        h.input_ids,
+                        format!("[0, {}) (rows of tid2eid)", h.vocab),
+                    ),
+                    table(FlagKind::Scratch),
+                    table(FlagKind::DistinctRow {
+                        distinct: format!("[0, {experts})"),
+                    }),
+                    table(FlagKind::Scratch),
+                ],
+            )?
+        }
+        None => Vec::new(),
+    };
+    // Any valid pointer where an input is absent: the kernel does not read it.
+    let unused = logits.address();
+    let (input_ids, tid2eid, vocab) = match &hash {
+        Some((i, t, v, _)) => (i.address(), t.address(), *v),
+        None => (unused, unused, Arg::I32(0)),
+    };
     let args = [
         Arg::Ptr(logits.address()),
-        // Any valid pointer when there is no bias: the kernel does not read it.
-        Arg::Ptr(bias.unwrap_or(logits).address()),
+        Arg::Ptr(bias.map_or(unused, |b| b.address())),
         Arg::I32(i32::from(bias.is_some())),
+        Arg::Ptr(input_ids),
+        Arg::Ptr(tid2eid),
+        vocab,
         Arg::Ptr(ids.address()),
         Arg::Ptr(weights.address()),
         int::<D>(op, "E", call.experts)?,
@@ -64,8 +110,22 @@ pub(super) fn run<D: GpuDevice>(
         }),
         Arg::I32(i32::from(p.renormalize)),
         Arg::F32(p.routed_scaling_factor as f32),
+        Arg::Ptr(flags.first().copied().unwrap_or(unused)),
     ];
     g.launch(Module::MoeRoute, &launch, &args)?;
+    if let Some((input_ids, tid2eid, _, _)) = &hash {
+        g.launch(
+            Module::MoeRoute,
+            &route::hash_resolve(),
+            &[
+                Arg::Ptr(input_ids.address()),
+                Arg::Ptr(tid2eid.address()),
+                int::<D>(op, "top_k", p.top_k)?,
+                Arg::Ptr(flags[0]),
+            ],
+        )?;
+    }
+    drop(stream);
     Ok(MoeRouteOutput {
         topk_ids: g.tensor(ids, shape.clone(), DType::I32),
         topk_weights: g.tensor(weights, shape, DType::F32),

@@ -31,7 +31,7 @@ struct State {
 
 enum Work {
     Fill(u64, usize, u8),
-    Launch(String, Vec<Arg>),
+    Launch(String, Vec<Arg>, [u32; 3]),
 }
 
 impl State {
@@ -58,7 +58,7 @@ impl State {
     fn run(&mut self, work: Work) {
         match work {
             Work::Fill(addr, len, v) => self.slice(addr, len).fill(v),
-            Work::Launch(kernel, a) => {
+            Work::Launch(kernel, a, grid) => {
                 let p = |i: usize| match a[i] {
                     Arg::Ptr(p) => p,
                     _ => panic!("{kernel}: parameter {i} is not a pointer"),
@@ -68,6 +68,46 @@ impl State {
                     _ => panic!("{kernel}: parameter {i} is not an int"),
                 };
                 match kernel.as_str() {
+                    // Hash routing's checks (moe_route.cu): input_ids into err[0], the
+                    // table in token order into err[1]; the resolve kernel then writes the
+                    // table position into err[2] and a repeat's first column into err[3].
+                    k if k.starts_with("moemla_moe_route_")
+                        && k != "moemla_moe_route_hash_resolve" =>
+                    {
+                        let (input_ids, tid2eid, vocab, experts, top_k, err) =
+                            (p(3), p(4), n(5), n(8), n(9) as usize, p(16));
+                        for t in 0..grid[0] as usize {
+                            if vocab == 0 {
+                                break;
+                            }
+                            let id = self.i32_at(input_ids, t);
+                            if id < 0 || id >= vocab {
+                                self.flag(err, t, id);
+                                continue;
+                            }
+                            let row: Vec<i32> = (0..top_k)
+                                .map(|j| self.i32_at(tid2eid, id as usize * top_k + j))
+                                .collect();
+                            for (j, &v) in row.iter().enumerate() {
+                                if !(0..experts).contains(&v) || row[..j].contains(&v) {
+                                    self.flag(err + 8, t * top_k + j, v);
+                                }
+                            }
+                        }
+                    }
+                    "moemla_moe_route_hash_resolve" => {
+                        let (input_ids, tid2eid, top_k, err) = (p(0), p(1), n(2) as usize, p(3));
+                        let raw = u64::from_le_bytes(self.slice(err + 8, 8).try_into().unwrap());
+                        if raw != u64::MAX {
+                            let (order, v) = ((raw >> 32) as usize, raw as u32 as i32);
+                            let at = self.i32_at(input_ids, order / top_k) as usize * top_k;
+                            let j = order % top_k;
+                            self.flag(err + 16, at + j, v);
+                            if let Some(c) = (0..j).find(|&c| self.i32_at(tid2eid, at + c) == v) {
+                                self.flag(err + 24, 0, c as i32);
+                            }
+                        }
+                    }
                     "moemla_moe_align" => {
                         let (ids, weights, slots, experts, err) = (p(0), p(1), n(2), n(3), p(9));
                         for s in 0..slots as usize {
@@ -216,8 +256,11 @@ impl GpuDevice for Fake {
         );
         let mut s = self.state();
         s.log.push(format!("launch {}", launch.kernel));
-        s.queue
-            .push(Work::Launch(launch.kernel.clone(), args.to_vec()));
+        s.queue.push(Work::Launch(
+            launch.kernel.clone(),
+            args.to_vec(),
+            launch.grid,
+        ));
         Ok(())
     }
     fn synchronize(&self) -> Result<()> {
@@ -249,7 +292,7 @@ impl Backend for FakeBackend {
             device: "fake".into(),
             device_kind: moemla_core::DeviceKind::Emulator,
             memory_bytes: None,
-            supported: moemla_core::OpSupport::all_v1(),
+            supported: super::supported(),
             verification: Verification {
                 kind: VerificationKind::Unverified,
                 detail: String::new(),
@@ -438,20 +481,29 @@ fn the_argument_lists_follow_the_kernels_parameters() {
     );
     ops::moe_route(&b, &logits, Some(&bias), &RouteParams::deepseek_v3()).unwrap();
     let s = fake.state();
-    let Some(Work::Launch(kernel, args)) = s.queue.last() else {
+    let Some(Work::Launch(kernel, args, _)) = s.queue.last() else {
         panic!("no launch");
     };
     assert_eq!(kernel, "moemla_moe_route_f32");
     let v3 = RouteParams::deepseek_v3();
-    assert_eq!(args.len(), 13);
+    assert_eq!(args.len(), 17);
     assert_eq!(
-        args[..3],
-        [Arg::Ptr(logits_at), Arg::Ptr(bias_at), Arg::I32(1)]
+        args[..6],
+        [
+            Arg::Ptr(logits_at),
+            Arg::Ptr(bias_at),
+            Arg::I32(1),
+            // No hash routing: vocab 0, the tables and the flag any valid pointer.
+            Arg::Ptr(logits_at),
+            Arg::Ptr(logits_at),
+            Arg::I32(0),
+        ]
     );
     // topk_ids and topk_weights: two fresh, distinct allocations.
-    assert!(matches!((args[3], args[4]), (Arg::Ptr(i), Arg::Ptr(w)) if i != w && i > bias_at));
+    assert!(matches!((args[6], args[7]), (Arg::Ptr(i), Arg::Ptr(w)) if i != w && i > bias_at));
+    assert_eq!(args[16], Arg::Ptr(logits_at));
     assert_eq!(
-        args[5..],
+        args[8..16],
         [
             Arg::I32(64),
             Arg::I32(v3.top_k as i32),
@@ -512,23 +564,99 @@ fn alloc_zeroed_is_zero_and_upload_round_trips() {
 }
 
 #[test]
-fn a_score_function_the_kernels_lack_is_unsupported_before_any_device_work() {
+fn sqrt_softplus_is_score_function_2() {
     let (b, fake) = backend();
     let logits = f32s(&b, &[5, 64]);
     let mut p = RouteParams::deepseek_v2();
     p.score_func = moemla_core::ScoreFunc::Sqrtsoftplus;
-    fake.take_log();
-    let err = ops::moe_route(&b, &logits, None, &p).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Unsupported {
-                op: Op::MoeRoute,
-                ..
-            }
-        ),
-        "{err}"
+    ops::moe_route(&b, &logits, None, &p).unwrap();
+    let s = fake.state();
+    let Some(Work::Launch(kernel, args, _)) = s.queue.last() else {
+        panic!("no launch");
+    };
+    assert_eq!(
+        (kernel.as_str(), args[12]),
+        ("moemla_moe_route_f32", Arg::I32(2))
     );
+}
+
+/// A hash-routed call: T = 3, E = 8, top_k = 2, a 4-row table.
+fn hash_route(b: &FakeBackend, input_ids: &[i32], table: &[i32]) -> Result<()> {
+    let logits = f32s(b, &[3, 8]);
+    let ids = i32s(b, &[3], input_ids);
+    let table = i32s(b, &[4, 2], table);
+    let p = RouteParams {
+        score_func: moemla_core::ScoreFunc::Sqrtsoftplus,
+        top_k: 2,
+        n_group: 1,
+        topk_group: 1,
+        group_select: moemla_core::GroupSelect::Max,
+        renormalize: true,
+        routed_scaling_factor: 1.5,
+    };
+    let mut inputs = ops::RouteInputs::new(&logits);
+    inputs.input_ids = Some(&ids);
+    inputs.tid2eid = Some(&table);
+    ops::moe_route_with(b, inputs, &p).map(|_| ())
+}
+
+#[test]
+fn hash_routing_enqueues_the_route_and_its_resolve_and_flags_bad_tables_in_token_order() {
+    let (b, fake) = backend();
+    let good = [0, 1, 2, 3, 4, 5, 6, 7];
+    fake.take_log();
+    hash_route(&b, &[2, 0, 3], &good).unwrap();
     let log = fake.take_log();
-    assert!(!has(&log, "alloc") && !has(&log, "launch"), "{log:?}");
+    let launches: Vec<&String> = log.iter().filter(|l| l.starts_with("launch")).collect();
+    assert_eq!(
+        launches,
+        [
+            "launch moemla_moe_route_f32",
+            "launch moemla_moe_route_hash_resolve"
+        ]
+    );
+    assert!(!has(&log, "sync") && !has(&log, "download"), "{log:?}");
+    b.synchronize().unwrap();
+
+    // A bad token id is reported first, at its position in input_ids.
+    hash_route(&b, &[2, 4, -1], &good).unwrap();
+    let err = b.synchronize().unwrap_err();
+    assert_eq!(
+        err,
+        Error::IndexOutOfRange {
+            op: Op::MoeRoute,
+            arg: "input_ids",
+            index: vec![1],
+            value: 4,
+            valid: "[0, 4) (rows of tid2eid)".into(),
+        }
+    );
+    // Token 0 reads row 3 (a repeat at column 1), token 1 row 1 (8 = E, an earlier table
+    // position but a later token): token order wins, and the repeat names its column.
+    let mut bad = good;
+    bad[7] = 6;
+    bad[2] = 8;
+    hash_route(&b, &[3, 1, 0], &bad).unwrap();
+    assert_eq!(
+        b.synchronize().unwrap_err(),
+        Error::IndexOutOfRange {
+            op: Op::MoeRoute,
+            arg: "tid2eid",
+            index: vec![3, 1],
+            value: 6,
+            valid: "[0, 8), distinct within the row (already at column 0)".into(),
+        }
+    );
+    hash_route(&b, &[1, 1, 0], &bad).unwrap();
+    assert_eq!(
+        b.synchronize().unwrap_err(),
+        Error::IndexOutOfRange {
+            op: Op::MoeRoute,
+            arg: "tid2eid",
+            index: vec![1, 0],
+            value: 8,
+            valid: "[0, 8) (E)".into(),
+        }
+    );
+    b.synchronize().unwrap();
 }
