@@ -1,6 +1,6 @@
 //! Conversions between the storage float types and f32, the compute type.
 
-use crate::storage::{CpuStorage, FloatSlice};
+use crate::storage::{CpuStorage, FloatSlice, FloatSliceMut};
 use half::{bf16, f16};
 use moemla_core::alloc::try_filled_vec;
 use moemla_core::{DType, Result};
@@ -138,6 +138,23 @@ pub fn storage_from_f32(values: Vec<f32>, dtype: DType) -> Result<CpuStorage> {
         DType::BF16 => CpuStorage::BF16(narrow(&values, bf16::from_f32)?),
         _ => CpuStorage::F32(values),
     })
+}
+
+/// Writes `values` into the float output `dst` from element `at`,
+/// rounded to nearest-even as [`storage_from_f32`] rounds.
+pub fn store_f32(dst: &mut FloatSliceMut<'_>, at: usize, values: &[f32]) {
+    let end = at + values.len();
+    match dst {
+        FloatSliceMut::F32(v) => v[at..end].copy_from_slice(values),
+        FloatSliceMut::F16(v) => v[at..end]
+            .iter_mut()
+            .zip(values)
+            .for_each(|(o, &x)| *o = f16::from_f32(x)),
+        FloatSliceMut::BF16(v) => v[at..end]
+            .iter_mut()
+            .zip(values)
+            .for_each(|(o, &x)| *o = bf16::from_f32(x)),
+    }
 }
 
 #[cfg(test)]

@@ -75,6 +75,48 @@ impl CpuBackend {
     }
 }
 
+impl CpuBackend {
+    /// The buffer of each of a `_into` call's outputs `(tensor, dims, arg)`: this
+    /// backend's, of exactly `dims`, sharing its buffer with no input and no other output.
+    /// The core's `ops::*_into` check this before calling; checking again here keeps a
+    /// direct call of the trait method from writing out of bounds or through two
+    /// references at once.
+    fn outputs<'a, const N: usize>(
+        &self,
+        call: &'static str,
+        inputs: &[&DeviceTensor],
+        outputs: [(&'a DeviceTensor, &[usize], &'static str); N],
+    ) -> Result<[&'a CpuBuffer; N]> {
+        let mut buffers = Vec::with_capacity(N);
+        for (i, &(t, dims, arg)) in outputs.iter().enumerate() {
+            let earlier = outputs[..i].iter().map(|o| o.0);
+            let aliased = inputs
+                .iter()
+                .copied()
+                .chain(earlier)
+                .any(|u| t.same_buffer(u));
+            if t.dims() != dims || aliased {
+                return Err(moemla_core::Error::Device {
+                    backend: self.name.to_string(),
+                    call: format!("{call}: `{arg}`"),
+                    message: format!(
+                        "an output must be {dims:?} and share no buffer with an input or \
+                         another output (got {t:?}); call it through moemla_core::ops"
+                    ),
+                });
+            }
+            buffers.push(storage::buffer(t, &self.name, call, arg)?);
+        }
+        buffers
+            .try_into()
+            .map_err(|b: Vec<_>| moemla_core::Error::Device {
+                backend: self.name.to_string(),
+                call: call.to_string(),
+                message: format!("{} output buffers for {N} outputs", b.len()),
+            })
+    }
+}
+
 impl Default for CpuBackend {
     fn default() -> Self {
         Self::new()
@@ -185,6 +227,92 @@ impl Backend for CpuBackend {
             to[range].copy_from_slice(&bytes[from]);
         }
         Ok(())
+    }
+
+    fn moe_route_into(
+        &self,
+        call: &MoeRouteCall<'_>,
+        topk_ids: &DeviceTensor,
+        topk_weights: &DeviceTensor,
+    ) -> Result<()> {
+        const CALL: &str = "moe_route";
+        let mut inputs = vec![call.logits];
+        inputs.extend(call.bias);
+        inputs.extend(call.hash.iter().flat_map(|h| [h.input_ids, h.tid2eid]));
+        let dims = [call.tokens, call.params.top_k];
+        let outputs = [
+            (topk_ids, &dims[..], "topk_ids"),
+            (topk_weights, &dims[..], "topk_weights"),
+        ];
+        let [ids, weights] = self.outputs(CALL, &inputs, outputs)?;
+        let _writing = storage::writing();
+        // SAFETY: `writing` excludes every other access to CPU tensor memory, and `outputs`
+        // checked that no output shares a buffer with an input or another output (caller
+        // memory overlaps no other tensor of a call: `from_raw`'s contract), so these are
+        // the only references into the outputs' memory.
+        let (ids, weights) = unsafe { (ids.slice_mut(), weights.slice_mut()) };
+        let ids = storage::i32_mut(ids, &self.name, CALL, "topk_ids")?;
+        let weights = storage::f32_mut(weights, &self.name, CALL, "topk_weights")?;
+        ops::moe_route::run_into(&self.name, call, ids, weights)
+    }
+
+    fn moe_experts_into(&self, call: &MoeExpertsCall<'_>, y: &DeviceTensor) -> Result<()> {
+        const CALL: &str = "moe_experts";
+        let mut inputs = vec![call.x, call.w13, call.w2, call.topk_ids, call.topk_weights];
+        inputs.extend(
+            call.fp8_scales
+                .iter()
+                .flat_map(|s| [s.w13_scale, s.w2_scale]),
+        );
+        let dims = [call.tokens, call.hidden];
+        let [y] = self.outputs(CALL, &inputs, [(y, &dims[..], "y")])?;
+        let _writing = storage::writing();
+        // SAFETY: as in `moe_route_into`.
+        let y = unsafe { y.slice_mut() };
+        let y = storage::float_mut(y, &self.name, CALL, "y")?;
+        ops::moe_experts::run_into(&self.name, call, y)
+    }
+
+    fn mla_decode_into(
+        &self,
+        call: &MlaDecodeCall<'_>,
+        o: &DeviceTensor,
+        lse: &DeviceTensor,
+    ) -> Result<()> {
+        const CALL: &str = "mla_decode";
+        let inputs = [call.q, call.kv_cache, call.block_table, call.cache_seqlens];
+        let o_dims = [call.batch, call.s_q, call.h_q, call.d_v];
+        let lse_dims = [call.batch, call.h_q, call.s_q];
+        let outputs = [(o, &o_dims[..], "o"), (lse, &lse_dims[..], "lse")];
+        let [o, lse] = self.outputs(CALL, &inputs, outputs)?;
+        let _writing = storage::writing();
+        // SAFETY: as in `moe_route_into`.
+        let (o, lse) = unsafe { (o.slice_mut(), lse.slice_mut()) };
+        let o = storage::float_mut(o, &self.name, CALL, "o")?;
+        let lse = storage::f32_mut(lse, &self.name, CALL, "lse")?;
+        ops::mla_decode::run_into(&self.name, call, o, lse)
+    }
+
+    fn mla_sparse_decode_into(
+        &self,
+        call: &MlaSparseDecodeCall<'_>,
+        o: &DeviceTensor,
+        lse: &DeviceTensor,
+    ) -> Result<()> {
+        const CALL: &str = "mla_sparse_decode";
+        let mut inputs = vec![call.q, call.kv_cache, call.indices];
+        inputs.extend(call.topk_length);
+        inputs.extend(call.attn_sink);
+        let o_dims = [call.batch, call.s_q, call.h_q, call.d_v];
+        let lse_dims = [call.batch, call.h_q, call.s_q];
+        let outputs = [(o, &o_dims[..], "o"), (lse, &lse_dims[..], "lse")];
+        let [o, lse] = self.outputs(CALL, &inputs, outputs)?;
+        let _writing = storage::writing();
+        // SAFETY: as in `moe_route_into`.
+        let (o, lse) = unsafe { (o.slice_mut(), lse.slice_mut()) };
+        let o = storage::float_mut(o, &self.name, CALL, "o")?;
+        let lse = storage::f32_mut(lse, &self.name, CALL, "lse")?;
+        ops::mla_sparse_decode::run_into(&self.name, call, o, lse)
     }
 
     fn moe_route(&self, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput> {

@@ -189,6 +189,18 @@ impl<'a> CpuSlice<'a> {
 }
 
 impl<'a> CpuSliceMut<'a> {
+    /// The dtype of the elements.
+    pub fn dtype(&self) -> DType {
+        match self {
+            CpuSliceMut::F32(_) => DType::F32,
+            CpuSliceMut::F16(_) => DType::F16,
+            CpuSliceMut::BF16(_) => DType::BF16,
+            CpuSliceMut::I32(_) => DType::I32,
+            CpuSliceMut::F8E4M3(_) => DType::F8E4M3,
+            CpuSliceMut::U8(_) => DType::U8,
+        }
+    }
+
     /// The elements as little-endian bytes, for writing.
     pub fn into_bytes(self) -> &'a mut [u8] {
         match self {
@@ -466,6 +478,22 @@ pub fn storage<'a>(
     Ok(s)
 }
 
+/// Checks each `(arg, tensor)` as [`storage`] does (an op's inputs, before it allocates
+/// its outputs, so a malformed input is reported as such rather than as the size of an
+/// output it implies).
+pub fn check_inputs(
+    backend: &str,
+    call: &'static str,
+    inputs: &[(&'static str, Option<&DeviceTensor>)],
+) -> Result<()> {
+    for &(arg, t) in inputs {
+        if let Some(t) = t {
+            storage(t, backend, call, arg)?;
+        }
+    }
+    Ok(())
+}
+
 /// The float elements of `t` (F32 | F16 | BF16; validation guarantees the dtype).
 pub fn float_slice<'a>(
     t: &'a DeviceTensor,
@@ -478,6 +506,69 @@ pub fn float_slice<'a>(
         CpuSlice::F16(v) => Ok(FloatSlice::F16(v)),
         CpuSlice::BF16(v) => Ok(FloatSlice::BF16(v)),
         other => Err(mismatch(backend, call, arg, other.dtype(), "F32|F16|BF16")),
+    }
+}
+
+/// A float output's elements, borrowed for writing in their storage type.
+#[derive(Debug)]
+pub enum FloatSliceMut<'a> {
+    /// F32 elements.
+    F32(&'a mut [f32]),
+    /// F16 elements.
+    F16(&'a mut [f16]),
+    /// BF16 elements.
+    BF16(&'a mut [bf16]),
+}
+
+impl FloatSliceMut<'_> {
+    /// Sets every element to `value` (rounded to the storage type).
+    pub fn fill(&mut self, value: f32) {
+        match self {
+            FloatSliceMut::F32(v) => v.fill(value),
+            FloatSliceMut::F16(v) => v.fill(f16::from_f32(value)),
+            FloatSliceMut::BF16(v) => v.fill(bf16::from_f32(value)),
+        }
+    }
+}
+
+/// The elements of `s` as a float output (`arg` of `call`), or the mismatch error.
+pub fn float_mut<'a>(
+    s: CpuSliceMut<'a>,
+    backend: &str,
+    call: &'static str,
+    arg: &'static str,
+) -> Result<FloatSliceMut<'a>> {
+    match s {
+        CpuSliceMut::F32(v) => Ok(FloatSliceMut::F32(v)),
+        CpuSliceMut::F16(v) => Ok(FloatSliceMut::F16(v)),
+        CpuSliceMut::BF16(v) => Ok(FloatSliceMut::BF16(v)),
+        other => Err(mismatch(backend, call, arg, other.dtype(), "F32|F16|BF16")),
+    }
+}
+
+/// The elements of `s` as an F32 output, or the mismatch error.
+pub fn f32_mut<'a>(
+    s: CpuSliceMut<'a>,
+    backend: &str,
+    call: &'static str,
+    arg: &'static str,
+) -> Result<&'a mut [f32]> {
+    match s {
+        CpuSliceMut::F32(v) => Ok(v),
+        other => Err(mismatch(backend, call, arg, other.dtype(), "F32")),
+    }
+}
+
+/// The elements of `s` as an I32 output, or the mismatch error.
+pub fn i32_mut<'a>(
+    s: CpuSliceMut<'a>,
+    backend: &str,
+    call: &'static str,
+    arg: &'static str,
+) -> Result<&'a mut [i32]> {
+    match s {
+        CpuSliceMut::I32(v) => Ok(v),
+        other => Err(mismatch(backend, call, arg, other.dtype(), "I32")),
     }
 }
 

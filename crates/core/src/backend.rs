@@ -131,6 +131,20 @@ pub trait Backend: Send + Sync {
         copy_whole(self, &out.lse, lse)
     }
 
+    /// `mla_sparse_decode` writing into caller tensors that
+    /// [`crate::ops::mla_sparse_decode_into`] has checked. The default runs
+    /// [`Backend::mla_sparse_decode`] and copies its outputs with [`Backend::copy_into`].
+    fn mla_sparse_decode_into(
+        &self,
+        call: &MlaSparseDecodeCall<'_>,
+        o: &DeviceTensor,
+        lse: &DeviceTensor,
+    ) -> Result<()> {
+        let out = self.mla_sparse_decode(call)?;
+        copy_whole(self, &out.o, o)?;
+        copy_whole(self, &out.lse, lse)
+    }
+
     /// `moe_route` on validated input. Use [`crate::ops::moe_route`].
     fn moe_route(&self, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput>;
 

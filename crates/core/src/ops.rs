@@ -24,7 +24,7 @@
 
 mod into;
 
-pub use into::{mla_decode_into, moe_experts_into, moe_route_into};
+pub use into::{mla_decode_into, mla_sparse_decode_into, moe_experts_into, moe_route_into};
 
 use crate::calls::{DsaIndexerTopkOutput, MlaDecodeOutput, MoeRouteOutput};
 use crate::validate::dsa_indexer_topk::IndexerArgs;

@@ -7,8 +7,10 @@
 pub(crate) mod attend;
 
 use super::kv_rows::KvRows;
-use crate::convert::storage_from_f32;
-use crate::storage::{float_slice, i32_slice, zeroed, CpuStorage, FloatSlice};
+use crate::convert::store_f32;
+use crate::storage::{
+    check_inputs, float_mut, float_slice, i32_slice, zeroed, CpuStorage, FloatSlice, FloatSliceMut,
+};
 use attend::{Cache, Partial, Scratch, Slots, CHUNK};
 use moemla_core::calls::MlaDecodeCall;
 use moemla_core::indices::check_mla_indices;
@@ -28,6 +30,36 @@ struct Job {
 
 /// Runs the decode; returns `o` [B, Sq, Hq, Dv] in the run dtype and `lse` [B, Hq, Sq].
 pub fn run(backend: &str, call: &MlaDecodeCall<'_>) -> Result<(CpuStorage, Vec<f32>)> {
+    check_inputs(
+        backend,
+        CALL,
+        &[
+            ("q", Some(call.q)),
+            ("kv_cache", Some(call.kv_cache)),
+            ("block_table", Some(call.block_table)),
+            ("cache_seqlens", Some(call.cache_seqlens)),
+        ],
+    )?;
+    let o_dims = [call.batch, call.s_q, call.h_q, call.d_v];
+    let mut o = CpuStorage::zeros(call.dtype, &o_dims.into())?;
+    let mut lse = zeroed(&[call.batch, call.h_q, call.s_q], "cpu mla_decode lse")?;
+    run_into(
+        backend,
+        call,
+        float_mut(o.as_mut_slice(), backend, CALL, "o")?,
+        &mut lse,
+    )?;
+    Ok((o, lse))
+}
+
+/// Runs the decode, writing `o` [B, Sq, Hq, Dv] (run dtype) and `lse` [B, Hq, Sq] in place
+/// (every element overwritten). On an index error nothing is written.
+pub fn run_into(
+    backend: &str,
+    call: &MlaDecodeCall<'_>,
+    o: FloatSliceMut<'_>,
+    lse: &mut [f32],
+) -> Result<()> {
     let table = i32_slice(call.block_table, backend, CALL, "block_table")?;
     let seqlens = i32_slice(call.cache_seqlens, backend, CALL, "cache_seqlens")?;
     check_mla_indices(call, table, seqlens)?;
@@ -56,7 +88,7 @@ pub fn run(backend: &str, call: &MlaDecodeCall<'_>) -> Result<(CpuStorage, Vec<f
             attend::attend((&rows, &limits), &cache, job.g, span, scale, scratch)
         })
         .collect::<Result<Vec<_>>>()?;
-    write_outputs(call, &jobs, &parts)
+    write_outputs(call, &jobs, &parts, (o, lse))
 }
 
 /// Splits every (sequence, cache head) into position ranges of whole chunks: enough jobs
@@ -111,17 +143,18 @@ fn query_rows(call: &MlaDecodeCall<'_>, q: FloatSlice<'_>, b: usize, g: usize) -
     Ok(rows)
 }
 
-/// Merges each (sequence, head)'s ranges and writes `o` (run dtype) and `lse` (both
-/// allocated with checked sizes, fallibly).
+/// Merges each (sequence, head)'s ranges and writes `o` (run dtype) and `lse`, every
+/// element (0 and -inf where a row attends nothing).
 fn write_outputs(
     call: &MlaDecodeCall<'_>,
     jobs: &[Job],
     parts: &[Partial],
-) -> Result<(CpuStorage, Vec<f32>)> {
+    (mut o, lse): (FloatSliceMut<'_>, &mut [f32]),
+) -> Result<()> {
     let (group, d_v, s_q, h_q) = (call.h_q / call.h_kv, call.d_v, call.s_q, call.h_q);
-    let mut o = zeroed(&[call.batch, s_q, h_q, d_v], "cpu mla_decode o")?;
-    let mut lse = zeroed(&[call.batch, h_q, s_q], "cpu mla_decode lse")?;
+    o.fill(0.0);
     lse.fill(f32::NEG_INFINITY);
+    let mut row = zeroed::<f32>(&[d_v], "cpu mla_decode o row")?;
     let mut at = 0;
     while at < jobs.len() {
         let (b, g) = (jobs[at].b, jobs[at].g);
@@ -138,13 +171,13 @@ fn write_outputs(
             }
             let (i, h) = (r / group, g * group + r % group);
             lse[(b * h_q + h) * s_q + i] = merged.m[r] + l.ln();
-            let dst = &mut o[((b * s_q + i) * h_q + h) * d_v..][..d_v];
-            for (out, &a) in dst.iter_mut().zip(&merged.acc[r * d_v..(r + 1) * d_v]) {
+            for (out, &a) in row.iter_mut().zip(&merged.acc[r * d_v..(r + 1) * d_v]) {
                 *out = a / l;
             }
+            store_f32(&mut o, ((b * s_q + i) * h_q + h) * d_v, &row);
         }
     }
-    Ok((storage_from_f32(o, call.dtype)?, lse))
+    Ok(())
 }
 
 #[cfg(test)]

@@ -7,8 +7,10 @@
 
 use super::kv_rows::KvRows;
 use super::mla_decode::attend::{self, Cache, Partial, Scratch, Slots, CHUNK};
-use crate::convert::storage_from_f32;
-use crate::storage::{f32_slice, float_slice, i32_slice, zeroed, CpuStorage};
+use crate::convert::store_f32;
+use crate::storage::{
+    check_inputs, f32_slice, float_mut, float_slice, i32_slice, zeroed, CpuStorage, FloatSliceMut,
+};
 use moemla_core::alloc::try_filled_vec;
 use moemla_core::calls::MlaSparseDecodeCall;
 use moemla_core::indices::check_sparse_indices;
@@ -28,6 +30,40 @@ struct Job {
 /// Runs the sparse attention; returns `o` [B, Sq, Hq, Dv] in the run dtype and `lse`
 /// [B, Hq, Sq].
 pub fn run(backend: &str, call: &MlaSparseDecodeCall<'_>) -> Result<(CpuStorage, Vec<f32>)> {
+    check_inputs(
+        backend,
+        CALL,
+        &[
+            ("q", Some(call.q)),
+            ("kv_cache", Some(call.kv_cache)),
+            ("indices", Some(call.indices)),
+            ("topk_length", call.topk_length),
+            ("attn_sink", call.attn_sink),
+        ],
+    )?;
+    let o_dims = [call.batch, call.s_q, call.h_q, call.d_v];
+    let mut o = CpuStorage::zeros(call.dtype, &o_dims.into())?;
+    let mut lse = zeroed(
+        &[call.batch, call.h_q, call.s_q],
+        "cpu mla_sparse_decode lse",
+    )?;
+    run_into(
+        backend,
+        call,
+        float_mut(o.as_mut_slice(), backend, CALL, "o")?,
+        &mut lse,
+    )?;
+    Ok((o, lse))
+}
+
+/// Runs the sparse attention, writing `o` [B, Sq, Hq, Dv] (run dtype) and `lse` [B, Hq, Sq] in place
+/// (every element overwritten). On an index error nothing is written.
+pub fn run_into(
+    backend: &str,
+    call: &MlaSparseDecodeCall<'_>,
+    o: FloatSliceMut<'_>,
+    lse: &mut [f32],
+) -> Result<()> {
     let indices = i32_slice(call.indices, backend, CALL, "indices")?;
     let lens = match call.topk_length {
         Some(t) => Some(i32_slice(t, backend, CALL, "topk_length")?),
@@ -62,7 +98,7 @@ pub fn run(backend: &str, call: &MlaSparseDecodeCall<'_>) -> Result<(CpuStorage,
             attend::attend((&rows, &limits), &cache, 0, span, scale, scratch)
         })
         .collect::<Result<Vec<_>>>()?;
-    write_outputs(call, &jobs, &parts, sink)
+    write_outputs(call, &jobs, &parts, sink, (o, lse))
 }
 
 /// Every query row's attended slots, concatenated (`list[offsets[r]..offsets[r + 1]]`):
@@ -115,17 +151,18 @@ fn plan(offsets: &[usize]) -> Vec<Job> {
 }
 
 /// Merges each query row's ranges, applies the sink (`o *= 1 / (1 + exp(sink - lse))`,
-/// lse unchanged) and writes `o` (run dtype) and `lse`.
+/// lse unchanged) and writes `o` (run dtype) and `lse`, every element.
 fn write_outputs(
     call: &MlaSparseDecodeCall<'_>,
     jobs: &[Job],
     parts: &[Partial],
     sink: Option<&[f32]>,
-) -> Result<(CpuStorage, Vec<f32>)> {
+    (mut o, lse): (FloatSliceMut<'_>, &mut [f32]),
+) -> Result<()> {
     let (d_v, s_q, h_q) = (call.d_v, call.s_q, call.h_q);
-    let mut o = zeroed(&[call.batch, s_q, h_q, d_v], "cpu mla_sparse_decode o")?;
-    let mut lse = zeroed(&[call.batch, h_q, s_q], "cpu mla_sparse_decode lse")?;
+    o.fill(0.0);
     lse.fill(f32::NEG_INFINITY);
+    let mut row = zeroed::<f32>(&[d_v], "cpu mla_sparse_decode o row")?;
     let mut at = 0;
     while at < jobs.len() {
         let r = jobs[at].r;
@@ -144,11 +181,11 @@ fn write_outputs(
                 Some(s) => 1.0 / (1.0 + (s[h] - row_lse).exp()),
                 None => 1.0,
             };
-            let dst = &mut o[(r * h_q + h) * d_v..][..d_v];
-            for (out, &a) in dst.iter_mut().zip(&merged.acc[h * d_v..(h + 1) * d_v]) {
+            for (out, &a) in row.iter_mut().zip(&merged.acc[h * d_v..(h + 1) * d_v]) {
                 *out = a / l * factor;
             }
+            store_f32(&mut o, (r * h_q + h) * d_v, &row);
         }
     }
-    Ok((storage_from_f32(o, call.dtype)?, lse))
+    Ok(())
 }

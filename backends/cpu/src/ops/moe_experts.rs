@@ -11,10 +11,13 @@ mod ffn;
 pub mod fp8;
 mod permute;
 
-use crate::convert::storage_from_f32;
-use crate::storage::{f32_slice, float_slice, i32_slice, zeroed, CpuStorage, FloatSlice};
+use crate::storage::{
+    check_inputs, f32_slice, float_mut, float_slice, i32_slice, zeroed, CpuStorage, FloatSlice,
+    FloatSliceMut,
+};
 use ffn::ExpertWeights;
 use fp8::Weights;
+use half::{bf16, f16};
 use moemla_core::calls::MoeExpertsCall;
 use moemla_core::indices::check_topk_ids;
 use moemla_core::{ActivationQuant, Result};
@@ -25,6 +28,31 @@ const CALL: &str = "moe_experts";
 
 /// Runs the experts; returns `y` [T, H] in the run dtype.
 pub fn run(backend: &str, call: &MoeExpertsCall<'_>) -> Result<CpuStorage> {
+    check_inputs(
+        backend,
+        CALL,
+        &[
+            ("x", Some(call.x)),
+            ("w13", Some(call.w13)),
+            ("w2", Some(call.w2)),
+            ("topk_ids", Some(call.topk_ids)),
+            ("topk_weights", Some(call.topk_weights)),
+            ("w13_scale", call.fp8_scales.map(|s| s.w13_scale)),
+            ("w2_scale", call.fp8_scales.map(|s| s.w2_scale)),
+        ],
+    )?;
+    let mut y = CpuStorage::zeros(call.dtype, &[call.tokens, call.hidden].into())?;
+    run_into(
+        backend,
+        call,
+        float_mut(y.as_mut_slice(), backend, CALL, "y")?,
+    )?;
+    Ok(y)
+}
+
+/// Runs the experts, writing `y` [T, H] (run dtype) in place (every element overwritten).
+/// On an index error nothing is written.
+pub fn run_into(backend: &str, call: &MoeExpertsCall<'_>, y: FloatSliceMut<'_>) -> Result<()> {
     let ids = i32_slice(call.topk_ids, backend, CALL, "topk_ids")?;
     check_topk_ids(call, ids)?;
     let weights = f32_slice(call.topk_weights, backend, CALL, "topk_weights")?;
@@ -60,8 +88,27 @@ pub fn run(backend: &str, call: &MoeExpertsCall<'_>) -> Result<CpuStorage> {
         fp8::quantize_columns(&perm, &mut h_t, call.inter, mode);
     }
     let y_t = ffn::down(&perm, &h_t, w)?;
-    let y = combine(&perm, &y_t, weights, call.top_k, call.hidden)?;
-    storage_from_f32(y, call.dtype)
+    let combine = Combine {
+        perm: &perm,
+        y_t: &y_t,
+        weights,
+        top_k: call.top_k,
+        hidden: call.hidden,
+    };
+    match y {
+        FloatSliceMut::F32(y) => combine.write(y, |out, acc| out.copy_from_slice(acc)),
+        FloatSliceMut::F16(y) => combine.write(y, |out, acc| {
+            out.iter_mut()
+                .zip(acc)
+                .for_each(|(o, &v)| *o = f16::from_f32(v))
+        }),
+        FloatSliceMut::BF16(y) => combine.write(y, |out, acc| {
+            out.iter_mut()
+                .zip(acc)
+                .for_each(|(o, &v)| *o = bf16::from_f32(v))
+        }),
+    }
+    Ok(())
 }
 
 /// The permuted rows of `x`, upcast to f32: [rows, H].
@@ -73,33 +120,44 @@ fn gather_rows(x: FloatSlice<'_>, perm: &Permutation, hidden: usize) -> Result<V
     Ok(xg)
 }
 
-/// `y[t] = sum_j w[t, j] * down[row_of(t, j)]` over the routed slots, summed in order
-/// (deterministic); `y_t` holds each expert's down projections transposed, `[H, n_e]`.
-fn combine(
-    perm: &Permutation,
-    y_t: &[f32],
-    weights: &[f32],
+/// The weighted combine of the experts' outputs into `y`.
+struct Combine<'a> {
+    /// The routed rows.
+    perm: &'a Permutation,
+    /// Each expert's down projections transposed, `[H, n_e]`.
+    y_t: &'a [f32],
+    /// `topk_weights` [T, top_k].
+    weights: &'a [f32],
     top_k: usize,
     hidden: usize,
-) -> Result<Vec<f32>> {
-    let tokens = weights.len() / top_k;
-    let mut y = zeroed(&[tokens, hidden], "cpu moe_experts y")?;
-    y.par_chunks_mut(hidden).enumerate().for_each(|(t, out)| {
-        for j in 0..top_k {
-            let Some(row) = perm.row_of[t * top_k + j] else {
-                continue;
-            };
-            // The expert owning `row`: offsets are sorted, so search them.
-            let e = perm.offsets.partition_point(|&o| o <= row) - 1;
-            let (first, n) = perm.expert_rows(e);
-            let base = &y_t[first * hidden..(first + n) * hidden];
-            let w = weights[t * top_k + j];
-            for (c, v) in out.iter_mut().enumerate() {
-                *v += w * base[c * n + (row - first)];
-            }
-        }
-    });
-    Ok(y)
+}
+
+impl Combine<'_> {
+    /// `y[t] = sum_j w[t, j] * down[row_of(t, j)]` over the routed slots, summed in f32 in
+    /// order (deterministic), each row then stored into `y` [T, H] by `store`.
+    fn write<T: Send>(&self, y: &mut [T], store: impl Fn(&mut [T], &[f32]) + Sync) {
+        let (perm, hidden, top_k) = (self.perm, self.hidden, self.top_k);
+        y.par_chunks_mut(hidden).enumerate().for_each_init(
+            || vec![0.0f32; hidden],
+            |acc, (t, out)| {
+                acc.fill(0.0);
+                for j in 0..top_k {
+                    let Some(row) = perm.row_of[t * top_k + j] else {
+                        continue;
+                    };
+                    // The expert owning `row`: offsets are sorted, so search them.
+                    let e = perm.offsets.partition_point(|&o| o <= row) - 1;
+                    let (first, n) = perm.expert_rows(e);
+                    let base = &self.y_t[first * hidden..(first + n) * hidden];
+                    let w = self.weights[t * top_k + j];
+                    for (c, v) in acc.iter_mut().enumerate() {
+                        *v += w * base[c * n + (row - first)];
+                    }
+                }
+                store(out, acc);
+            },
+        );
+    }
 }
 
 #[cfg(test)]

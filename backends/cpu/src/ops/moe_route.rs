@@ -5,7 +5,7 @@
 //! score ranks as -inf; renormalisation divides by `max(sum, 1e-20)`. With hash routing
 //! (contract v2) a token's ids are its `tid2eid` row instead (tables checked first).
 
-use crate::storage::{f32_slice, float_slice, i32_slice, zeroed};
+use crate::storage::{check_inputs, f32_slice, float_slice, i32_slice, zeroed};
 use moemla_core::calls::MoeRouteCall;
 use moemla_core::indices::check_hash_routing;
 use moemla_core::{Error, GroupSelect, Op, Result, RouteParams, ScoreFunc, Shape};
@@ -20,6 +20,31 @@ const RENORM_MIN: f32 = 1e-20;
 
 /// Runs the routing; returns `topk_ids` [T, k] (I32) and `topk_weights` [T, k] (F32).
 pub fn run(backend: &str, call: &MoeRouteCall<'_>) -> Result<(Vec<i32>, Vec<f32>)> {
+    check_inputs(
+        backend,
+        CALL,
+        &[
+            ("logits", Some(call.logits)),
+            ("bias", call.bias),
+            ("input_ids", call.hash.map(|h| h.input_ids)),
+            ("tid2eid", call.hash.map(|h| h.tid2eid)),
+        ],
+    )?;
+    let k = call.params.top_k;
+    let mut ids = zeroed(&[call.tokens, k], "cpu moe_route topk_ids")?;
+    let mut weights = zeroed(&[call.tokens, k], "cpu moe_route topk_weights")?;
+    run_into(backend, call, &mut ids, &mut weights)?;
+    Ok((ids, weights))
+}
+
+/// Runs the routing, writing `topk_ids` and `topk_weights` (T * k elements each, every one
+/// overwritten) in place. On an index error nothing is written.
+pub fn run_into(
+    backend: &str,
+    call: &MoeRouteCall<'_>,
+    ids: &mut [i32],
+    weights: &mut [f32],
+) -> Result<()> {
     let logits = float_slice(call.logits, backend, CALL, "logits")?;
     let bias = match call.bias {
         Some(b) => Some(f32_slice(b, backend, CALL, "bias")?),
@@ -36,8 +61,7 @@ pub fn run(backend: &str, call: &MoeRouteCall<'_>) -> Result<(Vec<i32>, Vec<f32>
         }
         None => None,
     };
-    let mut ids = zeroed(&[call.tokens, k], "cpu moe_route topk_ids")?;
-    let mut weights = zeroed(&[call.tokens, k], "cpu moe_route topk_weights")?;
+    debug_assert!(ids.len() == call.tokens * k && weights.len() == ids.len());
     ids.par_chunks_mut(k)
         .zip(weights.par_chunks_mut(k))
         .enumerate()
@@ -53,7 +77,7 @@ pub fn run(backend: &str, call: &MoeRouteCall<'_>) -> Result<(Vec<i32>, Vec<f32>
                 route_token(call.params, bias, row, scratch, ids, weights);
             },
         );
-    Ok((ids, weights))
+    Ok(())
 }
 
 /// Every expert id (`0..E`) must be representable in the I32 `topk_ids`: E <= 2^31.

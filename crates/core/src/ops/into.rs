@@ -1,14 +1,15 @@
 //! The ops' `_into` forms: the same validation and dispatch, with outputs written into
 //! tensors the caller provides (and reuses across calls) instead of new ones.
 
-use super::{cache_formats, require, ExpertsInputs, RouteInputs};
+use super::{cache_formats, require, ExpertsInputs, RouteInputs, SparseDecodeInputs};
 use crate::validate::mla_decode::MlaArgs;
 use crate::validate::{
-    mla_decode as mla_rules, moe_experts as experts_rules, moe_route as route_rules,
+    mla_decode as mla_rules, mla_sparse_decode as sparse_rules, moe_experts as experts_rules,
+    moe_route as route_rules,
 };
 use crate::{
     ActivationQuant, Backend, DType, DeviceTensor, Error, ExpertsParams, Format, MlaDecodeParams,
-    Op, Result, RouteParams, ScoreFunc,
+    Op, Result, RouteParams, ScoreFunc, SparseDecodeParams,
 };
 
 /// [`super::moe_route_with`] writing `topk_ids` [T, top_k] I32 and `topk_weights`
@@ -148,6 +149,42 @@ pub fn mla_decode_into(
     distinct(op, &read, &[("o", o), ("lse", lse)])?;
     require(backend, op, call.dtype, cache_formats(params.kv_format))?;
     backend.mla_decode_into(&call, o, lse)
+}
+
+/// [`super::mla_sparse_decode`] writing `o` [B, Sq, Hq, Dv] (run dtype) and `lse`
+/// [B, Hq, Sq] F32 into the caller's tensors (on `backend`; neither may share a buffer with
+/// an input or with the other). Their previous contents are overwritten.
+pub fn mla_sparse_decode_into(
+    backend: &dyn Backend,
+    inputs: SparseDecodeInputs<'_>,
+    params: &SparseDecodeParams,
+    o: &DeviceTensor,
+    lse: &DeviceTensor,
+) -> Result<()> {
+    let call = sparse_rules::validate(backend.name(), inputs, params)?;
+    let op = Op::MlaSparseDecode;
+    let o_dims = [call.batch, call.s_q, call.h_q, call.d_v];
+    output(backend, op, "o", o, &o_dims, "[B, Sq, Hq, Dv]", call.dtype)?;
+    let lse_dims = [call.batch, call.h_q, call.s_q];
+    output(
+        backend,
+        op,
+        "lse",
+        lse,
+        &lse_dims,
+        "[B, Hq, Sq]",
+        DType::F32,
+    )?;
+    let mut read = vec![
+        ("q", inputs.q),
+        ("kv_cache", inputs.kv_cache),
+        ("indices", inputs.indices),
+    ];
+    read.extend(inputs.topk_length.map(|t| ("topk_length", t)));
+    read.extend(inputs.attn_sink.map(|t| ("attn_sink", t)));
+    distinct(op, &read, &[("o", o), ("lse", lse)])?;
+    require(backend, op, call.dtype, cache_formats(params.kv_format))?;
+    backend.mla_sparse_decode_into(&call, o, lse)
 }
 
 /// A caller-provided output must be on `backend`, with the contract's shape `dims`
