@@ -1,25 +1,45 @@
-//! The ceilings every ratio is taken against, measured on the backend in the same run.
+//! The ceilings every ratio is taken against, measured in the same run.
+//!
+//! On a CPU device the floors use the host's physical limits ([`crate::host`]): the read
+//! bandwidth for the memory term, the f32 FMA peak or the native bf16 dot peak (by the
+//! row's dtype) for the compute term. The backend's copy and its dense GEMM are still
+//! measured, as reference rates: a copy moves each byte twice, and a library GEMM is an
+//! achievable rate, not a limit. Elsewhere (GPUs) the device copy and the backend's GEMM
+//! are the only rates measured, and are labelled as such.
 
+use crate::host::HostLimits;
 use crate::timing::{median_time, Budget};
 use moemla_core::alloc::try_filled_vec;
 use moemla_core::{Backend, DType, Error, HostTensor, Result, Shape};
 use serde::Serialize;
 
-/// Measured limits of one backend for one dtype.
+/// One measured rate.
+#[derive(Clone, Debug, Serialize)]
+pub struct Limit {
+    /// Short name, as the table shows it ("read BW", "f32 FMA peak", "bf16 dot peak").
+    pub name: String,
+    /// The rate, in `unit`.
+    pub rate: f64,
+    /// "B/s" (a memory rate) or "FLOP/s" (a compute rate).
+    pub unit: &'static str,
+    /// True for a physical limit of the machine, which no op can exceed; false for an
+    /// achievable rate (a device copy, a library's GEMM) that a well-made op may beat.
+    pub physical: bool,
+    /// How it was measured.
+    pub how: String,
+}
+
+/// The rates one backend's rows of one dtype are measured against.
 #[derive(Clone, Debug, Serialize)]
 pub struct Ceilings {
-    /// The dtype the GEMM ceiling was measured in.
+    /// The dtype of the rows these ceilings are for.
     pub dtype: DType,
-    /// Device copy bandwidth, bytes/s (read + write counted).
-    pub bandwidth: f64,
-    /// Bytes of the copy that measured it.
-    pub copy_bytes: usize,
-    /// Dense GEMM rate, FLOP/s.
-    pub gemm_rate: f64,
-    /// The GEMM shape (M = N = K).
-    pub gemm_size: usize,
-    /// Which GEMM implementation measured it.
-    pub gemm_impl: String,
+    /// The memory term of every floor: bytes / `memory.rate`.
+    pub memory: Limit,
+    /// The compute term of every floor: FLOPs / `compute.rate`.
+    pub compute: Limit,
+    /// Rates measured in the same run for reference; no floor uses them.
+    pub reference: Vec<Limit>,
 }
 
 /// The largest `--copy-mib` accepted: 16 TiB (no machine has more; anything larger is a
@@ -87,15 +107,17 @@ fn host_memory_bytes() -> Option<u64> {
     kib.checked_mul(1024)
 }
 
-/// Measures copy bandwidth (a `copy_bytes`-byte buffer) and the dense GEMM rate at
-/// `gemm_size`^3 in `dtype`, after [`check_fits`]: sizes the machine cannot hold are a
-/// typed error, never an abort.
+/// Measures the backend's copy bandwidth (a `copy_bytes`-byte buffer) and its dense GEMM
+/// rate at `gemm_size`^3 in `dtype`, after [`check_fits`]: sizes the machine cannot hold
+/// are a typed error, never an abort. With `host` (the backend runs on this host's CPU)
+/// the floors use the host's physical limits and the two backend rates are reference only.
 pub fn measure(
     backend: &dyn Backend,
     dtype: DType,
     copy_bytes: usize,
     gemm_size: usize,
     budget: Budget,
+    host: Option<&HostLimits>,
 ) -> Result<Ceilings> {
     check_fits(backend, dtype, copy_bytes, gemm_size)?;
     let copy = backend.copy_bench(copy_bytes, budget.max_reps.min(10))?;
@@ -112,12 +134,77 @@ pub fn measure(
     let a = backend.upload(&HostTensor::from_f32_as(matrix.clone(), &values, dtype)?)?;
     let b = backend.upload(&HostTensor::from_f32_as(matrix, &values, dtype)?)?;
     let gemm = median_time(backend, budget, || backend.dense_gemm(&a, &b).map(drop))?;
-    Ok(Ceilings {
-        dtype,
-        bandwidth: 2.0 * copy_bytes as f64 / copy.as_secs_f64(),
-        copy_bytes,
-        gemm_rate: 2.0 * (n as f64).powi(3) / gemm.as_secs_f64(),
-        gemm_size: n,
-        gemm_impl: backend.dense_gemm_impl(dtype),
+    let copy = Limit {
+        name: "copy BW".into(),
+        rate: 2.0 * copy_bytes as f64 / copy.as_secs_f64(),
+        unit: "B/s",
+        physical: false,
+        how: format!("{} MiB device copy, read+write counted", copy_bytes >> 20),
+    };
+    let gemm = Limit {
+        name: "GEMM (achievable)".into(),
+        rate: 2.0 * (n as f64).powi(3) / gemm.as_secs_f64(),
+        unit: "FLOP/s",
+        physical: false,
+        how: format!("{n}x{n}x{n}, {}", backend.dense_gemm_impl(dtype)),
+    };
+    Ok(match host {
+        None => Ceilings {
+            dtype,
+            memory: copy,
+            compute: gemm,
+            reference: Vec::new(),
+        },
+        Some(h) => Ceilings {
+            dtype,
+            memory: read_limit(h),
+            compute: compute_limit(h, dtype),
+            reference: vec![copy, gemm],
+        },
     })
+}
+
+/// The host's read bandwidth as a limit.
+pub fn read_limit(h: &HostLimits) -> Limit {
+    let llc = match h.llc_bytes {
+        Some(b) => format!("{} MiB last-level cache", b >> 20),
+        None => "last-level cache unknown, 32 MiB assumed".into(),
+    };
+    Limit {
+        name: "read BW".into(),
+        rate: h.read_bandwidth,
+        unit: "B/s",
+        physical: true,
+        how: format!(
+            "parallel read-only reduction over {} MiB ({llc}), {} threads",
+            h.read_bytes >> 20,
+            h.threads
+        ),
+    }
+}
+
+/// The host's compute limit for rows of `dtype`: the native bf16 dot peak for BF16 where
+/// the CPU has one, else the f32 FMA peak (every other dtype is computed in f32).
+pub fn compute_limit(h: &HostLimits, dtype: DType) -> Limit {
+    let fma = |note: &str| Limit {
+        name: "f32 FMA peak".into(),
+        rate: h.fma_flops,
+        unit: "FLOP/s",
+        physical: true,
+        how: format!(
+            "register-resident {} FMA loop, {} threads{note}",
+            h.fma_isa, h.threads
+        ),
+    };
+    match (dtype, h.bf16_flops, h.bf16_isa) {
+        (DType::BF16, Some(rate), Some(isa)) => Limit {
+            name: "bf16 dot peak".into(),
+            rate,
+            unit: "FLOP/s",
+            physical: true,
+            how: format!("register-resident {isa} loop, {} threads", h.threads),
+        },
+        (DType::BF16, _, _) => fma("; no native bf16 dot on this CPU: f32 peak"),
+        _ => fma(""),
+    }
 }

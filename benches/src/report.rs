@@ -1,7 +1,7 @@
 //! Result rows and their text, JSON and Markdown forms.
 
 use crate::case::BenchCase;
-use crate::ceilings::Ceilings;
+use crate::ceilings::{Ceilings, Limit};
 use crate::cost::Cost;
 use serde::Serialize;
 use std::fmt::Write;
@@ -28,13 +28,21 @@ pub struct Row {
     pub gb_per_s: f64,
     /// Achieved GFLOP/s.
     pub gflop_per_s: f64,
-    /// Roofline floor: max(bytes / bandwidth, flops / GEMM rate), seconds (None when the
-    /// backend provides no ceilings).
+    /// Roofline floor: max(bytes / memory rate, flops / compute rate), seconds (None when
+    /// the backend provides no ceilings).
     pub floor_s: Option<f64>,
     /// "memory" or "compute": which term sets the floor.
     pub bound: Option<&'static str>,
     /// floor / time: 1.0 means at the roofline.
     pub roofline_ratio: Option<f64>,
+    /// The ceiling `roofline_ratio` is against (the one that sets the floor), e.g.
+    /// "read BW" or "bf16 dot peak"; "(achievable)" in the name marks a rate that is not
+    /// a physical limit.
+    pub limit: Option<String>,
+    /// The memory ceiling of the floor's memory term.
+    pub memory_limit: Option<String>,
+    /// The compute ceiling of the floor's compute term.
+    pub compute_limit: Option<String>,
     /// The peer's (numpy's) median time on the same inputs, seconds.
     pub peer_time_s: Option<f64>,
 }
@@ -49,8 +57,9 @@ impl Row {
         ceilings: Option<&Ceilings>,
     ) -> Row {
         let t = time.as_secs_f64();
-        let terms = ceilings.map(|c| (cost.bytes / c.bandwidth, cost.flops / c.gemm_rate));
+        let terms = ceilings.map(|c| (cost.bytes / c.memory.rate, cost.flops / c.compute.rate));
         let floor = terms.map(|(mem, compute)| mem.max(compute));
+        let memory_bound = terms.map(|(mem, compute)| mem >= compute);
         Row {
             backend: backend.to_string(),
             op: case.op().name().to_string(),
@@ -62,8 +71,17 @@ impl Row {
             gb_per_s: cost.bytes / t / 1e9,
             gflop_per_s: cost.flops / t / 1e9,
             floor_s: floor,
-            bound: terms.map(|(mem, compute)| if mem >= compute { "memory" } else { "compute" }),
+            bound: memory_bound.map(|m| if m { "memory" } else { "compute" }),
             roofline_ratio: floor.map(|f| f / t),
+            limit: ceilings.zip(memory_bound).map(|(c, m)| {
+                if m {
+                    c.memory.name.clone()
+                } else {
+                    c.compute.name.clone()
+                }
+            }),
+            memory_limit: ceilings.map(|c| c.memory.name.clone()),
+            compute_limit: ceilings.map(|c| c.compute.name.clone()),
             peer_time_s: None,
         }
     }
@@ -74,22 +92,38 @@ impl Row {
     }
 }
 
-/// The ceilings as a short text block.
+/// The ceilings as a short text block: the two each floor uses, then the reference rates.
 pub fn ceilings_text(backend: &str, ceilings: &[Ceilings]) -> String {
     let mut s = String::new();
     for c in ceilings {
         let _ = writeln!(
             s,
-            "ceilings [{backend}, {}]: copy {:.1} GB/s ({} MiB buffer, read+write); dense GEMM {:.1} GFLOP/s ({n}x{n}x{n}, {})",
+            "ceilings [{backend}, {}]: memory {} ; compute {}",
             c.dtype,
-            c.bandwidth / 1e9,
-            c.copy_bytes >> 20,
-            c.gemm_rate / 1e9,
-            c.gemm_impl,
-            n = c.gemm_size,
+            limit_text(&c.memory),
+            limit_text(&c.compute)
         );
+        for r in &c.reference {
+            let _ = writeln!(s, "  reference, no floor uses it: {}", limit_text(r));
+        }
     }
     s
+}
+
+/// "read BW 61.2 GB/s (physical limit; how)".
+fn limit_text(l: &Limit) -> String {
+    let kind = if l.physical {
+        "physical limit"
+    } else {
+        "achievable rate, not a limit"
+    };
+    format!(
+        "{} {:.1} G{} ({kind}; {})",
+        l.name,
+        l.rate / 1e9,
+        l.unit,
+        l.how
+    )
 }
 
 /// The rows as an aligned text table (also valid Markdown).
@@ -97,9 +131,9 @@ pub fn table(rows: &[Row]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| backend | case | time | GB/s | GFLOP/s | floor | bound | floor/time | vs numpy |"
+        "| backend | case | time | GB/s | GFLOP/s | floor | floor/time | of limit | vs numpy |"
     );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---|---:|---:|");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---|---:|");
     for r in rows {
         let _ = writeln!(
             s,
@@ -110,9 +144,9 @@ pub fn table(rows: &[Row]) -> String {
             r.gb_per_s,
             r.gflop_per_s,
             r.floor_s.map_or("-".into(), fmt_time),
-            r.bound.unwrap_or("-"),
             r.roofline_ratio
                 .map_or("-".into(), |x| format!("{:.0}%", 100.0 * x)),
+            r.limit.as_deref().unwrap_or("-"),
             r.vs_peer()
                 .map(|v| format!("{v:.2}x ({})", fmt_time(r.peer_time_s.unwrap_or(0.0))))
                 .unwrap_or_else(|| "-".into()),
@@ -138,13 +172,18 @@ mod tests {
     use moemla_core::DType;
 
     fn ceilings() -> Ceilings {
+        let limit = |name: &str, rate, unit| Limit {
+            name: name.into(),
+            rate,
+            unit,
+            physical: true,
+            how: "test".into(),
+        };
         Ceilings {
             dtype: DType::F32,
-            bandwidth: 10e9,
-            copy_bytes: 1 << 20,
-            gemm_rate: 100e9,
-            gemm_size: 512,
-            gemm_impl: "test".into(),
+            memory: limit("read BW", 10e9, "B/s"),
+            compute: limit("f32 FMA peak", 100e9, "FLOP/s"),
+            reference: vec![limit("copy BW", 1e12, "B/s")],
         }
     }
 
@@ -168,6 +207,7 @@ mod tests {
             Some(&ceilings()),
         );
         assert_eq!(row.bound, Some("memory"));
+        assert_eq!(row.limit.as_deref(), Some("read BW"));
         assert!((row.floor_s.unwrap() - 0.1).abs() < 1e-12);
         assert!((row.roofline_ratio.unwrap() - 0.5).abs() < 1e-9);
         let cost = Cost {
@@ -182,8 +222,10 @@ mod tests {
             Some(&ceilings()),
         );
         assert_eq!(row.bound, Some("compute"));
+        assert_eq!(row.limit.as_deref(), Some("f32 FMA peak"));
         assert!((row.roofline_ratio.unwrap() - 0.25).abs() < 1e-9);
         let row = Row::new("cpu", &case, cost, Duration::from_secs(4), None);
         assert_eq!((row.floor_s, row.roofline_ratio), (None, None));
+        assert_eq!(row.limit, None);
     }
 }

@@ -111,8 +111,8 @@ fn bench_quick_reports_roofline_ratios_against_measured_ceilings() {
         assert!(row["time_s"].as_f64().unwrap() > 0.0);
     }
     let ceilings = &doc["ceilings"][0]["ceilings"][0];
-    assert!(ceilings["bandwidth"].as_f64().unwrap() > 0.0);
-    assert!(ceilings["gemm_rate"].as_f64().unwrap() > 0.0);
+    assert!(ceilings["memory"]["rate"].as_f64().unwrap() > 0.0);
+    assert!(ceilings["compute"]["rate"].as_f64().unwrap() > 0.0);
 }
 
 #[test]

@@ -1,15 +1,17 @@
 //! `moemla bench`: op times at DeepSeek shapes as ratios of a roofline floor built from
-//! ceilings measured in the same run, optionally side by side with a numpy peer.
+//! ceilings measured in the same run (on a CPU the host's physical limits), optionally
+//! side by side with a numpy peer.
 
 use super::CommandError;
 use moemla::Registry;
 use moemla_benches::ceilings::{self, Ceilings};
+use moemla_benches::host::{self, HostLimits};
 use moemla_benches::inputs::generate;
 use moemla_benches::report::{ceilings_text, table, Row};
 use moemla_benches::run::run_case;
 use moemla_benches::timing::Budget;
 use moemla_benches::{peer, BenchCase, Suite};
-use moemla_core::{Backend, DType, Error, Op};
+use moemla_core::{Backend, DType, DeviceKind, Error, Op};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -114,6 +116,18 @@ pub fn run(args: &BenchArgs, registry: &Registry) -> Result<ExitCode, CommandErr
         }
     }
 
+    // The host's physical limits, once, where a backend runs on this CPU.
+    let on_host = |b: &dyn Backend| b.info().device_kind == DeviceKind::Cpu;
+    let host_limits: Option<HostLimits> = if backends
+        .iter()
+        .filter_map(|e| e.backend.as_ref().ok())
+        .any(|b| on_host(&**b))
+    {
+        Some(host::measure(budget)?)
+    } else {
+        None
+    };
+
     let mut all_rows = Vec::new();
     let mut all_ceilings = Vec::new();
     for entry in backends {
@@ -127,7 +141,8 @@ pub fn run(args: &BenchArgs, registry: &Registry) -> Result<ExitCode, CommandErr
         };
         let mut ceils = Vec::new();
         for &dtype in &dtypes {
-            match ceilings::measure(&*backend, dtype, copy_bytes, gemm_size, budget) {
+            let host = host_limits.as_ref().filter(|_| on_host(&*backend));
+            match ceilings::measure(&*backend, dtype, copy_bytes, gemm_size, budget, host) {
                 Ok(c) => ceils.push(c),
                 // Sizes this machine cannot hold: the arguments are wrong, not the backend.
                 Err(e @ (Error::OutOfMemory { .. } | Error::Size { .. })) => return Err(e.into()),
@@ -151,7 +166,7 @@ pub fn run(args: &BenchArgs, registry: &Registry) -> Result<ExitCode, CommandErr
             .iter()
             .map(|(name, c)| serde_json::json!({"backend": name, "ceilings": c}))
             .collect();
-        let doc = serde_json::json!({"ceilings": ceilings, "rows": all_rows});
+        let doc = serde_json::json!({"host": host_limits, "ceilings": ceilings, "rows": all_rows});
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
     }
     if let Some(path) = &args.markdown {
@@ -221,11 +236,8 @@ fn parse_list<T>(
 fn markdown(ceilings: &[(String, Vec<Ceilings>)], rows: &[Row]) -> String {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut s = String::from("# moemla benchmarks\n\n");
-    s += "Regenerate with the command below. Every ratio is against ceilings measured by the\n";
-    s +=
-        "same command in the same run: `floor = max(bytes / copy bandwidth, FLOPs / GEMM rate)`,\n";
-    s += "`floor/time` = 100% means at the roofline; `vs numpy` = our time / numpy's time on the\n";
-    s += "same inputs (below 1.00x: faster than numpy).\n\n";
+    s += CEILINGS_EXPLAINED;
+    s += "\n";
     s += &format!("- date: {}\n", utc_date());
     s += &format!("- machine: {}\n", machine());
     s += &format!("- command: `cargo run --release -- {}`\n\n", args.join(" "));
@@ -233,14 +245,37 @@ fn markdown(ceilings: &[(String, Vec<Ceilings>)], rows: &[Row]) -> String {
         s += &format!("```\n{}```\n\n", ceilings_text(name, c));
     }
     s += &table(rows);
-    s += "\nReading the numbers:\n";
-    s += "- Above 100%: the ceilings are measured, not datasheet peaks. A copy moves each byte\n";
-    s += "  twice (read + write) while the ops mostly read, and an op's GEMMs can run faster\n";
-    s += "  than the square ceiling GEMM; both make the floor pessimistic, never flattering.\n";
-    s += "- Only backends available on the machine that ran the command appear. GPU numbers\n";
-    s += "  come from `scripts/device-check.sh` on the GPU (CUDA: FlashMLA's shapes included).\n";
+    s += "\n";
+    s += READING;
     s
 }
+
+/// The head of the Markdown report: what every ratio is against.
+const CEILINGS_EXPLAINED: &str = "\
+Regenerate with the command below. Every ratio is against ceilings measured by the same
+command in the same run: `floor = max(bytes / memory limit, FLOPs / compute limit)`,
+`floor/time` = 100% means at the limit, and the `of limit` column names the limit that sets
+the floor. `vs numpy` = our time / numpy's time on the same inputs (below 1.00x: faster).
+
+On the CPU the limits are physical, measured directly on every hardware thread: the memory
+limit is the read bandwidth (a parallel read-only reduction over a buffer at least 8x the
+last-level cache), the compute limit the f32 FMA peak (a register-resident FMA loop in the
+widest vector ISA the CPU has) or, for bf16 rows, the native bf16 dot peak (AVX512-BF16
+`VDPBF16PS`) where the CPU has one, else the f32 peak. No op can exceed them. The copy
+bandwidth and the `gemm` crate's dense GEMM are measured too and shown as reference rates:
+achievable, not limits. On GPUs the device copy and the backend's GEMM are the ceilings,
+labelled achievable.
+";
+
+/// The tail of the Markdown report.
+const READING: &str = "\
+Reading the numbers:
+- Each row's memory term uses the read bandwidth (decode and few-token experts read their
+  weights or cache once); its compute term the peak of its dtype. The bytes and FLOPs are
+  the minimum an op must move and do (FlashMLA's counts for MLA decode).
+- Only backends available on the machine that ran the command appear. GPU numbers
+  come from `scripts/device-check.sh` on the GPU (CUDA: FlashMLA's shapes included).
+";
 
 fn machine() -> String {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());

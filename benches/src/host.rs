@@ -1,0 +1,444 @@
+//! Physical limits of the host CPU, measured directly: the f32 FMA peak (a register-resident
+//! FMA loop on every hardware thread, the widest ISA the CPU has at run time), the native
+//! bf16 dot-product rate where the CPU has one (AVX512-BF16 `VDPBF16PS`), and the read
+//! bandwidth (a parallel read-only reduction over a buffer at least 8x the last-level
+//! cache). No op can exceed them: they are the limits CPU rows are measured against.
+
+use crate::timing::Budget;
+use moemla_core::alloc::try_filled_vec;
+use moemla_core::{Error, Result};
+use serde::Serialize;
+use std::hint::black_box;
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+/// The measured physical limits of this host.
+#[derive(Clone, Debug, Serialize)]
+pub struct HostLimits {
+    /// Hardware threads every measurement ran on.
+    pub threads: usize,
+    /// f32 FMA peak, FLOP/s (a fused multiply-add counts 2).
+    pub fma_flops: f64,
+    /// The instructions of the FMA loop ("AVX-512F", "AVX2+FMA", "NEON", "portable").
+    pub fma_isa: &'static str,
+    /// Native bf16 dot-product peak, FLOP/s (each bf16 product and its addition count 2),
+    /// `None` where the CPU has no native bf16 dot instruction.
+    pub bf16_flops: Option<f64>,
+    /// The bf16 dot instruction measured ("AVX512-BF16 VDPBF16PS").
+    pub bf16_isa: Option<&'static str>,
+    /// Read bandwidth, bytes/s (each byte read once).
+    pub read_bandwidth: f64,
+    /// Bytes of the buffer the read bandwidth was measured on.
+    pub read_bytes: usize,
+    /// The last-level cache size the buffer was sized from, bytes (`None`: unknown, 32 MiB
+    /// assumed).
+    pub llc_bytes: Option<usize>,
+}
+
+/// The read buffer is at least this many times the last-level cache, so that it streams
+/// from memory, not from cache.
+pub const READ_LLC_FACTOR: usize = 8;
+/// Last-level cache assumed where the OS does not say.
+const ASSUMED_LLC: usize = 32 << 20;
+/// Smallest read buffer: 64 MiB.
+const MIN_READ_BYTES: usize = 64 << 20;
+
+/// Measures every limit on all hardware threads. `budget` sets how long each loop runs
+/// (a few milliseconds under [`Budget::QUICK`]). The read buffer is sized by
+/// [`read_buffer_bytes`]; one the host cannot hold is [`Error::OutOfMemory`].
+pub fn measure(budget: Budget) -> Result<HostLimits> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let target = budget
+        .target
+        .clamp(Duration::from_millis(5), Duration::from_millis(100));
+    let reps = budget.min_reps.max(3);
+    let fma = best_rate(threads, reps, target, fma_kernel());
+    let bf16 = bf16_kernel().map(|k| (best_rate(threads, reps, target, k), k.isa));
+    let llc_bytes = last_level_cache();
+    let read_bytes = read_buffer_bytes(llc_bytes, available_memory())?;
+    let read_bandwidth = read_bandwidth(read_bytes, threads, reps)?;
+    Ok(HostLimits {
+        threads,
+        fma_flops: fma,
+        fma_isa: fma_kernel().isa,
+        bf16_flops: bf16.map(|b| b.0),
+        bf16_isa: bf16.map(|b| b.1),
+        read_bandwidth,
+        read_bytes,
+        llc_bytes,
+    })
+}
+
+/// A register-resident loop: `run(iters)` performs `flops_per_iter * iters` FLOPs.
+#[derive(Clone, Copy)]
+struct Kernel {
+    isa: &'static str,
+    flops_per_iter: f64,
+    run: fn(u64) -> f32,
+}
+
+/// The best FLOP/s of `reps` runs of `kernel` on `threads` threads started together, each
+/// running about `target` long.
+fn best_rate(threads: usize, reps: usize, target: Duration, kernel: Kernel) -> f64 {
+    // Calibrate on one thread: iterations that take about `target`.
+    let mut iters: u64 = 1 << 12;
+    loop {
+        let t0 = Instant::now();
+        black_box((kernel.run)(black_box(iters)));
+        let t = t0.elapsed();
+        if t >= target / 8 || iters >= 1 << 40 {
+            let scale = target.as_secs_f64() / t.as_secs_f64().max(1e-9);
+            iters = ((iters as f64 * scale) as u64).clamp(1 << 12, 1 << 40);
+            break;
+        }
+        iters *= 4;
+    }
+    let flops = kernel.flops_per_iter * iters as f64 * threads as f64;
+    (0..reps)
+        .map(|_| flops / on_every_thread(threads, || black_box((kernel.run)(black_box(iters)))))
+        .fold(0.0, f64::max)
+}
+
+/// Wall time, seconds, from the moment `threads` threads are released together until the
+/// last has run `work` once.
+fn on_every_thread<T>(threads: usize, work: impl Fn() -> T + Sync) -> f64 {
+    let barrier = Barrier::new(threads);
+    let spans: Vec<(Instant, Instant)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    barrier.wait();
+                    let t0 = Instant::now();
+                    black_box(work());
+                    (t0, Instant::now())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("limit loops do not panic"))
+            .collect()
+    });
+    let start = spans.iter().map(|s| s.0).min();
+    let end = spans.iter().map(|s| s.1).max();
+    match (start, end) {
+        (Some(a), Some(b)) => (b - a).as_secs_f64().max(1e-9),
+        _ => 1e-9,
+    }
+}
+
+/// The widest FMA loop this CPU runs.
+fn fma_kernel() -> Kernel {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return Kernel {
+                isa: "AVX-512F",
+                flops_per_iter: (x86::ACC * 16 * 2) as f64,
+                // SAFETY: AVX-512F was detected at run time just above.
+                run: |n| unsafe { x86::fma_avx512(n) },
+            };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return Kernel {
+                isa: "AVX2+FMA",
+                flops_per_iter: (x86::ACC_256 * 8 * 2) as f64,
+                // SAFETY: AVX2 and FMA were detected at run time just above.
+                run: |n| unsafe { x86::fma_avx2(n) },
+            };
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        if std::arch::is_aarch64_feature_detected!("neon") {
+            return Kernel {
+                isa: "NEON",
+                flops_per_iter: (arm::ACC * 4 * 2) as f64,
+                // SAFETY: NEON was detected at run time just above.
+                run: |n| unsafe { arm::fma_neon(n) },
+            };
+        }
+    }
+    Kernel {
+        isa: "portable",
+        flops_per_iter: (PORTABLE_ACC * 2) as f64,
+        run: fma_portable,
+    }
+}
+
+/// The native bf16 dot loop, where the CPU has one.
+fn bf16_kernel() -> Option<Kernel> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512bf16")
+            && std::arch::is_x86_feature_detected!("avx512f")
+        {
+            return Some(Kernel {
+                isa: "AVX512-BF16 VDPBF16PS",
+                // 16 lanes, each adding two bf16 products: 4 FLOPs.
+                flops_per_iter: (x86::ACC * 16 * 4) as f64,
+                // SAFETY: AVX512-BF16 and AVX-512F were detected at run time just above.
+                run: |n| unsafe { x86::dot_bf16_avx512(n) },
+            });
+        }
+    }
+    None
+}
+
+/// Independent accumulators of the portable loop (the compiler vectorises them to whatever
+/// the build's baseline ISA has).
+const PORTABLE_ACC: usize = 64;
+
+/// `acc = acc * a + b` on [`PORTABLE_ACC`] independent lanes, `n` times (a multiply and an
+/// add: 2 FLOPs each).
+fn fma_portable(n: u64) -> f32 {
+    let (a, b) = (black_box(0.999_999f32), black_box(1e-7f32));
+    let mut acc = [1.0f32; PORTABLE_ACC];
+    for _ in 0..n {
+        for x in acc.iter_mut() {
+            *x = *x * a + b;
+        }
+    }
+    acc.iter().sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// Independent 512-bit accumulators: enough to cover FMA latency x throughput (4 x 2
+    /// on current cores, 6 x 2 for VDPBF16PS) with room to spare, within 32 registers.
+    pub const ACC: usize = 24;
+    /// Independent 256-bit accumulators (16 registers, two hold the constants).
+    pub const ACC_256: usize = 12;
+
+    /// `n` rounds of an FMA on each of [`ACC`] 16-lane f32 accumulators.
+    #[target_feature(enable = "avx512f")]
+    pub fn fma_avx512(n: u64) -> f32 {
+        let (a, b) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+        let mut acc = [_mm512_set1_ps(1.0); ACC];
+        for _ in 0..n {
+            for x in acc.iter_mut() {
+                *x = _mm512_fmadd_ps(*x, a, b);
+            }
+        }
+        let sum = acc
+            .iter()
+            .fold(_mm512_setzero_ps(), |s, &x| _mm512_add_ps(s, x));
+        _mm512_reduce_add_ps(sum)
+    }
+
+    /// `n` rounds of an FMA on each of [`ACC_256`] 8-lane f32 accumulators.
+    #[target_feature(enable = "avx2,fma")]
+    pub fn fma_avx2(n: u64) -> f32 {
+        let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+        let mut acc = [_mm256_set1_ps(1.0); ACC_256];
+        for _ in 0..n {
+            for x in acc.iter_mut() {
+                *x = _mm256_fmadd_ps(*x, a, b);
+            }
+        }
+        let mut lanes = [0.0f32; 8];
+        for x in acc {
+            let mut v = [0.0f32; 8];
+            // SAFETY: `v` is 8 f32s, the unaligned store writes exactly those.
+            unsafe { _mm256_storeu_ps(v.as_mut_ptr(), x) };
+            for (l, e) in lanes.iter_mut().zip(v) {
+                *l += e;
+            }
+        }
+        lanes.iter().sum()
+    }
+
+    /// `n` rounds of `VDPBF16PS` on each of [`ACC`] accumulators (16 lanes, two bf16
+    /// products each). The inputs are 2^-10: every accumulator grows by 2^-19 a round and
+    /// stays normal and finite.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub fn dot_bf16_avx512(n: u64) -> f32 {
+        let x = _mm512_set1_ps(1.0 / 1024.0);
+        let (a, b) = (_mm512_cvtne2ps_pbh(x, x), _mm512_cvtne2ps_pbh(x, x));
+        let mut acc = [_mm512_setzero_ps(); ACC];
+        for _ in 0..n {
+            for s in acc.iter_mut() {
+                *s = _mm512_dpbf16_ps(*s, a, b);
+            }
+        }
+        let sum = acc
+            .iter()
+            .fold(_mm512_setzero_ps(), |s, &x| _mm512_add_ps(s, x));
+        _mm512_reduce_add_ps(sum)
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod arm {
+    use std::arch::aarch64::*;
+
+    /// Independent 128-bit accumulators (32 registers, two hold the constants).
+    pub const ACC: usize = 24;
+
+    /// `n` rounds of an FMA on each of [`ACC`] 4-lane f32 accumulators.
+    #[target_feature(enable = "neon")]
+    pub fn fma_neon(n: u64) -> f32 {
+        let (a, b) = (vdupq_n_f32(0.999_999), vdupq_n_f32(1e-7));
+        let mut acc = [vdupq_n_f32(1.0); ACC];
+        for _ in 0..n {
+            for x in acc.iter_mut() {
+                *x = vfmaq_f32(b, *x, a);
+            }
+        }
+        acc.iter().map(|&x| vaddvq_f32(x)).sum()
+    }
+}
+
+/// Size of the read-bandwidth buffer: [`READ_LLC_FACTOR`] x the last-level cache (32 MiB
+/// assumed where unknown), at least 64 MiB. A size whose byte count overflows, or that is
+/// more than half of `available` memory (where known), is [`Error::OutOfMemory`].
+pub fn read_buffer_bytes(llc: Option<usize>, available: Option<u64>) -> Result<usize> {
+    let llc = llc.unwrap_or(ASSUMED_LLC);
+    let bytes = llc.checked_mul(READ_LLC_FACTOR).ok_or(Error::OutOfMemory {
+        what: format!("read bandwidth buffer: {READ_LLC_FACTOR} x a {llc}-byte cache overflows"),
+        bytes: usize::MAX,
+    })?;
+    let bytes = bytes.max(MIN_READ_BYTES);
+    if let Some(avail) = available.filter(|&a| bytes as u64 > a / 2) {
+        return Err(Error::OutOfMemory {
+            what: format!(
+                "read bandwidth buffer of {bytes} bytes ({READ_LLC_FACTOR} x the last-level \
+                 cache): more than half of the host's {avail} available bytes"
+            ),
+            bytes,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Best read bandwidth of `reps` parallel reductions over a `bytes`-byte buffer, bytes/s.
+/// Every page is written before timing (an untouched page reads as the shared zero page).
+fn read_bandwidth(bytes: usize, threads: usize, reps: usize) -> Result<f64> {
+    let words = bytes / 8;
+    let mut buf: Vec<u64> = try_filled_vec(words, "read bandwidth buffer")?;
+    for (i, w) in buf.iter_mut().enumerate() {
+        *w = i as u64;
+    }
+    let chunk = words.div_ceil(threads.max(1)).max(1);
+    let parts: Vec<&[u64]> = buf.chunks(chunk).collect();
+    let sum_all = || {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = parts.iter().map(|p| s.spawn(|| sum_words(p))).collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("reductions do not panic"))
+                .fold(0u64, u64::wrapping_add)
+        })
+    };
+    black_box(sum_all()); // warm the TLB and the threads
+    let best = (0..reps)
+        .map(|_| {
+            let t0 = Instant::now();
+            black_box(sum_all());
+            t0.elapsed().as_secs_f64().max(1e-9)
+        })
+        .fold(f64::INFINITY, f64::min);
+    Ok((words * 8) as f64 / best)
+}
+
+/// Wrapping sum of `words` on 8 independent lanes (vectorised by the compiler).
+fn sum_words(words: &[u64]) -> u64 {
+    let mut acc = [0u64; 8];
+    let mut chunks = words.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, &w) in acc.iter_mut().zip(c) {
+            *a = a.wrapping_add(w);
+        }
+    }
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(0u64, |s, &w| s.wrapping_add(w));
+    acc.iter().fold(tail, |s, &a| s.wrapping_add(a))
+}
+
+/// The largest cache of cpu0 from sysfs, bytes (`None` where the OS does not say).
+fn last_level_cache() -> Option<usize> {
+    let dir = std::fs::read_dir("/sys/devices/system/cpu/cpu0/cache").ok()?;
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_to_string(e.path().join("size")).ok())
+        .filter_map(|s| parse_cache_size(s.trim()))
+        .max()
+}
+
+/// "32768K" / "2M" / "512" (bytes) as bytes.
+fn parse_cache_size(s: &str) -> Option<usize> {
+    let (num, mult) = match s.as_bytes().last()? {
+        b'K' => (&s[..s.len() - 1], 1usize << 10),
+        b'M' => (&s[..s.len() - 1], 1 << 20),
+        b'G' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<usize>().ok()?.checked_mul(mult)
+}
+
+/// `MemAvailable` from `/proc/meminfo`, bytes (`None` where unknown).
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_sizes_parse_with_their_units() {
+        assert_eq!(parse_cache_size("32768K"), Some(32 << 20));
+        assert_eq!(parse_cache_size("2M"), Some(2 << 20));
+        assert_eq!(parse_cache_size("512"), Some(512));
+        assert_eq!(parse_cache_size("x"), None);
+        assert_eq!(parse_cache_size(""), None);
+        assert_eq!(parse_cache_size("99999999999999999999G"), None);
+    }
+
+    #[test]
+    fn read_buffer_is_eight_caches_checked_and_bounded_by_memory() {
+        assert_eq!(read_buffer_bytes(Some(32 << 20), None).unwrap(), 256 << 20);
+        // Small caches still stream: at least 64 MiB.
+        assert_eq!(read_buffer_bytes(Some(1 << 20), None).unwrap(), 64 << 20);
+        assert_eq!(read_buffer_bytes(None, None).unwrap(), 256 << 20);
+        let err = read_buffer_bytes(Some(usize::MAX / 4), None).unwrap_err();
+        assert!(matches!(err, Error::OutOfMemory { .. }), "{err}");
+        let err = read_buffer_bytes(Some(32 << 20), Some(100 << 20)).unwrap_err();
+        assert!(err.to_string().contains("available"), "{err}");
+    }
+
+    #[test]
+    fn word_sum_matches_a_plain_sum_including_the_tail() {
+        let words: Vec<u64> = (0..1003).map(|i| i * 3 + 1).collect();
+        assert_eq!(sum_words(&words), words.iter().sum::<u64>());
+        assert_eq!(sum_words(&[]), 0);
+    }
+
+    #[test]
+    fn loops_compute_what_they_claim() {
+        // acc -> acc * a + b converges to b / (1 - a) = 0.1 from 1.0; after n steps every
+        // lane is 0.1 + 0.9 * a^n (f32 rounding aside).
+        let lane = |n: i32| 0.1 + 0.9 * 0.999_999f64.powi(n);
+        let k = fma_kernel();
+        let lanes = k.flops_per_iter / 2.0;
+        let got = (k.run)(1000) as f64;
+        assert!(
+            (got - lanes * lane(1000)).abs() < 1e-3 * got,
+            "{} {got}",
+            k.isa
+        );
+        if let Some(k) = bf16_kernel() {
+            // Each round adds 2 * 2^-20 per lane.
+            let lanes = k.flops_per_iter / 4.0;
+            let got = (k.run)(1000) as f64;
+            assert_eq!(got, lanes * 1000.0 * 2.0 / (1 << 20) as f64);
+        }
+    }
+}
