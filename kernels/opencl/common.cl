@@ -92,7 +92,9 @@ inline uint16 wg_scan16(__local uint16 *buf, uint16 v, uint16 *total) {
     return incl - v;
 }
 
-// Records a bad index: the smallest offending row-major position wins.
-inline void flag_bad_index(volatile __global int *flag, int linear) {
-    atomic_min(flag, linear);
+// Records a bad index at row-major `position` in flag slot `slot` of `flags` (two ints per
+// slot: the position, then the value flag_capture copies there): the smallest position wins.
+// The caller then does not use the index.
+inline void flag_bad_index(volatile __global int *flags, int slot, int position) {
+    atomic_min(&flags[2 * slot], position);
 }

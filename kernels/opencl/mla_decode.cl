@@ -9,17 +9,19 @@
 // row and split goes to a workspace.
 // mla_combine: one work-group per (b, i, h) merges the splits into o and lse.
 //
-// Bad indices raise flags instead of being read: bad_index[0] takes the smallest batch
-// whose seqlen is outside [0, max_blocks * block_size] (that batch then reads nothing),
-// bad_index[1] the smallest row-major block-table position whose entry is outside
-// [0, num_blocks) among those the batch's positions need.
+// Bad indices raise flags instead of being read (flag_bad_index): the seqlen slot takes the
+// smallest batch whose seqlen is outside [0, max_blocks * block_size] (that batch then reads
+// nothing), the table slot the smallest row-major block-table position whose entry is
+// outside [0, num_blocks) among those the batch's positions need.
 
 __kernel void mla_split(__global const store_t *q, __global const store_t *kv_cache,
                         __global const int *block_table, __global const int *cache_seqlens,
-                        volatile __global int *bad_index, __global float *ws_o,
-                        __global float *ws_ml, int Sq, int Hq, int Hkv, int D, int Dv,
-                        int num_blocks, int block_size, int max_blocks, int causal,
-                        float scale, int chunk, int n_splits, int QB, int TN,
+                        volatile __global int *seqlen_flags, int seqlen_slot,
+                        volatile __global int *table_flags, int table_slot,
+                        __global float *ws_o, __global float *ws_ml, int Sq, int Hq,
+                        int Hkv, int D, int Dv, int num_blocks, int block_size,
+                        int max_blocks, int causal, float scale, int chunk, int n_splits,
+                        int QB, int TN,
                         __local float *qs, __local float *ks, __local float *sc,
                         __local float *alpha) {
     const int lid = get_local_id(0);
@@ -33,7 +35,7 @@ __kernel void mla_split(__global const store_t *q, __global const store_t *kv_ca
 
     int seqlen = cache_seqlens[b];
     if (seqlen < 0 || seqlen > max_blocks * block_size) {
-        if (lid == 0) flag_bad_index(&bad_index[0], b);
+        if (lid == 0) flag_bad_index(seqlen_flags, seqlen_slot, b);
         seqlen = 0;
     }
     const int start = s * chunk;
@@ -69,7 +71,7 @@ __kernel void mla_split(__global const store_t *q, __global const store_t *kv_ca
                     const size_t row = ((size_t)blk * block_size + p % block_size) * Hkv + g;
                     v = load_f32(kv_cache, row * D + idx % D);
                 } else {
-                    flag_bad_index(&bad_index[1], j);
+                    flag_bad_index(table_flags, table_slot, j);
                 }
             }
             ks[idx] = v;

@@ -26,14 +26,14 @@ inline int computed(int id, int E, float weight) {
 
 // Launch: global n_pairs rounded up to the work-group, any work-group.
 __kernel void experts_count(__global const int *topk_ids, __global const float *topk_weights,
-                            int n_pairs, int E, volatile __global int *bad_index,
+                            int n_pairs, int E, volatile __global int *flags, int flag_slot,
                             volatile __global int *counts, __global int *pair_row) {
     const int n = get_global_id(0);
     if (n >= n_pairs) return;
     const int id = topk_ids[n];
     pair_row[n] = -1;
     if (id < -1 || id >= E) {
-        flag_bad_index(bad_index, n);
+        flag_bad_index(flags, flag_slot, n);
     } else if (computed(id, E, topk_weights[n])) {
         atomic_inc(&counts[id]);
     }

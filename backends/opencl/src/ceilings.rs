@@ -43,13 +43,13 @@ impl Gemm {
 /// Both buffers are allocated and copied once before timing starts.
 pub fn copy_bench(dev: &ClDevice, bytes: usize, reps: usize) -> Result<Duration> {
     let src = dev.alloc_zeroed("copy_bench source", bytes)?;
-    let mut dst = dev.alloc_zeroed("copy_bench destination", bytes)?;
-    dev.copy(&src, &mut dst)?;
+    let dst = dev.alloc_zeroed("copy_bench destination", bytes)?;
+    dev.copy(&src, 0, &dst, 0, bytes)?;
     dev.finish()?;
     let mut times = Vec::with_capacity(reps.max(1));
     for _ in 0..reps.max(1) {
         let t0 = Instant::now();
-        dev.copy(&src, &mut dst)?;
+        dev.copy(&src, 0, &dst, 0, bytes)?;
         dev.finish()?;
         times.push(t0.elapsed());
     }
@@ -193,12 +193,12 @@ mod tests {
         let dev = backend.device();
         let data: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 251) as u8).collect();
         let src = dev.upload("test", &data).unwrap();
-        let mut dst = dev.alloc_zeroed("test", data.len()).unwrap();
-        dev.copy(&src, &mut dst).unwrap();
+        let dst = dev.alloc_zeroed("test", data.len()).unwrap();
+        dev.copy(&src, 0, &dst, 0, data.len()).unwrap();
         let mut got = vec![0u8; data.len()];
         dev.read(&dst, 0, &mut got).unwrap();
         assert_eq!(got, data);
-        let mut small = dev.alloc_zeroed("test", 10).unwrap();
-        assert!(dev.copy(&src, &mut small).is_err());
+        let small = dev.alloc_zeroed("test", 10).unwrap();
+        assert!(dev.copy(&src, 0, &small, 0, data.len()).is_err());
     }
 }

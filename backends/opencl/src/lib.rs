@@ -8,20 +8,31 @@
 //! context and one in-order queue, made on first use by [`shared`]; pick the device with
 //! env `MOEMLA_OPENCL_DEVICE` (an index or a name substring; default the first GPU, else
 //! the first device).
+//!
+//! Ops only enqueue: they never wait for the queue or read back. Index errors the kernels
+//! find (bad `topk_ids`, `block_table`, `cache_seqlens` entries) are reported by the next
+//! [`Backend::synchronize`] or [`Backend::download`], as on CUDA and HIP. A caller's own
+//! `cl_mem` buffers (in this backend's context, [`OpenClBackend::context`]) can be wrapped
+//! as tensors with `DeviceTensor::from_raw`, and the `_into` ops write into them.
 
+mod buffer;
 mod ceilings;
 mod device;
 mod error;
+mod flags;
+mod launch;
 mod ops;
+mod program;
 
-pub use device::ClBuffer;
+pub use buffer::ClBuffer;
 
 use device::ClDevice;
 use moemla_core::calls::{MlaDecodeCall, MoeExpertsCall, MoeRouteCall};
 use moemla_core::{
-    Backend, BackendInfo, DType, DeviceTensor, HostTensor, MlaDecodeOutput, MoeRouteOutput,
+    memory, Backend, BackendInfo, DType, DeviceTensor, HostTensor, MlaDecodeOutput, MoeRouteOutput,
     OpSupport, Result, Shape, Verification, VerificationKind,
 };
+use std::ffi::c_void;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -81,9 +92,22 @@ impl OpenClBackend {
         &self.device
     }
 
+    /// The backend's OpenCL context (`cl_context`), in which a caller creates the buffers
+    /// it wraps with `DeviceTensor::from_raw`. Valid as long as the process.
+    pub fn context(&self) -> *mut c_void {
+        self.device.context.get()
+    }
+
     /// Wraps a buffer as a tensor of this backend.
     fn tensor(&self, buf: ClBuffer, shape: impl Into<Shape>, dtype: DType) -> DeviceTensor {
         DeviceTensor::new(Arc::new(buf), self.name.clone(), shape, dtype)
+    }
+
+    /// A new output tensor for `what`, not filled: the op's kernels write every element.
+    fn output(&self, what: &str, dims: &[usize], dtype: DType) -> Result<DeviceTensor> {
+        let shape = Shape::from(dims);
+        let buf = self.device.alloc_workspace(what, shape.byte_len(dtype)?)?;
+        Ok(self.tensor(buf, shape, dtype))
     }
 
     fn verification(&self) -> Verification {
@@ -168,16 +192,91 @@ impl Backend for OpenClBackend {
         Ok(self.tensor(buf, host.shape().clone(), host.dtype()))
     }
 
+    /// Waits for the queue; first reports a pending index error of an earlier op (see
+    /// [`Backend::synchronize`]), and then downloads nothing.
     fn download(&self, tensor: &DeviceTensor) -> Result<HostTensor> {
         let buf = tensor.buffer::<ClBuffer>(&self.name, "download", "tensor")?;
         let len = tensor.shape().byte_len(tensor.dtype())?;
+        self.device.take_index_error()?;
         let mut bytes = moemla_core::alloc::try_filled_vec::<u8>(len, "opencl download")?;
         self.device.read(buf, 0, &mut bytes)?;
         HostTensor::from_bytes(tensor.shape().clone(), tensor.dtype(), bytes)
     }
 
+    /// Waits for all enqueued work, then reports the first index error an op enqueued
+    /// since the last check met on the device (in enqueue order) as `IndexOutOfRange`,
+    /// once: the flags are reset and the backend stays usable.
     fn synchronize(&self) -> Result<()> {
-        self.device.finish()
+        self.device.finish()?;
+        self.device.take_index_error()
+    }
+
+    /// `ptr` is a `cl_mem` buffer of this backend's context ([`OpenClBackend::context`]) of
+    /// at least `bytes` bytes. moemla retains it (`clRetainMemObject`) and releases that
+    /// reference when the last tensor over it is dropped; the caller keeps and releases its
+    /// own. A null handle, another context's buffer or a smaller one is `Error::Tensor`.
+    unsafe fn wrap_raw(
+        &self,
+        ptr: *mut c_void,
+        bytes: usize,
+        shape: &Shape,
+        dtype: DType,
+    ) -> Result<DeviceTensor> {
+        if shape.byte_len(dtype)? != bytes {
+            return Err(moemla_core::Error::Tensor(format!(
+                "opencl wrap_raw: {bytes} bytes for a {dtype} tensor of shape {shape}"
+            )));
+        }
+        // SAFETY: the caller upholds `DeviceTensor::from_raw`'s contract: `ptr` is a
+        // `cl_mem` handle (null is refused by `wrap`).
+        let buf = unsafe { self.device.wrap(ptr.cast(), bytes)? };
+        Ok(self.tensor(buf, shape.clone(), dtype))
+    }
+
+    /// Enqueued after earlier work; `src` is copied to a staging buffer before this
+    /// returns, so the host does not wait.
+    fn upload_into(&self, src: &HostTensor, dst: &DeviceTensor, dst_offset: usize) -> Result<()> {
+        const CALL: &str = "upload_into";
+        memory::same_dtype(CALL, "dst", dst.dtype(), "src", src.dtype())?;
+        let buf = dst.buffer::<ClBuffer>(&self.name, CALL, "dst")?;
+        let range = memory::byte_range(CALL, "dst", dst, dst_offset, src.shape().elem_count())?;
+        self.device.write(buf, range.start, src.as_bytes())
+    }
+
+    /// Enqueued after earlier work (a device copy; overlapping ranges of one buffer go
+    /// through a temporary).
+    fn copy_into(
+        &self,
+        src: &DeviceTensor,
+        src_offset: usize,
+        dst: &DeviceTensor,
+        dst_offset: usize,
+        len: usize,
+    ) -> Result<()> {
+        const CALL: &str = "copy_into";
+        memory::same_dtype(CALL, "dst", dst.dtype(), "src", src.dtype())?;
+        let from = src.buffer::<ClBuffer>(&self.name, CALL, "src")?;
+        let to = dst.buffer::<ClBuffer>(&self.name, CALL, "dst")?;
+        let src_range = memory::byte_range(CALL, "src", src, src_offset, len)?;
+        let dst_range = memory::byte_range(CALL, "dst", dst, dst_offset, len)?;
+        self.device
+            .copy(from, src_range.start, to, dst_range.start, src_range.len())
+    }
+
+    fn moe_experts_into(&self, call: &MoeExpertsCall<'_>, y: &DeviceTensor) -> Result<()> {
+        let y = y.buffer::<ClBuffer>(&self.name, "moe_experts", "y")?;
+        ops::moe_experts::run(&self.device, &self.name, call, y)
+    }
+
+    fn mla_decode_into(
+        &self,
+        call: &MlaDecodeCall<'_>,
+        o: &DeviceTensor,
+        lse: &DeviceTensor,
+    ) -> Result<()> {
+        let o = o.buffer::<ClBuffer>(&self.name, "mla_decode", "o")?;
+        let lse = lse.buffer::<ClBuffer>(&self.name, "mla_decode", "lse")?;
+        ops::mla_decode::run(&self.device, &self.name, call, o, lse)
     }
 
     fn moe_route(&self, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput> {
@@ -190,16 +289,18 @@ impl Backend for OpenClBackend {
     }
 
     fn moe_experts(&self, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor> {
-        let y = ops::moe_experts::run(&self.device, &self.name, call)?;
-        Ok(self.tensor(y, [call.tokens, call.hidden], call.dtype))
+        let y = self.output("moe_experts y", &[call.tokens, call.hidden], call.dtype)?;
+        self.moe_experts_into(call, &y)?;
+        Ok(y)
     }
 
     fn mla_decode(&self, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutput> {
-        let (o, lse) = ops::mla_decode::run(&self.device, &self.name, call)?;
-        Ok(MlaDecodeOutput {
-            o: self.tensor(o, [call.batch, call.s_q, call.h_q, call.d_v], call.dtype),
-            lse: self.tensor(lse, [call.batch, call.h_q, call.s_q], DType::F32),
-        })
+        let o_dims = [call.batch, call.s_q, call.h_q, call.d_v];
+        let o = self.output("mla_decode o", &o_dims, call.dtype)?;
+        let lse_dims = [call.batch, call.h_q, call.s_q];
+        let lse = self.output("mla_decode lse", &lse_dims, DType::F32)?;
+        self.mla_decode_into(call, &o, &lse)?;
+        Ok(MlaDecodeOutput { o, lse })
     }
 
     fn copy_bench(&self, bytes: usize, reps: usize) -> Result<Duration> {

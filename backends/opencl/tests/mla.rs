@@ -177,11 +177,23 @@ fn run_indices(p: &Problem) -> Error {
         head_dim_v: p.d_v,
         kv_format: Default::default(),
     };
-    ops::mla_decode(&*be, &q, &kv, &table, &seqlens, &params).unwrap_err()
+    // The op enqueues and returns; the error comes with the next download.
+    let out = ops::mla_decode(&*be, &q, &kv, &table, &seqlens, &params).unwrap();
+    be.download(&out.lse).unwrap_err()
 }
+
+// The index-error tests run in child processes: the error belongs to the backend, and a
+// parallel test's download would take it.
 
 #[test]
 fn bad_seqlen_is_reported_before_bad_table_entries() {
+    common::in_child(
+        "bad_seqlen_is_reported_before_bad_table_entries",
+        bad_seqlen_before_bad_entries,
+    );
+}
+
+fn bad_seqlen_before_bad_entries() {
     if backend().is_none() {
         return;
     }
@@ -201,6 +213,13 @@ fn bad_seqlen_is_reported_before_bad_table_entries() {
 
 #[test]
 fn first_bad_used_table_entry_is_reported_and_unused_ones_are_ignored() {
+    common::in_child(
+        "first_bad_used_table_entry_is_reported_and_unused_ones_are_ignored",
+        first_bad_used_entry,
+    );
+}
+
+fn first_bad_used_entry() {
     if backend().is_none() {
         return;
     }

@@ -6,7 +6,11 @@ use crate::unsupported::{quiet_panics_after_unsupported, Recording};
 use moemla_core::{Backend, BackendInfo, DType, DeviceTensor, Error, HostTensor, Op, Result};
 use std::cell::{Cell, RefCell};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+
+/// Held shared by every test body and exclusively by those that leave an index error
+/// pending on the device ([`Suite::run_alone`]).
+static DEVICE_ERRORS: RwLock<()> = RwLock::new(());
 
 /// Settings of one instantiation of the suite.
 #[derive(Clone, Debug)]
@@ -62,6 +66,20 @@ impl Suite {
     /// `MOEMLA_REQUIRE` (a comma list of names) names this backend; any other factory error
     /// fails the test. See [`SuiteConfig::allow_unsupported`] for `Error::Unsupported`.
     pub fn run(&self, body: impl FnOnce(&Ctx<'_>)) {
+        let _shared = DEVICE_ERRORS.read().unwrap_or_else(|p| p.into_inner());
+        self.run_body(body);
+    }
+
+    /// [`Suite::run`] with no other test of this process running meanwhile: for tests that
+    /// make an op meet a bad index. Where ops only enqueue, the index error belongs to the
+    /// backend until the next synchronize or download, whichever test calls it; running
+    /// alone keeps each error with the test that caused it.
+    pub fn run_alone(&self, body: impl FnOnce(&Ctx<'_>)) {
+        let _alone = DEVICE_ERRORS.write().unwrap_or_else(|p| p.into_inner());
+        self.run_body(body);
+    }
+
+    fn run_body(&self, body: impl FnOnce(&Ctx<'_>)) {
         match &self.backend {
             Ok((backend, info)) if self.config.allow_unsupported => {
                 quiet_panics_after_unsupported();

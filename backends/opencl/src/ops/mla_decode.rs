@@ -2,7 +2,7 @@
 //! splits (kernels/opencl/mla_decode.cl).
 
 use crate::device::{Arg, ClDevice, Module};
-use crate::ops::{byte_len, flags, int, int_product, need_local, pow2_at_most, NO_BAD_INDEX};
+use crate::ops::{byte_len, int, int_product, need_len, need_local, pow2_at_most};
 use crate::ClBuffer;
 use moemla_core::calls::MlaDecodeCall;
 use moemla_core::{DType, Error, Op, Result};
@@ -42,13 +42,16 @@ impl Tiling {
     }
 }
 
-/// Runs the decode; returns `o` [B, Sq, Hq, Dv] (run dtype) and `lse` [B, Hq, Sq] (F32).
-/// Bad `cache_seqlens` / `block_table` entries give the contract's `IndexOutOfRange`.
+/// Enqueues the decode into `o` [B, Sq, Hq, Dv] (run dtype) and `lse` [B, Hq, Sq] (F32),
+/// whose every element the kernels write. Bad `cache_seqlens` / `block_table` entries are
+/// reported as the contract's `IndexOutOfRange` by the next synchronize or download.
 pub fn run(
     dev: &ClDevice,
     backend: &str,
     call: &MlaDecodeCall<'_>,
-) -> Result<(ClBuffer, ClBuffer)> {
+    o: &ClBuffer,
+    lse: &ClBuffer,
+) -> Result<()> {
     let op = Op::MlaDecode;
     let (b, s_q, h_q, h_kv) = (call.batch, call.s_q, call.h_q, call.h_kv);
     let (d_qk, d_v) = (call.d_qk, call.d_v);
@@ -62,6 +65,12 @@ pub fn run(
     let seqlens = call
         .cache_seqlens
         .buffer::<ClBuffer>(backend, "mla_decode", "cache_seqlens")?;
+    for (arg, out, bytes) in [
+        ("o", o, byte_len(&[b, s_q, h_q, d_v], call.dtype)?),
+        ("lse", lse, byte_len(&[b, h_q, s_q], DType::F32)?),
+    ] {
+        need_len(op, arg, out, bytes)?;
+    }
     let program = dev.program(Module::MlaDecode, call.dtype)?;
 
     // Kernel ints: every size, query rows per kv head, cache positions (a chunk past the
@@ -97,17 +106,16 @@ pub fn run(
     let splits = capacity.div_ceil(chunk).max(1);
     int(op, "max_blocks * block_size + chunk", capacity + chunk)?;
 
-    let bad = flags(dev, 2)?;
+    // Every (b, kv head, row, split) partial is written by mla_split, every o / lse
+    // element by mla_combine: nothing is zero-filled.
     let ws_o = dev.alloc_workspace(
         "mla_decode partial o",
         byte_len(&[b, h_q, s_q, splits, d_v], DType::F32)?,
     )?;
-    let ws_ml = dev.alloc_zeroed(
+    let ws_ml = dev.alloc_workspace(
         "mla_decode partial max and sum",
         byte_len(&[b, h_q, s_q, splits, 2], DType::F32)?,
     )?;
-    let o = dev.alloc_zeroed("mla_decode o", byte_len(&[b, s_q, h_q, d_v], call.dtype)?)?;
-    let lse = dev.alloc_zeroed("mla_decode lse", byte_len(&[b, h_q, s_q], DType::F32)?)?;
     let (sq32, hq32, hkv32, dv32) = (
         int(op, "Sq", s_q)?,
         int(op, "Hq", h_q)?,
@@ -123,12 +131,27 @@ pub fn run(
     ];
     need_local(dev, op, &format!("Dqk = {d_qk}"), local.iter().sum())?;
 
+    // Sequence lengths are reported before the block table.
+    let mut checks = dev.index_checks(op)?;
+    let capacity_words = format!(
+        "[0, {}] (max_blocks * block_size)",
+        call.max_blocks.saturating_mul(call.block_size)
+    );
+    let seqlen_flag = checks.flag("cache_seqlens", call.cache_seqlens, capacity_words)?;
+    let table_flag = checks.flag(
+        "block_table",
+        call.block_table,
+        format!("[0, {}) (num_blocks)", call.num_blocks),
+    )?;
     let split_args = [
         Arg::Buf(q),
         Arg::Buf(kv),
         Arg::Buf(table),
         Arg::Buf(seqlens),
-        Arg::Buf(&bad),
+        Arg::Buf(seqlen_flag.buffer()),
+        Arg::I32(seqlen_flag.slot()),
+        Arg::Buf(table_flag.buffer()),
+        Arg::I32(table_flag.slot()),
         Arg::Buf(&ws_o),
         Arg::Buf(&ws_ml),
         Arg::I32(sq32),
@@ -155,8 +178,8 @@ pub fn run(
     let combine_args = [
         Arg::Buf(&ws_o),
         Arg::Buf(&ws_ml),
-        Arg::Buf(&o),
-        Arg::Buf(&lse),
+        Arg::Buf(o),
+        Arg::Buf(lse),
         Arg::I32(sq32),
         Arg::I32(hq32),
         Arg::I32(hkv32),
@@ -172,46 +195,7 @@ pub fn run(
         &[wg_c],
     )?;
 
-    check_flags(dev, call, &bad, table, seqlens)?;
-    Ok((o, lse))
-}
-
-/// Turns the kernels' error flags into the contract's error (seqlens first, then the table).
-fn check_flags(
-    dev: &ClDevice,
-    call: &MlaDecodeCall<'_>,
-    bad: &ClBuffer,
-    table: &ClBuffer,
-    seqlens: &ClBuffer,
-) -> Result<()> {
-    let bad_seqlen = dev.read_i32(bad, 0)?;
-    if bad_seqlen != NO_BAD_INDEX {
-        let at = bad_seqlen as usize;
-        return Err(Error::index_out_of_range(
-            Op::MlaDecode,
-            "cache_seqlens",
-            call.cache_seqlens.shape(),
-            at,
-            dev.read_i32(seqlens, at)? as i64,
-            format!(
-                "[0, {}] (max_blocks * block_size)",
-                call.max_blocks.saturating_mul(call.block_size)
-            ),
-        ));
-    }
-    let bad_entry = dev.read_i32(bad, 1)?;
-    if bad_entry != NO_BAD_INDEX {
-        let at = bad_entry as usize;
-        return Err(Error::index_out_of_range(
-            Op::MlaDecode,
-            "block_table",
-            call.block_table.shape(),
-            at,
-            dev.read_i32(table, at)? as i64,
-            format!("[0, {}) (num_blocks)", call.num_blocks),
-        ));
-    }
-    Ok(())
+    checks.enqueued()
 }
 
 #[cfg(test)]

@@ -1,4 +1,6 @@
-//! Argument marshalling and launches, one file per op.
+//! Argument marshalling and launches, one file per op. Ops only enqueue: outputs come from
+//! the caller (allocated ones or caller tensors, `_into`), and index arguments are checked
+//! through [`crate::flags`] (`dev.index_checks(op)`), reported at the next synchronize.
 
 pub mod mla_decode;
 pub mod moe_experts;
@@ -6,9 +8,6 @@ pub mod moe_route;
 
 use crate::device::ClDevice;
 use moemla_core::{DType, Error, Op, Result, Shape};
-
-/// Flag value meaning "no bad index" (kernels atomic-min the first bad linear index in).
-pub const NO_BAD_INDEX: i32 = i32::MAX;
 
 /// The largest size a kernel takes as an `int`: `INT_MAX` less room for one stride, since
 /// kernel loops step one work-group or tile past their bound before they stop.
@@ -73,13 +72,17 @@ pub fn need_local(dev: &ClDevice, op: Op, what: &str, bytes: usize) -> Result<()
     })
 }
 
-/// A buffer of `n` flags set to [`NO_BAD_INDEX`].
-pub fn flags(dev: &ClDevice, n: usize) -> Result<crate::ClBuffer> {
-    dev.alloc_filled(
-        "error flags",
-        byte_len(&[n], DType::I32)?,
-        NO_BAD_INDEX as u32,
-    )
+/// Fails with a device error unless the output buffer `arg` holds `bytes` (a caller's
+/// buffer the tensor's shape checks already sized; never written past its end).
+pub fn need_len(op: Op, arg: &str, buf: &crate::ClBuffer, bytes: usize) -> Result<()> {
+    if buf.len() >= bytes {
+        return Ok(());
+    }
+    Err(Error::Device {
+        backend: crate::NAME.to_string(),
+        call: op.name().to_string(),
+        message: format!("`{arg}` has {} bytes, the op writes {bytes}", buf.len()),
+    })
 }
 
 #[cfg(test)]

@@ -3,18 +3,18 @@
 //! are not computed; nothing is sized by E in local memory.
 
 use crate::device::{Arg, ClDevice, Module};
-use crate::ops::NO_BAD_INDEX;
-use crate::ops::{byte_len, flags, int, int_product, need_local, need_work_group, pow2_at_most};
+use crate::ops::{byte_len, int, int_product, need_len, need_local, need_work_group, pow2_at_most};
 use crate::ClBuffer;
 use moemla_core::calls::MoeExpertsCall;
-use moemla_core::{DType, Error, Op, Result};
+use moemla_core::{DType, Op, Result};
 
 /// Rows per GEMM block and columns per GEMM tile (`TILE` in the kernel source).
 const TILE: usize = 16;
 
-/// Runs the experts; returns `y` [T, H] in the run dtype. Ids outside [-1, E) are
-/// reported as the contract's `IndexOutOfRange` (first bad element, row-major).
-pub fn run(dev: &ClDevice, backend: &str, call: &MoeExpertsCall<'_>) -> Result<ClBuffer> {
+/// Enqueues the experts into `y` [T, H] (run dtype), whose every element the kernels write.
+/// Ids outside [-1, E) are reported as the contract's `IndexOutOfRange` (first bad element,
+/// row-major) by the next synchronize or download.
+pub fn run(dev: &ClDevice, backend: &str, call: &MoeExpertsCall<'_>, y: &ClBuffer) -> Result<()> {
     let (t, h, i, e, k) = (
         call.tokens,
         call.hidden,
@@ -51,7 +51,7 @@ pub fn run(dev: &ClDevice, backend: &str, call: &MoeExpertsCall<'_>) -> Result<C
     let ls = pow2_at_most(256, dev.facts.max_work_group);
     need_local(dev, op, "the expert offsets scan", ls * 4)?;
 
-    let bad = flags(dev, 1)?;
+    need_len(op, "y", y, byte_len(&[t, h], call.dtype)?)?;
     let counts = dev.alloc_zeroed("moe_experts counts", byte_len(&[e], DType::I32)?)?;
     let block_expert = dev.alloc_filled(
         "moe_experts blocks",
@@ -66,8 +66,9 @@ pub fn run(dev: &ClDevice, backend: &str, call: &MoeExpertsCall<'_>) -> Result<C
         "moe_experts down projections",
         byte_len(&[rows, h], DType::F32)?,
     )?;
-    let y = dev.alloc_zeroed("moe_experts y", byte_len(&[t, h], call.dtype)?)?;
     let program = dev.program(Module::MoeExperts, call.dtype)?;
+    let mut checks = dev.index_checks(op)?;
+    let ids_flag = checks.flag("topk_ids", call.topk_ids, format!("[-1, {e})"))?;
 
     let per_pair = [pairs.div_ceil(ls) * ls];
     let count = [
@@ -75,7 +76,8 @@ pub fn run(dev: &ClDevice, backend: &str, call: &MoeExpertsCall<'_>) -> Result<C
         Arg::Buf(weights),
         Arg::I32(pairs32),
         Arg::I32(e32),
-        Arg::Buf(&bad),
+        Arg::Buf(ids_flag.buffer()),
+        Arg::I32(ids_flag.slot()),
         Arg::Buf(&counts),
         Arg::Buf(&pair_row),
     ];
@@ -134,7 +136,7 @@ pub fn run(dev: &ClDevice, backend: &str, call: &MoeExpertsCall<'_>) -> Result<C
         Arg::Buf(&down),
         Arg::Buf(&pair_row),
         Arg::Buf(weights),
-        Arg::Buf(&y),
+        Arg::Buf(y),
         Arg::I32(h32),
         Arg::I32(k32),
     ];
@@ -146,18 +148,5 @@ pub fn run(dev: &ClDevice, backend: &str, call: &MoeExpertsCall<'_>) -> Result<C
         &[TILE, 1],
     )?;
 
-    let first_bad = dev.read_i32(&bad, 0)?;
-    if first_bad != NO_BAD_INDEX {
-        let at = usize::try_from(first_bad).unwrap_or(0);
-        let value = dev.read_i32(ids, at)?;
-        return Err(Error::index_out_of_range(
-            op,
-            "topk_ids",
-            call.topk_ids.shape(),
-            at,
-            value as i64,
-            format!("[-1, {e})"),
-        ));
-    }
-    Ok(y)
+    checks.enqueued()
 }

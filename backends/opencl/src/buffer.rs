@@ -1,0 +1,368 @@
+//! Device memory: [`ClBuffer`] (a `cl_mem` the backend owns, or one a caller owns and
+//! moemla retains) and the queue's memory commands. Everything but [`ClDevice::read`] only
+//! enqueues: uploads into existing memory go through a staging buffer the runtime copies at
+//! creation, so the host never waits for the queue.
+
+use crate::device::{host_waited, ClDevice};
+use crate::error::{cl, cl_alloc, ClCallError};
+use moemla_core::{DeviceBuffer, Error, Result};
+use opencl3::error_codes::ClError;
+use opencl3::event::Event;
+use opencl3::memory::{
+    get_mem_object_info, retain_mem_object, Buffer, ClMem, CL_MEM_CONTEXT, CL_MEM_COPY_HOST_PTR,
+    CL_MEM_OBJECT_BUFFER, CL_MEM_READ_WRITE, CL_MEM_SIZE, CL_MEM_TYPE,
+};
+use opencl3::types::{cl_event, cl_int, cl_mem, CL_BLOCKING};
+use std::any::Any;
+use std::ffi::c_void;
+use std::ptr;
+
+/// A tensor's memory on the OpenCL device.
+#[derive(Debug)]
+pub struct ClBuffer {
+    /// Our reference to the memory object (released on drop; for caller memory, the one
+    /// reference [`ClDevice::wrap`] retained).
+    mem: Buffer<u8>,
+    bytes: usize,
+}
+
+impl ClBuffer {
+    /// The size of the data in bytes (the allocation may be one byte larger when empty).
+    pub fn len(&self) -> usize {
+        self.bytes
+    }
+
+    /// Whether the buffer holds no data.
+    pub fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+
+    /// The `cl_mem` handle (valid while `self` lives).
+    pub fn raw(&self) -> cl_mem {
+        self.mem.get()
+    }
+}
+
+impl DeviceBuffer for ClBuffer {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// The error of a byte range outside a buffer (`call` is the device method).
+fn out_of_range(call: &str, what: String) -> Error {
+    Error::Device {
+        backend: crate::NAME.to_string(),
+        call: call.to_string(),
+        message: what,
+    }
+}
+
+/// Releases the event an enqueue returned (nothing waits for it), or passes on its status.
+fn enqueued(r: std::result::Result<cl_event, cl_int>) -> std::result::Result<(), ClError> {
+    drop(Event::new(r.map_err(ClError)?));
+    Ok(())
+}
+
+impl ClDevice {
+    /// Creates a buffer of `bytes` bytes (at least one is allocated), holding a copy of
+    /// `init` when given (then `bytes` is its length). A size over the device's largest
+    /// buffer, or an allocation the device refuses, is [`Error::OutOfMemory`] naming `what`.
+    fn create_buffer(&self, what: &str, bytes: usize, init: Option<&[u8]>) -> Result<Buffer<u8>> {
+        let size = bytes.max(1);
+        if u64::try_from(size).map_or(true, |s| s > self.facts.max_alloc) {
+            return Err(Error::OutOfMemory {
+                what: format!(
+                    "{} {what} (the device's largest buffer is {} bytes)",
+                    crate::NAME,
+                    self.facts.max_alloc
+                ),
+                bytes,
+            });
+        }
+        let (flags, host) = match init {
+            Some(data) if !data.is_empty() => (
+                CL_MEM_READ_WRITE | CL_MEM_COPY_HOST_PTR,
+                data.as_ptr() as *mut c_void,
+            ),
+            _ => (CL_MEM_READ_WRITE, ptr::null_mut()),
+        };
+        // SAFETY: `host` is null, or (CL_MEM_COPY_HOST_PTR) points to `init`, a live slice of
+        // exactly `size` bytes that OpenCL copies during the call and does not keep.
+        unsafe { Buffer::<u8>::create(&self.context, flags, size, host) }.map_err(cl_alloc(
+            "clCreateBuffer",
+            what,
+            bytes,
+        ))
+    }
+
+    /// A device buffer holding `data`, for `what` (at least one byte is allocated).
+    pub fn upload(&self, what: &str, data: &[u8]) -> Result<ClBuffer> {
+        if data.is_empty() {
+            return self.alloc_zeroed(what, 0);
+        }
+        let mem = self.create_buffer(what, data.len(), Some(data))?;
+        Ok(ClBuffer {
+            mem,
+            bytes: data.len(),
+        })
+    }
+
+    /// A device buffer of `bytes` bytes for `what`, with undefined contents (for buffers the
+    /// kernels write before anything reads them: outputs and workspaces).
+    pub fn alloc_workspace(&self, what: &str, bytes: usize) -> Result<ClBuffer> {
+        let mem = self.create_buffer(what, bytes, None)?;
+        Ok(ClBuffer { mem, bytes })
+    }
+
+    /// A zero-filled device buffer of `bytes` bytes for `what` (at least one is allocated).
+    pub fn alloc_zeroed(&self, what: &str, bytes: usize) -> Result<ClBuffer> {
+        self.alloc_filled(what, bytes, 0)
+    }
+
+    /// A device buffer of `bytes` bytes (a multiple of 4) for `what`, every 32-bit word
+    /// `value` (the fill is enqueued).
+    pub fn alloc_filled(&self, what: &str, bytes: usize, value: u32) -> Result<ClBuffer> {
+        let buf = self.alloc_workspace(what, bytes)?;
+        let size = bytes.max(1);
+        let word = value.to_le_bytes();
+        // The fill pattern must divide the size: whole words, or bytes when they are equal.
+        let pattern: &[u8] = if size.is_multiple_of(4) {
+            &word
+        } else if word.iter().all(|&b| b == word[0]) {
+            &word[..1]
+        } else {
+            return Err(out_of_range(
+                "fill",
+                format!("{bytes} bytes for {what} are not whole 32-bit words"),
+            ));
+        };
+        // SAFETY: the fill covers exactly the allocation; the pattern is copied at enqueue
+        // time.
+        let r = unsafe {
+            cl3::command_queue::enqueue_fill_buffer(
+                self.queue.get(),
+                buf.raw(),
+                pattern.as_ptr().cast(),
+                pattern.len(),
+                0,
+                size,
+                0,
+                ptr::null(),
+            )
+        };
+        enqueued(r).map_err(cl_alloc("clEnqueueFillBuffer", what, bytes))?;
+        Ok(buf)
+    }
+
+    /// Enqueues a fill of bytes `[offset, offset + len)` of `buf` with the 32-bit `word`
+    /// (offset and length multiples of 4, within the buffer).
+    pub fn fill_words(&self, buf: &ClBuffer, offset: usize, len: usize, word: u32) -> Result<()> {
+        if offset.checked_add(len).is_none_or(|end| end > buf.bytes)
+            || !offset.is_multiple_of(4)
+            || !len.is_multiple_of(4)
+        {
+            return Err(out_of_range(
+                "fill",
+                format!("{len} bytes at {offset} of a {}-byte buffer", buf.bytes),
+            ));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let pattern = word.to_le_bytes();
+        // SAFETY: the range is within the buffer (checked above); the pattern is copied at
+        // enqueue time.
+        let r = unsafe {
+            cl3::command_queue::enqueue_fill_buffer(
+                self.queue.get(),
+                buf.raw(),
+                pattern.as_ptr().cast(),
+                4,
+                offset,
+                len,
+                0,
+                ptr::null(),
+            )
+        };
+        enqueued(r).map_err(cl("clEnqueueFillBuffer"))
+    }
+
+    /// Reads `out.len()` bytes at byte `offset` of `buf`: waits for all queued work.
+    pub fn read(&self, buf: &ClBuffer, offset: usize, out: &mut [u8]) -> Result<()> {
+        if out.is_empty() {
+            return self.finish();
+        }
+        if offset
+            .checked_add(out.len())
+            .is_none_or(|end| end > buf.bytes)
+        {
+            return Err(out_of_range(
+                "read",
+                format!(
+                    "{} bytes at {offset} of a {}-byte buffer",
+                    out.len(),
+                    buf.bytes
+                ),
+            ));
+        }
+        host_waited();
+        // SAFETY: blocking read into a live slice, within the buffer (checked above).
+        unsafe {
+            self.queue
+                .enqueue_read_buffer(&buf.mem, CL_BLOCKING, offset, out, &[])
+        }
+        .map_err(cl("clEnqueueReadBuffer"))?;
+        Ok(())
+    }
+
+    /// Enqueues a write of `data` into `dst` at byte `offset`, without waiting: `data` is
+    /// copied into a staging buffer at once, and the device copies that into place after
+    /// the work already queued.
+    pub fn write(&self, dst: &ClBuffer, offset: usize, data: &[u8]) -> Result<()> {
+        if offset
+            .checked_add(data.len())
+            .is_none_or(|end| end > dst.bytes)
+        {
+            return Err(out_of_range(
+                "write",
+                format!(
+                    "{} bytes at {offset} of a {}-byte buffer",
+                    data.len(),
+                    dst.bytes
+                ),
+            ));
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        let staging = self.upload("write staging", data)?;
+        // The staging buffer is released when this returns; OpenCL keeps it until the copy
+        // has run.
+        self.copy(&staging, 0, dst, offset, data.len())
+    }
+
+    /// Enqueues a device copy of `len` bytes from byte `src_at` of `src` to byte `dst_at`
+    /// of `dst`. Overlapping ranges of one memory object go through a temporary buffer.
+    pub fn copy(
+        &self,
+        src: &ClBuffer,
+        src_at: usize,
+        dst: &ClBuffer,
+        dst_at: usize,
+        len: usize,
+    ) -> Result<()> {
+        for (buf, at, which) in [(src, src_at, "source"), (dst, dst_at, "destination")] {
+            if at.checked_add(len).is_none_or(|end| end > buf.bytes) {
+                return Err(out_of_range(
+                    "copy",
+                    format!("{len} bytes at {at} of a {}-byte {which} buffer", buf.bytes),
+                ));
+            }
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let overlap = src.raw() == dst.raw() && src_at < dst_at + len && dst_at < src_at + len;
+        if overlap {
+            let temp = self.alloc_workspace("copy temporary", len)?;
+            self.copy(src, src_at, &temp, 0, len)?;
+            return self.copy(&temp, 0, dst, dst_at, len);
+        }
+        // SAFETY: both memory objects are live for the call (the queue keeps its own
+        // references until the copy runs); the ranges are within them (checked above) and
+        // do not overlap.
+        let r = unsafe {
+            cl3::command_queue::enqueue_copy_buffer(
+                self.queue.get(),
+                src.raw(),
+                dst.raw(),
+                src_at,
+                dst_at,
+                len,
+                0,
+                ptr::null(),
+            )
+        };
+        enqueued(r).map_err(cl("clEnqueueCopyBuffer"))
+    }
+
+    /// A buffer over `mem`, a memory object the caller owns, for a tensor of `bytes` bytes.
+    /// moemla retains `mem` and releases that reference when the buffer is dropped; the
+    /// caller keeps (and eventually releases) its own. Fails when `mem` is null, not a
+    /// buffer of this backend's context, or smaller than `bytes`.
+    ///
+    /// # Safety
+    ///
+    /// `mem` is null or a valid `cl_mem` handle (the rest of `DeviceTensor::from_raw`'s
+    /// contract is the caller's to keep while the tensor is used).
+    pub unsafe fn wrap(&self, mem: cl_mem, bytes: usize) -> Result<ClBuffer> {
+        let refuse = |why: String| Error::Tensor(format!("opencl wrap_raw: {why}"));
+        if mem.is_null() {
+            return Err(refuse("the cl_mem is null".into()));
+        }
+        let info = |param| {
+            get_mem_object_info(mem, param)
+                .map_err(|s| Error::from(ClCallError::new("clGetMemObjectInfo", ClError(s))))
+        };
+        let kind: u32 = info(CL_MEM_TYPE)?.into();
+        if kind != CL_MEM_OBJECT_BUFFER {
+            return Err(refuse(format!(
+                "the cl_mem is not a buffer (type {kind:#x})"
+            )));
+        }
+        let context: isize = info(CL_MEM_CONTEXT)?.into();
+        if context as usize != self.context.get() as usize {
+            return Err(refuse(
+                "the buffer belongs to another OpenCL context (use the backend's: one per \
+                 process)"
+                    .into(),
+            ));
+        }
+        let size: usize = info(CL_MEM_SIZE)?.into();
+        if size < bytes {
+            return Err(refuse(format!(
+                "the buffer has {size} bytes, the tensor needs {bytes}"
+            )));
+        }
+        // SAFETY: `mem` is a valid buffer (queried above); the reference taken here is the
+        // one `Buffer` releases on drop.
+        unsafe { retain_mem_object(mem) }
+            .map_err(|s| Error::from(ClCallError::new("clRetainMemObject", ClError(s))))?;
+        Ok(ClBuffer {
+            mem: Buffer::new(mem),
+            bytes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_beyond_the_device_are_out_of_memory() {
+        let Ok(backend) = crate::shared() else { return };
+        let dev = backend.device();
+        let bytes = usize::try_from(dev.facts.max_alloc).unwrap() + 1;
+        for result in [
+            dev.alloc_zeroed("test", bytes),
+            dev.alloc_workspace("test", bytes),
+        ] {
+            match result {
+                Err(Error::OutOfMemory { what, bytes: b }) => {
+                    assert_eq!(b, bytes);
+                    assert!(
+                        what.starts_with("opencl test (the device's largest"),
+                        "{what}"
+                    );
+                }
+                other => panic!("expected OutOfMemory, got {:?}", other.map(|_| ())),
+            }
+        }
+        // Reads past the end are refused, also when offset + length overflows.
+        let buf = dev.alloc_zeroed("test", 8).unwrap();
+        assert!(dev.read(&buf, 8, &mut [0u8; 1]).is_err());
+        assert!(dev.read(&buf, usize::MAX, &mut [0u8; 2]).is_err());
+    }
+}

@@ -1,0 +1,378 @@
+//! Index errors found on the device, reported at the next synchronize or download.
+//!
+//! The rule (docs/ops.md, "When index errors are reported"): an op that checks index
+//! contents on the device only enqueues; its kernels record the first bad row-major position
+//! of each checked argument in a flag slot of the backend's [`FlagArea`]; the next
+//! `synchronize` or `download` reads the slots of every op enqueued since the last check,
+//! reports the first error in enqueue order (each op's checks in the order it registered
+//! them) as the contract's `IndexOutOfRange`, and resets them. Kernels never use a bad index,
+//! so nothing is read out of bounds.
+//!
+//! A slot is two device `int`s (OpenCL C 1.2 guarantees 32-bit atomics only): word 0 is
+//! `INT_MAX` while clean and takes the first bad position by `atomic_min`
+//! (`flag_bad_index(flags, slot, position)` in kernels/opencl/common.cl); word 1 takes the
+//! value found there, copied by `flag_capture` (kernels/opencl/flags.cl), which
+//! [`IndexChecks::enqueued`] queues after the op's kernels. The queue is in order, so that is
+//! the value the op read, even if the caller rewrites the tensor before the check.
+//!
+//! An op with index arguments:
+//!
+//! ```ignore
+//! let program = dev.program(Module::X, dtype)?; // before the checks: builds are slow
+//! let mut checks = dev.index_checks(Op::X)?;     // holds the flag area until `enqueued`
+//! let ids = checks.flag("topk_ids", call.topk_ids, format!("[-1, {e})"))?;
+//! dev.launch(&program, "k", &[/* .. */ Arg::Buf(ids.buffer()), Arg::I32(ids.slot())], ..)?;
+//! checks.enqueued()?;                            // after the op's last launch
+//! ```
+//!
+//! with the kernel taking `volatile __global int *flags, int flag_slot` and calling
+//! `flag_bad_index(flags, flag_slot, position)` for a bad index it then does not use.
+
+use crate::buffer::ClBuffer;
+use crate::device::{Arg, ClDevice, Module};
+use moemla_core::{DType, DeviceTensor, Error, Op, Result, Shape};
+use std::sync::{Arc, MutexGuard};
+
+/// Word 0 of a clean slot (kernels `atomic_min` the first bad position into it).
+pub const CLEAN: i32 = i32::MAX;
+
+/// Bytes of one slot: the position word and the value word.
+const SLOT_BYTES: usize = 8;
+
+/// Slots per buffer of the flag area (4 KiB).
+const CHUNK_SLOTS: usize = 512;
+
+/// One registered check: which op and argument, how to word its error, and its slot.
+struct Check {
+    op: Op,
+    arg: &'static str,
+    shape: Shape,
+    valid: String,
+    chunk: usize,
+    slot: usize,
+}
+
+impl Check {
+    /// The contract's error for a slot holding `(position, value)`, `None` when clean. A
+    /// position outside the tensor (a kernel bug) is a device error, never a read.
+    fn error(&self, position: i32, value: i32) -> Option<Error> {
+        if position == CLEAN {
+            return None;
+        }
+        let count = self.shape.elem_count();
+        match usize::try_from(position) {
+            Ok(at) if at < count => Some(Error::index_out_of_range(
+                self.op,
+                self.arg,
+                &self.shape,
+                at,
+                i64::from(value),
+                self.valid.clone(),
+            )),
+            _ => Some(Error::Device {
+                backend: crate::NAME.to_string(),
+                call: format!("{} error flag", self.op),
+                message: format!(
+                    "the flag names position {position} of `{}`, which has {count} elements",
+                    self.arg
+                ),
+            }),
+        }
+    }
+}
+
+/// A buffer of slots and how many are in use.
+struct Chunk {
+    buffer: Arc<ClBuffer>,
+    used: usize,
+}
+
+/// The backend's flag slots and the checks awaiting the next synchronize or download.
+#[derive(Default)]
+pub struct FlagArea {
+    chunks: Vec<Chunk>,
+    current: usize,
+    pending: Vec<Check>,
+}
+
+/// A clean flag slot for one index argument: pass [`FlagSlot::buffer`] and
+/// [`FlagSlot::slot`] to the kernels that check it.
+pub struct FlagSlot {
+    buffer: Arc<ClBuffer>,
+    slot: i32,
+}
+
+impl FlagSlot {
+    /// The flag buffer (the kernel's `volatile __global int *flags`).
+    pub fn buffer(&self) -> &ClBuffer {
+        &self.buffer
+    }
+
+    /// The slot in it (the kernel's `int flag_slot`).
+    pub fn slot(&self) -> i32 {
+        self.slot
+    }
+}
+
+/// The index checks of one op call. Holds the backend's flag area from before the op's
+/// first launch until [`IndexChecks::enqueued`], so a concurrent synchronize cannot read (and
+/// reset) the slots while the op is half enqueued.
+pub struct IndexChecks<'a> {
+    dev: &'a ClDevice,
+    area: MutexGuard<'a, FlagArea>,
+    op: Op,
+    capture: Arc<opencl3::program::Program>,
+    checks: Vec<(Check, &'a ClBuffer, i32)>,
+}
+
+impl ClDevice {
+    /// Starts the index checks of one `op` call (see the module docs).
+    pub fn index_checks(&self, op: Op) -> Result<IndexChecks<'_>> {
+        let capture = self.program(Module::Flags, DType::F32)?;
+        Ok(IndexChecks {
+            dev: self,
+            area: self.flags.lock().unwrap_or_else(|p| p.into_inner()),
+            op,
+            capture,
+            checks: Vec::new(),
+        })
+    }
+
+    /// Reports the first index error of the ops enqueued since the last check (waiting for
+    /// them), once: the slots are reset. `Ok` when there is none or nothing is pending (then
+    /// it does not wait).
+    pub fn take_index_error(&self) -> Result<()> {
+        let mut area = self.flags.lock().unwrap_or_else(|p| p.into_inner());
+        if area.pending.is_empty() {
+            return Ok(());
+        }
+        let mut words = Vec::with_capacity(area.chunks.len());
+        for chunk in &area.chunks {
+            let mut bytes = vec![0u8; chunk.used * SLOT_BYTES];
+            // A blocking read: after everything queued before it, so after every op's
+            // kernels and captures.
+            self.read(&chunk.buffer, 0, &mut bytes)?;
+            words.push(
+                bytes
+                    .chunks_exact(4)
+                    .map(|w| i32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+                    .collect::<Vec<i32>>(),
+            );
+        }
+        let first = area.pending.iter().find_map(|c| {
+            let w = &words[c.chunk];
+            c.error(w[2 * c.slot], w[2 * c.slot + 1])
+        });
+        for chunk in &mut area.chunks {
+            self.fill_words(&chunk.buffer, 0, chunk.used * SLOT_BYTES, CLEAN as u32)?;
+            chunk.used = 0;
+        }
+        area.current = 0;
+        area.pending.clear();
+        first.map_or(Ok(()), Err)
+    }
+}
+
+impl<'a> IndexChecks<'a> {
+    /// Reserves a clean flag slot for the index argument `arg` (the tensor `index`, an I32
+    /// tensor of this backend), whose error names the valid range `valid` (worded as
+    /// `moemla_core::indices` does, e.g. `[-1, 64)`). Register checks in the order their
+    /// errors take precedence.
+    pub fn flag(
+        &mut self,
+        arg: &'static str,
+        index: &'a DeviceTensor,
+        valid: String,
+    ) -> Result<FlagSlot> {
+        let buf = index.buffer::<ClBuffer>(crate::NAME, self.op.name(), arg)?;
+        let len = crate::ops::int(self.op, arg, index.elem_count())?;
+        let area = &mut *self.area;
+        while area
+            .chunks
+            .get(area.current)
+            .is_some_and(|c| c.used == CHUNK_SLOTS)
+        {
+            area.current += 1;
+        }
+        if area.current == area.chunks.len() {
+            let buffer = self.dev.alloc_filled(
+                "index error flags",
+                CHUNK_SLOTS * SLOT_BYTES,
+                CLEAN as u32,
+            )?;
+            area.chunks.push(Chunk {
+                buffer: Arc::new(buffer),
+                used: 0,
+            });
+        }
+        let chunk = &mut area.chunks[area.current];
+        let slot = chunk.used;
+        chunk.used += 1;
+        let flag = FlagSlot {
+            buffer: chunk.buffer.clone(),
+            slot: slot as i32, // < CHUNK_SLOTS
+        };
+        let check = Check {
+            op: self.op,
+            arg,
+            shape: index.shape().clone(),
+            valid,
+            chunk: area.current,
+            slot,
+        };
+        self.checks.push((check, buf, len));
+        Ok(flag)
+    }
+
+    /// After the op's last launch: queues the value capture of every flagged slot and
+    /// records the checks for the next synchronize or download. Never waits. (An op that
+    /// fails before this leaves its slots unreported; they are reset with the others.)
+    pub fn enqueued(mut self) -> Result<()> {
+        for (check, index, len) in std::mem::take(&mut self.checks) {
+            let flags = self.area.chunks[check.chunk].buffer.clone();
+            let args = [
+                Arg::Buf(&flags),
+                Arg::I32(check.slot as i32),
+                Arg::Buf(index),
+                Arg::I32(len),
+            ];
+            self.dev
+                .launch(&self.capture, "flag_capture", &args, &[1], &[1])?;
+            self.area.pending.push(check);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::host_waits;
+    use moemla_core::{ops, Backend, ExpertsParams, HostTensor, MlaDecodeParams};
+
+    fn check() -> Check {
+        Check {
+            op: Op::MoeExperts,
+            arg: "topk_ids",
+            shape: Shape::new(vec![3, 4]),
+            valid: "[-1, 8)".into(),
+            chunk: 0,
+            slot: 0,
+        }
+    }
+
+    #[test]
+    fn a_slot_names_the_position_and_the_value_found_there() {
+        assert_eq!(check().error(CLEAN, 123), None);
+        assert_eq!(
+            check().error(6, -5),
+            Some(Error::IndexOutOfRange {
+                op: Op::MoeExperts,
+                arg: "topk_ids",
+                index: vec![1, 2],
+                value: -5,
+                valid: "[-1, 8)".into(),
+            })
+        );
+    }
+
+    #[test]
+    fn a_position_outside_the_tensor_is_a_device_error() {
+        for position in [12, -1, i32::MAX - 1] {
+            match check().error(position, 0) {
+                Some(Error::Device {
+                    backend, message, ..
+                }) => {
+                    assert_eq!(backend, "opencl");
+                    assert!(
+                        message
+                            .contains(&format!("position {position} of `topk_ids`, which has 12")),
+                        "{message}"
+                    );
+                }
+                other => panic!("expected a device error, got {other:?}"),
+            }
+        }
+    }
+
+    fn up_f32(be: &dyn Backend, dims: &[usize], v: &[f32]) -> DeviceTensor {
+        be.upload(&HostTensor::from_slice(dims, v).unwrap())
+            .unwrap()
+    }
+
+    fn up_i32(be: &dyn Backend, dims: &[usize], v: &[i32]) -> DeviceTensor {
+        be.upload(&HostTensor::from_slice(dims, v).unwrap())
+            .unwrap()
+    }
+
+    /// Ops with bad indices return `Ok` without waiting for the queue or reading back; the
+    /// first error in enqueue order comes with the next download, with the value the op
+    /// read (the caller rewrote the tensor since), once.
+    #[test]
+    fn ops_only_enqueue_and_the_next_download_reports_the_first_index_error() {
+        let Ok(backend) = crate::shared() else { return };
+        let be: &dyn Backend = &*backend;
+        let (t, h, i, e, k) = (2, 4, 2, 4, 2);
+        let x = up_f32(be, &[t, h], &[0.5; 8]);
+        let w13 = up_f32(be, &[e, 2 * i, h], &[0.25; 64]);
+        let w2 = up_f32(be, &[e, h, i], &[0.25; 32]);
+        let w = up_f32(be, &[t, k], &[1.0; 4]);
+        let ids = up_i32(be, &[t, k], &[0, 1, 9, -3]);
+        let p = ExpertsParams::default();
+        // mla_decode with a seqlen above the capacity (2 blocks of 4).
+        let q = up_f32(be, &[1, 1, 1, 8], &[0.1; 8]);
+        let kv = up_f32(be, &[2, 4, 1, 8], &[0.2; 64]);
+        let table = up_i32(be, &[1, 2], &[1, 0]);
+        let lens = up_i32(be, &[1], &[9]);
+        let mp = MlaDecodeParams {
+            softmax_scale: 0.5,
+            causal: false,
+            head_dim_v: 4,
+            kv_format: Default::default(),
+        };
+        // Build the programs first (a build is no wait, but keep the count to the ops).
+        ops::moe_experts(be, &x, &w13, &w2, &up_i32(be, &[t, k], &[0; 4]), &w, &p).unwrap();
+        be.synchronize().unwrap();
+
+        let before = host_waits();
+        let y = ops::moe_experts(be, &x, &w13, &w2, &ids, &w, &p).unwrap();
+        let out = ops::mla_decode(be, &q, &kv, &table, &lens, &mp).unwrap();
+        be.upload_into(&HostTensor::from_slice([2], &[0i32, 0]).unwrap(), &ids, 2)
+            .unwrap();
+        assert_eq!(
+            host_waits(),
+            before,
+            "an op or upload_into waited for the queue"
+        );
+
+        let want = Error::IndexOutOfRange {
+            op: Op::MoeExperts,
+            arg: "topk_ids",
+            index: vec![1, 0],
+            value: 9,
+            valid: "[-1, 4)".into(),
+        };
+        assert_eq!(be.download(&out.o).map(|_| ()), Err(want));
+        assert!(host_waits() > before);
+        // Reported once: the decode's error went with it, and y is readable now.
+        be.synchronize().unwrap();
+        assert_eq!(be.download(&y).unwrap().dims(), &[t, h]);
+
+        // The decode alone reports its own error at the next synchronize.
+        ops::mla_decode(be, &q, &kv, &table, &lens, &mp).unwrap();
+        let err = be.synchronize().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::IndexOutOfRange {
+                    op: Op::MlaDecode,
+                    arg: "cache_seqlens",
+                    value: 9,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        be.synchronize().unwrap();
+    }
+}
