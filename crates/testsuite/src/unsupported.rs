@@ -4,7 +4,7 @@
 //! reason, and a property case that met one as rejected (proptest draws another input).
 //! Such expected panics are kept out of the output by [`quiet_panics_after_unsupported`].
 
-use moemla_core::calls::{
+use moemla_core::vendor::calls::{
     MlaDecodeCall, MlaDecodeOutput, MoeExpertsCall, MoeRouteCall, MoeRouteOutput,
 };
 use moemla_core::{Backend, BackendInfo, DType, DeviceTensor, Error, HostTensor, Result, Shape};

@@ -2,7 +2,7 @@
 //! pass every test. This checks the suite's plumbing, generators, tolerances and error
 //! expectations (not any real backend, which the backend crates instantiate).
 
-use moemla_core::calls::{MlaDecodeCall, MoeExpertsCall, MoeRouteCall};
+use moemla_core::vendor::calls::{MlaDecodeCall, MoeExpertsCall, MoeRouteCall};
 use moemla_core::{
     indices, Backend, BackendInfo, DType, DeviceBuffer, DeviceTensor, HostTensor, MlaDecodeOutput,
     MoeRouteOutput, OpSupport, Result, Shape, Verification, VerificationKind,

@@ -3,7 +3,7 @@
 //! The backend here refuses moe_experts and mla_decode and routes every token to expert 0
 //! with weight 0 (wrong).
 
-use moemla_core::calls::{MlaDecodeCall, MoeExpertsCall, MoeRouteCall};
+use moemla_core::vendor::calls::{MlaDecodeCall, MoeExpertsCall, MoeRouteCall};
 use moemla_core::{
     Backend, BackendInfo, DType, DeviceBuffer, DeviceTensor, Error, HostTensor, MlaDecodeOutput,
     MoeRouteOutput, Op, OpSupport, Result, Shape, Verification, VerificationKind,

@@ -2,7 +2,7 @@
 //! tests choose, and on this build's real backends.
 
 use super::*;
-use moemla_core::calls::{MlaDecodeCall, MoeExpertsCall, MoeRouteCall};
+use moemla_core::vendor::calls::{MlaDecodeCall, MoeExpertsCall, MoeRouteCall};
 use moemla_core::{
     BackendInfo, DType, DeviceTensor, HostTensor, MlaDecodeOutput, MoeRouteOutput, Shape,
     VerificationKind,

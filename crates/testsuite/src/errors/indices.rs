@@ -1,6 +1,6 @@
 //! Index contents, checked by the backend (on GPUs: the kernels' error flag): the first bad
 //! element in row-major order is reported with its position, value and valid range (the
-//! same `valid` strings as `moemla_core::indices`). After an error the backend must still
+//! same `valid` strings as `moemla_core::vendor::indices`). After an error the backend must still
 //! compute correctly.
 
 use crate::cases::experts::{run_experts, ExpertsData, ExpertsDims};

@@ -6,7 +6,8 @@ pub mod indices;
 pub mod mla;
 pub mod route;
 
-use moemla_core::{DType, DeviceBuffer, DeviceTensor, Error, Op, Result};
+use moemla_core::vendor::DeviceBuffer;
+use moemla_core::{DType, DeviceTensor, Error, Op, Result};
 use std::any::Any;
 use std::fmt::Debug;
 use std::sync::Arc;
