@@ -95,8 +95,62 @@ impl std::error::Error for CaseError {}
 /// A case file as loaded: the case, or why it is malformed.
 pub type CaseFile = Result<Case, CaseError>;
 
+/// The golden root a path lies in and the path's place in it (`/`-separated, ending in
+/// `/` unless empty): a path at or below a folder named after an op (`moe_route`) belongs
+/// to the root above the last such folder, so pointing at a subfolder keeps the IDs the
+/// whole set gives its cases. Any other path is a root itself.
+pub fn golden_root(path: &Path) -> (PathBuf, String) {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let parts: Vec<&std::ffi::OsStr> = abs.iter().collect();
+    let at = parts
+        .iter()
+        .rposition(|p| p.to_str().is_some_and(|p| Op::from_name(p).is_some()));
+    match at {
+        Some(at) if at > 0 => {
+            let root: PathBuf = parts[..at].iter().collect();
+            let rel: String = (parts[at..].iter())
+                .map(|p| format!("{}/", p.to_string_lossy()))
+                .collect();
+            (root, rel)
+        }
+        _ => (path.to_path_buf(), String::new()),
+    }
+}
+
+/// Loads the cases of several golden roots (directories or case files, as
+/// [`load_cases`]). With more than one, each case ID gets its root's name as a prefix,
+/// `<name>:<path in the root>`: the root folder's own name (`golden`), with `#2`, `#3`
+/// appended to repeats.
+pub fn load_roots<P: AsRef<Path>>(roots: &[P]) -> Vec<CaseFile> {
+    if roots.len() <= 1 {
+        return load_cases(roots);
+    }
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut out = Vec::new();
+    for root in roots {
+        let (base, _) = golden_root(root.as_ref());
+        let base = std::path::absolute(&base).unwrap_or(base);
+        let name = base.file_name().map_or_else(
+            || "golden".to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let n = seen.entry(name.clone()).or_default();
+        *n += 1;
+        let name = if *n == 1 { name } else { format!("{name}#{n}") };
+        for mut file in load_cases(&[root]) {
+            match &mut file {
+                Ok(case) => case.name = format!("{name}:{}", case.name),
+                Err(err) => err.name = format!("{name}:{}", err.name),
+            }
+            out.push(file);
+        }
+    }
+    out
+}
+
 /// Loads every `.safetensors` file under each of `dirs`, recursively, sorted by relative
 /// path within each directory. A path that is not a directory is loaded as a single case.
+/// Each case's name (its ID) is its path relative to its golden root ([`golden_root`]).
 ///
 /// Never fails as a whole and never panics: a missing directory, a directory without any
 /// case, and each malformed file (including one whose loading panicked) come back as an
@@ -125,12 +179,21 @@ pub fn load_cases<P: AsRef<Path>>(dirs: &[P]) -> Vec<CaseFile> {
             // A file, or something that is neither: `load_case` says which.
             _ => {
                 let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
-                cases.push(load_guarded(dir, &name.unwrap_or_default()));
+                let parent = dir.parent().map_or((PathBuf::new(), String::new()), |p| {
+                    if p.as_os_str().is_empty() {
+                        golden_root(Path::new("."))
+                    } else {
+                        golden_root(p)
+                    }
+                });
+                let name = format!("{}{}", parent.1, name.unwrap_or_default());
+                cases.push(load_guarded(dir, &name));
                 continue;
             }
         }
         let mut found = Vec::new();
-        if let Err(err) = walk(dir, "", &mut found) {
+        let (_, prefix) = golden_root(dir);
+        if let Err(err) = walk(dir, &prefix, &mut found) {
             cases.push(Err(dir_error(format!("cannot list: {err}"))));
             continue;
         }

@@ -50,6 +50,11 @@ pub struct Comparison {
     pub max_abs: Option<f64>,
     /// Largest `|got - exp| / |exp|` (`None` for exact comparisons).
     pub max_rel: Option<f64>,
+    /// The exact worst ratio `|got - exp| / (atol + rtol * |exp|)` over the compared
+    /// elements (below 1 when every element passes; 0 for an exact match). Exact
+    /// comparisons (ids, bytes) are 0 when they match and infinite (`null` in JSON) when
+    /// they do not.
+    pub worst_ratio: f64,
     /// Index of the worst element: the largest error relative to its allowance, or for ids
     /// the first failing row (`None` if there is nothing to point at).
     pub worst_index: Option<Vec<usize>>,
@@ -76,6 +81,7 @@ impl Acc {
                 failed: 0,
                 max_abs: Some(0.0),
                 max_rel: Some(0.0),
+                worst_ratio: 0.0,
                 worst_index: None,
                 first_failure: None,
                 worst_failure: None,
@@ -108,6 +114,7 @@ impl Acc {
         let worse = ratio > self.worst_ratio;
         if worse {
             self.worst_ratio = ratio;
+            c.worst_ratio = ratio;
             c.worst_index = Some(index.clone());
         }
         if pass {
@@ -178,6 +185,7 @@ pub fn compare_bytes(output: &str, shape: &Shape, got: &[u8], expected: &[u8]) -
         failed: 0,
         max_abs: None,
         max_rel: None,
+        worst_ratio: 0.0,
         worst_index: None,
         first_failure: None,
         worst_failure: None,
@@ -189,6 +197,7 @@ pub fn compare_bytes(output: &str, shape: &Shape, got: &[u8], expected: &[u8]) -
             continue;
         }
         cmp.passed = false;
+        cmp.worst_ratio = f64::INFINITY;
         cmp.failed += 1;
         if cmp.first_failure.is_none() {
             let index = shape.unravel(i);
@@ -212,6 +221,7 @@ pub fn compare_bytes(output: &str, shape: &Shape, got: &[u8], expected: &[u8]) -
     }
     if got.len() != expected.len() {
         cmp.passed = false;
+        cmp.worst_ratio = f64::INFINITY;
         let extra = got.len().saturating_sub(expected.len());
         cmp.failed += extra;
         if cmp.first_failure.is_none() {
@@ -282,6 +292,7 @@ fn compare_keyed(
         failed: 0,
         max_abs: None,
         max_rel: None,
+        worst_ratio: 0.0,
         worst_index: None,
         first_failure: None,
         worst_failure: None,
@@ -302,6 +313,7 @@ fn compare_keyed(
                 detail: format!("row {t}: {detail}; got {got_row:?}, expected {exp_row:?}"),
             };
             ids.passed = false;
+            ids.worst_ratio = f64::INFINITY;
             ids.failed += 1;
             if ids.first_failure.is_none() {
                 ids.worst_index = Some(vec![t]);

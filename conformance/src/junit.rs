@@ -1,6 +1,11 @@
-//! JUnit XML: `testsuites` > one `testsuite` per backend > one `testcase` per case, with
-//! `failure` and `skipped` elements, as CI systems display natively. A mistrusted cell is
-//! `skipped` with a message starting `mistrusted: `.
+//! JUnit XML: `testsuites` > one `testsuite` per backend > one `testcase` per case, as CI
+//! systems display natively, valid against Jenkins' xUnit `junit-10.xsd`
+//! (`conformance/schema/junit-10.xsd`). A failing case has a `failure`, a malformed case
+//! file an `error`, a skipped cell (unsupported, backend unavailable) a `skipped` with the
+//! reason; a mistrusted cell is `skipped` with a message starting `mistrusted: `. A
+//! required backend that is unavailable or skipped cases has a failing
+//! [`crate::REQUIRED_CASE`] testcase ([`crate::Report::finish`]). Each suite carries the
+//! run's timestamp and host name, and the backend's device as properties.
 
 use crate::report::{Outcome, Report, Status};
 use std::fmt::Write;
@@ -12,13 +17,15 @@ pub fn to_junit(report: &Report) -> String {
     let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let _ = writeln!(
         x,
-        "<testsuites name=\"moemla conformance\" tests=\"{}\" failures=\"{}\" errors=\"0\" \
-         skipped=\"{}\" time=\"{time:.6}\">",
+        "<testsuites name=\"moemla conformance\" tests=\"{}\" failures=\"{}\" errors=\"{}\" \
+         time=\"{time:.6}\">",
         report.results.len(),
         total.failed,
-        total.skipped() + total.mistrusted
+        total.errors,
     );
-    for b in &report.backends {
+    // JUnit's timestamp is ISO 8601 without a zone (the run's is UTC).
+    let stamp = report.run.timestamp.trim_end_matches('Z');
+    for (id, b) in report.backends.iter().enumerate() {
         let cases: Vec<&Outcome> = report
             .results
             .iter()
@@ -26,20 +33,40 @@ pub fn to_junit(report: &Report) -> String {
             .collect();
         let c = report.counts(Some(&b.name));
         let time: f64 = cases.iter().map(|o| o.seconds).sum();
-        let _ = writeln!(
+        let _ = write!(
             x,
-            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" errors=\"0\" skipped=\"{}\" \
-             time=\"{time:.6}\">",
+            "  <testsuite name=\"{}\" id=\"{id}\" tests=\"{}\" failures=\"{}\" errors=\"{}\" \
+             skipped=\"{}\" time=\"{time:.6}\"",
             escape(&b.name),
             cases.len(),
             c.failed,
+            c.errors,
             c.skipped() + c.mistrusted
         );
-        let _ = writeln!(
-            x,
-            "    <properties><property name=\"detail\" value=\"{}\"/></properties>",
-            escape(&b.detail)
-        );
+        if !stamp.is_empty() {
+            let _ = write!(x, " timestamp=\"{}\"", escape(stamp));
+        }
+        if !report.run.hostname.is_empty() {
+            let _ = write!(x, " hostname=\"{}\"", escape(&report.run.hostname));
+        }
+        x += ">\n    <properties>\n";
+        let mut props = vec![
+            ("available", b.available.to_string()),
+            ("detail", b.detail.clone()),
+        ];
+        if let Some(d) = &b.device {
+            props.push(("device", d.device.clone()));
+            props.push(("vendor", d.vendor.clone()));
+            props.push(("fingerprint", d.fingerprint.clone()));
+        }
+        for (name, value) in props {
+            let _ = writeln!(
+                x,
+                "      <property name=\"{name}\" value=\"{}\"/>",
+                escape(&value)
+            );
+        }
+        x += "    </properties>\n";
         for o in cases {
             testcase(&mut x, o);
         }
@@ -53,6 +80,7 @@ pub fn to_junit(report: &Report) -> String {
 fn testcase(x: &mut String, o: &Outcome) {
     let class = match (o.op, o.dtype) {
         (Some(op), Some(dtype)) => format!("{}.{op}.{dtype}", o.backend),
+        _ if o.status == Status::Fail => format!("{}.required", o.backend),
         _ => format!("{}.malformed", o.backend),
     };
     let _ = write!(
@@ -63,17 +91,20 @@ fn testcase(x: &mut String, o: &Outcome) {
         o.seconds
     );
     let message = escape(o.message.as_deref().unwrap_or(""));
+    let element = |tag: &str, kind: &str| {
+        format!(
+            ">\n      <{tag} message=\"{message}\" type=\"{kind}\">{message}</{tag}>\n    </testcase>\n"
+        )
+    };
     match o.status {
         Status::Pass => *x += "/>\n",
-        Status::Fail => {
-            let _ = writeln!(
-                x,
-                ">\n      <failure message=\"{message}\" type=\"mismatch\">{message}</failure>\n    </testcase>"
-            );
-        }
+        Status::Fail if o.op.is_none() => *x += &element("failure", "required-backend"),
+        Status::Fail => *x += &element("failure", "mismatch"),
+        Status::Error => *x += &element("error", "malformed-case"),
         Status::Unsupported | Status::Unavailable | Status::Mistrusted => {
             let label = match o.status {
                 Status::Mistrusted => "mistrusted",
+                Status::Unavailable => "unavailable",
                 other => other.cell(),
             };
             let _ = writeln!(

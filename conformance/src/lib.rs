@@ -18,8 +18,10 @@
 //! # }
 //! ```
 
+pub mod baseline;
 mod case;
 pub mod compare;
+mod exit;
 mod file;
 pub mod filter;
 pub mod golden;
@@ -30,11 +32,15 @@ mod runner;
 mod spec;
 mod tolerance;
 
-pub use case::{load_case, load_cases, Case, CaseError, CaseFile, Params};
+pub use case::{golden_root, load_case, load_cases, load_roots, Case, CaseError, CaseFile, Params};
 pub use compare::{Comparison, Mismatch};
+pub use exit::{ExitStatus, EXIT_CODES};
 pub use file::MAX_CASE_BYTES;
 pub use junit::to_junit;
 pub use matrix::render;
-pub use report::{BackendSummary, Counts, Outcome, Report, Status, Verdict};
+pub use report::{
+    utc_timestamp, BackendSummary, Counts, DeviceSummary, Outcome, Report, RunInfo, Status,
+    Verdict, REQUIRED_CASE, SCHEMA_VERSION,
+};
 pub use runner::{assert_committed_set_passes, run, run_unavailable};
 pub use tolerance::Tolerance;

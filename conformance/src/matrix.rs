@@ -1,13 +1,13 @@
 //! The parity matrix as text: cases (grouped by op and dtype) x backends.
 
-use crate::report::{Outcome, Report, Status};
+use crate::report::{Outcome, Report, Status, REQUIRED_CASE};
 use moemla_core::{DType, Op};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::path::PathBuf;
 
 /// A row: sorted by op (contract order), run dtype (F32, F16, BF16), then case name.
-/// Malformed files (no op) come last.
+/// Malformed files (no op) come last, then the required backends' cells.
 type RowKey = (Option<Op>, Option<DType>, String, PathBuf);
 
 /// Renders the report: the backends, the matrix, then the failures (max abs error, max rel
@@ -33,7 +33,10 @@ pub fn render(report: &Report) -> String {
         cells.entry(key).or_default().insert(o.backend.as_str(), o);
     }
     let mut rows: Vec<(&RowKey, &BTreeMap<&str, &Outcome>)> = cells.iter().collect();
-    rows.sort_by_key(|((op, dtype, name, _), _)| (op.is_none(), *op, *dtype, name.clone()));
+    rows.sort_by_key(|((op, dtype, name, _), _)| {
+        let required = name == REQUIRED_CASE;
+        (op.is_none(), required, *op, *dtype, name.clone())
+    });
 
     let label = |name: &str| name.trim_end_matches(".safetensors").to_string();
     let first = rows
@@ -50,12 +53,14 @@ pub fn render(report: &Report) -> String {
     s += "\n";
     let mut group = None;
     for ((op, dtype, name, _), by_backend) in &rows {
-        if group != Some((*op, *dtype)) {
-            group = Some((*op, *dtype));
+        let required = name == REQUIRED_CASE;
+        if group != Some((*op, *dtype, required)) {
+            group = Some((*op, *dtype, required));
             match (op, dtype) {
                 (Some(op), Some(dtype)) => {
                     let _ = writeln!(s, "{op} {dtype}");
                 }
+                _ if required => s += "required backends\n",
                 _ => s += "malformed case files\n",
             }
         }
@@ -71,7 +76,7 @@ pub fn render(report: &Report) -> String {
     let _ = write!(s, "{:<first$}", "passed");
     for n in &names {
         let c = report.counts(Some(n));
-        let total = c.passed + c.failed + c.skipped() + c.mistrusted;
+        let total = c.total();
         let _ = write!(
             s,
             "  {:<w$}",
@@ -102,10 +107,10 @@ fn mistrusted(s: &mut String, report: &Report) {
     }
 }
 
-/// One paragraph per failing cell.
+/// One paragraph per failing or malformed cell.
 fn failures(s: &mut String, report: &Report) {
     let failed: Vec<&Outcome> = (report.results.iter())
-        .filter(|o| o.status == Status::Fail)
+        .filter(|o| matches!(o.status, Status::Fail | Status::Error))
         .collect();
     if failed.is_empty() {
         return;

@@ -5,7 +5,7 @@ use crate::case::{panic_message, Case, CaseFile, Params};
 use crate::compare::{
     compare_bytes, compare_routing, compare_topk_indices, compare_values, Comparison, Routing,
 };
-use crate::report::{BackendSummary, Outcome, Report, Status};
+use crate::report::{BackendSummary, DeviceSummary, Outcome, Report, Status};
 use crate::spec::{spec, Rule};
 use moemla_core::ops::{ExpertsInputs, RouteInputs, SparseDecodeInputs};
 use moemla_core::{ops, Backend, DType, DeviceTensor, Error, HostTensor};
@@ -14,7 +14,7 @@ use std::time::Instant;
 
 /// Runs every case on `backend` and compares the results with the expected outputs.
 ///
-/// Never stops early: a malformed case file is a failure, and so is a backend panic; an
+/// Never stops early: a malformed case file is an error, a backend panic a failure; an
 /// (op, dtype) the backend does not list in [`Backend::info`] (or an
 /// [`Error::Unsupported`] from it) is `unsupported`; any other backend error is a failure
 /// carrying the error's message. A case whose expected float outputs are all zeros
@@ -53,24 +53,25 @@ pub fn run(backend: &dyn Backend, cases: &[CaseFile]) -> Report {
                 "{} ({}); verification: {}",
                 info.device, info.vendor, info.verification
             ),
+            device: Some(DeviceSummary::of(&info)),
         }],
         results,
+        ..Report::default()
     }
 }
 
 /// A report for a backend that could not be opened: every case `unavailable`, with the
-/// reason.
+/// reason (a malformed case file stays an error: the golden set is broken whatever runs
+/// it).
 pub fn run_unavailable(name: &str, reason: &str, cases: &[CaseFile]) -> Report {
     let results = cases
         .iter()
         .map(|file| {
-            let mut o = match file {
-                Ok(case) => outcome(name, case, Status::Unavailable, None, Vec::new(), 0.0),
+            let message = Some(reason.to_string());
+            match file {
+                Ok(case) => outcome(name, case, Status::Unavailable, message, Vec::new(), 0.0),
                 Err(err) => malformed(name, err),
-            };
-            o.status = Status::Unavailable;
-            o.message = Some(reason.to_string());
-            o
+            }
         })
         .collect();
     Report {
@@ -78,12 +79,14 @@ pub fn run_unavailable(name: &str, reason: &str, cases: &[CaseFile]) -> Report {
             name: name.to_string(),
             available: false,
             detail: reason.to_string(),
+            device: None,
         }],
         results,
+        ..Report::default()
     }
 }
 
-/// A failure outcome for a malformed case file.
+/// An error outcome for a malformed case file.
 fn malformed(backend: &str, err: &crate::CaseError) -> Outcome {
     Outcome {
         case: err.name.clone(),
@@ -91,11 +94,12 @@ fn malformed(backend: &str, err: &crate::CaseError) -> Outcome {
         op: None,
         dtype: None,
         backend: backend.to_string(),
-        status: Status::Fail,
+        status: Status::Error,
         max_abs: None,
         max_rel: None,
         worst_output: None,
         worst_index: None,
+        worst_ratio: None,
         message: Some(err.to_string()),
         seconds: 0.0,
         comparisons: Vec::new(),
@@ -170,7 +174,7 @@ fn run_case(backend: &dyn Backend, case: &Case) -> Outcome {
         }
         Err(Problem::Malformed(msg)) => {
             let msg = format!("malformed case {}: {msg}", case.path.display());
-            outcome(name, case, Status::Fail, Some(msg), Vec::new(), seconds)
+            outcome(name, case, Status::Error, Some(msg), Vec::new(), seconds)
         }
         Ok(comparisons) => {
             let failed: Vec<String> = comparisons
@@ -219,6 +223,7 @@ fn outcome(
         max_rel: fold(|c| c.max_rel),
         worst_output: worst.map(|c| c.output.clone()),
         worst_index: worst.and_then(|c| c.worst_index.clone()),
+        worst_ratio: (comparisons.iter().map(|c| c.worst_ratio)).reduce(f64::max),
         message,
         seconds,
         comparisons,

@@ -187,7 +187,7 @@ fn malformed_files_fail_with_their_name_and_the_run_continues() {
     for (file, text) in &expected {
         let name = format!("bad/{file}.safetensors");
         let o = report.results.iter().find(|o| o.case == name).unwrap();
-        assert_eq!(o.status, Status::Fail, "{name}\n{shown}");
+        assert_eq!(o.status, Status::Error, "{name}\n{shown}");
         let message = o.message.as_deref().unwrap();
         assert!(message.contains(text), "{name}: {message}");
         let named = format!("malformed case {}: ", dir.join(&name).display());
@@ -196,11 +196,13 @@ fn malformed_files_fail_with_their_name_and_the_run_continues() {
     }
     let counts = report.counts(None);
     assert_eq!(
-        (counts.passed, counts.failed),
-        (FIXTURE_CASES, expected.len()),
+        (counts.passed, counts.failed, counts.errors),
+        (FIXTURE_CASES, 0, expected.len()),
         "{shown}"
     );
-    assert!(!report.verdict(&[]).ok);
+    let verdict = report.verdict(&[]);
+    assert!(!verdict.ok);
+    assert_eq!(verdict.exit, moemla_conformance::ExitStatus::Goldens);
 }
 
 #[test]
@@ -244,5 +246,9 @@ fn missing_and_empty_directories_are_errors() {
     );
     assert!(messages[1].contains("does not exist"), "{}", messages[1]);
     let report = run(&CpuBackend::new(), &cases);
-    assert_eq!(report.counts(None).failed, 2);
+    assert_eq!(report.counts(None).errors, 2);
+    assert_eq!(
+        report.verdict(&[]).exit,
+        moemla_conformance::ExitStatus::Goldens
+    );
 }

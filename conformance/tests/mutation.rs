@@ -315,7 +315,8 @@ fn class(status: Status, message: Option<&str>) -> &'static str {
         Status::Mistrusted => "mistrusted",
         Status::Unsupported => "unsupported",
         Status::Unavailable => "unavailable",
-        Status::Fail if message.is_some_and(|m| m.starts_with("malformed case")) => "malformed",
+        Status::Error if message.is_some_and(|m| m.starts_with("malformed case")) => "malformed",
+        Status::Error => "error without a malformed-case message",
         Status::Fail => "fail",
     }
 }
