@@ -150,8 +150,10 @@ impl ClDevice {
         for chunk in &area.chunks {
             let mut bytes = vec![0u8; chunk.used * SLOT_BYTES];
             // A blocking read: after everything queued before it, so after every op's
-            // kernels and captures.
-            self.read(&chunk.buffer, 0, &mut bytes)?;
+            // kernels and captures (a chunk with no slot in use is not read).
+            if !bytes.is_empty() {
+                self.read(&chunk.buffer, 0, &mut bytes)?;
+            }
             words.push(
                 bytes
                     .chunks_exact(4)
@@ -305,11 +307,20 @@ mod tests {
             .unwrap()
     }
 
+    /// The tests that use the backend's flag area run one at a time (a synchronize takes
+    /// every pending error).
+    static FLAG_AREA: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn alone() -> std::sync::MutexGuard<'static, ()> {
+        FLAG_AREA.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Ops with bad indices return `Ok` without waiting for the queue or reading back; the
     /// first error in enqueue order comes with the next download, with the value the op
     /// read (the caller rewrote the tensor since), once.
     #[test]
     fn ops_only_enqueue_and_the_next_download_reports_the_first_index_error() {
+        let _alone = alone();
         let Ok(backend) = crate::shared() else { return };
         let be: &dyn Backend = &*backend;
         let (t, h, i, e, k) = (2, 4, 2, 4, 2);
@@ -373,6 +384,53 @@ mod tests {
             ),
             "{err}"
         );
+        be.synchronize().unwrap();
+    }
+
+    /// More checks than one flag buffer holds: slots continue in a new buffer, the first
+    /// raised slot in registration order is reported (as a kernel's `atomic_min` would leave
+    /// it, written here directly), and every slot is clean again afterwards.
+    #[test]
+    fn slots_span_buffers_and_the_first_raised_one_is_reported_once() {
+        let _alone = alone();
+        let Ok(backend) = crate::shared() else { return };
+        let be: &dyn Backend = &*backend;
+        let dev = backend.device();
+        be.synchronize().unwrap();
+        let ids = up_i32(be, &[2, 3], &[10, 11, 12, 13, 14, 15]);
+        let mut checks = dev.index_checks(Op::MoeExperts).unwrap();
+        let slots: Vec<FlagSlot> = (0..CHUNK_SLOTS + 100)
+            .map(|_| checks.flag("topk_ids", &ids, "[-1, 4)".into()).unwrap())
+            .collect();
+        assert!(!std::ptr::eq(
+            slots[0].buffer(),
+            slots[CHUNK_SLOTS].buffer()
+        ));
+        assert_eq!(slots[CHUNK_SLOTS + 50].slot(), 50);
+        let raise = |s: &FlagSlot, position: u32| {
+            let at = 2 * s.slot() as usize * 4;
+            dev.fill_words(s.buffer(), at, 4, position).unwrap();
+        };
+        raise(&slots[CHUNK_SLOTS + 80], 1);
+        raise(&slots[CHUNK_SLOTS + 50], 4);
+        checks.enqueued().unwrap();
+        assert_eq!(
+            be.synchronize(),
+            Err(Error::IndexOutOfRange {
+                op: Op::MoeExperts,
+                arg: "topk_ids",
+                index: vec![1, 1],
+                value: 14,
+                valid: "[-1, 4)".into(),
+            })
+        );
+        be.synchronize().unwrap();
+        // Reset: the same slots, reserved again, are clean.
+        let mut checks = dev.index_checks(Op::MoeExperts).unwrap();
+        for _ in 0..CHUNK_SLOTS + 100 {
+            checks.flag("topk_ids", &ids, "[-1, 4)".into()).unwrap();
+        }
+        checks.enqueued().unwrap();
         be.synchronize().unwrap();
     }
 }
