@@ -14,7 +14,14 @@
 // nothing), the table slot the smallest row-major block-table position whose entry is
 // outside [0, num_blocks) among those the batch's positions need.
 
-__kernel void mla_split(__global const store_t *q, __global const store_t *kv_cache,
+// Cache rows: run-dtype rows of D values here; fp8.cl defines kv_t and LOAD_KV for the
+// fp8_ds_v32 build of this file (-DKV_FP8, backends/opencl/src/programs_v2.rs).
+#ifndef LOAD_KV
+typedef store_t kv_t;
+#define LOAD_KV(p, row, D, d) load_f32((p), (size_t)(row) * (D) + (d))
+#endif
+
+__kernel void mla_split(__global const store_t *q, __global const kv_t *kv_cache,
                         __global const int *block_table, __global const int *cache_seqlens,
                         volatile __global int *seqlen_flags, int seqlen_slot,
                         volatile __global int *table_flags, int table_slot,
@@ -69,7 +76,7 @@ __kernel void mla_split(__global const store_t *q, __global const store_t *kv_ca
                 const int blk = block_table[j];
                 if (blk >= 0 && blk < num_blocks) {
                     const size_t row = ((size_t)blk * block_size + p % block_size) * Hkv + g;
-                    v = load_f32(kv_cache, row * D + idx % D);
+                    v = LOAD_KV(kv_cache, row, D, idx % D);
                 } else {
                     flag_bad_index(table_flags, table_slot, j);
                 }

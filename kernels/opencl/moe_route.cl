@@ -7,7 +7,8 @@
 // few and unconditional (PoCL 3.1 needed minutes to compile one fused kernel with
 // conditional and nested barrier loops).
 //
-// s = sigmoid(logit) or softmax(logits); sel = s + bias (selection only); with groups,
+// s = sigmoid(logit), sqrt(softplus(logit)) (softplus(x) = x above 20) or softmax(logits);
+// sel = s + bias (selection only); with groups,
 // experts outside the topk_group best groups get sel = -inf; ids = top_k of sel
 // (descending, ties to the lower id); weights = s[ids], renormalised by max(sum, 1e-20),
 // then scaled. A NaN selection score, and a NaN group score, ranks as -inf.
@@ -22,6 +23,7 @@
 
 #define SCORE_SIGMOID 0
 #define SCORE_SOFTMAX 1
+#define SCORE_SQRTSOFTPLUS 2
 #define GROUP_MAX 0
 #define GROUP_TOP2_SUM 1
 // score_key(-inf), and of NaN.
@@ -57,6 +59,7 @@ inline int chosen(uint key, int i, uint tau, int cut) {
 inline float expert_score(__global const store_t *row, int e, int score_func, float m,
                           float total) {
     const float x = load_f32(row, e);
+    if (score_func == SCORE_SQRTSOFTPLUS) return sqrt(x > 20.0f ? x : log1p(exp(x)));
     return score_func == SCORE_SOFTMAX ? exp(x - m) / total : 1.0f / (1.0f + exp(-x));
 }
 

@@ -1,16 +1,19 @@
 //! # moemla-opencl
 //!
-//! The moemla OpenCL backend: every v1 op as OpenCL C 1.2 kernels (`kernels/opencl/*.cl`),
-//! F32 compute with F32, F16 and BF16 storage. It runs on any OpenCL 1.2 device; CI runs
-//! it on PoCL's CPU device.
+//! The moemla OpenCL backend: every op of contract v1 and v2 (FP8 block-scaled experts, the
+//! 656-byte FP8 latent cache, sparse attention, the indexer) as OpenCL C 1.2 kernels
+//! (`kernels/opencl/*.cl`), F32 compute with F32, F16 and BF16 storage. It runs on any
+//! OpenCL 1.2 device; CI runs it on PoCL's CPU device.
 //!
 //! The OpenCL library is loaded at run time (no SDK needed to build). The process holds one
 //! context and one in-order queue, made on first use by [`shared`]; pick the device with
 //! env `MOEMLA_OPENCL_DEVICE` (an index or a name substring; default the first GPU, else
 //! the first device).
 //!
-//! Ops only enqueue: they never wait for the queue or read back. Index errors the kernels
-//! find (bad `topk_ids`, `block_table`, `cache_seqlens` entries) are reported by the next
+//! Ops only enqueue: they never wait for the queue or read back (except `mla_kv_quantize`,
+//! which reads back its non-finite-input flag: an input error, returned by the call). Index
+//! errors the kernels find (bad `topk_ids`, `block_table`, `cache_seqlens`, hash-routing
+//! tables, sparse `indices` / `topk_length` entries) are reported by the next
 //! [`Backend::synchronize`] or [`Backend::download`], as on CUDA and HIP. A caller's own
 //! `cl_mem` buffers (in this backend's context, [`OpenClBackend::context`]) can be wrapped
 //! as tensors with `DeviceTensor::from_raw`, and the `_into` ops write into them.
@@ -23,11 +26,15 @@ mod flags;
 mod launch;
 mod ops;
 mod program;
+mod programs_v2;
 
 pub use buffer::ClBuffer;
 
 use device::ClDevice;
-use moemla_core::calls::{MlaDecodeCall, MoeExpertsCall, MoeRouteCall};
+use moemla_core::calls::{
+    DsaIndexerTopkCall, DsaIndexerTopkOutput, MlaDecodeCall, MlaKvQuantizeCall,
+    MlaSparseDecodeCall, MoeExpertsCall, MoeRouteCall,
+};
 use moemla_core::{
     memory, Backend, BackendInfo, DType, DeviceTensor, HostTensor, MlaDecodeOutput, MoeRouteOutput,
     OpSupport, Result, Shape, Verification, VerificationKind,
@@ -167,7 +174,8 @@ impl Backend for OpenClBackend {
                 moemla_core::DeviceKind::Accelerator
             },
             memory_bytes: Some(facts.global_mem),
-            supported: OpSupport::all_v1(),
+            // Every op of contract v2, every variant, in every dtype it allows.
+            supported: OpSupport::all_v2(),
             verification: self.verification(),
             notes: vec![
                 facts.c_version.trim().to_string(),
@@ -301,6 +309,37 @@ impl Backend for OpenClBackend {
         let lse = self.output("mla_decode lse", &lse_dims, DType::F32)?;
         self.mla_decode_into(call, &o, &lse)?;
         Ok(MlaDecodeOutput { o, lse })
+    }
+
+    fn mla_kv_quantize(&self, call: &MlaKvQuantizeCall<'_>) -> Result<DeviceTensor> {
+        let out = ops::mla_kv_quantize::run(&self.device, &self.name, call)?;
+        let dims = [call.rows, moemla_core::fp8::DS_V32_ROW_BYTES];
+        Ok(self.tensor(out, dims, DType::U8))
+    }
+
+    fn mla_sparse_decode(&self, call: &MlaSparseDecodeCall<'_>) -> Result<MlaDecodeOutput> {
+        let o_dims = [call.batch, call.s_q, call.h_q, call.d_v];
+        let o = self.output("mla_sparse_decode o", &o_dims, call.dtype)?;
+        let lse_dims = [call.batch, call.h_q, call.s_q];
+        let lse = self.output("mla_sparse_decode lse", &lse_dims, DType::F32)?;
+        let o_buf = o.buffer::<ClBuffer>(&self.name, "mla_sparse_decode", "o")?;
+        let lse_buf = lse.buffer::<ClBuffer>(&self.name, "mla_sparse_decode", "lse")?;
+        ops::mla_sparse_decode::run(&self.device, &self.name, call, o_buf, lse_buf)?;
+        Ok(MlaDecodeOutput { o, lse })
+    }
+
+    fn dsa_indexer_topk(&self, call: &DsaIndexerTopkCall<'_>) -> Result<DsaIndexerTopkOutput> {
+        let dims = [call.batch, call.s_q, call.params.top_k];
+        let indices = self.output("dsa_indexer_topk topk_indices", &dims, DType::I32)?;
+        let scores = self.output("dsa_indexer_topk topk_scores", &dims, DType::F32)?;
+        let name = "dsa_indexer_topk";
+        let i_buf = indices.buffer::<ClBuffer>(&self.name, name, "topk_indices")?;
+        let s_buf = scores.buffer::<ClBuffer>(&self.name, name, "topk_scores")?;
+        ops::dsa_indexer_topk::run(&self.device, &self.name, call, i_buf, s_buf)?;
+        Ok(DsaIndexerTopkOutput {
+            topk_indices: indices,
+            topk_scores: scores,
+        })
     }
 
     fn copy_bench(&self, bytes: usize, reps: usize) -> Result<Duration> {

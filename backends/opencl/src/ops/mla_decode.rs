@@ -1,11 +1,13 @@
 //! `mla_decode`: split-KV online softmax over the paged cache, then a combine of the
-//! splits (kernels/opencl/mla_decode.cl).
+//! splits (kernels/opencl/mla_decode.cl). An `fp8_ds_v32` cache (contract v2) runs the
+//! same kernels built over 656-byte rows.
 
 use crate::device::{Arg, ClDevice, Module};
 use crate::ops::{byte_len, int, int_product, need_len, need_local, pow2_at_most};
+use crate::programs_v2::{program, Kernels};
 use crate::ClBuffer;
 use moemla_core::calls::MlaDecodeCall;
-use moemla_core::{DType, Error, Op, Result};
+use moemla_core::{DType, Error, KvFormat, Op, Result};
 
 /// Work-group tiling of `mla_split`: QB query rows share each tile of TN cache rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +73,11 @@ pub fn run(
     ] {
         need_len(op, arg, out, bytes)?;
     }
-    let program = dev.program(Module::MlaDecode, call.dtype)?;
+    let program = match call.params.kv_format {
+        KvFormat::Dense => dev.program(Module::MlaDecode, call.dtype)?,
+        // fp8_ds_v32 rows (Hkv 1, Dqk 576), dequantized as the tiles are loaded.
+        KvFormat::Fp8DsV32 => program(dev, Kernels::MlaDecodeFp8, call.dtype)?,
+    };
 
     // Kernel ints: every size, query rows per kv head, cache positions (a chunk past the
     // capacity), block-table entries, and the (b, i, h) rows of mla_combine.

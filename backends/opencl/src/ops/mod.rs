@@ -2,9 +2,14 @@
 //! the caller (allocated ones or caller tensors, `_into`), and index arguments are checked
 //! through [`crate::flags`] (`dev.index_checks(op)`), reported at the next synchronize.
 
+pub mod dsa_indexer_topk;
 pub mod mla_decode;
+pub mod mla_kv_quantize;
+pub mod mla_sparse_decode;
 pub mod moe_experts;
+pub mod moe_experts_v2;
 pub mod moe_route;
+pub mod moe_route_hash;
 
 use crate::device::ClDevice;
 use moemla_core::{DType, Error, Op, Result, Shape};

@@ -1,6 +1,8 @@
 //! `moe_experts`: plan (check and count, offsets, scatter), gate/up GEMM with SwiGLU, down
 //! GEMM, weighted combine (kernels/opencl/moe_experts.cl). Slots with id -1 or weight 0
-//! are not computed; nothing is sized by E in local memory.
+//! are not computed; nothing is sized by E in local memory. FP8 weights, activation
+//! quantization and the SwiGLU clamp (contract v2) run the GEMMs of
+//! [`super::moe_experts_v2`] instead.
 
 use crate::device::{Arg, ClDevice, Module};
 use crate::ops::{byte_len, int, int_product, need_len, need_local, need_work_group, pow2_at_most};
@@ -99,39 +101,50 @@ pub fn run(dev: &ClDevice, backend: &str, call: &MoeExpertsCall<'_>, y: &ClBuffe
         Arg::Buf(&pair_row),
     ];
     dev.launch(&program, "experts_scatter", &scatter, &per_pair, &[ls])?;
-    let gate_up = [
-        Arg::Buf(x),
-        Arg::Buf(w13),
-        Arg::Buf(&row_pair),
-        Arg::Buf(&block_expert),
-        Arg::Buf(&act),
-        Arg::I32(h32),
-        Arg::I32(i32_),
-        Arg::I32(k32),
-    ];
     let tiles = |n: usize| n.div_ceil(TILE) * TILE;
-    dev.launch(
-        &program,
-        "experts_gate_up",
-        &gate_up,
-        &[tiles(i), rows],
-        &[TILE, TILE],
-    )?;
-    let down_args = [
-        Arg::Buf(&act),
-        Arg::Buf(w2),
-        Arg::Buf(&block_expert),
-        Arg::Buf(&down),
-        Arg::I32(h32),
-        Arg::I32(i32_),
-    ];
-    dev.launch(
-        &program,
-        "experts_down",
-        &down_args,
-        &[tiles(h), rows],
-        &[TILE, TILE],
-    )?;
+    if super::moe_experts_v2::needed(call) {
+        let plan = super::moe_experts_v2::Plan {
+            row_pair: &row_pair,
+            block_expert: &block_expert,
+            act: &act,
+            down: &down,
+            rows,
+        };
+        super::moe_experts_v2::gemms(dev, backend, call, &plan)?;
+    } else {
+        let gate_up = [
+            Arg::Buf(x),
+            Arg::Buf(w13),
+            Arg::Buf(&row_pair),
+            Arg::Buf(&block_expert),
+            Arg::Buf(&act),
+            Arg::I32(h32),
+            Arg::I32(i32_),
+            Arg::I32(k32),
+        ];
+        dev.launch(
+            &program,
+            "experts_gate_up",
+            &gate_up,
+            &[tiles(i), rows],
+            &[TILE, TILE],
+        )?;
+        let down_args = [
+            Arg::Buf(&act),
+            Arg::Buf(w2),
+            Arg::Buf(&block_expert),
+            Arg::Buf(&down),
+            Arg::I32(h32),
+            Arg::I32(i32_),
+        ];
+        dev.launch(
+            &program,
+            "experts_down",
+            &down_args,
+            &[tiles(h), rows],
+            &[TILE, TILE],
+        )?;
+    }
     let combine = [
         Arg::Buf(&down),
         Arg::Buf(&pair_row),

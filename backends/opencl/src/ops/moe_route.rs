@@ -1,13 +1,13 @@
 //! `moe_route`: a pipeline of small kernels, one work-group per token
 //! (kernels/opencl/moe_route.cl). Per-expert state lives in global scratch, so local memory
 //! does not grow with E or n_group; tokens run in batches whose scratch fits
-//! [`SCRATCH_BUDGET`].
+//! [`SCRATCH_BUDGET`]. Hash routing (contract v2) is [`super::moe_route_hash`].
 
 use crate::device::{Arg, ClDevice, Module};
 use crate::ops::{byte_len, int, int_product, need_local, pow2_at_most};
 use crate::ClBuffer;
 use moemla_core::calls::MoeRouteCall;
-use moemla_core::{DType, Error, Format, GroupSelect, Op, Result, ScoreFunc};
+use moemla_core::{DType, Error, GroupSelect, Op, Result, ScoreFunc};
 use opencl3::program::Program;
 
 /// Scratch bytes per batch of tokens the batching aims at (more when one token needs more).
@@ -22,16 +22,13 @@ pub fn run(dev: &ClDevice, backend: &str, call: &MoeRouteCall<'_>) -> Result<(Cl
     let op = Op::MoeRoute;
     let p = call.params;
     let (t, e, k) = (call.tokens, call.experts, p.top_k);
+    if let Some(hash) = call.hash {
+        return super::moe_route_hash::run(dev, backend, call, hash);
+    }
     let score_func = match p.score_func {
         ScoreFunc::Sigmoid => 0,
         ScoreFunc::Softmax => 1,
-        ScoreFunc::Sqrtsoftplus => {
-            return Err(Error::unsupported_format(
-                crate::NAME,
-                op,
-                Format::Sqrtsoftplus,
-            ))
-        }
+        ScoreFunc::Sqrtsoftplus => 2,
     };
     let logits = call
         .logits

@@ -1,0 +1,44 @@
+// mla_kv_quantize: latent rows [N, 576] (run dtype) -> fp8_ds_v32 rows [N, 656] (bytes).
+//
+// One work-group of 128 per row; work-item l owns dims l, 128 + l, 256 + l, 384 + l (one
+// per tile) and, for l < 64, rope dim l. Per tile: amax = max|x| (f32), sc =
+// 2^ceil(log2 max(amax / 448, 1e-4)) (exact, from the bits), codes = e4m3(x / sc) (exact
+// division by a power of two, never saturating; -0.0 gives 0x80); the four scales as
+// little-endian f32 at byte 512; the rope as little-endian bf16 (round to nearest even) at
+// byte 528. A non-finite input is an input error: bad_row takes the smallest row-major
+// element index holding one (nothing is checked beyond that; the host reports it).
+
+#define KVQ_LS 128
+
+__kernel void kv_quantize(__global const store_t *kv, __global uchar *out, int N,
+                          volatile __global int *bad, __local float *red) {
+    const int row = get_group_id(0), l = get_local_id(0);
+    __global const store_t *x = kv + (size_t)row * 576;
+    __global uchar *o = out + (size_t)row * DS_ROW;
+    float v[4];
+    for (int t = 0; t < 4; ++t) {
+        v[t] = load_f32(x, t * 128 + l);
+        if (!isfinite(v[t])) atomic_min(bad, row * 576 + t * 128 + l);
+    }
+    if (l < 64) {
+        const float r = load_f32(x, 512 + l);
+        if (!isfinite(r)) atomic_min(bad, row * 576 + 512 + l);
+        const uint u = as_uint(r);
+        // bf16, round to nearest even (finite input; a non-finite one is an error anyway).
+        const uint b = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+        o[DS_ROPE + 2 * l] = (uchar)(b & 0xFFu);
+        o[DS_ROPE + 2 * l + 1] = (uchar)(b >> 8);
+    }
+    for (int t = 0; t < 4; ++t) {
+        red[l] = fabs(v[t]);
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (int n = KVQ_LS / 2; n > 0; n >>= 1) {
+            if (l < n) red[l] = fmax(red[l], red[l + n]);
+            barrier(CLK_LOCAL_MEM_FENCE);
+        }
+        const float sc = pow2_ceil(fmax(red[0] / E4M3_MAX, 1e-4f));
+        barrier(CLK_LOCAL_MEM_FENCE);
+        o[t * 128 + l] = (uchar)e4m3_encode(v[t] / sc);
+        if (l < 4) o[DS_SCALES + 4 * t + l] = (uchar)(as_uint(sc) >> (8 * l));
+    }
+}
