@@ -2,6 +2,7 @@
 //! decode at FlashMLA's dims.
 
 use moemla_core::{DType, MlaDecodeParams, Op, RouteParams};
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// One op at one shape and run dtype.
@@ -83,6 +84,47 @@ impl BenchCase {
             BenchCase::Route { .. } => DType::F32,
             BenchCase::Experts { dtype, .. } | BenchCase::Mla { dtype, .. } => *dtype,
         }
+    }
+
+    /// The case's dims by the names its description uses (`T`, `E`, `k`, `H`, `I`, `b`,
+    /// `s_q`, `h_q`, `sk`, `blk`), for tables and plots.
+    pub fn dims(&self) -> BTreeMap<&'static str, usize> {
+        let pairs: Vec<(&'static str, usize)> = match *self {
+            BenchCase::Route {
+                tokens,
+                experts,
+                ref params,
+            } => vec![("T", tokens), ("E", experts), ("k", params.top_k)],
+            BenchCase::Experts {
+                tokens,
+                hidden,
+                inter,
+                experts,
+                top_k,
+                ..
+            } => vec![
+                ("T", tokens),
+                ("H", hidden),
+                ("I", inter),
+                ("E", experts),
+                ("k", top_k),
+            ],
+            BenchCase::Mla {
+                batch,
+                s_q,
+                h_q,
+                seqlen,
+                block_size,
+                ..
+            } => vec![
+                ("b", batch),
+                ("s_q", s_q),
+                ("h_q", h_q),
+                ("sk", seqlen),
+                ("blk", block_size),
+            ],
+        };
+        pairs.into_iter().collect()
     }
 
     /// MLA parameters used by every decode case (DeepSeek-V3 scale, causal).

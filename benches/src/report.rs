@@ -4,6 +4,7 @@ use crate::case::BenchCase;
 use crate::ceilings::{Ceilings, Limit};
 use crate::cost::Cost;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::time::Duration;
 
@@ -18,6 +19,8 @@ pub struct Row {
     pub dtype: String,
     /// Human-readable case (op, dtype, shape).
     pub case: String,
+    /// The case's dims by name (`T`, `E`, `sk`, ...: [`BenchCase::dims`]).
+    pub dims: BTreeMap<&'static str, usize>,
     /// Median time, seconds.
     pub time_s: f64,
     /// Bytes moved (minimum traffic).
@@ -65,6 +68,7 @@ impl Row {
             op: case.op().name().to_string(),
             dtype: case.dtype().name().to_string(),
             case: case.to_string(),
+            dims: case.dims(),
             time_s: t,
             bytes: cost.bytes,
             flops: cost.flops,

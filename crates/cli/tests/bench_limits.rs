@@ -4,11 +4,14 @@ use std::process::Command;
 
 #[test]
 fn physical_ceilings_bound_every_cpu_row_of_the_same_run() {
-    let report =
-        std::env::temp_dir().join(format!("moemla-bench-limits-{}.json", std::process::id()));
+    let tmp = std::env::temp_dir();
+    let report = tmp.join(format!("moemla-bench-limits-{}.json", std::process::id()));
+    let plots = tmp.join(format!("moemla-bench-plots-{}", std::process::id()));
     let out = Command::new(env!("CARGO_BIN_EXE_moemla"))
         .args(["bench", "--quick", "--backend", "cpu", "--json"])
         .arg(&report)
+        .arg("--plot")
+        .arg(&plots)
         .env_remove("MOEMLA_REQUIRE")
         .env_remove("MOEMLA_BACKEND")
         .output()
@@ -88,4 +91,50 @@ fn physical_ceilings_bound_every_cpu_row_of_the_same_run() {
     }
     assert!(stdout.contains("physical limit"), "{stdout}");
     assert!(stdout.contains("achievable rate, not a limit"), "{stdout}");
+
+    // --plot: per op, time and fraction of the limit against its x dim, as SVG whose
+    // series are the run's backend/dtype groups. Stderr is not a terminal: no bar.
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut written: Vec<String> = std::fs::read_dir(&plots)
+        .expect("plot dir")
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    written.sort();
+    let want = [
+        "mla_decode_of_limit_vs_sk.svg",
+        "mla_decode_time_vs_sk.svg",
+        "moe_experts_of_limit_vs_T.svg",
+        "moe_experts_time_vs_T.svg",
+        "moe_route_of_limit_vs_T.svg",
+        "moe_route_time_vs_T.svg",
+    ];
+    assert_eq!(written, want);
+    let svg = std::fs::read_to_string(plots.join("mla_decode_of_limit_vs_sk.svg")).unwrap();
+    let experts = std::fs::read_to_string(plots.join("moe_experts_time_vs_T.svg")).unwrap();
+    std::fs::remove_dir_all(&plots).ok();
+    for (doc, series) in [
+        (
+            &svg,
+            [
+                "cpu bf16 b=2 blk=64 h_q=4 s_q=2",
+                "cpu f32 b=2 blk=64 h_q=4 s_q=2",
+            ],
+        ),
+        (
+            &experts,
+            ["cpu bf16 E=8 H=128 I=64 k=2", "cpu f32 E=8 H=128 I=64 k=2"],
+        ),
+    ] {
+        assert!(
+            doc.starts_with("<svg") && doc.trim_end().ends_with("</svg>"),
+            "{doc}"
+        );
+        for name in series {
+            assert!(doc.contains(name), "{name} in {doc}");
+        }
+    }
 }

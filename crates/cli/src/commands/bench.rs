@@ -2,6 +2,9 @@
 //! ceilings measured in the same run (on a CPU the host's physical limits), optionally
 //! side by side with a numpy peer.
 
+mod plot;
+pub(crate) mod progress;
+
 use super::CommandError;
 use moemla::Registry;
 use moemla_benches::ceilings::{self, Ceilings};
@@ -12,6 +15,7 @@ use moemla_benches::run::run_case;
 use moemla_benches::timing::Budget;
 use moemla_benches::{peer, BenchCase, Suite};
 use moemla_core::{Backend, DType, DeviceKind, Error, Op};
+use progress::Progress;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -43,6 +47,10 @@ pub struct BenchArgs {
     /// Write a Markdown report (machine, date, command, ceilings, table).
     #[arg(long)]
     markdown: Option<PathBuf>,
+    /// Write SVG plots (log-log: time and fraction of the limit against seqlen, T and E,
+    /// per backend and peer) into this directory.
+    #[arg(long)]
+    plot: Option<PathBuf>,
     /// Side of the square GEMM that measures the compute ceiling (1 to 2^24; its three
     /// matrices must also fit the device's and the host's memory).
     #[arg(long, default_value_t = 2048,
@@ -154,7 +162,10 @@ pub fn run(args: &BenchArgs, registry: &Registry) -> Result<ExitCode, CommandErr
             }
         }
         print!("{}", ceilings_text(&entry.name, &ceils));
-        let rows = bench_backend(&*backend, &cases, &ceils, budget, args.peer.is_some())?;
+        let bar = Progress::new(cases.len() as u64, &format!("{} cases", entry.name));
+        let rows = bench_backend(&*backend, &cases, &ceils, budget, args.peer.is_some(), &bar);
+        bar.finish();
+        let rows = rows?;
         print!("{}", table(&rows));
         all_rows.extend(rows);
         all_ceilings.push((entry.name, ceils));
@@ -172,6 +183,11 @@ pub fn run(args: &BenchArgs, registry: &Registry) -> Result<ExitCode, CommandErr
     if let Some(path) = &args.markdown {
         std::fs::write(path, markdown(&all_ceilings, &all_rows))?;
     }
+    if let Some(dir) = &args.plot {
+        for file in plot::write(dir, &all_rows, "numpy")? {
+            println!("plot: {}", file.display());
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -182,6 +198,7 @@ fn bench_backend(
     ceils: &[Ceilings],
     budget: Budget,
     with_peer: bool,
+    bar: &Progress,
 ) -> Result<Vec<Row>, CommandError> {
     let dir = std::env::temp_dir().join(format!("moemla-bench-{}", std::process::id()));
     if with_peer {
@@ -191,8 +208,10 @@ fn bench_backend(
     let mut files = Vec::new();
     let info = backend.info();
     for (i, case) in cases.iter().enumerate() {
+        bar.start(case.to_string());
+        let _step = Step(bar);
         if !info.supports(case.op(), case.dtype()) {
-            println!("{}: {case}: not supported by this backend", backend.name());
+            bar.suspend(|| println!("{}: {case}: not supported by this backend", backend.name()));
             continue;
         }
         let inputs = generate(case)?;
@@ -200,7 +219,7 @@ fn bench_backend(
         match run_case(backend, case, &inputs, ceiling, budget) {
             Ok(row) => rows.push(row),
             Err(Error::Unsupported { reason, .. }) => {
-                println!("{}: {case}: unsupported: {reason}", backend.name());
+                bar.suspend(|| println!("{}: {case}: unsupported: {reason}", backend.name()));
                 continue;
             }
             Err(e) => return Err(e.into()),
@@ -212,6 +231,7 @@ fn bench_backend(
         }
     }
     if with_peer {
+        bar.start("numpy peer");
         let result = peer::run_numpy(&files, budget);
         std::fs::remove_dir_all(&dir)?;
         for (row, time) in rows.iter_mut().zip(result?) {
@@ -219,6 +239,15 @@ fn bench_backend(
         }
     }
     Ok(rows)
+}
+
+/// Counts one progress step when dropped (a case done, skipped or failed).
+struct Step<'a>(&'a Progress);
+
+impl Drop for Step<'_> {
+    fn drop(&mut self) {
+        self.0.step();
+    }
 }
 
 fn parse_list<T>(
