@@ -118,25 +118,45 @@ pub fn golden_root(path: &Path) -> (PathBuf, String) {
 }
 
 /// Loads the cases of several golden roots (directories or case files, as
-/// [`load_cases`]). With more than one, each case ID gets its root's name as a prefix,
-/// `<name>:<path in the root>`: the root folder's own name (`golden`), with `#2`, `#3`
-/// appended to repeats.
+/// [`load_cases`]). When they lie in more than one root ([`golden_root`]: a subfolder or
+/// a file of a set belongs to that set's root), each case ID gets its root's name as a
+/// prefix, `<name>:<path in the root>`: the root folder's own name (`golden`), with `#2`,
+/// `#3` appended to a name another root already has.
 pub fn load_roots<P: AsRef<Path>>(roots: &[P]) -> Vec<CaseFile> {
-    if roots.len() <= 1 {
-        return load_cases(roots);
-    }
-    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    let mut out = Vec::new();
-    for root in roots {
-        let (base, _) = golden_root(root.as_ref());
-        let base = std::path::absolute(&base).unwrap_or(base);
+    let bases: Vec<PathBuf> = (roots.iter())
+        .map(|r| {
+            let (base, _) = golden_root(r.as_ref());
+            std::path::absolute(&base).unwrap_or(base)
+        })
+        .collect();
+    let mut names: Vec<(PathBuf, String)> = Vec::new();
+    for base in &bases {
+        if names.iter().any(|(b, _)| b == base) {
+            continue;
+        }
         let name = base.file_name().map_or_else(
             || "golden".to_string(),
             |n| n.to_string_lossy().into_owned(),
         );
-        let n = seen.entry(name.clone()).or_default();
-        *n += 1;
-        let name = if *n == 1 { name } else { format!("{name}#{n}") };
+        let taken = |n: &str| names.iter().any(|(_, m)| m == n);
+        let mut unique = name.clone();
+        let mut k = 1;
+        while taken(&unique) {
+            k += 1;
+            unique = format!("{name}#{k}");
+        }
+        names.push((base.clone(), unique));
+    }
+    if names.len() <= 1 {
+        return load_cases(roots);
+    }
+    let mut out = Vec::new();
+    for (root, base) in roots.iter().zip(&bases) {
+        let name = &names
+            .iter()
+            .find(|(b, _)| b == base)
+            .expect("named above")
+            .1;
         for mut file in load_cases(&[root]) {
             match &mut file {
                 Ok(case) => case.name = format!("{name}:{}", case.name),

@@ -26,7 +26,7 @@ use std::process::ExitCode;
 
 /// DeepSeek MoE and MLA ops on every accelerator, with proof of parity.
 #[derive(Parser)]
-#[command(name = "moemla", version, about)]
+#[command(name = "moemla", version, about, after_help = EXIT_HELP)]
 struct Cli {
     /// A backend built as a C plugin (include/moemla_plugin.h) to add (repeatable; env
     /// MOEMLA_PLUGIN_PATH lists more). Loading a library runs its code: trusted files only.
@@ -43,7 +43,11 @@ enum Command {
     /// verification status.
     Devices(commands::devices::DevicesArgs),
     /// Run the golden conformance cases on every backend and print the parity matrix.
+    #[command(after_help = moemla_conformance::EXIT_CODES)]
     Conformance(commands::conformance::ConformanceArgs),
+    /// The golden set this binary was built with: `export DIR` copies it, for a binary
+    /// run away from its source tree.
+    Goldens(commands::goldens::GoldensArgs),
     /// Time the ops at DeepSeek shapes against ceilings measured in the same run.
     Bench(commands::bench::BenchArgs),
 }
@@ -54,9 +58,16 @@ pub fn main_with(factories: Vec<BackendFactory>) -> ExitCode {
     run(std::env::args_os(), factories)
 }
 
+/// The exit codes of every command, for `--help`.
+const EXIT_HELP: &str = "Exit codes: 0 success; 2 usage error; `moemla conformance` also \
+    1 numeric mismatch, 3 required backend unavailable or skipping, 4 malformed goldens or \
+    empty selection, 5 report not written, 6 baseline regression (`moemla conformance \
+    --help`).";
+
 /// Runs the `moemla` command on `args` (the program name first) over `factories`, then the
-/// plugins `--plugin` names: exit status 0 on success, 1 when a check failed (conformance),
-/// 2 on a usage or run error.
+/// plugins `--plugin` names: exit status 0 on success, 2 on a usage or run error, and for
+/// `conformance` the codes of [`moemla_conformance::EXIT_CODES`] (1 numeric mismatch, 3
+/// required backend, 4 goldens, 5 report, 6 baseline regression).
 pub fn run<I, T>(args: I, mut factories: Vec<BackendFactory>) -> ExitCode
 where
     I: IntoIterator<Item = T>,
@@ -84,6 +95,7 @@ where
         Command::Devices(args) => commands::devices::run(&args, &registry),
         Command::Conformance(args) => commands::conformance::run(&args, &registry),
         Command::Bench(args) => commands::bench::run(&args, &registry),
+        Command::Goldens(args) => commands::goldens::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -1,11 +1,15 @@
-//! `moemla conformance`: run the golden cases on every selected backend and print the
-//! parity matrix; exit non-zero iff a case failed on an available backend or a required
-//! backend was unavailable or skipped anything (unless `--allow-unsupported` names it,
-//! for cases it declares unsupported).
+//! `moemla conformance`: run the golden cases on every selected backend, print the parity
+//! matrix and exit with a code that says what happened
+//! ([`moemla_conformance::EXIT_CODES`]): a numeric mismatch, a required backend missing or
+//! skipping, broken goldens, an unwritable report or a baseline regression each have their
+//! own.
 
 use super::CommandError;
 use moemla::Registry;
-use moemla_conformance::{filter, golden, load_cases, render, run_unavailable, to_junit, Report};
+use moemla_conformance::filter::{Selection, Shard};
+use moemla_conformance::{
+    baseline, golden, load_roots, render, run_unavailable, to_junit, ExitStatus, Report, RunInfo,
+};
 use moemla_core::{Backend, Error};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,21 +19,25 @@ use std::time::Instant;
 /// Arguments of `moemla conformance`.
 #[derive(clap::Args)]
 pub struct ConformanceArgs {
-    /// Backends to run: names (comma-separated or repeated) or `all`, every backend
-    /// available here. A named backend that cannot run shows as `n/a`.
+    /// Backends to run: names (comma-separated or repeated) or `all`, every backend of
+    /// this build (those that cannot run here show as `n/a`, skipped with the reason). An
+    /// unknown name is a usage error.
     #[arg(long, value_delimiter = ',', default_value = "all")]
     backend: Vec<String>,
 
-    /// Golden directory or case file (repeatable). Default: $MOEMLA_GOLDEN, else
-    /// ./conformance/golden, else the committed set this binary was built from.
+    /// Golden root: a directory (walked recursively) or a case file; repeatable (e.g. the
+    /// committed set plus a private folder: case IDs then start with the root's name and
+    /// `:`). Default: $MOEMLA_GOLDEN, else ./conformance/golden, else the committed set
+    /// this binary was built from (`moemla goldens export` copies it).
     #[arg(long)]
     golden: Vec<PathBuf>,
 
-    /// Write the JSON report (one object per case x backend) to this file.
+    /// Write the JSON report (schema_version, outcome, exit code, run, backends with their
+    /// device, one result per case x backend) to this file.
     #[arg(long)]
     json: Option<PathBuf>,
 
-    /// Write a JUnit XML report to this file.
+    /// Write a JUnit XML report (Jenkins xUnit junit-10.xsd) to this file.
     #[arg(long)]
     junit: Option<PathBuf>,
 
@@ -44,28 +52,100 @@ pub struct ConformanceArgs {
     #[arg(long, env = "MOEMLA_ALLOW_UNSUPPORTED", value_delimiter = ',')]
     allow_unsupported: Vec<String>,
 
-    /// Only cases of this op (`mla_decode`) or whose relative path matches this glob
-    /// (`*` and `?`; e.g. `moe_route/bf16/*`).
+    /// Only cases of this op (`mla_decode`) or whose case ID matches this glob (`*` and
+    /// `?`; e.g. `moe_route/bf16/*`). Repeatable: a case matching any is kept.
     #[arg(long)]
-    filter: Option<String>,
+    filter: Vec<String>,
+
+    /// Leave out cases of this op or matching this glob (as --filter). Repeatable.
+    #[arg(long)]
+    exclude: Vec<String>,
+
+    /// Run shard I of N (`2/4`): a stable split of the selected cases by a hash of their
+    /// IDs; the N shards together run every case once.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<String>,
+
+    /// Print the selected case IDs, one per line, and exit (0, or 4 if none).
+    #[arg(long)]
+    list: bool,
+
+    /// JSON report(s) of an earlier run (repeatable: e.g. the reports of its shards) to
+    /// compare with, per (case, backend, device): new failures, new skips and worst-ratio
+    /// growth beyond --max-ratio-growth fail the run with exit code 6.
+    #[arg(long, value_name = "OLD.json")]
+    baseline: Vec<PathBuf>,
+
+    /// How many times a passing cell's worst error ratio may grow over the baseline's
+    /// (ratios under 0.01 count as 0.01).
+    #[arg(long, default_value_t = baseline::DEFAULT_MAX_RATIO_GROWTH)]
+    max_ratio_growth: f64,
+}
+
+/// A usage error (exit code 2).
+fn usage(message: String) -> CommandError {
+    message.into()
 }
 
 /// Runs `moemla conformance`.
 pub fn run(args: &ConformanceArgs, registry: &Registry) -> Result<ExitCode, CommandError> {
     let start = Instant::now();
+    let mut info = RunInfo::now();
     let required: Vec<String> = clean(&args.require);
-    let (columns, idle) = open_backends(registry, &clean(&args.backend), &required);
+    let allowed = clean(&args.allow_unsupported);
+    let wanted = clean(&args.backend);
+    check_names(registry, &wanted, &required, &allowed)?;
+    let shard = args.shard.as_deref().map(Shard::parse).transpose()?;
+    if !(args.max_ratio_growth.is_finite() && args.max_ratio_growth >= 1.0) {
+        return Err(usage(format!(
+            "--max-ratio-growth {}: expected a finite factor >= 1",
+            args.max_ratio_growth
+        )));
+    }
+    let baselines = (args.baseline.iter())
+        .map(|p| {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| usage(format!("cannot read baseline {}: {e}", p.display())))?;
+            Ok((p.display().to_string(), text))
+        })
+        .collect::<Result<Vec<_>, CommandError>>()?;
 
-    let dirs = if args.golden.is_empty() {
+    let defaulted = args.golden.is_empty();
+    let dirs = if defaulted {
         golden::default_dirs()?
     } else {
         args.golden.clone()
     };
-    let mut cases = load_cases(&dirs);
-    if let Some(pattern) = &args.filter {
-        cases = filter::filter_cases(cases, pattern);
+    if defaulted && dirs == [golden::committed_dir()] && !dirs[0].exists() {
+        eprintln!(
+            "moemla: the golden set this binary was built with ({}) is not on this machine: \
+             run `moemla goldens export DIR` where it was built, copy DIR here and pass \
+             --golden DIR (or set {})",
+            dirs[0].display(),
+            golden::GOLDEN_ENV
+        );
+    }
+    let selection = Selection {
+        filters: args.filter.clone(),
+        excludes: args.exclude.clone(),
+        shard,
+    };
+    let loaded = load_roots(&dirs);
+    let found = loaded.len();
+    let cases = selection.apply(loaded);
+
+    if args.list {
+        for case in &cases {
+            println!("{}", moemla_conformance::filter::case_id(case));
+        }
+        if cases.is_empty() {
+            eprintln!("moemla: {}", empty_selection(args, found));
+            return Ok(ExitCode::from(ExitStatus::Goldens.code()));
+        }
+        return Ok(ExitCode::SUCCESS);
     }
 
+    let columns = open_backends(registry, &wanted, &required);
     let mut report = Report::default();
     for (name, backend) in &columns {
         report.extend(match backend {
@@ -73,56 +153,126 @@ pub fn run(args: &ConformanceArgs, registry: &Registry) -> Result<ExitCode, Comm
             Err(err) => run_unavailable(name, &reason(err), &cases),
         });
     }
+    let mut verdict = report.finish(&required, &allowed);
+    if cases.is_empty() {
+        verdict.fail(ExitStatus::Goldens, empty_selection(args, found));
+    }
+    if !columns.iter().any(|(_, b)| b.is_ok()) {
+        verdict.fail(
+            ExitStatus::RequiredBackend,
+            "no selected backend is available here".to_string(),
+        );
+    }
+    if !baselines.is_empty() {
+        let compared =
+            baseline::compare(&report, &baselines, args.max_ratio_growth).map_err(usage)?;
+        for r in &compared.regressions {
+            verdict.fail(
+                ExitStatus::Regression,
+                format!(
+                    "baseline: {} of {} on `{}`",
+                    r.kind.label(),
+                    r.case,
+                    r.backend
+                ),
+            );
+        }
+        report.baseline = Some(compared);
+    }
+
+    info.golden_roots = dirs.iter().map(|d| d.display().to_string()).collect();
+    info.filters = args.filter.clone();
+    info.excludes = args.exclude.clone();
+    info.shard = shard.map(|s| s.to_string());
+    info.required = required;
+    info.allow_unsupported = allowed;
+    info.seconds = start.elapsed().as_secs_f64();
+    report.run = info;
+    report.verdict = Some(verdict.clone());
 
     println!(
-        "golden: {} ({} case files)",
+        "golden: {} ({} case files{})",
         dirs.iter()
             .map(|d| d.display().to_string())
             .collect::<Vec<_>>()
             .join(", "),
-        cases.len()
+        cases.len(),
+        shard.map_or(String::new(), |s| format!(", shard {s}"))
     );
     print!("{}", render(&report));
-    if !idle.is_empty() {
-        println!(
-            "not run, unavailable here: {} (why: `moemla devices`; name one with --backend \
-             to show it as n/a)",
-            idle.join(", ")
-        );
-    }
-    if let Some(path) = &args.json {
-        std::fs::write(path, report.to_json())
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    }
-    if let Some(path) = &args.junit {
-        std::fs::write(path, to_junit(&report))
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    if let Some(b) = &report.baseline {
+        print!("\n{}", b.table());
     }
 
-    let mut verdict = report.verdict_allowing(&required, &clean(&args.allow_unsupported));
-    if cases.is_empty() {
-        verdict.ok = false;
-        verdict.reasons.push(match &args.filter {
-            Some(f) => format!("no case matches --filter {f}"),
-            None => "no cases to run".to_string(),
-        });
+    let mut exit = verdict.exit;
+    let writes = [
+        (&args.json, report.to_json()),
+        (&args.junit, to_junit(&report)),
+    ];
+    for (path, text) in writes {
+        if let Some(path) = path {
+            if let Err(e) = std::fs::write(path, text) {
+                eprintln!("moemla: cannot write report {}: {e}", path.display());
+                println!("FAILED: cannot write report {}: {e}", path.display());
+                exit = exit.max(ExitStatus::ReportWrite);
+            }
+        }
     }
-    if columns.is_empty() {
-        verdict.ok = false;
-        verdict
-            .reasons
-            .push("no backend selected or available".to_string());
-    }
+
     println!("\ntime: {:.2} s", start.elapsed().as_secs_f64());
     for reason in &verdict.reasons {
         println!("FAILED: {reason}");
     }
+    if exit != ExitStatus::Pass {
+        println!("exit code {} ({})", exit.code(), exit.name());
+    }
+    // The counts line stays last: CI scripts read it.
     println!("{}", report.counts(None).line());
-    Ok(if verdict.ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(ExitCode::from(exit.code()))
+}
+
+/// Why nothing was selected.
+fn empty_selection(args: &ConformanceArgs, found: usize) -> String {
+    if found == 0 {
+        return "no cases to run".to_string();
+    }
+    let mut how: Vec<String> = (args.filter.iter())
+        .map(|f| format!("--filter {f}"))
+        .collect();
+    how.extend(args.exclude.iter().map(|e| format!("--exclude {e}")));
+    how.extend(args.shard.iter().map(|s| format!("--shard {s}")));
+    format!(
+        "no case selected: {found} case files, none kept by {}",
+        how.join(" ")
+    )
+}
+
+/// Every backend name given must be one of this build's (ignoring ASCII case; `all` too in
+/// --backend): an unknown name is a usage error, never a skipped column.
+fn check_names(
+    registry: &Registry,
+    wanted: &[String],
+    required: &[String],
+    allowed: &[String],
+) -> Result<(), CommandError> {
+    let names = registry.names();
+    let known = |n: &str| names.iter().any(|k| k.eq_ignore_ascii_case(n));
+    let lists = [
+        ("--backend", wanted),
+        ("--require (MOEMLA_REQUIRE)", required),
+        ("--allow-unsupported (MOEMLA_ALLOW_UNSUPPORTED)", allowed),
+    ];
+    for (flag, list) in lists {
+        for name in list {
+            if !(known(name) || (flag == "--backend" && name == "all")) {
+                return Err(usage(format!(
+                    "{flag}: unknown backend `{name}` (backends of this build: {})",
+                    names.join(", ")
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Names without blanks or duplicates, in order.
@@ -139,15 +289,10 @@ fn clean(names: &[String]) -> Vec<String> {
 /// A backend to run: its name, and the opened backend or why it cannot run here.
 type Column = (String, Result<Arc<dyn Backend>, Error>);
 
-/// Opens the backends to run: `all` is every available backend in preference order (the
-/// only case that probes every compiled-in backend); named and required backends are
-/// always run, as `n/a` if they cannot open. Also returns the unavailable backends `all`
-/// left out.
-fn open_backends(
-    registry: &Registry,
-    wanted: &[String],
-    required: &[String],
-) -> (Vec<Column>, Vec<String>) {
+/// Opens the backends to run: `all` is every backend of the registry in preference order
+/// (those that cannot open are columns of skipped cells with the reason); named and
+/// required backends are always run, as `n/a` if they cannot open.
+fn open_backends(registry: &Registry, wanted: &[String], required: &[String]) -> Vec<Column> {
     let names = clean(&[wanted, required].concat());
     let entries = if names.iter().any(|n| n == "all") {
         registry.discover()
@@ -158,7 +303,7 @@ fn open_backends(
     for name in &names {
         let fresh = |n: &str, cols: &[Column]| !cols.iter().any(|(c, _)| c == n);
         if name == "all" {
-            for e in entries.iter().filter(|e| e.backend.is_ok()) {
+            for e in &entries {
                 if fresh(&e.name, &columns) {
                     columns.push((e.name.to_string(), e.backend.clone()));
                 }
@@ -171,11 +316,7 @@ fn open_backends(
             columns.push((name.clone(), opened));
         }
     }
-    let idle = (entries.iter())
-        .filter(|e| e.backend.is_err() && !columns.iter().any(|(c, _)| *c == e.name))
-        .map(|e| e.name.clone())
-        .collect();
-    (columns, idle)
+    columns
 }
 
 /// Why a backend cannot run, without the "backend `x` is unavailable" prefix.
