@@ -3,9 +3,11 @@
 // in slot order, then scaled. One work-item per token.
 //
 // Index checks (flag slots of backends/opencl/src/flags.rs): an input id outside
-// [0, vocab) flags its token (slot_ids); a table entry outside [0, E), or equal to an
-// earlier one of its row, flags its row-major position in tid2eid (slot_table). A token
-// with a bad index writes ids -1 and weights 0 and reads nothing through it.
+// [0, vocab) flags its token (slot_ids). A table entry outside [0, E), or equal to an
+// earlier one of its row, is found in token order, as the contract's check reports it: the
+// token's first bad column lowers first_bad to t * top_k + j, and route_hash_resolve then
+// flags that entry's tid2eid position in the range slot or the repeat slot. A token with a
+// bad index writes ids -1 and weights 0 and reads nothing through it.
 
 #define SCORE_SOFTMAX 1
 #define SCORE_SQRTSOFTPLUS 2
@@ -22,7 +24,7 @@ __kernel void route_hash(__global const store_t *logits, int T, int E, int top_k
                          __global const int *tid2eid, int renormalize, float scaling,
                          __global int *topk_ids, __global float *topk_weights,
                          volatile __global int *flags_ids, int slot_ids,
-                         volatile __global int *flags_table, int slot_table) {
+                         volatile __global int *first_bad) {
     const int t = get_global_id(0);
     if (t >= T) return;
     __global const store_t *row = logits + (size_t)t * E;
@@ -37,7 +39,7 @@ __kernel void route_hash(__global const store_t *logits, int T, int E, int top_k
         int bad = e < 0 || e >= E;
         for (int i = 0; !bad && i < j; ++i) bad = experts[i] == e;
         if (bad) {
-            flag_bad_index(flags_table, slot_table, token * top_k + j);
+            atomic_min(first_bad, t * top_k + j);
             ok = 0;
         }
     }
@@ -58,4 +60,21 @@ __kernel void route_hash(__global const store_t *logits, int T, int E, int top_k
     }
     const float denom = renormalize ? fmax(sum, 1e-20f) : 1.0f;
     for (int j = 0; j < top_k; ++j) wt[j] = wt[j] / denom * scaling;
+}
+
+// Launch: global 1, local 1, after route_hash: the table entry of the first bad (token,
+// column) in token order, in the range slot (outside [0, E)) or the repeat slot.
+__kernel void route_hash_resolve(__global const int *first_bad, __global const int *input_ids,
+                                 __global const int *tid2eid, int top_k, int E,
+                                 volatile __global int *range_flags, int range_slot,
+                                 volatile __global int *repeat_flags, int repeat_slot) {
+    const int v = first_bad[0];
+    if (v == INT_MAX) return;
+    const int at = input_ids[v / top_k] * top_k + v % top_k;  // a valid token's row
+    const int e = tid2eid[at];
+    if (e < 0 || e >= E) {
+        flag_bad_index(range_flags, range_slot, at);
+    } else {
+        flag_bad_index(repeat_flags, repeat_slot, at);
+    }
 }

@@ -137,6 +137,28 @@ fn hash_routing_reads_each_tokens_row_and_checks_the_tables() {
         err,
         (Op::MoeRoute, "tid2eid", vec![5, 1], table[5 * k] as i64),
     );
+    // Bad entries are found in token order (as the contract's check does), not table
+    // order: token 0 reads row 4 (a repeat at column 1), token 1 row 1 (E at column 2).
+    let mut two_bad: Vec<i32> = (0..vocab * k).map(|i| ((i * 7) % e) as i32).collect();
+    two_bad[k + 2] = e as i32;
+    two_bad[4 * k + 1] = two_bad[4 * k];
+    let two_bad = int_tensor(&*be, &[vocab, k], &two_bad);
+    for (tokens, want, valid) in [
+        ([4, 1, 0, 0], vec![4, 1], "[0, 16), distinct within the row"),
+        ([0, 1, 4, 0], vec![1, 2], "[0, 16) (E)"),
+    ] {
+        let ids = int_tensor(&*be, &[t], &tokens);
+        let inputs = RouteInputs::new(&logits).with_hash(&ids, &two_bad);
+        match index_error(&*be, ops::moe_route_with(&*be, inputs, &p)) {
+            Error::IndexOutOfRange {
+                arg,
+                index,
+                valid: v,
+                ..
+            } => assert_eq!((arg, index, v.as_str()), ("tid2eid", want, valid)),
+            other => panic!("expected a tid2eid index error, got {other}"),
+        }
+    }
     be.synchronize().unwrap();
 }
 

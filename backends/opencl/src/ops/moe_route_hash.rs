@@ -1,6 +1,7 @@
 //! `moe_route` hash routing (contract v2): one work-item per token reads its `tid2eid` row
 //! (kernels/opencl/moe_route_hash.cl). Bad `input_ids` / `tid2eid` entries are index errors
-//! reported at the next synchronize or download (input ids first).
+//! reported at the next synchronize or download: input ids first, then the first bad table
+//! entry in token order (as `moemla_core::indices::check_hash_routing` finds it).
 
 use crate::device::{Arg, ClDevice};
 use crate::ops::{byte_len, int, int_product};
@@ -41,6 +42,7 @@ pub fn run(
     let (e32, k32) = (int(op, "E", e)?, int(op, "top_k", k)?);
     let vocab = int(op, "vocab", hash.vocab)?;
     int_product(op, "vocab * top_k", &[hash.vocab, k])?;
+    int_product(op, "T * top_k", &[t, k])?;
     let ids = dev.alloc_workspace("moe_route topk_ids", byte_len(&[t, k], DType::I32)?)?;
     let weights = dev.alloc_workspace("moe_route topk_weights", byte_len(&[t, k], DType::F32)?)?;
     let program = program(dev, Kernels::MoeRouteHash, call.logits.dtype())?;
@@ -50,11 +52,14 @@ pub fn run(
         hash.input_ids,
         format!("[0, {}) (rows of tid2eid)", hash.vocab),
     )?;
-    let table_flag = checks.flag(
+    let range_flag = checks.flag("tid2eid", hash.tid2eid, format!("[0, {e}) (E)"))?;
+    let repeat_flag = checks.flag(
         "tid2eid",
         hash.tid2eid,
         format!("[0, {e}), distinct within the row"),
     )?;
+    // The first bad (token, column), in token order (INT_MAX: none).
+    let first_bad = dev.alloc_filled("moe_route first bad table entry", 4, i32::MAX as u32)?;
     let args = [
         Arg::Buf(logits),
         Arg::I32(t32),
@@ -70,10 +75,21 @@ pub fn run(
         Arg::Buf(&weights),
         Arg::Buf(ids_flag.buffer()),
         Arg::I32(ids_flag.slot()),
-        Arg::Buf(table_flag.buffer()),
-        Arg::I32(table_flag.slot()),
+        Arg::Buf(&first_bad),
     ];
     dev.launch(&program, "route_hash", &args, &[t.div_ceil(LS) * LS], &[LS])?;
+    let resolve = [
+        Arg::Buf(&first_bad),
+        Arg::Buf(input_ids),
+        Arg::Buf(tid2eid),
+        Arg::I32(k32),
+        Arg::I32(e32),
+        Arg::Buf(range_flag.buffer()),
+        Arg::I32(range_flag.slot()),
+        Arg::Buf(repeat_flag.buffer()),
+        Arg::I32(repeat_flag.slot()),
+    ];
+    dev.launch(&program, "route_hash_resolve", &resolve, &[1], &[1])?;
     checks.enqueued()?;
     Ok((ids, weights))
 }
