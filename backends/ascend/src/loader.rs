@@ -17,61 +17,13 @@
 //! `aclError`/`aclnnStatus` = i32, `aclrtStream`/`aclOpExecutor*`/`aclTensor*`/... = pointers.
 
 use crate::tried::Tried;
-use libloading::Library;
+use moemla_dylib::{symbol_table, with_sources, Library, SymbolTable};
 use std::ffi::{c_char, c_void};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Opaque CANN handle (`aclTensor*`, `aclOpExecutor*`, `aclrtStream`, ...).
 pub type Handle = *mut c_void;
-
-/// Declares one library's symbol table: a struct of function pointers (`Option` for
-/// optional ones) and `resolve`, which looks each symbol up in a list of libraries.
-macro_rules! symbol_table {
-    (
-        $(#[$meta:meta])* $table:ident {
-            required { $( $(#[$rm:meta])* $req:ident : fn($($rarg:ty),*) -> $rret:ty; )* }
-            optional { $( $(#[$om:meta])* $opt:ident : fn($($oarg:ty),*) -> $oret:ty; )* }
-        }
-    ) => {
-        $(#[$meta])*
-        // The tables list the documented surface; not every entry is called yet.
-        #[allow(non_snake_case, dead_code)]
-        pub struct $table {
-            $( $(#[$rm])* pub $req: unsafe extern "C" fn($($rarg),*) -> $rret, )*
-            $( $(#[$om])* pub $opt: Option<unsafe extern "C" fn($($oarg),*) -> $oret>, )*
-        }
-
-        impl $table {
-            /// Resolves every symbol from the first library in `libs` that has it; fails with
-            /// the first missing required symbol.
-            pub fn resolve(libs: &[&Library]) -> Result<Self, String> {
-                let table = $table {
-                    $( $req: match lookup(libs, stringify!($req)) {
-                        // SAFETY: the symbol has the C signature the CANN docs give (cited
-                        // at the table); the libraries outlive the table (see `Cann`).
-                        Some(p) => unsafe { std::mem::transmute::<*mut c_void, unsafe extern "C" fn($($rarg),*) -> $rret>(p) },
-                        None => return Err(format!("missing required symbol {}", stringify!($req))),
-                    }, )*
-                    $( $opt: lookup(libs, stringify!($opt)).map(|p| {
-                        // SAFETY: as above.
-                        unsafe { std::mem::transmute::<*mut c_void, unsafe extern "C" fn($($oarg),*) -> $oret>(p) }
-                    }), )*
-                };
-                Ok(table)
-            }
-        }
-    };
-}
-
-/// The first non-null address of `name` in `libs`.
-fn lookup(libs: &[&Library], name: &str) -> Option<*mut c_void> {
-    libs.iter().find_map(|lib| {
-        // SAFETY: only the address is read here; it is typed by the table that asked.
-        let sym = unsafe { lib.get::<*mut c_void>(name.as_bytes()) }.ok()?;
-        let addr = *sym;
-        (!addr.is_null()).then_some(addr)
-    })
-}
 
 symbol_table! {
     /// libascendcl.so — AscendCL runtime. Signatures: AscendCL API reference
@@ -79,41 +31,42 @@ symbol_table! {
     /// "System Configuration", "Device Management", "Stream Management", "Memory Management").
     /// `aclrtMemMallocPolicy`: ACL_MEM_MALLOC_HUGE_FIRST = 0. `aclrtMemcpyKind`:
     /// HOST_TO_HOST 0, HOST_TO_DEVICE 1, DEVICE_TO_HOST 2, DEVICE_TO_DEVICE 3.
-    AclRuntime {
-        required {
-            /// `aclError aclInit(const char *configPath)`
-            aclInit: fn(*const c_char) -> i32;
-            /// `aclError aclFinalize()`
-            aclFinalize: fn() -> i32;
-            /// `aclError aclrtSetDevice(int32_t deviceId)`
-            aclrtSetDevice: fn(i32) -> i32;
-            /// `aclError aclrtResetDevice(int32_t deviceId)`
-            aclrtResetDevice: fn(i32) -> i32;
-            /// `aclError aclrtGetDeviceCount(uint32_t *count)`
-            aclrtGetDeviceCount: fn(*mut u32) -> i32;
-            /// `aclError aclrtCreateStream(aclrtStream *stream)`
-            aclrtCreateStream: fn(*mut Handle) -> i32;
-            /// `aclError aclrtDestroyStream(aclrtStream stream)`
-            aclrtDestroyStream: fn(Handle) -> i32;
-            /// `aclError aclrtSynchronizeStream(aclrtStream stream)`
-            aclrtSynchronizeStream: fn(Handle) -> i32;
-            /// `aclError aclrtMalloc(void **devPtr, size_t size, aclrtMemMallocPolicy policy)`
-            aclrtMalloc: fn(*mut Handle, usize, i32) -> i32;
-            /// `aclError aclrtFree(void *devPtr)`
-            aclrtFree: fn(Handle) -> i32;
-            /// `aclError aclrtMemcpy(void *dst, size_t destMax, const void *src, size_t count, aclrtMemcpyKind kind)`
-            aclrtMemcpy: fn(Handle, usize, *const c_void, usize, i32) -> i32;
-            /// `aclError aclrtMemset(void *devPtr, size_t maxCount, int32_t value, size_t count)`
-            aclrtMemset: fn(Handle, usize, i32, usize) -> i32;
-            /// `const char *aclrtGetSocName()`
-            aclrtGetSocName: fn() -> *const c_char;
-            /// `const char *aclGetRecentErrMsg()`
-            aclGetRecentErrMsg: fn() -> *const c_char;
-        }
-        optional {
-            /// `aclError aclrtGetMemInfo(aclrtMemAttr attr, size_t *free, size_t *total)`; attr ACL_HBM_MEM = 1.
-            aclrtGetMemInfo: fn(i32, *mut usize, *mut usize) -> i32;
-        }
+    // The tables list the documented surface; not every entry is called yet.
+    #[allow(dead_code)]
+    pub struct AclRuntime;
+    required {
+        /// `aclError aclInit(const char *configPath)`
+        fn aclInit(_: *const c_char) -> i32;
+        /// `aclError aclFinalize()`
+        fn aclFinalize() -> i32;
+        /// `aclError aclrtSetDevice(int32_t deviceId)`
+        fn aclrtSetDevice(_: i32) -> i32;
+        /// `aclError aclrtResetDevice(int32_t deviceId)`
+        fn aclrtResetDevice(_: i32) -> i32;
+        /// `aclError aclrtGetDeviceCount(uint32_t *count)`
+        fn aclrtGetDeviceCount(_: *mut u32) -> i32;
+        /// `aclError aclrtCreateStream(aclrtStream *stream)`
+        fn aclrtCreateStream(_: *mut Handle) -> i32;
+        /// `aclError aclrtDestroyStream(aclrtStream stream)`
+        fn aclrtDestroyStream(_: Handle) -> i32;
+        /// `aclError aclrtSynchronizeStream(aclrtStream stream)`
+        fn aclrtSynchronizeStream(_: Handle) -> i32;
+        /// `aclError aclrtMalloc(void **devPtr, size_t size, aclrtMemMallocPolicy policy)`
+        fn aclrtMalloc(_: *mut Handle, _: usize, _: i32) -> i32;
+        /// `aclError aclrtFree(void *devPtr)`
+        fn aclrtFree(_: Handle) -> i32;
+        /// `aclError aclrtMemcpy(void *dst, size_t destMax, const void *src, size_t count, aclrtMemcpyKind kind)`
+        fn aclrtMemcpy(_: Handle, _: usize, _: *const c_void, _: usize, _: i32) -> i32;
+        /// `aclError aclrtMemset(void *devPtr, size_t maxCount, int32_t value, size_t count)`
+        fn aclrtMemset(_: Handle, _: usize, _: i32, _: usize) -> i32;
+        /// `const char *aclrtGetSocName()`
+        fn aclrtGetSocName() -> *const c_char;
+        /// `const char *aclGetRecentErrMsg()`
+        fn aclGetRecentErrMsg() -> *const c_char;
+    }
+    optional {
+        /// `aclError aclrtGetMemInfo(aclrtMemAttr attr, size_t *free, size_t *total)`; attr ACL_HBM_MEM = 1.
+        fn aclrtGetMemInfo(_: i32, _: *mut usize, _: *mut usize) -> i32;
     }
 }
 
@@ -124,26 +77,28 @@ symbol_table! {
     /// `aclDataType`: ACL_FLOAT 0, ACL_FLOAT16 1, ACL_INT8 2, ACL_INT32 3, ACL_INT64 9,
     /// ACL_BF16 27; `aclFormat`: ACL_FORMAT_ND 2
     /// (https://www.hiascend.com/document/detail/en/canncommercial/800/apiref/appdevgapi/aclcppdevg_03_1348.html).
-    NnopBase {
-        required {
-            /// `aclTensor *aclCreateTensor(const int64_t *viewDims, uint64_t viewDimsNum, aclDataType dataType, const int64_t *stride, int64_t offset, aclFormat format, const int64_t *storageDims, uint64_t storageDimsNum, void *tensorData)`
-            aclCreateTensor: fn(*const i64, u64, i32, *const i64, i64, i32, *const i64, u64, Handle) -> Handle;
-            /// `aclnnStatus aclDestroyTensor(const aclTensor *tensor)`
-            aclDestroyTensor: fn(Handle) -> i32;
-            /// `aclIntArray *aclCreateIntArray(const int64_t *value, uint64_t size)`
-            aclCreateIntArray: fn(*const i64, u64) -> Handle;
-            /// `aclnnStatus aclDestroyIntArray(const aclIntArray *array)`
-            aclDestroyIntArray: fn(Handle) -> i32;
-            /// `aclTensorList *aclCreateTensorList(const aclTensor *const *value, uint64_t size)`
-            aclCreateTensorList: fn(*const Handle, u64) -> Handle;
-            /// `aclnnStatus aclDestroyTensorList(const aclTensorList *array)`; assumed to destroy the tensors it holds (to confirm on silicon, see README)
-            aclDestroyTensorList: fn(Handle) -> i32;
-            /// `aclScalar *aclCreateScalar(void *value, aclDataType dataType)`
-            aclCreateScalar: fn(*const c_void, i32) -> Handle;
-            /// `aclnnStatus aclDestroyScalar(const aclScalar *scalar)`
-            aclDestroyScalar: fn(Handle) -> i32;
-        }
-        optional {}
+    // The tables list the documented surface; not every entry is called yet.
+    #[allow(dead_code)]
+    pub struct NnopBase;
+    required {
+        /// `aclTensor *aclCreateTensor(const int64_t *viewDims, uint64_t viewDimsNum, aclDataType dataType, const int64_t *stride, int64_t offset, aclFormat format, const int64_t *storageDims, uint64_t storageDimsNum, void *tensorData)`
+        fn aclCreateTensor(_: *const i64, _: u64, _: i32, _: *const i64, _: i64, _: i32, _: *const i64, _: u64, _: Handle) -> Handle;
+        /// `aclnnStatus aclDestroyTensor(const aclTensor *tensor)`
+        fn aclDestroyTensor(_: Handle) -> i32;
+        /// `aclIntArray *aclCreateIntArray(const int64_t *value, uint64_t size)`
+        fn aclCreateIntArray(_: *const i64, _: u64) -> Handle;
+        /// `aclnnStatus aclDestroyIntArray(const aclIntArray *array)`
+        fn aclDestroyIntArray(_: Handle) -> i32;
+        /// `aclTensorList *aclCreateTensorList(const aclTensor *const *value, uint64_t size)`
+        fn aclCreateTensorList(_: *const Handle, _: u64) -> Handle;
+        /// `aclnnStatus aclDestroyTensorList(const aclTensorList *array)`; assumed to destroy the tensors it holds (to confirm on silicon, see README)
+        fn aclDestroyTensorList(_: Handle) -> i32;
+        /// `aclScalar *aclCreateScalar(void *value, aclDataType dataType)`
+        fn aclCreateScalar(_: *const c_void, _: i32) -> Handle;
+        /// `aclnnStatus aclDestroyScalar(const aclScalar *scalar)`
+        fn aclDestroyScalar(_: Handle) -> i32;
+    }
+    optional {
     }
 }
 
@@ -157,63 +112,60 @@ symbol_table! {
     /// unsupported. First-phase signatures (all end in `uint64_t *workspaceSize,
     /// aclOpExecutor **executor`), from the op pages under
     /// https://www.hiascend.com/document/detail/zh/CANNCommunityEdition/83RC1/API/aolapi/context/ :
-    OpApi {
-        required {}
-        optional {
-            /// aclnnCast.md: `(const aclTensor *self, const aclDataType dtype, aclTensor *out, ...)`
-            aclnnCastGetWorkspaceSize: fn(Handle, i32, Handle, *mut u64, *mut Handle) -> i32;
-            /// aclnnCast second phase.
-            aclnnCast: fn(Handle, u64, Handle, Handle) -> i32;
-            /// aclnnInplaceCopy.md: `(aclTensor *selfRef, const aclTensor *src, ...)`
-            aclnnInplaceCopyGetWorkspaceSize: fn(Handle, Handle, *mut u64, *mut Handle) -> i32;
-            /// aclnnInplaceCopy second phase.
-            aclnnInplaceCopy: fn(Handle, u64, Handle, Handle) -> i32;
-            /// aclnnMuls.md: `(const aclTensor *self, const aclScalar *other, aclTensor *out, ...)`
-            aclnnMulsGetWorkspaceSize: fn(Handle, Handle, Handle, *mut u64, *mut Handle) -> i32;
-            /// aclnnMuls second phase.
-            aclnnMuls: fn(Handle, u64, Handle, Handle) -> i32;
-            /// aclnnInplaceZero.md (hicann/ops-math `math/zero_op/docs/aclnnInplaceZero.md`): `(aclTensor *selfRef, ...)`
-            aclnnInplaceZeroGetWorkspaceSize: fn(Handle, *mut u64, *mut Handle) -> i32;
-            /// aclnnInplaceZero second phase.
-            aclnnInplaceZero: fn(Handle, u64, Handle, Handle) -> i32;
-            /// aclnnMatmul.md: `(const aclTensor *self, const aclTensor *mat2, aclTensor *out, int8_t cubeMathType, ...)`
-            aclnnMatmulGetWorkspaceSize: fn(Handle, Handle, Handle, i8, *mut u64, *mut Handle) -> i32;
-            /// aclnnMatmul second phase.
-            aclnnMatmul: fn(Handle, u64, Handle, Handle) -> i32;
-            /// aclnnLogSumExp.md: `(const aclTensor *self, const aclIntArray *dim, bool keepDim, aclTensor *out, ...)`
-            aclnnLogSumExpGetWorkspaceSize: fn(Handle, Handle, bool, Handle, *mut u64, *mut Handle) -> i32;
-            /// aclnnLogSumExp second phase.
-            aclnnLogSumExp: fn(Handle, u64, Handle, Handle) -> i32;
-            /// aclnnMoeGatingTopK.md: `(const aclTensor *x, const aclTensor *biasOptional, int64_t k, int64_t kGroup, int64_t groupCount, int64_t groupSelectMode, int64_t renorm, int64_t normType, bool outFlag, double routedScalingFactor, double eps, const aclTensor *yOut, const aclTensor *expertIdxOut, const aclTensor *outOut, ...)`
-            aclnnMoeGatingTopKGetWorkspaceSize: fn(Handle, Handle, i64, i64, i64, i64, i64, i64, bool, f64, f64, Handle, Handle, Handle, *mut u64, *mut Handle) -> i32;
-            /// aclnnMoeGatingTopK second phase.
-            aclnnMoeGatingTopK: fn(Handle, u64, Handle, Handle) -> i32;
-            /// aclnnMoeInitRoutingV2.md: `(const aclTensor *x, const aclTensor *expertIdx, int64_t activeNum, int64_t expertCapacity, int64_t expertNum, int64_t dropPadMode, int64_t expertTokensCountOrCumsumFlag, bool expertTokensBeforeCapacityFlag, const aclTensor *expandedXOut, const aclTensor *expandedRowIdxOut, const aclTensor *expertTokensCountOrCumsumOut, const aclTensor *expertTokensBeforeCapacityOut, ...)`
-            aclnnMoeInitRoutingV2GetWorkspaceSize: fn(Handle, Handle, i64, i64, i64, i64, i64, bool, Handle, Handle, Handle, Handle, *mut u64, *mut Handle) -> i32;
-            /// aclnnMoeInitRoutingV2 second phase.
-            aclnnMoeInitRoutingV2: fn(Handle, u64, Handle, Handle) -> i32;
-            /// aclnnGroupedMatmulV4.md: `(const aclTensorList *x, *weight, *biasOptional, *scaleOptional, *offsetOptional, *antiquantScaleOptional, *antiquantOffsetOptional, *perTokenScaleOptional, const aclTensor *groupListOptional, const aclTensorList *activationInputOptional, *activationQuantScaleOptional, *activationQuantOffsetOptional, int64_t splitItem, int64_t groupType, int64_t groupListType, int64_t actType, aclTensorList *out, *activationFeatureOutOptional, *dynQuantScaleOutOptional, ...)`
-            aclnnGroupedMatmulV4GetWorkspaceSize: fn(Handle, Handle, Handle, Handle, Handle, Handle, Handle, Handle, Handle, Handle, Handle, Handle, i64, i64, i64, i64, Handle, Handle, Handle, *mut u64, *mut Handle) -> i32;
-            /// aclnnGroupedMatmulV4 second phase.
-            aclnnGroupedMatmulV4: fn(Handle, u64, Handle, Handle) -> i32;
-            /// aclnnSwiGlu.md: `(const aclTensor *x, int64_t dim, aclTensor *out, ...)`
-            aclnnSwiGluGetWorkspaceSize: fn(Handle, i64, Handle, *mut u64, *mut Handle) -> i32;
-            /// aclnnSwiGlu second phase.
-            aclnnSwiGlu: fn(Handle, u64, Handle, Handle) -> i32;
-            /// aclnnMoeFinalizeRoutingV2.md: `(const aclTensor *expandedX, const aclTensor *expandedRowIdx, const aclTensor *x1Optional, const aclTensor *x2Optional, const aclTensor *biasOptional, const aclTensor *scalesOptional, const aclTensor *expertIdxOptional, int64_t dropPadMode, const aclTensor *out, ...)`
-            aclnnMoeFinalizeRoutingV2GetWorkspaceSize: fn(Handle, Handle, Handle, Handle, Handle, Handle, Handle, i64, Handle, *mut u64, *mut Handle) -> i32;
-            /// aclnnMoeFinalizeRoutingV2 second phase.
-            aclnnMoeFinalizeRoutingV2: fn(Handle, u64, Handle, Handle) -> i32;
-            /// aclnnFusedInferAttentionScoreV3.md: query, key (list), value (list), pseShift, attenMask, actualSeqLengths (int array), actualSeqLengthsKv (int array), deqScale1, quantScale1, deqScale2, quantScale2, quantOffset2, antiquantScale, antiquantOffset, blockTable, queryPaddingSize, kvPaddingSize, keyAntiquantScale, keyAntiquantOffset, valueAntiquantScale, valueAntiquantOffset, keySharedPrefix, valueSharedPrefix, actualSharedPrefixLen (int array), queryRope, keyRope, keyRopeAntiquantScale, int64 numHeads, double scaleValue, int64 preTokens, int64 nextTokens, char *inputLayout, int64 numKeyValueHeads, int64 sparseMode, int64 innerPrecise, int64 blockSize, int64 antiquantMode, bool softmaxLseFlag, int64 keyAntiquantMode, int64 valueAntiquantMode, attentionOut, softmaxLse, ...
-            aclnnFusedInferAttentionScoreV3GetWorkspaceSize: fn(
-                Handle, Handle, Handle, Handle, Handle, Handle, Handle, Handle, Handle, Handle,
-                Handle, Handle, Handle, Handle, Handle, Handle, Handle, Handle, Handle, Handle,
-                Handle, Handle, Handle, Handle, Handle, Handle, Handle,
-                i64, f64, i64, i64, *const c_char, i64, i64, i64, i64, i64, bool, i64, i64,
-                Handle, Handle, *mut u64, *mut Handle) -> i32;
-            /// aclnnFusedInferAttentionScoreV3 second phase.
-            aclnnFusedInferAttentionScoreV3: fn(Handle, u64, Handle, Handle) -> i32;
-        }
+    // The tables list the documented surface; not every entry is called yet.
+    #[allow(dead_code)]
+    pub struct OpApi;
+    required {
+    }
+    optional {
+        /// aclnnCast.md: `(const aclTensor *self, const aclDataType dtype, aclTensor *out, ...)`
+        fn aclnnCastGetWorkspaceSize(_: Handle, _: i32, _: Handle, _: *mut u64, _: *mut Handle) -> i32;
+        /// aclnnCast second phase.
+        fn aclnnCast(_: Handle, _: u64, _: Handle, _: Handle) -> i32;
+        /// aclnnInplaceCopy.md: `(aclTensor *selfRef, const aclTensor *src, ...)`
+        fn aclnnInplaceCopyGetWorkspaceSize(_: Handle, _: Handle, _: *mut u64, _: *mut Handle) -> i32;
+        /// aclnnInplaceCopy second phase.
+        fn aclnnInplaceCopy(_: Handle, _: u64, _: Handle, _: Handle) -> i32;
+        /// aclnnMuls.md: `(const aclTensor *self, const aclScalar *other, aclTensor *out, ...)`
+        fn aclnnMulsGetWorkspaceSize(_: Handle, _: Handle, _: Handle, _: *mut u64, _: *mut Handle) -> i32;
+        /// aclnnMuls second phase.
+        fn aclnnMuls(_: Handle, _: u64, _: Handle, _: Handle) -> i32;
+        /// aclnnInplaceZero.md (hicann/ops-math `math/zero_op/docs/aclnnInplaceZero.md`): `(aclTensor *selfRef, ...)`
+        fn aclnnInplaceZeroGetWorkspaceSize(_: Handle, _: *mut u64, _: *mut Handle) -> i32;
+        /// aclnnInplaceZero second phase.
+        fn aclnnInplaceZero(_: Handle, _: u64, _: Handle, _: Handle) -> i32;
+        /// aclnnMatmul.md: `(const aclTensor *self, const aclTensor *mat2, aclTensor *out, int8_t cubeMathType, ...)`
+        fn aclnnMatmulGetWorkspaceSize(_: Handle, _: Handle, _: Handle, _: i8, _: *mut u64, _: *mut Handle) -> i32;
+        /// aclnnMatmul second phase.
+        fn aclnnMatmul(_: Handle, _: u64, _: Handle, _: Handle) -> i32;
+        /// aclnnLogSumExp.md: `(const aclTensor *self, const aclIntArray *dim, bool keepDim, aclTensor *out, ...)`
+        fn aclnnLogSumExpGetWorkspaceSize(_: Handle, _: Handle, _: bool, _: Handle, _: *mut u64, _: *mut Handle) -> i32;
+        /// aclnnLogSumExp second phase.
+        fn aclnnLogSumExp(_: Handle, _: u64, _: Handle, _: Handle) -> i32;
+        /// aclnnMoeGatingTopK.md: `(const aclTensor *x, const aclTensor *biasOptional, int64_t k, int64_t kGroup, int64_t groupCount, int64_t groupSelectMode, int64_t renorm, int64_t normType, bool outFlag, double routedScalingFactor, double eps, const aclTensor *yOut, const aclTensor *expertIdxOut, const aclTensor *outOut, ...)`
+        fn aclnnMoeGatingTopKGetWorkspaceSize(_: Handle, _: Handle, _: i64, _: i64, _: i64, _: i64, _: i64, _: i64, _: bool, _: f64, _: f64, _: Handle, _: Handle, _: Handle, _: *mut u64, _: *mut Handle) -> i32;
+        /// aclnnMoeGatingTopK second phase.
+        fn aclnnMoeGatingTopK(_: Handle, _: u64, _: Handle, _: Handle) -> i32;
+        /// aclnnMoeInitRoutingV2.md: `(const aclTensor *x, const aclTensor *expertIdx, int64_t activeNum, int64_t expertCapacity, int64_t expertNum, int64_t dropPadMode, int64_t expertTokensCountOrCumsumFlag, bool expertTokensBeforeCapacityFlag, const aclTensor *expandedXOut, const aclTensor *expandedRowIdxOut, const aclTensor *expertTokensCountOrCumsumOut, const aclTensor *expertTokensBeforeCapacityOut, ...)`
+        fn aclnnMoeInitRoutingV2GetWorkspaceSize(_: Handle, _: Handle, _: i64, _: i64, _: i64, _: i64, _: i64, _: bool, _: Handle, _: Handle, _: Handle, _: Handle, _: *mut u64, _: *mut Handle) -> i32;
+        /// aclnnMoeInitRoutingV2 second phase.
+        fn aclnnMoeInitRoutingV2(_: Handle, _: u64, _: Handle, _: Handle) -> i32;
+        /// aclnnGroupedMatmulV4.md: `(const aclTensorList *x, *weight, *biasOptional, *scaleOptional, *offsetOptional, *antiquantScaleOptional, *antiquantOffsetOptional, *perTokenScaleOptional, const aclTensor *groupListOptional, const aclTensorList *activationInputOptional, *activationQuantScaleOptional, *activationQuantOffsetOptional, int64_t splitItem, int64_t groupType, int64_t groupListType, int64_t actType, aclTensorList *out, *activationFeatureOutOptional, *dynQuantScaleOutOptional, ...)`
+        fn aclnnGroupedMatmulV4GetWorkspaceSize(_: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: i64, _: i64, _: i64, _: i64, _: Handle, _: Handle, _: Handle, _: *mut u64, _: *mut Handle) -> i32;
+        /// aclnnGroupedMatmulV4 second phase.
+        fn aclnnGroupedMatmulV4(_: Handle, _: u64, _: Handle, _: Handle) -> i32;
+        /// aclnnSwiGlu.md: `(const aclTensor *x, int64_t dim, aclTensor *out, ...)`
+        fn aclnnSwiGluGetWorkspaceSize(_: Handle, _: i64, _: Handle, _: *mut u64, _: *mut Handle) -> i32;
+        /// aclnnSwiGlu second phase.
+        fn aclnnSwiGlu(_: Handle, _: u64, _: Handle, _: Handle) -> i32;
+        /// aclnnMoeFinalizeRoutingV2.md: `(const aclTensor *expandedX, const aclTensor *expandedRowIdx, const aclTensor *x1Optional, const aclTensor *x2Optional, const aclTensor *biasOptional, const aclTensor *scalesOptional, const aclTensor *expertIdxOptional, int64_t dropPadMode, const aclTensor *out, ...)`
+        fn aclnnMoeFinalizeRoutingV2GetWorkspaceSize(_: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: i64, _: Handle, _: *mut u64, _: *mut Handle) -> i32;
+        /// aclnnMoeFinalizeRoutingV2 second phase.
+        fn aclnnMoeFinalizeRoutingV2(_: Handle, _: u64, _: Handle, _: Handle) -> i32;
+        /// aclnnFusedInferAttentionScoreV3.md: query, key (list), value (list), pseShift, attenMask, actualSeqLengths (int array), actualSeqLengthsKv (int array), deqScale1, quantScale1, deqScale2, quantScale2, quantOffset2, antiquantScale, antiquantOffset, blockTable, queryPaddingSize, kvPaddingSize, keyAntiquantScale, keyAntiquantOffset, valueAntiquantScale, valueAntiquantOffset, keySharedPrefix, valueSharedPrefix, actualSharedPrefixLen (int array), queryRope, keyRope, keyRopeAntiquantScale, int64 numHeads, double scaleValue, int64 preTokens, int64 nextTokens, char *inputLayout, int64 numKeyValueHeads, int64 sparseMode, int64 innerPrecise, int64 blockSize, int64 antiquantMode, bool softmaxLseFlag, int64 keyAntiquantMode, int64 valueAntiquantMode, attentionOut, softmaxLse, ...
+        fn aclnnFusedInferAttentionScoreV3GetWorkspaceSize(_: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: i64, _: f64, _: i64, _: i64, _: *const c_char, _: i64, _: i64, _: i64, _: i64, _: i64, _: bool, _: i64, _: i64, _: Handle, _: Handle, _: *mut u64, _: *mut Handle) -> i32;
+        /// aclnnFusedInferAttentionScoreV3 second phase.
+        fn aclnnFusedInferAttentionScoreV3(_: Handle, _: u64, _: Handle, _: Handle) -> i32;
     }
 }
 
@@ -225,9 +177,8 @@ pub struct Cann {
     pub nn: NnopBase,
     /// aclnn op symbols.
     pub ops: OpApi,
-    /// Which files were loaded.
+    /// Which files were loaded (the tables keep them open).
     pub origin: Vec<PathBuf>,
-    _libs: Vec<Library>,
 }
 
 /// Op libraries, newest layout first.
@@ -297,20 +248,6 @@ fn try_load(path: &Path, tried: &mut Tried) -> Option<Library> {
     }
 }
 
-/// `e` followed by its chain of sources. libloading's `DlOpen` error displays only
-/// "dlopen failed"; dlerror's text (the reason: no such file, wrong ELF class, a missing
-/// dependency) is its source.
-fn with_sources(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 impl Cann {
     /// Finds and loads CANN; the error lists every path tried and why it failed.
     pub fn load() -> Result<Cann, String> {
@@ -346,28 +283,30 @@ impl Cann {
                 tried.summary()
             ));
         }
-        let refs: Vec<&Library> = libs.iter().map(|(_, l)| l).collect();
-        let tables = AclRuntime::resolve(&refs)
-            .map_err(|e| format!("libascendcl.so: {e}"))
+        let (origin, libs): (Vec<PathBuf>, Vec<Arc<Library>>) =
+            libs.into_iter().map(|(p, l)| (p, Arc::new(l))).unzip();
+        let missing = |library: &str, names: Vec<&str>| {
+            let s = if names.len() == 1 { "" } else { "s" };
+            format!("{library}: missing required symbol{s} {}", names.join(", "))
+        };
+        let tables = AclRuntime::resolve_in(&libs)
+            .map_err(|names| missing("libascendcl.so", names))
             .and_then(|rt| {
-                let nn = NnopBase::resolve(&refs).map_err(|e| format!("libnnopbase.so: {e}"))?;
-                let ops = OpApi::resolve(&refs)?;
+                let nn = NnopBase::resolve_in(&libs)
+                    .map_err(|names| missing("libnnopbase.so", names))?;
+                let ops =
+                    OpApi::resolve_in(&libs).map_err(|names| missing("libopapi.so", names))?;
                 Ok((rt, nn, ops))
             });
         match tables {
-            Ok((rt, nn, ops)) => {
-                let (origin, libs) = libs.into_iter().unzip();
-                Ok(Cann {
-                    rt,
-                    nn,
-                    ops,
-                    origin,
-                    _libs: libs,
-                })
-            }
+            Ok((rt, nn, ops)) => Ok(Cann {
+                rt,
+                nn,
+                ops,
+                origin,
+            }),
             Err(e) => {
-                let loaded: Vec<String> =
-                    libs.iter().map(|(p, _)| p.display().to_string()).collect();
+                let loaded: Vec<String> = origin.iter().map(|p| p.display().to_string()).collect();
                 Err(format!(
                     "CANN not found ({e}); loaded: [{}]; tried: [{}]. Set MOEMLA_ASCEND_LIB_DIR to \
                      the directory holding libascendcl.so, or source CANN's set_env.sh \

@@ -75,7 +75,7 @@ fn missing_cann_is_unavailable_with_every_path_tried() {
     );
     assert!(!reason.contains("not found"), "{reason}");
 
-    // A library without the CANN symbols: the missing symbol is named.
+    // A library without the CANN symbols: every missing required symbol is named.
     let libc = [
         "/lib/x86_64-linux-gnu/libc.so.6",
         "/lib/aarch64-linux-gnu/libc.so.6",
@@ -88,7 +88,8 @@ fn missing_cann_is_unavailable_with_every_path_tried() {
     std::env::remove_var("MOEMLA_ASCEND_LIB_DIR");
     let reason = unavailable_reason();
     assert!(
-        reason.contains("missing required symbol aclInit"),
+        reason.contains("libascendcl.so: missing required symbols aclInit, aclFinalize, ")
+            && reason.contains(", aclGetRecentErrMsg)"),
         "{reason}"
     );
 }
