@@ -8,9 +8,10 @@
 
 use super::fp8::Weights;
 use super::permute::Permutation;
+use crate::bf16dot;
 use crate::gemm_util::{matmul, MatRef};
 use crate::gemv;
-use crate::storage::zeroed;
+use crate::storage::{zeroed, FloatSlice};
 use moemla_core::Result;
 use rayon::prelude::*;
 
@@ -66,6 +67,13 @@ pub fn gate_up(
 ) -> Result<Vec<f32>> {
     let (h, i) = (w.hidden, w.inter);
     let mut out = zeroed(&[perm.rows(), i], "cpu moe_experts activations")?;
+    // BF16 weights and rows that are bf16 values: the native bf16 dot where the CPU has it.
+    let native = match w.w13 {
+        Weights::Float(FloatSlice::BF16(w13)) if bf16dot::native() => {
+            bf16dot::exact(xg)?.map(|x16| (w13, x16))
+        }
+        _ => None,
+    };
     tiles(perm, &mut out, i, tile_rows(h))
         .into_par_iter()
         .try_for_each_init(Scratch::default, |s, tile| {
@@ -73,7 +81,13 @@ pub fn gate_up(
             let x = &xg[first * h..(first + n) * h];
             let base = tile.expert * 2 * i + tile.first;
             s.up_out.resize(tile.out.len(), 0.0);
-            if skinny(n) {
+            if let Some((w13, x16)) = &native {
+                let x16 = bf16dot::rows(x16, first, n, h)?;
+                let gate = bf16dot::rows(w13, base, tile.rows, h)?;
+                bf16dot::gemm_nt(gate, x16, h, tile.out)?;
+                let up = bf16dot::rows(w13, base + i, tile.rows, h)?;
+                bf16dot::gemm_nt(up, x16, h, &mut s.up_out)?;
+            } else if skinny(n) {
                 gemv::rows_times(w.w13, base, tile.rows, h, x, tile.out, &mut s.gate);
                 gemv::rows_times(w.w13, base + i, tile.rows, h, x, &mut s.up_out, &mut s.up);
             } else {
