@@ -35,8 +35,23 @@ fn assert_code(out: &Output, want: i32) {
     );
 }
 
-/// A fresh temporary directory for one test.
-fn temp_dir(tag: &str) -> PathBuf {
+/// A fresh temporary directory for one test, removed on drop.
+struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp_dir(tag: &str) -> TempDir {
     static N: AtomicUsize = AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
         "moemla-exit-{tag}-{}-{}",
@@ -45,7 +60,7 @@ fn temp_dir(tag: &str) -> PathBuf {
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    TempDir(dir)
 }
 
 fn read_json(path: &Path) -> Value {
