@@ -288,12 +288,25 @@ impl Backend for OpenClBackend {
     }
 
     fn moe_route(&self, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput> {
-        let (ids, weights) = ops::moe_route::run(&self.device, &self.name, call)?;
         let dims = [call.tokens, call.params.top_k];
+        let topk_ids = self.output("moe_route topk_ids", &dims, DType::I32)?;
+        let topk_weights = self.output("moe_route topk_weights", &dims, DType::F32)?;
+        self.moe_route_into(call, &topk_ids, &topk_weights)?;
         Ok(MoeRouteOutput {
-            topk_ids: self.tensor(ids, dims, DType::I32),
-            topk_weights: self.tensor(weights, dims, DType::F32),
+            topk_ids,
+            topk_weights,
         })
+    }
+
+    fn moe_route_into(
+        &self,
+        call: &MoeRouteCall<'_>,
+        topk_ids: &DeviceTensor,
+        topk_weights: &DeviceTensor,
+    ) -> Result<()> {
+        let ids = topk_ids.buffer::<ClBuffer>(&self.name, "moe_route", "topk_ids")?;
+        let weights = topk_weights.buffer::<ClBuffer>(&self.name, "moe_route", "topk_weights")?;
+        ops::moe_route::run(&self.device, &self.name, call, ids, weights)
     }
 
     fn moe_experts(&self, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor> {
@@ -322,10 +335,25 @@ impl Backend for OpenClBackend {
         let o = self.output("mla_sparse_decode o", &o_dims, call.dtype)?;
         let lse_dims = [call.batch, call.h_q, call.s_q];
         let lse = self.output("mla_sparse_decode lse", &lse_dims, DType::F32)?;
-        let o_buf = o.buffer::<ClBuffer>(&self.name, "mla_sparse_decode", "o")?;
-        let lse_buf = lse.buffer::<ClBuffer>(&self.name, "mla_sparse_decode", "lse")?;
-        ops::mla_sparse_decode::run(&self.device, &self.name, call, o_buf, lse_buf)?;
+        self.mla_sparse_decode_into(call, &o, &lse)?;
         Ok(MlaDecodeOutput { o, lse })
+    }
+
+    fn mla_sparse_decode_into(
+        &self,
+        call: &MlaSparseDecodeCall<'_>,
+        o: &DeviceTensor,
+        lse: &DeviceTensor,
+    ) -> Result<()> {
+        let op = moemla_core::Op::MlaSparseDecode;
+        let o_buf = o.buffer::<ClBuffer>(&self.name, op.name(), "o")?;
+        let lse_buf = lse.buffer::<ClBuffer>(&self.name, op.name(), "lse")?;
+        let o_bytes =
+            Shape::from(&[call.batch, call.s_q, call.h_q, call.d_v][..]).byte_len(call.dtype)?;
+        ops::need_len(op, "o", o_buf, o_bytes)?;
+        let lse_bytes = Shape::from(&[call.batch, call.h_q, call.s_q][..]).byte_len(DType::F32)?;
+        ops::need_len(op, "lse", lse_buf, lse_bytes)?;
+        ops::mla_sparse_decode::run(&self.device, &self.name, call, o_buf, lse_buf)
     }
 
     fn dsa_indexer_topk(&self, call: &DsaIndexerTopkCall<'_>) -> Result<DsaIndexerTopkOutput> {

@@ -5,9 +5,10 @@
 mod common;
 
 use common::{backend, float_tensor, int_tensor, read_f32, read_i32};
-use moemla_core::ops::{self, ExpertsInputs, RouteInputs};
+use moemla_core::ops::{self, ExpertsInputs, RouteInputs, SparseDecodeInputs};
 use moemla_core::{
     Backend, DType, DeviceTensor, Error, ExpertsParams, HostTensor, MlaDecodeParams, RouteParams,
+    SparseDecodeParams,
 };
 use opencl3::memory::{CL_MEM_COPY_HOST_PTR, CL_MEM_READ_WRITE, CL_MEM_REFERENCE_COUNT};
 use opencl3::types::cl_mem;
@@ -186,6 +187,44 @@ fn experts_and_decode_into_caller_outputs_match_the_allocating_ops() {
         assert_eq!(be.download(&lse).unwrap(), be.download(&want.lse).unwrap());
     }
     assert!(read_f32(be, &lse).iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn sparse_decode_into_caller_outputs_matches_the_allocating_op() {
+    let Some(cl) = backend() else { return };
+    let be: &dyn Backend = &*cl;
+    let (b, sq, hq, d, dv, topk) = (2, 2, 4, 16, 8, 5);
+    let (q, _) = float_tensor(
+        be,
+        &[b, sq, hq, d],
+        &common::uniform(7, 256, -1.0, 1.0),
+        DType::F32,
+    );
+    let (kv, _) = float_tensor(
+        be,
+        &[4, 4, 1, d],
+        &common::uniform(8, 256, -1.0, 1.0),
+        DType::F32,
+    );
+    let idx: Vec<i32> = (0..b * sq * topk)
+        .map(|i| (i as i32 * 5) % 17 - 1)
+        .collect();
+    let indices = int_tensor(be, &[b, sq, topk], &idx);
+    let p = SparseDecodeParams {
+        softmax_scale: 0.25,
+        head_dim_v: dv,
+        kv_format: Default::default(),
+    };
+    let o_mem = CallerBuffer::nans(&cl, b * sq * hq * dv);
+    let lse_mem = CallerBuffer::nans(&cl, b * hq * sq);
+    let o = o_mem.wrap(be, &[b, sq, hq, dv], DType::F32);
+    let lse = lse_mem.wrap(be, &[b, hq, sq], DType::F32);
+    let inputs = SparseDecodeInputs::new(&q, &kv, &indices);
+    ops::mla_sparse_decode_into(be, inputs, &p, &o, &lse).unwrap();
+    let want = ops::mla_sparse_decode(be, inputs, &p).unwrap();
+    assert_eq!(be.download(&o).unwrap(), be.download(&want.o).unwrap());
+    assert_eq!(be.download(&lse).unwrap(), be.download(&want.lse).unwrap());
+    assert!(read_f32(be, &o).iter().all(|v| v.is_finite()));
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! [`SCRATCH_BUDGET`]. Hash routing (contract v2) is [`super::moe_route_hash`].
 
 use crate::device::{Arg, ClDevice, Module};
-use crate::ops::{byte_len, int, int_product, need_local, pow2_at_most};
+use crate::ops::{byte_len, int, int_product, need_len, need_local, pow2_at_most};
 use crate::ClBuffer;
 use moemla_core::calls::MoeRouteCall;
 use moemla_core::{DType, Error, GroupSelect, Op, Result, ScoreFunc};
@@ -17,13 +17,26 @@ const RANK_SORT_MAX: usize = 128;
 /// Words of the per-token state record (`STATE` in the kernel source).
 const STATE: usize = 8;
 
-/// Runs the routing; returns `topk_ids` [T, k] I32 and `topk_weights` [T, k] F32 buffers.
-pub fn run(dev: &ClDevice, backend: &str, call: &MoeRouteCall<'_>) -> Result<(ClBuffer, ClBuffer)> {
+/// Enqueues the routing into `ids` (`topk_ids` [T, k] I32) and `weights` (`topk_weights`
+/// [T, k] F32), whose every element the kernels write.
+pub fn run(
+    dev: &ClDevice,
+    backend: &str,
+    call: &MoeRouteCall<'_>,
+    ids: &ClBuffer,
+    weights: &ClBuffer,
+) -> Result<()> {
     let op = Op::MoeRoute;
     let p = call.params;
     let (t, e, k) = (call.tokens, call.experts, p.top_k);
+    let (ids_bytes, weights_bytes) = (
+        byte_len(&[t, k], DType::I32)?,
+        byte_len(&[t, k], DType::F32)?,
+    );
+    need_len(op, "topk_ids", ids, ids_bytes)?;
+    need_len(op, "topk_weights", weights, weights_bytes)?;
     if let Some(hash) = call.hash {
-        return super::moe_route_hash::run(dev, backend, call, hash);
+        return super::moe_route_hash::run(dev, backend, call, hash, ids, weights);
     }
     let score_func = match p.score_func {
         ScoreFunc::Sigmoid => 0,
@@ -76,8 +89,6 @@ pub fn run(dev: &ClDevice, backend: &str, call: &MoeRouteCall<'_>) -> Result<(Cl
     let batch = (SCRATCH_BUDGET / total)
         .min(max_alloc / largest)
         .clamp(1, t);
-    let ids = dev.alloc_workspace("moe_route topk_ids", byte_len(&[t, k], DType::I32)?)?;
-    let weights = dev.alloc_workspace("moe_route topk_weights", byte_len(&[t, k], DType::F32)?)?;
     let scratch = Scratch {
         keys: dev.alloc_workspace("moe_route keys", batch * per_token[0])?,
         group_keys: dev.alloc_workspace("moe_route group keys", batch * per_token[1])?,
@@ -170,14 +181,14 @@ pub fn run(dev: &ClDevice, backend: &str, call: &MoeRouteCall<'_>) -> Result<(Cl
             Arg::Buf(&s.state),
             Arg::I32(p.renormalize as i32),
             Arg::F32(p.routed_scaling_factor as f32),
-            Arg::Buf(&ids),
-            Arg::Buf(&weights),
+            Arg::Buf(ids),
+            Arg::Buf(weights),
             Arg::Local(4),
         ];
         launch("route_weights", &args, n)?;
         t0 += n;
     }
-    Ok((ids, weights))
+    Ok(())
 }
 
 /// The global scratch of one batch of tokens.

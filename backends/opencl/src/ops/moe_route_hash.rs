@@ -4,22 +4,25 @@
 //! entry in token order (as `moemla_core::indices::check_hash_routing` finds it).
 
 use crate::device::{Arg, ClDevice};
-use crate::ops::{byte_len, int, int_product};
+use crate::ops::{int, int_product};
 use crate::programs_v2::{program, Kernels};
 use crate::ClBuffer;
 use moemla_core::calls::{HashRouting, MoeRouteCall};
-use moemla_core::{DType, Op, Result, ScoreFunc};
+use moemla_core::{Op, Result, ScoreFunc};
 
 /// Work-group size.
 const LS: usize = 64;
 
-/// Enqueues hash routing; returns `topk_ids` [T, k] I32 and `topk_weights` [T, k] F32.
+/// Enqueues hash routing into `ids` (`topk_ids` [T, k] I32) and `weights` (`topk_weights`
+/// [T, k] F32), whose every element the kernel writes (sizes checked by the caller).
 pub fn run(
     dev: &ClDevice,
     backend: &str,
     call: &MoeRouteCall<'_>,
     hash: HashRouting<'_>,
-) -> Result<(ClBuffer, ClBuffer)> {
+    ids: &ClBuffer,
+    weights: &ClBuffer,
+) -> Result<()> {
     let op = Op::MoeRoute;
     let p = call.params;
     let (t, e, k) = (call.tokens, call.experts, p.top_k);
@@ -43,8 +46,6 @@ pub fn run(
     let vocab = int(op, "vocab", hash.vocab)?;
     int_product(op, "vocab * top_k", &[hash.vocab, k])?;
     int_product(op, "T * top_k", &[t, k])?;
-    let ids = dev.alloc_workspace("moe_route topk_ids", byte_len(&[t, k], DType::I32)?)?;
-    let weights = dev.alloc_workspace("moe_route topk_weights", byte_len(&[t, k], DType::F32)?)?;
     let program = program(dev, Kernels::MoeRouteHash, call.logits.dtype())?;
     let mut checks = dev.index_checks(op)?;
     let ids_flag = checks.flag(
@@ -71,8 +72,8 @@ pub fn run(
         Arg::Buf(tid2eid),
         Arg::I32(p.renormalize as i32),
         Arg::F32(p.routed_scaling_factor as f32),
-        Arg::Buf(&ids),
-        Arg::Buf(&weights),
+        Arg::Buf(ids),
+        Arg::Buf(weights),
         Arg::Buf(ids_flag.buffer()),
         Arg::I32(ids_flag.slot()),
         Arg::Buf(&first_bad),
@@ -91,5 +92,5 @@ pub fn run(
     ];
     dev.launch(&program, "route_hash_resolve", &resolve, &[1], &[1])?;
     checks.enqueued()?;
-    Ok((ids, weights))
+    Ok(())
 }
