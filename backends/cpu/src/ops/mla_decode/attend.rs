@@ -6,8 +6,10 @@
 //! list for sparse attention) and upcast (or FP8-dequantized) to f32 once, shared by all M
 //! rows. Only positions below a row's attended length are ever read or weighted.
 
+use crate::bf16dot;
 use crate::gemm_util::{matmul, MatRef};
 use crate::ops::kv_rows::KvRows;
+use crate::storage::FloatSlice;
 use crate::vmath;
 use moemla_core::Result;
 use std::ops::Range;
@@ -69,10 +71,12 @@ pub struct Partial {
     pub acc: Vec<f32>,
 }
 
-/// Per-thread buffers: the upcast K/V chunk and the logits/probabilities.
+/// Per-thread buffers: the upcast K/V chunk (and its bf16 rows for the native bf16 dot)
+/// and the logits/probabilities.
 #[derive(Default)]
 pub struct Scratch {
     kv: Vec<f32>,
+    k16: Vec<half::bf16>,
     s: Vec<f32>,
 }
 
@@ -93,18 +97,39 @@ pub fn attend(
         l: vec![0.0; rows],
         acc: vec![0.0; rows * d_v],
     };
+    // A BF16 cache and query rows that are bf16 values: the scores on the native bf16 dot.
+    let native = match cache.data {
+        KvRows::Dense(FloatSlice::BF16(data)) if bf16dot::native() => {
+            bf16dot::exact(q)?.map(|q16| (q16, data))
+        }
+        _ => None,
+    };
     let q = MatRef::row_major(q, rows, d_qk);
     let (mut p0, end) = (span.start, span.end);
     while p0 < end {
         let n = CHUNK.min(end - p0);
         scratch.kv.resize(n * d_qk, 0.0);
-        for (j, row) in scratch.kv.chunks_mut(d_qk).enumerate() {
-            let slot = cache.slots.slot(p0 + j);
-            cache.data.read(slot, g, cache.h_kv, row);
+        scratch.s.resize(rows * n, 0.0);
+        if let Some((q16, data)) = &native {
+            scratch.k16.clear();
+            for j in 0..n {
+                let slot = cache.slots.slot(p0 + j);
+                let row = bf16dot::rows(data, slot * cache.h_kv + g, 1, d_qk)?;
+                scratch.k16.extend_from_slice(row);
+            }
+            for (dst, src) in scratch.kv.iter_mut().zip(&scratch.k16) {
+                *dst = src.to_f32();
+            }
+            bf16dot::gemm_nt(q16, &scratch.k16, d_qk, &mut scratch.s)?;
+        } else {
+            for (j, row) in scratch.kv.chunks_mut(d_qk).enumerate() {
+                let slot = cache.slots.slot(p0 + j);
+                cache.data.read(slot, g, cache.h_kv, row);
+            }
+            let kv = MatRef::row_major(&scratch.kv[..n * d_qk], n, d_qk);
+            matmul(&mut scratch.s, q, kv.t(), false)?;
         }
         let kv = &scratch.kv[..n * d_qk];
-        scratch.s.resize(rows * n, 0.0);
-        matmul(&mut scratch.s, q, MatRef::row_major(kv, n, d_qk).t(), false)?;
         for (r, s) in scratch.s.chunks_mut(n).enumerate() {
             let valid = limits[r].saturating_sub(p0).min(n);
             softmax_step(s, valid, scale, &mut st, r, d_v);
