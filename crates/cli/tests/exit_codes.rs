@@ -153,6 +153,17 @@ fn exit_2_on_usage_errors_and_unknown_backend_names() {
     }
     let out = moemla(&["conformance", "--backend", "nosuch"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown backend `nosuch`"));
+    // Names ignore ASCII case: `CPU` is required and runs as `cpu`.
+    let out = moemla(&[
+        "conformance",
+        "--require",
+        "CPU",
+        "--backend",
+        "Cpu",
+        "--filter",
+        "moe_route",
+    ]);
+    assert_code(&out, 0);
     // The unknown name is an error even from the environment.
     let out = Command::new(env!("CARGO_BIN_EXE_moemla"))
         .args(["conformance", "--backend", "cpu", "--filter", "moe_route"])

@@ -91,10 +91,17 @@ fn usage(message: String) -> CommandError {
 pub fn run(args: &ConformanceArgs, registry: &Registry) -> Result<ExitCode, CommandError> {
     let start = Instant::now();
     let mut info = RunInfo::now();
-    let required: Vec<String> = clean(&args.require);
-    let allowed = clean(&args.allow_unsupported);
-    let wanted = clean(&args.backend);
-    check_names(registry, &wanted, &required, &allowed)?;
+    let wanted = canonical(registry, "--backend", &clean(&args.backend))?;
+    let required = canonical(
+        registry,
+        "--require (MOEMLA_REQUIRE)",
+        &clean(&args.require),
+    )?;
+    let allowed = canonical(
+        registry,
+        "--allow-unsupported (MOEMLA_ALLOW_UNSUPPORTED)",
+        &clean(&args.allow_unsupported),
+    )?;
     let shard = args.shard.as_deref().map(Shard::parse).transpose()?;
     if !(args.max_ratio_growth.is_finite() && args.max_ratio_growth >= 1.0) {
         return Err(usage(format!(
@@ -247,32 +254,34 @@ fn empty_selection(args: &ConformanceArgs, found: usize) -> String {
     )
 }
 
-/// Every backend name given must be one of this build's (ignoring ASCII case; `all` too in
-/// --backend): an unknown name is a usage error, never a skipped column.
-fn check_names(
+/// The backends `names` (given with `flag`) as this build spells them (names ignore ASCII
+/// case; `all` stays in --backend): an unknown name is a usage error, never a skipped
+/// column.
+fn canonical(
     registry: &Registry,
-    wanted: &[String],
-    required: &[String],
-    allowed: &[String],
-) -> Result<(), CommandError> {
-    let names = registry.names();
-    let known = |n: &str| names.iter().any(|k| k.eq_ignore_ascii_case(n));
-    let lists = [
-        ("--backend", wanted),
-        ("--require (MOEMLA_REQUIRE)", required),
-        ("--allow-unsupported (MOEMLA_ALLOW_UNSUPPORTED)", allowed),
-    ];
-    for (flag, list) in lists {
-        for name in list {
-            if !(known(name) || (flag == "--backend" && name == "all")) {
+    flag: &str,
+    names: &[String],
+) -> Result<Vec<String>, CommandError> {
+    let known = registry.names();
+    let mut out: Vec<String> = Vec::new();
+    for name in names {
+        let spelled = if flag == "--backend" && name == "all" {
+            Some("all")
+        } else {
+            known.iter().copied().find(|k| k.eq_ignore_ascii_case(name))
+        };
+        match spelled {
+            Some(n) if out.iter().any(|o| o == n) => {}
+            Some(n) => out.push(n.to_string()),
+            None => {
                 return Err(usage(format!(
                     "{flag}: unknown backend `{name}` (backends of this build: {})",
-                    names.join(", ")
-                )));
+                    known.join(", ")
+                )))
             }
         }
     }
-    Ok(())
+    Ok(out)
 }
 
 /// Names without blanks or duplicates, in order.
