@@ -117,6 +117,7 @@ expect() {
     check_junit "$OUT/$name.xml" "$OUT/$name.json" "$RC"
 }
 
+# shellcheck disable=SC2054 # the commas are moemla's list syntax, not array separators
 PARITY=(conformance --backend cpu,opencl --require cpu,opencl)
 
 echo "== 1. full run"
