@@ -1,8 +1,8 @@
 //! The `Backend` trait every device family implements, and what a backend says about itself.
 
 use crate::calls::{
-    DsaIndexerTopkCall, DsaIndexerTopkOutput, MlaDecodeCall, MlaDecodeOutput, MlaKvQuantizeCall,
-    MlaSparseDecodeCall, MoeExpertsCall, MoeRouteCall, MoeRouteOutput,
+    DsaIndexerTopkCall, DsaIndexerTopkOutput, MlaCacheWriteCall, MlaDecodeCall, MlaDecodeOutput,
+    MlaKvQuantizeCall, MlaSparseDecodeCall, MoeExpertsCall, MoeRouteCall, MoeRouteOutput,
 };
 use crate::{DType, DeviceTensor, Error, HostTensor, Op, Result, Shape};
 use serde::{Deserialize, Serialize};
@@ -178,6 +178,13 @@ pub trait Backend: Send + Sync {
         Err(not_implemented(self.name(), Op::DsaIndexerTopk, call.dtype))
     }
 
+    /// `mla_cache_write` on validated input: writes the rows of `call.kv` into the caller's
+    /// `call.kv_cache` in place, at `call.slot_mapping` (the later row wins a slot two rows
+    /// name). Optional (v2). Use [`crate::ops::mla_cache_write`].
+    fn mla_cache_write(&self, call: &MlaCacheWriteCall<'_>) -> Result<()> {
+        Err(not_implemented(self.name(), Op::MlaCacheWrite, call.dtype))
+    }
+
     /// Whether the backend implements `support` (an entry of [`BackendInfo::supported`]).
     /// [`crate::ops`] asks before handing a backend a v2 variant ([`Format`]) of an op.
     /// The default looks it up in [`Backend::info`]; override it where `info` is costly.
@@ -294,7 +301,8 @@ pub enum Format {
     Fp8Activations,
     /// `moe_experts` with a `swiglu_limit`.
     SwigluLimit,
-    /// The 656-byte FP8 latent cache (`mla_decode`, `mla_sparse_decode`, `mla_kv_quantize`).
+    /// The 656-byte FP8 latent cache (`mla_decode`, `mla_sparse_decode`, `mla_kv_quantize`,
+    /// `mla_cache_write`).
     Fp8DsV32,
 }
 
@@ -336,7 +344,8 @@ pub struct OpSupport {
     /// The op.
     pub op: Op,
     /// The run dtype (see the contract: logits for moe_route, x for moe_experts, q for
-    /// mla_decode / mla_sparse_decode / dsa_indexer_topk, kv for mla_kv_quantize).
+    /// mla_decode / mla_sparse_decode / dsa_indexer_topk, kv for mla_kv_quantize and
+    /// mla_cache_write).
     pub dtype: DType,
     /// The v2 format or variant, if this entry is about one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -385,7 +394,7 @@ impl OpSupport {
                         Format::Fp8Activations,
                         Format::SwigluLimit,
                     ],
-                    Op::MlaKvQuantize => &[Format::Fp8DsV32],
+                    Op::MlaKvQuantize | Op::MlaCacheWrite => &[Format::Fp8DsV32],
                     Op::MlaDecode | Op::MlaSparseDecode if dtype != DType::F32 => {
                         &[Format::Fp8DsV32]
                     }

@@ -21,17 +21,21 @@ pub enum Op {
     MlaSparseDecode,
     /// DeepSeek-V3.2's lightning indexer and its top-k over a paged cache (v2).
     DsaIndexerTopk,
+    /// Writes latent rows into a paged cache in place, at flat slots (v2; vLLM's
+    /// `concat_and_cache_mla`).
+    MlaCacheWrite,
 }
 
 impl Op {
     /// Every op, in contract order.
-    pub const ALL: [Op; 6] = [
+    pub const ALL: [Op; 7] = [
         Op::MoeRoute,
         Op::MoeExperts,
         Op::MlaDecode,
         Op::MlaKvQuantize,
         Op::MlaSparseDecode,
         Op::DsaIndexerTopk,
+        Op::MlaCacheWrite,
     ];
 
     /// The ops of contract v1.
@@ -46,6 +50,7 @@ impl Op {
             Op::MlaKvQuantize => "mla_kv_quantize",
             Op::MlaSparseDecode => "mla_sparse_decode",
             Op::DsaIndexerTopk => "dsa_indexer_topk",
+            Op::MlaCacheWrite => "mla_cache_write",
         }
     }
 

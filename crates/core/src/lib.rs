@@ -52,8 +52,8 @@ pub use error::{Error, Op, Result};
 pub use factory::{BackendFactory, OpenFn};
 pub use host::{Element, HostTensor};
 pub use params::{
-    ActivationQuant, ActivationScale, ExpertsParams, GroupSelect, IndexerParams, KvFormat,
-    KvQuantizeParams, MlaDecodeParams, RouteParams, ScoreFunc, SparseDecodeParams,
+    ActivationQuant, ActivationScale, CacheWriteParams, ExpertsParams, GroupSelect, IndexerParams,
+    KvFormat, KvQuantizeParams, MlaDecodeParams, RouteParams, ScoreFunc, SparseDecodeParams,
 };
 pub use shape::Shape;
 /// Also re-exported for compatibility: the modules of [`vendor`].

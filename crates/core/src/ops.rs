@@ -22,8 +22,10 @@
 //! # Ok(()) }
 //! ```
 
+mod cache_write;
 mod into;
 
+pub use cache_write::mla_cache_write;
 pub use into::{mla_decode_into, mla_sparse_decode_into, moe_experts_into, moe_route_into};
 
 use crate::calls::{DsaIndexerTopkOutput, MlaDecodeOutput, MoeRouteOutput};

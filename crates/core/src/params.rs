@@ -198,6 +198,16 @@ pub struct KvQuantizeParams {
     pub kv_format: KvFormat,
 }
 
+/// Parameters of `mla_cache_write`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheWriteParams {
+    /// The cache layout (default dense): rows are copied in the run dtype, or quantized to
+    /// `fp8_ds_v32` rows as `mla_kv_quantize` writes them.
+    #[serde(default)]
+    pub kv_format: KvFormat,
+}
+
 /// Parameters of `mla_sparse_decode`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

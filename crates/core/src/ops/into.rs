@@ -251,7 +251,7 @@ fn dim_name(name: &str) -> &'static str {
 
 /// No output may share a buffer with an input or with another output: an
 /// [`Error::Input`] naming the output and what it aliases.
-fn distinct(
+pub(super) fn distinct(
     op: Op,
     inputs: &[(&'static str, &DeviceTensor)],
     outputs: &[(&'static str, &DeviceTensor)],

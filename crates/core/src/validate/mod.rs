@@ -2,6 +2,7 @@
 
 mod checks;
 pub(crate) mod dsa_indexer_topk;
+pub(crate) mod mla_cache_write;
 pub(crate) mod mla_decode;
 pub(crate) mod mla_kv_quantize;
 pub(crate) mod mla_sparse_decode;

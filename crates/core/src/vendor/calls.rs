@@ -5,8 +5,8 @@
 //! alongside so backends need not re-derive them.
 
 use crate::{
-    DType, DeviceTensor, ExpertsParams, IndexerParams, KvQuantizeParams, MlaDecodeParams,
-    RouteParams, SparseDecodeParams,
+    CacheWriteParams, DType, DeviceTensor, ExpertsParams, IndexerParams, KvQuantizeParams,
+    MlaDecodeParams, RouteParams, SparseDecodeParams,
 };
 
 /// Proof that a call went through validation; only this crate can make one.
@@ -175,6 +175,42 @@ pub struct MlaKvQuantizeCall<'a> {
     pub rows: usize,
     /// Validation marker.
     pub validated: Validated,
+}
+
+/// A validated `mla_cache_write` call.
+#[derive(Debug, Clone, Copy)]
+pub struct MlaCacheWriteCall<'a> {
+    /// New latent rows [N, Dqk], run dtype. Contents not yet checked (with `fp8_ds_v32`,
+    /// the rows written must be finite).
+    pub kv: &'a DeviceTensor,
+    /// Flat cache slot of each row [N], I32: `block * block_size + offset`, -1 = skip the
+    /// row. Contents not yet checked (must be -1 or in [0, slots)).
+    pub slot_mapping: &'a DeviceTensor,
+    /// The caller's cache, written in place: [num_blocks, block_size, 1, Dqk] in the run
+    /// dtype, or U8 [num_blocks, block_size, 1, 656] (`fp8_ds_v32`). It shares no buffer
+    /// with `kv` or `slot_mapping`.
+    pub kv_cache: &'a DeviceTensor,
+    /// Op parameters.
+    pub params: &'a CacheWriteParams,
+    /// The run dtype (of kv).
+    pub dtype: DType,
+    /// N: rows.
+    pub rows: usize,
+    /// Dqk: values per row.
+    pub d_qk: usize,
+    /// Blocks of the cache.
+    pub num_blocks: usize,
+    /// Slots per block.
+    pub block_size: usize,
+    /// Validation marker.
+    pub validated: Validated,
+}
+
+impl MlaCacheWriteCall<'_> {
+    /// Cache slots: `num_blocks * block_size` (valid slots lie in [0, slots)).
+    pub fn slots(&self) -> usize {
+        self.num_blocks * self.block_size
+    }
 }
 
 /// A validated `mla_sparse_decode` call.

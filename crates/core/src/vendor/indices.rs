@@ -3,8 +3,8 @@
 //! contract's [`Error::IndexOutOfRange`] for the first bad element in row-major order.
 
 use crate::calls::{
-    DsaIndexerTopkCall, MlaDecodeCall, MlaKvQuantizeCall, MlaSparseDecodeCall, MoeExpertsCall,
-    MoeRouteCall,
+    DsaIndexerTopkCall, MlaCacheWriteCall, MlaDecodeCall, MlaKvQuantizeCall, MlaSparseDecodeCall,
+    MoeExpertsCall, MoeRouteCall,
 };
 use crate::{Error, Op, Result, Shape};
 
@@ -233,5 +233,46 @@ pub fn check_kv_finite(call: &MlaKvQuantizeCall<'_>, kv: &[f32]) -> Result<()> {
                 got: format!("{} at row {} (element {index:?})", kv[at], index[0]),
             })
         }
+    }
+}
+
+/// `mla_cache_write`'s slots: every entry of `slot_mapping` must be -1 (skip the row) or lie
+/// in `[0, num_blocks * block_size)`.
+pub fn check_cache_slots(call: &MlaCacheWriteCall<'_>, slot_mapping: &[i32]) -> Result<()> {
+    let slots = i64::try_from(call.slots()).unwrap_or(i64::MAX);
+    match (slot_mapping.iter()).position(|&s| s != -1 && !(0..slots).contains(&i64::from(s))) {
+        None => Ok(()),
+        Some(at) => Err(Error::index_out_of_range(
+            Op::MlaCacheWrite,
+            "slot_mapping",
+            call.slot_mapping.shape(),
+            at,
+            i64::from(slot_mapping[at]),
+            format!("-1 or [0, {slots}) (num_blocks * block_size)"),
+        )),
+    }
+}
+
+/// `mla_cache_write` with `kv_format` `fp8_ds_v32` quantizes finite values only: every row of
+/// `kv` ([N, 576] as f32, row-major) whose slot is not -1 must hold no NaN or infinity (rows
+/// with slot -1 are never read). The error names the first bad row and element, as
+/// [`check_kv_finite`]'s does.
+pub fn check_cache_rows_finite(
+    call: &MlaCacheWriteCall<'_>,
+    kv: &[f32],
+    slot_mapping: &[i32],
+) -> Result<()> {
+    let width = call.d_qk.max(1);
+    let bad = (kv.chunks(width).zip(slot_mapping).enumerate())
+        .filter(|(_, (_, &slot))| slot != -1)
+        .find_map(|(r, (row, _))| row.iter().position(|v| !v.is_finite()).map(|c| (r, c)));
+    match bad {
+        None => Ok(()),
+        Some((r, c)) => Err(Error::Input {
+            op: Op::MlaCacheWrite,
+            arg: "kv",
+            expected: "finite values (kv_format fp8_ds_v32)".into(),
+            got: format!("{} at row {r} (element [{r}, {c}])", kv[r * width + c]),
+        }),
     }
 }
