@@ -9,8 +9,8 @@ use crate::file::read_case_file;
 use crate::spec::spec;
 use crate::tolerance::Tolerance;
 use moemla_core::{
-    DType, ExpertsParams, HostTensor, IndexerParams, KvFormat, KvQuantizeParams, MlaDecodeParams,
-    Op, RouteParams, SparseDecodeParams,
+    CacheWriteParams, DType, ExpertsParams, HostTensor, IndexerParams, KvFormat, KvQuantizeParams,
+    MlaDecodeParams, Op, RouteParams, SparseDecodeParams,
 };
 use safetensors::SafeTensors;
 use serde::de::DeserializeOwned;
@@ -35,6 +35,8 @@ pub enum Params {
     MlaSparseDecode(SparseDecodeParams),
     /// `dsa_indexer_topk` parameters.
     DsaIndexerTopk(IndexerParams),
+    /// `mla_cache_write` parameters.
+    MlaCacheWrite(CacheWriteParams),
 }
 
 /// One well-formed golden case, in host memory.
@@ -385,6 +387,7 @@ fn parse_params(op: Op, json: &str) -> Result<Params, String> {
             },
         )
         .map(Params::DsaIndexerTopk),
+        Op::MlaCacheWrite => typed(json, &CacheWriteParams::default()).map(Params::MlaCacheWrite),
     }
 }
 

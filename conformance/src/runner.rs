@@ -232,7 +232,8 @@ fn outcome(
 
 /// One line about a failed comparison of `case`: counts, maxima, first and worst element.
 fn describe(case: &Case, c: &Comparison) -> String {
-    let bytes = (spec(case.op).outputs.iter()).any(|a| a.name == c.output && a.rule == Rule::U8);
+    let bytes = (spec(case.op).outputs.iter())
+        .any(|a| a.name == c.output && matches!(a.rule, Rule::U8 | Rule::RunOrU8));
     let mut s = format!("`{}`: {} of {} ", c.output, c.failed, c.checked);
     match c.tolerance {
         Some(t) => {
@@ -370,6 +371,11 @@ fn execute(backend: &dyn Backend, case: &Case) -> Result<Vec<Comparison>, Proble
             );
             Ok(vec![idx, scores])
         }
+        Params::MlaCacheWrite(p) => {
+            let (kv, slots, mut cache) = (req("kv")?, req("slot_mapping")?, req("kv_cache")?);
+            ops::mla_cache_write(backend, &kv, &slots, &mut cache, p)?;
+            Ok(vec![cache_output(case, "kv_cache", &down(&cache)?)?])
+        }
     }
 }
 
@@ -397,6 +403,26 @@ fn expected_keyed(
         .map_err(Problem::from)?;
     let values = (expected(case, values_arg)?.to_f32_vec()).map_err(Problem::from)?;
     Ok((ids, values))
+}
+
+/// Compares an in/out cache (run dtype or U8) with the expected one byte for byte.
+fn cache_output(case: &Case, arg: &str, got: &HostTensor) -> Result<Comparison, Problem> {
+    same_shape(case, arg, got)?;
+    let exp = expected(case, arg)?;
+    if got.dtype() != exp.dtype() {
+        return Err(Problem::Malformed(format!(
+            "`out.{arg}` is {}, the op's cache is {}",
+            exp.dtype(),
+            got.dtype()
+        )));
+    }
+    // Positions name bytes: the last dim counted in bytes.
+    let mut dims = exp.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last *= exp.dtype().size_in_bytes();
+    }
+    let shape = moemla_core::Shape::from(&dims[..]);
+    Ok(compare_bytes(arg, &shape, got.as_bytes(), exp.as_bytes()))
 }
 
 /// Compares a U8 output byte for byte.

@@ -141,6 +141,17 @@ const DSA_INDEXER_TOPK: OpSpec = OpSpec {
     ],
 };
 
+/// The cache is in and out: `in.kv_cache` before the write, `out.kv_cache` after it (the
+/// run dtype or U8), compared byte for byte.
+const MLA_CACHE_WRITE: OpSpec = OpSpec {
+    inputs: &[
+        arg("kv", Rule::Run, true),
+        arg("slot_mapping", Rule::I32, true),
+        arg("kv_cache", Rule::RunOrU8, true),
+    ],
+    outputs: &[arg("kv_cache", Rule::RunOrU8, true)],
+};
+
 /// The tensor table of `op`.
 pub(crate) fn spec(op: Op) -> &'static OpSpec {
     match op {
@@ -150,5 +161,6 @@ pub(crate) fn spec(op: Op) -> &'static OpSpec {
         Op::MlaKvQuantize => &MLA_KV_QUANTIZE,
         Op::MlaSparseDecode => &MLA_SPARSE_DECODE,
         Op::DsaIndexerTopk => &DSA_INDEXER_TOPK,
+        Op::MlaCacheWrite => &MLA_CACHE_WRITE,
     }
 }
