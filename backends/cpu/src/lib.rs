@@ -20,8 +20,8 @@ mod vmath;
 pub use storage::{CpuBuffer, CpuSlice, CpuSliceMut, CpuStorage};
 
 use moemla_core::calls::{
-    DsaIndexerTopkCall, MlaDecodeCall, MlaKvQuantizeCall, MlaSparseDecodeCall, MoeExpertsCall,
-    MoeRouteCall,
+    DsaIndexerTopkCall, MlaCacheWriteCall, MlaDecodeCall, MlaKvQuantizeCall, MlaSparseDecodeCall,
+    MoeExpertsCall, MoeRouteCall,
 };
 use moemla_core::memory;
 use moemla_core::{
@@ -314,6 +314,18 @@ impl Backend for CpuBackend {
         let o = storage::float_mut(o, &self.name, CALL, "o")?;
         let lse = storage::f32_mut(lse, &self.name, CALL, "lse")?;
         ops::mla_sparse_decode::run_into(&self.name, call, o, lse)
+    }
+
+    fn mla_cache_write(&self, call: &MlaCacheWriteCall<'_>) -> Result<()> {
+        const CALL: &str = "mla_cache_write";
+        let inputs = [call.kv, call.slot_mapping];
+        let dims = call.kv_cache.dims().to_vec();
+        let outputs = [(call.kv_cache, &dims[..], "kv_cache")];
+        let [cache] = self.outputs(CALL, &inputs, outputs)?;
+        let _writing = storage::writing();
+        // SAFETY: as in `moe_route_into` (the cache is the call's only output).
+        let cache = unsafe { cache.slice_mut() };
+        ops::mla_cache_write::run(&self.name, call, cache.into_bytes())
     }
 
     fn moe_route(&self, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput> {

@@ -2,6 +2,7 @@
 
 pub mod dsa_indexer_topk;
 pub mod kv_rows;
+pub mod mla_cache_write;
 pub mod mla_decode;
 pub mod mla_kv_quantize;
 pub mod mla_sparse_decode;
