@@ -34,8 +34,13 @@ pub struct Limit {
 pub struct Ceilings {
     /// The dtype of the rows these ceilings are for.
     pub dtype: DType,
-    /// The memory term of every floor: bytes / `memory.rate`.
+    /// The memory term of every floor: bytes / `memory.rate`...
     pub memory: Limit,
+    /// ...except for rows that move at most `cache_bytes` (their data stays in the
+    /// last-level cache from one repetition to the next): bytes / `memory_in_cache.rate`.
+    pub memory_in_cache: Option<Limit>,
+    /// The last-level cache size, bytes (see `memory_in_cache`).
+    pub cache_bytes: Option<usize>,
     /// The compute term of every floor: FLOPs / `compute.rate`.
     pub compute: Limit,
     /// Rates measured in the same run for reference; no floor uses them.
@@ -152,12 +157,16 @@ pub fn measure(
         None => Ceilings {
             dtype,
             memory: copy,
+            memory_in_cache: None,
+            cache_bytes: None,
             compute: gemm,
             reference: Vec::new(),
         },
         Some(h) => Ceilings {
             dtype,
             memory: read_limit(h),
+            memory_in_cache: Some(cache_read_limit(h)),
+            cache_bytes: Some(h.llc_bytes.unwrap_or(0)),
             compute: compute_limit(h, dtype),
             reference: vec![copy, gemm],
         },
@@ -178,6 +187,22 @@ pub fn read_limit(h: &HostLimits) -> Limit {
         how: format!(
             "parallel read-only reduction over {} MiB ({llc}), {} threads",
             h.read_bytes >> 20,
+            h.threads
+        ),
+    }
+}
+
+/// The host's cache read bandwidth as a limit.
+pub fn cache_read_limit(h: &HostLimits) -> Limit {
+    Limit {
+        name: "cache read BW".into(),
+        rate: h.cache_read_bandwidth,
+        unit: "B/s",
+        physical: true,
+        how: format!(
+            "every thread re-reading a {} KiB buffer in its cache, widest loads, {} threads; \
+             rows whose data fits in the last-level cache",
+            crate::host::CACHE_READ_BYTES >> 10,
             h.threads
         ),
     }

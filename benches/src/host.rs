@@ -33,7 +33,15 @@ pub struct HostLimits {
     /// The last-level cache size the buffer was sized from, bytes (`None`: unknown, 32 MiB
     /// assumed).
     pub llc_bytes: Option<usize>,
+    /// Cache read bandwidth, bytes/s: every thread re-reading a
+    /// [`CACHE_READ_BYTES`] buffer (larger than any L1, held in L2), the widest loads the
+    /// CPU has. The memory limit of rows whose data fits in the last-level cache (the
+    /// benchmark re-reads the same inputs, so they come from cache, not from memory).
+    pub cache_read_bandwidth: f64,
 }
+
+/// Bytes each thread re-reads for the cache read bandwidth.
+pub const CACHE_READ_BYTES: usize = 256 << 10;
 
 /// The read buffer is at least this many times the last-level cache, so that it streams
 /// from memory, not from cache.
@@ -57,6 +65,7 @@ pub fn measure(budget: Budget) -> Result<HostLimits> {
     let llc_bytes = last_level_cache();
     let read_bytes = read_buffer_bytes(llc_bytes, available_memory())?;
     let read_bandwidth = read_bandwidth(read_bytes, threads, reps)?;
+    let cache_read_bandwidth = cache_read_bandwidth(threads, reps, target);
     Ok(HostLimits {
         threads,
         fma_flops: fma,
@@ -66,6 +75,7 @@ pub fn measure(budget: Budget) -> Result<HostLimits> {
         read_bandwidth,
         read_bytes,
         llc_bytes,
+        cache_read_bandwidth,
     })
 }
 
@@ -213,6 +223,46 @@ mod x86 {
     /// Independent 256-bit accumulators (16 registers, two hold the constants).
     pub const ACC_256: usize = 12;
 
+    /// [`super::sum_words`] in 512-bit loads (4 independent accumulators).
+    #[target_feature(enable = "avx512f")]
+    pub fn sum_words_avx512(words: &[u64]) -> u64 {
+        let mut acc = [_mm512_setzero_si512(); 4];
+        let mut chunks = words.chunks_exact(32);
+        for c in &mut chunks {
+            for (j, a) in acc.iter_mut().enumerate() {
+                // SAFETY: `c` holds 32 words; words 8j..8j + 8 lie inside it.
+                let v = unsafe { _mm512_loadu_si512(c.as_ptr().add(8 * j).cast()) };
+                *a = _mm512_add_epi64(*a, v);
+            }
+        }
+        let tail = (chunks.remainder().iter()).fold(0u64, |s, &w| s.wrapping_add(w));
+        acc.iter().fold(tail, |s, &a| {
+            s.wrapping_add(_mm512_reduce_add_epi64(a) as u64)
+        })
+    }
+
+    /// [`super::sum_words`] in 256-bit loads (4 independent accumulators).
+    #[target_feature(enable = "avx2")]
+    pub fn sum_words_avx2(words: &[u64]) -> u64 {
+        let mut acc = [_mm256_setzero_si256(); 4];
+        let mut chunks = words.chunks_exact(16);
+        for c in &mut chunks {
+            for (j, a) in acc.iter_mut().enumerate() {
+                // SAFETY: `c` holds 16 words; words 4j..4j + 4 lie inside it.
+                let v = unsafe { _mm256_loadu_si256(c.as_ptr().add(4 * j).cast()) };
+                *a = _mm256_add_epi64(*a, v);
+            }
+        }
+        let mut sum = (chunks.remainder().iter()).fold(0u64, |s, &w| s.wrapping_add(w));
+        for a in acc {
+            let mut lanes = [0u64; 4];
+            // SAFETY: `lanes` is 4 words, the unaligned store writes exactly those.
+            unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), a) };
+            sum = lanes.iter().fold(sum, |s, &w| s.wrapping_add(w));
+        }
+        sum
+    }
+
     /// `n` rounds of an FMA on each of [`ACC`] 16-lane f32 accumulators.
     #[target_feature(enable = "avx512f")]
     pub fn fma_avx512(n: u64) -> f32 {
@@ -326,7 +376,8 @@ fn read_bandwidth(bytes: usize, threads: usize, reps: usize) -> Result<f64> {
     let parts: Vec<&[u64]> = buf.chunks(chunk).collect();
     let sum_all = || {
         std::thread::scope(|s| {
-            let handles: Vec<_> = parts.iter().map(|p| s.spawn(|| sum_words(p))).collect();
+            let sum = read_kernel();
+            let handles: Vec<_> = parts.iter().map(|p| s.spawn(move || sum(p))).collect();
             handles
                 .into_iter()
                 .map(|h| h.join().expect("reductions do not panic"))
@@ -344,7 +395,52 @@ fn read_bandwidth(bytes: usize, threads: usize, reps: usize) -> Result<f64> {
     Ok((words * 8) as f64 / best)
 }
 
-/// Wrapping sum of `words` on 8 independent lanes (vectorised by the compiler).
+/// Best cache read bandwidth of `reps` runs, bytes/s: every thread sums one shared
+/// read-only [`CACHE_READ_BYTES`] buffer (a copy in each core's cache) over and over for
+/// about `target`.
+fn cache_read_bandwidth(threads: usize, reps: usize, target: Duration) -> f64 {
+    let buf: Vec<u64> = (0..CACHE_READ_BYTES / 8).map(|i| i as u64).collect();
+    let sum = read_kernel();
+    let passes_in = |n: u64| {
+        let t0 = Instant::now();
+        for _ in 0..n {
+            black_box(sum(black_box(&buf)));
+        }
+        t0.elapsed().as_secs_f64().max(1e-9)
+    };
+    passes_in(4);
+    let passes = ((target.as_secs_f64() / (passes_in(16) / 16.0)) as u64).clamp(16, 1 << 20);
+    let bytes = (passes as usize * CACHE_READ_BYTES * threads) as f64;
+    (0..reps)
+        .map(|_| {
+            bytes
+                / on_every_thread(threads, || {
+                    for _ in 0..passes {
+                        black_box(sum(black_box(&buf)));
+                    }
+                })
+        })
+        .fold(0.0, f64::max)
+}
+
+/// A wrapping sum of words in the widest loads this CPU has.
+fn read_kernel() -> fn(&[u64]) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F was detected at run time just above.
+            return |w| unsafe { x86::sum_words_avx512(w) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 was detected at run time just above.
+            return |w| unsafe { x86::sum_words_avx2(w) };
+        }
+    }
+    sum_words
+}
+
+/// Wrapping sum of `words` on 8 independent lanes (vectorised by the compiler for the
+/// build's baseline ISA).
 fn sum_words(words: &[u64]) -> u64 {
     let mut acc = [0u64; 8];
     let mut chunks = words.chunks_exact(8);
@@ -418,6 +514,7 @@ mod tests {
     fn word_sum_matches_a_plain_sum_including_the_tail() {
         let words: Vec<u64> = (0..1003).map(|i| i * 3 + 1).collect();
         assert_eq!(sum_words(&words), words.iter().sum::<u64>());
+        assert_eq!(read_kernel()(&words), words.iter().sum::<u64>());
         assert_eq!(sum_words(&[]), 0);
     }
 

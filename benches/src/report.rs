@@ -60,7 +60,15 @@ impl Row {
         ceilings: Option<&Ceilings>,
     ) -> Row {
         let t = time.as_secs_f64();
-        let terms = ceilings.map(|c| (cost.bytes / c.memory.rate, cost.flops / c.compute.rate));
+        // Rows whose data fits in the last-level cache read it from there on every
+        // repetition: their memory limit is the cache's.
+        let memory = ceilings.map(|c| match (&c.memory_in_cache, c.cache_bytes) {
+            (Some(l), Some(fits)) if cost.bytes <= fits as f64 => l,
+            _ => &c.memory,
+        });
+        let terms = ceilings
+            .zip(memory)
+            .map(|(c, m)| (cost.bytes / m.rate, cost.flops / c.compute.rate));
         let floor = terms.map(|(mem, compute)| mem.max(compute));
         let memory_bound = terms.map(|(mem, compute)| mem >= compute);
         Row {
@@ -77,14 +85,14 @@ impl Row {
             floor_s: floor,
             bound: memory_bound.map(|m| if m { "memory" } else { "compute" }),
             roofline_ratio: floor.map(|f| f / t),
-            limit: ceilings.zip(memory_bound).map(|(c, m)| {
+            limit: ceilings.zip(memory).zip(memory_bound).map(|((c, mem), m)| {
                 if m {
-                    c.memory.name.clone()
+                    mem.name.clone()
                 } else {
                     c.compute.name.clone()
                 }
             }),
-            memory_limit: ceilings.map(|c| c.memory.name.clone()),
+            memory_limit: memory.map(|m| m.name.clone()),
             compute_limit: ceilings.map(|c| c.compute.name.clone()),
             peer_time_s: None,
         }
@@ -107,6 +115,14 @@ pub fn ceilings_text(backend: &str, ceilings: &[Ceilings]) -> String {
             limit_text(&c.memory),
             limit_text(&c.compute)
         );
+        if let (Some(l), Some(fits)) = (&c.memory_in_cache, c.cache_bytes) {
+            let _ = writeln!(
+                s,
+                "  rows moving at most {} MiB (the last-level cache): memory {}",
+                fits >> 20,
+                limit_text(l)
+            );
+        }
         for r in &c.reference {
             let _ = writeln!(s, "  reference, no floor uses it: {}", limit_text(r));
         }
@@ -186,6 +202,8 @@ mod tests {
         Ceilings {
             dtype: DType::F32,
             memory: limit("read BW", 10e9, "B/s"),
+            memory_in_cache: Some(limit("cache read BW", 100e9, "B/s")),
+            cache_bytes: Some(1 << 20),
             compute: limit("f32 FMA peak", 100e9, "FLOP/s"),
             reference: vec![limit("copy BW", 1e12, "B/s")],
         }
@@ -228,6 +246,20 @@ mod tests {
         assert_eq!(row.bound, Some("compute"));
         assert_eq!(row.limit.as_deref(), Some("f32 FMA peak"));
         assert!((row.roofline_ratio.unwrap() - 0.25).abs() < 1e-9);
+        // 100 kB fits in the (1 MiB) cache: against the cache read bandwidth.
+        let cost = Cost {
+            bytes: 1e5,
+            flops: 1e3,
+        };
+        let row = Row::new(
+            "cpu",
+            &case,
+            cost,
+            Duration::from_micros(4),
+            Some(&ceilings()),
+        );
+        assert_eq!(row.limit.as_deref(), Some("cache read BW"));
+        assert!((row.floor_s.unwrap() - 1e-6).abs() < 1e-15);
         let row = Row::new("cpu", &case, cost, Duration::from_secs(4), None);
         assert_eq!((row.floor_s, row.roofline_ratio), (None, None));
         assert_eq!(row.limit, None);

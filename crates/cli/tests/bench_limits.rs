@@ -44,6 +44,8 @@ fn physical_ceilings_bound_every_cpu_row_of_the_same_run() {
         // The floors use physical limits; the old GEMM ceiling is reference only, labelled.
         assert_eq!(c["memory"]["name"], "read BW", "{c}");
         assert_eq!(c["memory"]["physical"], true, "{c}");
+        assert_eq!(c["memory_in_cache"]["name"], "cache read BW", "{c}");
+        assert_eq!(c["memory_in_cache"]["physical"], true, "{c}");
         assert_eq!(c["compute"]["physical"], true, "{c}");
         let compute = match (c["dtype"].as_str().unwrap(), bf16_native) {
             ("BF16", true) => "bf16 dot peak",
@@ -67,15 +69,29 @@ fn physical_ceilings_bound_every_cpu_row_of_the_same_run() {
             row["gb_per_s"].as_f64().unwrap() * 1e9,
             row["gflop_per_s"].as_f64().unwrap() * 1e9,
         );
+        // Rows whose data fits in the last-level cache are against the cache read
+        // bandwidth, the others against memory's.
+        let in_cache = row["bytes"].as_f64().unwrap() <= c["cache_bytes"].as_f64().unwrap();
+        let memory = if in_cache {
+            &c["memory_in_cache"]
+        } else {
+            &c["memory"]
+        };
+        assert_eq!(row["memory_limit"], memory["name"], "{row}");
         let (mem_limit, compute_limit) = (
-            c["memory"]["rate"].as_f64().unwrap(),
+            memory["rate"].as_f64().unwrap(),
             c["compute"]["rate"].as_f64().unwrap(),
         );
         assert!(bw > 0.0 && bw < mem_limit, "{row} vs {c}");
         assert!(flops > 0.0 && flops < compute_limit, "{row} vs {c}");
         // The host's rates bound it whatever ceilings entry carries them (a bf16 row may
         // pass the f32 peak on a native bf16 dot, so its own compute limit only).
-        assert!(bw < host["read_bandwidth"].as_f64().unwrap(), "{row}");
+        let host_bw = if in_cache {
+            host["cache_read_bandwidth"].as_f64().unwrap()
+        } else {
+            host["read_bandwidth"].as_f64().unwrap()
+        };
+        assert!(bw < host_bw, "{row}");
         if row["dtype"] != "BF16" {
             assert!(flops < host["fma_flops"].as_f64().unwrap(), "{row}");
         }
@@ -84,7 +100,7 @@ fn physical_ceilings_bound_every_cpu_row_of_the_same_run() {
         assert!(ratio > 0.0 && ratio < 1.0, "{row}");
         let limit = row["limit"].as_str().unwrap();
         let want = match row["bound"].as_str().unwrap() {
-            "memory" => &c["memory"]["name"],
+            "memory" => &memory["name"],
             _ => &c["compute"]["name"],
         };
         assert_eq!(limit, want, "{row}");

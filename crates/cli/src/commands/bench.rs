@@ -48,7 +48,7 @@ pub struct BenchArgs {
     #[arg(long)]
     markdown: Option<PathBuf>,
     /// Write SVG plots (log-log: time and fraction of the limit against seqlen, T and E,
-    /// per backend and peer) into this directory.
+    /// per backend and peer) into this directory; `--markdown` embeds them.
     #[arg(long)]
     plot: Option<PathBuf>,
     /// Side of the square GEMM that measures the compute ceiling (1 to 2^24; its three
@@ -180,13 +180,17 @@ pub fn run(args: &BenchArgs, registry: &Registry) -> Result<ExitCode, CommandErr
         let doc = serde_json::json!({"host": host_limits, "ceilings": ceilings, "rows": all_rows});
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
     }
-    if let Some(path) = &args.markdown {
-        std::fs::write(path, markdown(&all_ceilings, &all_rows))?;
-    }
+    let mut plots = Vec::new();
     if let Some(dir) = &args.plot {
-        for file in plot::write(dir, &all_rows, "numpy")? {
+        plots = plot::write(dir, &all_rows, "numpy")?;
+        for file in &plots {
             println!("plot: {}", file.display());
         }
+    }
+    if let Some(path) = &args.markdown {
+        let mut doc = markdown(&all_ceilings, &all_rows);
+        doc += &plot_links(path, &plots);
+        std::fs::write(path, doc)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -279,6 +283,24 @@ fn markdown(ceilings: &[(String, Vec<Ceilings>)], rows: &[Row]) -> String {
     s
 }
 
+/// The plots as Markdown images, linked relative to the report at `report` where they lie
+/// under its directory (as given otherwise); empty without plots.
+fn plot_links(report: &std::path::Path, plots: &[PathBuf]) -> String {
+    if plots.is_empty() {
+        return String::new();
+    }
+    let base = report.parent().unwrap_or(std::path::Path::new(""));
+    let mut s = String::from("\n## Plots\n\n");
+    for file in plots {
+        let rel = file.strip_prefix(base).unwrap_or(file);
+        let name = file
+            .file_stem()
+            .map_or("plot".into(), |n| n.to_string_lossy());
+        s += &format!("![{name}]({})\n", rel.display());
+    }
+    s
+}
+
 /// The head of the Markdown report: what every ratio is against.
 const CEILINGS_EXPLAINED: &str = "\
 Regenerate with the command below. Every ratio is against ceilings measured by the same
@@ -288,8 +310,10 @@ the floor. `vs numpy` = our time / numpy's time on the same inputs (below 1.00x:
 
 On the CPU the limits are physical, measured directly on every hardware thread: the memory
 limit is the read bandwidth (a parallel read-only reduction over a buffer at least 8x the
-last-level cache), the compute limit the f32 FMA peak (a register-resident FMA loop in the
-widest vector ISA the CPU has) or, for bf16 rows, the native bf16 dot peak (AVX512-BF16
+last-level cache; for rows whose data fits in the last-level cache, and so stays there from
+one repetition to the next, the cache read bandwidth: every thread re-reading a 256 KiB
+buffer), the compute limit the f32 FMA peak (a register-resident FMA loop in the widest
+vector ISA the CPU has) or, for bf16 rows, the native bf16 dot peak (AVX512-BF16
 `VDPBF16PS`) where the CPU has one, else the f32 peak. No op can exceed them. The copy
 bandwidth and the `gemm` crate's dense GEMM are measured too and shown as reference rates:
 achievable, not limits. On GPUs the device copy and the backend's GEMM are the ceilings,
