@@ -154,12 +154,17 @@ pub fn run(args: &ConformanceArgs, registry: &Registry) -> Result<ExitCode, Comm
 
     let columns = open_backends(registry, &wanted, &required);
     let mut report = Report::default();
+    // A bar over the backends, on stderr only when it is a terminal.
+    let bar = super::bench::progress::Progress::new(columns.len() as u64, "backends");
     for (name, backend) in &columns {
+        bar.start(format!("{name}: {} cases", cases.len()));
         report.extend(match backend {
             Ok(backend) => moemla_conformance::run(backend.as_ref(), &cases),
             Err(err) => run_unavailable(name, &reason(err), &cases),
         });
+        bar.step();
     }
+    bar.finish();
     let mut verdict = report.finish(&required, &allowed);
     if cases.is_empty() {
         verdict.fail(ExitStatus::Goldens, empty_selection(args, found));
