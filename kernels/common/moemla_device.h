@@ -12,6 +12,8 @@
 //   moemla_shfl_xor/down, moemla_ballot, warp sum / max reductions
 //   moemla_f16, moemla_bf16      16-bit storage types (a uint16 inside a struct), with
 //                                 bit-exact conversions to f32 and round-to-nearest-even back
+//   moemla_fp8                   e4m3fn storage, exact decode, RNE + saturating encode,
+//                                 UE8M0 power-of-two rounding, the fnuz mapping
 //   moemla_load / moemla_store   dtype-generic element access (f32 compute)
 //   moemla_is_16bit<T>::value     true for moemla_f16 / moemla_bf16
 //   MOEMLA_HAS_MMA_SYNC           1 where the mma.sync m16n8k16 tensor-core path is compiled
@@ -198,6 +200,80 @@ __device__ __forceinline__ moemla_u16 moemla_f32_to_f16(float f) {
     return (moemla_u16)(sign | q);
 }
 
+// ---------------------------------------------------------------------------------------
+// FP8 e4m3fn (OCP; contract v2): bias 7, max 448, no inf, NaN 0x7F/0xFF, 0x80 = -0.0.
+// Every e4m3 value is exact in f16, bf16 and f32, so a decoded code can be staged in the
+// run dtype without rounding. The kernels decode in software on every target (no FP8
+// instructions), so AMD's e4m3fnuz never occurs (see moemla_e4m3fn_to_fnuz).
+// ---------------------------------------------------------------------------------------
+struct moemla_fp8 {
+    unsigned char bits;
+};
+
+// The exact value of a code.
+__device__ __forceinline__ float moemla_e4m3_to_f32(moemla_u32 code) {
+    const moemla_u32 sign = (code & 0x80u) << 24;
+    const moemla_u32 exp = (code >> 3) & 0xfu;
+    const moemla_u32 man = code & 0x7u;
+    if (exp == 0xfu && man == 0x7u) return moemla_bits_float(sign | 0x7fc00000u);
+    if (exp == 0u) {
+        // Subnormal: man * 2^-9, exact in f32.
+        return moemla_bits_float(moemla_float_bits((float)man * 0.001953125f) | sign);
+    }
+    return moemla_bits_float(sign | ((exp + 120u) << 23) | (man << 20));
+}
+
+// e4m3(v): round to nearest, ties to even, from the f32 value; magnitudes beyond 448 (and
+// infinities) saturate to +-448; NaN gives 0x7F with v's sign; -0.0 gives 0x80.
+__device__ __forceinline__ moemla_u32 moemla_f32_to_e4m3(float v) {
+    const moemla_u32 bits = moemla_float_bits(v);
+    const moemla_u32 sign = (bits >> 24) & 0x80u;
+    const moemla_u32 ab = bits & 0x7fffffffu;
+    if (ab > 0x7f800000u) return sign | 0x7fu;
+    if (ab == 0x7f800000u) return sign | 0x7eu;
+    const int biased = (int)(ab >> 23);
+    if (biased == 0) return sign;
+    const int e = biased - 127;
+    // |v| = sig * 2^(e - 23); keep down to the e4m3 step of this binade (2^(e - 3) for
+    // normals, 2^-9 below 2^-6); beyond 25 dropped bits everything rounds to 0.
+    const moemla_u32 sig = (ab & 0x7fffffu) | 0x800000u;
+    const int sh = e >= -6 ? 20 : (14 - e < 25 ? 14 - e : 25);
+    const moemla_u32 kept = sig >> sh;
+    const moemla_u32 rem = sig & ((1u << sh) - 1u);
+    const moemla_u32 half = 1u << (sh - 1);
+    const moemla_u32 q = kept + ((rem > half || (rem == half && (kept & 1u))) ? 1u : 0u);
+    if (e < -6) return sign | q;  // subnormal; q == 8 is the smallest normal's code
+    const int e2 = q == 16u ? e + 1 : e;
+    const moemla_u32 man = q == 16u ? 0u : q - 8u;
+    if (e2 > 8 || (e2 == 8 && man == 7u)) return sign | 0x7eu;
+    return sign | ((moemla_u32)(e2 + 7) << 3) | man;
+}
+
+// 2^ceil(log2 s) exactly, from the bits of s >= 0 (UE8M0 scales): a power of two stays,
+// anything else goes up; 0, inf and NaN are returned as they are.
+__device__ __forceinline__ float moemla_pow2_ceil_f32(float s) {
+    const moemla_u32 b = moemla_float_bits(s) & 0x7fffffffu;
+    const moemla_u32 exp = b >> 23;
+    const moemla_u32 man = b & 0x7fffffu;
+    if (exp == 0xffu || b == 0u) return s;
+    if (exp == 0u) {
+        moemla_u32 p = 1u;
+        while (p < man) p <<= 1;
+        return moemla_bits_float(p);
+    }
+    return moemla_bits_float((exp + (man != 0u ? 1u : 0u)) << 23);
+}
+
+// The e4m3fnuz code (AMD gfx942's FP8: bias 8, max 240, 0x80 = NaN, no -0) holding half the
+// value of e4m3fn code c: the same bits, except -0 (0x80) -> +0 and NaN -> 0x80. Data in
+// fnuz thus needs its scales doubled. For a future MFMA-fp8 path; today's kernels decode
+// e4m3fn themselves.
+__device__ __forceinline__ moemla_u32 moemla_e4m3fn_to_fnuz(moemla_u32 c) {
+    if (c == 0x80u) return 0u;
+    if ((c & 0x7fu) == 0x7fu) return 0x80u;
+    return c;
+}
+
 // Whether T is one of the 16-bit storage types (the tensor-core operand types).
 template <typename T>
 struct moemla_is_16bit {
@@ -219,6 +295,18 @@ __device__ __forceinline__ float moemla_load(const moemla_bf16* p) { return moem
 __device__ __forceinline__ void moemla_store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void moemla_store(moemla_f16* p, float v) { p->bits = moemla_f32_to_f16(v); }
 __device__ __forceinline__ void moemla_store(moemla_bf16* p, float v) { p->bits = moemla_f32_to_bf16(v); }
+__device__ __forceinline__ float moemla_load(const moemla_fp8* p) { return moemla_e4m3_to_f32(p->bits); }
+__device__ __forceinline__ void moemla_store(moemla_fp8* p, float v) { p->bits = (unsigned char)moemla_f32_to_e4m3(v); }
+
+// Whether T is moemla_fp8.
+template <typename T>
+struct moemla_is_fp8 {
+    static constexpr bool value = false;
+};
+template <>
+struct moemla_is_fp8<moemla_fp8> {
+    static constexpr bool value = true;
+};
 
 // 16 bytes moved as one vector access (both addresses must be 16-byte aligned).
 struct MOEMLA_ALIGN16 moemla_vec16 {

@@ -3,7 +3,9 @@
 //
 //   1. moemla_moe_align      count rows per expert, pad each segment to MOEMLA_TM, scatter
 //   2. moemla_moe_gate_up_*  act = silu(x W1^T) * (x W3^T), one 64x64 tile per block
-//   3. moemla_moe_down_*     yslot = act W2^T (f32)
+//                            (optional SwiGLU clamp; _w8a16 / _w8a8: FP8 weights, FP8 x)
+//   3. moemla_moe_down_*     yslot = act W2^T (f32) (_w8a16 / _w8a8 likewise)
+//   (w8a8: moemla_moe_quant_* quantizes x before 2 and act before 3)
 //   4. moemla_moe_combine_*  y[t] = sum_j w[t,j] yslot[row of (t,j)], in slot order
 // Deterministic: no float atomics; every output element has one fixed summation order.
 
@@ -135,19 +137,6 @@ __device__ __forceinline__ void moemla_tile_fetch(moemla_tile_regs<T, ROWS>& reg
     }
 }
 
-// Stores the fetched chunks into the shared tile (row stride MOEMLA_SK).
-template <typename T, int ROWS>
-__device__ __forceinline__ void moemla_tile_put(T* dst, const moemla_tile_regs<T, ROWS>& regs) {
-    using R = moemla_tile_regs<T, ROWS>;
-#pragma unroll
-    for (int s = 0; s < R::PER_THREAD; ++s) {
-        const int idx = threadIdx.x + s * MOEMLA_GEMM_THREADS;
-        const int r = idx / R::CHUNKS;
-        const int c = (idx % R::CHUNKS) * R::VEC;
-        *reinterpret_cast<moemla_vec16*>(dst + r * MOEMLA_SK + c) = regs.chunk[s].v;
-    }
-}
-
 // Tile coordinates (row, col) of accumulator `idx` of this thread.
 template <bool MMA>
 __device__ __forceinline__ void moemla_acc_coord(int idx, int& row, int& col) {
@@ -165,6 +154,60 @@ __device__ __forceinline__ void moemla_acc_coord(int idx, int& row, int& col) {
         row = ty * 4 + (idx >> 3);
         col = tx + 8 * (idx & 7);
     }
+}
+
+// Stores the fetched chunks into the shared tile (row stride MOEMLA_SK), decoding FP8
+// codes into the tile's type TS (exact: every e4m3 value is a TS value).
+template <typename TS, typename TG, int ROWS>
+__device__ __forceinline__ void moemla_tile_put(TS* dst, const moemla_tile_regs<TG, ROWS>& regs) {
+    using R = moemla_tile_regs<TG, ROWS>;
+#pragma unroll
+    for (int s = 0; s < R::PER_THREAD; ++s) {
+        const int idx = threadIdx.x + s * MOEMLA_GEMM_THREADS;
+        const int r = idx / R::CHUNKS;
+        const int c = (idx % R::CHUNKS) * R::VEC;
+        if constexpr (moemla_is_fp8<TG>::value) {
+#pragma unroll
+            for (int v = 0; v < R::VEC; ++v) moemla_store(dst + r * MOEMLA_SK + c + v, moemla_load(&regs.chunk[s].e[v]));
+        } else {
+            *reinterpret_cast<moemla_vec16*>(dst + r * MOEMLA_SK + c) = regs.chunk[s].v;
+        }
+    }
+}
+
+// FP8 GEMMs (contract v2): the A (activation, w8a8) and B (weight) tiles hold codes
+// decoded exactly into T, so a k-tile's products are exact; their f32 sums over one
+// 128-wide k block (four k-tiles: a k-tile never straddles a block) are then multiplied
+// by the block's scales, A's per row and B's per output column (DeepGEMM's promotion).
+// Staged per k block in shared memory by the threads that put the tiles.
+template <int NB>
+struct moemla_fp8_scales {
+    float a[MOEMLA_TM];      // per row (1 without activation quantization)
+    float b[NB][MOEMLA_TN];  // per output column and B operand (1 without FP8 weights)
+};
+
+// acc[b][i] += part[b][i] * scale(row, col), then part = 0.
+template <int NB, bool MMA>
+__device__ __forceinline__ void moemla_fp8_flush(float (&acc)[NB][MOEMLA_ACC], float (&part)[NB][MOEMLA_ACC],
+                                                 const moemla_fp8_scales<NB>& sc) {
+#pragma unroll
+    for (int i = 0; i < MOEMLA_ACC; ++i) {
+        int r, c;
+        moemla_acc_coord<MMA>(i, r, c);
+#pragma unroll
+        for (int bt = 0; bt < NB; ++bt) {
+            acc[bt][i] += part[bt][i] * (sc.a[r] * sc.b[bt][c]);
+            part[bt][i] = 0.0f;
+        }
+    }
+}
+
+// SwiGLU with the optional clamp (contract v2 swiglu_limit c; +inf = none):
+// silu(min(g, c)) * clamp(u, -c, c). Selects, so a NaN g or u stays NaN.
+__device__ __forceinline__ float moemla_swiglu(float g, float u, float limit) {
+    g = g > limit ? limit : g;
+    u = u > limit ? limit : (u < -limit ? -limit : u);
+    return g / (1.0f + expf(-g)) * u;
 }
 
 // acc[b] += A (TM x TK) * B[b]^T (TN x TK) for NB staged B tiles.
@@ -226,23 +269,32 @@ __device__ __forceinline__ void moemla_tile_step(float (&acc)[NB][MOEMLA_ACC], c
 // ---------------------------------------------------------------------------------------
 // 2. Gate/up GEMM with SwiGLU epilogue
 // ---------------------------------------------------------------------------------------
-template <typename T>
-__device__ void moemla_moe_gate_up(const T* __restrict__ x, const T* __restrict__ w13,
+// TA: the A operand's storage (T, or moemla_fp8 codes of x quantized per token and 128
+// channels, with scales xs [T, ceil(H/128)]). TW: the weights' (T, or moemla_fp8 codes
+// with block scales w13s [E, ceil(2I/128), ceil(H/128)]). TO: act's (T; f32 for w8a8, so
+// that `a` is quantized from its f32 value as the contract says).
+template <typename T, typename TA, typename TW, typename TO>
+__device__ __forceinline__ void moemla_moe_gate_up(const TA* __restrict__ x, const float* __restrict__ xs,
+                                   const TW* __restrict__ w13, const float* __restrict__ w13s,
                                    const int* __restrict__ sorted_rows,
                                    const int* __restrict__ tile_expert,
-                                   const int* __restrict__ meta, T* __restrict__ act, int hidden,
-                                   int inter, int top_k) {
+                                   const int* __restrict__ meta, TO* __restrict__ act, int hidden,
+                                   int inter, int top_k, float swiglu_limit) {
     constexpr bool MMA = MOEMLA_HAS_MMA_SYNC && moemla_is_16bit<T>::value;
+    constexpr bool FP8 = moemla_is_fp8<TA>::value || moemla_is_fp8<TW>::value;
     __shared__ MOEMLA_ALIGN16 T As[MOEMLA_TM * MOEMLA_SK];
     __shared__ MOEMLA_ALIGN16 T Bg[MOEMLA_TN * MOEMLA_SK];
     __shared__ MOEMLA_ALIGN16 T Bu[MOEMLA_TN * MOEMLA_SK];
     __shared__ int tok[MOEMLA_TM];
+    __shared__ moemla_fp8_scales<2> sc;
 
     const int tile = blockIdx.x;
     if (tile >= meta[0]) return;  // uniform per block, before any barrier
     const int e = tile_expert[tile];
     const int n0 = blockIdx.y * MOEMLA_TN;
     const moemla_i64 row0 = (moemla_i64)tile * MOEMLA_TM;
+    const int kblocks = (hidden + 127) / 128;
+    const int nblocks13 = (2 * inter + 127) / 128;
 
     for (int r = threadIdx.x; r < MOEMLA_TM; r += blockDim.x) {
         int s = sorted_rows[row0 + r];
@@ -250,41 +302,76 @@ __device__ void moemla_moe_gate_up(const T* __restrict__ x, const T* __restrict_
     }
     __syncthreads();
 
-    const T* w_gate = w13 + (moemla_i64)e * 2 * inter * hidden;
-    auto a_row = [&](int r) -> const T* {
+    const TW* w_gate = w13 + (moemla_i64)e * 2 * inter * hidden;
+    auto a_row = [&](int r) -> const TA* {
         return tok[r] < 0 ? nullptr : x + (moemla_i64)tok[r] * hidden;
     };
-    auto g_row = [&](int r) -> const T* {
+    auto g_row = [&](int r) -> const TW* {
         return n0 + r < inter ? w_gate + (moemla_i64)(n0 + r) * hidden : nullptr;
     };
-    auto u_row = [&](int r) -> const T* {
+    auto u_row = [&](int r) -> const TW* {
         return n0 + r < inter ? w_gate + (moemla_i64)(inter + n0 + r) * hidden : nullptr;
     };
-    const bool vec_ok = hidden % (16 / (int)sizeof(T)) == 0;
+    const bool vec_a = hidden % (16 / (int)sizeof(TA)) == 0;
+    const bool vec_w = hidden % (16 / (int)sizeof(TW)) == 0;
 
     float acc[2][MOEMLA_ACC];
+    float part[FP8 ? 2 : 1][FP8 ? MOEMLA_ACC : 1];
 #pragma unroll
     for (int i = 0; i < MOEMLA_ACC; ++i) {
         acc[0][i] = 0.0f;
         acc[1][i] = 0.0f;
+        if constexpr (FP8) {
+            part[0][i] = 0.0f;
+            part[1][i] = 0.0f;
+        }
     }
     const T* const bs[2] = {Bg, Bu};
-    moemla_tile_regs<T, MOEMLA_TM> ra;
-    moemla_tile_regs<T, MOEMLA_TN> rg, ru;
-    moemla_tile_fetch(ra, a_row, 0, hidden, vec_ok);
-    moemla_tile_fetch(rg, g_row, 0, hidden, vec_ok);
-    moemla_tile_fetch(ru, u_row, 0, hidden, vec_ok);
+    moemla_tile_regs<TA, MOEMLA_TM> ra;
+    moemla_tile_regs<TW, MOEMLA_TN> rg, ru;
+    moemla_tile_fetch(ra, a_row, 0, hidden, vec_a);
+    moemla_tile_fetch(rg, g_row, 0, hidden, vec_w);
+    moemla_tile_fetch(ru, u_row, 0, hidden, vec_w);
     for (int k0 = 0; k0 < hidden; k0 += MOEMLA_TK) {
         moemla_tile_put(As, ra);
         moemla_tile_put(Bg, rg);
         moemla_tile_put(Bu, ru);
+        if constexpr (FP8) {
+            if (k0 % 128 == 0) {  // this k block's scales
+                const int kb = k0 / 128;
+                for (int i = threadIdx.x; i < MOEMLA_TM; i += blockDim.x) {
+                    float a = 1.0f;
+                    if constexpr (moemla_is_fp8<TA>::value) {
+                        if (tok[i] >= 0) a = xs[(moemla_i64)tok[i] * kblocks + kb];
+                    }
+                    sc.a[i] = a;
+                }
+                for (int c = threadIdx.x; c < MOEMLA_TN; c += blockDim.x) {
+                    float g = 1.0f, u = 1.0f;
+                    if constexpr (moemla_is_fp8<TW>::value) {
+                        if (n0 + c < inter) {
+                            const moemla_i64 base = (moemla_i64)e * nblocks13;
+                            g = w13s[(base + (n0 + c) / 128) * kblocks + kb];
+                            u = w13s[(base + (inter + n0 + c) / 128) * kblocks + kb];
+                        }
+                    }
+                    sc.b[0][c] = g;
+                    sc.b[1][c] = u;
+                }
+            }
+        }
         __syncthreads();
         if (k0 + MOEMLA_TK < hidden) {  // next tile's loads overlap this tile's math
-            moemla_tile_fetch(ra, a_row, k0 + MOEMLA_TK, hidden, vec_ok);
-            moemla_tile_fetch(rg, g_row, k0 + MOEMLA_TK, hidden, vec_ok);
-            moemla_tile_fetch(ru, u_row, k0 + MOEMLA_TK, hidden, vec_ok);
+            moemla_tile_fetch(ra, a_row, k0 + MOEMLA_TK, hidden, vec_a);
+            moemla_tile_fetch(rg, g_row, k0 + MOEMLA_TK, hidden, vec_w);
+            moemla_tile_fetch(ru, u_row, k0 + MOEMLA_TK, hidden, vec_w);
         }
-        moemla_tile_step<T, 2, MMA>(acc, As, bs);
+        if constexpr (FP8) {
+            moemla_tile_step<T, 2, MMA>(part, As, bs);
+            if ((k0 + MOEMLA_TK) % 128 == 0 || k0 + MOEMLA_TK >= hidden) moemla_fp8_flush<2, MMA>(acc, part, sc);
+        } else {
+            moemla_tile_step<T, 2, MMA>(acc, As, bs);
+        }
         __syncthreads();
     }
 
@@ -292,56 +379,87 @@ __device__ void moemla_moe_gate_up(const T* __restrict__ x, const T* __restrict_
     for (int i = 0; i < MOEMLA_ACC; ++i) {
         int r, c;
         moemla_acc_coord<MMA>(i, r, c);
-        if (n0 + c < inter) {
-            const float g = acc[0][i];
-            const float h = g / (1.0f + expf(-g)) * acc[1][i];
-            moemla_store(act + (row0 + r) * inter + n0 + c, h);
-        }
+        if (n0 + c < inter) moemla_store(act + (row0 + r) * inter + n0 + c, moemla_swiglu(acc[0][i], acc[1][i], swiglu_limit));
     }
 }
 
 // ---------------------------------------------------------------------------------------
 // 3. Down GEMM (f32 per-slot rows)
 // ---------------------------------------------------------------------------------------
-template <typename T>
-__device__ void moemla_moe_down(const T* __restrict__ act, const T* __restrict__ w2,
+// TA: T (act), or moemla_fp8 codes of act quantized per row and 128 columns with scales
+// as_ [rows, ceil(I/128)]. TW: T, or moemla_fp8 with block scales w2s [E, ceil(H/128),
+// ceil(I/128)].
+template <typename T, typename TA, typename TW>
+__device__ __forceinline__ void moemla_moe_down(const TA* __restrict__ act, const float* __restrict__ as_,
+                                const TW* __restrict__ w2, const float* __restrict__ w2s,
                                 const int* __restrict__ sorted_rows,
                                 const int* __restrict__ tile_expert, const int* __restrict__ meta,
                                 float* __restrict__ yslot, int hidden, int inter) {
     constexpr bool MMA = MOEMLA_HAS_MMA_SYNC && moemla_is_16bit<T>::value;
+    constexpr bool FP8 = moemla_is_fp8<TA>::value || moemla_is_fp8<TW>::value;
     __shared__ MOEMLA_ALIGN16 T As[MOEMLA_TM * MOEMLA_SK];
     __shared__ MOEMLA_ALIGN16 T Bd[MOEMLA_TN * MOEMLA_SK];
+    __shared__ moemla_fp8_scales<1> sc;
 
     const int tile = blockIdx.x;
     if (tile >= meta[0]) return;  // uniform per block, before any barrier
     const int e = tile_expert[tile];
     const int n0 = blockIdx.y * MOEMLA_TN;
     const moemla_i64 row0 = (moemla_i64)tile * MOEMLA_TM;
+    const int kblocks = (inter + 127) / 128;
+    const int nblocks = (hidden + 127) / 128;
 
-    const T* w_down = w2 + (moemla_i64)e * hidden * inter;
-    auto a_row = [&](int r) -> const T* { return act + (row0 + r) * inter; };
-    auto b_row = [&](int r) -> const T* {
+    const TW* w_down = w2 + (moemla_i64)e * hidden * inter;
+    auto a_row = [&](int r) -> const TA* { return act + (row0 + r) * inter; };
+    auto b_row = [&](int r) -> const TW* {
         return n0 + r < hidden ? w_down + (moemla_i64)(n0 + r) * inter : nullptr;
     };
-    const bool vec_ok = inter % (16 / (int)sizeof(T)) == 0;
+    const bool vec_a = inter % (16 / (int)sizeof(TA)) == 0;
+    const bool vec_w = inter % (16 / (int)sizeof(TW)) == 0;
 
     float acc[1][MOEMLA_ACC];
+    float part[1][FP8 ? MOEMLA_ACC : 1];
 #pragma unroll
-    for (int i = 0; i < MOEMLA_ACC; ++i) acc[0][i] = 0.0f;
+    for (int i = 0; i < MOEMLA_ACC; ++i) {
+        acc[0][i] = 0.0f;
+        if constexpr (FP8) part[0][i] = 0.0f;
+    }
     const T* const bs[1] = {Bd};
-    moemla_tile_regs<T, MOEMLA_TM> ra;
-    moemla_tile_regs<T, MOEMLA_TN> rb;
-    moemla_tile_fetch(ra, a_row, 0, inter, vec_ok);
-    moemla_tile_fetch(rb, b_row, 0, inter, vec_ok);
+    moemla_tile_regs<TA, MOEMLA_TM> ra;
+    moemla_tile_regs<TW, MOEMLA_TN> rb;
+    moemla_tile_fetch(ra, a_row, 0, inter, vec_a);
+    moemla_tile_fetch(rb, b_row, 0, inter, vec_w);
     for (int k0 = 0; k0 < inter; k0 += MOEMLA_TK) {
         moemla_tile_put(As, ra);
         moemla_tile_put(Bd, rb);
+        if constexpr (FP8) {
+            if (k0 % 128 == 0) {  // this k block's scales
+                const int kb = k0 / 128;
+                for (int i = threadIdx.x; i < MOEMLA_TM; i += blockDim.x) {
+                    float a = 1.0f;
+                    if constexpr (moemla_is_fp8<TA>::value) a = as_[(row0 + i) * kblocks + kb];
+                    sc.a[i] = a;
+                }
+                for (int c = threadIdx.x; c < MOEMLA_TN; c += blockDim.x) {
+                    float w = 1.0f;
+                    if constexpr (moemla_is_fp8<TW>::value) {
+                        if (n0 + c < hidden) w = w2s[((moemla_i64)e * nblocks + (n0 + c) / 128) * kblocks + kb];
+                    }
+                    sc.b[0][c] = w;
+                }
+            }
+        }
         __syncthreads();
         if (k0 + MOEMLA_TK < inter) {  // next tile's loads overlap this tile's math
-            moemla_tile_fetch(ra, a_row, k0 + MOEMLA_TK, inter, vec_ok);
-            moemla_tile_fetch(rb, b_row, k0 + MOEMLA_TK, inter, vec_ok);
+            moemla_tile_fetch(ra, a_row, k0 + MOEMLA_TK, inter, vec_a);
+            moemla_tile_fetch(rb, b_row, k0 + MOEMLA_TK, inter, vec_w);
         }
-        moemla_tile_step<T, 1, MMA>(acc, As, bs);
+        if constexpr (FP8) {
+            moemla_tile_step<T, 1, MMA>(part, As, bs);
+            if ((k0 + MOEMLA_TK) % 128 == 0 || k0 + MOEMLA_TK >= inter) moemla_fp8_flush<1, MMA>(acc, part, sc);
+        } else {
+            moemla_tile_step<T, 1, MMA>(acc, As, bs);
+        }
         __syncthreads();
     }
 
@@ -353,6 +471,36 @@ __device__ void moemla_moe_down(const T* __restrict__ act, const T* __restrict__
             yslot[(row0 + r) * hidden + n0 + c] = acc[0][i];
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Activation quantization for w8a8 (contract v2 fp8_block128)
+// ---------------------------------------------------------------------------------------
+// Per row and group of 128 columns (the last one partial): amax = max(max|v|, 1e-4) (NaN
+// ignored, as IEEE maxNum does), sc = amax / 448 (f32 division; ue8m0: 2^ceil(log2 sc)),
+// codes[row, c] = e4m3(v / sc), scales[row, group] = sc. Grid (rows, ceil(cols / 128), 1),
+// block (128, 1, 1). With use_meta, rows at or past meta[0] * 64 (unused tiles) return.
+#define MOEMLA_QUANT_THREADS 128
+template <typename T>
+__device__ __forceinline__ void moemla_moe_quant(const T* __restrict__ src, int cols, const int* __restrict__ meta,
+                                 int use_meta, moemla_fp8* __restrict__ codes,
+                                 float* __restrict__ scales, int ue8m0) {
+    __shared__ float red[MOEMLA_QUANT_THREADS / 32];
+    const moemla_i64 row = blockIdx.x;
+    if (use_meta && row >= (moemla_i64)meta[0] * MOEMLA_TM) return;  // uniform per block
+    const int groups = (cols + 127) / 128;
+    const int c = blockIdx.y * 128 + threadIdx.x;
+    const bool in = threadIdx.x < 128 && c < cols;
+    const float v = in ? moemla_load(src + row * cols + c) : 0.0f;
+    float m = moemla_warp_max(fabsf(v));
+    const int nwarps = (blockDim.x + MOEMLA_WARP_SIZE - 1) / MOEMLA_WARP_SIZE;
+    if (threadIdx.x % MOEMLA_WARP_SIZE == 0) red[threadIdx.x / MOEMLA_WARP_SIZE] = m;
+    __syncthreads();
+    for (int w = 0; w < nwarps; ++w) m = fmaxf(m, red[w]);
+    float s = fmaxf(m, 1e-4f) / 448.0f;
+    if (ue8m0) s = moemla_pow2_ceil_f32(s);
+    if (in) moemla_store(codes + row * cols + c, v / s);
+    if (threadIdx.x == 0) scales[row * groups + blockIdx.y] = s;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -376,14 +524,50 @@ __device__ void moemla_moe_combine(const float* __restrict__ yslot, const int* _
 #define MOEMLA_EXPERTS_ENTRIES(SFX, T)                                                          \
     extern "C" __global__ void moemla_moe_gate_up_##SFX(                                         \
         const T* x, const T* w13, const int* sorted_rows, const int* tile_expert,                \
-        const int* meta, T* act, int hidden, int inter, int top_k) {                             \
-        moemla_moe_gate_up<T>(x, w13, sorted_rows, tile_expert, meta, act, hidden, inter,        \
-                              top_k);                                                            \
+        const int* meta, T* act, int hidden, int inter, int top_k, float swiglu_limit) {         \
+        moemla_moe_gate_up<T, T, T, T>(x, nullptr, w13, nullptr, sorted_rows, tile_expert, meta,    \
+                                    act, hidden, inter, top_k, swiglu_limit);                    \
+    }                                                                                            \
+    extern "C" __global__ void moemla_moe_gate_up_w8a16_##SFX(                                   \
+        const T* x, const moemla_fp8* w13, const float* w13_scale, const int* sorted_rows,       \
+        const int* tile_expert, const int* meta, T* act, int hidden, int inter, int top_k,       \
+        float swiglu_limit) {                                                                    \
+        moemla_moe_gate_up<T, T, moemla_fp8, T>(x, nullptr, w13, w13_scale, sorted_rows,           \
+                                             tile_expert, meta, act, hidden, inter, top_k,       \
+                                             swiglu_limit);                                      \
+    }                                                                                            \
+    extern "C" __global__ void moemla_moe_gate_up_w8a8_##SFX(                                    \
+        const moemla_fp8* xq, const float* x_scale, const moemla_fp8* w13,                       \
+        const float* w13_scale, const int* sorted_rows, const int* tile_expert, const int* meta, \
+        float* act, int hidden, int inter, int top_k, float swiglu_limit) {                      \
+        moemla_moe_gate_up<T, moemla_fp8, moemla_fp8, float>(xq, x_scale, w13, w13_scale,       \
+                                                             sorted_rows,                        \
+                                                      tile_expert, meta, act, hidden, inter,     \
+                                                      top_k, swiglu_limit);                      \
     }                                                                                            \
     extern "C" __global__ void moemla_moe_down_##SFX(                                            \
         const T* act, const T* w2, const int* sorted_rows, const int* tile_expert,               \
         const int* meta, float* yslot, int hidden, int inter) {                                  \
-        moemla_moe_down<T>(act, w2, sorted_rows, tile_expert, meta, yslot, hidden, inter);       \
+        moemla_moe_down<T, T, T>(act, nullptr, w2, nullptr, sorted_rows, tile_expert, meta,      \
+                                 yslot, hidden, inter);                                          \
+    }                                                                                            \
+    extern "C" __global__ void moemla_moe_down_w8a16_##SFX(                                      \
+        const T* act, const moemla_fp8* w2, const float* w2_scale, const int* sorted_rows,       \
+        const int* tile_expert, const int* meta, float* yslot, int hidden, int inter) {          \
+        moemla_moe_down<T, T, moemla_fp8>(act, nullptr, w2, w2_scale, sorted_rows, tile_expert,  \
+                                          meta, yslot, hidden, inter);                           \
+    }                                                                                            \
+    extern "C" __global__ void moemla_moe_down_w8a8_##SFX(                                       \
+        const moemla_fp8* aq, const float* a_scale, const moemla_fp8* w2, const float* w2_scale, \
+        const int* sorted_rows, const int* tile_expert, const int* meta, float* yslot,           \
+        int hidden, int inter) {                                                                 \
+        moemla_moe_down<T, moemla_fp8, moemla_fp8>(aq, a_scale, w2, w2_scale, sorted_rows,       \
+                                                   tile_expert, meta, yslot, hidden, inter);     \
+    }                                                                                            \
+    extern "C" __global__ void moemla_moe_quant_##SFX(const T* src, int cols, const int* meta,   \
+                                                      int use_meta, moemla_fp8* codes,           \
+                                                      float* scales, int ue8m0) {                \
+        moemla_moe_quant<T>(src, cols, meta, use_meta, codes, scales, ue8m0);                    \
     }                                                                                            \
     extern "C" __global__ void moemla_moe_combine_##SFX(const float* yslot, const int* slot_pos, \
                                                         const float* topk_weights, T* y,         \

@@ -136,6 +136,9 @@ fn every_kernel_module_compiles_for_gfx942_gfx90a_and_gfx906() {
         .map(|m| (m.name(), m.source(), m.entry_points().to_vec()))
         .collect();
     let names: Vec<_> = modules.iter().map(|m| m.0).collect();
-    assert_eq!(names, ["moe_route", "moe_experts", "mla_decode"]);
+    assert_eq!(
+        names,
+        ["moe_route", "moe_experts", "mla_decode", "mla_kv_quantize"]
+    );
     run(&modules);
 }

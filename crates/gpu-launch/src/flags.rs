@@ -37,6 +37,9 @@ pub enum FlagKind {
     /// A word the kernels use for themselves (e.g. a raw flag another kernel resolves);
     /// never reported.
     Scratch,
+    /// A non-finite input value (`mla_kv_quantize`'s `kv`): the flag's value is the f32
+    /// bits of the first one; reported as `Error::Input` naming its row.
+    NonFinite,
     /// A flag over rows whose entries must also be distinct (hash routing's `tid2eid`):
     /// the next word holds the first column of the row repeating the value (position 0,
     /// value = the column), clean when the value is not a repeat. A repeat is reported
@@ -68,6 +71,25 @@ impl FlagCheck {
         match &self.kind {
             FlagKind::Range => self.error(backend, op, flag),
             FlagKind::Scratch => None,
+            FlagKind::NonFinite => match self.error(backend, op, flag)? {
+                Error::IndexOutOfRange {
+                    op,
+                    arg,
+                    index,
+                    value,
+                    ..
+                } => Some(Error::Input {
+                    op,
+                    arg,
+                    expected: "finite values".into(),
+                    got: format!(
+                        "{} at row {} (element {index:?})",
+                        f32::from_bits(value as u32),
+                        index.first().copied().unwrap_or(0)
+                    ),
+                }),
+                other => Some(other),
+            },
             FlagKind::DistinctRow { distinct } => {
                 let repeat = words.get(1).copied().and_then(decode);
                 match (self.error(backend, op, flag), repeat) {
@@ -292,6 +314,28 @@ mod tests {
             ..check
         };
         assert_eq!(scratch.error_in("hip", Op::MoeRoute, &[flag]), None);
+    }
+
+    /// A non-finite value is an input error naming its row and value, as the CPU words it.
+    #[test]
+    fn a_non_finite_flag_names_the_row_and_the_value() {
+        let check = FlagCheck {
+            arg: "kv",
+            shape: Shape::new(vec![5, 576]),
+            valid: String::new(),
+            kind: FlagKind::NonFinite,
+        };
+        let flag = ((2u64 * 576 + 300) << 32) | u64::from(f32::NEG_INFINITY.to_bits());
+        assert_eq!(
+            check.error_in("cuda", Op::MlaKvQuantize, &[flag]),
+            Some(Error::Input {
+                op: Op::MlaKvQuantize,
+                arg: "kv",
+                expected: "finite values".into(),
+                got: "-inf at row 2 (element [2, 300])".into(),
+            })
+        );
+        assert_eq!(check.error_in("cuda", Op::MlaKvQuantize, &[CLEAN]), None);
     }
 
     #[test]

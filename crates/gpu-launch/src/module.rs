@@ -13,11 +13,18 @@ pub enum Module {
     MoeExperts,
     /// `mla_decode.cu`: index check, split-KV decode, split combine.
     MlaDecode,
+    /// `mla_kv_quantize.cu`: rows to the 656-byte FP8 cache layout.
+    MlaKvQuantize,
 }
 
 impl Module {
     /// Every module.
-    pub const ALL: [Module; 3] = [Module::MoeRoute, Module::MoeExperts, Module::MlaDecode];
+    pub const ALL: [Module; 4] = [
+        Module::MoeRoute,
+        Module::MoeExperts,
+        Module::MlaDecode,
+        Module::MlaKvQuantize,
+    ];
 
     /// The module's name (the file stem), as compile logs and caches name it.
     pub fn name(self) -> &'static str {
@@ -25,6 +32,7 @@ impl Module {
             Module::MoeRoute => "moe_route",
             Module::MoeExperts => "moe_experts",
             Module::MlaDecode => "mla_decode",
+            Module::MlaKvQuantize => "mla_kv_quantize",
         }
     }
 
@@ -34,6 +42,7 @@ impl Module {
             Module::MoeRoute => "moe_route.cu",
             Module::MoeExperts => "moe_experts.cu",
             Module::MlaDecode => "mla_decode.cu",
+            Module::MlaKvQuantize => "mla_kv_quantize.cu",
         }
     }
 
@@ -43,6 +52,7 @@ impl Module {
             Module::MoeRoute => include_str!("../../../kernels/cuda/moe_route.cu"),
             Module::MoeExperts => include_str!("../../../kernels/cuda/moe_experts.cu"),
             Module::MlaDecode => include_str!("../../../kernels/cuda/mla_decode.cu"),
+            Module::MlaKvQuantize => include_str!("../../../kernels/cuda/mla_kv_quantize.cu"),
         }
     }
 
@@ -60,9 +70,24 @@ impl Module {
                 "moemla_moe_gate_up_f32",
                 "moemla_moe_gate_up_f16",
                 "moemla_moe_gate_up_bf16",
+                "moemla_moe_gate_up_w8a16_f32",
+                "moemla_moe_gate_up_w8a16_f16",
+                "moemla_moe_gate_up_w8a16_bf16",
+                "moemla_moe_gate_up_w8a8_f32",
+                "moemla_moe_gate_up_w8a8_f16",
+                "moemla_moe_gate_up_w8a8_bf16",
                 "moemla_moe_down_f32",
                 "moemla_moe_down_f16",
                 "moemla_moe_down_bf16",
+                "moemla_moe_down_w8a16_f32",
+                "moemla_moe_down_w8a16_f16",
+                "moemla_moe_down_w8a16_bf16",
+                "moemla_moe_down_w8a8_f32",
+                "moemla_moe_down_w8a8_f16",
+                "moemla_moe_down_w8a8_bf16",
+                "moemla_moe_quant_f32",
+                "moemla_moe_quant_f16",
+                "moemla_moe_quant_bf16",
                 "moemla_moe_combine_f32",
                 "moemla_moe_combine_f16",
                 "moemla_moe_combine_bf16",
@@ -75,6 +100,11 @@ impl Module {
                 "moemla_mla_combine_f32",
                 "moemla_mla_combine_f16",
                 "moemla_mla_combine_bf16",
+            ],
+            Module::MlaKvQuantize => &[
+                "moemla_mla_kv_quantize_f32",
+                "moemla_mla_kv_quantize_f16",
+                "moemla_mla_kv_quantize_bf16",
             ],
         }
     }
@@ -94,8 +124,9 @@ impl Module {
 mod tests {
     use super::Module;
     use moemla_core::DType;
+    use moemla_kernel_plan::experts::Precision;
     use moemla_kernel_plan::mla::{self, MlaSizes};
-    use moemla_kernel_plan::{experts, route, DeviceLimits};
+    use moemla_kernel_plan::{experts, kv_quantize, route, DeviceLimits};
 
     /// The limits of both APIs: CUDA (tensor cores on and off) and HIP (64-lane waves).
     fn devices() -> [DeviceLimits; 3] {
@@ -133,10 +164,17 @@ mod tests {
             for dtype in DType::FLOATS {
                 let l = route::plan(4, 256, 8, 8, dtype, &limits).unwrap();
                 assert_in(Module::MoeRoute, &l.kernel);
-                let p = experts::plan(4, 7168, 2048, 256, 8, dtype, &limits).unwrap();
-                for l in &p.launches {
-                    assert_in(Module::MoeExperts, &l.kernel);
+                for precision in [Precision::Native, Precision::W8A16, Precision::W8A8] {
+                    let p = experts::plan_with(4, 7168, 2048, 256, 8, dtype, precision, &limits)
+                        .unwrap();
+                    for l in p.launches.iter().chain(&p.quant_x).chain(&p.quant_act) {
+                        assert_in(Module::MoeExperts, &l.kernel);
+                    }
                 }
+                let l = kv_quantize::plan(7, dtype, &limits).unwrap();
+                assert_in(Module::MlaKvQuantize, &l.kernel);
+                let l = route::hash_resolve();
+                assert_in(Module::MoeRoute, &l.kernel);
                 let p = mla::plan(&sizes, dtype, &limits).unwrap();
                 for l in &p.launches {
                     assert_in(Module::MlaDecode, &l.kernel);

@@ -16,9 +16,25 @@ pub const GEMM_BLOCK: u32 = 128;
 pub const ALIGN_BLOCK: u32 = 1024;
 /// Threads per combine block.
 pub const COMBINE_BLOCK: u32 = 256;
-/// Static shared memory of the GEMM kernels at most (gate/up: three 64 x 40 tiles of f32
-/// plus 64 row indices), in bytes.
-pub const GEMM_STATIC_SHARED_BYTES: u32 = 3 * 64 * 40 * 4 + 64 * 4;
+/// Threads per activation-quantization block (one per element of a 128-wide group).
+pub const QUANT_BLOCK: u32 = 128;
+/// Elements per FP8 activation group and weight block side.
+pub const FP8_BLOCK: usize = 128;
+/// Static shared memory of the GEMM kernels at most (gate/up: three 64 x 40 tiles of f32,
+/// 64 row indices, and the FP8 scales of one k block: 64 row + 2 x 64 column f32), in bytes.
+pub const GEMM_STATIC_SHARED_BYTES: u32 = 3 * 64 * 40 * 4 + 64 * 4 + (64 + 2 * 64) * 4;
+
+/// How the experts' weights and activations are stored (contract v2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// Run-dtype weights (v1).
+    Native,
+    /// F8E4M3 weights with 128x128 block scales, activations in the run dtype.
+    W8A16,
+    /// F8E4M3 weights, activations quantized per token and 128 channels
+    /// (`fp8_block128`): x before gate/up, `a` (held in f32) before down.
+    W8A8,
+}
 
 /// Where each workspace buffer lies in the op's workspace (byte regions, see
 /// [`crate::Region`]). None needs initialising: the kernels write everything they read.
@@ -32,10 +48,18 @@ pub struct ExpertsWorkspace {
     pub tile_expert: Region,
     /// `meta`: i32[1] (tiles used).
     pub meta: Region,
-    /// `act`: run dtype, `max_tiles * TILE_M * I`.
+    /// `act`: run dtype (f32 for [`Precision::W8A8`]), `max_tiles * TILE_M * I`.
     pub act: Region,
     /// `yslot`: f32, `max_tiles * TILE_M * H`.
     pub yslot: Region,
+    /// W8A8: e4m3 codes of x, `T * H` bytes (empty otherwise).
+    pub x_codes: Region,
+    /// W8A8: f32 scales of x, `T * ceil(H / 128)` (empty otherwise).
+    pub x_scales: Region,
+    /// W8A8: e4m3 codes of `act`, `max_tiles * TILE_M * I` bytes (empty otherwise).
+    pub act_codes: Region,
+    /// W8A8: f32 scales of `act`, `max_tiles * TILE_M * ceil(I / 128)` (empty otherwise).
+    pub act_scales: Region,
     /// Total bytes.
     pub bytes: usize,
 }
@@ -51,9 +75,13 @@ pub struct ExpertsPlan {
     pub workspace: ExpertsWorkspace,
     /// Bytes of `y` [T, H] in the run dtype.
     pub y_bytes: usize,
-    /// `moemla_moe_align`, `moemla_moe_gate_up_*`, `moemla_moe_down_*`,
-    /// `moemla_moe_combine_*`, in launch order.
+    /// `moemla_moe_align`, `moemla_moe_gate_up[_w8a16|_w8a8]_*`,
+    /// `moemla_moe_down[_w8a16|_w8a8]_*`, `moemla_moe_combine_*`, in launch order.
     pub launches: [Launch; 4],
+    /// W8A8: `moemla_moe_quant_*` of x, launched before gate/up.
+    pub quant_x: Option<Launch>,
+    /// W8A8: `moemla_moe_quant_f32` of `act`, launched before down.
+    pub quant_act: Option<Launch>,
 }
 
 /// Upper bound on the tiles needed when `slots` rows are split among `experts` segments,
@@ -75,8 +103,9 @@ pub fn align_shared_bytes(experts: usize) -> Option<usize> {
 }
 
 /// Plans `moe_experts` for T tokens of hidden size H, E experts of intermediate size I and
-/// k slots per token, run dtype `dtype`. Every size is checked: a problem the kernels'
-/// `int` parameters, the grid or the address space cannot hold is a [`crate::PlanError`].
+/// k slots per token, run dtype `dtype`, run-dtype weights. Every size is checked: a
+/// problem the kernels' `int` parameters, the grid or the address space cannot hold is a
+/// [`crate::PlanError`].
 pub fn plan(
     tokens: usize,
     hidden: usize,
@@ -86,8 +115,34 @@ pub fn plan(
     dtype: DType,
     limits: &DeviceLimits,
 ) -> PlanResult<ExpertsPlan> {
+    plan_with(
+        tokens,
+        hidden,
+        inter,
+        experts,
+        top_k,
+        dtype,
+        Precision::Native,
+        limits,
+    )
+}
+
+/// [`plan`] for weights and activations stored as `precision` says.
+#[allow(clippy::too_many_arguments)]
+pub fn plan_with(
+    tokens: usize,
+    hidden: usize,
+    inter: usize,
+    experts: usize,
+    top_k: usize,
+    dtype: DType,
+    precision: Precision,
+    limits: &DeviceLimits,
+) -> PlanResult<ExpertsPlan> {
     let op = Op::MoeExperts;
+    let a8 = precision == Precision::W8A8;
     let elem = dtype.size_in_bytes();
+    let act_elem = if a8 { 4 } else { elem };
     let slots = checked(op, "T * k", tokens.checked_mul(top_k))?;
     fits(op, "T * k", slots, INT_LIMIT)?;
     fits(op, "H", hidden, INT_LIMIT)?;
@@ -101,6 +156,36 @@ pub fn plan(
     let n_hidden = fits(op, "H / 64 tiles", ceil_div(hidden, TILE_N), INT_LIMIT)?;
     let align_smem = checked(op, "E: align shared memory", align_shared_bytes(experts))?;
     let sfx = dtype_suffix(dtype);
+    let variant = match precision {
+        Precision::Native => "",
+        Precision::W8A16 => "w8a16_",
+        Precision::W8A8 => "w8a8_",
+    };
+    let quant = |kernel: String, rows: usize, cols: usize| -> PlanResult<Launch> {
+        Ok(Launch {
+            kernel,
+            grid: [
+                fits(op, "quantized rows", rows, INT_LIMIT)?,
+                fits(
+                    op,
+                    "128-column groups",
+                    ceil_div(cols, FP8_BLOCK),
+                    INT_LIMIT,
+                )?,
+                1,
+            ],
+            block: [QUANT_BLOCK, 1, 1],
+            shared_bytes: 0,
+        })
+    };
+    let (quant_x, quant_act) = if a8 {
+        (
+            Some(quant(format!("moemla_moe_quant_{sfx}"), tokens, hidden)?),
+            Some(quant("moemla_moe_quant_f32".into(), rows, inter)?),
+        )
+    } else {
+        (None, None)
+    };
     let launches = [
         Launch {
             kernel: "moemla_moe_align".into(),
@@ -109,13 +194,13 @@ pub fn plan(
             shared_bytes: fits(op, "E: align shared memory", align_smem, u32::MAX as usize)?,
         },
         Launch {
-            kernel: format!("moemla_moe_gate_up_{sfx}"),
+            kernel: format!("moemla_moe_gate_up_{variant}{sfx}"),
             grid: [grid_tiles, n_inter, 1],
             block: [GEMM_BLOCK, 1, 1],
             shared_bytes: 0,
         },
         Launch {
-            kernel: format!("moemla_moe_down_{sfx}"),
+            kernel: format!("moemla_moe_down_{variant}{sfx}"),
             grid: [grid_tiles, n_hidden, 1],
             block: [GEMM_BLOCK, 1, 1],
             shared_bytes: 0,
@@ -132,7 +217,12 @@ pub fn plan(
         check_launch(op, l, GEMM_STATIC_SHARED_BYTES, limits)?;
     }
     check_launch(op, &launches[3], 0, limits)?;
+    for l in quant_x.iter().chain(&quant_act) {
+        check_launch(op, l, QUANT_BLOCK / 32 * 4, limits)?;
+    }
     let i32s = |n: usize| n.checked_mul(4);
+    let f32s = i32s;
+    let if_a8 = |n: Option<usize>| if a8 { n } else { Some(0) };
     let (r, bytes) = layout(
         op,
         [
@@ -142,11 +232,26 @@ pub fn plan(
             ("meta", Some(4)),
             (
                 "act",
-                rows.checked_mul(inter).and_then(|n| n.checked_mul(elem)),
+                rows.checked_mul(inter)
+                    .and_then(|n| n.checked_mul(act_elem)),
             ),
             (
                 "yslot",
                 rows.checked_mul(hidden).and_then(|n| n.checked_mul(4)),
+            ),
+            ("x codes", if_a8(tokens.checked_mul(hidden))),
+            (
+                "x scales",
+                if_a8(
+                    tokens
+                        .checked_mul(ceil_div(hidden, FP8_BLOCK))
+                        .and_then(f32s),
+                ),
+            ),
+            ("act codes", if_a8(rows.checked_mul(inter))),
+            (
+                "act scales",
+                if_a8(rows.checked_mul(ceil_div(inter, FP8_BLOCK)).and_then(f32s)),
             ),
         ],
     )?;
@@ -165,10 +270,16 @@ pub fn plan(
             meta: r[3],
             act: r[4],
             yslot: r[5],
+            x_codes: r[6],
+            x_scales: r[7],
+            act_codes: r[8],
+            act_scales: r[9],
             bytes,
         },
         y_bytes,
         launches,
+        quant_x,
+        quant_act,
     })
 }
 
@@ -219,12 +330,56 @@ mod tests {
         assert_eq!(p.y_bytes, 16 * 7168 * 2);
         let ws = p.workspace;
         assert_eq!(ws.bytes, ws.yslot.offset + ws.yslot.bytes);
+        assert_eq!((p.quant_x.clone(), p.quant_act.clone()), (None, None));
+        assert_eq!(ws.x_codes.bytes + ws.act_scales.bytes, 0);
         assert!(ws.act.offset >= ws.meta.offset + 4 && ws.act.offset.is_multiple_of(256));
         assert_eq!(p.launches[1].kernel, "moemla_moe_gate_up_bf16");
         assert_eq!(p.launches[1].grid, [128, 32, 1]);
         assert_eq!(p.launches[2].grid, [128, 112, 1]);
         assert_eq!(p.launches[3].grid, [16, 1, 1]);
         assert_eq!(p.launches[0].shared_bytes, 12 * 256);
+    }
+
+    #[test]
+    fn fp8_variants_name_their_kernels_and_w8a8_quantizes_into_the_workspace() {
+        let p = plan_with(
+            16,
+            7168,
+            2048,
+            256,
+            8,
+            DType::BF16,
+            Precision::W8A16,
+            &limits(),
+        )
+        .unwrap();
+        assert_eq!(p.launches[1].kernel, "moemla_moe_gate_up_w8a16_bf16");
+        assert_eq!(p.launches[2].kernel, "moemla_moe_down_w8a16_bf16");
+        assert_eq!(p.workspace.act.bytes, 128 * 64 * 2048 * 2);
+        assert_eq!(p.quant_x, None);
+        // H 200, I 136: partial 128-blocks (2 and 2 groups).
+        let p = plan_with(5, 200, 136, 3, 2, DType::F16, Precision::W8A8, &limits()).unwrap();
+        assert_eq!(p.launches[1].kernel, "moemla_moe_gate_up_w8a8_f16");
+        assert_eq!(p.launches[2].kernel, "moemla_moe_down_w8a8_f16");
+        let qx = p.quant_x.clone().unwrap();
+        assert_eq!(
+            (qx.kernel.as_str(), qx.grid),
+            ("moemla_moe_quant_f16", [5, 2, 1])
+        );
+        let rows = p.max_tiles * TILE_M;
+        let qa = p.quant_act.clone().unwrap();
+        assert_eq!(
+            (qa.kernel.as_str(), qa.grid),
+            ("moemla_moe_quant_f32", [rows as u32, 2, 1])
+        );
+        let ws = p.workspace;
+        // act in f32; codes one byte each; scales one f32 per group.
+        assert_eq!(ws.act.bytes, rows * 136 * 4);
+        assert_eq!(ws.x_codes.bytes, 5 * 200);
+        assert_eq!(ws.x_scales.bytes, 5 * 2 * 4);
+        assert_eq!(ws.act_codes.bytes, rows * 136);
+        assert_eq!(ws.act_scales.bytes, rows * 2 * 4);
+        assert_eq!(ws.bytes, ws.act_scales.offset + ws.act_scales.bytes);
     }
 
     #[test]

@@ -8,10 +8,12 @@
 //! that turns problem sizes and device limits into launch geometry.
 //!
 //! - [`route::plan`] for `moe_route`,
-//! - [`experts::plan`] for `moe_experts`,
+//! - [`experts::plan`] for `moe_experts` ([`experts::plan_with`] for FP8),
+//! - [`kv_quantize::plan`] for `mla_kv_quantize`,
 //! - [`mla::plan`] for `mla_decode` (with [`mla::split_range`], the device's split rule).
 
 pub mod experts;
+pub mod kv_quantize;
 pub mod mla;
 pub mod route;
 

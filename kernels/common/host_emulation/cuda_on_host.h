@@ -37,6 +37,7 @@ struct moemla_emu_block {
     std::unique_ptr<std::barrier<>> block_bar;
     std::vector<std::unique_ptr<std::barrier<>>> warp_bars;
     std::vector<uint32_t> exchange;
+    std::vector<uint32_t> wide;  // MOEMLA_EMU_WIDE words per thread (moemla_emu_gather)
     int warp_size = 32;
 };
 inline moemla_emu_block g_emu;
@@ -54,6 +55,22 @@ inline uint32_t moemla_emu_exchange(uint32_t bits, int src_lane) {
     g_emu.warp_bars[warp]->arrive_and_wait();
     return got;
 }
+// Most words one lane publishes in one moemla_emu_gather.
+#define MOEMLA_EMU_WIDE 8
+// Every lane of the warp publishes `n` (<= MOEMLA_EMU_WIDE) words; each reads all lanes'
+// into out[lane * n + i]. Two warp barriers for the lot (the emulated mma.sync's operand
+// exchange, which would otherwise cost two per word and lane).
+inline void moemla_emu_gather(const uint32_t* mine, int n, uint32_t* out) {
+    const int tid = (int)threadIdx.x;
+    const int ws = g_emu.warp_size;
+    const int warp = tid / ws;
+    for (int i = 0; i < n; ++i) g_emu.wide[(size_t)tid * MOEMLA_EMU_WIDE + i] = mine[i];
+    g_emu.warp_bars[warp]->arrive_and_wait();
+    for (int l = 0; l < ws; ++l)
+        for (int i = 0; i < n; ++i) out[l * n + i] = g_emu.wide[(size_t)(warp * ws + l) * MOEMLA_EMU_WIDE + i];
+    g_emu.warp_bars[warp]->arrive_and_wait();
+}
+
 inline float __shfl_xor(float v, int m, int w) {
     int lane = (int)threadIdx.x % w;
     uint32_t b;
@@ -114,6 +131,7 @@ inline void moemla_emu_launch(moemla_dim3 grid, unsigned threads, const std::fun
     for (unsigned w = 0; w < (threads + ws - 1) / ws; ++w)
         g_emu.warp_bars.push_back(std::make_unique<std::barrier<>>(ws));
     g_emu.exchange.assign(threads, 0);
+    g_emu.wide.assign((size_t)threads * MOEMLA_EMU_WIDE, 0);
     const unsigned long long blocks = (unsigned long long)grid.x * grid.y * grid.z;
     std::vector<std::thread> pool;
     for (unsigned t = 0; t < threads; ++t)

@@ -12,6 +12,7 @@
 #include "../../cuda/moe_route.cu"
 #include "../../cuda/moe_experts.cu"
 #include "../../cuda/mla_decode.cu"
+#include "../../cuda/mla_kv_quantize.cu"
 
 #include <algorithm>
 #include <cstdio>
@@ -423,7 +424,7 @@ static void experts_case(int dtype, int T, int H, int I, int E, int k, ExpertsOp
 #define MOEMLA_RUN_EXPERTS(SFX, TT)                                                                               \
     moemla_emu_launch(g1, 128, [&] {                                                                              \
         moemla_moe_gate_up_##SFX((const TT*)x.ptr(), (const TT*)w13.ptr(), sorted_rows.data(), tile_expert.data(), \
-                                 meta.data(), (TT*)act.data(), H, I, k);                                          \
+                                 meta.data(), (TT*)act.data(), H, I, k, INFINITY);                                \
     });                                                                                                           \
     moemla_emu_launch(g2, 128, [&] {                                                                              \
         moemla_moe_down_##SFX((const TT*)act.data(), (const TT*)w2.ptr(), sorted_rows.data(), tile_expert.data(),  \
@@ -482,6 +483,365 @@ static void experts_case(int dtype, int T, int H, int I, int E, int k, ExpertsOp
                 ++g_checks;
             }
         }
+}
+
+// ---------------------------------------------------------------------------------------
+// FP8 e4m3fn (contract v2), written here from the format's definition
+// ---------------------------------------------------------------------------------------
+// The value of an e4m3fn code in double (NaN for 0x7F / 0xFF).
+static double e4m3_ref(int code) {
+    const double sign = (code & 0x80) ? -1.0 : 1.0;
+    const int e = (code >> 3) & 15, m = code & 7;
+    if (e == 15 && m == 7) return NAN;
+    if (e == 0) return sign * m / 8.0 * std::ldexp(1.0, -6);
+    return sign * (1.0 + m / 8.0) * std::ldexp(1.0, e - 7);
+}
+
+// The value of an e4m3fnuz code (bias 8, 0x80 NaN, no -0, no inf).
+static double e4m3fnuz_ref(int code) {
+    if (code == 0x80) return NAN;
+    const double sign = (code & 0x80) ? -1.0 : 1.0;
+    const int e = (code >> 3) & 15, m = code & 7;
+    if (e == 0) return sign * m / 8.0 * std::ldexp(1.0, -7);
+    return sign * (1.0 + m / 8.0) * std::ldexp(1.0, e - 8);
+}
+
+// e4m3(v) by search: the nearest of the 127 non-negative finite values, ties to the even
+// code, |v| >= 448 saturating, NaN 0x7F with v's sign.
+static int e4m3_encode_ref(float v) {
+    const int sign = std::signbit(v) ? 0x80 : 0;
+    if (std::isnan(v)) return sign | 0x7f;
+    const double a = std::fabs((double)v);
+    if (a >= 448.0) return sign | 0x7e;
+    int lo = 0;  // the largest code whose value is <= a
+    while (lo < 0x7e && e4m3_ref(lo + 1) <= a) ++lo;
+    if (e4m3_ref(lo) == a) return sign | lo;
+    const double dl = a - e4m3_ref(lo), dh = e4m3_ref(lo + 1) - a;
+    const int pick = dl < dh ? lo : dh < dl ? lo + 1 : (lo % 2 == 0 ? lo : lo + 1);
+    return sign | pick;
+}
+
+static void fp8_conversion_checks() {
+    char buf[200];
+    // Every code decodes exactly, sign of zero included; every finite code round-trips.
+    for (int c = 0; c < 256; ++c) {
+        const double want = e4m3_ref(c);
+        const float got = moemla_e4m3_to_f32((moemla_u32)c);
+        const bool ok = std::isnan(want) ? std::isnan(got)
+                                         : (double)got == want && std::signbit(got) == ((c & 0x80) != 0);
+        std::snprintf(buf, sizeof buf, "e4m3 decode %#04x: %g want %g", c, got, want);
+        expect(ok, buf);
+        if (!std::isnan(want)) {
+            std::snprintf(buf, sizeof buf, "e4m3 round trip %#04x", c);
+            expect(moemla_f32_to_e4m3(got) == (moemla_u32)c, buf);
+        }
+    }
+    // Ties between neighbours go to the even code; one ulp either side to the nearer one.
+    for (int c = 0; c < 0x7e; ++c) {
+        const float mid = (float)((e4m3_ref(c) + e4m3_ref(c + 1)) / 2);  // 5 significant bits: exact
+        const int even = c % 2 == 0 ? c : c + 1;
+        for (float sgn : {1.0f, -1.0f}) {
+            const int sb = sgn < 0 ? 0x80 : 0;
+            std::snprintf(buf, sizeof buf, "e4m3 tie %#04x/%#04x sign %d", c, c + 1, sb);
+            expect(moemla_f32_to_e4m3(sgn * mid) == (moemla_u32)(sb | even), buf);
+            expect(moemla_f32_to_e4m3(sgn * std::nextafter(mid, 0.0f)) == (moemla_u32)(sb | c), buf);
+            expect(moemla_f32_to_e4m3(sgn * std::nextafter(mid, 1e9f)) == (moemla_u32)(sb | (c + 1)), buf);
+        }
+    }
+    // Saturation, infinities, NaN, signed zero, f32 subnormals.
+    const struct {
+        float v;
+        int code;
+    } fixed[] = {{448.0f, 0x7e},   {449.0f, 0x7e},    {464.0f, 0x7e},     {480.0f, 0x7e},  {1e30f, 0x7e},
+                 {INFINITY, 0x7e}, {-INFINITY, 0xfe}, {-500.0f, 0xfe},    {NAN, 0x7f},     {-NAN, 0xff},
+                 {-0.0f, 0x80},    {0.0f, 0x00},      {1e-40f, 0x00},     {-1e-40f, 0x80}, {0.0009765625f, 0x00},
+                 {0.00146484375f, 0x01}, {-0.001953125f, 0x81}};
+    for (const auto& f : fixed) {
+        std::snprintf(buf, sizeof buf, "e4m3 encode %g: %#04x want %#04x", f.v, moemla_f32_to_e4m3(f.v), f.code);
+        expect(moemla_f32_to_e4m3(f.v) == (moemla_u32)f.code, buf);
+    }
+    // Random f32 across the whole range against the search encoder.
+    std::uniform_real_distribution<float> ex(-14.0f, 10.0f), mant(1.0f, 2.0f);
+    int bad = 0;
+    for (int i = 0; i < 100000; ++i) {
+        float v = std::ldexp(mant(rng), (int)ex(rng)) * (i % 2 ? -1.0f : 1.0f);
+        if (moemla_f32_to_e4m3(v) != (moemla_u32)e4m3_encode_ref(v) && bad++ < 3) {
+            std::snprintf(buf, sizeof buf, "e4m3 encode %a: %#04x want %#04x", v, moemla_f32_to_e4m3(v),
+                          e4m3_encode_ref(v));
+            expect(false, buf);
+        }
+    }
+    expect(bad == 0, "e4m3 encode: random values");
+    // UE8M0 rounding: powers of two stay, anything else goes up.
+    expect(moemla_pow2_ceil_f32(0.25f) == 0.25f && moemla_pow2_ceil_f32(0.2500001f) == 0.5f &&
+               moemla_pow2_ceil_f32(std::nextafter(0.25f, 0.0f)) == 0.25f && moemla_pow2_ceil_f32(3.0f) == 4.0f &&
+               moemla_pow2_ceil_f32(1e-4f / 448.0f) == std::ldexp(1.0f, -22) && moemla_pow2_ceil_f32(0.0f) == 0.0f &&
+               moemla_pow2_ceil_f32(1e-40f) == std::ldexp(1.0f, -132),
+           "pow2_ceil");
+    // e4m3fn -> e4m3fnuz: the same value halved (scales doubled), -0 -> +0, NaN -> NaN.
+    for (int c = 0; c < 256; ++c) {
+        const double fn = e4m3_ref(c), fnuz = e4m3fnuz_ref((int)moemla_e4m3fn_to_fnuz((moemla_u32)c));
+        const bool ok = std::isnan(fn) ? std::isnan(fnuz) : fnuz == fn / 2 && !(fnuz == 0 && c == 0x80 && false);
+        std::snprintf(buf, sizeof buf, "fnuz of %#04x: %g want %g", c, fnuz, fn / 2);
+        expect(ok && (c != 0x80 || moemla_e4m3fn_to_fnuz(0x80) == 0u), buf);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// moe_experts v2: FP8 block-scaled weights (w8a16, w8a8), SwiGLU clamp
+// ---------------------------------------------------------------------------------------
+struct Fp8ExpertsCase {
+    int T, H, I, E, k;
+    bool fp8 = true;      // FP8 weights (else run-dtype weights, clamp only)
+    bool a8 = false;      // fp8_block128 activations
+    bool ue8m0 = false;   // power-of-two activation scales
+    float limit = INFINITY;
+};
+
+// The contract's fp8_block128 quantization of one row (f32 arithmetic, reference encoder).
+static std::vector<double> quant_row_ref(const std::vector<float>& row, bool ue8m0) {
+    std::vector<double> out(row.size());
+    for (size_t g0 = 0; g0 < row.size(); g0 += 128) {
+        const size_t g1 = std::min(row.size(), g0 + 128);
+        float amax = 0.0f;
+        for (size_t i = g0; i < g1; ++i)
+            if (std::fabs(row[i]) > amax) amax = std::fabs(row[i]);
+        float sc = std::max(amax, 1e-4f) / 448.0f;
+        if (ue8m0) sc = (float)std::exp2(std::ceil(std::log2((double)sc)));  // sc is normal: exact here
+        for (size_t i = g0; i < g1; ++i) out[i] = e4m3_ref(e4m3_encode_ref(row[i] / sc)) * (double)sc;
+    }
+    return out;
+}
+
+static void experts_fp8_case(int dtype, const Fp8ExpertsCase& c) {
+    const int T = c.T, H = c.H, I = c.I, E = c.E, k = c.k;
+    Tensor x = make(randn((size_t)T * H, 1.0f), dtype);
+    // Weights: FP8 codes (random finite ones up to 15, -0 (0x80) sprinkled, and +-448
+    // (0x7E / 0xFE) in row 0 of the last expert, whose first block scale is ~1/900) and
+    // non-power-of-two block scales; or run-dtype values.
+    const size_t n13 = (size_t)E * 2 * I * H, n2 = (size_t)E * H * I;
+    const int b13r = (2 * I + 127) / 128, bH = (H + 127) / 128, bHr = (H + 127) / 128, bI = (I + 127) / 128;
+    std::vector<unsigned char> c13(n13), c2(n2);
+    std::uniform_int_distribution<int> code(0, 255);
+    auto pick = [&](size_t i, size_t row0_begin, size_t row0_end) {
+        if (i % 97 == 3) return 0x80;
+        if (i >= row0_begin && i < row0_end && i % 5 == 1) return i % 2 ? 0x7e : 0xfe;
+        int v;
+        do v = code(rng);
+        while ((v & 0x7f) > 0x57);  // |v| <= 15 (no NaN)
+        return v;
+    };
+    const size_t last13 = (size_t)(E - 1) * 2 * I * H, last2 = (size_t)(E - 1) * H * I;
+    for (size_t i = 0; i < n13; ++i) c13[i] = (unsigned char)pick(i, last13, last13 + std::min(H, 128));
+    for (size_t i = 0; i < n2; ++i) c2[i] = (unsigned char)pick(i, last2, last2 + std::min(I, 128));
+    std::uniform_real_distribution<float> sd(1.0f, 1.9f);
+    std::vector<float> s13((size_t)E * b13r * bH), s2((size_t)E * bHr * bI);
+    for (auto& v : s13) v = sd(rng) * 0.02f;
+    for (auto& v : s2) v = sd(rng) * 0.02f;
+    s13[(size_t)(E - 1) * b13r * bH] = sd(rng) / 900.0f;
+    s2[(size_t)(E - 1) * bHr * bI] = sd(rng) / 900.0f;
+    Tensor w13t = make(randn(n13, 0.2f), dtype), w2t = make(randn(n2, 0.2f), dtype);
+    auto W13 = [&](int e, int r, int h) -> double {
+        const size_t i = ((size_t)e * 2 * I + r) * H + h;
+        if (!c.fp8) return w13t.vals[i];
+        return e4m3_ref(c13[i]) * (double)s13[((size_t)e * b13r + r / 128) * bH + h / 128];
+    };
+    auto W2 = [&](int e, int n, int i) -> double {
+        const size_t j = ((size_t)e * H + n) * I + i;
+        if (!c.fp8) return w2t.vals[j];
+        return e4m3_ref(c2[j]) * (double)s2[((size_t)e * bHr + n / 128) * bI + i / 128];
+    };
+    std::vector<int> ids((size_t)T * k);
+    std::uniform_int_distribution<int> pid(-1, E - 1);
+    for (auto& id : ids) id = pid(rng);
+    std::vector<float> tw = randn((size_t)T * k, 0.5f);
+
+    const int slots = T * k;
+    const int max_tiles = (slots + std::min(E, slots) * 63) / 64;
+    const int rows = max_tiles * 64;
+    std::vector<int> sorted_rows(rows, -9), slot_pos(slots, -9), tile_expert(std::max(max_tiles, 1), -9), meta(1, -9);
+    unsigned long long err = ~0ull;
+    const size_t es = dtype == 0 ? 4 : 2;
+    // Workspaces and output start as NaN bytes: the kernels must write what they read.
+    std::vector<unsigned char> act((size_t)rows * I * es, 0xff), y((size_t)T * H * es, 0xff);
+    std::vector<float> yslot((size_t)rows * H, NAN), act32((size_t)rows * I, NAN);  // w8a8: act in f32
+    std::vector<unsigned char> xq((size_t)T * H, 0xff), aq((size_t)rows * I, 0xff);
+    std::vector<float> xs((size_t)T * bH, NAN), as((size_t)rows * bI, NAN);
+    moemla_emu_launch({1, 1, 1}, 1024, [&] {
+        moemla_moe_align(ids.data(), tw.data(), slots, E, max_tiles, sorted_rows.data(), slot_pos.data(),
+                         tile_expert.data(), meta.data(), &err);
+    });
+    moemla_dim3 g1{(unsigned)max_tiles, (unsigned)((I + 63) / 64), 1}, g2{(unsigned)max_tiles, (unsigned)((H + 63) / 64), 1};
+    auto* q13 = (const moemla_fp8*)c13.data();
+    auto* q2 = (const moemla_fp8*)c2.data();
+    auto* xqp = (moemla_fp8*)xq.data();
+    auto* aqp = (moemla_fp8*)aq.data();
+#define MOEMLA_RUN_FP8(SFX, TT)                                                                                   \
+    if (c.a8)                                                                                                     \
+        moemla_emu_launch({(unsigned)T, (unsigned)bH, 1}, 128, [&] {                                              \
+            moemla_moe_quant_##SFX((const TT*)x.ptr(), H, meta.data(), 0, xqp, xs.data(), c.ue8m0);               \
+        });                                                                                                       \
+    moemla_emu_launch(g1, 128, [&] {                                                                              \
+        if (!c.fp8)                                                                                               \
+            moemla_moe_gate_up_##SFX((const TT*)x.ptr(), (const TT*)w13t.ptr(), sorted_rows.data(),               \
+                                     tile_expert.data(), meta.data(), (TT*)act.data(), H, I, k, c.limit);         \
+        else if (c.a8)                                                                                            \
+            moemla_moe_gate_up_w8a8_##SFX(xqp, xs.data(), q13, s13.data(), sorted_rows.data(), tile_expert.data(), \
+                                          meta.data(), act32.data(), H, I, k, c.limit);                           \
+        else                                                                                                      \
+            moemla_moe_gate_up_w8a16_##SFX((const TT*)x.ptr(), q13, s13.data(), sorted_rows.data(),               \
+                                           tile_expert.data(), meta.data(), (TT*)act.data(), H, I, k, c.limit);   \
+    });                                                                                                           \
+    if (c.a8)                                                                                                     \
+        moemla_emu_launch({(unsigned)rows, (unsigned)bI, 1}, 128, [&] {                                           \
+            moemla_moe_quant_f32(act32.data(), I, meta.data(), 1, aqp, as.data(), c.ue8m0);                       \
+        });                                                                                                       \
+    moemla_emu_launch(g2, 128, [&] {                                                                              \
+        if (!c.fp8)                                                                                               \
+            moemla_moe_down_##SFX((const TT*)act.data(), (const TT*)w2t.ptr(), sorted_rows.data(),                \
+                                  tile_expert.data(), meta.data(), yslot.data(), H, I);                           \
+        else if (c.a8)                                                                                            \
+            moemla_moe_down_w8a8_##SFX(aqp, as.data(), q2, s2.data(), sorted_rows.data(), tile_expert.data(),     \
+                                       meta.data(), yslot.data(), H, I);                                          \
+        else                                                                                                      \
+            moemla_moe_down_w8a16_##SFX((const TT*)act.data(), q2, s2.data(), sorted_rows.data(),                 \
+                                        tile_expert.data(), meta.data(), yslot.data(), H, I);                     \
+    });                                                                                                           \
+    moemla_emu_launch({(unsigned)T, 1, 1}, 256, [&] {                                                             \
+        moemla_moe_combine_##SFX(yslot.data(), slot_pos.data(), tw.data(), (TT*)y.data(), H, k);                  \
+    });
+    if (dtype == 0) {
+        MOEMLA_RUN_FP8(f32, float)
+    } else if (dtype == 1) {
+        MOEMLA_RUN_FP8(f16, moemla_f16)
+    } else {
+        MOEMLA_RUN_FP8(bf16, moemla_bf16)
+    }
+    char buf[240];
+    std::snprintf(buf, sizeof buf, "moe_experts v2 %s T%d H%d I%d fp8 %d a8 %d ue8m0 %d limit %g", dname(dtype), T, H, I,
+                  c.fp8, c.a8, c.ue8m0, c.limit);
+    const std::string label = buf;
+    expect(err == ~0ull, label + ": flag");
+    // Reference: double GEMMs over the dequantized weights; w8a8 quantizes x (its stored
+    // values) and a (from its f32 value) as the contract says.
+    const double lim = c.limit;
+    // w8a8 holds `a` in f32, so the activation codes are the contract's (no flip budget).
+    const double tol = atol_of(dtype);
+    int shown = 0;
+    for (int t = 0; t < T; ++t) {
+        std::vector<float> xr(x.vals.begin() + (size_t)t * H, x.vals.begin() + (size_t)(t + 1) * H);
+        std::vector<double> xin(xr.begin(), xr.end());
+        if (c.a8) xin = quant_row_ref(xr, c.ue8m0);
+        std::vector<double> yt(H, 0.0);
+        for (int j = 0; j < k; ++j) {
+            const int e = ids[t * k + j];
+            if (e < 0 || tw[t * k + j] == 0.0f) continue;
+            std::vector<float> a(I);
+            for (int i = 0; i < I; ++i) {
+                double g = 0, u = 0;
+                for (int h = 0; h < H; ++h) {
+                    g += xin[h] * W13(e, i, h);
+                    u += xin[h] * W13(e, I + i, h);
+                }
+                g = std::min(g, lim);
+                u = std::max(std::min(u, lim), -lim);
+                a[i] = (float)(g / (1.0 + std::exp(-g)) * u);
+            }
+            std::vector<double> ain(a.begin(), a.end());
+            if (c.a8) ain = quant_row_ref(a, c.ue8m0);
+            for (int n = 0; n < H; ++n) {
+                double o = 0;
+                for (int i = 0; i < I; ++i) o += ain[i] * W2(e, n, i);
+                yt[n] += tw[t * k + j] * o;
+            }
+        }
+        for (int n = 0; n < H; ++n) {
+            const double got = read_out(Tensor{y, {}}, (size_t)t * H + n, dtype);
+            const bool ok = close(got, yt[n], tol, tol);
+            if (!ok && shown++ < 3) {
+                std::snprintf(buf, sizeof buf, "%s: y[%d,%d] = %g want %g", label.c_str(), t, n, got, yt[n]);
+                expect(false, buf);
+            } else if (ok) {
+                ++g_checks;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// mla_kv_quantize (contract v2 fp8_ds_v32), byte for byte
+// ---------------------------------------------------------------------------------------
+// bf16 of v by comparing its two neighbours (ties to the even pattern).
+static uint16_t bf16_ref(float v) {
+    uint32_t b;
+    std::memcpy(&b, &v, 4);
+    const uint32_t lo = b & 0xffff0000u, hi = lo + 0x10000u;
+    float flo, fhi;
+    std::memcpy(&flo, &lo, 4);
+    std::memcpy(&fhi, &hi, 4);
+    const double dl = std::fabs((double)v - flo), dh = std::fabs((double)fhi - v);
+    const uint32_t pick = dl < dh ? lo : dh < dl ? hi : ((lo >> 16) % 2 == 0 ? lo : hi);
+    return (uint16_t)(pick >> 16);
+}
+
+// corrupt: 0 none; 1 a NaN at row 2 element 300 and an inf later (row 3).
+static void kv_quantize_case(int dtype, int corrupt) {
+    const int N = 5;
+    std::vector<float> v = randn((size_t)N * 576, 1.0f);
+    std::uniform_real_distribution<float> ex(-10.0f, 10.0f);
+    for (int d = 0; d < 576; ++d) v[576 + d] = std::exp2(ex(rng)) * (d % 2 ? -1.0f : 1.0f);  // 1e-3 .. 1e3
+    for (int d = 128; d < 256; ++d) v[2 * 576 + d] = 0.0f;                                      // an all-zero tile
+    for (int d = 0; d < 576; d += 7) v[3 * 576 + d] = -0.0f;                                      // -0.0 -> 0x80
+    for (int d = 0; d < 128; ++d) v[4 * 576 + d] = 1e-6f * (d - 64);                               // sc = 1e-4 floor
+    unsigned long long want_err = ~0ull;
+    if (corrupt) {
+        v[2 * 576 + 300] = NAN;
+        v[3 * 576 + 10] = INFINITY;
+    }
+    Tensor kv = make(v, dtype);
+    if (corrupt) {
+        float nanv = kv.vals[2 * 576 + 300];
+        uint32_t bits;
+        std::memcpy(&bits, &nanv, 4);
+        want_err = ((unsigned long long)(2 * 576 + 300) << 32) | bits;
+    }
+    std::vector<unsigned char> out((size_t)N * 656, 0xa5);
+    unsigned long long err = ~0ull;
+    moemla_emu_launch({(unsigned)N, 1, 1}, 128, [&] {
+        if (dtype == 0) moemla_mla_kv_quantize_f32((const float*)kv.ptr(), out.data(), &err);
+        else if (dtype == 1) moemla_mla_kv_quantize_f16((const moemla_f16*)kv.ptr(), out.data(), &err);
+        else moemla_mla_kv_quantize_bf16((const moemla_bf16*)kv.ptr(), out.data(), &err);
+    });
+    char buf[200];
+    std::snprintf(buf, sizeof buf, "mla_kv_quantize %s corrupt%d: err %#llx want %#llx", dname(dtype), corrupt, err,
+                  want_err);
+    expect(err == want_err, buf);
+    if (corrupt) return;
+    for (int r = 0; r < N; ++r) {
+        std::vector<unsigned char> want(656);
+        for (int t = 0; t < 4; ++t) {
+            float amax = 0.0f;
+            for (int d = 0; d < 128; ++d) amax = std::max(amax, std::fabs(kv.vals[(size_t)r * 576 + t * 128 + d]));
+            float sc = std::max(amax / 448.0f, 1e-4f);
+            int e2;
+            const double m = std::frexp((double)sc, &e2);  // sc = m * 2^e2, m in [0.5, 1)
+            sc = m == 0.5 ? sc : (float)std::ldexp(1.0, e2);
+            for (int d = 0; d < 128; ++d)
+                want[t * 128 + d] = (unsigned char)e4m3_encode_ref(kv.vals[(size_t)r * 576 + t * 128 + d] / sc);
+            std::memcpy(&want[512 + 4 * t], &sc, 4);
+        }
+        for (int d = 0; d < 64; ++d) {
+            const uint16_t h = bf16_ref(kv.vals[(size_t)r * 576 + 512 + d]);
+            want[528 + 2 * d] = (unsigned char)(h & 0xff);
+            want[529 + 2 * d] = (unsigned char)(h >> 8);
+        }
+        int first = -1;
+        for (int b = 0; b < 656 && first < 0; ++b)
+            if (out[(size_t)r * 656 + b] != want[b]) first = b;
+        std::snprintf(buf, sizeof buf, "mla_kv_quantize %s row %d: first differing byte %d (%#04x want %#04x)", dname(dtype),
+                      r, first, first < 0 ? 0 : out[(size_t)r * 656 + first], first < 0 ? 0 : want[first]);
+        expect(first < 0, buf);
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -631,6 +991,7 @@ int main(int argc, char** argv) {
     g_emu.warp_size = MOEMLA_WARP_SIZE;
     for (int i = 1; i < argc; ++i) g_only.push_back(argv[i]);
     for (int dtype = 0; dtype < 3; ++dtype) {
+        if (dtype == 0 && want("fp8")) fp8_conversion_checks();
         if (want("route")) {
         // DeepSeek-V3 routing; V2 (softmax, max); V2-Lite (no groups); a one-expert-group edge.
         route_case(dtype, {5, 256, 8, 8, 4, 0, 1, 1, 2.5f, true});
@@ -655,6 +1016,18 @@ int main(int argc, char** argv) {
         experts_case(dtype, 4, 16, 8, 4, 3, {.bad_slot = 5});  // bad ids: flag = first bad slot
         experts_case(dtype, 11, 40, 24, 4, 3, {.poison = true});  // weight 0 / id -1 skip a NaN expert
         experts_case(dtype, 5, 24, 16, 3, 2, {.nan_weight = 3});  // a NaN weight is data
+        }
+        if (want("experts_v2")) {
+        // H, I not multiples of 128 (partial blocks; a w13 block row straddling W1/W3).
+        experts_fp8_case(dtype, {5, 160, 72, 3, 2});                                  // w8a16, vector loads
+        experts_fp8_case(dtype, {4, 140, 40, 2, 2, true, false, false, 0.75f});       // scalar loads, clamp bites
+        experts_fp8_case(dtype, {5, 160, 136, 3, 2, true, true, false});              // w8a8, f32 scales
+        experts_fp8_case(dtype, {3, 140, 40, 2, 2, true, true, true, 0.75f});         // w8a8 ue8m0, clamp
+        experts_fp8_case(dtype, {4, 40, 24, 3, 2, false, false, false, 0.5f});        // clamp, run-dtype weights
+        }
+        if (want("kv_quantize")) {
+            kv_quantize_case(dtype, 0);
+            kv_quantize_case(dtype, 1);
         }
         if (want("mla")) {
 

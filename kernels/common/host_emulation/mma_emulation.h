@@ -16,11 +16,13 @@ inline float moemla_emu_half(moemla_u32 bits16, moemla_f16) { return moemla_f16_
 template <typename Tag>
 inline void moemla_mma_16816(float* d, const moemla_u32* a, const moemla_u32* b, Tag tag) {
     float A[16][16], B[16][8];
+    const moemla_u32 mine[6] = {a[0], a[1], a[2], a[3], b[0], b[1]};
+    moemla_u32 all[32 * 6];
+    moemla_emu_gather(mine, 6, all);  // every lane's fragments
     for (int l = 0; l < 32; ++l) {
         const int g = l >> 2, t = l & 3;
-        moemla_u32 ar[4], br[2];
-        for (int i = 0; i < 4; ++i) ar[i] = moemla_emu_exchange(a[i], l);
-        for (int i = 0; i < 2; ++i) br[i] = moemla_emu_exchange(b[i], l);
+        const moemla_u32* ar = all + l * 6;
+        const moemla_u32* br = ar + 4;
         const int rows[4] = {g, g + 8, g, g + 8};
         const int cols[4] = {2 * t, 2 * t, 2 * t + 8, 2 * t + 8};
         for (int i = 0; i < 4; ++i) {

@@ -8,6 +8,7 @@
 //! [`GpuRunner::download`] (see [`crate::flags`]).
 
 mod mla_decode;
+mod mla_kv_quantize;
 mod moe_experts;
 mod moe_route;
 
@@ -16,7 +17,7 @@ use crate::device::{GpuBuffer, GpuDevice};
 use crate::flags::{FlagArena, FlagCheck, FlagKind};
 use crate::module::Module;
 use moemla_core::calls::{
-    MlaDecodeCall, MlaDecodeOutput, MoeExpertsCall, MoeRouteCall, MoeRouteOutput,
+    MlaDecodeCall, MlaDecodeOutput, MlaKvQuantizeCall, MoeExpertsCall, MoeRouteCall, MoeRouteOutput,
 };
 use moemla_core::{DType, DeviceTensor, Error, Format, HostTensor, Op, OpSupport, Result, Shape};
 use moemla_kernel_plan::{Launch, PlanError};
@@ -30,6 +31,19 @@ pub fn supported() -> Vec<OpSupport> {
         for format in [Format::Sqrtsoftplus, Format::HashRouting] {
             all.push(OpSupport::with_format(Op::MoeRoute, dtype, format));
         }
+        for format in [
+            Format::Fp8Weights,
+            Format::Fp8Activations,
+            Format::SwigluLimit,
+        ] {
+            all.push(OpSupport::with_format(Op::MoeExperts, dtype, format));
+        }
+        all.push(OpSupport::new(Op::MlaKvQuantize, dtype));
+        all.push(OpSupport::with_format(
+            Op::MlaKvQuantize,
+            dtype,
+            Format::Fp8DsV32,
+        ));
     }
     all
 }
@@ -144,6 +158,12 @@ impl<D: GpuDevice> GpuRunner<D> {
         mla_decode::run(self, call)
     }
 
+    /// `mla_kv_quantize` (one launch); a non-finite `kv` value surfaces at the next
+    /// synchronize.
+    pub fn mla_kv_quantize(&self, call: &MlaKvQuantizeCall<'_>) -> Result<DeviceTensor> {
+        mla_kv_quantize::run(self, call)
+    }
+
     fn lock(&self) -> MutexGuard<'_, StreamState<D::Buffer>> {
         self.stream.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -171,8 +191,9 @@ impl<D: GpuDevice> GpuRunner<D> {
 }
 
 /// The `Backend` methods a CUDA/HIP backend forwards to its [`GpuRunner`] field: memory,
-/// copies, synchronize and the v1 ops. Write `runner_backend_methods!(field);` inside the
-/// backend's `impl Backend` block, beside its own `name`, `info` and extras.
+/// copies, synchronize, the v1 ops and the v2 ops the kernels have. Write
+/// `runner_backend_methods!(field);` inside the backend's `impl Backend` block, beside its
+/// own `name`, `info` and extras.
 #[macro_export]
 macro_rules! runner_backend_methods {
     ($gpu:ident) => {
@@ -221,6 +242,13 @@ macro_rules! runner_backend_methods {
             call: &$crate::__core::calls::MlaDecodeCall<'_>,
         ) -> $crate::__core::Result<$crate::__core::calls::MlaDecodeOutput> {
             self.$gpu.mla_decode(call)
+        }
+
+        fn mla_kv_quantize(
+            &self,
+            call: &$crate::__core::calls::MlaKvQuantizeCall<'_>,
+        ) -> $crate::__core::Result<$crate::__core::DeviceTensor> {
+            self.$gpu.mla_kv_quantize(call)
         }
     };
 }

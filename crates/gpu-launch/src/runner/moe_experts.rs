@@ -1,13 +1,15 @@
 //! `moe_experts`: align, gate-up + SwiGLU, down, combine (kernels/README.md,
-//! moe_experts.cu), with `topk_ids` checked on the device into one error flag.
+//! moe_experts.cu), with `topk_ids` checked on the device into one error flag; contract
+//! v2: FP8 weights (w8a16), `fp8_block128` activations (w8a8: x and `act` quantized by
+//! `moemla_moe_quant_*` before their GEMMs) and the SwiGLU clamp.
 
 use super::{at, flag_check, int, GpuRunner};
 use crate::args::Arg;
 use crate::device::{GpuBuffer, GpuDevice};
 use crate::module::Module;
 use moemla_core::calls::MoeExpertsCall;
-use moemla_core::{DeviceTensor, Op, Result};
-use moemla_kernel_plan::experts;
+use moemla_core::{ActivationQuant, ActivationScale, DeviceTensor, Op, Result};
+use moemla_kernel_plan::experts::{self, Precision};
 
 const CALL: &str = "moe_experts";
 
@@ -22,15 +24,34 @@ pub(super) fn run<D: GpuDevice>(
     let w2 = g.buffer(call.w2, CALL, "w2")?;
     let ids = g.buffer(call.topk_ids, CALL, "topk_ids")?;
     let weights = g.buffer(call.topk_weights, CALL, "topk_weights")?;
+    let scales = call
+        .fp8_scales
+        .map(|s| {
+            Ok::<_, moemla_core::Error>((
+                g.buffer(s.w13_scale, CALL, "w13_scale")?,
+                g.buffer(s.w2_scale, CALL, "w2_scale")?,
+            ))
+        })
+        .transpose()?;
+    let p = call.params;
+    let precision = match (scales.is_some(), p.activation_quant) {
+        (false, _) => Precision::Native,
+        (true, ActivationQuant::None) => Precision::W8A16,
+        (true, ActivationQuant::Fp8Block128) => Precision::W8A8,
+    };
+    // No clamp: +inf (the kernels' selects then keep g and u, NaN included).
+    let limit = Arg::F32(p.swiglu_limit.map_or(f32::INFINITY, |c| c as f32));
+    let ue8m0 = Arg::I32(i32::from(p.activation_scale == ActivationScale::Ue8m0));
     g.dev.enter()?;
     let limits = g.dev.limits(op)?;
-    let plan = experts::plan(
+    let plan = experts::plan_with(
         call.tokens,
         call.hidden,
         call.inter,
         call.experts,
         call.top_k,
         call.dtype,
+        precision,
         &limits,
     )
     .map_err(|e| g.plan_error(e))?;
@@ -71,35 +92,70 @@ pub(super) fn run<D: GpuDevice>(
             Arg::Ptr(flag),
         ],
     )?;
-    g.launch(
-        m,
-        gate_up,
-        &[
-            Arg::Ptr(x.address()),
-            Arg::Ptr(w13.address()),
-            at(ws, w.sorted_rows),
-            at(ws, w.tile_expert),
-            at(ws, w.meta),
-            at(ws, w.act),
-            h,
-            i,
-            k,
-        ],
-    )?;
-    g.launch(
-        m,
-        down,
-        &[
-            at(ws, w.act),
-            Arg::Ptr(w2.address()),
-            at(ws, w.sorted_rows),
-            at(ws, w.tile_expert),
-            at(ws, w.meta),
-            at(ws, w.yslot),
-            h,
-            i,
-        ],
-    )?;
+    let x_at = Arg::Ptr(x.address());
+    let (w13_at, w2_at) = (Arg::Ptr(w13.address()), Arg::Ptr(w2.address()));
+    let rows_args = [at(ws, w.sorted_rows), at(ws, w.tile_expert), at(ws, w.meta)];
+    // gate/up's A and B operands, then down's (kernels/README.md, moe_experts.cu).
+    let (gate_up_ab, down_ab): (Vec<Arg>, Vec<Arg>) = match (precision, scales) {
+        (Precision::W8A8, Some((s13, s2))) => (
+            vec![
+                at(ws, w.x_codes),
+                at(ws, w.x_scales),
+                w13_at,
+                Arg::Ptr(s13.address()),
+            ],
+            vec![
+                at(ws, w.act_codes),
+                at(ws, w.act_scales),
+                w2_at,
+                Arg::Ptr(s2.address()),
+            ],
+        ),
+        (_, Some((s13, s2))) => (
+            vec![x_at, w13_at, Arg::Ptr(s13.address())],
+            vec![at(ws, w.act), w2_at, Arg::Ptr(s2.address())],
+        ),
+        (_, None) => (vec![x_at, w13_at], vec![at(ws, w.act), w2_at]),
+    };
+    // W8A8 plans (only they) quantize x first and `act` between the GEMMs.
+    if let Some(qx) = &plan.quant_x {
+        g.launch(
+            m,
+            qx,
+            &[
+                x_at,
+                h,
+                at(ws, w.meta),
+                Arg::I32(0),
+                at(ws, w.x_codes),
+                at(ws, w.x_scales),
+                ue8m0,
+            ],
+        )?;
+    }
+    let mut args = gate_up_ab;
+    args.extend(rows_args);
+    args.extend([at(ws, w.act), h, i, k, limit]);
+    g.launch(m, gate_up, &args)?;
+    if let Some(qa) = &plan.quant_act {
+        g.launch(
+            m,
+            qa,
+            &[
+                at(ws, w.act),
+                i,
+                at(ws, w.meta),
+                Arg::I32(1),
+                at(ws, w.act_codes),
+                at(ws, w.act_scales),
+                ue8m0,
+            ],
+        )?;
+    }
+    let mut args = down_ab;
+    args.extend(rows_args);
+    args.extend([at(ws, w.yslot), h, i]);
+    g.launch(m, down, &args)?;
     g.launch(
         m,
         combine,

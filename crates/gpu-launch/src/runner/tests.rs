@@ -108,6 +108,17 @@ impl State {
                             }
                         }
                     }
+                    k if k.starts_with("moemla_mla_kv_quantize_") => {
+                        // f32 input only here: the first non-finite element, its bits.
+                        let (kv, err) = (p(0), p(2));
+                        for i in 0..grid[0] as usize * 576 {
+                            let v = self.f32_at(kv, i);
+                            if !v.is_finite() {
+                                self.flag(err, i, v.to_bits() as i32);
+                                break;
+                            }
+                        }
+                    }
                     "moemla_moe_align" => {
                         let (ids, weights, slots, experts, err) = (p(0), p(1), n(2), n(3), p(9));
                         for s in 0..slots as usize {
@@ -659,4 +670,144 @@ fn hash_routing_enqueues_the_route_and_its_resolve_and_flags_bad_tables_in_token
         }
     );
     b.synchronize().unwrap();
+}
+
+/// An FP8 experts call: T = 3, k = 2, E = 4, H = 200, I = 136 (partial 128-blocks).
+fn fp8_experts(b: &FakeBackend, params: &ExpertsParams) -> Result<DeviceTensor> {
+    let x = f32s(b, &[3, 200]);
+    let codes = |dims: &[usize]| {
+        let n: usize = dims.iter().product();
+        let bytes: Vec<u8> = (0..n).map(|i| (i % 0x7e) as u8).collect();
+        b.upload(&HostTensor::from_bytes(Shape::new(dims.to_vec()), DType::F8E4M3, bytes).unwrap())
+            .unwrap()
+    };
+    let (w13, w2) = (codes(&[4, 272, 200]), codes(&[4, 200, 136]));
+    let (s13, s2) = (f32s(b, &[4, 3, 2]), f32s(b, &[4, 2, 2]));
+    let ids = i32s(b, &[3, 2], &[0, 3, -1, 2, 1, 1]);
+    let w = f32s(b, &[3, 2]);
+    let inputs = ops::ExpertsInputs::new(&x, &w13, &w2, &ids, &w).with_scales(&s13, &s2);
+    ops::moe_experts_with(b, inputs, params)
+}
+
+/// The launches in the queue, with their arguments.
+fn queued(fake: &Fake) -> Vec<(String, Vec<Arg>)> {
+    fake.state()
+        .queue
+        .iter()
+        .filter_map(|w| match w {
+            Work::Launch(k, a, _) => Some((k.clone(), a.clone())),
+            Work::Fill(..) => None,
+        })
+        .collect()
+}
+
+#[test]
+fn fp8_experts_launch_their_variants_with_the_scales_and_only_enqueue() {
+    let (b, fake) = backend();
+    b.synchronize().unwrap();
+    // w8a16 with a clamp: four launches, the weights' scales after the weights.
+    let mut p = ExpertsParams {
+        swiglu_limit: Some(10.0),
+        ..ExpertsParams::default()
+    };
+    fake.take_log();
+    fp8_experts(&b, &p).unwrap();
+    assert!(!has(&fake.take_log(), "sync"));
+    let l = queued(&fake);
+    let names: Vec<&str> = l.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "moemla_moe_align",
+            "moemla_moe_gate_up_w8a16_f32",
+            "moemla_moe_down_w8a16_f32",
+            "moemla_moe_combine_f32"
+        ]
+    );
+    // (x, w13, w13_scale, sorted_rows, tile_expert, meta, act, H, I, k, swiglu_limit)
+    let gate_up = &l[1].1;
+    assert_eq!(gate_up.len(), 11);
+    assert_eq!(
+        gate_up[7..],
+        [Arg::I32(200), Arg::I32(136), Arg::I32(2), Arg::F32(10.0)]
+    );
+    // (act, w2, w2_scale, sorted_rows, tile_expert, meta, yslot, H, I)
+    assert_eq!(l[2].1.len(), 9);
+    b.synchronize().unwrap();
+
+    // w8a8 with UE8M0 scales: x quantized before gate/up, act (f32) before down.
+    p.swiglu_limit = None;
+    p.activation_quant = moemla_core::ActivationQuant::Fp8Block128;
+    p.activation_scale = moemla_core::ActivationScale::Ue8m0;
+    fp8_experts(&b, &p).unwrap();
+    let l = queued(&fake);
+    let names: Vec<&str> = l.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "moemla_moe_align",
+            "moemla_moe_quant_f32",
+            "moemla_moe_gate_up_w8a8_f32",
+            "moemla_moe_quant_f32",
+            "moemla_moe_down_w8a8_f32",
+            "moemla_moe_combine_f32"
+        ]
+    );
+    // quant (src, cols, meta, use_meta, codes, scales, ue8m0): x [T, H], then act.
+    let (qx, qa) = (&l[1].1, &l[3].1);
+    assert_eq!(
+        (qx[1], qx[3], qx[6]),
+        (Arg::I32(200), Arg::I32(0), Arg::I32(1))
+    );
+    assert_eq!(
+        (qa[1], qa[3], qa[6]),
+        (Arg::I32(136), Arg::I32(1), Arg::I32(1))
+    );
+    // gate/up reads x's codes and scales; its act is what the act quantization reads, and
+    // down reads that quantization's codes and scales. No clamp: +inf.
+    let (gu, down) = (&l[2].1, &l[4].1);
+    assert_eq!(gu.len(), 12);
+    assert_eq!((gu[0], gu[1]), (qx[4], qx[5]));
+    assert_eq!(gu[7], qa[0]);
+    assert_eq!(gu[11], Arg::F32(f32::INFINITY));
+    assert_eq!(down.len(), 10);
+    assert_eq!((down[0], down[1]), (qa[4], qa[5]));
+    b.synchronize().unwrap();
+}
+
+#[test]
+fn kv_quantize_enqueues_one_launch_and_a_non_finite_value_surfaces_at_the_next_synchronize() {
+    let (b, fake) = backend();
+    let mut v: Vec<f32> = (0..3 * 576).map(|i| (i % 9) as f32 - 4.0).collect();
+    let kv = b
+        .upload(&HostTensor::from_slice([3, 576], &v).unwrap())
+        .unwrap();
+    let params = moemla_core::KvQuantizeParams {
+        kv_format: moemla_core::KvFormat::Fp8DsV32,
+    };
+    fake.take_log();
+    let out = ops::mla_kv_quantize(&b, &kv, &params).unwrap();
+    let log = fake.take_log();
+    assert!(!has(&log, "sync") && !has(&log, "download"), "{log:?}");
+    assert!(
+        log.contains(&"launch moemla_mla_kv_quantize_f32".to_string()),
+        "{log:?}"
+    );
+    assert_eq!((out.dims(), out.dtype()), (&[3, 656][..], DType::U8));
+    b.synchronize().unwrap();
+    v[576 + 17] = f32::NAN;
+    v[2 * 576] = f32::INFINITY;
+    let kv = b
+        .upload(&HostTensor::from_slice([3, 576], &v).unwrap())
+        .unwrap();
+    ops::mla_kv_quantize(&b, &kv, &params).unwrap();
+    assert_eq!(
+        b.synchronize().unwrap_err(),
+        Error::Input {
+            op: Op::MlaKvQuantize,
+            arg: "kv",
+            expected: "finite values".into(),
+            got: "NaN at row 1 (element [1, 17])".into(),
+        }
+    );
 }
