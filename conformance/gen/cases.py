@@ -6,6 +6,7 @@ the "Contract v2 additions" (not committed until the Rust runner reads them); "a
 
 import math
 
+import cachewrite
 import experts
 import indexer
 import kvquant
@@ -221,6 +222,28 @@ def _indexer_cases(dtype):
     return cases
 
 
+# A decode step for 6 sequences (one row each, one skipped), a prefill chunk into block 2,
+# a slot named twice (rows 8 and 14: the later row wins), more skipped rows, slot 3 again
+# (rows 0 and 21), the first and last slots; blocks left partly written.
+CACHE_SLOTS = [3, 31, -1, 48, 79, 0, 32, 33, 34, 35, 36, 37, 38, 39, 34, -1, -1, 69, 20, 21, 22, 3, -1, 40]
+# 2 blocks of 16: two slots named twice (5: rows 0 and 6; 17: rows 3 and 11), skipped rows.
+FP8_CACHE_SLOTS = [5, -1, 16, 17, 18, 31, 5, -1, 0, 9, 10, 17]
+
+
+def _cachewrite_cases(dtype):
+    def c(name, desc, *args):
+        return (name, lambda: cachewrite.build(dtype, name, desc, *args))
+
+    cases = [
+        c("dense_d72_nb5_bs16_n24", "dense cache, Dqk 72, 5 blocks of 16: decode-step and prefill-chunk rows, -1 rows (holding NaN/inf), slots named twice (the later row wins), partly written blocks, untouched slots keep their values", "dense", 5, 16, 72, CACHE_SLOTS),
+    ]
+    if dtype != "f32":
+        cases.append(
+            c("fp8_nb2_bs16_n12", "fp8_ds_v32 cache (random bytes before), 2 blocks of 16: rows quantized as mla_kv_quantize, -1 rows (holding NaN/inf, never read), slots named twice (the later row wins)", "fp8_ds_v32", 2, 16, 576, FP8_CACHE_SLOTS),
+        )
+    return cases
+
+
 V1_FAMILIES = (("moe_route", _route_cases), ("moe_experts", _experts_cases), ("mla_decode", _mla_cases))
 V2_FAMILIES = (
     ("moe_route", _route_v2_cases),
@@ -229,6 +252,7 @@ V2_FAMILIES = (
     ("mla_decode", _mla_v2_cases),
     ("mla_sparse_decode", _sparse_cases),
     ("dsa_indexer_topk", _indexer_cases),
+    ("mla_cache_write", _cachewrite_cases),
 )
 # Run dtypes each v2 op allows (contract v2: an FP8 cache takes f16/bf16 queries).
 V2_DTYPES = {"mla_decode": ("f16", "bf16")}

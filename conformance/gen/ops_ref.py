@@ -213,6 +213,25 @@ def mla_kv_quantize(kv):
     return fp8.pack_ds_v32_rows(codes, scales, fp8.bf16_bits(x[:, fp8.LATENT :]))
 
 
+
+def mla_cache_write(kv, slot_mapping, kv_cache, kv_format):
+    """Contract v2 mla_cache_write: a copy of kv_cache [num_blocks, block_size, 1, W] with row i
+    of kv written at flat slot slot_mapping[i] (block * block_size + offset), in row order (the
+    later row wins a slot two rows name); -1 skips the row. Dense: the row as stored (W = Dqk,
+    same dtype); "fp8_ds_v32": the row quantized by mla_kv_quantize (W = 656 bytes)."""
+    out = np.array(kv_cache, copy=True)
+    rows = out.reshape(-1, out.shape[-1])
+    for i, slot in enumerate(np.asarray(slot_mapping, dtype=np.int64)):
+        if slot == -1:
+            continue
+        if not 0 <= slot < rows.shape[0]:
+            raise ValueError(f"slot_mapping[{i}] = {slot} is outside [0, {rows.shape[0]})")
+        if kv_format == "fp8_ds_v32":
+            rows[slot] = mla_kv_quantize(kv[i : i + 1])[0]
+        else:
+            rows[slot] = kv[i]
+    return out
+
 def valid_sparse_entries(indices_row, length):
     """The attended multiset of one (b, i) row: entries j < length that are not -1."""
     row = np.asarray(indices_row[:length], dtype=np.int64)

@@ -27,6 +27,7 @@ PARAM_KEYS = {
     "mla_kv_quantize": ({"kv_format"}, set()),
     "mla_sparse_decode": ({"softmax_scale", "head_dim_v"}, {"kv_format"}),
     "dsa_indexer_topk": ({"top_k", "causal"}, set()),
+    "mla_cache_write": ({"kv_format"}, set()),
 }
 
 
@@ -47,6 +48,9 @@ def expected_dtypes(op, run, params, tensors):
         return {"in.q": run, "in.kv_cache": "U8" if fp8_cache else run, "in.block_table": "I32", "in.cache_seqlens": "I32", "out.o": "F32", "out.lse": "F32"}, {}
     if op == "mla_kv_quantize":
         return {"in.kv": run, "out.kv_fp8": "U8"}, {}
+    if op == "mla_cache_write":
+        cache = "U8" if fp8_cache else run
+        return {"in.kv": run, "in.slot_mapping": "I32", "in.kv_cache": cache, "out.kv_cache": cache}, {}
     if op == "mla_sparse_decode":
         req = {"in.q": run, "in.kv_cache": "U8" if fp8_cache else run, "in.indices": "I32", "out.o": "F32", "out.lse": "F32"}
         return req, {"in.topk_length": "I32", "in.attn_sink": "F32"}
@@ -122,6 +126,16 @@ class SchemaMixin:
         elif op == "mla_kv_quantize":
             n, width = shape["in.kv"]
             self.assertEqual((width, shape["out.kv_fp8"]), (576, [n, 656]))
+        elif op == "mla_cache_write":
+            n, d_qk = shape["in.kv"]
+            num_blocks, block_size, heads, width = shape["in.kv_cache"]
+            self.assertEqual(shape["in.slot_mapping"], [n])
+            self.assertEqual(shape["out.kv_cache"], shape["in.kv_cache"])
+            self.assertEqual(heads, 1)
+            if params["kv_format"] == "fp8_ds_v32":
+                self.assertEqual((d_qk, width), (576, 656))
+            else:
+                self.assertEqual(width, d_qk)
         elif op == "dsa_indexer_topk":
             b, s_q, h_i, d_i = shape["in.q"]
             self.assertEqual(shape["in.weights"], [b, s_q, h_i])

@@ -10,19 +10,11 @@
 
 #define KVQ_LS 128
 
-__kernel void kv_quantize(__global const store_t *kv, __global uchar *out, int N,
-                          volatile __global int *bad, __local float *red) {
-    const int row = get_group_id(0), l = get_local_id(0);
-    __global const store_t *x = kv + (size_t)row * 576;
-    __global uchar *o = out + (size_t)row * DS_ROW;
-    float v[4];
-    for (int t = 0; t < 4; ++t) {
-        v[t] = load_f32(x, t * 128 + l);
-        if (!isfinite(v[t])) atomic_min(bad, row * 576 + t * 128 + l);
-    }
+// Work-item l of a work-group of KVQ_LS writing one fp8_ds_v32 row o from its finite values
+// v[t] = x[t * 128 + l] (t < 4) and, for l < 64, rope value r = x[512 + l]. Every
+// work-item of the group calls it (barriers). Shared with mla_cache_write.cl.
+void ds_write_row(const float *v, float r, __global uchar *o, int l, __local float *red) {
     if (l < 64) {
-        const float r = load_f32(x, 512 + l);
-        if (!isfinite(r)) atomic_min(bad, row * 576 + 512 + l);
         const uint u = as_uint(r);
         // bf16, round to nearest even (finite input; a non-finite one is an error anyway).
         const uint b = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
@@ -41,4 +33,21 @@ __kernel void kv_quantize(__global const store_t *kv, __global uchar *out, int N
         o[t * 128 + l] = (uchar)e4m3_encode(v[t] / sc);
         if (l < 4) o[DS_SCALES + 4 * t + l] = (uchar)(as_uint(sc) >> (8 * l));
     }
+}
+
+__kernel void kv_quantize(__global const store_t *kv, __global uchar *out, int N,
+                          volatile __global int *bad, __local float *red) {
+    const int row = get_group_id(0), l = get_local_id(0);
+    __global const store_t *x = kv + (size_t)row * 576;
+    float v[4];
+    for (int t = 0; t < 4; ++t) {
+        v[t] = load_f32(x, t * 128 + l);
+        if (!isfinite(v[t])) atomic_min(bad, row * 576 + t * 128 + l);
+    }
+    float r = 0.0f;
+    if (l < 64) {
+        r = load_f32(x, 512 + l);
+        if (!isfinite(r)) atomic_min(bad, row * 576 + 512 + l);
+    }
+    ds_write_row(v, r, out + (size_t)row * DS_ROW, l, red);
 }

@@ -32,7 +32,7 @@ pub use buffer::ClBuffer;
 
 use device::ClDevice;
 use moemla_core::calls::{
-    DsaIndexerTopkCall, DsaIndexerTopkOutput, MlaDecodeCall, MlaKvQuantizeCall,
+    DsaIndexerTopkCall, DsaIndexerTopkOutput, MlaCacheWriteCall, MlaDecodeCall, MlaKvQuantizeCall,
     MlaSparseDecodeCall, MoeExpertsCall, MoeRouteCall,
 };
 use moemla_core::{
@@ -322,6 +322,12 @@ impl Backend for OpenClBackend {
         let lse = self.output("mla_decode lse", &lse_dims, DType::F32)?;
         self.mla_decode_into(call, &o, &lse)?;
         Ok(MlaDecodeOutput { o, lse })
+    }
+
+    fn mla_cache_write(&self, call: &MlaCacheWriteCall<'_>) -> Result<()> {
+        let name = "mla_cache_write";
+        let cache = (call.kv_cache).buffer::<ClBuffer>(&self.name, name, "kv_cache")?;
+        ops::mla_cache_write::run(&self.device, &self.name, call, cache)
     }
 
     fn mla_kv_quantize(&self, call: &MlaKvQuantizeCall<'_>) -> Result<DeviceTensor> {

@@ -30,6 +30,9 @@ pub enum Kernels {
     },
     /// `dsa_indexer_topk.cl`.
     DsaIndexerTopk,
+    /// `mla_kv_quantize.cl` then `mla_cache_write.cl` (which writes FP8 rows with the
+    /// former's `ds_write_row`).
+    MlaCacheWrite,
 }
 
 impl Kernels {
@@ -45,6 +48,11 @@ impl Kernels {
             Kernels::DsaIndexerTopk => {
                 include_str!("../../../kernels/opencl/dsa_indexer_topk.cl")
             }
+            Kernels::MlaCacheWrite => concat!(
+                include_str!("../../../kernels/opencl/mla_kv_quantize.cl"),
+                "\n",
+                include_str!("../../../kernels/opencl/mla_cache_write.cl")
+            ),
         }
     }
 

@@ -3,6 +3,7 @@
 //! through [`crate::flags`] (`dev.index_checks(op)`), reported at the next synchronize.
 
 pub mod dsa_indexer_topk;
+pub mod mla_cache_write;
 pub mod mla_decode;
 pub mod mla_kv_quantize;
 pub mod mla_sparse_decode;
