@@ -35,6 +35,9 @@ pub mod runner;
 #[doc(hidden)]
 pub use moemla_core as __core;
 
+/// The symbol-table macro of `moemla-dylib` (see [`library`]).
+pub use moemla_dylib::symbol_table;
+
 pub use args::{Arg, ArgSlots};
 pub use device::{GpuBuffer, GpuDevice, KernelCache};
 pub use module::Module;
