@@ -221,7 +221,8 @@ mod tests {
         assert!(
             listed.contains("mla_decode+fp8_ds_v32 F16,BF16;")
                 && listed.contains("moe_experts+fp8_activations F32,F16,BF16;")
-                && listed.ends_with("dsa_indexer_topk F32,F16,BF16"),
+                && listed.contains("dsa_indexer_topk F32,F16,BF16;")
+                && listed.ends_with("mla_cache_write+fp8_ds_v32 F32,F16,BF16"),
             "{listed}"
         );
         let mut partial = OpSupport::all_v1();
