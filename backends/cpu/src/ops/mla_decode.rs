@@ -14,7 +14,7 @@ use crate::storage::{
 use attend::{Cache, Partial, Scratch, Slots, CHUNK};
 use moemla_core::calls::MlaDecodeCall;
 use moemla_core::indices::check_mla_indices;
-use moemla_core::Result;
+use moemla_core::{DType, Result};
 use rayon::prelude::*;
 
 const CALL: &str = "mla_decode";
@@ -40,13 +40,24 @@ pub fn run(backend: &str, call: &MlaDecodeCall<'_>) -> Result<(CpuStorage, Vec<f
             ("cache_seqlens", Some(call.cache_seqlens)),
         ],
     )?;
-    let o_dims = [call.batch, call.s_q, call.h_q, call.d_v];
-    let mut o = CpuStorage::zeros(call.dtype, &o_dims.into())?;
-    let mut lse = zeroed(&[call.batch, call.h_q, call.s_q], "cpu mla_decode lse")?;
-    run_into(
-        backend,
-        call,
-        float_mut(o.as_mut_slice(), backend, CALL, "o")?,
+    let dims = [call.batch, call.s_q, call.h_q, call.d_v];
+    allocated(backend, call.dtype, dims, |o, lse| {
+        run_into(backend, call, o, lse)
+    })
+}
+
+/// New outputs `o` [B, Sq, Hq, Dv] (`dtype`) and `lse` [B, Hq, Sq] F32 of an attention op
+/// (`dims` = [B, Sq, Hq, Dv]), allocated fallibly and filled by `fill` (its `run_into`).
+pub(crate) fn allocated(
+    backend: &str,
+    dtype: DType,
+    [b, s_q, h_q, d_v]: [usize; 4],
+    fill: impl FnOnce(FloatSliceMut<'_>, &mut [f32]) -> Result<()>,
+) -> Result<(CpuStorage, Vec<f32>)> {
+    let mut o = CpuStorage::zeros(dtype, &[b, s_q, h_q, d_v].into())?;
+    let mut lse = zeroed(&[b, h_q, s_q], "cpu attention lse")?;
+    fill(
+        float_mut(o.as_mut_slice(), backend, "attention", "o")?,
         &mut lse,
     )?;
     Ok((o, lse))

@@ -9,7 +9,7 @@ use super::kv_rows::KvRows;
 use super::mla_decode::attend::{self, Cache, Partial, Scratch, Slots, CHUNK};
 use crate::convert::store_f32;
 use crate::storage::{
-    check_inputs, f32_slice, float_mut, float_slice, i32_slice, zeroed, CpuStorage, FloatSliceMut,
+    check_inputs, f32_slice, float_slice, i32_slice, zeroed, CpuStorage, FloatSliceMut,
 };
 use moemla_core::alloc::try_filled_vec;
 use moemla_core::calls::MlaSparseDecodeCall;
@@ -41,19 +41,10 @@ pub fn run(backend: &str, call: &MlaSparseDecodeCall<'_>) -> Result<(CpuStorage,
             ("attn_sink", call.attn_sink),
         ],
     )?;
-    let o_dims = [call.batch, call.s_q, call.h_q, call.d_v];
-    let mut o = CpuStorage::zeros(call.dtype, &o_dims.into())?;
-    let mut lse = zeroed(
-        &[call.batch, call.h_q, call.s_q],
-        "cpu mla_sparse_decode lse",
-    )?;
-    run_into(
-        backend,
-        call,
-        float_mut(o.as_mut_slice(), backend, CALL, "o")?,
-        &mut lse,
-    )?;
-    Ok((o, lse))
+    let dims = [call.batch, call.s_q, call.h_q, call.d_v];
+    super::mla_decode::allocated(backend, call.dtype, dims, |o, lse| {
+        run_into(backend, call, o, lse)
+    })
 }
 
 /// Runs the sparse attention, writing `o` [B, Sq, Hq, Dv] (run dtype) and `lse` [B, Hq, Sq] in place
