@@ -128,18 +128,8 @@ pub fn mla_decode_into(
     };
     let call = mla_rules::validate(backend.name(), args, params)?;
     let op = Op::MlaDecode;
-    let o_dims = [call.batch, call.s_q, call.h_q, call.d_v];
-    output(backend, op, "o", o, &o_dims, "[B, Sq, Hq, Dv]", call.dtype)?;
-    let lse_dims = [call.batch, call.h_q, call.s_q];
-    output(
-        backend,
-        op,
-        "lse",
-        lse,
-        &lse_dims,
-        "[B, Hq, Sq]",
-        DType::F32,
-    )?;
+    let dims = [call.batch, call.s_q, call.h_q, call.d_v];
+    attention_outputs(backend, op, dims, call.dtype, (o, lse))?;
     let read = [
         ("q", q),
         ("kv_cache", kv_cache),
@@ -163,18 +153,8 @@ pub fn mla_sparse_decode_into(
 ) -> Result<()> {
     let call = sparse_rules::validate(backend.name(), inputs, params)?;
     let op = Op::MlaSparseDecode;
-    let o_dims = [call.batch, call.s_q, call.h_q, call.d_v];
-    output(backend, op, "o", o, &o_dims, "[B, Sq, Hq, Dv]", call.dtype)?;
-    let lse_dims = [call.batch, call.h_q, call.s_q];
-    output(
-        backend,
-        op,
-        "lse",
-        lse,
-        &lse_dims,
-        "[B, Hq, Sq]",
-        DType::F32,
-    )?;
+    let dims = [call.batch, call.s_q, call.h_q, call.d_v];
+    attention_outputs(backend, op, dims, call.dtype, (o, lse))?;
     let mut read = vec![
         ("q", inputs.q),
         ("kv_cache", inputs.kv_cache),
@@ -185,6 +165,35 @@ pub fn mla_sparse_decode_into(
     distinct(op, &read, &[("o", o), ("lse", lse)])?;
     require(backend, op, call.dtype, cache_formats(params.kv_format))?;
     backend.mla_sparse_decode_into(&call, o, lse)
+}
+
+/// The outputs of an attention op (`dims` = [B, Sq, Hq, Dv]): `o` [B, Sq, Hq, Dv] in the
+/// run dtype and `lse` [B, Hq, Sq] F32, checked as [`output`] does.
+fn attention_outputs(
+    backend: &dyn Backend,
+    op: Op,
+    [b, s_q, h_q, d_v]: [usize; 4],
+    dtype: DType,
+    (o, lse): (&DeviceTensor, &DeviceTensor),
+) -> Result<()> {
+    output(
+        backend,
+        op,
+        "o",
+        o,
+        &[b, s_q, h_q, d_v],
+        "[B, Sq, Hq, Dv]",
+        dtype,
+    )?;
+    output(
+        backend,
+        op,
+        "lse",
+        lse,
+        &[b, h_q, s_q],
+        "[B, Hq, Sq]",
+        DType::F32,
+    )
 }
 
 /// A caller-provided output must be on `backend`, with the contract's shape `dims`
