@@ -5,6 +5,7 @@
 //                           [0, num_blocks); first bad position and its value flagged
 //   2. moemla_mla_decode_*  one block per (split, 16-row query tile, batch * kv head):
 //                           S = Q K^T, online softmax (f32), O = P V, written per split
+//                           (_fp8_*: over 656-byte fp8_ds_v32 rows, dequantized on load)
 //   3. moemla_mla_combine_* merges the splits by their log-sum-exp
 // Cache slots at or past a row's limit are never loaded; masking is a select, never a
 // multiply (a NaN slot times zero would still be NaN).
@@ -41,8 +42,24 @@ extern "C" __global__ void moemla_mla_check(const int* __restrict__ block_table,
 // ---------------------------------------------------------------------------------------
 __device__ __forceinline__ moemla_i64 moemla_align16(moemla_i64 bytes) { return (bytes + 15) & ~(moemla_i64)15; }
 
-template <typename T>
-__device__ void moemla_mla_decode(const T* __restrict__ q, const T* __restrict__ kv,
+// The value of dim d (< 576) of a 656-byte fp8_ds_v32 row (contract v2): e4m3 code times
+// its tile's stored f32 scale (multiplied as stored, whatever it is) below 512, the bf16
+// rope value above.
+__device__ __forceinline__ float moemla_ds_v32_value(const unsigned char* row, int d) {
+    if (d < 512) {
+        const unsigned char* s = row + 512 + 4 * (d / 128);
+        const moemla_u32 bits = (moemla_u32)s[0] | ((moemla_u32)s[1] << 8) | ((moemla_u32)s[2] << 16) |
+                                ((moemla_u32)s[3] << 24);
+        return moemla_e4m3_to_f32(row[d]) * moemla_bits_float(bits);
+    }
+    const int r = d - 512;
+    return moemla_bf16_to_f32((moemla_u16)(row[528 + 2 * r] | (row[529 + 2 * r] << 8)));
+}
+
+// KV: T (a dense cache of d_qk values per row) or unsigned char (656-byte fp8_ds_v32 rows,
+// d_qk 576, dequantized into the K tile in T as they are staged).
+template <typename T, typename KV>
+__device__ __forceinline__ void moemla_mla_decode(const T* __restrict__ q, const KV* __restrict__ kv,
                                   const int* __restrict__ block_table,
                                   const int* __restrict__ cache_seqlens, float* __restrict__ o_part,
                                   float* __restrict__ lse_part, int batch, int s_q, int h_q,
@@ -135,26 +152,44 @@ __device__ void moemla_mla_decode(const T* __restrict__ q, const T* __restrict__
 
     for (moemla_i64 c0 = start; c0 < hi; c0 += block_n) {
         // (a) Stage cache rows c0 .. c0 + block_n; rows at or past hi are zero, not loaded.
-        for (int idx = tid; idx < block_n * chunks_per_row; idx += nthreads) {
-            const int n = idx / chunks_per_row;
-            const int d = (idx % chunks_per_row) * VEC;
-            const moemla_i64 pos = c0 + n;
-            const T* src = nullptr;
-            if (pos < hi) {
-                const int blk = block_table[(moemla_i64)b * max_blocks + pos / block_size];
-                if (blk >= 0 && blk < num_blocks) {
-                    src = kv + (((moemla_i64)blk * block_size + pos % block_size) * h_kv + kvh) * d_qk;
+        if constexpr (sizeof(KV) == 1) {
+            for (int idx = tid; idx < block_n * d16; idx += nthreads) {
+                const int n = idx / d16;
+                const int d = idx % d16;
+                const moemla_i64 pos = c0 + n;
+                float v = 0.0f;
+                if (pos < hi && d < d_qk) {
+                    const int blk = block_table[(moemla_i64)b * max_blocks + pos / block_size];
+                    if (blk >= 0 && blk < num_blocks) {
+                        const moemla_i64 slot = ((moemla_i64)blk * block_size + pos % block_size) * h_kv + kvh;
+                        v = moemla_ds_v32_value(reinterpret_cast<const unsigned char*>(kv) + slot * 656, d);
+                    }
                 }
+                moemla_store(Ks + n * ks_stride + d, v);
             }
-            T* dst = Ks + n * ks_stride + d;
-            if (src != nullptr && vec_ok && d + VEC <= d_qk) {
-                moemla_copy16(dst, src + d);
-            } else {
-                for (int v = 0; v < VEC; ++v) {
-                    if (src != nullptr && d + v < d_qk) {
-                        dst[v] = src[d + v];
-                    } else {
-                        moemla_store(dst + v, 0.0f);
+        } else {
+            for (int idx = tid; idx < block_n * chunks_per_row; idx += nthreads) {
+                const int n = idx / chunks_per_row;
+                const int d = (idx % chunks_per_row) * VEC;
+                const moemla_i64 pos = c0 + n;
+                const T* src = nullptr;
+                if (pos < hi) {
+                    const int blk = block_table[(moemla_i64)b * max_blocks + pos / block_size];
+                    if (blk >= 0 && blk < num_blocks) {
+                        src = reinterpret_cast<const T*>(kv) +
+                              (((moemla_i64)blk * block_size + pos % block_size) * h_kv + kvh) * d_qk;
+                    }
+                }
+                T* dst = Ks + n * ks_stride + d;
+                if (src != nullptr && vec_ok && d + VEC <= d_qk) {
+                    moemla_copy16(dst, src + d);
+                } else {
+                    for (int v = 0; v < VEC; ++v) {
+                        if (src != nullptr && d + v < d_qk) {
+                            dst[v] = src[d + v];
+                        } else {
+                            moemla_store(dst + v, 0.0f);
+                        }
                     }
                 }
             }
@@ -344,9 +379,19 @@ __device__ void moemla_mla_combine(const float* __restrict__ o_part, const float
         float* o_part, float* lse_part, int batch, int s_q, int h_q, int h_kv, int d_qk, int d_v, \
         int num_blocks, int block_size, int max_blocks, int causal, float softmax_scale,          \
         int num_splits, int block_q, int block_n) {                                               \
-        moemla_mla_decode<T>(q, kv_cache, block_table, cache_seqlens, o_part, lse_part, batch,    \
-                             s_q, h_q, h_kv, d_qk, d_v, num_blocks, block_size, max_blocks,       \
-                             causal, softmax_scale, num_splits, block_q, block_n);                \
+        moemla_mla_decode<T, T>(q, kv_cache, block_table, cache_seqlens, o_part, lse_part, batch, \
+                                s_q, h_q, h_kv, d_qk, d_v, num_blocks, block_size, max_blocks,    \
+                                causal, softmax_scale, num_splits, block_q, block_n);             \
+    }                                                                                             \
+    extern "C" __global__ void moemla_mla_decode_fp8_##SFX(                                       \
+        const T* q, const unsigned char* kv_cache, const int* block_table,                       \
+        const int* cache_seqlens, float* o_part, float* lse_part, int batch, int s_q, int h_q,    \
+        int h_kv, int d_qk, int d_v, int num_blocks, int block_size, int max_blocks, int causal,  \
+        float softmax_scale, int num_splits, int block_q, int block_n) {                          \
+        moemla_mla_decode<T, unsigned char>(q, kv_cache, block_table, cache_seqlens, o_part,      \
+                                            lse_part, batch, s_q, h_q, h_kv, d_qk, d_v,           \
+                                            num_blocks, block_size, max_blocks, causal,           \
+                                            softmax_scale, num_splits, block_q, block_n);         \
     }                                                                                             \
     extern "C" __global__ void moemla_mla_combine_##SFX(const float* o_part, const float* lse_part, \
                                                         T* o, float* lse, int batch, int s_q,     \

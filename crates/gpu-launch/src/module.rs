@@ -97,6 +97,9 @@ impl Module {
                 "moemla_mla_decode_f32",
                 "moemla_mla_decode_f16",
                 "moemla_mla_decode_bf16",
+                "moemla_mla_decode_fp8_f32",
+                "moemla_mla_decode_fp8_f16",
+                "moemla_mla_decode_fp8_bf16",
                 "moemla_mla_combine_f32",
                 "moemla_mla_combine_f16",
                 "moemla_mla_combine_bf16",
@@ -175,9 +178,11 @@ mod tests {
                 assert_in(Module::MlaKvQuantize, &l.kernel);
                 let l = route::hash_resolve();
                 assert_in(Module::MoeRoute, &l.kernel);
-                let p = mla::plan(&sizes, dtype, &limits).unwrap();
-                for l in &p.launches {
-                    assert_in(Module::MlaDecode, &l.kernel);
+                for fp8 in [false, true] {
+                    let p = mla::plan_with(&sizes, dtype, fp8, &limits).unwrap();
+                    for l in &p.launches {
+                        assert_in(Module::MlaDecode, &l.kernel);
+                    }
                 }
             }
         }

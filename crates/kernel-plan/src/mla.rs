@@ -145,6 +145,18 @@ pub fn choose_splits(blocks_per_split: usize, capacity: usize, compute_units: us
 /// kernels' `int` parameters, the grid or the address space cannot hold is a
 /// [`PlanError`].
 pub fn plan(s: &MlaSizes, dtype: DType, limits: &DeviceLimits) -> PlanResult<MlaPlan> {
+    plan_with(s, dtype, false, limits)
+}
+
+/// [`plan`] over a dense cache (`fp8` false) or the 656-byte `fp8_ds_v32` cache (`fp8`
+/// true: `moemla_mla_decode_fp8_*`, rows dequantized into the same K tile as they are
+/// staged, so geometry and workspace are those of the dense plan).
+pub fn plan_with(
+    s: &MlaSizes,
+    dtype: DType,
+    fp8: bool,
+    limits: &DeviceLimits,
+) -> PlanResult<MlaPlan> {
     let op = Op::MlaDecode;
     let mul = |what: &str, a: usize, b: usize| checked(op, what, a.checked_mul(b));
     let capacity = mul("max_blocks * block_size", s.max_blocks, s.block_size)?;
@@ -209,7 +221,7 @@ pub fn plan(s: &MlaSizes, dtype: DType, limits: &DeviceLimits) -> PlanResult<Mla
             shared_bytes: 0,
         },
         Launch {
-            kernel: format!("moemla_mla_decode_{sfx}"),
+            kernel: format!("moemla_mla_decode_{}{sfx}", if fp8 { "fp8_" } else { "" }),
             grid: [
                 fits(op, "splits", num_splits, INT_LIMIT)?,
                 fits(op, "query row tiles", m_tiles, INT_LIMIT)?,

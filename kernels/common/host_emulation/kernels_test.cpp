@@ -852,7 +852,43 @@ struct MlaCase {
     bool causal;
     std::vector<int> seqlens;
     int num_splits, block_q, block_n;
+    bool fp8 = false;  // kv_format fp8_ds_v32 (d_qk 576, d_v 512, h_kv 1)
 };
+
+// A 656-byte fp8_ds_v32 cache from random codes (NaN codes excluded), non-power-of-two
+// tile scales and bf16 rope values; slots whose kvv value is NaN (unused, tails) hold 0xFF
+// bytes (NaN codes and NaN scales). t.vals: the dequantized rows (576 per slot), exact.
+static Tensor make_ds_v32(const std::vector<float>& kvv, size_t slots) {
+    Tensor t;
+    t.bytes.assign(slots * 656, 0xff);
+    t.vals.assign(slots * 576, NAN);
+    std::uniform_int_distribution<int> code(0, 255);
+    std::uniform_real_distribution<float> sd(1.0f, 1.9f);
+    for (size_t s = 0; s < slots; ++s) {
+        if (std::isnan(kvv[s * 576])) continue;
+        unsigned char* row = &t.bytes[s * 656];
+        float sc[4];
+        for (int i = 0; i < 4; ++i) {
+            sc[i] = sd(rng) * 0.01f;
+            std::memcpy(row + 512 + 4 * i, &sc[i], 4);
+        }
+        for (int d = 0; d < 512; ++d) {
+            int c;
+            do c = code(rng);
+            while ((c & 0x7f) == 0x7f || (c & 0x7f) > 0x6e);  // |v| <= 240
+            row[d] = (unsigned char)c;
+            t.vals[s * 576 + d] = (float)(e4m3_ref(c) * sc[d / 128]);
+        }
+        for (int r = 0; r < 64; ++r) {
+            const uint16_t h = bf16_ref(kvv[s * 576 + 512 + r]);
+            row[528 + 2 * r] = (unsigned char)(h & 0xff);
+            row[529 + 2 * r] = (unsigned char)(h >> 8);
+            uint32_t bits = (uint32_t)h << 16;
+            std::memcpy(&t.vals[s * 576 + 512 + r], &bits, 4);
+        }
+    }
+    return t;
+}
 
 static void mla_case(int dtype, const MlaCase& c, int corrupt /*0 none, 1 seqlen, 2 table*/) {
     Tensor q = make(randn((size_t)c.B * c.s_q * c.h_q * c.d_qk, 1.0f), dtype);
@@ -887,7 +923,7 @@ static void mla_case(int dtype, const MlaCase& c, int corrupt /*0 none, 1 seqlen
         if (!used_block[blk])
             for (size_t i = 0; i < (size_t)c.block_size * c.h_kv * c.d_qk; ++i)
                 kvv[(size_t)blk * c.block_size * c.h_kv * c.d_qk + i] = NAN;
-    Tensor kv = make(kvv, dtype);
+    Tensor kv = c.fp8 ? make_ds_v32(kvv, (size_t)c.num_blocks * c.block_size) : make(kvv, dtype);
     // Flags: all ones when clean, else (first bad position << 32) | the value there.
     auto flag = [](unsigned long long pos, int value) { return (pos << 32) | (unsigned)value; };
     unsigned long long want_err0 = ~0ull, want_err1 = ~0ull;
@@ -916,9 +952,16 @@ static void mla_case(int dtype, const MlaCase& c, int corrupt /*0 none, 1 seqlen
     moemla_dim3 grid{(unsigned)c.num_splits, (unsigned)((c.s_q * group + c.block_q - 1) / c.block_q), (unsigned)(c.B * c.h_kv)};
 #define MOEMLA_RUN_MLA(SFX, TT)                                                                                   \
     moemla_emu_launch(grid, 128, [&] {                                                                            \
-        moemla_mla_decode_##SFX((const TT*)q.ptr(), (const TT*)kv.ptr(), table.data(), lens.data(), o_part.data(), \
-                                lse_part.data(), c.B, c.s_q, c.h_q, c.h_kv, c.d_qk, c.d_v, c.num_blocks,           \
-                                c.block_size, c.max_blocks, c.causal, scale, c.num_splits, c.block_q, c.block_n);  \
+        if (c.fp8)                                                                                                \
+            moemla_mla_decode_fp8_##SFX((const TT*)q.ptr(), (const unsigned char*)kv.ptr(), table.data(),         \
+                                        lens.data(), o_part.data(), lse_part.data(), c.B, c.s_q, c.h_q, c.h_kv,   \
+                                        c.d_qk, c.d_v, c.num_blocks, c.block_size, c.max_blocks, c.causal, scale, \
+                                        c.num_splits, c.block_q, c.block_n);                                      \
+        else                                                                                                      \
+            moemla_mla_decode_##SFX((const TT*)q.ptr(), (const TT*)kv.ptr(), table.data(), lens.data(),           \
+                                    o_part.data(), lse_part.data(), c.B, c.s_q, c.h_q, c.h_kv, c.d_qk, c.d_v,     \
+                                    c.num_blocks, c.block_size, c.max_blocks, c.causal, scale, c.num_splits,      \
+                                    c.block_q, c.block_n);                                                        \
     });                                                                                                           \
     moemla_emu_launch({(unsigned)out_rows, 1, 1}, 128, [&] {                                                      \
         moemla_mla_combine_##SFX(o_part.data(), lse_part.data(), (TT*)o.ptr(), lse.data(), c.B, c.s_q, c.h_q,     \
@@ -1045,6 +1088,14 @@ int main(int argc, char** argv) {
         mla_case(dtype, odd, 0);
         mla_case(dtype, base, 1);
         mla_case(dtype, base, 2);
+        }
+        if (want("mla_fp8") && dtype != 0) {
+            // The 656-byte FP8 cache: DeepSeek dims, 0xFF bytes in unused slots and tails,
+            // non-power-of-two scales; causal Sq 2 over 2 splits, and a 16-head group.
+            MlaCase f{2, 2, 2, 1, 576, 512, 16, 3, 8, true, {37, 0}, 2, 16, 16, true};
+            mla_case(dtype, f, 0);
+            MlaCase g{1, 1, 16, 1, 576, 512, 64, 1, 2, false, {50}, 1, 16, 16, true};
+            mla_case(dtype, g, 0);
         }
     }
     std::printf("%s: %d checks, %d failures (warp %d%s)\n", g_failures ? "FAILED" : "ok", g_checks, g_failures,

@@ -1,13 +1,14 @@
 //! `mla_decode`: index check, split-KV decode, split combine (kernels/README.md,
 //! mla_decode.cu), with `cache_seqlens` and `block_table` checked on the device into two
-//! error flags, reported in that order (as `moemla_core::indices` does).
+//! error flags, reported in that order (as `moemla_core::indices` does). The FP8 cache
+//! (`fp8_ds_v32`) takes `moemla_mla_decode_fp8_*` with the same arguments.
 
 use super::{at, flag_check, int, GpuRunner};
 use crate::args::Arg;
 use crate::device::{GpuBuffer, GpuDevice};
 use crate::module::Module;
 use moemla_core::calls::{MlaDecodeCall, MlaDecodeOutput};
-use moemla_core::{DType, Op, Result};
+use moemla_core::{DType, KvFormat, Op, Result};
 use moemla_kernel_plan::mla::{self, MlaSizes};
 
 const CALL: &str = "mla_decode";
@@ -24,7 +25,9 @@ pub(super) fn run<D: GpuDevice>(
     let seqlens = g.buffer(call.cache_seqlens, CALL, "cache_seqlens")?;
     g.dev.enter()?;
     let limits = g.dev.limits(op)?;
-    let plan = mla::plan(&MlaSizes::of(call), call.dtype, &limits).map_err(|e| g.plan_error(e))?;
+    let fp8 = call.params.kv_format == KvFormat::Fp8DsV32;
+    let plan = mla::plan_with(&MlaSizes::of(call), call.dtype, fp8, &limits)
+        .map_err(|e| g.plan_error(e))?;
     let (o, o_shape) = g.output(
         &[call.batch, call.s_q, call.h_q, call.d_v],
         call.dtype,

@@ -38,6 +38,14 @@ pub fn supported() -> Vec<OpSupport> {
         ] {
             all.push(OpSupport::with_format(Op::MoeExperts, dtype, format));
         }
+        if dtype != DType::F32 {
+            // The FP8 cache takes 16-bit queries (the contract).
+            all.push(OpSupport::with_format(
+                Op::MlaDecode,
+                dtype,
+                Format::Fp8DsV32,
+            ));
+        }
         all.push(OpSupport::new(Op::MlaKvQuantize, dtype));
         all.push(OpSupport::with_format(
             Op::MlaKvQuantize,

@@ -811,3 +811,46 @@ fn kv_quantize_enqueues_one_launch_and_a_non_finite_value_surfaces_at_the_next_s
         }
     );
 }
+
+#[test]
+fn mla_decode_over_the_fp8_cache_launches_the_fp8_kernel_with_the_dense_arguments() {
+    let (b, fake) = backend();
+    let q = b
+        .upload(
+            &HostTensor::from_f32_as([2, 1, 16, 576], &vec![0.5; 2 * 16 * 576], DType::BF16)
+                .unwrap(),
+        )
+        .unwrap();
+    let cache = b
+        .upload(
+            &HostTensor::from_bytes(
+                Shape::new(vec![4, 16, 1, 656]),
+                DType::U8,
+                vec![0; 4 * 16 * 656],
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    let table = i32s(&b, &[2, 2], &[0, 1, 2, 3]);
+    let seqlens = i32s(&b, &[2], &[20, 32]);
+    let mut p = MlaDecodeParams::deepseek_v3();
+    p.kv_format = moemla_core::KvFormat::Fp8DsV32;
+    fake.take_log();
+    let out = ops::mla_decode(&b, &q, &cache, &table, &seqlens, &p).unwrap();
+    assert!(!has(&fake.take_log(), "sync"));
+    let l = queued(&fake);
+    let names: Vec<&str> = l.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "moemla_mla_check",
+            "moemla_mla_decode_fp8_bf16",
+            "moemla_mla_combine_bf16"
+        ]
+    );
+    // (q, kv_cache, block_table, cache_seqlens, o_part, lse_part, B, Sq, Hq, Hkv, Dqk, Dv, ...)
+    assert_eq!(l[1].1.len(), 20);
+    assert_eq!(l[1].1[9..12], [Arg::I32(1), Arg::I32(576), Arg::I32(512)]);
+    assert_eq!(out.o.dims(), [2, 1, 16, 512]);
+    b.synchronize().unwrap();
+}

@@ -146,3 +146,29 @@ fn batch_times_kv_heads_beyond_grid_z_is_unsupported() {
     let e = plan(&s, DType::F32, &h100()).unwrap_err();
     assert!(e.what.contains("grid z"), "{e:?}");
 }
+
+#[test]
+fn the_fp8_cache_plan_is_the_dense_plan_with_the_fp8_kernel() {
+    let s = MlaSizes {
+        batch: 4,
+        s_q: 1,
+        h_q: 16,
+        h_kv: 1,
+        d_qk: 576,
+        d_v: 512,
+        num_blocks: 64,
+        block_size: 64,
+        max_blocks: 16,
+    };
+    let limits = DeviceLimits::cuda(132, 227 * 1024, true);
+    let dense = plan(&s, DType::BF16, &limits).unwrap();
+    let fp8 = plan_with(&s, DType::BF16, true, &limits).unwrap();
+    assert_eq!(fp8.launches[1].kernel, "moemla_mla_decode_fp8_bf16");
+    assert_eq!(
+        (fp8.launches[1].grid, fp8.launches[1].shared_bytes),
+        (dense.launches[1].grid, dense.launches[1].shared_bytes)
+    );
+    assert_eq!(fp8.workspace, dense.workspace);
+    assert_eq!(fp8.launches[0], dense.launches[0]);
+    assert_eq!(fp8.launches[2], dense.launches[2]);
+}
