@@ -26,6 +26,9 @@ pub enum ExitStatus {
     /// 6: `--baseline` found a new failure, a new skip or a worst-ratio growth beyond
     /// `--max-ratio-growth` (and nothing worse happened).
     Regression,
+    /// 7: `--verify`: the report is malformed, of an unknown schema version, inconsistent
+    /// (counts, statuses, ratios, outcome), or its golden files differ from the local set.
+    Verify,
 }
 
 /// The exit codes in words, for `--help`: one line each, then the precedence.
@@ -37,11 +40,12 @@ pub const EXIT_CODES: &str = "Exit codes:
   4  malformed or unreadable goldens, missing golden directory, empty selection
   5  a report (--json, --junit) could not be written
   6  baseline regression: new failure, new skip or worst-ratio growth (--baseline)
-When several apply, the first of 2, 5, 4, 3, 1, 6 wins.";
+  7  --verify: the report does not check out (hashes, counts, statuses, schema)
+When several apply, the first of 2, 5, 4, 3, 1, 6, 7 wins.";
 
 impl ExitStatus {
     /// Every status, in code order.
-    pub const ALL: [ExitStatus; 7] = [
+    pub const ALL: [ExitStatus; 8] = [
         ExitStatus::Pass,
         ExitStatus::Mismatch,
         ExitStatus::Usage,
@@ -49,6 +53,7 @@ impl ExitStatus {
         ExitStatus::Goldens,
         ExitStatus::ReportWrite,
         ExitStatus::Regression,
+        ExitStatus::Verify,
     ];
 
     /// The process exit code.
@@ -61,6 +66,7 @@ impl ExitStatus {
             ExitStatus::Goldens => 4,
             ExitStatus::ReportWrite => 5,
             ExitStatus::Regression => 6,
+            ExitStatus::Verify => 7,
         }
     }
 
@@ -74,6 +80,7 @@ impl ExitStatus {
             ExitStatus::Goldens => "goldens",
             ExitStatus::ReportWrite => "report_write",
             ExitStatus::Regression => "regression",
+            ExitStatus::Verify => "verify",
         }
     }
 
@@ -81,12 +88,13 @@ impl ExitStatus {
     fn rank(self) -> u8 {
         match self {
             ExitStatus::Pass => 0,
-            ExitStatus::Regression => 1,
-            ExitStatus::Mismatch => 2,
-            ExitStatus::RequiredBackend => 3,
-            ExitStatus::Goldens => 4,
-            ExitStatus::ReportWrite => 5,
-            ExitStatus::Usage => 6,
+            ExitStatus::Verify => 1,
+            ExitStatus::Regression => 2,
+            ExitStatus::Mismatch => 3,
+            ExitStatus::RequiredBackend => 4,
+            ExitStatus::Goldens => 5,
+            ExitStatus::ReportWrite => 6,
+            ExitStatus::Usage => 7,
         }
     }
 
@@ -107,12 +115,12 @@ mod tests {
     #[test]
     fn codes_are_distinct_and_documented_in_order() {
         let codes: Vec<u8> = ExitStatus::ALL.iter().map(|s| s.code()).collect();
-        assert_eq!(codes, [0, 1, 2, 3, 4, 5, 6]);
+        assert_eq!(codes, [0, 1, 2, 3, 4, 5, 6, 7]);
         for s in ExitStatus::ALL {
             assert!(EXIT_CODES.contains(&format!("\n  {}  ", s.code())), "{s:?}");
         }
         // The precedence line agrees with `max`.
-        let order = [2, 5, 4, 3, 1, 6, 0];
+        let order = [2, 5, 4, 3, 1, 6, 7, 0];
         let by_code = |c: u8| ExitStatus::ALL[c as usize];
         for (i, &hi) in order.iter().enumerate() {
             for &lo in &order[i..] {

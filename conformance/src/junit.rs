@@ -5,8 +5,12 @@
 //! reason; a mistrusted cell is `skipped` with a message starting `mistrusted: `. A
 //! required backend that is unavailable or skipped cases has a failing
 //! [`crate::REQUIRED_CASE`] testcase ([`crate::Report::finish`]). Each suite carries the
-//! run's timestamp and host name, and the backend's device as properties.
+//! run's timestamp and host name, and as properties the backend's device (and its
+//! fingerprint), its verification claimed and measured, and the run's provenance: moemla
+//! version, git commit, date, host, command line, the golden set's SHA-256 and one
+//! `golden_sha256:<case>` per golden file.
 
+use crate::provenance::shell_line;
 use crate::report::{Outcome, Report, Status};
 use std::fmt::Write;
 
@@ -50,19 +54,40 @@ pub fn to_junit(report: &Report) -> String {
             let _ = write!(x, " hostname=\"{}\"", escape(&report.run.hostname));
         }
         x += ">\n    <properties>\n";
+        let run = &report.run;
         let mut props = vec![
-            ("available", b.available.to_string()),
-            ("detail", b.detail.clone()),
+            ("available".to_string(), b.available.to_string()),
+            ("detail".to_string(), b.detail.clone()),
         ];
         if let Some(d) = &b.device {
-            props.push(("device", d.device.clone()));
-            props.push(("vendor", d.vendor.clone()));
-            props.push(("fingerprint", d.fingerprint.clone()));
+            props.push(("device".into(), d.device.clone()));
+            props.push(("vendor".into(), d.vendor.clone()));
+            props.push(("fingerprint".into(), d.fingerprint.clone()));
+            props.push(("device_sha256".into(), d.fingerprint_sha256.clone()));
+            let claim = &d.claimed_verification;
+            let claimed = format!("{} ({})", claim.kind, claim.detail);
+            props.push(("verification_claimed".into(), claimed));
+            let measured = format!("{}/{} passed", c.passed, c.total());
+            props.push(("verification_measured".into(), measured));
+        }
+        props.extend([
+            ("moemla_version".into(), run.version.clone()),
+            ("git_commit".into(), run.git_commit.clone()),
+            ("git_dirty".into(), run.git_dirty.clone()),
+            ("date".into(), run.timestamp.clone()),
+            ("host".into(), run.hostname.clone()),
+            ("command_line".into(), shell_line(&run.command_line)),
+            ("golden_set_sha256".into(), run.golden.set_sha256.clone()),
+        ]);
+        for f in &run.golden.files {
+            let sha = f.sha256.as_deref().unwrap_or("unreadable").to_string();
+            props.push((format!("golden_sha256:{}", f.case), sha));
         }
         for (name, value) in props {
             let _ = writeln!(
                 x,
-                "      <property name=\"{name}\" value=\"{}\"/>",
+                "      <property name=\"{}\" value=\"{}\"/>",
+                escape(&name),
                 escape(&value)
             );
         }

@@ -27,10 +27,12 @@ pub mod filter;
 pub mod golden;
 mod junit;
 mod matrix;
+pub mod provenance;
 mod report;
 mod runner;
 mod spec;
 mod tolerance;
+pub mod verify;
 
 pub use case::{golden_root, load_case, load_cases, load_roots, Case, CaseError, CaseFile, Params};
 pub use compare::{Comparison, Mismatch};
@@ -39,8 +41,9 @@ pub use file::MAX_CASE_BYTES;
 pub use junit::to_junit;
 pub use matrix::render;
 pub use report::{
-    utc_timestamp, BackendSummary, Counts, DeviceSummary, Outcome, Report, RunInfo, Status,
-    Verdict, REQUIRED_CASE, SCHEMA_VERSION,
+    utc_timestamp, BackendSummary, ClaimedVerification, Counts, DeviceSummary, Outcome, Report,
+    RunInfo, Status, Verdict, REQUIRED_CASE, SCHEMA_VERSION,
 };
 pub use runner::{assert_committed_set_passes, run, run_unavailable};
 pub use tolerance::Tolerance;
+pub use verify::{verify, Discrepancy, Verified};

@@ -1,5 +1,6 @@
 //! The parity matrix as text: cases (grouped by op and dtype) x backends.
 
+use crate::provenance::shell_line;
 use crate::report::{Outcome, Report, Status, REQUIRED_CASE};
 use moemla_core::{DType, Op};
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,7 +15,7 @@ type RowKey = (Option<Op>, Option<DType>, String, PathBuf);
 /// error, worst element, message), the mistrusted cells and the reasons for skipped cells.
 /// Does not include the summary line ([`crate::Counts::line`]).
 pub fn render(report: &Report) -> String {
-    let mut s = String::new();
+    let mut s = provenance(report);
     let names: Vec<&str> = report.backends.iter().map(|b| b.name.as_str()).collect();
     let width = names.iter().map(|n| n.len()).max().unwrap_or(0);
     s += "backends:\n";
@@ -25,6 +26,20 @@ pub fn render(report: &Report) -> String {
             "unavailable"
         };
         let _ = writeln!(s, "  {:<width$}  {state}: {}", b.name, b.detail);
+        if let Some(d) = &b.device {
+            let c = report.counts(Some(&b.name));
+            let _ = writeln!(
+                s,
+                "  {:<width$}  device sha256 {}; verification claimed: {} ({}); measured: \
+                 {}/{} passed",
+                "",
+                d.fingerprint_sha256,
+                d.claimed_verification.kind,
+                d.claimed_verification.detail,
+                c.passed,
+                c.total()
+            );
+        }
     }
 
     let mut cells: BTreeMap<RowKey, BTreeMap<&str, &Outcome>> = BTreeMap::new();
@@ -89,6 +104,34 @@ pub fn render(report: &Report) -> String {
     failures(&mut s, report);
     mistrusted(&mut s, report);
     skipped(&mut s, report);
+    s
+}
+
+/// The provenance header (nothing when the report has no run facts): moemla version and
+/// commit, date, host, command line, and the golden set's hash.
+fn provenance(report: &Report) -> String {
+    let run = &report.run;
+    if run.version.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("provenance:\n");
+    let _ = writeln!(
+        s,
+        "  moemla {} commit {} (dirty: {})",
+        run.version, run.git_commit, run.git_dirty
+    );
+    let _ = writeln!(s, "  date {} host {}", run.timestamp, run.hostname);
+    if !run.command_line.is_empty() {
+        let _ = writeln!(s, "  command: {}", shell_line(&run.command_line));
+    }
+    if !run.golden.files.is_empty() {
+        let _ = writeln!(
+            s,
+            "  golden set sha256 {} ({} files)",
+            run.golden.set_sha256,
+            run.golden.files.len()
+        );
+    }
     s
 }
 

@@ -4,6 +4,7 @@
 use crate::baseline::BaselineReport;
 use crate::compare::Comparison;
 use crate::exit::ExitStatus;
+use crate::provenance::{device_fingerprint, GoldenSet, GIT_COMMIT, GIT_DIRTY};
 use moemla_core::{BackendInfo, DType, Op};
 use serde::Serialize;
 use std::collections::BTreeSet;
@@ -116,6 +117,25 @@ pub struct DeviceSummary {
     /// What `--baseline` keys results by, beside the case and backend:
     /// `<backend>/<vendor>/<device>`.
     pub fingerprint: String,
+    /// Device memory in bytes, where the backend knows it.
+    pub memory_bytes: Option<u64>,
+    /// The backend's notes: API, driver, runtime and SDK versions, contract gaps.
+    pub notes: Vec<String>,
+    /// [`crate::provenance::device_fingerprint`]: SHA-256 over name, vendor, device, kind,
+    /// memory and notes.
+    pub fingerprint_sha256: String,
+    /// How the backend says it has been verified: its own claim, not something this run
+    /// measured (the backend's `summary` in the JSON report is what was measured).
+    pub claimed_verification: ClaimedVerification,
+}
+
+/// A backend's verification claim, as its [`BackendInfo::verification`] states it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ClaimedVerification {
+    /// The kind of evidence claimed (`silicon`, `emulator`, ...).
+    pub kind: String,
+    /// Which device or tool, and when.
+    pub detail: String,
 }
 
 impl DeviceSummary {
@@ -126,6 +146,16 @@ impl DeviceSummary {
             device: info.device.clone(),
             kind: format!("{:?}", info.device_kind).to_lowercase(),
             fingerprint: format!("{}/{}/{}", info.name, info.vendor, info.device),
+            memory_bytes: info.memory_bytes,
+            notes: info.notes.clone(),
+            fingerprint_sha256: device_fingerprint(info),
+            claimed_verification: ClaimedVerification {
+                kind: serde_json::to_value(info.verification.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_else(|| format!("{:?}", info.verification.kind)),
+                detail: info.verification.detail.clone(),
+            },
         }
     }
 }
@@ -139,6 +169,13 @@ pub struct RunInfo {
     pub hostname: String,
     /// The moemla version that ran.
     pub version: String,
+    /// The git commit it was built from ([`crate::provenance::GIT_COMMIT`]; `unknown`
+    /// when built without git).
+    pub git_commit: String,
+    /// Whether its working tree had uncommitted changes: `true`, `false` or `unknown`.
+    pub git_dirty: String,
+    /// The command line, one argument per entry.
+    pub command_line: Vec<String>,
     /// The golden roots, as given.
     pub golden_roots: Vec<String>,
     /// `--filter` patterns.
@@ -153,11 +190,14 @@ pub struct RunInfo {
     pub allow_unsupported: Vec<String>,
     /// Wall time of the run in seconds.
     pub seconds: f64,
+    /// The golden files run, with their SHA-256 and the set's
+    /// ([`GoldenSet::of`]; empty unless the caller fills it in).
+    pub golden: GoldenSet,
 }
 
 impl RunInfo {
-    /// A run starting now on this machine: timestamp, host name and this crate's version
-    /// filled in.
+    /// A run starting now on this machine: timestamp, host name, this crate's version and
+    /// git commit, and the process's command line filled in.
     pub fn now() -> RunInfo {
         let secs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -166,6 +206,11 @@ impl RunInfo {
             timestamp: utc_timestamp(secs),
             hostname: hostname(),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            git_commit: GIT_COMMIT.to_string(),
+            git_dirty: GIT_DIRTY.to_string(),
+            command_line: std::env::args_os()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
             ..RunInfo::default()
         }
     }

@@ -11,7 +11,7 @@ use moemla_conformance::{
     baseline, golden, load_roots, render, run_unavailable, to_junit, ExitStatus, Report, RunInfo,
 };
 use moemla_core::{Backend, Error};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
@@ -80,6 +80,13 @@ pub struct ConformanceArgs {
     /// (ratios under 0.01 count as 0.01).
     #[arg(long, default_value_t = baseline::DEFAULT_MAX_RATIO_GROWTH)]
     max_ratio_growth: f64,
+
+    /// Check a published JSON report instead of running: its schema version is known, its
+    /// golden files' SHA-256 (and the set's) match the local golden set (--golden, as for
+    /// a run), its counts, statuses, ratios and outcome agree with its cells. Prints the
+    /// first discrepancy and exits 7 if anything does not check out (2 if unreadable).
+    #[arg(long, value_name = "REPORT.json")]
+    verify: Option<PathBuf>,
 }
 
 /// A usage error (exit code 2).
@@ -102,6 +109,9 @@ pub fn run(args: &ConformanceArgs, registry: &Registry) -> Result<ExitCode, Comm
         "--allow-unsupported (MOEMLA_ALLOW_UNSUPPORTED)",
         &clean(&args.allow_unsupported),
     )?;
+    if let Some(report) = &args.verify {
+        return verify(report, args);
+    }
     let shard = args.shard.as_deref().map(Shard::parse).transpose()?;
     if !(args.max_ratio_growth.is_finite() && args.max_ratio_growth >= 1.0) {
         return Err(usage(format!(
@@ -193,6 +203,7 @@ pub fn run(args: &ConformanceArgs, registry: &Registry) -> Result<ExitCode, Comm
     }
 
     info.golden_roots = dirs.iter().map(|d| d.display().to_string()).collect();
+    info.golden = moemla_conformance::provenance::GoldenSet::of(&cases);
     info.filters = args.filter.clone();
     info.excludes = args.exclude.clone();
     info.shard = shard.map(|s| s.to_string());
@@ -241,6 +252,46 @@ pub fn run(args: &ConformanceArgs, registry: &Registry) -> Result<ExitCode, Comm
     // The counts line stays last: CI scripts read it.
     println!("{}", report.counts(None).line());
     Ok(ExitCode::from(exit.code()))
+}
+
+/// `--verify REPORT.json`: checks a published report against the local golden set.
+fn verify(path: &Path, args: &ConformanceArgs) -> Result<ExitCode, CommandError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| usage(format!("cannot read report {}: {e}", path.display())))?;
+    let dirs = if args.golden.is_empty() {
+        golden::default_dirs()?
+    } else {
+        args.golden.clone()
+    };
+    let local = load_roots(&dirs);
+    let shown = |d: &[PathBuf]| {
+        (d.iter().map(|d| d.display().to_string()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match moemla_conformance::verify(&text, &local) {
+        Ok(v) => {
+            println!(
+                "verified {}: schema {}, {} cells, {} golden files matching {} \
+                 (set sha256 {}), outcome {}",
+                path.display(),
+                v.schema_version,
+                v.cells,
+                v.golden_files,
+                shown(&dirs),
+                v.set_sha256,
+                v.outcome
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(d) => {
+            println!("NOT VERIFIED {}: {d}", path.display());
+            eprintln!("moemla: {} does not verify: {d}", path.display());
+            let code = ExitStatus::Verify;
+            println!("exit code {} ({})", code.code(), code.name());
+            Ok(ExitCode::from(code.code()))
+        }
+    }
 }
 
 /// Why nothing was selected.
