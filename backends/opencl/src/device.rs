@@ -17,8 +17,9 @@ use std::sync::{Arc, Mutex};
 pub use crate::launch::Arg;
 pub use crate::program::Module;
 
-/// Env var choosing the device: an index into the list of every platform's devices, or a
-/// case-insensitive substring of the device name. Default: the first GPU, else device 0.
+/// Env var choosing the device `opencl` (device 0) opens: an index into [`devices`], or a
+/// case-insensitive substring of the device name. Default: [`devices`]' first (the first
+/// GPU, else the first device).
 pub const DEVICE_ENV: &str = "MOEMLA_OPENCL_DEVICE";
 
 /// What the backend knows about its device.
@@ -62,27 +63,21 @@ pub struct ClDevice {
 }
 
 impl ClDevice {
-    /// Loads the ICD, picks the device (see [`DEVICE_ENV`]) and makes its context and queue.
-    pub fn open() -> Result<ClDevice> {
-        if let Err(e) = cl3::load_library() {
-            return Err(unavailable(format!(
-                "cannot load the OpenCL ICD loader libOpenCL.so.1 (or OPENCL_DYLIB_PATH): {e}; \
-                 install ocl-icd-libopencl1 and a driver (e.g. pocl-opencl-icd)"
-            )));
-        }
-        let platforms = get_platforms().map_err(|e| {
-            unavailable(format!(
-                "no OpenCL platform: {}",
-                ClCallError::new("clGetPlatformIDs", e)
-            ))
-        })?;
-        let mut devices: Vec<(Platform, Device)> = Vec::new();
-        for p in platforms {
-            if let Ok(ids) = p.get_devices(CL_DEVICE_TYPE_ALL) {
-                devices.extend(ids.into_iter().map(|id| (p, Device::new(id))));
-            }
-        }
-        let (platform, device) = choose(&devices)?;
+    /// Loads the ICD and opens device `index` of [`devices`], making its context and queue
+    /// (`opencl:index`; device 0 is the one
+    /// [`DEVICE_ENV`] names, if set): `Unavailable` naming how many there are if none has
+    /// that index.
+    pub fn open_index(index: usize) -> Result<ClDevice> {
+        let devices = devices()?;
+        let (platform, device) = match index {
+            0 => choose(&devices)?,
+            _ => *devices.get(index).ok_or_else(|| {
+                unavailable(format!(
+                    "no OpenCL device {index}: {} device(s) found",
+                    devices.len()
+                ))
+            })?,
+        };
         let facts = facts(platform, device).map_err(Error::from)?;
         let context = Context::from_device(&device).map_err(cl("clCreateContext"))?;
         #[allow(deprecated)] // clCreateCommandQueue: the OpenCL 1.2 entry point
@@ -132,7 +127,40 @@ pub(crate) fn host_waits() -> usize {
     HOST_WAITS.with(|n| n.get())
 }
 
-/// The device chosen by [`DEVICE_ENV`], else the first GPU, else the first device.
+/// Every platform's OpenCL devices in a stable order, the devices `opencl:0`,
+/// `opencl:1`, ...: GPUs first, then the others, each in platform then device order.
+/// `Unavailable` when the ICD loader or every platform is missing.
+pub fn devices() -> Result<Vec<(Platform, Device)>> {
+    if let Err(e) = cl3::load_library() {
+        return Err(unavailable(format!(
+            "cannot load the OpenCL ICD loader libOpenCL.so.1 (or OPENCL_DYLIB_PATH): {e}; \
+             install ocl-icd-libopencl1 and a driver (e.g. pocl-opencl-icd)"
+        )));
+    }
+    let platforms = get_platforms().map_err(|e| {
+        unavailable(format!(
+            "no OpenCL platform: {}",
+            ClCallError::new("clGetPlatformIDs", e)
+        ))
+    })?;
+    let mut devices: Vec<(Platform, Device)> = Vec::new();
+    for p in platforms {
+        if let Ok(ids) = p.get_devices(CL_DEVICE_TYPE_ALL) {
+            devices.extend(ids.into_iter().map(|id| (p, Device::new(id))));
+        }
+    }
+    let is_gpu = |d: &Device| d.dev_type().is_ok_and(|t| t & CL_DEVICE_TYPE_GPU != 0);
+    // Stable: the GPUs, then the rest, each keeping platform and device order.
+    devices.sort_by_key(|(_, d)| !is_gpu(d));
+    Ok(devices)
+}
+
+/// How many OpenCL devices [`devices`] finds (0 where it fails).
+pub fn device_count() -> usize {
+    devices().map_or(0, |d| d.len())
+}
+
+/// Device 0: the one [`DEVICE_ENV`] names, else the first of `devices` (GPUs come first).
 fn choose(devices: &[(Platform, Device)]) -> Result<(Platform, Device)> {
     if devices.is_empty() {
         return Err(unavailable("OpenCL platforms found, but no devices"));
@@ -157,11 +185,7 @@ fn choose(devices: &[(Platform, Device)]) -> Result<(Platform, Device)> {
             ))
         });
     }
-    let is_gpu = |d: &Device| d.dev_type().is_ok_and(|t| t & CL_DEVICE_TYPE_GPU != 0);
-    Ok(*devices
-        .iter()
-        .find(|(_, d)| is_gpu(d))
-        .unwrap_or(&devices[0]))
+    Ok(devices[0])
 }
 
 fn facts(platform: Platform, device: Device) -> std::result::Result<DeviceFacts, ClCallError> {

@@ -5,10 +5,11 @@
 //! (`kernels/opencl/*.cl`), F32 compute with F32, F16 and BF16 storage. It runs on any
 //! OpenCL 1.2 device; CI runs it on PoCL's CPU device.
 //!
-//! The OpenCL library is loaded at run time (no SDK needed to build). The process holds one
-//! context and one in-order queue, made on first use by [`shared`]; pick the device with
-//! env `MOEMLA_OPENCL_DEVICE` (an index or a name substring; default the first GPU, else
-//! the first device).
+//! The OpenCL library is loaded at run time (no SDK needed to build). Every platform's
+//! devices are listed, GPUs first (see [`device_count`]): `opencl:i` is the i-th, with one
+//! context and one in-order queue per device and process, made on first use ([`opened`];
+//! [`shared`] for device 0). `opencl` alone is device 0: the first GPU, else the first
+//! device, or the one env `MOEMLA_OPENCL_DEVICE` names (an index or a name substring).
 //!
 //! Ops only enqueue: they never wait for the queue or read back (except `mla_kv_quantize`,
 //! which reads back its non-finite-input flag: an input error, returned by the call). Index
@@ -39,8 +40,9 @@ use moemla_core::{
     memory, Backend, BackendInfo, DType, DeviceTensor, HostTensor, MlaDecodeOutput, MoeRouteOutput,
     OpSupport, Result, Shape, Verification, VerificationKind,
 };
+use std::collections::BTreeMap;
 use std::ffi::c_void;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 /// The backend's name, as `--backend opencl` selects it and as its tensors carry it.
@@ -60,31 +62,62 @@ pub fn claimed_verification() -> Verification {
 
 /// This backend as the registry lists it: [`NAME`], [`claimed_verification`] and the
 /// function that opens it (`Err(Error::Unavailable)` with the reason where it cannot run).
+/// Its devices are every platform's, GPUs first ([`device_count`]): `opencl:i` opens the
+/// i-th.
 pub fn factory() -> moemla_core::BackendFactory {
-    moemla_core::BackendFactory::new(NAME, claimed_verification(), || {
-        Ok(shared()? as Arc<dyn Backend>)
+    moemla_core::BackendFactory::with_devices(NAME, claimed_verification(), device_count, |index| {
+        Ok(opened(index)? as Arc<dyn Backend>)
     })
 }
 
-/// The OpenCL backend on the process's one device, context and queue.
+/// The OpenCL backend on one device, with its context and queue.
 pub struct OpenClBackend {
     name: Arc<str>,
     device: ClDevice,
 }
 
-/// The process-wide OpenCL backend, opened on first call (later calls share it, or get
-/// the same `Unavailable` error). One context per process: PoCL fails when contexts are
-/// created concurrently.
+/// The process-wide OpenCL backend on device 0 (`opencl`), opened on first call (later
+/// calls share it, or get the same `Unavailable` error).
 pub fn shared() -> Result<Arc<OpenClBackend>> {
-    static SHARED: OnceLock<Result<Arc<OpenClBackend>>> = OnceLock::new();
-    SHARED
-        .get_or_init(|| {
-            Ok(Arc::new(OpenClBackend {
-                name: NAME.into(),
-                device: ClDevice::open()?,
-            }))
-        })
-        .clone()
+    opened(0)
+}
+
+/// How many OpenCL devices this process sees, every platform's (0 where the ICD loader or
+/// every platform is missing): `opencl:0` to `opencl:{count - 1}`, GPUs first, then the
+/// others, each in platform then device order. Counted once per process.
+pub fn device_count() -> usize {
+    let mut state = state();
+    *state.count.get_or_insert_with(device::device_count)
+}
+
+/// The process-wide OpenCL backend on device `index` (see [`device_count`]; named
+/// `opencl` for device 0, `opencl:index` for the others), opened on first call (later
+/// calls share it, or get the same error). One context per device and process.
+pub fn opened(index: usize) -> Result<Arc<OpenClBackend>> {
+    let mut state = state();
+    let backend = state.opened.entry(index).or_insert_with(|| {
+        Ok(Arc::new(OpenClBackend {
+            name: moemla_core::device_backend_name(NAME, index).into(),
+            device: ClDevice::open_index(index)?,
+        }))
+    });
+    backend.clone()
+}
+
+/// The devices counted and opened so far in this process.
+struct State {
+    count: Option<usize>,
+    opened: BTreeMap<usize, Result<Arc<OpenClBackend>>>,
+}
+
+/// The process's [`State`], locked: every platform query and context creation runs under
+/// this one lock, as PoCL crashes when they run concurrently.
+fn state() -> MutexGuard<'static, State> {
+    static STATE: Mutex<State> = Mutex::new(State {
+        count: None,
+        opened: BTreeMap::new(),
+    });
+    STATE.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl OpenClBackend {

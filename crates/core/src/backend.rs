@@ -235,6 +235,13 @@ pub enum VerificationKind {
     CompileOnly,
     /// Runs on this device, but the golden set has not been checked on it yet.
     Unverified,
+    /// Runs by delegating every op to another backend, named in the detail
+    /// ([`Verification::delegated`]): its results are that backend's, and so is its
+    /// verification.
+    Delegated,
+    /// A plugin's own claim, in the plugin's words (the kind it claims and its detail, in
+    /// the detail): moemla has not checked it.
+    Plugin,
 }
 
 /// A verification status with its detail ("CPU via PoCL", "sm_80/sm_90 via NVRTC", ...).
@@ -246,6 +253,20 @@ pub struct Verification {
     pub detail: String,
 }
 
+impl Verification {
+    /// The verification of a backend that delegates every op to the backend `to`: kind
+    /// [`VerificationKind::Delegated`], detail "to `to`" and then `detail` if not empty.
+    pub fn delegated(to: &str, detail: &str) -> Verification {
+        Verification {
+            kind: VerificationKind::Delegated,
+            detail: match detail {
+                "" => format!("to {to}"),
+                _ => format!("to {to}: {detail}"),
+            },
+        }
+    }
+}
+
 impl fmt::Display for Verification {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match self.kind {
@@ -254,6 +275,8 @@ impl fmt::Display for Verification {
             VerificationKind::Emulator => "emulated",
             VerificationKind::CompileOnly => "compile-only",
             VerificationKind::Unverified => "unverified",
+            VerificationKind::Delegated => "delegated",
+            VerificationKind::Plugin => "plugin's claim",
         };
         if self.detail.is_empty() {
             f.write_str(kind)

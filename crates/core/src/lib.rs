@@ -49,7 +49,7 @@ pub use calls::{DsaIndexerTopkOutput, MlaDecodeOutput, MoeRouteOutput};
 pub use device::{DeviceBuffer, DeviceTensor};
 pub use dtype::DType;
 pub use error::{Error, Op, Result};
-pub use factory::{BackendFactory, OpenFn};
+pub use factory::{device_backend_name, BackendFactory, DeviceCountFn, OpenDeviceFn, OpenFn};
 pub use host::{Element, HostTensor};
 pub use params::{
     ActivationQuant, ActivationScale, CacheWriteParams, ExpertsParams, GroupSelect, IndexerParams,

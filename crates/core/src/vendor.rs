@@ -28,4 +28,6 @@ pub mod memory;
 
 pub use crate::backend::Backend;
 pub use crate::device::DeviceBuffer;
-pub use crate::factory::{BackendFactory, OpenFn};
+pub use crate::factory::{
+    device_backend_name, BackendFactory, DeviceCountFn, OpenDeviceFn, OpenFn,
+};

@@ -25,7 +25,8 @@ pub use moemla_core as core;
 #[cfg(feature = "plugin")]
 pub use moemla_plugin as plugin;
 pub use registry::{
-    compiled_in, discover, factories, names, select, BackendEntry, Registry, BACKEND_ENV,
+    compiled_in, discover, factories, names, parse_device, select, BackendEntry, Registry,
+    BACKEND_ENV,
 };
 
 /// The README's Rust example, compiled and run as a doc-test.

@@ -57,15 +57,43 @@ pub fn names() -> Vec<String> {
         .collect()
 }
 
-/// A backend of the list and the result of opening it.
+/// One device of a backend of the list and the result of opening it.
 pub struct BackendEntry {
-    /// Backend name (`cpu`, `opencl`, ...).
+    /// The opened backend's name: the backend's (`cpu`, `opencl`, ...) for its device 0,
+    /// `name:index` for another device (`opencl:1`).
     pub name: String,
+    /// The device's index among the backend's devices here (0 for most).
+    pub device: usize,
     /// The opened backend, or why it is unavailable.
     pub backend: Result<Arc<dyn Backend>>,
     /// How the backend's maker claims it has been verified in general; an opened backend's
     /// [`Backend::info`] says what holds for its device.
     pub verification: Verification,
+}
+
+impl BackendEntry {
+    /// The device's identity, `backend:index` (`opencl:0`), as `devices` lists it and
+    /// [`Registry::select`] accepts it.
+    pub fn id(&self) -> String {
+        match self.name.split_once(':') {
+            Some(_) => self.name.clone(),
+            None => format!("{}:{}", self.name, self.device),
+        }
+    }
+}
+
+/// Splits a device identity `name:index` into the name and the index (`opencl:1` ->
+/// (`opencl`, 1)); `name` alone is device 0. `None` when the part after the last `:` is
+/// not a device index.
+pub fn parse_device(id: &str) -> Option<(&str, usize)> {
+    let id = id.trim();
+    match id.rsplit_once(':') {
+        None => Some((id, 0)),
+        Some((name, index)) if !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit()) => {
+            Some((name, index.parse().ok()?))
+        }
+        Some(_) => None,
+    }
 }
 
 /// A list of backend factories: this build's ([`factories`]) or any other, such as a
@@ -91,14 +119,22 @@ impl Registry {
         self.factories.iter().map(BackendFactory::name).collect()
     }
 
-    /// Opens every backend, in preference order. A backend whose name (compared ignoring
-    /// ASCII case) an earlier one already has is not opened: it is `Unavailable`, saying so.
+    /// Opens every device of every backend, in preference order (a backend's devices in
+    /// index order). A backend whose name (compared ignoring ASCII case) an earlier one
+    /// already has is not opened: it is one `Unavailable` entry, saying so.
     pub fn discover(&self) -> Vec<BackendEntry> {
-        (self.factories.iter().enumerate())
-            .map(|(i, factory)| BackendEntry {
-                name: factory.name().to_string(),
-                backend: match self.position(factory.name()) {
-                    Some(first) if first != i => Err(Error::Unavailable {
+        let mut entries = Vec::new();
+        for (i, factory) in self.factories.iter().enumerate() {
+            let entry = |device, backend| BackendEntry {
+                name: moemla_core::device_backend_name(factory.name(), device),
+                device,
+                backend,
+                verification: factory.claimed_verification().clone(),
+            };
+            match self.position(factory.name()) {
+                Some(first) if first != i => entries.push(entry(
+                    0,
+                    Err(Error::Unavailable {
                         backend: factory.name().to_string(),
                         reason: format!(
                             "backend #{} of this list has the same name; names must be \
@@ -106,18 +142,35 @@ impl Registry {
                             first + 1
                         ),
                     }),
-                    _ => open_checked(factory),
-                },
-                verification: factory.claimed_verification().clone(),
-            })
-            .collect()
+                )),
+                _ => {
+                    for device in 0..factory.device_count() {
+                        entries.push(entry(device, open_checked(factory, device)));
+                    }
+                }
+            }
+        }
+        entries
     }
 
-    /// Opens the backend named `name` (ignoring ASCII case): `Err(Error::Unavailable)` with
-    /// the reason if it cannot run here or no backend has that name.
+    /// The backend name a device identity (`name` or `name:index`, names ignoring ASCII
+    /// case) stands for in this list, as the opened backend is named: `opencl` for
+    /// `OpenCL:0`, `opencl:1` for `opencl:1`. `None` for no backend of that name. Whether
+    /// the device exists here is [`Registry::open`]'s to say.
+    pub fn backend_name(&self, id: &str) -> Option<String> {
+        let (name, device) = parse_device(id)?;
+        let factory = &self.factories[self.position(name)?];
+        Some(moemla_core::device_backend_name(factory.name(), device))
+    }
+
+    /// Opens the backend named `name`, or device `index` of it for `name:index` (names
+    /// ignore ASCII case; `name` is device 0): `Err(Error::Unavailable)` with the reason if
+    /// it cannot run here, no backend has that name, or it has no such device (saying how
+    /// many it has).
     pub fn open(&self, name: &str) -> Result<Arc<dyn Backend>> {
-        match self.position(name) {
-            Some(i) => open_checked(&self.factories[i]),
+        let found = parse_device(name).and_then(|(n, device)| Some((self.position(n)?, device)));
+        match found {
+            Some((i, device)) => open_checked(&self.factories[i], device),
             None => Err(Error::Unavailable {
                 backend: name.to_string(),
                 reason: format!(
@@ -133,7 +186,8 @@ impl Registry {
 
     /// The backend an engine should run on:
     ///
-    /// - `Some(name)`: that backend (names ignore ASCII case), or its `Unavailable` error.
+    /// - `Some(name)`: that backend (names ignore ASCII case; `name:index` is device `index`
+    ///   of it, `name` its device 0), or its `Unavailable` error.
     /// - `None`, with env `MOEMLA_BACKEND` set and not empty: that backend, or an
     ///   `Unavailable` error with the reason (never another backend in its place).
     /// - `None` otherwise: every backend is opened and the first available one by device
@@ -208,12 +262,14 @@ fn preference(kind: DeviceKind) -> u8 {
     }
 }
 
-/// Opens `factory`'s backend, which must carry the factory's name (its tensors do).
-fn open_checked(factory: &BackendFactory) -> Result<Arc<dyn Backend>> {
-    let backend = factory.open()?;
-    if backend.name() != factory.name() {
+/// Opens device `device` of `factory`'s backend, which must carry the factory's name for
+/// device 0 and `name:device` for the others (its tensors do).
+fn open_checked(factory: &BackendFactory, device: usize) -> Result<Arc<dyn Backend>> {
+    let backend = factory.open_device(device)?;
+    let name = moemla_core::device_backend_name(factory.name(), device);
+    if backend.name() != name {
         return Err(Error::Unavailable {
-            backend: factory.name().to_string(),
+            backend: name,
             reason: format!(
                 "its factory opened a backend named `{}` instead",
                 backend.name()

@@ -322,13 +322,14 @@ fn canonical(
     let mut out: Vec<String> = Vec::new();
     for name in names {
         let spelled = if flag == "--backend" && name == "all" {
-            Some("all")
+            Some("all".to_string())
         } else {
-            known.iter().copied().find(|k| k.eq_ignore_ascii_case(name))
+            // `name` or `name:index` (its device `index`), as the opened backend is named.
+            registry.backend_name(name)
         };
         match spelled {
-            Some(n) if out.iter().any(|o| o == n) => {}
-            Some(n) => out.push(n.to_string()),
+            Some(n) if out.contains(&n) => {}
+            Some(n) => out.push(n),
             None => {
                 return Err(usage(format!(
                     "{flag}: unknown backend `{name}` (backends of this build: {})",

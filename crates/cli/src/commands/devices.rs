@@ -22,7 +22,12 @@ pub struct DevicesArgs {
 /// One backend as `--json` prints it.
 #[derive(Serialize)]
 struct DeviceRecord {
+    /// The device's identity, `backend:index` (`opencl:0`).
+    id: String,
+    /// The opened backend's name (`opencl` for device 0, `opencl:1` for device 1).
     name: String,
+    /// The device's index among its backend's devices.
+    device: usize,
     available: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
@@ -51,7 +56,9 @@ pub fn run(args: &DevicesArgs, registry: &Registry) -> Result<ExitCode, CommandE
 fn record(entry: &BackendEntry) -> DeviceRecord {
     let info = entry.backend.as_ref().ok().map(|b| b.info());
     DeviceRecord {
+        id: entry.id(),
         name: entry.name.clone(),
+        device: entry.device,
         available: info.is_some(),
         reason: entry.backend.as_ref().err().map(ToString::to_string),
         // The device in hand's status where there is one, else the backend's general one.
@@ -64,16 +71,16 @@ fn record(entry: &BackendEntry) -> DeviceRecord {
 
 fn print_table(entries: &[BackendEntry]) {
     println!(
-        "{:<8} {:<11} {:<40} {:>10}  {:<14}  verification",
-        "backend", "status", "device", "memory", "dtypes"
+        "{:<9} {:<11} {:<40} {:>10}  {:<14}  verification",
+        "id", "status", "device", "memory", "dtypes"
     );
     for entry in entries {
         match &entry.backend {
             Ok(backend) => {
                 let info = backend.info();
                 println!(
-                    "{:<8} {:<11} {:<40} {:>10}  {:<14}  {}",
-                    entry.name,
+                    "{:<9} {:<11} {:<40} {:>10}  {:<14}  {}",
+                    entry.id(),
                     "available",
                     truncate(&info.device, 40),
                     info.memory_bytes
@@ -83,17 +90,17 @@ fn print_table(entries: &[BackendEntry]) {
                     info.verification
                 );
                 println!(
-                    "{:<8} {:<11} vendor: {}; device kind: {}",
+                    "{:<9} {:<11} vendor: {}; device kind: {}",
                     "", "", info.vendor, info.device_kind
                 );
-                println!("{:<8} {:<11} contract v2: {}", "", "", v2_support(&info));
+                println!("{:<9} {:<11} contract v2: {}", "", "", v2_support(&info));
                 for note in &info.notes {
-                    println!("{:<8} {:<11} note: {note}", "", "");
+                    println!("{:<9} {:<11} note: {note}", "", "");
                 }
             }
             Err(err) => {
-                println!("{:<8} {:<11} {err}", entry.name, "unavailable");
-                println!("{:<8} {:<11} verification: {}", "", "", entry.verification);
+                println!("{:<9} {:<11} {err}", entry.id(), "unavailable");
+                println!("{:<9} {:<11} verification: {}", "", "", entry.verification);
             }
         }
     }
