@@ -342,6 +342,7 @@ mod tests {
 
     #[test]
     fn buffers_beyond_the_device_are_out_of_memory() {
+        let _beside = crate::flags::test_lock::beside_others();
         let Ok(backend) = crate::shared() else { return };
         let dev = backend.device();
         let bytes = usize::try_from(dev.facts.max_alloc).unwrap() + 1;

@@ -148,6 +148,7 @@ mod tests {
     /// contract's tolerances, on sizes that leave partial tiles and a K % 8 tail.
     #[test]
     fn both_kernels_match_an_f64_product() {
+        let _beside = crate::flags::test_lock::beside_others();
         let Ok(backend) = crate::shared() else { return };
         let dev = backend.device();
         for (m, n, k) in [(67, 45, 129), (130, 129, 70), (1, 3, 5)] {
@@ -189,6 +190,7 @@ mod tests {
 
     #[test]
     fn copy_moves_every_byte() {
+        let _beside = crate::flags::test_lock::beside_others();
         let Ok(backend) = crate::shared() else { return };
         let dev = backend.device();
         let data: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 251) as u8).collect();

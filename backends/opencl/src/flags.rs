@@ -246,6 +246,26 @@ impl<'a> IndexChecks<'a> {
     }
 }
 
+/// The lock the crate's unit tests take around the one shared backend: a synchronize or
+/// download takes every pending index error, so the tests that raise errors on purpose run
+/// alone (write) and every other test that uses the shared backend beside the others (read).
+#[cfg(test)]
+pub(crate) mod test_lock {
+    use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+    static SHARED_BACKEND: RwLock<()> = RwLock::new(());
+
+    /// For a test that raises index errors on purpose.
+    pub(crate) fn alone() -> RwLockWriteGuard<'static, ()> {
+        SHARED_BACKEND.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// For a test that uses the shared backend and must not see another test's errors.
+    pub(crate) fn beside_others() -> RwLockReadGuard<'static, ()> {
+        SHARED_BACKEND.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,12 +327,8 @@ mod tests {
             .unwrap()
     }
 
-    /// The tests that use the backend's flag area run one at a time (a synchronize takes
-    /// every pending error).
-    static FLAG_AREA: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-    fn alone() -> std::sync::MutexGuard<'static, ()> {
-        FLAG_AREA.lock().unwrap_or_else(|p| p.into_inner())
+    fn alone() -> std::sync::RwLockWriteGuard<'static, ()> {
+        super::test_lock::alone()
     }
 
     /// Ops with bad indices return `Ok` without waiting for the queue or reading back; the

@@ -138,6 +138,7 @@ mod tests {
 
     #[test]
     fn launch_refuses_what_the_device_cannot_run() {
+        let _beside = crate::flags::test_lock::beside_others();
         let Ok(backend) = crate::shared() else { return };
         let dev = backend.device();
         let src = "__kernel void k(__global int *p, __local int *l) { \

@@ -116,6 +116,7 @@ mod tests {
 
     #[test]
     fn a_failed_build_reports_status_and_log() {
+        let _beside = crate::flags::test_lock::beside_others();
         let Ok(backend) = crate::shared() else { return };
         let src = "__kernel void broken(__global int *p) { p[0] = not_declared; }";
         match build_source(&backend.device().context, src, "-cl-std=CL1.2", "test") {

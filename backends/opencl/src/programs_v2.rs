@@ -142,6 +142,7 @@ mod tests {
     /// of their magnitudes agrees.
     #[test]
     fn fp8_cl_matches_the_core_conversions() {
+        let _beside = crate::flags::test_lock::beside_others();
         let Ok(backend) = crate::shared() else { return };
         let dev = backend.device();
         let program = build(dev, TEST_SRC, "", DType::F32).unwrap();
