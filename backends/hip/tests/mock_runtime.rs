@@ -276,7 +276,7 @@ fn mock_device_is_discovered_and_its_ops_only_enqueue() {
     // route and the flag resolve are enqueued, nothing waited for or read back.
     let logits = upload(&b, &[3, 16], DType::BF16);
     let input_ids = upload_i32(&b, &[3], &[1, 0, 1]);
-    let table = upload_i32(&b, &[2, 2], &[4, 9, 7, 7]);
+    let table = upload_i32(&b, &[2, 2], &[4, 9, 7, 3]);
     let v4_hash = RouteParams {
         score_func: moemla_core::ScoreFunc::Sqrtsoftplus,
         top_k: 2,
@@ -304,6 +304,49 @@ fn mock_device_is_discovered_and_its_ops_only_enqueue() {
             "moemla_moe_route_hash_resolve grid=1,1,1 block=1,1,1 shared=0",
         ]
     );
+
+    // Contract v2, FP8 experts with w8a8 (fp8_block128, UE8M0 scales): x quantized, the
+    // w8a8 GEMMs around act's quantization, combine; enqueued only.
+    let x = upload(&b, &[3, 200], DType::F16);
+    let codes = |dims: &[usize]| {
+        let n: usize = dims.iter().product();
+        let bytes: Vec<u8> = (0..n).map(|i| (i % 0x7e) as u8).collect();
+        let host =
+            HostTensor::from_bytes(moemla_core::Shape::new(dims.to_vec()), DType::F8E4M3, bytes);
+        b.upload(&host.unwrap()).unwrap()
+    };
+    let (w13, w2) = (codes(&[4, 272, 200]), codes(&[4, 200, 136]));
+    let (s13, s2) = (
+        upload(&b, &[4, 3, 2], DType::F32),
+        upload(&b, &[4, 2, 2], DType::F32),
+    );
+    let w8a8 = ExpertsParams {
+        activation_quant: moemla_core::ActivationQuant::Fp8Block128,
+        activation_scale: moemla_core::ActivationScale::Ue8m0,
+        ..ExpertsParams::default()
+    };
+    calls(&log);
+    let inputs = ops::ExpertsInputs::new(&x, &w13, &w2, &ids, &weights).with_scales(&s13, &s2);
+    ops::moe_experts_with(&b, inputs, &w8a8).unwrap();
+    let lines = calls(&log);
+    assert_enqueued_only("moe_experts w8a8", &lines);
+    let launched: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.starts_with("moemla_"))
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(
+        launched,
+        [
+            "moemla_moe_align",
+            "moemla_moe_quant_f16",
+            "moemla_moe_gate_up_w8a8_f16",
+            "moemla_moe_quant_f32",
+            "moemla_moe_down_w8a8_f16",
+            "moemla_moe_combine_f16"
+        ]
+    );
+    b.synchronize().expect("valid ids");
 
     // A wave32 device (RDNA) is described but runs nothing: the kernels assume 64 lanes.
     std::env::set_var("MOCK_HIP_WARP", "32");
