@@ -21,7 +21,7 @@ pub enum ExitStatus {
     /// 4: malformed or unreadable golden files, a missing golden directory, or a selection
     /// (filters, shard) with no case in it.
     Goldens,
-    /// 5: a report (`--json`, `--junit`) could not be written.
+    /// 5: a report (`--json`, `--junit`, `--html`) could not be written.
     ReportWrite,
     /// 6: `--baseline` found a new failure, a new skip or a worst-ratio growth beyond
     /// `--max-ratio-growth` (and nothing worse happened).
@@ -38,7 +38,7 @@ pub const EXIT_CODES: &str = "Exit codes:
   2  usage error: unknown backend name, bad flag or value, unreadable baseline
   3  a required backend is unavailable, or skipped cases it may not skip
   4  malformed or unreadable goldens, missing golden directory, empty selection
-  5  a report (--json, --junit) could not be written
+  5  a report (--json, --junit, --html) could not be written
   6  baseline regression: new failure, new skip or worst-ratio growth (--baseline)
   7  --verify: the report does not check out (hashes, counts, statuses, schema)
 When several apply, the first of 2, 5, 4, 3, 1, 6, 7 wins.";

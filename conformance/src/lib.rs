@@ -25,6 +25,7 @@ mod exit;
 mod file;
 pub mod filter;
 pub mod golden;
+pub mod html;
 mod junit;
 mod matrix;
 pub mod provenance;

@@ -41,6 +41,12 @@ pub struct ConformanceArgs {
     #[arg(long)]
     junit: Option<PathBuf>,
 
+    /// Write one self-contained HTML page (no external assets): the provenance, the
+    /// backends and the case x backend matrix with each cell's worst ratio and first
+    /// mismatch, filterable by op, dtype and backend; the JSON report embedded.
+    #[arg(long)]
+    html: Option<PathBuf>,
+
     /// Backends that must be available and skip nothing (comma-separated); they are run
     /// even if --backend does not name them.
     #[arg(long, env = "MOEMLA_REQUIRE", value_delimiter = ',')]
@@ -231,6 +237,7 @@ pub fn run(args: &ConformanceArgs, registry: &Registry) -> Result<ExitCode, Comm
     let writes = [
         (&args.json, report.to_json()),
         (&args.junit, to_junit(&report)),
+        (&args.html, moemla_conformance::html::to_html(&report)),
     ];
     for (path, text) in writes {
         if let Some(path) = path {
