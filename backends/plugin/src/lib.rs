@@ -12,7 +12,8 @@
 //! A plugin that cannot be used (not a library, no entry point, NULL table, another ABI
 //! major version, a table lacking a function) never crashes moemla: its factory opens to
 //! `Error::Unavailable` with the reason. A plugin's claimed verification is shown as its
-//! own claim ("claimed by plugin libx.so, not checked by moemla"). Loading a library runs
+//! own claim: kind `plugin`, detail "claimed by plugin libx.so, not checked by moemla:
+//! silicon; <the plugin's text>". Loading a library runs
 //! its code: load only plugins you trust. `examples/plugin-c/` is the plugin to copy;
 //! `docs/adding-a-backend.md` has the steps.
 

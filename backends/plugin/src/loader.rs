@@ -213,30 +213,53 @@ pub(crate) fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
-/// The plugin's claimed verification, marked in its detail as the plugin's own claim.
+/// The plugin's claimed verification: kind [`VerificationKind::Plugin`] (moemla has not
+/// checked it), the detail marked as the plugin's own claim with the kind it claims and
+/// its own text ("claimed by plugin libacme.so, not checked by moemla: silicon; MI300X").
 fn claimed(kind: i32, detail: Option<String>, path: &Path) -> Verification {
     let file = path
         .file_name()
         .map(|f| f.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string());
-    let (kind, unknown) = match kind {
-        ffi::VERIFICATION_SILICON => (VerificationKind::Silicon, None),
-        ffi::VERIFICATION_EMULATOR => (VerificationKind::Emulator, None),
-        ffi::VERIFICATION_COMPILE_ONLY => (VerificationKind::CompileOnly, None),
-        ffi::VERIFICATION_UNVERIFIED => (VerificationKind::Unverified, None),
-        other => (VerificationKind::Unverified, Some(other)),
+    let claims = match kind {
+        ffi::VERIFICATION_SILICON => VerificationKind::Silicon,
+        ffi::VERIFICATION_EMULATOR => VerificationKind::Emulator,
+        ffi::VERIFICATION_COMPILE_ONLY => VerificationKind::CompileOnly,
+        ffi::VERIFICATION_UNVERIFIED => VerificationKind::Unverified,
+        other => {
+            return Verification {
+                kind: VerificationKind::Plugin,
+                detail: with_detail(
+                    format!(
+                        "claimed by plugin {file}, not checked by moemla: unknown verification \
+                         kind {other}"
+                    ),
+                    detail,
+                ),
+            }
+        }
     };
-    let mut text = format!("claimed by plugin {file}, not checked by moemla");
-    if let Some(code) = unknown {
-        text.push_str(&format!(
-            " (unknown verification kind {code}, shown as unverified)"
-        ));
+    // The claimed kind as `Verification`'s Display names it ("silicon", "emulated", ...).
+    let claims = Verification {
+        kind: claims,
+        detail: String::new(),
+    };
+    Verification {
+        kind: VerificationKind::Plugin,
+        detail: with_detail(
+            format!("claimed by plugin {file}, not checked by moemla: {claims}"),
+            detail,
+        ),
     }
+}
+
+/// `text`, then "; " and the plugin's `detail` if it has one.
+fn with_detail(mut text: String, detail: Option<String>) -> String {
     if let Some(detail) = detail.filter(|d| !d.is_empty()) {
-        text.push_str(": ");
+        text.push_str("; ");
         text.push_str(&detail);
     }
-    Verification { kind, detail: text }
+    text
 }
 
 /// The name a plugin that cannot be loaded is listed under: its file name without a
@@ -310,17 +333,22 @@ mod tests {
             Some("MI300X, 2025-01-01".into()),
             Path::new("/x/libacme.so"),
         );
-        assert_eq!(v.kind, VerificationKind::Silicon);
+        assert_eq!(v.kind, VerificationKind::Plugin);
         assert_eq!(
             v.detail,
-            "claimed by plugin libacme.so, not checked by moemla: MI300X, 2025-01-01"
+            "claimed by plugin libacme.so, not checked by moemla: silicon; MI300X, 2025-01-01"
+        );
+        let v = claimed(0, None, Path::new("libacme.so"));
+        assert_eq!(v.kind, VerificationKind::Plugin);
+        assert_eq!(
+            v.detail,
+            "claimed by plugin libacme.so, not checked by moemla: unverified"
         );
         let v = claimed(42, None, Path::new("libacme.so"));
-        assert_eq!(v.kind, VerificationKind::Unverified);
-        assert!(
-            v.detail.contains("unknown verification kind 42"),
-            "{}",
-            v.detail
+        assert_eq!(v.kind, VerificationKind::Plugin);
+        assert_eq!(
+            v.detail,
+            "claimed by plugin libacme.so, not checked by moemla: unknown verification kind 42"
         );
     }
 }

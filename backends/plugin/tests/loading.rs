@@ -48,11 +48,11 @@ fn the_example_plugin_is_listed_with_its_own_name_and_marked_claim() {
     let factory = factory_for(&path);
     assert_eq!(factory.name(), EXAMPLE);
     let claimed = factory.claimed_verification();
-    assert_eq!(claimed.kind, VerificationKind::Unverified);
+    assert_eq!(claimed.kind, VerificationKind::Plugin);
     let file = library_file("moemla_example");
     assert!(
         claimed.detail.starts_with(&format!(
-            "claimed by plugin {file}, not checked by moemla: "
+            "claimed by plugin {file}, not checked by moemla: unverified; "
         )),
         "{}",
         claimed.detail

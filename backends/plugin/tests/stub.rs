@@ -57,11 +57,11 @@ fn a_device_reports_errors_and_every_buffer_and_device_is_released() {
     };
     let factory = factory_for(&path);
     let claimed = factory.claimed_verification();
-    assert_eq!(claimed.kind, VerificationKind::Silicon);
+    assert_eq!(claimed.kind, VerificationKind::Plugin);
     assert_eq!(
         claimed.detail,
         format!(
-            "claimed by plugin {}, not checked by moemla: Acme NPU 1, 2026-01-01",
+            "claimed by plugin {}, not checked by moemla: silicon; Acme NPU 1, 2026-01-01",
             library_file("stub_device")
         )
     );

@@ -251,4 +251,28 @@ mod tests {
              | alpha | compile-only | NVRTC |\n"
         );
     }
+
+    #[test]
+    fn delegated_and_plugin_claims_are_named_as_such_in_the_table_and_json() {
+        let delegated = Verification::delegated("cpu", "Acme NPU driver stub");
+        let plugin = Verification {
+            kind: VerificationKind::Plugin,
+            detail: "claimed by plugin libacme.so, not checked by moemla: silicon".into(),
+        };
+        let table = status_table(&[
+            claimed("acme", delegated.kind, &delegated.detail),
+            claimed("acme_c", plugin.kind, &plugin.detail),
+        ]);
+        assert_eq!(
+            table,
+            "| backend | claimed verification | detail |\n\
+             |---|---|---|\n\
+             | acme | delegated | to cpu: Acme NPU driver stub |\n\
+             | acme_c | plugin's claim | claimed by plugin libacme.so, not checked by moemla: \
+             silicon |\n"
+        );
+        let json = |v: &Verification| serde_json::to_value(v).unwrap()["kind"].clone();
+        assert_eq!(json(&delegated), "delegated");
+        assert_eq!(json(&plugin), "plugin");
+    }
 }
