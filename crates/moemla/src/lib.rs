@@ -29,7 +29,30 @@ pub use registry::{
     BACKEND_ENV,
 };
 
-/// The README's Rust example, compiled and run as a doc-test.
-#[doc = include_str!("../../../README.md")]
-#[cfg(all(doctest, feature = "cpu"))]
-pub struct ReadmeDoctests;
+/// The Rust snippets of README.md and docs/*.md, compiled (and, unless marked `no_run`,
+/// run) as doc-tests by `cargo test -p moemla --doc`, so the docs cannot drift from the
+/// API. Non-Rust blocks are marked with their language (`text`, `sh`, `toml`, ...).
+#[cfg(all(doctest, feature = "cpu", feature = "plugin"))]
+pub mod doc_snippets {
+    /// README.md.
+    #[doc = include_str!("../../../README.md")]
+    pub struct Readme;
+    /// docs/adding-a-backend.md.
+    #[doc = include_str!("../../../docs/adding-a-backend.md")]
+    pub struct AddingABackend;
+    /// docs/ci.md.
+    #[doc = include_str!("../../../docs/ci.md")]
+    pub struct Ci;
+    /// docs/conformance.md.
+    #[doc = include_str!("../../../docs/conformance.md")]
+    pub struct Conformance;
+    /// docs/gpu-notes.md.
+    #[doc = include_str!("../../../docs/gpu-notes.md")]
+    pub struct GpuNotes;
+    /// docs/ops.md.
+    #[doc = include_str!("../../../docs/ops.md")]
+    pub struct Ops;
+    /// docs/reliability.md.
+    #[doc = include_str!("../../../docs/reliability.md")]
+    pub struct Reliability;
+}
