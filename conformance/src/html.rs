@@ -81,7 +81,7 @@ fn ratio(v: f64) -> String {
 }
 
 /// The first mismatch of a cell: the first failing element of its first failing output,
-/// else its message.
+/// else its message (none for a pass, or for an unavailable backend).
 fn first_mismatch(o: &Outcome) -> Option<String> {
     let failing = o.comparisons.iter().find(|c| !c.passed);
     if let Some(m) = failing.and_then(|c| c.first_failure.as_ref().map(|m| (c, m))) {
@@ -101,7 +101,8 @@ fn first_mismatch(o: &Outcome) -> Option<String> {
         ));
     }
     match o.status {
-        Status::Pass => None,
+        // An unavailable backend's reason is in the backends table, once.
+        Status::Pass | Status::Unavailable => None,
         _ => o.message.clone(),
     }
 }
@@ -177,7 +178,7 @@ pub fn to_html(report: &Report) -> String {
                 format!("{} ({}, {})", d.device, d.vendor, d.kind),
                 d.fingerprint_sha256.clone(),
                 format!(
-                    "{}: {}",
+                    "claimed: {}: {}",
                     d.claimed_verification.kind, d.claimed_verification.detail
                 ),
             ),
@@ -190,7 +191,7 @@ pub fn to_html(report: &Report) -> String {
         let _ = writeln!(
             h,
             "<tr data-name=\"{}\"><th>{}</th><td>{}</td><td><code>{}</code></td>\
-             <td>claimed: {}</td><td>{} passed of {} ({})</td></tr>",
+             <td>{}</td><td>{} passed of {} ({})</td></tr>",
             escape(&b.name),
             escape(&b.name),
             escape(&device),

@@ -45,6 +45,8 @@ fn hostile_names_and_messages_stay_text() {
     assert!(!page.contains("gpu</td>"));
     assert!(page.contains("&quot;&gt;&lt;img src=x onerror=alert(1)&gt;&amp;amp;&#39;"));
     assert!(page.contains("data-backend=\"gpu&lt;/td&gt;\""));
+    // The unavailable backend's reason, escaped, once (in the backends table, not per cell).
+    assert_eq!(page.matches("no &lt;device&gt; &amp; none").count(), 1);
 }
 
 #[test]
