@@ -1,5 +1,6 @@
-//! The device: CANN loaded, device set, one stream; device memory; aclTensor handles; the
-//! two-phase aclnn call.
+//! The device: CANN loaded, device set, one stream; allocation, copies, synchronisation
+//! and the two-phase aclnn call (memory in [`crate::buffer`], aclnn's argument objects in
+//! [`crate::acl`]).
 //!
 //! Freeing device memory: aclnn launches are asynchronous, and `aclrtFree` of memory that
 //! queued work still uses is undefined on CANN (the device may write into freed memory).
@@ -11,35 +12,17 @@
 //! returning the error, so the steps it had queued finish and its temporaries are freed.
 //! Dropping the device synchronises and frees what is left.
 
+use crate::buffer::DevMem;
 use crate::error::{status_name, CannError, ACL_ERROR_REPEAT_INITIALIZE};
 use crate::frees::Frees;
 use crate::loader::{Cann, Handle, LaunchFn};
-use moemla_core::{DType, DeviceBuffer, Error, Result};
-use std::any::Any;
+use moemla_core::{Error, Result};
 use std::ffi::{c_void, CStr};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The backend's name.
 pub const NAME: &str = "ascend";
 
-/// aclDataType values (AscendCL "aclDataType"): ACL_FLOAT 0, ACL_FLOAT16 1, ACL_INT8 2,
-/// ACL_INT32 3, ACL_UINT8 4, ACL_BF16 27.
-pub fn acl_dtype(dtype: DType) -> i32 {
-    match dtype {
-        DType::F32 => ACL_FLOAT,
-        DType::F16 => 1,
-        DType::BF16 => 27,
-        DType::I32 => 3,
-        DType::F8E4M3 => -1,
-        DType::U8 => 4,
-    }
-}
-/// ACL_FLOAT.
-pub const ACL_FLOAT: i32 = 0;
-/// ACL_INT8.
-pub const ACL_INT8: i32 = 2;
-/// ACL_FORMAT_ND (AscendCL "aclFormat").
-const ACL_FORMAT_ND: i32 = 2;
 /// ACL_MEM_MALLOC_HUGE_FIRST (AscendCL "aclrtMemMallocPolicy").
 const ACL_MEM_MALLOC_HUGE_FIRST: i32 = 0;
 /// aclrtMemcpyKind ACL_MEMCPY_HOST_TO_DEVICE / ACL_MEMCPY_DEVICE_TO_HOST.
@@ -139,13 +122,13 @@ impl Device {
         result
     }
 
-    fn frees(&self) -> MutexGuard<'_, Frees> {
+    pub(crate) fn frees(&self) -> MutexGuard<'_, Frees> {
         self.frees.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// `aclrtFree`s `ptrs`: allocated by `Device::alloc`, dropped, and no longer used by
     /// queued work (see [`crate::frees`]).
-    fn free_now(&self, ptrs: impl IntoIterator<Item = usize>) {
+    pub(crate) fn free_now(&self, ptrs: impl IntoIterator<Item = usize>) {
         for ptr in ptrs {
             // SAFETY: from aclrtMalloc in `alloc`, handed out once by `Frees`, so freed
             // once, and no queued work uses it any more. A failure cannot be reported from a
@@ -214,11 +197,7 @@ impl Device {
             (self.cann.rt.aclrtMalloc)(&mut ptr, bytes.max(1), ACL_MEM_MALLOC_HUGE_FIRST)
         };
         self.check(st, "aclrtMalloc")?;
-        Ok(Arc::new(DevMem {
-            ptr: ptr as usize,
-            bytes,
-            dev: self.clone(),
-        }))
+        Ok(Arc::new(DevMem::new(ptr as usize, bytes, self.clone())))
     }
 
     /// Device memory holding a copy of `data`.
@@ -229,7 +208,7 @@ impl Device {
             let st = unsafe {
                 (self.cann.rt.aclrtMemcpy)(
                     mem.ptr(),
-                    mem.bytes,
+                    mem.bytes(),
                     data.as_ptr() as *const c_void,
                     data.len(),
                     HOST_TO_DEVICE,
@@ -251,106 +230,13 @@ impl Device {
                     out.as_mut_ptr() as Handle,
                     bytes,
                     mem.ptr() as *const c_void,
-                    bytes.min(mem.bytes),
+                    bytes.min(mem.bytes()),
                     DEVICE_TO_HOST,
                 )
             };
             self.check(st, "aclrtMemcpy(DEVICE_TO_HOST)")?;
         }
         Ok(out)
-    }
-
-    /// An aclTensor viewing `mem`: `dims` with `strides` (row-major if `None`) from element
-    /// `offset`; the storage is all of `mem` as a 1-D array of `dtype`.
-    pub fn tensor(
-        &self,
-        mem: &DevMem,
-        dims: &[usize],
-        strides: Option<&[usize]>,
-        offset: usize,
-        dtype: i32,
-    ) -> Result<AclTensor<'_>> {
-        // Element sizes: ACL_FLOAT16 1 / ACL_BF16 27: 2 bytes; ACL_INT8: 1; ACL_INT64 9: 8.
-        let size = match dtype {
-            1 | 27 => 2,
-            ACL_INT8 => 1,
-            9 => 8,
-            _ => 4,
-        };
-        let dims: Vec<i64> = dims.iter().map(|&d| d as i64).collect();
-        let strides: Vec<i64> = match strides {
-            Some(s) => s.iter().map(|&d| d as i64).collect(),
-            None => {
-                let mut s = vec![1i64; dims.len()];
-                for i in (0..dims.len().saturating_sub(1)).rev() {
-                    s[i] = s[i + 1] * dims[i + 1];
-                }
-                s
-            }
-        };
-        let storage = [(mem.bytes / size) as i64];
-        // SAFETY: arrays are valid for their lengths during the call; CANN copies them.
-        let ptr = unsafe {
-            (self.cann.nn.aclCreateTensor)(
-                dims.as_ptr(),
-                dims.len() as u64,
-                dtype,
-                strides.as_ptr(),
-                offset as i64,
-                ACL_FORMAT_ND,
-                storage.as_ptr(),
-                1,
-                mem.ptr(),
-            )
-        };
-        if ptr.is_null() {
-            self.check(crate::error::ACLNN_NULL_RESULT, "aclCreateTensor")?;
-        }
-        Ok(AclTensor { ptr, dev: self })
-    }
-
-    /// An aclIntArray of `values`.
-    pub fn int_array(&self, values: &[i64]) -> Result<AclObject<'_>> {
-        // SAFETY: `values` valid for its length; CANN copies it.
-        let ptr = unsafe { (self.cann.nn.aclCreateIntArray)(values.as_ptr(), values.len() as u64) };
-        self.object(ptr, "aclCreateIntArray", self.cann.nn.aclDestroyIntArray)
-    }
-
-    /// An aclScalar holding the f32 `value`.
-    pub fn scalar_f32(&self, value: f32) -> Result<AclObject<'_>> {
-        // SAFETY: points at one f32 for the duration of the call; CANN copies it.
-        let ptr = unsafe {
-            (self.cann.nn.aclCreateScalar)(&value as *const f32 as *const c_void, ACL_FLOAT)
-        };
-        self.object(ptr, "aclCreateScalar", self.cann.nn.aclDestroyScalar)
-    }
-
-    /// An aclTensorList taking over `tensors` (destroyed with the list).
-    pub fn tensor_list(&self, tensors: Vec<AclTensor<'_>>) -> Result<AclObject<'_>> {
-        let raw: Vec<Handle> = tensors.into_iter().map(AclTensor::into_raw).collect();
-        // SAFETY: `raw` valid for its length; the list owns the tensors from here on.
-        let ptr = unsafe { (self.cann.nn.aclCreateTensorList)(raw.as_ptr(), raw.len() as u64) };
-        self.object(
-            ptr,
-            "aclCreateTensorList",
-            self.cann.nn.aclDestroyTensorList,
-        )
-    }
-
-    fn object(
-        &self,
-        ptr: Handle,
-        call: &str,
-        destroy: unsafe extern "C" fn(Handle) -> i32,
-    ) -> Result<AclObject<'_>> {
-        if ptr.is_null() {
-            self.check(crate::error::ACLNN_NULL_RESULT, call)?;
-        }
-        Ok(AclObject {
-            ptr,
-            destroy,
-            _dev: self,
-        })
     }
 
     /// Runs one aclnn op: `prepare(&mut workspaceSize, &mut executor)` (its
@@ -403,89 +289,8 @@ impl Drop for Device {
     }
 }
 
-/// Device memory from `aclrtMalloc`, freed on drop once no queued work can use it.
-#[derive(Debug)]
-pub struct DevMem {
-    ptr: usize,
-    bytes: usize,
-    dev: Arc<Device>,
-}
-
 impl std::fmt::Debug for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Device({} #{})", self.soc, self.id)
-    }
-}
-
-impl DevMem {
-    /// The device address.
-    pub fn ptr(&self) -> Handle {
-        self.ptr as Handle
-    }
-
-    /// Size in bytes.
-    pub fn bytes(&self) -> usize {
-        self.bytes
-    }
-}
-
-impl Drop for DevMem {
-    fn drop(&mut self) {
-        let now = self.dev.frees().dropped(self.ptr);
-        self.dev.free_now(now);
-    }
-}
-
-impl DeviceBuffer for DevMem {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-}
-
-/// An aclTensor, destroyed on drop.
-pub struct AclTensor<'a> {
-    ptr: Handle,
-    dev: &'a Device,
-}
-
-impl AclTensor<'_> {
-    /// The handle, for passing to CANN.
-    pub fn raw(&self) -> Handle {
-        self.ptr
-    }
-
-    /// Gives up ownership (to an aclTensorList).
-    fn into_raw(self) -> Handle {
-        let ptr = self.ptr;
-        std::mem::forget(self);
-        ptr
-    }
-}
-
-impl Drop for AclTensor<'_> {
-    fn drop(&mut self) {
-        // SAFETY: created by aclCreateTensor and not owned by a list.
-        let _ = unsafe { (self.dev.cann.nn.aclDestroyTensor)(self.ptr) };
-    }
-}
-
-/// An aclIntArray, aclScalar or aclTensorList, destroyed on drop.
-pub struct AclObject<'a> {
-    ptr: Handle,
-    destroy: unsafe extern "C" fn(Handle) -> i32,
-    _dev: &'a Device,
-}
-
-impl AclObject<'_> {
-    /// The handle, for passing to CANN.
-    pub fn raw(&self) -> Handle {
-        self.ptr
-    }
-}
-
-impl Drop for AclObject<'_> {
-    fn drop(&mut self) {
-        // SAFETY: created by the matching aclCreate* function, destroyed once.
-        let _ = unsafe { (self.destroy)(self.ptr) };
     }
 }

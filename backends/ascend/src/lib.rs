@@ -8,6 +8,8 @@
 //! Verified only against `moemla-cann-emulator` (a CPU emulator of the CANN C API), never
 //! on Ascend hardware; `info()` says so.
 
+mod acl;
+mod buffer;
 mod device;
 mod error;
 mod frees;
@@ -17,7 +19,8 @@ mod tried;
 
 pub use device::NAME;
 
-use device::{DevMem, Device};
+use buffer::DevMem;
+use device::Device;
 use moemla_core::calls::{
     MlaDecodeCall, MlaDecodeOutput, MoeExpertsCall, MoeRouteCall, MoeRouteOutput,
 };

@@ -31,7 +31,8 @@
 //! or Dv != 512, Hkv != 1, block_size not a multiple of 16, Sq > 16, query heads (Hq, or
 //! Sq * Hq when folded) not a power of two <= 128.
 
-use crate::device::{acl_dtype, DevMem, ACL_INT8};
+use crate::acl::{acl_dtype, ACL_INT8};
+use crate::buffer::DevMem;
 use crate::loader::OpApi;
 use crate::ops::{require_ops, unsupported};
 use crate::AscendBackend;

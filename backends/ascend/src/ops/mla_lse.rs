@@ -10,7 +10,8 @@
 //! L_i <= 0 keep the -inf lse was initialised with.
 
 use super::mla_decode::DQK;
-use crate::device::{acl_dtype, DevMem, ACL_FLOAT};
+use crate::acl::{acl_dtype, ACL_FLOAT};
+use crate::buffer::DevMem;
 use crate::AscendBackend;
 use moemla_core::calls::MlaDecodeCall;
 use moemla_core::Result;

@@ -24,7 +24,8 @@
 //!    F32 scales = topk_weights) in F32, then cast to the run dtype: the weighted combine
 //!    runs in f32.
 
-use crate::device::{acl_dtype, DevMem, ACL_FLOAT};
+use crate::acl::{acl_dtype, ACL_FLOAT};
+use crate::buffer::DevMem;
 use crate::loader::OpApi;
 use crate::ops::{require_ops, unsupported};
 use crate::AscendBackend;

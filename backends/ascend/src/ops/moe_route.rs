@@ -23,7 +23,7 @@
 
 mod host;
 
-use crate::device::{acl_dtype, ACL_FLOAT};
+use crate::acl::{acl_dtype, ACL_FLOAT};
 use crate::loader::OpApi;
 use crate::ops::{require_ops, unsupported};
 use crate::AscendBackend;
