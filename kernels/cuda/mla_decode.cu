@@ -7,6 +7,9 @@
 //                           S = Q K^T, online softmax (f32), O = P V, written per split
 //                           (_fp8_*: over 656-byte fp8_ds_v32 rows, dequantized on load)
 //   3. moemla_mla_combine_* merges the splits by their log-sum-exp
+// mla_sparse_decode runs the same decode over the listed slots of each query instead of a
+// sequence (moemla_mla_sparse_check, moemla_mla_sparse_decode[_fp8]_*, and
+// moemla_mla_sparse_combine_* which also applies the attention sink).
 // Cache slots at or past a row's limit are never loaded; masking is a select, never a
 // multiply (a NaN slot times zero would still be NaN).
 
@@ -37,6 +40,29 @@ extern "C" __global__ void moemla_mla_check(const int* __restrict__ block_table,
     }
 }
 
+// Sparse: topk_length[b] (if given) in [0, topk] (flag 0: position b), and each entry
+// j < topk_length[b] of indices [B, Sq, topk] -1 or a slot in [0, slots) (flag 1: flat
+// position). Entries past a row's length are never read.
+extern "C" __global__ void moemla_mla_sparse_check(const int* __restrict__ indices,
+                                                   const int* __restrict__ topk_length, int batch,
+                                                   int s_q, int topk, int slots,
+                                                   moemla_u64* __restrict__ err) {
+    const moemla_i64 idx = (moemla_i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (moemla_i64)batch * s_q * topk) return;
+    const int r = (int)(idx / topk);
+    const int j = (int)(idx % topk);
+    const int b = r / s_q;
+    const int len = topk_length != nullptr ? topk_length[b] : topk;
+    if (len < 0 || len > topk) {
+        if (r % s_q == 0 && j == 0) moemla_flag_index(&err[0], b, len);
+        return;
+    }
+    if (j < len) {
+        const int s = indices[idx];
+        if (s != -1 && (s < 0 || s >= slots)) moemla_flag_index(&err[1], idx, s);
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // 2. Split-KV decode
 // ---------------------------------------------------------------------------------------
@@ -56,16 +82,39 @@ __device__ __forceinline__ float moemla_ds_v32_value(const unsigned char* row, i
     return moemla_bf16_to_f32((moemla_u16)(row[528 + 2 * r] | (row[529 + 2 * r] << 8)));
 }
 
+// The cache row (slot * h_kv + kvh) behind position pos of the block's rows, or -1 when
+// there is none (past hi, a bad table entry; sparse: a -1 or bad index).
+template <bool SPARSE>
+__device__ __forceinline__ moemla_i64 moemla_mla_row(const int* __restrict__ block_table,
+                                                     const int* __restrict__ sparse_row, moemla_i64 pos,
+                                                     moemla_i64 hi, int b, int kvh, int h_kv,
+                                                     int num_blocks, int block_size, int max_blocks) {
+    if (pos >= hi) return -1;
+    if constexpr (SPARSE) {
+        const int s = sparse_row[pos];
+        return (s >= 0 && (moemla_i64)s < (moemla_i64)num_blocks * block_size) ? (moemla_i64)s : -1;
+    } else {
+        const int blk = block_table[(moemla_i64)b * max_blocks + pos / block_size];
+        if (blk < 0 || blk >= num_blocks) return -1;
+        return ((moemla_i64)blk * block_size + pos % block_size) * h_kv + kvh;
+    }
+}
+
 // KV: T (a dense cache of d_qk values per row) or unsigned char (656-byte fp8_ds_v32 rows,
 // d_qk 576, dequantized into the K tile in T as they are staged).
-template <typename T, typename KV>
+// SPARSE (mla_sparse_decode): blockIdx.z is the query row b * s_q + i, blockIdx.y a tile of
+// its heads, the positions are the entries [0, topk_length[b]) of indices[b, i, :] (h_kv 1,
+// causal 0), and a column whose entry is -1 is masked out of the softmax like a position
+// past the limit.
+template <typename T, typename KV, bool SPARSE = false>
 __device__ __forceinline__ void moemla_mla_decode(const T* __restrict__ q, const KV* __restrict__ kv,
                                   const int* __restrict__ block_table,
                                   const int* __restrict__ cache_seqlens, float* __restrict__ o_part,
                                   float* __restrict__ lse_part, int batch, int s_q, int h_q,
                                   int h_kv, int d_qk, int d_v, int num_blocks, int block_size,
                                   int max_blocks, int causal, float softmax_scale, int num_splits,
-                                  int block_q, int block_n) {
+                                  int block_q, int block_n, const int* __restrict__ indices = nullptr,
+                                  const int* __restrict__ topk_length = nullptr, int topk = 0) {
     MOEMLA_DYN_SMEM(smem);
     constexpr bool MMA16 = MOEMLA_HAS_MMA_SYNC && moemla_is_16bit<T>::value;
     const bool use_mma = MMA16 && block_q == 16 && blockDim.x == MOEMLA_MLA_THREADS;
@@ -78,10 +127,18 @@ __device__ __forceinline__ void moemla_mla_decode(const T* __restrict__ q, const
 
     const int split = blockIdx.x;
     const int m0 = blockIdx.y * block_q;
-    const int b = blockIdx.z / h_kv;
-    const int kvh = blockIdx.z % h_kv;
+    const int b = SPARSE ? (int)(blockIdx.z / s_q) : (int)(blockIdx.z / h_kv);
+    const int kvh = SPARSE ? 0 : (int)(blockIdx.z % h_kv);
     const int group = h_q / h_kv;
     const int rows_total = s_q * group;
+    // Tile row r is row m0 + r of the (b, kv head) rows, or (sparse) head m0 + r of query
+    // i0; rows_total when there is none.
+    const int i0 = SPARSE ? (int)(blockIdx.z % s_q) : 0;
+    const int* sparse_row = SPARSE ? indices + ((moemla_i64)b * s_q + i0) * topk : nullptr;
+    auto tile_row = [&](int r) -> int {
+        if (SPARSE) return m0 + r < h_q ? i0 * h_q + m0 + r : rows_total;
+        return m0 + r;
+    };
     const moemla_i64 out_rows = (moemla_i64)batch * s_q * h_q;
 
     // Shared-memory layout (kernels/README.md; crates/kernel-plan mla::decode_shared_bytes).
@@ -104,10 +161,18 @@ __device__ __forceinline__ void moemla_mla_decode(const T* __restrict__ q, const
     float* l_s = m_s + block_q;
     float* alpha_s = l_s + block_q;
     int* lim_s = reinterpret_cast<int*>(alpha_s + block_q);
+    cursor += moemla_align16((moemla_i64)block_q * 16);
+    int* valid_s = reinterpret_cast<int*>(cursor);  // sparse only: block_n column flags
 
     // This split's positions: [start, end), the rule of kernel-plan mla::split_range.
-    moemla_i64 seqlen = cache_seqlens[b];
-    if (seqlen < 0 || seqlen > (moemla_i64)max_blocks * block_size) seqlen = 0;  // flagged by check
+    moemla_i64 seqlen;
+    if constexpr (SPARSE) {
+        seqlen = topk_length != nullptr ? topk_length[b] : topk;
+        if (seqlen < 0 || seqlen > topk) seqlen = 0;  // flagged by check
+    } else {
+        seqlen = cache_seqlens[b];
+        if (seqlen < 0 || seqlen > (moemla_i64)max_blocks * block_size) seqlen = 0;  // flagged by check
+    }
     const moemla_i64 per_split = (seqlen + num_splits - 1) / num_splits;
     const moemla_i64 len = (per_split + block_n - 1) / block_n * block_n;
     const moemla_i64 start = (moemla_i64)split * len < seqlen ? (moemla_i64)split * len : seqlen;
@@ -115,7 +180,7 @@ __device__ __forceinline__ void moemla_mla_decode(const T* __restrict__ q, const
 
     // Per-row limits, Q tile, accumulators.
     for (int r = tid; r < block_q; r += nthreads) {
-        const int rg = m0 + r;
+        const int rg = tile_row(r);
         moemla_i64 lim = start;  // empty
         if (rg < rows_total) {
             const moemla_i64 i = rg / group;
@@ -131,7 +196,7 @@ __device__ __forceinline__ void moemla_mla_decode(const T* __restrict__ q, const
     for (int idx = tid; idx < block_q * d16; idx += nthreads) {
         const int r = idx / d16;
         const int d = idx % d16;
-        const int rg = m0 + r;
+        const int rg = tile_row(r);
         if (rg < rows_total && d < d_qk) {
             const int i = rg / group;
             const int h = kvh * group + rg % group;
@@ -151,19 +216,22 @@ __device__ __forceinline__ void moemla_mla_decode(const T* __restrict__ q, const
     const int chunks_per_row = d16 / VEC;
 
     for (moemla_i64 c0 = start; c0 < hi; c0 += block_n) {
-        // (a) Stage cache rows c0 .. c0 + block_n; rows at or past hi are zero, not loaded.
+        // (a) Stage cache rows c0 .. c0 + block_n; rows at or past hi (sparse: also -1
+        // entries) are zero, not loaded.
+        if constexpr (SPARSE) {
+            for (int n = tid; n < block_n; n += nthreads)
+                valid_s[n] = moemla_mla_row<SPARSE>(block_table, sparse_row, c0 + n, hi, b, kvh, h_kv, num_blocks,
+                                                    block_size, max_blocks) >= 0;
+        }
         if constexpr (sizeof(KV) == 1) {
             for (int idx = tid; idx < block_n * d16; idx += nthreads) {
                 const int n = idx / d16;
                 const int d = idx % d16;
-                const moemla_i64 pos = c0 + n;
                 float v = 0.0f;
-                if (pos < hi && d < d_qk) {
-                    const int blk = block_table[(moemla_i64)b * max_blocks + pos / block_size];
-                    if (blk >= 0 && blk < num_blocks) {
-                        const moemla_i64 slot = ((moemla_i64)blk * block_size + pos % block_size) * h_kv + kvh;
-                        v = moemla_ds_v32_value(reinterpret_cast<const unsigned char*>(kv) + slot * 656, d);
-                    }
+                if (d < d_qk) {
+                    const moemla_i64 row = moemla_mla_row<SPARSE>(block_table, sparse_row, c0 + n, hi, b, kvh, h_kv,
+                                                                  num_blocks, block_size, max_blocks);
+                    if (row >= 0) v = moemla_ds_v32_value(reinterpret_cast<const unsigned char*>(kv) + row * 656, d);
                 }
                 moemla_store(Ks + n * ks_stride + d, v);
             }
@@ -171,15 +239,9 @@ __device__ __forceinline__ void moemla_mla_decode(const T* __restrict__ q, const
             for (int idx = tid; idx < block_n * chunks_per_row; idx += nthreads) {
                 const int n = idx / chunks_per_row;
                 const int d = (idx % chunks_per_row) * VEC;
-                const moemla_i64 pos = c0 + n;
-                const T* src = nullptr;
-                if (pos < hi) {
-                    const int blk = block_table[(moemla_i64)b * max_blocks + pos / block_size];
-                    if (blk >= 0 && blk < num_blocks) {
-                        src = reinterpret_cast<const T*>(kv) +
-                              (((moemla_i64)blk * block_size + pos % block_size) * h_kv + kvh) * d_qk;
-                    }
-                }
+                const moemla_i64 row = moemla_mla_row<SPARSE>(block_table, sparse_row, c0 + n, hi, b, kvh, h_kv,
+                                                              num_blocks, block_size, max_blocks);
+                const T* src = row >= 0 ? reinterpret_cast<const T*>(kv) + row * d_qk : nullptr;
                 T* dst = Ks + n * ks_stride + d;
                 if (src != nullptr && vec_ok && d + VEC <= d_qk) {
                     moemla_copy16(dst, src + d);
@@ -241,7 +303,8 @@ __device__ __forceinline__ void moemla_mla_decode(const T* __restrict__ q, const
             const moemla_i64 lim = lim_s[r];
             float mx = MOEMLA_NEG_INF;
             for (int n = lane; n < block_n; n += MOEMLA_WARP_SIZE) {
-                const float s = (c0 + n < lim) ? Ss[r * block_n + n] * softmax_scale : MOEMLA_NEG_INF;
+                const bool in = c0 + n < lim && (!SPARSE || valid_s[n] != 0);
+                const float s = in ? Ss[r * block_n + n] * softmax_scale : MOEMLA_NEG_INF;
                 Ss[r * block_n + n] = s;
                 mx = fmaxf(mx, s);
             }
@@ -316,7 +379,7 @@ __device__ __forceinline__ void moemla_mla_decode(const T* __restrict__ q, const
     for (int idx = tid; idx < block_q * d_v; idx += nthreads) {
         const int r = idx / d_v;
         const int c = idx % d_v;
-        const int rg = m0 + r;
+        const int rg = tile_row(r);
         if (rg >= rows_total) continue;
         const int i = rg / group;
         const int h = kvh * group + rg % group;
@@ -325,7 +388,7 @@ __device__ __forceinline__ void moemla_mla_decode(const T* __restrict__ q, const
         o_part[((moemla_i64)split * out_rows + orow) * d_v + c] = l > 0.0f ? Os[r * os_stride + c] / l : 0.0f;
     }
     for (int r = tid; r < block_q; r += nthreads) {
-        const int rg = m0 + r;
+        const int rg = tile_row(r);
         if (rg >= rows_total) continue;
         const int i = rg / group;
         const int h = kvh * group + rg % group;
@@ -338,10 +401,12 @@ __device__ __forceinline__ void moemla_mla_decode(const T* __restrict__ q, const
 // ---------------------------------------------------------------------------------------
 // 3. Split combine, one block per output row (b, i, h)
 // ---------------------------------------------------------------------------------------
+// sink (mla_sparse_decode's attn_sink [Hq], or null): a row with a valid entry is scaled
+// by 1 / (1 + exp(sink[h] - lse)); a row without one stays o = 0, lse = -inf.
 template <typename T>
 __device__ void moemla_mla_combine(const float* __restrict__ o_part, const float* __restrict__ lse_part,
                                    T* __restrict__ o, float* __restrict__ lse, int batch, int s_q,
-                                   int h_q, int d_v, int num_splits) {
+                                   int h_q, int d_v, int num_splits, const float* __restrict__ sink = nullptr) {
     __shared__ float weight[MOEMLA_MLA_MAX_SPLITS];
     __shared__ float inv_sum;
     const moemla_i64 orow = blockIdx.x;
@@ -356,12 +421,15 @@ __device__ void moemla_mla_combine(const float* __restrict__ o_part, const float
             weight[s] = w;
             sum += w;
         }
-        inv_sum = sum > 0.0f ? 1.0f / sum : 0.0f;
         const moemla_i64 b = orow / ((moemla_i64)s_q * h_q);
         const moemla_i64 rem = orow % ((moemla_i64)s_q * h_q);
         const moemla_i64 i = rem / h_q;
         const moemla_i64 h = rem % h_q;
-        lse[(b * h_q + h) * s_q + i] = sum > 0.0f ? m + logf(sum) : MOEMLA_NEG_INF;
+        const float row_lse = sum > 0.0f ? m + logf(sum) : MOEMLA_NEG_INF;
+        lse[(b * h_q + h) * s_q + i] = row_lse;
+        float factor = 1.0f;
+        if (sink != nullptr && sum > 0.0f) factor = 1.0f / (1.0f + expf(sink[h] - row_lse));
+        inv_sum = sum > 0.0f ? factor / sum : 0.0f;
     }
     __syncthreads();
     for (int c = threadIdx.x; c < d_v; c += blockDim.x) {
@@ -399,6 +467,36 @@ __device__ void moemla_mla_combine(const float* __restrict__ o_part, const float
         moemla_mla_combine<T>(o_part, lse_part, o, lse, batch, s_q, h_q, d_v, num_splits);        \
     }
 
+#define MOEMLA_MLA_SPARSE_ENTRIES(SFX, T)                                                          \
+    extern "C" __global__ void moemla_mla_sparse_decode_##SFX(                                     \
+        const T* q, const T* kv_cache, const int* indices, const int* topk_length, float* o_part,  \
+        float* lse_part, int batch, int s_q, int h_q, int d_qk, int d_v, int num_blocks,           \
+        int block_size, int topk, float softmax_scale, int num_splits, int block_q, int block_n) {  \
+        moemla_mla_decode<T, T, true>(q, kv_cache, nullptr, nullptr, o_part, lse_part, batch, s_q, \
+                                      h_q, 1, d_qk, d_v, num_blocks, block_size, 0, 0,             \
+                                      softmax_scale, num_splits, block_q, block_n, indices,        \
+                                      topk_length, topk);                                          \
+    }                                                                                              \
+    extern "C" __global__ void moemla_mla_sparse_decode_fp8_##SFX(                                 \
+        const T* q, const unsigned char* kv_cache, const int* indices, const int* topk_length,     \
+        float* o_part, float* lse_part, int batch, int s_q, int h_q, int d_qk, int d_v,            \
+        int num_blocks, int block_size, int topk, float softmax_scale, int num_splits,             \
+        int block_q, int block_n) {                                                                \
+        moemla_mla_decode<T, unsigned char, true>(q, kv_cache, nullptr, nullptr, o_part, lse_part, \
+                                                  batch, s_q, h_q, 1, d_qk, d_v, num_blocks,       \
+                                                  block_size, 0, 0, softmax_scale, num_splits,     \
+                                                  block_q, block_n, indices, topk_length, topk);   \
+    }                                                                                              \
+    extern "C" __global__ void moemla_mla_sparse_combine_##SFX(                                    \
+        const float* o_part, const float* lse_part, const float* attn_sink, T* o, float* lse,      \
+        int batch, int s_q, int h_q, int d_v, int num_splits) {                                    \
+        moemla_mla_combine<T>(o_part, lse_part, o, lse, batch, s_q, h_q, d_v, num_splits,          \
+                              attn_sink);                                                          \
+    }
+
 MOEMLA_MLA_ENTRIES(f32, float)
 MOEMLA_MLA_ENTRIES(f16, moemla_f16)
 MOEMLA_MLA_ENTRIES(bf16, moemla_bf16)
+MOEMLA_MLA_SPARSE_ENTRIES(f32, float)
+MOEMLA_MLA_SPARSE_ENTRIES(f16, moemla_f16)
+MOEMLA_MLA_SPARSE_ENTRIES(bf16, moemla_bf16)

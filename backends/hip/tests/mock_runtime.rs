@@ -348,6 +348,44 @@ fn mock_device_is_discovered_and_its_ops_only_enqueue() {
     );
     b.synchronize().expect("valid ids");
 
+    // Contract v2, mla_sparse_decode (B=1, Sq=2, Hq=4, topk=8, a sink, no lengths): the
+    // index check, the decode over the listed slots and the combine; enqueued only.
+    let q = upload(&b, &[1, 2, 4, 80], DType::F16);
+    let kv = upload(&b, &[6, 16, 1, 80], DType::F16);
+    let indices = upload_i32(
+        &b,
+        &[1, 2, 8],
+        &[0, 5, -1, 95, 5, 17, 40, 3, 1, 2, 3, -1, -1, 60, 61, 62],
+    );
+    let sink = upload(&b, &[4], DType::F32);
+    let mut inputs = ops::SparseDecodeInputs::new(&q, &kv, &indices);
+    inputs.attn_sink = Some(&sink);
+    let sparse = moemla_core::SparseDecodeParams {
+        softmax_scale: 0.125,
+        head_dim_v: 64,
+        kv_format: moemla_core::KvFormat::Dense,
+    };
+    calls(&log);
+    let out = ops::mla_sparse_decode(&b, inputs, &sparse).unwrap();
+    let lines = calls(&log);
+    assert_enqueued_only("mla_sparse_decode", &lines);
+    let launched: Vec<_> = lines.iter().filter(|l| l.starts_with("moemla_")).collect();
+    assert_eq!(launched.len(), 3, "{lines:?}");
+    assert_eq!(
+        launched[0],
+        "moemla_mla_sparse_check grid=1,1,1 block=256,1,1 shared=0"
+    );
+    assert!(
+        launched[1].starts_with("moemla_mla_sparse_decode_f16 grid=1,1,2 block=128,1,1 shared="),
+        "{}",
+        launched[1]
+    );
+    assert_eq!(
+        launched[2],
+        "moemla_mla_sparse_combine_f16 grid=8,1,1 block=128,1,1 shared=0"
+    );
+    assert_eq!(b.download(&out.lse).unwrap().dims(), [1, 4, 2]);
+
     // A wave32 device (RDNA) is described but runs nothing: the kernels assume 64 lanes.
     std::env::set_var("MOCK_HIP_WARP", "32");
     let b = open(&r0600);

@@ -11,7 +11,7 @@ pub enum Module {
     MoeRoute,
     /// `moe_experts.cu`: align, gate-up + SwiGLU, down, combine.
     MoeExperts,
-    /// `mla_decode.cu`: index check, split-KV decode, split combine.
+    /// `mla_decode.cu`: index check, split-KV decode, split combine (dense and sparse).
     MlaDecode,
     /// `mla_kv_quantize.cu`: rows to the 656-byte FP8 cache layout.
     MlaKvQuantize,
@@ -103,6 +103,16 @@ impl Module {
                 "moemla_mla_combine_f32",
                 "moemla_mla_combine_f16",
                 "moemla_mla_combine_bf16",
+                "moemla_mla_sparse_check",
+                "moemla_mla_sparse_decode_f32",
+                "moemla_mla_sparse_decode_f16",
+                "moemla_mla_sparse_decode_bf16",
+                "moemla_mla_sparse_decode_fp8_f32",
+                "moemla_mla_sparse_decode_fp8_f16",
+                "moemla_mla_sparse_decode_fp8_bf16",
+                "moemla_mla_sparse_combine_f32",
+                "moemla_mla_sparse_combine_f16",
+                "moemla_mla_sparse_combine_bf16",
             ],
             Module::MlaKvQuantize => &[
                 "moemla_mla_kv_quantize_f32",

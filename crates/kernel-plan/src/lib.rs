@@ -10,11 +10,13 @@
 //! - [`route::plan`] for `moe_route`,
 //! - [`experts::plan`] for `moe_experts` ([`experts::plan_with`] for FP8),
 //! - [`kv_quantize::plan`] for `mla_kv_quantize`,
-//! - [`mla::plan`] for `mla_decode` (with [`mla::split_range`], the device's split rule).
+//! - [`mla::plan`] for `mla_decode` (with [`mla::split_range`], the device's split rule),
+//! - [`mla_sparse::plan`] for `mla_sparse_decode`.
 
 pub mod experts;
 pub mod kv_quantize;
 pub mod mla;
+pub mod mla_sparse;
 pub mod route;
 
 use moemla_core::{DType, Error, Op};

@@ -87,7 +87,8 @@ pub struct MlaPlan {
     pub o_bytes: usize,
     /// Bytes of `lse` [B, Hq, Sq] f32.
     pub lse_bytes: usize,
-    /// `moemla_mla_check`, `moemla_mla_decode_*`, `moemla_mla_combine_*`, in order.
+    /// `moemla_mla_check`, `moemla_mla_decode_*`, `moemla_mla_combine_*`, in order
+    /// (`mla_sparse_decode`: their `moemla_mla_sparse_*` counterparts).
     pub launches: [Launch; 3],
 }
 
@@ -177,20 +178,9 @@ pub fn plan_with(
         fits(op, what, v, INT_LIMIT)?;
     }
     let elem = dtype.size_in_bytes();
-    let tensor_path = limits.tensor_cores && matches!(dtype, DType::F16 | DType::BF16);
-    let (block_q, block_n) = pick_tiles(s, elem, tensor_path, limits.max_shared_bytes as usize)
-        .ok_or_else(|| PlanError {
-            op,
-            what: format!("Dqk = {}, Dv = {}", s.d_qk, s.d_v),
-            reason: match decode_shared_bytes(elem, s.d_qk, s.d_v, 1, 16) {
-                Some(bytes) => format!(
-                    "the smallest decode tile needs {bytes} bytes of shared memory, the device \
-                     allows {}",
-                    limits.max_shared_bytes
-                ),
-                None => "the decode tile's shared memory overflows the address space".into(),
-            },
-        })?;
+    let (block_q, block_n) = tiles(op, (s.d_qk, s.d_v), dtype, limits, |bq, bn| {
+        decode_shared_bytes(elem, s.d_qk, s.d_v, bq, bn)
+    })?;
     let rows = mul("Sq * Hq / Hkv", s.s_q, s.h_q / s.h_kv)?;
     let m_tiles = ceil_div(rows, block_q);
     let bh = mul("B * Hkv", s.batch, s.h_kv)?;
@@ -200,7 +190,7 @@ pub fn plan_with(
         limits.compute_units as usize,
     );
     let sfx = dtype_suffix(dtype);
-    // pick_tiles found a tile that fits max_shared_bytes (a u32).
+    // tiles found a tile that fits max_shared_bytes (a u32).
     let smem = decode_shared_bytes(elem, s.d_qk, s.d_v, block_q, block_n)
         .and_then(|b| u32::try_from(b).ok())
         .unwrap_or(u32::MAX);
@@ -281,12 +271,10 @@ const PER_BLOCK_RESERVED: usize = 1024;
 /// and math, so a second resident block hides the load latency), else the largest that
 /// fits once. The portable path may shrink the row count too.
 fn pick_tiles(
-    s: &MlaSizes,
-    elem: usize,
+    bytes: impl Fn(usize, usize) -> Option<usize>,
     tensor_path: bool,
     max_smem: usize,
 ) -> Option<(usize, usize)> {
-    let bytes = |bq: usize, bn: usize| decode_shared_bytes(elem, s.d_qk, s.d_v, bq, bn);
     let fits = |bq: usize, bn: usize| bytes(bq, bn).is_some_and(|b| b <= max_smem);
     if tensor_path {
         let per_sm = max_smem + PER_BLOCK_RESERVED;
@@ -303,6 +291,29 @@ fn pick_tiles(
         .into_iter()
         .flat_map(|bq| [32, 16].into_iter().map(move |bn| (bq, bn)))
         .find(|&(bq, bn)| fits(bq, bn))
+}
+
+/// The decode tile `(block_q, block_n)` for run dtype `dtype` whose shared memory
+/// (`bytes(block_q, block_n)`) fits the device, or the typed error naming `(Dqk, Dv)`.
+pub(crate) fn tiles(
+    op: Op,
+    (d_qk, d_v): (usize, usize),
+    dtype: DType,
+    limits: &DeviceLimits,
+    bytes: impl Fn(usize, usize) -> Option<usize>,
+) -> PlanResult<(usize, usize)> {
+    let tensor_path = limits.tensor_cores && matches!(dtype, DType::F16 | DType::BF16);
+    pick_tiles(&bytes, tensor_path, limits.max_shared_bytes as usize).ok_or_else(|| PlanError {
+        op,
+        what: format!("Dqk = {d_qk}, Dv = {d_v}"),
+        reason: match bytes(1, 16) {
+            Some(b) => format!(
+                "the smallest decode tile needs {b} bytes of shared memory, the device allows {}",
+                limits.max_shared_bytes
+            ),
+            None => "the decode tile's shared memory overflows the address space".into(),
+        },
+    })
 }
 
 #[cfg(test)]

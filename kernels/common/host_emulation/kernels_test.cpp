@@ -1025,6 +1025,151 @@ static void mla_case(int dtype, const MlaCase& c, int corrupt /*0 none, 1 seqlen
             }
 }
 
+// ---------------------------------------------------------------------------------------
+// mla_sparse_decode
+// ---------------------------------------------------------------------------------------
+struct SparseCase {
+    int B, s_q, h_q, d_qk, d_v, block_size, num_blocks, topk;
+    std::vector<int> lens;     // topk_length, empty: none (every entry counts)
+    std::vector<float> sink;   // attn_sink [Hq], empty: none
+    int num_splits, block_q, block_n;
+    bool fp8 = false;          // kv_format fp8_ds_v32 (d_qk 576, d_v 512)
+};
+
+// Indices per (b, i): valid slots, -1 and repeats of earlier entries below the length;
+// past it, values no slot has (never read). Query row (b 0, i 1) holds only -1. Slots no
+// counted entry names hold NaN (dense) or 0xFF bytes (FP8): reading one would show.
+static void sparse_case(int dtype, const SparseCase& c, int corrupt /*0 none, 1 topk_length, 2 indices*/) {
+    const int slots = c.num_blocks * c.block_size;
+    const int rows = c.B * c.s_q;
+    Tensor q = make(randn((size_t)rows * c.h_q * c.d_qk, 1.0f), dtype);
+    std::vector<int> lens = c.lens;
+    std::vector<int> idx((size_t)rows * c.topk);
+    std::uniform_int_distribution<int> slot_d(0, slots - 1), kind(0, 5);
+    std::vector<bool> used(slots, false);
+    for (int r = 0; r < rows; ++r) {
+        const int b = r / c.s_q;
+        const int len = lens.empty() ? c.topk : lens[b];
+        for (int j = 0; j < c.topk; ++j) {
+            int& e = idx[(size_t)r * c.topk + j];
+            if (j >= len) {
+                e = (j % 2) ? 2147480000 : -7;
+            } else if (r == 1) {
+                e = -1;
+            } else {
+                const int k = kind(rng);
+                e = k == 0 ? -1 : (k == 1 && j > 0) ? idx[(size_t)r * c.topk + j - 1] : slot_d(rng);
+                if (e >= 0) used[e] = true;
+            }
+        }
+    }
+    std::vector<float> kvv = randn((size_t)slots * c.d_qk, 1.0f);
+    for (int s = 0; s < slots; ++s)
+        if (!used[s])
+            for (int d = 0; d < c.d_qk; ++d) kvv[(size_t)s * c.d_qk + d] = NAN;
+    Tensor kv = c.fp8 ? make_ds_v32(kvv, slots) : make(kvv, dtype);
+    auto flag = [](unsigned long long pos, int value) { return (pos << 32) | (unsigned)value; };
+    unsigned long long want_err0 = ~0ull, want_err1 = ~0ull;
+    if (corrupt == 1) {
+        lens[2] = c.topk + 1;
+        lens[1] = -1;
+        want_err0 = flag(1, -1);
+    } else if (corrupt == 2) {
+        // Two bad counted entries (the later one in a later row) and one past a length.
+        const int r2 = c.s_q * 2 + 1;  // b 2
+        idx[(size_t)r2 * c.topk + 1] = -2;
+        idx[(size_t)c.topk * 2 + 3] = slots;  // b 1 (or 2), i 0 or 2
+        want_err1 = flag((unsigned long long)c.topk * 2 + 3, slots);
+    }
+    const int out_rows = rows * c.h_q;
+    std::vector<float> o_part((size_t)c.num_splits * out_rows * c.d_v, NAN), lse_part((size_t)c.num_splits * out_rows, NAN);
+    const size_t es = dtype == 0 ? 4 : 2;
+    Tensor o;
+    o.bytes.assign((size_t)out_rows * c.d_v * es, 0xff);
+    std::vector<float> lse(out_rows, NAN);
+    unsigned long long err[2] = {~0ull, ~0ull};
+    const float scale = 0.1352337788608801f;
+    const int* len_ptr = lens.empty() ? nullptr : lens.data();
+    const float* sink_ptr = c.sink.empty() ? nullptr : c.sink.data();
+    moemla_emu_launch({(unsigned)((rows * c.topk + 255) / 256), 1, 1}, 256, [&] {
+        moemla_mla_sparse_check(idx.data(), len_ptr, c.B, c.s_q, c.topk, slots, err);
+    });
+    moemla_dim3 grid{(unsigned)c.num_splits, (unsigned)((c.h_q + c.block_q - 1) / c.block_q), (unsigned)rows};
+#define MOEMLA_RUN_SPARSE(SFX, TT)                                                                                \
+    moemla_emu_launch(grid, 128, [&] {                                                                            \
+        if (c.fp8)                                                                                                \
+            moemla_mla_sparse_decode_fp8_##SFX((const TT*)q.ptr(), (const unsigned char*)kv.ptr(), idx.data(),    \
+                                               len_ptr, o_part.data(), lse_part.data(), c.B, c.s_q, c.h_q,        \
+                                               c.d_qk, c.d_v, c.num_blocks, c.block_size, c.topk, scale,          \
+                                               c.num_splits, c.block_q, c.block_n);                               \
+        else                                                                                                      \
+            moemla_mla_sparse_decode_##SFX((const TT*)q.ptr(), (const TT*)kv.ptr(), idx.data(), len_ptr,          \
+                                           o_part.data(), lse_part.data(), c.B, c.s_q, c.h_q, c.d_qk, c.d_v,      \
+                                           c.num_blocks, c.block_size, c.topk, scale, c.num_splits, c.block_q,    \
+                                           c.block_n);                                                            \
+    });                                                                                                           \
+    moemla_emu_launch({(unsigned)out_rows, 1, 1}, 128, [&] {                                                      \
+        moemla_mla_sparse_combine_##SFX(o_part.data(), lse_part.data(), sink_ptr, (TT*)o.ptr(), lse.data(), c.B,  \
+                                        c.s_q, c.h_q, c.d_v, c.num_splits);                                       \
+    });
+    if (dtype == 0) {
+        MOEMLA_RUN_SPARSE(f32, float)
+    } else if (dtype == 1) {
+        MOEMLA_RUN_SPARSE(f16, moemla_f16)
+    } else {
+        MOEMLA_RUN_SPARSE(bf16, moemla_bf16)
+    }
+    char buf[240];
+    std::snprintf(buf, sizeof buf, "sparse_check %s corrupt%d: err {%#llx, %#llx} want {%#llx, %#llx}", dname(dtype),
+                  corrupt, err[0], err[1], want_err0, want_err1);
+    expect(err[0] == want_err0 && err[1] == want_err1, buf);
+    if (corrupt) return;
+
+    int shown = 0;
+    for (int r = 0; r < rows; ++r) {
+        const int b = r / c.s_q, i = r % c.s_q;
+        const int len = lens.empty() ? c.topk : lens[b];
+        std::vector<int> att;
+        for (int j = 0; j < len; ++j)
+            if (idx[(size_t)r * c.topk + j] != -1) att.push_back(idx[(size_t)r * c.topk + j]);
+        for (int h = 0; h < c.h_q; ++h) {
+            std::vector<double> sc;
+            double m = -INFINITY;
+            for (int s : att) {
+                double dot = 0;
+                for (int d = 0; d < c.d_qk; ++d)
+                    dot += (double)q.vals[((size_t)r * c.h_q + h) * c.d_qk + d] * kv.vals[(size_t)s * c.d_qk + d];
+                sc.push_back(dot * scale);
+                m = std::max(m, dot * scale);
+            }
+            double denom = 0;
+            for (double s : sc) denom += std::exp(s - m);
+            const double want_lse = att.empty() ? -INFINITY : m + std::log(denom);
+            double factor = 1.0;
+            if (!c.sink.empty() && !att.empty()) factor = 1.0 / (1.0 + std::exp((double)c.sink[h] - want_lse));
+            const double got_lse = lse[((size_t)b * c.h_q + h) * c.s_q + i];
+            std::snprintf(buf, sizeof buf, "sparse %s b%d i%d h%d: lse %g want %g", dname(dtype), b, i, h, got_lse,
+                          want_lse);
+            expect(att.empty() ? got_lse == -INFINITY : close(got_lse, want_lse, atol_of(dtype), atol_of(dtype)), buf);
+            for (int dv = 0; dv < c.d_v; ++dv) {
+                double want = 0;
+                for (size_t j = 0; j < att.size(); ++j)
+                    want += std::exp(sc[j] - m) / denom * kv.vals[(size_t)att[j] * c.d_qk + dv];
+                want *= factor;
+                const double got = read_out(o, ((size_t)r * c.h_q + h) * c.d_v + dv, dtype);
+                const bool ok = close(got, want, atol_of(dtype), atol_of(dtype));
+                if (!ok && shown++ < 4) {
+                    std::snprintf(buf, sizeof buf, "sparse %s b%d i%d h%d dv%d: o %g want %g (%zu entries)",
+                                  dname(dtype), b, i, h, dv, got, want, att.size());
+                    expect(false, buf);
+                } else if (ok) {
+                    ++g_checks;
+                }
+            }
+        }
+    }
+}
+
 // Sections run: all, or those named on the command line (route, experts, mla, ...).
 static std::vector<std::string> g_only;
 static bool want(const char* section) {
@@ -1097,6 +1242,30 @@ int main(int argc, char** argv) {
             mla_case(dtype, f, 0);
             MlaCase g{1, 1, 16, 1, 576, 512, 64, 1, 2, false, {50}, 1, 16, 16, true};
             mla_case(dtype, g, 0);
+        }
+        if (want("sparse")) {
+            // Decode Sq 2 with topk_length (0 for one batch), sinks (finite, -inf, +inf),
+            // two splits; MTP Sq 4 without lengths or sinks, a partial head tile, scalar
+            // loads; prefill-like B 1 Sq 20; bad lengths and bad indices flagged, never read.
+            const float inf = INFINITY;
+            SparseCase d{3, 2, 4, 40, 32, 5, 8, 24, {24, 10, 0}, {0.3f, -inf, inf, 1.7f}, 2, 16, 16};
+            sparse_case(dtype, d, 0);
+            SparseCase mtp{1, 4, 6, 21, 13, 3, 9, 20, {}, {}, 2, 4, 16};
+            sparse_case(dtype, mtp, 0);
+            SparseCase pre{1, 20, 1, 16, 8, 4, 8, 6, {5}, {-0.5f}, 1, 16, 16};
+            sparse_case(dtype, pre, 0);
+            if (dtype == 0) {  // the checks and the decode's skipping do not depend on the dtype
+                SparseCase bad{3, 2, 2, 40, 32, 5, 8, 24, {24, 10, 20}, {}, 2, 16, 16};
+                sparse_case(dtype, bad, 1);
+                sparse_case(dtype, bad, 2);
+            }
+        }
+        if (want("sparse_fp8") && dtype != 0) {
+            // The 656-byte FP8 cache at DeepSeek dims: one 16-head tile, topk_length < topk.
+            SparseCase f{1, 2, 16, 576, 512, 16, 3, 40, {33}, {0.5f, -1.0f, 0.0f, 2.0f, 0.5f, -1.0f, 0.0f, 2.0f,
+                                                              0.5f, -1.0f, 0.0f, 2.0f, 0.5f, -1.0f, 0.0f, 2.0f},
+                         2, 16, 16, true};
+            sparse_case(dtype, f, 0);
         }
     }
     std::printf("%s: %d checks, %d failures (warp %d%s)\n", g_failures ? "FAILED" : "ok", g_checks, g_failures,

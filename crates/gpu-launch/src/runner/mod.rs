@@ -9,6 +9,7 @@
 
 mod mla_decode;
 mod mla_kv_quantize;
+mod mla_sparse_decode;
 mod moe_experts;
 mod moe_route;
 
@@ -17,7 +18,8 @@ use crate::device::{GpuBuffer, GpuDevice};
 use crate::flags::{FlagArena, FlagCheck, FlagKind};
 use crate::module::Module;
 use moemla_core::calls::{
-    MlaDecodeCall, MlaDecodeOutput, MlaKvQuantizeCall, MoeExpertsCall, MoeRouteCall, MoeRouteOutput,
+    MlaDecodeCall, MlaDecodeOutput, MlaKvQuantizeCall, MlaSparseDecodeCall, MoeExpertsCall,
+    MoeRouteCall, MoeRouteOutput,
 };
 use moemla_core::{DType, DeviceTensor, Error, Format, HostTensor, Op, OpSupport, Result, Shape};
 use moemla_kernel_plan::{Launch, PlanError};
@@ -38,13 +40,12 @@ pub fn supported() -> Vec<OpSupport> {
         ] {
             all.push(OpSupport::with_format(Op::MoeExperts, dtype, format));
         }
+        all.push(OpSupport::new(Op::MlaSparseDecode, dtype));
         if dtype != DType::F32 {
             // The FP8 cache takes 16-bit queries (the contract).
-            all.push(OpSupport::with_format(
-                Op::MlaDecode,
-                dtype,
-                Format::Fp8DsV32,
-            ));
+            for op in [Op::MlaDecode, Op::MlaSparseDecode] {
+                all.push(OpSupport::with_format(op, dtype, Format::Fp8DsV32));
+            }
         }
         all.push(OpSupport::new(Op::MlaKvQuantize, dtype));
         all.push(OpSupport::with_format(
@@ -172,6 +173,12 @@ impl<D: GpuDevice> GpuRunner<D> {
         mla_kv_quantize::run(self, call)
     }
 
+    /// `mla_sparse_decode` (three launches); bad `topk_length` / `indices` entries surface
+    /// at the next synchronize.
+    pub fn mla_sparse_decode(&self, call: &MlaSparseDecodeCall<'_>) -> Result<MlaDecodeOutput> {
+        mla_sparse_decode::run(self, call)
+    }
+
     fn lock(&self) -> MutexGuard<'_, StreamState<D::Buffer>> {
         self.stream.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -257,6 +264,13 @@ macro_rules! runner_backend_methods {
             call: &$crate::__core::calls::MlaKvQuantizeCall<'_>,
         ) -> $crate::__core::Result<$crate::__core::DeviceTensor> {
             self.$gpu.mla_kv_quantize(call)
+        }
+
+        fn mla_sparse_decode(
+            &self,
+            call: &$crate::__core::calls::MlaSparseDecodeCall<'_>,
+        ) -> $crate::__core::Result<$crate::__core::calls::MlaDecodeOutput> {
+            self.$gpu.mla_sparse_decode(call)
         }
     };
 }

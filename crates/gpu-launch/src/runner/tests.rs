@@ -153,6 +153,31 @@ impl State {
                             }
                         }
                     }
+                    "moemla_mla_sparse_check" => {
+                        let (indices, lens, batch, s_q, topk, slots, err) =
+                            (p(0), p(1), n(2), n(3), n(4), n(5), p(6));
+                        for r in 0..(batch * s_q) as usize {
+                            let b = r / s_q as usize;
+                            let len = if lens == 0 {
+                                topk
+                            } else {
+                                self.i32_at(lens, b)
+                            };
+                            if len < 0 || len > topk {
+                                if r % s_q as usize == 0 {
+                                    self.flag(err, b, len);
+                                }
+                                continue;
+                            }
+                            for j in 0..len as usize {
+                                let at = r * topk as usize + j;
+                                let s = self.i32_at(indices, at);
+                                if s != -1 && !(0..slots).contains(&s) {
+                                    self.flag(err + 8, at, s);
+                                }
+                            }
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -853,4 +878,114 @@ fn mla_decode_over_the_fp8_cache_launches_the_fp8_kernel_with_the_dense_argument
     assert_eq!(l[1].1[9..12], [Arg::I32(1), Arg::I32(576), Arg::I32(512)]);
     assert_eq!(out.o.dims(), [2, 1, 16, 512]);
     b.synchronize().unwrap();
+}
+
+/// A sparse call: B = 2, Sq = 2, Hq = 4, Dqk = 24, Dv = 16, 4 blocks of 8 (32 slots),
+/// topk = 3; with a per-batch length and a sink.
+fn sparse(b: &FakeBackend, indices: &[i32], lens: &[i32]) -> Result<MlaDecodeOutput> {
+    let q = f32s(b, &[2, 2, 4, 24]);
+    let kv = f32s(b, &[4, 8, 1, 24]);
+    let indices = i32s(b, &[2, 2, 3], indices);
+    let lens = i32s(b, &[2], lens);
+    let sink = f32s(b, &[4]);
+    let p = moemla_core::SparseDecodeParams {
+        softmax_scale: 0.2,
+        head_dim_v: 16,
+        kv_format: moemla_core::KvFormat::Dense,
+    };
+    let mut inputs = moemla_core::ops::SparseDecodeInputs::new(&q, &kv, &indices);
+    inputs.topk_length = Some(&lens);
+    inputs.attn_sink = Some(&sink);
+    ops::mla_sparse_decode(b, inputs, &p)
+}
+
+#[test]
+fn sparse_decode_enqueues_its_three_launches_with_the_optional_tensors() {
+    let (b, fake) = backend();
+    fake.take_log();
+    let out = sparse(&b, &[0, -1, 31, 5, 5, 6, 7, 8, 99, 1, 2, -9], &[3, 2]).unwrap();
+    assert!(!has(&fake.take_log(), "sync"));
+    let l = queued(&fake);
+    let names: Vec<&str> = l.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "moemla_mla_sparse_check",
+            "moemla_mla_sparse_decode_f32",
+            "moemla_mla_sparse_combine_f32"
+        ]
+    );
+    // check: (indices, topk_length, B, Sq, topk, slots, err)
+    assert_eq!(
+        l[0].1[2..6],
+        [Arg::I32(2), Arg::I32(2), Arg::I32(3), Arg::I32(32)]
+    );
+    // decode: (q, kv, indices, topk_length, o_part, lse_part, B, Sq, Hq, Dqk, Dv,
+    // num_blocks, block_size, topk, scale, splits, block_q, block_n)
+    assert_eq!(l[1].1.len(), 18);
+    assert_eq!(l[1].1[2..4], l[0].1[0..2]);
+    assert_eq!(
+        l[1].1[6..15],
+        [
+            Arg::I32(2),
+            Arg::I32(2),
+            Arg::I32(4),
+            Arg::I32(24),
+            Arg::I32(16),
+            Arg::I32(4),
+            Arg::I32(8),
+            Arg::I32(3),
+            Arg::F32(0.2)
+        ]
+    );
+    // combine: (o_part, lse_part, attn_sink, o, lse, B, Sq, Hq, Dv, splits)
+    assert_eq!(l[2].1.len(), 10);
+    assert!(matches!(l[2].1[2], Arg::Ptr(p) if p != 0));
+    assert_eq!(
+        (out.o.dims(), out.lse.dims()),
+        (&[2, 2, 4, 16][..], &[2, 4, 2][..])
+    );
+    // Entries past a length (99 at [1, 0, 2], -9 at [1, 1, 2]) are never checked.
+    b.synchronize().unwrap();
+}
+
+#[test]
+fn sparse_index_errors_surface_at_the_next_synchronize_lengths_first() {
+    let (b, _fake) = backend();
+    // topk_length[1] = 4 > topk, and a bad index in batch 0: the length is reported.
+    sparse(&b, &[0, 32, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10], &[3, 4]).unwrap();
+    assert_eq!(
+        b.synchronize(),
+        Err(Error::IndexOutOfRange {
+            op: Op::MlaSparseDecode,
+            arg: "topk_length",
+            index: vec![1],
+            value: 4,
+            valid: "[0, 3] (topk)".into(),
+        })
+    );
+    // The first bad counted entry: [0, 1, 0] = -2 (before [1, 0, 1] = 32).
+    sparse(&b, &[0, 1, 2, -2, 3, 4, 5, 32, 7, 8, 9, 10], &[3, 3]).unwrap();
+    assert_eq!(
+        b.synchronize(),
+        Err(Error::IndexOutOfRange {
+            op: Op::MlaSparseDecode,
+            arg: "indices",
+            index: vec![0, 1, 0],
+            value: -2,
+            valid: "-1 or [0, 32) (num_blocks * block_size)".into(),
+        })
+    );
+    b.synchronize().unwrap();
+}
+
+#[test]
+fn supported_lists_sparse_decode_dense_in_every_dtype_and_fp8_for_16_bit() {
+    use moemla_core::{Format, OpSupport};
+    let all = super::supported();
+    for dtype in DType::FLOATS {
+        assert!(all.contains(&OpSupport::new(Op::MlaSparseDecode, dtype)));
+        let fp8 = OpSupport::with_format(Op::MlaSparseDecode, dtype, Format::Fp8DsV32);
+        assert_eq!(all.contains(&fp8), dtype != DType::F32, "{dtype:?}");
+    }
 }
