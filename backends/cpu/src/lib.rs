@@ -116,6 +116,30 @@ impl CpuBackend {
                 message: format!("{} output buffers for {N} outputs", b.len()),
             })
     }
+
+    /// The output side of an attention `_into` call (`mla_decode`, `mla_sparse_decode`):
+    /// checks `o` [B, Sq, Hq, Dv] and `lse` [B, Hq, Sq] (`dims` = [B, Sq, Hq, Dv]) against
+    /// `inputs` as [`Self::outputs`] does, then runs `run` on their memory under `writing`.
+    fn attention_into(
+        &self,
+        call: &'static str,
+        inputs: &[&DeviceTensor],
+        dims: [usize; 4],
+        o: &DeviceTensor,
+        lse: &DeviceTensor,
+        run: impl FnOnce(storage::FloatSliceMut<'_>, &mut [f32]) -> Result<()>,
+    ) -> Result<()> {
+        let [b, s_q, h_q, _] = dims;
+        let lse_dims = [b, h_q, s_q];
+        let outputs = [(o, &dims[..], "o"), (lse, &lse_dims[..], "lse")];
+        let [o, lse] = self.outputs(call, inputs, outputs)?;
+        let _writing = storage::writing();
+        // SAFETY: as in `moe_route_into`.
+        let (o, lse) = unsafe { (o.slice_mut(), lse.slice_mut()) };
+        let o = storage::float_mut(o, &self.name, call, "o")?;
+        let lse = storage::f32_mut(lse, &self.name, call, "lse")?;
+        run(o, lse)
+    }
 }
 
 impl Default for CpuBackend {
@@ -280,18 +304,11 @@ impl Backend for CpuBackend {
         o: &DeviceTensor,
         lse: &DeviceTensor,
     ) -> Result<()> {
-        const CALL: &str = "mla_decode";
         let inputs = [call.q, call.kv_cache, call.block_table, call.cache_seqlens];
-        let o_dims = [call.batch, call.s_q, call.h_q, call.d_v];
-        let lse_dims = [call.batch, call.h_q, call.s_q];
-        let outputs = [(o, &o_dims[..], "o"), (lse, &lse_dims[..], "lse")];
-        let [o, lse] = self.outputs(CALL, &inputs, outputs)?;
-        let _writing = storage::writing();
-        // SAFETY: as in `moe_route_into`.
-        let (o, lse) = unsafe { (o.slice_mut(), lse.slice_mut()) };
-        let o = storage::float_mut(o, &self.name, CALL, "o")?;
-        let lse = storage::f32_mut(lse, &self.name, CALL, "lse")?;
-        ops::mla_decode::run_into(&self.name, call, o, lse)
+        let dims = [call.batch, call.s_q, call.h_q, call.d_v];
+        self.attention_into("mla_decode", &inputs, dims, o, lse, |o, lse| {
+            ops::mla_decode::run_into(&self.name, call, o, lse)
+        })
     }
 
     fn mla_sparse_decode_into(
@@ -300,20 +317,13 @@ impl Backend for CpuBackend {
         o: &DeviceTensor,
         lse: &DeviceTensor,
     ) -> Result<()> {
-        const CALL: &str = "mla_sparse_decode";
         let mut inputs = vec![call.q, call.kv_cache, call.indices];
         inputs.extend(call.topk_length);
         inputs.extend(call.attn_sink);
-        let o_dims = [call.batch, call.s_q, call.h_q, call.d_v];
-        let lse_dims = [call.batch, call.h_q, call.s_q];
-        let outputs = [(o, &o_dims[..], "o"), (lse, &lse_dims[..], "lse")];
-        let [o, lse] = self.outputs(CALL, &inputs, outputs)?;
-        let _writing = storage::writing();
-        // SAFETY: as in `moe_route_into`.
-        let (o, lse) = unsafe { (o.slice_mut(), lse.slice_mut()) };
-        let o = storage::float_mut(o, &self.name, CALL, "o")?;
-        let lse = storage::f32_mut(lse, &self.name, CALL, "lse")?;
-        ops::mla_sparse_decode::run_into(&self.name, call, o, lse)
+        let dims = [call.batch, call.s_q, call.h_q, call.d_v];
+        self.attention_into("mla_sparse_decode", &inputs, dims, o, lse, |o, lse| {
+            ops::mla_sparse_decode::run_into(&self.name, call, o, lse)
+        })
     }
 
     fn mla_cache_write(&self, call: &MlaCacheWriteCall<'_>) -> Result<()> {
