@@ -9,11 +9,12 @@ use crate::ClBuffer;
 use moemla_core::calls::MlaDecodeCall;
 use moemla_core::{DType, Error, KvFormat, Op, Result};
 
-/// Work-group tiling of `mla_split`: QB query rows share each tile of TN cache rows.
+/// Work-group tiling of `mla_split` (and of `mla_sparse_decode`'s `sparse_split`): QB query
+/// rows share each tile of TN cache rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Tiling {
-    qb: usize,
-    tn: usize,
+pub(super) struct Tiling {
+    pub(super) qb: usize,
+    pub(super) tn: usize,
 }
 
 impl Tiling {
@@ -28,9 +29,20 @@ impl Tiling {
     /// The largest tiling up to 16 x 16 that fits the device (halving the larger side).
     /// It does not depend on the head count, so PoCL compiles few work-group variants.
     fn choose(d_qk: usize, local_mem: u64, max_work_group: usize) -> Option<Tiling> {
+        Tiling::fit(local_mem, max_work_group, |t| t.local_bytes(d_qk))
+    }
+
+    /// The largest tiling up to 16 x 16 whose `local_bytes` (saturating) fit in
+    /// `local_mem` less 1 KiB and whose work-group fits `max_work_group` (halving the
+    /// larger side); `None` when not even 1 x 1 does.
+    pub(super) fn fit(
+        local_mem: u64,
+        max_work_group: usize,
+        local_bytes: impl Fn(Tiling) -> usize,
+    ) -> Option<Tiling> {
         let mut t = Tiling { qb: 16, tn: 16 };
         let budget = usize::try_from(local_mem.saturating_sub(1024)).unwrap_or(usize::MAX);
-        while t.local_bytes(d_qk) > budget || t.qb * t.tn > max_work_group {
+        while local_bytes(t) > budget || t.qb * t.tn > max_work_group {
             if t.qb == 1 && t.tn == 1 {
                 return None;
             }
@@ -41,6 +53,19 @@ impl Tiling {
             }
         }
         Some(t)
+    }
+}
+
+/// The `Unsupported` error of an attention op whose cache rows of `d_qk` fit no tiling.
+pub(super) fn no_tiling(dev: &ClDevice, backend: &str, op: Op, d_qk: usize) -> Error {
+    Error::Unsupported {
+        backend: backend.to_string(),
+        op,
+        what: format!("Dqk = {d_qk}"),
+        reason: format!(
+            "a cache row does not fit in {} bytes of local memory",
+            dev.facts.local_mem
+        ),
     }
 }
 
@@ -89,18 +114,8 @@ pub fn run(
     )? as usize;
     int_product(op, "B * max_blocks", &[b, call.max_blocks])?;
     int_product(op, "B * Sq * Hq", &[b, s_q, h_q])?;
-    let tiling =
-        Tiling::choose(d_qk, dev.facts.local_mem, dev.facts.max_work_group).ok_or_else(|| {
-            Error::Unsupported {
-                backend: backend.to_string(),
-                op,
-                what: format!("Dqk = {d_qk}"),
-                reason: format!(
-                    "a cache row does not fit in {} bytes of local memory",
-                    dev.facts.local_mem
-                ),
-            }
-        })?;
+    let tiling = Tiling::choose(d_qk, dev.facts.local_mem, dev.facts.max_work_group)
+        .ok_or_else(|| no_tiling(dev, backend, op, d_qk))?;
     let wg = tiling.qb * tiling.tn;
     let q_blocks = rows.div_ceil(tiling.qb);
     // Enough splits along the sequence to give every compute unit a few work-groups.

@@ -4,44 +4,25 @@
 //! entries are index errors reported at the next synchronize or download.
 
 use crate::device::{Arg, ClDevice};
+use crate::ops::mla_decode::{no_tiling, Tiling};
 use crate::ops::{byte_len, int, int_product, need_local, need_work_group, pow2_at_most};
 use crate::programs_v2::{program, Kernels};
 use crate::ClBuffer;
 use moemla_core::calls::MlaSparseDecodeCall;
-use moemla_core::{DType, Error, KvFormat, Op, Result};
+use moemla_core::{DType, KvFormat, Op, Result};
 
-/// Work-group tiling of `sparse_split`: QB heads share each tile of TN listed rows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Tiling {
-    qb: usize,
-    tn: usize,
+/// Local memory of `sparse_split` (QB heads share each tile of TN listed rows): q rows, a
+/// row tile, scores, rescale factors, slots (saturating: a size that overflows fits no
+/// device).
+fn local_bytes(t: Tiling, d_qk: usize) -> usize {
+    let rows = (t.qb + t.tn).saturating_mul(d_qk);
+    rows.saturating_add(t.qb * t.tn + t.qb + t.tn)
+        .saturating_mul(4)
 }
 
-impl Tiling {
-    /// Local memory of `sparse_split`: q rows, a row tile, scores, rescale factors, slots
-    /// (saturating: a size that overflows fits no device).
-    fn local_bytes(self, d_qk: usize) -> usize {
-        let rows = (self.qb + self.tn).saturating_mul(d_qk);
-        rows.saturating_add(self.qb * self.tn + self.qb + self.tn)
-            .saturating_mul(4)
-    }
-
-    /// The largest tiling up to 16 x 16 that fits the device (halving the larger side).
-    fn choose(d_qk: usize, local_mem: u64, max_work_group: usize) -> Option<Tiling> {
-        let mut t = Tiling { qb: 16, tn: 16 };
-        let budget = usize::try_from(local_mem.saturating_sub(1024)).unwrap_or(usize::MAX);
-        while t.local_bytes(d_qk) > budget || t.qb * t.tn > max_work_group {
-            if t.qb == 1 && t.tn == 1 {
-                return None;
-            }
-            if t.tn >= t.qb {
-                t.tn = t.tn.div_ceil(2);
-            } else {
-                t.qb = t.qb.div_ceil(2);
-            }
-        }
-        Some(t)
-    }
+/// The largest tiling of `sparse_split` up to 16 x 16 that fits the device.
+fn choose(d_qk: usize, local_mem: u64, max_work_group: usize) -> Option<Tiling> {
+    Tiling::fit(local_mem, max_work_group, |t| local_bytes(t, d_qk))
 }
 
 /// Enqueues the sparse attention into `o` [B, Sq, Hq, Dv] (run dtype) and `lse`
@@ -79,18 +60,8 @@ pub fn run(
     int_product(op, "B * Sq * topk", &[b, s_q, topk.max(1)])?;
     int_product(op, "B * Sq * Hq", &[b, s_q, h_q])?;
     let slots = int(op, "num_blocks * block_size", call.slots())?;
-    let tiling =
-        Tiling::choose(d_qk, dev.facts.local_mem, dev.facts.max_work_group).ok_or_else(|| {
-            Error::Unsupported {
-                backend: backend.to_string(),
-                op,
-                what: format!("Dqk = {d_qk}"),
-                reason: format!(
-                    "a cache row does not fit in {} bytes of local memory",
-                    dev.facts.local_mem
-                ),
-            }
-        })?;
+    let tiling = choose(d_qk, dev.facts.local_mem, dev.facts.max_work_group)
+        .ok_or_else(|| no_tiling(dev, backend, op, d_qk))?;
     let wg = tiling.qb * tiling.tn;
     need_work_group(dev, op, wg)?;
     let local = [
@@ -200,12 +171,12 @@ mod tests {
     #[test]
     fn tiling_shrinks_to_fit_local_memory() {
         assert_eq!(
-            Tiling::choose(576, 1 << 20, 4096).unwrap(),
+            choose(576, 1 << 20, 4096).unwrap(),
             Tiling { qb: 16, tn: 16 }
         );
-        let small = Tiling::choose(576, 32 * 1024, 1024).unwrap();
-        assert!(small.local_bytes(576) <= 31 * 1024, "{small:?}");
-        assert!(Tiling::choose(1 << 20, 32 * 1024, 1024).is_none());
-        assert!(Tiling::choose(usize::MAX / 8, 1 << 20, 4096).is_none());
+        let small = choose(576, 32 * 1024, 1024).unwrap();
+        assert!(local_bytes(small, 576) <= 31 * 1024, "{small:?}");
+        assert!(choose(1 << 20, 32 * 1024, 1024).is_none());
+        assert!(choose(usize::MAX / 8, 1 << 20, 4096).is_none());
     }
 }
