@@ -5,6 +5,7 @@
 //! at the next synchronize or download (seqlens first).
 
 use crate::device::{Arg, ClDevice, Module};
+use crate::ops::moe_route::{select_sorted, STATE};
 use crate::ops::{byte_len, int, int_product, need_local, pow2_at_most};
 use crate::programs_v2::{program, Kernels};
 use crate::ClBuffer;
@@ -13,11 +14,6 @@ use moemla_core::{DType, Op, Result};
 
 /// Work-group of `indexer_scores` and `indexer_write` (positions / slots per group).
 const LS: usize = 64;
-/// The largest k ordered by rank (`route_rank`, O(k^2)); larger ones by radix sort (as
-/// `moe_route`).
-const RANK_SORT_MAX: usize = 128;
-/// Words of `moe_route.cl`'s per-row state record.
-const STATE: usize = 8;
 
 /// Enqueues the indexer into `indices` and `scores` (both [B, Sq, top_k]: I32, F32).
 pub fn run(
@@ -120,56 +116,10 @@ pub fn run(
     // Top k_sel of each row's cap keys, best first (moe_route.cl's kernels, one work-group
     // of ls per row).
     let k32 = int(op, "top_k", k_sel)?;
-    let per_row = [rows * ls];
     let sorted_at = if k_sel == 0 {
         0
     } else {
-        for shift in [24, 16, 8, 0] {
-            let args = [
-                Arg::Buf(&keys),
-                Arg::I32(cap32),
-                Arg::I32(k32),
-                Arg::I32(shift),
-                Arg::Buf(&state),
-                Arg::Local(256 * 4),
-            ];
-            dev.launch(&select, "route_select_pass", &args, &per_row, &[ls])?;
-        }
-        let cut = [
-            Arg::Buf(&keys),
-            Arg::I32(cap32),
-            Arg::Buf(&state),
-            Arg::Local(ls * 4),
-        ];
-        dev.launch(&select, "route_select_cut", &cut, &per_row, &[ls])?;
-        let compact = [
-            Arg::Buf(&keys),
-            Arg::I32(cap32),
-            Arg::I32(k32),
-            Arg::Buf(&state),
-            Arg::Buf(&pairs),
-            Arg::Local(ls * 4),
-        ];
-        dev.launch(&select, "route_compact", &compact, &per_row, &[ls])?;
-        if k_sel <= RANK_SORT_MAX {
-            let rank = [Arg::I32(k32), Arg::Buf(&pairs)];
-            dev.launch(&select, "route_rank", &rank, &per_row, &[ls])?;
-            k32
-        } else {
-            for pass in 0..8 {
-                let (src, dst) = if pass % 2 == 0 { (0, k32) } else { (k32, 0) };
-                let args = [
-                    Arg::I32(k32),
-                    Arg::I32(4 * pass),
-                    Arg::I32(src),
-                    Arg::I32(dst),
-                    Arg::Buf(&pairs),
-                    Arg::Local(ls * 64),
-                ];
-                dev.launch(&select, "route_radix", &args, &per_row, &[ls])?;
-            }
-            0
-        }
+        select_sorted(dev, &select, ls, rows, &keys, cap32, k32, &state, &pairs)?
     };
     let write_args = [
         Arg::Buf(&pairs),

@@ -15,7 +15,16 @@ const SCRATCH_BUDGET: usize = 64 << 20;
 /// The largest top_k ordered by rank (`route_rank`, O(top_k^2)); larger ones by radix sort.
 const RANK_SORT_MAX: usize = 128;
 /// Words of the per-token state record (`STATE` in the kernel source).
-const STATE: usize = 8;
+pub(super) const STATE: usize = 8;
+
+/// The kernels' `score_func` code (moe_route.cl, moe_route_hash.cl).
+pub(super) fn score_func_code(f: ScoreFunc) -> i32 {
+    match f {
+        ScoreFunc::Sigmoid => 0,
+        ScoreFunc::Softmax => 1,
+        ScoreFunc::Sqrtsoftplus => 2,
+    }
+}
 
 /// Enqueues the routing into `ids` (`topk_ids` [T, k] I32) and `weights` (`topk_weights`
 /// [T, k] F32), whose every element the kernels write.
@@ -38,11 +47,7 @@ pub fn run(
     if let Some(hash) = call.hash {
         return super::moe_route_hash::run(dev, backend, call, hash, ids, weights);
     }
-    let score_func = match p.score_func {
-        ScoreFunc::Sigmoid => 0,
-        ScoreFunc::Softmax => 1,
-        ScoreFunc::Sqrtsoftplus => 2,
-    };
+    let score_func = score_func_code(p.score_func);
     let logits = call
         .logits
         .buffer::<ClBuffer>(backend, "moe_route", "logits")?;
@@ -141,35 +146,7 @@ pub fn run(
             ];
             launch("route_mask", &args, n)?;
         }
-        select(dev, &program, ls, n, &s.keys, e32, k32, &s.state)?;
-        let args = [
-            Arg::Buf(&s.keys),
-            Arg::I32(e32),
-            Arg::I32(k32),
-            Arg::Buf(&s.state),
-            Arg::Buf(&s.pairs),
-            Arg::Local(ls * 4),
-        ];
-        launch("route_compact", &args, n)?;
-        // Best first: by rank into pairs[k, 2k), or 8 radix passes ending in pairs[0, k).
-        let sorted_at = if k <= RANK_SORT_MAX {
-            launch("route_rank", &[Arg::I32(k32), Arg::Buf(&s.pairs)], n)?;
-            k32
-        } else {
-            for pass in 0..8 {
-                let (src, dst) = if pass % 2 == 0 { (0, k32) } else { (k32, 0) };
-                let args = [
-                    Arg::I32(k32),
-                    Arg::I32(4 * pass),
-                    Arg::I32(src),
-                    Arg::I32(dst),
-                    Arg::Buf(&s.pairs),
-                    Arg::Local(ls * 64),
-                ];
-                launch("route_radix", &args, n)?;
-            }
-            0
-        };
+        let sorted_at = select_sorted(dev, &program, ls, n, &s.keys, e32, k32, &s.state, &s.pairs)?;
         let args = [
             Arg::Buf(logits),
             Arg::I32(t0_32),
@@ -197,6 +174,53 @@ struct Scratch {
     group_keys: ClBuffer,
     pairs: ClBuffer,
     state: ClBuffer,
+}
+
+/// The top `k32` (a kernel int, >= 0) of each of `rows` rows' `n` keys as (key, position)
+/// pairs, best first:
+/// [`select`], then `route_compact` into `pairs`, then by rank into pairs[k, 2k), or 8
+/// radix passes ending in pairs[0, k). Returns where the sorted pairs start (k or 0).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn select_sorted(
+    dev: &ClDevice,
+    program: &Program,
+    ls: usize,
+    rows: usize,
+    keys: &ClBuffer,
+    n: i32,
+    k32: i32,
+    state: &ClBuffer,
+    pairs: &ClBuffer,
+) -> Result<i32> {
+    select(dev, program, ls, rows, keys, n, k32, state)?;
+    let global = [rows * ls];
+    let launch = |name: &str, args: &[Arg<'_>]| dev.launch(program, name, args, &global, &[ls]);
+    let args = [
+        Arg::Buf(keys),
+        Arg::I32(n),
+        Arg::I32(k32),
+        Arg::Buf(state),
+        Arg::Buf(pairs),
+        Arg::Local(ls * 4),
+    ];
+    launch("route_compact", &args)?;
+    if k32 as usize <= RANK_SORT_MAX {
+        launch("route_rank", &[Arg::I32(k32), Arg::Buf(pairs)])?;
+        return Ok(k32);
+    }
+    for pass in 0..8 {
+        let (src, dst) = if pass % 2 == 0 { (0, k32) } else { (k32, 0) };
+        let args = [
+            Arg::I32(k32),
+            Arg::I32(4 * pass),
+            Arg::I32(src),
+            Arg::I32(dst),
+            Arg::Buf(pairs),
+            Arg::Local(ls * 64),
+        ];
+        launch("route_radix", &args)?;
+    }
+    Ok(0)
 }
 
 /// Selects the top `k` of each token's `n` keys: four digit passes, then the cut; the

@@ -4,11 +4,12 @@
 //! entry in token order (as `moemla_core::indices::check_hash_routing` finds it).
 
 use crate::device::{Arg, ClDevice};
+use crate::ops::moe_route::score_func_code;
 use crate::ops::{int, int_product};
 use crate::programs_v2::{program, Kernels};
 use crate::ClBuffer;
 use moemla_core::calls::{HashRouting, MoeRouteCall};
-use moemla_core::{Op, Result, ScoreFunc};
+use moemla_core::{Op, Result};
 
 /// Work-group size.
 const LS: usize = 64;
@@ -26,11 +27,7 @@ pub fn run(
     let op = Op::MoeRoute;
     let p = call.params;
     let (t, e, k) = (call.tokens, call.experts, p.top_k);
-    let score_func = match p.score_func {
-        ScoreFunc::Sigmoid => 0,
-        ScoreFunc::Softmax => 1,
-        ScoreFunc::Sqrtsoftplus => 2,
-    };
+    let score_func = score_func_code(p.score_func);
     let logits = call
         .logits
         .buffer::<ClBuffer>(backend, "moe_route", "logits")?;
