@@ -75,6 +75,29 @@ inline uint wg_scan(__local uint *buf, uint v, uint *total) {
     return incl - v;
 }
 
+// One online-softmax step over a work-item's own row of n scores: the scores become
+// exp(score - m_new) (zeros while every score so far is -inf), *m_run and *l_run move to
+// the new running max and sum; returns the factor that rescales the partials so far.
+inline float online_softmax_row(__local float *sc, int n, float *m_run, float *l_run) {
+    float mx = -INFINITY;
+    for (int j = 0; j < n; ++j) mx = fmax(mx, sc[j]);
+    const float m_new = fmax(*m_run, mx);
+    float a = 1.0f, sum = 0.0f;
+    if (m_new != -INFINITY) {
+        a = exp(*m_run - m_new);
+        for (int j = 0; j < n; ++j) {
+            const float e = exp(sc[j] - m_new);
+            sc[j] = e;
+            sum += e;
+        }
+    } else {
+        for (int j = 0; j < n; ++j) sc[j] = 0.0f;
+    }
+    *l_run = *l_run * a + sum;
+    *m_run = m_new;
+    return a;
+}
+
 // wg_scan of 16 counters at once.
 inline uint16 wg_scan16(__local uint16 *buf, uint16 v, uint16 *total) {
     const int lid = get_local_id(0), ls = get_local_size(0);

@@ -96,25 +96,7 @@ __kernel void mla_split(__global const store_t *q, __global const kv_t *kv_cache
         } END_STRIDED
         barrier(CLK_LOCAL_MEM_FENCE);
         // Online softmax: scores become probabilities relative to the new running max.
-        if (lid < QB) {
-            float mx = -INFINITY;
-            for (int pp = 0; pp < TN; ++pp) mx = fmax(mx, sc[lid * TN + pp]);
-            const float m_new = fmax(m_run, mx);
-            float a = 1.0f, sum = 0.0f;
-            if (m_new != -INFINITY) {
-                a = exp(m_run - m_new);
-                for (int pp = 0; pp < TN; ++pp) {
-                    const float e = exp(sc[lid * TN + pp] - m_new);
-                    sc[lid * TN + pp] = e;
-                    sum += e;
-                }
-            } else {
-                for (int pp = 0; pp < TN; ++pp) sc[lid * TN + pp] = 0.0f;
-            }
-            l_run = l_run * a + sum;
-            m_run = m_new;
-            alpha[lid] = a;
-        }
+        if (lid < QB) alpha[lid] = online_softmax_row(sc + lid * TN, TN, &m_run, &l_run);
         barrier(CLK_LOCAL_MEM_FENCE);
         FOR_STRIDED(idx, QB * Dv) {
             const int rr = idx / Dv, d = idx % Dv;

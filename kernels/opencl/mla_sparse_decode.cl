@@ -80,25 +80,7 @@ __kernel void sparse_split(__global const store_t *q, __global const kv_t *kv_ca
             sc[idx] = (h0 + hh < Hq && valid[jj] >= 0) ? scale * dot : -INFINITY;
         } END_STRIDED
         barrier(CLK_LOCAL_MEM_FENCE);
-        if (lid < QB) {
-            float mx = -INFINITY;
-            for (int jj = 0; jj < TN; ++jj) mx = fmax(mx, sc[lid * TN + jj]);
-            const float m_new = fmax(m_run, mx);
-            float a = 1.0f, sum = 0.0f;
-            if (m_new != -INFINITY) {
-                a = exp(m_run - m_new);
-                for (int jj = 0; jj < TN; ++jj) {
-                    const float e = exp(sc[lid * TN + jj] - m_new);
-                    sc[lid * TN + jj] = e;
-                    sum += e;
-                }
-            } else {
-                for (int jj = 0; jj < TN; ++jj) sc[lid * TN + jj] = 0.0f;
-            }
-            l_run = l_run * a + sum;
-            m_run = m_new;
-            alpha[lid] = a;
-        }
+        if (lid < QB) alpha[lid] = online_softmax_row(sc + lid * TN, TN, &m_run, &l_run);
         barrier(CLK_LOCAL_MEM_FENCE);
         FOR_STRIDED(idx, QB * Dv) {
             const int hh = idx / Dv, d = idx % Dv;
