@@ -189,19 +189,79 @@ pub fn plan_with(
         capacity,
         limits.compute_units as usize,
     );
+    split_k(
+        SplitK {
+            op,
+            prefix: "moemla_mla",
+            check_items: table_len,
+            decode_yz: [("query row tiles", m_tiles), ("B * Hkv", bh)],
+            num_splits,
+            tile: (block_q, block_n),
+            smem: decode_shared_bytes(elem, s.d_qk, s.d_v, block_q, block_n),
+            out_rows,
+            d_v: s.d_v,
+        },
+        dtype,
+        fp8,
+        limits,
+    )
+}
+
+/// What the plans of `mla_decode` and `mla_sparse_decode` (one kernel template) take
+/// differently; [`split_k`] builds the rest of either alike.
+pub(crate) struct SplitK {
+    /// The op the errors name.
+    pub(crate) op: Op,
+    /// The entry points' common prefix (`moemla_mla`, `moemla_mla_sparse`).
+    pub(crate) prefix: &'static str,
+    /// Entries the check kernel reads, one thread each.
+    pub(crate) check_items: usize,
+    /// The decode grid's y and z, each with the name its plan error gives.
+    pub(crate) decode_yz: [(&'static str, usize); 2],
+    /// Splits of each query row's positions.
+    pub(crate) num_splits: usize,
+    /// The decode tile `(block_q, block_n)`.
+    pub(crate) tile: (usize, usize),
+    /// The decode kernel's dynamic shared memory at that tile (`None` on overflow).
+    pub(crate) smem: Option<usize>,
+    /// B * Sq * Hq.
+    pub(crate) out_rows: usize,
+    /// Dv.
+    pub(crate) d_v: usize,
+}
+
+/// The check, decode and combine launches of a split-K MLA plan, checked against the
+/// device, with the workspace and output sizes.
+pub(crate) fn split_k(
+    k: SplitK,
+    dtype: DType,
+    fp8: bool,
+    limits: &DeviceLimits,
+) -> PlanResult<MlaPlan> {
+    let SplitK {
+        op,
+        prefix,
+        check_items,
+        decode_yz: [(y_what, y), (z_what, z)],
+        num_splits,
+        tile: (block_q, block_n),
+        smem,
+        out_rows,
+        d_v,
+    } = k;
+    let mul = |what: &str, a: usize, b: usize| checked(op, what, a.checked_mul(b));
+    let elem = dtype.size_in_bytes();
     let sfx = dtype_suffix(dtype);
     // tiles found a tile that fits max_shared_bytes (a u32).
-    let smem = decode_shared_bytes(elem, s.d_qk, s.d_v, block_q, block_n)
-        .and_then(|b| u32::try_from(b).ok())
-        .unwrap_or(u32::MAX);
+    let smem = smem.and_then(|b| u32::try_from(b).ok()).unwrap_or(u32::MAX);
     let launches = [
         Launch {
-            kernel: "moemla_mla_check".into(),
+            kernel: format!("{prefix}_check"),
             grid: [
                 fits(
                     op,
                     "check blocks",
-                    ceil_div(table_len, CHECK_BLOCK as usize),
+                    ceil_div(check_items, CHECK_BLOCK as usize),
                     INT_LIMIT,
                 )?,
                 1,
@@ -211,17 +271,17 @@ pub fn plan_with(
             shared_bytes: 0,
         },
         Launch {
-            kernel: format!("moemla_mla_decode_{}{sfx}", if fp8 { "fp8_" } else { "" }),
+            kernel: format!("{prefix}_decode_{}{sfx}", if fp8 { "fp8_" } else { "" }),
             grid: [
                 fits(op, "splits", num_splits, INT_LIMIT)?,
-                fits(op, "query row tiles", m_tiles, INT_LIMIT)?,
-                fits(op, "B * Hkv", bh, INT_LIMIT)?,
+                fits(op, y_what, y, INT_LIMIT)?,
+                fits(op, z_what, z, INT_LIMIT)?,
             ],
             block: [DECODE_BLOCK, 1, 1],
             shared_bytes: smem,
         },
         Launch {
-            kernel: format!("moemla_mla_combine_{sfx}"),
+            kernel: format!("{prefix}_combine_{sfx}"),
             grid: [fits(op, "B * Sq * Hq", out_rows, INT_LIMIT)?, 1, 1],
             block: [COMBINE_BLOCK, 1, 1],
             shared_bytes: 0,
@@ -236,7 +296,7 @@ pub fn plan_with(
         [
             (
                 "o_part",
-                lse_len.checked_mul(s.d_v).and_then(|n| n.checked_mul(4)),
+                lse_len.checked_mul(d_v).and_then(|n| n.checked_mul(4)),
             ),
             ("lse_part", lse_len.checked_mul(4)),
         ],
@@ -244,9 +304,7 @@ pub fn plan_with(
     let o_bytes = checked(
         op,
         "o",
-        out_rows
-            .checked_mul(s.d_v)
-            .and_then(|n| n.checked_mul(elem)),
+        out_rows.checked_mul(d_v).and_then(|n| n.checked_mul(elem)),
     )?;
     Ok(MlaPlan {
         num_splits,
@@ -317,4 +375,4 @@ pub(crate) fn tiles(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

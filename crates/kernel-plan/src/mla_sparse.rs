@@ -3,12 +3,8 @@
 //! mla_decode.cu): a block serves one query row (b, i) and a tile of its heads, and its
 //! positions are the entries `[0, topk_length[b])` of `indices[b, i, :]`.
 
-use crate::mla::{choose_splits, decode_shared_bytes, tiles, MlaPlan, MlaWorkspace};
-use crate::mla::{CHECK_BLOCK, COMBINE_BLOCK, COMBINE_STATIC_SHARED_BYTES, DECODE_BLOCK};
-use crate::{
-    ceil_div, check_launch, checked, dtype_suffix, fits, layout, round_up, DeviceLimits, Launch,
-    PlanResult, INT_LIMIT,
-};
+use crate::mla::{choose_splits, decode_shared_bytes, split_k, tiles, MlaPlan, SplitK};
+use crate::{ceil_div, checked, fits, round_up, DeviceLimits, PlanResult, INT_LIMIT};
 use moemla_core::{DType, Op};
 
 /// Problem sizes of an `mla_sparse_decode` call.
@@ -101,91 +97,29 @@ pub fn plan(
         s.topk,
         limits.compute_units as usize,
     );
-    let sfx = dtype_suffix(dtype);
-    // tiles found a tile that fits max_shared_bytes (a u32).
-    let smem = sparse_shared_bytes(elem, s.d_qk, s.d_v, block_q, block_n)
-        .and_then(|b| u32::try_from(b).ok())
-        .unwrap_or(u32::MAX);
-    let launches = [
-        Launch {
-            kernel: "moemla_mla_sparse_check".into(),
-            grid: [
-                fits(
-                    op,
-                    "check blocks",
-                    ceil_div(entries, CHECK_BLOCK as usize),
-                    INT_LIMIT,
-                )?,
-                1,
-                1,
-            ],
-            block: [CHECK_BLOCK, 1, 1],
-            shared_bytes: 0,
+    split_k(
+        SplitK {
+            op,
+            prefix: "moemla_mla_sparse",
+            check_items: entries,
+            decode_yz: [("head tiles", h_tiles), ("B * Sq", queries)],
+            num_splits,
+            tile: (block_q, block_n),
+            smem: sparse_shared_bytes(elem, s.d_qk, s.d_v, block_q, block_n),
+            out_rows,
+            d_v: s.d_v,
         },
-        Launch {
-            kernel: format!(
-                "moemla_mla_sparse_decode_{}{sfx}",
-                if fp8 { "fp8_" } else { "" }
-            ),
-            grid: [
-                fits(op, "splits", num_splits, INT_LIMIT)?,
-                fits(op, "head tiles", h_tiles, INT_LIMIT)?,
-                fits(op, "B * Sq", queries, INT_LIMIT)?,
-            ],
-            block: [DECODE_BLOCK, 1, 1],
-            shared_bytes: smem,
-        },
-        Launch {
-            kernel: format!("moemla_mla_sparse_combine_{sfx}"),
-            grid: [fits(op, "B * Sq * Hq", out_rows, INT_LIMIT)?, 1, 1],
-            block: [COMBINE_BLOCK, 1, 1],
-            shared_bytes: 0,
-        },
-    ];
-    check_launch(op, &launches[0], 0, limits)?;
-    check_launch(op, &launches[1], 0, limits)?;
-    check_launch(op, &launches[2], COMBINE_STATIC_SHARED_BYTES, limits)?;
-    let lse_len = mul("num_splits * B * Sq * Hq", num_splits, out_rows)?;
-    let (r, bytes) = layout(
-        op,
-        [
-            (
-                "o_part",
-                lse_len.checked_mul(s.d_v).and_then(|n| n.checked_mul(4)),
-            ),
-            ("lse_part", lse_len.checked_mul(4)),
-        ],
-    )?;
-    let o_bytes = checked(
-        op,
-        "o",
-        out_rows
-            .checked_mul(s.d_v)
-            .and_then(|n| n.checked_mul(elem)),
-    )?;
-    Ok(MlaPlan {
-        num_splits,
-        block_q,
-        block_n,
-        workspace: MlaWorkspace {
-            o_part: r[0],
-            lse_part: r[1],
-            bytes,
-        },
-        o_bytes,
-        lse_bytes: mul("lse", out_rows, 4)?,
-        launches,
-    })
+        dtype,
+        fp8,
+        limits,
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::mla::split_range;
-
-    fn h100() -> DeviceLimits {
-        DeviceLimits::cuda(132, 227 * 1024, true)
-    }
+    use crate::mla::tests::h100;
 
     fn v32(batch: usize, s_q: usize, h_q: usize, topk: usize) -> SparseSizes {
         SparseSizes {

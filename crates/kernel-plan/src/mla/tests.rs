@@ -1,6 +1,7 @@
 use super::*;
 
-fn h100() -> DeviceLimits {
+/// An H100 (SXM): 132 SMs, 227 KiB of shared memory a block, tensor cores.
+pub(crate) fn h100() -> DeviceLimits {
     DeviceLimits::cuda(132, 227 * 1024, true)
 }
 
