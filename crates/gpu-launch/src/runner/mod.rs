@@ -12,6 +12,7 @@ mod mla_kv_quantize;
 mod mla_sparse_decode;
 mod moe_experts;
 mod moe_route;
+mod split_k;
 
 use crate::args::Arg;
 use crate::device::{GpuBuffer, GpuDevice};
