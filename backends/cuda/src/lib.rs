@@ -52,17 +52,32 @@ pub fn claimed_verification() -> Verification {
 
 /// This backend as the registry lists it: [`NAME`], [`claimed_verification`] and the
 /// function that opens it (`Err(Error::Unavailable)` with the reason where it cannot run).
+/// Its devices are the driver's, by ordinal ([`device_count`]): `cuda:i` opens CUDA device
+/// `i`, `cuda` device 0.
 pub fn factory() -> moemla_core::BackendFactory {
-    moemla_core::BackendFactory::new(NAME, claimed_verification(), || {
-        Ok(Arc::new(CudaBackend::new()?) as Arc<dyn Backend>)
+    moemla_core::BackendFactory::with_devices(NAME, claimed_verification(), device_count, |i| {
+        Ok(Arc::new(CudaBackend::with_ordinal(i)?) as Arc<dyn Backend>)
     })
+}
+
+/// How many CUDA devices the driver reports (`cuDeviceGetCount`); 0 where libcuda is
+/// missing, lacks a symbol or fails (opening device 0 then says why).
+pub fn device_count() -> usize {
+    // SAFETY: only tries to dlopen the driver library's names; calls nothing in it.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return 0;
+    }
+    match std::panic::catch_unwind(cudarc::driver::CudaContext::device_count) {
+        Ok(Ok(count)) => usize::try_from(count).unwrap_or(0),
+        _ => 0,
+    }
 }
 
 /// What `moemla devices` says about how far this backend has been checked.
 pub const VERIFICATION_DETAIL: &str =
     "kernels compiled by NVRTC for sm_80/sm_90 in CI and run on a host emulator; never run on NVIDIA silicon";
 
-/// One NVIDIA GPU.
+/// One NVIDIA GPU (named `cuda` for device 0, `cuda:i` for device `i`).
 pub struct CudaBackend {
     gpu: GpuRunner<CudaDevice>,
     /// cuBLAS and its handle, opened by the first [`Backend::dense_gemm`].
@@ -75,11 +90,13 @@ impl CudaBackend {
         Self::with_ordinal(0)
     }
 
-    /// CUDA device `ordinal`. Fails with [`Error::Unavailable`] (never a panic) when
-    /// libcuda, NVRTC or the device is missing.
+    /// CUDA device `ordinal`, as the backend named `cuda` (ordinal 0) or `cuda:ordinal`.
+    /// Fails with [`Error::Unavailable`] (never a panic) when libcuda, NVRTC or the device
+    /// is missing.
     pub fn with_ordinal(ordinal: usize) -> Result<Self> {
+        let name = moemla_core::device_backend_name(NAME, ordinal);
         let unavailable = |reason: String| Error::Unavailable {
-            backend: NAME.to_string(),
+            backend: name.clone(),
             reason,
         };
         // SAFETY: only tries to dlopen the driver library's names; calls nothing in it.
@@ -107,7 +124,7 @@ impl CudaBackend {
             .map_err(|e| unavailable(format!("cuDevicePrimaryCtxRetain failed: {e:?}")))?;
         let dev = CudaDevice::open(ctx, nvrtc).or_core()?;
         Ok(CudaBackend {
-            gpu: GpuRunner::new(dev),
+            gpu: GpuRunner::new(dev, name),
             blas: OnceLock::new(),
         })
     }
@@ -120,13 +137,13 @@ impl CudaBackend {
 
 impl Backend for CudaBackend {
     fn name(&self) -> &str {
-        NAME
+        self.gpu.name()
     }
 
     fn info(&self) -> BackendInfo {
         let dev = self.device();
         BackendInfo {
-            name: NAME.to_string(),
+            name: self.gpu.name().to_string(),
             vendor: "NVIDIA".to_string(),
             device: format!("{} (sm_{})", dev.name, dev.arch),
             device_kind: moemla_core::DeviceKind::Accelerator,

@@ -54,17 +54,7 @@ impl Device {
         if !libs.skipped.is_empty() {
             origin.push_str(&format!("; not used: {}", libs.skipped.join("; ")));
         }
-        // SAFETY: plain C calls with valid out-pointers.
-        let init = unsafe { (hip.hipInit)(0) };
-        let mut count = 0i32;
-        // SAFETY: as above.
-        let counted = unsafe { (hip.hipGetDeviceCount)(&mut count) };
-        if counted != HipStatus::SUCCESS || count <= 0 {
-            return Err(unavailable(format!(
-                "no HIP device: hipInit(0) returned {init}, hipGetDeviceCount returned {counted} \
-                 with {count} devices ({origin})"
-            )));
-        }
+        let count = count(&libs).map_err(|e| unavailable(format!("{e} ({origin})")))?;
         if ordinal >= count {
             return Err(unavailable(format!(
                 "HIP device {ordinal} requested, {count} present ({origin})"
@@ -190,6 +180,33 @@ impl Device {
             unsafe { (self.libs.runtime.hipMemcpyAsync)(dst, src, bytes, kind, self.stream) };
         self.check("hipMemcpyAsync", status)
     }
+}
+
+/// How many HIP devices the runtime of `libs` reports (`hipInit`, `hipGetDeviceCount`):
+/// at least one, or why there is none.
+fn count(libs: &Libraries) -> Result<i32, String> {
+    let hip = &libs.runtime;
+    // SAFETY: plain C calls with valid out-pointers.
+    let init = unsafe { (hip.hipInit)(0) };
+    let mut count = 0i32;
+    // SAFETY: as above.
+    let counted = unsafe { (hip.hipGetDeviceCount)(&mut count) };
+    if counted != HipStatus::SUCCESS || count <= 0 {
+        return Err(format!(
+            "no HIP device: hipInit(0) returned {init}, hipGetDeviceCount returned {counted} \
+             with {count} devices"
+        ));
+    }
+    Ok(count)
+}
+
+/// How many HIP devices the first runtime of `search` reports: 0 where no runtime loads or
+/// it finds none (opening device 0 then says why).
+pub(crate) fn device_count(search: &SearchList) -> usize {
+    loader::load(search)
+        .ok()
+        .and_then(|libs| count(&libs).ok())
+        .map_or(0, |n| usize::try_from(n).unwrap_or(0))
 }
 
 /// A status as a [`HipError`] carrying the runtime's message.

@@ -28,9 +28,9 @@ mod props;
 
 use device::{Device, KERNEL_WAVEFRONT};
 use flavour::SearchList;
-use moemla_core::{Backend, BackendInfo, Result, Verification, VerificationKind};
+use moemla_core::{Backend, BackendInfo, Error, Result, Verification, VerificationKind};
 use moemla_gpu_launch::GpuRunner;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 pub use buffer::HipBuffer;
 pub use device::HipDevice;
@@ -56,13 +56,24 @@ pub fn claimed_verification() -> Verification {
 
 /// This backend as the registry lists it: [`NAME`], [`claimed_verification`] and the
 /// function that opens it (`Err(Error::Unavailable)` with the reason where it cannot run).
+///
+/// Its devices are the runtime's, by ordinal ([`device_count`]): `hip:i` opens HIP device
+/// `i` (`hipSetDevice(i)`), `hip` device 0.
 pub fn factory() -> moemla_core::BackendFactory {
-    moemla_core::BackendFactory::new(NAME, claimed_verification(), || {
-        Ok(Arc::new(HipBackend::new()?) as Arc<dyn Backend>)
+    moemla_core::BackendFactory::with_devices(NAME, claimed_verification(), device_count, |i| {
+        Ok(Arc::new(HipBackend::with_search(&SearchList::from_env(), i)?) as Arc<dyn Backend>)
     })
 }
 
-/// The HIP backend on one device.
+/// How many HIP devices the runtime found by the environment's search list
+/// ([`SearchList::from_env`]) reports (`hipGetDeviceCount`); 0 where no runtime loads or it
+/// finds none. Counted once per process.
+pub fn device_count() -> usize {
+    static COUNT: OnceLock<usize> = OnceLock::new();
+    *COUNT.get_or_init(|| device::device_count(&SearchList::from_env()))
+}
+
+/// The HIP backend on one device (named `hip` for device 0, `hip:i` for device `i`).
 pub struct HipBackend {
     gpu: GpuRunner<HipDevice>,
 }
@@ -75,11 +86,22 @@ impl HipBackend {
         HipBackend::with_search(&SearchList::from_env(), 0)
     }
 
-    /// Device `ordinal`, with an explicit library search list.
-    pub fn with_search(search: &SearchList, ordinal: i32) -> Result<HipBackend> {
-        let device = Device::open(search, ordinal)?;
+    /// Device `ordinal`, with an explicit library search list, as the backend named `hip`
+    /// (ordinal 0) or `hip:ordinal`.
+    pub fn with_search(search: &SearchList, ordinal: usize) -> Result<HipBackend> {
+        let name = moemla_core::device_backend_name(NAME, ordinal);
+        let named = |reason: String| Error::Unavailable {
+            backend: name.clone(),
+            reason,
+        };
+        let hip_ordinal = i32::try_from(ordinal)
+            .map_err(|_| named(format!("HIP device {ordinal} is beyond hipSetDevice's int")))?;
+        let device = Device::open(search, hip_ordinal).map_err(|e| match e {
+            Error::Unavailable { reason, .. } => named(reason),
+            other => other,
+        })?;
         Ok(HipBackend {
-            gpu: GpuRunner::new(HipDevice(Arc::new(device))),
+            gpu: GpuRunner::new(HipDevice(Arc::new(device)), name),
         })
     }
 
@@ -91,7 +113,7 @@ impl HipBackend {
 
 impl Backend for HipBackend {
     fn name(&self) -> &str {
-        NAME
+        self.gpu.name()
     }
 
     fn info(&self) -> BackendInfo {
@@ -113,7 +135,7 @@ impl Backend for HipBackend {
             ));
         }
         BackendInfo {
-            name: NAME.to_string(),
+            name: self.gpu.name().to_string(),
             vendor: libs.flavour.vendor().to_string(),
             device: format!("{} ({})", p.name, p.arch),
             device_kind: moemla_core::DeviceKind::Accelerator,

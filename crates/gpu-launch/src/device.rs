@@ -38,7 +38,8 @@ pub fn check_len<B: GpuBuffer>(backend: &str, call: &str, buffer: &B, bytes: usi
 pub trait GpuDevice: Send + Sync + 'static {
     /// The device memory type, stamped into tensors.
     type Buffer: GpuBuffer;
-    /// The backend's name ("cuda", "hip").
+    /// The API's name ("cuda", "hip"), in the device's own errors; tensors and the
+    /// runner's checks carry the name given to [`crate::GpuRunner::new`] (`hip:1`).
     const NAME: &'static str;
 
     /// Makes the device current on the calling thread. The runner calls it once at the

@@ -228,8 +228,12 @@ impl<B: GpuBuffer> FlagArena<B> {
 
     /// After the stream has drained: reads every flag in use, resets them (in stream
     /// order), and returns the first error in enqueue order (each op's checks in their
-    /// report order), if any.
-    pub fn take_error<D: GpuDevice<Buffer = B>>(&mut self, dev: &D) -> Result<Option<Error>> {
+    /// report order), if any, naming the backend `backend`.
+    pub fn take_error<D: GpuDevice<Buffer = B>>(
+        &mut self,
+        dev: &D,
+        backend: &str,
+    ) -> Result<Option<Error>> {
         if self.pending.is_empty() {
             return Ok(None);
         }
@@ -246,7 +250,7 @@ impl<B: GpuBuffer> FlagArena<B> {
         let first = self.pending.iter().find_map(|p| {
             p.checks.iter().enumerate().find_map(|(i, check)| {
                 let own = &words[p.chunk][p.first + i..p.first + p.checks.len()];
-                check.error_in(D::NAME, p.op, own)
+                check.error_in(backend, p.op, own)
             })
         });
         for chunk in &mut self.chunks {

@@ -1,5 +1,6 @@
 // A host-only stand-in for the HIP runtime, for testing the backend's plumbing without a
-// GPU: one device ("Mock MI250X", gfx90a:sramecc+:xnack-), host memory for device memory,
+// GPU: $MOCK_HIP_DEVICES identical devices (default 1; "Mock MI250X",
+// gfx90a:sramecc+:xnack-) sharing one stream and memory, host memory for device memory,
 // code objects checked (ELF, EM_AMDGPU, kernel descriptor present), $MOCK_HIP_WARP
 // overriding the wavefront size (64). It exports exactly the functions the backend's
 // symbol table requires (no hipDeviceGet, hipMemcpy or hipEvent*).
@@ -40,14 +41,22 @@ static void log_fmt(const char* what, size_t n) {
 }
 
 hipError_t hipInit(unsigned flags) { return flags == 0 ? 0 : 1; }
-hipError_t hipGetDeviceCount(int* n) { *n = 1; return 0; }
+// $MOCK_HIP_DEVICES, default 1.
+static int mock_devices(void) {
+    const char* n = getenv("MOCK_HIP_DEVICES");
+    return n ? atoi(n) : 1;
+}
+// Whether `d` is a device ordinal here.
+static int mock_device(int d) { return d >= 0 && d < mock_devices(); }
+
+hipError_t hipGetDeviceCount(int* n) { *n = mock_devices(); return 0; }
 hipError_t hipSetDevice(int d) {
     log_line("setdevice");
-    return d == 0 ? 0 : 101;
+    return mock_device(d) ? 0 : 101;
 }
 hipError_t hipDeviceGetName(char* name, int len, int d) {
     snprintf(name, (size_t)len, "%s", "Mock MI250X");
-    return d == 0 ? 0 : 101;
+    return mock_device(d) ? 0 : 101;
 }
 hipError_t hipDeviceGetAttribute(int* v, int attr, int d) {
     switch (attr) {
@@ -57,9 +66,9 @@ hipError_t hipDeviceGetAttribute(int* v, int attr, int d) {
         case 87: *v = getenv("MOCK_HIP_WARP") ? atoi(getenv("MOCK_HIP_WARP")) : 64; break;
         default: return 1;
     }
-    return d == 0 ? 0 : 101;
+    return mock_device(d) ? 0 : 101;
 }
-hipError_t hipDeviceTotalMem(size_t* bytes, int d) { *bytes = (size_t)64 << 30; return d == 0 ? 0 : 101; }
+hipError_t hipDeviceTotalMem(size_t* bytes, int d) { *bytes = (size_t)64 << 30; return mock_device(d) ? 0 : 101; }
 
 #ifdef MOCK_R0000
 #define PROPS_SIZE 792
@@ -77,7 +86,7 @@ hipError_t hipGetDevicePropertiesR0600(void* props, int d)
     memcpy((char*)props + 260, "gfx000", 7);
     memset((char*)props + ARCH_OFFSET, 0, 256);
     memcpy((char*)props + ARCH_OFFSET, ARCH, sizeof(ARCH));
-    return d == 0 ? 0 : 101;
+    return mock_device(d) ? 0 : 101;
 }
 
 const char* hipGetErrorString(hipError_t e) { return e == 0 ? "no error" : "mock error"; }

@@ -3,7 +3,7 @@
 //! error flags, reported in that order (as `moemla_core::indices` does). The FP8 cache
 //! (`fp8_ds_v32`) takes `moemla_mla_decode_fp8_*` with the same arguments.
 
-use super::{flag_check, int, split_k, GpuRunner};
+use super::{flag_check, split_k, GpuRunner};
 use crate::args::Arg;
 use crate::device::{GpuBuffer, GpuDevice};
 use moemla_core::calls::{MlaDecodeCall, MlaDecodeOutput};
@@ -27,7 +27,7 @@ pub(super) fn run<D: GpuDevice>(
     let fp8 = call.params.kv_format == KvFormat::Fp8DsV32;
     let plan = mla::plan_with(&MlaSizes::of(call), call.dtype, fp8, &limits)
         .map_err(|e| g.plan_error(e))?;
-    let int = |what, v| int::<D>(op, what, v);
+    let int = |what, v| g.int(op, what, v);
     // The plan has checked max_blocks * block_size.
     let capacity = call.max_blocks.saturating_mul(call.block_size);
     let checks = vec![

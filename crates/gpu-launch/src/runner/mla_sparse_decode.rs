@@ -4,7 +4,7 @@
 //! `moemla_core::indices::check_sparse_indices` does). The FP8 cache (`fp8_ds_v32`) takes
 //! `moemla_mla_sparse_decode_fp8_*` with the same arguments.
 
-use super::{flag_check, int, split_k, GpuRunner};
+use super::{flag_check, split_k, GpuRunner};
 use crate::args::Arg;
 use crate::device::{GpuBuffer, GpuDevice};
 use crate::flags::{FlagCheck, FlagKind};
@@ -37,7 +37,7 @@ pub(super) fn run<D: GpuDevice>(
     let fp8 = call.params.kv_format == KvFormat::Fp8DsV32;
     let plan = mla_sparse::plan(&SparseSizes::of(call), call.dtype, fp8, &limits)
         .map_err(|e| g.plan_error(e))?;
-    let int = |what, v| int::<D>(op, what, v);
+    let int = |what, v| g.int(op, what, v);
     // The plan has checked num_blocks * block_size.
     let slots = call.num_blocks.saturating_mul(call.block_size);
     let checks = vec![

@@ -74,11 +74,13 @@ pub struct GpuRunner<D: GpuDevice> {
 }
 
 impl<D: GpuDevice> GpuRunner<D> {
-    /// A runner on `dev`.
-    pub fn new(dev: D) -> Self {
+    /// A runner on `dev` for the backend named `name` (`cuda`, `hip:1`): its tensors
+    /// carry that name, and its checks and errors name it, so that a tensor of another
+    /// device of the same API is a `WrongBackend` error here.
+    pub fn new(dev: D, name: impl Into<Arc<str>>) -> Self {
         GpuRunner {
             dev,
-            name: Arc::from(D::NAME),
+            name: name.into(),
             stream: Mutex::new(StreamState {
                 workspace: None,
                 flags: FlagArena::default(),
@@ -89,6 +91,11 @@ impl<D: GpuDevice> GpuRunner<D> {
     /// The device.
     pub fn device(&self) -> &D {
         &self.dev
+    }
+
+    /// The backend's name, as its tensors carry it.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// A tensor of this backend over `buffer`.
@@ -104,7 +111,7 @@ impl<D: GpuDevice> GpuRunner<D> {
         call: &'static str,
         arg: &'static str,
     ) -> Result<&'a D::Buffer> {
-        t.buffer::<D::Buffer>(D::NAME, call, arg)
+        t.buffer::<D::Buffer>(&self.name, call, arg)
     }
 
     /// A zero-filled tensor (the fill is enqueued, not waited for).
@@ -146,7 +153,7 @@ impl<D: GpuDevice> GpuRunner<D> {
     fn check(&self) -> Result<()> {
         let mut stream = self.lock();
         self.dev.synchronize()?;
-        match stream.flags.take_error(&self.dev)? {
+        match stream.flags.take_error(&self.dev, &self.name)? {
             Some(e) => Err(e),
             None => Ok(()),
         }
@@ -193,7 +200,20 @@ impl<D: GpuDevice> GpuRunner<D> {
 
     /// The contract's `Unsupported` for a problem the plans cannot launch.
     fn plan_error(&self, e: PlanError) -> Error {
-        e.into_error(D::NAME)
+        e.into_error(&self.name)
+    }
+
+    /// A kernel's `int` parameter; the plans have checked every size, so a value beyond
+    /// `i32::MAX` is a typed error here, never a wrap.
+    fn int(&self, op: Op, what: &str, value: usize) -> Result<Arg> {
+        i32::try_from(value)
+            .map(Arg::I32)
+            .map_err(|_| Error::Unsupported {
+                backend: self.name.to_string(),
+                op,
+                what: format!("{what} = {value}"),
+                reason: "exceeds the kernels' int parameters".into(),
+            })
     }
 
     /// Enqueues one planned launch; a grid with a zero dimension (an empty problem)
@@ -286,19 +306,6 @@ impl<B: GpuBuffer> StreamState<B> {
         }
         Ok(self.workspace.as_ref().map_or(0, |w| w.address()))
     }
-}
-
-/// A kernel's `int` parameter; the plans have checked every size, so a value beyond
-/// `i32::MAX` is a typed error here, never a wrap.
-fn int<D: GpuDevice>(op: Op, what: &str, value: usize) -> Result<Arg> {
-    i32::try_from(value)
-        .map(Arg::I32)
-        .map_err(|_| Error::Unsupported {
-            backend: D::NAME.to_string(),
-            op,
-            what: format!("{what} = {value}"),
-            reason: "exceeds the kernels' int parameters".into(),
-        })
 }
 
 /// The address of a workspace region.

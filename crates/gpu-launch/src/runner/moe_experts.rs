@@ -3,7 +3,7 @@
 //! v2: FP8 weights (w8a16), `fp8_block128` activations (w8a8: x and `act` quantized by
 //! `moemla_moe_quant_*` before their GEMMs) and the SwiGLU clamp.
 
-use super::{at, flag_check, int, GpuRunner};
+use super::{at, flag_check, GpuRunner};
 use crate::args::Arg;
 use crate::device::{GpuBuffer, GpuDevice};
 use crate::module::Module;
@@ -57,9 +57,9 @@ pub(super) fn run<D: GpuDevice>(
     .map_err(|e| g.plan_error(e))?;
     let (y, shape) = g.output(&[call.tokens, call.hidden], call.dtype, plan.y_bytes)?;
     let (h, i, k) = (
-        int::<D>(op, "H", call.hidden)?,
-        int::<D>(op, "I", call.inter)?,
-        int::<D>(op, "k", call.top_k)?,
+        g.int(op, "H", call.hidden)?,
+        g.int(op, "I", call.inter)?,
+        g.int(op, "k", call.top_k)?,
     );
 
     let mut stream = g.lock();
@@ -82,9 +82,9 @@ pub(super) fn run<D: GpuDevice>(
         &[
             Arg::Ptr(ids.address()),
             Arg::Ptr(weights.address()),
-            int::<D>(op, "T * k", plan.slots)?,
-            int::<D>(op, "E", call.experts)?,
-            int::<D>(op, "row tiles", plan.max_tiles)?,
+            g.int(op, "T * k", plan.slots)?,
+            g.int(op, "E", call.experts)?,
+            g.int(op, "row tiles", plan.max_tiles)?,
             at(ws, w.sorted_rows),
             at(ws, w.slot_pos),
             at(ws, w.tile_expert),

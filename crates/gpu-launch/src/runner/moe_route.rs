@@ -2,7 +2,7 @@
 //! with hash routing a second, `moemla_moe_route_hash_resolve`, and `input_ids` / `tid2eid`
 //! checked on the device into error flags.
 
-use super::{flag_check, int, GpuRunner};
+use super::{flag_check, GpuRunner};
 use crate::args::Arg;
 use crate::device::{GpuBuffer, GpuDevice};
 use crate::flags::{FlagCheck, FlagKind};
@@ -44,7 +44,7 @@ pub(super) fn run<D: GpuDevice>(
             Ok::<_, moemla_core::Error>((
                 g.buffer(h.input_ids, CALL, "input_ids")?,
                 g.buffer(h.tid2eid, CALL, "tid2eid")?,
-                int::<D>(op, "vocab", h.vocab)?,
+                g.int(op, "vocab", h.vocab)?,
                 h,
             ))
         })
@@ -99,10 +99,10 @@ pub(super) fn run<D: GpuDevice>(
         vocab,
         Arg::Ptr(ids.address()),
         Arg::Ptr(weights.address()),
-        int::<D>(op, "E", call.experts)?,
-        int::<D>(op, "top_k", p.top_k)?,
-        int::<D>(op, "n_group", p.n_group)?,
-        int::<D>(op, "topk_group", p.topk_group)?,
+        g.int(op, "E", call.experts)?,
+        g.int(op, "top_k", p.top_k)?,
+        g.int(op, "n_group", p.n_group)?,
+        g.int(op, "topk_group", p.topk_group)?,
         Arg::I32(score_func),
         Arg::I32(match p.group_select {
             GroupSelect::Max => 0,
@@ -120,7 +120,7 @@ pub(super) fn run<D: GpuDevice>(
             &[
                 Arg::Ptr(input_ids.address()),
                 Arg::Ptr(tid2eid.address()),
-                int::<D>(op, "top_k", p.top_k)?,
+                g.int(op, "top_k", p.top_k)?,
                 Arg::Ptr(flags[0]),
             ],
         )?;

@@ -3,7 +3,7 @@
 //! error flags, and launch check, decode and combine with the shared arguments around
 //! each op's own.
 
-use super::{at, int, GpuRunner};
+use super::{at, GpuRunner};
 use crate::args::Arg;
 use crate::device::{GpuBuffer, GpuDevice};
 use crate::flags::FlagCheck;
@@ -52,7 +52,7 @@ pub(super) fn run<D: GpuDevice>(
 ) -> Result<MlaDecodeOutput> {
     let (o, o_shape) = g.output(&[batch, s_q, h_q, d_v], dtype, plan.o_bytes)?;
     let (lse, lse_shape) = g.output(&[batch, h_q, s_q], DType::F32, plan.lse_bytes)?;
-    let int = |what, v| int::<D>(op, what, v);
+    let int = |what, v| g.int(op, what, v);
     let sizes = Sizes {
         batch: int("B", batch)?,
         s_q: int("Sq", s_q)?,

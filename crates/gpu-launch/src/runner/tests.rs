@@ -343,7 +343,7 @@ fn backend() -> (FakeBackend, Fake) {
     let fake = Fake::default();
     (
         FakeBackend {
-            runner: GpuRunner::new(fake.clone()),
+            runner: GpuRunner::new(fake.clone(), "fake"),
         },
         fake,
     )
@@ -597,6 +597,35 @@ fn alloc_zeroed_is_zero_and_upload_round_trips() {
     assert_eq!(b.download(&z).unwrap().as_bytes(), &[0u8; 30]);
     let host = HostTensor::from_slice([2, 2], &[1i32, -2, 3, i32::MIN]).unwrap();
     assert_eq!(b.download(&b.upload(&host).unwrap()).unwrap(), host);
+}
+
+#[test]
+fn a_runner_carries_its_given_name_and_refuses_another_devices_tensors() {
+    let zero = GpuRunner::new(Fake::default(), "fake");
+    let one = GpuRunner::new(Fake::default(), "fake:1");
+    assert_eq!((zero.name(), one.name()), ("fake", "fake:1"));
+    let host = HostTensor::from_slice([2], &[7i32, -7]).unwrap();
+    let on_one = one.upload(&host).unwrap();
+    assert_eq!(one.download(&on_one).unwrap(), host);
+    assert_eq!(
+        zero.download(&on_one).unwrap_err(),
+        Error::WrongBackend {
+            op: "download",
+            arg: "tensor",
+            expected: "fake".into(),
+            got: "fake:1".into(),
+        }
+    );
+    let on_zero = zero.upload(&host).unwrap();
+    assert_eq!(
+        one.download(&on_zero).unwrap_err(),
+        Error::WrongBackend {
+            op: "download",
+            arg: "tensor",
+            expected: "fake:1".into(),
+            got: "fake".into(),
+        }
+    );
 }
 
 #[test]
