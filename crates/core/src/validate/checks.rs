@@ -146,14 +146,7 @@ pub(crate) fn cache_dtypes(
             got: q.dtype(),
         });
     }
-    if kv_cache.dtype() != DType::U8 {
-        return Err(Error::DType {
-            op,
-            arg: "kv_cache",
-            expected: "U8 (kv_format fp8_ds_v32: 656-byte rows)".into(),
-            got: kv_cache.dtype(),
-        });
-    }
+    super::paged_cache::fp8_bytes(op, kv_cache)?;
     Ok(q.dtype())
 }
 

@@ -1,6 +1,7 @@
 //! Shape, dtype and parameter rules of `dsa_indexer_topk`.
 
 use super::checks;
+use super::paged_cache::{self, BlockTable};
 use crate::calls::{DsaIndexerTopkCall, Validated};
 use crate::{DType, DeviceTensor, IndexerParams, Op, Result};
 
@@ -36,15 +37,18 @@ pub(crate) fn validate<'a>(
     checks::rank(OP, "q", a.q, 4, "[B, Sq, Hi, Di]")?;
     checks::rank(OP, "weights", a.weights, 3, "[B, Sq, Hi]")?;
     checks::rank(OP, "k_cache", a.k_cache, 3, "[num_blocks, block_size, Di]")?;
-    checks::rank(OP, "block_table", a.block_table, 2, "[B, max_blocks]")?;
-    checks::rank(OP, "cache_seqlens", a.cache_seqlens, 1, "[B]")?;
+    let table = BlockTable {
+        op: OP,
+        block_table: a.block_table,
+        cache_seqlens: a.cache_seqlens,
+    };
+    table.ranks()?;
 
     checks::dtype_in(OP, "q", a.q, &DType::FLOATS)?;
     let dtype = a.q.dtype();
     checks::dtype_in(OP, "weights", a.weights, &[DType::F32])?;
     checks::dtype_same(OP, "k_cache", a.k_cache, "q", dtype)?;
-    checks::dtype_in(OP, "block_table", a.block_table, &[DType::I32])?;
-    checks::dtype_in(OP, "cache_seqlens", a.cache_seqlens, &[DType::I32])?;
+    table.dtypes()?;
 
     for (dim, name) in ["B", "Sq", "Hi", "Di"].into_iter().enumerate() {
         checks::dim_nonzero(OP, "q", a.q, dim, name)?;
@@ -53,34 +57,11 @@ pub(crate) fn validate<'a>(
     checks::dim_eq(OP, "weights", a.weights, 0, "B", batch, "B of q")?;
     checks::dim_eq(OP, "weights", a.weights, 1, "Sq", s_q, "Sq of q")?;
     checks::dim_eq(OP, "weights", a.weights, 2, "Hi", h_i, "Hi of q")?;
-    checks::dim_nonzero(OP, "k_cache", a.k_cache, 0, "num_blocks")?;
-    checks::dim_nonzero(OP, "k_cache", a.k_cache, 1, "block_size")?;
+    let [num_blocks, block_size] = paged_cache::blocks(OP, "k_cache", a.k_cache)?;
     checks::dim_eq(OP, "k_cache", a.k_cache, 2, "Di", d_i, "Di of q")?;
-    let [num_blocks, block_size] = [0, 1].map(|d| a.k_cache.dims()[d]);
-    checks::dim_eq(OP, "block_table", a.block_table, 0, "B", batch, "B of q")?;
-    checks::dim_nonzero(OP, "block_table", a.block_table, 1, "max_blocks")?;
-    let max_blocks = a.block_table.dims()[1];
-    checks::dim_eq(
-        OP,
-        "cache_seqlens",
-        a.cache_seqlens,
-        0,
-        "B",
-        batch,
-        "B of q",
-    )?;
+    let max_blocks = table.dims(batch)?;
     // Output slots are I32: every slot of the cache must fit.
-    let slots = num_blocks.checked_mul(block_size);
-    if slots.is_none_or(|s| s > i32::MAX as usize) {
-        return Err(checks::dim_error(
-            OP,
-            "k_cache",
-            a.k_cache,
-            0,
-            "num_blocks",
-            format!("<= 2^31 - 1 slots in all (block_size {block_size}): indices are I32"),
-        ));
-    }
+    paged_cache::slots_fit_i32(OP, "k_cache", a.k_cache)?;
 
     checks::param(
         OP,

@@ -1,9 +1,9 @@
 //! Shape, dtype and parameter rules of `mla_cache_write`.
 
-use super::checks;
+use super::{checks, paged_cache};
 use crate::calls::{MlaCacheWriteCall, Validated};
 use crate::fp8::{DS_V32_DIM, DS_V32_ROW_BYTES};
-use crate::{CacheWriteParams, DType, DeviceTensor, Error, KvFormat, Op, Result};
+use crate::{CacheWriteParams, DType, DeviceTensor, KvFormat, Op, Result};
 
 const OP: Op = Op::MlaCacheWrite;
 
@@ -34,14 +34,7 @@ pub(crate) fn validate<'a>(
     checks::dtype_in(OP, "kv", kv, &DType::FLOATS)?;
     checks::dtype_in(OP, "slot_mapping", slot_mapping, &[DType::I32])?;
     if fp8 {
-        if kv_cache.dtype() != DType::U8 {
-            return Err(Error::DType {
-                op: OP,
-                arg: "kv_cache",
-                expected: "U8 (kv_format fp8_ds_v32: 656-byte rows)".into(),
-                got: kv_cache.dtype(),
-            });
-        }
+        paged_cache::fp8_bytes(OP, kv_cache)?;
     } else {
         checks::dtype_same(OP, "kv_cache", kv_cache, "kv", kv.dtype())?;
     }
@@ -49,9 +42,8 @@ pub(crate) fn validate<'a>(
     checks::dim_nonzero(OP, "kv", kv, 1, "Dqk")?;
     let [rows, d_qk] = [0, 1].map(|d| kv.dims()[d]);
     checks::dim_eq(OP, "slot_mapping", slot_mapping, 0, "N", rows, "N of kv")?;
-    checks::dim_nonzero(OP, "kv_cache", kv_cache, 0, "num_blocks")?;
-    checks::dim_nonzero(OP, "kv_cache", kv_cache, 1, "block_size")?;
-    checks::dim_eq(OP, "kv_cache", kv_cache, 2, "Hkv", 1, "one kv head")?;
+    let [num_blocks, block_size] = paged_cache::blocks(OP, "kv_cache", kv_cache)?;
+    paged_cache::one_kv_head(OP, kv_cache)?;
     if fp8 {
         let why = "kv_format fp8_ds_v32";
         checks::dim_eq(OP, "kv", kv, 1, "Dqk", DS_V32_DIM, why)?;
@@ -67,7 +59,6 @@ pub(crate) fn validate<'a>(
     } else {
         checks::dim_eq(OP, "kv_cache", kv_cache, 3, "Dqk", d_qk, "Dqk of kv")?;
     }
-    let [num_blocks, block_size] = [0, 1].map(|d| kv_cache.dims()[d]);
     Ok(MlaCacheWriteCall {
         kv,
         slot_mapping,

@@ -1,8 +1,9 @@
 //! Shape, dtype and parameter rules of `mla_decode`.
 
 use super::checks;
+use super::paged_cache::{self, BlockTable};
 use crate::calls::{MlaDecodeCall, Validated};
-use crate::{DType, DeviceTensor, KvFormat, MlaDecodeParams, Op, Result};
+use crate::{DeviceTensor, KvFormat, MlaDecodeParams, Op, Result};
 
 const OP: Op = Op::MlaDecode;
 
@@ -39,22 +40,24 @@ pub(crate) fn validate<'a>(
         4,
         "[num_blocks, block_size, Hkv, Dqk]",
     )?;
-    checks::rank(OP, "block_table", a.block_table, 2, "[B, max_blocks]")?;
-    checks::rank(OP, "cache_seqlens", a.cache_seqlens, 1, "[B]")?;
+    let table = BlockTable {
+        op: OP,
+        block_table: a.block_table,
+        cache_seqlens: a.cache_seqlens,
+    };
+    table.ranks()?;
 
     let fp8 = params.kv_format == KvFormat::Fp8DsV32;
     let dtype = checks::cache_dtypes(OP, a.q, a.kv_cache, params.kv_format)?;
-    checks::dtype_in(OP, "block_table", a.block_table, &[DType::I32])?;
-    checks::dtype_in(OP, "cache_seqlens", a.cache_seqlens, &[DType::I32])?;
+    table.dtypes()?;
 
     for (dim, name) in ["B", "Sq", "Hq", "Dqk"].into_iter().enumerate() {
         checks::dim_nonzero(OP, "q", a.q, dim, name)?;
     }
     let [batch, s_q, h_q, d_qk] = [0, 1, 2, 3].map(|d| a.q.dims()[d]);
-    checks::dim_nonzero(OP, "kv_cache", a.kv_cache, 0, "num_blocks")?;
-    checks::dim_nonzero(OP, "kv_cache", a.kv_cache, 1, "block_size")?;
+    let [num_blocks, block_size] = paged_cache::blocks(OP, "kv_cache", a.kv_cache)?;
     checks::dim_nonzero(OP, "kv_cache", a.kv_cache, 2, "Hkv")?;
-    let [num_blocks, block_size, h_kv] = [0, 1, 2].map(|d| a.kv_cache.dims()[d]);
+    let h_kv = a.kv_cache.dims()[2];
     if fp8 {
         checks::fp8_cache_dims(OP, a.q, a.kv_cache, params.head_dim_v)?;
     } else {
@@ -70,18 +73,7 @@ pub(crate) fn validate<'a>(
             format!("a divisor of Hq ({h_q})"),
         ));
     }
-    checks::dim_eq(OP, "block_table", a.block_table, 0, "B", batch, "B of q")?;
-    checks::dim_nonzero(OP, "block_table", a.block_table, 1, "max_blocks")?;
-    let max_blocks = a.block_table.dims()[1];
-    checks::dim_eq(
-        OP,
-        "cache_seqlens",
-        a.cache_seqlens,
-        0,
-        "B",
-        batch,
-        "B of q",
-    )?;
+    let max_blocks = table.dims(batch)?;
 
     let p = params;
     checks::attention_params(OP, p.head_dim_v, p.softmax_scale, d_qk)?;

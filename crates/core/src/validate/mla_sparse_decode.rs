@@ -1,6 +1,6 @@
 //! Shape, dtype and parameter rules of `mla_sparse_decode`.
 
-use super::checks;
+use super::{checks, paged_cache};
 use crate::calls::{MlaSparseDecodeCall, Validated};
 use crate::ops::SparseDecodeInputs;
 use crate::{DType, KvFormat, Op, Result, SparseDecodeParams};
@@ -36,13 +36,11 @@ pub(crate) fn validate<'a>(
         checks::dim_nonzero(OP, "q", a.q, dim, name)?;
     }
     let [batch, s_q, h_q, d_qk] = [0, 1, 2, 3].map(|d| a.q.dims()[d]);
-    checks::dim_nonzero(OP, "kv_cache", a.kv_cache, 0, "num_blocks")?;
-    checks::dim_nonzero(OP, "kv_cache", a.kv_cache, 1, "block_size")?;
-    let [num_blocks, block_size] = [0, 1].map(|d| a.kv_cache.dims()[d]);
+    let [num_blocks, block_size] = paged_cache::blocks(OP, "kv_cache", a.kv_cache)?;
     if fp8 {
         checks::fp8_cache_dims(OP, a.q, a.kv_cache, params.head_dim_v)?;
     } else {
-        checks::dim_eq(OP, "kv_cache", a.kv_cache, 2, "Hkv", 1, "one kv head")?;
+        paged_cache::one_kv_head(OP, a.kv_cache)?;
         checks::dim_eq(OP, "kv_cache", a.kv_cache, 3, "Dqk", d_qk, "Dqk of q")?;
     }
     checks::dim_eq(OP, "indices", a.indices, 0, "B", batch, "B of q")?;
@@ -63,18 +61,8 @@ pub(crate) fn validate<'a>(
 
     let p = params;
     checks::attention_params(OP, p.head_dim_v, p.softmax_scale, d_qk)?;
-    // Flat slots are I32: num_blocks * block_size must fit (and not overflow usize).
-    let slots = num_blocks.checked_mul(block_size);
-    if slots.is_none_or(|s| s > i32::MAX as usize) {
-        return Err(checks::dim_error(
-            OP,
-            "kv_cache",
-            a.kv_cache,
-            0,
-            "num_blocks",
-            format!("<= 2^31 - 1 slots in all (block_size {block_size}): indices are I32"),
-        ));
-    }
+    // Flat slots are I32: num_blocks * block_size must fit.
+    paged_cache::slots_fit_i32(OP, "kv_cache", a.kv_cache)?;
 
     Ok(MlaSparseDecodeCall {
         q: a.q,

@@ -8,3 +8,6 @@ pub(crate) mod mla_kv_quantize;
 pub(crate) mod mla_sparse_decode;
 pub(crate) mod moe_experts;
 pub(crate) mod moe_route;
+mod paged_cache;
+#[cfg(test)]
+mod paged_cache_tests;
