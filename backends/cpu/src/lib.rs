@@ -23,7 +23,7 @@ use moemla_core::calls::{
     DsaIndexerTopkCall, MlaCacheWriteCall, MlaDecodeCall, MlaKvQuantizeCall, MlaSparseDecodeCall,
     MoeExpertsCall, MoeRouteCall,
 };
-use moemla_core::memory;
+use moemla_core::memory::{self, TrafficCounter};
 use moemla_core::{
     Backend, BackendInfo, DType, DeviceTensor, DsaIndexerTopkOutput, HostTensor, MlaDecodeOutput,
     MoeRouteOutput, OpSupport, Result, Shape, Verification, VerificationKind,
@@ -52,20 +52,27 @@ pub fn factory() -> moemla_core::BackendFactory {
 }
 
 /// The CPU backend. Tensors live in host memory as [`CpuStorage`]; ops run on the global
-/// rayon thread pool (size it with `RAYON_NUM_THREADS`).
+/// rayon thread pool (size it with `RAYON_NUM_THREADS`). Clones share one
+/// [`Backend::traffic`] count.
 #[derive(Debug, Clone)]
 pub struct CpuBackend {
     name: Arc<str>,
+    traffic: Arc<TrafficCounter>,
 }
 
 impl CpuBackend {
     /// The CPU backend (always available).
     pub fn new() -> Self {
-        CpuBackend { name: NAME.into() }
+        CpuBackend {
+            name: NAME.into(),
+            traffic: Arc::default(),
+        }
     }
 
-    /// Wraps storage as a tensor of this backend.
+    /// Wraps storage as a tensor of this backend: every tensor the backend allocates
+    /// (zeroed, uploaded, an op's output) passes here, where it is counted.
     fn tensor(&self, storage: CpuStorage, shape: impl Into<Shape>) -> DeviceTensor {
+        self.traffic.count_allocation(storage.as_bytes().len());
         let dtype = storage.dtype();
         DeviceTensor::new(
             Arc::new(CpuBuffer::owned(storage)),
@@ -175,13 +182,51 @@ impl Backend for CpuBackend {
     }
 
     fn upload(&self, host: &HostTensor) -> Result<DeviceTensor> {
-        Ok(self.tensor(CpuStorage::from_host(host)?, host.shape().clone()))
+        let t = self.tensor(CpuStorage::from_host(host)?, host.shape().clone());
+        self.traffic.count_upload(host.as_bytes().len());
+        Ok(t)
     }
 
     fn download(&self, tensor: &DeviceTensor) -> Result<HostTensor> {
         let _reading = storage::reading();
         let s = storage::storage(tensor, &self.name, "download", "tensor")?;
-        HostTensor::from_bytes(tensor.shape().clone(), tensor.dtype(), s.to_bytes()?)
+        let host = HostTensor::from_bytes(tensor.shape().clone(), tensor.dtype(), s.to_bytes()?)?;
+        self.traffic.count_download(host.as_bytes().len());
+        Ok(host)
+    }
+
+    fn download_into(
+        &self,
+        src: &DeviceTensor,
+        src_offset: usize,
+        dst: &mut HostTensor,
+    ) -> Result<()> {
+        const CALL: &str = "download_into";
+        memory::same_dtype(CALL, "dst", dst.dtype(), "src", src.dtype())?;
+        let range = memory::byte_range(CALL, "src", src, src_offset, dst.elem_count())?;
+        let _reading = storage::reading();
+        let from = storage::storage(src, &self.name, CALL, "src")?.as_bytes();
+        dst.as_bytes_mut().copy_from_slice(&from[range]);
+        self.traffic.count_download(dst.as_bytes().len());
+        Ok(())
+    }
+
+    /// Not meaningful here: the CPU backend has no queue (ops run to completion on the
+    /// calling thread and rayon's pool), so this is [`moemla_core::Error::NotProvided`].
+    unsafe fn with_queue(&self, queue: *mut c_void) -> Result<Arc<dyn Backend>> {
+        let _ = queue;
+        Err(moemla_core::Error::NotProvided {
+            backend: self.name.to_string(),
+            what: "with_queue",
+        })
+    }
+
+    /// Counts uploads / `upload_into` and downloads / `download_into` (all in host memory,
+    /// counted as the copies an accelerator would make), and every tensor the backend
+    /// allocates. Memory of caller tensors (`from_raw`) is not counted; scratch the ops use
+    /// internally is host heap memory, not tensor memory, and is not counted either.
+    fn traffic(&self) -> Option<moemla_core::Traffic> {
+        Some(self.traffic.get())
     }
 
     fn synchronize(&self) -> Result<()> {
@@ -222,6 +267,7 @@ impl Backend for CpuBackend {
         // host memory of its own.
         let to = unsafe { buffer.bytes_mut() };
         to[range].copy_from_slice(src.as_bytes());
+        self.traffic.count_upload(src.as_bytes().len());
         Ok(())
     }
 

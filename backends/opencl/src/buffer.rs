@@ -1,7 +1,9 @@
 //! Device memory: [`ClBuffer`] (a `cl_mem` the backend owns, or one a caller owns and
 //! moemla retains) and the queue's memory commands. Everything but [`ClDevice::read`] only
 //! enqueues: uploads into existing memory go through a staging buffer the runtime copies at
-//! creation, so the host never waits for the queue.
+//! creation, so the host never waits for the queue. Every allocation and host upload
+//! passes through `create_buffer`, every read through [`ClDevice::read`]: the
+//! backend's traffic counts are taken there.
 
 use crate::device::{host_waited, ClDevice};
 use crate::error::{cl, cl_alloc, ClCallError};
@@ -89,11 +91,15 @@ impl ClDevice {
         };
         // SAFETY: `host` is null, or (CL_MEM_COPY_HOST_PTR) points to `init`, a live slice of
         // exactly `size` bytes that OpenCL copies during the call and does not keep.
-        unsafe { Buffer::<u8>::create(&self.context, flags, size, host) }.map_err(cl_alloc(
-            "clCreateBuffer",
-            what,
-            bytes,
-        ))
+        let mem = unsafe { Buffer::<u8>::create(&self.context, flags, size, host) }
+            .map_err(cl_alloc("clCreateBuffer", what, bytes))?;
+        // Every device allocation (and every upload: a buffer created from host data)
+        // passes here.
+        self.traffic.count_allocation(size);
+        if !host.is_null() {
+            self.traffic.count_upload(bytes);
+        }
+        Ok(mem)
     }
 
     /// A device buffer holding `data`, for `what` (at least one byte is allocated).
@@ -213,6 +219,8 @@ impl ClDevice {
                 .enqueue_read_buffer(&buf.mem, CL_BLOCKING, offset, out, &[])
         }
         .map_err(cl("clEnqueueReadBuffer"))?;
+        // Every device-to-host copy passes here.
+        self.traffic.count_download(out.len());
         Ok(())
     }
 

@@ -6,6 +6,7 @@
 use crate::error::{cl, unavailable, ClCallError};
 use crate::flags::FlagArea;
 use crate::program::Programs;
+use moemla_core::memory::TrafficCounter;
 use moemla_core::{DType, Error, Result};
 use opencl3::command_queue::CommandQueue;
 use opencl3::context::Context;
@@ -60,6 +61,8 @@ pub struct ClDevice {
     pub(crate) flags: Mutex<FlagArea>,
     pub(crate) queue: CommandQueue,
     pub(crate) context: Context,
+    /// Every transfer and allocation, counted where they happen (`buffer.rs`).
+    pub(crate) traffic: Arc<TrafficCounter>,
 }
 
 impl ClDevice {
@@ -89,6 +92,7 @@ impl ClDevice {
             flags: Mutex::new(FlagArea::default()),
             queue,
             context,
+            traffic: Arc::default(),
         })
     }
 

@@ -244,6 +244,30 @@ impl Backend for OpenClBackend {
         HostTensor::from_bytes(tensor.shape().clone(), tensor.dtype(), bytes)
     }
 
+    /// Waits for the queue; first reports a pending index error of an earlier op (as
+    /// [`Backend::download`]), then reads the range (one blocking read, no allocation).
+    fn download_into(
+        &self,
+        src: &DeviceTensor,
+        src_offset: usize,
+        dst: &mut HostTensor,
+    ) -> Result<()> {
+        const CALL: &str = "download_into";
+        memory::same_dtype(CALL, "dst", dst.dtype(), "src", src.dtype())?;
+        let buf = src.buffer::<ClBuffer>(&self.name, CALL, "src")?;
+        let range = memory::byte_range(CALL, "src", src, src_offset, dst.elem_count())?;
+        self.device.take_index_error()?;
+        self.device.read(buf, range.start, dst.as_bytes_mut())
+    }
+
+    /// Counted where the device allocates (`clCreateBuffer`: tensors, scratch, staging,
+    /// error flags; a buffer created from host data also counts as an upload) and reads
+    /// (every blocking read: downloads, and the error-flag words a synchronize or download
+    /// reads when ops with index checks are pending).
+    fn traffic(&self) -> Option<moemla_core::Traffic> {
+        Some(self.device.traffic.get())
+    }
+
     /// Waits for all enqueued work, then reports the first index error an op enqueued
     /// since the last check met on the device (in enqueue order) as `IndexOutOfRange`,
     /// once: the flags are reset and the backend stays usable.

@@ -8,6 +8,7 @@ use crate::{DType, DeviceTensor, Error, HostTensor, Op, Result, Shape};
 use serde::{Deserialize, Serialize};
 use std::ffi::c_void;
 use std::fmt;
+use std::sync::Arc;
 
 /// A device family's implementation of the ops.
 ///
@@ -93,6 +94,60 @@ pub trait Backend: Send + Sync {
             backend: self.name().to_string(),
             what: "copy_into",
         })
+    }
+
+    /// Reads `dst.elem_count()` elements of `src`, from element `src_offset`, into the
+    /// caller's host tensor `dst` (overwritten; reused across calls, so a decode step reads
+    /// its logits or ids without allocating). Waits for the work enqueued before it, and,
+    /// like [`Backend::download`], first reports a pending index error of an earlier op.
+    /// Fails with [`Error::DTypeMismatch`] when the dtypes differ and [`Error::OutOfBounds`]
+    /// when the range does not lie within `src` (see [`crate::memory`]); `dst` is not
+    /// written then. Optional: the default is [`Error::NotProvided`].
+    fn download_into(
+        &self,
+        src: &DeviceTensor,
+        src_offset: usize,
+        dst: &mut HostTensor,
+    ) -> Result<()> {
+        let _ = (src, src_offset, dst);
+        Err(Error::NotProvided {
+            backend: self.name().to_string(),
+            what: "download_into",
+        })
+    }
+
+    /// A handle on the same device and memory as `self` that enqueues every op, copy and
+    /// download on the caller's `queue` (OpenCL: a `cl_command_queue` of the backend's
+    /// context; CUDA/HIP: a stream of its context; Ascend: an `aclrtStream`). Tensors are
+    /// interchangeable between the handle and the backend (same name, same memory); work
+    /// is ordered within each queue, and ordering *between* queues is the caller's (an
+    /// event or a synchronize). Index errors the handle's ops find are reported by the
+    /// handle's next [`Backend::synchronize`] / download, as for the backend's own queue.
+    /// [`Backend::traffic`] counts both together. A handle the backend cannot use (null,
+    /// another context or device, out-of-order execution) is [`Error::Queue`]. Optional:
+    /// the default is [`Error::NotProvided`] (also where the backend has no queues, as on
+    /// the CPU).
+    ///
+    /// # Safety
+    ///
+    /// `queue` is null or a valid queue/stream handle of the backend's API. The backend
+    /// takes its own reference where the API counts them (OpenCL retains the queue);
+    /// otherwise (CUDA/HIP/ACL streams) the caller keeps the stream alive until the handle
+    /// and every tensor it wrote are dropped and its work has finished. Nothing else may
+    /// destroy the queue's context while the handle lives.
+    unsafe fn with_queue(&self, queue: *mut c_void) -> Result<Arc<dyn Backend>> {
+        let _ = queue;
+        Err(Error::NotProvided {
+            backend: self.name().to_string(),
+            what: "with_queue",
+        })
+    }
+
+    /// Host<->device transfers and device allocations since the backend was created
+    /// (handles from [`Backend::with_queue`] add to their backend's), so an engine can check
+    /// that a decode step moves and allocates nothing after warm-up. `None`: not counted.
+    fn traffic(&self) -> Option<Traffic> {
+        None
     }
 
     /// `moe_route` writing into caller tensors that [`crate::ops::moe_route_into`] has
@@ -221,6 +276,58 @@ pub trait Backend: Send + Sync {
     }
 }
 
+/// What a backend has moved between host and device, and allocated on the device, since
+/// it was created ([`Backend::traffic`]). Counts only grow; subtract two readings with
+/// [`Traffic::since`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Traffic {
+    /// Host-to-device copies (uploads, `upload_into`, staging copies).
+    pub uploads: u64,
+    /// Bytes of those copies.
+    pub upload_bytes: u64,
+    /// Device-to-host copies (downloads, `download_into`, and reads a backend makes to
+    /// check for errors, e.g. OpenCL's index-error flags at a synchronize or download).
+    pub downloads: u64,
+    /// Bytes of those copies.
+    pub download_bytes: u64,
+    /// Device memory allocations (tensors, and scratch a backend does not take from a
+    /// pool).
+    pub allocations: u64,
+    /// Bytes of those allocations.
+    pub allocation_bytes: u64,
+}
+
+impl Traffic {
+    /// What happened between the reading `earlier` and this one (field by field).
+    pub fn since(&self, earlier: &Traffic) -> Traffic {
+        Traffic {
+            uploads: self.uploads.saturating_sub(earlier.uploads),
+            upload_bytes: self.upload_bytes.saturating_sub(earlier.upload_bytes),
+            downloads: self.downloads.saturating_sub(earlier.downloads),
+            download_bytes: self.download_bytes.saturating_sub(earlier.download_bytes),
+            allocations: self.allocations.saturating_sub(earlier.allocations),
+            allocation_bytes: self
+                .allocation_bytes
+                .saturating_sub(earlier.allocation_bytes),
+        }
+    }
+}
+
+impl fmt::Display for Traffic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} uploads ({} B), {} downloads ({} B), {} allocations ({} B)",
+            self.uploads,
+            self.upload_bytes,
+            self.downloads,
+            self.download_bytes,
+            self.allocations,
+            self.allocation_bytes
+        )
+    }
+}
+
 /// How far a backend's results have been checked, and where. A promise to users.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -324,6 +431,9 @@ pub enum Format {
     Fp8Activations,
     /// `moe_experts` with a `swiglu_limit`.
     SwigluLimit,
+    /// `moe_experts` with dense shared experts (`shared_w13` + `shared_w2`) fused into the
+    /// call.
+    SharedExperts,
     /// The 656-byte FP8 latent cache (`mla_decode`, `mla_sparse_decode`, `mla_kv_quantize`,
     /// `mla_cache_write`).
     Fp8DsV32,
@@ -331,12 +441,13 @@ pub enum Format {
 
 impl Format {
     /// Every format, in declaration order.
-    pub const ALL: [Format; 6] = [
+    pub const ALL: [Format; 7] = [
         Format::Sqrtsoftplus,
         Format::HashRouting,
         Format::Fp8Weights,
         Format::Fp8Activations,
         Format::SwigluLimit,
+        Format::SharedExperts,
         Format::Fp8DsV32,
     ];
 
@@ -348,6 +459,7 @@ impl Format {
             Format::Fp8Weights => "fp8_weights",
             Format::Fp8Activations => "fp8_activations",
             Format::SwigluLimit => "swiglu_limit",
+            Format::SharedExperts => "shared_experts",
             Format::Fp8DsV32 => "fp8_ds_v32",
         }
     }
@@ -416,6 +528,7 @@ impl OpSupport {
                         Format::Fp8Weights,
                         Format::Fp8Activations,
                         Format::SwigluLimit,
+                        Format::SharedExperts,
                     ],
                     Op::MlaKvQuantize | Op::MlaCacheWrite => &[Format::Fp8DsV32],
                     Op::MlaDecode | Op::MlaSparseDecode if dtype != DType::F32 => {

@@ -220,7 +220,7 @@ pub enum Error {
     /// tensor. Nothing is written.
     #[error("{call}: `{arg}` range of {len} elements at offset {offset} lies outside its {size} elements")]
     OutOfBounds {
-        /// The call (`upload_into`, `copy_into`).
+        /// The call (`upload_into`, `copy_into`, `download_into`).
         call: &'static str,
         /// The tensor (`src`, `dst`).
         arg: &'static str,
@@ -245,6 +245,15 @@ pub enum Error {
         expected: DType,
         /// The dtype of `arg`.
         got: DType,
+    },
+    /// The queue or stream handed to [`crate::Backend::with_queue`] cannot carry this
+    /// backend's work (another context or device, a null handle, out-of-order execution).
+    #[error("backend `{backend}`: with_queue: {reason}")]
+    Queue {
+        /// The backend name.
+        backend: String,
+        /// What is wrong with the handle.
+        reason: String,
     },
     /// A device or driver call failed.
     #[error("backend `{backend}`: {call} failed: {message}")]

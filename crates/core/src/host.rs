@@ -106,6 +106,17 @@ impl HostTensor {
         &self.bytes
     }
 
+    /// The raw little-endian bytes, for writing in place (the length is fixed:
+    /// [`crate::Backend::download_into`] fills a tensor the caller reuses).
+    pub fn as_bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.bytes
+    }
+
+    /// The number of elements.
+    pub fn elem_count(&self) -> usize {
+        self.shape.elem_count()
+    }
+
     /// Consumes the tensor, returning its bytes.
     pub fn into_bytes(self) -> Vec<u8> {
         self.bytes

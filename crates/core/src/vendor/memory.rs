@@ -1,9 +1,60 @@
-//! Checks shared by every backend's writes into existing device memory
-//! ([`crate::Backend::upload_into`], [`crate::Backend::copy_into`]), so all of them reject a
-//! bad range identically before anything is written.
+//! Checks shared by every backend's copies into and out of existing memory
+//! ([`crate::Backend::upload_into`], [`crate::Backend::copy_into`],
+//! [`crate::Backend::download_into`]), so all of them reject a bad range identically before
+//! anything is written; and [`TrafficCounter`], the counts behind [`crate::Backend::traffic`].
 
-use crate::{DType, DeviceTensor, Error, Result};
+use crate::{DType, DeviceTensor, Error, Result, Traffic};
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Thread-safe counters of a backend's transfers and allocations: call the `count_*`
+/// methods at the one place the backend copies or allocates, and return
+/// [`TrafficCounter::get`] from [`crate::Backend::traffic`].
+#[derive(Debug, Default)]
+pub struct TrafficCounter {
+    uploads: AtomicU64,
+    upload_bytes: AtomicU64,
+    downloads: AtomicU64,
+    download_bytes: AtomicU64,
+    allocations: AtomicU64,
+    allocation_bytes: AtomicU64,
+}
+
+/// Adds one event of `bytes` bytes to a count and its byte total.
+fn add(count: &AtomicU64, total: &AtomicU64, bytes: usize) {
+    count.fetch_add(1, Ordering::Relaxed);
+    total.fetch_add(u64::try_from(bytes).unwrap_or(u64::MAX), Ordering::Relaxed);
+}
+
+impl TrafficCounter {
+    /// One host-to-device copy of `bytes` bytes.
+    pub fn count_upload(&self, bytes: usize) {
+        add(&self.uploads, &self.upload_bytes, bytes);
+    }
+
+    /// One device-to-host copy of `bytes` bytes.
+    pub fn count_download(&self, bytes: usize) {
+        add(&self.downloads, &self.download_bytes, bytes);
+    }
+
+    /// One device allocation of `bytes` bytes.
+    pub fn count_allocation(&self, bytes: usize) {
+        add(&self.allocations, &self.allocation_bytes, bytes);
+    }
+
+    /// The counts so far.
+    pub fn get(&self) -> Traffic {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Traffic {
+            uploads: load(&self.uploads),
+            upload_bytes: load(&self.upload_bytes),
+            downloads: load(&self.downloads),
+            download_bytes: load(&self.download_bytes),
+            allocations: load(&self.allocations),
+            allocation_bytes: load(&self.allocation_bytes),
+        }
+    }
+}
 
 /// The byte range of elements `[offset, offset + len)` of `t`: [`Error::OutOfBounds`] when
 /// it does not lie within the tensor (checked arithmetic, never a wrapped range).
@@ -100,6 +151,42 @@ mod tests {
             byte_range("copy_into", "src", &huge, 0, 1),
             Err(Error::Size { .. })
         ));
+    }
+
+    #[test]
+    fn traffic_counts_events_and_bytes_and_subtracts() {
+        let c = TrafficCounter::default();
+        c.count_upload(10);
+        c.count_upload(6);
+        c.count_download(4);
+        let before = c.get();
+        c.count_allocation(64);
+        c.count_download(8);
+        let now = c.get();
+        assert_eq!(
+            before,
+            Traffic {
+                uploads: 2,
+                upload_bytes: 16,
+                downloads: 1,
+                download_bytes: 4,
+                ..Traffic::default()
+            }
+        );
+        assert_eq!(
+            now.since(&before),
+            Traffic {
+                downloads: 1,
+                download_bytes: 8,
+                allocations: 1,
+                allocation_bytes: 64,
+                ..Traffic::default()
+            }
+        );
+        assert_eq!(
+            now.since(&before).to_string(),
+            "0 uploads (0 B), 1 downloads (8 B), 1 allocations (64 B)"
+        );
     }
 
     #[test]

@@ -1,0 +1,110 @@
+//! Reading ranges of device tensors into caller host tensors (`download_into`) and the
+//! transfer/allocation counters (`traffic`) on the OpenCL backend. One binary of its own,
+//! its tests serialized: the counters belong to the process-wide backend.
+
+mod common;
+
+use common::backend;
+use moemla_core::{Backend, DType, Error, HostTensor, Traffic};
+use std::sync::{Mutex, MutexGuard};
+
+/// Serializes this binary's tests (they read the shared backend's counters).
+fn alone() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[test]
+fn download_into_reads_a_range_into_the_callers_tensor() {
+    let _alone = alone();
+    let Some(be) = backend() else { return };
+    let values: Vec<f32> = (0..10).map(|i| i as f32 * 0.5).collect();
+    let t = be
+        .upload(&HostTensor::from_slice([2, 5], &values).unwrap())
+        .unwrap();
+    let mut dst = HostTensor::zeros([4], DType::F32).unwrap();
+    let addr = dst.as_bytes().as_ptr();
+    be.download_into(&t, 3, &mut dst).unwrap();
+    assert_eq!(dst.to_vec::<f32>().unwrap(), vec![1.5, 2.0, 2.5, 3.0]);
+    be.download_into(&t, 6, &mut dst).unwrap();
+    assert_eq!(dst.to_vec::<f32>().unwrap(), vec![3.0, 3.5, 4.0, 4.5]);
+    assert_eq!(
+        dst.as_bytes().as_ptr(),
+        addr,
+        "the caller's bytes are reused"
+    );
+    for offset in [7, usize::MAX - 1] {
+        let err = be.download_into(&t, offset, &mut dst).unwrap_err();
+        assert_eq!(
+            err,
+            Error::OutOfBounds {
+                call: "download_into",
+                arg: "src",
+                offset,
+                len: 4,
+                size: 10
+            }
+        );
+    }
+    assert_eq!(dst.to_vec::<f32>().unwrap(), vec![3.0, 3.5, 4.0, 4.5]);
+    let mut wrong = HostTensor::zeros([2], DType::BF16).unwrap();
+    let err = be.download_into(&t, 0, &mut wrong).unwrap_err();
+    assert_eq!(
+        err,
+        Error::DTypeMismatch {
+            call: "download_into",
+            arg: "dst",
+            other: "src",
+            expected: DType::F32,
+            got: DType::BF16
+        }
+    );
+}
+
+#[test]
+fn traffic_counts_each_copy_and_allocation_once() {
+    let _alone = alone();
+    let Some(be) = backend() else { return };
+    let before = be.traffic().unwrap();
+    let t = be
+        .upload(&HostTensor::from_slice([3], &[1i32, 2, 3]).unwrap())
+        .unwrap();
+    let z = be.alloc_zeroed(&[4].into(), DType::F32).unwrap();
+    assert_eq!(
+        be.traffic().unwrap().since(&before),
+        Traffic {
+            uploads: 1,
+            upload_bytes: 12,
+            allocations: 2,
+            allocation_bytes: 12 + 16,
+            ..Traffic::default()
+        }
+    );
+    // A read into a reused host tensor: one copy, no allocation on the device.
+    let before = be.traffic().unwrap();
+    let mut host = HostTensor::zeros([2], DType::I32).unwrap();
+    be.download_into(&t, 1, &mut host).unwrap();
+    assert_eq!(host.to_i32_vec().unwrap(), vec![2, 3]);
+    assert_eq!(
+        be.traffic().unwrap().since(&before),
+        Traffic {
+            downloads: 1,
+            download_bytes: 8,
+            ..Traffic::default()
+        }
+    );
+    // A device copy moves nothing over the host link; an upload_into goes through one
+    // staging buffer (an allocation and an upload).
+    let before = be.traffic().unwrap();
+    be.copy_into(&t, 0, &t, 2, 1).unwrap();
+    be.upload_into(&HostTensor::from_slice([2], &[5.0f32, 6.0]).unwrap(), &z, 1)
+        .unwrap();
+    let got = be.traffic().unwrap().since(&before);
+    assert_eq!((got.uploads, got.upload_bytes), (1, 8));
+    assert_eq!(
+        be.download(&t).unwrap().to_i32_vec().unwrap(),
+        vec![1, 2, 1]
+    );
+    let z = be.download(&z).unwrap().to_f32_vec().unwrap();
+    assert_eq!(z, vec![0.0, 5.0, 6.0, 0.0]);
+}
