@@ -11,8 +11,10 @@
 //! - [`experts::plan`] for `moe_experts` ([`experts::plan_with`] for FP8),
 //! - [`kv_quantize::plan`] for `mla_kv_quantize`,
 //! - [`mla::plan`] for `mla_decode` (with [`mla::split_range`], the device's split rule),
-//! - [`mla_sparse::plan`] for `mla_sparse_decode`.
+//! - [`mla_sparse::plan`] for `mla_sparse_decode`,
+//! - [`dsa_indexer::plan`] for `dsa_indexer_topk`.
 
+pub mod dsa_indexer;
 pub mod experts;
 pub mod kv_quantize;
 pub mod mla;
