@@ -22,11 +22,12 @@ pub use device::NAME;
 use buffer::DevMem;
 use device::Device;
 use moemla_core::calls::{
-    MlaDecodeCall, MlaDecodeOutput, MoeExpertsCall, MoeRouteCall, MoeRouteOutput,
+    DsaIndexerTopkCall, DsaIndexerTopkOutput, MlaCacheWriteCall, MlaDecodeCall, MlaDecodeOutput,
+    MlaSparseDecodeCall, MoeExpertsCall, MoeRouteCall, MoeRouteOutput,
 };
 use moemla_core::{
-    Backend, BackendInfo, DType, DeviceTensor, Error, HostTensor, Op, OpSupport, Result, Shape,
-    Verification, VerificationKind,
+    indices, Backend, BackendInfo, DType, DeviceTensor, Error, HostTensor, Op, OpSupport, Result,
+    Shape, Verification, VerificationKind,
 };
 use std::sync::{Arc, OnceLock};
 
@@ -122,6 +123,11 @@ impl Backend for AscendBackend {
                 [DType::F16, DType::BF16].map(|dtype| OpSupport::new(Op::MlaDecode, dtype)),
             );
         }
+        if ops::mla_cache_write::available(ops) {
+            supported.extend(
+                ops::mla_cache_write::DTYPES.map(|dtype| OpSupport::new(Op::MlaCacheWrite, dtype)),
+            );
+        }
         let mut notes: Vec<String> = vec![format!(
             "loaded: {}",
             self.dev
@@ -135,6 +141,8 @@ impl Backend for AscendBackend {
         notes.extend(ops::moe_route::NOTES.iter().map(|s| s.to_string()));
         notes.extend(ops::mla_decode::NOTES.iter().map(|s| s.to_string()));
         notes.extend(ops::moe_experts::NOTES.iter().map(|s| s.to_string()));
+        notes.extend(ops::mla_cache_write::NOTES.iter().map(|s| s.to_string()));
+        notes.extend(ops::gaps::notes());
         let mut memory_bytes = None;
         if let Some(get) = self.dev.cann.rt.aclrtGetMemInfo {
             let (mut free, mut total) = (0usize, 0usize);
@@ -194,5 +202,36 @@ impl Backend for AscendBackend {
 
     fn mla_decode(&self, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutput> {
         self.dev.op(|| ops::mla_decode::run(self, call))
+    }
+
+    fn mla_cache_write(&self, call: &MlaCacheWriteCall<'_>) -> Result<()> {
+        self.dev.op(|| ops::mla_cache_write::run(self, call))
+    }
+
+    fn mla_sparse_decode(&self, call: &MlaSparseDecodeCall<'_>) -> Result<MlaDecodeOutput> {
+        // Index contents first: a bad index is the same input error on every backend.
+        let indices = self.download(call.indices)?.to_i32_vec()?;
+        let lengths = match call.topk_length {
+            Some(t) => Some(self.download(t)?.to_i32_vec()?),
+            None => None,
+        };
+        indices::check_sparse_indices(call, &indices, lengths.as_deref())?;
+        Err(ops::gaps::refuse(
+            Op::MlaSparseDecode,
+            call.dtype,
+            ops::gaps::NO_SPARSE_DECODE,
+        ))
+    }
+
+    fn dsa_indexer_topk(&self, call: &DsaIndexerTopkCall<'_>) -> Result<DsaIndexerTopkOutput> {
+        // Index contents first, as mla_sparse_decode.
+        let table = self.download(call.block_table)?.to_i32_vec()?;
+        let seqlens = self.download(call.cache_seqlens)?.to_i32_vec()?;
+        indices::check_indexer_indices(call, &table, &seqlens)?;
+        Err(ops::gaps::refuse(
+            Op::DsaIndexerTopk,
+            call.dtype,
+            ops::gaps::NO_INDEXER,
+        ))
     }
 }

@@ -166,6 +166,14 @@ symbol_table! {
         fn aclnnFusedInferAttentionScoreV3GetWorkspaceSize(_: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: i64, _: f64, _: i64, _: i64, _: *const c_char, _: i64, _: i64, _: i64, _: i64, _: i64, _: bool, _: i64, _: i64, _: Handle, _: Handle, _: *mut u64, _: *mut Handle) -> i32;
         /// aclnnFusedInferAttentionScoreV3 second phase.
         fn aclnnFusedInferAttentionScoreV3(_: Handle, _: u64, _: Handle, _: Handle) -> i32;
+        /// aclnnIndexSelect.md: `(const aclTensor *self, int64_t dim, const aclTensor *index, aclTensor *out, ...)`
+        fn aclnnIndexSelectGetWorkspaceSize(_: Handle, _: i64, _: Handle, _: Handle, _: *mut u64, _: *mut Handle) -> i32;
+        /// aclnnIndexSelect second phase.
+        fn aclnnIndexSelect(_: Handle, _: u64, _: Handle, _: Handle) -> i32;
+        /// aclnnScatterPaKvCache.md (hicann/ops-transformer `attention/scatter_pa_kv_cache/docs/aclnnScatterPaKvCache.md`): `(const aclTensor *key, aclTensor *keyCacheRef, const aclTensor *slotMapping, const aclTensor *value, aclTensor *valueCacheRef, const aclTensor *compressLensOptional, const aclTensor *compressSeqOffsetOptional, const aclTensor *seqLensOptional, char *cacheModeOptional, char *scatterModeOptional, const aclIntArray *stridesOptional, const aclIntArray *offsetsOptional, ...)`
+        fn aclnnScatterPaKvCacheGetWorkspaceSize(_: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: *const c_char, _: *const c_char, _: Handle, _: Handle, _: *mut u64, _: *mut Handle) -> i32;
+        /// aclnnScatterPaKvCache second phase.
+        fn aclnnScatterPaKvCache(_: Handle, _: u64, _: Handle, _: Handle) -> i32;
     }
 }
 

@@ -13,11 +13,15 @@ use moemla_cann_emulator::ops::grouped_matmul::aclnnGroupedMatmulV4GetWorkspaceS
 use moemla_cann_emulator::ops::moe_gating_top_k::{
     aclnnMoeGatingTopK, aclnnMoeGatingTopKGetWorkspaceSize,
 };
+use moemla_cann_emulator::ops::scatter_pa_kv_cache::{
+    aclnnScatterPaKvCache, aclnnScatterPaKvCacheGetWorkspaceSize,
+};
 use moemla_cann_emulator::runtime::{
     aclInit, aclrtCreateStream, aclrtSetDevice, aclrtSynchronizeStream,
 };
 use moemla_cann_emulator::status::{
     aclGetRecentErrMsg, ACLNN_ERR_INNER_TILING_ERROR, ACLNN_ERR_PARAM_INVALID,
+    ACLNN_ERR_RUNTIME_ERROR,
 };
 use moemla_cann_emulator::tensor::{DT_F16, DT_F32, DT_I32, DT_I64, DT_U8, FORMAT_ND};
 use std::ffi::{c_void, CStr};
@@ -438,4 +442,91 @@ fn inplace_zero_zeroes_its_view_only() {
     let got: Vec<f32> = download(p, 12);
     let want = [1., 2., 3., 0., 5., 0., 0., 8., 0., 10., 11., 12.];
     assert_eq!(got, want);
+}
+
+/// ScatterPaKvCache scene 6: key [n, 1, 3] (F16 bits 0x3C00 + i, or zeros as F32) into a
+/// zeroed [2, 4, 1, 3] cache of the key's dtype at `slots`; the first-phase status, or the
+/// synchronize status after the launch and the cache as 16-bit words.
+fn scatter(slots: &[i32], dtype: i32) -> Result<(i32, Vec<u16>), i32> {
+    let s = stream();
+    let (n, d, cap) = (slots.len(), 3, 8);
+    let words = if dtype == DT_F32 { 2 } else { 1 };
+    let key: Vec<u16> = match dtype {
+        DT_F32 => vec![0; n * d * 2],
+        _ => (0..n * d).map(|i| 0x3C00 + i as u16).collect(),
+    };
+    let (_, kt) = tensor(&key, &[n, 1, d], dtype);
+    scatter_with(s, kt, slots, dtype, cap, d * words)
+}
+
+fn scatter_with(
+    s: *mut c_void,
+    kt: *mut AclTensor,
+    slots: &[i32],
+    dtype: i32,
+    cap: usize,
+    words: usize,
+) -> Result<(i32, Vec<u16>), i32> {
+    let d = if dtype == DT_F32 { words / 2 } else { words };
+    let (cache, ct) = tensor(&vec![0u16; cap * words], &[2, cap / 2, 1, d], dtype);
+    let (_, st) = tensor(slots, &[slots.len()], DT_I32);
+    let (_, vt) = tensor(&[0u16; 2], &[], dtype);
+    let (_, vct) = tensor(&[0u16; 2], &[], dtype);
+    let (mut ws, mut exec) = (0u64, null_mut());
+    // SAFETY: handles from the emulator; the mode strings are C literals; out-pointers are
+    // locals.
+    let status = unsafe {
+        aclnnScatterPaKvCacheGetWorkspaceSize(
+            kt,
+            ct,
+            st,
+            vt,
+            vct,
+            null(),
+            null(),
+            null(),
+            c"Norm".as_ptr(),
+            null(),
+            null(),
+            null(),
+            &mut ws,
+            &mut exec,
+        )
+    };
+    if status != 0 {
+        return Err(status);
+    }
+    let buf = malloc(ws as usize);
+    // SAFETY: executor from the matching first phase; workspace of its size.
+    let sync = unsafe {
+        assert_eq!(aclnnScatterPaKvCache(buf, ws, exec, s), 0, "{}", recent());
+        aclrtSynchronizeStream(s)
+    };
+    Ok((sync, download(cache, cap * words)))
+}
+
+#[test]
+fn scatter_pa_kv_cache_writes_rows_at_flat_slots() {
+    let (sync, cache) = scatter(&[5, 0, 2], DT_F16).unwrap();
+    assert_eq!(sync, 0, "{}", recent());
+    let row = |r: u16| [0x3C00 + 3 * r, 0x3C01 + 3 * r, 0x3C02 + 3 * r];
+    let mut want = vec![0u16; 24];
+    for (i, &slot) in [5usize, 0, 2].iter().enumerate() {
+        want[slot * 3..slot * 3 + 3].copy_from_slice(&row(i as u16));
+    }
+    assert_eq!(cache, want);
+}
+
+#[test]
+fn scatter_pa_kv_cache_refuses_what_its_page_leaves_undefined() {
+    // A2/A3 take no FLOAT key ([doc] 参数说明, A2/A3 note).
+    assert_eq!(scatter(&[1], DT_F32).unwrap_err(), ACLNN_ERR_PARAM_INVALID);
+    assert!(recent().contains("key"), "{}", recent());
+    // Slots outside [0, num_blocks * block_size) (-1 included) and repeated slots: no
+    // defined result on CANN, a run-time failure here, and nothing written.
+    for slots in [&[3, -1][..], &[8][..], &[4, 1, 4][..]] {
+        let (sync, cache) = scatter(slots, DT_F16).unwrap();
+        assert_eq!(sync, ACLNN_ERR_RUNTIME_ERROR, "{slots:?}");
+        assert!(cache.iter().all(|&v| v == 0), "{slots:?} wrote {cache:?}");
+    }
 }

@@ -1,6 +1,8 @@
 //! One file per moemla op: argument checks against CANN's documented limits, marshalling,
 //! and the aclnn calls.
 
+pub mod gaps;
+pub mod mla_cache_write;
 pub mod mla_decode;
 mod mla_lse;
 pub mod moe_experts;

@@ -8,6 +8,7 @@ pub mod matmul;
 pub mod moe_gating_top_k;
 pub mod moe_routing;
 pub mod reduce;
+pub mod scatter_pa_kv_cache;
 
 /// Defines the second-phase entry point `aclnnXxx(workspace, workspaceSize, executor,
 /// stream)` of an op.

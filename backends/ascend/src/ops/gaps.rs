@@ -1,0 +1,77 @@
+//! Contract v2 that this backend does not map, and why: each reason names the CANN op that
+//! comes closest and the documented limit that stops it (hicann/ops-transformer paths, or
+//! the CANN aclnn pages cited in `loader.rs`). `NOTES` go to `info().notes` (`moemla
+//! devices`); the consts are the `reason` of the [`moemla_core::Error::Unsupported`] a
+//! call gets.
+
+use crate::ops::unsupported;
+use moemla_core::{DType, Error, Op};
+
+/// Why no v2 op writes or reads the 656-byte `fp8_ds_v32` row.
+pub const NO_FP8_CACHE_WRITE: &str = "no CANN op writes the 656-byte fp8_ds_v32 row (e4m3 codes, four f32 tile scales, bf16 rope), and Atlas A2/A3 have no FLOAT8_E4M3FN tensors (aclnnScatterPaKvCache, attention/scatter_pa_kv_cache/docs/aclnnScatterPaKvCache.md, refuses FLOAT8_E4M3FN and HIFLOAT8 on A2/A3)";
+
+/// Why mla_decode over the FP8 cache is not mapped.
+pub const NO_FP8_CACHE_DECODE: &str = "aclnnFusedInferAttentionScoreV3's MLA mode reads FLOAT16/BFLOAT16 caches only (fused_infer_attention_score_tiling_check_feature.cpp CheckFeatureMlaNoQuantDtype; no quantised MLA path for this row layout), and Atlas A2/A3 have no FLOAT8_E4M3FN tensors";
+
+/// Why mla_sparse_decode is not mapped.
+pub const NO_SPARSE_DECODE: &str = "not mapped: aclnnSparseFlashAttention (attention/sparse_flash_attention/docs/aclnnSparseFlashAttention.md) takes D 512 + rope 64 only, query heads 1, 2, 4, ..., 128, block_size a multiple of 16 up to 1024, FLOAT16/BFLOAT16, no attention-sink input, and indices relative to each sequence's block table; the mapping of the 576/512 case onto it (identity block table, its softmaxMax/softmaxSum for lse, the sink on the host) and its emulator model are not written yet; F32, other head dims and the fp8_ds_v32 cache are outside its documented limits";
+
+/// Why dsa_indexer_topk is not mapped.
+pub const NO_INDEXER: &str = "aclnnLightningIndexer (attention/lightning_indexer/docs/aclnnLightningIndexer.md) returns the top-k indices only when the key is paged (returnValues only when layout_key is not PA_BSND, and then as FLOAT16/BFLOAT16), so the contract's f32 topk_scores cannot be produced; it also takes head dim 128 only, at most 64 query heads, FLOAT16/BFLOAT16 query and key";
+
+/// Why sqrtsoftplus routing is not mapped.
+pub const NO_SQRTSOFTPLUS: &str = "aclnnMoeGatingTopK's normType is 0 (softmax) or 1 (sigmoid) (moe_gating_top_k tiling CheckAttr); it has no sqrt-softplus score";
+
+/// Why hash routing is not mapped.
+pub const NO_HASH_ROUTING: &str = "aclnnMoeGatingTopK (the routing op this backend maps) selects by score and has no token-id -> expert table input";
+
+/// Why FP8 experts are not mapped.
+pub const NO_FP8_EXPERTS: &str = "no FP8 on Atlas A2/A3: aclnnGroupedMatmulV4 (gmm/grouped_matmul/docs/aclnnGroupedMatmulV4.md) quantises INT8 (static/dynamic) and antiquantises INT4/INT8 weights per channel or group on A2/A3; FP8/MXFP8 is Ascend 950 only, and no A2/A3 op dequantises e4m3 weights with 128x128 block scales";
+
+/// Why the SwiGLU clamp is not mapped.
+pub const NO_SWIGLU_LIMIT: &str = "aclnnSwiGlu (used by moe_experts) has no clamp parameter: silu(min(g, c)) * clamp(u, -c, c) is not one documented op";
+
+/// Why fused shared experts are not mapped.
+pub const NO_SHARED_EXPERTS: &str = "not mapped yet: a dense shared expert would be aclnnMatmul + aclnnSwiGlu + aclnnMatmul + aclnnAdd after the routed experts; call moe_experts with E = 1 instead";
+
+/// Why mla_kv_quantize is not mapped.
+pub const NO_KV_QUANTIZE: &str = NO_FP8_CACHE_WRITE;
+
+/// Everything v2 this backend leaves Unsupported, with the reason, for `info().notes`.
+pub fn notes() -> Vec<String> {
+    [
+        ("moe_route sqrtsoftplus", NO_SQRTSOFTPLUS),
+        ("moe_route hash_routing", NO_HASH_ROUTING),
+        ("moe_experts fp8_weights / fp8_activations", NO_FP8_EXPERTS),
+        ("moe_experts swiglu_limit", NO_SWIGLU_LIMIT),
+        ("moe_experts shared_experts", NO_SHARED_EXPERTS),
+        ("mla_decode fp8_ds_v32", NO_FP8_CACHE_DECODE),
+        ("mla_kv_quantize", NO_KV_QUANTIZE),
+        ("mla_cache_write fp8_ds_v32", NO_FP8_CACHE_WRITE),
+        ("mla_sparse_decode", NO_SPARSE_DECODE),
+        ("dsa_indexer_topk", NO_INDEXER),
+    ]
+    .iter()
+    .map(|(what, why)| format!("unsupported: {what}: {why}"))
+    .collect()
+}
+
+/// The Unsupported error of an op this backend does not map at all.
+pub fn refuse(op: Op, dtype: DType, reason: &str) -> Error {
+    unsupported(op, dtype.to_string(), reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_unmapped_v2_item_has_a_note_naming_a_cann_source() {
+        let notes = notes();
+        assert_eq!(notes.len(), 10);
+        for n in &notes {
+            assert!(n.starts_with("unsupported: "), "{n}");
+            assert!(n.contains("aclnn"), "{n} names no CANN op");
+        }
+    }
+}
