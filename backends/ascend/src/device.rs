@@ -16,6 +16,7 @@ use crate::buffer::DevMem;
 use crate::error::{status_name, CannError, ACL_ERROR_REPEAT_INITIALIZE};
 use crate::frees::Frees;
 use crate::loader::{Cann, Handle, LaunchFn};
+use moemla_core::memory::TrafficCounter;
 use moemla_core::{Error, Result};
 use std::ffi::{c_void, CStr};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -28,6 +29,8 @@ const ACL_MEM_MALLOC_HUGE_FIRST: i32 = 0;
 /// aclrtMemcpyKind ACL_MEMCPY_HOST_TO_DEVICE / ACL_MEMCPY_DEVICE_TO_HOST.
 const HOST_TO_DEVICE: i32 = 1;
 const DEVICE_TO_HOST: i32 = 2;
+/// aclrtMemcpyKind ACL_MEMCPY_DEVICE_TO_DEVICE.
+const DEVICE_TO_DEVICE: i32 = 3;
 
 /// CANN, initialised, with device `id` set and one stream.
 pub struct Device {
@@ -40,6 +43,8 @@ pub struct Device {
     stream: usize,
     lock: Mutex<()>,
     frees: Mutex<Frees>,
+    /// Host<->device copies and allocations (`Backend::traffic`).
+    pub traffic: TrafficCounter,
 }
 
 // SAFETY: the stream is a process-wide CANN handle and the tables hold plain function
@@ -100,6 +105,7 @@ impl Device {
                 stream: stream as usize,
                 lock: Mutex::new(()),
                 frees: Mutex::new(Frees::default()),
+                traffic: TrafficCounter::default(),
             }))
         }
     }
@@ -197,46 +203,126 @@ impl Device {
             (self.cann.rt.aclrtMalloc)(&mut ptr, bytes.max(1), ACL_MEM_MALLOC_HUGE_FIRST)
         };
         self.check(st, "aclrtMalloc")?;
+        self.traffic.count_allocation(bytes);
         Ok(Arc::new(DevMem::new(ptr as usize, bytes, self.clone())))
     }
 
     /// Device memory holding a copy of `data`.
     pub fn upload_bytes(self: &Arc<Self>, data: &[u8]) -> Result<Arc<DevMem>> {
         let mem = self.alloc(data.len())?;
-        if !data.is_empty() {
-            // SAFETY: destination is a fresh allocation of data.len() bytes.
-            let st = unsafe {
-                (self.cann.rt.aclrtMemcpy)(
-                    mem.ptr(),
-                    mem.bytes(),
-                    data.as_ptr() as *const c_void,
-                    data.len(),
-                    HOST_TO_DEVICE,
-                )
-            };
-            self.check(st, "aclrtMemcpy(HOST_TO_DEVICE)")?;
-        }
+        // A fresh allocation: no queued work can use it yet.
+        self.write_now(&mem, 0, data)?;
         Ok(mem)
+    }
+
+    /// Copies `data` into `mem` at byte `offset` (`offset + data.len() <= mem.bytes()`,
+    /// checked by the caller) with the synchronous aclrtMemcpy, without waiting for the
+    /// stream: only for memory no queued work uses.
+    fn write_now(&self, mem: &DevMem, offset: usize, data: &[u8]) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        debug_assert!(offset + data.len() <= mem.bytes());
+        // SAFETY: the destination range lies inside `mem` (caller's check above).
+        let st = unsafe {
+            (self.cann.rt.aclrtMemcpy)(
+                (mem.ptr() as usize + offset) as Handle,
+                mem.bytes() - offset,
+                data.as_ptr() as *const c_void,
+                data.len(),
+                HOST_TO_DEVICE,
+            )
+        };
+        self.check(st, "aclrtMemcpy(HOST_TO_DEVICE)")?;
+        self.traffic.count_upload(data.len());
+        Ok(())
+    }
+
+    /// Waits for the stream (earlier work may still read or write `mem`), then copies
+    /// `data` into `mem` at byte `offset`. The range must lie inside `mem` (checked by the
+    /// caller with `moemla_core::memory::byte_range`).
+    pub fn write_at(&self, mem: &DevMem, offset: usize, data: &[u8]) -> Result<()> {
+        self.synchronize()?;
+        self.write_now(mem, offset, data)
     }
 
     /// Waits for the stream, then copies the first `bytes` of `mem` to the host.
     pub fn download_bytes(&self, mem: &DevMem, bytes: usize) -> Result<Vec<u8>> {
-        self.synchronize()?;
-        let mut out = vec![0u8; bytes];
-        if bytes > 0 {
-            // SAFETY: `out` holds `bytes` bytes; `mem` holds at least that many.
-            let st = unsafe {
-                (self.cann.rt.aclrtMemcpy)(
-                    out.as_mut_ptr() as Handle,
-                    bytes,
-                    mem.ptr() as *const c_void,
-                    bytes.min(mem.bytes()),
-                    DEVICE_TO_HOST,
-                )
-            };
-            self.check(st, "aclrtMemcpy(DEVICE_TO_HOST)")?;
-        }
+        let mut out = vec![0u8; bytes.min(mem.bytes())];
+        self.read_at(mem, 0, &mut out)?;
+        out.resize(bytes, 0);
         Ok(out)
+    }
+
+    /// Waits for the stream, then copies `out.len()` bytes of `mem` from byte `offset` to
+    /// `out` (the range lies inside `mem`: the caller's check).
+    pub fn read_at(&self, mem: &DevMem, offset: usize, out: &mut [u8]) -> Result<()> {
+        self.synchronize()?;
+        if out.is_empty() {
+            return Ok(());
+        }
+        debug_assert!(offset + out.len() <= mem.bytes());
+        // SAFETY: `out` holds out.len() bytes; the source range lies inside `mem`.
+        let st = unsafe {
+            (self.cann.rt.aclrtMemcpy)(
+                out.as_mut_ptr() as Handle,
+                out.len(),
+                (mem.ptr() as usize + offset) as *const c_void,
+                out.len(),
+                DEVICE_TO_HOST,
+            )
+        };
+        self.check(st, "aclrtMemcpy(DEVICE_TO_HOST)")?;
+        self.traffic.count_download(out.len());
+        Ok(())
+    }
+
+    /// Waits for the stream, then copies `len` bytes from `src` at byte `src_off` to `dst` at
+    /// byte `dst_off` on the device (both ranges inside their buffers: the caller's check).
+    /// Overlapping ranges of one buffer go through a temporary (aclrtMemcpy does not
+    /// define overlap).
+    pub fn copy_at(
+        self: &Arc<Self>,
+        src: &DevMem,
+        src_off: usize,
+        dst: &DevMem,
+        dst_off: usize,
+        len: usize,
+    ) -> Result<()> {
+        self.synchronize()?;
+        if len == 0 {
+            return Ok(());
+        }
+        let overlap = src.ptr() == dst.ptr() && src_off < dst_off + len && dst_off < src_off + len;
+        if overlap {
+            let tmp = self.alloc(len)?;
+            self.memcpy_d2d(src, src_off, &tmp, 0, len)?;
+            return self.memcpy_d2d(&tmp, 0, dst, dst_off, len);
+        }
+        self.memcpy_d2d(src, src_off, dst, dst_off, len)
+    }
+
+    fn memcpy_d2d(
+        &self,
+        src: &DevMem,
+        src_off: usize,
+        dst: &DevMem,
+        dst_off: usize,
+        len: usize,
+    ) -> Result<()> {
+        debug_assert!(src_off + len <= src.bytes() && dst_off + len <= dst.bytes());
+        // SAFETY: both ranges lie inside their allocations (caller's check); they do not
+        // overlap (`copy_at`).
+        let st = unsafe {
+            (self.cann.rt.aclrtMemcpy)(
+                (dst.ptr() as usize + dst_off) as Handle,
+                dst.bytes() - dst_off,
+                (src.ptr() as usize + src_off) as *const c_void,
+                len,
+                DEVICE_TO_DEVICE,
+            )
+        };
+        self.check(st, "aclrtMemcpy(DEVICE_TO_DEVICE)")
     }
 
     /// Runs one aclnn op: `prepare(&mut workspaceSize, &mut executor)` (its

@@ -26,8 +26,8 @@ use moemla_core::calls::{
     MlaSparseDecodeCall, MoeExpertsCall, MoeRouteCall, MoeRouteOutput,
 };
 use moemla_core::{
-    indices, Backend, BackendInfo, DType, DeviceTensor, Error, HostTensor, Op, OpSupport, Result,
-    Shape, Verification, VerificationKind,
+    indices, memory, Backend, BackendInfo, DType, DeviceTensor, Error, HostTensor, Op, OpSupport,
+    Result, Shape, Traffic, Verification, VerificationKind,
 };
 use std::sync::{Arc, OnceLock};
 
@@ -190,6 +190,60 @@ impl Backend for AscendBackend {
 
     fn synchronize(&self) -> Result<()> {
         self.dev.synchronize()
+    }
+
+    /// After the work already queued (the stream is synchronised first), a synchronous
+    /// aclrtMemcpy into the range.
+    fn upload_into(&self, src: &HostTensor, dst: &DeviceTensor, dst_offset: usize) -> Result<()> {
+        const CALL: &str = "upload_into";
+        memory::same_dtype(CALL, "dst", dst.dtype(), "src", src.dtype())?;
+        let mem = self.mem(dst, CALL, "dst")?;
+        let range = memory::byte_range(CALL, "dst", dst, dst_offset, src.elem_count())?;
+        self.dev
+            .op(|| self.dev.write_at(mem, range.start, src.as_bytes()))
+    }
+
+    /// After the work already queued, aclrtMemcpy DEVICE_TO_DEVICE (overlapping ranges of
+    /// one buffer through a temporary).
+    fn copy_into(
+        &self,
+        src: &DeviceTensor,
+        src_offset: usize,
+        dst: &DeviceTensor,
+        dst_offset: usize,
+        len: usize,
+    ) -> Result<()> {
+        const CALL: &str = "copy_into";
+        memory::same_dtype(CALL, "dst", dst.dtype(), "src", src.dtype())?;
+        let from = self.mem(src, CALL, "src")?;
+        let to = self.mem(dst, CALL, "dst")?;
+        let src_range = memory::byte_range(CALL, "src", src, src_offset, len)?;
+        let dst_range = memory::byte_range(CALL, "dst", dst, dst_offset, len)?;
+        self.dev.op(|| {
+            self.dev
+                .copy_at(from, src_range.start, to, dst_range.start, src_range.len())
+        })
+    }
+
+    fn download_into(
+        &self,
+        src: &DeviceTensor,
+        src_offset: usize,
+        dst: &mut HostTensor,
+    ) -> Result<()> {
+        const CALL: &str = "download_into";
+        memory::same_dtype(CALL, "dst", dst.dtype(), "src", src.dtype())?;
+        let mem = self.mem(src, CALL, "src")?;
+        let range = memory::byte_range(CALL, "src", src, src_offset, dst.elem_count())?;
+        self.dev
+            .op(|| self.dev.read_at(mem, range.start, dst.as_bytes_mut()))
+    }
+
+    /// Counted at aclrtMalloc (tensors, workspaces, temporaries) and at every aclrtMemcpy
+    /// between host and device (uploads, downloads, and the index contents ops read back
+    /// to check them: CANN's operators take them as host arguments or do not check them).
+    fn traffic(&self) -> Option<Traffic> {
+        Some(self.dev.traffic.get())
     }
 
     fn moe_route(&self, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput> {
