@@ -133,6 +133,26 @@ def _experts_v2_cases(dtype):
         c("fp8_w8a16_swiglu10_t6_h256_i160_e3_k2", "FP8 w8a16 with swiglu_limit 10 (V4) that bites: large activations", 6, 256, 160, 3, 2, {"swiglu_limit": 10.0}, x_std=6.0, w2_gain=0.05),
         c("fp8_w8a8_ue8m0_swiglu10_t8_h256_i256_e3_k2", "FP8 w8a8 UE8M0 with swiglu_limit 10 (V4-like)", 8, 256, 256, 3, 2, dict(W8A8_UE8M0, swiglu_limit=10.0), x_std=10.0, w2_gain=0.012),
         c("dense_swiglu7_t5_h64_i32_e4_k2", "run-dtype weights with swiglu_limit 7 (clamp without FP8)", 5, 64, 32, 4, 2, {"swiglu_limit": 7.0}, fp8_weights=False, x_std=5.0, w2_gain=0.1),
+    ] + _experts_shared_cases(dtype)
+
+
+def _experts_shared_cases(dtype):
+    def c(name, desc, *args, **kw):
+        return (name, lambda: experts.build_shared(dtype, name, desc, *args, **kw))
+
+    # args: tokens, hidden, inter, experts, top_k, shared, shared_inter
+    return [
+        c("shared1_t6_h64_i32_e6_k2_is48", "one shared expert (Is 48 != I 32, as DeepSeek-V3's single shared MLP), every routed slot used", 6, 64, 32, 6, 2, 1, 48),
+        c(
+            "shared2_t7_h64_i24_e5_k3_is40_empty",
+            "two shared experts (Is 40, I 24, as DeepSeek-V2's n_shared_experts 2), -1 slots, token 3 with every slot -1 (gets the shared output alone)",
+            7, 64, 24, 5, 3, 2, 40, empty_slots=((0, 2), (5, 1)), no_expert_tokens=(3,),
+        ),
+        c(
+            "shared1_swiglu7_t5_h64_i32_e4_k2_is16",
+            "one shared expert (Is 16) with swiglu_limit 7: the clamp applies to routed and shared experts alike; token 4 has no routed expert",
+            5, 64, 32, 4, 2, 1, 16, {"swiglu_limit": 7.0}, x_std=5.0, w2_gain=0.1, no_expert_tokens=(4,),
+        ),
     ]
 
 

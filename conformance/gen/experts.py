@@ -262,3 +262,73 @@ def _verify_v2(case, y, w13, w2, options, budget=None):
     record_fairness(case, [ratio])
     exact = ops_ref.moe_experts(*args, **dict(options, activation_quant="none"))
     case.discrimination = worst_violation(exact, y, tol, tol)
+
+
+# ---- contract v2: dense shared experts fused into the call ----------------------------------
+
+# Leaving out either part (the shared experts, or the routed experts) must miss the case's
+# tolerance by at least this factor, so a backend that drops one of them fails.
+SHARED_BITE = 5.0
+
+
+def build_shared(dtype, name, description, tokens, hidden, inter, experts, top_k, shared, shared_inter, params=None, x_std=1.0, w2_gain=1.0, empty_slots=(), no_expert_tokens=()):
+    """Run-dtype routed experts plus `shared` dense shared experts of intermediate size
+    `shared_inter` (in.shared_w13 [S, 2Is, H], in.shared_w2 [S, H, Is], run dtype), added with
+    weight 1 to every token. Weight scales as build_v2's (shared weights like routed ones).
+    no_expert_tokens: tokens whose every slot is -1 (their y is the shared experts' alone).
+    """
+    params = {} if params is None else params
+    rng = case_rng("moe_experts", dtype, name)
+    ids, weights = _routing(rng, tokens, experts, top_k, None, None, empty_slots)
+    for t in no_expert_tokens:
+        ids[t, :] = -1
+    x = to_run_dtype(rng.standard_normal((tokens, hidden)) * x_std, dtype)
+    gain = w2_gain * 0.5
+    w13 = to_run_dtype(rng.standard_normal((experts, 2 * inter, hidden)) / np.sqrt(hidden), dtype)
+    w2 = to_run_dtype(rng.standard_normal((experts, hidden, inter)) * (gain / np.sqrt(inter)), dtype)
+    sw13 = to_run_dtype(rng.standard_normal((shared, 2 * shared_inter, hidden)) / np.sqrt(hidden), dtype)
+    sw2 = to_run_dtype(rng.standard_normal((shared, hidden, shared_inter)) * (gain / np.sqrt(shared_inter)), dtype)
+    options = _options(params)
+    if options["activation_quant"] != "none":
+        raise CaseError(f"moe_experts/{dtype}/{name}: shared experts take run-dtype weights (no activation quantization)")
+    routed_y = ops_ref.moe_experts(x, w13, w2, ids, weights, **options)
+    shared_y = ops_ref.shared_experts(x, sw13, sw2, options["swiglu_limit"])
+    y = routed_y + shared_y
+    tensors = {
+        "in.x": x,
+        "in.w13": w13,
+        "in.w2": w2,
+        "in.topk_ids": ids,
+        "in.topk_weights": weights,
+        "in.shared_w13": sw13,
+        "in.shared_w2": sw2,
+        "out.y": y.astype(np.float32),
+    }
+    case = Case("moe_experts", dtype, name, description, params, tensors)
+    _verify_shared(case, y, routed_y, shared_y, options)
+    return case
+
+
+def _verify_shared(case, y, routed_y, shared_y, options):
+    """Every token informative; tokens without routed experts get the shared output alone;
+    both parts (and the clamp, if any) matter; the fairness model."""
+    t = case.tensors
+    routed = ((t["in.topk_ids"] >= 0) & (t["in.topk_weights"] != 0)).any(axis=1)
+    if not np.array_equal(y[~routed], shared_y[~routed]):
+        raise CaseError(f"{case.path}: a token with no expert is not the shared output alone")
+    check_not_degenerate(f"{case.path} out.y", y, meaningful=np.ones(len(y), dtype=bool))
+    atol, rtol = default_tolerance(case)
+    for what, part in (("shared experts", routed_y), ("routed experts", shared_y)):
+        if worst_violation(part, y, atol, rtol) < SHARED_BITE:
+            raise CaseError(f"{case.path}: leaving out the {what} stays within {SHARED_BITE}x the tolerance")
+    if options["swiglu_limit"] is not None:
+        args = (t["in.x"], t["in.w13"], t["in.w2"], t["in.topk_ids"], t["in.topk_weights"])
+        unclamped = ops_ref.moe_experts(*args) + ops_ref.shared_experts(t["in.x"], t["in.shared_w13"], t["in.shared_w2"])
+        if worst_violation(unclamped, y, atol, rtol) < SWIGLU_BITE:
+            raise CaseError(f"{case.path}: swiglu_limit {options['swiglu_limit']} does not bite")
+        clamp_routed_only = routed_y + ops_ref.shared_experts(t["in.x"], t["in.shared_w13"], t["in.shared_w2"])
+        if worst_violation(clamp_routed_only, y, atol, rtol) < SWIGLU_BITE:
+            raise CaseError(f"{case.path}: the clamp does not bite on the shared experts")
+    shared = (t["in.shared_w13"], t["in.shared_w2"])
+    got = lowp.moe_experts_v2(t["in.x"], t["in.w13"], t["in.w2"], t["in.topk_ids"], t["in.topk_weights"], RUN_DTYPES[case.dtype], shared=shared, **options)
+    record_fairness(case, [fair_float(case, "y", got, y)])

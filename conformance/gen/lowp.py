@@ -146,28 +146,39 @@ def dequantize_weights(codes, scale, run_dtype, block=128):
     return round_to(values * full[:, : codes.shape[1], : codes.shape[2]], run_dtype)
 
 
-def moe_experts_v2(x, w13, w2, topk_ids, topk_weights, run_dtype, activation_quant="none", activation_scale="f32", swiglu_limit=None):
-    """The v1 model with v2's options; w13/w2 already real (dequantized) float32 weights."""
+def moe_experts_v2(x, w13, w2, topk_ids, topk_weights, run_dtype, activation_quant="none", activation_scale="f32", swiglu_limit=None, shared=None):
+    """The v1 model with v2's options; w13/w2 already real (dequantized) float32 weights.
+
+    shared: (shared_w13 [S, 2Is, H], shared_w2 [S, H, Is]) run-dtype weights or None; each
+    shared expert is computed like a routed one and added with weight 1 after the routed
+    slots, before the one final rounding of y.
+    """
     x = x.astype(np.float32)
-    inter = w13.shape[1] // 2
     quant = activation_quant == "fp8_block128"
     y = np.zeros((x.shape[0], x.shape[1]), dtype=np.float32)
+
+    def expert(wg, wd, xt):
+        h = round_to(wg.astype(np.float32) @ xt, run_dtype)
+        inter = wg.shape[0] // 2
+        g, u = h[:inter], h[inter:]
+        if swiglu_limit is not None:
+            c = np.float32(swiglu_limit)
+            g, u = np.minimum(g, c), np.clip(u, -c, c)
+        act = round_to(g / (np.float32(1.0) + np.exp(-g)) * u, run_dtype)
+        if quant:
+            act = quantize_activation(act, activation_scale)
+        return round_to(wd.astype(np.float32) @ act, run_dtype)
+
     for t in range(x.shape[0]):
         xt = quantize_activation(x[t], activation_scale) if quant else x[t]
         for j in range(topk_ids.shape[1]):
             e = int(topk_ids[t, j])
             if e < 0 or topk_weights[t, j] == 0:
                 continue
-            h = round_to(w13[e].astype(np.float32) @ xt, run_dtype)
-            g, u = h[:inter], h[inter:]
-            if swiglu_limit is not None:
-                c = np.float32(swiglu_limit)
-                g, u = np.minimum(g, c), np.clip(u, -c, c)
-            act = round_to(g / (np.float32(1.0) + np.exp(-g)) * u, run_dtype)
-            if quant:
-                act = quantize_activation(act, activation_scale)
-            down = round_to(w2[e].astype(np.float32) @ act, run_dtype)
-            y[t] += np.float32(topk_weights[t, j]) * down
+            y[t] += np.float32(topk_weights[t, j]) * expert(w13[e], w2[e], xt)
+        if shared is not None:
+            for sw13, sw2 in zip(*shared):
+                y[t] += expert(sw13, sw2, xt)
     return round_to(y, run_dtype)
 
 

@@ -121,6 +121,22 @@ def swiglu(h, inter, swiglu_limit=None):
     return silu(g) * u
 
 
+def shared_experts(x, shared_w13, shared_w2, swiglu_limit=None):
+    """Dense shared experts: y [T, H] float64, each shared expert s adding
+    W2_s @ swiglu(W13_s @ x[t]) to every token with weight 1 (v2's clamp included).
+    shared_w13 [S, 2Is, H], shared_w2 [S, H, Is] (Is may differ from the routed I).
+    """
+    x = x.astype(np.float64)
+    sw13 = shared_w13.astype(np.float64)
+    sw2 = shared_w2.astype(np.float64)
+    inter = sw13.shape[1] // 2
+    y = np.zeros((x.shape[0], x.shape[1]), dtype=np.float64)
+    for t in range(x.shape[0]):
+        for s in range(sw13.shape[0]):
+            y[t] += sw2[s] @ swiglu(sw13[s] @ x[t], inter, swiglu_limit)
+    return y
+
+
 def moe_experts(x, w13, w2, topk_ids, topk_weights, activation_quant="none", activation_scale="f32", swiglu_limit=None):
     """Routed-expert SwiGLU FFN combine: y [T, H] float64.
 

@@ -43,6 +43,10 @@ def expected_dtypes(op, run, params, tensors):
             req.update({"in.w13_scale": "F32", "in.w2_scale": "F32"})
         else:
             assert w == run, f"weights {w} in a {run} case"
+        # Shared experts (v2): run-dtype weights, both or neither, beside run-dtype routed ones.
+        if "in.shared_w13" in tensors or "in.shared_w2" in tensors:
+            assert w == run, f"shared experts beside {w} routed weights"
+            req.update({"in.shared_w13": run, "in.shared_w2": run})
         return req, {}
     if op == "mla_decode":
         return {"in.q": run, "in.kv_cache": "U8" if fp8_cache else run, "in.block_table": "I32", "in.cache_seqlens": "I32", "out.o": "F32", "out.lse": "F32"}, {}
@@ -123,6 +127,10 @@ class SchemaMixin:
                 self.assertEqual(shape["in.w2_scale"], [experts, ceil128(hidden), ceil128(two_i // 2)])
             self.assertEqual(shape["in.topk_ids"], shape["in.topk_weights"])
             self.assertEqual(shape["out.y"], [tokens, hidden])
+            if "in.shared_w13" in shape:
+                shared, two_is, _ = shape["in.shared_w13"]
+                self.assertEqual(shape["in.shared_w13"], [shared, two_is, hidden])
+                self.assertEqual(shape["in.shared_w2"], [shared, hidden, two_is // 2])
         elif op == "mla_kv_quantize":
             n, width = shape["in.kv"]
             self.assertEqual((width, shape["out.kv_fp8"]), (576, [n, 656]))

@@ -317,6 +317,9 @@ fn execute(backend: &dyn Backend, case: &Case) -> Result<Vec<Comparison>, Proble
             let mut inputs = ExpertsInputs::new(&x, &w13, &w2, &ids, &weights);
             inputs.w13_scale = w13_scale.as_ref();
             inputs.w2_scale = w2_scale.as_ref();
+            let (shared_w13, shared_w2) = (up("shared_w13")?, up("shared_w2")?);
+            inputs.shared_w13 = shared_w13.as_ref();
+            inputs.shared_w2 = shared_w2.as_ref();
             let y = ops::moe_experts_with(backend, inputs, p)?;
             Ok(vec![float_output(case, "y", &down(&y)?)?])
         }

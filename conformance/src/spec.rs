@@ -97,6 +97,8 @@ const MOE_EXPERTS: OpSpec = OpSpec {
         arg("topk_weights", Rule::F32, true),
         arg("w13_scale", Rule::F32, false),
         arg("w2_scale", Rule::F32, false),
+        arg("shared_w13", Rule::Run, false),
+        arg("shared_w2", Rule::Run, false),
     ],
     outputs: &[arg("y", Rule::F32, true)],
 };

@@ -28,7 +28,7 @@ mod into;
 pub use cache_write::mla_cache_write;
 pub use into::{mla_decode_into, mla_sparse_decode_into, moe_experts_into, moe_route_into};
 
-use crate::calls::{DsaIndexerTopkOutput, MlaDecodeOutput, MoeRouteOutput};
+use crate::calls::{DsaIndexerTopkOutput, MlaDecodeOutput, MoeExpertsCall, MoeRouteOutput};
 use crate::validate::dsa_indexer_topk::IndexerArgs;
 use crate::validate::mla_decode::MlaArgs;
 use crate::validate::{
@@ -100,6 +100,10 @@ pub struct ExpertsInputs<'a> {
     pub w13_scale: Option<&'a DeviceTensor>,
     /// Block scales of FP8 `w2` [E, ceil(H/128), ceil(I/128)], F32.
     pub w2_scale: Option<&'a DeviceTensor>,
+    /// Shared experts' gate and up projections [S, 2Is, H], run dtype (with `shared_w2`).
+    pub shared_w13: Option<&'a DeviceTensor>,
+    /// Shared experts' down projections [S, H, Is], run dtype (with `shared_w13`).
+    pub shared_w2: Option<&'a DeviceTensor>,
 }
 
 impl<'a> ExpertsInputs<'a> {
@@ -119,6 +123,8 @@ impl<'a> ExpertsInputs<'a> {
             topk_weights,
             w13_scale: None,
             w2_scale: None,
+            shared_w13: None,
+            shared_w2: None,
         }
     }
 
@@ -127,6 +133,17 @@ impl<'a> ExpertsInputs<'a> {
         ExpertsInputs {
             w13_scale: Some(w13_scale),
             w2_scale: Some(w2_scale),
+            ..self
+        }
+    }
+
+    /// With dense shared experts fused into the call (DeepSeek's `n_shared_experts`):
+    /// `shared_w13` [S, 2Is, H] and `shared_w2` [S, H, Is] in the run dtype; each adds its
+    /// SwiGLU FFN of `x[t]` with weight 1 to every token's `y`.
+    pub fn with_shared(self, shared_w13: &'a DeviceTensor, shared_w2: &'a DeviceTensor) -> Self {
+        ExpertsInputs {
+            shared_w13: Some(shared_w13),
+            shared_w2: Some(shared_w2),
             ..self
         }
     }
@@ -243,25 +260,17 @@ pub fn moe_experts(
 }
 
 /// Fused routed experts with every v2 input: run-dtype weights, or F8E4M3 weights with
-/// their block scales (w8a16, or w8a8 with `activation_quant` `fp8_block128`), and an
-/// optional `swiglu_limit`. Returns `y` [T, H] in the run dtype (that of `x`).
+/// their block scales (w8a16, or w8a8 with `activation_quant` `fp8_block128`), an
+/// optional `swiglu_limit`, and optional dense shared experts (run-dtype weights only),
+/// which every token goes through with weight 1 in the same call. Returns `y` [T, H] in
+/// the run dtype (that of `x`).
 pub fn moe_experts_with(
     backend: &dyn Backend,
     inputs: ExpertsInputs<'_>,
     params: &ExpertsParams,
 ) -> Result<DeviceTensor> {
     let call = experts_rules::validate(backend.name(), inputs, params)?;
-    let mut formats = Vec::new();
-    if call.fp8_scales.is_some() {
-        formats.push(Format::Fp8Weights);
-    }
-    if params.activation_quant == ActivationQuant::Fp8Block128 {
-        formats.push(Format::Fp8Activations);
-    }
-    if params.swiglu_limit.is_some() {
-        formats.push(Format::SwigluLimit);
-    }
-    require(backend, Op::MoeExperts, call.dtype, &formats)?;
+    require(backend, Op::MoeExperts, call.dtype, &experts_formats(&call))?;
     let y = backend.moe_experts(&call)?;
     check_output(backend, "y", &y, &[call.tokens, call.hidden], call.dtype)?;
     Ok(y)
@@ -386,6 +395,24 @@ pub fn dsa_indexer_topk(
     )?;
     check_output(backend, "topk_scores", &out.topk_scores, &dims, DType::F32)?;
     Ok(out)
+}
+
+/// The v2 formats a validated `moe_experts` call uses.
+fn experts_formats(call: &MoeExpertsCall<'_>) -> Vec<Format> {
+    let mut formats = Vec::new();
+    if call.fp8_scales.is_some() {
+        formats.push(Format::Fp8Weights);
+    }
+    if call.params.activation_quant == ActivationQuant::Fp8Block128 {
+        formats.push(Format::Fp8Activations);
+    }
+    if call.params.swiglu_limit.is_some() {
+        formats.push(Format::SwigluLimit);
+    }
+    if call.shared.is_some() {
+        formats.push(Format::SharedExperts);
+    }
+    formats
 }
 
 /// The formats a cache layout needs.

@@ -4,8 +4,11 @@
 //! Slots with id -1 or weight 0 are never routed, so they contribute nothing even when
 //! their expert's output is not finite. Contract v2: FP8 weights are dequantized tile by
 //! tile as the GEMMs read them ([`fp8`]); `fp8_block128` quantizes x and the activations
-//! before the GEMM that reads them; `swiglu_limit` clamps the gate and up values. Every buffer whose size no input bounds (rows x H,
-//! rows x I) is sized with checked arithmetic and allocated fallibly.
+//! before the GEMM that reads them; `swiglu_limit` clamps the gate and up values. Shared
+//! experts run through the same GEMMs as S more experts that every token is routed to
+//! ([`Permutation::every_token`]); the combine adds them with weight 1 after the routed
+//! slots, and `y` is rounded to the run dtype once. Every buffer whose size no input
+//! bounds (rows x H, rows x I) is sized with checked arithmetic and allocated fallibly.
 
 mod ffn;
 pub mod fp8;
@@ -18,7 +21,7 @@ use crate::storage::{
 use ffn::ExpertWeights;
 use fp8::Weights;
 use half::{bf16, f16};
-use moemla_core::calls::MoeExpertsCall;
+use moemla_core::calls::{MoeExpertsCall, SharedExperts};
 use moemla_core::indices::check_topk_ids;
 use moemla_core::{ActivationQuant, Result};
 use permute::Permutation;
@@ -39,6 +42,8 @@ pub fn run(backend: &str, call: &MoeExpertsCall<'_>) -> Result<CpuStorage> {
             ("topk_weights", Some(call.topk_weights)),
             ("w13_scale", call.fp8_scales.map(|s| s.w13_scale)),
             ("w2_scale", call.fp8_scales.map(|s| s.w2_scale)),
+            ("shared_w13", call.shared.map(|s| s.w13)),
+            ("shared_w2", call.shared.map(|s| s.w2)),
         ],
     )?;
     let mut y = CpuStorage::zeros(call.dtype, &[call.tokens, call.hidden].into())?;
@@ -88,10 +93,17 @@ pub fn run_into(backend: &str, call: &MoeExpertsCall<'_>, y: FloatSliceMut<'_>) 
         fp8::quantize_columns(&perm, &mut h_t, call.inter, mode);
     }
     let y_t = ffn::down(&perm, &h_t, w)?;
+    // Drop the routed activations before the shared experts allocate theirs.
+    drop((xg, h_t));
+    let shared = match call.shared {
+        Some(s) => Some(shared_experts(backend, call, s, x, limit)?),
+        None => None,
+    };
     let combine = Combine {
         perm: &perm,
         y_t: &y_t,
         weights,
+        shared: shared.as_ref(),
         top_k: call.top_k,
         hidden: call.hidden,
     };
@@ -111,6 +123,39 @@ pub fn run_into(backend: &str, call: &MoeExpertsCall<'_>, y: FloatSliceMut<'_>) 
     Ok(())
 }
 
+/// The shared experts' outputs: S dense experts that every token goes through, run as
+/// routed experts of a permutation that sends each token to each of them. Their weights
+/// are the run dtype and the activations unquantized (validation refuses shared experts
+/// beside FP8 routed weights, which `fp8_block128` needs); the clamp applies.
+fn shared_experts(
+    backend: &str,
+    call: &MoeExpertsCall<'_>,
+    s: SharedExperts<'_>,
+    x: FloatSlice<'_>,
+    limit: Option<f32>,
+) -> Result<Shared> {
+    let w = ExpertWeights {
+        w13: Weights::of(backend, CALL, ("shared_w13", s.w13), None)?,
+        w2: Weights::of(backend, CALL, ("shared_w2", s.w2), None)?,
+        hidden: call.hidden,
+        inter: s.inter,
+    };
+    let perm = Permutation::every_token(call.tokens, s.count)?;
+    let xg = gather_rows(x, &perm, call.hidden)?;
+    let h_t = ffn::gate_up(&perm, &xg, w, limit)?;
+    drop(xg);
+    let y_t = ffn::down(&perm, &h_t, w)?;
+    Ok(Shared { perm, y_t })
+}
+
+/// The shared experts' down projections and the permutation that produced them.
+struct Shared {
+    /// Every token routed to each shared expert (slot `s` of token `t` = shared expert `s`).
+    perm: Permutation,
+    /// Each shared expert's down projections transposed, `[H, T]`.
+    y_t: Vec<f32>,
+}
+
 /// The permuted rows of `x`, upcast to f32: [rows, H].
 fn gather_rows(x: FloatSlice<'_>, perm: &Permutation, hidden: usize) -> Result<Vec<f32>> {
     let mut xg = zeroed(&[perm.rows(), hidden], "cpu moe_experts gathered rows")?;
@@ -128,13 +173,16 @@ struct Combine<'a> {
     y_t: &'a [f32],
     /// `topk_weights` [T, top_k].
     weights: &'a [f32],
+    /// The shared experts' outputs, if any (weight 1 each).
+    shared: Option<&'a Shared>,
     top_k: usize,
     hidden: usize,
 }
 
 impl Combine<'_> {
-    /// `y[t] = sum_j w[t, j] * down[row_of(t, j)]` over the routed slots, summed in f32 in
-    /// order (deterministic), each row then stored into `y` [T, H] by `store`.
+    /// `y[t] = sum_j w[t, j] * down[row_of(t, j)]` over the routed slots, then `+
+    /// shared_s(x[t])` for each shared expert `s`, summed in f32 in that order
+    /// (deterministic), each row then stored into `y` [T, H] by `store`.
     fn write<T: Send>(&self, y: &mut [T], store: impl Fn(&mut [T], &[f32]) + Sync) {
         let (perm, hidden, top_k) = (self.perm, self.hidden, self.top_k);
         y.par_chunks_mut(hidden).enumerate().for_each_init(
@@ -142,21 +190,39 @@ impl Combine<'_> {
             |acc, (t, out)| {
                 acc.fill(0.0);
                 for j in 0..top_k {
-                    let Some(row) = perm.row_of[t * top_k + j] else {
-                        continue;
-                    };
-                    // The expert owning `row`: offsets are sorted, so search them.
-                    let e = perm.offsets.partition_point(|&o| o <= row) - 1;
-                    let (first, n) = perm.expert_rows(e);
-                    let base = &self.y_t[first * hidden..(first + n) * hidden];
-                    let w = self.weights[t * top_k + j];
-                    for (c, v) in acc.iter_mut().enumerate() {
-                        *v += w * base[c * n + (row - first)];
+                    if let Some(row) = perm.row_of[t * top_k + j] {
+                        let w = self.weights[t * top_k + j];
+                        add_row(acc, perm, self.y_t, row, |v| w * v);
+                    }
+                }
+                if let Some(sh) = self.shared {
+                    let count = sh.perm.offsets.len() - 1;
+                    for row in sh.perm.row_of[t * count..(t + 1) * count].iter().flatten() {
+                        add_row(acc, &sh.perm, &sh.y_t, *row, |v| v);
                     }
                 }
                 store(out, acc);
             },
         );
+    }
+}
+
+/// `acc += scale(down[row])`: permuted row `row` of `y_t` (per expert `[H, n_e]`, expert
+/// after expert).
+fn add_row(
+    acc: &mut [f32],
+    perm: &Permutation,
+    y_t: &[f32],
+    row: usize,
+    scale: impl Fn(f32) -> f32,
+) {
+    let hidden = acc.len();
+    // The expert owning `row`: offsets are sorted, so search them.
+    let e = perm.offsets.partition_point(|&o| o <= row) - 1;
+    let (first, n) = perm.expert_rows(e);
+    let base = &y_t[first * hidden..(first + n) * hidden];
+    for (c, v) in acc.iter_mut().enumerate() {
+        *v += scale(base[c * n + (row - first)]);
     }
 }
 

@@ -1,15 +1,17 @@
 //! The ops' `_into` forms: the same validation and dispatch, with outputs written into
 //! tensors the caller provides (and reuses across calls) instead of new ones.
 
-use super::{cache_formats, require, ExpertsInputs, RouteInputs, SparseDecodeInputs};
+use super::{
+    cache_formats, experts_formats, require, ExpertsInputs, RouteInputs, SparseDecodeInputs,
+};
 use crate::validate::mla_decode::MlaArgs;
 use crate::validate::{
     mla_decode as mla_rules, mla_sparse_decode as sparse_rules, moe_experts as experts_rules,
     moe_route as route_rules,
 };
 use crate::{
-    ActivationQuant, Backend, DType, DeviceTensor, Error, ExpertsParams, Format, MlaDecodeParams,
-    Op, Result, RouteParams, ScoreFunc, SparseDecodeParams,
+    Backend, DType, DeviceTensor, Error, ExpertsParams, Format, MlaDecodeParams, Op, Result,
+    RouteParams, ScoreFunc, SparseDecodeParams,
 };
 
 /// [`super::moe_route_with`] writing `topk_ids` [T, top_k] I32 and `topk_weights`
@@ -72,16 +74,6 @@ pub fn moe_experts_into(
     y: &DeviceTensor,
 ) -> Result<()> {
     let call = experts_rules::validate(backend.name(), inputs, params)?;
-    let mut formats = Vec::new();
-    if call.fp8_scales.is_some() {
-        formats.push(Format::Fp8Weights);
-    }
-    if params.activation_quant == ActivationQuant::Fp8Block128 {
-        formats.push(Format::Fp8Activations);
-    }
-    if params.swiglu_limit.is_some() {
-        formats.push(Format::SwigluLimit);
-    }
     let op = Op::MoeExperts;
     output(
         backend,
@@ -101,8 +93,10 @@ pub fn moe_experts_into(
     ];
     read.extend(inputs.w13_scale.map(|t| ("w13_scale", t)));
     read.extend(inputs.w2_scale.map(|t| ("w2_scale", t)));
+    read.extend(inputs.shared_w13.map(|t| ("shared_w13", t)));
+    read.extend(inputs.shared_w2.map(|t| ("shared_w2", t)));
     distinct(op, &read, &[("y", y)])?;
-    require(backend, op, call.dtype, &formats)?;
+    require(backend, op, call.dtype, &experts_formats(&call))?;
     backend.moe_experts_into(&call, y)
 }
 

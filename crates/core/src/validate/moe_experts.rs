@@ -1,8 +1,8 @@
-//! Shape, dtype and parameter rules of `moe_experts` (v1, and v2's FP8 weights and
-//! parameters).
+//! Shape, dtype and parameter rules of `moe_experts` (v1, and v2's FP8 weights, shared
+//! experts and parameters).
 
 use super::checks;
-use crate::calls::{BlockScales, MoeExpertsCall, Validated};
+use crate::calls::{BlockScales, MoeExpertsCall, SharedExperts, Validated};
 use crate::fp8::BLOCK;
 use crate::ops::ExpertsInputs;
 use crate::{ActivationQuant, DType, DeviceTensor, Error, ExpertsParams, Op, Result};
@@ -24,6 +24,8 @@ pub(crate) fn validate<'a>(
     ];
     tensors.extend(a.w13_scale.map(|t| ("w13_scale", t)));
     tensors.extend(a.w2_scale.map(|t| ("w2_scale", t)));
+    tensors.extend(a.shared_w13.map(|t| ("shared_w13", t)));
+    tensors.extend(a.shared_w2.map(|t| ("shared_w2", t)));
     checks::same_backend(OP, backend, &tensors)?;
 
     checks::rank(OP, "x", a.x, 2, "[T, H]")?;
@@ -103,6 +105,8 @@ pub(crate) fn validate<'a>(
         None
     };
 
+    let shared = shared_experts(&a, dtype, fp8, hidden)?;
+
     checks::param(
         OP,
         "activation_quant",
@@ -127,6 +131,7 @@ pub(crate) fn validate<'a>(
         fp8_scales,
         topk_ids: a.topk_ids,
         topk_weights: a.topk_weights,
+        shared,
         params,
         dtype,
         tokens,
@@ -136,6 +141,73 @@ pub(crate) fn validate<'a>(
         top_k,
         validated: Validated(()),
     })
+}
+
+/// The shared experts, if given: both tensors or neither, rank 3, the run dtype (and
+/// run-dtype routed weights), `shared_w13` [S, 2Is, H] and `shared_w2` [S, H, Is].
+fn shared_experts<'a>(
+    a: &ExpertsInputs<'a>,
+    run: DType,
+    fp8: bool,
+    hidden: usize,
+) -> Result<Option<SharedExperts<'a>>> {
+    let (w13, w2) = match (a.shared_w13, a.shared_w2) {
+        (None, None) => return Ok(None),
+        (Some(w13), Some(w2)) => (w13, w2),
+        (w13, _) => {
+            let (arg, other) = match w13 {
+                None => ("shared_w13", "shared_w2"),
+                Some(_) => ("shared_w2", "shared_w13"),
+            };
+            return Err(Error::Input {
+                op: OP,
+                arg,
+                expected: format!("given together with {other} (shared experts)"),
+                got: "absent".into(),
+            });
+        }
+    };
+    if fp8 {
+        return Err(Error::Input {
+            op: OP,
+            arg: "shared_w13",
+            expected: "absent with F8_E4M3 routed weights: fused shared experts need run-dtype \
+                       routed weights (run the shared experts as their own call)"
+                .into(),
+            got: format!("a {} {} tensor", w13.dtype(), w13.shape()),
+        });
+    }
+    checks::rank(OP, "shared_w13", w13, 3, "[S, 2Is, H]")?;
+    checks::rank(OP, "shared_w2", w2, 3, "[S, H, Is]")?;
+    for (arg, t) in [("shared_w13", w13), ("shared_w2", w2)] {
+        if t.dtype() != run {
+            return Err(Error::DType {
+                op: OP,
+                arg,
+                expected: format!("the dtype of x ({run})"),
+                got: t.dtype(),
+            });
+        }
+    }
+    checks::dim_nonzero(OP, "shared_w13", w13, 0, "S")?;
+    let count = w13.dims()[0];
+    let two_i = w13.dims()[1];
+    if two_i == 0 || !two_i.is_multiple_of(2) {
+        let why = "even and >= 2".into();
+        return Err(checks::dim_error(OP, "shared_w13", w13, 1, "2Is", why));
+    }
+    let inter = two_i / 2;
+    checks::dim_eq(OP, "shared_w13", w13, 2, "H", hidden, "H of x")?;
+    checks::dim_eq(OP, "shared_w2", w2, 0, "S", count, "S of shared_w13")?;
+    checks::dim_eq(OP, "shared_w2", w2, 1, "H", hidden, "H of x")?;
+    let why = "half of dim 1 of shared_w13";
+    checks::dim_eq(OP, "shared_w2", w2, 2, "Is", inter, why)?;
+    Ok(Some(SharedExperts {
+        w13,
+        w2,
+        count,
+        inter,
+    }))
 }
 
 /// The weights are both the run dtype, or both F8E4M3: returns whether they are FP8.

@@ -69,6 +69,8 @@ pub struct MoeExpertsCall<'a> {
     pub topk_ids: &'a DeviceTensor,
     /// Weights [T, k], F32.
     pub topk_weights: &'a DeviceTensor,
+    /// Dense shared experts that every token goes through with weight 1 (v2), if any.
+    pub shared: Option<SharedExperts<'a>>,
     /// Op parameters.
     pub params: &'a ExpertsParams,
     /// The run dtype (of x, w13, w2).
@@ -85,6 +87,21 @@ pub struct MoeExpertsCall<'a> {
     pub top_k: usize,
     /// Validation marker.
     pub validated: Validated,
+}
+
+/// The dense shared experts of a `moe_experts` call (DeepSeek's `n_shared_experts`): each
+/// adds `W2_s @ swiglu(W1_s x[t], W3_s x[t])` with weight 1 to every token's `y`. Always
+/// the run dtype (validation refuses them beside F8E4M3 routed weights).
+#[derive(Debug, Clone, Copy)]
+pub struct SharedExperts<'a> {
+    /// Gate and up projections [S, 2Is, H] (rows 0..Is gate, Is..2Is up), run dtype.
+    pub w13: &'a DeviceTensor,
+    /// Down projections [S, H, Is], run dtype.
+    pub w2: &'a DeviceTensor,
+    /// S: shared experts.
+    pub count: usize,
+    /// Is: their intermediate size (may differ from the routed experts' I).
+    pub inter: usize,
 }
 
 /// Dequantization multipliers of FP8 expert weights (the checkpoint's `weight_scale_inv`):

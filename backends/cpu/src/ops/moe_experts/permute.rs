@@ -1,7 +1,7 @@
 //! Grouping (token, slot) pairs by expert: the "permute" step of a fused MoE.
 
 use moemla_core::alloc::try_filled_vec;
-use moemla_core::Result;
+use moemla_core::{DType, Result, Shape};
 
 /// Where each routed (token, slot) pair lives once rows are grouped by expert.
 ///
@@ -58,6 +58,30 @@ impl Permutation {
         })
     }
 
+    /// Every one of `tokens` tokens routed to each of `experts` experts (dense experts,
+    /// such as shared experts): slot `s` of token `t` is expert `s`, row `s * T + t`.
+    /// Sizes are checked ([`moemla_core::Error::Size`]) and allocated fallibly.
+    pub fn every_token(tokens: usize, experts: usize) -> Result<Self> {
+        const WHAT: &str = "cpu moe_experts shared experts";
+        // S x T pairs: the count is checked (it fits in isize) before it is used.
+        let pairs = Shape::from(&[experts, tokens][..]).byte_len(DType::I32)? / 4;
+        let mut offsets: Vec<usize> = try_filled_vec(experts + 1, WHAT)?;
+        let mut tokens_of: Vec<usize> = try_filled_vec(pairs, WHAT)?;
+        let mut row_of: Vec<Option<usize>> = try_filled_vec(pairs, WHAT)?;
+        for (e, offset) in offsets.iter_mut().enumerate() {
+            *offset = e * tokens;
+        }
+        for (row, t) in tokens_of.iter_mut().enumerate() {
+            *t = row % tokens;
+            row_of[(row % tokens) * experts + row / tokens] = Some(row);
+        }
+        Ok(Permutation {
+            offsets,
+            tokens: tokens_of,
+            row_of,
+        })
+    }
+
     /// Number of permuted rows (routed pairs).
     pub fn rows(&self) -> usize {
         self.tokens.len()
@@ -85,6 +109,21 @@ mod tests {
             vec![Some(3), Some(0), None, Some(4), Some(1), Some(2)]
         );
         assert_eq!(p.expert_rows(2), (3, 2));
+    }
+
+    #[test]
+    fn every_token_goes_to_every_dense_expert() {
+        // T = 3, S = 2: expert 0 owns rows 0..3, expert 1 rows 3..6, tokens in order.
+        let p = Permutation::every_token(3, 2).unwrap();
+        assert_eq!(p.offsets, vec![0, 3, 6]);
+        assert_eq!(p.tokens, vec![0, 1, 2, 0, 1, 2]);
+        let rows = [0, 3, 1, 4, 2, 5].map(Some);
+        assert_eq!(p.row_of, rows.to_vec());
+        // The same as routing ids [[0, 1]; 3] with weight 1.
+        let routed = Permutation::new(&[0, 1, 0, 1, 0, 1], &[1.0; 6], 2, 2).unwrap();
+        assert_eq!(p, routed);
+        let err = Permutation::every_token(usize::MAX / 2, 4).unwrap_err();
+        assert!(matches!(err, moemla_core::Error::Size { .. }), "{err}");
     }
 
     #[test]

@@ -186,3 +186,149 @@ fn zero_weight_and_empty_slots_skip_a_non_finite_expert() {
         );
     }
 }
+
+/// The shared experts in f64: each of the S dense experts adds `W2_s (act(W1_s x[t],
+/// W3_s x[t]))` with weight 1 to every token, `act` SwiGLU (clamped by `limit` if any).
+fn shared_reference(
+    x: &[f32],
+    sw13: &[f32],
+    sw2: &[f32],
+    (h, is, s): (usize, usize, usize),
+    limit: Option<f64>,
+) -> Vec<f64> {
+    let t = x.len() / h;
+    let mut y = vec![0.0f64; t * h];
+    for tok in 0..t {
+        let xt = &x[tok * h..(tok + 1) * h];
+        for e in 0..s {
+            let dot = |row: usize| -> f64 {
+                let w = &sw13[(e * 2 * is + row) * h..][..h];
+                w.iter().zip(xt).map(|(&a, &b)| a as f64 * b as f64).sum()
+            };
+            let act: Vec<f64> = (0..is)
+                .map(|r| {
+                    let (mut g, mut u) = (dot(r), dot(is + r));
+                    if let Some(c) = limit {
+                        g = g.min(c);
+                        u = u.clamp(-c, c);
+                    }
+                    g / (1.0 + (-g).exp()) * u
+                })
+                .collect();
+            for c in 0..h {
+                let w = &sw2[(e * h + c) * is..][..is];
+                let d: f64 = w.iter().zip(&act).map(|(&a, &b)| a as f64 * b).sum();
+                y[tok * h + c] += d;
+            }
+        }
+    }
+    y
+}
+
+/// Routed experts (token 1's slots all -1) plus `s` shared experts of intermediate size 40
+/// (routed: 24) against the f64 references, through `moe_experts_with` and
+/// `moe_experts_into` (which must agree exactly).
+fn check_shared(dtype: DType, t: usize, s: usize, tol: f64) {
+    let cpu = CpuBackend::new();
+    let (h, i, e, k, is) = (64, 24, 5, 2, 40);
+    let mut rng = Lcg::new(23 + t as u64);
+    let (x, xs) = upload_as(&cpu, &[t, h], &rng.vec(t * h, -1.0, 1.0), dtype);
+    let (w13, w13s) = upload_as(
+        &cpu,
+        &[e, 2 * i, h],
+        &rng.vec(e * 2 * i * h, -0.2, 0.2),
+        dtype,
+    );
+    let (w2, w2s) = upload_as(&cpu, &[e, h, i], &rng.vec(e * h * i, -0.2, 0.2), dtype);
+    let sw13v = rng.vec(s * 2 * is * h, -0.2, 0.2);
+    let (sw13, sw13s) = upload_as(&cpu, &[s, 2 * is, h], &sw13v, dtype);
+    let (sw2, sw2s) = upload_as(&cpu, &[s, h, is], &rng.vec(s * h * is, -0.2, 0.2), dtype);
+    let ids: Vec<i32> = (0..t * k)
+        .map(|n| {
+            if n / k == 1 {
+                -1
+            } else {
+                ((n * 3 + 1) % e) as i32
+            }
+        })
+        .collect();
+    let weights = rng.vec(t * k, 0.1, 1.0);
+    let ids_t = cpu
+        .upload(&HostTensor::from_slice([t, k], &ids).unwrap())
+        .unwrap();
+    let w_t = cpu
+        .upload(&HostTensor::from_slice([t, k], &weights).unwrap())
+        .unwrap();
+    let inputs = ops::ExpertsInputs::new(&x, &w13, &w2, &ids_t, &w_t).with_shared(&sw13, &sw2);
+    let params = ExpertsParams::default();
+    let y = ops::moe_experts_with(&cpu, inputs, &params).unwrap();
+    let got = download_f32(&cpu, &y);
+    let routed = reference(&xs, &w13s, &w2s, &ids, &weights, (h, i, k));
+    let shared = shared_reference(&xs, &sw13s, &sw2s, (h, is, s), None);
+    let scale = shared.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+    assert!(scale > 1e-2, "degenerate test data");
+    for (n, (&g, (&r, &sh))) in got.iter().zip(routed.iter().zip(&shared)).enumerate() {
+        let w = r + sh;
+        let at = format!("{dtype} T {t} S {s}: y[{n}] = {g}, want {w} (routed {r})");
+        assert!((g as f64 - w).abs() <= tol * (scale + w.abs()), "{at}");
+        // Token 1 has no routed slot: its y is the shared experts' alone.
+        if n / h == 1 {
+            assert_eq!(r, 0.0, "{at}");
+        }
+    }
+    let out = cpu.alloc_zeroed(&[t, h].into(), dtype).unwrap();
+    ops::moe_experts_into(&cpu, inputs, &params, &out).unwrap();
+    assert_eq!(download_f32(&cpu, &out), got, "{dtype} T {t} S {s}: _into");
+}
+
+#[test]
+fn shared_experts_add_to_the_routed_sum_with_weight_one() {
+    // T 3: every expert takes the matrix-vector path; T 40: tiles and GEMMs.
+    for (t, s) in [(3, 1), (3, 2), (40, 2)] {
+        check_shared(DType::F32, t, s, 1e-5);
+        check_shared(DType::F16, t, s, 1e-3);
+        check_shared(DType::BF16, t, s, 8e-3);
+    }
+}
+
+#[test]
+fn the_swiglu_clamp_applies_to_shared_experts() {
+    // Every routed slot is -1: y is the shared expert's output alone, whose gate and up
+    // values (up to ~6) are clamped at 1.5.
+    let cpu = CpuBackend::new();
+    let (t, h, is) = (4, 32, 16);
+    let mut rng = Lcg::new(5);
+    let x = rng.vec(t * h, -1.0, 1.0);
+    let sw13 = rng.vec(2 * is * h, -0.6, 0.6);
+    let sw2 = rng.vec(h * is, -0.3, 0.3);
+    let up = |dims: &[usize], v: &[f32]| upload_as(&cpu, dims, v, DType::F32).0;
+    let (xd, w13, w2) = (
+        up(&[t, h], &x),
+        up(&[2, 2, h], &[0.1; 4 * 32]),
+        up(&[2, h, 1], &[0.1; 64]),
+    );
+    let (sw13d, sw2d) = (up(&[1, 2 * is, h], &sw13), up(&[1, h, is], &sw2));
+    let ids = cpu
+        .upload(&HostTensor::from_slice([t, 1], &[-1; 4]).unwrap())
+        .unwrap();
+    let w = up(&[t, 1], &[1.0; 4]);
+    let params = ExpertsParams {
+        swiglu_limit: Some(1.5),
+        ..ExpertsParams::default()
+    };
+    let inputs = ops::ExpertsInputs::new(&xd, &w13, &w2, &ids, &w).with_shared(&sw13d, &sw2d);
+    let got = download_f32(&cpu, &ops::moe_experts_with(&cpu, inputs, &params).unwrap());
+    let clamped = shared_reference(&x, &sw13, &sw2, (h, is, 1), Some(1.5));
+    let plain = shared_reference(&x, &sw13, &sw2, (h, is, 1), None);
+    let diff = clamped
+        .iter()
+        .zip(&plain)
+        .fold(0.0f64, |a, (c, p)| a.max((c - p).abs()));
+    assert!(diff > 0.1, "the clamp must bite ({diff})");
+    for (n, (&g, &w)) in got.iter().zip(&clamped).enumerate() {
+        assert!(
+            (g as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()),
+            "y[{n}]: {g} vs {w}"
+        );
+    }
+}
