@@ -13,8 +13,11 @@
 //    (every row is computed on its own). Rows no pair took hold -1 (the host fills them).
 // 4. experts_gate_up: per TILE-row block of one expert, act = silu(x W1^T) * (x W3^T).
 // 5. experts_down: out = act W2^T for the same blocks.
-// 6. experts_combine: y[t] = sum over computed slots j, in slot order, of
-//    w[t, j] * out[row(t, j)]; no float atomics.
+// 6. With S shared experts (dense, every token, weight 1): experts_shared_gate_up and
+//    experts_shared_down compute each shared expert's output for every token, [S, T, H].
+// 7. experts_combine: y[t] = sum over computed slots j, in slot order, of
+//    w[t, j] * out[row(t, j)], then + shared[s, t] for s = 0..S-1, in f32, rounded to the
+//    run dtype once; no float atomics.
 // Nothing is sized by E but the counts (global memory): any E the ints index runs.
 
 #define TILE 16
@@ -132,10 +135,83 @@ __kernel void experts_down(__global const float *act, __global const store_t *w2
     if (c < H) out[(size_t)r * H + c] = acc;
 }
 
+// SwiGLU of gate g and up u, clamped by `limit` when `clamp` (silu(min(g, c)) *
+// clamp(u, -c, c); NaN stays NaN: comparisons pass it through).
+inline float swiglu(float g, float u, int clamp, float limit) {
+    if (clamp) {
+        g = g > limit ? limit : g;
+        u = u < -limit ? -limit : (u > limit ? limit : u);
+    }
+    return silu(g) * u;
+}
+
+// Shared expert s (of S), every token: act[s, t] = swiglu(x[t] W1_s^T, x[t] W3_s^T).
+// sw13 [S, 2Is, H]; act f32 [S, T, Is].
+// Launch: global (ceil(Is / TILE) * TILE, S * ceil(T / TILE) * TILE), local (TILE, TILE).
+__kernel void experts_shared_gate_up(__global const store_t *x, __global const store_t *sw13,
+                                     __global float *act, int T, int H, int Is, int clamp,
+                                     float limit) {
+    __local float xs[TILE][TILE + 1];
+    __local float gs[TILE][TILE + 1];
+    __local float us[TILE][TILE + 1];
+    const int lx = get_local_id(0), ly = get_local_id(1);
+    const int t_blocks = (T + TILE - 1) / TILE;
+    const int s = get_group_id(1) / t_blocks;
+    const int t = get_group_id(1) % t_blocks * TILE + ly;
+    const int col0 = get_group_id(0) * TILE;
+    const int wrow = col0 + ly;  // the weight row this work-item loads
+    __global const store_t *gate = sw13 + ((size_t)s * 2 * Is + wrow) * H;
+    __global const store_t *up = sw13 + ((size_t)s * 2 * Is + Is + wrow) * H;
+    float acc_g = 0.0f, acc_u = 0.0f;
+    for (int h0 = 0; h0 < H; h0 += TILE) {
+        const int h = h0 + lx;
+        const int in_h = h < H;
+        xs[ly][lx] = (t < T && in_h) ? load_f32(x, (size_t)t * H + h) : 0.0f;
+        gs[ly][lx] = (wrow < Is && in_h) ? load_f32(gate, h) : 0.0f;
+        us[ly][lx] = (wrow < Is && in_h) ? load_f32(up, h) : 0.0f;
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (int kk = 0; kk < TILE; ++kk) {
+            acc_g += xs[ly][kk] * gs[lx][kk];
+            acc_u += xs[ly][kk] * us[lx][kk];
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    const int c = col0 + lx;
+    if (c < Is && t < T) act[((size_t)s * T + t) * Is + c] = swiglu(acc_g, acc_u, clamp, limit);
+}
+
+// Shared expert s, every token: out[s, t] = act[s, t] W2_s^T. sw2 [S, H, Is]; out f32
+// [S, T, H]. Launch: global (ceil(H / TILE) * TILE, S * ceil(T / TILE) * TILE), local
+// (TILE, TILE).
+__kernel void experts_shared_down(__global const float *act, __global const store_t *sw2,
+                                  __global float *out, int T, int H, int Is) {
+    __local float acts[TILE][TILE + 1];
+    __local float ws[TILE][TILE + 1];
+    const int lx = get_local_id(0), ly = get_local_id(1);
+    const int t_blocks = (T + TILE - 1) / TILE;
+    const int s = get_group_id(1) / t_blocks;
+    const int t = get_group_id(1) % t_blocks * TILE + ly;
+    const int col0 = get_group_id(0) * TILE;
+    const int wrow = col0 + ly;
+    __global const store_t *down = sw2 + ((size_t)s * H + wrow) * Is;
+    float acc = 0.0f;
+    for (int i0 = 0; i0 < Is; i0 += TILE) {
+        const int i = i0 + lx;
+        acts[ly][lx] = (t < T && i < Is) ? act[((size_t)s * T + t) * Is + i] : 0.0f;
+        ws[ly][lx] = (wrow < H && i < Is) ? load_f32(down, i) : 0.0f;
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (int kk = 0; kk < TILE; ++kk) acc += acts[ly][kk] * ws[lx][kk];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    const int c = col0 + lx;
+    if (c < H && t < T) out[((size_t)s * T + t) * H + c] = acc;
+}
+
+// shared: the S shared experts' outputs [S, T, H] (S = 0: none; the buffer is not read).
 // Launch: global (ceil(H / TILE) * TILE, T), local (TILE, 1).
 __kernel void experts_combine(__global const float *out, __global const int *pair_row,
-                              __global const float *topk_weights, __global store_t *y, int H,
-                              int k) {
+                              __global const float *topk_weights, __global const float *shared,
+                              __global store_t *y, int T, int H, int k, int S) {
     const int h = get_global_id(0), t = get_global_id(1);
     if (h >= H) return;
     float acc = 0.0f;
@@ -143,5 +219,6 @@ __kernel void experts_combine(__global const float *out, __global const int *pai
         const int r = pair_row[t * k + j];  // -1: not computed, contributes nothing
         if (r >= 0) acc += topk_weights[t * k + j] * out[(size_t)r * H + h];
     }
+    for (int s = 0; s < S; ++s) acc += shared[((size_t)s * T + t) * H + h];
     store_f32(y, (size_t)t * H + h, acc);
 }

@@ -2,13 +2,16 @@
 //! GEMM, weighted combine (kernels/opencl/moe_experts.cl). Slots with id -1 or weight 0
 //! are not computed; nothing is sized by E in local memory. FP8 weights, activation
 //! quantization and the SwiGLU clamp (contract v2) run the GEMMs of
-//! [`super::moe_experts_v2`] instead.
+//! [`super::moe_experts_v2`] instead. Shared experts (v2) run two dense GEMMs over every
+//! token (`experts_shared_gate_up`, `experts_shared_down`) that the combine adds with
+//! weight 1 before it rounds `y` once.
 
 use crate::device::{Arg, ClDevice, Module};
 use crate::ops::{byte_len, int, int_product, need_len, need_local, need_work_group, pow2_at_most};
 use crate::ClBuffer;
-use moemla_core::calls::MoeExpertsCall;
+use moemla_core::calls::{MoeExpertsCall, SharedExperts};
 use moemla_core::{DType, Op, Result};
+use opencl3::program::Program;
 
 /// Rows per GEMM block and columns per GEMM tile (`TILE` in the kernel source).
 const TILE: usize = 16;
@@ -145,13 +148,25 @@ pub fn run(dev: &ClDevice, backend: &str, call: &MoeExpertsCall<'_>, y: &ClBuffe
             &[TILE, TILE],
         )?;
     }
+    let shared = match call.shared {
+        Some(s) => Some(shared_experts(dev, backend, call, s, &program)?),
+        None => None,
+    };
+    // Without shared experts the combine reads none (S = 0) of its `shared` argument.
+    let (shared_out, s32) = match &shared {
+        Some((out, s32)) => (out, *s32),
+        None => (&down, 0),
+    };
     let combine = [
         Arg::Buf(&down),
         Arg::Buf(&pair_row),
         Arg::Buf(weights),
+        Arg::Buf(shared_out),
         Arg::Buf(y),
+        Arg::I32(int(op, "T", t)?),
         Arg::I32(h32),
         Arg::I32(k32),
+        Arg::I32(s32),
     ];
     dev.launch(
         &program,
@@ -162,4 +177,70 @@ pub fn run(dev: &ClDevice, backend: &str, call: &MoeExpertsCall<'_>, y: &ClBuffe
     )?;
 
     checks.enqueued()
+}
+
+/// Enqueues the shared experts' GEMMs over every token; returns their outputs, f32
+/// [S, T, H], and S as a kernel int.
+fn shared_experts(
+    dev: &ClDevice,
+    backend: &str,
+    call: &MoeExpertsCall<'_>,
+    s: SharedExperts<'_>,
+    program: &Program,
+) -> Result<(ClBuffer, i32)> {
+    let op = Op::MoeExperts;
+    let (t, h) = (call.tokens, call.hidden);
+    let x = call.x.buffer::<ClBuffer>(backend, "moe_experts", "x")?;
+    let sw13 = s
+        .w13
+        .buffer::<ClBuffer>(backend, "moe_experts", "shared_w13")?;
+    let sw2 =
+        s.w2.buffer::<ClBuffer>(backend, "moe_experts", "shared_w2")?;
+    let tiles = |n: usize| n.div_ceil(TILE) * TILE;
+    // Kernel ints: the row blocks of all shared experts, and the sizes.
+    let rows = int_product(op, "S * ceil(T / 16) * 16", &[s.count, tiles(t)])? as usize;
+    let (t32, h32, is32) = (int(op, "T", t)?, int(op, "H", h)?, int(op, "Is", s.inter)?);
+    let s32 = int(op, "S", s.count)?;
+    let act = dev.alloc_workspace(
+        "moe_experts shared activations",
+        byte_len(&[s.count, t, s.inter], DType::F32)?,
+    )?;
+    let out = dev.alloc_workspace(
+        "moe_experts shared outputs",
+        byte_len(&[s.count, t, h], DType::F32)?,
+    )?;
+    let limit = call.params.swiglu_limit;
+    let gate_up = [
+        Arg::Buf(x),
+        Arg::Buf(sw13),
+        Arg::Buf(&act),
+        Arg::I32(t32),
+        Arg::I32(h32),
+        Arg::I32(is32),
+        Arg::I32(limit.is_some() as i32),
+        Arg::F32(limit.map_or(0.0, |c| c as f32)),
+    ];
+    dev.launch(
+        program,
+        "experts_shared_gate_up",
+        &gate_up,
+        &[tiles(s.inter), rows],
+        &[TILE, TILE],
+    )?;
+    let down = [
+        Arg::Buf(&act),
+        Arg::Buf(sw2),
+        Arg::Buf(&out),
+        Arg::I32(t32),
+        Arg::I32(h32),
+        Arg::I32(is32),
+    ];
+    dev.launch(
+        program,
+        "experts_shared_down",
+        &down,
+        &[tiles(h), rows],
+        &[TILE, TILE],
+    )?;
+    Ok((out, s32))
 }
