@@ -9,7 +9,9 @@
 // count twice. Online softmax; the partial (o, m, l) of each (r, h, split) goes to a
 // workspace. sparse_combine: one work-group per (r, h) merges the splits, applies the sink
 // (o *= 1 / (1 + exp(sink[h] - lse)), lse unchanged) and writes o and lse; nothing
-// attended gives o = 0, lse = -inf.
+// attended gives o = 0, lse = -inf. With one split (`direct`, e.g. prefill: enough rows to
+// fill the device), sparse_split keeps o in local memory (acc: QB * (Dv + 2) floats) and
+// finishes each row itself exactly as sparse_combine would: no workspace, no combine.
 //
 // Index checks (flag slots, backends/opencl/src/flags.rs): a topk_length entry outside
 // [0, topk] flags its batch (that batch then attends nothing); an entry that counts and is
@@ -19,11 +21,13 @@ __kernel void sparse_split(__global const store_t *q, __global const kv_t *kv_ca
                            __global const int *indices, __global const int *topk_length,
                            int has_length, volatile __global int *len_flags, int len_slot,
                            volatile __global int *idx_flags, int idx_slot,
-                           __global float *ws_o, __global float *ws_ml, int Sq, int Hq,
+                           __global float *ws_o, __global float *ws_ml, int direct,
+                           __global store_t *o, __global float *lse,
+                           __global const float *sink, int has_sink, int Sq, int Hq,
                            int D, int Dv, int slots, int topk, float scale, int chunk,
                            int n_splits, int QB, int TN, __local float *qs,
                            __local float *ks, __local float *sc, __local float *alpha,
-                           __local int *valid) {
+                           __local int *valid, __local float *acc) {
     const int lid = get_local_id(0);
     const int s = get_group_id(0);
     const int h0 = get_group_id(1) * QB;
@@ -49,7 +53,8 @@ __kernel void sparse_split(__global const store_t *q, __global const kv_t *kv_ca
     float m_run = -INFINITY, l_run = 0.0f;
     FOR_STRIDED(idx, QB * Dv) {
         const int h = h0 + idx / Dv;
-        if (h < Hq) ws_o[(((size_t)r * Hq + h) * n_splits + s) * Dv + idx % Dv] = 0.0f;
+        if (direct) acc[idx] = 0.0f;
+        else if (h < Hq) ws_o[(((size_t)r * Hq + h) * n_splits + s) * Dv + idx % Dv] = 0.0f;
     } END_STRIDED
 
     for (int j0 = start; j0 < end; j0 += TN) {
@@ -86,17 +91,42 @@ __kernel void sparse_split(__global const store_t *q, __global const kv_t *kv_ca
             const int hh = idx / Dv, d = idx % Dv;
             if (h0 + hh < Hq) {
                 const size_t at = (((size_t)r * Hq + h0 + hh) * n_splits + s) * Dv + d;
-                float acc = ws_o[at] * alpha[hh];
-                for (int jj = 0; jj < TN; ++jj) acc += sc[hh * TN + jj] * ks[jj * D + d];
-                ws_o[at] = acc;
+                float v = (direct ? acc[idx] : ws_o[at]) * alpha[hh];
+                for (int jj = 0; jj < TN; ++jj) v += sc[hh * TN + jj] * ks[jj * D + d];
+                if (direct) acc[idx] = v;
+                else ws_o[at] = v;
             }
         } END_STRIDED
     }
-    if (lid < QB && h0 + lid < Hq) {
-        const size_t part = ((size_t)r * Hq + h0 + lid) * n_splits + s;
-        ws_ml[part * 2] = m_run;
-        ws_ml[part * 2 + 1] = l_run;
+    if (!direct) {
+        if (lid < QB && h0 + lid < Hq) {
+            const size_t part = ((size_t)r * Hq + h0 + lid) * n_splits + s;
+            ws_ml[part * 2] = m_run;
+            ws_ml[part * 2 + 1] = l_run;
+        }
+        return;
     }
+    // One split: sparse_combine's arithmetic with n_splits 1 (exp(m - m) = 1). acc holds
+    // QB * Dv sums, then per head l (0: nothing attended) and the sink factor.
+    __local float *l_of = acc + QB * Dv, *factor_of = l_of + QB;
+    if (lid < QB && h0 + lid < Hq) {
+        const int h = h0 + lid;
+        const int empty = m_run == -INFINITY;
+        const float row_lse = empty ? -INFINITY : m_run + log(l_run);
+        l_of[lid] = empty ? 0.0f : l_run;
+        factor_of[lid] =
+            (has_sink && !empty) ? 1.0f / (1.0f + exp(sink[h] - row_lse)) : 1.0f;
+        lse[((size_t)b * Hq + h) * Sq + r % Sq] = row_lse;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    FOR_STRIDED(idx, QB * Dv) {
+        const int hh = idx / Dv;
+        if (h0 + hh < Hq) {
+            const float l = l_of[hh];
+            const float v = l == 0.0f ? 0.0f : acc[idx] / l * factor_of[hh];
+            store_f32(o, ((size_t)r * Hq + h0 + hh) * Dv + idx % Dv, v);
+        }
+    } END_STRIDED
 }
 
 // Launch: global (WG * B * Sq * Hq), local WG; work-group index = r * Hq + h.
