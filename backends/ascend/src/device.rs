@@ -7,7 +7,7 @@
 //! So a [`DevMem`] dropped while launches are outstanding is not freed at once: it goes on
 //! a deferred list ([`crate::frees`]), tagged with the number of launches queued so far,
 //! and is freed by the first successful [`Device::synchronize`] that started after those
-//! launches (a failed one frees nothing). With nothing outstanding, a drop frees at once. [`Device::op`] runs
+//! launches (a failed one frees nothing). With nothing outstanding, a drop frees at once. [`Device::op_on`] runs
 //! an op's whole sequence under the stream lock and, if it fails, synchronises before
 //! returning the error, so the steps it had queued finish and its temporaries are freed.
 //! Dropping the device synchronises and frees what is left.
@@ -32,6 +32,11 @@ const DEVICE_TO_HOST: i32 = 2;
 /// aclrtMemcpyKind ACL_MEMCPY_DEVICE_TO_DEVICE.
 const DEVICE_TO_DEVICE: i32 = 3;
 
+thread_local! {
+    /// The stream [`Device::run`] launches on inside [`Device::op_on`] (0: none set).
+    static LAUNCH_STREAM: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// CANN, initialised, with device `id` set and one stream.
 pub struct Device {
     /// The loaded libraries.
@@ -43,6 +48,8 @@ pub struct Device {
     stream: usize,
     lock: Mutex<()>,
     frees: Mutex<Frees>,
+    /// Caller streams of live `Backend::with_queue` handles.
+    streams: Mutex<Vec<usize>>,
     /// Host<->device copies and allocations (`Backend::traffic`).
     pub traffic: TrafficCounter,
 }
@@ -105,6 +112,7 @@ impl Device {
                 stream: stream as usize,
                 lock: Mutex::new(()),
                 frees: Mutex::new(Frees::default()),
+                streams: Mutex::new(Vec::new()),
                 traffic: TrafficCounter::default(),
             }))
         }
@@ -115,17 +123,53 @@ impl Device {
         self.stream as Handle
     }
 
-    /// Runs one op's sequence of launches, serialised with other ops on the stream. If it
-    /// fails, waits for the stream before returning the error (its own error: a failure of
-    /// that synchronize is dropped), so nothing the op queued is still running and its
+    /// Runs one op's sequence of launches, serialised with other ops, on `stream` (a
+    /// caller's stream registered with [`Device::add_stream`]) or, with `None`, on the
+    /// device's own: every [`Device::run`] inside `body`, on this thread, launches there. If
+    /// it fails, waits before returning the error (its own error: a failure of that
+    /// synchronize is dropped), so nothing the op queued is still running and its
     /// temporaries, dropped on the way out, are freed.
-    pub fn op<T>(&self, body: impl FnOnce() -> Result<T>) -> Result<T> {
+    pub fn op_on<T>(&self, stream: Option<usize>, body: impl FnOnce() -> Result<T>) -> Result<T> {
         let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = LAUNCH_STREAM.with(|c| c.replace(stream.unwrap_or(self.stream)));
         let result = body();
+        LAUNCH_STREAM.with(|c| c.set(previous));
         if result.is_err() {
             let _ = self.synchronize();
         }
         result
+    }
+
+    /// The stream [`Device::run`] launches on: the one [`Device::op_on`] set on this
+    /// thread, else the device's own.
+    fn launch_stream(&self) -> Handle {
+        match LAUNCH_STREAM.with(|c| c.get()) {
+            0 => self.stream(),
+            s => s as Handle,
+        }
+    }
+
+    /// Registers a caller's stream (`Backend::with_queue`): from now on every
+    /// [`Device::synchronize`] also waits for it, so the deferred frees stay correct for
+    /// work queued there.
+    pub fn add_stream(&self, stream: usize) {
+        self.caller_streams().push(stream);
+    }
+
+    /// Waits for a caller's stream and forgets it (its handle is dropped).
+    pub fn remove_stream(&self, stream: usize) {
+        let _ = self.bind_thread();
+        // SAFETY: the caller keeps the stream alive until its handle is dropped (the
+        // contract of `Backend::with_queue`); a failure here only means nothing is left.
+        let _ = unsafe { (self.cann.rt.aclrtSynchronizeStream)(stream as Handle) };
+        let mut streams = self.caller_streams();
+        if let Some(at) = streams.iter().position(|&s| s == stream) {
+            streams.swap_remove(at);
+        }
+    }
+
+    fn caller_streams(&self) -> MutexGuard<'_, Vec<usize>> {
+        self.streams.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn frees(&self) -> MutexGuard<'_, Frees> {
@@ -182,13 +226,19 @@ impl Device {
         Ok(())
     }
 
-    /// Waits for the stream; on success frees the memory deferred until then.
+    /// Waits for the device's stream and every registered caller stream; on success frees
+    /// the memory deferred until then (launches are counted across all streams, so only a
+    /// wait for all of them can free).
     pub fn synchronize(&self) -> Result<()> {
         self.bind_thread()?;
         let mark = self.frees().mark();
-        // SAFETY: the stream was created by `open` and lives as long as `self`.
-        let st = unsafe { (self.cann.rt.aclrtSynchronizeStream)(self.stream()) };
-        self.check(st, "aclrtSynchronizeStream")?;
+        let callers = self.caller_streams().clone();
+        for stream in std::iter::once(self.stream).chain(callers) {
+            // SAFETY: the own stream lives as long as `self`; a caller's stays alive while
+            // it is registered (`Backend::with_queue`'s contract).
+            let st = unsafe { (self.cann.rt.aclrtSynchronizeStream)(stream as Handle) };
+            self.check(st, "aclrtSynchronizeStream")?;
+        }
         let ready = self.frees().completed(mark);
         self.free_now(ready);
         Ok(())
@@ -354,7 +404,7 @@ impl Device {
         };
         let ws_ptr = workspace.as_ref().map_or(std::ptr::null_mut(), |w| w.ptr());
         // SAFETY: executor from the matching first phase, workspace of the size it asked.
-        let st = unsafe { launch(ws_ptr, size, executor, self.stream()) };
+        let st = unsafe { launch(ws_ptr, size, executor, self.launch_stream()) };
         // Counted once queued, so a synchronize that reads the count covers the launch; the
         // buffers it uses (the workspace included) are only dropped after this.
         self.frees().launched();

@@ -29,6 +29,7 @@ use moemla_core::{
     indices, memory, Backend, BackendInfo, DType, DeviceTensor, Error, HostTensor, Op, OpSupport,
     Result, Shape, Traffic, Verification, VerificationKind,
 };
+use std::ffi::c_void;
 use std::sync::{Arc, OnceLock};
 
 /// How this backend has been verified, shown by `moemla devices` even where it cannot run.
@@ -53,6 +54,21 @@ pub struct AscendBackend {
     name: Arc<str>,
     /// The optimised rightDownCausal mask for sparseMode 3, made on first use.
     mask: OnceLock<Arc<DevMem>>,
+    /// The caller's stream of a [`Backend::with_queue`] handle (`None`: the device's own).
+    queue: Option<Arc<CallerStream>>,
+}
+
+/// A caller's aclrtStream registered with the device for a handle's life; dropping it waits
+/// for the stream and unregisters it.
+struct CallerStream {
+    dev: Arc<Device>,
+    stream: usize,
+}
+
+impl Drop for CallerStream {
+    fn drop(&mut self) {
+        self.dev.remove_stream(self.stream);
+    }
 }
 
 impl AscendBackend {
@@ -75,7 +91,13 @@ impl AscendBackend {
             dev: Device::open(cann, id)?,
             name: Arc::from(NAME),
             mask: OnceLock::new(),
+            queue: None,
         })
+    }
+
+    /// Runs one op's launches (serialised with other ops) on this handle's stream.
+    fn op<T>(&self, body: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.dev.op_on(self.queue.as_ref().map(|q| q.stream), body)
     }
 
     fn mem<'a>(
@@ -199,8 +221,7 @@ impl Backend for AscendBackend {
         memory::same_dtype(CALL, "dst", dst.dtype(), "src", src.dtype())?;
         let mem = self.mem(dst, CALL, "dst")?;
         let range = memory::byte_range(CALL, "dst", dst, dst_offset, src.elem_count())?;
-        self.dev
-            .op(|| self.dev.write_at(mem, range.start, src.as_bytes()))
+        self.op(|| self.dev.write_at(mem, range.start, src.as_bytes()))
     }
 
     /// After the work already queued, aclrtMemcpy DEVICE_TO_DEVICE (overlapping ranges of
@@ -219,7 +240,7 @@ impl Backend for AscendBackend {
         let to = self.mem(dst, CALL, "dst")?;
         let src_range = memory::byte_range(CALL, "src", src, src_offset, len)?;
         let dst_range = memory::byte_range(CALL, "dst", dst, dst_offset, len)?;
-        self.dev.op(|| {
+        self.op(|| {
             self.dev
                 .copy_at(from, src_range.start, to, dst_range.start, src_range.len())
         })
@@ -235,8 +256,45 @@ impl Backend for AscendBackend {
         memory::same_dtype(CALL, "dst", dst.dtype(), "src", src.dtype())?;
         let mem = self.mem(src, CALL, "src")?;
         let range = memory::byte_range(CALL, "src", src, src_offset, dst.elem_count())?;
-        self.dev
-            .op(|| self.dev.read_at(mem, range.start, dst.as_bytes_mut()))
+        self.op(|| self.dev.read_at(mem, range.start, dst.as_bytes_mut()))
+    }
+
+    /// `queue` is an `aclrtStream` of this device (from `aclrtCreateStream` with the
+    /// device set); it must accept `aclrtSynchronizeStream` now. The handle shares the
+    /// device, memory and traffic counts; its ops launch on `queue`. Its `synchronize`
+    /// (and every download) waits for the device's stream and every registered caller
+    /// stream, not only its own: buffers freed while launches are outstanding are released
+    /// only after a wait that covers all of them. Dropping the handle waits for `queue`.
+    unsafe fn with_queue(&self, queue: *mut c_void) -> Result<Arc<dyn Backend>> {
+        let refuse = |reason: String| Error::Queue {
+            backend: NAME.to_string(),
+            reason,
+        };
+        if queue.is_null() {
+            return Err(refuse("the aclrtStream is null".to_string()));
+        }
+        self.dev.synchronize()?;
+        // SAFETY: the caller upholds `Backend::with_queue`'s contract: `queue` is a valid
+        // stream handle; CANN reports one it does not know.
+        let st = unsafe { (self.dev.cann.rt.aclrtSynchronizeStream)(queue) };
+        if st != 0 {
+            return Err(refuse(format!(
+                "aclrtSynchronizeStream on it failed: {} ({st}); pass a stream created by \
+                 aclrtCreateStream on device {}",
+                error::status_name(st),
+                self.dev.id
+            )));
+        }
+        self.dev.add_stream(queue as usize);
+        Ok(Arc::new(AscendBackend {
+            dev: self.dev.clone(),
+            name: self.name.clone(),
+            mask: OnceLock::new(),
+            queue: Some(Arc::new(CallerStream {
+                dev: self.dev.clone(),
+                stream: queue as usize,
+            })),
+        }))
     }
 
     /// Counted at aclrtMalloc (tensors, workspaces, temporaries) and at every aclrtMemcpy
@@ -247,19 +305,19 @@ impl Backend for AscendBackend {
     }
 
     fn moe_route(&self, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput> {
-        self.dev.op(|| ops::moe_route::run(self, call))
+        self.op(|| ops::moe_route::run(self, call))
     }
 
     fn moe_experts(&self, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor> {
-        self.dev.op(|| ops::moe_experts::run(self, call))
+        self.op(|| ops::moe_experts::run(self, call))
     }
 
     fn mla_decode(&self, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutput> {
-        self.dev.op(|| ops::mla_decode::run(self, call))
+        self.op(|| ops::mla_decode::run(self, call))
     }
 
     fn mla_cache_write(&self, call: &MlaCacheWriteCall<'_>) -> Result<()> {
-        self.dev.op(|| ops::mla_cache_write::run(self, call))
+        self.op(|| ops::mla_cache_write::run(self, call))
     }
 
     fn mla_sparse_decode(&self, call: &MlaSparseDecodeCall<'_>) -> Result<MlaDecodeOutput> {

@@ -226,6 +226,16 @@ pub unsafe extern "C" fn aclrtDestroyStream(stream: *mut c_void) -> i32 {
     })
 }
 
+/// Not a CANN symbol: the tasks queued on `stream` and not yet run (-1: unknown stream), so
+/// a test can see which stream a caller's launches went to.
+#[no_mangle]
+pub extern "C" fn moemla_emulator_pending_tasks(stream: *mut c_void) -> i64 {
+    with_streams(|s| {
+        s.get(&(stream as usize))
+            .map_or(-1, |q| i64::try_from(q.len()).unwrap_or(i64::MAX))
+    })
+}
+
 /// `aclrtSynchronizeStream`: runs the queued tasks in order; returns only when every task
 /// queued before the call has finished, including tasks another thread's synchronize took.
 ///
