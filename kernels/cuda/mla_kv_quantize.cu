@@ -1,6 +1,7 @@
 // mla_kv_quantize.cu — latent KV rows to FlashMLA's 656-byte FP8 row (contract v2
-// `fp8_ds_v32`; see kernels/README.md). Prepended by the backend with
-// kernels/common/moemla_device.h.
+// `fp8_ds_v32`; see kernels/README.md), and mla_cache_write, which writes rows into a paged
+// cache in place (dense, or as 656-byte rows through the same row writer, byte for byte).
+// Prepended by the backend with kernels/common/moemla_device.h.
 //
 // Row layout: bytes [0, 512) e4m3 codes of dims 0..512; [512, 528) four little-endian f32
 // scales, one per 128-dim tile; [528, 656) the 64 rope dims as little-endian bf16.
@@ -13,31 +14,47 @@
 #define MOEMLA_KVQ_DIM 576
 #define MOEMLA_KVQ_ROW 656
 
+// Loads one 576-value row for the row writer: thread tid (of 128) gets dim tid of each
+// 128-dim tile in v[t], and rope dim tid in *r for tid < 64 (0 otherwise). A non-finite
+// value is flagged in `err` at position `pos0` + its dim, with its f32 bits. Returns
+// whether this thread loaded a non-finite value.
 template <typename T>
-__device__ __forceinline__ void moemla_mla_kv_quantize(const T* __restrict__ kv, unsigned char* __restrict__ out,
-                                                       moemla_u64* __restrict__ err) {
-    __shared__ float red[4][MOEMLA_KVQ_THREADS / 32];
-    const moemla_i64 row = blockIdx.x;
+__device__ __forceinline__ bool moemla_ds_v32_load(const T* __restrict__ src, moemla_i64 pos0, moemla_u64* __restrict__ err,
+                                                   float* v, float* r) {
+    const int tid = threadIdx.x;
+    bool bad = false;
+    for (int t = 0; t < 4; ++t) {
+        v[t] = moemla_load(src + t * 128 + tid);
+        const moemla_u32 bits = moemla_float_bits(v[t]);
+        if ((bits & 0x7f800000u) == 0x7f800000u) {
+            moemla_flag_index(err, pos0 + t * 128 + tid, (int)bits);
+            bad = true;
+        }
+    }
+    *r = 0.0f;
+    if (tid < 64) {
+        *r = moemla_load(src + 512 + tid);
+        const moemla_u32 bits = moemla_float_bits(*r);
+        if ((bits & 0x7f800000u) == 0x7f800000u) {
+            moemla_flag_index(err, pos0 + 512 + tid, (int)bits);
+            bad = true;
+        }
+    }
+    return bad;
+}
+
+// The row writer (mla_kv_quantize and mla_cache_write): the values moemla_ds_v32_load gave
+// this thread, quantized into the 656-byte row `dst`. Every thread of the 128-thread block
+// calls it (a barrier); `red` is the block's shared [4][4] (one f32 per tile and warp).
+__device__ __forceinline__ void moemla_ds_v32_store(const float* v, float r, unsigned char* __restrict__ dst,
+                                                    float (*red)[MOEMLA_KVQ_THREADS / 32]) {
     const int tid = threadIdx.x;
     const int lane = tid % MOEMLA_WARP_SIZE;
     const int warp = tid / MOEMLA_WARP_SIZE;
     const int nwarps = (blockDim.x + MOEMLA_WARP_SIZE - 1) / MOEMLA_WARP_SIZE;
-    const T* src = kv + row * MOEMLA_KVQ_DIM;
-    unsigned char* dst = out + row * MOEMLA_KVQ_ROW;
-
-    // Thread tid holds dim tid of each of the four tiles (blockDim.x == 128).
-    float v[4];
     float m[4];
-    for (int t = 0; t < 4; ++t) {
-        v[t] = moemla_load(src + t * 128 + tid);
-        m[t] = moemla_warp_max(fabsf(v[t]));
-        const moemla_u32 bits = moemla_float_bits(v[t]);
-        if ((bits & 0x7f800000u) == 0x7f800000u) moemla_flag_index(err, row * MOEMLA_KVQ_DIM + t * 128 + tid, (int)bits);
-    }
+    for (int t = 0; t < 4; ++t) m[t] = moemla_warp_max(fabsf(v[t]));
     if (tid < 64) {
-        const float r = moemla_load(src + 512 + tid);
-        const moemla_u32 bits = moemla_float_bits(r);
-        if ((bits & 0x7f800000u) == 0x7f800000u) moemla_flag_index(err, row * MOEMLA_KVQ_DIM + 512 + tid, (int)bits);
         const moemla_u32 h = moemla_f32_to_bf16(r);
         dst[528 + 2 * tid] = (unsigned char)(h & 0xffu);
         dst[528 + 2 * tid + 1] = (unsigned char)(h >> 8);
@@ -54,6 +71,17 @@ __device__ __forceinline__ void moemla_mla_kv_quantize(const T* __restrict__ kv,
     }
 }
 
+template <typename T>
+__device__ __forceinline__ void moemla_mla_kv_quantize(const T* __restrict__ kv, unsigned char* __restrict__ out,
+                                                       moemla_u64* __restrict__ err) {
+    __shared__ float red[4][MOEMLA_KVQ_THREADS / 32];
+    const moemla_i64 row = blockIdx.x;
+    float v[4];
+    float r;
+    moemla_ds_v32_load(kv + row * MOEMLA_KVQ_DIM, row * MOEMLA_KVQ_DIM, err, v, &r);
+    moemla_ds_v32_store(v, r, out + row * MOEMLA_KVQ_ROW, red);
+}
+
 // Grid (N, 1, 1), block (128, 1, 1). err: one u64 flag (position: the element's linear
 // index in kv; value: its f32 bits).
 #define MOEMLA_KVQ_ENTRY(SFX, T)                                                                 \
@@ -65,3 +93,94 @@ __device__ __forceinline__ void moemla_mla_kv_quantize(const T* __restrict__ kv,
 MOEMLA_KVQ_ENTRY(f32, float)
 MOEMLA_KVQ_ENTRY(f16, moemla_f16)
 MOEMLA_KVQ_ENTRY(bf16, moemla_bf16)
+
+// ---------------------------------------------------------------------------------------
+// mla_cache_write: row blockIdx.x of kv goes to flat slot slot_mapping[row] of the cache.
+// -1 skips the row; a slot outside [0, slots) is flagged (position: the row, value: the
+// slot) and the row not written. When two rows name one slot the later row wins: a row
+// first looks for its slot among the rows after it and writes nothing if one names it, so
+// no two blocks ever write one slot and the result never depends on scheduling.
+// ---------------------------------------------------------------------------------------
+
+// Whether a row after `row` names `slot`: this thread's share of the search (the caller
+// combines the block's answers).
+__device__ __forceinline__ bool moemla_cache_named_later(const int* __restrict__ slot_mapping, int n, int row, int slot) {
+    for (int j = row + 1 + (int)threadIdx.x; j < n; j += (int)blockDim.x)
+        if (slot_mapping[j] == slot) return true;
+    return false;
+}
+
+// Dense cache: rows of `row_bytes` bytes copied as stored (16-, 4-, 2- or 1-byte accesses,
+// the widest that row_bytes and both base addresses allow). Grid (N, 1, 1), block (128, 1,
+// 1). err: one u64 flag for slot_mapping.
+extern "C" __global__ void moemla_mla_cache_write_dense(const unsigned char* kv, const int* slot_mapping,
+                                                        unsigned char* cache, int n, int row_bytes, int slots,
+                                                        moemla_u64* err) {
+    __shared__ int skip;
+    const int row = blockIdx.x;
+    const int tid = threadIdx.x;
+    const int slot = slot_mapping[row];
+    if (slot == -1) return;
+    if (slot < 0 || slot >= slots) {
+        if (tid == 0) moemla_flag_index(err, row, slot);
+        return;
+    }
+    if (tid == 0) skip = 0;
+    __syncthreads();
+    if (moemla_cache_named_later(slot_mapping, n, row, slot)) skip = 1;
+    __syncthreads();
+    if (skip) return;
+    const unsigned char* src = kv + (moemla_i64)row * row_bytes;
+    unsigned char* dst = cache + (moemla_i64)slot * row_bytes;
+    const moemla_u64 align = (moemla_u64)row_bytes | (moemla_u64)kv | (moemla_u64)cache;
+    if (align % 16 == 0) {
+        for (int c = tid * 16; c < row_bytes; c += blockDim.x * 16) moemla_copy16(dst + c, src + c);
+    } else if (align % 4 == 0) {
+        for (int c = tid * 4; c < row_bytes; c += blockDim.x * 4)
+            *reinterpret_cast<moemla_u32*>(dst + c) = *reinterpret_cast<const moemla_u32*>(src + c);
+    } else if (align % 2 == 0) {
+        for (int c = tid * 2; c < row_bytes; c += blockDim.x * 2)
+            *reinterpret_cast<moemla_u16*>(dst + c) = *reinterpret_cast<const moemla_u16*>(src + c);
+    } else {
+        for (int c = tid; c < row_bytes; c += blockDim.x) dst[c] = src[c];
+    }
+}
+
+// fp8_ds_v32 cache: each row quantized by the row writer above, exactly as
+// mla_kv_quantize. err u64[2]: err[0] the first non-finite value of a row whose slot is
+// not -1 (position: its linear index in kv, value: its f32 bits; such a row is not
+// written), err[1] the first bad slot (position: the row). Grid (N, 1, 1), block (128, 1, 1).
+template <typename T>
+__device__ __forceinline__ void moemla_mla_cache_write_fp8(const T* __restrict__ kv, const int* __restrict__ slot_mapping,
+                                                           unsigned char* __restrict__ cache, int n, int slots,
+                                                           moemla_u64* __restrict__ err) {
+    __shared__ float red[4][MOEMLA_KVQ_THREADS / 32];
+    __shared__ int skip;
+    const moemla_i64 row = blockIdx.x;
+    const int slot = slot_mapping[row];
+    if (slot == -1) return;
+    float v[4];
+    float r;
+    const bool bad = moemla_ds_v32_load(kv + row * MOEMLA_KVQ_DIM, row * MOEMLA_KVQ_DIM, err, v, &r);
+    if (slot < 0 || slot >= slots) {
+        if (threadIdx.x == 0) moemla_flag_index(err + 1, row, slot);
+        return;
+    }
+    if (threadIdx.x == 0) skip = 0;
+    __syncthreads();
+    if (bad || moemla_cache_named_later(slot_mapping, n, (int)row, slot)) skip = 1;
+    __syncthreads();
+    if (skip) return;
+    moemla_ds_v32_store(v, r, cache + (moemla_i64)slot * MOEMLA_KVQ_ROW, red);
+}
+
+#define MOEMLA_CW_ENTRY(SFX, T)                                                                            \
+    extern "C" __global__ void moemla_mla_cache_write_fp8_##SFX(const T* kv, const int* slot_mapping,     \
+                                                                unsigned char* cache, int n, int slots,   \
+                                                                moemla_u64* err) {                         \
+        moemla_mla_cache_write_fp8<T>(kv, slot_mapping, cache, n, slots, err);                             \
+    }
+
+MOEMLA_CW_ENTRY(f32, float)
+MOEMLA_CW_ENTRY(f16, moemla_f16)
+MOEMLA_CW_ENTRY(bf16, moemla_bf16)

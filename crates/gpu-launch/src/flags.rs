@@ -37,8 +37,9 @@ pub enum FlagKind {
     /// A word the kernels use for themselves (e.g. a raw flag another kernel resolves);
     /// never reported.
     Scratch,
-    /// A non-finite input value (`mla_kv_quantize`'s `kv`): the flag's value is the f32
-    /// bits of the first one; reported as `Error::Input` naming its row.
+    /// A non-finite input value (`kv` of `mla_kv_quantize`, of `mla_cache_write` into an
+    /// FP8 cache): the flag's value is the f32 bits of the first one; reported as
+    /// `Error::Input` naming its row, with the check's `valid` as what was expected.
     NonFinite,
     /// A flag over rows whose entries must also be distinct (hash routing's `tid2eid`):
     /// the next word holds the first column of the row repeating the value (position 0,
@@ -81,7 +82,7 @@ impl FlagCheck {
                 } => Some(Error::Input {
                     op,
                     arg,
-                    expected: "finite values".into(),
+                    expected: self.valid.clone(),
                     got: format!(
                         "{} at row {} (element {index:?})",
                         f32::from_bits(value as u32),
@@ -326,7 +327,7 @@ mod tests {
         let check = FlagCheck {
             arg: "kv",
             shape: Shape::new(vec![5, 576]),
-            valid: String::new(),
+            valid: "finite values".into(),
             kind: FlagKind::NonFinite,
         };
         let flag = ((2u64 * 576 + 300) << 32) | u64::from(f32::NEG_INFINITY.to_bits());

@@ -13,7 +13,8 @@ pub enum Module {
     MoeExperts,
     /// `mla_decode.cu`: index check, split-KV decode, split combine (dense and sparse).
     MlaDecode,
-    /// `mla_kv_quantize.cu`: rows to the 656-byte FP8 cache layout.
+    /// `mla_kv_quantize.cu`: rows to the 656-byte FP8 cache layout, and `mla_cache_write`
+    /// (dense or FP8 rows into a paged cache in place, through the same row writer).
     MlaKvQuantize,
 }
 
@@ -118,6 +119,10 @@ impl Module {
                 "moemla_mla_kv_quantize_f32",
                 "moemla_mla_kv_quantize_f16",
                 "moemla_mla_kv_quantize_bf16",
+                "moemla_mla_cache_write_dense",
+                "moemla_mla_cache_write_fp8_f32",
+                "moemla_mla_cache_write_fp8_f16",
+                "moemla_mla_cache_write_fp8_bf16",
             ],
         }
     }
@@ -139,7 +144,7 @@ mod tests {
     use moemla_core::DType;
     use moemla_kernel_plan::experts::Precision;
     use moemla_kernel_plan::mla::{self, MlaSizes};
-    use moemla_kernel_plan::{experts, kv_quantize, route, DeviceLimits};
+    use moemla_kernel_plan::{cache_write, experts, kv_quantize, route, DeviceLimits};
 
     /// The limits of both APIs: CUDA (tensor cores on and off) and HIP (64-lane waves).
     fn devices() -> [DeviceLimits; 3] {
@@ -186,6 +191,10 @@ mod tests {
                 }
                 let l = kv_quantize::plan(7, dtype, &limits).unwrap();
                 assert_in(Module::MlaKvQuantize, &l.kernel);
+                for fp8 in [false, true] {
+                    let p = cache_write::plan(7, 576, dtype, fp8, 64, &limits).unwrap();
+                    assert_in(Module::MlaKvQuantize, &p.launch.kernel);
+                }
                 let l = route::hash_resolve();
                 assert_in(Module::MoeRoute, &l.kernel);
                 for fp8 in [false, true] {

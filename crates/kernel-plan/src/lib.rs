@@ -10,10 +10,12 @@
 //! - [`route::plan`] for `moe_route`,
 //! - [`experts::plan`] for `moe_experts` ([`experts::plan_with`] for FP8),
 //! - [`kv_quantize::plan`] for `mla_kv_quantize`,
+//! - [`cache_write::plan`] for `mla_cache_write`,
 //! - [`mla::plan`] for `mla_decode` (with [`mla::split_range`], the device's split rule),
 //! - [`mla_sparse::plan`] for `mla_sparse_decode`,
 //! - [`dsa_indexer::plan`] for `dsa_indexer_topk`.
 
+pub mod cache_write;
 pub mod dsa_indexer;
 pub mod experts;
 pub mod kv_quantize;

@@ -39,6 +39,9 @@ struct moemla_emu_block {
     std::vector<uint32_t> exchange;
     std::vector<uint32_t> wide;  // MOEMLA_EMU_WIDE words per thread (moemla_emu_gather)
     int warp_size = 32;
+    // Visit the blocks of a launch last to first (a GPU runs them in any order: a kernel
+    // whose result depends on block order fails one of the two orders).
+    bool reverse_blocks = false;
 };
 inline moemla_emu_block g_emu;
 
@@ -137,7 +140,8 @@ inline void moemla_emu_launch(moemla_dim3 grid, unsigned threads, const std::fun
     for (unsigned t = 0; t < threads; ++t)
         pool.emplace_back([t, blocks, grid, &kernel] {
             threadIdx = moemla_dim3{t, 0, 0};
-            for (unsigned long long b = 0; b < blocks; ++b) {
+            for (unsigned long long i = 0; i < blocks; ++i) {
+                const unsigned long long b = g_emu.reverse_blocks ? blocks - 1 - i : i;
                 if (t == 0)
                     blockIdx = moemla_dim3{(unsigned)(b % grid.x), (unsigned)((b / grid.x) % grid.y),
                                            (unsigned)(b / ((unsigned long long)grid.x * grid.y))};

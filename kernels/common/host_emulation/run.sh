@@ -22,5 +22,7 @@ for variant in "32" "64" "32 mma"; do
     fi
     "$CXX" "${flags[@]}" "${defs[@]}" "$here/kernels_test.cpp" -o "$out/$name" -lpthread
     "$out/$name" || status=1
+    "$CXX" "${flags[@]}" "${defs[@]}" "$here/cache_write_test.cpp" -o "$out/cache_write-$name" -lpthread
+    "$out/cache_write-$name" || status=1
 done
 exit $status

@@ -7,6 +7,7 @@
 //! device. Index errors surface at the next [`GpuRunner::synchronize`] or
 //! [`GpuRunner::download`] (see [`crate::flags`]).
 
+mod mla_cache_write;
 mod mla_decode;
 mod mla_kv_quantize;
 mod mla_sparse_decode;
@@ -19,8 +20,8 @@ use crate::device::{GpuBuffer, GpuDevice};
 use crate::flags::{FlagArena, FlagCheck, FlagKind};
 use crate::module::Module;
 use moemla_core::calls::{
-    MlaDecodeCall, MlaDecodeOutput, MlaKvQuantizeCall, MlaSparseDecodeCall, MoeExpertsCall,
-    MoeRouteCall, MoeRouteOutput,
+    MlaCacheWriteCall, MlaDecodeCall, MlaDecodeOutput, MlaKvQuantizeCall, MlaSparseDecodeCall,
+    MoeExpertsCall, MoeRouteCall, MoeRouteOutput,
 };
 use moemla_core::{DType, DeviceTensor, Error, Format, HostTensor, Op, OpSupport, Result, Shape};
 use moemla_kernel_plan::{Launch, PlanError};
@@ -51,6 +52,12 @@ pub fn supported() -> Vec<OpSupport> {
         all.push(OpSupport::new(Op::MlaKvQuantize, dtype));
         all.push(OpSupport::with_format(
             Op::MlaKvQuantize,
+            dtype,
+            Format::Fp8DsV32,
+        ));
+        all.push(OpSupport::new(Op::MlaCacheWrite, dtype));
+        all.push(OpSupport::with_format(
+            Op::MlaCacheWrite,
             dtype,
             Format::Fp8DsV32,
         ));
@@ -187,6 +194,13 @@ impl<D: GpuDevice> GpuRunner<D> {
         mla_sparse_decode::run(self, call)
     }
 
+    /// `mla_cache_write` (one launch) into the caller's cache in place; bad slots (and
+    /// non-finite values of `fp8_ds_v32` rows) surface at the next synchronize, and their
+    /// rows are not written.
+    pub fn mla_cache_write(&self, call: &MlaCacheWriteCall<'_>) -> Result<()> {
+        mla_cache_write::run(self, call)
+    }
+
     fn lock(&self) -> MutexGuard<'_, StreamState<D::Buffer>> {
         self.stream.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -292,6 +306,13 @@ macro_rules! runner_backend_methods {
             call: &$crate::__core::calls::MlaSparseDecodeCall<'_>,
         ) -> $crate::__core::Result<$crate::__core::calls::MlaDecodeOutput> {
             self.$gpu.mla_sparse_decode(call)
+        }
+
+        fn mla_cache_write(
+            &self,
+            call: &$crate::__core::calls::MlaCacheWriteCall<'_>,
+        ) -> $crate::__core::Result<()> {
+            self.$gpu.mla_cache_write(call)
         }
     };
 }

@@ -55,6 +55,49 @@ impl State {
         let old = u64::from_le_bytes(b.try_into().unwrap());
         b.copy_from_slice(&old.min(word).to_le_bytes());
     }
+    /// The modelled `mla_cache_write` kernels: `width` bytes per cache row (for FP8,
+    /// `nonfinite` is the flag of non-finite f32 inputs, rows of 576 f32 values).
+    #[allow(clippy::too_many_arguments)]
+    fn cache_write(
+        &mut self,
+        kv: u64,
+        slots: u64,
+        cache: u64,
+        rows: i32,
+        nslots: i32,
+        err: u64,
+        width: usize,
+        nonfinite: Option<u64>,
+    ) {
+        for r in 0..rows as usize {
+            let s = self.i32_at(slots, r);
+            if s == -1 {
+                continue;
+            }
+            let src = match nonfinite {
+                None => kv + (r * width) as u64,
+                Some(flag) => {
+                    let bad = (0..576).find(|&c| !self.f32_at(kv, r * 576 + c).is_finite());
+                    if let Some(c) = bad {
+                        let bits = self.f32_at(kv, r * 576 + c).to_bits();
+                        self.flag(flag, r * 576 + c, bits as i32);
+                    }
+                    if bad.is_some() && (0..nslots).contains(&s) {
+                        continue;
+                    }
+                    kv + (r * 576 * 4) as u64
+                }
+            };
+            if !(0..nslots).contains(&s) {
+                self.flag(err, r, s);
+                continue;
+            }
+            let row = self.slice(src, width).to_vec();
+            self.slice(cache + (s as usize * width) as u64, width)
+                .copy_from_slice(&row);
+        }
+    }
+
     fn run(&mut self, work: Work) {
         match work {
             Work::Fill(addr, len, v) => self.slice(addr, len).fill(v),
@@ -118,6 +161,20 @@ impl State {
                                 break;
                             }
                         }
+                    }
+                    // mla_cache_write: rows applied in row order (so the later row wins),
+                    // bad slots flagged and skipped; the fp8 model flags non-finite f32
+                    // values of rows to write in err[0] and copies a row's first 656 bytes
+                    // of f32 input unquantized (the quantization runs on the emulator).
+                    "moemla_mla_cache_write_dense" => {
+                        let (kv, slots, cache, rows, width, nslots, err) =
+                            (p(0), p(1), p(2), n(3), n(4) as usize, n(5), p(6));
+                        self.cache_write(kv, slots, cache, rows, nslots, err, width, None);
+                    }
+                    k if k.starts_with("moemla_mla_cache_write_fp8_") => {
+                        let (kv, slots, cache, rows, nslots, err) =
+                            (p(0), p(1), p(2), n(3), n(4), p(5));
+                        self.cache_write(kv, slots, cache, rows, nslots, err + 8, 656, Some(err));
                     }
                     "moemla_moe_align" => {
                         let (ids, weights, slots, experts, err) = (p(0), p(1), n(2), n(3), p(9));
@@ -1018,3 +1075,5 @@ fn supported_lists_sparse_decode_dense_in_every_dtype_and_fp8_for_16_bit() {
         assert_eq!(all.contains(&fp8), dtype != DType::F32, "{dtype:?}");
     }
 }
+
+mod cache_write;
