@@ -46,12 +46,15 @@ __kernel void cache_write_dense(__global const ushort *kv, __global const int *s
 }
 
 // fp8_ds_v32 (work-groups of KVQ_LS): the row quantized as mla_kv_quantize does. The rows
-// written were checked finite by cache_rows_finite first.
+// were checked by cache_rows_finite first: when it flagged a non-finite value (finite slot
+// `nf_slot` of `nf_flags` no longer clean), no work-group writes anything.
 __kernel void cache_write_fp8(__global const store_t *kv, __global const int *slot_mapping,
                               __global uchar *cache, int N, int nslots,
                               volatile __global int *flags, int flag_slot,
+                              __global const int *nf_flags, int nf_slot,
                               __local int *later, __local float *red) {
     const int row = get_group_id(0), l = get_local_id(0);
+    if (nf_flags[2 * nf_slot] != INT_MAX) return; // uniform: written by an earlier kernel
     const int slot = target_slot(slot_mapping, N, nslots, row, flags, flag_slot, later);
     if (slot < 0) return;
     __global const store_t *x = kv + (size_t)row * 576;
@@ -61,11 +64,12 @@ __kernel void cache_write_fp8(__global const store_t *kv, __global const int *sl
     ds_write_row(v, r, cache + (size_t)slot * DS_ROW, l, red);
 }
 
-// fp8_ds_v32 input check: bad takes the smallest row-major element index of kv [N, 576]
-// holding a non-finite value in a row whose slot is not -1 (INT_MAX: none).
+// fp8_ds_v32 input check: flag slot `flag_slot` takes the smallest row-major element index of
+// kv [N, 576] holding a non-finite value in a row whose slot is not -1 (INT_MAX: none).
 __kernel void cache_rows_finite(__global const store_t *kv, __global const int *slot_mapping,
-                                int N, volatile __global int *bad) {
+                                int N, volatile __global int *flags, int flag_slot) {
     const int i = get_global_id(0);
     if (i >= N * 576) return;
-    if (slot_mapping[i / 576] != -1 && !isfinite(load_f32(kv, i))) atomic_min(bad, i);
+    if (slot_mapping[i / 576] != -1 && !isfinite(load_f32(kv, i)))
+        flag_bad_index(flags, flag_slot, i);
 }

@@ -5,8 +5,9 @@
 // 2^ceil(log2 max(amax / 448, 1e-4)) (exact, from the bits), codes = e4m3(x / sc) (exact
 // division by a power of two, never saturating; -0.0 gives 0x80); the four scales as
 // little-endian f32 at byte 512; the rope as little-endian bf16 (round to nearest even) at
-// byte 528. A non-finite input is an input error: bad_row takes the smallest row-major
-// element index holding one (nothing is checked beyond that; the host reports it).
+// byte 528. A non-finite input is an input error: the flag slot (flag_bad_index, as for index
+// errors) takes the smallest row-major element index holding one, capture_nonfinite then
+// copies that value's bits, and the host reports it at the next synchronize.
 
 #define KVQ_LS 128
 
@@ -36,18 +37,26 @@ void ds_write_row(const float *v, float r, __global uchar *o, int l, __local flo
 }
 
 __kernel void kv_quantize(__global const store_t *kv, __global uchar *out, int N,
-                          volatile __global int *bad, __local float *red) {
+                          volatile __global int *flags, int flag_slot, __local float *red) {
     const int row = get_group_id(0), l = get_local_id(0);
     __global const store_t *x = kv + (size_t)row * 576;
     float v[4];
     for (int t = 0; t < 4; ++t) {
         v[t] = load_f32(x, t * 128 + l);
-        if (!isfinite(v[t])) atomic_min(bad, row * 576 + t * 128 + l);
+        if (!isfinite(v[t])) flag_bad_index(flags, flag_slot, row * 576 + t * 128 + l);
     }
     float r = 0.0f;
     if (l < 64) {
         r = load_f32(x, 512 + l);
-        if (!isfinite(r)) atomic_min(bad, row * 576 + 512 + l);
+        if (!isfinite(r)) flag_bad_index(flags, flag_slot, row * 576 + 512 + l);
     }
     ds_write_row(v, r, out + (size_t)row * DS_ROW, l, red);
+}
+
+// After the op's kernels (global 1, local 1): word 1 of flag slot `flag_slot` takes the f32
+// bits of the non-finite value at the position word 0 holds (INT_MAX: none, nothing done).
+__kernel void capture_nonfinite(__global int *flags, int flag_slot,
+                                __global const store_t *values) {
+    const int at = flags[2 * flag_slot];
+    if (at >= 0 && at != INT_MAX) flags[2 * flag_slot + 1] = as_int(load_f32(values, at));
 }

@@ -16,16 +16,42 @@ use opencl3::memory::{
 };
 use opencl3::types::{cl_event, cl_int, cl_mem, CL_BLOCKING};
 use std::any::Any;
+use std::collections::HashMap;
 use std::ffi::c_void;
+use std::mem::ManuallyDrop;
 use std::ptr;
+use std::sync::{Arc, Mutex};
 
-/// A tensor's memory on the OpenCL device.
+/// A tensor's memory on the OpenCL device, or an op's scratch from a queue's [`Pool`].
 #[derive(Debug)]
 pub struct ClBuffer {
-    /// Our reference to the memory object (released on drop; for caller memory, the one
-    /// reference [`ClDevice::wrap`] retained).
-    mem: Buffer<u8>,
+    /// Our reference to the memory object (released on drop, or kept by `pool`; for caller
+    /// memory, the one reference [`ClDevice::wrap`] retained).
+    mem: ManuallyDrop<Buffer<u8>>,
     bytes: usize,
+    /// Where scratch memory goes back to when dropped (`None`: released).
+    pool: Option<Arc<Pool>>,
+}
+
+impl ClBuffer {
+    /// A buffer over `mem` (our reference) holding `bytes` bytes of data.
+    fn new(mem: Buffer<u8>, bytes: usize, pool: Option<Arc<Pool>>) -> ClBuffer {
+        ClBuffer {
+            mem: ManuallyDrop::new(mem),
+            bytes,
+            pool,
+        }
+    }
+}
+
+impl Drop for ClBuffer {
+    fn drop(&mut self) {
+        // SAFETY: `mem` is taken once, here, and never used again.
+        let mem = unsafe { ManuallyDrop::take(&mut self.mem) };
+        if let Some(pool) = self.pool.take() {
+            pool.give(self.bytes, mem);
+        }
+    }
 }
 
 impl ClBuffer {
@@ -48,6 +74,48 @@ impl ClBuffer {
 impl DeviceBuffer for ClBuffer {
     fn as_any(&self) -> &dyn Any {
         self
+    }
+}
+
+/// Scratch memory of one queue, kept for reuse: ops take their workspaces here
+/// ([`ClDevice::alloc_workspace`]) and the buffers come back when dropped, so a decode step
+/// allocates nothing after its first run. Buffers are kept by exact size, up to
+/// [`POOL_BYTES`] in all (beyond that a returned one is released). One pool per queue: the
+/// queue is in order, so the next op to take a buffer runs after the last one that used it
+/// (and OpenCL keeps the memory alive for commands still queued).
+#[derive(Debug, Default)]
+pub struct Pool {
+    free: Mutex<PoolState>,
+}
+
+/// The buffers a [`Pool`] holds, by data size, and their total size.
+#[derive(Debug, Default)]
+struct PoolState {
+    by_size: HashMap<usize, Vec<Buffer<u8>>>,
+    bytes: usize,
+}
+
+/// The most scratch memory a [`Pool`] keeps (bytes, at least one counted per buffer).
+pub const POOL_BYTES: usize = 512 << 20;
+
+impl Pool {
+    /// A free buffer for exactly `bytes` bytes of data, if the pool holds one.
+    fn take(&self, bytes: usize) -> Option<Buffer<u8>> {
+        let mut state = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        let mem = state.by_size.get_mut(&bytes)?.pop()?;
+        state.bytes -= bytes.max(1);
+        Some(mem)
+    }
+
+    /// Keeps `mem` (for `bytes` bytes of data) for the next [`Pool::take`] of that size, or
+    /// releases it when the pool is full.
+    fn give(&self, bytes: usize, mem: Buffer<u8>) {
+        let mut state = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        let size = bytes.max(1);
+        if state.bytes.saturating_add(size) <= POOL_BYTES {
+            state.bytes += size;
+            state.by_size.entry(bytes).or_default().push(mem);
+        }
     }
 }
 
@@ -105,31 +173,56 @@ impl ClDevice {
     /// A device buffer holding `data`, for `what` (at least one byte is allocated).
     pub fn upload(&self, what: &str, data: &[u8]) -> Result<ClBuffer> {
         if data.is_empty() {
-            return self.alloc_zeroed(what, 0);
+            return self.tensor_filled(what, 0, 0);
         }
         let mem = self.create_buffer(what, data.len(), Some(data))?;
-        Ok(ClBuffer {
-            mem,
-            bytes: data.len(),
-        })
+        Ok(ClBuffer::new(mem, data.len(), None))
     }
 
-    /// A device buffer of `bytes` bytes for `what`, with undefined contents (for buffers the
-    /// kernels write before anything reads them: outputs and workspaces).
-    pub fn alloc_workspace(&self, what: &str, bytes: usize) -> Result<ClBuffer> {
+    /// A new device buffer of `bytes` bytes for `what`, never pooled (a tensor's), with
+    /// undefined contents (an op's output, which its kernels write in full).
+    pub fn tensor_buffer(&self, what: &str, bytes: usize) -> Result<ClBuffer> {
         let mem = self.create_buffer(what, bytes, None)?;
-        Ok(ClBuffer { mem, bytes })
+        Ok(ClBuffer::new(mem, bytes, None))
     }
 
-    /// A zero-filled device buffer of `bytes` bytes for `what` (at least one is allocated).
+    /// A new device buffer of `bytes` bytes (a multiple of 4, or all four bytes of `value`
+    /// equal) for `what`, never pooled, every 32-bit word `value` (the fill is enqueued).
+    pub fn tensor_filled(&self, what: &str, bytes: usize, value: u32) -> Result<ClBuffer> {
+        let buf = self.tensor_buffer(what, bytes)?;
+        self.fill_pattern(&buf, what, bytes, value)?;
+        Ok(buf)
+    }
+
+    /// Scratch of `bytes` bytes for `what` with undefined contents (for buffers the
+    /// kernels write before anything reads them), from this queue's [`Pool`], to which it
+    /// returns when dropped: a repeated call allocates nothing. Never make a tensor of it
+    /// (a tensor may be used on another queue; use [`ClDevice::tensor_buffer`]).
+    pub fn alloc_workspace(&self, what: &str, bytes: usize) -> Result<ClBuffer> {
+        let mem = match self.pool.take(bytes) {
+            Some(mem) => mem,
+            None => self.create_buffer(what, bytes, None)?,
+        };
+        Ok(ClBuffer::new(mem, bytes, Some(self.pool.clone())))
+    }
+
+    /// Zero-filled scratch of `bytes` bytes for `what` (see [`ClDevice::alloc_workspace`];
+    /// the fill is enqueued).
     pub fn alloc_zeroed(&self, what: &str, bytes: usize) -> Result<ClBuffer> {
         self.alloc_filled(what, bytes, 0)
     }
 
-    /// A device buffer of `bytes` bytes (a multiple of 4) for `what`, every 32-bit word
-    /// `value` (the fill is enqueued).
+    /// Scratch of `bytes` bytes (a multiple of 4) for `what`, every 32-bit word `value`
+    /// (see [`ClDevice::alloc_workspace`]; the fill is enqueued).
     pub fn alloc_filled(&self, what: &str, bytes: usize, value: u32) -> Result<ClBuffer> {
         let buf = self.alloc_workspace(what, bytes)?;
+        self.fill_pattern(&buf, what, bytes, value)?;
+        Ok(buf)
+    }
+
+    /// Enqueues the fill of all of `buf` (`bytes` bytes, at least one allocated) with the
+    /// 32-bit `value`.
+    fn fill_pattern(&self, buf: &ClBuffer, what: &str, bytes: usize, value: u32) -> Result<()> {
         let size = bytes.max(1);
         let word = value.to_le_bytes();
         // The fill pattern must divide the size: whole words, or bytes when they are equal.
@@ -157,8 +250,7 @@ impl ClDevice {
                 ptr::null(),
             )
         };
-        enqueued(r).map_err(cl_alloc("clEnqueueFillBuffer", what, bytes))?;
-        Ok(buf)
+        enqueued(r).map_err(cl_alloc("clEnqueueFillBuffer", what, bytes))
     }
 
     /// Enqueues a fill of bytes `[offset, offset + len)` of `buf` with the 32-bit `word`
@@ -337,10 +429,7 @@ impl ClDevice {
         // one `Buffer` releases on drop.
         unsafe { retain_mem_object(mem) }
             .map_err(|s| Error::from(ClCallError::new("clRetainMemObject", ClError(s))))?;
-        Ok(ClBuffer {
-            mem: Buffer::new(mem),
-            bytes,
-        })
+        Ok(ClBuffer::new(Buffer::new(mem), bytes, None))
     }
 }
 

@@ -101,7 +101,7 @@ pub fn dense_gemm(
     let b_buf = b.buffer::<ClBuffer>(backend, "dense_gemm", "b")?;
     let program = dev.program(Module::Ceilings, a.dtype())?;
     let c_bytes = Shape::new([m, n]).byte_len(a.dtype())?;
-    let c = dev.alloc_workspace("dense_gemm c", c_bytes)?;
+    let c = dev.tensor_buffer("dense_gemm c", c_bytes)?;
     let args = [
         Arg::Buf(a_buf),
         Arg::Buf(b_buf),

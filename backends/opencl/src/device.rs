@@ -1,16 +1,25 @@
-//! The OpenCL device: one context and one in-order queue per process, what the backend
-//! knows about the device, and the per-backend state ops share (programs, error flags).
+//! The OpenCL device: one context per device and process, with its in-order queue (and any
+//! caller queue a handle from `with_queue` uses), what the backend knows about the device,
+//! and the state ops share (programs and kernels per context; error flags and scratch per
+//! queue).
 //! Memory is in `buffer.rs`, launches in `launch.rs`, programs in `program.rs`, the index
 //! error flags in `flags.rs`.
 
+use crate::buffer::Pool;
 use crate::error::{cl, unavailable, ClCallError};
 use crate::flags::FlagArea;
 use crate::program::Programs;
+use cl3::command_queue::{
+    get_command_queue_info, retain_command_queue, CL_QUEUE_CONTEXT,
+    CL_QUEUE_OUT_OF_ORDER_EXEC_MODE_ENABLE, CL_QUEUE_PROPERTIES,
+};
+use cl3::types::cl_command_queue;
 use moemla_core::memory::TrafficCounter;
 use moemla_core::{DType, Error, Result};
 use opencl3::command_queue::CommandQueue;
 use opencl3::context::Context;
 use opencl3::device::{Device, CL_DEVICE_TYPE_ALL, CL_DEVICE_TYPE_CPU, CL_DEVICE_TYPE_GPU};
+use opencl3::error_codes::ClError;
 use opencl3::platform::{get_platforms, Platform};
 use opencl3::program::Program;
 use std::sync::{Arc, Mutex};
@@ -52,16 +61,22 @@ pub struct DeviceFacts {
     pub extensions: String,
 }
 
-/// The context, queue, programs and error flags of one device.
+/// One queue on a device: the context, programs and counters it shares with the device's
+/// other queues ([`ClDevice::with_queue`]), and what belongs to the queue alone: its error
+/// flags and its scratch pool.
 pub struct ClDevice {
     /// The device's facts.
     pub facts: DeviceFacts,
-    pub(crate) programs: Programs,
-    /// The index-error flags of the ops enqueued since the last check (`flags.rs`).
+    pub(crate) programs: Arc<Programs>,
+    /// The index-error flags of the ops enqueued on this queue since the last check
+    /// (`flags.rs`).
     pub(crate) flags: Mutex<FlagArea>,
+    /// This queue's scratch memory (`buffer.rs`).
+    pub(crate) pool: Arc<Pool>,
     pub(crate) queue: CommandQueue,
-    pub(crate) context: Context,
-    /// Every transfer and allocation, counted where they happen (`buffer.rs`).
+    pub(crate) context: Arc<Context>,
+    /// Every transfer and allocation of the device's queues, counted where they happen
+    /// (`buffer.rs`).
     pub(crate) traffic: Arc<TrafficCounter>,
 }
 
@@ -88,11 +103,62 @@ impl ClDevice {
             CommandQueue::create_default(&context, 0).map_err(cl("clCreateCommandQueue"))?;
         Ok(ClDevice {
             facts,
-            programs: Programs::default(),
+            programs: Arc::default(),
             flags: Mutex::new(FlagArea::default()),
+            pool: Arc::default(),
             queue,
-            context,
+            context: Arc::new(context),
             traffic: Arc::default(),
+        })
+    }
+
+    /// The same device, context, programs and counters with the caller's `queue`, which
+    /// must be an in-order queue of this context ([`Error::Queue`] otherwise). The queue is
+    /// retained (and released when the result is dropped); it gets error flags and a scratch
+    /// pool of its own.
+    ///
+    /// # Safety
+    ///
+    /// `queue` is null or a valid `cl_command_queue` handle.
+    pub unsafe fn with_queue(&self, queue: cl_command_queue) -> Result<ClDevice> {
+        let refuse = |reason: String| Error::Queue {
+            backend: crate::NAME.to_string(),
+            reason,
+        };
+        if queue.is_null() {
+            return Err(refuse("the cl_command_queue is null".into()));
+        }
+        let info = |param| {
+            get_command_queue_info(queue, param)
+                .map_err(|s| Error::from(ClCallError::new("clGetCommandQueueInfo", ClError(s))))
+        };
+        let context: isize = info(CL_QUEUE_CONTEXT)?.into();
+        if context as usize != self.context.get() as usize {
+            return Err(refuse(
+                "the queue belongs to another OpenCL context (create it in the backend's, \
+                 OpenClBackend::context)"
+                    .into(),
+            ));
+        }
+        let properties: u64 = info(CL_QUEUE_PROPERTIES)?.into();
+        if properties & CL_QUEUE_OUT_OF_ORDER_EXEC_MODE_ENABLE != 0 {
+            return Err(refuse(
+                "the queue executes out of order (ops rely on in-order execution)".into(),
+            ));
+        }
+        // SAFETY: `queue` is a valid queue (queried above); the reference taken here is the
+        // one `CommandQueue` releases on drop.
+        unsafe { retain_command_queue(queue) }
+            .map_err(|s| Error::from(ClCallError::new("clRetainCommandQueue", ClError(s))))?;
+        let dims = u32::try_from(self.facts.max_work_item_sizes.len()).unwrap_or(3);
+        Ok(ClDevice {
+            facts: self.facts.clone(),
+            programs: self.programs.clone(),
+            flags: Mutex::new(FlagArea::default()),
+            pool: Arc::default(),
+            queue: CommandQueue::new(queue, dims),
+            context: self.context.clone(),
+            traffic: self.traffic.clone(),
         })
     }
 

@@ -1,4 +1,5 @@
-//! Index errors found on the device, reported at the next synchronize or download.
+//! Index errors (and non-finite inputs) found on the device, reported at the next
+//! synchronize or download.
 //!
 //! The rule (docs/ops.md, "When index errors are reported"): an op that checks index
 //! contents on the device only enqueues; its kernels record the first bad row-major position
@@ -27,10 +28,18 @@
 //!
 //! with the kernel taking `volatile __global int *flags, int flag_slot` and calling
 //! `flag_bad_index(flags, flag_slot, position)` for a bad index it then does not use.
+//!
+//! The same slots carry an op's input error that only the device sees, a non-finite value
+//! in FP8-quantized rows ([`IndexChecks::flag_non_finite`]): the kernel records the first
+//! bad element's position the same way, and the op's own program captures the value there
+//! (`capture_nonfinite`, as f32 bits), so the call returns without waiting and the next
+//! synchronize or download reports the contract's `Input` error, naming op, argument, row
+//! and element.
 
 use crate::buffer::ClBuffer;
 use crate::device::{Arg, ClDevice, Module};
 use moemla_core::{DType, DeviceTensor, Error, Op, Result, Shape};
+use opencl3::program::Program;
 use std::sync::{Arc, MutexGuard};
 
 /// Word 0 of a clean slot (kernels `atomic_min` the first bad position into it).
@@ -42,12 +51,26 @@ const SLOT_BYTES: usize = 8;
 /// Slots per buffer of the flag area (4 KiB).
 const CHUNK_SLOTS: usize = 512;
 
+/// What a slot records.
+enum Found {
+    /// A bad index; the error names the valid range.
+    Index {
+        /// The valid range, worded as `moemla_core::indices` does.
+        valid: String,
+    },
+    /// A non-finite value in float input (the captured word holds its f32 bits).
+    NonFinite {
+        /// What the contract expects (`finite values`, ...).
+        expected: &'static str,
+    },
+}
+
 /// One registered check: which op and argument, how to word its error, and its slot.
 struct Check {
     op: Op,
     arg: &'static str,
     shape: Shape,
-    valid: String,
+    found: Found,
     chunk: usize,
     slot: usize,
 }
@@ -60,15 +83,28 @@ impl Check {
             return None;
         }
         let count = self.shape.elem_count();
-        match usize::try_from(position) {
-            Ok(at) if at < count => Some(Error::index_out_of_range(
+        match (usize::try_from(position), &self.found) {
+            (Ok(at), Found::Index { valid }) if at < count => Some(Error::index_out_of_range(
                 self.op,
                 self.arg,
                 &self.shape,
                 at,
                 i64::from(value),
-                self.valid.clone(),
+                valid.clone(),
             )),
+            (Ok(at), Found::NonFinite { expected }) if at < count => {
+                let index = self.shape.unravel(at);
+                Some(Error::Input {
+                    op: self.op,
+                    arg: self.arg,
+                    expected: expected.to_string(),
+                    got: format!(
+                        "{} at row {} (element {index:?})",
+                        f32::from_bits(value as u32),
+                        index[0]
+                    ),
+                })
+            }
             _ => Some(Error::Device {
                 backend: crate::NAME.to_string(),
                 call: format!("{} error flag", self.op),
@@ -121,8 +157,19 @@ pub struct IndexChecks<'a> {
     dev: &'a ClDevice,
     area: MutexGuard<'a, FlagArea>,
     op: Op,
-    capture: Arc<opencl3::program::Program>,
-    checks: Vec<(Check, &'a ClBuffer, i32)>,
+    capture: Arc<Program>,
+    checks: Vec<(Check, Capture<'a>)>,
+}
+
+/// How a slot's value word is filled after the op's kernels.
+enum Capture<'a> {
+    /// `flag_capture` copies the index found at the position (`len` entries).
+    Index { index: &'a ClBuffer, len: i32 },
+    /// The op program's `capture_nonfinite` copies the f32 bits of the value there.
+    Value {
+        program: Arc<Program>,
+        values: &'a ClBuffer,
+    },
 }
 
 impl ClDevice {
@@ -188,6 +235,39 @@ impl<'a> IndexChecks<'a> {
     ) -> Result<FlagSlot> {
         let buf = index.buffer::<ClBuffer>(crate::NAME, self.op.name(), arg)?;
         let len = crate::ops::int(self.op, arg, index.elem_count())?;
+        let capture = Capture::Index { index: buf, len };
+        self.reserve(arg, index, Found::Index { valid }, capture)
+    }
+
+    /// Reserves a clean flag slot for the float input `arg` (the tensor `values`), whose
+    /// first non-finite element the op's kernels record with `flag_bad_index` (its
+    /// row-major position); the error is the contract's `Input` error expecting
+    /// `expected`. `program` is the op's program, built for `values`' dtype, which holds
+    /// `capture_nonfinite(flags, slot, values)` (kernels/opencl/mla_kv_quantize.cl).
+    pub fn flag_non_finite(
+        &mut self,
+        arg: &'static str,
+        values: &'a DeviceTensor,
+        expected: &'static str,
+        program: Arc<Program>,
+    ) -> Result<FlagSlot> {
+        let buf = values.buffer::<ClBuffer>(crate::NAME, self.op.name(), arg)?;
+        crate::ops::int(self.op, arg, values.elem_count())?;
+        let capture = Capture::Value {
+            program,
+            values: buf,
+        };
+        self.reserve(arg, values, Found::NonFinite { expected }, capture)
+    }
+
+    /// A clean slot for the check of `arg` (`tensor`), filled after the op by `capture`.
+    fn reserve(
+        &mut self,
+        arg: &'static str,
+        tensor: &'a DeviceTensor,
+        found: Found,
+        capture: Capture<'a>,
+    ) -> Result<FlagSlot> {
         let area = &mut *self.area;
         while area
             .chunks
@@ -197,7 +277,7 @@ impl<'a> IndexChecks<'a> {
             area.current += 1;
         }
         if area.current == area.chunks.len() {
-            let buffer = self.dev.alloc_filled(
+            let buffer = self.dev.tensor_filled(
                 "index error flags",
                 CHUNK_SLOTS * SLOT_BYTES,
                 CLEAN as u32,
@@ -217,12 +297,12 @@ impl<'a> IndexChecks<'a> {
         let check = Check {
             op: self.op,
             arg,
-            shape: index.shape().clone(),
-            valid,
+            shape: tensor.shape().clone(),
+            found,
             chunk: area.current,
             slot,
         };
-        self.checks.push((check, buf, len));
+        self.checks.push((check, capture));
         Ok(flag)
     }
 
@@ -230,16 +310,22 @@ impl<'a> IndexChecks<'a> {
     /// records the checks for the next synchronize or download. Never waits. (An op that
     /// fails before this leaves its slots unreported; they are reset with the others.)
     pub fn enqueued(mut self) -> Result<()> {
-        for (check, index, len) in std::mem::take(&mut self.checks) {
+        for (check, capture) in std::mem::take(&mut self.checks) {
             let flags = self.area.chunks[check.chunk].buffer.clone();
-            let args = [
-                Arg::Buf(&flags),
-                Arg::I32(check.slot as i32),
-                Arg::Buf(index),
-                Arg::I32(len),
-            ];
-            self.dev
-                .launch(&self.capture, "flag_capture", &args, &[1], &[1])?;
+            let slot = Arg::I32(check.slot as i32);
+            match capture {
+                Capture::Index { index, len } => {
+                    let args = [Arg::Buf(&flags), slot, Arg::Buf(index), Arg::I32(len)];
+                    let capture = &self.capture;
+                    self.dev
+                        .launch(capture, "flag_capture", &args, &[1], &[1])?;
+                }
+                Capture::Value { program, values } => {
+                    let args = [Arg::Buf(&flags), slot, Arg::Buf(values)];
+                    let name = "capture_nonfinite";
+                    self.dev.launch(&program, name, &args, &[1], &[1])?;
+                }
+            }
             self.area.pending.push(check);
         }
         Ok(())
@@ -277,7 +363,9 @@ mod tests {
             op: Op::MoeExperts,
             arg: "topk_ids",
             shape: Shape::new(vec![3, 4]),
-            valid: "[-1, 8)".into(),
+            found: Found::Index {
+                valid: "[-1, 8)".into(),
+            },
             chunk: 0,
             slot: 0,
         }

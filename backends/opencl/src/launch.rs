@@ -5,7 +5,6 @@ use crate::buffer::ClBuffer;
 use crate::device::ClDevice;
 use crate::error::cl;
 use moemla_core::{Error, Result};
-use opencl3::kernel::Kernel;
 use opencl3::program::Program;
 use std::ptr;
 
@@ -78,7 +77,8 @@ impl ClDevice {
                 facts.local_mem
             )));
         }
-        let kernel = Kernel::create(program, name).map_err(cl("clCreateKernel"))?;
+        // This launch's own kernel object (arguments are per object), reused across launches.
+        let kernel = self.programs.kernel(program, name)?;
         for (i, arg) in args.iter().enumerate() {
             let i = u32::try_from(i).map_err(|_| refuse(format!("{} arguments", args.len())))?;
             // SAFETY: each value has the size and type of the kernel's parameter `i`

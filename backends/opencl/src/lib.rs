@@ -11,13 +11,16 @@
 //! [`shared`] for device 0). `opencl` alone is device 0: the first GPU, else the first
 //! device, or the one env `MOEMLA_OPENCL_DEVICE` names (an index or a name substring).
 //!
-//! Ops only enqueue: they never wait for the queue or read back (except `mla_kv_quantize`,
-//! which reads back its non-finite-input flag: an input error, returned by the call). Index
-//! errors the kernels find (bad `topk_ids`, `block_table`, `cache_seqlens`, hash-routing
-//! tables, sparse `indices` / `topk_length` entries) are reported by the next
-//! [`Backend::synchronize`] or [`Backend::download`], as on CUDA and HIP. A caller's own
-//! `cl_mem` buffers (in this backend's context, [`OpenClBackend::context`]) can be wrapped
-//! as tensors with `DeviceTensor::from_raw`, and the `_into` ops write into them.
+//! Ops only enqueue: they never wait for the queue or read back. Index errors the kernels
+//! find (bad `topk_ids`, `block_table`, `cache_seqlens`, hash-routing tables, sparse
+//! `indices` / `topk_length` entries, `slot_mapping`) and the non-finite input of the FP8
+//! quantizers (`mla_kv_quantize`, `mla_cache_write` with `fp8_ds_v32`) are reported by the
+//! next [`Backend::synchronize`], [`Backend::download`] or [`Backend::download_into`], as on
+//! CUDA and HIP. A caller's own `cl_mem` buffers (in this backend's context,
+//! [`OpenClBackend::context`]) can be wrapped as tensors with `DeviceTensor::from_raw`, and
+//! the `_into` ops write into them; [`Backend::with_queue`] runs ops on a caller's command
+//! queue. Scratch comes from a per-queue pool and kernel objects are reused, so a repeated
+//! step allocates nothing ([`Backend::traffic`] counts what does).
 
 mod buffer;
 mod ceilings;
@@ -126,6 +129,12 @@ impl OpenClBackend {
         self.device.programs_built()
     }
 
+    /// Kernel objects made so far (`clCreateKernel`): one per kernel and concurrent launch,
+    /// then reused, so a repeated decode step makes none.
+    pub fn kernels_made(&self) -> usize {
+        self.device.programs.kernels_made()
+    }
+
     /// The device, context and queue (for this crate's unit tests).
     #[cfg(test)]
     pub(crate) fn device(&self) -> &ClDevice {
@@ -146,7 +155,7 @@ impl OpenClBackend {
     /// A new output tensor for `what`, not filled: the op's kernels write every element.
     fn output(&self, what: &str, dims: &[usize], dtype: DType) -> Result<DeviceTensor> {
         let shape = Shape::from(dims);
-        let buf = self.device.alloc_workspace(what, shape.byte_len(dtype)?)?;
+        let buf = self.device.tensor_buffer(what, shape.byte_len(dtype)?)?;
         Ok(self.tensor(buf, shape, dtype))
     }
 
@@ -224,7 +233,7 @@ impl Backend for OpenClBackend {
     fn alloc_zeroed(&self, shape: &Shape, dtype: DType) -> Result<DeviceTensor> {
         let buf = self
             .device
-            .alloc_zeroed("alloc_zeroed", shape.byte_len(dtype)?)?;
+            .tensor_filled("alloc_zeroed", shape.byte_len(dtype)?, 0)?;
         Ok(self.tensor(buf, shape.clone(), dtype))
     }
 
@@ -258,6 +267,20 @@ impl Backend for OpenClBackend {
         let range = memory::byte_range(CALL, "src", src, src_offset, dst.elem_count())?;
         self.device.take_index_error()?;
         self.device.read(buf, range.start, dst.as_bytes_mut())
+    }
+
+    /// `queue` is a `cl_command_queue` of this backend's context
+    /// ([`OpenClBackend::context`]), in order; it is retained for the handle's life. The
+    /// handle shares the programs, kernels and traffic counts, and has its own index-error
+    /// flags (reported by its own synchronize / downloads) and scratch pool.
+    unsafe fn with_queue(&self, queue: *mut c_void) -> Result<Arc<dyn Backend>> {
+        // SAFETY: the caller upholds `Backend::with_queue`'s contract: `queue` is null or a
+        // valid `cl_command_queue`.
+        let device = unsafe { self.device.with_queue(queue.cast())? };
+        Ok(Arc::new(OpenClBackend {
+            name: self.name.clone(),
+            device,
+        }))
     }
 
     /// Counted where the device allocates (`clCreateBuffer`: tensors, scratch, staging,

@@ -1,13 +1,12 @@
 //! Programs of the contract-v2 kernels: `common.cl`, then `fp8.cl`, then one kernel file,
 //! built with the storage dtype's options plus the variant's defines, once per process per
-//! (kernels, dtype), in the device's context.
+//! (kernels, dtype), in the device's context (cached in its `Programs`).
 
 use crate::device::ClDevice;
 use crate::program::build_source;
 use moemla_core::{DType, Result};
 use opencl3::program::Program;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 const COMMON_SRC: &str = include_str!("../../../kernels/opencl/common.cl");
 const FP8_SRC: &str = include_str!("../../../kernels/opencl/fp8.cl");
@@ -64,24 +63,12 @@ impl Kernels {
     }
 }
 
-type Cell = Arc<OnceLock<Result<Arc<Program>>>>;
-
-/// The built programs, keyed by context (as an address: the process's contexts live as long
-/// as it does), kernels and dtype.
-type Cache = Mutex<HashMap<(usize, Kernels, DType), Cell>>;
-
-static PROGRAMS: OnceLock<Cache> = OnceLock::new();
-
-/// The program of `kernels` for storage type `dtype` on `dev`, built on first use.
+/// The program of `kernels` for storage type `dtype` on `dev`, built on first use (cached
+/// with the device's other programs, `program.rs`).
 pub fn program(dev: &ClDevice, kernels: Kernels, dtype: DType) -> Result<Arc<Program>> {
-    let cell = {
-        let map = PROGRAMS.get_or_init(Default::default);
-        let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (dev.context.get() as usize, kernels, dtype);
-        map.entry(key).or_default().clone()
-    };
-    cell.get_or_init(|| build(dev, kernels.source(), kernels.defines(), dtype))
-        .clone()
+    dev.programs.get_v2(kernels, dtype, || {
+        build(dev, kernels.source(), kernels.defines(), dtype)
+    })
 }
 
 /// Builds `common.cl`, `fp8.cl` and `source` for `dtype` with `defines`.

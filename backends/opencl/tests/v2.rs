@@ -268,7 +268,7 @@ fn indexer_tables_are_checked_where_they_are_used() {
 }
 
 #[test]
-fn kv_quantize_rejects_non_finite_input_naming_the_row() {
+fn kv_quantize_reports_non_finite_input_at_the_next_synchronize_naming_the_row() {
     let _serial = serial();
     let Some(be) = backend() else { return };
     let mut raw = common::uniform(9, 3 * 576, -2.0, 2.0);
@@ -278,13 +278,27 @@ fn kv_quantize_rejects_non_finite_input_naming_the_row() {
     let params = KvQuantizeParams {
         kv_format: moemla_core::KvFormat::Fp8DsV32,
     };
-    match ops::mla_kv_quantize(&*be, &kv, &params) {
-        Err(Error::Input { op, arg, got, .. }) => {
+    // The call only enqueues; the next synchronize reports the first bad element (in
+    // row-major order) with the value the kernel read, once.
+    be.synchronize().unwrap();
+    let before = be.traffic().unwrap();
+    let out = ops::mla_kv_quantize(&*be, &kv, &params).unwrap();
+    assert_eq!(be.traffic().unwrap().since(&before).downloads, 0);
+    assert_eq!(out.dims(), &[3, 656]);
+    match be.synchronize() {
+        Err(Error::Input {
+            op,
+            arg,
+            expected,
+            got,
+        }) => {
             assert_eq!((op, arg), (Op::MlaKvQuantize, "kv"));
-            assert!(got.contains("row 1"), "{got}");
+            assert_eq!(expected, "finite values");
+            assert_eq!(got, "NaN at row 1 (element [1, 34])");
         }
-        other => panic!("expected an input error, got {:?}", other.map(|_| ())),
+        other => panic!("expected an input error, got {other:?}"),
     }
+    be.synchronize().unwrap();
 }
 
 /// DeepSeek-V3.2's own property: with top_k covering the sequence, the indexer's slots fed
