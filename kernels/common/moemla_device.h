@@ -20,6 +20,8 @@
 //   MOEMLA_DYN_SMEM(name)         the dynamic shared-memory buffer (16-byte aligned)
 //   moemla_copy16 / moemla_zero16 16-byte vector moves
 //   moemla_flag_index             records a bad index in a 64-bit error flag
+//   moemla_block_topk             block-wide top-k by radix select (larger first, lower index
+//                                 on ties, NaN as -inf)
 //
 // Shared logic never writes a literal lane count: use MOEMLA_WARP_SIZE.
 
@@ -368,6 +370,144 @@ __device__ __forceinline__ moemla_u32 moemla_pair(const T* p) {
 template <typename T>
 __device__ __forceinline__ moemla_u32 moemla_pack(const T* lo, const T* hi) {
     return (moemla_u32)lo->bits | ((moemla_u32)hi->bits << 16);
+}
+
+// ---------------------------------------------------------------------------------------
+// Block-wide top-k (moe_route.cu, dsa_indexer_topk.cu). Ranking: the larger value first,
+// the lower index on ties, NaN ranks as -inf, -0 ties +0.
+// ---------------------------------------------------------------------------------------
+// Bins of one radix-select pass (8 bits).
+#define MOEMLA_RADIX_BINS 256
+
+// The smallest power of two >= k (k >= 1).
+__device__ __forceinline__ int moemla_pow2_ceil(int k) {
+    int p = 1;
+    while (p < k) p <<= 1;
+    return p;
+}
+
+// The ranking key of a score: an unsigned integer ordered as the floats are, NaN mapped
+// to -inf and -0 to +0 (so that they tie).
+__device__ __forceinline__ moemla_u32 moemla_rank_key(float v) {
+    if (!(v == v)) v = MOEMLA_NEG_INF;
+    if (v == 0.0f) v = 0.0f;
+    const moemla_u32 u = moemla_float_bits(v);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// Whether candidate a ranks before candidate b (MOEMLA_INT_MAX: no candidate, ranks last).
+__device__ __forceinline__ bool moemla_ranks_before(const float* vals, int a, int b) {
+    if (a == MOEMLA_INT_MAX) return false;
+    if (b == MOEMLA_INT_MAX) return true;
+    const moemla_u32 ka = moemla_rank_key(vals[a]);
+    const moemla_u32 kb = moemla_rank_key(vals[b]);
+    return ka > kb || (ka == kb && a < b);
+}
+
+// The k best of vals[0, n) (1 <= k <= n) by the ranking above, block-wide. Writes their
+// indices to out[0, k): best first when `sorted`, else in no particular order. out holds
+// moemla_pow2_ceil(k) ints when sorted (the bitonic sort pads with MOEMLA_INT_MAX), k
+// otherwise. Scratch: hist[MOEMLA_RADIX_BINS], part[2 * blockDim.x], bcast[2]. Every
+// thread of the block calls it; it starts and ends with a __syncthreads.
+__device__ void moemla_block_topk(const float* vals, int n, int k, bool sorted, int* out,
+                                  int* hist, int* part, int* bcast) {
+    const int tid = threadIdx.x;
+    const int nthreads = blockDim.x;
+    __syncthreads();  // vals complete
+
+    // 1. The k-th best key, 8 bits at a time from the top: per pass, a histogram of the
+    //    next digit among the keys that share the digits chosen so far.
+    moemla_u32 prefix = 0u, mask = 0u;
+    int remaining = k;  // how many of the keys matching `prefix` are still to be taken
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int d = tid; d < MOEMLA_RADIX_BINS; d += nthreads) hist[d] = 0;
+        __syncthreads();
+        for (int i = tid; i < n; i += nthreads) {
+            const moemla_u32 key = moemla_rank_key(vals[i]);
+            if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1);
+        }
+        __syncthreads();
+        if (tid == 0) {
+            int above = 0;
+            int d = MOEMLA_RADIX_BINS - 1;
+            for (; d > 0; --d) {
+                if (above + hist[d] >= remaining) break;
+                above += hist[d];
+            }
+            bcast[0] = d;
+            bcast[1] = remaining - above;
+        }
+        __syncthreads();
+        prefix |= (moemla_u32)bcast[0] << shift;
+        mask |= 255u << shift;
+        remaining = bcast[1];
+        // bcast is written again only after the next pass's two barriers.
+    }
+    const moemla_u32 threshold = prefix;  // the k-th best key
+    const int need = remaining;           // keys equal to it to take, lowest indices first
+
+    // 2. Ordered compaction: thread t owns the contiguous range [lo, hi); keys above the
+    //    threshold fill out[0, k - need) in index order, the first `need` keys equal to it
+    //    (in index order) fill out[k - need, k).
+    const int chunk = (n + nthreads - 1) / nthreads;
+    const int lo = (int)((moemla_i64)tid * chunk < n ? (moemla_i64)tid * chunk : n);
+    const int hi = lo + chunk < n ? lo + chunk : n;
+    int greater = 0, equal = 0;
+    for (int i = lo; i < hi; ++i) {
+        const moemla_u32 key = moemla_rank_key(vals[i]);
+        greater += key > threshold;
+        equal += key == threshold;
+    }
+    part[tid] = greater;
+    part[nthreads + tid] = equal;
+    __syncthreads();
+    if (tid == 0) {
+        int run_greater = 0, run_equal = 0;
+        for (int t = 0; t < nthreads; ++t) {
+            const int g = part[t], e = part[nthreads + t];
+            part[t] = run_greater;
+            part[nthreads + t] = run_equal;
+            run_greater += g;
+            run_equal += e;
+        }
+    }
+    __syncthreads();
+    int at_greater = part[tid];
+    int at_equal = part[nthreads + tid];
+    for (int i = lo; i < hi; ++i) {
+        const moemla_u32 key = moemla_rank_key(vals[i]);
+        if (key > threshold) {
+            out[at_greater++] = i;
+        } else if (key == threshold) {
+            if (at_equal < need) out[k - need + at_equal] = i;
+            ++at_equal;
+        }
+    }
+    if (!sorted || k == 1) {
+        __syncthreads();
+        return;
+    }
+
+    // 3. Bitonic sort of out[0, p), p = k rounded up to a power of two, best first.
+    const int p = moemla_pow2_ceil(k);
+    for (int i = k + tid; i < p; i += nthreads) out[i] = MOEMLA_INT_MAX;
+    __syncthreads();
+    for (int size = 2; size <= p; size <<= 1) {
+        for (int stride = size >> 1; stride > 0; stride >>= 1) {
+            for (int i = tid; i < p; i += nthreads) {
+                const int j = i ^ stride;
+                if (j <= i) continue;
+                const int a = out[i], b = out[j];
+                // In a `best first` run (i & size == 0) the better one goes to i.
+                const bool best_first = (i & size) == 0;
+                if (best_first ? moemla_ranks_before(vals, b, a) : moemla_ranks_before(vals, a, b)) {
+                    out[i] = b;
+                    out[j] = a;
+                }
+            }
+            __syncthreads();
+        }
+    }
 }
 
 #endif  // MOEMLA_DEVICE_H

@@ -138,7 +138,13 @@ fn every_kernel_module_compiles_for_gfx942_gfx90a_and_gfx906() {
     let names: Vec<_> = modules.iter().map(|m| m.0).collect();
     assert_eq!(
         names,
-        ["moe_route", "moe_experts", "mla_decode", "mla_kv_quantize"]
+        [
+            "moe_route",
+            "moe_experts",
+            "mla_decode",
+            "mla_kv_quantize",
+            "dsa_indexer_topk"
+        ]
     );
     run(&modules);
 }

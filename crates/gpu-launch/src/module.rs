@@ -16,15 +16,18 @@ pub enum Module {
     /// `mla_kv_quantize.cu`: rows to the 656-byte FP8 cache layout, and `mla_cache_write`
     /// (dense or FP8 rows into a paged cache in place, through the same row writer).
     MlaKvQuantize,
+    /// `dsa_indexer_topk.cu`: the lightning indexer's scores and their top-k.
+    DsaIndexerTopk,
 }
 
 impl Module {
     /// Every module.
-    pub const ALL: [Module; 4] = [
+    pub const ALL: [Module; 5] = [
         Module::MoeRoute,
         Module::MoeExperts,
         Module::MlaDecode,
         Module::MlaKvQuantize,
+        Module::DsaIndexerTopk,
     ];
 
     /// The module's name (the file stem), as compile logs and caches name it.
@@ -34,6 +37,7 @@ impl Module {
             Module::MoeExperts => "moe_experts",
             Module::MlaDecode => "mla_decode",
             Module::MlaKvQuantize => "mla_kv_quantize",
+            Module::DsaIndexerTopk => "dsa_indexer_topk",
         }
     }
 
@@ -44,6 +48,7 @@ impl Module {
             Module::MoeExperts => "moe_experts.cu",
             Module::MlaDecode => "mla_decode.cu",
             Module::MlaKvQuantize => "mla_kv_quantize.cu",
+            Module::DsaIndexerTopk => "dsa_indexer_topk.cu",
         }
     }
 
@@ -54,6 +59,7 @@ impl Module {
             Module::MoeExperts => include_str!("../../../kernels/cuda/moe_experts.cu"),
             Module::MlaDecode => include_str!("../../../kernels/cuda/mla_decode.cu"),
             Module::MlaKvQuantize => include_str!("../../../kernels/cuda/mla_kv_quantize.cu"),
+            Module::DsaIndexerTopk => include_str!("../../../kernels/cuda/dsa_indexer_topk.cu"),
         }
     }
 
@@ -124,6 +130,12 @@ impl Module {
                 "moemla_mla_cache_write_fp8_f16",
                 "moemla_mla_cache_write_fp8_bf16",
             ],
+            Module::DsaIndexerTopk => &[
+                "moemla_dsa_indexer_scores_f32",
+                "moemla_dsa_indexer_scores_f16",
+                "moemla_dsa_indexer_scores_bf16",
+                "moemla_dsa_indexer_topk",
+            ],
         }
     }
 
@@ -142,6 +154,7 @@ impl Module {
 mod tests {
     use super::Module;
     use moemla_core::DType;
+    use moemla_kernel_plan::dsa_indexer::{self, IndexerSizes};
     use moemla_kernel_plan::experts::Precision;
     use moemla_kernel_plan::mla::{self, MlaSizes};
     use moemla_kernel_plan::{cache_write, experts, kv_quantize, route, DeviceLimits};
@@ -178,6 +191,16 @@ mod tests {
             block_size: 64,
             max_blocks: 4,
         };
+        let indexer = IndexerSizes {
+            batch: 2,
+            s_q: 2,
+            h_i: 64,
+            d_i: 128,
+            num_blocks: 8,
+            block_size: 64,
+            max_blocks: 4,
+            top_k: 64,
+        };
         for limits in devices() {
             for dtype in DType::FLOATS {
                 let l = route::plan(4, 256, 8, 8, dtype, &limits).unwrap();
@@ -197,6 +220,11 @@ mod tests {
                 }
                 let l = route::hash_resolve();
                 assert_in(Module::MoeRoute, &l.kernel);
+                let p = dsa_indexer::plan(&indexer, dtype, &limits).unwrap();
+                assert_in(Module::MlaDecode, &p.launches[0].kernel);
+                for l in &p.launches[1..] {
+                    assert_in(Module::DsaIndexerTopk, &l.kernel);
+                }
                 for fp8 in [false, true] {
                     let p = mla::plan_with(&sizes, dtype, fp8, &limits).unwrap();
                     for l in &p.launches {

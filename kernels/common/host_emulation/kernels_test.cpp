@@ -13,6 +13,7 @@
 #include "../../cuda/moe_experts.cu"
 #include "../../cuda/mla_decode.cu"
 #include "../../cuda/mla_kv_quantize.cu"
+#include "../../cuda/dsa_indexer_topk.cu"
 
 #include <algorithm>
 #include <cstdio>
@@ -1170,6 +1171,8 @@ static void sparse_case(int dtype, const SparseCase& c, int corrupt /*0 none, 1 
     }
 }
 
+#include "dsa_indexer_cases.h"
+
 // Sections run: all, or those named on the command line (route, experts, mla, ...).
 static std::vector<std::string> g_only;
 static bool want(const char* section) {
@@ -1260,6 +1263,7 @@ int main(int argc, char** argv) {
                 sparse_case(dtype, bad, 2);
             }
         }
+        if (want("indexer")) indexer_cases(dtype);
         if (want("sparse_fp8") && dtype != 0) {
             // The 656-byte FP8 cache at DeepSeek dims: one 16-head tile, topk_length < topk.
             SparseCase f{1, 2, 16, 576, 512, 16, 3, 40, {33}, {0.5f, -1.0f, 0.0f, 2.0f, 0.5f, -1.0f, 0.0f, 2.0f,

@@ -7,6 +7,7 @@
 //! device. Index errors surface at the next [`GpuRunner::synchronize`] or
 //! [`GpuRunner::download`] (see [`crate::flags`]).
 
+mod dsa_indexer_topk;
 mod mla_cache_write;
 mod mla_decode;
 mod mla_kv_quantize;
@@ -20,8 +21,8 @@ use crate::device::{GpuBuffer, GpuDevice};
 use crate::flags::{FlagArena, FlagCheck, FlagKind};
 use crate::module::Module;
 use moemla_core::calls::{
-    MlaCacheWriteCall, MlaDecodeCall, MlaDecodeOutput, MlaKvQuantizeCall, MlaSparseDecodeCall,
-    MoeExpertsCall, MoeRouteCall, MoeRouteOutput,
+    DsaIndexerTopkCall, DsaIndexerTopkOutput, MlaCacheWriteCall, MlaDecodeCall, MlaDecodeOutput,
+    MlaKvQuantizeCall, MlaSparseDecodeCall, MoeExpertsCall, MoeRouteCall, MoeRouteOutput,
 };
 use moemla_core::{DType, DeviceTensor, Error, Format, HostTensor, Op, OpSupport, Result, Shape};
 use moemla_kernel_plan::{Launch, PlanError};
@@ -43,6 +44,7 @@ pub fn supported() -> Vec<OpSupport> {
             all.push(OpSupport::with_format(Op::MoeExperts, dtype, format));
         }
         all.push(OpSupport::new(Op::MlaSparseDecode, dtype));
+        all.push(OpSupport::new(Op::DsaIndexerTopk, dtype));
         if dtype != DType::F32 {
             // The FP8 cache takes 16-bit queries (the contract).
             for op in [Op::MlaDecode, Op::MlaSparseDecode] {
@@ -201,6 +203,12 @@ impl<D: GpuDevice> GpuRunner<D> {
         mla_cache_write::run(self, call)
     }
 
+    /// `dsa_indexer_topk` (three launches); bad `cache_seqlens` / `block_table` entries
+    /// surface at the next synchronize.
+    pub fn dsa_indexer_topk(&self, call: &DsaIndexerTopkCall<'_>) -> Result<DsaIndexerTopkOutput> {
+        dsa_indexer_topk::run(self, call)
+    }
+
     fn lock(&self) -> MutexGuard<'_, StreamState<D::Buffer>> {
         self.stream.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -306,6 +314,13 @@ macro_rules! runner_backend_methods {
             call: &$crate::__core::calls::MlaSparseDecodeCall<'_>,
         ) -> $crate::__core::Result<$crate::__core::calls::MlaDecodeOutput> {
             self.$gpu.mla_sparse_decode(call)
+        }
+
+        fn dsa_indexer_topk(
+            &self,
+            call: &$crate::__core::calls::DsaIndexerTopkCall<'_>,
+        ) -> $crate::__core::Result<$crate::__core::calls::DsaIndexerTopkOutput> {
+            self.$gpu.dsa_indexer_topk(call)
         }
 
         fn mla_cache_write(

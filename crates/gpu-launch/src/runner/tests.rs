@@ -444,6 +444,8 @@ fn has(log: &[String], prefix: &str) -> bool {
     log.iter().any(|l| l.starts_with(prefix))
 }
 
+mod dsa_indexer_topk;
+
 #[test]
 fn ops_enqueue_and_return_without_waiting_or_reading_back() {
     let (b, fake) = backend();
