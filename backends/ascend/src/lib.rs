@@ -26,8 +26,8 @@ use moemla_core::calls::{
     MlaSparseDecodeCall, MoeExpertsCall, MoeRouteCall, MoeRouteOutput,
 };
 use moemla_core::{
-    indices, memory, Backend, BackendInfo, DType, DeviceTensor, Error, HostTensor, Op, OpSupport,
-    Result, Shape, Traffic, Verification, VerificationKind,
+    indices, memory, Backend, BackendInfo, DType, DeviceTensor, Error, Format, HostTensor, Op,
+    OpSupport, Result, Shape, Traffic, Verification, VerificationKind,
 };
 use std::ffi::c_void;
 use std::sync::{Arc, OnceLock};
@@ -139,6 +139,13 @@ impl Backend for AscendBackend {
         }
         if ops::moe_experts::available(ops) {
             supported.extend(DType::FLOATS.map(|dtype| OpSupport::new(Op::MoeExperts, dtype)));
+        }
+        if ops::moe_experts::shared_available(ops) {
+            supported.extend(
+                DType::FLOATS.map(|dtype| {
+                    OpSupport::with_format(Op::MoeExperts, dtype, Format::SharedExperts)
+                }),
+            );
         }
         if ops::mla_decode::available(ops) {
             supported.extend(

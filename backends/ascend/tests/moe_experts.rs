@@ -110,6 +110,83 @@ fn check(dtype: DType) {
     assert!(want.iter().any(|w| w.abs() > 0.01), "degenerate reference");
 }
 
+/// Routed experts plus S shared experts (Is != I): y = routed + sum_s shared_s(x), the
+/// shared part being the same reference with every token on experts 0..S, weight 1.
+fn check_shared(dtype: DType) {
+    let be = common::backend();
+    let (t, h, i, e, k, sn, si) = (9, 48, 32, 4, 2, 2, 24);
+    let host = |shape: &[usize], seed, lo, hi| {
+        let n = shape.iter().product();
+        HostTensor::from_f32_as(shape.to_vec(), &common::values(seed, n, lo, hi), dtype).unwrap()
+    };
+    let x = host(&[t, h], 31, -1.0, 1.0);
+    let w13 = host(&[e, 2 * i, h], 32, -0.2, 0.2);
+    let w2 = host(&[e, h, i], 33, -0.2, 0.2);
+    let sw13 = host(&[sn, 2 * si, h], 34, -0.2, 0.2);
+    let sw2 = host(&[sn, h, si], 35, -0.2, 0.2);
+    // Token 0 has no routed expert at all: its y is the shared experts' alone.
+    let ids: Vec<i32> = (0..t * k)
+        .map(|n| if n < k { -1 } else { (n % e) as i32 })
+        .collect();
+    let wts = common::values(36, t * k, 0.1, 1.0);
+    let dev = |h: &HostTensor| be.upload(h).unwrap();
+    let (xd, w13d, w2d, sw13d, sw2d) = (dev(&x), dev(&w13), dev(&w2), dev(&sw13), dev(&sw2));
+    let idd = dev(&HostTensor::from_slice([t, k], &ids).unwrap());
+    let wtd = dev(&HostTensor::from_slice([t, k], &wts).unwrap());
+    let inputs = ops::ExpertsInputs::new(&xd, &w13d, &w2d, &idd, &wtd).with_shared(&sw13d, &sw2d);
+    let y = ops::moe_experts_with(&be, inputs, &ExpertsParams::default()).unwrap();
+    let got = be.download(&y).unwrap().to_f32_vec().unwrap();
+    let xs = x.to_f32_vec().unwrap();
+    let routed = reference(
+        &xs,
+        &w13.to_f32_vec().unwrap(),
+        &w2.to_f32_vec().unwrap(),
+        &ids,
+        &wts,
+        t,
+        h,
+        i,
+        k,
+    );
+    let every: Vec<i32> = (0..t).flat_map(|_| 0..sn as i32).collect();
+    let shared = reference(
+        &xs,
+        &sw13.to_f32_vec().unwrap(),
+        &sw2.to_f32_vec().unwrap(),
+        &every,
+        &vec![1.0; t * sn],
+        t,
+        h,
+        si,
+        sn,
+    );
+    let tol = match dtype {
+        DType::F32 => 1e-4,
+        DType::F16 => 2e-3,
+        _ => 2e-2,
+    };
+    for (n, g) in got.iter().enumerate() {
+        let w = routed[n] + shared[n];
+        assert!(
+            (*g as f64 - w).abs() <= tol + tol * w.abs(),
+            "{dtype} y[{n}] = {g}, want {w} (routed {}, shared {})",
+            routed[n],
+            shared[n]
+        );
+    }
+    assert!(
+        shared[..h].iter().any(|w| w.abs() > 0.01),
+        "degenerate reference"
+    );
+}
+
+#[test]
+fn shared_experts_are_added_with_weight_one() {
+    for dtype in [DType::F32, DType::BF16] {
+        check_shared(dtype);
+    }
+}
+
 #[test]
 fn experts_match_reference_f32() {
     check(DType::F32);

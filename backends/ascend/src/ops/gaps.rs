@@ -31,9 +31,6 @@ pub const NO_FP8_EXPERTS: &str = "no FP8 on Atlas A2/A3: aclnnGroupedMatmulV4 (g
 /// Why the SwiGLU clamp is not mapped.
 pub const NO_SWIGLU_LIMIT: &str = "aclnnSwiGlu (used by moe_experts) has no clamp parameter: silu(min(g, c)) * clamp(u, -c, c) is not one documented op";
 
-/// Why fused shared experts are not mapped.
-pub const NO_SHARED_EXPERTS: &str = "not mapped yet: a dense shared expert would be aclnnMatmul + aclnnSwiGlu + aclnnMatmul + aclnnAdd after the routed experts; call moe_experts with E = 1 instead";
-
 /// Why mla_kv_quantize is not mapped.
 pub const NO_KV_QUANTIZE: &str = NO_FP8_CACHE_WRITE;
 
@@ -44,7 +41,6 @@ pub fn notes() -> Vec<String> {
         ("moe_route hash_routing", NO_HASH_ROUTING),
         ("moe_experts fp8_weights / fp8_activations", NO_FP8_EXPERTS),
         ("moe_experts swiglu_limit", NO_SWIGLU_LIMIT),
-        ("moe_experts shared_experts", NO_SHARED_EXPERTS),
         ("mla_decode fp8_ds_v32", NO_FP8_CACHE_DECODE),
         ("mla_kv_quantize", NO_KV_QUANTIZE),
         ("mla_cache_write fp8_ds_v32", NO_FP8_CACHE_WRITE),
@@ -68,7 +64,7 @@ mod tests {
     #[test]
     fn every_unmapped_v2_item_has_a_note_naming_a_cann_source() {
         let notes = notes();
-        assert_eq!(notes.len(), 10);
+        assert_eq!(notes.len(), 9);
         for n in &notes {
             assert!(n.starts_with("unsupported: "), "{n}");
             assert!(n.contains("aclnn"), "{n} names no CANN op");

@@ -23,14 +23,23 @@
 //! 6. Down projection cast to F32, parked rows zeroed, MoeFinalizeRoutingV2 (dropPadMode 2,
 //!    F32 scales = topk_weights) in F32, then cast to the run dtype: the weighted combine
 //!    runs in f32.
+//! 7. Shared experts (v2, S dense experts every token goes through with weight 1): x is
+//!    copied S times into [S*T, H] (aclnnInplaceCopy), the same gate/up GEMM + SwiGlu + down
+//!    GEMM run with S groups of T rows (cumsum T, 2T, ..., ST) over shared_w13 / shared_w2,
+//!    the result is cast to F32, and a second MoeFinalizeRoutingV2 adds it to the routed
+//!    sum: token t's slot s reads row s*T + t with scale 1, and x1Optional (the op's skip
+//!    input, `moe/moe_finalize_routing_v2/README.md`: out = x1 + x2 + sum_k scales * rows)
+//!    is the routed sum. Then the one cast to the run dtype.
 
 use crate::acl::{acl_dtype, ACL_FLOAT};
 use crate::buffer::DevMem;
+use crate::device::Device;
 use crate::loader::OpApi;
 use crate::ops::{require_ops, unsupported};
 use crate::AscendBackend;
 use moemla_core::calls::MoeExpertsCall;
 use moemla_core::{indices, DType, DeviceTensor, Op, Result};
+use std::sync::Arc;
 
 /// ACL_INT64 (AscendCL "aclDataType").
 const ACL_INT64: i32 = 9;
@@ -40,8 +49,9 @@ const MAX_GROUPS: usize = 1024;
 const MAX_K: usize = 65535;
 
 /// Contract gaps, for `info().notes`.
-pub const NOTES: [&str; 3] = [
+pub const NOTES: [&str; 4] = [
     "moe_experts: aclnnMoeInitRoutingV2 + aclnnGroupedMatmulV4 (w13/w2 as transposed strided views) + aclnnSwiGlu + aclnnGroupedMatmulV4 + aclnnMoeFinalizeRoutingV2 (combine in f32)",
+    "moe_experts shared experts (v2): x repeated per shared expert (aclnnInplaceCopy), the same GroupedMatmulV4 + SwiGlu + GroupedMatmulV4 with one group per shared expert, added to the routed f32 sum by a second aclnnMoeFinalizeRoutingV2 (x1Optional = the routed sum, scale 1), then rounded once",
     "moe_experts: slots with id -1 or weight 0 are parked on an extra expert no GEMM computes and their rows zeroed (aclnnInplaceZero) before the combine, so they contribute nothing even when an expert's output is NaN/inf",
     "moe_experts: Unsupported beyond aclnnGroupedMatmulV4's limits: E > 1024 groups, H or I > 65535 (its K)",
 ];
@@ -80,11 +90,136 @@ fn check_limits(call: &MoeExpertsCall<'_>) -> Result<()> {
             ));
         }
     }
+    if let Some(sh) = &call.shared {
+        if sh.count > MAX_GROUPS || sh.inter > MAX_K {
+            return Err(unsupported(
+                Op::MoeExperts,
+                format!("S={} Is={}", sh.count, sh.inter),
+                "aclnnGroupedMatmulV4 takes at most 1024 groups (shared experts) and K <= 65535",
+            ));
+        }
+    }
     Ok(())
+}
+
+/// Whether the loaded op libraries also have what shared experts need (on top of
+/// [`available`]): aclnnInplaceCopy, to repeat x once per shared expert.
+pub fn shared_available(ops: &OpApi) -> bool {
+    available(ops)
+        && ops.aclnnInplaceCopyGetWorkspaceSize.is_some()
+        && ops.aclnnInplaceCopy.is_some()
 }
 
 fn bytes_of<T: Copy>(v: &[T], f: impl Fn(T) -> [u8; 4]) -> Vec<u8> {
     v.iter().flat_map(|&x| f(x)).collect()
+}
+
+/// The m-axis groups of one GroupedMatmulV4 pass: `rows` input rows, `count` groups
+/// (weights), `list` their cumulative row counts (INT64, at least `count` entries).
+struct Groups<'a> {
+    rows: usize,
+    count: usize,
+    list: &'a DevMem,
+}
+
+/// `out[rows, n] = input[rows, kk] @ weight[g]^T` per group g, weight [count, n, kk] in
+/// the run dtype `dt`, passed as GMM's [count, kk, n] transposed view.
+#[allow(clippy::too_many_arguments)]
+fn gmm(
+    dev: &Arc<Device>,
+    dt: i32,
+    groups: &Groups<'_>,
+    input: &DevMem,
+    kk: usize,
+    weight: &DevMem,
+    n: usize,
+    out: &DevMem,
+) -> Result<()> {
+    let ops = &dev.cann.ops;
+    let (rows, e) = (groups.rows, groups.count);
+    let xs = dev.tensor_list(vec![dev.tensor(input, &[rows, kk], None, 0, dt)?])?;
+    // Our weights are [E, N, K]; GMM's [E, K, N] as the transposed view.
+    let ws_t = dev.tensor_list(vec![dev.tensor(
+        weight,
+        &[e, kk, n],
+        Some(&[n * kk, 1, kk]),
+        0,
+        dt,
+    )?])?;
+    let ys = dev.tensor_list(vec![dev.tensor(out, &[rows, n], None, 0, dt)?])?;
+    // The first `count` cumsums: rows past the last group (parked slots) are not computed.
+    let gl = dev.tensor(groups.list, &[e], None, 0, ACL_INT64)?;
+    let null = std::ptr::null_mut();
+    // SAFETY: handles live for the call; splitItem 2 (single out), groupType 0 (m),
+    // groupListType 0 (cumsum), actType 0.
+    dev.run(
+        "aclnnGroupedMatmulV4",
+        |wsz, exr| unsafe {
+            (ops.aclnnGroupedMatmulV4GetWorkspaceSize
+                .expect("checked by available()"))(
+                xs.raw(),
+                ws_t.raw(),
+                null,
+                null,
+                null,
+                null,
+                null,
+                null,
+                gl.raw(),
+                null,
+                null,
+                null,
+                2,
+                0,
+                0,
+                0,
+                ys.raw(),
+                null,
+                null,
+                wsz,
+                exr,
+            )
+        },
+        ops.aclnnGroupedMatmulV4,
+    )
+}
+
+/// The SwiGLU FFN of every group: gate/up GEMM (w13 [count, 2 * inter, h]), SwiGlu (dim
+/// -1: silu(first half) * second half), down GEMM (w2 [count, h, inter]); returns the
+/// down projection [rows, h] in the run dtype.
+#[allow(clippy::too_many_arguments)]
+fn ffn(
+    dev: &Arc<Device>,
+    dt: i32,
+    esz: usize,
+    groups: &Groups<'_>,
+    h: usize,
+    inter: usize,
+    input: &DevMem,
+    w13: &DevMem,
+    w2: &DevMem,
+) -> Result<Arc<DevMem>> {
+    let ops = &dev.cann.ops;
+    let rows = groups.rows;
+    let h13 = dev.alloc(rows * 2 * inter * esz)?;
+    gmm(dev, dt, groups, input, h, w13, 2 * inter, &h13)?;
+    let act = dev.alloc(rows * inter * esz)?;
+    {
+        let a = dev.tensor(&h13, &[rows, 2 * inter], None, 0, dt)?;
+        let b = dev.tensor(&act, &[rows, inter], None, 0, dt)?;
+        // SAFETY: handles live for the call; out-pointers come from `Device::run`.
+        dev.run(
+            "aclnnSwiGlu",
+            |ws, ex| unsafe {
+                (ops.aclnnSwiGluGetWorkspaceSize
+                    .expect("checked by available()"))(a.raw(), -1, b.raw(), ws, ex)
+            },
+            ops.aclnnSwiGlu,
+        )?;
+    }
+    let down = dev.alloc(rows * h * esz)?;
+    gmm(dev, dt, groups, &act, inter, w2, h, &down)?;
+    Ok(down)
 }
 
 /// Runs moe_experts.
@@ -115,6 +250,9 @@ pub fn run(be: &AscendBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor
     indices::check_topk_ids(call, &ids)?;
     check_limits(call)?;
     require_ops(Op::MoeExperts, available(&dev.cann.ops))?;
+    if call.shared.is_some() {
+        require_ops(Op::MoeExperts, shared_available(&dev.cann.ops))?;
+    }
     let mut weights: Vec<f32> = dev
         .download_bytes(wts_mem, t * k * 4)?
         .chunks_exact(4)
@@ -188,74 +326,25 @@ pub fn run(be: &AscendBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor
             ops.aclnnMoeInitRoutingV2,
         )?;
     }
+    // 4-5. Gate/up GEMM, SwiGLU, down GEMM.
     let group_list = dev.alloc((e + 1) * 8)?;
     cast(&cumsum, &[e + 1], i32_t, &group_list, ACL_INT64)?;
-
-    // 4-5. Gate/up GEMM, SwiGLU, down GEMM.
-    let gmm = |input: &DevMem, kk: usize, weight: &DevMem, n: usize, out: &DevMem| -> Result<()> {
-        let xs = dev.tensor_list(vec![dev.tensor(input, &[rows, kk], None, 0, dt)?])?;
-        // Our weights are [E, N, K]; GMM's [E, K, N] as the transposed view.
-        let ws_t = dev.tensor_list(vec![dev.tensor(
-            weight,
-            &[e, kk, n],
-            Some(&[n * kk, 1, kk]),
-            0,
-            dt,
-        )?])?;
-        let ys = dev.tensor_list(vec![dev.tensor(out, &[rows, n], None, 0, dt)?])?;
-        // The first E cumsums: rows of the parked expert lie past the last group.
-        let gl = dev.tensor(&group_list, &[e], None, 0, ACL_INT64)?;
-        let null = std::ptr::null_mut();
-        // SAFETY: as above; splitItem 2 (single out), groupType 0 (m), groupListType 0 (cumsum), actType 0.
-        dev.run(
-            "aclnnGroupedMatmulV4",
-            |wsz, exr| unsafe {
-                (ops.aclnnGroupedMatmulV4GetWorkspaceSize
-                    .expect("checked by available()"))(
-                    xs.raw(),
-                    ws_t.raw(),
-                    null,
-                    null,
-                    null,
-                    null,
-                    null,
-                    null,
-                    gl.raw(),
-                    null,
-                    null,
-                    null,
-                    2,
-                    0,
-                    0,
-                    0,
-                    ys.raw(),
-                    null,
-                    null,
-                    wsz,
-                    exr,
-                )
-            },
-            ops.aclnnGroupedMatmulV4,
-        )
+    let routed_groups = Groups {
+        rows,
+        count: e,
+        list: &group_list,
     };
-    let h13 = dev.alloc(rows * 2 * i * esz)?;
-    gmm(&expanded, h, w13_mem, 2 * i, &h13)?;
-    let act = dev.alloc(rows * i * esz)?;
-    {
-        let a = dev.tensor(&h13, &[rows, 2 * i], None, 0, dt)?;
-        let b = dev.tensor(&act, &[rows, i], None, 0, dt)?;
-        // SAFETY: as above.
-        dev.run(
-            "aclnnSwiGlu",
-            |ws, ex| unsafe {
-                (ops.aclnnSwiGluGetWorkspaceSize
-                    .expect("checked by available()"))(a.raw(), -1, b.raw(), ws, ex)
-            },
-            ops.aclnnSwiGlu,
-        )?;
-    }
-    let down = dev.alloc(rows * h * esz)?;
-    gmm(&act, i, w2_mem, h, &down)?;
+    let down = ffn(
+        dev,
+        dt,
+        esz,
+        &routed_groups,
+        h,
+        i,
+        &expanded,
+        w13_mem,
+        w2_mem,
+    )?;
 
     // 6. Weighted combine in f32.
     let down32 = if call.dtype == DType::F32 {
@@ -308,6 +397,87 @@ pub fn run(be: &AscendBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor
             ops.aclnnMoeFinalizeRoutingV2,
         )?;
     }
+    // 7. Shared experts (every token, weight 1), added to the routed sum in f32.
+    let y32 = match &call.shared {
+        None => y32,
+        Some(sh) => {
+            let (sn, si) = (sh.count, sh.inter);
+            let srows = sn * t;
+            let sw13 = be.mem(sh.w13, "moe_experts", "shared_w13")?;
+            let sw2 = be.mem(sh.w2, "moe_experts", "shared_w2")?;
+            // x once per shared expert: group s is rows [s*T, (s+1)*T).
+            let xs = dev.alloc(srows * h * esz)?;
+            for s in 0..sn {
+                let dst = dev.tensor(&xs, &[t, h], None, s * t * h, dt)?;
+                let src = dev.tensor(x_mem, &[t, h], None, 0, dt)?;
+                // SAFETY: handles live for the call; out-pointers come from `Device::run`.
+                dev.run(
+                    "aclnnInplaceCopy",
+                    |ws, ex| unsafe {
+                        (ops.aclnnInplaceCopyGetWorkspaceSize
+                            .expect("checked by available()"))(
+                            dst.raw(), src.raw(), ws, ex
+                        )
+                    },
+                    ops.aclnnInplaceCopy,
+                )?;
+            }
+            let cums: Vec<u8> = (1..=sn)
+                .flat_map(|s| ((s * t) as i64).to_le_bytes())
+                .collect();
+            let list = dev.upload_bytes(&cums)?;
+            let groups = Groups {
+                rows: srows,
+                count: sn,
+                list: &list,
+            };
+            let sdown = ffn(dev, dt, esz, &groups, h, si, &xs, sw13, sw2)?;
+            let sdown32 = if call.dtype == DType::F32 {
+                sdown
+            } else {
+                let d = dev.alloc(srows * h * 4)?;
+                cast(&sdown, &[srows, h], dt, &d, ACL_FLOAT)?;
+                d
+            };
+            // Finalize again: token t's slots s read row s*T + t with scale 1, plus x1 = the
+            // routed sum.
+            let idx: Vec<i32> = (0..t)
+                .flat_map(|tok| (0..sn).map(move |s| (s * t + tok) as i32))
+                .collect();
+            let idx_dev = dev.upload_bytes(&bytes_of(&idx, i32::to_le_bytes))?;
+            let ones = dev.upload_bytes(&bytes_of(&vec![1.0f32; t * sn], f32::to_le_bytes))?;
+            let total = dev.alloc(t * h * 4)?;
+            let ex_t = dev.tensor(&sdown32, &[srows, h], None, 0, ACL_FLOAT)?;
+            let ri = dev.tensor(&idx_dev, &[srows], None, 0, i32_t)?;
+            let x1 = dev.tensor(&y32, &[t, h], None, 0, ACL_FLOAT)?;
+            let sc = dev.tensor(&ones, &[t, sn], None, 0, ACL_FLOAT)?;
+            let out = dev.tensor(&total, &[t, h], None, 0, ACL_FLOAT)?;
+            let null = std::ptr::null_mut();
+            // SAFETY: as above; dropPadMode 2, x1Optional = the routed sum (the op's skip
+            // input: out = x1 + sum_k scales * rows).
+            dev.run(
+                "aclnnMoeFinalizeRoutingV2",
+                |ws, exr| unsafe {
+                    (ops.aclnnMoeFinalizeRoutingV2GetWorkspaceSize
+                        .expect("checked by available()"))(
+                        ex_t.raw(),
+                        ri.raw(),
+                        x1.raw(),
+                        null,
+                        null,
+                        sc.raw(),
+                        null,
+                        2,
+                        out.raw(),
+                        ws,
+                        exr,
+                    )
+                },
+                ops.aclnnMoeFinalizeRoutingV2,
+            )?;
+            total
+        }
+    };
     let y = if call.dtype == DType::F32 {
         y32
     } else {

@@ -27,7 +27,8 @@
 //! in column order (i + k * num_rows, the README formula) and 2 in InitRoutingV2's row
 //! order, index i * K + k (`op_host/moe_finalize_routing_v2_tiling_arch35.cpp`,
 //! DROPLESS_ROW). Scales share expandedX's dtype (BF16 expandedX may take F32 scales). The
-//! emulator implements dropPadMode 2 without x1/x2/bias.
+//! emulator implements dropPadMode 2 without bias; x1Optional / x2Optional, when given, are
+//! [N, H] in expandedX's dtype (the README's skip inputs) and added as the formula says.
 
 use super::{aclnn_launch, expect_dims, expect_dtype};
 use crate::executor::prepare;
@@ -178,10 +179,9 @@ pub unsafe extern "C" fn aclnnMoeFinalizeRoutingV2GetWorkspaceSize(
                 let rows = tensor(expanded_row_idx, "expandedRowIdx")?;
                 let scales = opt_tensor(scales, "scalesOptional")?;
                 let y = tensor(out, "out")?;
-                if !x1.is_null() || !x2.is_null() || !bias.is_null() || drop_pad_mode != 2 {
-                    return Err(Fail::invalid(
-                        "emulator: dropPadMode 2 without x1/x2/bias only",
-                    ));
+                let skips = [opt_tensor(x1, "x1Optional")?, opt_tensor(x2, "x2Optional")?];
+                if !bias.is_null() || drop_pad_mode != 2 {
+                    return Err(Fail::invalid("emulator: dropPadMode 2 without bias only"));
                 }
                 expect_dtype(&ex, &[DT_F32, DT_F16, DT_BF16], "expandedX")?;
                 expect_dtype(&rows, &[DT_I32], "expandedRowIdx")?;
@@ -211,6 +211,12 @@ pub unsafe extern "C" fn aclnnMoeFinalizeRoutingV2GetWorkspaceSize(
                 };
                 expect_dims(&ex, &[n * k, h], "expandedX")?;
                 expect_dims(&rows, &[n * k], "expandedRowIdx")?;
+                for (skip, arg) in skips.iter().zip(["x1Optional", "x2Optional"]) {
+                    if let Some(t) = skip {
+                        expect_dtype(t, &[ex.dtype], arg)?;
+                        expect_dims(t, &[n, h], arg)?;
+                    }
+                }
                 Ok(Box::new(move || {
                     let (xv, rv) = (ex.load()?, rows.load()?);
                     let sv = match &scales {
@@ -218,6 +224,11 @@ pub unsafe extern "C" fn aclnnMoeFinalizeRoutingV2GetWorkspaceSize(
                         None => vec![1.0; n],
                     };
                     let mut yv = vec![0.0; n * h];
+                    for skip in skips.iter().flatten() {
+                        for (acc, v) in yv.iter_mut().zip(skip.load()?) {
+                            *acc += v;
+                        }
+                    }
                     for i in 0..n {
                         for j in 0..k {
                             let r = rv[i * k + j];
