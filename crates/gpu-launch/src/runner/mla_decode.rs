@@ -6,23 +6,26 @@
 use super::{flag_check, split_k, GpuRunner};
 use crate::args::Arg;
 use crate::device::{GpuBuffer, GpuDevice};
-use moemla_core::calls::{MlaDecodeCall, MlaDecodeOutput};
-use moemla_core::{KvFormat, Op, Result};
+use moemla_core::calls::MlaDecodeCall;
+use moemla_core::{DeviceTensor, KvFormat, Op, Result};
 use moemla_kernel_plan::mla::{self, MlaSizes};
 
 const CALL: &str = "mla_decode";
 
-/// Enqueues MLA decode; `o` [B, Sq, Hq, Dv] in the run dtype, `lse` [B, Hq, Sq] F32.
+/// Enqueues MLA decode into `o` [B, Sq, Hq, Dv] in the run dtype and `lse` [B, Hq, Sq]
+/// F32 (the caller's or fresh tensors). The device is current.
 pub(super) fn run<D: GpuDevice>(
     g: &GpuRunner<D>,
     call: &MlaDecodeCall<'_>,
-) -> Result<MlaDecodeOutput> {
+    o: &DeviceTensor,
+    lse: &DeviceTensor,
+) -> Result<()> {
     let op = Op::MlaDecode;
     let q = g.buffer(call.q, CALL, "q")?;
     let kv = g.buffer(call.kv_cache, CALL, "kv_cache")?;
     let table = g.buffer(call.block_table, CALL, "block_table")?;
     let seqlens = g.buffer(call.cache_seqlens, CALL, "cache_seqlens")?;
-    g.dev.enter()?;
+    let outs = [g.out_buffer(o, CALL, "o")?, g.out_buffer(lse, CALL, "lse")?];
     let limits = g.dev.limits(op)?;
     let fp8 = call.params.kv_format == KvFormat::Fp8DsV32;
     let plan = mla::plan_with(&MlaSizes::of(call), call.dtype, fp8, &limits)
@@ -43,7 +46,7 @@ pub(super) fn run<D: GpuDevice>(
         ),
     ];
     let dims = [call.batch, call.s_q, call.h_q, call.d_v];
-    split_k::run(g, op, dims, call.dtype, &plan, checks, |s| {
+    split_k::run(g, op, dims, &plan, checks, outs, |s| {
         let (num_blocks, block_size, max_blocks) = (
             int("num_blocks", call.num_blocks)?,
             int("block_size", call.block_size)?,

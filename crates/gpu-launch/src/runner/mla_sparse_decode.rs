@@ -8,17 +8,20 @@ use super::{flag_check, split_k, GpuRunner};
 use crate::args::Arg;
 use crate::device::{GpuBuffer, GpuDevice};
 use crate::flags::{FlagCheck, FlagKind};
-use moemla_core::calls::{MlaDecodeOutput, MlaSparseDecodeCall};
-use moemla_core::{KvFormat, Op, Result, Shape};
+use moemla_core::calls::MlaSparseDecodeCall;
+use moemla_core::{DeviceTensor, KvFormat, Op, Result, Shape};
 use moemla_kernel_plan::mla_sparse::{self, SparseSizes};
 
 const CALL: &str = "mla_sparse_decode";
 
-/// Enqueues sparse MLA decode; `o` [B, Sq, Hq, Dv] in the run dtype, `lse` [B, Hq, Sq] F32.
+/// Enqueues sparse MLA decode into `o` [B, Sq, Hq, Dv] in the run dtype and `lse`
+/// [B, Hq, Sq] F32 (the caller's or fresh tensors). The device is current.
 pub(super) fn run<D: GpuDevice>(
     g: &GpuRunner<D>,
     call: &MlaSparseDecodeCall<'_>,
-) -> Result<MlaDecodeOutput> {
+    o: &DeviceTensor,
+    lse: &DeviceTensor,
+) -> Result<()> {
     let op = Op::MlaSparseDecode;
     let q = g.buffer(call.q, CALL, "q")?;
     let kv = g.buffer(call.kv_cache, CALL, "kv_cache")?;
@@ -32,7 +35,7 @@ pub(super) fn run<D: GpuDevice>(
         Some(t) => g.buffer(t, CALL, "attn_sink")?.address(),
         None => 0,
     };
-    g.dev.enter()?;
+    let outs = [g.out_buffer(o, CALL, "o")?, g.out_buffer(lse, CALL, "lse")?];
     let limits = g.dev.limits(op)?;
     let fp8 = call.params.kv_format == KvFormat::Fp8DsV32;
     let plan = mla_sparse::plan(&SparseSizes::of(call), call.dtype, fp8, &limits)
@@ -54,7 +57,7 @@ pub(super) fn run<D: GpuDevice>(
         ),
     ];
     let dims = [call.batch, call.s_q, call.h_q, call.d_v];
-    split_k::run(g, op, dims, call.dtype, &plan, checks, |s| {
+    split_k::run(g, op, dims, &plan, checks, outs, |s| {
         let topk = int("topk", call.topk)?;
         let (indices, lens) = (Arg::Ptr(indices.address()), Arg::Ptr(lens));
         Ok(split_k::OpArgs {

@@ -168,20 +168,65 @@ impl<D: GpuDevice> GpuRunner<D> {
         }
     }
 
-    /// `moe_route` (one launch).
+    /// `moe_route` (one launch) into fresh outputs.
     pub fn moe_route(&self, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput> {
-        moe_route::run(self, call)
+        self.dev.enter()?;
+        let dims = [call.tokens, call.params.top_k];
+        let out = MoeRouteOutput {
+            topk_ids: self.uninit(&dims, DType::I32)?,
+            topk_weights: self.uninit(&dims, DType::F32)?,
+        };
+        moe_route::run(self, call, &out.topk_ids, &out.topk_weights)?;
+        Ok(out)
     }
 
-    /// `moe_experts` (four launches); bad `topk_ids` surface at the next synchronize.
+    /// `moe_route` writing the caller's `topk_ids` / `topk_weights` (checked by core):
+    /// nothing allocated.
+    pub fn moe_route_into(
+        &self,
+        call: &MoeRouteCall<'_>,
+        topk_ids: &DeviceTensor,
+        topk_weights: &DeviceTensor,
+    ) -> Result<()> {
+        self.dev.enter()?;
+        moe_route::run(self, call, topk_ids, topk_weights)
+    }
+
+    /// `moe_experts` (four launches) into a fresh `y`; bad `topk_ids` surface at the next
+    /// synchronize.
     pub fn moe_experts(&self, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor> {
-        moe_experts::run(self, call)
+        self.dev.enter()?;
+        let y = self.uninit(&[call.tokens, call.hidden], call.dtype)?;
+        moe_experts::run(self, call, &y)?;
+        Ok(y)
     }
 
-    /// `mla_decode` (three launches); bad `cache_seqlens` / `block_table` entries surface
-    /// at the next synchronize.
+    /// `moe_experts` writing the caller's `y`: nothing allocated after the workspace has
+    /// grown to the call's size.
+    pub fn moe_experts_into(&self, call: &MoeExpertsCall<'_>, y: &DeviceTensor) -> Result<()> {
+        self.dev.enter()?;
+        moe_experts::run(self, call, y)
+    }
+
+    /// `mla_decode` (three launches) into fresh outputs; bad `cache_seqlens` /
+    /// `block_table` entries surface at the next synchronize.
     pub fn mla_decode(&self, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutput> {
-        mla_decode::run(self, call)
+        self.dev.enter()?;
+        let out = self.attention_outputs([call.batch, call.s_q, call.h_q, call.d_v], call.dtype)?;
+        mla_decode::run(self, call, &out.o, &out.lse)?;
+        Ok(out)
+    }
+
+    /// `mla_decode` writing the caller's `o` / `lse`: nothing allocated after the
+    /// workspace has grown to the call's size.
+    pub fn mla_decode_into(
+        &self,
+        call: &MlaDecodeCall<'_>,
+        o: &DeviceTensor,
+        lse: &DeviceTensor,
+    ) -> Result<()> {
+        self.dev.enter()?;
+        mla_decode::run(self, call, o, lse)
     }
 
     /// `mla_kv_quantize` (one launch); a non-finite `kv` value surfaces at the next
@@ -190,10 +235,25 @@ impl<D: GpuDevice> GpuRunner<D> {
         mla_kv_quantize::run(self, call)
     }
 
-    /// `mla_sparse_decode` (three launches); bad `topk_length` / `indices` entries surface
-    /// at the next synchronize.
+    /// `mla_sparse_decode` (three launches) into fresh outputs; bad `topk_length` /
+    /// `indices` entries surface at the next synchronize.
     pub fn mla_sparse_decode(&self, call: &MlaSparseDecodeCall<'_>) -> Result<MlaDecodeOutput> {
-        mla_sparse_decode::run(self, call)
+        self.dev.enter()?;
+        let out = self.attention_outputs([call.batch, call.s_q, call.h_q, call.d_v], call.dtype)?;
+        mla_sparse_decode::run(self, call, &out.o, &out.lse)?;
+        Ok(out)
+    }
+
+    /// `mla_sparse_decode` writing the caller's `o` / `lse`: nothing allocated after the
+    /// workspace has grown to the call's size.
+    pub fn mla_sparse_decode_into(
+        &self,
+        call: &MlaSparseDecodeCall<'_>,
+        o: &DeviceTensor,
+        lse: &DeviceTensor,
+    ) -> Result<()> {
+        self.dev.enter()?;
+        mla_sparse_decode::run(self, call, o, lse)
     }
 
     /// `mla_cache_write` (one launch) into the caller's cache in place; bad slots (and
@@ -211,6 +271,39 @@ impl<D: GpuDevice> GpuRunner<D> {
 
     fn lock(&self) -> MutexGuard<'_, StreamState<D::Buffer>> {
         self.stream.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An uninitialised tensor of `dims` (the op's kernels write every element).
+    fn uninit(&self, dims: &[usize], dtype: DType) -> Result<DeviceTensor> {
+        let shape = Shape::new(dims.to_vec());
+        let bytes = shape.byte_len(dtype)?;
+        Ok(self.tensor(self.dev.alloc(bytes)?, shape, dtype))
+    }
+
+    /// The attention ops' fresh outputs: `o` [B, Sq, Hq, Dv] in `dtype`, `lse` [B, Hq, Sq]
+    /// F32.
+    fn attention_outputs(
+        &self,
+        [b, s_q, h_q, d_v]: [usize; 4],
+        dtype: DType,
+    ) -> Result<MlaDecodeOutput> {
+        Ok(MlaDecodeOutput {
+            o: self.uninit(&[b, s_q, h_q, d_v], dtype)?,
+            lse: self.uninit(&[b, h_q, s_q], DType::F32)?,
+        })
+    }
+
+    /// The buffer of an output tensor `t` (argument `arg`) that an op writes whole: of
+    /// this backend, and holding all of its shape.
+    fn out_buffer<'a>(
+        &self,
+        t: &'a DeviceTensor,
+        call: &'static str,
+        arg: &'static str,
+    ) -> Result<&'a D::Buffer> {
+        let buffer = self.buffer(t, call, arg)?;
+        crate::device::check_len(&self.name, call, buffer, t.shape().byte_len(t.dtype())?)?;
+        Ok(buffer)
     }
 
     /// An uninitialised output tensor (the op's kernels write every element).
@@ -300,6 +393,41 @@ macro_rules! runner_backend_methods {
             call: &$crate::__core::calls::MlaDecodeCall<'_>,
         ) -> $crate::__core::Result<$crate::__core::calls::MlaDecodeOutput> {
             self.$gpu.mla_decode(call)
+        }
+
+        fn moe_route_into(
+            &self,
+            call: &$crate::__core::calls::MoeRouteCall<'_>,
+            topk_ids: &$crate::__core::DeviceTensor,
+            topk_weights: &$crate::__core::DeviceTensor,
+        ) -> $crate::__core::Result<()> {
+            self.$gpu.moe_route_into(call, topk_ids, topk_weights)
+        }
+
+        fn moe_experts_into(
+            &self,
+            call: &$crate::__core::calls::MoeExpertsCall<'_>,
+            y: &$crate::__core::DeviceTensor,
+        ) -> $crate::__core::Result<()> {
+            self.$gpu.moe_experts_into(call, y)
+        }
+
+        fn mla_decode_into(
+            &self,
+            call: &$crate::__core::calls::MlaDecodeCall<'_>,
+            o: &$crate::__core::DeviceTensor,
+            lse: &$crate::__core::DeviceTensor,
+        ) -> $crate::__core::Result<()> {
+            self.$gpu.mla_decode_into(call, o, lse)
+        }
+
+        fn mla_sparse_decode_into(
+            &self,
+            call: &$crate::__core::calls::MlaSparseDecodeCall<'_>,
+            o: &$crate::__core::DeviceTensor,
+            lse: &$crate::__core::DeviceTensor,
+        ) -> $crate::__core::Result<()> {
+            self.$gpu.mla_sparse_decode_into(call, o, lse)
         }
 
         fn mla_kv_quantize(

@@ -13,12 +13,15 @@ use moemla_kernel_plan::experts::{self, Precision};
 
 const CALL: &str = "moe_experts";
 
-/// Enqueues the fused experts; returns `y` [T, H] in the run dtype.
+/// Enqueues the fused experts into `y` [T, H] in the run dtype (the caller's or a fresh
+/// tensor). The device is current.
 pub(super) fn run<D: GpuDevice>(
     g: &GpuRunner<D>,
     call: &MoeExpertsCall<'_>,
-) -> Result<DeviceTensor> {
+    y: &DeviceTensor,
+) -> Result<()> {
     let op = Op::MoeExperts;
+    let y = g.out_buffer(y, CALL, "y")?;
     let x = g.buffer(call.x, CALL, "x")?;
     let w13 = g.buffer(call.w13, CALL, "w13")?;
     let w2 = g.buffer(call.w2, CALL, "w2")?;
@@ -42,7 +45,6 @@ pub(super) fn run<D: GpuDevice>(
     // No clamp: +inf (the kernels' selects then keep g and u, NaN included).
     let limit = Arg::F32(p.swiglu_limit.map_or(f32::INFINITY, |c| c as f32));
     let ue8m0 = Arg::I32(i32::from(p.activation_scale == ActivationScale::Ue8m0));
-    g.dev.enter()?;
     let limits = g.dev.limits(op)?;
     let plan = experts::plan_with(
         call.tokens,
@@ -55,7 +57,6 @@ pub(super) fn run<D: GpuDevice>(
         &limits,
     )
     .map_err(|e| g.plan_error(e))?;
-    let (y, shape) = g.output(&[call.tokens, call.hidden], call.dtype, plan.y_bytes)?;
     let (h, i, k) = (
         g.int(op, "H", call.hidden)?,
         g.int(op, "I", call.inter)?,
@@ -169,5 +170,5 @@ pub(super) fn run<D: GpuDevice>(
         ],
     )?;
     drop(stream);
-    Ok(g.tensor(y, shape, call.dtype))
+    Ok(())
 }

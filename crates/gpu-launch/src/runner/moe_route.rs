@@ -7,22 +7,26 @@ use crate::args::Arg;
 use crate::device::{GpuBuffer, GpuDevice};
 use crate::flags::{FlagCheck, FlagKind};
 use crate::module::Module;
-use moemla_core::calls::{MoeRouteCall, MoeRouteOutput};
-use moemla_core::{DType, GroupSelect, Op, Result, ScoreFunc};
+use moemla_core::calls::MoeRouteCall;
+use moemla_core::{DeviceTensor, GroupSelect, Op, Result, ScoreFunc};
 use moemla_kernel_plan::route;
 
 const CALL: &str = "moe_route";
 
-/// Routes `call.tokens` tokens: ids [T, top_k] I32 and weights [T, top_k] F32.
+/// Enqueues routing `call.tokens` tokens into `topk_ids` [T, top_k] I32 and
+/// `topk_weights` [T, top_k] F32 (the caller's or fresh tensors). The device is current.
 pub(super) fn run<D: GpuDevice>(
     g: &GpuRunner<D>,
     call: &MoeRouteCall<'_>,
-) -> Result<MoeRouteOutput> {
+    topk_ids: &DeviceTensor,
+    topk_weights: &DeviceTensor,
+) -> Result<()> {
     let op = Op::MoeRoute;
     let p = call.params;
     let logits = g.buffer(call.logits, CALL, "logits")?;
     let bias = call.bias.map(|t| g.buffer(t, CALL, "bias")).transpose()?;
-    g.dev.enter()?;
+    let ids = g.out_buffer(topk_ids, CALL, "topk_ids")?;
+    let weights = g.out_buffer(topk_weights, CALL, "topk_weights")?;
     let limits = g.dev.limits(op)?;
     let launch = route::plan(
         call.tokens,
@@ -49,10 +53,6 @@ pub(super) fn run<D: GpuDevice>(
             ))
         })
         .transpose()?;
-    let dims = [call.tokens, p.top_k];
-    let bytes = moemla_core::Shape::new(dims.to_vec()).byte_len(DType::I32)?;
-    let (ids, shape) = g.output(&dims, DType::I32, bytes)?;
-    let (weights, _) = g.output(&dims, DType::F32, bytes)?;
     let mut stream = g.lock();
     // Hash routing's flags: input_ids; tid2eid in token order (the kernel's raw word), at
     // its table position (resolved), the column a repeat repeats (see moe_route.cu).
@@ -126,8 +126,5 @@ pub(super) fn run<D: GpuDevice>(
         )?;
     }
     drop(stream);
-    Ok(MoeRouteOutput {
-        topk_ids: g.tensor(ids, shape.clone(), DType::I32),
-        topk_weights: g.tensor(weights, shape, DType::F32),
-    })
+    Ok(())
 }

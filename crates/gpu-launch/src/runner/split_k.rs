@@ -1,5 +1,5 @@
 //! What `mla_decode` and `mla_sparse_decode` (one kernel template in mla_decode.cu) do
-//! alike: allocate `o` and `lse`, take the stream, reserve the workspace and the two
+//! alike: take the stream, reserve the workspace and the two
 //! error flags, and launch check, decode and combine with the shared arguments around
 //! each op's own.
 
@@ -8,8 +8,7 @@ use crate::args::Arg;
 use crate::device::{GpuBuffer, GpuDevice};
 use crate::flags::FlagCheck;
 use crate::module::Module;
-use moemla_core::calls::MlaDecodeOutput;
-use moemla_core::{DType, Op, Result};
+use moemla_core::{Op, Result};
 use moemla_kernel_plan::mla::MlaPlan;
 
 /// The sizes both ops pass their kernels, as `int` arguments.
@@ -38,20 +37,20 @@ pub(super) struct OpArgs {
     pub(super) combine_inputs: Vec<Arg>,
 }
 
-/// Enqueues a planned split-K MLA call of `op`: `o` [B, Sq, Hq, Dv] in `dtype`, `lse`
-/// [B, Hq, Sq] F32, the error flags `checks` (the check kernel's in order), and the
-/// three launches with the arguments `args` gives for the shared sizes.
+/// Enqueues a planned split-K MLA call of `op` into `o` [B, Sq, Hq, Dv] (run dtype) and
+/// `lse` [B, Hq, Sq] F32 (the caller's or fresh tensors): the error flags `checks` (the
+/// check kernel's in order), and the three launches with the arguments `args` gives for
+/// the shared sizes.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn run<D: GpuDevice>(
     g: &GpuRunner<D>,
     op: Op,
     [batch, s_q, h_q, d_v]: [usize; 4],
-    dtype: DType,
     plan: &MlaPlan,
     checks: Vec<FlagCheck>,
+    [o, lse]: [&D::Buffer; 2],
     args: impl FnOnce(Sizes) -> Result<OpArgs>,
-) -> Result<MlaDecodeOutput> {
-    let (o, o_shape) = g.output(&[batch, s_q, h_q, d_v], dtype, plan.o_bytes)?;
-    let (lse, lse_shape) = g.output(&[batch, h_q, s_q], DType::F32, plan.lse_bytes)?;
+) -> Result<()> {
     let int = |what, v| g.int(op, what, v);
     let sizes = Sizes {
         batch: int("B", batch)?,
@@ -91,8 +90,5 @@ pub(super) fn run<D: GpuDevice>(
     ]);
     g.launch(m, combine, &combine_args)?;
     drop(stream);
-    Ok(MlaDecodeOutput {
-        o: g.tensor(o, o_shape, dtype),
-        lse: g.tensor(lse, lse_shape, DType::F32),
-    })
+    Ok(())
 }
