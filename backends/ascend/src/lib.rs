@@ -140,6 +140,13 @@ impl Backend for AscendBackend {
         if ops::moe_experts::available(ops) {
             supported.extend(DType::FLOATS.map(|dtype| OpSupport::new(Op::MoeExperts, dtype)));
         }
+        if ops::moe_experts::clamp_available(ops) {
+            supported.extend(
+                DType::FLOATS.map(|dtype| {
+                    OpSupport::with_format(Op::MoeExperts, dtype, Format::SwigluLimit)
+                }),
+            );
+        }
         if ops::moe_experts::shared_available(ops) {
             supported.extend(
                 DType::FLOATS.map(|dtype| {

@@ -166,6 +166,10 @@ symbol_table! {
         fn aclnnFusedInferAttentionScoreV3GetWorkspaceSize(_: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: i64, _: f64, _: i64, _: i64, _: *const c_char, _: i64, _: i64, _: i64, _: i64, _: i64, _: bool, _: i64, _: i64, _: Handle, _: Handle, _: *mut u64, _: *mut Handle) -> i32;
         /// aclnnFusedInferAttentionScoreV3 second phase.
         fn aclnnFusedInferAttentionScoreV3(_: Handle, _: u64, _: Handle, _: Handle) -> i32;
+        /// aclnnClamp.md: `(const aclTensor *self, const aclScalar *clipValueMin, const aclScalar *clipValueMax, aclTensor *out, ...)`; a null bound is no bound
+        fn aclnnClampGetWorkspaceSize(_: Handle, _: Handle, _: Handle, _: Handle, _: *mut u64, _: *mut Handle) -> i32;
+        /// aclnnClamp second phase.
+        fn aclnnClamp(_: Handle, _: u64, _: Handle, _: Handle) -> i32;
         /// aclnnIndexSelect.md: `(const aclTensor *self, int64_t dim, const aclTensor *index, aclTensor *out, ...)`
         fn aclnnIndexSelectGetWorkspaceSize(_: Handle, _: i64, _: Handle, _: Handle, _: *mut u64, _: *mut Handle) -> i32;
         /// aclnnIndexSelect second phase.

@@ -5,7 +5,8 @@ mod common;
 use moemla_core::{ops, Backend, DType, DeviceTensor, Error, ExpertsParams, HostTensor};
 
 /// y[t] = sum_j w[t,j] * W2[e] @ (silu(W1[e] x[t]) * (W3[e] x[t])), in f64; a slot with id -1
-/// or weight 0 is skipped (it contributes nothing, whatever its expert computes).
+/// or weight 0 is skipped (it contributes nothing, whatever its expert computes). With a
+/// SwiGLU clamp c: silu(min(g, c)) * clamp(u, -c, c).
 #[allow(clippy::too_many_arguments)]
 fn reference(
     x: &[f32],
@@ -17,6 +18,7 @@ fn reference(
     h: usize,
     i: usize,
     k: usize,
+    limit: Option<f64>,
 ) -> Vec<f64> {
     let mut y = vec![0.0; t * h];
     for tok in 0..t {
@@ -32,8 +34,12 @@ fn reference(
             };
             let act: Vec<f64> = (0..i)
                 .map(|r| {
-                    let g = dot(&w13[(e * 2 * i + r) * h..][..h]);
-                    let u = dot(&w13[(e * 2 * i + i + r) * h..][..h]);
+                    let mut g = dot(&w13[(e * 2 * i + r) * h..][..h]);
+                    let mut u = dot(&w13[(e * 2 * i + i + r) * h..][..h]);
+                    if let Some(c) = limit {
+                        g = g.min(c);
+                        u = u.clamp(-c, c);
+                    }
                     g / (1.0 + (-g).exp()) * u
                 })
                 .collect();
@@ -95,6 +101,7 @@ fn check(dtype: DType) {
         h,
         i,
         k,
+        None,
     );
     let tol = match dtype {
         DType::F32 => 1e-4,
@@ -112,7 +119,7 @@ fn check(dtype: DType) {
 
 /// Routed experts plus S shared experts (Is != I): y = routed + sum_s shared_s(x), the
 /// shared part being the same reference with every token on experts 0..S, weight 1.
-fn check_shared(dtype: DType) {
+fn check_shared(dtype: DType, limit: Option<f64>) {
     let be = common::backend();
     let (t, h, i, e, k, sn, si) = (9, 48, 32, 4, 2, 2, 24);
     let host = |shape: &[usize], seed, lo, hi| {
@@ -134,7 +141,11 @@ fn check_shared(dtype: DType) {
     let idd = dev(&HostTensor::from_slice([t, k], &ids).unwrap());
     let wtd = dev(&HostTensor::from_slice([t, k], &wts).unwrap());
     let inputs = ops::ExpertsInputs::new(&xd, &w13d, &w2d, &idd, &wtd).with_shared(&sw13d, &sw2d);
-    let y = ops::moe_experts_with(&be, inputs, &ExpertsParams::default()).unwrap();
+    let params = ExpertsParams {
+        swiglu_limit: limit,
+        ..Default::default()
+    };
+    let y = ops::moe_experts_with(&be, inputs, &params).unwrap();
     let got = be.download(&y).unwrap().to_f32_vec().unwrap();
     let xs = x.to_f32_vec().unwrap();
     let routed = reference(
@@ -147,6 +158,7 @@ fn check_shared(dtype: DType) {
         h,
         i,
         k,
+        limit,
     );
     let every: Vec<i32> = (0..t).flat_map(|_| 0..sn as i32).collect();
     let shared = reference(
@@ -159,6 +171,7 @@ fn check_shared(dtype: DType) {
         h,
         si,
         sn,
+        limit,
     );
     let tol = match dtype {
         DType::F32 => 1e-4,
@@ -178,12 +191,39 @@ fn check_shared(dtype: DType) {
         shared[..h].iter().any(|w| w.abs() > 0.01),
         "degenerate reference"
     );
+    if limit.is_some() {
+        // The clamp must change the result, or this case would not test it.
+        let free = reference(
+            &xs,
+            &w13.to_f32_vec().unwrap(),
+            &w2.to_f32_vec().unwrap(),
+            &ids,
+            &wts,
+            t,
+            h,
+            i,
+            k,
+            None,
+        );
+        assert!(
+            free.iter().zip(&routed).any(|(a, b)| (a - b).abs() > 0.05),
+            "the clamp does not bite"
+        );
+    }
 }
 
 #[test]
 fn shared_experts_are_added_with_weight_one() {
     for dtype in [DType::F32, DType::BF16] {
-        check_shared(dtype);
+        check_shared(dtype, None);
+    }
+}
+
+#[test]
+fn the_swiglu_clamp_bites_gate_and_up() {
+    // |g|, |u| reach ~1 here: c = 0.3 clamps many of them (aclnnClamp before aclnnSwiGlu).
+    for dtype in [DType::F32, DType::F16] {
+        check_shared(dtype, Some(0.3));
     }
 }
 
@@ -288,6 +328,7 @@ fn empty_slots_case(dtype: DType) {
         h,
         i,
         k,
+        None,
     );
     let tol = if dtype == DType::F32 { 1e-4 } else { 2e-2 };
     for (n, (g, w)) in got.iter().zip(&want).enumerate() {

@@ -4,10 +4,13 @@
 //! InplaceZero. Calls go straight to the exported C functions.
 
 use moemla_cann_emulator::handles::{
-    aclCreateIntArray, aclCreateTensor, aclCreateTensorList, AclTensor, AclTensorList,
+    aclCreateIntArray, aclCreateScalar, aclCreateTensor, aclCreateTensorList, AclTensor,
+    AclTensorList,
 };
 use moemla_cann_emulator::memory::{aclrtMalloc, aclrtMemcpy};
-use moemla_cann_emulator::ops::elementwise::{aclnnInplaceZero, aclnnInplaceZeroGetWorkspaceSize};
+use moemla_cann_emulator::ops::elementwise::{
+    aclnnClamp, aclnnClampGetWorkspaceSize, aclnnInplaceZero, aclnnInplaceZeroGetWorkspaceSize,
+};
 use moemla_cann_emulator::ops::fused_infer_attention_score::aclnnFusedInferAttentionScoreV3GetWorkspaceSize;
 use moemla_cann_emulator::ops::grouped_matmul::aclnnGroupedMatmulV4GetWorkspaceSize;
 use moemla_cann_emulator::ops::moe_gating_top_k::{
@@ -21,7 +24,7 @@ use moemla_cann_emulator::runtime::{
 };
 use moemla_cann_emulator::status::{
     aclGetRecentErrMsg, ACLNN_ERR_INNER_TILING_ERROR, ACLNN_ERR_PARAM_INVALID,
-    ACLNN_ERR_RUNTIME_ERROR,
+    ACLNN_ERR_PARAM_NULLPTR, ACLNN_ERR_RUNTIME_ERROR,
 };
 use moemla_cann_emulator::tensor::{DT_F16, DT_F32, DT_I32, DT_I64, DT_U8, FORMAT_ND};
 use std::ffi::{c_void, CStr};
@@ -529,4 +532,41 @@ fn scatter_pa_kv_cache_refuses_what_its_page_leaves_undefined() {
         assert_eq!(sync, ACLNN_ERR_RUNTIME_ERROR, "{slots:?}");
         assert!(cache.iter().all(|&v| v == 0), "{slots:?} wrote {cache:?}");
     }
+}
+
+#[test]
+fn clamp_bounds_are_optional_and_nan_propagates() {
+    // CANN aclnnClamp.md: y = max(min(x, max), min); a null bound is no bound, both null is
+    // ACLNN_ERR_PARAM_NULLPTR. NaN: undocumented, propagated here (module doc).
+    let s = stream();
+    let x = [-3.0f32, -0.5, 0.5, 3.0, f32::NAN];
+    let (_, xt) = tensor(&x, &[5], DT_F32);
+    let c = 1.0f32;
+    let neg = -1.0f32;
+    // SAFETY: one f32 each, copied by the call.
+    let (hi, lo) = unsafe {
+        (
+            aclCreateScalar(&c as *const f32 as *const c_void, DT_F32),
+            aclCreateScalar(&neg as *const f32 as *const c_void, DT_F32),
+        )
+    };
+    for (min, want) in [
+        (null_mut(), [-3.0f32, -0.5, 0.5, 1.0]),
+        (lo, [-1.0, -0.5, 0.5, 1.0]),
+    ] {
+        let (out, ot) = tensor(&[0f32; 5], &[5], DT_F32);
+        let (mut ws, mut exec) = (0u64, null_mut());
+        // SAFETY: handles from the emulator; out-pointers are locals.
+        let st = unsafe { aclnnClampGetWorkspaceSize(xt, min, hi, ot, &mut ws, &mut exec) };
+        assert_eq!(st, 0, "{}", recent());
+        launch(aclnnClamp, ws, exec, s);
+        let got: Vec<f32> = download(out, 5);
+        assert_eq!(got[..4], want);
+        assert!(got[4].is_nan());
+    }
+    let (_, ot) = tensor(&[0f32; 5], &[5], DT_F32);
+    let (mut ws, mut exec) = (0u64, null_mut());
+    // SAFETY: as above.
+    let st = unsafe { aclnnClampGetWorkspaceSize(xt, null(), null(), ot, &mut ws, &mut exec) };
+    assert_eq!(st, ACLNN_ERR_PARAM_NULLPTR);
 }

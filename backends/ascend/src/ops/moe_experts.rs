@@ -23,7 +23,11 @@
 //! 6. Down projection cast to F32, parked rows zeroed, MoeFinalizeRoutingV2 (dropPadMode 2,
 //!    F32 scales = topk_weights) in F32, then cast to the run dtype: the weighted combine
 //!    runs in f32.
-//! 7. Shared experts (v2, S dense experts every token goes through with weight 1): x is
+//! 7. With `swiglu_limit` c (v2), between steps 4 and 5: the gate half becomes min(g, c)
+//!    and the up half clamp(u, -c, c), each by aclnnClamp (`y = max(min(x, max), min)`, a
+//!    null bound is no bound: CANN aolapi aclnnClamp.md) into a temporary, copied back into
+//!    the strided half by aclnnInplaceCopy; shared experts get the same clamp.
+//! 8. Shared experts (v2, S dense experts every token goes through with weight 1): x is
 //!    copied S times into [S*T, H] (aclnnInplaceCopy), the same gate/up GEMM + SwiGlu + down
 //!    GEMM run with S groups of T rows (cumsum T, 2T, ..., ST) over shared_w13 / shared_w2,
 //!    the result is cast to F32, and a second MoeFinalizeRoutingV2 adds it to the routed
@@ -49,8 +53,9 @@ const MAX_GROUPS: usize = 1024;
 const MAX_K: usize = 65535;
 
 /// Contract gaps, for `info().notes`.
-pub const NOTES: [&str; 4] = [
+pub const NOTES: [&str; 5] = [
     "moe_experts: aclnnMoeInitRoutingV2 + aclnnGroupedMatmulV4 (w13/w2 as transposed strided views) + aclnnSwiGlu + aclnnGroupedMatmulV4 + aclnnMoeFinalizeRoutingV2 (combine in f32)",
+    "moe_experts swiglu_limit (v2): gate = min(g, c) and up = clamp(u, -c, c) by aclnnClamp on the gate/up GEMM output (run dtype) before aclnnSwiGlu",
     "moe_experts shared experts (v2): x repeated per shared expert (aclnnInplaceCopy), the same GroupedMatmulV4 + SwiGlu + GroupedMatmulV4 with one group per shared expert, added to the routed f32 sum by a second aclnnMoeFinalizeRoutingV2 (x1Optional = the routed sum, scale 1), then rounded once",
     "moe_experts: slots with id -1 or weight 0 are parked on an extra expert no GEMM computes and their rows zeroed (aclnnInplaceZero) before the combine, so they contribute nothing even when an expert's output is NaN/inf",
     "moe_experts: Unsupported beyond aclnnGroupedMatmulV4's limits: E > 1024 groups, H or I > 65535 (its K)",
@@ -108,6 +113,65 @@ pub fn shared_available(ops: &OpApi) -> bool {
     available(ops)
         && ops.aclnnInplaceCopyGetWorkspaceSize.is_some()
         && ops.aclnnInplaceCopy.is_some()
+}
+
+/// Whether the loaded op libraries also have what the SwiGLU clamp needs (on top of
+/// [`available`]): aclnnClamp and aclnnInplaceCopy.
+pub fn clamp_available(ops: &OpApi) -> bool {
+    shared_available(ops) && ops.aclnnClampGetWorkspaceSize.is_some() && ops.aclnnClamp.is_some()
+}
+
+/// The SwiGLU clamp `c` (`swiglu_limit`) on the gate/up projections `h13` [rows, 2 * inter]
+/// in place: gate = min(gate, c), up = clamp(up, -c, c), each by aclnnClamp (a null bound is
+/// no bound) from a strided half into a contiguous temporary, copied back with
+/// aclnnInplaceCopy (which takes non-contiguous views on both sides). SwiGlu then computes
+/// silu(min(g, c)) * clamp(u, -c, c).
+fn clamp_halves(
+    dev: &Arc<Device>,
+    dt: i32,
+    esz: usize,
+    h13: &DevMem,
+    rows: usize,
+    inter: usize,
+    c: f32,
+) -> Result<()> {
+    let ops = &dev.cann.ops;
+    let max = dev.scalar_f32(c)?;
+    let min = dev.scalar_f32(-c)?;
+    let null = std::ptr::null_mut();
+    for (half, lo) in [(0, null), (inter, min.raw())] {
+        let tmp = dev.alloc(rows * inter * esz)?;
+        let part = dev.tensor(h13, &[rows, inter], Some(&[2 * inter, 1]), half, dt)?;
+        let flat = dev.tensor(&tmp, &[rows, inter], None, 0, dt)?;
+        // SAFETY: handles live for the call; out-pointers come from `Device::run`.
+        dev.run(
+            "aclnnClamp",
+            |ws, ex| unsafe {
+                (ops.aclnnClampGetWorkspaceSize
+                    .expect("checked by clamp_available()"))(
+                    part.raw(),
+                    lo,
+                    max.raw(),
+                    flat.raw(),
+                    ws,
+                    ex,
+                )
+            },
+            ops.aclnnClamp,
+        )?;
+        // SAFETY: as above.
+        dev.run(
+            "aclnnInplaceCopy",
+            |ws, ex| unsafe {
+                (ops.aclnnInplaceCopyGetWorkspaceSize
+                    .expect("checked by clamp_available()"))(
+                    part.raw(), flat.raw(), ws, ex
+                )
+            },
+            ops.aclnnInplaceCopy,
+        )?;
+    }
+    Ok(())
 }
 
 fn bytes_of<T: Copy>(v: &[T], f: impl Fn(T) -> [u8; 4]) -> Vec<u8> {
@@ -184,9 +248,9 @@ fn gmm(
     )
 }
 
-/// The SwiGLU FFN of every group: gate/up GEMM (w13 [count, 2 * inter, h]), SwiGlu (dim
-/// -1: silu(first half) * second half), down GEMM (w2 [count, h, inter]); returns the
-/// down projection [rows, h] in the run dtype.
+/// The SwiGLU FFN of every group: gate/up GEMM (w13 [count, 2 * inter, h]), the clamp if
+/// any ([`clamp_halves`]), SwiGlu (dim -1: silu(first half) * second half), down GEMM (w2
+/// [count, h, inter]); returns the down projection [rows, h] in the run dtype.
 #[allow(clippy::too_many_arguments)]
 fn ffn(
     dev: &Arc<Device>,
@@ -198,11 +262,15 @@ fn ffn(
     input: &DevMem,
     w13: &DevMem,
     w2: &DevMem,
+    clamp: Option<f32>,
 ) -> Result<Arc<DevMem>> {
     let ops = &dev.cann.ops;
     let rows = groups.rows;
     let h13 = dev.alloc(rows * 2 * inter * esz)?;
     gmm(dev, dt, groups, input, h, w13, 2 * inter, &h13)?;
+    if let Some(c) = clamp {
+        clamp_halves(dev, dt, esz, &h13, rows, inter, c)?;
+    }
     let act = dev.alloc(rows * inter * esz)?;
     {
         let a = dev.tensor(&h13, &[rows, 2 * inter], None, 0, dt)?;
@@ -253,6 +321,11 @@ pub fn run(be: &AscendBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor
     if call.shared.is_some() {
         require_ops(Op::MoeExperts, shared_available(&dev.cann.ops))?;
     }
+    if call.params.swiglu_limit.is_some() {
+        require_ops(Op::MoeExperts, clamp_available(&dev.cann.ops))?;
+    }
+    // Validated: finite and > 0 as an f32.
+    let clamp = call.params.swiglu_limit.map(|c| c as f32);
     let mut weights: Vec<f32> = dev
         .download_bytes(wts_mem, t * k * 4)?
         .chunks_exact(4)
@@ -344,6 +417,7 @@ pub fn run(be: &AscendBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor
         &expanded,
         w13_mem,
         w2_mem,
+        clamp,
     )?;
 
     // 6. Weighted combine in f32.
@@ -397,7 +471,7 @@ pub fn run(be: &AscendBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor
             ops.aclnnMoeFinalizeRoutingV2,
         )?;
     }
-    // 7. Shared experts (every token, weight 1), added to the routed sum in f32.
+    // 8. Shared experts (every token, weight 1), added to the routed sum in f32.
     let y32 = match &call.shared {
         None => y32,
         Some(sh) => {
@@ -431,7 +505,7 @@ pub fn run(be: &AscendBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor
                 count: sn,
                 list: &list,
             };
-            let sdown = ffn(dev, dt, esz, &groups, h, si, &xs, sw13, sw2)?;
+            let sdown = ffn(dev, dt, esz, &groups, h, si, &xs, sw13, sw2, clamp)?;
             let sdown32 = if call.dtype == DType::F32 {
                 sdown
             } else {

@@ -1,4 +1,4 @@
-//! aclnnCast, aclnnInplaceCopy, aclnnMuls, aclnnInplaceZero.
+//! aclnnCast, aclnnInplaceCopy, aclnnMuls, aclnnInplaceZero, aclnnClamp.
 //!
 //! - `aclnnCastGetWorkspaceSize(const aclTensor *self, const aclDataType dtype,
 //!   aclTensor *out, uint64_t *workspaceSize, aclOpExecutor **executor)`: out = self
@@ -14,10 +14,18 @@
 //!   non-contiguous views allowed; on A2/A3 INT8 ... FLOAT32, BFLOAT16 among others (the
 //!   emulator: the numeric dtypes it knows); a dtype outside is ACLNN_ERR_PARAM_INVALID
 //!   (hicann/ops-math `math/zero_op/docs/aclnnInplaceZero.md`).
+//! - `aclnnClampGetWorkspaceSize(const aclTensor *self, const aclScalar *clipValueMin,
+//!   const aclScalar *clipValueMax, aclTensor *out, ...)`: y = max(min(x, max), min); a
+//!   null bound is no bound, both null is ACLNN_ERR_PARAM_NULLPTR; self 1-8 dims,
+//!   non-contiguous allowed; out self's shape and dtype; A2/A3 dtypes include FLOAT16,
+//!   FLOAT, BFLOAT16 (.../aolapi/context/aclnnClamp.md). NaN is not documented: the
+//!   emulator propagates it (torch.clamp's semantics, which torch_npu maps to this op), a
+//!   point to check on silicon.
 
 use super::{aclnn_launch, expect_dims, expect_dtype};
 use crate::executor::prepare;
 use crate::handles::{scalar, tensor, AclScalar, AclTensor};
+use crate::status::{Fail, ACLNN_ERR_PARAM_NULLPTR};
 use crate::tensor::{DT_BF16, DT_F16, DT_F32, DT_I32, DT_I64};
 use std::ffi::c_void;
 
@@ -125,3 +133,70 @@ pub unsafe extern "C" fn aclnnInplaceZeroGetWorkspaceSize(
     }
 }
 aclnn_launch!(aclnnInplaceZero);
+
+/// First phase of aclnnClamp.
+///
+/// # Safety
+/// Pointers are checked against the emulator's records (a bound may be null); out-pointers
+/// must be writable.
+#[no_mangle]
+pub unsafe extern "C" fn aclnnClampGetWorkspaceSize(
+    self_: *const AclTensor,
+    clip_min: *const AclScalar,
+    clip_max: *const AclScalar,
+    out: *const AclTensor,
+    workspace_size: *mut u64,
+    executor: *mut *mut c_void,
+) -> i32 {
+    // SAFETY: forwarded caller guarantees.
+    unsafe {
+        prepare("aclnnClamp", workspace_size, executor, || {
+            let x = tensor(self_, "self")?;
+            let y = tensor(out, "out")?;
+            if clip_min.is_null() && clip_max.is_null() {
+                return Err(Fail::new(
+                    ACLNN_ERR_PARAM_NULLPTR,
+                    "clipValueMin and clipValueMax are both null",
+                ));
+            }
+            let lo = if clip_min.is_null() {
+                None
+            } else {
+                Some(scalar(clip_min, "clipValueMin")?)
+            };
+            let hi = if clip_max.is_null() {
+                None
+            } else {
+                Some(scalar(clip_max, "clipValueMax")?)
+            };
+            expect_dtype(&x, &NUMERIC, "self")?;
+            expect_dtype(&y, &[x.dtype], "out (the dtype of self)")?;
+            expect_dims(&y, &x.dims, "out")?;
+            if x.dims.is_empty() || x.dims.len() > 8 {
+                return Err(Fail::invalid(format!(
+                    "self must have 1..=8 dims, got {:?}",
+                    x.dims
+                )));
+            }
+            Ok(Box::new(move || {
+                let v: Vec<f64> = x
+                    .load()?
+                    .into_iter()
+                    .map(|e| {
+                        // NaN propagates (module doc).
+                        let e = match hi {
+                            Some(h) if e > h => h,
+                            _ => e,
+                        };
+                        match lo {
+                            Some(l) if e < l => l,
+                            _ => e,
+                        }
+                    })
+                    .collect();
+                y.store(&v)
+            }))
+        })
+    }
+}
+aclnn_launch!(aclnnClamp);
