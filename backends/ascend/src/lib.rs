@@ -136,6 +136,10 @@ impl Backend for AscendBackend {
         let mut supported = Vec::new();
         if ops::moe_route::available(ops) {
             supported.extend(DType::FLOATS.map(|dtype| OpSupport::new(Op::MoeRoute, dtype)));
+            supported.extend(
+                DType::FLOATS
+                    .map(|dtype| OpSupport::with_format(Op::MoeRoute, dtype, Format::HashRouting)),
+            );
         }
         if ops::moe_experts::available(ops) {
             supported.extend(DType::FLOATS.map(|dtype| OpSupport::new(Op::MoeExperts, dtype)));

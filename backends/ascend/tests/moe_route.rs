@@ -339,3 +339,118 @@ fn align32_limit_applies_only_when_groups_are_selected() {
         "{err}"
     );
 }
+
+/// Hash routing, in f64: ids = tid2eid[input_ids[t]], weights = the unbiased scores at those
+/// ids, renormalised by max(sum, 1e-20) if asked, scaled.
+fn hash_reference(logits: &[f32], e: usize, table_row: &[i32], p: &RouteParams) -> Vec<f64> {
+    let s: Vec<f64> = match p.score_func {
+        ScoreFunc::Sigmoid => logits
+            .iter()
+            .map(|&x| 1.0 / (1.0 + (-(x as f64)).exp()))
+            .collect(),
+        _ => {
+            let m = logits
+                .iter()
+                .fold(f64::NEG_INFINITY, |a, &x| a.max(x as f64));
+            let ex: Vec<f64> = logits.iter().map(|&x| (x as f64 - m).exp()).collect();
+            let z: f64 = ex.iter().sum();
+            ex.iter().map(|v| v / z).collect()
+        }
+    };
+    assert_eq!(s.len(), e);
+    let mut w: Vec<f64> = table_row.iter().map(|&id| s[id as usize]).collect();
+    if p.renormalize {
+        let z = w.iter().sum::<f64>().max(1e-20);
+        w.iter_mut().for_each(|x| *x /= z);
+    }
+    w.iter().map(|x| x * p.routed_scaling_factor).collect()
+}
+
+#[test]
+fn hash_routing_takes_the_tables_ids_and_the_scores_at_them() {
+    let be = common::backend();
+    let (t, e, k, vocab) = (6, 16, 3, 5);
+    // Rows of distinct ids; row 4 is never read (it holds an out-of-range id: not checked).
+    let table: Vec<i32> = vec![0, 5, 9, 15, 14, 13, 2, 3, 4, 7, 1, 11, 99, 99, 99];
+    let input_ids: Vec<i32> = vec![1, 0, 3, 3, 2, 0];
+    for (score_func, renormalize, dtype) in [
+        (ScoreFunc::Sigmoid, true, DType::BF16),
+        (ScoreFunc::Softmax, false, DType::F32),
+    ] {
+        let p = RouteParams {
+            score_func,
+            top_k: k,
+            n_group: 1,
+            topk_group: 1,
+            group_select: GroupSelect::Max,
+            renormalize,
+            routed_scaling_factor: 1.5,
+        };
+        let logits_host =
+            HostTensor::from_f32_as([t, e], &common::values(41, t * e, -4.0, 4.0), dtype).unwrap();
+        let logits = be.upload(&logits_host).unwrap();
+        let ids_t = be
+            .upload(&HostTensor::from_slice([t], &input_ids).unwrap())
+            .unwrap();
+        let table_t = be
+            .upload(&HostTensor::from_slice([vocab, k], &table).unwrap())
+            .unwrap();
+        let inputs = ops::RouteInputs::new(&logits).with_hash(&ids_t, &table_t);
+        let out = ops::moe_route_with(&be, inputs, &p).unwrap();
+        let ids = be.download(&out.topk_ids).unwrap().to_i32_vec().unwrap();
+        let w = be
+            .download(&out.topk_weights)
+            .unwrap()
+            .to_f32_vec()
+            .unwrap();
+        let xs = logits_host.to_f32_vec().unwrap();
+        for tok in 0..t {
+            let row = &table[input_ids[tok] as usize * k..][..k];
+            assert_eq!(&ids[tok * k..][..k], row, "{score_func:?} token {tok}");
+            let want = hash_reference(&xs[tok * e..][..e], e, row, &p);
+            for (j, (g, w)) in w[tok * k..][..k].iter().zip(&want).enumerate() {
+                assert!(
+                    (*g as f64 - w).abs() <= 1e-5 + 1e-5 * w.abs(),
+                    "{score_func:?} [{tok}, {j}] = {g}, want {w}"
+                );
+            }
+        }
+    }
+    // A token id outside the table is an input error, found on the host before CANN runs.
+    let p = RouteParams {
+        score_func: ScoreFunc::Sigmoid,
+        top_k: k,
+        n_group: 1,
+        topk_group: 1,
+        group_select: GroupSelect::Max,
+        renormalize: true,
+        routed_scaling_factor: 1.0,
+    };
+    let logits = be
+        .upload(&HostTensor::from_f32_as([1, e], &[0.5; 16], DType::F32).unwrap())
+        .unwrap();
+    let ids_t = be
+        .upload(&HostTensor::from_slice([1], &[vocab as i32]).unwrap())
+        .unwrap();
+    let table_t = be
+        .upload(&HostTensor::from_slice([vocab, k], &table).unwrap())
+        .unwrap();
+    let inputs = ops::RouteInputs::new(&logits).with_hash(&ids_t, &table_t);
+    assert!(matches!(
+        ops::moe_route_with(&be, inputs, &p),
+        Err(Error::IndexOutOfRange { .. })
+    ));
+    // sqrt-softplus has no CANN score function: hash-routed or not, Unsupported.
+    let p = RouteParams {
+        score_func: ScoreFunc::Sqrtsoftplus,
+        ..p
+    };
+    let ids_t = be
+        .upload(&HostTensor::from_slice([1], &[0i32]).unwrap())
+        .unwrap();
+    let inputs = ops::RouteInputs::new(&logits).with_hash(&ids_t, &table_t);
+    assert!(matches!(
+        ops::moe_route_with(&be, inputs, &p),
+        Err(Error::Unsupported { .. })
+    ));
+}

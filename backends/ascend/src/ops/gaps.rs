@@ -20,10 +20,7 @@ pub const NO_SPARSE_DECODE: &str = "not mapped: aclnnSparseFlashAttention (atten
 pub const NO_INDEXER: &str = "aclnnLightningIndexer (attention/lightning_indexer/docs/aclnnLightningIndexer.md) returns the top-k indices only when the key is paged (returnValues only when layout_key is not PA_BSND, and then as FLOAT16/BFLOAT16), so the contract's f32 topk_scores cannot be produced; it also takes head dim 128 only, at most 64 query heads, FLOAT16/BFLOAT16 query and key";
 
 /// Why sqrtsoftplus routing is not mapped.
-pub const NO_SQRTSOFTPLUS: &str = "aclnnMoeGatingTopK's normType is 0 (softmax) or 1 (sigmoid) (moe_gating_top_k tiling CheckAttr); it has no sqrt-softplus score";
-
-/// Why hash routing is not mapped.
-pub const NO_HASH_ROUTING: &str = "aclnnMoeGatingTopK (the routing op this backend maps) selects by score and has no token-id -> expert table input";
+pub const NO_SQRTSOFTPLUS: &str = "aclnnMoeGatingTopK's normType is 0 (softmax) or 1 (sigmoid) (moe_gating_top_k tiling CheckAttr); it has no sqrt-softplus score (so neither score-selected nor hash-routed sqrtsoftplus runs; hash routing with sigmoid/softmax does)";
 
 /// Why FP8 experts are not mapped.
 pub const NO_FP8_EXPERTS: &str = "no FP8 on Atlas A2/A3: aclnnGroupedMatmulV4 (gmm/grouped_matmul/docs/aclnnGroupedMatmulV4.md) quantises INT8 (static/dynamic) and antiquantises INT4/INT8 weights per channel or group on A2/A3; FP8/MXFP8 is Ascend 950 only, and no A2/A3 op dequantises e4m3 weights with 128x128 block scales";
@@ -35,7 +32,6 @@ pub const NO_KV_QUANTIZE: &str = NO_FP8_CACHE_WRITE;
 pub fn notes() -> Vec<String> {
     [
         ("moe_route sqrtsoftplus", NO_SQRTSOFTPLUS),
-        ("moe_route hash_routing", NO_HASH_ROUTING),
         ("moe_experts fp8_weights / fp8_activations", NO_FP8_EXPERTS),
         ("mla_decode fp8_ds_v32", NO_FP8_CACHE_DECODE),
         ("mla_kv_quantize", NO_KV_QUANTIZE),
@@ -60,7 +56,7 @@ mod tests {
     #[test]
     fn every_unmapped_v2_item_has_a_note_naming_a_cann_source() {
         let notes = notes();
-        assert_eq!(notes.len(), 8);
+        assert_eq!(notes.len(), 7);
         for n in &notes {
             assert!(n.starts_with("unsupported: "), "{n}");
             assert!(n.contains("aclnn"), "{n} names no CANN op");

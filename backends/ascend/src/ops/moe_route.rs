@@ -17,6 +17,11 @@
 //!   their ids from the contract's selection on the host (`host.rs`), from the same normOut.
 //! - bias and yOut share x's dtype: logits are first cast to F32 (aclnnCast), so routing is
 //!   computed in f32 with the F32 bias, as the contract says;
+//! - hash routing (v2: `input_ids` + `tid2eid`, sigmoid or softmax scores): MoeGatingTopK
+//!   has no table input, so its ids are not used: the tables are read back and checked
+//!   (`moemla_core::indices::check_hash_routing`), ids = tid2eid[input_ids] is looked up on
+//!   the host, and the weights are normOut at those ids, renormalised and scaled as above
+//!   (`host::hash`); both are uploaded.
 //! - the op's tiling limits (`moe_gating_top_k_tiling.cpp` CheckAttr) are checked first and
 //!   reported as Unsupported: E <= 2048, and align32(E / n_group) * n_group <= 2048 only
 //!   when groups are really selected (1 < n_group < E, topk_group < n_group).
@@ -36,7 +41,8 @@ const EPS: f64 = 1e-20;
 const MAX_EXPERTS: usize = 2048;
 
 /// Contract gaps, for `info().notes`.
-pub const NOTES: [&str; 2] = [
+pub const NOTES: [&str; 3] = [
+    "moe_route hash routing (v2, sigmoid/softmax scores): the tables are read back and checked, ids = tid2eid[input_ids] on the host, weights = aclnnMoeGatingTopK's normOut at those ids (its own selection unused)",
     "moe_route: aclnnMoeGatingTopK selects (F16/BF16 logits cast to F32 first); the weights are its normOut at the ids, renormalised by max(sum, 1e-20) and scaled on the host (the op renormalises only sigmoid, by sum + eps); rows with a NaN score, or all rows with a non-finite bias, are selected on the host by the contract's rules",
     "moe_route: Unsupported where aclnnMoeGatingTopK's tiling refuses: E > 2048; with real group selection (1 < n_group < E, topk_group < n_group) align32(E / n_group) * n_group > 2048",
 ];
@@ -86,6 +92,27 @@ fn f32s(bytes: &[u8]) -> Vec<f32> {
 
 /// Runs moe_route.
 pub fn run(be: &AscendBackend, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput> {
+    // Hash routing's tables, on the host: checked first (an input error comes before any
+    // capability check), then looked up there (`host::hash`).
+    let tables = match &call.hash {
+        None => None,
+        Some(h) => {
+            let k = call.params.top_k;
+            let read = |t: &moemla_core::DeviceTensor, arg, n: usize| -> Result<Vec<i32>> {
+                let mem = be.mem(t, "moe_route", arg)?;
+                Ok(be
+                    .dev
+                    .download_bytes(mem, n * 4)?
+                    .chunks_exact(4)
+                    .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect())
+            };
+            let input_ids = read(h.input_ids, "input_ids", call.tokens)?;
+            let tid2eid = read(h.tid2eid, "tid2eid", h.vocab * k)?;
+            moemla_core::indices::check_hash_routing(call, &input_ids, &tid2eid)?;
+            Some((input_ids, tid2eid))
+        }
+    };
     check_limits(call)?;
     require_ops(Op::MoeRoute, available(&be.dev.cann.ops))?;
     let dev = &be.dev;
@@ -179,6 +206,16 @@ pub fn run(be: &AscendBackend, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput
     // The host side (module doc): normOut, ids and bias back, the contract's weights (and,
     // where CANN's selection cannot be trusted, ids) up.
     let scores = f32s(&dev.download_bytes(&norm, t * e * 4)?);
+    if let Some((input_ids, tid2eid)) = tables {
+        // Hash routing: CANN's ids are not used; the table's are, with normOut's scores.
+        let (ids, weights) = host::hash(p, e, &scores, &input_ids, &tid2eid);
+        let ids: Vec<u8> = ids.iter().flat_map(|i| i.to_le_bytes()).collect();
+        let weights: Vec<u8> = weights.iter().flat_map(|w| w.to_le_bytes()).collect();
+        return Ok(MoeRouteOutput {
+            topk_ids: be.wrap(dev.upload_bytes(&ids)?, [t, k], DType::I32),
+            topk_weights: be.wrap(dev.upload_bytes(&weights)?, [t, k], DType::F32),
+        });
+    }
     let mut host_ids: Vec<i32> = dev
         .download_bytes(&ids, t * k * 4)?
         .chunks_exact(4)

@@ -103,14 +103,43 @@ pub fn finish(
         }
         let start = weights.len();
         weights.extend(row_ids.iter().map(|&id| s[id as usize]));
-        let row = &mut weights[start..];
-        if p.renormalize {
-            let sum: f32 = row.iter().sum();
-            // IEEE maxNum: a NaN sum gives RENORM_MIN, as on every backend.
-            let denominator = sum.max(RENORM_MIN);
-            row.iter_mut().for_each(|w| *w /= denominator);
-        }
-        row.iter_mut().for_each(|w| *w *= scale);
+        finish_row(p.renormalize, scale, &mut weights[start..]);
     }
     Ok((weights, recomputed))
+}
+
+/// A row of selected scores -> weights: divided by max(sum, 1e-20) if `renormalize`, then
+/// scaled.
+fn finish_row(renormalize: bool, scale: f32, row: &mut [f32]) {
+    if renormalize {
+        let sum: f32 = row.iter().sum();
+        // IEEE maxNum: a NaN sum gives RENORM_MIN, as on every backend.
+        let denominator = sum.max(RENORM_MIN);
+        row.iter_mut().for_each(|w| *w /= denominator);
+    }
+    row.iter_mut().for_each(|w| *w *= scale);
+}
+
+/// Hash routing (`input_ids` and `tid2eid`, both checked): ids[t] = tid2eid[input_ids[t]],
+/// weights = the unbiased scores `norm` [T, E] (CANN's normOut) at those ids, renormalised
+/// and scaled as [`finish`] does. Returns (ids [T, k], weights [T, k]).
+pub fn hash(
+    p: &RouteParams,
+    e: usize,
+    norm: &[f32],
+    input_ids: &[i32],
+    tid2eid: &[i32],
+) -> (Vec<i32>, Vec<f32>) {
+    let k = p.top_k;
+    let scale = p.routed_scaling_factor as f32;
+    let mut ids = Vec::with_capacity(input_ids.len() * k);
+    let mut weights = Vec::with_capacity(input_ids.len() * k);
+    for (s, &tok) in norm.chunks(e).zip(input_ids) {
+        let row = &tid2eid[tok as usize * k..][..k];
+        ids.extend_from_slice(row);
+        let start = weights.len();
+        weights.extend(row.iter().map(|&id| s[id as usize]));
+        finish_row(p.renormalize, scale, &mut weights[start..]);
+    }
+    (ids, weights)
 }
