@@ -1,37 +1,14 @@
 //! What a CI pipeline scripts against beside exit codes: `--list`, `--shard`, several
 //! `--golden` roots, `moemla goldens export`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn moemla(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_moemla"))
-        .args(args)
-        .env_remove("MOEMLA_REQUIRE")
-        .env_remove("MOEMLA_ALLOW_UNSUPPORTED")
-        .env_remove("MOEMLA_BACKEND")
-        .env_remove("MOEMLA_GOLDEN")
-        .output()
-        .expect("run moemla")
-}
+use common::{assert_code, golden, moemla, temp_dir};
 
 /// The lines `moemla conformance --list ARGS` prints (it must succeed).
 fn list(args: &[&str]) -> Vec<String> {
     let out = moemla(&[&["conformance", "--list"], args].concat());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
-fn golden() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conformance/golden")
+    assert_code(&out, 0).lines().map(str::to_string).collect()
 }
 
 #[test]
@@ -68,14 +45,9 @@ fn list_prints_case_ids_and_shards_split_them_once_each() {
 
 #[test]
 fn goldens_export_copies_the_set_a_copied_binary_runs() {
-    let dir = std::env::temp_dir().join(format!("moemla-export-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let out = moemla(&["goldens", "export", dir.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let tmp = temp_dir("export");
+    let dir = tmp.join("copy");
+    assert_code(&moemla(&["goldens", "export", dir.to_str().unwrap()]), 0);
     let exported = list(&["--golden", dir.to_str().unwrap()]);
     assert_eq!(exported, list(&[]), "same case IDs as the committed set");
     let a = std::fs::read(dir.join(&exported[0])).unwrap();
@@ -100,5 +72,4 @@ fn goldens_export_copies_the_set_a_copied_binary_runs() {
             format!("{name}:moe_route/f32/v2_t1.safetensors"),
         ]
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -2,66 +2,12 @@
 //! required backend, 4 goldens, 5 report, 6 baseline regression), each checking that the
 //! JSON report (where one is written) says the same.
 
+mod common;
+
+use common::{assert_code, golden, moemla, temp_dir};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-/// The committed golden set.
-fn golden() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conformance/golden")
-}
-
-fn moemla(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_moemla"))
-        .args(args)
-        .env_remove("MOEMLA_REQUIRE")
-        .env_remove("MOEMLA_ALLOW_UNSUPPORTED")
-        .env_remove("MOEMLA_BACKEND")
-        .env_remove("MOEMLA_GOLDEN")
-        .env_remove("MOEMLA_PLUGIN_PATH")
-        .output()
-        .expect("run moemla")
-}
-
-/// The exit code, with the output shown if it is not `want`.
-fn assert_code(out: &Output, want: i32) {
-    assert_eq!(
-        out.status.code(),
-        Some(want),
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A fresh temporary directory for one test, removed on drop.
-struct TempDir(PathBuf);
-
-impl std::ops::Deref for TempDir {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn temp_dir(tag: &str) -> TempDir {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "moemla-exit-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    TempDir(dir)
-}
+use std::path::Path;
+use std::process::Command;
 
 fn read_json(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).expect("report written")).unwrap()
