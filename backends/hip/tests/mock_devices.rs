@@ -8,42 +8,18 @@
 //! `MOEMLA_HIPRTC_LIB` and `MOCK_HIP_DEVICES` before the first count. Skips without
 //! clang-19 or hipRTC unless `MOEMLA_REQUIRE_TOOLCHAINS` names `clang-hip` / `hiprtc`.
 
+mod common;
+
+use common::{build_mock, DEBIAN_HIP};
 use moemla_core::{Error, HostTensor};
-use std::path::Path;
-use std::process::Command;
-
-const DEBIAN_HIP: &str = "/usr/lib/x86_64-linux-gnu/libamdhip64.so.5";
-
-fn skip_or_fail(tool: &str, why: &str) {
-    let required = std::env::var("MOEMLA_REQUIRE_TOOLCHAINS").unwrap_or_default();
-    assert!(
-        !required.contains(tool),
-        "{why}, but MOEMLA_REQUIRE_TOOLCHAINS={required}"
-    );
-    eprintln!("skipped: {why}");
-}
 
 #[test]
 fn two_mock_devices_are_listed_opened_by_ordinal_and_keep_their_tensors() {
-    if !Path::new(DEBIAN_HIP).exists() {
-        return skip_or_fail("hiprtc", &format!("{DEBIAN_HIP} not installed"));
-    }
     let dir = std::env::temp_dir().join(format!("moemla-hip-devices-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mock = dir.join("libmock_hip.so");
-    let clang = std::env::var("MOEMLA_HIP_CLANG").unwrap_or_else(|_| "clang-19".into());
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mock/mock_hip.c");
-    match Command::new(&clang)
-        .args(["-shared", "-fPIC", "-O1", "-Wall", "-Werror"])
-        .arg(&source)
-        .arg("-o")
-        .arg(&mock)
-        .status()
-    {
-        Ok(s) if s.success() => {}
-        Ok(s) => panic!("{clang} failed to build the mock runtime: {s}"),
-        Err(e) => return skip_or_fail("clang-hip", &format!("{clang} not runnable ({e})")),
-    }
+    let Some(mock) = build_mock(&dir, &[], "libmock_hip.so") else {
+        return;
+    };
     std::env::set_var("MOEMLA_HIP_LIB", &mock);
     std::env::set_var("MOEMLA_HIPRTC_LIB", DEBIAN_HIP);
     std::env::set_var("MOCK_HIP_DEVICES", "2");

@@ -11,46 +11,15 @@
 //! The only test of this binary (its own process): it sets `MOCK_HIP_LOG`. Skips without
 //! clang-19 or hipRTC unless `MOEMLA_REQUIRE_TOOLCHAINS` names `clang-hip` / `hiprtc`.
 
+mod common;
+
+use common::{build_mock, DEBIAN_HIP};
 use moemla_core::{
     ops, Backend, DType, Error, ExpertsParams, HostTensor, MlaDecodeParams, Op, RouteParams, Shape,
 };
 use moemla_hip::flavour::{Candidate, Flavour, SearchList};
 use moemla_hip::HipBackend;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-const DEBIAN_HIP: &str = "/usr/lib/x86_64-linux-gnu/libamdhip64.so.5";
-
-fn skip_or_fail(tool: &str, why: &str) {
-    let required = std::env::var("MOEMLA_REQUIRE_TOOLCHAINS").unwrap_or_default();
-    assert!(
-        !required.contains(tool),
-        "{why}, but MOEMLA_REQUIRE_TOOLCHAINS={required}"
-    );
-    eprintln!("skipped: {why}");
-}
-
-/// Builds the mock runtime (`-DMOCK_R0000` for the ROCm 5 layout).
-fn build_mock(dir: &Path, defines: &[&str], name: &str) -> Option<PathBuf> {
-    let clang = std::env::var("MOEMLA_HIP_CLANG").unwrap_or_else(|_| "clang-19".into());
-    let out = dir.join(name);
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mock/mock_hip.c");
-    let status = Command::new(&clang)
-        .args(["-shared", "-fPIC", "-O1", "-Wall", "-Werror"])
-        .args(defines)
-        .arg(&source)
-        .arg("-o")
-        .arg(&out)
-        .status();
-    match status {
-        Ok(s) if s.success() => Some(out),
-        Ok(s) => panic!("{clang} failed to build the mock runtime: {s}"),
-        Err(e) => {
-            skip_or_fail("clang-hip", &format!("{clang} not runnable ({e})"));
-            None
-        }
-    }
-}
 
 fn open(runtime: &Path) -> HipBackend {
     let search = SearchList {
@@ -98,9 +67,6 @@ fn upload_i32(b: &HipBackend, dims: &[usize], values: &[i32]) -> moemla_core::De
 
 #[test]
 fn mock_device_is_discovered_and_its_ops_only_enqueue() {
-    if !Path::new(DEBIAN_HIP).exists() {
-        return skip_or_fail("hiprtc", &format!("{DEBIAN_HIP} not installed"));
-    }
     let dir = std::env::temp_dir().join(format!("moemla-hip-mock-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let Some(r0600) = build_mock(&dir, &[], "libmock_hip_r0600.so") else {

@@ -8,44 +8,20 @@
 //! clang-19 or hipRTC unless `MOEMLA_REQUIRE_TOOLCHAINS` names `clang-hip` / `hiprtc`.
 #![cfg(feature = "hip")]
 
+#[path = "../../../backends/hip/tests/common/mod.rs"]
+mod hip_mock;
+
+use hip_mock::{build_mock, DEBIAN_HIP};
 use moemla::core::{Error, HostTensor};
 use moemla::Registry;
-use std::path::Path;
-use std::process::Command;
-
-const DEBIAN_HIP: &str = "/usr/lib/x86_64-linux-gnu/libamdhip64.so.5";
-
-fn skip_or_fail(tool: &str, why: &str) {
-    let required = std::env::var("MOEMLA_REQUIRE_TOOLCHAINS").unwrap_or_default();
-    assert!(
-        !required.contains(tool),
-        "{why}, but MOEMLA_REQUIRE_TOOLCHAINS={required}"
-    );
-    eprintln!("skipped: {why}");
-}
 
 #[test]
 fn hip_0_and_hip_1_are_listed_and_selectable_and_hip_2_names_the_count() {
-    if !Path::new(DEBIAN_HIP).exists() {
-        return skip_or_fail("hiprtc", &format!("{DEBIAN_HIP} not installed"));
-    }
     let dir = std::env::temp_dir().join(format!("moemla-hip-registry-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mock = dir.join("libmock_hip.so");
-    let clang = std::env::var("MOEMLA_HIP_CLANG").unwrap_or_else(|_| "clang-19".into());
-    let source =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../backends/hip/tests/mock/mock_hip.c");
-    match Command::new(&clang)
-        .args(["-shared", "-fPIC", "-O1", "-Wall", "-Werror"])
-        .arg(&source)
-        .arg("-o")
-        .arg(&mock)
-        .status()
-    {
-        Ok(s) if s.success() => {}
-        Ok(s) => panic!("{clang} failed to build the mock runtime: {s}"),
-        Err(e) => return skip_or_fail("clang-hip", &format!("{clang} not runnable ({e})")),
-    }
+    let Some(mock) = build_mock(&dir, &[], "libmock_hip.so") else {
+        return;
+    };
     std::env::set_var("MOEMLA_HIP_LIB", &mock);
     std::env::set_var("MOEMLA_HIPRTC_LIB", DEBIAN_HIP);
     std::env::set_var("MOCK_HIP_DEVICES", "2");
