@@ -163,6 +163,9 @@ impl Backend for AscendBackend {
                 [DType::F16, DType::BF16].map(|dtype| OpSupport::new(Op::MlaDecode, dtype)),
             );
         }
+        if ops::mla_sparse_decode::available(ops) {
+            supported.extend(DType::FLOATS.map(|dtype| OpSupport::new(Op::MlaSparseDecode, dtype)));
+        }
         if ops::mla_cache_write::available(ops) {
             supported.extend(
                 ops::mla_cache_write::DTYPES.map(|dtype| OpSupport::new(Op::MlaCacheWrite, dtype)),
@@ -181,6 +184,7 @@ impl Backend for AscendBackend {
         notes.extend(ops::moe_route::NOTES.iter().map(|s| s.to_string()));
         notes.extend(ops::mla_decode::NOTES.iter().map(|s| s.to_string()));
         notes.extend(ops::moe_experts::NOTES.iter().map(|s| s.to_string()));
+        notes.extend(ops::mla_sparse_decode::NOTES.iter().map(|s| s.to_string()));
         notes.extend(ops::mla_cache_write::NOTES.iter().map(|s| s.to_string()));
         notes.extend(ops::gaps::notes());
         let mut memory_bytes = None;
@@ -339,18 +343,7 @@ impl Backend for AscendBackend {
     }
 
     fn mla_sparse_decode(&self, call: &MlaSparseDecodeCall<'_>) -> Result<MlaDecodeOutput> {
-        // Index contents first: a bad index is the same input error on every backend.
-        let indices = self.download(call.indices)?.to_i32_vec()?;
-        let lengths = match call.topk_length {
-            Some(t) => Some(self.download(t)?.to_i32_vec()?),
-            None => None,
-        };
-        indices::check_sparse_indices(call, &indices, lengths.as_deref())?;
-        Err(ops::gaps::refuse(
-            Op::MlaSparseDecode,
-            call.dtype,
-            ops::gaps::NO_SPARSE_DECODE,
-        ))
+        self.op(|| ops::mla_sparse_decode::run(self, call))
     }
 
     fn dsa_indexer_topk(&self, call: &DsaIndexerTopkCall<'_>) -> Result<DsaIndexerTopkOutput> {

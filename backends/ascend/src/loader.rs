@@ -170,6 +170,10 @@ symbol_table! {
         fn aclnnClampGetWorkspaceSize(_: Handle, _: Handle, _: Handle, _: Handle, _: *mut u64, _: *mut Handle) -> i32;
         /// aclnnClamp second phase.
         fn aclnnClamp(_: Handle, _: u64, _: Handle, _: Handle) -> i32;
+        /// aclnnSoftmax.md: `(const aclTensor *self, int64_t dim, aclTensor *out, ...)`
+        fn aclnnSoftmaxGetWorkspaceSize(_: Handle, _: i64, _: Handle, _: *mut u64, _: *mut Handle) -> i32;
+        /// aclnnSoftmax second phase.
+        fn aclnnSoftmax(_: Handle, _: u64, _: Handle, _: Handle) -> i32;
         /// aclnnIndexSelect.md: `(const aclTensor *self, int64_t dim, const aclTensor *index, aclTensor *out, ...)`
         fn aclnnIndexSelectGetWorkspaceSize(_: Handle, _: i64, _: Handle, _: Handle, _: *mut u64, _: *mut Handle) -> i32;
         /// aclnnIndexSelect second phase.

@@ -13,8 +13,9 @@ pub const NO_FP8_CACHE_WRITE: &str = "no CANN op writes the 656-byte fp8_ds_v32 
 /// Why mla_decode over the FP8 cache is not mapped.
 pub const NO_FP8_CACHE_DECODE: &str = "aclnnFusedInferAttentionScoreV3's MLA mode reads FLOAT16/BFLOAT16 caches only (fused_infer_attention_score_tiling_check_feature.cpp CheckFeatureMlaNoQuantDtype; no quantised MLA path for this row layout), and Atlas A2/A3 have no FLOAT8_E4M3FN tensors";
 
-/// Why mla_sparse_decode is not mapped.
-pub const NO_SPARSE_DECODE: &str = "not mapped: aclnnSparseFlashAttention (attention/sparse_flash_attention/docs/aclnnSparseFlashAttention.md) takes D 512 + rope 64 only, query heads 1, 2, 4, ..., 128, block_size a multiple of 16 up to 1024, FLOAT16/BFLOAT16, no attention-sink input, and indices relative to each sequence's block table; the mapping of the 576/512 case onto it (identity block table, its softmaxMax/softmaxSum for lse, the sink on the host) and its emulator model are not written yet; F32, other head dims and the fp8_ds_v32 cache are outside its documented limits";
+/// Why mla_sparse_decode over the FP8 cache is not mapped (the dense cache is: composed
+/// ops, `mla_sparse_decode.rs`).
+pub const NO_SPARSE_DECODE_FP8: &str = "the fp8_ds_v32 cache: no CANN op dequantises the 656-byte row (e4m3 codes with f32 tile scales; Atlas A2/A3 have no FLOAT8_E4M3FN tensors), and aclnnSparseFlashAttention (attention/sparse_flash_attention/docs/aclnnSparseFlashAttention.md) reads FLOAT16/BFLOAT16 key/value only; the dense cache is mapped (composed ops), not onto aclnnSparseFlashAttention, whose documented limits (D 512 + rope 64, F16/BF16, no sink input, softmaxMax/Sum only without a paged layout, valid indices first) exclude most of the contract";
 
 /// Why dsa_indexer_topk is not mapped.
 pub const NO_INDEXER: &str = "aclnnLightningIndexer (attention/lightning_indexer/docs/aclnnLightningIndexer.md) returns the top-k indices only when the key is paged (returnValues only when layout_key is not PA_BSND, and then as FLOAT16/BFLOAT16), so the contract's f32 topk_scores cannot be produced; it also takes head dim 128 only, at most 64 query heads, FLOAT16/BFLOAT16 query and key";
@@ -36,7 +37,7 @@ pub fn notes() -> Vec<String> {
         ("mla_decode fp8_ds_v32", NO_FP8_CACHE_DECODE),
         ("mla_kv_quantize", NO_KV_QUANTIZE),
         ("mla_cache_write fp8_ds_v32", NO_FP8_CACHE_WRITE),
-        ("mla_sparse_decode", NO_SPARSE_DECODE),
+        ("mla_sparse_decode fp8_ds_v32", NO_SPARSE_DECODE_FP8),
         ("dsa_indexer_topk", NO_INDEXER),
     ]
     .iter()

@@ -5,6 +5,7 @@ pub mod gaps;
 pub mod mla_cache_write;
 pub mod mla_decode;
 mod mla_lse;
+pub mod mla_sparse_decode;
 pub mod moe_experts;
 pub mod moe_route;
 

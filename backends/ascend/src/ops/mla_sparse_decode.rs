@@ -1,0 +1,380 @@
+//! mla_sparse_decode (dense cache) -> per query: aclnnIndexSelect (gather the attended
+//! rows) + aclnnCast + aclnnMatmul + aclnnMuls + aclnnLogSumExp + aclnnSoftmax +
+//! aclnnMatmul, all in f32, then one aclnnCast of `o` to the run dtype.
+//!
+//! CANN's own sparse attention, aclnnSparseFlashAttention (hicann/ops-transformer
+//! `attention/sparse_flash_attention/docs/aclnnSparseFlashAttention.md`), takes D 512 + rope
+//! 64 only, F16/BF16, returns softmaxMax/softmaxSum only for a non-paged layout, wants the
+//! valid indices of a row before the invalid ones and has no sink input (see `gaps.rs`).
+//! This mapping composes documented general ops instead, for every Dqk/Dv and float dtype:
+//!
+//! 1. indices (and topk_length) are copied to the host and checked
+//!    (`moemla_core::indices::check_sparse_indices`); for each (b, i) the attended list is
+//!    the entries j < topk_length[b] that are not -1, duplicates kept (they attend twice).
+//! 2. q is cast to F32 once ([B*Sq*Hq, Dqk]).
+//! 3. Per (b, i) with n > 0 entries: K = aclnnIndexSelect(cache as [slots, Dqk], dim 0,
+//!    list) cast to F32 [n, Dqk]; scores = q[b, i] [Hq, Dqk] @ K^T (aclnnMatmul, K^T a
+//!    transposed view), scaled by softmax_scale (aclnnMuls); lse[b, :, i] = aclnnLogSumExp
+//!    over the n columns (written through a strided view); P = aclnnSoftmax over the
+//!    columns — with a sink, over n + 1 columns, the last one holding sink[h] (copied in by
+//!    aclnnInplaceCopy), so that P's first n columns are exp(s_j - lse) / (1 + exp(sink -
+//!    lse)), the contract's `o *= 1 / (1 + exp(sink - lse))`; o[b, i] = P[:, :n] @ V
+//!    (aclnnMatmul, V = K's first Dv columns as a view). A head whose sink is +inf gets
+//!    o = 0 (aclnnInplaceZero; softmax of a +inf column is NaN).
+//! 4. (b, i) with no entry: o = 0 (the buffer starts zeroed), lse = -inf (uploaded).
+
+use crate::acl::{acl_dtype, ACL_FLOAT};
+use crate::buffer::DevMem;
+use crate::loader::OpApi;
+use crate::ops::require_ops;
+use crate::AscendBackend;
+use moemla_core::calls::{MlaDecodeOutput, MlaSparseDecodeCall};
+use moemla_core::{indices, DType, Op, Result};
+
+/// What the mapping does, for `info().notes`.
+pub const NOTES: [&str; 1] = [
+    "mla_sparse_decode (dense cache, every float dtype and head dim): per query aclnnIndexSelect gathers the attended rows, then aclnnMatmul + aclnnMuls + aclnnLogSumExp + aclnnSoftmax (the sink as one more column) + aclnnMatmul in f32 (aclnnSparseFlashAttention's documented limits exclude most of the contract: see the unsupported note); indices checked on the host; ~8 launches per query, so slow for prefill",
+];
+
+/// Whether the loaded op libraries have what mla_sparse_decode needs.
+pub fn available(ops: &OpApi) -> bool {
+    ops.aclnnIndexSelect.is_some()
+        && ops.aclnnIndexSelectGetWorkspaceSize.is_some()
+        && ops.aclnnCast.is_some()
+        && ops.aclnnCastGetWorkspaceSize.is_some()
+        && ops.aclnnMatmul.is_some()
+        && ops.aclnnMatmulGetWorkspaceSize.is_some()
+        && ops.aclnnMuls.is_some()
+        && ops.aclnnMulsGetWorkspaceSize.is_some()
+        && ops.aclnnLogSumExp.is_some()
+        && ops.aclnnLogSumExpGetWorkspaceSize.is_some()
+        && ops.aclnnSoftmax.is_some()
+        && ops.aclnnSoftmaxGetWorkspaceSize.is_some()
+        && ops.aclnnInplaceCopy.is_some()
+        && ops.aclnnInplaceCopyGetWorkspaceSize.is_some()
+        && ops.aclnnInplaceZero.is_some()
+        && ops.aclnnInplaceZeroGetWorkspaceSize.is_some()
+}
+
+fn i32s(bytes: &[u8]) -> Vec<i32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// The attended slots of every (b, i), row-major: entries j < topk_length[b] (all without
+/// it) that are not -1, in order, duplicates kept. `indices` has been checked.
+pub(crate) fn attended(
+    indices: &[i32],
+    lengths: Option<&[i32]>,
+    batch: usize,
+    s_q: usize,
+    topk: usize,
+) -> Vec<Vec<i32>> {
+    (0..batch * s_q)
+        .map(|r| {
+            let len = lengths.map_or(topk, |l| l[r / s_q] as usize);
+            indices[r * topk..r * topk + len]
+                .iter()
+                .copied()
+                .filter(|&s| s != -1)
+                .collect()
+        })
+        .collect()
+}
+
+/// Runs mla_sparse_decode over a dense cache.
+pub fn run(be: &AscendBackend, call: &MlaSparseDecodeCall<'_>) -> Result<MlaDecodeOutput> {
+    let dev = &be.dev;
+    let ops = &dev.cann.ops;
+    let (b, sq, hq, dqk, dv, topk) = (
+        call.batch, call.s_q, call.h_q, call.d_qk, call.d_v, call.topk,
+    );
+    let q_mem = be.mem(call.q, "mla_sparse_decode", "q")?;
+    let kv_mem = be.mem(call.kv_cache, "mla_sparse_decode", "kv_cache")?;
+    let idx_mem = be.mem(call.indices, "mla_sparse_decode", "indices")?;
+    // 1. Index contents first: a bad index is the same input error on every backend.
+    let idx = i32s(&dev.download_bytes(idx_mem, b * sq * topk * 4)?);
+    let lengths = match call.topk_length {
+        Some(t) => Some(i32s(&dev.download_bytes(
+            be.mem(t, "mla_sparse_decode", "topk_length")?,
+            b * 4,
+        )?)),
+        None => None,
+    };
+    indices::check_sparse_indices(call, &idx, lengths.as_deref())?;
+    require_ops(Op::MlaSparseDecode, available(ops))?;
+    let sinks: Option<(Vec<f32>, &DevMem)> = match call.attn_sink {
+        Some(t) => {
+            let mem = be.mem(t, "mla_sparse_decode", "attn_sink")?;
+            let host = dev
+                .download_bytes(mem, hq * 4)?
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            Some((host, mem))
+        }
+        None => None,
+    };
+    let lists = attended(&idx, lengths.as_deref(), b, sq, topk);
+
+    let dt = acl_dtype(call.dtype);
+    let i32_t = acl_dtype(DType::I32);
+    let slots = call.slots();
+    let run_op = |name: &str,
+                  prepare: &dyn Fn(*mut u64, *mut crate::loader::Handle) -> i32,
+                  launch|
+     -> Result<()> { dev.run(name, prepare, launch) };
+    let cast = |src: &DevMem, dims: &[usize], from: i32, dst: &DevMem| -> Result<()> {
+        let a = dev.tensor(src, dims, None, 0, from)?;
+        let c = dev.tensor(dst, dims, None, 0, ACL_FLOAT)?;
+        // SAFETY: handles live for the call; out-pointers come from `Device::run`.
+        run_op(
+            "aclnnCast",
+            &|ws, ex| unsafe {
+                (ops.aclnnCastGetWorkspaceSize
+                    .expect("checked by available()"))(
+                    a.raw(), ACL_FLOAT, c.raw(), ws, ex
+                )
+            },
+            ops.aclnnCast,
+        )
+    };
+    let matmul = |a: &crate::acl::AclTensor<'_>,
+                  m2: &crate::acl::AclTensor<'_>,
+                  out: &crate::acl::AclTensor<'_>|
+     -> Result<()> {
+        // SAFETY: as above; cubeMathType 0 = KEEP_DTYPE (f32).
+        run_op(
+            "aclnnMatmul",
+            &|ws, ex| unsafe {
+                (ops.aclnnMatmulGetWorkspaceSize
+                    .expect("checked by available()"))(
+                    a.raw(), m2.raw(), out.raw(), 0, ws, ex
+                )
+            },
+            ops.aclnnMatmul,
+        )
+    };
+
+    // 2. q as f32.
+    let rows = b * sq * hq;
+    let q32 = if call.dtype == DType::F32 {
+        None
+    } else {
+        let q32 = dev.alloc(rows * dqk * 4)?;
+        cast(q_mem, &[rows, dqk], dt, &q32)?;
+        Some(q32)
+    };
+    let q32 = q32.as_deref().unwrap_or(q_mem);
+    let o32 = dev.alloc(rows * dv * 4)?;
+    {
+        let all = dev.tensor(&o32, &[rows, dv], None, 0, ACL_FLOAT)?;
+        // SAFETY: as above.
+        run_op(
+            "aclnnInplaceZero",
+            &|ws, ex| unsafe {
+                (ops.aclnnInplaceZeroGetWorkspaceSize
+                    .expect("checked by available()"))(all.raw(), ws, ex)
+            },
+            ops.aclnnInplaceZero,
+        )?;
+    }
+    let neg_inf: Vec<u8> = std::iter::repeat_n(f32::NEG_INFINITY.to_le_bytes(), b * hq * sq)
+        .flatten()
+        .collect();
+    let lse = dev.upload_bytes(&neg_inf)?;
+    let scale = dev.scalar_f32(call.params.softmax_scale as f32)?;
+    let last_dim = dev.int_array(&[-1])?;
+
+    // 3. One query (b, i) at a time.
+    for (r, list) in lists.iter().enumerate() {
+        let n = list.len();
+        if n == 0 {
+            continue;
+        }
+        let (bi, i) = (r / sq, r % sq);
+        let list_dev = dev.upload_bytes(
+            &list
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>(),
+        )?;
+        let k_run = dev.alloc(n * dqk * call.dtype.size_in_bytes())?;
+        {
+            let cache = dev.tensor(kv_mem, &[slots, dqk], None, 0, dt)?;
+            let index = dev.tensor(&list_dev, &[n], None, 0, i32_t)?;
+            let out = dev.tensor(&k_run, &[n, dqk], None, 0, dt)?;
+            // SAFETY: as above; every slot was checked to lie in [0, slots).
+            run_op(
+                "aclnnIndexSelect",
+                &|ws, ex| unsafe {
+                    (ops.aclnnIndexSelectGetWorkspaceSize
+                        .expect("checked by available()"))(
+                        cache.raw(),
+                        0,
+                        index.raw(),
+                        out.raw(),
+                        ws,
+                        ex,
+                    )
+                },
+                ops.aclnnIndexSelect,
+            )?;
+        }
+        let k32 = if call.dtype == DType::F32 {
+            k_run
+        } else {
+            let k32 = dev.alloc(n * dqk * 4)?;
+            cast(&k_run, &[n, dqk], dt, &k32)?;
+            k32
+        };
+        let scores = dev.alloc(hq * n * 4)?;
+        let scaled = dev.alloc(hq * n * 4)?;
+        {
+            let qv = dev.tensor(q32, &[hq, dqk], None, r * hq * dqk, ACL_FLOAT)?;
+            let kt = dev.tensor(&k32, &[dqk, n], Some(&[1, dqk]), 0, ACL_FLOAT)?;
+            let s = dev.tensor(&scores, &[hq, n], None, 0, ACL_FLOAT)?;
+            matmul(&qv, &kt, &s)?;
+            let out = dev.tensor(&scaled, &[hq, n], None, 0, ACL_FLOAT)?;
+            // SAFETY: as above.
+            run_op(
+                "aclnnMuls",
+                &|ws, ex| unsafe {
+                    (ops.aclnnMulsGetWorkspaceSize
+                        .expect("checked by available()"))(
+                        s.raw(), scale.raw(), out.raw(), ws, ex
+                    )
+                },
+                ops.aclnnMuls,
+            )?;
+            let y = dev.tensor(&lse, &[hq], Some(&[sq]), bi * hq * sq + i, ACL_FLOAT)?;
+            // SAFETY: as above.
+            run_op(
+                "aclnnLogSumExp",
+                &|ws, ex| unsafe {
+                    (ops.aclnnLogSumExpGetWorkspaceSize
+                        .expect("checked by available()"))(
+                        out.raw(),
+                        last_dim.raw(),
+                        false,
+                        y.raw(),
+                        ws,
+                        ex,
+                    )
+                },
+                ops.aclnnLogSumExp,
+            )?;
+        }
+        // Softmax input: the scaled scores, plus the sink as column n.
+        let width = n + usize::from(sinks.is_some());
+        let logits = match &sinks {
+            None => scaled,
+            Some((_, sink_mem)) => {
+                let buf = dev.alloc(hq * width * 4)?;
+                let copies = [
+                    (
+                        dev.tensor(&buf, &[hq, n], Some(&[width, 1]), 0, ACL_FLOAT)?,
+                        dev.tensor(&scaled, &[hq, n], None, 0, ACL_FLOAT)?,
+                    ),
+                    (
+                        dev.tensor(&buf, &[hq, 1], Some(&[width, 1]), n, ACL_FLOAT)?,
+                        dev.tensor(sink_mem, &[hq, 1], None, 0, ACL_FLOAT)?,
+                    ),
+                ];
+                for (dst, src) in &copies {
+                    // SAFETY: as above.
+                    run_op(
+                        "aclnnInplaceCopy",
+                        &|ws, ex| unsafe {
+                            (ops.aclnnInplaceCopyGetWorkspaceSize
+                                .expect("checked by available()"))(
+                                dst.raw(), src.raw(), ws, ex
+                            )
+                        },
+                        ops.aclnnInplaceCopy,
+                    )?;
+                }
+                buf
+            }
+        };
+        let probs = dev.alloc(hq * width * 4)?;
+        {
+            let x = dev.tensor(&logits, &[hq, width], None, 0, ACL_FLOAT)?;
+            let p = dev.tensor(&probs, &[hq, width], None, 0, ACL_FLOAT)?;
+            // SAFETY: as above.
+            run_op(
+                "aclnnSoftmax",
+                &|ws, ex| unsafe {
+                    (ops.aclnnSoftmaxGetWorkspaceSize
+                        .expect("checked by available()"))(
+                        x.raw(), -1, p.raw(), ws, ex
+                    )
+                },
+                ops.aclnnSoftmax,
+            )?;
+            let pv = dev.tensor(&probs, &[hq, n], Some(&[width, 1]), 0, ACL_FLOAT)?;
+            let v = dev.tensor(&k32, &[n, dv], Some(&[dqk, 1]), 0, ACL_FLOAT)?;
+            let o = dev.tensor(&o32, &[hq, dv], None, r * hq * dv, ACL_FLOAT)?;
+            matmul(&pv, &v, &o)?;
+        }
+        // A +inf sink takes all the weight: o = 0 (softmax of a +inf column is NaN).
+        if let Some((host, _)) = &sinks {
+            for (h, _) in host.iter().enumerate().filter(|(_, &s)| s == f32::INFINITY) {
+                let row = dev.tensor(&o32, &[dv], None, (r * hq + h) * dv, ACL_FLOAT)?;
+                // SAFETY: as above.
+                run_op(
+                    "aclnnInplaceZero",
+                    &|ws, ex| unsafe {
+                        (ops.aclnnInplaceZeroGetWorkspaceSize
+                            .expect("checked by available()"))(
+                            row.raw(), ws, ex
+                        )
+                    },
+                    ops.aclnnInplaceZero,
+                )?;
+            }
+        }
+    }
+    // o in the run dtype.
+    let o = if call.dtype == DType::F32 {
+        o32
+    } else {
+        let o = dev.alloc(rows * dv * call.dtype.size_in_bytes())?;
+        let a = dev.tensor(&o32, &[rows, dv], None, 0, ACL_FLOAT)?;
+        let c = dev.tensor(&o, &[rows, dv], None, 0, dt)?;
+        // SAFETY: as above.
+        run_op(
+            "aclnnCast",
+            &|ws, ex| unsafe {
+                (ops.aclnnCastGetWorkspaceSize
+                    .expect("checked by available()"))(a.raw(), dt, c.raw(), ws, ex)
+            },
+            ops.aclnnCast,
+        )?;
+        o
+    };
+    dev.synchronize()?;
+    Ok(MlaDecodeOutput {
+        o: be.wrap(o, [b, sq, hq, dv], call.dtype),
+        lse: be.wrap(lse, [b, hq, sq], DType::F32),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::attended;
+
+    #[test]
+    fn attended_lists_drop_minus_one_and_entries_past_the_length_and_keep_duplicates() {
+        // B 2, Sq 1, topk 4; batch 1's length is 2, so its entries 2 and 3 (even 99) are
+        // not read.
+        let idx = [3, -1, 3, 7, 5, 6, 99, -5];
+        assert_eq!(
+            attended(&idx, Some(&[4, 2]), 2, 1, 4),
+            vec![vec![3, 3, 7], vec![5, 6]]
+        );
+        assert_eq!(attended(&idx[..4], None, 1, 1, 4), vec![vec![3, 3, 7]]);
+    }
+}
