@@ -6,7 +6,8 @@
 // then the used block-table entries, flagged), then
 //   1. moemla_dsa_indexer_scores_*  one block per (64 positions, query i, batch b): the
 //      tiled product of the query's [Hi, Di] heads with the 64 gathered key rows (f32
-//      accumulation), score(p) = sum_h w[h] * max(0, q[h] . k_p), for p < L only;
+//      accumulation; mma.sync for f16/bf16 on sm_80+, FMA elsewhere),
+//      score(p) = sum_h w[h] * max(0, q[h] . k_p), for p < L only;
 //   2. moemla_dsa_indexer_topk      one block per query row: the top_k best of its L scores
 //      by moemla_block_topk (radix select, ordered compaction, bitonic sort of the k
 //      chosen: larger first, lower position on ties, NaN as -inf), written as flat cache
@@ -38,14 +39,83 @@ __device__ __forceinline__ int moemla_idx_seqlen(const int* cache_seqlens, int b
     return (len < 0 || len > cap) ? 0 : len;
 }
 
+#if MOEMLA_HAS_MMA_SYNC
+// Tensor-core path (f16/bf16, sm_80+): the same tiles as 16-bit values in shared memory
+// (rows padded by 8 elements), q . k by mma.sync m16n8k16 with f32 accumulation. The 8
+// warps split each 32-head x 64-position step as 2 head tiles x 4 position quarters (two
+// n8 fragments each); a lane keeps, per fragment, the weighted ReLU sums of positions
+// 2t, 2t + 1 over its heads g, g + 8 of every step, summed over g at the end into
+// part[head tile][position].
+template <typename T>
+__device__ __forceinline__ void moemla_idx_scores_mma(const T* __restrict__ qr,
+                                                      const float* __restrict__ wr,
+                                                      const T* __restrict__ k_cache,
+                                                      const moemla_i64* rows, int h_i, int d_i,
+                                                      float (*part)[MOEMLA_IDX_BN]) {
+    constexpr int S = MOEMLA_IDX_DK + 8;
+    __shared__ MOEMLA_ALIGN16 T qt[MOEMLA_IDX_HT * S];
+    __shared__ MOEMLA_ALIGN16 T kt[MOEMLA_IDX_BN * S];
+    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    const int g = lane >> 2, t = lane & 3;
+    const int mt = warp >> 2, nq = warp & 3;
+    T zero;
+    zero.bits = 0;
+    float s[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
+    for (int h0 = 0; h0 < h_i; h0 += MOEMLA_IDX_HT) {
+        float acc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+        for (int d0 = 0; d0 < d_i; d0 += MOEMLA_IDX_DK) {
+            for (int e = tid; e < MOEMLA_IDX_HT * MOEMLA_IDX_DK; e += MOEMLA_IDX_THREADS) {
+                const int hh = e / MOEMLA_IDX_DK, dd = e % MOEMLA_IDX_DK;
+                const int h = h0 + hh, d = d0 + dd;
+                qt[hh * S + dd] = (h < h_i && d < d_i) ? qr[(moemla_i64)h * d_i + d] : zero;
+            }
+            for (int e = tid; e < MOEMLA_IDX_BN * MOEMLA_IDX_DK; e += MOEMLA_IDX_THREADS) {
+                const int pp = e / MOEMLA_IDX_DK, dd = e % MOEMLA_IDX_DK;
+                const moemla_i64 row = rows[pp];
+                const int d = d0 + dd;
+                kt[pp * S + dd] = (row >= 0 && d < d_i) ? k_cache[row * d_i + d] : zero;
+            }
+            __syncthreads();
+            for (int kk = 0; kk < MOEMLA_IDX_DK; kk += 16) {
+                const T* a0 = qt + (mt * 16 + g) * S + kk + 2 * t;
+                const T* a1 = a0 + 8 * S;
+                const moemla_u32 a[4] = {moemla_pair(a0), moemla_pair(a1), moemla_pair(a0 + 8),
+                                         moemla_pair(a1 + 8)};
+                for (int j = 0; j < 2; ++j) {
+                    const T* b0 = kt + (nq * 16 + j * 8 + g) * S + kk + 2 * t;
+                    const moemla_u32 b[2] = {moemla_pair(b0), moemla_pair(b0 + 8)};
+                    moemla_mma_16816(acc[j], a, b, T());
+                }
+            }
+            __syncthreads();
+        }
+        const int ha = h0 + mt * 16 + g, hb = ha + 8;
+        for (int j = 0; j < 2; ++j) {
+            if (ha < h_i) {
+                s[j][0] += wr[ha] * fmaxf(acc[j][0], 0.0f);
+                s[j][1] += wr[ha] * fmaxf(acc[j][1], 0.0f);
+            }
+            if (hb < h_i) {
+                s[j][0] += wr[hb] * fmaxf(acc[j][2], 0.0f);
+                s[j][1] += wr[hb] * fmaxf(acc[j][3], 0.0f);
+            }
+        }
+    }
+    for (int j = 0; j < 2; ++j)
+        for (int c = 0; c < 2; ++c)
+            for (int m = 4; m < 32; m <<= 1) s[j][c] += moemla_shfl_xor(s[j][c], m);
+    if (g == 0)
+        for (int j = 0; j < 2; ++j)
+            for (int c = 0; c < 2; ++c) part[mt][nq * 16 + j * 8 + 2 * t + c] = s[j][c];
+}
+#endif
+
 template <typename T>
 __device__ __forceinline__ void moemla_dsa_indexer_scores(
     const T* __restrict__ q, const float* __restrict__ weights, const T* __restrict__ k_cache,
     const int* __restrict__ block_table, const int* __restrict__ cache_seqlens,
     float* __restrict__ scores, int s_q, int h_i, int d_i, int num_blocks, int block_size,
     int max_blocks, int causal, int cap) {
-    __shared__ float qs[MOEMLA_IDX_HT][MOEMLA_IDX_DK];
-    __shared__ float ks[MOEMLA_IDX_BN][MOEMLA_IDX_DK + 1];
     __shared__ float part[MOEMLA_IDX_HG][MOEMLA_IDX_BN];
     __shared__ moemla_i64 rows[MOEMLA_IDX_BN];
 
@@ -55,7 +125,6 @@ __device__ __forceinline__ void moemla_dsa_indexer_scores(
     const int p0 = blockIdx.x * MOEMLA_IDX_BN;
     if (p0 >= len) return;  // the whole block: no barrier is skipped by part of it
     const int tid = threadIdx.x;
-    const int pl = tid % MOEMLA_IDX_BN, hg = tid / MOEMLA_IDX_BN;
 
     // The cache row of each of the tile's positions; -1 past L or under a bad entry.
     if (tid < MOEMLA_IDX_BN) {
@@ -70,40 +139,54 @@ __device__ __forceinline__ void moemla_dsa_indexer_scores(
     __syncthreads();
 
     const T* qr = q + r * h_i * d_i;
-    float total = 0.0f;
-    for (int h0 = 0; h0 < h_i; h0 += MOEMLA_IDX_HT) {
-        float acc[MOEMLA_IDX_HPT];
-        for (int e = 0; e < MOEMLA_IDX_HPT; ++e) acc[e] = 0.0f;
-        for (int d0 = 0; d0 < d_i; d0 += MOEMLA_IDX_DK) {
-            for (int e = tid; e < MOEMLA_IDX_HT * MOEMLA_IDX_DK; e += MOEMLA_IDX_THREADS) {
-                const int hh = e / MOEMLA_IDX_DK, dd = e % MOEMLA_IDX_DK;
-                const int h = h0 + hh, d = d0 + dd;
-                qs[hh][dd] = (h < h_i && d < d_i) ? moemla_load(qr + (moemla_i64)h * d_i + d) : 0.0f;
+    const float* wr = weights + r * h_i;
+    constexpr bool MMA16 = MOEMLA_HAS_MMA_SYNC && moemla_is_16bit<T>::value;
+    int groups = MOEMLA_IDX_HG;  // rows of part to sum
+    if constexpr (MMA16) {
+#if MOEMLA_HAS_MMA_SYNC
+        moemla_idx_scores_mma<T>(qr, wr, k_cache, rows, h_i, d_i, part);
+        groups = 2;
+#endif
+    } else {
+        // Thread tid scores position pl for the heads of group hg.
+        const int pl = tid % MOEMLA_IDX_BN, hg = tid / MOEMLA_IDX_BN;
+        __shared__ float qs[MOEMLA_IDX_HT][MOEMLA_IDX_DK];
+        __shared__ float ks[MOEMLA_IDX_BN][MOEMLA_IDX_DK + 1];
+        float total = 0.0f;
+        for (int h0 = 0; h0 < h_i; h0 += MOEMLA_IDX_HT) {
+            float acc[MOEMLA_IDX_HPT];
+            for (int e = 0; e < MOEMLA_IDX_HPT; ++e) acc[e] = 0.0f;
+            for (int d0 = 0; d0 < d_i; d0 += MOEMLA_IDX_DK) {
+                for (int e = tid; e < MOEMLA_IDX_HT * MOEMLA_IDX_DK; e += MOEMLA_IDX_THREADS) {
+                    const int hh = e / MOEMLA_IDX_DK, dd = e % MOEMLA_IDX_DK;
+                    const int h = h0 + hh, d = d0 + dd;
+                    qs[hh][dd] = (h < h_i && d < d_i) ? moemla_load(qr + (moemla_i64)h * d_i + d) : 0.0f;
+                }
+                for (int e = tid; e < MOEMLA_IDX_BN * MOEMLA_IDX_DK; e += MOEMLA_IDX_THREADS) {
+                    const int pp = e / MOEMLA_IDX_DK, dd = e % MOEMLA_IDX_DK;
+                    const moemla_i64 row = rows[pp];
+                    const int d = d0 + dd;
+                    ks[pp][dd] = (row >= 0 && d < d_i) ? moemla_load(k_cache + row * d_i + d) : 0.0f;
+                }
+                __syncthreads();
+                for (int dd = 0; dd < MOEMLA_IDX_DK; ++dd) {
+                    const float kv = ks[pl][dd];
+                    for (int e = 0; e < MOEMLA_IDX_HPT; ++e) acc[e] += qs[hg * MOEMLA_IDX_HPT + e][dd] * kv;
+                }
+                __syncthreads();
             }
-            for (int e = tid; e < MOEMLA_IDX_BN * MOEMLA_IDX_DK; e += MOEMLA_IDX_THREADS) {
-                const int pp = e / MOEMLA_IDX_DK, dd = e % MOEMLA_IDX_DK;
-                const moemla_i64 row = rows[pp];
-                const int d = d0 + dd;
-                ks[pp][dd] = (row >= 0 && d < d_i) ? moemla_load(k_cache + row * d_i + d) : 0.0f;
+            for (int e = 0; e < MOEMLA_IDX_HPT; ++e) {
+                const int h = h0 + hg * MOEMLA_IDX_HPT + e;
+                // fmaxf: a NaN product counts as 0, as the other backends' max(0, x) does.
+                if (h < h_i) total += wr[h] * fmaxf(acc[e], 0.0f);
             }
-            __syncthreads();
-            for (int dd = 0; dd < MOEMLA_IDX_DK; ++dd) {
-                const float kv = ks[pl][dd];
-                for (int e = 0; e < MOEMLA_IDX_HPT; ++e) acc[e] += qs[hg * MOEMLA_IDX_HPT + e][dd] * kv;
-            }
-            __syncthreads();
         }
-        for (int e = 0; e < MOEMLA_IDX_HPT; ++e) {
-            const int h = h0 + hg * MOEMLA_IDX_HPT + e;
-            // fmaxf: a NaN product counts as 0, as the other backends' max(0, x) does.
-            if (h < h_i) total += weights[r * h_i + h] * fmaxf(acc[e], 0.0f);
-        }
+        part[hg][pl] = total;
     }
-    part[hg][pl] = total;
     __syncthreads();
     if (tid < MOEMLA_IDX_BN && p0 + tid < len) {
         float s = part[0][tid];
-        for (int g = 1; g < MOEMLA_IDX_HG; ++g) s += part[g][tid];
+        for (int g = 1; g < groups; ++g) s += part[g][tid];
         scores[r * cap + p0 + tid] = s;
     }
 }

@@ -59,15 +59,8 @@ fn every_kernel_compiles_for_sm80_and_sm90_to_ptx_and_cubin() {
                 "{what}: e_machine"
             );
             // The GEMM-shaped modules carry the tensor-core path (routing and the row
-            // quantizer have no matrix products; the indexer's scores are a tiled FMA
-            // product so far).
-            if ![
-                Module::MoeRoute,
-                Module::MlaKvQuantize,
-                Module::DsaIndexerTopk,
-            ]
-            .contains(&module)
-            {
+            // quantizer have no matrix products).
+            if ![Module::MoeRoute, Module::MlaKvQuantize].contains(&module) {
                 for ty in ["bf16", "f16"] {
                     let insn = format!("mma.sync.aligned.m16n8k16.row.col.f32.{ty}.{ty}.f32");
                     assert!(
