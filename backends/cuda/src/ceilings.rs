@@ -8,8 +8,9 @@ use crate::device::CudaDevice as Device;
 use crate::error::{CudaError, CudaResult, DriverContext};
 use crate::{CudaBuffer, NAME};
 use cudarc::driver::sys::CUevent_flags;
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtrMut};
 use moemla_core::{DType, DeviceTensor, Error, Result};
+use moemla_gpu_launch::GpuBuffer;
 use std::ffi::{c_int, c_void};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -204,8 +205,8 @@ pub(crate) fn dense_gemm(
     // b [N, K]) and A' = the stored a^T [K, M] as is (OP_N). So: transa = T, transb = N,
     // (m, n, k) = (N, M, K), A = b (lda K), B = a (ldb K), C = c (ldc N).
     let (n32, m32, k32) = (n as c_int, m as c_int, k as c_int); // gemm_dims checked these
-    let (a_ptr, _a_sync) = a_buf.slice.device_ptr(&dev.stream);
-    let (b_ptr, _b_sync) = b_buf.slice.device_ptr(&dev.stream);
+                                                                // Event tracking is off (CudaDevice::open): the addresses need no sync guards.
+    let (a_ptr, b_ptr) = (a_buf.address(), b_buf.address());
     let (c_ptr, _c_sync) = c.device_ptr_mut(&dev.stream);
     let handle = blas.handle.lock().unwrap_or_else(|p| p.into_inner());
     // SAFETY: a holds M*K, b N*K elements of `ty` (DeviceTensor sizes its buffer from its
@@ -236,7 +237,7 @@ pub(crate) fn dense_gemm(
         )
     };
     check("cublasGemmEx", status)?;
-    drop((handle, _a_sync, _b_sync, _c_sync));
+    drop((handle, _c_sync));
     Ok((c, [m, n], c_bytes))
 }
 

@@ -12,17 +12,19 @@ use moemla_gpu_launch::device::check_len;
 use moemla_gpu_launch::{Arg, ArgSlots, GpuBuffer, GpuDevice, KernelCache, Module};
 use moemla_kernel_plan::{DeviceLimits, Launch};
 use std::any::Any;
+use std::ffi::c_void;
 use std::sync::Arc;
 
 /// Dynamic shared memory a kernel may use without opting in.
 const DEFAULT_SHARED_BYTES: u32 = 48 * 1024;
 
 /// A tensor's device memory: a byte allocation (at least one byte; the tensor may use
-/// fewer), and its address.
+/// fewer), or caller memory it never frees (`wrap_raw`), and its address.
 #[derive(Debug)]
 pub struct CudaBuffer {
-    /// The allocation.
-    pub(crate) slice: CudaSlice<u8>,
+    /// The allocation, held to be freed on drop (in stream order); `None` for caller
+    /// memory.
+    _allocation: Option<CudaSlice<u8>>,
     address: u64,
     bytes: usize,
 }
@@ -36,7 +38,7 @@ impl CudaBuffer {
             address
         };
         CudaBuffer {
-            slice,
+            _allocation: Some(slice),
             address,
             bytes,
         }
@@ -58,7 +60,8 @@ impl GpuBuffer for CudaBuffer {
     }
 }
 
-/// One CUDA device with its stream and loaded kernels.
+/// One CUDA device with its stream and loaded kernels (shared with the devices
+/// `with_stream` makes on callers' streams).
 pub struct CudaDevice {
     pub(crate) stream: Arc<CudaStream>,
     pub(crate) name: String,
@@ -66,8 +69,8 @@ pub struct CudaDevice {
     /// Compute capability as `10 * major + minor` (80, 90, ...).
     pub(crate) arch: u32,
     pub(crate) limits: DeviceLimits,
-    nvrtc: Nvrtc,
-    kernels: KernelCache<Arc<CudaModule>, CudaFunction>,
+    nvrtc: Arc<Nvrtc>,
+    kernels: Arc<KernelCache<Arc<CudaModule>, CudaFunction>>,
 }
 
 impl CudaDevice {
@@ -102,8 +105,8 @@ impl CudaDevice {
                 u32::try_from(smem).unwrap_or(0),
                 major >= 8,
             ),
-            nvrtc,
-            kernels: KernelCache::new(NAME),
+            nvrtc: Arc::new(nvrtc),
+            kernels: Arc::new(KernelCache::new(NAME)),
         })
     }
 
@@ -131,6 +134,13 @@ impl CudaDevice {
             .call("cuModuleLoadData")
             .or_core()
     }
+}
+
+/// Bytes [offset, offset + len) must lie in `buffer`: a device error naming `call`
+/// otherwise (checked arithmetic).
+fn check_range(buffer: &CudaBuffer, call: &str, offset: usize, len: usize) -> Result<()> {
+    let end = offset.saturating_add(len);
+    check_len(NAME, call, buffer, end)
 }
 
 impl GpuDevice for CudaDevice {
@@ -188,19 +198,111 @@ impl GpuDevice for CudaDevice {
         Ok(CudaBuffer::new(slice, data.len(), &self.stream))
     }
 
-    fn download(&self, buffer: &CudaBuffer, bytes: usize) -> Result<Vec<u8>> {
-        check_len(NAME, "cuMemcpyDtoHAsync", buffer, bytes)?;
-        if bytes == 0 {
-            return Ok(Vec::new());
+    fn upload_into(&self, buffer: &CudaBuffer, offset: usize, data: &[u8]) -> Result<()> {
+        check_range(buffer, "cuMemcpyHtoDAsync", offset, data.len())?;
+        if data.is_empty() {
+            return Ok(());
         }
-        let mut host = moemla_core::alloc::try_filled_vec::<u8>(bytes, "cuda download")?;
-        let view = buffer.slice.slice(0..bytes);
-        self.stream
-            .memcpy_dtoh(&view, &mut host)
-            .call("cuMemcpyDtoHAsync")
-            .or_core()?;
-        self.synchronize()?;
-        Ok(host)
+        // SAFETY: bytes [offset, offset + len) of live device memory (checked above);
+        // pageable host memory is staged before cuMemcpyHtoDAsync returns, so `data` may
+        // go away afterwards.
+        unsafe {
+            cudarc::driver::result::memcpy_htod_async(
+                buffer.address + offset as u64,
+                data,
+                self.stream.cu_stream(),
+            )
+        }
+        .call("cuMemcpyHtoDAsync")
+        .or_core()
+    }
+
+    fn copy(
+        &self,
+        src: &CudaBuffer,
+        src_offset: usize,
+        dst: &CudaBuffer,
+        dst_offset: usize,
+        bytes: usize,
+    ) -> Result<()> {
+        check_range(src, "cuMemcpyDtoDAsync", src_offset, bytes)?;
+        check_range(dst, "cuMemcpyDtoDAsync", dst_offset, bytes)?;
+        if bytes == 0 {
+            return Ok(());
+        }
+        // SAFETY: both ranges lie in live device memory (checked above) and do not overlap
+        // (the runner's rule); ordered on this stream.
+        unsafe {
+            cudarc::driver::result::memcpy_dtod_async(
+                dst.address + dst_offset as u64,
+                src.address + src_offset as u64,
+                bytes,
+                self.stream.cu_stream(),
+            )
+        }
+        .call("cuMemcpyDtoDAsync")
+        .or_core()
+    }
+
+    fn read(&self, buffer: &CudaBuffer, offset: usize, out: &mut [u8]) -> Result<()> {
+        check_range(buffer, "cuMemcpyDtoHAsync", offset, out.len())?;
+        if out.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: bytes [offset, offset + len) of live device memory (checked above) into
+        // `out`, which outlives the copy: the stream is synchronized before returning.
+        unsafe {
+            cudarc::driver::result::memcpy_dtoh_async(
+                out,
+                buffer.address + offset as u64,
+                self.stream.cu_stream(),
+            )
+        }
+        .call("cuMemcpyDtoHAsync")
+        .or_core()?;
+        self.synchronize()
+    }
+
+    unsafe fn wrap(&self, ptr: *mut c_void, bytes: usize) -> Result<CudaBuffer> {
+        if ptr.is_null() {
+            return Err(Error::Tensor(format!(
+                "{NAME} wrap_raw: a null device pointer"
+            )));
+        }
+        Ok(CudaBuffer {
+            _allocation: None,
+            address: ptr as u64,
+            bytes,
+        })
+    }
+
+    unsafe fn with_stream(&self, stream: *mut c_void) -> Result<CudaDevice> {
+        let ctx = self.stream.context();
+        let raw = stream as cudarc::driver::sys::CUstream;
+        let mut owner: cudarc::driver::sys::CUcontext = std::ptr::null_mut();
+        // SAFETY: `stream` is a valid stream handle (the caller's contract); valid
+        // out-pointer.
+        let status = unsafe { cudarc::driver::sys::cuStreamGetCtx(raw, &mut owner) };
+        if status != cudarc::driver::sys::CUresult::CUDA_SUCCESS || owner != ctx.cu_ctx() {
+            return Err(Error::Queue {
+                backend: NAME.into(),
+                reason: format!(
+                    "the stream's context ({status:?}) is not this device's primary context"
+                ),
+            });
+        }
+        // SAFETY: a valid stream of this context, kept alive by the caller for as long as
+        // the device, its buffers and its work exist (the caller's contract).
+        let stream = unsafe { ctx.wrap_borrowed_stream(raw) };
+        Ok(CudaDevice {
+            stream,
+            name: self.name.clone(),
+            memory_bytes: self.memory_bytes,
+            arch: self.arch,
+            limits: self.limits,
+            nvrtc: self.nvrtc.clone(),
+            kernels: self.kernels.clone(),
+        })
     }
 
     fn launch(&self, module: Module, launch: &Launch, args: &[Arg]) -> Result<()> {

@@ -167,6 +167,21 @@ impl Backend for CudaBackend {
 
     moemla_gpu_launch::runner_backend_methods!(gpu);
 
+    /// `queue` is a `CUstream` of this device's primary context (cuStreamGetCtx must name
+    /// it: else `Error::Queue`, as for null). The handle shares the device, its memory, the
+    /// loaded kernels and the traffic counts, and has its own workspace and index-error
+    /// flags (reported by its own synchronize / downloads). cuBLAS (`dense_gemm`) opens
+    /// its own handle on the stream.
+    unsafe fn with_queue(&self, queue: *mut std::ffi::c_void) -> Result<Arc<dyn Backend>> {
+        // SAFETY: the caller upholds `Backend::with_queue`'s contract: `queue` is null or a
+        // valid stream of this device, alive while the handle and its tensors are used.
+        let gpu = unsafe { self.gpu.with_stream(queue)? };
+        Ok(Arc::new(CudaBackend {
+            gpu,
+            blas: OnceLock::new(),
+        }))
+    }
+
     fn copy_bench(&self, bytes: usize, reps: usize) -> Result<Duration> {
         ceilings::copy_bench(self.device(), bytes, reps)
     }

@@ -1,6 +1,7 @@
 //! Device memory: tensors' buffers. A buffer dropped while the stream may still use it is
 //! not freed at once (`hipFree` would wait for the whole device): its pointer goes to the
-//! device's deferred list, freed after the next synchronize.
+//! device's deferred list, freed after the next synchronize. Caller memory (`wrap_raw`) is
+//! never freed.
 
 use crate::device::Device;
 use moemla_gpu_launch::GpuBuffer;
@@ -13,6 +14,8 @@ pub struct HipBuffer {
     pub(crate) bytes: usize,
     /// Keeps the device (and its libraries) alive while the buffer exists.
     pub(crate) device: Arc<Device>,
+    /// Freed on drop (false: caller memory, `wrap_raw`).
+    pub(crate) owned: bool,
 }
 
 impl std::fmt::Debug for HipBuffer {
@@ -32,7 +35,7 @@ unsafe impl Sync for HipBuffer {}
 
 impl Drop for HipBuffer {
     fn drop(&mut self) {
-        if !self.ptr.is_null() {
+        if self.owned && !self.ptr.is_null() {
             self.device.defer_free(self.ptr);
         }
     }

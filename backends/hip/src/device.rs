@@ -6,8 +6,8 @@ use crate::error::{unavailable, HipError, HipStatus};
 use crate::flavour::SearchList;
 use crate::hiprtc;
 use crate::loader::{
-    self, HipFunction, HipModule, HipStream, Libraries, MEMCPY_DEVICE_TO_HOST,
-    MEMCPY_HOST_TO_DEVICE,
+    self, HipFunction, HipModule, HipStream, Libraries, MEMCPY_DEVICE_TO_DEVICE,
+    MEMCPY_DEVICE_TO_HOST, MEMCPY_HOST_TO_DEVICE,
 };
 use crate::props::{self, DeviceProps};
 use crate::NAME;
@@ -98,11 +98,13 @@ impl Device {
         deferred.push(ptr as usize);
     }
 
-    /// Waits for the stream, then frees the buffers dropped before the wait.
-    fn synchronize(&self) -> Result<(), HipError> {
+    /// Waits for `stream` (this device's or a caller's), then frees the buffers dropped
+    /// before the wait. (A buffer a caller's stream may still use is safe to free too:
+    /// `hipFree` waits for the device.)
+    fn synchronize(&self, stream: HipStream) -> Result<(), HipError> {
         let freeing = std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|p| p.into_inner()));
-        // SAFETY: valid stream.
-        let status = unsafe { (self.libs.runtime.hipStreamSynchronize)(self.stream) };
+        // SAFETY: a valid stream (this device's, or a caller's kept alive by its contract).
+        let status = unsafe { (self.libs.runtime.hipStreamSynchronize)(stream) };
         if let Err(e) = self.check("hipStreamSynchronize", status) {
             // Not known to be idle: keep them for the next try.
             self.deferred
@@ -163,21 +165,23 @@ impl Device {
             ptr,
             bytes,
             device: self.clone(),
+            owned: true,
         })
     }
 
-    /// An async copy of `bytes` between host and device (`kind`), in stream order.
+    /// An async copy of `bytes` bytes (`kind`: host to device, device to host or device to
+    /// device), in `stream`'s order.
     fn copy(
         &self,
         dst: *mut c_void,
         src: *const c_void,
         bytes: usize,
         kind: i32,
+        stream: HipStream,
     ) -> Result<(), HipError> {
         // SAFETY: the caller passes ranges of `bytes` bytes each, alive until the stream is
         // synchronized.
-        let status =
-            unsafe { (self.libs.runtime.hipMemcpyAsync)(dst, src, bytes, kind, self.stream) };
+        let status = unsafe { (self.libs.runtime.hipMemcpyAsync)(dst, src, bytes, kind, stream) };
         self.check("hipMemcpyAsync", status)
     }
 }
@@ -235,7 +239,7 @@ impl Drop for Device {
     fn drop(&mut self) {
         let _ = self.select();
         // Every buffer is gone (each held the device): let the stream drain, free them.
-        let _ = self.synchronize();
+        let _ = self.synchronize(self.stream);
         for module in self.kernels.drain_modules() {
             // SAFETY: each handle came from hipModuleLoadData and is unloaded once.
             unsafe { (self.libs.runtime.hipModuleUnload)(module) };
@@ -247,9 +251,34 @@ impl Drop for Device {
     }
 }
 
-/// The device as the shared launch layer's [`GpuDevice`].
+/// A stream handle (this device's own, or a caller's).
+#[derive(Clone, Copy)]
+struct Stream(HipStream);
+
+// SAFETY: a HIP stream handle is usable from any thread (the runtime is thread-safe).
+unsafe impl Send for Stream {}
+// SAFETY: as above; the handle is never mutated.
+unsafe impl Sync for Stream {}
+
+/// The device as the shared launch layer's [`GpuDevice`], on its own stream or (from
+/// `with_stream`) a caller's.
 #[derive(Clone)]
-pub struct HipDevice(pub(crate) Arc<Device>);
+pub struct HipDevice(pub(crate) Arc<Device>, Stream);
+
+impl HipDevice {
+    /// The device on its own stream.
+    pub(crate) fn new(device: Device) -> HipDevice {
+        let stream = Stream(device.stream);
+        HipDevice(Arc::new(device), stream)
+    }
+
+    /// Bytes [offset, offset + len) of `buffer`, checked (a device error naming `call`
+    /// otherwise), as a device address.
+    fn at(&self, buffer: &HipBuffer, call: &str, offset: usize, len: usize) -> Result<*mut c_void> {
+        check_len(NAME, call, buffer, offset.saturating_add(len))?;
+        Ok(buffer.ptr.cast::<u8>().wrapping_add(offset).cast())
+    }
+}
 
 impl GpuDevice for HipDevice {
     type Buffer = HipBuffer;
@@ -291,7 +320,7 @@ impl GpuDevice for HipDevice {
         }
         // SAFETY: the first `bytes` bytes of a live allocation; ordered on the stream.
         let status = unsafe {
-            (self.0.libs.runtime.hipMemsetAsync)(buffer.ptr, i32::from(value), bytes, self.0.stream)
+            (self.0.libs.runtime.hipMemsetAsync)(buffer.ptr, i32::from(value), bytes, self.1 .0)
         };
         Ok(self.0.check("hipMemsetAsync", status)?)
     }
@@ -299,31 +328,72 @@ impl GpuDevice for HipDevice {
     fn upload(&self, data: &[u8]) -> Result<HipBuffer> {
         let buffer = self.0.alloc(data.len())?;
         if !data.is_empty() {
-            self.0.copy(
-                buffer.ptr,
-                data.as_ptr().cast(),
-                data.len(),
-                MEMCPY_HOST_TO_DEVICE,
-            )?;
-            // `data` may go away once this returns: wait for the copy.
-            self.0.synchronize()?;
+            self.upload_into(&buffer, 0, data)?;
         }
         Ok(buffer)
     }
 
-    fn download(&self, buffer: &HipBuffer, bytes: usize) -> Result<Vec<u8>> {
-        check_len(NAME, "hipMemcpyAsync", buffer, bytes)?;
-        let mut out = moemla_core::alloc::try_filled_vec::<u8>(bytes, "hip download")?;
-        if bytes > 0 {
-            self.0.copy(
-                out.as_mut_ptr().cast(),
-                buffer.ptr,
-                bytes,
-                MEMCPY_DEVICE_TO_HOST,
-            )?;
-            self.0.synchronize()?;
+    fn upload_into(&self, buffer: &HipBuffer, offset: usize, data: &[u8]) -> Result<()> {
+        let dst = self.at(buffer, "hipMemcpyAsync", offset, data.len())?;
+        if data.is_empty() {
+            return Ok(());
         }
-        Ok(out)
+        let stream = self.1 .0;
+        let kind = MEMCPY_HOST_TO_DEVICE;
+        self.0
+            .copy(dst, data.as_ptr().cast(), data.len(), kind, stream)?;
+        // `data` may go away once this returns (pageable memory): wait for the copy.
+        Ok(self.0.synchronize(stream)?)
+    }
+
+    fn copy(
+        &self,
+        src: &HipBuffer,
+        src_offset: usize,
+        dst: &HipBuffer,
+        dst_offset: usize,
+        bytes: usize,
+    ) -> Result<()> {
+        let from = self.at(src, "hipMemcpyAsync", src_offset, bytes)?;
+        let to = self.at(dst, "hipMemcpyAsync", dst_offset, bytes)?;
+        if bytes == 0 {
+            return Ok(());
+        }
+        Ok(self
+            .0
+            .copy(to, from, bytes, MEMCPY_DEVICE_TO_DEVICE, self.1 .0)?)
+    }
+
+    fn read(&self, buffer: &HipBuffer, offset: usize, out: &mut [u8]) -> Result<()> {
+        let src = self.at(buffer, "hipMemcpyAsync", offset, out.len())?;
+        if out.is_empty() {
+            return Ok(());
+        }
+        let stream = self.1 .0;
+        let kind = MEMCPY_DEVICE_TO_HOST;
+        self.0
+            .copy(out.as_mut_ptr().cast(), src, out.len(), kind, stream)?;
+        Ok(self.0.synchronize(stream)?)
+    }
+
+    unsafe fn wrap(&self, ptr: *mut c_void, bytes: usize) -> Result<HipBuffer> {
+        if ptr.is_null() {
+            return Err(Error::Tensor(format!(
+                "{NAME} wrap_raw: a null device pointer"
+            )));
+        }
+        Ok(HipBuffer {
+            ptr,
+            bytes,
+            device: self.0.clone(),
+            owned: false,
+        })
+    }
+
+    unsafe fn with_stream(&self, stream: *mut c_void) -> Result<HipDevice> {
+        // The runtime table has no call that names a stream's device (hipStreamGetDevice is
+        // ROCm 6 only): a stream of another device is the caller's error.
+        Ok(HipDevice(self.0.clone(), Stream(stream)))
     }
 
     fn launch(&self, module: Module, launch: &Launch, args: &[Arg]) -> Result<()> {
@@ -367,7 +437,7 @@ impl GpuDevice for HipDevice {
                 by,
                 bz,
                 launch.shared_bytes,
-                dev.stream,
+                self.1 .0,
                 params.as_mut_ptr(),
                 std::ptr::null_mut(),
             )
@@ -376,6 +446,6 @@ impl GpuDevice for HipDevice {
     }
 
     fn synchronize(&self) -> Result<()> {
-        Ok(self.0.synchronize()?)
+        Ok(self.0.synchronize(self.1 .0)?)
     }
 }

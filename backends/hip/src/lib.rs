@@ -101,7 +101,7 @@ impl HipBackend {
             other => other,
         })?;
         Ok(HipBackend {
-            gpu: GpuRunner::new(HipDevice(Arc::new(device)), name),
+            gpu: GpuRunner::new(HipDevice::new(device), name),
         })
     }
 
@@ -151,4 +151,16 @@ impl Backend for HipBackend {
     }
 
     moemla_gpu_launch::runner_backend_methods!(gpu);
+
+    /// `queue` is a `hipStream_t` of this device (null: `Error::Queue`; the runtime
+    /// table has no call that names a stream's device, so another device's stream is not
+    /// detected). The handle shares the device, its memory, the loaded kernels and the
+    /// traffic counts, and has its own workspace and index-error flags (reported by its own
+    /// synchronize / downloads).
+    unsafe fn with_queue(&self, queue: *mut std::ffi::c_void) -> Result<Arc<dyn Backend>> {
+        // SAFETY: the caller upholds `Backend::with_queue`'s contract: `queue` is null or a
+        // valid stream of this device, alive while the handle and its tensors are used.
+        let gpu = unsafe { self.gpu.with_stream(queue)? };
+        Ok(Arc::new(HipBackend { gpu }))
+    }
 }

@@ -41,6 +41,8 @@ pub mod attr {
 pub const MEMCPY_HOST_TO_DEVICE: i32 = 1;
 /// `hipMemcpyKind::hipMemcpyDeviceToHost`.
 pub const MEMCPY_DEVICE_TO_HOST: i32 = 2;
+/// `hipMemcpyDeviceToDevice`.
+pub const MEMCPY_DEVICE_TO_DEVICE: i32 = 3;
 
 moemla_gpu_launch::symbol_table! {
     /// The HIP runtime (`libamdhip64.so` on ROCm, `libgalaxyhip.so` on DTK): exactly the

@@ -8,6 +8,7 @@ use moemla_core::{DeviceBuffer, Op, Result};
 use moemla_kernel_plan::{DeviceLimits, Launch};
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::ffi::c_void;
 use std::sync::Mutex;
 
 /// Device memory the runner can hand to kernels.
@@ -55,8 +56,51 @@ pub trait GpuDevice: Send + Sync + 'static {
     fn fill(&self, buffer: &Self::Buffer, bytes: usize, value: u8) -> Result<()>;
     /// A device copy of `data`; `data` may be dropped once this returns.
     fn upload(&self, data: &[u8]) -> Result<Self::Buffer>;
+    /// Writes `data` into `buffer` from byte `offset`, in stream order; `data` may be
+    /// dropped once this returns. The runner has checked that the range lies in `buffer`.
+    fn upload_into(&self, buffer: &Self::Buffer, offset: usize, data: &[u8]) -> Result<()>;
+    /// Copies `bytes` bytes of `src` from byte `src_offset` to `dst` at byte `dst_offset`,
+    /// on the device, in stream order. The runner has checked both ranges, and that they do
+    /// not overlap (it copies through a temporary when they would).
+    fn copy(
+        &self,
+        src: &Self::Buffer,
+        src_offset: usize,
+        dst: &Self::Buffer,
+        dst_offset: usize,
+        bytes: usize,
+    ) -> Result<()>;
+    /// Reads `out.len()` bytes of `buffer` from byte `offset` into `out`, after the
+    /// stream's pending work (waits for it). The runner has checked the range.
+    fn read(&self, buffer: &Self::Buffer, offset: usize, out: &mut [u8]) -> Result<()>;
     /// The first `bytes` bytes of `buffer`, after the stream's pending work.
-    fn download(&self, buffer: &Self::Buffer, bytes: usize) -> Result<Vec<u8>>;
+    fn download(&self, buffer: &Self::Buffer, bytes: usize) -> Result<Vec<u8>> {
+        check_len(Self::NAME, "download", buffer, bytes)?;
+        let mut out = moemla_core::alloc::try_filled_vec::<u8>(bytes, "gpu download")?;
+        if bytes > 0 {
+            self.read(buffer, 0, &mut out)?;
+        }
+        Ok(out)
+    }
+    /// `bytes` bytes of caller memory at device address `ptr` as a buffer that never frees
+    /// it. Fails (never panics) for a null `ptr`.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` addresses at least `bytes` bytes of this device's memory, valid until the
+    /// buffer is dropped and the work enqueued on it has finished.
+    unsafe fn wrap(&self, ptr: *mut c_void, bytes: usize) -> Result<Self::Buffer>;
+    /// This device enqueuing on the caller's `stream` (a `CUstream` of the device's
+    /// context, a `hipStream_t` of the device), sharing the loaded kernels; `Error::Queue`
+    /// for a handle it cannot use (null, another context).
+    ///
+    /// # Safety
+    ///
+    /// `stream` is null or a valid stream handle of the API, alive until the returned
+    /// device, every buffer it allocates and the work enqueued on it are gone.
+    unsafe fn with_stream(&self, stream: *mut c_void) -> Result<Self>
+    where
+        Self: Sized;
     /// Enqueues one planned launch of an entry point of `module`, `args` in the kernel's
     /// parameter order. The plan's grid has no zero dimension.
     fn launch(&self, module: Module, launch: &Launch, args: &[Arg]) -> Result<()>;

@@ -6,7 +6,9 @@
 // symbol table requires (no hipDeviceGet, hipMemcpy or hipEvent*).
 //
 // The stream is a queue: hipMemsetAsync, hipMemcpyAsync and launches only run when the
-// stream is synchronized, so a result read before a synchronize is stale. Kernels do not
+// stream is synchronized, so a result read before a synchronize is stale. A second stream
+// handle, MOCK_CALLER_STREAM (0x5000), stands for a stream the caller created: work on it
+// joins the same queue, and its launches are logged with " stream=caller". Kernels do not
 // execute, except for their error flags: moemla_moe_align and moemla_mla_check apply the
 // flag rule of kernels/README.md to the index tensors in (host) memory.
 //
@@ -120,9 +122,13 @@ typedef struct {
 static work_t queue[4096];
 static int queued;
 static int the_stream;
+#define MOCK_CALLER_STREAM ((void*)0x5000)
+
+// Whether `stream` is a stream handle here.
+static int mock_stream(void* stream) { return stream == &the_stream || stream == MOCK_CALLER_STREAM; }
 
 static hipError_t enqueue(work_t w, void* stream) {
-    if (stream != &the_stream) return 400;
+    if (!mock_stream(stream)) return 400;
     if (queued == (int)(sizeof queue / sizeof queue[0])) return 2;
     queue[queued++] = w;
     return 0;
@@ -174,8 +180,8 @@ static void run(const work_t* w) {
 }
 
 hipError_t hipMemcpyAsync(void* dst, const void* src, size_t bytes, int kind, void* stream) {
-    if (kind != 1 && kind != 2) return 1;
-    log_fmt(kind == 1 ? "h2d" : "d2h", bytes);
+    if (kind < 1 || kind > 3) return 1;
+    log_fmt(kind == 1 ? "h2d" : kind == 2 ? "d2h" : "d2d", bytes);
     work_t w = {WORK_COPY, dst, src, NULL, bytes, 0, {0}, {0}};
     if (kind == 1) {  // pageable host memory: staged now, copied in stream order
         w.staging = malloc(bytes);
@@ -191,7 +197,7 @@ hipError_t hipMemsetAsync(void* dst, int value, size_t bytes, void* stream) {
 hipError_t hipStreamCreate(void** s) { *s = &the_stream; return 0; }
 hipError_t hipStreamDestroy(void* s) { return s == &the_stream ? 0 : 400; }
 hipError_t hipStreamSynchronize(void* s) {
-    if (s != &the_stream) return 400;
+    if (!mock_stream(s)) return 400;
     log_line("sync");
     for (int i = 0; i < queued; ++i) run(&queue[i]);
     queued = 0;
@@ -266,6 +272,10 @@ hipError_t hipModuleLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz,
                  *(int*)params[12], *(int*)params[13], *(int*)params[14], *(float*)params[15],
                  *(int*)params[5]);
     }
+    if (stream == MOCK_CALLER_STREAM) {
+        size_t len = strlen(line);
+        snprintf(line + len, sizeof line - len, " stream=caller");
+    }
     log_line(line);
     if (extra != NULL) return 1;
     work_t w = {-1, NULL, NULL, NULL, 0, 0, {0}, {0}};
@@ -285,7 +295,7 @@ hipError_t hipModuleLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz,
         w.p[2] = *(void**)params[6];
         for (int i = 0; i < 4; ++i) w.n[i] = *(int*)params[2 + i];
     } else {
-        return stream == &the_stream ? 0 : 400;
+        return mock_stream(stream) ? 0 : 400;
     }
     return enqueue(w, stream);
 }

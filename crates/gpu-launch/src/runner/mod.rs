@@ -15,18 +15,23 @@ mod mla_sparse_decode;
 mod moe_experts;
 mod moe_route;
 mod split_k;
+mod tracked;
 
 use crate::args::Arg;
-use crate::device::{GpuBuffer, GpuDevice};
+use crate::device::{check_len, GpuBuffer, GpuDevice};
 use crate::flags::{FlagArena, FlagCheck, FlagKind};
 use crate::module::Module;
 use moemla_core::calls::{
     DsaIndexerTopkCall, DsaIndexerTopkOutput, MlaCacheWriteCall, MlaDecodeCall, MlaDecodeOutput,
     MlaKvQuantizeCall, MlaSparseDecodeCall, MoeExpertsCall, MoeRouteCall, MoeRouteOutput,
 };
+use moemla_core::memory::{self, TrafficCounter};
+use moemla_core::Traffic;
 use moemla_core::{DType, DeviceTensor, Error, Format, HostTensor, Op, OpSupport, Result, Shape};
 use moemla_kernel_plan::{Launch, PlanError};
+use std::ffi::c_void;
 use std::sync::{Arc, Mutex, MutexGuard};
+use tracked::Tracked;
 
 /// What the CUDA and HIP kernels implement, as `BackendInfo::supported` lists it: the v1
 /// ops in every float dtype and the contract-v2 variants the kernels have.
@@ -77,7 +82,7 @@ struct StreamState<B> {
 
 /// The CUDA/HIP implementation of the `Backend` methods over a device `D`.
 pub struct GpuRunner<D: GpuDevice> {
-    dev: D,
+    dev: Tracked<D>,
     name: Arc<str>,
     stream: Mutex<StreamState<D::Buffer>>,
 }
@@ -88,7 +93,10 @@ impl<D: GpuDevice> GpuRunner<D> {
     /// device of the same API is a `WrongBackend` error here.
     pub fn new(dev: D, name: impl Into<Arc<str>>) -> Self {
         GpuRunner {
-            dev,
+            dev: Tracked {
+                inner: dev,
+                traffic: Arc::new(TrafficCounter::default()),
+            },
             name: name.into(),
             stream: Mutex::new(StreamState {
                 workspace: None,
@@ -99,7 +107,158 @@ impl<D: GpuDevice> GpuRunner<D> {
 
     /// The device.
     pub fn device(&self) -> &D {
-        &self.dev
+        &self.dev.inner
+    }
+
+    /// A runner on the same device, memory and loaded kernels that enqueues everything on
+    /// the caller's `stream` (`Backend::with_queue`), with its own workspace and error
+    /// flags (reported by its own synchronize and downloads) and the same traffic counts.
+    /// A null handle is `Error::Queue`.
+    ///
+    /// # Safety
+    ///
+    /// The contract of `GpuDevice::with_stream`.
+    pub unsafe fn with_stream(&self, stream: *mut c_void) -> Result<Self> {
+        if stream.is_null() {
+            return Err(Error::Queue {
+                backend: self.name.to_string(),
+                reason: "a null stream handle".into(),
+            });
+        }
+        // SAFETY: the caller upholds `GpuDevice::with_stream`'s contract.
+        let dev = unsafe { self.dev.with_stream(stream)? };
+        Ok(GpuRunner {
+            dev,
+            name: self.name.clone(),
+            stream: Mutex::new(StreamState {
+                workspace: None,
+                flags: FlagArena::default(),
+            }),
+        })
+    }
+
+    /// Copies and allocations so far, this runner's and its stream handles' together.
+    pub fn traffic(&self) -> Traffic {
+        self.dev.traffic.get()
+    }
+
+    /// A tensor over `bytes` bytes of caller memory at device address `ptr`, never freed by
+    /// moemla (`Backend::wrap_raw`). A null or misaligned `ptr`, or `bytes` other than
+    /// the shape's size, is `Error::Tensor`.
+    ///
+    /// # Safety
+    ///
+    /// The contract of `DeviceTensor::from_raw`.
+    pub unsafe fn wrap_raw(
+        &self,
+        ptr: *mut c_void,
+        bytes: usize,
+        shape: &Shape,
+        dtype: DType,
+    ) -> Result<DeviceTensor> {
+        let wanted = shape.byte_len(dtype)?;
+        let problem = if ptr.is_null() {
+            Some("a null pointer".to_string())
+        } else if !(ptr as usize).is_multiple_of(dtype.size_in_bytes()) {
+            Some(format!(
+                "{ptr:p} is not aligned to {} bytes",
+                dtype.size_in_bytes()
+            ))
+        } else if bytes != wanted {
+            Some(format!(
+                "{bytes} bytes for a {dtype} tensor of shape {shape} ({wanted} bytes)"
+            ))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(Error::Tensor(format!("{} wrap_raw: {problem}", self.name)));
+        }
+        // SAFETY: the caller upholds `from_raw`'s contract: `ptr` addresses `bytes` bytes
+        // of this device's memory, alive for the tensor's uses.
+        let buffer = unsafe { self.dev.wrap(ptr, bytes)? };
+        Ok(self.tensor(buffer, shape.clone(), dtype))
+    }
+
+    /// Writes all of `src` into `dst` from element `dst_offset`, in stream order
+    /// (`Backend::upload_into`).
+    pub fn upload_into(
+        &self,
+        src: &HostTensor,
+        dst: &DeviceTensor,
+        dst_offset: usize,
+    ) -> Result<()> {
+        const CALL: &str = "upload_into";
+        memory::same_dtype(CALL, "dst", dst.dtype(), "src", src.dtype())?;
+        let buffer = self.buffer(dst, CALL, "dst")?;
+        let range = memory::byte_range(CALL, "dst", dst, dst_offset, src.elem_count())?;
+        check_len(&self.name, CALL, buffer, range.end)?;
+        if range.is_empty() {
+            return Ok(());
+        }
+        self.dev.enter()?;
+        self.dev.upload_into(buffer, range.start, src.as_bytes())
+    }
+
+    /// Copies `len` elements of `src` from element `src_offset` into `dst` at element
+    /// `dst_offset`, on the device, in stream order (`Backend::copy_into`); overlapping
+    /// ranges go through a temporary.
+    pub fn copy_into(
+        &self,
+        src: &DeviceTensor,
+        src_offset: usize,
+        dst: &DeviceTensor,
+        dst_offset: usize,
+        len: usize,
+    ) -> Result<()> {
+        const CALL: &str = "copy_into";
+        memory::same_dtype(CALL, "dst", dst.dtype(), "src", src.dtype())?;
+        let (from, to) = (
+            self.buffer(src, CALL, "src")?,
+            self.buffer(dst, CALL, "dst")?,
+        );
+        let s = memory::byte_range(CALL, "src", src, src_offset, len)?;
+        let d = memory::byte_range(CALL, "dst", dst, dst_offset, len)?;
+        check_len(&self.name, CALL, from, s.end)?;
+        check_len(&self.name, CALL, to, d.end)?;
+        let bytes = s.len();
+        if bytes == 0 {
+            return Ok(());
+        }
+        self.dev.enter()?;
+        // Device addresses of both ranges (in range: the buffers hold them).
+        let (a, b) = (
+            from.address() + s.start as u64,
+            to.address() + d.start as u64,
+        );
+        if a < b + bytes as u64 && b < a + bytes as u64 {
+            let temp = self.dev.alloc(bytes)?;
+            self.dev.copy(from, s.start, &temp, 0, bytes)?;
+            return self.dev.copy(&temp, 0, to, d.start, bytes);
+        }
+        self.dev.copy(from, s.start, to, d.start, bytes)
+    }
+
+    /// Reads `dst.elem_count()` elements of `src` from element `src_offset` into `dst`,
+    /// after all enqueued work; first reports a pending index error of an earlier op
+    /// (`Backend::download_into`).
+    pub fn download_into(
+        &self,
+        src: &DeviceTensor,
+        src_offset: usize,
+        dst: &mut HostTensor,
+    ) -> Result<()> {
+        const CALL: &str = "download_into";
+        memory::same_dtype(CALL, "dst", dst.dtype(), "src", src.dtype())?;
+        let buffer = self.buffer(src, CALL, "src")?;
+        let range = memory::byte_range(CALL, "src", src, src_offset, dst.elem_count())?;
+        check_len(&self.name, CALL, buffer, range.end)?;
+        self.dev.enter()?;
+        self.check()?;
+        if range.is_empty() {
+            return Ok(());
+        }
+        self.dev.read(buffer, range.start, dst.as_bytes_mut())
     }
 
     /// The backend's name, as its tensors carry it.
@@ -372,6 +531,50 @@ macro_rules! runner_backend_methods {
 
         fn synchronize(&self) -> $crate::__core::Result<()> {
             self.$gpu.synchronize()
+        }
+
+        unsafe fn wrap_raw(
+            &self,
+            ptr: *mut ::std::ffi::c_void,
+            bytes: usize,
+            shape: &$crate::__core::Shape,
+            dtype: $crate::__core::DType,
+        ) -> $crate::__core::Result<$crate::__core::DeviceTensor> {
+            // SAFETY: the caller upholds `Backend::wrap_raw`'s contract.
+            unsafe { self.$gpu.wrap_raw(ptr, bytes, shape, dtype) }
+        }
+
+        fn upload_into(
+            &self,
+            src: &$crate::__core::HostTensor,
+            dst: &$crate::__core::DeviceTensor,
+            dst_offset: usize,
+        ) -> $crate::__core::Result<()> {
+            self.$gpu.upload_into(src, dst, dst_offset)
+        }
+
+        fn copy_into(
+            &self,
+            src: &$crate::__core::DeviceTensor,
+            src_offset: usize,
+            dst: &$crate::__core::DeviceTensor,
+            dst_offset: usize,
+            len: usize,
+        ) -> $crate::__core::Result<()> {
+            self.$gpu.copy_into(src, src_offset, dst, dst_offset, len)
+        }
+
+        fn download_into(
+            &self,
+            src: &$crate::__core::DeviceTensor,
+            src_offset: usize,
+            dst: &mut $crate::__core::HostTensor,
+        ) -> $crate::__core::Result<()> {
+            self.$gpu.download_into(src, src_offset, dst)
+        }
+
+        fn traffic(&self) -> Option<$crate::__core::Traffic> {
+            Some(self.$gpu.traffic())
         }
 
         fn moe_route(

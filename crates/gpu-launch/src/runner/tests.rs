@@ -31,6 +31,10 @@ struct State {
 
 enum Work {
     Fill(u64, usize, u8),
+    /// Bytes written at an address (an upload, staged when enqueued).
+    Write(u64, Vec<u8>),
+    /// A device copy (from, to, bytes).
+    Copy(u64, u64, usize),
     Launch(String, Vec<Arg>, [u32; 3]),
 }
 
@@ -101,6 +105,11 @@ impl State {
     fn run(&mut self, work: Work) {
         match work {
             Work::Fill(addr, len, v) => self.slice(addr, len).fill(v),
+            Work::Write(addr, data) => self.slice(addr, data.len()).copy_from_slice(&data),
+            Work::Copy(from, to, len) => {
+                let data = self.slice(from, len).to_vec();
+                self.slice(to, len).copy_from_slice(&data);
+            }
             Work::Launch(kernel, a, grid) => {
                 let p = |i: usize| match a[i] {
                     Arg::Ptr(p) => p,
@@ -242,8 +251,10 @@ impl State {
     }
 }
 
+/// The fake device and its stream: 0 the backend's own, else a caller's stream handle
+/// (`with_stream`), named in its launches' log lines.
 #[derive(Clone, Default)]
-struct Fake(Arc<Mutex<State>>);
+struct Fake(Arc<Mutex<State>>, usize);
 
 impl Fake {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -263,6 +274,8 @@ struct FakeBuffer {
     addr: u64,
     bytes: usize,
     dev: Arc<Mutex<State>>,
+    /// Freed on drop (false: caller memory, `wrap`).
+    owned: bool,
 }
 
 impl DeviceBuffer for FakeBuffer {
@@ -282,8 +295,10 @@ impl GpuBuffer for FakeBuffer {
 
 impl Drop for FakeBuffer {
     fn drop(&mut self) {
-        let mut s = self.dev.lock().unwrap_or_else(|p| p.into_inner());
-        s.freed.push(self.addr);
+        if self.owned {
+            let mut s = self.dev.lock().unwrap_or_else(|p| p.into_inner());
+            s.freed.push(self.addr);
+        }
     }
 }
 
@@ -315,6 +330,7 @@ impl GpuDevice for Fake {
             addr,
             bytes,
             dev: self.0.clone(),
+            owned: true,
         })
     }
     fn fill(&self, buffer: &FakeBuffer, bytes: usize, value: u8) -> Result<()> {
@@ -330,15 +346,56 @@ impl GpuDevice for Fake {
         s.slice(buffer.addr, data.len()).copy_from_slice(data);
         Ok(buffer)
     }
-    fn download(&self, buffer: &FakeBuffer, bytes: usize) -> Result<Vec<u8>> {
+    fn upload_into(&self, buffer: &FakeBuffer, offset: usize, data: &[u8]) -> Result<()> {
+        assert!(offset + data.len() <= buffer.bytes);
         let mut s = self.state();
-        s.log.push(format!("download {bytes}"));
+        s.log.push(format!("upload_into {}", data.len()));
+        // Staged now, written in stream order.
+        s.queue
+            .push(Work::Write(buffer.addr + offset as u64, data.to_vec()));
+        Ok(())
+    }
+    fn copy(
+        &self,
+        src: &FakeBuffer,
+        src_offset: usize,
+        dst: &FakeBuffer,
+        dst_offset: usize,
+        bytes: usize,
+    ) -> Result<()> {
+        assert!(src_offset + bytes <= src.bytes && dst_offset + bytes <= dst.bytes);
+        let (a, b) = (src.addr + src_offset as u64, dst.addr + dst_offset as u64);
+        assert!(
+            a + bytes as u64 <= b || b + bytes as u64 <= a,
+            "overlapping device copy"
+        );
+        let mut s = self.state();
+        s.log.push(format!("copy {bytes}"));
+        s.queue.push(Work::Copy(a, b, bytes));
+        Ok(())
+    }
+    fn read(&self, buffer: &FakeBuffer, offset: usize, out: &mut [u8]) -> Result<()> {
+        let mut s = self.state();
+        s.log.push(format!("download {}", out.len()));
         // A copy after the stream's pending work, waited for.
         for work in std::mem::take(&mut s.queue) {
             s.run(work);
         }
-        assert!(bytes <= buffer.bytes);
-        Ok(s.slice(buffer.addr, bytes).to_vec())
+        assert!(offset + out.len() <= buffer.bytes);
+        out.copy_from_slice(s.slice(buffer.addr + offset as u64, out.len()));
+        Ok(())
+    }
+    unsafe fn wrap(&self, ptr: *mut std::ffi::c_void, bytes: usize) -> Result<FakeBuffer> {
+        self.log(format!("wrap {bytes}"));
+        Ok(FakeBuffer {
+            addr: ptr as u64,
+            bytes,
+            dev: self.0.clone(),
+            owned: false,
+        })
+    }
+    unsafe fn with_stream(&self, stream: *mut std::ffi::c_void) -> Result<Fake> {
+        Ok(Fake(self.0.clone(), stream as usize))
     }
     fn launch(&self, module: Module, launch: &Launch, args: &[Arg]) -> Result<()> {
         assert!(module.entry_points().contains(&launch.kernel.as_str()));
@@ -348,7 +405,10 @@ impl GpuDevice for Fake {
             launch.kernel
         );
         let mut s = self.state();
-        s.log.push(format!("launch {}", launch.kernel));
+        match self.1 {
+            0 => s.log.push(format!("launch {}", launch.kernel)),
+            stream => s.log.push(format!("launch@{stream:#x} {}", launch.kernel)),
+        }
         s.queue.push(Work::Launch(
             launch.kernel.clone(),
             args.to_vec(),
@@ -809,7 +869,7 @@ fn queued(fake: &Fake) -> Vec<(String, Vec<Arg>)> {
         .iter()
         .filter_map(|w| match w {
             Work::Launch(k, a, _) => Some((k.clone(), a.clone())),
-            Work::Fill(..) => None,
+            _ => None,
         })
         .collect()
 }
@@ -1080,3 +1140,4 @@ fn supported_lists_sparse_decode_dense_in_every_dtype_and_fp8_for_16_bit() {
 
 mod cache_write;
 mod into;
+mod memory;
