@@ -26,8 +26,8 @@ use moemla_core::calls::{
     MlaSparseDecodeCall, MoeExpertsCall, MoeRouteCall, MoeRouteOutput,
 };
 use moemla_core::{
-    indices, memory, Backend, BackendInfo, DType, DeviceTensor, Error, Format, HostTensor, Op,
-    OpSupport, Result, Shape, Traffic, Verification, VerificationKind,
+    memory, Backend, BackendInfo, DType, DeviceTensor, Error, Format, HostTensor, Op, OpSupport,
+    Result, Shape, Traffic, Verification, VerificationKind,
 };
 use std::ffi::c_void;
 use std::sync::{Arc, OnceLock};
@@ -166,6 +166,9 @@ impl Backend for AscendBackend {
         if ops::mla_sparse_decode::available(ops) {
             supported.extend(DType::FLOATS.map(|dtype| OpSupport::new(Op::MlaSparseDecode, dtype)));
         }
+        if ops::dsa_indexer_topk::available(ops) {
+            supported.extend(DType::FLOATS.map(|dtype| OpSupport::new(Op::DsaIndexerTopk, dtype)));
+        }
         if ops::mla_cache_write::available(ops) {
             supported.extend(
                 ops::mla_cache_write::DTYPES.map(|dtype| OpSupport::new(Op::MlaCacheWrite, dtype)),
@@ -185,6 +188,7 @@ impl Backend for AscendBackend {
         notes.extend(ops::mla_decode::NOTES.iter().map(|s| s.to_string()));
         notes.extend(ops::moe_experts::NOTES.iter().map(|s| s.to_string()));
         notes.extend(ops::mla_sparse_decode::NOTES.iter().map(|s| s.to_string()));
+        notes.extend(ops::dsa_indexer_topk::NOTES.iter().map(|s| s.to_string()));
         notes.extend(ops::mla_cache_write::NOTES.iter().map(|s| s.to_string()));
         notes.extend(ops::gaps::notes());
         let mut memory_bytes = None;
@@ -347,14 +351,6 @@ impl Backend for AscendBackend {
     }
 
     fn dsa_indexer_topk(&self, call: &DsaIndexerTopkCall<'_>) -> Result<DsaIndexerTopkOutput> {
-        // Index contents first, as mla_sparse_decode.
-        let table = self.download(call.block_table)?.to_i32_vec()?;
-        let seqlens = self.download(call.cache_seqlens)?.to_i32_vec()?;
-        indices::check_indexer_indices(call, &table, &seqlens)?;
-        Err(ops::gaps::refuse(
-            Op::DsaIndexerTopk,
-            call.dtype,
-            ops::gaps::NO_INDEXER,
-        ))
+        self.op(|| ops::dsa_indexer_topk::run(self, call))
     }
 }

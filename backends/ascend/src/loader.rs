@@ -174,6 +174,14 @@ symbol_table! {
         fn aclnnSoftmaxGetWorkspaceSize(_: Handle, _: i64, _: Handle, _: *mut u64, _: *mut Handle) -> i32;
         /// aclnnSoftmax second phase.
         fn aclnnSoftmax(_: Handle, _: u64, _: Handle, _: Handle) -> i32;
+        /// aclnnRelu.md: `(const aclTensor *self, aclTensor *out, ...)`
+        fn aclnnReluGetWorkspaceSize(_: Handle, _: Handle, _: *mut u64, _: *mut Handle) -> i32;
+        /// aclnnRelu second phase.
+        fn aclnnRelu(_: Handle, _: u64, _: Handle, _: Handle) -> i32;
+        /// aclnnTopk.md: `(const aclTensor *self, int64_t k, int64_t dim, bool largest, bool sorted, aclTensor *valuesOut, aclTensor *indicesOut, ...)`
+        fn aclnnTopkGetWorkspaceSize(_: Handle, _: i64, _: i64, _: bool, _: bool, _: Handle, _: Handle, _: *mut u64, _: *mut Handle) -> i32;
+        /// aclnnTopk second phase.
+        fn aclnnTopk(_: Handle, _: u64, _: Handle, _: Handle) -> i32;
         /// aclnnIndexSelect.md: `(const aclTensor *self, int64_t dim, const aclTensor *index, aclTensor *out, ...)`
         fn aclnnIndexSelectGetWorkspaceSize(_: Handle, _: i64, _: Handle, _: Handle, _: *mut u64, _: *mut Handle) -> i32;
         /// aclnnIndexSelect second phase.

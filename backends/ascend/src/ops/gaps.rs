@@ -1,11 +1,9 @@
 //! Contract v2 that this backend does not map, and why: each reason names the CANN op that
 //! comes closest and the documented limit that stops it (hicann/ops-transformer paths, or
-//! the CANN aclnn pages cited in `loader.rs`). `NOTES` go to `info().notes` (`moemla
-//! devices`); the consts are the `reason` of the [`moemla_core::Error::Unsupported`] a
-//! call gets.
-
-use crate::ops::unsupported;
-use moemla_core::{DType, Error, Op};
+//! the CANN aclnn pages cited in `loader.rs`). [`notes`] go to `info().notes` (`moemla
+//! devices`). These are all v2 formats the backend does not list, so `moemla_core::ops`
+//! refuses them before the backend sees the call; [`NO_FP8_CACHE_WRITE`] is also the reason
+//! of the `Unsupported` a direct `Backend::mla_cache_write` call gets.
 
 /// Why no v2 op writes or reads the 656-byte `fp8_ds_v32` row.
 pub const NO_FP8_CACHE_WRITE: &str = "no CANN op writes the 656-byte fp8_ds_v32 row (e4m3 codes, four f32 tile scales, bf16 rope), and Atlas A2/A3 have no FLOAT8_E4M3FN tensors (aclnnScatterPaKvCache, attention/scatter_pa_kv_cache/docs/aclnnScatterPaKvCache.md, refuses FLOAT8_E4M3FN and HIFLOAT8 on A2/A3)";
@@ -16,9 +14,6 @@ pub const NO_FP8_CACHE_DECODE: &str = "aclnnFusedInferAttentionScoreV3's MLA mod
 /// Why mla_sparse_decode over the FP8 cache is not mapped (the dense cache is: composed
 /// ops, `mla_sparse_decode.rs`).
 pub const NO_SPARSE_DECODE_FP8: &str = "the fp8_ds_v32 cache: no CANN op dequantises the 656-byte row (e4m3 codes with f32 tile scales; Atlas A2/A3 have no FLOAT8_E4M3FN tensors), and aclnnSparseFlashAttention (attention/sparse_flash_attention/docs/aclnnSparseFlashAttention.md) reads FLOAT16/BFLOAT16 key/value only; the dense cache is mapped (composed ops), not onto aclnnSparseFlashAttention, whose documented limits (D 512 + rope 64, F16/BF16, no sink input, softmaxMax/Sum only without a paged layout, valid indices first) exclude most of the contract";
-
-/// Why dsa_indexer_topk is not mapped.
-pub const NO_INDEXER: &str = "aclnnLightningIndexer (attention/lightning_indexer/docs/aclnnLightningIndexer.md) returns the top-k indices only when the key is paged (returnValues only when layout_key is not PA_BSND, and then as FLOAT16/BFLOAT16), so the contract's f32 topk_scores cannot be produced; it also takes head dim 128 only, at most 64 query heads, FLOAT16/BFLOAT16 query and key";
 
 /// Why sqrtsoftplus routing is not mapped.
 pub const NO_SQRTSOFTPLUS: &str = "aclnnMoeGatingTopK's normType is 0 (softmax) or 1 (sigmoid) (moe_gating_top_k tiling CheckAttr); it has no sqrt-softplus score (so neither score-selected nor hash-routed sqrtsoftplus runs; hash routing with sigmoid/softmax does)";
@@ -38,16 +33,10 @@ pub fn notes() -> Vec<String> {
         ("mla_kv_quantize", NO_KV_QUANTIZE),
         ("mla_cache_write fp8_ds_v32", NO_FP8_CACHE_WRITE),
         ("mla_sparse_decode fp8_ds_v32", NO_SPARSE_DECODE_FP8),
-        ("dsa_indexer_topk", NO_INDEXER),
     ]
     .iter()
     .map(|(what, why)| format!("unsupported: {what}: {why}"))
     .collect()
-}
-
-/// The Unsupported error of an op this backend does not map at all.
-pub fn refuse(op: Op, dtype: DType, reason: &str) -> Error {
-    unsupported(op, dtype.to_string(), reason)
 }
 
 #[cfg(test)]
@@ -57,7 +46,7 @@ mod tests {
     #[test]
     fn every_unmapped_v2_item_has_a_note_naming_a_cann_source() {
         let notes = notes();
-        assert_eq!(notes.len(), 7);
+        assert_eq!(notes.len(), 6);
         for n in &notes {
             assert!(n.starts_with("unsupported: "), "{n}");
             assert!(n.contains("aclnn"), "{n} names no CANN op");
