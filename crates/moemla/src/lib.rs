@@ -43,6 +43,9 @@ pub mod doc_snippets {
     /// docs/ci.md.
     #[doc = include_str!("../../../docs/ci.md")]
     pub struct Ci;
+    /// docs/engine.md.
+    #[doc = include_str!("../../../docs/engine.md")]
+    pub struct Engine;
     /// docs/conformance.md.
     #[doc = include_str!("../../../docs/conformance.md")]
     pub struct Conformance;
