@@ -1,9 +1,10 @@
 //! Weight rows times a few activation vectors: the decode-time shape of the expert GEMMs,
 //! where a general GEMM would first pack (copy) the whole weight tile. Each weight row is
 //! read once (F16/BF16: upcast into an L1-resident buffer) and dotted with every
-//! activation vector. FP8 weights are dequantized the same way, row by row.
+//! activation vector. FP8 weights are decoded in registers where the CPU has AVX-512
+//! ([`fp8::gemv`]), else dequantized the same way, row by row.
 
-use crate::ops::moe_experts::fp8::Weights;
+use crate::ops::moe_experts::fp8::{self, Weights};
 use crate::storage::FloatSlice;
 
 /// Up to this many activation vectors, [`rows_times`] beats a tile plus GEMM (measured
@@ -22,6 +23,12 @@ pub fn rows_times(
     out: &mut [f32],
     row: &mut Vec<f32>,
 ) {
+    // FP8: codes decoded in registers where the CPU can (no dequantized row at all).
+    if let Weights::Fp8(f) = &w {
+        if f.cols == k && fp8::gemv::rows_times(f, first, rows, act, out) {
+            return;
+        }
+    }
     pulp::Arch::new().dispatch(RowsTimes {
         w,
         first,

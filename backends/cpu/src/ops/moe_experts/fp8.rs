@@ -2,6 +2,8 @@
 //! with 128x128 block scales, dequantized row by row into the f32 tiles the GEMMs read, so
 //! no dequantized weight tensor ever exists), and `fp8_block128` activation quantization.
 
+pub mod gemv;
+
 use super::permute::Permutation;
 use crate::storage::{f32_slice, storage, CpuSlice, FloatSlice};
 use moemla_core::fp8::{quantize_activation_row, ScaleMode, BLOCK, E4M3_VALUES};
