@@ -87,6 +87,31 @@ class ExpertsV2Test(unittest.TestCase):
         got = lowp.moe_experts_v2(x, w13.astype(np.float32), w2.astype(np.float32), np.array([[0]], dtype=np.int32), np.array([[0.5]], dtype=np.float32), np.float32, "fp8_block128", "ue8m0")
         np.testing.assert_allclose(got, y, rtol=1e-5, atol=1e-6)
 
+    def test_shared_experts_by_hand(self):
+        # H 2, two shared experts of Is 1: expert 0 gate row [1, 0], up row [0, 1], down [[2], [3]];
+        # expert 1 gate [0, 1], up [1, 1], down [[1], [-1]]; with the clamp at 1.5.
+        silu = lambda v: v / (1 + math.exp(-v))  # noqa: E731
+        x = np.array([[1.0, 2.0], [-1.0, 0.5]])
+        sw13 = np.array([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [1.0, 1.0]]])
+        sw2 = np.array([[[2.0], [3.0]], [[1.0], [-1.0]]])
+        for limit in (None, 1.5):
+            c = (lambda v: v) if limit is None else (lambda v: max(min(v, limit), -limit))  # noqa: E731
+            g_only = (lambda v: v) if limit is None else (lambda v: min(v, limit))  # noqa: E731
+            want = []
+            for x0, x1 in x:
+                a0 = silu(g_only(x0)) * c(x1)
+                a1 = silu(g_only(x1)) * c(x0 + x1)
+                want.append([2 * a0 + a1, 3 * a0 - a1])
+            np.testing.assert_allclose(ops_ref.shared_experts(x, sw13, sw2, limit), want, rtol=1e-15)
+        # Fused into the model: routed slots (token 1 has none) plus the shared experts.
+        w13 = np.array([[[1.0, 1.0], [1.0, -1.0]]])
+        w2 = np.array([[[0.5], [0.25]]])
+        ids, weights = np.array([[0], [-1]], dtype=np.int32), np.array([[0.5], [0.9]], dtype=np.float32)
+        want = ops_ref.moe_experts(x, w13, w2, ids, weights) + ops_ref.shared_experts(x, sw13, sw2)
+        self.assertTrue(np.array_equal(want[1], ops_ref.shared_experts(x, sw13, sw2)[1]))
+        got = lowp.moe_experts_v2(x, w13, w2, ids, weights, np.float32, shared=(sw13, sw2))
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
 
 class KvQuantizeTest(unittest.TestCase):
     def test_one_row_by_hand(self):
