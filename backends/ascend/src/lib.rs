@@ -141,6 +141,12 @@ impl Backend for AscendBackend {
                     .map(|dtype| OpSupport::with_format(Op::MoeRoute, dtype, Format::HashRouting)),
             );
         }
+        if ops::moe_route::sqrtsoftplus_available(ops) {
+            supported
+                .extend(DType::FLOATS.map(|dtype| {
+                    OpSupport::with_format(Op::MoeRoute, dtype, Format::Sqrtsoftplus)
+                }));
+        }
         if ops::moe_experts::available(ops) {
             supported.extend(DType::FLOATS.map(|dtype| OpSupport::new(Op::MoeExperts, dtype)));
         }

@@ -182,6 +182,14 @@ symbol_table! {
         fn aclnnTopkGetWorkspaceSize(_: Handle, _: i64, _: i64, _: bool, _: bool, _: Handle, _: Handle, _: *mut u64, _: *mut Handle) -> i32;
         /// aclnnTopk second phase.
         fn aclnnTopk(_: Handle, _: u64, _: Handle, _: Handle) -> i32;
+        /// aclnnSoftplus.md (hicann/ops-nn `activation/softplus_v2/docs/aclnnSoftplus.md`): `(const aclTensor *self, const aclScalar *beta, const aclScalar *threshold, aclTensor *out, ...)`
+        fn aclnnSoftplusGetWorkspaceSize(_: Handle, _: Handle, _: Handle, _: Handle, _: *mut u64, _: *mut Handle) -> i32;
+        /// aclnnSoftplus second phase.
+        fn aclnnSoftplus(_: Handle, _: u64, _: Handle, _: Handle) -> i32;
+        /// aclnnSqrt.md: `(const aclTensor *self, aclTensor *out, ...)`
+        fn aclnnSqrtGetWorkspaceSize(_: Handle, _: Handle, _: *mut u64, _: *mut Handle) -> i32;
+        /// aclnnSqrt second phase.
+        fn aclnnSqrt(_: Handle, _: u64, _: Handle, _: Handle) -> i32;
         /// aclnnIndexSelect.md: `(const aclTensor *self, int64_t dim, const aclTensor *index, aclTensor *out, ...)`
         fn aclnnIndexSelectGetWorkspaceSize(_: Handle, _: i64, _: Handle, _: Handle, _: *mut u64, _: *mut Handle) -> i32;
         /// aclnnIndexSelect second phase.

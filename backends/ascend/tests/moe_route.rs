@@ -348,7 +348,14 @@ fn hash_reference(logits: &[f32], e: usize, table_row: &[i32], p: &RouteParams) 
             .iter()
             .map(|&x| 1.0 / (1.0 + (-(x as f64)).exp()))
             .collect(),
-        _ => {
+        ScoreFunc::Sqrtsoftplus => logits
+            .iter()
+            .map(|&x| {
+                let x = x as f64;
+                if x > 20.0 { x } else { x.exp().ln_1p() }.sqrt()
+            })
+            .collect(),
+        ScoreFunc::Softmax => {
             let m = logits
                 .iter()
                 .fold(f64::NEG_INFINITY, |a, &x| a.max(x as f64));
@@ -368,6 +375,8 @@ fn hash_reference(logits: &[f32], e: usize, table_row: &[i32], p: &RouteParams) 
 
 #[test]
 fn hash_routing_takes_the_tables_ids_and_the_scores_at_them() {
+    // Sigmoid and softmax scores come from aclnnMoeGatingTopK's normOut, sqrt-softplus from
+    // aclnnSoftplus + aclnnSqrt.
     let be = common::backend();
     let (t, e, k, vocab) = (6, 16, 3, 5);
     // Rows of distinct ids; row 4 is never read (it holds an out-of-range id: not checked).
@@ -376,6 +385,7 @@ fn hash_routing_takes_the_tables_ids_and_the_scores_at_them() {
     for (score_func, renormalize, dtype) in [
         (ScoreFunc::Sigmoid, true, DType::BF16),
         (ScoreFunc::Softmax, false, DType::F32),
+        (ScoreFunc::Sqrtsoftplus, true, DType::F16),
     ] {
         let p = RouteParams {
             score_func,
@@ -440,17 +450,29 @@ fn hash_routing_takes_the_tables_ids_and_the_scores_at_them() {
         ops::moe_route_with(&be, inputs, &p),
         Err(Error::IndexOutOfRange { .. })
     ));
-    // sqrt-softplus has no CANN score function: hash-routed or not, Unsupported.
+}
+
+#[test]
+fn sqrtsoftplus_routing_matches_reference_with_groups_and_bias() {
+    // Scores by aclnnSoftplus + aclnnSqrt, selection on the host (module doc of moe_route).
     let p = RouteParams {
         score_func: ScoreFunc::Sqrtsoftplus,
+        top_k: 3,
+        n_group: 4,
+        topk_group: 2,
+        group_select: GroupSelect::Top2Sum,
+        renormalize: true,
+        routed_scaling_factor: 1.5,
+    };
+    for dtype in [DType::F32, DType::BF16] {
+        check_route(dtype, &p, 9, 32, true);
+    }
+    let p = RouteParams {
+        n_group: 1,
+        topk_group: 1,
+        group_select: GroupSelect::Max,
+        renormalize: false,
         ..p
     };
-    let ids_t = be
-        .upload(&HostTensor::from_slice([1], &[0i32]).unwrap())
-        .unwrap();
-    let inputs = ops::RouteInputs::new(&logits).with_hash(&ids_t, &table_t);
-    assert!(matches!(
-        ops::moe_route_with(&be, inputs, &p),
-        Err(Error::Unsupported { .. })
-    ));
+    check_route(DType::F16, &p, 5, 24, false);
 }

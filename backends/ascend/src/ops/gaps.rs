@@ -15,9 +15,6 @@ pub const NO_FP8_CACHE_DECODE: &str = "aclnnFusedInferAttentionScoreV3's MLA mod
 /// ops, `mla_sparse_decode.rs`).
 pub const NO_SPARSE_DECODE_FP8: &str = "the fp8_ds_v32 cache: no CANN op dequantises the 656-byte row (e4m3 codes with f32 tile scales; Atlas A2/A3 have no FLOAT8_E4M3FN tensors), and aclnnSparseFlashAttention (attention/sparse_flash_attention/docs/aclnnSparseFlashAttention.md) reads FLOAT16/BFLOAT16 key/value only; the dense cache is mapped (composed ops), not onto aclnnSparseFlashAttention, whose documented limits (D 512 + rope 64, F16/BF16, no sink input, softmaxMax/Sum only without a paged layout, valid indices first) exclude most of the contract";
 
-/// Why sqrtsoftplus routing is not mapped.
-pub const NO_SQRTSOFTPLUS: &str = "aclnnMoeGatingTopK's normType is 0 (softmax) or 1 (sigmoid) (moe_gating_top_k tiling CheckAttr); it has no sqrt-softplus score (so neither score-selected nor hash-routed sqrtsoftplus runs; hash routing with sigmoid/softmax does)";
-
 /// Why FP8 experts are not mapped.
 pub const NO_FP8_EXPERTS: &str = "no FP8 on Atlas A2/A3: aclnnGroupedMatmulV4 (gmm/grouped_matmul/docs/aclnnGroupedMatmulV4.md) quantises INT8 (static/dynamic) and antiquantises INT4/INT8 weights per channel or group on A2/A3; FP8/MXFP8 is Ascend 950 only, and no A2/A3 op dequantises e4m3 weights with 128x128 block scales";
 
@@ -27,7 +24,6 @@ pub const NO_KV_QUANTIZE: &str = NO_FP8_CACHE_WRITE;
 /// Everything v2 this backend leaves Unsupported, with the reason, for `info().notes`.
 pub fn notes() -> Vec<String> {
     [
-        ("moe_route sqrtsoftplus", NO_SQRTSOFTPLUS),
         ("moe_experts fp8_weights / fp8_activations", NO_FP8_EXPERTS),
         ("mla_decode fp8_ds_v32", NO_FP8_CACHE_DECODE),
         ("mla_kv_quantize", NO_KV_QUANTIZE),
@@ -46,7 +42,7 @@ mod tests {
     #[test]
     fn every_unmapped_v2_item_has_a_note_naming_a_cann_source() {
         let notes = notes();
-        assert_eq!(notes.len(), 6);
+        assert_eq!(notes.len(), 5);
         for n in &notes {
             assert!(n.starts_with("unsupported: "), "{n}");
             assert!(n.contains("aclnn"), "{n} names no CANN op");

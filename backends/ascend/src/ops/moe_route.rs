@@ -41,7 +41,8 @@ const EPS: f64 = 1e-20;
 const MAX_EXPERTS: usize = 2048;
 
 /// Contract gaps, for `info().notes`.
-pub const NOTES: [&str; 3] = [
+pub const NOTES: [&str; 4] = [
+    "moe_route sqrtsoftplus (v2): scores by aclnnSoftplus (beta 1, threshold 20) + aclnnSqrt in f32 on the device; selection (or the hash tables' ids) and weights on the host by the contract's rules (aclnnMoeGatingTopK has no sqrt-softplus normType)",
     "moe_route hash routing (v2, sigmoid/softmax scores): the tables are read back and checked, ids = tid2eid[input_ids] on the host, weights = aclnnMoeGatingTopK's normOut at those ids (its own selection unused)",
     "moe_route: aclnnMoeGatingTopK selects (F16/BF16 logits cast to F32 first); the weights are its normOut at the ids, renormalised by max(sum, 1e-20) and scaled on the host (the op renormalises only sigmoid, by sum + eps); rows with a NaN score, or all rows with a non-finite bias, are selected on the host by the contract's rules",
     "moe_route: Unsupported where aclnnMoeGatingTopK's tiling refuses: E > 2048; with real group selection (1 < n_group < E, topk_group < n_group) align32(E / n_group) * n_group > 2048",
@@ -90,6 +91,113 @@ fn f32s(bytes: &[u8]) -> Vec<f32> {
         .collect()
 }
 
+/// Whether the loaded op libraries have what sqrt-softplus routing needs.
+pub fn sqrtsoftplus_available(ops: &OpApi) -> bool {
+    ops.aclnnCast.is_some()
+        && ops.aclnnCastGetWorkspaceSize.is_some()
+        && ops.aclnnSoftplus.is_some()
+        && ops.aclnnSoftplusGetWorkspaceSize.is_some()
+        && ops.aclnnSqrt.is_some()
+        && ops.aclnnSqrtGetWorkspaceSize.is_some()
+}
+
+/// sqrt-softplus routing: s = aclnnSqrt(aclnnSoftplus(logits, beta 1, threshold 20)) in
+/// f32 on the device (the contract's softplus: x above 20, else ln(1 + e^x)); selection
+/// (or the hash tables' ids) and weights on the host (`host::select_all` / `host::hash`):
+/// aclnnMoeGatingTopK has no sqrt-softplus normType.
+fn sqrtsoftplus(
+    be: &AscendBackend,
+    call: &MoeRouteCall<'_>,
+    tables: Option<(Vec<i32>, Vec<i32>)>,
+) -> Result<MoeRouteOutput> {
+    let dev = &be.dev;
+    let ops = &dev.cann.ops;
+    let p = call.params;
+    let (t, e, k) = (call.tokens, call.experts, p.top_k);
+    if i32::try_from(e).is_err() {
+        return Err(unsupported(
+            Op::MoeRoute,
+            format!("E={e}"),
+            "expert ids are I32",
+        ));
+    }
+    require_ops(Op::MoeRoute, sqrtsoftplus_available(ops))?;
+    let logits_mem = be.mem(call.logits, "moe_route", "logits")?;
+    let x32 = dev.alloc(t * e * 4)?;
+    let soft = dev.alloc(t * e * 4)?;
+    let s = dev.alloc(t * e * 4)?;
+    {
+        let src = dev.tensor(logits_mem, &[t, e], None, 0, acl_dtype(call.logits.dtype()))?;
+        let xt = dev.tensor(&x32, &[t, e], None, 0, ACL_FLOAT)?;
+        // SAFETY: handles live for the call; out-pointers come from `Device::run`.
+        dev.run(
+            "aclnnCast",
+            |ws, ex| unsafe {
+                (ops.aclnnCastGetWorkspaceSize
+                    .expect("checked by sqrtsoftplus_available()"))(
+                    src.raw(),
+                    ACL_FLOAT,
+                    xt.raw(),
+                    ws,
+                    ex,
+                )
+            },
+            ops.aclnnCast,
+        )?;
+        let beta = dev.scalar_f32(1.0)?;
+        let threshold = dev.scalar_f32(20.0)?;
+        let st = dev.tensor(&soft, &[t, e], None, 0, ACL_FLOAT)?;
+        // SAFETY: as above.
+        dev.run(
+            "aclnnSoftplus",
+            |ws, ex| unsafe {
+                (ops.aclnnSoftplusGetWorkspaceSize
+                    .expect("checked by sqrtsoftplus_available()"))(
+                    xt.raw(),
+                    beta.raw(),
+                    threshold.raw(),
+                    st.raw(),
+                    ws,
+                    ex,
+                )
+            },
+            ops.aclnnSoftplus,
+        )?;
+        let out = dev.tensor(&s, &[t, e], None, 0, ACL_FLOAT)?;
+        // SAFETY: as above.
+        dev.run(
+            "aclnnSqrt",
+            |ws, ex| unsafe {
+                (ops.aclnnSqrtGetWorkspaceSize
+                    .expect("checked by sqrtsoftplus_available()"))(
+                    st.raw(), out.raw(), ws, ex
+                )
+            },
+            ops.aclnnSqrt,
+        )?;
+    }
+    let scores = f32s(&dev.download_bytes(&s, t * e * 4)?);
+    let (ids, weights) = match tables {
+        Some((input_ids, tid2eid)) => host::hash(p, e, &scores, &input_ids, &tid2eid),
+        None => {
+            let bias = call
+                .bias
+                .map(|b| -> Result<Vec<f32>> {
+                    let mem = be.mem(b, "moe_route", "bias")?;
+                    Ok(f32s(&dev.download_bytes(mem, e * 4)?))
+                })
+                .transpose()?;
+            host::select_all(p, e, &scores, bias.as_deref())
+        }
+    };
+    let ids: Vec<u8> = ids.iter().flat_map(|i| i.to_le_bytes()).collect();
+    let weights: Vec<u8> = weights.iter().flat_map(|w| w.to_le_bytes()).collect();
+    Ok(MoeRouteOutput {
+        topk_ids: be.wrap(dev.upload_bytes(&ids)?, [t, k], DType::I32),
+        topk_weights: be.wrap(dev.upload_bytes(&weights)?, [t, k], DType::F32),
+    })
+}
+
 /// Runs moe_route.
 pub fn run(be: &AscendBackend, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput> {
     // Hash routing's tables, on the host: checked first (an input error comes before any
@@ -113,6 +221,9 @@ pub fn run(be: &AscendBackend, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput
             Some((input_ids, tid2eid))
         }
     };
+    if call.params.score_func == ScoreFunc::Sqrtsoftplus {
+        return sqrtsoftplus(be, call, tables);
+    }
     check_limits(call)?;
     require_ops(Op::MoeRoute, available(&be.dev.cann.ops))?;
     let dev = &be.dev;
@@ -166,11 +277,12 @@ pub fn run(be: &AscendBackend, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput
         let norm_type = match p.score_func {
             ScoreFunc::Softmax => 0,
             ScoreFunc::Sigmoid => 1,
+            // Taken by `sqrtsoftplus` before this point; never reached.
             ScoreFunc::Sqrtsoftplus => {
-                return Err(moemla_core::Error::unsupported_format(
-                    crate::NAME,
+                return Err(unsupported(
                     Op::MoeRoute,
-                    moemla_core::Format::Sqrtsoftplus,
+                    "sqrtsoftplus",
+                    "aclnnMoeGatingTopK has no sqrt-softplus normType",
                 ))
             }
         };

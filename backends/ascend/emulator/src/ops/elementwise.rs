@@ -1,4 +1,5 @@
-//! aclnnCast, aclnnInplaceCopy, aclnnMuls, aclnnInplaceZero, aclnnClamp.
+//! aclnnCast, aclnnInplaceCopy, aclnnMuls, aclnnInplaceZero, aclnnClamp, aclnnSoftplus,
+//! aclnnSqrt.
 //!
 //! - `aclnnCastGetWorkspaceSize(const aclTensor *self, const aclDataType dtype,
 //!   aclTensor *out, uint64_t *workspaceSize, aclOpExecutor **executor)`: out = self
@@ -21,6 +22,12 @@
 //!   FLOAT, BFLOAT16 (.../aolapi/context/aclnnClamp.md). NaN is not documented: the
 //!   emulator propagates it (torch.clamp's semantics, which torch_npu maps to this op), a
 //!   point to check on silicon.
+//! - `aclnnSoftplusGetWorkspaceSize(const aclTensor *self, const aclScalar *beta, const
+//!   aclScalar *threshold, aclTensor *out, ...)`: out = log(1 + exp(beta * x)) / beta, or x
+//!   where beta * x > threshold; FLOAT16, FLOAT, BFLOAT16; null arguments
+//!   ACLNN_ERR_PARAM_NULLPTR (hicann/ops-nn `activation/softplus_v2/docs/aclnnSoftplus.md`).
+//! - `aclnnSqrtGetWorkspaceSize(const aclTensor *self, aclTensor *out, ...)`: out = sqrt(x)
+//!   (.../aolapi/context/aclnnSqrt.md).
 
 use super::{aclnn_launch, expect_dims, expect_dtype};
 use crate::executor::prepare;
@@ -200,3 +207,75 @@ pub unsafe extern "C" fn aclnnClampGetWorkspaceSize(
     }
 }
 aclnn_launch!(aclnnClamp);
+
+/// First phase of aclnnSoftplus.
+///
+/// # Safety
+/// Pointers are checked against the emulator's records; out-pointers must be writable.
+#[no_mangle]
+pub unsafe extern "C" fn aclnnSoftplusGetWorkspaceSize(
+    self_: *const AclTensor,
+    beta: *const AclScalar,
+    threshold: *const AclScalar,
+    out: *const AclTensor,
+    workspace_size: *mut u64,
+    executor: *mut *mut c_void,
+) -> i32 {
+    // SAFETY: forwarded caller guarantees.
+    unsafe {
+        prepare("aclnnSoftplus", workspace_size, executor, || {
+            let x = tensor(self_, "self")?;
+            let b = scalar(beta, "beta")?;
+            let t = scalar(threshold, "threshold")?;
+            let y = tensor(out, "out")?;
+            let floats = [DT_F32, DT_F16, DT_BF16];
+            expect_dtype(&x, &floats, "self")?;
+            expect_dtype(&y, &floats, "out")?;
+            expect_dims(&y, &x.dims, "out")?;
+            Ok(Box::new(move || {
+                let v: Vec<f64> = x
+                    .load()?
+                    .into_iter()
+                    .map(|e| {
+                        if b * e > t {
+                            e
+                        } else {
+                            (b * e).exp().ln_1p() / b
+                        }
+                    })
+                    .collect();
+                y.store(&v)
+            }))
+        })
+    }
+}
+aclnn_launch!(aclnnSoftplus);
+
+/// First phase of aclnnSqrt.
+///
+/// # Safety
+/// Pointers are checked against the emulator's records; out-pointers must be writable.
+#[no_mangle]
+pub unsafe extern "C" fn aclnnSqrtGetWorkspaceSize(
+    self_: *const AclTensor,
+    out: *const AclTensor,
+    workspace_size: *mut u64,
+    executor: *mut *mut c_void,
+) -> i32 {
+    // SAFETY: forwarded caller guarantees.
+    unsafe {
+        prepare("aclnnSqrt", workspace_size, executor, || {
+            let x = tensor(self_, "self")?;
+            let y = tensor(out, "out")?;
+            let floats = [DT_F32, DT_F16, DT_BF16];
+            expect_dtype(&x, &floats, "self")?;
+            expect_dtype(&y, &floats, "out")?;
+            expect_dims(&y, &x.dims, "out")?;
+            Ok(Box::new(move || {
+                let v: Vec<f64> = x.load()?.into_iter().map(f64::sqrt).collect();
+                y.store(&v)
+            }))
+        })
+    }
+}
+aclnn_launch!(aclnnSqrt);

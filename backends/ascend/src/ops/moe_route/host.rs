@@ -59,7 +59,7 @@ fn select(p: &RouteParams, s: &[f32], bias: Option<&[f32]>, ids: &mut [i32]) {
     }
     let best = top_indices(&sel, ids.len());
     for (id, e) in ids.iter_mut().zip(best) {
-        // e < E <= 2048 (the op's limit, checked before the call).
+        // e < E, which fits an i32 (checked before the call: moe_route::run).
         *id = e as i32;
     }
 }
@@ -118,6 +118,29 @@ fn finish_row(renormalize: bool, scale: f32, row: &mut [f32]) {
         row.iter_mut().for_each(|w| *w /= denominator);
     }
     row.iter_mut().for_each(|w| *w *= scale);
+}
+
+/// Selection and weights wholly on the host, for scores CANN's routing op cannot compute
+/// (sqrt-softplus): every row by the contract's rules ([`finish`]'s fallback), then weights
+/// as there. `s` [T, E], `bias` [E]. Returns (ids [T, k], weights [T, k]).
+pub fn select_all(
+    p: &RouteParams,
+    e: usize,
+    s: &[f32],
+    bias: Option<&[f32]>,
+) -> (Vec<i32>, Vec<f32>) {
+    let k = p.top_k;
+    let scale = p.routed_scaling_factor as f32;
+    let rows = s.len() / e.max(1);
+    let mut ids = vec![0i32; rows * k];
+    let mut weights = Vec::with_capacity(rows * k);
+    for (row, row_ids) in s.chunks(e).zip(ids.chunks_mut(k)) {
+        select(p, row, bias, row_ids);
+        let start = weights.len();
+        weights.extend(row_ids.iter().map(|&id| row[id as usize]));
+        finish_row(p.renormalize, scale, &mut weights[start..]);
+    }
+    (ids, weights)
 }
 
 /// Hash routing (`input_ids` and `tid2eid`, both checked): ids[t] = tid2eid[input_ids[t]],
