@@ -26,7 +26,7 @@ fn ops(c: &mut Criterion) {
         group.sample_size(10);
         for case in BenchCase::list(suite, &Op::ALL, &[DType::BF16, DType::F32]) {
             let inputs = generate(&case).expect("bench inputs");
-            let prepared = Prepared::new(&*backend, &case, &inputs).expect("upload");
+            let mut prepared = Prepared::new(&*backend, &case, &inputs).expect("upload");
             group.bench_function(case.to_string(), |b| {
                 b.iter(|| {
                     prepared.call().expect("op");

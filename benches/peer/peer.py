@@ -9,20 +9,48 @@ object per case: {"file": ..., "median_s": ...}.
 """
 import argparse
 import json
+import struct
 import sys
 import time
 
-import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy for safetensors)
+import ml_dtypes
 import numpy as np
-from safetensors import safe_open
+
+
+# safetensors dtype names -> numpy dtypes (F8_E4M3 through ml_dtypes: safetensors' numpy
+# loader has no float8 of its own).
+DTYPES = {
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16,
+    "I32": np.int32,
+    "U8": np.uint8,
+    "F8_E4M3": ml_dtypes.float8_e4m3fn,
+}
+
+
+def read_file(path):
+    """(metadata, {name: array}) of a safetensors file, read directly (every dtype the
+    bench writes, FP8 included)."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        data = f.read()
+    meta = header.pop("__metadata__", {}) or {}
+    arrays = {}
+    for name, t in header.items():
+        start, end = t["data_offsets"]
+        arrays[name] = np.frombuffer(data[start:end], dtype=DTYPES[t["dtype"]]).reshape(t["shape"])
+    return meta, arrays
 
 
 def load(path):
-    with safe_open(path, "np") as f:
-        meta = f.metadata()
-        tensors = {k[3:]: f.get_tensor(k) for k in f.keys() if k.startswith("in.")}
+    meta, arrays = read_file(path)
+    tensors = {k[3:]: v for k, v in arrays.items() if k.startswith("in.")}
     for name, t in tensors.items():
-        if t.dtype.kind == "f" or t.dtype == ml_dtypes.bfloat16:
+        # Run-dtype floats to float32 once, as a numpy user would; FP8 codes stay codes
+        # (dequantized per expert where they are used).
+        if t.dtype in (np.float16, np.float32, ml_dtypes.bfloat16):
             tensors[name] = t.astype(np.float32)
     return meta["op"], json.loads(meta["params"]), tensors
 
@@ -52,16 +80,51 @@ def moe_route(p, logits, bias=None):
     return ids.astype(np.int32), (w * p["routed_scaling_factor"]).astype(np.float32)
 
 
-def moe_experts(_p, x, w13, w2, topk_ids, topk_weights):
+def dequant(codes, scales):
+    """FP8 e4m3 codes [R, C] times their 128x128 block scales [ceil(R/128), ceil(C/128)]."""
+    r, c = codes.shape
+    full = np.repeat(np.repeat(scales, 128, axis=0), 128, axis=1)[:r, :c]
+    return codes.astype(np.float32) * full
+
+
+def quant_rows(v, ue8m0):
+    """fp8_block128 activation quantization of each row of v (groups of 128 columns):
+    sc = max(amax, 1e-4) / 448 (ue8m0: rounded up to a power of two), v = e4m3(v / sc) * sc."""
+    out = np.empty_like(v)
+    for g in range(0, v.shape[1], 128):
+        blk = v[:, g : g + 128]
+        sc = (np.maximum(np.abs(blk).max(axis=1, keepdims=True), np.float32(1e-4)) / np.float32(448)).astype(np.float32)
+        if ue8m0:
+            sc = np.exp2(np.ceil(np.log2(sc))).astype(np.float32)
+        q = (blk / sc).astype(ml_dtypes.float8_e4m3fn).astype(np.float32)
+        out[:, g : g + 128] = q * sc
+    return out
+
+
+def moe_experts(p, x, w13, w2, topk_ids, topk_weights, w13_scale=None, w2_scale=None):
     t, h = x.shape
-    inter = w13.shape[1] // 2
+    inter = w2.shape[2]
+    fp8 = w13_scale is not None
+    w8a8 = p.get("activation_quant") == "fp8_block128"
+    ue8m0 = p.get("activation_scale") == "ue8m0"
+    limit = p.get("swiglu_limit")
+    if w8a8:
+        x = quant_rows(x, ue8m0)
     y = np.zeros((t, h), dtype=np.float32)
-    for e in np.unique(topk_ids[topk_ids >= 0]):
-        rows, slots = np.nonzero(topk_ids == e)
-        hidden = x[rows] @ w13[e].T
+    live = (topk_ids >= 0) & (topk_weights != 0)
+    for e in np.unique(topk_ids[live]):
+        rows, slots = np.nonzero(live & (topk_ids == e))
+        a = dequant(w13[e], w13_scale[e]) if fp8 else w13[e]
+        b = dequant(w2[e], w2_scale[e]) if fp8 else w2[e]
+        hidden = x[rows] @ a.T
         gate, up = hidden[:, :inter], hidden[:, inter:]
+        if limit is not None:
+            gate = np.minimum(gate, np.float32(limit))
+            up = np.clip(up, -np.float32(limit), np.float32(limit))
         act = gate / (1.0 + np.exp(-gate)) * up
-        out = act @ w2[e].T
+        if w8a8:
+            act = quant_rows(act.astype(np.float32), ue8m0)
+        out = act @ b.T
         np.add.at(y, rows, out * topk_weights[rows, slots][:, None])
     return y
 
@@ -101,7 +164,8 @@ def run(op, params, t):
     if op == "moe_route":
         return moe_route(params, t["logits"], t.get("bias"))
     if op == "moe_experts":
-        return moe_experts(params, t["x"], t["w13"], t["w2"], t["topk_ids"], t["topk_weights"])
+        return moe_experts(params, t["x"], t["w13"], t["w2"], t["topk_ids"], t["topk_weights"],
+                           t.get("w13_scale"), t.get("w2_scale"))
     if op == "mla_decode":
         return mla_decode(params, t["q"], t["kv_cache"], t["block_table"], t["cache_seqlens"])
     raise SystemExit(f"peer.py: unknown op {op!r}")

@@ -5,6 +5,7 @@ its two reference functions (mla_decode `bmm`, moe_experts `loop`) run through a
 stand-in for the torch calls they make, against every golden case. On the GPU machine the
 peer checks the same functions, in torch and in the run dtype, before anything is timed."""
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -16,10 +17,12 @@ import ml_dtypes
 import numpy as np
 from safetensors import safe_open
 
+import peer
 import torch_peer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GOLDEN = os.path.join(HERE, "..", "..", "conformance", "golden")
+GOLDEN_V2 = os.path.join(HERE, "..", "..", "conformance", "golden-v2")
 SCRIPT = os.path.join(HERE, "torch_peer.py")
 
 
@@ -54,6 +57,26 @@ class HeaderAndCases(unittest.TestCase):
             self.assertEqual(c["dtype"].lower(), os.path.basename(os.path.dirname(c["path"])))
             self.assertEqual(c["op"], os.path.basename(os.path.dirname(os.path.dirname(c["path"]))))
             self.assertEqual(c["outputs"], ["lse", "o"] if c["op"] == "mla_decode" else ["y"])
+
+    def test_v2_cases_are_the_ones_the_peer_runs(self):
+        # Dense-cache decode, run-dtype and FP8 w8a16 experts (routed only); never the FP8
+        # cache, w8a8 or inputs the peer does not know.
+        cases = torch_peer.golden_cases([GOLDEN_V2])
+        self.assertGreater(len(cases), 0)
+        fp8 = 0
+        for c in cases:
+            meta, tensors = torch_peer.read_header(c["path"])
+            params = json.loads(meta["params"])
+            self.assertNotEqual(params.get("kv_format"), "fp8_ds_v32", c["path"])
+            self.assertNotEqual(params.get("activation_quant"), "fp8_block128", c["path"])
+            if c["op"] == "moe_experts":
+                self.assertLessEqual({k for k in tensors if k.startswith("in.")}, torch_peer.EXPERTS_INPUTS)
+                fp8 += "in.w13_scale" in tensors
+        self.assertGreaterEqual(fp8, 3, "the FP8 w8a16 cases are checked")
+        left_out = [p for p in glob.glob(os.path.join(GOLDEN_V2, "moe_experts", "*", "*.safetensors"))
+                    if "w8a8" in p]
+        self.assertGreater(len(left_out), 0)
+        self.assertFalse(set(left_out) & {c["path"] for c in cases})
 
     def test_a_missing_golden_path_is_an_error(self):
         with self.assertRaises(ValueError):
@@ -117,6 +140,23 @@ class ExitStatus(unittest.TestCase):
         self.assertEqual(r.returncode, 3, r.stdout + r.stderr)
         self.assertIn("torch not importable: ImportError: no torch in this test", r.stdout)
 
+    def test_bench_cases_exit_3_without_torch_so_the_bench_skips_the_peer(self):
+        # `moemla bench --peer torch` reads exit 3 as "torch unavailable" and says so.
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "torch.py"), "w") as f:
+                f.write('raise ImportError("no torch in this test")\n')
+            case = sorted(glob.glob(os.path.join(GOLDEN, "mla_decode", "*", "*.safetensors")))[0]
+            r = self.run_peer("--device", "cpu", "--cases", "--golden", GOLDEN, case,
+                              env_extra={"PYTHONPATH": d})
+        self.assertEqual(r.returncode, 3, r.stdout + r.stderr)
+        self.assertIn("torch not importable", r.stdout)
+        self.assertNotIn("median_s", r.stdout)
+
+    def test_case_files_need_cases(self):
+        r = self.run_peer("--golden", GOLDEN, "x.safetensors")
+        self.assertEqual(r.returncode, 2, r.stdout + r.stderr)
+        self.assertIn("--cases", r.stderr)
+
     def test_exit_2_on_a_missing_golden_dir_before_torch_is_imported(self):
         r = self.run_peer("--golden", os.path.join(GOLDEN, "no-such-dir"))
         self.assertEqual(r.returncode, 2, r.stdout + r.stderr)
@@ -162,8 +202,11 @@ class _T:
     def to(self, dtype):
         return _T(self.a.astype(np.float64), dtype)
 
-    def clamp(self, lo, hi):
-        return _T(np.clip(self.a, lo, hi), self.dtype)
+    def clamp(self, lo=None, hi=None, max=None):  # noqa: A002 (torch's keyword)
+        return _T(np.clip(self.a, lo, hi if max is None else max), self.dtype)
+
+    def repeat_interleave(self, n, dim):
+        return _T(np.repeat(self.a, n, axis=dim), self.dtype)
 
     def masked_fill(self, mask, v):
         return _T(np.where(mask.a, v, self.a), self.dtype)
@@ -270,6 +313,15 @@ def _load(path):
             for k, v in t.items()}, exp
 
 
+def _load_v2(path):
+    """Inputs and outputs of a golden-v2 file (FP8 codes included), as _load."""
+    _, arrays = peer.read_file(path)
+    t = {k[3:]: _T(v.astype(np.float64) if v.dtype.kind in "fV" or v.dtype == ml_dtypes.bfloat16 else v)
+         for k, v in arrays.items() if k.startswith("in.")}
+    exp = {k[4:]: v.astype(np.float64) for k, v in arrays.items() if k.startswith("out.")}
+    return t, exp
+
+
 class ReferenceFunctionsOnTheGoldens(unittest.TestCase):
     """mla_decode_bmm and moe_experts_loop, run through the numpy stand-in above, match
     every golden case in f64 within the F32 tolerance: their gathers, masks (NaN-filled
@@ -290,6 +342,19 @@ class ReferenceFunctionsOnTheGoldens(unittest.TestCase):
 
     def test_moe_experts_loop(self):
         self.check("moe_experts", ["y"])
+
+    def test_fp8_experts_loop_dequantizes_per_expert(self):
+        # FP8 w8a16 (partial blocks, the SwiGLU clamp) in f64: the dequantization's block
+        # indexing and the clamp are right; torch's rounding is checked where it runs.
+        cases = [c for c in torch_peer.golden_cases([GOLDEN_V2])
+                 if c["op"] == "moe_experts" and "fp8" in os.path.basename(c["path"])]
+        self.assertGreaterEqual(len(cases), 3)
+        for c in cases:
+            with self.subTest(case=os.path.relpath(c["path"], GOLDEN_V2)):
+                t, exp = _load_v2(c["path"])
+                (got,) = torch_peer.run_case(_FakeTorch, "loop", "moe_experts", c["params"], t)
+                tol = torch_peer.TOL[c["dtype"]]
+                np.testing.assert_allclose(got.a, exp["y"], rtol=tol, atol=tol)
 
 
 variants_ref = {"mla_decode": "bmm", "moe_experts": "loop"}

@@ -1,22 +1,29 @@
 #!/usr/bin/env python3
-"""torch peer for the GPU check (scripts/device-check.sh): the ops as a torch user would
-write them, on the same GPU, at the shapes of `moemla bench --device-shapes`.
+"""torch peer: the ops as a torch user would write them, on the GPU (the GPU check,
+scripts/device-check.sh) or on the CPU (`moemla bench --peer torch`, with --cases).
 
-1. Checks itself first: every mla_decode and moe_experts case of the golden directories
-   (--golden) runs through the same torch functions that are timed, in the case's run dtype,
-   and must match the expected outputs within the contract's tolerance (F32 1e-4, F16 2e-3,
-   BF16 2e-2, atol = rtol; a case's own tighter tolerance wins). So torch's times below are
-   times of correct implementations.
-2. Measures the ceilings on this device: an event-timed device copy (bytes read + written)
-   and a cuBLAS bf16 GEMM (8192^3) through torch.
-3. Times the bench shapes (bf16, random inputs on the device, CUDA events, median):
+1. Checks itself first: every mla_decode (dense cache) and moe_experts (run-dtype weights,
+   or FP8 w8a16 with block scales; routed experts only) case of the golden directories
+   (--golden) runs through the same torch functions that are timed, in the case's run
+   dtype, and must match the expected outputs within the contract's tolerance (F32 1e-4,
+   F16 2e-3, BF16 2e-2, atol = rtol; a case's own tighter tolerance wins). So torch's
+   times below are times of correct implementations.
+2. With --cases FILE...: times each case file `moemla bench` wrote (the golden layout:
+   `in.<arg>` tensors, `op` and `params` metadata) on --device (cpu for the bench) and
+   prints one JSON line per file, {"file": ..., "median_s": ...}, as peer.py does.
+3. Otherwise (the GPU check) measures the ceilings on this device: an event-timed device
+   copy (bytes read + written) and a cuBLAS bf16 GEMM (8192^3) through torch, then times
+   the bench shapes (bf16, random inputs on the device, CUDA events, median):
    - mla_decode over a paged cache, DeepSeek's reference way (model.py, absorbed MLA):
      gather the cache blocks, scores by a batched matmul in the run dtype, softmax in f32,
      probabilities times V in the run dtype (variant `bmm`);
    - moe_experts the Hugging Face / DeepSeek reference way: a Python loop over the experts
      that have tokens, two matmuls and SiLU each, index_add_ (variant `loop`); and sorted by
      expert through torch._grouped_mm where this torch has it (variant `grouped`, bf16).
-4. With --ours (moemla bench JSON reports), prints our time / torch's best per shape.
+   With --ours (moemla bench JSON reports), prints our time / torch's best per shape.
+
+FP8 weights are dequantized per active expert to the run dtype (codes times their 128x128
+block scales, DeepSeek's weight_dequant), then multiplied as above.
 
 Exit status: 0 fine; 1 the peer disagrees with a golden case, or a reference variant
 (`bmm`, `loop`) failed at a bench shape; 2 usage or unreadable golden files; 3 torch cannot
@@ -31,6 +38,9 @@ import sys
 # Contract default tolerances by run dtype (atol = rtol).
 TOL = {"F32": 1e-4, "F16": 2e-3, "BF16": 2e-2}
 PEER_OPS = ("mla_decode", "moe_experts")
+# The moe_experts inputs the peer runs (routed experts in the run dtype or FP8 with scales).
+EXPERTS_INPUTS = {"in.x", "in.w13", "in.w2", "in.topk_ids", "in.topk_weights",
+                  "in.w13_scale", "in.w2_scale"}
 RUN_ARG = {"mla_decode": "in.q", "moe_experts": "in.x"}
 MLA_D_QK, MLA_D_V = 576, 512
 DEEPSEEK_V3_SOFTMAX_SCALE = 0.1352337788608801
@@ -52,9 +62,20 @@ def read_header(path):
     return meta, {k: (v["dtype"], v["shape"]) for k, v in header.items()}
 
 
+def supported(op, params, tensors):
+    """Whether the peer's functions run this case: mla_decode over a dense cache;
+    moe_experts with routed experts only (run dtype, or FP8 w8a16), no activation
+    quantization."""
+    if op == "mla_decode":
+        return params.get("kv_format", "dense") == "dense"
+    inputs = {k for k in tensors if k.startswith("in.")}
+    return inputs <= EXPERTS_INPUTS and params.get("activation_quant", "none") == "none"
+
+
 def golden_cases(dirs):
     """The mla_decode and moe_experts cases under `dirs` (files or directories, walked
-    sorted): a list of dicts with path, op, params, run dtype and tolerance per output."""
+    sorted) that the peer runs ([`supported`]): a list of dicts with path, op, params, run
+    dtype and tolerance per output."""
     files = []
     for d in dirs:
         if os.path.isfile(d):
@@ -72,12 +93,13 @@ def golden_cases(dirs):
         if op not in PEER_OPS:
             continue
         run_dtype = tensors[RUN_ARG[op]][0]
-        if run_dtype not in TOL:
+        params = json.loads(meta.get("params", "{}"))
+        if run_dtype not in TOL or not supported(op, params, tensors):
             continue
         cases.append({
             "path": path,
             "op": op,
-            "params": json.loads(meta.get("params", "{}")),
+            "params": params,
             "dtype": run_dtype,
             "tolerance": tolerance(run_dtype, meta.get("tolerance")),
             "outputs": sorted(k[4:] for k in tensors if k.startswith("out.")),
@@ -196,9 +218,19 @@ def mla_decode_bmm(torch, q, kv_cache, block_table, cache_seqlens, scale, causal
     return o, lse
 
 
-def moe_experts_loop(torch, x, w13, w2, topk_ids, topk_weights):
-    """Routed experts the reference way: a loop over the experts that have tokens. Slots
-    with id -1 or weight 0 contribute nothing. Returns y [T, H] f32."""
+def weight_dequant(torch, codes, scale, dtype):
+    """FP8 e4m3 codes [R, C] times their 128x128 block scales [ceil(R/128), ceil(C/128)],
+    in `dtype` (DeepSeek's weight_dequant)."""
+    r, c = codes.shape
+    full = scale.repeat_interleave(128, dim=0).repeat_interleave(128, dim=1)[:r, :c]
+    return (codes.to(torch.float32) * full).to(dtype)
+
+
+def moe_experts_loop(torch, x, w13, w2, topk_ids, topk_weights, w13_scale=None, w2_scale=None,
+                     swiglu_limit=None):
+    """Routed experts the reference way: a loop over the experts that have tokens (FP8
+    weights dequantized per expert). Slots with id -1 or weight 0 contribute nothing.
+    Returns y [T, H] f32."""
     F = torch.nn.functional
     t, h = x.shape
     inter = w2.shape[2]
@@ -206,9 +238,17 @@ def moe_experts_loop(torch, x, w13, w2, topk_ids, topk_weights):
     valid = (topk_ids >= 0) & (topk_weights != 0)
     for e in torch.unique(topk_ids[valid]).tolist():
         rows, slots = torch.nonzero(valid & (topk_ids == e), as_tuple=True)
-        hidden = x[rows] @ w13[e].t()
-        act = (F.silu(hidden[:, :inter].float()) * hidden[:, inter:].float()).to(x.dtype)
-        out = act @ w2[e].t()
+        a, b = w13[e], w2[e]
+        if w13_scale is not None:
+            a = weight_dequant(torch, a, w13_scale[e], x.dtype)
+            b = weight_dequant(torch, b, w2_scale[e], x.dtype)
+        hidden = x[rows] @ a.t()
+        gate, up = hidden[:, :inter].float(), hidden[:, inter:].float()
+        if swiglu_limit is not None:
+            gate = gate.clamp(max=swiglu_limit)
+            up = up.clamp(-swiglu_limit, swiglu_limit)
+        act = (F.silu(gate) * up).to(x.dtype)
+        out = act @ b.t()
         y.index_add_(0, rows, out.float() * topk_weights[rows, slots].float()[:, None])
     return y
 
@@ -241,14 +281,18 @@ def run_case(torch, variant, op, params, t):
     if op == "mla_decode":
         return mla_decode_bmm(torch, t["q"], t["kv_cache"], t["block_table"], t["cache_seqlens"],
                               params["softmax_scale"], params["causal"], params["head_dim_v"])
+    if "w13_scale" in t or params.get("swiglu_limit") is not None:
+        return (moe_experts_loop(torch, t["x"], t["w13"], t["w2"], t["topk_ids"], t["topk_weights"],
+                                 t.get("w13_scale"), t.get("w2_scale"), params.get("swiglu_limit")),)
     fn = moe_experts_loop if variant == "loop" else moe_experts_grouped
     return (fn(torch, t["x"], t["w13"], t["w2"], t["topk_ids"], t["topk_weights"]),)
 
 
-def variants(op, dtype):
+def variants(op, dtype, params=None):
     if op == "mla_decode":
         return ["bmm"]
-    return ["loop", "grouped"] if dtype in ("BF16", "bf16") else ["loop"]
+    plain = not (params or {}).get("swiglu_limit")
+    return ["loop", "grouped"] if dtype in ("BF16", "bf16") and plain else ["loop"]
 
 
 def within(torch, got, exp, atol, rtol):
@@ -281,7 +325,9 @@ def check_goldens(torch, cases, device):
             t = {k[3:]: f.get_tensor(k) for k in f.keys() if k.startswith("in.")}
             exp = {k[4:]: f.get_tensor(k) for k in f.keys() if k.startswith("out.")}
         names = ["o", "lse"] if c["op"] == "mla_decode" else ["y"]
-        for v in variants(c["op"], c["dtype"]):
+        for v in variants(c["op"], c["dtype"], c["params"]):
+            if "w13_scale" in t and v != "loop":
+                continue
             if v in broken:
                 continue
             rel = os.path.relpath(c["path"])
@@ -396,6 +442,39 @@ def bench(torch, device, quick, broken):
     return rows
 
 
+def time_cases(torch, files, device, min_reps, max_reps, target_s):
+    """Times each case file with the reference variant (`bmm`, `loop`) in the case's run
+    dtype; prints {"file", "median_s"} per file. A case the peer does not run is an error
+    (exit 2): `moemla bench` sends only the ones it does."""
+    import time
+
+    from safetensors import safe_open
+
+    for path in files:
+        meta, header = read_header(path)
+        op, params = meta.get("op"), json.loads(meta.get("params", "{}"))
+        if op not in PEER_OPS or not supported(op, params, header):
+            print(f"torch_peer: {path}: {op} with these inputs is not run by this peer", file=sys.stderr)
+            return 2
+        with safe_open(path, framework="pt", device=device) as f:
+            t = {k[3:]: f.get_tensor(k) for k in f.keys() if k.startswith("in.")}
+        variant = "bmm" if op == "mla_decode" else "loop"
+
+        def fn():
+            with torch.inference_mode():
+                return run_case(torch, variant, op, params, t)
+
+        fn()  # warm-up
+        times, start = [], time.perf_counter()
+        while len(times) < min_reps or (len(times) < max_reps and time.perf_counter() - start < target_s):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        times.sort()
+        print(json.dumps({"file": path, "median_s": times[len(times) // 2]}), flush=True)
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--golden", action="append", default=[], help="golden directory or case file (repeatable)")
@@ -404,7 +483,15 @@ def main():
     ap.add_argument("--device", default="cuda", help="torch device (default cuda)")
     ap.add_argument("--quick", action="store_true", help="tiny shapes: checks the script only")
     ap.add_argument("--no-bench", action="store_true", help="the golden check only")
+    ap.add_argument("--cases", action="store_true",
+                    help="time the case files given (moemla bench --peer torch) instead of the GPU shapes")
+    ap.add_argument("--min-reps", type=int, default=3)
+    ap.add_argument("--max-reps", type=int, default=30)
+    ap.add_argument("--target-ms", type=float, default=1500)
+    ap.add_argument("files", nargs="*", help="case files (with --cases)")
     a = ap.parse_args()
+    if a.files and not a.cases:
+        ap.error("case files are timed with --cases")
     if not a.golden:
         ap.error("--golden is required: the peer checks itself before it is timed")
     try:
@@ -429,6 +516,10 @@ def main():
     failures, broken = check_goldens(torch, cases, a.device)
     print(f"golden check: {len(cases) - len(failures)} of {len(cases)} cases agree"
           + (f"; optional variants dropped: {', '.join(broken)}" if broken else ""), flush=True)
+    if a.cases:
+        if failures:
+            return 1
+        return time_cases(torch, a.files, a.device, a.min_reps, a.max_reps, a.target_ms / 1e3)
     report = {"torch": torch.__version__, "device": dev_name,
               "golden": {"cases": len(cases), "failures": failures, "dropped_variants": broken},
               "ceilings": None, "rows": []}

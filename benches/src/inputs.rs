@@ -1,26 +1,185 @@
 //! Deterministic inputs for each case (a fixed-seed PRNG; no `rand` dependency).
+//!
+//! Large tensors (DeepSeek-V3's 256 FP8 experts: 11.3 GB; a 1 GiB cache pool) are not
+//! built on the host: they are generated chunk by chunk into a zeroed device tensor
+//! ([`BenchTensor::Generated`]), so the host never holds a second copy.
 
 use crate::case::{BenchCase, MLA_D_QK};
-use moemla_core::{HostTensor, Result};
+use half::bf16;
+use moemla_core::{Backend, DType, DeviceTensor, Error, HostTensor, Result, Shape};
+
+/// Bytes generated and uploaded at a time for a [`BenchTensor::Generated`] tensor.
+const CHUNK_BYTES: usize = 64 << 20;
+
+/// Tensors larger than this are generated on the device side in chunks.
+const GENERATE_OVER: usize = 256 << 20;
+
+/// What fills a generated tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fill {
+    /// Finite e4m3 codes (never the NaN codes 0x7F / 0xFF), uniformly spread.
+    Fp8Codes,
+    /// `fp8_ds_v32` rows of 656 bytes: finite e4m3 codes of magnitude <= 3.75, scales
+    /// 2^-4, bf16 rope values in [-1, 1).
+    Ds32Rows,
+    /// BF16 values in [-1, 1).
+    Bf16,
+}
+
+/// One input tensor of a case.
+pub enum BenchTensor {
+    /// Built on the host.
+    Host(HostTensor),
+    /// Generated in chunks of [`CHUNK_BYTES`] straight into the device tensor.
+    Generated {
+        /// Shape.
+        shape: Shape,
+        /// Dtype (U8 / F8E4M3 bytes, or BF16).
+        dtype: DType,
+        /// Contents.
+        fill: Fill,
+        /// Seed of the contents.
+        seed: u64,
+    },
+}
+
+impl BenchTensor {
+    /// A tensor of `shape` and `dtype` filled by `fill`: on the host when small, else
+    /// generated on upload.
+    fn new(shape: impl Into<Shape>, dtype: DType, fill: Fill, seed: u64) -> Result<Self> {
+        let shape = shape.into();
+        if shape.byte_len(dtype)? > GENERATE_OVER {
+            return Ok(BenchTensor::Generated {
+                shape,
+                dtype,
+                fill,
+                seed,
+            });
+        }
+        let bytes = fill_bytes(fill, seed, 0, shape.byte_len(dtype)?);
+        Ok(BenchTensor::Host(HostTensor::from_bytes(
+            shape, dtype, bytes,
+        )?))
+    }
+
+    /// The tensor on the host, `None` for a generated one.
+    pub fn host(&self) -> Option<&HostTensor> {
+        match self {
+            BenchTensor::Host(t) => Some(t),
+            BenchTensor::Generated { .. } => None,
+        }
+    }
+
+    /// The tensor on `backend`: uploaded, or allocated zeroed and filled chunk by chunk
+    /// (one whole upload where the backend cannot write into a range).
+    pub fn upload(&self, backend: &dyn Backend) -> Result<DeviceTensor> {
+        let (shape, dtype, fill, seed) = match self {
+            BenchTensor::Host(t) => return backend.upload(t),
+            BenchTensor::Generated {
+                shape,
+                dtype,
+                fill,
+                seed,
+            } => (shape, *dtype, *fill, *seed),
+        };
+        let total = shape.byte_len(dtype)?;
+        let elem = dtype.size_in_bytes();
+        let dev = backend.alloc_zeroed(shape, dtype)?;
+        let mut at = 0;
+        while at < total {
+            let len = CHUNK_BYTES.min(total - at);
+            let chunk =
+                HostTensor::from_bytes([len / elem], dtype, fill_bytes(fill, seed, at, len))?;
+            match backend.upload_into(&chunk, &dev, at / elem) {
+                Ok(()) => at += len,
+                Err(Error::NotProvided { .. }) => {
+                    let all = fill_bytes(fill, seed, 0, total);
+                    return backend.upload(&HostTensor::from_bytes(shape.clone(), dtype, all)?);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(dev)
+    }
+}
+
+/// `len` bytes of `fill` starting at byte `at` of the tensor (`at` and `len` whole
+/// elements, whole 656-byte rows for [`Fill::Ds32Rows`]); the same bytes whatever the
+/// chunking, as every 8-byte word's generator is seeded by its position.
+fn fill_bytes(fill: Fill, seed: u64, at: usize, len: usize) -> Vec<u8> {
+    let word = |i: usize| {
+        let mut r = Rng(seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        r.next_u64()
+    };
+    let byte = |i: usize| (word(i / 8) >> (8 * (i % 8))) as u8;
+    let code = |b: u8| if b & 0x7F == 0x7F { b ^ 1 } else { b };
+    match fill {
+        Fill::Fp8Codes => (at..at + len).map(|i| code(byte(i))).collect(),
+        Fill::Bf16 => (at / 2..(at + len) / 2)
+            .flat_map(|i| {
+                let v = ((word(i) >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
+                bf16::from_f32(v).to_le_bytes()
+            })
+            .collect(),
+        Fill::Ds32Rows => (at..at + len)
+            .map(|i| {
+                let (r, c) = (i / 656, i % 656);
+                match c {
+                    // Codes: sign, exponent field 1..=8, any mantissa (|v| <= 3.75).
+                    0..=511 => {
+                        let b = byte(i);
+                        (b & 0x87) | ((1 + (b >> 3) % 8) << 3)
+                    }
+                    // Four f32 scales 2^-4 (0x3D800000, little-endian).
+                    512..=527 => [0x00, 0x00, 0x80, 0x3D][(c - 512) % 4],
+                    // 64 bf16 rope values: 0x3Exx / 0xBExx (|v| in [0.125, 0.5)).
+                    _ if c % 2 == 0 => byte(r * 656 + c),
+                    _ => 0x3E | (byte(i) & 0x80),
+                }
+            })
+            .collect(),
+    }
+}
 
 /// The named input tensors of one case (contract argument names) and facts the cost model
 /// needs.
 pub struct BenchInputs {
     /// `(argument name, tensor)` in the op's argument order.
-    pub tensors: Vec<(&'static str, HostTensor)>,
+    pub tensors: Vec<(&'static str, BenchTensor)>,
     /// Distinct experts selected by the routing (moe_experts only).
     pub used_experts: usize,
+    /// Distinct cache rows the indices name (mla_sparse_decode only).
+    pub distinct_rows: usize,
 }
 
 impl BenchInputs {
-    /// The tensor named `name`.
+    /// The host tensor named `name` (panics for a generated one).
     pub fn get(&self, name: &str) -> &HostTensor {
-        &self
-            .tensors
+        self.tensors
             .iter()
             .find(|(n, _)| *n == name)
-            .unwrap_or_else(|| panic!("bench input `{name}` missing"))
-            .1
+            .and_then(|(_, t)| t.host())
+            .unwrap_or_else(|| panic!("bench input `{name}` missing or not on the host"))
+    }
+
+    /// Every tensor on the host (`None` when one is generated on upload: too large for a
+    /// peer's case file).
+    pub fn all_host(&self) -> Option<Vec<(&'static str, &HostTensor)>> {
+        self.tensors
+            .iter()
+            .map(|(n, t)| t.host().map(|h| (*n, h)))
+            .collect()
+    }
+
+    fn host(tensors: Vec<(&'static str, HostTensor)>) -> Self {
+        BenchInputs {
+            tensors: tensors
+                .into_iter()
+                .map(|(n, t)| (n, BenchTensor::Host(t)))
+                .collect(),
+            used_experts: 0,
+            distinct_rows: 0,
+        }
     }
 }
 
@@ -56,19 +215,16 @@ pub fn generate(case: &BenchCase) -> Result<BenchInputs> {
     match *case {
         BenchCase::Route {
             tokens, experts, ..
-        } => Ok(BenchInputs {
-            tensors: vec![
-                (
-                    "logits",
-                    HostTensor::from_slice([tokens, experts], &rng.vec(tokens * experts, 4.0))?,
-                ),
-                (
-                    "bias",
-                    HostTensor::from_slice([experts], &rng.vec(experts, 0.1))?,
-                ),
-            ],
-            used_experts: 0,
-        }),
+        } => Ok(BenchInputs::host(vec![
+            (
+                "logits",
+                HostTensor::from_slice([tokens, experts], &rng.vec(tokens * experts, 4.0))?,
+            ),
+            (
+                "bias",
+                HostTensor::from_slice([experts], &rng.vec(experts, 0.1))?,
+            ),
+        ])),
         BenchCase::Experts {
             dtype,
             tokens,
@@ -114,8 +270,8 @@ pub fn generate(case: &BenchCase) -> Result<BenchInputs> {
                 ),
             ];
             Ok(BenchInputs {
-                tensors,
                 used_experts,
+                ..BenchInputs::host(tensors)
             })
         }
         BenchCase::Mla {
@@ -128,10 +284,7 @@ pub fn generate(case: &BenchCase) -> Result<BenchInputs> {
         } => {
             let blocks_per_seq = seqlen.div_ceil(block_size);
             let num_blocks = batch * blocks_per_seq;
-            let mut table: Vec<i32> = (0..num_blocks as i32).collect();
-            for i in (1..table.len()).rev() {
-                table.swap(i, rng.below(i + 1));
-            }
+            let table = shuffled(&mut rng, num_blocks);
             let tensors = vec![
                 (
                     "q",
@@ -158,12 +311,292 @@ pub fn generate(case: &BenchCase) -> Result<BenchInputs> {
                     HostTensor::from_slice([batch], &vec![seqlen as i32; batch])?,
                 ),
             ];
+            Ok(BenchInputs::host(tensors))
+        }
+        BenchCase::Fp8Experts {
+            tokens,
+            hidden,
+            inter,
+            experts,
+            top_k,
+            ..
+        } => {
+            let (ids, used_experts) = distinct_ids(&mut rng, tokens, experts, top_k);
+            let weights: Vec<f32> = (0..tokens * top_k)
+                .map(|_| 0.5 + 0.5 * rng.symmetric().abs())
+                .collect();
+            // |code value| <= 448: scales 1 / (448 sqrt(H)) keep |w| <= H^-1/2.
+            let scale = 1.0 / (448.0 * (hidden as f32).sqrt());
+            let blocks = |n: usize| n.div_ceil(128);
+            let scales = |dims: [usize; 3]| {
+                HostTensor::from_slice(dims, &vec![scale; dims.iter().product()])
+            };
+            let x = HostTensor::from_f32_as(
+                [tokens, hidden],
+                &rng.vec(tokens * hidden, 1.0),
+                DType::BF16,
+            )?;
+            let tensors = vec![
+                ("x", BenchTensor::Host(x)),
+                (
+                    "w13",
+                    BenchTensor::new(
+                        [experts, 2 * inter, hidden],
+                        DType::F8E4M3,
+                        Fill::Fp8Codes,
+                        13,
+                    )?,
+                ),
+                (
+                    "w2",
+                    BenchTensor::new([experts, hidden, inter], DType::F8E4M3, Fill::Fp8Codes, 2)?,
+                ),
+                (
+                    "topk_ids",
+                    BenchTensor::Host(HostTensor::from_slice([tokens, top_k], &ids)?),
+                ),
+                (
+                    "topk_weights",
+                    BenchTensor::Host(HostTensor::from_slice([tokens, top_k], &weights)?),
+                ),
+                (
+                    "w13_scale",
+                    BenchTensor::Host(scales([experts, blocks(2 * inter), blocks(hidden)])?),
+                ),
+                (
+                    "w2_scale",
+                    BenchTensor::Host(scales([experts, blocks(hidden), blocks(inter)])?),
+                ),
+            ];
             Ok(BenchInputs {
                 tensors,
+                used_experts,
+                distinct_rows: 0,
+            })
+        }
+        BenchCase::MlaFp8 {
+            batch,
+            s_q,
+            h_q,
+            seqlen,
+            block_size,
+        } => {
+            let blocks_per_seq = seqlen.div_ceil(block_size);
+            let num_blocks = batch * blocks_per_seq;
+            let table = shuffled(&mut rng, num_blocks);
+            let q = rng.vec(batch * s_q * h_q * MLA_D_QK, 1.0);
+            let cache = [num_blocks, block_size, 1, 656];
+            Ok(BenchInputs {
+                tensors: vec![
+                    (
+                        "q",
+                        BenchTensor::Host(HostTensor::from_f32_as(
+                            [batch, s_q, h_q, MLA_D_QK],
+                            &q,
+                            DType::BF16,
+                        )?),
+                    ),
+                    (
+                        "kv_cache",
+                        BenchTensor::new(cache, DType::U8, Fill::Ds32Rows, 7)?,
+                    ),
+                    (
+                        "block_table",
+                        BenchTensor::Host(HostTensor::from_slice([batch, blocks_per_seq], &table)?),
+                    ),
+                    (
+                        "cache_seqlens",
+                        BenchTensor::Host(HostTensor::from_slice(
+                            [batch],
+                            &vec![seqlen as i32; batch],
+                        )?),
+                    ),
+                ],
                 used_experts: 0,
+                distinct_rows: 0,
+            })
+        }
+        BenchCase::Sparse {
+            batch,
+            s_q,
+            h_q,
+            topk,
+            seqlen,
+            block_size,
+        } => {
+            // Sequence b owns slots b * seqlen .. (b + 1) * seqlen; each query attends
+            // `topk` distinct ones of its sequence (a partial Fisher-Yates shuffle).
+            let num_blocks = (batch * seqlen).div_ceil(block_size);
+            let mut indices = Vec::with_capacity(batch * s_q * topk);
+            let mut pool: Vec<i32> = Vec::new();
+            for b in 0..batch {
+                for _ in 0..s_q {
+                    pool.clear();
+                    pool.extend((0..seqlen as i32).map(|p| (b * seqlen) as i32 + p));
+                    for j in 0..topk.min(seqlen) {
+                        let pick = j + rng.below(seqlen - j);
+                        pool.swap(j, pick);
+                    }
+                    indices.extend_from_slice(&pool[..topk.min(seqlen)]);
+                }
+            }
+            let mut seen = indices.clone();
+            seen.sort_unstable();
+            seen.dedup();
+            let q = rng.vec(batch * s_q * h_q * MLA_D_QK, 1.0);
+            let cache = [num_blocks, block_size, 1, 656];
+            Ok(BenchInputs {
+                tensors: vec![
+                    (
+                        "q",
+                        BenchTensor::Host(HostTensor::from_f32_as(
+                            [batch, s_q, h_q, MLA_D_QK],
+                            &q,
+                            DType::BF16,
+                        )?),
+                    ),
+                    (
+                        "kv_cache",
+                        BenchTensor::new(cache, DType::U8, Fill::Ds32Rows, 11)?,
+                    ),
+                    (
+                        "indices",
+                        BenchTensor::Host(HostTensor::from_slice([batch, s_q, topk], &indices)?),
+                    ),
+                ],
+                used_experts: 0,
+                distinct_rows: seen.len(),
+            })
+        }
+        BenchCase::Indexer {
+            batch,
+            s_q,
+            heads,
+            dim,
+            seqlen,
+            block_size,
+            ..
+        } => {
+            let blocks_per_seq = seqlen.div_ceil(block_size);
+            let num_blocks = batch * blocks_per_seq;
+            let table = shuffled(&mut rng, num_blocks);
+            let q = rng.vec(batch * s_q * heads * dim, 1.0);
+            let w = rng.vec(batch * s_q * heads, 1.0);
+            Ok(BenchInputs::host(vec![
+                (
+                    "q",
+                    HostTensor::from_f32_as([batch, s_q, heads, dim], &q, DType::BF16)?,
+                ),
+                ("weights", HostTensor::from_slice([batch, s_q, heads], &w)?),
+                (
+                    "k_cache",
+                    HostTensor::from_f32_as(
+                        [num_blocks, block_size, dim],
+                        &rng.vec(num_blocks * block_size * dim, 1.0),
+                        DType::BF16,
+                    )?,
+                ),
+                (
+                    "block_table",
+                    HostTensor::from_slice([batch, blocks_per_seq], &table)?,
+                ),
+                (
+                    "cache_seqlens",
+                    HostTensor::from_slice([batch], &vec![seqlen as i32; batch])?,
+                ),
+            ]))
+        }
+        BenchCase::Step {
+            fp8,
+            batch,
+            h_q,
+            seqlen,
+            block_size,
+            pool_bytes,
+        } => {
+            // The pool: whole blocks of `pool_bytes`, every byte written before timing.
+            let row = if fp8 { 656 } else { 2 * MLA_D_QK };
+            let pool_blocks = pool_bytes / (block_size * row);
+            let blocks_per_seq = seqlen.div_ceil(block_size);
+            if pool_blocks < batch * blocks_per_seq {
+                return Err(Error::Input {
+                    op: moemla_core::Op::MlaCacheWrite,
+                    arg: "kv_cache",
+                    expected: format!(
+                        "a pool of at least the {} blocks the sequences use",
+                        batch * blocks_per_seq
+                    ),
+                    got: format!("{pool_blocks} blocks in {pool_bytes} bytes"),
+                });
+            }
+            // Each sequence's blocks anywhere in the pool.
+            let table: Vec<i32> =
+                shuffled(&mut rng, pool_blocks)[..batch * blocks_per_seq].to_vec();
+            // The new token of sequence b is its last: slot table[b][last block] * bs + off.
+            let last = seqlen - 1;
+            let slots: Vec<i32> = (0..batch)
+                .map(|b| {
+                    table[b * blocks_per_seq + last / block_size] * block_size as i32
+                        + (last % block_size) as i32
+                })
+                .collect();
+            let (dtype, fill, width) = if fp8 {
+                (DType::U8, Fill::Ds32Rows, 656)
+            } else {
+                (DType::BF16, Fill::Bf16, MLA_D_QK)
+            };
+            let q = rng.vec(batch * h_q * MLA_D_QK, 1.0);
+            let kv = rng.vec(batch * MLA_D_QK, 1.0);
+            let pool = [pool_blocks, block_size, 1, width];
+            Ok(BenchInputs {
+                tensors: vec![
+                    (
+                        "q",
+                        BenchTensor::Host(HostTensor::from_f32_as(
+                            [batch, 1, h_q, MLA_D_QK],
+                            &q,
+                            DType::BF16,
+                        )?),
+                    ),
+                    ("kv_cache", BenchTensor::new(pool, dtype, fill, 17)?),
+                    (
+                        "block_table",
+                        BenchTensor::Host(HostTensor::from_slice([batch, blocks_per_seq], &table)?),
+                    ),
+                    (
+                        "cache_seqlens",
+                        BenchTensor::Host(HostTensor::from_slice(
+                            [batch],
+                            &vec![seqlen as i32; batch],
+                        )?),
+                    ),
+                    (
+                        "kv",
+                        BenchTensor::Host(HostTensor::from_f32_as(
+                            [batch, MLA_D_QK],
+                            &kv,
+                            DType::BF16,
+                        )?),
+                    ),
+                    (
+                        "slot_mapping",
+                        BenchTensor::Host(HostTensor::from_slice([batch], &slots)?),
+                    ),
+                ],
+                used_experts: 0,
+                distinct_rows: 0,
             })
         }
     }
+}
+
+/// `0..n` as I32, shuffled.
+fn shuffled(rng: &mut Rng, n: usize) -> Vec<i32> {
+    let mut table: Vec<i32> = (0..n as i32).collect();
+    for i in (1..table.len()).rev() {
+        table.swap(i, rng.below(i + 1));
+    }
+    table
 }
 
 /// `top_k` distinct expert ids per token, uniformly spread; returns the ids and how many

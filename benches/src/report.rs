@@ -19,6 +19,9 @@ pub struct Row {
     pub dtype: String,
     /// Human-readable case (op, dtype, shape).
     pub case: String,
+    /// What sets the case apart from a plain one of its op and dtype ("fp8 w8a16", "fp8
+    /// cache", "append dense"; empty for none).
+    pub variant: String,
     /// The case's dims by name (`T`, `E`, `sk`, ...: [`BenchCase::dims`]).
     pub dims: BTreeMap<&'static str, usize>,
     /// Median time, seconds.
@@ -46,8 +49,12 @@ pub struct Row {
     pub memory_limit: Option<String>,
     /// The compute ceiling of the floor's compute term.
     pub compute_limit: Option<String>,
-    /// The peer's (numpy's) median time on the same inputs, seconds.
+    /// The peer's median time on the same inputs, seconds (`None`: the peer was not run
+    /// or cannot run this case).
     pub peer_time_s: Option<f64>,
+    /// Times of parts of the case measured beside it, seconds (a decode step: the decode
+    /// alone).
+    pub parts: Vec<(String, f64)>,
 }
 
 impl Row {
@@ -76,6 +83,7 @@ impl Row {
             op: case.op().name().to_string(),
             dtype: case.dtype().name().to_string(),
             case: case.to_string(),
+            variant: case.variant().to_string(),
             dims: case.dims(),
             time_s: t,
             bytes: cost.bytes,
@@ -95,6 +103,7 @@ impl Row {
             memory_limit: memory.map(|m| m.name.clone()),
             compute_limit: ceilings.map(|c| c.compute.name.clone()),
             peer_time_s: None,
+            parts: Vec::new(),
         }
     }
 
@@ -146,12 +155,15 @@ fn limit_text(l: &Limit) -> String {
     )
 }
 
-/// The rows as an aligned text table (also valid Markdown).
-pub fn table(rows: &[Row]) -> String {
+/// The rows as an aligned text table (also valid Markdown); the last column compares with
+/// `peer` ("numpy", "torch"): our time / the peer's, "n/a" where the peer ran but cannot
+/// run the case.
+pub fn table(rows: &[Row], peer: Option<&str>) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| backend | case | time | GB/s | GFLOP/s | floor | floor/time | of limit | vs numpy |"
+        "| backend | case | time | GB/s | GFLOP/s | floor | floor/time | of limit | vs {} |",
+        peer.unwrap_or("peer")
     );
     let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---|---:|");
     for r in rows {
@@ -160,7 +172,7 @@ pub fn table(rows: &[Row]) -> String {
             "| {} | {} | {} | {:.2} | {:.1} | {} | {} | {} | {} |",
             r.backend,
             r.case,
-            fmt_time(r.time_s),
+            time_text(r),
             r.gb_per_s,
             r.gflop_per_s,
             r.floor_s.map_or("-".into(), fmt_time),
@@ -169,8 +181,17 @@ pub fn table(rows: &[Row]) -> String {
             r.limit.as_deref().unwrap_or("-"),
             r.vs_peer()
                 .map(|v| format!("{v:.2}x ({})", fmt_time(r.peer_time_s.unwrap_or(0.0))))
-                .unwrap_or_else(|| "-".into()),
+                .unwrap_or_else(|| if peer.is_some() { "n/a" } else { "-" }.into()),
         );
+    }
+    s
+}
+
+/// The time cell: the median, then any parts ("4.10 ms (decode alone 4.00 ms)").
+fn time_text(r: &Row) -> String {
+    let mut s = fmt_time(r.time_s);
+    for (name, t) in &r.parts {
+        let _ = write!(s, " ({name} {})", fmt_time(*t));
     }
     s
 }
@@ -260,8 +281,19 @@ mod tests {
         );
         assert_eq!(row.limit.as_deref(), Some("cache read BW"));
         assert!((row.floor_s.unwrap() - 1e-6).abs() < 1e-15);
-        let row = Row::new("cpu", &case, cost, Duration::from_secs(4), None);
+        let mut row = Row::new("cpu", &case, cost, Duration::from_secs(4), None);
         assert_eq!((row.floor_s, row.roofline_ratio), (None, None));
         assert_eq!(row.limit, None);
+        // Parts follow the time; a peer that could not run the case says n/a.
+        row.parts.push(("decode alone".into(), 0.002));
+        let text = table(&[row.clone()], Some("torch"));
+        assert!(text.contains("| 4.00 s (decode alone 2.00 ms) |"), "{text}");
+        assert!(
+            text.contains("vs torch |") && text.trim_end().ends_with("| n/a |"),
+            "{text}"
+        );
+        row.peer_time_s = Some(2.0);
+        let text = table(&[row], None);
+        assert!(text.trim_end().ends_with("| 2.00x (2.00 s) |"), "{text}");
     }
 }

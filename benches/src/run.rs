@@ -6,7 +6,8 @@ use crate::cost::cost;
 use crate::inputs::BenchInputs;
 use crate::report::Row;
 use crate::timing::{median_time, Budget};
-use moemla_core::{ops, Backend, DeviceTensor, ExpertsParams, Result};
+use moemla_core::ops::{self, ExpertsInputs, SparseDecodeInputs};
+use moemla_core::{Backend, CacheWriteParams, DeviceTensor, Result};
 use std::time::Duration;
 
 /// The op of `case`, bound to its uploaded inputs, ready to be called repeatedly.
@@ -17,7 +18,8 @@ pub struct Prepared<'a> {
 }
 
 impl<'a> Prepared<'a> {
-    /// Uploads `inputs` to `backend`.
+    /// Uploads `inputs` to `backend` (large generated tensors are filled on the device
+    /// side, outside any timed region).
     pub fn new(
         backend: &'a dyn Backend,
         case: &'a BenchCase,
@@ -26,7 +28,7 @@ impl<'a> Prepared<'a> {
         let args = inputs
             .tensors
             .iter()
-            .map(|(_, t)| backend.upload(t))
+            .map(|(_, t)| t.upload(backend))
             .collect::<Result<Vec<_>>>()?;
         Ok(Prepared {
             backend,
@@ -35,37 +37,70 @@ impl<'a> Prepared<'a> {
         })
     }
 
-    /// Runs the op once (asynchronously where the backend is).
-    pub fn call(&self) -> Result<()> {
+    /// Runs the op once (asynchronously where the backend is). A decode step writes its
+    /// tokens into the cache pool (the same slots every time), then decodes.
+    pub fn call(&mut self) -> Result<()> {
         let b = self.backend;
-        let a = &self.args;
-        match self.case {
+        let case = self.case;
+        let a = &mut self.args;
+        match case {
             BenchCase::Route { params, .. } => {
                 ops::moe_route(b, &a[0], Some(&a[1]), params).map(drop)
             }
-            BenchCase::Experts { .. } => ops::moe_experts(
+            BenchCase::Experts { .. } => {
+                ops::moe_experts(b, &a[0], &a[1], &a[2], &a[3], &a[4], &case.experts_params())
+                    .map(drop)
+            }
+            BenchCase::Fp8Experts { .. } => {
+                let inputs =
+                    ExpertsInputs::new(&a[0], &a[1], &a[2], &a[3], &a[4]).with_scales(&a[5], &a[6]);
+                ops::moe_experts_with(b, inputs, &case.experts_params()).map(drop)
+            }
+            BenchCase::Mla { .. } | BenchCase::MlaFp8 { .. } => {
+                ops::mla_decode(b, &a[0], &a[1], &a[2], &a[3], &case.decode_params()).map(drop)
+            }
+            BenchCase::Sparse { .. } => ops::mla_sparse_decode(
                 b,
-                &a[0],
-                &a[1],
-                &a[2],
-                &a[3],
-                &a[4],
-                &ExpertsParams::default(),
+                SparseDecodeInputs::new(&a[0], &a[1], &a[2]),
+                &BenchCase::sparse_params(),
             )
             .map(drop),
-            BenchCase::Mla { .. } => {
-                ops::mla_decode(b, &a[0], &a[1], &a[2], &a[3], &BenchCase::mla_params()).map(drop)
+            BenchCase::Indexer { .. } => {
+                ops::dsa_indexer_topk(b, &a[0], &a[1], &a[2], &a[3], &a[4], &case.indexer_params())
+                    .map(drop)
+            }
+            BenchCase::Step { .. } => {
+                let params = CacheWriteParams {
+                    kv_format: case.decode_params().kv_format,
+                };
+                let (head, rest) = a.split_at_mut(4);
+                ops::mla_cache_write(b, &rest[0], &rest[1], &mut head[1], &params)?;
+                self.decode()
             }
         }
     }
 
+    /// A decode step's decode alone (the other cases: nothing).
+    fn decode(&self) -> Result<()> {
+        let a = &self.args;
+        match self.case {
+            BenchCase::Step { .. } => {
+                let params = self.case.decode_params();
+                ops::mla_decode(self.backend, &a[0], &a[1], &a[2], &a[3], &params).map(drop)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Median time of the op under `budget`.
-    pub fn time(&self, budget: Budget) -> Result<Duration> {
-        median_time(self.backend, budget, || self.call())
+    pub fn time(&mut self, budget: Budget) -> Result<Duration> {
+        let backend = self.backend;
+        median_time(backend, budget, || self.call())
     }
 }
 
-/// Times `case` on `backend` and relates the time to `ceilings`.
+/// Times `case` on `backend` and relates the time to `ceilings`. A decode step's row also
+/// carries the time of its decode alone, on the same pool.
 pub fn run_case(
     backend: &dyn Backend,
     case: &BenchCase,
@@ -73,12 +108,18 @@ pub fn run_case(
     ceilings: Option<&Ceilings>,
     budget: Budget,
 ) -> Result<Row> {
-    let time = Prepared::new(backend, case, inputs)?.time(budget)?;
-    Ok(Row::new(
+    let mut prepared = Prepared::new(backend, case, inputs)?;
+    let time = prepared.time(budget)?;
+    let mut row = Row::new(
         backend.name(),
         case,
-        cost(case, inputs.used_experts),
+        cost(case, inputs.used_experts, inputs.distinct_rows),
         time,
         ceilings,
-    ))
+    );
+    if let BenchCase::Step { .. } = case {
+        let alone = median_time(backend, budget, || prepared.decode())?;
+        row.parts.push(("decode alone".into(), alone.as_secs_f64()));
+    }
+    Ok(row)
 }

@@ -39,7 +39,28 @@ fn physical_ceilings_bound_every_cpu_row_of_the_same_run() {
     let ceilings = doc["ceilings"][0]["ceilings"].as_array().unwrap();
     assert_eq!(doc["ceilings"][0]["backend"], "cpu");
     let rows = doc["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 5, "route + experts and decode in bf16 and f32");
+    // route + experts and decode in bf16 and f32, then contract v2: FP8 experts (w8a16,
+    // w8a8), decode over the FP8 cache, sparse decode, the indexer, the decode step.
+    assert_eq!(rows.len(), 11, "every quick case");
+    let cases: Vec<&str> = rows.iter().map(|r| r["case"].as_str().unwrap()).collect();
+    for want in [
+        "moe_experts fp8 w8a16 T=4",
+        "moe_experts fp8 w8a8 T=4",
+        "mla_decode bf16 fp8 cache",
+        "mla_sparse_decode bf16 fp8 cache",
+        "dsa_indexer_topk bf16",
+        "decode step bf16 append fp8 cache",
+    ] {
+        assert!(
+            cases.iter().any(|c| c.starts_with(want)),
+            "{want} in {cases:?}"
+        );
+    }
+    // The decode step also reports its decode alone, faster than the step.
+    let step = rows.iter().find(|r| r["op"] == "mla_cache_write").unwrap();
+    let (name, alone) = (&step["parts"][0][0], step["parts"][0][1].as_f64().unwrap());
+    assert_eq!(name, "decode alone", "{step}");
+    assert!(alone > 0.0 && alone.is_finite(), "{step}");
     for c in ceilings {
         // The floors use physical limits; the old GEMM ceiling is reference only, labelled.
         assert_eq!(c["memory"]["name"], "read BW", "{c}");
@@ -121,8 +142,14 @@ fn physical_ceilings_bound_every_cpu_row_of_the_same_run() {
         .collect();
     written.sort();
     let want = [
+        "dsa_indexer_topk_of_limit_vs_sk.svg",
+        "dsa_indexer_topk_time_vs_sk.svg",
+        "mla_cache_write_of_limit_vs_sk.svg",
+        "mla_cache_write_time_vs_sk.svg",
         "mla_decode_of_limit_vs_sk.svg",
         "mla_decode_time_vs_sk.svg",
+        "mla_sparse_decode_of_limit_vs_sk.svg",
+        "mla_sparse_decode_time_vs_sk.svg",
         "moe_experts_of_limit_vs_T.svg",
         "moe_experts_time_vs_T.svg",
         "moe_route_of_limit_vs_T.svg",
@@ -135,14 +162,20 @@ fn physical_ceilings_bound_every_cpu_row_of_the_same_run() {
     for (doc, series) in [
         (
             &svg,
-            [
+            vec![
                 "cpu bf16 b=2 blk=64 h_q=4 s_q=2",
                 "cpu f32 b=2 blk=64 h_q=4 s_q=2",
+                "cpu bf16 fp8 cache b=2 blk=64 h_q=4 s_q=2",
             ],
         ),
         (
             &experts,
-            ["cpu bf16 E=8 H=128 I=64 k=2", "cpu f32 E=8 H=128 I=64 k=2"],
+            vec![
+                "cpu bf16 E=8 H=128 I=64 k=2",
+                "cpu f32 E=8 H=128 I=64 k=2",
+                "cpu bf16 fp8 w8a16 E=8 H=256 I=128 k=2",
+                "cpu bf16 fp8 w8a8 E=8 H=256 I=128 k=2",
+            ],
         ),
     ] {
         assert!(
@@ -153,4 +186,55 @@ fn physical_ceilings_bound_every_cpu_row_of_the_same_run() {
             assert!(doc.contains(name), "{name} in {doc}");
         }
     }
+}
+
+#[test]
+fn filter_keeps_only_the_cases_whose_text_contains_it() {
+    let report =
+        std::env::temp_dir().join(format!("moemla-bench-filter-{}.json", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_moemla"))
+        .args([
+            "bench",
+            "--quick",
+            "--backend",
+            "cpu",
+            "--filter",
+            "fp8 w8a16",
+            "--filter",
+        ])
+        .arg("dsa_indexer_topk")
+        .arg("--json")
+        .arg(&report)
+        .env_remove("MOEMLA_REQUIRE")
+        .env_remove("MOEMLA_BACKEND")
+        .output()
+        .expect("run moemla");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).unwrap();
+    std::fs::remove_file(&report).ok();
+    let cases: Vec<&str> = doc["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["case"].as_str().unwrap())
+        .collect();
+    assert_eq!(cases.len(), 2, "{cases:?}");
+    assert!(cases[0].starts_with("moe_experts fp8 w8a16 "), "{cases:?}");
+    assert!(cases[1].starts_with("dsa_indexer_topk "), "{cases:?}");
+    // An unknown peer is a usage error naming both peers.
+    let out = Command::new(env!("CARGO_BIN_EXE_moemla"))
+        .args(["bench", "--quick", "--backend", "cpu", "--peer", "jax"])
+        .output()
+        .expect("run moemla");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown peer `jax` (supported: numpy, torch)"),
+        "{err}"
+    );
 }

@@ -1,6 +1,6 @@
 //! `moemla bench`: op times at DeepSeek shapes as ratios of a roofline floor built from
 //! ceilings measured in the same run (on a CPU the host's physical limits), optionally
-//! side by side with a numpy peer.
+//! side by side with a numpy or a PyTorch (CPU) peer.
 
 mod plot;
 pub(crate) mod progress;
@@ -10,10 +10,11 @@ use moemla::Registry;
 use moemla_benches::ceilings::{self, Ceilings};
 use moemla_benches::host::{self, HostLimits};
 use moemla_benches::inputs::generate;
+use moemla_benches::peer::{self, Outcome, Peer};
 use moemla_benches::report::{ceilings_text, table, Row};
 use moemla_benches::run::run_case;
 use moemla_benches::timing::Budget;
-use moemla_benches::{peer, BenchCase, Suite};
+use moemla_benches::{BenchCase, Suite};
 use moemla_core::{Backend, DType, DeviceKind, Error, Op};
 use progress::Progress;
 use std::path::PathBuf;
@@ -25,13 +26,20 @@ pub struct BenchArgs {
     /// Backend to measure (default: every available backend).
     #[arg(long)]
     backend: Option<String>,
-    /// Only these ops (moe_route, moe_experts, mla_decode); repeatable.
+    /// Only these ops (moe_route, moe_experts, mla_decode, mla_sparse_decode,
+    /// dsa_indexer_topk, mla_cache_write: the decode step with its append); repeatable.
     #[arg(long = "op")]
     ops: Vec<String>,
+    /// Only cases whose text contains this (e.g. "fp8 w8a16 T=1 "); repeatable: a case
+    /// runs when it contains any of them.
+    #[arg(long = "filter")]
+    filters: Vec<String>,
     /// Only these run dtypes (f32, bf16, f16); repeatable. Default: bf16 and f32.
     #[arg(long = "dtype", value_parser = run_dtype)]
     dtypes: Vec<DType>,
-    /// Also time the same ops in numpy on the same inputs (`--peer numpy`).
+    /// Also time the same ops on the same inputs in numpy (`--peer numpy`) or in PyTorch
+    /// on the CPU (`--peer torch`: checked against the committed goldens first; skipped
+    /// with a note where torch cannot be imported). Cases the peer cannot run say n/a.
     #[arg(long)]
     peer: Option<String>,
     /// Tiny shapes and few repetitions: checks the harness, measures nothing meaningful.
@@ -99,16 +107,25 @@ pub fn run(args: &BenchArgs, registry: &Registry) -> Result<ExitCode, CommandErr
         args.dtypes.clone()
     };
     let (copy_bytes, gemm_size) = ceiling_sizes(args)?;
-    match args.peer.as_deref() {
-        None | Some("numpy") => {}
-        Some(other) => return Err(format!("unknown peer `{other}` (supported: numpy)").into()),
-    }
+    let peer = match args.peer.as_deref() {
+        None => None,
+        Some(name) => Some(
+            Peer::from_name(name)
+                .ok_or_else(|| format!("unknown peer `{name}` (supported: numpy, torch)"))?,
+        ),
+    };
     let (suite, budget) = match (args.quick, args.device_shapes) {
         (true, _) => (Suite::Quick, Budget::QUICK),
         (_, true) => (Suite::Device, Budget::STANDARD),
         _ => (Suite::Standard, Budget::STANDARD),
     };
-    let cases = BenchCase::list(suite, &ops, &dtypes);
+    let cases: Vec<BenchCase> = BenchCase::list(suite, &ops, &dtypes)
+        .into_iter()
+        .filter(|c| {
+            let text = c.to_string();
+            args.filters.is_empty() || args.filters.iter().any(|f| text.contains(f.as_str()))
+        })
+        .collect();
     let backends: Vec<_> = registry
         .discover()
         .into_iter()
@@ -163,10 +180,10 @@ pub fn run(args: &BenchArgs, registry: &Registry) -> Result<ExitCode, CommandErr
         }
         print!("{}", ceilings_text(&entry.name, &ceils));
         let bar = Progress::new(cases.len() as u64, &format!("{} cases", entry.name));
-        let rows = bench_backend(&*backend, &cases, &ceils, budget, args.peer.is_some(), &bar);
+        let rows = bench_backend(&*backend, &cases, &ceils, budget, peer, &bar);
         bar.finish();
         let rows = rows?;
-        print!("{}", table(&rows));
+        print!("{}", table(&rows, peer.map(Peer::name)));
         all_rows.extend(rows);
         all_ceilings.push((entry.name, ceils));
     }
@@ -182,34 +199,36 @@ pub fn run(args: &BenchArgs, registry: &Registry) -> Result<ExitCode, CommandErr
     }
     let mut plots = Vec::new();
     if let Some(dir) = &args.plot {
-        plots = plot::write(dir, &all_rows, "numpy")?;
+        plots = plot::write(dir, &all_rows, peer.map_or("peer", Peer::name))?;
         for file in &plots {
             println!("plot: {}", file.display());
         }
     }
     if let Some(path) = &args.markdown {
-        let mut doc = markdown(&all_ceilings, &all_rows);
+        let mut doc = markdown(&all_ceilings, &all_rows, peer);
         doc += &plot_links(path, &plots);
         std::fs::write(path, doc)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Times every case on one backend (and in the peer, when asked).
+/// Times every case on one backend (and in the peer, when asked: the cases it runs whose
+/// inputs fit a file; the others' peer cell says n/a).
 fn bench_backend(
     backend: &dyn Backend,
     cases: &[BenchCase],
     ceils: &[Ceilings],
     budget: Budget,
-    with_peer: bool,
+    peer: Option<Peer>,
     bar: &Progress,
 ) -> Result<Vec<Row>, CommandError> {
     let dir = std::env::temp_dir().join(format!("moemla-bench-{}", std::process::id()));
-    if with_peer {
+    if peer.is_some() {
         std::fs::create_dir_all(&dir)?;
     }
     let mut rows = Vec::new();
-    let mut files = Vec::new();
+    // (row index, case file) of the cases the peer runs.
+    let mut files: Vec<(usize, PathBuf)> = Vec::new();
     let info = backend.info();
     for (i, case) in cases.iter().enumerate() {
         bar.start(case.to_string());
@@ -228,18 +247,35 @@ fn bench_backend(
             }
             Err(e) => return Err(e.into()),
         }
-        if with_peer {
+        if let Some(p) = peer.filter(|p| p.runs(case)) {
             let file = dir.join(format!("case{i:03}.safetensors"));
-            peer::write_case(&file, case, &inputs)?;
-            files.push(file);
+            if peer::write_case(&file, case, &inputs)? {
+                files.push((rows.len() - 1, file));
+            } else {
+                bar.suspend(|| {
+                    println!("{case}: inputs too large for a {} case file: n/a", p.name())
+                });
+            }
         }
     }
-    if with_peer {
-        bar.start("numpy peer");
-        let result = peer::run_numpy(&files, budget);
+    if let Some(p) = peer {
+        bar.start(format!("{} peer", p.name()));
+        let paths: Vec<PathBuf> = files.iter().map(|(_, f)| f.clone()).collect();
+        let result = if paths.is_empty() {
+            Ok(Outcome::Times(Vec::new()))
+        } else {
+            peer::run(p, &paths, budget)
+        };
         std::fs::remove_dir_all(&dir)?;
-        for (row, time) in rows.iter_mut().zip(result?) {
-            row.peer_time_s = Some(time);
+        match result? {
+            Outcome::Times(times) => {
+                for ((row, _), time) in files.iter().zip(times) {
+                    rows[*row].peer_time_s = Some(time);
+                }
+            }
+            Outcome::Unavailable(why) => {
+                bar.suspend(|| println!("{} peer skipped: {why}", p.name()));
+            }
         }
     }
     Ok(rows)
@@ -266,7 +302,7 @@ fn parse_list<T>(
 }
 
 /// The Markdown report: machine, date, exact command, ceilings, table.
-fn markdown(ceilings: &[(String, Vec<Ceilings>)], rows: &[Row]) -> String {
+fn markdown(ceilings: &[(String, Vec<Ceilings>)], rows: &[Row], peer: Option<Peer>) -> String {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut s = String::from("# moemla benchmarks\n\n");
     s += CEILINGS_EXPLAINED;
@@ -277,7 +313,7 @@ fn markdown(ceilings: &[(String, Vec<Ceilings>)], rows: &[Row]) -> String {
     for (name, c) in ceilings {
         s += &format!("```\n{}```\n\n", ceilings_text(name, c));
     }
-    s += &table(rows);
+    s += &table(rows, peer.map(Peer::name));
     s += "\n";
     s += READING;
     s
@@ -306,7 +342,8 @@ const CEILINGS_EXPLAINED: &str = "\
 Regenerate with the command below. Every ratio is against ceilings measured by the same
 command in the same run: `floor = max(bytes / memory limit, FLOPs / compute limit)`,
 `floor/time` = 100% means at the limit, and the `of limit` column names the limit that sets
-the floor. `vs numpy` = our time / numpy's time on the same inputs (below 1.00x: faster).
+the floor. `vs numpy` / `vs torch` = our time / the peer's time on the same inputs (below
+1.00x: faster; n/a: the peer does not run that case, or its inputs are too large for a file).
 
 On the CPU the limits are physical, measured directly on every hardware thread: the memory
 limit is the read bandwidth (a parallel read-only reduction over a buffer at least 8x the
@@ -324,8 +361,13 @@ labelled achievable.
 const READING: &str = "\
 Reading the numbers:
 - Each row's memory term uses the read bandwidth (decode and few-token experts read their
-  weights or cache once); its compute term the peak of its dtype. The bytes and FLOPs are
-  the minimum an op must move and do (FlashMLA's counts for MLA decode).
+  weights or cache once); its compute term the peak of its dtype (FP8 rows run in bf16:
+  the bf16 dot peak). The bytes and FLOPs are the minimum an op must move and do
+  (FlashMLA's counts for MLA decode, 656 bytes per FP8 cache row, and its sparse decode
+  counts; FP8 experts: one byte per weight of the routed experts plus their block scales).
+- A decode step row (`mla_cache_write` of one token per sequence into the pool, then
+  `mla_decode`) shows the decode alone beside its time: the step should cost the decode
+  plus the write.
 - Only backends available on the machine that ran the command appear. GPU numbers
   come from `scripts/device-check.sh` on the GPU (CUDA: FlashMLA's shapes included).
 ";

@@ -96,7 +96,11 @@ fn series(rows: &[&Row], x: &str, measure: Measure, peer: &str) -> Vec<Series> {
             .filter(|(k, _)| **k != x)
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        let label = format!("{} {}", r.dtype.to_lowercase(), rest.join(" "));
+        let kind = match r.variant.as_str() {
+            "" => r.dtype.to_lowercase(),
+            v => format!("{} {v}", r.dtype.to_lowercase()),
+        };
+        let label = format!("{kind} {}", rest.join(" "));
         let xv = r.dims[x] as f64;
         let (ours, theirs) = measure.values(r);
         if let Some(y) = ours.filter(|y| *y > 0.0 && y.is_finite()) {
