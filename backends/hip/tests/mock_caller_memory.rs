@@ -3,8 +3,9 @@
 //! ranges written (`upload_into`, which waits for its copy), copied on the device
 //! (`copy_into`, overlapping ranges through a temporary) and read (`download_into`);
 //! caller memory wrapped (`from_raw`), written in place and never freed; a handle on a
-//! caller's stream (`with_queue`) launching there and reporting its own index errors; the
-//! `_into` ops allocating nothing on a repeated call; the traffic counts.
+//! caller's stream (`with_queue`) launching there and reporting its own index errors;
+//! `mla_cache_write` writing the caller's cache in place (the mock runs its dense kernel);
+//! the `_into` ops allocating nothing on a repeated call; the traffic counts.
 //!
 //! The only test of this binary (its own process): it sets `MOCK_HIP_LOG`. Skips without
 //! clang-19 or hipRTC unless `MOEMLA_REQUIRE_TOOLCHAINS` names `clang-hip` / `hiprtc`.
@@ -112,6 +113,42 @@ fn caller_memory_ranges_streams_and_into_ops_on_the_mock() {
     // SAFETY: refused before any use.
     let e = unsafe { DeviceTensor::from_raw(&b, std::ptr::null_mut(), [4], DType::F32) };
     assert!(matches!(e, Err(Error::Tensor(_))), "{e:?}");
+
+    // mla_cache_write into the caller's cache (the mock runs the dense kernel): one
+    // launch, nothing waited for or allocated; in place, the later row wins; a bad slot at
+    // the next synchronize, its row not written.
+    let mut cache = f32s(&b, &[3, 2, 1, 2], &[7.0; 12]);
+    let rows = f32s(&b, &[3, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    let slots = b
+        .upload(&HostTensor::from_slice([3], &[4, 9, 4]).unwrap())
+        .unwrap();
+    b.synchronize().unwrap();
+    calls(&log);
+    ops::mla_cache_write(&b, &rows, &slots, &mut cache, &Default::default()).unwrap();
+    let lines = calls(&log);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("moemla_mla_cache_write_dense grid=3,1,1")),
+        "{lines:?}"
+    );
+    let waited = |l: &String| l == "sync" || l == "free" || l.starts_with("d2h");
+    assert!(!lines.iter().any(waited), "{lines:?}");
+    // The only allocation: the error flags' first chunk (the first index-checked op).
+    let mallocs: Vec<_> = lines.iter().filter(|l| l.starts_with("malloc")).collect();
+    assert_eq!(mallocs, ["malloc 4096"], "{lines:?}");
+    assert!(matches!(
+        b.synchronize(),
+        Err(Error::IndexOutOfRange {
+            op: moemla_core::Op::MlaCacheWrite,
+            arg: "slot_mapping",
+            value: 9,
+            ..
+        })
+    ));
+    let mut want = [7.0f32; 12];
+    want[8..10].copy_from_slice(&[5.0, 6.0]);
+    assert_eq!(b.download(&cache).unwrap().to_f32_vec().unwrap(), want);
 
     // The _into ops: a repeated call allocates nothing.
     let y = b

@@ -10,7 +10,8 @@
 // handle, MOCK_CALLER_STREAM (0x5000), stands for a stream the caller created: work on it
 // joins the same queue, and its launches are logged with " stream=caller". Kernels do not
 // execute, except for their error flags: moemla_moe_align and moemla_mla_check apply the
-// flag rule of kernels/README.md to the index tensors in (host) memory.
+// flag rule of kernels/README.md to the index tensors in (host) memory, and
+// moemla_mla_cache_write_dense runs (rows copied in row order, bad slots flagged).
 //
 // Every call is logged to $MOCK_HIP_LOG, one line each: "setdevice", "malloc <bytes>",
 // "free", "memset <bytes>", "h2d <bytes>", "d2h <bytes>", "sync", "load", "getfn <name>",
@@ -108,7 +109,7 @@ hipError_t hipFree(void* p) {
 // ---------------------------------------------------------------------------------------
 // The stream: a queue of work run at hipStreamSynchronize.
 // ---------------------------------------------------------------------------------------
-enum { WORK_MEMSET, WORK_COPY, WORK_ALIGN, WORK_MLA_CHECK };
+enum { WORK_MEMSET, WORK_COPY, WORK_ALIGN, WORK_MLA_CHECK, WORK_CACHE_WRITE };
 typedef struct {
     int kind;
     void* dst;
@@ -116,7 +117,7 @@ typedef struct {
     void* staging;  // a host-to-device copy's source, taken when enqueued
     size_t bytes;
     int value;
-    void* p[3];  // kernel pointer parameters
+    void* p[4];  // kernel pointer parameters
     int n[4];    // kernel int parameters
 } work_t;
 static work_t queue[4096];
@@ -173,6 +174,20 @@ static void run(const work_t* w) {
                     const long long idx = (long long)b * w->n[1] + j;
                     if (table[idx] < 0 || table[idx] >= w->n[3]) flag_index(err + 8, idx, table[idx]);
                 }
+            }
+            break;
+        }
+        case WORK_CACHE_WRITE: {  // kv p[0], slot_mapping p[1], cache p[2], err p[3]; n,
+                                  // row_bytes, slots n[0..2]: rows in order (the later wins)
+            const int* slots = (const int*)w->p[1];
+            for (int r = 0; r < w->n[0]; ++r) {
+                if (slots[r] == -1) continue;
+                if (slots[r] < 0 || slots[r] >= w->n[2]) {
+                    flag_index(w->p[3], r, slots[r]);
+                    continue;
+                }
+                memcpy((char*)w->p[2] + (size_t)slots[r] * w->n[1],
+                       (const char*)w->p[0] + (size_t)r * w->n[1], (size_t)w->n[1]);
             }
             break;
         }
@@ -294,6 +309,12 @@ hipError_t hipModuleLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz,
         w.p[1] = *(void**)params[1];
         w.p[2] = *(void**)params[6];
         for (int i = 0; i < 4; ++i) w.n[i] = *(int*)params[2 + i];
+    } else if (strcmp(name, "moemla_mla_cache_write_dense") == 0) {
+        // (kv, slot_mapping, cache, n, row_bytes, slots, err)
+        w.kind = WORK_CACHE_WRITE;
+        for (int i = 0; i < 3; ++i) w.p[i] = *(void**)params[i];
+        w.p[3] = *(void**)params[6];
+        for (int i = 0; i < 3; ++i) w.n[i] = *(int*)params[3 + i];
     } else {
         return mock_stream(stream) ? 0 : 400;
     }
