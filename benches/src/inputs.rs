@@ -114,7 +114,18 @@ fn fill_bytes(fill: Fill, seed: u64, at: usize, len: usize) -> Vec<u8> {
     let byte = |i: usize| (word(i / 8) >> (8 * (i % 8))) as u8;
     let code = |b: u8| if b & 0x7F == 0x7F { b ^ 1 } else { b };
     match fill {
-        Fill::Fp8Codes => (at..at + len).map(|i| code(byte(i))).collect(),
+        Fill::Fp8Codes => {
+            // A word at a time (byte i is byte i % 8 of word i / 8, as `byte` says).
+            let mut out = Vec::with_capacity(len);
+            let mut i = at;
+            while i < at + len {
+                let (from, bytes) = (i % 8, word(i / 8).to_le_bytes());
+                let take = (8 - from).min(at + len - i);
+                out.extend(bytes[from..from + take].iter().map(|&b| code(b)));
+                i += take;
+            }
+            out
+        }
         Fill::Bf16 => (at / 2..(at + len) / 2)
             .flat_map(|i| {
                 let v = ((word(i) >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
@@ -632,6 +643,38 @@ mod tests {
         seen.sort();
         seen.dedup();
         assert_eq!(seen.len(), used);
+    }
+
+    #[test]
+    fn generated_bytes_do_not_depend_on_the_chunking_and_are_finite_values() {
+        for fill in [Fill::Fp8Codes, Fill::Ds32Rows, Fill::Bf16] {
+            let whole = fill_bytes(fill, 5, 0, 4 * 656);
+            let parts = [
+                fill_bytes(fill, 5, 0, 656),
+                fill_bytes(fill, 5, 656, 3 * 656),
+            ]
+            .concat();
+            assert_eq!(whole, parts, "{fill:?}");
+            // A word-unaligned start (codes) gives the same bytes too.
+            assert_eq!(
+                fill_bytes(fill, 5, 2, 10),
+                whole[2..12].to_vec(),
+                "{fill:?}"
+            );
+        }
+        let codes = fill_bytes(Fill::Fp8Codes, 9, 0, 1 << 16);
+        assert!(codes.iter().all(|&c| c & 0x7F != 0x7F), "no NaN code");
+        // Every finite code magnitude occurs (uniformly spread).
+        let mut seen = [false; 128];
+        codes.iter().for_each(|&c| seen[(c & 0x7F) as usize] = true);
+        assert_eq!(seen.iter().filter(|&&s| s).count(), 127);
+        let rows = fill_bytes(Fill::Ds32Rows, 9, 0, 8 * 656);
+        for row in rows.chunks_exact(656) {
+            let mut kv = [0.0f32; 576];
+            moemla_core::fp8::dequantize_ds_v32_row(row.try_into().unwrap(), &mut kv);
+            assert!(kv.iter().all(|v| v.is_finite() && v.abs() <= 0.5), "{kv:?}");
+            assert!(kv[..512].iter().any(|v| v.abs() > 0.1));
+        }
     }
 
     #[test]
