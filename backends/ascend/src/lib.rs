@@ -168,6 +168,10 @@ impl Backend for AscendBackend {
             supported.extend(
                 [DType::F16, DType::BF16].map(|dtype| OpSupport::new(Op::MlaDecode, dtype)),
             );
+            // F32 and the shapes FIA cannot do run composed (ops::mla_decode::composed).
+            if ops::mla_sparse_decode::available(ops) {
+                supported.push(OpSupport::new(Op::MlaDecode, DType::F32));
+            }
         }
         if ops::mla_sparse_decode::available(ops) {
             supported.extend(DType::FLOATS.map(|dtype| OpSupport::new(Op::MlaSparseDecode, dtype)));

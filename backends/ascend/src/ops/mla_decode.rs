@@ -27,9 +27,11 @@
 //! cannot mask: it wants sparseMode 3 for Sq > 1) is passed as one query of Sq * Hq heads,
 //! since every query then attends the same range.
 //!
-//! CANN limits (FIA V3 page, MLA constraints) reported as Unsupported: dtype F32, Dqk != 576
-//! or Dv != 512, Hkv != 1, block_size not a multiple of 16, Sq > 16, query heads (Hq, or
-//! Sq * Hq when folded) not a power of two <= 128.
+//! Outside FIA's limits (FIA V3 page, MLA constraints: dtype F32, Dqk != 576 or Dv != 512,
+//! block_size not a multiple of 16, Sq > 16, query heads (Hq, or Sq * Hq when folded) not a
+//! power of two <= 128) a call with one kv head runs composed ([`composed`]: the attended
+//! positions as slot lists through `mla_sparse_decode::attend`); with Hkv > 1 it is
+//! Unsupported.
 
 use crate::acl::{acl_dtype, ACL_INT8};
 use crate::buffer::DevMem;
@@ -37,7 +39,7 @@ use crate::loader::OpApi;
 use crate::ops::{require_ops, unsupported};
 use crate::AscendBackend;
 use moemla_core::calls::{MlaDecodeCall, MlaDecodeOutput};
-use moemla_core::{indices, DType, Op, Result};
+use moemla_core::{indices, DType, Error, Op, Result};
 
 const NOPE: usize = 512;
 const ROPE: usize = 64;
@@ -48,7 +50,7 @@ const MASK: usize = 2048;
 
 /// Contract gaps, for `info().notes`.
 pub const NOTES: [&str; 2] = [
-    "mla_decode: aclnnFusedInferAttentionScoreV3 MLA mode (F16/BF16, Dqk 576 = 512 + 64, Hkv 1, block_size a multiple of 16 (run as FIA blocks of 128 or 16), Sq <= 16, Hq (non-causal Sq > 1: Sq*Hq) a power of two <= 128); other shapes and F32 are Unsupported",
+    "mla_decode: aclnnFusedInferAttentionScoreV3 MLA mode (F16/BF16, Dqk 576 = 512 + 64, Hkv 1, block_size a multiple of 16 (run as FIA blocks of 128 or 16), Sq <= 16, Hq (non-causal Sq > 1: Sq*Hq) a power of two <= 128); other shapes with one kv head, and F32, run composed (mla_sparse_decode's per-query aclnnIndexSelect + Matmul + Softmax path over the attended positions); Hkv > 1 outside FIA's shapes is Unsupported",
     "mla_decode: lse is not produced by FIA's MLA mode; it is computed by a second pass (aclnnInplaceCopy gather + aclnnMatmul + aclnnMuls + aclnnLogSumExp, in f32)",
 ];
 
@@ -143,6 +145,42 @@ fn to_i32s(bytes: &[u8]) -> Vec<i32> {
         .collect()
 }
 
+/// mla_decode where FIA's MLA mode cannot run it (F32, other head dims or counts, Sq > 16,
+/// block sizes not a multiple of 16), one kv head: query i of sequence b attends the slots
+/// of positions [0, L) (block table already checked), through
+/// `mla_sparse_decode::attend` (per query aclnnIndexSelect + Matmul + Muls + LogSumExp +
+/// Softmax + Matmul in f32).
+fn composed(
+    be: &AscendBackend,
+    call: &MlaDecodeCall<'_>,
+    table: &[i32],
+    seqlens: &[i32],
+    q_mem: &DevMem,
+    kv_mem: &DevMem,
+) -> Result<MlaDecodeOutput> {
+    let (sq, bs, mb) = (call.s_q, call.block_size, call.max_blocks);
+    let lists: Vec<Vec<i32>> = (0..call.batch * sq)
+        .map(|r| {
+            let (b, i) = (r / sq, r % sq);
+            let len = call.attended_len(seqlens[b] as usize, i).max(0) as usize;
+            (0..len)
+                .map(|p| table[b * mb + p / bs] * bs as i32 + (p % bs) as i32)
+                .collect()
+        })
+        .collect();
+    let shape = super::mla_sparse_decode::Attend {
+        batch: call.batch,
+        s_q: sq,
+        h_q: call.h_q,
+        d_qk: call.d_qk,
+        d_v: call.d_v,
+        dtype: call.dtype,
+        scale: call.params.softmax_scale,
+        slots: call.num_blocks * bs,
+    };
+    super::mla_sparse_decode::attend(be, &shape, q_mem, kv_mem, &lists, None)
+}
+
 /// Runs mla_decode.
 pub fn run(be: &AscendBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutput> {
     require_ops(Op::MlaDecode, available(&be.dev.cann.ops))?;
@@ -164,8 +202,18 @@ pub fn run(be: &AscendBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutp
     let table = to_i32s(&dev.download_bytes(bt_mem, b * mb * 4)?);
     let seqlens = to_i32s(&dev.download_bytes(len_mem, b * 4)?);
     indices::check_mla_indices(call, &table, &seqlens)?;
-    // Input errors first, then what FIA cannot do.
-    let plan = plan(call)?;
+    // Input errors first, then what FIA cannot do: with one kv head, the composed attention
+    // of mla_sparse_decode runs it instead (every dtype, head count and dim).
+    let plan = match plan(call) {
+        Ok(plan) => plan,
+        Err(e @ Error::Unsupported { .. }) => {
+            if call.h_kv != 1 || !super::mla_sparse_decode::available(&dev.cann.ops) {
+                return Err(e);
+            }
+            return composed(be, call, &table, &seqlens, q_mem, kv_mem);
+        }
+        Err(e) => return Err(e),
+    };
     // FIA's table: used entries expanded to FIA blocks, unused ones 0.
     let sub = bs / plan.fia_block;
     let fia_mb = mb * sub;

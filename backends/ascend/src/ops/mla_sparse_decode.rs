@@ -118,10 +118,57 @@ pub fn run(be: &AscendBackend, call: &MlaSparseDecodeCall<'_>) -> Result<MlaDeco
         None => None,
     };
     let lists = attended(&idx, lengths.as_deref(), b, sq, topk);
+    let shape = Attend {
+        batch: b,
+        s_q: sq,
+        h_q: hq,
+        d_qk: dqk,
+        d_v: dv,
+        dtype: call.dtype,
+        scale: call.params.softmax_scale,
+        slots: call.slots(),
+    };
+    attend(be, &shape, q_mem, kv_mem, &lists, sinks)
+}
 
-    let dt = acl_dtype(call.dtype);
+/// The geometry of a composed attention: queries [B, Sq, Hq, Dqk], a cache of `slots` rows
+/// of Dqk (one kv head), values its first Dv columns.
+pub(crate) struct Attend {
+    /// B.
+    pub batch: usize,
+    /// Sq.
+    pub s_q: usize,
+    /// Hq.
+    pub h_q: usize,
+    /// Dqk.
+    pub d_qk: usize,
+    /// Dv.
+    pub d_v: usize,
+    /// The run dtype of q and the cache.
+    pub dtype: DType,
+    /// softmax_scale.
+    pub scale: f64,
+    /// Rows of the cache.
+    pub slots: usize,
+}
+
+/// Steps 2-4 of the module doc: attention of every query (b, i) over the cache rows
+/// `lists[b * Sq + i]` (checked slots), with the optional sinks (host copy and device
+/// tensor [Hq]). Also `mla_decode`'s composed path (its attended positions as slots).
+pub(crate) fn attend(
+    be: &AscendBackend,
+    shape: &Attend,
+    q_mem: &DevMem,
+    kv_mem: &DevMem,
+    lists: &[Vec<i32>],
+    sinks: Option<(Vec<f32>, &DevMem)>,
+) -> Result<MlaDecodeOutput> {
+    let dev = &be.dev;
+    let ops = &dev.cann.ops;
+    let (b, sq, hq, dqk, dv) = (shape.batch, shape.s_q, shape.h_q, shape.d_qk, shape.d_v);
+    let dt = acl_dtype(shape.dtype);
     let i32_t = acl_dtype(DType::I32);
-    let slots = call.slots();
+    let slots = shape.slots;
     let run_op = |name: &str,
                   prepare: &dyn Fn(*mut u64, *mut crate::loader::Handle) -> i32,
                   launch|
@@ -160,7 +207,7 @@ pub fn run(be: &AscendBackend, call: &MlaSparseDecodeCall<'_>) -> Result<MlaDeco
 
     // 2. q as f32.
     let rows = b * sq * hq;
-    let q32 = if call.dtype == DType::F32 {
+    let q32 = if shape.dtype == DType::F32 {
         None
     } else {
         let q32 = dev.alloc(rows * dqk * 4)?;
@@ -185,7 +232,7 @@ pub fn run(be: &AscendBackend, call: &MlaSparseDecodeCall<'_>) -> Result<MlaDeco
         .flatten()
         .collect();
     let lse = dev.upload_bytes(&neg_inf)?;
-    let scale = dev.scalar_f32(call.params.softmax_scale as f32)?;
+    let scale = dev.scalar_f32(shape.scale as f32)?;
     let last_dim = dev.int_array(&[-1])?;
 
     // 3. One query (b, i) at a time.
@@ -201,7 +248,7 @@ pub fn run(be: &AscendBackend, call: &MlaSparseDecodeCall<'_>) -> Result<MlaDeco
                 .flat_map(|v| v.to_le_bytes())
                 .collect::<Vec<u8>>(),
         )?;
-        let k_run = dev.alloc(n * dqk * call.dtype.size_in_bytes())?;
+        let k_run = dev.alloc(n * dqk * shape.dtype.size_in_bytes())?;
         {
             let cache = dev.tensor(kv_mem, &[slots, dqk], None, 0, dt)?;
             let index = dev.tensor(&list_dev, &[n], None, 0, i32_t)?;
@@ -223,7 +270,7 @@ pub fn run(be: &AscendBackend, call: &MlaSparseDecodeCall<'_>) -> Result<MlaDeco
                 ops.aclnnIndexSelect,
             )?;
         }
-        let k32 = if call.dtype == DType::F32 {
+        let k32 = if shape.dtype == DType::F32 {
             k_run
         } else {
             let k32 = dev.alloc(n * dqk * 4)?;
@@ -338,10 +385,10 @@ pub fn run(be: &AscendBackend, call: &MlaSparseDecodeCall<'_>) -> Result<MlaDeco
         }
     }
     // o in the run dtype.
-    let o = if call.dtype == DType::F32 {
+    let o = if shape.dtype == DType::F32 {
         o32
     } else {
-        let o = dev.alloc(rows * dv * call.dtype.size_in_bytes())?;
+        let o = dev.alloc(rows * dv * shape.dtype.size_in_bytes())?;
         let a = dev.tensor(&o32, &[rows, dv], None, 0, ACL_FLOAT)?;
         let c = dev.tensor(&o, &[rows, dv], None, 0, dt)?;
         // SAFETY: as above.
@@ -357,7 +404,7 @@ pub fn run(be: &AscendBackend, call: &MlaSparseDecodeCall<'_>) -> Result<MlaDeco
     };
     dev.synchronize()?;
     Ok(MlaDecodeOutput {
-        o: be.wrap(o, [b, sq, hq, dv], call.dtype),
+        o: be.wrap(o, [b, sq, hq, dv], shape.dtype),
         lse: be.wrap(lse, [b, hq, sq], DType::F32),
     })
 }
