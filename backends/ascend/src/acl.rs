@@ -16,13 +16,15 @@ pub fn acl_dtype(dtype: DType) -> i32 {
         DType::BF16 => 27,
         DType::I32 => 3,
         DType::F8E4M3 => -1,
-        DType::U8 => 4,
+        DType::U8 => ACL_UINT8,
     }
 }
 /// ACL_FLOAT.
 pub const ACL_FLOAT: i32 = 0;
 /// ACL_INT8.
 pub const ACL_INT8: i32 = 2;
+/// ACL_UINT8.
+pub const ACL_UINT8: i32 = 4;
 /// ACL_FORMAT_ND (AscendCL "aclFormat").
 const ACL_FORMAT_ND: i32 = 2;
 
@@ -37,10 +39,10 @@ impl Device {
         offset: usize,
         dtype: i32,
     ) -> Result<AclTensor<'_>> {
-        // Element sizes: ACL_FLOAT16 1 / ACL_BF16 27: 2 bytes; ACL_INT8: 1; ACL_INT64 9: 8.
+        // Element sizes: ACL_FLOAT16 1 / ACL_BF16 27: 2 bytes; ACL_INT8, ACL_UINT8: 1; ACL_INT64 9: 8.
         let size = match dtype {
             1 | 27 => 2,
-            ACL_INT8 => 1,
+            ACL_INT8 | ACL_UINT8 => 1,
             9 => 8,
             _ => 4,
         };

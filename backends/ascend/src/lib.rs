@@ -176,6 +176,15 @@ impl Backend for AscendBackend {
         if ops::mla_sparse_decode::available(ops) {
             supported.extend(DType::FLOATS.map(|dtype| OpSupport::new(Op::MlaSparseDecode, dtype)));
         }
+        if ops::mla_sparse_decode::fp8_available(ops) {
+            // The FP8 cache (F16/BF16 queries), composed (ops::mla_sparse_decode).
+            for op in [Op::MlaDecode, Op::MlaSparseDecode] {
+                supported.extend(
+                    [DType::F16, DType::BF16]
+                        .map(|dtype| OpSupport::with_format(op, dtype, Format::Fp8DsV32)),
+                );
+            }
+        }
         if ops::dsa_indexer_topk::available(ops) {
             supported.extend(DType::FLOATS.map(|dtype| OpSupport::new(Op::DsaIndexerTopk, dtype)));
         }

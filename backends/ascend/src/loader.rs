@@ -190,6 +190,10 @@ symbol_table! {
         fn aclnnSqrtGetWorkspaceSize(_: Handle, _: Handle, _: *mut u64, _: *mut Handle) -> i32;
         /// aclnnSqrt second phase.
         fn aclnnSqrt(_: Handle, _: u64, _: Handle, _: Handle) -> i32;
+        /// aclnnMul.md: `(const aclTensor *self, const aclTensor *other, aclTensor *out, ...)`, broadcasting
+        fn aclnnMulGetWorkspaceSize(_: Handle, _: Handle, _: Handle, _: *mut u64, _: *mut Handle) -> i32;
+        /// aclnnMul second phase.
+        fn aclnnMul(_: Handle, _: u64, _: Handle, _: Handle) -> i32;
         /// aclnnIndexSelect.md: `(const aclTensor *self, int64_t dim, const aclTensor *index, aclTensor *out, ...)`
         fn aclnnIndexSelectGetWorkspaceSize(_: Handle, _: i64, _: Handle, _: Handle, _: *mut u64, _: *mut Handle) -> i32;
         /// aclnnIndexSelect second phase.

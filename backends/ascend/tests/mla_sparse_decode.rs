@@ -176,3 +176,81 @@ fn a_counted_index_out_of_range_is_an_input_error() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn the_fp8_cache_is_dequantized_with_its_stored_scales() {
+    // 656-byte rows: e4m3 codes (no NaN codes), four non-power-of-two f32 scales, bf16 rope;
+    // dequantized by the contract's formula for the reference. Unused rows hold 0xFF (NaN).
+    let be = common::backend();
+    let (b, sq, hq, topk, nb, bs) = (1, 2, 4, 5, 2, 16);
+    let slots = nb * bs;
+    let mut cache = vec![0xFFu8; slots * 656];
+    let mut dense = vec![f32::NAN; slots * 576];
+    let codes = common::values(71, slots * 512, 0.0, 254.0);
+    let rope = common::values(72, slots * 64, -1.0, 1.0);
+    let used = [0usize, 3, 17, 31];
+    for &s in &used {
+        let row = &mut cache[s * 656..(s + 1) * 656];
+        let scales = [0.013f32 * (s + 1) as f32, 0.7, 1.3e-3, 3.0];
+        for d in 0..512 {
+            let mut c = codes[s * 512 + d] as u8;
+            if c & 0x7F == 0x7F {
+                c ^= 1;
+            }
+            row[d] = c;
+            dense[s * 576 + d] = moemla_core::fp8::e4m3_decode(c) * scales[d / 128];
+        }
+        for (t, sc) in scales.iter().enumerate() {
+            row[512 + 4 * t..516 + 4 * t].copy_from_slice(&sc.to_le_bytes());
+        }
+        for r in 0..64 {
+            let v = half::bf16::from_f32(rope[s * 64 + r]);
+            row[528 + 2 * r..530 + 2 * r].copy_from_slice(&v.to_le_bytes());
+            dense[s * 576 + 512 + r] = v.to_f32();
+        }
+    }
+    let idx: Vec<i32> = vec![0, 17, -1, 31, 17, 3, -1, -1, 0, 0];
+    let q_host = HostTensor::from_f32_as(
+        [b, sq, hq, 576],
+        &common::values(73, b * sq * hq * 576, -0.1, 0.1),
+        DType::BF16,
+    )
+    .unwrap();
+    let q = be.upload(&q_host).unwrap();
+    let kv = be
+        .upload(&HostTensor::from_bytes([nb, bs, 1, 656], DType::U8, cache).unwrap())
+        .unwrap();
+    let idx_t = be
+        .upload(&HostTensor::from_slice([b, sq, topk], &idx).unwrap())
+        .unwrap();
+    let params = SparseDecodeParams::deepseek_v32();
+    let out = ops::mla_sparse_decode(&be, ops::SparseDecodeInputs::new(&q, &kv, &idx_t), &params)
+        .unwrap();
+    let o = be.download(&out.o).unwrap().to_f32_vec().unwrap();
+    let lse = be.download(&out.lse).unwrap().to_f32_vec().unwrap();
+    let (want_o, want_lse) = reference(
+        &q_host.to_f32_vec().unwrap(),
+        &dense,
+        &idx,
+        None,
+        None,
+        (b, sq, hq, 576, 512, topk),
+        params.softmax_scale,
+    );
+    for (n, (g, w)) in o.iter().zip(&want_o).enumerate() {
+        assert!(
+            (*g as f64 - w).abs() <= 2e-2 + 2e-2 * w.abs(),
+            "o[{n}] = {g}, want {w}"
+        );
+    }
+    for (n, (g, w)) in lse.iter().zip(&want_lse).enumerate() {
+        assert!(
+            (*g as f64 - w).abs() <= 1e-4 + 1e-4 * w.abs(),
+            "lse[{n}] = {g}, want {w}"
+        );
+    }
+    assert!(
+        want_o.iter().any(|w| w.abs() > 0.01),
+        "degenerate reference"
+    );
+}

@@ -39,7 +39,7 @@ use crate::loader::OpApi;
 use crate::ops::{require_ops, unsupported};
 use crate::AscendBackend;
 use moemla_core::calls::{MlaDecodeCall, MlaDecodeOutput};
-use moemla_core::{indices, DType, Error, Op, Result};
+use moemla_core::{indices, DType, Error, KvFormat, Op, Result};
 
 const NOPE: usize = 512;
 const ROPE: usize = 64;
@@ -82,6 +82,12 @@ struct Plan {
 fn plan(call: &MlaDecodeCall<'_>) -> Result<Plan> {
     let rule =
         |what: String, reason: &str| Err(unsupported(Op::MlaDecode, what, reason.to_string()));
+    if call.params.kv_format == KvFormat::Fp8DsV32 {
+        return rule(
+            "fp8_ds_v32".to_string(),
+            "FIA's MLA mode reads FLOAT16/BFLOAT16 caches only",
+        );
+    }
     if !matches!(call.dtype, DType::F16 | DType::BF16) {
         return rule(
             call.dtype.to_string(),
@@ -177,6 +183,7 @@ fn composed(
         dtype: call.dtype,
         scale: call.params.softmax_scale,
         slots: call.num_blocks * bs,
+        fp8: call.params.kv_format == KvFormat::Fp8DsV32,
     };
     super::mla_sparse_decode::attend(be, &shape, q_mem, kv_mem, &lists, None)
 }
@@ -207,7 +214,13 @@ pub fn run(be: &AscendBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutp
     let plan = match plan(call) {
         Ok(plan) => plan,
         Err(e @ Error::Unsupported { .. }) => {
-            if call.h_kv != 1 || !super::mla_sparse_decode::available(&dev.cann.ops) {
+            let ops = &dev.cann.ops;
+            let runs = if call.params.kv_format == KvFormat::Fp8DsV32 {
+                super::mla_sparse_decode::fp8_available(ops)
+            } else {
+                super::mla_sparse_decode::available(ops)
+            };
+            if call.h_kv != 1 || !runs {
                 return Err(e);
             }
             return composed(be, call, &table, &seqlens, q_mem, kv_mem);

@@ -23,13 +23,13 @@
 //!    o = 0 (aclnnInplaceZero; softmax of a +inf column is NaN).
 //! 4. (b, i) with no entry: o = 0 (the buffer starts zeroed), lse = -inf (uploaded).
 
-use crate::acl::{acl_dtype, ACL_FLOAT};
+use crate::acl::{acl_dtype, ACL_FLOAT, ACL_UINT8};
 use crate::buffer::DevMem;
 use crate::loader::OpApi;
 use crate::ops::require_ops;
 use crate::AscendBackend;
 use moemla_core::calls::{MlaDecodeOutput, MlaSparseDecodeCall};
-use moemla_core::{indices, DType, Op, Result};
+use moemla_core::{indices, DType, Error, KvFormat, Op, Result};
 
 /// What the mapping does, for `info().notes`.
 pub const NOTES: [&str; 1] = [
@@ -54,6 +54,11 @@ pub fn available(ops: &OpApi) -> bool {
         && ops.aclnnInplaceCopyGetWorkspaceSize.is_some()
         && ops.aclnnInplaceZero.is_some()
         && ops.aclnnInplaceZeroGetWorkspaceSize.is_some()
+}
+
+/// Whether the loaded op libraries also have what the FP8 cache needs (aclnnMul).
+pub fn fp8_available(ops: &OpApi) -> bool {
+    available(ops) && ops.aclnnMul.is_some() && ops.aclnnMulGetWorkspaceSize.is_some()
 }
 
 fn i32s(bytes: &[u8]) -> Vec<i32> {
@@ -104,7 +109,15 @@ pub fn run(be: &AscendBackend, call: &MlaSparseDecodeCall<'_>) -> Result<MlaDeco
         None => None,
     };
     indices::check_sparse_indices(call, &idx, lengths.as_deref())?;
-    require_ops(Op::MlaSparseDecode, available(ops))?;
+    let fp8 = call.params.kv_format == KvFormat::Fp8DsV32;
+    require_ops(
+        Op::MlaSparseDecode,
+        if fp8 {
+            fp8_available(ops)
+        } else {
+            available(ops)
+        },
+    )?;
     let sinks: Option<(Vec<f32>, &DevMem)> = match call.attn_sink {
         Some(t) => {
             let mem = be.mem(t, "mla_sparse_decode", "attn_sink")?;
@@ -127,6 +140,7 @@ pub fn run(be: &AscendBackend, call: &MlaSparseDecodeCall<'_>) -> Result<MlaDeco
         dtype: call.dtype,
         scale: call.params.softmax_scale,
         slots: call.slots(),
+        fp8,
     };
     attend(be, &shape, q_mem, kv_mem, &lists, sinks)
 }
@@ -150,6 +164,98 @@ pub(crate) struct Attend {
     pub scale: f64,
     /// Rows of the cache.
     pub slots: usize,
+    /// The cache holds 656-byte `fp8_ds_v32` rows (Dqk 576, Dv 512).
+    pub fp8: bool,
+}
+
+/// Bytes of an `fp8_ds_v32` row: 512 e4m3 codes, 4 f32 tile scales, 64 bf16 rope values.
+const FP8_ROW: usize = 656;
+
+/// Dequantizes `n` gathered `fp8_ds_v32` rows (`rows`, U8 [n, 656]) into F32 [n, 576]:
+/// the codes cast to INT32 (aclnnCast) and looked up in the 256-entry e4m3 value table
+/// (aclnnIndexSelect), multiplied by their tile's f32 scale (aclnnMul, broadcasting the
+/// scales read through a FLOAT view of bytes 512..528), and the rope copied from a BF16 view
+/// of bytes 528..656 (aclnnInplaceCopy converts). The scales are used as stored (never
+/// rounded to a power of two).
+fn dequantize_rows(
+    be: &AscendBackend,
+    rows: &DevMem,
+    n: usize,
+    table: &DevMem,
+) -> Result<std::sync::Arc<DevMem>> {
+    let dev = &be.dev;
+    let ops = &dev.cann.ops;
+    let i32_t = acl_dtype(DType::I32);
+    let codes = dev.alloc(n * 512 * 4)?;
+    let values = dev.alloc(n * 512 * 4)?;
+    let k32 = dev.alloc(n * 576 * 4)?;
+    let bytes = dev.tensor(rows, &[n, 512], Some(&[FP8_ROW, 1]), 0, ACL_UINT8)?;
+    let codes_t = dev.tensor(&codes, &[n, 512], None, 0, i32_t)?;
+    // SAFETY: handles live for the call; out-pointers come from `Device::run`.
+    dev.run(
+        "aclnnCast",
+        |ws, ex| unsafe {
+            (ops.aclnnCastGetWorkspaceSize
+                .expect("checked by available()"))(
+                bytes.raw(), i32_t, codes_t.raw(), ws, ex
+            )
+        },
+        ops.aclnnCast,
+    )?;
+    let table_t = dev.tensor(table, &[256], None, 0, ACL_FLOAT)?;
+    let flat = dev.tensor(&codes, &[n * 512], None, 0, i32_t)?;
+    let values_t = dev.tensor(&values, &[n * 512], None, 0, ACL_FLOAT)?;
+    // SAFETY: as above; every code is a byte, inside the 256-entry table.
+    dev.run(
+        "aclnnIndexSelect",
+        |ws, ex| unsafe {
+            (ops.aclnnIndexSelectGetWorkspaceSize
+                .expect("checked by available()"))(
+                table_t.raw(),
+                0,
+                flat.raw(),
+                values_t.raw(),
+                ws,
+                ex,
+            )
+        },
+        ops.aclnnIndexSelect,
+    )?;
+    // 656 bytes = 164 f32 = 328 bf16 per row; scales at f32 element 128, rope at bf16 264.
+    let tiles = dev.tensor(&values, &[n, 4, 128], None, 0, ACL_FLOAT)?;
+    let scales = dev.tensor(rows, &[n, 4, 1], Some(&[FP8_ROW / 4, 1, 1]), 128, ACL_FLOAT)?;
+    let latent = dev.tensor(&k32, &[n, 4, 128], Some(&[576, 128, 1]), 0, ACL_FLOAT)?;
+    // SAFETY: as above.
+    dev.run(
+        "aclnnMul",
+        |ws, ex| unsafe {
+            (ops.aclnnMulGetWorkspaceSize
+                .expect("checked by available()"))(
+                tiles.raw(), scales.raw(), latent.raw(), ws, ex
+            )
+        },
+        ops.aclnnMul,
+    )?;
+    let rope_dst = dev.tensor(&k32, &[n, 64], Some(&[576, 1]), 512, ACL_FLOAT)?;
+    let rope_src = dev.tensor(
+        rows,
+        &[n, 64],
+        Some(&[FP8_ROW / 2, 1]),
+        264,
+        acl_dtype(DType::BF16),
+    )?;
+    // SAFETY: as above.
+    dev.run(
+        "aclnnInplaceCopy",
+        |ws, ex| unsafe {
+            (ops.aclnnInplaceCopyGetWorkspaceSize
+                .expect("checked by available()"))(
+                rope_dst.raw(), rope_src.raw(), ws, ex
+            )
+        },
+        ops.aclnnInplaceCopy,
+    )?;
+    Ok(k32)
 }
 
 /// Steps 2-4 of the module doc: attention of every query (b, i) over the cache rows
@@ -235,6 +341,16 @@ pub(crate) fn attend(
     let scale = dev.scalar_f32(shape.scale as f32)?;
     let last_dim = dev.int_array(&[-1])?;
 
+    // The value of every e4m3 code, for the FP8 cache (moemla_core::fp8, exact).
+    let e4m3_table = if shape.fp8 {
+        let bytes: Vec<u8> = (0..=255u8)
+            .flat_map(|c| moemla_core::fp8::e4m3_decode(c).to_le_bytes())
+            .collect();
+        Some(dev.upload_bytes(&bytes)?)
+    } else {
+        None
+    };
+
     // 3. One query (b, i) at a time.
     for (r, list) in lists.iter().enumerate() {
         let n = list.len();
@@ -248,11 +364,22 @@ pub(crate) fn attend(
                 .flat_map(|v| v.to_le_bytes())
                 .collect::<Vec<u8>>(),
         )?;
-        let k_run = dev.alloc(n * dqk * shape.dtype.size_in_bytes())?;
+        // The cache rows: run dtype [n, Dqk], or the 656-byte FP8 rows as bytes.
+        let (row, row_dt) = if shape.fp8 {
+            (FP8_ROW, ACL_UINT8)
+        } else {
+            (dqk, dt)
+        };
+        let row_bytes = if shape.fp8 {
+            1
+        } else {
+            shape.dtype.size_in_bytes()
+        };
+        let k_run = dev.alloc(n * row * row_bytes)?;
         {
-            let cache = dev.tensor(kv_mem, &[slots, dqk], None, 0, dt)?;
+            let cache = dev.tensor(kv_mem, &[slots, row], None, 0, row_dt)?;
             let index = dev.tensor(&list_dev, &[n], None, 0, i32_t)?;
-            let out = dev.tensor(&k_run, &[n, dqk], None, 0, dt)?;
+            let out = dev.tensor(&k_run, &[n, row], None, 0, row_dt)?;
             // SAFETY: as above; every slot was checked to lie in [0, slots).
             run_op(
                 "aclnnIndexSelect",
@@ -270,7 +397,14 @@ pub(crate) fn attend(
                 ops.aclnnIndexSelect,
             )?;
         }
-        let k32 = if shape.dtype == DType::F32 {
+        let k32 = if shape.fp8 {
+            let table = e4m3_table.as_ref().ok_or_else(|| Error::Device {
+                backend: crate::NAME.to_string(),
+                call: "mla_sparse_decode".to_string(),
+                message: "e4m3 table missing".to_string(),
+            })?;
+            dequantize_rows(be, &k_run, n, table)?
+        } else if shape.dtype == DType::F32 {
             k_run
         } else {
             let k32 = dev.alloc(n * dqk * 4)?;

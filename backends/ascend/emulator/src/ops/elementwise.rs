@@ -26,6 +26,9 @@
 //!   aclScalar *threshold, aclTensor *out, ...)`: out = log(1 + exp(beta * x)) / beta, or x
 //!   where beta * x > threshold; FLOAT16, FLOAT, BFLOAT16; null arguments
 //!   ACLNN_ERR_PARAM_NULLPTR (hicann/ops-nn `activation/softplus_v2/docs/aclnnSoftplus.md`).
+//! - `aclnnMulGetWorkspaceSize(const aclTensor *self, const aclTensor *other, aclTensor
+//!   *out, ...)`: out = self * other with broadcasting (.../aolapi/context/aclnnMul.md); the
+//!   emulator broadcasts tensors of equal rank (each dim equal or 1), floats only.
 //! - `aclnnSqrtGetWorkspaceSize(const aclTensor *self, aclTensor *out, ...)`: out = sqrt(x)
 //!   (.../aolapi/context/aclnnSqrt.md).
 
@@ -33,7 +36,7 @@ use super::{aclnn_launch, expect_dims, expect_dtype};
 use crate::executor::prepare;
 use crate::handles::{scalar, tensor, AclScalar, AclTensor};
 use crate::status::{Fail, ACLNN_ERR_PARAM_NULLPTR};
-use crate::tensor::{DT_BF16, DT_F16, DT_F32, DT_I32, DT_I64};
+use crate::tensor::{DT_BF16, DT_F16, DT_F32, DT_I32, DT_I64, DT_U8};
 use std::ffi::c_void;
 
 const NUMERIC: [i32; 5] = [DT_F32, DT_F16, DT_BF16, DT_I32, DT_I64];
@@ -55,7 +58,12 @@ pub unsafe extern "C" fn aclnnCastGetWorkspaceSize(
         prepare("aclnnCast", workspace_size, executor, || {
             let x = tensor(self_, "self")?;
             let y = tensor(out, "out")?;
-            expect_dtype(&x, &NUMERIC, "self")?;
+            // UINT8 in: aclnnCast.md lists it among self's dtypes (codes read as integers).
+            expect_dtype(
+                &x,
+                &[DT_F32, DT_F16, DT_BF16, DT_I32, DT_I64, DT_U8],
+                "self",
+            )?;
             expect_dtype(&y, &[dtype], "out (must be the requested dtype)")?;
             expect_dtype(&y, &NUMERIC, "out")?;
             expect_dims(&y, &x.dims, "out")?;
@@ -279,3 +287,70 @@ pub unsafe extern "C" fn aclnnSqrtGetWorkspaceSize(
     }
 }
 aclnn_launch!(aclnnSqrt);
+
+/// First phase of aclnnMul.
+///
+/// # Safety
+/// Pointers are checked against the emulator's records; out-pointers must be writable.
+#[no_mangle]
+pub unsafe extern "C" fn aclnnMulGetWorkspaceSize(
+    self_: *const AclTensor,
+    other: *const AclTensor,
+    out: *const AclTensor,
+    workspace_size: *mut u64,
+    executor: *mut *mut c_void,
+) -> i32 {
+    // SAFETY: forwarded caller guarantees.
+    unsafe {
+        prepare("aclnnMul", workspace_size, executor, || {
+            let a = tensor(self_, "self")?;
+            let b = tensor(other, "other")?;
+            let y = tensor(out, "out")?;
+            let floats = [DT_F32, DT_F16, DT_BF16];
+            expect_dtype(&a, &floats, "self")?;
+            expect_dtype(&b, &floats, "other")?;
+            expect_dtype(&y, &floats, "out")?;
+            let rank = a.dims.len();
+            let fits = b.dims.len() == rank
+                && a.dims
+                    .iter()
+                    .zip(&b.dims)
+                    .all(|(&x, &z)| x == z || x == 1 || z == 1);
+            if !fits {
+                return Err(Fail::invalid(format!(
+                    "emulator: self {:?} and other {:?} must have equal rank and broadcast",
+                    a.dims, b.dims
+                )));
+            }
+            let dims: Vec<usize> = a
+                .dims
+                .iter()
+                .zip(&b.dims)
+                .map(|(&x, &z)| x.max(z))
+                .collect();
+            expect_dims(&y, &dims, "out")?;
+            Ok(Box::new(move || {
+                let (av, bv) = (a.load()?, b.load()?);
+                let n: usize = dims.iter().product();
+                let at = |t: &crate::tensor::TensorDesc, flat: usize| {
+                    // Row-major index of the broadcast element in `t`.
+                    let mut rem = flat;
+                    let mut idx = 0;
+                    let mut stride = 1;
+                    for d in (0..dims.len()).rev() {
+                        let i = rem % dims[d];
+                        rem /= dims[d];
+                        if t.dims[d] != 1 {
+                            idx += i * stride;
+                        }
+                        stride *= t.dims[d];
+                    }
+                    idx
+                };
+                let v: Vec<f64> = (0..n).map(|f| av[at(&a, f)] * bv[at(&b, f)]).collect();
+                y.store(&v)
+            }))
+        })
+    }
+}
+aclnn_launch!(aclnnMul);
