@@ -150,6 +150,12 @@ impl Backend for AscendBackend {
         if ops::moe_experts::available(ops) {
             supported.extend(DType::FLOATS.map(|dtype| OpSupport::new(Op::MoeExperts, dtype)));
         }
+        if ops::moe_experts::fp8_available(ops) {
+            supported
+                .extend(DType::FLOATS.map(|dtype| {
+                    OpSupport::with_format(Op::MoeExperts, dtype, Format::Fp8Weights)
+                }));
+        }
         if ops::moe_experts::clamp_available(ops) {
             supported.extend(
                 DType::FLOATS.map(|dtype| {

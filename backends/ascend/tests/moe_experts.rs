@@ -396,3 +396,77 @@ fn grouped_matmul_limits_are_unsupported() {
     .unwrap_err();
     assert!(matches!(&err, Error::IndexOutOfRange { .. }), "{err}");
 }
+
+#[test]
+fn fp8_weights_are_dequantized_with_their_block_scales() {
+    // w8a16: e4m3 weights with 128x128 block scales (partial edge blocks: H 200, I 72),
+    // codes including 0x80 (-0.0) and ±448, compared with the reference over the
+    // contract's dequantized weights.
+    let be = common::backend();
+    let (t, h, i, e, k): (usize, usize, usize, usize, usize) = (5, 200, 72, 2, 2);
+    let code = |n: usize, seed| -> Vec<u8> {
+        let v = common::values(seed, n, 0.0, 254.0);
+        v.iter()
+            .enumerate()
+            .map(|(j, &x)| match j % 97 {
+                0 => 0x80,
+                1 => 0x7E,
+                2 => 0xFE,
+                _ if x as u8 & 0x7F == 0x7F => 0x00,
+                _ => x as u8,
+            })
+            .collect()
+    };
+    let (rb13, cb) = ((2 * i).div_ceil(128), h.div_ceil(128));
+    let (rb2, cb2) = (h.div_ceil(128), i.div_ceil(128));
+    let c13 = code(e * 2 * i * h, 81);
+    let c2 = code(e * h * i, 82);
+    let s13 = common::values(83, e * rb13 * cb, 1e-3, 3e-3);
+    let s2 = common::values(84, e * rb2 * cb2, 1e-3, 3e-3);
+    let deq = |c: &[u8], s: &[f32], rows: usize, cols: usize, cbs: usize| -> Vec<f32> {
+        let rbs = rows.div_ceil(128);
+        (0..c.len())
+            .map(|n| {
+                let (ex, r, col) = (n / (rows * cols), n / cols % rows, n % cols);
+                moemla_core::fp8::e4m3_decode(c[n]) * s[(ex * rbs + r / 128) * cbs + col / 128]
+            })
+            .collect()
+    };
+    let w13 = deq(&c13, &s13, 2 * i, h, cb);
+    let w2 = deq(&c2, &s2, h, i, cb2);
+    let x_host =
+        HostTensor::from_f32_as([t, h], &common::values(85, t * h, -1.0, 1.0), DType::F32).unwrap();
+    let ids: Vec<i32> = (0..t * k).map(|n| (n % e) as i32).collect();
+    let wts = common::values(86, t * k, 0.2, 1.0);
+    let up = |h: HostTensor| be.upload(&h).unwrap();
+    let x = up(x_host.clone());
+    let w13_t = up(HostTensor::from_bytes([e, 2 * i, h], DType::F8E4M3, c13).unwrap());
+    let w2_t = up(HostTensor::from_bytes([e, h, i], DType::F8E4M3, c2).unwrap());
+    let s13_t = up(HostTensor::from_slice([e, rb13, cb], &s13).unwrap());
+    let s2_t = up(HostTensor::from_slice([e, rb2, cb2], &s2).unwrap());
+    let id_t = up(HostTensor::from_slice([t, k], &ids).unwrap());
+    let wt_t = up(HostTensor::from_slice([t, k], &wts).unwrap());
+    let inputs =
+        ops::ExpertsInputs::new(&x, &w13_t, &w2_t, &id_t, &wt_t).with_scales(&s13_t, &s2_t);
+    let y = ops::moe_experts_with(&be, inputs, &ExpertsParams::default()).unwrap();
+    let got = be.download(&y).unwrap().to_f32_vec().unwrap();
+    let want = reference(
+        &x_host.to_f32_vec().unwrap(),
+        &w13,
+        &w2,
+        &ids,
+        &wts,
+        t,
+        h,
+        i,
+        k,
+        None,
+    );
+    for (n, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!(
+            (*g as f64 - w).abs() <= 1e-4 + 1e-4 * w.abs(),
+            "y[{n}] = {g}, want {w}"
+        );
+    }
+    assert!(want.iter().any(|w| w.abs() > 1e-3), "degenerate reference");
+}

@@ -168,6 +168,15 @@ pub(crate) struct Attend {
     pub fp8: bool,
 }
 
+/// The value of every e4m3fn code as F32 [256] on the device (`moemla_core::fp8`, exact;
+/// NaN for 0x7F and 0xFF): an aclnnIndexSelect through it decodes codes cast to INT32.
+pub(crate) fn e4m3_table(be: &AscendBackend) -> Result<std::sync::Arc<DevMem>> {
+    let bytes: Vec<u8> = (0..=255u8)
+        .flat_map(|c| moemla_core::fp8::e4m3_decode(c).to_le_bytes())
+        .collect();
+    be.dev.upload_bytes(&bytes)
+}
+
 /// Bytes of an `fp8_ds_v32` row: 512 e4m3 codes, 4 f32 tile scales, 64 bf16 rope values.
 const FP8_ROW: usize = 656;
 
@@ -343,10 +352,7 @@ pub(crate) fn attend(
 
     // The value of every e4m3 code, for the FP8 cache (moemla_core::fp8, exact).
     let e4m3_table = if shape.fp8 {
-        let bytes: Vec<u8> = (0..=255u8)
-            .flat_map(|c| moemla_core::fp8::e4m3_decode(c).to_le_bytes())
-            .collect();
-        Some(dev.upload_bytes(&bytes)?)
+        Some(e4m3_table(be)?)
     } else {
         None
     };

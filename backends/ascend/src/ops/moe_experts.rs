@@ -34,8 +34,15 @@
 //!    sum: token t's slot s reads row s*T + t with scale 1, and x1Optional (the op's skip
 //!    input, `moe/moe_finalize_routing_v2/README.md`: out = x1 + x2 + sum_k scales * rows)
 //!    is the routed sum. Then the one cast to the run dtype.
+//! 9. FP8 weights (v2, w8a16: `activation_quant` "none"): before step 3, w13 and w2 are
+//!    dequantized into run-dtype temporaries ([`dequantize`]: e4m3 bytes -> INT32 ->
+//!    aclnnIndexSelect in the 256-entry value table, times the 128x128 block scales spread
+//!    by aclnnIndexSelect, aclnnMul, aclnnCast): Atlas A2/A3 have no FP8 matmul and
+//!    GroupedMatmulV4's antiquant takes INT4/INT8 per channel/group, not e4m3 blocks. The
+//!    weights are held in the run dtype (F16/BF16 round the dequantized value; F32 exact).
+//!    w8a8 (`fp8_block128`) stays Unsupported.
 
-use crate::acl::{acl_dtype, ACL_FLOAT};
+use crate::acl::{acl_dtype, ACL_FLOAT, ACL_UINT8};
 use crate::buffer::DevMem;
 use crate::device::Device;
 use crate::loader::OpApi;
@@ -53,9 +60,10 @@ const MAX_GROUPS: usize = 1024;
 const MAX_K: usize = 65535;
 
 /// Contract gaps, for `info().notes`.
-pub const NOTES: [&str; 5] = [
+pub const NOTES: [&str; 6] = [
     "moe_experts: aclnnMoeInitRoutingV2 + aclnnGroupedMatmulV4 (w13/w2 as transposed strided views) + aclnnSwiGlu + aclnnGroupedMatmulV4 + aclnnMoeFinalizeRoutingV2 (combine in f32)",
     "moe_experts swiglu_limit (v2): gate = min(g, c) and up = clamp(u, -c, c) by aclnnClamp on the gate/up GEMM output (run dtype) before aclnnSwiGlu",
+    "moe_experts FP8 weights (v2, w8a16 only): e4m3 weights dequantized to the run dtype first (aclnnCast UINT8->INT32 + aclnnIndexSelect in an e4m3 value table, block scales spread by aclnnIndexSelect, aclnnMul, aclnnCast), then the same pipeline; w8a8 (fp8_block128 activations) is Unsupported",
     "moe_experts shared experts (v2): x repeated per shared expert (aclnnInplaceCopy), the same GroupedMatmulV4 + SwiGlu + GroupedMatmulV4 with one group per shared expert, added to the routed f32 sum by a second aclnnMoeFinalizeRoutingV2 (x1Optional = the routed sum, scale 1), then rounded once",
     "moe_experts: slots with id -1 or weight 0 are parked on an extra expert no GEMM computes and their rows zeroed (aclnnInplaceZero) before the combine, so they contribute nothing even when an expert's output is NaN/inf",
     "moe_experts: Unsupported beyond aclnnGroupedMatmulV4's limits: E > 1024 groups, H or I > 65535 (its K)",
@@ -176,6 +184,141 @@ fn clamp_halves(
 
 fn bytes_of<T: Copy>(v: &[T], f: impl Fn(T) -> [u8; 4]) -> Vec<u8> {
     v.iter().flat_map(|&x| f(x)).collect()
+}
+
+/// Whether the loaded op libraries also have what FP8 weights need (aclnnMul and
+/// aclnnIndexSelect, with [`available`]'s aclnnCast).
+pub fn fp8_available(ops: &OpApi) -> bool {
+    available(ops)
+        && ops.aclnnMul.is_some()
+        && ops.aclnnMulGetWorkspaceSize.is_some()
+        && ops.aclnnIndexSelect.is_some()
+        && ops.aclnnIndexSelectGetWorkspaceSize.is_some()
+}
+
+/// FP8 weights `w` [e, rows, cols] (e4m3fn bytes) with block scales `scale` [e,
+/// ceil(rows/128), ceil(cols/128)] F32 -> run-dtype weights: codes cast UINT8 -> INT32
+/// (aclnnCast) and looked up in the e4m3 value `table` (aclnnIndexSelect); the scales
+/// repeated to every element by two aclnnIndexSelect (columns c -> block c/128, rows r ->
+/// r/128: partial edge blocks included); aclnnMul; aclnnCast to the run dtype (F32: kept).
+#[allow(clippy::too_many_arguments)]
+fn dequantize(
+    be: &AscendBackend,
+    w: &DevMem,
+    scale: &DevMem,
+    table: &DevMem,
+    e: usize,
+    rows: usize,
+    cols: usize,
+    dtype: DType,
+) -> Result<Arc<DevMem>> {
+    let dev = &be.dev;
+    let ops = &dev.cann.ops;
+    let i32_t = acl_dtype(DType::I32);
+    let n = e * rows * cols;
+    let (rb, cb) = (rows.div_ceil(128), cols.div_ceil(128));
+    let index_select = |src: &crate::acl::AclTensor<'_>,
+                        dim: i64,
+                        idx: &crate::acl::AclTensor<'_>,
+                        out: &crate::acl::AclTensor<'_>|
+     -> Result<()> {
+        // SAFETY: handles live for the call; out-pointers come from `Device::run`; every
+        // index lies inside its dimension (bytes < 256, blocks < ceil(len / 128)).
+        dev.run(
+            "aclnnIndexSelect",
+            |ws, ex| unsafe {
+                (ops.aclnnIndexSelectGetWorkspaceSize
+                    .expect("checked by fp8_available()"))(
+                    src.raw(),
+                    dim,
+                    idx.raw(),
+                    out.raw(),
+                    ws,
+                    ex,
+                )
+            },
+            ops.aclnnIndexSelect,
+        )
+    };
+    let codes = dev.alloc(n * 4)?;
+    {
+        let bytes = dev.tensor(w, &[n], None, 0, ACL_UINT8)?;
+        let c = dev.tensor(&codes, &[n], None, 0, i32_t)?;
+        // SAFETY: as above.
+        dev.run(
+            "aclnnCast",
+            |ws, ex| unsafe {
+                (ops.aclnnCastGetWorkspaceSize
+                    .expect("checked by available()"))(
+                    bytes.raw(), i32_t, c.raw(), ws, ex
+                )
+            },
+            ops.aclnnCast,
+        )?;
+    }
+    let values = dev.alloc(n * 4)?;
+    index_select(
+        &dev.tensor(table, &[256], None, 0, ACL_FLOAT)?,
+        0,
+        &dev.tensor(&codes, &[n], None, 0, i32_t)?,
+        &dev.tensor(&values, &[n], None, 0, ACL_FLOAT)?,
+    )?;
+    let blocks = |len: usize| -> Vec<u8> {
+        (0..len)
+            .flat_map(|x| ((x / 128) as i32).to_le_bytes())
+            .collect()
+    };
+    let col_idx = dev.upload_bytes(&blocks(cols))?;
+    let row_idx = dev.upload_bytes(&blocks(rows))?;
+    let s_cols = dev.alloc(e * rb * cols * 4)?;
+    index_select(
+        &dev.tensor(scale, &[e, rb, cb], None, 0, ACL_FLOAT)?,
+        2,
+        &dev.tensor(&col_idx, &[cols], None, 0, i32_t)?,
+        &dev.tensor(&s_cols, &[e, rb, cols], None, 0, ACL_FLOAT)?,
+    )?;
+    let s_full = dev.alloc(n * 4)?;
+    index_select(
+        &dev.tensor(&s_cols, &[e, rb, cols], None, 0, ACL_FLOAT)?,
+        1,
+        &dev.tensor(&row_idx, &[rows], None, 0, i32_t)?,
+        &dev.tensor(&s_full, &[e, rows, cols], None, 0, ACL_FLOAT)?,
+    )?;
+    let w32 = dev.alloc(n * 4)?;
+    {
+        let a = dev.tensor(&values, &[e, rows, cols], None, 0, ACL_FLOAT)?;
+        let b = dev.tensor(&s_full, &[e, rows, cols], None, 0, ACL_FLOAT)?;
+        let c = dev.tensor(&w32, &[e, rows, cols], None, 0, ACL_FLOAT)?;
+        // SAFETY: as above.
+        dev.run(
+            "aclnnMul",
+            |ws, ex| unsafe {
+                (ops.aclnnMulGetWorkspaceSize
+                    .expect("checked by fp8_available()"))(
+                    a.raw(), b.raw(), c.raw(), ws, ex
+                )
+            },
+            ops.aclnnMul,
+        )?;
+    }
+    if dtype == DType::F32 {
+        return Ok(w32);
+    }
+    let out = dev.alloc(n * dtype.size_in_bytes())?;
+    let a = dev.tensor(&w32, &[n], None, 0, ACL_FLOAT)?;
+    let c = dev.tensor(&out, &[n], None, 0, acl_dtype(dtype))?;
+    // SAFETY: as above.
+    dev.run(
+        "aclnnCast",
+        |ws, ex| unsafe {
+            (ops.aclnnCastGetWorkspaceSize
+                .expect("checked by available()"))(
+                a.raw(), acl_dtype(dtype), c.raw(), ws, ex
+            )
+        },
+        ops.aclnnCast,
+    )?;
+    Ok(out)
 }
 
 /// The m-axis groups of one GroupedMatmulV4 pass: `rows` input rows, `count` groups
@@ -326,6 +469,24 @@ pub fn run(be: &AscendBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor
     }
     // Validated: finite and > 0 as an f32.
     let clamp = call.params.swiglu_limit.map(|c| c as f32);
+    // FP8 weights (w8a16): dequantized into run-dtype temporaries first (module doc, 9).
+    let dequantized = match &call.fp8_scales {
+        None => None,
+        Some(sc) => {
+            require_ops(Op::MoeExperts, fp8_available(&dev.cann.ops))?;
+            let table = super::mla_sparse_decode::e4m3_table(be)?;
+            let s13 = be.mem(sc.w13_scale, "moe_experts", "w13_scale")?;
+            let s2 = be.mem(sc.w2_scale, "moe_experts", "w2_scale")?;
+            Some((
+                dequantize(be, w13_mem, s13, &table, e, 2 * i, h, call.dtype)?,
+                dequantize(be, w2_mem, s2, &table, e, h, i, call.dtype)?,
+            ))
+        }
+    };
+    let (w13_mem, w2_mem) = match &dequantized {
+        Some((a, b)) => (&**a, &**b),
+        None => (w13_mem, w2_mem),
+    };
     let mut weights: Vec<f32> = dev
         .download_bytes(wts_mem, t * k * 4)?
         .chunks_exact(4)
