@@ -7,6 +7,11 @@
 //   3. moemla_moe_down_*     yslot = act W2^T (f32) (_w8a16 / _w8a8 likewise)
 //   (w8a8: moemla_moe_quant_* quantizes x before 2 and act before 3)
 //   4. moemla_moe_combine_*  y[t] = sum_j w[t,j] yslot[row of (t,j)], in slot order
+// Shared experts (contract v2, run-dtype weights only): moemla_moe_shared_rows maps every
+// token to one row of each shared expert's segment (S segments of ceil(T/64) tiles, top_k
+// 1), the same gate/up and down kernels run over them with the shared weights (Is), and
+// moemla_moe_combine_shared_* adds each shared expert's row with weight 1 after the
+// routed slots, s = 0..S-1, before y's one rounding.
 // Deterministic: no float atomics; every output element has one fixed summation order.
 
 #define MOEMLA_TM 64          // rows per tile (segments are padded to it)
@@ -85,6 +90,19 @@ extern "C" __global__ void moemla_moe_align(const int* __restrict__ topk_ids,
         }
         slot_pos[s] = pos;
     }
+}
+
+// Shared experts' rows: S segments of `seg_tiles` tiles, segment s for shared expert s,
+// row r of a segment holding token r (-1 past T). Grid (S * seg_tiles, 1, 1), block
+// (MOEMLA_TM, 1, 1). The GEMMs read them with top_k 1 (row value = token).
+extern "C" __global__ void moemla_moe_shared_rows(int tokens, int seg_tiles, int* __restrict__ rows,
+                                                  int* __restrict__ tile_expert,
+                                                  int* __restrict__ meta) {
+    const int tile = blockIdx.x;
+    const int r = (tile % seg_tiles) * MOEMLA_TM + threadIdx.x;
+    if (threadIdx.x < MOEMLA_TM) rows[(moemla_i64)tile * MOEMLA_TM + threadIdx.x] = r < tokens ? r : -1;
+    if (threadIdx.x == 0) tile_expert[tile] = tile / seg_tiles;
+    if (tile == 0 && threadIdx.x == 0) meta[0] = gridDim.x;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -506,10 +524,13 @@ __device__ __forceinline__ void moemla_moe_quant(const T* __restrict__ src, int 
 // ---------------------------------------------------------------------------------------
 // 4. Weighted combine, one block per token, slots summed in order
 // ---------------------------------------------------------------------------------------
+// With shared experts (yshared, `shared` segments of `seg_rows` rows, row t of segment s
+// = token t): each adds its row with weight 1 after the slots, in s order.
 template <typename T>
 __device__ void moemla_moe_combine(const float* __restrict__ yslot, const int* __restrict__ slot_pos,
-                                   const float* __restrict__ topk_weights, T* __restrict__ y,
-                                   int hidden, int top_k) {
+                                   const float* __restrict__ topk_weights,
+                                   const float* __restrict__ yshared, int shared, int seg_rows,
+                                   T* __restrict__ y, int hidden, int top_k) {
     const moemla_i64 t = blockIdx.x;
     for (int n = threadIdx.x; n < hidden; n += blockDim.x) {
         float acc = 0.0f;
@@ -517,6 +538,7 @@ __device__ void moemla_moe_combine(const float* __restrict__ yslot, const int* _
             const int p = slot_pos[t * top_k + j];
             if (p >= 0) acc += topk_weights[t * top_k + j] * yslot[(moemla_i64)p * hidden + n];
         }
+        for (int s = 0; s < shared; ++s) acc += yshared[((moemla_i64)s * seg_rows + t) * hidden + n];
         moemla_store(y + t * hidden + n, acc);
     }
 }
@@ -572,7 +594,13 @@ __device__ void moemla_moe_combine(const float* __restrict__ yslot, const int* _
     extern "C" __global__ void moemla_moe_combine_##SFX(const float* yslot, const int* slot_pos, \
                                                         const float* topk_weights, T* y,         \
                                                         int hidden, int top_k) {                 \
-        moemla_moe_combine<T>(yslot, slot_pos, topk_weights, y, hidden, top_k);                  \
+        moemla_moe_combine<T>(yslot, slot_pos, topk_weights, nullptr, 0, 0, y, hidden, top_k);   \
+    }                                                                                            \
+    extern "C" __global__ void moemla_moe_combine_shared_##SFX(                                  \
+        const float* yslot, const int* slot_pos, const float* topk_weights, const float* yshared, \
+        int shared, int seg_rows, T* y, int hidden, int top_k) {                                 \
+        moemla_moe_combine<T>(yslot, slot_pos, topk_weights, yshared, shared, seg_rows, y, hidden, \
+                              top_k);                                                            \
     }
 
 MOEMLA_EXPERTS_ENTRIES(f32, float)

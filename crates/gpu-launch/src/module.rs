@@ -98,6 +98,10 @@ impl Module {
                 "moemla_moe_combine_f32",
                 "moemla_moe_combine_f16",
                 "moemla_moe_combine_bf16",
+                "moemla_moe_shared_rows",
+                "moemla_moe_combine_shared_f32",
+                "moemla_moe_combine_shared_f16",
+                "moemla_moe_combine_shared_bf16",
             ],
             Module::MlaDecode => &[
                 "moemla_mla_check",

@@ -60,8 +60,39 @@ pub struct ExpertsWorkspace {
     pub act_codes: Region,
     /// W8A8: f32 scales of `act`, `max_tiles * TILE_M * ceil(I / 128)` (empty otherwise).
     pub act_scales: Region,
+    /// Shared experts: their rows (token or -1), i32, `S * seg_tiles * TILE_M` (empty
+    /// without shared experts).
+    pub shared_rows: Region,
+    /// Shared experts: expert per tile, i32, `S * seg_tiles` (empty without).
+    pub shared_tile_expert: Region,
+    /// Shared experts: i32[1] (tiles used, `S * seg_tiles`) (empty without).
+    pub shared_meta: Region,
+    /// Shared experts: `act` in the run dtype, `S * seg_tiles * TILE_M * Is` (empty without).
+    pub shared_act: Region,
+    /// Shared experts: f32 down outputs, `S * seg_tiles * TILE_M * H` (empty without).
+    pub yshared: Region,
     /// Total bytes.
     pub bytes: usize,
+}
+
+/// Sizes of a call's dense shared experts (contract v2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SharedSizes {
+    /// S: shared experts.
+    pub count: usize,
+    /// Is: their intermediate size.
+    pub inter: usize,
+}
+
+/// The shared experts' launches: every token through each shared expert, as S segments of
+/// `seg_tiles` tiles run by the routed experts' run-dtype GEMM kernels with top_k 1.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedPlan {
+    /// Tiles per shared expert, `ceil(T / TILE_M)`.
+    pub seg_tiles: usize,
+    /// `moemla_moe_shared_rows`, `moemla_moe_gate_up_*`, `moemla_moe_down_*`, launched
+    /// after the routed down GEMM and before the combine (then `moemla_moe_combine_shared_*`).
+    pub launches: [Launch; 3],
 }
 
 /// The launches of one `moe_experts` call.
@@ -82,6 +113,8 @@ pub struct ExpertsPlan {
     pub quant_x: Option<Launch>,
     /// W8A8: `moemla_moe_quant_f32` of `act`, launched before down.
     pub quant_act: Option<Launch>,
+    /// The shared experts' launches, if the call has any.
+    pub shared: Option<SharedPlan>,
 }
 
 /// Upper bound on the tiles needed when `slots` rows are split among `experts` segments,
@@ -139,6 +172,25 @@ pub fn plan_with(
     precision: Precision,
     limits: &DeviceLimits,
 ) -> PlanResult<ExpertsPlan> {
+    plan_with_shared(
+        tokens, hidden, inter, experts, top_k, dtype, precision, None, limits,
+    )
+}
+
+/// [`plan_with`] plus the call's dense shared experts, if any (their weights are the run
+/// dtype, so they run on the run-dtype kernels whatever `precision` is).
+#[allow(clippy::too_many_arguments)]
+pub fn plan_with_shared(
+    tokens: usize,
+    hidden: usize,
+    inter: usize,
+    experts: usize,
+    top_k: usize,
+    dtype: DType,
+    precision: Precision,
+    shared: Option<SharedSizes>,
+    limits: &DeviceLimits,
+) -> PlanResult<ExpertsPlan> {
     let op = Op::MoeExperts;
     let a8 = precision == Precision::W8A8;
     let elem = dtype.size_in_bytes();
@@ -186,7 +238,7 @@ pub fn plan_with(
     } else {
         (None, None)
     };
-    let launches = [
+    let mut launches = [
         Launch {
             kernel: "moemla_moe_align".into(),
             grid: [1, 1, 1],
@@ -220,6 +272,56 @@ pub fn plan_with(
     for l in quant_x.iter().chain(&quant_act) {
         check_launch(op, l, QUANT_BLOCK / 32 * 4, limits)?;
     }
+    // Shared experts: S segments of ceil(T / 64) tiles; rows and sizes as the kernels'
+    // `int` parameters and the grid hold them.
+    let (mut shared_plan, mut s_rows, mut s_tiles, mut s_inter) = (None, 0, 0, 0);
+    if let Some(sh) = shared {
+        fits(op, "S", sh.count, INT_LIMIT)?;
+        fits(op, "Is", sh.inter, INT_LIMIT)?;
+        let seg_tiles = ceil_div(tokens, TILE_M);
+        fits(op, "T / 64 tiles", seg_tiles, INT_LIMIT)?;
+        let seg_rows = checked(op, "T padded rows", seg_tiles.checked_mul(TILE_M))?;
+        fits(op, "T padded rows", seg_rows, INT_LIMIT)?;
+        s_tiles = checked(op, "S * T / 64 tiles", sh.count.checked_mul(seg_tiles))?;
+        let grid = fits(op, "S * T / 64 tiles", s_tiles, INT_LIMIT)?;
+        s_rows = checked(op, "S * T padded rows", s_tiles.checked_mul(TILE_M))?;
+        fits(op, "S * T padded rows", s_rows, INT_LIMIT)?;
+        s_inter = sh.inter;
+        let l = [
+            Launch {
+                kernel: "moemla_moe_shared_rows".into(),
+                grid: [grid, 1, 1],
+                block: [TILE_M as u32, 1, 1],
+                shared_bytes: 0,
+            },
+            Launch {
+                kernel: format!("moemla_moe_gate_up_{sfx}"),
+                grid: [
+                    grid,
+                    fits(op, "Is / 64 tiles", ceil_div(sh.inter, TILE_N), INT_LIMIT)?,
+                    1,
+                ],
+                block: [GEMM_BLOCK, 1, 1],
+                shared_bytes: 0,
+            },
+            Launch {
+                kernel: format!("moemla_moe_down_{sfx}"),
+                grid: [grid, n_hidden, 1],
+                block: [GEMM_BLOCK, 1, 1],
+                shared_bytes: 0,
+            },
+        ];
+        check_launch(op, &l[0], 0, limits)?;
+        for g in &l[1..] {
+            check_launch(op, g, GEMM_STATIC_SHARED_BYTES, limits)?;
+        }
+        launches[3].kernel = format!("moemla_moe_combine_shared_{sfx}");
+        shared_plan = Some(SharedPlan {
+            seg_tiles,
+            launches: l,
+        });
+    }
+    let if_shared = |n: Option<usize>| if shared.is_some() { n } else { Some(0) };
     let i32s = |n: usize| n.checked_mul(4);
     let f32s = i32s;
     let if_a8 = |n: Option<usize>| if a8 { n } else { Some(0) };
@@ -253,6 +355,19 @@ pub fn plan_with(
                 "act scales",
                 if_a8(rows.checked_mul(ceil_div(inter, FP8_BLOCK)).and_then(f32s)),
             ),
+            ("shared rows", i32s(s_rows)),
+            ("shared tile_expert", i32s(s_tiles)),
+            ("shared meta", if_shared(Some(4))),
+            (
+                "shared act",
+                s_rows
+                    .checked_mul(s_inter)
+                    .and_then(|n| n.checked_mul(elem)),
+            ),
+            (
+                "yshared",
+                s_rows.checked_mul(hidden).and_then(|n| n.checked_mul(4)),
+            ),
         ],
     )?;
     let y_bytes = checked(
@@ -274,12 +389,18 @@ pub fn plan_with(
             x_scales: r[7],
             act_codes: r[8],
             act_scales: r[9],
+            shared_rows: r[10],
+            shared_tile_expert: r[11],
+            shared_meta: r[12],
+            shared_act: r[13],
+            yshared: r[14],
             bytes,
         },
         y_bytes,
         launches,
         quant_x,
         quant_act,
+        shared: shared_plan,
     })
 }
 
@@ -403,6 +524,86 @@ mod tests {
         assert!(e.what.starts_with("I = "), "{e:?}");
         let e = plan(1, 64, 64, usize::MAX / 8, 1, DType::BF16, &l).unwrap_err();
         assert!(e.what.starts_with("E = "), "{e:?}");
+    }
+
+    #[test]
+    fn shared_experts_add_three_launches_their_workspace_and_the_shared_combine() {
+        let l = limits();
+        let base = plan(70, 40, 24, 5, 3, DType::BF16, &l).unwrap();
+        assert_eq!(base.shared, None);
+        let ws = base.workspace;
+        assert_eq!(
+            ws.shared_rows.bytes + ws.shared_act.bytes + ws.yshared.bytes,
+            0
+        );
+        assert_eq!(ws.shared_meta.bytes + ws.shared_tile_expert.bytes, 0);
+        // T 70: 2 tiles per shared expert; S 2, Is 100 (2 column tiles).
+        let sh = SharedSizes {
+            count: 2,
+            inter: 100,
+        };
+        let p = plan_with_shared(
+            70,
+            40,
+            24,
+            5,
+            3,
+            DType::BF16,
+            Precision::Native,
+            Some(sh),
+            &l,
+        )
+        .unwrap();
+        // The routed part is unchanged but for the combine.
+        assert_eq!(p.launches[..3], base.launches[..3]);
+        assert_eq!(p.launches[3].kernel, "moemla_moe_combine_shared_bf16");
+        assert_eq!(p.launches[3].grid, [70, 1, 1]);
+        let s = p.shared.clone().unwrap();
+        assert_eq!(s.seg_tiles, 2);
+        let got: Vec<(&str, [u32; 3], [u32; 3])> = s
+            .launches
+            .iter()
+            .map(|l| (l.kernel.as_str(), l.grid, l.block))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("moemla_moe_shared_rows", [4, 1, 1], [64, 1, 1]),
+                ("moemla_moe_gate_up_bf16", [4, 2, 1], [128, 1, 1]),
+                ("moemla_moe_down_bf16", [4, 1, 1], [128, 1, 1]),
+            ]
+        );
+        let ws = p.workspace;
+        assert_eq!(ws.shared_rows.bytes, 4 * 64 * 4);
+        assert_eq!(ws.shared_tile_expert.bytes, 4 * 4);
+        assert_eq!(ws.shared_meta.bytes, 4);
+        assert_eq!(ws.shared_act.bytes, 4 * 64 * 100 * 2);
+        assert_eq!(ws.yshared.bytes, 4 * 64 * 40 * 4);
+        assert!(ws.shared_rows.offset >= ws.act_scales.offset + ws.act_scales.bytes);
+        assert_eq!(ws.bytes, ws.yshared.offset + ws.yshared.bytes);
+        // FP8 routed weights keep their variants; the shared experts stay run-dtype.
+        let p =
+            plan_with_shared(5, 200, 136, 3, 2, DType::F16, Precision::W8A8, Some(sh), &l).unwrap();
+        assert_eq!(p.launches[1].kernel, "moemla_moe_gate_up_w8a8_f16");
+        assert_eq!(
+            p.shared.unwrap().launches[1].kernel,
+            "moemla_moe_gate_up_f16"
+        );
+    }
+
+    #[test]
+    fn shared_sizes_past_the_int_limit_are_plan_errors() {
+        let l = limits();
+        let at = |count, inter, tokens| {
+            let sh = Some(SharedSizes { count, inter });
+            plan_with_shared(tokens, 64, 64, 8, 1, DType::F32, Precision::Native, sh, &l)
+                .unwrap_err()
+                .what
+        };
+        assert!(at(1, 1 << 31, 4).starts_with("Is = "));
+        assert!(at(1 << 31, 64, 4).starts_with("S = "));
+        // 2^26 tokens: 2^20 tiles per shared expert; S 2^11 makes 2^31 tiles.
+        assert!(at(1 << 11, 64, 1 << 26).starts_with("S * T / 64 tiles = "));
     }
 
     #[test]

@@ -1172,6 +1172,7 @@ static void sparse_case(int dtype, const SparseCase& c, int corrupt /*0 none, 1 
 }
 
 #include "dsa_indexer_cases.h"
+#include "shared_experts_cases.h"
 
 // Sections run: all, or those named on the command line (route, experts, mla, ...).
 static std::vector<std::string> g_only;
@@ -1217,6 +1218,7 @@ int main(int argc, char** argv) {
         experts_fp8_case(dtype, {3, 140, 40, 2, 2, true, true, true, 0.75f});         // w8a8 ue8m0, clamp
         experts_fp8_case(dtype, {4, 40, 24, 3, 2, false, false, false, 0.5f});        // clamp, run-dtype weights
         }
+        if (want("experts_shared")) experts_shared_cases(dtype);
         if (want("kv_quantize")) {
             kv_quantize_case(dtype, 0);
             kv_quantize_case(dtype, 1);

@@ -45,6 +45,7 @@ pub fn supported() -> Vec<OpSupport> {
             Format::Fp8Weights,
             Format::Fp8Activations,
             Format::SwigluLimit,
+            Format::SharedExperts,
         ] {
             all.push(OpSupport::with_format(Op::MoeExperts, dtype, format));
         }

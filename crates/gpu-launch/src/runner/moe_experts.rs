@@ -1,7 +1,8 @@
 //! `moe_experts`: align, gate-up + SwiGLU, down, combine (kernels/README.md,
 //! moe_experts.cu), with `topk_ids` checked on the device into one error flag; contract
 //! v2: FP8 weights (w8a16), `fp8_block128` activations (w8a8: x and `act` quantized by
-//! `moemla_moe_quant_*` before their GEMMs) and the SwiGLU clamp.
+//! `moemla_moe_quant_*` before their GEMMs), the SwiGLU clamp and dense shared experts
+//! (every token through each, on the run-dtype GEMM kernels, added in the combine).
 
 use super::{at, flag_check, GpuRunner};
 use crate::args::Arg;
@@ -9,7 +10,7 @@ use crate::device::{GpuBuffer, GpuDevice};
 use crate::module::Module;
 use moemla_core::calls::MoeExpertsCall;
 use moemla_core::{ActivationQuant, ActivationScale, DeviceTensor, Op, Result};
-use moemla_kernel_plan::experts::{self, Precision};
+use moemla_kernel_plan::experts::{self, Precision, SharedSizes};
 
 const CALL: &str = "moe_experts";
 
@@ -36,6 +37,15 @@ pub(super) fn run<D: GpuDevice>(
             ))
         })
         .transpose()?;
+    let shared = call
+        .shared
+        .map(|s| {
+            Ok::<_, moemla_core::Error>((
+                g.buffer(s.w13, CALL, "shared_w13")?,
+                g.buffer(s.w2, CALL, "shared_w2")?,
+            ))
+        })
+        .transpose()?;
     let p = call.params;
     let precision = match (scales.is_some(), p.activation_quant) {
         (false, _) => Precision::Native,
@@ -46,7 +56,7 @@ pub(super) fn run<D: GpuDevice>(
     let limit = Arg::F32(p.swiglu_limit.map_or(f32::INFINITY, |c| c as f32));
     let ue8m0 = Arg::I32(i32::from(p.activation_scale == ActivationScale::Ue8m0));
     let limits = g.dev.limits(op)?;
-    let plan = experts::plan_with(
+    let plan = experts::plan_with_shared(
         call.tokens,
         call.hidden,
         call.inter,
@@ -54,6 +64,10 @@ pub(super) fn run<D: GpuDevice>(
         call.top_k,
         call.dtype,
         precision,
+        call.shared.map(|s| SharedSizes {
+            count: s.count,
+            inter: s.inter,
+        }),
         &limits,
     )
     .map_err(|e| g.plan_error(e))?;
@@ -157,18 +171,45 @@ pub(super) fn run<D: GpuDevice>(
     args.extend(rows_args);
     args.extend([at(ws, w.yslot), h, i]);
     g.launch(m, down, &args)?;
-    g.launch(
-        m,
-        combine,
-        &[
-            at(ws, w.yslot),
-            at(ws, w.slot_pos),
-            Arg::Ptr(weights.address()),
-            Arg::Ptr(y.address()),
-            h,
-            k,
-        ],
-    )?;
+    let mut combine_args = vec![
+        at(ws, w.yslot),
+        at(ws, w.slot_pos),
+        Arg::Ptr(weights.address()),
+    ];
+    // Shared experts: every token's row in each of S segments, the run-dtype gate/up and
+    // down kernels over them (top_k 1: a row holds its token), then the shared combine.
+    if let (Some(sp), Some((s13, s2)), Some(sh)) = (&plan.shared, shared, call.shared) {
+        let [rows, s_gate_up, s_down] = &sp.launches;
+        let is = g.int(op, "Is", sh.inter)?;
+        let seg_rows = g.int(op, "T padded rows", sp.seg_tiles * experts::TILE_M)?;
+        let s_rows = [
+            at(ws, w.shared_rows),
+            at(ws, w.shared_tile_expert),
+            at(ws, w.shared_meta),
+        ];
+        g.launch(
+            m,
+            rows,
+            &[
+                g.int(op, "T", call.tokens)?,
+                g.int(op, "T / 64 tiles", sp.seg_tiles)?,
+                at(ws, w.shared_rows),
+                at(ws, w.shared_tile_expert),
+                at(ws, w.shared_meta),
+            ],
+        )?;
+        let mut args = vec![x_at, Arg::Ptr(s13.address())];
+        args.extend(s_rows);
+        args.extend([at(ws, w.shared_act), h, is, Arg::I32(1), limit]);
+        g.launch(m, s_gate_up, &args)?;
+        let mut args = vec![at(ws, w.shared_act), Arg::Ptr(s2.address())];
+        args.extend(s_rows);
+        args.extend([at(ws, w.yshared), h, is]);
+        g.launch(m, s_down, &args)?;
+        combine_args.extend([at(ws, w.yshared), g.int(op, "S", sh.count)?, seg_rows]);
+    }
+    combine_args.extend([Arg::Ptr(y.address()), h, k]);
+    g.launch(m, combine, &combine_args)?;
     drop(stream);
     Ok(())
 }

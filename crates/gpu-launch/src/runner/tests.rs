@@ -1141,3 +1141,4 @@ fn supported_lists_sparse_decode_dense_in_every_dtype_and_fp8_for_16_bit() {
 mod cache_write;
 mod into;
 mod memory;
+mod shared_experts;
