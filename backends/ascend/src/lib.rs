@@ -194,6 +194,9 @@ impl Backend for AscendBackend {
         if ops::dsa_indexer_topk::available(ops) {
             supported.extend(DType::FLOATS.map(|dtype| OpSupport::new(Op::DsaIndexerTopk, dtype)));
         }
+        if ops::mla_cache_write::f32_available(ops) {
+            supported.push(OpSupport::new(Op::MlaCacheWrite, DType::F32));
+        }
         if ops::mla_cache_write::available(ops) {
             supported.extend(
                 ops::mla_cache_write::DTYPES.map(|dtype| OpSupport::new(Op::MlaCacheWrite, dtype)),

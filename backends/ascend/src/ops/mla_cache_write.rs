@@ -13,12 +13,13 @@
 //!   that is not every row in order, those rows are first gathered into a contiguous
 //!   temporary with aclnnIndexSelect (dim 0). No row is written: no call at all.
 //! - on Atlas A2/A3 its key/cache dtypes are FLOAT16, BFLOAT16 and INT8 only ("不支持
-//!   FLOAT ..."): F32 is Unsupported; so is the fp8_ds_v32 cache (CANN has no op writing
+//!   FLOAT ..."): an F32 cache gets one aclnnInplaceCopy per written row instead; the
+//!   fp8_ds_v32 cache is Unsupported (CANN has no op writing
 //!   the 656-byte row: see `gaps.rs`).
 //!
 //! The cache [num_blocks, block_size, 1, Dqk] is passed as it is (num_head 1).
 
-use crate::acl::acl_dtype;
+use crate::acl::{acl_dtype, ACL_FLOAT};
 use crate::loader::OpApi;
 use crate::ops::{require_ops, unsupported};
 use crate::AscendBackend;
@@ -27,7 +28,7 @@ use moemla_core::{indices, DType, KvFormat, Op, Result};
 
 /// What the mapping does, for `info().notes`.
 pub const NOTES: [&str; 1] = [
-    "mla_cache_write: dense F16/BF16 cache via aclnnScatterPaKvCache (scene 6: key only, cacheMode Norm); its slotMapping may hold neither -1 nor a repeated slot, so -1 rows and all but the last row naming a slot are dropped on the host and the rest gathered first (aclnnIndexSelect); F32 is Unsupported (aclnnScatterPaKvCache on Atlas A2/A3 takes FLOAT16/BFLOAT16/INT8 only)",
+    "mla_cache_write: dense F16/BF16 cache via aclnnScatterPaKvCache (scene 6: key only, cacheMode Norm); its slotMapping may hold neither -1 nor a repeated slot, so -1 rows and all but the last row naming a slot are dropped on the host and the rest gathered first (aclnnIndexSelect); F32 (which aclnnScatterPaKvCache on Atlas A2/A3 does not take) by one aclnnInplaceCopy per written row",
 ];
 
 /// Whether the loaded op libraries have what mla_cache_write needs.
@@ -38,7 +39,12 @@ pub fn available(ops: &OpApi) -> bool {
         && ops.aclnnIndexSelect.is_some()
 }
 
-/// The run dtypes the mapping takes.
+/// Whether the loaded op libraries have what the F32 cache needs (aclnnInplaceCopy).
+pub fn f32_available(ops: &OpApi) -> bool {
+    ops.aclnnInplaceCopy.is_some() && ops.aclnnInplaceCopyGetWorkspaceSize.is_some()
+}
+
+/// The run dtypes aclnnScatterPaKvCache takes.
 pub const DTYPES: [DType; 2] = [DType::F16, DType::BF16];
 
 /// The rows to write and their slots, in order: not -1, and only the last row naming a
@@ -82,6 +88,31 @@ pub fn run(be: &AscendBackend, call: &MlaCacheWriteCall<'_>) -> Result<()> {
             crate::ops::gaps::NO_FP8_CACHE_WRITE,
         ));
     }
+    let (rows, kept_slots) = winners(&slots);
+    if call.dtype == DType::F32 {
+        // aclnnScatterPaKvCache on Atlas A2/A3 takes no FLOAT: one aclnnInplaceCopy per
+        // written row (the winners, so no slot is written twice).
+        require_ops(Op::MlaCacheWrite, f32_available(&dev.cann.ops))?;
+        let ops = &dev.cann.ops;
+        let d = call.d_qk;
+        for (&row, &slot) in rows.iter().zip(&kept_slots) {
+            let dst = dev.tensor(cache_mem, &[1, d], None, slot as usize * d, ACL_FLOAT)?;
+            let src = dev.tensor(kv_mem, &[1, d], None, row as usize * d, ACL_FLOAT)?;
+            // SAFETY: handles live for the call; both rows lie inside their tensors (slot
+            // checked, row < N).
+            dev.run(
+                "aclnnInplaceCopy",
+                |ws, ex| unsafe {
+                    (ops.aclnnInplaceCopyGetWorkspaceSize
+                        .expect("checked by f32_available()"))(
+                        dst.raw(), src.raw(), ws, ex
+                    )
+                },
+                ops.aclnnInplaceCopy,
+            )?;
+        }
+        return Ok(());
+    }
     if !DTYPES.contains(&call.dtype) {
         return Err(unsupported(
             Op::MlaCacheWrite,
@@ -90,7 +121,6 @@ pub fn run(be: &AscendBackend, call: &MlaCacheWriteCall<'_>) -> Result<()> {
         ));
     }
     require_ops(Op::MlaCacheWrite, available(&dev.cann.ops))?;
-    let (rows, kept_slots) = winners(&slots);
     if rows.is_empty() {
         return Ok(());
     }
