@@ -200,6 +200,32 @@ pub trait Backend: Send + Sync {
         copy_whole(self, &out.lse, lse)
     }
 
+    /// `mla_kv_quantize` writing `kv_fp8` into a caller tensor that
+    /// [`crate::ops::mla_kv_quantize_into`] has checked. The default runs
+    /// [`Backend::mla_kv_quantize`] and copies `kv_fp8` with [`Backend::copy_into`].
+    fn mla_kv_quantize_into(
+        &self,
+        call: &MlaKvQuantizeCall<'_>,
+        kv_fp8: &DeviceTensor,
+    ) -> Result<()> {
+        let out = self.mla_kv_quantize(call)?;
+        copy_whole(self, &out, kv_fp8)
+    }
+
+    /// `dsa_indexer_topk` writing into caller tensors that
+    /// [`crate::ops::dsa_indexer_topk_into`] has checked. The default runs
+    /// [`Backend::dsa_indexer_topk`] and copies its outputs with [`Backend::copy_into`].
+    fn dsa_indexer_topk_into(
+        &self,
+        call: &DsaIndexerTopkCall<'_>,
+        topk_indices: &DeviceTensor,
+        topk_scores: &DeviceTensor,
+    ) -> Result<()> {
+        let out = self.dsa_indexer_topk(call)?;
+        copy_whole(self, &out.topk_indices, topk_indices)?;
+        copy_whole(self, &out.topk_scores, topk_scores)
+    }
+
     /// `moe_route` on validated input. Use [`crate::ops::moe_route`].
     fn moe_route(&self, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput>;
 

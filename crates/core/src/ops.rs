@@ -26,7 +26,10 @@ mod cache_write;
 mod into;
 
 pub use cache_write::mla_cache_write;
-pub use into::{mla_decode_into, mla_sparse_decode_into, moe_experts_into, moe_route_into};
+pub use into::{
+    dsa_indexer_topk_into, mla_decode_into, mla_kv_quantize_into, mla_sparse_decode_into,
+    moe_experts_into, moe_route_into,
+};
 
 use crate::calls::{DsaIndexerTopkOutput, MlaDecodeOutput, MoeExpertsCall, MoeRouteOutput};
 use crate::validate::dsa_indexer_topk::IndexerArgs;

@@ -4,14 +4,15 @@
 use super::{
     cache_formats, experts_formats, require, ExpertsInputs, RouteInputs, SparseDecodeInputs,
 };
+use crate::validate::dsa_indexer_topk::IndexerArgs;
 use crate::validate::mla_decode::MlaArgs;
 use crate::validate::{
-    mla_decode as mla_rules, mla_sparse_decode as sparse_rules, moe_experts as experts_rules,
-    moe_route as route_rules,
+    dsa_indexer_topk as indexer_rules, mla_decode as mla_rules, mla_kv_quantize as quant_rules,
+    mla_sparse_decode as sparse_rules, moe_experts as experts_rules, moe_route as route_rules,
 };
 use crate::{
-    Backend, DType, DeviceTensor, Error, ExpertsParams, Format, MlaDecodeParams, Op, Result,
-    RouteParams, ScoreFunc, SparseDecodeParams,
+    Backend, DType, DeviceTensor, Error, ExpertsParams, Format, IndexerParams, KvQuantizeParams,
+    MlaDecodeParams, Op, Result, RouteParams, ScoreFunc, SparseDecodeParams,
 };
 
 /// [`super::moe_route_with`] writing `topk_ids` [T, top_k] I32 and `topk_weights`
@@ -161,6 +162,79 @@ pub fn mla_sparse_decode_into(
     backend.mla_sparse_decode_into(&call, o, lse)
 }
 
+/// [`super::mla_kv_quantize`] writing `kv_fp8` [N, 656] U8 into the caller's tensor (on
+/// `backend`, sharing no buffer with `kv`). Its previous contents are overwritten.
+pub fn mla_kv_quantize_into(
+    backend: &dyn Backend,
+    kv: &DeviceTensor,
+    params: &KvQuantizeParams,
+    kv_fp8: &DeviceTensor,
+) -> Result<()> {
+    let call = quant_rules::validate(backend.name(), kv, params)?;
+    let op = Op::MlaKvQuantize;
+    let dims = [call.rows, crate::fp8::DS_V32_ROW_BYTES];
+    output(backend, op, "kv_fp8", kv_fp8, &dims, "[N, 656]", DType::U8)?;
+    distinct(op, &[("kv", kv)], &[("kv_fp8", kv_fp8)])?;
+    require(backend, op, call.dtype, &[Format::Fp8DsV32])?;
+    backend.mla_kv_quantize_into(&call, kv_fp8)
+}
+
+/// [`super::dsa_indexer_topk`] writing `topk_indices` [B, Sq, top_k] I32 and `topk_scores`
+/// [B, Sq, top_k] F32 into the caller's tensors (on `backend`; neither may share a buffer
+/// with an input or with the other). Their previous contents are overwritten.
+#[allow(clippy::too_many_arguments)]
+pub fn dsa_indexer_topk_into(
+    backend: &dyn Backend,
+    q: &DeviceTensor,
+    weights: &DeviceTensor,
+    k_cache: &DeviceTensor,
+    block_table: &DeviceTensor,
+    cache_seqlens: &DeviceTensor,
+    params: &IndexerParams,
+    topk_indices: &DeviceTensor,
+    topk_scores: &DeviceTensor,
+) -> Result<()> {
+    let args = IndexerArgs {
+        q,
+        weights,
+        k_cache,
+        block_table,
+        cache_seqlens,
+    };
+    let call = indexer_rules::validate(backend.name(), args, params)?;
+    let op = Op::DsaIndexerTopk;
+    let dims = [call.batch, call.s_q, params.top_k];
+    let layout = "[B, Sq, top_k]";
+    output(
+        backend,
+        op,
+        "topk_indices",
+        topk_indices,
+        &dims,
+        layout,
+        DType::I32,
+    )?;
+    output(
+        backend,
+        op,
+        "topk_scores",
+        topk_scores,
+        &dims,
+        layout,
+        DType::F32,
+    )?;
+    let read = [
+        ("q", q),
+        ("weights", weights),
+        ("k_cache", k_cache),
+        ("block_table", block_table),
+        ("cache_seqlens", cache_seqlens),
+    ];
+    let written = [("topk_indices", topk_indices), ("topk_scores", topk_scores)];
+    distinct(op, &read, &written)?;
+    backend.dsa_indexer_topk_into(&call, topk_indices, topk_scores)
+}
+
 /// The outputs of an attention op (`dims` = [B, Sq, Hq, Dv]): `o` [B, Sq, Hq, Dv] in the
 /// run dtype and `lse` [B, Hq, Sq] F32, checked as [`output`] does.
 fn attention_outputs(
@@ -246,7 +320,7 @@ fn output(
 
 /// The `&'static` name of a dimension of an output layout.
 fn dim_name(name: &str) -> &'static str {
-    ["T", "top_k", "H", "B", "Sq", "Hq", "Dv"]
+    ["T", "top_k", "H", "B", "Sq", "Hq", "Dv", "N", "656"]
         .into_iter()
         .find(|n| *n == name)
         .unwrap_or("?")
