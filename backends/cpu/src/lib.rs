@@ -372,6 +372,48 @@ impl Backend for CpuBackend {
         })
     }
 
+    fn mla_kv_quantize_into(
+        &self,
+        call: &MlaKvQuantizeCall<'_>,
+        kv_fp8: &DeviceTensor,
+    ) -> Result<()> {
+        const CALL: &str = "mla_kv_quantize";
+        let dims = [call.rows, moemla_core::fp8::DS_V32_ROW_BYTES];
+        let [out] = self.outputs(CALL, &[call.kv], [(kv_fp8, &dims[..], "kv_fp8")])?;
+        let _writing = storage::writing();
+        // SAFETY: as in `moe_route_into`.
+        let out = unsafe { out.slice_mut() };
+        ops::mla_kv_quantize::run_into(&self.name, call, out.into_bytes())
+    }
+
+    fn dsa_indexer_topk_into(
+        &self,
+        call: &DsaIndexerTopkCall<'_>,
+        topk_indices: &DeviceTensor,
+        topk_scores: &DeviceTensor,
+    ) -> Result<()> {
+        const CALL: &str = "dsa_indexer_topk";
+        let inputs = [
+            call.q,
+            call.weights,
+            call.k_cache,
+            call.block_table,
+            call.cache_seqlens,
+        ];
+        let dims = [call.batch, call.s_q, call.params.top_k];
+        let outputs = [
+            (topk_indices, &dims[..], "topk_indices"),
+            (topk_scores, &dims[..], "topk_scores"),
+        ];
+        let [ids, scores] = self.outputs(CALL, &inputs, outputs)?;
+        let _writing = storage::writing();
+        // SAFETY: as in `moe_route_into`.
+        let (ids, scores) = unsafe { (ids.slice_mut(), scores.slice_mut()) };
+        let ids = storage::i32_mut(ids, &self.name, CALL, "topk_indices")?;
+        let scores = storage::f32_mut(scores, &self.name, CALL, "topk_scores")?;
+        ops::dsa_indexer_topk::run_into(&self.name, call, ids, scores)
+    }
+
     fn mla_cache_write(&self, call: &MlaCacheWriteCall<'_>) -> Result<()> {
         const CALL: &str = "mla_cache_write";
         let inputs = [call.kv, call.slot_mapping];

@@ -29,6 +29,22 @@ struct Inputs<'a> {
 /// Runs the indexer; returns `topk_indices` [B, Sq, top_k] (I32) and `topk_scores`
 /// [B, Sq, top_k] (F32).
 pub fn run(backend: &str, call: &DsaIndexerTopkCall<'_>) -> Result<(Vec<i32>, Vec<f32>)> {
+    let dims = [call.batch, call.s_q, call.params.top_k];
+    let mut indices = zeroed::<i32>(&dims, "cpu dsa_indexer_topk topk_indices")?;
+    let mut scores = zeroed::<f32>(&dims, "cpu dsa_indexer_topk topk_scores")?;
+    run_into(backend, call, &mut indices, &mut scores)?;
+    Ok((indices, scores))
+}
+
+/// [`run`] writing `topk_indices` and `topk_scores` [B, Sq, top_k] into the caller's
+/// slices (exactly that long); nothing is written when the block table or the sequence
+/// lengths hold a bad index.
+pub fn run_into(
+    backend: &str,
+    call: &DsaIndexerTopkCall<'_>,
+    indices: &mut [i32],
+    scores: &mut [f32],
+) -> Result<()> {
     let table = i32_slice(call.block_table, backend, CALL, "block_table")?;
     let seqlens = i32_slice(call.cache_seqlens, backend, CALL, "cache_seqlens")?;
     check_indexer_indices(call, table, seqlens)?;
@@ -39,9 +55,6 @@ pub fn run(backend: &str, call: &DsaIndexerTopkCall<'_>) -> Result<(Vec<i32>, Ve
         table,
     };
     let k = call.params.top_k;
-    let dims = [call.batch, call.s_q, k];
-    let mut indices = zeroed::<i32>(&dims, "cpu dsa_indexer_topk topk_indices")?;
-    let mut scores = zeroed::<f32>(&dims, "cpu dsa_indexer_topk topk_scores")?;
     indices
         .par_chunks_mut(k)
         .zip(scores.par_chunks_mut(k))
@@ -61,8 +74,7 @@ pub fn run(backend: &str, call: &DsaIndexerTopkCall<'_>) -> Result<(Vec<i32>, Ve
             free_i.fill(-1);
             free_s.fill(f32::NEG_INFINITY);
             Ok(())
-        })?;
-    Ok((indices, scores))
+        })
 }
 
 /// The flat cache slot of position `p` of sequence `b` (its block entry was checked; slots
