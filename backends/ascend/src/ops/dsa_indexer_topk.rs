@@ -25,9 +25,8 @@
 //! could pick a different (equally valid) position.
 
 use crate::acl::{acl_dtype, ACL_FLOAT};
-use crate::buffer::DevMem;
 use crate::loader::{Handle, OpApi};
-use crate::ops::require_ops;
+use crate::ops::{compose, require_ops};
 use crate::AscendBackend;
 use moemla_core::calls::{DsaIndexerTopkCall, DsaIndexerTopkOutput};
 use moemla_core::{indices, DType, Op, Result};
@@ -93,54 +92,6 @@ pub fn run(be: &AscendBackend, call: &DsaIndexerTopkCall<'_>) -> Result<DsaIndex
     let run_op = |name: &str, prepare: &dyn Fn(*mut u64, *mut Handle) -> i32, launch| {
         dev.run(name, prepare, launch)
     };
-    let cast32 = |src: &DevMem, dims: &[usize], dst: &DevMem| -> Result<()> {
-        let a = dev.tensor(src, dims, None, 0, dt)?;
-        let c = dev.tensor(dst, dims, None, 0, ACL_FLOAT)?;
-        // SAFETY: handles live for the call; out-pointers come from `Device::run`.
-        run_op(
-            "aclnnCast",
-            &|ws, ex| unsafe {
-                (ops.aclnnCastGetWorkspaceSize
-                    .expect("checked by available()"))(
-                    a.raw(), ACL_FLOAT, c.raw(), ws, ex
-                )
-            },
-            ops.aclnnCast,
-        )
-    };
-    let matmul = |a: &crate::acl::AclTensor<'_>,
-                  m2: &crate::acl::AclTensor<'_>,
-                  out: &crate::acl::AclTensor<'_>|
-     -> Result<()> {
-        // SAFETY: as above; cubeMathType 0 = KEEP_DTYPE (f32).
-        run_op(
-            "aclnnMatmul",
-            &|ws, ex| unsafe {
-                (ops.aclnnMatmulGetWorkspaceSize
-                    .expect("checked by available()"))(
-                    a.raw(), m2.raw(), out.raw(), 0, ws, ex
-                )
-            },
-            ops.aclnnMatmul,
-        )
-    };
-    let index_select = |src: &crate::acl::AclTensor<'_>,
-                        index: &crate::acl::AclTensor<'_>,
-                        out: &crate::acl::AclTensor<'_>|
-     -> Result<()> {
-        // SAFETY: as above; every index lies inside `src` (host-built slot lists, Topk
-        // positions below L).
-        run_op(
-            "aclnnIndexSelect",
-            &|ws, ex| unsafe {
-                (ops.aclnnIndexSelectGetWorkspaceSize
-                    .expect("checked by available()"))(
-                    src.raw(), 0, index.raw(), out.raw(), ws, ex
-                )
-            },
-            ops.aclnnIndexSelect,
-        )
-    };
 
     // 2. q as f32; the outputs start as -1 / -inf.
     let rows = b * sq;
@@ -148,7 +99,7 @@ pub fn run(be: &AscendBackend, call: &DsaIndexerTopkCall<'_>) -> Result<DsaIndex
         None
     } else {
         let q32 = dev.alloc(rows * hi * di * 4)?;
-        cast32(q_mem, &[rows * hi, di], &q32)?;
+        compose::cast_mem(dev, q_mem, &[rows * hi, di], dt, &q32, ACL_FLOAT)?;
         Some(q32)
     };
     let q32 = q32.as_deref().unwrap_or(q_mem);
@@ -173,8 +124,11 @@ pub fn run(be: &AscendBackend, call: &DsaIndexerTopkCall<'_>) -> Result<DsaIndex
             .collect();
         let list_dev = dev.upload_bytes(&list)?;
         let k_run = dev.alloc(len * di * call.dtype.size_in_bytes())?;
-        index_select(
+        // Every slot lies in [0, slots) (checked above).
+        compose::index_select(
+            dev,
             &dev.tensor(k_mem, &[slots, di], None, 0, dt)?,
+            0,
             &dev.tensor(&list_dev, &[len], None, 0, i32_t)?,
             &dev.tensor(&k_run, &[len, di], None, 0, dt)?,
         )?;
@@ -182,7 +136,7 @@ pub fn run(be: &AscendBackend, call: &DsaIndexerTopkCall<'_>) -> Result<DsaIndex
             k_run
         } else {
             let k32 = dev.alloc(len * di * 4)?;
-            cast32(&k_run, &[len, di], &k32)?;
+            compose::cast_mem(dev, &k_run, &[len, di], dt, &k32, ACL_FLOAT)?;
             k32
         };
         let s = dev.alloc(hi * len * 4)?;
@@ -192,9 +146,9 @@ pub fn run(be: &AscendBackend, call: &DsaIndexerTopkCall<'_>) -> Result<DsaIndex
             let qv = dev.tensor(q32, &[hi, di], None, r * hi * di, ACL_FLOAT)?;
             let kt = dev.tensor(&k32, &[di, len], Some(&[1, di]), 0, ACL_FLOAT)?;
             let st = dev.tensor(&s, &[hi, len], None, 0, ACL_FLOAT)?;
-            matmul(&qv, &kt, &st)?;
+            compose::matmul(dev, &qv, &kt, &st)?;
             let rt = dev.tensor(&relu, &[hi, len], None, 0, ACL_FLOAT)?;
-            // SAFETY: as above.
+            // SAFETY: handles live for the call; out-pointers come from `Device::run`.
             run_op(
                 "aclnnRelu",
                 &|ws, ex| unsafe {
@@ -207,7 +161,7 @@ pub fn run(be: &AscendBackend, call: &DsaIndexerTopkCall<'_>) -> Result<DsaIndex
             )?;
             let wv = dev.tensor(w_mem, &[1, hi], None, r * hi, ACL_FLOAT)?;
             let sc = dev.tensor(&score, &[1, len], None, 0, ACL_FLOAT)?;
-            matmul(&wv, &rt, &sc)?;
+            compose::matmul(dev, &wv, &rt, &sc)?;
         }
         let kk = top_k.min(len);
         let vals = dev.alloc(kk * 4)?;
@@ -248,8 +202,11 @@ pub fn run(be: &AscendBackend, call: &DsaIndexerTopkCall<'_>) -> Result<DsaIndex
                 ops.aclnnInplaceCopy,
             )?;
         }
-        index_select(
+        // Every position lies below `len`, the list's length.
+        compose::index_select(
+            dev,
             &dev.tensor(&list_dev, &[len], None, 0, i32_t)?,
+            0,
             &dev.tensor(&pos, &[kk], None, 0, ACL_INT64)?,
             &dev.tensor(&idx_out, &[kk], None, r * top_k, i32_t)?,
         )?;

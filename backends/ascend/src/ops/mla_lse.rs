@@ -12,6 +12,7 @@
 use super::mla_decode::DQK;
 use crate::acl::{acl_dtype, ACL_FLOAT};
 use crate::buffer::DevMem;
+use crate::ops::compose;
 use crate::AscendBackend;
 use moemla_core::calls::MlaDecodeCall;
 use moemla_core::Result;
@@ -71,30 +72,10 @@ pub(crate) fn lse_for_sequence(
         let a = dev.tensor(&q32, &[rows, DQK], None, 0, ACL_FLOAT)?;
         let kt = dev.tensor(&k32, &[DQK, len], Some(&[1, DQK]), 0, ACL_FLOAT)?;
         let c = dev.tensor(&scores, &[rows, len], None, 0, ACL_FLOAT)?;
-        // SAFETY: as above; cubeMathType 0 = KEEP_DTYPE (f32).
-        dev.run(
-            "aclnnMatmul",
-            |ws, ex| unsafe {
-                (ops.aclnnMatmulGetWorkspaceSize
-                    .expect("checked by available()"))(
-                    a.raw(), kt.raw(), c.raw(), 0, ws, ex
-                )
-            },
-            ops.aclnnMatmul,
-        )?;
+        compose::matmul(dev, &a, &kt, &c)?;
         let s = dev.scalar_f32(call.params.softmax_scale as f32)?;
         let out = dev.tensor(&scaled, &[rows, len], None, 0, ACL_FLOAT)?;
-        // SAFETY: as above.
-        dev.run(
-            "aclnnMuls",
-            |ws, ex| unsafe {
-                (ops.aclnnMulsGetWorkspaceSize
-                    .expect("checked by available()"))(
-                    c.raw(), s.raw(), out.raw(), ws, ex
-                )
-            },
-            ops.aclnnMuls,
-        )?;
+        compose::muls(dev, &c, &s, &out)?;
     }
     let last_dim = dev.int_array(&[1])?;
     for i in 0..sq {
@@ -110,22 +91,7 @@ pub(crate) fn lse_for_sequence(
             ACL_FLOAT,
         )?;
         let y = dev.tensor(lse, &[hq], Some(&[sq]), bi * hq * sq + i, ACL_FLOAT)?;
-        // SAFETY: as above.
-        dev.run(
-            "aclnnLogSumExp",
-            |ws, ex| unsafe {
-                (ops.aclnnLogSumExpGetWorkspaceSize
-                    .expect("checked by available()"))(
-                    x.raw(),
-                    last_dim.raw(),
-                    false,
-                    y.raw(),
-                    ws,
-                    ex,
-                )
-            },
-            ops.aclnnLogSumExp,
-        )?;
+        compose::log_sum_exp(dev, &x, &last_dim, &y)?;
     }
     Ok(())
 }

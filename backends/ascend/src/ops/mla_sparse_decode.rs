@@ -26,7 +26,7 @@
 use crate::acl::{acl_dtype, ACL_FLOAT, ACL_UINT8};
 use crate::buffer::DevMem;
 use crate::loader::OpApi;
-use crate::ops::require_ops;
+use crate::ops::{compose, require_ops};
 use crate::AscendBackend;
 use moemla_core::calls::{MlaDecodeOutput, MlaSparseDecodeCall};
 use moemla_core::{indices, DType, Error, KvFormat, Op, Result};
@@ -200,41 +200,17 @@ fn dequantize_rows(
     let k32 = dev.alloc(n * 576 * 4)?;
     let bytes = dev.tensor(rows, &[n, 512], Some(&[FP8_ROW, 1]), 0, ACL_UINT8)?;
     let codes_t = dev.tensor(&codes, &[n, 512], None, 0, i32_t)?;
-    // SAFETY: handles live for the call; out-pointers come from `Device::run`.
-    dev.run(
-        "aclnnCast",
-        |ws, ex| unsafe {
-            (ops.aclnnCastGetWorkspaceSize
-                .expect("checked by available()"))(
-                bytes.raw(), i32_t, codes_t.raw(), ws, ex
-            )
-        },
-        ops.aclnnCast,
-    )?;
+    compose::cast(dev, &bytes, i32_t, &codes_t)?;
     let table_t = dev.tensor(table, &[256], None, 0, ACL_FLOAT)?;
     let flat = dev.tensor(&codes, &[n * 512], None, 0, i32_t)?;
     let values_t = dev.tensor(&values, &[n * 512], None, 0, ACL_FLOAT)?;
-    // SAFETY: as above; every code is a byte, inside the 256-entry table.
-    dev.run(
-        "aclnnIndexSelect",
-        |ws, ex| unsafe {
-            (ops.aclnnIndexSelectGetWorkspaceSize
-                .expect("checked by available()"))(
-                table_t.raw(),
-                0,
-                flat.raw(),
-                values_t.raw(),
-                ws,
-                ex,
-            )
-        },
-        ops.aclnnIndexSelect,
-    )?;
+    // Every code is a byte, inside the 256-entry table.
+    compose::index_select(dev, &table_t, 0, &flat, &values_t)?;
     // 656 bytes = 164 f32 = 328 bf16 per row; scales at f32 element 128, rope at bf16 264.
     let tiles = dev.tensor(&values, &[n, 4, 128], None, 0, ACL_FLOAT)?;
     let scales = dev.tensor(rows, &[n, 4, 1], Some(&[FP8_ROW / 4, 1, 1]), 128, ACL_FLOAT)?;
     let latent = dev.tensor(&k32, &[n, 4, 128], Some(&[576, 128, 1]), 0, ACL_FLOAT)?;
-    // SAFETY: as above.
+    // SAFETY: handles live for the call; out-pointers come from `Device::run`.
     dev.run(
         "aclnnMul",
         |ws, ex| unsafe {
@@ -288,37 +264,6 @@ pub(crate) fn attend(
                   prepare: &dyn Fn(*mut u64, *mut crate::loader::Handle) -> i32,
                   launch|
      -> Result<()> { dev.run(name, prepare, launch) };
-    let cast = |src: &DevMem, dims: &[usize], from: i32, dst: &DevMem| -> Result<()> {
-        let a = dev.tensor(src, dims, None, 0, from)?;
-        let c = dev.tensor(dst, dims, None, 0, ACL_FLOAT)?;
-        // SAFETY: handles live for the call; out-pointers come from `Device::run`.
-        run_op(
-            "aclnnCast",
-            &|ws, ex| unsafe {
-                (ops.aclnnCastGetWorkspaceSize
-                    .expect("checked by available()"))(
-                    a.raw(), ACL_FLOAT, c.raw(), ws, ex
-                )
-            },
-            ops.aclnnCast,
-        )
-    };
-    let matmul = |a: &crate::acl::AclTensor<'_>,
-                  m2: &crate::acl::AclTensor<'_>,
-                  out: &crate::acl::AclTensor<'_>|
-     -> Result<()> {
-        // SAFETY: as above; cubeMathType 0 = KEEP_DTYPE (f32).
-        run_op(
-            "aclnnMatmul",
-            &|ws, ex| unsafe {
-                (ops.aclnnMatmulGetWorkspaceSize
-                    .expect("checked by available()"))(
-                    a.raw(), m2.raw(), out.raw(), 0, ws, ex
-                )
-            },
-            ops.aclnnMatmul,
-        )
-    };
 
     // 2. q as f32.
     let rows = b * sq * hq;
@@ -326,14 +271,14 @@ pub(crate) fn attend(
         None
     } else {
         let q32 = dev.alloc(rows * dqk * 4)?;
-        cast(q_mem, &[rows, dqk], dt, &q32)?;
+        compose::cast_mem(dev, q_mem, &[rows, dqk], dt, &q32, ACL_FLOAT)?;
         Some(q32)
     };
     let q32 = q32.as_deref().unwrap_or(q_mem);
     let o32 = dev.alloc(rows * dv * 4)?;
     {
         let all = dev.tensor(&o32, &[rows, dv], None, 0, ACL_FLOAT)?;
-        // SAFETY: as above.
+        // SAFETY: handles live for the call; out-pointers come from `Device::run`.
         run_op(
             "aclnnInplaceZero",
             &|ws, ex| unsafe {
@@ -386,22 +331,8 @@ pub(crate) fn attend(
             let cache = dev.tensor(kv_mem, &[slots, row], None, 0, row_dt)?;
             let index = dev.tensor(&list_dev, &[n], None, 0, i32_t)?;
             let out = dev.tensor(&k_run, &[n, row], None, 0, row_dt)?;
-            // SAFETY: as above; every slot was checked to lie in [0, slots).
-            run_op(
-                "aclnnIndexSelect",
-                &|ws, ex| unsafe {
-                    (ops.aclnnIndexSelectGetWorkspaceSize
-                        .expect("checked by available()"))(
-                        cache.raw(),
-                        0,
-                        index.raw(),
-                        out.raw(),
-                        ws,
-                        ex,
-                    )
-                },
-                ops.aclnnIndexSelect,
-            )?;
+            // Every slot was checked to lie in [0, slots).
+            compose::index_select(dev, &cache, 0, &index, &out)?;
         }
         let k32 = if shape.fp8 {
             let table = e4m3_table.as_ref().ok_or_else(|| Error::Device {
@@ -414,7 +345,7 @@ pub(crate) fn attend(
             k_run
         } else {
             let k32 = dev.alloc(n * dqk * 4)?;
-            cast(&k_run, &[n, dqk], dt, &k32)?;
+            compose::cast_mem(dev, &k_run, &[n, dqk], dt, &k32, ACL_FLOAT)?;
             k32
         };
         let scores = dev.alloc(hq * n * 4)?;
@@ -423,36 +354,11 @@ pub(crate) fn attend(
             let qv = dev.tensor(q32, &[hq, dqk], None, r * hq * dqk, ACL_FLOAT)?;
             let kt = dev.tensor(&k32, &[dqk, n], Some(&[1, dqk]), 0, ACL_FLOAT)?;
             let s = dev.tensor(&scores, &[hq, n], None, 0, ACL_FLOAT)?;
-            matmul(&qv, &kt, &s)?;
+            compose::matmul(dev, &qv, &kt, &s)?;
             let out = dev.tensor(&scaled, &[hq, n], None, 0, ACL_FLOAT)?;
-            // SAFETY: as above.
-            run_op(
-                "aclnnMuls",
-                &|ws, ex| unsafe {
-                    (ops.aclnnMulsGetWorkspaceSize
-                        .expect("checked by available()"))(
-                        s.raw(), scale.raw(), out.raw(), ws, ex
-                    )
-                },
-                ops.aclnnMuls,
-            )?;
+            compose::muls(dev, &s, &scale, &out)?;
             let y = dev.tensor(&lse, &[hq], Some(&[sq]), bi * hq * sq + i, ACL_FLOAT)?;
-            // SAFETY: as above.
-            run_op(
-                "aclnnLogSumExp",
-                &|ws, ex| unsafe {
-                    (ops.aclnnLogSumExpGetWorkspaceSize
-                        .expect("checked by available()"))(
-                        out.raw(),
-                        last_dim.raw(),
-                        false,
-                        y.raw(),
-                        ws,
-                        ex,
-                    )
-                },
-                ops.aclnnLogSumExp,
-            )?;
+            compose::log_sum_exp(dev, &out, &last_dim, &y)?;
         }
         // Softmax input: the scaled scores, plus the sink as column n.
         let width = n + usize::from(sinks.is_some());
@@ -504,7 +410,7 @@ pub(crate) fn attend(
             let pv = dev.tensor(&probs, &[hq, n], Some(&[width, 1]), 0, ACL_FLOAT)?;
             let v = dev.tensor(&k32, &[n, dv], Some(&[dqk, 1]), 0, ACL_FLOAT)?;
             let o = dev.tensor(&o32, &[hq, dv], None, r * hq * dv, ACL_FLOAT)?;
-            matmul(&pv, &v, &o)?;
+            compose::matmul(dev, &pv, &v, &o)?;
         }
         // A +inf sink takes all the weight: o = 0 (softmax of a +inf column is NaN).
         if let Some((host, _)) = &sinks {
@@ -529,17 +435,7 @@ pub(crate) fn attend(
         o32
     } else {
         let o = dev.alloc(rows * dv * shape.dtype.size_in_bytes())?;
-        let a = dev.tensor(&o32, &[rows, dv], None, 0, ACL_FLOAT)?;
-        let c = dev.tensor(&o, &[rows, dv], None, 0, dt)?;
-        // SAFETY: as above.
-        run_op(
-            "aclnnCast",
-            &|ws, ex| unsafe {
-                (ops.aclnnCastGetWorkspaceSize
-                    .expect("checked by available()"))(a.raw(), dt, c.raw(), ws, ex)
-            },
-            ops.aclnnCast,
-        )?;
+        compose::cast_mem(dev, &o32, &[rows, dv], ACL_FLOAT, &o, dt)?;
         o
     };
     dev.synchronize()?;

@@ -1,6 +1,7 @@
 //! One file per moemla op: argument checks against CANN's documented limits, marshalling,
 //! and the aclnn calls.
 
+mod compose;
 pub mod dsa_indexer_topk;
 pub mod gaps;
 pub mod mla_cache_write;
