@@ -46,7 +46,7 @@ use crate::acl::{acl_dtype, ACL_FLOAT, ACL_UINT8};
 use crate::buffer::DevMem;
 use crate::device::Device;
 use crate::loader::OpApi;
-use crate::ops::{require_ops, unsupported};
+use crate::ops::{compose, require_ops, unsupported};
 use crate::AscendBackend;
 use moemla_core::calls::MoeExpertsCall;
 use moemla_core::{indices, DType, DeviceTensor, Op, Result};
@@ -217,47 +217,12 @@ fn dequantize(
     let i32_t = acl_dtype(DType::I32);
     let n = e * rows * cols;
     let (rb, cb) = (rows.div_ceil(128), cols.div_ceil(128));
-    let index_select = |src: &crate::acl::AclTensor<'_>,
-                        dim: i64,
-                        idx: &crate::acl::AclTensor<'_>,
-                        out: &crate::acl::AclTensor<'_>|
-     -> Result<()> {
-        // SAFETY: handles live for the call; out-pointers come from `Device::run`; every
-        // index lies inside its dimension (bytes < 256, blocks < ceil(len / 128)).
-        dev.run(
-            "aclnnIndexSelect",
-            |ws, ex| unsafe {
-                (ops.aclnnIndexSelectGetWorkspaceSize
-                    .expect("checked by fp8_available()"))(
-                    src.raw(),
-                    dim,
-                    idx.raw(),
-                    out.raw(),
-                    ws,
-                    ex,
-                )
-            },
-            ops.aclnnIndexSelect,
-        )
-    };
     let codes = dev.alloc(n * 4)?;
-    {
-        let bytes = dev.tensor(w, &[n], None, 0, ACL_UINT8)?;
-        let c = dev.tensor(&codes, &[n], None, 0, i32_t)?;
-        // SAFETY: as above.
-        dev.run(
-            "aclnnCast",
-            |ws, ex| unsafe {
-                (ops.aclnnCastGetWorkspaceSize
-                    .expect("checked by available()"))(
-                    bytes.raw(), i32_t, c.raw(), ws, ex
-                )
-            },
-            ops.aclnnCast,
-        )?;
-    }
+    compose::cast_mem(dev, w, &[n], ACL_UINT8, &codes, i32_t)?;
+    // Every index lies inside its dimension (bytes < 256, blocks < ceil(len / 128)).
     let values = dev.alloc(n * 4)?;
-    index_select(
+    compose::index_select(
+        dev,
         &dev.tensor(table, &[256], None, 0, ACL_FLOAT)?,
         0,
         &dev.tensor(&codes, &[n], None, 0, i32_t)?,
@@ -271,14 +236,16 @@ fn dequantize(
     let col_idx = dev.upload_bytes(&blocks(cols))?;
     let row_idx = dev.upload_bytes(&blocks(rows))?;
     let s_cols = dev.alloc(e * rb * cols * 4)?;
-    index_select(
+    compose::index_select(
+        dev,
         &dev.tensor(scale, &[e, rb, cb], None, 0, ACL_FLOAT)?,
         2,
         &dev.tensor(&col_idx, &[cols], None, 0, i32_t)?,
         &dev.tensor(&s_cols, &[e, rb, cols], None, 0, ACL_FLOAT)?,
     )?;
     let s_full = dev.alloc(n * 4)?;
-    index_select(
+    compose::index_select(
+        dev,
         &dev.tensor(&s_cols, &[e, rb, cols], None, 0, ACL_FLOAT)?,
         1,
         &dev.tensor(&row_idx, &[rows], None, 0, i32_t)?,
@@ -289,7 +256,7 @@ fn dequantize(
         let a = dev.tensor(&values, &[e, rows, cols], None, 0, ACL_FLOAT)?;
         let b = dev.tensor(&s_full, &[e, rows, cols], None, 0, ACL_FLOAT)?;
         let c = dev.tensor(&w32, &[e, rows, cols], None, 0, ACL_FLOAT)?;
-        // SAFETY: as above.
+        // SAFETY: handles live for the call; out-pointers come from `Device::run`.
         dev.run(
             "aclnnMul",
             |ws, ex| unsafe {
@@ -305,19 +272,7 @@ fn dequantize(
         return Ok(w32);
     }
     let out = dev.alloc(n * dtype.size_in_bytes())?;
-    let a = dev.tensor(&w32, &[n], None, 0, ACL_FLOAT)?;
-    let c = dev.tensor(&out, &[n], None, 0, acl_dtype(dtype))?;
-    // SAFETY: as above.
-    dev.run(
-        "aclnnCast",
-        |ws, ex| unsafe {
-            (ops.aclnnCastGetWorkspaceSize
-                .expect("checked by available()"))(
-                a.raw(), acl_dtype(dtype), c.raw(), ws, ex
-            )
-        },
-        ops.aclnnCast,
-    )?;
+    compose::cast_mem(dev, &w32, &[n], ACL_FLOAT, &out, acl_dtype(dtype))?;
     Ok(out)
 }
 
@@ -510,19 +465,6 @@ pub fn run(be: &AscendBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor
     let esz = call.dtype.size_in_bytes();
     let rows = t * k;
     let i32_t = acl_dtype(DType::I32);
-    let cast = |src: &DevMem, dims: &[usize], from: i32, dst: &DevMem, to: i32| -> Result<()> {
-        let a = dev.tensor(src, dims, None, 0, from)?;
-        let b = dev.tensor(dst, dims, None, 0, to)?;
-        // SAFETY: handles live for the call; out-pointers come from `Device::run`.
-        dev.run(
-            "aclnnCast",
-            |ws, ex| unsafe {
-                (ops.aclnnCastGetWorkspaceSize
-                    .expect("checked by available()"))(a.raw(), to, b.raw(), ws, ex)
-            },
-            ops.aclnnCast,
-        )
-    };
 
     // 3. Permute tokens by expert (expert E = the parked slots, sorted last).
     let expanded = dev.alloc(rows * h * esz)?;
@@ -535,7 +477,8 @@ pub fn run(be: &AscendBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor
         let ri = dev.tensor(&row_idx, &[rows], None, 0, i32_t)?;
         let cs = dev.tensor(&cumsum, &[e + 1], None, 0, i32_t)?;
         let null = std::ptr::null_mut();
-        // SAFETY: as above; dropless (dropPadMode 0, activeNum 0), cumsum counts (flag 1).
+        // SAFETY: handles live for the call; out-pointers come from `Device::run`; dropless
+        // (dropPadMode 0, activeNum 0), cumsum counts (flag 1).
         dev.run(
             "aclnnMoeInitRoutingV2",
             |ws, exr| unsafe {
@@ -562,7 +505,7 @@ pub fn run(be: &AscendBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor
     }
     // 4-5. Gate/up GEMM, SwiGLU, down GEMM.
     let group_list = dev.alloc((e + 1) * 8)?;
-    cast(&cumsum, &[e + 1], i32_t, &group_list, ACL_INT64)?;
+    compose::cast_mem(dev, &cumsum, &[e + 1], i32_t, &group_list, ACL_INT64)?;
     let routed_groups = Groups {
         rows,
         count: e,
@@ -586,7 +529,7 @@ pub fn run(be: &AscendBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor
         down.clone()
     } else {
         let d = dev.alloc(rows * h * 4)?;
-        cast(&down, &[rows, h], dt, &d, ACL_FLOAT)?;
+        compose::cast_mem(dev, &down, &[rows, h], dt, &d, ACL_FLOAT)?;
         d
     };
     if live < rows {
@@ -671,7 +614,7 @@ pub fn run(be: &AscendBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor
                 sdown
             } else {
                 let d = dev.alloc(srows * h * 4)?;
-                cast(&sdown, &[srows, h], dt, &d, ACL_FLOAT)?;
+                compose::cast_mem(dev, &sdown, &[srows, h], dt, &d, ACL_FLOAT)?;
                 d
             };
             // Finalize again: token t's slots s read row s*T + t with scale 1, plus x1 = the
@@ -717,7 +660,7 @@ pub fn run(be: &AscendBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor
         y32
     } else {
         let y = dev.alloc(t * h * esz)?;
-        cast(&y32, &[t, h], ACL_FLOAT, &y, dt)?;
+        compose::cast_mem(dev, &y32, &[t, h], ACL_FLOAT, &y, dt)?;
         y
     };
     dev.synchronize()?;
