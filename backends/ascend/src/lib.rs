@@ -271,10 +271,8 @@ impl Backend for AscendBackend {
     /// After the work already queued (the stream is synchronised first), a synchronous
     /// aclrtMemcpy into the range.
     fn upload_into(&self, src: &HostTensor, dst: &DeviceTensor, dst_offset: usize) -> Result<()> {
-        const CALL: &str = "upload_into";
-        memory::same_dtype(CALL, "dst", dst.dtype(), "src", src.dtype())?;
-        let mem = self.mem(dst, CALL, "dst")?;
-        let range = memory::byte_range(CALL, "dst", dst, dst_offset, src.elem_count())?;
+        let range = memory::upload_range(src, dst, dst_offset)?;
+        let mem = self.mem(dst, "upload_into", "dst")?;
         self.op(|| self.dev.write_at(mem, range.start, src.as_bytes()))
     }
 
@@ -289,11 +287,9 @@ impl Backend for AscendBackend {
         len: usize,
     ) -> Result<()> {
         const CALL: &str = "copy_into";
-        memory::same_dtype(CALL, "dst", dst.dtype(), "src", src.dtype())?;
+        let (src_range, dst_range) = memory::copy_ranges(src, src_offset, dst, dst_offset, len)?;
         let from = self.mem(src, CALL, "src")?;
         let to = self.mem(dst, CALL, "dst")?;
-        let src_range = memory::byte_range(CALL, "src", src, src_offset, len)?;
-        let dst_range = memory::byte_range(CALL, "dst", dst, dst_offset, len)?;
         self.op(|| {
             self.dev
                 .copy_at(from, src_range.start, to, dst_range.start, src_range.len())
@@ -306,10 +302,8 @@ impl Backend for AscendBackend {
         src_offset: usize,
         dst: &mut HostTensor,
     ) -> Result<()> {
-        const CALL: &str = "download_into";
-        memory::same_dtype(CALL, "dst", dst.dtype(), "src", src.dtype())?;
-        let mem = self.mem(src, CALL, "src")?;
-        let range = memory::byte_range(CALL, "src", src, src_offset, dst.elem_count())?;
+        let range = memory::download_range(src, src_offset, dst)?;
+        let mem = self.mem(src, "download_into", "src")?;
         self.op(|| self.dev.read_at(mem, range.start, dst.as_bytes_mut()))
     }
 

@@ -202,8 +202,7 @@ impl Backend for CpuBackend {
         dst: &mut HostTensor,
     ) -> Result<()> {
         const CALL: &str = "download_into";
-        memory::same_dtype(CALL, "dst", dst.dtype(), "src", src.dtype())?;
-        let range = memory::byte_range(CALL, "src", src, src_offset, dst.elem_count())?;
+        let range = memory::download_range(src, src_offset, dst)?;
         let _reading = storage::reading();
         let from = storage::storage(src, &self.name, CALL, "src")?.as_bytes();
         dst.as_bytes_mut().copy_from_slice(&from[range]);
@@ -258,10 +257,8 @@ impl Backend for CpuBackend {
     }
 
     fn upload_into(&self, src: &HostTensor, dst: &DeviceTensor, dst_offset: usize) -> Result<()> {
-        const CALL: &str = "upload_into";
-        memory::same_dtype(CALL, "dst", dst.dtype(), "src", src.dtype())?;
-        let buffer = storage::buffer(dst, &self.name, CALL, "dst")?;
-        let range = memory::byte_range(CALL, "dst", dst, dst_offset, src.shape().elem_count())?;
+        let range = memory::upload_range(src, dst, dst_offset)?;
+        let buffer = storage::buffer(dst, &self.name, "upload_into", "dst")?;
         let _writing = storage::writing();
         // SAFETY: `writing` excludes every other access to CPU tensor memory, and `src` is
         // host memory of its own.
@@ -280,11 +277,9 @@ impl Backend for CpuBackend {
         len: usize,
     ) -> Result<()> {
         const CALL: &str = "copy_into";
-        memory::same_dtype(CALL, "dst", dst.dtype(), "src", src.dtype())?;
+        let (from, range) = memory::copy_ranges(src, src_offset, dst, dst_offset, len)?;
         storage::storage(src, &self.name, CALL, "src")?;
         let to = storage::buffer(dst, &self.name, CALL, "dst")?;
-        let from = memory::byte_range(CALL, "src", src, src_offset, len)?;
-        let range = memory::byte_range(CALL, "dst", dst, dst_offset, len)?;
         let _writing = storage::writing();
         if src.same_buffer(dst) {
             // SAFETY: exclusive access under `writing`; one slice for both ranges.

@@ -261,10 +261,8 @@ impl Backend for OpenClBackend {
         src_offset: usize,
         dst: &mut HostTensor,
     ) -> Result<()> {
-        const CALL: &str = "download_into";
-        memory::same_dtype(CALL, "dst", dst.dtype(), "src", src.dtype())?;
-        let buf = src.buffer::<ClBuffer>(&self.name, CALL, "src")?;
-        let range = memory::byte_range(CALL, "src", src, src_offset, dst.elem_count())?;
+        let range = memory::download_range(src, src_offset, dst)?;
+        let buf = src.buffer::<ClBuffer>(&self.name, "download_into", "src")?;
         self.device.take_index_error()?;
         self.device.read(buf, range.start, dst.as_bytes_mut())
     }
@@ -324,10 +322,8 @@ impl Backend for OpenClBackend {
     /// Enqueued after earlier work; `src` is copied to a staging buffer before this
     /// returns, so the host does not wait.
     fn upload_into(&self, src: &HostTensor, dst: &DeviceTensor, dst_offset: usize) -> Result<()> {
-        const CALL: &str = "upload_into";
-        memory::same_dtype(CALL, "dst", dst.dtype(), "src", src.dtype())?;
-        let buf = dst.buffer::<ClBuffer>(&self.name, CALL, "dst")?;
-        let range = memory::byte_range(CALL, "dst", dst, dst_offset, src.shape().elem_count())?;
+        let range = memory::upload_range(src, dst, dst_offset)?;
+        let buf = dst.buffer::<ClBuffer>(&self.name, "upload_into", "dst")?;
         self.device.write(buf, range.start, src.as_bytes())
     }
 
@@ -342,11 +338,9 @@ impl Backend for OpenClBackend {
         len: usize,
     ) -> Result<()> {
         const CALL: &str = "copy_into";
-        memory::same_dtype(CALL, "dst", dst.dtype(), "src", src.dtype())?;
+        let (src_range, dst_range) = memory::copy_ranges(src, src_offset, dst, dst_offset, len)?;
         let from = src.buffer::<ClBuffer>(&self.name, CALL, "src")?;
         let to = dst.buffer::<ClBuffer>(&self.name, CALL, "dst")?;
-        let src_range = memory::byte_range(CALL, "src", src, src_offset, len)?;
-        let dst_range = memory::byte_range(CALL, "dst", dst, dst_offset, len)?;
         self.device
             .copy(from, src_range.start, to, dst_range.start, src_range.len())
     }

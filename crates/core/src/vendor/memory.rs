@@ -3,7 +3,7 @@
 //! [`crate::Backend::download_into`]), so all of them reject a bad range identically before
 //! anything is written; and [`TrafficCounter`], the counts behind [`crate::Backend::traffic`].
 
-use crate::{DType, DeviceTensor, Error, Result, Traffic};
+use crate::{DType, DeviceTensor, Error, HostTensor, Result, Traffic};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -108,6 +108,50 @@ pub fn same_dtype(
     })
 }
 
+/// The checks of [`crate::Backend::upload_into`]: `dst` must have `src`'s dtype
+/// ([`same_dtype`]) and `src`'s elements must fit `dst` from `dst_offset` ([`byte_range`]).
+/// Returns the byte range of `dst` to write.
+pub fn upload_range(
+    src: &HostTensor,
+    dst: &DeviceTensor,
+    dst_offset: usize,
+) -> Result<Range<usize>> {
+    const CALL: &str = "upload_into";
+    same_dtype(CALL, "dst", dst.dtype(), "src", src.dtype())?;
+    byte_range(CALL, "dst", dst, dst_offset, src.elem_count())
+}
+
+/// The checks of [`crate::Backend::copy_into`]: `dst` must have `src`'s dtype and both
+/// ranges of `len` elements must lie within their tensors (`src`'s checked first).
+/// Returns the byte ranges of `src` and `dst`, of equal length.
+pub fn copy_ranges(
+    src: &DeviceTensor,
+    src_offset: usize,
+    dst: &DeviceTensor,
+    dst_offset: usize,
+    len: usize,
+) -> Result<(Range<usize>, Range<usize>)> {
+    const CALL: &str = "copy_into";
+    same_dtype(CALL, "dst", dst.dtype(), "src", src.dtype())?;
+    Ok((
+        byte_range(CALL, "src", src, src_offset, len)?,
+        byte_range(CALL, "dst", dst, dst_offset, len)?,
+    ))
+}
+
+/// The checks of [`crate::Backend::download_into`]: `dst` must have `src`'s dtype and
+/// `dst.elem_count()` elements from `src_offset` must lie within `src`. Returns the byte
+/// range of `src` to read.
+pub fn download_range(
+    src: &DeviceTensor,
+    src_offset: usize,
+    dst: &HostTensor,
+) -> Result<Range<usize>> {
+    const CALL: &str = "download_into";
+    same_dtype(CALL, "dst", dst.dtype(), "src", src.dtype())?;
+    byte_range(CALL, "src", src, src_offset, dst.elem_count())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +230,62 @@ mod tests {
         assert_eq!(
             now.since(&before).to_string(),
             "0 uploads (0 B), 1 downloads (8 B), 1 allocations (64 B)"
+        );
+    }
+
+    #[test]
+    fn entry_point_checks_order_dtype_then_ranges() {
+        let dev = tensor(&[4], DType::F32);
+        let host = HostTensor::zeros([2], DType::F32).unwrap();
+        assert_eq!(upload_range(&host, &dev, 2).unwrap(), 8..16);
+        assert_eq!(download_range(&dev, 1, &host).unwrap(), 4..12);
+        let small = tensor(&[3], DType::F32);
+        assert_eq!(copy_ranges(&dev, 1, &small, 0, 3).unwrap(), (4..16, 0..12));
+        let oob = |call, arg, offset, len, size| Error::OutOfBounds {
+            call,
+            arg,
+            offset,
+            len,
+            size,
+        };
+        assert_eq!(
+            upload_range(&host, &dev, 3),
+            Err(oob("upload_into", "dst", 3, 2, 4))
+        );
+        assert_eq!(
+            download_range(&dev, 3, &host),
+            Err(oob("download_into", "src", 3, 2, 4))
+        );
+        // Both ranges bad: `src`'s is reported.
+        assert_eq!(
+            copy_ranges(&dev, 2, &small, 2, 3),
+            Err(oob("copy_into", "src", 2, 3, 4))
+        );
+        assert_eq!(
+            copy_ranges(&dev, 0, &small, 1, 3),
+            Err(oob("copy_into", "dst", 1, 3, 3))
+        );
+        // A dtype mismatch comes before a bad range.
+        let bf16 = HostTensor::zeros([8], DType::BF16).unwrap();
+        let mismatch = |call, got, expected| Error::DTypeMismatch {
+            call,
+            arg: "dst",
+            other: "src",
+            expected,
+            got,
+        };
+        assert_eq!(
+            upload_range(&bf16, &dev, 9),
+            Err(mismatch("upload_into", DType::F32, DType::BF16))
+        );
+        assert_eq!(
+            download_range(&dev, 9, &bf16),
+            Err(mismatch("download_into", DType::BF16, DType::F32))
+        );
+        let u8s = tensor(&[1], DType::U8);
+        assert_eq!(
+            copy_ranges(&dev, 9, &u8s, 9, 1),
+            Err(mismatch("copy_into", DType::U8, DType::F32))
         );
     }
 

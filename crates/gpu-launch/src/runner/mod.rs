@@ -190,9 +190,8 @@ impl<D: GpuDevice> GpuRunner<D> {
         dst_offset: usize,
     ) -> Result<()> {
         const CALL: &str = "upload_into";
-        memory::same_dtype(CALL, "dst", dst.dtype(), "src", src.dtype())?;
+        let range = memory::upload_range(src, dst, dst_offset)?;
         let buffer = self.buffer(dst, CALL, "dst")?;
-        let range = memory::byte_range(CALL, "dst", dst, dst_offset, src.elem_count())?;
         check_len(&self.name, CALL, buffer, range.end)?;
         if range.is_empty() {
             return Ok(());
@@ -213,13 +212,11 @@ impl<D: GpuDevice> GpuRunner<D> {
         len: usize,
     ) -> Result<()> {
         const CALL: &str = "copy_into";
-        memory::same_dtype(CALL, "dst", dst.dtype(), "src", src.dtype())?;
+        let (s, d) = memory::copy_ranges(src, src_offset, dst, dst_offset, len)?;
         let (from, to) = (
             self.buffer(src, CALL, "src")?,
             self.buffer(dst, CALL, "dst")?,
         );
-        let s = memory::byte_range(CALL, "src", src, src_offset, len)?;
-        let d = memory::byte_range(CALL, "dst", dst, dst_offset, len)?;
         check_len(&self.name, CALL, from, s.end)?;
         check_len(&self.name, CALL, to, d.end)?;
         let bytes = s.len();
@@ -250,9 +247,8 @@ impl<D: GpuDevice> GpuRunner<D> {
         dst: &mut HostTensor,
     ) -> Result<()> {
         const CALL: &str = "download_into";
-        memory::same_dtype(CALL, "dst", dst.dtype(), "src", src.dtype())?;
+        let range = memory::download_range(src, src_offset, dst)?;
         let buffer = self.buffer(src, CALL, "src")?;
-        let range = memory::byte_range(CALL, "src", src, src_offset, dst.elem_count())?;
         check_len(&self.name, CALL, buffer, range.end)?;
         self.dev.enter()?;
         self.check()?;
