@@ -32,7 +32,7 @@
 //! - `aclnnSqrtGetWorkspaceSize(const aclTensor *self, aclTensor *out, ...)`: out = sqrt(x)
 //!   (.../aolapi/context/aclnnSqrt.md).
 
-use super::{aclnn_launch, expect_dims, expect_dtype};
+use super::{aclnn_launch, expect_dims, expect_dtype, expect_float_unary};
 use crate::executor::prepare;
 use crate::handles::{scalar, tensor, AclScalar, AclTensor};
 use crate::status::{Fail, ACLNN_ERR_PARAM_NULLPTR};
@@ -116,9 +116,7 @@ pub unsafe extern "C" fn aclnnMulsGetWorkspaceSize(
             let x = tensor(self_, "self")?;
             let s = scalar(other, "other")?;
             let y = tensor(out, "out")?;
-            expect_dtype(&x, &[DT_F32, DT_F16, DT_BF16], "self")?;
-            expect_dtype(&y, &[DT_F32, DT_F16, DT_BF16], "out")?;
-            expect_dims(&y, &x.dims, "out")?;
+            expect_float_unary(&x, &y)?;
             Ok(Box::new(move || {
                 let v: Vec<f64> = x.load()?.into_iter().map(|e| e * s).collect();
                 y.store(&v)
@@ -236,10 +234,7 @@ pub unsafe extern "C" fn aclnnSoftplusGetWorkspaceSize(
             let b = scalar(beta, "beta")?;
             let t = scalar(threshold, "threshold")?;
             let y = tensor(out, "out")?;
-            let floats = [DT_F32, DT_F16, DT_BF16];
-            expect_dtype(&x, &floats, "self")?;
-            expect_dtype(&y, &floats, "out")?;
-            expect_dims(&y, &x.dims, "out")?;
+            expect_float_unary(&x, &y)?;
             Ok(Box::new(move || {
                 let v: Vec<f64> = x
                     .load()?
@@ -275,10 +270,7 @@ pub unsafe extern "C" fn aclnnSqrtGetWorkspaceSize(
         prepare("aclnnSqrt", workspace_size, executor, || {
             let x = tensor(self_, "self")?;
             let y = tensor(out, "out")?;
-            let floats = [DT_F32, DT_F16, DT_BF16];
-            expect_dtype(&x, &floats, "self")?;
-            expect_dtype(&y, &floats, "out")?;
-            expect_dims(&y, &x.dims, "out")?;
+            expect_float_unary(&x, &y)?;
             Ok(Box::new(move || {
                 let v: Vec<f64> = x.load()?.into_iter().map(f64::sqrt).collect();
                 y.store(&v)

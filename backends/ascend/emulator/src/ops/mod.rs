@@ -39,7 +39,7 @@ macro_rules! aclnn_launch {
 pub(crate) use aclnn_launch;
 
 use crate::status::{EmuResult, Fail};
-use crate::tensor::TensorDesc;
+use crate::tensor::{TensorDesc, DT_BF16, DT_F16, DT_F32};
 
 /// Fails unless `t` has shape `dims`.
 pub(crate) fn expect_dims(t: &TensorDesc, dims: &[usize], arg: &str) -> EmuResult<()> {
@@ -61,4 +61,13 @@ pub(crate) fn expect_dtype(t: &TensorDesc, allowed: &[i32], arg: &str) -> EmuRes
         )));
     }
     Ok(())
+}
+
+/// The checks of a float op from `self` to an `out` of the same shape: both F32, F16 or
+/// BF16 (not necessarily the same), `out` with `self`'s dims.
+pub(crate) fn expect_float_unary(x: &TensorDesc, y: &TensorDesc) -> EmuResult<()> {
+    let floats = [DT_F32, DT_F16, DT_BF16];
+    expect_dtype(x, &floats, "self")?;
+    expect_dtype(y, &floats, "out")?;
+    expect_dims(y, &x.dims, "out")
 }

@@ -13,7 +13,7 @@
 //! The emulator takes the last dimension only. A row holding +inf gives NaN (inf - inf),
 //! as the formula does; a row of -inf gives NaN (0 / 0).
 
-use super::{aclnn_launch, expect_dims, expect_dtype};
+use super::{aclnn_launch, expect_dims, expect_dtype, expect_float_unary};
 use crate::executor::prepare;
 use crate::handles::{int_array, tensor, AclIntArray, AclTensor};
 use crate::status::Fail;
@@ -91,10 +91,7 @@ pub unsafe extern "C" fn aclnnSoftmaxGetWorkspaceSize(
         prepare("aclnnSoftmax", workspace_size, executor, || {
             let x = tensor(self_, "self")?;
             let y = tensor(out, "out")?;
-            let floats = [DT_F32, DT_F16, DT_BF16];
-            expect_dtype(&x, &floats, "self")?;
-            expect_dtype(&y, &floats, "out")?;
-            expect_dims(&y, &x.dims, "out")?;
+            expect_float_unary(&x, &y)?;
             let rank = x.dims.len() as i64;
             if rank == 0 || (dim != rank - 1 && dim != -1) {
                 return Err(Fail::invalid(format!(
