@@ -405,9 +405,19 @@ impl Backend for OpenClBackend {
     }
 
     fn mla_kv_quantize(&self, call: &MlaKvQuantizeCall<'_>) -> Result<DeviceTensor> {
-        let out = ops::mla_kv_quantize::run(&self.device, &self.name, call)?;
         let dims = [call.rows, moemla_core::fp8::DS_V32_ROW_BYTES];
-        Ok(self.tensor(out, dims, DType::U8))
+        let out = self.output("mla_kv_quantize kv_fp8", &dims, DType::U8)?;
+        self.mla_kv_quantize_into(call, &out)?;
+        Ok(out)
+    }
+
+    fn mla_kv_quantize_into(
+        &self,
+        call: &MlaKvQuantizeCall<'_>,
+        kv_fp8: &DeviceTensor,
+    ) -> Result<()> {
+        let out = kv_fp8.buffer::<ClBuffer>(&self.name, "mla_kv_quantize", "kv_fp8")?;
+        ops::mla_kv_quantize::run(&self.device, &self.name, call, out)
     }
 
     fn mla_sparse_decode(&self, call: &MlaSparseDecodeCall<'_>) -> Result<MlaDecodeOutput> {
@@ -440,14 +450,23 @@ impl Backend for OpenClBackend {
         let dims = [call.batch, call.s_q, call.params.top_k];
         let indices = self.output("dsa_indexer_topk topk_indices", &dims, DType::I32)?;
         let scores = self.output("dsa_indexer_topk topk_scores", &dims, DType::F32)?;
-        let name = "dsa_indexer_topk";
-        let i_buf = indices.buffer::<ClBuffer>(&self.name, name, "topk_indices")?;
-        let s_buf = scores.buffer::<ClBuffer>(&self.name, name, "topk_scores")?;
-        ops::dsa_indexer_topk::run(&self.device, &self.name, call, i_buf, s_buf)?;
+        self.dsa_indexer_topk_into(call, &indices, &scores)?;
         Ok(DsaIndexerTopkOutput {
             topk_indices: indices,
             topk_scores: scores,
         })
+    }
+
+    fn dsa_indexer_topk_into(
+        &self,
+        call: &DsaIndexerTopkCall<'_>,
+        topk_indices: &DeviceTensor,
+        topk_scores: &DeviceTensor,
+    ) -> Result<()> {
+        let name = "dsa_indexer_topk";
+        let i_buf = topk_indices.buffer::<ClBuffer>(&self.name, name, "topk_indices")?;
+        let s_buf = topk_scores.buffer::<ClBuffer>(&self.name, name, "topk_scores")?;
+        ops::dsa_indexer_topk::run(&self.device, &self.name, call, i_buf, s_buf)
     }
 
     fn copy_bench(&self, bytes: usize, reps: usize) -> Result<Duration> {

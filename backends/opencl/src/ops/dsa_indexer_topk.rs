@@ -6,7 +6,7 @@
 
 use crate::device::{Arg, ClDevice, Module};
 use crate::ops::moe_route::{select_sorted, STATE};
-use crate::ops::{byte_len, int, int_product, need_local, pow2_at_most};
+use crate::ops::{byte_len, int, int_product, need_len, need_local, pow2_at_most};
 use crate::programs_v2::{program, Kernels};
 use crate::ClBuffer;
 use moemla_core::calls::DsaIndexerTopkCall;
@@ -15,7 +15,8 @@ use moemla_core::{DType, Op, Result};
 /// Work-group of `indexer_scores` and `indexer_write` (positions / slots per group).
 const LS: usize = 64;
 
-/// Enqueues the indexer into `indices` and `scores` (both [B, Sq, top_k]: I32, F32).
+/// Enqueues the indexer into `indices` and `scores` (both [B, Sq, top_k]: I32, F32; the
+/// caller's tensors or new ones).
 pub fn run(
     dev: &ClDevice,
     backend: &str,
@@ -51,6 +52,9 @@ pub fn run(
         &[call.num_blocks, call.block_size],
     )?;
     let k_sel = top_k.min(cap);
+    let out_len = |dtype| byte_len(&[b, s_q, top_k], dtype);
+    need_len(op, "topk_indices", indices, out_len(DType::I32)?)?;
+    need_len(op, "topk_scores", scores, out_len(DType::F32)?)?;
     int_product(op, "2 * top_k", &[2, top_k])?;
     let ls = pow2_at_most(64, dev.facts.max_work_group);
     need_local(dev, op, "the radix sort's scan", ls * 64)?;

@@ -4,7 +4,7 @@
 //! download (`flags.rs`): the call only enqueues.
 
 use crate::device::{Arg, ClDevice};
-use crate::ops::{byte_len, int, int_product, need_local, need_work_group};
+use crate::ops::{byte_len, int, int_product, need_len, need_local, need_work_group};
 use crate::programs_v2::{program, Kernels};
 use crate::ClBuffer;
 use moemla_core::calls::MlaKvQuantizeCall;
@@ -14,8 +14,14 @@ use moemla_core::{DType, Op, Result};
 /// Work-group size (`KVQ_LS` in the kernel source): one work-item per tile column.
 const LS: usize = 128;
 
-/// Runs the quantization; returns `kv_fp8` [N, 656] U8.
-pub fn run(dev: &ClDevice, backend: &str, call: &MlaKvQuantizeCall<'_>) -> Result<ClBuffer> {
+/// Enqueues the quantization into `out` (`kv_fp8` [N, 656] U8: the caller's tensor or a
+/// new one; every byte of every row is written: codes, scales, rope).
+pub fn run(
+    dev: &ClDevice,
+    backend: &str,
+    call: &MlaKvQuantizeCall<'_>,
+    out: &ClBuffer,
+) -> Result<()> {
     let op = Op::MlaKvQuantize;
     let n = call.rows;
     need_work_group(dev, op, LS)?;
@@ -24,14 +30,15 @@ pub fn run(dev: &ClDevice, backend: &str, call: &MlaKvQuantizeCall<'_>) -> Resul
     int_product(op, "N * 576", &[n, DS_V32_DIM])?;
     int_product(op, "N * 656", &[n, DS_V32_ROW_BYTES])?;
     let n32 = int(op, "N", n)?;
+    need_len(
+        op,
+        "kv_fp8",
+        out,
+        byte_len(&[n, DS_V32_ROW_BYTES], DType::U8)?,
+    )?;
     let kv = call
         .kv
         .buffer::<ClBuffer>(backend, "mla_kv_quantize", "kv")?;
-    // Every byte of every row is written (codes, scales, rope).
-    let out = dev.tensor_buffer(
-        "mla_kv_quantize kv_fp8",
-        byte_len(&[n, DS_V32_ROW_BYTES], DType::U8)?,
-    )?;
     let program = program(dev, Kernels::MlaKvQuantize, call.dtype)?;
     // A non-finite value: the first one's position and value in a flag slot, reported at
     // the next synchronize or download (the call does not wait).
@@ -39,13 +46,12 @@ pub fn run(dev: &ClDevice, backend: &str, call: &MlaKvQuantizeCall<'_>) -> Resul
     let flag = checks.flag_non_finite("kv", call.kv, "finite values", program.clone())?;
     let args = [
         Arg::Buf(kv),
-        Arg::Buf(&out),
+        Arg::Buf(out),
         Arg::I32(n32),
         Arg::Buf(flag.buffer()),
         Arg::I32(flag.slot()),
         Arg::Local(LS * 4),
     ];
     dev.launch(&program, "kv_quantize", &args, &[n * LS], &[LS])?;
-    checks.enqueued()?;
-    Ok(out)
+    checks.enqueued()
 }
