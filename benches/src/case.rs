@@ -254,6 +254,14 @@ impl BenchCase {
                 experts,
                 top_k,
                 ..
+            }
+            | BenchCase::Fp8Experts {
+                tokens,
+                hidden,
+                inter,
+                experts,
+                top_k,
+                ..
             } => vec![
                 ("T", tokens),
                 ("H", hidden),
@@ -281,20 +289,6 @@ impl BenchCase {
                 ("h_q", h_q),
                 ("sk", seqlen),
                 ("blk", block_size),
-            ],
-            BenchCase::Fp8Experts {
-                tokens,
-                hidden,
-                inter,
-                experts,
-                top_k,
-                ..
-            } => vec![
-                ("T", tokens),
-                ("H", hidden),
-                ("I", inter),
-                ("E", experts),
-                ("k", top_k),
             ],
             BenchCase::Sparse {
                 batch,

@@ -395,22 +395,12 @@ pub fn generate(case: &BenchCase) -> Result<BenchInputs> {
             let blocks_per_seq = seqlen.div_ceil(block_size);
             let num_blocks = batch * blocks_per_seq;
             let table = shuffled(&mut rng, num_blocks);
-            let q = rng.vec(batch * s_q * h_q * MLA_D_QK, 1.0);
-            let cache = [num_blocks, block_size, 1, 656];
+            let [q, kv_cache] =
+                fp8_query_and_cache(&mut rng, [batch, s_q, h_q], num_blocks, block_size, 7)?;
             Ok(BenchInputs {
                 tensors: vec![
-                    (
-                        "q",
-                        BenchTensor::Host(HostTensor::from_f32_as(
-                            [batch, s_q, h_q, MLA_D_QK],
-                            &q,
-                            DType::BF16,
-                        )?),
-                    ),
-                    (
-                        "kv_cache",
-                        BenchTensor::new(cache, DType::U8, Fill::Ds32Rows, 7)?,
-                    ),
+                    q,
+                    kv_cache,
                     (
                         "block_table",
                         BenchTensor::Host(HostTensor::from_slice([batch, blocks_per_seq], &table)?),
@@ -454,22 +444,12 @@ pub fn generate(case: &BenchCase) -> Result<BenchInputs> {
             let mut seen = indices.clone();
             seen.sort_unstable();
             seen.dedup();
-            let q = rng.vec(batch * s_q * h_q * MLA_D_QK, 1.0);
-            let cache = [num_blocks, block_size, 1, 656];
+            let [q, kv_cache] =
+                fp8_query_and_cache(&mut rng, [batch, s_q, h_q], num_blocks, block_size, 11)?;
             Ok(BenchInputs {
                 tensors: vec![
-                    (
-                        "q",
-                        BenchTensor::Host(HostTensor::from_f32_as(
-                            [batch, s_q, h_q, MLA_D_QK],
-                            &q,
-                            DType::BF16,
-                        )?),
-                    ),
-                    (
-                        "kv_cache",
-                        BenchTensor::new(cache, DType::U8, Fill::Ds32Rows, 11)?,
-                    ),
+                    q,
+                    kv_cache,
                     (
                         "indices",
                         BenchTensor::Host(HostTensor::from_slice([batch, s_q, topk], &indices)?),
@@ -602,6 +582,28 @@ pub fn generate(case: &BenchCase) -> Result<BenchInputs> {
 }
 
 /// `0..n` as I32, shuffled.
+/// The inputs the FP8-cache MLA cases share: `q` [b, s_q, h_q, Dqk] in BF16, drawn from
+/// `rng`, and `kv_cache` [`num_blocks`, `block_size`, 1, 656] of whole `fp8_ds_v32` rows
+/// filled from `seed` (on the device, see [`Fill::Ds32Rows`]).
+fn fp8_query_and_cache(
+    rng: &mut Rng,
+    [batch, s_q, h_q]: [usize; 3],
+    num_blocks: usize,
+    block_size: usize,
+    seed: u64,
+) -> Result<[(&'static str, BenchTensor); 2]> {
+    let q = rng.vec(batch * s_q * h_q * MLA_D_QK, 1.0);
+    let q = HostTensor::from_f32_as([batch, s_q, h_q, MLA_D_QK], &q, DType::BF16)?;
+    let cache = [num_blocks, block_size, 1, 656];
+    Ok([
+        ("q", BenchTensor::Host(q)),
+        (
+            "kv_cache",
+            BenchTensor::new(cache, DType::U8, Fill::Ds32Rows, seed)?,
+        ),
+    ])
+}
+
 fn shuffled(rng: &mut Rng, n: usize) -> Vec<i32> {
     let mut table: Vec<i32> = (0..n as i32).collect();
     for i in (1..table.len()).rev() {
@@ -674,6 +676,48 @@ mod tests {
             moemla_core::fp8::dequantize_ds_v32_row(row.try_into().unwrap(), &mut kv);
             assert!(kv.iter().all(|v| v.is_finite() && v.abs() <= 0.5), "{kv:?}");
             assert!(kv[..512].iter().any(|v| v.abs() > 0.1));
+        }
+    }
+
+    #[test]
+    fn fp8_cache_cases_share_query_and_cache_layout() {
+        let dense = BenchCase::MlaFp8 {
+            batch: 2,
+            s_q: 1,
+            h_q: 2,
+            seqlen: 40,
+            block_size: 16,
+        };
+        let sparse = BenchCase::Sparse {
+            batch: 2,
+            s_q: 1,
+            h_q: 2,
+            topk: 4,
+            seqlen: 40,
+            block_size: 16,
+        };
+        // (case, names, cache blocks, cache seed)
+        let expected: [(BenchCase, &[&str], usize, u64); 2] = [
+            (
+                dense,
+                &["q", "kv_cache", "block_table", "cache_seqlens"],
+                6,
+                7,
+            ),
+            (sparse, &["q", "kv_cache", "indices"], 5, 11),
+        ];
+        for (case, names, blocks, seed) in expected {
+            let inputs = generate(&case).unwrap();
+            let got: Vec<&str> = inputs.tensors.iter().map(|(n, _)| *n).collect();
+            assert_eq!(got, names, "{case:?}");
+            let q = inputs.get("q");
+            assert_eq!(q.dtype(), DType::BF16);
+            assert_eq!(q.shape(), &Shape::from([2, 1, 2, MLA_D_QK]));
+            let cache = inputs.get("kv_cache");
+            assert_eq!(cache.dtype(), DType::U8);
+            assert_eq!(cache.shape(), &Shape::from([blocks, 16, 1, 656]));
+            let bytes = fill_bytes(Fill::Ds32Rows, seed, 0, blocks * 16 * 656);
+            assert_eq!(cache.as_bytes(), &bytes[..], "{case:?}");
         }
     }
 
