@@ -42,7 +42,7 @@
 //!    weights are held in the run dtype (F16/BF16 round the dequantized value; F32 exact).
 //!    w8a8 (`fp8_block128`) stays Unsupported.
 
-use crate::acl::{acl_dtype, ACL_FLOAT, ACL_UINT8};
+use crate::acl::{acl_dtype, AclTensor, ACL_FLOAT, ACL_UINT8};
 use crate::buffer::DevMem;
 use crate::device::Device;
 use crate::loader::OpApi;
@@ -274,6 +274,43 @@ fn dequantize(
     let out = dev.alloc(n * dtype.size_in_bytes())?;
     compose::cast_mem(dev, &w32, &[n], ACL_FLOAT, &out, acl_dtype(dtype))?;
     Ok(out)
+}
+
+/// aclnnMoeFinalizeRoutingV2 with dropPadMode 2 (dropless, InitRoutingV2's row order):
+/// `out[t] = x1[t] (when given: the op's skip input) + sum_k scales[t, k] *
+/// expanded[rows[(t, k)]]`.
+fn finalize(
+    dev: &Arc<Device>,
+    expanded: &AclTensor<'_>,
+    rows: &AclTensor<'_>,
+    x1: Option<&AclTensor<'_>>,
+    scales: &AclTensor<'_>,
+    out: &AclTensor<'_>,
+) -> Result<()> {
+    let ops = &dev.cann.ops;
+    let null = std::ptr::null_mut();
+    let x1 = x1.map_or(null, AclTensor::raw);
+    // SAFETY: handles live for the call; out-pointers come from `Device::run`.
+    dev.run(
+        "aclnnMoeFinalizeRoutingV2",
+        |ws, exr| unsafe {
+            (ops.aclnnMoeFinalizeRoutingV2GetWorkspaceSize
+                .expect("checked by available()"))(
+                expanded.raw(),
+                rows.raw(),
+                x1,
+                null,
+                null,
+                scales.raw(),
+                null,
+                2,
+                out.raw(),
+                ws,
+                exr,
+            )
+        },
+        ops.aclnnMoeFinalizeRoutingV2,
+    )
 }
 
 /// The m-axis groups of one GroupedMatmulV4 pass: `rows` input rows, `count` groups
@@ -552,28 +589,7 @@ pub fn run(be: &AscendBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor
         let ri = dev.tensor(&row_idx, &[rows], None, 0, i32_t)?;
         let sc = dev.tensor(&wts_dev, &[t, k], None, 0, ACL_FLOAT)?;
         let out = dev.tensor(&y32, &[t, h], None, 0, ACL_FLOAT)?;
-        let null = std::ptr::null_mut();
-        // SAFETY: as above; dropPadMode 2 = dropless with InitRoutingV2's row order.
-        dev.run(
-            "aclnnMoeFinalizeRoutingV2",
-            |ws, exr| unsafe {
-                (ops.aclnnMoeFinalizeRoutingV2GetWorkspaceSize
-                    .expect("checked by available()"))(
-                    ex_t.raw(),
-                    ri.raw(),
-                    null,
-                    null,
-                    null,
-                    sc.raw(),
-                    null,
-                    2,
-                    out.raw(),
-                    ws,
-                    exr,
-                )
-            },
-            ops.aclnnMoeFinalizeRoutingV2,
-        )?;
+        finalize(dev, &ex_t, &ri, None, &sc, &out)?;
     }
     // 8. Shared experts (every token, weight 1), added to the routed sum in f32.
     let y32 = match &call.shared {
@@ -630,29 +646,8 @@ pub fn run(be: &AscendBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor
             let x1 = dev.tensor(&y32, &[t, h], None, 0, ACL_FLOAT)?;
             let sc = dev.tensor(&ones, &[t, sn], None, 0, ACL_FLOAT)?;
             let out = dev.tensor(&total, &[t, h], None, 0, ACL_FLOAT)?;
-            let null = std::ptr::null_mut();
-            // SAFETY: as above; dropPadMode 2, x1Optional = the routed sum (the op's skip
-            // input: out = x1 + sum_k scales * rows).
-            dev.run(
-                "aclnnMoeFinalizeRoutingV2",
-                |ws, exr| unsafe {
-                    (ops.aclnnMoeFinalizeRoutingV2GetWorkspaceSize
-                        .expect("checked by available()"))(
-                        ex_t.raw(),
-                        ri.raw(),
-                        x1.raw(),
-                        null,
-                        null,
-                        sc.raw(),
-                        null,
-                        2,
-                        out.raw(),
-                        ws,
-                        exr,
-                    )
-                },
-                ops.aclnnMoeFinalizeRoutingV2,
-            )?;
+            // x1 = the routed sum.
+            finalize(dev, &ex_t, &ri, Some(&x1), &sc, &out)?;
             total
         }
     };
