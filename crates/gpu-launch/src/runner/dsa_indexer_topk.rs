@@ -6,25 +6,28 @@ use super::{at, flag_check, GpuRunner};
 use crate::args::Arg;
 use crate::device::{GpuBuffer, GpuDevice};
 use crate::module::Module;
-use moemla_core::calls::{DsaIndexerTopkCall, DsaIndexerTopkOutput};
-use moemla_core::{DType, Op, Result};
+use moemla_core::calls::DsaIndexerTopkCall;
+use moemla_core::{DeviceTensor, Op, Result};
 use moemla_kernel_plan::dsa_indexer::{self, IndexerSizes};
 
 const CALL: &str = "dsa_indexer_topk";
 
-/// Enqueues the indexer; `topk_indices` [B, Sq, top_k] I32 and `topk_scores` [B, Sq,
-/// top_k] F32.
+/// Enqueues the indexer into `topk_indices` [B, Sq, top_k] I32 and `topk_scores` [B, Sq,
+/// top_k] F32 (the caller's or fresh tensors). The device is current.
 pub(super) fn run<D: GpuDevice>(
     g: &GpuRunner<D>,
     call: &DsaIndexerTopkCall<'_>,
-) -> Result<DsaIndexerTopkOutput> {
+    topk_indices: &DeviceTensor,
+    topk_scores: &DeviceTensor,
+) -> Result<()> {
     let op = Op::DsaIndexerTopk;
     let q = g.buffer(call.q, CALL, "q")?;
     let weights = g.buffer(call.weights, CALL, "weights")?;
     let k_cache = g.buffer(call.k_cache, CALL, "k_cache")?;
     let table = g.buffer(call.block_table, CALL, "block_table")?;
     let seqlens = g.buffer(call.cache_seqlens, CALL, "cache_seqlens")?;
-    g.dev.enter()?;
+    let indices = g.out_buffer(topk_indices, CALL, "topk_indices")?;
+    let scores = g.out_buffer(topk_scores, CALL, "topk_scores")?;
     let limits = g.dev.limits(op)?;
     let plan = dsa_indexer::plan(&IndexerSizes::of(call), call.dtype, &limits)
         .map_err(|e| g.plan_error(e))?;
@@ -53,9 +56,6 @@ pub(super) fn run<D: GpuDevice>(
             format!("[0, {}) (num_blocks)", call.num_blocks),
         ),
     ];
-    let dims = [call.batch, call.s_q, call.params.top_k];
-    let (indices, shape) = g.output(&dims, DType::I32, plan.out_bytes)?;
-    let (scores, _) = g.output(&dims, DType::F32, plan.out_bytes)?;
     let (table, seqlens) = (Arg::Ptr(table.address()), Arg::Ptr(seqlens.address()));
 
     let mut stream = g.lock();
@@ -117,8 +117,5 @@ pub(super) fn run<D: GpuDevice>(
         ],
     )?;
     drop(stream);
-    Ok(DsaIndexerTopkOutput {
-        topk_indices: g.tensor(indices, shape.clone(), DType::I32),
-        topk_scores: g.tensor(scores, shape, DType::F32),
-    })
+    Ok(())
 }

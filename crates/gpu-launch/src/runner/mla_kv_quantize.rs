@@ -8,25 +8,23 @@ use crate::device::{GpuBuffer, GpuDevice};
 use crate::flags::{FlagCheck, FlagKind};
 use crate::module::Module;
 use moemla_core::calls::MlaKvQuantizeCall;
-use moemla_core::fp8::DS_V32_ROW_BYTES;
-use moemla_core::{DType, DeviceTensor, Op, Result};
+use moemla_core::{DeviceTensor, Op, Result};
 use moemla_kernel_plan::kv_quantize;
 
 const CALL: &str = "mla_kv_quantize";
 
-/// Enqueues the quantization; returns `kv_fp8` [N, 656] U8.
+/// Enqueues the quantization into `out` (`kv_fp8` [N, 656] U8: the caller's or a fresh
+/// tensor). The device is current.
 pub(super) fn run<D: GpuDevice>(
     g: &GpuRunner<D>,
     call: &MlaKvQuantizeCall<'_>,
-) -> Result<DeviceTensor> {
+    out: &DeviceTensor,
+) -> Result<()> {
     let op = Op::MlaKvQuantize;
     let kv = g.buffer(call.kv, CALL, "kv")?;
-    g.dev.enter()?;
+    let out = g.out_buffer(out, CALL, "kv_fp8")?;
     let limits = g.dev.limits(op)?;
     let launch = kv_quantize::plan(call.rows, call.dtype, &limits).map_err(|e| g.plan_error(e))?;
-    let dims = [call.rows, DS_V32_ROW_BYTES];
-    let bytes = moemla_core::Shape::new(dims.to_vec()).byte_len(DType::U8)?;
-    let (out, shape) = g.output(&dims, DType::U8, bytes)?;
     let mut stream = g.lock();
     let flag = stream.flags.reserve(
         &g.dev,
@@ -48,5 +46,5 @@ pub(super) fn run<D: GpuDevice>(
         ],
     )?;
     drop(stream);
-    Ok(g.tensor(out, shape, DType::U8))
+    Ok(())
 }

@@ -388,7 +388,21 @@ impl<D: GpuDevice> GpuRunner<D> {
     /// `mla_kv_quantize` (one launch); a non-finite `kv` value surfaces at the next
     /// synchronize.
     pub fn mla_kv_quantize(&self, call: &MlaKvQuantizeCall<'_>) -> Result<DeviceTensor> {
-        mla_kv_quantize::run(self, call)
+        self.dev.enter()?;
+        let out = self.uninit(&[call.rows, moemla_core::fp8::DS_V32_ROW_BYTES], DType::U8)?;
+        mla_kv_quantize::run(self, call, &out)?;
+        Ok(out)
+    }
+
+    /// `mla_kv_quantize` writing the caller's `kv_fp8` (checked by core): nothing
+    /// allocated after the flags exist.
+    pub fn mla_kv_quantize_into(
+        &self,
+        call: &MlaKvQuantizeCall<'_>,
+        kv_fp8: &DeviceTensor,
+    ) -> Result<()> {
+        self.dev.enter()?;
+        mla_kv_quantize::run(self, call, kv_fp8)
     }
 
     /// `mla_sparse_decode` (three launches) into fresh outputs; bad `topk_length` /
@@ -422,7 +436,26 @@ impl<D: GpuDevice> GpuRunner<D> {
     /// `dsa_indexer_topk` (three launches); bad `cache_seqlens` / `block_table` entries
     /// surface at the next synchronize.
     pub fn dsa_indexer_topk(&self, call: &DsaIndexerTopkCall<'_>) -> Result<DsaIndexerTopkOutput> {
-        dsa_indexer_topk::run(self, call)
+        self.dev.enter()?;
+        let dims = [call.batch, call.s_q, call.params.top_k];
+        let out = DsaIndexerTopkOutput {
+            topk_indices: self.uninit(&dims, DType::I32)?,
+            topk_scores: self.uninit(&dims, DType::F32)?,
+        };
+        dsa_indexer_topk::run(self, call, &out.topk_indices, &out.topk_scores)?;
+        Ok(out)
+    }
+
+    /// `dsa_indexer_topk` writing the caller's `topk_indices` / `topk_scores` (checked by
+    /// core): nothing allocated after the workspace has grown to the call's size.
+    pub fn dsa_indexer_topk_into(
+        &self,
+        call: &DsaIndexerTopkCall<'_>,
+        topk_indices: &DeviceTensor,
+        topk_scores: &DeviceTensor,
+    ) -> Result<()> {
+        self.dev.enter()?;
+        dsa_indexer_topk::run(self, call, topk_indices, topk_scores)
     }
 
     fn lock(&self) -> MutexGuard<'_, StreamState<D::Buffer>> {
@@ -460,13 +493,6 @@ impl<D: GpuDevice> GpuRunner<D> {
         let buffer = self.buffer(t, call, arg)?;
         crate::device::check_len(&self.name, call, buffer, t.shape().byte_len(t.dtype())?)?;
         Ok(buffer)
-    }
-
-    /// An uninitialised output tensor (the op's kernels write every element).
-    fn output(&self, dims: &[usize], dtype: DType, bytes: usize) -> Result<(D::Buffer, Shape)> {
-        let shape = Shape::new(dims.to_vec());
-        debug_assert_eq!(shape.byte_len(dtype).ok(), Some(bytes));
-        Ok((self.dev.alloc(bytes)?, shape))
     }
 
     /// The contract's `Unsupported` for a problem the plans cannot launch.
@@ -656,6 +682,24 @@ macro_rules! runner_backend_methods {
             call: &$crate::__core::calls::MlaCacheWriteCall<'_>,
         ) -> $crate::__core::Result<()> {
             self.$gpu.mla_cache_write(call)
+        }
+
+        fn mla_kv_quantize_into(
+            &self,
+            call: &$crate::__core::calls::MlaKvQuantizeCall<'_>,
+            kv_fp8: &$crate::__core::DeviceTensor,
+        ) -> $crate::__core::Result<()> {
+            self.$gpu.mla_kv_quantize_into(call, kv_fp8)
+        }
+
+        fn dsa_indexer_topk_into(
+            &self,
+            call: &$crate::__core::calls::DsaIndexerTopkCall<'_>,
+            topk_indices: &$crate::__core::DeviceTensor,
+            topk_scores: &$crate::__core::DeviceTensor,
+        ) -> $crate::__core::Result<()> {
+            self.$gpu
+                .dsa_indexer_topk_into(call, topk_indices, topk_scores)
         }
     };
 }

@@ -103,3 +103,47 @@ fn decode_and_sparse_decode_into_write_the_callers_tensors_and_allocate_nothing(
     // (o_part, lse_part, attn_sink, o, lse, ...)
     assert_eq!(args[3..5], [addr(&b, &o), addr(&b, &lse)]);
 }
+
+#[test]
+fn kv_quantize_and_indexer_into_write_the_callers_tensors_and_allocate_nothing() {
+    let (b, fake) = backend();
+    let kv = f32s(&b, &[3, 576]);
+    let out = b
+        .alloc_zeroed(&Shape::new(vec![3, 656]), DType::U8)
+        .unwrap();
+    let params = moemla_core::KvQuantizeParams {
+        kv_format: moemla_core::KvFormat::Fp8DsV32,
+    };
+    let quantize = || ops::mla_kv_quantize_into(&b, &kv, &params, &out).unwrap();
+    let log = second_call(&b, &fake, quantize);
+    assert!(!has(&log, "alloc") && !has(&log, "sync"), "{log:?}");
+    let (kernel, args) = queued(&fake).pop().unwrap();
+    assert_eq!(kernel, "moemla_mla_kv_quantize_f32");
+    // (kv, kv_fp8, err)
+    assert_eq!(args[..2], [addr(&b, &kv), addr(&b, &out)]);
+
+    let q = f32s(&b, &[2, 2, 4, 16]);
+    let w = f32s(&b, &[2, 2, 4]);
+    let k = f32s(&b, &[4, 8, 16]);
+    let table = i32s(&b, &[2, 2], &[0, 1, 2, 3]);
+    let seqlens = i32s(&b, &[2], &[16, 3]);
+    let p = moemla_core::IndexerParams {
+        top_k: 5,
+        causal: true,
+    };
+    let ids = b
+        .alloc_zeroed(&Shape::new(vec![2, 2, 5]), DType::I32)
+        .unwrap();
+    let scores = b
+        .alloc_zeroed(&Shape::new(vec![2, 2, 5]), DType::F32)
+        .unwrap();
+    let indexer =
+        || ops::dsa_indexer_topk_into(&b, &q, &w, &k, &table, &seqlens, &p, &ids, &scores).unwrap();
+    let log = second_call(&b, &fake, indexer);
+    assert!(!has(&log, "alloc") && !has(&log, "sync"), "{log:?}");
+    let (kernel, args) = queued(&fake).pop().unwrap();
+    assert_eq!(kernel, "moemla_dsa_indexer_topk");
+    // (scores, block_table, cache_seqlens, cand, cand_stride, topk_indices, topk_scores, ..)
+    assert_eq!(args[5..7], [addr(&b, &ids), addr(&b, &scores)]);
+    b.synchronize().unwrap();
+}
