@@ -13,10 +13,16 @@ use std::sync::Once;
 
 const SO: &str = "libmoemla_cann_emulator.so";
 
-/// Where the emulator library is.
+/// Where the library the backend loads is: `MOEMLA_ASCEND_LIB`, else in
+/// `MOEMLA_ASCEND_LIB_DIR` (CANN's `libascendcl.so` or the emulator, as the loader picks),
+/// else the emulator next to the test executable.
 pub fn emulator_path() -> PathBuf {
     if let Some(p) = std::env::var_os("MOEMLA_ASCEND_LIB") {
         return PathBuf::from(p);
+    }
+    if let Some(dir) = std::env::var_os("MOEMLA_ASCEND_LIB_DIR").map(PathBuf::from) {
+        let cann = dir.join("libascendcl.so");
+        return if cann.exists() { cann } else { dir.join(SO) };
     }
     let exe = std::env::current_exe().expect("test executable path");
     let deps = exe.parent().expect("deps directory").to_path_buf();
