@@ -1,10 +1,11 @@
 //! `mla_kv_quantize_into` and `dsa_indexer_topk_into`: one test per rule on the caller's
 //! outputs (contract shape, dtype, this backend, no aliasing), run from a stub backend
-//! whose `_into` methods answer that the call reached them.
+//! whose `_into` methods answer that the call reached them; and the trait's default
+//! `_into` methods (run the allocating op, then `copy_into`) on a backend without its own.
 
 use moemla_core::calls::{
-    DsaIndexerTopkCall, MlaDecodeCall, MlaDecodeOutput, MlaKvQuantizeCall, MoeExpertsCall,
-    MoeRouteCall, MoeRouteOutput,
+    DsaIndexerTopkCall, DsaIndexerTopkOutput, MlaDecodeCall, MlaDecodeOutput, MlaKvQuantizeCall,
+    MoeExpertsCall, MoeRouteCall, MoeRouteOutput,
 };
 use moemla_core::ops;
 use moemla_core::{
@@ -373,4 +374,110 @@ fn outputs_alias_no_input_and_no_other_output() {
         "topk_indices",
         "k_cache",
     );
+}
+
+/// A backend with the allocating ops and `copy_into` only (its buffers are host tensors
+/// behind a lock), so the `_into` forms take the trait's default: run, then copy.
+struct Copying;
+
+/// A lockable host buffer of [`Copying`].
+#[derive(Debug)]
+struct Cell(std::sync::Mutex<HostTensor>);
+
+impl DeviceBuffer for Cell {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+fn cell(t: &DeviceTensor) -> std::sync::MutexGuard<'_, HostTensor> {
+    t.buffer::<Cell>("copying", "test", "t")
+        .unwrap()
+        .0
+        .lock()
+        .unwrap()
+}
+
+impl Backend for Copying {
+    fn name(&self) -> &str {
+        "copying"
+    }
+    fn info(&self) -> BackendInfo {
+        BackendInfo {
+            name: "copying".into(),
+            ..Stub { name: "copying" }.info()
+        }
+    }
+    fn alloc_zeroed(&self, shape: &Shape, dtype: DType) -> Result<DeviceTensor> {
+        self.upload(&HostTensor::zeros(shape.clone(), dtype)?)
+    }
+    fn upload(&self, h: &HostTensor) -> Result<DeviceTensor> {
+        let buf = Arc::new(Cell(std::sync::Mutex::new(h.clone())));
+        Ok(DeviceTensor::new(
+            buf,
+            "copying".into(),
+            h.shape().clone(),
+            h.dtype(),
+        ))
+    }
+    fn download(&self, t: &DeviceTensor) -> Result<HostTensor> {
+        Ok(cell(t).clone())
+    }
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+    fn copy_into(
+        &self,
+        src: &DeviceTensor,
+        src_offset: usize,
+        dst: &DeviceTensor,
+        dst_offset: usize,
+        len: usize,
+    ) -> Result<()> {
+        let size = src.dtype().size_in_bytes();
+        let from = cell(src).as_bytes()[src_offset * size..(src_offset + len) * size].to_vec();
+        let at = dst_offset * size;
+        cell(dst).as_bytes_mut()[at..at + from.len()].copy_from_slice(&from);
+        Ok(())
+    }
+    fn moe_route(&self, _: &MoeRouteCall<'_>) -> Result<MoeRouteOutput> {
+        unreachable!()
+    }
+    fn moe_experts(&self, _: &MoeExpertsCall<'_>) -> Result<DeviceTensor> {
+        unreachable!()
+    }
+    fn mla_decode(&self, _: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutput> {
+        unreachable!()
+    }
+    fn mla_kv_quantize(&self, call: &MlaKvQuantizeCall<'_>) -> Result<DeviceTensor> {
+        let bytes: Vec<u8> = (0..call.rows * 656).map(|i| (i % 251) as u8).collect();
+        self.upload(&HostTensor::from_bytes([call.rows, 656], DType::U8, bytes)?)
+    }
+    fn dsa_indexer_topk(&self, call: &DsaIndexerTopkCall<'_>) -> Result<DsaIndexerTopkOutput> {
+        let n = call.batch * call.s_q * call.params.top_k;
+        let dims = [call.batch, call.s_q, call.params.top_k];
+        let ids: Vec<i32> = (0..n as i32).map(|i| 3 * i - 1).collect();
+        let scores: Vec<f32> = (0..n).map(|i| i as f32 * 0.5).collect();
+        Ok(DsaIndexerTopkOutput {
+            topk_indices: self.upload(&HostTensor::from_slice(dims, &ids)?)?,
+            topk_scores: self.upload(&HostTensor::from_slice(dims, &scores)?)?,
+        })
+    }
+}
+
+#[test]
+fn the_default_into_forms_run_the_op_and_copy_its_results_into_the_callers_tensors() {
+    let b = Copying;
+    let out = zeros(&b, &[3, 656], DType::U8);
+    quantize(&b, &out).unwrap();
+    let want: Vec<u8> = (0..3 * 656).map(|i| (i % 251) as u8).collect();
+    assert_eq!(cell(&out).as_bytes(), &want[..]);
+
+    let call = Indexer::new(&b);
+    let ids = zeros(&b, &[2, 1, 3], DType::I32);
+    let scores = zeros(&b, &[2, 1, 3], DType::F32);
+    call.run(&b, &ids, &scores).unwrap();
+    assert_eq!(cell(&ids).to_i32_vec().unwrap(), [-1, 2, 5, 8, 11, 14]);
+    let got = cell(&scores).to_f32_vec().unwrap();
+    assert_eq!(got, [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]);
 }
