@@ -1,5 +1,5 @@
 //! Single aclnn calls that the composed mappings (dsa_indexer_topk, mla_sparse_decode,
-//! mla_decode's lse pass, moe_experts) share. The caller builds the tensors and has checked,
+//! mla_decode and its lse pass, mla_cache_write, moe_experts) share. The caller builds the tensors and has checked,
 //! through its op's `available()`, that every op it calls was found.
 
 use crate::acl::{AclObject, AclTensor};
@@ -40,6 +40,24 @@ pub(crate) fn cast_mem(
     let a = dev.tensor(src, dims, None, 0, from)?;
     let b = dev.tensor(dst, dims, None, 0, to)?;
     cast(dev, &a, to, &b)
+}
+
+/// aclnnInplaceCopy: `dst = src` (converting the dtype; both views of the same shape).
+pub(crate) fn inplace_copy(
+    dev: &Arc<Device>,
+    dst: &AclTensor<'_>,
+    src: &AclTensor<'_>,
+) -> Result<()> {
+    let ops = &dev.cann.ops;
+    // SAFETY: handles live for the call; out-pointers come from `Device::run`.
+    dev.run(
+        "aclnnInplaceCopy",
+        |ws, ex| unsafe {
+            (ops.aclnnInplaceCopyGetWorkspaceSize
+                .expect("checked by available()"))(dst.raw(), src.raw(), ws, ex)
+        },
+        ops.aclnnInplaceCopy,
+    )
 }
 
 /// aclnnMatmul: `out = a @ m2`, cubeMathType 0 (KEEP_DTYPE).

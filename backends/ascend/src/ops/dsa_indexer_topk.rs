@@ -190,17 +190,7 @@ pub fn run(be: &AscendBackend, call: &DsaIndexerTopkCall<'_>) -> Result<DsaIndex
                 ops.aclnnTopk,
             )?;
             let dst = dev.tensor(&score_out, &[1, kk], None, r * top_k, ACL_FLOAT)?;
-            // SAFETY: as above.
-            run_op(
-                "aclnnInplaceCopy",
-                &|ws, ex| unsafe {
-                    (ops.aclnnInplaceCopyGetWorkspaceSize
-                        .expect("checked by available()"))(
-                        dst.raw(), vt.raw(), ws, ex
-                    )
-                },
-                ops.aclnnInplaceCopy,
-            )?;
+            compose::inplace_copy(dev, &dst, &vt)?;
         }
         // Every position lies below `len`, the list's length.
         compose::index_select(

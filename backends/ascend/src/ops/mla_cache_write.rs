@@ -21,7 +21,7 @@
 
 use crate::acl::{acl_dtype, ACL_FLOAT};
 use crate::loader::OpApi;
-use crate::ops::{require_ops, unsupported};
+use crate::ops::{compose, require_ops, unsupported};
 use crate::AscendBackend;
 use moemla_core::calls::MlaCacheWriteCall;
 use moemla_core::{indices, DType, KvFormat, Op, Result};
@@ -93,23 +93,12 @@ pub fn run(be: &AscendBackend, call: &MlaCacheWriteCall<'_>) -> Result<()> {
         // aclnnScatterPaKvCache on Atlas A2/A3 takes no FLOAT: one aclnnInplaceCopy per
         // written row (the winners, so no slot is written twice).
         require_ops(Op::MlaCacheWrite, f32_available(&dev.cann.ops))?;
-        let ops = &dev.cann.ops;
         let d = call.d_qk;
         for (&row, &slot) in rows.iter().zip(&kept_slots) {
             let dst = dev.tensor(cache_mem, &[1, d], None, slot as usize * d, ACL_FLOAT)?;
             let src = dev.tensor(kv_mem, &[1, d], None, row as usize * d, ACL_FLOAT)?;
-            // SAFETY: handles live for the call; both rows lie inside their tensors (slot
-            // checked, row < N).
-            dev.run(
-                "aclnnInplaceCopy",
-                |ws, ex| unsafe {
-                    (ops.aclnnInplaceCopyGetWorkspaceSize
-                        .expect("checked by f32_available()"))(
-                        dst.raw(), src.raw(), ws, ex
-                    )
-                },
-                ops.aclnnInplaceCopy,
-            )?;
+            // Both rows lie inside their tensors (slot checked, row < N).
+            compose::inplace_copy(dev, &dst, &src)?;
         }
         return Ok(());
     }

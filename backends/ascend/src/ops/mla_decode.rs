@@ -36,7 +36,7 @@
 use crate::acl::{acl_dtype, ACL_INT8};
 use crate::buffer::DevMem;
 use crate::loader::OpApi;
-use crate::ops::{require_ops, unsupported};
+use crate::ops::{compose, require_ops, unsupported};
 use crate::AscendBackend;
 use moemla_core::calls::{MlaDecodeCall, MlaDecodeOutput};
 use moemla_core::{indices, DType, Error, KvFormat, Op, Result};
@@ -259,16 +259,7 @@ pub fn run(be: &AscendBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutp
      -> Result<()> {
         let d = dev.tensor(dst, dst_dims, None, dst_off, dst_dt)?;
         let s = dev.tensor(src, src_dims, Some(src_strides), src_off, dt)?;
-        let ops = &dev.cann.ops;
-        // SAFETY: handles live for the call; out-pointers come from `Device::run`.
-        dev.run(
-            "aclnnInplaceCopy",
-            |ws, ex| unsafe {
-                (ops.aclnnInplaceCopyGetWorkspaceSize
-                    .expect("checked by available()"))(d.raw(), s.raw(), ws, ex)
-            },
-            ops.aclnnInplaceCopy,
-        )
+        compose::inplace_copy(dev, &d, &s)
     };
 
     // 2. Split cache and query into the contiguous nope / rope parts FIA takes.

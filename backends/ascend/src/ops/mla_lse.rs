@@ -31,7 +31,6 @@ pub(crate) fn lse_for_sequence(
     lse: &DevMem,
 ) -> Result<()> {
     let dev = &be.dev;
-    let ops = &dev.cann.ops;
     let (sq, hq, bs) = (call.s_q, call.h_q, call.block_size);
     let dt = acl_dtype(call.dtype);
     let used = len.div_ceil(bs);
@@ -44,15 +43,7 @@ pub(crate) fn lse_for_sequence(
      -> Result<()> {
         let d = dev.tensor(dst, dims, None, dst_off, ACL_FLOAT)?;
         let s = dev.tensor(src, dims, None, src_off, dt)?;
-        // SAFETY: handles live for the call; out-pointers come from `Device::run`.
-        dev.run(
-            "aclnnInplaceCopy",
-            |ws, ex| unsafe {
-                (ops.aclnnInplaceCopyGetWorkspaceSize
-                    .expect("checked by available()"))(d.raw(), s.raw(), ws, ex)
-            },
-            ops.aclnnInplaceCopy,
-        )
+        compose::inplace_copy(dev, &d, &s)
     };
     let k32 = dev.alloc(used * bs * DQK * 4)?;
     for (j, &blk) in row[..used].iter().enumerate() {

@@ -229,17 +229,7 @@ fn dequantize_rows(
         264,
         acl_dtype(DType::BF16),
     )?;
-    // SAFETY: as above.
-    dev.run(
-        "aclnnInplaceCopy",
-        |ws, ex| unsafe {
-            (ops.aclnnInplaceCopyGetWorkspaceSize
-                .expect("checked by available()"))(
-                rope_dst.raw(), rope_src.raw(), ws, ex
-            )
-        },
-        ops.aclnnInplaceCopy,
-    )?;
+    compose::inplace_copy(dev, &rope_dst, &rope_src)?;
     Ok(k32)
 }
 
@@ -377,17 +367,7 @@ pub(crate) fn attend(
                     ),
                 ];
                 for (dst, src) in &copies {
-                    // SAFETY: as above.
-                    run_op(
-                        "aclnnInplaceCopy",
-                        &|ws, ex| unsafe {
-                            (ops.aclnnInplaceCopyGetWorkspaceSize
-                                .expect("checked by available()"))(
-                                dst.raw(), src.raw(), ws, ex
-                            )
-                        },
-                        ops.aclnnInplaceCopy,
-                    )?;
+                    compose::inplace_copy(dev, dst, src)?;
                 }
                 buf
             }

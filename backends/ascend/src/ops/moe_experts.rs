@@ -167,17 +167,7 @@ fn clamp_halves(
             },
             ops.aclnnClamp,
         )?;
-        // SAFETY: as above.
-        dev.run(
-            "aclnnInplaceCopy",
-            |ws, ex| unsafe {
-                (ops.aclnnInplaceCopyGetWorkspaceSize
-                    .expect("checked by clamp_available()"))(
-                    part.raw(), flat.raw(), ws, ex
-                )
-            },
-            ops.aclnnInplaceCopy,
-        )?;
+        compose::inplace_copy(dev, &part, &flat)?;
     }
     Ok(())
 }
@@ -604,17 +594,7 @@ pub fn run(be: &AscendBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor
             for s in 0..sn {
                 let dst = dev.tensor(&xs, &[t, h], None, s * t * h, dt)?;
                 let src = dev.tensor(x_mem, &[t, h], None, 0, dt)?;
-                // SAFETY: handles live for the call; out-pointers come from `Device::run`.
-                dev.run(
-                    "aclnnInplaceCopy",
-                    |ws, ex| unsafe {
-                        (ops.aclnnInplaceCopyGetWorkspaceSize
-                            .expect("checked by available()"))(
-                            dst.raw(), src.raw(), ws, ex
-                        )
-                    },
-                    ops.aclnnInplaceCopy,
-                )?;
+                compose::inplace_copy(dev, &dst, &src)?;
             }
             let cums: Vec<u8> = (1..=sn)
                 .flat_map(|s| ((s * t) as i64).to_le_bytes())
