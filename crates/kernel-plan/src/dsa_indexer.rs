@@ -83,8 +83,6 @@ pub struct IndexerPlan {
     pub cand_stride: usize,
     /// Workspace layout.
     pub workspace: IndexerWorkspace,
-    /// Bytes of each output ([B, Sq, top_k], I32 and F32).
-    pub out_bytes: usize,
     /// `moemla_mla_check` (mla_decode.cu), `moemla_dsa_indexer_scores_*`,
     /// `moemla_dsa_indexer_topk`, in order.
     pub launches: [Launch; 3],
@@ -92,14 +90,17 @@ pub struct IndexerPlan {
 
 /// Plans `dsa_indexer_topk` with run dtype `dtype`. Every size is checked: a problem the
 /// kernels' `int` parameters, the grid or the address space cannot hold is a
-/// [`crate::PlanError`].
+/// [`crate::PlanError`]. The outputs ([B, Sq, top_k] I32 and F32, 4 bytes an element) are
+/// sized first, before the `int` limits and the workspace.
 pub fn plan(s: &IndexerSizes, dtype: DType, limits: &DeviceLimits) -> PlanResult<IndexerPlan> {
     let op = Op::DsaIndexerTopk;
     let mul = |what: &str, a: usize, b: usize| checked(op, what, a.checked_mul(b));
+    let rows = mul("B * Sq", s.batch, s.s_q)?;
+    let out_bytes = rows.checked_mul(s.top_k).and_then(|n| n.checked_mul(4));
+    checked(op, "output bytes (B * Sq * top_k * 4)", out_bytes)?;
     let cap = mul("max_blocks * block_size", s.max_blocks, s.block_size)?;
     let slots = mul("num_blocks * block_size", s.num_blocks, s.block_size)?;
     let table_len = mul("B * max_blocks", s.batch, s.max_blocks)?;
-    let rows = mul("B * Sq", s.batch, s.s_q)?;
     for (what, v) in [
         ("B", s.batch),
         ("Sq", s.s_q),
@@ -142,11 +143,6 @@ pub fn plan(s: &IndexerSizes, dtype: DType, limits: &DeviceLimits) -> PlanResult
             ),
         ],
     )?;
-    let out_bytes = checked(
-        op,
-        "output bytes",
-        rows.checked_mul(s.top_k).and_then(|n| n.checked_mul(4)),
-    )?;
     let grid = |what: &str, v: usize| fits(op, what, v, INT_LIMIT);
     let launches = [
         Launch {
@@ -187,7 +183,6 @@ pub fn plan(s: &IndexerSizes, dtype: DType, limits: &DeviceLimits) -> PlanResult
             cand: regions[1],
             bytes,
         },
-        out_bytes,
         launches,
     })
 }
@@ -232,7 +227,6 @@ mod tests {
         assert_eq!(p.workspace.scores.bytes, 8 * 8192 * 4);
         assert_eq!(p.workspace.cand.bytes, 8 * 2048 * 4);
         assert_eq!(p.workspace.cand.offset % crate::WORKSPACE_ALIGN, 0);
-        assert_eq!(p.out_bytes, 8 * 2048 * 4);
         // Static shared memory fits HIP's 64 KiB of LDS.
         let hip = DeviceLimits::hip(304, 64, 64 * 1024);
         assert!(plan(&v32(4, 2, 8192, 2048), DType::BF16, &hip).is_ok());
@@ -246,7 +240,6 @@ mod tests {
         s.top_k = 5000;
         let p = plan(&s, DType::F32, &h100()).unwrap();
         assert_eq!(p.cand_stride, 1024);
-        assert_eq!(p.out_bytes, 5000 * 4);
         s.top_k = 1;
         assert_eq!(plan(&s, DType::F16, &h100()).unwrap().cand_stride, 1);
     }
@@ -272,9 +265,26 @@ mod tests {
         s.max_blocks = 1;
         let e = plan(&s, DType::F32, &h100()).unwrap_err();
         assert!(e.what.contains("grid z"), "{e:?}");
-        let mut s = v32(1, 1, 1024, usize::MAX);
-        s.top_k = usize::MAX;
-        let e = plan(&s, DType::F32, &h100()).unwrap_err();
+        // top_k past the kernels' int (its outputs, 2^33 bytes, still fit).
+        let e = plan(&v32(1, 1, 1024, 1 << 31), DType::F32, &h100()).unwrap_err();
+        assert!(e.what.starts_with("top_k = 2147483648"), "{e:?}");
+    }
+
+    #[test]
+    fn an_output_size_past_the_address_space_is_a_plan_error_before_any_other_check() {
+        let overflow = |s: &IndexerSizes| {
+            let e = plan(s, DType::F32, &h100()).unwrap_err();
+            assert_eq!(e.op, Op::DsaIndexerTopk);
+            assert_eq!(e.what, "output bytes (B * Sq * top_k * 4)", "{e:?}");
+            assert_eq!(e.reason, "overflows the address space");
+        };
+        // B * Sq * top_k = 2^62 elements: 2^64 bytes, one past usize.
+        overflow(&v32(1 << 20, 1 << 10, 1024, 1 << 32));
+        // B * Sq * top_k itself overflows; so would top_k's int limit and the grid.
+        overflow(&v32(1, 1, 1024, usize::MAX));
+        // One element less than 2^62 would be 2^64 - 4 bytes: the output check passes and
+        // the int limit on top_k reports it.
+        let e = plan(&v32(1, 1, 1024, usize::MAX / 4), DType::F32, &h100()).unwrap_err();
         assert!(e.what.starts_with("top_k = "), "{e:?}");
     }
 
