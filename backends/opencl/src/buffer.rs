@@ -1,20 +1,20 @@
 //! Device memory: [`ClBuffer`] (a `cl_mem` the backend owns, or one a caller owns and
-//! moemla retains) and the queue's memory commands. Everything but [`ClDevice::read`] only
-//! enqueues: uploads into existing memory go through a staging buffer the runtime copies at
+//! moemla retains) and the queue's memory commands. Everything but [`ClDevice::read`] and
+//! [`ClDevice::read_all`] only enqueues: uploads into existing memory go through a staging buffer the runtime copies at
 //! creation, so the host never waits for the queue. Every allocation and host upload
-//! passes through `create_buffer`, every read through [`ClDevice::read`]: the
+//! passes through `create_buffer`, every read through [`ClDevice::read_all`]: the
 //! backend's traffic counts are taken there.
 
 use crate::device::{host_waited, ClDevice};
 use crate::error::{cl, cl_alloc, ClCallError};
 use moemla_core::{DeviceBuffer, Error, Result};
 use opencl3::error_codes::ClError;
-use opencl3::event::Event;
+use opencl3::event::{wait_for_events, Event};
 use opencl3::memory::{
     get_mem_object_info, retain_mem_object, Buffer, ClMem, CL_MEM_CONTEXT, CL_MEM_COPY_HOST_PTR,
     CL_MEM_OBJECT_BUFFER, CL_MEM_READ_WRITE, CL_MEM_SIZE, CL_MEM_TYPE,
 };
-use opencl3::types::{cl_event, cl_int, cl_mem, CL_BLOCKING};
+use opencl3::types::{cl_event, cl_int, cl_mem, CL_NON_BLOCKING};
 use std::any::Any;
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -117,6 +117,26 @@ impl Pool {
             state.by_size.entry(bytes).or_default().push(mem);
         }
     }
+}
+
+/// One device-to-host read of [`ClDevice::read_all`]: `out.len()` bytes at byte `offset`
+/// of `buf`.
+pub struct Read<'a> {
+    /// The device buffer.
+    pub buf: &'a ClBuffer,
+    /// Byte offset in it.
+    pub offset: usize,
+    /// Where the bytes go.
+    pub out: &'a mut [u8],
+}
+
+/// What [`ClDevice::read_all`] waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// Its reads (the queue is in order: so also all work queued before them).
+    Reads,
+    /// Everything queued (`clFinish`), as a synchronize does.
+    Queue,
 }
 
 /// The error of a byte range outside a buffer (`call` is the device method).
@@ -288,32 +308,62 @@ impl ClDevice {
 
     /// Reads `out.len()` bytes at byte `offset` of `buf`: waits for all queued work.
     pub fn read(&self, buf: &ClBuffer, offset: usize, out: &mut [u8]) -> Result<()> {
-        if out.is_empty() {
-            return self.finish();
+        self.read_all(&mut [Read { buf, offset, out }], Wait::Reads)
+    }
+
+    /// Enqueues every read of `reads`, in order and without blocking, then waits once, as
+    /// `wait` says. Every range is checked first (one outside its buffer reads nothing);
+    /// an empty read is skipped. With nothing to read it waits for the whole queue.
+    pub fn read_all(&self, reads: &mut [Read<'_>], wait: Wait) -> Result<()> {
+        for r in reads.iter() {
+            if r.offset
+                .checked_add(r.out.len())
+                .is_none_or(|end| end > r.buf.bytes)
+            {
+                return Err(out_of_range(
+                    "read",
+                    format!(
+                        "{} bytes at {} of a {}-byte buffer",
+                        r.out.len(),
+                        r.offset,
+                        r.buf.bytes
+                    ),
+                ));
+            }
         }
-        if offset
-            .checked_add(out.len())
-            .is_none_or(|end| end > buf.bytes)
-        {
-            return Err(out_of_range(
-                "read",
-                format!(
-                    "{} bytes at {offset} of a {}-byte buffer",
-                    out.len(),
-                    buf.bytes
-                ),
-            ));
+        let mut events = Vec::with_capacity(reads.len());
+        let mut failed = None;
+        for r in reads.iter_mut().filter(|r| !r.out.is_empty()) {
+            // SAFETY: a non-blocking read within the buffer (checked above) into `r.out`,
+            // which outlives this call; every read enqueued here is waited for below before
+            // returning, also when a later enqueue fails.
+            let read = unsafe {
+                self.queue
+                    .enqueue_read_buffer(&r.buf.mem, CL_NON_BLOCKING, r.offset, r.out, &[])
+            };
+            match read {
+                Ok(event) => {
+                    // Every device-to-host copy passes here.
+                    self.traffic.count_download(r.out.len());
+                    events.push(event);
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
         }
         host_waited();
-        // SAFETY: blocking read into a live slice, within the buffer (checked above).
-        unsafe {
-            self.queue
-                .enqueue_read_buffer(&buf.mem, CL_BLOCKING, offset, out, &[])
+        let waited = if events.is_empty() || wait == Wait::Queue {
+            self.queue.finish().map_err(cl("clFinish"))
+        } else {
+            let raw: Vec<cl_event> = events.iter().map(Event::get).collect();
+            wait_for_events(&raw).map_err(|e| cl("clWaitForEvents")(ClError(e)))
+        };
+        match failed {
+            Some(e) => Err(cl("clEnqueueReadBuffer")(e)),
+            None => waited,
         }
-        .map_err(cl("clEnqueueReadBuffer"))?;
-        // Every device-to-host copy passes here.
-        self.traffic.count_download(out.len());
-        Ok(())
     }
 
     /// Enqueues a write of `data` into `dst` at byte `offset`, without waiting: `data` is

@@ -36,7 +36,7 @@
 //! synchronize or download reports the contract's `Input` error, naming op, argument, row
 //! and element.
 
-use crate::buffer::ClBuffer;
+use crate::buffer::{ClBuffer, Read, Wait};
 use crate::device::{Arg, ClDevice, Module};
 use moemla_core::{DType, DeviceTensor, Error, Op, Result, Shape};
 use opencl3::program::Program;
@@ -185,29 +185,53 @@ impl ClDevice {
         })
     }
 
-    /// Reports the first index error of the ops enqueued since the last check (waiting for
-    /// them), once: the slots are reset. `Ok` when there is none or nothing is pending (then
-    /// it does not wait).
-    pub fn take_index_error(&self) -> Result<()> {
+    /// Waits once, for everything queued (`data` `None`, a synchronize) or for the read of
+    /// `data` (a download), and reports the first index error of the ops enqueued since the
+    /// last check, once: the slots are reset. The flag words of those ops are read in the
+    /// same wait, enqueued before `data`, so a download with checks pending waits (and
+    /// round-trips) once. The error comes before the data: `data.out` holds the bytes read
+    /// but the caller's result is the error.
+    pub fn wait_checked(&self, data: Option<Read<'_>>) -> Result<()> {
         let mut area = self.flags.lock().unwrap_or_else(|p| p.into_inner());
         if area.pending.is_empty() {
-            return Ok(());
+            return match data {
+                Some(r) => self.read(r.buf, r.offset, r.out),
+                None => self.finish(),
+            };
         }
-        let mut words = Vec::with_capacity(area.chunks.len());
-        for chunk in &area.chunks {
-            let mut bytes = vec![0u8; chunk.used * SLOT_BYTES];
-            // A blocking read: after everything queued before it, so after every op's
-            // kernels and captures (a chunk with no slot in use is not read).
-            if !bytes.is_empty() {
-                self.read(&chunk.buffer, 0, &mut bytes)?;
-            }
-            words.push(
-                bytes
-                    .chunks_exact(4)
+        let wait = if data.is_some() {
+            Wait::Reads
+        } else {
+            Wait::Queue
+        };
+        // A chunk with no slot in use reads nothing.
+        let mut bytes: Vec<Vec<u8>> = area
+            .chunks
+            .iter()
+            .map(|c| vec![0u8; c.used * SLOT_BYTES])
+            .collect();
+        let mut reads: Vec<Read<'_>> = area
+            .chunks
+            .iter()
+            .zip(bytes.iter_mut())
+            .map(|(chunk, out)| Read {
+                buf: &chunk.buffer,
+                offset: 0,
+                out,
+            })
+            .chain(data)
+            .collect();
+        // After everything queued before it, so after every op's kernels and captures.
+        self.read_all(&mut reads, wait)?;
+        drop(reads);
+        let words: Vec<Vec<i32>> = bytes
+            .iter()
+            .map(|b| {
+                b.chunks_exact(4)
                     .map(|w| i32::from_le_bytes([w[0], w[1], w[2], w[3]]))
-                    .collect::<Vec<i32>>(),
-            );
-        }
+                    .collect()
+            })
+            .collect();
         let first = area.pending.iter().find_map(|c| {
             let w = &words[c.chunk];
             c.error(w[2 * c.slot], w[2 * c.slot + 1])
@@ -489,6 +513,79 @@ mod tests {
             "{err}"
         );
         be.synchronize().unwrap();
+    }
+
+    /// With checks pending, a download reads the flag words and its data in one wait, and a
+    /// synchronize reads the flags and waits for the queue in one: clean, the data comes
+    /// back; flagged, the error (once), as a lone synchronize reports it.
+    #[test]
+    fn pending_flags_are_read_in_the_same_wait_as_the_download() {
+        let _alone = alone();
+        let Ok(backend) = crate::shared() else { return };
+        let be: &dyn Backend = &*backend;
+        let dev = backend.device();
+        let values = [10, 11, 12, 13, 14, 15];
+        let ids = up_i32(be, &[2, 3], &values);
+        be.synchronize().unwrap();
+        // One check of `ids` pending, raised at `position` when given (as a kernel's
+        // `atomic_min` would leave it).
+        let pending = |position: Option<u32>| {
+            let mut checks = dev.index_checks(Op::MoeExperts).unwrap();
+            let slot = checks.flag("topk_ids", &ids, "[-1, 4)".into()).unwrap();
+            if let Some(p) = position {
+                let at = 2 * slot.slot() as usize * 4;
+                dev.fill_words(slot.buffer(), at, 4, p).unwrap();
+            }
+            checks.enqueued().unwrap();
+        };
+        let want = Err(Error::IndexOutOfRange {
+            op: Op::MoeExperts,
+            arg: "topk_ids",
+            index: vec![0, 2],
+            value: 12,
+            valid: "[-1, 4)".into(),
+        });
+        // Waits and device-to-host reads (count, bytes) of `f`.
+        let measure = |f: &mut dyn FnMut()| {
+            let (waits, traffic) = (host_waits(), be.traffic().unwrap());
+            f();
+            let t = be.traffic().unwrap().since(&traffic);
+            (host_waits() - waits, t.downloads, t.download_bytes)
+        };
+
+        // Clean: the data, one wait, the slot's 8 bytes read beside the 24 of the data.
+        pending(None);
+        let got = measure(&mut || {
+            let host = be.download(&ids).unwrap();
+            assert_eq!(host.to_i32_vec().unwrap(), values);
+        });
+        assert_eq!(got, (1, 2, 8 + 24));
+        // Nothing pending now: the data alone.
+        let got = measure(&mut || assert!(be.download(&ids).is_ok()));
+        assert_eq!(got, (1, 1, 24));
+
+        // Raised: the download reports it, once; download_into likewise.
+        pending(Some(2));
+        assert_eq!(
+            measure(&mut || assert_eq!(be.download(&ids).map(|_| ()), want)).0,
+            1
+        );
+        be.synchronize().unwrap();
+        pending(Some(2));
+        let mut dst = HostTensor::zeros([3], DType::I32).unwrap();
+        let got = measure(&mut || {
+            assert_eq!(be.download_into(&ids, 3, &mut dst), want);
+        });
+        assert_eq!(got, (1, 2, 8 + 12));
+        be.download_into(&ids, 3, &mut dst).unwrap();
+        assert_eq!(dst.to_i32_vec().unwrap(), [13, 14, 15]);
+
+        // A synchronize: one wait for the queue and the flags, clean or raised.
+        pending(None);
+        assert_eq!(measure(&mut || be.synchronize().unwrap()), (1, 1, 8));
+        pending(Some(2));
+        assert_eq!(measure(&mut || assert_eq!(be.synchronize(), want)).0, 1);
+        assert_eq!(measure(&mut || be.synchronize().unwrap()), (1, 0, 0));
     }
 
     /// More checks than one flag buffer holds: slots continue in a new buffer, the first

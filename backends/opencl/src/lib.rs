@@ -243,18 +243,25 @@ impl Backend for OpenClBackend {
     }
 
     /// Waits for the queue; first reports a pending index error of an earlier op (see
-    /// [`Backend::synchronize`]), and then downloads nothing.
+    /// [`Backend::synchronize`]), and then downloads nothing. The error flags of pending
+    /// ops are read beside the data, in one wait.
     fn download(&self, tensor: &DeviceTensor) -> Result<HostTensor> {
         let buf = tensor.buffer::<ClBuffer>(&self.name, "download", "tensor")?;
         let len = tensor.shape().byte_len(tensor.dtype())?;
-        self.device.take_index_error()?;
         let mut bytes = moemla_core::alloc::try_filled_vec::<u8>(len, "opencl download")?;
-        self.device.read(buf, 0, &mut bytes)?;
+        let read = buffer::Read {
+            buf,
+            offset: 0,
+            out: &mut bytes,
+        };
+        self.device.wait_checked(Some(read))?;
         HostTensor::from_bytes(tensor.shape().clone(), tensor.dtype(), bytes)
     }
 
     /// Waits for the queue; first reports a pending index error of an earlier op (as
-    /// [`Backend::download`]), then reads the range (one blocking read, no allocation).
+    /// [`Backend::download`]), else reads the range (no allocation). The error flags of
+    /// pending ops are read beside the range, in one wait, so `dst` holds the range's bytes
+    /// also when an index error is reported.
     fn download_into(
         &self,
         src: &DeviceTensor,
@@ -263,8 +270,11 @@ impl Backend for OpenClBackend {
     ) -> Result<()> {
         let range = memory::download_range(src, src_offset, dst)?;
         let buf = src.buffer::<ClBuffer>(&self.name, "download_into", "src")?;
-        self.device.take_index_error()?;
-        self.device.read(buf, range.start, dst.as_bytes_mut())
+        self.device.wait_checked(Some(buffer::Read {
+            buf,
+            offset: range.start,
+            out: dst.as_bytes_mut(),
+        }))
     }
 
     /// `queue` is a `cl_command_queue` of this backend's context
@@ -283,7 +293,7 @@ impl Backend for OpenClBackend {
 
     /// Counted where the device allocates (`clCreateBuffer`: tensors, scratch, staging,
     /// error flags; a buffer created from host data also counts as an upload) and reads
-    /// (every blocking read: downloads, and the error-flag words a synchronize or download
+    /// (every read command: downloads, and the error-flag words a synchronize or download
     /// reads when ops with index checks are pending).
     fn traffic(&self) -> Option<moemla_core::Traffic> {
         Some(self.device.traffic.get())
@@ -293,8 +303,7 @@ impl Backend for OpenClBackend {
     /// since the last check met on the device (in enqueue order) as `IndexOutOfRange`,
     /// once: the flags are reset and the backend stays usable.
     fn synchronize(&self) -> Result<()> {
-        self.device.finish()?;
-        self.device.take_index_error()
+        self.device.wait_checked(None)
     }
 
     /// `ptr` is a `cl_mem` buffer of this backend's context ([`OpenClBackend::context`]) of
