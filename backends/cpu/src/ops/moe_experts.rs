@@ -14,6 +14,7 @@ mod ffn;
 pub mod fp8;
 mod permute;
 
+use crate::bf16dot;
 use crate::storage::{
     check_inputs, f32_slice, float_mut, float_slice, i32_slice, zeroed, CpuStorage, FloatSlice,
     FloatSliceMut,
@@ -88,11 +89,11 @@ pub fn run_into(backend: &str, call: &MoeExpertsCall<'_>, y: FloatSliceMut<'_>) 
         fp8::quantize_rows(&mut xg, call.hidden, mode);
     }
     let limit = p.swiglu_limit.map(|c| c as f32);
-    let mut h_t = ffn::gate_up(&perm, &xg, w, limit)?;
+    let mut h_t = ffn::gate_up(&perm, &xg, w, limit, bf16dot::native())?;
     if let Some(mode) = quant {
         fp8::quantize_columns(&perm, &mut h_t, call.inter, mode);
     }
-    let y_t = ffn::down(&perm, &h_t, w)?;
+    let y_t = ffn::down(&perm, &h_t, w, bf16dot::native())?;
     // Drop the routed activations before the shared experts allocate theirs.
     drop((xg, h_t));
     let shared = match call.shared {
@@ -142,9 +143,9 @@ fn shared_experts(
     };
     let perm = Permutation::every_token(call.tokens, s.count)?;
     let xg = gather_rows(x, &perm, call.hidden)?;
-    let h_t = ffn::gate_up(&perm, &xg, w, limit)?;
+    let h_t = ffn::gate_up(&perm, &xg, w, limit, bf16dot::native())?;
     drop(xg);
-    let y_t = ffn::down(&perm, &h_t, w)?;
+    let y_t = ffn::down(&perm, &h_t, w, bf16dot::native())?;
     Ok(Shared { perm, y_t })
 }
 

@@ -12,6 +12,8 @@ use crate::bf16dot;
 use crate::gemm_util::{matmul, MatRef};
 use crate::gemv;
 use crate::storage::{zeroed, FloatSlice};
+use half::bf16;
+use moemla_core::alloc::try_filled_vec;
 use moemla_core::Result;
 use rayon::prelude::*;
 
@@ -58,18 +60,20 @@ struct Scratch {
 /// where `X_e` are the expert's permuted rows of `xg` [rows, H] (f32); with a SwiGLU
 /// `limit` c, `silu(min(g, c)) * clamp(u, -c, c)`. The output (rows x I, which no input
 /// bounds) is checked ([`moemla_core::Error::Size`]) and allocated fallibly
-/// ([`moemla_core::Error::OutOfMemory`]).
+/// ([`moemla_core::Error::OutOfMemory`]). `native`: BF16 weights go through the native
+/// bf16 dot ([`bf16dot::gemm_nt`]; pass [`bf16dot::native`]) when the rows are bf16 values.
 pub fn gate_up(
     perm: &Permutation,
     xg: &[f32],
     w: ExpertWeights<'_>,
     limit: Option<f32>,
+    native: bool,
 ) -> Result<Vec<f32>> {
     let (h, i) = (w.hidden, w.inter);
     let mut out = zeroed(&[perm.rows(), i], "cpu moe_experts activations")?;
     // BF16 weights and rows that are bf16 values: the native bf16 dot where the CPU has it.
     let native = match w.w13 {
-        Weights::Float(FloatSlice::BF16(w13)) if bf16dot::native() => {
+        Weights::Float(FloatSlice::BF16(w13)) if native => {
             bf16dot::exact(xg)?.map(|x16| (w13, x16))
         }
         _ => None,
@@ -120,9 +124,29 @@ pub fn gate_up(
 }
 
 /// `y^T` per expert, `[H, n_e]` expert after expert: `W2_e h_e` from [`gate_up`]'s output.
-pub fn down(perm: &Permutation, h_t: &[f32], w: ExpertWeights<'_>) -> Result<Vec<f32>> {
+/// `native` with BF16 weights: the activations are rounded to bf16 (as bf16 GEMM kernels
+/// store them) and multiplied on the native bf16 dot ([`bf16dot::gemm_nt`]); otherwise
+/// they stay f32.
+pub fn down(
+    perm: &Permutation,
+    h_t: &[f32],
+    w: ExpertWeights<'_>,
+    native: bool,
+) -> Result<Vec<f32>> {
     let (h, i) = (w.hidden, w.inter);
     let mut out = zeroed(&[perm.rows(), h], "cpu moe_experts down projections")?;
+    if let (Weights::Float(FloatSlice::BF16(w2)), true) = (w.w2, native) {
+        let act16 = rows_bf16(perm, h_t, i)?;
+        tiles(perm, &mut out, h, tile_rows(i))
+            .into_par_iter()
+            .try_for_each(|tile| {
+                let (first, n) = perm.expert_rows(tile.expert);
+                let act = bf16dot::rows(&act16, first, n, i)?;
+                let w2 = bf16dot::rows(w2, tile.expert * h + tile.first, tile.rows, i)?;
+                bf16dot::gemm_nt(w2, act, i, tile.out)
+            })?;
+        return Ok(out);
+    }
     tiles(perm, &mut out, h, tile_rows(i))
         .into_par_iter()
         .try_for_each_init(Scratch::default, |s, tile| {
@@ -142,6 +166,29 @@ pub fn down(perm: &Permutation, h_t: &[f32], w: ExpertWeights<'_>) -> Result<Vec
                 matmul(tile.out, MatRef::row_major(w2, tile.rows, i), act, false)
             }
         })?;
+    Ok(out)
+}
+
+/// [`gate_up`]'s activations (per expert `[I, n_e]`) as permuted bf16 rows `[rows, I]`,
+/// each value rounded to nearest even (NaN stays NaN). Same size as `h_t`, allocated
+/// fallibly.
+fn rows_bf16(perm: &Permutation, h_t: &[f32], i: usize) -> Result<Vec<bf16>> {
+    let mut out: Vec<bf16> = try_filled_vec(h_t.len(), "cpu moe_experts bf16 activations")?;
+    let mut parts = Vec::new();
+    let mut rest = out.as_mut_slice();
+    for e in 0..perm.offsets.len() - 1 {
+        let (first, n) = perm.expert_rows(e);
+        let (part, tail) = std::mem::take(&mut rest).split_at_mut(n * i);
+        rest = tail;
+        parts.push((&h_t[first * i..(first + n) * i], n, part));
+    }
+    parts.into_par_iter().for_each(|(src, n, dst)| {
+        for (c, row) in dst.chunks_exact_mut(i).enumerate() {
+            for (r, v) in row.iter_mut().enumerate() {
+                *v = bf16::from_f32(src[r * n + c]);
+            }
+        }
+    });
     Ok(out)
 }
 
@@ -239,6 +286,113 @@ mod tests {
         assert_eq!(tile_rows(1 << 20), 16);
     }
 
+    /// One expert's SwiGLU FFN on one token in f64, plainly: `(act, Σ|W2 act| per output,
+    /// W2 act)` for `w13` [2I, H] and `w2` [H, I] of expert `e`.
+    fn expert_ref(
+        x: &[f32],
+        w13: &[f32],
+        w2: &[f32],
+        e: usize,
+        (h, i): (usize, usize),
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let dot = |row: usize| -> f64 {
+            let w = &w13[(e * 2 * i + row) * h..][..h];
+            w.iter().zip(x).map(|(&a, &b)| a as f64 * b as f64).sum()
+        };
+        let act: Vec<f64> = (0..i)
+            .map(|r| {
+                let g = dot(r);
+                g / (1.0 + (-g).exp()) * dot(i + r)
+            })
+            .collect();
+        let row = |c: usize| &w2[(e * h + c) * i..][..i];
+        let abs = (0..h)
+            .map(|c| {
+                row(c)
+                    .iter()
+                    .zip(&act)
+                    .map(|(&w, a)| (w as f64 * a).abs())
+                    .sum()
+            })
+            .collect();
+        let y = (0..h)
+            .map(|c| row(c).iter().zip(&act).map(|(&w, a)| w as f64 * a).sum())
+            .collect();
+        (act, abs, y)
+    }
+
+    #[test]
+    fn bf16_ffn_native_and_fallback_match_an_f64_reference_at_odd_shapes() {
+        // H 600 and I 70 are no multiple of any tile or vector width; gate/up tiles of 16
+        // rows (the last 6) and down tiles of 112 (the last 40). T 1 and 3 take the
+        // matrix-vector path without the native dot, T 40 the tile GEMMs; -1 ids skipped.
+        let (h, i, e, k) = (600, 70, 3, 2);
+        let mut rng = crate::test_util::Lcg::new(41);
+        let round = |v: Vec<f32>| -> Vec<bf16> { v.into_iter().map(bf16::from_f32).collect() };
+        let w13 = round(rng.vec(e * 2 * i * h, -0.1, 0.1));
+        let w2 = round(rng.vec(e * h * i, -0.1, 0.1));
+        let f32s = |v: &[bf16]| -> Vec<f32> { v.iter().map(|b| b.to_f32()).collect() };
+        let (w13f, w2f) = (f32s(&w13), f32s(&w2));
+        let w = ExpertWeights {
+            w13: Weights::Float(FloatSlice::BF16(&w13)),
+            w2: Weights::Float(FloatSlice::BF16(&w2)),
+            hidden: h,
+            inter: i,
+        };
+        for t in [1, 3, 40] {
+            let ids: Vec<i32> = (0..t * k)
+                .map(|n| {
+                    if n % 5 == 3 {
+                        -1
+                    } else {
+                        ((n * 7 + n / k) % e) as i32
+                    }
+                })
+                .collect();
+            let perm = Permutation::new(&ids, &vec![1.0; t * k], e, k).unwrap();
+            let x = f32s(&round(rng.vec(t * h, -1.0, 1.0)));
+            let xg: Vec<f32> = perm
+                .tokens
+                .iter()
+                .flat_map(|&tok| x[tok * h..(tok + 1) * h].to_vec())
+                .collect();
+            for native in [false, true] {
+                let h_t = gate_up(&perm, &xg, w, None, native).unwrap();
+                let y_t = down(&perm, &h_t, w, native).unwrap();
+                let mut rounded = 0;
+                for (pair, &id) in ids.iter().enumerate() {
+                    let Ok(ex) = usize::try_from(id) else {
+                        assert_eq!(perm.row_of[pair], None);
+                        continue;
+                    };
+                    let row = perm.row_of[pair].unwrap();
+                    let (first, n) = perm.expert_rows(ex);
+                    let xt = &x[pair / k * h..][..h];
+                    let (act, abs, want) = expert_ref(xt, &w13f, &w2f, ex, (h, i));
+                    for (r, &a) in act.iter().enumerate() {
+                        let got = h_t[first * i + r * n + (row - first)] as f64;
+                        assert!((got - a).abs() <= 1e-5 * (1.0 + a.abs()), "T {t} act {r}");
+                    }
+                    for c in 0..h {
+                        let got = y_t[first * h + c * n + (row - first)] as f64;
+                        let err = (got - want[c]).abs();
+                        // f32 sums: 1e-5; the native path also rounds each activation
+                        // to bf16 (relative error <= 2^-8).
+                        let tol = if native { 1.0 / 256.0 + 1e-5 } else { 1e-5 } * abs[c];
+                        assert!(
+                            err <= tol,
+                            "T {t} native {native} y {c}: {got} vs {}",
+                            want[c]
+                        );
+                        rounded += usize::from(err > 1e-5 * abs[c]);
+                    }
+                }
+                // Only the native path rounds the activations (where the CPU has the dot).
+                assert_eq!(rounded > 0, native && bf16dot::native(), "T {t} {native}");
+            }
+        }
+    }
+
     #[test]
     fn activation_sizes_are_checked_not_wrapped() {
         // Two routed rows; I so large that rows x I cannot be allocated (256 TiB) or does
@@ -250,12 +404,12 @@ mod tests {
             hidden: 1,
             inter,
         };
-        let err = gate_up(&perm, &[1.0, 1.0], w(1 << 45), None).unwrap_err();
+        let err = gate_up(&perm, &[1.0, 1.0], w(1 << 45), None, false).unwrap_err();
         assert!(
             matches!(err, moemla_core::Error::OutOfMemory { .. }),
             "{err}"
         );
-        let err = gate_up(&perm, &[1.0, 1.0], w(1 << 62), None).unwrap_err();
+        let err = gate_up(&perm, &[1.0, 1.0], w(1 << 62), None, false).unwrap_err();
         assert!(matches!(err, moemla_core::Error::Size { .. }), "{err}");
     }
 }
