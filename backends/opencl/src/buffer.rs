@@ -1,15 +1,16 @@
 //! Device memory: [`ClBuffer`] (a `cl_mem` the backend owns, or one a caller owns and
 //! moemla retains) and the queue's memory commands. Everything but [`ClDevice::read`] and
-//! [`ClDevice::read_all`] only enqueues: uploads into existing memory go through a staging buffer the runtime copies at
-//! creation, so the host never waits for the queue. Every allocation and host upload
-//! passes through `create_buffer`, every read through [`ClDevice::read_all`]: the
-//! backend's traffic counts are taken there.
+//! [`ClDevice::read_all`] only enqueues: uploads into existing memory write from a host
+//! copy the queue's [`Staging`] keeps until the write has run, so the host never waits for
+//! the queue. Every allocation and upload into a new buffer passes through
+//! `create_buffer`, every write into existing memory through [`ClDevice::write`], every
+//! read through [`ClDevice::read_all`]: the backend's traffic counts are taken there.
 
 use crate::device::{host_waited, ClDevice};
 use crate::error::{cl, cl_alloc, ClCallError};
 use moemla_core::{DeviceBuffer, Error, Result};
 use opencl3::error_codes::ClError;
-use opencl3::event::{wait_for_events, Event};
+use opencl3::event::{wait_for_events, Event, CL_COMPLETE};
 use opencl3::memory::{
     get_mem_object_info, retain_mem_object, Buffer, ClMem, CL_MEM_CONTEXT, CL_MEM_COPY_HOST_PTR,
     CL_MEM_OBJECT_BUFFER, CL_MEM_READ_WRITE, CL_MEM_SIZE, CL_MEM_TYPE,
@@ -115,6 +116,113 @@ impl Pool {
         if state.bytes.saturating_add(size) <= POOL_BYTES {
             state.bytes += size;
             state.by_size.entry(bytes).or_default().push(mem);
+        }
+    }
+}
+
+/// Host copies of the data of [`ClDevice::write`] (`upload_into`), one set per queue: a
+/// non-blocking write reads its host memory when it runs, so each copy is kept until its
+/// write's event has completed and is then reused by a later write. A write into device
+/// memory needs no device staging buffer this way, so `upload_into` allocates no device
+/// memory; the queue is in order, so the write lands after the work queued before it.
+/// Up to [`STAGING_BYTES`] of free copies are kept.
+#[derive(Debug, Default)]
+pub struct Staging {
+    state: Mutex<StagingState>,
+}
+
+/// What a [`Staging`] holds.
+#[derive(Debug, Default)]
+pub struct StagingState {
+    /// Copies whose write may not have run yet, with the write's event.
+    in_flight: Vec<(Event, Vec<u8>)>,
+    /// Copies free for reuse, and their total capacity.
+    free: Vec<Vec<u8>>,
+    free_bytes: usize,
+}
+
+/// The most host memory a [`Staging`] keeps in free copies (bytes of capacity).
+pub const STAGING_BYTES: usize = 64 << 20;
+
+impl Staging {
+    /// The state, locked (a write holds it from taking a copy until its write is queued).
+    fn lock(&self) -> std::sync::MutexGuard<'_, StagingState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many copies are kept (in flight, free): for tests.
+    #[cfg(test)]
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        let state = self.lock();
+        (state.in_flight.len(), state.free.len())
+    }
+}
+
+impl StagingState {
+    /// A host copy of `data`: the smallest free copy that holds it, after taking back
+    /// those whose writes have completed, else a new one.
+    fn copy_of(&mut self, data: &[u8]) -> Result<Vec<u8>> {
+        let mut i = 0;
+        while i < self.in_flight.len() {
+            // CL_COMPLETE (0), or a negative status: the command ended and no longer
+            // reads the copy. A failed query keeps it in flight.
+            let done = self.in_flight[i]
+                .0
+                .command_execution_status()
+                .is_ok_and(|s| s.0 <= CL_COMPLETE);
+            if done {
+                let (_, copy) = self.in_flight.swap_remove(i);
+                self.give(copy);
+            } else {
+                i += 1;
+            }
+        }
+        let best = (0..self.free.len())
+            .filter(|&i| self.free[i].capacity() >= data.len())
+            .min_by_key(|&i| self.free[i].capacity());
+        let mut copy = match best {
+            Some(i) => {
+                let copy = self.free.swap_remove(i);
+                self.free_bytes -= copy.capacity();
+                copy
+            }
+            None => Vec::new(),
+        };
+        copy.clear();
+        copy.try_reserve_exact(data.len())
+            .map_err(|_| Error::OutOfMemory {
+                what: format!("{} upload_into host copy", crate::NAME),
+                bytes: data.len(),
+            })?;
+        copy.extend_from_slice(data);
+        Ok(copy)
+    }
+
+    /// Keeps `copy`, whose write has been queued, until `event` completes.
+    fn in_flight(&mut self, event: Event, copy: Vec<u8>) {
+        self.in_flight.push((event, copy));
+    }
+
+    /// Keeps `copy`, which nothing reads any more, for reuse, or frees it when the free
+    /// copies hold [`STAGING_BYTES`] already.
+    fn give(&mut self, copy: Vec<u8>) {
+        let size = copy.capacity();
+        if self.free_bytes.saturating_add(size) <= STAGING_BYTES {
+            self.free_bytes += size;
+            self.free.push(copy);
+        }
+    }
+}
+
+impl Drop for StagingState {
+    /// Waits for the writes still queued before their copies are freed; if that wait fails,
+    /// the copies are leaked rather than freed under a write that may still read them.
+    fn drop(&mut self) {
+        let events: Vec<cl_event> = self.in_flight.iter().map(|(e, _)| e.get()).collect();
+        if !events.is_empty() && wait_for_events(&events).is_err() {
+            for (_, copy) in self.in_flight.drain(..) {
+                std::mem::forget(copy);
+            }
         }
     }
 }
@@ -367,8 +475,8 @@ impl ClDevice {
     }
 
     /// Enqueues a write of `data` into `dst` at byte `offset`, without waiting: `data` is
-    /// copied into a staging buffer at once, and the device copies that into place after
-    /// the work already queued.
+    /// copied at once into a host copy from this queue's [`Staging`], which the device
+    /// writes into place after the work already queued (no device memory is allocated).
     pub fn write(&self, dst: &ClBuffer, offset: usize, data: &[u8]) -> Result<()> {
         if offset
             .checked_add(data.len())
@@ -386,10 +494,36 @@ impl ClDevice {
         if data.is_empty() {
             return Ok(());
         }
-        let staging = self.upload("write staging", data)?;
-        // The staging buffer is released when this returns; OpenCL keeps it until the copy
-        // has run.
-        self.copy(&staging, 0, dst, offset, data.len())
+        let mut staging = self.staging.lock();
+        let copy = staging.copy_of(data)?;
+        // SAFETY: `dst` is live for the call (the queue keeps its own reference until the
+        // write runs) and the range is within it (checked above); `copy` holds exactly
+        // `data.len()` bytes and is kept in `staging` (its heap memory unmoved) until the
+        // write's event has completed.
+        let r = unsafe {
+            cl3::command_queue::enqueue_write_buffer(
+                self.queue.get(),
+                dst.raw(),
+                CL_NON_BLOCKING,
+                offset,
+                copy.len(),
+                copy.as_ptr().cast(),
+                0,
+                ptr::null(),
+            )
+        };
+        match r {
+            Ok(event) => {
+                // Every host-to-device copy into existing memory passes here.
+                self.traffic.count_upload(data.len());
+                staging.in_flight(Event::new(event), copy);
+                Ok(())
+            }
+            Err(status) => {
+                staging.give(copy);
+                Err(cl("clEnqueueWriteBuffer")(ClError(status)))
+            }
+        }
     }
 
     /// Enqueues a device copy of `len` bytes from byte `src_at` of `src` to byte `dst_at`
@@ -512,5 +646,46 @@ mod tests {
         let buf = dev.alloc_zeroed("test", 8).unwrap();
         assert!(dev.read(&buf, 8, &mut [0u8; 1]).is_err());
         assert!(dev.read(&buf, usize::MAX, &mut [0u8; 2]).is_err());
+    }
+
+    /// Writes into device memory take their host copies from the queue's staging: a copy
+    /// is reused once its write has run, never while it may still be read, and the device
+    /// gets the bytes as they were at the call.
+    #[test]
+    fn writes_reuse_host_copies_once_their_writes_have_run() {
+        let _beside = crate::flags::test_lock::beside_others();
+        let Ok(backend) = crate::shared() else { return };
+        // A queue of its own, so the counts are this test's.
+        let shared = backend.device();
+        #[allow(deprecated)] // clCreateCommandQueue: the OpenCL 1.2 entry point
+        let queue =
+            opencl3::command_queue::CommandQueue::create_default(&shared.context, 0).unwrap();
+        // SAFETY: `queue` is a live queue of the backend's context; `with_queue` retains it.
+        let dev = unsafe { shared.with_queue(queue.get()) }.unwrap();
+        let dst = dev.alloc_zeroed("test", 64).unwrap();
+        let mut data = [0u8; 16];
+        for round in 0..4u8 {
+            data.fill(round + 1);
+            dev.write(&dst, 16 * round as usize, &data).unwrap();
+            // The write copied `data`: changing it now changes nothing on the device.
+            data.fill(0xEE);
+            // The earlier rounds' writes ran (finish below): their one copy is reused.
+            assert_eq!(dev.staging.counts(), (1, 0), "round {round}");
+            dev.finish().unwrap();
+        }
+        // Writes queued back to back, none waited for: each keeps its own copy until it
+        // has run (at most these 8; some may have run and been reused already).
+        for i in 0..8u8 {
+            dev.write(&dst, 8 * i as usize, &[i + 10; 8]).unwrap();
+        }
+        let (in_flight, free) = dev.staging.counts();
+        assert!(
+            (1..=8).contains(&(in_flight + free)),
+            "{in_flight} + {free}"
+        );
+        let mut got = [0u8; 64];
+        dev.read(&dst, 0, &mut got).unwrap();
+        let want: Vec<u8> = (0..64).map(|b| 10 + (b / 8) as u8).collect();
+        assert_eq!(got.to_vec(), want);
     }
 }

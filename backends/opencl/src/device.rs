@@ -5,7 +5,7 @@
 //! Memory is in `buffer.rs`, launches in `launch.rs`, programs in `program.rs`, the index
 //! error flags in `flags.rs`.
 
-use crate::buffer::Pool;
+use crate::buffer::{Pool, Staging};
 use crate::error::{cl, unavailable, ClCallError};
 use crate::flags::FlagArea;
 use crate::program::Programs;
@@ -73,6 +73,9 @@ pub struct ClDevice {
     pub(crate) flags: Mutex<FlagArea>,
     /// This queue's scratch memory (`buffer.rs`).
     pub(crate) pool: Arc<Pool>,
+    /// This queue's host copies of `upload_into` data (`buffer.rs`); before `queue`, so it
+    /// is dropped (waiting for its writes) while the queue lives.
+    pub(crate) staging: Staging,
     pub(crate) queue: CommandQueue,
     pub(crate) context: Arc<Context>,
     /// Every transfer and allocation of the device's queues, counted where they happen
@@ -106,6 +109,7 @@ impl ClDevice {
             programs: Arc::default(),
             flags: Mutex::new(FlagArea::default()),
             pool: Arc::default(),
+            staging: Staging::default(),
             queue,
             context: Arc::new(context),
             traffic: Arc::default(),
@@ -156,6 +160,7 @@ impl ClDevice {
             programs: self.programs.clone(),
             flags: Mutex::new(FlagArea::default()),
             pool: Arc::default(),
+            staging: Staging::default(),
             queue: CommandQueue::new(queue, dims),
             context: self.context.clone(),
             traffic: self.traffic.clone(),

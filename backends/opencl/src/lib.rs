@@ -291,8 +291,9 @@ impl Backend for OpenClBackend {
         }))
     }
 
-    /// Counted where the device allocates (`clCreateBuffer`: tensors, scratch, staging,
-    /// error flags; a buffer created from host data also counts as an upload) and reads
+    /// Counted where the device allocates (`clCreateBuffer`: tensors, scratch, error
+    /// flags; a buffer created from host data also counts as an upload), writes into
+    /// existing memory (`upload_into`) and reads
     /// (every read command: downloads, and the error-flag words a synchronize or download
     /// reads when ops with index checks are pending).
     fn traffic(&self) -> Option<moemla_core::Traffic> {
@@ -328,8 +329,9 @@ impl Backend for OpenClBackend {
         Ok(self.tensor(buf, shape.clone(), dtype))
     }
 
-    /// Enqueued after earlier work; `src` is copied to a staging buffer before this
-    /// returns, so the host does not wait.
+    /// Enqueued after earlier work; `src` is copied to a host copy the queue keeps until
+    /// the write has run (then reused), so the host does not wait and no device memory is
+    /// allocated.
     fn upload_into(&self, src: &HostTensor, dst: &DeviceTensor, dst_offset: usize) -> Result<()> {
         let range = memory::upload_range(src, dst, dst_offset)?;
         let buf = dst.buffer::<ClBuffer>(&self.name, "upload_into", "dst")?;
