@@ -56,6 +56,25 @@ pub struct AscendBackend {
     mask: OnceLock<Arc<DevMem>>,
     /// The caller's stream of a [`Backend::with_queue`] handle (`None`: the device's own).
     queue: Option<Arc<CallerStream>>,
+    /// Calls served per mapping (shared with this backend's `with_queue` handles).
+    paths: Arc<PathCounters>,
+}
+
+/// How many calls each mapping of an op with a fused and a composed path has served on a
+/// backend (and its `with_queue` handles): which path ran, for tests and diagnostics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Paths {
+    /// mla_sparse_decode calls run by CANN's aclnnSparseFlashAttention.
+    pub sparse_attention_fused: u64,
+    /// mla_sparse_decode calls run by the composed per-query path.
+    pub sparse_attention_composed: u64,
+}
+
+/// The live counters behind [`Paths`].
+#[derive(Debug, Default)]
+pub(crate) struct PathCounters {
+    pub(crate) sparse_attention_fused: std::sync::atomic::AtomicU64,
+    pub(crate) sparse_attention_composed: std::sync::atomic::AtomicU64,
 }
 
 /// A caller's aclrtStream registered with the device for a handle's life; dropping it waits
@@ -92,7 +111,17 @@ impl AscendBackend {
             name: Arc::from(NAME),
             mask: OnceLock::new(),
             queue: None,
+            paths: Arc::default(),
         })
+    }
+
+    /// Calls served so far per mapping (fused CANN op or composed path), see [`Paths`].
+    pub fn paths(&self) -> Paths {
+        use std::sync::atomic::Ordering::Relaxed;
+        Paths {
+            sparse_attention_fused: self.paths.sparse_attention_fused.load(Relaxed),
+            sparse_attention_composed: self.paths.sparse_attention_composed.load(Relaxed),
+        }
     }
 
     /// Runs one op's launches (serialised with other ops) on this handle's stream.
@@ -342,6 +371,7 @@ impl Backend for AscendBackend {
                 dev: self.dev.clone(),
                 stream: queue as usize,
             })),
+            paths: self.paths.clone(),
         }))
     }
 

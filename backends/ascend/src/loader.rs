@@ -202,6 +202,10 @@ symbol_table! {
         fn aclnnScatterPaKvCacheGetWorkspaceSize(_: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: *const c_char, _: *const c_char, _: Handle, _: Handle, _: *mut u64, _: *mut Handle) -> i32;
         /// aclnnScatterPaKvCache second phase.
         fn aclnnScatterPaKvCache(_: Handle, _: u64, _: Handle, _: Handle) -> i32;
+        /// hicann/ops-transformer `attention/sparse_flash_attention/docs/aclnnSparseFlashAttention.md`: `(const aclTensor *query, *key, *value, *sparseIndices, *blockTable, *actualSeqLengthsQuery, *actualSeqLengthsKv, *queryRope, *keyRope, double scaleValue, int64_t sparseBlockSize, char *layoutQuery, char *layoutKv, int64_t sparseMode, int64_t preTokens, int64_t nextTokens, int64_t attentionMode, bool returnSoftmaxLse, const aclTensor *attentionOutOut, *softmaxMaxOut, *softmaxSumOut, ...)`
+        fn aclnnSparseFlashAttentionGetWorkspaceSize(_: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: f64, _: i64, _: *const c_char, _: *const c_char, _: i64, _: i64, _: i64, _: i64, _: bool, _: Handle, _: Handle, _: Handle, _: *mut u64, _: *mut Handle) -> i32;
+        /// aclnnSparseFlashAttention second phase.
+        fn aclnnSparseFlashAttention(_: Handle, _: u64, _: Handle, _: Handle) -> i32;
     }
 }
 

@@ -1,7 +1,7 @@
 //! The emulated ops follow Huawei's sources where they differ from what a caller might
 //! expect (each case names the source the emulator cites): MoeGatingTopK's yOut and tiling
 //! rules, FusedInferAttentionScoreV3's innerPrecise in MLA mode, GroupedMatmulV4's limits,
-//! InplaceZero. Calls go straight to the exported C functions.
+//! InplaceZero, SparseFlashAttention's -1 / duplicate / S2 reading rules and limits. Calls go straight to the exported C functions.
 
 use moemla_cann_emulator::handles::{
     aclCreateIntArray, aclCreateScalar, aclCreateTensor, aclCreateTensorList, AclTensor,
@@ -18,6 +18,9 @@ use moemla_cann_emulator::ops::moe_gating_top_k::{
 };
 use moemla_cann_emulator::ops::scatter_pa_kv_cache::{
     aclnnScatterPaKvCache, aclnnScatterPaKvCacheGetWorkspaceSize,
+};
+use moemla_cann_emulator::ops::sparse_flash_attention::{
+    aclnnSparseFlashAttention, aclnnSparseFlashAttentionGetWorkspaceSize,
 };
 use moemla_cann_emulator::runtime::{
     aclInit, aclrtCreateStream, aclrtSetDevice, aclrtSynchronizeStream,
@@ -569,4 +572,211 @@ fn clamp_bounds_are_optional_and_nan_propagates() {
     // SAFETY: as above.
     let st = unsafe { aclnnClampGetWorkspaceSize(xt, null(), null(), ot, &mut ws, &mut exec) };
     assert_eq!(st, ACLNN_ERR_PARAM_NULLPTR);
+}
+
+/// Arguments of one aclnnSparseFlashAttention first phase that the tests vary.
+struct SfaCall {
+    dtype: i32,
+    n1: usize,
+    layout_kv: &'static std::ffi::CStr,
+    attention_mode: i64,
+    return_lse: bool,
+    strided_query: bool,
+    /// sparseIndices [1, S1 = 2, 1, 5].
+    indices: [i32; 10],
+}
+
+impl Default for SfaCall {
+    fn default() -> Self {
+        SfaCall {
+            dtype: DT_F16,
+            n1: 1,
+            layout_kv: c"BSND",
+            attention_mode: 2,
+            return_lse: true,
+            strided_query: false,
+            indices: [0, 1, 1, -1, 3, 0, 1, 1, 2, 3],
+        }
+    }
+}
+
+/// (attentionOut as f32, softmaxMax, softmaxSum).
+type SfaOut = (Vec<f32>, Vec<f32>, Vec<f32>);
+
+/// SFA over q = 0 (every score 0: uniform weights) and S2 = 4 keys whose row j holds j + 1
+/// in all 512 dims (rope 0), so attentionOut is the mean of the attended j + 1. Returns the
+/// first phase's status and, on success, (attentionOut [2 * N1 * 512] as f32, softmaxMax,
+/// softmaxSum) after the launch.
+fn sfa(c: SfaCall) -> Result<SfaOut, i32> {
+    use half::f16;
+    let s = stream();
+    let (s1, s2, n1) = (2usize, 4usize, c.n1);
+    let zeros = |n: usize| vec![f16::ZERO; n];
+    let q_len = if c.strided_query { 2 } else { 1 } * s1 * n1 * 512;
+    let q_mem = upload(&zeros(q_len));
+    let q_strides: Vec<usize> = if c.strided_query {
+        vec![s1 * n1 * 1024, n1 * 1024, 1024, 1]
+    } else {
+        vec![s1 * n1 * 512, n1 * 512, 512, 1]
+    };
+    let query = view(
+        q_mem,
+        &[1, s1, n1, 512],
+        Some(&q_strides),
+        0,
+        q_len,
+        c.dtype,
+    );
+    let (_, q_rope) = tensor(&zeros(s1 * n1 * 64), &[1, s1, n1, 64], c.dtype);
+    let keys: Vec<f16> = (0..s2 * 512)
+        .map(|e| f16::from_f32((e / 512 + 1) as f32))
+        .collect();
+    let paged = c.layout_kv.to_bytes() == b"PA_BSND";
+    let kdims: [usize; 4] = if paged {
+        [1, 16, 1, 512]
+    } else {
+        [1, s2, 1, 512]
+    };
+    let mut keys = keys;
+    keys.resize(kdims.iter().product(), f16::ZERO);
+    let (_, key) = tensor(&keys, &kdims, c.dtype);
+    let (_, value) = tensor(&keys, &kdims, c.dtype);
+    let (_, key_rope) = tensor(&zeros(kdims[1] * 64), &[1, kdims[1], 1, 64], c.dtype);
+    let (_, indices) = tensor(&c.indices, &[1, s1, 1, 5], DT_I32);
+    let (_, table) = tensor(&[0i32], &[1, 1], DT_I32);
+    let (_, seq_kv) = tensor(&[s2 as i32], &[1], DT_I32);
+    let out_mem = upload(&zeros(s1 * n1 * 512));
+    let out = view(out_mem, &[1, s1, n1, 512], None, 0, s1 * n1 * 512, c.dtype);
+    let (max_mem, max) = tensor(&vec![0f32; s1 * n1], &[1, 1, s1, n1], DT_F32);
+    let (sum_mem, sum) = tensor(&vec![0f32; s1 * n1], &[1, 1, s1, n1], DT_F32);
+    let (mut ws, mut exec) = (0u64, null_mut());
+    let (table, seq_kv) = if paged {
+        (table as *const AclTensor, seq_kv as *const AclTensor)
+    } else {
+        (null(), null())
+    };
+    // SAFETY: handles from this emulator; C-string layouts; out-pointers to locals.
+    let st = unsafe {
+        aclnnSparseFlashAttentionGetWorkspaceSize(
+            query,
+            key,
+            value,
+            indices,
+            table,
+            null(),
+            seq_kv,
+            q_rope,
+            key_rope,
+            1.0,
+            1,
+            c"BSND".as_ptr(),
+            c.layout_kv.as_ptr(),
+            0,
+            i64::MAX,
+            i64::MAX,
+            c.attention_mode,
+            c.return_lse,
+            out,
+            max,
+            sum,
+            &mut ws,
+            &mut exec,
+        )
+    };
+    if st != 0 {
+        return Err(st);
+    }
+    launch(aclnnSparseFlashAttention, ws, exec, s);
+    let o: Vec<f16> = download(out_mem, s1 * n1 * 512);
+    Ok((
+        o.iter().map(|v| v.to_f32()).collect(),
+        download(max_mem, s1 * n1),
+        download(sum_mem, s1 * n1),
+    ))
+}
+
+#[test]
+fn sparse_flash_attention_stops_at_the_first_minus_one_counts_duplicates_and_reads_at_most_s2() {
+    // Row 0 [0, 1, 1, -1, 3]: reads 0, 1, 1 and stops at -1 (kernel CalcSinnerTopKBegin,
+    // golden gatherKV): mean (1 + 2 + 2) / 3. Row 1 [0, 1, 1, 2, 3] over S2 4: validCount =
+    // min(5, 4) = 4 entries: (1 + 2 + 2 + 3) / 4. Weights 1/3 are rounded to f16 before
+    // P @ V (golden), so row 0 is 5 * f16(1/3).
+    let (o, max, sum) = sfa(SfaCall::default()).unwrap();
+    let third = half::f16::from_f32(1.0 / 3.0).to_f32();
+    for d in 0..512 {
+        assert!((o[d] - 5.0 * third).abs() < 2e-3, "o[0, {d}] = {}", o[d]);
+        assert_eq!(o[512 + d], 2.0, "o[1, {d}]");
+    }
+    assert_eq!(max, [0.0, 0.0]);
+    assert_eq!(sum, [3.0, 4.0]);
+}
+
+#[test]
+fn sparse_flash_attention_gives_zero_and_min_max_for_a_row_with_nothing() {
+    let (o, max, sum) = sfa(SfaCall {
+        indices: [-1, 0, 1, 2, 3, 2, -1, 0, 0, 0],
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(o[..512].iter().all(|&v| v == 0.0));
+    assert!(o[512..].iter().all(|&v| v == 3.0));
+    assert_eq!(max, [-2e38, 0.0]);
+    assert_eq!(sum, [0.0, 1.0]);
+}
+
+#[test]
+fn sparse_flash_attention_rejects_what_its_doc_and_tiling_reject() {
+    let tiling = ACLNN_ERR_INNER_TILING_ERROR;
+    for (call, want, what) in [
+        (
+            SfaCall {
+                layout_kv: c"PA_BSND",
+                ..Default::default()
+            },
+            tiling,
+            "returnSoftmaxLse with PA_BSND",
+        ),
+        (
+            SfaCall {
+                n1: 3,
+                ..Default::default()
+            },
+            tiling,
+            "N1 3",
+        ),
+        (
+            SfaCall {
+                attention_mode: 0,
+                ..Default::default()
+            },
+            tiling,
+            "attentionMode 0",
+        ),
+        (
+            SfaCall {
+                strided_query: true,
+                ..Default::default()
+            },
+            ACLNN_ERR_PARAM_INVALID,
+            "non-contiguous query",
+        ),
+        (
+            SfaCall {
+                dtype: DT_F32,
+                ..Default::default()
+            },
+            ACLNN_ERR_PARAM_INVALID,
+            "FLOAT query",
+        ),
+    ] {
+        assert_eq!(sfa(call).err(), Some(want), "{what}: {}", recent());
+    }
+    // PA_BSND without lse is accepted (block table [[0]], block size 16).
+    let (o, _, _) = sfa(SfaCall {
+        layout_kv: c"PA_BSND",
+        return_lse: false,
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(o[512], 2.0);
 }

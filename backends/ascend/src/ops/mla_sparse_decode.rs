@@ -26,14 +26,16 @@
 use crate::acl::{acl_dtype, ACL_FLOAT, ACL_UINT8};
 use crate::buffer::DevMem;
 use crate::loader::OpApi;
-use crate::ops::{compose, require_ops};
+use crate::ops::{compose, require_ops, sparse_flash_attention};
 use crate::AscendBackend;
 use moemla_core::calls::{MlaDecodeOutput, MlaSparseDecodeCall};
 use moemla_core::{indices, DType, Error, KvFormat, Op, Result};
+use std::sync::atomic::Ordering::Relaxed;
 
-/// What the mapping does, for `info().notes`.
-pub const NOTES: [&str; 1] = [
-    "mla_sparse_decode (dense cache, every float dtype and head dim): per query aclnnIndexSelect gathers the attended rows, then aclnnMatmul + aclnnMuls + aclnnLogSumExp + aclnnSoftmax (the sink as one more column) + aclnnMatmul in f32 (aclnnSparseFlashAttention's documented limits exclude most of the contract: see the unsupported note); indices checked on the host; ~8 launches per query, so slow for prefill",
+/// What the mapping does, for `info().notes`: which path serves which (dtype, format).
+pub const NOTES: [&str; 2] = [
+    "mla_sparse_decode F16/BF16, dense cache, Dqk 576 / Dv 512, Hq 1, 2, 4, ..., 128, no attn_sink: CANN's aclnnSparseFlashAttention (fused; attended rows gathered by aclnnIndexSelect into a BSND key, indices rewritten to positions with -1 last, lse = softmaxMax + ln(softmaxSum) on the host; src/ops/sparse_flash_attention.rs)",
+    "mla_sparse_decode otherwise (F32; other Dqk/Dv or Hq; an attn_sink; the fp8_ds_v32 cache in F16/BF16): composed per query, aclnnIndexSelect gathers the attended rows (FP8 rows dequantized by aclnnCast + aclnnIndexSelect + aclnnMul), then aclnnMatmul + aclnnMuls + aclnnLogSumExp + aclnnSoftmax (the sink as one more column) + aclnnMatmul in f32; ~8 launches per query, slow for prefill. aclnnSparseFlashAttention cannot take those: F16/BF16 512 + 64 only, N1 powers of two <= 128 on A2/A3, no sink input; aclnnKvQuantSparseFlashAttention does not read the fp8_ds_v32 row",
 ];
 
 /// Whether the loaded op libraries have what mla_sparse_decode needs.
@@ -131,6 +133,12 @@ pub fn run(be: &AscendBackend, call: &MlaSparseDecodeCall<'_>) -> Result<MlaDeco
         None => None,
     };
     let lists = attended(&idx, lengths.as_deref(), b, sq, topk);
+    if sparse_flash_attention::ineligible(ops, call, &lists).is_none() {
+        let out = sparse_flash_attention::run(be, call, q_mem, kv_mem, &lists)?;
+        be.paths.sparse_attention_fused.fetch_add(1, Relaxed);
+        return Ok(out);
+    }
+    be.paths.sparse_attention_composed.fetch_add(1, Relaxed);
     let shape = Attend {
         batch: b,
         s_q: sq,

@@ -10,6 +10,7 @@ mod mla_lse;
 pub mod mla_sparse_decode;
 pub mod moe_experts;
 pub mod moe_route;
+pub mod sparse_flash_attention;
 
 use moemla_core::{Error, Op};
 

@@ -9,6 +9,7 @@ pub mod moe_gating_top_k;
 pub mod moe_routing;
 pub mod reduce;
 pub mod scatter_pa_kv_cache;
+pub mod sparse_flash_attention;
 pub mod topk;
 
 /// Defines the second-phase entry point `aclnnXxx(workspace, workspaceSize, executor,
