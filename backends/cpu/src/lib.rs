@@ -6,6 +6,7 @@
 //! Integrators fall back to it, and the golden cases are checked against it.
 
 mod bf16dot;
+mod bf16attn;
 mod ceilings;
 mod convert;
 mod device;

@@ -4,8 +4,12 @@
 //!
 //! Each chunk of K/V rows is gathered from the cache (through a block table, or an index
 //! list for sparse attention) and upcast (or FP8-dequantized) to f32 once, shared by all M
-//! rows. Only positions below a row's attended length are ever read or weighted.
+//! rows. A BF16 cache with bf16 query values on a CPU with the native bf16 dot instead
+//! reads the rows in place for `S` and packs V once per chunk for `P V`, with `P` rounded
+//! to bf16 as FlashMLA does ([`crate::bf16attn`]). Only positions below a row's attended
+//! length are ever read or weighted.
 
+use crate::bf16attn;
 use crate::bf16dot;
 use crate::gemm_util::{matmul, MatRef};
 use crate::ops::kv_rows::KvRows;
@@ -71,12 +75,13 @@ pub struct Partial {
     pub acc: Vec<f32>,
 }
 
-/// Per-thread buffers: the upcast K/V chunk (and its bf16 rows for the native bf16 dot)
-/// and the logits/probabilities.
+/// Per-thread buffers: the upcast K/V chunk, or for the native bf16 dot the V rows packed
+/// in position pairs and the bf16 probabilities; the logits and probabilities.
 #[derive(Default)]
 pub struct Scratch {
     kv: Vec<f32>,
-    k16: Vec<half::bf16>,
+    v16: Vec<half::bf16>,
+    p16: Vec<half::bf16>,
     s: Vec<f32>,
 }
 
@@ -100,51 +105,67 @@ pub fn attend(
     // A BF16 cache and query rows that are bf16 values: the scores on the native bf16 dot.
     let native = match cache.data {
         KvRows::Dense(FloatSlice::BF16(data)) if bf16dot::native() => {
-            bf16dot::exact(q)?.map(|q16| (q16, data))
+            bf16attn::exact(q)?.map(|q16| (q16, data))
         }
         _ => None,
     };
     let q = MatRef::row_major(q, rows, d_qk);
+    let mut krows: Vec<&[half::bf16]> = Vec::new();
     let (mut p0, end) = (span.start, span.end);
     while p0 < end {
         let n = CHUNK.min(end - p0);
-        scratch.kv.resize(n * d_qk, 0.0);
         scratch.s.resize(rows * n, 0.0);
         if let Some((q16, data)) = &native {
-            scratch.k16.clear();
+            // The K rows straight from the cache (no copy); S on the native bf16 dot.
+            krows.clear();
             for j in 0..n {
                 let slot = cache.slots.slot(p0 + j);
-                let row = bf16dot::rows(data, slot * cache.h_kv + g, 1, d_qk)?;
-                scratch.k16.extend_from_slice(row);
+                krows.push(bf16dot::rows(data, slot * cache.h_kv + g, 1, d_qk)?);
             }
-            for (dst, src) in scratch.kv.iter_mut().zip(&scratch.k16) {
-                *dst = src.to_f32();
-            }
-            bf16dot::gemm_nt(q16, &scratch.k16, d_qk, &mut scratch.s)?;
+            bf16attn::gemm_qk(q16, d_qk, &krows, &mut scratch.s)?;
+            softmax(&mut scratch.s, n, (limits, p0), scale, &mut st, d_v);
+            // P rounded to bf16 (as FlashMLA does; l keeps the f32 sum) against the V
+            // rows (the first d_v columns) packed in position pairs.
+            bf16attn::round_rows(&scratch.s, n, &mut scratch.p16)?;
+            bf16attn::pack_pairs(n, d_v, |j| krows[j], &mut scratch.v16)?;
+            bf16attn::gemm_pv(&scratch.p16, &scratch.v16, d_v, &mut st.acc)?;
         } else {
+            scratch.kv.resize(n * d_qk, 0.0);
             for (j, row) in scratch.kv.chunks_mut(d_qk).enumerate() {
                 let slot = cache.slots.slot(p0 + j);
                 cache.data.read(slot, g, cache.h_kv, row);
             }
             let kv = MatRef::row_major(&scratch.kv[..n * d_qk], n, d_qk);
             matmul(&mut scratch.s, q, kv.t(), false)?;
+            softmax(&mut scratch.s, n, (limits, p0), scale, &mut st, d_v);
+            let v = MatRef {
+                data: &scratch.kv[..n * d_qk],
+                rows: n,
+                cols: d_v,
+                row_stride: d_qk,
+                col_stride: 1,
+            };
+            matmul(&mut st.acc, MatRef::row_major(&scratch.s, rows, n), v, true)?;
         }
-        let kv = &scratch.kv[..n * d_qk];
-        for (r, s) in scratch.s.chunks_mut(n).enumerate() {
-            let valid = limits[r].saturating_sub(p0).min(n);
-            softmax_step(s, valid, scale, &mut st, r, d_v);
-        }
-        let v = MatRef {
-            data: kv,
-            rows: n,
-            cols: d_v,
-            row_stride: d_qk,
-            col_stride: 1,
-        };
-        matmul(&mut st.acc, MatRef::row_major(&scratch.s, rows, n), v, true)?;
         p0 += n;
     }
     Ok(st)
+}
+
+/// [`softmax_step`] on every row of the chunk's logits `s` ([rows, n], positions from
+/// `p0`), each row seeing positions below its limit.
+fn softmax(
+    s: &mut [f32],
+    n: usize,
+    (limits, p0): (&[usize], usize),
+    scale: f32,
+    st: &mut Partial,
+    d_v: usize,
+) {
+    for (r, s) in s.chunks_mut(n).enumerate() {
+        let valid = limits[r].saturating_sub(p0).min(n);
+        softmax_step(s, valid, scale, st, r, d_v);
+    }
 }
 
 /// Turns row `r`'s raw logits `s` into probabilities relative to its updated max (columns

@@ -202,3 +202,24 @@ fn used_block_entry_out_of_range_is_reported() {
         other => panic!("expected IndexOutOfRange, got {other:?}"),
     }
 }
+
+#[test]
+fn bf16_decode_matches_f64_reference_at_odd_lengths_and_widths() {
+    // Odd lengths, lengths just past and short of a chunk (128) and a block, causal with
+    // two queries: on the bf16 dot where the CPU has it (P rounded to bf16).
+    check(&deepseek(16, vec![257, 129, 63, 2]), DType::BF16, 1e-2);
+    // Grouped heads, a value width that is not whole vectors of 16, 3 rows per head.
+    let c = Case {
+        batch: 2,
+        s_q: 2,
+        h_q: 6,
+        h_kv: 2,
+        d_qk: 56,
+        d_v: 40,
+        block_size: 16,
+        max_blocks: 20,
+        seqlens: vec![301, 17],
+        causal: true,
+    };
+    check(&c, DType::BF16, 1e-2);
+}

@@ -1,0 +1,801 @@
+//! The two products of bf16 attention on the native bf16 dot instruction (AVX512-BF16
+//! `VDPBF16PS`) where the CPU has one, chosen at run time; elsewhere f32 loops with the
+//! same pairing: the scores `S = Q K^T` straight from the cache rows ([`gemm_qk`]), and
+//! `acc += P V` ([`gemm_pv`]).
+//!
+//! The dot instruction multiplies adjacent bf16 pairs. For `Q K^T` they run along the
+//! key width, as stored. For `P V` the reduction runs over positions, so the value rows
+//! are packed once per tile into position pairs ([`pack_pairs`]: `[pairs][d][2]`,
+//! amortised over all query rows) and each probability pair of a row is broadcast against
+//! 16 columns at a time. The probabilities are bf16 ([`round_rows`], as FlashMLA does);
+//! every bf16 x bf16 product is exact in f32 and is added to an f32 accumulator, so only
+//! the rounding of `P` and the order of the f32 additions differ from an f32 product.
+//! Like every `VDPBF16PS`, subnormal inputs and results count as zero.
+
+use half::bf16;
+use moemla_core::alloc::try_filled_vec;
+use moemla_core::{Error, Result};
+
+/// `out[r * n + j] = q_r . row_j` for the `m` rows of `q` [m, k] (bf16, row-major) and
+/// the `n` rows `rows` (each at least `k` long; its first `k` columns are used), each an
+/// f32 sum of exact products; `out` is [m, n] and is overwritten. Single-threaded.
+///
+/// A `k` of 0, a `q` that is not whole rows of `k`, a short row or an `out` that is not
+/// `m * n` long are [`Error::Device`]; nothing is written then.
+pub fn gemm_qk(q: &[bf16], k: usize, rows: &[&[bf16]], out: &mut [f32]) -> Result<()> {
+    gemm_qk_with(crate::bf16dot::native(), q, k, rows, out)
+}
+
+/// [`gemm_qk`] on the native instruction or (`native` false) the f32 path.
+fn gemm_qk_with(
+    native: bool,
+    q: &[bf16],
+    k: usize,
+    rows: &[&[bf16]],
+    out: &mut [f32],
+) -> Result<()> {
+    let m = q.len() / k.max(1);
+    let n = rows.len();
+    if k == 0 || m * k != q.len() || m.checked_mul(n) != Some(out.len()) {
+        return Err(device(
+            "bf16 gemm_qk",
+            format!(
+                "q ({} elements) must be whole rows of k = {k} >= 1 and out ({}) rows(q) x {n}",
+                q.len(),
+                out.len()
+            ),
+        ));
+    }
+    if let Some(j) = rows.iter().position(|r| r.len() < k) {
+        return Err(device(
+            "bf16 gemm_qk",
+            format!("row {j} has {} elements, fewer than k = {k}", rows[j].len()),
+        ));
+    }
+    #[cfg(target_arch = "x86_64")]
+    if native {
+        // SAFETY: the three AVX-512 features were detected at run time (`native` is only
+        // true then), and the lengths were checked above: `q` holds m rows of k, every row at least k
+        // elements, `out` m * n, which is all `x86::gemm_qk` reads and writes.
+        unsafe { x86::gemm_qk(q, (m, k), rows, out) };
+        return Ok(());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = native;
+    for (qr, o) in q.chunks_exact(k).zip(out.chunks_exact_mut(n.max(1))) {
+        for (row, x) in rows.iter().zip(o.iter_mut()) {
+            let mut acc = [0.0f32; 16];
+            for (i, (a, b)) in qr.iter().zip(&row[..k]).enumerate() {
+                acc[i % 16] += a.to_f32() * b.to_f32();
+            }
+            *x = acc.iter().sum();
+        }
+    }
+    Ok(())
+}
+
+/// The `n`-wide rows of `s` rounded to bf16 (nearest even; subnormals may become zero,
+/// as the dot instruction reads them anyway) into `out`, each padded with one zero when
+/// `n` is odd: `out` becomes [rows, 2 * n.div_ceil(2)], the layout [`gemm_pv`] takes.
+pub fn round_rows(s: &[f32], n: usize, out: &mut Vec<bf16>) -> Result<()> {
+    round_rows_with(crate::bf16dot::native(), s, n, out)
+}
+
+/// [`round_rows`] on the native instruction or (`native` false) in software.
+fn round_rows_with(native: bool, s: &[f32], n: usize, out: &mut Vec<bf16>) -> Result<()> {
+    let width = n.div_ceil(2) * 2;
+    let rows = s.len() / n.max(1);
+    let len = rows
+        .checked_mul(width)
+        .filter(|_| n > 0 && rows * n == s.len());
+    let Some(len) = len else {
+        return Err(device(
+            "bf16 round_rows",
+            format!("{} values are not whole rows of n = {n} >= 1", s.len()),
+        ));
+    };
+    sized(out, len, "bf16 round_rows")?;
+    for (src, dst) in s.chunks_exact(n).zip(out.chunks_exact_mut(width)) {
+        dst[width - 1] = bf16::ZERO; // the pad (overwritten below when n is even)
+        let done = {
+            #[cfg(target_arch = "x86_64")]
+            if native {
+                // SAFETY: the features were detected at run time (`native` is only true
+                // then); `src` and `dst` are
+                // slices of at least `n` elements, all that is touched.
+                unsafe { x86::round(src, dst) }
+            } else {
+                0
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                let _ = native;
+                0
+            }
+        };
+        for (d, &x) in dst[done..n].iter_mut().zip(&src[done..]) {
+            *d = bf16::from_f32(x);
+        }
+    }
+    Ok(())
+}
+
+/// Packs `n` value rows (row `j` is `row(j)`, at least `d` long; its first `d` columns are
+/// used) into position pairs: `out[(t * d + c) * 2 + e] = row(2t + e)[c]`, a zero row
+/// standing in for the missing partner when `n` is odd. `out` becomes
+/// `n.div_ceil(2) * d * 2` long.
+pub fn pack_pairs<'a>(
+    n: usize,
+    d: usize,
+    row: impl Fn(usize) -> &'a [bf16],
+    out: &mut Vec<bf16>,
+) -> Result<()> {
+    pack_pairs_with(crate::bf16dot::native(), n, d, row, out)
+}
+
+/// [`pack_pairs`] with vector instructions or (`native` false) plain loops.
+fn pack_pairs_with<'a>(
+    native: bool,
+    n: usize,
+    d: usize,
+    row: impl Fn(usize) -> &'a [bf16],
+    out: &mut Vec<bf16>,
+) -> Result<()> {
+    let pairs = n.div_ceil(2);
+    let len = pairs
+        .checked_mul(d)
+        .and_then(|x| x.checked_mul(2))
+        .ok_or_else(|| device("bf16 pack_pairs", format!("{n} rows of {d} overflow")))?;
+    sized(out, len, "bf16 pack_pairs")?;
+    let zeros = [bf16::ZERO; 0];
+    for (t, dst) in out.chunks_exact_mut(2 * d).enumerate() {
+        let a = row(2 * t);
+        let b = if 2 * t + 1 < n {
+            row(2 * t + 1)
+        } else {
+            &zeros
+        };
+        let short = |r: &[bf16]| r.len() < d;
+        if short(a) || (2 * t + 1 < n && short(b)) {
+            return Err(device(
+                "bf16 pack_pairs",
+                format!("rows {} and {} must be at least {d} long", 2 * t, 2 * t + 1),
+            ));
+        }
+        if 2 * t + 1 < n {
+            interleave(native, &a[..d], &b[..d], dst);
+        } else {
+            // The last row's partner is zero.
+            for (pair, &x) in dst.chunks_exact_mut(2).zip(&a[..d]) {
+                pair[0] = x;
+                pair[1] = bf16::ZERO;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `dst[2c] = a[c]`, `dst[2c + 1] = b[c]` (`dst` twice as long as `a` and `b`).
+fn interleave(native: bool, a: &[bf16], b: &[bf16], dst: &mut [bf16]) {
+    let done = {
+        #[cfg(target_arch = "x86_64")]
+        if native {
+            // SAFETY: AVX-512F/BW were detected at run time (`native` is only true then);
+            // `a`, `b` and `dst` hold the
+            // lengths documented above, all that is touched.
+            unsafe { x86::interleave(a, b, dst) }
+        } else {
+            0
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = native;
+            0
+        }
+    };
+    for ((pair, &x), &y) in dst[2 * done..]
+        .chunks_exact_mut(2)
+        .zip(&a[done..])
+        .zip(&b[done..])
+    {
+        pair[0] = x;
+        pair[1] = y;
+    }
+}
+
+/// `acc[r * d + c] += sum_j p[r * n + j] * v_j[c]` for the `m` rows of `p` [m, n] (bf16,
+/// row-major, `n` even: the probabilities of `n / 2` position pairs, a padded position's
+/// being 0) and `packed` from [`pack_pairs`] ([n / 2, d, 2]); `acc` is [m, d] f32.
+/// Single-threaded (callers parallelise over independent tiles).
+///
+/// Lengths that do not fit these shapes are [`Error::Device`]; nothing is written then.
+pub fn gemm_pv(p: &[bf16], packed: &[bf16], d: usize, acc: &mut [f32]) -> Result<()> {
+    gemm_pv_with(crate::bf16dot::native(), p, packed, d, acc)
+}
+
+/// [`gemm_pv`] on the native instruction or (`native` false) the f32 path.
+fn gemm_pv_with(
+    native: bool,
+    p: &[bf16],
+    packed: &[bf16],
+    d: usize,
+    acc: &mut [f32],
+) -> Result<()> {
+    let shape = (d > 0)
+        .then(|| packed.len() / (2 * d))
+        .filter(|&pairs| pairs > 0 && pairs * 2 * d == packed.len())
+        .and_then(|pairs| {
+            let m = acc.len() / d;
+            (m * d == acc.len() && Some(p.len()) == m.checked_mul(2 * pairs)).then_some((m, pairs))
+        });
+    let Some((m, pairs)) = shape else {
+        return Err(device(
+            "bf16 gemm_pv",
+            format!(
+                "p ({} elements), packed ({}) and acc ({}) do not make [m, 2n] x [n, {d}, 2] \
+                 into [m, {d}]",
+                p.len(),
+                packed.len(),
+                acc.len()
+            ),
+        ));
+    };
+    #[cfg(target_arch = "x86_64")]
+    if d >= 16 && native {
+        let wide = d / 16 * 16;
+        // SAFETY: the three AVX-512 features were detected at run time (`native` is only
+        // true then), and
+        // the shapes were checked above: `p` holds m rows of 2 * pairs, `packed` pairs
+        // slices of d pairs, `acc` m rows of d; the kernel touches columns below `wide`
+        // (<= d) only; the portable loop does the rest.
+        unsafe { x86::gemm_pv(p, packed, (m, pairs, d, wide), acc) };
+        if wide < d {
+            portable_pv(p, packed, (m, pairs, d), wide..d, acc);
+        }
+        return Ok(());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = native;
+    portable_pv(p, packed, (m, pairs, d), 0..d, acc);
+    Ok(())
+}
+
+/// The f32 path of [`gemm_pv`] over columns `cols`: each pair's two products added to the
+/// f32 sum in turn, as the native instruction does.
+fn portable_pv(
+    p: &[bf16],
+    packed: &[bf16],
+    (m, pairs, d): (usize, usize, usize),
+    cols: std::ops::Range<usize>,
+    acc: &mut [f32],
+) {
+    for (pr, ar) in p
+        .chunks_exact(2 * pairs)
+        .zip(acc.chunks_exact_mut(d))
+        .take(m)
+    {
+        for (t, vt) in packed.chunks_exact(2 * d).enumerate() {
+            let (p0, p1) = (pr[2 * t].to_f32(), pr[2 * t + 1].to_f32());
+            for c in cols.clone() {
+                let s = ar[c] + p0 * vt[2 * c].to_f32();
+                ar[c] = s + p1 * vt[2 * c + 1].to_f32();
+            }
+        }
+    }
+}
+
+/// Makes `out` `len` long (fallibly), its elements unspecified: every caller overwrites
+/// them all.
+fn sized(out: &mut Vec<bf16>, len: usize, call: &str) -> Result<()> {
+    if len > out.len() {
+        out.try_reserve(len - out.len())
+            .map_err(|_| device(call, format!("{len} elements do not fit")))?;
+    }
+    out.resize(len, bf16::ZERO);
+    Ok(())
+}
+
+/// `values` as bf16 when every one is a bf16 value (f32 values upcast from bf16; NaN
+/// counts as one), else `None`: rounding would change the result, so the caller keeps its
+/// f32 path. Allocated fallibly ([`Error::OutOfMemory`]). A vectorisable test on the
+/// bits (the low 16 of a bf16 value's f32 are zero).
+pub fn exact(values: &[f32]) -> Result<Option<Vec<bf16>>> {
+    let low = values.iter().fold(0u32, |acc, v| {
+        acc | ((v.to_bits() & 0xFFFF) * u32::from(!v.is_nan()))
+    });
+    if low != 0 {
+        return Ok(None);
+    }
+    let mut out: Vec<bf16> = try_filled_vec(values.len(), "cpu bf16 attention operand")?;
+    for (o, &v) in out.iter_mut().zip(values) {
+        *o = if v.is_nan() {
+            bf16::NAN
+        } else {
+            bf16::from_bits((v.to_bits() >> 16) as u16)
+        };
+    }
+    Ok(Some(out))
+}
+
+/// A backend error of this module's kernels.
+fn device(call: &str, message: String) -> Error {
+    Error::Device {
+        backend: crate::NAME.to_string(),
+        call: call.to_string(),
+        message,
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use half::bf16;
+    use std::arch::x86_64::*;
+
+    /// Rows of `p` per register tile of `P V`.
+    const MR: usize = 4;
+    /// 16-column vectors per register tile of `P V`.
+    const NV: usize = 4;
+    /// Query rows and cache rows per register tile of `Q K^T` (4 x 4 sums: one vector).
+    const QT: usize = 4;
+
+    /// See [`super::gemm_qk`]: 4 x 4 register tiles of 32-wide `VDPBF16PS` steps (the last
+    /// step of a row masked), the 16 sums of a tile reduced together; cache-row tiles
+    /// outermost so a tile's rows stay in L1 across all query rows.
+    ///
+    /// # Safety
+    /// AVX-512F, AVX-512BW and AVX512-BF16 must be available; `q` holds `m * k`
+    /// elements, every row at least `k`, `out` `m * rows.len()`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub unsafe fn gemm_qk(q: &[bf16], (m, k): (usize, usize), rows: &[&[bf16]], out: &mut [f32]) {
+        let n = rows.len();
+        let (q, o) = (q.as_ptr().cast::<u16>(), out.as_mut_ptr());
+        let mut c = 0;
+        while c < n {
+            let nc = (n - c).min(QT);
+            let mut bp = [rows[c].as_ptr().cast::<u16>(); QT];
+            for (j, p) in bp.iter_mut().enumerate().take(nc) {
+                *p = rows[c + j].as_ptr().cast();
+            }
+            let mut r = 0;
+            while r < m {
+                let mr = (m - r).min(QT);
+                // SAFETY (all): rows r..r + mr of q exist (mr clipped to m); the first nc
+                // row pointers are rows c..c + nc, each k long; out[(r + i) * n + c + j]
+                // for i < mr, j < nc lies inside the m * n elements.
+                let (ap, op) = (q.add(r * k), o.add(r * n + c));
+                if (mr, nc) == (QT, QT) {
+                    qk_tile4(ap, bp, k, op, n);
+                } else {
+                    for i in 0..mr {
+                        for (j, &b) in bp.iter().enumerate().take(nc) {
+                            *op.add(i * n + j) = dot(ap.add(i * k), b, k);
+                        }
+                    }
+                }
+                r += mr;
+            }
+            c += nc;
+        }
+    }
+
+    /// 32 bf16 from `p`, of which the first `live` (<= 32) are loaded and the rest zero.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn load(p: *const u16, live: usize) -> __m512bh {
+        let v = if live >= 32 {
+            _mm512_loadu_si512(p.cast())
+        } else {
+            // Masked-off elements are neither read nor faulted on.
+            _mm512_maskz_loadu_epi16((1u32 << live) - 1, p.cast())
+        };
+        // SAFETY: both are plain 512-bit vectors (32 x 16 bits).
+        std::mem::transmute::<__m512i, __m512bh>(v)
+    }
+
+    /// `a . b` over `k` elements.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn dot(a: *const u16, b: *const u16, k: usize) -> f32 {
+        let mut acc = _mm512_setzero_ps();
+        let mut off = 0;
+        while off < k {
+            let live = (k - off).min(32);
+            acc = _mm512_dpbf16_ps(acc, load(a.add(off), live), load(b.add(off), live));
+            off += live;
+        }
+        _mm512_reduce_add_ps(acc)
+    }
+
+    /// `out[i * ldo + j] = a_i . b_j` for 4 rows of `a` (stride `k`) and the 4 rows `b`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn qk_tile4(a: *const u16, b: [*const u16; QT], k: usize, out: *mut f32, ldo: usize) {
+        let mut acc = [_mm512_setzero_ps(); QT * QT];
+        let mut off = 0;
+        while off < k {
+            let live = (k - off).min(32);
+            let bv = b.map(|p| load(p.add(off), live));
+            for i in 0..QT {
+                let av = load(a.add(i * k + off), live);
+                for (j, &bj) in bv.iter().enumerate() {
+                    acc[i * QT + j] = _mm512_dpbf16_ps(acc[i * QT + j], av, bj);
+                }
+            }
+            off += live;
+        }
+        let sums = hsum16(&acc);
+        for i in 0..QT {
+            let lanes = match i {
+                0 => _mm512_extractf32x4_ps::<0>(sums),
+                1 => _mm512_extractf32x4_ps::<1>(sums),
+                2 => _mm512_extractf32x4_ps::<2>(sums),
+                _ => _mm512_extractf32x4_ps::<3>(sums),
+            };
+            _mm_storeu_ps(out.add(i * ldo), lanes);
+        }
+    }
+
+    /// Lane `l` of the result is the sum of the 16 lanes of `v[l]` (a transposing
+    /// reduction: 45 operations for all 16 instead of 16 separate reductions).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn hsum16(v: &[__m512; 16]) -> __m512 {
+        // Per 128-bit lane, [x0 + x2, y0 + y2, x1 + x3, y1 + y3] for each pair (x, y).
+        let mut w = [_mm512_setzero_ps(); 8];
+        for (i, w) in w.iter_mut().enumerate() {
+            let (x, y) = (v[2 * i], v[2 * i + 1]);
+            *w = _mm512_add_ps(_mm512_unpacklo_ps(x, y), _mm512_unpackhi_ps(x, y));
+        }
+        // Per 128-bit lane, the partial sums of four inputs in order.
+        let mut u = [_mm512_setzero_ps(); 4];
+        for (i, u) in u.iter_mut().enumerate() {
+            let (x, y) = (w[2 * i], w[2 * i + 1]);
+            *u = _mm512_add_ps(
+                _mm512_shuffle_ps::<0b01_00_01_00>(x, y),
+                _mm512_shuffle_ps::<0b11_10_11_10>(x, y),
+            );
+        }
+        // Combine 128-bit lanes: [x0 + x1, x2 + x3, y0 + y1, y2 + y3].
+        let mut t = [_mm512_setzero_ps(); 2];
+        for (i, t) in t.iter_mut().enumerate() {
+            let (x, y) = (u[2 * i], u[2 * i + 1]);
+            *t = _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y),
+                _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y),
+            );
+        }
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(t[0], t[1]),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(t[0], t[1]),
+        )
+    }
+
+    /// Rounds the leading multiple of 16 of `src` to bf16 into `dst` (nearest even;
+    /// subnormals flushed); returns how many were done.
+    ///
+    /// # Safety
+    /// AVX-512F and AVX512-BF16 must be available; `dst` at least as long as `src`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub unsafe fn round(src: &[f32], dst: &mut [bf16]) -> usize {
+        let wide = src.len() / 16 * 16;
+        let (s, d) = (src.as_ptr(), dst.as_mut_ptr().cast::<__m256i>());
+        for i in (0..wide).step_by(16) {
+            let r = _mm512_cvtneps_pbh(_mm512_loadu_ps(s.add(i)));
+            // SAFETY: a plain 256-bit vector (16 x 16 bits).
+            let r = std::mem::transmute::<__m256bh, __m256i>(r);
+            _mm256_storeu_si256(d.cast::<u16>().add(i).cast(), r);
+        }
+        wide
+    }
+
+    /// Interleaves the leading multiple of 16 of `a` and `b` into `dst` (see
+    /// [`super::interleave`]); returns how many of each were done.
+    ///
+    /// # Safety
+    /// AVX-512F and AVX-512BW must be available; `b` as long as `a`, `dst` twice as long.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn interleave(a: &[bf16], b: &[bf16], dst: &mut [bf16]) -> usize {
+        let wide = a.len() / 16 * 16;
+        let (ap, bp, d) = (
+            a.as_ptr().cast::<u16>(),
+            b.as_ptr().cast::<u16>(),
+            dst.as_mut_ptr().cast::<u16>(),
+        );
+        for i in (0..wide).step_by(16) {
+            let x = _mm512_cvtepu16_epi32(_mm256_loadu_si256(ap.add(i).cast()));
+            let y = _mm512_cvtepu16_epi32(_mm256_loadu_si256(bp.add(i).cast()));
+            let both = _mm512_or_si512(x, _mm512_slli_epi32::<16>(y));
+            _mm512_storeu_si512(d.add(2 * i).cast(), both);
+        }
+        wide
+    }
+
+    /// See [`super::gemm_pv`], columns `0..wide` (`wide` a multiple of 16, <= d): register
+    /// tiles of `MR` rows x `NV` vectors, column tiles outermost so a tile's packed values
+    /// stay in L1 across all rows.
+    ///
+    /// # Safety
+    /// AVX-512F, AVX-512BW and AVX512-BF16 must be available; `p` holds `m * 2 * pairs`,
+    /// `packed` `pairs * d * 2` and `acc` `m * d` elements.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub unsafe fn gemm_pv(
+        p: &[bf16],
+        packed: &[bf16],
+        (m, pairs, d, wide): (usize, usize, usize, usize),
+        acc: &mut [f32],
+    ) {
+        let (p, v, o) = (
+            p.as_ptr().cast::<u32>(),
+            packed.as_ptr().cast::<u32>(),
+            acc.as_mut_ptr(),
+        );
+        let mut c = 0;
+        while c < wide {
+            let nv = ((wide - c) / 16).min(NV);
+            let mut r = 0;
+            while r < m {
+                let mr = (m - r).min(MR);
+                // SAFETY (all three): rows r..r + mr of p and acc exist (mr clipped to m),
+                // and columns c..c + 16 nv lie below wide <= d in acc and in every pair
+                // slice of packed (d pairs each, read as one u32 per column).
+                let (pp, vp, op) = (p.add(r * pairs), v.add(c), o.add(r * d + c));
+                let g = (pp, vp, op, pairs, d);
+                match (mr, nv) {
+                    (MR, NV) => tile::<MR, NV>(g),
+                    (MR, 3) => tile::<MR, 3>(g),
+                    (MR, 2) => tile::<MR, 2>(g),
+                    (MR, _) => tile::<MR, 1>(g),
+                    (_, _) => {
+                        for i in 0..mr {
+                            let g = (pp.add(i * pairs), vp, op.add(i * d), pairs, d);
+                            match nv {
+                                NV => tile::<1, NV>(g),
+                                3 => tile::<1, 3>(g),
+                                2 => tile::<1, 2>(g),
+                                _ => tile::<1, 1>(g),
+                            }
+                        }
+                    }
+                }
+                r += mr;
+            }
+            c += 16 * nv;
+        }
+    }
+
+    /// `R` rows x `C` vectors of `acc` (row stride `d` f32) += the pair products over all
+    /// `pairs` position pairs: `p` rows of `pairs` u32 (bf16 pairs), `v` pair slices of
+    /// `d` u32.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn tile<const R: usize, const C: usize>(
+        (p, v, o, pairs, d): (*const u32, *const u32, *mut f32, usize, usize),
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        for (i, row) in acc.iter_mut().enumerate() {
+            for (j, a) in row.iter_mut().enumerate() {
+                *a = _mm512_loadu_ps(o.add(i * d + 16 * j));
+            }
+        }
+        for t in 0..pairs {
+            let mut bv = [_mm512_setzero_si512(); C];
+            for (j, b) in bv.iter_mut().enumerate() {
+                *b = _mm512_loadu_si512(v.add(t * d + 16 * j).cast());
+            }
+            for (i, row) in acc.iter_mut().enumerate() {
+                let a = _mm512_set1_epi32(p.add(i * pairs + t).read_unaligned() as i32);
+                // SAFETY: both are plain 512-bit vectors (32 x 16 bits).
+                let a = std::mem::transmute::<__m512i, __m512bh>(a);
+                for (s, &b) in row.iter_mut().zip(&bv) {
+                    let b = std::mem::transmute::<__m512i, __m512bh>(b);
+                    *s = _mm512_dpbf16_ps(*s, a, b);
+                }
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (j, &a) in row.iter().enumerate() {
+                _mm512_storeu_ps(o.add(i * d + 16 * j), a);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Uniform-ish values in [lo, lo + 4) from a fixed-seed generator, as bf16.
+    fn values(len: usize, seed: u64, lo: f32) -> Vec<bf16> {
+        let mut s = seed;
+        (0..len)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                bf16::from_f32(((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 + lo)
+            })
+            .collect()
+    }
+
+    /// The paths this CPU can run: the f32 one, and the native one where it has it.
+    fn paths() -> Vec<bool> {
+        let mut p = vec![false];
+        if crate::bf16dot::native() {
+            p.push(true);
+        }
+        p
+    }
+
+    #[test]
+    fn scores_match_an_f64_reference_at_odd_and_tail_shapes() {
+        // (m, n, k): below one step, odd, whole 4 x 4 tiles, every remainder, the
+        // DeepSeek width and one past it. Rows are read from a wider matrix.
+        for native in paths() {
+            for (m, n, k) in [
+                (1, 1, 1),
+                (3, 5, 7),
+                (4, 4, 32),
+                (5, 9, 33),
+                (16, 130, 576),
+                (9, 7, 577),
+            ] {
+                let stride = k + 5;
+                let q = values(m * k, 1 + k as u64, -2.0);
+                let mat = values(n * stride, 9 + m as u64, -2.0);
+                let rows: Vec<&[bf16]> = mat.chunks_exact(stride).collect();
+                let mut out = vec![f32::NAN; m * n];
+                gemm_qk_with(native, &q, k, &rows, &mut out).unwrap();
+                for r in 0..m {
+                    for (j, row) in rows.iter().enumerate() {
+                        let prods = q[r * k..(r + 1) * k]
+                            .iter()
+                            .zip(&row[..k])
+                            .map(|(a, b)| a.to_f64() * b.to_f64());
+                        let (want, abs) = prods.fold((0.0, 0.0), |(s, a), x| (s + x, a + x.abs()));
+                        let tol = (k / 16 + 32) as f64 * f32::EPSILON as f64 * abs;
+                        let got = out[r * n + j] as f64;
+                        assert!(
+                            (got - want).abs() <= tol,
+                            "native {native} m {m} n {n} k {k} [{r},{j}]: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn values_match_an_f64_reference_at_odd_and_tail_shapes() {
+        // (m, n, d): odd n (a padded pair), n of 1, column counts below, at and past
+        // whole vectors and register tiles, rows past whole register tiles.
+        for native in paths() {
+            for (m, n, d) in [
+                (1, 1, 1),
+                (3, 7, 5),
+                (4, 2, 16),
+                (5, 33, 17),
+                (9, 128, 512),
+                (16, 129, 80),
+                (6, 64, 100),
+            ] {
+                let rows = values(n * d, 7 + n as u64, -2.0);
+                // Probabilities in [0, 1], rounded and padded as the decode does.
+                let probs: Vec<f32> = values(m * n, 3 + d as u64, 0.0)
+                    .iter()
+                    .map(|x| x.to_f32() / 4.0)
+                    .collect();
+                let mut p = Vec::new();
+                round_rows_with(native, &probs, n, &mut p).unwrap();
+                let mut packed = Vec::new();
+                pack_pairs_with(native, n, d, |j| &rows[j * d..(j + 1) * d], &mut packed).unwrap();
+                let init: Vec<f32> = (0..m * d).map(|i| (i % 5) as f32 - 2.0).collect();
+                let mut acc = init.clone();
+                gemm_pv_with(native, &p, &packed, d, &mut acc).unwrap();
+                let width = n.div_ceil(2) * 2;
+                for r in 0..m {
+                    for c in 0..d {
+                        let (mut want, mut abs) = (init[r * d + c] as f64, 2.0f64);
+                        for j in 0..n {
+                            let x = p[r * width + j].to_f64() * rows[j * d + c].to_f64();
+                            want += x;
+                            abs += x.abs();
+                        }
+                        let tol = (n + 2) as f64 * f32::EPSILON as f64 * abs;
+                        let got = acc[r * d + c] as f64;
+                        assert!(
+                            (got - want).abs() <= tol,
+                            "native {native} m {m} n {n} d {d} [{r},{c}]: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rounding_is_nearest_even_with_a_zero_pad_for_an_odd_count() {
+        // 37 values per row: two whole vectors of 16 and a tail; 1 + 2^-8 is a tie that
+        // rounds to even (1.0), 1 + 3 * 2^-8 one that rounds up.
+        let mut s: Vec<f32> = (0..74).map(|i| i as f32 * 0.37 - 9.0).collect();
+        s[3] = 1.0 + 1.0 / 256.0;
+        s[40] = 1.0 + 3.0 / 256.0;
+        for native in paths() {
+            let mut out = vec![bf16::ONE; 3];
+            round_rows_with(native, &s, 37, &mut out).unwrap();
+            assert_eq!(out.len(), 2 * 38);
+            for (r, row) in out.chunks_exact(38).enumerate() {
+                for (j, &x) in row[..37].iter().enumerate() {
+                    assert_eq!(
+                        x,
+                        bf16::from_f32(s[r * 37 + j]),
+                        "native {native} [{r},{j}]"
+                    );
+                }
+                assert_eq!(row[37], bf16::ZERO);
+            }
+            assert_eq!(out[3].to_f32(), 1.0);
+            assert_eq!(out[38 + 3].to_f32(), 1.0 + 4.0 / 256.0);
+            assert!(round_rows_with(native, &s, 0, &mut out).is_err());
+            assert!(round_rows_with(native, &s, 5, &mut out).is_err());
+        }
+    }
+
+    #[test]
+    fn pairs_are_interleaved_with_a_zero_partner_for_an_odd_count() {
+        for native in paths() {
+            let rows: Vec<bf16> = (0..9).map(|i| bf16::from_f32(i as f32)).collect();
+            let mut out = vec![bf16::ONE; 12];
+            // Three rows of three (first two columns used).
+            pack_pairs_with(native, 3, 2, |j| &rows[3 * j..3 * j + 3], &mut out).unwrap();
+            let got: Vec<f32> = out.iter().map(|v| v.to_f32()).collect();
+            assert_eq!(got, [0.0, 3.0, 1.0, 4.0, 6.0, 0.0, 7.0, 0.0]);
+            // 37 columns: two vectors of 16 and a tail.
+            let wide = values(3 * 37, 5, -2.0);
+            pack_pairs_with(native, 3, 37, |j| &wide[37 * j..37 * (j + 1)], &mut out).unwrap();
+            for c in 0..37 {
+                assert_eq!(out[2 * c], wide[c]);
+                assert_eq!(out[2 * c + 1], wide[37 + c]);
+                assert_eq!(out[74 + 2 * c], wide[74 + c]);
+                assert_eq!(out[74 + 2 * c + 1], bf16::ZERO);
+            }
+            // A row shorter than d is an error, not a panic.
+            let short = pack_pairs_with(native, 2, 4, |j| &rows[3 * j..3 * j + 3], &mut out);
+            assert!(short.is_err());
+        }
+    }
+
+    #[test]
+    fn exact_converts_only_bf16_values() {
+        let v = [1.5f32, -0.0, f32::NAN, f32::INFINITY, bf16::MAX.to_f32()];
+        let got = exact(&v).unwrap().unwrap();
+        assert_eq!(got[0].to_f32(), 1.5);
+        assert!(got[1].to_f32() == 0.0 && got[1].is_sign_negative());
+        assert!(got[2].is_nan());
+        assert_eq!(got[3], bf16::INFINITY);
+        assert_eq!(got[4], bf16::MAX);
+        // A NaN whose payload is only in the low bits stays NaN (not infinity).
+        let low_nan = f32::from_bits(0x7F80_0001);
+        assert!(exact(&[low_nan]).unwrap().unwrap()[0].is_nan());
+        // 1 + 2^-10 needs 11 significant bits: not a bf16 value.
+        assert_eq!(exact(&[1.0, 1.0 + 1.0 / 1024.0]).unwrap(), None);
+    }
+
+    #[test]
+    fn mismatched_shapes_are_errors_and_write_nothing() {
+        for native in paths() {
+            let p = values(8, 1, 0.0);
+            let packed = values(2 * 4 * 2, 2, -2.0);
+            let mut acc = vec![0.5; 8];
+            // p [2, 4] x packed [2 pairs, 4, 2] -> acc [2, 4]: fine; wrong d or lengths fail.
+            assert!(gemm_pv_with(native, &p, &packed, 4, &mut acc).is_ok());
+            let before = acc.clone();
+            assert!(gemm_pv_with(native, &p, &packed, 3, &mut acc).is_err());
+            assert!(gemm_pv_with(native, &p, &packed, 0, &mut acc).is_err());
+            assert!(gemm_pv_with(native, &p[..6], &packed, 4, &mut acc).is_err());
+            assert!(gemm_pv_with(native, &p, &packed, 4, &mut acc[..7]).is_err());
+            assert!(gemm_pv_with(native, &p, &[], 4, &mut acc).is_err());
+            // q [2, 4] against rows of 4 -> out [2, 2]; k 0, a short row, a wrong out fail.
+            let rows = [&packed[..4], &packed[4..8]];
+            assert!(gemm_qk_with(native, &p, 0, &rows, &mut acc[..4]).is_err());
+            assert!(gemm_qk_with(native, &p, 4, &[&packed[..3]], &mut acc[..2]).is_err());
+            assert!(gemm_qk_with(native, &p, 4, &rows, &mut acc[..3]).is_err());
+            assert!(gemm_qk_with(native, &p, 3, &rows, &mut acc[..4]).is_err());
+            assert_eq!(acc, before);
+        }
+    }
+}
