@@ -27,6 +27,31 @@ pub struct Limit {
     pub physical: bool,
     /// How it was measured.
     pub how: String,
+    /// Every rate measured for it in this run, in order (before the rows, then after):
+    /// `rate` is the largest. A measurement on a shared machine is a lower bound of the
+    /// limit, so the best of them is the tightest true limit the run knows.
+    pub measured: Vec<f64>,
+}
+
+impl Limit {
+    /// A limit measured once, at `rate`.
+    pub fn new(name: &str, rate: f64, unit: &'static str, physical: bool, how: String) -> Limit {
+        Limit {
+            name: name.into(),
+            rate,
+            unit,
+            physical,
+            how,
+            measured: vec![rate],
+        }
+    }
+
+    /// Adds a later measurement of the same limit: its rates join `measured`, and `rate`
+    /// becomes the best of all.
+    pub fn merge(&mut self, later: &Limit) {
+        self.measured.extend_from_slice(&later.measured);
+        self.rate = self.measured.iter().copied().fold(self.rate, f64::max);
+    }
 }
 
 /// The rates one backend's rows of one dtype are measured against.
@@ -45,6 +70,29 @@ pub struct Ceilings {
     pub compute: Limit,
     /// Rates measured in the same run for reference; no floor uses them.
     pub reference: Vec<Limit>,
+}
+
+impl Ceilings {
+    /// Adds a later measurement of the same ceilings (the same backend and dtype, after
+    /// its rows): every limit of `later` is merged into the one of the same name
+    /// ([`Limit::merge`]); a limit only `later` has is added.
+    pub fn merge(&mut self, later: &Ceilings) {
+        let mut mine: Vec<&mut Limit> = vec![&mut self.memory, &mut self.compute];
+        mine.extend(self.memory_in_cache.as_mut());
+        mine.extend(self.reference.iter_mut());
+        let theirs = [&later.memory, &later.compute]
+            .into_iter()
+            .chain(later.memory_in_cache.as_ref())
+            .chain(&later.reference);
+        let mut extra = Vec::new();
+        for l in theirs {
+            match mine.iter_mut().find(|m| m.name == l.name) {
+                Some(m) => m.merge(l),
+                None => extra.push(l.clone()),
+            }
+        }
+        self.reference.extend(extra);
+    }
 }
 
 /// The largest `--copy-mib` accepted: 16 TiB (no machine has more; anything larger is a
@@ -139,20 +187,20 @@ pub fn measure(
     let a = backend.upload(&HostTensor::from_f32_as(matrix.clone(), &values, dtype)?)?;
     let b = backend.upload(&HostTensor::from_f32_as(matrix, &values, dtype)?)?;
     let gemm = median_time(backend, budget, || backend.dense_gemm(&a, &b).map(drop))?;
-    let copy = Limit {
-        name: "copy BW".into(),
-        rate: 2.0 * copy_bytes as f64 / copy.as_secs_f64(),
-        unit: "B/s",
-        physical: false,
-        how: format!("{} MiB device copy, read+write counted", copy_bytes >> 20),
-    };
-    let gemm = Limit {
-        name: "GEMM (achievable)".into(),
-        rate: 2.0 * (n as f64).powi(3) / gemm.as_secs_f64(),
-        unit: "FLOP/s",
-        physical: false,
-        how: format!("{n}x{n}x{n}, {}", backend.dense_gemm_impl(dtype)),
-    };
+    let copy = Limit::new(
+        "copy BW",
+        2.0 * copy_bytes as f64 / copy.as_secs_f64(),
+        "B/s",
+        false,
+        format!("{} MiB device copy, read+write counted", copy_bytes >> 20),
+    );
+    let gemm = Limit::new(
+        "GEMM (achievable)",
+        2.0 * (n as f64).powi(3) / gemm.as_secs_f64(),
+        "FLOP/s",
+        false,
+        format!("{n}x{n}x{n}, {}", backend.dense_gemm_impl(dtype)),
+    );
     Ok(match host {
         None => Ceilings {
             dtype,
@@ -179,57 +227,116 @@ pub fn read_limit(h: &HostLimits) -> Limit {
         Some(b) => format!("{} MiB last-level cache", b >> 20),
         None => "last-level cache unknown, 32 MiB assumed".into(),
     };
-    Limit {
-        name: "read BW".into(),
-        rate: h.read_bandwidth,
-        unit: "B/s",
-        physical: true,
-        how: format!(
-            "parallel read-only reduction over {} MiB ({llc}), {} threads",
+    let pages = if h.read_huge_pages {
+        "2 MiB pages"
+    } else {
+        "4 KiB pages"
+    };
+    Limit::new(
+        "read BW",
+        h.read_bandwidth,
+        "B/s",
+        true,
+        format!(
+            "parallel read-only reduction over {} MiB ({llc}), {} threads, {pages}, \
+             best of {} passes",
             h.read_bytes >> 20,
-            h.threads
+            h.threads,
+            h.read_passes
         ),
-    }
+    )
 }
 
 /// The host's cache read bandwidth as a limit.
 pub fn cache_read_limit(h: &HostLimits) -> Limit {
-    Limit {
-        name: "cache read BW".into(),
-        rate: h.cache_read_bandwidth,
-        unit: "B/s",
-        physical: true,
-        how: format!(
+    Limit::new(
+        "cache read BW",
+        h.cache_read_bandwidth,
+        "B/s",
+        true,
+        format!(
             "every thread re-reading a {} KiB buffer in its cache, widest loads, {} threads; \
              rows whose data fits in the last-level cache",
             crate::host::CACHE_READ_BYTES >> 10,
             h.threads
         ),
-    }
+    )
 }
 
 /// The host's compute limit for rows of `dtype`: the native bf16 dot peak for BF16 where
 /// the CPU has one, else the f32 FMA peak (every other dtype is computed in f32).
 pub fn compute_limit(h: &HostLimits, dtype: DType) -> Limit {
-    let fma = |note: &str| Limit {
-        name: "f32 FMA peak".into(),
-        rate: h.fma_flops,
-        unit: "FLOP/s",
-        physical: true,
-        how: format!(
-            "register-resident {} FMA loop, {} threads{note}",
-            h.fma_isa, h.threads
-        ),
+    let fma = |note: &str| {
+        Limit::new(
+            "f32 FMA peak",
+            h.fma_flops,
+            "FLOP/s",
+            true,
+            format!(
+                "register-resident {} FMA loop, {} independent accumulators, {} threads{note}",
+                h.fma_isa, h.fma_accumulators, h.threads
+            ),
+        )
     };
     match (dtype, h.bf16_flops, h.bf16_isa) {
-        (DType::BF16, Some(rate), Some(isa)) => Limit {
-            name: "bf16 dot peak".into(),
+        (DType::BF16, Some(rate), Some(isa)) => Limit::new(
+            "bf16 dot peak",
             rate,
-            unit: "FLOP/s",
-            physical: true,
-            how: format!("register-resident {isa} loop, {} threads", h.threads),
-        },
+            "FLOP/s",
+            true,
+            format!(
+                "register-resident {isa} loop, {} independent accumulators, {} threads",
+                h.fma_accumulators, h.threads
+            ),
+        ),
         (DType::BF16, _, _) => fma("; no native bf16 dot on this CPU: f32 peak"),
         _ => fma(""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(name: &str, rate: f64) -> Limit {
+        Limit::new(name, rate, "B/s", true, "test".into())
+    }
+
+    fn ceilings(read: f64, fma: f64, reference: Vec<Limit>) -> Ceilings {
+        Ceilings {
+            dtype: DType::F32,
+            memory: limit("read BW", read),
+            memory_in_cache: Some(limit("cache read BW", 10.0 * read)),
+            cache_bytes: Some(1 << 20),
+            compute: limit("f32 FMA peak", fma),
+            reference,
+        }
+    }
+
+    #[test]
+    fn merged_ceilings_keep_every_measurement_and_the_best_of_each_limit() {
+        // Read BW was lower before the rows, the FMA peak after: each keeps its best.
+        let mut c = ceilings(29e9, 230e9, vec![limit("copy BW", 27e9)]);
+        let later = ceilings(
+            45e9,
+            220e9,
+            vec![limit("copy BW", 26e9), limit("GEMM", 1e9)],
+        );
+        c.merge(&later);
+        assert_eq!(c.memory.rate, 45e9);
+        assert_eq!(c.memory.measured, vec![29e9, 45e9]);
+        assert_eq!(c.compute.rate, 230e9);
+        assert_eq!(c.compute.measured, vec![230e9, 220e9]);
+        assert_eq!(c.memory_in_cache.as_ref().unwrap().rate, 450e9);
+        assert_eq!(c.reference[0].rate, 27e9);
+        assert_eq!(c.reference[0].measured, vec![27e9, 26e9]);
+        // A limit only the later measurement has is added as it is.
+        assert_eq!(c.reference[1].name, "GEMM");
+        assert_eq!(c.reference[1].measured, vec![1e9]);
+        // A third measurement: still the best of all.
+        c.merge(&ceilings(50e9, 100e9, vec![]));
+        assert_eq!(c.memory.rate, 50e9);
+        assert_eq!(c.memory.measured, vec![29e9, 45e9, 50e9]);
+        assert_eq!(c.compute.rate, 230e9);
     }
 }

@@ -4,8 +4,9 @@
 //! bandwidth (a parallel read-only reduction over a buffer at least 8x the last-level
 //! cache). No op can exceed them: they are the limits CPU rows are measured against.
 
+mod read;
+
 use crate::timing::Budget;
-use moemla_core::alloc::try_filled_vec;
 use moemla_core::{Error, Result};
 use serde::Serialize;
 use std::hint::black_box;
@@ -21,6 +22,10 @@ pub struct HostLimits {
     pub fma_flops: f64,
     /// The instructions of the FMA loop ("AVX-512F", "AVX2+FMA", "NEON", "portable").
     pub fma_isa: &'static str,
+    /// Independent accumulator registers of the FMA and bf16 dot loops (at least latency x
+    /// pipes of the cores measured: 4 x 2 for an FMA, 6 x 2 for VDPBF16PS, on current
+    /// cores), so the loops are bound by throughput, not by latency.
+    pub fma_accumulators: usize,
     /// Native bf16 dot-product peak, FLOP/s (each bf16 product and its addition count 2),
     /// `None` where the CPU has no native bf16 dot instruction.
     pub bf16_flops: Option<f64>,
@@ -30,6 +35,10 @@ pub struct HostLimits {
     pub read_bandwidth: f64,
     /// Bytes of the buffer the read bandwidth was measured on.
     pub read_bytes: usize,
+    /// Passes over that buffer (the best one counts).
+    pub read_passes: usize,
+    /// Whether the buffer was backed by huge pages on request (`MADV_HUGEPAGE`).
+    pub read_huge_pages: bool,
     /// The last-level cache size the buffer was sized from, bytes (`None`: unknown, 32 MiB
     /// assumed).
     pub llc_bytes: Option<usize>,
@@ -64,25 +73,48 @@ pub fn measure(budget: Budget) -> Result<HostLimits> {
     let bf16 = bf16_kernel().map(|k| (best_rate(threads, reps, target, k), k.isa));
     let llc_bytes = last_level_cache();
     let read_bytes = read_buffer_bytes(llc_bytes, available_memory())?;
-    let read_bandwidth = read_bandwidth(read_bytes, threads, reps)?;
+    let read_passes = budget.max_reps.clamp(3, 20);
+    let read = read::read_bandwidth(read_bytes, threads, read_passes)?;
     let cache_read_bandwidth = cache_read_bandwidth(threads, reps, target);
     Ok(HostLimits {
         threads,
         fma_flops: fma,
         fma_isa: fma_kernel().isa,
+        fma_accumulators: fma_kernel().accumulators,
         bf16_flops: bf16.map(|b| b.0),
         bf16_isa: bf16.map(|b| b.1),
-        read_bandwidth,
+        read_bandwidth: read.bytes_per_s,
         read_bytes,
+        read_passes,
+        read_huge_pages: read.huge_pages,
         llc_bytes,
         cache_read_bandwidth,
     })
+}
+
+impl HostLimits {
+    /// The best of several measurements of this host (before and after the rows): each
+    /// rate the largest measured, since every measurement is a lower bound of the same
+    /// physical limit (a shared machine only ever makes a measurement lower). `None` for
+    /// no measurement.
+    pub fn best(all: &[HostLimits]) -> Option<HostLimits> {
+        let (first, rest) = all.split_first()?;
+        let mut best = first.clone();
+        for h in rest {
+            best.fma_flops = best.fma_flops.max(h.fma_flops);
+            best.bf16_flops = best.bf16_flops.zip(h.bf16_flops).map(|(a, b)| a.max(b));
+            best.read_bandwidth = best.read_bandwidth.max(h.read_bandwidth);
+            best.cache_read_bandwidth = best.cache_read_bandwidth.max(h.cache_read_bandwidth);
+        }
+        Some(best)
+    }
 }
 
 /// A register-resident loop: `run(iters)` performs `flops_per_iter * iters` FLOPs.
 #[derive(Clone, Copy)]
 struct Kernel {
     isa: &'static str,
+    accumulators: usize,
     flops_per_iter: f64,
     run: fn(u64) -> f32,
 }
@@ -144,6 +176,7 @@ fn fma_kernel() -> Kernel {
         if std::arch::is_x86_feature_detected!("avx512f") {
             return Kernel {
                 isa: "AVX-512F",
+                accumulators: x86::ACC,
                 flops_per_iter: (x86::ACC * 16 * 2) as f64,
                 // SAFETY: AVX-512F was detected at run time just above.
                 run: |n| unsafe { x86::fma_avx512(n) },
@@ -153,6 +186,7 @@ fn fma_kernel() -> Kernel {
         {
             return Kernel {
                 isa: "AVX2+FMA",
+                accumulators: x86::ACC_256,
                 flops_per_iter: (x86::ACC_256 * 8 * 2) as f64,
                 // SAFETY: AVX2 and FMA were detected at run time just above.
                 run: |n| unsafe { x86::fma_avx2(n) },
@@ -164,6 +198,7 @@ fn fma_kernel() -> Kernel {
         if std::arch::is_aarch64_feature_detected!("neon") {
             return Kernel {
                 isa: "NEON",
+                accumulators: arm::ACC,
                 flops_per_iter: (arm::ACC * 4 * 2) as f64,
                 // SAFETY: NEON was detected at run time just above.
                 run: |n| unsafe { arm::fma_neon(n) },
@@ -172,6 +207,7 @@ fn fma_kernel() -> Kernel {
     }
     Kernel {
         isa: "portable",
+        accumulators: PORTABLE_ACC,
         flops_per_iter: (PORTABLE_ACC * 2) as f64,
         run: fma_portable,
     }
@@ -186,6 +222,7 @@ fn bf16_kernel() -> Option<Kernel> {
         {
             return Some(Kernel {
                 isa: "AVX512-BF16 VDPBF16PS",
+                accumulators: x86::ACC,
                 // 16 lanes, each adding two bf16 products: 4 FLOPs.
                 flops_per_iter: (x86::ACC * 16 * 4) as f64,
                 // SAFETY: AVX512-BF16 and AVX-512F were detected at run time just above.
@@ -364,37 +401,6 @@ pub fn read_buffer_bytes(llc: Option<usize>, available: Option<u64>) -> Result<u
     Ok(bytes)
 }
 
-/// Best read bandwidth of `reps` parallel reductions over a `bytes`-byte buffer, bytes/s.
-/// Every page is written before timing (an untouched page reads as the shared zero page).
-fn read_bandwidth(bytes: usize, threads: usize, reps: usize) -> Result<f64> {
-    let words = bytes / 8;
-    let mut buf: Vec<u64> = try_filled_vec(words, "read bandwidth buffer")?;
-    for (i, w) in buf.iter_mut().enumerate() {
-        *w = i as u64;
-    }
-    let chunk = words.div_ceil(threads.max(1)).max(1);
-    let parts: Vec<&[u64]> = buf.chunks(chunk).collect();
-    let sum_all = || {
-        std::thread::scope(|s| {
-            let sum = read_kernel();
-            let handles: Vec<_> = parts.iter().map(|p| s.spawn(move || sum(p))).collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("reductions do not panic"))
-                .fold(0u64, u64::wrapping_add)
-        })
-    };
-    black_box(sum_all()); // warm the TLB and the threads
-    let best = (0..reps)
-        .map(|_| {
-            let t0 = Instant::now();
-            black_box(sum_all());
-            t0.elapsed().as_secs_f64().max(1e-9)
-        })
-        .fold(f64::INFINITY, f64::min);
-    Ok((words * 8) as f64 / best)
-}
-
 /// Best cache read bandwidth of `reps` runs, bytes/s: every thread sums one shared
 /// read-only [`CACHE_READ_BYTES`] buffer (a copy in each core's cache) over and over for
 /// about `target`.
@@ -487,6 +493,40 @@ fn available_memory() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn limits(fma: f64, bf16: Option<f64>, read: f64, cache: f64) -> HostLimits {
+        HostLimits {
+            threads: 2,
+            fma_flops: fma,
+            fma_isa: "test",
+            fma_accumulators: 24,
+            bf16_flops: bf16,
+            bf16_isa: bf16.map(|_| "test"),
+            read_bandwidth: read,
+            read_bytes: 256 << 20,
+            read_passes: 20,
+            read_huge_pages: true,
+            llc_bytes: Some(32 << 20),
+            cache_read_bandwidth: cache,
+        }
+    }
+
+    #[test]
+    fn best_takes_each_rate_from_its_best_measurement() {
+        assert!(HostLimits::best(&[]).is_none());
+        let all = [
+            limits(230e9, Some(450e9), 29e9, 200e9),
+            limits(220e9, Some(460e9), 45e9, 190e9),
+            limits(225e9, Some(455e9), 40e9, 212e9),
+        ];
+        let best = HostLimits::best(&all).unwrap();
+        assert_eq!(best.fma_flops, 230e9);
+        assert_eq!(best.bf16_flops, Some(460e9));
+        assert_eq!(best.read_bandwidth, 45e9);
+        assert_eq!(best.cache_read_bandwidth, 212e9);
+        let none = [limits(1.0, None, 1.0, 1.0), limits(2.0, None, 2.0, 2.0)];
+        assert_eq!(HostLimits::best(&none).unwrap().bf16_flops, None);
+    }
 
     #[test]
     fn cache_sizes_parse_with_their_units() {

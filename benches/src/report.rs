@@ -67,18 +67,7 @@ impl Row {
         ceilings: Option<&Ceilings>,
     ) -> Row {
         let t = time.as_secs_f64();
-        // Rows whose data fits in the last-level cache read it from there on every
-        // repetition: their memory limit is the cache's.
-        let memory = ceilings.map(|c| match (&c.memory_in_cache, c.cache_bytes) {
-            (Some(l), Some(fits)) if cost.bytes <= fits as f64 => l,
-            _ => &c.memory,
-        });
-        let terms = ceilings
-            .zip(memory)
-            .map(|(c, m)| (cost.bytes / m.rate, cost.flops / c.compute.rate));
-        let floor = terms.map(|(mem, compute)| mem.max(compute));
-        let memory_bound = terms.map(|(mem, compute)| mem >= compute);
-        Row {
+        let mut row = Row {
             backend: backend.to_string(),
             op: case.op().name().to_string(),
             dtype: case.dtype().name().to_string(),
@@ -90,21 +79,46 @@ impl Row {
             flops: cost.flops,
             gb_per_s: cost.bytes / t / 1e9,
             gflop_per_s: cost.flops / t / 1e9,
-            floor_s: floor,
-            bound: memory_bound.map(|m| if m { "memory" } else { "compute" }),
-            roofline_ratio: floor.map(|f| f / t),
-            limit: ceilings.zip(memory).zip(memory_bound).map(|((c, mem), m)| {
-                if m {
-                    mem.name.clone()
-                } else {
-                    c.compute.name.clone()
-                }
-            }),
-            memory_limit: memory.map(|m| m.name.clone()),
-            compute_limit: ceilings.map(|c| c.compute.name.clone()),
+            floor_s: None,
+            bound: None,
+            roofline_ratio: None,
+            limit: None,
+            memory_limit: None,
+            compute_limit: None,
             peer_time_s: None,
             parts: Vec::new(),
-        }
+        };
+        row.set_floor(ceilings);
+        row
+    }
+
+    /// Relates the row to `ceilings` (none: no floor): the floor, which term sets it, the
+    /// ratio and the names of the limits. The bench calls it again once the run's last
+    /// ceilings are measured, so every row is against the best of all of them.
+    pub fn set_floor(&mut self, ceilings: Option<&Ceilings>) {
+        // Rows whose data fits in the last-level cache read it from there on every
+        // repetition: their memory limit is the cache's.
+        let memory = ceilings.map(|c| match (&c.memory_in_cache, c.cache_bytes) {
+            (Some(l), Some(fits)) if self.bytes <= fits as f64 => l,
+            _ => &c.memory,
+        });
+        let terms = ceilings
+            .zip(memory)
+            .map(|(c, m)| (self.bytes / m.rate, self.flops / c.compute.rate));
+        let floor = terms.map(|(mem, compute)| mem.max(compute));
+        let memory_bound = terms.map(|(mem, compute)| mem >= compute);
+        self.floor_s = floor;
+        self.bound = memory_bound.map(|m| if m { "memory" } else { "compute" });
+        self.roofline_ratio = floor.map(|f| f / self.time_s);
+        self.limit = ceilings.zip(memory).zip(memory_bound).map(|((c, mem), m)| {
+            if m {
+                mem.name.clone()
+            } else {
+                c.compute.name.clone()
+            }
+        });
+        self.memory_limit = memory.map(|m| m.name.clone());
+        self.compute_limit = ceilings.map(|c| c.compute.name.clone());
     }
 
     /// Our time / the peer's time (below 1: we are faster).
@@ -139,20 +153,34 @@ pub fn ceilings_text(backend: &str, ceilings: &[Ceilings]) -> String {
     s
 }
 
-/// "read BW 61.2 GB/s (physical limit; how)".
+/// "read BW 61.2 GB/s (physical limit; how; best of 58.0, 61.2 measured before and after
+/// the rows)".
 fn limit_text(l: &Limit) -> String {
     let kind = if l.physical {
         "physical limit"
     } else {
         "achievable rate, not a limit"
     };
-    format!(
-        "{} {:.1} G{} ({kind}; {})",
+    let mut s = format!(
+        "{} {:.1} G{} ({kind}; {}",
         l.name,
         l.rate / 1e9,
         l.unit,
         l.how
-    )
+    );
+    if l.measured.len() > 1 {
+        let all: Vec<String> = l
+            .measured
+            .iter()
+            .map(|r| format!("{:.1}", r / 1e9))
+            .collect();
+        let _ = write!(
+            s,
+            "; best of {} measured before and after the rows",
+            all.join(", ")
+        );
+    }
+    s + ")"
 }
 
 /// The rows as an aligned text table (also valid Markdown); the last column compares with
@@ -213,13 +241,7 @@ mod tests {
     use moemla_core::DType;
 
     fn ceilings() -> Ceilings {
-        let limit = |name: &str, rate, unit| Limit {
-            name: name.into(),
-            rate,
-            unit,
-            physical: true,
-            how: "test".into(),
-        };
+        let limit = |name: &str, rate, unit| Limit::new(name, rate, unit, true, "test".into());
         Ceilings {
             dtype: DType::F32,
             memory: limit("read BW", 10e9, "B/s"),
@@ -295,5 +317,47 @@ mod tests {
         row.peer_time_s = Some(2.0);
         let text = table(&[row], None);
         assert!(text.trim_end().ends_with("| 2.00x (2.00 s) |"), "{text}");
+    }
+
+    #[test]
+    fn a_row_is_related_again_to_the_final_ceilings() {
+        let case = BenchCase::Route {
+            tokens: 1,
+            experts: 256,
+            params: moemla_core::RouteParams::deepseek_v3(),
+        };
+        // 1 GB in 80 ms is 12.5 GB/s: above the 10 GB/s read BW measured before the rows.
+        let cost = Cost {
+            bytes: 1e9,
+            flops: 1e6,
+        };
+        let before = ceilings();
+        let mut row = Row::new("cpu", &case, cost, Duration::from_millis(80), Some(&before));
+        assert!((row.roofline_ratio.unwrap() - 1.25).abs() < 1e-9);
+        // Measured again after the rows at 20 GB/s: the best of the two is the limit.
+        let mut after = ceilings();
+        after.memory = Limit::new("read BW", 20e9, "B/s", true, "test".into());
+        let mut best = before.clone();
+        best.merge(&after);
+        row.set_floor(Some(&best));
+        assert!((row.roofline_ratio.unwrap() - 0.625).abs() < 1e-9);
+        assert!((row.floor_s.unwrap() - 0.05).abs() < 1e-12);
+        assert_eq!(row.limit.as_deref(), Some("read BW"));
+        let text = ceilings_text("cpu", &[best]);
+        assert!(
+            text.contains("read BW 20.0 GB/s (physical limit; test; best of 10.0, 20.0 measured before and after the rows)"),
+            "{text}"
+        );
+        // A limit measured once says nothing of a best.
+        let once = ceilings_text("cpu", &[before]);
+        assert!(
+            once.contains("read BW 10.0 GB/s (physical limit; test) ") && !once.contains("best"),
+            "{once}"
+        );
+        row.set_floor(None);
+        assert_eq!(
+            (row.floor_s, row.roofline_ratio, row.limit),
+            (None, None, None)
+        );
     }
 }

@@ -35,6 +35,15 @@ fn physical_ceilings_bound_every_cpu_row_of_the_same_run() {
         assert!(read_bytes >= 8 * llc, "{host}");
     }
     let bf16_native = host["bf16_flops"].as_f64().is_some();
+    // Measured before the rows and again after them; the host's rates are the best of all.
+    let measurements = doc["host_measurements"].as_array().unwrap();
+    assert_eq!(measurements.len(), 2, "{measurements:?}");
+    for key in ["fma_flops", "read_bandwidth", "cache_read_bandwidth"] {
+        let best = (measurements.iter())
+            .map(|m| m[key].as_f64().unwrap())
+            .fold(0.0, f64::max);
+        assert_eq!(host[key].as_f64().unwrap(), best, "{key}: {measurements:?}");
+    }
 
     let ceilings = doc["ceilings"][0]["ceilings"].as_array().unwrap();
     assert_eq!(doc["ceilings"][0]["backend"], "cpu");
@@ -62,6 +71,21 @@ fn physical_ceilings_bound_every_cpu_row_of_the_same_run() {
     assert_eq!(name, "decode alone", "{step}");
     assert!(alone > 0.0 && alone.is_finite(), "{step}");
     for c in ceilings {
+        // Every limit measured before and after the rows, its rate the best of the two.
+        for l in [&c["memory"], &c["memory_in_cache"], &c["compute"]]
+            .into_iter()
+            .chain(c["reference"].as_array().unwrap())
+        {
+            let measured: Vec<f64> = (l["measured"].as_array().unwrap().iter())
+                .map(|r| r.as_f64().unwrap())
+                .collect();
+            assert_eq!(measured.len(), 2, "{l}");
+            assert_eq!(
+                l["rate"].as_f64().unwrap(),
+                measured.iter().copied().fold(0.0, f64::max),
+                "{l}"
+            );
+        }
         // The floors use physical limits; the old GEMM ceiling is reference only, labelled.
         assert_eq!(c["memory"]["name"], "read BW", "{c}");
         assert_eq!(c["memory"]["physical"], true, "{c}");

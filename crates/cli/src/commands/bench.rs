@@ -141,17 +141,13 @@ pub fn run(args: &BenchArgs, registry: &Registry) -> Result<ExitCode, CommandErr
         }
     }
 
-    // The host's physical limits, once, where a backend runs on this CPU.
+    // The host's physical limits where a backend runs on this CPU: measured before the
+    // first backend's rows and again after each such backend's rows (so between backends).
     let on_host = |b: &dyn Backend| b.info().device_kind == DeviceKind::Cpu;
-    let host_limits: Option<HostLimits> = if backends
-        .iter()
-        .filter_map(|e| e.backend.as_ref().ok())
-        .any(|b| on_host(&**b))
-    {
-        Some(host::measure(budget)?)
-    } else {
-        None
-    };
+    let mut hosts: Vec<HostLimits> = Vec::new();
+    if (backends.iter().filter_map(|e| e.backend.as_ref().ok())).any(|b| on_host(&**b)) {
+        hosts.push(host::measure(budget)?);
+    }
 
     let mut all_rows = Vec::new();
     let mut all_ceilings = Vec::new();
@@ -164,25 +160,33 @@ pub fn run(args: &BenchArgs, registry: &Registry) -> Result<ExitCode, CommandErr
                 continue;
             }
         };
-        let mut ceils = Vec::new();
-        for &dtype in &dtypes {
-            let host = host_limits.as_ref().filter(|_| on_host(&*backend));
-            match ceilings::measure(&*backend, dtype, copy_bytes, gemm_size, budget, host) {
-                Ok(c) => ceils.push(c),
-                // Sizes this machine cannot hold: the arguments are wrong, not the backend.
-                Err(e @ (Error::OutOfMemory { .. } | Error::Size { .. })) => return Err(e.into()),
-                // Times still mean something without ceilings (e.g. no cuBLAS found).
-                Err(e) => {
-                    println!("{}: no ceilings ({e}): times only", entry.name);
-                    break;
-                }
-            }
-        }
-        print!("{}", ceilings_text(&entry.name, &ceils));
+        let here = on_host(&*backend);
+        let sizes = (copy_bytes, gemm_size);
+        let host = hosts.last().filter(|_| here);
+        let mut ceils = measure_ceilings(&*backend, &entry.name, &dtypes, sizes, budget, host)?;
         let bar = Progress::new(cases.len() as u64, &format!("{} cases", entry.name));
         let rows = bench_backend(&*backend, &cases, &ceils, budget, peer, &bar);
         bar.finish();
-        let rows = rows?;
+        let mut rows = rows?;
+        // Every ceiling again after the rows; each limit is the best of the two, so that
+        // a machine that was slower before the rows than during them (a shared VM drifts)
+        // still bounds every row. The rows are then related to those final ceilings.
+        if !ceils.is_empty() {
+            if here {
+                hosts.push(host::measure(budget)?);
+            }
+            let host = hosts.last().filter(|_| here);
+            let after = measure_ceilings(&*backend, &entry.name, &dtypes, sizes, budget, host)?;
+            for c in &mut ceils {
+                if let Some(a) = after.iter().find(|a| a.dtype == c.dtype) {
+                    c.merge(a);
+                }
+            }
+        }
+        for row in &mut rows {
+            row.set_floor(ceils.iter().find(|c| c.dtype.name() == row.dtype));
+        }
+        print!("{}", ceilings_text(&entry.name, &ceils));
         print!("{}", table(&rows, peer.map(Peer::name)));
         all_rows.extend(rows);
         all_ceilings.push((entry.name, ceils));
@@ -194,7 +198,12 @@ pub fn run(args: &BenchArgs, registry: &Registry) -> Result<ExitCode, CommandErr
             .iter()
             .map(|(name, c)| serde_json::json!({"backend": name, "ceilings": c}))
             .collect();
-        let doc = serde_json::json!({"host": host_limits, "ceilings": ceilings, "rows": all_rows});
+        let doc = serde_json::json!({
+            "host": HostLimits::best(&hosts),
+            "host_measurements": hosts,
+            "ceilings": ceilings,
+            "rows": all_rows,
+        });
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
     }
     let mut plots = Vec::new();
@@ -210,6 +219,33 @@ pub fn run(args: &BenchArgs, registry: &Registry) -> Result<ExitCode, CommandErr
         std::fs::write(path, doc)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One measurement of `backend`'s ceilings for each of `dtypes` (with `host`: the floors
+/// use the host's physical limits). Sizes this machine cannot hold are an error; any other
+/// failure prints a note and returns no ceilings (the times still mean something, e.g.
+/// without cuBLAS).
+fn measure_ceilings(
+    backend: &dyn Backend,
+    name: &str,
+    dtypes: &[DType],
+    (copy_bytes, gemm_size): (usize, usize),
+    budget: Budget,
+    host: Option<&HostLimits>,
+) -> Result<Vec<Ceilings>, CommandError> {
+    let mut ceils = Vec::new();
+    for &dtype in dtypes {
+        match ceilings::measure(backend, dtype, copy_bytes, gemm_size, budget, host) {
+            Ok(c) => ceils.push(c),
+            // Sizes this machine cannot hold: the arguments are wrong, not the backend.
+            Err(e @ (Error::OutOfMemory { .. } | Error::Size { .. })) => return Err(e.into()),
+            Err(e) => {
+                println!("{name}: no ceilings ({e}): times only");
+                return Ok(Vec::new());
+            }
+        }
+    }
+    Ok(ceils)
 }
 
 /// Times every case on one backend (and in the peer, when asked: the cases it runs whose
@@ -340,21 +376,25 @@ fn plot_links(report: &std::path::Path, plots: &[PathBuf]) -> String {
 /// The head of the Markdown report: what every ratio is against.
 const CEILINGS_EXPLAINED: &str = "\
 Regenerate with the command below. Every ratio is against ceilings measured by the same
-command in the same run: `floor = max(bytes / memory limit, FLOPs / compute limit)`,
+command in the same run, each twice, before and after the backend's rows, and taken as the
+best of the two (a measurement on a shared machine can only come out below the limit, so
+the best is the tightest true limit the run knows; the ceilings below list both):
+`floor = max(bytes / memory limit, FLOPs / compute limit)`,
 `floor/time` = 100% means at the limit, and the `of limit` column names the limit that sets
 the floor. `vs numpy` / `vs torch` = our time / the peer's time on the same inputs (below
 1.00x: faster; n/a: the peer does not run that case, or its inputs are too large for a file).
 
 On the CPU the limits are physical, measured directly on every hardware thread: the memory
 limit is the read bandwidth (a parallel read-only reduction over a buffer at least 8x the
-last-level cache; for rows whose data fits in the last-level cache, and so stays there from
-one repetition to the next, the cache read bandwidth: every thread re-reading a 256 KiB
-buffer), the compute limit the f32 FMA peak (a register-resident FMA loop in the widest
-vector ISA the CPU has) or, for bf16 rows, the native bf16 dot peak (AVX512-BF16
-`VDPBF16PS`) where the CPU has one, else the f32 peak. No op can exceed them. The copy
-bandwidth and the `gemm` crate's dense GEMM are measured too and shown as reference rates:
-achievable, not limits. On GPUs the device copy and the backend's GEMM are the ceilings,
-labelled achievable.
+last-level cache, every thread reading the part it wrote first, 2 MiB pages where the OS
+gives them, the best of many passes; for rows whose data fits in the last-level cache, and
+so stays there from one repetition to the next, the cache read bandwidth: every thread
+re-reading a 256 KiB buffer), the compute limit the f32 FMA peak (a register-resident FMA
+loop in the widest vector ISA the CPU has, enough independent accumulators to cover the
+FMA latency) or, for bf16 rows, the native bf16 dot peak (AVX512-BF16 `VDPBF16PS`) where
+the CPU has one, else the f32 peak. No op can exceed them. The copy bandwidth and the `gemm`
+crate's dense GEMM are measured too and shown as reference rates: achievable, not limits.
+On GPUs the device copy and the backend's GEMM are the ceilings, labelled achievable.
 ";
 
 /// The tail of the Markdown report.
