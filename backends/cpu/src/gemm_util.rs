@@ -1,4 +1,5 @@
-//! A bounds-checked f32 matrix product over the `gemm` crate.
+//! Bounds-checked f32 matrix products: a general one over the `gemm` crate, and
+//! [`matmul_nt`] (rows times rows) on AVX-512 where the CPU has it.
 
 use moemla_core::{Error, Result};
 
@@ -112,6 +113,183 @@ pub fn matmul(dst: &mut [f32], a: MatRef<'_>, b: MatRef<'_>, accumulate: bool) -
     Ok(())
 }
 
+/// Columns of `k` per pass of [`matmul_nt`]'s kernel: with `a` rows streamed once, a
+/// pass's `b` rows (for the experts: one expert's tokens) stay in L2 at DeepSeek-V3's
+/// hidden size (7168 = 4 passes).
+const KC: usize = 2048;
+
+/// `out[r * n + c] = a[r] . b[c]` for the `m` rows of `a` [m, k] and the `n` rows of `b`
+/// [n, k] (f32, row-major), each an f32 sum; `out` [m, n] is overwritten. Single-threaded
+/// (callers parallelise over independent tiles). On CPUs with AVX-512F a register-tiled
+/// kernel reads both operands in place (nothing packed); elsewhere [`matmul`].
+///
+/// A `k` of 0, lengths that do not make whole rows of `k`, or an `out` that is not
+/// `m * n` long are [`Error::Device`]; nothing is written then.
+pub fn matmul_nt(a: &[f32], b: &[f32], k: usize, out: &mut [f32]) -> Result<()> {
+    let (m, n) = nt_shape(a.len(), b.len(), k, out.len())?;
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        for k0 in (0..k).step_by(KC) {
+            // SAFETY: AVX-512F was detected at run time; `nt_shape` checked that `a` holds
+            // m rows of k, `b` n rows of k and `out` m * n elements, and columns
+            // k0..k0 + kc of every row lie inside its k.
+            unsafe { x86::gemm_nt(a, b, (m, n, k), (k0, KC.min(k - k0)), out) };
+        }
+        return Ok(());
+    }
+    portable_nt(a, b, (m, n, k), out)
+}
+
+/// `(m, n)` when `a` and `b` are whole rows of `k >= 1` and `out` is m x n, else
+/// [`Error::Device`].
+fn nt_shape(a: usize, b: usize, k: usize, out: usize) -> Result<(usize, usize)> {
+    let rows = |len: usize| Some(len / k.max(1)).filter(|r| k > 0 && r * k == len);
+    match rows(a).zip(rows(b)) {
+        Some((m, n)) if m.checked_mul(n) == Some(out) => Ok((m, n)),
+        _ => Err(Error::Device {
+            backend: crate::NAME.to_string(),
+            call: "gemm nt".to_string(),
+            message: format!(
+                "a ({a} elements) and b ({b}) must be whole rows of k = {k} >= 1, out ({out}) \
+                 rows(a) x rows(b)"
+            ),
+        }),
+    }
+}
+
+/// [`matmul_nt`] through the `gemm` crate (`a @ b^T`).
+fn portable_nt(
+    a: &[f32],
+    b: &[f32],
+    (m, n, k): (usize, usize, usize),
+    out: &mut [f32],
+) -> Result<()> {
+    let b_t = MatRef::row_major(b, n, k).t();
+    matmul(out, MatRef::row_major(a, m, k), b_t, false)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// Rows of `a` per register tile.
+    const MR: usize = 4;
+    /// Rows of `b` per register tile.
+    const NR: usize = 4;
+
+    /// Columns `k0..k0 + kc` of [`super::matmul_nt`]: 4 x 4 register tiles (4 x 3, 4 x 2,
+    /// 4 x 1 and 1 x 4 at the edges) of 16-wide FMA steps, the last step of every row
+    /// masked; the first pass (`k0` 0) stores, later ones add to `out`.
+    ///
+    /// # Safety
+    /// AVX-512F must be available; `a` holds `m * k`, `b` `n * k` and `out` `m * n`
+    /// elements, and `k0 + kc <= k`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn gemm_nt(
+        a: &[f32],
+        b: &[f32],
+        (m, n, k): (usize, usize, usize),
+        (k0, kc): (usize, usize),
+        out: &mut [f32],
+    ) {
+        let (a, b, o) = (a.as_ptr().add(k0), b.as_ptr().add(k0), out.as_mut_ptr());
+        let add = k0 > 0;
+        let mut r = 0;
+        while r < m {
+            let mr = (m - r).min(MR);
+            let mut c = 0;
+            while c < n {
+                let nr = (n - c).min(NR);
+                // SAFETY (all): rows r..r + mr of a and c..c + nr of b exist (mr, nr clipped
+                // to m, n), columns k0..k0 + kc lie in k, and out[(r + i) * n + c + j] for
+                // i < mr, j < nr is inside the m * n elements.
+                let (ap, bp, op) = (a.add(r * k), b.add(c * k), o.add(r * n + c));
+                let t = Tile { k, kc, ldo: n, add };
+                if mr == MR {
+                    match nr {
+                        4 => t.run::<MR, 4>(ap, bp, op),
+                        3 => t.run::<MR, 3>(ap, bp, op),
+                        2 => t.run::<MR, 2>(ap, bp, op),
+                        _ => t.run::<MR, 1>(ap, bp, op),
+                    }
+                } else {
+                    for i in 0..mr {
+                        let (ai, oi) = (ap.add(i * k), op.add(i * n));
+                        match nr {
+                            4 => t.run::<1, 4>(ai, bp, oi),
+                            3 => t.run::<1, 3>(ai, bp, oi),
+                            2 => t.run::<1, 2>(ai, bp, oi),
+                            _ => t.run::<1, 1>(ai, bp, oi),
+                        }
+                    }
+                }
+                c += nr;
+            }
+            r += mr;
+        }
+    }
+
+    /// One register tile's geometry: rows `k` apart, `kc` columns, `out` rows `ldo` apart,
+    /// added to (`add`) or stored.
+    #[derive(Clone, Copy)]
+    struct Tile {
+        k: usize,
+        kc: usize,
+        ldo: usize,
+        add: bool,
+    }
+
+    impl Tile {
+        /// `out[i * ldo + j] (+)= a_i . b_j` over `kc` columns for `R` rows of `a` and `C`
+        /// rows of `b`.
+        #[target_feature(enable = "avx512f")]
+        unsafe fn run<const R: usize, const C: usize>(
+            self,
+            a: *const f32,
+            b: *const f32,
+            out: *mut f32,
+        ) {
+            let k = self.k;
+            let mut acc = [[_mm512_setzero_ps(); C]; R];
+            let mut off = 0;
+            while off + 16 <= self.kc {
+                let mut bv = [_mm512_setzero_ps(); C];
+                for (j, v) in bv.iter_mut().enumerate() {
+                    *v = _mm512_loadu_ps(b.add(j * k + off));
+                }
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let av = _mm512_loadu_ps(a.add(i * k + off));
+                    for (s, &bj) in row.iter_mut().zip(&bv) {
+                        *s = _mm512_fmadd_ps(av, bj, *s);
+                    }
+                }
+                off += 16;
+            }
+            if off < self.kc {
+                // Masked-off elements are neither read nor faulted on, and load as zero.
+                let mask = ((1u32 << (self.kc - off)) - 1) as u16;
+                let mut bv = [_mm512_setzero_ps(); C];
+                for (j, v) in bv.iter_mut().enumerate() {
+                    *v = _mm512_maskz_loadu_ps(mask, b.add(j * k + off));
+                }
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let av = _mm512_maskz_loadu_ps(mask, a.add(i * k + off));
+                    for (s, &bj) in row.iter_mut().zip(&bv) {
+                        *s = _mm512_fmadd_ps(av, bj, *s);
+                    }
+                }
+            }
+            for (i, row) in acc.iter().enumerate() {
+                for (j, &s) in row.iter().enumerate() {
+                    let o = out.add(i * self.ldo + j);
+                    let sum = _mm512_reduce_add_ps(s);
+                    *o = if self.add { *o + sum } else { sum };
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,5 +313,66 @@ mod tests {
         let mut dst = [0.0; 4];
         let bad = MatRef::row_major(&a, 2, 3);
         assert!(matmul(&mut dst, bad, bad.t(), false).is_err());
+    }
+
+    /// `a` [m, k] times `b` [n, k] transposed in f64, with the bound of an f32 sum
+    /// (k + 16 roundings of at most eps times the sum of |products|).
+    fn nt_reference(a: &[f32], b: &[f32], k: usize) -> Vec<(f64, f64)> {
+        let mut out = Vec::new();
+        for ar in a.chunks_exact(k) {
+            for br in b.chunks_exact(k) {
+                let p = ar.iter().zip(br).map(|(&x, &y)| x as f64 * y as f64);
+                let abs: f64 = p.clone().map(f64::abs).sum();
+                out.push((p.sum(), (k + 16) as f64 * f32::EPSILON as f64 * abs));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn nt_product_matches_an_f64_reference_at_odd_and_tail_shapes() {
+        // k: below one step, odd, one pass with a tail, exactly one pass, more than one
+        // pass (KC 2048) with a tail; m and n cover full 4 x 4 tiles and every remainder.
+        let mut rng = crate::test_util::Lcg::new(11);
+        for (m, n, k) in [
+            (1, 1, 1),
+            (3, 5, 7),
+            (5, 7, 33),
+            (4, 4, 2048),
+            (9, 6, 2048 + 577),
+            (6, 3, 2 * 2048 + 16),
+        ] {
+            let (a, b) = (rng.vec(m * k, -2.0, 2.0), rng.vec(n * k, -2.0, 2.0));
+            let want = nt_reference(&a, &b, k);
+            let mut out = vec![f32::NAN; m * n];
+            matmul_nt(&a, &b, k, &mut out).unwrap();
+            let mut port = vec![f32::NAN; m * n];
+            portable_nt(&a, &b, (m, n, k), &mut port).unwrap();
+            for (idx, ((&g, &p), &(w, tol))) in out.iter().zip(&port).zip(&want).enumerate() {
+                assert!(
+                    (g as f64 - w).abs() <= tol,
+                    "m {m} n {n} k {k} [{idx}]: {g} vs {w}"
+                );
+                assert!(
+                    (p as f64 - w).abs() <= tol,
+                    "gemm crate [{idx}]: {p} vs {w}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn nt_shapes_that_do_not_fit_are_errors_and_write_nothing() {
+        let a = [1.0f32; 6];
+        let mut out = [7.0f32; 4];
+        assert!(matmul_nt(&a, &a[..4], 4, &mut out).is_err());
+        assert!(matmul_nt(&a[..4], &a[..4], 2, &mut out[..3]).is_err());
+        assert!(matmul_nt(&a, &a, 0, &mut out).is_err());
+        assert!(matmul_nt(&[], &[], 0, &mut []).is_err());
+        assert_eq!(out, [7.0; 4]);
+        // Integers: every partial sum is exact, so the result is.
+        let b = [1.0, -2.0, 3.0, 0.5, 4.0, 1.0];
+        matmul_nt(&b, &b, 3, &mut out).unwrap();
+        assert_eq!(out, [14.0, -4.5, -4.5, 17.25]);
     }
 }

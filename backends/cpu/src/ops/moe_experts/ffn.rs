@@ -1,7 +1,9 @@
-//! The grouped SwiGLU FFN over permuted rows: per expert, tiles of weight rows are upcast
-//! to f32 once and multiplied with all of that expert's tokens (gate and up GEMMs with
-//! SwiGLU fused, then the down GEMM). Tiles of all experts run in parallel. An expert with
-//! only a few tokens (decode) takes the matrix-vector path of [`gemv`] instead.
+//! The grouped SwiGLU FFN over permuted rows: per expert, tiles of weight rows are
+//! multiplied with all of that expert's tokens (gate and up GEMMs with SwiGLU fused, then
+//! the down GEMM), each weight row read once: BF16 weights on the native bf16 dot where
+//! the CPU has it ([`bf16dot`]), else upcast to f32 once per tile ([`matmul_nt`]). Tiles
+//! of all experts run in parallel. Without the native dot, an expert with only a few
+//! tokens (decode) takes the matrix-vector path of [`gemv`] instead.
 //!
 //! Activations are kept transposed per expert (`[rows_out, n_e]`, expert after expert),
 //! so every tile writes one contiguous chunk.
@@ -9,7 +11,7 @@
 use super::fp8::Weights;
 use super::permute::Permutation;
 use crate::bf16dot;
-use crate::gemm_util::{matmul, MatRef};
+use crate::gemm_util::matmul_nt;
 use crate::gemv;
 use crate::storage::{zeroed, FloatSlice};
 use half::bf16;
@@ -47,8 +49,8 @@ struct Tile<'b> {
     out: &'b mut [f32],
 }
 
-/// Per-thread f32 buffers: upcast weight tiles (or rows), and the up-projection tile (or
-/// the transposed activations of the down projection).
+/// Per-thread f32 buffers of [`gate_up`]: upcast weight tiles (or rows), and the
+/// up-projection tile.
 #[derive(Default)]
 struct Scratch {
     gate: Vec<f32>,
@@ -95,16 +97,10 @@ pub fn gate_up(
                 gemv::rows_times(w.w13, base, tile.rows, h, x, tile.out, &mut s.gate);
                 gemv::rows_times(w.w13, base + i, tile.rows, h, x, &mut s.up_out, &mut s.up);
             } else {
-                let x_t = MatRef::row_major(x, n, h).t();
                 let gate = w.w13.rows_f32(base, tile.rows, h, &mut s.gate);
-                matmul(tile.out, MatRef::row_major(gate, tile.rows, h), x_t, false)?;
+                matmul_nt(gate, x, h, tile.out)?;
                 let up = w.w13.rows_f32(base + i, tile.rows, h, &mut s.up);
-                matmul(
-                    &mut s.up_out,
-                    MatRef::row_major(up, tile.rows, h),
-                    x_t,
-                    false,
-                )?;
+                matmul_nt(up, x, h, &mut s.up_out)?;
             }
             match limit {
                 None => {
@@ -136,7 +132,7 @@ pub fn down(
     let (h, i) = (w.hidden, w.inter);
     let mut out = zeroed(&[perm.rows(), h], "cpu moe_experts down projections")?;
     if let (Weights::Float(FloatSlice::BF16(w2)), true) = (w.w2, native) {
-        let act16 = rows_bf16(perm, h_t, i)?;
+        let act16 = act_rows(perm, h_t, i, bf16::from_f32)?;
         tiles(perm, &mut out, h, tile_rows(i))
             .into_par_iter()
             .try_for_each(|tile| {
@@ -147,33 +143,32 @@ pub fn down(
             })?;
         return Ok(out);
     }
+    let act_f32 = act_rows(perm, h_t, i, |v| v)?;
     tiles(perm, &mut out, h, tile_rows(i))
         .into_par_iter()
-        .try_for_each_init(Scratch::default, |s, tile| {
+        .try_for_each_init(Vec::new, |row, tile| {
             let (first, n) = perm.expert_rows(tile.expert);
-            let act = &h_t[first * i..(first + n) * i];
+            let act = &act_f32[first * i..(first + n) * i];
             let base = tile.expert * h + tile.first;
             if skinny(n) {
-                // The activations as n contiguous vectors: [n, I].
-                s.up_out.clear();
-                s.up_out
-                    .extend((0..n * i).map(|at| act[(at % i) * n + at / i]));
-                gemv::rows_times(w.w2, base, tile.rows, i, &s.up_out, tile.out, &mut s.gate);
+                gemv::rows_times(w.w2, base, tile.rows, i, act, tile.out, row);
                 Ok(())
             } else {
-                let w2 = w.w2.rows_f32(base, tile.rows, i, &mut s.gate);
-                let act = MatRef::row_major(act, i, n);
-                matmul(tile.out, MatRef::row_major(w2, tile.rows, i), act, false)
+                matmul_nt(w.w2.rows_f32(base, tile.rows, i, row), act, i, tile.out)
             }
         })?;
     Ok(out)
 }
 
-/// [`gate_up`]'s activations (per expert `[I, n_e]`) as permuted bf16 rows `[rows, I]`,
-/// each value rounded to nearest even (NaN stays NaN). Same size as `h_t`, allocated
-/// fallibly.
-fn rows_bf16(perm: &Permutation, h_t: &[f32], i: usize) -> Result<Vec<bf16>> {
-    let mut out: Vec<bf16> = try_filled_vec(h_t.len(), "cpu moe_experts bf16 activations")?;
+/// [`gate_up`]'s activations (per expert `[I, n_e]`) as permuted rows `[rows, I]`, each
+/// value converted by `conv`. Same size as `h_t`, allocated fallibly.
+fn act_rows<T: Clone + Default + Send>(
+    perm: &Permutation,
+    h_t: &[f32],
+    i: usize,
+    conv: impl Fn(f32) -> T + Sync,
+) -> Result<Vec<T>> {
+    let mut out: Vec<T> = try_filled_vec(h_t.len(), "cpu moe_experts activation rows")?;
     let mut parts = Vec::new();
     let mut rest = out.as_mut_slice();
     for e in 0..perm.offsets.len() - 1 {
@@ -185,7 +180,7 @@ fn rows_bf16(perm: &Permutation, h_t: &[f32], i: usize) -> Result<Vec<bf16>> {
     parts.into_par_iter().for_each(|(src, n, dst)| {
         for (c, row) in dst.chunks_exact_mut(i).enumerate() {
             for (r, v) in row.iter_mut().enumerate() {
-                *v = bf16::from_f32(src[r * n + c]);
+                *v = conv(src[r * n + c]);
             }
         }
     });
@@ -322,7 +317,7 @@ mod tests {
     }
 
     #[test]
-    fn bf16_ffn_native_and_fallback_match_an_f64_reference_at_odd_shapes() {
+    fn ffn_native_and_fallback_paths_match_an_f64_reference_at_odd_shapes() {
         // H 600 and I 70 are no multiple of any tile or vector width; gate/up tiles of 16
         // rows (the last 6) and down tiles of 112 (the last 40). T 1 and 3 take the
         // matrix-vector path without the native dot, T 40 the tile GEMMs; -1 ids skipped.
@@ -333,12 +328,15 @@ mod tests {
         let w2 = round(rng.vec(e * h * i, -0.1, 0.1));
         let f32s = |v: &[bf16]| -> Vec<f32> { v.iter().map(|b| b.to_f32()).collect() };
         let (w13f, w2f) = (f32s(&w13), f32s(&w2));
-        let w = ExpertWeights {
-            w13: Weights::Float(FloatSlice::BF16(&w13)),
-            w2: Weights::Float(FloatSlice::BF16(&w2)),
+        let w = |w13, w2| ExpertWeights {
+            w13: Weights::Float(w13),
+            w2: Weights::Float(w2),
             hidden: h,
             inter: i,
         };
+        let bf = w(FloatSlice::BF16(&w13), FloatSlice::BF16(&w2));
+        // The same values as F32 weights: f32 products whatever `native` says.
+        let f = w(FloatSlice::F32(&w13f), FloatSlice::F32(&w2f));
         for t in [1, 3, 40] {
             let ids: Vec<i32> = (0..t * k)
                 .map(|n| {
@@ -356,7 +354,10 @@ mod tests {
                 .iter()
                 .flat_map(|&tok| x[tok * h..(tok + 1) * h].to_vec())
                 .collect();
-            for native in [false, true] {
+            for (w, native) in [(bf, false), (bf, true), (f, true)] {
+                let bf16_dot = native
+                    && bf16dot::native()
+                    && matches!(w.w2, Weights::Float(FloatSlice::BF16(_)));
                 let h_t = gate_up(&perm, &xg, w, None, native).unwrap();
                 let y_t = down(&perm, &h_t, w, native).unwrap();
                 let mut rounded = 0;
@@ -378,7 +379,7 @@ mod tests {
                         let err = (got - want[c]).abs();
                         // f32 sums: 1e-5; the native path also rounds each activation
                         // to bf16 (relative error <= 2^-8).
-                        let tol = if native { 1.0 / 256.0 + 1e-5 } else { 1e-5 } * abs[c];
+                        let tol = if bf16_dot { 1.0 / 256.0 + 1e-5 } else { 1e-5 } * abs[c];
                         assert!(
                             err <= tol,
                             "T {t} native {native} y {c}: {got} vs {}",
@@ -388,7 +389,7 @@ mod tests {
                     }
                 }
                 // Only the native path rounds the activations (where the CPU has the dot).
-                assert_eq!(rounded > 0, native && bf16dot::native(), "T {t} {native}");
+                assert_eq!(rounded > 0, bf16_dot, "T {t} {native}");
             }
         }
     }
