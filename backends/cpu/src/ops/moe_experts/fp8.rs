@@ -2,6 +2,8 @@
 //! with 128x128 block scales, dequantized row by row into the f32 tiles the GEMMs read, so
 //! no dequantized weight tensor ever exists), and `fp8_block128` activation quantization.
 
+#[cfg(target_arch = "x86_64")]
+mod dpbf16;
 pub mod gemv;
 
 use super::permute::Permutation;

@@ -42,18 +42,65 @@ pub fn rows_times(
     if !fits {
         return false;
     }
+    available_paths()
+        .into_iter()
+        .flatten()
+        // SAFETY: each path was detected on this CPU; `fits` checked that rows first..first
+        // + rows of k codes, their scale rows, the n vectors of k activations and the
+        // rows * n outputs all lie inside their slices.
+        .any(|path| unsafe { run(path, w, first, rows, n, act, out) })
+}
+
+/// An in-register decode path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    /// AVX512-BF16 + VBMI ([`super::dpbf16`]): bf16-valued activations only.
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512bw")
-        && std::arch::is_x86_feature_detected!("avx512vl")
+    Bf16Dot,
+    /// AVX-512 F/BW/VL: codes to f16 to f32, f32 FMAs.
+    #[cfg(target_arch = "x86_64")]
+    F32Fma,
+}
+
+/// The paths this CPU has, fastest first.
+fn available_paths() -> [Option<Path>; 2] {
+    #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY: AVX-512F, AVX-512BW and AVX-512VL were detected just above; `fits` checked that
-        // rows first..first + rows of k codes, their scale rows, the n vectors of k
-        // activations and the rows * n outputs all lie inside their slices.
-        unsafe { x86::rows_times(w, first, rows, n, act, out) };
-        return true;
+        let f32_fma = std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl");
+        [
+            super::dpbf16::available().then_some(Path::Bf16Dot),
+            f32_fma.then_some(Path::F32Fma),
+        ]
     }
-    false
+    #[cfg(not(target_arch = "x86_64"))]
+    [None, None]
+}
+
+/// Runs `path`; false when it declines the activations (nothing written).
+///
+/// # Safety
+/// `path` must be one of [`available_paths`]; the arguments must pass
+/// [`rows_times`]'s `fits`.
+unsafe fn run(
+    path: Path,
+    w: &Fp8Weights<'_>,
+    first: usize,
+    rows: usize,
+    n: usize,
+    act: &[f32],
+    out: &mut [f32],
+) -> bool {
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        Path::Bf16Dot => super::dpbf16::rows_times(w, first, rows, n, act, out),
+        #[cfg(target_arch = "x86_64")]
+        Path::F32Fma => {
+            x86::rows_times(w, first, rows, n, act, out);
+            true
+        }
+    }
 }
 
 /// Whether the scales of rows `first..first + rows` exist: `[E, ceil(R/128), ceil(C/128)]`
@@ -80,8 +127,10 @@ mod x86 {
     use super::{Fp8Weights, BLOCK, MAX_VECTORS};
     use std::arch::x86_64::*;
 
-    /// Codes per step: one 256-bit load, two 16-lane f32 halves.
-    const STEP: usize = 32;
+    /// Codes per load: one 512-bit register, four 16-lane f32 quarters.
+    const STEP: usize = 64;
+    /// Bytes ahead of the block being read that are prefetched.
+    const PREFETCH: usize = 4096;
 
     /// See [`super::rows_times`]: dispatches on `n` so that every accumulator is a
     /// register.
@@ -107,9 +156,8 @@ mod x86 {
         }
     }
 
-    /// [`rows_times`] for `N` vectors. Each vector has four independent accumulators per
-    /// block (the two 16-lane halves of even and odd steps), so that consecutive FMAs do
-    /// not wait on each other.
+    /// [`rows_times`] for `N` vectors: whole 128-column blocks unmasked, a partial last
+    /// block masked; each block's partial sums scaled once.
     ///
     /// # Safety
     /// As [`rows_times`], with `N` vectors.
@@ -122,10 +170,9 @@ mod x86 {
         out: &mut [f32],
     ) {
         let k = w.cols;
+        let whole = k / BLOCK;
         let col_blocks = k.div_ceil(BLOCK);
         let row_blocks = w.rows.div_ceil(BLOCK);
-        let low7 = _mm256_set1_epi8(0x7F);
-        let f16_bits = _mm512_set1_epi16(0xBF80u16 as i16);
         let two8 = _mm512_set1_ps(256.0);
         let x0 = act.as_ptr();
         for r in 0..rows {
@@ -137,56 +184,29 @@ mod x86 {
                 .add((e * row_blocks + er / BLOCK) * col_blocks);
             let codes = w.codes.as_ptr().add(row * k);
             let mut total = [_mm512_setzero_ps(); N];
-            // The largest low-7-bit pattern seen: 0x7F means a NaN code.
-            let mut seen = _mm256_setzero_si256();
+            // The largest low-7-bit pattern seen, per byte lane: 0x7F means a NaN code.
+            let mut seen = _mm512_setzero_si512();
             for b in 0..col_blocks {
-                let start = b * BLOCK;
-                let end = (start + BLOCK).min(k);
-                let mut part = [[_mm512_setzero_ps(); 4]; N];
-                let mut c = start;
-                let mut odd = 0;
-                while c < end {
-                    let live = (end - c).min(STEP);
-                    // SAFETY: codes c..c + live of this row exist; masked bytes are not read.
-                    let v = if live == STEP {
-                        _mm256_loadu_si256(codes.add(c).cast())
-                    } else {
-                        _mm256_maskz_loadu_epi8(((1u64 << live) - 1) as u32, codes.add(c).cast())
-                    };
-                    seen = _mm256_max_epu8(seen, _mm256_and_si256(v, low7));
-                    let h =
-                        _mm512_and_si512(_mm512_slli_epi16::<7>(_mm512_cvtepi8_epi16(v)), f16_bits);
-                    let lo = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
-                    let hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(h));
-                    let (m_lo, m_hi) = lane_masks(live);
-                    for (j, p) in part.iter_mut().enumerate() {
-                        // SAFETY: activations j * k + c .. + live exist; masked lanes are
-                        // neither read nor faulted on (and read as 0: 0 * 0 adds nothing).
-                        let x = x0.add(j * k + c);
-                        let (x_lo, x_hi) = if live == STEP {
-                            (_mm512_loadu_ps(x), _mm512_loadu_ps(x.add(16)))
-                        } else {
-                            (
-                                _mm512_maskz_loadu_ps(m_lo, x),
-                                _mm512_maskz_loadu_ps(m_hi, x.add(16)),
-                            )
-                        };
-                        p[odd] = _mm512_fmadd_ps(lo, x_lo, p[odd]);
-                        p[odd + 1] = _mm512_fmadd_ps(hi, x_hi, p[odd + 1]);
-                    }
-                    odd ^= 2;
-                    c += live;
-                }
-                // The f16 values are 2^-8 times the e4m3 ones.
+                let c = b * BLOCK;
+                // A hint only: an address past the codes is never dereferenced.
+                let ahead = codes.wrapping_add(c + PREFETCH);
+                _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64).cast());
+                // SAFETY: codes c..c + live of this row and activations j * k + c .. + live
+                // exist (live = the block's width).
+                let sums = if b < whole {
+                    block::<N, true>(codes.add(c), x0.add(c), k, BLOCK, &mut seen)
+                } else {
+                    block::<N, false>(codes.add(c), x0.add(c), k, k - c, &mut seen)
+                };
+                // The f16 values are 2^-8 times the e4m3 ones: times 2^8 (exact), then the
+                // block scale.
                 let s = _mm512_set1_ps(*scales.add(b));
-                for (t, p) in total.iter_mut().zip(&part) {
-                    let sum = _mm512_add_ps(_mm512_add_ps(p[0], p[1]), _mm512_add_ps(p[2], p[3]));
+                for (t, sum) in total.iter_mut().zip(sums) {
                     *t = _mm512_fmadd_ps(_mm512_mul_ps(sum, two8), s, *t);
                 }
             }
-            let mut lanes = [0u8; 32];
-            _mm256_storeu_si256(lanes.as_mut_ptr().cast(), seen);
-            let nan = lanes.contains(&0x7F);
+            let nan = _mm512_cmpeq_epi8_mask(seen, _mm512_set1_epi8(0x7F)) != 0;
             for (j, t) in total.iter().enumerate() {
                 out[r * N + j] = if nan {
                     f32::NAN
@@ -197,15 +217,98 @@ mod x86 {
         }
     }
 
-    /// The f32 lane masks of the two 16-lane halves of a step with `live` codes.
+    /// The dot products of `live` (1..=128; 128 when `FULL`) codes at `codes` with the `N`
+    /// activation vectors at `x + j * k`, per vector as 16 lanes of f32 partial sums of
+    /// the codes' f16 images (2^-8 times their values). Folds the codes' low 7 bits into
+    /// `seen` (a byte-wise maximum). Four independent accumulators per vector.
+    ///
+    /// # Safety
+    /// AVX-512F/BW must be available; `codes[..live]` and `x[j * k..j * k + live]` for
+    /// `j < N` must be readable (masked lanes beyond `live` are neither read nor faulted
+    /// on).
     #[inline(always)]
-    fn lane_masks(live: usize) -> (__mmask16, __mmask16) {
-        let bits = if live >= STEP {
-            u32::MAX
+    unsafe fn block<const N: usize, const FULL: bool>(
+        codes: *const u8,
+        x: *const f32,
+        k: usize,
+        live: usize,
+        seen: &mut __m512i,
+    ) -> [__m512; N] {
+        let low7 = _mm512_set1_epi8(0x7F);
+        let mut part = [[_mm512_setzero_ps(); 4]; N];
+        for half in 0..BLOCK / STEP {
+            let at = half * STEP;
+            let v = if FULL {
+                _mm512_loadu_si512(codes.add(at).cast())
+            } else {
+                let n = live.saturating_sub(at).min(STEP);
+                if n == 0 {
+                    break;
+                }
+                _mm512_maskz_loadu_epi8(byte_mask(n), codes.add(at).cast())
+            };
+            *seen = _mm512_max_epu8(*seen, _mm512_and_si512(v, low7));
+            let q = decode(v);
+            for (j, p) in part.iter_mut().enumerate() {
+                let xj = x.add(j * k + at);
+                for (i, (acc, wq)) in p.iter_mut().zip(q).enumerate() {
+                    let xv = if FULL {
+                        _mm512_loadu_ps(xj.add(16 * i))
+                    } else {
+                        let n = live.saturating_sub(at + 16 * i).min(16);
+                        _mm512_maskz_loadu_ps(((1u32 << n) - 1) as __mmask16, xj.add(16 * i))
+                    };
+                    *acc = _mm512_fmadd_ps(wq, xv, *acc);
+                }
+            }
+        }
+        let mut sums = [_mm512_setzero_ps(); N];
+        for (sum, p) in sums.iter_mut().zip(&part) {
+            *sum = _mm512_add_ps(_mm512_add_ps(p[0], p[1]), _mm512_add_ps(p[2], p[3]));
+        }
+        sums
+    }
+
+    /// 64 e4m3 codes as four 16-lane f32 vectors (codes 0..16, 16..32, ...), each value
+    /// 2^-8 times the code's (see [`f16_images`]), widened by `VCVTPH2PS`. NaN codes come
+    /// out finite.
+    ///
+    /// # Safety
+    /// AVX-512F/BW must be available.
+    #[inline(always)]
+    unsafe fn decode(v: __m512i) -> [__m512; 4] {
+        let lo = f16_images(_mm512_castsi512_si256(v));
+        let hi = f16_images(_mm512_extracti64x4_epi64::<1>(v));
+        [
+            _mm512_cvtph_ps(_mm512_castsi512_si256(lo)),
+            _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(lo)),
+            _mm512_cvtph_ps(_mm512_castsi512_si256(hi)),
+            _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(hi)),
+        ]
+    }
+
+    /// 32 e4m3 codes as the f16 with the same sign, exponent field and mantissa: sign-
+    /// extended to 16 bits, shifted and masked (`(sx(b) << 7) & 0xBF80`), 2^-8 times the
+    /// code's value, exact, subnormals included.
+    ///
+    /// # Safety
+    /// AVX-512F/BW must be available.
+    #[inline(always)]
+    unsafe fn f16_images(codes: __m256i) -> __m512i {
+        _mm512_and_si512(
+            _mm512_slli_epi16::<7>(_mm512_cvtepi8_epi16(codes)),
+            _mm512_set1_epi16(0xBF80u16 as i16),
+        )
+    }
+
+    /// The byte mask of the first `n` (0..=64) lanes.
+    #[inline(always)]
+    fn byte_mask(n: usize) -> __mmask64 {
+        if n >= STEP {
+            u64::MAX
         } else {
-            (1u32 << live) - 1
-        };
-        (bits as __mmask16, (bits >> 16) as __mmask16)
+            (1u64 << n) - 1
+        }
     }
 }
 
@@ -230,7 +333,8 @@ mod tests {
     #[test]
     fn fused_rows_match_the_dequantized_dot_products_with_partial_blocks_and_nan_codes() {
         // E 2, R 130 (a partial row block), C 300 (two full 128-blocks, a partial one, and
-        // a partial 32-step), every code but NaN in play, -0.0 (0x80) included.
+        // a partial 64-step), every code but NaN in play, -0.0 (0x80) and +-448 (0x7E,
+        // 0xFE) included.
         let (e, r, c) = (2, 130, 300);
         let mut codes: Vec<u8> = (0..e * r * c).map(|i| (i * 37 % 256) as u8).collect();
         for b in codes.iter_mut() {
@@ -238,8 +342,9 @@ mod tests {
                 *b = 0x80;
             }
         }
-        // One NaN code in row 5: that row's results are NaN.
+        // One NaN code in row 5 and one in row 140 (expert 1): those rows' results are NaN.
         codes[5 * c + 77] = 0xFF;
+        codes[140 * c + 299] = 0x7F;
         let scales: Vec<f32> = (0..e * 2 * 3)
             .map(|i| 2f32.powi(-(i as i32) % 7) * 0.37)
             .collect();
@@ -249,41 +354,65 @@ mod tests {
             rows: r,
             cols: c,
         };
-        for n in 1..=MAX_VECTORS {
-            let act: Vec<f32> = (0..n * c)
-                .map(|i| ((i * 7 % 23) as f32 - 11.0) * 0.013)
-                .collect();
-            let (first, rows) = (3, 2 * r - 6); // crosses the expert boundary
-            let mut out = vec![0.0; rows * n];
-            if !rows_times(&w, first, rows, &act, &mut out) {
-                // No AVX-512 here: the portable path serves, nothing was written.
-                assert!(out.iter().all(|&v| v == 0.0));
-                return;
-            }
-            for i in 0..rows {
-                for j in 0..n {
-                    let got = out[i * n + j];
-                    if first + i == 5 {
-                        assert!(got.is_nan(), "row 5 holds a NaN code");
+        let mut ran = 0;
+        for path in available_paths().into_iter().flatten() {
+            // bf16 values (the bf16 tokens) and f32 ones.
+            for bf16_values in [true, false] {
+                for n in 1..=MAX_VECTORS {
+                    let act: Vec<f32> = (0..n * c)
+                        .map(|i| {
+                            let v = ((i * 7 % 23) as f32 - 11.0) * 0.013;
+                            if bf16_values {
+                                f32::from_bits(v.to_bits() & 0xFFFF_0000)
+                            } else {
+                                v
+                            }
+                        })
+                        .collect();
+                    let (first, rows) = (3, 2 * r - 6); // crosses the expert boundary
+                    let mut out = vec![0.0; rows * n];
+                    // SAFETY: the path is available; the arguments fit.
+                    if !unsafe { run(path, &w, first, rows, n, &act, &mut out) } {
+                        // Only the bf16 path declines, and only f32 activations.
+                        #[cfg(target_arch = "x86_64")]
+                        assert_eq!((path, bf16_values), (Path::Bf16Dot, false));
+                        assert!(out.iter().all(|&v| v == 0.0), "nothing written");
                         continue;
                     }
-                    let want = reference(&w, first + i, &act[j * c..(j + 1) * c]);
-                    let mag: f64 = (0..c)
-                        .map(|cc| {
-                            (e4m3_decode(codes[(first + i) * c + cc]) as f64
-                                * act[j * c + cc] as f64)
-                                .abs()
-                        })
-                        .sum::<f64>()
-                        * 0.37;
-                    assert!(
-                        (got as f64 - want).abs() <= 1e-6 * mag.max(1e-30),
-                        "row {} vector {j}: {got} vs {want}",
-                        first + i
-                    );
+                    ran += 1;
+                    for i in 0..rows {
+                        for j in 0..n {
+                            let got = out[i * n + j];
+                            if first + i == 5 || first + i == 140 {
+                                assert!(got.is_nan(), "row {} holds a NaN code", first + i);
+                                continue;
+                            }
+                            let want = reference(&w, first + i, &act[j * c..(j + 1) * c]);
+                            let mag: f64 = (0..c)
+                                .map(|cc| {
+                                    (e4m3_decode(codes[(first + i) * c + cc]) as f64
+                                        * act[j * c + cc] as f64)
+                                        .abs()
+                                })
+                                .sum::<f64>()
+                                * 0.37;
+                            assert!(
+                                (got as f64 - want).abs() <= 1e-6 * mag.max(1e-30),
+                                "{path:?} row {} vector {j}: {got} vs {want}",
+                                first + i
+                            );
+                        }
+                    }
                 }
             }
         }
+        // Every available path ran: 2 x 4 calls for the f32 path, 4 for the bf16 one.
+        let want: usize = available_paths()
+            .into_iter()
+            .flatten()
+            .map(|p| if format!("{p:?}") == "Bf16Dot" { 4 } else { 8 })
+            .sum();
+        assert_eq!(ran, want);
     }
 
     #[test]
