@@ -17,6 +17,8 @@
 //   moemla_load / moemla_store   dtype-generic element access (f32 compute)
 //   moemla_is_16bit<T>::value     true for moemla_f16 / moemla_bf16
 //   MOEMLA_HAS_MMA_SYNC           1 where the mma.sync m16n8k16 tensor-core path is compiled
+//   MOEMLA_HAS_MMA_FP8            1 where the mma.sync m16n8k32 e4m3 tensor-core path is
+//                                 compiled (CUDA sm_89+): w8a8 GEMMs multiply FP8 codes
 //   MOEMLA_DYN_SMEM(name)         the dynamic shared-memory buffer (16-byte aligned)
 //   moemla_copy16 / moemla_zero16 16-byte vector moves
 //   moemla_flag_index             records a bad index in a 64-bit error flag
@@ -79,6 +81,13 @@ __device__ __forceinline__ float moemla_bits_float(moemla_u32 u) { return __uint
 #else
 #define MOEMLA_HAS_MMA_SYNC 0
 #endif
+// FP8 tensor cores: mma.sync.aligned.m16n8k32 with e4m3 inputs and f32 accumulation exists
+// from sm_89 (Ada; Hopper sm_90 too). Older archs dequantize FP8 codes into 16-bit tiles.
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 890)
+#define MOEMLA_HAS_MMA_FP8 1
+#else
+#define MOEMLA_HAS_MMA_FP8 0
+#endif
 
 #else  // MOEMLA_HIP
 
@@ -127,6 +136,19 @@ __device__ __forceinline__ float moemla_bits_float(moemla_u32 u) {
 #define MOEMLA_HAS_MMA_SYNC 1
 #else
 #define MOEMLA_HAS_MMA_SYNC 0
+#endif
+// HIP keeps the dequantize path for FP8 x FP8 (w8a8) too: gfx942's FP8 MFMA
+// (v_mfma_f32_*_fp8_fp8) reads e4m3fnuz, not the OCP e4m3fn the contract stores, so using it
+// needs every code mapped (moemla_e4m3fn_to_fnuz) and every scale doubled first — not done.
+// MOEMLA_EMULATE_MMA_FP8 (host emulation only, with MOEMLA_EMULATE_MMA) compiles the kernels
+// as CUDA sm_89+ does, on an emulated moemla_mma_16832_e4m3.
+#if defined(MOEMLA_EMULATE_MMA_FP8)
+#if !defined(MOEMLA_EMULATE_MMA)
+#error "MOEMLA_EMULATE_MMA_FP8 needs MOEMLA_EMULATE_MMA (sm_89+ has both tensor-core paths)"
+#endif
+#define MOEMLA_HAS_MMA_FP8 1
+#else
+#define MOEMLA_HAS_MMA_FP8 0
 #endif
 
 #endif
@@ -205,8 +227,9 @@ __device__ __forceinline__ moemla_u16 moemla_f32_to_f16(float f) {
 // ---------------------------------------------------------------------------------------
 // FP8 e4m3fn (OCP; contract v2): bias 7, max 448, no inf, NaN 0x7F/0xFF, 0x80 = -0.0.
 // Every e4m3 value is exact in f16, bf16 and f32, so a decoded code can be staged in the
-// run dtype without rounding. The kernels decode in software on every target (no FP8
-// instructions), so AMD's e4m3fnuz never occurs (see moemla_e4m3fn_to_fnuz).
+// run dtype without rounding. The kernels decode in software, except the w8a8 GEMMs on
+// CUDA sm_89+, which hand the e4m3fn codes as they are to NVIDIA's FP8 tensor cores (OCP
+// e4m3 too); AMD's e4m3fnuz never occurs (see moemla_e4m3fn_to_fnuz).
 // ---------------------------------------------------------------------------------------
 struct moemla_fp8 {
     unsigned char bits;
@@ -268,8 +291,8 @@ __device__ __forceinline__ float moemla_pow2_ceil_f32(float s) {
 
 // The e4m3fnuz code (AMD gfx942's FP8: bias 8, max 240, 0x80 = NaN, no -0) holding half the
 // value of e4m3fn code c: the same bits, except -0 (0x80) -> +0 and NaN -> 0x80. Data in
-// fnuz thus needs its scales doubled. For a future MFMA-fp8 path; today's kernels decode
-// e4m3fn themselves.
+// fnuz thus needs its scales doubled. For a future MFMA-fp8 path; today's HIP kernels
+// decode e4m3fn themselves.
 __device__ __forceinline__ moemla_u32 moemla_e4m3fn_to_fnuz(moemla_u32 c) {
     if (c == 0x80u) return 0u;
     if ((c & 0x7fu) == 0x7fu) return 0x80u;
@@ -360,6 +383,34 @@ __device__ __forceinline__ void moemla_mma_16816(float* d, const moemla_u32* a, 
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 #endif
+
+// ---------------------------------------------------------------------------------------
+// FP8 tensor cores (CUDA sm_89+): D = A(16x32, row) * B(32x8, col) + D, e4m3 codes in,
+// f32 accumulate. Fragment layout (PTX ISA, section "Matrix Fragments for mma.m16n8k32",
+// the .e4m3 / .s8 tables), g = lane / 4, t = lane % 4, four codes per register, the
+// lower-indexed element in the lowest byte:
+//   a[0] = A[g][4t..4t+3],   a[1] = A[g+8][4t..4t+3],
+//   a[2] = A[g][4t+16..+19], a[3] = A[g+8][4t+16..+19]
+//   b[0] = B[4t..4t+3][g],   b[1] = B[4t+16..4t+19][g]
+//   d as for m16n8k16: d[0] = D[g][2t], d[1] = D[g][2t+1], d[2] = D[g+8][2t], d[3] = D[g+8][2t+1]
+// Every product of two e4m3 values is exact in f32; how many bits the tensor core keeps
+// while summing the 32 of one instruction is not specified by the ISA, which is why the
+// GEMMs hand each 128-wide k block's sum to an f32 accumulator (moemla_fp8_flush).
+// ---------------------------------------------------------------------------------------
+#if MOEMLA_HAS_MMA_FP8 && !defined(MOEMLA_EMULATE_MMA)
+__device__ __forceinline__ void moemla_mma_16832_e4m3(float* d, const moemla_u32* a, const moemla_u32* b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+#endif
+
+// Four adjacent FP8 codes as one register, the first in the low byte (p 4-byte aligned).
+__device__ __forceinline__ moemla_u32 moemla_quad(const moemla_fp8* p) {
+    return *reinterpret_cast<const moemla_u32*>(p);
+}
 
 // Two adjacent 16-bit elements as one register (p must be 4-byte aligned).
 template <typename T>

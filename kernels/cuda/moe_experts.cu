@@ -5,7 +5,9 @@
 //   2. moemla_moe_gate_up_*  act = silu(x W1^T) * (x W3^T), one 64x64 tile per block
 //                            (optional SwiGLU clamp; _w8a16 / _w8a8: FP8 weights, FP8 x)
 //   3. moemla_moe_down_*     yslot = act W2^T (f32) (_w8a16 / _w8a8 likewise)
-//   (w8a8: moemla_moe_quant_* quantizes x before 2 and act before 3)
+//   (w8a8: moemla_moe_quant_* quantizes x before 2 and act before 3; on sm_89+ the w8a8
+//   GEMMs multiply the FP8 codes on tensor cores, mma.sync m16n8k32 e4m3, elsewhere they
+//   decode them into run-dtype tiles first)
 //   4. moemla_moe_combine_*  y[t] = sum_j w[t,j] yslot[row of (t,j)], in slot order
 // Shared experts (contract v2, run-dtype weights only): moemla_moe_shared_rows maps every
 // token to one row of each shared expert's segment (S segments of ceil(T/64) tiles, top_k
@@ -18,6 +20,10 @@
 #define MOEMLA_TN 64          // output columns per tile
 #define MOEMLA_TK 32          // reduction step staged in shared memory
 #define MOEMLA_SK (MOEMLA_TK + 8)  // shared row stride in elements (conflict-free fragments)
+// Row stride in bytes of the FP8 code tiles (w8a8 on FP8 tensor cores): 12 words, so the
+// 4-byte fragment loads of rows g = 0..7 fall in distinct bank quads; a multiple of 16 for
+// the 16-byte tile stores.
+#define MOEMLA_SK8 (MOEMLA_TK + 16)
 #define MOEMLA_ACC 32         // accumulators per thread per B operand (both paths)
 
 // ---------------------------------------------------------------------------------------
@@ -113,6 +119,29 @@ extern "C" __global__ void moemla_moe_shared_rows(int tokens, int seg_tiles, int
 // (tensor-core path) or 16 x 8 threads (portable path).
 #define MOEMLA_GEMM_THREADS 128
 
+// X if B, else Y (no <type_traits> under NVRTC).
+template <bool B, typename X, typename Y>
+struct moemla_select {
+    using type = X;
+};
+template <typename X, typename Y>
+struct moemla_select<false, X, Y> {
+    using type = Y;
+};
+
+// How a GEMM with run dtype T, A operand TA and weights TW stages its tiles:
+//   FP8_MMA  both operands FP8 on a target with FP8 tensor cores (sm_89+): the shared tiles
+//            hold the codes as they are (TS = moemla_fp8, row stride MOEMLA_SK8);
+//   MMA      the tensor-core accumulator layout (FP8_MMA, or 16-bit T with mma.sync);
+//   TS       otherwise T, FP8 codes decoded into it exactly (row stride MOEMLA_SK).
+template <typename T, typename TA, typename TW>
+struct moemla_gemm_path {
+    static constexpr bool FP8_MMA = MOEMLA_HAS_MMA_FP8 && moemla_is_fp8<TA>::value && moemla_is_fp8<TW>::value;
+    static constexpr bool MMA = FP8_MMA || (MOEMLA_HAS_MMA_SYNC && moemla_is_16bit<T>::value);
+    using TS = typename moemla_select<FP8_MMA, moemla_fp8, T>::type;
+    static constexpr int SK = FP8_MMA ? MOEMLA_SK8 : MOEMLA_SK;
+};
+
 // One thread's share of a ROWS x MOEMLA_TK tile, held in registers between the global
 // load (fetch) and the shared-memory store (put), so the next tile's loads are in flight
 // while the current tile is multiplied.
@@ -174,30 +203,33 @@ __device__ __forceinline__ void moemla_acc_coord(int idx, int& row, int& col) {
     }
 }
 
-// Stores the fetched chunks into the shared tile (row stride MOEMLA_SK), decoding FP8
-// codes into the tile's type TS (exact: every e4m3 value is a TS value).
+// Stores the fetched chunks into the shared tile (row stride MOEMLA_SK8 for FP8 code
+// tiles, else MOEMLA_SK), decoding FP8 codes when the tile's type TS is not FP8 (exact:
+// every e4m3 value is a TS value).
 template <typename TS, typename TG, int ROWS>
 __device__ __forceinline__ void moemla_tile_put(TS* dst, const moemla_tile_regs<TG, ROWS>& regs) {
     using R = moemla_tile_regs<TG, ROWS>;
+    constexpr int SK = moemla_is_fp8<TS>::value ? MOEMLA_SK8 : MOEMLA_SK;
 #pragma unroll
     for (int s = 0; s < R::PER_THREAD; ++s) {
         const int idx = threadIdx.x + s * MOEMLA_GEMM_THREADS;
         const int r = idx / R::CHUNKS;
         const int c = (idx % R::CHUNKS) * R::VEC;
-        if constexpr (moemla_is_fp8<TG>::value) {
+        if constexpr (moemla_is_fp8<TG>::value && !moemla_is_fp8<TS>::value) {
 #pragma unroll
-            for (int v = 0; v < R::VEC; ++v) moemla_store(dst + r * MOEMLA_SK + c + v, moemla_load(&regs.chunk[s].e[v]));
+            for (int v = 0; v < R::VEC; ++v) moemla_store(dst + r * SK + c + v, moemla_load(&regs.chunk[s].e[v]));
         } else {
-            *reinterpret_cast<moemla_vec16*>(dst + r * MOEMLA_SK + c) = regs.chunk[s].v;
+            *reinterpret_cast<moemla_vec16*>(dst + r * SK + c) = regs.chunk[s].v;
         }
     }
 }
 
-// FP8 GEMMs (contract v2): the A (activation, w8a8) and B (weight) tiles hold codes
-// decoded exactly into T, so a k-tile's products are exact; their f32 sums over one
-// 128-wide k block (four k-tiles: a k-tile never straddles a block) are then multiplied
-// by the block's scales, A's per row and B's per output column (DeepGEMM's promotion).
-// Staged per k block in shared memory by the threads that put the tiles.
+// FP8 GEMMs (contract v2): the A (activation, w8a8) and B (weight) tiles hold codes,
+// decoded exactly into T or (w8a8 on sm_89+) as they are for the FP8 tensor cores, so a
+// k-tile's products are exact; their f32 sums over one 128-wide k block (four k-tiles: a
+// k-tile never straddles a block) are then multiplied by the block's scales, A's per row
+// and B's per output column (DeepGEMM's promotion). Staged per k block in shared memory
+// by the threads that put the tiles.
 template <int NB>
 struct moemla_fp8_scales {
     float a[MOEMLA_TM];      // per row (1 without activation quantization)
@@ -228,12 +260,45 @@ __device__ __forceinline__ float moemla_swiglu(float g, float u, float limit) {
     return g / (1.0f + expf(-g)) * u;
 }
 
-// acc[b] += A (TM x TK) * B[b]^T (TN x TK) for NB staged B tiles.
+// acc[b] += A (TM x TK) * B[b]^T (TN x TK) for NB staged B tiles. T: the tiles' type:
+// moemla_fp8 codes on the FP8 tensor cores (mma.sync m16n8k32 e4m3), 16-bit with MMA on
+// mma.sync m16n8k16, else the portable loop.
 template <typename T, int NB, bool MMA>
 __device__ __forceinline__ void moemla_tile_step(float (&acc)[NB][MOEMLA_ACC], const T* As,
                                                  const T* const (&Bs)[NB]) {
+    static_assert(MOEMLA_HAS_MMA_FP8 || !moemla_is_fp8<T>::value, "FP8 code tiles need FP8 tensor cores");
+    static_assert(MOEMLA_HAS_MMA_SYNC || !MMA, "the MMA layout needs mma.sync");
+    if constexpr (moemla_is_fp8<T>::value) {
+#if MOEMLA_HAS_MMA_FP8
+        static_assert(MOEMLA_TK == 32, "one m16n8k32 per warp tile and k-tile");
+        const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+        const int g = lane >> 2, t = lane & 3;
+        const int wm = warp >> 1, wn = warp & 1;
+        moemla_u32 a[2][4];
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi) {
+            const moemla_fp8* a0 = As + (wm * 32 + mi * 16 + g) * MOEMLA_SK8 + 4 * t;
+            const moemla_fp8* a1 = a0 + 8 * MOEMLA_SK8;
+            a[mi][0] = moemla_quad(a0);
+            a[mi][1] = moemla_quad(a1);
+            a[mi][2] = moemla_quad(a0 + 16);
+            a[mi][3] = moemla_quad(a1 + 16);
+        }
+#pragma unroll
+        for (int bt = 0; bt < NB; ++bt) {
+#pragma unroll
+            for (int ni = 0; ni < 4; ++ni) {
+                const moemla_fp8* b0 = Bs[bt] + (wn * 32 + ni * 8 + g) * MOEMLA_SK8 + 4 * t;
+                moemla_u32 b[2];
+                b[0] = moemla_quad(b0);
+                b[1] = moemla_quad(b0 + 16);
+#pragma unroll
+                for (int mi = 0; mi < 2; ++mi) moemla_mma_16832_e4m3(&acc[bt][(mi * 4 + ni) * 4], a[mi], b);
+            }
+        }
+#endif
+    } else if constexpr (MMA) {
 #if MOEMLA_HAS_MMA_SYNC
-    if constexpr (MMA) {
         const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
         const int g = lane >> 2, t = lane & 3;
         const int wm = warp >> 1, wn = warp & 1;
@@ -264,21 +329,21 @@ __device__ __forceinline__ void moemla_tile_step(float (&acc)[NB][MOEMLA_ACC], c
                 }
             }
         }
-        return;
-    }
 #endif
-    const int ty = threadIdx.x / 8, tx = threadIdx.x % 8;
-    for (int kk = 0; kk < MOEMLA_TK; ++kk) {
-        float a[4];
+    } else {
+        const int ty = threadIdx.x / 8, tx = threadIdx.x % 8;
+        for (int kk = 0; kk < MOEMLA_TK; ++kk) {
+            float a[4];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) a[i] = moemla_load(As + (ty * 4 + i) * MOEMLA_SK + kk);
+            for (int i = 0; i < 4; ++i) a[i] = moemla_load(As + (ty * 4 + i) * MOEMLA_SK + kk);
 #pragma unroll
-        for (int bt = 0; bt < NB; ++bt) {
+            for (int bt = 0; bt < NB; ++bt) {
 #pragma unroll
-            for (int j = 0; j < 8; ++j) {
-                float b = moemla_load(Bs[bt] + (tx + 8 * j) * MOEMLA_SK + kk);
+                for (int j = 0; j < 8; ++j) {
+                    float b = moemla_load(Bs[bt] + (tx + 8 * j) * MOEMLA_SK + kk);
 #pragma unroll
-                for (int i = 0; i < 4; ++i) acc[bt][i * 8 + j] += a[i] * b;
+                    for (int i = 0; i < 4; ++i) acc[bt][i * 8 + j] += a[i] * b;
+                }
             }
         }
     }
@@ -298,11 +363,13 @@ __device__ __forceinline__ void moemla_moe_gate_up(const TA* __restrict__ x, con
                                    const int* __restrict__ tile_expert,
                                    const int* __restrict__ meta, TO* __restrict__ act, int hidden,
                                    int inter, int top_k, float swiglu_limit) {
-    constexpr bool MMA = MOEMLA_HAS_MMA_SYNC && moemla_is_16bit<T>::value;
+    using Path = moemla_gemm_path<T, TA, TW>;
+    using TS = typename Path::TS;
+    constexpr bool MMA = Path::MMA;
     constexpr bool FP8 = moemla_is_fp8<TA>::value || moemla_is_fp8<TW>::value;
-    __shared__ MOEMLA_ALIGN16 T As[MOEMLA_TM * MOEMLA_SK];
-    __shared__ MOEMLA_ALIGN16 T Bg[MOEMLA_TN * MOEMLA_SK];
-    __shared__ MOEMLA_ALIGN16 T Bu[MOEMLA_TN * MOEMLA_SK];
+    __shared__ MOEMLA_ALIGN16 TS As[MOEMLA_TM * Path::SK];
+    __shared__ MOEMLA_ALIGN16 TS Bg[MOEMLA_TN * Path::SK];
+    __shared__ MOEMLA_ALIGN16 TS Bu[MOEMLA_TN * Path::SK];
     __shared__ int tok[MOEMLA_TM];
     __shared__ moemla_fp8_scales<2> sc;
 
@@ -344,7 +411,7 @@ __device__ __forceinline__ void moemla_moe_gate_up(const TA* __restrict__ x, con
             part[1][i] = 0.0f;
         }
     }
-    const T* const bs[2] = {Bg, Bu};
+    const TS* const bs[2] = {Bg, Bu};
     moemla_tile_regs<TA, MOEMLA_TM> ra;
     moemla_tile_regs<TW, MOEMLA_TN> rg, ru;
     moemla_tile_fetch(ra, a_row, 0, hidden, vec_a);
@@ -385,10 +452,10 @@ __device__ __forceinline__ void moemla_moe_gate_up(const TA* __restrict__ x, con
             moemla_tile_fetch(ru, u_row, k0 + MOEMLA_TK, hidden, vec_w);
         }
         if constexpr (FP8) {
-            moemla_tile_step<T, 2, MMA>(part, As, bs);
+            moemla_tile_step<TS, 2, MMA>(part, As, bs);
             if ((k0 + MOEMLA_TK) % 128 == 0 || k0 + MOEMLA_TK >= hidden) moemla_fp8_flush<2, MMA>(acc, part, sc);
         } else {
-            moemla_tile_step<T, 2, MMA>(acc, As, bs);
+            moemla_tile_step<TS, 2, MMA>(acc, As, bs);
         }
         __syncthreads();
     }
@@ -413,10 +480,12 @@ __device__ __forceinline__ void moemla_moe_down(const TA* __restrict__ act, cons
                                 const int* __restrict__ sorted_rows,
                                 const int* __restrict__ tile_expert, const int* __restrict__ meta,
                                 float* __restrict__ yslot, int hidden, int inter) {
-    constexpr bool MMA = MOEMLA_HAS_MMA_SYNC && moemla_is_16bit<T>::value;
+    using Path = moemla_gemm_path<T, TA, TW>;
+    using TS = typename Path::TS;
+    constexpr bool MMA = Path::MMA;
     constexpr bool FP8 = moemla_is_fp8<TA>::value || moemla_is_fp8<TW>::value;
-    __shared__ MOEMLA_ALIGN16 T As[MOEMLA_TM * MOEMLA_SK];
-    __shared__ MOEMLA_ALIGN16 T Bd[MOEMLA_TN * MOEMLA_SK];
+    __shared__ MOEMLA_ALIGN16 TS As[MOEMLA_TM * Path::SK];
+    __shared__ MOEMLA_ALIGN16 TS Bd[MOEMLA_TN * Path::SK];
     __shared__ moemla_fp8_scales<1> sc;
 
     const int tile = blockIdx.x;
@@ -442,7 +511,7 @@ __device__ __forceinline__ void moemla_moe_down(const TA* __restrict__ act, cons
         acc[0][i] = 0.0f;
         if constexpr (FP8) part[0][i] = 0.0f;
     }
-    const T* const bs[1] = {Bd};
+    const TS* const bs[1] = {Bd};
     moemla_tile_regs<TA, MOEMLA_TM> ra;
     moemla_tile_regs<TW, MOEMLA_TN> rb;
     moemla_tile_fetch(ra, a_row, 0, inter, vec_a);
@@ -473,10 +542,10 @@ __device__ __forceinline__ void moemla_moe_down(const TA* __restrict__ act, cons
             moemla_tile_fetch(rb, b_row, k0 + MOEMLA_TK, inter, vec_w);
         }
         if constexpr (FP8) {
-            moemla_tile_step<T, 1, MMA>(part, As, bs);
+            moemla_tile_step<TS, 1, MMA>(part, As, bs);
             if ((k0 + MOEMLA_TK) % 128 == 0 || k0 + MOEMLA_TK >= inter) moemla_fp8_flush<1, MMA>(acc, part, sc);
         } else {
-            moemla_tile_step<T, 1, MMA>(acc, As, bs);
+            moemla_tile_step<TS, 1, MMA>(acc, As, bs);
         }
         __syncthreads();
     }

@@ -1,5 +1,7 @@
 //! CI gate: every CUDA kernel compiles through NVRTC for sm_80 and sm_90, to PTX and to
-//! CUBIN, with the same sources and the same compile function the backend uses.
+//! CUBIN, with the same sources and the same compile function the backend uses; the sm_90
+//! build's w8a8 expert GEMMs run on the FP8 tensor cores (mma.sync m16n8k32 e4m3), the
+//! sm_80 build's dequantize.
 //!
 //! NVRTC is found by the backend's loader: `MOEMLA_NVRTC_LIB` (the file, or its directory —
 //! e.g. the `nvidia-cuda-nvrtc-cu12` wheel's `site-packages/nvidia/cuda_nvrtc/lib`), or
@@ -11,6 +13,42 @@ use moemla_cuda::nvrtc::{compile, compile_source, Module};
 use moemla_cuda::CudaError;
 
 const ARCHS: [u32; 2] = [80, 90];
+
+/// The FP8 tensor-core instruction of the w8a8 expert GEMMs (sm_89+).
+const FP8_MMA: &str = "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32";
+
+/// Each `.entry` of a PTX text with its body (up to the next entry), by name.
+fn entries(ptx: &str) -> Vec<(&str, &str)> {
+    ptx.split(".entry ")
+        .skip(1)
+        .map(|body| (body.split('(').next().unwrap_or(""), body))
+        .collect()
+}
+
+/// Checks which expert kernels carry the FP8 tensor-core path for `arch`: on sm_89+ every
+/// w8a8 GEMM (gate/up and down, every run dtype) and no other kernel; below, none.
+fn check_fp8_mma(what: &str, ptx: &str, arch: u32) {
+    let mut w8a8_gemms = 0;
+    for (name, body) in entries(ptx) {
+        let w8a8_gemm = name.starts_with("moemla_moe_gate_up_w8a8_")
+            || name.starts_with("moemla_moe_down_w8a8_");
+        w8a8_gemms += usize::from(w8a8_gemm);
+        let want = w8a8_gemm && arch >= 89;
+        assert_eq!(
+            body.contains(FP8_MMA),
+            want,
+            "{what}: {name} {} {FP8_MMA}",
+            if want { "lacks" } else { "has" }
+        );
+        if !want {
+            assert!(!body.contains("e4m3.e4m3"), "{what}: {name} has an FP8 mma");
+        }
+    }
+    assert_eq!(
+        w8a8_gemms, 6,
+        "{what}: w8a8 GEMM entry points (2 x f32/f16/bf16)"
+    );
+}
 
 fn nvrtc_or_skip() -> Option<Nvrtc> {
     match Nvrtc::load() {
@@ -68,6 +106,9 @@ fn every_kernel_compiles_for_sm80_and_sm90_to_ptx_and_cubin() {
                         "{what}: no {insn} (tensor-core path)"
                     );
                 }
+            }
+            if module == Module::MoeExperts {
+                check_fp8_mma(&what, &c.ptx, arch);
             }
             eprintln!(
                 "{what}: PTX {} bytes, CUBIN {} bytes{}",

@@ -3,7 +3,8 @@
 // (docs: /work/shared/CONTRACT.md; kernels/README.md for the launch contract).
 //
 // Build and run: kernels/common/host_emulation/run.sh (clang++ -std=c++20). Variants:
-// 32- and 64-lane warps on the portable paths, and 32 lanes with emulated mma.sync.
+// 32- and 64-lane warps on the portable paths, 32 lanes with emulated mma.sync (sm_80:
+// w8a8 dequantizes), and 32 lanes with the sm_89+ FP8 mma.sync too (w8a8 on e4m3 codes).
 #include "cuda_on_host.h"
 #include "../moemla_device.h"
 #ifdef MOEMLA_EMULATE_MMA
@@ -598,6 +599,7 @@ struct Fp8ExpertsCase {
     bool a8 = false;      // fp8_block128 activations
     bool ue8m0 = false;   // power-of-two activation scales
     float limit = INFINITY;
+    bool x_edges = false;  // x holds -0.0 and tiny negatives (w8a8: activation codes 0x80)
 };
 
 // The contract's fp8_block128 quantization of one row (f32 arithmetic, reference encoder).
@@ -617,7 +619,13 @@ static std::vector<double> quant_row_ref(const std::vector<float>& row, bool ue8
 
 static void experts_fp8_case(int dtype, const Fp8ExpertsCase& c) {
     const int T = c.T, H = c.H, I = c.I, E = c.E, k = c.k;
-    Tensor x = make(randn((size_t)T * H, 1.0f), dtype);
+    std::vector<float> xv = randn((size_t)T * H, 1.0f);
+    if (c.x_edges)
+        for (size_t i = 0; i < xv.size(); ++i) {
+            if (i % 37 == 5) xv[i] = -0.0f;
+            if (i % 37 == 11) xv[i] = -1e-6f;  // |x / sc| < 2^-10: rounds to -0
+        }
+    Tensor x = make(xv, dtype);
     // Weights: FP8 codes (random finite ones up to 15, -0 (0x80) sprinkled, and +-448
     // (0x7E / 0xFE) in row 0 of the last expert, whose first block scale is ~1/900) and
     // non-power-of-two block scales; or run-dtype values.
@@ -724,6 +732,10 @@ static void experts_fp8_case(int dtype, const Fp8ExpertsCase& c) {
                   c.fp8, c.a8, c.ue8m0, c.limit);
     const std::string label = buf;
     expect(err == ~0ull, label + ": flag");
+    if (c.a8 && c.x_edges) {  // the activation codes the case is about do occur
+        const auto has = [&](unsigned char code) { return std::count(xq.begin(), xq.end(), code) > 0; };
+        expect(has(0x80) && has(0x7e) && has(0xfe), label + ": x codes include 0x80, 0x7E and 0xFE");
+    }
     // Reference: double GEMMs over the dequantized weights; w8a8 quantizes x (its stored
     // values) and a (from its f32 value) as the contract says.
     const double lim = c.limit;
@@ -1216,6 +1228,9 @@ int main(int argc, char** argv) {
         experts_fp8_case(dtype, {4, 140, 40, 2, 2, true, false, false, 0.75f});       // scalar loads, clamp bites
         experts_fp8_case(dtype, {5, 160, 136, 3, 2, true, true, false});              // w8a8, f32 scales
         experts_fp8_case(dtype, {3, 140, 40, 2, 2, true, true, true, 0.75f});         // w8a8 ue8m0, clamp
+        // w8a8 over several 128-blocks plus partial ones in both GEMMs (H 300 = 2 x 128 + 44,
+        // I 200 = 128 + 72; scalar loads), x codes 0x80 / +-448.
+        experts_fp8_case(dtype, {24, 300, 200, 2, 2, true, true, false, INFINITY, true});
         experts_fp8_case(dtype, {4, 40, 24, 3, 2, false, false, false, 0.5f});        // clamp, run-dtype weights
         }
         if (want("experts_shared")) experts_shared_cases(dtype);
@@ -1276,7 +1291,9 @@ int main(int argc, char** argv) {
     }
     std::printf("%s: %d checks, %d failures (warp %d%s)\n", g_failures ? "FAILED" : "ok", g_checks, g_failures,
                 MOEMLA_WARP_SIZE,
-#ifdef MOEMLA_EMULATE_MMA
+#if defined(MOEMLA_EMULATE_MMA_FP8)
+                ", emulated mma.sync incl. m16n8k32 e4m3"
+#elif defined(MOEMLA_EMULATE_MMA)
                 ", emulated mma.sync"
 #else
                 ""
