@@ -120,9 +120,9 @@ mod x86 {
     /// Rows of `b` per register tile.
     const NR: usize = 4;
 
-    /// See [`super::gemm_nt`]: 4 x 4 register tiles of 32-wide `VDPBF16PS` steps, the last
-    /// step of every row masked (any `k`, odd included); a row of `a` stays in L1 across
-    /// a whole pass over `b`.
+    /// See [`super::gemm_nt`]: 4 x 4 register tiles (4 x 3, 4 x 2, 4 x 1 and 1 x 4 ... at
+    /// the edges) of 32-wide `VDPBF16PS` steps, the last step of every row masked (any
+    /// `k`, odd included); a row of `a` stays in L1 across a whole pass over `b`.
     ///
     /// # Safety
     /// AVX-512F, AVX-512BW and AVX512-BF16 must be available; `a` holds `m * k`, `b`
@@ -144,23 +144,23 @@ mod x86 {
                 // clipped to m, n), and out[(r + i) * n + c + j] for i < mr, j < nr is
                 // inside the m * n elements.
                 let (ap, bp, op) = (a.add(r * k), b.add(c * k), o.add(r * n + c));
-                match (mr == MR, nr == NR) {
-                    (true, true) => tile::<MR, NR>(ap, bp, k, op, n),
-                    (true, false) => {
-                        for j in 0..nr {
-                            tile::<MR, 1>(ap, bp.add(j * k), k, op.add(j), n);
-                        }
+                // Edge tiles keep every row of `b` they load in registers across the
+                // rows of `a` (4 x 3, 4 x 2, ...), rather than one column at a time.
+                if mr == MR {
+                    match nr {
+                        NR => tile::<MR, NR>(ap, bp, k, op, n),
+                        3 => tile::<MR, 3>(ap, bp, k, op, n),
+                        2 => tile::<MR, 2>(ap, bp, k, op, n),
+                        _ => tile::<MR, 1>(ap, bp, k, op, n),
                     }
-                    (false, true) => {
-                        for i in 0..mr {
-                            tile::<1, NR>(ap.add(i * k), bp, k, op.add(i * n), n);
-                        }
-                    }
-                    (false, false) => {
-                        for i in 0..mr {
-                            for j in 0..nr {
-                                tile::<1, 1>(ap.add(i * k), bp.add(j * k), k, op.add(i * n + j), n);
-                            }
+                } else {
+                    for i in 0..mr {
+                        let (ai, oi) = (ap.add(i * k), op.add(i * n));
+                        match nr {
+                            NR => tile::<1, NR>(ai, bp, k, oi, n),
+                            3 => tile::<1, 3>(ai, bp, k, oi, n),
+                            2 => tile::<1, 2>(ai, bp, k, oi, n),
+                            _ => tile::<1, 1>(ai, bp, k, oi, n),
                         }
                     }
                 }
@@ -270,6 +270,8 @@ mod tests {
             (4, 4, 32),
             (5, 9, 33),
             (9, 6, 577),
+            (4, 7, 65),
+            (6, 11, 96),
             (8, 8, 2048),
         ] {
             let (a, b) = (values(m * k, 1 + k as u64), values(n * k, 99 + m as u64));
