@@ -13,7 +13,6 @@
 //! Like every `VDPBF16PS`, subnormal inputs and results count as zero.
 
 use half::bf16;
-use moemla_core::alloc::try_filled_vec;
 use moemla_core::{Error, Result};
 
 /// `out[r * n + j] = q_r . row_j` for the `m` rows of `q` [m, k] (bf16, row-major) and
@@ -284,12 +283,15 @@ fn portable_pv(
     }
 }
 
-/// Makes `out` `len` long (fallibly), its elements unspecified: every caller overwrites
-/// them all.
+/// Makes `out` `len` long (grown fallibly: [`Error::OutOfMemory`]), its elements
+/// unspecified: every caller overwrites them all.
 fn sized(out: &mut Vec<bf16>, len: usize, call: &str) -> Result<()> {
     if len > out.len() {
         out.try_reserve(len - out.len())
-            .map_err(|_| device(call, format!("{len} elements do not fit")))?;
+            .map_err(|_| Error::OutOfMemory {
+                what: format!("cpu {call}"),
+                bytes: len.saturating_mul(2),
+            })?;
     }
     out.resize(len, bf16::ZERO);
     Ok(())
@@ -297,16 +299,23 @@ fn sized(out: &mut Vec<bf16>, len: usize, call: &str) -> Result<()> {
 
 /// `values` as bf16 when every one is a bf16 value (f32 values upcast from bf16; NaN
 /// counts as one), else `None`: rounding would change the result, so the caller keeps its
-/// f32 path. Allocated fallibly ([`Error::OutOfMemory`]). A vectorisable test on the
-/// bits (the low 16 of a bf16 value's f32 are zero).
+/// f32 path. Allocated fallibly.
 pub fn exact(values: &[f32]) -> Result<Option<Vec<bf16>>> {
+    let mut out = Vec::new();
+    Ok(exact_into(values, &mut out)?.then_some(out))
+}
+
+/// Whether every one of `values` is a bf16 value (NaN counts as one); if so `out` becomes
+/// them as bf16 (grown fallibly), else it is left unspecified. A vectorisable test on the
+/// bits: the low 16 of a bf16 value's f32 are zero.
+pub fn exact_into(values: &[f32], out: &mut Vec<bf16>) -> Result<bool> {
     let low = values.iter().fold(0u32, |acc, v| {
         acc | ((v.to_bits() & 0xFFFF) * u32::from(!v.is_nan()))
     });
     if low != 0 {
-        return Ok(None);
+        return Ok(false);
     }
-    let mut out: Vec<bf16> = try_filled_vec(values.len(), "cpu bf16 attention operand")?;
+    sized(out, values.len(), "bf16 exact")?;
     for (o, &v) in out.iter_mut().zip(values) {
         *o = if v.is_nan() {
             bf16::NAN
@@ -314,7 +323,7 @@ pub fn exact(values: &[f32]) -> Result<Option<Vec<bf16>>> {
             bf16::from_bits((v.to_bits() >> 16) as u16)
         };
     }
-    Ok(Some(out))
+    Ok(true)
 }
 
 /// A backend error of this module's kernels.

@@ -4,9 +4,10 @@
 //!
 //! Each chunk of K/V rows is gathered from the cache (through a block table, or an index
 //! list for sparse attention) and upcast (or FP8-dequantized) to f32 once, shared by all M
-//! rows. A BF16 cache with bf16 query values on a CPU with the native bf16 dot instead
-//! reads the rows in place for `S` and packs V once per chunk for `P V`, with `P` rounded
-//! to bf16 as FlashMLA does ([`crate::bf16attn`]). Only positions below a row's attended
+//! rows. Bf16 query values on a CPU with the native bf16 dot instead take both products
+//! there ([`crate::bf16attn`]): K rows of a BF16 cache read in place (FP8 rows once
+//! dequantized, when their values are bf16 values), V packed once per chunk, `P` rounded
+//! to bf16 as FlashMLA does. Only positions below a row's attended
 //! length are ever read or weighted.
 
 use crate::bf16attn;
@@ -75,11 +76,13 @@ pub struct Partial {
     pub acc: Vec<f32>,
 }
 
-/// Per-thread buffers: the upcast K/V chunk, or for the native bf16 dot the V rows packed
-/// in position pairs and the bf16 probabilities; the logits and probabilities.
+/// Per-thread buffers: the upcast K/V chunk (and its bf16 rows when they are bf16
+/// values); for the native bf16 dot the V rows packed in position pairs and the bf16
+/// probabilities; the logits and probabilities.
 #[derive(Default)]
 pub struct Scratch {
     kv: Vec<f32>,
+    k16: Vec<half::bf16>,
     v16: Vec<half::bf16>,
     p16: Vec<half::bf16>,
     s: Vec<f32>,
@@ -102,26 +105,39 @@ pub fn attend(
         l: vec![0.0; rows],
         acc: vec![0.0; rows * d_v],
     };
-    // A BF16 cache and query rows that are bf16 values: the scores on the native bf16 dot.
-    let native = match cache.data {
-        KvRows::Dense(FloatSlice::BF16(data)) if bf16dot::native() => {
-            bf16attn::exact(q)?.map(|q16| (q16, data))
+    // Query rows that are bf16 values against a BF16 cache, or FP8 rows whose dequantized
+    // values are bf16 values (power-of-two scales): both products on the native bf16 dot.
+    let q16 = match cache.data {
+        KvRows::Dense(FloatSlice::BF16(_)) | KvRows::Fp8(_) if bf16dot::native() => {
+            bf16attn::exact(q)?
         }
         _ => None,
     };
     let q = MatRef::row_major(q, rows, d_qk);
-    let mut krows: Vec<&[half::bf16]> = Vec::new();
     let (mut p0, end) = (span.start, span.end);
     while p0 < end {
         let n = CHUNK.min(end - p0);
         scratch.s.resize(rows * n, 0.0);
-        if let Some((q16, data)) = &native {
-            // The K rows straight from the cache (no copy); S on the native bf16 dot.
-            krows.clear();
-            for j in 0..n {
-                let slot = cache.slots.slot(p0 + j);
-                krows.push(bf16dot::rows(data, slot * cache.h_kv + g, 1, d_qk)?);
+        let mut krows: Vec<&[half::bf16]> = Vec::new();
+        let mut loaded = false;
+        match (&q16, cache.data) {
+            (Some(_), KvRows::Dense(FloatSlice::BF16(data))) => {
+                // The K rows straight from the cache (no copy).
+                for j in 0..n {
+                    let slot = cache.slots.slot(p0 + j);
+                    krows.push(bf16dot::rows(data, slot * cache.h_kv + g, 1, d_qk)?);
+                }
             }
+            (Some(_), KvRows::Fp8(_)) => {
+                load(cache, g, p0, n, &mut scratch.kv);
+                loaded = true;
+                if bf16attn::exact_into(&scratch.kv[..n * d_qk], &mut scratch.k16)? {
+                    krows.extend(scratch.k16.chunks_exact(d_qk));
+                }
+            }
+            _ => {}
+        }
+        if let (Some(q16), false) = (&q16, krows.is_empty()) {
             bf16attn::gemm_qk(q16, d_qk, &krows, &mut scratch.s)?;
             softmax(&mut scratch.s, n, (limits, p0), scale, &mut st, d_v);
             // P rounded to bf16 (as FlashMLA does; l keeps the f32 sum) against the V
@@ -130,10 +146,8 @@ pub fn attend(
             bf16attn::pack_pairs(n, d_v, |j| krows[j], &mut scratch.v16)?;
             bf16attn::gemm_pv(&scratch.p16, &scratch.v16, d_v, &mut st.acc)?;
         } else {
-            scratch.kv.resize(n * d_qk, 0.0);
-            for (j, row) in scratch.kv.chunks_mut(d_qk).enumerate() {
-                let slot = cache.slots.slot(p0 + j);
-                cache.data.read(slot, g, cache.h_kv, row);
+            if !loaded {
+                load(cache, g, p0, n, &mut scratch.kv);
             }
             let kv = MatRef::row_major(&scratch.kv[..n * d_qk], n, d_qk);
             matmul(&mut scratch.s, q, kv.t(), false)?;
@@ -150,6 +164,16 @@ pub fn attend(
         p0 += n;
     }
     Ok(st)
+}
+
+/// Reads head `g` of positions `p0..p0 + n` as f32 rows into `kv` (upcast or
+/// dequantized).
+fn load(cache: &Cache<'_>, g: usize, p0: usize, n: usize, kv: &mut Vec<f32>) {
+    kv.resize(n * cache.d_qk, 0.0);
+    for (j, row) in kv.chunks_mut(cache.d_qk).take(n).enumerate() {
+        let slot = cache.slots.slot(p0 + j);
+        cache.data.read(slot, g, cache.h_kv, row);
+    }
 }
 
 /// [`softmax_step`] on every row of the chunk's logits `s` ([rows, n], positions from

@@ -223,3 +223,74 @@ fn bf16_decode_matches_f64_reference_at_odd_lengths_and_widths() {
     };
     check(&c, DType::BF16, 1e-2);
 }
+
+#[test]
+fn fp8_cache_decode_matches_f64_reference_on_both_paths() {
+    use moemla_core::fp8::{
+        dequantize_ds_v32_row, quantize_ds_v32_row, DS_V32_DIM, DS_V32_LATENT, DS_V32_ROW_BYTES,
+    };
+    // BF16 queries; the rows' power-of-two scales make their values bf16 values (the
+    // bf16 dot where the CPU has it), except one row with a scale of 0.3 in its first
+    // tile, whose chunk (positions 128..256 of sequence 0) takes the f32 path.
+    let c = deepseek(16, vec![257, 63]);
+    let cpu = CpuBackend::new();
+    let mut rng = Lcg::new(5);
+    let num_blocks = c.batch * c.max_blocks;
+    let table: Vec<i32> = (0..num_blocks as i32).collect();
+    let mut bytes = vec![0u8; num_blocks * c.block_size * DS_V32_ROW_BYTES];
+    let mut deq = vec![0.0f32; num_blocks * c.block_size * DS_V32_DIM];
+    let odd = 130;
+    for (slot, (row, out)) in bytes
+        .chunks_exact_mut(DS_V32_ROW_BYTES)
+        .zip(deq.chunks_exact_mut(DS_V32_DIM))
+        .enumerate()
+    {
+        let kv: Vec<f32> = rng.vec(DS_V32_DIM, -1.0, 1.0);
+        let row: &mut [u8; DS_V32_ROW_BYTES] = row.try_into().unwrap();
+        quantize_ds_v32_row(kv.as_slice().try_into().unwrap(), row);
+        if slot == odd {
+            row[DS_V32_LATENT..DS_V32_LATENT + 4].copy_from_slice(&0.3f32.to_le_bytes());
+        }
+        dequantize_ds_v32_row(row, out.try_into().unwrap());
+    }
+    assert_ne!(deq[odd * DS_V32_DIM], 0.0);
+    let q_v = rng.vec(c.batch * c.s_q * c.h_q * c.d_qk, -1.0, 1.0);
+    let (q, qs) = upload_as(&cpu, &[c.batch, c.s_q, c.h_q, c.d_qk], &q_v, DType::BF16);
+    let cache = cpu
+        .upload(
+            &HostTensor::from_bytes(
+                [num_blocks, c.block_size, 1, DS_V32_ROW_BYTES],
+                DType::U8,
+                bytes,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    let table_t = cpu
+        .upload(&HostTensor::from_slice([c.batch, c.max_blocks], &table).unwrap())
+        .unwrap();
+    let lens_t = cpu
+        .upload(&HostTensor::from_slice([c.batch], &c.seqlens).unwrap())
+        .unwrap();
+    let params = MlaDecodeParams {
+        softmax_scale: MlaDecodeParams::DEEPSEEK_V3_SOFTMAX_SCALE,
+        causal: c.causal,
+        head_dim_v: c.d_v,
+        kv_format: moemla_core::KvFormat::Fp8DsV32,
+    };
+    let out = ops::mla_decode(&cpu, &q, &cache, &table_t, &lens_t, &params).unwrap();
+    let (o, lse) = (download_f32(&cpu, &out.o), download_f32(&cpu, &out.lse));
+    let (want_o, want_lse) = reference(&c, &qs, &deq, &table, params.softmax_scale);
+    for (n, (&g, &w)) in o.iter().zip(&want_o).enumerate() {
+        assert!(
+            (g as f64 - w).abs() <= 1e-2 * (1.0 + w.abs()),
+            "o[{n}]: {g} vs {w}"
+        );
+    }
+    for (n, (&g, &w)) in lse.iter().zip(&want_lse).enumerate() {
+        assert!(
+            (g as f64 - w).abs() <= 1e-4 * (1.0 + w.abs()),
+            "lse[{n}]: {g} vs {w}"
+        );
+    }
+}
