@@ -68,6 +68,10 @@ pub struct Paths {
     pub sparse_attention_fused: u64,
     /// mla_sparse_decode calls run by the composed per-query path.
     pub sparse_attention_composed: u64,
+    /// dsa_indexer_topk calls whose selection ran on CANN's aclnnLightningIndexer.
+    pub indexer_fused: u64,
+    /// dsa_indexer_topk calls run by the composed per-query path.
+    pub indexer_composed: u64,
 }
 
 /// The live counters behind [`Paths`].
@@ -75,6 +79,8 @@ pub struct Paths {
 pub(crate) struct PathCounters {
     pub(crate) sparse_attention_fused: std::sync::atomic::AtomicU64,
     pub(crate) sparse_attention_composed: std::sync::atomic::AtomicU64,
+    pub(crate) indexer_fused: std::sync::atomic::AtomicU64,
+    pub(crate) indexer_composed: std::sync::atomic::AtomicU64,
 }
 
 /// A caller's aclrtStream registered with the device for a handle's life; dropping it waits
@@ -121,6 +127,8 @@ impl AscendBackend {
         Paths {
             sparse_attention_fused: self.paths.sparse_attention_fused.load(Relaxed),
             sparse_attention_composed: self.paths.sparse_attention_composed.load(Relaxed),
+            indexer_fused: self.paths.indexer_fused.load(Relaxed),
+            indexer_composed: self.paths.indexer_composed.load(Relaxed),
         }
     }
 

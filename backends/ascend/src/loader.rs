@@ -206,6 +206,10 @@ symbol_table! {
         fn aclnnSparseFlashAttentionGetWorkspaceSize(_: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: f64, _: i64, _: *const c_char, _: *const c_char, _: i64, _: i64, _: i64, _: i64, _: bool, _: Handle, _: Handle, _: Handle, _: *mut u64, _: *mut Handle) -> i32;
         /// aclnnSparseFlashAttention second phase.
         fn aclnnSparseFlashAttention(_: Handle, _: u64, _: Handle, _: Handle) -> i32;
+        /// hicann/ops-transformer `attention/lightning_indexer/docs/aclnnLightningIndexer.md`: `(const aclTensor *query, *key, *weights, *actualSeqLengthsQueryOptional, *actualSeqLengthsKeyOptional, *blockTableOptional, char *layoutQueryOptional, char *layoutKeyOptional, int64_t sparseCount, int64_t sparseMode, int64_t preTokens, int64_t nextTokens, bool returnValues, const aclTensor *sparseIndicesOut, *sparseValuesOut, ...)`
+        fn aclnnLightningIndexerGetWorkspaceSize(_: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: Handle, _: *const c_char, _: *const c_char, _: i64, _: i64, _: i64, _: i64, _: bool, _: Handle, _: Handle, _: *mut u64, _: *mut Handle) -> i32;
+        /// aclnnLightningIndexer second phase.
+        fn aclnnLightningIndexer(_: Handle, _: u64, _: Handle, _: Handle) -> i32;
     }
 }
 

@@ -1,21 +1,23 @@
-//! Which path serves mla_sparse_decode: CANN's aclnnSparseFlashAttention where its
-//! documented limits and semantics cover the call, the composed path elsewhere
-//! (`src/ops/sparse_flash_attention.rs`). The committed golden-v2 cases run through the
-//! backend and pass, and the backend's path counters say which path each dtype took.
+//! Which path serves mla_sparse_decode and dsa_indexer_topk: CANN's
+//! aclnnSparseFlashAttention / aclnnLightningIndexer where their documented limits and
+//! semantics cover the call, the composed path elsewhere (`src/ops/sparse_flash_attention.rs`,
+//! `src/ops/lightning_indexer.rs`). The committed golden-v2 cases run through the backend
+//! and pass, and the backend's path counters say which path each case took.
 
 mod common;
 
 use moemla_core::{ops, Backend, DType, HostTensor, SparseDecodeParams};
 use std::path::Path;
 
-/// Runs the golden-v2 mla_sparse_decode cases of `dtype` and returns (cases run, paths).
-fn golden(dtype: &str) -> (usize, moemla_ascend::Paths) {
+/// Runs the golden-v2 cases of `op` in `dtype` and returns (cases run, paths).
+fn golden(op: &str, dtype: &str) -> (usize, moemla_ascend::Paths) {
     let be = common::backend();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../conformance/golden-v2/mla_sparse_decode")
+        .join("../../conformance/golden-v2")
+        .join(op)
         .join(dtype);
     let cases = moemla_conformance::load_cases(&[dir]);
-    assert!(!cases.is_empty(), "no golden-v2 cases for {dtype}");
+    assert!(!cases.is_empty(), "no golden-v2 {op} cases for {dtype}");
     let report = moemla_conformance::run(&be, &cases);
     for r in &report.results {
         assert_eq!(
@@ -34,7 +36,7 @@ fn golden_v2_dense_deepseek_cases_run_on_sparse_flash_attention_in_f16_and_bf16(
     // One case per dtype fits SFA: v32_dense (Dqk 576, Dv 512, Hq 16, dense cache, no
     // sink). The d64 cases (Dqk 64) and the FP8-cache cases run composed.
     for dtype in ["f16", "bf16"] {
-        let (n, paths) = golden(dtype);
+        let (n, paths) = golden("mla_sparse_decode", dtype);
         assert_eq!(paths.sparse_attention_fused, 1, "{dtype}: {paths:?}");
         assert_eq!(
             paths.sparse_attention_composed,
@@ -45,10 +47,25 @@ fn golden_v2_dense_deepseek_cases_run_on_sparse_flash_attention_in_f16_and_bf16(
 }
 
 #[test]
-fn golden_v2_f32_cases_all_run_composed() {
-    let (n, paths) = golden("f32");
+fn golden_v2_f32_sparse_cases_all_run_composed() {
+    let (n, paths) = golden("mla_sparse_decode", "f32");
     assert_eq!(paths.sparse_attention_fused, 0, "{paths:?}");
     assert_eq!(paths.sparse_attention_composed, n as u64, "{paths:?}");
+}
+
+#[test]
+fn golden_v2_indexer_cases_at_hi64_di128_run_on_lightning_indexer() {
+    // Hi 64 Di 128 fits LI (bf16: k 2048 and causal k 256; f16: causal k 256); Hi 4 / 8
+    // with Di 32 / 16 and every F32 case run composed.
+    for (dtype, fused) in [("bf16", 2), ("f16", 1), ("f32", 0)] {
+        let (n, paths) = golden("dsa_indexer_topk", dtype);
+        assert_eq!(paths.indexer_fused, fused, "{dtype}: {paths:?}");
+        assert_eq!(
+            paths.indexer_composed,
+            n as u64 - fused,
+            "{dtype}: {paths:?}"
+        );
+    }
 }
 
 /// (o, lse) in f64 by the contract's formulas (no sink), over a dense cache [slots, 576].
@@ -219,5 +236,116 @@ fn calls_sparse_flash_attention_cannot_express_run_composed() {
                 "{dtype} Hq {hq} o[{n}] = {g}, want {w}"
             );
         }
+    }
+}
+
+/// One causal indexer call (B 2, Sq 3, Di 128, block 16, top_k 8; batch 0 shorter than
+/// Sq, so its rows attend 0, 1 and 2 positions) checked against an f64 reference of the
+/// contract: index sets per row, scores matched by index. Returns the paths taken.
+fn indexer_call(dtype: DType, hi: usize) -> moemla_ascend::Paths {
+    let be = common::backend();
+    let (b, sq, di, bs, nb, mb, top_k) = (2, 3, 128, 16, 4, 2, 8);
+    let q_host = HostTensor::from_f32_as(
+        [b, sq, hi, di],
+        &common::values(91, b * sq * hi * di, -1.0, 1.0),
+        dtype,
+    )
+    .unwrap();
+    let k_host = HostTensor::from_f32_as(
+        [nb, bs, di],
+        &common::values(92, nb * bs * di, -1.0, 1.0),
+        dtype,
+    )
+    .unwrap();
+    let w = common::values(93, b * sq * hi, 0.1, 1.0);
+    let table = [3i32, 1, 0, 2];
+    let seqlens = [2i32, 20];
+    let q = be.upload(&q_host).unwrap();
+    let k = be.upload(&k_host).unwrap();
+    let w_t = be
+        .upload(&HostTensor::from_slice([b, sq, hi], &w).unwrap())
+        .unwrap();
+    let bt = be
+        .upload(&HostTensor::from_slice([b, mb], &table).unwrap())
+        .unwrap();
+    let sl = be
+        .upload(&HostTensor::from_slice([b], &seqlens).unwrap())
+        .unwrap();
+    let params = moemla_core::IndexerParams {
+        top_k,
+        causal: true,
+    };
+    let out = ops::dsa_indexer_topk(&be, &q, &w_t, &k, &bt, &sl, &params).unwrap();
+    let got_i = be
+        .download(&out.topk_indices)
+        .unwrap()
+        .to_i32_vec()
+        .unwrap();
+    let got_s = be.download(&out.topk_scores).unwrap().to_f32_vec().unwrap();
+    let (qf, kf) = (q_host.to_f32_vec().unwrap(), k_host.to_f32_vec().unwrap());
+    for r in 0..b * sq {
+        let (bi, i) = (r / sq, r % sq);
+        let len = (seqlens[bi] as i64 - sq as i64 + i as i64 + 1).max(0) as usize;
+        let mut want: Vec<(f64, i32)> = (0..len)
+            .map(|p| {
+                let slot = table[bi * mb + p / bs] as usize * bs + p % bs;
+                let s: f64 = (0..hi)
+                    .map(|h| {
+                        let dot: f64 = (0..di)
+                            .map(|d| qf[(r * hi + h) * di + d] as f64 * kf[slot * di + d] as f64)
+                            .sum();
+                        w[r * hi + h] as f64 * dot.max(0.0)
+                    })
+                    .sum();
+                (s, slot as i32)
+            })
+            .collect();
+        want.sort_by(|a, b| b.0.total_cmp(&a.0));
+        want.truncate(top_k);
+        let row_i = &got_i[r * top_k..(r + 1) * top_k];
+        let row_s = &got_s[r * top_k..(r + 1) * top_k];
+        let mut got: Vec<i32> = row_i.iter().copied().filter(|&s| s != -1).collect();
+        got.sort_unstable();
+        let mut want_set: Vec<i32> = want.iter().map(|w| w.1).collect();
+        want_set.sort_unstable();
+        assert_eq!(got, want_set, "{dtype} Hi {hi} row {r}: {row_i:?}");
+        for (j, &slot) in row_i.iter().enumerate() {
+            if slot == -1 {
+                assert_eq!(row_s[j], f32::NEG_INFINITY, "{dtype} row {r} entry {j}");
+                continue;
+            }
+            let w = want.iter().find(|w| w.1 == slot).unwrap().0;
+            assert!(
+                (row_s[j] as f64 - w).abs() <= 1e-3 + 1e-4 * w.abs(),
+                "{dtype} Hi {hi} row {r} slot {slot}: {} vs {w}",
+                row_s[j]
+            );
+        }
+    }
+    be.paths()
+}
+
+#[test]
+fn lightning_indexer_path_matches_the_contract_with_causal_padding() {
+    for dtype in [DType::F16, DType::BF16] {
+        let paths = indexer_call(dtype, 4);
+        assert_eq!(
+            (paths.indexer_fused, paths.indexer_composed),
+            (1, 0),
+            "{dtype}"
+        );
+    }
+}
+
+#[test]
+fn indexer_calls_lightning_indexer_cannot_take_run_composed() {
+    // Hi 65 (A2/A3: <= 64 heads) and F32 (F16/BF16 only).
+    for (dtype, hi) in [(DType::BF16, 65), (DType::F32, 4)] {
+        let paths = indexer_call(dtype, hi);
+        assert_eq!(
+            (paths.indexer_fused, paths.indexer_composed),
+            (0, 1),
+            "{dtype} Hi {hi}"
+        );
     }
 }

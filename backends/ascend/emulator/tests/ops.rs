@@ -1,7 +1,8 @@
 //! The emulated ops follow Huawei's sources where they differ from what a caller might
 //! expect (each case names the source the emulator cites): MoeGatingTopK's yOut and tiling
 //! rules, FusedInferAttentionScoreV3's innerPrecise in MLA mode, GroupedMatmulV4's limits,
-//! InplaceZero, SparseFlashAttention's -1 / duplicate / S2 reading rules and limits. Calls go straight to the exported C functions.
+//! InplaceZero, SparseFlashAttention's -1 / duplicate / S2 reading rules and limits,
+//! LightningIndexer's stable order, causal limit and limits. Calls go straight to the exported C functions.
 
 use moemla_cann_emulator::handles::{
     aclCreateIntArray, aclCreateScalar, aclCreateTensor, aclCreateTensorList, AclTensor,
@@ -13,6 +14,9 @@ use moemla_cann_emulator::ops::elementwise::{
 };
 use moemla_cann_emulator::ops::fused_infer_attention_score::aclnnFusedInferAttentionScoreV3GetWorkspaceSize;
 use moemla_cann_emulator::ops::grouped_matmul::aclnnGroupedMatmulV4GetWorkspaceSize;
+use moemla_cann_emulator::ops::lightning_indexer::{
+    aclnnLightningIndexer, aclnnLightningIndexerGetWorkspaceSize,
+};
 use moemla_cann_emulator::ops::moe_gating_top_k::{
     aclnnMoeGatingTopK, aclnnMoeGatingTopKGetWorkspaceSize,
 };
@@ -779,4 +783,153 @@ fn sparse_flash_attention_rejects_what_its_doc_and_tiling_reject() {
     })
     .unwrap();
     assert_eq!(o[512], 2.0);
+}
+
+/// Arguments of one aclnnLightningIndexer first phase that the tests vary.
+struct LiCall {
+    dtype: i32,
+    n1: usize,
+    d: usize,
+    block: usize,
+    count: usize,
+    return_values: bool,
+}
+
+impl Default for LiCall {
+    fn default() -> Self {
+        LiCall {
+            dtype: DT_F16,
+            n1: 1,
+            d: 128,
+            block: 16,
+            count: 4,
+            return_values: false,
+        }
+    }
+}
+
+/// LI over query rows (B 1, S1 2) of all ones, weights 1, one key block whose position p
+/// holds v[p] in every dim (v = 0.5, 2, 2, -1, 1: scores 64, 256, 256, 0, 128 at d 128),
+/// actualSeqLengthsKey 5, sparseMode 3. The first phase's status or sparseIndicesOut.
+fn li(c: LiCall) -> Result<Vec<i32>, i32> {
+    use half::f16;
+    let s = stream();
+    let (s1, n1, d, bs) = (2usize, c.n1, c.d, c.block);
+    let v = [0.5f32, 2.0, 2.0, -1.0, 1.0];
+    let (_, query) = tensor(&vec![f16::ONE; s1 * n1 * d], &[1, s1, n1, d], c.dtype);
+    let keys: Vec<f16> = (0..bs * d)
+        .map(|e| f16::from_f32(v.get(e / d).copied().unwrap_or(0.0)))
+        .collect();
+    let (_, key) = tensor(&keys, &[1, bs, 1, d], c.dtype);
+    let (_, weights) = tensor(&vec![1f32; s1 * n1], &[1, s1, n1], DT_F32);
+    let (_, seq_k) = tensor(&[5i32], &[1], DT_I32);
+    let (_, table) = tensor(&[0i32], &[1, 1], DT_I32);
+    let (out_mem, out) = tensor(&vec![7i32; s1 * c.count], &[1, s1, 1, c.count], DT_I32);
+    let (_, vals) = tensor(
+        &vec![f16::ZERO; s1 * c.count],
+        &[1, s1, 1, c.count],
+        c.dtype,
+    );
+    let (mut ws, mut exec) = (0u64, null_mut());
+    // SAFETY: handles from this emulator; C-string layouts; out-pointers to locals.
+    let st = unsafe {
+        aclnnLightningIndexerGetWorkspaceSize(
+            query,
+            key,
+            weights,
+            null(),
+            seq_k,
+            table,
+            c"BSND".as_ptr(),
+            c"PA_BSND".as_ptr(),
+            c.count as i64,
+            3,
+            i64::MAX,
+            i64::MAX,
+            c.return_values,
+            out,
+            vals,
+            &mut ws,
+            &mut exec,
+        )
+    };
+    if st != 0 {
+        return Err(st);
+    }
+    launch(aclnnLightningIndexer, ws, exec, s);
+    Ok(download(out_mem, s1 * c.count))
+}
+
+#[test]
+fn lightning_indexer_sorts_stably_by_descending_score_under_the_causal_limit() {
+    // Row 0 sees positions < 5 - 2 + 0 + 1 = 4: scores 64, 256, 256, 0 -> 1, 2 (the tie
+    // in position order), 0, 3. Row 1 sees all 5: 1, 2, 4, 0 (golden
+    // cal_atten_per_batch_b16: stable sort of -score, relu, create_mask).
+    assert_eq!(li(LiCall::default()).unwrap(), [1, 2, 0, 3, 1, 2, 4, 0]);
+    // sparseCount beyond the positions: -1 after them.
+    assert_eq!(
+        li(LiCall {
+            count: 6,
+            ..Default::default()
+        })
+        .unwrap(),
+        [1, 2, 0, 3, -1, -1, 1, 2, 4, 0, 3, -1]
+    );
+}
+
+#[test]
+fn lightning_indexer_rejects_what_its_doc_and_tiling_reject() {
+    let tiling = ACLNN_ERR_INNER_TILING_ERROR;
+    for (call, want, what) in [
+        (
+            LiCall {
+                n1: 65,
+                ..Default::default()
+            },
+            tiling,
+            "65 query heads on A2/A3",
+        ),
+        (
+            LiCall {
+                d: 64,
+                ..Default::default()
+            },
+            tiling,
+            "head dim 64",
+        ),
+        (
+            LiCall {
+                block: 8,
+                ..Default::default()
+            },
+            tiling,
+            "block size 8",
+        ),
+        (
+            LiCall {
+                count: 2049,
+                ..Default::default()
+            },
+            tiling,
+            "sparseCount 2049",
+        ),
+        (
+            LiCall {
+                return_values: true,
+                ..Default::default()
+            },
+            tiling,
+            "returnValues with PA_BSND",
+        ),
+        (
+            LiCall {
+                dtype: DT_F32,
+                ..Default::default()
+            },
+            ACLNN_ERR_PARAM_INVALID,
+            "FLOAT query",
+        ),
+    ] {
+        assert_eq!(li(call).err(), Some(want), "{what}: {}", recent());
+    }
 }

@@ -1,11 +1,10 @@
-//! dsa_indexer_topk -> per query: aclnnIndexSelect (gather the attended keys) + aclnnCast +
+//! dsa_indexer_topk. Where CANN's aclnnLightningIndexer's documented limits hold (F16/BF16,
+//! Di 128, Hi <= 64, block size a multiple of 16 up to 1024, top_k it takes), the selection
+//! runs there and only the selected keys are scored again for topk_scores
+//! (`lightning_indexer.rs`). Every other call (F32, other Hi/Di or block sizes) runs
+//! composed, per query: aclnnIndexSelect (gather the attended keys) + aclnnCast +
 //! aclnnMatmul (q @ K^T) + aclnnRelu + aclnnMatmul (weights @ relu: the head reduction) +
-//! aclnnTopk + aclnnIndexSelect (positions -> cache slots), all in f32.
-//!
-//! CANN's own indexer, aclnnLightningIndexer (hicann/ops-transformer
-//! `attention/lightning_indexer/docs/aclnnLightningIndexer.md`), returns no scores with a
-//! paged key and takes head dim 128 / <= 64 heads / F16-BF16 only (see `gaps.rs`), so this
-//! mapping composes documented general ops instead, for every Hi/Di and float dtype:
+//! aclnnTopk + aclnnIndexSelect (positions -> cache slots), all in f32:
 //!
 //! 1. block_table and cache_seqlens are copied to the host and checked
 //!    (`moemla_core::indices::check_indexer_indices`); for each (b, i) the host lists the
@@ -26,17 +25,19 @@
 
 use crate::acl::{acl_dtype, ACL_FLOAT};
 use crate::loader::{Handle, OpApi};
-use crate::ops::{compose, require_ops};
+use crate::ops::{compose, lightning_indexer, require_ops};
 use crate::AscendBackend;
 use moemla_core::calls::{DsaIndexerTopkCall, DsaIndexerTopkOutput};
 use moemla_core::{indices, DType, Op, Result};
+use std::sync::atomic::Ordering::Relaxed;
 
 /// ACL_INT64 (AscendCL "aclDataType").
 const ACL_INT64: i32 = 9;
 
-/// What the mapping does, for `info().notes`.
-pub const NOTES: [&str; 1] = [
-    "dsa_indexer_topk (every float dtype, Hi, Di): per query aclnnIndexSelect gathers the attended keys, aclnnMatmul + aclnnRelu + aclnnMatmul (head weights) score them in f32, aclnnTopk picks the best, aclnnIndexSelect turns positions into slots (aclnnLightningIndexer gives no scores with a paged key: see the unsupported note); block table checked on the host; ~8 launches per query",
+/// What the mapping does, for `info().notes`: which path serves which (dtype, shape).
+pub const NOTES: [&str; 2] = [
+    "dsa_indexer_topk F16/BF16 with Di 128, Hi <= 64, block size a multiple of 16 up to 1024, top_k 1..=2048 or 3072..=8192 by 1024: CANN's aclnnLightningIndexer selects (PA_BSND key = k_cache, the caller's block table and lengths, sparseMode 3 when causal); positions become slots on the host and the selected keys are scored again in f32 (aclnnIndexSelect + aclnnCast + aclnnMatmul + aclnnRelu + aclnnMatmul per query) because LI returns no values with a paged key (src/ops/lightning_indexer.rs)",
+    "dsa_indexer_topk otherwise (F32; other Hi, Di or block sizes): composed per query, aclnnIndexSelect gathers the attended keys, aclnnMatmul + aclnnRelu + aclnnMatmul (head weights) score them in f32, aclnnTopk picks the best, aclnnIndexSelect turns positions into slots; block table checked on the host; ~8 launches per query",
 ];
 
 /// Whether the loaded op libraries have what dsa_indexer_topk needs.
@@ -85,6 +86,12 @@ pub fn run(be: &AscendBackend, call: &DsaIndexerTopkCall<'_>) -> Result<DsaIndex
     let seqlens = i32s(&dev.download_bytes(len_mem, b * 4)?);
     indices::check_indexer_indices(call, &table, &seqlens)?;
     require_ops(Op::DsaIndexerTopk, available(ops))?;
+    if lightning_indexer::ineligible(ops, call).is_none() {
+        let out = lightning_indexer::run(be, call, &table, &seqlens)?;
+        be.paths.indexer_fused.fetch_add(1, Relaxed);
+        return Ok(out);
+    }
+    be.paths.indexer_composed.fetch_add(1, Relaxed);
 
     let dt = acl_dtype(call.dtype);
     let i32_t = acl_dtype(DType::I32);

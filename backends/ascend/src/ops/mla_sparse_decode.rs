@@ -1,12 +1,10 @@
-//! mla_sparse_decode (dense cache) -> per query: aclnnIndexSelect (gather the attended
-//! rows) + aclnnCast + aclnnMatmul + aclnnMuls + aclnnLogSumExp + aclnnSoftmax +
-//! aclnnMatmul, all in f32, then one aclnnCast of `o` to the run dtype.
-//!
-//! CANN's own sparse attention, aclnnSparseFlashAttention (hicann/ops-transformer
-//! `attention/sparse_flash_attention/docs/aclnnSparseFlashAttention.md`), takes D 512 + rope
-//! 64 only, F16/BF16, returns softmaxMax/softmaxSum only for a non-paged layout, wants the
-//! valid indices of a row before the invalid ones and has no sink input (see `gaps.rs`).
-//! This mapping composes documented general ops instead, for every Dqk/Dv and float dtype:
+//! mla_sparse_decode. Where CANN's aclnnSparseFlashAttention's documented limits and
+//! semantics cover the call (F16/BF16 dense cache, Dqk 576 / Dv 512, Hq a power of two up to
+//! 128, no sink) it runs there (`sparse_flash_attention.rs`). Every other call (F32, other
+//! head dims or head counts, a sink, the FP8 cache) runs composed, per query:
+//! aclnnIndexSelect (gather the attended rows) + aclnnCast + aclnnMatmul + aclnnMuls +
+//! aclnnLogSumExp + aclnnSoftmax + aclnnMatmul, all in f32, then one aclnnCast of `o` to the
+//! run dtype:
 //!
 //! 1. indices (and topk_length) are copied to the host and checked
 //!    (`moemla_core::indices::check_sparse_indices`); for each (b, i) the attended list is

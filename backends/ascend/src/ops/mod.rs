@@ -4,6 +4,7 @@
 mod compose;
 pub mod dsa_indexer_topk;
 pub mod gaps;
+pub mod lightning_indexer;
 pub mod mla_cache_write;
 pub mod mla_decode;
 mod mla_lse;

@@ -4,6 +4,7 @@
 pub mod elementwise;
 pub mod fused_infer_attention_score;
 pub mod grouped_matmul;
+pub mod lightning_indexer;
 pub mod matmul;
 pub mod moe_gating_top_k;
 pub mod moe_routing;
