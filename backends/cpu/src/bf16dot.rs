@@ -146,21 +146,33 @@ mod x86 {
                 let (ap, bp, op) = (a.add(r * k), b.add(c * k), o.add(r * n + c));
                 // Edge tiles keep every row of `b` they load in registers across the
                 // rows of `a` (4 x 3, 4 x 2, ...), rather than one column at a time.
-                if mr == MR {
+                if mr == MR && c == 0 && r + 2 * MR <= m {
+                    // The first pass over these rows of `a` also prefetches the next MR
+                    // rows (which exist: r + 2 MR <= m): rows streamed from memory (one
+                    // page each, where the hardware prefetcher stops) arrive while this
+                    // block computes.
+                    let next = ap.add(MR * k);
                     match nr {
-                        NR => tile::<MR, NR>(ap, bp, k, op, n),
-                        3 => tile::<MR, 3>(ap, bp, k, op, n),
-                        2 => tile::<MR, 2>(ap, bp, k, op, n),
-                        _ => tile::<MR, 1>(ap, bp, k, op, n),
+                        NR => tile::<MR, NR, true>(ap, bp, k, op, n, next),
+                        3 => tile::<MR, 3, true>(ap, bp, k, op, n, next),
+                        2 => tile::<MR, 2, true>(ap, bp, k, op, n, next),
+                        _ => tile::<MR, 1, true>(ap, bp, k, op, n, next),
+                    }
+                } else if mr == MR {
+                    match nr {
+                        NR => tile::<MR, NR, false>(ap, bp, k, op, n, ap),
+                        3 => tile::<MR, 3, false>(ap, bp, k, op, n, ap),
+                        2 => tile::<MR, 2, false>(ap, bp, k, op, n, ap),
+                        _ => tile::<MR, 1, false>(ap, bp, k, op, n, ap),
                     }
                 } else {
                     for i in 0..mr {
                         let (ai, oi) = (ap.add(i * k), op.add(i * n));
                         match nr {
-                            NR => tile::<1, NR>(ai, bp, k, oi, n),
-                            3 => tile::<1, 3>(ai, bp, k, oi, n),
-                            2 => tile::<1, 2>(ai, bp, k, oi, n),
-                            _ => tile::<1, 1>(ai, bp, k, oi, n),
+                            NR => tile::<1, NR, false>(ai, bp, k, oi, n, ai),
+                            3 => tile::<1, 3, false>(ai, bp, k, oi, n, ai),
+                            2 => tile::<1, 2, false>(ai, bp, k, oi, n, ai),
+                            _ => tile::<1, 1, false>(ai, bp, k, oi, n, ai),
                         }
                     }
                 }
@@ -183,19 +195,29 @@ mod x86 {
         std::mem::transmute::<__m512i, __m512bh>(v)
     }
 
-    /// `out[i * ldo + j] = a_i . b_j` for `R` rows of `a` and `C` rows of `b`, `k` wide.
+    /// `out[i * ldo + j] = a_i . b_j` for `R` rows of `a` and `C` rows of `b`, `k` wide;
+    /// with `PF`, the `R` rows at `next` (`k` wide, which must exist) are prefetched into
+    /// L2 along the way.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    unsafe fn tile<const R: usize, const C: usize>(
+    unsafe fn tile<const R: usize, const C: usize, const PF: bool>(
         a: *const u16,
         b: *const u16,
         k: usize,
         out: *mut f32,
         ldo: usize,
+        next: *const u16,
     ) {
         let mut acc = [[_mm512_setzero_ps(); C]; R];
         let mut off = 0;
         while off < k {
             let live = (k - off).min(32);
+            if PF {
+                // Into L2: measured at the experts' shapes with weights streamed from
+                // memory (2-core Zen 5), 10-80% faster than no prefetch or one into L1.
+                for i in 0..R {
+                    _mm_prefetch::<_MM_HINT_T1>(next.add(i * k + off).cast());
+                }
+            }
             let mut bv = [load(b.add(off), live); C];
             for (j, v) in bv.iter_mut().enumerate().skip(1) {
                 *v = load(b.add(j * k + off), live);
