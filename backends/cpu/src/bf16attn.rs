@@ -336,7 +336,7 @@ fn device(call: &str, message: String) -> Error {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use half::bf16;
     use std::arch::x86_64::*;
 
@@ -444,7 +444,7 @@ mod x86 {
     /// Lane `l` of the result is the sum of the 16 lanes of `v[l]` (a transposing
     /// reduction: 45 operations for all 16 instead of 16 separate reductions).
     #[target_feature(enable = "avx512f")]
-    unsafe fn hsum16(v: &[__m512; 16]) -> __m512 {
+    pub(crate) unsafe fn hsum16(v: &[__m512; 16]) -> __m512 {
         // Per 128-bit lane, [x0 + x2, y0 + y2, x1 + x3, y1 + y3] for each pair (x, y).
         let mut w = [_mm512_setzero_ps(); 8];
         for (i, w) in w.iter_mut().enumerate() {

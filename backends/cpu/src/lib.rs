@@ -7,6 +7,7 @@
 
 mod bf16dot;
 mod bf16attn;
+mod f32attn;
 mod ceilings;
 mod convert;
 mod device;

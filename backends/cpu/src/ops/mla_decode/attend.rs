@@ -3,20 +3,22 @@
 //! `S = Q K^T` ([M, Dqk] x [Dqk, C]) and `acc += P V` ([M, C] x [C, Dv]).
 //!
 //! Each chunk of K/V rows is gathered from the cache (through a block table, or an index
-//! list for sparse attention) and upcast (or FP8-dequantized) to f32 once, shared by all M
-//! rows. Bf16 query values on a CPU with the native bf16 dot instead take both products
-//! there ([`crate::bf16attn`]): K rows of a BF16 cache read in place (FP8 rows once
-//! dequantized, when their values are bf16 values), V packed once per chunk, `P` rounded
-//! to bf16 as FlashMLA does. Only positions below a row's attended
-//! length are ever read or weighted.
+//! list for sparse attention). Bf16 query values on a CPU with the native bf16 dot take
+//! both products there ([`crate::bf16attn`]): K rows of a BF16 cache read in place (FP8
+//! rows once dequantized, when their values are bf16 values), V packed once per chunk,
+//! `P` rounded to bf16 as FlashMLA does. Otherwise the rows are f32 (an F32 cache read in
+//! place, others upcast or FP8-dequantized once, shared by all M rows), on AVX-512F
+//! kernels that read them directly ([`crate::f32attn`]) or else the general GEMM. Only
+//! positions below a row's attended length are ever read or weighted.
 
 use crate::bf16attn;
 use crate::bf16dot;
+use crate::f32attn;
 use crate::gemm_util::{matmul, MatRef};
 use crate::ops::kv_rows::KvRows;
 use crate::storage::FloatSlice;
 use crate::vmath;
-use moemla_core::Result;
+use moemla_core::{Error, Result};
 use std::ops::Range;
 
 /// Cache positions per chunk (rows of K/V upcast together).
@@ -145,6 +147,24 @@ pub fn attend(
             bf16attn::round_rows(&scratch.s, n, &mut scratch.p16)?;
             bf16attn::pack_pairs(n, d_v, |j| krows[j], &mut scratch.v16)?;
             bf16attn::gemm_pv(&scratch.p16, &scratch.v16, d_v, &mut st.acc)?;
+        } else if f32attn::native() {
+            // The f32 rows in place (an F32 cache) or as loaded, both products on
+            // AVX-512F kernels that read them directly.
+            let mut rows32: Vec<&[f32]> = Vec::with_capacity(n);
+            if let (KvRows::Dense(FloatSlice::F32(data)), false) = (cache.data, loaded) {
+                for j in 0..n {
+                    let slot = cache.slots.slot(p0 + j);
+                    rows32.push(row_of(data, slot * cache.h_kv + g, d_qk)?);
+                }
+            } else {
+                if !loaded {
+                    load(cache, g, p0, n, &mut scratch.kv);
+                }
+                rows32.extend(scratch.kv.chunks_exact(d_qk).take(n));
+            }
+            f32attn::gemm_qk(q.data, d_qk, &rows32, &mut scratch.s)?;
+            softmax(&mut scratch.s, n, (limits, p0), scale, &mut st, d_v);
+            f32attn::gemm_pv(&scratch.s, &rows32, d_v, &mut st.acc)?;
         } else {
             if !loaded {
                 load(cache, g, p0, n, &mut scratch.kv);
@@ -164,6 +184,19 @@ pub fn attend(
         p0 += n;
     }
     Ok(st)
+}
+
+/// Row `index` (of `k` columns) of the f32 cache `data`; [`Error::Device`] when it is
+/// not all there (callers checked their indices, so never in practice).
+fn row_of(data: &[f32], index: usize, k: usize) -> Result<&[f32]> {
+    index
+        .checked_mul(k)
+        .and_then(|at| data.get(at..at.checked_add(k)?))
+        .ok_or_else(|| Error::Device {
+            backend: crate::NAME.to_string(),
+            call: "mla attention rows".to_string(),
+            message: format!("row {index} of {k} columns outside {} elements", data.len()),
+        })
 }
 
 /// Reads head `g` of positions `p0..p0 + n` as f32 rows into `kv` (upcast or

@@ -1,0 +1,416 @@
+//! The two products of f32 attention on AVX-512F where the CPU has it, chosen at run time
+//! (elsewhere the caller keeps its general GEMM): the scores `S = Q K^T` ([`gemm_qk`]) and
+//! `acc += P V` ([`gemm_pv`]), both reading the K/V rows in place (no copy, no packing:
+//! V rows are already 16 columns per vector), one fused multiply-add per product into
+//! f32 sums. Single-threaded; callers parallelise over independent tiles.
+
+use moemla_core::{Error, Result};
+
+/// Whether [`gemm_qk`] and [`gemm_pv`] run on AVX-512F on this CPU.
+pub fn native() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `out[r * n + j] = q_r . row_j` for the `m` rows of `q` [m, k] (row-major) and the `n`
+/// rows `rows` (each at least `k` long; its first `k` columns are used); `out` is [m, n]
+/// and is overwritten.
+///
+/// A `k` of 0, a `q` that is not whole rows of `k`, a short row or an `out` that is not
+/// `m * n` long are [`Error::Device`]; nothing is written then.
+pub fn gemm_qk(q: &[f32], k: usize, rows: &[&[f32]], out: &mut [f32]) -> Result<()> {
+    gemm_qk_with(native(), q, k, rows, out)
+}
+
+/// [`gemm_qk`] on AVX-512F or (`native` false) plain loops.
+fn gemm_qk_with(native: bool, q: &[f32], k: usize, rows: &[&[f32]], out: &mut [f32]) -> Result<()> {
+    let (m, n) = (q.len() / k.max(1), rows.len());
+    if k == 0 || m * k != q.len() || m.checked_mul(n) != Some(out.len()) {
+        return Err(device(
+            "f32 gemm_qk",
+            format!(
+                "q ({} elements) must be whole rows of k = {k} >= 1 and out ({}) rows(q) x {n}",
+                q.len(),
+                out.len()
+            ),
+        ));
+    }
+    if let Some(j) = rows.iter().position(|r| r.len() < k) {
+        return Err(device(
+            "f32 gemm_qk",
+            format!("row {j} has {} elements, fewer than k = {k}", rows[j].len()),
+        ));
+    }
+    #[cfg(target_arch = "x86_64")]
+    if native {
+        // SAFETY: AVX-512F was detected at run time (`native` is only true then), and the
+        // lengths were checked above: `q` holds m rows of k, every row at least k
+        // elements, `out` m * n, which is all `x86::gemm_qk` reads and writes.
+        unsafe { x86::gemm_qk(q, (m, k), rows, out) };
+        return Ok(());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = native;
+    for (qr, o) in q.chunks_exact(k).zip(out.chunks_exact_mut(n.max(1))) {
+        for (row, x) in rows.iter().zip(o.iter_mut()) {
+            let mut acc = [0.0f32; 16];
+            for (i, (a, b)) in qr.iter().zip(&row[..k]).enumerate() {
+                acc[i % 16] = a.mul_add(*b, acc[i % 16]);
+            }
+            *x = acc.iter().sum();
+        }
+    }
+    Ok(())
+}
+
+/// `acc[r * d + c] += sum_j p[r * n + j] * rows[j][c]` for the `m` rows of `p` [m, n]
+/// and the `n` value rows `rows` (each at least `d` long; its first `d` columns are
+/// used); `acc` is [m, d].
+///
+/// Lengths that do not fit these shapes are [`Error::Device`]; nothing is written then.
+pub fn gemm_pv(p: &[f32], rows: &[&[f32]], d: usize, acc: &mut [f32]) -> Result<()> {
+    gemm_pv_with(native(), p, rows, d, acc)
+}
+
+/// [`gemm_pv`] on AVX-512F or (`native` false) plain loops.
+fn gemm_pv_with(native: bool, p: &[f32], rows: &[&[f32]], d: usize, acc: &mut [f32]) -> Result<()> {
+    let n = rows.len();
+    let m = acc.len() / d.max(1);
+    if d == 0 || n == 0 || m * d != acc.len() || m.checked_mul(n) != Some(p.len()) {
+        return Err(device(
+            "f32 gemm_pv",
+            format!(
+                "p ({} elements), {n} rows and acc ({}) do not make [m, {n}] x [{n}, {d}] \
+                 into [m, {d}]",
+                p.len(),
+                acc.len()
+            ),
+        ));
+    }
+    if let Some(j) = rows.iter().position(|r| r.len() < d) {
+        return Err(device(
+            "f32 gemm_pv",
+            format!("row {j} has {} elements, fewer than d = {d}", rows[j].len()),
+        ));
+    }
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if native && d >= 16 {
+        done = d / 16 * 16;
+        // SAFETY: AVX-512F was detected at run time (`native` is only true then), and
+        // the shapes were checked above: `p` holds m rows of n, every row at least d
+        // elements, `acc` m rows of d; the kernel touches columns below `done` (<= d).
+        unsafe { x86::gemm_pv(p, rows, (m, d, done), acc) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = native;
+    if done < d {
+        for (pr, ar) in p.chunks_exact(n).zip(acc.chunks_exact_mut(d)) {
+            for (&w, row) in pr.iter().zip(rows) {
+                for (a, &v) in ar[done..].iter_mut().zip(&row[done..d]) {
+                    *a = w.mul_add(v, *a);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A backend error of this module's kernels.
+fn device(call: &str, message: String) -> Error {
+    Error::Device {
+        backend: crate::NAME.to_string(),
+        call: call.to_string(),
+        message,
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use crate::bf16attn::x86::hsum16;
+    use std::arch::x86_64::*;
+
+    /// Query rows and cache rows per register tile of `Q K^T` (4 x 4 sums: one vector).
+    const QT: usize = 4;
+    /// Rows of `p` per register tile of `P V`.
+    const MR: usize = 4;
+    /// 16-column vectors per register tile of `P V`.
+    const NV: usize = 4;
+
+    /// 16 f32 from `p`, of which the first `live` (<= 16) are loaded and the rest zero.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load(p: *const f32, live: usize) -> __m512 {
+        if live >= 16 {
+            _mm512_loadu_ps(p)
+        } else {
+            // Masked-off elements are neither read nor faulted on.
+            _mm512_maskz_loadu_ps((1u16 << live) - 1, p)
+        }
+    }
+
+    /// See [`super::gemm_qk`]: 4 x 4 register tiles of 16-wide FMA steps (the last step of
+    /// a row masked), the 16 sums of a tile reduced together; cache-row tiles outermost.
+    ///
+    /// # Safety
+    /// AVX-512F must be available; `q` holds `m * k` elements, every row at least `k`,
+    /// `out` `m * rows.len()`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn gemm_qk(q: &[f32], (m, k): (usize, usize), rows: &[&[f32]], out: &mut [f32]) {
+        let n = rows.len();
+        let (q, o) = (q.as_ptr(), out.as_mut_ptr());
+        let mut c = 0;
+        while c < n {
+            let nc = (n - c).min(QT);
+            let mut bp = [rows[c].as_ptr(); QT];
+            for (j, p) in bp.iter_mut().enumerate().take(nc) {
+                *p = rows[c + j].as_ptr();
+            }
+            let mut r = 0;
+            while r < m {
+                let mr = (m - r).min(QT);
+                // SAFETY (all): rows r..r + mr of q exist (mr clipped to m); the first nc
+                // row pointers are rows c..c + nc, each k long; out[(r + i) * n + c + j]
+                // for i < mr, j < nc lies inside the m * n elements.
+                let (ap, op) = (q.add(r * k), o.add(r * n + c));
+                if (mr, nc) == (QT, QT) {
+                    qk_tile4(ap, bp, k, op, n);
+                } else {
+                    for i in 0..mr {
+                        for (j, &b) in bp.iter().enumerate().take(nc) {
+                            *op.add(i * n + j) = dot(ap.add(i * k), b, k);
+                        }
+                    }
+                }
+                r += mr;
+            }
+            c += nc;
+        }
+    }
+
+    /// `a . b` over `k` elements.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn dot(a: *const f32, b: *const f32, k: usize) -> f32 {
+        let mut acc = _mm512_setzero_ps();
+        let mut off = 0;
+        while off < k {
+            let live = (k - off).min(16);
+            acc = _mm512_fmadd_ps(load(a.add(off), live), load(b.add(off), live), acc);
+            off += live;
+        }
+        _mm512_reduce_add_ps(acc)
+    }
+
+    /// `out[i * ldo + j] = a_i . b_j` for 4 rows of `a` (stride `k`) and the 4 rows `b`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn qk_tile4(a: *const f32, b: [*const f32; QT], k: usize, out: *mut f32, ldo: usize) {
+        let mut acc = [_mm512_setzero_ps(); QT * QT];
+        let mut off = 0;
+        while off < k {
+            let live = (k - off).min(16);
+            let bv = b.map(|p| load(p.add(off), live));
+            for i in 0..QT {
+                let av = load(a.add(i * k + off), live);
+                for (j, &bj) in bv.iter().enumerate() {
+                    acc[i * QT + j] = _mm512_fmadd_ps(av, bj, acc[i * QT + j]);
+                }
+            }
+            off += live;
+        }
+        let sums = hsum16(&acc);
+        _mm_storeu_ps(out, _mm512_extractf32x4_ps::<0>(sums));
+        _mm_storeu_ps(out.add(ldo), _mm512_extractf32x4_ps::<1>(sums));
+        _mm_storeu_ps(out.add(2 * ldo), _mm512_extractf32x4_ps::<2>(sums));
+        _mm_storeu_ps(out.add(3 * ldo), _mm512_extractf32x4_ps::<3>(sums));
+    }
+
+    /// See [`super::gemm_pv`], columns `0..wide` (`wide` a multiple of 16, <= d): register
+    /// tiles of `MR` rows x `NV` vectors, column tiles outermost so a tile's V columns
+    /// stay in L1 across all rows.
+    ///
+    /// # Safety
+    /// AVX-512F must be available; `p` holds `m * rows.len()` elements, every row at
+    /// least `d`, `acc` `m * d`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn gemm_pv(
+        p: &[f32],
+        rows: &[&[f32]],
+        (m, d, wide): (usize, usize, usize),
+        acc: &mut [f32],
+    ) {
+        let n = rows.len();
+        let (p, o) = (p.as_ptr(), acc.as_mut_ptr());
+        let mut c = 0;
+        while c < wide {
+            let nv = ((wide - c) / 16).min(NV);
+            let mut r = 0;
+            while r < m {
+                let mr = (m - r).min(MR);
+                // SAFETY (all): rows r..r + mr of p and acc exist (mr clipped to m), and
+                // columns c..c + 16 nv lie below wide <= d in acc and in every value row.
+                let (pp, op) = (p.add(r * n), o.add(r * d + c));
+                let g = (pp, rows, c, op, d);
+                match (mr, nv) {
+                    (MR, NV) => tile::<MR, NV>(g),
+                    (MR, 3) => tile::<MR, 3>(g),
+                    (MR, 2) => tile::<MR, 2>(g),
+                    (MR, _) => tile::<MR, 1>(g),
+                    (_, _) => {
+                        for i in 0..mr {
+                            let g = (pp.add(i * n), rows, c, op.add(i * d), d);
+                            match nv {
+                                NV => tile::<1, NV>(g),
+                                3 => tile::<1, 3>(g),
+                                2 => tile::<1, 2>(g),
+                                _ => tile::<1, 1>(g),
+                            }
+                        }
+                    }
+                }
+                r += mr;
+            }
+            c += 16 * nv;
+        }
+    }
+
+    /// `R` rows x `C` vectors of `acc` (row stride `d`) += `p` (rows of `rows.len()`)
+    /// times columns `c..c + 16 C` of the value rows.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile<const R: usize, const C: usize>(
+        (p, rows, c, o, d): (*const f32, &[&[f32]], usize, *mut f32, usize),
+    ) {
+        let n = rows.len();
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        for (i, row) in acc.iter_mut().enumerate() {
+            for (j, a) in row.iter_mut().enumerate() {
+                *a = _mm512_loadu_ps(o.add(i * d + 16 * j));
+            }
+        }
+        for (t, vrow) in rows.iter().enumerate() {
+            let v = vrow.as_ptr().add(c);
+            let mut bv = [_mm512_setzero_ps(); C];
+            for (j, b) in bv.iter_mut().enumerate() {
+                *b = _mm512_loadu_ps(v.add(16 * j));
+            }
+            for (i, row) in acc.iter_mut().enumerate() {
+                let a = _mm512_set1_ps(*p.add(i * n + t));
+                for (s, &b) in row.iter_mut().zip(&bv) {
+                    *s = _mm512_fmadd_ps(a, b, *s);
+                }
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (j, &a) in row.iter().enumerate() {
+                _mm512_storeu_ps(o.add(i * d + 16 * j), a);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::Lcg;
+
+    /// The paths this CPU can run: plain loops, and AVX-512F where it has it.
+    fn paths() -> Vec<bool> {
+        let mut p = vec![false];
+        if native() {
+            p.push(true);
+        }
+        p
+    }
+
+    #[test]
+    fn scores_match_an_f64_reference_at_odd_and_tail_shapes() {
+        let mut rng = Lcg::new(3);
+        for native in paths() {
+            for (m, n, k) in [(1, 1, 1), (3, 5, 7), (4, 4, 16), (5, 9, 17), (16, 130, 576)] {
+                let stride = k + 3;
+                let q = rng.vec(m * k, -2.0, 2.0);
+                let mat = rng.vec(n * stride, -2.0, 2.0);
+                let rows: Vec<&[f32]> = mat.chunks_exact(stride).collect();
+                let mut out = vec![f32::NAN; m * n];
+                gemm_qk_with(native, &q, k, &rows, &mut out).unwrap();
+                for r in 0..m {
+                    for (j, row) in rows.iter().enumerate() {
+                        let prods = q[r * k..(r + 1) * k]
+                            .iter()
+                            .zip(&row[..k])
+                            .map(|(&a, &b)| a as f64 * b as f64);
+                        let (want, abs) = prods.fold((0.0, 0.0), |(s, a), x| (s + x, a + x.abs()));
+                        let tol = (k / 16 + 32) as f64 * f32::EPSILON as f64 * abs;
+                        let got = out[r * n + j] as f64;
+                        assert!(
+                            (got - want).abs() <= tol,
+                            "native {native} m {m} n {n} k {k} [{r},{j}]: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn values_match_an_f64_reference_at_odd_and_tail_shapes() {
+        let mut rng = Lcg::new(4);
+        for native in paths() {
+            for (m, n, d) in [
+                (1, 1, 1),
+                (3, 7, 5),
+                (4, 2, 16),
+                (5, 33, 17),
+                (9, 128, 512),
+                (6, 3, 100),
+            ] {
+                let stride = d + 5;
+                let mat = rng.vec(n * stride, -2.0, 2.0);
+                let rows: Vec<&[f32]> = mat.chunks_exact(stride).collect();
+                let p = rng.vec(m * n, 0.0, 1.0);
+                let init = rng.vec(m * d, -2.0, 2.0);
+                let mut acc = init.clone();
+                gemm_pv_with(native, &p, &rows, d, &mut acc).unwrap();
+                for r in 0..m {
+                    for c in 0..d {
+                        let (mut want, mut abs) = (init[r * d + c] as f64, 2.0f64);
+                        for (j, row) in rows.iter().enumerate() {
+                            let x = p[r * n + j] as f64 * row[c] as f64;
+                            want += x;
+                            abs += x.abs();
+                        }
+                        let tol = (n + 2) as f64 * f32::EPSILON as f64 * abs;
+                        let got = acc[r * d + c] as f64;
+                        assert!(
+                            (got - want).abs() <= tol,
+                            "native {native} m {m} n {n} d {d} [{r},{c}]: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn mismatched_shapes_are_errors_and_write_nothing() {
+        for native in paths() {
+            let v = [0.5f32; 8];
+            let mut acc = vec![0.25; 8];
+            let rows = [&v[..4], &v[4..8]];
+            assert!(gemm_pv_with(native, &v[..4], &rows, 4, &mut acc).is_ok());
+            let before = acc.clone();
+            assert!(gemm_pv_with(native, &v[..4], &rows, 0, &mut acc).is_err());
+            assert!(gemm_pv_with(native, &v[..3], &rows, 4, &mut acc).is_err());
+            assert!(gemm_pv_with(native, &v[..4], &rows, 5, &mut acc[..5]).is_err());
+            assert!(gemm_pv_with(native, &v[..0], &[], 4, &mut acc).is_err());
+            assert!(gemm_qk_with(native, &v, 0, &rows, &mut acc[..4]).is_err());
+            assert!(gemm_qk_with(native, &v, 4, &[&v[..3]], &mut acc[..2]).is_err());
+            assert!(gemm_qk_with(native, &v, 4, &rows, &mut acc[..3]).is_err());
+            assert_eq!(acc, before);
+        }
+    }
+}
