@@ -4,13 +4,16 @@
 //! bandwidth for the memory term, the f32 FMA peak or the native bf16 dot peak (by the
 //! row's dtype) for the compute term. The backend's copy and its dense GEMM are still
 //! measured, as reference rates: a copy moves each byte twice, and a library GEMM is an
-//! achievable rate, not a limit. Elsewhere (GPUs) the device copy and the backend's GEMM
-//! are the only rates measured, and are labelled as such.
+//! achievable rate, not a limit. Elsewhere (GPUs) the floors use the device's read
+//! bandwidth and f32 FMA peak measured by the backend's own kernels
+//! ([`Backend::limits_bench`], OpenCL) where it has them; else the device copy and the
+//! backend's GEMM, labelled achievable. On a CPU device with such kernels (PoCL) their
+//! rates are shown beside the host's as "device read BW" and "device f32 FMA peak".
 
 use crate::host::HostLimits;
 use crate::timing::{median_time, Budget};
 use moemla_core::alloc::try_filled_vec;
-use moemla_core::{Backend, DType, Error, HostTensor, Result, Shape};
+use moemla_core::{Backend, DType, Error, HostTensor, MeasuredLimits, Result, Shape};
 use serde::Serialize;
 
 /// One measured rate.
@@ -163,7 +166,8 @@ fn host_memory_bytes() -> Option<u64> {
 /// Measures the backend's copy bandwidth (a `copy_bytes`-byte buffer) and its dense GEMM
 /// rate at `gemm_size`^3 in `dtype`, after [`check_fits`]: sizes the machine cannot hold
 /// are a typed error, never an abort. With `host` (the backend runs on this host's CPU)
-/// the floors use the host's physical limits and the two backend rates are reference only.
+/// the floors use the host's physical limits and the two backend rates are reference only;
+/// elsewhere the backend's own limit kernels ([`Backend::limits_bench`]) where it has them.
 pub fn measure(
     backend: &dyn Backend,
     dtype: DType,
@@ -201,8 +205,16 @@ pub fn measure(
         false,
         format!("{n}x{n}x{n}, {}", backend.dense_gemm_impl(dtype)),
     );
-    Ok(match host {
-        None => Ceilings {
+    // The device's own limit kernels, where the backend has them, over a buffer at least
+    // as large as the host's read buffer (so it streams from memory there too).
+    let read_bytes = copy_bytes.max(host.map_or(0, |h| h.read_bytes));
+    let device = match backend.limits_bench(read_bytes, budget.max_reps.clamp(3, 10)) {
+        Ok(m) => Some(device_limits(&m)),
+        Err(Error::NotProvided { .. }) => None,
+        Err(e) => return Err(e),
+    };
+    Ok(match (host, device) {
+        (None, None) => Ceilings {
             dtype,
             memory: copy,
             memory_in_cache: None,
@@ -210,15 +222,76 @@ pub fn measure(
             compute: gemm,
             reference: Vec::new(),
         },
-        Some(h) => Ceilings {
+        (None, Some((read, fma))) => Ceilings {
             dtype,
-            memory: read_limit(h),
-            memory_in_cache: Some(cache_read_limit(h)),
-            cache_bytes: Some(h.llc_bytes.unwrap_or(0)),
-            compute: compute_limit(h, dtype),
+            memory: read,
+            memory_in_cache: None,
+            cache_bytes: None,
+            compute: fma,
             reference: vec![copy, gemm],
         },
+        (Some(h), device) => host_ceilings(dtype, h, [copy, gemm], device),
     })
+}
+
+/// The ceilings of a backend on this host's CPU: the host's limits are the floors, the
+/// backend's `rates` (copy, GEMM) and its own `device` kernels' (read BW, FMA peak) are
+/// shown beside them. The device's kernels measure the same limits of the same cores, so
+/// each is also a lower bound of them: the floors take the best of the host's and theirs.
+fn host_ceilings(
+    dtype: DType,
+    h: &HostLimits,
+    rates: [Limit; 2],
+    device: Option<(Limit, Limit)>,
+) -> Ceilings {
+    let (mut memory, mut compute) = (read_limit(h), compute_limit(h, dtype));
+    if let Some((read, fma)) = &device {
+        memory.merge(read);
+        memory.how += "; also measured by the device's read kernel (below)";
+        if compute.name == fma.name {
+            compute.merge(fma);
+            compute.how += "; also measured by the device's FMA kernel (below)";
+        }
+    }
+    Ceilings {
+        dtype,
+        memory,
+        memory_in_cache: Some(cache_read_limit(h)),
+        cache_bytes: Some(h.llc_bytes.unwrap_or(0)),
+        compute,
+        reference: rates
+            .into_iter()
+            .chain(
+                device
+                    .into_iter()
+                    .flat_map(|(read, fma)| [read, fma])
+                    .map(|mut l| {
+                        l.name = format!("device {}", l.name);
+                        l
+                    }),
+            )
+            .collect(),
+    }
+}
+
+/// The read bandwidth and f32 FMA peak a backend's own kernels measured, as limits.
+pub fn device_limits(m: &MeasuredLimits) -> (Limit, Limit) {
+    (
+        Limit::new(
+            "read BW",
+            m.read_bytes_per_s,
+            "B/s",
+            true,
+            m.read_how.clone(),
+        ),
+        Limit::new(
+            "f32 FMA peak",
+            m.fma_flops_per_s,
+            "FLOP/s",
+            true,
+            m.fma_how.clone(),
+        ),
+    )
 }
 
 /// The host's read bandwidth as a limit.
@@ -338,5 +411,54 @@ mod tests {
         assert_eq!(c.memory.rate, 50e9);
         assert_eq!(c.memory.measured, vec![29e9, 45e9, 50e9]);
         assert_eq!(c.compute.rate, 230e9);
+    }
+
+    #[test]
+    fn on_this_host_the_floors_take_the_best_of_the_host_and_the_device_kernels() {
+        let h = HostLimits {
+            threads: 2,
+            fma_flops: 200e9,
+            fma_isa: "test",
+            fma_accumulators: 24,
+            bf16_flops: Some(400e9),
+            bf16_isa: Some("test"),
+            read_bandwidth: 30e9,
+            read_bytes: 256 << 20,
+            read_passes: 20,
+            read_huge_pages: true,
+            llc_bytes: Some(32 << 20),
+            cache_read_bandwidth: 200e9,
+        };
+        let rates = || [limit("copy BW", 20e9), limit("GEMM (achievable)", 100e9)];
+        // The device's read kernel saw more than the host's loop, its FMA kernel less.
+        let device = || Some((limit("read BW", 35e9), limit("f32 FMA peak", 150e9)));
+        let c = host_ceilings(DType::F32, &h, rates(), device());
+        assert_eq!(
+            (c.memory.rate, c.memory.measured.clone()),
+            (35e9, vec![30e9, 35e9])
+        );
+        assert_eq!(
+            (c.compute.rate, c.compute.measured.clone()),
+            (200e9, vec![200e9, 150e9])
+        );
+        let names: Vec<&str> = c.reference.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "copy BW",
+                "GEMM (achievable)",
+                "device read BW",
+                "device f32 FMA peak"
+            ]
+        );
+        // bf16 rows: the bf16 dot peak, which an f32 FMA kernel does not measure.
+        let c = host_ceilings(DType::BF16, &h, rates(), device());
+        assert_eq!((c.compute.rate, c.compute.measured.len()), (400e9, 1));
+        // Without device kernels: the host's limits alone.
+        let c = host_ceilings(DType::F32, &h, rates(), None);
+        assert_eq!(
+            (c.memory.rate, c.compute.rate, c.reference.len()),
+            (30e9, 200e9, 2)
+        );
     }
 }

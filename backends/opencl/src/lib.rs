@@ -28,6 +28,7 @@ mod device;
 mod error;
 mod flags;
 mod launch;
+mod limits;
 mod ops;
 mod program;
 mod programs_v2;
@@ -40,8 +41,8 @@ use moemla_core::calls::{
     MlaSparseDecodeCall, MoeExpertsCall, MoeRouteCall,
 };
 use moemla_core::{
-    memory, Backend, BackendInfo, DType, DeviceTensor, HostTensor, MlaDecodeOutput, MoeRouteOutput,
-    OpSupport, Result, Shape, Verification, VerificationKind,
+    memory, Backend, BackendInfo, DType, DeviceTensor, HostTensor, MeasuredLimits, MlaDecodeOutput,
+    MoeRouteOutput, OpSupport, Result, Shape, Verification, VerificationKind,
 };
 use std::collections::BTreeMap;
 use std::ffi::c_void;
@@ -492,6 +493,10 @@ impl Backend for OpenClBackend {
 
     fn dense_gemm_impl(&self, dtype: DType) -> String {
         ceilings::dense_gemm_impl(ceilings::Gemm::for_device(&self.device), dtype)
+    }
+
+    fn limits_bench(&self, read_bytes: usize, reps: usize) -> Result<MeasuredLimits> {
+        limits::measure(&self.device, read_bytes, reps)
     }
 }
 

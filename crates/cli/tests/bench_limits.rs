@@ -105,51 +105,7 @@ fn physical_ceilings_bound_every_cpu_row_of_the_same_run() {
             "{c}"
         );
     }
-    for row in rows {
-        let c = ceilings
-            .iter()
-            .find(|c| c["dtype"] == row["dtype"])
-            .unwrap_or_else(|| panic!("no ceilings for {row}"));
-        let (bw, flops) = (
-            row["gb_per_s"].as_f64().unwrap() * 1e9,
-            row["gflop_per_s"].as_f64().unwrap() * 1e9,
-        );
-        // Rows whose data fits in the last-level cache are against the cache read
-        // bandwidth, the others against memory's.
-        let in_cache = row["bytes"].as_f64().unwrap() <= c["cache_bytes"].as_f64().unwrap();
-        let memory = if in_cache {
-            &c["memory_in_cache"]
-        } else {
-            &c["memory"]
-        };
-        assert_eq!(row["memory_limit"], memory["name"], "{row}");
-        let (mem_limit, compute_limit) = (
-            memory["rate"].as_f64().unwrap(),
-            c["compute"]["rate"].as_f64().unwrap(),
-        );
-        assert!(bw > 0.0 && bw < mem_limit, "{row} vs {c}");
-        assert!(flops > 0.0 && flops < compute_limit, "{row} vs {c}");
-        // The host's rates bound it whatever ceilings entry carries them (a bf16 row may
-        // pass the f32 peak on a native bf16 dot, so its own compute limit only).
-        let host_bw = if in_cache {
-            host["cache_read_bandwidth"].as_f64().unwrap()
-        } else {
-            host["read_bandwidth"].as_f64().unwrap()
-        };
-        assert!(bw < host_bw, "{row}");
-        if row["dtype"] != "BF16" {
-            assert!(flops < host["fma_flops"].as_f64().unwrap(), "{row}");
-        }
-        // The row names the ceiling its ratio is against.
-        let ratio = row["roofline_ratio"].as_f64().unwrap();
-        assert!(ratio > 0.0 && ratio < 1.0, "{row}");
-        let limit = row["limit"].as_str().unwrap();
-        let want = match row["bound"].as_str().unwrap() {
-            "memory" => &memory["name"],
-            _ => &c["compute"]["name"],
-        };
-        assert_eq!(limit, want, "{row}");
-    }
+    assert_rows_bounded(&doc, 0);
     assert!(stdout.contains("physical limit"), "{stdout}");
     assert!(stdout.contains("achievable rate, not a limit"), "{stdout}");
 
@@ -212,6 +168,61 @@ fn physical_ceilings_bound_every_cpu_row_of_the_same_run() {
     }
 }
 
+/// The same discipline on OpenCL where this machine has it (PoCL, on this CPU): the host's
+/// limits bound every OpenCL row of the same run, and the device's own limit kernels (read
+/// reduction, FMA loop) are measured before and after the rows beside them. Skipped where
+/// no OpenCL device opens, unless MOEMLA_REQUIRE names opencl.
+#[test]
+fn physical_ceilings_bound_every_opencl_row_of_the_same_run() {
+    let report = std::env::temp_dir().join(format!(
+        "moemla-bench-limits-opencl-{}.json",
+        std::process::id()
+    ));
+    let out = Command::new(env!("CARGO_BIN_EXE_moemla"))
+        .args(["bench", "--quick", "--backend", "opencl", "--json"])
+        .arg(&report)
+        .env_remove("MOEMLA_BACKEND")
+        .output()
+        .expect("run moemla");
+    let required = std::env::var("MOEMLA_REQUIRE").is_ok_and(|r| r.contains("opencl"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() && !required && stderr.contains("unavailable") {
+        eprintln!("skipped: no OpenCL device ({stderr})");
+        return;
+    }
+    assert!(
+        out.status.success(),
+        "{}{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).unwrap();
+    std::fs::remove_file(&report).ok();
+    assert_eq!(doc["ceilings"][0]["backend"], "opencl");
+    let ceilings = doc["ceilings"][0]["ceilings"].as_array().unwrap();
+    for c in ceilings {
+        let reference = c["reference"].as_array().unwrap();
+        // On a CPU device (PoCL) the floors are the host's; the device's kernels' rates
+        // are shown beside them. On a GPU they are the floors.
+        let on_host = c["memory"]["name"] == "read BW" && !c["memory_in_cache"].is_null();
+        let device: Vec<&serde_json::Value> = if on_host {
+            (reference.iter())
+                .filter(|r| r["name"] == "device read BW" || r["name"] == "device f32 FMA peak")
+                .collect()
+        } else {
+            vec![&c["memory"], &c["compute"]]
+        };
+        assert_eq!(device.len(), 2, "{c}");
+        for l in device {
+            assert_eq!(l["physical"], true, "{l}");
+            assert!(l["rate"].as_f64().unwrap() > 0.0, "{l}");
+            assert_eq!(l["measured"].as_array().unwrap().len(), 2, "{l}");
+            assert!(l["how"].as_str().unwrap().starts_with("OpenCL "), "{l}");
+        }
+    }
+    assert_rows_bounded(&doc, 0);
+}
+
 #[test]
 fn filter_keeps_only_the_cases_whose_text_contains_it() {
     let report =
@@ -261,4 +272,66 @@ fn filter_keeps_only_the_cases_whose_text_contains_it() {
         err.contains("unknown peer `jax` (supported: numpy, torch)"),
         "{err}"
     );
+}
+
+/// Every row of the `index`th backend in `doc` (a `moemla bench --json` report) stays
+/// below the memory and compute limits of its dtype's ceilings (on the CPU backend also the
+/// host's best rates), and names the limit its ratio is against.
+fn assert_rows_bounded(doc: &serde_json::Value, index: usize) {
+    let host = &doc["host"];
+    let ceilings = doc["ceilings"][index]["ceilings"].as_array().unwrap();
+    let backend = doc["ceilings"][index]["backend"].as_str().unwrap();
+    let rows: Vec<_> = (doc["rows"].as_array().unwrap().iter())
+        .filter(|r| r["backend"] == backend)
+        .collect();
+    assert!(!rows.is_empty(), "{backend}");
+    for row in rows {
+        let c = ceilings
+            .iter()
+            .find(|c| c["dtype"] == row["dtype"])
+            .unwrap_or_else(|| panic!("no ceilings for {row}"));
+        let (bw, flops) = (
+            row["gb_per_s"].as_f64().unwrap() * 1e9,
+            row["gflop_per_s"].as_f64().unwrap() * 1e9,
+        );
+        // Rows whose data fits in the last-level cache are against the cache read
+        // bandwidth, the others against memory's.
+        let bytes = row["bytes"].as_f64().unwrap();
+        let in_cache = c["cache_bytes"].as_f64().is_some_and(|fits| bytes <= fits);
+        let memory = if in_cache {
+            &c["memory_in_cache"]
+        } else {
+            &c["memory"]
+        };
+        assert_eq!(row["memory_limit"], memory["name"], "{row}");
+        let (mem_limit, compute_limit) = (
+            memory["rate"].as_f64().unwrap(),
+            c["compute"]["rate"].as_f64().unwrap(),
+        );
+        assert!(bw > 0.0 && bw < mem_limit, "{row} vs {c}");
+        assert!(flops > 0.0 && flops < compute_limit, "{row} vs {c}");
+        // On the CPU backend the host's best rates bound it whatever ceilings entry carries
+        // them (a bf16 row may pass the f32 peak on a native bf16 dot, so its own compute
+        // limit only). (An OpenCL device's floors may be its own kernels' better rates.)
+        if backend == "cpu" {
+            let host_bw = if in_cache {
+                host["cache_read_bandwidth"].as_f64().unwrap()
+            } else {
+                host["read_bandwidth"].as_f64().unwrap()
+            };
+            assert!(bw < host_bw, "{row}");
+            if row["dtype"] != "BF16" {
+                assert!(flops < host["fma_flops"].as_f64().unwrap(), "{row}");
+            }
+        }
+        // The row names the ceiling its ratio is against.
+        let ratio = row["roofline_ratio"].as_f64().unwrap();
+        assert!(ratio > 0.0 && ratio < 1.0, "{row}");
+        let limit = row["limit"].as_str().unwrap();
+        let want = match row["bound"].as_str().unwrap() {
+            "memory" => &memory["name"],
+            _ => &c["compute"]["name"],
+        };
+        assert_eq!(limit, want, "{row}");
+    }
 }

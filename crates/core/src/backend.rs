@@ -300,6 +300,35 @@ pub trait Backend: Send + Sync {
         let _ = dtype;
         "not provided".to_string()
     }
+
+    /// Physical-limit ceilings for benchmarks, measured by the backend's own kernels on the
+    /// whole device: the read bandwidth (a read-only reduction over a device buffer of
+    /// about `read_bytes` bytes) and the f32 FMA peak (a register-resident FMA kernel),
+    /// each the best of `reps` runs. The FMA peak bounds rows of every dtype only because a
+    /// backend that provides it computes every dtype with f32 FMAs (OpenCL does); one with
+    /// faster native low-precision arithmetic must not provide it as is. Optional.
+    fn limits_bench(&self, read_bytes: usize, reps: usize) -> Result<MeasuredLimits> {
+        let _ = (read_bytes, reps);
+        Err(Error::NotProvided {
+            backend: self.name().to_string(),
+            what: "limits_bench",
+        })
+    }
+}
+
+/// What [`Backend::limits_bench`] measured.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MeasuredLimits {
+    /// Read bandwidth, bytes per second (each byte read once).
+    pub read_bytes_per_s: f64,
+    /// Bytes of the buffer it was measured on.
+    pub read_bytes: usize,
+    /// How the read bandwidth was measured (the kernel, its loads, its geometry).
+    pub read_how: String,
+    /// f32 FMA peak, FLOP/s (a fused multiply-add counts 2).
+    pub fma_flops_per_s: f64,
+    /// How the FMA peak was measured.
+    pub fma_how: String,
 }
 
 /// What a backend has moved between host and device, and allocated on the device, since

@@ -194,7 +194,7 @@ pub enum Error {
     NotProvided {
         /// The backend name.
         backend: String,
-        /// The capability (`copy_bench`, `dense_gemm`).
+        /// The capability (`copy_bench`, `dense_gemm`, `limits_bench`).
         what: &'static str,
     },
     /// A shape whose element or byte count does not fit in the address space.

@@ -394,7 +394,12 @@ loop in the widest vector ISA the CPU has, enough independent accumulators to co
 FMA latency) or, for bf16 rows, the native bf16 dot peak (AVX512-BF16 `VDPBF16PS`) where
 the CPU has one, else the f32 peak. No op can exceed them. The copy bandwidth and the `gemm`
 crate's dense GEMM are measured too and shown as reference rates: achievable, not limits.
-On GPUs the device copy and the backend's GEMM are the ceilings, labelled achievable.
+OpenCL measures the same two limits with its own kernels (a read-only reduction over a large
+device buffer, a register-resident FMA kernel): on a GPU they are its floors, on a CPU
+(PoCL) they are shown beside the host's as `device read BW` and `device f32 FMA peak`, and
+the floors take the best of theirs and the host's (the same limits of the same cores).
+Where a GPU backend has no such kernels (CUDA, HIP) the device copy and the backend's GEMM
+are the ceilings, labelled achievable.
 ";
 
 /// The tail of the Markdown report.
