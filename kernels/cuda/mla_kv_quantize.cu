@@ -98,24 +98,92 @@ MOEMLA_KVQ_ENTRY(bf16, moemla_bf16)
 // mla_cache_write: row blockIdx.x of kv goes to flat slot slot_mapping[row] of the cache.
 // -1 skips the row; a slot outside [0, slots) is flagged (position: the row, value: the
 // slot) and the row not written. When two rows name one slot the later row wins: a row
-// first looks for its slot among the rows after it and writes nothing if one names it, so
-// no two blocks ever write one slot and the result never depends on scheduling.
+// writes only if no row after it names its slot, so no two blocks ever write one slot and
+// the result never depends on scheduling. Which rows those are is found one of two ways,
+// as the plan chooses (kernel-plan cache_write.rs):
+//   - few rows (table null): each block scans the rows after its own (at most
+//     MOEMLA_CW_SCAN_ROWS - 1 entries, 8 per thread);
+//   - many rows: a winner table in the workspace, `mask + 1` (a power of two >= 2N)
+//     entries of (slot, row) pairs, keys at [0, mask] and rows at [mask + 1, 2 * mask + 1],
+//     open addressing with linear probing. moemla_cache_winner_clear empties it,
+//     moemla_cache_winner_insert puts every row with a valid slot under its slot keeping
+//     the largest row (atomicCAS on the key, atomicMax on the row: the same table contents
+//     in whatever order the threads run), and the write kernel looks its slot up. Linear in
+//     N with the expected O(1) probes of a half-full table; entries are never removed, so a
+//     lookup meets its key before any empty entry.
 // ---------------------------------------------------------------------------------------
 
-// Whether a row after `row` names `slot`: this thread's share of the search (the caller
-// combines the block's answers).
-__device__ __forceinline__ bool moemla_cache_named_later(const int* __restrict__ slot_mapping, int n, int row, int slot) {
-    for (int j = row + 1 + (int)threadIdx.x; j < n; j += (int)blockDim.x)
-        if (slot_mapping[j] == slot) return true;
-    return false;
+// Rows up to which the writes scan for later rows instead of using the table (the plan's
+// `cache_write::SCAN_ROWS`).
+#define MOEMLA_CW_SCAN_ROWS 1024
+
+// The first table entry a slot probes: MurmurHash3's 32-bit finalizer of the slot (a
+// bijection whose low bits all depend on every bit), masked (mask + 1 a power of two).
+__device__ __forceinline__ int moemla_cache_winner_hash(int slot, int mask) {
+    moemla_u32 x = (moemla_u32)slot;
+    x ^= x >> 16;
+    x *= 0x85ebca6bu;
+    x ^= x >> 13;
+    x *= 0xc2b2ae35u;
+    x ^= x >> 16;
+    return (int)(x & (moemla_u32)mask);
+}
+
+// Empties the winner table: every key and row -1. Grid (ceil((mask + 1) / 256), 1, 1),
+// block (256, 1, 1).
+extern "C" __global__ void moemla_cache_winner_clear(int* table, int mask) {
+    const moemla_i64 i = (moemla_i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i > mask) return;
+    table[i] = -1;
+    table[(moemla_i64)mask + 1 + i] = -1;
+}
+
+// Puts row i (one thread each) under its slot, keeping the largest row; -1 and bad slots
+// are left out (the write kernel skips or flags them). Grid (ceil(N / 256), 1, 1), block
+// (256, 1, 1).
+extern "C" __global__ void moemla_cache_winner_insert(const int* slot_mapping, int n, int slots, int* table, int mask) {
+    const moemla_i64 i = (moemla_i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const int slot = slot_mapping[i];
+    if (slot < 0 || slot >= slots) return;
+    int* rows = table + (moemla_i64)mask + 1;
+    // At most N distinct keys in more than 2N entries: an empty entry is always ahead.
+    for (int h = moemla_cache_winner_hash(slot, mask);; h = (h + 1) & mask) {
+        const int key = atomicCAS(&table[h], -1, slot);
+        if (key == -1 || key == slot) {
+            atomicMax(&rows[h], (int)i);
+            return;
+        }
+    }
+}
+
+// Whether a row after `row` names `slot` (the block's answer, valid after the barrier in
+// it). Called by every thread of the block.
+__device__ __forceinline__ bool moemla_cache_named_later(const int* __restrict__ slot_mapping, int n, int row, int slot,
+                                                         const int* __restrict__ table, int mask, int* flag) {
+    if (threadIdx.x == 0) *flag = 0;
+    __syncthreads();
+    if (table == nullptr) {
+        for (int j = row + 1 + (int)threadIdx.x; j < n; j += (int)blockDim.x)
+            if (slot_mapping[j] == slot) {
+                *flag = 1;
+                break;
+            }
+    } else if (threadIdx.x == 0) {
+        int h = moemla_cache_winner_hash(slot, mask);
+        while (table[h] != slot) h = (h + 1) & mask;
+        *flag = table[(moemla_i64)mask + 1 + h] != row;
+    }
+    __syncthreads();
+    return *flag != 0;
 }
 
 // Dense cache: rows of `row_bytes` bytes copied as stored (16-, 4-, 2- or 1-byte accesses,
 // the widest that row_bytes and both base addresses allow). Grid (N, 1, 1), block (128, 1,
-// 1). err: one u64 flag for slot_mapping.
+// 1). err: one u64 flag for slot_mapping. table, mask: the winner table (null: scan).
 extern "C" __global__ void moemla_mla_cache_write_dense(const unsigned char* kv, const int* slot_mapping,
                                                         unsigned char* cache, int n, int row_bytes, int slots,
-                                                        moemla_u64* err) {
+                                                        moemla_u64* err, const int* table, int mask) {
     __shared__ int skip;
     const int row = blockIdx.x;
     const int tid = threadIdx.x;
@@ -125,11 +193,7 @@ extern "C" __global__ void moemla_mla_cache_write_dense(const unsigned char* kv,
         if (tid == 0) moemla_flag_index(err, row, slot);
         return;
     }
-    if (tid == 0) skip = 0;
-    __syncthreads();
-    if (moemla_cache_named_later(slot_mapping, n, row, slot)) skip = 1;
-    __syncthreads();
-    if (skip) return;
+    if (moemla_cache_named_later(slot_mapping, n, row, slot, table, mask, &skip)) return;
     const unsigned char* src = kv + (moemla_i64)row * row_bytes;
     unsigned char* dst = cache + (moemla_i64)slot * row_bytes;
     const moemla_u64 align = (moemla_u64)row_bytes | (moemla_u64)kv | (moemla_u64)cache;
@@ -149,13 +213,16 @@ extern "C" __global__ void moemla_mla_cache_write_dense(const unsigned char* kv,
 // fp8_ds_v32 cache: each row quantized by the row writer above, exactly as
 // mla_kv_quantize. err u64[2]: err[0] the first non-finite value of a row whose slot is
 // not -1 (position: its linear index in kv, value: its f32 bits; such a row is not
-// written), err[1] the first bad slot (position: the row). Grid (N, 1, 1), block (128, 1, 1).
+// written), err[1] the first bad slot (position: the row). table, mask: the winner table
+// (null: scan). Grid (N, 1, 1), block (128, 1, 1).
 template <typename T>
 __device__ __forceinline__ void moemla_mla_cache_write_fp8(const T* __restrict__ kv, const int* __restrict__ slot_mapping,
                                                            unsigned char* __restrict__ cache, int n, int slots,
-                                                           moemla_u64* __restrict__ err) {
+                                                           moemla_u64* __restrict__ err, const int* __restrict__ table,
+                                                           int mask) {
     __shared__ float red[4][MOEMLA_KVQ_THREADS / 32];
     __shared__ int skip;
+    __shared__ int bad_row;
     const moemla_i64 row = blockIdx.x;
     const int slot = slot_mapping[row];
     if (slot == -1) return;
@@ -166,19 +233,19 @@ __device__ __forceinline__ void moemla_mla_cache_write_fp8(const T* __restrict__
         if (threadIdx.x == 0) moemla_flag_index(err + 1, row, slot);
         return;
     }
-    if (threadIdx.x == 0) skip = 0;
+    if (threadIdx.x == 0) bad_row = 0;
     __syncthreads();
-    if (bad || moemla_cache_named_later(slot_mapping, n, (int)row, slot)) skip = 1;
-    __syncthreads();
-    if (skip) return;
+    if (bad) bad_row = 1;
+    if (moemla_cache_named_later(slot_mapping, n, (int)row, slot, table, mask, &skip) || bad_row) return;
     moemla_ds_v32_store(v, r, cache + (moemla_i64)slot * MOEMLA_KVQ_ROW, red);
 }
 
 #define MOEMLA_CW_ENTRY(SFX, T)                                                                            \
     extern "C" __global__ void moemla_mla_cache_write_fp8_##SFX(const T* kv, const int* slot_mapping,     \
                                                                 unsigned char* cache, int n, int slots,   \
-                                                                moemla_u64* err) {                         \
-        moemla_mla_cache_write_fp8<T>(kv, slot_mapping, cache, n, slots, err);                             \
+                                                                moemla_u64* err, const int* table,         \
+                                                                int mask) {                                \
+        moemla_mla_cache_write_fp8<T>(kv, slot_mapping, cache, n, slots, err, table, mask);               \
     }
 
 MOEMLA_CW_ENTRY(f32, float)

@@ -133,6 +133,8 @@ impl Module {
                 "moemla_mla_cache_write_fp8_f32",
                 "moemla_mla_cache_write_fp8_f16",
                 "moemla_mla_cache_write_fp8_bf16",
+                "moemla_cache_winner_clear",
+                "moemla_cache_winner_insert",
             ],
             Module::DsaIndexerTopk => &[
                 "moemla_dsa_indexer_scores_f32",

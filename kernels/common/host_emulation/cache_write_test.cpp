@@ -9,11 +9,18 @@
 // against its own independent reference), and a non-finite value in a row to write is
 // flagged (first bad element, its f32 bits) and that row not written.
 //
+// Every case runs three ways: the writes scanning the later rows (no table, as the plan
+// does for up to MOEMLA_CW_SCAN_ROWS rows), with the winner table at the plan's size (the
+// power of two >= 2N) filled by moemla_cache_winner_clear and moemla_cache_winner_insert,
+// and with the smallest table that holds every distinct slot (long probe chains). The
+// table is filled with garbage first, as a reused workspace would be.
+//
 // Built and run by run.sh beside kernels_test.cpp (same variants).
 #include "cuda_on_host.h"
 #include "../moemla_device.h"
 #include "../../cuda/mla_kv_quantize.cu"
 
+#include <algorithm>
 #include <cstdio>
 #include <random>
 #include <string>
@@ -32,6 +39,42 @@ static void expect(bool ok, const std::string& what) {
 
 static std::mt19937 rng(4321);
 static const char* dname(int d) { return d == 0 ? "f32" : d == 1 ? "f16" : "bf16"; }
+
+// How the writes find a slot's later rows: 0 scan, 1 the plan's table, 2 the smallest one.
+static int g_table_mode = 0;
+static const char* table_name() {
+    return g_table_mode == 0 ? "scan" : g_table_mode == 1 ? "table" : "tight table";
+}
+
+// The winner table for `slots` (empty when scanning): garbage, then cleared and filled by
+// the two kernels as the plan launches them. `mask` gets its size - 1 (0 when scanning).
+static std::vector<int> winner_table(const std::vector<int>& slots, int nslots, int* mask) {
+    *mask = 0;
+    if (g_table_mode == 0) return {};
+    const int n = (int)slots.size();
+    int entries = 1;
+    if (g_table_mode == 1) {
+        while (entries < 2 * n) entries *= 2;
+    } else {
+        // One more than the distinct valid slots, rounded up to a power of two.
+        std::vector<int> valid;
+        for (int v : slots)
+            if (v >= 0 && v < nslots) valid.push_back(v);
+        std::sort(valid.begin(), valid.end());
+        const int distinct = (int)(std::unique(valid.begin(), valid.end()) - valid.begin());
+        while (entries < distinct + 1) entries *= 2;
+    }
+    *mask = entries - 1;
+    std::vector<int> table(2 * (size_t)entries);
+    std::uniform_int_distribution<int> junk(INT32_MIN, INT32_MAX);
+    for (auto& v : table) v = junk(rng);
+    int* t = table.data();
+    const int m = *mask;
+    moemla_emu_launch({(unsigned)((entries + 255) / 256), 1, 1}, 256, [&] { moemla_cache_winner_clear(t, m); });
+    moemla_emu_launch({(unsigned)((n + 255) / 256), 1, 1}, 256,
+                      [&] { moemla_cache_winner_insert(slots.data(), n, nslots, t, m); });
+    return table;
+}
 
 // Rows [n, d] of random values in the run dtype's storage (bytes); rows whose slot is -1
 // hold NaN (never read, so never flagged).
@@ -100,12 +143,15 @@ static void dense_case(int dtype, int d, const std::vector<int>& slots, int nslo
     unsigned char* cache = storage.data() + (misalign ? 2 : 0);
     std::memcpy(cache, before.data(), before.size());
     unsigned long long err = ~0ull;
+    int mask = 0;
+    const std::vector<int> table = winner_table(slots, nslots, &mask);
+    const int* t = table.empty() ? nullptr : table.data();
     moemla_emu_launch({(unsigned)n, 1, 1}, 128, [&] {
-        moemla_mla_cache_write_dense(kv.data(), slots.data(), cache, n, (int)width, nslots, &err);
+        moemla_mla_cache_write_dense(kv.data(), slots.data(), cache, n, (int)width, nslots, &err, t, mask);
     });
     char what[160];
-    std::snprintf(what, sizeof what, "mla_cache_write dense %s d %d n %d%s%s", dname(dtype), d, n,
-                  misalign ? " misaligned" : "", g_emu.reverse_blocks ? " (blocks reversed)" : "");
+    std::snprintf(what, sizeof what, "mla_cache_write dense %s d %d n %d%s, %s%s", dname(dtype), d, n,
+                  misalign ? " misaligned" : "", table_name(), g_emu.reverse_blocks ? " (blocks reversed)" : "");
     const unsigned long long want_err = first_bad_slot(slots, nslots);
     char buf[240];
     std::snprintf(buf, sizeof buf, "%s: err %#llx want %#llx", what, err, want_err);
@@ -162,17 +208,23 @@ static void fp8_case(int dtype, const std::vector<int>& slots, int nslots, bool 
     for (auto& b : before) b = (unsigned char)byte(rng);
     std::vector<unsigned char> cache = before;
     unsigned long long err[2] = {~0ull, ~0ull};
+    int mask = 0;
+    const std::vector<int> table = winner_table(slots, nslots, &mask);
+    const int* t = table.empty() ? nullptr : table.data();
     moemla_emu_launch({(unsigned)n, 1, 1}, 128, [&] {
         if (dtype == 0)
-            moemla_mla_cache_write_fp8_f32((const float*)kv.data(), slots.data(), cache.data(), n, nslots, err);
+            moemla_mla_cache_write_fp8_f32((const float*)kv.data(), slots.data(), cache.data(), n, nslots, err, t,
+                                           mask);
         else if (dtype == 1)
-            moemla_mla_cache_write_fp8_f16((const moemla_f16*)kv.data(), slots.data(), cache.data(), n, nslots, err);
+            moemla_mla_cache_write_fp8_f16((const moemla_f16*)kv.data(), slots.data(), cache.data(), n, nslots, err,
+                                           t, mask);
         else
-            moemla_mla_cache_write_fp8_bf16((const moemla_bf16*)kv.data(), slots.data(), cache.data(), n, nslots, err);
+            moemla_mla_cache_write_fp8_bf16((const moemla_bf16*)kv.data(), slots.data(), cache.data(), n, nslots,
+                                            err, t, mask);
     });
     char what[160];
-    std::snprintf(what, sizeof what, "mla_cache_write fp8_ds_v32 %s n %d%s%s", dname(dtype), n,
-                  nonfinite ? " non-finite" : "", g_emu.reverse_blocks ? " (blocks reversed)" : "");
+    std::snprintf(what, sizeof what, "mla_cache_write fp8_ds_v32 %s n %d%s, %s%s", dname(dtype), n,
+                  nonfinite ? " non-finite" : "", table_name(), g_emu.reverse_blocks ? " (blocks reversed)" : "");
     char buf[240];
     std::snprintf(buf, sizeof buf, "%s: err[0] %#llx want %#llx", what, err[0], want_nonfinite);
     expect(err[0] == want_nonfinite, buf);
@@ -194,8 +246,21 @@ int main() {
     g_emu.warp_size = MOEMLA_WARP_SIZE;
     // Blocks first to last, then last to first: "the later row wins" must not depend on
     // the order blocks run in.
+    for (int mode = 0; mode < 3; ++mode)
     for (bool reverse : {false, true}) {
+        g_table_mode = mode;
         g_emu.reverse_blocks = reverse;
+        // 600 rows into 300 slots: every slot named twice on average, runs of consecutive
+        // slots, -1 and bad slots among them (the table is used the same way at any N).
+        {
+            std::vector<int> big(600);
+            std::uniform_int_distribution<int> s(0, 299), pick(0, 9);
+            for (size_t i = 0; i < big.size(); ++i) {
+                const int k = pick(rng);
+                big[i] = k == 0 ? -1 : k == 1 && i % 37 == 0 ? 300 + (int)i : k < 5 ? (int)(i / 2) : s(rng);
+            }
+            dense_case(0, 4, big, 300, false);
+        }
         for (int dtype = 0; dtype < 3; ++dtype) {
             // Duplicates (slot 4 three times, the last wins; slot 0 twice), -1 rows, slots
             // no row names.

@@ -122,6 +122,17 @@ inline unsigned long long atomicMin(unsigned long long* p, unsigned long long v)
     return old;
 }
 inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
+inline int atomicMax(int* p, int v) {
+    std::atomic_ref<int> a(*p);
+    int old = a.load();
+    while (v > old && !a.compare_exchange_weak(old, v)) {
+    }
+    return old;
+}
+inline int atomicCAS(int* p, int expected, int desired) {
+    std::atomic_ref<int>(*p).compare_exchange_strong(expected, desired);
+    return expected;  // the value found (compare_exchange_strong stores it on failure)
+}
 
 // Runs `kernel()` over the grid, one block at a time: `threads` host threads (one per GPU
 // thread) visit every block in order, meeting at a barrier between blocks.

@@ -3,7 +3,9 @@
 //! `moemla_mla_cache_write_fp8_<DT>` through `mla_kv_quantize`'s row writer. Bad slots (and,
 //! for `fp8_ds_v32`, non-finite values in rows to write, reported first) are flagged on the
 //! device and reported by the next synchronize; a flagged row is not written, nothing is
-//! written out of bounds.
+//! written out of bounds. Beyond `cache_write::SCAN_ROWS` rows, the later row that wins a
+//! repeated slot is found through a winner table in the stream's workspace, emptied and
+//! filled by two launches before the write.
 
 use super::{flag_check, GpuRunner};
 use crate::args::Arg;
@@ -48,6 +50,22 @@ pub(super) fn run<D: GpuDevice>(g: &GpuRunner<D>, call: &MlaCacheWriteCall<'_>) 
     let nslots = g.int(op, "num_blocks * block_size", call.slots())?;
     let row_bytes = g.int(op, "Dqk bytes", plan.row_bytes as usize)?;
     let mut stream = g.lock();
+    // The winner table (null and mask 0: the write scans).
+    let (table, mask) = match &plan.table {
+        Some(t) => {
+            let base = stream.workspace(&g.dev, t.bytes)?;
+            let mask = g.int(op, "winner table mask", t.mask as usize)?;
+            let (table, slot_mapping) = (Arg::Ptr(base), Arg::Ptr(slots.address()));
+            g.launch(Module::MlaKvQuantize, &t.clear, &[table, mask])?;
+            g.launch(
+                Module::MlaKvQuantize,
+                &t.insert,
+                &[slot_mapping, n, nslots, table, mask],
+            )?;
+            (table, mask)
+        }
+        None => (Arg::Ptr(0), Arg::I32(0)),
+    };
     let flags = stream.flags.reserve(&g.dev, op, checks)?;
     let pointers = [
         Arg::Ptr(kv.address()),
@@ -56,9 +74,9 @@ pub(super) fn run<D: GpuDevice>(g: &GpuRunner<D>, call: &MlaCacheWriteCall<'_>) 
     ];
     let mut args = pointers.to_vec();
     if fp8 {
-        args.extend([n, nslots, Arg::Ptr(flags[0])]);
+        args.extend([n, nslots, Arg::Ptr(flags[0]), table, mask]);
     } else {
-        args.extend([n, row_bytes, nslots, Arg::Ptr(flags[0])]);
+        args.extend([n, row_bytes, nslots, Arg::Ptr(flags[0]), table, mask]);
     }
     g.launch(Module::MlaKvQuantize, &plan.launch, &args)?;
     drop(stream);
