@@ -87,8 +87,10 @@ pub fn plan(
         block: [BLOCK, 1, 1],
         shared_bytes: 0,
     };
+    // Static shared memory: the block's `skip` int, and for fp8 the row writer's and the
+    // `bad_row` int.
     let static_bytes = if fp8 {
-        kv_quantize::STATIC_SHARED_BYTES + 4
+        kv_quantize::STATIC_SHARED_BYTES + 8
     } else {
         4
     };
