@@ -301,7 +301,7 @@ pub fn read_limit(h: &HostLimits) -> Limit {
         None => "last-level cache unknown, 32 MiB assumed".into(),
     };
     let pages = if h.read_huge_pages {
-        "2 MiB pages"
+        "2 MiB pages requested (MADV_HUGEPAGE)"
     } else {
         "4 KiB pages"
     };
