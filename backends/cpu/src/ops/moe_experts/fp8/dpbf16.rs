@@ -3,11 +3,14 @@
 //! magnitude, high and low byte, the sign OR-ed back, the bytes interleaved; e4m3 values
 //! are bf16 values, so this is exact, and a NaN code gives a bf16 NaN), dotted by
 //! `VDPBF16PS` with the activations as bf16: every product is exact in f32 and summed in
-//! f32. Activation vectors that are all bf16 values (bf16 tokens) go as one bf16 part,
-//! others as three (`a = h + m + l`, each the next 8 significant bits of what is left:
-//! exact, except that parts below bf16's normal range read as zero, an error below
-//! 448 * 2^-126 per product). Non-finite activations decline (their parts would not
-//! add up); the caller then takes the f32 path.
+//! f32, and each 128-column block's sum is scaled once, by the weights' block scale times
+//! the activations' (DeepGEMM's scheme).
+//!
+//! Per 128-column group an activation vector goes as its own bf16 values (scale 1) when
+//! they all are normal bf16 values (bf16 tokens, UE8M0-quantized activations), or as
+//! `q = bf16(v / sc)` with `sc = max|v| / 448` when every `q * sc` is within 2^-20 of `v`
+//! (activations quantized with f32 scales: `q` is the e4m3 code's value); any other group,
+//! or a non-finite value, declines the call and the caller takes the f32 path.
 
 use super::Fp8Weights;
 use moemla_core::fp8::BLOCK;
@@ -61,6 +64,8 @@ static LOW: [u8; 128] = table(false);
 thread_local! {
     /// Per-thread buffer of the prepared bf16 activations.
     static PREPARED: Cell<Vec<u16>> = const { Cell::new(Vec::new()) };
+    /// Per-thread buffer of the activations' per-group scales.
+    static ACT_SCALES: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
 /// Whether the CPU has this path (AVX-512 F/BW, VBMI and BF16).
@@ -72,7 +77,8 @@ pub fn available() -> bool {
 }
 
 /// `out[r * n + j] = W[first + r] . act[j]` as [`super::rows_times`]; returns false
-/// (nothing written) when an activation is not finite.
+/// (nothing written) when the activations are neither bf16 values nor quantized ones, or
+/// not finite (see the module).
 ///
 /// # Safety
 /// [`available`] must hold; rows `first..first + rows` of `w.cols` codes and their scale
@@ -87,94 +93,133 @@ pub unsafe fn rows_times(
     out: &mut [f32],
 ) -> bool {
     let k = w.cols;
-    // Activations that are not all bf16 values take the f32 path (three bf16 parts
-    // measured no faster).
-    let Some(parts @ 1) = parts_needed(act) else {
-        return false;
-    };
     let padded = k.div_ceil(STEP) * STEP;
-    let mut prep = PREPARED.take();
-    prep.clear();
-    prep.resize(n * parts * padded, 0);
+    let col_blocks = k.div_ceil(BLOCK);
+    let (mut words, mut act_scales) = (PREPARED.take(), ACT_SCALES.take());
+    words.clear();
+    words.resize(n * padded, 0);
+    act_scales.clear();
+    act_scales.resize(n * col_blocks, 1.0);
+    let mut ok = true;
     for (j, vector) in act.chunks_exact(k).enumerate() {
-        let dst = &mut prep[j * parts * padded..(j + 1) * parts * padded];
-        // SAFETY: AVX-512F/BW are available; `dst` holds `parts * padded` zeros.
-        prepare(vector, parts, padded, dst);
+        // SAFETY: AVX-512F/BW are available; the slices are `padded` zeros and
+        // `col_blocks` long.
+        ok = ok
+            && prepare(
+                vector,
+                &mut words[j * padded..(j + 1) * padded],
+                &mut act_scales[j * col_blocks..(j + 1) * col_blocks],
+            );
     }
-    let x = prep.as_ptr();
-    match (n, parts) {
-        (1, 1) => rows_np::<1, 1, 4>(w, first, rows, x, padded, out),
-        (1, _) => rows_np::<1, 3, 4>(w, first, rows, x, padded, out),
-        (2, 1) => rows_np::<2, 1, 4>(w, first, rows, x, padded, out),
-        (2, _) => rows_np::<2, 3, 2>(w, first, rows, x, padded, out),
-        (3, 1) => rows_np::<3, 1, 4>(w, first, rows, x, padded, out),
-        (3, _) => rows_np::<3, 3, 2>(w, first, rows, x, padded, out),
-        (_, 1) => rows_np::<4, 1, 2>(w, first, rows, x, padded, out),
-        (_, _) => rows_np::<4, 3, 2>(w, first, rows, x, padded, out),
+    if ok {
+        let (x, s) = (words.as_ptr(), act_scales.as_ptr());
+        match n {
+            1 => rows_n::<1, 4>(w, first, rows, x, s, padded, out),
+            2 => rows_n::<2, 4>(w, first, rows, x, s, padded, out),
+            3 => rows_n::<3, 4>(w, first, rows, x, s, padded, out),
+            _ => rows_n::<4, 2>(w, first, rows, x, s, padded, out),
+        }
     }
-    PREPARED.set(prep);
-    true
+    PREPARED.set(words);
+    ACT_SCALES.set(act_scales);
+    ok
 }
 
-/// 1 when every activation is a bf16 value, 3 when some are not, `None` when one is not
-/// finite.
-#[inline(always)]
-fn parts_needed(act: &[f32]) -> Option<usize> {
-    // Branch-free reductions, so that they vectorize.
-    let (mut special, mut low_bits) = (0u32, 0u32);
-    for &v in act {
-        let b = v.to_bits();
-        special |= u32::from(b & 0x7F80_0000 == 0x7F80_0000);
-        low_bits |= b & 0xFFFF;
-    }
-    match (special, low_bits) {
-        (0, 0) => Some(1),
-        (0, _) => Some(3),
-        _ => None,
-    }
-}
-
-/// Writes `vector` (finite) as `parts` bf16 parts of `padded` words each (`dst` holds
-/// `parts * padded` zeros; `padded >= vector.len()`), in the order [`decode`] gives the
-/// codes: per 64 columns, for each 16-column quarter q its first 8 at words `8q..8q + 8`,
-/// its last 8 at `32 + 8q..`. Each part is the top 8 significant bits of what the parts
-/// before it left (exact subtractions).
+/// Writes `vector` as bf16 words into `words` (`padded` zeros, a multiple of 64 >=
+/// `vector.len()`) and its per-128-group scales into `scales`, as the module says; false
+/// (partly written) when a group can be neither. The word order is the one [`decode`]
+/// gives the codes: per 64 columns, for each 16-column quarter q its first 8 at words
+/// `8q..8q + 8`, its last 8 at `32 + 8q..`.
 ///
 /// # Safety
 /// AVX-512F/BW must be available.
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn prepare(vector: &[f32], parts: usize, padded: usize, dst: &mut [u16]) {
-    assert!(dst.len() >= parts * padded && padded >= vector.len().div_ceil(STEP) * STEP);
+unsafe fn prepare(vector: &[f32], words: &mut [u16], scales: &mut [f32]) -> bool {
+    assert!(
+        words.len() >= vector.len().div_ceil(STEP) * STEP
+            && scales.len() >= vector.len().div_ceil(BLOCK)
+    );
     let top = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
-    let d = dst.as_mut_ptr();
-    for (g, chunk) in vector.chunks(16).enumerate() {
-        // SAFETY: the chunk's lanes are read under their mask; every store lands inside
-        // `dst` (word at + 8 <= padded of its part, asserted above).
-        let v = _mm512_maskz_loadu_ps(((1u32 << chunk.len()) - 1) as u16, chunk.as_ptr());
-        let at = g / 4 * STEP + g % 4 * 8;
-        let mut rest = v;
-        for p in 0..parts {
-            let h = _mm512_and_si512(_mm512_castps_si512(rest), top);
-            let words = _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(h));
-            let out = d.add(p * padded + at);
-            _mm_storeu_si128(out.cast(), _mm256_castsi256_si128(words));
-            _mm_storeu_si128(out.add(32).cast(), _mm256_extracti128_si256::<1>(words));
-            rest = _mm512_sub_ps(rest, _mm512_castsi512_ps(h));
+    let magnitude = _mm512_set1_epi32(0x7FFF_FFFF);
+    let exponent = _mm512_set1_epi32(0x7F80_0000);
+    let zero = _mm512_setzero_si512();
+    let d = words.as_mut_ptr();
+    for (b, group) in vector.chunks(BLOCK).enumerate() {
+        let mut v = [_mm512_setzero_ps(); BLOCK / 16];
+        let (mut special, mut tiny) = (0u16, 0u16);
+        let (mut low, mut amax) = (zero, _mm512_setzero_ps());
+        for (i, vi) in v.iter_mut().enumerate() {
+            let live = group.len().saturating_sub(16 * i).min(16);
+            // SAFETY: only the group's `live` lanes are read (a hint-free masked load; the
+            // address is not dereferenced past them).
+            *vi = _mm512_maskz_loadu_ps(
+                ((1u32 << live) - 1) as u16,
+                group.as_ptr().wrapping_add(16 * i),
+            );
+            let bits = _mm512_castps_si512(*vi);
+            let e = _mm512_and_si512(bits, exponent);
+            special |= _mm512_cmpeq_epi32_mask(e, exponent);
+            tiny |= _mm512_cmpeq_epi32_mask(e, zero) & _mm512_test_epi32_mask(bits, magnitude);
+            low = _mm512_or_si512(low, _mm512_andnot_si512(top, bits));
+            amax = _mm512_max_ps(amax, _mm512_castsi512_ps(_mm512_and_si512(bits, magnitude)));
+        }
+        if special != 0 {
+            return false;
+        }
+        let mut scale = 1.0;
+        if _mm512_test_epi32_mask(low, low) != 0 || tiny != 0 {
+            // Not all normal bf16 values: try q = bf16(v / sc), sc = max|v| / 448.
+            scale = _mm512_reduce_max_ps(amax) / 448.0;
+            let sc = _mm512_set1_ps(scale);
+            let tolerance = _mm512_set1_ps(2f32.powi(-20));
+            let mut bad = 0u16;
+            for vi in v.iter_mut() {
+                let q = _mm512_castps_si512(_mm512_div_ps(*vi, sc));
+                // Round to nearest even at bit 16.
+                let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(q), _mm512_set1_epi32(1));
+                let r = _mm512_and_si512(
+                    _mm512_add_epi32(_mm512_add_epi32(q, _mm512_set1_epi32(0x7FFF)), odd),
+                    top,
+                );
+                let back = _mm512_mul_ps(_mm512_castsi512_ps(r), sc);
+                let err = _mm512_abs_ps(_mm512_sub_ps(back, *vi));
+                let bound = _mm512_mul_ps(_mm512_abs_ps(*vi), tolerance);
+                // Unordered (a NaN error: sc 0 or not finite) counts as bad.
+                bad |= _mm512_cmp_ps_mask::<_CMP_NLE_UQ>(err, bound);
+                bad |= _mm512_cmpeq_epi32_mask(_mm512_and_si512(r, exponent), zero)
+                    & _mm512_test_epi32_mask(r, magnitude);
+                *vi = _mm512_castsi512_ps(r);
+            }
+            if bad != 0 {
+                return false;
+            }
+        }
+        scales[b] = scale;
+        for (i, vi) in v.iter().enumerate().take(group.len().div_ceil(16)) {
+            let g = b * (BLOCK / 16) + i;
+            let at = g / 4 * STEP + g % 4 * 8;
+            let w16 = _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(_mm512_castps_si512(*vi)));
+            // SAFETY: at + 40 <= the group's 64-word step, inside `words` (asserted).
+            _mm_storeu_si128(d.add(at).cast(), _mm256_castsi256_si128(w16));
+            _mm_storeu_si128(d.add(at + 32).cast(), _mm256_extracti128_si256::<1>(w16));
         }
     }
+    true
 }
 
-/// [`rows_times`] for `N` vectors of `P` parts at `x` (`[N][P][padded]` bf16), with `A`
-/// (2 or 4) accumulators per vector and part.
+/// [`rows_times`] for `N` prepared vectors at `x` (`[N][padded]` bf16) with their
+/// per-group scales at `act_scales` (`[N][ceil(k / 128)]`), `A` (2 or 4) accumulators per
+/// vector.
 ///
 /// # Safety
 /// As [`rows_times`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512bf16")]
-unsafe fn rows_np<const N: usize, const P: usize, const A: usize>(
+unsafe fn rows_n<const N: usize, const A: usize>(
     w: &Fp8Weights<'_>,
     first: usize,
     rows: usize,
     x: *const u16,
+    act_scales: *const f32,
     padded: usize,
     out: &mut [f32],
 ) {
@@ -202,12 +247,13 @@ unsafe fn rows_np<const N: usize, const P: usize, const A: usize>(
             // SAFETY: codes c..min(c + 128, k) of this row exist; the prepared vectors
             // are `padded` (a multiple of 64 >= k) long.
             let sums = if b < whole {
-                block::<N, P, A, true>(&tables, codes.add(c), x.add(c), padded, BLOCK)
+                block::<N, A, true>(&tables, codes.add(c), x.add(c), padded, BLOCK)
             } else {
-                block::<N, P, A, false>(&tables, codes.add(c), x.add(c), padded, k - c)
+                block::<N, A, false>(&tables, codes.add(c), x.add(c), padded, k - c)
             };
-            let s = _mm512_set1_ps(*scales.add(b));
-            for (t, sum) in total.iter_mut().zip(sums) {
+            let ws = *scales.add(b);
+            for (j, (t, sum)) in total.iter_mut().zip(sums).enumerate() {
+                let s = _mm512_set1_ps(ws * *act_scales.add(j * col_blocks + b));
                 *t = _mm512_fmadd_ps(sum, s, *t);
             }
         }
@@ -244,20 +290,20 @@ impl Tables {
 }
 
 /// The block's dot products (16 f32 lanes per vector) of `live` (1..=128; 128 when
-/// `FULL`) codes at `codes` with the `N` prepared vectors at `x + (j * P + p) * padded`.
+/// `FULL`) codes at `codes` with the `N` prepared vectors at `x + j * padded`.
 ///
 /// # Safety
-/// As [`rows_np`]: `codes[..live]` readable, each prepared part readable for
+/// As [`rows_n`]: `codes[..live]` readable, each prepared vector readable for
 /// `live.div_ceil(64) * 64` words.
 #[inline(always)]
-unsafe fn block<const N: usize, const P: usize, const A: usize, const FULL: bool>(
+unsafe fn block<const N: usize, const A: usize, const FULL: bool>(
     t: &Tables,
     codes: *const u8,
     x: *const u16,
     padded: usize,
     live: usize,
 ) -> [__m512; N] {
-    let mut acc = [[[_mm512_setzero_ps(); A]; P]; N];
+    let mut acc = [[_mm512_setzero_ps(); A]; N];
     for step in 0..BLOCK / STEP {
         let at = step * STEP;
         let v = if FULL {
@@ -272,31 +318,21 @@ unsafe fn block<const N: usize, const P: usize, const A: usize, const FULL: bool
         };
         let (wa, wb) = decode(t, v);
         let slot = if A == 4 { 2 * step } else { 0 };
-        for (j, per_part) in acc.iter_mut().enumerate() {
-            for (p, a) in per_part.iter_mut().enumerate() {
-                let xp = x.add((j * P + p) * padded + at);
-                let xa = _mm512_loadu_si512(xp.cast());
-                let xb = _mm512_loadu_si512(xp.add(32).cast());
-                a[slot] = _mm512_dpbf16_ps(a[slot], as_bf16(wa), as_bf16(xa));
-                a[slot + 1] = _mm512_dpbf16_ps(a[slot + 1], as_bf16(wb), as_bf16(xb));
-            }
+        for (j, a) in acc.iter_mut().enumerate() {
+            let xp = x.add(j * padded + at);
+            let xa = _mm512_loadu_si512(xp.cast());
+            let xb = _mm512_loadu_si512(xp.add(32).cast());
+            a[slot] = _mm512_dpbf16_ps(a[slot], as_bf16(wa), as_bf16(xa));
+            a[slot + 1] = _mm512_dpbf16_ps(a[slot + 1], as_bf16(wb), as_bf16(xb));
         }
     }
-    // Summed as a tree (short dependency chains): slots, then parts.
+    // Summed as a tree (short dependency chains).
     let mut sums = [_mm512_setzero_ps(); N];
-    for (sum, per_part) in sums.iter_mut().zip(&acc) {
-        let mut part = [_mm512_setzero_ps(); P];
-        for (s, a) in part.iter_mut().zip(per_part) {
-            *s = if A == 4 {
-                _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]))
-            } else {
-                _mm512_add_ps(a[0], a[1])
-            };
-        }
-        *sum = if P == 3 {
-            _mm512_add_ps(_mm512_add_ps(part[0], part[1]), part[2])
+    for (sum, a) in sums.iter_mut().zip(&acc) {
+        *sum = if A == 4 {
+            _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]))
         } else {
-            part[0]
+            _mm512_add_ps(a[0], a[1])
         };
     }
     sums
@@ -377,35 +413,64 @@ mod tests {
         );
     }
 
-    #[test]
-    fn activations_split_into_parts_that_add_up() {
-        assert_eq!(parts_needed(&[1.0, -0.5, 2f32.powi(127)]), Some(1));
-        assert_eq!(parts_needed(&[1.0, 0.1]), Some(3));
-        assert_eq!(parts_needed(&[1.0, f32::INFINITY]), None);
-        assert_eq!(parts_needed(&[f32::NAN]), None);
-        let v: Vec<f32> = (0..100)
-            .map(|i| (i as f32 * 0.7311).sin() * 1e3 / (i + 1) as f32)
+    /// Prepares `v` (one vector); `None` when declined, else the bf16 values and scales.
+    fn prepared(v: &[f32]) -> Option<(Vec<f32>, Vec<f32>)> {
+        let padded = v.len().div_ceil(STEP) * STEP;
+        let mut words = vec![0u16; padded];
+        let mut scales = vec![1.0f32; v.len().div_ceil(BLOCK)];
+        // SAFETY: available() (checked by the caller) includes AVX-512F/BW.
+        if !unsafe { prepare(v, &mut words, &mut scales) } {
+            return None;
+        }
+        let values = (0..padded)
+            .map(|c| {
+                let at = c / 64 * 64 + (c % 16 / 8) * 32 + (c % 64 / 16) * 8 + c % 8;
+                f32::from_bits(u32::from(words[at]) << 16)
+            })
             .collect();
+        Some((values, scales))
+    }
+
+    #[test]
+    fn activations_go_as_bf16_values_or_as_quantized_codes_else_decline() {
         if !available() {
             return;
         }
-        let mut dst = vec![0u16; 3 * 128];
-        // SAFETY: available() includes AVX-512F/BW.
-        unsafe { prepare(&v, 3, 128, &mut dst) };
-        let bf = |b: u16| f32::from_bits(u32::from(b) << 16) as f64;
-        for (c, &x) in v.iter().enumerate() {
-            let at = c / 64 * 64 + (c % 16 / 8) * 32 + (c % 64 / 16) * 8 + c % 8;
-            let sum = bf(dst[at]) + bf(dst[128 + at]) + bf(dst[256 + at]);
-            assert_eq!(sum, x as f64, "column {c}");
-        }
-        // Past the vector (columns 100..128): zeros in every part.
-        for c in 100..128 {
-            let at = 64 + (c % 16 / 8) * 32 + (c % 64 / 16) * 8 + c % 8;
+        // 200 columns: a whole group and a partial one; padded to 256 with zeros.
+        let bf16s: Vec<f32> = (0..200)
+            .map(|i| f32::from_bits(((i as f32 * 0.7311).sin() * 3.0).to_bits() & 0xFFFF_0000))
+            .collect();
+        let (values, scales) = prepared(&bf16s).unwrap();
+        assert_eq!(values[..200], bf16s[..]);
+        assert!(values[200..].iter().all(|&v| v == 0.0));
+        assert_eq!(scales, vec![1.0, 1.0]);
+        // Quantized as fp8_block128 with f32 scales: q is each value's code, scaled back
+        // within 2^-20.
+        let raw: Vec<f32> = (0..200).map(|i| (i as f32 * 0.37).cos() * 0.013).collect();
+        let mut quantized = raw.clone();
+        moemla_core::fp8::quantize_activation_row(&mut quantized, moemla_core::fp8::ScaleMode::F32);
+        let (values, scales) = prepared(&quantized).unwrap();
+        for (c, &v) in quantized.iter().enumerate() {
+            let q = values[c];
             assert_eq!(
-                [dst[at], dst[128 + at], dst[256 + at]],
-                [0; 3],
+                moemla_core::fp8::e4m3_decode(moemla_core::fp8::e4m3_encode(q)),
+                q,
+                "column {c}"
+            );
+            let back = q as f64 * scales[c / 128] as f64;
+            assert!(
+                (back - v as f64).abs() <= v.abs() as f64 * 2f64.powi(-20),
                 "column {c}"
             );
         }
+        // Plain f32 values, a bf16 subnormal, inf and NaN: declined.
+        assert!(prepared(&raw).is_none());
+        assert!(prepared(&[1.0, f32::INFINITY]).is_none());
+        assert!(prepared(&[f32::NAN, 1.0]).is_none());
+        // An exact bf16 that VDPBF16PS would read as 0 (a subnormal), in a group that
+        // cannot be scaled either.
+        let mut tiny = bf16s.clone();
+        tiny[3] = f32::from_bits(0x0001_0000);
+        assert!(prepared(&tiny).is_none());
     }
 }

@@ -315,7 +315,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use moemla_core::fp8::e4m3_decode;
+    use moemla_core::fp8::{e4m3_decode, quantize_activation_row, ScaleMode};
 
     /// f64 reference: `sum_c e4m3(code) * scale(block) * act[c]`.
     fn reference(w: &Fp8Weights<'_>, row: usize, act: &[f32]) -> f64 {
@@ -356,26 +356,32 @@ mod tests {
         };
         let mut ran = 0;
         for path in available_paths().into_iter().flatten() {
-            // bf16 values (the bf16 tokens) and f32 ones.
-            for bf16_values in [true, false] {
+            // bf16 values (bf16 tokens), fp8_block128-quantized ones (f32 scales), and
+            // plain f32 ones.
+            for kind in ["bf16", "quantized", "f32"] {
                 for n in 1..=MAX_VECTORS {
-                    let act: Vec<f32> = (0..n * c)
+                    let mut act: Vec<f32> = (0..n * c)
                         .map(|i| {
                             let v = ((i * 7 % 23) as f32 - 11.0) * 0.013;
-                            if bf16_values {
+                            if kind == "bf16" {
                                 f32::from_bits(v.to_bits() & 0xFFFF_0000)
                             } else {
                                 v
                             }
                         })
                         .collect();
+                    if kind == "quantized" {
+                        for vector in act.chunks_mut(c) {
+                            quantize_activation_row(vector, ScaleMode::F32);
+                        }
+                    }
                     let (first, rows) = (3, 2 * r - 6); // crosses the expert boundary
                     let mut out = vec![0.0; rows * n];
                     // SAFETY: the path is available; the arguments fit.
                     if !unsafe { run(path, &w, first, rows, n, &act, &mut out) } {
-                        // Only the bf16 path declines, and only f32 activations.
+                        // Only the bf16 path declines, and only plain f32 activations.
                         #[cfg(target_arch = "x86_64")]
-                        assert_eq!((path, bf16_values), (Path::Bf16Dot, false));
+                        assert_eq!((path, kind), (Path::Bf16Dot, "f32"));
                         assert!(out.iter().all(|&v| v == 0.0), "nothing written");
                         continue;
                     }
@@ -406,11 +412,11 @@ mod tests {
                 }
             }
         }
-        // Every available path ran: 2 x 4 calls for the f32 path, 4 for the bf16 one.
+        // Every available path ran: 3 x 4 calls for the f32 path, 2 x 4 for the bf16 one.
         let want: usize = available_paths()
             .into_iter()
             .flatten()
-            .map(|p| if format!("{p:?}") == "Bf16Dot" { 4 } else { 8 })
+            .map(|p| if format!("{p:?}") == "Bf16Dot" { 8 } else { 12 })
             .sum();
         assert_eq!(ran, want);
     }
