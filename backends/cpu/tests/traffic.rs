@@ -3,54 +3,11 @@
 
 use moemla_core::{ops, Backend, DType, Error, HostTensor, RouteParams, Traffic};
 use moemla_cpu::CpuBackend;
+use moemla_testsuite::memory;
 
 #[test]
 fn download_into_reads_a_range_into_the_callers_tensor() {
-    let cpu = CpuBackend::new();
-    let values: Vec<f32> = (0..10).map(|i| i as f32 * 0.5).collect();
-    let t = cpu
-        .upload(&HostTensor::from_slice([2, 5], &values).unwrap())
-        .unwrap();
-    let mut dst = HostTensor::zeros([4], DType::F32).unwrap();
-    let addr = dst.as_bytes().as_ptr();
-    cpu.download_into(&t, 3, &mut dst).unwrap();
-    assert_eq!(dst.to_vec::<f32>().unwrap(), vec![1.5, 2.0, 2.5, 3.0]);
-    cpu.download_into(&t, 6, &mut dst).unwrap();
-    assert_eq!(dst.to_vec::<f32>().unwrap(), vec![3.0, 3.5, 4.0, 4.5]);
-    assert_eq!(
-        dst.as_bytes().as_ptr(),
-        addr,
-        "the caller's bytes are reused"
-    );
-
-    // Past the end (also when offset + length overflows): nothing is written.
-    for offset in [7, usize::MAX - 1] {
-        let err = cpu.download_into(&t, offset, &mut dst).unwrap_err();
-        assert_eq!(
-            err,
-            Error::OutOfBounds {
-                call: "download_into",
-                arg: "src",
-                offset,
-                len: 4,
-                size: 10
-            }
-        );
-    }
-    assert_eq!(dst.to_vec::<f32>().unwrap(), vec![3.0, 3.5, 4.0, 4.5]);
-    let mut wrong = HostTensor::zeros([2], DType::BF16).unwrap();
-    let err = cpu.download_into(&t, 0, &mut wrong).unwrap_err();
-    assert_eq!(
-        err,
-        Error::DTypeMismatch {
-            call: "download_into",
-            arg: "dst",
-            other: "src",
-            expected: DType::F32,
-            got: DType::BF16
-        }
-    );
-    assert_eq!(wrong.to_f32_vec().unwrap(), vec![0.0, 0.0]);
+    memory::download_into_reads_ranges_into_the_callers_tensor(&CpuBackend::new());
 }
 
 #[test]

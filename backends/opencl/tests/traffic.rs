@@ -5,7 +5,8 @@
 mod common;
 
 use common::backend;
-use moemla_core::{Backend, DType, Error, HostTensor, Traffic};
+use moemla_core::{Backend, DType, HostTensor, Traffic};
+use moemla_testsuite::memory;
 use std::sync::{Mutex, MutexGuard};
 
 /// Serializes this binary's tests (they read the shared backend's counters).
@@ -18,47 +19,7 @@ fn alone() -> MutexGuard<'static, ()> {
 fn download_into_reads_a_range_into_the_callers_tensor() {
     let _alone = alone();
     let Some(be) = backend() else { return };
-    let values: Vec<f32> = (0..10).map(|i| i as f32 * 0.5).collect();
-    let t = be
-        .upload(&HostTensor::from_slice([2, 5], &values).unwrap())
-        .unwrap();
-    let mut dst = HostTensor::zeros([4], DType::F32).unwrap();
-    let addr = dst.as_bytes().as_ptr();
-    be.download_into(&t, 3, &mut dst).unwrap();
-    assert_eq!(dst.to_vec::<f32>().unwrap(), vec![1.5, 2.0, 2.5, 3.0]);
-    be.download_into(&t, 6, &mut dst).unwrap();
-    assert_eq!(dst.to_vec::<f32>().unwrap(), vec![3.0, 3.5, 4.0, 4.5]);
-    assert_eq!(
-        dst.as_bytes().as_ptr(),
-        addr,
-        "the caller's bytes are reused"
-    );
-    for offset in [7, usize::MAX - 1] {
-        let err = be.download_into(&t, offset, &mut dst).unwrap_err();
-        assert_eq!(
-            err,
-            Error::OutOfBounds {
-                call: "download_into",
-                arg: "src",
-                offset,
-                len: 4,
-                size: 10
-            }
-        );
-    }
-    assert_eq!(dst.to_vec::<f32>().unwrap(), vec![3.0, 3.5, 4.0, 4.5]);
-    let mut wrong = HostTensor::zeros([2], DType::BF16).unwrap();
-    let err = be.download_into(&t, 0, &mut wrong).unwrap_err();
-    assert_eq!(
-        err,
-        Error::DTypeMismatch {
-            call: "download_into",
-            arg: "dst",
-            other: "src",
-            expected: DType::F32,
-            got: DType::BF16
-        }
-    );
+    memory::download_into_reads_ranges_into_the_callers_tensor(&*be);
 }
 
 #[test]

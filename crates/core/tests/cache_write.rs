@@ -3,28 +3,16 @@
 //! one that does not list it), and the shared host-side checks of `moemla_core::indices`
 //! (slots, then finite rows), run from a stub backend.
 
-use moemla_core::calls::{
-    MlaCacheWriteCall, MlaDecodeCall, MlaDecodeOutput, MoeExpertsCall, MoeRouteCall, MoeRouteOutput,
-};
+mod common;
+
+use common::{assert_reached, reached, zeros, Buf};
+use moemla_core::calls::MlaCacheWriteCall;
 use moemla_core::ops;
 use moemla_core::{
-    indices, Backend, BackendInfo, CacheWriteParams, DType, DeviceBuffer, DeviceKind, DeviceTensor,
-    Error, HostTensor, KvFormat, Op, OpSupport, Result, Shape, Verification, VerificationKind,
+    indices, Backend, BackendInfo, CacheWriteParams, DType, DeviceTensor, Error, HostTensor,
+    KvFormat, Op, OpSupport, Result,
 };
-use std::any::Any;
 use std::sync::Arc;
-
-/// A host buffer.
-#[derive(Debug)]
-struct Buf(HostTensor);
-
-impl DeviceBuffer for Buf {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-}
-
-const REACHED: &str = "reached the backend";
 
 /// Lists `supported`; with `implements`, runs the shared checks in `mla_cache_write` and
 /// then answers that the call reached it (else keeps the default method).
@@ -34,7 +22,7 @@ struct Stub {
 }
 
 fn host(t: &DeviceTensor) -> &HostTensor {
-    &t.buffer::<Buf>("stub", "test", "t").unwrap().0
+    common::host("stub", t)
 }
 
 impl Backend for Stub {
@@ -42,47 +30,10 @@ impl Backend for Stub {
         "stub"
     }
     fn info(&self) -> BackendInfo {
-        BackendInfo {
-            name: "stub".into(),
-            vendor: "test".into(),
-            device: "none".into(),
-            device_kind: DeviceKind::Cpu,
-            memory_bytes: None,
-            supported: self.supported.clone(),
-            verification: Verification {
-                kind: VerificationKind::Unverified,
-                detail: String::new(),
-            },
-            notes: vec![],
-        }
+        common::info("stub", self.supported.clone())
     }
-    fn alloc_zeroed(&self, shape: &Shape, dtype: DType) -> Result<DeviceTensor> {
-        self.upload(&HostTensor::zeros(shape.clone(), dtype)?)
-    }
-    fn upload(&self, h: &HostTensor) -> Result<DeviceTensor> {
-        let buf = Arc::new(Buf(h.clone()));
-        Ok(DeviceTensor::new(
-            buf,
-            "stub".into(),
-            h.shape().clone(),
-            h.dtype(),
-        ))
-    }
-    fn download(&self, t: &DeviceTensor) -> Result<HostTensor> {
-        Ok(host(t).clone())
-    }
-    fn synchronize(&self) -> Result<()> {
-        Ok(())
-    }
-    fn moe_route(&self, _: &MoeRouteCall<'_>) -> Result<MoeRouteOutput> {
-        unreachable!()
-    }
-    fn moe_experts(&self, _: &MoeExpertsCall<'_>) -> Result<DeviceTensor> {
-        unreachable!()
-    }
-    fn mla_decode(&self, _: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutput> {
-        unreachable!()
-    }
+    common::host_memory!();
+    common::unused_v1_ops!();
     fn mla_cache_write(&self, call: &MlaCacheWriteCall<'_>) -> Result<()> {
         if !self.implements {
             return Err(Error::Unsupported {
@@ -98,11 +49,7 @@ impl Backend for Stub {
             indices::check_cache_rows_finite(call, &kv, &slots)?;
         }
         indices::check_cache_slots(call, &slots)?;
-        Err(Error::Device {
-            backend: "stub".into(),
-            call: "mla_cache_write".into(),
-            message: REACHED.into(),
-        })
+        Err(reached("stub"))
     }
 }
 
@@ -111,10 +58,6 @@ fn full() -> Stub {
         supported: OpSupport::all_v2(),
         implements: true,
     }
-}
-
-fn zeros(b: &dyn Backend, dims: &[usize], dtype: DType) -> DeviceTensor {
-    b.alloc_zeroed(&dims.into(), dtype).unwrap()
 }
 
 fn ints(b: &dyn Backend, v: &[i32]) -> DeviceTensor {
@@ -156,14 +99,6 @@ impl Call {
     }
     fn run(&mut self, b: &dyn Backend, p: &CacheWriteParams) -> Result<()> {
         ops::mla_cache_write(b, &self.kv, &self.slots, &mut self.cache, p)
-    }
-}
-
-#[track_caller]
-fn assert_reached(r: Result<()>) {
-    match r {
-        Err(Error::Device { message, .. }) if message == REACHED => {}
-        other => panic!("expected the call to reach the backend, got {other:?}"),
     }
 }
 

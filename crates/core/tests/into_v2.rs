@@ -3,33 +3,20 @@
 //! whose `_into` methods answer that the call reached them; and the trait's default
 //! `_into` methods (run the allocating op, then `copy_into`) on a backend without its own.
 
-use moemla_core::calls::{
-    DsaIndexerTopkCall, DsaIndexerTopkOutput, MlaDecodeCall, MlaDecodeOutput, MlaKvQuantizeCall,
-    MoeExpertsCall, MoeRouteCall, MoeRouteOutput,
-};
+mod common;
+
+use common::{assert_reached, reached, zeros, Buf};
+use moemla_core::calls::{DsaIndexerTopkCall, DsaIndexerTopkOutput, MlaKvQuantizeCall};
 use moemla_core::ops;
 use moemla_core::{
-    Backend, BackendInfo, DType, DeviceBuffer, DeviceKind, DeviceTensor, Error, HostTensor,
-    IndexerParams, KvFormat, KvQuantizeParams, Op, OpSupport, Result, Shape, Verification,
-    VerificationKind,
+    Backend, BackendInfo, DType, DeviceBuffer, DeviceTensor, Error, HostTensor, IndexerParams,
+    KvFormat, KvQuantizeParams, Op, OpSupport, Result, Shape,
 };
 use std::any::Any;
 use std::sync::Arc;
 
-/// A host buffer.
-#[derive(Debug)]
-struct Buf(HostTensor);
-
-impl DeviceBuffer for Buf {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-}
-
-const REACHED: &str = "reached the backend";
-
 /// A backend named `name` listing every v2 variant, whose two `_into` methods answer
-/// [`REACHED`].
+/// [`common::REACHED`].
 struct Stub {
     name: &'static str,
 }
@@ -39,47 +26,10 @@ impl Backend for Stub {
         self.name
     }
     fn info(&self) -> BackendInfo {
-        BackendInfo {
-            name: self.name.into(),
-            vendor: "test".into(),
-            device: "none".into(),
-            device_kind: DeviceKind::Cpu,
-            memory_bytes: None,
-            supported: OpSupport::all_v2(),
-            verification: Verification {
-                kind: VerificationKind::Unverified,
-                detail: String::new(),
-            },
-            notes: vec![],
-        }
+        common::info(self.name, OpSupport::all_v2())
     }
-    fn alloc_zeroed(&self, shape: &Shape, dtype: DType) -> Result<DeviceTensor> {
-        self.upload(&HostTensor::zeros(shape.clone(), dtype)?)
-    }
-    fn upload(&self, h: &HostTensor) -> Result<DeviceTensor> {
-        let buf = Arc::new(Buf(h.clone()));
-        Ok(DeviceTensor::new(
-            buf,
-            self.name.into(),
-            h.shape().clone(),
-            h.dtype(),
-        ))
-    }
-    fn download(&self, t: &DeviceTensor) -> Result<HostTensor> {
-        Ok(t.buffer::<Buf>(self.name, "test", "t")?.0.clone())
-    }
-    fn synchronize(&self) -> Result<()> {
-        Ok(())
-    }
-    fn moe_route(&self, _: &MoeRouteCall<'_>) -> Result<MoeRouteOutput> {
-        unreachable!()
-    }
-    fn moe_experts(&self, _: &MoeExpertsCall<'_>) -> Result<DeviceTensor> {
-        unreachable!()
-    }
-    fn mla_decode(&self, _: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutput> {
-        unreachable!()
-    }
+    common::host_memory!();
+    common::unused_v1_ops!();
     fn mla_kv_quantize_into(&self, _: &MlaKvQuantizeCall<'_>, _: &DeviceTensor) -> Result<()> {
         Err(reached(self.name))
     }
@@ -91,18 +41,6 @@ impl Backend for Stub {
     ) -> Result<()> {
         Err(reached(self.name))
     }
-}
-
-fn reached(name: &str) -> Error {
-    Error::Device {
-        backend: name.into(),
-        call: "into".into(),
-        message: REACHED.into(),
-    }
-}
-
-fn zeros(b: &dyn Backend, dims: &[usize], dtype: DType) -> DeviceTensor {
-    b.alloc_zeroed(&dims.into(), dtype).unwrap()
 }
 
 fn fp8() -> KvQuantizeParams {
@@ -148,14 +86,6 @@ impl Indexer {
             lens,
         } = self;
         ops::dsa_indexer_topk_into(b, q, weights, k_cache, table, lens, &p, ids, scores)
-    }
-}
-
-#[track_caller]
-fn assert_reached(r: Result<()>) {
-    match r {
-        Err(Error::Device { message, .. }) if message == REACHED => {}
-        other => panic!("expected the call to reach the backend, got {other:?}"),
     }
 }
 
@@ -440,15 +370,7 @@ impl Backend for Copying {
         cell(dst).as_bytes_mut()[at..at + from.len()].copy_from_slice(&from);
         Ok(())
     }
-    fn moe_route(&self, _: &MoeRouteCall<'_>) -> Result<MoeRouteOutput> {
-        unreachable!()
-    }
-    fn moe_experts(&self, _: &MoeExpertsCall<'_>) -> Result<DeviceTensor> {
-        unreachable!()
-    }
-    fn mla_decode(&self, _: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutput> {
-        unreachable!()
-    }
+    common::unused_v1_ops!();
     fn mla_kv_quantize(&self, call: &MlaKvQuantizeCall<'_>) -> Result<DeviceTensor> {
         let bytes: Vec<u8> = (0..call.rows * 656).map(|i| (i % 251) as u8).collect();
         self.upload(&HostTensor::from_bytes([call.rows, 656], DType::U8, bytes)?)

@@ -3,26 +3,16 @@
 //! (`Format::SharedExperts`: a backend that does not list it never sees such a call, and
 //! bad input is reported before that check), and the `_into` form's aliasing rule.
 
+mod common;
+
+use common::{assert_reached, reached, zeros};
 use moemla_core::calls::{
     MlaDecodeCall, MlaDecodeOutput, MoeExpertsCall, MoeRouteCall, MoeRouteOutput,
 };
 use moemla_core::ops::{self, ExpertsInputs};
 use moemla_core::{
-    Backend, BackendInfo, DType, DeviceBuffer, DeviceKind, DeviceTensor, Error, ExpertsParams,
-    Format, HostTensor, Op, OpSupport, Result, Shape, Verification, VerificationKind,
+    Backend, BackendInfo, DType, DeviceTensor, Error, ExpertsParams, Format, Op, OpSupport, Result,
 };
-use std::any::Any;
-use std::sync::Arc;
-
-/// A host buffer.
-#[derive(Debug)]
-struct Buf(HostTensor);
-
-impl DeviceBuffer for Buf {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-}
 
 /// A backend named `name` that lists `supported` and answers `moe_experts` with a
 /// `Device` error saying the call reached it, after recording the shared experts' sizes.
@@ -32,55 +22,20 @@ struct Stub {
     seen: std::sync::Mutex<Option<(usize, usize)>>,
 }
 
-const REACHED: &str = "reached the backend";
-
 impl Backend for Stub {
     fn name(&self) -> &str {
         self.name
     }
     fn info(&self) -> BackendInfo {
-        BackendInfo {
-            name: self.name.into(),
-            vendor: "test".into(),
-            device: "none".into(),
-            device_kind: DeviceKind::Cpu,
-            memory_bytes: None,
-            supported: self.supported.clone(),
-            verification: Verification {
-                kind: VerificationKind::Unverified,
-                detail: String::new(),
-            },
-            notes: vec![],
-        }
+        common::info(self.name, self.supported.clone())
     }
-    fn alloc_zeroed(&self, shape: &Shape, dtype: DType) -> Result<DeviceTensor> {
-        self.upload(&HostTensor::zeros(shape.clone(), dtype)?)
-    }
-    fn upload(&self, h: &HostTensor) -> Result<DeviceTensor> {
-        let buf = Arc::new(Buf(h.clone()));
-        Ok(DeviceTensor::new(
-            buf,
-            self.name.into(),
-            h.shape().clone(),
-            h.dtype(),
-        ))
-    }
-    fn download(&self, t: &DeviceTensor) -> Result<HostTensor> {
-        Ok(t.buffer::<Buf>(self.name, "test", "t")?.0.clone())
-    }
-    fn synchronize(&self) -> Result<()> {
-        Ok(())
+    common::host_memory!();
+    fn moe_experts(&self, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor> {
+        *self.seen.lock().unwrap() = call.shared.map(|s| (s.count, s.inter));
+        Err(reached(self.name))
     }
     fn moe_route(&self, _: &MoeRouteCall<'_>) -> Result<MoeRouteOutput> {
         unreachable!("not used")
-    }
-    fn moe_experts(&self, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor> {
-        *self.seen.lock().unwrap() = call.shared.map(|s| (s.count, s.inter));
-        Err(Error::Device {
-            backend: self.name.into(),
-            call: "op".into(),
-            message: REACHED.into(),
-        })
     }
     fn mla_decode(&self, _: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutput> {
         unreachable!("not used")
@@ -98,10 +53,6 @@ fn stub(name: &'static str, supported: Vec<OpSupport>) -> Stub {
 /// Everything v2 defines (shared experts included).
 fn full() -> Stub {
     stub("stub", OpSupport::all_v2())
-}
-
-fn zeros(b: &dyn Backend, dims: &[usize], dtype: DType) -> DeviceTensor {
-    b.alloc_zeroed(&dims.into(), dtype).unwrap()
 }
 
 /// A valid call's tensors: T 3, H 8, E 4, I 6, k 2 in `dtype`; S 2 shared experts of Is 10.
@@ -145,13 +96,6 @@ fn run_shared(
     inputs.shared_w13 = sw13;
     inputs.shared_w2 = sw2;
     ops::moe_experts_with(b, inputs, &ExpertsParams::default())
-}
-
-fn assert_reached<T: std::fmt::Debug>(r: Result<T>) {
-    match r {
-        Err(Error::Device { message, .. }) if message == REACHED => {}
-        other => panic!("expected the call to reach the backend, got {other:?}"),
-    }
 }
 
 #[track_caller]

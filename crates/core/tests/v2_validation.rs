@@ -4,29 +4,19 @@
 //! using it, and bad input is reported before that check); and the shared host-side index
 //! checks of `moemla_core::indices`, run from a stub backend's op methods.
 
+mod common;
+
+use common::{assert_reached, zeros};
 use moemla_core::calls::{
     DsaIndexerTopkCall, DsaIndexerTopkOutput, MlaDecodeCall, MlaDecodeOutput, MlaKvQuantizeCall,
     MlaSparseDecodeCall, MoeExpertsCall, MoeRouteCall, MoeRouteOutput,
 };
 use moemla_core::ops::{self, ExpertsInputs, RouteInputs, SparseDecodeInputs};
 use moemla_core::{
-    indices, ActivationQuant, ActivationScale, Backend, BackendInfo, DType, DeviceBuffer,
-    DeviceKind, DeviceTensor, Error, ExpertsParams, Format, GroupSelect, HostTensor, IndexerParams,
-    KvFormat, KvQuantizeParams, MlaDecodeParams, Op, OpSupport, Result, RouteParams, ScoreFunc,
-    Shape, SparseDecodeParams, Verification, VerificationKind,
+    indices, ActivationQuant, ActivationScale, Backend, BackendInfo, DType, DeviceTensor, Error,
+    ExpertsParams, Format, GroupSelect, HostTensor, IndexerParams, KvFormat, KvQuantizeParams,
+    MlaDecodeParams, Op, OpSupport, Result, RouteParams, ScoreFunc, SparseDecodeParams,
 };
-use std::any::Any;
-use std::sync::Arc;
-
-/// A host buffer.
-#[derive(Debug)]
-struct Buf(HostTensor);
-
-impl DeviceBuffer for Buf {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-}
 
 /// A backend that lists `supported`, runs the shared index checks on its inputs, and
 /// otherwise answers every op with a `Device` error saying the call reached it.
@@ -34,18 +24,12 @@ struct Stub {
     supported: Vec<OpSupport>,
 }
 
-const REACHED: &str = "reached the backend";
-
 fn reached() -> Error {
-    Error::Device {
-        backend: "stub".into(),
-        call: "op".into(),
-        message: REACHED.into(),
-    }
+    common::reached("stub")
 }
 
 fn host(t: &DeviceTensor) -> &HostTensor {
-    &t.buffer::<Buf>("stub", "test", "t").unwrap().0
+    common::host("stub", t)
 }
 
 fn i32s(t: &DeviceTensor) -> Vec<i32> {
@@ -57,38 +41,9 @@ impl Backend for Stub {
         "stub"
     }
     fn info(&self) -> BackendInfo {
-        BackendInfo {
-            name: "stub".into(),
-            vendor: "test".into(),
-            device: "none".into(),
-            device_kind: DeviceKind::Cpu,
-            memory_bytes: None,
-            supported: self.supported.clone(),
-            verification: Verification {
-                kind: VerificationKind::Unverified,
-                detail: String::new(),
-            },
-            notes: vec![],
-        }
+        common::info("stub", self.supported.clone())
     }
-    fn alloc_zeroed(&self, shape: &Shape, dtype: DType) -> Result<DeviceTensor> {
-        self.upload(&HostTensor::zeros(shape.clone(), dtype)?)
-    }
-    fn upload(&self, h: &HostTensor) -> Result<DeviceTensor> {
-        let buf = Arc::new(Buf(h.clone()));
-        Ok(DeviceTensor::new(
-            buf,
-            "stub".into(),
-            h.shape().clone(),
-            h.dtype(),
-        ))
-    }
-    fn download(&self, t: &DeviceTensor) -> Result<HostTensor> {
-        Ok(host(t).clone())
-    }
-    fn synchronize(&self) -> Result<()> {
-        Ok(())
-    }
+    common::host_memory!();
     fn moe_route(&self, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput> {
         if let Some(h) = call.hash {
             indices::check_hash_routing(call, &i32s(h.input_ids), &i32s(h.tid2eid))?;
@@ -134,18 +89,7 @@ impl Backend for V1Only {
     fn info(&self) -> BackendInfo {
         self.0.info()
     }
-    fn alloc_zeroed(&self, shape: &Shape, dtype: DType) -> Result<DeviceTensor> {
-        self.0.alloc_zeroed(shape, dtype)
-    }
-    fn upload(&self, h: &HostTensor) -> Result<DeviceTensor> {
-        self.0.upload(h)
-    }
-    fn download(&self, t: &DeviceTensor) -> Result<HostTensor> {
-        self.0.download(t)
-    }
-    fn synchronize(&self) -> Result<()> {
-        Ok(())
-    }
+    common::host_memory!();
     fn moe_route(&self, c: &MoeRouteCall<'_>) -> Result<MoeRouteOutput> {
         self.0.moe_route(c)
     }
@@ -163,19 +107,8 @@ fn v1() -> V1Only {
     })
 }
 
-fn zeros(b: &dyn Backend, dims: &[usize], dtype: DType) -> DeviceTensor {
-    b.alloc_zeroed(&dims.into(), dtype).unwrap()
-}
-
 fn ints(b: &dyn Backend, dims: &[usize], v: &[i32]) -> DeviceTensor {
     b.upload(&HostTensor::from_slice(dims, v).unwrap()).unwrap()
-}
-
-fn assert_reached<T: std::fmt::Debug>(r: Result<T>) {
-    match r {
-        Err(Error::Device { message, .. }) if message == REACHED => {}
-        other => panic!("expected the call to reach the backend, got {other:?}"),
-    }
 }
 
 #[track_caller]

@@ -12,6 +12,8 @@
 //! - [`props`]: proptest properties of each op.
 //! - [`errors`]: every validation rule of core and every index-content check, asserting
 //!   the error variant and its key fields.
+//! - [`memory`]: checks of caller-owned memory (`download_into`) that backend crates call
+//!   from their own tests.
 //!
 //! Nothing here is timed; benchmarks live in `benches/`.
 
@@ -20,6 +22,7 @@ pub mod compare;
 pub mod errors;
 mod harness;
 mod macros;
+pub mod memory;
 pub mod props;
 pub mod reference;
 pub mod rng;
