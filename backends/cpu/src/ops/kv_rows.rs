@@ -2,7 +2,7 @@
 //! 656-byte `fp8_ds_v32` rows dequantized on load (contract v2), addressed by flat slot.
 
 use crate::storage::{float_slice, storage, CpuSlice, FloatSlice};
-use moemla_core::fp8::{dequantize_ds_v32_row, DS_V32_DIM, DS_V32_ROW_BYTES};
+use moemla_core::fp8::{ds_v32_scales, DS_V32_DIM, DS_V32_LATENT, DS_V32_ROW_BYTES, DS_V32_TILE};
 use moemla_core::{DeviceTensor, Error, KvFormat, Result};
 
 /// A cache [num_blocks, block_size, Hkv, Dqk] (dense) or [num_blocks, block_size, 1, 656]
@@ -48,7 +48,7 @@ impl<'a> KvRows<'a> {
                     .get(slot * DS_V32_ROW_BYTES..)
                     .and_then(|b| b.first_chunk::<DS_V32_ROW_BYTES>());
                 match (row, dst.first_chunk_mut::<DS_V32_DIM>()) {
-                    (Some(row), Some(out)) => dequantize_ds_v32_row(row, out),
+                    (Some(row), Some(out)) => pulp::Arch::new().dispatch(Dequantize { row, out }),
                     // Unreachable after the index checks; never read out of bounds.
                     _ => dst.fill(f32::NAN),
                 }
@@ -57,10 +57,86 @@ impl<'a> KvRows<'a> {
     }
 }
 
+/// `moemla_core::fp8::dequantize_ds_v32_row` (the same values, bit for bit) as a pulp
+/// kernel: the e4m3 codes decoded by arithmetic on their bits instead of a table, so the
+/// loop vectorises for the vector unit found at run time.
+struct Dequantize<'a> {
+    row: &'a [u8; DS_V32_ROW_BYTES],
+    out: &'a mut [f32; DS_V32_DIM],
+}
+
+impl pulp::WithSimd for Dequantize<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        let scales = ds_v32_scales(self.row);
+        let (latent, rope) = self.out.split_at_mut(DS_V32_LATENT);
+        for (t, tile) in latent.chunks_exact_mut(DS_V32_TILE).enumerate() {
+            let sc = scales[t];
+            let codes = &self.row[t * DS_V32_TILE..(t + 1) * DS_V32_TILE];
+            for (v, &c) in tile.iter_mut().zip(codes) {
+                *v = e4m3(c) * sc;
+            }
+        }
+        let at = DS_V32_LATENT + 4 * scales.len();
+        for (v, b) in rope.iter_mut().zip(self.row[at..].chunks_exact(2)) {
+            *v = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16);
+        }
+    }
+}
+
+/// The value of an e4m3fn code (bias 7; exponent field 0 subnormal, `0x7F` / `0xFF` NaN),
+/// branch-free: a normal code's magnitude bits shifted into an f32's exponent and
+/// mantissa (exponent rebased by 120), a subnormal's mantissa times 2^-9, then the sign.
+#[inline(always)]
+fn e4m3(code: u8) -> f32 {
+    let mag = u32::from(code & 0x7F);
+    let normal = f32::from_bits((mag << 20) + (120 << 23));
+    let subnormal = mag as f32 * (1.0 / 512.0);
+    let v = if mag < 8 { subnormal } else { normal };
+    let v = if mag == 0x7F { f32::NAN } else { v };
+    f32::from_bits(v.to_bits() | (u32::from(code & 0x80) << 24))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use moemla_core::fp8::quantize_ds_v32_row;
+    use moemla_core::fp8::{dequantize_ds_v32_row, e4m3_decode, quantize_ds_v32_row};
+
+    #[test]
+    fn e4m3_arithmetic_decode_matches_the_table_for_every_code() {
+        for c in 0..=255u8 {
+            let (got, want) = (e4m3(c), e4m3_decode(c));
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "code {c:#04x}: {got} vs {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn rows_dequantize_bit_for_bit_as_the_format_defines() {
+        // Every code in every tile position, with power-of-two, odd, tiny and NaN scales.
+        let mut row = [0u8; DS_V32_ROW_BYTES];
+        for (i, b) in row.iter_mut().enumerate() {
+            *b = (i * 7 + 3) as u8;
+        }
+        for (t, sc) in [0.25f32, 0.3, 1e-30, f32::NAN].iter().enumerate() {
+            let at = DS_V32_LATENT + 4 * t;
+            row[at..at + 4].copy_from_slice(&sc.to_le_bytes());
+        }
+        let mut want = [0.0f32; DS_V32_DIM];
+        dequantize_ds_v32_row(&row, &mut want);
+        let mut got = vec![0.0f32; DS_V32_DIM];
+        KvRows::Fp8(&row).read(0, 0, 1, &mut got);
+        for (d, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                "[{d}]: {g} vs {w}"
+            );
+        }
+    }
 
     #[test]
     fn fp8_slots_dequantize_their_own_row() {
