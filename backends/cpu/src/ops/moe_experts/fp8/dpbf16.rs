@@ -19,8 +19,6 @@ use std::cell::Cell;
 
 /// Codes per decode step: one 512-bit register.
 const STEP: usize = 64;
-/// How far ahead of the block being read the codes are prefetched, bytes.
-const PREFETCH: usize = 1024;
 
 /// bf16 bits of the e4m3 value with magnitude bits `m` (0..128; 0x7F: a quiet NaN).
 const fn magnitude_bf16(m: usize) -> u16 {
@@ -239,11 +237,6 @@ unsafe fn rows_n<const N: usize, const A: usize>(
         let mut total = [_mm512_setzero_ps(); N];
         for b in 0..col_blocks {
             let c = b * BLOCK;
-            // The codes PREFETCH bytes on (this row's, or the next rows'), two cache lines
-            // per block: a hint only, an address past the codes is never dereferenced.
-            let ahead = codes.wrapping_add(c + PREFETCH);
-            _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
-            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64).cast());
             // SAFETY: codes c..min(c + 128, k) of this row exist; the prepared vectors
             // are `padded` (a multiple of 64 >= k) long.
             let sums = if b < whole {

@@ -1,13 +1,18 @@
 //! FP8 weight rows times a few activation vectors (decode-time experts), with the e4m3
-//! codes decoded in registers: no dequantized row is ever stored, not even in L1.
+//! codes decoded in registers: no dequantized row is ever stored, not even in L1. Each
+//! 128-column block's partial sums are scaled once (DeepGEMM's scheme). Paths, fastest
+//! first, each chosen at run time:
 //!
-//! On AVX-512 (F, BW, VL) each 32 codes are sign-extended to 16 bits, shifted and masked into
-//! the f16 with the same sign, exponent field and mantissa (`(sx(b) << 7) & 0xBF80`: the
-//! e4m3 value times 2^-8, exact, subnormals included), widened to f32 by `VCVTPH2PS` and
-//! multiplied into per-block partial sums; each 128-column block's sum is scaled once, by
-//! 2^8 (exact) and its block scale: DeepGEMM's scheme. The NaN codes (0x7F, 0xFF) are
-//! tracked per row and make that row's results NaN, as a dequantized NaN weight would.
-//! Elsewhere [`rows_times`] declines and the caller dequantizes row by row.
+//! - AVX512-BF16 + VBMI ([`super::dpbf16`]): codes to bf16 by table lookup, `VDPBF16PS`
+//!   against activations that are bf16 values or `fp8_block128`-quantized (others decline).
+//! - AVX-512 F/BW/VL: each 64 codes sign-extended to 16 bits, shifted and masked into the
+//!   f16 with the same sign, exponent field and mantissa (`(sx(b) << 7) & 0xBF80`: the
+//!   e4m3 value times 2^-8, exact, subnormals included), widened to f32 by `VCVTPH2PS`,
+//!   f32 FMAs; each block's sum is scaled by 2^8 (exact) and its block scale. The NaN
+//!   codes (0x7F, 0xFF) are tracked per row and make that row's results NaN, as a
+//!   dequantized NaN weight would.
+//!
+//! Elsewhere [`rows_times`] declines and the caller dequantizes row by row (portable).
 
 use super::Fp8Weights;
 use moemla_core::fp8::BLOCK;
@@ -129,8 +134,6 @@ mod x86 {
 
     /// Codes per load: one 512-bit register, four 16-lane f32 quarters.
     const STEP: usize = 64;
-    /// Bytes ahead of the block being read that are prefetched.
-    const PREFETCH: usize = 4096;
 
     /// See [`super::rows_times`]: dispatches on `n` so that every accumulator is a
     /// register.
@@ -188,10 +191,6 @@ mod x86 {
             let mut seen = _mm512_setzero_si512();
             for b in 0..col_blocks {
                 let c = b * BLOCK;
-                // A hint only: an address past the codes is never dereferenced.
-                let ahead = codes.wrapping_add(c + PREFETCH);
-                _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64).cast());
                 // SAFETY: codes c..c + live of this row and activations j * k + c .. + live
                 // exist (live = the block's width).
                 let sums = if b < whole {
