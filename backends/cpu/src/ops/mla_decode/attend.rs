@@ -101,6 +101,33 @@ pub fn attend(
     scale: f32,
     scratch: &mut Scratch,
 ) -> Result<Partial> {
+    let kernels = Kernels {
+        bf16: bf16dot::native(),
+        f32: f32attn::native(),
+    };
+    attend_with(kernels, (q, limits), cache, g, span, scale, scratch)
+}
+
+/// Which kernels [`attend_with`] may use: the native bf16 dot, AVX-512F f32 (else the
+/// general GEMM). [`attend`] passes what the CPU has; tests also narrow it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Kernels {
+    /// The native bf16 dot ([`crate::bf16attn`]); only true where the CPU has it.
+    pub bf16: bool,
+    /// AVX-512F f32 ([`crate::f32attn`]); only true where the CPU has it.
+    pub f32: bool,
+}
+
+/// [`attend`] with the kernels `kernels` allows.
+pub(crate) fn attend_with(
+    kernels: Kernels,
+    (q, limits): (&[f32], &[usize]),
+    cache: &Cache<'_>,
+    g: usize,
+    span: Range<usize>,
+    scale: f32,
+    scratch: &mut Scratch,
+) -> Result<Partial> {
     let (rows, d_qk, d_v) = (limits.len(), cache.d_qk, cache.d_v);
     let mut st = Partial {
         m: vec![f32::NEG_INFINITY; rows],
@@ -110,9 +137,7 @@ pub fn attend(
     // Query rows that are bf16 values against a BF16 cache, or FP8 rows whose dequantized
     // values are bf16 values (power-of-two scales): both products on the native bf16 dot.
     let q16 = match cache.data {
-        KvRows::Dense(FloatSlice::BF16(_)) | KvRows::Fp8(_) if bf16dot::native() => {
-            bf16attn::exact(q)?
-        }
+        KvRows::Dense(FloatSlice::BF16(_)) | KvRows::Fp8(_) if kernels.bf16 => bf16attn::exact(q)?,
         _ => None,
     };
     let q = MatRef::row_major(q, rows, d_qk);
@@ -147,7 +172,7 @@ pub fn attend(
             bf16attn::round_rows(&scratch.s, n, &mut scratch.p16)?;
             bf16attn::pack_pairs(n, d_v, |j| krows[j], &mut scratch.v16)?;
             bf16attn::gemm_pv(&scratch.p16, &scratch.v16, d_v, &mut st.acc)?;
-        } else if f32attn::native() {
+        } else if kernels.f32 {
             // The f32 rows in place (an F32 cache) or as loaded, both products on
             // AVX-512F kernels that read them directly.
             let mut rows32: Vec<&[f32]> = Vec::with_capacity(n);

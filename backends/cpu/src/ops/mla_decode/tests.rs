@@ -294,3 +294,87 @@ fn fp8_cache_decode_matches_f64_reference_on_both_paths() {
         );
     }
 }
+
+#[test]
+fn every_kernel_choice_matches_f64_reference() {
+    use super::attend::{attend_with, Cache, Kernels, Scratch, Slots};
+    use crate::ops::kv_rows::KvRows;
+    use crate::storage::FloatSlice;
+    use half::bf16;
+    // One head, 5 query rows with odd limits past and short of a chunk (128) and of a
+    // block (16, blocks in reverse order), bf16 values: the general GEMM, the AVX-512F
+    // f32 kernels and the bf16 dot (each where the CPU has it) against one reference.
+    let (d_qk, d_v, bs, len): (usize, usize, usize, usize) = (72, 40, 16, 301);
+    let limits = [301, 300, 129, 127, 1];
+    let mut rng = Lcg::new(21);
+    let blocks = len.div_ceil(bs);
+    let round =
+        |v: Vec<f32>| -> Vec<f32> { v.iter().map(|&x| bf16::from_f32(x).to_f32()).collect() };
+    let cache32 = round(rng.vec(blocks * bs * d_qk, -1.0, 1.0));
+    let cache16: Vec<bf16> = cache32.iter().map(|&x| bf16::from_f32(x)).collect();
+    let q = round(rng.vec(limits.len() * d_qk, -1.0, 1.0));
+    let table: Vec<i32> = (0..blocks as i32).rev().collect();
+    let slot = |p: usize| table[p / bs] as usize * bs + p % bs;
+    let scale = 0.3f32;
+    let detected = (crate::bf16dot::native(), crate::f32attn::native());
+    let choices = [
+        (false, false, FloatSlice::F32(&cache32), 2e-5),
+        (false, detected.1, FloatSlice::F32(&cache32), 2e-5),
+        (false, false, FloatSlice::BF16(&cache16), 2e-5),
+        (detected.0, detected.1, FloatSlice::BF16(&cache16), 1e-2),
+    ];
+    for (bf16, f32, data, tol) in choices {
+        let cache = Cache {
+            data: KvRows::Dense(data),
+            slots: Slots::Paged {
+                table: &table,
+                block_size: bs,
+            },
+            h_kv: 1,
+            d_qk,
+            d_v,
+        };
+        let kernels = Kernels { bf16, f32 };
+        let mut scratch = Scratch::default();
+        let st = attend_with(
+            kernels,
+            (&q, &limits),
+            &cache,
+            0,
+            0..len,
+            scale,
+            &mut scratch,
+        )
+        .unwrap();
+        for (r, &lim) in limits.iter().enumerate() {
+            let row = |p: usize| &cache32[slot(p) * d_qk..][..d_qk];
+            let logits: Vec<f64> = (0..lim)
+                .map(|p| {
+                    let dot: f64 = row(p)
+                        .iter()
+                        .zip(&q[r * d_qk..][..d_qk])
+                        .map(|(&a, &b)| a as f64 * b as f64)
+                        .sum();
+                    dot * scale as f64
+                })
+                .collect();
+            let m = logits.iter().cloned().fold(f64::MIN, f64::max);
+            let z: f64 = logits.iter().map(|l| (l - m).exp()).sum();
+            let lse = st.m[r] as f64 + (st.l[r] as f64).ln();
+            assert!(
+                (lse - (m + z.ln())).abs() <= 1e-5 * (1.0 + lse.abs()),
+                "{kernels:?} lse {r}"
+            );
+            for c in 0..d_v {
+                let want: f64 = (0..lim)
+                    .map(|p| (logits[p] - m).exp() / z * row(p)[c] as f64)
+                    .sum();
+                let got = (st.acc[r * d_v + c] / st.l[r]) as f64;
+                assert!(
+                    (got - want).abs() <= tol * (1.0 + want.abs()),
+                    "{kernels:?} o[{r},{c}]: {got} vs {want}"
+                );
+            }
+        }
+    }
+}
