@@ -92,6 +92,12 @@ pub fn run_into(backend: &str, call: &MoeExpertsCall<'_>, y: FloatSliceMut<'_>) 
     let mut h_t = ffn::gate_up(&perm, &xg, w, limit, bf16dot::native())?;
     if let Some(mode) = quant {
         fp8::quantize_columns(&perm, &mut h_t, call.inter, mode);
+    } else if matches!((x, w.w2), (FloatSlice::BF16(_), Weights::Fp8(_))) && bf16dot::native() {
+        // A BF16 run keeps its activations in bf16 before the down projection, as the
+        // bf16 weights' path does (ffn::down): FP8 weights then meet them on the native
+        // bf16 dot, their codes being exact bf16 values.
+        h_t.iter_mut()
+            .for_each(|v| *v = bf16::from_f32(*v).to_f32());
     }
     let y_t = ffn::down(&perm, &h_t, w, bf16dot::native())?;
     // Drop the routed activations before the shared experts allocate theirs.
