@@ -5,12 +5,12 @@
 //! parallelism and the `gemm` crate for the dense products.
 //! Integrators fall back to it, and the golden cases are checked against it.
 
-mod bf16dot;
 mod bf16attn;
-mod f32attn;
+mod bf16dot;
 mod ceilings;
 mod convert;
 mod device;
+mod f32attn;
 mod gemm_util;
 mod gemv;
 mod ops;
