@@ -8,7 +8,7 @@
 #   - the sm_89+ build: w8a8 experts multiply the FP8 codes on an emulation of m16n8k32
 #     e4m3 (PTX ISA tables). Only kernels_test's w8a8 section (experts_v2) differs there,
 #     so that variant runs experts_v2 alone (or the sections asked for).
-# Needs clang++ (C++20; CXX overrides, default clang++-19). About a minute on two cores.
+# Needs clang++ (C++20; CXX overrides, default clang++-19). Builds run in parallel, one per core.
 # Arguments name the kernels_test sections to run (route, experts, experts_shared, mla, ...;
 # default all): `run.sh experts_shared`.
 set -euo pipefail
@@ -18,26 +18,39 @@ CXX="${CXX:-clang++-19}"
 out="${TMPDIR:-/tmp}/moemla-kernel-emulation"
 mkdir -p "$out"
 flags=(-std=c++20 -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -w)
+# One (binary, source, defines, sections) per line; built in parallel (one clang per core),
+# then run one after another so their reports stay in order. mla_cache_write has no
+# tensor-core path, so it runs at 32 and 64 lanes only.
+all=("${sections[@]+"${sections[@]}"}")
+fp8=("${sections[@]+"${sections[@]}"}")
+[[ ${#fp8[@]} -gt 0 ]] || fp8=(experts_v2)
+plan=(
+    "warp32|kernels_test|-D__AMDGCN_WAVEFRONT_SIZE=32|${all[*]-}"
+    "warp64|kernels_test|-D__AMDGCN_WAVEFRONT_SIZE=64|${all[*]-}"
+    "warp32-mma|kernels_test|-D__AMDGCN_WAVEFRONT_SIZE=32 -DMOEMLA_EMULATE_MMA|${all[*]-}"
+    "warp32-mma-fp8|kernels_test|-D__AMDGCN_WAVEFRONT_SIZE=32 -DMOEMLA_EMULATE_MMA -DMOEMLA_EMULATE_MMA_FP8|${fp8[*]}"
+    "cache_write-warp32|cache_write_test|-D__AMDGCN_WAVEFRONT_SIZE=32|"
+    "cache_write-warp64|cache_write_test|-D__AMDGCN_WAVEFRONT_SIZE=64|"
+)
+cores="$(nproc 2>/dev/null || echo 2)"
+build_status=0
+pids=()
+for entry in "${plan[@]}"; do
+    IFS='|' read -r name src defs _ <<<"$entry"
+    # shellcheck disable=SC2086 # defs is a list of -D flags
+    "$CXX" "${flags[@]}" $defs "$here/$src.cpp" -o "$out/$name" -lpthread &
+    pids+=("$!")
+    if [[ ${#pids[@]} -ge $cores ]]; then
+        wait "${pids[0]}" || build_status=1
+        pids=("${pids[@]:1}")
+    fi
+done
+for pid in "${pids[@]}"; do wait "$pid" || build_status=1; done
+[[ $build_status -eq 0 ]] || { echo "host emulation: a build failed" >&2; exit 1; }
 status=0
-for variant in "32" "64" "32 mma" "32 mma fp8"; do
-    set -- $variant
-    defs=(-D__AMDGCN_WAVEFRONT_SIZE="$1")
-    name="warp$1"
-    run_sections=(${sections[@]+"${sections[@]}"})
-    if [[ "${2:-}" == mma ]]; then
-        defs+=(-DMOEMLA_EMULATE_MMA)
-        name+="-mma"
-    fi
-    if [[ "${3:-}" == fp8 ]]; then
-        defs+=(-DMOEMLA_EMULATE_MMA_FP8)
-        name+="-fp8"
-        [[ ${#run_sections[@]} -gt 0 ]] || run_sections=(experts_v2)
-    fi
-    "$CXX" "${flags[@]}" "${defs[@]}" "$here/kernels_test.cpp" -o "$out/$name" -lpthread
-    "$out/$name" ${run_sections[@]+"${run_sections[@]}"} || status=1
-    if [[ "${3:-}" != fp8 ]]; then  # mla_cache_write has no FP8 GEMM
-        "$CXX" "${flags[@]}" "${defs[@]}" "$here/cache_write_test.cpp" -o "$out/cache_write-$name" -lpthread
-        "$out/cache_write-$name" || status=1
-    fi
+for entry in "${plan[@]}"; do
+    IFS='|' read -r name _ _ run_sections <<<"$entry"
+    # shellcheck disable=SC2086 # the section names are words
+    "$out/$name" $run_sections || status=1
 done
 exit $status
