@@ -133,7 +133,7 @@ pub struct Staging {
 
 /// What a [`Staging`] holds.
 #[derive(Debug, Default)]
-pub struct StagingState {
+struct StagingState {
     /// Copies whose write may not have run yet, with the write's event.
     in_flight: Vec<(Event, Vec<u8>)>,
     /// Copies free for reuse, and their total capacity.
