@@ -8,7 +8,7 @@
 
 use crate::device::{host_waited, ClDevice};
 use crate::error::{cl, cl_alloc, ClCallError};
-use moemla_core::{DeviceBuffer, Error, Result};
+use moemla_core::{DeviceBuffer, Error, HostTensor, Result};
 use opencl3::error_codes::ClError;
 use opencl3::event::{wait_for_events, Event, CL_COMPLETE};
 use opencl3::memory::{
@@ -247,6 +247,87 @@ pub enum Wait {
     Queue,
 }
 
+/// A failed [`ClDevice::read_all`]: the error, and whether a read may still be running.
+#[derive(Debug)]
+#[must_use]
+pub(crate) struct ReadFailed {
+    /// What failed.
+    error: Error,
+    /// The queue could not be finished after the failure: a read may still write into
+    /// its destination at any time.
+    running: bool,
+}
+
+impl From<Error> for ReadFailed {
+    /// A failure with no read running (a bad range, an index error, ...).
+    fn from(error: Error) -> ReadFailed {
+        ReadFailed {
+            error,
+            running: false,
+        }
+    }
+}
+
+impl ReadFailed {
+    /// Whether a read may still write into its destination, which must then never be
+    /// freed or reused (leaked).
+    pub(crate) fn running(&self) -> bool {
+        self.running
+    }
+
+    /// The error, for a wait that read into no memory of the caller's (a synchronize: the
+    /// wait leaks its own buffers when [`ReadFailed::running`]).
+    pub(crate) fn into_error(self) -> Error {
+        self.error
+    }
+
+    /// The error of a read into `out`, which is leaked when a read may still write into it.
+    pub(crate) fn leaking(self, out: Vec<u8>) -> Error {
+        if self.running {
+            std::mem::forget(out);
+        }
+        self.error
+    }
+
+    /// The error of a read into the bytes of `dst`, the caller's tensor. When a read may
+    /// still write into them, they are leaked and `dst` gets new memory: zeros of its
+    /// shape, or (when even that cannot be allocated) an empty tensor of shape `[0]`.
+    pub(crate) fn leaking_host(self, dst: &mut HostTensor) -> Error {
+        if self.running {
+            let dtype = dst.dtype();
+            let fresh = HostTensor::zeros(dst.shape().clone(), dtype)
+                .or_else(|_| HostTensor::from_bytes([0], dtype, Vec::new()));
+            match fresh {
+                Ok(fresh) => std::mem::forget(std::mem::replace(dst, fresh)),
+                // A [0] tensor of no bytes is always valid: never reached. Were it, ending
+                // the process beats returning memory a read may still write into.
+                Err(_) => std::process::abort(),
+            }
+        }
+        self.error
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Test builds: how many of this thread's next waits in [`ClDevice::read_all`] fail
+    /// (`CL_EXEC_STATUS_ERROR_FOR_EVENTS_IN_WAIT_LIST`, as after a failed read) without
+    /// waiting.
+    static FAILING_WAITS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Test builds: the failure of a wait in [`ClDevice::read_all`] made on purpose (see
+/// `FAILING_WAITS`); `None` otherwise.
+fn injected_failure() -> Option<ClError> {
+    #[cfg(test)]
+    if FAILING_WAITS.with(|n| n.replace(n.get().saturating_sub(1))) > 0 {
+        return Some(ClError(
+            opencl3::error_codes::CL_EXEC_STATUS_ERROR_FOR_EVENTS_IN_WAIT_LIST,
+        ));
+    }
+    None
+}
+
 /// The error of a byte range outside a buffer (`call` is the device method).
 fn out_of_range(call: &str, what: String) -> Error {
     Error::Device {
@@ -415,20 +496,34 @@ impl ClDevice {
     }
 
     /// Reads `out.len()` bytes at byte `offset` of `buf`: waits for all queued work.
-    pub fn read(&self, buf: &ClBuffer, offset: usize, out: &mut [u8]) -> Result<()> {
+    pub fn read(
+        &self,
+        buf: &ClBuffer,
+        offset: usize,
+        out: &mut [u8],
+    ) -> std::result::Result<(), ReadFailed> {
         self.read_all(&mut [Read { buf, offset, out }], Wait::Reads)
     }
 
     /// Enqueues every read of `reads`, in order and without blocking, then waits once, as
     /// `wait` says. Every range is checked first (one outside its buffer reads nothing);
     /// an empty read is skipped. With nothing to read it waits for the whole queue.
-    pub fn read_all(&self, reads: &mut [Read<'_>], wait: Wait) -> Result<()> {
+    ///
+    /// On failure no read is running any more, unless [`ReadFailed::running`] says so:
+    /// then the queue could not be finished and a read may still write into its `out` at
+    /// any time, so the caller must never free or reuse that memory (it leaks it, see
+    /// [`ReadFailed::leaking`]).
+    pub fn read_all(
+        &self,
+        reads: &mut [Read<'_>],
+        wait: Wait,
+    ) -> std::result::Result<(), ReadFailed> {
         for r in reads.iter() {
             if r.offset
                 .checked_add(r.out.len())
                 .is_none_or(|end| end > r.buf.bytes)
             {
-                return Err(out_of_range(
+                return Err(ReadFailed::from(out_of_range(
                     "read",
                     format!(
                         "{} bytes at {} of a {}-byte buffer",
@@ -436,15 +531,17 @@ impl ClDevice {
                         r.offset,
                         r.buf.bytes
                     ),
-                ));
+                )));
             }
         }
         let mut events = Vec::with_capacity(reads.len());
         let mut failed = None;
         for r in reads.iter_mut().filter(|r| !r.out.is_empty()) {
             // SAFETY: a non-blocking read within the buffer (checked above) into `r.out`,
-            // which outlives this call; every read enqueued here is waited for below before
-            // returning, also when a later enqueue fails.
+            // which outlives this call; every read enqueued here has finished before this
+            // returns (waited for below, also when a later enqueue fails, and after a
+            // failed wait the whole queue is finished), or the failure says that one may
+            // still run (`ReadFailed::running`) and the caller leaks the memory.
             let read = unsafe {
                 self.queue
                     .enqueue_read_buffer(&r.buf.mem, CL_NON_BLOCKING, r.offset, r.out, &[])
@@ -456,21 +553,53 @@ impl ClDevice {
                     events.push(event);
                 }
                 Err(e) => {
-                    failed = Some(e);
+                    failed = Some(cl("clEnqueueReadBuffer")(e));
                     break;
                 }
             }
         }
         host_waited();
-        let waited = if events.is_empty() || wait == Wait::Queue {
-            self.queue.finish().map_err(cl("clFinish"))
-        } else {
-            let raw: Vec<cl_event> = events.iter().map(Event::get).collect();
-            wait_for_events(&raw).map_err(|e| cl("clWaitForEvents")(ClError(e)))
+        let waited = match injected_failure() {
+            Some(e) => Err(cl("clWaitForEvents")(e)),
+            None if events.is_empty() || wait == Wait::Queue => {
+                self.queue.finish().map_err(cl("clFinish"))
+            }
+            None => {
+                let raw: Vec<cl_event> = events.iter().map(Event::get).collect();
+                wait_for_events(&raw).map_err(|e| cl("clWaitForEvents")(ClError(e)))
+            }
         };
-        match failed {
-            Some(e) => Err(cl("clEnqueueReadBuffer")(e)),
-            None => waited,
+        let error = match (failed, waited) {
+            (None, Ok(())) => return Ok(()),
+            (Some(error), Ok(())) => return Err(ReadFailed::from(error)),
+            (failed, Err(waited)) => failed.unwrap_or(waited),
+        };
+        if events.is_empty() {
+            return Err(ReadFailed::from(error));
+        }
+        // The wait failed (a read ended with an error status, say): OpenCL does not say
+        // that the other reads have finished, so finish the queue before any `out` is
+        // freed or reused.
+        host_waited();
+        let finished = match injected_failure() {
+            Some(e) => Err(e),
+            None => self.queue.finish(),
+        };
+        match finished {
+            Ok(()) => Err(ReadFailed::from(error)),
+            Err(e) => Err(ReadFailed {
+                error: Error::Device {
+                    backend: crate::NAME.to_string(),
+                    call: "clFinish".to_string(),
+                    message: format!(
+                        "{} ({}) after a failed read ({error}): a read may still be running, \
+                         so its host memory is never freed",
+                        crate::error::status_name(e.0),
+                        e.0
+                    ),
+                },
+                running: true,
+            }),
         }
     }
 
@@ -687,5 +816,100 @@ mod tests {
         dev.read(&dst, 0, &mut got).unwrap();
         let want: Vec<u8> = (0..64).map(|b| 10 + (b / 8) as u8).collect();
         assert_eq!(got.to_vec(), want);
+    }
+
+    /// A wait that fails (as when one read ends with an error status) is followed by a
+    /// finish of the queue before the error returns, so no read still writes into memory
+    /// the caller frees or reuses; when even that finish fails, the failure says that a
+    /// read may still run, and the downloads leak their memory (`download_into` gives the
+    /// caller's tensor new memory).
+    #[test]
+    fn a_failed_wait_finishes_the_reads_or_leaks_their_memory() {
+        use moemla_core::Backend;
+        let _beside = crate::flags::test_lock::beside_others();
+        let Ok(backend) = crate::shared() else { return };
+        // A queue of its own (and its own flags: no index check is pending there).
+        #[allow(deprecated)] // clCreateCommandQueue: the OpenCL 1.2 entry point
+        let queue =
+            opencl3::command_queue::CommandQueue::create_default(&backend.device().context, 0)
+                .unwrap();
+        // SAFETY: `queue` is a live, in-order queue of the backend's context; the handle
+        // retains it.
+        let be = unsafe { backend.with_queue(queue.get().cast()) }.unwrap();
+        let dev = backend.device();
+        let fail_next_waits = |n: usize| FAILING_WAITS.with(|c| c.set(n));
+        let data: Vec<u8> = (0..64u8).collect();
+        let buf = dev.upload("test", &data).unwrap();
+
+        // The wait fails, the finish after it succeeds: the read has run in full.
+        fail_next_waits(1);
+        let before = crate::device::host_waits();
+        let mut got = [0u8; 48];
+        let failed = dev.read(&buf, 16, &mut got).unwrap_err();
+        assert_eq!(
+            crate::device::host_waits() - before,
+            2,
+            "the wait, then a finish"
+        );
+        assert!(!failed.running());
+        assert_eq!(&got[..], &data[16..]);
+        match failed.into_error() {
+            Error::Device { call, message, .. } => {
+                assert_eq!(call, "clWaitForEvents");
+                assert!(
+                    message.contains("CL_EXEC_STATUS_ERROR_FOR_EVENTS_IN_WAIT_LIST"),
+                    "{message}"
+                );
+            }
+            other => panic!("expected a device error, got {other:?}"),
+        }
+
+        // The finish fails too: a read may still run.
+        fail_next_waits(2);
+        let mut got = [0u8; 8];
+        let failed = dev.read(&buf, 0, &mut got).unwrap_err();
+        assert!(failed.running());
+        // (The read is real and `got` still live: let it land before `got` goes.)
+        dev.finish().unwrap();
+        match failed.into_error() {
+            Error::Device { call, message, .. } => {
+                assert_eq!(call, "clFinish");
+                assert!(message.contains("may still be running"), "{message}");
+            }
+            other => panic!("expected a device error, got {other:?}"),
+        }
+
+        // Through the backend, on its own queue: download_into keeps the caller's memory
+        // (with the data) when the finish succeeds, and leaks it, giving `dst` new zeroed
+        // memory of its shape, when it fails; download reports the same errors.
+        let t = be
+            .upload(
+                &HostTensor::from_bytes([16], moemla_core::DType::U8, data[..16].to_vec()).unwrap(),
+            )
+            .unwrap();
+        let mut dst = HostTensor::zeros([8], moemla_core::DType::U8).unwrap();
+        let old = dst.as_bytes().as_ptr();
+        fail_next_waits(1);
+        let err = be.download_into(&t, 8, &mut dst).unwrap_err();
+        assert!(matches!(&err, Error::Device { call, .. } if call == "clWaitForEvents"));
+        assert_eq!(
+            (dst.as_bytes().as_ptr(), dst.as_bytes()),
+            (old, &data[8..16])
+        );
+        fail_next_waits(2);
+        let err = be.download_into(&t, 0, &mut dst).unwrap_err();
+        assert!(matches!(&err, Error::Device { call, .. } if call == "clFinish"));
+        assert_ne!(
+            dst.as_bytes().as_ptr(),
+            old,
+            "the caller's memory was not leaked"
+        );
+        assert_eq!((dst.dims(), dst.as_bytes()), (&[8][..], &[0u8; 8][..]));
+        fail_next_waits(2);
+        let err = be.download(&t).unwrap_err();
+        assert!(matches!(&err, Error::Device { call, .. } if call == "clFinish"));
+        // Nothing left injected, and the queue works.
+        be.synchronize().unwrap();
+        assert_eq!(be.download(&t).unwrap().as_bytes(), &data[..16]);
     }
 }

@@ -36,7 +36,7 @@
 //! synchronize or download reports the contract's `Input` error, naming op, argument, row
 //! and element.
 
-use crate::buffer::{ClBuffer, Read, Wait};
+use crate::buffer::{ClBuffer, Read, ReadFailed, Wait};
 use crate::device::{Arg, ClDevice, Module};
 use moemla_core::{DType, DeviceTensor, Error, Op, Result, Shape};
 use opencl3::program::Program;
@@ -190,13 +190,15 @@ impl ClDevice {
     /// last check, once: the slots are reset. The flag words of those ops are read in the
     /// same wait, enqueued before `data`, so a download with checks pending waits (and
     /// round-trips) once. The error comes before the data: `data.out` holds the bytes read
-    /// but the caller's result is the error.
-    pub fn wait_checked(&self, data: Option<Read<'_>>) -> Result<()> {
+    /// but the caller's result is the error. A failed read is reported as
+    /// [`ClDevice::read_all`] reports it: when [`ReadFailed::running`], `data.out` must be
+    /// leaked (the flag words' buffers are, here).
+    pub fn wait_checked(&self, data: Option<Read<'_>>) -> std::result::Result<(), ReadFailed> {
         let mut area = self.flags.lock().unwrap_or_else(|p| p.into_inner());
         if area.pending.is_empty() {
             return match data {
                 Some(r) => self.read(r.buf, r.offset, r.out),
-                None => self.finish(),
+                None => self.finish().map_err(ReadFailed::from),
             };
         }
         let wait = if data.is_some() {
@@ -222,8 +224,15 @@ impl ClDevice {
             .chain(data)
             .collect();
         // After everything queued before it, so after every op's kernels and captures.
-        self.read_all(&mut reads, wait)?;
+        let read = self.read_all(&mut reads, wait);
         drop(reads);
+        if let Err(failed) = read {
+            if failed.running() {
+                // A read may still write into the flag words' buffers: never free them.
+                std::mem::forget(bytes);
+            }
+            return Err(failed);
+        }
         let words: Vec<Vec<i32>> = bytes
             .iter()
             .map(|b| {
@@ -242,7 +251,7 @@ impl ClDevice {
         }
         area.current = 0;
         area.pending.clear();
-        first.map_or(Ok(()), Err)
+        first.map_or(Ok(()), |e| Err(e.into()))
     }
 }
 

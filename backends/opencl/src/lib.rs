@@ -255,14 +255,19 @@ impl Backend for OpenClBackend {
             offset: 0,
             out: &mut bytes,
         };
-        self.device.wait_checked(Some(read))?;
+        if let Err(failed) = self.device.wait_checked(Some(read)) {
+            // Leaked when the read may still write into it.
+            return Err(failed.leaking(bytes));
+        }
         HostTensor::from_bytes(tensor.shape().clone(), tensor.dtype(), bytes)
     }
 
     /// Waits for the queue; first reports a pending index error of an earlier op (as
     /// [`Backend::download`]), else reads the range (no allocation). The error flags of
     /// pending ops are read beside the range, in one wait, so `dst` holds the range's bytes
-    /// also when an index error is reported.
+    /// also when an index error is reported. After a failed read that the queue could not
+    /// be finished past, `dst`'s old memory is leaked (the read may still write into it)
+    /// and `dst` holds zeros.
     fn download_into(
         &self,
         src: &DeviceTensor,
@@ -271,11 +276,14 @@ impl Backend for OpenClBackend {
     ) -> Result<()> {
         let range = memory::download_range(src, src_offset, dst)?;
         let buf = src.buffer::<ClBuffer>(&self.name, "download_into", "src")?;
-        self.device.wait_checked(Some(buffer::Read {
+        let read = buffer::Read {
             buf,
             offset: range.start,
             out: dst.as_bytes_mut(),
-        }))
+        };
+        self.device
+            .wait_checked(Some(read))
+            .map_err(|failed| failed.leaking_host(dst))
     }
 
     /// `queue` is a `cl_command_queue` of this backend's context
@@ -305,7 +313,9 @@ impl Backend for OpenClBackend {
     /// since the last check met on the device (in enqueue order) as `IndexOutOfRange`,
     /// once: the flags are reset and the backend stays usable.
     fn synchronize(&self) -> Result<()> {
-        self.device.wait_checked(None)
+        self.device
+            .wait_checked(None)
+            .map_err(buffer::ReadFailed::into_error)
     }
 
     /// `ptr` is a `cl_mem` buffer of this backend's context ([`OpenClBackend::context`]) of
