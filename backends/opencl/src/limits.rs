@@ -14,6 +14,16 @@ use std::time::{Duration, Instant};
 /// enough to hide the FMA latency on CPUs (latency 4 x 2 pipes) and GPUs.
 const FMA_ACC: usize = 12;
 
+/// The most float4 words one work-item of `read_sum` reads: its loop computes `k + 4` in
+/// an `int`, for `k` up to `count`.
+const MAX_COUNT: usize = i32::MAX as usize - 4;
+
+/// The float4 words each of `items` work-items reads of a `words`-word buffer (at most
+/// [`MAX_COUNT`]).
+fn words_per_item(words: usize, items: usize) -> usize {
+    (words / items.max(1)).min(MAX_COUNT)
+}
+
 /// The two kernels. `VEC` (1 or 16) is the FMA kernel's vector width.
 const SOURCE: &str = r#"
 #if VEC == 16
@@ -28,7 +38,8 @@ typedef float vec_t;
 static float hsum(float v) { return v; }
 #endif
 
-/* out[i] = sum of the `count` float4 words src[i * first_step + k * step], k < count. */
+/* out[i] = sum of the `count` float4 words src[i * first_step + k * step], k < count
+   (count <= INT_MAX - 4: k + 4 never overflows). */
 __kernel void read_sum(__global const float4 *src, int count, int first_step, int step,
                        __global float *out) {
     const size_t gid = get_global_id(0);
@@ -114,7 +125,7 @@ pub fn measure(dev: &ClDevice, read_bytes: usize, reps: usize) -> Result<Measure
     // Read: `items` parts of `count` float4 words each.
     let max_alloc = usize::try_from(dev.facts.max_alloc).unwrap_or(usize::MAX);
     let words = read_bytes.min(max_alloc) / 16;
-    let count = words / items;
+    let count = words_per_item(words, items);
     if count == 0 {
         return Err(err(format!(
             "a {read_bytes}-byte buffer is too small for {items} work-items"
@@ -242,6 +253,26 @@ mod tests {
                 .unwrap();
             let got = read_floats(dev, &out, items);
             assert_eq!(got, vec![2.0 * (FMA_ACC * vec) as f32; items], "VEC={vec}");
+        }
+    }
+
+    /// A work-item reads at most INT_MAX - 4 words, so `read_sum`'s `k + 4 <= count` never
+    /// overflows its `int`, however large the buffer; below that, every whole word is read.
+    #[test]
+    fn read_counts_stay_below_the_kernels_int_overflow() {
+        let int_max = i32::MAX as usize;
+        assert_eq!(words_per_item(100, 3), 33);
+        assert_eq!(words_per_item(int_max - 4, 1), int_max - 4);
+        for (words, items) in [
+            (int_max - 3, 1),
+            (int_max, 1),
+            (usize::MAX, 1),
+            (usize::MAX, 7),
+        ] {
+            let count = words_per_item(words, items);
+            assert_eq!(count, int_max - 4, "{words} words, {items} items");
+            // The largest k the loop tests is below count + 4 (k steps by 4 from 0).
+            assert!(i32::try_from(count + 4).is_ok());
         }
     }
 
