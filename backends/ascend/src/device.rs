@@ -385,6 +385,22 @@ impl Device {
         prepare: impl FnOnce(*mut u64, *mut Handle) -> i32,
         launch: Option<LaunchFn>,
     ) -> Result<()> {
+        match self.try_run(op, prepare, launch)? {
+            Launch::Queued => Ok(()),
+            Launch::Declined(e) => Err(e),
+        }
+    }
+
+    /// [`Device::run`], except that a CANN error from the first phase (`GetWorkspaceSize`,
+    /// where an op checks its parameters and tiles) comes back as [`Launch::Declined`]:
+    /// nothing was queued, so the caller may run another path instead. Every other error
+    /// (the launch's included) is an `Err`.
+    pub fn try_run(
+        self: &Arc<Self>,
+        op: &str,
+        prepare: impl FnOnce(*mut u64, *mut Handle) -> i32,
+        launch: Option<LaunchFn>,
+    ) -> Result<Launch> {
         self.bind_thread()?;
         let launch = launch.ok_or_else(|| Error::Device {
             backend: NAME.to_string(),
@@ -393,10 +409,12 @@ impl Device {
         })?;
         let mut size = 0u64;
         let mut executor: Handle = std::ptr::null_mut();
-        self.check(
+        if let Err(e) = self.check(
             prepare(&mut size, &mut executor),
             &format!("{op}GetWorkspaceSize"),
-        )?;
+        ) {
+            return Ok(Launch::Declined(e));
+        }
         let workspace = if size > 0 {
             Some(self.alloc(size as usize)?)
         } else {
@@ -408,8 +426,18 @@ impl Device {
         // Counted once queued, so a synchronize that reads the count covers the launch; the
         // buffers it uses (the workspace included) are only dropped after this.
         self.frees().launched();
-        self.check(st, op)
+        self.check(st, op)?;
+        Ok(Launch::Queued)
     }
+}
+
+/// What [`Device::try_run`] did.
+#[derive(Debug)]
+pub enum Launch {
+    /// The op was queued on the stream.
+    Queued,
+    /// The op's first phase returned this CANN error; nothing was queued.
+    Declined(Error),
 }
 
 impl Drop for Device {

@@ -61,17 +61,27 @@ pub struct AscendBackend {
 }
 
 /// How many calls each mapping of an op with a fused and a composed path has served on a
-/// backend (and its `with_queue` handles): which path ran, for tests and diagnostics.
+/// backend (and its `with_queue` handles): which path ran, for tests and diagnostics. Each
+/// call counts once: fused, composed (the fused op cannot express it) or fallback (it can,
+/// but the loaded CANN refused it at its first phase, so it ran composed).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Paths {
     /// mla_sparse_decode calls run by CANN's aclnnSparseFlashAttention.
     pub sparse_attention_fused: u64,
-    /// mla_sparse_decode calls run by the composed per-query path.
+    /// mla_sparse_decode calls aclnnSparseFlashAttention cannot express, run by the composed
+    /// per-query path.
     pub sparse_attention_composed: u64,
+    /// mla_sparse_decode calls within aclnnSparseFlashAttention's documented limits that
+    /// its `GetWorkspaceSize` refused, run by the composed path instead.
+    pub sparse_attention_fallback: u64,
     /// dsa_indexer_topk calls whose selection ran on CANN's aclnnLightningIndexer.
     pub indexer_fused: u64,
-    /// dsa_indexer_topk calls run by the composed per-query path.
+    /// dsa_indexer_topk calls aclnnLightningIndexer cannot express, run by the composed
+    /// per-query path.
     pub indexer_composed: u64,
+    /// dsa_indexer_topk calls within aclnnLightningIndexer's documented limits that its
+    /// `GetWorkspaceSize` refused, run by the composed path instead.
+    pub indexer_fallback: u64,
 }
 
 /// The live counters behind [`Paths`].
@@ -79,8 +89,10 @@ pub struct Paths {
 pub(crate) struct PathCounters {
     pub(crate) sparse_attention_fused: std::sync::atomic::AtomicU64,
     pub(crate) sparse_attention_composed: std::sync::atomic::AtomicU64,
+    pub(crate) sparse_attention_fallback: std::sync::atomic::AtomicU64,
     pub(crate) indexer_fused: std::sync::atomic::AtomicU64,
     pub(crate) indexer_composed: std::sync::atomic::AtomicU64,
+    pub(crate) indexer_fallback: std::sync::atomic::AtomicU64,
 }
 
 /// A caller's aclrtStream registered with the device for a handle's life; dropping it waits
@@ -121,14 +133,17 @@ impl AscendBackend {
         })
     }
 
-    /// Calls served so far per mapping (fused CANN op or composed path), see [`Paths`].
+    /// Calls served so far per mapping (fused CANN op, composed path, or composed after the
+    /// fused op refused the call), see [`Paths`].
     pub fn paths(&self) -> Paths {
         use std::sync::atomic::Ordering::Relaxed;
         Paths {
             sparse_attention_fused: self.paths.sparse_attention_fused.load(Relaxed),
             sparse_attention_composed: self.paths.sparse_attention_composed.load(Relaxed),
+            sparse_attention_fallback: self.paths.sparse_attention_fallback.load(Relaxed),
             indexer_fused: self.paths.indexer_fused.load(Relaxed),
             indexer_composed: self.paths.indexer_composed.load(Relaxed),
+            indexer_fallback: self.paths.indexer_fallback.load(Relaxed),
         }
     }
 

@@ -38,6 +38,7 @@ fn golden_v2_dense_deepseek_cases_run_on_sparse_flash_attention_in_f16_and_bf16(
     for dtype in ["f16", "bf16"] {
         let (n, paths) = golden("mla_sparse_decode", dtype);
         assert_eq!(paths.sparse_attention_fused, 1, "{dtype}: {paths:?}");
+        assert_eq!(paths.sparse_attention_fallback, 0, "{dtype}: {paths:?}");
         assert_eq!(
             paths.sparse_attention_composed,
             n as u64 - 1,
@@ -60,6 +61,7 @@ fn golden_v2_indexer_cases_at_hi64_di128_run_on_lightning_indexer() {
     for (dtype, fused) in [("bf16", 2), ("f16", 1), ("f32", 0)] {
         let (n, paths) = golden("dsa_indexer_topk", dtype);
         assert_eq!(paths.indexer_fused, fused, "{dtype}: {paths:?}");
+        assert_eq!(paths.indexer_fallback, 0, "{dtype}: {paths:?}");
         assert_eq!(
             paths.indexer_composed,
             n as u64 - fused,

@@ -1,8 +1,10 @@
 //! dsa_indexer_topk. Where CANN's aclnnLightningIndexer's documented limits hold (F16/BF16,
 //! Di 128, Hi <= 64, block size a multiple of 16 up to 1024, top_k it takes), the selection
 //! runs there and only the selected keys are scored again for topk_scores
-//! (`lightning_indexer.rs`). Every other call (F32, other Hi/Di or block sizes) runs
-//! composed, per query: aclnnIndexSelect (gather the attended keys) + aclnnCast +
+//! (`lightning_indexer.rs`). Every other call (F32, other Hi/Di or block sizes, a top_k
+//! outside 1..=2048 and 3072, 4096, ..., 8192), and a call LI's first phase refuses (an
+//! older CANN: nothing is launched, the fallback is counted in `Paths::indexer_fallback`),
+//! runs composed, per query: aclnnIndexSelect (gather the attended keys) + aclnnCast +
 //! aclnnMatmul (q @ K^T) + aclnnRelu + aclnnMatmul (weights @ relu: the head reduction) +
 //! aclnnTopk + aclnnIndexSelect (positions -> cache slots), all in f32:
 //!
@@ -25,7 +27,7 @@
 
 use crate::acl::{acl_dtype, ACL_FLOAT};
 use crate::loader::{Handle, OpApi};
-use crate::ops::{compose, lightning_indexer, require_ops};
+use crate::ops::{compose, i32s, lightning_indexer, require_ops};
 use crate::AscendBackend;
 use moemla_core::calls::{DsaIndexerTopkCall, DsaIndexerTopkOutput};
 use moemla_core::{indices, DType, Op, Result};
@@ -36,8 +38,8 @@ const ACL_INT64: i32 = 9;
 
 /// What the mapping does, for `info().notes`: which path serves which (dtype, shape).
 pub const NOTES: [&str; 2] = [
-    "dsa_indexer_topk F16/BF16 with Di 128, Hi <= 64, block size a multiple of 16 up to 1024, top_k 1..=2048 or 3072..=8192 by 1024: CANN's aclnnLightningIndexer selects (PA_BSND key = k_cache, the caller's block table and lengths, sparseMode 3 when causal); positions become slots on the host and the selected keys are scored again in f32 (aclnnIndexSelect + aclnnCast + aclnnMatmul + aclnnRelu + aclnnMatmul per query) because LI returns no values with a paged key (src/ops/lightning_indexer.rs)",
-    "dsa_indexer_topk otherwise (F32; other Hi, Di or block sizes): composed per query, aclnnIndexSelect gathers the attended keys, aclnnMatmul + aclnnRelu + aclnnMatmul (head weights) score them in f32, aclnnTopk picks the best, aclnnIndexSelect turns positions into slots; block table checked on the host; ~8 launches per query",
+    "dsa_indexer_topk F16/BF16 with Di 128, Hi <= 64, block size a multiple of 16 up to 1024, top_k 1..=2048 or 3072..=8192 by 1024: CANN's aclnnLightningIndexer selects (PA_BSND key = k_cache, the caller's block table and lengths, sparseMode 3 when causal); positions become slots on the host and the selected keys are scored again in f32, per query (aclnnIndexSelect + aclnnCast + aclnnMatmul + aclnnRelu + aclnnMatmul: 5 launches per query, B*Sq rounds) because LI returns no values with a paged key; if the loaded CANN's LI refuses the call at GetWorkspaceSize (the Dec 2025 tiling wants weights in the query dtype and top_k <= 2048), the call runs composed instead, counted as a fallback (src/ops/lightning_indexer.rs)",
+    "dsa_indexer_topk otherwise (F32; Di other than 128, Hi > 64, a block size not a multiple of 16 up to 1024, top_k outside 1..=2048 and 3072..=8192 by 1024) and when LI refuses a call: composed per query, aclnnIndexSelect gathers the attended keys, aclnnMatmul + aclnnRelu + aclnnMatmul (head weights) score them in f32, aclnnTopk picks the best, aclnnIndexSelect turns positions into slots; block table checked on the host; ~8 launches per query",
 ];
 
 /// Whether the loaded op libraries have what dsa_indexer_topk needs.
@@ -54,13 +56,6 @@ pub fn available(ops: &OpApi) -> bool {
         && ops.aclnnTopkGetWorkspaceSize.is_some()
         && ops.aclnnInplaceCopy.is_some()
         && ops.aclnnInplaceCopyGetWorkspaceSize.is_some()
-}
-
-fn i32s(bytes: &[u8]) -> Vec<i32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
 }
 
 /// Runs dsa_indexer_topk.
@@ -86,12 +81,15 @@ pub fn run(be: &AscendBackend, call: &DsaIndexerTopkCall<'_>) -> Result<DsaIndex
     let seqlens = i32s(&dev.download_bytes(len_mem, b * 4)?);
     indices::check_indexer_indices(call, &table, &seqlens)?;
     require_ops(Op::DsaIndexerTopk, available(ops))?;
-    if lightning_indexer::ineligible(ops, call).is_none() {
-        let out = lightning_indexer::run(be, call, &table, &seqlens)?;
+    if lightning_indexer::ineligible(ops, call).is_some() {
+        be.paths.indexer_composed.fetch_add(1, Relaxed);
+    } else if let Some(out) = lightning_indexer::run(be, call, &table, &seqlens)? {
         be.paths.indexer_fused.fetch_add(1, Relaxed);
         return Ok(out);
+    } else {
+        // LI's first phase refused the call (an older CANN): nothing was launched.
+        be.paths.indexer_fallback.fetch_add(1, Relaxed);
     }
-    be.paths.indexer_composed.fetch_add(1, Relaxed);
 
     let dt = acl_dtype(call.dtype);
     let i32_t = acl_dtype(DType::I32);

@@ -25,11 +25,20 @@
 //!   block_table[b, p / bs] * bs + p % bs; then per query its selected keys are gathered
 //!   (aclnnIndexSelect), scored again in f32 (aclnnCast, aclnnMatmul q @ K^T, aclnnRelu,
 //!   aclnnMatmul weights @ relu: the contract's formula) into topk_scores; the rest stays
-//!   -1 / -inf. That pass touches top_k keys per query instead of all L.
+//!   -1 / -inf. That pass touches top_k keys per query instead of all L, but it scores each
+//!   query separately: 5 aclnn launches per query (IndexSelect, Cast, Matmul, Relu,
+//!   Matmul), B*Sq rounds of them, after LI and one cast of q per call.
+//! - Fallback: the Dec 2025 [tiling] still required weights in the query dtype and
+//!   sparseCount <= 2048, so an older CANN refuses every call of this path (the weights are
+//!   F32 by contract). When LI's first phase (GetWorkspaceSize) returns an error, [`run`]
+//!   returns `Ok(None)` with nothing launched and nothing written, and the caller runs the
+//!   composed path (`Paths::indexer_fallback` counts it). An error from LI's launch or the
+//!   score pass is returned as is.
 
 use crate::acl::{acl_dtype, ACL_FLOAT};
+use crate::device::Launch;
 use crate::loader::{Handle, OpApi};
-use crate::ops::compose;
+use crate::ops::{compose, i32s};
 use crate::AscendBackend;
 use moemla_core::calls::{DsaIndexerTopkCall, DsaIndexerTopkOutput};
 use moemla_core::{DType, Error, Result};
@@ -64,21 +73,16 @@ pub fn ineligible(ops: &OpApi, call: &DsaIndexerTopkCall<'_>) -> Option<&'static
     }
 }
 
-fn i32s(bytes: &[u8]) -> Vec<i32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
-
 /// Runs an [`ineligible`]-checked call (module doc); `table` and `seqlens` are the checked
-/// host copies of block_table and cache_seqlens.
+/// host copies of block_table and cache_seqlens. `Ok(None)`: LI's first phase refused the
+/// call (an older CANN's tiling, say); nothing was launched, so the caller runs the
+/// composed path instead. An error after that (LI's launch, the score pass) is returned.
 pub fn run(
     be: &AscendBackend,
     call: &DsaIndexerTopkCall<'_>,
     table: &[i32],
     seqlens: &[i32],
-) -> Result<DsaIndexerTopkOutput> {
+) -> Result<Option<DsaIndexerTopkOutput>> {
     let dev = &be.dev;
     let ops = &dev.cann.ops;
     let (b, sq, hi, bs, mb) = (
@@ -112,8 +116,8 @@ pub fn run(
         let null = std::ptr::null_mut();
         let mode = if call.params.causal { 3 } else { 0 };
         // SAFETY: handles live for the call; actualSeqLengthsQuery absent (null: "和query的
-        // shape的S长度相同", [doc]); out-pointers come from `Device::run`.
-        dev.run(
+        // shape的S长度相同", [doc]); out-pointers come from `Device::try_run`.
+        let launch = dev.try_run(
             "aclnnLightningIndexer",
             |ws, ex| unsafe {
                 (ops.aclnnLightningIndexerGetWorkspaceSize
@@ -139,6 +143,9 @@ pub fn run(
             },
             ops.aclnnLightningIndexer,
         )?;
+        if let Launch::Declined(_) = launch {
+            return Ok(None);
+        }
     }
     // download_bytes synchronises first.
     let pos = i32s(&dev.download_bytes(&positions, rows * top_k * 4)?);
@@ -217,8 +224,8 @@ pub fn run(
     }
     dev.synchronize()?;
     let dims = [b, sq, top_k];
-    Ok(DsaIndexerTopkOutput {
+    Ok(Some(DsaIndexerTopkOutput {
         topk_indices: be.wrap(slots_dev, dims, DType::I32),
         topk_scores: be.wrap(score_out, dims, DType::F32),
-    })
+    }))
 }

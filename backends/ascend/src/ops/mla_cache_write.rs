@@ -21,7 +21,7 @@
 
 use crate::acl::{acl_dtype, ACL_FLOAT};
 use crate::loader::OpApi;
-use crate::ops::{compose, require_ops, unsupported};
+use crate::ops::{compose, i32s, require_ops, unsupported};
 use crate::AscendBackend;
 use moemla_core::calls::MlaCacheWriteCall;
 use moemla_core::{indices, DType, KvFormat, Op, Result};
@@ -75,11 +75,7 @@ pub fn run(be: &AscendBackend, call: &MlaCacheWriteCall<'_>) -> Result<()> {
     let slot_mem = be.mem(call.slot_mapping, "mla_cache_write", "slot_mapping")?;
     let cache_mem = be.mem(call.kv_cache, "mla_cache_write", "kv_cache")?;
     // Index contents first (input errors before capability), on the host.
-    let bytes = dev.download_bytes(slot_mem, call.rows * 4)?;
-    let slots: Vec<i32> = bytes
-        .chunks_exact(4)
-        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    let slots = i32s(&dev.download_bytes(slot_mem, call.rows * 4)?);
     indices::check_cache_slots(call, &slots)?;
     if call.params.kv_format != KvFormat::Dense {
         return Err(unsupported(

@@ -36,7 +36,7 @@
 use crate::acl::{acl_dtype, ACL_INT8};
 use crate::buffer::DevMem;
 use crate::loader::OpApi;
-use crate::ops::{compose, require_ops, unsupported};
+use crate::ops::{compose, i32s, require_ops, unsupported};
 use crate::AscendBackend;
 use moemla_core::calls::{MlaDecodeCall, MlaDecodeOutput};
 use moemla_core::{indices, DType, Error, KvFormat, Op, Result};
@@ -144,13 +144,6 @@ fn plan(call: &MlaDecodeCall<'_>) -> Result<Plan> {
     })
 }
 
-fn to_i32s(bytes: &[u8]) -> Vec<i32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
-
 /// mla_decode where FIA's MLA mode cannot run it (F32, other head dims or counts, Sq > 16,
 /// block sizes not a multiple of 16), one kv head: query i of sequence b attends the slots
 /// of positions [0, L) (block table already checked), through
@@ -206,8 +199,8 @@ pub fn run(be: &AscendBackend, call: &MlaDecodeCall<'_>) -> Result<MlaDecodeOutp
         call.block_size,
         call.max_blocks,
     );
-    let table = to_i32s(&dev.download_bytes(bt_mem, b * mb * 4)?);
-    let seqlens = to_i32s(&dev.download_bytes(len_mem, b * 4)?);
+    let table = i32s(&dev.download_bytes(bt_mem, b * mb * 4)?);
+    let seqlens = i32s(&dev.download_bytes(len_mem, b * 4)?);
     indices::check_mla_indices(call, &table, &seqlens)?;
     // Input errors first, then what FIA cannot do: with one kv head, the composed attention
     // of mla_sparse_decode runs it instead (every dtype, head count and dim).

@@ -1,7 +1,9 @@
 //! mla_sparse_decode. Where CANN's aclnnSparseFlashAttention's documented limits and
 //! semantics cover the call (F16/BF16 dense cache, Dqk 576 / Dv 512, Hq a power of two up to
 //! 128, no sink) it runs there (`sparse_flash_attention.rs`). Every other call (F32, other
-//! head dims or head counts, a sink, the FP8 cache) runs composed, per query:
+//! head dims or head counts, a sink, the FP8 cache), and a call SFA's first phase refuses
+//! (an older CANN: its outputs unwritten, the fallback counted in
+//! `Paths::sparse_attention_fallback`), runs composed, per query:
 //! aclnnIndexSelect (gather the attended rows) + aclnnCast + aclnnMatmul + aclnnMuls +
 //! aclnnLogSumExp + aclnnSoftmax + aclnnMatmul, all in f32, then one aclnnCast of `o` to the
 //! run dtype:
@@ -24,7 +26,7 @@
 use crate::acl::{acl_dtype, ACL_FLOAT, ACL_UINT8};
 use crate::buffer::DevMem;
 use crate::loader::OpApi;
-use crate::ops::{compose, require_ops, sparse_flash_attention};
+use crate::ops::{compose, i32s, require_ops, sparse_flash_attention};
 use crate::AscendBackend;
 use moemla_core::calls::{MlaDecodeOutput, MlaSparseDecodeCall};
 use moemla_core::{indices, DType, Error, KvFormat, Op, Result};
@@ -32,8 +34,8 @@ use std::sync::atomic::Ordering::Relaxed;
 
 /// What the mapping does, for `info().notes`: which path serves which (dtype, format).
 pub const NOTES: [&str; 2] = [
-    "mla_sparse_decode F16/BF16, dense cache, Dqk 576 / Dv 512, Hq 1, 2, 4, ..., 128, no attn_sink: CANN's aclnnSparseFlashAttention (fused; attended rows gathered by aclnnIndexSelect into a BSND key, indices rewritten to positions with -1 last, lse = softmaxMax + ln(softmaxSum) on the host; src/ops/sparse_flash_attention.rs)",
-    "mla_sparse_decode otherwise (F32; other Dqk/Dv or Hq; an attn_sink; the fp8_ds_v32 cache in F16/BF16): composed per query, aclnnIndexSelect gathers the attended rows (FP8 rows dequantized by aclnnCast + aclnnIndexSelect + aclnnMul), then aclnnMatmul + aclnnMuls + aclnnLogSumExp + aclnnSoftmax (the sink as one more column) + aclnnMatmul in f32; ~8 launches per query, slow for prefill. aclnnSparseFlashAttention cannot take those: F16/BF16 512 + 64 only, N1 powers of two <= 128 on A2/A3, no sink input; aclnnKvQuantSparseFlashAttention does not read the fp8_ds_v32 row",
+    "mla_sparse_decode F16/BF16, dense cache, Dqk 576 / Dv 512, Hq 1, 2, 4, ..., 128, no attn_sink: CANN's aclnnSparseFlashAttention (fused; attended rows gathered by aclnnIndexSelect into a BSND key, indices rewritten to positions with -1 last, lse = softmaxMax + ln(softmaxSum) on the host, returnSoftmaxLse for a non-paged key outside training being undocumented behaviour; if the loaded CANN's SFA refuses the call at GetWorkspaceSize, the call runs composed instead, counted as a fallback; src/ops/sparse_flash_attention.rs)",
+    "mla_sparse_decode otherwise (F32; other Dqk/Dv or Hq; an attn_sink; the fp8_ds_v32 cache in F16/BF16) and when SFA refuses a call: composed per query, aclnnIndexSelect gathers the attended rows (FP8 rows dequantized by aclnnCast + aclnnIndexSelect + aclnnMul), then aclnnMatmul + aclnnMuls + aclnnLogSumExp + aclnnSoftmax (the sink as one more column) + aclnnMatmul in f32; ~8 launches per query, slow for prefill. aclnnSparseFlashAttention cannot take those: F16/BF16 512 + 64 only, N1 powers of two <= 128 on A2/A3, no sink input; aclnnKvQuantSparseFlashAttention does not read the fp8_ds_v32 row",
 ];
 
 /// Whether the loaded op libraries have what mla_sparse_decode needs.
@@ -59,13 +61,6 @@ pub fn available(ops: &OpApi) -> bool {
 /// Whether the loaded op libraries also have what the FP8 cache needs (aclnnMul).
 pub fn fp8_available(ops: &OpApi) -> bool {
     available(ops) && ops.aclnnMul.is_some() && ops.aclnnMulGetWorkspaceSize.is_some()
-}
-
-fn i32s(bytes: &[u8]) -> Vec<i32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
 }
 
 /// The attended slots of every (b, i), row-major: entries j < topk_length[b] (all without
@@ -131,12 +126,15 @@ pub fn run(be: &AscendBackend, call: &MlaSparseDecodeCall<'_>) -> Result<MlaDeco
         None => None,
     };
     let lists = attended(&idx, lengths.as_deref(), b, sq, topk);
-    if sparse_flash_attention::ineligible(ops, call, &lists).is_none() {
-        let out = sparse_flash_attention::run(be, call, q_mem, kv_mem, &lists)?;
+    if sparse_flash_attention::ineligible(ops, call, &lists).is_some() {
+        be.paths.sparse_attention_composed.fetch_add(1, Relaxed);
+    } else if let Some(out) = sparse_flash_attention::run(be, call, q_mem, kv_mem, &lists)? {
         be.paths.sparse_attention_fused.fetch_add(1, Relaxed);
         return Ok(out);
+    } else {
+        // SFA's first phase refused the call (an older CANN): its outputs were not written.
+        be.paths.sparse_attention_fallback.fetch_add(1, Relaxed);
     }
-    be.paths.sparse_attention_composed.fetch_add(1, Relaxed);
     let shape = Attend {
         batch: b,
         s_q: sq,

@@ -38,3 +38,11 @@ pub fn require_ops(op: Op, available: bool) -> Result<(), Error> {
         ))
     }
 }
+
+/// Little-endian INT32 bytes (an index tensor downloaded from the device) as values.
+pub(crate) fn i32s(bytes: &[u8]) -> Vec<i32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}

@@ -46,7 +46,7 @@ use crate::acl::{acl_dtype, AclTensor, ACL_FLOAT, ACL_UINT8};
 use crate::buffer::DevMem;
 use crate::device::Device;
 use crate::loader::OpApi;
-use crate::ops::{compose, require_ops, unsupported};
+use crate::ops::{compose, i32s, require_ops, unsupported};
 use crate::AscendBackend;
 use moemla_core::calls::MoeExpertsCall;
 use moemla_core::{indices, DType, DeviceTensor, Op, Result};
@@ -434,12 +434,7 @@ pub fn run(be: &AscendBackend, call: &MoeExpertsCall<'_>) -> Result<DeviceTensor
 
     // 1-2. Ids on the host: check (an input error comes before any capability check),
     // then park the slots that contribute nothing on expert E with weight 0.
-    let to_i32 = |b: Vec<u8>| -> Vec<i32> {
-        b.chunks_exact(4)
-            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect()
-    };
-    let ids = to_i32(dev.download_bytes(ids_mem, t * k * 4)?);
+    let ids = i32s(&dev.download_bytes(ids_mem, t * k * 4)?);
     indices::check_topk_ids(call, &ids)?;
     check_limits(call)?;
     require_ops(Op::MoeExperts, available(&dev.cann.ops))?;

@@ -30,7 +30,7 @@ mod host;
 
 use crate::acl::{acl_dtype, ACL_FLOAT};
 use crate::loader::OpApi;
-use crate::ops::{require_ops, unsupported};
+use crate::ops::{i32s, require_ops, unsupported};
 use crate::AscendBackend;
 use moemla_core::calls::{MoeRouteCall, MoeRouteOutput};
 use moemla_core::{DType, GroupSelect, Op, Result, ScoreFunc};
@@ -208,12 +208,7 @@ pub fn run(be: &AscendBackend, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput
             let k = call.params.top_k;
             let read = |t: &moemla_core::DeviceTensor, arg, n: usize| -> Result<Vec<i32>> {
                 let mem = be.mem(t, "moe_route", arg)?;
-                Ok(be
-                    .dev
-                    .download_bytes(mem, n * 4)?
-                    .chunks_exact(4)
-                    .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect())
+                Ok(i32s(&be.dev.download_bytes(mem, n * 4)?))
             };
             let input_ids = read(h.input_ids, "input_ids", call.tokens)?;
             let tid2eid = read(h.tid2eid, "tid2eid", h.vocab * k)?;
@@ -328,11 +323,7 @@ pub fn run(be: &AscendBackend, call: &MoeRouteCall<'_>) -> Result<MoeRouteOutput
             topk_weights: be.wrap(dev.upload_bytes(&weights)?, [t, k], DType::F32),
         });
     }
-    let mut host_ids: Vec<i32> = dev
-        .download_bytes(&ids, t * k * 4)?
-        .chunks_exact(4)
-        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    let mut host_ids = i32s(&dev.download_bytes(&ids, t * k * 4)?);
     let bias = bias_mem
         .map(|m| dev.download_bytes(m, e * 4).map(|b| f32s(&b)))
         .transpose()?;

@@ -18,8 +18,13 @@
 //!   (gathered by aclnnIndexSelect, split by aclnnInplaceCopy: SFA takes no
 //!   non-contiguous tensor, [doc] "非连续Tensor x"), sparseMode 0 ("全部计算"), indices
 //!   rewritten on the host to positions in that key. BSND rather than PA_BSND because only
-//!   a non-paged key returns softmaxMax / softmaxSum ([doc] returnSoftmaxLse: "仅在...
-//!   layout_kv不为PA_BSND场景支持"), and those give lse.
+//!   a non-paged key returns softmaxMax / softmaxSum, and those give lse. [doc]
+//!   returnSoftmaxLse: "该参数仅在训练且layout_kv不为PA_BSND场景支持" — only in training
+//!   and with a key other than PA_BSND. This is not training: asking for the lse here
+//!   relies on undocumented behaviour (the [kernel] writes both outputs whenever asked).
+//!   The safety net: a CANN whose first phase refuses the call (GetWorkspaceSize returns
+//!   an error) gets it on the composed path instead ([`run`] returns `Ok(None)` before
+//!   anything is written to the outputs; `Paths::sparse_attention_fallback` counts it).
 //! - SFA reads a row's indices up to the first -1 and at most min(sparse_size, S2) of them
 //!   ([kernel] `validCount`, `sparseIndices == -1 ... break`; [golden] gatherKV), so each
 //!   row's attended entries (-1 dropped, entries past topk_length dropped, duplicates kept)
@@ -33,6 +38,7 @@
 
 use crate::acl::{acl_dtype, ACL_FLOAT};
 use crate::buffer::DevMem;
+use crate::device::Launch;
 use crate::loader::OpApi;
 use crate::ops::compose;
 use crate::AscendBackend;
@@ -84,13 +90,17 @@ fn le_bytes<T: Copy, const N: usize>(v: &[T], f: impl Fn(T) -> [u8; N]) -> Vec<u
 }
 
 /// Runs an [`ineligible`]-checked call on aclnnSparseFlashAttention (module doc).
+/// `Ok(None)`: SFA's first phase refused the call (an older CANN, say); only the key and
+/// query copies had been queued, into temporaries, and the outputs were never written, so
+/// the caller runs the composed path instead. An error after that (SFA's launch) is
+/// returned.
 pub fn run(
     be: &AscendBackend,
     call: &MlaSparseDecodeCall<'_>,
     q_mem: &DevMem,
     kv_mem: &DevMem,
     lists: &[Vec<i32>],
-) -> Result<MlaDecodeOutput> {
+) -> Result<Option<MlaDecodeOutput>> {
     let dev = &be.dev;
     let ops = &dev.cann.ops;
     let (b, sq, hq, topk) = (call.batch, call.s_q, call.h_q, call.topk);
@@ -165,8 +175,8 @@ pub fn run(
         let null = std::ptr::null_mut();
         let layout = c"BSND";
         // SAFETY: handles live for the call; blockTable and the actual lengths are absent
-        // (null) as [doc] allows for a BSND key; out-pointers come from `Device::run`.
-        dev.run(
+        // (null) as [doc] allows for a BSND key; out-pointers come from `Device::try_run`.
+        let launch = dev.try_run(
             "aclnnSparseFlashAttention",
             |ws, ex| unsafe {
                 (ops.aclnnSparseFlashAttentionGetWorkspaceSize
@@ -198,6 +208,9 @@ pub fn run(
             },
             ops.aclnnSparseFlashAttention,
         )?;
+        if let Launch::Declined(_) = launch {
+            return Ok(None);
+        }
     }
     let f32s = |bytes: Vec<u8>| -> Vec<f32> {
         bytes
@@ -228,8 +241,8 @@ pub fn run(
         }
     }
     let lse_dev = dev.upload_bytes(&le_bytes(&lse, f32::to_le_bytes))?;
-    Ok(MlaDecodeOutput {
+    Ok(Some(MlaDecodeOutput {
         o: be.wrap(o, [b, sq, hq, NOPE], call.dtype),
         lse: be.wrap(lse_dev, [b, hq, sq], DType::F32),
-    })
+    }))
 }

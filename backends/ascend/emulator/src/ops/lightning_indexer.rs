@@ -17,10 +17,11 @@
 //! - key N 1 ([tiling] "only support 1"); head dim 128 ([tiling] "head_dim only support
 //!   128"); query N <= 64 (Atlas A2/A3, [doc]); block_size a multiple of 16 in (0, 1024]
 //!   ([tiling]); sparseCount in [1, 2048] or 3072, 4096, ..., 8192 ([doc]; the Dec 2025
-//!   tiling allowed <= 2048 only); sparseMode 0 or 3; preTokens = nextTokens = 2^63-1;
-//!   returnValues not with a PA_BSND key ([tiling] "when return_value is true, key layout
-//!   do not support PA_BSND"); PA_BSND needs blockTable [B, *] and actualSeqLengthsKey [B]
-//!   ([tiling]). These are tiling failures (ACLNN_ERR_INNER_TILING_ERROR).
+//!   tiling allowed <= 2048 only, and weights in the query's dtype only: emulated with
+//!   `MOEMLA_CANN_EMULATOR_CANN=2025-12`, see `ops/mod.rs`); sparseMode 0 or 3;
+//!   preTokens = nextTokens = 2^63-1; returnValues not with a PA_BSND key ([tiling] "when
+//!   return_value is true, key layout do not support PA_BSND"); PA_BSND needs blockTable
+//!   [B, *] and actualSeqLengthsKey [B] ([tiling]). These are tiling failures (ACLNN_ERR_INNER_TILING_ERROR).
 //!
 //! Semantics (launch, [golden] cal_atten_per_batch_b16): for batch b, query row i <
 //! actSeqQ[b] (default S1): score(p) = sum_h w[b, i, h] * relu(q[b, i, h] . k_p) in f32 over
@@ -32,14 +33,14 @@
 //! there). NaN scores: no source defines their order; the emulator sorts them as
 //! `f64::total_cmp` puts them (not the contract's NaN-as-(-inf)).
 
-use super::{aclnn_launch, expect_dims, expect_dtype};
+use super::{aclnn_launch, expect_dims, expect_dtype, layout, older_cann};
 use crate::executor::prepare;
 use crate::handles::{opt_tensor, AclTensor};
 use crate::status::{
     EmuResult, Fail, ACLNN_ERR_INNER_TILING_ERROR, ACLNN_ERR_PARAM_NULLPTR, ACLNN_ERR_RUNTIME_ERROR,
 };
 use crate::tensor::{TensorDesc, DT_BF16, DT_F16, DT_F32, DT_I32};
-use std::ffi::{c_char, c_void, CStr};
+use std::ffi::{c_char, c_void};
 
 const HEAD_DIM: usize = 128;
 
@@ -199,6 +200,18 @@ fn check(a: Args) -> EmuResult<Li> {
             a.count
         )));
     }
+    // MOEMLA_CANN_EMULATOR_CANN=2025-12: the Dec 2025 tiling (ops/mod.rs).
+    if older_cann() && w.dtype != q.dtype {
+        return Err(tiling(
+            "emulated Dec 2025 tiling: weights must have the query's dtype",
+        ));
+    }
+    if older_cann() && a.count > 2048 {
+        return Err(tiling(format!(
+            "emulated Dec 2025 tiling: sparseCount {} must be <= 2048",
+            a.count
+        )));
+    }
     if a.mode != 0 && a.mode != 3 {
         return Err(tiling("input attr sparse_mode only supported 0 or 3."));
     }
@@ -277,19 +290,6 @@ fn check(a: Args) -> EmuResult<Li> {
         count,
         causal: a.mode == 3,
     })
-}
-
-/// A C-string attribute (null: the documented default "BSND").
-///
-/// # Safety
-/// `p` must be null or a C string.
-unsafe fn layout(p: *const c_char) -> String {
-    if p.is_null() {
-        "BSND".to_string()
-    } else {
-        // SAFETY: non-null C string per the caller.
-        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
-    }
 }
 
 /// First phase of aclnnLightningIndexer ([doc] signature).

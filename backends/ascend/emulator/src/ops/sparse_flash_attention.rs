@@ -25,8 +25,11 @@
 //!   (0, 1024], divisible by sparseBlockSize ([tiling] CheckFeatureMlaNoQuantPa; [doc]);
 //!   BSND: blockTable must be null ([tiling] "when the layout_kv is %s, block_table should
 //!   be null"); returnSoftmaxLse only with a key layout other than PA_BSND ([doc]
-//!   returnSoftmaxLse: "该参数仅在训练且layout_kv不为PA_BSND场景支持"). These are tiling
-//!   failures (ACLNN_ERR_INNER_TILING_ERROR) except the dtype/null ones.
+//!   returnSoftmaxLse: "该参数仅在训练且layout_kv不为PA_BSND场景支持": only in training and
+//!   not PA_BSND; the "training" half is not enforced by default, as the kernel writes
+//!   the two outputs whenever asked, and is with `MOEMLA_CANN_EMULATOR_CANN=2025-12`, see
+//!   `ops/mod.rs`). These are tiling failures (ACLNN_ERR_INNER_TILING_ERROR) except the
+//!   dtype/null ones.
 //!
 //! Semantics (launch), per batch b, query row s, head n ([golden] _t_increattention_bnsd,
 //! matching [kernel]):
@@ -46,7 +49,7 @@
 //!   (SOFTMAX_MIN_NUM) and softmaxSum 0 ([vector] CopyFALseToGm).
 //! - softmaxMax / softmaxSum [B, N2, S1, N1 / N2] for query BSND ([doc]).
 
-use super::{aclnn_launch, expect_dims, expect_dtype};
+use super::{aclnn_launch, expect_dims, expect_dtype, layout, older_cann};
 use crate::executor::prepare;
 use crate::handles::{opt_tensor, AclTensor};
 use crate::status::{
@@ -54,7 +57,7 @@ use crate::status::{
 };
 use crate::tensor::{TensorDesc, DT_BF16, DT_F16, DT_F32, DT_I32};
 use half::{bf16, f16};
-use std::ffi::{c_char, c_void, CStr};
+use std::ffi::{c_char, c_void};
 
 const NOPE: usize = 512;
 const ROPE: usize = 64;
@@ -400,6 +403,12 @@ fn check(a: Args) -> EmuResult<Sfa> {
             ));
         }
     } else {
+        // MOEMLA_CANN_EMULATOR_CANN=2025-12: the page's "only in training" (ops/mod.rs).
+        if a.return_lse && older_cann() {
+            return Err(tiling(
+                "emulated older CANN: returnSoftmaxLse is supported only in training",
+            ));
+        }
         if a.table.is_some() {
             return Err(tiling(
                 "when the layout_kv is BSND, blockTable should be null",
@@ -465,19 +474,6 @@ fn check(a: Args) -> EmuResult<Sfa> {
         sparse_block: sbs as usize,
         causal: a.sparse_mode == 3,
     })
-}
-
-/// A C-string attribute (null: the [def] default "BSND").
-///
-/// # Safety
-/// `p` must be null or a C string.
-unsafe fn layout(p: *const c_char) -> String {
-    if p.is_null() {
-        "BSND".to_string()
-    } else {
-        // SAFETY: non-null C string per the caller.
-        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
-    }
 }
 
 /// First phase of aclnnSparseFlashAttention ([doc] signature).
