@@ -127,12 +127,16 @@ const KC: usize = 2048;
 /// `m * n` long are [`Error::Device`]; nothing is written then.
 pub fn matmul_nt(a: &[f32], b: &[f32], k: usize, out: &mut [f32]) -> Result<()> {
     let (m, n) = nt_shape(a.len(), b.len(), k, out.len())?;
+    if m == 0 || n == 0 {
+        // Nothing to write (and no row of the other operand to offset into).
+        return Ok(());
+    }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         for k0 in (0..k).step_by(KC) {
             // SAFETY: AVX-512F was detected at run time; `nt_shape` checked that `a` holds
-            // m rows of k, `b` n rows of k and `out` m * n elements, and columns
-            // k0..k0 + kc of every row lie inside its k.
+            // m >= 1 rows of k, `b` n >= 1 rows of k and `out` m * n elements, and columns
+            // k0..k0 + kc of every row lie inside its k (so `k0` is inside both slices).
             unsafe { x86::gemm_nt(a, b, (m, n, k), (k0, KC.min(k - k0)), out) };
         }
         return Ok(());
@@ -393,5 +397,19 @@ mod tests {
         let b = [1.0, -2.0, 3.0, 0.5, 4.0, 1.0];
         matmul_nt(&b, &b, 3, &mut out).unwrap();
         assert_eq!(out, [14.0, -4.5, -4.5, 17.25]);
+    }
+
+    #[test]
+    fn nt_product_with_no_rows_on_either_side_is_empty_and_ok() {
+        // m 0 or n 0 with k past one pass (KC): an empty `out`, nothing read; the other
+        // operand untouched by any column offset.
+        let k = 2 * KC;
+        let b = vec![1.0f32; 3 * k];
+        let mut out: [f32; 0] = [];
+        matmul_nt(&[], &b[..k], k, &mut out).unwrap();
+        matmul_nt(&b, &[], k, &mut out).unwrap();
+        matmul_nt(&[], &[], k, &mut out).unwrap();
+        // A non-empty out for an empty product is still a shape error.
+        assert!(matmul_nt(&[], &b[..k], k, &mut [0.0]).is_err());
     }
 }

@@ -249,13 +249,20 @@ mod x86 {
             *seen = _mm512_max_epu8(*seen, _mm512_and_si512(v, low7));
             let q = decode(v);
             for (j, p) in part.iter_mut().enumerate() {
+                // `at < live`: inside vector j.
                 let xj = x.add(j * k + at);
                 for (i, (acc, wq)) in p.iter_mut().zip(q).enumerate() {
                     let xv = if FULL {
                         _mm512_loadu_ps(xj.add(16 * i))
                     } else {
+                        // Past `live` the address may lie beyond the activations (the last
+                        // vector's end): computed with `wrapping_add` (no in-bounds claim),
+                        // and no lane of it is read (mask 0).
                         let n = live.saturating_sub(at + 16 * i).min(16);
-                        _mm512_maskz_loadu_ps(((1u32 << n) - 1) as __mmask16, xj.add(16 * i))
+                        _mm512_maskz_loadu_ps(
+                            ((1u32 << n) - 1) as __mmask16,
+                            xj.wrapping_add(16 * i),
+                        )
                     };
                     *acc = _mm512_fmadd_ps(wq, xv, *acc);
                 }
