@@ -122,7 +122,8 @@ fn round_rows_with(native: bool, s: &[f32], n: usize, out: &mut Vec<bf16>) -> Re
 /// Packs `n` value rows (row `j` is `row(j)`, at least `d` long; its first `d` columns are
 /// used) into position pairs: `out[(t * d + c) * 2 + e] = row(2t + e)[c]`, a zero row
 /// standing in for the missing partner when `n` is odd. `out` becomes
-/// `n.div_ceil(2) * d * 2` long.
+/// `n.div_ceil(2) * d * 2` long (empty when `d` or `n` is 0; no row is read then).
+/// A row shorter than `d` is [`Error::Device`].
 pub fn pack_pairs<'a>(
     n: usize,
     d: usize,
@@ -146,6 +147,10 @@ fn pack_pairs_with<'a>(
         .and_then(|x| x.checked_mul(2))
         .ok_or_else(|| device("bf16 pack_pairs", format!("{n} rows of {d} overflow")))?;
     sized(out, len, "bf16 pack_pairs")?;
+    if len == 0 {
+        // No columns or no rows: nothing to pack (and no chunks of 2 * d to make).
+        return Ok(());
+    }
     let zeros = [bf16::ZERO; 0];
     for (t, dst) in out.chunks_exact_mut(2 * d).enumerate() {
         let a = row(2 * t);
@@ -489,7 +494,8 @@ pub(crate) mod x86 {
     /// subnormals flushed); returns how many were done.
     ///
     /// # Safety
-    /// AVX-512F and AVX512-BF16 must be available; `dst` at least as long as `src`.
+    /// AVX-512F, AVX-512BW and AVX512-BF16 must be available; `dst` at least as long as
+    /// `src`.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub unsafe fn round(src: &[f32], dst: &mut [bf16]) -> usize {
         let wide = src.len() / 16 * 16;
@@ -775,6 +781,12 @@ mod tests {
             // A row shorter than d is an error, not a panic.
             let short = pack_pairs_with(native, 2, 4, |j| &rows[3 * j..3 * j + 3], &mut out);
             assert!(short.is_err());
+            // No columns or no rows: empty, not a panic, and no row asked for.
+            for (n, d) in [(3, 0), (0, 4), (0, 0)] {
+                let none = |_: usize| -> &'static [bf16] { unreachable!("no row is read") };
+                pack_pairs_with(native, n, d, none, &mut out).unwrap();
+                assert!(out.is_empty(), "n {n} d {d}");
+            }
         }
     }
 
