@@ -92,12 +92,8 @@ pub fn run_into(backend: &str, call: &MoeExpertsCall<'_>, y: FloatSliceMut<'_>) 
     let mut h_t = ffn::gate_up(&perm, &xg, w, limit, bf16dot::native())?;
     if let Some(mode) = quant {
         fp8::quantize_columns(&perm, &mut h_t, call.inter, mode);
-    } else if matches!((x, w.w2), (FloatSlice::BF16(_), Weights::Fp8(_))) && bf16dot::native() {
-        // A BF16 run keeps its activations in bf16 before the down projection, as the
-        // bf16 weights' path does (ffn::down): FP8 weights then meet them on the native
-        // bf16 dot, their codes being exact bf16 values.
-        h_t.iter_mut()
-            .for_each(|v| *v = bf16::from_f32(*v).to_f32());
+    } else if rounds_before_fp8_down(x, w.w2, fp8::bf16_dot()) {
+        round_to_bf16(&mut h_t);
     }
     let y_t = ffn::down(&perm, &h_t, w, bf16dot::native())?;
     // Drop the routed activations before the shared experts allocate theirs.
@@ -162,6 +158,23 @@ struct Shared {
     /// Each shared expert's down projections transposed, `[H, T]`.
     y_t: Vec<f32>,
 }
+
+/// Whether the activations are rounded to bf16 before the down projection: in a BF16 run
+/// with FP8 `w2` on a CPU where FP8 weights meet activations on the native bf16 dot
+/// (`fp8_bf16_dot`: [`fp8::bf16_dot`]), as the bf16 weights' path keeps them in bf16
+/// (`ffn::down`); the FP8 codes are exact bf16 values.
+fn rounds_before_fp8_down(x: FloatSlice<'_>, w2: Weights<'_>, fp8_bf16_dot: bool) -> bool {
+    fp8_bf16_dot && matches!((x, w2), (FloatSlice::BF16(_), Weights::Fp8(_)))
+}
+
+/// Rounds every value of `v` to bf16 (nearest even), in parallel.
+fn round_to_bf16(v: &mut [f32]) {
+    v.par_chunks_mut(ROUND_CHUNK)
+        .for_each(|c| c.iter_mut().for_each(|x| *x = bf16::from_f32(*x).to_f32()));
+}
+
+/// Values per task of [`round_to_bf16`].
+const ROUND_CHUNK: usize = 1 << 14;
 
 /// The permuted rows of `x`, upcast to f32: [rows, H].
 fn gather_rows(x: FloatSlice<'_>, perm: &Permutation, hidden: usize) -> Result<Vec<f32>> {

@@ -12,6 +12,20 @@ use moemla_core::fp8::{quantize_activation_row, ScaleMode, BLOCK, E4M3_VALUES};
 use moemla_core::{DType, DeviceTensor, Error, Result};
 use rayon::prelude::*;
 
+/// Whether FP8 weights meet activations on the native bf16 dot on this CPU: the fastest
+/// path of [`gemv`] (AVX512-BF16 with VBMI), which decode-time experts take when their
+/// activations are bf16 values.
+pub(crate) fn bf16_dot() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        dpbf16::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// One weight stack [E, R, C] as stored.
 #[derive(Clone, Copy, Debug)]
 pub enum Weights<'a> {

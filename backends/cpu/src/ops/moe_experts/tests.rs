@@ -332,3 +332,48 @@ fn the_swiglu_clamp_applies_to_shared_experts() {
         );
     }
 }
+
+#[test]
+fn activations_are_rounded_before_an_fp8_down_projection_only_on_its_bf16_dot() {
+    use super::fp8::{Fp8Weights, Weights};
+    use super::rounds_before_fp8_down;
+    use crate::storage::FloatSlice;
+    use half::bf16;
+    let (codes, scales) = ([0x38u8; 4], [1.0f32]);
+    let fp8 = Weights::Fp8(Fp8Weights {
+        codes: &codes,
+        scales: &scales,
+        rows: 2,
+        cols: 2,
+    });
+    let w16 = [bf16::ONE; 4];
+    let dense = Weights::Float(FloatSlice::BF16(&w16));
+    let (x16, x32) = (FloatSlice::BF16(&w16[..2]), FloatSlice::F32(&[1.0, 2.0]));
+    // Only a BF16 run with FP8 w2, and only where the FP8 bf16-dot path exists (a CPU with
+    // AVX512-BF16 but no VBMI, such as Cooper Lake, keeps f32 activations).
+    assert!(rounds_before_fp8_down(x16, fp8, true));
+    assert!(!rounds_before_fp8_down(x16, fp8, false));
+    assert!(!rounds_before_fp8_down(x32, fp8, true));
+    assert!(!rounds_before_fp8_down(x16, dense, true));
+}
+
+#[test]
+fn rounding_to_bf16_is_nearest_even_across_parallel_chunks() {
+    // Past two chunks; 1 + 2^-8 is a tie that goes to even (1.0), 1 + 3 * 2^-8 one that
+    // goes up, 1 + 2^-9 rounds down; the rest checked on the bits (round half to even at
+    // bit 16).
+    let len = 2 * super::ROUND_CHUNK + 37;
+    let mut v: Vec<f32> = (0..len).map(|i| (i as f32 * 0.731).sin() * 3.7).collect();
+    let at = super::ROUND_CHUNK + 5;
+    v[at] = 1.0 + 1.0 / 256.0;
+    v[at + 1] = 1.0 + 3.0 / 256.0;
+    v[at + 2] = 1.0 + 1.0 / 512.0;
+    let src = v.clone();
+    super::round_to_bf16(&mut v);
+    assert_eq!(v[at..at + 3], [1.0, 1.0 + 4.0 / 256.0, 1.0]);
+    for (i, (&got, &x)) in v.iter().zip(&src).enumerate() {
+        let b = x.to_bits();
+        let want = (b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF_0000;
+        assert_eq!(got.to_bits(), want, "[{i}] {x}");
+    }
+}
