@@ -8,9 +8,10 @@
 //!
 //! Per 128-column group an activation vector goes as its own bf16 values (scale 1) when
 //! they all are normal bf16 values (bf16 tokens, UE8M0-quantized activations), or as
-//! `q = bf16(v / sc)` with `sc = max|v| / 448` when every `q * sc` is within 2^-20 of `v`
-//! (activations quantized with f32 scales: `q` is the e4m3 code's value); any other group,
-//! or a non-finite value, declines the call and the caller takes the f32 path.
+//! `q = bf16(v / sc)` with `sc = max|v| / 448` when every `q * sc` is within `|v| * 2^-20`
+//! of `v` (a relative bound; activations quantized with f32 scales: `q` is the e4m3
+//! code's value); any other group, or a non-finite value, declines the call and the
+//! caller takes the f32 path.
 
 use super::Fp8Weights;
 use moemla_core::fp8::BLOCK;
@@ -438,7 +439,7 @@ mod tests {
         assert!(values[200..].iter().all(|&v| v == 0.0));
         assert_eq!(scales, vec![1.0, 1.0]);
         // Quantized as fp8_block128 with f32 scales: q is each value's code, scaled back
-        // within 2^-20.
+        // within |v| * 2^-20.
         let raw: Vec<f32> = (0..200).map(|i| (i as f32 * 0.37).cos() * 0.013).collect();
         let mut quantized = raw.clone();
         moemla_core::fp8::quantize_activation_row(&mut quantized, moemla_core::fp8::ScaleMode::F32);
