@@ -165,6 +165,8 @@ pub(crate) fn attend_with(
             _ => {}
         }
         if let (Some(q16), false) = (&q16, krows.is_empty()) {
+            #[cfg(test)]
+            record(cache, p0, n, Taken::Bf16Dot);
             bf16attn::gemm_qk(q16, d_qk, &krows, &mut scratch.s)?;
             softmax(&mut scratch.s, n, (limits, p0), scale, &mut st, d_v);
             // P rounded to bf16 (as FlashMLA does; l keeps the f32 sum) against the V
@@ -175,6 +177,8 @@ pub(crate) fn attend_with(
         } else if kernels.f32 {
             // The f32 rows in place (an F32 cache) or as loaded, both products on
             // AVX-512F kernels that read them directly.
+            #[cfg(test)]
+            record(cache, p0, n, Taken::F32Kernels);
             let mut rows32: Vec<&[f32]> = Vec::with_capacity(n);
             if let (KvRows::Dense(FloatSlice::F32(data)), false) = (cache.data, loaded) {
                 for j in 0..n {
@@ -191,6 +195,8 @@ pub(crate) fn attend_with(
             softmax(&mut scratch.s, n, (limits, p0), scale, &mut st, d_v);
             f32attn::gemm_pv(&scratch.s, &rows32, d_v, &mut st.acc)?;
         } else {
+            #[cfg(test)]
+            record(cache, p0, n, Taken::Gemm);
             if !loaded {
                 load(cache, g, p0, n, &mut scratch.kv);
             }
@@ -209,6 +215,34 @@ pub(crate) fn attend_with(
         p0 += n;
     }
     Ok(st)
+}
+
+/// The products a chunk of an FP8 cache took (test builds: tests check that the path
+/// they mean ran).
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Taken {
+    /// Both on the native bf16 dot ([`crate::bf16attn`]).
+    Bf16Dot,
+    /// Both on the AVX-512F f32 kernels ([`crate::f32attn`]).
+    F32Kernels,
+    /// Both on the general GEMM.
+    Gemm,
+}
+
+/// Every chunk of an FP8 cache attended in this (test) process: the cache bytes'
+/// address, the chunk's first cache slot, its positions and the products it took.
+#[cfg(test)]
+pub(crate) static TAKEN: std::sync::Mutex<Vec<(usize, usize, usize, Taken)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Appends a chunk of `cache` (FP8 caches only) to [`TAKEN`].
+#[cfg(test)]
+fn record(cache: &Cache<'_>, p0: usize, n: usize, taken: Taken) {
+    if let KvRows::Fp8(bytes) = cache.data {
+        let entry = (bytes.as_ptr() as usize, cache.slots.slot(p0), n, taken);
+        TAKEN.lock().unwrap_or_else(|e| e.into_inner()).push(entry);
+    }
 }
 
 /// Row `index` (of `k` columns) of the f32 cache `data`; [`Error::Device`] when it is

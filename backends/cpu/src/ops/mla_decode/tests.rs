@@ -226,6 +226,7 @@ fn bf16_decode_matches_f64_reference_at_odd_lengths_and_widths() {
 
 #[test]
 fn fp8_cache_decode_matches_f64_reference_on_both_paths() {
+    use super::attend::{Taken, TAKEN};
     use moemla_core::fp8::{
         dequantize_ds_v32_row, quantize_ds_v32_row, DS_V32_DIM, DS_V32_LATENT, DS_V32_ROW_BYTES,
     };
@@ -278,7 +279,44 @@ fn fp8_cache_decode_matches_f64_reference_on_both_paths() {
         head_dim_v: c.d_v,
         kv_format: moemla_core::KvFormat::Fp8DsV32,
     };
+    // This cache's chunks in the log: its address is ours alone while it lives, so the
+    // entries appended after `start` with it are this call's.
+    let addr = match crate::storage::storage(&cache, crate::NAME, "test", "kv_cache").unwrap() {
+        crate::storage::CpuSlice::U8(b) => b.as_ptr() as usize,
+        other => panic!("cache holds {}", other.dtype()),
+    };
+    let log = || TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+    let start = log().len();
     let out = ops::mla_decode(&cpu, &q, &cache, &table_t, &lens_t, &params).unwrap();
+    let mut taken: Vec<_> = log()[start..]
+        .iter()
+        .filter(|e| e.0 == addr)
+        .map(|&(_, slot, n, path)| (slot, n, path))
+        .collect();
+    taken.sort();
+    // Sequence 0 (slots = positions) in chunks of 128, 128 and 1, sequence 1 (from slot
+    // 12 * 64) in one of 63: the bf16 dot where the CPU has it, except the chunk holding
+    // slot 130, whose rows are not bf16 values: f32 products.
+    let f32_path = if crate::f32attn::native() {
+        Taken::F32Kernels
+    } else {
+        Taken::Gemm
+    };
+    let bf16_path = if crate::bf16dot::native() {
+        Taken::Bf16Dot
+    } else {
+        f32_path
+    };
+    let s1 = c.max_blocks * c.block_size;
+    assert_eq!(
+        taken,
+        [
+            (0, 128, bf16_path),
+            (128, 128, f32_path),
+            (256, 1, bf16_path),
+            (s1, 63, bf16_path)
+        ]
+    );
     let (o, lse) = (download_f32(&cpu, &out.o), download_f32(&cpu, &out.lse));
     let (want_o, want_lse) = reference(&c, &qs, &deq, &table, params.softmax_scale);
     for (n, (&g, &w)) in o.iter().zip(&want_o).enumerate() {
