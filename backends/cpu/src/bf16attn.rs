@@ -12,6 +12,7 @@
 //! the rounding of `P` and the order of the f32 additions differ from an f32 product.
 //! Like every `VDPBF16PS`, subnormal inputs and results count as zero.
 
+use crate::f32attn::{device, qk_shape};
 use half::bf16;
 use moemla_core::{Error, Result};
 
@@ -33,24 +34,10 @@ fn gemm_qk_with(
     rows: &[&[bf16]],
     out: &mut [f32],
 ) -> Result<()> {
-    let m = q.len() / k.max(1);
-    let n = rows.len();
-    if k == 0 || m * k != q.len() || m.checked_mul(n) != Some(out.len()) {
-        return Err(device(
-            "bf16 gemm_qk",
-            format!(
-                "q ({} elements) must be whole rows of k = {k} >= 1 and out ({}) rows(q) x {n}",
-                q.len(),
-                out.len()
-            ),
-        ));
-    }
-    if let Some(j) = rows.iter().position(|r| r.len() < k) {
-        return Err(device(
-            "bf16 gemm_qk",
-            format!("row {j} has {} elements, fewer than k = {k}", rows[j].len()),
-        ));
-    }
+    let (m, n) = (
+        qk_shape("bf16 gemm_qk", q.len(), k, rows, out.len())?,
+        rows.len(),
+    );
     #[cfg(target_arch = "x86_64")]
     if native {
         // SAFETY: the three AVX-512 features were detected at run time (`native` is only
@@ -338,15 +325,6 @@ impl pulp::WithSimd for Exact<'_> {
             *o = bf16::from_bits(if nan { 0x7FC0 } else { (bits >> 16) as u16 });
         }
         low == 0
-    }
-}
-
-/// A backend error of this module's kernels.
-fn device(call: &str, message: String) -> Error {
-    Error::Device {
-        backend: crate::NAME.to_string(),
-        call: call.to_string(),
-        message,
     }
 }
 

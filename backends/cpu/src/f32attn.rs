@@ -28,25 +28,40 @@ pub fn gemm_qk(q: &[f32], k: usize, rows: &[&[f32]], out: &mut [f32]) -> Result<
     gemm_qk_with(native(), q, k, rows, out)
 }
 
-/// [`gemm_qk`] on AVX-512F or (`native` false) plain loops.
-fn gemm_qk_with(native: bool, q: &[f32], k: usize, rows: &[&[f32]], out: &mut [f32]) -> Result<()> {
-    let (m, n) = (q.len() / k.max(1), rows.len());
-    if k == 0 || m * k != q.len() || m.checked_mul(n) != Some(out.len()) {
+/// The query rows `m` of a `gemm_qk` (`call`): [`Error::Device`] unless `q` elements are
+/// whole rows of `k >= 1`, `out` elements are `m * rows.len()` and every row holds at
+/// least `k`. Shared by [`crate::bf16attn`].
+pub(crate) fn qk_shape<T>(
+    call: &str,
+    q: usize,
+    k: usize,
+    rows: &[&[T]],
+    out: usize,
+) -> Result<usize> {
+    let (m, n) = (q / k.max(1), rows.len());
+    if k == 0 || m * k != q || m.checked_mul(n) != Some(out) {
         return Err(device(
-            "f32 gemm_qk",
+            call,
             format!(
-                "q ({} elements) must be whole rows of k = {k} >= 1 and out ({}) rows(q) x {n}",
-                q.len(),
-                out.len()
+                "q ({q} elements) must be whole rows of k = {k} >= 1 and out ({out}) rows(q) x {n}"
             ),
         ));
     }
     if let Some(j) = rows.iter().position(|r| r.len() < k) {
         return Err(device(
-            "f32 gemm_qk",
+            call,
             format!("row {j} has {} elements, fewer than k = {k}", rows[j].len()),
         ));
     }
+    Ok(m)
+}
+
+/// [`gemm_qk`] on AVX-512F or (`native` false) plain loops.
+fn gemm_qk_with(native: bool, q: &[f32], k: usize, rows: &[&[f32]], out: &mut [f32]) -> Result<()> {
+    let (m, n) = (
+        qk_shape("f32 gemm_qk", q.len(), k, rows, out.len())?,
+        rows.len(),
+    );
     #[cfg(target_arch = "x86_64")]
     if native {
         // SAFETY: AVX-512F was detected at run time (`native` is only true then), and the
@@ -122,8 +137,8 @@ fn gemm_pv_with(native: bool, p: &[f32], rows: &[&[f32]], d: usize, acc: &mut [f
     Ok(())
 }
 
-/// A backend error of this module's kernels.
-fn device(call: &str, message: String) -> Error {
+/// A backend error of the attention kernels (this module's and [`crate::bf16attn`]'s).
+pub(crate) fn device(call: &str, message: String) -> Error {
     Error::Device {
         backend: crate::NAME.to_string(),
         call: call.to_string(),
