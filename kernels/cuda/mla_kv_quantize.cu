@@ -101,8 +101,8 @@ MOEMLA_KVQ_ENTRY(bf16, moemla_bf16)
 // writes only if no row after it names its slot, so no two blocks ever write one slot and
 // the result never depends on scheduling. Which rows those are is found one of two ways,
 // as the plan chooses (kernel-plan cache_write.rs):
-//   - few rows (table null): each block scans the rows after its own (at most
-//     MOEMLA_CW_SCAN_ROWS - 1 entries, 8 per thread);
+//   - few rows (table null): each block scans the rows after its own (the plan scans up
+//     to its `cache_write::SCAN_ROWS` = 1024 rows: at most 1023 entries, 8 per thread);
 //   - many rows: a winner table in the workspace, `mask + 1` (a power of two >= 2N)
 //     entries of (slot, row) pairs, keys at [0, mask] and rows at [mask + 1, 2 * mask + 1],
 //     open addressing with linear probing. moemla_cache_winner_clear empties it,
@@ -112,10 +112,6 @@ MOEMLA_KVQ_ENTRY(bf16, moemla_bf16)
 //     N with the expected O(1) probes of a half-full table; entries are never removed, so a
 //     lookup meets its key before any empty entry.
 // ---------------------------------------------------------------------------------------
-
-// Rows up to which the writes scan for later rows instead of using the table (the plan's
-// `cache_write::SCAN_ROWS`).
-#define MOEMLA_CW_SCAN_ROWS 1024
 
 // The first table entry a slot probes: MurmurHash3's 32-bit finalizer of the slot (a
 // bijection whose low bits all depend on every bit), masked (mask + 1 a power of two).

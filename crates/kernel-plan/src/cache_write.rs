@@ -17,8 +17,9 @@ use moemla_core::{DType, Op};
 /// dense copy uses as many.
 pub const BLOCK: u32 = kv_quantize::BLOCK;
 
-/// Rows up to which the write kernels scan for later rows naming their slot
-/// (`MOEMLA_CW_SCAN_ROWS`); more rows use a [`WinnerTable`].
+/// Rows up to which the write kernels scan for later rows naming their slot (the kernels
+/// scan any row count; this bounds the reads a block makes); more rows use a
+/// [`WinnerTable`].
 pub const SCAN_ROWS: usize = 1024;
 
 /// Threads per block of the winner-table kernels.

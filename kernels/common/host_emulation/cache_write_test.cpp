@@ -10,10 +10,11 @@
 // flagged (first bad element, its f32 bits) and that row not written.
 //
 // Every case runs three ways: the writes scanning the later rows (no table, as the plan
-// does for up to MOEMLA_CW_SCAN_ROWS rows), with the winner table at the plan's size (the
-// power of two >= 2N) filled by moemla_cache_winner_clear and moemla_cache_winner_insert,
-// and with the smallest table that holds every distinct slot (long probe chains). The
-// table is filled with garbage first, as a reused workspace would be.
+// does for up to its cache_write::SCAN_ROWS rows), with the winner table at the plan's
+// size (the power of two >= 2N) filled by moemla_cache_winner_clear and
+// moemla_cache_winner_insert, and with the smallest table that holds every distinct slot
+// (long probe chains). The table is filled with garbage first, as a reused workspace
+// would be.
 //
 // Built and run by run.sh beside kernels_test.cpp (same variants).
 #include "cuda_on_host.h"
