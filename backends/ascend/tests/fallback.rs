@@ -10,32 +10,7 @@
 
 mod common;
 
-use std::path::Path;
-
 const OLDER: &str = "MOEMLA_CANN_EMULATOR_CANN";
-
-/// Runs the golden-v2 cases of `op` in `dtype` on a fresh backend, asserts each passes, and
-/// returns (cases run, paths).
-fn golden(op: &str, dtype: &str) -> (u64, moemla_ascend::Paths) {
-    let be = common::backend();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../conformance/golden-v2")
-        .join(op)
-        .join(dtype);
-    let cases = moemla_conformance::load_cases(&[dir]);
-    assert!(!cases.is_empty(), "no golden-v2 {op} cases for {dtype}");
-    let report = moemla_conformance::run(&be, &cases);
-    for r in &report.results {
-        assert_eq!(
-            r.status,
-            moemla_conformance::Status::Pass,
-            "{} on ascend ({OLDER}=2025-12): {:?}",
-            r.case,
-            r
-        );
-    }
-    (cases.len() as u64, be.paths())
-}
 
 #[test]
 fn fused_ops_refused_by_an_older_cann_fall_back_to_the_composed_path() {
@@ -47,7 +22,7 @@ fn fused_ops_refused_by_an_older_cann_fall_back_to_the_composed_path() {
     // The golden-v2 cases the fused ops serve on the current CANN (tests/sparse_paths.rs):
     // SFA takes one mla_sparse_decode case per dtype, LI two bf16 and one f16 indexer case.
     for (dtype, eligible) in [("f16", 1), ("bf16", 1)] {
-        let (n, paths) = golden("mla_sparse_decode", dtype);
+        let (n, paths) = common::golden_v2("mla_sparse_decode", dtype);
         assert_eq!(
             (
                 paths.sparse_attention_fused,
@@ -59,7 +34,7 @@ fn fused_ops_refused_by_an_older_cann_fall_back_to_the_composed_path() {
         );
     }
     for (dtype, eligible) in [("bf16", 2), ("f16", 1)] {
-        let (n, paths) = golden("dsa_indexer_topk", dtype);
+        let (n, paths) = common::golden_v2("dsa_indexer_topk", dtype);
         assert_eq!(
             (
                 paths.indexer_fused,
@@ -72,9 +47,9 @@ fn fused_ops_refused_by_an_older_cann_fall_back_to_the_composed_path() {
     }
     std::env::remove_var(OLDER);
     // The same cases on the current CANN: fused again, no fallback.
-    let (_, paths) = golden("dsa_indexer_topk", "bf16");
+    let (_, paths) = common::golden_v2("dsa_indexer_topk", "bf16");
     assert_eq!((paths.indexer_fused, paths.indexer_fallback), (2, 0));
-    let (_, paths) = golden("mla_sparse_decode", "bf16");
+    let (_, paths) = common::golden_v2("mla_sparse_decode", "bf16");
     assert_eq!(
         (
             paths.sparse_attention_fused,

@@ -7,51 +7,24 @@
 mod common;
 
 use moemla_core::{ops, Backend, DType, HostTensor, SparseDecodeParams};
-use std::path::Path;
-
-/// Runs the golden-v2 cases of `op` in `dtype` and returns (cases run, paths).
-fn golden(op: &str, dtype: &str) -> (usize, moemla_ascend::Paths) {
-    let be = common::backend();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../conformance/golden-v2")
-        .join(op)
-        .join(dtype);
-    let cases = moemla_conformance::load_cases(&[dir]);
-    assert!(!cases.is_empty(), "no golden-v2 {op} cases for {dtype}");
-    let report = moemla_conformance::run(&be, &cases);
-    for r in &report.results {
-        assert_eq!(
-            r.status,
-            moemla_conformance::Status::Pass,
-            "{} on ascend: {:?}",
-            r.case,
-            r
-        );
-    }
-    (cases.len(), be.paths())
-}
 
 #[test]
 fn golden_v2_dense_deepseek_cases_run_on_sparse_flash_attention_in_f16_and_bf16() {
     // One case per dtype fits SFA: v32_dense (Dqk 576, Dv 512, Hq 16, dense cache, no
     // sink). The d64 cases (Dqk 64) and the FP8-cache cases run composed.
     for dtype in ["f16", "bf16"] {
-        let (n, paths) = golden("mla_sparse_decode", dtype);
+        let (n, paths) = common::golden_v2("mla_sparse_decode", dtype);
         assert_eq!(paths.sparse_attention_fused, 1, "{dtype}: {paths:?}");
         assert_eq!(paths.sparse_attention_fallback, 0, "{dtype}: {paths:?}");
-        assert_eq!(
-            paths.sparse_attention_composed,
-            n as u64 - 1,
-            "{dtype}: {paths:?}"
-        );
+        assert_eq!(paths.sparse_attention_composed, n - 1, "{dtype}: {paths:?}");
     }
 }
 
 #[test]
 fn golden_v2_f32_sparse_cases_all_run_composed() {
-    let (n, paths) = golden("mla_sparse_decode", "f32");
+    let (n, paths) = common::golden_v2("mla_sparse_decode", "f32");
     assert_eq!(paths.sparse_attention_fused, 0, "{paths:?}");
-    assert_eq!(paths.sparse_attention_composed, n as u64, "{paths:?}");
+    assert_eq!(paths.sparse_attention_composed, n, "{paths:?}");
 }
 
 #[test]
@@ -59,14 +32,10 @@ fn golden_v2_indexer_cases_at_hi64_di128_run_on_lightning_indexer() {
     // Hi 64 Di 128 fits LI (bf16: k 2048 and causal k 256; f16: causal k 256); Hi 4 / 8
     // with Di 32 / 16 and every F32 case run composed.
     for (dtype, fused) in [("bf16", 2), ("f16", 1), ("f32", 0)] {
-        let (n, paths) = golden("dsa_indexer_topk", dtype);
+        let (n, paths) = common::golden_v2("dsa_indexer_topk", dtype);
         assert_eq!(paths.indexer_fused, fused, "{dtype}: {paths:?}");
         assert_eq!(paths.indexer_fallback, 0, "{dtype}: {paths:?}");
-        assert_eq!(
-            paths.indexer_composed,
-            n as u64 - fused,
-            "{dtype}: {paths:?}"
-        );
+        assert_eq!(paths.indexer_composed, n - fused, "{dtype}: {paths:?}");
     }
 }
 

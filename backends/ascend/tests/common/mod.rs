@@ -76,3 +76,28 @@ pub fn values(seed: u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
         })
         .collect()
 }
+
+/// Runs the committed golden-v2 cases of `op` in `dtype` on a fresh backend, asserts that
+/// each passes, and returns (cases run, the backend's path counters).
+pub fn golden_v2(op: &str, dtype: &str) -> (u64, moemla_ascend::Paths) {
+    let be = backend();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../conformance/golden-v2")
+        .join(op)
+        .join(dtype);
+    let cases = moemla_conformance::load_cases(&[dir]);
+    assert!(!cases.is_empty(), "no golden-v2 {op} cases for {dtype}");
+    // The emulator's CANN version, when a test picked an older one.
+    let cann = std::env::var("MOEMLA_CANN_EMULATOR_CANN").unwrap_or_default();
+    let report = moemla_conformance::run(&be, &cases);
+    for r in &report.results {
+        assert_eq!(
+            r.status,
+            moemla_conformance::Status::Pass,
+            "{} on ascend (emulated CANN {cann:?}): {:?}",
+            r.case,
+            r
+        );
+    }
+    (cases.len() as u64, be.paths())
+}
