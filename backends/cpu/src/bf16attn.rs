@@ -330,6 +330,7 @@ impl pulp::WithSimd for Exact<'_> {
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86 {
+    use crate::bf16dot::x86::load;
     use half::bf16;
     use std::arch::x86_64::*;
 
@@ -378,19 +379,6 @@ pub(crate) mod x86 {
             }
             c += nc;
         }
-    }
-
-    /// 32 bf16 from `p`, of which the first `live` (<= 32) are loaded and the rest zero.
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    unsafe fn load(p: *const u16, live: usize) -> __m512bh {
-        let v = if live >= 32 {
-            _mm512_loadu_si512(p.cast())
-        } else {
-            // Masked-off elements are neither read nor faulted on.
-            _mm512_maskz_loadu_epi16((1u32 << live) - 1, p.cast())
-        };
-        // SAFETY: both are plain 512-bit vectors (32 x 16 bits).
-        std::mem::transmute::<__m512i, __m512bh>(v)
     }
 
     /// `a . b` over `k` elements.

@@ -111,7 +111,7 @@ fn portable(a: &[bf16], b: &[bf16], (m, n, k): (usize, usize, usize), out: &mut 
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use half::bf16;
     use std::arch::x86_64::*;
 
@@ -184,7 +184,7 @@ mod x86 {
 
     /// 32 bf16 from `p`, of which the first `live` (<= 32) are loaded and the rest zero.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    unsafe fn load(p: *const u16, live: usize) -> __m512bh {
+    pub(crate) unsafe fn load(p: *const u16, live: usize) -> __m512bh {
         let v = if live >= 32 {
             _mm512_loadu_si512(p.cast())
         } else {
