@@ -156,23 +156,33 @@ fn deepseek_call(
 
 #[test]
 fn sparse_flash_attention_matches_the_contract_on_minus_one_duplicates_lengths_and_empty_rows() {
-    for (dtype, tol) in [(DType::F16, 2e-3), (DType::BF16, 2e-2)] {
-        let (o, lse, want_o, want_lse, paths) = deepseek_call(dtype, 8, None);
-        assert_eq!(paths.sparse_attention_fused, 1, "{dtype}: {paths:?}");
-        assert_eq!(paths.sparse_attention_composed, 0, "{dtype}: {paths:?}");
+    // Head counts from 8 to DeepSeek's 128 (SFA's limit), F16 and BF16.
+    let calls = [8, 16, 64, 128]
+        .into_iter()
+        .flat_map(|hq| [(DType::F16, 2e-3, hq), (DType::BF16, 2e-2, hq)]);
+    for (dtype, tol, hq) in calls {
+        let (o, lse, want_o, want_lse, paths) = deepseek_call(dtype, hq, None);
+        assert_eq!(
+            paths.sparse_attention_fused, 1,
+            "{dtype} Hq {hq}: {paths:?}"
+        );
+        assert_eq!(
+            paths.sparse_attention_composed, 0,
+            "{dtype} Hq {hq}: {paths:?}"
+        );
         for (n, (g, w)) in o.iter().zip(&want_o).enumerate() {
             assert!(
                 (*g as f64 - w).abs() <= tol + tol * w.abs(),
-                "{dtype} o[{n}] = {g}, want {w}"
+                "{dtype} Hq {hq} o[{n}] = {g}, want {w}"
             );
         }
         for (n, (g, w)) in lse.iter().zip(&want_lse).enumerate() {
             if w.is_infinite() {
-                assert_eq!(*g as f64, *w, "{dtype} lse[{n}]");
+                assert_eq!(*g as f64, *w, "{dtype} Hq {hq} lse[{n}]");
             } else {
                 assert!(
                     (*g as f64 - w).abs() <= 1e-4 + 1e-4 * w.abs(),
-                    "{dtype} lse[{n}] = {g}, want {w}"
+                    "{dtype} Hq {hq} lse[{n}] = {g}, want {w}"
                 );
             }
         }
