@@ -8,7 +8,7 @@
 //! Activations are kept transposed per expert (`[rows_out, n_e]`, expert after expert),
 //! so every tile writes one contiguous chunk.
 
-use super::fp8::Weights;
+use super::fp8::{self, Weights};
 use super::permute::Permutation;
 use crate::bf16dot;
 use crate::gemm_util::matmul_nt;
@@ -96,6 +96,9 @@ pub fn gate_up(
             } else if skinny(n) {
                 gemv::rows_times(w.w13, base, tile.rows, h, x, tile.out, &mut s.gate);
                 gemv::rows_times(w.w13, base + i, tile.rows, h, x, &mut s.up_out, &mut s.up);
+            } else if fp8_many(w.w13, base, tile.rows, x, tile.out)
+                && fp8_many(w.w13, base + i, tile.rows, x, &mut s.up_out)
+            {
             } else {
                 let gate = w.w13.rows_f32(base, tile.rows, h, &mut s.gate);
                 matmul_nt(gate, x, h, tile.out)?;
@@ -153,6 +156,8 @@ pub fn down(
             if skinny(n) {
                 gemv::rows_times(w.w2, base, tile.rows, i, act, tile.out, row);
                 Ok(())
+            } else if fp8_many(w.w2, base, tile.rows, act, tile.out) {
+                Ok(())
             } else {
                 matmul_nt(w.w2.rows_f32(base, tile.rows, i, row), act, i, tile.out)
             }
@@ -191,6 +196,14 @@ fn act_rows<T: Clone + Default + Send>(
 /// once and dotted with every token) rather than tile + GEMM.
 fn skinny(n: usize) -> bool {
     n <= gemv::MAX_VECTORS
+}
+
+/// FP8 weight rows `first..first + rows` times every token of `act` into `out`
+/// (`[rows, n]`) with the codes decoded in registers on the native bf16 dot
+/// ([`fp8::gemv::rows_times_many`]); false (the caller dequantizes a tile and takes
+/// [`matmul_nt`]) for other weights, or where that path declines.
+fn fp8_many(w: Weights<'_>, first: usize, rows: usize, act: &[f32], out: &mut [f32]) -> bool {
+    matches!(w, Weights::Fp8(f) if fp8::gemv::rows_times_many(&f, first, rows, act, out))
 }
 
 /// SiLU (swish): `x * sigmoid(x)`.

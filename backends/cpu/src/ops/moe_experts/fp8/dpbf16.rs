@@ -91,7 +91,50 @@ pub unsafe fn rows_times(
     act: &[f32],
     out: &mut [f32],
 ) -> bool {
-    let k = w.cols;
+    with_prepared(w.cols, n, act, |x, s, padded| match n {
+        // SAFETY: as this function's contract; `x` and `s` hold the n prepared vectors.
+        1 => unsafe { rows_n::<1, 4>(w, first, rows, x, s, padded, out) },
+        2 => unsafe { rows_n::<2, 4>(w, first, rows, x, s, padded, out) },
+        3 => unsafe { rows_n::<3, 4>(w, first, rows, x, s, padded, out) },
+        _ => unsafe { rows_n::<4, 2>(w, first, rows, x, s, padded, out) },
+    })
+}
+
+/// [`rows_times`] for any number `n` (>= 1) of vectors (the prefill path): each pair of
+/// weight rows is decoded once per group of at most [`GRID_VECTORS`] vectors and dotted
+/// with all of them in registers; same products, same per-block scaling.
+///
+/// # Safety
+/// [`available`] must hold; rows `first..first + rows` of `w.cols` codes and their scale
+/// rows, `n` vectors of `w.cols` activations and `rows * n` outputs must exist.
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512bf16")]
+pub unsafe fn rows_times_many(
+    w: &Fp8Weights<'_>,
+    first: usize,
+    rows: usize,
+    n: usize,
+    act: &[f32],
+    out: &mut [f32],
+) -> bool {
+    with_prepared(w.cols, n, act, |x, s, padded| {
+        // SAFETY: as this function's contract; `x` and `s` hold the n prepared vectors.
+        unsafe { many(w, first, rows, n, x, s, padded, out) }
+    })
+}
+
+/// Prepares the `n` vectors of `act` (`k` long each; see [`prepare`]) into this thread's
+/// buffers and runs `f(words, scales, padded)` on them; false (`f` not run) when a vector
+/// is declined.
+///
+/// # Safety
+/// AVX-512F/BW must be available; `act` must hold `n * k` values.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn with_prepared(
+    k: usize,
+    n: usize,
+    act: &[f32],
+    f: impl FnOnce(*const u16, *const f32, usize),
+) -> bool {
     let padded = k.div_ceil(STEP) * STEP;
     let col_blocks = k.div_ceil(BLOCK);
     let (mut words, mut act_scales) = (PREPARED.take(), ACT_SCALES.take());
@@ -100,7 +143,7 @@ pub unsafe fn rows_times(
     act_scales.clear();
     act_scales.resize(n * col_blocks, 1.0);
     let mut ok = true;
-    for (j, vector) in act.chunks_exact(k).enumerate() {
+    for (j, vector) in act.chunks_exact(k).take(n).enumerate() {
         // SAFETY: AVX-512F/BW are available; the slices are `padded` zeros and
         // `col_blocks` long.
         ok = ok
@@ -111,13 +154,7 @@ pub unsafe fn rows_times(
             );
     }
     if ok {
-        let (x, s) = (words.as_ptr(), act_scales.as_ptr());
-        match n {
-            1 => rows_n::<1, 4>(w, first, rows, x, s, padded, out),
-            2 => rows_n::<2, 4>(w, first, rows, x, s, padded, out),
-            3 => rows_n::<3, 4>(w, first, rows, x, s, padded, out),
-            _ => rows_n::<4, 2>(w, first, rows, x, s, padded, out),
-        }
+        f(words.as_ptr(), act_scales.as_ptr(), padded);
     }
     PREPARED.set(words);
     ACT_SCALES.set(act_scales);
@@ -255,6 +292,158 @@ unsafe fn rows_n<const N: usize, const A: usize>(
             out[r * N + j] = _mm512_reduce_add_ps(*t);
         }
     }
+}
+
+/// Most vectors per register block of [`many`].
+pub const GRID_VECTORS: usize = 4;
+
+/// [`rows_times_many`] on prepared vectors: rows two at a time (the last alone), the `n`
+/// vectors in near-equal groups of at most [`GRID_VECTORS`].
+///
+/// # Safety
+/// As [`rows_n`], with `n` prepared vectors.
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn many(
+    w: &Fp8Weights<'_>,
+    first: usize,
+    rows: usize,
+    n: usize,
+    x: *const u16,
+    act_scales: *const f32,
+    padded: usize,
+    out: &mut [f32],
+) {
+    let col_blocks = w.cols.div_ceil(BLOCK);
+    let groups = n.div_ceil(GRID_VECTORS);
+    let mut r = 0;
+    while r < rows {
+        let pair = rows - r >= 2;
+        let mut j0 = 0;
+        for g in 0..groups {
+            let jn = (n - j0).div_ceil(groups - g);
+            let (xj, sj) = (x.add(j0 * padded), act_scales.add(j0 * col_blocks));
+            let o = out.as_mut_ptr().add(r * n + j0);
+            let at = (w, first + r, xj, sj, padded, o, n);
+            match (pair, jn) {
+                (true, 1) => grid::<2, 1>(at),
+                (true, 2) => grid::<2, 2>(at),
+                (true, 3) => grid::<2, 3>(at),
+                (true, _) => grid::<2, 4>(at),
+                (false, 1) => grid::<1, 1>(at),
+                (false, 2) => grid::<1, 2>(at),
+                (false, 3) => grid::<1, 3>(at),
+                (false, _) => grid::<1, 4>(at),
+            }
+            j0 += jn;
+        }
+        r += if pair { 2 } else { 1 };
+    }
+}
+
+/// [`grid`]'s arguments: the weights, the first of its rows, the first prepared vector
+/// and its scales, the prepared length, the first output and the output row stride.
+type GridAt<'a, 'w> = (
+    &'a Fp8Weights<'w>,
+    usize,
+    *const u16,
+    *const f32,
+    usize,
+    *mut f32,
+    usize,
+);
+
+/// `R` weight rows times `J` prepared vectors, all `R * J` sums in registers: per 64
+/// codes each row is decoded once and dotted with every vector; each 128-column block's
+/// sums are scaled once (weight block scale times the vector's).
+///
+/// # Safety
+/// As [`rows_n`]: the `R` rows, their scale rows, `J` prepared vectors (`padded` words
+/// apart, scales `ceil(k / 128)` apart) and outputs `out + i * stride + j` must exist.
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512bf16")]
+unsafe fn grid<const R: usize, const J: usize>(
+    (w, row, x, act_scales, padded, out, stride): GridAt<'_, '_>,
+) {
+    let k = w.cols;
+    let whole = k / BLOCK;
+    let col_blocks = k.div_ceil(BLOCK);
+    let row_blocks = w.rows.div_ceil(BLOCK);
+    let tables = Tables::load();
+    let codes: [*const u8; R] = std::array::from_fn(|i| w.codes.as_ptr().add((row + i) * k));
+    let scales: [*const f32; R] = std::array::from_fn(|i| {
+        let (e, er) = ((row + i) / w.rows, (row + i) % w.rows);
+        w.scales
+            .as_ptr()
+            .add((e * row_blocks + er / BLOCK) * col_blocks)
+    });
+    let mut total = [[_mm512_setzero_ps(); J]; R];
+    for b in 0..col_blocks {
+        let c = b * BLOCK;
+        // SAFETY: codes c..min(c + 128, k) of each row exist; the prepared vectors are
+        // `padded` (a multiple of 64 >= k) long.
+        let sums = if b < whole {
+            grid_block::<R, J, true>(&tables, codes, c, x.add(c), padded, BLOCK)
+        } else {
+            grid_block::<R, J, false>(&tables, codes, c, x.add(c), padded, k - c)
+        };
+        for i in 0..R {
+            let ws = *scales[i].add(b);
+            for j in 0..J {
+                let s = _mm512_set1_ps(ws * *act_scales.add(j * col_blocks + b));
+                total[i][j] = _mm512_fmadd_ps(sums[i][j], s, total[i][j]);
+            }
+        }
+    }
+    for (i, t) in total.iter().enumerate() {
+        for (j, v) in t.iter().enumerate() {
+            *out.add(i * stride + j) = _mm512_reduce_add_ps(*v);
+        }
+    }
+}
+
+/// The block's dot products (16 f32 lanes each) of `live` (1..=128; 128 when `FULL`)
+/// codes at column `c` of the `R` rows with the `J` prepared vectors at `x + j * padded`.
+///
+/// # Safety
+/// As [`grid`].
+#[inline(always)]
+unsafe fn grid_block<const R: usize, const J: usize, const FULL: bool>(
+    t: &Tables,
+    codes: [*const u8; R],
+    c: usize,
+    x: *const u16,
+    padded: usize,
+    live: usize,
+) -> [[__m512; J]; R] {
+    let mut acc = [[_mm512_setzero_ps(); J]; R];
+    for step in 0..BLOCK / STEP {
+        let at = step * STEP;
+        if !FULL && at >= live {
+            break;
+        }
+        let mut decoded = [(_mm512_setzero_si512(), _mm512_setzero_si512()); R];
+        for (d, row) in decoded.iter_mut().zip(codes) {
+            let v = if FULL {
+                _mm512_loadu_si512(row.add(c + at).cast())
+            } else {
+                // Only the row's `live - at` codes left in the block are read.
+                let n = live - at;
+                let mask = if n >= STEP { u64::MAX } else { (1u64 << n) - 1 };
+                _mm512_maskz_loadu_epi8(mask, row.add(c + at).cast())
+            };
+            *d = decode(t, v);
+        }
+        for j in 0..J {
+            let xp = x.add(j * padded + at);
+            let xa = as_bf16(_mm512_loadu_si512(xp.cast()));
+            let xb = as_bf16(_mm512_loadu_si512(xp.add(32).cast()));
+            for (a, (wa, wb)) in acc.iter_mut().zip(&decoded) {
+                a[j] = _mm512_dpbf16_ps(a[j], as_bf16(*wa), xa);
+                a[j] = _mm512_dpbf16_ps(a[j], as_bf16(*wb), xb);
+            }
+        }
+    }
+    acc
 }
 
 /// The lookup tables in registers.

@@ -32,10 +32,51 @@ pub fn rows_times(
     act: &[f32],
     out: &mut [f32],
 ) -> bool {
+    let Some(n) = fits(w, first, rows, act, out).filter(|&n| n <= MAX_VECTORS) else {
+        return false;
+    };
+    available_paths()
+        .into_iter()
+        .flatten()
+        // SAFETY: each path was detected on this CPU; `fits` checked that rows first..first
+        // + rows of k codes, their scale rows, the n vectors of k activations and the
+        // rows * n outputs all lie inside their slices.
+        .any(|path| unsafe { run(path, w, first, rows, n, act, out) })
+}
+
+/// [`rows_times`] for any number of activation vectors (`n` >= 1; the prefill path):
+/// FP8 rows on the native bf16 dot only ([`super::dpbf16::rows_times_many`]: each
+/// decoded row chunk dotted with every vector). Returns false (nothing written) where the
+/// CPU lacks that path, it declines the activations, or the arguments do not fit; the
+/// caller then takes its general path.
+pub fn rows_times_many(
+    w: &Fp8Weights<'_>,
+    first: usize,
+    rows: usize,
+    act: &[f32],
+    out: &mut [f32],
+) -> bool {
+    let Some(n) = fits(w, first, rows, act, out) else {
+        return false;
+    };
+    #[cfg(target_arch = "x86_64")]
+    if super::dpbf16::available() {
+        // SAFETY: the path was detected on this CPU; `fits` checked that rows first..first
+        // + rows of k codes, their scale rows, the n vectors of k activations and the
+        // rows * n outputs all lie inside their slices.
+        return unsafe { super::dpbf16::rows_times_many(w, first, rows, n, act, out) };
+    }
+    false
+}
+
+/// The number of activation vectors `n` (>= 1) when the arguments make whole rows and
+/// vectors: `act` is `n` vectors of `w.cols`, `out` is `[rows, n]`, and rows
+/// `first..first + rows` and their scales exist (checked arithmetic).
+fn fits(w: &Fp8Weights<'_>, first: usize, rows: usize, act: &[f32], out: &[f32]) -> Option<usize> {
     let k = w.cols;
     let n = act.len().checked_div(k).unwrap_or(0);
-    let fits = k > 0
-        && (1..=MAX_VECTORS).contains(&n)
+    let ok = k > 0
+        && n >= 1
         && n * k == act.len()
         && rows.checked_mul(n) == Some(out.len())
         && first
@@ -44,16 +85,7 @@ pub fn rows_times(
             .is_some_and(|end| end <= w.codes.len())
         && w.rows > 0
         && scales_cover(w, first, rows);
-    if !fits {
-        return false;
-    }
-    available_paths()
-        .into_iter()
-        .flatten()
-        // SAFETY: each path was detected on this CPU; `fits` checked that rows first..first
-        // + rows of k codes, their scale rows, the n vectors of k activations and the
-        // rows * n outputs all lie inside their slices.
-        .any(|path| unsafe { run(path, w, first, rows, n, act, out) })
+    ok.then_some(n)
 }
 
 /// An in-register decode path.
@@ -336,11 +368,11 @@ mod tests {
             .sum()
     }
 
-    #[test]
-    fn fused_rows_match_the_dequantized_dot_products_with_partial_blocks_and_nan_codes() {
-        // E 2, R 130 (a partial row block), C 300 (two full 128-blocks, a partial one, and
-        // a partial 64-step), every code but NaN in play, -0.0 (0x80) and +-448 (0x7E,
-        // 0xFE) included.
+    /// E 2, R 130 (a partial row block), C 300 (two full 128-blocks, a partial one, and a
+    /// partial 64-step): codes with every value but NaN in play, -0.0 (0x80) and +-448
+    /// (0x7E, 0xFE) included, and one NaN code in row 5 and one in row 140 (expert 1);
+    /// scales `[2, 2, 3]`.
+    fn test_weights() -> ((usize, usize, usize), Vec<u8>, Vec<f32>) {
         let (e, r, c) = (2, 130, 300);
         let mut codes: Vec<u8> = (0..e * r * c).map(|i| (i * 37 % 256) as u8).collect();
         for b in codes.iter_mut() {
@@ -348,12 +380,66 @@ mod tests {
                 *b = 0x80;
             }
         }
-        // One NaN code in row 5 and one in row 140 (expert 1): those rows' results are NaN.
         codes[5 * c + 77] = 0xFF;
         codes[140 * c + 299] = 0x7F;
         let scales: Vec<f32> = (0..e * 2 * 3)
             .map(|i| 2f32.powi(-(i as i32) % 7) * 0.37)
             .collect();
+        ((e, r, c), codes, scales)
+    }
+
+    /// `n` activation vectors of `c`: bf16 values (`"bf16"`: bf16 tokens),
+    /// `fp8_block128`-quantized ones with f32 scales (`"quantized"`), or plain f32 ones.
+    fn test_act(kind: &str, n: usize, c: usize) -> Vec<f32> {
+        let mut act: Vec<f32> = (0..n * c)
+            .map(|i| {
+                let v = ((i * 7 % 23) as f32 - 11.0) * 0.013 * (1 + i / c) as f32;
+                if kind == "bf16" {
+                    f32::from_bits(v.to_bits() & 0xFFFF_0000)
+                } else {
+                    v
+                }
+            })
+            .collect();
+        if kind == "quantized" {
+            for vector in act.chunks_mut(c) {
+                quantize_activation_row(vector, ScaleMode::F32);
+            }
+        }
+        act
+    }
+
+    /// Checks `out` (`[rows, n]` from row `first`) against [`reference`]: within 1e-6 of
+    /// the sum of the products' magnitudes; NaN for the rows holding a NaN code.
+    fn check_out(w: &Fp8Weights<'_>, first: usize, act: &[f32], out: &[f32], what: &str) {
+        let c = w.cols;
+        let n = act.len() / c;
+        for i in 0..out.len() / n {
+            let row = first + i;
+            for j in 0..n {
+                let got = out[i * n + j];
+                if row == 5 || row == 140 {
+                    assert!(got.is_nan(), "{what}: row {row} holds a NaN code");
+                    continue;
+                }
+                let want = reference(w, row, &act[j * c..(j + 1) * c]);
+                let mag: f64 = (0..c)
+                    .map(|cc| {
+                        (e4m3_decode(w.codes[row * c + cc]) as f64 * act[j * c + cc] as f64).abs()
+                    })
+                    .sum::<f64>()
+                    * 0.37;
+                assert!(
+                    (got as f64 - want).abs() <= 1e-6 * mag.max(1e-30),
+                    "{what} row {row} vector {j}: {got} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn fused_rows_match_the_dequantized_dot_products_with_partial_blocks_and_nan_codes() {
+        let ((_, r, c), codes, scales) = test_weights();
         let w = Fp8Weights {
             codes: &codes,
             scales: &scales,
@@ -366,21 +452,7 @@ mod tests {
             // plain f32 ones.
             for kind in ["bf16", "quantized", "f32"] {
                 for n in 1..=MAX_VECTORS {
-                    let mut act: Vec<f32> = (0..n * c)
-                        .map(|i| {
-                            let v = ((i * 7 % 23) as f32 - 11.0) * 0.013;
-                            if kind == "bf16" {
-                                f32::from_bits(v.to_bits() & 0xFFFF_0000)
-                            } else {
-                                v
-                            }
-                        })
-                        .collect();
-                    if kind == "quantized" {
-                        for vector in act.chunks_mut(c) {
-                            quantize_activation_row(vector, ScaleMode::F32);
-                        }
-                    }
+                    let act = test_act(kind, n, c);
                     let (first, rows) = (3, 2 * r - 6); // crosses the expert boundary
                     let mut out = vec![0.0; rows * n];
                     // SAFETY: the path is available; the arguments fit.
@@ -392,29 +464,7 @@ mod tests {
                         continue;
                     }
                     ran += 1;
-                    for i in 0..rows {
-                        for j in 0..n {
-                            let got = out[i * n + j];
-                            if first + i == 5 || first + i == 140 {
-                                assert!(got.is_nan(), "row {} holds a NaN code", first + i);
-                                continue;
-                            }
-                            let want = reference(&w, first + i, &act[j * c..(j + 1) * c]);
-                            let mag: f64 = (0..c)
-                                .map(|cc| {
-                                    (e4m3_decode(codes[(first + i) * c + cc]) as f64
-                                        * act[j * c + cc] as f64)
-                                        .abs()
-                                })
-                                .sum::<f64>()
-                                * 0.37;
-                            assert!(
-                                (got as f64 - want).abs() <= 1e-6 * mag.max(1e-30),
-                                "{path:?} row {} vector {j}: {got} vs {want}",
-                                first + i
-                            );
-                        }
-                    }
+                    check_out(&w, first, &act, &out, &format!("{path:?} {kind} n {n}"));
                 }
             }
         }
@@ -425,6 +475,51 @@ mod tests {
             .map(|p| if format!("{p:?}") == "Bf16Dot" { 8 } else { 12 })
             .sum();
         assert_eq!(ran, want);
+    }
+
+    #[test]
+    fn many_vectors_match_the_dequantized_dot_products_at_odd_shapes() {
+        // n 1..=9: groups of 1..=4 vectors, near-equal (9 = 3 + 3 + 3); an odd row count
+        // (the last row alone) whose pairs cross the expert boundary (rows 129 and 130).
+        let ((_, r, c), codes, scales) = test_weights();
+        let w = Fp8Weights {
+            codes: &codes,
+            scales: &scales,
+            rows: r,
+            cols: c,
+        };
+        let (first, rows) = (3, 2 * r - 7);
+        for kind in ["bf16", "quantized", "f32"] {
+            for n in 1..=9 {
+                let act = test_act(kind, n, c);
+                let mut out = vec![0.0; rows * n];
+                if !rows_times_many(&w, first, rows, &act, &mut out) {
+                    // Declined: no bf16 dot on this CPU, or plain f32 activations.
+                    assert!(kind == "f32" || available_paths()[0].is_none());
+                    assert!(out.iter().all(|&v| v == 0.0), "nothing written");
+                    continue;
+                }
+                assert_ne!(kind, "f32", "plain f32 activations are declined");
+                check_out(&w, first, &act, &out, &format!("{kind} n {n}"));
+            }
+        }
+        // Arguments that do not fit: declined untouched.
+        let mut out = vec![7.0; 2 * 5];
+        assert!(!rows_times_many(
+            &w,
+            2 * r - 1,
+            2,
+            &test_act("bf16", 5, c),
+            &mut out
+        ));
+        assert!(!rows_times_many(
+            &w,
+            0,
+            2,
+            &test_act("bf16", 5, c)[1..],
+            &mut out
+        ));
+        assert_eq!(out, vec![7.0; 10]);
     }
 
     #[test]
