@@ -1,8 +1,9 @@
 //! `dsa_indexer_topk` on the CPU: DeepSeek-V3.2's lightning indexer. For each query, every
 //! attended cache position gets `score(p) = sum_h w[h] * max(0, q[h] . k_p)` in f32 (chunks
 //! of K rows gathered through the block table, one GEMM `[n, Di] x [Di, Hi]` each, chunks in
-//! parallel); the `top_k` best are found by partial selection (O(L + k log k)) and written
-//! as flat cache slots in descending score, -1 / -inf past the attended positions.
+//! parallel; BF16 inputs on a CPU with the native bf16 dot: [`bf16`]'s kernel, key rows
+//! read in place); the `top_k` best are found by partial selection (O(L + k log k)) and
+//! written as flat cache slots in descending score, -1 / -inf past the attended positions.
 
 use crate::gemm_util::{matmul, MatRef};
 use crate::storage::{f32_slice, float_slice, i32_slice, zeroed, FloatSlice};
@@ -11,6 +12,9 @@ use moemla_core::indices::check_indexer_indices;
 use moemla_core::Result;
 use rayon::prelude::*;
 use std::cmp::Ordering;
+
+#[cfg(target_arch = "x86_64")]
+mod bf16;
 
 const CALL: &str = "dsa_indexer_topk";
 
@@ -93,10 +97,29 @@ fn score_row(
     len: usize,
 ) -> Result<Vec<f32>> {
     let (h_i, d_i) = (call.h_i, call.d_i);
-    let mut q = zeroed::<f32>(&[h_i, d_i], "cpu dsa_indexer_topk query")?;
-    inputs.q.read_f32(r * h_i * d_i, &mut q);
     let w = &inputs.weights[r * h_i..(r + 1) * h_i];
     let mut scores = zeroed::<f32>(&[len], "cpu dsa_indexer_topk scores")?;
+    #[cfg(target_arch = "x86_64")]
+    if let (FloatSlice::BF16(q), FloatSlice::BF16(k), true) =
+        (inputs.q, inputs.k, crate::bf16dot::native())
+    {
+        let query = bf16::Query::new(&q[r * h_i * d_i..(r + 1) * h_i * d_i], w, h_i, d_i)?;
+        scores.par_chunks_mut(CHUNK).enumerate().for_each_init(
+            Vec::new,
+            |keys: &mut Vec<&[half::bf16]>, (c, out)| {
+                keys.clear();
+                // Slots checked by the caller: each key row lies inside the cache.
+                keys.extend((0..out.len()).map(|j| {
+                    let slot = slot_of(call, inputs.table, b, c * CHUNK + j);
+                    &k[slot * d_i..(slot + 1) * d_i]
+                }));
+                bf16::scores(&query, keys, out);
+            },
+        );
+        return Ok(scores);
+    }
+    let mut q = zeroed::<f32>(&[h_i, d_i], "cpu dsa_indexer_topk query")?;
+    inputs.q.read_f32(r * h_i * d_i, &mut q);
     scores.par_chunks_mut(CHUNK).enumerate().try_for_each_init(
         || (Vec::new(), Vec::new()),
         |(keys, dots): &mut (Vec<f32>, Vec<f32>), (c, out)| {
