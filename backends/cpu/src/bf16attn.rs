@@ -330,130 +330,46 @@ impl pulp::WithSimd for Exact<'_> {
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86 {
-    use crate::bf16dot::x86::load;
+    use crate::f32attn::x86::{pv, qk, Lanes};
     use half::bf16;
     use std::arch::x86_64::*;
 
-    /// Rows of `p` per register tile of `P V`.
-    const MR: usize = 4;
-    /// 16-column vectors per register tile of `P V`.
-    const NV: usize = 4;
-    /// Query rows and cache rows per register tile of `Q K^T` (4 x 4 sums: one vector).
-    const QT: usize = 4;
+    /// Bf16 values, multiplied in adjacent pairs by `VDPBF16PS`; a unit of `P V` is a
+    /// pair of probabilities (or of value columns), one u32.
+    impl Lanes for bf16 {
+        const STEP: usize = 32;
+        type V = __m512bh;
+        type Unit = u32;
+        #[inline(always)]
+        unsafe fn load(p: *const bf16, live: usize) -> __m512bh {
+            crate::bf16dot::x86::load(p.cast(), live)
+        }
+        #[inline(always)]
+        unsafe fn madd(acc: __m512, a: __m512bh, b: __m512bh) -> __m512 {
+            _mm512_dpbf16_ps(acc, a, b)
+        }
+        #[inline(always)]
+        unsafe fn splat(p: *const u32) -> __m512bh {
+            let a = _mm512_set1_epi32(p.read_unaligned() as i32);
+            // SAFETY: both are plain 512-bit vectors (32 x 16 bits).
+            std::mem::transmute::<__m512i, __m512bh>(a)
+        }
+        #[inline(always)]
+        unsafe fn load16(p: *const u32) -> __m512bh {
+            // SAFETY: both are plain 512-bit vectors (32 x 16 bits).
+            std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(p.cast()))
+        }
+    }
 
-    /// See [`super::gemm_qk`]: 4 x 4 register tiles of 32-wide `VDPBF16PS` steps (the last
-    /// step of a row masked), the 16 sums of a tile reduced together; cache-row tiles
-    /// outermost so a tile's rows stay in L1 across all query rows.
+    /// See [`super::gemm_qk`]: `VDPBF16PS` steps of 32 in the shared tiles
+    /// ([`crate::f32attn::x86::qk`]).
     ///
     /// # Safety
     /// AVX-512F, AVX-512BW and AVX512-BF16 must be available; `q` holds `m * k`
     /// elements, every row at least `k`, `out` `m * rows.len()`.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub unsafe fn gemm_qk(q: &[bf16], (m, k): (usize, usize), rows: &[&[bf16]], out: &mut [f32]) {
-        let n = rows.len();
-        let (q, o) = (q.as_ptr().cast::<u16>(), out.as_mut_ptr());
-        let mut c = 0;
-        while c < n {
-            let nc = (n - c).min(QT);
-            let mut bp = [rows[c].as_ptr().cast::<u16>(); QT];
-            for (j, p) in bp.iter_mut().enumerate().take(nc) {
-                *p = rows[c + j].as_ptr().cast();
-            }
-            let mut r = 0;
-            while r < m {
-                let mr = (m - r).min(QT);
-                // SAFETY (all): rows r..r + mr of q exist (mr clipped to m); the first nc
-                // row pointers are rows c..c + nc, each k long; out[(r + i) * n + c + j]
-                // for i < mr, j < nc lies inside the m * n elements.
-                let (ap, op) = (q.add(r * k), o.add(r * n + c));
-                if (mr, nc) == (QT, QT) {
-                    qk_tile4(ap, bp, k, op, n);
-                } else {
-                    for i in 0..mr {
-                        for (j, &b) in bp.iter().enumerate().take(nc) {
-                            *op.add(i * n + j) = dot(ap.add(i * k), b, k);
-                        }
-                    }
-                }
-                r += mr;
-            }
-            c += nc;
-        }
-    }
-
-    /// `a . b` over `k` elements.
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    unsafe fn dot(a: *const u16, b: *const u16, k: usize) -> f32 {
-        let mut acc = _mm512_setzero_ps();
-        let mut off = 0;
-        while off < k {
-            let live = (k - off).min(32);
-            acc = _mm512_dpbf16_ps(acc, load(a.add(off), live), load(b.add(off), live));
-            off += live;
-        }
-        _mm512_reduce_add_ps(acc)
-    }
-
-    /// `out[i * ldo + j] = a_i . b_j` for 4 rows of `a` (stride `k`) and the 4 rows `b`.
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    unsafe fn qk_tile4(a: *const u16, b: [*const u16; QT], k: usize, out: *mut f32, ldo: usize) {
-        let mut acc = [_mm512_setzero_ps(); QT * QT];
-        let mut off = 0;
-        while off < k {
-            let live = (k - off).min(32);
-            let bv = b.map(|p| load(p.add(off), live));
-            for i in 0..QT {
-                let av = load(a.add(i * k + off), live);
-                for (j, &bj) in bv.iter().enumerate() {
-                    acc[i * QT + j] = _mm512_dpbf16_ps(acc[i * QT + j], av, bj);
-                }
-            }
-            off += live;
-        }
-        let sums = hsum16(&acc);
-        for i in 0..QT {
-            let lanes = match i {
-                0 => _mm512_extractf32x4_ps::<0>(sums),
-                1 => _mm512_extractf32x4_ps::<1>(sums),
-                2 => _mm512_extractf32x4_ps::<2>(sums),
-                _ => _mm512_extractf32x4_ps::<3>(sums),
-            };
-            _mm_storeu_ps(out.add(i * ldo), lanes);
-        }
-    }
-
-    /// Lane `l` of the result is the sum of the 16 lanes of `v[l]` (a transposing
-    /// reduction: 45 operations for all 16 instead of 16 separate reductions).
-    #[target_feature(enable = "avx512f")]
-    pub(crate) unsafe fn hsum16(v: &[__m512; 16]) -> __m512 {
-        // Per 128-bit lane, [x0 + x2, y0 + y2, x1 + x3, y1 + y3] for each pair (x, y).
-        let mut w = [_mm512_setzero_ps(); 8];
-        for (i, w) in w.iter_mut().enumerate() {
-            let (x, y) = (v[2 * i], v[2 * i + 1]);
-            *w = _mm512_add_ps(_mm512_unpacklo_ps(x, y), _mm512_unpackhi_ps(x, y));
-        }
-        // Per 128-bit lane, the partial sums of four inputs in order.
-        let mut u = [_mm512_setzero_ps(); 4];
-        for (i, u) in u.iter_mut().enumerate() {
-            let (x, y) = (w[2 * i], w[2 * i + 1]);
-            *u = _mm512_add_ps(
-                _mm512_shuffle_ps::<0b01_00_01_00>(x, y),
-                _mm512_shuffle_ps::<0b11_10_11_10>(x, y),
-            );
-        }
-        // Combine 128-bit lanes: [x0 + x1, x2 + x3, y0 + y1, y2 + y3].
-        let mut t = [_mm512_setzero_ps(); 2];
-        for (i, t) in t.iter_mut().enumerate() {
-            let (x, y) = (u[2 * i], u[2 * i + 1]);
-            *t = _mm512_add_ps(
-                _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y),
-                _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y),
-            );
-        }
-        _mm512_add_ps(
-            _mm512_shuffle_f32x4::<0b10_00_10_00>(t[0], t[1]),
-            _mm512_shuffle_f32x4::<0b11_01_11_01>(t[0], t[1]),
-        )
+    pub unsafe fn gemm_qk(q: &[bf16], mk: (usize, usize), rows: &[&[bf16]], out: &mut [f32]) {
+        qk(q, mk, rows, out);
     }
 
     /// Rounds the leading multiple of 16 of `src` to bf16 into `dst` (nearest even;
@@ -497,9 +413,9 @@ pub(crate) mod x86 {
         wide
     }
 
-    /// See [`super::gemm_pv`], columns `0..wide` (`wide` a multiple of 16, <= d): register
-    /// tiles of `MR` rows x `NV` vectors, column tiles outermost so a tile's packed values
-    /// stay in L1 across all rows.
+    /// See [`super::gemm_pv`], columns `0..wide` (`wide` a multiple of 16, <= d): the
+    /// shared tiles ([`crate::f32attn::x86::pv`]) over position pairs, each step one pair
+    /// slice of `packed` against one probability pair per row.
     ///
     /// # Safety
     /// AVX-512F, AVX-512BW and AVX512-BF16 must be available; `p` holds `m * 2 * pairs`,
@@ -511,78 +427,16 @@ pub(crate) mod x86 {
         (m, pairs, d, wide): (usize, usize, usize, usize),
         acc: &mut [f32],
     ) {
-        let (p, v, o) = (
-            p.as_ptr().cast::<u32>(),
-            packed.as_ptr().cast::<u32>(),
-            acc.as_mut_ptr(),
+        let v = packed.as_ptr().cast::<u32>();
+        // SAFETY: pair slice t of packed is d u32 from v + t * d (t < pairs); p holds m
+        // rows of pairs u32.
+        pv::<bf16>(
+            p.as_ptr().cast(),
+            (m, pairs),
+            |t| v.add(t * d),
+            (d, wide),
+            acc,
         );
-        let mut c = 0;
-        while c < wide {
-            let nv = ((wide - c) / 16).min(NV);
-            let mut r = 0;
-            while r < m {
-                let mr = (m - r).min(MR);
-                // SAFETY (all three): rows r..r + mr of p and acc exist (mr clipped to m),
-                // and columns c..c + 16 nv lie below wide <= d in acc and in every pair
-                // slice of packed (d pairs each, read as one u32 per column).
-                let (pp, vp, op) = (p.add(r * pairs), v.add(c), o.add(r * d + c));
-                let g = (pp, vp, op, pairs, d);
-                match (mr, nv) {
-                    (MR, NV) => tile::<MR, NV>(g),
-                    (MR, 3) => tile::<MR, 3>(g),
-                    (MR, 2) => tile::<MR, 2>(g),
-                    (MR, _) => tile::<MR, 1>(g),
-                    (_, _) => {
-                        for i in 0..mr {
-                            let g = (pp.add(i * pairs), vp, op.add(i * d), pairs, d);
-                            match nv {
-                                NV => tile::<1, NV>(g),
-                                3 => tile::<1, 3>(g),
-                                2 => tile::<1, 2>(g),
-                                _ => tile::<1, 1>(g),
-                            }
-                        }
-                    }
-                }
-                r += mr;
-            }
-            c += 16 * nv;
-        }
-    }
-
-    /// `R` rows x `C` vectors of `acc` (row stride `d` f32) += the pair products over all
-    /// `pairs` position pairs: `p` rows of `pairs` u32 (bf16 pairs), `v` pair slices of
-    /// `d` u32.
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    unsafe fn tile<const R: usize, const C: usize>(
-        (p, v, o, pairs, d): (*const u32, *const u32, *mut f32, usize, usize),
-    ) {
-        let mut acc = [[_mm512_setzero_ps(); C]; R];
-        for (i, row) in acc.iter_mut().enumerate() {
-            for (j, a) in row.iter_mut().enumerate() {
-                *a = _mm512_loadu_ps(o.add(i * d + 16 * j));
-            }
-        }
-        for t in 0..pairs {
-            let mut bv = [_mm512_setzero_si512(); C];
-            for (j, b) in bv.iter_mut().enumerate() {
-                *b = _mm512_loadu_si512(v.add(t * d + 16 * j).cast());
-            }
-            for (i, row) in acc.iter_mut().enumerate() {
-                let a = _mm512_set1_epi32(p.add(i * pairs + t).read_unaligned() as i32);
-                // SAFETY: both are plain 512-bit vectors (32 x 16 bits).
-                let a = std::mem::transmute::<__m512i, __m512bh>(a);
-                for (s, &b) in row.iter_mut().zip(&bv) {
-                    let b = std::mem::transmute::<__m512i, __m512bh>(b);
-                    *s = _mm512_dpbf16_ps(*s, a, b);
-                }
-            }
-        }
-        for (i, row) in acc.iter().enumerate() {
-            for (j, &a) in row.iter().enumerate() {
-                _mm512_storeu_ps(o.add(i * d + 16 * j), a);
-            }
-        }
     }
 }
 
@@ -615,7 +469,8 @@ mod tests {
     #[test]
     fn scores_match_an_f64_reference_at_odd_and_tail_shapes() {
         // (m, n, k): below one step, odd, whole 4 x 4 tiles, every remainder, the
-        // DeepSeek width and one past it. Rows are read from a wider matrix.
+        // DeepSeek width (with a tail tile of prefetched rows and more query tiles than
+        // rows to prefetch) and one past it. Rows are read from a wider matrix.
         for native in paths() {
             for (m, n, k) in [
                 (1, 1, 1),
@@ -623,6 +478,7 @@ mod tests {
                 (4, 4, 32),
                 (5, 9, 33),
                 (16, 130, 576),
+                (33, 67, 576),
                 (9, 7, 577),
             ] {
                 let stride = k + 5;

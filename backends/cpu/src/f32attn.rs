@@ -147,8 +147,11 @@ pub(crate) fn device(call: &str, message: String) -> Error {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
-    use crate::bf16attn::x86::hsum16;
+pub(crate) mod x86 {
+    //! The AVX-512 kernels of both products, generic over the element type ([`Lanes`]:
+    //! f32 here, bf16 pairs in [`crate::bf16attn`]). The generic bodies are inlined into
+    //! each element type's entry point, which enables that type's instructions.
+
     use std::arch::x86_64::*;
 
     /// Query rows and cache rows per register tile of `Q K^T` (4 x 4 sums: one vector).
@@ -157,96 +160,78 @@ mod x86 {
     const MR: usize = 4;
     /// 16-column vectors per register tile of `P V`.
     const NV: usize = 4;
+    /// How many tiles of `QT` cache rows ahead `Q K^T` prefetches.
+    const AHEAD: usize = 1;
 
-    /// 16 f32 from `p`, of which the first `live` (<= 16) are loaded and the rest zero.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn load(p: *const f32, live: usize) -> __m512 {
-        if live >= 16 {
+    /// An element type of the kernels: how one 512-bit step of it is loaded and
+    /// multiplied into 16 f32 sums.
+    pub(crate) trait Lanes: Copy {
+        /// Elements per step of `Q K^T` (one 512-bit vector).
+        const STEP: usize;
+        /// A vector of `STEP` elements.
+        type V: Copy;
+        /// What one step of `P V` broadcasts from `p` (one probability, or a pair), and one
+        /// column of a value step.
+        type Unit: Copy;
+        /// `STEP` elements from `p`, the first `live` (<= `STEP`) loaded, the rest zero
+        /// (neither read nor faulted on).
+        ///
+        /// # Safety
+        /// The caller enables the type's instructions; `live` elements at `p` exist.
+        unsafe fn load(p: *const Self, live: usize) -> Self::V;
+        /// `acc` plus the products of `a` and `b` (summed in adjacent pairs for bf16).
+        ///
+        /// # Safety
+        /// The caller enables the type's instructions.
+        unsafe fn madd(acc: __m512, a: Self::V, b: Self::V) -> __m512;
+        /// The unit at `p` in every position.
+        ///
+        /// # Safety
+        /// The caller enables the type's instructions; the unit at `p` exists.
+        unsafe fn splat(p: *const Self::Unit) -> Self::V;
+        /// 16 units from `p`.
+        ///
+        /// # Safety
+        /// The caller enables the type's instructions; 16 units at `p` exist.
+        unsafe fn load16(p: *const Self::Unit) -> Self::V;
+    }
+
+    impl Lanes for f32 {
+        const STEP: usize = 16;
+        type V = __m512;
+        type Unit = f32;
+        #[inline(always)]
+        unsafe fn load(p: *const f32, live: usize) -> __m512 {
+            if live >= 16 {
+                _mm512_loadu_ps(p)
+            } else {
+                _mm512_maskz_loadu_ps((1u16 << live) - 1, p)
+            }
+        }
+        #[inline(always)]
+        unsafe fn madd(acc: __m512, a: __m512, b: __m512) -> __m512 {
+            _mm512_fmadd_ps(a, b, acc)
+        }
+        #[inline(always)]
+        unsafe fn splat(p: *const f32) -> __m512 {
+            _mm512_set1_ps(p.read())
+        }
+        #[inline(always)]
+        unsafe fn load16(p: *const f32) -> __m512 {
             _mm512_loadu_ps(p)
-        } else {
-            // Masked-off elements are neither read nor faulted on.
-            _mm512_maskz_loadu_ps((1u16 << live) - 1, p)
         }
     }
 
-    /// See [`super::gemm_qk`]: 4 x 4 register tiles of 16-wide FMA steps (the last step of
-    /// a row masked), the 16 sums of a tile reduced together; cache-row tiles outermost.
+    /// See [`super::gemm_qk`].
     ///
     /// # Safety
-    /// AVX-512F must be available; `q` holds `m * k` elements, every row at least `k`,
-    /// `out` `m * rows.len()`.
+    /// AVX-512F must be available; as [`qk`].
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn gemm_qk(q: &[f32], (m, k): (usize, usize), rows: &[&[f32]], out: &mut [f32]) {
-        let n = rows.len();
-        let (q, o) = (q.as_ptr(), out.as_mut_ptr());
-        let mut c = 0;
-        while c < n {
-            let nc = (n - c).min(QT);
-            let mut bp = [rows[c].as_ptr(); QT];
-            for (j, p) in bp.iter_mut().enumerate().take(nc) {
-                *p = rows[c + j].as_ptr();
-            }
-            let mut r = 0;
-            while r < m {
-                let mr = (m - r).min(QT);
-                // SAFETY (all): rows r..r + mr of q exist (mr clipped to m); the first nc
-                // row pointers are rows c..c + nc, each k long; out[(r + i) * n + c + j]
-                // for i < mr, j < nc lies inside the m * n elements.
-                let (ap, op) = (q.add(r * k), o.add(r * n + c));
-                if (mr, nc) == (QT, QT) {
-                    qk_tile4(ap, bp, k, op, n);
-                } else {
-                    for i in 0..mr {
-                        for (j, &b) in bp.iter().enumerate().take(nc) {
-                            *op.add(i * n + j) = dot(ap.add(i * k), b, k);
-                        }
-                    }
-                }
-                r += mr;
-            }
-            c += nc;
-        }
+    pub unsafe fn gemm_qk(q: &[f32], mk: (usize, usize), rows: &[&[f32]], out: &mut [f32]) {
+        qk(q, mk, rows, out);
     }
 
-    /// `a . b` over `k` elements.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn dot(a: *const f32, b: *const f32, k: usize) -> f32 {
-        let mut acc = _mm512_setzero_ps();
-        let mut off = 0;
-        while off < k {
-            let live = (k - off).min(16);
-            acc = _mm512_fmadd_ps(load(a.add(off), live), load(b.add(off), live), acc);
-            off += live;
-        }
-        _mm512_reduce_add_ps(acc)
-    }
-
-    /// `out[i * ldo + j] = a_i . b_j` for 4 rows of `a` (stride `k`) and the 4 rows `b`.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn qk_tile4(a: *const f32, b: [*const f32; QT], k: usize, out: *mut f32, ldo: usize) {
-        let mut acc = [_mm512_setzero_ps(); QT * QT];
-        let mut off = 0;
-        while off < k {
-            let live = (k - off).min(16);
-            let bv = b.map(|p| load(p.add(off), live));
-            for i in 0..QT {
-                let av = load(a.add(i * k + off), live);
-                for (j, &bj) in bv.iter().enumerate() {
-                    acc[i * QT + j] = _mm512_fmadd_ps(av, bj, acc[i * QT + j]);
-                }
-            }
-            off += live;
-        }
-        let sums = hsum16(&acc);
-        _mm_storeu_ps(out, _mm512_extractf32x4_ps::<0>(sums));
-        _mm_storeu_ps(out.add(ldo), _mm512_extractf32x4_ps::<1>(sums));
-        _mm_storeu_ps(out.add(2 * ldo), _mm512_extractf32x4_ps::<2>(sums));
-        _mm_storeu_ps(out.add(3 * ldo), _mm512_extractf32x4_ps::<3>(sums));
-    }
-
-    /// See [`super::gemm_pv`], columns `0..wide` (`wide` a multiple of 16, <= d): register
-    /// tiles of `MR` rows x `NV` vectors, column tiles outermost so a tile's V columns
-    /// stay in L1 across all rows.
+    /// See [`super::gemm_pv`], columns `0..wide` (`wide` a multiple of 16, <= d).
     ///
     /// # Safety
     /// AVX-512F must be available; `p` holds `m * rows.len()` elements, every row at
@@ -259,7 +244,167 @@ mod x86 {
         acc: &mut [f32],
     ) {
         let n = rows.len();
-        let (p, o) = (p.as_ptr(), acc.as_mut_ptr());
+        // SAFETY: row t of the values is rows[t], at least d (>= wide) long; p holds m
+        // rows of n.
+        pv::<f32>(p.as_ptr(), (m, n), |t| rows[t].as_ptr(), (d, wide), acc);
+    }
+
+    /// `out[r * n + j] = q_r . rows_j` ([m, k] by `n` rows, `n = rows.len()`): 4 x 4
+    /// register tiles of `E::STEP`-wide steps (the last step of a row masked), the 16 sums
+    /// of a tile reduced together; cache-row tiles outermost so a tile's rows stay in L1
+    /// across all query rows, the rows `AHEAD` tiles on prefetched meanwhile (spread over
+    /// the query-row tiles, one line per step).
+    ///
+    /// # Safety
+    /// The caller enables `E`'s instructions; `q` holds `m * k` elements, every row at
+    /// least `k`, `out` `m * rows.len()`.
+    #[inline(always)]
+    pub(crate) unsafe fn qk<E: Lanes>(
+        q: &[E],
+        (m, k): (usize, usize),
+        rows: &[&[E]],
+        out: &mut [f32],
+    ) {
+        let n = rows.len();
+        let (q, o) = (q.as_ptr(), out.as_mut_ptr());
+        let mut c = 0;
+        while c < n {
+            let nc = (n - c).min(QT);
+            let mut bp = [rows[c].as_ptr(); QT];
+            for (j, p) in bp.iter_mut().enumerate().take(nc) {
+                *p = rows[c + j].as_ptr();
+            }
+            // The rows to prefetch, `per` of them in each whole tile of query rows.
+            let ahead = (c + QT * AHEAD).min(n);
+            let np = (n - ahead).min(QT);
+            let mut pf = [rows[c].as_ptr(); QT];
+            for (j, p) in pf.iter_mut().enumerate().take(np) {
+                *p = rows[ahead + j].as_ptr();
+            }
+            let per = np.div_ceil((m / QT).max(1));
+            let mut r = 0;
+            while r < m {
+                let mr = (m - r).min(QT);
+                // SAFETY (all): rows r..r + mr of q exist (mr clipped to m); the first nc
+                // row pointers are rows c..c + nc, each k long, as are the first np of
+                // pf; out[(r + i) * n + c + j] for i < mr, j < nc lies inside the m * n
+                // elements.
+                let (ap, op) = (q.add(r * k), o.add(r * n + c));
+                if (mr, nc) == (QT, QT) {
+                    let t = r / QT;
+                    let pfs = &pf[(t * per).min(np)..((t + 1) * per).min(np)];
+                    qk_tile4::<E>(ap, bp, pfs, k, op, n);
+                } else {
+                    for i in 0..mr {
+                        for (j, &b) in bp.iter().enumerate().take(nc) {
+                            *op.add(i * n + j) = dot::<E>(ap.add(i * k), b, k);
+                        }
+                    }
+                }
+                r += mr;
+            }
+            c += nc;
+        }
+    }
+
+    /// `a . b` over `k` elements.
+    #[inline(always)]
+    unsafe fn dot<E: Lanes>(a: *const E, b: *const E, k: usize) -> f32 {
+        let mut acc = _mm512_setzero_ps();
+        let mut off = 0;
+        while off < k {
+            let live = (k - off).min(E::STEP);
+            acc = E::madd(acc, E::load(a.add(off), live), E::load(b.add(off), live));
+            off += live;
+        }
+        _mm512_reduce_add_ps(acc)
+    }
+
+    /// `out[i * ldo + j] = a_i . b_j` for 4 rows of `a` (stride `k`) and the 4 rows `b`,
+    /// one line of each row in `pf` (`k` long) prefetched per step.
+    #[inline(always)]
+    unsafe fn qk_tile4<E: Lanes>(
+        a: *const E,
+        b: [*const E; QT],
+        pf: &[*const E],
+        k: usize,
+        out: *mut f32,
+        ldo: usize,
+    ) {
+        let mut acc = [_mm512_setzero_ps(); QT * QT];
+        let mut off = 0;
+        while off < k {
+            let live = (k - off).min(E::STEP);
+            for &p in pf {
+                _mm_prefetch::<_MM_HINT_T0>(p.add(off).cast());
+            }
+            let bv = b.map(|p| E::load(p.add(off), live));
+            for i in 0..QT {
+                let av = E::load(a.add(i * k + off), live);
+                for (j, &bj) in bv.iter().enumerate() {
+                    acc[i * QT + j] = E::madd(acc[i * QT + j], av, bj);
+                }
+            }
+            off += live;
+        }
+        let sums = hsum16(&acc);
+        _mm_storeu_ps(out, _mm512_extractf32x4_ps::<0>(sums));
+        _mm_storeu_ps(out.add(ldo), _mm512_extractf32x4_ps::<1>(sums));
+        _mm_storeu_ps(out.add(2 * ldo), _mm512_extractf32x4_ps::<2>(sums));
+        _mm_storeu_ps(out.add(3 * ldo), _mm512_extractf32x4_ps::<3>(sums));
+    }
+
+    /// Lane `l` of the result is the sum of the 16 lanes of `v[l]` (a transposing
+    /// reduction: 45 operations for all 16 instead of 16 separate reductions).
+    #[inline(always)]
+    unsafe fn hsum16(v: &[__m512; 16]) -> __m512 {
+        // Per 128-bit lane, [x0 + x2, y0 + y2, x1 + x3, y1 + y3] for each pair (x, y).
+        let mut w = [_mm512_setzero_ps(); 8];
+        for (i, w) in w.iter_mut().enumerate() {
+            let (x, y) = (v[2 * i], v[2 * i + 1]);
+            *w = _mm512_add_ps(_mm512_unpacklo_ps(x, y), _mm512_unpackhi_ps(x, y));
+        }
+        // Per 128-bit lane, the partial sums of four inputs in order.
+        let mut u = [_mm512_setzero_ps(); 4];
+        for (i, u) in u.iter_mut().enumerate() {
+            let (x, y) = (w[2 * i], w[2 * i + 1]);
+            *u = _mm512_add_ps(
+                _mm512_shuffle_ps::<0b01_00_01_00>(x, y),
+                _mm512_shuffle_ps::<0b11_10_11_10>(x, y),
+            );
+        }
+        // Combine 128-bit lanes: [x0 + x1, x2 + x3, y0 + y1, y2 + y3].
+        let mut t = [_mm512_setzero_ps(); 2];
+        for (i, t) in t.iter_mut().enumerate() {
+            let (x, y) = (u[2 * i], u[2 * i + 1]);
+            *t = _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y),
+                _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y),
+            );
+        }
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(t[0], t[1]),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(t[0], t[1]),
+        )
+    }
+
+    /// `acc[r * d + c] += sum_t p(r, t) * v(t)[c]` over `steps` steps, columns `0..wide`
+    /// (`wide` a multiple of 16, <= d): `p` rows of `steps` units, the value step `t`
+    /// at `v(t)` (`wide` units). Register tiles of `MR` rows x `NV` vectors, column tiles
+    /// outermost so a tile's value columns stay in L1 across all rows.
+    ///
+    /// # Safety
+    /// The caller enables `E`'s instructions; `p` holds `m * steps` units, every `v(t)`
+    /// for `t < steps` at least `wide`, `acc` `m * d` elements.
+    #[inline(always)]
+    pub(crate) unsafe fn pv<E: Lanes>(
+        p: *const E::Unit,
+        (m, steps): (usize, usize),
+        v: impl Fn(usize) -> *const E::Unit + Copy,
+        (d, wide): (usize, usize),
+        acc: &mut [f32],
+    ) {
+        let o = acc.as_mut_ptr();
         let mut c = 0;
         while c < wide {
             let nv = ((wide - c) / 16).min(NV);
@@ -267,22 +412,22 @@ mod x86 {
             while r < m {
                 let mr = (m - r).min(MR);
                 // SAFETY (all): rows r..r + mr of p and acc exist (mr clipped to m), and
-                // columns c..c + 16 nv lie below wide <= d in acc and in every value row.
-                let (pp, op) = (p.add(r * n), o.add(r * d + c));
-                let g = (pp, rows, c, op, d);
+                // columns c..c + 16 nv lie below wide <= d in acc and in every value step.
+                let (pp, op) = (p.add(r * steps), o.add(r * d + c));
+                let g = (pp, steps, c, op, d);
                 match (mr, nv) {
-                    (MR, NV) => tile::<MR, NV>(g),
-                    (MR, 3) => tile::<MR, 3>(g),
-                    (MR, 2) => tile::<MR, 2>(g),
-                    (MR, _) => tile::<MR, 1>(g),
+                    (MR, NV) => tile::<E, MR, NV>(g, v),
+                    (MR, 3) => tile::<E, MR, 3>(g, v),
+                    (MR, 2) => tile::<E, MR, 2>(g, v),
+                    (MR, _) => tile::<E, MR, 1>(g, v),
                     (_, _) => {
                         for i in 0..mr {
-                            let g = (pp.add(i * n), rows, c, op.add(i * d), d);
+                            let g = (pp.add(i * steps), steps, c, op.add(i * d), d);
                             match nv {
-                                NV => tile::<1, NV>(g),
-                                3 => tile::<1, 3>(g),
-                                2 => tile::<1, 2>(g),
-                                _ => tile::<1, 1>(g),
+                                NV => tile::<E, 1, NV>(g, v),
+                                3 => tile::<E, 1, 3>(g, v),
+                                2 => tile::<E, 1, 2>(g, v),
+                                _ => tile::<E, 1, 1>(g, v),
                             }
                         }
                     }
@@ -293,29 +438,26 @@ mod x86 {
         }
     }
 
-    /// `R` rows x `C` vectors of `acc` (row stride `d`) += `p` (rows of `rows.len()`)
-    /// times columns `c..c + 16 C` of the value rows.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn tile<const R: usize, const C: usize>(
-        (p, rows, c, o, d): (*const f32, &[&[f32]], usize, *mut f32, usize),
+    /// `R` rows x `C` vectors of `acc` (row stride `d`) += `p` (rows of `steps` units)
+    /// times columns `c..c + 16 C` of the value steps.
+    #[inline(always)]
+    unsafe fn tile<E: Lanes, const R: usize, const C: usize>(
+        (p, steps, c, o, d): (*const E::Unit, usize, usize, *mut f32, usize),
+        v: impl Fn(usize) -> *const E::Unit,
     ) {
-        let n = rows.len();
         let mut acc = [[_mm512_setzero_ps(); C]; R];
         for (i, row) in acc.iter_mut().enumerate() {
             for (j, a) in row.iter_mut().enumerate() {
                 *a = _mm512_loadu_ps(o.add(i * d + 16 * j));
             }
         }
-        for (t, vrow) in rows.iter().enumerate() {
-            let v = vrow.as_ptr().add(c);
-            let mut bv = [_mm512_setzero_ps(); C];
-            for (j, b) in bv.iter_mut().enumerate() {
-                *b = _mm512_loadu_ps(v.add(16 * j));
-            }
+        for t in 0..steps {
+            let vt = v(t).add(c);
+            let bv: [E::V; C] = std::array::from_fn(|j| E::load16(vt.add(16 * j)));
             for (i, row) in acc.iter_mut().enumerate() {
-                let a = _mm512_set1_ps(*p.add(i * n + t));
+                let a = E::splat(p.add(i * steps + t));
                 for (s, &b) in row.iter_mut().zip(&bv) {
-                    *s = _mm512_fmadd_ps(a, b, *s);
+                    *s = E::madd(*s, a, b);
                 }
             }
         }
@@ -345,7 +487,14 @@ mod tests {
     fn scores_match_an_f64_reference_at_odd_and_tail_shapes() {
         let mut rng = Lcg::new(3);
         for native in paths() {
-            for (m, n, k) in [(1, 1, 1), (3, 5, 7), (4, 4, 16), (5, 9, 17), (16, 130, 576)] {
+            for (m, n, k) in [
+                (1, 1, 1),
+                (3, 5, 7),
+                (4, 4, 16),
+                (5, 9, 17),
+                (16, 130, 576),
+                (33, 67, 576),
+            ] {
                 let stride = k + 3;
                 let q = rng.vec(m * k, -2.0, 2.0);
                 let mat = rng.vec(n * stride, -2.0, 2.0);
