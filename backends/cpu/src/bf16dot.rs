@@ -18,6 +18,7 @@ pub fn native() -> bool {
     {
         std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
             && std::arch::is_x86_feature_detected!("avx512bf16")
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -50,6 +51,37 @@ pub fn gemm_nt(a: &[bf16], b: &[bf16], k: usize, out: &mut [f32]) -> Result<()> 
             })
         }
     };
+    #[cfg(target_arch = "x86_64")]
+    if native() && n >= x86::PACKED_MIN_N {
+        return x86::PACKED.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            // [ceil(k / 2)][n rounded up to 8] pairs; n * k fits (b's length), so this
+            // cannot overflow, but it is checked all the same.
+            let len = n
+                .div_ceil(x86::LANES)
+                .checked_mul(x86::LANES)
+                .and_then(|p| p.checked_mul(k.div_ceil(2)))
+                .ok_or_else(|| Error::Device {
+                    backend: crate::NAME.to_string(),
+                    call: "bf16 gemm_nt".to_string(),
+                    message: format!("packed b of {n} rows of k = {k} overflows usize"),
+                })?;
+            if buf.len() < len {
+                let extra = len - buf.len();
+                buf.try_reserve_exact(extra)
+                    .map_err(|_| Error::OutOfMemory {
+                        what: "cpu bf16 packed operand".to_string(),
+                        bytes: len.saturating_mul(4),
+                    })?;
+                buf.resize(len, 0);
+            }
+            // SAFETY: `native` detected AVX-512F/BW/VL and AVX512-BF16 at run time; `a`
+            // holds m rows of k, `b` n rows of k, `out` m * n elements and `buf` at least
+            // the packed size, which is all `x86::gemm_packed` reads and writes.
+            unsafe { x86::gemm_packed(a, b, m, n, k, out, &mut buf[..len]) };
+            Ok(())
+        });
+    }
     #[cfg(target_arch = "x86_64")]
     if native() {
         // SAFETY: the three AVX-512 features were detected at run time by `native`, and
@@ -114,6 +146,243 @@ fn portable(a: &[bf16], b: &[bf16], (m, n, k): (usize, usize, usize), out: &mut 
 pub(crate) mod x86 {
     use half::bf16;
     use std::arch::x86_64::*;
+    use std::cell::RefCell;
+
+    /// Tokens (rows of `b`) from which [`super::gemm_nt`] packs `b` and takes
+    /// [`gemm_packed`].
+    pub const PACKED_MIN_N: usize = 16;
+    /// Rows of `b` per vector of the packed path (256-bit: 8 f32 accumulator lanes).
+    pub const LANES: usize = 8;
+    /// Rows of `a` per panel of the packed path: every column block passes over them while
+    /// they stay in L2.
+    const PANEL: usize = 24;
+
+    thread_local! {
+        /// Each thread's packed `b` of [`gemm_packed`], kept between calls.
+        pub static PACKED: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// [`super::gemm_nt`] with `b` packed first into `xp`: pairs of columns of `b` as
+    /// `[ceil(k / 2)][n rounded up to LANES]` u32 (zero where `b` has no element), then
+    /// each output is one accumulator lane: a pair of `a`'s row broadcast against
+    /// `LANES` rows of `b` per `VDPBF16PS`, up to 24 accumulators in registers (8 rows
+    /// of `a` x 3 vectors of `b`, 6 x 4, 4 x 6), stored without reductions. Each output
+    /// adds its k products to one f32 accumulator in order.
+    ///
+    /// # Safety
+    /// AVX-512F/BW/VL and AVX512-BF16 must be available; `a` holds `m * k`, `b` `n * k`
+    /// and `out` `m * n` elements, `n >= 1`, and `xp` at least
+    /// `ceil(k / 2) * n.div_ceil(LANES) * LANES`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    pub unsafe fn gemm_packed(
+        a: &[bf16],
+        b: &[bf16],
+        m: usize,
+        n: usize,
+        k: usize,
+        out: &mut [f32],
+        xp: &mut [u32],
+    ) {
+        let n_pad = n.div_ceil(LANES) * LANES;
+        let (a, o, xp) = (a.as_ptr().cast::<u16>(), out.as_mut_ptr(), xp.as_mut_ptr());
+        pack(b.as_ptr().cast(), n, k, xp);
+        // Column blocks of up to 6 vectors, as even as possible (7 -> 4 + 3): every block
+        // but the first reads the panel's rows again (from L2).
+        let vecs = n_pad / LANES;
+        let blocks = vecs.div_ceil(6);
+        let mut r0 = 0;
+        while r0 < m {
+            let pr = (m - r0).min(PANEL);
+            let mut v0 = 0;
+            for bi in 0..blocks {
+                let nv = (vecs - v0).div_ceil(blocks - bi);
+                let c0 = v0 * LANES;
+                let cols = (n - c0).min(nv * LANES);
+                // SAFETY: rows r0..r0 + pr of a exist, column c0 < n_pad of xp, and
+                // out[(r0 + i) * n + c0 + j] for i < pr, j < cols is inside m * n.
+                let (ap, xq, op) = (a.add(r0 * k), xp.add(c0).cast_const(), o.add(r0 * n + c0));
+                let args = (ap, pr, k, xq, n_pad, op, n, cols, m - r0 - pr);
+                match nv {
+                    // Only where n <= 8 (not taken: see [`PACKED_MIN_N`]).
+                    1 => panel::<8, 1>(args),
+                    2 => panel::<8, 2>(args),
+                    3 => panel::<8, 3>(args),
+                    4 => panel::<6, 4>(args),
+                    5 => panel::<4, 5>(args),
+                    _ => panel::<4, 6>(args),
+                }
+                v0 += nv;
+            }
+            r0 += pr;
+        }
+    }
+
+    /// Packs `b` (`n` rows of `k` bf16) into `xp` as [`gemm_packed`] describes: 8 rows x
+    /// 8 pairs at a time, transposed in registers.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    unsafe fn pack(b: *const u16, n: usize, k: usize, xp: *mut u32) {
+        let (n_pad, kp) = (n.div_ceil(LANES) * LANES, k.div_ceil(2));
+        for g in (0..n_pad).step_by(LANES) {
+            let mut p = 0;
+            while p < kp {
+                // bf16 elements of each row from column 2p: a masked load past k reads
+                // nothing and yields zeros (the odd column's partner included).
+                let live = (k - 2 * p).min(16);
+                let mask = if live >= 16 {
+                    u16::MAX
+                } else {
+                    (1u16 << live) - 1
+                };
+                let mut v = [_mm256_setzero_si256(); 8];
+                for (t, row) in v.iter_mut().enumerate() {
+                    if g + t < n {
+                        *row = _mm256_maskz_loadu_epi16(mask, b.add((g + t) * k + 2 * p).cast());
+                    }
+                }
+                let v = transpose8(v);
+                for (j, col) in v.iter().enumerate().take(kp - p) {
+                    _mm256_storeu_si256(xp.add((p + j) * n_pad + g).cast(), *col);
+                }
+                p += 8;
+            }
+        }
+    }
+
+    /// The 8 x 8 transpose of 32-bit elements: `out[j][i] = v[i][j]`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    unsafe fn transpose8(v: [__m256i; 8]) -> [__m256i; 8] {
+        let t = |x, y| (_mm256_unpacklo_epi32(x, y), _mm256_unpackhi_epi32(x, y));
+        let ((t0, t1), (t2, t3)) = (t(v[0], v[1]), t(v[2], v[3]));
+        let ((t4, t5), (t6, t7)) = (t(v[4], v[5]), t(v[6], v[7]));
+        let u = |x, y| (_mm256_unpacklo_epi64(x, y), _mm256_unpackhi_epi64(x, y));
+        let ((u0, u1), (u2, u3)) = (u(t0, t2), u(t1, t3));
+        let ((u4, u5), (u6, u7)) = (u(t4, t6), u(t5, t7));
+        [
+            _mm256_permute2x128_si256::<0x20>(u0, u4),
+            _mm256_permute2x128_si256::<0x20>(u1, u5),
+            _mm256_permute2x128_si256::<0x20>(u2, u6),
+            _mm256_permute2x128_si256::<0x20>(u3, u7),
+            _mm256_permute2x128_si256::<0x31>(u0, u4),
+            _mm256_permute2x128_si256::<0x31>(u1, u5),
+            _mm256_permute2x128_si256::<0x31>(u2, u6),
+            _mm256_permute2x128_si256::<0x31>(u3, u7),
+        ]
+    }
+
+    /// `(a, rows, k, xp, n_pad, out, ldo, cols, more)` of [`panel`] and [`block`]: `more`
+    /// rows of `a` follow the `rows` (in memory, `k` wide).
+    type Panel = (
+        *const u16,
+        usize,
+        usize,
+        *const u32,
+        usize,
+        *mut f32,
+        usize,
+        usize,
+        usize,
+    );
+
+    /// `rows` (>= 1) rows of `a` against `cols` (<= NV * LANES) packed columns, MR rows
+    /// at a time.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    unsafe fn panel<const MR: usize, const NV: usize>(args: Panel) {
+        let (a, rows, k, xp, n_pad, out, ldo, cols, more) = args;
+        let mut r = 0;
+        while r < rows {
+            let live = (rows - r).min(MR);
+            // SAFETY: row r < rows of a, and row r of out.
+            block::<MR, NV>((
+                a.add(r * k),
+                live,
+                k,
+                xp,
+                n_pad,
+                out.add(r * ldo),
+                ldo,
+                cols,
+                rows + more - r - live,
+            ));
+            r += live;
+        }
+    }
+
+    /// Adds pairs `p0..p1` of the rows `w` and the packed columns at `xp` to `acc`; with
+    /// `TAIL`, each row's pair is its last (odd) column alone.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    #[inline]
+    unsafe fn pairs<const MR: usize, const NV: usize, const TAIL: bool>(
+        acc: &mut [[__m256; NV]; MR],
+        w: &[*const u16; MR],
+        xp: *const u32,
+        n_pad: usize,
+        p0: usize,
+        p1: usize,
+    ) {
+        for p in p0..p1 {
+            let x = xp.add(p * n_pad);
+            let xv: [__m256bh; NV] = std::array::from_fn(|v| {
+                // SAFETY: NV vectors of LANES columns lie within the n_pad of this pair;
+                // both are plain 256-bit vectors.
+                std::mem::transmute::<__m256i, __m256bh>(_mm256_loadu_si256(
+                    x.add(v * LANES).cast(),
+                ))
+            });
+            for (row, &wr) in acc.iter_mut().zip(w) {
+                let pair = if TAIL {
+                    i32::from(*wr.add(2 * p))
+                } else {
+                    wr.add(2 * p).cast::<i32>().read_unaligned()
+                };
+                let wv = std::mem::transmute::<__m256i, __m256bh>(_mm256_set1_epi32(pair));
+                for (s, &xj) in row.iter_mut().zip(&xv) {
+                    *s = _mm256_dpbf16_ps(*s, wv, xj);
+                }
+            }
+        }
+    }
+
+    /// `out[i * ldo + j] = a_i . b_j` for `rows` (1..=MR) rows of `a` and `cols` packed
+    /// columns (`NV` vectors, the last one partly live); rows past `rows` repeat the
+    /// last one and are not stored.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    unsafe fn block<const MR: usize, const NV: usize>(args: Panel) {
+        let (a, rows, k, xp, n_pad, out, ldo, cols, more) = args;
+        let w: [*const u16; MR] = std::array::from_fn(|i| a.add(i.min(rows - 1) * k));
+        let mut acc = [[_mm256_setzero_ps(); NV]; MR];
+        let kp = k / 2;
+        // Where the MR rows after these all exist, one cache line of each is prefetched
+        // into L2 per 16 pairs (64 bytes of a row): rows streamed from memory arrive
+        // while this block computes (the hardware prefetcher stops at page edges, and a
+        // row of 2048 bf16 is one page).
+        let next = (rows == MR && more >= MR).then(|| a.add(MR * k));
+        let mut p = 0;
+        while p < kp {
+            let end = (p + 16).min(kp);
+            if let Some(next) = next {
+                for i in 0..MR {
+                    // SAFETY: row MR + i < rows + more of a, column 2p < k.
+                    _mm_prefetch::<_MM_HINT_T1>(next.add(i * k + 2 * p).cast());
+                }
+            }
+            pairs::<MR, NV, false>(&mut acc, &w, xp, n_pad, p, end);
+            p = end;
+        }
+        if k % 2 == 1 {
+            // The last column alone (its partner in xp is zero).
+            pairs::<MR, NV, true>(&mut acc, &w, xp, n_pad, kp, kp + 1);
+        }
+        for (i, row) in acc.iter().enumerate().take(rows) {
+            for (v, &s) in row.iter().enumerate() {
+                let (dst, live) = (out.add(i * ldo + v * LANES), cols.saturating_sub(v * LANES));
+                if live >= LANES {
+                    _mm256_storeu_ps(dst, s);
+                } else if live > 0 {
+                    _mm256_mask_storeu_ps(dst, (1u8 << live) - 1, s);
+                }
+            }
+        }
+    }
 
     /// Rows of `a` per register tile.
     const MR: usize = 4;
@@ -271,21 +540,30 @@ mod tests {
         out
     }
 
-    /// The rounding bound of an f32 sum of exact products `p` on 16 lanes (k / 16 additions
-    /// per lane, then at most 16 to combine the lanes): (k / 16 + 32) * eps * sum |p|.
-    fn bound(a: &[bf16], b: &[bf16]) -> f64 {
+    /// The rounding bound of an f32 sum of exact products `p` (`a` and `b` k long): on 16
+    /// lanes (k / 16 additions per lane, then at most 16 to combine the lanes),
+    /// (k / 16 + 32) * eps * sum |p|; with `chain`, one accumulator adding the products in
+    /// order, as the packed path does: (k + 1) * eps * sum |p|.
+    fn bound(a: &[bf16], b: &[bf16], chain: bool) -> f64 {
         let abs: f64 = a
             .iter()
             .zip(b)
             .map(|(x, y)| (x.to_f64() * y.to_f64()).abs())
             .sum();
-        (a.len() / 16 + 32) as f64 * f32::EPSILON as f64 * abs
+        let adds = if chain {
+            a.len() + 1
+        } else {
+            a.len() / 16 + 32
+        };
+        adds as f64 * f32::EPSILON as f64 * abs
     }
 
     #[test]
     fn matches_an_f64_reference_at_odd_and_tail_shapes() {
         // k: below one step, one step, odd, one past, several steps with a tail; m and n
-        // cover full 4 x 4 tiles and every remainder.
+        // cover full 4 x 4 tiles and every remainder, and n from 16 the packed path: one
+        // to five vectors of 8 (the last partly live, split 3 + 2), rows in blocks of 6
+        // and 8 with a remainder, panels of 24 and a partial one.
         for (m, n, k) in [
             (1, 1, 1),
             (3, 5, 7),
@@ -295,6 +573,12 @@ mod tests {
             (4, 7, 65),
             (6, 11, 96),
             (8, 8, 2048),
+            (2, 16, 1),
+            (7, 17, 31),
+            (30, 24, 2049),
+            (13, 33, 577),
+            (25, 40, 64),
+            (50, 19, 130),
         ] {
             let (a, b) = (values(m * k, 1 + k as u64), values(n * k, 99 + m as u64));
             let mut out = vec![f32::NAN; m * n];
@@ -303,15 +587,41 @@ mod tests {
             // The f32 path agrees to the same bound (only the summation order differs).
             let mut port = vec![f32::NAN; m * n];
             portable(&a, &b, (m, n, k), &mut port);
+            let chain = native() && n >= x86::PACKED_MIN_N;
             for (idx, ((&g, &p), &w)) in out.iter().zip(&port).zip(&want).enumerate() {
                 let (ar, br) = (&a[idx / n * k..][..k], &b[idx % n * k..][..k]);
-                let tol = bound(ar, br);
+                let tol = bound(ar, br, chain);
                 assert!(
                     (g as f64 - w).abs() <= tol,
                     "m {m} n {n} k {k} [{idx}]: {g} vs {w}"
                 );
+                let tol = bound(ar, br, false);
                 assert!((p as f64 - w).abs() <= tol, "f32 path [{idx}]: {p} vs {w}");
             }
+        }
+    }
+
+    #[test]
+    fn the_packed_path_ignores_what_lies_past_its_rows() {
+        // Inf and NaN right after a's last row (and b's) must not reach the output: the
+        // odd column's partner in a pair is the next row's first element.
+        if !native() {
+            return;
+        }
+        let (m, n, k) = (7, 20, 33);
+        let mut a = values(m * k + 1, 5);
+        let mut b = values(n * k + 1, 6);
+        a[m * k] = bf16::INFINITY;
+        b[n * k] = bf16::NAN;
+        let mut out = vec![f32::NAN; m * n];
+        gemm_nt(&a[..m * k], &b[..n * k], k, &mut out).unwrap();
+        let want = reference(&a[..m * k], &b[..n * k], k);
+        for (idx, (&g, &w)) in out.iter().zip(&want).enumerate() {
+            let (ar, br) = (&a[idx / n * k..][..k], &b[idx % n * k..][..k]);
+            assert!(
+                (g as f64 - w).abs() <= bound(ar, br, true),
+                "[{idx}] {g} vs {w}"
+            );
         }
     }
 
