@@ -114,17 +114,19 @@ pub fn matmul(dst: &mut [f32], a: MatRef<'_>, b: MatRef<'_>, accumulate: bool) -
 }
 
 /// Columns of `k` per pass of [`matmul_nt`]'s kernel: with `a` rows streamed once, a
-/// pass's `b` rows (for the experts: one expert's tokens) stay in L2 at DeepSeek-V3's
+/// pass's packed `b` rows (for the experts: one expert's tokens) stay in L2 at DeepSeek-V3's
 /// hidden size (7168 = 4 passes).
 const KC: usize = 2048;
 
 /// `out[r * n + c] = a[r] . b[c]` for the `m` rows of `a` [m, k] and the `n` rows of `b`
 /// [n, k] (f32, row-major), each an f32 sum; `out` [m, n] is overwritten. Single-threaded
 /// (callers parallelise over independent tiles). On CPUs with AVX-512F a register-tiled
-/// kernel reads both operands in place (nothing packed); elsewhere [`matmul`].
+/// kernel reads `a` in place and a copy of each pass's columns of `b`, packed so that a
+/// tile reads them as one stream; elsewhere [`matmul`].
 ///
 /// A `k` of 0, lengths that do not make whole rows of `k`, or an `out` that is not
-/// `m * n` long are [`Error::Device`]; nothing is written then.
+/// `m * n` long are [`Error::Device`]; nothing is written then. The packed copy (at most
+/// `n * (KC + 15)` elements) is allocated fallibly ([`Error::OutOfMemory`]).
 pub fn matmul_nt(a: &[f32], b: &[f32], k: usize, out: &mut [f32]) -> Result<()> {
     let (m, n) = nt_shape(a.len(), b.len(), k, out.len())?;
     if m == 0 || n == 0 {
@@ -133,11 +135,25 @@ pub fn matmul_nt(a: &[f32], b: &[f32], k: usize, out: &mut [f32]) -> Result<()> 
     }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
+        const WHAT: &str = "cpu gemm nt packed columns";
+        let steps = KC.min(k).div_ceil(x86::LANES);
+        // No overflow at any `b` that fits in memory; an impossible size is an allocation
+        // that fails.
+        let len = n
+            .checked_mul(steps * x86::LANES)
+            .ok_or(Error::OutOfMemory {
+                what: WHAT.to_string(),
+                bytes: usize::MAX,
+            })?;
+        let mut packed = moemla_core::alloc::try_filled_vec(len, WHAT)?;
         for k0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - k0);
+            x86::pack(b, k, (k0, kc), &mut packed);
             // SAFETY: AVX-512F was detected at run time; `nt_shape` checked that `a` holds
-            // m >= 1 rows of k, `b` n >= 1 rows of k and `out` m * n elements, and columns
-            // k0..k0 + kc of every row lie inside its k (so `k0` is inside both slices).
-            unsafe { x86::gemm_nt(a, b, (m, n, k), (k0, KC.min(k - k0)), out) };
+            // m >= 1 rows of k and `out` m * n elements; columns k0..k0 + kc of every row
+            // lie inside its k, and `packed` holds n * ceil(kc / 16) * 16 elements (the
+            // pass's columns of `b`, as `pack` lays them out; kc <= KC).
+            unsafe { x86::gemm_nt(a, &packed, (m, n, k), (k0, kc), out) };
         }
         return Ok(());
     }
@@ -176,68 +192,84 @@ fn portable_nt(
 mod x86 {
     use std::arch::x86_64::*;
 
+    /// f32 lanes of one AVX-512 register: columns per step.
+    pub const LANES: usize = 16;
     /// Rows of `a` per register tile.
     const MR: usize = 4;
-    /// Rows of `b` per register tile.
-    const NR: usize = 4;
+    /// Rows of `b` per register tile (4 x 6 = 24 accumulators, 6 `b` vectors and one of
+    /// `a` in the 32 registers).
+    const NR: usize = 6;
 
-    /// Columns `k0..k0 + kc` of [`super::matmul_nt`]: 4 x 4 register tiles (4 x 3, 4 x 2,
-    /// 4 x 1 and 1 x 4 at the edges) of 16-wide FMA steps, the last step of every row
-    /// masked; the first pass (`k0` 0) stores, later ones add to `out`. The first tile of
-    /// each block of `a`'s rows prefetches the next block.
+    /// Copies columns `k0..k0 + kc` of `b`'s rows (of `k`) into `packed`, in groups of
+    /// [`NR`] rows (the last group shorter): group by group, step by step (16 columns),
+    /// the group's rows one after the other, zero-padded to a whole last step. A tile then
+    /// reads its rows of `b` as one stream: rows `k` floats apart (a power of two at the
+    /// experts' shapes) would map every row's step to the same L1 set. `packed` must hold
+    /// at least `n * ceil(kc / 16) * 16` elements for the `n` rows of `b` (the rest is
+    /// left as it is).
+    pub fn pack(b: &[f32], k: usize, (k0, kc): (usize, usize), packed: &mut [f32]) {
+        let steps = kc.div_ceil(LANES);
+        let packed = &mut packed[..b.len() / k * steps * LANES];
+        let mut rows = b.chunks_exact(k);
+        for group in packed.chunks_mut(NR * steps * LANES) {
+            let nr = group.len() / (steps * LANES);
+            for (j, row) in rows.by_ref().take(nr).enumerate() {
+                let row = &row[k0..k0 + kc];
+                for (s, cols) in row.chunks(LANES).enumerate() {
+                    let at = (s * nr + j) * LANES;
+                    group[at..at + cols.len()].copy_from_slice(cols);
+                    group[at + cols.len()..at + LANES].fill(0.0);
+                }
+            }
+        }
+    }
+
+    /// Columns `k0..k0 + kc` of [`super::matmul_nt`] from `b` packed by [`pack`]: 4 x 6
+    /// register tiles (4 x 1..5 at the last group of `b`, 1 x 1..6 at the last rows of
+    /// `a`) of 16-wide FMA steps, `a`'s last step masked; the first pass (`k0` 0) stores,
+    /// later ones add to `out`. The first tile of each block of `a`'s rows prefetches the
+    /// next block.
     ///
     /// # Safety
-    /// AVX-512F must be available; `a` holds `m * k`, `b` `n * k` and `out` `m * n`
-    /// elements, and `k0 + kc <= k`.
+    /// AVX-512F must be available; `a` holds `m * k` and `out` `m * n` elements,
+    /// `k0 + kc <= k`, and `packed` holds `n * ceil(kc / 16) * 16`.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn gemm_nt(
         a: &[f32],
-        b: &[f32],
+        packed: &[f32],
         (m, n, k): (usize, usize, usize),
         (k0, kc): (usize, usize),
         out: &mut [f32],
     ) {
-        let (a, b, o) = (a.as_ptr().add(k0), b.as_ptr().add(k0), out.as_mut_ptr());
-        let add = k0 > 0;
+        let (a, b, o) = (a.as_ptr().add(k0), packed.as_ptr(), out.as_mut_ptr());
+        let t = Tile {
+            k,
+            steps: kc / LANES,
+            tail: kc % LANES,
+            ldo: n,
+            add: k0 > 0,
+        };
+        let group = kc.div_ceil(LANES) * LANES;
         let mut r = 0;
         while r < m {
-            let mr = (m - r).min(MR);
+            let mr = if m - r >= MR { MR } else { 1 };
             let mut c = 0;
             while c < n {
                 let nr = (n - c).min(NR);
-                // SAFETY (all): rows r..r + mr of a and c..c + nr of b exist (mr, nr clipped
-                // to m, n), columns k0..k0 + kc lie in k, and out[(r + i) * n + c + j] for
-                // i < mr, j < nr is inside the m * n elements.
-                let (ap, bp, op) = (a.add(r * k), b.add(c * k), o.add(r * n + c));
-                let t = Tile { k, kc, ldo: n, add };
+                // SAFETY (all): rows r..r + mr of a exist (mr clipped to m), columns
+                // k0..k0 + kc lie in k; the group of b's rows c..c + nr starts c * group
+                // into `packed` (every earlier group is NR rows) and holds nr * group;
+                // out[(r + i) * n + c + j] for i < mr, j < nr is inside the m * n.
+                let (ap, bp, op) = (a.add(r * k), b.add(c * group), o.add(r * n + c));
                 if mr == MR && c == 0 && r + 2 * MR <= m {
                     // As in bf16dot: the first pass over these rows of `a` prefetches
                     // the next MR rows' columns (which exist: r + 2 MR <= m) into L2
                     // (A/B at the experts' shapes, weights from memory: ~10-25% faster).
-                    let next = ap.add(MR * k);
-                    match nr {
-                        4 => t.run::<MR, 4, true>(ap, bp, op, next),
-                        3 => t.run::<MR, 3, true>(ap, bp, op, next),
-                        2 => t.run::<MR, 2, true>(ap, bp, op, next),
-                        _ => t.run::<MR, 1, true>(ap, bp, op, next),
-                    }
+                    t.dispatch::<MR, true>(nr, ap, bp, op, ap.add(MR * k));
                 } else if mr == MR {
-                    match nr {
-                        4 => t.run::<MR, 4, false>(ap, bp, op, ap),
-                        3 => t.run::<MR, 3, false>(ap, bp, op, ap),
-                        2 => t.run::<MR, 2, false>(ap, bp, op, ap),
-                        _ => t.run::<MR, 1, false>(ap, bp, op, ap),
-                    }
+                    t.dispatch::<MR, false>(nr, ap, bp, op, ap);
                 } else {
-                    for i in 0..mr {
-                        let (ai, oi) = (ap.add(i * k), op.add(i * n));
-                        match nr {
-                            4 => t.run::<1, 4, false>(ai, bp, oi, ai),
-                            3 => t.run::<1, 3, false>(ai, bp, oi, ai),
-                            2 => t.run::<1, 2, false>(ai, bp, oi, ai),
-                            _ => t.run::<1, 1, false>(ai, bp, oi, ai),
-                        }
-                    }
+                    t.dispatch::<1, false>(nr, ap, bp, op, ap);
                 }
                 c += nr;
             }
@@ -245,20 +277,41 @@ mod x86 {
         }
     }
 
-    /// One register tile's geometry: rows `k` apart, `kc` columns, `out` rows `ldo` apart,
-    /// added to (`add`) or stored.
+    /// One register tile's geometry: rows of `a` `k` apart, `steps` whole steps and a
+    /// masked `tail` of columns, `out` rows `ldo` apart, added to (`add`) or stored.
     #[derive(Clone, Copy)]
     struct Tile {
         k: usize,
-        kc: usize,
+        steps: usize,
+        tail: usize,
         ldo: usize,
         add: bool,
     }
 
     impl Tile {
-        /// `out[i * ldo + j] (+)= a_i . b_j` over `kc` columns for `R` rows of `a` and `C`
-        /// rows of `b`; with `PF`, the same columns of the `R` rows at `next` (which must
-        /// exist) are prefetched into L2 along the way.
+        /// [`Tile::run`] for `R` rows of `a` and `nr` (1..=NR) packed rows of `b`.
+        #[inline(always)]
+        unsafe fn dispatch<const R: usize, const PF: bool>(
+            self,
+            nr: usize,
+            a: *const f32,
+            b: *const f32,
+            out: *mut f32,
+            next: *const f32,
+        ) {
+            match nr {
+                6 => self.run::<R, 6, PF>(a, b, out, next),
+                5 => self.run::<R, 5, PF>(a, b, out, next),
+                4 => self.run::<R, 4, PF>(a, b, out, next),
+                3 => self.run::<R, 3, PF>(a, b, out, next),
+                2 => self.run::<R, 2, PF>(a, b, out, next),
+                _ => self.run::<R, 1, PF>(a, b, out, next),
+            }
+        }
+
+        /// `out[i * ldo + j] (+)= a_i . b_j` for `R` rows of `a` and the `C` packed rows
+        /// of `b` at `b`; with `PF`, the same columns of the `R` rows at `next` (which
+        /// must exist) are prefetched into L2 along the way.
         #[target_feature(enable = "avx512f")]
         unsafe fn run<const R: usize, const C: usize, const PF: bool>(
             self,
@@ -267,37 +320,16 @@ mod x86 {
             out: *mut f32,
             next: *const f32,
         ) {
-            let k = self.k;
             let mut acc = [[_mm512_setzero_ps(); C]; R];
-            let mut off = 0;
-            while off + 16 <= self.kc {
-                if PF {
-                    for i in 0..R {
-                        _mm_prefetch::<_MM_HINT_T1>(next.add(i * k + off).cast());
-                    }
-                }
-                let mut bv = [_mm512_setzero_ps(); C];
-                for (j, v) in bv.iter_mut().enumerate() {
-                    *v = _mm512_loadu_ps(b.add(j * k + off));
-                }
+            steps::<R, C, PF>(&mut acc, a, b, next, self.k, self.steps);
+            if self.tail > 0 {
+                // Masked-off elements of `a` are neither read nor faulted on, and load as
+                // zero; the packed step of `b` is whole (zero-padded).
+                let (off, mask) = (self.steps * LANES, ((1u32 << self.tail) - 1) as u16);
                 for (i, row) in acc.iter_mut().enumerate() {
-                    let av = _mm512_loadu_ps(a.add(i * k + off));
-                    for (s, &bj) in row.iter_mut().zip(&bv) {
-                        *s = _mm512_fmadd_ps(av, bj, *s);
-                    }
-                }
-                off += 16;
-            }
-            if off < self.kc {
-                // Masked-off elements are neither read nor faulted on, and load as zero.
-                let mask = ((1u32 << (self.kc - off)) - 1) as u16;
-                let mut bv = [_mm512_setzero_ps(); C];
-                for (j, v) in bv.iter_mut().enumerate() {
-                    *v = _mm512_maskz_loadu_ps(mask, b.add(j * k + off));
-                }
-                for (i, row) in acc.iter_mut().enumerate() {
-                    let av = _mm512_maskz_loadu_ps(mask, a.add(i * k + off));
-                    for (s, &bj) in row.iter_mut().zip(&bv) {
+                    let av = _mm512_maskz_loadu_ps(mask, a.add(i * self.k + off));
+                    for (j, s) in row.iter_mut().enumerate() {
+                        let bj = _mm512_loadu_ps(b.add((self.steps * C + j) * LANES));
                         *s = _mm512_fmadd_ps(av, bj, *s);
                     }
                 }
@@ -310,6 +342,42 @@ mod x86 {
                 }
             }
         }
+    }
+
+    /// The whole steps of [`Tile::run`], `acc += a_i * b_j` step by step. Not inlined: in
+    /// one function with the tail and the reductions, LLVM kept the 24 accumulators in 16
+    /// registers and spilled the rest on every step (seen in the disassembly, and ~30%
+    /// slower in an A/B).
+    #[target_feature(enable = "avx512f")]
+    #[inline(never)]
+    unsafe fn steps<const R: usize, const C: usize, const PF: bool>(
+        acc_out: &mut [[__m512; C]; R],
+        a: *const f32,
+        b: *const f32,
+        next: *const f32,
+        k: usize,
+        steps: usize,
+    ) {
+        let mut acc = *acc_out;
+        for st in 0..steps {
+            let off = st * LANES;
+            if PF {
+                for i in 0..R {
+                    _mm_prefetch::<_MM_HINT_T1>(next.add(i * k + off).cast());
+                }
+            }
+            let mut bv = [_mm512_setzero_ps(); C];
+            for (j, v) in bv.iter_mut().enumerate() {
+                *v = _mm512_loadu_ps(b.add((st * C + j) * LANES));
+            }
+            for (i, row) in acc.iter_mut().enumerate() {
+                let av = _mm512_loadu_ps(a.add(i * k + off));
+                for (s, &bj) in row.iter_mut().zip(&bv) {
+                    *s = _mm512_fmadd_ps(av, bj, *s);
+                }
+            }
+        }
+        *acc_out = acc;
     }
 }
 
@@ -355,16 +423,23 @@ mod tests {
     #[test]
     fn nt_product_matches_an_f64_reference_at_odd_and_tail_shapes() {
         // k: below one step, odd, one pass with a tail, exactly one pass, more than one
-        // pass (KC 2048) with a tail; m and n cover full 4 x 4 tiles and every remainder.
+        // pass (KC 2048) with a shorter last one; m and n cover full 4 x 6 tiles and every
+        // remainder (n 1..=9 and 33: groups of 6 rows of b and a last shorter one, also in
+        // a shorter last pass).
         let mut rng = crate::test_util::Lcg::new(11);
-        for (m, n, k) in [
+        let mut shapes = vec![
             (1, 1, 1),
             (3, 5, 7),
             (5, 7, 33),
             (4, 4, 2048),
             (9, 6, 2048 + 577),
             (6, 3, 2 * 2048 + 16),
-        ] {
+            (5, 11, 2 * 2048 + 97),
+            (9, 7, 2048 + 17),
+            (13, 33, 301),
+        ];
+        shapes.extend((1..=9).map(|n| (7, n, 83)));
+        for (m, n, k) in shapes {
             let (a, b) = (rng.vec(m * k, -2.0, 2.0), rng.vec(n * k, -2.0, 2.0));
             let want = nt_reference(&a, &b, k);
             let mut out = vec![f32::NAN; m * n];
