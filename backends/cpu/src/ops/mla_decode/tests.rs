@@ -225,6 +225,27 @@ fn bf16_decode_matches_f64_reference_at_odd_lengths_and_widths() {
 }
 
 #[test]
+fn one_to_many_heads_at_the_deepseek_width_match_f64_reference() {
+    // h_q 1 and 3 (fewer rows than a 4 x 4 score tile), 5 (one whole tile and one row),
+    // 128 (32 tiles of query rows sharing each tile of prefetched cache rows); one and
+    // two queries; lengths past and short of a chunk (128) and a block (64), one of 1
+    // that leaves the first of two causal queries nothing to attend (lse -inf).
+    for (s_q, h_q, seqlens) in [
+        (1, 1, vec![131, 64]),
+        (2, 3, vec![129, 1]),
+        (1, 5, vec![200]),
+        (2, 128, vec![150, 1]),
+    ] {
+        let c = Case {
+            s_q,
+            ..deepseek(h_q, seqlens)
+        };
+        check(&c, DType::BF16, 1e-2);
+        check(&c, DType::F32, 2e-5);
+    }
+}
+
+#[test]
 fn fp8_cache_decode_matches_f64_reference_on_both_paths() {
     use super::attend::{Taken, TAKEN};
     use moemla_core::fp8::{
