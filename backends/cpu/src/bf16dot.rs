@@ -153,6 +153,9 @@ pub(crate) mod x86 {
     pub const PACKED_MIN_N: usize = 16;
     /// Rows of `b` per vector of the packed path (256-bit: 8 f32 accumulator lanes).
     pub const LANES: usize = 8;
+    /// At most this many last rows of `b` (`n % LANES`) take the row-dot kernel in
+    /// [`gemm_packed`].
+    const REST_MAX: usize = 3;
     /// Rows of `a` per panel of the packed path: every column block passes over them while
     /// they stay in L2.
     const PANEL: usize = 24;
@@ -183,9 +186,14 @@ pub(crate) mod x86 {
         out: &mut [f32],
         xp: &mut [u32],
     ) {
+        // The last n % LANES rows of b, when few, take the row-dot kernel per panel (while
+        // the panel's rows are in L2) rather than a mostly empty vector.
+        let rest = Some(n % LANES).filter(|&r| r <= REST_MAX).unwrap_or(0);
+        let (n_all, n) = (n, n - rest);
         let n_pad = n.div_ceil(LANES) * LANES;
         let (a, o, xp) = (a.as_ptr().cast::<u16>(), out.as_mut_ptr(), xp.as_mut_ptr());
-        pack(b.as_ptr().cast(), n, k, xp);
+        let b = b.as_ptr().cast::<u16>();
+        pack(b, n, k, xp);
         // Column blocks of up to 6 vectors, as even as possible (7 -> 4 + 3): every block
         // but the first reads the panel's rows again (from L2).
         let vecs = n_pad / LANES;
@@ -200,8 +208,9 @@ pub(crate) mod x86 {
                 let cols = (n - c0).min(nv * LANES);
                 // SAFETY: rows r0..r0 + pr of a exist, column c0 < n_pad of xp, and
                 // out[(r0 + i) * n + c0 + j] for i < pr, j < cols is inside m * n.
-                let (ap, xq, op) = (a.add(r0 * k), xp.add(c0).cast_const(), o.add(r0 * n + c0));
-                let args = (ap, pr, k, xq, n_pad, op, n, cols, m - r0 - pr);
+                let (ap, xq) = (a.add(r0 * k), xp.add(c0).cast_const());
+                let op = o.add(r0 * n_all + c0);
+                let args = (ap, pr, k, xq, n_pad, op, n_all, cols, m - r0 - pr);
                 match nv {
                     // Only where n <= 8 (not taken: see [`PACKED_MIN_N`]).
                     1 => panel::<8, 1>(args),
@@ -212,6 +221,12 @@ pub(crate) mod x86 {
                     _ => panel::<4, 6>(args),
                 }
                 v0 += nv;
+            }
+            if rest > 0 {
+                // SAFETY: rows r0..r0 + pr of a, rows n..n_all of b, and out columns
+                // n..n_all of rows r0..r0 + pr exist.
+                let op = o.add(r0 * n_all + n);
+                rows_nt(a.add(r0 * k), b.add(n * k), (pr, rest, k), op, n_all);
             }
             r0 += pr;
         }
@@ -403,6 +418,21 @@ pub(crate) mod x86 {
             b.as_ptr().cast::<u16>(),
             out.as_mut_ptr(),
         );
+        rows_nt(a, b, (m, n, k), o, n);
+    }
+
+    /// [`gemm_nt`] on raw pointers, row `i` of the output at `o + i * ldo` (`ldo >= n`).
+    ///
+    /// # Safety
+    /// As [`gemm_nt`]; `o + i * ldo + j` for `i < m`, `j < n` must be writable.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn rows_nt(
+        a: *const u16,
+        b: *const u16,
+        (m, n, k): (usize, usize, usize),
+        o: *mut f32,
+        ldo: usize,
+    ) {
         let mut r = 0;
         while r < m {
             let mr = (m - r).min(MR);
@@ -412,7 +442,7 @@ pub(crate) mod x86 {
                 // SAFETY (all four): rows r..r + mr of a and c..c + nr of b exist (mr, nr
                 // clipped to m, n), and out[(r + i) * n + c + j] for i < mr, j < nr is
                 // inside the m * n elements.
-                let (ap, bp, op) = (a.add(r * k), b.add(c * k), o.add(r * n + c));
+                let (ap, bp, op) = (a.add(r * k), b.add(c * k), o.add(r * ldo + c));
                 // Edge tiles keep every row of `b` they load in registers across the
                 // rows of `a` (4 x 3, 4 x 2, ...), rather than one column at a time.
                 if mr == MR && c == 0 && r + 2 * MR <= m {
@@ -422,26 +452,26 @@ pub(crate) mod x86 {
                     // block computes.
                     let next = ap.add(MR * k);
                     match nr {
-                        NR => tile::<MR, NR, true>(ap, bp, k, op, n, next),
-                        3 => tile::<MR, 3, true>(ap, bp, k, op, n, next),
-                        2 => tile::<MR, 2, true>(ap, bp, k, op, n, next),
-                        _ => tile::<MR, 1, true>(ap, bp, k, op, n, next),
+                        NR => tile::<MR, NR, true>(ap, bp, k, op, ldo, next),
+                        3 => tile::<MR, 3, true>(ap, bp, k, op, ldo, next),
+                        2 => tile::<MR, 2, true>(ap, bp, k, op, ldo, next),
+                        _ => tile::<MR, 1, true>(ap, bp, k, op, ldo, next),
                     }
                 } else if mr == MR {
                     match nr {
-                        NR => tile::<MR, NR, false>(ap, bp, k, op, n, ap),
-                        3 => tile::<MR, 3, false>(ap, bp, k, op, n, ap),
-                        2 => tile::<MR, 2, false>(ap, bp, k, op, n, ap),
-                        _ => tile::<MR, 1, false>(ap, bp, k, op, n, ap),
+                        NR => tile::<MR, NR, false>(ap, bp, k, op, ldo, ap),
+                        3 => tile::<MR, 3, false>(ap, bp, k, op, ldo, ap),
+                        2 => tile::<MR, 2, false>(ap, bp, k, op, ldo, ap),
+                        _ => tile::<MR, 1, false>(ap, bp, k, op, ldo, ap),
                     }
                 } else {
                     for i in 0..mr {
-                        let (ai, oi) = (ap.add(i * k), op.add(i * n));
+                        let (ai, oi) = (ap.add(i * k), op.add(i * ldo));
                         match nr {
-                            NR => tile::<1, NR, false>(ai, bp, k, oi, n, ai),
-                            3 => tile::<1, 3, false>(ai, bp, k, oi, n, ai),
-                            2 => tile::<1, 2, false>(ai, bp, k, oi, n, ai),
-                            _ => tile::<1, 1, false>(ai, bp, k, oi, n, ai),
+                            NR => tile::<1, NR, false>(ai, bp, k, oi, ldo, ai),
+                            3 => tile::<1, 3, false>(ai, bp, k, oi, ldo, ai),
+                            2 => tile::<1, 2, false>(ai, bp, k, oi, ldo, ai),
+                            _ => tile::<1, 1, false>(ai, bp, k, oi, ldo, ai),
                         }
                     }
                 }
