@@ -479,8 +479,9 @@ mod tests {
 
     #[test]
     fn many_vectors_match_the_dequantized_dot_products_at_odd_shapes() {
-        // n 1..=9: groups of 1..=4 vectors, near-equal (9 = 3 + 3 + 3); an odd row count
-        // (the last row alone) whose pairs cross the expert boundary (rows 129 and 130).
+        // n 1..=13: groups of 1..=6 vectors, near-equal (12 = 6 + 6, 13 = 5 + 4 + 4); an
+        // odd row count (the last row alone) whose pairs cross the expert boundary (rows
+        // 129 and 130).
         let ((_, r, c), codes, scales) = test_weights();
         let w = Fp8Weights {
             codes: &codes,
@@ -490,7 +491,7 @@ mod tests {
         };
         let (first, rows) = (3, 2 * r - 7);
         for kind in ["bf16", "quantized", "f32"] {
-            for n in 1..=9 {
+            for n in 1..=13 {
                 let act = test_act(kind, n, c);
                 let mut out = vec![0.0; rows * n];
                 if !rows_times_many(&w, first, rows, &act, &mut out) {
