@@ -3,7 +3,8 @@
 //! duplicates kept: they attend twice), then all Hq heads of a query attend over only those
 //! rows with online softmax ([`attend`], dense or FP8 rows dequantized on load), long lists
 //! split across threads and merged, and the sink applied last. One path serves decode
-//! (Sq 1), MTP and prefill (Sq in the thousands).
+//! (Sq 1), MTP and prefill (Sq in the thousands). BF16 queries over the FP8 cache on a CPU
+//! with the native bf16 dot dequantize the listed rows straight to bf16 first ([`fp8`]).
 
 use super::kv_rows::KvRows;
 use super::mla_decode::attend::{self, Cache, Partial, Scratch, Slots, CHUNK};
@@ -16,6 +17,9 @@ use moemla_core::calls::MlaSparseDecodeCall;
 use moemla_core::indices::check_sparse_indices;
 use moemla_core::Result;
 use rayon::prelude::*;
+
+#[cfg(target_arch = "x86_64")]
+mod fp8;
 
 const CALL: &str = "mla_sparse_decode";
 
@@ -71,23 +75,46 @@ pub fn run_into(
     let jobs = plan(&offsets);
     let (h_q, d_qk) = (call.h_q, call.d_qk);
     let scale = call.params.softmax_scale as f32;
+    #[cfg(target_arch = "x86_64")]
+    let fp8_rows = match (data, q) {
+        (KvRows::Fp8(bytes), crate::storage::FloatSlice::BF16(_)) if crate::bf16dot::native() => {
+            Some(bytes)
+        }
+        _ => None,
+    };
+    #[cfg(target_arch = "x86_64")]
+    let ident: Vec<u32> = (0..fp8::SUB as u32).collect();
     let parts = jobs
         .par_iter()
-        .map_init(Scratch::default, |scratch, job| {
-            let mut rows = zeroed::<f32>(&[h_q, d_qk], "cpu mla_sparse_decode query rows")?;
-            q.read_f32(job.r * h_q * d_qk, &mut rows);
-            let slots = &list[offsets[job.r]..offsets[job.r + 1]];
-            let cache = Cache {
-                data,
-                slots: Slots::Listed(slots),
-                h_kv: 1,
-                d_qk,
-                d_v: call.d_v,
-            };
-            let limits = vec![slots.len(); h_q];
-            let span = job.start..job.end;
-            attend::attend((&rows, &limits), &cache, 0, span, scale, scratch)
-        })
+        .map_init(
+            || (Scratch::default(), Vec::new()),
+            |(scratch, _buf), job| {
+                let mut rows = zeroed::<f32>(&[h_q, d_qk], "cpu mla_sparse_decode query rows")?;
+                q.read_f32(job.r * h_q * d_qk, &mut rows);
+                let slots = &list[offsets[job.r]..offsets[job.r + 1]];
+                #[cfg(target_arch = "x86_64")]
+                if let (Some(bytes), false) = (fp8_rows, job.start == job.end) {
+                    let span = job.start..job.end;
+                    return fp8::attend(
+                        &rows,
+                        (bytes, slots, &ident),
+                        span,
+                        scale,
+                        (scratch, _buf),
+                    );
+                }
+                let cache = Cache {
+                    data,
+                    slots: Slots::Listed(slots),
+                    h_kv: 1,
+                    d_qk,
+                    d_v: call.d_v,
+                };
+                let limits = vec![slots.len(); h_q];
+                let span = job.start..job.end;
+                attend::attend((&rows, &limits), &cache, 0, span, scale, scratch)
+            },
+        )
         .collect::<Result<Vec<_>>>()?;
     write_outputs(call, &jobs, &parts, sink, (o, lse))
 }

@@ -1,0 +1,342 @@
+//! BF16 sparse attention over the `fp8_ds_v32` cache on a CPU with the native bf16 dot:
+//! the listed rows are dequantized straight to bf16, [`SUB`] at a time, into a dense
+//! buffer that [`attend::attend`] reads in place (K rows with no copy), and the pieces are
+//! merged. A code times a power-of-two scale is a bf16 value, so the decode is a table
+//! lookup (32 codes per AVX-512 step) plus an add to the exponent: the same values as the
+//! f32 dequantization ([`KvRows::read`]). A row whose scale is not a power of two in
+//! [2^-117, 2^119] (where every nonzero result is a normal bf16) sends its piece to the
+//! general path over the FP8 rows.
+
+use super::super::kv_rows::KvRows;
+use super::super::mla_decode::attend::{self, Cache, Partial, Scratch, Slots};
+use crate::storage::FloatSlice;
+use half::bf16;
+use moemla_core::fp8::{DS_V32_DIM, DS_V32_LATENT, DS_V32_ROW_BYTES, DS_V32_TILE};
+use moemla_core::Result;
+use std::ops::Range;
+
+/// Listed rows dequantized per piece (2 of attend's chunks; 288 KiB of bf16, in L2).
+pub(super) const SUB: usize = 256;
+
+/// The bf16 bits of every e4m3fn magnitude (code & 0x7F): 0, subnormals `m * 2^-9`,
+/// normals `2^(e - 7) (1 + m / 8)`, and NaN for 0x7F.
+const TABLE: [u16; 128] = {
+    let mut t = [0u16; 128];
+    let mut m = 1;
+    while m < 128 {
+        t[m] = if m == 0x7F {
+            0x7FC0
+        } else if m < 8 {
+            // m * 2^-9 with m's top bit b: exponent b - 9, mantissa the bits below b.
+            let b = if m >= 4 {
+                2
+            } else if m >= 2 {
+                1
+            } else {
+                0
+            };
+            (((b + 118) << 7) | ((m - (1 << b)) << (7 - b))) as u16
+        } else {
+            ((((m >> 3) + 120) << 7) | ((m & 7) << 4)) as u16
+        };
+        m += 1;
+    }
+    t
+};
+
+/// Attends the query rows `q` ([Hq, 576] f32, bf16 values) over list positions `span`
+/// (non-empty) of `slots` in the FP8 cache `bytes`; `ident` is `0..SUB`.
+pub(super) fn attend(
+    q: &[f32],
+    (bytes, slots, ident): (&[u8], &[u32], &[u32]),
+    span: Range<usize>,
+    scale: f32,
+    (scratch, buf): (&mut Scratch, &mut Vec<bf16>),
+) -> Result<Partial> {
+    let h_q = q.len() / DS_V32_DIM;
+    let mut parts = Vec::new();
+    let mut p0 = span.start;
+    while p0 < span.end {
+        let p1 = (p0 + SUB).min(span.end);
+        let n = p1 - p0;
+        let part = if to_bf16(bytes, &slots[p0..p1], buf) {
+            let cache = Cache {
+                data: KvRows::Dense(FloatSlice::BF16(buf)),
+                slots: Slots::Listed(&ident[..n]),
+                h_kv: 1,
+                d_qk: DS_V32_DIM,
+                d_v: DS_V32_LATENT,
+            };
+            attend::attend((q, &vec![n; h_q]), &cache, 0, 0..n, scale, scratch)?
+        } else {
+            let cache = Cache {
+                data: KvRows::Fp8(bytes),
+                slots: Slots::Listed(slots),
+                h_kv: 1,
+                d_qk: DS_V32_DIM,
+                d_v: DS_V32_LATENT,
+            };
+            attend::attend(
+                (q, &vec![slots.len(); h_q]),
+                &cache,
+                0,
+                p0..p1,
+                scale,
+                scratch,
+            )?
+        };
+        parts.push(part);
+        p0 = p1;
+    }
+    Ok(match parts.len() {
+        1 => parts.swap_remove(0),
+        _ => attend::merge(&parts, DS_V32_LATENT),
+    })
+}
+
+/// Dequantizes the rows `slots` (each a checked slot of `bytes`) into `out` as bf16 [n,
+/// 576]; false (and `out` unusable) when a row's scales are not all powers of two in
+/// [2^-117, 2^119]. Callers check [`crate::bf16dot::native`] first.
+fn to_bf16(bytes: &[u8], slots: &[u32], out: &mut Vec<bf16>) -> bool {
+    out.resize(slots.len() * DS_V32_DIM, bf16::ZERO);
+    for (&slot, dst) in slots.iter().zip(out.chunks_exact_mut(DS_V32_DIM)) {
+        let at = slot as usize * DS_V32_ROW_BYTES;
+        let Some(row) = bytes
+            .get(at..)
+            .and_then(|b| b.first_chunk::<DS_V32_ROW_BYTES>())
+        else {
+            return false;
+        };
+        let Some(shifts) = exponent_shifts(row) else {
+            return false;
+        };
+        // SAFETY: callers checked `bf16dot::native()` (AVX-512F, AVX-512BW); `row` is
+        // 656 bytes and `dst` 576 bf16, all the kernel reads and writes.
+        unsafe { x86::row(row, shifts, dst) };
+    }
+    true
+}
+
+/// Per scale of `row`, `log2(scale) << 7` (what adding to a bf16's bits multiplies it
+/// by), when every scale is a power of two `2^k`, -117 <= k <= 119: then a nonzero code
+/// (>= 2^-9 and <= 448 in magnitude) times the scale is a normal bf16 (>= 2^-126, < 2^128).
+fn exponent_shifts(row: &[u8; DS_V32_ROW_BYTES]) -> Option<[i16; 4]> {
+    let mut shifts = [0i16; 4];
+    for (t, s) in shifts.iter_mut().enumerate() {
+        let at = DS_V32_LATENT + 4 * t;
+        let bits = u32::from_le_bytes([row[at], row[at + 1], row[at + 2], row[at + 3]]);
+        let e = (bits >> 23) as i32; // sign 0 required: the sign bit makes e > 255
+        if bits & 0x7F_FFFF != 0 || !(10..=246).contains(&e) {
+            return None;
+        }
+        *s = ((e - 127) << 7) as i16;
+    }
+    Some(shifts)
+}
+
+mod x86 {
+    use super::{DS_V32_DIM, DS_V32_LATENT, DS_V32_ROW_BYTES, DS_V32_TILE, TABLE};
+    use half::bf16;
+    use std::arch::x86_64::*;
+
+    /// Dequantizes one 656-byte row into `out` (576 bf16): each tile's codes through
+    /// [`TABLE`] (sign bit ORed in), nonzero non-NaN values' exponents raised by the
+    /// tile's shift; the 64 rope values copied.
+    ///
+    /// # Safety
+    /// AVX-512F and AVX-512BW must be available.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn row(row: &[u8; DS_V32_ROW_BYTES], shifts: [i16; 4], out: &mut [bf16]) {
+        assert!(out.len() == DS_V32_DIM, "576 values per row");
+        let t = TABLE.as_ptr().cast::<__m512i>();
+        // SAFETY (all unaligned loads and stores): TABLE is 4 x 32 u16; the row's
+        // latent codes are bytes 0..512, its rope bf16 bytes 528..656; `out` holds 576
+        // u16.
+        let (t0, t1, t2, t3) = (
+            _mm512_loadu_si512(t),
+            _mm512_loadu_si512(t.add(1)),
+            _mm512_loadu_si512(t.add(2)),
+            _mm512_loadu_si512(t.add(3)),
+        );
+        let (src, dst) = (row.as_ptr(), out.as_mut_ptr().cast::<u16>());
+        let (mask7, bit6, sign) = (
+            _mm512_set1_epi16(0x7F),
+            _mm512_set1_epi16(0x40),
+            _mm512_set1_epi16(0x80),
+        );
+        for (tile, &shift) in shifts.iter().enumerate() {
+            let add = _mm512_set1_epi16(shift);
+            for step in 0..DS_V32_TILE / 32 {
+                let at = tile * DS_V32_TILE + 32 * step;
+                let c = _mm512_cvtepu8_epi16(_mm256_loadu_si256(src.add(at).cast()));
+                let mag = _mm512_and_si512(c, mask7);
+                let low = _mm512_permutex2var_epi16(t0, mag, t1);
+                let high = _mm512_permutex2var_epi16(t2, mag, t3);
+                let v = _mm512_mask_blend_epi16(_mm512_test_epi16_mask(c, bit6), low, high);
+                // Zero and NaN keep their bits; every other value is scaled.
+                let live = _mm512_test_epi16_mask(c, mask7) & _mm512_cmpneq_epi16_mask(mag, mask7);
+                let v = _mm512_mask_add_epi16(v, live, v, add);
+                let v = _mm512_or_si512(v, _mm512_slli_epi16::<8>(_mm512_and_si512(c, sign)));
+                _mm512_storeu_si512(dst.add(at).cast(), v);
+            }
+        }
+        let rope = src.add(DS_V32_LATENT + 16);
+        for half in 0..2 {
+            let v = _mm512_loadu_si512(rope.add(64 * half).cast());
+            _mm512_storeu_si512(dst.add(DS_V32_LATENT + 32 * half).cast(), v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use moemla_core::fp8::{dequantize_ds_v32_row, e4m3_decode, quantize_ds_v32_row};
+
+    #[test]
+    fn the_table_holds_every_magnitude_as_bf16() {
+        for m in 0..128u8 {
+            let want = e4m3_decode(m);
+            let got = bf16::from_bits(TABLE[m as usize]).to_f32();
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "magnitude {m:#04x}: {got} vs {want}"
+            );
+        }
+    }
+
+    /// A row with every code at each tile position and `scales`.
+    fn row_with(scales: [f32; 4]) -> [u8; DS_V32_ROW_BYTES] {
+        let mut row = [0u8; DS_V32_ROW_BYTES];
+        for (i, b) in row.iter_mut().enumerate() {
+            *b = (i * 7 + 3) as u8;
+        }
+        for (t, sc) in scales.iter().enumerate() {
+            let at = DS_V32_LATENT + 4 * t;
+            row[at..at + 4].copy_from_slice(&sc.to_le_bytes());
+        }
+        row
+    }
+
+    #[test]
+    fn rows_decode_to_the_f32_dequantization_or_fall_back() {
+        if !crate::bf16dot::native() {
+            return;
+        }
+        // Every code (0x00, 0x80, NaN 0x7F / 0xFF, subnormals, 448) at the extreme and
+        // middle scales that qualify; then scales that do not.
+        let (lo, hi) = (2f32.powi(-117), 2f32.powi(119));
+        for scales in [[1.0, 0.5, 2.0, 1024.0], [lo, hi, 1.0 / 64.0, 0.125]] {
+            let row = row_with(scales);
+            let mut want = [0.0f32; DS_V32_DIM];
+            dequantize_ds_v32_row(&row, &mut want);
+            let mut bytes = vec![0xFFu8; DS_V32_ROW_BYTES];
+            bytes.extend_from_slice(&row);
+            let mut out = Vec::new();
+            assert!(to_bf16(&bytes, &[1, 1], &mut out), "{scales:?}");
+            assert_eq!(out.len(), 2 * DS_V32_DIM);
+            for (i, (&g, &w)) in out.iter().zip(want.iter().cycle()).enumerate() {
+                let g = g.to_f32();
+                assert!(
+                    g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                    "{scales:?} [{i}]: {g} vs {w}"
+                );
+            }
+        }
+        for bad in [
+            0.3,
+            2f32.powi(-118),
+            2f32.powi(120),
+            -1.0,
+            0.0,
+            f32::NAN,
+            f32::INFINITY,
+        ] {
+            let row = row_with([1.0, 1.0, bad, 1.0]);
+            assert!(!to_bf16(&row, &[0], &mut Vec::new()), "scale {bad}");
+        }
+    }
+
+    #[test]
+    fn pieces_attend_and_merge_as_an_f64_reference() {
+        if !crate::bf16dot::native() {
+            return;
+        }
+        // 40 quantized rows (power-of-two scales); row 7 gets a 0.3 scale, so the piece
+        // holding it takes the general path. 600 listed entries (duplicates): 3 pieces.
+        let mut seed = 5u64;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 3.0 - 1.5
+        };
+        let rows = 40;
+        let mut bytes = vec![0u8; rows * DS_V32_ROW_BYTES];
+        let mut values = Vec::new();
+        for (r, row) in bytes.chunks_exact_mut(DS_V32_ROW_BYTES).enumerate() {
+            let kv: [f32; DS_V32_DIM] = std::array::from_fn(|_| next());
+            let row: &mut [u8; DS_V32_ROW_BYTES] = row.try_into().unwrap();
+            quantize_ds_v32_row(&kv, row);
+            if r == 7 {
+                row[DS_V32_LATENT + 4..DS_V32_LATENT + 8].copy_from_slice(&0.3f32.to_le_bytes());
+            }
+            let mut v = [0.0f32; DS_V32_DIM];
+            dequantize_ds_v32_row(row, &mut v);
+            values.push(v);
+        }
+        let slots: Vec<u32> = (0..600u32)
+            .map(|i| (i * 13 + i / 7) % rows as u32)
+            .collect();
+        let ident: Vec<u32> = (0..SUB as u32).collect();
+        let h_q = 3;
+        let q: Vec<f32> = (0..h_q * DS_V32_DIM)
+            .map(|_| bf16::from_f32(next()).to_f32())
+            .collect();
+        let scale = 0.05f32;
+        for span in [0..600, 100..357, 256..512] {
+            let got = attend(
+                &q,
+                (&bytes, &slots, &ident),
+                span.clone(),
+                scale,
+                (&mut Scratch::default(), &mut Vec::new()),
+            )
+            .unwrap();
+            for h in 0..h_q {
+                let qh = &q[h * DS_V32_DIM..(h + 1) * DS_V32_DIM];
+                let logits: Vec<f64> = slots[span.clone()]
+                    .iter()
+                    .map(|&s| {
+                        let k = &values[s as usize];
+                        scale as f64
+                            * qh.iter()
+                                .zip(k)
+                                .map(|(&a, &b)| a as f64 * b as f64)
+                                .sum::<f64>()
+                    })
+                    .collect();
+                let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let l: f64 = logits.iter().map(|&x| (x - m).exp()).sum();
+                let lse = got.m[h] as f64 + (got.l[h] as f64).ln();
+                assert!(
+                    (lse - (m + l.ln())).abs() <= 1e-5 * (1.0 + lse.abs()),
+                    "{span:?} lse {h}"
+                );
+                let acc = &got.acc[h * DS_V32_LATENT..(h + 1) * DS_V32_LATENT];
+                for (d, &a) in acc.iter().enumerate() {
+                    let want: f64 = slots[span.clone()]
+                        .iter()
+                        .zip(&logits)
+                        .map(|(&s, &x)| (x - m).exp() / l * values[s as usize][d] as f64)
+                        .sum();
+                    let o = a as f64 / got.l[h] as f64;
+                    assert!(
+                        (o - want).abs() <= 8e-3,
+                        "{span:?} o[{h}][{d}]: {o} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
