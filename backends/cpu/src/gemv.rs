@@ -29,6 +29,13 @@ pub fn rows_times(
             return;
         }
     }
+    // F32: FMA on AVX-512 with independent accumulators where the CPU has it.
+    #[cfg(target_arch = "x86_64")]
+    if let Weights::Float(FloatSlice::F32(v)) = &w {
+        if x86::rows_times(v, first, rows, k, act, out) {
+            return;
+        }
+    }
     pulp::Arch::new().dispatch(RowsTimes {
         w,
         first,
@@ -95,10 +102,135 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// f32 lanes of one AVX-512 register.
+    const LANES: usize = 16;
+
+    /// [`super::rows_times`] for F32 weights `w` on AVX-512F: `out[r * n + c] = w[first +
+    /// r] . act[c]`. False (nothing written) when the CPU lacks AVX-512F or the lengths do
+    /// not fit: `k` 0, `act` not 1..=[`super::MAX_VECTORS`] whole rows of `k`, `w`
+    /// without rows `first..first + rows` or `out` shorter than `rows * n`.
+    pub fn rows_times(
+        w: &[f32],
+        first: usize,
+        rows: usize,
+        k: usize,
+        act: &[f32],
+        out: &mut [f32],
+    ) -> bool {
+        let n = act.len() / k.max(1);
+        let fits = k > 0
+            && n * k == act.len()
+            && first
+                .checked_add(rows)
+                .and_then(|end| end.checked_mul(k))
+                .is_some_and(|end| end <= w.len())
+            && rows.checked_mul(n).is_some_and(|len| len <= out.len());
+        if !fits || !std::arch::is_x86_feature_detected!("avx512f") {
+            return false;
+        }
+        if rows == 0 {
+            return true;
+        }
+        let w = &w[first * k..(first + rows) * k];
+        // SAFETY: AVX-512F was detected; `w` holds rows x k elements, `act` n x k and
+        // `out` at least rows x n (checked above), as `dots` requires.
+        unsafe {
+            match n {
+                0 => {} // No vectors: nothing to write.
+                1 => dots::<1>(w, k, act, out),
+                2 => dots::<2>(w, k, act, out),
+                3 => dots::<3>(w, k, act, out),
+                4 => dots::<4>(w, k, act, out),
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// `out[r * N + c] = w_r . act_c` for every row of `w` (rows of `k`) and the `N` rows
+    /// of `act`: each weight step (32 columns, two registers) is loaded once and multiplied
+    /// into two accumulators per vector (FMA latency hidden; the old portable dot was one
+    /// dependent add chain per vector), the last columns masked.
+    ///
+    /// # Safety
+    /// AVX-512F must be available; `w` holds whole rows of `k >= 1`, `act` `N * k` and
+    /// `out` at least `w.len() / k * N` elements.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn dots<const N: usize>(w: &[f32], k: usize, act: &[f32], out: &mut [f32]) {
+        let (x, o) = (act.as_ptr(), out.as_mut_ptr());
+        for (r, row) in w.chunks_exact(k).enumerate() {
+            let row = row.as_ptr();
+            let mut acc = [[_mm512_setzero_ps(); N]; 2];
+            let mut off = 0;
+            // SAFETY (all loads): columns off..off + 32 (or the masked rest) lie inside the
+            // row of w and every row of act; out[r * N + c] is inside rows x N.
+            while off + 2 * LANES <= k {
+                for (h, acc) in acc.iter_mut().enumerate() {
+                    let wv = _mm512_loadu_ps(row.add(off + h * LANES));
+                    for (c, s) in acc.iter_mut().enumerate() {
+                        let xv = _mm512_loadu_ps(x.add(c * k + off + h * LANES));
+                        *s = _mm512_fmadd_ps(wv, xv, *s);
+                    }
+                }
+                off += 2 * LANES;
+            }
+            while off < k {
+                // Masked-off elements are neither read nor faulted on, and load as zero.
+                let mask = ((1u32 << (k - off).min(LANES)) - 1) as u16;
+                let wv = _mm512_maskz_loadu_ps(mask, row.add(off));
+                for (c, s) in acc[0].iter_mut().enumerate() {
+                    let xv = _mm512_maskz_loadu_ps(mask, x.add(c * k + off));
+                    *s = _mm512_fmadd_ps(wv, xv, *s);
+                }
+                off += LANES;
+            }
+            for (c, (&s0, &s1)) in acc[0].iter().zip(&acc[1]).enumerate() {
+                *o.add(r * N + c) = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use half::bf16;
+
+    #[test]
+    fn f32_rows_times_matches_an_f64_reference_at_odd_shapes() {
+        // k below one step, odd, one 32-column step plus a masked rest, and DeepSeek-like;
+        // 1..=4 vectors (the AVX-512 path) with rows starting past the first.
+        let mut rng = crate::test_util::Lcg::new(7);
+        for k in [1, 13, 37, 83, 2048 + 5] {
+            for n in 1..=MAX_VECTORS {
+                let (first, rows) = (2, 5);
+                let w = rng.vec((first + rows + 1) * k, -2.0, 2.0);
+                let act = rng.vec(n * k, -2.0, 2.0);
+                let mut out = vec![f32::NAN; rows * n];
+                let weights = Weights::Float(FloatSlice::F32(&w));
+                rows_times(weights, first, rows, k, &act, &mut out, &mut Vec::new());
+                for r in 0..rows {
+                    for c in 0..n {
+                        let wr = &w[(first + r) * k..][..k];
+                        let p = wr.iter().zip(&act[c * k..][..k]);
+                        let want: f64 = p.clone().map(|(&a, &b)| a as f64 * b as f64).sum();
+                        let abs: f64 = p.map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+                        // An f32 sum: k + 16 roundings of at most eps times the sum of |p|.
+                        let tol = (k + 16) as f64 * f32::EPSILON as f64 * abs;
+                        let got = out[r * n + c] as f64;
+                        assert!(
+                            (got - want).abs() <= tol,
+                            "k {k} n {n} row {r} vector {c}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn rows_times_matches_plain_dot_products() {
