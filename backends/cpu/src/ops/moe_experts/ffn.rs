@@ -3,7 +3,9 @@
 //! the down GEMM), each weight row read once: BF16 weights on the native bf16 dot where
 //! the CPU has it ([`bf16dot`]), else upcast to f32 once per tile ([`matmul_nt`]). Tiles
 //! of all experts run in parallel. Without the native dot, an expert with only a few
-//! tokens (decode) takes the matrix-vector path of [`gemv`] instead.
+//! tokens (decode) takes the matrix-vector path of [`gemv`] instead. FP8 weights meet
+//! more tokens on the native bf16 dot with their codes decoded in registers
+//! ([`fp8::gemv::rows_times_many`]) where the CPU has it, else dequantized tiles.
 //!
 //! Activations are kept transposed per expert (`[rows_out, n_e]`, expert after expert),
 //! so every tile writes one contiguous chunk.

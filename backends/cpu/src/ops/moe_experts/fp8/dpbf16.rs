@@ -82,7 +82,7 @@ pub fn available() -> bool {
         && std::arch::is_x86_feature_detected!("avx512bf16")
 }
 
-/// `out[r * n + j] = W[first + r] . act[j]` as [`super::rows_times`]; returns false
+/// `out[r * n + j] = W[first + r] . act[j]` as [`super::gemv::rows_times`]; returns false
 /// (nothing written) when the activations are neither bf16 values nor quantized ones, or
 /// not finite (see the module).
 ///
