@@ -3,7 +3,6 @@
 //! ([`CpuSlice`], [`CpuSliceMut`]).
 
 use half::{bf16, f16};
-use moemla_core::alloc::try_filled_vec;
 use moemla_core::{DType, DeviceBuffer, DeviceTensor, Element, Error, HostTensor, Result, Shape};
 use std::any::Any;
 use std::cell::UnsafeCell;
@@ -76,12 +75,12 @@ impl CpuStorage {
         let len = shape.byte_len(dtype)? / dtype.size_in_bytes();
         const WHAT: &str = "cpu alloc_zeroed";
         Ok(match dtype {
-            DType::F32 => CpuStorage::F32(try_filled_vec(len, WHAT)?),
-            DType::F16 => CpuStorage::F16(try_filled_vec(len, WHAT)?),
-            DType::BF16 => CpuStorage::BF16(try_filled_vec(len, WHAT)?),
-            DType::I32 => CpuStorage::I32(try_filled_vec(len, WHAT)?),
-            DType::F8E4M3 => CpuStorage::F8E4M3(try_filled_vec(len, WHAT)?),
-            DType::U8 => CpuStorage::U8(try_filled_vec(len, WHAT)?),
+            DType::F32 => CpuStorage::F32(filled_vec(len, WHAT)?),
+            DType::F16 => CpuStorage::F16(filled_vec(len, WHAT)?),
+            DType::BF16 => CpuStorage::BF16(filled_vec(len, WHAT)?),
+            DType::I32 => CpuStorage::I32(filled_vec(len, WHAT)?),
+            DType::F8E4M3 => CpuStorage::F8E4M3(filled_vec(len, WHAT)?),
+            DType::U8 => CpuStorage::U8(filled_vec(len, WHAT)?),
         })
     }
 
@@ -425,7 +424,7 @@ pub fn buffer<'a>(
 /// `bytes` (a whole number of `T`s, as a host tensor holds them) copied into a new `Vec<T>`,
 /// allocated fallibly.
 fn copy_of<T: bytemuck::Pod + Default>(bytes: &[u8]) -> Result<Vec<T>> {
-    let mut v: Vec<T> = try_filled_vec(bytes.len() / std::mem::size_of::<T>(), "cpu upload")?;
+    let mut v: Vec<T> = filled_vec(bytes.len() / std::mem::size_of::<T>(), "cpu upload")?;
     bytemuck::cast_slice_mut(&mut v).copy_from_slice(bytes);
     Ok(v)
 }
@@ -436,8 +435,50 @@ fn copy_of<T: bytemuck::Pod + Default>(bytes: &[u8]) -> Result<Vec<T>> {
 /// ([`Error::OutOfMemory`]); `what` names the buffer in the error.
 pub fn zeroed<T: Element + Default>(dims: &[usize], what: &str) -> Result<Vec<T>> {
     let bytes = Shape::from(dims).byte_len(T::DTYPE)?;
-    try_filled_vec(bytes / T::DTYPE.size_in_bytes(), what)
+    filled_vec(bytes / T::DTYPE.size_in_bytes(), what)
 }
+
+/// Allocations of at least this many bytes ask for transparent huge pages.
+const HUGE_PAGE_MIN_BYTES: usize = 4 << 20;
+
+/// `len` default (zero) `T`s, allocated fallibly ([`Error::OutOfMemory`], `what` naming the
+/// buffer); an allocation of [`HUGE_PAGE_MIN_BYTES`] or more is advised to use transparent
+/// huge pages ([`advise_huge_pages`]) before the fill first touches its pages, so weights
+/// and large scratch buffers stream with far fewer TLB misses and page faults.
+fn filled_vec<T: Clone + Default>(len: usize, what: &str) -> Result<Vec<T>> {
+    let mut v: Vec<T> = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| Error::OutOfMemory {
+        what: what.to_string(),
+        bytes: len.saturating_mul(std::mem::size_of::<T>()),
+    })?;
+    let bytes = v.capacity().saturating_mul(std::mem::size_of::<T>());
+    if bytes >= HUGE_PAGE_MIN_BYTES {
+        advise_huge_pages(v.as_mut_ptr().cast::<u8>(), bytes);
+    }
+    v.resize(len, T::default());
+    Ok(v)
+}
+
+/// Asks the kernel to back the whole pages inside `bytes` bytes at `ptr` (memory this
+/// process allocated) with transparent huge pages (`MADV_HUGEPAGE`).
+#[cfg(target_os = "linux")]
+fn advise_huge_pages(ptr: *mut u8, bytes: usize) {
+    const PAGE: usize = 4096;
+    let start = (ptr as usize).next_multiple_of(PAGE);
+    let end = (ptr as usize).saturating_add(bytes) / PAGE * PAGE;
+    if end > start {
+        // SAFETY: `start .. end` lies inside the allocation at `ptr` (rounded inward to
+        // whole pages) and is page-aligned as madvise requires; MADV_HUGEPAGE only changes
+        // how the kernel backs those pages, never their contents or validity. A failure is
+        // ignored on purpose: it is advice (no THP support, THP `never`), and the memory is
+        // then simply backed by 4 KiB pages.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+    }
+}
+
+/// Elsewhere huge pages are not asked for.
+#[cfg(not(target_os = "linux"))]
+fn advise_huge_pages(_ptr: *mut u8, _bytes: usize) {}
 
 /// A float tensor's elements, borrowed in their storage type.
 #[derive(Clone, Copy, Debug)]
@@ -682,6 +723,69 @@ mod tests {
         // A plain length mismatch (6 elements claimed, 4 held) is caught the same way.
         let short = unrepresentable(&[2, 3], CpuStorage::F32(vec![0.0; 4]));
         assert!(matches!(cpu.download(&short), Err(Error::Device { .. })));
+    }
+
+    /// AnonHugePages (kB) of the mapping holding `addr`, from /proc/self/smaps.
+    #[cfg(target_os = "linux")]
+    fn anon_huge_kb(addr: usize) -> Option<usize> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+        let mut inside = false;
+        for line in smaps.lines() {
+            let first = line.split_whitespace().next().unwrap_or("");
+            if let Some((lo, hi)) = first.split_once('-') {
+                if let (Ok(lo), Ok(hi)) =
+                    (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+                {
+                    inside = (lo..hi).contains(&addr);
+                    continue;
+                }
+            }
+            if inside {
+                if let Some(kb) = line.strip_prefix("AnonHugePages:") {
+                    return kb.trim().trim_end_matches("kB").trim().parse().ok();
+                }
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn large_allocations_hold_what_is_written_and_ask_for_huge_pages() {
+        // 64 MiB: above glibc's largest mmap threshold, so a fresh mapping no other test
+        // touched before the advice.
+        let len = 16usize << 20;
+        let mut s = CpuStorage::zeros(DType::F32, &[len].into()).unwrap();
+        assert_eq!((s.len(), s.as_bytes().len()), (len, len * 4));
+        let CpuSliceMut::F32(v) = s.as_mut_slice() else {
+            panic!("not f32")
+        };
+        assert!(v.iter().all(|&x| x == 0.0));
+        for (i, x) in v.iter_mut().enumerate() {
+            *x = (i % 1021) as f32 - 7.5;
+        }
+        let CpuSlice::F32(r) = s.as_slice() else {
+            panic!("not f32")
+        };
+        assert!(r
+            .iter()
+            .enumerate()
+            .all(|(i, &x)| x == (i % 1021) as f32 - 7.5));
+        // An upload of a large tensor copies it exactly.
+        let words: Vec<i32> = (0..(3 << 20) + 5).map(|i| i * 7 - 3).collect();
+        let host = HostTensor::from_slice([words.len()], &words).unwrap();
+        let up = CpuStorage::from_host(&host).unwrap();
+        assert_eq!(up, CpuStorage::I32(words));
+        #[cfg(target_os = "linux")]
+        {
+            let mode = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+                .unwrap_or_default();
+            if mode.contains("[always]") || mode.contains("[madvise]") {
+                let kb = anon_huge_kb(r.as_ptr() as usize + len * 2);
+                assert!(kb.is_some_and(|kb| kb >= 2048), "AnonHugePages {kb:?} kB");
+            } else {
+                println!("THP mode {:?}: huge pages not checked", mode.trim());
+            }
+        }
     }
 
     #[test]
