@@ -59,7 +59,7 @@ pub(super) fn attend(
     while p0 < span.end {
         let p1 = (p0 + SUB).min(span.end);
         let n = p1 - p0;
-        let part = if to_bf16(bytes, &slots[p0..p1], buf) {
+        let part = if to_bf16(bytes, &slots[p0..], n, buf) {
             let cache = Cache {
                 data: KvRows::Dense(FloatSlice::BF16(buf)),
                 slots: Slots::Listed(&ident[..n]),
@@ -94,12 +94,33 @@ pub(super) fn attend(
     })
 }
 
-/// Dequantizes the rows `slots` (each a checked slot of `bytes`) into `out` as bf16 [n,
-/// 576]; false (and `out` unusable) when a row's scales are not all powers of two in
+/// Rows prefetched ahead of the one dequantized (the listed rows lie anywhere in the
+/// cache: every first touch would wait on memory).
+const AHEAD: usize = 8;
+
+/// Dequantizes the first `n` rows of `slots` (each a checked slot of `bytes`) into `out`
+/// as bf16 [n, 576], prefetching up to [`AHEAD`] rows past them (the next piece's first);
+/// false (and `out` unusable) when a row's scales are not all powers of two in
 /// [2^-117, 2^119]. Callers check [`crate::bf16dot::native`] first.
-fn to_bf16(bytes: &[u8], slots: &[u32], out: &mut Vec<bf16>) -> bool {
-    out.resize(slots.len() * DS_V32_DIM, bf16::ZERO);
-    for (&slot, dst) in slots.iter().zip(out.chunks_exact_mut(DS_V32_DIM)) {
+fn to_bf16(bytes: &[u8], slots: &[u32], n: usize, out: &mut Vec<bf16>) -> bool {
+    let fetch = |j: usize| {
+        let row = slots.get(j).and_then(|&s| {
+            let at = s as usize * DS_V32_ROW_BYTES;
+            bytes.get(at..)?.first_chunk::<DS_V32_ROW_BYTES>()
+        });
+        if let Some(row) = row {
+            // SAFETY: SSE is part of x86_64; the row is 656 readable bytes.
+            unsafe { x86::prefetch(row) };
+        }
+    };
+    (0..AHEAD.min(n)).for_each(fetch);
+    out.resize(n * DS_V32_DIM, bf16::ZERO);
+    for (j, (&slot, dst)) in slots
+        .iter()
+        .zip(out.chunks_exact_mut(DS_V32_DIM))
+        .enumerate()
+    {
+        fetch(j + AHEAD);
         let at = slot as usize * DS_V32_ROW_BYTES;
         let Some(row) = bytes
             .get(at..)
@@ -138,6 +159,17 @@ mod x86 {
     use super::{DS_V32_DIM, DS_V32_LATENT, DS_V32_ROW_BYTES, DS_V32_TILE, TABLE};
     use half::bf16;
     use std::arch::x86_64::*;
+
+    /// Prefetches the 11 cache lines of `row` into L1.
+    ///
+    /// # Safety
+    /// None beyond x86_64 (prefetches never fault; the addresses lie inside `row`).
+    #[inline]
+    pub(super) unsafe fn prefetch(row: &[u8; DS_V32_ROW_BYTES]) {
+        for at in (0..DS_V32_ROW_BYTES).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().add(at).cast());
+        }
+    }
 
     /// Dequantizes one 656-byte row into `out` (576 bf16): each tile's codes through
     /// [`TABLE`] (sign bit ORed in), nonzero non-NaN values' exponents raised by the
@@ -233,7 +265,7 @@ mod tests {
             let mut bytes = vec![0xFFu8; DS_V32_ROW_BYTES];
             bytes.extend_from_slice(&row);
             let mut out = Vec::new();
-            assert!(to_bf16(&bytes, &[1, 1], &mut out), "{scales:?}");
+            assert!(to_bf16(&bytes, &[1, 1, 0], 2, &mut out), "{scales:?}");
             assert_eq!(out.len(), 2 * DS_V32_DIM);
             for (i, (&g, &w)) in out.iter().zip(want.iter().cycle()).enumerate() {
                 let g = g.to_f32();
@@ -253,7 +285,7 @@ mod tests {
             f32::INFINITY,
         ] {
             let row = row_with([1.0, 1.0, bad, 1.0]);
-            assert!(!to_bf16(&row, &[0], &mut Vec::new()), "scale {bad}");
+            assert!(!to_bf16(&row, &[0], 1, &mut Vec::new()), "scale {bad}");
         }
     }
 
