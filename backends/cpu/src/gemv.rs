@@ -111,8 +111,9 @@ mod x86 {
 
     /// [`super::rows_times`] for F32 weights `w` on AVX-512F: `out[r * n + c] = w[first +
     /// r] . act[c]`. False (nothing written) when the CPU lacks AVX-512F or the lengths do
-    /// not fit: `k` 0, `act` not 1..=[`super::MAX_VECTORS`] whole rows of `k`, `w`
-    /// without rows `first..first + rows` or `out` shorter than `rows * n`.
+    /// not fit: `k` 0, `act` not 0..=[`super::MAX_VECTORS`] whole rows of `k`, `w`
+    /// without rows `first..first + rows` or `out` shorter than `rows * n` (no vectors or
+    /// no rows: true, nothing to write).
     pub fn rows_times(
         w: &[f32],
         first: usize,

@@ -725,9 +725,9 @@ mod tests {
         assert!(matches!(cpu.download(&short), Err(Error::Device { .. })));
     }
 
-    /// AnonHugePages (kB) of the mapping holding `addr`, from /proc/self/smaps.
+    /// The `VmFlags` of the mapping holding `addr`, from /proc/self/smaps.
     #[cfg(target_os = "linux")]
-    fn anon_huge_kb(addr: usize) -> Option<usize> {
+    fn vm_flags(addr: usize) -> Option<String> {
         let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
         let mut inside = false;
         for line in smaps.lines() {
@@ -741,8 +741,8 @@ mod tests {
                 }
             }
             if inside {
-                if let Some(kb) = line.strip_prefix("AnonHugePages:") {
-                    return kb.trim().trim_end_matches("kB").trim().parse().ok();
+                if let Some(flags) = line.strip_prefix("VmFlags:") {
+                    return Some(flags.trim().to_string());
                 }
             }
         }
@@ -780,8 +780,15 @@ mod tests {
             let mode = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
                 .unwrap_or_default();
             if mode.contains("[always]") || mode.contains("[madvise]") {
-                let kb = anon_huge_kb(r.as_ptr() as usize + len * 2);
-                assert!(kb.is_some_and(|kb| kb >= 2048), "AnonHugePages {kb:?} kB");
+                // `hg`: the mapping was advised MADV_HUGEPAGE (whether the kernel found
+                // huge pages at fault time depends on fragmentation, so is not asserted).
+                let flags = vm_flags(r.as_ptr() as usize + len * 2);
+                assert!(
+                    flags
+                        .as_deref()
+                        .is_some_and(|f| f.split_whitespace().any(|x| x == "hg")),
+                    "VmFlags {flags:?}"
+                );
             } else {
                 println!("THP mode {:?}: huge pages not checked", mode.trim());
             }

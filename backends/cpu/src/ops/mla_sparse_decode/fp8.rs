@@ -9,6 +9,7 @@
 
 use super::super::kv_rows::KvRows;
 use super::super::mla_decode::attend::{self, Cache, Partial, Scratch, Slots};
+use crate::ops::moe_experts::fp8::magnitude_bf16;
 use crate::storage::FloatSlice;
 use half::bf16;
 use moemla_core::fp8::{DS_V32_DIM, DS_V32_LATENT, DS_V32_ROW_BYTES, DS_V32_TILE};
@@ -18,27 +19,14 @@ use std::ops::Range;
 /// Listed rows dequantized per piece (2 of attend's chunks; 288 KiB of bf16, in L2).
 pub(super) const SUB: usize = 256;
 
-/// The bf16 bits of every e4m3fn magnitude (code & 0x7F): 0, subnormals `m * 2^-9`,
-/// normals `2^(e - 7) (1 + m / 8)`, and NaN for 0x7F.
-const TABLE: [u16; 128] = {
+/// The bf16 bits of every e4m3fn magnitude (code & 0x7F; 0x7F: NaN), the same values the
+/// FP8 experts decode with ([`magnitude_bf16`]). A static, so the kernel's pointer into it
+/// is to one place in memory.
+static TABLE: [u16; 128] = {
     let mut t = [0u16; 128];
-    let mut m = 1;
+    let mut m = 0;
     while m < 128 {
-        t[m] = if m == 0x7F {
-            0x7FC0
-        } else if m < 8 {
-            // m * 2^-9 with m's top bit b: exponent b - 9, mantissa the bits below b.
-            let b = if m >= 4 {
-                2
-            } else if m >= 2 {
-                1
-            } else {
-                0
-            };
-            (((b + 118) << 7) | ((m - (1 << b)) << (7 - b))) as u16
-        } else {
-            ((((m >> 3) + 120) << 7) | ((m & 7) << 4)) as u16
-        };
+        t[m] = magnitude_bf16(m);
         m += 1;
     }
     t

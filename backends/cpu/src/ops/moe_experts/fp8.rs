@@ -7,6 +7,9 @@
 mod dpbf16;
 pub mod gemv;
 
+#[cfg(target_arch = "x86_64")]
+pub(crate) use dpbf16::magnitude_bf16;
+
 use super::permute::Permutation;
 use crate::storage::{f32_slice, storage, CpuSlice, FloatSlice};
 use moemla_core::fp8::{quantize_activation_row, ScaleMode, BLOCK, E4M3_VALUES};

@@ -28,8 +28,11 @@ const STEP: usize = 64;
 /// 13.8 ms at 8 KiB).
 const PREFETCH: usize = 8192;
 
+/// Largest prepared activation buffer (bf16 words; 4 MiB) a thread keeps for its next call.
+const PREPARED_KEEP: usize = 2 << 20;
+
 /// bf16 bits of the e4m3 value with magnitude bits `m` (0..128; 0x7F: a quiet NaN).
-const fn magnitude_bf16(m: usize) -> u16 {
+pub(crate) const fn magnitude_bf16(m: usize) -> u16 {
     let (e, man) = (m >> 3, m & 7);
     if m == 0x7F {
         0x7FC0
@@ -144,12 +147,19 @@ unsafe fn with_prepared(
 ) -> bool {
     let padded = k.div_ceil(STEP) * STEP;
     let col_blocks = k.div_ceil(BLOCK);
+    let Some((len_words, len_scales)) = n.checked_mul(padded).zip(n.checked_mul(col_blocks)) else {
+        return false;
+    };
     let (mut words, mut act_scales) = (PREPARED.take(), ACT_SCALES.take());
     words.clear();
-    words.resize(n * padded, 0);
     act_scales.clear();
-    act_scales.resize(n * col_blocks, 1.0);
-    let mut ok = true;
+    // Fallible: where the memory is not there, decline; the caller's dequantized path then
+    // reports it as a typed error.
+    let mut ok = words.try_reserve(len_words).is_ok() && act_scales.try_reserve(len_scales).is_ok();
+    if ok {
+        words.resize(len_words, 0);
+        act_scales.resize(len_scales, 1.0);
+    }
     for (j, vector) in act.chunks_exact(k).take(n).enumerate() {
         // SAFETY: AVX-512F/BW are available; the slices are `padded` zeros and
         // `col_blocks` long.
@@ -163,8 +173,11 @@ unsafe fn with_prepared(
     if ok {
         f(words.as_ptr(), act_scales.as_ptr(), padded);
     }
-    PREPARED.set(words);
-    ACT_SCALES.set(act_scales);
+    // A prefill's prepared tokens are not kept for the life of the thread.
+    if words.capacity() <= PREPARED_KEEP {
+        PREPARED.set(words);
+        ACT_SCALES.set(act_scales);
+    }
     ok
 }
 
