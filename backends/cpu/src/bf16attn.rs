@@ -446,15 +446,7 @@ mod tests {
 
     /// Uniform-ish values in [lo, lo + 4) from a fixed-seed generator, as bf16.
     fn values(len: usize, seed: u64, lo: f32) -> Vec<bf16> {
-        let mut s = seed;
-        (0..len)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                bf16::from_f32(((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 + lo)
-            })
-            .collect()
+        crate::test_util::bf16_values(len, seed, lo)
     }
 
     /// The paths this CPU can run: the f32 one, and the native one where it has it.

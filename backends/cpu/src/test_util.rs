@@ -28,6 +28,15 @@ impl Lcg {
     }
 }
 
+/// `n` bf16 values uniform in [lo, lo + 4) from `seed` (the SIMD kernels' test operands).
+pub fn bf16_values(n: usize, seed: u64, lo: f32) -> Vec<half::bf16> {
+    Lcg::new(seed)
+        .vec(n, lo, lo + 4.0)
+        .into_iter()
+        .map(half::bf16::from_f32)
+        .collect()
+}
+
 /// Uploads `values` as a `dtype` tensor (rounded), returning the tensor and the values as
 /// stored (so references see exactly the rounded inputs).
 pub fn upload_as(

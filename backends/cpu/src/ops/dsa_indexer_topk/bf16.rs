@@ -192,15 +192,7 @@ mod tests {
 
     /// Fixed-seed values in [-2, 2), as bf16.
     fn values(len: usize, seed: u64) -> Vec<bf16> {
-        let mut s = seed;
-        (0..len)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                bf16::from_f32(((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0)
-            })
-            .collect()
+        crate::test_util::bf16_values(len, seed, -2.0)
     }
 
     /// The f64 reference score of each key and its rounding bound: the dims' f32 sum on
