@@ -1,8 +1,8 @@
 //! The ceilings every ratio is taken against, measured in the same run.
 //!
 //! On a CPU device the floors use the host's physical limits ([`crate::host`]): the read
-//! bandwidth for the memory term, the f32 FMA peak or the native bf16 dot peak (by the
-//! row's dtype) for the compute term. The backend's copy and its dense GEMM are still
+//! bandwidth for the memory term, the f32 FMA peak (f32, f16 rows) or the larger of it and
+//! the native bf16 dot peak (bf16 rows) for the compute term. The backend's copy and its dense GEMM are still
 //! measured, as reference rates: a copy moves each byte twice, and a library GEMM is an
 //! achievable rate, not a limit. Elsewhere (GPUs) the floors use the device's read
 //! bandwidth and f32 FMA peak measured by the backend's own kernels
@@ -336,10 +336,13 @@ pub fn cache_read_limit(h: &HostLimits) -> Limit {
     )
 }
 
-/// The host's compute limit for rows of `dtype`: the native bf16 dot peak for BF16 where
-/// the CPU has one, else the f32 FMA peak (every other dtype is computed in f32).
+/// The host's compute limit for rows of `dtype`: for BF16 the larger of the native bf16
+/// dot peak (where the CPU has one) and the f32 FMA peak (a bf16 product is exact in f32,
+/// so upcast + FMA is also a way to compute it: on some CPUs, e.g. Intel's with
+/// AVX512-BF16, `VDPBF16PS` runs at half the FMA's FLOP rate); every other dtype is
+/// computed in f32: the f32 FMA peak.
 pub fn compute_limit(h: &HostLimits, dtype: DType) -> Limit {
-    let fma = |note: &str| {
+    let fma = |note: String| {
         Limit::new(
             "f32 FMA peak",
             h.fma_flops,
@@ -352,7 +355,7 @@ pub fn compute_limit(h: &HostLimits, dtype: DType) -> Limit {
         )
     };
     match (dtype, h.bf16_flops, h.bf16_isa) {
-        (DType::BF16, Some(rate), Some(isa)) => Limit::new(
+        (DType::BF16, Some(rate), Some(isa)) if rate >= h.fma_flops => Limit::new(
             "bf16 dot peak",
             rate,
             "FLOP/s",
@@ -362,8 +365,13 @@ pub fn compute_limit(h: &HostLimits, dtype: DType) -> Limit {
                 h.fma_accumulators, h.threads
             ),
         ),
-        (DType::BF16, _, _) => fma("; no native bf16 dot on this CPU: f32 peak"),
-        _ => fma(""),
+        (DType::BF16, Some(rate), Some(isa)) => fma(format!(
+            "; above this CPU's native bf16 dot peak ({isa}, {:.1} GFLOP/s), and a bf16 \
+             product is exact in f32",
+            rate / 1e9
+        )),
+        (DType::BF16, _, _) => fma("; no native bf16 dot on this CPU: f32 peak".into()),
+        _ => fma(String::new()),
     }
 }
 
@@ -454,6 +462,20 @@ mod tests {
         // bf16 rows: the bf16 dot peak, which an f32 FMA kernel does not measure.
         let c = host_ceilings(DType::BF16, &h, rates(), device());
         assert_eq!((c.compute.rate, c.compute.measured.len()), (400e9, 1));
+        assert_eq!(c.compute.name, "bf16 dot peak");
+        // A CPU whose bf16 dot is slower than its FMA (Intel's AVX512-BF16 runs VDPBF16PS
+        // at half the FMA's FLOP rate): bf16 rows can run upcast on the FMA, so the
+        // limit is the FMA peak, merged with the device's FMA kernel like f32 rows.
+        let slow_dot = HostLimits {
+            bf16_flops: Some(100e9),
+            ..h.clone()
+        };
+        let c = host_ceilings(DType::BF16, &slow_dot, rates(), device());
+        assert_eq!(
+            (c.compute.name.as_str(), c.compute.rate),
+            ("f32 FMA peak", 200e9)
+        );
+        assert!(c.compute.how.contains("100.0 GFLOP/s"), "{}", c.compute.how);
         // Without device kernels: the host's limits alone.
         let c = host_ceilings(DType::F32, &h, rates(), None);
         assert_eq!(

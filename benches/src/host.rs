@@ -7,6 +7,7 @@
 mod read;
 
 use crate::timing::Budget;
+use moemla_core::peak::{bf16_dot_loop, fma_loop, PeakLoop};
 use moemla_core::{Error, Result};
 use serde::Serialize;
 use std::hint::black_box;
@@ -69,8 +70,8 @@ pub fn measure(budget: Budget) -> Result<HostLimits> {
         .target
         .clamp(Duration::from_millis(5), Duration::from_millis(100));
     let reps = budget.min_reps.max(3);
-    let fma = best_rate(threads, reps, target, fma_kernel());
-    let bf16 = bf16_kernel().map(|k| (best_rate(threads, reps, target, k), k.isa));
+    let fma = best_rate(threads, reps, target, fma_loop());
+    let bf16 = bf16_dot_loop().map(|k| (best_rate(threads, reps, target, k), k.isa));
     let llc_bytes = last_level_cache();
     let read_bytes = read_buffer_bytes(llc_bytes, available_memory())?;
     let read_passes = budget.max_reps.clamp(3, 20);
@@ -79,8 +80,8 @@ pub fn measure(budget: Budget) -> Result<HostLimits> {
     Ok(HostLimits {
         threads,
         fma_flops: fma,
-        fma_isa: fma_kernel().isa,
-        fma_accumulators: fma_kernel().accumulators,
+        fma_isa: fma_loop().isa,
+        fma_accumulators: fma_loop().accumulators,
         bf16_flops: bf16.map(|b| b.0),
         bf16_isa: bf16.map(|b| b.1),
         read_bandwidth: read.bytes_per_s,
@@ -110,18 +111,9 @@ impl HostLimits {
     }
 }
 
-/// A register-resident loop: `run(iters)` performs `flops_per_iter * iters` FLOPs.
-#[derive(Clone, Copy)]
-struct Kernel {
-    isa: &'static str,
-    accumulators: usize,
-    flops_per_iter: f64,
-    run: fn(u64) -> f32,
-}
-
 /// The best FLOP/s of `reps` runs of `kernel` on `threads` threads started together, each
 /// running about `target` long.
-fn best_rate(threads: usize, reps: usize, target: Duration, kernel: Kernel) -> f64 {
+fn best_rate(threads: usize, reps: usize, target: Duration, kernel: PeakLoop) -> f64 {
     // Calibrate on one thread: iterations that take about `target`.
     let mut iters: u64 = 1 << 12;
     loop {
@@ -169,96 +161,9 @@ fn on_every_thread<T>(threads: usize, work: impl Fn() -> T + Sync) -> f64 {
     }
 }
 
-/// The widest FMA loop this CPU runs.
-fn fma_kernel() -> Kernel {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return Kernel {
-                isa: "AVX-512F",
-                accumulators: x86::ACC,
-                flops_per_iter: (x86::ACC * 16 * 2) as f64,
-                // SAFETY: AVX-512F was detected at run time just above.
-                run: |n| unsafe { x86::fma_avx512(n) },
-            };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            return Kernel {
-                isa: "AVX2+FMA",
-                accumulators: x86::ACC_256,
-                flops_per_iter: (x86::ACC_256 * 8 * 2) as f64,
-                // SAFETY: AVX2 and FMA were detected at run time just above.
-                run: |n| unsafe { x86::fma_avx2(n) },
-            };
-        }
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        if std::arch::is_aarch64_feature_detected!("neon") {
-            return Kernel {
-                isa: "NEON",
-                accumulators: arm::ACC,
-                flops_per_iter: (arm::ACC * 4 * 2) as f64,
-                // SAFETY: NEON was detected at run time just above.
-                run: |n| unsafe { arm::fma_neon(n) },
-            };
-        }
-    }
-    Kernel {
-        isa: "portable",
-        accumulators: PORTABLE_ACC,
-        flops_per_iter: (PORTABLE_ACC * 2) as f64,
-        run: fma_portable,
-    }
-}
-
-/// The native bf16 dot loop, where the CPU has one.
-fn bf16_kernel() -> Option<Kernel> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512bf16")
-            && std::arch::is_x86_feature_detected!("avx512f")
-        {
-            return Some(Kernel {
-                isa: "AVX512-BF16 VDPBF16PS",
-                accumulators: x86::ACC,
-                // 16 lanes, each adding two bf16 products: 4 FLOPs.
-                flops_per_iter: (x86::ACC * 16 * 4) as f64,
-                // SAFETY: AVX512-BF16 and AVX-512F were detected at run time just above.
-                run: |n| unsafe { x86::dot_bf16_avx512(n) },
-            });
-        }
-    }
-    None
-}
-
-/// Independent accumulators of the portable loop (the compiler vectorises them to whatever
-/// the build's baseline ISA has).
-const PORTABLE_ACC: usize = 64;
-
-/// `acc = acc * a + b` on [`PORTABLE_ACC`] independent lanes, `n` times (a multiply and an
-/// add: 2 FLOPs each).
-fn fma_portable(n: u64) -> f32 {
-    let (a, b) = (black_box(0.999_999f32), black_box(1e-7f32));
-    let mut acc = [1.0f32; PORTABLE_ACC];
-    for _ in 0..n {
-        for x in acc.iter_mut() {
-            *x = *x * a + b;
-        }
-    }
-    acc.iter().sum()
-}
-
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
-
-    /// Independent 512-bit accumulators: enough to cover FMA latency x throughput (4 x 2
-    /// on current cores, 6 x 2 for VDPBF16PS) with room to spare, within 32 registers.
-    pub const ACC: usize = 24;
-    /// Independent 256-bit accumulators (16 registers, two hold the constants).
-    pub const ACC_256: usize = 12;
 
     /// [`super::sum_words`] in 512-bit loads (4 independent accumulators).
     #[target_feature(enable = "avx512f")]
@@ -298,84 +203,6 @@ mod x86 {
             sum = lanes.iter().fold(sum, |s, &w| s.wrapping_add(w));
         }
         sum
-    }
-
-    /// `n` rounds of an FMA on each of [`ACC`] 16-lane f32 accumulators.
-    #[target_feature(enable = "avx512f")]
-    pub fn fma_avx512(n: u64) -> f32 {
-        let (a, b) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
-        let mut acc = [_mm512_set1_ps(1.0); ACC];
-        for _ in 0..n {
-            for x in acc.iter_mut() {
-                *x = _mm512_fmadd_ps(*x, a, b);
-            }
-        }
-        let sum = acc
-            .iter()
-            .fold(_mm512_setzero_ps(), |s, &x| _mm512_add_ps(s, x));
-        _mm512_reduce_add_ps(sum)
-    }
-
-    /// `n` rounds of an FMA on each of [`ACC_256`] 8-lane f32 accumulators.
-    #[target_feature(enable = "avx2,fma")]
-    pub fn fma_avx2(n: u64) -> f32 {
-        let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
-        let mut acc = [_mm256_set1_ps(1.0); ACC_256];
-        for _ in 0..n {
-            for x in acc.iter_mut() {
-                *x = _mm256_fmadd_ps(*x, a, b);
-            }
-        }
-        let mut lanes = [0.0f32; 8];
-        for x in acc {
-            let mut v = [0.0f32; 8];
-            // SAFETY: `v` is 8 f32s, the unaligned store writes exactly those.
-            unsafe { _mm256_storeu_ps(v.as_mut_ptr(), x) };
-            for (l, e) in lanes.iter_mut().zip(v) {
-                *l += e;
-            }
-        }
-        lanes.iter().sum()
-    }
-
-    /// `n` rounds of `VDPBF16PS` on each of [`ACC`] accumulators (16 lanes, two bf16
-    /// products each). The inputs are 2^-10: every accumulator grows by 2^-19 a round and
-    /// stays normal and finite.
-    #[target_feature(enable = "avx512f,avx512bf16")]
-    pub fn dot_bf16_avx512(n: u64) -> f32 {
-        let x = _mm512_set1_ps(1.0 / 1024.0);
-        let (a, b) = (_mm512_cvtne2ps_pbh(x, x), _mm512_cvtne2ps_pbh(x, x));
-        let mut acc = [_mm512_setzero_ps(); ACC];
-        for _ in 0..n {
-            for s in acc.iter_mut() {
-                *s = _mm512_dpbf16_ps(*s, a, b);
-            }
-        }
-        let sum = acc
-            .iter()
-            .fold(_mm512_setzero_ps(), |s, &x| _mm512_add_ps(s, x));
-        _mm512_reduce_add_ps(sum)
-    }
-}
-
-#[cfg(target_arch = "aarch64")]
-mod arm {
-    use std::arch::aarch64::*;
-
-    /// Independent 128-bit accumulators (32 registers, two hold the constants).
-    pub const ACC: usize = 24;
-
-    /// `n` rounds of an FMA on each of [`ACC`] 4-lane f32 accumulators.
-    #[target_feature(enable = "neon")]
-    pub fn fma_neon(n: u64) -> f32 {
-        let (a, b) = (vdupq_n_f32(0.999_999), vdupq_n_f32(1e-7));
-        let mut acc = [vdupq_n_f32(1.0); ACC];
-        for _ in 0..n {
-            for x in acc.iter_mut() {
-                *x = vfmaq_f32(b, *x, a);
-            }
-        }
-        acc.iter().map(|&x| vaddvq_f32(x)).sum()
     }
 }
 
@@ -556,26 +383,5 @@ mod tests {
         assert_eq!(sum_words(&words), words.iter().sum::<u64>());
         assert_eq!(read_kernel()(&words), words.iter().sum::<u64>());
         assert_eq!(sum_words(&[]), 0);
-    }
-
-    #[test]
-    fn loops_compute_what_they_claim() {
-        // acc -> acc * a + b converges to b / (1 - a) = 0.1 from 1.0; after n steps every
-        // lane is 0.1 + 0.9 * a^n (f32 rounding aside).
-        let lane = |n: i32| 0.1 + 0.9 * 0.999_999f64.powi(n);
-        let k = fma_kernel();
-        let lanes = k.flops_per_iter / 2.0;
-        let got = (k.run)(1000) as f64;
-        assert!(
-            (got - lanes * lane(1000)).abs() < 1e-3 * got,
-            "{} {got}",
-            k.isa
-        );
-        if let Some(k) = bf16_kernel() {
-            // Each round adds 2 * 2^-20 per lane.
-            let lanes = k.flops_per_iter / 4.0;
-            let got = (k.run)(1000) as f64;
-            assert_eq!(got, lanes * 1000.0 * 2.0 / (1 << 20) as f64);
-        }
     }
 }

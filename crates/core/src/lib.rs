@@ -38,6 +38,7 @@ pub mod fp8;
 mod host;
 pub mod ops;
 mod params;
+pub mod peak;
 mod shape;
 mod validate;
 pub mod vendor;

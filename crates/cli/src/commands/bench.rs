@@ -391,8 +391,10 @@ gives them, the best of many passes; for rows whose data fits in the last-level 
 so stays there from one repetition to the next, the cache read bandwidth: every thread
 re-reading a 256 KiB buffer), the compute limit the f32 FMA peak (a register-resident FMA
 loop in the widest vector ISA the CPU has, enough independent accumulators to cover the
-FMA latency) or, for bf16 rows, the native bf16 dot peak (AVX512-BF16 `VDPBF16PS`) where
-the CPU has one, else the f32 peak. No op can exceed them. The copy bandwidth and the `gemm`
+FMA latency) or, for bf16 rows, the larger of that and the native bf16 dot peak
+(AVX512-BF16 `VDPBF16PS`) where the CPU has one: a bf16 product is exact in f32, so either
+instruction computes it (AMD Zen 4/5 run `VDPBF16PS` at twice the FMA's FLOP rate, Intel's
+AVX512-BF16 cores at half). No op can exceed them. The copy bandwidth and the `gemm`
 crate's dense GEMM are measured too and shown as reference rates: achievable, not limits.
 OpenCL measures the same two limits with its own kernels (a read-only reduction over a large
 device buffer, a register-resident FMA kernel): on a GPU they are its floors, on a CPU
@@ -407,7 +409,7 @@ const READING: &str = "\
 Reading the numbers:
 - Each row's memory term uses the read bandwidth (decode and few-token experts read their
   weights or cache once); its compute term the peak of its dtype (FP8 rows run in bf16:
-  the bf16 dot peak). The bytes and FLOPs are the minimum an op must move and do
+  the bf16 limit). The bytes and FLOPs are the minimum an op must move and do
   (FlashMLA's counts for MLA decode, 656 bytes per FP8 cache row, and its sparse decode
   counts; FP8 experts: one byte per weight of the routed experts plus their block scales).
 - A decode step row (`mla_cache_write` of one token per sequence into the pool, then

@@ -1,0 +1,218 @@
+//! Register-resident peak loops of one CPU core: the f32 FMA loop in the widest ISA the
+//! CPU has at run time (AVX-512F, AVX2+FMA, NEON, else a portable loop) and the native
+//! bf16 dot loop where it has one (AVX512-BF16 `VDPBF16PS`). Each loop's FLOP count is
+//! known, so its time gives a rate no op on that core can exceed. The bench's host
+//! ceilings run them on every thread; the CPU backend compares the two on one core to
+//! choose its bf16 kernels.
+
+use std::hint::black_box;
+
+/// A register-resident loop: `run(iters)` performs `flops_per_iter * iters` FLOPs.
+#[derive(Clone, Copy, Debug)]
+pub struct PeakLoop {
+    /// The instructions it runs ("AVX-512F", "AVX512-BF16 VDPBF16PS", ...).
+    pub isa: &'static str,
+    /// Independent accumulator registers (at least latency x pipes of current cores, so
+    /// the loop is bound by throughput, not latency).
+    pub accumulators: usize,
+    /// FLOPs of one iteration (a multiply and its addition count 2).
+    pub flops_per_iter: f64,
+    /// Runs `iters` iterations; the result only keeps the work from being optimised away.
+    pub run: fn(u64) -> f32,
+}
+
+/// The widest FMA loop this CPU runs.
+pub fn fma_loop() -> PeakLoop {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return PeakLoop {
+                isa: "AVX-512F",
+                accumulators: x86::ACC,
+                flops_per_iter: (x86::ACC * 16 * 2) as f64,
+                // SAFETY: AVX-512F was detected at run time just above.
+                run: |n| unsafe { x86::fma_avx512(n) },
+            };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return PeakLoop {
+                isa: "AVX2+FMA",
+                accumulators: x86::ACC_256,
+                flops_per_iter: (x86::ACC_256 * 8 * 2) as f64,
+                // SAFETY: AVX2 and FMA were detected at run time just above.
+                run: |n| unsafe { x86::fma_avx2(n) },
+            };
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        if std::arch::is_aarch64_feature_detected!("neon") {
+            return PeakLoop {
+                isa: "NEON",
+                accumulators: arm::ACC,
+                flops_per_iter: (arm::ACC * 4 * 2) as f64,
+                // SAFETY: NEON was detected at run time just above.
+                run: |n| unsafe { arm::fma_neon(n) },
+            };
+        }
+    }
+    PeakLoop {
+        isa: "portable",
+        accumulators: PORTABLE_ACC,
+        flops_per_iter: (PORTABLE_ACC * 2) as f64,
+        run: fma_portable,
+    }
+}
+
+/// The native bf16 dot loop, where the CPU has one.
+pub fn bf16_dot_loop() -> Option<PeakLoop> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512bf16")
+            && std::arch::is_x86_feature_detected!("avx512f")
+        {
+            return Some(PeakLoop {
+                isa: "AVX512-BF16 VDPBF16PS",
+                accumulators: x86::ACC,
+                // 16 lanes, each adding two bf16 products: 4 FLOPs.
+                flops_per_iter: (x86::ACC * 16 * 4) as f64,
+                // SAFETY: AVX512-BF16 and AVX-512F were detected at run time just above.
+                run: |n| unsafe { x86::dot_bf16_avx512(n) },
+            });
+        }
+    }
+    None
+}
+
+/// Independent accumulators of the portable loop (the compiler vectorises them to whatever
+/// the build's baseline ISA has).
+const PORTABLE_ACC: usize = 64;
+
+/// `acc = acc * a + b` on [`PORTABLE_ACC`] independent lanes, `n` times (a multiply and an
+/// add: 2 FLOPs each).
+fn fma_portable(n: u64) -> f32 {
+    let (a, b) = (black_box(0.999_999f32), black_box(1e-7f32));
+    let mut acc = [1.0f32; PORTABLE_ACC];
+    for _ in 0..n {
+        for x in acc.iter_mut() {
+            *x = *x * a + b;
+        }
+    }
+    acc.iter().sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// Independent 512-bit accumulators: enough to cover FMA latency x throughput (4 x 2
+    /// on current cores, 6 x 2 for VDPBF16PS) with room to spare, within 32 registers.
+    pub const ACC: usize = 24;
+    /// Independent 256-bit accumulators (16 registers, two hold the constants).
+    pub const ACC_256: usize = 12;
+
+    /// `n` rounds of an FMA on each of [`ACC`] 16-lane f32 accumulators.
+    #[target_feature(enable = "avx512f")]
+    pub fn fma_avx512(n: u64) -> f32 {
+        let (a, b) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+        let mut acc = [_mm512_set1_ps(1.0); ACC];
+        for _ in 0..n {
+            for x in acc.iter_mut() {
+                *x = _mm512_fmadd_ps(*x, a, b);
+            }
+        }
+        let sum = acc
+            .iter()
+            .fold(_mm512_setzero_ps(), |s, &x| _mm512_add_ps(s, x));
+        _mm512_reduce_add_ps(sum)
+    }
+
+    /// `n` rounds of an FMA on each of [`ACC_256`] 8-lane f32 accumulators.
+    #[target_feature(enable = "avx2,fma")]
+    pub fn fma_avx2(n: u64) -> f32 {
+        let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+        let mut acc = [_mm256_set1_ps(1.0); ACC_256];
+        for _ in 0..n {
+            for x in acc.iter_mut() {
+                *x = _mm256_fmadd_ps(*x, a, b);
+            }
+        }
+        let mut lanes = [0.0f32; 8];
+        for x in acc {
+            let mut v = [0.0f32; 8];
+            // SAFETY: `v` is 8 f32s, the unaligned store writes exactly those.
+            unsafe { _mm256_storeu_ps(v.as_mut_ptr(), x) };
+            for (l, e) in lanes.iter_mut().zip(v) {
+                *l += e;
+            }
+        }
+        lanes.iter().sum()
+    }
+
+    /// `n` rounds of `VDPBF16PS` on each of [`ACC`] accumulators (16 lanes, two bf16
+    /// products each). The inputs are 2^-10: every accumulator grows by 2^-19 a round and
+    /// stays normal and finite.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub fn dot_bf16_avx512(n: u64) -> f32 {
+        let x = _mm512_set1_ps(1.0 / 1024.0);
+        let (a, b) = (_mm512_cvtne2ps_pbh(x, x), _mm512_cvtne2ps_pbh(x, x));
+        let mut acc = [_mm512_setzero_ps(); ACC];
+        for _ in 0..n {
+            for s in acc.iter_mut() {
+                *s = _mm512_dpbf16_ps(*s, a, b);
+            }
+        }
+        let sum = acc
+            .iter()
+            .fold(_mm512_setzero_ps(), |s, &x| _mm512_add_ps(s, x));
+        _mm512_reduce_add_ps(sum)
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod arm {
+    use std::arch::aarch64::*;
+
+    /// Independent 128-bit accumulators (32 registers, two hold the constants).
+    pub const ACC: usize = 24;
+
+    /// `n` rounds of an FMA on each of [`ACC`] 4-lane f32 accumulators.
+    #[target_feature(enable = "neon")]
+    pub fn fma_neon(n: u64) -> f32 {
+        let (a, b) = (vdupq_n_f32(0.999_999), vdupq_n_f32(1e-7));
+        let mut acc = [vdupq_n_f32(1.0); ACC];
+        for _ in 0..n {
+            for x in acc.iter_mut() {
+                *x = vfmaq_f32(b, *x, a);
+            }
+        }
+        acc.iter().map(|&x| vaddvq_f32(x)).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loops_compute_what_they_claim() {
+        // acc -> acc * a + b converges to b / (1 - a) = 0.1 from 1.0; after n steps every
+        // lane is 0.1 + 0.9 * a^n (f32 rounding aside).
+        let lane = |n: i32| 0.1 + 0.9 * 0.999_999f64.powi(n);
+        let k = fma_loop();
+        let lanes = k.flops_per_iter / 2.0;
+        let got = (k.run)(1000) as f64;
+        assert!(
+            (got - lanes * lane(1000)).abs() < 1e-3 * got,
+            "{} {got}",
+            k.isa
+        );
+        if let Some(k) = bf16_dot_loop() {
+            // Each round adds 2 * 2^-20 per lane.
+            let lanes = k.flops_per_iter / 4.0;
+            let got = (k.run)(1000) as f64;
+            assert_eq!(got, lanes * 1000.0 * 2.0 / (1 << 20) as f64);
+        }
+    }
+}
