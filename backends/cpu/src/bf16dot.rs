@@ -27,6 +27,37 @@ pub fn native() -> bool {
     }
 }
 
+/// Whether the native bf16 dot is the faster way to multiply bf16 values on this CPU for
+/// work bound by compute: [`native`], and its FLOP rate on one core at least 3/4 of the
+/// f32 FMA's ([`moemla_core::peak`]'s register-resident loops, best of 5 short runs each,
+/// timed once per process, well under a millisecond). Memory-bound kernels take the
+/// native dot wherever it exists (it halves what they convert and hold); compute-bound
+/// ones ask this. AMD Zen 4/5 run `VDPBF16PS` at twice the FMA's FLOP rate; Intel's
+/// AVX512-BF16 cores measured here (Xeon, avx512_fp16) at half of it, where the upcast
+/// f32 kernels win (MLA decode at 128 heads: 6.5 vs 8.8 ms).
+pub fn outpaces_fma() -> bool {
+    static FASTER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FASTER.get_or_init(|| {
+        let Some(dot) = moemla_core::peak::bf16_dot_loop().filter(|_| native()) else {
+            return false;
+        };
+        let fma = moemla_core::peak::fma_loop();
+        let rate = |l: moemla_core::peak::PeakLoop| {
+            (0..5)
+                .map(|_| {
+                    let t0 = std::time::Instant::now();
+                    std::hint::black_box((l.run)(std::hint::black_box(PROBE_ITERS)));
+                    l.flops_per_iter * PROBE_ITERS as f64 / t0.elapsed().as_secs_f64().max(1e-9)
+                })
+                .fold(0.0, f64::max)
+        };
+        rate(dot) >= 0.75 * rate(fma)
+    })
+}
+
+/// Iterations of each probe run of [`outpaces_fma`] (24 accumulators: ~100k instructions).
+const PROBE_ITERS: u64 = 4096;
+
 /// `out[r * n + c] = a[r] . b[c]` for the `m` rows of `a` [m, k] and the `n` rows of `b`
 /// [n, k] (bf16, row-major), each an f32 sum of exact products; `out` is [m, n] and is
 /// overwritten. Single-threaded (callers parallelise over independent tiles).
@@ -550,6 +581,19 @@ mod tests {
     /// Uniform-ish bf16 values in [-2, 2) from a fixed-seed generator.
     fn values(len: usize, seed: u64) -> Vec<bf16> {
         crate::test_util::bf16_values(len, seed, -2.0)
+    }
+
+    #[test]
+    fn the_dot_outpaces_the_fma_only_where_it_exists_and_the_choice_holds_for_the_process() {
+        let first = outpaces_fma();
+        assert!(!first || native());
+        // Timed once: every later call gives the same answer, so one process never mixes
+        // kernel choices.
+        assert!((0..3).all(|_| outpaces_fma() == first));
+        // The loops it compares exist exactly where the native dot does (x86-64 with
+        // AVX512-BF16, which the compute loop's AVX-512F comes with).
+        let dot = moemla_core::peak::bf16_dot_loop();
+        assert_eq!(dot.is_some() && native(), native(), "{dot:?}");
     }
 
     /// The f64 reference: exact products, summed in f64.

@@ -1,8 +1,8 @@
 //! `dsa_indexer_topk` on the CPU: DeepSeek-V3.2's lightning indexer. For each query, every
 //! attended cache position gets `score(p) = sum_h w[h] * max(0, q[h] . k_p)` in f32 (chunks
 //! of K rows gathered through the block table, one GEMM `[n, Di] x [Di, Hi]` each, chunks in
-//! parallel; BF16 inputs on a CPU with the native bf16 dot: [`bf16`]'s kernel, key rows
-//! read in place); the `top_k` best are found by partial selection (O(L + k log k)) and
+//! parallel; BF16 inputs on a CPU whose native bf16 dot outpaces its f32 FMA
+//! ([`crate::bf16dot::outpaces_fma`]): [`bf16`]'s kernel, key rows read in place); the `top_k` best are found by partial selection (O(L + k log k)) and
 //! written as flat cache slots in descending score, -1 / -inf past the attended positions.
 
 use crate::gemm_util::{matmul, MatRef};
@@ -101,7 +101,7 @@ fn score_row(
     let mut scores = zeroed::<f32>(&[len], "cpu dsa_indexer_topk scores")?;
     #[cfg(target_arch = "x86_64")]
     if let (FloatSlice::BF16(q), FloatSlice::BF16(k), true) =
-        (inputs.q, inputs.k, crate::bf16dot::native())
+        (inputs.q, inputs.k, crate::bf16dot::outpaces_fma())
     {
         let query = bf16::Query::new(&q[r * h_i * d_i..(r + 1) * h_i * d_i], w, h_i, d_i)?;
         scores.par_chunks_mut(CHUNK).enumerate().for_each_init(
