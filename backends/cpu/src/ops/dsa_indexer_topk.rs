@@ -2,8 +2,9 @@
 //! attended cache position gets `score(p) = sum_h w[h] * max(0, q[h] . k_p)` in f32 (chunks
 //! of K rows gathered through the block table, one GEMM `[n, Di] x [Di, Hi]` each, chunks in
 //! parallel; BF16 inputs on a CPU whose native bf16 dot outpaces its f32 FMA
-//! ([`crate::bf16dot::outpaces_fma`]): [`bf16`]'s kernel, key rows read in place); the `top_k` best are found by partial selection (O(L + k log k)) and
-//! written as flat cache slots in descending score, -1 / -inf past the attended positions.
+//! ([`crate::bf16dot::outpaces_fma`]): [`bf16`]'s kernel, key rows read in place); the
+//! `top_k` best are found by partial selection (O(L + k log k)) and written as flat cache
+//! slots in descending score, -1 / -inf past the attended positions.
 
 use crate::gemm_util::{matmul, MatRef};
 use crate::storage::{f32_slice, float_slice, i32_slice, zeroed, FloatSlice};

@@ -97,8 +97,8 @@ pub(super) fn scores(query: &Query, keys: &[&[bf16]], out: &mut [f32]) {
             let vecs = (query.h_pad / 16 - g).min(HB);
             // SAFETY: `native` was checked by the caller (only calls this where
             // `crate::bf16dot::outpaces_fma()` holds, which implies `native()`: AVX-512F,
-            // AVX-512BW, AVX512-BF16); every
-            // row pointer starts a key of `d_i` bf16 (checked above); `pairs` holds
+            // AVX-512BW, AVX512-BF16); every row pointer starts a key of `d_i` bf16
+            // (checked above); `pairs` holds
             // ceil(d_i / 2) * h_pad values and `weights` h_pad, of which the tile reads
             // vectors g..g + vecs (<= h_pad / 16) of each step.
             unsafe {

@@ -5,8 +5,8 @@
 //! Each chunk of K/V rows is gathered from the cache (through a block table, or an index
 //! list for sparse attention). Bf16 query values on a CPU with the native bf16 dot (and,
 //! past [`DOT_ROWS_ANYWAY`] query rows, where it outpaces the f32 FMA) take both products
-//! there ([`crate::bf16attn`]): K rows of a BF16 cache read in place (FP8
-//! rows once dequantized, when their values are bf16 values), V packed once per chunk,
+//! there ([`crate::bf16attn`]): K rows of a BF16 cache read in place (FP8 rows once
+//! dequantized, when their values are bf16 values), V packed once per chunk,
 //! `P` rounded to bf16 as FlashMLA does. Otherwise the rows are f32 (an F32 cache read in
 //! place, others upcast or FP8-dequantized once, shared by all M rows), on AVX-512F
 //! kernels that read them directly ([`crate::f32attn`]) or else the general GEMM. Only
