@@ -21,6 +21,8 @@
 //                                 compiled (CUDA sm_89+): w8a8 GEMMs multiply FP8 codes
 //   MOEMLA_DYN_SMEM(name)         the dynamic shared-memory buffer (16-byte aligned)
 //   moemla_copy16 / moemla_zero16 16-byte vector moves
+//   moemla_copy16_async           16-byte global -> shared copy, cp.async on CUDA sm_80+
+//                                 (moemla_copy_async_wait completes them)
 //   moemla_flag_index             records a bad index in a 64-bit error flag
 //   moemla_block_topk             block-wide top-k by radix select (larger first, lower index
 //                                 on ties, NaN as -inf)
@@ -340,6 +342,24 @@ struct MOEMLA_ALIGN16 moemla_vec16 {
 __device__ __forceinline__ void moemla_copy16(void* dst, const void* src) {
     *reinterpret_cast<moemla_vec16*>(dst) = *reinterpret_cast<const moemla_vec16*>(src);
 }
+// 16 bytes from global to shared memory, in flight until moemla_copy_async_wait(): on CUDA
+// sm_80+ `cp.async.cg` (no register round trip, cached in L2 only), so a thread can have
+// all of a tile's copies outstanding at once; a plain moemla_copy16 elsewhere. Both
+// addresses 16-byte aligned; the data is visible to the block after the wait and a barrier.
+#if defined(MOEMLA_CUDA) && defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800)
+__device__ __forceinline__ void moemla_copy16_async(void* smem_dst, const void* gmem_src) {
+    const moemla_u32 dst = (moemla_u32)__cvta_generic_to_shared(smem_dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem_src) : "memory");
+}
+// Waits for every moemla_copy16_async this thread issued.
+__device__ __forceinline__ void moemla_copy_async_wait() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+#else
+__device__ __forceinline__ void moemla_copy16_async(void* smem_dst, const void* gmem_src) {
+    moemla_copy16(smem_dst, gmem_src);
+}
+// Waits for every moemla_copy16_async this thread issued (they completed as issued here).
+__device__ __forceinline__ void moemla_copy_async_wait() {}
+#endif
 __device__ __forceinline__ void moemla_zero16(void* dst) {
     moemla_vec16 z;
     z.x = 0u;

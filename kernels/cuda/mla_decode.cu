@@ -217,7 +217,8 @@ __device__ __forceinline__ void moemla_mla_decode(const T* __restrict__ q, const
 
     for (moemla_i64 c0 = start; c0 < hi; c0 += block_n) {
         // (a) Stage cache rows c0 .. c0 + block_n; rows at or past hi (sparse: also -1
-        // entries) are zero, not loaded.
+        // entries) are zero, not loaded. Whole 16-byte chunks of a dense cache are copied
+        // asynchronously (all of the tile's loads in flight at once on sm_80+).
         if constexpr (SPARSE) {
             for (int n = tid; n < block_n; n += nthreads)
                 valid_s[n] = moemla_mla_row<SPARSE>(block_table, sparse_row, c0 + n, hi, b, kvh, h_kv, num_blocks,
@@ -244,7 +245,7 @@ __device__ __forceinline__ void moemla_mla_decode(const T* __restrict__ q, const
                 const T* src = row >= 0 ? reinterpret_cast<const T*>(kv) + row * d_qk : nullptr;
                 T* dst = Ks + n * ks_stride + d;
                 if (src != nullptr && vec_ok && d + VEC <= d_qk) {
-                    moemla_copy16(dst, src + d);
+                    moemla_copy16_async(dst, src + d);
                 } else {
                     for (int v = 0; v < VEC; ++v) {
                         if (src != nullptr && d + v < d_qk) {
@@ -255,6 +256,7 @@ __device__ __forceinline__ void moemla_mla_decode(const T* __restrict__ q, const
                     }
                 }
             }
+            moemla_copy_async_wait();
         }
         __syncthreads();
 
@@ -299,20 +301,20 @@ __device__ __forceinline__ void moemla_mla_decode(const T* __restrict__ q, const
         __syncthreads();
 
         // (c) Online softmax, one warp per row: P into Ss (f32) and Ps (T, tensor path).
+        // Lane 0 alone reads and writes the row's running max, sum and rescale factor: no
+        // lane reads a word another lane of its warp writes in this phase.
         for (int r = warp; r < block_q; r += nwarps) {
             const moemla_i64 lim = lim_s[r];
-            float mx = MOEMLA_NEG_INF;
+            const float m_old = lane == 0 ? m_s[r] : MOEMLA_NEG_INF;
+            float mx = m_old;
             for (int n = lane; n < block_n; n += MOEMLA_WARP_SIZE) {
                 const bool in = c0 + n < lim && (!SPARSE || valid_s[n] != 0);
                 const float s = in ? Ss[r * block_n + n] * softmax_scale : MOEMLA_NEG_INF;
                 Ss[r * block_n + n] = s;
                 mx = fmaxf(mx, s);
             }
-            mx = moemla_warp_max(mx);
-            const float m_old = m_s[r];
-            const float m_new = fmaxf(m_old, mx);
+            const float m_new = moemla_warp_max(mx);
             const bool none = m_new == MOEMLA_NEG_INF;
-            const float alpha = none ? 1.0f : expf(m_old - m_new);
             float sum = 0.0f;
             for (int n = lane; n < block_n; n += MOEMLA_WARP_SIZE) {
                 const float s = Ss[r * block_n + n];
@@ -323,6 +325,7 @@ __device__ __forceinline__ void moemla_mla_decode(const T* __restrict__ q, const
             }
             sum = moemla_warp_sum(sum);
             if (lane == 0) {
+                const float alpha = none ? 1.0f : expf(m_old - m_new);
                 m_s[r] = m_new;
                 l_s[r] = l_s[r] * alpha + sum;
                 alpha_s[r] = alpha;

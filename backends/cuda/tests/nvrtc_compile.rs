@@ -50,6 +50,31 @@ fn check_fp8_mma(what: &str, ptx: &str, arch: u32) {
     );
 }
 
+/// Checks that the dense-cache decode kernels stage their K tiles with `cp.async` (sm_80+:
+/// every copy of a tile in flight at once) and wait for them; the FP8-cache kernels
+/// dequantize as they load and so copy synchronously.
+fn check_async_staging(what: &str, ptx: &str) {
+    let mut dense = 0;
+    for (name, body) in entries(ptx) {
+        let is_dense = (name.starts_with("moemla_mla_decode_")
+            || name.starts_with("moemla_mla_sparse_decode_"))
+            && !name.contains("fp8");
+        dense += usize::from(is_dense);
+        for insn in ["cp.async.cg.shared.global", "cp.async.wait_all"] {
+            assert_eq!(
+                body.contains(insn),
+                is_dense,
+                "{what}: {name} {} {insn}",
+                if is_dense { "lacks" } else { "has" }
+            );
+        }
+    }
+    assert_eq!(
+        dense, 6,
+        "{what}: dense decode entry points (2 x f32/f16/bf16)"
+    );
+}
+
 fn nvrtc_or_skip() -> Option<Nvrtc> {
     match Nvrtc::load() {
         Ok(n) => Some(n),
@@ -109,6 +134,9 @@ fn every_kernel_compiles_for_sm80_and_sm90_to_ptx_and_cubin() {
             }
             if module == Module::MoeExperts {
                 check_fp8_mma(&what, &c.ptx, arch);
+            }
+            if module == Module::MlaDecode {
+                check_async_staging(&what, &c.ptx);
             }
             eprintln!(
                 "{what}: PTX {} bytes, CUBIN {} bytes{}",
