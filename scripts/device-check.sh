@@ -13,8 +13,9 @@
 #   timeout_s: 560
 # The working tree travels with it (the committed goldens included: they are not packed
 # again); `pack` prints the total and fails above the tool's 64 MiB. The run ends within 8
-# minutes (per-step limits below sum to 460 s, and a 470 s deadline clips them), which leaves
-# a lease of 15 minutes room for one fix and a rerun. At most 8 files come back from $OUT:
+# minutes: each step has its own limit (they sum to more) and a 470 s deadline clips them;
+# the first run on an H200 (2026-12-04) took 184 s, so a lease of 15 minutes leaves room for
+# fixes and reruns. At most 8 files come back from $OUT:
 # summary.txt, logs.tar.gz (every step's log and report) and the main reports.
 #
 # `pack` (needs cargo, strip, objdump, apt-get, python3):
@@ -30,7 +31,8 @@
 #   locate       libcuda; NVRTC (MOEMLA_NVRTC_LIB, the CUDA toolkit's lib64, the python
 #                nvidia wheels); cuBLAS for the bench ceilings (MOEMLA_CUBLAS_LIB); tools
 #   nvidia-smi   the device, its driver, clocks and memory
-#   cuda-tests   the cuda crate's unit, availability and NVRTC compile tests (sm_80/sm_90)
+#   cuda-tests   the cuda crate's unit, availability and NVRTC compile tests (sm_80/sm_90;
+#                NVRTC takes about a minute for the two there)
 #   suite        the shared op suite with MOEMLA_REQUIRE=cuda (a missing device fails)
 #   conformance  moemla conformance --require cuda --backend cuda (JSON + JUnit)
 #   conformance-v2  the same on conformance/golden-v2 (V4 routing, FP8 experts and cache,
@@ -44,11 +46,15 @@
 #   opencl       conformance --backend opencl --require opencl on NVIDIA's OpenCL, through
 #                the packed ICD loader (an ICD file for libnvidia-opencl.so.1 is written when
 #                /etc/OpenCL/vendors has none)
+#   opencl-v2    the same on conformance/golden-v2
 #   bench-mla    moemla bench --backend cuda --device-shapes, mla_decode bf16 (FlashMLA's shapes)
 #   bench-experts  the same for moe_experts bf16 (DeepSeek-V3 experts, T 16 and 4096)
 #   torch-peer   benches/peer/torch_peer.py: checks itself on the goldens, measures the
 #                ceilings (event-timed copy, cuBLAS bf16 GEMM) and times torch at the bench
 #                shapes, then prints our time / torch's per shape (skipped if no torch)
+#   profile-mla  ncu --set full on one launch of the bf16 decode kernel at FlashMLA's
+#                memory-bound shape (b 128, h_q 16, seqlen 4096), CSV in the logs
+#   profile-experts  the same on the gate/up and down GEMMs of the V3 experts at T 4096
 #   Case subsets: `--golden FILE` lists (repeatable) rather than one `--filter` glob, so one
 #   sanitizer run covers every op and dtype with a few small cases.
 #
@@ -216,7 +222,7 @@ EOF
 DRY=0
 ONLY=""
 # Every step of `run`, in order (for --only).
-STEPS="nvidia-smi cuda-tests suite conformance conformance-v2 memcheck racecheck initcheck ncu opencl bench-mla bench-experts torch-peer"
+STEPS="nvidia-smi cuda-tests suite conformance conformance-v2 memcheck racecheck initcheck ncu opencl opencl-v2 bench-mla bench-experts torch-peer profile-mla profile-experts"
 OUT=""
 LOGS=""
 WORK=""
@@ -559,7 +565,7 @@ cmd_run() {
     # The cuda crate's own tests: unit, availability, NVRTC compile (required where found).
     local req_tc=""
     [[ -n ${MOEMLA_NVRTC_LIB:-} ]] && req_tc=nvrtc
-    run_step cuda-tests 35 0 bash -c "set -e; for t in '$T'/cuda-unit '$T'/cuda-availability '$T'/cuda-nvrtc_compile; do [ -e \"\$t\" ] || continue; echo \"## \$t\"; MOEMLA_REQUIRE_TOOLCHAINS=$req_tc \"\$t\" --nocapture; done"
+    run_step cuda-tests 90 0 bash -c "set -e; for t in '$T'/cuda-unit '$T'/cuda-availability '$T'/cuda-nvrtc_compile; do [ -e \"\$t\" ] || continue; echo \"## \$t\"; MOEMLA_REQUIRE_TOOLCHAINS=$req_tc \"\$t\" --nocapture; done"
 
     run_step suite 40 1 env MOEMLA_REQUIRE=cuda "$T/cuda-suite"
 
@@ -593,12 +599,19 @@ cmd_run() {
     if opencl_env; then
         run_step opencl 30 0 env "${OCL_ENV[@]}" "$M" conformance --backend opencl --require opencl \
             --json "$LOGS/conformance-opencl.json" --junit "$LOGS/conformance-opencl.xml"
-    elif selected opencl; then
-        record opencl "fail (no ICD loader in the pack, or no $( ((DRY)) && echo PoCL || echo libnvidia-opencl.so.1))" 0
+        run_step opencl-v2 30 0 env "${OCL_ENV[@]}" "$M" conformance --backend opencl --require opencl \
+            --golden conformance/golden-v2 \
+            --json "$LOGS/conformance-opencl-v2.json" --junit "$LOGS/conformance-opencl-v2.xml"
+    else
+        local s
+        for s in opencl opencl-v2; do
+            selected "$s" &&
+                record "$s" "fail (no ICD loader in the pack, or no $( ((DRY)) && echo PoCL || echo libnvidia-opencl.so.1))" 0
+        done
     fi
 
     # Device benches: FlashMLA's shapes and V3 experts, ceilings from the same run.
-    local bench=("$M" bench --backend cuda --device-shapes --dtype bf16 --copy-mib 2048 --gemm-size 8192)
+    local bench=("$M" bench --backend cuda --device-shapes --dtype bf16 --copy-mib 2048 --gemm-size 8192 --trace)
     run_step bench-mla 30 1 "${bench[@]}" --op mla_decode \
         --json "$LOGS/bench-mla.json" --markdown "$LOGS/bench-mla.md"
     run_step bench-experts 95 1 "${bench[@]}" --op moe_experts \
@@ -612,6 +625,22 @@ cmd_run() {
             --ours "$LOGS/bench-mla.json" --ours "$LOGS/bench-experts.json"
     else
         missing torch-peer python3
+    fi
+
+    # Nsight Compute's full section set on one launch of each bench kernel that has a speed
+    # target (FlashMLA's memory-bound decode shape; the V3 experts at T 4096), for
+    # docs/gpu-notes.md: where the time goes, measured rather than guessed.
+    if [[ -n $NCU ]]; then
+        local quick=("$M" bench --backend cuda --device-shapes --dtype bf16 --copy-mib 64 --gemm-size 1024)
+        run_step profile-mla 60 1 "$NCU" --clock-control none --set full --csv --page details \
+            -k regex:'^moemla_mla_decode_bf16$' --launch-count 1 --log-file "$LOGS/profile-mla.csv" \
+            "${quick[@]}" --op mla_decode --filter "h_q=16 "
+        run_step profile-experts 90 1 "$NCU" --clock-control none --set full --csv --page details \
+            -k regex:'^moemla_moe_(gate_up|down)_bf16$' --launch-count 2 --log-file "$LOGS/profile-experts.csv" \
+            "${quick[@]}" --op moe_experts --filter "T=4096 "
+    else
+        missing profile-mla ncu
+        missing profile-experts ncu
     fi
 
     bundle

@@ -85,18 +85,36 @@ impl BenchTensor {
         let total = shape.byte_len(dtype)?;
         let elem = dtype.size_in_bytes();
         let dev = backend.alloc_zeroed(shape, dtype)?;
+        // One chunk per hardware thread generated side by side, then uploaded in order (a
+        // DeepSeek-V3 expert stack is 22 GiB of bf16: one thread alone takes minutes).
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut at = 0;
         while at < total {
-            let len = CHUNK_BYTES.min(total - at);
-            let chunk =
-                HostTensor::from_bytes([len / elem], dtype, fill_bytes(fill, seed, at, len))?;
-            match backend.upload_into(&chunk, &dev, at / elem) {
-                Ok(()) => at += len,
-                Err(Error::NotProvided { .. }) => {
-                    let all = fill_bytes(fill, seed, 0, total);
-                    return backend.upload(&HostTensor::from_bytes(shape.clone(), dtype, all)?);
+            let spans: Vec<(usize, usize)> = (0..threads)
+                .map(|i| at.saturating_add(i.saturating_mul(CHUNK_BYTES)))
+                .take_while(|&from| from < total)
+                .map(|from| (from, CHUNK_BYTES.min(total - from)))
+                .collect();
+            let chunks: Vec<Vec<u8>> = std::thread::scope(|s| {
+                let workers: Vec<_> = spans
+                    .iter()
+                    .map(|&(from, len)| s.spawn(move || fill_bytes(fill, seed, from, len)))
+                    .collect();
+                workers
+                    .into_iter()
+                    .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                    .collect()
+            });
+            for ((from, len), bytes) in spans.into_iter().zip(chunks) {
+                let chunk = HostTensor::from_bytes([len / elem], dtype, bytes)?;
+                match backend.upload_into(&chunk, &dev, from / elem) {
+                    Ok(()) => at = from + len,
+                    Err(Error::NotProvided { .. }) => {
+                        let all = fill_bytes(fill, seed, 0, total);
+                        return backend.upload(&HostTensor::from_bytes(shape.clone(), dtype, all)?);
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
             }
         }
         Ok(dev)
@@ -126,12 +144,15 @@ fn fill_bytes(fill: Fill, seed: u64, at: usize, len: usize) -> Vec<u8> {
             }
             out
         }
-        Fill::Bf16 => (at / 2..(at + len) / 2)
-            .flat_map(|i| {
-                let v = ((word(i) >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
-                bf16::from_f32(v).to_le_bytes()
-            })
-            .collect(),
+        Fill::Bf16 => {
+            // Written in place (a collected iterator of pairs ran at ~65 MB/s a thread).
+            let mut out = vec![0u8; len];
+            for (k, pair) in out.chunks_exact_mut(2).enumerate() {
+                let v = ((word(at / 2 + k) >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
+                pair.copy_from_slice(&bf16::from_f32(v).to_le_bytes());
+            }
+            out
+        }
         Fill::Ds32Rows => (at..at + len)
             .map(|i| {
                 let (r, c) = (i / 656, i % 656);
@@ -645,6 +666,23 @@ mod tests {
         seen.sort();
         seen.dedup();
         assert_eq!(seen.len(), used);
+    }
+
+    #[test]
+    fn a_generated_tensor_uploads_the_bytes_one_thread_would_generate() {
+        // More chunks than this machine has threads (several batches) and a partial last one.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let total = (threads + 2) * CHUNK_BYTES + 4096;
+        let tensor = BenchTensor::Generated {
+            shape: Shape::from([total / 2]),
+            dtype: DType::BF16,
+            fill: Fill::Bf16,
+            seed: 11,
+        };
+        let cpu = moemla::select(Some("cpu")).unwrap();
+        let dev = tensor.upload(&*cpu).unwrap();
+        let got = cpu.download(&dev).unwrap();
+        assert!(got.as_bytes() == fill_bytes(Fill::Bf16, 11, 0, total).as_slice());
     }
 
     #[test]

@@ -100,16 +100,21 @@ impl<'a> Prepared<'a> {
 }
 
 /// Times `case` on `backend` and relates the time to `ceilings`. A decode step's row also
-/// carries the time of its decode alone, on the same pool.
+/// carries the time of its decode alone, on the same pool. `trace` is told each phase as
+/// it ends ("inputs on the device", "timed").
 pub fn run_case(
     backend: &dyn Backend,
     case: &BenchCase,
     inputs: &BenchInputs,
     ceilings: Option<&Ceilings>,
     budget: Budget,
+    trace: &dyn Fn(&str),
 ) -> Result<Row> {
     let mut prepared = Prepared::new(backend, case, inputs)?;
+    backend.synchronize()?;
+    trace("inputs on the device");
     let time = prepared.time(budget)?;
+    trace("timed");
     let mut row = Row::new(
         backend.name(),
         case,

@@ -19,6 +19,7 @@ use moemla_core::{Backend, DType, DeviceKind, Error, Op};
 use progress::Progress;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Instant;
 
 /// Arguments of `moemla bench`.
 #[derive(clap::Args)]
@@ -69,6 +70,10 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 512,
           value_parser = clap::value_parser!(u64).range(1..=ceilings::MAX_COPY_MIB))]
     copy_mib: u64,
+    /// Print each case's phases on stderr as they end (inputs generated, on the device,
+    /// timed), with their wall times: where a long device run spends its minutes.
+    #[arg(long)]
+    trace: bool,
 }
 
 /// Parses `--dtype`: a float run dtype, or a usage error.
@@ -165,7 +170,7 @@ pub fn run(args: &BenchArgs, registry: &Registry) -> Result<ExitCode, CommandErr
         let host = hosts.last().filter(|_| here);
         let mut ceils = measure_ceilings(&*backend, &entry.name, &dtypes, sizes, budget, host)?;
         let bar = Progress::new(cases.len() as u64, &format!("{} cases", entry.name));
-        let rows = bench_backend(&*backend, &cases, &ceils, budget, peer, &bar);
+        let rows = bench_backend(&*backend, &cases, &ceils, budget, peer, &bar, args.trace);
         bar.finish();
         let mut rows = rows?;
         // Every ceiling again after the rows; each limit is the best of the two, so that
@@ -257,6 +262,7 @@ fn bench_backend(
     budget: Budget,
     peer: Option<Peer>,
     bar: &Progress,
+    trace: bool,
 ) -> Result<Vec<Row>, CommandError> {
     let dir = std::env::temp_dir().join(format!("moemla-bench-{}", std::process::id()));
     if peer.is_some() {
@@ -273,9 +279,17 @@ fn bench_backend(
             bar.suspend(|| println!("{}: {case}: not supported by this backend", backend.name()));
             continue;
         }
+        let started = Instant::now();
         let inputs = generate(case)?;
+        let traced = |phase: &str| {
+            if trace {
+                let s = started.elapsed().as_secs_f64();
+                bar.suspend(|| eprintln!("trace: {case}: {phase} at {s:.2} s"));
+            }
+        };
+        traced("inputs generated");
         let ceiling = ceils.iter().find(|c| c.dtype == case.dtype());
-        match run_case(backend, case, &inputs, ceiling, budget) {
+        match run_case(backend, case, &inputs, ceiling, budget, &traced) {
             Ok(row) => rows.push(row),
             Err(Error::Unsupported { reason, .. }) => {
                 bar.suspend(|| println!("{}: {case}: unsupported: {reason}", backend.name()));
