@@ -5,13 +5,15 @@
 //! first use and cached per (module, arch). f16/bf16 GEMM tiles use `mma.sync` m16n8k16
 //! tensor-core instructions on sm_80 and newer.
 //!
-//! Verification: compile-only. CI compiles every kernel for sm_80 and sm_90 (PTX and
-//! CUBIN); the kernels have not run on NVIDIA silicon. `scripts/device-check.sh` is the one
-//! command that checks them on a GPU (`pack` here, `run` there).
+//! Verification: silicon on sm_90 ([`VERIFIED_ON`]: an NVIDIA H200, where every committed
+//! golden case passed with compute-sanitizer's memcheck clean); CI compiles every kernel
+//! for sm_80 and sm_90 (PTX and CUBIN) and runs them on the host emulator, and the sm_80
+//! build has not run on silicon. `scripts/device-check.sh` is the one command that checks
+//! them on a GPU (`pack` here, `run` there).
 //!
 //! Benchmark ceilings ([`Backend::copy_bench`], [`Backend::dense_gemm`]): device copies
 //! timed with CUDA events, and cuBLAS `cublasGemmEx` (libcublas loaded at run time, see
-//! [`cublas`]). They are compile-only too: never run on a GPU.
+//! [`cublas`]), both run on the same H200.
 //!
 //! Ops run through the launch layer shared with the HIP backend
 //! ([`moemla_gpu_launch::GpuRunner`] over [`CudaDevice`]): they enqueue on the device's
@@ -42,11 +44,42 @@ use std::time::Duration;
 /// The backend's name.
 pub const NAME: &str = "cuda";
 
-/// How this backend has been verified, shown by `moemla devices` even where it cannot run.
+/// How this backend has been verified, shown by `moemla devices` even where it cannot run;
+/// [`Backend::info`] says what holds for the device in hand ([`device_verification`]).
 pub fn claimed_verification() -> Verification {
     Verification {
-        kind: VerificationKind::CompileOnly,
+        kind: VerificationKind::Silicon,
         detail: VERIFICATION_DETAIL.to_string(),
+    }
+}
+
+/// The GPU on which every committed golden case (contract v1 and v2) passed, with
+/// compute-sanitizer memcheck clean (`scripts/device-check.sh run`): its name as the driver
+/// reports it, its compute capability (`major * 10 + minor`) and when.
+pub const VERIFIED_ON: (&str, u32, &str) = ("NVIDIA H200", 90, "2026-12-04");
+
+/// The verification that holds for a device named `name` of compute capability `arch`:
+/// silicon for the verified architecture (the same CUBIN runs on every sm_90 part, so an
+/// H100 runs exactly the code that passed), unverified for every other.
+pub fn device_verification(name: &str, arch: u32) -> Verification {
+    let (verified, verified_arch, date) = VERIFIED_ON;
+    if arch == verified_arch {
+        let how = if name == verified {
+            String::new()
+        } else {
+            format!("; this {name} runs the same sm_{arch} code")
+        };
+        return Verification {
+            kind: VerificationKind::Silicon,
+            detail: format!("golden sets passed on an {verified} (sm_{arch}), {date}{how}"),
+        };
+    }
+    Verification {
+        kind: VerificationKind::Unverified,
+        detail: format!(
+            "the sm_{arch} build has not run the golden set on silicon (verified: {verified}, \
+             sm_{verified_arch}, {date}); run `moemla conformance --backend cuda`"
+        ),
     }
 }
 
@@ -74,8 +107,9 @@ pub fn device_count() -> usize {
 }
 
 /// What `moemla devices` says about how far this backend has been checked.
-pub const VERIFICATION_DETAIL: &str =
-    "kernels compiled by NVRTC for sm_80/sm_90 in CI and run on a host emulator; never run on NVIDIA silicon";
+pub const VERIFICATION_DETAIL: &str = "NVIDIA H200 (sm_90), 2026-12-04, driver 580 / CUDA 13.0: \
+     every golden case (v1 and v2) passed, compute-sanitizer memcheck clean; sm_80 compiled \
+     by NVRTC in CI and run on a host emulator, not on silicon";
 
 /// One NVIDIA GPU (named `cuda` for device 0, `cuda:i` for device `i`).
 pub struct CudaBackend {
@@ -149,7 +183,7 @@ impl Backend for CudaBackend {
             device_kind: moemla_core::DeviceKind::Accelerator,
             memory_bytes: Some(dev.memory_bytes),
             supported: moemla_gpu_launch::supported(),
-            verification: claimed_verification(),
+            verification: device_verification(&dev.name, dev.arch),
             notes: vec![
                 dev.nvrtc_note(),
                 format!(
@@ -205,5 +239,33 @@ impl Backend for CudaBackend {
             _ => String::new(),
         };
         format!("{}{lib}", ceilings::dense_gemm_impl(dtype))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_verified_architecture_claims_silicon() {
+        let h200 = device_verification("NVIDIA H200", 90);
+        assert_eq!(h200.kind, VerificationKind::Silicon);
+        assert!(
+            h200.detail.contains("NVIDIA H200 (sm_90), 2026-12-04"),
+            "{h200}"
+        );
+        assert!(!h200.detail.contains("same sm_90 code"), "{h200}");
+        let h100 = device_verification("NVIDIA H100 80GB HBM3", 90);
+        assert_eq!(h100.kind, VerificationKind::Silicon);
+        assert!(h100
+            .detail
+            .ends_with("this NVIDIA H100 80GB HBM3 runs the same sm_90 code"));
+        for arch in [80, 86, 89, 100] {
+            let v = device_verification("NVIDIA A100-SXM4-80GB", arch);
+            assert_eq!(v.kind, VerificationKind::Unverified, "sm_{arch}");
+            assert!(v
+                .detail
+                .starts_with(&format!("the sm_{arch} build has not run")));
+        }
     }
 }

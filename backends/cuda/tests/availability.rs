@@ -4,7 +4,7 @@ use moemla_core::{Backend, Error, VerificationKind};
 use moemla_cuda::CudaBackend;
 
 #[test]
-fn constructing_the_backend_reports_unavailable_or_a_compile_only_device() {
+fn constructing_the_backend_reports_unavailable_or_a_device_with_its_verification() {
     match CudaBackend::new() {
         Err(Error::Unavailable { backend, reason }) => {
             assert_eq!(backend, "cuda");
@@ -14,7 +14,16 @@ fn constructing_the_backend_reports_unavailable_or_a_compile_only_device() {
         Ok(b) => {
             let info = b.info();
             assert_eq!(info.name, "cuda");
-            assert_eq!(info.verification.kind, VerificationKind::CompileOnly);
+            // Silicon exactly on the verified architecture, unverified on any other.
+            let sm90 = info
+                .device
+                .ends_with(&format!("(sm_{})", moemla_cuda::VERIFIED_ON.1));
+            let want = if sm90 {
+                VerificationKind::Silicon
+            } else {
+                VerificationKind::Unverified
+            };
+            assert_eq!(info.verification.kind, want, "{}", info.device);
         }
         Err(other) => panic!("expected Unavailable or a backend, got {other}"),
     }

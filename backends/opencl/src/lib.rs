@@ -58,8 +58,15 @@ pub fn claimed_verification() -> Verification {
     Verification {
         kind: VerificationKind::Silicon,
         detail: format!(
-            "CPU via PoCL {} (golden set in CI); not verified on any other OpenCL device",
-            VERIFIED_POCL.join(", ")
+            "CPU via PoCL {} (golden set in CI); {}; not verified on any other OpenCL device",
+            VERIFIED_POCL.join(", "),
+            VERIFIED_GPUS
+                .iter()
+                .map(|(platform, name, when)| format!(
+                    "{name} via the {platform} OpenCL platform ({when})"
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
         ),
     }
 }
@@ -162,6 +169,12 @@ impl OpenClBackend {
 
     fn verification(&self) -> Verification {
         let facts = &self.device.facts;
+        if let Some((platform, name, when)) = verified_gpu(&facts.platform, &facts.name) {
+            return Verification {
+                kind: VerificationKind::Silicon,
+                detail: format!("{name} via the {platform} OpenCL platform ({when})"),
+            };
+        }
         match pocl_version(&facts.platform_version) {
             Some(version) if facts.is_cpu && verified_pocl(version) => Verification {
                 kind: VerificationKind::Silicon,
@@ -174,6 +187,25 @@ impl OpenClBackend {
             },
         }
     }
+}
+
+/// GPUs on which every committed golden case (v1 and v2) has passed through their
+/// vendor's OpenCL driver (`scripts/device-check.sh run`, steps opencl and opencl-v2):
+/// (platform name, device name, driver and date), matched exactly.
+const VERIFIED_GPUS: &[(&str, &str, &str)] = &[(
+    "NVIDIA CUDA",
+    "NVIDIA H200",
+    "driver 580.159.04, 2026-12-04",
+)];
+
+/// The [`VERIFIED_GPUS`] entry of the device `name` on the platform `platform`, if any.
+fn verified_gpu(
+    platform: &str,
+    name: &str,
+) -> Option<&'static (&'static str, &'static str, &'static str)> {
+    VERIFIED_GPUS
+        .iter()
+        .find(|(p, n, _)| *p == platform && *n == name)
 }
 
 /// PoCL releases (major.minor) on whose CPU device every committed golden case has passed
@@ -519,6 +551,17 @@ mod tests {
         let v = "OpenCL 3.0 PoCL 3.1+debian  Linux, None+Asserts, RELOC, SPIR, LLVM 15.0.6";
         assert_eq!(pocl_version(v), Some("3.1+debian"));
         assert_eq!(pocl_version("OpenCL 3.0 CUDA 12.4.131"), None);
+    }
+
+    #[test]
+    fn only_the_verified_gpu_on_its_vendors_platform_claims_silicon() {
+        let h200 = verified_gpu("NVIDIA CUDA", "NVIDIA H200").unwrap();
+        assert_eq!(h200.2, "driver 580.159.04, 2026-12-04");
+        assert!(verified_gpu("NVIDIA CUDA", "NVIDIA H100 80GB HBM3").is_none());
+        assert!(verified_gpu("Portable Computing Language", "NVIDIA H200").is_none());
+        assert!(claimed_verification().detail.contains(
+            "NVIDIA H200 via the NVIDIA CUDA OpenCL platform (driver 580.159.04, 2026-12-04)"
+        ));
     }
 
     #[test]
