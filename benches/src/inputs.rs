@@ -87,7 +87,7 @@ impl BenchTensor {
         let dev = backend.alloc_zeroed(shape, dtype)?;
         // One chunk per hardware thread generated side by side, then uploaded in order (a
         // DeepSeek-V3 expert stack is 22 GiB of bf16: one thread alone takes minutes).
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = generator_threads();
         let mut at = 0;
         while at < total {
             let spans: Vec<(usize, usize)> = (0..threads)
@@ -119,6 +119,12 @@ impl BenchTensor {
         }
         Ok(dev)
     }
+}
+
+/// How many host threads generate a large tensor's chunks side by side (the hardware
+/// threads the OS lets this process use).
+pub fn generator_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// `len` bytes of `fill` starting at byte `at` of the tensor (`at` and `len` whole
@@ -671,7 +677,7 @@ mod tests {
     #[test]
     fn a_generated_tensor_uploads_the_bytes_one_thread_would_generate() {
         // More chunks than this machine has threads (several batches) and a partial last one.
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = generator_threads();
         let total = (threads + 2) * CHUNK_BYTES + 4096;
         let tensor = BenchTensor::Generated {
             shape: Shape::from([total / 2]),

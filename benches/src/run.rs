@@ -100,21 +100,32 @@ impl<'a> Prepared<'a> {
 }
 
 /// Times `case` on `backend` and relates the time to `ceilings`. A decode step's row also
-/// carries the time of its decode alone, on the same pool. `trace` is told each phase as
-/// it ends ("inputs on the device", "timed").
+/// carries the time of its decode alone, on the same pool. With `trace`, each phase is
+/// told as it ends: inputs on the device, a first call on its own (kernel compilation
+/// included; one call more than the budget's), timed.
 pub fn run_case(
     backend: &dyn Backend,
     case: &BenchCase,
     inputs: &BenchInputs,
     ceilings: Option<&Ceilings>,
     budget: Budget,
-    trace: &dyn Fn(&str),
+    trace: Option<&dyn Fn(&str)>,
 ) -> Result<Row> {
     let mut prepared = Prepared::new(backend, case, inputs)?;
-    backend.synchronize()?;
-    trace("inputs on the device");
+    if let Some(trace) = trace {
+        backend.synchronize()?;
+        trace(&format!(
+            "inputs on the device (large ones generated on {} host threads)",
+            crate::inputs::generator_threads()
+        ));
+        prepared.call()?;
+        backend.synchronize()?;
+        trace("first call (kernel compilation included)");
+    }
     let time = prepared.time(budget)?;
-    trace("timed");
+    if let Some(trace) = trace {
+        trace("timed");
+    }
     let mut row = Row::new(
         backend.name(),
         case,

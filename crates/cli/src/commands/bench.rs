@@ -282,14 +282,15 @@ fn bench_backend(
         let started = Instant::now();
         let inputs = generate(case)?;
         let traced = |phase: &str| {
-            if trace {
-                let s = started.elapsed().as_secs_f64();
-                bar.suspend(|| eprintln!("trace: {case}: {phase} at {s:.2} s"));
-            }
+            let s = started.elapsed().as_secs_f64();
+            bar.suspend(|| eprintln!("trace: {case}: {phase} at {s:.2} s"));
         };
-        traced("inputs generated");
+        let trace = trace.then_some(&traced as &dyn Fn(&str));
+        if let Some(t) = trace {
+            t("inputs generated");
+        }
         let ceiling = ceils.iter().find(|c| c.dtype == case.dtype());
-        match run_case(backend, case, &inputs, ceiling, budget, &traced) {
+        match run_case(backend, case, &inputs, ceiling, budget, trace) {
             Ok(row) => rows.push(row),
             Err(Error::Unsupported { reason, .. }) => {
                 bar.suspend(|| println!("{}: {case}: unsupported: {reason}", backend.name()));
