@@ -30,7 +30,7 @@ pub enum Fill {
 pub enum BenchTensor {
     /// Built on the host.
     Host(HostTensor),
-    /// Generated in chunks of [`CHUNK_BYTES`] straight into the device tensor.
+    /// Generated in chunks of 64 MiB straight into the device tensor.
     Generated {
         /// Shape.
         shape: Shape,

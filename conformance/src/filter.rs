@@ -71,9 +71,9 @@ impl std::fmt::Display for Shard {
 /// those matching one of `excludes`, within `shard`.
 #[derive(Clone, Debug, Default)]
 pub struct Selection {
-    /// `--filter` patterns ([`matches`]).
+    /// `--filter` patterns ([`matches()`]).
     pub filters: Vec<String>,
-    /// `--exclude` patterns ([`matches`]).
+    /// `--exclude` patterns ([`matches()`]).
     pub excludes: Vec<String>,
     /// `--shard`, if any.
     pub shard: Option<Shard>,
@@ -93,7 +93,7 @@ impl Selection {
     }
 }
 
-/// Keeps the case files that match `pattern` (see [`matches`]).
+/// Keeps the case files that match `pattern` (see [`matches()`]).
 pub fn filter_cases(cases: Vec<CaseFile>, pattern: &str) -> Vec<CaseFile> {
     cases.into_iter().filter(|f| matches(pattern, f)).collect()
 }

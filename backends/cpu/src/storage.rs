@@ -245,7 +245,7 @@ enum Memory {
 /// The memory of every tensor the CPU backend makes: its own elements, or (from
 /// [`moemla_core::DeviceTensor::from_raw`]) a caller's host memory it borrows and never
 /// frees. Read as a [`CpuSlice`]; writable in place ([`CpuBuffer::slice_mut`]) under
-/// [`writing`].
+/// `writing()` (the backend's write lock).
 pub struct CpuBuffer {
     /// The elements (mutated only through [`CpuBuffer::slice_mut`]).
     data: UnsafeCell<Memory>,
@@ -325,7 +325,7 @@ impl CpuBuffer {
     ///
     /// # Safety
     ///
-    /// The caller holds [`writing`] and no other reference into this buffer is live.
+    /// The caller holds `writing()` and no other reference into this buffer is live.
     #[allow(clippy::mut_from_ref)] // interior mutability through `UnsafeCell`, under `writing`
     pub unsafe fn slice_mut(&self) -> CpuSliceMut<'_> {
         // SAFETY: exclusive access per this function's contract.

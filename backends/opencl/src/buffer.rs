@@ -23,7 +23,7 @@ use std::mem::ManuallyDrop;
 use std::ptr;
 use std::sync::{Arc, Mutex};
 
-/// A tensor's memory on the OpenCL device, or an op's scratch from a queue's [`Pool`].
+/// A tensor's memory on the OpenCL device, or an op's scratch from a queue's scratch pool.
 #[derive(Debug)]
 pub struct ClBuffer {
     /// Our reference to the memory object (released on drop, or kept by `pool`; for caller
