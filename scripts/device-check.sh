@@ -49,6 +49,8 @@
 #   opencl-v2    the same on conformance/golden-v2
 #   bench-mla    moemla bench --backend cuda --device-shapes, mla_decode bf16 (FlashMLA's shapes)
 #   bench-experts  the same for moe_experts bf16 (DeepSeek-V3 experts, T 16 and 4096)
+#   bench-v2     the same for mla_sparse_decode and dsa_indexer_topk (V3.2's shapes;
+#                bench-mla also times the FP8-cache decode at FlashMLA's shapes)
 #   torch-peer   benches/peer/torch_peer.py: checks itself on the goldens, measures the
 #                ceilings (event-timed copy, cuBLAS bf16 GEMM) and times torch at the bench
 #                shapes, then prints our time / torch's per shape (skipped if no torch)
@@ -222,7 +224,7 @@ EOF
 DRY=0
 ONLY=""
 # Every step of `run`, in order (for --only).
-STEPS="nvidia-smi cuda-tests suite conformance conformance-v2 memcheck racecheck initcheck ncu opencl opencl-v2 bench-mla bench-experts torch-peer profile-mla profile-experts"
+STEPS="nvidia-smi cuda-tests suite conformance conformance-v2 memcheck racecheck initcheck ncu opencl opencl-v2 bench-mla bench-experts bench-v2 torch-peer profile-mla profile-experts"
 OUT=""
 LOGS=""
 WORK=""
@@ -616,6 +618,8 @@ cmd_run() {
         --json "$LOGS/bench-mla.json" --markdown "$LOGS/bench-mla.md"
     run_step bench-experts 95 1 "${bench[@]}" --op moe_experts \
         --json "$LOGS/bench-experts.json" --markdown "$LOGS/bench-experts.md"
+    run_step bench-v2 40 1 "${bench[@]}" --op mla_sparse_decode --op dsa_indexer_topk \
+        --json "$LOGS/bench-v2.json" --markdown "$LOGS/bench-v2.md"
 
     # The torch peer: exit 3 = no torch (skipped), 4 = torch without a CUDA device.
     local py=${PYTHON:-python3}

@@ -502,6 +502,37 @@ fn device() -> Vec<BenchCase> {
             top_k: 8,
         });
     }
+    // Contract v2 at the same scale: FlashMLA's decode shapes over the FP8 cache, its
+    // sparse decode shapes (V3.2: topk 2048 of 32768 cached tokens) and V3.2's indexer over
+    // the same sequences (64 heads of 128, top 2048).
+    for (s_q, h_q) in [(1, 16), (2, 128)] {
+        cases.push(BenchCase::MlaFp8 {
+            batch: 128,
+            s_q,
+            h_q,
+            seqlen: 4096,
+            block_size: 64,
+        });
+    }
+    for h_q in [128, 64] {
+        cases.push(BenchCase::Sparse {
+            batch: 128,
+            s_q: 1,
+            h_q,
+            topk: 2048,
+            seqlen: 32768,
+            block_size: 64,
+        });
+    }
+    cases.push(BenchCase::Indexer {
+        batch: 128,
+        s_q: 1,
+        heads: 64,
+        dim: 128,
+        seqlen: 32768,
+        top_k: 2048,
+        block_size: 64,
+    });
     cases
 }
 
