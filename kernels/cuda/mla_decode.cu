@@ -14,7 +14,7 @@
 // multiply (a NaN slot times zero would still be NaN).
 
 #define MOEMLA_MLA_MAX_SPLITS 64
-#define MOEMLA_MLA_THREADS 128
+#define MOEMLA_MLA_THREADS 256
 
 // ---------------------------------------------------------------------------------------
 // 1. Index check

@@ -61,18 +61,19 @@ fn shared_memory_follows_the_documented_layout() {
 }
 
 #[test]
-fn memory_bound_shape_uses_tensor_tiles_and_fills_the_sms() {
+fn memory_bound_shape_uses_tensor_tiles_and_one_full_wave() {
     let p = plan(&v3(128, 1, 16, 4096), DType::BF16, &h100()).unwrap();
     // 16 x 32 tiles: 93 KiB each, two blocks per SM (a 64-position tile needs 130 KiB).
     assert_eq!((p.block_q, p.block_n), (16, 32));
     assert!(2 * (decode_shared_bytes(2, 576, 512, 16, 32).unwrap() + 1024) <= 228 * 1024);
-    // 128 blocks without splitting; 2 * 132 wanted -> 3 splits.
-    assert_eq!(p.num_splits, 3);
-    assert_eq!(p.launches[1].grid, [3, 1, 128]);
+    // 128 blocks without splitting; 2 splits are 256 blocks, one wave of 2 * 132 slots.
+    assert_eq!(p.num_splits, 2);
+    assert_eq!(p.launches[1].grid, [2, 1, 128]);
+    assert_eq!(p.launches[1].block, [256, 1, 1]);
     assert_eq!(p.launches[1].kernel, "moemla_mla_decode_bf16");
     assert_eq!(p.launches[2].grid, [128 * 16, 1, 1]);
-    assert_eq!(p.workspace.o_part.bytes, 3 * 128 * 16 * 512 * 4);
-    assert_eq!(p.workspace.lse_part.bytes, 3 * 128 * 16 * 4);
+    assert_eq!(p.workspace.o_part.bytes, 2 * 128 * 16 * 512 * 4);
+    assert_eq!(p.workspace.lse_part.bytes, 2 * 128 * 16 * 4);
     assert_eq!(p.o_bytes, 128 * 16 * 512 * 2);
     assert_eq!(p.lse_bytes, 128 * 16 * 4);
     assert_eq!(p.launches[0].grid, [ceil_div(128 * 64, 256) as u32, 1, 1]);
@@ -120,6 +121,20 @@ fn split_count_is_capped() {
     assert_eq!(choose_splits(1, 1 << 20, 132), MAX_SPLITS);
     assert_eq!(choose_splits(1, 10, 132), 1);
     assert_eq!(choose_splits(10_000, 1 << 20, 132), 1);
+}
+
+#[test]
+fn split_count_fills_whole_waves_of_two_blocks_per_sm() {
+    // FlashMLA's decode shape on 132 SMs: 128 (batch, head tile) blocks per split. Two
+    // splits are one wave of 256 blocks (3 would be 1.45 waves).
+    assert_eq!(choose_splits(128, 4096, 132), 2);
+    // One block per split: as many splits as the length allows, up to one wave.
+    assert_eq!(choose_splits(1, 4096, 132), 16);
+    assert_eq!(choose_splits(4, 1 << 20, 132), MAX_SPLITS);
+    // Already more blocks than a wave holds: no split.
+    assert_eq!(choose_splits(2048, 4096, 132), 1);
+    // 100 blocks on 108 SMs (216 slots): 2 splits fill 200 of them.
+    assert_eq!(choose_splits(100, 8192, 108), 2);
 }
 
 #[test]
