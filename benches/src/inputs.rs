@@ -85,36 +85,20 @@ impl BenchTensor {
         let total = shape.byte_len(dtype)?;
         let elem = dtype.size_in_bytes();
         let dev = backend.alloc_zeroed(shape, dtype)?;
-        // One chunk per hardware thread generated side by side, then uploaded in order (a
-        // DeepSeek-V3 expert stack is 22 GiB of bf16: one thread alone takes minutes).
-        let threads = generator_threads();
+        // One chunk per host thread generated side by side, then uploaded at once.
+        let batch = CHUNK_BYTES.saturating_mul(generator_threads());
         let mut at = 0;
         while at < total {
-            let spans: Vec<(usize, usize)> = (0..threads)
-                .map(|i| at.saturating_add(i.saturating_mul(CHUNK_BYTES)))
-                .take_while(|&from| from < total)
-                .map(|from| (from, CHUNK_BYTES.min(total - from)))
-                .collect();
-            let chunks: Vec<Vec<u8>> = std::thread::scope(|s| {
-                let workers: Vec<_> = spans
-                    .iter()
-                    .map(|&(from, len)| s.spawn(move || fill_bytes(fill, seed, from, len)))
-                    .collect();
-                workers
-                    .into_iter()
-                    .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                    .collect()
-            });
-            for ((from, len), bytes) in spans.into_iter().zip(chunks) {
-                let chunk = HostTensor::from_bytes([len / elem], dtype, bytes)?;
-                match backend.upload_into(&chunk, &dev, from / elem) {
-                    Ok(()) => at = from + len,
-                    Err(Error::NotProvided { .. }) => {
-                        let all = fill_bytes(fill, seed, 0, total);
-                        return backend.upload(&HostTensor::from_bytes(shape.clone(), dtype, all)?);
-                    }
-                    Err(e) => return Err(e),
+            let len = batch.min(total - at);
+            let chunk =
+                HostTensor::from_bytes([len / elem], dtype, fill_parallel(fill, seed, at, len))?;
+            match backend.upload_into(&chunk, &dev, at / elem) {
+                Ok(()) => at += len,
+                Err(Error::NotProvided { .. }) => {
+                    let all = fill_parallel(fill, seed, 0, total);
+                    return backend.upload(&HostTensor::from_bytes(shape.clone(), dtype, all)?);
                 }
+                Err(e) => return Err(e),
             }
         }
         Ok(dev)
@@ -125,6 +109,23 @@ impl BenchTensor {
 /// threads the OS lets this process use).
 pub fn generator_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// `len` bytes of `fill` from byte `at` of the tensor, as [`fill_bytes`] gives them,
+/// generated on every host thread (a DeepSeek-V3 expert stack is 22.5 GB of bf16: one
+/// thread took 52 s on the H200 machine's host).
+fn fill_parallel(fill: Fill, seed: u64, at: usize, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    // Whole 8-byte words per thread (and so whole elements of every dtype).
+    let per = len.div_ceil(generator_threads()).next_multiple_of(8).max(8);
+    std::thread::scope(|s| {
+        for (k, part) in out.chunks_mut(per).enumerate() {
+            s.spawn(move || {
+                part.copy_from_slice(&fill_bytes(fill, seed, at + k * per, part.len()))
+            });
+        }
+    });
+    out
 }
 
 /// `len` bytes of `fill` starting at byte `at` of the tensor (`at` and `len` whole
@@ -276,6 +277,18 @@ pub fn generate(case: &BenchCase) -> Result<BenchInputs> {
                 .map(|_| 0.5 + 0.5 * rng.symmetric().abs())
                 .collect();
             let w_scale = 1.0 / (hidden as f32).sqrt();
+            // bf16 weights straight from the position-seeded generator on every thread
+            // (values in [-1, 1)); other dtypes from the sequential one, scaled by H^-1/2.
+            let mut weight = |dims: [usize; 3], seed: u64| -> Result<HostTensor> {
+                if dtype == DType::BF16 {
+                    let bytes = Shape::from(dims).byte_len(dtype)?;
+                    HostTensor::from_bytes(dims, dtype, fill_parallel(Fill::Bf16, seed, 0, bytes))
+                } else {
+                    HostTensor::from_f32_as(dims, &rng.vec(dims.iter().product(), w_scale), dtype)
+                }
+            };
+            let w13 = weight([experts, 2 * inter, hidden], 13)?;
+            let w2 = weight([experts, hidden, inter], 2)?;
             let tensors = vec![
                 (
                     "x",
@@ -285,22 +298,8 @@ pub fn generate(case: &BenchCase) -> Result<BenchInputs> {
                         dtype,
                     )?,
                 ),
-                (
-                    "w13",
-                    HostTensor::from_f32_as(
-                        [experts, 2 * inter, hidden],
-                        &rng.vec(experts * 2 * inter * hidden, w_scale),
-                        dtype,
-                    )?,
-                ),
-                (
-                    "w2",
-                    HostTensor::from_f32_as(
-                        [experts, hidden, inter],
-                        &rng.vec(experts * hidden * inter, w_scale),
-                        dtype,
-                    )?,
-                ),
+                ("w13", w13),
+                ("w2", w2),
                 ("topk_ids", HostTensor::from_slice([tokens, top_k], &ids)?),
                 (
                     "topk_weights",
@@ -689,6 +688,21 @@ mod tests {
         let dev = tensor.upload(&*cpu).unwrap();
         let got = cpu.download(&dev).unwrap();
         assert!(got.as_bytes() == fill_bytes(Fill::Bf16, 11, 0, total).as_slice());
+    }
+
+    #[test]
+    fn every_thread_generates_the_bytes_one_thread_would() {
+        for fill in [Fill::Fp8Codes, Fill::Ds32Rows, Fill::Bf16] {
+            // An odd length (a part per thread plus a short last one) from a word-unaligned
+            // start, and lengths below one word per thread.
+            for (at, len) in [(6, 3 * 656 * 7 + 6), (0, 10), (2, 2)] {
+                assert_eq!(
+                    fill_parallel(fill, 7, at, len),
+                    fill_bytes(fill, 7, at, len),
+                    "{fill:?} at {at} len {len}"
+                );
+            }
+        }
     }
 
     #[test]
