@@ -440,18 +440,7 @@ fn standard_v2() -> Vec<BenchCase> {
             }
         }
     }
-    // FlashMLA's sparse decode shapes (tests/test_flash_mla_sparse_decoding.py, V3.2: topk
-    // 2048 over 32768 cached tokens, FP8 cache), at b 128 with s_q 1, h_q 128 and 64.
-    for h_q in [128, 64] {
-        cases.push(BenchCase::Sparse {
-            batch: 128,
-            s_q: 1,
-            h_q,
-            topk: 2048,
-            seqlen: 32768,
-            block_size: 64,
-        });
-    }
+    cases.extend(flashmla_sparse_shapes());
     // V3.2's lightning indexer: 64 heads of 128, top 2048.
     for seqlen in [8192, 32768] {
         cases.push(BenchCase::Indexer {
@@ -514,16 +503,7 @@ fn device() -> Vec<BenchCase> {
             block_size: 64,
         });
     }
-    for h_q in [128, 64] {
-        cases.push(BenchCase::Sparse {
-            batch: 128,
-            s_q: 1,
-            h_q,
-            topk: 2048,
-            seqlen: 32768,
-            block_size: 64,
-        });
-    }
+    cases.extend(flashmla_sparse_shapes());
     cases.push(BenchCase::Indexer {
         batch: 128,
         s_q: 1,
@@ -534,6 +514,19 @@ fn device() -> Vec<BenchCase> {
         block_size: 64,
     });
     cases
+}
+
+/// FlashMLA's sparse decode shapes (tests/test_flash_mla_sparse_decoding.py, V3.2: topk
+/// 2048 over 32768 cached tokens, FP8 cache), at b 128 with s_q 1, h_q 128 and 64.
+fn flashmla_sparse_shapes() -> impl Iterator<Item = BenchCase> {
+    [128, 64].into_iter().map(|h_q| BenchCase::Sparse {
+        batch: 128,
+        s_q: 1,
+        h_q,
+        topk: 2048,
+        seqlen: 32768,
+        block_size: 64,
+    })
 }
 
 fn quick() -> Vec<BenchCase> {
