@@ -42,6 +42,8 @@
 #   memcheck     compute-sanitizer memcheck over MEMCHECK_CASES (every op, every dtype)
 #   racecheck    compute-sanitizer racecheck over SMALL_CASES (one case per op)
 #   initcheck    compute-sanitizer initcheck over SMALL_CASES
+#   memcheck-v2  memcheck over MEMCHECK_V2_CASES (golden-v2: every v2 kernel and format)
+#   racecheck-v2 racecheck over SMALL_V2_CASES (w8a8 experts, FP8 sparse decode, indexer)
 #   ncu          Nsight Compute (--clock-control none) launch stats and occupancy, SMALL_CASES
 #   opencl       conformance --backend opencl --require opencl on NVIDIA's OpenCL, through
 #                the packed ICD loader (an ICD file for libnvidia-opencl.so.1 is written when
@@ -96,17 +98,41 @@ SMALL_CASES=(
     moe_experts/bf16/t33_h96_i48_e8_k3_edges
     mla_decode/bf16/v3_b4_sq2_h16_causal_blk64
 )
+# Contract v2 subsets (relative to conformance/golden-v2): every v2 kernel and format under
+# memcheck, the ones with new shared-memory phases under racecheck.
+MEMCHECK_V2_CASES=(
+    moe_route/bf16/v4_sqrtsoftplus_t33
+    moe_route/bf16/v4_hash_t17_vocab40
+    moe_experts/bf16/fp8_w8a16_t7_h200_i96_e3_k2_partial
+    moe_experts/bf16/fp8_w8a8_ue8m0_t9_h200_i160_e4_k3
+    moe_experts/bf16/shared2_t7_h64_i24_e5_k3_is40_empty
+    moe_experts/bf16/dense_swiglu7_t5_h64_i32_e4_k2
+    mla_kv_quantize/bf16/n40_corners
+    mla_cache_write/bf16/fp8_nb2_bs16_n12
+    mla_cache_write/bf16/dense_d72_nb5_bs16_n24
+    mla_decode/bf16/fp8_b2_sq2_h32_causal_blk64
+    mla_sparse_decode/bf16/v32_fp8_b3_sq2_h16_topk64_edges
+    mla_sparse_decode/bf16/d64_v48_b3_sq2_h8_topk32_edges
+    dsa_indexer_topk/bf16/hi4_di32_b3_sq3_causal_k16
+)
+SMALL_V2_CASES=(
+    moe_experts/bf16/fp8_w8a8_ue8m0_t9_h200_i160_e4_k3
+    mla_sparse_decode/bf16/v32_fp8_b3_sq2_h16_topk64_edges
+    dsa_indexer_topk/bf16/hi4_di32_b3_sq3_causal_k16
+)
 
 die() {
     echo "device-check: $*" >&2
     exit 2
 }
 
-# `--golden FILE` arguments for the named cases; fails when one is missing.
+# `--golden FILE` arguments for the named cases of the golden set in directory SET
+# (conformance/golden, conformance/golden-v2); fails when one is missing.
 golden_args() {
-    local c f
+    local set=$1 c f
+    shift
     for c in "$@"; do
-        f="conformance/golden/$c.safetensors"
+        f="$set/$c.safetensors"
         [[ -f $f ]] || {
             echo "device-check: golden case $f is missing (update the subsets in $0)" >&2
             return 1
@@ -136,7 +162,8 @@ cmd_pack() {
     tmp=$(mktemp -d)
     trap 'rm -rf "$tmp"' RETURN
     git check-ignore -q "$PACK/" || die "$PACK/ is not git-ignored: add it to .gitignore"
-    golden_args "${MEMCHECK_CASES[@]}" "${SMALL_CASES[@]}" >/dev/null || exit 2
+    golden_args conformance/golden "${MEMCHECK_CASES[@]}" "${SMALL_CASES[@]}" >/dev/null || exit 2
+    golden_args conformance/golden-v2 "${MEMCHECK_V2_CASES[@]}" "${SMALL_V2_CASES[@]}" >/dev/null || exit 2
 
     echo "== cargo build --release -p moemla-cli"
     cargo build --release -p moemla-cli --message-format=json-render-diagnostics \
@@ -224,7 +251,7 @@ EOF
 DRY=0
 ONLY=""
 # Every step of `run`, in order (for --only).
-STEPS="nvidia-smi cuda-tests suite conformance conformance-v2 memcheck racecheck initcheck ncu opencl opencl-v2 bench-mla bench-experts bench-v2 torch-peer profile-mla profile-experts"
+STEPS="nvidia-smi cuda-tests suite conformance conformance-v2 memcheck racecheck initcheck memcheck-v2 racecheck-v2 ncu opencl opencl-v2 bench-mla bench-experts bench-v2 torch-peer profile-mla profile-experts"
 OUT=""
 LOGS=""
 WORK=""
@@ -551,9 +578,12 @@ cmd_run() {
     echo "== device-check run$( ((DRY)) && echo ' --dry-run') in $ROOT, $(date -u +%Y-%m-%dT%H:%M:%SZ), $(uname -m)"
     check_pack
     local M="$PACK/bin/moemla" T="$PACK/tests" sub small
-    golden_args "${MEMCHECK_CASES[@]}" "${SMALL_CASES[@]}" >/dev/null || exit 2
-    mapfile -t sub < <(golden_args "${MEMCHECK_CASES[@]}")
-    mapfile -t small < <(golden_args "${SMALL_CASES[@]}")
+    golden_args conformance/golden "${MEMCHECK_CASES[@]}" "${SMALL_CASES[@]}" >/dev/null || exit 2
+    golden_args conformance/golden-v2 "${MEMCHECK_V2_CASES[@]}" "${SMALL_V2_CASES[@]}" >/dev/null || exit 2
+    mapfile -t sub < <(golden_args conformance/golden "${MEMCHECK_CASES[@]}")
+    mapfile -t small < <(golden_args conformance/golden "${SMALL_CASES[@]}")
+    mapfile -t sub2 < <(golden_args conformance/golden-v2 "${MEMCHECK_V2_CASES[@]}")
+    mapfile -t small2 < <(golden_args conformance/golden-v2 "${SMALL_V2_CASES[@]}")
 
     locate
 
@@ -585,10 +615,16 @@ cmd_run() {
             "$M" conformance --require cuda --backend cuda "${small[@]}"
         run_step initcheck 25 1 "$SANITIZER" --tool initcheck --error-exitcode 99 \
             "$M" conformance --require cuda --backend cuda "${small[@]}"
+        run_step memcheck-v2 45 1 "$SANITIZER" --tool memcheck --leak-check full --error-exitcode 99 \
+            "$M" conformance --require cuda --backend cuda --allow-unsupported cuda "${sub2[@]}"
+        run_step racecheck-v2 25 1 "$SANITIZER" --tool racecheck --error-exitcode 99 \
+            "$M" conformance --require cuda --backend cuda --allow-unsupported cuda "${small2[@]}"
     else
         missing memcheck compute-sanitizer
         missing racecheck compute-sanitizer
         missing initcheck compute-sanitizer
+        missing memcheck-v2 compute-sanitizer
+        missing racecheck-v2 compute-sanitizer
     fi
 
     if [[ -n $NCU ]]; then
