@@ -6,9 +6,9 @@
 //! tensor-core instructions on sm_80 and newer.
 //!
 //! Verification: silicon on sm_90 ([`VERIFIED_ON`]: an NVIDIA H200, where every committed
-//! golden case passed, compute-sanitizer's memcheck clean on a v1 subset); CI compiles every kernel
-//! for sm_80 and sm_90 (PTX and CUBIN) and runs them on the host emulator, and the sm_80
-//! build has not run on silicon. `scripts/device-check.sh` is the one command that checks
+//! golden case passed, compute-sanitizer's memcheck clean on a v1 subset); CI compiles
+//! every kernel for sm_80 and sm_90 (PTX and CUBIN) and runs them on the host emulator,
+//! and the sm_80 build has not run on silicon. `scripts/device-check.sh` is the one command that checks
 //! them on a GPU (`pack` here, `run` there).
 //!
 //! Benchmark ceilings ([`Backend::copy_bench`], [`Backend::dense_gemm`]): device copies
@@ -54,8 +54,8 @@ pub fn claimed_verification() -> Verification {
 }
 
 /// The GPU on which every committed golden case (contract v1 and v2) passed, with
-/// compute-sanitizer memcheck clean on a v1 subset (`scripts/device-check.sh run`): its name as the driver
-/// reports it, its compute capability (`major * 10 + minor`) and when.
+/// compute-sanitizer memcheck clean on a v1 subset (`scripts/device-check.sh run`): its
+/// name as the driver reports it, its compute capability (`major * 10 + minor`) and when.
 pub const VERIFIED_ON: (&str, u32, &str) = ("NVIDIA H200", 90, "2026-12-04");
 
 /// The verification that holds for a device named `name` of compute capability `arch`:
