@@ -14,11 +14,9 @@ fn constructing_the_backend_reports_unavailable_or_a_device_with_its_verificatio
         Ok(b) => {
             let info = b.info();
             assert_eq!(info.name, "cuda");
-            // Silicon exactly on the verified architecture, unverified on any other.
-            let sm90 = info
-                .device
-                .ends_with(&format!("(sm_{})", moemla_cuda::VERIFIED_ON.1));
-            let want = if sm90 {
+            // Silicon exactly on the verified device, unverified on any other.
+            let (name, arch, _) = moemla_cuda::VERIFIED_ON;
+            let want = if info.device == format!("{name} (sm_{arch})") {
                 VerificationKind::Silicon
             } else {
                 VerificationKind::Unverified
