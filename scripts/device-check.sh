@@ -538,9 +538,9 @@ summary() {
         esac
     done
     {
-        printf '\n%-14s %-46s %s\n' step result seconds
+        printf '\n%-15s %-46s %s\n' step result seconds
         for i in "${!R_NAME[@]}"; do
-            printf '%-14s %-46s %s\n' "${R_NAME[$i]}" "${R_RESULT[$i]}" "${R_SECS[$i]}"
+            printf '%-15s %-46s %s\n' "${R_NAME[$i]}" "${R_RESULT[$i]}" "${R_SECS[$i]}"
         done
         printf 'total %s s%s; logs in %s\n' "$((SECONDS - STARTED))" \
             "$( ((DRY)) && echo ' (dry run)')" "$OUT"
@@ -577,7 +577,7 @@ cmd_run() {
     trap 'rm -rf "$WORK"' EXIT
     echo "== device-check run$( ((DRY)) && echo ' --dry-run') in $ROOT, $(date -u +%Y-%m-%dT%H:%M:%SZ), $(uname -m)"
     check_pack
-    local M="$PACK/bin/moemla" T="$PACK/tests" sub small
+    local M="$PACK/bin/moemla" T="$PACK/tests" sub small sub2 small2
     golden_args conformance/golden "${MEMCHECK_CASES[@]}" "${SMALL_CASES[@]}" >/dev/null || exit 2
     golden_args conformance/golden-v2 "${MEMCHECK_V2_CASES[@]}" "${SMALL_V2_CASES[@]}" >/dev/null || exit 2
     mapfile -t sub < <(golden_args conformance/golden "${MEMCHECK_CASES[@]}")
@@ -616,9 +616,9 @@ cmd_run() {
         run_step initcheck 25 1 "$SANITIZER" --tool initcheck --error-exitcode 99 \
             "$M" conformance --require cuda --backend cuda "${small[@]}"
         run_step memcheck-v2 45 1 "$SANITIZER" --tool memcheck --leak-check full --error-exitcode 99 \
-            "$M" conformance --require cuda --backend cuda --allow-unsupported cuda "${sub2[@]}"
+            "$M" conformance --require cuda --backend cuda "${sub2[@]}"
         run_step racecheck-v2 25 1 "$SANITIZER" --tool racecheck --error-exitcode 99 \
-            "$M" conformance --require cuda --backend cuda --allow-unsupported cuda "${small2[@]}"
+            "$M" conformance --require cuda --backend cuda "${small2[@]}"
     else
         missing memcheck compute-sanitizer
         missing racecheck compute-sanitizer
@@ -674,7 +674,7 @@ cmd_run() {
         local quick=("$M" bench --backend cuda --device-shapes --dtype bf16 --copy-mib 64 --gemm-size 1024)
         run_step profile-mla 60 1 "$NCU" --clock-control none --set full --csv --page details \
             -k regex:'^moemla_mla_decode_bf16$' --launch-count 1 --log-file "$LOGS/profile-mla.csv" \
-            "${quick[@]}" --op mla_decode --filter "h_q=16 "
+            "${quick[@]}" --op mla_decode --filter "bf16 b=128 s_q=1 h_q=16 "
         run_step profile-experts 90 1 "$NCU" --clock-control none --set full --csv --page details \
             -k regex:'^moemla_moe_(gate_up|down)_bf16$' --launch-count 2 --log-file "$LOGS/profile-experts.csv" \
             "${quick[@]}" --op moe_experts --filter "T=4096 "
