@@ -70,8 +70,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 512,
           value_parser = clap::value_parser!(u64).range(1..=ceilings::MAX_COPY_MIB))]
     copy_mib: u64,
-    /// Print each case's phases on stderr as they end (inputs generated, on the device,
-    /// timed), with their wall times: where a long device run spends its minutes.
+    /// Print each case's phases on stderr as they end (inputs generated, on the device, a
+    /// first call on its own with any kernel compilation, timed), with their wall times:
+    /// where a long device run spends its minutes. Adds one call per case.
     #[arg(long)]
     trace: bool,
 }
