@@ -165,6 +165,19 @@ mod tests {
     use moemla_kernel_plan::mla::{self, MlaSizes};
     use moemla_kernel_plan::{cache_write, experts, kv_quantize, route, DeviceLimits};
 
+    /// The decode kernel's tensor-core path runs only when launched with exactly
+    /// `MOEMLA_MLA_THREADS` threads: the plan's block must be that number, or the path would
+    /// switch off silently (the portable path gives the same numbers, so no golden fails).
+    #[test]
+    fn the_plans_decode_block_is_the_kernels_thread_count() {
+        let line = Module::MlaDecode
+            .body()
+            .lines()
+            .find_map(|l| l.strip_prefix("#define MOEMLA_MLA_THREADS "))
+            .expect("mla_decode.cu defines MOEMLA_MLA_THREADS");
+        assert_eq!(line.trim().parse::<u32>().unwrap(), mla::DECODE_BLOCK);
+    }
+
     /// The limits of both APIs: CUDA (tensor cores on and off) and HIP (64-lane waves).
     fn devices() -> [DeviceLimits; 3] {
         [

@@ -137,9 +137,10 @@ pub fn split_range(
 /// How many splits: as many as one wave of two blocks per SM holds (the tiles are sized so
 /// that two share one), `floor(2 * SMs / blocks)`, so no wave runs part-empty; FlashMLA's
 /// `get_mla_metadata` likewise divides the SMs among the (kv head, head block) pairs and
-/// cuts each sequence into per-SM parts. At most [`MAX_SPLITS`], none shorter than
-/// [`MIN_SPLIT_LEN`] positions of the cache capacity, and 1 where one split's blocks fill a
-/// wave already. FlashMLA's decode shape (128 blocks a split, 132 SMs) takes 2 splits, one
+/// cuts each sequence into per-SM parts. At most [`MAX_SPLITS`] and
+/// `ceil(capacity / MIN_SPLIT_LEN)`, and 1 where one split's blocks fill a wave already.
+/// Where the tile fits only once per SM (f32 at the DeepSeek widths) a "wave" of this rule
+/// is two real ones. FlashMLA's decode shape (128 blocks a split, 132 SMs) takes 2 splits, one
 /// wave; rounding up to 3 gave 1.45 waves on the H200 (Nsight Compute, 2026-12-04).
 pub fn choose_splits(blocks_per_split: usize, capacity: usize, compute_units: usize) -> usize {
     let one_wave = (2 * compute_units.max(1)) / blocks_per_split.max(1);

@@ -965,7 +965,7 @@ static void mla_case(int dtype, const MlaCase& c, int corrupt /*0 none, 1 seqlen
     const int group = c.h_q / c.h_kv;
     moemla_dim3 grid{(unsigned)c.num_splits, (unsigned)((c.s_q * group + c.block_q - 1) / c.block_q), (unsigned)(c.B * c.h_kv)};
 #define MOEMLA_RUN_MLA(SFX, TT)                                                                                   \
-    moemla_emu_launch(grid, MOEMLA_MLA_THREADS, [&] {                                                                            \
+    moemla_emu_launch(grid, MOEMLA_MLA_THREADS, [&] {                                                             \
         if (c.fp8)                                                                                                \
             moemla_mla_decode_fp8_##SFX((const TT*)q.ptr(), (const unsigned char*)kv.ptr(), table.data(),         \
                                         lens.data(), o_part.data(), lse_part.data(), c.B, c.s_q, c.h_q, c.h_kv,   \
@@ -1109,7 +1109,7 @@ static void sparse_case(int dtype, const SparseCase& c, int corrupt /*0 none, 1 
     });
     moemla_dim3 grid{(unsigned)c.num_splits, (unsigned)((c.h_q + c.block_q - 1) / c.block_q), (unsigned)rows};
 #define MOEMLA_RUN_SPARSE(SFX, TT)                                                                                \
-    moemla_emu_launch(grid, MOEMLA_MLA_THREADS, [&] {                                                                            \
+    moemla_emu_launch(grid, MOEMLA_MLA_THREADS, [&] {                                                             \
         if (c.fp8)                                                                                                \
             moemla_mla_sparse_decode_fp8_##SFX((const TT*)q.ptr(), (const unsigned char*)kv.ptr(), idx.data(),    \
                                                len_ptr, o_part.data(), lse_part.data(), c.B, c.s_q, c.h_q,        \
