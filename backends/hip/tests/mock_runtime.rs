@@ -208,7 +208,7 @@ fn mock_device_is_discovered_and_its_ops_only_enqueue() {
     );
     assert!(
         launched[1].starts_with("moemla_mla_decode_f32 grid=")
-            && launched[1].contains(",1,2 block=128,1,1 shared="),
+            && launched[1].contains(",1,2 block=256,1,1 shared="),
         "{}",
         launched[1]
     );
@@ -342,7 +342,7 @@ fn mock_device_is_discovered_and_its_ops_only_enqueue() {
         "moemla_mla_sparse_check grid=1,1,1 block=256,1,1 shared=0"
     );
     assert!(
-        launched[1].starts_with("moemla_mla_sparse_decode_f16 grid=1,1,2 block=128,1,1 shared="),
+        launched[1].starts_with("moemla_mla_sparse_decode_f16 grid=1,1,2 block=256,1,1 shared="),
         "{}",
         launched[1]
     );
