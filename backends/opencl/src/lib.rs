@@ -62,9 +62,7 @@ pub fn claimed_verification() -> Verification {
             VERIFIED_POCL.join(", "),
             VERIFIED_GPUS
                 .iter()
-                .map(|(platform, name, when)| format!(
-                    "{name} via the {platform} OpenCL platform ({when})"
-                ))
+                .map(verified_gpu_detail)
                 .collect::<Vec<_>>()
                 .join("; ")
         ),
@@ -169,10 +167,10 @@ impl OpenClBackend {
 
     fn verification(&self) -> Verification {
         let facts = &self.device.facts;
-        if let Some((platform, name, when)) = verified_gpu(&facts.platform, &facts.name) {
+        if let Some(gpu) = verified_gpu(&facts.platform, &facts.name) {
             return Verification {
                 kind: VerificationKind::Silicon,
-                detail: format!("{name} via the {platform} OpenCL platform ({when})"),
+                detail: verified_gpu_detail(gpu),
             };
         }
         match pocl_version(&facts.platform_version) {
@@ -206,6 +204,11 @@ fn verified_gpu(
     VERIFIED_GPUS
         .iter()
         .find(|(p, n, _)| *p == platform && *n == name)
+}
+
+/// How a [`VERIFIED_GPUS`] entry reads in a verification detail.
+fn verified_gpu_detail((platform, name, when): &(&str, &str, &str)) -> String {
+    format!("{name} via the {platform} OpenCL platform ({when})")
 }
 
 /// PoCL releases (major.minor) on whose CPU device every committed golden case has passed
