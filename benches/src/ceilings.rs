@@ -2,9 +2,9 @@
 //!
 //! On a CPU device the floors use the host's physical limits ([`crate::host`]): the read
 //! bandwidth for the memory term, the f32 FMA peak (f32, f16 rows) or the larger of it and
-//! the native bf16 dot peak (bf16 rows) for the compute term. The backend's copy and its dense GEMM are still
-//! measured, as reference rates: a copy moves each byte twice, and a library GEMM is an
-//! achievable rate, not a limit. Elsewhere (GPUs) the floors use the device's read
+//! the native bf16 dot peak (bf16 rows) for the compute term. The backend's copy and its
+//! dense GEMM are still measured, as reference rates: a copy moves each byte twice, and a
+//! library GEMM is an achievable rate, not a limit. Elsewhere (GPUs) the floors use the device's read
 //! bandwidth and f32 FMA peak measured by the backend's own kernels
 //! ([`Backend::limits_bench`], OpenCL) where it has them; else the device copy and the
 //! backend's GEMM, labelled achievable. On a CPU device with such kernels (PoCL) their

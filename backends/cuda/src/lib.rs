@@ -251,6 +251,9 @@ mod tests {
 
     #[test]
     fn only_the_verified_device_claims_silicon() {
+        // The backend-wide claim names the same device, architecture and date.
+        let (name, arch, date) = VERIFIED_ON;
+        assert!(VERIFICATION_DETAIL.starts_with(&format!("{name} (sm_{arch}), {date}")));
         let h200 = device_verification("NVIDIA H200", 90);
         assert_eq!(h200.kind, VerificationKind::Silicon);
         assert!(
