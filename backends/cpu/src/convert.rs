@@ -39,25 +39,15 @@ impl FloatSlice<'_> {
         }
     }
 
-    /// Rows `first..first + rows` of a row-major matrix with `cols` columns, as f32: the
-    /// stored rows themselves for F32, else upcast once into `scratch`.
-    pub fn rows_f32<'s>(
-        self,
-        first: usize,
-        rows: usize,
-        cols: usize,
-        scratch: &'s mut Vec<f32>,
-    ) -> &'s [f32]
-    where
-        Self: 's,
-    {
-        let (start, len) = (first * cols, rows * cols);
-        if let FloatSlice::F32(v) = self {
-            return &v[start..start + len];
+    /// Rows `first..first + rows` of a row-major matrix with `cols` columns, in place.
+    /// The caller keeps them inside the slice (a range past it panics, as slicing does).
+    pub fn rows(self, first: usize, rows: usize, cols: usize) -> Self {
+        let range = first * cols..(first + rows) * cols;
+        match self {
+            FloatSlice::F32(v) => FloatSlice::F32(&v[range]),
+            FloatSlice::F16(v) => FloatSlice::F16(&v[range]),
+            FloatSlice::BF16(v) => FloatSlice::BF16(&v[range]),
         }
-        scratch.resize(len, 0.0);
-        self.read_f32(start, scratch);
-        scratch
     }
 }
 

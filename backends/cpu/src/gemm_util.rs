@@ -1,6 +1,7 @@
 //! Bounds-checked f32 matrix products: a general one over the `gemm` crate, and
-//! [`matmul_nt`] (rows times rows) on AVX-512 where the CPU has it.
+//! [`matmul_nt_packed`] (rows times packed rows) on AVX-512 where the CPU has it.
 
+use crate::storage::FloatSlice;
 use moemla_core::{Error, Result};
 
 /// A read-only strided f32 matrix view: element (r, c) is `data[r * row_stride + c * col_stride]`.
@@ -113,51 +114,119 @@ pub fn matmul(dst: &mut [f32], a: MatRef<'_>, b: MatRef<'_>, accumulate: bool) -
     Ok(())
 }
 
-/// Columns of `k` per pass of [`matmul_nt`]'s kernel: with `a` rows streamed once, a
-/// pass's packed `b` rows (for the experts: one expert's tokens) stay in L2 at DeepSeek-V3's
-/// hidden size (7168 = 4 passes).
+/// Columns of `k` per pass of [`matmul_nt_packed`]'s kernel: a register tile's rows of `a` for
+/// one pass (12 x 2048 f32, 96 KiB) and the pass's packed rows of `b` stay in L2 while
+/// the tile runs over them.
 const KC: usize = 2048;
 
-/// `out[r * n + c] = a[r] . b[c]` for the `m` rows of `a` [m, k] and the `n` rows of `b`
-/// [n, k] (f32, row-major), each an f32 sum; `out` [m, n] is overwritten. Single-threaded
-/// (callers parallelise over independent tiles). On CPUs with AVX-512F a register-tiled
-/// kernel reads `a` in place and a copy of each pass's columns of `b`, packed so that a
-/// tile reads them as one stream; elsewhere [`matmul`].
-///
-/// A `k` of 0, lengths that do not make whole rows of `k`, or an `out` that is not
-/// `m * n` long are [`Error::Device`]; nothing is written then. The packed copy (at most
-/// `n * (KC + 15)` elements) is allocated fallibly ([`Error::OutOfMemory`]).
-pub fn matmul_nt(a: &[f32], b: &[f32], k: usize, out: &mut [f32]) -> Result<()> {
-    let (m, n) = nt_shape(a.len(), b.len(), k, out.len())?;
-    if m == 0 || n == 0 {
-        // Nothing to write (and no row of the other operand to offset into).
-        return Ok(());
-    }
+/// The rows of `b` for [`matmul_nt_packed`], laid out once and reused by every product
+/// with them (an expert's tokens meet every tile of its weight rows). On CPUs with
+/// AVX-512F: groups of 16 rows, column by column (`[group][k][16]`, rows past `n` zero),
+/// so that one vector holds one column of 16 rows; elsewhere the rows as they are.
+#[derive(Debug)]
+pub struct PackedRows<'a> {
+    layout: Layout<'a>,
+    /// Rows of `b`.
+    n: usize,
+    /// Columns (the product's inner dimension).
+    k: usize,
+}
+
+/// How [`PackedRows`] holds `b`.
+#[derive(Debug)]
+enum Layout<'a> {
+    /// `[ceil(n / 16)][k][16]` for the AVX-512 kernel.
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        const WHAT: &str = "cpu gemm nt packed columns";
-        let steps = KC.min(k).div_ceil(x86::LANES);
-        // No overflow at any `b` that fits in memory; an impossible size is an allocation
-        // that fails.
-        let len = n
-            .checked_mul(steps * x86::LANES)
-            .ok_or(Error::OutOfMemory {
-                what: WHAT.to_string(),
-                bytes: usize::MAX,
-            })?;
-        let mut packed = moemla_core::alloc::try_filled_vec(len, WHAT)?;
-        for k0 in (0..k).step_by(KC) {
-            let kc = KC.min(k - k0);
-            x86::pack(b, k, (k0, kc), &mut packed);
-            // SAFETY: AVX-512F was detected at run time; `nt_shape` checked that `a` holds
-            // m >= 1 rows of k and `out` m * n elements; columns k0..k0 + kc of every row
-            // lie inside its k, and `packed` holds n * ceil(kc / 16) * 16 elements (the
-            // pass's columns of `b`, as `pack` lays them out; kc <= KC).
-            unsafe { x86::gemm_nt(a, &packed, (m, n, k), (k0, kc), out) };
+    Columns(Vec<f32>),
+    /// `b` row-major, for [`portable_nt`].
+    Rows(&'a [f32]),
+}
+
+impl<'a> PackedRows<'a> {
+    /// Packs the `n` rows of `k` in `b` (row-major). A `k` of 0 or a length that is not
+    /// whole rows is [`Error::Device`]; the packed copy (`ceil(n / 16) * 16 * k` values)
+    /// is allocated fallibly ([`Error::OutOfMemory`]).
+    pub fn new(b: &'a [f32], k: usize) -> Result<Self> {
+        // No rows of `a` and no output: only `b`'s shape is checked.
+        let (_, n) = nt_shape(0, b.len(), k, 0)?;
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            const WHAT: &str = "cpu gemm nt packed rows";
+            let len =
+                n.div_ceil(x86::LANES)
+                    .checked_mul(x86::LANES * k)
+                    .ok_or(Error::OutOfMemory {
+                        what: WHAT.to_string(),
+                        bytes: usize::MAX,
+                    })?;
+            let mut packed = moemla_core::alloc::try_filled_vec(len, WHAT)?;
+            x86::pack(b, k, &mut packed);
+            return Ok(PackedRows {
+                layout: Layout::Columns(packed),
+                n,
+                k,
+            });
         }
+        Ok(PackedRows {
+            layout: Layout::Rows(b),
+            n,
+            k,
+        })
+    }
+}
+
+/// `out[r * n + c] = a[r] . b[c]` for the `m` rows of `a` [m, k] (f32, f16 or bf16: every
+/// value exact in f32) and the `n` rows of `b` packed beforehand ([`PackedRows`]), each an
+/// f32 sum; `out` [m, n] is overwritten. Single-threaded (callers parallelise over
+/// independent tiles). On CPUs with AVX-512F a register-tiled kernel: 12 rows of `a` times
+/// two vectors of 16 packed rows of `b`, one value of `a` broadcast per row and column,
+/// 24 accumulators that are the output itself (no horizontal sums); f32 rows are read in
+/// place, others converted 12 rows at a time just before their tile (so weights streamed
+/// from memory are converted from cache, their next rows prefetched meanwhile). Elsewhere
+/// the `gemm` crate on `a` converted to f32.
+///
+/// An `a` that is not whole rows of `b`'s k, or an `out` that is not `m * n` long, is
+/// [`Error::Device`]; nothing is written then. Buffers (converted rows of `a`) are
+/// allocated fallibly ([`Error::OutOfMemory`]).
+pub fn matmul_nt_packed(a: FloatSlice<'_>, b: &PackedRows<'_>, out: &mut [f32]) -> Result<()> {
+    let (n, k) = (b.n, b.k);
+    let (m, _) = nt_shape(float_len(a), n * k, k, out.len())?;
+    if m == 0 || n == 0 {
         return Ok(());
     }
-    portable_nt(a, b, (m, n, k), out)
+    match &b.layout {
+        #[cfg(target_arch = "x86_64")]
+        Layout::Columns(packed) => {
+            let block_len = match a {
+                FloatSlice::F32(_) => 0,
+                _ => x86::MR * KC.min(k),
+            };
+            let mut block = moemla_core::alloc::try_filled_vec(block_len, "cpu gemm nt rows")?;
+            // SAFETY: `PackedRows::new` built `Columns` only where AVX-512F was detected,
+            // as `ceil(n / 16) * 16 * k` values; `nt_shape` checked that `a` holds m rows
+            // of k and `out` m * n values; `block` holds MR rows of a pass's columns
+            // unless `a` is f32.
+            unsafe { x86::gemm_nt(a, packed, (m, n, k), out, &mut block) };
+            Ok(())
+        }
+        Layout::Rows(rows) => match a {
+            FloatSlice::F32(a) => portable_nt(a, rows, (m, n, k), out),
+            _ => {
+                let mut a32 = moemla_core::alloc::try_filled_vec(m * k, "cpu gemm nt rows")?;
+                a.read_f32(0, &mut a32);
+                portable_nt(&a32, rows, (m, n, k), out)
+            }
+        },
+    }
+}
+
+/// The number of values in `a`.
+fn float_len(a: FloatSlice<'_>) -> usize {
+    match a {
+        FloatSlice::F32(v) => v.len(),
+        FloatSlice::F16(v) => v.len(),
+        FloatSlice::BF16(v) => v.len(),
+    }
 }
 
 /// `(m, n)` when `a` and `b` are whole rows of `k >= 1` and `out` is m x n, else
@@ -177,7 +246,7 @@ fn nt_shape(a: usize, b: usize, k: usize, out: usize) -> Result<(usize, usize)> 
     }
 }
 
-/// [`matmul_nt`] through the `gemm` crate (`a @ b^T`).
+/// [`matmul_nt_packed`]'s product through the `gemm` crate (`a @ b^T`).
 fn portable_nt(
     a: &[f32],
     b: &[f32],
@@ -190,190 +259,240 @@ fn portable_nt(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use crate::storage::FloatSlice;
     use std::arch::x86_64::*;
 
-    /// f32 lanes of one AVX-512 register: columns per step.
+    /// f32 lanes of one AVX-512 register: rows of `b` per packed group.
     pub const LANES: usize = 16;
-    /// Rows of `a` per register tile.
-    const MR: usize = 4;
-    /// Rows of `b` per register tile (4 x 6 = 24 accumulators, 6 `b` vectors and one of
-    /// `a` in the 32 registers).
-    const NR: usize = 6;
+    /// Rows of `a` per register tile (12 x 2 = 24 accumulators, two vectors of `b` and a
+    /// broadcast value of `a` in the 32 registers).
+    pub const MR: usize = 12;
 
-    /// Copies columns `k0..k0 + kc` of `b`'s rows (of `k`) into `packed`, in groups of
-    /// [`NR`] rows (the last group shorter): group by group, step by step (16 columns),
-    /// the group's rows one after the other, zero-padded to a whole last step. A tile then
-    /// reads its rows of `b` as one stream: rows `k` floats apart (a power of two at the
-    /// experts' shapes) would map every row's step to the same L1 set. `packed` must hold
-    /// at least `n * ceil(kc / 16) * 16` elements for the `n` rows of `b` (the rest is
-    /// left as it is).
-    pub fn pack(b: &[f32], k: usize, (k0, kc): (usize, usize), packed: &mut [f32]) {
-        let steps = kc.div_ceil(LANES);
-        let packed = &mut packed[..b.len() / k * steps * LANES];
-        let mut rows = b.chunks_exact(k);
-        for group in packed.chunks_mut(NR * steps * LANES) {
-            let nr = group.len() / (steps * LANES);
-            for (j, row) in rows.by_ref().take(nr).enumerate() {
-                let row = &row[k0..k0 + kc];
-                for (s, cols) in row.chunks(LANES).enumerate() {
-                    let at = (s * nr + j) * LANES;
-                    group[at..at + cols.len()].copy_from_slice(cols);
-                    group[at + cols.len()..at + LANES].fill(0.0);
+    /// Lays the `n` rows of `k` in `b` out as `[ceil(n / 16)][k][16]`: group by group,
+    /// column by column, the group's 16 rows side by side (rows past `n` zero, so a
+    /// padded lane accumulates zero). `packed` must hold `ceil(n / 16) * 16 * k` values.
+    pub fn pack(b: &[f32], k: usize, packed: &mut [f32]) {
+        for (group, rows) in packed.chunks_exact_mut(LANES * k).zip(b.chunks(LANES * k)) {
+            let n = rows.len() / k;
+            // Column by column: each row is read in order and the group written in order.
+            for (col, lanes) in group.chunks_exact_mut(LANES).enumerate() {
+                for (lane, v) in lanes[..n].iter_mut().enumerate() {
+                    *v = rows[lane * k + col];
                 }
+                lanes[n..].fill(0.0);
             }
         }
     }
 
-    /// Columns `k0..k0 + kc` of [`super::matmul_nt`] from `b` packed by [`pack`]: 4 x 6
-    /// register tiles (4 x 1..5 at the last group of `b`, 1 x 1..6 at the last rows of
-    /// `a`) of 16-wide FMA steps, `a`'s last step masked; the first pass (`k0` 0) stores,
-    /// later ones add to `out`. The first tile of each block of `a`'s rows prefetches the
-    /// next block.
+    /// [`super::matmul_nt_packed`] on packed rows: passes of [`super::KC`] columns; in
+    /// each, blocks of [`MR`] rows of `a` (1..MR at the end; f32 in place, other types
+    /// converted into `block`) times pairs of packed groups (a single group at the end),
+    /// the output's lanes masked past `n`. The first pass stores, later ones add. The
+    /// first tile of each full block prefetches the next block's columns of `a` (as
+    /// stored) into L2.
     ///
     /// # Safety
-    /// AVX-512F must be available; `a` holds `m * k` and `out` `m * n` elements,
-    /// `k0 + kc <= k`, and `packed` holds `n * ceil(kc / 16) * 16`.
+    /// AVX-512F must be available; `a` holds `m * k` values, `packed`
+    /// `ceil(n / 16) * 16 * k` (as [`pack`] lays them out), `out` `m * n`, and `block`
+    /// `MR * min(KC, k)` unless `a` is f32.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn gemm_nt(
-        a: &[f32],
+        a: FloatSlice<'_>,
         packed: &[f32],
         (m, n, k): (usize, usize, usize),
-        (k0, kc): (usize, usize),
         out: &mut [f32],
+        block: &mut [f32],
     ) {
-        let (a, b, o) = (a.as_ptr().add(k0), packed.as_ptr(), out.as_mut_ptr());
-        let t = Tile {
-            k,
-            steps: kc / LANES,
-            tail: kc % LANES,
-            ldo: n,
-            add: k0 > 0,
+        let (stored, size) = match a {
+            FloatSlice::F32(v) => (v.as_ptr().cast::<u8>(), 4),
+            FloatSlice::F16(v) => (v.as_ptr().cast::<u8>(), 2),
+            FloatSlice::BF16(v) => (v.as_ptr().cast::<u8>(), 2),
         };
-        let group = kc.div_ceil(LANES) * LANES;
-        let mut r = 0;
-        while r < m {
-            let mr = if m - r >= MR { MR } else { 1 };
-            let mut c = 0;
-            while c < n {
-                let nr = (n - c).min(NR);
-                // SAFETY (all): rows r..r + mr of a exist (mr clipped to m), columns
-                // k0..k0 + kc lie in k; the group of b's rows c..c + nr starts c * group
-                // into `packed` (every earlier group is NR rows) and holds nr * group;
-                // out[(r + i) * n + c + j] for i < mr, j < nr is inside the m * n.
-                let (ap, bp, op) = (a.add(r * k), b.add(c * group), o.add(r * n + c));
-                if mr == MR && c == 0 && r + 2 * MR <= m {
-                    // As in bf16dot: the first pass over these rows of `a` prefetches
-                    // the next MR rows' columns (which exist: r + 2 MR <= m) into L2
-                    // (A/B at the experts' shapes, weights from memory: ~10-25% faster).
-                    t.dispatch::<MR, true>(nr, ap, bp, op, ap.add(MR * k));
-                } else if mr == MR {
-                    t.dispatch::<MR, false>(nr, ap, bp, op, ap);
-                } else {
-                    t.dispatch::<1, false>(nr, ap, bp, op, ap);
+        let groups = n.div_ceil(LANES);
+        for k0 in (0..k).step_by(super::KC) {
+            let kc = super::KC.min(k - k0);
+            let mut r = 0;
+            while r < m {
+                let rows = MR.min(m - r);
+                // This block's columns as f32: in place, or converted into `block`.
+                let (ap, lda) = match a {
+                    FloatSlice::F32(v) => (v.as_ptr().add(r * k + k0), k),
+                    _ => {
+                        for (i, dst) in block[..rows * kc].chunks_exact_mut(kc).enumerate() {
+                            a.read_f32_inline((r + i) * k + k0, dst);
+                        }
+                        (block.as_ptr(), kc)
+                    }
+                };
+                // The next block exists when r + 2 MR <= m.
+                let next = (r + 2 * MR <= m).then(|| Prefetch {
+                    at: stored.add(((r + MR) * k + k0) * size),
+                    row_bytes: k * size,
+                    size,
+                });
+                let mut g = 0;
+                while g < groups {
+                    let vecs = if groups - g >= 2 { 2 } else { 1 };
+                    let tile = Tile {
+                        lda,
+                        kc,
+                        group_stride: k * LANES,
+                        ldo: n,
+                        add: k0 > 0,
+                        masks: [lane_mask(n, g), lane_mask(n, g + 1)],
+                    };
+                    // SAFETY (all): rows r..r + rows of `ap` exist with columns 0..kc
+                    // (in place: columns k0..k0 + kc of rows of k; converted: rows of kc);
+                    // packed groups g..g + vecs exist (each k * 16 values) and so do their
+                    // columns k0..k0 + kc; the outputs (r + i) * n + g * 16 + l for
+                    // i < rows and lanes l the masks keep lie inside m * n; `next` points
+                    // at rows r + MR..r + 2 MR of `a`, columns k0..k0 + kc, which exist.
+                    let bp = packed.as_ptr().add((g * k + k0) * LANES);
+                    let op = out.as_mut_ptr().add(r * n + g * LANES);
+                    tile.dispatch(rows, vecs, ap, bp, op, next.filter(|_| g == 0));
+                    g += vecs;
                 }
-                c += nr;
+                r += rows;
             }
-            r += mr;
         }
     }
 
-    /// One register tile's geometry: rows of `a` `k` apart, `steps` whole steps and a
-    /// masked `tail` of columns, `out` rows `ldo` apart, added to (`add`) or stored.
+    /// Where [`columns`] prefetches: the same columns of the next block's rows, as `a`
+    /// stores them (`size` bytes per value, rows `row_bytes` apart).
+    #[derive(Clone, Copy)]
+    struct Prefetch {
+        at: *const u8,
+        row_bytes: usize,
+        size: usize,
+    }
+
+    /// The [`Prefetch`] of a tile that prefetches nothing (never read: `PF` is false).
+    const NO_PREFETCH: Prefetch = Prefetch {
+        at: std::ptr::null(),
+        row_bytes: 0,
+        size: 0,
+    };
+
+    /// The lanes of packed group `g` that are rows of `b` (below `n`).
+    fn lane_mask(n: usize, g: usize) -> u16 {
+        match n.saturating_sub(g * LANES) {
+            0 => 0,
+            l if l >= LANES => u16::MAX,
+            l => ((1u32 << l) - 1) as u16,
+        }
+    }
+
+    /// One register tile's geometry: rows of `a` `lda` apart, `kc` columns, packed groups
+    /// `group_stride` apart, output rows `ldo` apart, added to (`add`) or stored, lanes
+    /// kept per vector by `masks`.
     #[derive(Clone, Copy)]
     struct Tile {
-        k: usize,
-        steps: usize,
-        tail: usize,
+        lda: usize,
+        kc: usize,
+        group_stride: usize,
         ldo: usize,
         add: bool,
+        masks: [u16; 2],
     }
 
     impl Tile {
-        /// [`Tile::run`] for `R` rows of `a` and `nr` (1..=NR) packed rows of `b`.
+        /// [`Tile::run`] for `rows` (1..=MR) rows of `a` and `vecs` (1 or 2) groups,
+        /// prefetching `next`'s columns along the way where given (full blocks only).
         #[inline(always)]
-        unsafe fn dispatch<const R: usize, const PF: bool>(
+        unsafe fn dispatch(
             self,
-            nr: usize,
+            rows: usize,
+            vecs: usize,
             a: *const f32,
             b: *const f32,
             out: *mut f32,
-            next: *const f32,
+            next: Option<Prefetch>,
         ) {
-            match nr {
-                6 => self.run::<R, 6, PF>(a, b, out, next),
-                5 => self.run::<R, 5, PF>(a, b, out, next),
-                4 => self.run::<R, 4, PF>(a, b, out, next),
-                3 => self.run::<R, 3, PF>(a, b, out, next),
-                2 => self.run::<R, 2, PF>(a, b, out, next),
-                _ => self.run::<R, 1, PF>(a, b, out, next),
+            macro_rules! by_rows {
+                ($v:literal) => {
+                    match (rows, next) {
+                        (12, Some(next)) => self.run::<12, $v, true>(a, b, out, next),
+                        (12, None) => self.run::<12, $v, false>(a, b, out, NO_PREFETCH),
+                        (11, _) => self.run::<11, $v, false>(a, b, out, NO_PREFETCH),
+                        (10, _) => self.run::<10, $v, false>(a, b, out, NO_PREFETCH),
+                        (9, _) => self.run::<9, $v, false>(a, b, out, NO_PREFETCH),
+                        (8, _) => self.run::<8, $v, false>(a, b, out, NO_PREFETCH),
+                        (7, _) => self.run::<7, $v, false>(a, b, out, NO_PREFETCH),
+                        (6, _) => self.run::<6, $v, false>(a, b, out, NO_PREFETCH),
+                        (5, _) => self.run::<5, $v, false>(a, b, out, NO_PREFETCH),
+                        (4, _) => self.run::<4, $v, false>(a, b, out, NO_PREFETCH),
+                        (3, _) => self.run::<3, $v, false>(a, b, out, NO_PREFETCH),
+                        (2, _) => self.run::<2, $v, false>(a, b, out, NO_PREFETCH),
+                        _ => self.run::<1, $v, false>(a, b, out, NO_PREFETCH),
+                    }
+                };
+            }
+            if vecs == 2 {
+                by_rows!(2)
+            } else {
+                by_rows!(1)
             }
         }
 
-        /// `out[i * ldo + j] (+)= a_i . b_j` for `R` rows of `a` and the `C` packed rows
-        /// of `b` at `b`; with `PF`, the same columns of the `R` rows at `next` (which
-        /// must exist) are prefetched into L2 along the way.
+        /// `out[i * ldo + v * 16 + l] (+)= a_i . b_(v * 16 + l)` for `R` rows of `a` and
+        /// the `V` packed groups at `b`, lanes outside `masks` neither read nor written;
+        /// with `PF`, the same columns of the `R` rows at `next` (which must exist) are
+        /// prefetched into L2.
         #[target_feature(enable = "avx512f")]
-        unsafe fn run<const R: usize, const C: usize, const PF: bool>(
+        unsafe fn run<const R: usize, const V: usize, const PF: bool>(
             self,
             a: *const f32,
             b: *const f32,
             out: *mut f32,
-            next: *const f32,
+            next: Prefetch,
         ) {
-            let mut acc = [[_mm512_setzero_ps(); C]; R];
-            steps::<R, C, PF>(&mut acc, a, b, next, self.k, self.steps);
-            if self.tail > 0 {
-                // Masked-off elements of `a` are neither read nor faulted on, and load as
-                // zero; the packed step of `b` is whole (zero-padded).
-                let (off, mask) = (self.steps * LANES, ((1u32 << self.tail) - 1) as u16);
-                for (i, row) in acc.iter_mut().enumerate() {
-                    let av = _mm512_maskz_loadu_ps(mask, a.add(i * self.k + off));
-                    for (j, s) in row.iter_mut().enumerate() {
-                        let bj = _mm512_loadu_ps(b.add((self.steps * C + j) * LANES));
-                        *s = _mm512_fmadd_ps(av, bj, *s);
-                    }
-                }
-            }
+            let mut acc = [[_mm512_setzero_ps(); V]; R];
+            columns::<R, V, PF>(&mut acc, a, next, b, self.lda, self.group_stride, self.kc);
             for (i, row) in acc.iter().enumerate() {
-                for (j, &s) in row.iter().enumerate() {
-                    let o = out.add(i * self.ldo + j);
-                    let sum = _mm512_reduce_add_ps(s);
-                    *o = if self.add { *o + sum } else { sum };
+                for (v, &s) in row.iter().enumerate() {
+                    let (o, mask) = (out.add(i * self.ldo + v * LANES), self.masks[v]);
+                    let s = if self.add {
+                        _mm512_add_ps(s, _mm512_maskz_loadu_ps(mask, o))
+                    } else {
+                        s
+                    };
+                    _mm512_mask_storeu_ps(o, mask, s);
                 }
             }
         }
     }
 
-    /// The whole steps of [`Tile::run`], `acc += a_i * b_j` step by step. Not inlined: in
-    /// one function with the tail and the reductions, LLVM kept the 24 accumulators in 16
-    /// registers and spilled the rest on every step (seen in the disassembly, and ~30%
-    /// slower in an A/B).
+    /// The columns of [`Tile::run`], `acc[i][v] += a[i][c] * b_v[c]` column by column
+    /// (with `PF`, one prefetch per row of `next` every 16 columns, a cache line).
+    /// Not inlined, so that LLVM keeps the accumulators in registers through the loop
+    /// (inlined with the stores, it spilled some on every column in an earlier kernel).
     #[target_feature(enable = "avx512f")]
     #[inline(never)]
-    unsafe fn steps<const R: usize, const C: usize, const PF: bool>(
-        acc_out: &mut [[__m512; C]; R],
+    unsafe fn columns<const R: usize, const V: usize, const PF: bool>(
+        acc_out: &mut [[__m512; V]; R],
         a: *const f32,
+        next: Prefetch,
         b: *const f32,
-        next: *const f32,
-        k: usize,
-        steps: usize,
+        lda: usize,
+        group_stride: usize,
+        kc: usize,
     ) {
         let mut acc = *acc_out;
-        for st in 0..steps {
-            let off = st * LANES;
-            if PF {
+        for c in 0..kc {
+            if PF && c % LANES == 0 {
                 for i in 0..R {
-                    _mm_prefetch::<_MM_HINT_T1>(next.add(i * k + off).cast());
+                    let line = next.at.add(i * next.row_bytes + c * next.size);
+                    _mm_prefetch::<_MM_HINT_T1>(line.cast());
                 }
             }
-            let mut bv = [_mm512_setzero_ps(); C];
-            for (j, v) in bv.iter_mut().enumerate() {
-                *v = _mm512_loadu_ps(b.add((st * C + j) * LANES));
+            let mut bv = [_mm512_setzero_ps(); V];
+            for (v, x) in bv.iter_mut().enumerate() {
+                *x = _mm512_loadu_ps(b.add(v * group_stride + c * LANES));
             }
             for (i, row) in acc.iter_mut().enumerate() {
-                let av = _mm512_loadu_ps(a.add(i * k + off));
-                for (s, &bj) in row.iter_mut().zip(&bv) {
-                    *s = _mm512_fmadd_ps(av, bj, *s);
+                let av = _mm512_set1_ps(*a.add(i * lda + c));
+                for (s, &x) in row.iter_mut().zip(&bv) {
+                    *s = _mm512_fmadd_ps(av, x, *s);
                 }
             }
         }
@@ -420,41 +539,71 @@ mod tests {
         out
     }
 
+    /// [`matmul_nt_packed`] with `b` packed for this one product.
+    fn nt(a: FloatSlice<'_>, b: &[f32], k: usize, out: &mut [f32]) -> Result<()> {
+        matmul_nt_packed(a, &PackedRows::new(b, k)?, out)
+    }
+
     #[test]
     fn nt_product_matches_an_f64_reference_at_odd_and_tail_shapes() {
-        // k: below one step, odd, one pass with a tail, exactly one pass, more than one
-        // pass (KC 2048) with a shorter last one; m and n cover full 4 x 6 tiles and every
-        // remainder (n 1..=9 and 33: groups of 6 rows of b and a last shorter one, also in
-        // a shorter last pass).
+        // k: one column, odd, below and past a cache line, exactly one pass (KC 2048),
+        // more than one pass with a shorter last one. m: every remainder of the 12-row
+        // block, and blocks enough (m >= 24) for the prefetch of the next one. n: one
+        // masked group (1..=16), a pair with the second masked (17..=32), a pair and a
+        // single group (33, 48). `a` as f32 (read in place) and as bf16 and f16 values
+        // (converted per block; each value exact in f32, so the same reference holds).
         let mut rng = crate::test_util::Lcg::new(11);
         let mut shapes = vec![
             (1, 1, 1),
             (3, 5, 7),
             (5, 7, 33),
-            (4, 4, 2048),
-            (9, 6, 2048 + 577),
+            (12, 16, 2048),
+            (25, 17, 2048 + 577),
             (6, 3, 2 * 2048 + 16),
-            (5, 11, 2 * 2048 + 97),
-            (9, 7, 2048 + 17),
-            (13, 33, 301),
+            (37, 33, 2 * 2048 + 97),
+            (9, 48, 2048 + 17),
+            (24, 33, 301),
         ];
-        shapes.extend((1..=9).map(|n| (7, n, 83)));
+        shapes.extend((1..=13).map(|m| (m, 9 + 2 * m, 83)));
         for (m, n, k) in shapes {
-            let (a, b) = (rng.vec(m * k, -2.0, 2.0), rng.vec(n * k, -2.0, 2.0));
-            let want = nt_reference(&a, &b, k);
-            let mut out = vec![f32::NAN; m * n];
-            matmul_nt(&a, &b, k, &mut out).unwrap();
-            let mut port = vec![f32::NAN; m * n];
-            portable_nt(&a, &b, (m, n, k), &mut port).unwrap();
-            for (idx, ((&g, &p), &(w, tol))) in out.iter().zip(&port).zip(&want).enumerate() {
+            let b = rng.vec(n * k, -2.0, 2.0);
+            let a: Vec<f32> = rng.vec(m * k, -2.0, 2.0);
+            let a16: Vec<half::bf16> = a.iter().map(|&v| half::bf16::from_f32(v)).collect();
+            let ah: Vec<half::f16> = a.iter().map(|&v| half::f16::from_f32(v)).collect();
+            let cases = [
+                ("f32", FloatSlice::F32(&a), a.clone()),
+                (
+                    "bf16",
+                    FloatSlice::BF16(&a16),
+                    a16.iter().map(|v| v.to_f32()).collect(),
+                ),
+                (
+                    "f16",
+                    FloatSlice::F16(&ah),
+                    ah.iter().map(|v| v.to_f32()).collect(),
+                ),
+            ];
+            for (dtype, a, values) in cases {
+                let want = nt_reference(&values, &b, k);
+                // A guard past `out` catches a store to a masked lane beyond the last row.
+                let mut buf = vec![f32::NAN; m * n + 32];
+                nt(a, &b, k, &mut buf[..m * n]).unwrap();
                 assert!(
-                    (g as f64 - w).abs() <= tol,
-                    "m {m} n {n} k {k} [{idx}]: {g} vs {w}"
+                    buf[m * n..].iter().all(|v| v.is_nan()),
+                    "{dtype} m {m} n {n} k {k}: guard"
                 );
-                assert!(
-                    (p as f64 - w).abs() <= tol,
-                    "gemm crate [{idx}]: {p} vs {w}"
-                );
+                let mut port = vec![f32::NAN; m * n];
+                portable_nt(&values, &b, (m, n, k), &mut port).unwrap();
+                for (idx, ((&g, &p), &(w, tol))) in buf.iter().zip(&port).zip(&want).enumerate() {
+                    assert!(
+                        (g as f64 - w).abs() <= tol,
+                        "{dtype} m {m} n {n} k {k} [{idx}]: {g} vs {w}"
+                    );
+                    assert!(
+                        (p as f64 - w).abs() <= tol,
+                        "gemm crate [{idx}]: {p} vs {w}"
+                    );
+                }
             }
         }
     }
@@ -463,14 +612,15 @@ mod tests {
     fn nt_shapes_that_do_not_fit_are_errors_and_write_nothing() {
         let a = [1.0f32; 6];
         let mut out = [7.0f32; 4];
-        assert!(matmul_nt(&a, &a[..4], 4, &mut out).is_err());
-        assert!(matmul_nt(&a[..4], &a[..4], 2, &mut out[..3]).is_err());
-        assert!(matmul_nt(&a, &a, 0, &mut out).is_err());
-        assert!(matmul_nt(&[], &[], 0, &mut []).is_err());
+        assert!(nt(FloatSlice::F32(&a), &a[..4], 4, &mut out).is_err());
+        assert!(nt(FloatSlice::F32(&a[..4]), &a[..4], 2, &mut out[..3]).is_err());
+        assert!(nt(FloatSlice::F32(&a), &a, 0, &mut out).is_err());
+        assert!(PackedRows::new(&a[..5], 2).is_err());
+        assert!(nt(FloatSlice::F32(&[]), &[], 0, &mut []).is_err());
         assert_eq!(out, [7.0; 4]);
         // Integers: every partial sum is exact, so the result is.
         let b = [1.0, -2.0, 3.0, 0.5, 4.0, 1.0];
-        matmul_nt(&b, &b, 3, &mut out).unwrap();
+        nt(FloatSlice::F32(&b), &b, 3, &mut out).unwrap();
         assert_eq!(out, [14.0, -4.5, -4.5, 17.25]);
     }
 
@@ -481,10 +631,10 @@ mod tests {
         let k = 2 * KC;
         let b = vec![1.0f32; 3 * k];
         let mut out: [f32; 0] = [];
-        matmul_nt(&[], &b[..k], k, &mut out).unwrap();
-        matmul_nt(&b, &[], k, &mut out).unwrap();
-        matmul_nt(&[], &[], k, &mut out).unwrap();
+        nt(FloatSlice::F32(&[]), &b[..k], k, &mut out).unwrap();
+        nt(FloatSlice::F32(&b), &[], k, &mut out).unwrap();
+        nt(FloatSlice::F32(&[]), &[], k, &mut out).unwrap();
         // A non-empty out for an empty product is still a shape error.
-        assert!(matmul_nt(&[], &b[..k], k, &mut [0.0]).is_err());
+        assert!(nt(FloatSlice::F32(&[]), &b[..k], k, &mut [0.0]).is_err());
     }
 }

@@ -14,7 +14,6 @@ mod ffn;
 pub mod fp8;
 mod permute;
 
-use crate::bf16dot;
 use crate::storage::{
     check_inputs, f32_slice, float_mut, float_slice, i32_slice, zeroed, CpuStorage, FloatSlice,
     FloatSliceMut,
@@ -89,13 +88,14 @@ pub fn run_into(backend: &str, call: &MoeExpertsCall<'_>, y: FloatSliceMut<'_>) 
         fp8::quantize_rows(&mut xg, call.hidden, mode);
     }
     let limit = p.swiglu_limit.map(|c| c as f32);
-    let mut h_t = ffn::gate_up(&perm, &xg, w, limit, bf16dot::native())?;
+    let native = ffn::bf16_native(&perm);
+    let mut h_t = ffn::gate_up(&perm, &xg, w, limit, native)?;
     if let Some(mode) = quant {
         fp8::quantize_columns(&perm, &mut h_t, call.inter, mode);
     } else if rounds_before_fp8_down(x, w.w2, fp8::bf16_dot()) {
         round_to_bf16(&mut h_t);
     }
-    let y_t = ffn::down(&perm, &h_t, w, bf16dot::native())?;
+    let y_t = ffn::down(&perm, &h_t, w, native)?;
     // Drop the routed activations before the shared experts allocate theirs.
     drop((xg, h_t));
     let shared = match call.shared {
@@ -145,9 +145,10 @@ fn shared_experts(
     };
     let perm = Permutation::every_token(call.tokens, s.count)?;
     let xg = gather_rows(x, &perm, call.hidden)?;
-    let h_t = ffn::gate_up(&perm, &xg, w, limit, bf16dot::native())?;
+    let native = ffn::bf16_native(&perm);
+    let h_t = ffn::gate_up(&perm, &xg, w, limit, native)?;
     drop(xg);
-    let y_t = ffn::down(&perm, &h_t, w, bf16dot::native())?;
+    let y_t = ffn::down(&perm, &h_t, w, native)?;
     Ok(Shared { perm, y_t })
 }
 

@@ -1,11 +1,13 @@
 //! The grouped SwiGLU FFN over permuted rows: per expert, tiles of weight rows are
 //! multiplied with all of that expert's tokens (gate and up GEMMs with SwiGLU fused, then
 //! the down GEMM), each weight row read once: BF16 weights on the native bf16 dot where
-//! the CPU has it ([`bf16dot`]), else upcast to f32 once per tile ([`matmul_nt`]). Tiles
-//! of all experts run in parallel. Without the native dot, an expert with only a few
-//! tokens (decode) takes the matrix-vector path of [`gemv`] instead. FP8 weights meet
-//! more tokens on the native bf16 dot with their codes decoded in registers
-//! ([`fp8::gemv::rows_times_many`]) where the CPU has it, else dequantized tiles.
+//! the CPU has it and it pays ([`bf16_native`]), else on the f32 kernel
+//! ([`matmul_nt_packed`]: each expert's tokens packed once, the weights read as stored
+//! and converted a few rows at a time). Tiles of all experts run in parallel. Off the
+//! native dot, an expert with only a few tokens (decode) takes the matrix-vector path of
+//! [`gemv`] instead. FP8 weights meet more tokens on the native bf16 dot with their codes
+//! decoded in registers ([`fp8::gemv::rows_times_many`]) where the CPU has it, else
+//! dequantized tiles.
 //!
 //! Activations are kept transposed per expert (`[rows_out, n_e]`, expert after expert),
 //! so every tile writes one contiguous chunk.
@@ -13,17 +15,20 @@
 use super::fp8::{self, Weights};
 use super::permute::Permutation;
 use crate::bf16dot;
-use crate::gemm_util::matmul_nt;
+use crate::gemm_util::{matmul_nt_packed, PackedRows};
 use crate::gemv;
 use crate::storage::{zeroed, FloatSlice};
 use half::bf16;
 use moemla_core::alloc::try_filled_vec;
 use moemla_core::Result;
 use rayon::prelude::*;
+use std::sync::OnceLock;
 
-/// Bytes of f32 weights per tile. Measured on the 2-core dev machine at V2-Lite shapes
-/// (T = 256): 4 MiB beat 1 MiB by ~15% for bf16 (upcast tiles) and ~7% for f32; larger
-/// tiles gained nothing. Few-token experts do not use tiles (see [`gemv`]).
+/// Bytes of f32 weights per tile (half as many bytes of bf16 weights: tiles count rows).
+/// Measured on the 2-core dev machine at V2-Lite shapes (T = 256): 4 MiB beat 1 MiB by
+/// ~15% for bf16 (then upcast per tile) and ~7% for f32 with the earlier kernel; with
+/// [`matmul_nt_packed`] 0.5, 1 and 4 MiB came out within the machine's noise. Few-token
+/// experts do not use tiles (see [`gemv`]).
 #[cfg(not(test))]
 const TILE_BYTES: usize = 4 << 20;
 /// Small tiles in tests, so that their shapes span several tiles and a partial one.
@@ -51,8 +56,8 @@ struct Tile<'b> {
     out: &'b mut [f32],
 }
 
-/// Per-thread f32 buffers of [`gate_up`]: upcast weight tiles (or rows), and the
-/// up-projection tile.
+/// Per-thread f32 buffers of [`gate_up`]: dequantized FP8 weight tiles (or rows), and
+/// the up-projection tile.
 #[derive(Default)]
 struct Scratch {
     gate: Vec<f32>,
@@ -82,6 +87,7 @@ pub fn gate_up(
         }
         _ => None,
     };
+    let packed = Packed::new(perm, xg, h);
     tiles(perm, &mut out, i, tile_rows(h))
         .into_par_iter()
         .try_for_each_init(Scratch::default, |s, tile| {
@@ -102,10 +108,11 @@ pub fn gate_up(
                 && fp8_many(w.w13, base + i, tile.rows, x, &mut s.up_out)
             {
             } else {
-                let gate = w.w13.rows_f32(base, tile.rows, h, &mut s.gate);
-                matmul_nt(gate, x, h, tile.out)?;
-                let up = w.w13.rows_f32(base + i, tile.rows, h, &mut s.up);
-                matmul_nt(up, x, h, &mut s.up_out)?;
+                let x = packed.expert(tile.expert)?;
+                let gate = w.w13.rows(base, tile.rows, h, &mut s.gate);
+                matmul_nt_packed(gate, x, tile.out)?;
+                let up = w.w13.rows(base + i, tile.rows, h, &mut s.up);
+                matmul_nt_packed(up, x, &mut s.up_out)?;
             }
             match limit {
                 None => {
@@ -149,6 +156,7 @@ pub fn down(
         return Ok(out);
     }
     let act_f32 = act_rows(perm, h_t, i, |v| v)?;
+    let packed = Packed::new(perm, &act_f32, i);
     tiles(perm, &mut out, h, tile_rows(i))
         .into_par_iter()
         .try_for_each_init(Vec::new, |row, tile| {
@@ -161,7 +169,8 @@ pub fn down(
             } else if fp8_many(w.w2, base, tile.rows, act, tile.out) {
                 Ok(())
             } else {
-                matmul_nt(w.w2.rows_f32(base, tile.rows, i, row), act, i, tile.out)
+                let w2 = w.w2.rows(base, tile.rows, i, row);
+                matmul_nt_packed(w2, packed.expert(tile.expert)?, tile.out)
             }
         })?;
     Ok(out)
@@ -194,6 +203,51 @@ fn act_rows<T: Clone + Default + Send>(
     Ok(out)
 }
 
+/// Whether BF16 weights meet the activations on the native bf16 dot in this call (pass
+/// to [`gate_up`] and [`down`]): where the CPU has it ([`bf16dot::native`]), and either
+/// every expert has few tokens ([`skinny`]: bound by reading the weights, which the
+/// native dot reads as bf16 in place) or the native dot outpaces the f32 FMA
+/// ([`bf16dot::outpaces_fma`]; Intel's AVX512-BF16 cores run it at half the FMA's FLOP
+/// rate, where upcast tiles on the f32 kernel win: V2-Lite T = 256, 353 vs ~200 ms).
+pub fn bf16_native(perm: &Permutation) -> bool {
+    let few = (0..perm.offsets.len() - 1).all(|e| skinny(perm.expert_rows(e).1));
+    bf16dot::native() && (few || bf16dot::outpaces_fma())
+}
+
+/// Each expert's rows (tokens or activations) packed for [`matmul_nt_packed`], packed by
+/// the first tile of the expert that needs them and then shared by all its tiles.
+struct Packed<'a> {
+    perm: &'a Permutation,
+    rows: &'a [f32],
+    cols: usize,
+    experts: Vec<OnceLock<Result<PackedRows<'a>>>>,
+}
+
+impl<'a> Packed<'a> {
+    /// Nothing packed yet: `rows` are the permuted rows of `cols` ([rows, cols]).
+    fn new(perm: &'a Permutation, rows: &'a [f32], cols: usize) -> Self {
+        let experts = (0..perm.offsets.len() - 1)
+            .map(|_| OnceLock::new())
+            .collect();
+        Packed {
+            perm,
+            rows,
+            cols,
+            experts,
+        }
+    }
+
+    /// Expert `e`'s rows, packed (by this call if no tile has yet).
+    fn expert(&self, e: usize) -> Result<&PackedRows<'a>> {
+        let (first, n) = self.perm.expert_rows(e);
+        let rows = &self.rows[first * self.cols..(first + n) * self.cols];
+        self.experts[e]
+            .get_or_init(|| PackedRows::new(rows, self.cols))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
+
 /// Whether an expert with `n` tokens takes the matrix-vector path (each weight row read
 /// once and dotted with every token) rather than tile + GEMM.
 fn skinny(n: usize) -> bool {
@@ -203,7 +257,7 @@ fn skinny(n: usize) -> bool {
 /// FP8 weight rows `first..first + rows` times every token of `act` into `out`
 /// (`[rows, n]`) with the codes decoded in registers on the native bf16 dot
 /// ([`fp8::gemv::rows_times_many`]); false (the caller dequantizes a tile and takes
-/// [`matmul_nt`]) for other weights, or where that path declines.
+/// [`matmul_nt_packed`]) for other weights, or where that path declines.
 fn fp8_many(w: Weights<'_>, first: usize, rows: usize, act: &[f32], out: &mut [f32]) -> bool {
     matches!(w, Weights::Fp8(f) if fp8::gemv::rows_times_many(&f, first, rows, act, out))
 }

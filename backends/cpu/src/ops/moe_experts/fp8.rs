@@ -87,26 +87,26 @@ impl<'a> Weights<'a> {
     }
 
     /// Rows `first..first + rows` (rows of the flattened [E * R, C] matrix, `cols` = C
-    /// columns) as f32: the stored rows themselves for F32, else converted once into
-    /// `scratch` (FP8: dequantized with their block scales).
-    pub fn rows_f32<'s>(
+    /// columns): the stored rows themselves for float weights (any float type), FP8 ones
+    /// dequantized with their block scales into `scratch` (f32).
+    pub fn rows<'s>(
         self,
         first: usize,
         rows: usize,
         cols: usize,
         scratch: &'s mut Vec<f32>,
-    ) -> &'s [f32]
+    ) -> FloatSlice<'s>
     where
         Self: 's,
     {
         match self {
-            Weights::Float(w) => w.rows_f32(first, rows, cols, scratch),
+            Weights::Float(w) => w.rows(first, rows, cols),
             Weights::Fp8(w) => {
                 scratch.resize(rows * cols, 0.0);
                 for (r, dst) in scratch.chunks_exact_mut(cols).enumerate() {
                     w.read_row(first + r, dst);
                 }
-                scratch
+                FloatSlice::F32(scratch)
             }
         }
     }
@@ -193,7 +193,9 @@ mod tests {
         });
         let mut scratch = Vec::new();
         // Rows 128..131 of the flattened matrix: expert 0 rows 128, 129, then expert 1 row 0.
-        let got = w.rows_f32(128, 3, c, &mut scratch).to_vec();
+        let FloatSlice::F32(got) = w.rows(128, 3, c, &mut scratch) else {
+            panic!("FP8 rows dequantize to f32");
+        };
         for (n, (row, expert, local)) in [(128, 0, 128), (129, 0, 129), (130, 1, 0)]
             .into_iter()
             .enumerate()
