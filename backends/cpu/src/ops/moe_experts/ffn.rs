@@ -208,7 +208,7 @@ fn act_rows<T: Clone + Default + Send>(
 /// every expert has few tokens ([`skinny`]: bound by reading the weights, which the
 /// native dot reads as bf16 in place) or the native dot outpaces the f32 FMA
 /// ([`bf16dot::outpaces_fma`]; Intel's AVX512-BF16 cores run it at half the FMA's FLOP
-/// rate, where upcast tiles on the f32 kernel win: V2-Lite T = 256, 353 vs ~200 ms).
+/// rate, where the f32 kernel on converted rows wins: V2-Lite T = 256, 351 vs 193 ms).
 pub fn bf16_native(perm: &Permutation) -> bool {
     let few = (0..perm.offsets.len() - 1).all(|e| skinny(perm.expert_rows(e).1));
     bf16dot::native() && (few || bf16dot::outpaces_fma())
