@@ -39,15 +39,16 @@ impl FloatSlice<'_> {
         }
     }
 
-    /// Rows `first..first + rows` of a row-major matrix with `cols` columns, in place.
-    /// The caller keeps them inside the slice (a range past it panics, as slicing does).
-    pub fn rows(self, first: usize, rows: usize, cols: usize) -> Self {
-        let range = first * cols..(first + rows) * cols;
-        match self {
-            FloatSlice::F32(v) => FloatSlice::F32(&v[range]),
-            FloatSlice::F16(v) => FloatSlice::F16(&v[range]),
-            FloatSlice::BF16(v) => FloatSlice::BF16(&v[range]),
-        }
+    /// Rows `first..first + rows` of a row-major matrix with `cols` columns, in place;
+    /// `None` when they are not all inside the slice (checked arithmetic).
+    pub fn rows(self, first: usize, rows: usize, cols: usize) -> Option<Self> {
+        let start = first.checked_mul(cols)?;
+        let end = first.checked_add(rows)?.checked_mul(cols)?;
+        Some(match self {
+            FloatSlice::F32(v) => FloatSlice::F32(v.get(start..end)?),
+            FloatSlice::F16(v) => FloatSlice::F16(v.get(start..end)?),
+            FloatSlice::BF16(v) => FloatSlice::BF16(v.get(start..end)?),
+        })
     }
 }
 

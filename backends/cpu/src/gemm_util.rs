@@ -152,13 +152,13 @@ impl<'a> PackedRows<'a> {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512f") {
             const WHAT: &str = "cpu gemm nt packed rows";
-            let len =
-                n.div_ceil(x86::LANES)
-                    .checked_mul(x86::LANES * k)
-                    .ok_or(Error::OutOfMemory {
-                        what: WHAT.to_string(),
-                        bytes: usize::MAX,
-                    })?;
+            let len = x86::LANES
+                .checked_mul(k)
+                .and_then(|group| n.div_ceil(x86::LANES).checked_mul(group))
+                .ok_or(Error::OutOfMemory {
+                    what: WHAT.to_string(),
+                    bytes: usize::MAX,
+                })?;
             let mut packed = moemla_core::alloc::try_filled_vec(len, WHAT)?;
             x86::pack(b, k, &mut packed);
             return Ok(PackedRows {
@@ -267,6 +267,8 @@ mod x86 {
     /// Rows of `a` per register tile (12 x 2 = 24 accumulators, two vectors of `b` and a
     /// broadcast value of `a` in the 32 registers).
     pub const MR: usize = 12;
+    // `Tile::dispatch` lists the row counts 12 down to 1.
+    const _: () = assert!(MR == 12);
 
     /// Lays the `n` rows of `k` in `b` out as `[ceil(n / 16)][k][16]`: group by group,
     /// column by column, the group's 16 rows side by side (rows past `n` zero, so a
@@ -287,9 +289,9 @@ mod x86 {
     /// [`super::matmul_nt_packed`] on packed rows: passes of [`super::KC`] columns; in
     /// each, blocks of [`MR`] rows of `a` (1..MR at the end; f32 in place, other types
     /// converted into `block`) times pairs of packed groups (a single group at the end),
-    /// the output's lanes masked past `n`. The first pass stores, later ones add. The
-    /// first tile of each full block prefetches the next block's columns of `a` (as
-    /// stored) into L2.
+    /// the output's lanes masked past `n`. The first pass stores, later ones add. Where
+    /// the next block is full too, the first tile of a block prefetches the next block's
+    /// columns of `a` (as stored) into L2.
     ///
     /// # Safety
     /// AVX-512F must be available; `a` holds `m * k` values, `packed`
@@ -344,9 +346,10 @@ mod x86 {
                     // SAFETY (all): rows r..r + rows of `ap` exist with columns 0..kc
                     // (in place: columns k0..k0 + kc of rows of k; converted: rows of kc);
                     // packed groups g..g + vecs exist (each k * 16 values) and so do their
-                    // columns k0..k0 + kc; the outputs (r + i) * n + g * 16 + l for
-                    // i < rows and lanes l the masks keep lie inside m * n; `next` points
-                    // at rows r + MR..r + 2 MR of `a`, columns k0..k0 + kc, which exist.
+                    // columns k0..k0 + kc; the outputs (r + i) * n + (g + v) * 16 + l for
+                    // i < rows, v < vecs and lanes l the masks keep lie inside m * n;
+                    // `next` points at rows r + MR..r + 2 MR of `a`, columns k0..k0 + kc,
+                    // which exist.
                     let bp = packed.as_ptr().add((g * k + k0) * LANES);
                     let op = out.as_mut_ptr().add(r * n + g * LANES);
                     tile.dispatch(rows, vecs, ap, bp, op, next.filter(|_| g == 0));
@@ -463,7 +466,8 @@ mod x86 {
     }
 
     /// The columns of [`Tile::run`], `acc[i][v] += a[i][c] * b_v[c]` column by column
-    /// (with `PF`, one prefetch per row of `next` every 16 columns, a cache line).
+    /// (with `PF`, one prefetch per row of `next` every 16 columns: a cache line of f32
+    /// values, half of one of 2-byte values).
     /// Not inlined, so that LLVM keeps the accumulators in registers through the loop
     /// (inlined with the stores, it spilled some on every column in an earlier kernel).
     #[target_feature(enable = "avx512f")]

@@ -22,7 +22,8 @@ use half::bf16;
 use moemla_core::alloc::try_filled_vec;
 use moemla_core::Result;
 use rayon::prelude::*;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// Bytes of f32 weights per tile (half as many bytes of bf16 weights: tiles count rows).
 /// Measured on the 2-core dev machine at V2-Lite shapes (T = 256): 4 MiB beat 1 MiB by
@@ -56,8 +57,8 @@ struct Tile<'b> {
     out: &'b mut [f32],
 }
 
-/// Per-thread f32 buffers of [`gate_up`]: dequantized FP8 weight tiles (or rows), and
-/// the up-projection tile.
+/// Per-thread f32 buffers of [`gate_up`]: weight tiles dequantized from FP8, or rows
+/// upcast by [`gemv`], and the up-projection tile.
 #[derive(Default)]
 struct Scratch {
     gate: Vec<f32>,
@@ -70,7 +71,7 @@ struct Scratch {
 /// `limit` c, `silu(min(g, c)) * clamp(u, -c, c)`. The output (rows x I, which no input
 /// bounds) is checked ([`moemla_core::Error::Size`]) and allocated fallibly
 /// ([`moemla_core::Error::OutOfMemory`]). `native`: BF16 weights go through the native
-/// bf16 dot ([`bf16dot::gemm_nt`]; pass [`bf16dot::native`]) when the rows are bf16 values.
+/// bf16 dot ([`bf16dot::gemm_nt`]; pass [`bf16_native`]) when the rows are bf16 values.
 pub fn gate_up(
     perm: &Permutation,
     xg: &[f32],
@@ -87,10 +88,12 @@ pub fn gate_up(
         }
         _ => None,
     };
-    let packed = Packed::new(perm, xg, h);
-    tiles(perm, &mut out, i, tile_rows(h))
+    let tiles = tiles(perm, &mut out, i, tile_rows(h));
+    let packed = Packed::new(perm, xg, h, &tiles);
+    tiles
         .into_par_iter()
         .try_for_each_init(Scratch::default, |s, tile| {
+            let expert = tile.expert;
             let (first, n) = perm.expert_rows(tile.expert);
             let x = &xg[first * h..(first + n) * h];
             let base = tile.expert * 2 * i + tile.first;
@@ -109,10 +112,10 @@ pub fn gate_up(
             {
             } else {
                 let x = packed.expert(tile.expert)?;
-                let gate = w.w13.rows(base, tile.rows, h, &mut s.gate);
-                matmul_nt_packed(gate, x, tile.out)?;
-                let up = w.w13.rows(base + i, tile.rows, h, &mut s.up);
-                matmul_nt_packed(up, x, &mut s.up_out)?;
+                let gate = w.w13.rows(base, tile.rows, h, &mut s.gate)?;
+                matmul_nt_packed(gate, &x, tile.out)?;
+                let up = w.w13.rows(base + i, tile.rows, h, &mut s.up)?;
+                matmul_nt_packed(up, &x, &mut s.up_out)?;
             }
             match limit {
                 None => {
@@ -126,15 +129,17 @@ pub fn gate_up(
                     }
                 }
             }
+            packed.finished(expert);
             Ok(())
         })?;
     Ok(out)
 }
 
 /// `y^T` per expert, `[H, n_e]` expert after expert: `W2_e h_e` from [`gate_up`]'s output.
-/// `native` with BF16 weights: the activations are rounded to bf16 (as bf16 GEMM kernels
-/// store them) and multiplied on the native bf16 dot ([`bf16dot::gemm_nt`]); otherwise
-/// they stay f32.
+/// `native` with BF16 weights: multiplied on the native bf16 dot ([`bf16dot::gemm_nt`]),
+/// else on the f32 kernels. With BF16 weights on a CPU that has the native dot the
+/// activations are rounded to bf16 (as bf16 GEMM kernels store them) on either path;
+/// otherwise they stay f32.
 pub fn down(
     perm: &Permutation,
     h_t: &[f32],
@@ -155,23 +160,32 @@ pub fn down(
             })?;
         return Ok(out);
     }
-    let act_f32 = act_rows(perm, h_t, i, |v| v)?;
-    let packed = Packed::new(perm, &act_f32, i);
-    tiles(perm, &mut out, h, tile_rows(i))
+    // BF16 weights on a CPU with the native dot: the activations are rounded to bf16 here
+    // too, as the native path needs them, so a token's result does not depend on which
+    // path the rest of its batch sent the call down ([`bf16_native`]).
+    let round = matches!(w.w2, Weights::Float(FloatSlice::BF16(_))) && bf16dot::native();
+    let act_f32 = act_rows(perm, h_t, i, |v| match round {
+        true => bf16::from_f32(v).to_f32(),
+        false => v,
+    })?;
+    let tiles = tiles(perm, &mut out, h, tile_rows(i));
+    let packed = Packed::new(perm, &act_f32, i, &tiles);
+    tiles
         .into_par_iter()
         .try_for_each_init(Vec::new, |row, tile| {
-            let (first, n) = perm.expert_rows(tile.expert);
+            let expert = tile.expert;
+            let (first, n) = perm.expert_rows(expert);
             let act = &act_f32[first * i..(first + n) * i];
-            let base = tile.expert * h + tile.first;
+            let base = expert * h + tile.first;
             if skinny(n) {
                 gemv::rows_times(w.w2, base, tile.rows, i, act, tile.out, row);
-                Ok(())
-            } else if fp8_many(w.w2, base, tile.rows, act, tile.out) {
-                Ok(())
-            } else {
-                let w2 = w.w2.rows(base, tile.rows, i, row);
-                matmul_nt_packed(w2, packed.expert(tile.expert)?, tile.out)
+            } else if !fp8_many(w.w2, base, tile.rows, act, tile.out) {
+                let act = packed.expert(expert)?;
+                let w2 = w.w2.rows(base, tile.rows, i, row)?;
+                matmul_nt_packed(w2, &act, tile.out)?;
             }
+            packed.finished(expert);
+            Ok(())
         })?;
     Ok(out)
 }
@@ -214,21 +228,38 @@ pub fn bf16_native(perm: &Permutation) -> bool {
     bf16dot::native() && (few || bf16dot::outpaces_fma())
 }
 
-/// Each expert's rows (tokens or activations) packed for [`matmul_nt_packed`], packed by
-/// the first tile of the expert that needs them and then shared by all its tiles.
+/// Each expert's rows (tokens or activations) packed for [`matmul_nt_packed`]: packed by
+/// the first of the expert's tiles that needs them, shared by the others, and dropped
+/// when the expert's last tile has finished, so that only the experts in progress hold a
+/// packed copy (not one of every expert's rows at once).
 struct Packed<'a> {
     perm: &'a Permutation,
     rows: &'a [f32],
     cols: usize,
-    experts: Vec<OnceLock<Result<PackedRows<'a>>>>,
+    experts: Vec<ExpertPack<'a>>,
+}
+
+/// One expert's entry in [`Packed`].
+struct ExpertPack<'a> {
+    /// Its packed rows, once a tile has packed them (and until its last tile finished).
+    packed: Mutex<Option<Arc<PackedRows<'a>>>>,
+    /// Its tiles not yet finished.
+    tiles_left: AtomicUsize,
 }
 
 impl<'a> Packed<'a> {
-    /// Nothing packed yet: `rows` are the permuted rows of `cols` ([rows, cols]).
-    fn new(perm: &'a Permutation, rows: &'a [f32], cols: usize) -> Self {
-        let experts = (0..perm.offsets.len() - 1)
-            .map(|_| OnceLock::new())
+    /// Nothing packed yet: `rows` are the permuted rows of `cols` ([rows, cols]); `tiles`
+    /// are the tiles that will run (each calls [`Packed::finished`] when done).
+    fn new(perm: &'a Permutation, rows: &'a [f32], cols: usize, tiles: &[Tile<'_>]) -> Self {
+        let mut experts: Vec<ExpertPack<'a>> = (0..perm.offsets.len() - 1)
+            .map(|_| ExpertPack {
+                packed: Mutex::new(None),
+                tiles_left: AtomicUsize::new(0),
+            })
             .collect();
+        for t in tiles {
+            *experts[t.expert].tiles_left.get_mut() += 1;
+        }
         Packed {
             perm,
             rows,
@@ -237,14 +268,29 @@ impl<'a> Packed<'a> {
         }
     }
 
-    /// Expert `e`'s rows, packed (by this call if no tile has yet).
-    fn expert(&self, e: usize) -> Result<&PackedRows<'a>> {
+    /// Expert `e`'s rows, packed (by this call if no tile has yet; other tiles of the
+    /// expert wait for it meanwhile).
+    fn expert(&self, e: usize) -> Result<Arc<PackedRows<'a>>> {
         let (first, n) = self.perm.expert_rows(e);
         let rows = &self.rows[first * self.cols..(first + n) * self.cols];
-        self.experts[e]
-            .get_or_init(|| PackedRows::new(rows, self.cols))
-            .as_ref()
-            .map_err(Clone::clone)
+        let mut slot = self.experts[e]
+            .packed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(p) = &*slot {
+            return Ok(Arc::clone(p));
+        }
+        let p = Arc::new(PackedRows::new(rows, self.cols)?);
+        *slot = Some(Arc::clone(&p));
+        Ok(p)
+    }
+
+    /// One of expert `e`'s tiles has finished; after its last, the packed rows are dropped.
+    fn finished(&self, e: usize) {
+        let entry = &self.experts[e];
+        if entry.tiles_left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *entry.packed.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        }
     }
 }
 
@@ -424,9 +470,11 @@ mod tests {
                 .flat_map(|&tok| x[tok * h..(tok + 1) * h].to_vec())
                 .collect();
             for (w, native) in [(bf, false), (bf, true), (f, true)] {
-                let bf16_dot = native
-                    && bf16dot::native()
-                    && matches!(w.w2, Weights::Float(FloatSlice::BF16(_)));
+                // BF16 weights on a CPU with the native dot: the activations are rounded to
+                // bf16 on either path (the native one needs them so; the f32 one follows,
+                // so that a token's result does not depend on the path its batch took).
+                let rounds =
+                    bf16dot::native() && matches!(w.w2, Weights::Float(FloatSlice::BF16(_)));
                 let h_t = gate_up(&perm, &xg, w, None, native).unwrap();
                 let y_t = down(&perm, &h_t, w, native).unwrap();
                 let mut rounded = 0;
@@ -446,9 +494,9 @@ mod tests {
                     for c in 0..h {
                         let got = y_t[first * h + c * n + (row - first)] as f64;
                         let err = (got - want[c]).abs();
-                        // f32 sums: 1e-5; the native path also rounds each activation
-                        // to bf16 (relative error <= 2^-8).
-                        let tol = if bf16_dot { 1.0 / 256.0 + 1e-5 } else { 1e-5 } * abs[c];
+                        // f32 sums: 1e-5; rounding each activation to bf16 adds a
+                        // relative error <= 2^-8.
+                        let tol = if rounds { 1.0 / 256.0 + 1e-5 } else { 1e-5 } * abs[c];
                         assert!(
                             err <= tol,
                             "T {t} native {native} y {c}: {got} vs {}",
@@ -457,10 +505,29 @@ mod tests {
                         rounded += usize::from(err > 1e-5 * abs[c]);
                     }
                 }
-                // Only the native path rounds the activations (where the CPU has the dot).
-                assert_eq!(rounded > 0, bf16_dot, "T {t} {native}");
+                assert_eq!(rounded > 0, rounds, "T {t} {native}");
             }
         }
+    }
+
+    #[test]
+    fn an_experts_packed_rows_are_shared_by_its_tiles_and_dropped_after_the_last() {
+        // Expert 0: 3 rows of 2 columns; out rows 5 in tiles of 2: three tiles.
+        let perm = Permutation::new(&[0, 0, 0], &[1.0; 3], 2, 1).unwrap();
+        let rows = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let mut buf = vec![0.0; 5 * 3];
+        let t = tiles(&perm, &mut buf, 5, 2);
+        assert_eq!(t.len(), 3);
+        let packed = Packed::new(&perm, &rows, 2, &t);
+        let first = packed.expert(0).unwrap();
+        assert!(Arc::ptr_eq(&first, &packed.expert(0).unwrap()));
+        drop(first);
+        let held = |p: &Packed<'_>| p.experts[0].packed.lock().unwrap().is_some();
+        packed.finished(0);
+        packed.finished(0);
+        assert!(held(&packed));
+        packed.finished(0);
+        assert!(!held(&packed));
     }
 
     #[test]

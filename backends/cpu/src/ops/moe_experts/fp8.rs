@@ -88,25 +88,38 @@ impl<'a> Weights<'a> {
 
     /// Rows `first..first + rows` (rows of the flattened [E * R, C] matrix, `cols` = C
     /// columns): the stored rows themselves for float weights (any float type), FP8 ones
-    /// dequantized with their block scales into `scratch` (f32).
+    /// dequantized with their block scales into `scratch` (f32). Rows outside the
+    /// weights are [`Error::Device`] (checked arithmetic), nothing read.
     pub fn rows<'s>(
         self,
         first: usize,
         rows: usize,
         cols: usize,
         scratch: &'s mut Vec<f32>,
-    ) -> FloatSlice<'s>
+    ) -> Result<FloatSlice<'s>>
     where
         Self: 's,
     {
+        let outside = || Error::Device {
+            backend: crate::NAME.to_string(),
+            call: "moe_experts weight rows".to_string(),
+            message: format!("rows {first}..{first}+{rows} of {cols} columns outside the weights"),
+        };
         match self {
-            Weights::Float(w) => w.rows(first, rows, cols),
+            Weights::Float(w) => w.rows(first, rows, cols).ok_or_else(outside),
             Weights::Fp8(w) => {
+                let inside = first
+                    .checked_add(rows)
+                    .and_then(|end| end.checked_mul(cols))
+                    .is_some_and(|end| cols == w.cols && end <= w.codes.len());
+                if !inside {
+                    return Err(outside());
+                }
                 scratch.resize(rows * cols, 0.0);
                 for (r, dst) in scratch.chunks_exact_mut(cols).enumerate() {
                     w.read_row(first + r, dst);
                 }
-                FloatSlice::F32(scratch)
+                Ok(FloatSlice::F32(scratch))
             }
         }
     }
@@ -193,7 +206,7 @@ mod tests {
         });
         let mut scratch = Vec::new();
         // Rows 128..131 of the flattened matrix: expert 0 rows 128, 129, then expert 1 row 0.
-        let FloatSlice::F32(got) = w.rows(128, 3, c, &mut scratch) else {
+        let Ok(FloatSlice::F32(got)) = w.rows(128, 3, c, &mut scratch) else {
             panic!("FP8 rows dequantize to f32");
         };
         for (n, (row, expert, local)) in [(128, 0, 128), (129, 0, 129), (130, 1, 0)]
