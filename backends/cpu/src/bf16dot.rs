@@ -149,10 +149,8 @@ pub fn exact(values: &[f32]) -> Result<Option<Vec<bf16>>> {
 /// Rows `first..first + rows` of the row-major `matrix` of `k` columns;
 /// [`Error::Device`] when they are not all there.
 pub fn rows(matrix: &[bf16], first: usize, rows: usize, k: usize) -> Result<&[bf16]> {
-    let span = first
-        .checked_mul(k)
-        .zip(first.checked_add(rows).and_then(|end| end.checked_mul(k)));
-    span.and_then(|(a, b)| matrix.get(a..b))
+    crate::storage::row_range(first, rows, k)
+        .and_then(|range| matrix.get(range))
         .ok_or_else(|| Error::Device {
             backend: crate::NAME.to_string(),
             call: "bf16 rows".to_string(),

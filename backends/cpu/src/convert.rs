@@ -1,6 +1,6 @@
 //! Conversions between the storage float types and f32, the compute type.
 
-use crate::storage::{CpuStorage, FloatSlice, FloatSliceMut};
+use crate::storage::{row_range, CpuStorage, FloatSlice, FloatSliceMut};
 use half::{bf16, f16};
 use moemla_core::alloc::try_filled_vec;
 use moemla_core::{DType, Result};
@@ -42,12 +42,11 @@ impl FloatSlice<'_> {
     /// Rows `first..first + rows` of a row-major matrix with `cols` columns, in place;
     /// `None` when they are not all inside the slice (checked arithmetic).
     pub fn rows(self, first: usize, rows: usize, cols: usize) -> Option<Self> {
-        let start = first.checked_mul(cols)?;
-        let end = first.checked_add(rows)?.checked_mul(cols)?;
+        let range = row_range(first, rows, cols)?;
         Some(match self {
-            FloatSlice::F32(v) => FloatSlice::F32(v.get(start..end)?),
-            FloatSlice::F16(v) => FloatSlice::F16(v.get(start..end)?),
-            FloatSlice::BF16(v) => FloatSlice::BF16(v.get(start..end)?),
+            FloatSlice::F32(v) => FloatSlice::F32(v.get(range)?),
+            FloatSlice::F16(v) => FloatSlice::F16(v.get(range)?),
+            FloatSlice::BF16(v) => FloatSlice::BF16(v.get(range)?),
         })
     }
 }

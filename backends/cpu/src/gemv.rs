@@ -125,10 +125,7 @@ mod x86 {
         let n = act.len() / k.max(1);
         let fits = k > 0
             && n * k == act.len()
-            && first
-                .checked_add(rows)
-                .and_then(|end| end.checked_mul(k))
-                .is_some_and(|end| end <= w.len())
+            && crate::storage::row_range(first, rows, k).is_some_and(|r| r.end <= w.len())
             && rows.checked_mul(n).is_some_and(|len| len <= out.len());
         if !fits || !std::arch::is_x86_feature_detected!("avx512f") {
             return false;

@@ -429,6 +429,14 @@ fn copy_of<T: bytemuck::Pod + Default>(bytes: &[u8]) -> Result<Vec<T>> {
     Ok(v)
 }
 
+/// The element range of rows `first..first + rows` of a row-major matrix with `cols`
+/// columns, or `None` where its end overflows (checked arithmetic; the caller checks it
+/// against its slice).
+pub fn row_range(first: usize, rows: usize, cols: usize) -> Option<std::ops::Range<usize>> {
+    let end = first.checked_add(rows)?.checked_mul(cols)?;
+    Some(first * cols..end)
+}
+
 /// A zero-filled buffer for `dims` elements of `T` (an output or a scratch buffer whose size
 /// no input tensor bounds): the count is multiplied out with checked arithmetic
 /// ([`Error::Size`] when it does not fit) and the allocation is fallible
@@ -651,6 +659,14 @@ fn mismatch(backend: &str, call: &'static str, arg: &'static str, got: DType, wa
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_row_range_is_its_elements_or_none_where_its_end_overflows() {
+        assert_eq!(super::row_range(2, 3, 4), Some(8..20));
+        assert_eq!(super::row_range(5, 0, 7), Some(35..35));
+        assert_eq!(super::row_range(usize::MAX, 1, 1), None);
+        assert_eq!(super::row_range(1 << 40, 1, 1 << 30), None);
+    }
+
     use super::*;
     use crate::CpuBackend;
     use moemla_core::{ops, Backend, ExpertsParams, MlaDecodeParams, RouteParams};

@@ -11,7 +11,7 @@ pub mod gemv;
 pub(crate) use dpbf16::magnitude_bf16;
 
 use super::permute::Permutation;
-use crate::storage::{f32_slice, storage, CpuSlice, FloatSlice};
+use crate::storage::{f32_slice, row_range, storage, CpuSlice, FloatSlice};
 use moemla_core::fp8::{quantize_activation_row, ScaleMode, BLOCK, E4M3_VALUES};
 use moemla_core::{DType, DeviceTensor, Error, Result};
 use rayon::prelude::*;
@@ -108,10 +108,8 @@ impl<'a> Weights<'a> {
         match self {
             Weights::Float(w) => w.rows(first, rows, cols).ok_or_else(outside),
             Weights::Fp8(w) => {
-                let inside = first
-                    .checked_add(rows)
-                    .and_then(|end| end.checked_mul(cols))
-                    .is_some_and(|end| cols == w.cols && end <= w.codes.len());
+                let inside = cols == w.cols
+                    && row_range(first, rows, cols).is_some_and(|r| r.end <= w.codes.len());
                 if !inside {
                     return Err(outside());
                 }

@@ -15,6 +15,7 @@
 //! Elsewhere [`rows_times`] declines and the caller dequantizes row by row (portable).
 
 use super::Fp8Weights;
+use crate::storage::row_range;
 use moemla_core::fp8::BLOCK;
 
 /// At most this many activation vectors per call (the decode path's limit).
@@ -79,10 +80,7 @@ fn fits(w: &Fp8Weights<'_>, first: usize, rows: usize, act: &[f32], out: &[f32])
         && n >= 1
         && n * k == act.len()
         && rows.checked_mul(n) == Some(out.len())
-        && first
-            .checked_add(rows)
-            .and_then(|end| end.checked_mul(k))
-            .is_some_and(|end| end <= w.codes.len())
+        && row_range(first, rows, k).is_some_and(|r| r.end <= w.codes.len())
         && w.rows > 0
         && scales_cover(w, first, rows);
     ok.then_some(n)
