@@ -223,6 +223,34 @@ mod tests {
     }
 
     #[test]
+    fn weight_rows_outside_the_weights_are_errors_not_panics() {
+        let (r, c) = (4, 8);
+        let codes = vec![0u8; r * c];
+        let scales = [1.0f32];
+        let fp8 = Weights::Fp8(Fp8Weights {
+            codes: &codes,
+            scales: &scales,
+            rows: r,
+            cols: c,
+        });
+        let values = vec![1.0f32; r * c];
+        let float = Weights::Float(FloatSlice::F32(&values));
+        let mut scratch = Vec::new();
+        for w in [fp8, float] {
+            assert!(w.rows(0, r, c, &mut scratch).is_ok());
+            for (first, rows) in [(1, r), (r, 1), (usize::MAX, 1), (1 << 62, 2)] {
+                let err = w.rows(first, rows, c, &mut scratch).unwrap_err();
+                assert!(
+                    err.to_string().contains("outside the weights"),
+                    "{first}+{rows}: {err}"
+                );
+            }
+        }
+        // FP8 rows read with another column count than the weights have.
+        assert!(fp8.rows(0, 1, c / 2, &mut scratch).is_err());
+    }
+
+    #[test]
     fn activation_columns_are_quantized_per_token() {
         // One expert, 2 tokens, I 3: h_t = [[a0, b0], [a1, b1], [a2, b2]].
         let perm = Permutation::new(&[0, 0], &[1.0, 1.0], 1, 1).unwrap();
