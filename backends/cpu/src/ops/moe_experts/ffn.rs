@@ -5,9 +5,9 @@
 //! ([`matmul_nt_packed`]: each expert's tokens packed once, the weights read as stored
 //! and converted a few rows at a time). Tiles of all experts run in parallel. Off the
 //! native dot, an expert with only a few tokens (decode) takes the matrix-vector path of
-//! [`gemv`] instead. FP8 weights meet more tokens on the native bf16 dot with their codes
-//! decoded in registers ([`fp8::gemv::rows_times_many`]) where the CPU has it, else
-//! dequantized tiles.
+//! [`gemv`] instead. FP8 weights meet more tokens with their codes decoded in registers
+//! ([`fp8::gemv::rows_times_many`]: on the native bf16 dot where it outpaces the f32 FMA,
+//! else on f32 FMAs, with AVX-512), else dequantized tiles.
 //!
 //! Activations are kept transposed per expert (`[rows_out, n_e]`, expert after expert),
 //! so every tile writes one contiguous chunk.
@@ -301,9 +301,9 @@ fn skinny(n: usize) -> bool {
 }
 
 /// FP8 weight rows `first..first + rows` times every token of `act` into `out`
-/// (`[rows, n]`) with the codes decoded in registers on the native bf16 dot
-/// ([`fp8::gemv::rows_times_many`]); false (the caller dequantizes a tile and takes
-/// [`matmul_nt_packed`]) for other weights, or where that path declines.
+/// (`[rows, n]`) with the codes decoded in registers ([`fp8::gemv::rows_times_many`]);
+/// false (the caller dequantizes a tile and takes [`matmul_nt_packed`]) for other
+/// weights, or where that path declines (no AVX-512).
 fn fp8_many(w: Weights<'_>, first: usize, rows: usize, act: &[f32], out: &mut [f32]) -> bool {
     matches!(w, Weights::Fp8(f) if fp8::gemv::rows_times_many(&f, first, rows, act, out))
 }

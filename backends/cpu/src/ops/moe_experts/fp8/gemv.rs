@@ -8,11 +8,14 @@
 //! - AVX-512 F/BW/VL: each 64 codes sign-extended to 16 bits, shifted and masked into the
 //!   f16 with the same sign, exponent field and mantissa (`(sx(b) << 7) & 0xBF80`: the
 //!   e4m3 value times 2^-8, exact, subnormals included), widened to f32 by `VCVTPH2PS`,
-//!   f32 FMAs; each block's sum is scaled by 2^8 (exact) and its block scale. The NaN
-//!   codes (0x7F, 0xFF) are tracked per row and make that row's results NaN, as a
-//!   dequantized NaN weight would.
+//!   f32 FMAs, each decoded row chunk against up to [`FMA_GROUP`] vectors; each block's
+//!   sum is scaled by 2^8 (exact) and its block scale. The NaN codes (0x7F, 0xFF) are
+//!   tracked per row and make that row's results NaN, as a dequantized NaN weight would.
 //!
-//! Elsewhere [`rows_times`] declines and the caller dequantizes row by row (portable).
+//! Decode ([`rows_times`], memory-bound) takes the native bf16 dot wherever it exists;
+//! prefill ([`rows_times_many`], bound by compute) only where it outpaces the f32 FMA
+//! ([`crate::bf16dot::outpaces_fma`]: AMD Zen 4/5 yes, Intel's AVX512-BF16 cores no).
+//! Elsewhere both decline and the caller dequantizes row by row (portable).
 
 use super::Fp8Weights;
 use crate::storage::row_range;
@@ -20,6 +23,10 @@ use moemla_core::fp8::BLOCK;
 
 /// At most this many activation vectors per call (the decode path's limit).
 pub const MAX_VECTORS: usize = 4;
+
+/// Activation vectors the f32 FMA path multiplies with each decoded row chunk: 8 vectors
+/// of 2 partial sums each plus the chunk's 4 decoded vectors stay in the 32 registers.
+pub const FMA_GROUP: usize = 8;
 
 /// `out[r * n + c] = W[first + r] . act[c]` for `rows` rows of the flattened `[E * R, C]`
 /// FP8 matrix (`C` = `w.cols` columns) and `n` = `act.len() / C` (1..=[`MAX_VECTORS`])
@@ -45,11 +52,12 @@ pub fn rows_times(
         .any(|path| unsafe { run(path, w, first, rows, n, act, out) })
 }
 
-/// [`rows_times`] for any number of activation vectors (`n` >= 1; the prefill path):
-/// FP8 rows on the native bf16 dot only ([`super::dpbf16::rows_times_many`]: each
-/// decoded row chunk dotted with every vector). Returns false (nothing written) where the
-/// CPU lacks that path, it declines the activations, or the arguments do not fit; the
-/// caller then takes its general path.
+/// [`rows_times`] for any number of activation vectors (`n` >= 1; the prefill path), on
+/// the paths for work bound by compute ([`compute_paths`]): the native bf16 dot
+/// ([`super::dpbf16::rows_times_many`]) only where it outpaces the f32 FMA, else the f32
+/// FMA path in groups of up to [`FMA_GROUP`] vectors. Returns false (nothing written)
+/// where the CPU has neither path (or only a bf16 dot that declines the activations), or
+/// the arguments do not fit; the caller then takes its general path.
 pub fn rows_times_many(
     w: &Fp8Weights<'_>,
     first: usize,
@@ -60,14 +68,11 @@ pub fn rows_times_many(
     let Some(n) = fits(w, first, rows, act, out) else {
         return false;
     };
-    #[cfg(target_arch = "x86_64")]
-    if super::dpbf16::available() {
-        // SAFETY: the path was detected on this CPU; `fits` checked that rows first..first
-        // + rows of k codes, their scale rows, the n vectors of k activations and the
-        // rows * n outputs all lie inside their slices.
-        return unsafe { super::dpbf16::rows_times_many(w, first, rows, n, act, out) };
-    }
-    false
+    compute_paths()
+        .into_iter()
+        .flatten()
+        // SAFETY: as in `rows_times`.
+        .any(|path| unsafe { run(path, w, first, rows, n, act, out) })
 }
 
 /// The number of activation vectors `n` (>= 1) when the arguments make whole rows and
@@ -97,7 +102,8 @@ enum Path {
     F32Fma,
 }
 
-/// The paths this CPU has, fastest first.
+/// The paths this CPU has, the native bf16 dot first (the one to take for memory-bound
+/// work: it holds and converts half as much).
 fn available_paths() -> [Option<Path>; 2] {
     #[cfg(target_arch = "x86_64")]
     {
@@ -113,7 +119,17 @@ fn available_paths() -> [Option<Path>; 2] {
     [None, None]
 }
 
-/// Runs `path`; false when it declines the activations (nothing written).
+/// The paths for work bound by compute, fastest first: [`available_paths`] without the
+/// native bf16 dot where it does not outpace the f32 FMA
+/// ([`crate::bf16dot::outpaces_fma`]; Intel's AVX512-BF16 cores run it at half the FMA's
+/// FLOP rate).
+fn compute_paths() -> [Option<Path>; 2] {
+    let [dot, fma] = available_paths();
+    [dot.filter(|_| crate::bf16dot::outpaces_fma()), fma]
+}
+
+/// Runs `path` for `n` (>= 1) vectors; false when it declines the activations (nothing
+/// written).
 ///
 /// # Safety
 /// `path` must be one of [`available_paths`]; the arguments must pass
@@ -129,7 +145,9 @@ unsafe fn run(
 ) -> bool {
     match path {
         #[cfg(target_arch = "x86_64")]
-        Path::Bf16Dot => super::dpbf16::rows_times(w, first, rows, n, act, out),
+        Path::Bf16Dot if n <= MAX_VECTORS => super::dpbf16::rows_times(w, first, rows, n, act, out),
+        #[cfg(target_arch = "x86_64")]
+        Path::Bf16Dot => super::dpbf16::rows_times_many(w, first, rows, n, act, out),
         #[cfg(target_arch = "x86_64")]
         Path::F32Fma => {
             x86::rows_times(w, first, rows, n, act, out);
@@ -159,19 +177,67 @@ fn scales_cover(w: &Fp8Weights<'_>, first: usize, rows: usize) -> bool {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Fp8Weights, BLOCK, MAX_VECTORS};
+    use super::{Fp8Weights, BLOCK, FMA_GROUP};
     use std::arch::x86_64::*;
+    use std::cell::Cell;
+
+    thread_local! {
+        /// Per-thread copy of the activations on a 64-byte boundary ([`aligned`]).
+        static ALIGNED: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    }
+
+    /// The largest copy (f32 values) a thread keeps between calls: a decode step's or a
+    /// few dozen prefill tokens'; larger ones are freed after their call.
+    const ALIGNED_KEEP: usize = 1 << 20;
+
+    /// Runs `f` on `act` starting on a 64-byte boundary: `act` itself where it already
+    /// does, else a copy in this thread's buffer (or `act` itself where the copy's memory
+    /// is not there). Every activation load of [`block`] is then one cache line, not two:
+    /// misaligned, the kernel ran at 57 instead of 77 GFLOP/s on one Xeon core (8 vectors,
+    /// weights in L2). Large buffers come 16 bytes past a page boundary from the
+    /// allocator, so the copy is the common case; it costs a read of the activations per
+    /// call, a few percent of a tile's work.
+    fn aligned<R>(act: &[f32], f: impl FnOnce(&[f32]) -> R) -> R {
+        if (act.as_ptr() as usize).is_multiple_of(64) {
+            return f(act);
+        }
+        let mut buf = ALIGNED.take();
+        buf.clear();
+        let result = if buf.try_reserve(act.len() + 15).is_ok() {
+            buf.resize(act.len() + 15, 0.0);
+            // f32 values are 4-byte aligned: 0..=15 values to the next boundary.
+            let skip = (64 - buf.as_ptr() as usize % 64) % 64 / 4;
+            let copy = &mut buf[skip..skip + act.len()];
+            copy.copy_from_slice(act);
+            f(copy)
+        } else {
+            f(act)
+        };
+        if buf.capacity() <= ALIGNED_KEEP {
+            ALIGNED.set(buf);
+        }
+        result
+    }
 
     /// Codes per load: one 512-bit register, four 16-lane f32 quarters.
     const STEP: usize = 64;
 
-    /// See [`super::rows_times`]: dispatches on `n` so that every accumulator is a
-    /// register.
+    /// Rows per pass of [`rows_times`]: their codes for one pass (16 x 512 bytes) stay in
+    /// L1 beside the pass's activations.
+    const PASS_ROWS: usize = 16;
+    /// 128-column blocks per pass: a group's activations for one pass
+    /// ([`FMA_GROUP`] x 512 f32, 16 KiB) stay in L1 while every row of the pass meets
+    /// them (read from L2 per row, they bounded the kernel).
+    const PASS_BLOCKS: usize = 4;
+
+    /// See [`super::rows_times`], for any `n`: the vectors in near-equal groups of at most
+    /// [`FMA_GROUP`] (each group's kernel monomorphized on its size so that every
+    /// accumulator is a register), each group over [`PASS_ROWS`] rows at a time.
     ///
     /// # Safety
     /// AVX-512F, AVX-512BW and AVX-512VL must be available; rows `first..first + rows`
-    /// of `w.cols` codes and their scales, `n` (1..=[`MAX_VECTORS`]) vectors of `w.cols`
-    /// activations and `rows * n` outputs must exist.
+    /// of `w.cols` codes and their scales, `n` (>= 1) vectors of `w.cols` activations and
+    /// `rows * n` outputs must exist.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub unsafe fn rows_times(
         w: &Fp8Weights<'_>,
@@ -181,63 +247,123 @@ mod x86 {
         act: &[f32],
         out: &mut [f32],
     ) {
-        match n {
-            1 => rows_n::<1>(w, first, rows, act, out),
-            2 => rows_n::<2>(w, first, rows, act, out),
-            3 => rows_n::<3>(w, first, rows, act, out),
-            _ => rows_n::<MAX_VECTORS>(w, first, rows, act, out),
-        }
+        aligned(act, |act| {
+            // SAFETY: as this function's contract; `act` holds the same n * k values.
+            unsafe { rows_times_aligned(w, first, rows, n, act, out) }
+        })
     }
 
-    /// [`rows_times`] for `N` vectors: whole 128-column blocks unmasked, a partial last
-    /// block masked; each block's partial sums scaled once.
+    /// [`rows_times`] on activations already placed.
     ///
     /// # Safety
-    /// As [`rows_times`], with `N` vectors.
+    /// As [`rows_times`].
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    unsafe fn rows_n<const N: usize>(
+    unsafe fn rows_times_aligned(
         w: &Fp8Weights<'_>,
         first: usize,
         rows: usize,
+        n: usize,
         act: &[f32],
         out: &mut [f32],
+    ) {
+        let groups = n.div_ceil(FMA_GROUP);
+        for r0 in (0..rows).step_by(PASS_ROWS) {
+            let pass_rows = PASS_ROWS.min(rows - r0);
+            let mut j0 = 0;
+            for g in 0..groups {
+                let size = (n - j0).div_ceil(groups - g);
+                // SAFETY: vectors j0..j0 + size exist (j0 + size <= n), and so do outputs
+                // (r0 + i) * n + j0 + j for i < pass_rows, j < size.
+                let x = act.as_ptr().add(j0 * w.cols);
+                let o = out.as_mut_ptr().add(r0 * n + j0);
+                let at = (w, first + r0, pass_rows, x, o, n);
+                match size {
+                    1 => rows_n::<1, 4>(at),
+                    2 => rows_n::<2, 4>(at),
+                    3 => rows_n::<3, 4>(at),
+                    4 => rows_n::<4, 4>(at),
+                    5 => rows_n::<5, 2>(at),
+                    6 => rows_n::<6, 2>(at),
+                    7 => rows_n::<7, 2>(at),
+                    _ => rows_n::<FMA_GROUP, 2>(at),
+                }
+                j0 += size;
+            }
+        }
+    }
+
+    /// [`rows_n`]'s arguments: the weights, the first row (of the flattened `[E * R, C]`
+    /// matrix), the number of rows (1..=[`PASS_ROWS`]), the first activation vector (the
+    /// others `C` apart), the first output and the output row stride.
+    type RowsAt<'a, 'w> = (
+        &'a Fp8Weights<'w>,
+        usize,
+        usize,
+        *const f32,
+        *mut f32,
+        usize,
+    );
+
+    /// `rows` rows times `N` activation vectors into `out + i * stride + j`, in passes of
+    /// [`PASS_BLOCKS`] 128-column blocks (every row meets the pass's activations while
+    /// they are in L1): whole blocks unmasked, a partial last block masked. Each decoded
+    /// weight is multiplied by its block scale first (the dequantized value the contract
+    /// defines, `e4m3 * scale` rounded to f32), so the `P` partial sums per vector run
+    /// through the whole pass and are added into the row's totals once per pass.
+    ///
+    /// # Safety
+    /// As [`rows_times`]: the rows, their scales, the `N` vectors and the outputs exist.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn rows_n<const N: usize, const P: usize>(
+        (w, first, rows, x, out, stride): RowsAt<'_, '_>,
     ) {
         let k = w.cols;
         let whole = k / BLOCK;
         let col_blocks = k.div_ceil(BLOCK);
         let row_blocks = w.rows.div_ceil(BLOCK);
-        let two8 = _mm512_set1_ps(256.0);
-        let x0 = act.as_ptr();
-        for r in 0..rows {
-            let row = first + r;
-            let (e, er) = (row / w.rows, row % w.rows);
-            let scales = w
-                .scales
-                .as_ptr()
-                .add((e * row_blocks + er / BLOCK) * col_blocks);
-            let codes = w.codes.as_ptr().add(row * k);
-            let mut total = [_mm512_setzero_ps(); N];
-            // The largest low-7-bit pattern seen, per byte lane: 0x7F means a NaN code.
-            let mut seen = _mm512_setzero_si512();
-            for b in 0..col_blocks {
-                let c = b * BLOCK;
-                // SAFETY: codes c..c + live of this row and activations j * k + c .. + live
-                // exist (live = the block's width).
-                let sums = if b < whole {
-                    block::<N, true>(codes.add(c), x0.add(c), k, BLOCK, &mut seen)
-                } else {
-                    block::<N, false>(codes.add(c), x0.add(c), k, k - c, &mut seen)
-                };
-                // The f16 values are 2^-8 times the e4m3 ones: times 2^8 (exact), then the
-                // block scale.
-                let s = _mm512_set1_ps(*scales.add(b));
-                for (t, sum) in total.iter_mut().zip(sums) {
-                    *t = _mm512_fmadd_ps(_mm512_mul_ps(sum, two8), s, *t);
+        let mut total = [[_mm512_setzero_ps(); N]; PASS_ROWS];
+        // Per row, the largest low-7-bit pattern seen, per byte lane: 0x7F means a NaN code.
+        let mut seen = [_mm512_setzero_si512(); PASS_ROWS];
+        for b0 in (0..col_blocks).step_by(PASS_BLOCKS) {
+            for i in 0..rows {
+                let row = first + i;
+                let (e, er) = (row / w.rows, row % w.rows);
+                let scales = w
+                    .scales
+                    .as_ptr()
+                    .add((e * row_blocks + er / BLOCK) * col_blocks);
+                let codes = w.codes.as_ptr().add(row * k);
+                // The same columns of the row [`PASS_ROWS`] further on (the next call's)
+                // into L2: the column-wise passes defeat the hardware prefetcher. A hint,
+                // never a fault, past the last row too.
+                let ahead = codes.wrapping_add(PASS_ROWS * k + b0 * BLOCK);
+                for line in (0..PASS_BLOCKS * BLOCK).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(line).cast());
+                }
+                let mut part = [[_mm512_setzero_ps(); P]; N];
+                for b in b0..col_blocks.min(b0 + PASS_BLOCKS) {
+                    let c = b * BLOCK;
+                    // The f16 images are 2^-8 times the e4m3 values: times 2^8 (exact) and
+                    // the block scale, one rounding, as `e4m3 * scale` in f32.
+                    let scale = _mm512_set1_ps(256.0 * *scales.add(b));
+                    let at = (codes.add(c), x.add(c), k, scale);
+                    // SAFETY: codes c..c + live of this row and activations j * k + c ..
+                    // + live exist (live = the block's width).
+                    if b < whole {
+                        block::<N, P, true>(at, BLOCK, &mut seen[i], &mut part);
+                    } else {
+                        block::<N, P, false>(at, k - c, &mut seen[i], &mut part);
+                    }
+                }
+                for (t, p) in total[i].iter_mut().zip(&part) {
+                    *t = p.iter().fold(*t, |a, &v| _mm512_add_ps(a, v));
                 }
             }
-            let nan = _mm512_cmpeq_epi8_mask(seen, _mm512_set1_epi8(0x7F)) != 0;
-            for (j, t) in total.iter().enumerate() {
-                out[r * N + j] = if nan {
+        }
+        for (i, (row_total, row_seen)) in total.iter().zip(seen).take(rows).enumerate() {
+            let nan = _mm512_cmpeq_epi8_mask(row_seen, _mm512_set1_epi8(0x7F)) != 0;
+            for (j, t) in row_total.iter().enumerate() {
+                *out.add(i * stride + j) = if nan {
                     f32::NAN
                 } else {
                     _mm512_reduce_add_ps(*t)
@@ -246,25 +372,24 @@ mod x86 {
         }
     }
 
-    /// The dot products of `live` (1..=128; 128 when `FULL`) codes at `codes` with the `N`
-    /// activation vectors at `x + j * k`, per vector as 16 lanes of f32 partial sums of
-    /// the codes' f16 images (2^-8 times their values). Folds the codes' low 7 bits into
-    /// `seen` (a byte-wise maximum). Four independent accumulators per vector.
+    /// Accumulates into `part` the products of `live` (1..=128; 128 when `FULL`) codes at
+    /// `codes`, decoded and multiplied by `scale` (2^8 times the block scale, broadcast),
+    /// with the `N` activation vectors at `x + j * k`: `P` (1, 2 or 4) independent
+    /// partial sums of 16 lanes per vector, the 64-code chunk's four quarters taking them
+    /// in turn. Folds the codes' low 7 bits into `seen` (a byte-wise maximum).
     ///
     /// # Safety
     /// AVX-512F/BW must be available; `codes[..live]` and `x[j * k..j * k + live]` for
     /// `j < N` must be readable (masked lanes beyond `live` are neither read nor faulted
     /// on).
     #[inline(always)]
-    unsafe fn block<const N: usize, const FULL: bool>(
-        codes: *const u8,
-        x: *const f32,
-        k: usize,
+    unsafe fn block<const N: usize, const P: usize, const FULL: bool>(
+        (codes, x, k, scale): (*const u8, *const f32, usize, __m512),
         live: usize,
         seen: &mut __m512i,
-    ) -> [__m512; N] {
+        part: &mut [[__m512; P]; N],
+    ) {
         let low7 = _mm512_set1_epi8(0x7F);
-        let mut part = [[_mm512_setzero_ps(); 4]; N];
         for half in 0..BLOCK / STEP {
             let at = half * STEP;
             let v = if FULL {
@@ -277,11 +402,11 @@ mod x86 {
                 _mm512_maskz_loadu_epi8(byte_mask(n), codes.add(at).cast())
             };
             *seen = _mm512_max_epu8(*seen, _mm512_and_si512(v, low7));
-            let q = decode(v);
+            let q = decode(v).map(|wq| _mm512_mul_ps(wq, scale));
             for (j, p) in part.iter_mut().enumerate() {
                 // `at < live`: inside vector j.
                 let xj = x.add(j * k + at);
-                for (i, (acc, wq)) in p.iter_mut().zip(q).enumerate() {
+                for (i, wq) in q.into_iter().enumerate() {
                     let xv = if FULL {
                         _mm512_loadu_ps(xj.add(16 * i))
                     } else {
@@ -294,15 +419,10 @@ mod x86 {
                             xj.wrapping_add(16 * i),
                         )
                     };
-                    *acc = _mm512_fmadd_ps(wq, xv, *acc);
+                    p[i % P] = _mm512_fmadd_ps(wq, xv, p[i % P]);
                 }
             }
         }
-        let mut sums = [_mm512_setzero_ps(); N];
-        for (sum, p) in sums.iter_mut().zip(&part) {
-            *sum = _mm512_add_ps(_mm512_add_ps(p[0], p[1]), _mm512_add_ps(p[2], p[3]));
-        }
-        sums
     }
 
     /// 64 e4m3 codes as four 16-lane f32 vectors (codes 0..16, 16..32, ...), each value
@@ -367,11 +487,16 @@ mod tests {
     }
 
     /// E 2, R 130 (a partial row block), C 300 (two full 128-blocks, a partial one, and a
-    /// partial 64-step): codes with every value but NaN in play, -0.0 (0x80) and +-448
-    /// (0x7E, 0xFE) included, and one NaN code in row 5 and one in row 140 (expert 1);
-    /// scales `[2, 2, 3]`.
+    /// partial 64-step): see [`test_weights_of`].
     fn test_weights() -> ((usize, usize, usize), Vec<u8>, Vec<f32>) {
-        let (e, r, c) = (2, 130, 300);
+        test_weights_of(300)
+    }
+
+    /// E 2, R 130, C `c` (>= 78): codes with every value but NaN in play, -0.0 (0x80) and
+    /// +-448 (0x7E, 0xFE) included, and one NaN code in row 5 and one in the last column
+    /// of row 140 (expert 1); scales `[2, 2, ceil(c / 128)]`.
+    fn test_weights_of(c: usize) -> ((usize, usize, usize), Vec<u8>, Vec<f32>) {
+        let (e, r) = (2, 130);
         let mut codes: Vec<u8> = (0..e * r * c).map(|i| (i * 37 % 256) as u8).collect();
         for b in codes.iter_mut() {
             if *b & 0x7F == 0x7F {
@@ -379,8 +504,8 @@ mod tests {
             }
         }
         codes[5 * c + 77] = 0xFF;
-        codes[140 * c + 299] = 0x7F;
-        let scales: Vec<f32> = (0..e * 2 * 3)
+        codes[140 * c + c - 1] = 0x7F;
+        let scales: Vec<f32> = (0..e * 2 * c.div_ceil(BLOCK))
             .map(|i| 2f32.powi(-(i as i32) % 7) * 0.37)
             .collect();
         ((e, r, c), codes, scales)
@@ -476,11 +601,13 @@ mod tests {
     }
 
     #[test]
-    fn many_vectors_match_the_dequantized_dot_products_at_odd_shapes() {
-        // n 1..=13: groups of 1..=6 vectors, near-equal (12 = 6 + 6, 13 = 5 + 4 + 4); an
-        // odd row count (the last row alone) whose pairs cross the expert boundary (rows
-        // 129 and 130).
-        let ((_, r, c), codes, scales) = test_weights();
+    fn many_vectors_match_the_dequantized_dot_products_on_every_path_at_odd_shapes() {
+        // C 1100: the f32 FMA path's column passes of 512 (two whole, one partial with a
+        // partial block); n 1..=17: one, two and three groups (the bf16 dot's groups of 6
+        // and the FMA's of 8; 17 = 6 + 6 + 5); an odd row count (the last row alone for
+        // the bf16 dot's pairs, a partial last pass of 16 rows for the FMA path) crossing
+        // the expert boundary (rows 129 and 130).
+        let ((_, r, c), codes, scales) = test_weights_of(1100);
         let w = Fp8Weights {
             codes: &codes,
             scales: &scales,
@@ -488,19 +615,56 @@ mod tests {
             cols: c,
         };
         let (first, rows) = (3, 2 * r - 7);
-        for kind in ["bf16", "quantized", "f32"] {
-            for n in 1..=13 {
-                let act = test_act(kind, n, c);
-                let mut out = vec![0.0; rows * n];
-                if !rows_times_many(&w, first, rows, &act, &mut out) {
-                    // Declined: no bf16 dot on this CPU, or plain f32 activations.
-                    assert!(kind == "f32" || available_paths()[0].is_none());
-                    assert!(out.iter().all(|&v| v == 0.0), "nothing written");
-                    continue;
+        let mut ran = 0;
+        for path in available_paths().into_iter().flatten() {
+            for kind in ["bf16", "quantized", "f32"] {
+                for n in [1, 5, 8, 9, 12, 13, 16, 17] {
+                    let act = test_act(kind, n, c);
+                    // At a 64-byte boundary (read in place) and 4 bytes past one (the FMA
+                    // path copies it first).
+                    let mut store = vec![0.0f32; act.len() + 17];
+                    let at = (64 - store.as_ptr() as usize % 64) % 64 / 4;
+                    for skip in [at, at + 1] {
+                        store[skip..skip + act.len()].copy_from_slice(&act);
+                        let act = &store[skip..skip + act.len()];
+                        let mut out = vec![0.0; rows * n];
+                        // SAFETY: the path is available; the arguments fit.
+                        if !unsafe { run(path, &w, first, rows, n, act, &mut out) } {
+                            // Only the bf16 path declines, and only plain f32 activations.
+                            #[cfg(target_arch = "x86_64")]
+                            assert_eq!((path, kind), (Path::Bf16Dot, "f32"));
+                            assert!(out.iter().all(|&v| v == 0.0), "nothing written");
+                            continue;
+                        }
+                        ran += 1;
+                        let what = format!("{path:?} {kind} n {n} skip {}", skip - at);
+                        check_out(&w, first, act, &out, &what);
+                    }
                 }
-                assert_ne!(kind, "f32", "plain f32 activations are declined");
-                check_out(&w, first, &act, &out, &format!("{kind} n {n}"));
             }
+        }
+        // Every available path ran: 3 kinds x 8 counts x 2 placements for the f32 path,
+        // 2 x 8 x 2 for the bf16 one.
+        let want: usize = available_paths()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                if format!("{p:?}") == "Bf16Dot" {
+                    32
+                } else {
+                    48
+                }
+            })
+            .sum();
+        assert_eq!(ran, want);
+        // Through the entry point: the paths for compute-bound work, whichever they are
+        // on this CPU; only a CPU without any declines.
+        let act = test_act("quantized", 9, c);
+        let mut out = vec![0.0; rows * 9];
+        if rows_times_many(&w, first, rows, &act, &mut out) {
+            check_out(&w, first, &act, &out, "rows_times_many");
+        } else {
+            assert_eq!(compute_paths(), [None, None]);
         }
         // Arguments that do not fit: declined untouched.
         let mut out = vec![7.0; 2 * 5];
