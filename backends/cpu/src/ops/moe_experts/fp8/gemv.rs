@@ -149,10 +149,7 @@ unsafe fn run(
         #[cfg(target_arch = "x86_64")]
         Path::Bf16Dot => super::dpbf16::rows_times_many(w, first, rows, n, act, out),
         #[cfg(target_arch = "x86_64")]
-        Path::F32Fma => {
-            x86::rows_times(w, first, rows, n, act, out);
-            true
-        }
+        Path::F32Fma => x86::rows_times(w, first, rows, n, act, out),
     }
 }
 
@@ -182,39 +179,41 @@ mod x86 {
     use std::cell::Cell;
 
     thread_local! {
-        /// Per-thread copy of the activations on a 64-byte boundary ([`aligned`]).
-        static ALIGNED: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+        /// Per-thread buffer of the activations in blocks ([`blocked`]).
+        static BLOCKED: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
     }
 
-    /// The largest copy (f32 values) a thread keeps between calls: a decode step's or a
+    /// The largest buffer (f32 values) a thread keeps between calls: a decode step's or a
     /// few dozen prefill tokens'; larger ones are freed after their call.
-    const ALIGNED_KEEP: usize = 1 << 20;
+    const BLOCKED_KEEP: usize = 1 << 20;
 
-    /// Runs `f` on `act` starting on a 64-byte boundary: `act` itself where it already
-    /// does, else a copy in this thread's buffer (or `act` itself where the copy's memory
-    /// is not there). Every activation load of [`block`] is then one cache line, not two:
-    /// misaligned, the kernel ran at 57 instead of 77 GFLOP/s on one Xeon core (8 vectors,
-    /// weights in L2). Large buffers come 16 bytes past a page boundary from the
-    /// allocator, so the copy is the common case; it costs a read of the activations per
-    /// call, a few percent of a tile's work.
-    fn aligned<R>(act: &[f32], f: impl FnOnce(&[f32]) -> R) -> R {
-        if (act.as_ptr() as usize).is_multiple_of(64) {
-            return f(act);
-        }
-        let mut buf = ALIGNED.take();
+    /// Runs `f` on the `n` vectors of `k` in `act` laid out as `[ceil(k / 128)][n][128]`
+    /// (each 128-column block of every vector side by side, the last block zero-padded)
+    /// from a 64-byte boundary, in this thread's buffer; `None` (nothing run) where that
+    /// memory is not there. Every activation load of [`block`] is then one cache line
+    /// (misaligned, the kernel ran at 57 instead of 77 GFLOP/s on one Xeon core: large
+    /// buffers come 16 bytes past a page boundary from the allocator), needs no mask, and
+    /// sits at a constant offset from one pointer (with one pointer per vector the kernel
+    /// ran out of registers). Costs a copy of the activations per call, a few percent of
+    /// a tile's work.
+    fn blocked<R>(act: &[f32], k: usize, n: usize, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+        let len = k.div_ceil(BLOCK).checked_mul(BLOCK * n)?.checked_add(15)?;
+        let mut buf = BLOCKED.take();
         buf.clear();
-        let result = if buf.try_reserve(act.len() + 15).is_ok() {
-            buf.resize(act.len() + 15, 0.0);
+        let result = buf.try_reserve(len).is_ok().then(|| {
+            buf.resize(len, 0.0);
             // f32 values are 4-byte aligned: 0..=15 values to the next boundary.
             let skip = (64 - buf.as_ptr() as usize % 64) % 64 / 4;
-            let copy = &mut buf[skip..skip + act.len()];
-            copy.copy_from_slice(act);
+            let copy = &mut buf[skip..len - 15 + skip];
+            for (j, vector) in act.chunks_exact(k).take(n).enumerate() {
+                for (b, values) in vector.chunks(BLOCK).enumerate() {
+                    copy[(b * n + j) * BLOCK..][..values.len()].copy_from_slice(values);
+                }
+            }
             f(copy)
-        } else {
-            f(act)
-        };
-        if buf.capacity() <= ALIGNED_KEEP {
-            ALIGNED.set(buf);
+        });
+        if buf.capacity() <= BLOCKED_KEEP {
+            BLOCKED.set(buf);
         }
         result
     }
@@ -232,7 +231,8 @@ mod x86 {
 
     /// See [`super::rows_times`], for any `n`: the vectors in near-equal groups of at most
     /// [`FMA_GROUP`] (each group's kernel monomorphized on its size so that every
-    /// accumulator is a register), each group over [`PASS_ROWS`] rows at a time.
+    /// accumulator is a register), each group over [`PASS_ROWS`] rows at a time. False
+    /// (nothing written) where the memory for the activations' blocked copy is not there.
     ///
     /// # Safety
     /// AVX-512F, AVX-512BW and AVX-512VL must be available; rows `first..first + rows`
@@ -246,24 +246,25 @@ mod x86 {
         n: usize,
         act: &[f32],
         out: &mut [f32],
-    ) {
-        aligned(act, |act| {
-            // SAFETY: as this function's contract; `act` holds the same n * k values.
-            unsafe { rows_times_aligned(w, first, rows, n, act, out) }
+    ) -> bool {
+        blocked(act, w.cols, n, |x| {
+            // SAFETY: as this function's contract; `x` holds the n vectors in blocks.
+            unsafe { rows_times_blocked(w, first, rows, n, x, out) }
         })
+        .is_some()
     }
 
-    /// [`rows_times`] on activations already placed.
+    /// [`rows_times`] on the activations in blocks (`x`, as [`blocked`] lays them out).
     ///
     /// # Safety
-    /// As [`rows_times`].
+    /// As [`rows_times`], `x` holding `ceil(k / 128) * n * 128` values.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    unsafe fn rows_times_aligned(
+    unsafe fn rows_times_blocked(
         w: &Fp8Weights<'_>,
         first: usize,
         rows: usize,
         n: usize,
-        act: &[f32],
+        x: &[f32],
         out: &mut [f32],
     ) {
         let groups = n.div_ceil(FMA_GROUP);
@@ -274,9 +275,9 @@ mod x86 {
                 let size = (n - j0).div_ceil(groups - g);
                 // SAFETY: vectors j0..j0 + size exist (j0 + size <= n), and so do outputs
                 // (r0 + i) * n + j0 + j for i < pass_rows, j < size.
-                let x = act.as_ptr().add(j0 * w.cols);
+                let xg = x.as_ptr().add(j0 * BLOCK);
                 let o = out.as_mut_ptr().add(r0 * n + j0);
-                let at = (w, first + r0, pass_rows, x, o, n);
+                let at = (w, first + r0, pass_rows, (xg, n * BLOCK), o, n);
                 match size {
                     1 => rows_n::<1, 4>(at),
                     2 => rows_n::<2, 4>(at),
@@ -293,13 +294,15 @@ mod x86 {
     }
 
     /// [`rows_n`]'s arguments: the weights, the first row (of the flattened `[E * R, C]`
-    /// matrix), the number of rows (1..=[`PASS_ROWS`]), the first activation vector (the
-    /// others `C` apart), the first output and the output row stride.
+    /// matrix), the number of rows (1..=[`PASS_ROWS`]), the first activation vector's
+    /// first block in the blocked copy ([`blocked`]; the vectors 128 values apart) with
+    /// the stride from one column block to the next, the first output and the output row
+    /// stride.
     type RowsAt<'a, 'w> = (
         &'a Fp8Weights<'w>,
         usize,
         usize,
-        *const f32,
+        (*const f32, usize),
         *mut f32,
         usize,
     );
@@ -315,7 +318,7 @@ mod x86 {
     /// As [`rows_times`]: the rows, their scales, the `N` vectors and the outputs exist.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     unsafe fn rows_n<const N: usize, const P: usize>(
-        (w, first, rows, x, out, stride): RowsAt<'_, '_>,
+        (w, first, rows, (x, block_stride), out, stride): RowsAt<'_, '_>,
     ) {
         let k = w.cols;
         let whole = k / BLOCK;
@@ -346,9 +349,9 @@ mod x86 {
                     // The f16 images are 2^-8 times the e4m3 values: times 2^8 (exact) and
                     // the block scale, one rounding, as `e4m3 * scale` in f32.
                     let scale = _mm512_set1_ps(256.0 * *scales.add(b));
-                    let at = (codes.add(c), x.add(c), k, scale);
-                    // SAFETY: codes c..c + live of this row and activations j * k + c ..
-                    // + live exist (live = the block's width).
+                    let at = (codes.add(c), x.add(b * block_stride), scale);
+                    // SAFETY: codes c..c + live of this row exist (live = the block's
+                    // width), and so do the group's N padded blocks b of activations.
                     if b < whole {
                         block::<N, P, true>(at, BLOCK, &mut seen[i], &mut part);
                     } else {
@@ -374,17 +377,16 @@ mod x86 {
 
     /// Accumulates into `part` the products of `live` (1..=128; 128 when `FULL`) codes at
     /// `codes`, decoded and multiplied by `scale` (2^8 times the block scale, broadcast),
-    /// with the `N` activation vectors at `x + j * k`: `P` (1, 2 or 4) independent
+    /// with the `N` padded activation blocks at `x + j * 128`: `P` (1, 2 or 4) independent
     /// partial sums of 16 lanes per vector, the 64-code chunk's four quarters taking them
     /// in turn. Folds the codes' low 7 bits into `seen` (a byte-wise maximum).
     ///
     /// # Safety
-    /// AVX-512F/BW must be available; `codes[..live]` and `x[j * k..j * k + live]` for
-    /// `j < N` must be readable (masked lanes beyond `live` are neither read nor faulted
-    /// on).
+    /// AVX-512F/BW must be available; `codes[..live]` (masked codes beyond `live` are
+    /// neither read nor faulted on) and `x[..N * 128]` must be readable.
     #[inline(always)]
     unsafe fn block<const N: usize, const P: usize, const FULL: bool>(
-        (codes, x, k, scale): (*const u8, *const f32, usize, __m512),
+        (codes, x, scale): (*const u8, *const f32, __m512),
         live: usize,
         seen: &mut __m512i,
         part: &mut [[__m512; P]; N],
@@ -404,21 +406,10 @@ mod x86 {
             *seen = _mm512_max_epu8(*seen, _mm512_and_si512(v, low7));
             let q = decode(v).map(|wq| _mm512_mul_ps(wq, scale));
             for (j, p) in part.iter_mut().enumerate() {
-                // `at < live`: inside vector j.
-                let xj = x.add(j * k + at);
+                // Padded with zeros past `live`, which meet zero codes.
+                let xj = x.add(j * BLOCK + at);
                 for (i, wq) in q.into_iter().enumerate() {
-                    let xv = if FULL {
-                        _mm512_loadu_ps(xj.add(16 * i))
-                    } else {
-                        // Past `live` the address may lie beyond the activations (the last
-                        // vector's end): computed with `wrapping_add` (no in-bounds claim),
-                        // and no lane of it is read (mask 0).
-                        let n = live.saturating_sub(at + 16 * i).min(16);
-                        _mm512_maskz_loadu_ps(
-                            ((1u32 << n) - 1) as __mmask16,
-                            xj.wrapping_add(16 * i),
-                        )
-                    };
+                    let xv = _mm512_load_ps(xj.add(16 * i));
                     p[i % P] = _mm512_fmadd_ps(wq, xv, p[i % P]);
                 }
             }
