@@ -133,16 +133,26 @@ impl<'a> Weights<'a> {
     }
 }
 
-impl Fp8Weights<'_> {
+impl<'a> Fp8Weights<'a> {
+    /// Row `row` of the flattened [E * R, C] matrix: its C codes and the scales of its
+    /// column blocks (ceil(C / 128), from its expert's row block). A row the weights do not
+    /// hold panics: callers check their rows first.
+    #[inline(always)]
+    pub fn row(&self, row: usize) -> (&'a [u8], &'a [f32]) {
+        let (e, r) = (row / self.rows, row % self.rows);
+        let col_blocks = self.cols.div_ceil(BLOCK);
+        let scale_row = e * self.rows.div_ceil(BLOCK) + r / BLOCK;
+        (
+            &self.codes[row * self.cols..][..self.cols],
+            &self.scales[scale_row * col_blocks..][..col_blocks],
+        )
+    }
+
     /// Dequantizes row `row` (of the flattened [E * R, C] matrix) into `dst` (C long): each
     /// 128-column block times its scale.
     #[inline(always)]
     pub fn read_row(&self, row: usize, dst: &mut [f32]) {
-        let (e, r) = (row / self.rows, row % self.rows);
-        let col_blocks = self.cols.div_ceil(BLOCK);
-        let row_blocks = self.rows.div_ceil(BLOCK);
-        let scales = &self.scales[(e * row_blocks + r / BLOCK) * col_blocks..][..col_blocks];
-        let codes = &self.codes[row * self.cols..][..self.cols];
+        let (codes, scales) = self.row(row);
         for ((d, c), &s) in dst.chunks_mut(BLOCK).zip(codes.chunks(BLOCK)).zip(scales) {
             for (v, &code) in d.iter_mut().zip(c) {
                 *v = E4M3_VALUES[code as usize] * s;

@@ -282,16 +282,10 @@ unsafe fn rows_n<const N: usize, const A: usize>(
     let k = w.cols;
     let whole = k / BLOCK;
     let col_blocks = k.div_ceil(BLOCK);
-    let row_blocks = w.rows.div_ceil(BLOCK);
     let tables = Tables::load();
     for r in 0..rows {
-        let row = first + r;
-        let (e, er) = (row / w.rows, row % w.rows);
-        let scales = w
-            .scales
-            .as_ptr()
-            .add((e * row_blocks + er / BLOCK) * col_blocks);
-        let codes = w.codes.as_ptr().add(row * k);
+        let (codes, scales) = w.row(first + r);
+        let (codes, scales) = (codes.as_ptr(), scales.as_ptr());
         let mut total = [_mm512_setzero_ps(); N];
         for b in 0..col_blocks {
             let c = b * BLOCK;
@@ -397,15 +391,9 @@ unsafe fn grid<const R: usize, const J: usize>(
     let k = w.cols;
     let whole = k / BLOCK;
     let col_blocks = k.div_ceil(BLOCK);
-    let row_blocks = w.rows.div_ceil(BLOCK);
     let tables = Tables::load();
-    let codes: [*const u8; R] = std::array::from_fn(|i| w.codes.as_ptr().add((row + i) * k));
-    let scales: [*const f32; R] = std::array::from_fn(|i| {
-        let (e, er) = ((row + i) / w.rows, (row + i) % w.rows);
-        w.scales
-            .as_ptr()
-            .add((e * row_blocks + er / BLOCK) * col_blocks)
-    });
+    let codes: [*const u8; R] = std::array::from_fn(|i| w.row(row + i).0.as_ptr());
+    let scales: [*const f32; R] = std::array::from_fn(|i| w.row(row + i).1.as_ptr());
     let mut total = [[_mm512_setzero_ps(); J]; R];
     for b in 0..col_blocks {
         let c = b * BLOCK;

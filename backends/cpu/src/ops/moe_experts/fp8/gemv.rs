@@ -323,19 +323,13 @@ mod x86 {
         let k = w.cols;
         let whole = k / BLOCK;
         let col_blocks = k.div_ceil(BLOCK);
-        let row_blocks = w.rows.div_ceil(BLOCK);
         let mut total = [[_mm512_setzero_ps(); N]; PASS_ROWS];
         // Per row, the largest low-7-bit pattern seen, per byte lane: 0x7F means a NaN code.
         let mut seen = [_mm512_setzero_si512(); PASS_ROWS];
         for b0 in (0..col_blocks).step_by(PASS_BLOCKS) {
             for i in 0..rows {
-                let row = first + i;
-                let (e, er) = (row / w.rows, row % w.rows);
-                let scales = w
-                    .scales
-                    .as_ptr()
-                    .add((e * row_blocks + er / BLOCK) * col_blocks);
-                let codes = w.codes.as_ptr().add(row * k);
+                let (codes, scales) = w.row(first + i);
+                let (codes, scales) = (codes.as_ptr(), scales.as_ptr());
                 // The same columns of the row [`PASS_ROWS`] further on (the next call's)
                 // into L2: the column-wise passes defeat the hardware prefetcher. A hint,
                 // never a fault, past the last row too.
