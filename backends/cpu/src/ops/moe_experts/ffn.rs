@@ -303,7 +303,8 @@ fn skinny(n: usize) -> bool {
 /// FP8 weight rows `first..first + rows` times every token of `act` into `out`
 /// (`[rows, n]`) with the codes decoded in registers ([`fp8::gemv::rows_times_many`]);
 /// false (the caller dequantizes a tile and takes [`matmul_nt_packed`]) for other
-/// weights, or where that path declines (no AVX-512).
+/// weights, or where that path declines (no AVX-512, more tokens than
+/// [`fp8::gemv::FMA_MAX_VECTORS`] off the bf16 dot, no memory for its copy).
 fn fp8_many(w: Weights<'_>, first: usize, rows: usize, act: &[f32], out: &mut [f32]) -> bool {
     matches!(w, Weights::Fp8(f) if fp8::gemv::rows_times_many(&f, first, rows, act, out))
 }

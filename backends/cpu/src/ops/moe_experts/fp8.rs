@@ -16,9 +16,9 @@ use moemla_core::fp8::{quantize_activation_row, ScaleMode, BLOCK, E4M3_VALUES};
 use moemla_core::{DType, DeviceTensor, Error, Result};
 use rayon::prelude::*;
 
-/// Whether FP8 weights meet activations on the native bf16 dot on this CPU: the fastest
-/// path of [`gemv`] (AVX512-BF16 with VBMI), which decode-time experts take when their
-/// activations are bf16 values.
+/// Whether FP8 weights can meet activations on the native bf16 dot on this CPU
+/// (AVX512-BF16 with VBMI): decode-time experts take it when their activations are bf16
+/// values, prefill ones where it also outpaces the f32 FMA ([`gemv`]).
 pub(crate) fn bf16_dot() -> bool {
     #[cfg(target_arch = "x86_64")]
     {

@@ -1,21 +1,23 @@
-//! FP8 weight rows times a few activation vectors (decode-time experts), with the e4m3
-//! codes decoded in registers: no dequantized row is ever stored, not even in L1. Each
-//! 128-column block's partial sums are scaled once (DeepGEMM's scheme). Paths, fastest
-//! first, each chosen at run time:
+//! FP8 weight rows times activation vectors (decode-time experts, and prefill experts
+//! with up to a few dozen tokens), with the e4m3 codes decoded in registers: no
+//! dequantized row is ever stored, not even in L1. Paths, each chosen at run time:
 //!
 //! - AVX512-BF16 + VBMI ([`super::dpbf16`]): codes to bf16 by table lookup, `VDPBF16PS`
-//!   against activations that are bf16 values or `fp8_block128`-quantized (others decline).
+//!   against activations that are bf16 values or `fp8_block128`-quantized (others
+//!   decline); each 128-column block's partial sums scaled once (DeepGEMM's scheme).
 //! - AVX-512 F/BW/VL: each 64 codes sign-extended to 16 bits, shifted and masked into the
 //!   f16 with the same sign, exponent field and mantissa (`(sx(b) << 7) & 0xBF80`: the
-//!   e4m3 value times 2^-8, exact, subnormals included), widened to f32 by `VCVTPH2PS`,
-//!   f32 FMAs, each decoded row chunk against up to [`FMA_GROUP`] vectors; each block's
-//!   sum is scaled by 2^8 (exact) and its block scale. The NaN codes (0x7F, 0xFF) are
-//!   tracked per row and make that row's results NaN, as a dequantized NaN weight would.
+//!   e4m3 value times 2^-8, exact, subnormals included), widened to f32 by `VCVTPH2PS`
+//!   and multiplied by 2^8 times the block scale (the dequantized value, one rounding),
+//!   then f32 FMAs, each decoded row chunk against up to [`FMA_GROUP`] vectors. The NaN
+//!   codes (0x7F, 0xFF) are tracked per row and make that row's results NaN, as a
+//!   dequantized NaN weight would.
 //!
 //! Decode ([`rows_times`], memory-bound) takes the native bf16 dot wherever it exists;
 //! prefill ([`rows_times_many`], bound by compute) only where it outpaces the f32 FMA
-//! ([`crate::bf16dot::outpaces_fma`]: AMD Zen 4/5 yes, Intel's AVX512-BF16 cores no).
-//! Elsewhere both decline and the caller dequantizes row by row (portable).
+//! ([`crate::bf16dot::outpaces_fma`]: AMD Zen 4/5 yes, Intel's AVX512-BF16 cores no),
+//! else the FMA path up to [`FMA_MAX_VECTORS`] tokens. Where both decline, the caller
+//! dequantizes: row by row for decode, tiles for a GEMM at prefill.
 
 use super::Fp8Weights;
 use crate::storage::row_range;
@@ -28,11 +30,19 @@ pub const MAX_VECTORS: usize = 4;
 /// of 2 partial sums each plus the chunk's 4 decoded vectors stay in the 32 registers.
 pub const FMA_GROUP: usize = 8;
 
+/// Up to this many activation vectors the f32 FMA path beats dequantized tiles on the
+/// packed GEMM at prefill: its decode is repeated per group of [`FMA_GROUP`], so its rate
+/// stays flat while the GEMM's grows with the vectors. Measured on one Xeon core (144 x
+/// 7168 codes in L2, GFLOP/s, FMA path vs dequantized rows + packed GEMM): 32 vectors
+/// 79 vs 70, 40: 78 vs 64, 48: 76 vs 76, 56: 75 vs 77, 64: 69 vs 87, 128: 61 vs 98.
+pub const FMA_MAX_VECTORS: usize = 48;
+
 /// `out[r * n + c] = W[first + r] . act[c]` for `rows` rows of the flattened `[E * R, C]`
 /// FP8 matrix (`C` = `w.cols` columns) and `n` = `act.len() / C` (1..=[`MAX_VECTORS`])
 /// f32 activation vectors; `out` is `[rows, n]`. Returns false (nothing written) where
-/// the CPU has no AVX-512 or the arguments do not make whole rows and vectors; the caller
-/// then takes its portable path.
+/// the CPU has no AVX-512, the FMA path cannot have the memory for its copy of the
+/// activations, or the arguments do not make whole rows and vectors; the caller then
+/// takes its portable path.
 pub fn rows_times(
     w: &Fp8Weights<'_>,
     first: usize,
@@ -55,9 +65,10 @@ pub fn rows_times(
 /// [`rows_times`] for any number of activation vectors (`n` >= 1; the prefill path), on
 /// the paths for work bound by compute ([`compute_paths`]): the native bf16 dot
 /// ([`super::dpbf16::rows_times_many`]) only where it outpaces the f32 FMA, else the f32
-/// FMA path in groups of up to [`FMA_GROUP`] vectors. Returns false (nothing written)
-/// where the CPU has neither path (or only a bf16 dot that declines the activations), or
-/// the arguments do not fit; the caller then takes its general path.
+/// FMA path in groups of up to [`FMA_GROUP`] vectors, for up to [`FMA_MAX_VECTORS`].
+/// Returns false (nothing written) where no path takes them (no AVX-512, more vectors
+/// than that, no memory for the FMA path's copy, activations the bf16 dot declines) or
+/// the arguments do not fit; the caller then dequantizes tiles for its GEMM.
 pub fn rows_times_many(
     w: &Fp8Weights<'_>,
     first: usize,
@@ -68,7 +79,7 @@ pub fn rows_times_many(
     let Some(n) = fits(w, first, rows, act, out) else {
         return false;
     };
-    compute_paths()
+    compute_paths(n)
         .into_iter()
         .flatten()
         // SAFETY: as in `rows_times`.
@@ -119,13 +130,16 @@ fn available_paths() -> [Option<Path>; 2] {
     [None, None]
 }
 
-/// The paths for work bound by compute, fastest first: [`available_paths`] without the
-/// native bf16 dot where it does not outpace the f32 FMA
+/// The paths for `n` vectors of work bound by compute, fastest first: [`available_paths`]
+/// without the native bf16 dot where it does not outpace the f32 FMA
 /// ([`crate::bf16dot::outpaces_fma`]; Intel's AVX512-BF16 cores run it at half the FMA's
-/// FLOP rate).
-fn compute_paths() -> [Option<Path>; 2] {
+/// FLOP rate), and without the FMA path past [`FMA_MAX_VECTORS`].
+fn compute_paths(n: usize) -> [Option<Path>; 2] {
     let [dot, fma] = available_paths();
-    [dot.filter(|_| crate::bf16dot::outpaces_fma()), fma]
+    [
+        dot.filter(|_| crate::bf16dot::outpaces_fma()),
+        fma.filter(|_| n <= FMA_MAX_VECTORS),
+    ]
 }
 
 /// Runs `path` for `n` (>= 1) vectors; false when it declines the activations (nothing
@@ -194,10 +208,13 @@ mod x86 {
     /// (misaligned, the kernel ran at 57 instead of 77 GFLOP/s on one Xeon core: large
     /// buffers come 16 bytes past a page boundary from the allocator), needs no mask, and
     /// sits at a constant offset from one pointer (with one pointer per vector the kernel
-    /// ran out of registers). Costs a copy of the activations per call, a few percent of
-    /// a tile's work.
+    /// ran out of registers). Costs filling the buffer and copying the activations per
+    /// call, a few percent of a tile's work.
     fn blocked<R>(act: &[f32], k: usize, n: usize, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
-        let len = k.div_ceil(BLOCK).checked_mul(BLOCK * n)?.checked_add(15)?;
+        let len = k
+            .div_ceil(BLOCK)
+            .checked_mul(BLOCK.checked_mul(n)?)?
+            .checked_add(15)?;
         let mut buf = BLOCKED.take();
         buf.clear();
         let result = buf.try_reserve(len).is_ok().then(|| {
@@ -309,7 +326,8 @@ mod x86 {
 
     /// `rows` rows times `N` activation vectors into `out + i * stride + j`, in passes of
     /// [`PASS_BLOCKS`] 128-column blocks (every row meets the pass's activations while
-    /// they are in L1): whole blocks unmasked, a partial last block masked. Each decoded
+    /// they are in L1): whole blocks' codes unmasked, a partial last block's masked (its
+    /// activations zero-padded). Each decoded
     /// weight is multiplied by its block scale first (the dequantized value the contract
     /// defines, `e4m3 * scale` rounded to f32), so the `P` partial sums per vector run
     /// through the whole pass and are added into the row's totals once per pass.
@@ -545,6 +563,17 @@ mod tests {
         }
     }
 
+    /// How many of the tests' three kinds of activations `path` takes: the bf16 dot
+    /// declines plain f32 ones.
+    fn kinds_taken(path: Path) -> usize {
+        match path {
+            #[cfg(target_arch = "x86_64")]
+            Path::Bf16Dot => 2,
+            #[cfg(target_arch = "x86_64")]
+            Path::F32Fma => 3,
+        }
+    }
+
     #[test]
     fn fused_rows_match_the_dequantized_dot_products_with_partial_blocks_and_nan_codes() {
         let ((_, r, c), codes, scales) = test_weights();
@@ -576,11 +605,11 @@ mod tests {
                 }
             }
         }
-        // Every available path ran: 3 x 4 calls for the f32 path, 2 x 4 for the bf16 one.
+        // Every available path ran: 4 counts of each kind it takes.
         let want: usize = available_paths()
             .into_iter()
             .flatten()
-            .map(|p| if format!("{p:?}") == "Bf16Dot" { 8 } else { 12 })
+            .map(|p| 4 * kinds_taken(p))
             .sum();
         assert_eq!(ran, want);
     }
@@ -588,8 +617,8 @@ mod tests {
     #[test]
     fn many_vectors_match_the_dequantized_dot_products_on_every_path_at_odd_shapes() {
         // C 1100: the f32 FMA path's column passes of 512 (two whole, one partial with a
-        // partial block); n 1..=17: one, two and three groups (the bf16 dot's groups of 6
-        // and the FMA's of 8; 17 = 6 + 6 + 5); an odd row count (the last row alone for
+        // partial block); n from 1 to 17: one, two and three groups (the bf16 dot's groups
+        // of 6 and the FMA's of 8; 7 = 4 + 3, 17 = 6 + 6 + 5); an odd row count (the last row alone for
         // the bf16 dot's pairs, a partial last pass of 16 rows for the FMA path) crossing
         // the expert boundary (rows 129 and 130).
         let ((_, r, c), codes, scales) = test_weights_of(1100);
@@ -603,10 +632,10 @@ mod tests {
         let mut ran = 0;
         for path in available_paths().into_iter().flatten() {
             for kind in ["bf16", "quantized", "f32"] {
-                for n in [1, 5, 8, 9, 12, 13, 16, 17] {
+                for n in [1, 2, 5, 7, 8, 9, 12, 13, 16, 17] {
                     let act = test_act(kind, n, c);
-                    // At a 64-byte boundary (read in place) and 4 bytes past one (the FMA
-                    // path copies it first).
+                    // At a 64-byte boundary and 4 bytes past one (the bf16 dot's loads
+                    // are unaligned; the FMA path's copy must not depend on it).
                     let mut store = vec![0.0f32; act.len() + 17];
                     let at = (64 - store.as_ptr() as usize % 64) % 64 / 4;
                     for skip in [at, at + 1] {
@@ -628,18 +657,11 @@ mod tests {
                 }
             }
         }
-        // Every available path ran: 3 kinds x 8 counts x 2 placements for the f32 path,
-        // 2 x 8 x 2 for the bf16 one.
+        // Every available path ran: 10 counts x 2 placements of each kind it takes.
         let want: usize = available_paths()
             .into_iter()
             .flatten()
-            .map(|p| {
-                if format!("{p:?}") == "Bf16Dot" {
-                    32
-                } else {
-                    48
-                }
-            })
+            .map(|p| 20 * kinds_taken(p))
             .sum();
         assert_eq!(ran, want);
         // Through the entry point: the paths for compute-bound work, whichever they are
@@ -649,7 +671,24 @@ mod tests {
         if rows_times_many(&w, first, rows, &act, &mut out) {
             check_out(&w, first, &act, &out, "rows_times_many");
         } else {
-            assert_eq!(compute_paths(), [None, None]);
+            assert_eq!(compute_paths(9), [None, None]);
+        }
+        // Past FMA_MAX_VECTORS only the bf16 dot takes them, where it outpaces the FMA.
+        let n = FMA_MAX_VECTORS + 1;
+        let act = test_act("quantized", n, c);
+        let mut out = vec![0.0; rows * n];
+        let took = rows_times_many(&w, first, rows, &act, &mut out);
+        assert_eq!(took, compute_paths(n)[0].is_some());
+        if took {
+            check_out(
+                &w,
+                first,
+                &act,
+                &out,
+                "rows_times_many past the FMA path's limit",
+            );
+        } else {
+            assert!(out.iter().all(|&v| v == 0.0), "nothing written");
         }
         // Arguments that do not fit: declined untouched.
         let mut out = vec![7.0; 2 * 5];
