@@ -164,8 +164,8 @@ struct Shared {
 /// with FP8 `w2` on a CPU where FP8 weights can meet activations on the native bf16 dot
 /// (`fp8_bf16_dot`: [`fp8::bf16_dot`]), as the bf16 weights' path keeps them in bf16
 /// (`ffn::down`); the FP8 codes are exact bf16 values. Decided by the CPU, not by the
-/// path a call takes (prefill on Intel takes the f32 FMA), so that a token's result does
-/// not depend on its batch.
+/// path a call takes (prefill on Intel takes the f32 FMA or dequantized tiles), so that
+/// whether a token's activations are rounded does not depend on its batch.
 fn rounds_before_fp8_down(x: FloatSlice<'_>, w2: Weights<'_>, fp8_bf16_dot: bool) -> bool {
     fp8_bf16_dot && matches!((x, w2), (FloatSlice::BF16(_), Weights::Fp8(_)))
 }

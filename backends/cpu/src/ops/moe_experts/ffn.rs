@@ -7,7 +7,8 @@
 //! native dot, an expert with only a few tokens (decode) takes the matrix-vector path of
 //! [`gemv`] instead. FP8 weights meet more tokens with their codes decoded in registers
 //! ([`fp8::gemv::rows_times_many`]: on the native bf16 dot where it outpaces the f32 FMA,
-//! else on f32 FMAs, with AVX-512), else dequantized tiles.
+//! else on f32 FMAs up to [`fp8::gemv::FMA_MAX_VECTORS`] tokens, with AVX-512), else
+//! dequantized tiles.
 //!
 //! Activations are kept transposed per expert (`[rows_out, n_e]`, expert after expert),
 //! so every tile writes one contiguous chunk.

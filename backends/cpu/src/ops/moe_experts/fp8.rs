@@ -18,7 +18,8 @@ use rayon::prelude::*;
 
 /// Whether FP8 weights can meet activations on the native bf16 dot on this CPU
 /// (AVX512-BF16 with VBMI): decode-time experts take it when their activations are bf16
-/// values, prefill ones where it also outpaces the f32 FMA ([`gemv`]).
+/// values or `fp8_block128`-quantized, prefill ones where it also outpaces the f32 FMA
+/// ([`gemv`]).
 pub(crate) fn bf16_dot() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -135,8 +136,8 @@ impl<'a> Weights<'a> {
 
 impl<'a> Fp8Weights<'a> {
     /// Row `row` of the flattened [E * R, C] matrix: its C codes and the scales of its
-    /// column blocks (ceil(C / 128), from its expert's row block). A row the weights do not
-    /// hold panics: callers check their rows first.
+    /// column blocks (ceil(C / 128), from its expert's row block). A row past the codes
+    /// or the scales panics: callers check their rows first.
     #[inline(always)]
     pub fn row(&self, row: usize) -> (&'a [u8], &'a [f32]) {
         let (e, r) = (row / self.rows, row % self.rows);

@@ -392,8 +392,9 @@ unsafe fn grid<const R: usize, const J: usize>(
     let whole = k / BLOCK;
     let col_blocks = k.div_ceil(BLOCK);
     let tables = Tables::load();
-    let codes: [*const u8; R] = std::array::from_fn(|i| w.row(row + i).0.as_ptr());
-    let scales: [*const f32; R] = std::array::from_fn(|i| w.row(row + i).1.as_ptr());
+    let stored: [(&[u8], &[f32]); R] = std::array::from_fn(|i| w.row(row + i));
+    let codes = stored.map(|(c, _)| c.as_ptr());
+    let scales = stored.map(|(_, s)| s.as_ptr());
     let mut total = [[_mm512_setzero_ps(); J]; R];
     for b in 0..col_blocks {
         let c = b * BLOCK;

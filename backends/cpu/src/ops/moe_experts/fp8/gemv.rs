@@ -1,6 +1,7 @@
-//! FP8 weight rows times activation vectors (decode-time experts, and prefill experts
-//! with up to a few dozen tokens), with the e4m3 codes decoded in registers: no
-//! dequantized row is ever stored, not even in L1. Paths, each chosen at run time:
+//! FP8 weight rows times activation vectors (decode-time experts, and prefill experts:
+//! any number of tokens on the native bf16 dot, up to [`FMA_MAX_VECTORS`] on f32 FMAs),
+//! with the e4m3 codes decoded in registers: no dequantized row is ever stored, not even
+//! in L1. Paths, each chosen at run time:
 //!
 //! - AVX512-BF16 + VBMI ([`super::dpbf16`]): codes to bf16 by table lookup, `VDPBF16PS`
 //!   against activations that are bf16 values or `fp8_block128`-quantized (others
@@ -32,7 +33,7 @@ pub const FMA_GROUP: usize = 8;
 
 /// Up to this many activation vectors the f32 FMA path beats dequantized tiles on the
 /// packed GEMM at prefill: its decode is repeated per group of [`FMA_GROUP`], so its rate
-/// stays flat while the GEMM's grows with the vectors. Measured on one Xeon core (144 x
+/// falls slowly while the GEMM's grows with the vectors. Measured on one Xeon core (144 x
 /// 7168 codes in L2, GFLOP/s, FMA path vs dequantized rows + packed GEMM): 32 vectors
 /// 79 vs 70, 40: 78 vs 64, 48: 76 vs 76, 56: 75 vs 77, 64: 69 vs 87, 128: 61 vs 98.
 pub const FMA_MAX_VECTORS: usize = 48;
@@ -67,7 +68,8 @@ pub fn rows_times(
 /// ([`super::dpbf16::rows_times_many`]) only where it outpaces the f32 FMA, else the f32
 /// FMA path in groups of up to [`FMA_GROUP`] vectors, for up to [`FMA_MAX_VECTORS`].
 /// Returns false (nothing written) where no path takes them (no AVX-512, more vectors
-/// than that, no memory for the FMA path's copy, activations the bf16 dot declines) or
+/// than that off the bf16 dot, no memory for the FMA path's copy, activations the bf16
+/// dot declines) or
 /// the arguments do not fit; the caller then dequantizes tiles for its GEMM.
 pub fn rows_times_many(
     w: &Fp8Weights<'_>,
@@ -105,7 +107,8 @@ fn fits(w: &Fp8Weights<'_>, first: usize, rows: usize, act: &[f32], out: &[f32])
 /// An in-register decode path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Path {
-    /// AVX512-BF16 + VBMI ([`super::dpbf16`]): bf16-valued activations only.
+    /// AVX512-BF16 + VBMI ([`super::dpbf16`]): activations that are bf16 values or
+    /// `fp8_block128`-quantized only.
     #[cfg(target_arch = "x86_64")]
     Bf16Dot,
     /// AVX-512 F/BW/VL: codes to f16 to f32, f32 FMAs.
@@ -327,9 +330,9 @@ mod x86 {
     /// `rows` rows times `N` activation vectors into `out + i * stride + j`, in passes of
     /// [`PASS_BLOCKS`] 128-column blocks (every row meets the pass's activations while
     /// they are in L1): whole blocks' codes unmasked, a partial last block's masked (its
-    /// activations zero-padded). Each decoded
-    /// weight is multiplied by its block scale first (the dequantized value the contract
-    /// defines, `e4m3 * scale` rounded to f32), so the `P` partial sums per vector run
+    /// activations zero-padded). Each decoded weight is multiplied by its block scale
+    /// first (the dequantized value the contract defines, `e4m3 * scale` rounded to
+    /// f32), so the `P` partial sums per vector run
     /// through the whole pass and are added into the row's totals once per pass.
     ///
     /// # Safety
@@ -618,9 +621,9 @@ mod tests {
     fn many_vectors_match_the_dequantized_dot_products_on_every_path_at_odd_shapes() {
         // C 1100: the f32 FMA path's column passes of 512 (two whole, one partial with a
         // partial block); n from 1 to 17: one, two and three groups (the bf16 dot's groups
-        // of 6 and the FMA's of 8; 7 = 4 + 3, 17 = 6 + 6 + 5); an odd row count (the last row alone for
-        // the bf16 dot's pairs, a partial last pass of 16 rows for the FMA path) crossing
-        // the expert boundary (rows 129 and 130).
+        // of 6 and the FMA's of 8; 7 = 4 + 3, 17 = 6 + 6 + 5); an odd row count (the last
+        // row alone for the bf16 dot's pairs, a partial last pass of 16 rows for the FMA
+        // path) crossing the expert boundary (rows 129 and 130).
         let ((_, r, c), codes, scales) = test_weights_of(1100);
         let w = Fp8Weights {
             codes: &codes,
@@ -673,22 +676,23 @@ mod tests {
         } else {
             assert_eq!(compute_paths(9), [None, None]);
         }
-        // Past FMA_MAX_VECTORS only the bf16 dot takes them, where it outpaces the FMA.
-        let n = FMA_MAX_VECTORS + 1;
-        let act = test_act("quantized", n, c);
-        let mut out = vec![0.0; rows * n];
-        let took = rows_times_many(&w, first, rows, &act, &mut out);
-        assert_eq!(took, compute_paths(n)[0].is_some());
-        if took {
-            check_out(
-                &w,
-                first,
-                &act,
-                &out,
-                "rows_times_many past the FMA path's limit",
-            );
-        } else {
-            assert!(out.iter().all(|&v| v == 0.0), "nothing written");
+        // Up to FMA_MAX_VECTORS the FMA path takes them where the bf16 dot does not;
+        // past it only the bf16 dot, where it outpaces the FMA.
+        for n in [FMA_MAX_VECTORS, FMA_MAX_VECTORS + 1] {
+            let act = test_act("quantized", n, c);
+            let mut out = vec![0.0; rows * n];
+            let took = rows_times_many(&w, first, rows, &act, &mut out);
+            assert_eq!(took, compute_paths(n).iter().any(Option::is_some), "n {n}");
+            if took {
+                check_out(&w, first, &act, &out, &format!("rows_times_many n {n}"));
+            } else {
+                assert!(out.iter().all(|&v| v == 0.0), "nothing written");
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        if available_paths()[1].is_some() {
+            assert!(compute_paths(FMA_MAX_VECTORS)[1].is_some());
+            assert!(compute_paths(FMA_MAX_VECTORS + 1)[1].is_none());
         }
         // Arguments that do not fit: declined untouched.
         let mut out = vec![7.0; 2 * 5];
