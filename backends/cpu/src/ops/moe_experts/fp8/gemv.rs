@@ -69,8 +69,8 @@ pub fn rows_times(
 /// FMA path in groups of up to [`FMA_GROUP`] vectors, for up to [`FMA_MAX_VECTORS`].
 /// Returns false (nothing written) where no path takes them (no AVX-512, more vectors
 /// than that off the bf16 dot, no memory for the FMA path's copy, activations the bf16
-/// dot declines) or
-/// the arguments do not fit; the caller then dequantizes tiles for its GEMM.
+/// dot declines) or the arguments do not fit; the caller then dequantizes tiles for its
+/// GEMM.
 pub fn rows_times_many(
     w: &Fp8Weights<'_>,
     first: usize,
@@ -332,8 +332,8 @@ mod x86 {
     /// they are in L1): whole blocks' codes unmasked, a partial last block's masked (its
     /// activations zero-padded). Each decoded weight is multiplied by its block scale
     /// first (the dequantized value the contract defines, `e4m3 * scale` rounded to
-    /// f32), so the `P` partial sums per vector run
-    /// through the whole pass and are added into the row's totals once per pass.
+    /// f32), so the `P` partial sums per vector run through the whole pass and are added
+    /// into the row's totals once per pass.
     ///
     /// # Safety
     /// As [`rows_times`]: the rows, their scales, the `N` vectors and the outputs exist.
