@@ -3,9 +3,9 @@
 //! `S = Q K^T` ([M, Dqk] x [Dqk, C]) and `acc += P V` ([M, C] x [C, Dv]).
 //!
 //! Each chunk of K/V rows is gathered from the cache (through a block table, or an index
-//! list for sparse attention). Bf16 query values on a CPU with the native bf16 dot (and,
-//! past [`DOT_ROWS_ANYWAY`] query rows, where it outpaces the f32 FMA) take both products
-//! there ([`crate::bf16attn`]): K rows of a BF16 cache read in place (FP8 rows once
+//! list for sparse attention). Bf16 query values on a CPU whose native bf16 dot outpaces
+//! its f32 FMA ([`bf16dot::outpaces_fma`]) take both products there
+//! ([`crate::bf16attn`]): K rows of a BF16 cache read in place (FP8 rows once
 //! dequantized, when their values are bf16 values), V packed once per chunk,
 //! `P` rounded to bf16 as FlashMLA does. Otherwise the rows are f32 (an F32 cache read in
 //! place, others upcast or FP8-dequantized once, shared by all M rows), on AVX-512F
@@ -102,20 +102,16 @@ pub fn attend(
     scale: f32,
     scratch: &mut Scratch,
 ) -> Result<Partial> {
+    // The native dot only where it outpaces the FMA, however few the query rows: on an
+    // Intel Xeon (the dot at half the FMA's rate) the f32 kernels won at h_q 16 too, by
+    // 2-6% on a BF16 cache and 18-21% on an FP8 one, whose rows are dequantized either
+    // way (`moemla bench --backend cpu --op mla_decode --dtype bf16 --filter "h_q=16"`).
     let kernels = Kernels {
-        bf16: bf16dot::native() && (limits.len() <= DOT_ROWS_ANYWAY || bf16dot::outpaces_fma()),
+        bf16: bf16dot::outpaces_fma(),
         f32: f32attn::native(),
     };
     attend_with(kernels, (q, limits), cache, g, span, scale, scratch)
 }
-
-/// Query rows up to which [`attend`] takes the native bf16 dot even on a CPU where it is
-/// slower than the f32 FMA ([`bf16dot::outpaces_fma`]): the f32 kernels upcast every K/V
-/// row once for all M rows, which few rows do not repay. Measured on an Intel Xeon with
-/// AVX512-BF16 (`moemla bench --backend cpu --dtype bf16 --op mla_decode`, b 4): M 16
-/// and 32 (h_q 16) as fast or faster on the dot (2.19 vs 2.55 ms at s_q 2, sk 1024),
-/// M 128 and 256 (h_q 128) 1.3x faster upcast (6.5 vs 8.8 ms at s_q 1, sk 1024).
-const DOT_ROWS_ANYWAY: usize = 32;
 
 /// Which kernels [`attend_with`] may use: the native bf16 dot, AVX-512F f32 (else the
 /// general GEMM). [`attend`] passes what the CPU has; tests also narrow it.

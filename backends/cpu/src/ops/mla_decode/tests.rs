@@ -252,8 +252,10 @@ fn fp8_cache_decode_matches_f64_reference_on_both_paths() {
         dequantize_ds_v32_row, quantize_ds_v32_row, DS_V32_DIM, DS_V32_LATENT, DS_V32_ROW_BYTES,
     };
     // BF16 queries; the rows' power-of-two scales make their values bf16 values (the
-    // bf16 dot where the CPU has it), except one row with a scale of 0.3 in its first
-    // tile, whose chunk (positions 128..256 of sequence 0) takes the f32 path.
+    // bf16 dot where it outpaces the FMA), except one row with a scale of 0.3 in its
+    // first tile, whose chunk (positions 128..256 of sequence 0) takes the f32 path.
+    // (Every kernel on such rows, whatever this CPU's speeds:
+    // `fp8_rows_on_every_kernel_choice_match_f64_reference`.)
     let c = deepseek(16, vec![257, 63]);
     let cpu = CpuBackend::new();
     let mut rng = Lcg::new(5);
@@ -316,14 +318,14 @@ fn fp8_cache_decode_matches_f64_reference_on_both_paths() {
         .collect();
     taken.sort();
     // Sequence 0 (slots = positions) in chunks of 128, 128 and 1, sequence 1 (from slot
-    // 12 * 64) in one of 63: the bf16 dot where the CPU has it, except the chunk holding
-    // slot 130, whose rows are not bf16 values: f32 products.
+    // 12 * 64) in one of 63: the bf16 dot where it outpaces the FMA on this CPU, except
+    // the chunk holding slot 130, whose rows are not bf16 values: f32 products.
     let f32_path = if crate::f32attn::native() {
         Taken::F32Kernels
     } else {
         Taken::Gemm
     };
-    let bf16_path = if crate::bf16dot::native() {
+    let bf16_path = if crate::bf16dot::outpaces_fma() {
         Taken::Bf16Dot
     } else {
         f32_path
@@ -405,35 +407,141 @@ fn every_kernel_choice_matches_f64_reference() {
             &mut scratch,
         )
         .unwrap();
-        for (r, &lim) in limits.iter().enumerate() {
-            let row = |p: usize| &cache32[slot(p) * d_qk..][..d_qk];
-            let logits: Vec<f64> = (0..lim)
-                .map(|p| {
-                    let dot: f64 = row(p)
-                        .iter()
-                        .zip(&q[r * d_qk..][..d_qk])
-                        .map(|(&a, &b)| a as f64 * b as f64)
-                        .sum();
-                    dot * scale as f64
-                })
-                .collect();
-            let m = logits.iter().cloned().fold(f64::MIN, f64::max);
-            let z: f64 = logits.iter().map(|l| (l - m).exp()).sum();
-            let lse = st.m[r] as f64 + (st.l[r] as f64).ln();
-            assert!(
-                (lse - (m + z.ln())).abs() <= 1e-5 * (1.0 + lse.abs()),
-                "{kernels:?} lse {r}"
-            );
-            for c in 0..d_v {
-                let want: f64 = (0..lim)
-                    .map(|p| (logits[p] - m).exp() / z * row(p)[c] as f64)
+        let row = |p: usize| &cache32[slot(p) * d_qk..][..d_qk];
+        let label = format!("{kernels:?}");
+        assert_matches_reference(&st, (&q, &limits), row, d_v, scale, (tol, &label));
+    }
+}
+
+/// Asserts that `st`, the partial state of query rows `q` (`limits[r]` positions each)
+/// over rows `row(p)` (`Dqk` wide, the first `d_v` columns the values), is the f64
+/// softmax attention's: lse to 1e-5, outputs to `tol` (relative, plus absolute `tol`).
+fn assert_matches_reference<'a>(
+    st: &super::attend::Partial,
+    (q, limits): (&[f32], &[usize]),
+    row: impl Fn(usize) -> &'a [f32],
+    d_v: usize,
+    scale: f32,
+    (tol, label): (f64, &str),
+) {
+    let d_qk = q.len() / limits.len();
+    for (r, &lim) in limits.iter().enumerate() {
+        let logits: Vec<f64> = (0..lim)
+            .map(|p| {
+                let dot: f64 = row(p)
+                    .iter()
+                    .zip(&q[r * d_qk..][..d_qk])
+                    .map(|(&a, &b)| a as f64 * b as f64)
                     .sum();
-                let got = (st.acc[r * d_v + c] / st.l[r]) as f64;
-                assert!(
-                    (got - want).abs() <= tol * (1.0 + want.abs()),
-                    "{kernels:?} o[{r},{c}]: {got} vs {want}"
-                );
-            }
+                dot * scale as f64
+            })
+            .collect();
+        let m = logits.iter().cloned().fold(f64::MIN, f64::max);
+        let z: f64 = logits.iter().map(|l| (l - m).exp()).sum();
+        let lse = st.m[r] as f64 + (st.l[r] as f64).ln();
+        assert!(
+            (lse - (m + z.ln())).abs() <= 1e-5 * (1.0 + lse.abs()),
+            "{label} lse {r}"
+        );
+        for c in 0..d_v {
+            let want: f64 = (0..lim)
+                .map(|p| (logits[p] - m).exp() / z * row(p)[c] as f64)
+                .sum();
+            let got = (st.acc[r * d_v + c] / st.l[r]) as f64;
+            assert!(
+                (got - want).abs() <= tol * (1.0 + want.abs()),
+                "{label} o[{r},{c}]: {got} vs {want}"
+            );
         }
+    }
+}
+
+#[test]
+fn fp8_rows_on_every_kernel_choice_match_f64_reference() {
+    use super::attend::{attend_with, Cache, Kernels, Scratch, Slots, Taken, TAKEN};
+    use crate::ops::kv_rows::KvRows;
+    use moemla_core::fp8::{
+        dequantize_ds_v32_row, quantize_ds_v32_row, DS_V32_DIM, DS_V32_LATENT, DS_V32_ROW_BYTES,
+    };
+    // 300 FP8 rows in 64-slot blocks (in reverse order), 5 bf16 query rows with limits
+    // past and short of a chunk (128). The rows' power-of-two scales make their values
+    // bf16 values, except position 130's first tile (scale 0.3): with the bf16 dot
+    // allowed, chunks 0 and 2 take it and chunk 1 the f32 products; without it, every
+    // chunk the f32 kernels or the general GEMM, whichever is allowed.
+    let (len, bs): (usize, usize) = (300, 64);
+    let limits = [300, 299, 129, 127, 1];
+    let blocks = len.div_ceil(bs);
+    let table: Vec<i32> = (0..blocks as i32).rev().collect();
+    let slot = |p: usize| table[p / bs] as usize * bs + p % bs;
+    let mut rng = Lcg::new(8);
+    let mut bytes = vec![0u8; blocks * bs * DS_V32_ROW_BYTES];
+    let mut deq = vec![0.0f32; blocks * bs * DS_V32_DIM];
+    for (at, (row, out)) in bytes
+        .chunks_exact_mut(DS_V32_ROW_BYTES)
+        .zip(deq.chunks_exact_mut(DS_V32_DIM))
+        .enumerate()
+    {
+        let kv: Vec<f32> = rng.vec(DS_V32_DIM, -1.0, 1.0);
+        let row: &mut [u8; DS_V32_ROW_BYTES] = row.try_into().unwrap();
+        quantize_ds_v32_row(kv.as_slice().try_into().unwrap(), row);
+        if at == slot(130) {
+            row[DS_V32_LATENT..DS_V32_LATENT + 4].copy_from_slice(&0.3f32.to_le_bytes());
+        }
+        dequantize_ds_v32_row(row, out.try_into().unwrap());
+    }
+    let q: Vec<f32> = rng
+        .vec(limits.len() * DS_V32_DIM, -1.0, 1.0)
+        .iter()
+        .map(|&x| half::bf16::from_f32(x).to_f32())
+        .collect();
+    let cache = Cache {
+        data: KvRows::Fp8(&bytes),
+        slots: Slots::Paged {
+            table: &table,
+            block_size: bs,
+        },
+        h_kv: 1,
+        d_qk: DS_V32_DIM,
+        d_v: DS_V32_LATENT,
+    };
+    let (dot, f32) = (crate::bf16dot::native(), crate::f32attn::native());
+    let products = |f32| if f32 { Taken::F32Kernels } else { Taken::Gemm };
+    let log = || TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+    for (bf16, f32, tol) in [
+        (false, false, 2e-5),
+        (false, f32, 2e-5),
+        (dot, false, 1e-2),
+        (dot, f32, 1e-2),
+    ] {
+        let kernels = Kernels { bf16, f32 };
+        let start = log().len();
+        let st = attend_with(
+            kernels,
+            (&q, &limits),
+            &cache,
+            0,
+            0..len,
+            0.3,
+            &mut Scratch::default(),
+        )
+        .unwrap();
+        let taken: Vec<_> = log()[start..]
+            .iter()
+            .filter(|e| e.0 == bytes.as_ptr() as usize)
+            .map(|&(_, at, n, path)| (at, n, path))
+            .collect();
+        let exact = if bf16 { Taken::Bf16Dot } else { products(f32) };
+        assert_eq!(
+            taken,
+            [
+                (slot(0), 128, exact),
+                (slot(128), 128, products(f32)),
+                (slot(256), 44, exact)
+            ],
+            "{kernels:?}"
+        );
+        let row = |p: usize| &deq[slot(p) * DS_V32_DIM..][..DS_V32_DIM];
+        let label = format!("{kernels:?}");
+        assert_matches_reference(&st, (&q, &limits), row, DS_V32_LATENT, 0.3, (tol, &label));
     }
 }
