@@ -299,11 +299,11 @@ pub struct MoemlaMoeRouteArgs {
     pub struct_size: usize,
     /// In: the device.
     pub device: *mut MoemlaDevice,
-    /// In: logits [T, E].
+    /// In: logits `[T, E]`.
     pub logits: *const MoemlaBuffer,
     /// In: their dtype.
     pub logits_dtype: i32,
-    /// In: bias [E] F32, or null.
+    /// In: bias `[E]` F32, or null.
     pub bias: *const MoemlaBuffer,
     /// In: T.
     pub tokens: usize,
@@ -323,9 +323,9 @@ pub struct MoemlaMoeRouteArgs {
     pub renormalize: i32,
     /// In: routed_scaling_factor (f32).
     pub routed_scaling_factor: f32,
-    /// Out: topk_ids [T, top_k] I32.
+    /// Out: topk_ids `[T, top_k]` I32.
     pub topk_ids: *mut MoemlaBuffer,
-    /// Out: topk_weights [T, top_k] F32.
+    /// Out: topk_weights `[T, top_k]` F32.
     pub topk_weights: *mut MoemlaBuffer,
 }
 sized_struct!(MoemlaMoeRouteArgs, topk_weights: *mut MoemlaBuffer);
@@ -373,13 +373,13 @@ pub struct MoemlaMlaDecodeArgs {
     pub device: *mut MoemlaDevice,
     /// In: the run dtype.
     pub dtype: i32,
-    /// In: q [B, Sq, Hq, Dqk].
+    /// In: q `[B, Sq, Hq, Dqk]`.
     pub q: *const MoemlaBuffer,
-    /// In: kv_cache [num_blocks, block_size, Hkv, Dqk].
+    /// In: kv_cache `[num_blocks, block_size, Hkv, Dqk]`.
     pub kv_cache: *const MoemlaBuffer,
-    /// In: block_table [B, max_blocks] I32.
+    /// In: block_table `[B, max_blocks]` I32.
     pub block_table: *const MoemlaBuffer,
-    /// In: cache_seqlens [B] I32.
+    /// In: cache_seqlens `[B]` I32.
     pub cache_seqlens: *const MoemlaBuffer,
     /// In: B.
     pub batch: usize,
@@ -403,9 +403,9 @@ pub struct MoemlaMlaDecodeArgs {
     pub softmax_scale: f32,
     /// In: 1 = causal.
     pub causal: i32,
-    /// Out: o [B, Sq, Hq, Dv].
+    /// Out: o `[B, Sq, Hq, Dv]`.
     pub o: *mut MoemlaBuffer,
-    /// Out: lse [B, Hq, Sq] F32.
+    /// Out: lse `[B, Hq, Sq]` F32.
     pub lse: *mut MoemlaBuffer,
 }
 sized_struct!(MoemlaMlaDecodeArgs, lse: *mut MoemlaBuffer);

@@ -47,13 +47,13 @@ use crate::{
 /// The tensors of a `moe_route` call.
 #[derive(Clone, Copy, Debug)]
 pub struct RouteInputs<'a> {
-    /// Router logits [T, E], F32 | F16 | BF16.
+    /// Router logits `[T, E]`, F32 | F16 | BF16.
     pub logits: &'a DeviceTensor,
-    /// Selection bias [E], F32 (optional; never with hash routing).
+    /// Selection bias `[E]`, F32 (optional; never with hash routing).
     pub bias: Option<&'a DeviceTensor>,
-    /// Hash routing: token ids [T], I32 (with `tid2eid`).
+    /// Hash routing: token ids `[T]`, I32 (with `tid2eid`).
     pub input_ids: Option<&'a DeviceTensor>,
-    /// Hash routing: expert ids per token id [vocab, top_k], I32 (with `input_ids`).
+    /// Hash routing: expert ids per token id `[vocab, top_k]`, I32 (with `input_ids`).
     pub tid2eid: Option<&'a DeviceTensor>,
 }
 
@@ -155,15 +155,16 @@ impl<'a> ExpertsInputs<'a> {
 /// The tensors of an `mla_sparse_decode` call.
 #[derive(Clone, Copy, Debug)]
 pub struct SparseDecodeInputs<'a> {
-    /// Queries [B, Sq, Hq, Dqk], run dtype.
+    /// Queries `[B, Sq, Hq, Dqk]`, run dtype.
     pub q: &'a DeviceTensor,
-    /// Cache [num_blocks, block_size, 1, Dqk] run dtype, or U8 [.., 656] (`fp8_ds_v32`).
+    /// Cache `[num_blocks, block_size, 1, Dqk]` run dtype, or U8 `[.., 656]`
+    /// (`fp8_ds_v32`).
     pub kv_cache: &'a DeviceTensor,
-    /// Attended flat slots [B, Sq, topk], I32 (-1: none).
+    /// Attended flat slots `[B, Sq, topk]`, I32 (-1: none).
     pub indices: &'a DeviceTensor,
-    /// Valid prefix of each batch's index rows [B], I32 (optional).
+    /// Valid prefix of each batch's index rows `[B]`, I32 (optional).
     pub topk_length: Option<&'a DeviceTensor>,
-    /// Attention sink per head [Hq], F32 (optional).
+    /// Attention sink per head `[Hq]`, F32 (optional).
     pub attn_sink: Option<&'a DeviceTensor>,
 }
 
@@ -198,11 +199,11 @@ impl<'a> SparseDecodeInputs<'a> {
 
 /// DeepSeek MoE gating (top-k routing, no hash tables).
 ///
-/// - `logits`: [T, E], F32 | F16 | BF16 (computed in f32).
-/// - `bias`: optional [E], F32; steers selection only.
+/// - `logits`: `[T, E]`, F32 | F16 | BF16 (computed in f32).
+/// - `bias`: optional `[E]`, F32; steers selection only.
 ///
-/// Returns `topk_ids` [T, top_k] I32 and `topk_weights` [T, top_k] F32. For hash routing
-/// use [`moe_route_with`].
+/// Returns `topk_ids` `[T, top_k]` I32 and `topk_weights` `[T, top_k]` F32. For hash
+/// routing use [`moe_route_with`].
 pub fn moe_route(
     backend: &dyn Backend,
     logits: &DeviceTensor,
@@ -281,12 +282,12 @@ pub fn moe_experts_with(
 
 /// Absorbed MLA decode attention over a paged latent cache (FlashMLA semantics).
 ///
-/// - `q`: [B, Sq, Hq, Dqk]; `kv_cache`: [num_blocks, block_size, Hkv, Dqk] — one run
+/// - `q`: `[B, Sq, Hq, Dqk]`; `kv_cache`: `[num_blocks, block_size, Hkv, Dqk]` — one run
 ///   dtype, F32 | F16 | BF16. With `kv_format` `fp8_ds_v32`: `q` F16 | BF16 with Dqk 576,
-///   `kv_cache` U8 [num_blocks, block_size, 1, 656], `head_dim_v` 512.
-/// - `block_table`: [B, max_blocks] I32; `cache_seqlens`: [B] I32.
+///   `kv_cache` U8 `[num_blocks, block_size, 1, 656]`, `head_dim_v` 512.
+/// - `block_table`: `[B, max_blocks]` I32; `cache_seqlens`: `[B]` I32.
 ///
-/// Returns `o` [B, Sq, Hq, Dv] in the run dtype and `lse` [B, Hq, Sq] F32.
+/// Returns `o` `[B, Sq, Hq, Dv]` in the run dtype and `lse` `[B, Hq, Sq]` F32.
 pub fn mla_decode(
     backend: &dyn Backend,
     q: &DeviceTensor,
@@ -364,12 +365,12 @@ pub fn mla_sparse_decode(
 /// `score(p) = sum_h weights[h] * max(0, q[h] . k_p)`, the `top_k` best positions as flat
 /// cache slots, descending (-1 / -inf past the attended positions).
 ///
-/// - `q`: [B, Sq, Hi, Di] and `k_cache`: [num_blocks, block_size, Di] — one run dtype;
-///   `weights`: [B, Sq, Hi] F32; `block_table`: [B, max_blocks] I32; `cache_seqlens`: [B]
-///   I32 (index rules of `mla_decode`).
+/// - `q`: `[B, Sq, Hi, Di]` and `k_cache`: `[num_blocks, block_size, Di]` — one run dtype;
+///   `weights`: `[B, Sq, Hi]` F32; `block_table`: `[B, max_blocks]` I32; `cache_seqlens`:
+///   `[B]` I32 (index rules of `mla_decode`).
 ///
-/// Returns `topk_indices` [B, Sq, top_k] I32 (ready for [`mla_sparse_decode`]) and
-/// `topk_scores` [B, Sq, top_k] F32.
+/// Returns `topk_indices` `[B, Sq, top_k]` I32 (ready for [`mla_sparse_decode`]) and
+/// `topk_scores` `[B, Sq, top_k]` F32.
 pub fn dsa_indexer_topk(
     backend: &dyn Backend,
     q: &DeviceTensor,

@@ -46,7 +46,7 @@ pub struct ExpertsWorkspace {
     pub slot_pos: Region,
     /// `tile_expert`: i32, `max(max_tiles, 1)`.
     pub tile_expert: Region,
-    /// `meta`: i32[1] (tiles used).
+    /// `meta`: `i32[1]` (tiles used).
     pub meta: Region,
     /// `act`: run dtype (f32 for [`Precision::W8A8`]), `max_tiles * TILE_M * I`.
     pub act: Region,
@@ -65,7 +65,7 @@ pub struct ExpertsWorkspace {
     pub shared_rows: Region,
     /// Shared experts: expert per tile, i32, `S * seg_tiles` (empty without).
     pub shared_tile_expert: Region,
-    /// Shared experts: i32[1] (tiles used, `S * seg_tiles`) (empty without).
+    /// Shared experts: `i32[1]` (tiles used, `S * seg_tiles`) (empty without).
     pub shared_meta: Region,
     /// Shared experts: `act` in the run dtype, `S * seg_tiles * TILE_M * Is` (empty without).
     pub shared_act: Region,

@@ -16,9 +16,9 @@ pub const STATIC_SHARED_BYTES: u32 = 32 * 4;
 const RADIX_BINS: usize = 256;
 
 /// Dynamic shared memory of `moemla_moe_route_*` with `block` threads (the layout in
-/// kernels/README.md): `sel` f32[E], `cand` i32[top_k rounded up to a power of two],
-/// `gscore` f32, `gsel` i32 and `gkept` i32 [n_group] each, `hist` i32[256],
-/// `part` i32[2 * block], `bcast` i32[2]. `None` when the count overflows.
+/// kernels/README.md): `sel` `f32[E]`, `cand` `i32[top_k rounded up to a power of two]`,
+/// `gscore` f32, `gsel` i32 and `gkept` i32 `[n_group]` each, `hist` `i32[256]`,
+/// `part` `i32[2 * block]`, `bcast` `i32[2]`. `None` when the count overflows.
 pub fn shared_bytes(experts: usize, top_k: usize, n_group: usize, block: usize) -> Option<usize> {
     let cand = top_k.max(1).checked_next_power_of_two()?;
     let entries = experts

@@ -2,7 +2,7 @@
 //! aclOpExecutor **executor)` checks the arguments and returns an executor; then
 //! `aclnnXxx(void *workspace, uint64_t workspaceSize, aclOpExecutor *executor,
 //! aclrtStream stream)` runs it on the stream ("两段式接口", every aclnn op page, e.g.
-//! https://www.hiascend.com/document/detail/zh/CANNCommunityEdition/83RC1/API/aolapi/context/aclnnMoeGatingTopK.md).
+//! <https://www.hiascend.com/document/detail/zh/CANNCommunityEdition/83RC1/API/aolapi/context/aclnnMoeGatingTopK.md>).
 //!
 //! The emulator enforces what the protocol implies: an executor is used once (CANN frees it
 //! after the launch unless made repeatable), only by the op that made it, with a workspace

@@ -2,7 +2,7 @@
 //! argument readers ops use. Live handles are tracked, so use-after-destroy and foreign
 //! pointers are reported instead of crashing.
 //!
-//! Signatures (https://www.hiascend.com/document/detail/en/canncommercial/850/API/aolapi/operatorlist_00019.html
+//! Signatures (<https://www.hiascend.com/document/detail/en/canncommercial/850/API/aolapi/operatorlist_00019.html>
 //! and the neighbouring base-interface pages): `aclCreateTensor(const int64_t *viewDims,
 //! uint64_t viewDimsNum, aclDataType dataType, const int64_t *stride, int64_t offset,
 //! aclFormat format, const int64_t *storageDims, uint64_t storageDimsNum, void *tensorData)`,

@@ -1,7 +1,7 @@
 //! Device memory: host allocations tracked by address, so that every access can be checked.
 //!
 //! Signatures (AscendCL API reference, "Memory Management",
-//! https://www.hiascend.com/document/detail/en/canncommercial/800/apiref/appdevgapi/ ):
+//! <https://www.hiascend.com/document/detail/en/canncommercial/800/apiref/appdevgapi/>):
 //! - `aclError aclrtMalloc(void **devPtr, size_t size, aclrtMemMallocPolicy policy)`;
 //!   policy ACL_MEM_MALLOC_HUGE_FIRST 0, ACL_MEM_MALLOC_HUGE_ONLY 1, ACL_MEM_MALLOC_NORMAL_ONLY 2.
 //! - `aclError aclrtFree(void *devPtr)`

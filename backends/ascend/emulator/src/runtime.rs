@@ -1,7 +1,7 @@
 //! ACL runtime: initialisation, the one emulated device, streams.
 //!
 //! Signatures (AscendCL API reference, "System Configuration", "Device Management", "Stream
-//! Management", https://www.hiascend.com/document/detail/en/canncommercial/800/apiref/appdevgapi/ ):
+//! Management", <https://www.hiascend.com/document/detail/en/canncommercial/800/apiref/appdevgapi/>):
 //! `aclError aclInit(const char *configPath)`, `aclError aclFinalize()`,
 //! `aclError aclrtSetDevice(int32_t deviceId)`, `aclError aclrtResetDevice(int32_t deviceId)`,
 //! `aclError aclrtGetDeviceCount(uint32_t *count)`, `aclError aclrtCreateStream(aclrtStream *stream)`,

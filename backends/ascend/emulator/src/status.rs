@@ -1,12 +1,12 @@
 //! Status codes (values as CANN documents them) and the recent-error message.
 //!
 //! - ACL runtime codes: "aclError" / "rt_error_codes.h" in the AscendCL API reference
-//!   (https://www.hiascend.com/document/detail/en/canncommercial/800/apiref/appdevgapi/ ,
+//!   (<https://www.hiascend.com/document/detail/en/canncommercial/800/apiref/appdevgapi/>,
 //!   "Return Codes"): ACL_SUCCESS 0, ACL_ERROR_INVALID_PARAM 100000,
 //!   ACL_ERROR_REPEAT_INITIALIZE 100002, ACL_ERROR_RT_PARAM_INVALID 107000,
 //!   ACL_ERROR_RT_MEMORY_ALLOCATION 207001.
 //! - aclnn codes: "aclnn返回码" (e.g. the return-value tables of
-//!   https://www.hiascend.com/document/detail/zh/CANNCommunityEdition/83RC1/API/aolapi/context/aclnnMoeGatingTopK.md):
+//!   <https://www.hiascend.com/document/detail/zh/CANNCommunityEdition/83RC1/API/aolapi/context/aclnnMoeGatingTopK.md>):
 //!   ACLNN_ERR_PARAM_NULLPTR 161001, ACLNN_ERR_PARAM_INVALID 161002,
 //!   ACLNN_ERR_RUNTIME_ERROR 361001, ACLNN_ERR_INNER_TILING_ERROR 561002.
 

@@ -5,11 +5,11 @@
 //! const int64_t *storageDims, uint64_t storageDimsNum, void *tensorData)`: the view has
 //! shape viewDims and per-dimension strides (elements, non-negative); element 0 sits
 //! `offset` elements into the storage of shape storageDims at tensorData
-//! (https://www.hiascend.com/document/detail/en/canncommercial/850/API/aolapi/operatorlist_00019.html).
+//! (<https://www.hiascend.com/document/detail/en/canncommercial/850/API/aolapi/operatorlist_00019.html>).
 //! aclDataType values (AscendCL "aclDataType"): ACL_FLOAT 0, ACL_FLOAT16 1, ACL_INT8 2,
 //! ACL_INT32 3, ACL_UINT8 4, ACL_INT64 9, ACL_DOUBLE 11, ACL_BOOL 12, ACL_BF16 27.
 //! aclFormat ACL_FORMAT_ND 2 (AscendCL "aclFormat",
-//! https://www.hiascend.com/document/detail/en/canncommercial/800/apiref/appdevgapi/aclcppdevg_03_1348.html).
+//! <https://www.hiascend.com/document/detail/en/canncommercial/800/apiref/appdevgapi/aclcppdevg_03_1348.html>).
 
 use crate::memory::{heap, range_mut};
 use crate::status::EmuResult;

@@ -16,9 +16,9 @@ pub struct Validated(pub(crate) ());
 /// A validated `moe_route` call.
 #[derive(Debug, Clone, Copy)]
 pub struct MoeRouteCall<'a> {
-    /// Router logits [T, E], F32 | F16 | BF16 (computed in f32).
+    /// Router logits `[T, E]`, F32 | F16 | BF16 (computed in f32).
     pub logits: &'a DeviceTensor,
-    /// Selection bias [E], F32, if any (never with hash routing).
+    /// Selection bias `[E]`, F32, if any (never with hash routing).
     pub bias: Option<&'a DeviceTensor>,
     /// Hash routing (v2), if any: the ids come from a table instead of a top-k.
     pub hash: Option<HashRouting<'a>>,
@@ -35,9 +35,9 @@ pub struct MoeRouteCall<'a> {
 /// The tables of hash routing (DeepSeek-V4's first layers): `ids[t] = tid2eid[input_ids[t]]`.
 #[derive(Debug, Clone, Copy)]
 pub struct HashRouting<'a> {
-    /// Token ids [T], I32. Contents not yet checked (must lie in [0, vocab)).
+    /// Token ids `[T]`, I32. Contents not yet checked (must lie in [0, vocab)).
     pub input_ids: &'a DeviceTensor,
-    /// Expert ids per token id [vocab, top_k], I32. Contents not yet checked (the rows
+    /// Expert ids per token id `[vocab, top_k]`, I32. Contents not yet checked (the rows
     /// tokens read must hold top_k distinct ids in [0, E)).
     pub tid2eid: &'a DeviceTensor,
     /// Rows of `tid2eid`.
@@ -117,14 +117,14 @@ pub struct BlockScales<'a> {
 /// A validated `mla_decode` call.
 #[derive(Debug, Clone, Copy)]
 pub struct MlaDecodeCall<'a> {
-    /// Queries [B, Sq, Hq, Dqk], run dtype.
+    /// Queries `[B, Sq, Hq, Dqk]`, run dtype.
     pub q: &'a DeviceTensor,
-    /// Paged latent cache [num_blocks, block_size, Hkv, Dqk], run dtype; with
-    /// `kv_format` `fp8_ds_v32`: U8 [num_blocks, block_size, 1, 656].
+    /// Paged latent cache `[num_blocks, block_size, Hkv, Dqk]`, run dtype; with
+    /// `kv_format` `fp8_ds_v32`: U8 `[num_blocks, block_size, 1, 656]`.
     pub kv_cache: &'a DeviceTensor,
-    /// Block table [B, max_blocks], I32. Contents not yet checked.
+    /// Block table `[B, max_blocks]`, I32. Contents not yet checked.
     pub block_table: &'a DeviceTensor,
-    /// Sequence lengths [B], I32. Contents not yet checked.
+    /// Sequence lengths `[B]`, I32. Contents not yet checked.
     pub cache_seqlens: &'a DeviceTensor,
     /// Op parameters (`kv_format` says how to read the cache).
     pub params: &'a MlaDecodeParams,
@@ -197,14 +197,14 @@ pub struct MlaKvQuantizeCall<'a> {
 /// A validated `mla_cache_write` call.
 #[derive(Debug, Clone, Copy)]
 pub struct MlaCacheWriteCall<'a> {
-    /// New latent rows [N, Dqk], run dtype. Contents not yet checked (with `fp8_ds_v32`,
+    /// New latent rows `[N, Dqk]`, run dtype. Contents not yet checked (with `fp8_ds_v32`,
     /// the rows written must be finite).
     pub kv: &'a DeviceTensor,
-    /// Flat cache slot of each row [N], I32: `block * block_size + offset`, -1 = skip the
+    /// Flat cache slot of each row `[N]`, I32: `block * block_size + offset`, -1 = skip the
     /// row. Contents not yet checked (must be -1 or in [0, slots)).
     pub slot_mapping: &'a DeviceTensor,
-    /// The caller's cache, written in place: [num_blocks, block_size, 1, Dqk] in the run
-    /// dtype, or U8 [num_blocks, block_size, 1, 656] (`fp8_ds_v32`). It shares no buffer
+    /// The caller's cache, written in place: `[num_blocks, block_size, 1, Dqk]` in the run
+    /// dtype, or U8 `[num_blocks, block_size, 1, 656]` (`fp8_ds_v32`). It shares no buffer
     /// with `kv` or `slot_mapping`.
     pub kv_cache: &'a DeviceTensor,
     /// Op parameters.
@@ -233,18 +233,18 @@ impl MlaCacheWriteCall<'_> {
 /// A validated `mla_sparse_decode` call.
 #[derive(Debug, Clone, Copy)]
 pub struct MlaSparseDecodeCall<'a> {
-    /// Queries [B, Sq, Hq, Dqk], run dtype.
+    /// Queries `[B, Sq, Hq, Dqk]`, run dtype.
     pub q: &'a DeviceTensor,
-    /// Cache [num_blocks, block_size, 1, Dqk], run dtype; with `kv_format` `fp8_ds_v32`:
-    /// U8 [num_blocks, block_size, 1, 656].
+    /// Cache `[num_blocks, block_size, 1, Dqk]`, run dtype; with `kv_format` `fp8_ds_v32`:
+    /// U8 `[num_blocks, block_size, 1, 656]`.
     pub kv_cache: &'a DeviceTensor,
-    /// Attended slots [B, Sq, topk], I32: `block * block_size + offset`, or -1. Contents not
-    /// yet checked.
+    /// Attended slots `[B, Sq, topk]`, I32: `block * block_size + offset`, or -1. Contents
+    /// not yet checked.
     pub indices: &'a DeviceTensor,
-    /// Valid prefix length of each batch's index rows [B], I32, if any. Contents not yet
+    /// Valid prefix length of each batch's index rows `[B]`, I32, if any. Contents not yet
     /// checked (must lie in [0, topk]).
     pub topk_length: Option<&'a DeviceTensor>,
-    /// Attention sink per head [Hq], F32, if any.
+    /// Attention sink per head `[Hq]`, F32, if any.
     pub attn_sink: Option<&'a DeviceTensor>,
     /// Op parameters.
     pub params: &'a SparseDecodeParams,
@@ -280,15 +280,15 @@ impl MlaSparseDecodeCall<'_> {
 /// A validated `dsa_indexer_topk` call.
 #[derive(Debug, Clone, Copy)]
 pub struct DsaIndexerTopkCall<'a> {
-    /// Indexer queries [B, Sq, Hi, Di], run dtype.
+    /// Indexer queries `[B, Sq, Hi, Di]`, run dtype.
     pub q: &'a DeviceTensor,
-    /// Per-head weights [B, Sq, Hi], F32.
+    /// Per-head weights `[B, Sq, Hi]`, F32.
     pub weights: &'a DeviceTensor,
-    /// Indexer keys [num_blocks, block_size, Di], run dtype.
+    /// Indexer keys `[num_blocks, block_size, Di]`, run dtype.
     pub k_cache: &'a DeviceTensor,
-    /// Block table [B, max_blocks], I32. Contents not yet checked.
+    /// Block table `[B, max_blocks]`, I32. Contents not yet checked.
     pub block_table: &'a DeviceTensor,
-    /// Sequence lengths [B], I32. Contents not yet checked.
+    /// Sequence lengths `[B]`, I32. Contents not yet checked.
     pub cache_seqlens: &'a DeviceTensor,
     /// Op parameters.
     pub params: &'a IndexerParams,

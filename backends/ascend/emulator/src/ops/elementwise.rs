@@ -4,7 +4,7 @@
 //! - `aclnnCastGetWorkspaceSize(const aclTensor *self, const aclDataType dtype,
 //!   aclTensor *out, uint64_t *workspaceSize, aclOpExecutor **executor)`: out = self
 //!   converted to `dtype` (out's dtype), same shape
-//!   (https://www.hiascend.com/document/detail/zh/CANNCommunityEdition/83RC1/API/aolapi/context/aclnnCast.md).
+//!   (<https://www.hiascend.com/document/detail/zh/CANNCommunityEdition/83RC1/API/aolapi/context/aclnnCast.md>).
 //! - `aclnnInplaceCopyGetWorkspaceSize(aclTensor *selfRef, const aclTensor *src, ...)`:
 //!   selfRef = src, converting dtype; non-contiguous views allowed on both sides
 //!   (.../aolapi/context/aclnnInplaceCopy.md). The emulator requires equal shapes (CANN

@@ -1,37 +1,37 @@
 //! aclnnFusedInferAttentionScoreV3 in its MLA mode (queryRope and keyRope given), as
 //! documented in
-//! https://www.hiascend.com/document/detail/zh/CANNCommunityEdition/83RC1/API/aolapi/context/aclnnFusedInferAttentionScoreV3.md
-//! ([doc]: the same page in hicann/ops-transformer,
+//! <https://www.hiascend.com/document/detail/zh/CANNCommunityEdition/83RC1/API/aolapi/context/aclnnFusedInferAttentionScoreV3.md>
+//! (\[doc\]: the same page in hicann/ops-transformer,
 //! `attention/fused_infer_attention_score/docs/aclnnFusedInferAttentionScoreV3.md`:
 //! "queryRope和keyRope输入时即为MLA场景", Atlas A2, query d = 512) and checked by its tiling
-//! ([feature]: `attention/fused_infer_attention_score/op_host/fused_infer_attention_score_tiling_check_feature.cpp`,
-//! [single]: `.../fused_infer_attention_score_tiling_check_single_para.cpp`, same directory):
+//! (\[feature\]: `attention/fused_infer_attention_score/op_host/fused_infer_attention_score_tiling_check_feature.cpp`,
+//! \[single\]: `.../fused_infer_attention_score_tiling_check_single_para.cpp`, same directory):
 //!
 //! - dtype FLOAT16 / BFLOAT16 for query, key, value, queryRope, keyRope, attentionOut
-//!   ([feature] CheckFeatureMlaNoQuantDtype); query, key, value must be contiguous ([doc]
-//!   "非连续Tensor ×");
-//! - query S 1..=16, N in {1, 2, 4, 8, 16, 32, 64, 128}, d 512; queryRope d 64 ([doc] MLA
+//!   (\[feature\] CheckFeatureMlaNoQuantDtype); query, key, value must be contiguous
+//!   (\[doc\] "非连续Tensor ×");
+//! - query S 1..=16, N in {1, 2, 4, 8, 16, 32, 64, 128}, d 512; queryRope d 64 (\[doc\] MLA
 //!   constraints);
 //! - key n 1, d 512, keyRope d 64; key/value tensor lists of one tensor with equal shapes
-//!   ([doc]);
-//! - page attention required, blockSize 16 or 128 with ND key/value ([feature]
+//!   (\[doc\]);
+//! - page attention required, blockSize 16 or 128 with ND key/value (\[feature\]
 //!   CheckFeatureMlaNoquantPa): blockTable INT32 [B, maxBlocks], key [blockNum, blockSize,
-//!   512] ([doc] the "(blocknum, blocksize, H)" page layout);
-//! - actualSeqLengthsKv per batch ([doc]);
-//! - sparse ([feature] CheckFeatureMlaNoquantMask): Q_S == 1 -> sparseMode 0 without mask;
-//!   Q_S > 1 -> sparseMode 3 (rightDownCausal) with the optimised 2048 x 2048 mask ([doc]
-//!   sparseMode table; CANN also takes mode 4 = band, which moemla does not use);
+//!   512] (\[doc\] the "(blocknum, blocksize, H)" page layout);
+//! - actualSeqLengthsKv per batch (\[doc\]);
+//! - sparse (\[feature\] CheckFeatureMlaNoquantMask): Q_S == 1 -> sparseMode 0 without
+//!   mask; Q_S > 1 -> sparseMode 3 (rightDownCausal) with the optimised 2048 x 2048 mask
+//!   (\[doc\] sparseMode table; CANN also takes mode 4 = band, which moemla does not use);
 //! - no softmaxLse (softmaxLseFlag must be false), no pse, padding, prefix or quantisation
-//!   ([feature] CheckFeatureMlaNoquantUnsupported);
-//! - innerPrecise in 0..=3 ([single] CheckSingleParaInnerPrecise), and 0 or 1 in MLA mode:
-//!   "inner_precise(%d) should be 0 or 1 in MLA" ([feature]
+//!   (\[feature\] CheckFeatureMlaNoquantUnsupported);
+//! - innerPrecise in 0..=3 (\[single\] CheckSingleParaInnerPrecise), and 0 or 1 in MLA
+//!   mode: "inner_precise(%d) should be 0 or 1 in MLA" (\[feature\]
 //!   CheckFeatureMlaNoquantUnsupported); both are tiling failures
 //!   (ACLNN_ERR_INNER_TILING_ERROR);
 //! - attentionOut = softmax(scaleValue * (q k^T + qRope kRope^T)) v, v = key's 512 columns
-//!   ([doc] formula).
+//!   (\[doc\] formula).
 //!
 //! Rows with nothing to attend to (rightDownCausal with KV_S < Q_S) give 0: CANN turns on
-//! its invalid-row correction automatically in that case ([doc] innerPrecise: "如果算子可判断
+//! its invalid-row correction automatically in that case (\[doc\] innerPrecise: "如果算子可判断
 //! 出存在无效行场景，会自动使能无效行计算，例如sparse_mode为3，Sq > Skv场景").
 //! Block-table entries are *not* range-checked by CANN; the emulator fails with
 //! ACLNN_ERR_RUNTIME_ERROR instead of reading outside the cache, so a backend that forgets

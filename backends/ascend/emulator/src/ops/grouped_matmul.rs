@@ -7,10 +7,10 @@
 //! *activationQuantScaleOptional, *activationQuantOffsetOptional, int64 splitItem,
 //! int64 groupType, int64 groupListType, int64 actType, aclTensorList *out,
 //! *activationFeatureOutOptional, *dynQuantScaleOutOptional, ...)`: y_i = x_i @ weight_i.
-//! The emulator implements the MoE form: single x [M, K], single weight [E, K, N]
+//! The emulator implements the MoE form: single x `[M, K]`, single weight `[E, K, N]`
 //! (contiguous, or with its last two dims transposed — the documented "tensor转置"),
-//! groupType 0 (m-axis), groupList INT64 [E] as cumsum (groupListType 0) or counts (1),
-//! splitItem 2/3 (single out [M, N]), actType 0, non-quantised, x/weight/out one dtype.
+//! groupType 0 (m-axis), groupList INT64 `[E]` as cumsum (groupListType 0) or counts (1),
+//! splitItem 2/3 (single out `[M, N]`), actType 0, non-quantised, x/weight/out one dtype.
 //! Rows past the last group are not written.
 //!
 //! Limits, from `gmm/grouped_matmul/op_host/op_api/aclnn_grouped_matmul.cpp`
@@ -21,7 +21,7 @@
 //! weight is transposed (then its last dim is K, already checked); groupList length <= 1024
 //! (MAX_GROUP_LIST_SIZE_TENSOR).
 //!
-//! SwiGlu (https://www.hiascend.com/document/detail/zh/CANNCommunityEdition/83RC1/API/aolapi/context/aclnnSwiGlu.md):
+//! SwiGlu (<https://www.hiascend.com/document/detail/zh/CANNCommunityEdition/83RC1/API/aolapi/context/aclnnSwiGlu.md>):
 //! `(const aclTensor *x, int64_t dim, aclTensor *out, ...)`: x split in halves A, B along
 //! `dim`, out = Swish(A) * B = A * sigmoid(A) * B.
 

@@ -1,32 +1,33 @@
 //! aclnnLightningIndexer (LI), as Huawei's sources give it. All paths in
-//! hicann/ops-transformer `attention/lightning_indexer/`: [doc] `docs/aclnnLightningIndexer.md`,
-//! [tiling] `op_host/lightning_indexer_tiling.cpp`, [golden]
-//! `tests/pytest/lightning_indexer_golden.py` (GeneralizedLI).
+//! hicann/ops-transformer `attention/lightning_indexer/`: \[doc\]
+//! `docs/aclnnLightningIndexer.md`, \[tiling\] `op_host/lightning_indexer_tiling.cpp`,
+//! \[golden\] `tests/pytest/lightning_indexer_golden.py` (GeneralizedLI).
 //!
 //! Checks (first phase):
 //! - query, key, weights, sparseIndicesOut required (ACLNN_ERR_PARAM_NULLPTR); query
 //!   FLOAT16/BFLOAT16, key the same; weights FLOAT16/BFLOAT16/FLOAT, the query's dtype
-//!   unless FLOAT ([doc] "参数weights不为float32时，参数query、key、weights的数据类型应保持一致";
+//!   unless FLOAT (\[doc\] "参数weights不为float32时，参数query、key、weights的数据类型应保持一致";
 //!   FLOAT is refused only on Ascend 950); sparseIndicesOut INT32, sparseValuesOut the
-//!   query's dtype, actual lengths and blockTable INT32 ([doc], [tiling]); these are
-//!   ACLNN_ERR_PARAM_INVALID. query, key and weights contiguous ([doc] A2/A3 "key不支持非连续",
-//!   query/weights "非连续Tensor x").
-//! - layoutQuery BSND or TND, layoutKey PA_BSND, BSND or TND ([tiling] "input attr layout_key
-//!   only supported PA_BSND, BSND or TND"); the emulator implements query BSND with key
-//!   PA_BSND (others: not emulated).
-//! - key N 1 ([tiling] "only support 1"); head dim 128 ([tiling] "head_dim only support
-//!   128"); query N <= 64 (Atlas A2/A3, [doc]); block_size a multiple of 16 in (0, 1024]
-//!   ([tiling]); sparseCount in [1, 2048] or 3072, 4096, ..., 8192 ([doc]; the Dec 2025
+//!   query's dtype, actual lengths and blockTable INT32 (\[doc\], \[tiling\]); these are
+//!   ACLNN_ERR_PARAM_INVALID. query, key and weights contiguous (\[doc\] A2/A3
+//!   "key不支持非连续", query/weights "非连续Tensor x").
+//! - layoutQuery BSND or TND, layoutKey PA_BSND, BSND or TND (\[tiling\] "input attr
+//!   layout_key only supported PA_BSND, BSND or TND"); the emulator implements query BSND
+//!   with key PA_BSND (others: not emulated).
+//! - key N 1 (\[tiling\] "only support 1"); head dim 128 (\[tiling\] "head_dim only support
+//!   128"); query N <= 64 (Atlas A2/A3, \[doc\]); block_size a multiple of 16 in (0, 1024]
+//!   (\[tiling\]); sparseCount in [1, 2048] or 3072, 4096, ..., 8192 (\[doc\]; the Dec 2025
 //!   tiling allowed <= 2048 only, and weights in the query's dtype only: emulated with
 //!   `MOEMLA_CANN_EMULATOR_CANN=2025-12`, see `ops/mod.rs`); sparseMode 0 or 3;
-//!   preTokens = nextTokens = 2^63-1; returnValues not with a PA_BSND key ([tiling] "when
-//!   return_value is true, key layout do not support PA_BSND"); PA_BSND needs blockTable
-//!   [B, *] and actualSeqLengthsKey [B] ([tiling]). These are tiling failures (ACLNN_ERR_INNER_TILING_ERROR).
+//!   preTokens = nextTokens = 2^63-1; returnValues not with a PA_BSND key (\[tiling\]
+//!   "when return_value is true, key layout do not support PA_BSND"); PA_BSND needs
+//!   blockTable `[B, *]` and actualSeqLengthsKey `[B]` (\[tiling\]). These are tiling
+//!   failures (ACLNN_ERR_INNER_TILING_ERROR).
 //!
-//! Semantics (launch, [golden] cal_atten_per_batch_b16): for batch b, query row i <
-//! actSeqQ[b] (default S1): score(p) = sum_h w[b, i, h] * relu(q[b, i, h] . k_p) in f32 over
-//! positions p < actSeqKey[b] (k_p through the block table), with sparseMode 3 masking
-//! p >= actSeqKey - actSeqQ + i + 1 (create_mask); the unmasked positions sorted by
+//! Semantics (launch, \[golden\] cal_atten_per_batch_b16): for batch b, query row i <
+//! `actSeqQ[b]` (default S1): `score(p) = sum_h w[b, i, h] * relu(q[b, i, h] . k_p)` in f32
+//! over positions p < `actSeqKey[b]` (k_p through the block table), with sparseMode 3
+//! masking p >= actSeqKey - actSeqQ + i + 1 (create_mask); the unmasked positions sorted by
 //! descending score, stably (the lower position first among equal scores); the first
 //! min(actSeqKey, sparseCount) entries of that order written, -1 everywhere else. A
 //! block-table entry outside the cache is ACLNN_ERR_RUNTIME_ERROR (CANN would read memory
@@ -292,7 +293,7 @@ fn check(a: Args) -> EmuResult<Li> {
     })
 }
 
-/// First phase of aclnnLightningIndexer ([doc] signature).
+/// First phase of aclnnLightningIndexer (\[doc\] signature).
 ///
 /// # Safety
 /// Pointers are checked against the emulator's records; the layouts must be null or C

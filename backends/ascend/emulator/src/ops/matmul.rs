@@ -1,7 +1,7 @@
 //! aclnnMatmul: `aclnnMatmulGetWorkspaceSize(const aclTensor *self, const aclTensor *mat2,
 //! aclTensor *out, int8_t cubeMathType, uint64_t *workspaceSize, aclOpExecutor **executor)`;
 //! out = self @ mat2, non-contiguous (e.g. transposed) views allowed; cubeMathType 0 =
-//! KEEP_DTYPE (https://www.hiascend.com/document/detail/zh/CANNCommunityEdition/83RC1/API/aolapi/context/aclnnMatmul.md).
+//! KEEP_DTYPE (<https://www.hiascend.com/document/detail/zh/CANNCommunityEdition/83RC1/API/aolapi/context/aclnnMatmul.md>).
 //! The emulator implements the 2-D case (moemla's only use) and accumulates in f64.
 
 use super::{aclnn_launch, expect_dims, expect_dtype};

@@ -2,26 +2,26 @@
 //! (gitcode.com/cann/ops-transformer, mirrored on GitHub), under `moe/moe_gating_top_k/`;
 //! each rule below names the file it comes from, so it can be re-checked there:
 //!
-//! - [api] `op_host/op_api/aclnn_moe_gating_top_k.cpp`: the signature
+//! - \[api\] `op_host/op_api/aclnn_moe_gating_top_k.cpp`: the signature
 //!   `aclnnMoeGatingTopKGetWorkspaceSize(const aclTensor *x, const aclTensor *biasOptional,
 //!   int64_t k, int64_t kGroup, int64_t groupCount, int64_t groupSelectMode, int64_t renorm,
 //!   int64_t normType, bool outFlag, double routedScalingFactor, double eps,
 //!   const aclTensor *yOut, const aclTensor *expertIdxOut, const aclTensor *outOut,
 //!   uint64_t *workspaceSize, aclOpExecutor **executor)`; null x/yOut/expertIdxOut/outOut is
 //!   ACLNN_ERR_PARAM_NULLPTR, a dtype outside its lists ACLNN_ERR_PARAM_INVALID.
-//! - [tiling] `op_host/moe_gating_top_k_tiling.cpp` (CheckInputShape, CheckOutShape,
+//! - \[tiling\] `op_host/moe_gating_top_k_tiling.cpp` (CheckInputShape, CheckOutShape,
 //!   CheckAttr, GetTilingKey): every shape and attribute rule; a failure there is
 //!   ACLNN_ERR_INNER_TILING_ERROR (the doc's return-code table,
 //!   `docs/aclnnMoeGatingTopK.md`). routedScalingFactor and eps are read as float attrs.
-//! - [kernel] `op_kernel/moe_gating_top_k_without_group.h` and
+//! - \[kernel\] `op_kernel/moe_gating_top_k_without_group.h` and
 //!   `op_kernel/moe_gating_top_k_generalized.h` (SelectTopKExpertScore): yOut is divided by
 //!   `sum + eps` only for normType 1 (sigmoid); softmax (normType 0) yOut is NOT
 //!   renormalised, only scaled. The test golden `tests/assets/golden.py` says the same
 //!   (`if normType != 0 or renorm != 0: y = y / (y.sum() + eps)`), and vllm-ascend
 //!   renormalises softmax itself after the call (`vllm_ascend/device/device_op.py`,
 //!   `if norm_type == 0 and renorm == 1`).
-//! - [sort] ties: the Ascend C `Sort32` page ("当存在score[i]与score[j]相同时，如果i>j，则
-//!   score[j]将首先被选出来") — the lower index comes first.
+//! - \[sort\] ties: the Ascend C `Sort32` page ("当存在score\[i\]与score\[j\]相同时，如果i>j，则
+//!   score\[j\]将首先被选出来") — the lower index comes first.
 //!
 //! NaN selection scores: no Huawei source says how the kernel's Sort / ReduceMax order a
 //! NaN. The emulator ranks by IEEE totalOrder (`f64::total_cmp`: a positive NaN above

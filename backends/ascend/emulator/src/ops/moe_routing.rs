@@ -1,26 +1,26 @@
 //! aclnnMoeInitRoutingV2 and aclnnMoeFinalizeRoutingV2 (ops-transformer
 //! `moe/moe_init_routing_v2/docs/aclnnMoeInitRoutingV2.md`,
 //! `moe/moe_finalize_routing_v2/docs/aclnnMoeFinalizeRoutingV2.md`; the same pages under
-//! https://www.hiascend.com/document/detail/zh/CANNCommunityEdition/83RC1/API/aolapi/context/ ).
+//! <https://www.hiascend.com/document/detail/zh/CANNCommunityEdition/83RC1/API/aolapi/context/>).
 //! Paths below are in hicann/ops-transformer.
 //!
 //! InitRoutingV2 `(x, expertIdx, int64 activeNum, int64 expertCapacity, int64 expertNum,
 //! int64 dropPadMode, int64 expertTokensCountOrCumsumFlag, bool
 //! expertTokensBeforeCapacityFlag, expandedXOut, expandedRowIdxOut,
 //! expertTokensCountOrCumsumOut, expertTokensBeforeCapacityOut, ...)`:
-//! sort flatten(expertIdx) by expert (stable), expandedRowIdxOut[sortedRowIdx[i]] = i
-//! (`moe/moe_init_routing_v2/README.md` formulas), expandedXOut[i] = x[sortedRowIdx[i] / k]:
-//! the flattened index is row-major, token t's slot j at t * k + j
-//! (`moe/moe_init_routing_v2/op_kernel/moe_v2_gather_out.h`: source row `initialRow / k`;
-//! the README's `% numRows` is V1's column order), expertTokensCountOrCumsumOut = cumsum
-//! (flag 1) or count (flag 2) of the histogram over expertNum experts (`expertNum >= 0`, > 0
-//! when counts are output: `moe_init_routing_v2_tiling.cpp`); ids must lie in
-//! [0, expertNum - 1] when counts are output. The emulator implements the dropless mode
-//! (dropPadMode 0, activeNum 0).
+//! sort flatten(expertIdx) by expert (stable), `expandedRowIdxOut[sortedRowIdx[i]] = i`
+//! (`moe/moe_init_routing_v2/README.md` formulas),
+//! `expandedXOut[i] = x[sortedRowIdx[i] / k]`: the flattened index is row-major, token t's
+//! slot j at t * k + j (`moe/moe_init_routing_v2/op_kernel/moe_v2_gather_out.h`: source row
+//! `initialRow / k`; the README's `% numRows` is V1's column order),
+//! expertTokensCountOrCumsumOut = cumsum (flag 1) or count (flag 2) of the histogram over
+//! expertNum experts (`expertNum >= 0`, > 0 when counts are output:
+//! `moe_init_routing_v2_tiling.cpp`); ids must lie in [0, expertNum - 1] when counts are
+//! output. The emulator implements the dropless mode (dropPadMode 0, activeNum 0).
 //!
 //! FinalizeRoutingV2 `(expandedX, expandedRowIdx, x1Optional, x2Optional, biasOptional,
 //! scalesOptional, expertIdxOptional, int64 dropPadMode, out, ...)`:
-//! out[i] = x1 + x2 + sum_k scales[i, k] * (expandedX[expandedRowIdx[...]] + bias[expert])
+//! `out[i] = x1 + x2 + sum_k scales[i, k] * (expandedX[expandedRowIdx[...]] + bias[expert])`
 //! (`moe/moe_finalize_routing_v2/README.md` formula): every slot's row is multiplied by its
 //! scale, a 0 scale included. dropPadMode in [0, 3]; 0 and 2 are dropless with a 2-D
 //! expandedX (`op_host/moe_finalize_routing_v2_infershape.cpp`), 0 reading expandedRowIdx

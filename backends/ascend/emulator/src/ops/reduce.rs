@@ -3,13 +3,13 @@
 //! aclnnLogSumExp: `aclnnLogSumExpGetWorkspaceSize(const aclTensor *self,
 //! const aclIntArray *dim, bool keepDim, aclTensor *out, uint64_t *workspaceSize,
 //! aclOpExecutor **executor)`; out = log(sum(exp(self), dim)), FLOAT/FLOAT16/BFLOAT16
-//! (https://www.hiascend.com/document/detail/zh/CANNCommunityEdition/83RC1/API/aolapi/context/aclnnLogSumExp.md).
+//! (<https://www.hiascend.com/document/detail/zh/CANNCommunityEdition/83RC1/API/aolapi/context/aclnnLogSumExp.md>).
 //! The emulator reduces over the last dimension only (moemla's only use).
 //!
 //! aclnnSoftmax: `aclnnSoftmaxGetWorkspaceSize(const aclTensor *self, int64_t dim,
 //! aclTensor *out, ...)`: out = exp(x - max) / sum(exp(x - max)) along `dim`;
 //! FLOAT/FLOAT16/BFLOAT16, out self's shape
-//! (https://www.hiascend.com/document/detail/zh/CANNCommunityEdition/83RC1/API/aolapi/context/aclnnSoftmax.md).
+//! (<https://www.hiascend.com/document/detail/zh/CANNCommunityEdition/83RC1/API/aolapi/context/aclnnSoftmax.md>).
 //! The emulator takes the last dimension only. A row holding +inf gives NaN (inf - inf),
 //! as the formula does; a row of -inf gives NaN (0 / 0).
 

@@ -1,7 +1,7 @@
 //! aclnnScatterPaKvCache (key only, "Norm" ND cache) and aclnnIndexSelect.
 //!
 //! aclnnScatterPaKvCache, as documented in hicann/ops-transformer
-//! `attention/scatter_pa_kv_cache/docs/aclnnScatterPaKvCache.md` ([doc]):
+//! `attention/scatter_pa_kv_cache/docs/aclnnScatterPaKvCache.md` (\[doc\]):
 //! `aclnnScatterPaKvCacheGetWorkspaceSize(const aclTensor *key, aclTensor *keyCacheRef,
 //! const aclTensor *slotMapping, const aclTensor *value, aclTensor *valueCacheRef,
 //! const aclTensor *compressLensOptional, const aclTensor *compressSeqOffsetOptional,
@@ -9,13 +9,13 @@
 //! const aclIntArray *stridesOptional, const aclIntArray *offsetsOptional,
 //! uint64_t *workspaceSize, aclOpExecutor **executor)`.
 //!
-//! The emulator models the one scenario moemla uses, [doc] 场景六 (scene 6, supported on
-//! Atlas A2/A3: "仅支持场景一、二、四、五、六、七"): key [N, num_head, k_head_size], value and
-//! valueCacheRef empty ("value:[]", 0-dimensional: [doc] value 维度 "0、3、4"), keyCacheRef
-//! [num_blocks, block_size, num_head, k_head_size] ND, slotMapping [N], cacheMode null or
-//! "Norm", scatterMode null or "None", no compress/seqLens inputs. keyCacheRef[slot / bs,
-//! slot % bs] = key[i] for slot = slotMapping[i]. Other scenarios fail with
-//! ACLNN_ERR_PARAM_INVALID ("emulator: not modelled"). Rules, each from [doc]:
+//! The emulator models the one scenario moemla uses, \[doc\] 场景六 (scene 6, supported on
+//! Atlas A2/A3: "仅支持场景一、二、四、五、六、七"): key `[N, num_head, k_head_size]`, value and
+//! valueCacheRef empty ("value:[]", 0-dimensional: \[doc\] value 维度 "0、3、4"), keyCacheRef
+//! `[num_blocks, block_size, num_head, k_head_size]` ND, slotMapping `[N]`, cacheMode null
+//! or "Norm", scatterMode null or "None", no compress/seqLens inputs.
+//! `keyCacheRef[slot / bs, slot % bs] = key[i]` for `slot = slotMapping[i]`. Other scenarios
+//! fail with ACLNN_ERR_PARAM_INVALID ("emulator: not modelled"). Rules, each from \[doc\]:
 //! - null key, keyCacheRef, slotMapping, value or valueCacheRef: ACLNN_ERR_PARAM_NULLPTR
 //!   (返回值 table);
 //! - dtypes: key = keyCacheRef (= value) ("数据类型必须一致"); on Atlas A2/A3 not FLOAT,
@@ -30,12 +30,13 @@
 //!   ("skip", a vLLM convention CANN does not document) or relies on an order is caught.
 //!
 //! aclnnIndexSelect (CANN aolapi
-//! https://www.hiascend.com/document/detail/zh/CANNCommunityEdition/83RC1/API/aolapi/context/aclnnIndexSelect.md):
+//! <https://www.hiascend.com/document/detail/zh/CANNCommunityEdition/83RC1/API/aolapi/context/aclnnIndexSelect.md>):
 //! `aclnnIndexSelectGetWorkspaceSize(const aclTensor *self, int64_t dim, const aclTensor
-//! *index, aclTensor *out, ...)`: out[.., i, ..] = self[.., index[i], ..] along `dim`;
+//! *index, aclTensor *out, ...)`: `out[.., i, ..] = self[.., index[i], ..]` along `dim`;
 //! self non-contiguous allowed, at most 8 dims; index 1-D INT32/INT64; out has self's
-//! shape with dims[dim] = len(index) and self's dtype. An index outside [0, self.dims[dim])
-//! is not checked by CANN; the emulator fails at run time (ACLNN_ERR_RUNTIME_ERROR).
+//! shape with `dims[dim] = len(index)` and self's dtype. An index outside
+//! `[0, self.dims[dim])` is not checked by CANN; the emulator fails at run time
+//! (ACLNN_ERR_RUNTIME_ERROR).
 
 use super::{aclnn_launch, expect_dims, expect_dtype};
 use crate::executor::prepare;

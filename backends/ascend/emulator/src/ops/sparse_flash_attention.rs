@@ -1,53 +1,54 @@
 //! aclnnSparseFlashAttention (SFA), MLA-absorb mode, as Huawei's sources give it. All paths
 //! in hicann/ops-transformer `attention/sparse_flash_attention/`:
-//! [doc] `docs/aclnnSparseFlashAttention.md`, [tiling] `op_host/sparse_flash_attention_tiling.cpp`
-//! (SFATilingCheck), [def] `op_host/sparse_flash_attention_def.cpp`, [kernel]
+//! \[doc\] `docs/aclnnSparseFlashAttention.md`,
+//! \[tiling\] `op_host/sparse_flash_attention_tiling.cpp` (SFATilingCheck), \[def\]
+//! `op_host/sparse_flash_attention_def.cpp`, \[kernel\]
 //! `op_kernel/sparse_flash_attention_kernel_mla.h` (CalcSinnerTopKBegin, DealActSeqLenIsZero),
-//! [vector] `op_kernel/sparse_flash_attention_service_vector_mla.h` (CopyFALseToGm),
-//! [golden] `tests/pytest/sparse_flash_attention_golden.py` (gatherKV, softmax,
+//! \[vector\] `op_kernel/sparse_flash_attention_service_vector_mla.h` (CopyFALseToGm),
+//! \[golden\] `tests/pytest/sparse_flash_attention_golden.py` (gatherKV, softmax,
 //! _t_increattention_bnsd).
 //!
 //! Checks (first phase):
-//! - query, key, value, sparseIndices, attentionOut required (ACLNN_ERR_PARAM_NULLPTR, [doc]
-//!   return codes); query FLOAT16/BFLOAT16, key/value/queryRope/keyRope/attentionOut the same
-//!   dtype, sparseIndices/blockTable/actual lengths INT32, softmaxMax/Sum FLOAT ([doc]
-//!   dtype columns; ACLNN_ERR_PARAM_INVALID); none of them non-contiguous ([doc]
-//!   "非连续Tensor x").
-//! - layoutQuery BSND or TND, layoutKv BSND, TND or PA_BSND ([tiling] LAYOUT_SUPPORT_MAP);
-//!   the emulator implements query BSND with key BSND or PA_BSND (TND is refused as not
-//!   emulated).
-//! - attentionMode 2 with queryRope and keyRope ([tiling] "attentionMode only support 2";
-//!   [doc] "仅支持传入2，表示MLA-absorb模式"); N2 1, N1 in {1, 2, 4, ..., 128}, D 512 for
-//!   query, key and value, Dr 64 ([tiling] CheckFeatureMlaNoQuantShape; [doc] N1 on Atlas
-//!   A2/A3); sparseMode 0 or 3 ([tiling] "sparseMode must == 0/3"); sparseBlockSize a power
-//!   of two in [1, 128] ([tiling]); preTokens = nextTokens = 2^63-1 ([tiling]); PA_BSND:
-//!   blockTable [B, maxBlocks] and actualSeqLengthsKv required, block_size 16-aligned in
-//!   (0, 1024], divisible by sparseBlockSize ([tiling] CheckFeatureMlaNoQuantPa; [doc]);
-//!   BSND: blockTable must be null ([tiling] "when the layout_kv is %s, block_table should
-//!   be null"); returnSoftmaxLse only with a key layout other than PA_BSND ([doc]
-//!   returnSoftmaxLse: "该参数仅在训练且layout_kv不为PA_BSND场景支持": only in training and
-//!   not PA_BSND; the "training" half is not enforced by default, as the kernel writes
-//!   the two outputs whenever asked, and is with `MOEMLA_CANN_EMULATOR_CANN=2025-12`, see
-//!   `ops/mod.rs`). These are tiling failures (ACLNN_ERR_INNER_TILING_ERROR) except the
-//!   dtype/null ones.
+//! - query, key, value, sparseIndices, attentionOut required (ACLNN_ERR_PARAM_NULLPTR,
+//!   \[doc\] return codes); query FLOAT16/BFLOAT16, key/value/queryRope/keyRope/attentionOut
+//!   the same dtype, sparseIndices/blockTable/actual lengths INT32, softmaxMax/Sum FLOAT
+//!   (\[doc\] dtype columns; ACLNN_ERR_PARAM_INVALID); none of them non-contiguous
+//!   (\[doc\] "非连续Tensor x").
+//! - layoutQuery BSND or TND, layoutKv BSND, TND or PA_BSND (\[tiling\]
+//!   LAYOUT_SUPPORT_MAP); the emulator implements query BSND with key BSND or PA_BSND (TND
+//!   is refused as not emulated).
+//! - attentionMode 2 with queryRope and keyRope (\[tiling\] "attentionMode only support 2";
+//!   \[doc\] "仅支持传入2，表示MLA-absorb模式"); N2 1, N1 in {1, 2, 4, ..., 128}, D 512 for
+//!   query, key and value, Dr 64 (\[tiling\] CheckFeatureMlaNoQuantShape; \[doc\] N1 on
+//!   Atlas A2/A3); sparseMode 0 or 3 (\[tiling\] "sparseMode must == 0/3"); sparseBlockSize
+//!   a power of two in [1, 128] (\[tiling\]); preTokens = nextTokens = 2^63-1 (\[tiling\]);
+//!   PA_BSND: blockTable [B, maxBlocks] and actualSeqLengthsKv required, block_size
+//!   16-aligned in (0, 1024], divisible by sparseBlockSize (\[tiling\]
+//!   CheckFeatureMlaNoQuantPa; \[doc\]); BSND: blockTable must be null (\[tiling\] "when
+//!   the layout_kv is %s, block_table should be null"); returnSoftmaxLse only with a key
+//!   layout other than PA_BSND (\[doc\] returnSoftmaxLse:
+//!   "该参数仅在训练且layout_kv不为PA_BSND场景支持": only in training and not PA_BSND; the
+//!   "training" half is not enforced by default, as the kernel writes the two outputs
+//!   whenever asked, and is with `MOEMLA_CANN_EMULATOR_CANN=2025-12`, see `ops/mod.rs`).
+//!   These are tiling failures (ACLNN_ERR_INNER_TILING_ERROR) except the dtype/null ones.
 //!
-//! Semantics (launch), per batch b, query row s, head n ([golden] _t_increattention_bnsd,
-//! matching [kernel]):
-//! - threshold = actSeqKv[b] (sparseMode 0) or actSeqKv[b] - actSeqQ[b] + s + 1 (3); a row
-//!   with s < actSeqQ - actSeqKv under mode 3 gives 0.
+//! Semantics (launch), per batch b, query row s, head n (\[golden\] _t_increattention_bnsd,
+//! matching \[kernel\]):
+//! - `threshold = actSeqKv[b]` (sparseMode 0) or `actSeqKv[b] - actSeqQ[b] + s + 1` (3); a
+//!   row with s < actSeqQ - actSeqKv under mode 3 gives 0.
 //! - validCount = min(sparse_size, ceil(threshold / sparseBlockSize)); entries i <
 //!   validCount are read in order, stopping at the first -1; entry e covers positions
 //!   [e * sbs, min(e * sbs + sbs, threshold)); an entry starting at or past threshold is
-//!   skipped; a duplicated entry adds its positions again ([golden] gatherKV; [kernel]
+//!   skipped; a duplicated entry adds its positions again (\[golden\] gatherKV; \[kernel\]
 //!   CalcSinnerTopKBegin). A negative entry other than -1 is outside what any source
 //!   defines: ACLNN_ERR_RUNTIME_ERROR here, as is a block-table entry outside the cache
 //!   (CANN reads memory there).
 //! - s_j = scaleValue * (q k_j + qRope kRope_j); softmaxMax = max s_j, softmaxSum =
 //!   sum exp(s_j - max); P = exp(s - max) / sum rounded to the query dtype before P @ V
-//!   ([golden]: `softmax_res.to(torch.bfloat16)` / float16), V = value's 512 columns.
-//! - No position: attentionOut 0 ([kernel] DealActSeqLenIsZero), softmaxMax -2e38
-//!   (SOFTMAX_MIN_NUM) and softmaxSum 0 ([vector] CopyFALseToGm).
-//! - softmaxMax / softmaxSum [B, N2, S1, N1 / N2] for query BSND ([doc]).
+//!   (\[golden\]: `softmax_res.to(torch.bfloat16)` / float16), V = value's 512 columns.
+//! - No position: attentionOut 0 (\[kernel\] DealActSeqLenIsZero), softmaxMax -2e38
+//!   (SOFTMAX_MIN_NUM) and softmaxSum 0 (\[vector\] CopyFALseToGm).
+//! - softmaxMax / softmaxSum `[B, N2, S1, N1 / N2]` for query BSND (\[doc\]).
 
 use super::{aclnn_launch, expect_dims, expect_dtype, layout, older_cann};
 use crate::executor::prepare;
@@ -476,7 +477,7 @@ fn check(a: Args) -> EmuResult<Sfa> {
     })
 }
 
-/// First phase of aclnnSparseFlashAttention ([doc] signature).
+/// First phase of aclnnSparseFlashAttention (\[doc\] signature).
 ///
 /// # Safety
 /// Pointers are checked against the emulator's records; the layouts must be null or C

@@ -2,7 +2,7 @@
 //!
 //! - `aclnnReluGetWorkspaceSize(const aclTensor *self, aclTensor *out, ...)`: out =
 //!   max(x, 0), FLOAT/FLOAT16/BFLOAT16 among others, out self's shape and dtype
-//!   (https://www.hiascend.com/document/detail/zh/CANNCommunityEdition/83RC1/API/aolapi/context/aclnnRelu.md).
+//!   (<https://www.hiascend.com/document/detail/zh/CANNCommunityEdition/83RC1/API/aolapi/context/aclnnRelu.md>).
 //!   NaN: not documented; the emulator propagates it.
 //! - `aclnnTopkGetWorkspaceSize(const aclTensor *self, int64_t k, int64_t dim, bool largest,
 //!   bool sorted, aclTensor *valuesOut, aclTensor *indicesOut, ...)`: the k largest (or
