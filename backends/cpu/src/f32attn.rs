@@ -18,6 +18,36 @@ pub fn native() -> bool {
     }
 }
 
+/// Whether, for `rows` query rows, a caller should take its general GEMM (which packs
+/// its operands) instead of [`gemm_qk`] and [`gemm_pv`] on this CPU: on Intel cores, from
+/// [`GEMM_ROWS`] rows. [`gemm_qk`]'s 4 x 4 tiles re-read the query rows from L2 once per
+/// four cache rows; on an Intel Xeon (one core, `mla_decode` at DeepSeek's width, 1024
+/// positions) that held both products to 45-48% of the core's FMA peak at any row count,
+/// while the packed GEMM reached 60% at 64 rows and 73% at 256 (47% and 45% at 32 and 16
+/// rows, where the kernels stay). On an AMD EPYC (Zen 5) the kernels ran `mla_decode` at
+/// 128 heads at 79-87% of the FMA peak, above the packed GEMM's 75% at 2048^3: AMD and
+/// other CPUs keep them.
+pub fn yields_to_gemm(rows: usize) -> bool {
+    rows >= GEMM_ROWS && intel()
+}
+
+/// Query rows from which [`yields_to_gemm`] sends an Intel core to the general GEMM.
+pub const GEMM_ROWS: usize = 64;
+
+/// Whether the CPU's vendor string (CPUID leaf 0) is Intel's.
+fn intel() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let id = std::arch::x86_64::__cpuid(0);
+        let words = [id.ebx, id.edx, id.ecx].map(u32::to_le_bytes);
+        words.concat() == b"GenuineIntel"
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// `out[r * n + j] = q_r . row_j` for the `m` rows of `q` [m, k] (row-major) and the `n`
 /// rows `rows` (each at least `k` long; its first `k` columns are used); `out` is [m, n]
 /// and is overwritten.

@@ -9,7 +9,8 @@
 //! dequantized, when their values are bf16 values), V packed once per chunk,
 //! `P` rounded to bf16 as FlashMLA does. Otherwise the rows are f32 (an F32 cache read in
 //! place, others upcast or FP8-dequantized once, shared by all M rows), on AVX-512F
-//! kernels that read them directly ([`crate::f32attn`]) or else the general GEMM. Only
+//! kernels that read them directly ([`crate::f32attn`]) or else (without AVX-512F, or
+//! with many rows where [`f32attn::yields_to_gemm`]) the general GEMM. Only
 //! positions below a row's attended length are ever read or weighted.
 
 use crate::bf16attn;
@@ -108,7 +109,7 @@ pub fn attend(
     // way (`moemla bench --backend cpu --op mla_decode --dtype bf16 --filter "h_q=16"`).
     let kernels = Kernels {
         bf16: bf16dot::outpaces_fma(),
-        f32: f32attn::native(),
+        f32: f32attn::native() && !f32attn::yields_to_gemm(limits.len()),
     };
     attend_with(kernels, (q, limits), cache, g, span, scale, scratch)
 }
