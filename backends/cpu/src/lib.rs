@@ -13,6 +13,7 @@ mod device;
 mod f32attn;
 mod gemm_util;
 mod gemv;
+mod kept;
 mod ops;
 mod storage;
 #[cfg(test)]

@@ -14,6 +14,7 @@
 //! caller takes the f32 path.
 
 use super::Fp8Weights;
+use crate::kept::with_buffer;
 use moemla_core::fp8::BLOCK;
 use std::arch::x86_64::*;
 use std::cell::Cell;
@@ -28,7 +29,8 @@ const STEP: usize = 64;
 /// 13.8 ms at 8 KiB).
 const PREFETCH: usize = 8192;
 
-/// Largest prepared activation buffer (bf16 words; 4 MiB) a thread keeps for its next call.
+/// Largest prepared activation buffer (bf16 words; 4 MiB) a thread keeps for its next
+/// call (and of their scales, one per [`BLOCK`] words).
 const PREPARED_KEEP: usize = 2 << 20;
 
 /// bf16 bits of the e4m3 value with magnitude bits `m` (0..128; 0x7F: a quiet NaN).
@@ -150,35 +152,34 @@ unsafe fn with_prepared(
     let Some((len_words, len_scales)) = n.checked_mul(padded).zip(n.checked_mul(col_blocks)) else {
         return false;
     };
-    let (mut words, mut act_scales) = (PREPARED.take(), ACT_SCALES.take());
-    words.clear();
-    act_scales.clear();
-    // Fallible: where the memory is not there, decline; the caller's dequantized path then
-    // reports it as a typed error.
-    let mut ok = words.try_reserve(len_words).is_ok() && act_scales.try_reserve(len_scales).is_ok();
-    if ok {
-        words.resize(len_words, 0);
-        act_scales.resize(len_scales, 1.0);
-    }
-    for (j, vector) in act.chunks_exact(k).take(n).enumerate() {
-        // SAFETY: AVX-512F/BW are available; the slices are `padded` zeros and
-        // `col_blocks` long.
-        ok = ok
-            && prepare(
-                vector,
-                &mut words[j * padded..(j + 1) * padded],
-                &mut act_scales[j * col_blocks..(j + 1) * col_blocks],
-            );
-    }
-    if ok {
-        f(words.as_ptr(), act_scales.as_ptr(), padded);
-    }
-    // A prefill's prepared tokens are not kept for the life of the thread.
-    if words.capacity() <= PREPARED_KEEP {
-        PREPARED.set(words);
-        ACT_SCALES.set(act_scales);
-    }
-    ok
+    with_buffer(&PREPARED, PREPARED_KEEP, |words| {
+        with_buffer(&ACT_SCALES, PREPARED_KEEP / BLOCK, |act_scales| {
+            // Fallible: where the memory is not there, decline; the caller's dequantized
+            // path then reports it as a typed error.
+            let mut ok =
+                words.try_reserve(len_words).is_ok() && act_scales.try_reserve(len_scales).is_ok();
+            if ok {
+                words.resize(len_words, 0);
+                act_scales.resize(len_scales, 1.0);
+            }
+            for (j, vector) in act.chunks_exact(k).take(n).enumerate() {
+                // SAFETY: AVX-512F/BW are available; the slices are `padded` zeros and
+                // `col_blocks` long.
+                ok = ok
+                    && unsafe {
+                        prepare(
+                            vector,
+                            &mut words[j * padded..(j + 1) * padded],
+                            &mut act_scales[j * col_blocks..(j + 1) * col_blocks],
+                        )
+                    };
+            }
+            if ok {
+                f(words.as_ptr(), act_scales.as_ptr(), padded);
+            }
+            ok
+        })
+    })
 }
 
 /// Writes `vector` as bf16 words into `words` (`padded` zeros, a multiple of 64 >=

@@ -218,24 +218,20 @@ mod x86 {
             .div_ceil(BLOCK)
             .checked_mul(BLOCK.checked_mul(n)?)?
             .checked_add(15)?;
-        let mut buf = BLOCKED.take();
-        buf.clear();
-        let result = buf.try_reserve(len).is_ok().then(|| {
-            buf.resize(len, 0.0);
-            // f32 values are 4-byte aligned: 0..=15 values to the next boundary.
-            let skip = (64 - buf.as_ptr() as usize % 64) % 64 / 4;
-            let copy = &mut buf[skip..len - 15 + skip];
-            for (j, vector) in act.chunks_exact(k).take(n).enumerate() {
-                for (b, values) in vector.chunks(BLOCK).enumerate() {
-                    copy[(b * n + j) * BLOCK..][..values.len()].copy_from_slice(values);
+        crate::kept::with_buffer(&BLOCKED, BLOCKED_KEEP, |buf| {
+            buf.try_reserve(len).is_ok().then(|| {
+                buf.resize(len, 0.0);
+                // f32 values are 4-byte aligned: 0..=15 values to the next boundary.
+                let skip = (64 - buf.as_ptr() as usize % 64) % 64 / 4;
+                let copy = &mut buf[skip..len - 15 + skip];
+                for (j, vector) in act.chunks_exact(k).take(n).enumerate() {
+                    for (b, values) in vector.chunks(BLOCK).enumerate() {
+                        copy[(b * n + j) * BLOCK..][..values.len()].copy_from_slice(values);
+                    }
                 }
-            }
-            f(copy)
-        });
-        if buf.capacity() <= BLOCKED_KEEP {
-            BLOCKED.set(buf);
-        }
-        result
+                f(copy)
+            })
+        })
     }
 
     /// Codes per load: one 512-bit register, four 16-lane f32 quarters.
