@@ -109,6 +109,11 @@ mod x86 {
     /// f32 lanes of one AVX-512 register.
     const LANES: usize = 16;
 
+    /// How far ahead (bytes) [`dots`] prefetches the weights into L2: the hardware
+    /// prefetchers stop at 4 KiB page boundaries (as for the FP8 decode path,
+    /// `fp8::dpbf16`'s `PREFETCH`).
+    const PREFETCH: usize = 8192;
+
     /// [`super::rows_times`] for F32 weights `w` on AVX-512F: `out[r * n + c] = w[first +
     /// r] . act[c]`. False (nothing written) when the CPU lacks AVX-512F or the lengths do
     /// not fit: `k` 0, `act` not 0..=[`super::MAX_VECTORS`] whole rows of `k`, `w`
@@ -167,6 +172,11 @@ mod x86 {
             // SAFETY (all loads): columns off..off + 32 (or the masked rest) lie inside the
             // row of w and every row of act; out[r * N + c] is inside rows x N.
             while off + 2 * LANES <= k {
+                // The two lines PREFETCH bytes on (a hint: never faults, whatever the
+                // address, so `wrapping_add` may pass the end of `w`).
+                let ahead = row.wrapping_add(off + PREFETCH / 4);
+                _mm_prefetch::<_MM_HINT_T1>(ahead.cast());
+                _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(LANES).cast());
                 for (h, acc) in acc.iter_mut().enumerate() {
                     let wv = _mm512_loadu_ps(row.add(off + h * LANES));
                     for (c, s) in acc.iter_mut().enumerate() {
