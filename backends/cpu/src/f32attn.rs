@@ -34,13 +34,20 @@ pub fn yields_to_gemm(rows: usize) -> bool {
 /// Query rows from which [`yields_to_gemm`] sends an Intel core to the general GEMM.
 pub const GEMM_ROWS: usize = 64;
 
-/// Whether the CPU's vendor string (CPUID leaf 0) is Intel's.
+/// Whether the CPU's vendor string (CPUID leaf 0) is Intel's; read once per process
+/// (CPUID serialises the core, and in a VM traps to the hypervisor).
 fn intel() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        let id = std::arch::x86_64::__cpuid(0);
-        let words = [id.ebx, id.edx, id.ecx].map(u32::to_le_bytes);
-        words.concat() == b"GenuineIntel"
+        static INTEL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *INTEL.get_or_init(|| {
+            // SAFETY: every x86_64 CPU has CPUID with leaf 0. (A safe function in recent
+            // Rust, unsafe in older releases: the block keeps the minimum version building.)
+            #[allow(unused_unsafe)]
+            let id = unsafe { std::arch::x86_64::__cpuid(0) };
+            let words = [id.ebx, id.edx, id.ecx].map(u32::to_le_bytes);
+            words.concat() == b"GenuineIntel"
+        })
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -524,6 +531,7 @@ mod tests {
                 (5, 9, 17),
                 (16, 130, 576),
                 (33, 67, 576),
+                (128, 130, 576),
             ] {
                 let stride = k + 3;
                 let q = rng.vec(m * k, -2.0, 2.0);
@@ -561,6 +569,7 @@ mod tests {
                 (5, 33, 17),
                 (9, 128, 512),
                 (6, 3, 100),
+                (128, 130, 512),
             ] {
                 let stride = d + 5;
                 let mat = rng.vec(n * stride, -2.0, 2.0);

@@ -115,7 +115,9 @@ pub fn attend(
 }
 
 /// Which kernels [`attend_with`] may use: the native bf16 dot, AVX-512F f32 (else the
-/// general GEMM). [`attend`] passes what the CPU has; tests also narrow it.
+/// general GEMM). [`attend`] passes what suits the CPU (the dot where it outpaces the
+/// FMA, the f32 kernels unless they yield to the GEMM at that many rows); tests also
+/// narrow it.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Kernels {
     /// The native bf16 dot ([`crate::bf16attn`]); only true where the CPU has it.

@@ -206,7 +206,7 @@ fn used_block_entry_out_of_range_is_reported() {
 #[test]
 fn bf16_decode_matches_f64_reference_at_odd_lengths_and_widths() {
     // Odd lengths, lengths just past and short of a chunk (128) and a block, causal with
-    // two queries: on the bf16 dot where the CPU has it (P rounded to bf16).
+    // two queries: on the bf16 dot where it outpaces the FMA (P rounded to bf16).
     check(&deepseek(16, vec![257, 129, 63, 2]), DType::BF16, 1e-2);
     // Grouped heads, a value width that is not whole vectors of 16, 3 rows per head.
     let c = Case {
@@ -227,7 +227,8 @@ fn bf16_decode_matches_f64_reference_at_odd_lengths_and_widths() {
 #[test]
 fn one_to_many_heads_at_the_deepseek_width_match_f64_reference() {
     // h_q 1 and 3 (fewer rows than a 4 x 4 score tile), 5 (one whole tile and one row),
-    // 128 (32 tiles of query rows sharing each tile of prefetched cache rows); one and
+    // 128 (32 tiles of query rows sharing each tile of prefetched cache rows, or the
+    // general GEMM where the f32 kernels yield to it); one and
     // two queries; lengths past and short of a chunk (128) and a block (64), one of 1
     // that leaves the first of two causal queries nothing to attend (lse -inf).
     for (s_q, h_q, seqlens) in [
@@ -320,7 +321,8 @@ fn fp8_cache_decode_matches_f64_reference_on_both_paths() {
     // Sequence 0 (slots = positions) in chunks of 128, 128 and 1, sequence 1 (from slot
     // 12 * 64) in one of 63: the bf16 dot where it outpaces the FMA on this CPU, except
     // the chunk holding slot 130, whose rows are not bf16 values: f32 products.
-    let f32_path = if crate::f32attn::native() {
+    let rows = c.s_q * c.h_q;
+    let f32_path = if crate::f32attn::native() && !crate::f32attn::yields_to_gemm(rows) {
         Taken::F32Kernels
     } else {
         Taken::Gemm

@@ -30,7 +30,7 @@ const STEP: usize = 64;
 const PREFETCH: usize = 8192;
 
 /// Largest prepared activation buffer (bf16 words; 4 MiB) a thread keeps for its next
-/// call (and of their scales, one per [`BLOCK`] words).
+/// call (and of their scales: at most one per [`STEP`] padded words).
 const PREPARED_KEEP: usize = 2 << 20;
 
 /// bf16 bits of the e4m3 value with magnitude bits `m` (0..128; 0x7F: a quiet NaN).
@@ -153,7 +153,7 @@ unsafe fn with_prepared(
         return false;
     };
     with_buffer(&PREPARED, PREPARED_KEEP, |words| {
-        with_buffer(&ACT_SCALES, PREPARED_KEEP / BLOCK, |act_scales| {
+        with_buffer(&ACT_SCALES, PREPARED_KEEP / STEP, |act_scales| {
             // Fallible: where the memory is not there, decline; the caller's dequantized
             // path then reports it as a typed error.
             let mut ok =
