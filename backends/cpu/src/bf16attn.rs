@@ -368,8 +368,8 @@ pub(crate) mod x86 {
     /// AVX-512F, AVX-512BW and AVX512-BF16 must be available; `q` holds `m * k`
     /// elements, every row at least `k`, `out` `m * rows.len()`.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub unsafe fn gemm_qk(q: &[bf16], mk: (usize, usize), rows: &[&[bf16]], out: &mut [f32]) {
-        qk(q, mk, rows, out);
+    pub unsafe fn gemm_qk(q: &[bf16], (m, k): (usize, usize), rows: &[&[bf16]], out: &mut [f32]) {
+        qk(q, (m, k, k), rows, out);
     }
 
     /// Rounds the leading multiple of 16 of `src` to bf16 into `dst` (nearest even;
