@@ -24,7 +24,8 @@ pub fn native() -> bool {
 /// four cache rows; on an Intel Xeon (one core, `mla_decode` at DeepSeek's width, 1024
 /// positions) that held both products to 45-48% of the core's FMA peak at any row count,
 /// while the packed GEMM reached 60% at 64 rows and 73% at 256 (47% and 45% at 32 and 16
-/// rows, where the kernels stay). On an AMD EPYC (Zen 5) the kernels ran `mla_decode` at
+/// rows, where the kernels stay and reach 52% with the passes of [`qk_pass`], which only
+/// fit L1 up to 32 rows). On an AMD EPYC (Zen 5) the kernels ran `mla_decode` at
 /// 128 heads at 79-87% of the FMA peak, above the packed GEMM's 75% at 2048^3: AMD and
 /// other CPUs keep them.
 pub fn yields_to_gemm(rows: usize) -> bool {
@@ -39,7 +40,8 @@ const QUERY_PASS_BYTES: usize = 24 << 10;
 
 /// Key columns per pass of [`gemm_qk`] over `m` query rows of `k`: all of them, except on
 /// Intel cores with up to 32 rows, whose query block is split into passes of whole
-/// 16-column steps that fit [`QUERY_PASS_BYTES`], so that it stays in L1 beside the tile
+/// 16-column steps that about fit [`QUERY_PASS_BYTES`] (the rounding up to whole steps
+/// adds at most 64 bytes per row), so that it stays in L1 beside the tile
 /// of cache rows it meets (each pass adds one reduction per 4 x 4 tile). On an Intel Xeon
 /// (one core, `mla_decode` at DeepSeek's width, 4096 positions) the op went from 45% to
 /// 52% of the core's FMA peak at 16 rows (two passes) and from 47% to 52% at 32 (three).
@@ -84,7 +86,9 @@ fn intel() -> bool {
 /// and is overwritten.
 ///
 /// A `k` of 0, a `q` that is not whole rows of `k`, a short row or an `out` that is not
-/// `m * n` long are [`Error::Device`]; nothing is written then.
+/// `m * n` long are [`Error::Device`]; nothing is written then. The order of the f32
+/// additions (and so the last bits) depends on the CPU: vector or plain loops, and on
+/// Intel cores with few rows, passes over the columns ([`qk_pass`]).
 pub fn gemm_qk(q: &[f32], k: usize, rows: &[&[f32]], out: &mut [f32]) -> Result<()> {
     let m = q.len() / k.max(1);
     gemm_qk_with(native(), qk_pass(m, k), q, k, rows, out)
@@ -347,7 +351,8 @@ pub(crate) mod x86 {
         let mut k0 = 0;
         while k0 < k {
             let kp = (k - k0).min(pass);
-            // SAFETY: columns k0..k0 + kp lie inside every row (of at least k).
+            // SAFETY: as this function's contract: `q` holds m rows of k, every row at
+            // least k (so columns k0..k0 + kp lie inside each), `out` m * n.
             qk_columns::<E>((q, (m, k)), (k0, kp), rows, o);
             k0 += kp;
         }
@@ -370,6 +375,7 @@ pub(crate) mod x86 {
         let mut c = 0;
         while c < n {
             let nc = (n - c).min(QT);
+            // SAFETY (the offsets): k0 < k, and every row holds at least k elements.
             let mut bp = [rows[c].as_ptr().add(k0); QT];
             for (j, p) in bp.iter_mut().enumerate().take(nc) {
                 *p = rows[c + j].as_ptr().add(k0);
