@@ -246,12 +246,35 @@ fn one_to_many_heads_at_the_deepseek_width_match_f64_reference() {
     }
 }
 
-#[test]
-fn fp8_cache_decode_matches_f64_reference_on_both_paths() {
-    use super::attend::{Taken, TAKEN};
+/// `count` random `fp8_ds_v32` rows (power-of-two scales, as quantized) and their f32
+/// dequantization, except row `odd`, whose first tile's scale is 0.3 (its values then
+/// not bf16 values).
+fn fp8_rows(count: usize, odd: usize, rng: &mut Lcg) -> (Vec<u8>, Vec<f32>) {
     use moemla_core::fp8::{
         dequantize_ds_v32_row, quantize_ds_v32_row, DS_V32_DIM, DS_V32_LATENT, DS_V32_ROW_BYTES,
     };
+    let mut bytes = vec![0u8; count * DS_V32_ROW_BYTES];
+    let mut deq = vec![0.0f32; count * DS_V32_DIM];
+    for (at, (row, out)) in bytes
+        .chunks_exact_mut(DS_V32_ROW_BYTES)
+        .zip(deq.chunks_exact_mut(DS_V32_DIM))
+        .enumerate()
+    {
+        let kv: Vec<f32> = rng.vec(DS_V32_DIM, -1.0, 1.0);
+        let row: &mut [u8; DS_V32_ROW_BYTES] = row.try_into().unwrap();
+        quantize_ds_v32_row(kv.as_slice().try_into().unwrap(), row);
+        if at == odd {
+            row[DS_V32_LATENT..DS_V32_LATENT + 4].copy_from_slice(&0.3f32.to_le_bytes());
+        }
+        dequantize_ds_v32_row(row, out.try_into().unwrap());
+    }
+    (bytes, deq)
+}
+
+#[test]
+fn fp8_cache_decode_matches_f64_reference_on_both_paths() {
+    use super::attend::{Taken, TAKEN};
+    use moemla_core::fp8::{DS_V32_DIM, DS_V32_ROW_BYTES};
     // BF16 queries; the rows' power-of-two scales make their values bf16 values (the
     // bf16 dot where it outpaces the FMA), except one row with a scale of 0.3 in its
     // first tile, whose chunk (positions 128..256 of sequence 0) takes the f32 path.
@@ -262,22 +285,8 @@ fn fp8_cache_decode_matches_f64_reference_on_both_paths() {
     let mut rng = Lcg::new(5);
     let num_blocks = c.batch * c.max_blocks;
     let table: Vec<i32> = (0..num_blocks as i32).collect();
-    let mut bytes = vec![0u8; num_blocks * c.block_size * DS_V32_ROW_BYTES];
-    let mut deq = vec![0.0f32; num_blocks * c.block_size * DS_V32_DIM];
     let odd = 130;
-    for (slot, (row, out)) in bytes
-        .chunks_exact_mut(DS_V32_ROW_BYTES)
-        .zip(deq.chunks_exact_mut(DS_V32_DIM))
-        .enumerate()
-    {
-        let kv: Vec<f32> = rng.vec(DS_V32_DIM, -1.0, 1.0);
-        let row: &mut [u8; DS_V32_ROW_BYTES] = row.try_into().unwrap();
-        quantize_ds_v32_row(kv.as_slice().try_into().unwrap(), row);
-        if slot == odd {
-            row[DS_V32_LATENT..DS_V32_LATENT + 4].copy_from_slice(&0.3f32.to_le_bytes());
-        }
-        dequantize_ds_v32_row(row, out.try_into().unwrap());
-    }
+    let (bytes, deq) = fp8_rows(num_blocks * c.block_size, odd, &mut rng);
     assert_ne!(deq[odd * DS_V32_DIM], 0.0);
     let q_v = rng.vec(c.batch * c.s_q * c.h_q * c.d_qk, -1.0, 1.0);
     let (q, qs) = upload_as(&cpu, &[c.batch, c.s_q, c.h_q, c.d_qk], &q_v, DType::BF16);
@@ -462,9 +471,7 @@ fn assert_matches_reference<'a>(
 fn fp8_rows_on_every_kernel_choice_match_f64_reference() {
     use super::attend::{attend_with, Cache, Kernels, Scratch, Slots, Taken, TAKEN};
     use crate::ops::kv_rows::KvRows;
-    use moemla_core::fp8::{
-        dequantize_ds_v32_row, quantize_ds_v32_row, DS_V32_DIM, DS_V32_LATENT, DS_V32_ROW_BYTES,
-    };
+    use moemla_core::fp8::{DS_V32_DIM, DS_V32_LATENT};
     // 300 FP8 rows in 64-slot blocks (in reverse order), 5 bf16 query rows with limits
     // past and short of a chunk (128). The rows' power-of-two scales make their values
     // bf16 values, except position 130's first tile (scale 0.3): with the bf16 dot
@@ -476,21 +483,7 @@ fn fp8_rows_on_every_kernel_choice_match_f64_reference() {
     let table: Vec<i32> = (0..blocks as i32).rev().collect();
     let slot = |p: usize| table[p / bs] as usize * bs + p % bs;
     let mut rng = Lcg::new(8);
-    let mut bytes = vec![0u8; blocks * bs * DS_V32_ROW_BYTES];
-    let mut deq = vec![0.0f32; blocks * bs * DS_V32_DIM];
-    for (at, (row, out)) in bytes
-        .chunks_exact_mut(DS_V32_ROW_BYTES)
-        .zip(deq.chunks_exact_mut(DS_V32_DIM))
-        .enumerate()
-    {
-        let kv: Vec<f32> = rng.vec(DS_V32_DIM, -1.0, 1.0);
-        let row: &mut [u8; DS_V32_ROW_BYTES] = row.try_into().unwrap();
-        quantize_ds_v32_row(kv.as_slice().try_into().unwrap(), row);
-        if at == slot(130) {
-            row[DS_V32_LATENT..DS_V32_LATENT + 4].copy_from_slice(&0.3f32.to_le_bytes());
-        }
-        dequantize_ds_v32_row(row, out.try_into().unwrap());
-    }
+    let (bytes, deq) = fp8_rows(blocks * bs, slot(130), &mut rng);
     let q: Vec<f32> = rng
         .vec(limits.len() * DS_V32_DIM, -1.0, 1.0)
         .iter()
