@@ -15,8 +15,14 @@ use std::any::Any;
 use std::ffi::c_void;
 use std::sync::Arc;
 
-/// Dynamic shared memory a kernel may use without opting in.
-const DEFAULT_SHARED_BYTES: u32 = 48 * 1024;
+/// Dynamic shared memory a kernel may use before it opts in
+/// (`CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`), as the launcher counts it: none.
+/// CUDA's 48 KiB without an opt-in holds static and dynamic shared memory together, and the
+/// launcher does not know a kernel's static part (with 48 KiB here, `moe_route`'s 128
+/// static bytes took E 11,455 to 11,486 past the limit with no opt-in). So every kernel
+/// that uses dynamic shared memory opts in once, to what its launch asks; the plans have
+/// checked static plus dynamic against the device's opt-in limit.
+const SHARED_WITHOUT_OPT_IN: u32 = 0;
 
 /// A tensor's device memory: a byte allocation (at least one byte; the tensor may use
 /// fewer), or caller memory it never frees (`wrap_raw`), and its address.
@@ -309,7 +315,7 @@ impl GpuDevice for CudaDevice {
         let function = self.kernels.function(
             module,
             launch,
-            DEFAULT_SHARED_BYTES,
+            SHARED_WITHOUT_OPT_IN,
             |m| self.load(m),
             |m, name| m.load_function(name).call("cuModuleGetFunction").or_core(),
             |f, bytes| {

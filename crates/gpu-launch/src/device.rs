@@ -263,6 +263,31 @@ mod tests {
     }
 
     #[test]
+    fn with_no_default_any_dynamic_shared_memory_opts_in_once() {
+        // CUDA's choice: the 48 KiB limit without an opt-in counts static shared memory
+        // too, which the launcher does not know, so any dynamic use opts in.
+        let cache: KernelCache<(), ()> = KernelCache::new("test");
+        let enabled = RefCell::new(Vec::new());
+        for bytes in [0, 128, 128, 49_000, 60] {
+            let l = launch("moemla_moe_route_f32", bytes);
+            cache
+                .function(
+                    Module::MoeRoute,
+                    &l,
+                    0,
+                    |_| Ok(()),
+                    |_, _| Ok(()),
+                    |_, b| {
+                        enabled.borrow_mut().push(b);
+                        Ok(())
+                    },
+                )
+                .unwrap();
+        }
+        assert_eq!(enabled.into_inner(), [128, 49_000]);
+    }
+
+    #[test]
     fn a_kernel_outside_its_module_is_an_error_not_a_lookup() {
         let cache: KernelCache<(), ()> = KernelCache::new("test");
         let err = cache
