@@ -41,6 +41,8 @@ pub struct BenchArgs {
     /// Also time the same ops on the same inputs in numpy (`--peer numpy`) or in PyTorch
     /// on the CPU (`--peer torch`: checked against the committed goldens first; skipped
     /// with a note where torch cannot be imported). Cases the peer cannot run say n/a.
+    /// The peer runs in `python3`, or the interpreter env MOEMLA_PYTHON names (a virtual
+    /// environment's, say).
     #[arg(long)]
     peer: Option<String>,
     /// Tiny shapes and few repetitions: checks the harness, measures nothing meaningful.
