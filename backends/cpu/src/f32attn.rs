@@ -38,6 +38,9 @@ pub const GEMM_ROWS: usize = 64;
 /// Bytes of query rows one pass of [`gemm_qk`] holds in L1 on Intel cores ([`qk_pass`]).
 const QUERY_PASS_BYTES: usize = 24 << 10;
 
+/// Query rows up to which [`qk_pass`] splits the key columns on Intel cores.
+const PASS_MAX_ROWS: usize = 32;
+
 /// Key columns per pass of [`gemm_qk`] over `m` query rows of `k`: all of them, except on
 /// Intel cores with up to 32 rows, whose query block is split into passes of whole
 /// 16-column steps that about fit [`QUERY_PASS_BYTES`] (the rounding up to whole steps
@@ -47,7 +50,7 @@ const QUERY_PASS_BYTES: usize = 24 << 10;
 /// 52% of the core's FMA peak at 16 rows (two passes) and from 47% to 52% at 32 (three).
 /// Unmeasured elsewhere: other CPUs keep one pass.
 fn qk_pass(m: usize, k: usize) -> usize {
-    if m > 32 || !intel() {
+    if m > PASS_MAX_ROWS || !intel() {
         return k;
     }
     let passes = m
@@ -608,7 +611,7 @@ mod tests {
             (8, 100_000),
         ] {
             let pass = qk_pass(m, k);
-            if intel() && m <= 32 {
+            if intel() && m <= PASS_MAX_ROWS {
                 assert!(pass == k || pass.is_multiple_of(16), "m {m} k {k}: {pass}");
                 assert!(
                     m * pass * 4 <= QUERY_PASS_BYTES + m * 15 * 4,

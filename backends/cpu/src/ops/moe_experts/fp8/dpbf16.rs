@@ -14,6 +14,7 @@
 //! caller takes the f32 path.
 
 use super::Fp8Weights;
+use crate::gemv::PREFETCH_BYTES;
 use crate::kept::with_buffer;
 use moemla_core::fp8::BLOCK;
 use std::arch::x86_64::*;
@@ -21,13 +22,6 @@ use std::cell::Cell;
 
 /// Codes per decode step: one 512-bit register.
 const STEP: usize = 64;
-
-/// How far ahead (bytes) the decode path ([`rows_times`]) prefetches codes into L2. Weight
-/// buffers sit on 4 KiB pages, at whose boundaries the hardware prefetchers stop; measured
-/// on the 2-core Zen 4 dev machine at V3 shapes (T = 1, A/B in one process): none 16.1 ms,
-/// 4 KiB ahead 12.8, 8 KiB 11.7, 16 KiB 12.2; into L1 instead of L2 was slower (17.2 vs
-/// 13.8 ms at 8 KiB).
-const PREFETCH: usize = 8192;
 
 /// Largest prepared activation buffer (bf16 words; 4 MiB) a thread keeps for its next
 /// call (and of their scales: at most one per [`STEP`] padded words).
@@ -290,11 +284,11 @@ unsafe fn rows_n<const N: usize, const A: usize>(
         let mut total = [_mm512_setzero_ps(); N];
         for b in 0..col_blocks {
             let c = b * BLOCK;
-            // The block's two cache lines PREFETCH bytes ahead, into L2. A prefetch never
+            // The block's two cache lines PREFETCH_BYTES ahead, into L2. A prefetch never
             // faults: past the last row the address (wrapping arithmetic, no in-bounds
             // claim) is only a hint.
-            _mm_prefetch::<_MM_HINT_T1>(codes.wrapping_add(c + PREFETCH).cast());
-            _mm_prefetch::<_MM_HINT_T1>(codes.wrapping_add(c + PREFETCH + 64).cast());
+            _mm_prefetch::<_MM_HINT_T1>(codes.wrapping_add(c + PREFETCH_BYTES).cast());
+            _mm_prefetch::<_MM_HINT_T1>(codes.wrapping_add(c + PREFETCH_BYTES + 64).cast());
             // SAFETY: codes c..min(c + 128, k) of this row exist; the prepared vectors
             // are `padded` (a multiple of 64 >= k) long.
             let sums = if b < whole {
@@ -399,7 +393,7 @@ unsafe fn grid<const R: usize, const J: usize>(
     let mut total = [[_mm512_setzero_ps(); J]; R];
     for b in 0..col_blocks {
         let c = b * BLOCK;
-        // The same block of the next R rows into L2 (see [`PREFETCH`]; a hint, never a
+        // The same block of the next R rows into L2 (see [`PREFETCH_BYTES`]; a hint, never a
         // fault, past the last row too).
         for row in codes {
             _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(c + R * k).cast());
