@@ -184,8 +184,13 @@ pub(crate) mod x86 {
     /// Tokens (rows of `b`) from which [`super::gemm_nt`] packs `b` and takes
     /// [`gemm_packed`].
     pub const PACKED_MIN_N: usize = 16;
-    /// Rows of `b` per vector of the packed path (256-bit: 8 f32 accumulator lanes).
-    pub const LANES: usize = 8;
+    /// Rows of `b` per vector of the packed path (512-bit: 16 f32 accumulator lanes). A
+    /// 2-core Zen 5 (full-width AVX-512) runs 512-bit `VDPBF16PS` at twice the FLOP rate
+    /// of 256-bit: the experts' compute-bound bf16 rows measured 31-35% of the bf16 dot
+    /// peak on 256-bit vectors.
+    pub const LANES: usize = 16;
+    /// Rows of `b` the packing transposes at a time (8 x 8 pairs in 256-bit registers).
+    const PACK_ROWS: usize = 8;
     /// At most this many last rows of `b` (`n % LANES`) take the row-dot kernel in
     /// [`gemm_packed`].
     pub const REST_MAX: usize = 3;
@@ -203,9 +208,9 @@ pub(crate) mod x86 {
     /// [`super::gemm_nt`] with `b` packed first into `xp`: pairs of columns of `b` as
     /// `[ceil(k / 2)][n rounded up to LANES]` u32 (zero where `b` has no element), then
     /// each output is one accumulator lane: a pair of `a`'s row broadcast against
-    /// `LANES` rows of `b` per `VDPBF16PS`, up to 24 accumulators in registers (8 rows
-    /// of `a` x 3 vectors of `b`, 6 x 4, 4 x 6), stored without reductions. Each output
-    /// adds its k products to one f32 accumulator in order.
+    /// `LANES` rows of `b` per `VDPBF16PS`, up to 24 accumulators in registers (12 rows
+    /// of `a` x 1 or 2 vectors of `b`, 8 x 3, 6 x 4), stored without reductions. Each
+    /// output adds its k products to one f32 accumulator in order.
     ///
     /// # Safety
     /// AVX-512F/BW/VL and AVX512-BF16 must be available; `a` holds `m * k`, `b` `n * k`
@@ -229,10 +234,10 @@ pub(crate) mod x86 {
         let (a, o, xp) = (a.as_ptr().cast::<u16>(), out.as_mut_ptr(), xp.as_mut_ptr());
         let b = b.as_ptr().cast::<u16>();
         pack(b, n, k, xp);
-        // Column blocks of up to 6 vectors, as even as possible (7 -> 4 + 3): every block
+        // Column blocks of up to 4 vectors, as even as possible (5 -> 3 + 2): every block
         // but the first reads the panel's rows again (from L2).
         let vecs = n_pad / LANES;
-        let blocks = vecs.div_ceil(6);
+        let blocks = vecs.div_ceil(4);
         let mut r0 = 0;
         while r0 < m {
             let pr = (m - r0).min(PANEL);
@@ -247,13 +252,10 @@ pub(crate) mod x86 {
                 let op = o.add(r0 * n_all + c0);
                 let args = (ap, pr, k, xq, n_pad, op, n_all, cols, m - r0 - pr);
                 match nv {
-                    // Only where n <= 8 (not taken: see [`PACKED_MIN_N`]).
-                    1 => panel::<8, 1>(args),
-                    2 => panel::<8, 2>(args),
+                    1 => panel::<12, 1>(args),
+                    2 => panel::<12, 2>(args),
                     3 => panel::<8, 3>(args),
-                    4 => panel::<6, 4>(args),
-                    5 => panel::<4, 5>(args),
-                    _ => panel::<4, 6>(args),
+                    _ => panel::<6, 4>(args),
                 }
                 v0 += nv;
             }
@@ -272,7 +274,7 @@ pub(crate) mod x86 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     unsafe fn pack(b: *const u16, n: usize, k: usize, xp: *mut u32) {
         let (n_pad, kp) = (n.div_ceil(LANES) * LANES, k.div_ceil(2));
-        for g in (0..n_pad).step_by(LANES) {
+        for g in (0..n_pad).step_by(PACK_ROWS) {
             let mut p = 0;
             while p < kp {
                 // bf16 elements of each row from column 2p: a masked load past k reads
@@ -362,7 +364,7 @@ pub(crate) mod x86 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     #[inline]
     unsafe fn pairs<const MR: usize, const NV: usize, const TAIL: bool>(
-        acc: &mut [[__m256; NV]; MR],
+        acc: &mut [[__m512; NV]; MR],
         w: &[*const u16; MR],
         xp: *const u32,
         n_pad: usize,
@@ -371,10 +373,10 @@ pub(crate) mod x86 {
     ) {
         for p in p0..p1 {
             let x = xp.add(p * n_pad);
-            let xv: [__m256bh; NV] = std::array::from_fn(|v| {
+            let xv: [__m512bh; NV] = std::array::from_fn(|v| {
                 // SAFETY: NV vectors of LANES columns lie within the n_pad of this pair;
-                // both are plain 256-bit vectors.
-                std::mem::transmute::<__m256i, __m256bh>(_mm256_loadu_si256(
+                // both are plain 512-bit vectors.
+                std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
                     x.add(v * LANES).cast(),
                 ))
             });
@@ -384,9 +386,9 @@ pub(crate) mod x86 {
                 } else {
                     wr.add(2 * p).cast::<i32>().read_unaligned()
                 };
-                let wv = std::mem::transmute::<__m256i, __m256bh>(_mm256_set1_epi32(pair));
+                let wv = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(pair));
                 for (s, &xj) in row.iter_mut().zip(&xv) {
-                    *s = _mm256_dpbf16_ps(*s, wv, xj);
+                    *s = _mm512_dpbf16_ps(*s, wv, xj);
                 }
             }
         }
@@ -399,7 +401,7 @@ pub(crate) mod x86 {
     unsafe fn block<const MR: usize, const NV: usize>(args: Panel) {
         let (a, rows, k, xp, n_pad, out, ldo, cols, more) = args;
         let w: [*const u16; MR] = std::array::from_fn(|i| a.add(i.min(rows - 1) * k));
-        let mut acc = [[_mm256_setzero_ps(); NV]; MR];
+        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
         let kp = k / 2;
         // Where the MR rows after these all exist, one cache line of each is prefetched
         // into L2 per 16 pairs (64 bytes of a row): rows streamed from memory arrive
@@ -426,9 +428,9 @@ pub(crate) mod x86 {
             for (v, &s) in row.iter().enumerate() {
                 let (dst, live) = (out.add(i * ldo + v * LANES), cols.saturating_sub(v * LANES));
                 if live >= LANES {
-                    _mm256_storeu_ps(dst, s);
+                    _mm512_storeu_ps(dst, s);
                 } else if live > 0 {
-                    _mm256_mask_storeu_ps(dst, (1u8 << live) - 1, s);
+                    _mm512_mask_storeu_ps(dst, (1u16 << live) - 1, s);
                 }
             }
         }
@@ -632,8 +634,8 @@ mod tests {
     fn matches_an_f64_reference_at_odd_and_tail_shapes() {
         // k: below one step, one step, odd, one past, several steps with a tail; m and n
         // cover full 4 x 4 tiles and every remainder, and n from 16 the packed path: one
-        // to five vectors of 8 (the last partly live, split 3 + 2), rows in blocks of 6
-        // and 8 with a remainder, panels of 24 and a partial one.
+        // to five vectors of 16 (the last partly live; five split 3 + 2), rows in blocks
+        // of 12, 8 and 6 with a remainder, panels of 24 and a partial one.
         for (m, n, k) in [
             (1, 1, 1),
             (3, 5, 7),
@@ -649,6 +651,8 @@ mod tests {
             (13, 33, 577),
             (25, 40, 64),
             (50, 19, 130),
+            (9, 80, 67),
+            (30, 70, 31),
         ] {
             let (a, b) = (values(m * k, 1 + k as u64), values(n * k, 99 + m as u64));
             let mut out = vec![f32::NAN; m * n];
