@@ -8,6 +8,7 @@
 //! Like every `VDPBF16PS`, subnormal inputs and results count as zero (below 2^-126,
 //! where the f32 path's contributions are far under any tolerance).
 
+use crate::f32attn::device;
 use half::bf16;
 use moemla_core::alloc::try_filled_vec;
 use moemla_core::{Error, Result};
@@ -129,6 +130,81 @@ pub fn gemm_nt(a: &[bf16], b: &[bf16], k: usize, out: &mut [f32]) -> Result<()> 
     Ok(())
 }
 
+/// The rows of a right-hand operand `b` [n, k] packed once for many products
+/// ([`gemm_rows`]): pairs of columns, `LANES` rows per vector, as [`gemm_nt`]'s packed
+/// path lays them out for each call.
+#[derive(Debug)]
+pub struct Packed {
+    /// `[ceil(k / 2)][n rounded up to LANES]` pairs.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    xp: Vec<u32>,
+    /// Rows of `b`.
+    n: usize,
+    /// Their width.
+    k: usize,
+}
+
+impl Packed {
+    /// `b` [n, k] packed, where the native dot runs [`gemm_rows`] and `b` has at least
+    /// as many rows as one vector holds (fewer would leave most lanes idle); else
+    /// `None`. A `b` that is not whole rows of `k >= 1` is [`Error::Device`]; the buffer
+    /// is allocated fallibly ([`Error::OutOfMemory`]).
+    pub fn new(b: &[bf16], k: usize) -> Result<Option<Packed>> {
+        let n = b.len() / k.max(1);
+        if k == 0 || n * k != b.len() {
+            return Err(device(
+                "bf16 pack",
+                format!("{} elements are not whole rows of k = {k} >= 1", b.len()),
+            ));
+        }
+        #[cfg(target_arch = "x86_64")]
+        if native() && n >= x86::PACKED_MIN_N {
+            let len = n
+                .div_ceil(x86::LANES)
+                .checked_mul(x86::LANES)
+                .and_then(|p| p.checked_mul(k.div_ceil(2)))
+                .ok_or_else(|| device("bf16 pack", format!("{n} rows of {k} overflow")))?;
+            let mut xp: Vec<u32> = try_filled_vec(len, "cpu bf16 packed operand")?;
+            // SAFETY: `native` detected the four features at run time; `b` holds n * k
+            // elements and `xp` the packed size.
+            unsafe { x86::pack_into(b, n, k, &mut xp) };
+            return Ok(Some(Packed { xp, n, k }));
+        }
+        Ok(None)
+    }
+}
+
+/// `out[i * n + j] = rows[i] . b_j` (`b` packed, [n, k]; each row's first `k` elements
+/// used), each an f32 chain of exact products as [`gemm_nt`]'s packed path adds them;
+/// `out` is [rows.len(), n] and is overwritten. Single-threaded. A row shorter than `k`
+/// or an `out` of another length is [`Error::Device`]; nothing is written then.
+pub fn gemm_rows(rows: &[&[bf16]], b: &Packed, out: &mut [f32]) -> Result<()> {
+    let (n, k) = (b.n, b.k);
+    if rows.iter().any(|r| r.len() < k) || rows.len().checked_mul(n) != Some(out.len()) {
+        return Err(device(
+            "bf16 gemm_rows",
+            format!(
+                "{} rows (each at least k = {k}) by {n} packed give {} outputs, not {}",
+                rows.len(),
+                rows.len().saturating_mul(n),
+                out.len()
+            ),
+        ));
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: a `Packed` exists only where `native` detected the features; every row
+        // holds at least k elements, `xp` the packed size of n rows of k, `out` rows * n.
+        unsafe { x86::gemm_rows(rows, k, &b.xp, n, out) };
+        Ok(())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    Err(device(
+        "bf16 gemm_rows",
+        "no packed operand exists off x86-64".into(),
+    ))
+}
+
 /// `values` as bf16 when every one is a bf16 value (f32 values upcast from bf16; NaN
 /// counts as one), else `None`: rounding would change the result, so the caller keeps its
 /// f32 path. Allocated fallibly ([`Error::OutOfMemory`]).
@@ -234,6 +310,36 @@ pub(crate) mod x86 {
         let (a, o, xp) = (a.as_ptr().cast::<u16>(), out.as_mut_ptr(), xp.as_mut_ptr());
         let b = b.as_ptr().cast::<u16>();
         pack(b, n, k, xp);
+        // SAFETY: row i < m of a is at a + i k; xp holds the n packed columns, out m rows
+        // of n_all.
+        let row = |i: usize| a.add(i * k);
+        multiply(row, (m, k), (xp, n, n_pad), (o, n_all), |r0, pr| {
+            if rest > 0 {
+                // SAFETY: rows r0..r0 + pr of a, rows n..n_all of b, and out columns
+                // n..n_all of rows r0..r0 + pr exist.
+                let op = o.add(r0 * n_all + n);
+                rows_nt(a.add(r0 * k), b.add(n * k), (pr, rest, k), op, n_all);
+            }
+        });
+    }
+
+    /// `out[i * ldo + j] = row(i) . b_j` for `i < m` (each row `k` long) and the `n`
+    /// columns packed at `xp` (`n_pad` wide, as [`pack`] leaves them), in panels of
+    /// [`PANEL`] rows; `after(r0, rows)` runs once each panel is done (its rows still in
+    /// L2).
+    ///
+    /// # Safety
+    /// As [`gemm_packed`]: `row(i)` for `i < m` points at `k` readable elements, `xp` at
+    /// `ceil(k / 2) * n_pad` packed pairs, and `o + i * ldo + j` (`i < m`, `j < n`) is
+    /// writable.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    unsafe fn multiply(
+        row: impl Fn(usize) -> *const u16 + Copy,
+        (m, k): (usize, usize),
+        (xp, n, n_pad): (*const u32, usize, usize),
+        (o, ldo): (*mut f32, usize),
+        mut after: impl FnMut(usize, usize),
+    ) {
         // Column blocks of up to 4 vectors, as even as possible (5 -> 3 + 2): every block
         // but the first reads the panel's rows again (from L2).
         let vecs = n_pad / LANES;
@@ -246,27 +352,45 @@ pub(crate) mod x86 {
                 let nv = (vecs - v0).div_ceil(blocks - bi);
                 let c0 = v0 * LANES;
                 let cols = (n - c0).min(nv * LANES);
-                // SAFETY: rows r0..r0 + pr of a exist, column c0 < n_pad of xp, and
-                // out[(r0 + i) * n + c0 + j] for i < pr, j < cols is inside m * n.
-                let (ap, xq) = (a.add(r0 * k), xp.add(c0).cast_const());
-                let op = o.add(r0 * n_all + c0);
-                let args = (ap, pr, k, xq, n_pad, op, n_all, cols, m - r0 - pr);
+                // SAFETY: rows r0..r0 + pr exist, column c0 < n_pad of xp, and
+                // out[(r0 + i) * ldo + c0 + j] for i < pr, j < cols is writable.
+                let (xq, op) = (xp.add(c0), o.add(r0 * ldo + c0));
+                let args = (r0, pr, m, k, xq, n_pad, op, ldo, cols);
                 match nv {
-                    1 => panel::<12, 1>(args),
-                    2 => panel::<12, 2>(args),
-                    3 => panel::<8, 3>(args),
-                    _ => panel::<6, 4>(args),
+                    1 => panel::<12, 1>(row, args),
+                    2 => panel::<12, 2>(row, args),
+                    3 => panel::<8, 3>(row, args),
+                    _ => panel::<6, 4>(row, args),
                 }
                 v0 += nv;
             }
-            if rest > 0 {
-                // SAFETY: rows r0..r0 + pr of a, rows n..n_all of b, and out columns
-                // n..n_all of rows r0..r0 + pr exist.
-                let op = o.add(r0 * n_all + n);
-                rows_nt(a.add(r0 * k), b.add(n * k), (pr, rest, k), op, n_all);
-            }
+            after(r0, pr);
             r0 += pr;
         }
+    }
+
+    /// `out[i * n + j] = rows[i] . b_j` for rows of at least `k` elements and the `n`
+    /// columns `xp` packed by [`pack_into`] (`n_pad` = `n` rounded up to [`LANES`]).
+    ///
+    /// # Safety
+    /// AVX-512F/BW/VL and AVX512-BF16 must be available; every row holds at least `k`
+    /// elements, `xp` `ceil(k / 2) * n_pad` and `out` `rows.len() * n`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    pub unsafe fn gemm_rows(rows: &[&[bf16]], k: usize, xp: &[u32], n: usize, out: &mut [f32]) {
+        let n_pad = n.div_ceil(LANES) * LANES;
+        let row = |i: usize| rows[i].as_ptr().cast::<u16>();
+        let dims = (xp.as_ptr(), n, n_pad);
+        multiply(row, (rows.len(), k), dims, (out.as_mut_ptr(), n), |_, _| {});
+    }
+
+    /// Packs `b` ([n, k]) into `xp` as [`gemm_packed`] does.
+    ///
+    /// # Safety
+    /// AVX-512F/BW/VL and AVX512-BF16 must be available; `b` holds `n * k` elements and
+    /// `xp` at least `ceil(k / 2) * n.div_ceil(LANES) * LANES`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    pub unsafe fn pack_into(b: &[bf16], n: usize, k: usize, xp: &mut [u32]) {
+        pack(b.as_ptr().cast(), n, k, xp.as_mut_ptr());
     }
 
     /// Packs `b` (`n` rows of `k` bf16) into `xp` as [`gemm_packed`] describes: 8 rows x
@@ -321,10 +445,12 @@ pub(crate) mod x86 {
         ]
     }
 
-    /// `(a, rows, k, xp, n_pad, out, ldo, cols, more)` of [`panel`] and [`block`]: `more`
-    /// rows of `a` follow the `rows` (in memory, `k` wide).
+    /// `(r0, rows, m, k, xp, n_pad, out, ldo, cols)` of [`panel`]: rows `r0..r0 + rows`
+    /// of the `m`, `k` wide, against `cols` packed columns at `xp`, into `out` (row
+    /// `r0`'s first column).
     type Panel = (
-        *const u16,
+        usize,
+        usize,
         usize,
         usize,
         *const u32,
@@ -332,29 +458,31 @@ pub(crate) mod x86 {
         *mut f32,
         usize,
         usize,
-        usize,
     );
 
-    /// `rows` (>= 1) rows of `a` against `cols` (<= NV * LANES) packed columns, MR rows
-    /// at a time.
+    /// `rows` (>= 1) rows from `r0` against `cols` (<= NV * LANES) packed columns, MR
+    /// rows at a time.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-    unsafe fn panel<const MR: usize, const NV: usize>(args: Panel) {
-        let (a, rows, k, xp, n_pad, out, ldo, cols, more) = args;
+    unsafe fn panel<const MR: usize, const NV: usize>(
+        row: impl Fn(usize) -> *const u16,
+        args: Panel,
+    ) {
+        let (r0, rows, m, k, xp, n_pad, out, ldo, cols) = args;
         let mut r = 0;
         while r < rows {
-            let live = (rows - r).min(MR);
-            // SAFETY: row r < rows of a, and row r of out.
-            block::<MR, NV>((
-                a.add(r * k),
-                live,
+            let (first, live) = (r0 + r, (rows - r).min(MR));
+            // Rows past `live` repeat the last one (their sums are not stored).
+            let w: [*const u16; MR] = std::array::from_fn(|i| row(first + i.min(live - 1)));
+            // The MR rows after these, where they all exist, to prefetch.
+            let next = (live == MR && first + 2 * MR <= m)
+                .then(|| std::array::from_fn(|i| row(first + MR + i)));
+            // SAFETY: row r of this panel's out.
+            block::<MR, NV>(
+                (w, live, next),
                 k,
-                xp,
-                n_pad,
-                out.add(r * ldo),
-                ldo,
-                cols,
-                rows + more - r - live,
-            ));
+                (xp, n_pad),
+                (out.add(r * ldo), ldo, cols),
+            );
             r += live;
         }
     }
@@ -394,27 +522,29 @@ pub(crate) mod x86 {
         }
     }
 
-    /// `out[i * ldo + j] = a_i . b_j` for `rows` (1..=MR) rows of `a` and `cols` packed
-    /// columns (`NV` vectors, the last one partly live); rows past `rows` repeat the
-    /// last one and are not stored.
+    /// `out[i * ldo + j] = w_i . b_j` for the first `rows` (1..=MR) of the rows `w`
+    /// (`k` long) and `cols` packed columns (`NV` vectors, the last one partly live);
+    /// `next`, the rows to prefetch meanwhile.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-    unsafe fn block<const MR: usize, const NV: usize>(args: Panel) {
-        let (a, rows, k, xp, n_pad, out, ldo, cols, more) = args;
-        let w: [*const u16; MR] = std::array::from_fn(|i| a.add(i.min(rows - 1) * k));
+    unsafe fn block<const MR: usize, const NV: usize>(
+        (w, rows, next): ([*const u16; MR], usize, Option<[*const u16; MR]>),
+        k: usize,
+        (xp, n_pad): (*const u32, usize),
+        (out, ldo, cols): (*mut f32, usize, usize),
+    ) {
         let mut acc = [[_mm512_setzero_ps(); NV]; MR];
         let kp = k / 2;
         // Where the MR rows after these all exist, one cache line of each is prefetched
         // into L2 per 16 pairs (64 bytes of a row): rows streamed from memory arrive
         // while this block computes (the hardware prefetcher stops at page edges, and a
         // row of 2048 bf16 is one page).
-        let next = (rows == MR && more >= MR).then(|| a.add(MR * k));
         let mut p = 0;
         while p < kp {
             let end = (p + 16).min(kp);
             if let Some(next) = next {
-                for i in 0..MR {
-                    // SAFETY: row MR + i < rows + more of a, column 2p < k.
-                    _mm_prefetch::<_MM_HINT_T1>(next.add(i * k + 2 * p).cast());
+                for r in next {
+                    // SAFETY: the row exists, k long, and column 2p < k.
+                    _mm_prefetch::<_MM_HINT_T1>(r.add(2 * p).cast());
                 }
             }
             pairs::<MR, NV, false>(&mut acc, &w, xp, n_pad, p, end);

@@ -81,8 +81,8 @@ pub struct Partial {
 }
 
 /// Per-thread buffers: the upcast K/V chunk (and its bf16 rows when they are bf16
-/// values); for the native bf16 dot the V rows packed in position pairs and the bf16
-/// probabilities; the logits and probabilities.
+/// values); for the native bf16 dot the V rows packed in position pairs, the bf16
+/// probabilities and the logits transposed; the logits and probabilities.
 #[derive(Default)]
 pub struct Scratch {
     kv: Vec<f32>,
@@ -90,6 +90,7 @@ pub struct Scratch {
     v16: Vec<half::bf16>,
     p16: Vec<half::bf16>,
     s: Vec<f32>,
+    scores_t: Vec<f32>,
 }
 
 /// Attends `q` ([M, Dqk] f32, unscaled) over cache head `g`, positions `span`.
@@ -145,7 +146,9 @@ pub(crate) fn attend_with(
     // Query rows that are bf16 values against a BF16 cache, or FP8 rows whose dequantized
     // values are bf16 values (power-of-two scales): both products on the native bf16 dot.
     let q16 = match cache.data {
-        KvRows::Dense(FloatSlice::BF16(_)) | KvRows::Fp8(_) if kernels.bf16 => bf16attn::exact(q)?,
+        KvRows::Dense(FloatSlice::BF16(_)) | KvRows::Fp8(_) if kernels.bf16 => bf16attn::exact(q)?
+            .map(|rows| bf16attn::Query::new(rows, d_qk))
+            .transpose()?,
         _ => None,
     };
     let q = MatRef::row_major(q, rows, d_qk);
@@ -175,7 +178,7 @@ pub(crate) fn attend_with(
         if let (Some(q16), false) = (&q16, krows.is_empty()) {
             #[cfg(test)]
             record(cache, p0, n, Taken::Bf16Dot);
-            bf16attn::gemm_qk(q16, d_qk, &krows, &mut scratch.s)?;
+            bf16attn::gemm_qk(q16, &krows, &mut scratch.s, &mut scratch.scores_t)?;
             softmax(&mut scratch.s, n, (limits, p0), scale, &mut st, d_v);
             // P rounded to bf16 (as FlashMLA does; l keeps the f32 sum) against the V
             // rows (the first d_v columns) packed in position pairs.
