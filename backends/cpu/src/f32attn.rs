@@ -19,20 +19,22 @@ pub fn native() -> bool {
 }
 
 /// Whether, for `rows` query rows, a caller should take its general GEMM (which packs
-/// its operands) instead of [`gemm_qk`] and [`gemm_pv`] on this CPU: on Intel cores, from
-/// [`GEMM_ROWS`] rows. [`gemm_qk`]'s 4 x 4 tiles re-read the query rows from L2 once per
-/// four cache rows; on an Intel Xeon (one core, `mla_decode` at DeepSeek's width, 1024
-/// positions) that held both products to 45-48% of the core's FMA peak at any row count,
-/// while the packed GEMM reached 60% at 64 rows and 73% at 256 (47% and 45% at 32 and 16
-/// rows, where the kernels stay and reach 52% with the passes of [`qk_pass`], which only
-/// fit L1 up to 32 rows). On an AMD EPYC (Zen 5) the kernels ran `mla_decode` at
-/// 128 heads at 79-87% of the FMA peak, above the packed GEMM's 75% at 2048^3: AMD and
-/// other CPUs keep them.
+/// its operands) instead of [`gemm_qk`] and [`gemm_pv`]: from [`GEMM_ROWS`] rows.
+/// [`gemm_qk`]'s 4 x 4 tiles re-read the query rows from L2 once per four cache rows.
+/// On an Intel Xeon (one core, `mla_decode` at DeepSeek's width, 1024 positions) that
+/// held both products to 45-48% of the core's FMA peak at any row count, while the
+/// packed GEMM reached 60% at 64 rows and 73% at 256 (47% and 45% at 32 and 16 rows,
+/// where the kernels stay and reach 52% with the passes of [`qk_pass`], which only fit
+/// L1 up to 32 rows). On a 2-core AMD EPYC (Zen 5, one thread per core) `mla_decode`
+/// f32 at 128 heads took 0.79-0.85x the time on the GEMM (`moemla bench --backend cpu
+/// --op mla_decode --dtype f32`, two interleaved rounds), at 16 heads the kernels stay.
+/// An earlier AMD guest, two SMT threads of one Zen 5 core, ran the kernels at 79-87%
+/// of its FMA peak: the second thread hid the latency one thread per core now shows.
 pub fn yields_to_gemm(rows: usize) -> bool {
-    rows >= GEMM_ROWS && intel()
+    rows >= GEMM_ROWS
 }
 
-/// Query rows from which [`yields_to_gemm`] sends an Intel core to the general GEMM.
+/// Query rows from which [`yields_to_gemm`] sends a caller to the general GEMM.
 pub const GEMM_ROWS: usize = 64;
 
 /// Bytes of query rows one pass of [`gemm_qk`] holds in L1 on Intel cores ([`qk_pass`]).
@@ -48,7 +50,8 @@ const PASS_MAX_ROWS: usize = 32;
 /// of cache rows it meets (each pass adds one reduction per 4 x 4 tile). On an Intel Xeon
 /// (one core, `mla_decode` at DeepSeek's width, 4096 positions) the op went from 45% to
 /// 52% of the core's FMA peak at 16 rows (two passes) and from 47% to 52% at 32 (three).
-/// Unmeasured elsewhere: other CPUs keep one pass.
+/// On a 2-core AMD EPYC (Zen 5) the passes made 16 heads 0-9% slower: other CPUs keep
+/// one pass.
 fn qk_pass(m: usize, k: usize) -> usize {
     if m > PASS_MAX_ROWS || !intel() {
         return k;
