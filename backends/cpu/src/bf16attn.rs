@@ -38,6 +38,12 @@ impl Query {
     /// `rows` [m, k] prepared; a `k` of 0 or rows that are not whole rows of `k` are
     /// [`Error::Device`], the packed copy is allocated fallibly.
     pub fn new(rows: Vec<bf16>, k: usize) -> Result<Query> {
+        if k == 0 || !rows.len().is_multiple_of(k) {
+            return Err(device(
+                "bf16 query rows",
+                format!("{} elements are not whole rows of k = {k} >= 1", rows.len()),
+            ));
+        }
         let packed = if rows.len() >= PACKED_MIN_ROWS.saturating_mul(k) {
             bf16dot::Packed::new(&rows, k)?
         } else {
@@ -84,10 +90,13 @@ pub fn gemm_qk(
     Ok(())
 }
 
-/// `out[c * r + i] = t[i * c + j]` for `t` [r, c] into `out` [c, r] (both exactly that
-/// long, as [`gemm_qk`] checked): 16 x 16 blocks in registers where the CPU has
-/// AVX-512F, the edges (and other CPUs) element by element.
+/// `out[j * r + i] = t[i * c + j]` for `t` [r, c] into `out` [c, r]: 16 x 16 blocks in
+/// registers where the CPU has AVX-512F, the edges (and other CPUs) element by element.
+/// Lengths other than `r * c` write nothing ([`gemm_qk`] checked them).
 fn transpose(t: &[f32], (r, c): (usize, usize), out: &mut [f32]) {
+    if Some(t.len()) != r.checked_mul(c) || out.len() != t.len() {
+        return;
+    }
     let (mut r16, mut c16) = (0, 0);
     #[cfg(target_arch = "x86_64")]
     if crate::f32attn::native() {
@@ -95,8 +104,8 @@ fn transpose(t: &[f32], (r, c): (usize, usize), out: &mut [f32]) {
         for i in (0..r16).step_by(16) {
             for j in (0..c16).step_by(16) {
                 // SAFETY: AVX-512F was detected at run time; rows i..i + 16 of t hold
-                // columns j..j + 16 (i + 16 <= r, j + 16 <= c, t is r * c long), and rows
-                // j..j + 16 of out columns i..i + 16 (out is c * r long).
+                // columns j..j + 16 (i + 16 <= r, j + 16 <= c, t is r * c long: checked
+                // above), and rows j..j + 16 of out columns i..i + 16 (out as long).
                 unsafe {
                     x86::transpose16(
                         t.as_ptr().add(i * c + j),
@@ -600,6 +609,8 @@ mod tests {
             (16, 9, 576),
             (32, 128, 576),
             (33, 67, 577),
+            (64, 20, 576),
+            (100, 17, 33),
             (130, 33, 576),
             (48, 1, 3),
         ] {
@@ -837,5 +848,26 @@ mod tests {
             assert!(gemm_qk_with(native, &p, 3, &rows, &mut acc[..4]).is_err());
             assert_eq!(acc, before);
         }
+    }
+
+    #[test]
+    fn prepared_queries_of_bad_shapes_are_errors_and_write_nothing() {
+        // Not whole rows, and k 0, whether or not they would be packed.
+        for len in [10, 40 * 7 + 3] {
+            assert!(Query::new(values(len, 3, -2.0), 7).is_err(), "{len}");
+        }
+        assert!(Query::new(values(64, 3, -2.0), 0).is_err());
+        // 32 rows of 8 (packed on the native dot) against rows of 8: a short row or an out
+        // of the wrong length fail before anything is written.
+        let (m, k) = (32, 8);
+        let query = Query::new(values(m * k, 4, -2.0), k).unwrap();
+        let mat = values(3 * k, 5, -2.0);
+        let rows: Vec<&[bf16]> = mat.chunks_exact(k).collect();
+        let (mut out, mut scratch) = (vec![0.5; m * 3], Vec::new());
+        assert!(gemm_qk(&query, &rows, &mut out[..m * 3 - 1], &mut scratch).is_err());
+        let short = [rows[0], &mat[..k - 1]];
+        assert!(gemm_qk(&query, &short, &mut out[..m * 2], &mut scratch).is_err());
+        assert!(out.iter().all(|&x| x == 0.5));
+        assert!(gemm_qk(&query, &rows, &mut out, &mut scratch).is_ok());
     }
 }

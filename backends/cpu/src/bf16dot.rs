@@ -87,17 +87,14 @@ pub fn gemm_nt(a: &[bf16], b: &[bf16], k: usize, out: &mut [f32]) -> Result<()> 
     if native() && n >= x86::PACKED_MIN_N {
         return x86::PACKED.with(|buf| {
             let mut buf = buf.borrow_mut();
-            // [ceil(k / 2)][n rounded up to 8] pairs; n * k fits (b's length), so this
-            // cannot overflow, but it is checked all the same.
-            let len = n
-                .div_ceil(x86::LANES)
-                .checked_mul(x86::LANES)
-                .and_then(|p| p.checked_mul(k.div_ceil(2)))
-                .ok_or_else(|| Error::Device {
-                    backend: crate::NAME.to_string(),
-                    call: "bf16 gemm_nt".to_string(),
-                    message: format!("packed b of {n} rows of k = {k} overflows usize"),
-                })?;
+            // n * k fits (b's length), so this cannot overflow, but it is checked all the
+            // same.
+            let len = x86::packed_len(n, k).ok_or_else(|| {
+                device(
+                    "bf16 gemm_nt",
+                    format!("packed b of {n} rows of k = {k} overflows usize"),
+                )
+            })?;
             if buf.len() < len {
                 let extra = len - buf.len();
                 buf.try_reserve_exact(extra)
@@ -159,10 +156,7 @@ impl Packed {
         }
         #[cfg(target_arch = "x86_64")]
         if native() && n >= x86::PACKED_MIN_N {
-            let len = n
-                .div_ceil(x86::LANES)
-                .checked_mul(x86::LANES)
-                .and_then(|p| p.checked_mul(k.div_ceil(2)))
+            let len = x86::packed_len(n, k)
                 .ok_or_else(|| device("bf16 pack", format!("{n} rows of {k} overflow")))?;
             let mut xp: Vec<u32> = try_filled_vec(len, "cpu bf16 packed operand")?;
             // SAFETY: `native` detected the four features at run time; `b` holds n * k
@@ -270,6 +264,14 @@ pub(crate) mod x86 {
     /// At most this many last rows of `b` (`n % LANES`) take the row-dot kernel in
     /// [`gemm_packed`].
     pub const REST_MAX: usize = 3;
+    /// u32 pairs of `n` rows of `k` packed: `[ceil(k / 2)][n rounded up to LANES]`
+    /// (`None` where that overflows).
+    pub fn packed_len(n: usize, k: usize) -> Option<usize> {
+        n.div_ceil(LANES)
+            .checked_mul(LANES)?
+            .checked_mul(k.div_ceil(2))
+    }
+
     /// Largest packed `b` (u32 pairs; 4 MiB) a thread keeps for its next call.
     pub const PACKED_KEEP: usize = 1 << 20;
     /// Rows of `a` per panel of the packed path: every column block passes over them while
@@ -607,8 +609,8 @@ pub(crate) mod x86 {
             while c < n {
                 let nr = (n - c).min(NR);
                 // SAFETY (all four): rows r..r + mr of a and c..c + nr of b exist (mr, nr
-                // clipped to m, n), and out[(r + i) * n + c + j] for i < mr, j < nr is
-                // inside the m * n elements.
+                // clipped to m, n), and o + (r + i) * ldo + c + j for i < mr, j < nr is
+                // writable (this function's contract).
                 let (ap, bp, op) = (a.add(r * k), b.add(c * k), o.add(r * ldo + c));
                 // Edge tiles keep every row of `b` they load in registers across the
                 // rows of `a` (4 x 3, 4 x 2, ...), rather than one column at a time.
@@ -764,8 +766,9 @@ mod tests {
     fn matches_an_f64_reference_at_odd_and_tail_shapes() {
         // k: below one step, one step, odd, one past, several steps with a tail; m and n
         // cover full 4 x 4 tiles and every remainder, and n from 16 the packed path: one
-        // to five vectors of 16 (the last partly live; five split 3 + 2), rows in blocks
-        // of 12, 8 and 6 with a remainder, panels of 24 and a partial one.
+        // to eight vectors of 16 (the last partly live; five split 3 + 2, seven 4 + 3,
+        // eight 4 + 4), rows in blocks of 12, 8 and 6 with a remainder, panels of 24 and
+        // a partial one.
         for (m, n, k) in [
             (1, 1, 1),
             (3, 5, 7),
@@ -783,6 +786,9 @@ mod tests {
             (50, 19, 130),
             (9, 80, 67),
             (30, 70, 31),
+            (30, 64, 67),
+            (13, 100, 33),
+            (25, 128, 31),
         ] {
             let (a, b) = (values(m * k, 1 + k as u64), values(n * k, 99 + m as u64));
             let mut out = vec![f32::NAN; m * n];
