@@ -4,6 +4,7 @@
 //! V rows are already 16 columns per vector), one fused multiply-add per product into
 //! f32 sums. Single-threaded; callers parallelise over independent tiles.
 
+use crate::vendor::intel;
 use moemla_core::{Error, Result};
 
 /// Whether [`gemm_qk`] and [`gemm_pv`] run on AVX-512F on this CPU.
@@ -64,27 +65,6 @@ fn qk_pass(m: usize, k: usize) -> usize {
         .div_ceil(16)
         .saturating_mul(16)
         .min(k)
-}
-
-/// Whether the CPU's vendor string (CPUID leaf 0) is Intel's; read once per process
-/// (CPUID serialises the core, and in a VM traps to the hypervisor).
-fn intel() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static INTEL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *INTEL.get_or_init(|| {
-            // SAFETY: every x86_64 CPU has CPUID with leaf 0. (A safe function in recent
-            // Rust, unsafe in older releases: the block keeps the minimum version building.)
-            #[allow(unused_unsafe)]
-            let id = unsafe { std::arch::x86_64::__cpuid(0) };
-            let words = [id.ebx, id.edx, id.ecx].map(u32::to_le_bytes);
-            words.concat() == b"GenuineIntel"
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 /// `out[r * n + j] = q_r . row_j` for the `m` rows of `q` [m, k] (row-major) and the `n`

@@ -12,12 +12,16 @@ use crate::storage::FloatSlice;
 pub const MAX_VECTORS: usize = 4;
 
 /// How far ahead (bytes) the matrix-vector kernels that stream weight rows from memory
-/// (F32 weights here, FP8 codes on the bf16 dot) prefetch them into L2. Weight buffers
-/// sit on 4 KiB pages, at whose boundaries the hardware prefetchers stop; measured on the
+/// (F32 weights here, FP8 codes on the bf16 dot) prefetch them. Weight buffers may sit
+/// on 4 KiB pages, at whose boundaries the hardware prefetchers stop; measured on the
 /// 2-core Zen 4 dev machine for FP8 codes at V3 shapes (T = 1, A/B in one process): none
-/// 16.1 ms, 4 KiB ahead 12.8, 8 KiB 11.7, 16 KiB 12.2; into L1 instead of L2 was slower
-/// (17.2 vs 13.8 ms at 8 KiB). F32 weights on an Intel Xeon, 8 KiB against none: T=16
-/// 58.8 vs 73.1 ms.
+/// 16.1 ms, 4 KiB ahead 12.8, 8 KiB 11.7, 16 KiB 12.2, all into L2; into L1 instead was
+/// slower (17.2 vs 13.8 ms at 8 KiB). F32 weights on an Intel Xeon, 8 KiB into L2
+/// against none: T=16 58.8 vs 73.1 ms. F32 weights on a 2-core Zen 5 (V2-Lite shapes,
+/// in one process, three rounds of eight): 8 KiB into L1 beat 8 KiB into L2 at T=1
+/// (3.12-3.18 vs 3.60-3.93 ms) and T=16 (23.5 vs 25.4 ms), 16 KiB into L1 about tied
+/// (3.02-3.12, 24.4), no prefetch 3.35-3.53 and 28.7: [`x86`] takes L1 for F32 weights
+/// except on Intel cores (unmeasured there).
 pub const PREFETCH_BYTES: usize = 8192;
 
 /// `out[r * n + c] = w[first + r] . act[c]` for `rows` weight rows of `k` columns (a
@@ -146,12 +150,16 @@ mod x86 {
         // SAFETY: AVX-512F was detected; `w` holds rows x k elements, `act` n x k and
         // `out` at least rows x n (checked above), as `dots` requires.
         unsafe {
-            match n {
-                0 => {} // No vectors: nothing to write.
-                1 => dots::<1>(w, k, act, out),
-                2 => dots::<2>(w, k, act, out),
-                3 => dots::<3>(w, k, act, out),
-                4 => dots::<4>(w, k, act, out),
+            match (n, crate::vendor::intel()) {
+                (0, _) => {} // No vectors: nothing to write.
+                (1, false) => dots::<1, true>(w, k, act, out),
+                (2, false) => dots::<2, true>(w, k, act, out),
+                (3, false) => dots::<3, true>(w, k, act, out),
+                (4, false) => dots::<4, true>(w, k, act, out),
+                (1, true) => dots::<1, false>(w, k, act, out),
+                (2, true) => dots::<2, false>(w, k, act, out),
+                (3, true) => dots::<3, false>(w, k, act, out),
+                (4, true) => dots::<4, false>(w, k, act, out),
                 _ => return false,
             }
         }
@@ -161,13 +169,19 @@ mod x86 {
     /// `out[r * N + c] = w_r . act_c` for every row of `w` (rows of `k`) and the `N` rows
     /// of `act`: each weight step (32 columns, two registers) is loaded once and multiplied
     /// into two accumulators per vector (FMA latency hidden; the old portable dot was one
-    /// dependent add chain per vector), the last columns masked.
+    /// dependent add chain per vector), the last columns masked; the weights
+    /// [`super::PREFETCH_BYTES`] ahead prefetched into L1 (`L1`) or L2.
     ///
     /// # Safety
     /// AVX-512F must be available; `w` holds whole rows of `k >= 1`, `act` `N * k` and
     /// `out` at least `w.len() / k * N` elements.
     #[target_feature(enable = "avx512f")]
-    unsafe fn dots<const N: usize>(w: &[f32], k: usize, act: &[f32], out: &mut [f32]) {
+    unsafe fn dots<const N: usize, const L1: bool>(
+        w: &[f32],
+        k: usize,
+        act: &[f32],
+        out: &mut [f32],
+    ) {
         let (x, o) = (act.as_ptr(), out.as_mut_ptr());
         for (r, row) in w.chunks_exact(k).enumerate() {
             let row = row.as_ptr();
@@ -179,8 +193,13 @@ mod x86 {
                 // The two lines PREFETCH_BYTES on (a hint: never faults, whatever the
                 // address, so `wrapping_add` may pass the end of `w`).
                 let ahead = row.wrapping_add(off + super::PREFETCH_BYTES / 4);
-                _mm_prefetch::<_MM_HINT_T1>(ahead.cast());
-                _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(LANES).cast());
+                if L1 {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(LANES).cast());
+                } else {
+                    _mm_prefetch::<_MM_HINT_T1>(ahead.cast());
+                    _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(LANES).cast());
+                }
                 for (h, acc) in acc.iter_mut().enumerate() {
                     let wv = _mm512_loadu_ps(row.add(off + h * LANES));
                     for (c, s) in acc.iter_mut().enumerate() {

@@ -18,6 +18,7 @@ mod ops;
 mod storage;
 #[cfg(test)]
 mod test_util;
+mod vendor;
 mod vmath;
 
 pub use storage::{CpuBuffer, CpuSlice, CpuSliceMut, CpuStorage};
