@@ -623,21 +623,34 @@ mod tests {
             assert_eq!(query.packed.is_some(), packs, "m {m}");
             let (mut out, mut scratch) = (vec![f32::NAN; m * n], Vec::new());
             gemm_qk(&query, &rows, &mut out, &mut scratch).unwrap();
-            for r in 0..m {
-                for (j, row) in rows.iter().enumerate() {
-                    let prods = q[r * k..(r + 1) * k]
-                        .iter()
-                        .zip(&row[..k])
-                        .map(|(a, b)| a.to_f64() * b.to_f64());
-                    let (want, abs) = prods.fold((0.0, 0.0), |(s, a), x| (s + x, a + x.abs()));
-                    // Packed: one chain of k additions per score.
-                    let tol = (k + 32) as f64 * f32::EPSILON as f64 * abs;
-                    let got = out[r * n + j] as f64;
-                    assert!(
-                        (got - want).abs() <= tol,
-                        "m {m} n {n} k {k} [{r},{j}]: {got} vs {want}"
-                    );
-                }
+            // Packed: one chain of k additions per score.
+            assert_scores((&q, k), &rows, &out, k + 32, "prepared");
+        }
+    }
+
+    /// Asserts that `out` [m, n] holds `q` [m, k] times `rows` against an f64 reference,
+    /// within the rounding of `adds` f32 additions of the products' magnitudes.
+    fn assert_scores(
+        (q, k): (&[bf16], usize),
+        rows: &[&[bf16]],
+        out: &[f32],
+        adds: usize,
+        what: &str,
+    ) {
+        let n = rows.len();
+        for (r, qr) in q.chunks_exact(k).enumerate() {
+            for (j, row) in rows.iter().enumerate() {
+                let prods = qr
+                    .iter()
+                    .zip(&row[..k])
+                    .map(|(a, b)| a.to_f64() * b.to_f64());
+                let (want, abs) = prods.fold((0.0, 0.0), |(s, a), x| (s + x, a + x.abs()));
+                let tol = adds as f64 * f32::EPSILON as f64 * abs;
+                let got = out[r * n + j] as f64;
+                assert!(
+                    (got - want).abs() <= tol,
+                    "{what}: n {n} k {k} [{r},{j}]: {got} vs {want}"
+                );
             }
         }
     }
@@ -685,21 +698,13 @@ mod tests {
                 let rows: Vec<&[bf16]> = mat.chunks_exact(stride).collect();
                 let mut out = vec![f32::NAN; m * n];
                 gemm_qk_with(native, &q, k, &rows, &mut out).unwrap();
-                for r in 0..m {
-                    for (j, row) in rows.iter().enumerate() {
-                        let prods = q[r * k..(r + 1) * k]
-                            .iter()
-                            .zip(&row[..k])
-                            .map(|(a, b)| a.to_f64() * b.to_f64());
-                        let (want, abs) = prods.fold((0.0, 0.0), |(s, a), x| (s + x, a + x.abs()));
-                        let tol = (k / 16 + 32) as f64 * f32::EPSILON as f64 * abs;
-                        let got = out[r * n + j] as f64;
-                        assert!(
-                            (got - want).abs() <= tol,
-                            "native {native} m {m} n {n} k {k} [{r},{j}]: {got} vs {want}"
-                        );
-                    }
-                }
+                assert_scores(
+                    (&q, k),
+                    &rows,
+                    &out,
+                    k / 16 + 32,
+                    &format!("native {native}"),
+                );
             }
         }
     }
