@@ -76,14 +76,7 @@ pub fn gemm_qk(
     };
     let m = qk_shape("bf16 gemm_qk", q.rows.len(), q.k, rows, out.len())?;
     let n = rows.len();
-    scores_t.clear();
-    scores_t
-        .try_reserve(m * n)
-        .map_err(|_| Error::OutOfMemory {
-            what: "cpu bf16 transposed scores".to_string(),
-            bytes: (m * n).saturating_mul(4),
-        })?;
-    scores_t.resize(m * n, 0.0);
+    sized(scores_t, m * n, "bf16 transposed scores")?;
     bf16dot::gemm_rows(rows, packed, scores_t)?;
     // Row j of the product is position j's scores for every query row.
     transpose(scores_t, (n, m), out);
@@ -377,15 +370,15 @@ fn portable_pv(
 
 /// Makes `out` `len` long (grown fallibly: [`Error::OutOfMemory`]), its elements
 /// unspecified: every caller overwrites them all.
-fn sized(out: &mut Vec<bf16>, len: usize, call: &str) -> Result<()> {
+fn sized<T: Clone + Default>(out: &mut Vec<T>, len: usize, call: &str) -> Result<()> {
     if len > out.len() {
         out.try_reserve(len - out.len())
             .map_err(|_| Error::OutOfMemory {
                 what: format!("cpu {call}"),
-                bytes: len.saturating_mul(2),
+                bytes: len.saturating_mul(std::mem::size_of::<T>()),
             })?;
     }
-    out.resize(len, bf16::ZERO);
+    out.resize(len, T::default());
     Ok(())
 }
 

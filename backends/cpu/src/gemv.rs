@@ -150,18 +150,33 @@ mod x86 {
         // SAFETY: AVX-512F was detected; `w` holds rows x k elements, `act` n x k and
         // `out` at least rows x n (checked above), as `dots` requires.
         unsafe {
-            match (n, crate::vendor::intel()) {
-                (0, _) => {} // No vectors: nothing to write.
-                (1, false) => dots::<1, true>(w, k, act, out),
-                (2, false) => dots::<2, true>(w, k, act, out),
-                (3, false) => dots::<3, true>(w, k, act, out),
-                (4, false) => dots::<4, true>(w, k, act, out),
-                (1, true) => dots::<1, false>(w, k, act, out),
-                (2, true) => dots::<2, false>(w, k, act, out),
-                (3, true) => dots::<3, false>(w, k, act, out),
-                (4, true) => dots::<4, false>(w, k, act, out),
-                _ => return false,
+            if crate::vendor::intel() {
+                by_count::<false>(n, w, k, act, out)
+            } else {
+                by_count::<true>(n, w, k, act, out)
             }
+        }
+    }
+
+    /// [`dots`] for `n` (0..=4) activation vectors; false (nothing written) for more.
+    ///
+    /// # Safety
+    /// As [`dots`], with `N` = `n`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn by_count<const L1: bool>(
+        n: usize,
+        w: &[f32],
+        k: usize,
+        act: &[f32],
+        out: &mut [f32],
+    ) -> bool {
+        match n {
+            0 => {} // No vectors: nothing to write.
+            1 => dots::<1, L1>(w, k, act, out),
+            2 => dots::<2, L1>(w, k, act, out),
+            3 => dots::<3, L1>(w, k, act, out),
+            4 => dots::<4, L1>(w, k, act, out),
+            _ => return false,
         }
         true
     }
