@@ -469,16 +469,23 @@ fn assert_matches_reference<'a>(
 
 #[test]
 fn fp8_rows_on_every_kernel_choice_match_f64_reference() {
-    use super::attend::{attend_with, Cache, Kernels, Scratch, Slots, Taken, TAKEN};
-    use crate::ops::kv_rows::KvRows;
-    use moemla_core::fp8::{DS_V32_DIM, DS_V32_LATENT};
     // 300 FP8 rows in 64-slot blocks (in reverse order), 5 bf16 query rows with limits
-    // past and short of a chunk (128). The rows' power-of-two scales make their values
+    // past and short of a chunk (128), and those limits 8 times over (40 rows: on the
+    // bf16 dot, packed query rows). The rows' power-of-two scales make their values
     // bf16 values, except position 130's first tile (scale 0.3): with the bf16 dot
     // allowed, chunks 0 and 2 take it and chunk 1 the f32 products; without it, every
     // chunk the f32 kernels or the general GEMM, whichever is allowed.
+    for repeats in [1, 8] {
+        fp8_rows_on_every_kernel_choice(&[300, 299, 129, 127, 1].repeat(repeats));
+    }
+}
+
+/// [`fp8_rows_on_every_kernel_choice_match_f64_reference`] with these query rows' limits.
+fn fp8_rows_on_every_kernel_choice(limits: &[usize]) {
+    use super::attend::{attend_with, Cache, Kernels, Scratch, Slots, Taken, TAKEN};
+    use crate::ops::kv_rows::KvRows;
+    use moemla_core::fp8::{DS_V32_DIM, DS_V32_LATENT};
     let (len, bs): (usize, usize) = (300, 64);
-    let limits = [300, 299, 129, 127, 1];
     let blocks = len.div_ceil(bs);
     let table: Vec<i32> = (0..blocks as i32).rev().collect();
     let slot = |p: usize| table[p / bs] as usize * bs + p % bs;
@@ -512,7 +519,7 @@ fn fp8_rows_on_every_kernel_choice_match_f64_reference() {
         let start = log().len();
         let st = attend_with(
             kernels,
-            (&q, &limits),
+            (&q, limits),
             &cache,
             0,
             0..len,
@@ -537,6 +544,6 @@ fn fp8_rows_on_every_kernel_choice_match_f64_reference() {
         );
         let row = |p: usize| &deq[slot(p) * DS_V32_DIM..][..DS_V32_DIM];
         let label = format!("{kernels:?}");
-        assert_matches_reference(&st, (&q, &limits), row, DS_V32_LATENT, 0.3, (tol, &label));
+        assert_matches_reference(&st, (&q, limits), row, DS_V32_LATENT, 0.3, (tol, &label));
     }
 }
