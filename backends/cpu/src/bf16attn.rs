@@ -391,34 +391,11 @@ pub fn exact(values: &[f32]) -> Result<Option<Vec<bf16>>> {
 }
 
 /// Whether every one of `values` is a bf16 value (NaN counts as one); if so `out` becomes
-/// them as bf16 (grown fallibly; NaN as the quiet NaN), else it is left unspecified. A
-/// test on the bits: the low 16 of a bf16 value's f32 are zero.
+/// them as bf16 (grown fallibly; NaN as the quiet NaN), else it is left unspecified
+/// ([`bf16dot::exact_into_slice`]).
 pub fn exact_into(values: &[f32], out: &mut Vec<bf16>) -> Result<bool> {
     sized(out, values.len(), "bf16 exact")?;
-    Ok(pulp::Arch::new().dispatch(Exact { values, out }))
-}
-
-/// [`exact_into`] as a pulp kernel (converting while testing, so the loop vectorises for
-/// the vector unit found at run time): whether the values were all bf16 values.
-struct Exact<'a> {
-    values: &'a [f32],
-    out: &'a mut [bf16],
-}
-
-impl pulp::WithSimd for Exact<'_> {
-    type Output = bool;
-
-    #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _simd: S) -> bool {
-        let mut low = 0u32;
-        for (o, &v) in self.out.iter_mut().zip(self.values) {
-            let bits = v.to_bits();
-            let nan = bits & 0x7FFF_FFFF > 0x7F80_0000;
-            low |= if nan { 0 } else { bits & 0xFFFF };
-            *o = bf16::from_bits(if nan { 0x7FC0 } else { (bits >> 16) as u16 });
-        }
-        low == 0
-    }
+    Ok(bf16dot::exact_into_slice(values, out))
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -12,6 +12,7 @@ use crate::f32attn::device;
 use half::bf16;
 use moemla_core::alloc::try_filled_vec;
 use moemla_core::{Error, Result};
+use rayon::prelude::*;
 
 /// Whether [`gemm_nt`] runs on the native bf16 dot instruction on this CPU.
 pub fn native() -> bool {
@@ -61,59 +62,46 @@ const PROBE_ITERS: u64 = 4096;
 
 /// `out[r * n + c] = a[r] . b[c]` for the `m` rows of `a` [m, k] and the `n` rows of `b`
 /// [n, k] (bf16, row-major), each an f32 sum of exact products; `out` is [m, n] and is
-/// overwritten. Single-threaded (callers parallelise over independent tiles).
+/// overwritten. `packed` is `b` as [`Packed::new`] prepared it, where it did (`None`
+/// otherwise): callers that multiply one `b` with many `a` pack it once. Single-threaded
+/// (callers parallelise over independent tiles).
 ///
-/// A `k` of 0, lengths that do not make whole rows of `k`, or an `out` that is not
-/// `m * n` long are [`Error::Device`]; nothing is read or written then.
-pub fn gemm_nt(a: &[bf16], b: &[bf16], k: usize, out: &mut [f32]) -> Result<()> {
+/// A `k` of 0, lengths that do not make whole rows of `k`, an `out` that is not `m * n`
+/// long, or a `packed` of another shape are [`Error::Device`]; nothing is read or written
+/// then.
+pub fn gemm_nt(
+    a: &[bf16],
+    b: &[bf16],
+    k: usize,
+    packed: Option<&Packed>,
+    out: &mut [f32],
+) -> Result<()> {
     let rows = |len: usize| Some(len / k.max(1)).filter(|r| k > 0 && r * k == len);
-    let (m, n) = match rows(a.len()).zip(rows(b.len())) {
-        Some((m, n)) if m.checked_mul(n) == Some(out.len()) => (m, n),
-        _ => {
-            return Err(Error::Device {
-                backend: crate::NAME.to_string(),
-                call: "bf16 gemm_nt".to_string(),
-                message: format!(
-                    "a ({} elements) and b ({}) must be whole rows of k = {k} >= 1, out ({}) \
-                     rows(a) x rows(b)",
-                    a.len(),
-                    b.len(),
-                    out.len()
-                ),
-            })
-        }
+    let shape = rows(a.len())
+        .zip(rows(b.len()))
+        .filter(|&(m, n)| m.checked_mul(n) == Some(out.len()))
+        .filter(|&(_, n)| packed.is_none_or(|p| (p.n, p.k) == (n, k)));
+    let Some((m, n)) = shape else {
+        return Err(device(
+            "bf16 gemm_nt",
+            format!(
+                "a ({} elements) and b ({}) must be whole rows of k = {k} >= 1, out ({}) \
+                 rows(a) x rows(b), packed b ({:?} rows of {:?}) b's",
+                a.len(),
+                b.len(),
+                out.len(),
+                packed.map(|p| p.n),
+                packed.map(|p| p.k),
+            ),
+        ));
     };
     #[cfg(target_arch = "x86_64")]
-    if native() && n >= x86::PACKED_MIN_N {
-        return x86::PACKED.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            // n * k fits (b's length), so this cannot overflow, but it is checked all the
-            // same.
-            let len = x86::packed_len(n, k).ok_or_else(|| {
-                device(
-                    "bf16 gemm_nt",
-                    format!("packed b of {n} rows of k = {k} overflows usize"),
-                )
-            })?;
-            if buf.len() < len {
-                let extra = len - buf.len();
-                buf.try_reserve_exact(extra)
-                    .map_err(|_| Error::OutOfMemory {
-                        what: "cpu bf16 packed operand".to_string(),
-                        bytes: len.saturating_mul(4),
-                    })?;
-                buf.resize(len, 0);
-            }
-            // SAFETY: `native` detected AVX-512F/BW/VL and AVX512-BF16 at run time; `a`
-            // holds m rows of k, `b` n rows of k, `out` m * n elements and `buf` at least
-            // the packed size, which is all `x86::gemm_packed` reads and writes.
-            unsafe { x86::gemm_packed(a, b, m, n, k, out, &mut buf[..len]) };
-            // A prefill's packed b is not kept for the life of the thread.
-            if buf.capacity() > x86::PACKED_KEEP {
-                *buf = Vec::new();
-            }
-            Ok(())
-        });
+    if let Some(p) = packed {
+        // SAFETY: a `Packed` exists only where `native` detected AVX-512F/BW/VL and
+        // AVX512-BF16 at run time; `a` holds m rows of k, `p` n rows of k (checked
+        // above), `out` m * n elements, which is all `x86::gemm_packed` reads and writes.
+        unsafe { x86::gemm_packed(a, m, p, out) };
+        return Ok(());
     }
     #[cfg(target_arch = "x86_64")]
     if native() {
@@ -127,25 +115,29 @@ pub fn gemm_nt(a: &[bf16], b: &[bf16], k: usize, out: &mut [f32]) -> Result<()> 
     Ok(())
 }
 
-/// The rows of a right-hand operand `b` [n, k] packed once for many products
-/// ([`gemm_rows`]): pairs of columns, `LANES` rows per vector, as [`gemm_nt`]'s packed
-/// path lays them out for each call.
+/// The rows of a right-hand operand `b` [n, k] prepared once for many products
+/// ([`gemm_nt`], [`gemm_rows`]): pairs of columns, `LANES` rows per vector; the last
+/// `n % LANES` rows, when at most `REST_MAX`, are kept as they are for the row-dot kernel
+/// rather than a mostly empty vector.
 #[derive(Debug)]
 pub struct Packed {
-    /// `[ceil(k / 2)][n rounded up to LANES]` pairs.
+    /// `[ceil(k / 2)][packed rows rounded up to LANES]` pairs.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     xp: Vec<u32>,
-    /// Rows of `b`.
+    /// The rows past the packed ones, row-major.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    rest: Vec<bf16>,
+    /// Rows of `b`, packed and rest.
     n: usize,
     /// Their width.
     k: usize,
 }
 
 impl Packed {
-    /// `b` [n, k] packed, where the native dot runs [`gemm_rows`] and `b` has at least
-    /// as many rows as one vector holds (fewer would leave most lanes idle); else
-    /// `None`. A `b` that is not whole rows of `k >= 1` is [`Error::Device`]; the buffer
-    /// is allocated fallibly ([`Error::OutOfMemory`]).
+    /// `b` [n, k] packed, where the native dot runs [`gemm_nt`] and [`gemm_rows`] on it
+    /// and `b` has at least as many rows as one vector holds (fewer would leave most lanes
+    /// idle); else `None`. A `b` that is not whole rows of `k >= 1` is [`Error::Device`];
+    /// the buffers are allocated fallibly ([`Error::OutOfMemory`]).
     pub fn new(b: &[bf16], k: usize) -> Result<Option<Packed>> {
         let n = b.len() / k.max(1);
         if k == 0 || n * k != b.len() {
@@ -156,13 +148,24 @@ impl Packed {
         }
         #[cfg(target_arch = "x86_64")]
         if native() && n >= x86::PACKED_MIN_N {
-            let len = x86::packed_len(n, k)
+            let rest = Some(n % x86::LANES)
+                .filter(|&r| r <= x86::REST_MAX)
+                .unwrap_or(0);
+            let len = x86::packed_len(n - rest, k)
                 .ok_or_else(|| device("bf16 pack", format!("{n} rows of {k} overflow")))?;
             let mut xp: Vec<u32> = try_filled_vec(len, "cpu bf16 packed operand")?;
-            // SAFETY: `native` detected the four features at run time; `b` holds n * k
-            // elements and `xp` the packed size.
-            unsafe { x86::pack_into(b, n, k, &mut xp) };
-            return Ok(Some(Packed { xp, n, k }));
+            let (body, tail) = b.split_at((n - rest) * k);
+            // SAFETY: `native` detected the four features at run time; `body` holds
+            // n - rest rows of k and `xp` their packed size.
+            unsafe { x86::pack_into(body, n - rest, k, &mut xp) };
+            let mut kept: Vec<bf16> = try_filled_vec(tail.len(), "cpu bf16 packed rest")?;
+            kept.copy_from_slice(tail);
+            return Ok(Some(Packed {
+                xp,
+                rest: kept,
+                n,
+                k,
+            }));
         }
         Ok(None)
     }
@@ -188,8 +191,8 @@ pub fn gemm_rows(rows: &[&[bf16]], b: &Packed, out: &mut [f32]) -> Result<()> {
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: a `Packed` exists only where `native` detected the features; every row
-        // holds at least k elements, `xp` the packed size of n rows of k, `out` rows * n.
-        unsafe { x86::gemm_rows(rows, k, &b.xp, n, out) };
+        // holds at least k elements, `b` n rows of k, `out` rows * n.
+        unsafe { x86::gemm_rows(rows, b, out) };
         Ok(())
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -200,20 +203,49 @@ pub fn gemm_rows(rows: &[&[bf16]], b: &Packed, out: &mut [f32]) -> Result<()> {
 }
 
 /// `values` as bf16 when every one is a bf16 value (f32 values upcast from bf16; NaN
-/// counts as one), else `None`: rounding would change the result, so the caller keeps its
-/// f32 path. Allocated fallibly ([`Error::OutOfMemory`]).
+/// counts as one, stored as the quiet NaN), else `None`: rounding would change the result,
+/// so the caller keeps its f32 path. Converted in parallel chunks ([`exact_into_slice`]);
+/// allocated fallibly ([`Error::OutOfMemory`]).
 pub fn exact(values: &[f32]) -> Result<Option<Vec<bf16>>> {
-    if !values
-        .iter()
-        .all(|&v| v.is_nan() || bf16::from_f32(v).to_f32() == v)
-    {
-        return Ok(None);
-    }
     let mut out: Vec<bf16> = try_filled_vec(values.len(), "cpu bf16 dot operand")?;
-    for (o, &v) in out.iter_mut().zip(values) {
-        *o = bf16::from_f32(v);
+    let all = values
+        .par_chunks(EXACT_CHUNK)
+        .zip(out.par_chunks_mut(EXACT_CHUNK))
+        .all(|(v, o)| exact_into_slice(v, o));
+    Ok(all.then_some(out))
+}
+
+/// Values per task of [`exact`].
+const EXACT_CHUNK: usize = 1 << 16;
+
+/// Whether every one of `values` is a bf16 value (NaN counts as one), converting them
+/// into `out` (as long as `values`; NaN as the quiet NaN) while testing, so the loop
+/// vectorises for the vector unit found at run time; where the answer is false `out` is
+/// unspecified. A test on the bits: the low 16 of a bf16 value's f32 are zero.
+pub fn exact_into_slice(values: &[f32], out: &mut [bf16]) -> bool {
+    pulp::Arch::new().dispatch(Exact { values, out })
+}
+
+/// [`exact_into_slice`] as a pulp kernel.
+struct Exact<'a> {
+    values: &'a [f32],
+    out: &'a mut [bf16],
+}
+
+impl pulp::WithSimd for Exact<'_> {
+    type Output = bool;
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) -> bool {
+        let mut low = 0u32;
+        for (o, &v) in self.out.iter_mut().zip(self.values) {
+            let bits = v.to_bits();
+            let nan = bits & 0x7FFF_FFFF > 0x7F80_0000;
+            low |= if nan { 0 } else { bits & 0xFFFF };
+            *o = bf16::from_bits(if nan { 0x7FC0 } else { (bits >> 16) as u16 });
+        }
+        low == 0
     }
-    Ok(Some(out))
 }
 
 /// Rows `first..first + rows` of the row-major `matrix` of `k` columns;
@@ -249,7 +281,6 @@ fn portable(a: &[bf16], b: &[bf16], (m, n, k): (usize, usize, usize), out: &mut 
 pub(crate) mod x86 {
     use half::bf16;
     use std::arch::x86_64::*;
-    use std::cell::RefCell;
 
     /// Tokens (rows of `b`) from which [`super::gemm_nt`] packs `b` and takes
     /// [`gemm_packed`].
@@ -272,57 +303,45 @@ pub(crate) mod x86 {
             .checked_mul(k.div_ceil(2))
     }
 
-    /// Largest packed `b` (u32 pairs; 4 MiB) a thread keeps for its next call.
-    pub const PACKED_KEEP: usize = 1 << 20;
     /// Rows of `a` per panel of the packed path: every column block passes over them while
     /// they stay in L2.
     const PANEL: usize = 24;
 
-    thread_local! {
-        /// Each thread's packed `b` of [`gemm_packed`], kept between calls.
-        pub static PACKED: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
-    }
-
-    /// [`super::gemm_nt`] with `b` packed first into `xp`: pairs of columns of `b` as
-    /// `[ceil(k / 2)][n rounded up to LANES]` u32 (zero where `b` has no element), then
-    /// each output is one accumulator lane: a pair of `a`'s row broadcast against
-    /// `LANES` rows of `b` per `VDPBF16PS`, up to 24 accumulators in registers (12 rows
-    /// of `a` x 1 or 2 vectors of `b`, 8 x 3, 6 x 4), stored without reductions. Each
-    /// output adds its k products to one f32 accumulator in order.
+    /// [`super::gemm_nt`] with `b` packed ([`super::Packed`]): each output is one
+    /// accumulator lane, a pair of `a`'s row broadcast against `LANES` packed rows of `b`
+    /// per `VDPBF16PS`, up to 24 accumulators in registers (12 rows of `a` x 1 or 2
+    /// vectors of `b`, 8 x 3, 6 x 4), stored without reductions; `b`'s rest rows take
+    /// the row-dot kernel per panel, while the panel's rows are in L2. Each packed output
+    /// adds its k products to one f32 accumulator in order.
     ///
     /// # Safety
-    /// AVX-512F/BW/VL and AVX512-BF16 must be available; `a` holds `m * k`, `b` `n * k`
-    /// and `out` `m * n` elements, `n >= 1`, and `xp` at least
-    /// `ceil(k / 2) * n.div_ceil(LANES) * LANES`.
+    /// AVX-512F/BW/VL and AVX512-BF16 must be available; `a` holds `m * b.k` elements and
+    /// `out` `m * b.n`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-    pub unsafe fn gemm_packed(
-        a: &[bf16],
-        b: &[bf16],
-        m: usize,
-        n: usize,
-        k: usize,
-        out: &mut [f32],
-        xp: &mut [u32],
-    ) {
-        // The last n % LANES rows of b, when few, take the row-dot kernel per panel (while
-        // the panel's rows are in L2) rather than a mostly empty vector.
-        let rest = Some(n % LANES).filter(|&r| r <= REST_MAX).unwrap_or(0);
-        let (n_all, n) = (n, n - rest);
+    pub unsafe fn gemm_packed(a: &[bf16], m: usize, b: &super::Packed, out: &mut [f32]) {
+        let (k, n_all) = (b.k, b.n);
+        let rest = b.rest.len() / k;
+        let n = n_all - rest;
         let n_pad = n.div_ceil(LANES) * LANES;
-        let (a, o, xp) = (a.as_ptr().cast::<u16>(), out.as_mut_ptr(), xp.as_mut_ptr());
-        let b = b.as_ptr().cast::<u16>();
-        pack(b, n, k, xp);
-        // SAFETY: row i < m of a is at a + i k; xp holds the n packed columns, out m rows
+        let (a, o) = (a.as_ptr().cast::<u16>(), out.as_mut_ptr());
+        let rest_rows = b.rest.as_ptr().cast::<u16>();
+        // SAFETY: row i < m of a is at a + i k; b.xp holds the n packed rows, out m rows
         // of n_all.
         let row = |i: usize| a.add(i * k);
-        multiply(row, (m, k), (xp, n, n_pad), (o, n_all), |r0, pr| {
-            if rest > 0 {
-                // SAFETY: rows r0..r0 + pr of a, rows n..n_all of b, and out columns
-                // n..n_all of rows r0..r0 + pr exist.
-                let op = o.add(r0 * n_all + n);
-                rows_nt(a.add(r0 * k), b.add(n * k), (pr, rest, k), op, n_all);
-            }
-        });
+        multiply(
+            row,
+            (m, k),
+            (b.xp.as_ptr(), n, n_pad),
+            (o, n_all),
+            |r0, pr| {
+                if rest > 0 {
+                    // SAFETY: rows r0..r0 + pr of a, the rest rows of b, and out columns
+                    // n..n_all of rows r0..r0 + pr exist.
+                    let op = o.add(r0 * n_all + n);
+                    rows_nt(a.add(r0 * k), rest_rows, (pr, rest, k), op, n_all);
+                }
+            },
+        );
     }
 
     /// `out[i * ldo + j] = row(i) . b_j` for `i < m` (each row `k` long) and the `n`
@@ -371,21 +390,33 @@ pub(crate) mod x86 {
         }
     }
 
-    /// `out[i * n + j] = rows[i] . b_j` for rows of at least `k` elements and the `n`
-    /// columns `xp` packed by [`pack_into`] (`n_pad` = `n` rounded up to [`LANES`]).
+    /// `out[i * b.n + j] = rows[i] . b_j` for rows of at least `b.k` elements and the
+    /// rows of `b`: the packed ones as [`gemm_packed`] multiplies them, the rest by row
+    /// dots, one row at a time.
     ///
     /// # Safety
-    /// AVX-512F/BW/VL and AVX512-BF16 must be available; every row holds at least `k`
-    /// elements, `xp` `ceil(k / 2) * n_pad` and `out` `rows.len() * n`.
+    /// AVX-512F/BW/VL and AVX512-BF16 must be available; every row holds at least `b.k`
+    /// elements and `out` `rows.len() * b.n`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-    pub unsafe fn gemm_rows(rows: &[&[bf16]], k: usize, xp: &[u32], n: usize, out: &mut [f32]) {
+    pub unsafe fn gemm_rows(rows: &[&[bf16]], b: &super::Packed, out: &mut [f32]) {
+        let (k, n_all) = (b.k, b.n);
+        let rest = b.rest.len() / k;
+        let n = n_all - rest;
         let n_pad = n.div_ceil(LANES) * LANES;
+        let (o, rest_rows) = (out.as_mut_ptr(), b.rest.as_ptr().cast::<u16>());
         let row = |i: usize| rows[i].as_ptr().cast::<u16>();
-        let dims = (xp.as_ptr(), n, n_pad);
-        multiply(row, (rows.len(), k), dims, (out.as_mut_ptr(), n), |_, _| {});
+        let dims = (b.xp.as_ptr(), n, n_pad);
+        multiply(row, (rows.len(), k), dims, (o, n_all), |r0, pr| {
+            for i in (r0..r0 + pr).filter(|_| rest > 0) {
+                // SAFETY: row i holds k elements, the rest rows of b exist, and out
+                // columns n..n_all of row i are writable.
+                rows_nt(row(i), rest_rows, (1, rest, k), o.add(i * n_all + n), n_all);
+            }
+        });
     }
 
-    /// Packs `b` ([n, k]) into `xp` as [`gemm_packed`] does.
+    /// Packs `b` ([n, k]) into `xp` as [`gemm_packed`] reads it: pairs of columns as
+    /// `[ceil(k / 2)][n rounded up to LANES]` u32 (zero where `b` has no element).
     ///
     /// # Safety
     /// AVX-512F/BW/VL and AVX512-BF16 must be available; `b` holds `n * k` elements and
@@ -711,6 +742,12 @@ mod tests {
     use super::*;
 
     /// Uniform-ish bf16 values in [-2, 2) from a fixed-seed generator.
+    /// [`gemm_nt`] as the experts call it: `b` packed first where [`Packed::new`] does.
+    fn product(a: &[bf16], b: &[bf16], k: usize, out: &mut [f32]) -> Result<()> {
+        let packed = Packed::new(b, k)?;
+        gemm_nt(a, b, k, packed.as_ref(), out)
+    }
+
     fn values(len: usize, seed: u64) -> Vec<bf16> {
         crate::test_util::bf16_values(len, seed, -2.0)
     }
@@ -792,7 +829,7 @@ mod tests {
         ] {
             let (a, b) = (values(m * k, 1 + k as u64), values(n * k, 99 + m as u64));
             let mut out = vec![f32::NAN; m * n];
-            gemm_nt(&a, &b, k, &mut out).unwrap();
+            product(&a, &b, k, &mut out).unwrap();
             let want = reference(&a, &b, k);
             // The f32 path agrees to the same bound (only the summation order differs).
             let mut port = vec![f32::NAN; m * n];
@@ -840,7 +877,7 @@ mod tests {
         a[m * k] = bf16::INFINITY;
         b[n * k] = bf16::NAN;
         let mut out = vec![f32::NAN; m * n];
-        gemm_nt(&a[..m * k], &b[..n * k], k, &mut out).unwrap();
+        product(&a[..m * k], &b[..n * k], k, &mut out).unwrap();
         let want = reference(&a[..m * k], &b[..n * k], k);
         for (idx, (&g, &w)) in out.iter().zip(&want).enumerate() {
             let (ar, br) = (&a[idx / n * k..][..k], &b[idx % n * k..][..k]);
@@ -865,7 +902,7 @@ mod tests {
                 .map(|i| bf16::from_f32((i % 7) as f32 - 3.0))
                 .collect();
             let mut out = vec![0.0; 2 * n];
-            gemm_nt(&a, &b, k, &mut out).unwrap();
+            product(&a, &b, k, &mut out).unwrap();
             let want: Vec<f32> = reference(&a, &b, k).iter().map(|&w| w as f32).collect();
             assert_eq!(out, want, "n {n}");
         }
@@ -879,6 +916,16 @@ mod tests {
         assert!(got[2].is_nan());
         // 1 + 2^-10 needs 11 significant bits: not a bf16 value.
         assert_eq!(exact(&[1.0, 1.0 + 1.0 / 1024.0]).unwrap(), None);
+        // Across the parallel chunks: every value converted, and one inexact value in the
+        // last chunk alone refuses the whole.
+        let mut many: Vec<f32> = values(3 * EXACT_CHUNK + 5, 9)
+            .iter()
+            .map(|v| v.to_f32())
+            .collect();
+        let got = exact(&many).unwrap().unwrap();
+        assert!(got.iter().zip(&many).all(|(g, &v)| g.to_f32() == v));
+        *many.last_mut().unwrap() += 1.0 / 1024.0;
+        assert_eq!(exact(&many).unwrap(), None);
         let m = values(12, 3);
         assert_eq!(rows(&m, 1, 2, 4).unwrap(), &m[4..12]);
         assert!(rows(&m, 2, 2, 4).is_err());
@@ -890,11 +937,17 @@ mod tests {
         let a = values(6, 1);
         let mut out = vec![0.0; 4];
         // 6 elements are not whole rows of 4.
-        assert!(gemm_nt(&a, &a[..4], 4, &mut out).is_err());
+        assert!(product(&a, &a[..4], 4, &mut out).is_err());
         // 2 x 2 products need 4 outputs, not 3.
-        assert!(gemm_nt(&a[..4], &a[..4], 2, &mut out[..3]).is_err());
-        assert!(gemm_nt(&a, &a, 0, &mut out).is_err());
-        assert!(gemm_nt(&[], &[], 0, &mut []).is_err());
+        assert!(product(&a[..4], &a[..4], 2, &mut out[..3]).is_err());
+        assert!(product(&a, &a, 0, &mut out).is_err());
+        assert!(product(&[], &[], 0, &mut []).is_err());
+        // A packed b of another shape than b (17 rows of 2 for 16 rows of 2).
+        let b = values(17 * 2, 2);
+        if let Some(p) = Packed::new(&b, 2).unwrap() {
+            assert!(gemm_nt(&a[..2], &b[..32], 2, Some(&p), &mut out[..0]).is_err());
+            assert!(gemm_nt(&a[..2], &b[..32], 2, Some(&p), &mut [0.0; 16]).is_err());
+        }
         // The failed calls wrote nothing.
         assert_eq!(out, vec![0.0; 4]);
     }

@@ -90,7 +90,10 @@ pub fn gate_up(
         _ => None,
     };
     let tiles = tiles(perm, &mut out, i, tile_rows(h));
-    let packed = Packed::new(perm, xg, h, &tiles);
+    let packed = Packed::new(perm, xg, h, &tiles, PackedRows::new);
+    let packed16 = native
+        .as_ref()
+        .map(|(_, x16)| Packed::new(perm, x16, h, &tiles, bf16dot::Packed::new));
     tiles
         .into_par_iter()
         .try_for_each_init(Scratch::default, |s, tile| {
@@ -99,12 +102,14 @@ pub fn gate_up(
             let x = &xg[first * h..(first + n) * h];
             let base = tile.expert * 2 * i + tile.first;
             s.up_out.resize(tile.out.len(), 0.0);
-            if let Some((w13, x16)) = &native {
+            if let (Some((w13, x16)), Some(packed16)) = (&native, &packed16) {
+                let x16p = packed16.expert(expert)?;
                 let x16 = bf16dot::rows(x16, first, n, h)?;
                 let gate = bf16dot::rows(w13, base, tile.rows, h)?;
-                bf16dot::gemm_nt(gate, x16, h, tile.out)?;
+                bf16dot::gemm_nt(gate, x16, h, x16p.as_ref().as_ref(), tile.out)?;
                 let up = bf16dot::rows(w13, base + i, tile.rows, h)?;
-                bf16dot::gemm_nt(up, x16, h, &mut s.up_out)?;
+                bf16dot::gemm_nt(up, x16, h, x16p.as_ref().as_ref(), &mut s.up_out)?;
+                packed16.finished(expert);
             } else if skinny(n) {
                 gemv::rows_times(w.w13, base, tile.rows, h, x, tile.out, &mut s.gate);
                 gemv::rows_times(w.w13, base + i, tile.rows, h, x, &mut s.up_out, &mut s.up);
@@ -151,14 +156,18 @@ pub fn down(
     let mut out = zeroed(&[perm.rows(), h], "cpu moe_experts down projections")?;
     if let (Weights::Float(FloatSlice::BF16(w2)), true) = (w.w2, native) {
         let act16 = act_rows(perm, h_t, i, bf16::from_f32)?;
-        tiles(perm, &mut out, h, tile_rows(i))
-            .into_par_iter()
-            .try_for_each(|tile| {
-                let (first, n) = perm.expert_rows(tile.expert);
-                let act = bf16dot::rows(&act16, first, n, i)?;
-                let w2 = bf16dot::rows(w2, tile.expert * h + tile.first, tile.rows, i)?;
-                bf16dot::gemm_nt(w2, act, i, tile.out)
-            })?;
+        let tiles = tiles(perm, &mut out, h, tile_rows(i));
+        let packed = Packed::new(perm, &act16, i, &tiles, bf16dot::Packed::new);
+        tiles.into_par_iter().try_for_each(|tile| {
+            let expert = tile.expert;
+            let (first, n) = perm.expert_rows(expert);
+            let actp = packed.expert(expert)?;
+            let act = bf16dot::rows(&act16, first, n, i)?;
+            let w2 = bf16dot::rows(w2, expert * h + tile.first, tile.rows, i)?;
+            bf16dot::gemm_nt(w2, act, i, actp.as_ref().as_ref(), tile.out)?;
+            packed.finished(expert);
+            Ok(())
+        })?;
         return Ok(out);
     }
     // BF16 weights on a CPU with the native dot: the activations are rounded to bf16 here
@@ -170,7 +179,7 @@ pub fn down(
         false => v,
     })?;
     let tiles = tiles(perm, &mut out, h, tile_rows(i));
-    let packed = Packed::new(perm, &act_f32, i, &tiles);
+    let packed = Packed::new(perm, &act_f32, i, &tiles, PackedRows::new);
     tiles
         .into_par_iter()
         .try_for_each_init(Vec::new, |row, tile| {
@@ -229,30 +238,39 @@ pub fn bf16_native(perm: &Permutation) -> bool {
     bf16dot::native() && (few || bf16dot::outpaces_fma())
 }
 
-/// Each expert's rows (tokens or activations) packed for [`matmul_nt_packed`]: packed by
-/// the first of the expert's tiles that needs them, shared by the others, and dropped
-/// when the expert's last tile has finished, so that only the experts in progress hold a
-/// packed copy (not one of every expert's rows at once).
-struct Packed<'a> {
+/// Each expert's rows (tokens or activations, `T`) packed by `pack` (`P`: for
+/// [`matmul_nt_packed`], or [`bf16dot::gemm_nt`]): packed by the first of the expert's
+/// tiles that needs them, shared by the others, and dropped when the expert's last tile
+/// has finished, so that only the experts in progress hold a packed copy (not one of
+/// every expert's rows at once).
+struct Packed<'a, T, P> {
     perm: &'a Permutation,
-    rows: &'a [f32],
+    rows: &'a [T],
     cols: usize,
-    experts: Vec<ExpertPack<'a>>,
+    pack: fn(&'a [T], usize) -> Result<P>,
+    experts: Vec<ExpertPack<P>>,
 }
 
 /// One expert's entry in [`Packed`].
-struct ExpertPack<'a> {
+struct ExpertPack<P> {
     /// Its packed rows, once a tile has packed them (and until its last tile finished).
-    packed: Mutex<Option<Arc<PackedRows<'a>>>>,
+    packed: Mutex<Option<Arc<P>>>,
     /// Its tiles not yet finished.
     tiles_left: AtomicUsize,
 }
 
-impl<'a> Packed<'a> {
-    /// Nothing packed yet: `rows` are the permuted rows of `cols` ([rows, cols]); `tiles`
-    /// are the tiles that will run (each calls [`Packed::finished`] when done).
-    fn new(perm: &'a Permutation, rows: &'a [f32], cols: usize, tiles: &[Tile<'_>]) -> Self {
-        let mut experts: Vec<ExpertPack<'a>> = (0..perm.offsets.len() - 1)
+impl<'a, T, P> Packed<'a, T, P> {
+    /// Nothing packed yet: `rows` are the permuted rows of `cols` ([rows, cols]), `pack`
+    /// packs one expert's; `tiles` are the tiles that will run (each calls
+    /// [`Packed::finished`] when done).
+    fn new(
+        perm: &'a Permutation,
+        rows: &'a [T],
+        cols: usize,
+        tiles: &[Tile<'_>],
+        pack: fn(&'a [T], usize) -> Result<P>,
+    ) -> Self {
+        let mut experts: Vec<ExpertPack<P>> = (0..perm.offsets.len() - 1)
             .map(|_| ExpertPack {
                 packed: Mutex::new(None),
                 tiles_left: AtomicUsize::new(0),
@@ -265,13 +283,14 @@ impl<'a> Packed<'a> {
             perm,
             rows,
             cols,
+            pack,
             experts,
         }
     }
 
     /// Expert `e`'s rows, packed (by this call if no tile has yet; other tiles of the
     /// expert wait for it meanwhile).
-    fn expert(&self, e: usize) -> Result<Arc<PackedRows<'a>>> {
+    fn expert(&self, e: usize) -> Result<Arc<P>> {
         let (first, n) = self.perm.expert_rows(e);
         let rows = &self.rows[first * self.cols..(first + n) * self.cols];
         let mut slot = self.experts[e]
@@ -281,7 +300,7 @@ impl<'a> Packed<'a> {
         if let Some(p) = &*slot {
             return Ok(Arc::clone(p));
         }
-        let p = Arc::new(PackedRows::new(rows, self.cols)?);
+        let p = Arc::new((self.pack)(rows, self.cols)?);
         *slot = Some(Arc::clone(&p));
         Ok(p)
     }
@@ -520,11 +539,12 @@ mod tests {
         let mut buf = vec![0.0; 5 * 3];
         let t = tiles(&perm, &mut buf, 5, 2);
         assert_eq!(t.len(), 3);
-        let packed = Packed::new(&perm, &rows, 2, &t);
+        let packed = Packed::new(&perm, &rows, 2, &t, PackedRows::new);
         let first = packed.expert(0).unwrap();
         assert!(Arc::ptr_eq(&first, &packed.expert(0).unwrap()));
         drop(first);
-        let held = |p: &Packed<'_>| p.experts[0].packed.lock().unwrap().is_some();
+        let held =
+            |p: &Packed<'_, f32, PackedRows<'_>>| p.experts[0].packed.lock().unwrap().is_some();
         packed.finished(0);
         packed.finished(0);
         assert!(held(&packed));
