@@ -19,6 +19,7 @@ use crate::bf16dot;
 use crate::gemm_util::{matmul_nt_packed, PackedRows};
 use crate::gemv;
 use crate::storage::{zeroed, FloatSlice};
+use crate::vmath;
 use half::bf16;
 use moemla_core::alloc::try_filled_vec;
 use moemla_core::Result;
@@ -123,18 +124,7 @@ pub fn gate_up(
                 let up = w.w13.rows(base + i, tile.rows, h, &mut s.up)?;
                 matmul_nt_packed(up, &x, &mut s.up_out)?;
             }
-            match limit {
-                None => {
-                    for (g, u) in tile.out.iter_mut().zip(&s.up_out) {
-                        *g = silu(*g) * u;
-                    }
-                }
-                Some(c) => {
-                    for (g, u) in tile.out.iter_mut().zip(&s.up_out) {
-                        *g = clamped_swiglu(*g, *u, c);
-                    }
-                }
-            }
+            vmath::swiglu(tile.out, &s.up_out, limit);
             packed.finished(expert);
             Ok(())
         })?;
@@ -329,17 +319,6 @@ fn fp8_many(w: Weights<'_>, first: usize, rows: usize, act: &[f32], out: &mut [f
     matches!(w, Weights::Fp8(f) if fp8::gemv::rows_times_many(&f, first, rows, act, out))
 }
 
-/// SiLU (swish): `x * sigmoid(x)`.
-fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
-}
-
-/// `silu(min(g, c)) * clamp(u, -c, c)` (DeepSeek-V4's clamp); a NaN `g` or `u` stays NaN.
-fn clamped_swiglu(g: f32, u: f32, c: f32) -> f32 {
-    let g = if g > c { c } else { g };
-    silu(g) * u.clamp(-c, c)
-}
-
 /// Weight rows per tile for rows of `k` columns (a multiple of 16, >= 16).
 fn tile_rows(k: usize) -> usize {
     let rows = TILE_BYTES / k.max(1).saturating_mul(4);
@@ -384,24 +363,6 @@ fn tiles<'b>(
 mod tests {
     use super::*;
     use crate::storage::FloatSlice;
-
-    #[test]
-    fn silu_matches_its_definition() {
-        for x in [-3.0f32, -0.5, 0.0, 1.25, 8.0] {
-            let want = x as f64 / (1.0 + (-x as f64).exp());
-            assert!((silu(x) as f64 - want).abs() < 1e-6);
-        }
-    }
-
-    #[test]
-    fn the_swiglu_clamp_bites_both_ways_and_keeps_nan() {
-        let c = 10.0;
-        assert_eq!(clamped_swiglu(3.0, -4.0, c), silu(3.0) * -4.0);
-        assert_eq!(clamped_swiglu(25.0, 30.0, c), silu(10.0) * 10.0);
-        assert_eq!(clamped_swiglu(-25.0, -30.0, c), silu(-25.0) * -10.0);
-        assert!(clamped_swiglu(f32::NAN, 1.0, c).is_nan());
-        assert!(clamped_swiglu(1.0, f32::NAN, c).is_nan());
-    }
 
     #[test]
     fn tiles_cover_each_used_expert_once() {
