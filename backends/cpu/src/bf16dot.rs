@@ -4,7 +4,8 @@
 //! The contract's semantics hold: a bf16 x bf16 product is exact in f32 (8 + 8 significant
 //! bits), and `VDPBF16PS` adds each product to an f32 accumulator with one rounding, as
 //! an f32 multiply-add of the upcast values would. Only the order of the f32 additions
-//! differs from other paths (16 lanes, two products per lane and step, then the lanes).
+//! differs from other paths (16 lanes, or 4 in the quad layout; two products per lane and
+//! step; then the lanes).
 //! Like every `VDPBF16PS`, subnormal inputs and results count as zero (below 2^-126,
 //! where the f32 path's contributions are far under any tolerance).
 
@@ -13,6 +14,9 @@ use half::bf16;
 use moemla_core::alloc::try_filled_vec;
 use moemla_core::{Error, Result};
 use rayon::prelude::*;
+
+#[cfg(target_arch = "x86_64")]
+mod quads;
 
 /// Whether [`gemm_nt`] runs on the native bf16 dot instruction on this CPU.
 pub fn native() -> bool {
@@ -116,27 +120,36 @@ pub fn gemm_nt(
 }
 
 /// The rows of a right-hand operand `b` [n, k] prepared once for many products
-/// ([`gemm_nt`], [`gemm_rows`]): pairs of columns, `LANES` rows per vector; the last
-/// `n % LANES` rows, when at most `REST_MAX`, are kept as they are for the row-dot kernel
-/// rather than a mostly empty vector.
+/// ([`gemm_nt`], [`gemm_rows`]), in one of two layouts (see [`Layout`]).
 #[derive(Debug)]
 pub struct Packed {
-    /// `[ceil(k / 2)][packed rows rounded up to LANES]` pairs.
+    /// How the rows are held.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    xp: Vec<u32>,
-    /// The rows past the packed ones, row-major.
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    rest: Vec<bf16>,
-    /// Rows of `b`, packed and rest.
+    layout: Layout,
+    /// Rows of `b`.
     n: usize,
     /// Their width.
     k: usize,
 }
 
+/// How [`Packed`] holds `b`.
+#[derive(Debug)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+enum Layout {
+    /// Pairs of columns, `LANES` rows per vector (`[ceil(k / 2)][rows rounded up to
+    /// LANES]` u32); the last `n % LANES` rows, when at most `REST_MAX`, kept as they are
+    /// (`rest`, row-major) for the row-dot kernel rather than a mostly empty vector.
+    Pairs { xp: Vec<u32>, rest: Vec<bf16> },
+    /// Groups of 4 rows x 4 pairs per vector (`quads`): rows fill vectors 4 at a time,
+    /// `[ceil(k / 8)][ceil(n / 4)][4 rows][4 pairs]` u32.
+    Quads(Vec<u32>),
+}
+
 impl Packed {
-    /// `b` [n, k] packed, where the native dot runs [`gemm_nt`] and [`gemm_rows`] on it
-    /// and `b` has at least as many rows as one vector holds (fewer would leave most lanes
-    /// idle); else `None`. A `b` that is not whole rows of `k >= 1` is [`Error::Device`];
+    /// `b` [n, k] packed where the native dot runs [`gemm_nt`] and [`gemm_rows`] on it:
+    /// in quads where they pay (4 to 24 rows but 16: `quads::pays`), else in pairs from
+    /// one vector's worth of rows (16) on; `None` for fewer rows (the row dots take
+    /// them) or without the native dot. A `b` that is not whole rows of `k >= 1` is [`Error::Device`];
     /// the buffers are allocated fallibly ([`Error::OutOfMemory`]).
     pub fn new(b: &[bf16], k: usize) -> Result<Option<Packed>> {
         let n = b.len() / k.max(1);
@@ -147,12 +160,21 @@ impl Packed {
             ));
         }
         #[cfg(target_arch = "x86_64")]
-        if native() && n >= x86::PACKED_MIN_N {
+        if native() && (n >= x86::PACKED_MIN_N || quads::pays(n)) {
+            let overflow = || device("bf16 pack", format!("{n} rows of {k} overflow"));
+            if quads::pays(n) {
+                let len = quads::packed_len(n, k).ok_or_else(overflow)?;
+                let mut xq: Vec<u32> = try_filled_vec(len, "cpu bf16 packed operand")?;
+                // SAFETY: `native` detected the four features at run time; `b` holds n
+                // rows of k and `xq` their packed size.
+                unsafe { quads::pack(b, n, k, &mut xq) };
+                let layout = Layout::Quads(xq);
+                return Ok(Some(Packed { layout, n, k }));
+            }
             let rest = Some(n % x86::LANES)
                 .filter(|&r| r <= x86::REST_MAX)
                 .unwrap_or(0);
-            let len = x86::packed_len(n - rest, k)
-                .ok_or_else(|| device("bf16 pack", format!("{n} rows of {k} overflow")))?;
+            let len = x86::packed_len(n - rest, k).ok_or_else(overflow)?;
             let mut xp: Vec<u32> = try_filled_vec(len, "cpu bf16 packed operand")?;
             let (body, tail) = b.split_at((n - rest) * k);
             // SAFETY: `native` detected the four features at run time; `body` holds
@@ -160,12 +182,8 @@ impl Packed {
             unsafe { x86::pack_into(body, n - rest, k, &mut xp) };
             let mut kept: Vec<bf16> = try_filled_vec(tail.len(), "cpu bf16 packed rest")?;
             kept.copy_from_slice(tail);
-            return Ok(Some(Packed {
-                xp,
-                rest: kept,
-                n,
-                k,
-            }));
+            let layout = Layout::Pairs { xp, rest: kept };
+            return Ok(Some(Packed { layout, n, k }));
         }
         Ok(None)
     }
@@ -282,8 +300,8 @@ pub(crate) mod x86 {
     use half::bf16;
     use std::arch::x86_64::*;
 
-    /// Tokens (rows of `b`) from which [`super::gemm_nt`] packs `b` and takes
-    /// [`gemm_packed`].
+    /// Rows of `b` from which [`super::Packed`] packs them in pairs (where the quad
+    /// layout does not pay).
     pub const PACKED_MIN_N: usize = 16;
     /// Rows of `b` per vector of the packed path (512-bit: 16 f32 accumulator lanes). A
     /// 2-core Zen 5 (full-width AVX-512) runs 512-bit `VDPBF16PS` at twice the FLOP rate
@@ -320,25 +338,31 @@ pub(crate) mod x86 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     pub unsafe fn gemm_packed(a: &[bf16], m: usize, b: &super::Packed, out: &mut [f32]) {
         let (k, n_all) = (b.k, b.n);
-        let rest = b.rest.len() / k;
-        let n = n_all - rest;
-        let n_pad = n.div_ceil(LANES) * LANES;
         let (a, o) = (a.as_ptr().cast::<u16>(), out.as_mut_ptr());
-        let rest_rows = b.rest.as_ptr().cast::<u16>();
-        // SAFETY: row i < m of a is at a + i k; b.xp holds the n packed rows, out m rows
-        // of n_all.
+        // SAFETY: row i < m of a is at a + i k; the layout holds the n rows of b, out m
+        // rows of n_all.
         let row = |i: usize| a.add(i * k);
+        let (xp, rest) = match &b.layout {
+            super::Layout::Pairs { xp, rest } => (xp, rest),
+            super::Layout::Quads(xq) => {
+                return super::quads::multiply(row, (m, k), (xq.as_ptr(), n_all), (o, n_all))
+            }
+        };
+        let rest_n = rest.len() / k;
+        let n = n_all - rest_n;
+        let n_pad = n.div_ceil(LANES) * LANES;
+        let rest_rows = rest.as_ptr().cast::<u16>();
         multiply(
             row,
             (m, k),
-            (b.xp.as_ptr(), n, n_pad),
+            (xp.as_ptr(), n, n_pad),
             (o, n_all),
             |r0, pr| {
-                if rest > 0 {
+                if rest_n > 0 {
                     // SAFETY: rows r0..r0 + pr of a, the rest rows of b, and out columns
                     // n..n_all of rows r0..r0 + pr exist.
                     let op = o.add(r0 * n_all + n);
-                    rows_nt(a.add(r0 * k), rest_rows, (pr, rest, k), op, n_all);
+                    rows_nt(a.add(r0 * k), rest_rows, (pr, rest_n, k), op, n_all);
                 }
             },
         );
@@ -400,17 +424,31 @@ pub(crate) mod x86 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     pub unsafe fn gemm_rows(rows: &[&[bf16]], b: &super::Packed, out: &mut [f32]) {
         let (k, n_all) = (b.k, b.n);
-        let rest = b.rest.len() / k;
-        let n = n_all - rest;
-        let n_pad = n.div_ceil(LANES) * LANES;
-        let (o, rest_rows) = (out.as_mut_ptr(), b.rest.as_ptr().cast::<u16>());
+        let o = out.as_mut_ptr();
         let row = |i: usize| rows[i].as_ptr().cast::<u16>();
-        let dims = (b.xp.as_ptr(), n, n_pad);
+        let (xp, rest) = match &b.layout {
+            super::Layout::Pairs { xp, rest } => (xp, rest),
+            super::Layout::Quads(xq) => {
+                let dims = (xq.as_ptr(), n_all);
+                return super::quads::multiply(row, (rows.len(), k), dims, (o, n_all));
+            }
+        };
+        let rest_n = rest.len() / k;
+        let n = n_all - rest_n;
+        let n_pad = n.div_ceil(LANES) * LANES;
+        let rest_rows = rest.as_ptr().cast::<u16>();
+        let dims = (xp.as_ptr(), n, n_pad);
         multiply(row, (rows.len(), k), dims, (o, n_all), |r0, pr| {
-            for i in (r0..r0 + pr).filter(|_| rest > 0) {
+            for i in (r0..r0 + pr).filter(|_| rest_n > 0) {
                 // SAFETY: row i holds k elements, the rest rows of b exist, and out
                 // columns n..n_all of row i are writable.
-                rows_nt(row(i), rest_rows, (1, rest, k), o.add(i * n_all + n), n_all);
+                rows_nt(
+                    row(i),
+                    rest_rows,
+                    (1, rest_n, k),
+                    o.add(i * n_all + n),
+                    n_all,
+                );
             }
         });
     }
@@ -781,22 +819,37 @@ mod tests {
         out
     }
 
-    /// The rounding bound of an f32 sum of exact products `p` (`a` and `b` k long): on 16
-    /// lanes (k / 16 additions per lane, then at most 16 to combine the lanes),
-    /// (k / 16 + 32) * eps * sum |p|; with `chain`, one accumulator adding the products in
-    /// order, as the packed path does: (k + 1) * eps * sum |p|.
-    fn bound(a: &[bf16], b: &[bf16], chain: bool) -> f64 {
+    /// The rounding bound of an f32 sum of exact products `p` (`a` and `b` k long) made
+    /// with `adds` additions on the way from any product to the sum: `adds * eps * sum
+    /// |p|` ([`adds`] says how many each path makes).
+    fn bound(a: &[bf16], b: &[bf16], adds: usize) -> f64 {
         let abs: f64 = a
             .iter()
             .zip(b)
             .map(|(x, y)| (x.to_f64() * y.to_f64()).abs())
             .sum();
-        let adds = if chain {
-            a.len() + 1
-        } else {
-            a.len() / 16 + 32
-        };
         adds as f64 * f32::EPSILON as f64 * abs
+    }
+
+    /// The additions behind output column `col` of an `n`-column product of width `k` on
+    /// this CPU: the quad layout sums on 4 lanes (two products a step, k / 8 steps) and
+    /// then the lanes (2); the pair layout is one chain of k; the row dots sum on 16
+    /// lanes (k / 16 each) and then the lanes (at most 32 counted).
+    fn adds(n: usize, col: usize, k: usize) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if native() && quads::pays(n) {
+                return 2 * k.div_ceil(8) + 2;
+            }
+            let rest = Some(n % x86::LANES)
+                .filter(|&r| r <= x86::REST_MAX)
+                .unwrap_or(0);
+            if native() && n >= x86::PACKED_MIN_N && col < n - rest {
+                return k + 1;
+            }
+        }
+        let _ = (n, col);
+        k / 16 + 32
     }
 
     #[test]
@@ -836,65 +889,50 @@ mod tests {
             portable(&a, &b, (m, n, k), &mut port);
             for (idx, ((&g, &p), &w)) in out.iter().zip(&port).zip(&want).enumerate() {
                 let (ar, br) = (&a[idx / n * k..][..k], &b[idx % n * k..][..k]);
-                let tol = bound(ar, br, packed_column(n, idx % n));
+                let tol = bound(ar, br, adds(n, idx % n, k));
                 assert!(
                     (g as f64 - w).abs() <= tol,
                     "m {m} n {n} k {k} [{idx}]: {g} vs {w}"
                 );
-                let tol = bound(ar, br, false);
+                let tol = bound(ar, br, k / 16 + 32);
                 assert!((p as f64 - w).abs() <= tol, "f32 path [{idx}]: {p} vs {w}");
             }
-        }
-    }
-
-    /// Whether column `col` of an `n`-column product comes from the packed path, whose
-    /// outputs are each one f32 chain of k additions (the row-dot kernel sums on 16 lanes).
-    fn packed_column(n: usize, col: usize) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let rest = Some(n % x86::LANES)
-                .filter(|&r| r <= x86::REST_MAX)
-                .unwrap_or(0);
-            native() && n >= x86::PACKED_MIN_N && col < n - rest
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = (n, col);
-            false
         }
     }
 
     #[test]
     fn the_packed_path_ignores_what_lies_past_its_rows() {
         // Inf and NaN right after a's last row (and b's) must not reach the output: the
-        // odd column's partner in a pair is the next row's first element.
+        // odd column's partner in a pair is the next row's first element, and a quad
+        // step's piece reaches 7 columns on. Quads (20 rows of b), pairs (40), pairs with
+        // rest rows (35).
         if !native() {
             return;
         }
-        let (m, n, k) = (7, 20, 33);
-        let mut a = values(m * k + 1, 5);
-        let mut b = values(n * k + 1, 6);
-        a[m * k] = bf16::INFINITY;
-        b[n * k] = bf16::NAN;
-        let mut out = vec![f32::NAN; m * n];
-        product(&a[..m * k], &b[..n * k], k, &mut out).unwrap();
-        let want = reference(&a[..m * k], &b[..n * k], k);
-        for (idx, (&g, &w)) in out.iter().zip(&want).enumerate() {
-            let (ar, br) = (&a[idx / n * k..][..k], &b[idx % n * k..][..k]);
-            assert!(
-                (g as f64 - w).abs() <= bound(ar, br, true),
-                "[{idx}] {g} vs {w}"
-            );
+        for n in [20, 40, 35] {
+            let (m, k) = (7, 33);
+            let mut a = values(m * k + 8, 5);
+            let mut b = values(n * k + 8, 6);
+            a[m * k..].fill(bf16::INFINITY);
+            b[n * k..].fill(bf16::NAN);
+            let mut out = vec![f32::NAN; m * n];
+            product(&a[..m * k], &b[..n * k], k, &mut out).unwrap();
+            let want = reference(&a[..m * k], &b[..n * k], k);
+            for (idx, (&g, &w)) in out.iter().zip(&want).enumerate() {
+                let (ar, br) = (&a[idx / n * k..][..k], &b[idx % n * k..][..k]);
+                let tol = bound(ar, br, adds(n, idx % n, k));
+                assert!((g as f64 - w).abs() <= tol, "n {n} [{idx}] {g} vs {w}");
+            }
         }
     }
 
     #[test]
     fn products_are_exact_when_the_sum_is() {
         // Integers: every partial sum is exact in f32, so every path must be exact: the
-        // row-dot kernel (3 rows of b), the packed one (19: 16 packed + 3 on the row dot;
-        // 24: all packed), with an odd k.
+        // row dots (3 rows of b), quads (5, 19, 24), pairs (16; 35: 32 packed + 3 on the
+        // row dots; 40: 3 vectors), with an odd k.
         let k = 101;
-        for n in [3, 19, 24] {
+        for n in [3, 5, 19, 24, 16, 35, 40] {
             let a: Vec<bf16> = (0..2 * k)
                 .map(|i| bf16::from_f32((i % 13) as f32 - 6.0))
                 .collect();
@@ -906,6 +944,25 @@ mod tests {
             let want: Vec<f32> = reference(&a, &b, k).iter().map(|&w| w as f32).collect();
             assert_eq!(out, want, "n {n}");
         }
+    }
+
+    #[test]
+    fn each_layout_is_chosen_where_it_pays() {
+        // Quads from 4 to 24 rows but 16, pairs from 16 on otherwise, none below 4.
+        if !native() {
+            return;
+        }
+        let layout = |n: usize| {
+            Packed::new(&values(n * 9, 4), 9)
+                .unwrap()
+                .map(|p| matches!(p.layout, Layout::Quads(_)))
+        };
+        assert_eq!(layout(3), None);
+        assert_eq!(layout(4), Some(true));
+        assert_eq!(layout(15), Some(true));
+        assert_eq!(layout(16), Some(false));
+        assert_eq!(layout(24), Some(true));
+        assert_eq!(layout(25), Some(false));
     }
 
     #[test]
