@@ -382,14 +382,6 @@ fn sized<T: Clone + Default>(out: &mut Vec<T>, len: usize, call: &str) -> Result
     Ok(())
 }
 
-/// `values` as bf16 when every one is a bf16 value (f32 values upcast from bf16; NaN
-/// counts as one), else `None`: rounding would change the result, so the caller keeps its
-/// f32 path. Allocated fallibly.
-pub fn exact(values: &[f32]) -> Result<Option<Vec<bf16>>> {
-    let mut out = Vec::new();
-    Ok(exact_into(values, &mut out)?.then_some(out))
-}
-
 /// Whether every one of `values` is a bf16 value (NaN counts as one); if so `out` becomes
 /// them as bf16 (grown fallibly; NaN as the quiet NaN), else it is left unspecified
 /// ([`bf16dot::exact_into_slice`]).
@@ -783,22 +775,6 @@ mod tests {
                 assert!(out.is_empty(), "n {n} d {d}");
             }
         }
-    }
-
-    #[test]
-    fn exact_converts_only_bf16_values() {
-        let v = [1.5f32, -0.0, f32::NAN, f32::INFINITY, bf16::MAX.to_f32()];
-        let got = exact(&v).unwrap().unwrap();
-        assert_eq!(got[0].to_f32(), 1.5);
-        assert!(got[1].to_f32() == 0.0 && got[1].is_sign_negative());
-        assert!(got[2].is_nan());
-        assert_eq!(got[3], bf16::INFINITY);
-        assert_eq!(got[4], bf16::MAX);
-        // A NaN whose payload is only in the low bits stays NaN (not infinity).
-        let low_nan = f32::from_bits(0x7F80_0001);
-        assert!(exact(&[low_nan]).unwrap().unwrap()[0].is_nan());
-        // 1 + 2^-10 needs 11 significant bits: not a bf16 value.
-        assert_eq!(exact(&[1.0, 1.0 + 1.0 / 1024.0]).unwrap(), None);
     }
 
     #[test]

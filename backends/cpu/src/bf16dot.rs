@@ -67,8 +67,10 @@ const PROBE_ITERS: u64 = 4096;
 /// `out[r * n + c] = a[r] . b[c]` for the `m` rows of `a` [m, k] and the `n` rows of `b`
 /// [n, k] (bf16, row-major), each an f32 sum of exact products; `out` is [m, n] and is
 /// overwritten. `packed` is `b` as [`Packed::new`] prepared it, where it did (`None`
-/// otherwise): callers that multiply one `b` with many `a` pack it once. Single-threaded
-/// (callers parallelise over independent tiles).
+/// otherwise): callers that multiply one `b` with many `a` pack it once. With `packed`,
+/// `b` itself is not read (only its shape checked against `packed`'s), so a `packed` of
+/// another `b` of that shape gives that other product. Single-threaded (callers
+/// parallelise over independent tiles).
 ///
 /// A `k` of 0, lengths that do not make whole rows of `k`, an `out` that is not `m * n`
 /// long, or a `packed` of another shape are [`Error::Device`]; nothing is read or written
@@ -148,8 +150,9 @@ enum Layout {
 impl Packed {
     /// `b` [n, k] packed where the native dot runs [`gemm_nt`] and [`gemm_rows`] on it:
     /// in quads where they pay (4 to 24 rows but 16: `quads::pays`), else in pairs from
-    /// one vector's worth of rows (16) on; `None` for fewer rows (the row dots take
-    /// them) or without the native dot. A `b` that is not whole rows of `k >= 1` is [`Error::Device`];
+    /// one vector's worth of rows (16) on, the last `n % LANES` rows kept as they are
+    /// when at most `REST_MAX`; `None` for fewer rows (the row dots take them) or without
+    /// the native dot. A `b` that is not whole rows of `k >= 1` is [`Error::Device`];
     /// the buffers are allocated fallibly ([`Error::OutOfMemory`]).
     pub fn new(b: &[bf16], k: usize) -> Result<Option<Packed>> {
         let n = b.len() / k.max(1);
@@ -237,11 +240,12 @@ pub fn exact(values: &[f32]) -> Result<Option<Vec<bf16>>> {
 const EXACT_CHUNK: usize = 1 << 16;
 
 /// Whether every one of `values` is a bf16 value (NaN counts as one), converting them
-/// into `out` (as long as `values`; NaN as the quiet NaN) while testing, so the loop
-/// vectorises for the vector unit found at run time; where the answer is false `out` is
-/// unspecified. A test on the bits: the low 16 of a bf16 value's f32 are zero.
+/// into `out` (NaN as the quiet NaN) while testing, so the loop vectorises for the vector
+/// unit found at run time; where the answer is false `out` is unspecified. False, with
+/// nothing written, when `out` is not as long as `values`. A test on the bits: the low 16
+/// of a bf16 value's f32 are zero.
 pub fn exact_into_slice(values: &[f32], out: &mut [bf16]) -> bool {
-    pulp::Arch::new().dispatch(Exact { values, out })
+    values.len() == out.len() && pulp::Arch::new().dispatch(Exact { values, out })
 }
 
 /// [`exact_into_slice`] as a pulp kernel.
@@ -779,13 +783,13 @@ pub(crate) mod x86 {
 mod tests {
     use super::*;
 
-    /// Uniform-ish bf16 values in [-2, 2) from a fixed-seed generator.
     /// [`gemm_nt`] as the experts call it: `b` packed first where [`Packed::new`] does.
     fn product(a: &[bf16], b: &[bf16], k: usize, out: &mut [f32]) -> Result<()> {
         let packed = Packed::new(b, k)?;
         gemm_nt(a, b, k, packed.as_ref(), out)
     }
 
+    /// Uniform-ish bf16 values in [-2, 2) from a fixed-seed generator.
     fn values(len: usize, seed: u64) -> Vec<bf16> {
         crate::test_util::bf16_values(len, seed, -2.0)
     }
@@ -854,12 +858,17 @@ mod tests {
 
     #[test]
     fn matches_an_f64_reference_at_odd_and_tail_shapes() {
-        // k: below one step, one step, odd, one past, several steps with a tail; m and n
-        // cover full 4 x 4 tiles and every remainder, and n from 16 the packed path: one
-        // to eight vectors of 16 (the last partly live; five split 3 + 2, seven 4 + 3,
-        // eight 4 + 4), rows in blocks of 12, 8 and 6 with a remainder, panels of 24 and
-        // a partial one.
+        // k: below one step, one step, odd, one past, several steps with a tail. n picks
+        // the packed layout where the native dot runs: quads from 4 to 24 rows (but 16),
+        // in every group count (1 to 6, the last partly live) and tile shape with a
+        // remainder of rows; pairs from 16: one to eight vectors of 16 (the last partly
+        // live; five split 3 + 2, seven 4 + 3, eight 4 + 4), rows in blocks of 12, 8 and
+        // 6 with a remainder, panels of 24 and a partial one. The row dots run every n
+        // unpacked as well (full 4 x 4 tiles and every remainder), and the f32 path.
         for (m, n, k) in [
+            (11, 14, 45),
+            (29, 13, 2049),
+            (3, 21, 9),
             (1, 1, 1),
             (3, 5, 7),
             (4, 4, 32),
@@ -897,6 +906,42 @@ mod tests {
                 let tol = bound(ar, br, k / 16 + 32);
                 assert!((p as f64 - w).abs() <= tol, "f32 path [{idx}]: {p} vs {w}");
             }
+            // The row dots (and the f32 path elsewhere) on b unpacked.
+            let mut dots = vec![f32::NAN; m * n];
+            gemm_nt(&a, &b, k, None, &mut dots).unwrap();
+            for (idx, (&d, &w)) in dots.iter().zip(&want).enumerate() {
+                let (ar, br) = (&a[idx / n * k..][..k], &b[idx % n * k..][..k]);
+                let tol = bound(ar, br, k / 16 + 32);
+                assert!((d as f64 - w).abs() <= tol, "row dots [{idx}]: {d} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn packed_rows_meet_rows_anywhere_in_memory() {
+        // gemm_rows: rows strided past k (their tails must not be read), against b packed
+        // in quads (13 rows), pairs (32) and pairs with rest rows (34).
+        let k = 37;
+        for n in [13, 32, 34] {
+            let b = values(n * k, 8);
+            let Some(packed) = Packed::new(&b, k).unwrap() else {
+                return;
+            };
+            let stride = k + 5;
+            let mut mat = values(9 * stride, 9);
+            for row in mat.chunks_exact_mut(stride) {
+                row[k..].fill(bf16::NAN);
+            }
+            let rows: Vec<&[bf16]> = mat.chunks_exact(stride).collect();
+            let mut out = vec![f32::NAN; rows.len() * n];
+            gemm_rows(&rows, &packed, &mut out).unwrap();
+            let a: Vec<bf16> = rows.iter().flat_map(|r| r[..k].iter().copied()).collect();
+            let want = reference(&a, &b, k);
+            for (idx, (&g, &w)) in out.iter().zip(&want).enumerate() {
+                let (ar, br) = (&a[idx / n * k..][..k], &b[idx % n * k..][..k]);
+                let tol = bound(ar, br, adds(n, idx % n, k));
+                assert!((g as f64 - w).abs() <= tol, "n {n} [{idx}] {g} vs {w}");
+            }
         }
     }
 
@@ -904,19 +949,26 @@ mod tests {
     fn the_packed_path_ignores_what_lies_past_its_rows() {
         // Inf and NaN right after a's last row (and b's) must not reach the output: the
         // odd column's partner in a pair is the next row's first element, and a quad
-        // step's piece reaches 7 columns on. Quads (20 rows of b), pairs (40), pairs with
-        // rest rows (35).
+        // step's piece reaches 7 columns on. Nothing may be written past the output
+        // either. Quads (21 rows of b: a partly live group), pairs (40), pairs with rest
+        // rows (35).
         if !native() {
             return;
         }
-        for n in [20, 40, 35] {
+        for n in [21, 40, 35] {
             let (m, k) = (7, 33);
             let mut a = values(m * k + 8, 5);
             let mut b = values(n * k + 8, 6);
             a[m * k..].fill(bf16::INFINITY);
             b[n * k..].fill(bf16::NAN);
-            let mut out = vec![f32::NAN; m * n];
-            product(&a[..m * k], &b[..n * k], k, &mut out).unwrap();
+            let mut buf = vec![f32::NAN; m * n + 16];
+            buf[m * n..].fill(-7.0);
+            product(&a[..m * k], &b[..n * k], k, &mut buf[..m * n]).unwrap();
+            assert!(
+                buf[m * n..].iter().all(|&v| v == -7.0),
+                "n {n}: written past out"
+            );
+            let out = &buf[..m * n];
             let want = reference(&a[..m * k], &b[..n * k], k);
             for (idx, (&g, &w)) in out.iter().zip(&want).enumerate() {
                 let (ar, br) = (&a[idx / n * k..][..k], &b[idx % n * k..][..k]);
@@ -929,10 +981,10 @@ mod tests {
     #[test]
     fn products_are_exact_when_the_sum_is() {
         // Integers: every partial sum is exact in f32, so every path must be exact: the
-        // row dots (3 rows of b), quads (5, 19, 24), pairs (16; 35: 32 packed + 3 on the
-        // row dots; 40: 3 vectors), with an odd k.
+        // row dots (3 rows of b), quads (5, 14, 19, 24), pairs (16; 35: 32 packed + 3 on
+        // the row dots; 40: 3 vectors), with an odd k.
         let k = 101;
-        for n in [3, 5, 19, 24, 16, 35, 40] {
+        for n in [3, 5, 14, 19, 24, 16, 35, 40] {
             let a: Vec<bf16> = (0..2 * k)
                 .map(|i| bf16::from_f32((i % 13) as f32 - 6.0))
                 .collect();
@@ -970,7 +1022,17 @@ mod tests {
         let v = [1.5f32, -0.0, f32::NAN, f32::INFINITY, bf16::MAX.to_f32()];
         let got = exact(&v).unwrap().unwrap();
         assert_eq!(got[0].to_f32(), 1.5);
+        assert!(got[1].to_f32() == 0.0 && got[1].is_sign_negative());
         assert!(got[2].is_nan());
+        assert_eq!(got[3], bf16::INFINITY);
+        assert_eq!(got[4], bf16::MAX);
+        // A NaN whose payload is only in the low bits stays NaN (not infinity).
+        let low_nan = f32::from_bits(0x7F80_0001);
+        assert!(exact(&[low_nan]).unwrap().unwrap()[0].is_nan());
+        // Mismatched lengths: false, nothing written.
+        let mut short = [bf16::ZERO; 1];
+        assert!(!exact_into_slice(&[1.0, 2.0], &mut short));
+        assert_eq!(short[0], bf16::ZERO);
         // 1 + 2^-10 needs 11 significant bits: not a bf16 value.
         assert_eq!(exact(&[1.0, 1.0 + 1.0 / 1024.0]).unwrap(), None);
         // Across the parallel chunks: every value converted, and one inexact value in the

@@ -1,13 +1,14 @@
 //! The quad layout of a packed right-hand operand (x86-64, AVX512-BF16): for few rows of
 //! `b` (an expert's tokens), groups of 4 rows x 4 column pairs per 512-bit vector,
-//! `[ceil(k / 8)][ceil(n / 4)][4 rows][4 pairs]` u32. A 16-byte piece of a row of `a`
-//! (4 pairs) is broadcast to the four 128-bit lanes and meets 4 rows of `b` per
-//! `VDPBF16PS`; each output is the sum of its 4 lanes at the end. Rows of `b` fill
-//! vectors 4 at a time instead of 16: 24 tokens use 24 lanes, not 32 (the pair layout's
-//! two vectors of 16), while each instruction still does 32 products.
+//! `[ceil(k / 8)][ceil(n / 4)][4 rows][4 pairs]` u32: each 128-bit lane of a vector holds
+//! one row of `b`. A 16-byte piece of a row of `a` (4 pairs) is broadcast to the four
+//! 128-bit lanes and meets 4 rows of `b` per `VDPBF16PS`; each output is the sum of the 4
+//! f32 elements of its 128-bit lane at the end. Rows of `b` fill vectors 4 at a time
+//! instead of 16: 24 tokens use 24 f32 elements, not 32 (the pair layout's two vectors
+//! of 16), while each instruction still does 32 products.
 //!
-//! Each output adds its products on 4 lanes, each lane one f32 chain (two products per
-//! step, k / 4 additions), then the 4 lanes (2 additions).
+//! Each output adds its products on 4 f32 elements, each one chain (two products per
+//! step, k / 4 additions), then the 4 elements (2 additions).
 
 use half::bf16;
 use std::arch::x86_64::*;
@@ -17,7 +18,7 @@ use std::arch::x86_64::*;
 /// tiles at k = 2048, both cores, GFLOP/s (quads against the pair layout, or against the
 /// row dots below 16 rows): 4 rows 203/189, 8 rows 350/276, 14 rows 578/380, 16 rows
 /// 655/674, 20 rows 740/606, 24 rows 783/717, 25 rows 538/768, 32 rows 623/974 (from 25
-/// rows the quads need two column blocks, and each of `a`'s pieces is read twice).
+/// rows the quads would need two passes over `a`, each of its pieces read twice).
 pub fn pays(n: usize) -> bool {
     (4..=24).contains(&n) && n != 16
 }
@@ -26,10 +27,8 @@ pub fn pays(n: usize) -> bool {
 const ROWS: usize = 4;
 /// Bf16 columns per step (4 pairs).
 const STEP: usize = 8;
-/// Most groups per column block (24 rows of `b`).
+/// Most groups (24 rows of `b`).
 const MAX_GROUPS: usize = 6;
-/// Rows of `a` per panel (their pieces stay in L2 while every column block passes).
-const PANEL: usize = 24;
 
 /// u32 words of `n` rows of `k` packed in quads (`None` where that overflows).
 pub fn packed_len(n: usize, k: usize) -> Option<usize> {
@@ -66,12 +65,13 @@ pub unsafe fn pack(b: &[bf16], n: usize, k: usize, xq: &mut [u32]) {
 }
 
 /// `out[i * ldo + j] = row(i) . b_j` for `i < m` (each row `k` long) and the `n` rows of
-/// `b` packed at `xq` by [`pack`]: column blocks of up to [`MAX_GROUPS`] groups, panels
-/// of [`PANEL`] rows.
+/// `b` packed at `xq` by [`pack`], `n` at most 24 ([`pays`]): every group in registers at
+/// once, so each piece of a row is read once.
 ///
 /// # Safety
-/// As [`pack`]'s features; `row(i)` for `i < m` points at `k` readable elements, `xq` at
-/// [`packed_len`]`(n, k)` words, and `o + i * ldo + j` (`i < m`, `j < n`) is writable.
+/// As [`pack`]'s features; `1 <= n <= 24`, `row(i)` for `i < m` points at `k` readable
+/// elements, `xq` at [`packed_len`]`(n, k)` words, and `o + i * ldo + j` (`i < m`,
+/// `j < n`) is writable.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
 pub unsafe fn multiply(
     row: impl Fn(usize) -> *const u16 + Copy,
@@ -80,42 +80,29 @@ pub unsafe fn multiply(
     (o, ldo): (*mut f32, usize),
 ) {
     let groups = n.div_ceil(ROWS);
-    let blocks = groups.div_ceil(MAX_GROUPS);
-    let mut r0 = 0;
-    while r0 < m {
-        let pr = (m - r0).min(PANEL);
-        let mut g0 = 0;
-        for bi in 0..blocks {
-            let ng = (groups - g0).div_ceil(blocks - bi);
-            let cols = (n - g0 * ROWS).min(ng * ROWS);
-            // SAFETY: group g0 < groups starts 16 g0 words into each step of xq, and output
-            // column g0 * ROWS < n lies in every row of o.
-            let at = Block {
-                k,
-                xq: xq.add(g0 * 16),
-                stride: groups * 16,
-                out: o.add(g0 * ROWS),
-                ldo,
-                cols,
-            };
-            match ng {
-                1 => panel::<12, 1>(row, r0, pr, m, &at),
-                2 => panel::<10, 2>(row, r0, pr, m, &at),
-                3 => panel::<7, 3>(row, r0, pr, m, &at),
-                4 => panel::<5, 4>(row, r0, pr, m, &at),
-                5 => panel::<4, 5>(row, r0, pr, m, &at),
-                _ => panel::<4, 6>(row, r0, pr, m, &at),
-            }
-            g0 += ng;
-        }
-        r0 += pr;
+    debug_assert!((1..=MAX_GROUPS).contains(&groups), "{n} rows of b");
+    let at = Operand {
+        k,
+        xq,
+        stride: groups * 16,
+        out: o,
+        ldo,
+        cols: n,
+    };
+    match groups {
+        1 => rows_by::<12, 1>(row, m, &at),
+        2 => rows_by::<10, 2>(row, m, &at),
+        3 => rows_by::<7, 3>(row, m, &at),
+        4 => rows_by::<5, 4>(row, m, &at),
+        5 => rows_by::<4, 5>(row, m, &at),
+        _ => rows_by::<4, 6>(row, m, &at),
     }
 }
 
-/// One column block of [`multiply`]: its first packed group at `xq` (`stride` words from
-/// one step to the next), its first output column at `out` (rows `ldo` apart), `cols`
-/// live rows of `b`.
-struct Block {
+/// What [`multiply`] multiplies into: the packed groups at `xq` (`stride` words from one
+/// step to the next), `k` columns, the output at `out` (rows `ldo` apart), `cols` rows
+/// of `b`.
+struct Operand {
     k: usize,
     xq: *const u32,
     stride: usize,
@@ -124,29 +111,28 @@ struct Block {
     cols: usize,
 }
 
-/// Rows `r0..r0 + rows` of the `m` against one column block, `MR` at a time (rows past
-/// the last repeat it; their sums are not stored).
+/// The `m` rows against the `G` groups, `MR` at a time (rows past the last repeat it;
+/// their sums are not stored). The tile shapes keep `MR x G` sums, `min(MR, G)` operands
+/// and one more within the 32 registers ([`steps`]).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-unsafe fn panel<const MR: usize, const G: usize>(
+unsafe fn rows_by<const MR: usize, const G: usize>(
     row: impl Fn(usize) -> *const u16,
-    r0: usize,
-    rows: usize,
     m: usize,
-    at: &Block,
+    at: &Operand,
 ) {
-    let mut r = 0;
-    while r < rows {
-        let (first, live) = (r0 + r, (rows - r).min(MR));
+    let mut first = 0;
+    while first < m {
+        let live = (m - first).min(MR);
         let w: [*const u16; MR] = std::array::from_fn(|i| row(first + i.min(live - 1)));
         // The MR rows after these, where they all exist, to prefetch.
         let next = (live == MR && first + 2 * MR <= m)
             .then(|| std::array::from_fn(|i| row(first + MR + i)));
         tile::<MR, G>(w, live, next, first, at);
-        r += live;
+        first += live;
     }
 }
 
-/// `out[i][j]` for the first `rows` of `w` and the block's `G` groups; `next`, the rows
+/// `out[first + i][j]` for the first `rows` of `w` and the `G` groups; `next`, the rows
 /// to prefetch meanwhile.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
 unsafe fn tile<const MR: usize, const G: usize>(
@@ -154,7 +140,7 @@ unsafe fn tile<const MR: usize, const G: usize>(
     rows: usize,
     next: Option<[*const u16; MR]>,
     first: usize,
-    at: &Block,
+    at: &Operand,
 ) {
     let k = at.k;
     let mut acc = [[_mm512_setzero_ps(); G]; MR];
@@ -183,21 +169,25 @@ unsafe fn tile<const MR: usize, const G: usize>(
         for (g, &v) in sums.iter().enumerate() {
             let live = at.cols.saturating_sub(g * ROWS).min(ROWS);
             if i < rows && live > 0 {
-                // Each 128-bit lane's 4 sums into its first lane, then those lanes stored.
+                // The 4 f32 of each 128-bit lane (one row of b) summed into each of them,
+                // the lanes' first elements gathered into elements 0..4 and stored
+                // (a register permute and a masked store: compress-to-memory is
+                // microcoded on Zen 4).
                 let v = _mm512_add_ps(v, _mm512_permute_ps::<0xB1>(v));
                 let v = _mm512_add_ps(v, _mm512_permute_ps::<0x4E>(v));
-                let mask = [0x1u16, 0x11, 0x111, 0x1111][live - 1];
+                let firsts = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+                let v = _mm512_permutexvar_ps(firsts, v);
                 // SAFETY: row first + i < m of the output, and its columns g * ROWS ..
-                // + live lie within the block's cols.
+                // + live lie within cols.
                 let o = at.out.add((first + i) * at.ldo + g * ROWS);
-                _mm512_mask_compressstoreu_ps(o.cast(), mask, v);
+                _mm512_mask_storeu_ps(o, (1u16 << live) - 1, v);
             }
         }
     }
 }
 
-/// Steps `s0..s1` (4 pairs each) of every row of the tile against the block's groups: a
-/// 16-byte piece of each row broadcast to the four lanes (with `TAIL`, the columns
+/// Steps `s0..s1` (4 pairs each) of every row of the tile against the `G` groups: a
+/// 16-byte piece of each row broadcast to the four 128-bit lanes (with `TAIL`, the columns
 /// `mask` leaves out read as zero). The smaller side is held in registers and the other
 /// loaded one vector at a time, so that the `MR x G` sums, `min(MR, G)` operands and one
 /// more fit in the 32 registers. Indexed loops: with iterators over the sums, LLVM kept
@@ -208,12 +198,12 @@ unsafe fn tile<const MR: usize, const G: usize>(
 unsafe fn steps<const MR: usize, const G: usize, const TAIL: bool>(
     acc: &mut [[__m512; G]; MR],
     w: &[*const u16; MR],
-    at: &Block,
+    at: &Operand,
     (s0, s1): (usize, usize),
     mask: u8,
 ) {
     for s in s0..s1 {
-        // SAFETY: step s < ceil(k / 8) of xq holds the block's G groups (16 words each)
+        // SAFETY: step s < ceil(k / 8) of xq holds the G groups (16 words each)
         // from at.xq; columns c..c + 8 of each row exist (c + 8 <= k) unless TAIL masks
         // them off.
         let (c, x) = (s * STEP, at.xq.add(s * at.stride));

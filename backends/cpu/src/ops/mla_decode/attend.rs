@@ -146,7 +146,7 @@ pub(crate) fn attend_with(
     // Query rows that are bf16 values against a BF16 cache, or FP8 rows whose dequantized
     // values are bf16 values (power-of-two scales): both products on the native bf16 dot.
     let q16 = match cache.data {
-        KvRows::Dense(FloatSlice::BF16(_)) | KvRows::Fp8(_) if kernels.bf16 => bf16attn::exact(q)?
+        KvRows::Dense(FloatSlice::BF16(_)) | KvRows::Fp8(_) if kernels.bf16 => bf16dot::exact(q)?
             .map(|rows| bf16attn::Query::new(rows, d_qk))
             .transpose()?,
         _ => None,

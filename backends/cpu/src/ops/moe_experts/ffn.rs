@@ -1,9 +1,10 @@
 //! The grouped SwiGLU FFN over permuted rows: per expert, tiles of weight rows are
 //! multiplied with all of that expert's tokens (gate and up GEMMs with SwiGLU fused, then
-//! the down GEMM), each weight row read once: BF16 weights on the native bf16 dot where
-//! the CPU has it and it pays ([`bf16_native`]), else on the f32 kernel
-//! ([`matmul_nt_packed`]: each expert's tokens packed once, the weights read as stored
-//! and converted a few rows at a time). Tiles of all experts run in parallel. Off the
+//! the down GEMM), each weight row read once, each expert's tokens (or activations)
+//! packed once for all its tiles ([`Packed`]): BF16 weights on the native bf16 dot where
+//! the CPU has it and it pays ([`bf16_native`]; [`bf16dot::gemm_nt`]), else on the f32
+//! kernel ([`matmul_nt_packed`]: the weights read as stored and converted a few rows at a
+//! time). Tiles of all experts run in parallel. Off the
 //! native dot, an expert with only a few tokens (decode) takes the matrix-vector path of
 //! [`gemv`] instead. FP8 weights meet more tokens with their codes decoded in registers
 //! ([`fp8::gemv::rows_times_many`]: on the native bf16 dot where it outpaces the f32 FMA,
