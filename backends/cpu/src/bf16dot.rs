@@ -174,9 +174,7 @@ impl Packed {
                 let layout = Layout::Quads(xq);
                 return Ok(Some(Packed { layout, n, k }));
             }
-            let rest = Some(n % x86::LANES)
-                .filter(|&r| r <= x86::REST_MAX)
-                .unwrap_or(0);
+            let rest = x86::rest_rows(n);
             let len = x86::packed_len(n - rest, k).ok_or_else(overflow)?;
             let mut xp: Vec<u32> = try_filled_vec(len, "cpu bf16 packed operand")?;
             let (body, tail) = b.split_at((n - rest) * k);
@@ -317,6 +315,11 @@ pub(crate) mod x86 {
     /// At most this many last rows of `b` (`n % LANES`) take the row-dot kernel in
     /// [`gemm_packed`].
     pub const REST_MAX: usize = 3;
+    /// The last rows of `n` that the pair layout keeps for the row dots: `n % LANES` when
+    /// at most [`REST_MAX`], else none.
+    pub fn rest_rows(n: usize) -> usize {
+        Some(n % LANES).filter(|&r| r <= REST_MAX).unwrap_or(0)
+    }
     /// u32 pairs of `n` rows of `k` packed: `[ceil(k / 2)][n rounded up to LANES]`
     /// (`None` where that overflows).
     pub fn packed_len(n: usize, k: usize) -> Option<usize> {
@@ -329,23 +332,40 @@ pub(crate) mod x86 {
     /// they stay in L2.
     const PANEL: usize = 24;
 
-    /// [`super::gemm_nt`] with `b` packed ([`super::Packed`]): each output is one
-    /// accumulator lane, a pair of `a`'s row broadcast against `LANES` packed rows of `b`
-    /// per `VDPBF16PS`, up to 24 accumulators in registers (12 rows of `a` x 1 or 2
-    /// vectors of `b`, 8 x 3, 6 x 4), stored without reductions; `b`'s rest rows take
-    /// the row-dot kernel per panel, while the panel's rows are in L2. Each packed output
-    /// adds its k products to one f32 accumulator in order.
+    /// [`super::gemm_nt`] with `b` packed ([`super::Packed`]): `a`'s rows in memory
+    /// order, `k` apart ([`product`]).
     ///
     /// # Safety
     /// AVX-512F/BW/VL and AVX512-BF16 must be available; `a` holds `m * b.k` elements and
     /// `out` `m * b.n`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     pub unsafe fn gemm_packed(a: &[bf16], m: usize, b: &super::Packed, out: &mut [f32]) {
-        let (k, n_all) = (b.k, b.n);
-        let (a, o) = (a.as_ptr().cast::<u16>(), out.as_mut_ptr());
-        // SAFETY: row i < m of a is at a + i k; the layout holds the n rows of b, out m
-        // rows of n_all.
-        let row = |i: usize| a.add(i * k);
+        let a = a.as_ptr().cast::<u16>();
+        // SAFETY: row i < m of a is at a + i k.
+        product(|i| a.add(i * b.k), m, b, out, true);
+    }
+
+    /// `out[i * b.n + j] = row(i) . b_j` for `i < m` (each row at least `b.k` long) and the
+    /// rows of `b`. Quads: [`super::quads::multiply`]. Pairs: each output one accumulator
+    /// lane, a pair of a row broadcast against `LANES` packed rows of `b` per
+    /// `VDPBF16PS`, up to 24 accumulators in registers (12 rows x 1 or 2 vectors of `b`,
+    /// 8 x 3, 6 x 4), stored without reductions, each output adding its k products to one
+    /// f32 accumulator in order; `b`'s rest rows take the row-dot kernel per panel, while
+    /// the panel's rows are in L2: all the panel's rows at once where they lie `k` apart
+    /// (`contiguous`), else one at a time.
+    ///
+    /// # Safety
+    /// As [`gemm_packed`]: `row(i)` for `i < m` points at `b.k` readable elements (and at
+    /// `row(0) + i * b.k` with `contiguous`), `out` holds `m * b.n`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    unsafe fn product(
+        row: impl Fn(usize) -> *const u16 + Copy,
+        m: usize,
+        b: &super::Packed,
+        out: &mut [f32],
+        contiguous: bool,
+    ) {
+        let (k, n_all, o) = (b.k, b.n, out.as_mut_ptr());
         let (xp, rest) = match &b.layout {
             super::Layout::Pairs { xp, rest } => (xp, rest),
             super::Layout::Quads(xq) => {
@@ -356,20 +376,23 @@ pub(crate) mod x86 {
         let n = n_all - rest_n;
         let n_pad = n.div_ceil(LANES) * LANES;
         let rest_rows = rest.as_ptr().cast::<u16>();
-        multiply(
-            row,
-            (m, k),
-            (xp.as_ptr(), n, n_pad),
-            (o, n_all),
-            |r0, pr| {
-                if rest_n > 0 {
-                    // SAFETY: rows r0..r0 + pr of a, the rest rows of b, and out columns
-                    // n..n_all of rows r0..r0 + pr exist.
-                    let op = o.add(r0 * n_all + n);
-                    rows_nt(a.add(r0 * k), rest_rows, (pr, rest_n, k), op, n_all);
+        let dims = (xp.as_ptr(), n, n_pad);
+        multiply(row, (m, k), dims, (o, n_all), |r0, pr| {
+            if rest_n == 0 {
+                return;
+            }
+            // SAFETY (both): rows r0..r0 + pr exist (k apart where contiguous), the rest
+            // rows of b exist, and out columns n..n_all of those rows are writable.
+            if contiguous {
+                let op = o.add(r0 * n_all + n);
+                rows_nt(row(r0), rest_rows, (pr, rest_n, k), op, n_all);
+            } else {
+                for i in r0..r0 + pr {
+                    let op = o.add(i * n_all + n);
+                    rows_nt(row(i), rest_rows, (1, rest_n, k), op, n_all);
                 }
-            },
-        );
+            }
+        });
     }
 
     /// `out[i * ldo + j] = row(i) . b_j` for `i < m` (each row `k` long) and the `n`
@@ -418,43 +441,21 @@ pub(crate) mod x86 {
         }
     }
 
-    /// `out[i * b.n + j] = rows[i] . b_j` for rows of at least `b.k` elements and the
-    /// rows of `b`: the packed ones as [`gemm_packed`] multiplies them, the rest by row
-    /// dots, one row at a time.
+    /// `out[i * b.n + j] = rows[i] . b_j` for rows of at least `b.k` elements anywhere in
+    /// memory ([`product`]).
     ///
     /// # Safety
     /// AVX-512F/BW/VL and AVX512-BF16 must be available; every row holds at least `b.k`
     /// elements and `out` `rows.len() * b.n`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     pub unsafe fn gemm_rows(rows: &[&[bf16]], b: &super::Packed, out: &mut [f32]) {
-        let (k, n_all) = (b.k, b.n);
-        let o = out.as_mut_ptr();
-        let row = |i: usize| rows[i].as_ptr().cast::<u16>();
-        let (xp, rest) = match &b.layout {
-            super::Layout::Pairs { xp, rest } => (xp, rest),
-            super::Layout::Quads(xq) => {
-                let dims = (xq.as_ptr(), n_all);
-                return super::quads::multiply(row, (rows.len(), k), dims, (o, n_all));
-            }
-        };
-        let rest_n = rest.len() / k;
-        let n = n_all - rest_n;
-        let n_pad = n.div_ceil(LANES) * LANES;
-        let rest_rows = rest.as_ptr().cast::<u16>();
-        let dims = (xp.as_ptr(), n, n_pad);
-        multiply(row, (rows.len(), k), dims, (o, n_all), |r0, pr| {
-            for i in (r0..r0 + pr).filter(|_| rest_n > 0) {
-                // SAFETY: row i holds k elements, the rest rows of b exist, and out
-                // columns n..n_all of row i are writable.
-                rows_nt(
-                    row(i),
-                    rest_rows,
-                    (1, rest_n, k),
-                    o.add(i * n_all + n),
-                    n_all,
-                );
-            }
-        });
+        product(
+            |i| rows[i].as_ptr().cast::<u16>(),
+            rows.len(),
+            b,
+            out,
+            false,
+        );
     }
 
     /// Packs `b` ([n, k]) into `xp` as [`gemm_packed`] reads it: pairs of columns as
@@ -870,10 +871,7 @@ mod tests {
             if native() && quads::pays(n) {
                 return 2 * k.div_ceil(8) + 2;
             }
-            let rest = Some(n % x86::LANES)
-                .filter(|&r| r <= x86::REST_MAX)
-                .unwrap_or(0);
-            if native() && n >= x86::PACKED_MIN_N && col < n - rest {
+            if native() && n >= x86::PACKED_MIN_N && col < n - x86::rest_rows(n) {
                 return k + 1;
             }
         }

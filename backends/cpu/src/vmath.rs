@@ -3,9 +3,8 @@
 //!
 //! `f32::exp` is a libm call per element, which no compiler vectorises: in `mla_decode`
 //! that made the softmax cost ~40% of the two GEMMs, in the bf16 experts SwiGLU ~6% of
-//! the op. Here `exp` is a range reduction plus
-//! polynomial in plain arithmetic, so that loops over it vectorise (compiled for the widest
-//! vector unit found at run time).
+//! the op. Here `exp` is a range reduction plus polynomial in plain arithmetic, so that
+//! loops over it vectorise (compiled for the widest vector unit found at run time).
 
 /// ln 2 split in two (high part exact in few bits): Cephes `expf` constants.
 const LN2_HI: f32 = 0.693_359_4;
@@ -35,7 +34,7 @@ pub fn swiglu(gate: &mut [f32], up: &[f32], limit: Option<f32>) {
 
 /// SiLU (swish), `x * sigmoid(x)`, on [`exp`].
 #[inline(always)]
-pub fn silu(x: f32) -> f32 {
+fn silu(x: f32) -> f32 {
     x / (1.0 + exp(-x))
 }
 

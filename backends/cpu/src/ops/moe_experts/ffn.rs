@@ -4,12 +4,11 @@
 //! packed once for all its tiles ([`Packed`]): BF16 weights on the native bf16 dot where
 //! the CPU has it and it pays ([`bf16_native`]; [`bf16dot::gemm_nt`]), else on the f32
 //! kernel ([`matmul_nt_packed`]: the weights read as stored and converted a few rows at a
-//! time). Tiles of all experts run in parallel. Off the
-//! native dot, an expert with only a few tokens (decode) takes the matrix-vector path of
-//! [`gemv`] instead. FP8 weights meet more tokens with their codes decoded in registers
-//! ([`fp8::gemv::rows_times_many`]: on the native bf16 dot where it outpaces the f32 FMA,
-//! else on f32 FMAs up to [`fp8::gemv::FMA_MAX_VECTORS`] tokens, with AVX-512), else
-//! dequantized tiles.
+//! time). Tiles of all experts run in parallel. Off the native dot, an expert with only a
+//! few tokens (decode) takes the matrix-vector path of [`gemv`] instead. FP8 weights meet
+//! more tokens with their codes decoded in registers ([`fp8::gemv::rows_times_many`]: on
+//! the native bf16 dot where it outpaces the f32 FMA, else on f32 FMAs up to
+//! [`fp8::gemv::FMA_MAX_VECTORS`] tokens, with AVX-512), else dequantized tiles.
 //!
 //! Activations are kept transposed per expert (`[rows_out, n_e]`, expert after expert),
 //! so every tile writes one contiguous chunk.
