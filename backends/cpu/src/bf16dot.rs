@@ -16,7 +16,7 @@ use moemla_core::{Error, Result};
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
-mod quads;
+use crate::quads::{self, Bf16, Kind};
 
 /// Whether [`gemm_nt`] runs on the native bf16 dot instruction on this CPU.
 pub fn native() -> bool {
@@ -149,7 +149,7 @@ enum Layout {
 
 impl Packed {
     /// `b` [n, k] packed where the native dot runs [`gemm_nt`] and [`gemm_rows`] on it:
-    /// in quads where they pay (4 to 24 rows but 16: `quads::pays`), else in pairs from
+    /// in quads where they pay (4 to 24 rows but 16: [`Bf16::pays`]), else in pairs from
     /// one vector's worth of rows (16) on, the last `n % LANES` rows kept as they are
     /// when at most `REST_MAX`; `None` for fewer rows (the row dots take them) or without
     /// the native dot. A `b` that is not whole rows of `k >= 1` is [`Error::Device`];
@@ -163,14 +163,21 @@ impl Packed {
             ));
         }
         #[cfg(target_arch = "x86_64")]
-        if native() && (n >= x86::PACKED_MIN_N || quads::pays(n)) {
+        if native() && (n >= x86::PACKED_MIN_N || Bf16::pays(n)) {
             let overflow = || device("bf16 pack", format!("{n} rows of {k} overflow"));
-            if quads::pays(n) {
-                let len = quads::packed_len(n, k).ok_or_else(overflow)?;
+            if Bf16::pays(n) {
+                let len = quads::packed_len::<Bf16>(n, k).ok_or_else(overflow)?;
                 let mut xq: Vec<u32> = try_filled_vec(len, "cpu bf16 packed operand")?;
                 // SAFETY: `native` detected the four features at run time; `b` holds n
                 // rows of k and `xq` their packed size.
-                unsafe { quads::pack(b, n, k, &mut xq) };
+                unsafe {
+                    quads::pack::<Bf16>(
+                        half::slice::HalfFloatSliceExt::reinterpret_cast(b),
+                        n,
+                        k,
+                        &mut xq,
+                    )
+                };
                 let layout = Layout::Quads(xq);
                 return Ok(Some(Packed { layout, n, k }));
             }
@@ -346,7 +353,7 @@ pub(crate) mod x86 {
     }
 
     /// `out[i * b.n + j] = row(i) . b_j` for `i < m` (each row at least `b.k` long) and the
-    /// rows of `b`. Quads: [`super::quads::multiply`]. Pairs: each output one accumulator
+    /// rows of `b`. Quads: [`crate::quads::multiply`]. Pairs: each output one accumulator
     /// lane, a pair of a row broadcast against `LANES` packed rows of `b` per
     /// `VDPBF16PS`, up to 24 accumulators in registers (12 rows x 1 or 2 vectors of `b`,
     /// 8 x 3, 6 x 4), stored without reductions, each output adding its k products to one
@@ -369,7 +376,12 @@ pub(crate) mod x86 {
         let (xp, rest) = match &b.layout {
             super::Layout::Pairs { xp, rest } => (xp, rest),
             super::Layout::Quads(xq) => {
-                return super::quads::multiply(row, (m, k), (xq.as_ptr(), n_all), (o, n_all))
+                return crate::quads::multiply::<crate::quads::Bf16>(
+                    row,
+                    (m, k),
+                    (xq.as_ptr(), n_all),
+                    (o, n_all),
+                )
             }
         };
         let rest_n = rest.len() / k;
@@ -868,7 +880,7 @@ mod tests {
     fn adds(n: usize, col: usize, k: usize) -> usize {
         #[cfg(target_arch = "x86_64")]
         {
-            if native() && quads::pays(n) {
+            if native() && Bf16::pays(n) {
                 return 2 * k.div_ceil(8) + 2;
             }
             if native() && n >= x86::PACKED_MIN_N && col < n - x86::rest_rows(n) {

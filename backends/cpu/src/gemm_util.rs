@@ -1,6 +1,9 @@
 //! Bounds-checked f32 matrix products: a general one over the `gemm` crate, and
-//! [`matmul_nt_packed`] (rows times packed rows) on AVX-512 where the CPU has it.
+//! [`matmul_nt_packed`] (rows times packed rows) on AVX-512 where the CPU has it, in the
+//! quad layout ([`crate::quads`]) for few rows.
 
+#[cfg(target_arch = "x86_64")]
+use crate::quads::{self, Kind};
 use crate::storage::FloatSlice;
 use moemla_core::{Error, Result};
 
@@ -120,9 +123,11 @@ pub fn matmul(dst: &mut [f32], a: MatRef<'_>, b: MatRef<'_>, accumulate: bool) -
 const KC: usize = 2048;
 
 /// The rows of `b` for [`matmul_nt_packed`], laid out once and reused by every product
-/// with them (an expert's tokens meet every tile of its weight rows). On CPUs with
-/// AVX-512F: groups of 16 rows, column by column (`[group][k][16]`, rows past `n` zero),
-/// so that one vector holds one column of 16 rows; elsewhere the rows as they are.
+/// with them (an expert's tokens meet every tile of its weight rows). Where the quad
+/// kernels run ([`quads::available`]) and pay ([`quads::F32`]'s `pays`: 4 to 12 rows and
+/// 17 to 24), in quads (4 rows per vector, [`crate::quads`]); else on CPUs with AVX-512F in
+/// groups of 16 rows, column by column (`[group][k][16]`, rows past `n` zero), so that
+/// one vector holds one column of 16 rows; elsewhere the rows as they are.
 #[derive(Debug)]
 pub struct PackedRows<'a> {
     layout: Layout<'a>,
@@ -138,6 +143,10 @@ enum Layout<'a> {
     /// `[ceil(n / 16)][k][16]` for the AVX-512 kernel.
     #[cfg(target_arch = "x86_64")]
     Columns(Vec<f32>),
+    /// Quads of rows (`[ceil(k / 4)][ceil(n / 4)][4 rows][4 columns]`, as f32 bits) for
+    /// [`quads::multiply`].
+    #[cfg(target_arch = "x86_64")]
+    Quads(Vec<u32>),
     /// `b` row-major, for [`portable_nt`].
     Rows(&'a [f32]),
 }
@@ -149,9 +158,25 @@ impl<'a> PackedRows<'a> {
     pub fn new(b: &'a [f32], k: usize) -> Result<Self> {
         // No rows of `a` and no output: only `b`'s shape is checked.
         let (_, n) = nt_shape(0, b.len(), k, 0)?;
+        const WHAT: &str = "cpu gemm nt packed rows";
+        #[cfg(target_arch = "x86_64")]
+        if quads::available() && quads::F32::pays(n) {
+            let len = quads::packed_len::<quads::F32>(n, k).ok_or(Error::OutOfMemory {
+                what: WHAT.to_string(),
+                bytes: usize::MAX,
+            })?;
+            let mut xq = moemla_core::alloc::try_filled_vec(len, WHAT)?;
+            // SAFETY: `available` detected the kernel's features; `b` holds n rows of k
+            // and `xq` their packed size.
+            unsafe { quads::pack::<quads::F32>(b, n, k, &mut xq) };
+            return Ok(PackedRows {
+                layout: Layout::Quads(xq),
+                n,
+                k,
+            });
+        }
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512f") {
-            const WHAT: &str = "cpu gemm nt packed rows";
             let len = x86::LANES
                 .checked_mul(k)
                 .and_then(|group| n.div_ceil(x86::LANES).checked_mul(group))
@@ -182,8 +207,11 @@ impl<'a> PackedRows<'a> {
 /// two vectors of 16 packed rows of `b`, one value of `a` broadcast per row and column,
 /// 24 accumulators that are the output itself (no horizontal sums); f32 rows are read in
 /// place, others converted 12 rows at a time just before their tile (so weights streamed
-/// from memory are converted from cache, their next rows prefetched meanwhile). Elsewhere
-/// the `gemm` crate on `a` converted to f32.
+/// from memory are converted from cache, their next rows prefetched meanwhile). With `b`
+/// in quads, [`quads::multiply`]: a piece of 4 values of a row of `a` broadcast against
+/// 4 rows of `b` per vector, every output the sum of its 4 elements at the end; rows of
+/// `a` other than f32 converted one register tile at a time. Elsewhere the `gemm` crate
+/// on `a` converted to f32.
 ///
 /// An `a` that is not whole rows of `b`'s k, or an `out` that is not `m * n` long, is
 /// [`Error::Device`]; nothing is written then. Buffers (converted rows of `a`) are
@@ -207,6 +235,41 @@ pub fn matmul_nt_packed(a: FloatSlice<'_>, b: &PackedRows<'_>, out: &mut [f32]) 
             // of k and `out` m * n values; `block` holds MR rows of a pass's columns
             // unless `a` is f32.
             unsafe { x86::gemm_nt(a, packed, (m, n, k), out, &mut block) };
+            Ok(())
+        }
+        #[cfg(target_arch = "x86_64")]
+        Layout::Quads(xq) => {
+            let xq = (xq.as_ptr(), n);
+            match a {
+                // SAFETY: `PackedRows::new` built `Quads` only where the kernel's features
+                // were detected, for 1..=24 rows of k; `nt_shape` checked that `a` holds m
+                // rows of k and `out` m * n values.
+                FloatSlice::F32(a) => unsafe {
+                    let a = a.as_ptr();
+                    quads::multiply::<quads::F32>(
+                        |i| a.add(i * k),
+                        (m, k),
+                        xq,
+                        (out.as_mut_ptr(), n),
+                    );
+                },
+                // Other types converted to f32 one register tile of rows at a time.
+                _ => {
+                    let chunk = quads::tile_rows(n);
+                    let mut block =
+                        moemla_core::alloc::try_filled_vec(chunk * k, "cpu gemm nt rows")?;
+                    for r0 in (0..m).step_by(chunk) {
+                        let rows = chunk.min(m - r0);
+                        a.read_f32(r0 * k, &mut block[..rows * k]);
+                        let (b0, o) = (block.as_ptr(), out[r0 * n..].as_mut_ptr());
+                        // SAFETY: as above; `block` holds `rows` converted rows of k and
+                        // `out` the m * n outputs from row r0 on.
+                        unsafe {
+                            quads::multiply::<quads::F32>(|i| b0.add(i * k), (rows, k), xq, (o, n))
+                        };
+                    }
+                }
+            }
             Ok(())
         }
         Layout::Rows(rows) => match a {
@@ -554,8 +617,12 @@ mod tests {
         // more than one pass with a shorter last one. m: every remainder of the 12-row
         // block, and blocks enough (m >= 24) for the prefetch of the next one. n: one
         // masked group (1..=16), a pair with the second masked (17..=32), a pair and a
-        // single group (33, 48). `a` as f32 (read in place) and as bf16 and f16 values
-        // (converted per block; each value exact in f32, so the same reference holds).
+        // single group (33, 48). Quads where they pay (`quads::F32::pays`): one group (4,
+        // 5), three (9, 12), five (17, 19), six (24); `k` below one piece (2), tails of
+        // 1 to 3 columns, past one pass; `m` past a tile's rows and twice them (the next
+        // tile prefetched), with a partial last tile. `a` as f32 (read in place) and as
+        // bf16 and f16 values (converted per block or tile; each value exact in f32, so
+        // the same reference holds).
         let mut rng = crate::test_util::Lcg::new(11);
         let mut shapes = vec![
             (1, 1, 1),
@@ -567,6 +634,10 @@ mod tests {
             (37, 33, 2 * 2048 + 97),
             (9, 48, 2048 + 17),
             (24, 33, 301),
+            (9, 4, 2),
+            (30, 12, 1031),
+            (13, 24, 9),
+            (11, 9, 2 * 2048 + 6),
         ];
         shapes.extend((1..=13).map(|m| (m, 9 + 2 * m, 83)));
         for (m, n, k) in shapes {
@@ -609,6 +680,22 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn rows_are_packed_in_quads_exactly_where_they_pay() {
+        let k = 5;
+        for n in 1..=40 {
+            let b = vec![1.0f32; n * k];
+            let packed = PackedRows::new(&b, k).unwrap();
+            #[cfg(target_arch = "x86_64")]
+            {
+                let quads = matches!(packed.layout, Layout::Quads(_));
+                let pays = (4..=12).contains(&n) || (17..=24).contains(&n);
+                assert_eq!(quads, quads::available() && pays, "{n} rows");
+            }
+            assert_eq!((packed.n, packed.k), (n, k));
         }
     }
 

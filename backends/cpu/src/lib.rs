@@ -15,6 +15,8 @@ mod gemm_util;
 mod gemv;
 mod kept;
 mod ops;
+#[cfg(target_arch = "x86_64")]
+mod quads;
 mod storage;
 #[cfg(test)]
 mod test_util;

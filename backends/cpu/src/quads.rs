@@ -1,0 +1,369 @@
+//! The quad layout of a packed right-hand operand (x86-64, AVX-512): for few rows of `b`
+//! (an expert's tokens), groups of 4 rows x 16 bytes of columns per 512-bit vector,
+//! `[ceil(k / STEP)][ceil(n / 4)][4 rows][16 bytes]`: each 128-bit lane of a vector holds
+//! one row of `b`. A 16-byte piece of a row of `a` is broadcast to the four 128-bit lanes
+//! and meets 4 rows of `b` per instruction; each output is the sum of the 4 f32 elements
+//! of its 128-bit lane at the end. Rows of `b` fill vectors 4 at a time instead of 16:
+//! 24 tokens use 24 f32 elements, not 32 (two vectors of 16 rows), while each
+//! instruction still does all its products.
+//!
+//! Two kinds of element share the kernel ([`Kind`]): bf16 on `VDPBF16PS` ([`Bf16`], 8
+//! columns per piece, two products per f32 element and step) and f32 on `VFMADD231PS`
+//! ([`F32`], 4 columns, one product). Each output adds its products on 4 f32 elements,
+//! each one chain (k / 4 additions), then the 4 elements (2 additions).
+//!
+//! The kernel is compiled for AVX-512F/BW/VL with AVX512-BF16 (AMD Zen 4 and later,
+//! Intel Sapphire Rapids and later), also for f32: callers check [`available`].
+
+use std::arch::x86_64::*;
+
+/// Whether this CPU runs the quad kernels (AVX-512F/BW/VL and AVX512-BF16).
+pub fn available() -> bool {
+    crate::bf16dot::native()
+}
+
+/// An element type of the quad layout: how a 16-byte piece is loaded and how two
+/// operands are multiplied into an f32 accumulator.
+pub trait Kind {
+    /// The stored element (bf16 as its bits).
+    type Elem: Copy;
+    /// The operand type of the multiply-add.
+    type Operand: Copy;
+    /// Elements per 16-byte piece (columns per step).
+    const STEP: usize;
+
+    /// Whether `n` rows of `b` are packed in quads rather than in vectors of 16 rows.
+    fn pays(n: usize) -> bool;
+
+    /// The 16 bytes at `p`, the elements that `mask` leaves out read as zero.
+    ///
+    /// # Safety
+    /// As the kernel's features; the elements `mask` keeps are readable.
+    unsafe fn piece(p: *const Self::Elem, mask: u8) -> __m128i;
+
+    /// The 16 bytes at `p`, all of them.
+    ///
+    /// # Safety
+    /// As the kernel's features; 16 bytes at `p` are readable.
+    unsafe fn whole(p: *const Self::Elem) -> __m128i;
+
+    /// A 512-bit vector as an operand.
+    fn operand(v: __m512i) -> Self::Operand;
+
+    /// `acc` plus the products of `w` and `x`, per f32 element.
+    ///
+    /// # Safety
+    /// As the kernel's features.
+    unsafe fn madd(acc: __m512, w: Self::Operand, x: Self::Operand) -> __m512;
+}
+
+/// bf16 elements on `VDPBF16PS`: 4 column pairs per piece.
+pub struct Bf16;
+
+impl Kind for Bf16 {
+    type Elem = u16;
+    type Operand = __m512bh;
+    const STEP: usize = 8;
+
+    /// From 4 to 24 rows, but for 16 (one whole vector of the pair layout). A 2-core
+    /// Zen 5, one `a` of 512 MiB streamed through 512-row tiles at k = 2048, both cores,
+    /// GFLOP/s (quads against the pair layout, or against the row dots below 16 rows):
+    /// 4 rows 203/189, 8 rows 350/276, 14 rows 578/380, 16 rows 655/674, 20 rows 740/606,
+    /// 24 rows 783/717, 25 rows 538/768, 32 rows 623/974 (from 25 rows the quads would
+    /// need two passes over `a`, each of its pieces read twice).
+    fn pays(n: usize) -> bool {
+        (4..=MAX_ROWS).contains(&n) && n != 16
+    }
+
+    #[inline(always)]
+    unsafe fn piece(p: *const u16, mask: u8) -> __m128i {
+        _mm_maskz_loadu_epi16(mask, p.cast())
+    }
+
+    #[inline(always)]
+    unsafe fn whole(p: *const u16) -> __m128i {
+        _mm_loadu_si128(p.cast())
+    }
+
+    #[inline(always)]
+    fn operand(v: __m512i) -> __m512bh {
+        // SAFETY: both are plain 512-bit vectors (32 x 16 bits).
+        unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
+    }
+
+    #[inline(always)]
+    unsafe fn madd(acc: __m512, w: __m512bh, x: __m512bh) -> __m512 {
+        _mm512_dpbf16_ps(acc, w, x)
+    }
+}
+
+/// f32 elements on `VFMADD231PS`: 4 columns per piece.
+pub struct F32;
+
+impl Kind for F32 {
+    type Elem = f32;
+    type Operand = __m512;
+    const STEP: usize = 4;
+
+    /// From 4 to 12 rows and from 17 to 24: where quads fill fewer f32 elements than
+    /// vectors of 16 rows do. A 2-core Zen 5, `a` streamed through 512-row tiles at
+    /// k = 2048, both cores, GFLOP/s (quads/vectors of 16): with 512 MiB of `a` (from
+    /// memory, as the experts' weights come) 4 rows 91-95/94-95, 12 rows 328-339/297-307,
+    /// 14 rows 309-317/351-357, 17 rows 351-365/263-264, 20 rows 416-420/311-315, 24 rows
+    /// 443-456/368-373; with 8 MiB (from L3) 8 rows 341-349/177-187, 12 rows 376-423/283-285,
+    /// 14 rows 375-380/308-333. From 13 to 16 rows both fill 16 elements and the vectors
+    /// stream `a` faster.
+    fn pays(n: usize) -> bool {
+        (4..=12).contains(&n) || (17..=MAX_ROWS).contains(&n)
+    }
+
+    #[inline(always)]
+    unsafe fn piece(p: *const f32, mask: u8) -> __m128i {
+        _mm_castps_si128(_mm_maskz_loadu_ps(mask, p))
+    }
+
+    #[inline(always)]
+    unsafe fn whole(p: *const f32) -> __m128i {
+        _mm_loadu_si128(p.cast())
+    }
+
+    #[inline(always)]
+    fn operand(v: __m512i) -> __m512 {
+        // SAFETY: both are plain 512-bit vectors.
+        unsafe { _mm512_castsi512_ps(v) }
+    }
+
+    #[inline(always)]
+    unsafe fn madd(acc: __m512, w: __m512, x: __m512) -> __m512 {
+        _mm512_fmadd_ps(w, x, acc)
+    }
+}
+
+/// Rows of `b` per group (one 128-bit lane each).
+const ROWS: usize = 4;
+/// Most groups (24 rows of `b`).
+pub const MAX_ROWS: usize = 24;
+/// Groups at most: [`MAX_ROWS`] / [`ROWS`].
+const MAX_GROUPS: usize = MAX_ROWS / ROWS;
+
+/// u32 words of `n` rows of `k` elements packed in quads (`None` where that overflows).
+pub fn packed_len<K: Kind>(n: usize, k: usize) -> Option<usize> {
+    n.div_ceil(ROWS)
+        .checked_mul(ROWS * 4)?
+        .checked_mul(k.div_ceil(K::STEP))
+}
+
+/// Packs `b` (`n` rows of `k` elements) into `xq` (zero past `n` and past `k`).
+///
+/// # Safety
+/// [`available`]; `b` holds `n * k` elements and `xq` at least [`packed_len`]`(n, k)`
+/// words.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+pub unsafe fn pack<K: Kind>(b: &[K::Elem], n: usize, k: usize, xq: &mut [u32]) {
+    let (b, xq) = (b.as_ptr(), xq.as_mut_ptr());
+    let groups = n.div_ceil(ROWS);
+    for s in 0..k.div_ceil(K::STEP) {
+        let c = s * K::STEP;
+        let live = (k - c).min(K::STEP);
+        let mask = ((1u16 << live) - 1) as u8;
+        for row in 0..groups * ROWS {
+            let piece = if row < n {
+                // SAFETY: columns c..c + live of row `row` exist; masked-off ones are not
+                // read.
+                K::piece(b.add(row * k + c), mask)
+            } else {
+                _mm_setzero_si128()
+            };
+            // SAFETY: word (s, row / 4, row % 4, 0) + 4 <= packed_len.
+            _mm_storeu_si128(xq.add((s * groups) * 16 + row * 4).cast(), piece);
+        }
+    }
+}
+
+/// `out[i * ldo + j] = row(i) . b_j` for `i < m` (each row `k` long) and the `n` rows of
+/// `b` packed at `xq` by [`pack`], `n` from 1 to [`MAX_ROWS`]: every group in registers
+/// at once, so each piece of a row is read once.
+///
+/// # Safety
+/// [`available`]; `1 <= n <= MAX_ROWS`, `row(i)` for `i < m` points at `k` readable
+/// elements, `xq` at [`packed_len`]`(n, k)` words, and `o + i * ldo + j` (`i < m`,
+/// `j < n`) is writable.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+pub unsafe fn multiply<K: Kind>(
+    row: impl Fn(usize) -> *const K::Elem + Copy,
+    (m, k): (usize, usize),
+    (xq, n): (*const u32, usize),
+    (o, ldo): (*mut f32, usize),
+) {
+    let groups = n.div_ceil(ROWS);
+    debug_assert!((1..=MAX_GROUPS).contains(&groups), "{n} rows of b");
+    let at = Operand {
+        k,
+        xq,
+        stride: groups * 16,
+        out: o,
+        ldo,
+        cols: n,
+    };
+    match groups {
+        1 => rows_by::<K, { TILE_ROWS[0] }, 1>(row, m, &at),
+        2 => rows_by::<K, { TILE_ROWS[1] }, 2>(row, m, &at),
+        3 => rows_by::<K, { TILE_ROWS[2] }, 3>(row, m, &at),
+        4 => rows_by::<K, { TILE_ROWS[3] }, 4>(row, m, &at),
+        5 => rows_by::<K, { TILE_ROWS[4] }, 5>(row, m, &at),
+        _ => rows_by::<K, { TILE_ROWS[5] }, 6>(row, m, &at),
+    }
+}
+
+/// Rows of `a` per register tile for 1 to [`MAX_GROUPS`] groups: `MR x G` sums,
+/// `min(MR, G)` operands and one more within the 32 registers ([`steps`]).
+const TILE_ROWS: [usize; MAX_GROUPS] = [12, 10, 7, 5, 4, 4];
+
+/// Rows of `a` per register tile of [`multiply`] for `n` rows of `b` (1 to [`MAX_ROWS`]):
+/// a caller that converts `a` before the product can convert this many rows at a time.
+pub fn tile_rows(n: usize) -> usize {
+    TILE_ROWS[n.div_ceil(ROWS).clamp(1, MAX_GROUPS) - 1]
+}
+
+/// What [`multiply`] multiplies into: the packed groups at `xq` (`stride` words from one
+/// step to the next), `k` columns, the output at `out` (rows `ldo` apart), `cols` rows
+/// of `b`.
+struct Operand {
+    k: usize,
+    xq: *const u32,
+    stride: usize,
+    out: *mut f32,
+    ldo: usize,
+    cols: usize,
+}
+
+/// The `m` rows against the `G` groups, `MR` ([`TILE_ROWS`]) at a time (rows past the
+/// last repeat it; their sums are not stored).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn rows_by<K: Kind, const MR: usize, const G: usize>(
+    row: impl Fn(usize) -> *const K::Elem,
+    m: usize,
+    at: &Operand,
+) {
+    let mut first = 0;
+    while first < m {
+        let live = (m - first).min(MR);
+        let w: [*const K::Elem; MR] = std::array::from_fn(|i| row(first + i.min(live - 1)));
+        // The MR rows after these, where they all exist, to prefetch.
+        let next = (live == MR && first + 2 * MR <= m)
+            .then(|| std::array::from_fn(|i| row(first + MR + i)));
+        tile::<K, MR, G>(w, live, next, first, at);
+        first += live;
+    }
+}
+
+/// `out[first + i][j]` for the first `rows` of `w` and the `G` groups; `next`, the rows
+/// to prefetch meanwhile.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn tile<K: Kind, const MR: usize, const G: usize>(
+    w: [*const K::Elem; MR],
+    rows: usize,
+    next: Option<[*const K::Elem; MR]>,
+    first: usize,
+    at: &Operand,
+) {
+    let k = at.k;
+    let mut acc = [[_mm512_setzero_ps(); G]; MR];
+    let whole = k / K::STEP;
+    let mut s = 0;
+    while s < whole {
+        // Four steps (one cache line of each row) at a time; where the next rows all exist, the same
+        // line of each into L2.
+        let end = (s + 4).min(whole);
+        if let Some(next) = next {
+            for r in next {
+                // SAFETY: the next rows exist, k long, and column s * STEP < k.
+                _mm_prefetch::<_MM_HINT_T1>(r.add(s * K::STEP).cast());
+            }
+        }
+        steps::<K, MR, G, false>(&mut acc, &w, at, (s, end), 0);
+        s = end;
+    }
+    if !k.is_multiple_of(K::STEP) {
+        // The last columns alone: the masked-off ones read as zero (as packed).
+        let mask = ((1u16 << (k % K::STEP)) - 1) as u8;
+        steps::<K, MR, G, true>(&mut acc, &w, at, (whole, whole + 1), mask);
+    }
+    // Constant trip counts (no early exit), so that the sums stay in registers.
+    for (i, sums) in acc.iter().enumerate() {
+        for (g, &v) in sums.iter().enumerate() {
+            let live = at.cols.saturating_sub(g * ROWS).min(ROWS);
+            if i < rows && live > 0 {
+                // The 4 f32 of each 128-bit lane (one row of b) summed into each of them,
+                // the lanes' first elements gathered into elements 0..4 and stored
+                // (a register permute and a masked store: compress-to-memory is
+                // microcoded on Zen 4).
+                let v = _mm512_add_ps(v, _mm512_permute_ps::<0xB1>(v));
+                let v = _mm512_add_ps(v, _mm512_permute_ps::<0x4E>(v));
+                let firsts = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+                let v = _mm512_permutexvar_ps(firsts, v);
+                // SAFETY: row first + i < m of the output, and its columns g * ROWS ..
+                // + live lie within cols.
+                let o = at.out.add((first + i) * at.ldo + g * ROWS);
+                _mm512_mask_storeu_ps(o, (1u16 << live) - 1, v);
+            }
+        }
+    }
+}
+
+/// Steps `s0..s1` (a 16-byte piece each) of every row of the tile against the `G`
+/// groups: the piece of each row broadcast to the four 128-bit lanes (with `TAIL`, the
+/// columns `mask` leaves out read as zero). The smaller side is held in registers and the
+/// other loaded one vector at a time, so that the `MR x G` sums, `min(MR, G)` operands
+/// and one more fit in the 32 registers. Indexed loops: with iterators over the sums,
+/// LLVM kept some tile shapes' sums in memory, one store per product.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+#[inline]
+#[allow(clippy::needless_range_loop)]
+unsafe fn steps<K: Kind, const MR: usize, const G: usize, const TAIL: bool>(
+    acc: &mut [[__m512; G]; MR],
+    w: &[*const K::Elem; MR],
+    at: &Operand,
+    (s0, s1): (usize, usize),
+    mask: u8,
+) {
+    for s in s0..s1 {
+        // SAFETY: step s < ceil(k / STEP) of xq holds the G groups (16 words each)
+        // from at.xq; columns c..c + STEP of each row exist (c + STEP <= k) unless TAIL
+        // masks them off.
+        let (c, x) = (s * K::STEP, at.xq.add(s * at.stride));
+        let group = |g: usize| K::operand(_mm512_loadu_si512(x.add(g * 16).cast()));
+        if G <= MR {
+            let mut xv = [K::operand(_mm512_setzero_si512()); G];
+            for (g, v) in xv.iter_mut().enumerate() {
+                *v = group(g);
+            }
+            for i in 0..MR {
+                let wv = broadcast::<K, TAIL>(w[i].add(c), mask);
+                for g in 0..G {
+                    acc[i][g] = K::madd(acc[i][g], wv, xv[g]);
+                }
+            }
+        } else {
+            let mut wv = [K::operand(_mm512_setzero_si512()); MR];
+            for (i, v) in wv.iter_mut().enumerate() {
+                *v = broadcast::<K, TAIL>(w[i].add(c), mask);
+            }
+            for g in 0..G {
+                let xg = group(g);
+                for i in 0..MR {
+                    acc[i][g] = K::madd(acc[i][g], wv[i], xg);
+                }
+            }
+        }
+    }
+}
+
+/// The 16 bytes at `p` (with `TAIL`, only the elements that `mask` keeps; the others
+/// zero) in each 128-bit lane.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+#[inline]
+unsafe fn broadcast<K: Kind, const TAIL: bool>(p: *const K::Elem, mask: u8) -> K::Operand {
+    let v = if TAIL { K::piece(p, mask) } else { K::whole(p) };
+    K::operand(_mm512_broadcast_i32x4(v))
+}
