@@ -20,7 +20,9 @@ use moemla_core::{Error, Result};
 /// Query rows [m, k] (bf16) prepared once for every chunk's [`gemm_qk`]: from
 /// [`PACKED_MIN_ROWS`] rows on the native dot, also packed in column pairs
 /// ([`bf16dot::Packed`]), so that each cache row's pairs are broadcast against 16 query
-/// rows at a time (the scores come out transposed and are turned back in registers).
+/// rows at a time (the scores come out transposed and are turned back in registers);
+/// from [`QUAD_MIN_ROWS`] to 24 rows in quads (each cache row's pieces broadcast against
+/// 4 query rows per 128-bit lane; the scores come out transposed as well).
 /// On a 2-core Zen 5, at DeepSeek's width over 128-position chunks, one thread: that
 /// product ran at 82-86% of a core's bf16 dot peak at 32 and 128 rows, against 58-62%
 /// for the 4 x 4 tiles of row dots, whose 16 sums each end in a reduction.
@@ -44,8 +46,11 @@ impl Query {
                 format!("{} elements are not whole rows of k = {k} >= 1", rows.len()),
             ));
         }
-        let packed = if rows.len() >= PACKED_MIN_ROWS.saturating_mul(k) {
+        let m = rows.len() / k;
+        let packed = if m >= PACKED_MIN_ROWS {
             bf16dot::Packed::new(&rows, k)?
+        } else if m >= QUAD_MIN_ROWS {
+            bf16dot::Packed::in_quads(&rows, k)?
         } else {
             None
         };
@@ -53,10 +58,19 @@ impl Query {
     }
 }
 
-/// Query rows from which [`Query`] packs them. At 16 rows (h_q 16, s_q 1) MLA decode
-/// came out 4-8% slower packed, at 32 rows 5-10% faster, at 128 and 256 rows 7-16%
-/// faster (`moemla bench --backend cpu --op mla_decode --dtype bf16`, 2-core Zen 5).
+/// Query rows from which [`Query`] packs them in pairs ([`bf16dot::Packed::new`]). At 16
+/// rows (h_q 16, s_q 1) MLA decode came out 4-8% slower packed so, at 32 rows 5-10%
+/// faster, at 128 and 256 rows 7-16% faster (`moemla bench --backend cpu --op mla_decode
+/// --dtype bf16`, 2-core Zen 5).
 pub const PACKED_MIN_ROWS: usize = 32;
+
+/// Query rows from which (below [`PACKED_MIN_ROWS`], and up to 24) [`Query`] packs them in
+/// quads ([`bf16dot::Packed::in_quads`]: 4 query rows per 128-bit lane, a piece of 8
+/// columns of a cache row broadcast against them). 2-core Zen 5, MLA decode at h_q 16,
+/// s_q 1, b 4, in one process, three interleaved rounds against the row dots: 4096
+/// positions 1.02-1.06 vs 1.15-1.18 ms, 1024 positions 0.32-0.34 vs 0.33 ms; the FP8
+/// cache at 4096 positions 1.47-1.51 vs 1.53-1.58 ms.
+pub const QUAD_MIN_ROWS: usize = 16;
 
 /// `out[r * n + j] = q_r . row_j` for the `m` rows of `q` and the `n` rows `rows` (each
 /// at least `k` long; its first `k` columns are used), each an f32 sum of exact products;
@@ -566,9 +580,16 @@ mod tests {
     fn prepared_queries_score_as_the_reference_packed_or_not() {
         // From 32 rows on the native dot the rows are packed and the scores transposed
         // back: whole and partial 16 x 16 blocks, one and several column blocks of the
-        // packed product, an odd k; below 32 the row dots.
+        // packed product, an odd k; from 16 to 24 rows in quads (one to six groups'
+        // worth of cache rows past a tile, an odd k); below 16 and from 25 to 31 the row
+        // dots.
         for (m, n, k) in [
+            (15, 9, 576),
             (16, 9, 576),
+            (16, 37, 576),
+            (21, 30, 577),
+            (24, 13, 9),
+            (25, 9, 576),
             (32, 128, 576),
             (33, 67, 577),
             (64, 20, 576),
@@ -581,7 +602,8 @@ mod tests {
             let mat = values(n * stride, 7 + m as u64, -2.0);
             let rows: Vec<&[bf16]> = mat.chunks_exact(stride).collect();
             let query = Query::new(q.clone(), k).unwrap();
-            let packs = crate::bf16dot::native() && m >= PACKED_MIN_ROWS;
+            let packs =
+                crate::bf16dot::native() && (m >= PACKED_MIN_ROWS || (16..=24).contains(&m));
             assert_eq!(query.packed.is_some(), packs, "m {m}");
             let (mut out, mut scratch) = (vec![f32::NAN; m * n], Vec::new());
             gemm_qk(&query, &rows, &mut out, &mut scratch).unwrap();

@@ -155,32 +155,13 @@ impl Packed {
     /// the native dot. A `b` that is not whole rows of `k >= 1` is [`Error::Device`];
     /// the buffers are allocated fallibly ([`Error::OutOfMemory`]).
     pub fn new(b: &[bf16], k: usize) -> Result<Option<Packed>> {
-        let n = b.len() / k.max(1);
-        if k == 0 || n * k != b.len() {
-            return Err(device(
-                "bf16 pack",
-                format!("{} elements are not whole rows of k = {k} >= 1", b.len()),
-            ));
-        }
+        let n = rows_of(b, k)?;
         #[cfg(target_arch = "x86_64")]
         if native() && (n >= x86::PACKED_MIN_N || Bf16::pays(n)) {
-            let overflow = || device("bf16 pack", format!("{n} rows of {k} overflow"));
             if Bf16::pays(n) {
-                let len = quads::packed_len::<Bf16>(n, k).ok_or_else(overflow)?;
-                let mut xq: Vec<u32> = try_filled_vec(len, "cpu bf16 packed operand")?;
-                // SAFETY: `native` detected the four features at run time; `b` holds n
-                // rows of k and `xq` their packed size.
-                unsafe {
-                    quads::pack::<Bf16>(
-                        half::slice::HalfFloatSliceExt::reinterpret_cast(b),
-                        n,
-                        k,
-                        &mut xq,
-                    )
-                };
-                let layout = Layout::Quads(xq);
-                return Ok(Some(Packed { layout, n, k }));
+                return Packed::quads(b, n, k).map(Some);
             }
+            let overflow = || device("bf16 pack", format!("{n} rows of {k} overflow"));
             let rest = x86::rest_rows(n);
             let len = x86::packed_len(n - rest, k).ok_or_else(overflow)?;
             let mut xp: Vec<u32> = try_filled_vec(len, "cpu bf16 packed operand")?;
@@ -195,6 +176,52 @@ impl Packed {
         }
         Ok(None)
     }
+
+    /// `b` [n, k] packed in quads wherever the native dot runs and `n` is 1 to 24
+    /// (`quads::MAX_ROWS`), else `None`: for products whose other operand comes from cache
+    /// rather than memory, where quads pay at more row counts than [`Bf16::pays`] (which
+    /// was measured on weights streamed from memory). Errors as [`Packed::new`].
+    pub fn in_quads(b: &[bf16], k: usize) -> Result<Option<Packed>> {
+        let n = rows_of(b, k)?;
+        #[cfg(target_arch = "x86_64")]
+        if native() && (1..=quads::MAX_ROWS).contains(&n) {
+            return Packed::quads(b, n, k).map(Some);
+        }
+        Ok(None)
+    }
+
+    /// The `n` rows of `k` in `b` in quads.
+    #[cfg(target_arch = "x86_64")]
+    fn quads(b: &[bf16], n: usize, k: usize) -> Result<Packed> {
+        let len = quads::packed_len::<Bf16>(n, k)
+            .ok_or_else(|| device("bf16 pack", format!("{n} rows of {k} overflow")))?;
+        let mut xq: Vec<u32> = try_filled_vec(len, "cpu bf16 packed operand")?;
+        // SAFETY: the callers checked `native` (the four features, detected at run time);
+        // `b` holds n rows of k and `xq` their packed size.
+        unsafe {
+            quads::pack::<Bf16>(
+                half::slice::HalfFloatSliceExt::reinterpret_cast(b),
+                n,
+                k,
+                &mut xq,
+            )
+        };
+        let layout = Layout::Quads(xq);
+        Ok(Packed { layout, n, k })
+    }
+}
+
+/// The number of rows of `k` in `b`; a `k` of 0 or a `b` that is not whole rows is
+/// [`Error::Device`].
+fn rows_of(b: &[bf16], k: usize) -> Result<usize> {
+    let n = b.len() / k.max(1);
+    if k == 0 || n * k != b.len() {
+        return Err(device(
+            "bf16 pack",
+            format!("{} elements are not whole rows of k = {k} >= 1", b.len()),
+        ));
+    }
+    Ok(n)
 }
 
 /// `out[i * n + j] = rows[i] . b_j` (`b` packed, [n, k]; each row's first `k` elements
@@ -1054,6 +1081,18 @@ mod tests {
         assert_eq!(layout(16), Some(false));
         assert_eq!(layout(24), Some(true));
         assert_eq!(layout(25), Some(false));
+        // Asked for quads: from 1 to 24 rows, 16 included; none past 24.
+        let quads = |n: usize| {
+            Packed::in_quads(&values(n * 9, 4), 9)
+                .unwrap()
+                .map(|p| matches!(p.layout, Layout::Quads(_)))
+        };
+        for n in [1, 3, 16, 24] {
+            assert_eq!(quads(n), Some(true), "{n} rows");
+        }
+        assert_eq!(quads(25), None);
+        assert!(Packed::in_quads(&values(10, 4), 3).is_err());
+        assert!(Packed::in_quads(&values(9, 4), 0).is_err());
     }
 
     #[test]
