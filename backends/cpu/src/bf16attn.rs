@@ -13,9 +13,9 @@
 //! Like every `VDPBF16PS`, subnormal inputs and results count as zero.
 
 use crate::bf16dot;
-use crate::f32attn::{device, qk_shape};
+use crate::f32attn::{device, qk_shape, sized};
 use half::bf16;
-use moemla_core::{Error, Result};
+use moemla_core::Result;
 
 /// Query rows [m, k] (bf16) prepared once for every chunk's [`gemm_qk`]: from
 /// [`PACKED_MIN_ROWS`] rows on the native dot, also packed in column pairs
@@ -38,7 +38,7 @@ pub struct Query {
 
 impl Query {
     /// `rows` [m, k] prepared; a `k` of 0 or rows that are not whole rows of `k` are
-    /// [`Error::Device`], the packed copy is allocated fallibly.
+    /// [`moemla_core::Error::Device`], the packed copy is allocated fallibly.
     pub fn new(rows: Vec<bf16>, k: usize) -> Result<Query> {
         if k == 0 || !rows.len().is_multiple_of(k) {
             return Err(device(
@@ -77,7 +77,7 @@ pub const QUAD_MIN_ROWS: usize = 16;
 /// `out` is [m, n] and is overwritten, `scores_t` is working memory (the scores
 /// transposed, where the packed rows make them so). Single-threaded.
 ///
-/// A short row or an `out` that is not `m * n` long are [`Error::Device`]; nothing is
+/// A short row or an `out` that is not `m * n` long are [`moemla_core::Error::Device`]; nothing is
 /// written to `out` then.
 pub fn gemm_qk(
     q: &Query,
@@ -93,44 +93,8 @@ pub fn gemm_qk(
     sized(scores_t, m * n, "bf16 transposed scores")?;
     bf16dot::gemm_rows(rows, packed, scores_t)?;
     // Row j of the product is position j's scores for every query row.
-    transpose(scores_t, (n, m), out);
+    crate::f32attn::transpose(scores_t, (n, m), out);
     Ok(())
-}
-
-/// `out[j * r + i] = t[i * c + j]` for `t` [r, c] into `out` [c, r]: 16 x 16 blocks in
-/// registers where the CPU has AVX-512F, the edges (and other CPUs) element by element.
-/// Lengths other than `r * c` write nothing ([`gemm_qk`] checked them).
-fn transpose(t: &[f32], (r, c): (usize, usize), out: &mut [f32]) {
-    if Some(t.len()) != r.checked_mul(c) || out.len() != t.len() {
-        return;
-    }
-    let (mut r16, mut c16) = (0, 0);
-    #[cfg(target_arch = "x86_64")]
-    if crate::f32attn::native() {
-        (r16, c16) = (r / 16 * 16, c / 16 * 16);
-        for i in (0..r16).step_by(16) {
-            for j in (0..c16).step_by(16) {
-                // SAFETY: AVX-512F was detected at run time; rows i..i + 16 of t hold
-                // columns j..j + 16 (i + 16 <= r, j + 16 <= c, t is r * c long: checked
-                // above), and rows j..j + 16 of out columns i..i + 16 (out as long).
-                unsafe {
-                    x86::transpose16(
-                        t.as_ptr().add(i * c + j),
-                        c,
-                        out.as_mut_ptr().add(j * r + i),
-                        r,
-                    )
-                };
-            }
-        }
-    }
-    for i in 0..r {
-        // Columns the blocks did not cover: all of them in rows past r16, else past c16.
-        let from = if i < r16 { c16 } else { 0 };
-        for j in from..c {
-            out[j * r + i] = t[i * c + j];
-        }
-    }
 }
 
 /// [`gemm_qk`] on the native instruction or (`native` false) the f32 path.
@@ -217,7 +181,7 @@ fn round_rows_with(native: bool, s: &[f32], n: usize, out: &mut Vec<bf16>) -> Re
 /// used) into position pairs: `out[(t * d + c) * 2 + e] = row(2t + e)[c]`, a zero row
 /// standing in for the missing partner when `n` is odd. `out` becomes
 /// `n.div_ceil(2) * d * 2` long (empty when `d` or `n` is 0; no row is read then).
-/// A row shorter than `d` is [`Error::Device`].
+/// A row shorter than `d` is [`moemla_core::Error::Device`].
 pub fn pack_pairs<'a>(
     n: usize,
     d: usize,
@@ -306,7 +270,7 @@ fn interleave(native: bool, a: &[bf16], b: &[bf16], dst: &mut [bf16]) {
 /// being 0) and `packed` from [`pack_pairs`] ([n / 2, d, 2]); `acc` is [m, d] f32.
 /// Single-threaded (callers parallelise over independent tiles).
 ///
-/// Lengths that do not fit these shapes are [`Error::Device`]; nothing is written then.
+/// Lengths that do not fit these shapes are [`moemla_core::Error::Device`]; nothing is written then.
 pub fn gemm_pv(p: &[bf16], packed: &[bf16], d: usize, acc: &mut [f32]) -> Result<()> {
     gemm_pv_with(crate::bf16dot::native(), p, packed, d, acc)
 }
@@ -382,20 +346,6 @@ fn portable_pv(
     }
 }
 
-/// Makes `out` `len` long (grown fallibly: [`Error::OutOfMemory`]), its elements
-/// unspecified: every caller overwrites them all.
-fn sized<T: Clone + Default>(out: &mut Vec<T>, len: usize, call: &str) -> Result<()> {
-    if len > out.len() {
-        out.try_reserve(len - out.len())
-            .map_err(|_| Error::OutOfMemory {
-                what: format!("cpu {call}"),
-                bytes: len.saturating_mul(std::mem::size_of::<T>()),
-            })?;
-    }
-    out.resize(len, T::default());
-    Ok(())
-}
-
 /// Whether every one of `values` is a bf16 value (NaN counts as one); if so `out` becomes
 /// them as bf16 (grown fallibly; NaN as the quiet NaN), else it is left unspecified
 /// ([`bf16dot::exact_into_slice`]).
@@ -465,48 +415,6 @@ pub(crate) mod x86 {
             _mm256_storeu_si256(d.cast::<u16>().add(i).cast(), r);
         }
         wide
-    }
-
-    /// The 16 x 16 block at `src` (row stride `lds`) transposed into `dst` (row stride
-    /// `ldd`): `dst[j * ldd + i] = src[i * lds + j]`, in three rounds of shuffles.
-    ///
-    /// # Safety
-    /// AVX-512F must be available; 16 rows of 16 elements are readable at `src` and
-    /// writable at `dst` with those strides.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn transpose16(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
-        let r: [__m512; 16] = std::array::from_fn(|i| _mm512_loadu_ps(src.add(i * lds)));
-        // Per 128-bit lane, rows 2p and 2p + 1 interleaved: low pairs, then high pairs.
-        let t: [__m512; 16] = std::array::from_fn(|i| {
-            let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
-            if i % 2 == 0 {
-                _mm512_unpacklo_ps(a, b)
-            } else {
-                _mm512_unpackhi_ps(a, b)
-            }
-        });
-        // Per 128-bit lane L, u[4q + e] holds column 4L + e of rows 4q..4q + 4.
-        let u: [__m512; 16] = std::array::from_fn(|i| {
-            let (q, e) = (i / 4, i % 4);
-            let (a, b) = (t[4 * q + e / 2], t[4 * q + 2 + e / 2]);
-            if e % 2 == 0 {
-                _mm512_shuffle_ps::<0x44>(a, b)
-            } else {
-                _mm512_shuffle_ps::<0xEE>(a, b)
-            }
-        });
-        for e in 0..4 {
-            // Lanes [L0, L2] then [L1, L3] of rows 0-7 and of rows 8-15.
-            let lo = |x: __m512, y: __m512| _mm512_shuffle_f32x4::<0x88>(x, y);
-            let hi = |x: __m512, y: __m512| _mm512_shuffle_f32x4::<0xDD>(x, y);
-            let (a0, a1) = (lo(u[e], u[4 + e]), hi(u[e], u[4 + e]));
-            let (b0, b1) = (lo(u[8 + e], u[12 + e]), hi(u[8 + e], u[12 + e]));
-            // Columns e, e + 8, e + 4 and e + 12, each of all 16 rows.
-            _mm512_storeu_ps(dst.add(e * ldd), lo(a0, b0));
-            _mm512_storeu_ps(dst.add((e + 8) * ldd), hi(a0, b0));
-            _mm512_storeu_ps(dst.add((e + 4) * ldd), lo(a1, b1));
-            _mm512_storeu_ps(dst.add((e + 12) * ldd), hi(a1, b1));
-        }
     }
 
     /// Interleaves the leading multiple of 16 of `a` and `b` into `dst` (see
@@ -635,28 +543,6 @@ mod tests {
                     (got - want).abs() <= tol,
                     "{what}: n {n} k {k} [{r},{j}]: {got} vs {want}"
                 );
-            }
-        }
-    }
-
-    #[test]
-    fn transposes_match_the_definition_at_block_and_edge_shapes() {
-        for (r, c) in [
-            (1, 1),
-            (5, 3),
-            (16, 16),
-            (17, 33),
-            (32, 48),
-            (15, 40),
-            (40, 15),
-        ] {
-            let t: Vec<f32> = (0..r * c).map(|x| x as f32).collect();
-            let mut out = vec![f32::NAN; r * c];
-            transpose(&t, (r, c), &mut out);
-            for i in 0..r {
-                for j in 0..c {
-                    assert_eq!(out[j * r + i], t[i * c + j], "{r} x {c} [{i},{j}]");
-                }
             }
         }
     }

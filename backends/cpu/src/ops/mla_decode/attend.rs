@@ -9,7 +9,8 @@
 //! dequantized, when their values are bf16 values), V packed once per chunk,
 //! `P` rounded to bf16 as FlashMLA does. Otherwise the rows are f32 (an F32 cache read in
 //! place, others upcast or FP8-dequantized once, shared by all M rows), on AVX-512F
-//! kernels that read them directly ([`crate::f32attn`]) or else (without AVX-512F, or
+//! kernels that read them directly ([`crate::f32attn`]; 16 to 63 query rows prepared once
+//! in quads where those kernels run) or else (without AVX-512F, or
 //! with many rows where [`f32attn::yields_to_gemm`]) the general GEMM. Only
 //! positions below a row's attended length are ever read or weighted.
 
@@ -151,6 +152,12 @@ pub(crate) fn attend_with(
             .transpose()?,
         _ => None,
     };
+    // Query rows prepared in quads for the f32 kernels where that pays.
+    let q32 = if kernels.f32 {
+        f32attn::Query::new(q, d_qk)?
+    } else {
+        None
+    };
     let q = MatRef::row_major(q, rows, d_qk);
     let (mut p0, end) = (span.start, span.end);
     while p0 < end {
@@ -202,7 +209,12 @@ pub(crate) fn attend_with(
                 }
                 rows32.extend(scratch.kv.chunks_exact(d_qk).take(n));
             }
-            f32attn::gemm_qk(q.data, d_qk, &rows32, &mut scratch.s)?;
+            match &q32 {
+                Some(q32) => {
+                    f32attn::gemm_qk_prepared(q32, &rows32, &mut scratch.s, &mut scratch.scores_t)?
+                }
+                None => f32attn::gemm_qk(q.data, d_qk, &rows32, &mut scratch.s)?,
+            }
             softmax(&mut scratch.s, n, (limits, p0), scale, &mut st, d_v);
             f32attn::gemm_pv(&scratch.s, &rows32, d_v, &mut st.acc)?;
         } else {
