@@ -592,6 +592,9 @@ mod tests {
                 (9, 128, 512),
                 (16, 129, 80),
                 (6, 64, 100),
+                // Tiles of 8 rows, then 4, then single rows; 3, 2 and 1 vectors per tile.
+                (15, 9, 80),
+                (13, 6, 64),
             ] {
                 let rows = values(n * d, 7 + n as u64, -2.0);
                 // Probabilities in [0, 1], rounded and padded as the decode does.
