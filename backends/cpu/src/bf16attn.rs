@@ -417,24 +417,36 @@ pub(crate) mod x86 {
         wide
     }
 
-    /// Interleaves the leading multiple of 16 of `a` and `b` into `dst` (see
-    /// [`super::interleave`]); returns how many of each were done.
+    /// Interleaves the leading multiple of 32 of `a` and `b` into `dst` (see
+    /// [`super::interleave`]): 32 of each per two `VPERMT2W`; returns how many of each
+    /// were done.
     ///
     /// # Safety
     /// AVX-512F and AVX-512BW must be available; `b` as long as `a`, `dst` twice as long.
     #[target_feature(enable = "avx512f,avx512bw")]
     pub unsafe fn interleave(a: &[bf16], b: &[bf16], dst: &mut [bf16]) -> usize {
-        let wide = a.len() / 16 * 16;
+        let wide = a.len() / 32 * 32;
         let (ap, bp, d) = (
             a.as_ptr().cast::<u16>(),
             b.as_ptr().cast::<u16>(),
             dst.as_mut_ptr().cast::<u16>(),
         );
-        for i in (0..wide).step_by(16) {
-            let x = _mm512_cvtepu16_epi32(_mm256_loadu_si256(ap.add(i).cast()));
-            let y = _mm512_cvtepu16_epi32(_mm256_loadu_si256(bp.add(i).cast()));
-            let both = _mm512_or_si512(x, _mm512_slli_epi32::<16>(y));
-            _mm512_storeu_si512(d.add(2 * i).cast(), both);
+        // Word e of the first half takes a[e / 2] (e even) or b[e / 2] (e odd); the
+        // second half the same 16 further on (b's words are indices 32..64).
+        let pick = |half: i16| {
+            let at: [i16; 32] =
+                std::array::from_fn(|e| half * 16 + e as i16 / 2 + e as i16 % 2 * 32);
+            _mm512_loadu_si512(at.as_ptr().cast())
+        };
+        let (first, second) = (pick(0), pick(1));
+        for i in (0..wide).step_by(32) {
+            let x = _mm512_loadu_si512(ap.add(i).cast());
+            let y = _mm512_loadu_si512(bp.add(i).cast());
+            _mm512_storeu_si512(d.add(2 * i).cast(), _mm512_permutex2var_epi16(x, first, y));
+            _mm512_storeu_si512(
+                d.add(2 * i + 32).cast(),
+                _mm512_permutex2var_epi16(x, second, y),
+            );
         }
         wide
     }
@@ -667,14 +679,16 @@ mod tests {
             pack_pairs_with(native, 3, 2, |j| &rows[3 * j..3 * j + 3], &mut out).unwrap();
             let got: Vec<f32> = out.iter().map(|v| v.to_f32()).collect();
             assert_eq!(got, [0.0, 3.0, 1.0, 4.0, 6.0, 0.0, 7.0, 0.0]);
-            // 37 columns: two vectors of 16 and a tail.
-            let wide = values(3 * 37, 5, -2.0);
-            pack_pairs_with(native, 3, 37, |j| &wide[37 * j..37 * (j + 1)], &mut out).unwrap();
-            for c in 0..37 {
-                assert_eq!(out[2 * c], wide[c]);
-                assert_eq!(out[2 * c + 1], wide[37 + c]);
-                assert_eq!(out[74 + 2 * c], wide[74 + c]);
-                assert_eq!(out[74 + 2 * c + 1], bf16::ZERO);
+            // 37 and 75 columns: one and two steps of 32 and a tail.
+            for d in [37, 75] {
+                let wide = values(3 * d, 5, -2.0);
+                pack_pairs_with(native, 3, d, |j| &wide[d * j..d * (j + 1)], &mut out).unwrap();
+                for c in 0..d {
+                    assert_eq!(out[2 * c], wide[c]);
+                    assert_eq!(out[2 * c + 1], wide[d + c]);
+                    assert_eq!(out[2 * d + 2 * c], wide[2 * d + c]);
+                    assert_eq!(out[2 * d + 2 * c + 1], bf16::ZERO);
+                }
             }
             // A row shorter than d is an error, not a panic.
             let short = pack_pairs_with(native, 2, 4, |j| &rows[3 * j..3 * j + 3], &mut out);
