@@ -500,9 +500,8 @@ mod tests {
     fn prepared_queries_score_as_the_reference_packed_or_not() {
         // From 32 rows on the native dot the rows are packed and the scores transposed
         // back: whole and partial 16 x 16 blocks, one and several column blocks of the
-        // packed product, an odd k; from 16 to 24 rows in quads (one to six groups'
-        // worth of cache rows past a tile, an odd k); below 16 and from 25 to 31 the row
-        // dots.
+        // packed product, an odd k; from 16 to 24 rows in quads (four and six groups,
+        // cache rows past a tile, an odd k); below 16 and from 25 to 31 the row dots.
         for (m, n, k) in [
             (15, 9, 576),
             (16, 9, 576),

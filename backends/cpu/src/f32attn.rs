@@ -2,7 +2,9 @@
 //! (elsewhere the caller keeps its general GEMM): the scores `S = Q K^T` ([`gemm_qk`]) and
 //! `acc += P V` ([`gemm_pv`]), both reading the K/V rows in place (no copy, no packing:
 //! V rows are already 16 columns per vector), one fused multiply-add per product into
-//! f32 sums. Single-threaded; callers parallelise over independent tiles.
+//! f32 sums; from 16 query rows, where the CPU runs the quad kernels, the scores on query
+//! rows prepared once in quads ([`Query`], [`gemm_qk_prepared`]). Single-threaded;
+//! callers parallelise over independent tiles.
 
 #[cfg(target_arch = "x86_64")]
 use crate::quads;
@@ -128,6 +130,7 @@ pub fn transpose(t: &[f32], (r, c): (usize, usize), out: &mut [f32]) {
 /// positions 0.42-0.44 vs 0.50-0.51 ms, 4096 positions 1.60-1.62 vs 2.00-2.08 ms; s_q 2
 /// (two parts of 16) 0.74-0.84 vs 0.87-0.91 ms and 3.07-3.09 vs 3.72-3.80 ms.
 #[derive(Debug)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub struct Query {
     /// Rows.
     m: usize,
@@ -138,12 +141,14 @@ pub struct Query {
 }
 
 /// Query rows from which [`Query`] prepares them in quads (below that, [`gemm_qk`]).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub const QUAD_MIN_ROWS: usize = 16;
 
 impl Query {
     /// `q` [m, k] prepared, or `None` where the quad kernels do not run here or `m` is
     /// outside [`QUAD_MIN_ROWS`]`..`[`GEMM_ROWS`]. A `k` of 0 or a `q` that is not whole
     /// rows of `k` are [`Error::Device`]; the packed parts are allocated fallibly.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     pub fn new(q: &[f32], k: usize) -> Result<Option<Query>> {
         let m = qk_shape("f32 query rows", q.len(), k, &[] as &[&[f32]], 0)?;
         #[cfg(target_arch = "x86_64")]
@@ -180,6 +185,10 @@ pub fn gemm_qk_prepared(
 ) -> Result<()> {
     let m = qk_shape("f32 gemm_qk", q.m * q.k, q.k, rows, out.len())?;
     let n = rows.len();
+    if n == 0 {
+        // No cache rows: no scores (and no pointer into an empty buffer).
+        return Ok(());
+    }
     sized(scores_t, m * n, "f32 transposed scores")?;
     #[cfg(target_arch = "x86_64")]
     for (first, part, packed) in &q.parts {
@@ -672,8 +681,9 @@ pub(crate) mod x86 {
 
     /// `acc[r * d + c] += sum_t p(r, t) * v(t)[c]` over `steps` steps, columns `0..wide`
     /// (`wide` a multiple of 16, <= d): `p` rows of `steps` units, the value step `t`
-    /// at `v(t)` (`wide` units). Register tiles of `MR` rows x `NV` vectors, column tiles
-    /// outermost so a tile's value columns stay in L1 across all rows.
+    /// at `v(t)` (`wide` units). Register tiles of `MR` rows (then 4, then single rows) x
+    /// `NV` vectors (fewer at the last columns), column tiles outermost so a tile's value
+    /// columns stay in L1 across all rows.
     ///
     /// # Safety
     /// The caller enables `E`'s instructions; `p` holds `m * steps` units, every `v(t)`
@@ -868,6 +878,8 @@ mod tests {
             (24, 13, 3),
             (25, 30, 576),
             (40, 8, 33),
+            (48, 5, 576),
+            (49, 5, 576),
             (63, 21, 576),
             (64, 9, 576),
         ] {
@@ -919,6 +931,13 @@ mod tests {
             assert!(gemm_qk_prepared(&prepared, &[&long, &short], &mut out, &mut scratch).is_err());
             assert!(gemm_qk_prepared(&prepared, &[&long], &mut out, &mut scratch).is_err());
             assert_eq!(out, [7.0; 32]);
+            // No cache rows: no scores, not an error.
+            gemm_qk_prepared(&prepared, &[], &mut [], &mut scratch).unwrap();
+        }
+        // Several parts (25 rows: 12 + 13) and no cache rows: nothing touched.
+        let q = rng.vec(25 * 8, -1.0, 1.0);
+        if let Some(prepared) = Query::new(&q, 8).unwrap() {
+            gemm_qk_prepared(&prepared, &[], &mut [], &mut Vec::new()).unwrap();
         }
     }
 

@@ -153,11 +153,13 @@ enum Layout<'a> {
 
 impl<'a> PackedRows<'a> {
     /// Packs the `n` rows of `k` in `b` (row-major). A `k` of 0 or a length that is not
-    /// whole rows is [`Error::Device`]; the packed copy (`ceil(n / 16) * 16 * k` values)
-    /// is allocated fallibly ([`Error::OutOfMemory`]).
+    /// whole rows is [`Error::Device`]; the packed copy (`ceil(n / 16) * 16 * k` values,
+    /// or in quads `ceil(n / 4) * 16 * ceil(k / 4)` words) is allocated fallibly
+    /// ([`Error::OutOfMemory`]).
     pub fn new(b: &'a [f32], k: usize) -> Result<Self> {
         // No rows of `a` and no output: only `b`'s shape is checked.
         let (_, n) = nt_shape(0, b.len(), k, 0)?;
+        #[cfg(target_arch = "x86_64")]
         const WHAT: &str = "cpu gemm nt packed rows";
         #[cfg(target_arch = "x86_64")]
         if quads::available() && quads::F32::pays(n) {
@@ -617,10 +619,10 @@ mod tests {
         // more than one pass with a shorter last one. m: every remainder of the 12-row
         // block, and blocks enough (m >= 24) for the prefetch of the next one. n: one
         // masked group (1..=16), a pair with the second masked (17..=32), a pair and a
-        // single group (33, 48). Quads where they pay (`quads::F32::pays`): one group (4,
-        // 5), three (9, 12), five (17, 19), six (24); `k` below one piece (2), tails of
-        // 1 to 3 columns, past one pass; `m` past a tile's rows and twice them (the next
-        // tile prefetched), with a partial last tile. `a` as f32 (read in place) and as
+        // single group (33, 48). Quads where they pay (`quads::F32::pays`): one group (4),
+        // two (5), three (9, 12), five (17, 19), six (24); `k` below one piece (2), whole
+        // pieces only (64), tails of 1 to 3 columns, past one pass; `m` past a tile's rows
+        // and twice them (the next tile prefetched), with a partial last tile. `a` as f32 (read in place) and as
         // bf16 and f16 values (converted per block or tile; each value exact in f32, so
         // the same reference holds).
         let mut rng = crate::test_util::Lcg::new(11);
@@ -638,6 +640,7 @@ mod tests {
             (30, 12, 1031),
             (13, 24, 9),
             (11, 9, 2 * 2048 + 6),
+            (10, 20, 64),
         ];
         shapes.extend((1..=13).map(|m| (m, 9 + 2 * m, 83)));
         for (m, n, k) in shapes {

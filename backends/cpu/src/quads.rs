@@ -45,7 +45,10 @@ pub trait Kind {
     ///
     /// # Safety
     /// As the kernel's features; 16 bytes at `p` are readable.
-    unsafe fn whole(p: *const Self::Elem) -> __m128i;
+    #[inline(always)]
+    unsafe fn whole(p: *const Self::Elem) -> __m128i {
+        _mm_loadu_si128(p.cast())
+    }
 
     /// A 512-bit vector as an operand.
     fn operand(v: __m512i) -> Self::Operand;
@@ -78,11 +81,6 @@ impl Kind for Bf16 {
     #[inline(always)]
     unsafe fn piece(p: *const u16, mask: u8) -> __m128i {
         _mm_maskz_loadu_epi16(mask, p.cast())
-    }
-
-    #[inline(always)]
-    unsafe fn whole(p: *const u16) -> __m128i {
-        _mm_loadu_si128(p.cast())
     }
 
     #[inline(always)]
@@ -123,14 +121,9 @@ impl Kind for F32 {
     }
 
     #[inline(always)]
-    unsafe fn whole(p: *const f32) -> __m128i {
-        _mm_loadu_si128(p.cast())
-    }
-
-    #[inline(always)]
     fn operand(v: __m512i) -> __m512 {
-        // SAFETY: both are plain 512-bit vectors.
-        unsafe { _mm512_castsi512_ps(v) }
+        // SAFETY: both are plain 512-bit vectors (16 x 32 bits).
+        unsafe { std::mem::transmute::<__m512i, __m512>(v) }
     }
 
     #[inline(always)]
@@ -196,7 +189,8 @@ pub unsafe fn multiply<K: Kind>(
     (o, ldo): (*mut f32, usize),
 ) {
     let groups = n.div_ceil(ROWS);
-    debug_assert!((1..=MAX_GROUPS).contains(&groups), "{n} rows of b");
+    // Once per call: a count outside 1..=24 would read groups that were never packed.
+    assert!((1..=MAX_GROUPS).contains(&groups), "{n} rows of b");
     let at = Operand {
         k,
         xq,

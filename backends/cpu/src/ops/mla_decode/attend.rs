@@ -10,7 +10,8 @@
 //! `P` rounded to bf16 as FlashMLA does. Otherwise the rows are f32 (an F32 cache read in
 //! place, others upcast or FP8-dequantized once, shared by all M rows), on AVX-512F
 //! kernels that read them directly ([`crate::f32attn`]; 16 to 63 query rows prepared once
-//! in quads where those kernels run) or else (without AVX-512F, or
+//! in quads where the CPU runs the quad kernels, AVX-512 with BF16) or else (without
+//! AVX-512F, or
 //! with many rows where [`f32attn::yields_to_gemm`]) the general GEMM. Only
 //! positions below a row's attended length are ever read or weighted.
 
