@@ -820,6 +820,30 @@ mod tests {
         }
     }
 
+    /// Asserts that `out` [m, n] holds `q` [m, k] times `rows` against an f64 reference,
+    /// within the rounding of `adds` f32 additions of the products' magnitudes.
+    fn assert_scores(
+        (q, k): (&[f32], usize),
+        rows: &[&[f32]],
+        out: &[f32],
+        adds: usize,
+        what: &str,
+    ) {
+        let n = rows.len();
+        for (r, qr) in q.chunks_exact(k).enumerate() {
+            for (j, row) in rows.iter().enumerate() {
+                let prods = qr.iter().zip(&row[..k]).map(|(&a, &b)| a as f64 * b as f64);
+                let (want, abs) = prods.fold((0.0, 0.0), |(s, a), x| (s + x, a + x.abs()));
+                let tol = adds as f64 * f32::EPSILON as f64 * abs;
+                let got = out[r * n + j] as f64;
+                assert!(
+                    (got - want).abs() <= tol,
+                    "{what} [{r},{j}]: {got} vs {want}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn scores_match_an_f64_reference_at_odd_and_tail_shapes() {
         let mut rng = Lcg::new(3);
@@ -842,23 +866,8 @@ mod tests {
                 for pass in [k, 192, 17] {
                     let mut out = vec![f32::NAN; m * n];
                     gemm_qk_with(native, pass, &q, k, &rows, &mut out).unwrap();
-                    for r in 0..m {
-                        for (j, row) in rows.iter().enumerate() {
-                            let prods = q[r * k..(r + 1) * k]
-                                .iter()
-                                .zip(&row[..k])
-                                .map(|(&a, &b)| a as f64 * b as f64);
-                            let (want, abs) =
-                                prods.fold((0.0, 0.0), |(s, a), x| (s + x, a + x.abs()));
-                            let tol = (k / 16 + 32) as f64 * f32::EPSILON as f64 * abs;
-                            let got = out[r * n + j] as f64;
-                            assert!(
-                                (got - want).abs() <= tol,
-                                "native {native} pass {pass} m {m} n {n} k {k} [{r},{j}]: \
-                                 {got} vs {want}"
-                            );
-                        }
-                    }
+                    let what = format!("native {native} pass {pass} m {m} n {n} k {k}");
+                    assert_scores((&q, k), &rows, &out, k / 16 + 32, &what);
                 }
             }
         }
@@ -902,22 +911,14 @@ mod tests {
             };
             let (mut out, mut scratch) = (vec![f32::NAN; m * n], Vec::new());
             gemm_qk_prepared(&prepared, &rows, &mut out, &mut scratch).unwrap();
-            for r in 0..m {
-                for (j, row) in rows.iter().enumerate() {
-                    let prods = q[r * k..(r + 1) * k]
-                        .iter()
-                        .zip(&row[..k])
-                        .map(|(&a, &b)| a as f64 * b as f64);
-                    let (want, abs) = prods.fold((0.0, 0.0), |(s, a), x| (s + x, a + x.abs()));
-                    // Four chains of k / 4 additions, then two.
-                    let tol = (k / 4 + 4) as f64 * f32::EPSILON as f64 * abs;
-                    let got = out[r * n + j] as f64;
-                    assert!(
-                        (got - want).abs() <= tol,
-                        "m {m} n {n} k {k} [{r},{j}]: {got} vs {want}"
-                    );
-                }
-            }
+            // Four chains of k / 4 additions, then two.
+            assert_scores(
+                (&q, k),
+                &rows,
+                &out,
+                k / 4 + 4,
+                &format!("m {m} n {n} k {k}"),
+            );
         }
         // Bad shapes: a k of 0, q not whole rows; a short cache row, an out of another
         // length (nothing written).
