@@ -410,6 +410,7 @@ pub(crate) mod x86 {
                     (m, k),
                     (xq.as_ptr(), n_all),
                     (o, n_all),
+                    false,
                 )
             }
         };

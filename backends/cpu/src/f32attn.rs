@@ -202,6 +202,7 @@ pub fn gemm_qk_prepared(
                 (n, q.k),
                 (packed.as_ptr(), *part),
                 (scores_t.as_mut_ptr().add(*first), m),
+                false,
             )
         };
     }

@@ -117,6 +117,13 @@ pub fn matmul(dst: &mut [f32], a: MatRef<'_>, b: MatRef<'_>, accumulate: bool) -
     Ok(())
 }
 
+/// Most rows of `b` past its whole groups of 16 that [`PackedRows`] packs in quads (one
+/// group of 4: the 12-row blocks of `a` are one quad tile). On a 2-core Zen 5, f32
+/// experts at H=7168 T=64 (26 to 37 tokens per expert), in one process, three interleaved
+/// rounds: 125.0-127.7 vs 135.7-144.6 ms; V2-Lite T=256 75.4-77.0 vs 77.5-80.4 ms. Up to
+/// 8 rows (two groups, 10-row quad tiles in the 12-row blocks) came out the same.
+const REST_QUADS_MAX: usize = 4;
+
 /// Columns of `k` per pass of [`matmul_nt_packed`]'s kernel: a register tile's rows of `a` for
 /// one pass (12 x 2048 f32, 96 KiB) and the pass's packed rows of `b` stay in L2 while
 /// the tile runs over them.
@@ -127,7 +134,8 @@ const KC: usize = 2048;
 /// kernels run ([`quads::available`]) and pay ([`quads::F32`]'s `pays`: 4 to 12 rows and
 /// 17 to 24), in quads (4 rows per vector, [`crate::quads`]); else on CPUs with AVX-512F in
 /// groups of 16 rows, column by column (`[group][k][16]`, rows past `n` zero), so that
-/// one vector holds one column of 16 rows; elsewhere the rows as they are.
+/// one vector holds one column of 16 rows, the last 1 to [`REST_QUADS_MAX`] rows past
+/// whole groups in quads where those kernels run; elsewhere the rows as they are.
 #[derive(Debug)]
 pub struct PackedRows<'a> {
     layout: Layout<'a>,
@@ -140,9 +148,15 @@ pub struct PackedRows<'a> {
 /// How [`PackedRows`] holds `b`.
 #[derive(Debug)]
 enum Layout<'a> {
-    /// `[ceil(n / 16)][k][16]` for the AVX-512 kernel.
+    /// `[ceil(n / 16)][k][16]` for the AVX-512 kernel; where the quad kernels run and the
+    /// last `n % 16` rows past a whole group are 1 to [`REST_QUADS_MAX`], those rows in
+    /// quads instead (`rest`: their packed words and count), multiplied block by block
+    /// beside the groups rather than in a mostly empty vector of 16.
     #[cfg(target_arch = "x86_64")]
-    Columns(Vec<f32>),
+    Columns {
+        packed: Vec<f32>,
+        rest: Option<(Vec<u32>, usize)>,
+    },
     /// Quads of rows (`[ceil(k / 4)][ceil(n / 4)][4 rows][4 columns]`, as f32 bits) for
     /// [`quads::multiply`].
     #[cfg(target_arch = "x86_64")]
@@ -179,17 +193,37 @@ impl<'a> PackedRows<'a> {
         }
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512f") {
+            let rest_n = n % x86::LANES;
+            let rest_n = if quads::available() && n > x86::LANES && rest_n <= REST_QUADS_MAX {
+                rest_n
+            } else {
+                0
+            };
+            let main = n - rest_n;
             let len = x86::LANES
                 .checked_mul(k)
-                .and_then(|group| n.div_ceil(x86::LANES).checked_mul(group))
+                .and_then(|group| main.div_ceil(x86::LANES).checked_mul(group))
                 .ok_or(Error::OutOfMemory {
                     what: WHAT.to_string(),
                     bytes: usize::MAX,
                 })?;
             let mut packed = moemla_core::alloc::try_filled_vec(len, WHAT)?;
-            x86::pack(b, k, &mut packed);
+            x86::pack(&b[..main * k], k, &mut packed);
+            let rest = if rest_n > 0 {
+                let len = quads::packed_len::<quads::F32>(rest_n, k).ok_or(Error::OutOfMemory {
+                    what: WHAT.to_string(),
+                    bytes: usize::MAX,
+                })?;
+                let mut xq = moemla_core::alloc::try_filled_vec(len, WHAT)?;
+                // SAFETY: `available` detected the quad kernels' features; the last rest_n
+                // rows of `b` hold rest_n * k values and `xq` their packed size.
+                unsafe { quads::pack::<quads::F32>(&b[main * k..], rest_n, k, &mut xq) };
+                Some((xq, rest_n))
+            } else {
+                None
+            };
             return Ok(PackedRows {
-                layout: Layout::Columns(packed),
+                layout: Layout::Columns { packed, rest },
                 n,
                 k,
             });
@@ -209,8 +243,9 @@ impl<'a> PackedRows<'a> {
 /// two vectors of 16 packed rows of `b`, one value of `a` broadcast per row and column,
 /// 24 accumulators that are the output itself (no horizontal sums); f32 rows are read in
 /// place, others converted 12 rows at a time just before their tile (so weights streamed
-/// from memory are converted from cache, their next rows prefetched meanwhile). With `b`
-/// in quads, [`quads::multiply`]: a piece of 4 values of a row of `a` broadcast against
+/// from memory are converted from cache, their next rows prefetched meanwhile), the last
+/// rows of `b` packed in quads (past whole groups) on the same block of rows right after.
+/// With `b` in quads, [`quads::multiply`]: a piece of 4 values of a row of `a` broadcast against
 /// 4 rows of `b` per vector, every output the sum of its 4 elements at the end; rows of
 /// `a` other than f32 converted one register tile at a time. Elsewhere the `gemm` crate
 /// on `a` converted to f32.
@@ -226,17 +261,19 @@ pub fn matmul_nt_packed(a: FloatSlice<'_>, b: &PackedRows<'_>, out: &mut [f32]) 
     }
     match &b.layout {
         #[cfg(target_arch = "x86_64")]
-        Layout::Columns(packed) => {
+        Layout::Columns { packed, rest } => {
             let block_len = match a {
                 FloatSlice::F32(_) => 0,
                 _ => x86::MR * KC.min(k),
             };
             let mut block = moemla_core::alloc::try_filled_vec(block_len, "cpu gemm nt rows")?;
+            let rest = rest.as_ref().map(|(xq, rn)| (xq.as_slice(), *rn));
             // SAFETY: `PackedRows::new` built `Columns` only where AVX-512F was detected,
-            // as `ceil(n / 16) * 16 * k` values; `nt_shape` checked that `a` holds m rows
-            // of k and `out` m * n values; `block` holds MR rows of a pass's columns
-            // unless `a` is f32.
-            unsafe { x86::gemm_nt(a, packed, (m, n, k), out, &mut block) };
+            // as `ceil(main / 16) * 16 * k` values for the first main = n - rest rows and,
+            // only where the quad kernels' features were detected, the rest rows in quads;
+            // `nt_shape` checked that `a` holds m rows of k and `out` m * n values; `block`
+            // holds MR rows of a pass's columns unless `a` is f32.
+            unsafe { x86::gemm_nt(a, (packed, rest), (m, n, k), out, &mut block) };
             Ok(())
         }
         #[cfg(target_arch = "x86_64")]
@@ -253,6 +290,7 @@ pub fn matmul_nt_packed(a: FloatSlice<'_>, b: &PackedRows<'_>, out: &mut [f32]) 
                         (m, k),
                         xq,
                         (out.as_mut_ptr(), n),
+                        false,
                     );
                 },
                 // Other types converted to f32 one register tile of rows at a time.
@@ -267,7 +305,13 @@ pub fn matmul_nt_packed(a: FloatSlice<'_>, b: &PackedRows<'_>, out: &mut [f32]) 
                         // SAFETY: as above; `block` holds `rows` converted rows of k and
                         // `out` the m * n outputs from row r0 on.
                         unsafe {
-                            quads::multiply::<quads::F32>(|i| b0.add(i * k), (rows, k), xq, (o, n))
+                            quads::multiply::<quads::F32>(
+                                |i| b0.add(i * k),
+                                (rows, k),
+                                xq,
+                                (o, n),
+                                false,
+                            )
                         };
                     }
                 }
@@ -354,22 +398,26 @@ mod x86 {
     /// [`super::matmul_nt_packed`] on packed rows: passes of [`super::KC`] columns; in
     /// each, blocks of [`MR`] rows of `a` (1..MR at the end; f32 in place, other types
     /// converted into `block`) times pairs of packed groups (a single group at the end),
-    /// the output's lanes masked past `n`. The first pass stores, later ones add. Where
-    /// the next block is full too, the first tile of a block prefetches the next block's
-    /// columns of `a` (as stored) into L2.
+    /// the output's lanes masked past the packed rows; the `rest` rows of `b` in quads
+    /// (the last ones) then the same block's columns ([`crate::quads::multiply`]). The
+    /// first pass stores, later ones add. Where the next block is full too, the first tile
+    /// of a block prefetches the next block's columns of `a` (as stored) into L2.
     ///
     /// # Safety
     /// AVX-512F must be available; `a` holds `m * k` values, `packed`
-    /// `ceil(n / 16) * 16 * k` (as [`pack`] lays them out), `out` `m * n`, and `block`
+    /// `ceil((n - rest) / 16) * 16 * k` (as [`pack`] lays them out), the rest (1 to 4 rows,
+    /// where the quad kernels run) `packed_len(rest, k)` words, `out` `m * n`, and `block`
     /// `MR * min(KC, k)` unless `a` is f32.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn gemm_nt(
         a: FloatSlice<'_>,
-        packed: &[f32],
-        (m, n, k): (usize, usize, usize),
+        (packed, rest): (&[f32], Option<(&[u32], usize)>),
+        (m, n_all, k): (usize, usize, usize),
         out: &mut [f32],
         block: &mut [f32],
     ) {
+        // Rows of b in the groups; the output keeps all n_all columns.
+        let n = n_all - rest.map_or(0, |(_, rn)| rn);
         let (stored, size) = match a {
             FloatSlice::F32(v) => (v.as_ptr().cast::<u8>(), 4),
             FloatSlice::F16(v) => (v.as_ptr().cast::<u8>(), 2),
@@ -404,7 +452,7 @@ mod x86 {
                         lda,
                         kc,
                         group_stride: k * LANES,
-                        ldo: n,
+                        ldo: n_all,
                         add: k0 > 0,
                         masks: [lane_mask(n, g), lane_mask(n, g + 1)],
                     };
@@ -412,13 +460,30 @@ mod x86 {
                     // (in place: columns k0..k0 + kc of rows of k; converted: rows of kc);
                     // packed groups g..g + vecs exist (each k * 16 values) and so do their
                     // columns k0..k0 + kc; the outputs (r + i) * n + (g + v) * 16 + l for
-                    // i < rows, v < vecs and lanes l the masks keep lie inside m * n;
-                    // `next` points at rows r + MR..r + 2 MR of `a`, columns k0..k0 + kc,
-                    // which exist.
+                    // i < rows, v < vecs and lanes l the masks keep lie inside m * n_all
+                    // (rows n_all apart); `next` points at rows r + MR..r + 2 MR of `a`,
+                    // columns k0..k0 + kc, which exist.
                     let bp = packed.as_ptr().add((g * k + k0) * LANES);
-                    let op = out.as_mut_ptr().add(r * n + g * LANES);
+                    let op = out.as_mut_ptr().add(r * n_all + g * LANES);
                     tile.dispatch(rows, vecs, ap, bp, op, next.filter(|_| g == 0));
                     g += vecs;
+                }
+                if let Some((xq, rn)) = rest {
+                    // SAFETY: the caller packed the rest only where the quad kernels'
+                    // features were detected; rows r..r + rows of `ap` hold columns 0..kc
+                    // (lda apart); the rest's packed words from step k0 / 4 on hold those
+                    // columns (k0 is a multiple of KC, so of 4); outputs (r + i) * n_all
+                    // + n + j for i < rows, j < rn lie inside m * n_all.
+                    const _: () = assert!(super::KC.is_multiple_of(4));
+                    let xq = xq.as_ptr().add(k0 / 4 * rn.div_ceil(4) * 16);
+                    let o = out.as_mut_ptr().add(r * n_all + n);
+                    crate::quads::multiply::<crate::quads::F32>(
+                        |i| ap.add(i * lda),
+                        (rows, kc),
+                        (xq, rn),
+                        (o, n_all),
+                        k0 > 0,
+                    );
                 }
                 r += rows;
             }
@@ -641,6 +706,11 @@ mod tests {
             (13, 24, 9),
             (11, 9, 2 * 2048 + 6),
             (10, 20, 64),
+            // Groups of 16 with the last 1 to 4 rows in quads: rest 4 over two passes, a
+            // rest beside three groups, a rest of 2 at a small k.
+            (13, 36, 2048 + 5),
+            (30, 52, 70),
+            (5, 34, 9),
         ];
         shapes.extend((1..=13).map(|m| (m, 9 + 2 * m, 83)));
         for (m, n, k) in shapes {
@@ -697,6 +767,17 @@ mod tests {
                 let quads = matches!(packed.layout, Layout::Quads(_));
                 let pays = (4..=12).contains(&n) || (17..=24).contains(&n);
                 assert_eq!(quads, quads::available() && pays, "{n} rows");
+                // Past 16 rows (and past the quads), the last 1 to 4 in quads.
+                let rest = match &packed.layout {
+                    Layout::Columns { rest, .. } => rest.as_ref().map_or(0, |r| r.1),
+                    _ => 0,
+                };
+                let want = if quads::available() && n > 24 && (1..=4).contains(&(n % 16)) {
+                    n % 16
+                } else {
+                    0
+                };
+                assert_eq!(rest, want, "{n} rows");
             }
             assert_eq!((packed.n, packed.k), (n, k));
         }

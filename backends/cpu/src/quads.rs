@@ -173,9 +173,9 @@ pub unsafe fn pack<K: Kind>(b: &[K::Elem], n: usize, k: usize, xq: &mut [u32]) {
     }
 }
 
-/// `out[i * ldo + j] = row(i) . b_j` for `i < m` (each row `k` long) and the `n` rows of
-/// `b` packed at `xq` by [`pack`], `n` from 1 to [`MAX_ROWS`]: every group in registers
-/// at once, so each piece of a row is read once.
+/// `out[i * ldo + j] = row(i) . b_j` (with `add`, `+=`) for `i < m` (each row `k` long)
+/// and the `n` rows of `b` packed at `xq` by [`pack`], `n` from 1 to [`MAX_ROWS`]: every
+/// group in registers at once, so each piece of a row is read once.
 ///
 /// # Safety
 /// [`available`]; `1 <= n <= MAX_ROWS`, `row(i)` for `i < m` points at `k` readable
@@ -187,6 +187,7 @@ pub unsafe fn multiply<K: Kind>(
     (m, k): (usize, usize),
     (xq, n): (*const u32, usize),
     (o, ldo): (*mut f32, usize),
+    add: bool,
 ) {
     let groups = n.div_ceil(ROWS);
     // Once per call: a count outside 1..=24 would read groups that were never packed.
@@ -198,6 +199,7 @@ pub unsafe fn multiply<K: Kind>(
         out: o,
         ldo,
         cols: n,
+        add,
     };
     match groups {
         1 => rows_by::<K, { TILE_ROWS[0] }, 1>(row, m, &at),
@@ -220,8 +222,8 @@ pub fn tile_rows(n: usize) -> usize {
 }
 
 /// What [`multiply`] multiplies into: the packed groups at `xq` (`stride` words from one
-/// step to the next), `k` columns, the output at `out` (rows `ldo` apart), `cols` rows
-/// of `b`.
+/// step to the next), `k` columns, the output at `out` (rows `ldo` apart, added to with
+/// `add`), `cols` rows of `b`.
 struct Operand {
     k: usize,
     xq: *const u32,
@@ -229,6 +231,7 @@ struct Operand {
     out: *mut f32,
     ldo: usize,
     cols: usize,
+    add: bool,
 }
 
 /// The `m` rows against the `G` groups, `MR` ([`TILE_ROWS`]) at a time (rows past the
@@ -298,8 +301,16 @@ unsafe fn tile<K: Kind, const MR: usize, const G: usize>(
                 let v = _mm512_permutexvar_ps(firsts, v);
                 // SAFETY: row first + i < m of the output, and its columns g * ROWS ..
                 // + live lie within cols.
-                let o = at.out.add((first + i) * at.ldo + g * ROWS);
-                _mm512_mask_storeu_ps(o, (1u16 << live) - 1, v);
+                let (o, mask) = (
+                    at.out.add((first + i) * at.ldo + g * ROWS),
+                    (1u16 << live) - 1,
+                );
+                let v = if at.add {
+                    _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, o))
+                } else {
+                    v
+                };
+                _mm512_mask_storeu_ps(o, mask, v);
             }
         }
     }
