@@ -11,8 +11,7 @@
 //! place, others upcast or FP8-dequantized once, shared by all M rows), on AVX-512F
 //! kernels that read them directly ([`crate::f32attn`]; 16 to 63 query rows prepared once
 //! in quads where the CPU runs the quad kernels, AVX-512 with BF16) or else (without
-//! AVX-512F, or
-//! with many rows where [`f32attn::yields_to_gemm`]) the general GEMM. Only
+//! AVX-512F, or with many rows where [`f32attn::yields_to_gemm`]) the general GEMM. Only
 //! positions below a row's attended length are ever read or weighted.
 
 use crate::bf16attn;
@@ -153,12 +152,9 @@ pub(crate) fn attend_with(
             .transpose()?,
         _ => None,
     };
-    // Query rows prepared in quads for the f32 kernels where that pays.
-    let q32 = if kernels.f32 {
-        f32attn::Query::new(q, d_qk)?
-    } else {
-        None
-    };
+    // Query rows prepared in quads for the f32 kernels where that pays: on the first chunk
+    // that takes them (none where every chunk takes the bf16 dot).
+    let mut q32: Option<Option<f32attn::Query>> = None;
     let q = MatRef::row_major(q, rows, d_qk);
     let (mut p0, end) = (span.start, span.end);
     while p0 < end {
@@ -210,7 +206,10 @@ pub(crate) fn attend_with(
                 }
                 rows32.extend(scratch.kv.chunks_exact(d_qk).take(n));
             }
-            match &q32 {
+            if q32.is_none() {
+                q32 = Some(f32attn::Query::new(q.data, d_qk)?);
+            }
+            match q32.as_ref().and_then(Option::as_ref) {
                 Some(q32) => {
                     f32attn::gemm_qk_prepared(q32, &rows32, &mut scratch.s, &mut scratch.scores_t)?
                 }
