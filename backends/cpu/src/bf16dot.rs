@@ -195,19 +195,12 @@ impl Packed {
     /// The `n` rows of `k` in `b` in quads.
     #[cfg(target_arch = "x86_64")]
     fn quads(b: &[bf16], n: usize, k: usize) -> Result<Packed> {
-        let len = quads::packed_len::<Bf16>(n, k)
-            .ok_or_else(|| device("bf16 pack", format!("{n} rows of {k} overflow")))?;
-        let mut xq: Vec<u32> = try_filled_vec(len, "cpu bf16 packed operand")?;
-        // SAFETY: the callers checked `native` (the four features, detected at run time);
-        // `b` holds n rows of k and `xq` their packed size.
-        unsafe {
-            quads::pack::<Bf16>(
-                half::slice::HalfFloatSliceExt::reinterpret_cast(b),
-                n,
-                k,
-                &mut xq,
-            )
-        };
+        let xq = quads::packed::<Bf16>(
+            half::slice::HalfFloatSliceExt::reinterpret_cast(b),
+            (n, k),
+            "cpu bf16 packed operand",
+            || device("bf16 pack", format!("{n} rows of {k} overflow")),
+        )?;
         let layout = Layout::Quads(xq);
         Ok(Packed { layout, n, k })
     }

@@ -158,13 +158,12 @@ impl Query {
             for p in 0..count {
                 let (first, end) = (p * m / count, (p + 1) * m / count);
                 let rows = end - first;
-                let len = quads::packed_len::<quads::F32>(rows, k).ok_or_else(|| {
-                    device("f32 query rows", format!("{rows} rows of {k} overflow"))
-                })?;
-                let mut packed = moemla_core::alloc::try_filled_vec(len, "cpu f32 query quads")?;
-                // SAFETY: `available` detected the quad kernels' features; rows
-                // first..end of q hold `rows * k` values and `packed` their packed size.
-                unsafe { quads::pack::<quads::F32>(&q[first * k..end * k], rows, k, &mut packed) };
+                let packed = quads::packed::<quads::F32>(
+                    &q[first * k..end * k],
+                    (rows, k),
+                    "cpu f32 query quads",
+                    || device("f32 query rows", format!("{rows} rows of {k} overflow")),
+                )?;
                 parts.push((first, rows, packed));
             }
             return Ok(Some(Query { m, k, parts }));

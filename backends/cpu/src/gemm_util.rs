@@ -176,15 +176,13 @@ impl<'a> PackedRows<'a> {
         #[cfg(target_arch = "x86_64")]
         const WHAT: &str = "cpu gemm nt packed rows";
         #[cfg(target_arch = "x86_64")]
+        let too_large = || Error::OutOfMemory {
+            what: WHAT.to_string(),
+            bytes: usize::MAX,
+        };
+        #[cfg(target_arch = "x86_64")]
         if quads::available() && quads::F32::pays(n) {
-            let len = quads::packed_len::<quads::F32>(n, k).ok_or(Error::OutOfMemory {
-                what: WHAT.to_string(),
-                bytes: usize::MAX,
-            })?;
-            let mut xq = moemla_core::alloc::try_filled_vec(len, WHAT)?;
-            // SAFETY: `available` detected the kernel's features; `b` holds n rows of k
-            // and `xq` their packed size.
-            unsafe { quads::pack::<quads::F32>(b, n, k, &mut xq) };
+            let xq = quads::packed::<quads::F32>(b, (n, k), WHAT, too_large)?;
             return Ok(PackedRows {
                 layout: Layout::Quads(xq),
                 n,
@@ -203,21 +201,11 @@ impl<'a> PackedRows<'a> {
             let len = x86::LANES
                 .checked_mul(k)
                 .and_then(|group| main.div_ceil(x86::LANES).checked_mul(group))
-                .ok_or(Error::OutOfMemory {
-                    what: WHAT.to_string(),
-                    bytes: usize::MAX,
-                })?;
+                .ok_or_else(too_large)?;
             let mut packed = moemla_core::alloc::try_filled_vec(len, WHAT)?;
             x86::pack(&b[..main * k], k, &mut packed);
             let rest = if rest_n > 0 {
-                let len = quads::packed_len::<quads::F32>(rest_n, k).ok_or(Error::OutOfMemory {
-                    what: WHAT.to_string(),
-                    bytes: usize::MAX,
-                })?;
-                let mut xq = moemla_core::alloc::try_filled_vec(len, WHAT)?;
-                // SAFETY: `available` detected the quad kernels' features; the last rest_n
-                // rows of `b` hold rest_n * k values and `xq` their packed size.
-                unsafe { quads::pack::<quads::F32>(&b[main * k..], rest_n, k, &mut xq) };
+                let xq = quads::packed::<quads::F32>(&b[main * k..], (rest_n, k), WHAT, too_large)?;
                 Some((xq, rest_n))
             } else {
                 None
@@ -687,9 +675,9 @@ mod tests {
         // single group (33, 48). Quads where they pay (`quads::F32::pays`): one group (4),
         // two (5), three (9, 12), five (17, 19), six (24); `k` below one piece (2), whole
         // pieces only (64), tails of 1 to 3 columns, past one pass; `m` past a tile's rows
-        // and twice them (the next tile prefetched), with a partial last tile. `a` as f32 (read in place) and as
-        // bf16 and f16 values (converted per block or tile; each value exact in f32, so
-        // the same reference holds).
+        // and twice them (the next tile prefetched), with a partial last tile. `a` as f32
+        // (read in place) and as bf16 and f16 values (converted per block or tile; each
+        // value exact in f32, so the same reference holds).
         let mut rng = crate::test_util::Lcg::new(11);
         let mut shapes = vec![
             (1, 1, 1),

@@ -15,6 +15,7 @@
 //! The kernel is compiled for AVX-512F/BW/VL with AVX512-BF16 (AMD Zen 4 and later,
 //! Intel Sapphire Rapids and later), also for f32: callers check [`available`].
 
+use moemla_core::{Error, Result};
 use std::arch::x86_64::*;
 
 /// Whether this CPU runs the quad kernels (AVX-512F/BW/VL and AVX512-BF16).
@@ -146,13 +147,35 @@ pub fn packed_len<K: Kind>(n: usize, k: usize) -> Option<usize> {
         .checked_mul(k.div_ceil(K::STEP))
 }
 
+/// `n` rows of `k` elements of `b` packed in quads ([`pack`]) into a buffer of
+/// [`packed_len`] words allocated fallibly ([`Error::OutOfMemory`], `what` naming it);
+/// `overflow()` where that length does not fit a `usize`.
+///
+/// # Panics
+/// Where the quad kernels do not run here ([`available`]) or `b` holds fewer than
+/// `n * k` elements: callers decide on quads after [`available`], for whole rows.
+pub fn packed<K: Kind>(
+    b: &[K::Elem],
+    (n, k): (usize, usize),
+    what: &str,
+    overflow: impl FnOnce() -> Error,
+) -> Result<Vec<u32>> {
+    assert!(available() && n.checked_mul(k).is_some_and(|len| len <= b.len()));
+    let len = packed_len::<K>(n, k).ok_or_else(overflow)?;
+    let mut xq = moemla_core::alloc::try_filled_vec(len, what)?;
+    // SAFETY: the features were detected (asserted above); `b` holds n rows of k and
+    // `xq` their packed size.
+    unsafe { pack::<K>(b, n, k, &mut xq) };
+    Ok(xq)
+}
+
 /// Packs `b` (`n` rows of `k` elements) into `xq` (zero past `n` and past `k`).
 ///
 /// # Safety
 /// [`available`]; `b` holds `n * k` elements and `xq` at least [`packed_len`]`(n, k)`
 /// words.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-pub unsafe fn pack<K: Kind>(b: &[K::Elem], n: usize, k: usize, xq: &mut [u32]) {
+unsafe fn pack<K: Kind>(b: &[K::Elem], n: usize, k: usize, xq: &mut [u32]) {
     let (b, xq) = (b.as_ptr(), xq.as_mut_ptr());
     let groups = n.div_ceil(ROWS);
     for s in 0..k.div_ceil(K::STEP) {
