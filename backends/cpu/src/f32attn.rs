@@ -379,8 +379,7 @@ pub(crate) mod x86 {
         const STEP: usize;
         /// A vector of `STEP` elements.
         type V: Copy;
-        /// What one step of `P V` broadcasts from `p` (one probability, or a pair), and one
-        /// column of a value step.
+        /// What one step of `P V` broadcasts from `p`: one probability, or a pair.
         type Unit: Copy;
         /// `STEP` elements from `p`, the first `live` (<= `STEP`) loaded, the rest zero
         /// (neither read nor faulted on).
@@ -398,11 +397,6 @@ pub(crate) mod x86 {
         /// # Safety
         /// The caller enables the type's instructions; the unit at `p` exists.
         unsafe fn splat(p: *const Self::Unit) -> Self::V;
-        /// 16 units from `p`.
-        ///
-        /// # Safety
-        /// The caller enables the type's instructions; 16 units at `p` exist.
-        unsafe fn load16(p: *const Self::Unit) -> Self::V;
     }
 
     impl Lanes for f32 {
@@ -424,10 +418,6 @@ pub(crate) mod x86 {
         #[inline(always)]
         unsafe fn splat(p: *const f32) -> __m512 {
             _mm512_set1_ps(p.read())
-        }
-        #[inline(always)]
-        unsafe fn load16(p: *const f32) -> __m512 {
-            _mm512_loadu_ps(p)
         }
     }
 
@@ -502,7 +492,8 @@ pub(crate) mod x86 {
         let n = rows.len();
         // SAFETY: row t of the values is rows[t], at least d (>= wide) long; p holds m
         // rows of n.
-        pv::<f32>(p.as_ptr(), (m, n), |t| rows[t].as_ptr(), (d, wide), acc);
+        let step = |t: usize, c: usize| _mm512_loadu_ps(rows[t].as_ptr().add(c));
+        pv::<f32>(p.as_ptr(), (m, n), step, (d, wide), acc);
     }
 
     /// `out[r * n + j] = q_r . rows_j` ([m, k] by `n` rows, `n = rows.len()`): 4 x 4
@@ -680,19 +671,20 @@ pub(crate) mod x86 {
     }
 
     /// `acc[r * d + c] += sum_t p(r, t) * v(t)[c]` over `steps` steps, columns `0..wide`
-    /// (`wide` a multiple of 16, <= d): `p` rows of `steps` units, the value step `t`
-    /// at `v(t)` (`wide` units). Register tiles of `MR` rows (then 4, then single rows) x
+    /// (`wide` a multiple of 16, <= d): `p` rows of `steps` units, `v(t, c)` the 16
+    /// units of value step `t` from column `c` (a multiple of 16, below `wide`) as one
+    /// vector. Register tiles of `MR` rows (then 4, then single rows) x
     /// `NV` vectors (fewer at the last columns), column tiles outermost so a tile's value
     /// columns stay in L1 across all rows.
     ///
     /// # Safety
-    /// The caller enables `E`'s instructions; `p` holds `m * steps` units, every `v(t)`
-    /// for `t < steps` at least `wide`, `acc` `m * d` elements.
+    /// The caller enables `E`'s instructions; `p` holds `m * steps` units, `v(t, c)` is
+    /// sound for `t < steps` and those columns, `acc` `m * d` elements.
     #[inline(always)]
     pub(crate) unsafe fn pv<E: Lanes>(
         p: *const E::Unit,
         (m, steps): (usize, usize),
-        v: impl Fn(usize) -> *const E::Unit + Copy,
+        v: impl Fn(usize, usize) -> E::V + Copy,
         (d, wide): (usize, usize),
         acc: &mut [f32],
     ) {
@@ -734,7 +726,7 @@ pub(crate) mod x86 {
     #[inline(always)]
     unsafe fn tile<E: Lanes, const R: usize, const C: usize>(
         (p, steps, c, o, d): (*const E::Unit, usize, usize, *mut f32, usize),
-        v: impl Fn(usize) -> *const E::Unit,
+        v: impl Fn(usize, usize) -> E::V,
     ) {
         let mut acc = [[_mm512_setzero_ps(); C]; R];
         for (i, row) in acc.iter_mut().enumerate() {
@@ -743,8 +735,7 @@ pub(crate) mod x86 {
             }
         }
         for t in 0..steps {
-            let vt = v(t).add(c);
-            let bv: [E::V; C] = std::array::from_fn(|j| E::load16(vt.add(16 * j)));
+            let bv: [E::V; C] = std::array::from_fn(|j| v(t, c + 16 * j));
             for (i, row) in acc.iter_mut().enumerate() {
                 let a = E::splat(p.add(i * steps + t));
                 for (s, &b) in row.iter_mut().zip(&bv) {

@@ -88,7 +88,6 @@ pub struct Partial {
 pub struct Scratch {
     kv: Vec<f32>,
     k16: Vec<half::bf16>,
-    v16: Vec<half::bf16>,
     p16: Vec<half::bf16>,
     s: Vec<f32>,
     scores_t: Vec<f32>,
@@ -185,10 +184,9 @@ pub(crate) fn attend_with(
             bf16attn::gemm_qk(q16, &krows, &mut scratch.s, &mut scratch.scores_t)?;
             softmax(&mut scratch.s, n, (limits, p0), scale, &mut st, d_v);
             // P rounded to bf16 (as FlashMLA does; l keeps the f32 sum) against the V
-            // rows (the first d_v columns) packed in position pairs.
+            // rows (the first d_v columns), paired by position as the kernel reads them.
             bf16attn::round_rows(&scratch.s, n, &mut scratch.p16)?;
-            bf16attn::pack_pairs(n, d_v, |j| krows[j], &mut scratch.v16)?;
-            bf16attn::gemm_pv(&scratch.p16, &scratch.v16, d_v, &mut st.acc)?;
+            bf16attn::gemm_pv(&scratch.p16, &krows, d_v, &mut st.acc)?;
         } else if kernels.f32 {
             // The f32 rows in place (an F32 cache) or as loaded, both products on
             // AVX-512F kernels that read them directly.
