@@ -1,6 +1,9 @@
 //! A latent KV cache as the attention kernels read it: rows in the run dtype (dense), or
 //! 656-byte `fp8_ds_v32` rows dequantized on load (contract v2), addressed by flat slot.
 
+#[cfg(target_arch = "x86_64")]
+pub mod fp8_bf16;
+
 use crate::storage::{float_slice, storage, CpuSlice, FloatSlice};
 use moemla_core::fp8::{ds_v32_scales, DS_V32_DIM, DS_V32_LATENT, DS_V32_ROW_BYTES, DS_V32_TILE};
 use moemla_core::{DeviceTensor, Error, KvFormat, Result};

@@ -18,6 +18,8 @@ use crate::bf16attn;
 use crate::bf16dot;
 use crate::f32attn;
 use crate::gemm_util::{matmul, MatRef};
+#[cfg(target_arch = "x86_64")]
+use crate::ops::kv_rows::fp8_bf16;
 use crate::ops::kv_rows::KvRows;
 use crate::storage::FloatSlice;
 use crate::vmath;
@@ -169,10 +171,25 @@ pub(crate) fn attend_with(
                     krows.push(bf16dot::rows(data, slot * cache.h_kv + g, 1, d_qk)?);
                 }
             }
-            (Some(_), KvRows::Fp8(_)) => {
-                load(cache, g, p0, n, &mut scratch.kv);
-                loaded = true;
-                if bf16attn::exact_into(&scratch.kv[..n * d_qk], &mut scratch.k16)? {
+            (Some(_), KvRows::Fp8(bytes)) => {
+                // Straight to bf16 where every row's scales are powers of two (one pass, a
+                // table lookup per code); else dequantized to f32 and kept on the bf16 dot
+                // only if those values are bf16 values.
+                #[cfg(target_arch = "x86_64")]
+                let direct = {
+                    let slot = |j: usize| (p0 + j < end).then(|| cache.slots.slot(p0 + j));
+                    bf16dot::native() && fp8_bf16::rows(bytes, slot, n, &mut scratch.k16)
+                };
+                #[cfg(not(target_arch = "x86_64"))]
+                let direct = {
+                    let _ = bytes;
+                    false
+                };
+                if !direct {
+                    load(cache, g, p0, n, &mut scratch.kv);
+                    loaded = true;
+                }
+                if direct || bf16attn::exact_into(&scratch.kv[..n * d_qk], &mut scratch.k16)? {
                     krows.extend(scratch.k16.chunks_exact(d_qk));
                 }
             }

@@ -4,36 +4,20 @@
 //! dot; else upcast per chunk as any BF16 cache is, which still beat dequantizing the
 //! scattered FP8 rows per chunk on an Intel Xeon whose dot is slower than its FMA: 165 vs
 //! 188 ms, `moemla bench --backend cpu --op mla_sparse_decode`, 64 heads), and the pieces
-//! are merged. A code times a power-of-two scale is a bf16 value, so the decode is a table
-//! lookup (32 codes per AVX-512 step) plus an add to the exponent: the same values as the
-//! f32 dequantization ([`KvRows::read`]). A row whose scale is not a power of two in
-//! [2^-117, 2^119] (where every nonzero result is a normal bf16) sends its piece to the
-//! general path over the FP8 rows.
+//! are merged ([`fp8_bf16::rows`]: the same values as the f32 dequantization). A row whose
+//! scale is not a power of two in [2^-117, 2^119] sends its piece to the general path over
+//! the FP8 rows.
 
-use super::super::kv_rows::KvRows;
+use super::super::kv_rows::{fp8_bf16, KvRows};
 use super::super::mla_decode::attend::{self, Cache, Partial, Scratch, Slots};
-use crate::ops::moe_experts::fp8::magnitude_bf16;
 use crate::storage::FloatSlice;
 use half::bf16;
-use moemla_core::fp8::{DS_V32_DIM, DS_V32_LATENT, DS_V32_ROW_BYTES, DS_V32_TILE};
+use moemla_core::fp8::{DS_V32_DIM, DS_V32_LATENT};
 use moemla_core::Result;
 use std::ops::Range;
 
 /// Listed rows dequantized per piece (2 of attend's chunks; 288 KiB of bf16, in L2).
 pub(super) const SUB: usize = 256;
-
-/// The bf16 bits of every e4m3fn magnitude (code & 0x7F; 0x7F: NaN), the same values the
-/// FP8 experts decode with ([`magnitude_bf16`]). A static, so the kernel's pointer into it
-/// is to one place in memory.
-static TABLE: [u16; 128] = {
-    let mut t = [0u16; 128];
-    let mut m = 0;
-    while m < 128 {
-        t[m] = magnitude_bf16(m);
-        m += 1;
-    }
-    t
-};
 
 /// Attends the query rows `q` ([Hq, 576] f32, bf16 values) over list positions `span`
 /// (non-empty) of `slots` in the FP8 cache `bytes`; `ident` is `0..SUB`.
@@ -50,7 +34,7 @@ pub(super) fn attend(
     while p0 < span.end {
         let p1 = (p0 + SUB).min(span.end);
         let n = p1 - p0;
-        let part = if to_bf16(bytes, &slots[p0..], n, buf) {
+        let part = if fp8_bf16::rows(bytes, |j| slots.get(p0 + j).map(|&s| s as usize), n, buf) {
             let cache = Cache {
                 data: KvRows::Dense(FloatSlice::BF16(buf)),
                 slots: Slots::Listed(&ident[..n]),
@@ -85,200 +69,10 @@ pub(super) fn attend(
     })
 }
 
-/// Rows prefetched ahead of the one dequantized (the listed rows lie anywhere in the
-/// cache: every first touch would wait on memory).
-const AHEAD: usize = 8;
-
-/// Dequantizes the first `n` rows of `slots` (each a checked slot of `bytes`) into `out`
-/// as bf16 [n, 576], prefetching up to [`AHEAD`] rows past them (the next piece's first);
-/// false (and `out` unusable) when a row's scales are not all powers of two in
-/// [2^-117, 2^119]. Callers check [`crate::bf16dot::native`] first.
-fn to_bf16(bytes: &[u8], slots: &[u32], n: usize, out: &mut Vec<bf16>) -> bool {
-    let fetch = |j: usize| {
-        let row = slots.get(j).and_then(|&s| {
-            let at = s as usize * DS_V32_ROW_BYTES;
-            bytes.get(at..)?.first_chunk::<DS_V32_ROW_BYTES>()
-        });
-        if let Some(row) = row {
-            // SAFETY: SSE is part of x86_64; the row is 656 readable bytes.
-            unsafe { x86::prefetch(row) };
-        }
-    };
-    (0..AHEAD.min(n)).for_each(fetch);
-    out.resize(n * DS_V32_DIM, bf16::ZERO);
-    for (j, (&slot, dst)) in slots
-        .iter()
-        .zip(out.chunks_exact_mut(DS_V32_DIM))
-        .enumerate()
-    {
-        fetch(j + AHEAD);
-        let at = slot as usize * DS_V32_ROW_BYTES;
-        let Some(row) = bytes
-            .get(at..)
-            .and_then(|b| b.first_chunk::<DS_V32_ROW_BYTES>())
-        else {
-            return false;
-        };
-        let Some(shifts) = exponent_shifts(row) else {
-            return false;
-        };
-        // SAFETY: callers checked `bf16dot::native()` (AVX-512F, AVX-512BW); `row` is
-        // 656 bytes and `dst` 576 bf16, all the kernel reads and writes.
-        unsafe { x86::row(row, shifts, dst) };
-    }
-    true
-}
-
-/// Per scale of `row`, `log2(scale) << 7` (what adding to a bf16's bits multiplies it
-/// by), when every scale is a power of two `2^k`, -117 <= k <= 119: then a nonzero code
-/// (>= 2^-9 and <= 448 in magnitude) times the scale is a normal bf16 (>= 2^-126, < 2^128).
-fn exponent_shifts(row: &[u8; DS_V32_ROW_BYTES]) -> Option<[i16; 4]> {
-    let mut shifts = [0i16; 4];
-    for (t, s) in shifts.iter_mut().enumerate() {
-        let at = DS_V32_LATENT + 4 * t;
-        let bits = u32::from_le_bytes([row[at], row[at + 1], row[at + 2], row[at + 3]]);
-        let e = (bits >> 23) as i32; // sign 0 required: the sign bit makes e > 255
-        if bits & 0x7F_FFFF != 0 || !(10..=246).contains(&e) {
-            return None;
-        }
-        *s = ((e - 127) << 7) as i16;
-    }
-    Some(shifts)
-}
-
-mod x86 {
-    use super::{DS_V32_DIM, DS_V32_LATENT, DS_V32_ROW_BYTES, DS_V32_TILE, TABLE};
-    use half::bf16;
-    use std::arch::x86_64::*;
-
-    /// Prefetches the 11 cache lines of `row` into L1.
-    ///
-    /// # Safety
-    /// None beyond x86_64 (prefetches never fault; the addresses lie inside `row`).
-    #[inline]
-    pub(super) unsafe fn prefetch(row: &[u8; DS_V32_ROW_BYTES]) {
-        for at in (0..DS_V32_ROW_BYTES).step_by(64) {
-            _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().add(at).cast());
-        }
-    }
-
-    /// Dequantizes one 656-byte row into `out` (576 bf16): each tile's codes through
-    /// [`TABLE`] (sign bit ORed in), nonzero non-NaN values' exponents raised by the
-    /// tile's shift; the 64 rope values copied.
-    ///
-    /// # Safety
-    /// AVX-512F and AVX-512BW must be available.
-    #[target_feature(enable = "avx512f,avx512bw")]
-    pub(super) unsafe fn row(row: &[u8; DS_V32_ROW_BYTES], shifts: [i16; 4], out: &mut [bf16]) {
-        assert!(out.len() == DS_V32_DIM, "576 values per row");
-        let t = TABLE.as_ptr().cast::<__m512i>();
-        // SAFETY (all unaligned loads and stores): TABLE is 4 x 32 u16; the row's
-        // latent codes are bytes 0..512, its rope bf16 bytes 528..656; `out` holds 576
-        // u16.
-        let (t0, t1, t2, t3) = (
-            _mm512_loadu_si512(t),
-            _mm512_loadu_si512(t.add(1)),
-            _mm512_loadu_si512(t.add(2)),
-            _mm512_loadu_si512(t.add(3)),
-        );
-        let (src, dst) = (row.as_ptr(), out.as_mut_ptr().cast::<u16>());
-        let (mask7, bit6, sign) = (
-            _mm512_set1_epi16(0x7F),
-            _mm512_set1_epi16(0x40),
-            _mm512_set1_epi16(0x80),
-        );
-        for (tile, &shift) in shifts.iter().enumerate() {
-            let add = _mm512_set1_epi16(shift);
-            for step in 0..DS_V32_TILE / 32 {
-                let at = tile * DS_V32_TILE + 32 * step;
-                let c = _mm512_cvtepu8_epi16(_mm256_loadu_si256(src.add(at).cast()));
-                let mag = _mm512_and_si512(c, mask7);
-                let low = _mm512_permutex2var_epi16(t0, mag, t1);
-                let high = _mm512_permutex2var_epi16(t2, mag, t3);
-                let v = _mm512_mask_blend_epi16(_mm512_test_epi16_mask(c, bit6), low, high);
-                // Zero and NaN keep their bits; every other value is scaled.
-                let live = _mm512_test_epi16_mask(c, mask7) & _mm512_cmpneq_epi16_mask(mag, mask7);
-                let v = _mm512_mask_add_epi16(v, live, v, add);
-                let v = _mm512_or_si512(v, _mm512_slli_epi16::<8>(_mm512_and_si512(c, sign)));
-                _mm512_storeu_si512(dst.add(at).cast(), v);
-            }
-        }
-        let rope = src.add(DS_V32_LATENT + 16);
-        for half in 0..2 {
-            let v = _mm512_loadu_si512(rope.add(64 * half).cast());
-            _mm512_storeu_si512(dst.add(DS_V32_LATENT + 32 * half).cast(), v);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use moemla_core::fp8::{dequantize_ds_v32_row, e4m3_decode, quantize_ds_v32_row};
-
-    #[test]
-    fn the_table_holds_every_magnitude_as_bf16() {
-        for m in 0..128u8 {
-            let want = e4m3_decode(m);
-            let got = bf16::from_bits(TABLE[m as usize]).to_f32();
-            assert!(
-                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
-                "magnitude {m:#04x}: {got} vs {want}"
-            );
-        }
-    }
-
-    /// A row with every code at each tile position and `scales`.
-    fn row_with(scales: [f32; 4]) -> [u8; DS_V32_ROW_BYTES] {
-        let mut row = [0u8; DS_V32_ROW_BYTES];
-        for (i, b) in row.iter_mut().enumerate() {
-            *b = (i * 7 + 3) as u8;
-        }
-        for (t, sc) in scales.iter().enumerate() {
-            let at = DS_V32_LATENT + 4 * t;
-            row[at..at + 4].copy_from_slice(&sc.to_le_bytes());
-        }
-        row
-    }
-
-    #[test]
-    fn rows_decode_to_the_f32_dequantization_or_fall_back() {
-        if !crate::bf16dot::native() {
-            return;
-        }
-        // Every code (0x00, 0x80, NaN 0x7F / 0xFF, subnormals, 448) at the extreme and
-        // middle scales that qualify; then scales that do not.
-        let (lo, hi) = (2f32.powi(-117), 2f32.powi(119));
-        for scales in [[1.0, 0.5, 2.0, 1024.0], [lo, hi, 1.0 / 64.0, 0.125]] {
-            let row = row_with(scales);
-            let mut want = [0.0f32; DS_V32_DIM];
-            dequantize_ds_v32_row(&row, &mut want);
-            let mut bytes = vec![0xFFu8; DS_V32_ROW_BYTES];
-            bytes.extend_from_slice(&row);
-            let mut out = Vec::new();
-            assert!(to_bf16(&bytes, &[1, 1, 0], 2, &mut out), "{scales:?}");
-            assert_eq!(out.len(), 2 * DS_V32_DIM);
-            for (i, (&g, &w)) in out.iter().zip(want.iter().cycle()).enumerate() {
-                let g = g.to_f32();
-                assert!(
-                    g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
-                    "{scales:?} [{i}]: {g} vs {w}"
-                );
-            }
-        }
-        for bad in [
-            0.3,
-            2f32.powi(-118),
-            2f32.powi(120),
-            -1.0,
-            0.0,
-            f32::NAN,
-            f32::INFINITY,
-        ] {
-            let row = row_with([1.0, 1.0, bad, 1.0]);
-            assert!(!to_bf16(&row, &[0], 1, &mut Vec::new()), "scale {bad}");
-        }
-    }
+    use moemla_core::fp8::{dequantize_ds_v32_row, quantize_ds_v32_row, DS_V32_ROW_BYTES};
 
     #[test]
     fn pieces_attend_and_merge_as_an_f64_reference() {
