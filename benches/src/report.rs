@@ -96,12 +96,7 @@ impl Row {
     /// ratio and the names of the limits. The bench calls it again once the run's last
     /// ceilings are measured, so every row is against the best of all of them.
     pub fn set_floor(&mut self, ceilings: Option<&Ceilings>) {
-        // Rows whose data fits in the last-level cache read it from there on every
-        // repetition: their memory limit is the cache's.
-        let memory = ceilings.map(|c| match (&c.memory_in_cache, c.cache_bytes) {
-            (Some(l), Some(fits)) if self.bytes <= fits as f64 => l,
-            _ => &c.memory,
-        });
+        let memory = ceilings.map(|c| self.memory_limit_in(c));
         let terms = ceilings
             .zip(memory)
             .map(|(c, m)| (self.bytes / m.rate, self.flops / c.compute.rate));
@@ -119,6 +114,24 @@ impl Row {
         });
         self.memory_limit = memory.map(|m| m.name.clone());
         self.compute_limit = ceilings.map(|c| c.compute.name.clone());
+    }
+
+    /// The memory limit of this row among `c`: the cache's for rows whose data fits in the
+    /// last-level cache (they read it from there on every repetition), else memory's.
+    fn memory_limit_in<'c>(&self, c: &'c Ceilings) -> &'c Limit {
+        match (&c.memory_in_cache, c.cache_bytes) {
+            (Some(l), Some(fits)) if self.bytes <= fits as f64 => l,
+            _ => &c.memory,
+        }
+    }
+
+    /// Whether the row moved its bytes or did its FLOPs faster than a physical limit among
+    /// `ceilings` allows: no op can, so a measurement of that limit came out low (the
+    /// machine was busier then than during the row: a neighbour on a shared host).
+    pub fn above_physical_limit(&self, ceilings: &Ceilings) -> bool {
+        let memory = self.memory_limit_in(ceilings);
+        let over = |limit: &Limit, amount: f64| limit.physical && amount / self.time_s > limit.rate;
+        over(memory, self.bytes) || over(&ceilings.compute, self.flops)
     }
 
     /// Our time / the peer's time (below 1: we are faster).
@@ -174,11 +187,11 @@ fn limit_text(l: &Limit) -> String {
             .iter()
             .map(|r| format!("{:.1}", r / 1e9))
             .collect();
-        let _ = write!(
-            s,
-            "; best of {} measured before and after the rows",
-            all.join(", ")
-        );
+        let when = match l.measured.len() {
+            2 => "before and after the rows",
+            _ => "before the rows, after them and again (a row had come out above a limit)",
+        };
+        let _ = write!(s, "; best of {} measured {when}", all.join(", "));
     }
     s + ")"
 }
@@ -317,6 +330,42 @@ mod tests {
         row.peer_time_s = Some(2.0);
         let text = table(&[row], None);
         assert!(text.trim_end().ends_with("| 2.00x (2.00 s) |"), "{text}");
+    }
+
+    #[test]
+    fn a_row_faster_than_a_physical_limit_is_told_apart() {
+        let case = BenchCase::Route {
+            tokens: 1,
+            experts: 256,
+            params: moemla_core::RouteParams::deepseek_v3(),
+        };
+        let row = |bytes: f64, flops: f64, ms: u64| {
+            let cost = Cost { bytes, flops };
+            Row::new("cpu", &case, cost, Duration::from_millis(ms), None)
+        };
+        let c = ceilings();
+        // 1 GB in 200 ms (5 GB/s) and 1 GFLOP: within both limits.
+        assert!(!row(1e9, 1e9, 200).above_physical_limit(&c));
+        // 1 GB in 80 ms: 12.5 GB/s, above the 10 GB/s read BW.
+        assert!(row(1e9, 1e6, 80).above_physical_limit(&c));
+        // 100 GFLOP in 500 ms: 200 GFLOP/s, above the 100 GFLOP/s FMA peak.
+        assert!(row(1e6, 1e11, 500).above_physical_limit(&c));
+        // 100 kB in 2 us (50 GB/s) fits in the cache: against its 100 GB/s, within.
+        let small = Row::new(
+            "cpu",
+            &case,
+            Cost {
+                bytes: 1e5,
+                flops: 1e3,
+            },
+            Duration::from_micros(2),
+            None,
+        );
+        assert!(!small.above_physical_limit(&c));
+        // Above an achievable rate is no contradiction: a good op may beat a device copy.
+        let mut achievable = c.clone();
+        achievable.memory.physical = false;
+        assert!(!row(1e9, 1e6, 80).above_physical_limit(&achievable));
     }
 
     #[test]
