@@ -349,7 +349,7 @@ pub(crate) mod x86 {
         let pick = _mm512_loadu_si512(at.as_ptr().cast());
         let n = rows.len();
         let half = |row: &[bf16], c: usize| {
-            // SAFETY: columns c..c + 16 < wide of a row of at least wide elements.
+            // SAFETY: columns c..c + 16 <= wide of a row of at least wide elements.
             _mm512_castsi256_si512(_mm256_loadu_si256(row.as_ptr().add(c).cast()))
         };
         let step = |t: usize, c: usize| {

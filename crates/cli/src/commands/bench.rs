@@ -202,8 +202,9 @@ pub fn run(args: &BenchArgs, registry: &Registry) -> Result<ExitCode, CommandErr
         for row in &mut rows {
             row.set_floor(ceils.iter().find(|c| c.dtype.name() == row.dtype));
         }
-        if above(&rows, &ceils) > 0 {
-            eprintln!("{}", above_note(&entry.name, above(&rows, &ceils)));
+        let count = above(&rows, &ceils);
+        if count > 0 {
+            eprintln!("{}", above_note(&entry.name, count));
         }
         print!("{}", ceilings_text(&entry.name, &ceils));
         print!("{}", table(&rows, peer.map(Peer::name)));
@@ -245,8 +246,8 @@ pub fn run(args: &BenchArgs, registry: &Registry) -> Result<ExitCode, CommandErr
 const EXTRA_MEASUREMENTS: usize = 3;
 
 /// How many of `rows` came out above a physical limit among `ceils` (those of their dtype).
-fn above(rows: &[Row], ceils: &[Ceilings]) -> usize {
-    rows.iter()
+fn above<'r>(rows: impl IntoIterator<Item = &'r Row>, ceils: &[Ceilings]) -> usize {
+    rows.into_iter()
         .filter(|r| {
             ceils
                 .iter()
@@ -260,9 +261,10 @@ fn above(rows: &[Row], ceils: &[Ceilings]) -> usize {
 fn above_note(backend: &str, count: usize) -> String {
     format!(
         "warning: {count} {backend} row(s) came out above a physical limit (floor/time over \
-         100%) after {} measurements of the ceilings: none of them caught the machine as \
-         quiet as the rows did (a neighbour on a shared host), so those limits are low in \
-         this run; rerun at a quieter moment",
+         100%) after {} measurements of the ceilings: most likely none of them caught the \
+         machine as quiet as the rows did (a neighbour on a shared host), so those limits \
+         are low in this run (rerun at a quieter moment); else the row's byte or FLOP count \
+         overstates what it moves or does",
         EXTRA_MEASUREMENTS + 2
     )
 }
@@ -407,12 +409,7 @@ fn markdown(ceilings: &[(String, Vec<Ceilings>)], rows: &[Row], peer: Option<Pee
     }
     s += &table(rows, peer.map(Peer::name));
     for (name, c) in ceilings {
-        let mine: Vec<Row> = rows
-            .iter()
-            .filter(|r| &r.backend == name)
-            .cloned()
-            .collect();
-        let count = above(&mine, c);
+        let count = above(rows.iter().filter(|r| &r.backend == name), c);
         if count > 0 {
             s += &format!("\n{}\n", above_note(name, count));
         }
