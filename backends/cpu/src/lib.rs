@@ -16,6 +16,7 @@ mod gemv;
 mod kept;
 mod ops;
 #[cfg(target_arch = "x86_64")]
+mod pooled;
 mod quads;
 mod storage;
 #[cfg(test)]

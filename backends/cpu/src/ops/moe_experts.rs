@@ -14,8 +14,9 @@ mod ffn;
 pub mod fp8;
 mod permute;
 
+use crate::pooled::{self, Pooled};
 use crate::storage::{
-    check_inputs, f32_slice, float_mut, float_slice, i32_slice, zeroed, CpuStorage, FloatSlice,
+    check_inputs, f32_slice, float_mut, float_slice, i32_slice, CpuStorage, FloatSlice,
     FloatSliceMut,
 };
 use ffn::ExpertWeights;
@@ -157,7 +158,7 @@ struct Shared {
     /// Every token routed to each shared expert (slot `s` of token `t` = shared expert `s`).
     perm: Permutation,
     /// Each shared expert's down projections transposed, `[H, T]`.
-    y_t: Vec<f32>,
+    y_t: Pooled,
 }
 
 /// Whether the activations are rounded to bf16 before the down projection: in a BF16 run
@@ -180,8 +181,8 @@ fn round_to_bf16(v: &mut [f32]) {
 const ROUND_CHUNK: usize = 1 << 14;
 
 /// The permuted rows of `x`, upcast to f32: [rows, H].
-fn gather_rows(x: FloatSlice<'_>, perm: &Permutation, hidden: usize) -> Result<Vec<f32>> {
-    let mut xg = zeroed(&[perm.rows(), hidden], "cpu moe_experts gathered rows")?;
+fn gather_rows(x: FloatSlice<'_>, perm: &Permutation, hidden: usize) -> Result<Pooled> {
+    let mut xg = pooled::zeroed(&[perm.rows(), hidden], "cpu moe_experts gathered rows")?;
     xg.par_chunks_mut(hidden)
         .zip(perm.tokens.par_iter())
         .for_each(|(row, &t)| x.read_f32(t * hidden, row));

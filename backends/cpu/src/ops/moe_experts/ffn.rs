@@ -18,7 +18,8 @@ use super::permute::Permutation;
 use crate::bf16dot;
 use crate::gemm_util::{matmul_nt_packed, PackedRows};
 use crate::gemv;
-use crate::storage::{zeroed, FloatSlice};
+use crate::pooled::{self, Pooled};
+use crate::storage::FloatSlice;
 use crate::vmath;
 use half::bf16;
 use moemla_core::alloc::try_filled_vec;
@@ -80,9 +81,9 @@ pub fn gate_up(
     w: ExpertWeights<'_>,
     limit: Option<f32>,
     native: bool,
-) -> Result<Vec<f32>> {
+) -> Result<Pooled> {
     let (h, i) = (w.hidden, w.inter);
-    let mut out = zeroed(&[perm.rows(), i], "cpu moe_experts activations")?;
+    let mut out = pooled::zeroed(&[perm.rows(), i], "cpu moe_experts activations")?;
     // BF16 weights and rows that are bf16 values: the native bf16 dot where the CPU has it.
     let native = match w.w13 {
         Weights::Float(FloatSlice::BF16(w13)) if native => {
@@ -136,14 +137,9 @@ pub fn gate_up(
 /// else on the f32 kernels. With BF16 weights on a CPU that has the native dot the
 /// activations are rounded to bf16 (as bf16 GEMM kernels store them) on either path;
 /// otherwise they stay f32.
-pub fn down(
-    perm: &Permutation,
-    h_t: &[f32],
-    w: ExpertWeights<'_>,
-    native: bool,
-) -> Result<Vec<f32>> {
+pub fn down(perm: &Permutation, h_t: &[f32], w: ExpertWeights<'_>, native: bool) -> Result<Pooled> {
     let (h, i) = (w.hidden, w.inter);
-    let mut out = zeroed(&[perm.rows(), h], "cpu moe_experts down projections")?;
+    let mut out = pooled::zeroed(&[perm.rows(), h], "cpu moe_experts down projections")?;
     if let (Weights::Float(FloatSlice::BF16(w2)), true) = (w.w2, native) {
         let act16 = act_rows(perm, h_t, i, bf16::from_f32)?;
         let tiles = tiles(perm, &mut out, h, tile_rows(i));
