@@ -5,10 +5,10 @@
 //! Each chunk of K/V rows is gathered from the cache (through a block table, or an index
 //! list for sparse attention). Bf16 query values on a CPU whose native bf16 dot outpaces
 //! its f32 FMA ([`bf16dot::outpaces_fma`]) take both products there
-//! ([`crate::bf16attn`]): K and V rows of a BF16 cache read in place (FP8 rows
-//! dequantized once per chunk, straight to bf16 where their scales are powers of two, else
-//! to f32 and kept when those values are bf16 values), V paired by position as the kernel
-//! reads it, `P` rounded to bf16 as FlashMLA does. Otherwise the rows are f32 (an F32 cache read in
+//! ([`crate::bf16attn`]): K and V rows of a BF16 cache read in place (FP8 rows dequantized
+//! once per chunk, straight to bf16 where their scales are powers of two, else to f32 and
+//! kept when those values are bf16 values), V paired by position as the kernel reads it,
+//! `P` rounded to bf16 as FlashMLA does. Otherwise the rows are f32 (an F32 cache read in
 //! place, others upcast or FP8-dequantized once, shared by all M rows), on AVX-512F
 //! kernels that read them directly ([`crate::f32attn`]; 16 to 63 query rows prepared once
 //! in quads where the CPU runs the quad kernels, AVX-512 with BF16) or else (without
