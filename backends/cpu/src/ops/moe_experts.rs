@@ -84,10 +84,19 @@ pub fn run_into(backend: &str, call: &MoeExpertsCall<'_>, y: FloatSliceMut<'_>) 
     let quant =
         (p.activation_quant == ActivationQuant::Fp8Block128).then(|| p.activation_scale.mode());
     let perm = Permutation::new(ids, weights, call.experts, call.top_k)?;
-    let mut xg = gather_rows(x, &perm, call.hidden)?;
-    if let Some(mode) = quant {
-        fp8::quantize_rows(&mut xg, call.hidden, mode);
-    }
+    let xg = match quant {
+        // Each token quantized once, before its k copies are gathered.
+        Some(mode) => {
+            let mut xq =
+                pooled::zeroed(&[call.tokens, call.hidden], "cpu moe_experts quantized x")?;
+            xq.par_chunks_mut(call.hidden.max(1))
+                .enumerate()
+                .for_each(|(t, row)| x.read_f32(t * call.hidden, row));
+            fp8::quantize_rows(&mut xq, call.hidden, mode);
+            gather_rows(FloatSlice::F32(&xq), &perm, call.hidden)?
+        }
+        None => gather_rows(x, &perm, call.hidden)?,
+    };
     let limit = p.swiglu_limit.map(|c| c as f32);
     let native = ffn::bf16_native(&perm);
     let mut h_t = ffn::gate_up(&perm, &xg, w, limit, native)?;

@@ -6,13 +6,14 @@
 #[cfg(target_arch = "x86_64")]
 mod dpbf16;
 pub mod gemv;
+mod quantize;
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) use dpbf16::magnitude_bf16;
 
 use super::permute::Permutation;
 use crate::storage::{f32_slice, row_range, storage, CpuSlice, FloatSlice};
-use moemla_core::fp8::{quantize_activation_row, ScaleMode, BLOCK, E4M3_VALUES};
+use moemla_core::fp8::{ScaleMode, BLOCK, E4M3_VALUES};
 use moemla_core::{DType, DeviceTensor, Error, Result};
 use rayon::prelude::*;
 
@@ -168,7 +169,7 @@ pub fn quantize_rows(rows: &mut [f32], len: usize, mode: ScaleMode) {
         return;
     }
     rows.par_chunks_mut(len)
-        .for_each(|row| quantize_activation_row(row, mode));
+        .for_each(|row| quantize::activation_row(row, mode));
 }
 
 /// Quantizes the activations `h_t` (per expert `[I, n_e]`, expert after expert: one token
@@ -188,7 +189,7 @@ pub fn quantize_columns(perm: &Permutation, h_t: &mut [f32], inter: usize, mode:
         for c in 0..n {
             column.clear();
             column.extend((0..inter).map(|r| block[r * n + c]));
-            quantize_activation_row(&mut column, mode);
+            quantize::activation_row(&mut column, mode);
             for (r, &v) in column.iter().enumerate() {
                 block[r * n + c] = v;
             }
@@ -199,7 +200,7 @@ pub fn quantize_columns(perm: &Permutation, h_t: &mut [f32], inter: usize, mode:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use moemla_core::fp8::e4m3_decode;
+    use moemla_core::fp8::{e4m3_decode, quantize_activation_row};
 
     #[test]
     fn fp8_rows_are_dequantized_with_their_own_block_scale() {
