@@ -93,6 +93,7 @@ pub fn gate_up(
     };
     let tiles = tiles(perm, &mut out, i, tile_rows(h));
     let packed = Packed::new(perm, xg, h, &tiles, PackedRows::new);
+    let prepared = fp8_prepared(w.w13, perm, xg, h, &tiles);
     let packed16 = native
         .as_ref()
         .map(|(_, x16)| Packed::new(perm, x16, h, &tiles, bf16dot::Packed::new));
@@ -115,8 +116,16 @@ pub fn gate_up(
             } else if skinny(n) {
                 gemv::rows_times(w.w13, base, tile.rows, h, x, tile.out, &mut s.gate);
                 gemv::rows_times(w.w13, base + i, tile.rows, h, x, &mut s.up_out, &mut s.up);
-            } else if fp8_many(w.w13, base, tile.rows, x, tile.out)
-                && fp8_many(w.w13, base + i, tile.rows, x, &mut s.up_out)
+            } else if fp8_many(w.w13, &prepared, expert, base, tile.rows, x, tile.out)?
+                && fp8_many(
+                    w.w13,
+                    &prepared,
+                    expert,
+                    base + i,
+                    tile.rows,
+                    x,
+                    &mut s.up_out,
+                )?
             {
             } else {
                 let x = packed.expert(tile.expert)?;
@@ -127,6 +136,9 @@ pub fn gate_up(
             }
             vmath::swiglu(tile.out, &s.up_out, limit);
             packed.finished(expert);
+            if let Some(p) = &prepared {
+                p.finished(expert);
+            }
             Ok(())
         })?;
     Ok(out)
@@ -166,6 +178,7 @@ pub fn down(perm: &Permutation, h_t: &[f32], w: ExpertWeights<'_>, native: bool)
     })?;
     let tiles = tiles(perm, &mut out, h, tile_rows(i));
     let packed = Packed::new(perm, &act_f32, i, &tiles, PackedRows::new);
+    let prepared = fp8_prepared(w.w2, perm, &act_f32, i, &tiles);
     tiles
         .into_par_iter()
         .try_for_each_init(Vec::new, |row, tile| {
@@ -175,12 +188,15 @@ pub fn down(perm: &Permutation, h_t: &[f32], w: ExpertWeights<'_>, native: bool)
             let base = expert * h + tile.first;
             if skinny(n) {
                 gemv::rows_times(w.w2, base, tile.rows, i, act, tile.out, row);
-            } else if !fp8_many(w.w2, base, tile.rows, act, tile.out) {
+            } else if !fp8_many(w.w2, &prepared, expert, base, tile.rows, act, tile.out)? {
                 let act = packed.expert(expert)?;
                 let w2 = w.w2.rows(base, tile.rows, i, row)?;
                 matmul_nt_packed(w2, &act, tile.out)?;
             }
             packed.finished(expert);
+            if let Some(p) = &prepared {
+                p.finished(expert);
+            }
             Ok(())
         })?;
     Ok(out)
@@ -306,13 +322,49 @@ fn skinny(n: usize) -> bool {
     n <= gemv::MAX_VECTORS
 }
 
-/// FP8 weight rows `first..first + rows` times every token of `act` into `out`
-/// (`[rows, n]`) with the codes decoded in registers ([`fp8::gemv::rows_times_many`]);
-/// false (the caller dequantizes a tile and takes [`matmul_nt_packed`]) for other
-/// weights, or where that path declines (no AVX-512, more tokens than
-/// [`fp8::gemv::FMA_MAX_VECTORS`] off the bf16 dot, no memory for its copy).
-fn fp8_many(w: Weights<'_>, first: usize, rows: usize, act: &[f32], out: &mut [f32]) -> bool {
-    matches!(w, Weights::Fp8(f) if fp8::gemv::rows_times_many(&f, first, rows, act, out))
+/// Each expert's activation vectors prepared once for the native bf16 dot, for FP8
+/// weights (`None` for others): the vectors of expert `e` as [`fp8::gemv::Prepared`], or
+/// `None` where that path does not take them.
+type Fp8Prepared<'a> = Option<Packed<'a, f32, Option<fp8::gemv::Prepared>>>;
+
+/// [`Fp8Prepared`] for `w`, the permuted rows `rows` ([rows, cols]) and the `tiles` that
+/// will run (each calls [`Packed::finished`] when done).
+fn fp8_prepared<'a>(
+    w: Weights<'_>,
+    perm: &'a Permutation,
+    rows: &'a [f32],
+    cols: usize,
+    tiles: &[Tile<'_>],
+) -> Fp8Prepared<'a> {
+    matches!(w, Weights::Fp8(_)).then(|| {
+        Packed::new(perm, rows, cols, tiles, |rows, cols| {
+            Ok(fp8::gemv::Prepared::new(rows, cols))
+        })
+    })
+}
+
+/// FP8 weight rows `first..first + rows` times every token of expert `e` (`act`) into
+/// `out` (`[rows, n]`) with the codes decoded in registers: on the expert's prepared
+/// vectors where the native bf16 dot takes them ([`fp8::gemv::rows_times_prepared`]), else
+/// [`fp8::gemv::rows_times_many`]; false (the caller dequantizes a tile and takes
+/// [`matmul_nt_packed`]) for other weights, or where that path declines (no AVX-512, more
+/// tokens than [`fp8::gemv::FMA_MAX_VECTORS`] off the bf16 dot, no memory for its copy).
+fn fp8_many(
+    w: Weights<'_>,
+    prepared: &Fp8Prepared<'_>,
+    e: usize,
+    first: usize,
+    rows: usize,
+    act: &[f32],
+    out: &mut [f32],
+) -> Result<bool> {
+    let (Weights::Fp8(f), Some(prepared)) = (w, prepared) else {
+        return Ok(false);
+    };
+    Ok(match prepared.expert(e)?.as_ref() {
+        Some(p) => fp8::gemv::rows_times_prepared(&f, first, rows, p, out),
+        None => fp8::gemv::rows_times_many(&f, first, rows, act, out),
+    })
 }
 
 /// Weight rows per tile for rows of `k` columns (a multiple of 16, >= 16).

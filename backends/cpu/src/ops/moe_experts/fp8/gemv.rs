@@ -88,20 +88,80 @@ pub fn rows_times_many(
         .any(|path| unsafe { run(path, w, first, rows, n, act, out) })
 }
 
+/// An expert's activation vectors prepared once for all its weight tiles
+/// ([`rows_times_prepared`]), where [`rows_times_many`] would take the native bf16 dot.
+#[derive(Debug)]
+pub struct Prepared {
+    #[cfg(target_arch = "x86_64")]
+    vectors: super::dpbf16::Prepared,
+}
+
+impl Prepared {
+    /// The vectors of `act` (`k` long each) prepared, or `None` where
+    /// [`rows_times_many`] would not take the native bf16 dot for them: the CPU lacks it
+    /// or it does not outpace the f32 FMA ([`compute_paths`]), it declines these
+    /// activations, or the memory is not there.
+    pub fn new(act: &[f32], k: usize) -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let n = act.len().checked_div(k).unwrap_or(0);
+            compute_paths(n)[0]?;
+            super::dpbf16::Prepared::new(act, k).map(|vectors| Prepared { vectors })
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (act, k);
+            None
+        }
+    }
+}
+
+/// [`rows_times_many`] on vectors prepared by [`Prepared::new`]: `out` is `[rows, n]`.
+/// Returns false (nothing written) where the arguments do not make whole rows and vectors.
+pub fn rows_times_prepared(
+    w: &Fp8Weights<'_>,
+    first: usize,
+    rows: usize,
+    p: &Prepared,
+    out: &mut [f32],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (n, k) = (p.vectors.vectors(), p.vectors.cols());
+        if k != w.cols || !fits_n(w, first, rows, n, out) {
+            return false;
+        }
+        // SAFETY: `p` exists, so the CPU has the path (`dpbf16::available`); `fits_n`
+        // checked the rows, their scales and the outputs, and `p` holds n vectors of k.
+        unsafe { super::dpbf16::rows_times_prepared(w, first, rows, &p.vectors, out) };
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (w, first, rows, p, out);
+        false
+    }
+}
+
 /// The number of activation vectors `n` (>= 1) when the arguments make whole rows and
 /// vectors: `act` is `n` vectors of `w.cols`, `out` is `[rows, n]`, and rows
 /// `first..first + rows` and their scales exist (checked arithmetic).
 fn fits(w: &Fp8Weights<'_>, first: usize, rows: usize, act: &[f32], out: &[f32]) -> Option<usize> {
     let k = w.cols;
     let n = act.len().checked_div(k).unwrap_or(0);
-    let ok = k > 0
+    (n * k == act.len() && fits_n(w, first, rows, n, out)).then_some(n)
+}
+
+/// Whether `n` (>= 1) vectors fit: `out` is `[rows, n]`, and rows `first..first + rows`
+/// (of `w.cols` > 0 codes) and their scales exist (checked arithmetic).
+fn fits_n(w: &Fp8Weights<'_>, first: usize, rows: usize, n: usize, out: &[f32]) -> bool {
+    let k = w.cols;
+    k > 0
         && n >= 1
-        && n * k == act.len()
         && rows.checked_mul(n) == Some(out.len())
         && row_range(first, rows, k).is_some_and(|r| r.end <= w.codes.len())
         && w.rows > 0
-        && scales_cover(w, first, rows);
-    ok.then_some(n)
+        && scales_cover(w, first, rows)
 }
 
 /// An in-register decode path.
@@ -614,10 +674,53 @@ mod tests {
     }
 
     #[test]
+    fn prepared_vectors_match_the_dequantized_dot_products_and_refuse_what_does_not_fit() {
+        let ((_, r, c), codes, scales) = test_weights_of(1100);
+        let w = Fp8Weights {
+            codes: &codes,
+            scales: &scales,
+            rows: r,
+            cols: c,
+        };
+        let (first, rows) = (3, 2 * r - 7);
+        for kind in ["bf16", "quantized"] {
+            for n in [1, 5, 8, 13] {
+                let act = test_act(kind, n, c);
+                let Some(p) = Prepared::new(&act, c) else {
+                    // Only where the native bf16 dot is not the compute path.
+                    assert!(compute_paths(n)[0].is_none(), "{kind} n {n}");
+                    continue;
+                };
+                let mut out = vec![0.0; rows * n];
+                assert!(rows_times_prepared(&w, first, rows, &p, &mut out));
+                check_out(&w, first, &act, &out, &format!("prepared {kind} n {n}"));
+                // Refused, nothing written: another column count, an output of another
+                // size, rows past the weights.
+                let narrower = Fp8Weights { cols: c - 1, ..w };
+                let mut out = vec![0.0; rows * n];
+                assert!(!rows_times_prepared(&narrower, first, rows, &p, &mut out));
+                assert!(!rows_times_prepared(&w, first, rows, &p, &mut out[1..]));
+                assert!(!rows_times_prepared(
+                    &w,
+                    2 * r - 1,
+                    2,
+                    &p,
+                    &mut out[..2 * n]
+                ));
+                assert!(out.iter().all(|&v| v == 0.0));
+            }
+        }
+        // Plain f32 activations are declined, as are ragged vectors.
+        assert!(Prepared::new(&test_act("f32", 3, c), c).is_none());
+        assert!(Prepared::new(&test_act("bf16", 3, c)[1..], c).is_none());
+    }
+
+    #[test]
     fn many_vectors_match_the_dequantized_dot_products_on_every_path_at_odd_shapes() {
         // C 1100: the f32 FMA path's column passes of 512 (two whole, one partial with a
-        // partial block); n from 1 to 17: one, two and three groups (the bf16 dot's groups
-        // of 6 and the FMA's of 8; 7 = 4 + 3, 17 = 6 + 6 + 5); an odd row count (the last
+        // partial block), the bf16 dot's passes of 8 blocks (one whole, one of the partial
+        // block); n from 1 to 17: one to four groups (the bf16 dot's groups of 5 and the
+        // FMA's of 8; 7 = 4 + 3, 17 = 5 + 4 + 4 + 4 and 9 + 8); an odd row count (the last
         // row alone for the bf16 dot's pairs, a partial last pass of 16 rows for the FMA
         // path) crossing the expert boundary (rows 129 and 130).
         let ((_, r, c), codes, scales) = test_weights_of(1100);
