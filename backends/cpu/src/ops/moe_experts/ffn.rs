@@ -241,7 +241,8 @@ pub fn bf16_native(perm: &Permutation) -> bool {
 }
 
 /// Each expert's rows (tokens or activations, `T`) packed by `pack` (`P`: for
-/// [`matmul_nt_packed`], or [`bf16dot::gemm_nt`]): packed by the first of the expert's
+/// [`matmul_nt_packed`], [`bf16dot::gemm_nt`], or FP8 weights' native bf16 dot
+/// ([`Fp8Prepared`])): packed by the first of the expert's
 /// tiles that needs them, shared by the others, and dropped when the expert's last tile
 /// has finished, so that only the experts in progress hold a packed copy (not one of
 /// every expert's rows at once).

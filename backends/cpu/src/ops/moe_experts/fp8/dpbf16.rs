@@ -3,8 +3,8 @@
 //! magnitude, high and low byte, the sign OR-ed back, the bytes interleaved; e4m3 values
 //! are bf16 values, so this is exact, and a NaN code gives a bf16 NaN), dotted by
 //! `VDPBF16PS` with the activations as bf16: every product is exact in f32 and summed in
-//! f32, and each 128-column block's sum is scaled once, by the weights' block scale times
-//! the activations' (DeepGEMM's scheme).
+//! f32, and each 128-column block's sum is scaled once per block, by the weights' block
+//! scale and then the activations' (DeepGEMM's scheme).
 //!
 //! The activation vectors go as bf16 values, or as e4m3 codes' values with per-128 scales;
 //! others are declined ([`prepared`]).
@@ -147,6 +147,7 @@ unsafe fn rows_n<const N: usize, const A: usize>(
     v: View,
     out: &mut [f32],
 ) {
+    debug_assert_eq!(v.n, N, "the view's layout has n vectors per step");
     let k = w.cols;
     let whole = k / BLOCK;
     let col_blocks = k.div_ceil(BLOCK);
@@ -183,7 +184,7 @@ unsafe fn rows_n<const N: usize, const A: usize>(
 }
 
 /// Most vectors per register block of [`many`]: two rows by 5 vectors keep their 10 block
-/// sums and 10 totals, the decoded codes and the tables in the 32 registers (6 spilled).
+/// sums and 10 totals, the decoded codes and the tables in the 32 registers (with 6 vectors they spilled).
 /// Streaming 512 MiB of 7168-column rows on both cores, GFLOP/s against the earlier 6
 /// (with whole rows, before [`PASS_BLOCKS`]): 8 vectors 390 vs 325-340, 12: 404-413 vs
 /// 375-378, 16: 412-426 vs 385-404, 5 and 6 vectors within ~5%.

@@ -5,7 +5,10 @@
 //!
 //! - AVX512-BF16 + VBMI ([`super::dpbf16`]): codes to bf16 by table lookup, `VDPBF16PS`
 //!   against activations that are bf16 values or `fp8_block128`-quantized (others
-//!   decline); each 128-column block's partial sums scaled once (DeepGEMM's scheme).
+//!   decline); each 128-column block's partial sums scaled once per block (by the
+//!   weights' block scale, then the activations': DeepGEMM's scheme). An expert's
+//!   tokens can be prepared once for all its weight tiles ([`Prepared`],
+//!   [`rows_times_prepared`]).
 //! - AVX-512 F/BW/VL: each 64 codes sign-extended to 16 bits, shifted and masked into the
 //!   f16 with the same sign, exponent field and mantissa (`(sx(b) << 7) & 0xBF80`: the
 //!   e4m3 value times 2^-8, exact, subnormals included), widened to f32 by `VCVTPH2PS`
@@ -117,7 +120,10 @@ impl Prepared {
 }
 
 /// [`rows_times_many`] on vectors prepared by [`Prepared::new`]: `out` is `[rows, n]`.
-/// Returns false (nothing written) where the arguments do not make whole rows and vectors.
+/// Any `n` takes the prefill kernel, which sums in passes of 1024 columns: with up to
+/// [`MAX_VECTORS`] vectors the f32 sums are added in another order than
+/// [`rows_times`]'s (the same products). Returns false (nothing written) where the
+/// arguments do not make whole rows and vectors.
 pub fn rows_times_prepared(
     w: &Fp8Weights<'_>,
     first: usize,
@@ -673,6 +679,20 @@ mod tests {
         assert_eq!(ran, want);
     }
 
+    /// `act` prepared for the native bf16 dot wherever the CPU has it, whether or not it
+    /// is this CPU's compute path ([`Prepared::new`] asks that too).
+    fn prepared_wherever_available(act: &[f32], c: usize) -> Option<Prepared> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            super::super::dpbf16::Prepared::new(act, c).map(|vectors| Prepared { vectors })
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (act, c);
+            None
+        }
+    }
+
     #[test]
     fn prepared_vectors_match_the_dequantized_dot_products_and_refuse_what_does_not_fit() {
         let ((_, r, c), codes, scales) = test_weights_of(1100);
@@ -686,9 +706,11 @@ mod tests {
         for kind in ["bf16", "quantized"] {
             for n in [1, 5, 8, 13] {
                 let act = test_act(kind, n, c);
-                let Some(p) = Prepared::new(&act, c) else {
-                    // Only where the native bf16 dot is not the compute path.
-                    assert!(compute_paths(n)[0].is_none(), "{kind} n {n}");
+                // Made only where the native bf16 dot is this CPU's compute path.
+                let made = Prepared::new(&act, c).is_some();
+                assert_eq!(made, compute_paths(n)[0].is_some(), "{kind} n {n}");
+                // Wherever the CPU has it (Intel cores too), for the checks below.
+                let Some(p) = prepared_wherever_available(&act, c) else {
                     continue;
                 };
                 let mut out = vec![0.0; rows * n];
@@ -720,7 +742,7 @@ mod tests {
         // C 1100: the f32 FMA path's column passes of 512 (two whole, one partial with a
         // partial block), the bf16 dot's passes of 8 blocks (one whole, one of the partial
         // block); n from 1 to 17: one to four groups (the bf16 dot's groups of 5 and the
-        // FMA's of 8; 7 = 4 + 3, 17 = 5 + 4 + 4 + 4 and 9 + 8); an odd row count (the last
+        // FMA's of 8; 7 = 4 + 3, 17 = 5 + 4 + 4 + 4 and 6 + 6 + 5); an odd row count (the last
         // row alone for the bf16 dot's pairs, a partial last pass of 16 rows for the FMA
         // path) crossing the expert boundary (rows 129 and 130).
         let ((_, r, c), codes, scales) = test_weights_of(1100);

@@ -4,7 +4,7 @@
 //! `f32::max` does), `sc = amax / 448` (or its power of two up, UE8M0), `v / sc` rounded to
 //! the nearest e4m3 value (ties to even; at or beyond 448 saturates to 448), times `sc`.
 
-use moemla_core::fp8::{quantize_activation_row, ScaleMode, BLOCK, E4M3_MAX};
+use moemla_core::fp8::{quantize_activation_row, ScaleMode};
 
 /// Quantizes `row` in place as the contract's `fp8_block128` activations: on AVX-512 where
 /// the CPU has it, else by the core's scalar definition.
@@ -20,8 +20,8 @@ pub fn activation_row(row: &mut [f32], mode: ScaleMode) {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{ScaleMode, BLOCK, E4M3_MAX};
-    use moemla_core::fp8::pow2_ceil;
+    use super::ScaleMode;
+    use moemla_core::fp8::{pow2_ceil, BLOCK, E4M3_MAX};
     use std::arch::x86_64::*;
 
     /// Smallest normal e4m3 magnitude, 2^-6: below it values round to multiples of 2^-9.
@@ -71,7 +71,7 @@ mod x86 {
     /// AVX-512F must be available.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn e4m3_round(x: __m512) -> __m512 {
+    pub(super) unsafe fn e4m3_round(x: __m512) -> __m512 {
         let bits = _mm512_castps_si512(x);
         let sign = _mm512_and_si512(bits, _mm512_set1_epi32(i32::MIN));
         let abs = _mm512_abs_ps(x);
@@ -98,6 +98,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use moemla_core::fp8::{e4m3_decode, e4m3_encode, BLOCK};
 
     /// Values that probe every rule once scaled by a group's `sc`: ties between e4m3
     /// neighbours (normal and subnormal), the 2^-6 boundary, 448 and beyond, f32
@@ -105,8 +106,8 @@ mod tests {
     fn probes(sc: f32) -> Vec<f32> {
         let mut v = Vec::new();
         for code in 0..0x7Eu8 {
-            let a = moemla_core::fp8::e4m3_decode(code);
-            let b = moemla_core::fp8::e4m3_decode(code + 1);
+            let a = e4m3_decode(code);
+            let b = e4m3_decode(code + 1);
             for x in [
                 a,
                 (a + b) / 2.0,
@@ -146,6 +147,48 @@ mod tests {
         }
     }
 
+    /// Every lane of `e4m3_round` against `e4m3_decode(e4m3_encode(x))`, over a stride
+    /// through all f32 bit patterns (both signs, every exponent, NaN payloads) and the
+    /// rounding's edge cases: saturation at 448 (values that round to 480 or beyond,
+    /// infinities), ties, the 2^-6 boundary, f32 subnormals.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn lanes_round_as_the_core_codec_over_all_f32_bit_patterns() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        let mut xs: Vec<f32> = (0..=u32::MAX).step_by(997).map(f32::from_bits).collect();
+        xs.extend(probes(1.0));
+        xs.extend([
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            -f32::MAX,
+            f32::NAN,
+        ]);
+        xs.extend([f32::from_bits(0x7F80_0001), f32::from_bits(0xFF80_0001)]);
+        xs.extend([463.9, 464.0, 464.1, -479.0, 1e5, f32::MIN_POSITIVE, -1e-40]);
+        for chunk in xs.chunks(16) {
+            let mut lanes = [0.0f32; 16];
+            lanes[..chunk.len()].copy_from_slice(chunk);
+            let mut got = [0.0f32; 16];
+            // SAFETY: AVX-512F was detected; 16 values read and written.
+            unsafe {
+                use std::arch::x86_64::*;
+                let r = x86::e4m3_round(_mm512_loadu_ps(lanes.as_ptr()));
+                _mm512_storeu_ps(got.as_mut_ptr(), r);
+            }
+            for (&x, &g) in chunk.iter().zip(&got) {
+                let want = e4m3_decode(e4m3_encode(x));
+                assert!(
+                    same(g, want),
+                    "{x:e} ({:#010x}): {g:e} vs {want:e}",
+                    x.to_bits()
+                );
+            }
+        }
+    }
+
     #[test]
     fn rows_match_the_core_definition_bit_for_bit() {
         let mut lcg = crate::test_util::Lcg::new(11);
@@ -167,6 +210,13 @@ mod tests {
             }
             // Specials inside a group: NaN ignored by amax, infinite amax.
             check(&[1.0, f32::NAN, -0.25, 3.0], mode);
+            // A NaN after the largest value in the same lane of a later chunk, then a
+            // small one: amax must keep the largest (whatever the lanes' reduction does).
+            let mut lane = vec![0.5f32; 3 * 16];
+            lane[3] = 40.0;
+            lane[16 + 3] = f32::NAN;
+            lane[32 + 3] = 0.25;
+            check(&lane, mode);
             check(&[1.0, f32::INFINITY, -0.25], mode);
             check(&[f32::from_bits(0x7F80_0001), 0.5], mode);
             check(&[0.0; 40], mode);
