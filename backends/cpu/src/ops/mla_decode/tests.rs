@@ -474,8 +474,9 @@ fn fp8_rows_on_every_kernel_choice_match_f64_reference() {
     // bf16 dot, packed query rows). The rows' power-of-two scales make their values
     // bf16 values, except position 130's first tile (scale 0.3): with the bf16 dot
     // allowed, chunks 0 and 2 take it and chunk 1 the f32 products; without it, every
-    // chunk the f32 kernels or the general GEMM, whichever is allowed.
-    for repeats in [1, 8] {
+    // chunk the f32 kernels or the general GEMM, whichever is allowed. 26 times over: 130
+    // rows, DeepSeek's 128 heads and a partial tile of rows.
+    for repeats in [1, 8, 26] {
         fp8_rows_on_every_kernel_choice(&[300, 299, 129, 127, 1].repeat(repeats));
     }
 }
