@@ -554,16 +554,38 @@ mod tests {
             .sum()
     }
 
+    /// Test weights, owned: see [`test_weights_of`].
+    struct TestWeights {
+        /// R: rows per expert.
+        r: usize,
+        /// C: columns.
+        c: usize,
+        codes: Vec<u8>,
+        scales: Vec<f32>,
+    }
+
+    impl TestWeights {
+        /// The weights as the kernels take them.
+        fn weights(&self) -> Fp8Weights<'_> {
+            Fp8Weights {
+                codes: &self.codes,
+                scales: &self.scales,
+                rows: self.r,
+                cols: self.c,
+            }
+        }
+    }
+
     /// E 2, R 130 (a partial row block), C 300 (two full 128-blocks, a partial one, and a
     /// partial 64-step): see [`test_weights_of`].
-    fn test_weights() -> ((usize, usize, usize), Vec<u8>, Vec<f32>) {
+    fn test_weights() -> TestWeights {
         test_weights_of(300)
     }
 
     /// E 2, R 130, C `c` (>= 78): codes with every value but NaN in play, -0.0 (0x80) and
     /// +-448 (0x7E, 0xFE) included, and one NaN code in row 5 and one in the last column
     /// of row 140 (expert 1); scales `[2, 2, ceil(c / 128)]`.
-    fn test_weights_of(c: usize) -> ((usize, usize, usize), Vec<u8>, Vec<f32>) {
+    fn test_weights_of(c: usize) -> TestWeights {
         let (e, r) = (2, 130);
         let mut codes: Vec<u8> = (0..e * r * c).map(|i| (i * 37 % 256) as u8).collect();
         for b in codes.iter_mut() {
@@ -576,7 +598,12 @@ mod tests {
         let scales: Vec<f32> = (0..e * 2 * c.div_ceil(BLOCK))
             .map(|i| 2f32.powi(-(i as i32) % 7) * 0.37)
             .collect();
-        ((e, r, c), codes, scales)
+        TestWeights {
+            r,
+            c,
+            codes,
+            scales,
+        }
     }
 
     /// `n` activation vectors of `c`: bf16 values (`"bf16"`: bf16 tokens),
@@ -641,13 +668,8 @@ mod tests {
 
     #[test]
     fn fused_rows_match_the_dequantized_dot_products_with_partial_blocks_and_nan_codes() {
-        let ((_, r, c), codes, scales) = test_weights();
-        let w = Fp8Weights {
-            codes: &codes,
-            scales: &scales,
-            rows: r,
-            cols: c,
-        };
+        let t = test_weights();
+        let (w, r, c) = (t.weights(), t.r, t.c);
         let mut ran = 0;
         for path in available_paths().into_iter().flatten() {
             // bf16 values (bf16 tokens), fp8_block128-quantized ones (f32 scales), and
@@ -695,13 +717,8 @@ mod tests {
 
     #[test]
     fn prepared_vectors_match_the_dequantized_dot_products_and_refuse_what_does_not_fit() {
-        let ((_, r, c), codes, scales) = test_weights_of(1100);
-        let w = Fp8Weights {
-            codes: &codes,
-            scales: &scales,
-            rows: r,
-            cols: c,
-        };
+        let t = test_weights_of(1100);
+        let (w, r, c) = (t.weights(), t.r, t.c);
         let (first, rows) = (3, 2 * r - 7);
         for kind in ["bf16", "quantized"] {
             for n in [1, 5, 8, 13] {
@@ -745,13 +762,8 @@ mod tests {
         // FMA's of 8; 7 = 4 + 3, 17 = 5 + 4 + 4 + 4 and 6 + 6 + 5); an odd row count (the last
         // row alone for the bf16 dot's pairs, a partial last pass of 16 rows for the FMA
         // path) crossing the expert boundary (rows 129 and 130).
-        let ((_, r, c), codes, scales) = test_weights_of(1100);
-        let w = Fp8Weights {
-            codes: &codes,
-            scales: &scales,
-            rows: r,
-            cols: c,
-        };
+        let t = test_weights_of(1100);
+        let (w, r, c) = (t.weights(), t.r, t.c);
         let (first, rows) = (3, 2 * r - 7);
         let mut ran = 0;
         for path in available_paths().into_iter().flatten() {
