@@ -103,10 +103,10 @@ pub fn run_into(
 }
 
 /// Splits every (sequence, cache head) into position ranges of whole chunks: enough jobs
-/// for about four per thread, but no range shorter than two chunks.
+/// for about [`super::JOBS_PER_THREAD`] per thread, but no range shorter than two chunks.
 fn plan(call: &MlaDecodeCall<'_>, seqlens: &[usize]) -> Vec<Job> {
     let heads = call.batch * call.h_kv;
-    let want = (4 * rayon::current_num_threads()).div_ceil(heads);
+    let want = (super::JOBS_PER_THREAD * rayon::current_num_threads()).div_ceil(heads);
     let mut jobs = Vec::new();
     for (b, &seqlen) in seqlens.iter().enumerate() {
         let len = (0..call.s_q)

@@ -144,12 +144,12 @@ fn attended_lists(
     Ok((list, offsets))
 }
 
-/// Splits every query row's list into ranges of whole chunks: enough jobs for about four
-/// per thread, no range shorter than two chunks; a row with an empty list gets one empty
-/// job (its result: o = 0, lse = -inf).
+/// Splits every query row's list into ranges of whole chunks: enough jobs for about
+/// [`super::JOBS_PER_THREAD`] per thread, no range shorter than two chunks; a row with an
+/// empty list gets one empty job (its result: o = 0, lse = -inf).
 fn plan(offsets: &[usize]) -> Vec<Job> {
     let rows = offsets.len() - 1;
-    let want = (4 * rayon::current_num_threads()).div_ceil(rows.max(1));
+    let want = (super::JOBS_PER_THREAD * rayon::current_num_threads()).div_ceil(rows.max(1));
     let mut jobs = Vec::new();
     for r in 0..rows {
         let len = offsets[r + 1] - offsets[r];
