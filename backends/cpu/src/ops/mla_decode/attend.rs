@@ -107,21 +107,14 @@ pub fn attend(
     scale: f32,
     scratch: &mut Scratch,
 ) -> Result<Partial> {
-    // The native dot only where it outpaces the FMA, however few the query rows: on an
-    // Intel Xeon (the dot at half the FMA's rate) the f32 kernels won at h_q 16 too, by
-    // 2-6% on a BF16 cache and 18-21% on an FP8 one, whose rows are dequantized either
-    // way (`moemla bench --backend cpu --op mla_decode --dtype bf16 --filter "h_q=16"`).
-    let kernels = Kernels {
-        bf16: bf16dot::outpaces_fma(),
-        f32: f32attn::native() && !f32attn::yields_to_gemm(limits.len()),
-    };
-    attend_with(kernels, (q, limits), cache, g, span, scale, scratch)
+    let kernels = Kernels::for_rows(limits.len());
+    let mut attention = Attention::new(kernels, (q, limits), cache.d_v, scale);
+    attention.over(cache, g, span, scratch)?;
+    Ok(attention.finish())
 }
 
-/// Which kernels [`attend_with`] may use: the native bf16 dot, AVX-512F f32 (else the
-/// general GEMM). [`attend`] passes what suits the CPU (the dot where it outpaces the
-/// FMA, the f32 kernels unless they yield to the GEMM at that many rows); tests also
-/// narrow it.
+/// Which kernels [`Attention`] may use: the native bf16 dot, AVX-512F f32 (else the
+/// general GEMM). [`Kernels::for_rows`] is what suits the CPU; tests also narrow it.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Kernels {
     /// The native bf16 dot ([`crate::bf16attn`]); only true where the CPU has it.
@@ -130,130 +123,218 @@ pub(crate) struct Kernels {
     pub f32: bool,
 }
 
-/// [`attend`] with the kernels `kernels` allows.
-pub(crate) fn attend_with(
-    kernels: Kernels,
-    (q, limits): (&[f32], &[usize]),
-    cache: &Cache<'_>,
-    g: usize,
-    span: Range<usize>,
-    scale: f32,
-    scratch: &mut Scratch,
-) -> Result<Partial> {
-    let (rows, d_qk, d_v) = (limits.len(), cache.d_qk, cache.d_v);
-    let mut st = Partial {
-        m: vec![f32::NEG_INFINITY; rows],
-        l: vec![0.0; rows],
-        acc: vec![0.0; rows * d_v],
-    };
-    // Query rows that are bf16 values against a BF16 cache, or FP8 rows whose dequantized
-    // values are bf16 values (power-of-two scales): both products on the native bf16 dot.
-    let q16 = match cache.data {
-        KvRows::Dense(FloatSlice::BF16(_)) | KvRows::Fp8(_) if kernels.bf16 => bf16dot::exact(q)?
-            .map(|rows| bf16attn::Query::new(rows, d_qk))
-            .transpose()?,
-        _ => None,
-    };
-    // Query rows prepared in quads for the f32 kernels where that pays: on the first chunk
-    // that takes them (none where every chunk takes the bf16 dot).
-    let mut q32: Option<Option<f32attn::Query>> = None;
-    let q = MatRef::row_major(q, rows, d_qk);
-    let (mut p0, end) = (span.start, span.end);
-    while p0 < end {
-        let n = CHUNK.min(end - p0);
-        scratch.s.resize(rows * n, 0.0);
-        let mut krows: Vec<&[half::bf16]> = Vec::new();
-        let mut loaded = false;
-        match (&q16, cache.data) {
-            (Some(_), KvRows::Dense(FloatSlice::BF16(data))) => {
-                // The K rows straight from the cache (no copy).
-                for j in 0..n {
-                    let slot = cache.slots.slot(p0 + j);
-                    krows.push(bf16dot::rows(data, slot * cache.h_kv + g, 1, d_qk)?);
-                }
-            }
-            (Some(_), KvRows::Fp8(bytes)) => {
-                // Straight to bf16 where every row's scales are powers of two (one pass, a
-                // table lookup per code); else dequantized to f32 and kept on the bf16 dot
-                // only if those values are bf16 values.
-                #[cfg(target_arch = "x86_64")]
-                let direct = {
-                    let slot = |j: usize| (p0 + j < end).then(|| cache.slots.slot(p0 + j));
-                    bf16dot::native() && fp8_bf16::rows(bytes, slot, n, &mut scratch.k16)
-                };
-                #[cfg(not(target_arch = "x86_64"))]
-                let direct = {
-                    let _ = bytes;
-                    false
-                };
-                if !direct {
-                    load(cache, g, p0, n, &mut scratch.kv);
-                    loaded = true;
-                }
-                if direct || bf16attn::exact_into(&scratch.kv[..n * d_qk], &mut scratch.k16)? {
-                    krows.extend(scratch.k16.chunks_exact(d_qk));
-                }
-            }
-            _ => {}
+impl Kernels {
+    /// The kernels for `rows` query rows on this CPU: the native bf16 dot where it
+    /// outpaces the FMA, however few the query rows (on an Intel Xeon, the dot at half the
+    /// FMA's rate, the f32 kernels won at h_q 16 too, by 2-6% on a BF16 cache and 18-21%
+    /// on an FP8 one, whose rows are dequantized either way: `moemla bench --backend cpu
+    /// --op mla_decode --dtype bf16 --filter "h_q=16"`); the f32 kernels unless they yield
+    /// to the GEMM at that many rows.
+    pub(crate) fn for_rows(rows: usize) -> Kernels {
+        Kernels {
+            bf16: bf16dot::outpaces_fma(),
+            f32: f32attn::native() && !f32attn::yields_to_gemm(rows),
         }
-        if let (Some(q16), false) = (&q16, krows.is_empty()) {
-            #[cfg(test)]
-            record(cache, p0, n, Taken::Bf16Dot);
-            bf16attn::gemm_qk(q16, &krows, &mut scratch.s, &mut scratch.scores_t)?;
-            softmax(&mut scratch.s, n, (limits, p0), scale, &mut st, d_v);
-            // P rounded to bf16 (as FlashMLA does; l keeps the f32 sum) against the V
-            // rows (the first d_v columns), paired by position as the kernel reads them.
-            bf16attn::round_rows(&scratch.s, n, &mut scratch.p16)?;
-            bf16attn::gemm_pv(&scratch.p16, &krows, d_v, &mut st.acc)?;
-        } else if kernels.f32 {
-            // The f32 rows in place (an F32 cache) or as loaded, both products on
-            // AVX-512F kernels that read them directly.
-            #[cfg(test)]
-            record(cache, p0, n, Taken::F32Kernels);
-            let mut rows32: Vec<&[f32]> = Vec::with_capacity(n);
-            if let (KvRows::Dense(FloatSlice::F32(data)), false) = (cache.data, loaded) {
-                for j in 0..n {
-                    let slot = cache.slots.slot(p0 + j);
-                    rows32.push(row_of(data, slot * cache.h_kv + g, d_qk)?);
+    }
+}
+
+/// The online softmax of M query rows carried over any number of position ranges, of one
+/// cache or of several (the sparse decode's pieces): the query rows are prepared for a
+/// kernel once, on the first chunk that takes it, and the state is kept, so nothing is
+/// merged in between.
+pub(crate) struct Attention<'q> {
+    kernels: Kernels,
+    q: &'q [f32],
+    limits: &'q [usize],
+    scale: f32,
+    /// The rows for the native bf16 dot: unset until a chunk could take it; `None` when
+    /// they are not bf16 values.
+    q16: Option<Option<bf16attn::Query>>,
+    /// The rows prepared for the f32 kernels (unset until a chunk takes them).
+    q32: Option<Option<f32attn::Query>>,
+    st: Partial,
+}
+
+impl<'q> Attention<'q> {
+    /// No positions seen yet by the rows `q` ([M, Dqk] f32, unscaled; row `r` sees
+    /// positions `< limits[r]` of each range) over caches `d_v` wide, with logits scaled
+    /// by `scale`.
+    pub(crate) fn new(
+        kernels: Kernels,
+        (q, limits): (&'q [f32], &'q [usize]),
+        d_v: usize,
+        scale: f32,
+    ) -> Attention<'q> {
+        let rows = limits.len();
+        Attention {
+            kernels,
+            q,
+            limits,
+            scale,
+            q16: None,
+            q32: None,
+            st: Partial {
+                m: vec![f32::NEG_INFINITY; rows],
+                l: vec![0.0; rows],
+                acc: vec![0.0; rows * d_v],
+            },
+        }
+    }
+
+    /// The state over every range seen.
+    pub(crate) fn finish(self) -> Partial {
+        self.st
+    }
+
+    /// Also attends over cache head `g`, positions `span` (`span.end` not past the largest
+    /// limit).
+    pub(crate) fn over(
+        &mut self,
+        cache: &Cache<'_>,
+        g: usize,
+        span: Range<usize>,
+        scratch: &mut Scratch,
+    ) -> Result<()> {
+        let Attention {
+            kernels,
+            q,
+            limits,
+            scale,
+            q16,
+            q32,
+            st,
+        } = self;
+        let (kernels, limits, scale) = (*kernels, *limits, *scale);
+        let (rows, d_qk, d_v) = (limits.len(), cache.d_qk, cache.d_v);
+        if st.acc.len() != rows * d_v {
+            return Err(Error::Device {
+                backend: crate::NAME.to_string(),
+                call: "mla attention".to_string(),
+                message: format!(
+                    "values {d_v} wide, but the state holds {} per row",
+                    st.acc.len() / rows.max(1)
+                ),
+            });
+        }
+        // Query rows that are bf16 values against a BF16 cache, or FP8 rows whose
+        // dequantized values are bf16 values (power-of-two scales): both products on the
+        // native bf16 dot; prepared on the first range that could take it.
+        let bf16_cache = matches!(
+            cache.data,
+            KvRows::Dense(FloatSlice::BF16(_)) | KvRows::Fp8(_)
+        );
+        if kernels.bf16 && bf16_cache && q16.is_none() {
+            *q16 = Some(
+                bf16dot::exact(q)?
+                    .map(|rows| bf16attn::Query::new(rows, d_qk))
+                    .transpose()?,
+            );
+        }
+        let q16 = match bf16_cache {
+            true => q16.as_ref().and_then(Option::as_ref),
+            false => None,
+        };
+        let q = MatRef::row_major(q, rows, d_qk);
+        let (mut p0, end) = (span.start, span.end);
+        while p0 < end {
+            let n = CHUNK.min(end - p0);
+            scratch.s.resize(rows * n, 0.0);
+            let mut krows: Vec<&[half::bf16]> = Vec::new();
+            let mut loaded = false;
+            match (q16, cache.data) {
+                (Some(_), KvRows::Dense(FloatSlice::BF16(data))) => {
+                    // The K rows straight from the cache (no copy).
+                    for j in 0..n {
+                        let slot = cache.slots.slot(p0 + j);
+                        krows.push(bf16dot::rows(data, slot * cache.h_kv + g, 1, d_qk)?);
+                    }
                 }
+                (Some(_), KvRows::Fp8(bytes)) => {
+                    // Straight to bf16 where every row's scales are powers of two (one pass, a
+                    // table lookup per code); else dequantized to f32 and kept on the bf16 dot
+                    // only if those values are bf16 values.
+                    #[cfg(target_arch = "x86_64")]
+                    let direct = {
+                        let slot = |j: usize| (p0 + j < end).then(|| cache.slots.slot(p0 + j));
+                        bf16dot::native() && fp8_bf16::rows(bytes, slot, n, &mut scratch.k16)
+                    };
+                    #[cfg(not(target_arch = "x86_64"))]
+                    let direct = {
+                        let _ = bytes;
+                        false
+                    };
+                    if !direct {
+                        load(cache, g, p0, n, &mut scratch.kv);
+                        loaded = true;
+                    }
+                    if direct || bf16attn::exact_into(&scratch.kv[..n * d_qk], &mut scratch.k16)? {
+                        krows.extend(scratch.k16.chunks_exact(d_qk));
+                    }
+                }
+                _ => {}
+            }
+            if let (Some(q16), false) = (q16, krows.is_empty()) {
+                #[cfg(test)]
+                record(cache, p0, n, Taken::Bf16Dot);
+                bf16attn::gemm_qk(q16, &krows, &mut scratch.s, &mut scratch.scores_t)?;
+                softmax(&mut scratch.s, n, (limits, p0), scale, st, d_v);
+                // P rounded to bf16 (as FlashMLA does; l keeps the f32 sum) against the V
+                // rows (the first d_v columns), paired by position as the kernel reads them.
+                bf16attn::round_rows(&scratch.s, n, &mut scratch.p16)?;
+                bf16attn::gemm_pv(&scratch.p16, &krows, d_v, &mut st.acc)?;
+            } else if kernels.f32 {
+                // The f32 rows in place (an F32 cache) or as loaded, both products on
+                // AVX-512F kernels that read them directly.
+                #[cfg(test)]
+                record(cache, p0, n, Taken::F32Kernels);
+                let mut rows32: Vec<&[f32]> = Vec::with_capacity(n);
+                if let (KvRows::Dense(FloatSlice::F32(data)), false) = (cache.data, loaded) {
+                    for j in 0..n {
+                        let slot = cache.slots.slot(p0 + j);
+                        rows32.push(row_of(data, slot * cache.h_kv + g, d_qk)?);
+                    }
+                } else {
+                    if !loaded {
+                        load(cache, g, p0, n, &mut scratch.kv);
+                    }
+                    rows32.extend(scratch.kv.chunks_exact(d_qk).take(n));
+                }
+                if q32.is_none() {
+                    *q32 = Some(f32attn::Query::new(q.data, d_qk)?);
+                }
+                match q32.as_ref().and_then(Option::as_ref) {
+                    Some(q32) => f32attn::gemm_qk_prepared(
+                        q32,
+                        &rows32,
+                        &mut scratch.s,
+                        &mut scratch.scores_t,
+                    )?,
+                    None => f32attn::gemm_qk(q.data, d_qk, &rows32, &mut scratch.s)?,
+                }
+                softmax(&mut scratch.s, n, (limits, p0), scale, st, d_v);
+                f32attn::gemm_pv(&scratch.s, &rows32, d_v, &mut st.acc)?;
             } else {
+                #[cfg(test)]
+                record(cache, p0, n, Taken::Gemm);
                 if !loaded {
                     load(cache, g, p0, n, &mut scratch.kv);
                 }
-                rows32.extend(scratch.kv.chunks_exact(d_qk).take(n));
+                let kv = MatRef::row_major(&scratch.kv[..n * d_qk], n, d_qk);
+                matmul(&mut scratch.s, q, kv.t(), false)?;
+                softmax(&mut scratch.s, n, (limits, p0), scale, st, d_v);
+                let v = MatRef {
+                    data: &scratch.kv[..n * d_qk],
+                    rows: n,
+                    cols: d_v,
+                    row_stride: d_qk,
+                    col_stride: 1,
+                };
+                matmul(&mut st.acc, MatRef::row_major(&scratch.s, rows, n), v, true)?;
             }
-            if q32.is_none() {
-                q32 = Some(f32attn::Query::new(q.data, d_qk)?);
-            }
-            match q32.as_ref().and_then(Option::as_ref) {
-                Some(q32) => {
-                    f32attn::gemm_qk_prepared(q32, &rows32, &mut scratch.s, &mut scratch.scores_t)?
-                }
-                None => f32attn::gemm_qk(q.data, d_qk, &rows32, &mut scratch.s)?,
-            }
-            softmax(&mut scratch.s, n, (limits, p0), scale, &mut st, d_v);
-            f32attn::gemm_pv(&scratch.s, &rows32, d_v, &mut st.acc)?;
-        } else {
-            #[cfg(test)]
-            record(cache, p0, n, Taken::Gemm);
-            if !loaded {
-                load(cache, g, p0, n, &mut scratch.kv);
-            }
-            let kv = MatRef::row_major(&scratch.kv[..n * d_qk], n, d_qk);
-            matmul(&mut scratch.s, q, kv.t(), false)?;
-            softmax(&mut scratch.s, n, (limits, p0), scale, &mut st, d_v);
-            let v = MatRef {
-                data: &scratch.kv[..n * d_qk],
-                rows: n,
-                cols: d_v,
-                row_stride: d_qk,
-                col_stride: 1,
-            };
-            matmul(&mut st.acc, MatRef::row_major(&scratch.s, rows, n), v, true)?;
+            p0 += n;
         }
-        p0 += n;
+        Ok(())
     }
-    Ok(st)
 }
 
 /// The products a chunk of an FP8 cache took (test builds: tests check that the path

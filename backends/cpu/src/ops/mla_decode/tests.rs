@@ -369,7 +369,7 @@ fn fp8_cache_decode_matches_f64_reference_on_both_paths() {
 
 #[test]
 fn every_kernel_choice_matches_f64_reference() {
-    use super::attend::{attend_with, Cache, Kernels, Scratch, Slots};
+    use super::attend::{Attention, Cache, Kernels, Scratch, Slots};
     use crate::ops::kv_rows::KvRows;
     use crate::storage::FloatSlice;
     use half::bf16;
@@ -408,16 +408,13 @@ fn every_kernel_choice_matches_f64_reference() {
         };
         let kernels = Kernels { bf16, f32 };
         let mut scratch = Scratch::default();
-        let st = attend_with(
-            kernels,
-            (&q, &limits),
-            &cache,
-            0,
-            0..len,
-            scale,
-            &mut scratch,
-        )
-        .unwrap();
+        // Two ranges carried in one state, split off a chunk boundary.
+        let mut attention = Attention::new(kernels, (&q, &limits), d_v, scale);
+        let split = len / 3;
+        for span in [0..split, split..len] {
+            attention.over(&cache, 0, span, &mut scratch).unwrap();
+        }
+        let st = attention.finish();
         let row = |p: usize| &cache32[slot(p) * d_qk..][..d_qk];
         let label = format!("{kernels:?}");
         assert_matches_reference(&st, (&q, &limits), row, d_v, scale, (tol, &label));
@@ -483,7 +480,7 @@ fn fp8_rows_on_every_kernel_choice_match_f64_reference() {
 
 /// [`fp8_rows_on_every_kernel_choice_match_f64_reference`] with these query rows' limits.
 fn fp8_rows_on_every_kernel_choice(limits: &[usize]) {
-    use super::attend::{attend_with, Cache, Kernels, Scratch, Slots, Taken, TAKEN};
+    use super::attend::{Attention, Cache, Kernels, Scratch, Slots, Taken, TAKEN};
     use crate::ops::kv_rows::KvRows;
     use moemla_core::fp8::{DS_V32_DIM, DS_V32_LATENT};
     let (len, bs): (usize, usize) = (300, 64);
@@ -518,16 +515,11 @@ fn fp8_rows_on_every_kernel_choice(limits: &[usize]) {
     ] {
         let kernels = Kernels { bf16, f32 };
         let start = log().len();
-        let st = attend_with(
-            kernels,
-            (&q, limits),
-            &cache,
-            0,
-            0..len,
-            0.3,
-            &mut Scratch::default(),
-        )
-        .unwrap();
+        let mut attention = Attention::new(kernels, (&q, limits), cache.d_v, 0.3);
+        attention
+            .over(&cache, 0, 0..len, &mut Scratch::default())
+            .unwrap();
+        let st = attention.finish();
         let taken: Vec<_> = log()[start..]
             .iter()
             .filter(|e| e.0 == bytes.as_ptr() as usize)

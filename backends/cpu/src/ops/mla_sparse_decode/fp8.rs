@@ -1,15 +1,15 @@
 //! BF16 sparse attention over the `fp8_ds_v32` cache on a CPU with the native bf16 dot:
-//! the listed rows are dequantized straight to bf16, [`SUB`] at a time, into a dense
-//! buffer that [`attend::attend`] reads (in place, K rows with no copy, where it takes the
-//! dot; else upcast per chunk as any BF16 cache is, which still beat dequantizing the
-//! scattered FP8 rows per chunk on an Intel Xeon whose dot is slower than its FMA: 165 vs
-//! 188 ms, `moemla bench --backend cpu --op mla_sparse_decode`, 64 heads), and the pieces
-//! are merged ([`fp8_bf16::rows`]: the same values as the f32 dequantization). A row whose
-//! scale is not a power of two in [2^-117, 2^119] sends its piece to the general path over
-//! the FP8 rows.
+//! the listed rows are dequantized straight to bf16 ([`fp8_bf16::rows`]: the same values
+//! as the f32 dequantization), [`SUB`] at a time, into a dense buffer that one
+//! [`Attention`] reads piece after piece, its query rows prepared once and its softmax
+//! state carried over (in place, K rows with no copy, where it takes the dot; else upcast
+//! per chunk as any BF16 cache is, which still beat dequantizing the scattered FP8 rows
+//! per chunk on an Intel Xeon whose dot is slower than its FMA: 165 vs 188 ms, `moemla
+//! bench --backend cpu --op mla_sparse_decode`, 64 heads). A row whose scale is not a
+//! power of two in [2^-117, 2^119] sends its piece to the general path over the FP8 rows.
 
 use super::super::kv_rows::{fp8_bf16, KvRows};
-use super::super::mla_decode::attend::{self, Cache, Partial, Scratch, Slots};
+use super::super::mla_decode::attend::{Attention, Cache, Kernels, Partial, Scratch, Slots};
 use crate::storage::FloatSlice;
 use half::bf16;
 use moemla_core::fp8::{DS_V32_DIM, DS_V32_LATENT};
@@ -29,12 +29,16 @@ pub(super) fn attend(
     (scratch, buf): (&mut Scratch, &mut Vec<bf16>),
 ) -> Result<Partial> {
     let h_q = q.len() / DS_V32_DIM;
-    let mut parts = Vec::new();
+    // Every row sees every listed position: the pieces' positions (0..n of the buffer, or
+    // list positions) all lie below the list's length.
+    let limits = vec![slots.len(); h_q];
+    let kernels = Kernels::for_rows(h_q);
+    let mut attention = Attention::new(kernels, (q, &limits), DS_V32_LATENT, scale);
     let mut p0 = span.start;
     while p0 < span.end {
         let p1 = (p0 + SUB).min(span.end);
         let n = p1 - p0;
-        let part = if fp8_bf16::rows(bytes, |j| slots.get(p0 + j).map(|&s| s as usize), n, buf) {
+        if fp8_bf16::rows(bytes, |j| slots.get(p0 + j).map(|&s| s as usize), n, buf) {
             let cache = Cache {
                 data: KvRows::Dense(FloatSlice::BF16(buf)),
                 slots: Slots::Listed(&ident[..n]),
@@ -42,7 +46,7 @@ pub(super) fn attend(
                 d_qk: DS_V32_DIM,
                 d_v: DS_V32_LATENT,
             };
-            attend::attend((q, &vec![n; h_q]), &cache, 0, 0..n, scale, scratch)?
+            attention.over(&cache, 0, 0..n, scratch)?;
         } else {
             let cache = Cache {
                 data: KvRows::Fp8(bytes),
@@ -51,22 +55,11 @@ pub(super) fn attend(
                 d_qk: DS_V32_DIM,
                 d_v: DS_V32_LATENT,
             };
-            attend::attend(
-                (q, &vec![slots.len(); h_q]),
-                &cache,
-                0,
-                p0..p1,
-                scale,
-                scratch,
-            )?
-        };
-        parts.push(part);
+            attention.over(&cache, 0, p0..p1, scratch)?;
+        }
         p0 = p1;
     }
-    Ok(match parts.len() {
-        1 => parts.swap_remove(0),
-        _ => attend::merge(&parts, DS_V32_LATENT),
-    })
+    Ok(attention.finish())
 }
 
 #[cfg(test)]
@@ -75,7 +68,7 @@ mod tests {
     use moemla_core::fp8::{dequantize_ds_v32_row, quantize_ds_v32_row, DS_V32_ROW_BYTES};
 
     #[test]
-    fn pieces_attend_and_merge_as_an_f64_reference() {
+    fn pieces_carried_in_one_state_match_an_f64_reference() {
         if !crate::bf16dot::native() {
             return;
         }
