@@ -33,6 +33,7 @@ pub struct Prepared {
     scales: Vec<f32>,
     n: usize,
     k: usize,
+    unit: bool,
 }
 
 impl Prepared {
@@ -46,7 +47,8 @@ impl Prepared {
         let (mut words, mut scales) = (Vec::new(), Vec::new());
         let n = act.len() / k;
         // SAFETY: `available` (checked above) includes AVX-512F/BW; `act` holds n * k values.
-        unsafe { fill(&mut words, &mut scales, act, k, n) }.then_some(Prepared {
+        unsafe { fill(&mut words, &mut scales, act, k, n) }.then(|| Prepared {
+            unit: all_one(&scales),
             words,
             scales,
             n,
@@ -70,6 +72,7 @@ impl Prepared {
             words: self.words.as_ptr(),
             scales: self.scales.as_ptr(),
             n: self.n,
+            unit: self.unit,
         }
     }
 }
@@ -81,6 +84,14 @@ pub(super) struct View {
     pub(super) words: *const u16,
     pub(super) scales: *const f32,
     pub(super) n: usize,
+    /// Every scale is 1 (the vectors are their own bf16 values: bf16 tokens, and the
+    /// SwiGLU activations of a BF16 run), so the kernels may leave them out.
+    pub(super) unit: bool,
+}
+
+/// Whether every scale is exactly 1.
+fn all_one(scales: &[f32]) -> bool {
+    scales.iter().all(|&s| s == 1.0)
 }
 
 /// Prepares the `n` vectors of `act` (`k` long each; see [`prepare`]) into this thread's
@@ -100,6 +111,7 @@ pub(super) unsafe fn with_prepared(k: usize, n: usize, act: &[f32], f: impl FnOn
                     words: words.as_ptr(),
                     scales: scales.as_ptr(),
                     n,
+                    unit: all_one(scales),
                 });
             }
             ok
@@ -332,5 +344,21 @@ mod tests {
             }
         }
         assert_ne!(p.scales[n + 1], 1.0, "the quantized vector is scaled");
+        assert!(
+            !p.view().unit,
+            "a scaled vector: the kernels apply the scales"
+        );
+        // The bf16 vectors alone: every scale is 1, and the view says so.
+        let mut both = act[..k].to_vec();
+        both.extend_from_slice(&act[2 * k..]);
+        let p = Prepared::new(&both, k).unwrap();
+        assert!(p.scales.iter().all(|&s| s == 1.0) && p.view().unit);
+        let mut unit = None;
+        // SAFETY: available() (checked above) includes AVX-512F/BW; `both` holds 2 * k values.
+        assert!(unsafe { with_prepared(k, 2, &both, |v| unit = Some(v.unit)) });
+        assert_eq!(unit, Some(true));
+        // SAFETY: as above, `act` holds n * k values.
+        assert!(unsafe { with_prepared(k, n, &act, |v| unit = Some(v.unit)) });
+        assert_eq!(unit, Some(false));
     }
 }
