@@ -139,9 +139,10 @@ impl Kernels {
 }
 
 /// The online softmax of M query rows carried over any number of position ranges, of one
-/// cache or of several (the sparse decode's pieces): the query rows are prepared for a
-/// kernel once, on the first chunk that takes it, and the state is kept, so nothing is
-/// merged in between.
+/// cache or of several of the same widths (the sparse decode's pieces): the query rows are
+/// prepared once per kernel (for the bf16 dot on the first range whose cache could take
+/// it, for the f32 kernels on the first chunk that takes them), and the state is kept, so
+/// nothing is merged in between.
 pub(crate) struct Attention<'q> {
     kernels: Kernels,
     q: &'q [f32],
@@ -206,12 +207,15 @@ impl<'q> Attention<'q> {
         } = self;
         let (kernels, limits, scale) = (*kernels, *limits, *scale);
         let (rows, d_qk, d_v) = (limits.len(), cache.d_qk, cache.d_v);
-        if st.acc.len() != rows * d_v {
+        // The query rows (and so what is prepared from them) and the state fix the widths.
+        if q.len() != rows * d_qk || st.acc.len() != rows * d_v {
             return Err(Error::Device {
                 backend: crate::NAME.to_string(),
                 call: "mla attention".to_string(),
                 message: format!(
-                    "values {d_v} wide, but the state holds {} per row",
+                    "a cache of keys {d_qk} and values {d_v} wide for {rows} query rows of {} \
+                     elements and a state of {} per row",
+                    q.len(),
                     st.acc.len() / rows.max(1)
                 ),
             });

@@ -1,12 +1,13 @@
 //! BF16 sparse attention over the `fp8_ds_v32` cache on a CPU with the native bf16 dot:
 //! the listed rows are dequantized straight to bf16 ([`fp8_bf16::rows`]: the same values
-//! as the f32 dequantization), [`SUB`] at a time, into a dense buffer that one
-//! [`Attention`] reads piece after piece, its query rows prepared once and its softmax
-//! state carried over (in place, K rows with no copy, where it takes the dot; else upcast
-//! per chunk as any BF16 cache is, which still beat dequantizing the scattered FP8 rows
-//! per chunk on an Intel Xeon whose dot is slower than its FMA: 165 vs 188 ms, `moemla
-//! bench --backend cpu --op mla_sparse_decode`, 64 heads). A row whose scale is not a
-//! power of two in [2^-117, 2^119] sends its piece to the general path over the FP8 rows.
+//! as the f32 dequantization), [`SUB`] at a time, into a dense buffer, and one
+//! [`Attention`] reads the buffers piece after piece, its query rows prepared once and its
+//! softmax state carried over. The buffer is read as any BF16 cache is: in place (K rows
+//! with no copy) where it takes the dot, else upcast per chunk, which still beat
+//! dequantizing the scattered FP8 rows per chunk on an Intel Xeon whose dot is slower than
+//! its FMA (165 vs 188 ms, `moemla bench --backend cpu --op mla_sparse_decode`, 64 heads).
+//! A row whose scale is not a power of two in [2^-117, 2^119] sends its piece to the
+//! general path over the FP8 rows.
 
 use super::super::kv_rows::{fp8_bf16, KvRows};
 use super::super::mla_decode::attend::{Attention, Cache, Kernels, Partial, Scratch, Slots};
@@ -65,6 +66,7 @@ pub(super) fn attend(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::mla_decode::attend::TAKEN;
     use moemla_core::fp8::{dequantize_ds_v32_row, quantize_ds_v32_row, DS_V32_ROW_BYTES};
 
     #[test]
@@ -95,8 +97,13 @@ mod tests {
             dequantize_ds_v32_row(row, &mut v);
             values.push(v);
         }
-        let slots: Vec<u32> = (0..600u32)
+        let listed: Vec<u32> = (0..600u32)
             .map(|i| (i * 13 + i / 7) % rows as u32)
+            .collect();
+        // The same list with row 7 first listed at position 300: the first piece of 0..600
+        // on the dense bf16 buffer, the second on the general path.
+        let late: Vec<u32> = (listed.iter().enumerate())
+            .map(|(i, &s)| if s == 7 && i < 300 { 8 } else { s })
             .collect();
         let ident: Vec<u32> = (0..SUB as u32).collect();
         let h_q = 3;
@@ -104,15 +111,34 @@ mod tests {
             .map(|_| bf16::from_f32(next()).to_f32())
             .collect();
         let scale = 0.05f32;
-        for span in [0..600, 100..357, 256..512] {
+        let cases = [
+            (&listed, 0..600),
+            (&listed, 100..357),
+            (&listed, 256..512),
+            (&late, 0..600),
+        ];
+        let taken = || {
+            let log = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+            let mine = log.iter().filter(|e| e.0 == bytes.as_ptr() as usize);
+            mine.map(|&(_, slot, n, _)| (slot, n)).collect::<Vec<_>>()
+        };
+        for (slots, span) in cases {
+            let before = taken().len();
             let got = attend(
                 &q,
-                (&bytes, &slots, &ident),
+                (&bytes, slots, &ident),
                 span.clone(),
                 scale,
                 (&mut Scratch::default(), &mut Vec::new()),
             )
             .unwrap();
+            if std::ptr::eq(slots, &late) {
+                // Dense first (nothing recorded), then the general path's chunks over the
+                // FP8 rows: positions 256..384, 384..512 and 512..600.
+                let want = [(late[256] as usize, 128), (late[384] as usize, 128)];
+                let want = [&want[..], &[(late[512] as usize, 88)]].concat();
+                assert_eq!(taken()[before..], want[..]);
+            }
             for h in 0..h_q {
                 let qh = &q[h * DS_V32_DIM..(h + 1) * DS_V32_DIM];
                 let logits: Vec<f64> = slots[span.clone()]

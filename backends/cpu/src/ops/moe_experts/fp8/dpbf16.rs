@@ -4,7 +4,8 @@
 //! are bf16 values, so this is exact, and a NaN code gives a bf16 NaN), dotted by
 //! `VDPBF16PS` with the activations as bf16: every product is exact in f32 and summed in
 //! f32, and each 128-column block's sum is scaled once per block, by the weights' block
-//! scale and then the activations' (DeepGEMM's scheme).
+//! scale and then the activations' (DeepGEMM's scheme; where every activation scale is 1,
+//! the grid kernel folds the weight scale into one multiply-add, one rounding fewer).
 //!
 //! The activation vectors go as bf16 values, or as e4m3 codes' values with per-128 scales;
 //! others are declined ([`prepared`]).
@@ -118,7 +119,8 @@ pub unsafe fn rows_times_many(
 /// `out[r * n + j] = W[first + r] . act[j]` for the `n` vectors of `p` (the prefill path):
 /// each pair of weight rows is decoded once per group of at most [`GRID_VECTORS`] vectors
 /// and dotted with all of them in registers, [`PASS_BLOCKS`] column blocks of every row at
-/// a time; same products, same per-block scaling.
+/// a time; same products, and the same per-block scaling but for its rounding where the
+/// vectors' scales are all 1 ([`View::unit`]: one multiply-add).
 ///
 /// # Safety
 /// [`available`] must hold; `p` must be `w.cols` long; rows `first..first + rows` of
