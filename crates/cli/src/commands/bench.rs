@@ -124,7 +124,7 @@ pub fn run(args: &BenchArgs, registry: &Registry) -> Result<ExitCode, CommandErr
     };
     let (suite, budget) = match (args.quick, args.device_shapes) {
         (true, _) => (Suite::Quick, Budget::QUICK),
-        (_, true) => (Suite::Device, Budget::STANDARD),
+        (_, true) => (Suite::Device, Budget::DEVICE),
         _ => (Suite::Standard, Budget::STANDARD),
     };
     let cases: Vec<BenchCase> = BenchCase::list(suite, &ops, &dtypes)
