@@ -61,13 +61,22 @@ pub enum Slots<'a> {
 }
 
 impl Slots<'_> {
-    /// The cache slot of position `p`.
-    fn slot(&self, p: usize) -> usize {
+    /// The cache slots of positions `p0..p0 + n` into `out` (its contents replaced): one
+    /// block-table lookup per block, not a division per position.
+    fn chunk(&self, p0: usize, n: usize, out: &mut Vec<usize>) {
+        out.clear();
         match *self {
             Slots::Paged { table, block_size } => {
-                table[p / block_size] as usize * block_size + p % block_size
+                let (mut p, end) = (p0, p0 + n);
+                while p < end {
+                    let offset = p % block_size;
+                    let take = (block_size - offset).min(end - p);
+                    let first = table[p / block_size] as usize * block_size + offset;
+                    out.extend(first..first + take);
+                    p += take;
+                }
             }
-            Slots::Listed(list) => list[p] as usize,
+            Slots::Listed(list) => out.extend(list[p0..p0 + n].iter().map(|&s| s as usize)),
         }
     }
 }
@@ -86,7 +95,7 @@ pub struct Partial {
 
 /// Per-thread buffers: the upcast K/V chunk and its bf16 rows (an FP8 chunk's, for the
 /// native bf16 dot); for that dot the bf16 probabilities and the logits transposed; the
-/// logits and probabilities.
+/// logits and probabilities; the chunk's cache slots.
 #[derive(Default)]
 pub struct Scratch {
     kv: Vec<f32>,
@@ -94,6 +103,7 @@ pub struct Scratch {
     p16: Vec<half::bf16>,
     s: Vec<f32>,
     scores_t: Vec<f32>,
+    slots: Vec<usize>,
 }
 
 /// Attends `q` ([M, Dqk] f32, unscaled) over cache head `g`, positions `span`.
@@ -243,13 +253,15 @@ impl<'q> Attention<'q> {
         while p0 < end {
             let n = CHUNK.min(end - p0);
             scratch.s.resize(rows * n, 0.0);
-            let mut krows: Vec<&[half::bf16]> = Vec::new();
+            cache.slots.chunk(p0, n, &mut scratch.slots);
+            let slots = &scratch.slots;
+            let mut krows: Vec<&[half::bf16]> =
+                Vec::with_capacity(if q16.is_some() { n } else { 0 });
             let mut loaded = false;
             match (q16, cache.data) {
                 (Some(_), KvRows::Dense(FloatSlice::BF16(data))) => {
                     // The K rows straight from the cache (no copy).
-                    for j in 0..n {
-                        let slot = cache.slots.slot(p0 + j);
+                    for &slot in slots {
                         krows.push(bf16dot::rows(data, slot * cache.h_kv + g, 1, d_qk)?);
                     }
                 }
@@ -259,7 +271,7 @@ impl<'q> Attention<'q> {
                     // only if those values are bf16 values.
                     #[cfg(target_arch = "x86_64")]
                     let direct = {
-                        let slot = |j: usize| (p0 + j < end).then(|| cache.slots.slot(p0 + j));
+                        let slot = |j: usize| slots.get(j).copied();
                         bf16dot::native() && fp8_bf16::rows(bytes, slot, n, &mut scratch.k16)
                     };
                     #[cfg(not(target_arch = "x86_64"))]
@@ -268,7 +280,7 @@ impl<'q> Attention<'q> {
                         false
                     };
                     if !direct {
-                        load(cache, g, p0, n, &mut scratch.kv);
+                        load(cache, g, slots, &mut scratch.kv);
                         loaded = true;
                     }
                     if direct || bf16attn::exact_into(&scratch.kv[..n * d_qk], &mut scratch.k16)? {
@@ -279,7 +291,7 @@ impl<'q> Attention<'q> {
             }
             if let (Some(q16), false) = (q16, krows.is_empty()) {
                 #[cfg(test)]
-                record(cache, p0, n, Taken::Bf16Dot);
+                record(cache, slots[0], n, Taken::Bf16Dot);
                 bf16attn::gemm_qk(q16, &krows, &mut scratch.s, &mut scratch.scores_t)?;
                 softmax(&mut scratch.s, n, (limits, p0), scale, st, d_v);
                 // P rounded to bf16 (as FlashMLA does; l keeps the f32 sum) against the V
@@ -290,16 +302,15 @@ impl<'q> Attention<'q> {
                 // The f32 rows in place (an F32 cache) or as loaded, both products on
                 // AVX-512F kernels that read them directly.
                 #[cfg(test)]
-                record(cache, p0, n, Taken::F32Kernels);
+                record(cache, slots[0], n, Taken::F32Kernels);
                 let mut rows32: Vec<&[f32]> = Vec::with_capacity(n);
                 if let (KvRows::Dense(FloatSlice::F32(data)), false) = (cache.data, loaded) {
-                    for j in 0..n {
-                        let slot = cache.slots.slot(p0 + j);
+                    for &slot in slots {
                         rows32.push(row_of(data, slot * cache.h_kv + g, d_qk)?);
                     }
                 } else {
                     if !loaded {
-                        load(cache, g, p0, n, &mut scratch.kv);
+                        load(cache, g, slots, &mut scratch.kv);
                     }
                     rows32.extend(scratch.kv.chunks_exact(d_qk).take(n));
                 }
@@ -319,9 +330,9 @@ impl<'q> Attention<'q> {
                 f32attn::gemm_pv(&scratch.s, &rows32, d_v, &mut st.acc)?;
             } else {
                 #[cfg(test)]
-                record(cache, p0, n, Taken::Gemm);
+                record(cache, slots[0], n, Taken::Gemm);
                 if !loaded {
-                    load(cache, g, p0, n, &mut scratch.kv);
+                    load(cache, g, slots, &mut scratch.kv);
                 }
                 let kv = MatRef::row_major(&scratch.kv[..n * d_qk], n, d_qk);
                 matmul(&mut scratch.s, q, kv.t(), false)?;
@@ -360,11 +371,12 @@ pub(crate) enum Taken {
 pub(crate) static TAKEN: std::sync::Mutex<Vec<(usize, usize, usize, Taken)>> =
     std::sync::Mutex::new(Vec::new());
 
-/// Appends a chunk of `cache` (FP8 caches only) to [`TAKEN`].
+/// Appends a chunk of `cache` (FP8 caches only) to [`TAKEN`]: its first slot, `n`
+/// positions.
 #[cfg(test)]
-fn record(cache: &Cache<'_>, p0: usize, n: usize, taken: Taken) {
+fn record(cache: &Cache<'_>, first: usize, n: usize, taken: Taken) {
     if let KvRows::Fp8(bytes) = cache.data {
-        let entry = (bytes.as_ptr() as usize, cache.slots.slot(p0), n, taken);
+        let entry = (bytes.as_ptr() as usize, first, n, taken);
         TAKEN.lock().unwrap_or_else(|e| e.into_inner()).push(entry);
     }
 }
@@ -382,12 +394,11 @@ fn row_of(data: &[f32], index: usize, k: usize) -> Result<&[f32]> {
         })
 }
 
-/// Reads head `g` of positions `p0..p0 + n` as f32 rows into `kv` (upcast or
+/// Reads head `g` of the cache slots `slots` as f32 rows into `kv` (upcast or
 /// dequantized).
-fn load(cache: &Cache<'_>, g: usize, p0: usize, n: usize, kv: &mut Vec<f32>) {
-    kv.resize(n * cache.d_qk, 0.0);
-    for (j, row) in kv.chunks_mut(cache.d_qk).take(n).enumerate() {
-        let slot = cache.slots.slot(p0 + j);
+fn load(cache: &Cache<'_>, g: usize, slots: &[usize], kv: &mut Vec<f32>) {
+    kv.resize(slots.len() * cache.d_qk, 0.0);
+    for (row, &slot) in kv.chunks_mut(cache.d_qk).zip(slots) {
         cache.data.read(slot, g, cache.h_kv, row);
     }
 }
