@@ -158,8 +158,8 @@ pub(crate) struct Attention<'q> {
     q: &'q [f32],
     limits: &'q [usize],
     scale: f32,
-    /// The rows for the native bf16 dot: unset until a chunk could take it; `None` when
-    /// they are not bf16 values.
+    /// The rows for the native bf16 dot: unset until a range's cache could take it;
+    /// `None` when they are not bf16 values.
     q16: Option<Option<bf16attn::Query>>,
     /// The rows prepared for the f32 kernels (unset until a chunk takes them).
     q32: Option<Option<f32attn::Query>>,
