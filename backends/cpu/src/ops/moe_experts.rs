@@ -87,11 +87,8 @@ pub fn run_into(backend: &str, call: &MoeExpertsCall<'_>, y: FloatSliceMut<'_>) 
     let xg = match quant {
         // Each token quantized once, before its k copies are gathered.
         Some(mode) => {
-            let mut xq =
-                pooled::zeroed(&[call.tokens, call.hidden], "cpu moe_experts quantized x")?;
-            xq.par_chunks_mut(call.hidden.max(1))
-                .enumerate()
-                .for_each(|(t, row)| x.read_f32(t * call.hidden, row));
+            let what = "cpu moe_experts quantized x";
+            let mut xq = upcast_rows(x, (call.tokens, call.hidden), |t| t, what)?;
             fp8::quantize_rows(&mut xq, call.hidden, mode);
             gather_rows(FloatSlice::F32(&xq), &perm, call.hidden)?
         }
@@ -191,11 +188,23 @@ const ROUND_CHUNK: usize = 1 << 14;
 
 /// The permuted rows of `x`, upcast to f32: [rows, H].
 fn gather_rows(x: FloatSlice<'_>, perm: &Permutation, hidden: usize) -> Result<Pooled> {
-    let mut xg = pooled::zeroed(&[perm.rows(), hidden], "cpu moe_experts gathered rows")?;
-    xg.par_chunks_mut(hidden)
-        .zip(perm.tokens.par_iter())
-        .for_each(|(row, &t)| x.read_f32(t * hidden, row));
-    Ok(xg)
+    let what = "cpu moe_experts gathered rows";
+    upcast_rows(x, (perm.rows(), hidden), |r| perm.tokens[r], what)
+}
+
+/// `rows` rows of `hidden` f32 (a pooled buffer named `what` for its errors), row `r` the
+/// upcast of token `token(r)` of `x`, in parallel.
+fn upcast_rows(
+    x: FloatSlice<'_>,
+    (rows, hidden): (usize, usize),
+    token: impl Fn(usize) -> usize + Sync,
+    what: &str,
+) -> Result<Pooled> {
+    let mut out = pooled::zeroed(&[rows, hidden], what)?;
+    out.par_chunks_mut(hidden.max(1))
+        .enumerate()
+        .for_each(|(r, row)| x.read_f32(token(r) * hidden, row));
+    Ok(out)
 }
 
 /// The weighted combine of the experts' outputs into `y`.
