@@ -1,6 +1,6 @@
 //! `fp8_ds_v32` cache rows dequantized straight to bf16 on a CPU with AVX-512BW: a code
 //! times a power-of-two scale is a bf16 value, so the decode is a table lookup (32 codes
-//! per step) plus an add to the exponent, the same values as the f32 dequantization
+//! per step) in a table whose exponents the tile's scale raised, the same values as the f32 dequantization
 //! ([`super::KvRows::read`]). A row whose scale is not a power of two in [2^-117, 2^119]
 //! (where every nonzero result is a normal bf16) is declined; its caller takes the f32
 //! path.
@@ -97,9 +97,10 @@ mod x86 {
         }
     }
 
-    /// Dequantizes one 656-byte row into `out` (576 bf16): each tile's codes through
-    /// [`TABLE`] (sign bit ORed in), nonzero non-NaN values' exponents raised by the
-    /// tile's shift; the 64 rope values copied.
+    /// Dequantizes one 656-byte row into `out` (576 bf16): per tile, [`TABLE`] with the
+    /// tile's shift added to every entry but zero and NaN (entries 0 and 0x7F), then each
+    /// code's magnitude looked up there and its sign bit ORed in; the 64 rope values
+    /// copied.
     ///
     /// # Safety
     /// AVX-512F and AVX-512BW must be available.
@@ -110,31 +111,31 @@ mod x86 {
         // SAFETY (all unaligned loads and stores): TABLE is 4 x 32 u16; the row's
         // latent codes are bytes 0..512, its rope bf16 bytes 528..656; `out` holds 576
         // u16.
-        let (t0, t1, t2, t3) = (
+        let base = [
             _mm512_loadu_si512(t),
             _mm512_loadu_si512(t.add(1)),
             _mm512_loadu_si512(t.add(2)),
             _mm512_loadu_si512(t.add(3)),
-        );
+        ];
+        // Which entries of each quarter are scaled: all but magnitude 0 (first quarter's
+        // first) and 0x7F (last quarter's last).
+        let scaled: [__mmask32; 4] = [!1, !0, !0, !(1 << 31)];
         let (src, dst) = (row.as_ptr(), out.as_mut_ptr().cast::<u16>());
-        let (mask7, bit6, sign) = (
-            _mm512_set1_epi16(0x7F),
-            _mm512_set1_epi16(0x40),
-            _mm512_set1_epi16(0x80),
-        );
+        let (bit6, sign) = (_mm512_set1_epi16(0x40), _mm512_set1_epi16(0x8000u16 as i16));
         for (tile, &shift) in shifts.iter().enumerate() {
             let add = _mm512_set1_epi16(shift);
+            let [t0, t1, t2, t3] =
+                std::array::from_fn(|q| _mm512_mask_add_epi16(base[q], scaled[q], base[q], add));
             for step in 0..DS_V32_TILE / 32 {
                 let at = tile * DS_V32_TILE + 32 * step;
                 let c = _mm512_cvtepu8_epi16(_mm256_loadu_si256(src.add(at).cast()));
-                let mag = _mm512_and_si512(c, mask7);
-                let low = _mm512_permutex2var_epi16(t0, mag, t1);
-                let high = _mm512_permutex2var_epi16(t2, mag, t3);
+                // VPERMT2W reads the low 6 bits (magnitudes 0..64 of one table pair); bit 6
+                // picks the pair.
+                let low = _mm512_permutex2var_epi16(t0, c, t1);
+                let high = _mm512_permutex2var_epi16(t2, c, t3);
                 let v = _mm512_mask_blend_epi16(_mm512_test_epi16_mask(c, bit6), low, high);
-                // Zero and NaN keep their bits; every other value is scaled.
-                let live = _mm512_test_epi16_mask(c, mask7) & _mm512_cmpneq_epi16_mask(mag, mask7);
-                let v = _mm512_mask_add_epi16(v, live, v, add);
-                let v = _mm512_or_si512(v, _mm512_slli_epi16::<8>(_mm512_and_si512(c, sign)));
+                // v | (c << 8 & 0x8000): the sign.
+                let v = _mm512_ternarylogic_epi32::<0xF8>(v, _mm512_slli_epi16::<8>(c), sign);
                 _mm512_storeu_si512(dst.add(at).cast(), v);
             }
         }
