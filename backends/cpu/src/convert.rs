@@ -130,26 +130,131 @@ pub fn storage_from_f32(values: Vec<f32>, dtype: DType) -> Result<CpuStorage> {
     })
 }
 
-/// Writes `values` into the float output `dst` from element `at`,
-/// rounded to nearest-even as [`storage_from_f32`] rounds.
-pub fn store_f32(dst: &mut FloatSliceMut<'_>, at: usize, values: &[f32]) {
+/// Writes `values[j] / divisor * factor` into the float output `dst` from element `at`,
+/// rounded to nearest-even as [`storage_from_f32`] rounds: an attention row normalised by
+/// its softmax denominator (and a sink's factor). F32 and BF16 outputs in one loop
+/// compiled for the widest vector unit found at run time.
+pub fn store_normalized(
+    dst: &mut FloatSliceMut<'_>,
+    at: usize,
+    values: &[f32],
+    (divisor, factor): (f32, f32),
+) {
     let end = at + values.len();
+    let normalized = move |a: f32| a / divisor * factor;
     match dst {
-        FloatSliceMut::F32(v) => v[at..end].copy_from_slice(values),
+        FloatSliceMut::F32(v) => pulp::Arch::new().dispatch(Narrow {
+            src: values,
+            dst: &mut v[at..end],
+            convert: normalized,
+        }),
         FloatSliceMut::F16(v) => v[at..end]
             .iter_mut()
             .zip(values)
-            .for_each(|(o, &x)| *o = f16::from_f32(x)),
-        FloatSliceMut::BF16(v) => v[at..end]
-            .iter_mut()
-            .zip(values)
-            .for_each(|(o, &x)| *o = bf16::from_f32(x)),
+            .for_each(|(o, &x)| *o = f16::from_f32(normalized(x))),
+        FloatSliceMut::BF16(v) => pulp::Arch::new().dispatch(Narrow {
+            src: values,
+            dst: bytemuck::cast_slice_mut::<bf16, u16>(&mut v[at..end]),
+            convert: move |a| bf16_bits_nearest_even(normalized(a)),
+        }),
     }
+}
+
+/// An elementwise conversion from f32 as a pulp kernel (see [`Upcast`]).
+struct Narrow<'a, T, F> {
+    src: &'a [f32],
+    dst: &'a mut [T],
+    convert: F,
+}
+
+impl<T, F: Fn(f32) -> T> pulp::WithSimd for Narrow<'_, T, F> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        for (d, &x) in self.dst.iter_mut().zip(self.src) {
+            *d = (self.convert)(x);
+        }
+    }
+}
+
+/// The bits of `x` rounded to bf16, nearest-even, as `bf16::from_f32` rounds (a NaN stays
+/// a NaN, its quiet bit set), branch-free so that it vectorises: adding `0x7FFF` plus the
+/// kept part's lowest bit carries into it exactly when the dropped half is above one half,
+/// or one half with that bit odd.
+#[inline(always)]
+fn bf16_bits_nearest_even(x: f32) -> u16 {
+    let b = x.to_bits();
+    let rounded = (b + 0x7FFF + ((b >> 16) & 1)) >> 16;
+    let nan = (b >> 16) | 0x40;
+    (if x.is_nan() { nan } else { rounded }) as u16
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn normalized_rows_round_as_the_scalar_conversions() {
+        // Ties both ways, values just off a tie, subnormals, the largest finite values (to
+        // infinity), infinities, NaNs (a full payload would carry into the sign if rounded),
+        // zeros of both signs, and a spread of ordinary values; 79 of them: whole vectors
+        // and a tail.
+        let mut values: Vec<f32> = vec![
+            f32::from_bits(0x3F80_8000),
+            f32::from_bits(0x3F81_8000),
+            f32::from_bits(0xBF80_8000),
+            f32::from_bits(0x3F80_8001),
+            f32::from_bits(0x3F80_7FFF),
+            f32::from_bits(0x0000_8000),
+            f32::from_bits(0x0001_8000),
+            f32::MIN_POSITIVE / 3.0,
+            f32::MAX,
+            f32::MIN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -f32::NAN,
+            f32::from_bits(0x7FFF_FFFF),
+            f32::from_bits(0xFFFF_FFFF),
+            0.0,
+            -0.0,
+        ];
+        values.extend((0..61).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013_7));
+        for (divisor, factor) in [(1.0, 1.0), (3.0, 1.0), (0.37, 0.625)] {
+            let want = |x: f32| x / divisor * factor;
+            let at = 2;
+            let mut b = vec![bf16::ZERO; at + values.len()];
+            store_normalized(
+                &mut FloatSliceMut::BF16(&mut b),
+                at,
+                &values,
+                (divisor, factor),
+            );
+            let mut h = vec![f16::ZERO; at + values.len()];
+            store_normalized(
+                &mut FloatSliceMut::F16(&mut h),
+                at,
+                &values,
+                (divisor, factor),
+            );
+            let mut f = vec![0.0f32; at + values.len()];
+            store_normalized(
+                &mut FloatSliceMut::F32(&mut f),
+                at,
+                &values,
+                (divisor, factor),
+            );
+            for (j, &x) in values.iter().enumerate() {
+                let (wb, wh, wf) = (bf16::from_f32(want(x)), f16::from_f32(want(x)), want(x));
+                let case = format!("{x:e} ({:#010x}) / {divisor} * {factor}", x.to_bits());
+                assert_eq!(b[at + j].to_bits(), wb.to_bits(), "bf16 {case}");
+                assert_eq!(h[at + j].to_bits(), wh.to_bits(), "f16 {case}");
+                assert_eq!(f[at + j].to_bits(), wf.to_bits(), "f32 {case}");
+            }
+            assert!(b[..at].iter().all(|v| v.to_bits() == 0), "before `at`");
+        }
+    }
 
     #[test]
     fn read_f32_converts_the_requested_range() {

@@ -7,7 +7,7 @@
 pub(crate) mod attend;
 
 use super::kv_rows::KvRows;
-use crate::convert::store_f32;
+use crate::convert::store_normalized;
 use crate::storage::{
     check_inputs, float_mut, float_slice, i32_slice, zeroed, CpuStorage, FloatSlice, FloatSliceMut,
 };
@@ -165,7 +165,6 @@ fn write_outputs(
     let (group, d_v, s_q, h_q) = (call.h_q / call.h_kv, call.d_v, call.s_q, call.h_q);
     o.fill(0.0);
     lse.fill(f32::NEG_INFINITY);
-    let mut row = zeroed::<f32>(&[d_v], "cpu mla_decode o row")?;
     let mut at = 0;
     while at < jobs.len() {
         let (b, g) = (jobs[at].b, jobs[at].g);
@@ -177,15 +176,13 @@ fn write_outputs(
         at += count;
         for r in 0..s_q * group {
             let l = merged.l[r];
-            if l <= 0.0 {
-                continue; // empty range: o = 0, lse = -inf
+            if l.is_nan() || l <= 0.0 {
+                continue; // empty range: o = 0, lse = -inf (a NaN sum too, as merged)
             }
             let (i, h) = (r / group, g * group + r % group);
             lse[(b * h_q + h) * s_q + i] = merged.m[r] + l.ln();
-            for (out, &a) in row.iter_mut().zip(&merged.acc[r * d_v..(r + 1) * d_v]) {
-                *out = a / l;
-            }
-            store_f32(&mut o, ((b * s_q + i) * h_q + h) * d_v, &row);
+            let acc = &merged.acc[r * d_v..(r + 1) * d_v];
+            store_normalized(&mut o, ((b * s_q + i) * h_q + h) * d_v, acc, (l, 1.0));
         }
     }
     Ok(())

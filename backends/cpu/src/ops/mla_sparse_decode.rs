@@ -8,7 +8,7 @@
 
 use super::kv_rows::KvRows;
 use super::mla_decode::attend::{self, Cache, Partial, Scratch, Slots, CHUNK};
-use crate::convert::store_f32;
+use crate::convert::store_normalized;
 use crate::storage::{
     check_inputs, f32_slice, float_slice, i32_slice, zeroed, CpuStorage, FloatSliceMut,
 };
@@ -180,7 +180,6 @@ fn write_outputs(
     let (d_v, s_q, h_q) = (call.d_v, call.s_q, call.h_q);
     o.fill(0.0);
     lse.fill(f32::NEG_INFINITY);
-    let mut row = zeroed::<f32>(&[d_v], "cpu mla_sparse_decode o row")?;
     let mut at = 0;
     while at < jobs.len() {
         let r = jobs[at].r;
@@ -190,8 +189,8 @@ fn write_outputs(
         let (b, i) = (r / s_q, r % s_q);
         for h in 0..h_q {
             let l = merged.l[h];
-            if l <= 0.0 {
-                continue; // no valid entry: o = 0, lse = -inf
+            if l.is_nan() || l <= 0.0 {
+                continue; // no valid entry: o = 0, lse = -inf (a NaN sum too, as merged)
             }
             let row_lse = merged.m[h] + l.ln();
             lse[(b * h_q + h) * s_q + i] = row_lse;
@@ -199,10 +198,8 @@ fn write_outputs(
                 Some(s) => 1.0 / (1.0 + (s[h] - row_lse).exp()),
                 None => 1.0,
             };
-            for (out, &a) in row.iter_mut().zip(&merged.acc[h * d_v..(h + 1) * d_v]) {
-                *out = a / l * factor;
-            }
-            store_f32(&mut o, (r * h_q + h) * d_v, &row);
+            let acc = &merged.acc[h * d_v..(h + 1) * d_v];
+            store_normalized(&mut o, (r * h_q + h) * d_v, acc, (l, factor));
         }
     }
     Ok(())

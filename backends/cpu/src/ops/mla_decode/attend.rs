@@ -25,6 +25,7 @@ use crate::ops::kv_rows::KvRows;
 use crate::storage::FloatSlice;
 use crate::vmath;
 use moemla_core::{Error, Result};
+use std::borrow::Cow;
 use std::ops::Range;
 
 /// Cache positions per chunk (rows of K/V upcast together).
@@ -440,8 +441,13 @@ fn softmax_step(s: &mut [f32], valid: usize, scale: f32, st: &mut Partial, r: us
     }
 }
 
-/// Merges partial states of the same rows over disjoint position ranges.
-pub fn merge(parts: &[Partial], d_v: usize) -> Partial {
+/// Merges partial states of the same rows over disjoint position ranges; one state is
+/// returned as it is (a row whose `l` is not positive, NaN included, attends nothing
+/// either way: the merge leaves such a row's `l` at 0).
+pub fn merge(parts: &[Partial], d_v: usize) -> Cow<'_, Partial> {
+    if let [one] = parts {
+        return Cow::Borrowed(one);
+    }
     let rows = parts.first().map_or(0, |p| p.m.len());
     let mut out = Partial {
         m: vec![f32::NEG_INFINITY; rows],
@@ -466,5 +472,5 @@ pub fn merge(parts: &[Partial], d_v: usize) -> Partial {
             }
         }
     }
-    out
+    Cow::Owned(out)
 }
