@@ -2,12 +2,15 @@
 //! (elsewhere the caller keeps its general GEMM): the scores `S = Q K^T` ([`gemm_qk`]) and
 //! `acc += P V` ([`gemm_pv`]), both reading the K/V rows in place (no copy, no packing:
 //! V rows are already 16 columns per vector), one fused multiply-add per product into
-//! f32 sums; from 16 query rows, where the CPU runs the quad kernels, the scores on query
-//! rows prepared once in quads ([`Query`], [`gemm_qk_prepared`]). Single-threaded;
+//! f32 sums; from 16 query rows the scores on query rows prepared once ([`Query`],
+//! [`gemm_qk_prepared`]): in quads up to 63 rows where the CPU runs the quad kernels, from
+//! 64 rows packed for the register-tiled kernel of [`crate::gemm_util`]. Single-threaded;
 //! callers parallelise over independent tiles.
 
+use crate::gemm_util::{matmul_nt_packed, PackedRows};
 #[cfg(target_arch = "x86_64")]
 use crate::quads;
+use crate::storage::FloatSlice;
 use crate::vendor::intel;
 use moemla_core::{Error, Result};
 
@@ -23,24 +26,19 @@ pub fn native() -> bool {
     }
 }
 
-/// Whether, for `rows` query rows, a caller should take its general GEMM (which packs
-/// its operands) instead of [`gemm_qk`] and [`gemm_pv`]: from [`GEMM_ROWS`] rows.
-/// [`gemm_qk`]'s 4 x 4 tiles re-read the query rows from L2 once per four cache rows.
-/// On an Intel Xeon (one core, `mla_decode` at DeepSeek's width, 1024 positions) that
-/// held both products to 45-48% of the core's FMA peak at any row count, while the
-/// packed GEMM reached 60% at 64 rows and 73% at 256 (47% and 45% at 32 and 16 rows,
-/// where the kernels stay and reach 52% with the passes of [`qk_pass`], which only fit
-/// L1 up to 32 rows). On a 2-core AMD EPYC (Zen 5, one thread per core) `mla_decode`
-/// f32 at 128 heads took 0.79-0.85x the time on the GEMM (`moemla bench --backend cpu
-/// --op mla_decode --dtype f32`, two interleaved rounds), at 16 heads the kernels stay.
-/// An earlier AMD guest, two SMT threads of one Zen 5 core, ran the kernels at 79-87%
-/// of its FMA peak: the second thread hid the latency one thread per core now shows.
-pub fn yields_to_gemm(rows: usize) -> bool {
-    rows >= GEMM_ROWS
-}
-
-/// Query rows from which [`yields_to_gemm`] sends a caller to the general GEMM.
-pub const GEMM_ROWS: usize = 64;
+/// Query rows from which [`Query`] packs them whole, for the register-tiled kernel of
+/// [`crate::gemm_util`] (12 cache rows broadcast against 32 query rows per tile, the
+/// queries packed once per attention instead of once per chunk as the general GEMM packs
+/// its operands; the values as [`PackedRows`] takes them). Below that, quads. On a 2-core
+/// Zen 5 (one thread per core), `mla_decode` f32 at h_q 128 (b 4), in one process,
+/// alternated rounds against the general GEMM: 1024 positions best 2.60 vs 2.70 ms, 4096
+/// positions 10.28-10.40 vs 10.88-11.01 ms, the cache rows copied either way; read in
+/// place (one run per block of the table) a copy fewer. On an Intel Xeon (one core,
+/// DeepSeek's width, 1024 positions) the earlier [`gemm_qk`]'s 4 x 4 tiles, which re-read
+/// the query rows from L2 once per four cache rows, held both products to 45-48% of the
+/// core's FMA peak at any row count, while the general GEMM reached 60% at 64 rows and
+/// 73% at 256.
+pub const PACKED_MIN_ROWS: usize = 64;
 
 /// Bytes of query rows one pass of [`gemm_qk`] holds in L1 on Intel cores ([`qk_pass`]).
 const QUERY_PASS_BYTES: usize = 24 << 10;
@@ -120,39 +118,59 @@ pub fn transpose(t: &[f32], (r, c): (usize, usize), out: &mut [f32]) {
     }
 }
 
-/// Query rows [m, k] (f32) prepared once per attention for [`gemm_qk_prepared`]: where
-/// the quad kernels run ([`quads::available`]) and from [`QUAD_MIN_ROWS`] to below
-/// [`GEMM_ROWS`] rows, in near-equal parts of at most 24 rows, each packed in quads (4
-/// query rows per 128-bit lane; a piece of 4 columns of a cache row broadcast against
-/// them, each score the sum of its lane's 4 chains at the end), the scores transposed
-/// back. On a 2-core Zen 5, `mla_decode` f32 at h_q 16 (b 4), in one process, three
-/// interleaved rounds against [`gemm_qk`]'s 4 x 4 tiles of row dots: s_q 1, 1024
-/// positions 0.42-0.44 vs 0.50-0.51 ms, 4096 positions 1.60-1.62 vs 2.00-2.08 ms; s_q 2
-/// (two parts of 16) 0.74-0.84 vs 0.87-0.91 ms and 3.07-3.09 vs 3.72-3.80 ms.
+/// Query rows [m, k] (f32) prepared once per attention for [`gemm_qk_prepared`], the
+/// scores coming out transposed and turned back. From [`QUAD_MIN_ROWS`] to below
+/// [`PACKED_MIN_ROWS`] rows where the quad kernels run ([`quads::available`]): in
+/// near-equal parts of at most 24 rows, each packed in quads (4 query rows per 128-bit
+/// lane; a piece of 4 columns of a cache row broadcast against them, each score the sum
+/// of its lane's 4 chains at the end). On a 2-core Zen 5, `mla_decode` f32 at h_q 16 (b
+/// 4), in one process, three interleaved rounds against [`gemm_qk`]'s 4 x 4 tiles of row
+/// dots: s_q 1, 1024 positions 0.42-0.44 vs 0.50-0.51 ms, 4096 positions 1.60-1.62 vs
+/// 2.00-2.08 ms; s_q 2 (two parts of 16) 0.74-0.84 vs 0.87-0.91 ms and 3.07-3.09 vs
+/// 3.72-3.80 ms. From [`PACKED_MIN_ROWS`] rows on AVX-512F: all of them packed as
+/// [`PackedRows`] (groups of 16 rows, column by column), each value of a cache row
+/// broadcast against 16 of them, one chain of k additions per score.
 #[derive(Debug)]
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-pub struct Query {
+pub struct Query<'q> {
     /// Rows.
     m: usize,
     /// Their width.
     k: usize,
+    /// How they are prepared.
+    form: Form<'q>,
+}
+
+/// The two ways [`Query`] prepares its rows.
+#[derive(Debug)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+enum Form<'q> {
     /// Each part: its first row, its rows, and them packed in quads.
-    parts: Vec<(usize, usize, Vec<u32>)>,
+    #[cfg(target_arch = "x86_64")]
+    Quads(Vec<(usize, usize, Vec<u32>)>),
+    /// All of them, for [`matmul_nt_packed`].
+    Packed(PackedRows<'q>),
 }
 
 /// Query rows from which [`Query`] prepares them in quads (below that, [`gemm_qk`]).
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub const QUAD_MIN_ROWS: usize = 16;
 
-impl Query {
-    /// `q` [m, k] prepared, or `None` where the quad kernels do not run here or `m` is
-    /// outside [`QUAD_MIN_ROWS`]`..`[`GEMM_ROWS`]. A `k` of 0 or a `q` that is not whole
-    /// rows of `k` are [`Error::Device`]; the packed parts are allocated fallibly.
+impl<'q> Query<'q> {
+    /// `q` [m, k] prepared, or `None` below [`QUAD_MIN_ROWS`] rows or where the kernels do
+    /// not run here (the quads below [`PACKED_MIN_ROWS`] rows, AVX-512F from there). A `k`
+    /// of 0 or a `q` that is not whole rows of `k` are [`Error::Device`]; the packed rows
+    /// are allocated fallibly.
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
-    pub fn new(q: &[f32], k: usize) -> Result<Option<Query>> {
+    pub fn new(q: &'q [f32], k: usize) -> Result<Option<Query<'q>>> {
         let m = qk_shape("f32 query rows", q.len(), k, &[] as &[&[f32]], 0)?;
         #[cfg(target_arch = "x86_64")]
-        if quads::available() && (QUAD_MIN_ROWS..GEMM_ROWS).contains(&m) {
+        if native() && m >= PACKED_MIN_ROWS {
+            let form = Form::Packed(PackedRows::new(q, k)?);
+            return Ok(Some(Query { m, k, form }));
+        }
+        #[cfg(target_arch = "x86_64")]
+        if quads::available() && (QUAD_MIN_ROWS..PACKED_MIN_ROWS).contains(&m) {
             let count = m.div_ceil(quads::MAX_ROWS);
             let mut parts = Vec::with_capacity(count);
             for p in 0..count {
@@ -166,44 +184,76 @@ impl Query {
                 )?;
                 parts.push((first, rows, packed));
             }
-            return Ok(Some(Query { m, k, parts }));
+            let form = Form::Quads(parts);
+            return Ok(Some(Query { m, k, form }));
         }
         Ok(None)
     }
 }
 
-/// `out[r * n + j] = q_r . row_j` as [`gemm_qk`], for prepared query rows: the scores come
-/// out transposed into `scores_t` (working memory, grown fallibly) and are turned back.
-/// A short row or an `out` that is not `m * n` long are [`Error::Device`]; nothing is
-/// written to `out` then.
+/// `out[r * n + j] = q_r . row_j` as [`gemm_qk`], for prepared query rows and the `n`
+/// cache rows given as runs of consecutive rows (`runs`, each whole rows of the query
+/// width, `k` values per row, no gaps): the scores come out transposed into `scores_t`
+/// (working memory, grown fallibly) and are turned back. A run that is not whole rows or
+/// an `out` that is not `m * n` long are [`Error::Device`]; nothing is written to `out`
+/// then.
 pub fn gemm_qk_prepared(
-    q: &Query,
-    rows: &[&[f32]],
+    q: &Query<'_>,
+    runs: &[&[f32]],
     out: &mut [f32],
     scores_t: &mut Vec<f32>,
 ) -> Result<()> {
-    let m = qk_shape("f32 gemm_qk", q.m * q.k, q.k, rows, out.len())?;
-    let n = rows.len();
+    let (m, k) = (q.m, q.k);
+    if let Some(run) = runs
+        .iter()
+        .find(|r| r.is_empty() || !r.len().is_multiple_of(k))
+    {
+        let message = format!("a run of {} values is not whole rows of {k}", run.len());
+        return Err(device("f32 gemm_qk", message));
+    }
+    let n: usize = runs.iter().map(|r| r.len() / k).sum();
+    if m.checked_mul(n) != Some(out.len()) {
+        let message = format!("out ({}) must be {m} x {n}", out.len());
+        return Err(device("f32 gemm_qk", message));
+    }
     if n == 0 {
         // No cache rows: no scores (and no pointer into an empty buffer).
         return Ok(());
     }
     sized(scores_t, m * n, "f32 transposed scores")?;
-    #[cfg(target_arch = "x86_64")]
-    for (first, part, packed) in &q.parts {
-        // SAFETY: `Query::new` packed the parts only where the quad kernels' features were
-        // detected, each 1..=24 rows of k; `qk_shape` checked every row holds at least k;
-        // the part's scores, columns first..first + part of every row of scores_t [n, m],
-        // lie inside it.
-        unsafe {
-            quads::multiply::<quads::F32>(
-                |j| rows[j].as_ptr(),
-                (n, q.k),
-                (packed.as_ptr(), *part),
-                (scores_t.as_mut_ptr().add(*first), m),
-                false,
-            )
-        };
+    match &q.form {
+        Form::Packed(packed) => {
+            // A run at a time: the kernel reads rows of `a` at one stride.
+            let mut j0 = 0;
+            for run in runs {
+                let rows = run.len() / k;
+                let scores = &mut scores_t[j0 * m..(j0 + rows) * m];
+                matmul_nt_packed(FloatSlice::F32(run), packed, scores)?;
+                j0 += rows;
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Form::Quads(parts) => {
+            // All rows in one pass per part (row by row through their addresses).
+            let rows: Vec<*const f32> = (runs.iter())
+                .flat_map(|r| r.chunks_exact(k).map(<[f32]>::as_ptr))
+                .collect();
+            for (first, part, packed) in parts {
+                // SAFETY: `Query::new` packed the parts only where the quad kernels'
+                // features were detected, each 1..=24 rows of k; each of the n row
+                // addresses starts k values of a run; the part's scores, columns
+                // first..first + part of every row of scores_t [n, m], lie inside it.
+                unsafe {
+                    quads::multiply::<quads::F32>(
+                        |j| rows[j],
+                        (n, k),
+                        (packed.as_ptr(), *part),
+                        (scores_t.as_mut_ptr().add(*first), m),
+                        false,
+                    )
+                };
+            }
+        }
     }
     transpose(scores_t, (n, m), out);
     Ok(())
@@ -865,11 +915,13 @@ mod tests {
     }
 
     #[test]
-    fn prepared_queries_score_as_an_f64_reference_in_quads_where_they_run() {
+    fn prepared_queries_score_as_an_f64_reference_in_quads_or_packed_where_they_run() {
         // 16 to 63 rows in quads where the kernels run: one part (16, 24: a full sixth
         // group), two (25: 12 + 13, 40), three (63); cache rows past a tile and twice one
         // (the next tile prefetched), a partial last tile; k odd, below a piece, at
-        // DeepSeek's width. Below 16 and from 64 rows none.
+        // DeepSeek's width. From 64 rows packed on AVX-512F: whole and partial groups of
+        // 16 and pairs of them (64, 72, 128, 130 rows), cache rows past a block of 12. The
+        // cache rows come in runs of 1, 5 and the rest. Below 16 rows none.
         let mut rng = Lcg::new(17);
         for (m, n, k) in [
             (15, 9, 576),
@@ -882,54 +934,84 @@ mod tests {
             (49, 5, 576),
             (63, 21, 576),
             (64, 9, 576),
+            (72, 30, 577),
+            (128, 128, 576),
+            (130, 7, 5),
         ] {
-            let stride = k + 3;
             let q = rng.vec(m * k, -2.0, 2.0);
-            let mat = rng.vec(n * stride, -2.0, 2.0);
-            let rows: Vec<&[f32]> = mat.chunks_exact(stride).collect();
+            let mat = rng.vec(n * k, -2.0, 2.0);
+            let rows: Vec<&[f32]> = mat.chunks_exact(k).collect();
+            let (one, rest) = mat.split_at(k);
+            let (five, rest) = rest.split_at((5 * k).min(rest.len()));
+            let runs: Vec<&[f32]> = [one, five, rest]
+                .into_iter()
+                .filter(|r| !r.is_empty())
+                .collect();
             let prepared = Query::new(&q, k).unwrap();
             #[cfg(target_arch = "x86_64")]
-            let quads = quads::available();
+            let (quads, packed) = (quads::available(), native());
             #[cfg(not(target_arch = "x86_64"))]
-            let quads = false;
-            assert_eq!(
-                prepared.is_some(),
-                quads && (QUAD_MIN_ROWS..GEMM_ROWS).contains(&m),
-                "m {m}"
-            );
+            let (quads, packed) = (false, false);
+            let form = match &prepared {
+                None => "none",
+                Some(Query {
+                    form: Form::Packed(_),
+                    ..
+                }) => "packed",
+                #[cfg(target_arch = "x86_64")]
+                Some(Query {
+                    form: Form::Quads(_),
+                    ..
+                }) => "quads",
+            };
+            let want = if m >= PACKED_MIN_ROWS && packed {
+                "packed"
+            } else if (QUAD_MIN_ROWS..PACKED_MIN_ROWS).contains(&m) && quads {
+                "quads"
+            } else {
+                "none"
+            };
+            assert_eq!(form, want, "m {m}");
             let Some(prepared) = prepared else {
                 continue;
             };
             let (mut out, mut scratch) = (vec![f32::NAN; m * n], Vec::new());
-            gemm_qk_prepared(&prepared, &rows, &mut out, &mut scratch).unwrap();
-            // Four chains of k / 4 additions, then two.
+            gemm_qk_prepared(&prepared, &runs, &mut out, &mut scratch).unwrap();
+            // Quads: four chains of k / 4 additions, then two; packed: one chain of k.
             assert_scores(
                 (&q, k),
                 &rows,
                 &out,
-                k / 4 + 4,
-                &format!("m {m} n {n} k {k}"),
+                k + 4,
+                &format!("{form} m {m} n {n} k {k}"),
             );
         }
-        // Bad shapes: a k of 0, q not whole rows; a short cache row, an out of another
-        // length (nothing written).
+        // Bad shapes: a k of 0, q not whole rows; a run that is not whole rows, or empty,
+        // an out of another length (nothing written).
         assert!(Query::new(&[1.0; 10], 0).is_err());
         assert!(Query::new(&[1.0; 10], 3).is_err());
-        let q = rng.vec(16 * 8, -1.0, 1.0);
-        if let Some(prepared) = Query::new(&q, 8).unwrap() {
-            let (long, short) = ([1.0f32; 8], [1.0f32; 7]);
-            let mut out = [7.0f32; 32];
-            let mut scratch = Vec::new();
-            assert!(gemm_qk_prepared(&prepared, &[&long, &short], &mut out, &mut scratch).is_err());
-            assert!(gemm_qk_prepared(&prepared, &[&long], &mut out, &mut scratch).is_err());
-            assert_eq!(out, [7.0; 32]);
-            // No cache rows: no scores, not an error.
-            gemm_qk_prepared(&prepared, &[], &mut [], &mut scratch).unwrap();
-        }
-        // Several parts (25 rows: 12 + 13) and no cache rows: nothing touched.
-        let q = rng.vec(25 * 8, -1.0, 1.0);
-        if let Some(prepared) = Query::new(&q, 8).unwrap() {
-            gemm_qk_prepared(&prepared, &[], &mut [], &mut Vec::new()).unwrap();
+        for m in [16, 64] {
+            let q = rng.vec(m * 8, -1.0, 1.0);
+            if let Some(prepared) = Query::new(&q, 8).unwrap() {
+                let (long, short) = ([1.0f32; 16], [1.0f32; 7]);
+                let mut out = vec![7.0f32; 2 * m];
+                let mut scratch = Vec::new();
+                for runs in [
+                    &[&long[..], &short[..]][..],
+                    &[&long[..], &[]],
+                    &[&long[..8]],
+                ] {
+                    let got = gemm_qk_prepared(&prepared, runs, &mut out, &mut scratch);
+                    assert!(
+                        got.is_err(),
+                        "m {m} runs {:?}",
+                        runs.iter().map(|r| r.len()).collect::<Vec<_>>()
+                    );
+                }
+                assert!(out.iter().all(|&v| v == 7.0));
+                // No cache rows: no scores, not an error.
+                gemm_qk_prepared(&prepared, &[], &mut [], &mut scratch).unwrap();
+            }
         }
     }
 

@@ -9,11 +9,12 @@
 //! once per chunk, straight to bf16 where their scales are powers of two, else to f32 and
 //! kept when those values are bf16 values), V paired by position as the kernel reads it,
 //! `P` rounded to bf16 as FlashMLA does. Otherwise the rows are f32 (an F32 cache read in
-//! place, others upcast or FP8-dequantized once, shared by all M rows), on AVX-512F
-//! kernels that read them directly ([`crate::f32attn`]; 16 to 63 query rows prepared once
-//! in quads where the CPU runs the quad kernels, AVX-512 with BF16) or else (without
-//! AVX-512F, or with many rows where [`f32attn::yields_to_gemm`]) the general GEMM. Only
-//! positions below a row's attended length are ever read or weighted.
+//! place where a head's consecutive positions are consecutive rows, others upcast or
+//! FP8-dequantized once into one block, shared by all M rows), on AVX-512F kernels that
+//! read them directly ([`crate::f32attn`]; from 16 query rows on query rows prepared once:
+//! in quads up to 63 where the CPU runs the quad kernels, AVX-512 with BF16, packed from
+//! 64) or else (without AVX-512F) the general GEMM. Only positions below a row's attended
+//! length are ever read or weighted.
 
 use crate::bf16attn;
 use crate::bf16dot;
@@ -118,14 +119,14 @@ pub fn attend(
     scale: f32,
     scratch: &mut Scratch,
 ) -> Result<Partial> {
-    let kernels = Kernels::for_rows(limits.len());
+    let kernels = Kernels::detected();
     let mut attention = Attention::new(kernels, (q, limits), cache.d_v, scale);
     attention.over(cache, g, span, scratch)?;
     Ok(attention.finish())
 }
 
 /// Which kernels [`Attention`] may use: the native bf16 dot, AVX-512F f32 (else the
-/// general GEMM). [`Kernels::for_rows`] is what suits the CPU; tests also narrow it.
+/// general GEMM). [`Kernels::detected`] is what suits the CPU; tests also narrow it.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Kernels {
     /// The native bf16 dot ([`crate::bf16attn`]); only true where the CPU has it.
@@ -135,16 +136,17 @@ pub(crate) struct Kernels {
 }
 
 impl Kernels {
-    /// The kernels for `rows` query rows on this CPU: the native bf16 dot where it
-    /// outpaces the FMA, however few the query rows (on an Intel Xeon, the dot at half the
-    /// FMA's rate, the f32 kernels won at h_q 16 too, by 2-6% on a BF16 cache and 18-21%
-    /// on an FP8 one, whose rows are dequantized either way: `moemla bench --backend cpu
-    /// --op mla_decode --dtype bf16 --filter "h_q=16"`); the f32 kernels unless they yield
-    /// to the GEMM at that many rows.
-    pub(crate) fn for_rows(rows: usize) -> Kernels {
+    /// The kernels this CPU runs best, however many the query rows: the native bf16 dot
+    /// where it outpaces the FMA (on an Intel Xeon, the dot at half the FMA's rate, the
+    /// f32 kernels won at h_q 16 too, by 2-6% on a BF16 cache and 18-21% on an FP8 one,
+    /// whose rows are dequantized either way: `moemla bench --backend cpu --op mla_decode
+    /// --dtype bf16 --filter "h_q=16"`); the f32 kernels wherever AVX-512F is there (from
+    /// [`f32attn::PACKED_MIN_ROWS`] rows on query rows packed as the general GEMM would,
+    /// but once).
+    pub(crate) fn detected() -> Kernels {
         Kernels {
             bf16: bf16dot::outpaces_fma(),
-            f32: f32attn::native() && !f32attn::yields_to_gemm(rows),
+            f32: f32attn::native(),
         }
     }
 }
@@ -163,7 +165,7 @@ pub(crate) struct Attention<'q> {
     /// `None` when they are not bf16 values.
     q16: Option<Option<bf16attn::Query>>,
     /// The rows prepared for the f32 kernels (unset until a chunk takes them).
-    q32: Option<Option<f32attn::Query>>,
+    q32: Option<Option<f32attn::Query<'q>>>,
     st: Partial,
 }
 
@@ -300,28 +302,30 @@ impl<'q> Attention<'q> {
                 bf16attn::round_rows(&scratch.s, n, &mut scratch.p16)?;
                 bf16attn::gemm_pv(&scratch.p16, &krows, d_v, &mut st.acc)?;
             } else if kernels.f32 {
-                // The f32 rows in place (an F32 cache) or as loaded, both products on
-                // AVX-512F kernels that read them directly.
+                // The f32 rows in place (an F32 cache of one head: its consecutive slots
+                // are consecutive rows) or as loaded, as runs of consecutive rows; both
+                // products on AVX-512F kernels that read them directly.
                 #[cfg(test)]
                 record(cache, slots[0], n, Taken::F32Kernels);
-                let mut rows32: Vec<&[f32]> = Vec::with_capacity(n);
-                if let (KvRows::Dense(FloatSlice::F32(data)), false) = (cache.data, loaded) {
-                    for &slot in slots {
-                        rows32.push(row_of(data, slot * cache.h_kv + g, d_qk)?);
+                let runs = match (cache.data, loaded) {
+                    (KvRows::Dense(FloatSlice::F32(data)), false) if cache.h_kv == 1 => {
+                        runs_in_place(data, slots, d_qk)?
                     }
-                } else {
-                    if !loaded {
-                        load(cache, g, slots, &mut scratch.kv);
+                    _ => {
+                        if !loaded {
+                            load(cache, g, slots, &mut scratch.kv);
+                        }
+                        vec![&scratch.kv[..n * d_qk]]
                     }
-                    rows32.extend(scratch.kv.chunks_exact(d_qk).take(n));
-                }
+                };
+                let rows32: Vec<&[f32]> = runs.iter().flat_map(|r| r.chunks_exact(d_qk)).collect();
                 if q32.is_none() {
                     *q32 = Some(f32attn::Query::new(q.data, d_qk)?);
                 }
                 match q32.as_ref().and_then(Option::as_ref) {
                     Some(q32) => f32attn::gemm_qk_prepared(
                         q32,
-                        &rows32,
+                        &runs,
                         &mut scratch.s,
                         &mut scratch.scores_t,
                     )?,
@@ -382,17 +386,34 @@ fn record(cache: &Cache<'_>, first: usize, n: usize, taken: Taken) {
     }
 }
 
-/// Row `index` (of `k` columns) of the f32 cache `data`; [`Error::Device`] when it is
-/// not all there (callers checked their indices, so never in practice).
-fn row_of(data: &[f32], index: usize, k: usize) -> Result<&[f32]> {
-    index
-        .checked_mul(k)
-        .and_then(|at| data.get(at..at.checked_add(k)?))
-        .ok_or_else(|| Error::Device {
-            backend: crate::NAME.to_string(),
-            call: "mla attention rows".to_string(),
-            message: format!("row {index} of {k} columns outside {} elements", data.len()),
-        })
+/// Rows `slots` (of `k` columns) of the f32 cache `data` of one head, as runs of
+/// consecutive rows (a run per block of the block table, or longer where blocks follow
+/// each other); [`Error::Device`] when a row is not all there (callers checked their
+/// indices, so never in practice).
+fn runs_in_place<'d>(data: &'d [f32], slots: &[usize], k: usize) -> Result<Vec<&'d [f32]>> {
+    let mut runs = Vec::new();
+    let mut at = 0;
+    while at < slots.len() {
+        let first = slots[at];
+        let len = 1
+            + (slots[at + 1..].iter().enumerate())
+                .take_while(|&(i, &s)| Some(s) == first.checked_add(i + 1))
+                .count();
+        let run = first
+            .checked_mul(k)
+            .and_then(|start| data.get(start..start.checked_add(len.checked_mul(k)?)?))
+            .ok_or_else(|| Error::Device {
+                backend: crate::NAME.to_string(),
+                call: "mla attention rows".to_string(),
+                message: format!(
+                    "rows {first}..{first}+{len} of {k} columns outside {} elements",
+                    data.len()
+                ),
+            })?;
+        runs.push(run);
+        at += len;
+    }
+    Ok(runs)
 }
 
 /// Reads head `g` of the cache slots `slots` as f32 rows into `kv` (upcast or

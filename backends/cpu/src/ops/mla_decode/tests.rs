@@ -227,8 +227,8 @@ fn bf16_decode_matches_f64_reference_at_odd_lengths_and_widths() {
 #[test]
 fn one_to_many_heads_at_the_deepseek_width_match_f64_reference() {
     // h_q 1 and 3 (fewer rows than a 4 x 4 score tile), 5 (one whole tile and one row),
-    // 128 (32 tiles of query rows sharing each tile of prefetched cache rows, or the
-    // general GEMM where the f32 kernels yield to it); one and
+    // 128 (with two queries, 256 rows: in f32 packed once for the AVX-512F kernel, the
+    // cache rows read in place a block at a time); one and
     // two queries; lengths past and short of a chunk (128) and a block (64), one of 1
     // that leaves the first of two causal queries nothing to attend (lse -inf).
     for (s_q, h_q, seqlens) in [
@@ -330,8 +330,7 @@ fn fp8_cache_decode_matches_f64_reference_on_both_paths() {
     // Sequence 0 (slots = positions) in chunks of 128, 128 and 1, sequence 1 (from slot
     // 12 * 64) in one of 63: the bf16 dot where it outpaces the FMA on this CPU, except
     // the chunk holding slot 130, whose rows are not bf16 values: f32 products.
-    let rows = c.s_q * c.h_q;
-    let f32_path = if crate::f32attn::native() && !crate::f32attn::yields_to_gemm(rows) {
+    let f32_path = if crate::f32attn::native() {
         Taken::F32Kernels
     } else {
         Taken::Gemm

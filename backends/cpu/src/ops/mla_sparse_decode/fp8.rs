@@ -33,7 +33,7 @@ pub(super) fn attend(
     // Every row sees every listed position: the pieces' positions (0..n of the buffer, or
     // list positions) all lie below the list's length.
     let limits = vec![slots.len(); h_q];
-    let kernels = Kernels::for_rows(h_q);
+    let kernels = Kernels::detected();
     let mut attention = Attention::new(kernels, (q, &limits), DS_V32_LATENT, scale);
     let mut p0 = span.start;
     while p0 < span.end {
