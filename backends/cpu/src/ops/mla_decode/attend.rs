@@ -263,9 +263,10 @@ impl<'q> Attention<'q> {
             let mut loaded = false;
             match (q16, cache.data) {
                 (Some(_), KvRows::Dense(FloatSlice::BF16(data))) => {
-                    // The K rows straight from the cache (no copy).
-                    for &slot in slots {
-                        krows.push(bf16dot::rows(data, slot * cache.h_kv + g, 1, d_qk)?);
+                    // The K rows straight from the cache (no copy), a run at a time.
+                    for (first, count) in row_runs(slots, cache.h_kv, g) {
+                        let run = bf16dot::rows(data, first, count, d_qk)?;
+                        krows.extend(run.chunks_exact(d_qk));
                     }
                 }
                 (Some(_), KvRows::Fp8(bytes)) => {
@@ -309,7 +310,9 @@ impl<'q> Attention<'q> {
                 record(cache, slots[0], n, Taken::F32Kernels);
                 let runs = match (cache.data, loaded) {
                     (KvRows::Dense(FloatSlice::F32(data)), false) if cache.h_kv == 1 => {
-                        runs_in_place(data, slots, d_qk)?
+                        (row_runs(slots, 1, 0))
+                            .map(|(first, count)| rows_of(data, first, count, d_qk))
+                            .collect::<Result<Vec<_>>>()?
                     }
                     _ => {
                         if !loaded {
@@ -386,34 +389,36 @@ fn record(cache: &Cache<'_>, first: usize, n: usize, taken: Taken) {
     }
 }
 
-/// Rows `slots` (of `k` columns) of the f32 cache `data` of one head, as runs of
-/// consecutive rows (a run per block of the block table, or longer where blocks follow
-/// each other); [`Error::Device`] when a row is not all there (callers checked their
-/// indices, so never in practice).
-fn runs_in_place<'d>(data: &'d [f32], slots: &[usize], k: usize) -> Result<Vec<&'d [f32]>> {
-    let mut runs = Vec::new();
+/// The cache rows of head `g` at `slots` (`h_kv` heads per slot) as runs of consecutive
+/// rows, `(first row, count)`: a run per block of the block table of a one-head cache, or
+/// longer where blocks follow each other.
+fn row_runs(slots: &[usize], h_kv: usize, g: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
     let mut at = 0;
-    while at < slots.len() {
-        let first = slots[at];
-        let len = 1
-            + (slots[at + 1..].iter().enumerate())
-                .take_while(|&(i, &s)| Some(s) == first.checked_add(i + 1))
+    std::iter::from_fn(move || {
+        let first = slots.get(at)? * h_kv + g;
+        let count = 1
+            + (slots[at + 1..].iter().zip(1..))
+                .take_while(|&(&slot, i)| slot * h_kv + g == first + i)
                 .count();
-        let run = first
-            .checked_mul(k)
-            .and_then(|start| data.get(start..start.checked_add(len.checked_mul(k)?)?))
-            .ok_or_else(|| Error::Device {
-                backend: crate::NAME.to_string(),
-                call: "mla attention rows".to_string(),
-                message: format!(
-                    "rows {first}..{first}+{len} of {k} columns outside {} elements",
-                    data.len()
-                ),
-            })?;
-        runs.push(run);
-        at += len;
-    }
-    Ok(runs)
+        at += count;
+        Some((first, count))
+    })
+}
+
+/// Rows `first..first + count` (of `k` columns) of the f32 cache `data`;
+/// [`Error::Device`] when they are not all there (callers checked their indices, so never
+/// in practice).
+fn rows_of(data: &[f32], first: usize, count: usize, k: usize) -> Result<&[f32]> {
+    crate::storage::row_range(first, count, k)
+        .and_then(|range| data.get(range))
+        .ok_or_else(|| Error::Device {
+            backend: crate::NAME.to_string(),
+            call: "mla attention rows".to_string(),
+            message: format!(
+                "rows {first}..{first}+{count} of {k} columns outside {} elements",
+                data.len()
+            ),
+        })
 }
 
 /// Reads head `g` of the cache slots `slots` as f32 rows into `kv` (upcast or
