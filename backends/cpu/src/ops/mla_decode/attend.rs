@@ -461,9 +461,7 @@ fn softmax_step(s: &mut [f32], valid: usize, scale: f32, st: &mut Partial, r: us
     st.l[r] = st.l[r] * alpha + sum;
     st.m[r] = m_new;
     if alpha != 1.0 {
-        st.acc[r * d_v..(r + 1) * d_v]
-            .iter_mut()
-            .for_each(|a| *a *= alpha);
+        vmath::scale(&mut st.acc[r * d_v..(r + 1) * d_v], alpha);
     }
 }
 
