@@ -185,7 +185,8 @@ impl<T, F: Fn(f32) -> T> pulp::WithSimd for Narrow<'_, T, F> {
 #[inline(always)]
 fn bf16_bits_nearest_even(x: f32) -> u16 {
     let b = x.to_bits();
-    let rounded = (b + 0x7FFF + ((b >> 16) & 1)) >> 16;
+    // Wrapping: only a NaN's bits (taken by the other branch) can carry past 32 bits.
+    let rounded = b.wrapping_add(0x7FFF + ((b >> 16) & 1)) >> 16;
     let nan = (b >> 16) | 0x40;
     (if x.is_nan() { nan } else { rounded }) as u16
 }
@@ -238,6 +239,8 @@ mod tests {
                 &values,
                 (divisor, factor),
             );
+            // f16 and f32 as the scalar conversions of the same expression: they check the
+            // placement, the bf16 comparison the rounding.
             let mut f = vec![0.0f32; at + values.len()];
             store_normalized(
                 &mut FloatSliceMut::F32(&mut f),

@@ -38,6 +38,7 @@ pub fn native() -> bool {
 /// the query rows from L2 once per four cache rows, held both products to 45-48% of the
 /// core's FMA peak at any row count, while the general GEMM reached 60% at 64 rows and
 /// 73% at 256.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub const PACKED_MIN_ROWS: usize = 64;
 
 /// Bytes of query rows one pass of [`gemm_qk`] holds in L1 on Intel cores ([`qk_pass`]).
@@ -128,8 +129,9 @@ pub fn transpose(t: &[f32], (r, c): (usize, usize), out: &mut [f32]) {
 /// dots: s_q 1, 1024 positions 0.42-0.44 vs 0.50-0.51 ms, 4096 positions 1.60-1.62 vs
 /// 2.00-2.08 ms; s_q 2 (two parts of 16) 0.74-0.84 vs 0.87-0.91 ms and 3.07-3.09 vs
 /// 3.72-3.80 ms. From [`PACKED_MIN_ROWS`] rows on AVX-512F: all of them packed as
-/// [`PackedRows`] (groups of 16 rows, column by column), each value of a cache row
-/// broadcast against 16 of them, one chain of k additions per score.
+/// [`PackedRows`] packs them (groups of 16 rows, column by column, each value of a cache
+/// row broadcast against 16 of them, one chain of k additions per score; where the quad
+/// kernels run, the last 1 to 4 rows past whole groups in quads).
 #[derive(Debug)]
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub struct Query<'q> {
@@ -188,6 +190,14 @@ impl<'q> Query<'q> {
             return Ok(Some(Query { m, k, form }));
         }
         Ok(None)
+    }
+}
+
+impl Query<'_> {
+    /// Whether the rows are packed whole ([`PACKED_MIN_ROWS`] and more), for the kernel
+    /// that meets the cache rows a run at a time.
+    pub fn packed(&self) -> bool {
+        matches!(self.form, Form::Packed(_))
     }
 }
 
@@ -920,7 +930,8 @@ mod tests {
         // group), two (25: 12 + 13, 40), three (63); cache rows past a tile and twice one
         // (the next tile prefetched), a partial last tile; k odd, below a piece, at
         // DeepSeek's width. From 64 rows packed on AVX-512F: whole and partial groups of
-        // 16 and pairs of them (64, 72, 128, 130 rows), cache rows past a block of 12. The
+        // 16 and pairs of them (64, 72, 128, 130 rows: 2 past whole groups), cache rows past
+        // a block of 12. The
         // cache rows come in runs of 1, 5 and the rest. Below 16 rows none.
         let mut rng = Lcg::new(17);
         for (m, n, k) in [
@@ -977,12 +988,14 @@ mod tests {
             };
             let (mut out, mut scratch) = (vec![f32::NAN; m * n], Vec::new());
             gemm_qk_prepared(&prepared, &runs, &mut out, &mut scratch).unwrap();
-            // Quads: four chains of k / 4 additions, then two; packed: one chain of k.
+            // Quads: four chains of k / 4 additions, then two; packed: one chain of k (its
+            // rows past whole groups of 16 in quads).
+            let adds = if form == "quads" { k / 4 + 4 } else { k + 4 };
             assert_scores(
                 (&q, k),
                 &rows,
                 &out,
-                k + 4,
+                adds,
                 &format!("{form} m {m} n {n} k {k}"),
             );
         }

@@ -1,9 +1,9 @@
 //! `fp8_ds_v32` cache rows dequantized straight to bf16 on a CPU with AVX-512BW: a code
 //! times a power-of-two scale is a bf16 value, so the decode is a table lookup (32 codes
-//! per step) in a table whose exponents the tile's scale raised, the same values as the f32 dequantization
-//! ([`super::KvRows::read`]). A row whose scale is not a power of two in [2^-117, 2^119]
-//! (where every nonzero result is a normal bf16) is declined; its caller takes the f32
-//! path.
+//! per step) in a table whose exponents the tile's scale raised, the same values as the
+//! f32 dequantization ([`super::KvRows::read`]). A row whose scale is not a power of two
+//! in [2^-117, 2^119] (where every nonzero result is a normal bf16) is declined; its
+//! caller takes the f32 path.
 
 use crate::ops::moe_experts::fp8::magnitude_bf16;
 use half::bf16;

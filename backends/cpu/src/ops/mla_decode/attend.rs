@@ -95,6 +95,10 @@ pub struct Partial {
     pub acc: Vec<f32>,
 }
 
+/// Fewest cache rows per run, on average, that packed f32 query rows meet in place (a
+/// run at a time, in blocks of 12 rows: shorter runs leave most of a block empty).
+const MIN_PACKED_RUN: usize = 12;
+
 /// Per-thread buffers: the upcast K/V chunk and its bf16 rows (an FP8 chunk's, for the
 /// native bf16 dot); for that dot the bf16 probabilities and the logits transposed; the
 /// logits and probabilities; the chunk's cache slots.
@@ -303,18 +307,33 @@ impl<'q> Attention<'q> {
                 bf16attn::round_rows(&scratch.s, n, &mut scratch.p16)?;
                 bf16attn::gemm_pv(&scratch.p16, &krows, d_v, &mut st.acc)?;
             } else if kernels.f32 {
-                // The f32 rows in place (an F32 cache of one head: its consecutive slots
-                // are consecutive rows) or as loaded, as runs of consecutive rows; both
-                // products on AVX-512F kernels that read them directly.
+                // The f32 rows in place (an F32 cache) or as loaded, as runs of
+                // consecutive rows; both products on AVX-512F kernels that read them
+                // directly. Query rows packed for the register-tiled kernel meet one run at
+                // a time: short runs (a scattered block table, several heads per slot) are
+                // copied into one block for them instead.
                 #[cfg(test)]
                 record(cache, slots[0], n, Taken::F32Kernels);
-                let runs = match (cache.data, loaded) {
-                    (KvRows::Dense(FloatSlice::F32(data)), false) if cache.h_kv == 1 => {
-                        (row_runs(slots, 1, 0))
+                if q32.is_none() {
+                    *q32 = Some(f32attn::Query::new(q.data, d_qk)?);
+                }
+                let packed = q32
+                    .as_ref()
+                    .and_then(Option::as_ref)
+                    .is_some_and(|q| q.packed());
+                let in_place = match (cache.data, loaded) {
+                    (KvRows::Dense(FloatSlice::F32(data)), false) => {
+                        let runs = (row_runs(slots, cache.h_kv, g))
                             .map(|(first, count)| rows_of(data, first, count, d_qk))
-                            .collect::<Result<Vec<_>>>()?
+                            .collect::<Result<Vec<_>>>()?;
+                        let long = runs.len().saturating_mul(MIN_PACKED_RUN) <= n;
+                        (!packed || long).then_some(runs)
                     }
-                    _ => {
+                    _ => None,
+                };
+                let runs = match in_place {
+                    Some(runs) => runs,
+                    None => {
                         if !loaded {
                             load(cache, g, slots, &mut scratch.kv);
                         }
@@ -322,9 +341,6 @@ impl<'q> Attention<'q> {
                     }
                 };
                 let rows32: Vec<&[f32]> = runs.iter().flat_map(|r| r.chunks_exact(d_qk)).collect();
-                if q32.is_none() {
-                    *q32 = Some(f32attn::Query::new(q.data, d_qk)?);
-                }
                 match q32.as_ref().and_then(Option::as_ref) {
                     Some(q32) => f32attn::gemm_qk_prepared(
                         q32,
@@ -392,7 +408,11 @@ fn record(cache: &Cache<'_>, first: usize, n: usize, taken: Taken) {
 /// The cache rows of head `g` at `slots` (`h_kv` heads per slot) as runs of consecutive
 /// rows, `(first row, count)`: a run per block of the block table of a one-head cache, or
 /// longer where blocks follow each other.
-fn row_runs(slots: &[usize], h_kv: usize, g: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+pub(super) fn row_runs(
+    slots: &[usize],
+    h_kv: usize,
+    g: usize,
+) -> impl Iterator<Item = (usize, usize)> + '_ {
     let mut at = 0;
     std::iter::from_fn(move || {
         let first = slots.get(at)? * h_kv + g;

@@ -539,3 +539,33 @@ fn fp8_rows_on_every_kernel_choice(limits: &[usize]) {
         assert_matches_reference(&st, (&q, limits), row, DS_V32_LATENT, 0.3, (tol, &label));
     }
 }
+
+#[test]
+fn row_runs_group_consecutive_rows_only() {
+    use super::attend::row_runs;
+    let runs = |slots: &[usize], h_kv, g| row_runs(slots, h_kv, g).collect::<Vec<_>>();
+    assert_eq!(runs(&[], 1, 0), []);
+    // Two heads: head 1's rows of consecutive slots are two apart, so runs of one.
+    assert_eq!(runs(&[0, 1, 2], 2, 1), [(1, 1), (3, 1), (5, 1)]);
+    // Blocks of 4 that follow each other merge; blocks in reverse order do not.
+    let forward: Vec<usize> = (8..16).collect();
+    assert_eq!(runs(&forward, 1, 0), [(8, 8)]);
+    let reverse: Vec<usize> = (12..16).chain(8..12).collect();
+    assert_eq!(runs(&reverse, 1, 0), [(12, 4), (8, 4)]);
+    // A repeated slot starts a new run.
+    assert_eq!(runs(&[5, 5, 6], 1, 0), [(5, 1), (5, 2)]);
+}
+
+#[test]
+fn packed_query_rows_over_a_scattered_table_match_f64_reference() {
+    // 64 query rows (packed in f32 on AVX-512F) over blocks of 4 in reverse order: runs of
+    // 4 rows, which the attention copies into one block per chunk rather than meet in
+    // place (a choice of speed: both give these values).
+    let c = Case {
+        s_q: 1,
+        block_size: 4,
+        max_blocks: 50,
+        ..deepseek(64, vec![150, 33])
+    };
+    check(&c, DType::F32, 2e-5);
+}
