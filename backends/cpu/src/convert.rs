@@ -57,7 +57,7 @@ impl FloatSlice<'_> {
 /// stream weights from memory at full bandwidth.
 fn bf16_to_f32(src: &[bf16], dst: &mut [f32]) {
     let bits: &[u16] = bytemuck::cast_slice(src);
-    pulp::Arch::new().dispatch(Upcast {
+    pulp::Arch::new().dispatch(Map {
         src: bits,
         dst,
         convert: |b| f32::from_bits(u32::from(b) << 16),
@@ -69,29 +69,29 @@ fn bf16_to_f32(src: &[bf16], dst: &mut [f32]) {
 /// subnormals are `mantissa * 2^-24` (exact), infinities and NaN keep their payload.
 fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
     let bits: &[u16] = bytemuck::cast_slice(src);
-    pulp::Arch::new().dispatch(Upcast {
+    pulp::Arch::new().dispatch(Map {
         src: bits,
         dst,
         convert: f16_bits_to_f32,
     });
 }
 
-/// An elementwise 16-bit to f32 conversion as a pulp kernel: `with_simd` is inlined into
-/// the code compiled for the detected vector unit (a closure would be compiled on its own,
-/// for the baseline, and not vectorise).
-struct Upcast<'a, F> {
-    src: &'a [u16],
-    dst: &'a mut [f32],
+/// An elementwise conversion as a pulp kernel: `with_simd` is inlined into the code
+/// compiled for the detected vector unit (a closure would be compiled on its own, for the
+/// baseline, and not vectorise).
+struct Map<'a, S, D, F> {
+    src: &'a [S],
+    dst: &'a mut [D],
     convert: F,
 }
 
-impl<F: Fn(u16) -> f32> pulp::WithSimd for Upcast<'_, F> {
+impl<S: Copy, D, F: Fn(S) -> D> pulp::WithSimd for Map<'_, S, D, F> {
     type Output = ();
 
     #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _simd: S) {
-        for (d, &b) in self.dst.iter_mut().zip(self.src) {
-            *d = (self.convert)(b);
+    fn with_simd<Simd: pulp::Simd>(self, _simd: Simd) {
+        for (d, &x) in self.dst.iter_mut().zip(self.src) {
+            *d = (self.convert)(x);
         }
     }
 }
@@ -143,7 +143,7 @@ pub fn store_normalized(
     let end = at + values.len();
     let normalized = move |a: f32| a / divisor * factor;
     match dst {
-        FloatSliceMut::F32(v) => pulp::Arch::new().dispatch(Narrow {
+        FloatSliceMut::F32(v) => pulp::Arch::new().dispatch(Map {
             src: values,
             dst: &mut v[at..end],
             convert: normalized,
@@ -152,29 +152,11 @@ pub fn store_normalized(
             .iter_mut()
             .zip(values)
             .for_each(|(o, &x)| *o = f16::from_f32(normalized(x))),
-        FloatSliceMut::BF16(v) => pulp::Arch::new().dispatch(Narrow {
+        FloatSliceMut::BF16(v) => pulp::Arch::new().dispatch(Map {
             src: values,
             dst: bytemuck::cast_slice_mut::<bf16, u16>(&mut v[at..end]),
             convert: move |a| bf16_bits_nearest_even(normalized(a)),
         }),
-    }
-}
-
-/// An elementwise conversion from f32 as a pulp kernel (see [`Upcast`]).
-struct Narrow<'a, T, F> {
-    src: &'a [f32],
-    dst: &'a mut [T],
-    convert: F,
-}
-
-impl<T, F: Fn(f32) -> T> pulp::WithSimd for Narrow<'_, T, F> {
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _simd: S) {
-        for (d, &x) in self.dst.iter_mut().zip(self.src) {
-            *d = (self.convert)(x);
-        }
     }
 }
 
