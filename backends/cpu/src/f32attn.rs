@@ -191,9 +191,7 @@ impl<'q> Query<'q> {
         }
         Ok(None)
     }
-}
 
-impl Query<'_> {
     /// Whether the rows are packed whole ([`PACKED_MIN_ROWS`] and more), for the kernel
     /// that meets the cache rows a run at a time.
     pub fn packed(&self) -> bool {

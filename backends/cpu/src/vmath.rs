@@ -13,6 +13,16 @@ const LN2_LO: f32 = -2.121_944_4e-4;
 const EXP_MIN: f32 = -87.336_55;
 /// Above this, `exp` overflows to +inf.
 const EXP_MAX: f32 = 88.722_83;
+/// Cephes `expf`'s polynomial for `(e^r - 1 - r) / r^2`, highest degree first (Cephes'
+/// last coefficient, 5.0000001201e-1, rounds to 0.5 in f32).
+const EXP_POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5,
+];
 
 /// The largest element (-inf for an empty slice; NaN elements are skipped).
 pub fn max(xs: &[f32]) -> f32 {
@@ -159,12 +169,7 @@ pub fn exp(x: f32) -> f32 {
     let shifted = clamped * std::f32::consts::LOG2_E + ROUNDER;
     let n = shifted - ROUNDER;
     let r = clamped - n * LN2_HI - n * LN2_LO;
-    let p = 1.987_569_1e-4;
-    let p = p * r + 1.398_199_9e-3;
-    let p = p * r + 8.333_452e-3;
-    let p = p * r + 4.166_579_6e-2;
-    let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 0.5; // Cephes: 5.0000001201e-1, which rounds to 0.5 in f32
+    let p = EXP_POLY[1..].iter().fold(EXP_POLY[0], |p, &c| p * r + c);
     let e_r = p * r * r + r + 1.0;
     // n lies in [-126, 128]; at 128 build 2^127 and double, so the bits never overflow.
     let n = shifted.to_bits() as i32 - ROUNDER.to_bits() as i32;
@@ -185,7 +190,7 @@ pub fn exp(x: f32) -> f32 {
 /// masked.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{EXP_MAX, EXP_MIN, LN2_HI, LN2_LO};
+    use super::{EXP_MAX, EXP_MIN, EXP_POLY, LN2_HI, LN2_LO};
     use std::arch::x86_64::*;
 
     /// The lanes of the 16 elements from `at` that lie below `len`.
@@ -250,15 +255,9 @@ mod x86 {
                 _mm512_mul_ps(t, c(std::f32::consts::LOG2_E)),
             );
             let r = _mm512_fnmadd_ps(n, c(LN2_LO), _mm512_fnmadd_ps(n, c(LN2_HI), t));
-            let mut q = c(1.987_569_1e-4);
-            for k in [
-                1.398_199_9e-3,
-                8.333_452e-3,
-                4.166_579_6e-2,
-                1.666_666_5e-1,
-                0.5,
-            ] {
-                q = _mm512_fmadd_ps(q, r, c(k));
+            let mut q = c(EXP_POLY[0]);
+            for k in &EXP_POLY[1..] {
+                q = _mm512_fmadd_ps(q, r, c(*k));
             }
             let e_r = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(q, r), r, r), c(1.0));
             let y = _mm512_scalef_ps(e_r, n);

@@ -317,10 +317,8 @@ impl<'q> Attention<'q> {
                 if q32.is_none() {
                     *q32 = Some(f32attn::Query::new(q.data, d_qk)?);
                 }
-                let packed = q32
-                    .as_ref()
-                    .and_then(Option::as_ref)
-                    .is_some_and(|q| q.packed());
+                let prepared = q32.as_ref().and_then(Option::as_ref);
+                let packed = prepared.is_some_and(f32attn::Query::packed);
                 let in_place = match (cache.data, loaded) {
                     (KvRows::Dense(FloatSlice::F32(data)), false) => {
                         let runs = (row_runs(slots, cache.h_kv, g))
@@ -341,7 +339,7 @@ impl<'q> Attention<'q> {
                     }
                 };
                 let rows32: Vec<&[f32]> = runs.iter().flat_map(|r| r.chunks_exact(d_qk)).collect();
-                match q32.as_ref().and_then(Option::as_ref) {
+                match prepared {
                     Some(q32) => f32attn::gemm_qk_prepared(
                         q32,
                         &runs,
