@@ -134,11 +134,11 @@ impl Kind for F32 {
 }
 
 /// Rows of `b` per group (one 128-bit lane each).
-const ROWS: usize = 4;
+pub(crate) const ROWS: usize = 4;
 /// Most groups (24 rows of `b`).
 pub const MAX_ROWS: usize = 24;
 /// Groups at most: [`MAX_ROWS`] / [`ROWS`].
-const MAX_GROUPS: usize = MAX_ROWS / ROWS;
+pub(crate) const MAX_GROUPS: usize = MAX_ROWS / ROWS;
 
 /// u32 words of `n` rows of `k` elements packed in quads (`None` where that overflows).
 pub fn packed_len<K: Kind>(n: usize, k: usize) -> Option<usize> {
@@ -236,7 +236,7 @@ pub unsafe fn multiply<K: Kind>(
 
 /// Rows of `a` per register tile for 1 to [`MAX_GROUPS`] groups: `MR x G` sums,
 /// `min(MR, G)` operands and one more within the 32 registers ([`steps`]).
-const TILE_ROWS: [usize; MAX_GROUPS] = [12, 10, 7, 5, 4, 4];
+pub(crate) const TILE_ROWS: [usize; MAX_GROUPS] = [12, 10, 7, 5, 4, 4];
 
 /// Rows of `a` per register tile of [`multiply`] for `n` rows of `b` (1 to [`MAX_ROWS`]):
 /// a caller that converts `a` before the product can convert this many rows at a time.
@@ -301,46 +301,53 @@ unsafe fn tile<K: Kind, const MR: usize, const G: usize>(
                 _mm_prefetch::<_MM_HINT_T1>(r.add(s * K::STEP).cast());
             }
         }
-        steps::<K, MR, G, false>(&mut acc, &w, at, (s, end), 0);
+        steps::<K, MR, G, false>(&mut acc, &w, (at.xq, at.stride), (s, end), 0);
         s = end;
     }
     if !k.is_multiple_of(K::STEP) {
         // The last columns alone: the masked-off ones read as zero (as packed).
         let mask = ((1u16 << (k % K::STEP)) - 1) as u8;
-        steps::<K, MR, G, true>(&mut acc, &w, at, (whole, whole + 1), mask);
+        steps::<K, MR, G, true>(&mut acc, &w, (at.xq, at.stride), (whole, whole + 1), mask);
     }
     // Constant trip counts (no early exit), so that the sums stay in registers.
     for (i, sums) in acc.iter().enumerate() {
         for (g, &v) in sums.iter().enumerate() {
             let live = at.cols.saturating_sub(g * ROWS).min(ROWS);
             if i < rows && live > 0 {
-                // The 4 f32 of each 128-bit lane (one row of b) summed into each of them,
-                // the lanes' first elements gathered into elements 0..4 and stored
-                // (a register permute and a masked store: compress-to-memory is
-                // microcoded on Zen 4).
-                let v = _mm512_add_ps(v, _mm512_permute_ps::<0xB1>(v));
-                let v = _mm512_add_ps(v, _mm512_permute_ps::<0x4E>(v));
-                let firsts = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
-                let v = _mm512_permutexvar_ps(firsts, v);
                 // SAFETY: row first + i < m of the output, and its columns g * ROWS ..
                 // + live lie within cols.
-                let (o, mask) = (
-                    at.out.add((first + i) * at.ldo + g * ROWS),
-                    (1u16 << live) - 1,
-                );
-                let v = if at.add {
-                    _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, o))
-                } else {
-                    v
-                };
-                _mm512_mask_storeu_ps(o, mask, v);
+                store_sums(v, at.out.add((first + i) * at.ldo + g * ROWS), live, at.add);
             }
         }
     }
 }
 
+/// Stores (with `add`, adds to) the `live` (1..=4) outputs of one group's sums `v`: the
+/// 4 f32 of each 128-bit lane (one row of `b`) summed, the lanes' sums at `o..o + live`.
+///
+/// # Safety
+/// [`available`]; `o..o + live` is writable.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+#[inline]
+pub(crate) unsafe fn store_sums(v: __m512, o: *mut f32, live: usize, add: bool) {
+    // The 4 f32 of each 128-bit lane summed into each of them, the lanes' first elements
+    // gathered into elements 0..4 and stored (a register permute and a masked store:
+    // compress-to-memory is microcoded on Zen 4).
+    let v = _mm512_add_ps(v, _mm512_permute_ps::<0xB1>(v));
+    let v = _mm512_add_ps(v, _mm512_permute_ps::<0x4E>(v));
+    let firsts = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    let v = _mm512_permutexvar_ps(firsts, v);
+    let mask = (1u16 << live) - 1;
+    let v = if add {
+        _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, o))
+    } else {
+        v
+    };
+    _mm512_mask_storeu_ps(o, mask, v);
+}
+
 /// Steps `s0..s1` (a 16-byte piece each) of every row of the tile against the `G`
-/// groups: the piece of each row broadcast to the four 128-bit lanes (with `TAIL`, the
+/// groups packed at `xq` (step `s` at `s * stride` words): the piece of each row broadcast to the four 128-bit lanes (with `TAIL`, the
 /// columns `mask` leaves out read as zero). The smaller side is held in registers and the
 /// other loaded one vector at a time, so that the `MR x G` sums, `min(MR, G)` operands
 /// and one more fit in the 32 registers. Indexed loops: with iterators over the sums,
@@ -348,18 +355,18 @@ unsafe fn tile<K: Kind, const MR: usize, const G: usize>(
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
 #[inline]
 #[allow(clippy::needless_range_loop)]
-unsafe fn steps<K: Kind, const MR: usize, const G: usize, const TAIL: bool>(
+pub(crate) unsafe fn steps<K: Kind, const MR: usize, const G: usize, const TAIL: bool>(
     acc: &mut [[__m512; G]; MR],
     w: &[*const K::Elem; MR],
-    at: &Operand,
+    (xq, stride): (*const u32, usize),
     (s0, s1): (usize, usize),
     mask: u8,
 ) {
     for s in s0..s1 {
-        // SAFETY: step s < ceil(k / STEP) of xq holds the G groups (16 words each)
-        // from at.xq; columns c..c + STEP of each row exist (c + STEP <= k) unless TAIL
-        // masks them off.
-        let (c, x) = (s * K::STEP, at.xq.add(s * at.stride));
+        // SAFETY: step s of the packed groups lies `s * stride` words from `xq` and
+        // holds the G groups (16 words each); columns c..c + STEP of each row exist
+        // (c + STEP <= k) unless TAIL masks them off.
+        let (c, x) = (s * K::STEP, xq.add(s * stride));
         let group = |g: usize| K::operand(_mm512_loadu_si512(x.add(g * 16).cast()));
         if G <= MR {
             let mut xv = [K::operand(_mm512_setzero_si512()); G];

@@ -33,7 +33,7 @@ pub(super) struct Query {
 }
 
 impl Query {
-    /// Packs `q` [Hi, Di] with its weights `w` [Hi].
+    /// Packs `q` `[Hi, Di]` with its weights `w` `[Hi]`.
     pub(super) fn new(q: &[bf16], w: &[f32], heads: usize, d_i: usize) -> Result<Self> {
         let h_pad = heads.div_ceil(16) * 16;
         let steps = d_i.div_ceil(2);

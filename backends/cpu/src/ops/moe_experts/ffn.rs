@@ -6,7 +6,7 @@
 //! kernel ([`matmul_nt_packed`]: the weights read as stored and converted a few rows at a
 //! time). Tiles of all experts run in parallel. Off the native dot, an expert with only a
 //! few tokens (decode) takes the matrix-vector path of [`gemv`] instead. FP8 weights meet
-//! more tokens with their codes decoded in registers ([`fp8::gemv::rows_times_many`]: on
+//! more tokens with their codes decoded as they are read ([`fp8::gemv::rows_times_many`]: on
 //! the native bf16 dot where it outpaces the f32 FMA, else on f32 FMAs up to
 //! [`fp8::gemv::FMA_MAX_VECTORS`] tokens, with AVX-512), else dequantized tiles.
 //!
@@ -345,7 +345,7 @@ fn fp8_prepared<'a>(
 }
 
 /// FP8 weight rows `first..first + rows` times every token of expert `e` (`act`) into
-/// `out` (`[rows, n]`) with the codes decoded in registers: on the expert's prepared
+/// `out` (`[rows, n]`) with the codes decoded as they are read: on the expert's prepared
 /// vectors where the native bf16 dot takes them ([`fp8::gemv::rows_times_prepared`]), else
 /// [`fp8::gemv::rows_times_many`]; false (the caller dequantizes a tile and takes
 /// [`matmul_nt_packed`]) for other weights, or where that path declines (no AVX-512, more

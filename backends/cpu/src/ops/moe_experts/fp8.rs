@@ -1,5 +1,5 @@
 //! Contract v2 experts on the CPU: expert weights as stored (run dtype, or FP8 e4m3 codes
-//! with 128x128 block scales: decoded in registers by [`gemv`] where the CPU can, else
+//! with 128x128 block scales: decoded as they are read by [`gemv`] where the CPU can, else
 //! dequantized row by row into the f32 tiles the GEMMs read, so no dequantized weight
 //! tensor ever exists), and `fp8_block128` activation quantization.
 

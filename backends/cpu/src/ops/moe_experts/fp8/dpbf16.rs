@@ -16,6 +16,7 @@ use moemla_core::fp8::BLOCK;
 use std::arch::x86_64::*;
 
 mod prepared;
+mod quads;
 
 pub use prepared::Prepared;
 use prepared::{with_prepared, View};
@@ -62,10 +63,11 @@ const fn table(high: bool) -> [u8; 128] {
 static HIGH: [u8; 128] = table(true);
 static LOW: [u8; 128] = table(false);
 
-/// Whether the CPU has this path (AVX-512 F/BW, VBMI and BF16).
+/// Whether the CPU has this path (AVX-512 F/BW/VL, VBMI and BF16).
 pub fn available() -> bool {
     std::arch::is_x86_feature_detected!("avx512f")
         && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vl")
         && std::arch::is_x86_feature_detected!("avx512vbmi")
         && std::arch::is_x86_feature_detected!("avx512bf16")
 }
@@ -116,16 +118,18 @@ pub unsafe fn rows_times_many(
     })
 }
 
-/// `out[r * n + j] = W[first + r] . act[j]` for the `n` vectors of `p` (the prefill path):
-/// each pair of weight rows is decoded once per group of at most [`GRID_VECTORS`] vectors
-/// and dotted with all of them in registers, [`PASS_BLOCKS`] column blocks of every row at
-/// a time; same products, and the same per-block scaling but for its rounding where the
-/// vectors' scales are all 1 ([`View::unit`]: one multiply-add).
+/// `out[r * n + j] = W[first + r] . act[j]` for the `n` vectors of `p` (the prefill path).
+/// From [`quads::MIN_VECTORS`] vectors, in parts of at most 24 ([`quads`]): each row's
+/// codes decoded once per part into L1 and broadcast against 4 vectors per instruction.
+/// Fewer take the grid ([`many`]): each pair of weight rows decoded once per group of at
+/// most [`GRID_VECTORS`] vectors and dotted with all of them in registers. Same products
+/// and per-block scaling (but for its rounding where the vectors' scales are all 1,
+/// [`View::unit`]: one multiply-add), summed in another order.
 ///
 /// # Safety
 /// [`available`] must hold; `p` must be `w.cols` long; rows `first..first + rows` of
 /// `w.cols` codes and their scale rows and `rows * n` outputs must exist.
-#[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512bf16")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi,avx512bf16")]
 pub unsafe fn rows_times_prepared(
     w: &Fp8Weights<'_>,
     first: usize,
@@ -133,7 +137,14 @@ pub unsafe fn rows_times_prepared(
     p: &Prepared,
     out: &mut [f32],
 ) {
-    many(w, first, rows, p.view(), out);
+    match p.quads() {
+        Some(parts) => {
+            for q in parts {
+                quads::multiply(w, first, rows, q, out);
+            }
+        }
+        None => many(w, first, rows, p.view(), out),
+    }
 }
 
 /// [`rows_times`] for `N` prepared vectors (`v.n == N`), `A` (2 or 4) accumulators per
@@ -454,7 +465,7 @@ unsafe fn block<const N: usize, const A: usize, const FULL: bool>(
 }
 
 /// 64 codes as 64 bf16: per 128-bit lane q, codes `16q..16q + 8` in the first vector and
-/// `16q + 8..16q + 16` in the second (the order [`prepare`] writes the activations in).
+/// `16q + 8..16q + 16` in the second (the order [`Prepared`] holds the activations in).
 ///
 /// # Safety
 /// AVX-512F/BW and VBMI must be available.

@@ -1,7 +1,8 @@
 //! FP8 weight rows times activation vectors (decode-time experts, and prefill experts:
 //! any number of tokens on the native bf16 dot, up to [`FMA_MAX_VECTORS`] on f32 FMAs),
-//! with the e4m3 codes decoded in registers: no dequantized row is ever stored, not even
-//! in L1. Paths, each chosen at run time:
+//! with the e4m3 codes decoded in registers (at prefill from 8 tokens on the native bf16
+//! dot, a few rows' 128-column block at a time into a buffer in L1): no dequantized weight
+//! tile is ever stored in memory. Paths, each chosen at run time:
 //!
 //! - AVX512-BF16 + VBMI ([`super::dpbf16`]): codes to bf16 by table lookup, `VDPBF16PS`
 //!   against activations that are bf16 values or `fp8_block128`-quantized (others
@@ -721,7 +722,9 @@ mod tests {
         let (w, r, c) = (t.weights(), t.r, t.c);
         let (first, rows) = (3, 2 * r - 7);
         for kind in ["bf16", "quantized"] {
-            for n in [1, 5, 8, 13] {
+            // The grid below 8 vectors, the quad kernel from 8: one part, and two (25
+            // as 13 + 12, 48 as 24 + 24).
+            for n in [1, 5, 7, 8, 13, 24, 25, 48] {
                 let act = test_act(kind, n, c);
                 // Made only where the native bf16 dot is this CPU's compute path.
                 let made = Prepared::new(&act, c).is_some();

@@ -5,6 +5,7 @@
 //! bound; activations quantized with f32 scales: `q` is the e4m3 code's value); any other
 //! group, or a non-finite value, declines them and the caller takes the f32 path.
 
+use super::quads::QuadForm;
 use super::{available, STEP};
 use crate::kept::with_buffer;
 use moemla_core::fp8::BLOCK;
@@ -34,6 +35,8 @@ pub struct Prepared {
     n: usize,
     k: usize,
     unit: bool,
+    /// The same vectors in parts for [`super::quads`], where there are enough.
+    quads: Option<Vec<QuadForm>>,
 }
 
 impl Prepared {
@@ -47,13 +50,25 @@ impl Prepared {
         let (mut words, mut scales) = (Vec::new(), Vec::new());
         let n = act.len() / k;
         // SAFETY: `available` (checked above) includes AVX-512F/BW; `act` holds n * k values.
-        unsafe { fill(&mut words, &mut scales, act, k, n) }.then(|| Prepared {
+        if !unsafe { fill(&mut words, &mut scales, act, k, n) } {
+            return None;
+        }
+        let mut p = Prepared {
             unit: all_one(&scales),
             words,
             scales,
             n,
             k,
-        })
+            quads: None,
+        };
+        // SAFETY: the view points at the n vectors of k columns just prepared.
+        p.quads = unsafe { QuadForm::parts(p.view(), k) };
+        Some(p)
+    }
+
+    /// The vectors in parts for [`super::quads`], where there are enough.
+    pub(super) fn quads(&self) -> Option<&[QuadForm]> {
+        self.quads.as_deref()
     }
 
     /// How many vectors.
