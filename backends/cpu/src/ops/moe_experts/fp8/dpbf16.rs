@@ -324,12 +324,8 @@ unsafe fn grid<const R: usize, const J: usize, const UNIT: bool>(
         for i in 0..R {
             let ws = _mm512_set1_ps(*scales[i].add(b));
             for j in 0..J {
-                total[i][j] = if UNIT {
-                    _mm512_fmadd_ps(sums[i][j], ws, total[i][j])
-                } else {
-                    let s = _mm512_set1_ps(*v.scales.add(b * v.n + j));
-                    _mm512_fmadd_ps(_mm512_mul_ps(sums[i][j], ws), s, total[i][j])
-                };
+                let act = || _mm512_set1_ps(*v.scales.add(b * v.n + j));
+                total[i][j] = add_scaled::<UNIT>(total[i][j], sums[i][j], ws, act);
             }
         }
     }
@@ -387,6 +383,26 @@ unsafe fn grid_block<const R: usize, const J: usize, const FULL: bool>(
         }
     }
     acc
+}
+
+/// `total + sum * ws * act()`: a block's sums scaled by the weights' block scale `ws`,
+/// then by the activations' (DeepGEMM's order); with `UNIT` (every activation scale 1,
+/// [`View::unit`]) `total + sum * ws` in one multiply-add, `act` not called.
+///
+/// # Safety
+/// AVX-512F must be available.
+#[inline(always)]
+unsafe fn add_scaled<const UNIT: bool>(
+    total: __m512,
+    sum: __m512,
+    ws: __m512,
+    act: impl FnOnce() -> __m512,
+) -> __m512 {
+    if UNIT {
+        _mm512_fmadd_ps(sum, ws, total)
+    } else {
+        _mm512_fmadd_ps(_mm512_mul_ps(sum, ws), act(), total)
+    }
 }
 
 /// The lookup tables in registers.

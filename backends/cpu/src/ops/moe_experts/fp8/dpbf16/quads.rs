@@ -8,7 +8,7 @@
 //! the vectors carry scales); the grid scales after every four.
 
 use super::prepared::View;
-use super::{decode, Tables, STEP};
+use super::{add_scaled, decode, Tables, STEP};
 use crate::ops::moe_experts::fp8::Fp8Weights;
 use crate::quads::{self, Bf16, MAX_GROUPS, MAX_ROWS, ROWS, TILE_ROWS};
 use moemla_core::fp8::BLOCK;
@@ -198,12 +198,10 @@ unsafe fn tiles<const MR: usize, const G: usize, const UNIT: bool>(
             for i in 0..MR {
                 let ws = _mm512_set1_ps(*scales[i].add(b));
                 for g in 0..G {
-                    total[i][g] = if UNIT {
-                        _mm512_fmadd_ps(acc[i][g], ws, total[i][g])
-                    } else {
-                        let s = _mm512_loadu_ps(q.scales.as_ptr().add((b * G + g) * 16));
-                        _mm512_fmadd_ps(_mm512_mul_ps(acc[i][g], ws), s, total[i][g])
-                    };
+                    // The vectors' scales exist unless UNIT (`add_scaled` calls `act` only
+                    // then).
+                    let act = || _mm512_loadu_ps(q.scales.as_ptr().add((b * G + g) * 16));
+                    total[i][g] = add_scaled::<UNIT>(total[i][g], acc[i][g], ws, act);
                 }
             }
         }
