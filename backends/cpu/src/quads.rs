@@ -330,6 +330,7 @@ unsafe fn tile<K: Kind, const MR: usize, const G: usize>(
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
 #[inline]
 pub(crate) unsafe fn store_sums(v: __m512, o: *mut f32, live: usize, add: bool) {
+    debug_assert!((1..=ROWS).contains(&live));
     // The 4 f32 of each 128-bit lane summed into each of them, the lanes' first elements
     // gathered into elements 0..4 and stored (a register permute and a masked store:
     // compress-to-memory is microcoded on Zen 4).
@@ -347,11 +348,17 @@ pub(crate) unsafe fn store_sums(v: __m512, o: *mut f32, live: usize, add: bool) 
 }
 
 /// Steps `s0..s1` (a 16-byte piece each) of every row of the tile against the `G`
-/// groups packed at `xq` (step `s` at `s * stride` words): the piece of each row broadcast to the four 128-bit lanes (with `TAIL`, the
-/// columns `mask` leaves out read as zero). The smaller side is held in registers and the
+/// groups packed at `xq` (step `s` at `s * stride` words): the piece of each row
+/// broadcast to the four 128-bit lanes (with `TAIL`, the columns `mask` leaves out read
+/// as zero). The smaller side is held in registers and the
 /// other loaded one vector at a time, so that the `MR x G` sums, `min(MR, G)` operands
 /// and one more fit in the 32 registers. Indexed loops: with iterators over the sums,
 /// LLVM kept some tile shapes' sums in memory, one store per product.
+///
+/// # Safety
+/// [`available`]; for every step `s` in `s0..s1`, the `G` groups (16 words each) at
+/// `xq + s * stride` and each row's elements `w[i] + s * STEP ..` (`STEP` of them, or
+/// with `TAIL` those `mask` keeps) are readable.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
 #[inline]
 #[allow(clippy::needless_range_loop)]
@@ -363,9 +370,8 @@ pub(crate) unsafe fn steps<K: Kind, const MR: usize, const G: usize, const TAIL:
     mask: u8,
 ) {
     for s in s0..s1 {
-        // SAFETY: step s of the packed groups lies `s * stride` words from `xq` and
-        // holds the G groups (16 words each); columns c..c + STEP of each row exist
-        // (c + STEP <= k) unless TAIL masks them off.
+        // SAFETY: as the function's contract: step s's G groups and each row's elements
+        // c..c + STEP (those TAIL's mask keeps) are readable.
         let (c, x) = (s * K::STEP, xq.add(s * stride));
         let group = |g: usize| K::operand(_mm512_loadu_si512(x.add(g * 16).cast()));
         if G <= MR {

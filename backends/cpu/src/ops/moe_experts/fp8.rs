@@ -18,7 +18,7 @@ use moemla_core::{DType, DeviceTensor, Error, Result};
 use rayon::prelude::*;
 
 /// Whether FP8 weights can meet activations on the native bf16 dot on this CPU
-/// (AVX512-BF16 with VBMI): decode-time experts take it when their activations are bf16
+/// (AVX512-BF16 with VBMI and AVX-512 F/BW/VL): decode-time experts take it when their activations are bf16
 /// values or `fp8_block128`-quantized, prefill ones where it also outpaces the f32 FMA
 /// ([`gemv`]).
 pub(crate) fn bf16_dot() -> bool {

@@ -1,11 +1,13 @@
-//! FP8 weight rows times f32 activation vectors on AVX512-BF16 with AVX512-VBMI, the
+//! FP8 weight rows times f32 activation vectors on AVX512-BF16 with AVX512-VBMI (and
+//! AVX-512 F/BW/VL), the
 //! fastest decode path: each 64 codes become 64 bf16 (two `VPERMT2B` lookups of the 7-bit
 //! magnitude, high and low byte, the sign OR-ed back, the bytes interleaved; e4m3 values
 //! are bf16 values, so this is exact, and a NaN code gives a bf16 NaN), dotted by
 //! `VDPBF16PS` with the activations as bf16: every product is exact in f32 and summed in
 //! f32, and each 128-column block's sum is scaled once per block, by the weights' block
 //! scale and then the activations' (DeepGEMM's scheme; where every activation scale is 1,
-//! the grid kernel folds the weight scale into one multiply-add, one rounding fewer).
+//! the prefill kernels fold the weight scale into one multiply-add, one rounding fewer:
+//! [`add_scaled`]).
 //!
 //! The activation vectors go as bf16 values, or as e4m3 codes' values with per-128 scales;
 //! others are declined ([`prepared`]).
@@ -19,7 +21,7 @@ mod prepared;
 mod quads;
 
 pub use prepared::Prepared;
-use prepared::{with_prepared, View};
+use prepared::{with_prepared, Layout, View};
 
 /// Codes per decode step: one 512-bit register.
 const STEP: usize = 64;
@@ -137,13 +139,13 @@ pub unsafe fn rows_times_prepared(
     p: &Prepared,
     out: &mut [f32],
 ) {
-    match p.quads() {
-        Some(parts) => {
+    match p.layout() {
+        Layout::Quads(parts) => {
             for q in parts {
                 quads::multiply(w, first, rows, q, out);
             }
         }
-        None => many(w, first, rows, p.view(), out),
+        Layout::Grid(view) => many(w, first, rows, view, out),
     }
 }
 
@@ -186,8 +188,8 @@ unsafe fn rows_n<const N: usize, const A: usize>(
             };
             let ws = _mm512_set1_ps(*scales.add(b));
             for (j, (t, sum)) in total.iter_mut().zip(sums).enumerate() {
-                let s = _mm512_set1_ps(*v.scales.add(b * N + j));
-                *t = _mm512_fmadd_ps(_mm512_mul_ps(sum, ws), s, *t);
+                let act = || _mm512_set1_ps(*v.scales.add(b * N + j));
+                *t = add_scaled::<false>(*t, sum, ws, act);
             }
         }
         for (j, t) in total.iter().enumerate() {

@@ -1,10 +1,11 @@
 //! FP8 weight rows times activation vectors (decode-time experts, and prefill experts:
 //! any number of tokens on the native bf16 dot, up to [`FMA_MAX_VECTORS`] on f32 FMAs),
-//! with the e4m3 codes decoded in registers (at prefill from 8 tokens on the native bf16
-//! dot, a few rows' 128-column block at a time into a buffer in L1): no dequantized weight
-//! tile is ever stored in memory. Paths, each chosen at run time:
+//! with the e4m3 codes decoded in registers (at prefill on an expert's prepared tokens,
+//! from 8 of them, a few rows' 128-column block at a time into a buffer in L1: see
+//! [`rows_times_prepared`]): no dequantized weight tile is ever stored in memory. Paths,
+//! each chosen at run time:
 //!
-//! - AVX512-BF16 + VBMI ([`super::dpbf16`]): codes to bf16 by table lookup, `VDPBF16PS`
+//! - AVX512-BF16 + VBMI + AVX-512 F/BW/VL ([`super::dpbf16`]): codes to bf16 by table lookup, `VDPBF16PS`
 //!   against activations that are bf16 values or `fp8_block128`-quantized (others
 //!   decline); each 128-column block's partial sums scaled once per block (by the
 //!   weights' block scale, then the activations': DeepGEMM's scheme). An expert's
@@ -121,10 +122,13 @@ impl Prepared {
 }
 
 /// [`rows_times_many`] on vectors prepared by [`Prepared::new`]: `out` is `[rows, n]`.
-/// Any `n` takes the prefill kernel, which sums in passes of 1024 columns: with up to
-/// [`MAX_VECTORS`] vectors the f32 sums are added in another order than
-/// [`rows_times`]'s (the same products). Returns false (nothing written) where the
-/// arguments do not make whole rows and vectors.
+/// Fewer than 8 vectors take the grid kernel of [`rows_times_many`] (passes of 1024
+/// columns; with up to [`MAX_VECTORS`] vectors its f32 sums are added in another order
+/// than [`rows_times`]'s, the same products); from 8, the quad kernel: each row's
+/// 128-column block decoded once into L1 and broadcast against 4 vectors per
+/// instruction, in parts of at most 24 vectors (the same products and scaling, added in
+/// yet another order). Returns false (nothing written) where the arguments do not make
+/// whole rows and vectors.
 pub fn rows_times_prepared(
     w: &Fp8Weights<'_>,
     first: usize,
@@ -718,13 +722,30 @@ mod tests {
 
     #[test]
     fn prepared_vectors_match_the_dequantized_dot_products_and_refuse_what_does_not_fit() {
-        let t = test_weights_of(1100);
-        let (w, r, c) = (t.weights(), t.r, t.c);
+        // C 1100 ends in a block of 76 columns (a whole step and a partial one), C 300 in
+        // one of 44 (a partial step alone).
+        for (c, counts) in [
+            (1100, &[1, 5, 7, 8, 13, 18, 24, 25, 48][..]),
+            (300, &[8, 18]),
+        ] {
+            prepared_vectors_at(c, counts);
+        }
+        // Plain f32 activations are declined, as are ragged vectors.
+        let c = 1100;
+        assert!(Prepared::new(&test_act("f32", 3, c), c).is_none());
+        assert!(Prepared::new(&test_act("bf16", 3, c)[1..], c).is_none());
+    }
+
+    /// [`prepared_vectors_match_the_dequantized_dot_products_and_refuse_what_does_not_fit`]
+    /// at `c` columns for each count of vectors.
+    fn prepared_vectors_at(c: usize, counts: &[usize]) {
+        let t = test_weights_of(c);
+        let (w, r) = (t.weights(), t.r);
         let (first, rows) = (3, 2 * r - 7);
         for kind in ["bf16", "quantized"] {
-            // The grid below 8 vectors, the quad kernel from 8: one part, and two (25
-            // as 13 + 12, 48 as 24 + 24).
-            for n in [1, 5, 7, 8, 13, 24, 25, 48] {
+            // The grid below 8 vectors, the quad kernel from 8: one part (18: groups of
+            // 4 and a last one of 2), and two (25 as 13 + 12, 48 as 24 + 24).
+            for &n in counts {
                 let act = test_act(kind, n, c);
                 // Made only where the native bf16 dot is this CPU's compute path.
                 let made = Prepared::new(&act, c).is_some();
@@ -733,6 +754,12 @@ mod tests {
                 let Some(p) = prepared_wherever_available(&act, c) else {
                     continue;
                 };
+                #[cfg(target_arch = "x86_64")]
+                assert_eq!(
+                    p.vectors.on_quads(),
+                    n >= 8,
+                    "{kind} n {n}: the quad kernel"
+                );
                 let mut out = vec![0.0; rows * n];
                 assert!(rows_times_prepared(&w, first, rows, &p, &mut out));
                 check_out(&w, first, &act, &out, &format!("prepared {kind} n {n}"));
@@ -752,9 +779,6 @@ mod tests {
                 assert!(out.iter().all(|&v| v == 0.0));
             }
         }
-        // Plain f32 activations are declined, as are ragged vectors.
-        assert!(Prepared::new(&test_act("f32", 3, c), c).is_none());
-        assert!(Prepared::new(&test_act("bf16", 3, c)[1..], c).is_none());
     }
 
     #[test]

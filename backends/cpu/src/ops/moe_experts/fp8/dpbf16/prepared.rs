@@ -23,20 +23,39 @@ thread_local! {
     static ACT_SCALES: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
-/// Activation vectors prepared for the kernels of [`super`] (see [`prepare`]): their
-/// bf16 words per 64 columns, vector after vector (`[ceil(k / 64)][n][64]`), and their
-/// per-128-column scales (`[ceil(k / 128)][n]`), so that the vectors of a step lie at
-/// constant offsets from one pointer. An expert's tokens are prepared once for all its
-/// weight tiles.
+/// Activation vectors prepared for the prefill kernels of [`super`] (see [`prepare`]),
+/// as the kernel that will take them reads them ([`Layout`]). An expert's tokens are
+/// prepared once for all its weight tiles.
 #[derive(Debug)]
 pub struct Prepared {
-    words: Vec<u16>,
-    scales: Vec<f32>,
     n: usize,
     k: usize,
-    unit: bool,
-    /// The same vectors in parts for [`super::quads`], where there are enough.
-    quads: Option<Vec<QuadForm>>,
+    form: Form,
+}
+
+/// [`Prepared`]'s vectors, held once.
+#[derive(Debug)]
+enum Form {
+    /// For the grid ([`super::many`]): bf16 words per 64 columns, vector after vector
+    /// (`[ceil(k / 64)][n][64]`), and per-128-column scales (`[ceil(k / 128)][n]`), so
+    /// that the vectors of a step lie at constant offsets from one pointer; `unit`: every
+    /// scale is 1.
+    Grid {
+        words: Vec<u16>,
+        scales: Vec<f32>,
+        unit: bool,
+    },
+    /// For the quad kernel ([`super::quads`]), from [`super::quads::MIN_VECTORS`]
+    /// vectors: in parts.
+    Quads(Vec<QuadForm>),
+}
+
+/// What a prefill kernel reads of [`Prepared`] vectors.
+pub(super) enum Layout<'a> {
+    /// The grid's view.
+    Grid(View),
+    /// The quad kernel's parts.
+    Quads(&'a [QuadForm]),
 }
 
 impl Prepared {
@@ -53,22 +72,25 @@ impl Prepared {
         if !unsafe { fill(&mut words, &mut scales, act, k, n) } {
             return None;
         }
-        let mut p = Prepared {
-            unit: all_one(&scales),
-            words,
-            scales,
+        let unit = all_one(&scales);
+        let view = View {
+            words: words.as_ptr(),
+            scales: scales.as_ptr(),
             n,
-            k,
-            quads: None,
+            unit,
         };
-        // SAFETY: the view points at the n vectors of k columns just prepared.
-        p.quads = unsafe { QuadForm::parts(p.view(), k) };
-        Some(p)
-    }
-
-    /// The vectors in parts for [`super::quads`], where there are enough.
-    pub(super) fn quads(&self) -> Option<&[QuadForm]> {
-        self.quads.as_deref()
+        // SAFETY: the view points at the n vectors of k columns just prepared; the quad
+        // form copies them (the grid's words are dropped then).
+        let form = match unsafe { QuadForm::parts(view, k) } {
+            Some(parts) => Form::Quads(parts),
+            None if n >= super::quads::MIN_VECTORS => return None,
+            None => Form::Grid {
+                words,
+                scales,
+                unit,
+            },
+        };
+        Some(Prepared { n, k, form })
     }
 
     /// How many vectors.
@@ -81,14 +103,27 @@ impl Prepared {
         self.k
     }
 
-    /// The kernels' view.
-    pub(super) fn view(&self) -> View {
-        View {
-            words: self.words.as_ptr(),
-            scales: self.scales.as_ptr(),
-            n: self.n,
-            unit: self.unit,
+    /// The vectors as the kernel that takes them reads them.
+    pub(super) fn layout(&self) -> Layout<'_> {
+        match &self.form {
+            Form::Grid {
+                words,
+                scales,
+                unit,
+            } => Layout::Grid(View {
+                words: words.as_ptr(),
+                scales: scales.as_ptr(),
+                n: self.n,
+                unit: *unit,
+            }),
+            Form::Quads(parts) => Layout::Quads(parts),
         }
+    }
+
+    /// Whether the quad kernel takes these vectors.
+    #[cfg(test)]
+    pub(crate) fn on_quads(&self) -> bool {
+        matches!(self.form, Form::Quads(_))
     }
 }
 
@@ -346,28 +381,39 @@ mod tests {
         act[k..2 * k].copy_from_slice(&quantized);
         let p = Prepared::new(&act, k).expect("bf16 and quantized vectors are taken");
         assert_eq!((p.vectors(), p.cols()), (n, k));
-        assert_eq!(p.words.len(), 4 * n * STEP);
+        let Layout::Grid(view) = p.layout() else {
+            panic!("3 vectors take the grid");
+        };
+        let Form::Grid {
+            words,
+            scales: p_scales,
+            ..
+        } = &p.form
+        else {
+            panic!("3 vectors take the grid");
+        };
+        assert_eq!(words.len(), 4 * n * STEP);
         for j in 0..n {
             let (alone, scales) = prepared(&act[j * k..(j + 1) * k]).unwrap();
             for (c, want) in alone.iter().enumerate() {
                 let at = (c / STEP * n + j) * STEP + (c % 16 / 8) * 32 + (c % 64 / 16) * 8 + c % 8;
-                let got = f32::from_bits(u32::from(p.words[at]) << 16);
+                let got = f32::from_bits(u32::from(words[at]) << 16);
                 assert_eq!(got.to_bits(), want.to_bits(), "vector {j} column {c}");
             }
             for (b, &s) in scales.iter().enumerate() {
-                assert_eq!(p.scales[b * n + j], s, "vector {j} block {b}");
+                assert_eq!(p_scales[b * n + j], s, "vector {j} block {b}");
             }
         }
-        assert_ne!(p.scales[n + 1], 1.0, "the quantized vector is scaled");
-        assert!(
-            !p.view().unit,
-            "a scaled vector: the kernels apply the scales"
-        );
+        assert_ne!(p_scales[n + 1], 1.0, "the quantized vector is scaled");
+        assert!(!view.unit, "a scaled vector: the kernels apply the scales");
         // The bf16 vectors alone: every scale is 1, and the view says so.
         let mut both = act[..k].to_vec();
         both.extend_from_slice(&act[2 * k..]);
         let p = Prepared::new(&both, k).unwrap();
-        assert!(p.scales.iter().all(|&s| s == 1.0) && p.view().unit);
+        let (Form::Grid { scales, .. }, Layout::Grid(view)) = (&p.form, p.layout()) else {
+            panic!("2 vectors take the grid");
+        };
+        assert!(scales.iter().all(|&s| s == 1.0) && view.unit);
         let mut unit = None;
         // SAFETY: available() (checked above) includes AVX-512F/BW; `both` holds 2 * k values.
         assert!(unsafe { with_prepared(k, 2, &both, |v| unit = Some(v.unit)) });

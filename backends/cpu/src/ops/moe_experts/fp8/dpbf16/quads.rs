@@ -3,9 +3,10 @@
 //! weight rows and 128-column block, each row's codes are decoded to bf16 once, into a
 //! buffer in L1, however many the vectors (the grid of [`super::many`] decodes a row
 //! again for every group of [`super::GRID_VECTORS`]); each 16-byte piece of them is
-//! broadcast against 4 vectors per `VDPBF16PS` ([`quads::steps`]). Each sum gets 16
-//! products per block, then one multiply-add by the block's scale (two multiplies where
-//! the vectors carry scales); the grid scales after every four.
+//! broadcast against 4 vectors per `VDPBF16PS` ([`quads::steps`]). Each sum takes 16
+//! instructions (32 products per f32 element) of a block before the block's scaling
+//! (one multiply-add, [`add_scaled`]); in the grid, with columns across the elements, a
+//! block is 4 instructions per sum.
 
 use super::prepared::View;
 use super::{add_scaled, decode, Tables, STEP};
@@ -37,7 +38,8 @@ pub struct QuadForm {
     groups: usize,
     first: usize,
     n: usize,
-    total: usize,
+    /// The call's vector count: the length of an output row.
+    out_cols: usize,
 }
 
 impl QuadForm {
@@ -71,7 +73,7 @@ impl QuadForm {
     /// `first + n <= view.n`.
     unsafe fn new(view: View, k: usize, first: usize, n: usize) -> Option<Self> {
         debug_assert!((1..=MAX_ROWS).contains(&n) && first + n <= view.n);
-        let total = view.n;
+        let out_cols = view.n;
         let (groups, steps) = (n.div_ceil(ROWS), k.div_ceil(STEP));
         let len = steps.checked_mul(PIECES * groups * 16)?;
         let mut words = Vec::new();
@@ -80,8 +82,8 @@ impl QuadForm {
         for s in 0..steps {
             for j in 0..n {
                 // SAFETY: vector first + j's 64 words of step s are at
-                // (s * total + first + j) * 64.
-                let at = (s * total + first + j) * STEP;
+                // (s * out_cols + first + j) * 64.
+                let at = (s * out_cols + first + j) * STEP;
                 let src = std::slice::from_raw_parts(view.words.add(at), STEP);
                 for (p, piece) in src.chunks_exact(8).enumerate() {
                     let at = ((s * PIECES + p) * groups + j / ROWS) * 16 + j % ROWS * 4;
@@ -97,10 +99,10 @@ impl QuadForm {
             scales.try_reserve_exact(len).ok()?;
             for b in 0..k.div_ceil(BLOCK) {
                 for j in 0..groups * ROWS {
-                    // SAFETY: vector first + j's scale of block b is at b * total +
+                    // SAFETY: vector first + j's scale of block b is at b * out_cols +
                     // first + j (j < n).
                     let s = if j < n {
-                        *view.scales.add(b * total + first + j)
+                        *view.scales.add(b * out_cols + first + j)
                     } else {
                         1.0
                     };
@@ -114,17 +116,17 @@ impl QuadForm {
             groups,
             first,
             n,
-            total,
+            out_cols,
         })
     }
 }
 
-/// `out[r * total + j] = W[first + r] . v_j` for the vectors `j` of `q` (of the call's
-/// `total`), with the weights' block scales and the vectors' (where `q` has them).
+/// `out[r * q.out_cols + j] = W[first + r] . v_j` for the vectors `j` of `q` (of the
+/// call's `q.out_cols`), with the weights' block scales and the vectors' (where `q` has them).
 ///
 /// # Safety
 /// [`super::available`]; `q` holds vectors of `w.cols` columns; rows `first..first +
-/// rows` of `w` and their scale rows, and `rows * total` outputs, exist.
+/// rows` of `w` and their scale rows, and `rows * q.out_cols` outputs, exist.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi,avx512bf16")]
 pub(super) unsafe fn multiply(
     w: &Fp8Weights<'_>,
@@ -133,7 +135,7 @@ pub(super) unsafe fn multiply(
     q: &QuadForm,
     out: &mut [f32],
 ) {
-    debug_assert!(out.len() >= rows * q.total);
+    debug_assert!(out.len() >= rows * q.out_cols);
     let at = (w, first, rows, q, out.as_mut_ptr());
     match (q.groups, q.scales.is_empty()) {
         (1, true) => tiles::<{ TILE_ROWS[0] }, 1, true>(at),
@@ -166,7 +168,7 @@ unsafe fn tiles<const MR: usize, const G: usize, const UNIT: bool>(
     (w, first, rows, q, out): At<'_, '_>,
 ) {
     debug_assert_eq!(q.groups, G);
-    let (k, n, ldo) = (w.cols, q.n, q.total);
+    let (k, n, ldo) = (w.cols, q.n, q.out_cols);
     let tables = Tables::load();
     let stride = G * 16;
     // Two buffers: the next block's rows are decoded into one while the other's meet
@@ -187,14 +189,15 @@ unsafe fn tiles<const MR: usize, const G: usize, const UNIT: bool>(
             if b + 1 < blocks {
                 decode_block(&tables, codes, k, b + 1, &mut decoded[(b + 1) % 2]);
             }
-            let steps = (k - b * BLOCK).min(BLOCK).div_ceil(STEP);
+            let live_steps = (k - b * BLOCK).min(BLOCK).div_ceil(STEP);
             let mut acc = [[_mm512_setzero_ps(); G]; MR];
             let wp: [*const u16; MR] = std::array::from_fn(|i| decoded[b % 2][i].as_ptr());
             // SAFETY: the block's pieces (8 per step of 64 columns, zero past k) hold the
-            // G groups from piece 16b; each row's decoded words of those steps are
-            // written.
+            // G groups from piece 16b; each row's decoded words of its live steps are
+            // written (`decode_block`).
             let xq = q.words.as_ptr().add(b * BLOCK / 8 * stride);
-            quads::steps::<Bf16, MR, G, false>(&mut acc, &wp, (xq, stride), (0, steps * PIECES), 0);
+            let pieces = (0, live_steps * PIECES);
+            quads::steps::<Bf16, MR, G, false>(&mut acc, &wp, (xq, stride), pieces, 0);
             for i in 0..MR {
                 let ws = _mm512_set1_ps(*scales[i].add(b));
                 for g in 0..G {
