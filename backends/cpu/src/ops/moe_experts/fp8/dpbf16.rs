@@ -367,9 +367,7 @@ unsafe fn grid_block<const R: usize, const J: usize, const FULL: bool>(
                 _mm512_loadu_si512(row.add(c + at).cast())
             } else {
                 // Only the row's `live - at` codes left in the block are read.
-                let n = live - at;
-                let mask = if n >= STEP { u64::MAX } else { (1u64 << n) - 1 };
-                _mm512_maskz_loadu_epi8(mask, row.add(c + at).cast())
+                codes_at(row.add(c + at), live - at)
             };
             *d = decode(t, v);
         }
@@ -456,9 +454,7 @@ unsafe fn block<const N: usize, const A: usize, const FULL: bool>(
             if at >= live {
                 break;
             }
-            let n = live - at;
-            let mask = if n >= STEP { u64::MAX } else { (1u64 << n) - 1 };
-            _mm512_maskz_loadu_epi8(mask, codes.add(at).cast())
+            codes_at(codes.add(at), live - at)
         };
         let (wa, wb) = decode(t, v);
         let slot = if A == 4 { 2 * step } else { 0 };
@@ -480,6 +476,20 @@ unsafe fn block<const N: usize, const A: usize, const FULL: bool>(
         };
     }
     sums
+}
+
+/// The [`STEP`] codes at `p`, those from the `left`-th on zero and not read (a masked
+/// load where `left` < 64).
+///
+/// # Safety
+/// AVX-512F/BW must be available; `min(left, 64)` bytes at `p` are readable.
+#[inline(always)]
+unsafe fn codes_at(p: *const u8, left: usize) -> __m512i {
+    if left >= STEP {
+        _mm512_loadu_si512(p.cast())
+    } else {
+        _mm512_maskz_loadu_epi8((1u64 << left) - 1, p.cast())
+    }
 }
 
 /// 64 codes as 64 bf16: per 128-bit lane q, codes `16q..16q + 8` in the first vector and

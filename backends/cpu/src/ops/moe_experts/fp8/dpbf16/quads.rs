@@ -9,7 +9,7 @@
 //! block is 4 instructions per sum.
 
 use super::prepared::View;
-use super::{add_scaled, decode, Tables, STEP};
+use super::{add_scaled, codes_at, decode, Tables, STEP};
 use crate::ops::moe_experts::fp8::Fp8Weights;
 use crate::quads::{self, Bf16, MAX_GROUPS, MAX_ROWS, ROWS, TILE_ROWS};
 use moemla_core::fp8::BLOCK;
@@ -25,7 +25,7 @@ const PIECES: usize = STEP / 8;
 /// and 377/182; in parts, 48 vectors 389/204 and 360/216, 96 vectors 384/192 and 372/214.
 pub const MIN_VECTORS: usize = 8;
 
-/// Prepared vectors `first..first + n` of a call's `total` in groups of 4: per piece of
+/// Prepared vectors `first..first + n` of a call's `out_cols` in groups of 4: per piece of
 /// 8 columns (in the prepared words' order within each 64 columns, the order [`decode`]
 /// gives the codes), each group's 4 vectors' 8 bf16 as u32 pairs, `[ceil(k / 64) *
 /// 8][groups][4][4]`; where the vectors carry scales, per 128-column block and group the
@@ -35,7 +35,6 @@ pub const MIN_VECTORS: usize = 8;
 pub struct QuadForm {
     words: Vec<u32>,
     scales: Vec<f32>,
-    groups: usize,
     first: usize,
     n: usize,
     /// The call's vector count: the length of an output row.
@@ -113,11 +112,15 @@ impl QuadForm {
         Some(QuadForm {
             words,
             scales,
-            groups,
             first,
             n,
             out_cols,
         })
+    }
+
+    /// Groups of 4 vectors (the last one partly live).
+    fn groups(&self) -> usize {
+        self.n.div_ceil(ROWS)
     }
 }
 
@@ -137,19 +140,26 @@ pub(super) unsafe fn multiply(
 ) {
     debug_assert!(out.len() >= rows * q.out_cols);
     let at = (w, first, rows, q, out.as_mut_ptr());
-    match (q.groups, q.scales.is_empty()) {
-        (1, true) => tiles::<{ TILE_ROWS[0] }, 1, true>(at),
-        (2, true) => tiles::<{ TILE_ROWS[1] }, 2, true>(at),
-        (3, true) => tiles::<{ TILE_ROWS[2] }, 3, true>(at),
-        (4, true) => tiles::<{ TILE_ROWS[3] }, 4, true>(at),
-        (5, true) => tiles::<{ TILE_ROWS[4] }, 5, true>(at),
-        (_, true) => tiles::<{ TILE_ROWS[MAX_GROUPS - 1] }, MAX_GROUPS, true>(at),
-        (1, false) => tiles::<{ TILE_ROWS[0] }, 1, false>(at),
-        (2, false) => tiles::<{ TILE_ROWS[1] }, 2, false>(at),
-        (3, false) => tiles::<{ TILE_ROWS[2] }, 3, false>(at),
-        (4, false) => tiles::<{ TILE_ROWS[3] }, 4, false>(at),
-        (5, false) => tiles::<{ TILE_ROWS[4] }, 5, false>(at),
-        (_, false) => tiles::<{ TILE_ROWS[MAX_GROUPS - 1] }, MAX_GROUPS, false>(at),
+    if q.scales.is_empty() {
+        by_groups::<true>(q.groups(), at);
+    } else {
+        by_groups::<false>(q.groups(), at);
+    }
+}
+
+/// [`tiles`] for the vectors' `groups`; `UNIT`: they carry no scales.
+///
+/// # Safety
+/// As [`multiply`]; `groups` is the vectors'.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi,avx512bf16")]
+unsafe fn by_groups<const UNIT: bool>(groups: usize, at: At<'_, '_>) {
+    match groups {
+        1 => tiles::<{ TILE_ROWS[0] }, 1, UNIT>(at),
+        2 => tiles::<{ TILE_ROWS[1] }, 2, UNIT>(at),
+        3 => tiles::<{ TILE_ROWS[2] }, 3, UNIT>(at),
+        4 => tiles::<{ TILE_ROWS[3] }, 4, UNIT>(at),
+        5 => tiles::<{ TILE_ROWS[4] }, 5, UNIT>(at),
+        _ => tiles::<{ TILE_ROWS[MAX_GROUPS - 1] }, MAX_GROUPS, UNIT>(at),
     }
 }
 
@@ -161,13 +171,13 @@ type At<'a, 'w> = (&'a Fp8Weights<'w>, usize, usize, &'a QuadForm, *mut f32);
 /// sums are not stored); `UNIT`: the vectors carry no scales.
 ///
 /// # Safety
-/// As [`multiply`], `q.groups == G`.
+/// As [`multiply`], `q.groups() == G`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi,avx512bf16")]
 #[allow(clippy::needless_range_loop)]
 unsafe fn tiles<const MR: usize, const G: usize, const UNIT: bool>(
     (w, first, rows, q, out): At<'_, '_>,
 ) {
-    debug_assert_eq!(q.groups, G);
+    debug_assert_eq!(q.groups(), G);
     let (k, n, ldo) = (w.cols, q.n, q.out_cols);
     let tables = Tables::load();
     let stride = G * 16;
@@ -249,12 +259,7 @@ unsafe fn decode_block<const MR: usize>(
         for at in (0..cols).step_by(STEP) {
             // SAFETY: codes c + at.. of the row up to the `cols - at` left in the block
             // exist (masked past them); `d` holds the block's 128 words.
-            let v = if cols - at >= STEP {
-                _mm512_loadu_si512(row.add(c + at).cast())
-            } else {
-                _mm512_maskz_loadu_epi8((1u64 << (cols - at)) - 1, row.add(c + at).cast())
-            };
-            let (lo, hi) = decode(tables, v);
+            let (lo, hi) = decode(tables, codes_at(row.add(c + at), cols - at));
             _mm512_storeu_si512(d.add(at).cast(), lo);
             _mm512_storeu_si512(d.add(at + 32).cast(), hi);
         }
