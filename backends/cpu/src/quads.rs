@@ -350,10 +350,10 @@ pub(crate) unsafe fn store_sums(v: __m512, o: *mut f32, live: usize, add: bool) 
 /// Steps `s0..s1` (a 16-byte piece each) of every row of the tile against the `G`
 /// groups packed at `xq` (step `s` at `s * stride` words): the piece of each row
 /// broadcast to the four 128-bit lanes (with `TAIL`, the columns `mask` leaves out read
-/// as zero). The smaller side is held in registers and the
-/// other loaded one vector at a time, so that the `MR x G` sums, `min(MR, G)` operands
-/// and one more fit in the 32 registers. Indexed loops: with iterators over the sums,
-/// LLVM kept some tile shapes' sums in memory, one store per product.
+/// as zero). The smaller side is held in registers and the other loaded one vector at a
+/// time, so that the `MR x G` sums, `min(MR, G)` operands and one more fit in the 32
+/// registers. Indexed loops: with iterators over the sums, LLVM kept some tile shapes'
+/// sums in memory, one store per product.
 ///
 /// # Safety
 /// [`available`]; for every step `s` in `s0..s1`, the `G` groups (16 words each) at

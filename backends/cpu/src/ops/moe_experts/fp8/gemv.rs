@@ -5,12 +5,12 @@
 //! [`rows_times_prepared`]): no dequantized weight tile is ever stored in memory. Paths,
 //! each chosen at run time:
 //!
-//! - AVX512-BF16 + VBMI + AVX-512 F/BW/VL ([`super::dpbf16`]): codes to bf16 by table lookup, `VDPBF16PS`
-//!   against activations that are bf16 values or `fp8_block128`-quantized (others
-//!   decline); each 128-column block's partial sums scaled once per block (by the
-//!   weights' block scale, then the activations': DeepGEMM's scheme). An expert's
-//!   tokens can be prepared once for all its weight tiles ([`Prepared`],
-//!   [`rows_times_prepared`]).
+//! - AVX512-BF16 + VBMI + AVX-512 F/BW/VL ([`super::dpbf16`]): codes to bf16 by table
+//!   lookup, `VDPBF16PS` against activations that are bf16 values or
+//!   `fp8_block128`-quantized (others decline); each 128-column block's partial sums
+//!   scaled once per block (by the weights' block scale, then the activations':
+//!   DeepGEMM's scheme). An expert's tokens can be prepared once for all its weight
+//!   tiles ([`Prepared`], [`rows_times_prepared`]).
 //! - AVX-512 F/BW/VL: each 64 codes sign-extended to 16 bits, shifted and masked into the
 //!   f16 with the same sign, exponent field and mantissa (`(sx(b) << 7) & 0xBF80`: the
 //!   e4m3 value times 2^-8, exact, subnormals included), widened to f32 by `VCVTPH2PS`
