@@ -3,8 +3,9 @@
 //! `acc += P V` ([`gemm_pv`]), both reading the K/V rows in place (no copy, no packing:
 //! V rows are already 16 columns per vector), one fused multiply-add per product into
 //! f32 sums; from 16 query rows the scores on query rows prepared once ([`Query`],
-//! [`gemm_qk_prepared`]): in quads up to 63 rows where the CPU runs the quad kernels, from
-//! 64 rows packed for the register-tiled kernel of [`crate::gemm_util`]. Single-threaded;
+//! [`gemm_qk_prepared`]): in octets or quads up to 24 rows where the CPU runs the quad
+//! kernels, from 25 rows packed for the register-tiled kernel of [`crate::gemm_util`].
+//! Single-threaded;
 //! callers parallelise over independent tiles.
 
 use crate::gemm_util::{matmul_nt_packed, PackedRows};
@@ -29,7 +30,14 @@ pub fn native() -> bool {
 /// Query rows from which [`Query`] packs them whole, for the register-tiled kernel of
 /// [`crate::gemm_util`] (12 cache rows broadcast against 32 query rows per tile, the
 /// queries packed once per attention instead of once per chunk as the general GEMM packs
-/// its operands; the values as [`PackedRows`] takes them). Below that, quads. On a 2-core
+/// its operands; the values as [`PackedRows`] takes them): one more than the octet and
+/// quad kernels take at once. Below that, octets or quads. One core of a 2-core Zen 5,
+/// the scores of 128 cache rows at k = 576 from L2, GFLOP/s (packed whole / in octets or
+/// quads, in parts of at most 24 rows): 26 rows 202/190-193, 28 rows 214-217/198-204, 32
+/// rows 249-253/234-238, 40 rows 194-197/205-214, 48 rows 236-238/233-234, 56 rows
+/// 214-216/198-200; `mla_decode` f32 at h_q 16, s_q 2 (b 4, 32 rows), alternated runs of
+/// two builds: 1024 positions 646-663 vs 727-728 µs (quads then), 4096 positions
+/// 2.61-2.69 vs 2.78-2.81 ms. On a 2-core
 /// Zen 5 (one thread per core), `mla_decode` f32 at h_q 128 (b 4), in one process,
 /// alternated rounds against the general GEMM: 1024 positions best 2.60 vs 2.70 ms, 4096
 /// positions 10.28-10.40 vs 10.88-11.01 ms, the cache rows copied either way; read in
@@ -39,7 +47,7 @@ pub fn native() -> bool {
 /// core's FMA peak at any row count, while the general GEMM reached 60% at 64 rows and
 /// 73% at 256.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-pub const PACKED_MIN_ROWS: usize = 64;
+pub const PACKED_MIN_ROWS: usize = 25;
 
 /// Bytes of query rows one pass of [`gemm_qk`] holds in L1 on Intel cores ([`qk_pass`]).
 const QUERY_PASS_BYTES: usize = 24 << 10;
@@ -121,14 +129,15 @@ pub fn transpose(t: &[f32], (r, c): (usize, usize), out: &mut [f32]) {
 
 /// Query rows [m, k] (f32) prepared once per attention for [`gemm_qk_prepared`], the
 /// scores coming out transposed and turned back. From [`QUAD_MIN_ROWS`] to below
-/// [`PACKED_MIN_ROWS`] rows where the quad kernels run ([`quads::available`]): in
-/// near-equal parts of at most 24 rows, each packed in quads (4 query rows per 128-bit
-/// lane; a piece of 4 columns of a cache row broadcast against them, each score the sum
-/// of its lane's 4 chains at the end). On a 2-core Zen 5, `mla_decode` f32 at h_q 16 (b
-/// 4), in one process, three interleaved rounds against [`gemm_qk`]'s 4 x 4 tiles of row
-/// dots: s_q 1, 1024 positions 0.42-0.44 vs 0.50-0.51 ms, 4096 positions 1.60-1.62 vs
-/// 2.00-2.08 ms; s_q 2 (two parts of 16) 0.74-0.84 vs 0.87-0.91 ms and 3.07-3.09 vs
-/// 3.72-3.80 ms. From [`PACKED_MIN_ROWS`] rows on AVX-512F: all of them packed as
+/// [`PACKED_MIN_ROWS`] rows where the quad kernels run ([`quads::available`]): packed in
+/// octets (16 and 21 to 24 rows: 8 query rows per vector, a piece of 2 columns of a cache
+/// row broadcast against them) or quads (4 query rows per 128-bit lane, pieces of 4
+/// columns), each score the sum of its lane's chains at the end ([`quads::F32Lanes`]).
+/// On a 2-core Zen 5, `mla_decode` f32 at h_q 16 (b 4), in one process, three
+/// interleaved rounds of quads against [`gemm_qk`]'s 4 x 4 tiles of row dots: s_q 1,
+/// 1024 positions 0.42-0.44 vs 0.50-0.51 ms, 4096 positions 1.60-1.62 vs 2.00-2.08 ms;
+/// octets against quads at s_q 1, alternated runs of two builds: 352-359 vs 362-368 µs
+/// and 1.42-1.45 vs 1.46-1.47 ms. From [`PACKED_MIN_ROWS`] rows on AVX-512F: all of them packed as
 /// [`PackedRows`] packs them (groups of 16 rows, column by column, each value of a cache
 /// row broadcast against 16 of them, one chain of k additions per score; where the quad
 /// kernels run, the last 1 to 4 rows past whole groups in quads).
@@ -147,20 +156,21 @@ pub struct Query<'q> {
 #[derive(Debug)]
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 enum Form<'q> {
-    /// Each part: its first row, its rows, and them packed in quads.
+    /// All of them in octets or quads.
     #[cfg(target_arch = "x86_64")]
-    Quads(Vec<(usize, usize, Vec<u32>)>),
+    Lanes(quads::F32Lanes),
     /// All of them, for [`matmul_nt_packed`].
     Packed(PackedRows<'q>),
 }
 
-/// Query rows from which [`Query`] prepares them in quads (below that, [`gemm_qk`]).
+/// Query rows from which [`Query`] prepares them in octets or quads (below that,
+/// [`gemm_qk`]).
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub const QUAD_MIN_ROWS: usize = 16;
 
 impl<'q> Query<'q> {
     /// `q` [m, k] prepared, or `None` below [`QUAD_MIN_ROWS`] rows or where the kernels do
-    /// not run here (the quads below [`PACKED_MIN_ROWS`] rows, AVX-512F from there). A `k`
+    /// not run here (the quad kernels below [`PACKED_MIN_ROWS`] rows, AVX-512F from there). A `k`
     /// of 0 or a `q` that is not whole rows of `k` are [`Error::Device`]; the packed rows
     /// are allocated fallibly.
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
@@ -173,20 +183,13 @@ impl<'q> Query<'q> {
         }
         #[cfg(target_arch = "x86_64")]
         if quads::available() && (QUAD_MIN_ROWS..PACKED_MIN_ROWS).contains(&m) {
-            let count = m.div_ceil(quads::MAX_ROWS);
-            let mut parts = Vec::with_capacity(count);
-            for p in 0..count {
-                let (first, end) = (p * m / count, (p + 1) * m / count);
-                let rows = end - first;
-                let packed = quads::packed::<quads::F32>(
-                    &q[first * k..end * k],
-                    (rows, k),
-                    "cpu f32 query quads",
-                    || device("f32 query rows", format!("{rows} rows of {k} overflow")),
-                )?;
-                parts.push((first, rows, packed));
-            }
-            let form = Form::Quads(parts);
+            const _: () = assert!(PACKED_MIN_ROWS == quads::MAX_ROWS + 1);
+            let form = Form::Lanes(quads::F32Lanes::new(
+                q,
+                (m, k),
+                "cpu f32 query lanes",
+                || device("f32 query rows", format!("{m} rows of {k} overflow")),
+            )?);
             return Ok(Some(Query { m, k, form }));
         }
         Ok(None)
@@ -241,26 +244,15 @@ pub fn gemm_qk_prepared(
             }
         }
         #[cfg(target_arch = "x86_64")]
-        Form::Quads(parts) => {
-            // All rows in one pass per part (row by row through their addresses).
+        Form::Lanes(lanes) => {
+            // All rows in one pass (row by row through their addresses).
             let rows: Vec<*const f32> = (runs.iter())
                 .flat_map(|r| r.chunks_exact(k).map(<[f32]>::as_ptr))
                 .collect();
-            for (first, part, packed) in parts {
-                // SAFETY: `Query::new` packed the parts only where the quad kernels'
-                // features were detected, each 1..=24 rows of k; each of the n row
-                // addresses starts k values of a run; the part's scores, columns
-                // first..first + part of every row of scores_t [n, m], lie inside it.
-                unsafe {
-                    quads::multiply::<quads::F32>(
-                        |j| rows[j],
-                        (n, k),
-                        (packed.as_ptr(), *part),
-                        (scores_t.as_mut_ptr().add(*first), m),
-                        false,
-                    )
-                };
-            }
+            // SAFETY: `Query::new` packed the rows only where the quad kernels' features
+            // were detected, 16..=24 rows of k; each of the n row addresses starts k
+            // values of a run; scores_t holds n rows of m.
+            unsafe { lanes.multiply(|j| rows[j], n, (scores_t.as_mut_ptr(), m), false) };
         }
     }
     transpose(scores_t, (n, m), out);
@@ -924,12 +916,12 @@ mod tests {
 
     #[test]
     fn prepared_queries_score_as_an_f64_reference_in_quads_or_packed_where_they_run() {
-        // 16 to 63 rows in quads where the kernels run: one part (16, 24: a full sixth
-        // group), two (25: 12 + 13, 40), three (63); cache rows past a tile and twice one
-        // (the next tile prefetched), a partial last tile; k odd, below a piece, at
-        // DeepSeek's width. From 64 rows packed on AVX-512F: whole and partial groups of
-        // 16 and pairs of them (64, 72, 128, 130 rows: 2 past whole groups), cache rows past
-        // a block of 12. The
+        // 16 to 24 rows in octets or quads where the kernels run: octets (16: two groups;
+        // 24: three), quads (17, 20: a fifth group, partly live); cache rows past a tile
+        // and twice one (the next tile prefetched), a partial last tile; k odd, below a
+        // piece, at DeepSeek's width. From 25 rows packed on AVX-512F: whole and partial
+        // groups of 16 and pairs of them (25, 32, 40, 48, 63, 64, 72, 128, 130 rows; 49 and
+        // 130: 1 and 2 past whole groups, in quads), cache rows past a block of 12. The
         // cache rows come in runs of 1, 5 and the rest. Below 16 rows none.
         let mut rng = Lcg::new(17);
         for (m, n, k) in [
@@ -937,7 +929,10 @@ mod tests {
             (16, 9, 576),
             (16, 37, 577),
             (24, 13, 3),
+            (17, 23, 576),
+            (20, 40, 7),
             (25, 30, 576),
+            (32, 30, 576),
             (40, 8, 33),
             (48, 5, 576),
             (49, 5, 576),
@@ -969,14 +964,20 @@ mod tests {
                 }) => "packed",
                 #[cfg(target_arch = "x86_64")]
                 Some(Query {
-                    form: Form::Quads(_),
+                    form: Form::Lanes(lanes),
                     ..
-                }) => "quads",
+                }) => match lanes.octets() {
+                    true => "octets",
+                    false => "quads",
+                },
             };
             let want = if m >= PACKED_MIN_ROWS && packed {
                 "packed"
             } else if (QUAD_MIN_ROWS..PACKED_MIN_ROWS).contains(&m) && quads {
-                "quads"
+                match m {
+                    16 | 21..=24 => "octets",
+                    _ => "quads",
+                }
             } else {
                 "none"
             };
@@ -986,9 +987,13 @@ mod tests {
             };
             let (mut out, mut scratch) = (vec![f32::NAN; m * n], Vec::new());
             gemm_qk_prepared(&prepared, &runs, &mut out, &mut scratch).unwrap();
-            // Quads: four chains of k / 4 additions, then two; packed: one chain of k (its
-            // rows past whole groups of 16 in quads).
-            let adds = if form == "quads" { k / 4 + 4 } else { k + 4 };
+            // Quads: four chains of k / 4 additions, then two; octets: two chains of k / 2,
+            // then one; packed: one chain of k (its rows past whole groups of 16 in quads).
+            let adds = match form {
+                "quads" => k / 4 + 4,
+                "octets" => k / 2 + 3,
+                _ => k + 4,
+            };
             assert_scores(
                 (&q, k),
                 &rows,

@@ -1,6 +1,6 @@
 //! Bounds-checked f32 matrix products: a general one over the `gemm` crate, and
 //! [`matmul_nt_packed`] (rows times packed rows) on AVX-512 where the CPU has it, in the
-//! quad layout ([`crate::quads`]) for few rows.
+//! quad or octet layout ([`crate::quads`]) for few rows.
 
 #[cfg(target_arch = "x86_64")]
 use crate::quads::{self, Kind};
@@ -131,8 +131,10 @@ const KC: usize = 2048;
 
 /// The rows of `b` for [`matmul_nt_packed`], laid out once and reused by every product
 /// with them (an expert's tokens meet every tile of its weight rows). Where the quad
-/// kernels run ([`quads::available`]) and pay ([`quads::F32`]'s `pays`: 4 to 12 rows and
-/// 17 to 24), in quads (4 rows per vector, [`crate::quads`]); else on CPUs with AVX-512F in
+/// kernels run ([`quads::available`]), in octets (8 rows per vector, [`quads::F32Octets`])
+/// where they pay (13 to 16 rows and 21 to 24), else in quads (4 rows per vector,
+/// [`crate::quads`]) where those pay ([`quads::F32`]'s `pays`: 4 to 12 rows and 17 to
+/// 24); else on CPUs with AVX-512F in
 /// groups of 16 rows, column by column (`[group][k][16]`, rows past `n` zero), so that
 /// one vector holds one column of 16 rows, the last 1 to [`REST_QUADS_MAX`] rows past
 /// whole groups in quads where those kernels run; elsewhere the rows as they are.
@@ -157,10 +159,10 @@ enum Layout<'a> {
         packed: Vec<f32>,
         rest: Option<(Vec<u32>, usize)>,
     },
-    /// Quads of rows (`[ceil(k / 4)][ceil(n / 4)][4 rows][4 columns]`, as f32 bits) for
-    /// [`quads::multiply`].
+    /// Octets or quads of rows ([`quads::F32Lanes`]: 8 rows of 2 columns or 4 rows of 4
+    /// per vector, as f32 bits) for [`quads::multiply`].
     #[cfg(target_arch = "x86_64")]
-    Quads(Vec<u32>),
+    Lanes(quads::F32Lanes),
     /// `b` row-major, for [`portable_nt`].
     Rows(&'a [f32]),
 }
@@ -168,8 +170,8 @@ enum Layout<'a> {
 impl<'a> PackedRows<'a> {
     /// Packs the `n` rows of `k` in `b` (row-major). A `k` of 0 or a length that is not
     /// whole rows is [`Error::Device`]; the packed copy (`ceil(n / 16) * 16 * k` values,
-    /// or in quads `ceil(n / 4) * 16 * ceil(k / 4)` words) is allocated fallibly
-    /// ([`Error::OutOfMemory`]).
+    /// in quads `ceil(n / 4) * 16 * ceil(k / 4)` words, in octets `ceil(n / 8) * 16 *
+    /// ceil(k / 2)`) is allocated fallibly ([`Error::OutOfMemory`]).
     pub fn new(b: &'a [f32], k: usize) -> Result<Self> {
         // No rows of `a` and no output: only `b`'s shape is checked.
         let (_, n) = nt_shape(0, b.len(), k, 0)?;
@@ -181,10 +183,10 @@ impl<'a> PackedRows<'a> {
             bytes: usize::MAX,
         };
         #[cfg(target_arch = "x86_64")]
-        if quads::available() && quads::F32::pays(n) {
-            let xq = quads::packed::<quads::F32>(b, (n, k), WHAT, too_large)?;
+        if quads::available() && (quads::F32Octets::pays(n) || quads::F32::pays(n)) {
+            let lanes = quads::F32Lanes::new(b, (n, k), WHAT, too_large)?;
             return Ok(PackedRows {
-                layout: Layout::Quads(xq),
+                layout: Layout::Lanes(lanes),
                 n,
                 k,
             });
@@ -233,9 +235,10 @@ impl<'a> PackedRows<'a> {
 /// place, others converted 12 rows at a time just before their tile (so weights streamed
 /// from memory are converted from cache, their next rows prefetched meanwhile), the last
 /// rows of `b` packed in quads (past whole groups) on the same block of rows right after.
-/// With `b` in quads, [`quads::multiply`]: a piece of 4 values of a row of `a` broadcast against
-/// 4 rows of `b` per vector, every output the sum of its 4 elements at the end; rows of
-/// `a` other than f32 converted one register tile at a time. Elsewhere the `gemm` crate
+/// With `b` in octets or quads, [`quads::multiply`]: a piece of 2 or 4 values of a row of
+/// `a` broadcast against 8 or 4 rows of `b` per vector, every output the sum of its 2 or
+/// 4 elements at the end; rows of `a` other than f32 converted one register tile at a
+/// time. Elsewhere the `gemm` crate
 /// on `a` converted to f32.
 ///
 /// An `a` that is not whole rows of `b`'s k, or an `out` that is not `m * n` long, is
@@ -265,25 +268,18 @@ pub fn matmul_nt_packed(a: FloatSlice<'_>, b: &PackedRows<'_>, out: &mut [f32]) 
             Ok(())
         }
         #[cfg(target_arch = "x86_64")]
-        Layout::Quads(xq) => {
-            let xq = (xq.as_ptr(), n);
+        Layout::Lanes(lanes) => {
             match a {
-                // SAFETY: `PackedRows::new` built `Quads` only where the kernel's features
+                // SAFETY: `PackedRows::new` built `Lanes` only where the kernel's features
                 // were detected, for 1..=24 rows of k; `nt_shape` checked that `a` holds m
                 // rows of k and `out` m * n values.
                 FloatSlice::F32(a) => unsafe {
                     let a = a.as_ptr();
-                    quads::multiply::<quads::F32>(
-                        |i| a.add(i * k),
-                        (m, k),
-                        xq,
-                        (out.as_mut_ptr(), n),
-                        false,
-                    );
+                    lanes.multiply(|i| a.add(i * k), m, (out.as_mut_ptr(), n), false);
                 },
                 // Other types converted to f32 one register tile of rows at a time.
                 _ => {
-                    let chunk = quads::tile_rows(n);
+                    let chunk = lanes.tile_rows();
                     let mut block =
                         moemla_core::alloc::try_filled_vec(chunk * k, "cpu gemm nt rows")?;
                     for r0 in (0..m).step_by(chunk) {
@@ -292,15 +288,7 @@ pub fn matmul_nt_packed(a: FloatSlice<'_>, b: &PackedRows<'_>, out: &mut [f32]) 
                         let (b0, o) = (block.as_ptr(), out[r0 * n..].as_mut_ptr());
                         // SAFETY: as above; `block` holds `rows` converted rows of k and
                         // `out` the m * n outputs from row r0 on.
-                        unsafe {
-                            quads::multiply::<quads::F32>(
-                                |i| b0.add(i * k),
-                                (rows, k),
-                                xq,
-                                (o, n),
-                                false,
-                            )
-                        };
+                        unsafe { lanes.multiply(|i| b0.add(i * k), rows, (o, n), false) };
                     }
                 }
             }
@@ -673,9 +661,11 @@ mod tests {
         // block, and blocks enough (m >= 24) for the prefetch of the next one. n: one
         // masked group (1..=16), a pair with the second masked (17..=32), a pair and a
         // single group (33, 48). Quads where they pay (`quads::F32::pays`): one group (4),
-        // two (5), three (9, 12), five (17, 19), six (24); `k` below one piece (2), whole
-        // pieces only (64), tails of 1 to 3 columns, past one pass; `m` past a tile's rows
-        // and twice them (the next tile prefetched), with a partial last tile. `a` as f32
+        // two (5), three (9, 12), five (17, 19); octets (13 to 16, 21 to 24): two groups
+        // (13, 15, 16), three (22, 24); `k` below one piece (2; 1 in octets), whole
+        // pieces only (64, 2048), tails of 1 to 3 columns, past one pass; `m` past a
+        // tile's rows and twice them (the next tile prefetched), with a partial last tile.
+        // `a` as f32
         // (read in place) and as bf16 and f16 values (converted per block or tile; each
         // value exact in f32, so the same reference holds).
         let mut rng = crate::test_util::Lcg::new(11);
@@ -699,6 +689,8 @@ mod tests {
             (13, 36, 2048 + 5),
             (30, 52, 70),
             (5, 34, 9),
+            (21, 14, 1),
+            (25, 22, 2048 + 3),
         ];
         shapes.extend((1..=13).map(|m| (m, 9 + 2 * m, 83)));
         for (m, n, k) in shapes {
@@ -752,9 +744,17 @@ mod tests {
             let packed = PackedRows::new(&b, k).unwrap();
             #[cfg(target_arch = "x86_64")]
             {
-                let quads = matches!(packed.layout, Layout::Quads(_));
-                let pays = (4..=12).contains(&n) || (17..=24).contains(&n);
-                assert_eq!(quads, quads::available() && pays, "{n} rows");
+                let lanes = match &packed.layout {
+                    Layout::Lanes(lanes) => Some(lanes.octets()),
+                    _ => None,
+                };
+                // Octets at 13 to 16 and 21 to 24 rows, quads at the rest up to 24 but 1 to 3.
+                let want = match n {
+                    13..=16 | 21..=24 => Some(true),
+                    4..=12 | 17..=20 => Some(false),
+                    _ => None,
+                };
+                assert_eq!(lanes, want.filter(|_| quads::available()), "{n} rows");
                 // Past 16 rows (and past the quads), the last 1 to 4 in quads.
                 let rest = match &packed.layout {
                     Layout::Columns { rest, .. } => rest.as_ref().map_or(0, |r| r.1),

@@ -7,10 +7,13 @@
 //! 24 tokens use 24 f32 elements, not 32 (two vectors of 16 rows), while each
 //! instruction still does all its products.
 //!
-//! Two kinds of element share the kernel ([`Kind`]): bf16 on `VDPBF16PS` ([`Bf16`], 8
-//! columns per piece, two products per f32 element and step) and f32 on `VFMADD231PS`
-//! ([`F32`], 4 columns, one product). Each output adds its products on 4 f32 elements,
-//! each one chain (k / 4 additions), then the 4 elements (2 additions).
+//! Three kinds share the kernel ([`Kind`]): bf16 on `VDPBF16PS` ([`Bf16`], 8 columns per
+//! piece, two products per f32 element and step) and f32 on `VFMADD231PS` ([`F32`], 4
+//! columns, one product), each output adding its products on 4 f32 elements, each one
+//! chain (k / 4 additions), then the 4 elements (2 additions); and f32 in octets
+//! ([`F32Octets`]): 8 rows of `b` per vector, each in a 64-bit lane of 2 columns, a piece
+//! of 8 bytes broadcast (a plain load where 16 bytes take a shuffle unit), each output the
+//! sum of its 2 elements (k / 2 additions each, then 1).
 //!
 //! The kernel is compiled for AVX-512F/BW/VL with AVX512-BF16 (AMD Zen 4 and later,
 //! Intel Sapphire Rapids and later), also for f32: callers check [`available`].
@@ -23,32 +26,55 @@ pub fn available() -> bool {
     crate::bf16dot::native()
 }
 
-/// An element type of the quad layout: how a 16-byte piece is loaded and how two
-/// operands are multiplied into an f32 accumulator.
+/// An element type of the layout and the width of its pieces: how a piece is loaded,
+/// spread over a vector and stored, and how two operands are multiplied into an f32
+/// accumulator. The defaults are the quads' 16-byte pieces.
 pub trait Kind {
     /// The stored element (bf16 as its bits).
     type Elem: Copy;
     /// The operand type of the multiply-add.
     type Operand: Copy;
-    /// Elements per 16-byte piece (columns per step).
+    /// Elements per piece (columns per step).
     const STEP: usize;
+    /// Rows of `b` per vector (a group), one per lane of `64 / ROWS` bytes: a piece's
+    /// width.
+    const ROWS: usize = 4;
 
-    /// Whether `n` rows of `b` are packed in quads rather than in vectors of 16 rows.
+    /// Whether `n` rows of `b` are packed in this layout rather than another.
     fn pays(n: usize) -> bool;
 
-    /// The 16 bytes at `p`, the elements that `mask` leaves out read as zero.
+    /// The piece at `p` in the low bytes, the elements that `mask` leaves out read as
+    /// zero.
     ///
     /// # Safety
     /// As the kernel's features; the elements `mask` keeps are readable.
     unsafe fn piece(p: *const Self::Elem, mask: u8) -> __m128i;
 
-    /// The 16 bytes at `p`, all of them.
+    /// The piece in the low bytes of `v` in every lane of a vector.
     ///
     /// # Safety
-    /// As the kernel's features; 16 bytes at `p` are readable.
+    /// As the kernel's features.
     #[inline(always)]
-    unsafe fn whole(p: *const Self::Elem) -> __m128i {
-        _mm_loadu_si128(p.cast())
+    unsafe fn spread(v: __m128i) -> __m512i {
+        _mm512_broadcast_i32x4(v)
+    }
+
+    /// The whole piece at `p` in every lane of a vector.
+    ///
+    /// # Safety
+    /// As the kernel's features; the piece's bytes at `p` are readable.
+    #[inline(always)]
+    unsafe fn spread_at(p: *const Self::Elem) -> __m512i {
+        Self::spread(_mm_loadu_si128(p.cast()))
+    }
+
+    /// Writes the piece in the low bytes of `v` at `to`.
+    ///
+    /// # Safety
+    /// As the kernel's features; the piece's bytes at `to` are writable.
+    #[inline(always)]
+    unsafe fn store_piece(to: *mut u32, v: __m128i) {
+        _mm_storeu_si128(to.cast(), v)
     }
 
     /// A 512-bit vector as an operand.
@@ -133,17 +159,73 @@ impl Kind for F32 {
     }
 }
 
-/// Rows of `b` per group (one 128-bit lane each).
-pub(crate) const ROWS: usize = 4;
-/// Most groups (24 rows of `b`).
-pub const MAX_ROWS: usize = 24;
-/// Groups at most: [`MAX_ROWS`] / [`ROWS`].
-pub(crate) const MAX_GROUPS: usize = MAX_ROWS / ROWS;
+/// f32 elements on `VFMADD231PS` in octets: 2 columns per piece, 8 rows of `b` per vector.
+pub struct F32Octets;
 
-/// u32 words of `n` rows of `k` elements packed in quads (`None` where that overflows).
+impl Kind for F32Octets {
+    type Elem = f32;
+    type Operand = __m512;
+    const STEP: usize = 2;
+    const ROWS: usize = 8;
+
+    /// From 13 to 16 rows and from 21 to 24: where octets fill as many f32 elements as
+    /// quads (2 or 3 groups; one group would meet a broadcast per multiply-add). One core
+    /// of a 2-core Zen 5, GFLOP/s (octets / quads / vectors of 16 where those run): rows
+    /// of `a` streamed from memory at k = 2048 (an expert's weights) 13 rows
+    /// 151-176/115-133/97-149, 16 rows 216-222/165-169/181-189, 24 rows 236-248/198-202;
+    /// 128 rows of `a` at a time from L2 at k = 576 (an attention's cache rows) 16 rows
+    /// 233-242/205-220/197-225, 24 rows 232-243/216-226. With more lanes empty in octets,
+    /// quads from L2: 12 rows 177-181/210-222, 20 rows 192-204/209-218.
+    fn pays(n: usize) -> bool {
+        (13..=16).contains(&n) || (21..=MAX_ROWS).contains(&n)
+    }
+
+    #[inline(always)]
+    unsafe fn piece(p: *const f32, mask: u8) -> __m128i {
+        _mm_castps_si128(_mm_maskz_loadu_ps(mask & 0b11, p))
+    }
+
+    #[inline(always)]
+    unsafe fn spread(v: __m128i) -> __m512i {
+        _mm512_broadcastq_epi64(v)
+    }
+
+    #[inline(always)]
+    unsafe fn spread_at(p: *const f32) -> __m512i {
+        // A 64-bit broadcast straight from memory (VPBROADCASTQ).
+        _mm512_set1_epi64(p.cast::<i64>().read_unaligned())
+    }
+
+    #[inline(always)]
+    unsafe fn store_piece(to: *mut u32, v: __m128i) {
+        _mm_storel_epi64(to.cast(), v)
+    }
+
+    #[inline(always)]
+    fn operand(v: __m512i) -> __m512 {
+        F32::operand(v)
+    }
+
+    #[inline(always)]
+    unsafe fn madd(acc: __m512, w: __m512, x: __m512) -> __m512 {
+        F32::madd(acc, w, x)
+    }
+}
+
+/// Most rows of `b` (24).
+pub const MAX_ROWS: usize = 24;
+/// Groups at most (of quads: [`MAX_ROWS`] / 4).
+pub(crate) const MAX_GROUPS: usize = MAX_ROWS / 4;
+/// u32 words per group: one vector.
+const GROUP_WORDS: usize = 16;
+/// Bytes per cache line.
+const LINE: usize = 64;
+
+/// u32 words of `n` rows of `k` elements packed as `K` lays them out (`None` where that
+/// overflows).
 pub fn packed_len<K: Kind>(n: usize, k: usize) -> Option<usize> {
-    n.div_ceil(ROWS)
-        .checked_mul(ROWS * 4)?
+    n.div_ceil(K::ROWS)
+        .checked_mul(GROUP_WORDS)?
         .checked_mul(k.div_ceil(K::STEP))
 }
 
@@ -169,6 +251,70 @@ pub fn packed<K: Kind>(
     Ok(xq)
 }
 
+/// Rows of f32 packed for [`multiply`] in octets where they pay ([`F32Octets::pays`]),
+/// else in quads.
+#[derive(Debug)]
+pub struct F32Lanes {
+    words: Vec<u32>,
+    /// Rows of `b`.
+    n: usize,
+    /// Their width.
+    k: usize,
+}
+
+impl F32Lanes {
+    /// `n` (1 to [`MAX_ROWS`]) rows of `k` of `b` packed as [`packed`] packs them.
+    ///
+    /// # Panics
+    /// As [`packed`], and where `n` is 0 or past [`MAX_ROWS`].
+    pub fn new(
+        b: &[f32],
+        (n, k): (usize, usize),
+        what: &str,
+        overflow: impl FnOnce() -> Error,
+    ) -> Result<Self> {
+        assert!((1..=MAX_ROWS).contains(&n));
+        let words = match F32Octets::pays(n) {
+            true => packed::<F32Octets>(b, (n, k), what, overflow)?,
+            false => packed::<F32>(b, (n, k), what, overflow)?,
+        };
+        Ok(F32Lanes { words, n, k })
+    }
+
+    /// Whether the rows are in octets.
+    pub fn octets(&self) -> bool {
+        F32Octets::pays(self.n)
+    }
+
+    /// Rows of `a` per register tile of [`F32Lanes::multiply`] ([`tile_rows`]).
+    pub fn tile_rows(&self) -> usize {
+        match self.octets() {
+            true => tile_rows::<F32Octets>(self.n),
+            false => tile_rows::<F32>(self.n),
+        }
+    }
+
+    /// [`multiply`] of the `m` rows `row(i)` (each as long as the packed rows) by these
+    /// rows.
+    ///
+    /// # Safety
+    /// `row(i)` for `i < m` points at `k` readable elements (the packed rows' `k`) and
+    /// `o + i * ldo + j` (`i < m`, `j < n`) is writable.
+    pub unsafe fn multiply(
+        &self,
+        row: impl Fn(usize) -> *const f32 + Copy,
+        m: usize,
+        (o, ldo): (*mut f32, usize),
+        add: bool,
+    ) {
+        let (xq, k) = ((self.words.as_ptr(), self.n), self.k);
+        match self.octets() {
+            true => multiply::<F32Octets>(row, (m, k), xq, (o, ldo), add),
+            false => multiply::<F32>(row, (m, k), xq, (o, ldo), add),
+        }
+    }
+}
+
 /// Packs `b` (`n` rows of `k` elements) into `xq` (zero past `n` and past `k`).
 ///
 /// # Safety
@@ -177,12 +323,13 @@ pub fn packed<K: Kind>(
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
 unsafe fn pack<K: Kind>(b: &[K::Elem], n: usize, k: usize, xq: &mut [u32]) {
     let (b, xq) = (b.as_ptr(), xq.as_mut_ptr());
-    let groups = n.div_ceil(ROWS);
+    let groups = n.div_ceil(K::ROWS);
+    let lane_words = GROUP_WORDS / K::ROWS;
     for s in 0..k.div_ceil(K::STEP) {
         let c = s * K::STEP;
         let live = (k - c).min(K::STEP);
         let mask = ((1u16 << live) - 1) as u8;
-        for row in 0..groups * ROWS {
+        for row in 0..groups * K::ROWS {
             let piece = if row < n {
                 // SAFETY: columns c..c + live of row `row` exist; masked-off ones are not
                 // read.
@@ -190,8 +337,9 @@ unsafe fn pack<K: Kind>(b: &[K::Elem], n: usize, k: usize, xq: &mut [u32]) {
             } else {
                 _mm_setzero_si128()
             };
-            // SAFETY: word (s, row / 4, row % 4, 0) + 4 <= packed_len.
-            _mm_storeu_si128(xq.add((s * groups) * 16 + row * 4).cast(), piece);
+            // SAFETY: the lane of `row` in group row / ROWS of step s, lane_words words,
+            // lies within packed_len.
+            K::store_piece(xq.add(s * groups * GROUP_WORDS + row * lane_words), piece);
         }
     }
 }
@@ -212,13 +360,13 @@ pub unsafe fn multiply<K: Kind>(
     (o, ldo): (*mut f32, usize),
     add: bool,
 ) {
-    let groups = n.div_ceil(ROWS);
+    let groups = n.div_ceil(K::ROWS);
     // Once per call: a count outside 1..=24 would read groups that were never packed.
-    assert!((1..=MAX_GROUPS).contains(&groups), "{n} rows of b");
+    assert!((1..=MAX_ROWS).contains(&n), "{n} rows of b");
     let at = Operand {
         k,
         xq,
-        stride: groups * 16,
+        stride: groups * GROUP_WORDS,
         out: o,
         ldo,
         cols: n,
@@ -238,10 +386,11 @@ pub unsafe fn multiply<K: Kind>(
 /// `min(MR, G)` operands and one more within the 32 registers ([`steps`]).
 pub(crate) const TILE_ROWS: [usize; MAX_GROUPS] = [12, 10, 7, 5, 4, 4];
 
-/// Rows of `a` per register tile of [`multiply`] for `n` rows of `b` (1 to [`MAX_ROWS`]):
-/// a caller that converts `a` before the product can convert this many rows at a time.
-pub fn tile_rows(n: usize) -> usize {
-    TILE_ROWS[n.div_ceil(ROWS).clamp(1, MAX_GROUPS) - 1]
+/// Rows of `a` per register tile of [`multiply`] for `n` rows of `b` (1 to [`MAX_ROWS`])
+/// laid out as `K`: a caller that converts `a` before the product can convert this many
+/// rows at a time.
+pub fn tile_rows<K: Kind>(n: usize) -> usize {
+    TILE_ROWS[n.div_ceil(K::ROWS).clamp(1, MAX_GROUPS) - 1]
 }
 
 /// What [`multiply`] multiplies into: the packed groups at `xq` (`stride` words from one
@@ -292,9 +441,9 @@ unsafe fn tile<K: Kind, const MR: usize, const G: usize>(
     let whole = k / K::STEP;
     let mut s = 0;
     while s < whole {
-        // Four steps (one cache line of each row) at a time; where the next rows all exist, the same
-        // line of each into L2.
-        let end = (s + 4).min(whole);
+        // A cache line of each row at a time; where the next rows all exist, the same line
+        // of each into L2.
+        let end = (s + LINE / (K::STEP * std::mem::size_of::<K::Elem>())).min(whole);
         if let Some(next) = next {
             for r in next {
                 // SAFETY: the next rows exist, k long, and column s * STEP < k.
@@ -312,32 +461,38 @@ unsafe fn tile<K: Kind, const MR: usize, const G: usize>(
     // Constant trip counts (no early exit), so that the sums stay in registers.
     for (i, sums) in acc.iter().enumerate() {
         for (g, &v) in sums.iter().enumerate() {
-            let live = at.cols.saturating_sub(g * ROWS).min(ROWS);
+            let live = at.cols.saturating_sub(g * K::ROWS).min(K::ROWS);
             if i < rows && live > 0 {
                 // SAFETY: row first + i < m of the output, and its columns g * ROWS ..
                 // + live lie within cols.
-                store_sums(v, at.out.add((first + i) * at.ldo + g * ROWS), live, at.add);
+                let o = at.out.add((first + i) * at.ldo + g * K::ROWS);
+                store_sums::<K>(v, o, live, at.add);
             }
         }
     }
 }
 
-/// Stores (with `add`, adds to) the `live` (1..=4) outputs of one group's sums `v`: the
-/// 4 f32 of each 128-bit lane (one row of `b`) summed, the lanes' sums at `o..o + live`.
+/// Stores (with `add`, adds to) the `live` (1..=`K::ROWS`) outputs of one group's sums
+/// `v`: the f32 of each lane (one row of `b`) summed, the lanes' sums at `o..o + live`.
 ///
 /// # Safety
 /// [`available`]; `o..o + live` is writable.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
 #[inline]
-pub(crate) unsafe fn store_sums(v: __m512, o: *mut f32, live: usize, add: bool) {
-    debug_assert!((1..=ROWS).contains(&live));
-    // The 4 f32 of each 128-bit lane summed into each of them, the lanes' first elements
-    // gathered into elements 0..4 and stored (a register permute and a masked store:
+pub(crate) unsafe fn store_sums<K: Kind>(v: __m512, o: *mut f32, live: usize, add: bool) {
+    debug_assert!((1..=K::ROWS).contains(&live));
+    // The f32 of each lane summed into each of them, the lanes' first elements gathered
+    // into elements 0..ROWS and stored (a register permute and a masked store:
     // compress-to-memory is microcoded on Zen 4).
     let v = _mm512_add_ps(v, _mm512_permute_ps::<0xB1>(v));
-    let v = _mm512_add_ps(v, _mm512_permute_ps::<0x4E>(v));
-    let firsts = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
-    let v = _mm512_permutexvar_ps(firsts, v);
+    let v = if K::ROWS == 4 {
+        let v = _mm512_add_ps(v, _mm512_permute_ps::<0x4E>(v));
+        let firsts = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+        _mm512_permutexvar_ps(firsts, v)
+    } else {
+        let firsts = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 0, 0, 0, 0, 0, 0, 0);
+        _mm512_permutexvar_ps(firsts, v)
+    };
     let mask = (1u16 << live) - 1;
     let v = if add {
         _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, o))
@@ -347,10 +502,9 @@ pub(crate) unsafe fn store_sums(v: __m512, o: *mut f32, live: usize, add: bool) 
     _mm512_mask_storeu_ps(o, mask, v);
 }
 
-/// Steps `s0..s1` (a 16-byte piece each) of every row of the tile against the `G`
-/// groups packed at `xq` (step `s` at `s * stride` words): the piece of each row
-/// broadcast to the four 128-bit lanes (with `TAIL`, the columns `mask` leaves out read
-/// as zero). The smaller side is held in registers and the other loaded one vector at a
+/// Steps `s0..s1` (a piece each) of every row of the tile against the `G` groups packed
+/// at `xq` (step `s` at `s * stride` words): the piece of each row broadcast to every
+/// lane (with `TAIL`, the columns `mask` leaves out read as zero). The smaller side is held in registers and the other loaded one vector at a
 /// time, so that the `MR x G` sums, `min(MR, G)` operands and one more fit in the 32
 /// registers. Indexed loops: with iterators over the sums, LLVM kept some tile shapes'
 /// sums in memory, one store per product.
@@ -373,7 +527,7 @@ pub(crate) unsafe fn steps<K: Kind, const MR: usize, const G: usize, const TAIL:
         // SAFETY: as the function's contract: step s's G groups and each row's elements
         // c..c + STEP (those TAIL's mask keeps) are readable.
         let (c, x) = (s * K::STEP, xq.add(s * stride));
-        let group = |g: usize| K::operand(_mm512_loadu_si512(x.add(g * 16).cast()));
+        let group = |g: usize| K::operand(_mm512_loadu_si512(x.add(g * GROUP_WORDS).cast()));
         if G <= MR {
             let mut xv = [K::operand(_mm512_setzero_si512()); G];
             for (g, v) in xv.iter_mut().enumerate() {
@@ -400,11 +554,14 @@ pub(crate) unsafe fn steps<K: Kind, const MR: usize, const G: usize, const TAIL:
     }
 }
 
-/// The 16 bytes at `p` (with `TAIL`, only the elements that `mask` keeps; the others
-/// zero) in each 128-bit lane.
+/// The piece at `p` (with `TAIL`, only the elements that `mask` keeps; the others zero)
+/// in each lane.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
 #[inline]
 unsafe fn broadcast<K: Kind, const TAIL: bool>(p: *const K::Elem, mask: u8) -> K::Operand {
-    let v = if TAIL { K::piece(p, mask) } else { K::whole(p) };
-    K::operand(_mm512_broadcast_i32x4(v))
+    K::operand(if TAIL {
+        K::spread(K::piece(p, mask))
+    } else {
+        K::spread_at(p)
+    })
 }

@@ -12,8 +12,8 @@
 //! place where a head's consecutive positions are consecutive rows, others upcast or
 //! FP8-dequantized once into one block, shared by all M rows), on AVX-512F kernels that
 //! read them directly ([`crate::f32attn`]; from 16 query rows on query rows prepared once:
-//! in quads up to 63 where the CPU runs the quad kernels, AVX-512 with BF16, packed from
-//! 64) or else (without AVX-512F) the general GEMM. Only positions below a row's attended
+//! in octets or quads up to 24 where the CPU runs the quad kernels, AVX-512 with BF16,
+//! packed from 25) or else (without AVX-512F) the general GEMM. Only positions below a row's attended
 //! length are ever read or weighted.
 
 use crate::bf16attn;

@@ -11,9 +11,12 @@
 use super::prepared::View;
 use super::{add_scaled, codes_at, decode, Tables, STEP};
 use crate::ops::moe_experts::fp8::Fp8Weights;
-use crate::quads::{self, Bf16, MAX_GROUPS, MAX_ROWS, ROWS, TILE_ROWS};
+use crate::quads::{self, Bf16, Kind, MAX_GROUPS, MAX_ROWS, TILE_ROWS};
 use moemla_core::fp8::BLOCK;
 use std::arch::x86_64::*;
+
+/// Vectors per group: one per 128-bit lane of a register.
+const ROWS: usize = Bf16::ROWS;
 
 /// 16-byte pieces (8 columns) per [`STEP`] of 64 columns.
 const PIECES: usize = STEP / 8;
@@ -225,7 +228,7 @@ unsafe fn tiles<const MR: usize, const G: usize, const UNIT: bool>(
                     // SAFETY: output row r + i < rows, its vectors q.first + 4g .. + cols
                     // within the call's `ldo`.
                     let o = out.add((r + i) * ldo + q.first + g * ROWS);
-                    quads::store_sums(total[i][g], o, cols, false);
+                    quads::store_sums::<Bf16>(total[i][g], o, cols, false);
                 }
             }
         }
