@@ -142,14 +142,17 @@ enum Layout {
     /// LANES]` u32); the last `n % LANES` rows, when at most `REST_MAX`, kept as they are
     /// (`rest`, row-major) for the row-dot kernel rather than a mostly empty vector.
     Pairs { xp: Vec<u32>, rest: Vec<bf16> },
-    /// Groups of 4 rows x 4 pairs per vector (`quads`): rows fill vectors 4 at a time,
-    /// `[ceil(k / 8)][ceil(n / 4)][4 rows][4 pairs]` u32.
-    Quads(Vec<u32>),
+    /// Groups of 4 rows x 4 pairs per vector (quads, `[ceil(k / 8)][ceil(n / 4)][4
+    /// rows][4 pairs]` u32) or of 8 rows x 2 pairs (octets, `[ceil(k / 4)][ceil(n / 8)][8
+    /// rows][2 pairs]`): rows fill vectors 4 or 8 at a time ([`quads::Lanes`]).
+    Quads(quads::Lanes<Bf16>),
 }
 
 impl Packed {
-    /// `b` [n, k] packed where the native dot runs [`gemm_nt`] and [`gemm_rows`] on it:
-    /// in quads where they pay (4 to 24 rows but 16: [`Bf16::pays`]), else in pairs from
+    /// `b` [n, k] packed where the native dot runs [`gemm_nt`] and [`gemm_rows`] on it, for
+    /// rows of `a` streamed from memory (an expert's weights): in octets from 13 to 24
+    /// rows ([`quads::Octets::pays_streamed`]), in quads where they pay below that (4 to
+    /// 12 rows: [`Bf16::pays`]), else in pairs from
     /// one vector's worth of rows (16) on, the last `n % LANES` rows kept as they are
     /// when at most `REST_MAX`; `None` for fewer rows (the row dots take them) or without
     /// the native dot. A `b` that is not whole rows of `k >= 1` is [`Error::Device`];
@@ -159,8 +162,8 @@ impl Packed {
         let n = rows_of(b, k)?;
         #[cfg(target_arch = "x86_64")]
         if native() && (n >= x86::PACKED_MIN_N || Bf16::pays(n)) {
-            if Bf16::pays(n) {
-                return Packed::quads(b, n, k).map(Some);
+            if Bf16::pays(n) || quads::Octets::<Bf16>::pays_streamed(n) {
+                return Packed::quads(b, n, k, true).map(Some);
             }
             let overflow = || device("bf16 pack", format!("{n} rows of {k} overflow"));
             let rest = x86::rest_rows(n);
@@ -178,26 +181,29 @@ impl Packed {
         Ok(None)
     }
 
-    /// `b` [n, k] packed in quads wherever the native dot runs and `n` is 1 to 24
-    /// (`quads::MAX_ROWS`), else `None`: for products whose other operand comes from cache
-    /// rather than memory, where quads pay at more row counts than [`Bf16::pays`] (which
-    /// was measured on weights streamed from memory). Errors as [`Packed::new`].
+    /// `b` [n, k] packed in quads (octets where those pay: [`quads::Octets::pays`])
+    /// wherever the native dot runs and `n` is 1 to 24 (`quads::MAX_ROWS`), else `None`:
+    /// for products whose other operand comes from cache rather than memory, where quads
+    /// pay at more row counts than [`Bf16::pays`] (which was measured on weights streamed
+    /// from memory). Errors as [`Packed::new`].
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     pub fn in_quads(b: &[bf16], k: usize) -> Result<Option<Packed>> {
         let n = rows_of(b, k)?;
         #[cfg(target_arch = "x86_64")]
         if native() && (1..=quads::MAX_ROWS).contains(&n) {
-            return Packed::quads(b, n, k).map(Some);
+            return Packed::quads(b, n, k, false).map(Some);
         }
         Ok(None)
     }
 
-    /// The `n` rows of `k` in `b` in quads.
+    /// The `n` rows of `k` in `b` in quads or octets ([`quads::Lanes`], for rows of `a`
+    /// `streamed` from memory or not).
     #[cfg(target_arch = "x86_64")]
-    fn quads(b: &[bf16], n: usize, k: usize) -> Result<Packed> {
-        let xq = quads::packed::<Bf16>(
+    fn quads(b: &[bf16], n: usize, k: usize, streamed: bool) -> Result<Packed> {
+        let xq = quads::Lanes::<Bf16>::new(
             half::slice::HalfFloatSliceExt::reinterpret_cast(b),
             (n, k),
+            streamed,
             "cpu bf16 packed operand",
             || device("bf16 pack", format!("{n} rows of {k} overflow")),
         )?;
@@ -397,15 +403,7 @@ pub(crate) mod x86 {
         let (k, n_all, o) = (b.k, b.n, out.as_mut_ptr());
         let (xp, rest) = match &b.layout {
             super::Layout::Pairs { xp, rest } => (xp, rest),
-            super::Layout::Quads(xq) => {
-                return crate::quads::multiply::<crate::quads::Bf16>(
-                    row,
-                    (m, k),
-                    (xq.as_ptr(), n_all),
-                    (o, n_all),
-                    false,
-                )
-            }
+            super::Layout::Quads(lanes) => return lanes.multiply(row, m, (o, n_all), false),
         };
         let rest_n = rest.len() / k;
         let n = n_all - rest_n;
@@ -1076,29 +1074,30 @@ mod tests {
 
     #[test]
     fn each_layout_is_chosen_where_it_pays() {
-        // Quads from 4 to 24 rows but 16, pairs from 16 on otherwise, none below 4.
+        // For rows of `a` from memory: quads from 4 to 12 rows, octets from 13 to 24, pairs
+        // from 25, none below 4. Asked for quads (rows of `a` from cache): from 1 to 24
+        // rows, in octets at 13 to 16 and 21 to 24; none past 24.
         if !native() {
             return;
         }
-        let layout = |n: usize| {
-            Packed::new(&values(n * 9, 4), 9)
-                .unwrap()
-                .map(|p| matches!(p.layout, Layout::Quads(_)))
+        let octets = |p: Packed| match p.layout {
+            Layout::Quads(lanes) => Some(lanes.octets()),
+            Layout::Pairs { .. } => None,
         };
+        let layout = |n: usize| Packed::new(&values(n * 9, 4), 9).unwrap().map(octets);
         assert_eq!(layout(3), None);
-        assert_eq!(layout(4), Some(true));
-        assert_eq!(layout(15), Some(true));
-        assert_eq!(layout(16), Some(false));
-        assert_eq!(layout(24), Some(true));
-        assert_eq!(layout(25), Some(false));
-        // Asked for quads: from 1 to 24 rows, 16 included; none past 24.
-        let quads = |n: usize| {
-            Packed::in_quads(&values(n * 9, 4), 9)
-                .unwrap()
-                .map(|p| matches!(p.layout, Layout::Quads(_)))
-        };
-        for n in [1, 3, 16, 24] {
-            assert_eq!(quads(n), Some(true), "{n} rows");
+        assert_eq!(layout(4), Some(Some(false)));
+        assert_eq!(layout(12), Some(Some(false)));
+        for n in [13, 16, 20, 24] {
+            assert_eq!(layout(n), Some(Some(true)), "{n} rows");
+        }
+        assert_eq!(layout(25), Some(None));
+        let quads = |n: usize| Packed::in_quads(&values(n * 9, 4), 9).unwrap().map(octets);
+        for n in [1, 3, 12, 17, 20] {
+            assert_eq!(quads(n), Some(Some(false)), "{n} rows");
+        }
+        for n in [13, 16, 21, 24] {
+            assert_eq!(quads(n), Some(Some(true)), "{n} rows");
         }
         assert_eq!(quads(25), None);
         assert!(Packed::in_quads(&values(10, 4), 3).is_err());

@@ -184,9 +184,13 @@ impl<'q> Query<'q> {
         #[cfg(target_arch = "x86_64")]
         if quads::available() && (QUAD_MIN_ROWS..PACKED_MIN_ROWS).contains(&m) {
             const _: () = assert!(PACKED_MIN_ROWS == quads::MAX_ROWS + 1);
+            // Octets where they pay on rows of `a` from cache: the cache rows come from L2
+            // at short contexts (where quads pay at 17 to 20 query rows), from memory at
+            // long ones.
             let form = Form::Lanes(quads::F32Lanes::new(
                 q,
                 (m, k),
+                false,
                 "cpu f32 query lanes",
                 || device("f32 query rows", format!("{m} rows of {k} overflow")),
             )?);

@@ -131,10 +131,10 @@ const KC: usize = 2048;
 
 /// The rows of `b` for [`matmul_nt_packed`], laid out once and reused by every product
 /// with them (an expert's tokens meet every tile of its weight rows). Where the quad
-/// kernels run ([`quads::available`]), in octets (8 rows per vector, [`quads::F32Octets`])
-/// where they pay (13 to 16 rows and 21 to 24), else in quads (4 rows per vector,
-/// [`crate::quads`]) where those pay ([`quads::F32`]'s `pays`: 4 to 12 rows and 17 to
-/// 24); else on CPUs with AVX-512F in
+/// kernels run ([`quads::available`]), in octets (8 rows per vector, [`quads::Octets`])
+/// where they pay with rows of `a` from memory (13 to 24 rows), else in quads (4 rows per
+/// vector, [`crate::quads`]) where those pay ([`quads::F32`]'s `pays`: 4 to 12 rows); else
+/// on CPUs with AVX-512F in
 /// groups of 16 rows, column by column (`[group][k][16]`, rows past `n` zero), so that
 /// one vector holds one column of 16 rows, the last 1 to [`REST_QUADS_MAX`] rows past
 /// whole groups in quads where those kernels run; elsewhere the rows as they are.
@@ -183,8 +183,11 @@ impl<'a> PackedRows<'a> {
             bytes: usize::MAX,
         };
         #[cfg(target_arch = "x86_64")]
-        if quads::available() && (quads::F32Octets::pays(n) || quads::F32::pays(n)) {
-            let lanes = quads::F32Lanes::new(b, (n, k), WHAT, too_large)?;
+        if quads::available()
+            && (quads::F32::pays(n) || quads::Octets::<quads::F32>::pays_streamed(n))
+        {
+            // The rows of `a` (an expert's weights) stream from memory.
+            let lanes = quads::F32Lanes::new(b, (n, k), true, WHAT, too_large)?;
             return Ok(PackedRows {
                 layout: Layout::Lanes(lanes),
                 n,
@@ -661,8 +664,8 @@ mod tests {
         // block, and blocks enough (m >= 24) for the prefetch of the next one. n: one
         // masked group (1..=16), a pair with the second masked (17..=32), a pair and a
         // single group (33, 48). Quads where they pay (`quads::F32::pays`): one group (4),
-        // two (5), three (9, 12), five (17, 19); octets (13 to 16, 21 to 24): two groups
-        // (13, 15, 16), three (22, 24); `k` below one piece (2; 1 in octets), whole
+        // two (5), three (9, 12); octets (13 to 24): two groups (13, 15, 16), three (17,
+        // 19, 20: the last partly live; 22, 24); `k` below one piece (2; 1 in octets), whole
         // pieces only (64, 2048), tails of 1 to 3 columns, past one pass; `m` past a
         // tile's rows and twice them (the next tile prefetched), with a partial last tile.
         // `a` as f32
@@ -748,10 +751,10 @@ mod tests {
                     Layout::Lanes(lanes) => Some(lanes.octets()),
                     _ => None,
                 };
-                // Octets at 13 to 16 and 21 to 24 rows, quads at the rest up to 24 but 1 to 3.
+                // Octets at 13 to 24 rows, quads at 4 to 12.
                 let want = match n {
-                    13..=16 | 21..=24 => Some(true),
-                    4..=12 | 17..=20 => Some(false),
+                    13..=24 => Some(true),
+                    4..=12 => Some(false),
                     _ => None,
                 };
                 assert_eq!(lanes, want.filter(|_| quads::available()), "{n} rows");

@@ -7,28 +7,30 @@
 //! 24 tokens use 24 f32 elements, not 32 (two vectors of 16 rows), while each
 //! instruction still does all its products.
 //!
-//! Three kinds share the kernel ([`Kind`]): bf16 on `VDPBF16PS` ([`Bf16`], 8 columns per
-//! piece, two products per f32 element and step) and f32 on `VFMADD231PS` ([`F32`], 4
-//! columns, one product), each output adding its products on 4 f32 elements, each one
-//! chain (k / 4 additions), then the 4 elements (2 additions); and f32 in octets
-//! ([`F32Octets`]): 8 rows of `b` per vector, each in a 64-bit lane of 2 columns, a piece
-//! of 8 bytes broadcast (a plain load where 16 bytes take a shuffle unit), each output the
-//! sum of its 2 elements (k / 2 additions each, then 1).
+//! Two kinds of element share the kernel ([`Kind`]): bf16 on `VDPBF16PS` ([`Bf16`], 8
+//! columns per piece, two products per f32 element and step) and f32 on `VFMADD231PS`
+//! ([`F32`], 4 columns, one product), each output adding its products on 4 f32 elements,
+//! each one chain (k / 4 additions), then the 4 elements (2 additions). Either also runs
+//! in octets ([`Octets`]): 8 rows of `b` per vector, each in a 64-bit lane (2 f32 or 4
+//! bf16 columns), a piece of 8 bytes broadcast (a plain load, where 16 bytes take a
+//! shuffle unit), each output the sum of its lane's 2 elements (for f32, k / 2 additions
+//! each, then 1). [`Lanes`] packs rows in whichever of the two pays.
 //!
 //! The kernel is compiled for AVX-512F/BW/VL with AVX512-BF16 (AMD Zen 4 and later,
 //! Intel Sapphire Rapids and later), also for f32: callers check [`available`].
 
 use moemla_core::{Error, Result};
 use std::arch::x86_64::*;
+use std::marker::PhantomData;
 
 /// Whether this CPU runs the quad kernels (AVX-512F/BW/VL and AVX512-BF16).
 pub fn available() -> bool {
     crate::bf16dot::native()
 }
 
-/// An element type of the layout and the width of its pieces: how a piece is loaded,
-/// spread over a vector and stored, and how two operands are multiplied into an f32
-/// accumulator. The defaults are the quads' 16-byte pieces.
+/// An element type of the layout and the width of its pieces ([`Kind::ROWS`]): how a
+/// piece is loaded, spread over a vector and stored, and how two operands are multiplied
+/// into an f32 accumulator.
 pub trait Kind {
     /// The stored element (bf16 as its bits).
     type Elem: Copy;
@@ -36,8 +38,8 @@ pub trait Kind {
     type Operand: Copy;
     /// Elements per piece (columns per step).
     const STEP: usize;
-    /// Rows of `b` per vector (a group), one per lane of `64 / ROWS` bytes: a piece's
-    /// width.
+    /// Rows of `b` per vector (a group), one per lane of a piece's bytes: 4 (quads,
+    /// 16-byte pieces) or 8 (octets, 8-byte pieces).
     const ROWS: usize = 4;
 
     /// Whether `n` rows of `b` are packed in this layout rather than another.
@@ -56,16 +58,23 @@ pub trait Kind {
     /// As the kernel's features.
     #[inline(always)]
     unsafe fn spread(v: __m128i) -> __m512i {
-        _mm512_broadcast_i32x4(v)
+        match Self::ROWS {
+            4 => _mm512_broadcast_i32x4(v),
+            _ => _mm512_broadcastq_epi64(v),
+        }
     }
 
-    /// The whole piece at `p` in every lane of a vector.
+    /// The whole piece at `p` in every lane of a vector: 16 bytes through a shuffle unit
+    /// (`VBROADCASTI32X4`), 8 bytes straight from memory (`VPBROADCASTQ`, a plain load).
     ///
     /// # Safety
     /// As the kernel's features; the piece's bytes at `p` are readable.
     #[inline(always)]
     unsafe fn spread_at(p: *const Self::Elem) -> __m512i {
-        Self::spread(_mm_loadu_si128(p.cast()))
+        match Self::ROWS {
+            4 => _mm512_broadcast_i32x4(_mm_loadu_si128(p.cast())),
+            _ => _mm512_set1_epi64(p.cast::<i64>().read_unaligned()),
+        }
     }
 
     /// Writes the piece in the low bytes of `v` at `to`.
@@ -74,7 +83,10 @@ pub trait Kind {
     /// As the kernel's features; the piece's bytes at `to` are writable.
     #[inline(always)]
     unsafe fn store_piece(to: *mut u32, v: __m128i) {
-        _mm_storeu_si128(to.cast(), v)
+        match Self::ROWS {
+            4 => _mm_storeu_si128(to.cast(), v),
+            _ => _mm_storel_epi64(to.cast(), v),
+        }
     }
 
     /// A 512-bit vector as an operand.
@@ -88,6 +100,7 @@ pub trait Kind {
 }
 
 /// bf16 elements on `VDPBF16PS`: 4 column pairs per piece.
+#[derive(Debug)]
 pub struct Bf16;
 
 impl Kind for Bf16 {
@@ -123,6 +136,7 @@ impl Kind for Bf16 {
 }
 
 /// f32 elements on `VFMADD231PS`: 4 columns per piece.
+#[derive(Debug)]
 pub struct F32;
 
 impl Kind for F32 {
@@ -159,56 +173,58 @@ impl Kind for F32 {
     }
 }
 
-/// f32 elements on `VFMADD231PS` in octets: 2 columns per piece, 8 rows of `b` per vector.
-pub struct F32Octets;
+/// The elements of `K` in octets: pieces of half the width (8 bytes: 2 f32 or 4 bf16
+/// columns), 8 rows of `b` per vector.
+#[derive(Debug)]
+pub struct Octets<K>(PhantomData<K>);
 
-impl Kind for F32Octets {
-    type Elem = f32;
-    type Operand = __m512;
-    const STEP: usize = 2;
+impl<K: Kind> Kind for Octets<K> {
+    type Elem = K::Elem;
+    type Operand = K::Operand;
+    const STEP: usize = K::STEP / 2;
     const ROWS: usize = 8;
 
-    /// From 13 to 16 rows and from 21 to 24: where octets fill as many f32 elements as
-    /// quads (2 or 3 groups; one group would meet a broadcast per multiply-add). One core
-    /// of a 2-core Zen 5, GFLOP/s (octets / quads / vectors of 16 where those run): rows
-    /// of `a` streamed from memory at k = 2048 (an expert's weights) 13 rows
-    /// 151-176/115-133/97-149, 16 rows 216-222/165-169/181-189, 24 rows 236-248/198-202;
-    /// 128 rows of `a` at a time from L2 at k = 576 (an attention's cache rows) 16 rows
-    /// 233-242/205-220/197-225, 24 rows 232-243/216-226. With more lanes empty in octets,
-    /// quads from L2: 12 rows 177-181/210-222, 20 rows 192-204/209-218.
+    /// With rows of `a` from cache, from 13 to 16 rows and from 21 to 24: where octets
+    /// fill as many f32 elements as quads (2 or 3 groups; one group would meet a broadcast
+    /// per multiply-add). One core of a 2-core Zen 5, 128 rows of `a` at a time from L2 at
+    /// k = 576 (an attention's cache rows), GFLOP/s (octets / quads): f32 16 rows
+    /// 233-242/205-220 (vectors of 16: 197-225), 24 rows 232-243/216-226; bf16 16 rows
+    /// 472/468-469, 24 rows 483-487/482; with more lanes empty in octets, f32 12 rows
+    /// 177-181/210-222, 20 rows 192-204/209-218, bf16 12 rows 350-354/426-429, 20 rows
+    /// 405-407/483. From memory octets pay at more counts ([`Octets::pays_streamed`]).
     fn pays(n: usize) -> bool {
         (13..=16).contains(&n) || (21..=MAX_ROWS).contains(&n)
     }
 
     #[inline(always)]
-    unsafe fn piece(p: *const f32, mask: u8) -> __m128i {
-        _mm_castps_si128(_mm_maskz_loadu_ps(mask & 0b11, p))
+    unsafe fn piece(p: *const K::Elem, mask: u8) -> __m128i {
+        // The tail masks keep at most STEP elements: the low 8 bytes.
+        K::piece(p, mask)
     }
 
     #[inline(always)]
-    unsafe fn spread(v: __m128i) -> __m512i {
-        _mm512_broadcastq_epi64(v)
+    fn operand(v: __m512i) -> K::Operand {
+        K::operand(v)
     }
 
     #[inline(always)]
-    unsafe fn spread_at(p: *const f32) -> __m512i {
-        // A 64-bit broadcast straight from memory (VPBROADCASTQ).
-        _mm512_set1_epi64(p.cast::<i64>().read_unaligned())
+    unsafe fn madd(acc: __m512, w: K::Operand, x: K::Operand) -> __m512 {
+        K::madd(acc, w, x)
     }
+}
 
-    #[inline(always)]
-    unsafe fn store_piece(to: *mut u32, v: __m128i) {
-        _mm_storel_epi64(to.cast(), v)
-    }
-
-    #[inline(always)]
-    fn operand(v: __m512i) -> __m512 {
-        F32::operand(v)
-    }
-
-    #[inline(always)]
-    unsafe fn madd(acc: __m512, w: __m512, x: __m512) -> __m512 {
-        F32::madd(acc, w, x)
+impl<K: Kind> Octets<K> {
+    /// With rows of `a` streamed from memory (an expert's weights), from 13 to 24 rows:
+    /// octets keep twice the rows of `a` in flight per tile, each read 8 bytes per step.
+    /// One core of a 2-core Zen 5, rows of `a` streamed from memory at k = 2048, GFLOP/s
+    /// (octets / quads / vectors of 16 where those run): f32 13 rows
+    /// 151-176/115-133/97-149, 16 rows 216-222/165-169/181-189, 17 rows 173-174/159-165,
+    /// 20 rows 201-204/190-202, 24 rows 236-248/198-202; bf16 13 rows 343-349/262, 16 rows
+    /// 424-433/304-324 (pairs of columns, 16 rows per vector: 298-313), 20 rows
+    /// 410-411/342-346, 24 rows 490-491/378-382; 12 rows f32 162-167/153-157, bf16
+    /// 321-322/332-339.
+    pub fn pays_streamed(n: usize) -> bool {
+        (13..=MAX_ROWS).contains(&n)
     }
 }
 
@@ -251,46 +267,66 @@ pub fn packed<K: Kind>(
     Ok(xq)
 }
 
-/// Rows of f32 packed for [`multiply`] in octets where they pay ([`F32Octets::pays`]),
-/// else in quads.
+/// Rows of `b` of kind `K` packed for [`multiply`] in octets where those pay (for rows of
+/// `a` from cache [`Octets::pays`], streamed from memory [`Octets::pays_streamed`]), else
+/// in quads.
 #[derive(Debug)]
-pub struct F32Lanes {
+pub struct Lanes<K> {
     words: Vec<u32>,
     /// Rows of `b`.
     n: usize,
     /// Their width.
     k: usize,
+    /// Whether they are in octets.
+    octets: bool,
+    kind: PhantomData<K>,
 }
 
-impl F32Lanes {
-    /// `n` (1 to [`MAX_ROWS`]) rows of `k` of `b` packed as [`packed`] packs them.
+/// f32 rows in octets or quads.
+pub type F32Lanes = Lanes<F32>;
+
+impl<K: Kind> Lanes<K> {
+    /// `n` (1 to [`MAX_ROWS`]) rows of `k` of `b` packed as [`packed`] packs them, for
+    /// rows of `a` streamed from memory (`streamed`) or from cache.
     ///
     /// # Panics
     /// As [`packed`], and where `n` is 0 or past [`MAX_ROWS`].
     pub fn new(
-        b: &[f32],
+        b: &[K::Elem],
         (n, k): (usize, usize),
+        streamed: bool,
         what: &str,
         overflow: impl FnOnce() -> Error,
     ) -> Result<Self> {
         assert!((1..=MAX_ROWS).contains(&n));
-        let words = match F32Octets::pays(n) {
-            true => packed::<F32Octets>(b, (n, k), what, overflow)?,
-            false => packed::<F32>(b, (n, k), what, overflow)?,
+        let octets = match streamed {
+            true => Octets::<K>::pays_streamed(n),
+            false => Octets::<K>::pays(n),
         };
-        Ok(F32Lanes { words, n, k })
+        let words = match octets {
+            true => packed::<Octets<K>>(b, (n, k), what, overflow)?,
+            false => packed::<K>(b, (n, k), what, overflow)?,
+        };
+        let kind = PhantomData;
+        Ok(Lanes {
+            words,
+            n,
+            k,
+            octets,
+            kind,
+        })
     }
 
     /// Whether the rows are in octets.
     pub fn octets(&self) -> bool {
-        F32Octets::pays(self.n)
+        self.octets
     }
 
-    /// Rows of `a` per register tile of [`F32Lanes::multiply`] ([`tile_rows`]).
+    /// Rows of `a` per register tile of [`Lanes::multiply`] ([`tile_rows`]).
     pub fn tile_rows(&self) -> usize {
         match self.octets() {
-            true => tile_rows::<F32Octets>(self.n),
-            false => tile_rows::<F32>(self.n),
+            true => tile_rows::<Octets<K>>(self.n),
+            false => tile_rows::<K>(self.n),
         }
     }
 
@@ -302,15 +338,15 @@ impl F32Lanes {
     /// `o + i * ldo + j` (`i < m`, `j < n`) is writable.
     pub unsafe fn multiply(
         &self,
-        row: impl Fn(usize) -> *const f32 + Copy,
+        row: impl Fn(usize) -> *const K::Elem + Copy,
         m: usize,
         (o, ldo): (*mut f32, usize),
         add: bool,
     ) {
         let (xq, k) = ((self.words.as_ptr(), self.n), self.k);
         match self.octets() {
-            true => multiply::<F32Octets>(row, (m, k), xq, (o, ldo), add),
-            false => multiply::<F32>(row, (m, k), xq, (o, ldo), add),
+            true => multiply::<Octets<K>>(row, (m, k), xq, (o, ldo), add),
+            false => multiply::<K>(row, (m, k), xq, (o, ldo), add),
         }
     }
 }
