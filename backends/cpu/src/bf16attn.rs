@@ -21,8 +21,9 @@ use moemla_core::Result;
 /// [`PACKED_MIN_ROWS`] rows on the native dot, also packed in column pairs
 /// ([`bf16dot::Packed`]), so that each cache row's pairs are broadcast against 16 query
 /// rows at a time (the scores come out transposed and are turned back in registers);
-/// from [`QUAD_MIN_ROWS`] to 24 rows in quads (each cache row's pieces broadcast against
-/// 4 query rows per 128-bit lane; the scores come out transposed as well).
+/// from [`QUAD_MIN_ROWS`] to 24 rows in octets or quads (each cache row's pieces
+/// broadcast against 8 query rows per 64-bit lane at 16 and 21 to 24 rows, else 4 per
+/// 128-bit lane; the scores come out transposed as well).
 /// On a 2-core Zen 5, at DeepSeek's width over 128-position chunks, one thread: that
 /// product ran at 82-86% of a core's bf16 dot peak at 32 and 128 rows, against 58-62%
 /// for the 4 x 4 tiles of row dots, whose 16 sums each end in a reduction.
@@ -65,11 +66,14 @@ impl Query {
 pub const PACKED_MIN_ROWS: usize = 32;
 
 /// Query rows from which (below [`PACKED_MIN_ROWS`], and up to 24) [`Query`] packs them in
-/// quads ([`bf16dot::Packed::in_quads`]: 4 query rows per 128-bit lane, a piece of 8
-/// columns of a cache row broadcast against them). 2-core Zen 5, MLA decode at h_q 16,
-/// s_q 1, b 4, in one process, three interleaved rounds against the row dots: 4096
+/// quads or octets ([`bf16dot::Packed::in_quads`]: 4 query rows per 128-bit lane, a piece
+/// of 8 columns of a cache row broadcast against them; at 16 and 21 to 24 rows 8 query
+/// rows per 64-bit lane, pieces of 4 columns). 2-core Zen 5, MLA decode at h_q 16, s_q
+/// 1, b 4, in one process, three interleaved rounds of quads against the row dots: 4096
 /// positions 1.02-1.06 vs 1.15-1.18 ms, 1024 positions 0.32-0.34 vs 0.33 ms; the FP8
-/// cache at 4096 positions 1.47-1.51 vs 1.53-1.58 ms.
+/// cache at 4096 positions 1.47-1.51 vs 1.53-1.58 ms. Octets against quads at 16 rows:
+/// the same within 1% on the product alone (cache rows from L2), the op within the
+/// noise.
 pub const QUAD_MIN_ROWS: usize = 16;
 
 /// `out[r * n + j] = q_r . row_j` for the `m` rows of `q` and the `n` rows `rows` (each
@@ -390,13 +394,16 @@ mod tests {
     fn prepared_queries_score_as_the_reference_packed_or_not() {
         // From 32 rows on the native dot the rows are packed and the scores transposed
         // back: whole and partial 16 x 16 blocks, one and several column blocks of the
-        // packed product, an odd k; from 16 to 24 rows in quads (four and six groups,
-        // cache rows past a tile, an odd k); below 16 and from 25 to 31 the row dots.
+        // packed product, an odd k; from 16 to 24 rows in octets (16, 21, 24: two and
+        // three groups) or quads (17, 20: five groups), cache rows past a tile, an odd k;
+        // below 16 and from 25 to 31 the row dots.
         for (m, n, k) in [
             (15, 9, 576),
             (16, 9, 576),
             (16, 37, 576),
             (21, 30, 577),
+            (17, 30, 577),
+            (20, 11, 9),
             (24, 13, 9),
             (25, 9, 576),
             (32, 128, 576),

@@ -4,8 +4,8 @@
 //! The contract's semantics hold: a bf16 x bf16 product is exact in f32 (8 + 8 significant
 //! bits), and `VDPBF16PS` adds each product to an f32 accumulator with one rounding, as
 //! an f32 multiply-add of the upcast values would. Only the order of the f32 additions
-//! differs from other paths (16 lanes, or 4 in the quad layout; two products per lane and
-//! step; then the lanes).
+//! differs from other paths (16 lanes, or 4 in the quad layout and 2 in octets; two
+//! products per lane and step; then the lanes).
 //! Like every `VDPBF16PS`, subnormal inputs and results count as zero (below 2^-126,
 //! where the f32 path's contributions are far under any tolerance).
 
@@ -152,16 +152,18 @@ impl Packed {
     /// `b` [n, k] packed where the native dot runs [`gemm_nt`] and [`gemm_rows`] on it, for
     /// rows of `a` streamed from memory (an expert's weights): in octets from 13 to 24
     /// rows ([`quads::Octets::pays_streamed`]), in quads where they pay below that (4 to
-    /// 12 rows: [`Bf16::pays`]), else in pairs from
-    /// one vector's worth of rows (16) on, the last `n % LANES` rows kept as they are
-    /// when at most `REST_MAX`; `None` for fewer rows (the row dots take them) or without
+    /// 12 rows: [`Bf16::pays`]), else in pairs from 25 rows on, the last `n % LANES` rows
+    /// kept as they are when at most `REST_MAX`; `None` for fewer rows (the row dots take
+    /// them) or without
     /// the native dot. A `b` that is not whole rows of `k >= 1` is [`Error::Device`];
     /// the buffers are allocated fallibly ([`Error::OutOfMemory`]).
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     pub fn new(b: &[bf16], k: usize) -> Result<Option<Packed>> {
         let n = rows_of(b, k)?;
         #[cfg(target_arch = "x86_64")]
-        if native() && (n >= x86::PACKED_MIN_N || Bf16::pays(n)) {
+        if native()
+            && (n >= x86::PACKED_MIN_N || Bf16::pays(n) || quads::Octets::<Bf16>::pays_streamed(n))
+        {
             if Bf16::pays(n) || quads::Octets::<Bf16>::pays_streamed(n) {
                 return Packed::quads(b, n, k, true).map(Some);
             }
@@ -337,8 +339,8 @@ pub(crate) mod x86 {
     use half::bf16;
     use std::arch::x86_64::*;
 
-    /// Rows of `b` from which [`super::Packed`] packs them in pairs (where the quad
-    /// layout does not pay).
+    /// Rows of `b` from which [`super::Packed`] packs them (in pairs where neither octets
+    /// nor quads take them: from 25 rows).
     pub const PACKED_MIN_N: usize = 16;
     /// Rows of `b` per vector of the packed path (512-bit: 16 f32 accumulator lanes). A
     /// 2-core Zen 5 (full-width AVX-512) runs 512-bit `VDPBF16PS` at twice the FLOP rate
@@ -895,12 +897,16 @@ mod tests {
     }
 
     /// The additions behind output column `col` of an `n`-column product of width `k` on
-    /// this CPU: the quad layout sums on 4 lanes (two products a step, k / 8 steps) and
-    /// then the lanes (2); the pair layout is one chain of k; the row dots sum on 16
-    /// lanes (k / 16 each) and then the lanes (at most 32 counted).
+    /// this CPU: octets sum on 2 elements (two products a step, k / 4 steps) and then
+    /// the elements (1); the quad layout on 4 (k / 8 steps) and then 2; the pair layout
+    /// is one chain of k; the row dots sum on 16 lanes (k / 16 each) and then the lanes
+    /// (at most 32 counted).
     fn adds(n: usize, col: usize, k: usize) -> usize {
         #[cfg(target_arch = "x86_64")]
         {
+            if native() && quads::Octets::<Bf16>::pays_streamed(n) {
+                return 2 * k.div_ceil(4) + 1;
+            }
             if native() && Bf16::pays(n) {
                 return 2 * k.div_ceil(8) + 2;
             }
@@ -915,9 +921,10 @@ mod tests {
     #[test]
     fn matches_an_f64_reference_at_odd_and_tail_shapes() {
         // k: below one step, one step, odd, one past, several steps with a tail. n picks
-        // the packed layout where the native dot runs: quads from 4 to 24 rows (but 16),
-        // in every group count (1 to 6, the last partly live) and tile shape with a
-        // remainder of rows; pairs from 16: one to eight vectors of 16 (the last partly
+        // the packed layout where the native dot runs: quads from 4 to 12 rows (1 to 3
+        // groups, the last partly live), octets from 13 to 24 (2 and 3 groups, the last
+        // partly live but at 16 and 24), each tile shape with a remainder of rows; pairs
+        // from 25: one to eight vectors of 16 (the last partly
         // live; five split 3 + 2, seven 4 + 3, eight 4 + 4), rows in blocks of 12, 8 and
         // 6 with a remainder, panels of 24 and a partial one. The row dots run every n
         // unpacked as well (full 4 x 4 tiles and every remainder; 1 to 3 rows of b one
@@ -980,15 +987,19 @@ mod tests {
     #[test]
     fn packed_rows_meet_rows_anywhere_in_memory() {
         // gemm_rows: rows strided past k (their tails must not be read), against b packed
-        // in quads (13 rows), pairs (32) and pairs with rest rows (34), and asked for in
-        // quads (1 and 3 rows: one partial group; 16: four groups).
+        // in quads (9 rows), octets (13), pairs (32) and pairs with rest rows (34), and
+        // asked for in quads (1 and 3 rows: one partial group; 17 and 20: five groups) or
+        // octets (16: two groups).
         let k = 37;
         for (n, asked) in [
+            (9, false),
             (13, false),
             (32, false),
             (34, false),
             (1, true),
             (3, true),
+            (17, true),
+            (20, true),
             (16, true),
         ] {
             let b = values(n * k, 8);
@@ -1012,7 +1023,8 @@ mod tests {
             let want = reference(&a, &b, k);
             for (idx, (&g, &w)) in out.iter().zip(&want).enumerate() {
                 let (ar, br) = (&a[idx / n * k..][..k], &b[idx % n * k..][..k]);
-                // Asked-for quads: at most 2 ceil(k / 8) + 2 additions, within k + 1.
+                // Asked-for quads or octets: at most 2 ceil(k / 4) + 1 additions, within
+                // k + 1.
                 let tol = bound(ar, br, if asked { k + 1 } else { adds(n, idx % n, k) });
                 assert!((g as f64 - w).abs() <= tol, "n {n} [{idx}] {g} vs {w}");
             }
@@ -1022,14 +1034,14 @@ mod tests {
     #[test]
     fn the_packed_path_ignores_what_lies_past_its_rows() {
         // Inf and NaN right after a's last row (and b's) must not reach the output: the
-        // odd column's partner in a pair is the next row's first element, and a quad
-        // step's piece reaches 7 columns on. Nothing may be written past the output
-        // either. Quads (21 rows of b: a partly live group), pairs (40), pairs with rest
-        // rows (35).
+        // odd column's partner in a pair is the next row's first element, a quad step's
+        // piece reaches 7 columns on and an octet step's 3. Nothing may be written past
+        // the output either. Quads (9 rows of b: a partly live group), octets (21: a
+        // partly live group), pairs (40), pairs with rest rows (35).
         if !native() {
             return;
         }
-        for n in [21, 40, 35] {
+        for n in [9, 21, 40, 35] {
             let (m, k) = (7, 33);
             let mut a = values(m * k + 8, 5);
             let mut b = values(n * k + 8, 6);
@@ -1055,8 +1067,8 @@ mod tests {
     #[test]
     fn products_are_exact_when_the_sum_is() {
         // Integers: every partial sum is exact in f32, so every path must be exact: the
-        // row dots (3 rows of b), quads (5, 14, 19, 24), pairs (16; 35: 32 packed + 3 on
-        // the row dots; 40: 3 vectors), with an odd k.
+        // row dots (3 rows of b), quads (5), octets (14, 19, 24, 16), pairs (35: 32
+        // packed + 3 on the row dots; 40: 3 vectors), with an odd k.
         let k = 101;
         for n in [3, 5, 14, 19, 24, 16, 35, 40] {
             let a: Vec<bf16> = (0..2 * k)

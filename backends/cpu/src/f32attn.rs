@@ -5,8 +5,7 @@
 //! f32 sums; from 16 query rows the scores on query rows prepared once ([`Query`],
 //! [`gemm_qk_prepared`]): in octets or quads up to 24 rows where the CPU runs the quad
 //! kernels, from 25 rows packed for the register-tiled kernel of [`crate::gemm_util`].
-//! Single-threaded;
-//! callers parallelise over independent tiles.
+//! Single-threaded; callers parallelise over independent tiles.
 
 use crate::gemm_util::{matmul_nt_packed, PackedRows};
 #[cfg(target_arch = "x86_64")]
@@ -37,8 +36,8 @@ pub fn native() -> bool {
 /// rows 249-253/234-238, 40 rows 194-197/205-214, 48 rows 236-238/233-234, 56 rows
 /// 214-216/198-200; `mla_decode` f32 at h_q 16, s_q 2 (b 4, 32 rows), alternated runs of
 /// two builds: 1024 positions 646-663 vs 727-728 µs (quads then), 4096 positions
-/// 2.61-2.69 vs 2.78-2.81 ms. On a 2-core
-/// Zen 5 (one thread per core), `mla_decode` f32 at h_q 128 (b 4), in one process,
+/// 2.61-2.69 vs 2.78-2.81 ms. On a 2-core Zen 5 (one thread per core), `mla_decode` f32
+/// at h_q 128 (b 4), in one process,
 /// alternated rounds against the general GEMM: 1024 positions best 2.60 vs 2.70 ms, 4096
 /// positions 10.28-10.40 vs 10.88-11.01 ms, the cache rows copied either way; read in
 /// place (one run per block of the table) a copy fewer. On an Intel Xeon (one core,
@@ -136,9 +135,9 @@ pub fn transpose(t: &[f32], (r, c): (usize, usize), out: &mut [f32]) {
 /// On a 2-core Zen 5, `mla_decode` f32 at h_q 16 (b 4), in one process, three
 /// interleaved rounds of quads against [`gemm_qk`]'s 4 x 4 tiles of row dots: s_q 1,
 /// 1024 positions 0.42-0.44 vs 0.50-0.51 ms, 4096 positions 1.60-1.62 vs 2.00-2.08 ms;
-/// octets against quads at s_q 1, alternated runs of two builds: 352-359 vs 362-368 µs
-/// and 1.42-1.45 vs 1.46-1.47 ms. From [`PACKED_MIN_ROWS`] rows on AVX-512F: all of them packed as
-/// [`PackedRows`] packs them (groups of 16 rows, column by column, each value of a cache
+/// octets against quads at s_q 1, alternated runs of two builds: 349-359 vs 362-372 µs
+/// and 1.36-1.45 vs 1.40-1.52 ms. From [`PACKED_MIN_ROWS`] rows on AVX-512F: all of them
+/// packed as [`PackedRows`] packs them (groups of 16 rows, column by column, each value of a cache
 /// row broadcast against 16 of them, one chain of k additions per score; where the quad
 /// kernels run, the last 1 to 4 rows past whole groups in quads).
 #[derive(Debug)]
@@ -921,18 +920,21 @@ mod tests {
     #[test]
     fn prepared_queries_score_as_an_f64_reference_in_quads_or_packed_where_they_run() {
         // 16 to 24 rows in octets or quads where the kernels run: octets (16: two groups;
-        // 24: three), quads (17, 20: a fifth group, partly live); cache rows past a tile
-        // and twice one (the next tile prefetched), a partial last tile; k odd, below a
-        // piece, at DeepSeek's width. From 25 rows packed on AVX-512F: whole and partial
-        // groups of 16 and pairs of them (25, 32, 40, 48, 63, 64, 72, 128, 130 rows; 49 and
-        // 130: 1 and 2 past whole groups, in quads), cache rows past a block of 12. The
-        // cache rows come in runs of 1, 5 and the rest. Below 16 rows none.
+        // 24: three), quads (17: a fifth group, partly live; 20: five whole); cache rows
+        // past a tile and twice one (the next tile prefetched), a partial last tile; k
+        // odd, below a piece (1 in octets, 3 in quads), at DeepSeek's width. From 25 rows
+        // packed on AVX-512F: whole and partial groups of 16 and pairs of them (25, 32,
+        // 40, 48, 63, 64, 72, 128, 130 rows; 49 and 130: 1 and 2 past whole groups, in
+        // quads), cache rows past a block of 12. The cache rows come in runs of 1, 5 and
+        // the rest. Below 16 rows none.
         let mut rng = Lcg::new(17);
         for (m, n, k) in [
             (15, 9, 576),
             (16, 9, 576),
             (16, 37, 577),
             (24, 13, 3),
+            (16, 9, 1),
+            (17, 5, 3),
             (17, 23, 576),
             (20, 40, 7),
             (25, 30, 576),

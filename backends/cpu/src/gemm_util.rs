@@ -133,11 +133,11 @@ const KC: usize = 2048;
 /// with them (an expert's tokens meet every tile of its weight rows). Where the quad
 /// kernels run ([`quads::available`]), in octets (8 rows per vector, [`quads::Octets`])
 /// where they pay with rows of `a` from memory (13 to 24 rows), else in quads (4 rows per
-/// vector, [`crate::quads`]) where those pay ([`quads::F32`]'s `pays`: 4 to 12 rows); else
-/// on CPUs with AVX-512F in
-/// groups of 16 rows, column by column (`[group][k][16]`, rows past `n` zero), so that
-/// one vector holds one column of 16 rows, the last 1 to [`REST_QUADS_MAX`] rows past
-/// whole groups in quads where those kernels run; elsewhere the rows as they are.
+/// vector, [`crate::quads`]) where those pay ([`quads::F32`]'s `pays`, below octets: 4 to
+/// 12 rows); else on CPUs with AVX-512F in groups of 16 rows, column by column
+/// (`[group][k][16]`, rows past `n` zero), so that one vector holds one column of 16
+/// rows, the last 1 to [`REST_QUADS_MAX`] rows past whole groups in quads where those
+/// kernels run; elsewhere the rows as they are.
 #[derive(Debug)]
 pub struct PackedRows<'a> {
     layout: Layout<'a>,
@@ -241,8 +241,7 @@ impl<'a> PackedRows<'a> {
 /// With `b` in octets or quads, [`quads::multiply`]: a piece of 2 or 4 values of a row of
 /// `a` broadcast against 8 or 4 rows of `b` per vector, every output the sum of its 2 or
 /// 4 elements at the end; rows of `a` other than f32 converted one register tile at a
-/// time. Elsewhere the `gemm` crate
-/// on `a` converted to f32.
+/// time. Elsewhere the `gemm` crate on `a` converted to f32.
 ///
 /// An `a` that is not whole rows of `b`'s k, or an `out` that is not `m * n` long, is
 /// [`Error::Device`]; nothing is written then. Buffers (converted rows of `a`) are
@@ -665,12 +664,11 @@ mod tests {
         // masked group (1..=16), a pair with the second masked (17..=32), a pair and a
         // single group (33, 48). Quads where they pay (`quads::F32::pays`): one group (4),
         // two (5), three (9, 12); octets (13 to 24): two groups (13, 15, 16), three (17,
-        // 19, 20: the last partly live; 22, 24); `k` below one piece (2; 1 in octets), whole
-        // pieces only (64, 2048), tails of 1 to 3 columns, past one pass; `m` past a
-        // tile's rows and twice them (the next tile prefetched), with a partial last tile.
-        // `a` as f32
-        // (read in place) and as bf16 and f16 values (converted per block or tile; each
-        // value exact in f32, so the same reference holds).
+        // 19 to 24, the last partly live but at 24); `k` below one piece (2; 1 in octets),
+        // whole pieces only (64; 2048 in octets), tails of 1 to 3 columns, past one pass;
+        // `m` past a tile's rows and twice them (the next tile prefetched), with a partial
+        // last tile. `a` as f32 (read in place) and as bf16 and f16 values (converted per
+        // block or tile; each value exact in f32, so the same reference holds).
         let mut rng = crate::test_util::Lcg::new(11);
         let mut shapes = vec![
             (1, 1, 1),

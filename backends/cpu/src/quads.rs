@@ -108,7 +108,8 @@ impl Kind for Bf16 {
     type Operand = __m512bh;
     const STEP: usize = 8;
 
-    /// From 4 to 24 rows, but for 16 (one whole vector of the pair layout). A 2-core
+    /// From 4 to 24 rows, but for 16 (one whole vector of the pair layout); from 13 rows
+    /// octets take them first where they pay ([`Octets::pays_streamed`]). A 2-core
     /// Zen 5, one `a` of 512 MiB streamed through 512-row tiles at k = 2048, both cores,
     /// GFLOP/s (quads against the pair layout, or against the row dots below 16 rows):
     /// 4 rows 203/189, 8 rows 350/276, 14 rows 578/380, 16 rows 655/674, 20 rows 740/606,
@@ -199,6 +200,7 @@ impl<K: Kind> Kind for Octets<K> {
     #[inline(always)]
     unsafe fn piece(p: *const K::Elem, mask: u8) -> __m128i {
         // The tail masks keep at most STEP elements: the low 8 bytes.
+        debug_assert!(u32::from(mask) < 1 << Self::STEP);
         K::piece(p, mask)
     }
 
@@ -245,8 +247,8 @@ pub fn packed_len<K: Kind>(n: usize, k: usize) -> Option<usize> {
         .checked_mul(k.div_ceil(K::STEP))
 }
 
-/// `n` rows of `k` elements of `b` packed in quads ([`pack`]) into a buffer of
-/// [`packed_len`] words allocated fallibly ([`Error::OutOfMemory`], `what` naming it);
+/// `n` rows of `k` elements of `b` packed as `K` lays them out ([`pack`]) into a buffer
+/// of [`packed_len`] words allocated fallibly ([`Error::OutOfMemory`], `what` naming it);
 /// `overflow()` where that length does not fit a `usize`.
 ///
 /// # Panics
@@ -359,6 +361,7 @@ impl<K: Kind> Lanes<K> {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
 unsafe fn pack<K: Kind>(b: &[K::Elem], n: usize, k: usize, xq: &mut [u32]) {
     let (b, xq) = (b.as_ptr(), xq.as_mut_ptr());
+    const { assert!(K::ROWS == 4 || K::ROWS == 8, "quads or octets") };
     let groups = n.div_ceil(K::ROWS);
     let lane_words = GROUP_WORDS / K::ROWS;
     for s in 0..k.div_ceil(K::STEP) {
@@ -396,6 +399,7 @@ pub unsafe fn multiply<K: Kind>(
     (o, ldo): (*mut f32, usize),
     add: bool,
 ) {
+    const { assert!(K::ROWS == 4 || K::ROWS == 8, "quads or octets") };
     let groups = n.div_ceil(K::ROWS);
     // Once per call: a count outside 1..=24 would read groups that were never packed.
     assert!((1..=MAX_ROWS).contains(&n), "{n} rows of b");
@@ -540,10 +544,11 @@ pub(crate) unsafe fn store_sums<K: Kind>(v: __m512, o: *mut f32, live: usize, ad
 
 /// Steps `s0..s1` (a piece each) of every row of the tile against the `G` groups packed
 /// at `xq` (step `s` at `s * stride` words): the piece of each row broadcast to every
-/// lane (with `TAIL`, the columns `mask` leaves out read as zero). The smaller side is held in registers and the other loaded one vector at a
-/// time, so that the `MR x G` sums, `min(MR, G)` operands and one more fit in the 32
-/// registers. Indexed loops: with iterators over the sums, LLVM kept some tile shapes'
-/// sums in memory, one store per product.
+/// lane (with `TAIL`, the columns `mask` leaves out read as zero). The smaller side is
+/// held in registers and the other loaded one vector at a time, so that the `MR x G`
+/// sums, `min(MR, G)` operands and one more fit in the 32 registers. Indexed loops: with
+/// iterators over the sums, LLVM kept some tile shapes' sums in memory, one store per
+/// product.
 ///
 /// # Safety
 /// [`available`]; for every step `s` in `s0..s1`, the `G` groups (16 words each) at

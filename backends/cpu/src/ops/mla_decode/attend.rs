@@ -13,8 +13,8 @@
 //! FP8-dequantized once into one block, shared by all M rows), on AVX-512F kernels that
 //! read them directly ([`crate::f32attn`]; from 16 query rows on query rows prepared once:
 //! in octets or quads up to 24 where the CPU runs the quad kernels, AVX-512 with BF16,
-//! packed from 25) or else (without AVX-512F) the general GEMM. Only positions below a row's attended
-//! length are ever read or weighted.
+//! packed from 25) or else (without AVX-512F) the general GEMM. Only positions below a
+//! row's attended length are ever read or weighted.
 
 use crate::bf16attn;
 use crate::bf16dot;
