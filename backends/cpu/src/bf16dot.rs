@@ -16,7 +16,7 @@ use moemla_core::{Error, Result};
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
-use crate::quads::{self, Bf16, Kind};
+use crate::quads::{self, Bf16};
 
 /// Whether [`gemm_nt`] runs on the native bf16 dot instruction on this CPU.
 pub fn native() -> bool {
@@ -161,10 +161,9 @@ impl Packed {
     pub fn new(b: &[bf16], k: usize) -> Result<Option<Packed>> {
         let n = rows_of(b, k)?;
         #[cfg(target_arch = "x86_64")]
-        if native()
-            && (n >= x86::PACKED_MIN_N || Bf16::pays(n) || quads::Octets::<Bf16>::pays_streamed(n))
-        {
-            if Bf16::pays(n) || quads::Octets::<Bf16>::pays_streamed(n) {
+        let lanes = quads::Lanes::<Bf16>::pay_streamed(n);
+        if native() && (n >= x86::PACKED_MIN_N || lanes) {
+            if lanes {
                 return Packed::quads(b, n, k, true).map(Some);
             }
             let overflow = || device("bf16 pack", format!("{n} rows of {k} overflow"));
@@ -843,6 +842,8 @@ pub(crate) mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "x86_64")]
+    use crate::quads::Kind;
 
     /// [`gemm_nt`] as the experts call it: `b` packed first where [`Packed::new`] does.
     fn product(a: &[bf16], b: &[bf16], k: usize, out: &mut [f32]) -> Result<()> {

@@ -3,7 +3,7 @@
 //! quad or octet layout ([`crate::quads`]) for few rows.
 
 #[cfg(target_arch = "x86_64")]
-use crate::quads::{self, Kind};
+use crate::quads;
 use crate::storage::FloatSlice;
 use moemla_core::{Error, Result};
 
@@ -183,9 +183,7 @@ impl<'a> PackedRows<'a> {
             bytes: usize::MAX,
         };
         #[cfg(target_arch = "x86_64")]
-        if quads::available()
-            && (quads::F32::pays(n) || quads::Octets::<quads::F32>::pays_streamed(n))
-        {
+        if quads::available() && quads::F32Lanes::pay_streamed(n) {
             // The rows of `a` (an expert's weights) stream from memory.
             let lanes = quads::F32Lanes::new(b, (n, k), true, WHAT, too_large)?;
             return Ok(PackedRows {

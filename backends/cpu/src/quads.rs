@@ -29,8 +29,7 @@ pub fn available() -> bool {
 }
 
 /// An element type of the layout and the width of its pieces ([`Kind::ROWS`]): how a
-/// piece is loaded, spread over a vector and stored, and how two operands are multiplied
-/// into an f32 accumulator.
+/// piece is loaded and how two operands are multiplied into an f32 accumulator.
 pub trait Kind {
     /// The stored element (bf16 as its bits).
     type Elem: Copy;
@@ -51,43 +50,6 @@ pub trait Kind {
     /// # Safety
     /// As the kernel's features; the elements `mask` keeps are readable.
     unsafe fn piece(p: *const Self::Elem, mask: u8) -> __m128i;
-
-    /// The piece in the low bytes of `v` in every lane of a vector.
-    ///
-    /// # Safety
-    /// As the kernel's features.
-    #[inline(always)]
-    unsafe fn spread(v: __m128i) -> __m512i {
-        match Self::ROWS {
-            4 => _mm512_broadcast_i32x4(v),
-            _ => _mm512_broadcastq_epi64(v),
-        }
-    }
-
-    /// The whole piece at `p` in every lane of a vector: 16 bytes through a shuffle unit
-    /// (`VBROADCASTI32X4`), 8 bytes straight from memory (`VPBROADCASTQ`, a plain load).
-    ///
-    /// # Safety
-    /// As the kernel's features; the piece's bytes at `p` are readable.
-    #[inline(always)]
-    unsafe fn spread_at(p: *const Self::Elem) -> __m512i {
-        match Self::ROWS {
-            4 => _mm512_broadcast_i32x4(_mm_loadu_si128(p.cast())),
-            _ => _mm512_set1_epi64(p.cast::<i64>().read_unaligned()),
-        }
-    }
-
-    /// Writes the piece in the low bytes of `v` at `to`.
-    ///
-    /// # Safety
-    /// As the kernel's features; the piece's bytes at `to` are writable.
-    #[inline(always)]
-    unsafe fn store_piece(to: *mut u32, v: __m128i) {
-        match Self::ROWS {
-            4 => _mm_storeu_si128(to.cast(), v),
-            _ => _mm_storel_epi64(to.cast(), v),
-        }
-    }
 
     /// A 512-bit vector as an operand.
     fn operand(v: __m512i) -> Self::Operand;
@@ -288,6 +250,13 @@ pub struct Lanes<K> {
 pub type F32Lanes = Lanes<F32>;
 
 impl<K: Kind> Lanes<K> {
+    /// Whether `n` rows of `b` pay in octets or quads against rows of `a` streamed from
+    /// memory ([`Octets::pays_streamed`], else `K`'s [`Kind::pays`]) rather than another
+    /// layout.
+    pub fn pay_streamed(n: usize) -> bool {
+        Octets::<K>::pays_streamed(n) || K::pays(n)
+    }
+
     /// `n` (1 to [`MAX_ROWS`]) rows of `k` of `b` packed as [`packed`] packs them, for
     /// rows of `a` streamed from memory (`streamed`) or from cache.
     ///
@@ -378,7 +347,11 @@ unsafe fn pack<K: Kind>(b: &[K::Elem], n: usize, k: usize, xq: &mut [u32]) {
             };
             // SAFETY: the lane of `row` in group row / ROWS of step s, lane_words words,
             // lies within packed_len.
-            K::store_piece(xq.add(s * groups * GROUP_WORDS + row * lane_words), piece);
+            let to = xq.add(s * groups * GROUP_WORDS + row * lane_words);
+            match K::ROWS {
+                4 => _mm_storeu_si128(to.cast(), piece),
+                _ => _mm_storel_epi64(to.cast(), piece),
+            }
         }
     }
 }
@@ -596,13 +569,15 @@ pub(crate) unsafe fn steps<K: Kind, const MR: usize, const G: usize, const TAIL:
 }
 
 /// The piece at `p` (with `TAIL`, only the elements that `mask` keeps; the others zero)
-/// in each lane.
+/// in each lane: 16 bytes through a shuffle unit (`VBROADCASTI32X4`), 8 bytes straight
+/// from memory (`VPBROADCASTQ`, a plain load).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
 #[inline]
 unsafe fn broadcast<K: Kind, const TAIL: bool>(p: *const K::Elem, mask: u8) -> K::Operand {
-    K::operand(if TAIL {
-        K::spread(K::piece(p, mask))
-    } else {
-        K::spread_at(p)
+    K::operand(match (K::ROWS, TAIL) {
+        (4, true) => _mm512_broadcast_i32x4(K::piece(p, mask)),
+        (4, false) => _mm512_broadcast_i32x4(_mm_loadu_si128(p.cast())),
+        (_, true) => _mm512_broadcastq_epi64(K::piece(p, mask)),
+        (_, false) => _mm512_set1_epi64(p.cast::<i64>().read_unaligned()),
     })
 }
