@@ -362,7 +362,8 @@ pub fn compute_limit(h: &HostLimits, dtype: DType) -> Limit {
             true,
             format!(
                 "register-resident {isa} loop, {} independent accumulators, {} threads",
-                h.fma_accumulators, h.threads
+                h.bf16_accumulators.unwrap_or(h.fma_accumulators),
+                h.threads
             ),
         ),
         (DType::BF16, Some(rate), Some(isa)) => fma(format!(
@@ -430,6 +431,7 @@ mod tests {
             fma_accumulators: 24,
             bf16_flops: Some(400e9),
             bf16_isa: Some("test"),
+            bf16_accumulators: Some(4),
             read_bandwidth: 30e9,
             read_bytes: 256 << 20,
             read_passes: 20,

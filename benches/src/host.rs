@@ -1,13 +1,14 @@
 //! Physical limits of the host CPU, measured directly: the f32 FMA peak (a register-resident
 //! FMA loop on every hardware thread, the widest ISA the CPU has at run time), the native
-//! bf16 dot-product rate where the CPU has one (AVX512-BF16 `VDPBF16PS`), and the read
+//! bf16 dot-product rate where the CPU has one (AVX512-BF16 `VDPBF16PS`, or AMX-BF16 tiles
+//! where this process may use them, whichever is faster), and the read
 //! bandwidth (a parallel read-only reduction over a buffer at least 8x the last-level
 //! cache). No op can exceed them: they are the limits CPU rows are measured against.
 
 mod read;
 
 use crate::timing::Budget;
-use moemla_core::peak::{bf16_dot_loop, fma_loop, PeakLoop};
+use moemla_core::peak::{bf16_dot_loop, bf16_tile_loop, fma_loop, PeakLoop};
 use moemla_core::{Error, Result};
 use serde::Serialize;
 use std::hint::black_box;
@@ -30,8 +31,11 @@ pub struct HostLimits {
     /// Native bf16 dot-product peak, FLOP/s (each bf16 product and its addition count 2),
     /// `None` where the CPU has no native bf16 dot instruction.
     pub bf16_flops: Option<f64>,
-    /// The bf16 dot instruction measured ("AVX512-BF16 VDPBF16PS").
+    /// The bf16 dot instruction measured ("AVX512-BF16 VDPBF16PS", "AMX-BF16 TDPBF16PS"):
+    /// the faster where the CPU has both.
     pub bf16_isa: Option<&'static str>,
+    /// Independent accumulators of that bf16 loop (registers, or tiles for AMX).
+    pub bf16_accumulators: Option<usize>,
     /// Read bandwidth, bytes/s (each byte read once).
     pub read_bandwidth: f64,
     /// Bytes of the buffer the read bandwidth was measured on.
@@ -71,7 +75,11 @@ pub fn measure(budget: Budget) -> Result<HostLimits> {
         .clamp(Duration::from_millis(5), Duration::from_millis(100));
     let reps = budget.min_reps.max(3);
     let fma = best_rate(threads, reps, target, fma_loop());
-    let bf16 = bf16_dot_loop().map(|k| (best_rate(threads, reps, target, k), k.isa));
+    let bf16 = [bf16_dot_loop(), bf16_tile_loop()]
+        .into_iter()
+        .flatten()
+        .map(|k| (best_rate(threads, reps, target, k), k))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
     let llc_bytes = last_level_cache();
     let read_bytes = read_buffer_bytes(llc_bytes, available_memory())?;
     let read_passes = budget.max_reps.clamp(3, 20);
@@ -83,7 +91,8 @@ pub fn measure(budget: Budget) -> Result<HostLimits> {
         fma_isa: fma_loop().isa,
         fma_accumulators: fma_loop().accumulators,
         bf16_flops: bf16.map(|b| b.0),
-        bf16_isa: bf16.map(|b| b.1),
+        bf16_isa: bf16.map(|b| b.1.isa),
+        bf16_accumulators: bf16.map(|b| b.1.accumulators),
         read_bandwidth: read.bytes_per_s,
         read_bytes,
         read_passes,
@@ -329,6 +338,7 @@ mod tests {
             fma_accumulators: 24,
             bf16_flops: bf16,
             bf16_isa: bf16.map(|_| "test"),
+            bf16_accumulators: bf16.map(|_| 4),
             read_bandwidth: read,
             read_bytes: 256 << 20,
             read_passes: 20,

@@ -61,6 +61,22 @@ pub fn outpaces_fma() -> bool {
     })
 }
 
+/// Whether [`gemm_nt`] multiplies rows `k` wide on AMX tiles where `b` is packed
+/// ([`Packed::new`]): this process may use AMX-BF16 tiles and `k` is a multiple of 32
+/// (`crate::tiles::fits`). Tiles run bf16 products at about 16 times the f32 FMA's FLOP
+/// rate (Intel Xeon with AMX, 2 cores: 3.4 TFLOP/s a core, `moemla bench`'s bf16 dot peak).
+pub fn on_tiles(k: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        native() && crate::tiles::fits(k)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = k;
+        false
+    }
+}
+
 /// Iterations of each probe run of [`outpaces_fma`] (24 accumulators: ~100k instructions).
 const PROBE_ITERS: u64 = 4096;
 
@@ -150,24 +166,28 @@ enum Layout {
 
 impl Packed {
     /// `b` [n, k] packed where the native dot runs [`gemm_nt`] and [`gemm_rows`] on it, for
-    /// rows of `a` streamed from memory (an expert's weights): in octets from 13 to 24
-    /// rows ([`quads::Octets::pays_streamed`]), in quads where they pay below that (4 to
-    /// 12 rows: [`Bf16::pays`]), else in pairs from 25 rows on, the last `n % LANES` rows
-    /// kept as they are when at most `REST_MAX`; `None` for fewer rows (the row dots take
-    /// them) or without
-    /// the native dot. A `b` that is not whole rows of `k >= 1` is [`Error::Device`];
+    /// rows of `a` streamed from memory (an expert's weights). Where AMX tiles take `k`
+    /// ([`crate::tiles::fits`]): every row in pairs, from 4 rows (`REST_MAX + 1`), which
+    /// [`gemm_nt`] multiplies on tiles. Else in octets from 13 to 24 rows
+    /// ([`quads::Octets::pays_streamed`]), in quads where they pay below that (4 to 12
+    /// rows: [`Bf16::pays`]), and in pairs from 25 rows on, the last `n % LANES` rows
+    /// kept as they are when at most `REST_MAX`. `None` for fewer rows (the row dots take
+    /// them) or without the native dot. A `b` that is not whole rows of `k >= 1` is [`Error::Device`];
     /// the buffers are allocated fallibly ([`Error::OutOfMemory`]).
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     pub fn new(b: &[bf16], k: usize) -> Result<Option<Packed>> {
         let n = rows_of(b, k)?;
         #[cfg(target_arch = "x86_64")]
-        let lanes = quads::Lanes::<Bf16>::pay_streamed(n);
-        if native() && (n >= x86::PACKED_MIN_N || lanes) {
+        let (tiles, lanes) = match crate::tiles::fits(k) {
+            true => (n > x86::REST_MAX, false),
+            false => (false, quads::Lanes::<Bf16>::pay_streamed(n)),
+        };
+        if native() && (tiles || n >= x86::PACKED_MIN_N || lanes) {
             if lanes {
                 return Packed::quads(b, n, k, true).map(Some);
             }
             let overflow = || device("bf16 pack", format!("{n} rows of {k} overflow"));
-            let rest = x86::rest_rows(n);
+            let rest = if tiles { 0 } else { x86::rest_rows(n) };
             let len = x86::packed_len(n - rest, k).ok_or_else(overflow)?;
             let mut xp: Vec<u32> = try_filled_vec(len, "cpu bf16 packed operand")?;
             let (body, tail) = b.split_at((n - rest) * k);
@@ -411,6 +431,16 @@ pub(crate) mod x86 {
         let n_pad = n.div_ceil(LANES) * LANES;
         let rest_rows = rest.as_ptr().cast::<u16>();
         let dims = (xp.as_ptr(), n, n_pad);
+        if contiguous && crate::tiles::fits(k) {
+            // SAFETY: `fits(k)`; the m rows of a lie k apart from row(0), xp holds k / 2
+            // pairs of n_pad columns (n_pad a multiple of LANES = 16), and out columns
+            // 0..n of the m rows are writable; then, as in `after` below, the rest rows.
+            crate::tiles::gemm_pairs(row(0), (m, k), dims, (o, n_all));
+            if rest_n > 0 {
+                rows_nt(row(0), rest_rows, (m, rest_n, k), o.add(n), n_all);
+            }
+            return;
+        }
         multiply(row, (m, k), dims, (o, n_all), |r0, pr| {
             if rest_n == 0 {
                 return;
@@ -898,13 +928,16 @@ mod tests {
     }
 
     /// The additions behind output column `col` of an `n`-column product of width `k` on
-    /// this CPU: octets sum on 2 elements (two products a step, k / 4 steps) and then
+    /// this CPU: on AMX tiles, one chain of k; octets sum on 2 elements (two products a step, k / 4 steps) and then
     /// the elements (1); the quad layout on 4 (k / 8 steps) and then 2; the pair layout
     /// is one chain of k; the row dots sum on 16 lanes (k / 16 each) and then the lanes
     /// (at most 32 counted).
     fn adds(n: usize, col: usize, k: usize) -> usize {
         #[cfg(target_arch = "x86_64")]
         {
+            if on_tiles(k) && n > x86::REST_MAX {
+                return k + 1;
+            }
             if native() && quads::Octets::<Bf16>::pays_streamed(n) {
                 return 2 * k.div_ceil(4) + 1;
             }

@@ -21,6 +21,8 @@ mod quads;
 mod storage;
 #[cfg(test)]
 mod test_util;
+#[cfg(target_arch = "x86_64")]
+mod tiles;
 mod vendor;
 mod vmath;
 

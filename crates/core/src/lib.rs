@@ -29,6 +29,7 @@
 //! for compatibility (`moemla_core::calls` is `moemla_core::vendor::calls`); new code
 //! names them through [`vendor`].
 
+pub mod amx;
 mod backend;
 mod device;
 mod dtype;

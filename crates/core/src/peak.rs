@@ -1,6 +1,7 @@
 //! Register-resident peak loops of one CPU core: the f32 FMA loop in the widest ISA the
 //! CPU has at run time (AVX-512F, AVX2+FMA, NEON, else a portable loop) and the native
-//! bf16 dot loop where it has one (AVX512-BF16 `VDPBF16PS`). Each loop's FLOP count is
+//! bf16 dot loops where it has them (AVX512-BF16 `VDPBF16PS`; AMX-BF16 `TDPBF16PS` on
+//! tiles where this process may use them: [`crate::amx`]). Each loop's FLOP count is
 //! known, so its time gives a rate no op on that core can exceed. The bench's host
 //! ceilings run them on every thread; the CPU backend compares the two on one core to
 //! choose its bf16 kernels.
@@ -81,6 +82,23 @@ pub fn bf16_dot_loop() -> Option<PeakLoop> {
                 run: |n| unsafe { x86::dot_bf16_avx512(n) },
             });
         }
+    }
+    None
+}
+
+/// The native bf16 dot loop on AMX tiles, where this process may use them
+/// ([`crate::amx::enabled`]).
+pub fn bf16_tile_loop() -> Option<PeakLoop> {
+    #[cfg(target_arch = "x86_64")]
+    if crate::amx::enabled() {
+        return Some(PeakLoop {
+            isa: "AMX-BF16 TDPBF16PS",
+            accumulators: tiles::ACC,
+            // Each accumulator tile: 16 x 16 f32 outputs, each adding 32 bf16 products.
+            flops_per_iter: (tiles::ACC * 16 * 16 * 32 * 2) as f64,
+            // SAFETY: `amx::enabled` returned true just above.
+            run: |n| unsafe { tiles::dot_bf16(n) },
+        });
     }
     None
 }
@@ -174,6 +192,69 @@ mod x86 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod tiles {
+    use crate::amx::{self, TileConfig};
+    use std::arch::asm;
+
+    /// Accumulator tiles (0 to 3), each fed by one of two `a` tiles (4, 5) and one of two
+    /// `b` tiles (6, 7): 4 independent `TDPBF16PS` chains, enough to keep the tile unit
+    /// busy (Intel's optimization manual, "Intel AMX": 16-cycle throughput).
+    pub const ACC: usize = 4;
+
+    /// `n` rounds of `TDPBF16PS` on each of [`ACC`] accumulator tiles; every input is
+    /// 2^-10, so each round adds 32 * 2^-20 = 2^-15 to each of the 256 outputs of a tile,
+    /// which stay exact and finite. Returns the sum of every output.
+    ///
+    /// # Safety
+    /// [`amx::enabled`] must have returned true.
+    pub unsafe fn dot_bf16(n: u64) -> f32 {
+        // 2^-10 as bf16: exponent 117, no mantissa.
+        let inputs = [0x3A80u16; 16 * 32];
+        let mut outputs = [0.0f32; ACC * 256];
+        let config = TileConfig::new(&[(16, 64); 8]).expect("palette 1 shapes");
+        // SAFETY: tiles are enabled (the caller's promise); every tile is 16 rows of 64
+        // bytes, loaded from the 1 KiB `inputs` and stored to 1 KiB of `outputs` with a
+        // 64-byte stride.
+        unsafe {
+            config.load();
+            asm!(
+                "tileloadd tmm4, [{p} + {s}*1]",
+                "tileloadd tmm5, [{p} + {s}*1]",
+                "tileloadd tmm6, [{p} + {s}*1]",
+                "tileloadd tmm7, [{p} + {s}*1]",
+                p = in(reg) inputs.as_ptr(),
+                s = in(reg) 64usize,
+                options(nostack, readonly)
+            );
+            for _ in 0..n {
+                asm!(
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    options(nostack, nomem)
+                );
+            }
+            let o = outputs.as_mut_ptr();
+            asm!(
+                "tilestored [{o} + {s}*1], tmm0",
+                "tilestored [{o1} + {s}*1], tmm1",
+                "tilestored [{o2} + {s}*1], tmm2",
+                "tilestored [{o3} + {s}*1], tmm3",
+                o = in(reg) o,
+                o1 = in(reg) o.add(256),
+                o2 = in(reg) o.add(512),
+                o3 = in(reg) o.add(768),
+                s = in(reg) 64usize,
+                options(nostack)
+            );
+            amx::release();
+        }
+        outputs.iter().sum()
+    }
+}
+
 #[cfg(target_arch = "aarch64")]
 mod arm {
     use std::arch::aarch64::*;
@@ -217,6 +298,13 @@ mod tests {
             let lanes = k.flops_per_iter / 4.0;
             let got = (k.run)(1000) as f64;
             assert_eq!(got, lanes * 1000.0 * 2.0 / (1 << 20) as f64);
+        }
+        if let Some(k) = bf16_tile_loop() {
+            // Each round adds 32 * 2^-20 per output; 256 outputs per accumulator tile.
+            let outputs = k.flops_per_iter / 64.0;
+            assert_eq!(outputs, (k.accumulators * 256) as f64);
+            let got = (k.run)(1000) as f64;
+            assert_eq!(got, outputs * 1000.0 * 32.0 / (1 << 20) as f64);
         }
     }
 }

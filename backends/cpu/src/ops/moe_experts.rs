@@ -95,7 +95,7 @@ pub fn run_into(backend: &str, call: &MoeExpertsCall<'_>, y: FloatSliceMut<'_>) 
         None => gather_rows(x, &perm, call.hidden)?,
     };
     let limit = p.swiglu_limit.map(|c| c as f32);
-    let native = ffn::bf16_native(&perm);
+    let native = ffn::bf16_native(&perm, w);
     let mut h_t = ffn::gate_up(&perm, &xg, w, limit, native)?;
     if let Some(mode) = quant {
         fp8::quantize_columns(&perm, &mut h_t, call.inter, mode);
@@ -152,7 +152,7 @@ fn shared_experts(
     };
     let perm = Permutation::every_token(call.tokens, s.count)?;
     let xg = gather_rows(x, &perm, call.hidden)?;
-    let native = ffn::bf16_native(&perm);
+    let native = ffn::bf16_native(&perm, w);
     let h_t = ffn::gate_up(&perm, &xg, w, limit, native)?;
     drop(xg);
     let y_t = ffn::down(&perm, &h_t, w, native)?;

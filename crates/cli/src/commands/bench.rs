@@ -459,9 +459,11 @@ so stays there from one repetition to the next, the cache read bandwidth: every 
 re-reading a 256 KiB buffer), the compute limit the f32 FMA peak (a register-resident FMA
 loop in the widest vector ISA the CPU has, enough independent accumulators to cover the
 FMA latency) or, for bf16 rows, the larger of that and the native bf16 dot peak
-(AVX512-BF16 `VDPBF16PS`) where the CPU has one: a bf16 product is exact in f32, so either
-instruction computes it (AMD Zen 4/5 run `VDPBF16PS` at twice the FMA's FLOP rate, Intel's
-AVX512-BF16 cores at half). No op can exceed them. The copy bandwidth and the `gemm`
+where the CPU has one (AVX512-BF16 `VDPBF16PS`, or AMX-BF16 `TDPBF16PS` on four accumulator
+tiles where the process may use AMX, the faster of the two): a bf16 product is exact in f32,
+so any of these instructions computes it (AMD Zen 4/5 run `VDPBF16PS` at twice the FMA's
+FLOP rate, Intel's AVX512-BF16 cores at half, and Intel's AMX tiles at about 16 times the
+FMA's). No op can exceed them. The copy bandwidth and the `gemm`
 crate's dense GEMM are measured too and shown as reference rates: achievable, not limits.
 OpenCL measures the same two limits with its own kernels (a read-only reduction over a large
 device buffer, a register-resident FMA kernel): on a GPU they are its floors, on a CPU

@@ -232,12 +232,14 @@ fn act_rows<T: Clone + Default + Send>(
 /// Whether BF16 weights meet the activations on the native bf16 dot in this call (pass
 /// to [`gate_up`] and [`down`]): where the CPU has it ([`bf16dot::native`]), and either
 /// every expert has few tokens ([`skinny`]: bound by reading the weights, which the
-/// native dot reads as bf16 in place) or the native dot outpaces the f32 FMA
+/// native dot reads as bf16 in place), or the native dot outpaces the f32 FMA
 /// ([`bf16dot::outpaces_fma`]; Intel's AVX512-BF16 cores run it at half the FMA's FLOP
-/// rate, where the f32 kernel on converted rows wins: V2-Lite T = 256, 351 vs 193 ms).
-pub fn bf16_native(perm: &Permutation) -> bool {
+/// rate, where the f32 kernel on converted rows wins: V2-Lite T = 256, 351 vs 193 ms), or
+/// AMX tiles take both products' widths ([`bf16dot::on_tiles`]).
+pub fn bf16_native(perm: &Permutation, w: ExpertWeights<'_>) -> bool {
     let few = (0..perm.offsets.len() - 1).all(|e| skinny(perm.expert_rows(e).1));
-    bf16dot::native() && (few || bf16dot::outpaces_fma())
+    let tiles = bf16dot::on_tiles(w.hidden) && bf16dot::on_tiles(w.inter);
+    bf16dot::native() && (few || bf16dot::outpaces_fma() || tiles)
 }
 
 /// Each expert's rows (tokens or activations, `T`) packed by `pack` (`P`: for

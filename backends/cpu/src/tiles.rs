@@ -1,0 +1,345 @@
+//! bf16 products on Intel AMX tiles (`TDPBF16PS`) where this process may use them
+//! ([`moemla_core::amx::enabled`]), reading [`crate::bf16dot`]'s pair layout in place: a
+//! packed `b` is `[ceil(k / 2)][n_pad]` u32 (pairs of columns, `n_pad` a multiple of 16),
+//! which is the layout a tile of `b` must have (16 rows of pairs x 16 columns, Intel SDM
+//! vol. 2, `TDPBF16PS`), so a tile is 16 rows of 64 bytes at a stride of `n_pad` words.
+//! The rows of `a` are read as they lie in memory, `k` apart, 32 columns (64 bytes) per
+//! tile row.
+//!
+//! Each output is one f32 chain over the pairs in order, two exact bf16 products per
+//! step, as the pair layout's `VDPBF16PS` kernel adds them. Like it (SDM: "DAZ, FTZ, RNE,
+//! MXCSR ignored"), subnormal inputs and results count as zero.
+
+use moemla_core::amx::{self, TileConfig};
+use std::arch::asm;
+
+/// Columns of `a` (elements of `k`) per tile step: 16 pairs, 64 bytes.
+pub const STEP: usize = 32;
+/// Rows of a tile: rows of `a` per `a` tile, and pairs per `b` tile.
+const ROWS: usize = 16;
+/// Columns of `b` per tile (16 f32 outputs per row, 64 bytes).
+const COLS: usize = 16;
+/// Bytes of a tile row.
+const ROW_BYTES: usize = 64;
+
+/// Whether [`gemm_pairs`] multiplies rows `k` wide on this machine: AMX is enabled and
+/// `k` is whole tile steps (every `k` of DeepSeek's experts is: 2048, 7168, 1408, ...).
+pub fn fits(k: usize) -> bool {
+    k > 0 && k.is_multiple_of(STEP) && amx::enabled()
+}
+
+/// `out[i * ldo + j] = a_i . b_j` for the `m` rows of `a` (`k` apart from `a`) and the
+/// first `n` of the `n_pad` packed columns at `xp`, on tiles: the accumulators of 32 rows
+/// x 32 columns at a time (4 tiles; 16-row and 16-column blocks at the edges, the last
+/// `m % 16` rows with a configuration of that many rows), each over all of `k`.
+///
+/// # Safety
+/// [`fits`]`(k)` must hold; `a + i * k` for `i < m` points at `k` readable elements,
+/// `xp` at `k / 2 * n_pad` readable words with `n <= n_pad` and `n_pad` a multiple of
+/// 16, and `o + i * ldo + j` for `i < m`, `j < n` is writable.
+pub unsafe fn gemm_pairs(
+    a: *const u16,
+    (m, k): (usize, usize),
+    (xp, n, n_pad): (*const u32, usize, usize),
+    (o, ldo): (*mut f32, usize),
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let grid = Grid {
+        a,
+        k,
+        xp,
+        n,
+        n_pad,
+        o,
+        ldo,
+    };
+    let whole = m / ROWS * ROWS;
+    // SAFETY (all below): tiles are enabled (`fits`); every block stays within the rows
+    // and columns the caller vouched for (`Grid::block`).
+    unsafe {
+        config(ROWS).load();
+        let mut r = 0;
+        while r + 2 * ROWS <= whole {
+            grid.columns::<2>(r, ROWS);
+            r += 2 * ROWS;
+        }
+        if r < whole {
+            grid.columns::<1>(r, ROWS);
+            r += ROWS;
+        }
+        if r < m {
+            config(m - r).load();
+            grid.columns::<1>(r, m - r);
+        }
+        amx::release();
+    }
+}
+
+/// Tiles 0-3 accumulators and 4-5 rows of `a`, each `rows` rows; 6-7 pairs of `b`, 16
+/// rows; all 64 bytes wide.
+fn config(rows: usize) -> TileConfig {
+    let a = (rows, ROW_BYTES);
+    TileConfig::new(&[a, a, a, a, a, a, (ROWS, ROW_BYTES), (ROWS, ROW_BYTES)])
+        .expect("1 to 16 rows of 64 bytes")
+}
+
+/// The operands of one [`gemm_pairs`] call.
+struct Grid {
+    a: *const u16,
+    k: usize,
+    xp: *const u32,
+    n: usize,
+    n_pad: usize,
+    o: *mut f32,
+    ldo: usize,
+}
+
+impl Grid {
+    /// Rows `r0..r0 + R * rows` (the loaded configuration's `rows` per tile) against every
+    /// column: blocks of 32 columns, then one of 16.
+    ///
+    /// # Safety
+    /// As [`gemm_pairs`]; those rows exist and the configuration has `rows` rows.
+    unsafe fn columns<const R: usize>(&self, r0: usize, rows: usize) {
+        let mut c0 = 0;
+        while c0 + 2 * COLS <= self.n_pad {
+            // SAFETY: columns c0..c0 + 32 are within n_pad.
+            unsafe { self.block::<R, 2>(r0, rows, c0) };
+            c0 += 2 * COLS;
+        }
+        if c0 < self.n_pad {
+            // SAFETY: n_pad is a multiple of 16: columns c0..c0 + 16 are within it.
+            unsafe { self.block::<R, 1>(r0, rows, c0) };
+        }
+    }
+
+    /// The `R` x `C` accumulator tiles of rows from `r0` and columns from `c0`: zeroed,
+    /// then every step of `k` (`R` tiles of `a`, `C` of `b`, `R * C` products), then
+    /// stored ([`Grid::store`]).
+    ///
+    /// # Safety
+    /// As [`Grid::columns`]; columns `c0..c0 + 16 C` are within `n_pad`.
+    unsafe fn block<const R: usize, const C: usize>(&self, r0: usize, rows: usize, c0: usize) {
+        let (lda, ldb) = (self.k * 2, self.n_pad * 4);
+        // SAFETY: tile rows r0 + 16 t + i < m for every loaded row (the configuration
+        // has `rows` rows, and R * rows rows exist from r0); each loads 64 bytes from
+        // column s * 32 < k. Pair rows s * 16 + i < k / 2 and columns c0 + 16 u + j <
+        // n_pad of xp exist.
+        unsafe {
+            zero::<0>();
+            if C == 2 {
+                zero::<1>();
+            }
+            if R == 2 {
+                zero::<2>();
+                if C == 2 {
+                    zero::<3>();
+                }
+            }
+            let a = self.a.add(r0 * self.k);
+            for s in 0..self.k / STEP {
+                let (ap, bp) = (a.add(s * STEP), self.xp.add(s * ROWS * self.n_pad + c0));
+                load::<4>(ap.cast(), lda);
+                if R == 2 {
+                    load::<5>(ap.add(rows * self.k).cast(), lda);
+                }
+                load::<6>(bp.cast(), ldb);
+                if C == 2 {
+                    load::<7>(bp.add(COLS).cast(), ldb);
+                }
+                dot::<0, 4, 6>();
+                if C == 2 {
+                    dot::<1, 4, 7>();
+                }
+                if R == 2 {
+                    dot::<2, 5, 6>();
+                    if C == 2 {
+                        dot::<3, 5, 7>();
+                    }
+                }
+            }
+            self.store::<0>(r0, rows, c0);
+            if C == 2 {
+                self.store::<1>(r0, rows, c0 + COLS);
+            }
+            if R == 2 {
+                self.store::<2>(r0 + rows, rows, c0);
+                if C == 2 {
+                    self.store::<3>(r0 + rows, rows, c0 + COLS);
+                }
+            }
+        }
+    }
+
+    /// Accumulator tile `T` into output rows `r0..r0 + rows`, columns from `c0`: straight
+    /// into `out` where all 16 columns are below `n`, else through a buffer, its first
+    /// `n - c0` columns copied.
+    ///
+    /// # Safety
+    /// As [`Grid::block`]; `c0 < n`.
+    unsafe fn store<const T: usize>(&self, r0: usize, rows: usize, c0: usize) {
+        // SAFETY: rows r0..r0 + rows < m and columns c0..c0 + live <= n of out are
+        // writable; the buffer holds 16 rows of 64 bytes.
+        unsafe {
+            let o = self.o.add(r0 * self.ldo + c0);
+            if c0 + COLS <= self.n {
+                stored::<T>(o, self.ldo * 4);
+                return;
+            }
+            let mut buf = [0.0f32; ROWS * COLS];
+            stored::<T>(buf.as_mut_ptr(), ROW_BYTES);
+            let live = self.n - c0;
+            for (i, row) in buf.chunks_exact(COLS).take(rows).enumerate() {
+                std::ptr::copy_nonoverlapping(row.as_ptr(), o.add(i * self.ldo), live);
+            }
+        }
+    }
+}
+
+/// `TILEZERO` of tile `T`.
+///
+/// # Safety
+/// A configuration with tile `T` is loaded.
+#[inline(always)]
+unsafe fn zero<const T: usize>() {
+    // SAFETY: the caller loaded a configuration; the instruction touches no memory.
+    unsafe { asm!("tilezero tmm{t}", t = const T, options(nostack, nomem)) };
+}
+
+/// `TILELOADD` of tile `T` from `p`, rows `stride` bytes apart.
+///
+/// # Safety
+/// A configuration with tile `T` is loaded; its rows x bytes at `p` (rows `stride`
+/// apart) are readable.
+#[inline(always)]
+unsafe fn load<const T: usize>(p: *const u8, stride: usize) {
+    // SAFETY: the caller vouches for the configuration and the bytes read.
+    unsafe {
+        asm!(
+            "tileloadd tmm{t}, [{p} + {s}*1]",
+            t = const T,
+            p = in(reg) p,
+            s = in(reg) stride,
+            options(nostack, readonly)
+        )
+    };
+}
+
+/// `TILESTORED` of tile `T` to `p`, rows `stride` bytes apart.
+///
+/// # Safety
+/// A configuration with tile `T` is loaded; its rows x bytes at `p` (rows `stride`
+/// apart) are writable.
+#[inline(always)]
+unsafe fn stored<const T: usize>(p: *mut f32, stride: usize) {
+    // SAFETY: the caller vouches for the configuration and the bytes written.
+    unsafe {
+        asm!(
+            "tilestored [{p} + {s}*1], tmm{t}",
+            t = const T,
+            p = in(reg) p,
+            s = in(reg) stride,
+            options(nostack)
+        )
+    };
+}
+
+/// `TDPBF16PS`: tile `C` += tile `A` . tile `B` (pairs).
+///
+/// # Safety
+/// A configuration with the three tiles is loaded, their shapes compatible (`A`: C's
+/// rows x 64 bytes; `B`: 16 rows x C's bytes).
+#[inline(always)]
+unsafe fn dot<const C: usize, const A: usize, const B: usize>() {
+    // SAFETY: the caller vouches for the configuration; no memory is touched.
+    unsafe {
+        asm!(
+            "tdpbf16ps tmm{c}, tmm{a}, tmm{b}",
+            c = const C,
+            a = const A,
+            b = const B,
+            options(nostack, nomem)
+        )
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::bf16;
+
+    /// `gemm_pairs` of `a` [m, k] and `b` [n, k] (packed as `bf16dot` packs it) into an
+    /// output `ldo` wide, every element NaN before.
+    fn product(a: &[bf16], b: &[bf16], (m, n, k): (usize, usize, usize), ldo: usize) -> Vec<f32> {
+        let n_pad = n.div_ceil(COLS) * COLS;
+        let mut xp = vec![0u32; k / 2 * n_pad];
+        let mut out = vec![f32::NAN; m * ldo];
+        // SAFETY: `fits(k)` was checked by the caller; b holds n rows of k and xp their
+        // packed size; a holds m rows of k; out m rows of ldo >= n.
+        unsafe {
+            crate::bf16dot::x86::pack_into(b, n, k, &mut xp);
+            gemm_pairs(
+                a.as_ptr().cast(),
+                (m, k),
+                (xp.as_ptr(), n, n_pad),
+                (out.as_mut_ptr(), ldo),
+            );
+        }
+        out
+    }
+
+    #[test]
+    fn matches_an_f64_reference_and_writes_only_its_outputs() {
+        if !fits(STEP) {
+            eprintln!("skipped: this process may not use AMX-BF16 tiles");
+            return;
+        }
+        // m: one row, a partial tile, one tile, one past, 32-row blocks with a 16-row
+        // block and a tail; n: a partial column tile, one, one past (the second tile
+        // partly live), 32-column blocks and a 16-column one; k: one step, several, and
+        // an expert's width. The output is wider than n: the columns past n must stay
+        // NaN.
+        for (m, n, k) in [
+            (1, 1, 32),
+            (15, 16, 64),
+            (16, 17, 32),
+            (17, 33, 96),
+            (33, 5, 64),
+            (47, 48, 32),
+            (64, 32, 2048),
+            (69, 70, 160),
+        ] {
+            let a = crate::test_util::bf16_values(m * k, 7 + m as u64, -2.0);
+            let b = crate::test_util::bf16_values(n * k, 11 + n as u64, -2.0);
+            let ldo = n + 3;
+            let out = product(&a, &b, (m, n, k), ldo);
+            for (i, row) in out.chunks_exact(ldo).enumerate() {
+                for (j, &got) in row.iter().enumerate() {
+                    if j >= n {
+                        assert!(got.is_nan(), "m {m} n {n} k {k}: ({i}, {j}) written");
+                        continue;
+                    }
+                    let (ar, br) = (&a[i * k..][..k], &b[j * k..][..k]);
+                    let p = || ar.iter().zip(br).map(|(x, y)| x.to_f64() * y.to_f64());
+                    let want: f64 = p().sum();
+                    // Any order of f32 additions: at most k roundings of at most eps each.
+                    let tol = (k + 1) as f64 * f32::EPSILON as f64 * p().map(f64::abs).sum::<f64>();
+                    assert!(
+                        (got as f64 - want).abs() <= tol,
+                        "m {m} n {n} k {k} ({i}, {j}): {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fits_whole_steps_only() {
+        assert!(!fits(0));
+        assert!(!fits(31) && !fits(33) && !fits(48));
+        assert_eq!(fits(32), amx::enabled());
+        assert_eq!(fits(7168), amx::enabled());
+    }
+}
