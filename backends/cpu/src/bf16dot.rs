@@ -1,11 +1,13 @@
 //! Products of bf16 matrices on the CPU's native bf16 dot instruction (AVX512-BF16
-//! `VDPBF16PS`) where it has one, chosen at run time; elsewhere an f32 loop.
+//! `VDPBF16PS`) where it has one, chosen at run time; elsewhere an f32 loop. Where this
+//! process may also use AMX tiles and `k` is a multiple of 32, packed products whose
+//! rows of `a` lie `k` apart run on tiles instead ([`crate::tiles`], [`on_tiles`]).
 //!
 //! The contract's semantics hold: a bf16 x bf16 product is exact in f32 (8 + 8 significant
 //! bits), and `VDPBF16PS` adds each product to an f32 accumulator with one rounding, as
 //! an f32 multiply-add of the upcast values would. Only the order of the f32 additions
 //! differs from other paths (16 lanes, or 4 in the quad layout and 2 in octets; two
-//! products per lane and step; then the lanes).
+//! products per lane and step; then the lanes; on tiles, the tile unit's own order).
 //! Like every `VDPBF16PS`, subnormal inputs and results count as zero (below 2^-126,
 //! where the f32 path's contributions are far under any tolerance).
 
@@ -63,7 +65,7 @@ pub fn outpaces_fma() -> bool {
 
 /// Whether [`gemm_nt`] multiplies rows `k` wide on AMX tiles where `b` is packed
 /// ([`Packed::new`]): this process may use AMX-BF16 tiles and `k` is a multiple of 32
-/// (`crate::tiles::fits`). Tiles run bf16 products at about 16 times the f32 FMA's FLOP
+/// (`crate::tiles::fits`). Tiles run bf16 products at about 14 times the f32 FMA's FLOP
 /// rate (Intel Xeon with AMX, 2 cores: 3.4 TFLOP/s a core, `moemla bench`'s bf16 dot peak).
 pub fn on_tiles(k: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -155,8 +157,9 @@ pub struct Packed {
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 enum Layout {
     /// Pairs of columns, `LANES` rows per vector (`[ceil(k / 2)][rows rounded up to
-    /// LANES]` u32); the last `n % LANES` rows, when at most `REST_MAX`, kept as they are
-    /// (`rest`, row-major) for the row-dot kernel rather than a mostly empty vector.
+    /// LANES]` u32; also the layout of a tile of `b`); off tiles, the last `n % LANES`
+    /// rows, when at most `REST_MAX`, kept as they are (`rest`, row-major) for the
+    /// row-dot kernel rather than a mostly empty vector.
     Pairs { xp: Vec<u32>, rest: Vec<bf16> },
     /// Groups of 4 rows x 4 pairs per vector (quads, `[ceil(k / 8)][ceil(n / 4)][4
     /// rows][4 pairs]` u32) or of 8 rows x 2 pairs (octets, `[ceil(k / 4)][ceil(n / 8)][8
@@ -358,8 +361,8 @@ pub(crate) mod x86 {
     use half::bf16;
     use std::arch::x86_64::*;
 
-    /// Rows of `b` from which [`super::Packed`] packs them (in pairs where neither octets
-    /// nor quads take them: from 25 rows).
+    /// Rows of `b` from which [`super::Packed`] packs them off tiles (in pairs where
+    /// neither octets nor quads take them: from 25 rows).
     pub const PACKED_MIN_N: usize = 16;
     /// Rows of `b` per vector of the packed path (512-bit: 16 f32 accumulator lanes). A
     /// 2-core Zen 5 (full-width AVX-512) runs 512-bit `VDPBF16PS` at twice the FLOP rate
@@ -402,7 +405,9 @@ pub(crate) mod x86 {
     }
 
     /// `out[i * b.n + j] = row(i) . b_j` for `i < m` (each row at least `b.k` long) and the
-    /// rows of `b`. Quads: [`crate::quads::multiply`]. Pairs: each output one accumulator
+    /// rows of `b`. Quads: [`crate::quads::multiply`]. Pairs of rows `k` apart
+    /// (`contiguous`) without rest rows, where tiles take `k`: [`crate::tiles::gemm_pairs`].
+    /// Other pairs: each output one accumulator
     /// lane, a pair of a row broadcast against `LANES` packed rows of `b` per
     /// `VDPBF16PS`, up to 24 accumulators in registers (12 rows x 1 or 2 vectors of `b`,
     /// 8 x 3, 6 x 4), stored without reductions, each output adding its k products to one
@@ -431,14 +436,11 @@ pub(crate) mod x86 {
         let n_pad = n.div_ceil(LANES) * LANES;
         let rest_rows = rest.as_ptr().cast::<u16>();
         let dims = (xp.as_ptr(), n, n_pad);
-        if contiguous && crate::tiles::fits(k) {
+        if contiguous && rest_n == 0 && crate::tiles::fits(k) {
             // SAFETY: `fits(k)`; the m rows of a lie k apart from row(0), xp holds k / 2
-            // pairs of n_pad columns (n_pad a multiple of LANES = 16), and out columns
-            // 0..n of the m rows are writable; then, as in `after` below, the rest rows.
+            // pairs of n_pad columns (n_pad = n rounded up to LANES = 16), and out
+            // columns 0..n of the m rows are writable.
             crate::tiles::gemm_pairs(row(0), (m, k), dims, (o, n_all));
-            if rest_n > 0 {
-                rows_nt(row(0), rest_rows, (m, rest_n, k), o.add(n), n_all);
-            }
             return;
         }
         multiply(row, (m, k), dims, (o, n_all), |r0, pr| {
@@ -962,7 +964,9 @@ mod tests {
         // live; five split 3 + 2, seven 4 + 3, eight 4 + 4), rows in blocks of 12, 8 and
         // 6 with a remainder, panels of 24 and a partial one. The row dots run every n
         // unpacked as well (full 4 x 4 tiles and every remainder; 1 to 3 rows of b one
-        // row of a at a time), and the f32 path.
+        // row of a at a time), and the f32 path. Where AMX tiles run, the shapes whose k is
+        // a multiple of 32 take them instead of quads, octets or pairs (4 x 4 x 32,
+        // 6 x 11 x 96, 8 x 8 x 2048, 25 x 40 x 64, 40 x 20 x 64 with two row tiles).
         for (m, n, k) in [
             (6, 1, 2049),
             (5, 2, 33),
@@ -983,6 +987,7 @@ mod tests {
             (30, 24, 2049),
             (13, 33, 577),
             (25, 40, 64),
+            (40, 20, 64),
             (50, 19, 130),
             (9, 80, 67),
             (30, 70, 31),

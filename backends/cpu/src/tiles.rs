@@ -6,12 +6,14 @@
 //! The rows of `a` are read as they lie in memory, `k` apart, 32 columns (64 bytes) per
 //! tile row.
 //!
-//! Each output is one f32 chain over the pairs in order, two exact bf16 products per
-//! step, as the pair layout's `VDPBF16PS` kernel adds them. Like it (SDM: "DAZ, FTZ, RNE,
-//! MXCSR ignored"), subnormal inputs and results count as zero.
+//! Each output adds its exact bf16 products to f32 accumulators over the steps in order;
+//! within a step the tile unit adds them in an order and with roundings Intel does not
+//! specify (measured: not a sequential f32 chain, nor one rounding per step), so results
+//! agree with the other paths to the f32 rounding bound of a sum of k products, not bit
+//! for bit. Like `VDPBF16PS` (SDM: "DAZ, FTZ, RNE, MXCSR ignored"), subnormal inputs and
+//! results count as zero.
 
-use moemla_core::amx::{self, TileConfig};
-use std::arch::asm;
+use moemla_core::amx::{self, dot_bf16 as dot, load, store as stored, zero, TileConfig};
 
 /// Columns of `a` (elements of `k`) per tile step: 16 pairs, 64 bytes.
 pub const STEP: usize = 32;
@@ -97,20 +99,24 @@ struct Grid {
 }
 
 impl Grid {
-    /// Rows `r0..r0 + R * rows` (the loaded configuration's `rows` per tile) against every
-    /// column: blocks of 32 columns, then one of 16.
+    /// Rows `r0..r0 + R * rows` (the loaded configuration's `rows` per tile) against the
+    /// `n` columns, in tiles of 16 (the last partly live): blocks of 32 columns, then one
+    /// of 16.
     ///
     /// # Safety
     /// As [`gemm_pairs`]; those rows exist and the configuration has `rows` rows.
     unsafe fn columns<const R: usize>(&self, r0: usize, rows: usize) {
+        // Every column tile starts below n, and ends within n_pad (a multiple of 16, at
+        // least n).
+        let end = self.n.div_ceil(COLS) * COLS;
         let mut c0 = 0;
-        while c0 + 2 * COLS <= self.n_pad {
-            // SAFETY: columns c0..c0 + 32 are within n_pad.
+        while c0 + 2 * COLS <= end {
+            // SAFETY: columns c0..c0 + 32 are within end <= n_pad.
             unsafe { self.block::<R, 2>(r0, rows, c0) };
             c0 += 2 * COLS;
         }
-        if c0 < self.n_pad {
-            // SAFETY: n_pad is a multiple of 16: columns c0..c0 + 16 are within it.
+        if c0 < end {
+            // SAFETY: end is a multiple of 16: columns c0..c0 + 16 are within it.
             unsafe { self.block::<R, 1>(r0, rows, c0) };
         }
     }
@@ -185,11 +191,11 @@ impl Grid {
         unsafe {
             let o = self.o.add(r0 * self.ldo + c0);
             if c0 + COLS <= self.n {
-                stored::<T>(o, self.ldo * 4);
+                stored::<T>(o.cast(), self.ldo * 4);
                 return;
             }
             let mut buf = [0.0f32; ROWS * COLS];
-            stored::<T>(buf.as_mut_ptr(), ROW_BYTES);
+            stored::<T>(buf.as_mut_ptr().cast(), ROW_BYTES);
             let live = self.n - c0;
             for (i, row) in buf.chunks_exact(COLS).take(rows).enumerate() {
                 std::ptr::copy_nonoverlapping(row.as_ptr(), o.add(i * self.ldo), live);
@@ -198,86 +204,20 @@ impl Grid {
     }
 }
 
-/// `TILEZERO` of tile `T`.
-///
-/// # Safety
-/// A configuration with tile `T` is loaded.
-#[inline(always)]
-unsafe fn zero<const T: usize>() {
-    // SAFETY: the caller loaded a configuration; the instruction touches no memory.
-    unsafe { asm!("tilezero tmm{t}", t = const T, options(nostack, nomem)) };
-}
-
-/// `TILELOADD` of tile `T` from `p`, rows `stride` bytes apart.
-///
-/// # Safety
-/// A configuration with tile `T` is loaded; its rows x bytes at `p` (rows `stride`
-/// apart) are readable.
-#[inline(always)]
-unsafe fn load<const T: usize>(p: *const u8, stride: usize) {
-    // SAFETY: the caller vouches for the configuration and the bytes read.
-    unsafe {
-        asm!(
-            "tileloadd tmm{t}, [{p} + {s}*1]",
-            t = const T,
-            p = in(reg) p,
-            s = in(reg) stride,
-            options(nostack, readonly)
-        )
-    };
-}
-
-/// `TILESTORED` of tile `T` to `p`, rows `stride` bytes apart.
-///
-/// # Safety
-/// A configuration with tile `T` is loaded; its rows x bytes at `p` (rows `stride`
-/// apart) are writable.
-#[inline(always)]
-unsafe fn stored<const T: usize>(p: *mut f32, stride: usize) {
-    // SAFETY: the caller vouches for the configuration and the bytes written.
-    unsafe {
-        asm!(
-            "tilestored [{p} + {s}*1], tmm{t}",
-            t = const T,
-            p = in(reg) p,
-            s = in(reg) stride,
-            options(nostack)
-        )
-    };
-}
-
-/// `TDPBF16PS`: tile `C` += tile `A` . tile `B` (pairs).
-///
-/// # Safety
-/// A configuration with the three tiles is loaded, their shapes compatible (`A`: C's
-/// rows x 64 bytes; `B`: 16 rows x C's bytes).
-#[inline(always)]
-unsafe fn dot<const C: usize, const A: usize, const B: usize>() {
-    // SAFETY: the caller vouches for the configuration; no memory is touched.
-    unsafe {
-        asm!(
-            "tdpbf16ps tmm{c}, tmm{a}, tmm{b}",
-            c = const C,
-            a = const A,
-            b = const B,
-            options(nostack, nomem)
-        )
-    };
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use half::bf16;
 
     /// `gemm_pairs` of `a` [m, k] and `b` [n, k] (packed as `bf16dot` packs it) into an
-    /// output `ldo` wide, every element NaN before.
+    /// output `ldo` wide with two rows more than `m`, every element NaN before.
     fn product(a: &[bf16], b: &[bf16], (m, n, k): (usize, usize, usize), ldo: usize) -> Vec<f32> {
         let n_pad = n.div_ceil(COLS) * COLS;
         let mut xp = vec![0u32; k / 2 * n_pad];
-        let mut out = vec![f32::NAN; m * ldo];
-        // SAFETY: `fits(k)` was checked by the caller; b holds n rows of k and xp their
-        // packed size; a holds m rows of k; out m rows of ldo >= n.
+        let mut out = vec![f32::NAN; (m + 2) * ldo];
+        // SAFETY: the caller checked `fits(k)` and `bf16dot::native()` (pack_into's
+        // AVX-512 features); b holds n rows of k and xp their packed size; a holds m rows
+        // of k; out m rows of ldo >= n.
         unsafe {
             crate::bf16dot::x86::pack_into(b, n, k, &mut xp);
             gemm_pairs(
@@ -292,22 +232,25 @@ mod tests {
 
     #[test]
     fn matches_an_f64_reference_and_writes_only_its_outputs() {
-        if !fits(STEP) {
+        if !fits(STEP) || !crate::bf16dot::native() {
             eprintln!("skipped: this process may not use AMX-BF16 tiles");
             return;
         }
-        // m: one row, a partial tile, one tile, one past, 32-row blocks with a 16-row
-        // block and a tail; n: a partial column tile, one, one past (the second tile
-        // partly live), 32-column blocks and a 16-column one; k: one step, several, and
-        // an expert's width. The output is wider than n: the columns past n must stay
-        // NaN.
+        // m: one row, a partial tile, one tile, one past, 32-row blocks (with a 16-row
+        // block after them: 50, 69) and tails; n: a partial column tile, one, one past
+        // (the second tile of a 32-column block partly live, also under two row tiles:
+        // 32 x 17), 32-column blocks and a 16-column one; k: one step, several, and an
+        // expert's width. The output is wider than n and two rows longer than m: the
+        // columns past n and the rows past m must stay NaN.
         for (m, n, k) in [
             (1, 1, 32),
             (15, 16, 64),
             (16, 17, 32),
             (17, 33, 96),
+            (32, 17, 64),
             (33, 5, 64),
             (47, 48, 32),
+            (50, 40, 64),
             (64, 32, 2048),
             (69, 70, 160),
         ] {
@@ -317,7 +260,7 @@ mod tests {
             let out = product(&a, &b, (m, n, k), ldo);
             for (i, row) in out.chunks_exact(ldo).enumerate() {
                 for (j, &got) in row.iter().enumerate() {
-                    if j >= n {
+                    if i >= m || j >= n {
                         assert!(got.is_nan(), "m {m} n {n} k {k}: ({i}, {j}) written");
                         continue;
                     }
@@ -325,7 +268,8 @@ mod tests {
                     let p = || ar.iter().zip(br).map(|(x, y)| x.to_f64() * y.to_f64());
                     let want: f64 = p().sum();
                     // Any order of f32 additions: at most k roundings of at most eps each.
-                    let tol = (k + 1) as f64 * f32::EPSILON as f64 * p().map(f64::abs).sum::<f64>();
+                    let abs: f64 = p().map(f64::abs).sum();
+                    let tol = (k + 1) as f64 * f32::EPSILON as f64 * abs;
                     assert!(
                         (got as f64 - want).abs() <= tol,
                         "m {m} n {n} k {k} ({i}, {j}): {got} vs {want}"

@@ -91,6 +91,82 @@ pub unsafe fn release() {
     unsafe { std::arch::asm!("tilerelease", options(nostack, nomem)) };
 }
 
+// The tile instructions, one `asm!` block each. A kernel's tiles live from its
+// `TileConfig::load` to its `release`, across several blocks: the tile registers are not
+// among those Rust's inline assembly allocates, and no compiled Rust code uses them.
+
+/// `TILEZERO` of tile `T`.
+///
+/// # Safety
+/// A configuration with tile `T` is loaded on this thread.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub unsafe fn zero<const T: usize>() {
+    // SAFETY: the caller loaded a configuration; the instruction touches no memory.
+    unsafe { std::arch::asm!("tilezero tmm{t}", t = const T, options(nostack, nomem)) };
+}
+
+/// `TILELOADD` of tile `T` from `p`, its rows `stride` bytes apart.
+///
+/// # Safety
+/// A configuration with tile `T` is loaded on this thread; the tile's rows x bytes at
+/// `p` (rows `stride` apart) are readable.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub unsafe fn load<const T: usize>(p: *const u8, stride: usize) {
+    // SAFETY: the caller vouches for the configuration and the bytes read.
+    unsafe {
+        std::arch::asm!(
+            "tileloadd tmm{t}, [{p} + {s}*1]",
+            t = const T,
+            p = in(reg) p,
+            s = in(reg) stride,
+            options(nostack, readonly)
+        )
+    };
+}
+
+/// `TILESTORED` of tile `T` to `p`, its rows `stride` bytes apart.
+///
+/// # Safety
+/// A configuration with tile `T` is loaded on this thread; the tile's rows x bytes at
+/// `p` (rows `stride` apart) are writable.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub unsafe fn store<const T: usize>(p: *mut u8, stride: usize) {
+    // SAFETY: the caller vouches for the configuration and the bytes written.
+    unsafe {
+        std::arch::asm!(
+            "tilestored [{p} + {s}*1], tmm{t}",
+            t = const T,
+            p = in(reg) p,
+            s = in(reg) stride,
+            options(nostack)
+        )
+    };
+}
+
+/// `TDPBF16PS`: tile `C` (f32) += tile `A` . tile `B` (bf16 pairs).
+///
+/// # Safety
+/// A configuration with the three tiles is loaded on this thread, their shapes as the
+/// instruction requires (`A`: C's rows x 64 bytes at most; `B`: A's bytes / 4 rows x C's
+/// bytes).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub unsafe fn dot_bf16<const C: usize, const A: usize, const B: usize>() {
+    // SAFETY: the caller vouches for the configuration; no memory is touched.
+    unsafe {
+        std::arch::asm!(
+            "tdpbf16ps tmm{c}, tmm{a}, tmm{b}",
+            c = const C,
+            a = const A,
+            b = const B,
+            options(nostack, nomem)
+        )
+    };
+}
+
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod imp {
     use std::arch::x86_64::{__cpuid, __cpuid_count, _xgetbv};
@@ -106,6 +182,7 @@ mod imp {
     const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
     const XFEATURE_XTILEDATA: libc::c_long = 18;
 
+    /// Whether the CPU has AMX-TILE and AMX-BF16 and the OS saves their state.
     pub fn supported() -> bool {
         // Leaf 7 is read only when the maximum leaf (leaf 0's EAX) covers it.
         let (max, l1) = (__cpuid(0).eax, __cpuid(1));
@@ -125,6 +202,7 @@ mod imp {
         unsafe { _xgetbv(0) }
     }
 
+    /// Asks Linux for the tile data state for this process; whether it was granted.
     pub fn permitted() -> bool {
         // SAFETY: a plain system call with integer arguments; a kernel without the request
         // (before 5.16) returns an error, which counts as no permission.
@@ -140,9 +218,11 @@ mod imp {
 
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 mod imp {
+    /// No AMX off x86-64 Linux.
     pub fn supported() -> bool {
         false
     }
+    /// Never asked.
     pub fn permitted() -> bool {
         false
     }
@@ -179,14 +259,8 @@ mod tests {
             // 16-byte buffers with a stride of 8 bytes.
             unsafe {
                 c.load();
-                std::arch::asm!(
-                    "tileloadd tmm0, [{s} + {stride}*1]",
-                    "tilestored [{d} + {stride}*1], tmm0",
-                    s = in(reg) src.as_ptr(),
-                    d = in(reg) dst.as_mut_ptr(),
-                    stride = in(reg) 8usize,
-                    options(nostack)
-                );
+                load::<0>(src.as_ptr().cast(), 8);
+                store::<0>(dst.as_mut_ptr().cast(), 8);
                 release();
             }
             assert_eq!(dst, src);

@@ -3,8 +3,8 @@
 //! bf16 dot loops where it has them (AVX512-BF16 `VDPBF16PS`; AMX-BF16 `TDPBF16PS` on
 //! tiles where this process may use them: [`crate::amx`]). Each loop's FLOP count is
 //! known, so its time gives a rate no op on that core can exceed. The bench's host
-//! ceilings run them on every thread; the CPU backend compares the two on one core to
-//! choose its bf16 kernels.
+//! ceilings run them on every thread; the CPU backend compares the f32 FMA and
+//! `VDPBF16PS` loops on one core to choose its bf16 kernels.
 
 use std::hint::black_box;
 
@@ -195,7 +195,6 @@ mod x86 {
 #[cfg(target_arch = "x86_64")]
 mod tiles {
     use crate::amx::{self, TileConfig};
-    use std::arch::asm;
 
     /// Accumulator tiles (0 to 3), each fed by one of two `a` tiles (4, 5) and one of two
     /// `b` tiles (6, 7): 4 independent `TDPBF16PS` chains, enough to keep the tile unit
@@ -213,42 +212,26 @@ mod tiles {
         let inputs = [0x3A80u16; 16 * 32];
         let mut outputs = [0.0f32; ACC * 256];
         let config = TileConfig::new(&[(16, 64); 8]).expect("palette 1 shapes");
+        let (p, o) = (inputs.as_ptr().cast(), outputs.as_mut_ptr());
         // SAFETY: tiles are enabled (the caller's promise); every tile is 16 rows of 64
-        // bytes, loaded from the 1 KiB `inputs` and stored to 1 KiB of `outputs` with a
-        // 64-byte stride.
+        // bytes, loaded from the 1 KiB `inputs` and stored to 1 KiB of `outputs` each,
+        // with a 64-byte stride.
         unsafe {
             config.load();
-            asm!(
-                "tileloadd tmm4, [{p} + {s}*1]",
-                "tileloadd tmm5, [{p} + {s}*1]",
-                "tileloadd tmm6, [{p} + {s}*1]",
-                "tileloadd tmm7, [{p} + {s}*1]",
-                p = in(reg) inputs.as_ptr(),
-                s = in(reg) 64usize,
-                options(nostack, readonly)
-            );
+            amx::load::<4>(p, 64);
+            amx::load::<5>(p, 64);
+            amx::load::<6>(p, 64);
+            amx::load::<7>(p, 64);
             for _ in 0..n {
-                asm!(
-                    "tdpbf16ps tmm0, tmm4, tmm6",
-                    "tdpbf16ps tmm1, tmm4, tmm7",
-                    "tdpbf16ps tmm2, tmm5, tmm6",
-                    "tdpbf16ps tmm3, tmm5, tmm7",
-                    options(nostack, nomem)
-                );
+                amx::dot_bf16::<0, 4, 6>();
+                amx::dot_bf16::<1, 4, 7>();
+                amx::dot_bf16::<2, 5, 6>();
+                amx::dot_bf16::<3, 5, 7>();
             }
-            let o = outputs.as_mut_ptr();
-            asm!(
-                "tilestored [{o} + {s}*1], tmm0",
-                "tilestored [{o1} + {s}*1], tmm1",
-                "tilestored [{o2} + {s}*1], tmm2",
-                "tilestored [{o3} + {s}*1], tmm3",
-                o = in(reg) o,
-                o1 = in(reg) o.add(256),
-                o2 = in(reg) o.add(512),
-                o3 = in(reg) o.add(768),
-                s = in(reg) 64usize,
-                options(nostack)
-            );
+            amx::store::<0>(o.cast(), 64);
+            amx::store::<1>(o.add(256).cast(), 64);
+            amx::store::<2>(o.add(512).cast(), 64);
+            amx::store::<3>(o.add(768).cast(), 64);
             amx::release();
         }
         outputs.iter().sum()

@@ -462,7 +462,7 @@ FMA latency) or, for bf16 rows, the larger of that and the native bf16 dot peak
 where the CPU has one (AVX512-BF16 `VDPBF16PS`, or AMX-BF16 `TDPBF16PS` on four accumulator
 tiles where the process may use AMX, the faster of the two): a bf16 product is exact in f32,
 so any of these instructions computes it (AMD Zen 4/5 run `VDPBF16PS` at twice the FMA's
-FLOP rate, Intel's AVX512-BF16 cores at half, and Intel's AMX tiles at about 16 times the
+FLOP rate, Intel's AVX512-BF16 cores at half, and Intel's AMX tiles at about 14 times the
 FMA's). No op can exceed them. The copy bandwidth and the `gemm`
 crate's dense GEMM are measured too and shown as reference rates: achievable, not limits.
 OpenCL measures the same two limits with its own kernels (a read-only reduction over a large
