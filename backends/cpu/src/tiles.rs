@@ -18,11 +18,11 @@ use moemla_core::amx::{self, dot_bf16 as dot, load, store as stored, zero, TileC
 /// Columns of `a` (elements of `k`) per tile step: 16 pairs, 64 bytes.
 pub const STEP: usize = 32;
 /// Rows of a tile: rows of `a` per `a` tile, and pairs per `b` tile.
-const ROWS: usize = 16;
+pub const ROWS: usize = 16;
 /// Columns of `b` per tile (16 f32 outputs per row, 64 bytes).
-const COLS: usize = 16;
+pub const COLS: usize = 16;
 /// Bytes of a tile row.
-const ROW_BYTES: usize = 64;
+pub const ROW_BYTES: usize = 64;
 
 /// Whether [`gemm_pairs`] multiplies rows `k` wide on this machine: AMX is enabled and
 /// `k` is whole tile steps (every `k` of DeepSeek's experts is: 2048, 7168, 1408, ...).
@@ -79,9 +79,9 @@ pub unsafe fn gemm_pairs(
     }
 }
 
-/// Tiles 0-3 accumulators and 4-5 rows of `a`, each `rows` rows; 6-7 pairs of `b`, 16
-/// rows; all 64 bytes wide.
-fn config(rows: usize) -> TileConfig {
+/// Tiles 0-3 accumulators (`C` row tile `r`, column tile `c`: tile `2r + c`) and 4-5 rows
+/// of `a`, each `rows` (1 to 16) rows; 6-7 pairs of `b`, 16 rows; all 64 bytes wide.
+pub fn config(rows: usize) -> TileConfig {
     let a = (rows, ROW_BYTES);
     TileConfig::new(&[a, a, a, a, a, a, (ROWS, ROW_BYTES), (ROWS, ROW_BYTES)])
         .expect("1 to 16 rows of 64 bytes")

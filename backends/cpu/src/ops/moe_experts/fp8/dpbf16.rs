@@ -19,6 +19,7 @@ use std::arch::x86_64::*;
 
 mod prepared;
 mod quads;
+mod tiles;
 
 pub use prepared::Prepared;
 use prepared::{with_prepared, Layout, View};
@@ -146,6 +147,9 @@ pub unsafe fn rows_times_prepared(
             }
         }
         Layout::Grid(view) => many(w, first, rows, view, out),
+        // SAFETY: a tile form exists only where `amx::enabled()` held; the rest as this
+        // function's contract.
+        Layout::Tiles(tiles) => tiles::multiply(w, first, rows, tiles, out),
     }
 }
 

@@ -22,8 +22,11 @@
 //! Decode ([`rows_times`], memory-bound) takes the native bf16 dot wherever it exists;
 //! prefill ([`rows_times_many`], bound by compute) only where it outpaces the f32 FMA
 //! ([`crate::bf16dot::outpaces_fma`]: AMD Zen 4/5 yes, Intel's AVX512-BF16 cores no),
-//! else the FMA path up to [`FMA_MAX_VECTORS`] tokens. Where both decline, the caller
-//! dequantizes: row by row for decode, tiles for a GEMM at prefill.
+//! else the FMA path up to [`FMA_MAX_VECTORS`] tokens. An expert's prepared tokens
+//! ([`Prepared`], [`rows_times_prepared`]) go on AMX tiles wherever this process may use
+//! them (the codes decoded as for the native dot, 32 rows' 128-column block at a time).
+//! Where every path declines, the caller dequantizes: row by row for decode, tiles for a
+//! GEMM at prefill.
 
 use super::Fp8Weights;
 use crate::storage::row_range;
@@ -94,7 +97,8 @@ pub fn rows_times_many(
 }
 
 /// An expert's activation vectors prepared once for all its weight tiles
-/// ([`rows_times_prepared`]), where [`rows_times_many`] would take the native bf16 dot.
+/// ([`rows_times_prepared`]), where [`rows_times_many`] would take the native bf16 dot or
+/// AMX tiles take them.
 #[derive(Debug)]
 pub struct Prepared {
     #[cfg(target_arch = "x86_64")]
@@ -102,15 +106,19 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// The vectors of `act` (`k` long each) prepared, or `None` where
-    /// [`rows_times_many`] would not take the native bf16 dot for them: the CPU lacks it
-    /// or it does not outpace the f32 FMA ([`compute_paths`]), it declines these
-    /// activations, or the memory is not there.
+    /// The vectors of `act` (`k` long each) prepared, or `None` where neither AMX tiles
+    /// ([`moemla_core::amx::enabled`], with the native bf16 dot's decode) nor
+    /// [`rows_times_many`]'s native bf16 dot would take them: the CPU lacks the dot or it
+    /// does not outpace the f32 FMA ([`compute_paths`]), it declines these activations,
+    /// or the memory is not there.
     pub fn new(act: &[f32], k: usize) -> Option<Self> {
         #[cfg(target_arch = "x86_64")]
         {
             let n = act.len().checked_div(k).unwrap_or(0);
-            compute_paths(n)[0]?;
+            let tiles = super::dpbf16::available() && moemla_core::amx::enabled();
+            if compute_paths(n)[0].is_none() && !tiles {
+                return None;
+            }
             super::dpbf16::Prepared::new(act, k).map(|vectors| Prepared { vectors })
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -707,17 +715,29 @@ mod tests {
     }
 
     /// `act` prepared for the native bf16 dot wherever the CPU has it, whether or not it
-    /// is this CPU's compute path ([`Prepared::new`] asks that too).
-    fn prepared_wherever_available(act: &[f32], c: usize) -> Option<Prepared> {
+    /// is this CPU's compute path ([`Prepared::new`] asks that too), for AMX tiles where
+    /// `tiles` allows them and the process may use them.
+    fn prepared_wherever_available(act: &[f32], c: usize, tiles: bool) -> Option<Prepared> {
         #[cfg(target_arch = "x86_64")]
         {
-            super::super::dpbf16::Prepared::new(act, c).map(|vectors| Prepared { vectors })
+            let vectors = super::super::dpbf16::Prepared::build(act, c, tiles);
+            vectors.map(|vectors| Prepared { vectors })
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = (act, c);
+            let _ = (act, c, tiles);
             None
         }
+    }
+
+    /// Whether [`Prepared::new`] takes AMX tiles in this process.
+    fn tiles() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            super::super::dpbf16::available() && moemla_core::amx::enabled()
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
     }
 
     #[test]
@@ -747,36 +767,41 @@ mod tests {
             // 4 and a last one of 2), and two (25 as 13 + 12, 48 as 24 + 24).
             for &n in counts {
                 let act = test_act(kind, n, c);
-                // Made only where the native bf16 dot is this CPU's compute path.
+                // Made only where the native bf16 dot is this CPU's compute path, or tiles
+                // take the vectors.
                 let made = Prepared::new(&act, c).is_some();
-                assert_eq!(made, compute_paths(n)[0].is_some(), "{kind} n {n}");
-                // Wherever the CPU has it (Intel cores too), for the checks below.
-                let Some(p) = prepared_wherever_available(&act, c) else {
-                    continue;
-                };
-                #[cfg(target_arch = "x86_64")]
-                assert_eq!(
-                    p.vectors.on_quads(),
-                    n >= 8,
-                    "{kind} n {n}: the quad kernel"
-                );
-                let mut out = vec![0.0; rows * n];
-                assert!(rows_times_prepared(&w, first, rows, &p, &mut out));
-                check_out(&w, first, &act, &out, &format!("prepared {kind} n {n}"));
-                // Refused, nothing written: another column count, an output of another
-                // size, rows past the weights.
-                let narrower = Fp8Weights { cols: c - 1, ..w };
-                let mut out = vec![0.0; rows * n];
-                assert!(!rows_times_prepared(&narrower, first, rows, &p, &mut out));
-                assert!(!rows_times_prepared(&w, first, rows, &p, &mut out[1..]));
-                assert!(!rows_times_prepared(
-                    &w,
-                    2 * r - 1,
-                    2,
-                    &p,
-                    &mut out[..2 * n]
-                ));
-                assert!(out.iter().all(|&v| v == 0.0));
+                let compute = compute_paths(n)[0].is_some() || tiles();
+                assert_eq!(made, compute, "{kind} n {n}");
+                // Wherever the CPU has it (Intel cores too), for the checks below: on
+                // tiles where they run, and on the grid or quads.
+                for on_tiles in [false, true] {
+                    let Some(p) = prepared_wherever_available(&act, c, on_tiles) else {
+                        continue;
+                    };
+                    #[cfg(target_arch = "x86_64")]
+                    assert_eq!(
+                        p.vectors.on_quads(),
+                        n >= 8 && !(on_tiles && tiles()),
+                        "{kind} n {n}: the quad kernel"
+                    );
+                    let mut out = vec![0.0; rows * n];
+                    assert!(rows_times_prepared(&w, first, rows, &p, &mut out));
+                    check_out(&w, first, &act, &out, &format!("prepared {kind} n {n}"));
+                    // Refused, nothing written: another column count, an output of another
+                    // size, rows past the weights.
+                    let narrower = Fp8Weights { cols: c - 1, ..w };
+                    let mut out = vec![0.0; rows * n];
+                    assert!(!rows_times_prepared(&narrower, first, rows, &p, &mut out));
+                    assert!(!rows_times_prepared(&w, first, rows, &p, &mut out[1..]));
+                    assert!(!rows_times_prepared(
+                        &w,
+                        2 * r - 1,
+                        2,
+                        &p,
+                        &mut out[..2 * n]
+                    ));
+                    assert!(out.iter().all(|&v| v == 0.0));
+                }
             }
         }
     }

@@ -6,6 +6,7 @@
 //! group, or a non-finite value, declines them and the caller takes the f32 path.
 
 use super::quads::QuadForm;
+use super::tiles::TileForm;
 use super::{available, STEP};
 use crate::kept::with_buffer;
 use moemla_core::fp8::BLOCK;
@@ -48,6 +49,8 @@ enum Form {
     /// For the quad kernel ([`super::quads`]), from [`super::quads::MIN_VECTORS`]
     /// vectors: in parts.
     Quads(Vec<QuadForm>),
+    /// For AMX tiles ([`super::tiles`]), wherever this process may use them.
+    Tiles(TileForm),
 }
 
 /// What a prefill kernel reads of [`Prepared`] vectors.
@@ -56,13 +59,22 @@ pub(super) enum Layout<'a> {
     Grid(View),
     /// The quad kernel's parts.
     Quads(&'a [QuadForm]),
+    /// The tiles' pairs.
+    Tiles(&'a TileForm),
 }
 
 impl Prepared {
-    /// The vectors of `act` (`act.len() / k` of `k` values each) prepared; `None` where
+    /// The vectors of `act` (`act.len() / k` of `k` values each) prepared, for AMX tiles
+    /// wherever this process may use them ([`moemla_core::amx::enabled`]); `None` where
     /// the CPU lacks this path ([`available`]), `act` is not whole vectors, a vector is
     /// declined (see the module) or the memory is not there.
     pub fn new(act: &[f32], k: usize) -> Option<Self> {
+        Self::build(act, k, true)
+    }
+
+    /// [`Prepared::new`], for tiles only where `tiles` allows them (as well as the
+    /// process): off them, the grid or the quad kernel takes the vectors.
+    pub(crate) fn build(act: &[f32], k: usize, tiles: bool) -> Option<Self> {
         if !available() || k == 0 || act.is_empty() || !act.len().is_multiple_of(k) {
             return None;
         }
@@ -79,6 +91,13 @@ impl Prepared {
             n,
             unit,
         };
+        if tiles && moemla_core::amx::enabled() {
+            // SAFETY: the view points at the n vectors of k columns just prepared; the
+            // tile form copies them (the grid's words are dropped then).
+            let tiles = unsafe { TileForm::new(view, k) }?;
+            let form = Form::Tiles(tiles);
+            return Some(Prepared { n, k, form });
+        }
         // SAFETY: the view points at the n vectors of k columns just prepared; the quad
         // form copies them (the grid's words are dropped then).
         let form = match unsafe { QuadForm::parts(view, k) } {
@@ -117,6 +136,7 @@ impl Prepared {
                 unit: *unit,
             }),
             Form::Quads(parts) => Layout::Quads(parts),
+            Form::Tiles(tiles) => Layout::Tiles(tiles),
         }
     }
 
@@ -379,7 +399,7 @@ mod tests {
         let mut quantized = raw;
         moemla_core::fp8::quantize_activation_row(&mut quantized, moemla_core::fp8::ScaleMode::F32);
         act[k..2 * k].copy_from_slice(&quantized);
-        let p = Prepared::new(&act, k).expect("bf16 and quantized vectors are taken");
+        let p = Prepared::build(&act, k, false).expect("bf16 and quantized vectors are taken");
         assert_eq!((p.vectors(), p.cols()), (n, k));
         let Layout::Grid(view) = p.layout() else {
             panic!("3 vectors take the grid");
@@ -409,7 +429,7 @@ mod tests {
         // The bf16 vectors alone: every scale is 1, and the view says so.
         let mut both = act[..k].to_vec();
         both.extend_from_slice(&act[2 * k..]);
-        let p = Prepared::new(&both, k).unwrap();
+        let p = Prepared::build(&both, k, false).unwrap();
         let (Form::Grid { scales, .. }, Layout::Grid(view)) = (&p.form, p.layout()) else {
             panic!("2 vectors take the grid");
         };

@@ -1,0 +1,363 @@
+//! FP8 weight rows times an expert's prepared tokens on AMX tiles ([`crate::tiles`]),
+//! where this process may use them: per group of up to 32 weight rows and 128-column
+//! block, the rows' codes are decoded to bf16 once ([`super::decode`], exact) into a
+//! buffer in L1, which is the `a` of the tile products against every token; each block's
+//! sums are then scaled as the other kernels scale them ([`super::add_scaled`]: the
+//! weights' block scale, then the tokens'). The codes stay in the order `decode` gives
+//! them within each 64 columns, and the tokens are packed in pairs in that same order
+//! ([`TileForm::new`]), so the products pair each code with its token value.
+
+use super::prepared::View;
+use super::{codes_at, decode, Tables, STEP};
+use crate::gemv::PREFETCH_BYTES;
+use crate::ops::moe_experts::fp8::Fp8Weights;
+use crate::tiles::{config, COLS, ROWS, ROW_BYTES};
+use moemla_core::amx::{self, dot_bf16 as dot, load, store, zero};
+use moemla_core::fp8::BLOCK;
+use std::arch::x86_64::*;
+
+/// bf16 words (columns) per tile step: one 64-byte tile row.
+const TILE_STEP: usize = ROW_BYTES / 2;
+/// Weight rows per group: two row tiles.
+const GROUP: usize = 2 * ROWS;
+
+/// An expert's prepared tokens as tiles read them: each token's words (in the order of
+/// [`View`]: within each 64 columns as `decode` orders codes) in pairs, `[pairs][n_pad]`
+/// u32 with `n_pad` the tokens rounded up to 16 (zeros past them and past `k`), and the
+/// per-block scales `[blocks][n]`.
+#[derive(Debug)]
+pub struct TileForm {
+    pairs: Vec<u32>,
+    scales: Vec<f32>,
+    unit: bool,
+    n: usize,
+    n_pad: usize,
+}
+
+impl TileForm {
+    /// The `view`'s `n` vectors of `k` columns in pairs; `None` where the memory is not
+    /// there.
+    ///
+    /// # Safety
+    /// `view` points at `n` prepared vectors of `k` columns (words `[ceil(k / 64)][n][64]`,
+    /// scales `[ceil(k / 128)][n]`).
+    pub(super) unsafe fn new(view: View, k: usize) -> Option<TileForm> {
+        let (n, steps) = (view.n, k.div_ceil(STEP));
+        let n_pad = n.div_ceil(COLS) * COLS;
+        let len = steps.checked_mul(STEP / 2)?.checked_mul(n_pad)?;
+        let mut pairs = Vec::new();
+        pairs.try_reserve_exact(len).ok()?;
+        pairs.resize(len, 0u32);
+        for s in 0..steps {
+            for j in 0..n {
+                // SAFETY: step s of vector j: 64 words inside the view.
+                let w =
+                    unsafe { std::slice::from_raw_parts(view.words.add((s * n + j) * STEP), STEP) };
+                for (i, pair) in w.chunks_exact(2).enumerate() {
+                    pairs[(s * STEP / 2 + i) * n_pad + j] =
+                        u32::from(pair[0]) | u32::from(pair[1]) << 16;
+                }
+            }
+        }
+        let blocks = k.div_ceil(BLOCK);
+        let mut scales = Vec::new();
+        scales.try_reserve_exact(blocks * n).ok()?;
+        // SAFETY: the view holds blocks * n scales.
+        scales.extend_from_slice(unsafe { std::slice::from_raw_parts(view.scales, blocks * n) });
+        Some(TileForm {
+            pairs,
+            scales,
+            unit: view.unit,
+            n,
+            n_pad,
+        })
+    }
+}
+
+/// `out[r * n + j] = W[first + r] . x_j` for the form's `n` tokens: groups of 32 weight
+/// rows (then 16, then the last `rows % 16` with a configuration of that many), each
+/// 128-column block decoded once and multiplied with every token (blocks of 32 tokens,
+/// then 16), its sums scaled into `out`.
+///
+/// # Safety
+/// [`super::available`] and [`amx::enabled`] must hold; rows `first..first + rows` of
+/// `w.cols` codes and their scale rows must exist, `t` must hold tokens of `w.cols`, and
+/// `out` is `rows * t.n` long.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi,avx512bf16")]
+pub(super) unsafe fn multiply(
+    w: &Fp8Weights<'_>,
+    first: usize,
+    rows: usize,
+    t: &TileForm,
+    out: &mut [f32],
+) {
+    out.fill(0.0);
+    let whole = rows / ROWS * ROWS;
+    // SAFETY (all below): as this function's contract; every group's rows exist.
+    unsafe {
+        config(ROWS).load();
+        let mut r = 0;
+        while r + GROUP <= whole {
+            group::<2>(w, first + r, ROWS, t, &mut out[r * t.n..]);
+            r += GROUP;
+        }
+        if r < whole {
+            group::<1>(w, first + r, ROWS, t, &mut out[r * t.n..]);
+            r += ROWS;
+        }
+        if r < rows {
+            config(rows - r).load();
+            group::<1>(w, first + r, rows - r, t, &mut out[r * t.n..]);
+        }
+        amx::release();
+    }
+}
+
+/// `R` row tiles of `rows` rows each (the loaded configuration's) from weight row `row`
+/// against every token, block by block, added into `out` (`[R * rows, n]`). Software
+/// pipelined, so that the vector units work while the tile unit multiplies: each block of
+/// tokens' products is issued, then the previous block's sums are scaled into `out`
+/// (read back from memory, which waits for their tile stores: [`scale_into`]), then its
+/// own sums stored; the next 128 columns are decoded (into the other buffer) right
+/// after the last products of a block are issued.
+///
+/// # Safety
+/// As [`multiply`]; the configuration has `rows` rows per tile, and `R * rows` rows from
+/// `row` exist.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi,avx512bf16")]
+unsafe fn group<const R: usize>(
+    w: &Fp8Weights<'_>,
+    row: usize,
+    rows: usize,
+    t: &TileForm,
+    out: &mut [f32],
+) {
+    let k = w.cols;
+    let blocks = k.div_ceil(BLOCK);
+    let live_rows = R * rows;
+    let stored: [(&[u8], &[f32]); GROUP] =
+        std::array::from_fn(|i| w.row(row + i.min(live_rows - 1)));
+    let codes = &stored[..live_rows];
+    let end = t.n.div_ceil(COLS) * COLS;
+    // Each row's block of codes, decoded (128 words a row), for two blocks in turn.
+    let mut decoded = [[0u16; GROUP * BLOCK]; 2];
+    // Two blocks of tokens' sums in turn: [tile][16 rows][16].
+    let mut sums = [[0.0f32; 4 * 256]; 2];
+    let mut pending: Option<Sums> = None;
+    // SAFETY (all below): the rows, their codes and scale rows exist; each block's words
+    // are decoded before its products read them, and the products stay within the form
+    // (block b's pair rows, columns below `end`).
+    unsafe {
+        decode_block(codes, k, 0, &mut decoded[0]);
+        for b in 0..blocks {
+            let live = (k - b * BLOCK).min(BLOCK);
+            let steps = live.div_ceil(STEP) * (STEP / TILE_STEP);
+            let [even, odd] = &mut decoded;
+            let (dec, next) = if b % 2 == 0 { (even, odd) } else { (odd, even) };
+            let mut c0 = 0;
+            while c0 < end {
+                let cols = if c0 + 2 * COLS <= end { 2 } else { 1 };
+                match cols {
+                    2 => products::<R, 2>(dec, t, b, steps, c0),
+                    _ => products::<R, 1>(dec, t, b, steps, c0),
+                }
+                if c0 + cols * COLS >= end && b + 1 < blocks {
+                    decode_block(codes, k, b + 1, next);
+                }
+                let slot = pending.map_or(0, |p| 1 - p.slot);
+                if let Some(p) = pending {
+                    scale_into(codes, rows, t, p, &sums[p.slot], out);
+                }
+                match cols {
+                    2 => store_sums::<R, 2>(&mut sums[slot]),
+                    _ => store_sums::<R, 1>(&mut sums[slot]),
+                }
+                pending = Some(Sums {
+                    block: b,
+                    c0,
+                    cols,
+                    slot,
+                });
+                c0 += cols * COLS;
+            }
+        }
+        if let Some(p) = pending {
+            scale_into(codes, rows, t, p, &sums[p.slot], out);
+        }
+    }
+}
+
+/// Block `block`'s sums against the tokens from column `c0` (`cols` column tiles), in
+/// buffer `slot`.
+#[derive(Clone, Copy)]
+struct Sums {
+    block: usize,
+    c0: usize,
+    cols: usize,
+    slot: usize,
+}
+
+/// The 128-column block `b` of each row of `codes` (its first `min(128, k - 128 b)`
+/// codes) decoded into `into`, 128 words a row, in [`decode`]'s order per 64 columns;
+/// the block after it prefetched into L2.
+///
+/// # Safety
+/// AVX-512F/BW and VBMI must be available; each row of `codes` holds `k` codes and at
+/// most 32 rows are given.
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+unsafe fn decode_block(
+    codes: &[(&[u8], &[f32])],
+    k: usize,
+    b: usize,
+    into: &mut [u16; GROUP * BLOCK],
+) {
+    let tables = Tables::load();
+    let c = b * BLOCK;
+    let live = (k - c).min(BLOCK);
+    for (i, (row, _)) in codes.iter().enumerate() {
+        let p = row.as_ptr();
+        // A hint, never a fault (wrapping arithmetic, no in-bounds claim).
+        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(c + PREFETCH_BYTES).cast());
+        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(c + PREFETCH_BYTES + 64).cast());
+        for h in 0..live.div_ceil(STEP) {
+            // SAFETY: codes c + 64h.. of this row, at most `live - 64h` of them, exist;
+            // row i of `into` holds 128 words (i < 32).
+            unsafe {
+                let (lo, hi) = decode(&tables, codes_at(p.add(c + h * STEP), live - h * STEP));
+                let d = into.as_mut_ptr().add(i * BLOCK + h * STEP);
+                _mm512_storeu_si512(d.cast(), lo);
+                _mm512_storeu_si512(d.add(TILE_STEP).cast(), hi);
+            }
+        }
+    }
+}
+
+/// `out[i][j] += sums[i][j] * ws_i (* xs_j)` for the rows of `codes` and the live tokens
+/// of `s`: its block's sums scaled by each row's weight scale, then the tokens' scale
+/// (unless every one is 1: [`super::add_scaled`]'s arithmetic).
+///
+/// # Safety
+/// AVX-512F must be available; `out` holds `codes.len()` rows of `t.n`; rows below
+/// `rows` are in the first row tile of `sums`, the rest in the second.
+#[target_feature(enable = "avx512f")]
+unsafe fn scale_into(
+    codes: &[(&[u8], &[f32])],
+    rows: usize,
+    t: &TileForm,
+    s: Sums,
+    sums: &[f32; 4 * 256],
+    out: &mut [f32],
+) {
+    for (i, (_, scales)) in codes.iter().enumerate() {
+        let ws = _mm512_set1_ps(scales[s.block]);
+        for u in 0..s.cols {
+            let j0 = s.c0 + u * COLS;
+            if j0 >= t.n {
+                break;
+            }
+            let m = mask(t.n - j0);
+            let at = (i / rows * 2 + u) * 256 + i % rows * COLS;
+            // SAFETY: 16 sums from `at` lie in `sums`; columns j0.. (m of them live) of
+            // output row i and of the block's token scales exist.
+            unsafe {
+                let sum = _mm512_loadu_ps(sums.as_ptr().add(at));
+                let o = out.as_mut_ptr().add(i * t.n + j0);
+                let total = _mm512_maskz_loadu_ps(m, o);
+                let total = if t.unit {
+                    _mm512_fmadd_ps(sum, ws, total)
+                } else {
+                    let xs = t.scales.as_ptr().add(s.block * t.n + j0);
+                    _mm512_fmadd_ps(_mm512_mul_ps(sum, ws), _mm512_maskz_loadu_ps(m, xs), total)
+                };
+                _mm512_mask_storeu_ps(o, m, total);
+            }
+        }
+    }
+}
+
+/// The first `live` (>= 1) of 16 lanes.
+fn mask(live: usize) -> __mmask16 {
+    if live >= 16 {
+        u16::MAX
+    } else {
+        (1u16 << live) - 1
+    }
+}
+
+/// Issues the `R x C` accumulator tiles' products of block `b` (its `steps` tile steps)
+/// against the tokens from column `c0` (tile `2r + c`), for [`store_sums`] to store.
+///
+/// # Safety
+/// A configuration from [`config`] is loaded; `decoded` holds the block's words of the
+/// configured rows (`R` row tiles); the form holds pair rows `b * 64 .. b * 64 + 16 *
+/// steps` and columns `c0..c0 + 16 C`.
+#[inline(always)]
+unsafe fn products<const R: usize, const C: usize>(
+    decoded: &[u16; GROUP * BLOCK],
+    t: &TileForm,
+    b: usize,
+    steps: usize,
+    c0: usize,
+) {
+    let (lda, ldb) = (BLOCK * 2, t.n_pad * 4);
+    // SAFETY: as this function's contract.
+    unsafe {
+        zero::<0>();
+        if C == 2 {
+            zero::<1>();
+        }
+        if R == 2 {
+            zero::<2>();
+            if C == 2 {
+                zero::<3>();
+            }
+        }
+        let a = decoded.as_ptr();
+        let bp = t.pairs.as_ptr().add(b * (BLOCK / 2) * t.n_pad + c0);
+        for s in 0..steps {
+            let ap = a.add(s * TILE_STEP);
+            let xp = bp.add(s * ROWS * t.n_pad);
+            load::<4>(ap.cast(), lda);
+            if R == 2 {
+                load::<5>(ap.add(ROWS * BLOCK).cast(), lda);
+            }
+            load::<6>(xp.cast(), ldb);
+            if C == 2 {
+                load::<7>(xp.add(COLS).cast(), ldb);
+            }
+            dot::<0, 4, 6>();
+            if C == 2 {
+                dot::<1, 4, 7>();
+            }
+            if R == 2 {
+                dot::<2, 5, 6>();
+                if C == 2 {
+                    dot::<3, 5, 7>();
+                }
+            }
+        }
+    }
+}
+
+/// Stores the `R x C` accumulator tiles into `sums` (`[tile][16 rows][16]`, tile
+/// `2r + c`).
+///
+/// # Safety
+/// A configuration from [`config`] is loaded, with the tiles [`products`] issued.
+#[inline(always)]
+unsafe fn store_sums<const R: usize, const C: usize>(sums: &mut [f32; 4 * 256]) {
+    let o = sums.as_mut_ptr();
+    // SAFETY: each tile is at most 16 rows of 64 bytes, stored into its 1 KiB of `sums`.
+    unsafe {
+        store::<0>(o.cast(), ROW_BYTES);
+        if C == 2 {
+            store::<1>(o.add(256).cast(), ROW_BYTES);
+        }
+        if R == 2 {
+            store::<2>(o.add(512).cast(), ROW_BYTES);
+            if C == 2 {
+                store::<3>(o.add(768).cast(), ROW_BYTES);
+            }
+        }
+    }
+}
