@@ -101,9 +101,8 @@ fn score_row(
     let w = &inputs.weights[r * h_i..(r + 1) * h_i];
     let mut scores = zeroed::<f32>(&[len], "cpu dsa_indexer_topk scores")?;
     #[cfg(target_arch = "x86_64")]
-    if let (FloatSlice::BF16(q), FloatSlice::BF16(k), true) =
-        (inputs.q, inputs.k, crate::bf16dot::outpaces_fma())
-    {
+    let native = crate::bf16dot::outpaces_fma() || crate::bf16dot::on_tiles(d_i);
+    if let (FloatSlice::BF16(q), FloatSlice::BF16(k), true) = (inputs.q, inputs.k, native) {
         let query = bf16::Query::new(&q[r * h_i * d_i..(r + 1) * h_i * d_i], w, h_i, d_i)?;
         scores.par_chunks_mut(CHUNK).enumerate().for_each_init(
             Vec::new,

@@ -9,6 +9,12 @@
 //! the weights and the sum over heads are applied in f32 and the lanes added. Only the
 //! order of the f32 additions differs from the f32 path; like every `VDPBF16PS`, subnormal
 //! inputs and results count as zero (see [`crate::bf16dot`]).
+//!
+//! Where this process may use AMX tiles and `Di` is a multiple of 32, each run of 16 keys
+//! that lie side by side in the cache (a block's consecutive positions) is multiplied on
+//! tiles instead ([`tiles`]): the packed query is already the layout a tile of `b` must
+//! have (16 pairs of dims x 16 heads), the keys are read in place as tile rows, and the
+//! ReLU, weights and sum over heads follow as above. Other keys take the vector tiles.
 
 use half::bf16;
 use moemla_core::alloc::try_filled_vec;
@@ -74,6 +80,37 @@ pub(super) fn scores(query: &Query, keys: &[&[bf16]], out: &mut [f32]) {
         query.d_i,
         out.len()
     );
+    if !crate::tiles::fits(query.d_i) {
+        return vector_scores(query, keys, out);
+    }
+    let d_i = query.d_i;
+    let runs = keys
+        .chunks_exact(tiles::KEYS)
+        .zip(out.chunks_exact_mut(tiles::KEYS));
+    // SAFETY: `fits` saw AMX enabled; each run's 16 keys lie d_i apart from its first
+    // (checked), each d_i long, and the query holds d_i / 2 pair rows of h_pad heads.
+    unsafe {
+        tiles::begin();
+        for (run, o) in runs {
+            let first = run[0].as_ptr();
+            if run
+                .iter()
+                .enumerate()
+                .all(|(i, k)| k.as_ptr() == first.wrapping_add(i * d_i))
+            {
+                tiles::scores(query, first.cast(), o);
+            } else {
+                vector_scores(query, run, o);
+            }
+        }
+        tiles::end();
+    }
+    let whole = keys.len() / tiles::KEYS * tiles::KEYS;
+    vector_scores(query, &keys[whole..], &mut out[whole..]);
+}
+
+/// [`scores`] on the vector tiles alone.
+fn vector_scores(query: &Query, keys: &[&[bf16]], out: &mut [f32]) {
     out.fill(0.0);
     if keys.is_empty() {
         return;
@@ -96,8 +133,8 @@ pub(super) fn scores(query: &Query, keys: &[&[bf16]], out: &mut [f32]) {
         while g < query.h_pad / 16 {
             let vecs = (query.h_pad / 16 - g).min(HB);
             // SAFETY: `native` was checked by the caller (only calls this where
-            // `crate::bf16dot::outpaces_fma()` holds, which implies `native()`: AVX-512F,
-            // AVX-512BW, AVX512-BF16); every row pointer starts a key of `d_i` bf16
+            // `crate::bf16dot::outpaces_fma()` or `on_tiles` holds, which imply
+            // `native()`: AVX-512F, AVX-512BW, AVX512-BF16); every row pointer starts a key of `d_i` bf16
             // (checked above); `pairs` holds
             // ceil(d_i / 2) * h_pad values and `weights` h_pad, of which the tile reads
             // vectors g..g + vecs (<= h_pad / 16) of each step.
@@ -112,6 +149,119 @@ pub(super) fn scores(query: &Query, keys: &[&[bf16]], out: &mut [f32]) {
             g += vecs;
         }
         o.copy_from_slice(&sums[..o.len()]);
+    }
+}
+
+mod tiles {
+    use super::Query;
+    use crate::tiles::{config, COLS, ROWS, ROW_BYTES};
+    use moemla_core::amx::{self, dot_bf16, load, store, zero};
+    use std::arch::x86_64::*;
+
+    /// Keys per run: the rows of a tile.
+    pub const KEYS: usize = ROWS;
+    /// Head tiles (16 heads each) per pass over the dims: accumulators 0 to 3.
+    const HEAD_TILES: usize = 4;
+
+    /// Loads the tile configuration on this thread.
+    ///
+    /// # Safety
+    /// [`amx::enabled`] must have returned true.
+    pub unsafe fn begin() {
+        // SAFETY: as this function's contract.
+        unsafe { config(ROWS).load() };
+    }
+
+    /// Releases this thread's tiles.
+    ///
+    /// # Safety
+    /// As [`begin`].
+    pub unsafe fn end() {
+        // SAFETY: as this function's contract.
+        unsafe { amx::release() };
+    }
+
+    /// `out[i] = sum_h w[h] * max(0, q[h] . key_i)` for the 16 keys at `keys` (`Di`
+    /// apart): per pass of up to 64 heads, the dots on tiles (key tile 4, query tiles 5
+    /// to 7 in turn, accumulators 0 to 3), stored, then ReLU, weights and the sum in f32.
+    ///
+    /// # Safety
+    /// [`begin`] ran on this thread; `Di` is a multiple of 32; 16 keys of `Di` bf16 lie
+    /// at `keys`, `keys + Di`, ...; `out` holds 16.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn scores(query: &Query, keys: *const u16, out: &mut [f32]) {
+        let (h_pad, d_i) = (query.h_pad, query.d_i);
+        let (lda, ldb) = (d_i * 2, h_pad * 4);
+        let mut dots = [0.0f32; HEAD_TILES * KEYS * COLS];
+        out.fill(0.0);
+        let zero_ps = _mm512_setzero_ps();
+        for g in (0..h_pad / COLS).step_by(HEAD_TILES) {
+            let tiles = (h_pad / COLS - g).min(HEAD_TILES);
+            let q = query.pairs.as_ptr().add(g * COLS);
+            // SAFETY: the 16 keys' dims s * 32.. and the query's pair rows s * 16.. of
+            // heads 16 (g + t).. exist; `dots` holds 4 tiles of 16 x 16.
+            unsafe {
+                for t in 0..tiles {
+                    match t {
+                        0 => zero::<0>(),
+                        1 => zero::<1>(),
+                        2 => zero::<2>(),
+                        _ => zero::<3>(),
+                    }
+                }
+                for s in 0..d_i / 32 {
+                    load::<4>(keys.add(s * 32).cast(), lda);
+                    let b = q.add(s * ROWS * h_pad);
+                    for t in 0..tiles {
+                        let bt = b.add(t * COLS).cast();
+                        match t {
+                            0 => {
+                                load::<5>(bt, ldb);
+                                dot_bf16::<0, 4, 5>();
+                            }
+                            1 => {
+                                load::<6>(bt, ldb);
+                                dot_bf16::<1, 4, 6>();
+                            }
+                            2 => {
+                                load::<7>(bt, ldb);
+                                dot_bf16::<2, 4, 7>();
+                            }
+                            _ => {
+                                load::<5>(bt, ldb);
+                                dot_bf16::<3, 4, 5>();
+                            }
+                        }
+                    }
+                }
+                let d = dots.as_mut_ptr();
+                for t in 0..tiles {
+                    let at = d.add(t * KEYS * COLS).cast();
+                    match t {
+                        0 => store::<0>(at, ROW_BYTES),
+                        1 => store::<1>(at, ROW_BYTES),
+                        2 => store::<2>(at, ROW_BYTES),
+                        _ => store::<3>(at, ROW_BYTES),
+                    }
+                }
+            }
+            let w = query.weights.as_ptr().add(g * COLS);
+            for (i, o) in out.iter_mut().enumerate() {
+                let mut total = zero_ps;
+                for t in 0..tiles {
+                    // SAFETY: key i's 16 dots of head tile t lie in `dots`; the weights
+                    // of heads 16 (g + t).. exist (h_pad of them).
+                    unsafe {
+                        let dot = _mm512_loadu_ps(dots.as_ptr().add((t * KEYS + i) * COLS));
+                        // VMAXPS returns the second operand when either is NaN: a NaN
+                        // dot gives 0, as in the vector tiles.
+                        let relu = _mm512_max_ps(dot, zero_ps);
+                        total = _mm512_fmadd_ps(_mm512_loadu_ps(w.add(t * COLS)), relu, total);
+                    }
+                }
+                *o += _mm512_reduce_add_ps(total);
+            }
+        }
     }
 }
 
@@ -197,8 +347,15 @@ mod tests {
     }
 
     /// The f64 reference score of each key and its rounding bound: the dims' f32 sum on
-    /// lanes then the heads' (`(Di / 2 + Hi + 32) eps` times the sum of magnitudes).
+    /// lanes then the heads' (`(Di / 2 + Hi + 32) eps` times the sum of magnitudes); where
+    /// AMX tiles take `Di`, the tile unit adds a step's products in an order Intel does not
+    /// specify, so the dims' part is that of any order, `Di` additions.
     fn reference(q: &[bf16], w: &[f32], keys: &[&[bf16]], d_i: usize) -> Vec<(f64, f64)> {
+        let dims = if crate::tiles::fits(d_i) {
+            d_i
+        } else {
+            d_i / 2
+        };
         let heads = w.len();
         keys.iter()
             .map(|k| {
@@ -218,7 +375,7 @@ mod tests {
                     s += w[h] as f64 * dot.max(0.0);
                     mag += (w[h] as f64).abs() * abs;
                 }
-                (s, (d_i / 2 + heads + 32) as f64 * f32::EPSILON as f64 * mag)
+                (s, (dims + heads + 32) as f64 * f32::EPSILON as f64 * mag)
             })
             .collect()
     }
@@ -229,8 +386,13 @@ mod tests {
             return;
         }
         // Heads below, at and past one vector and the 64-head tile; odd dims; key counts
-        // below, at and past the 6-key tile.
+        // below, at and past the 6-key tile. Where AMX tiles run (Di a multiple of 32),
+        // runs of 16 keys take them: two runs and a tail of 5 (37 keys), one pass of four
+        // head tiles and more (64, 130 heads: passes of 4, 4, 1), a partial head tile (17).
         for (heads, d_i, n) in [
+            (64, 128, 37),
+            (130, 64, 16),
+            (17, 32, 20),
             (1, 1, 1),
             (3, 7, 5),
             (16, 2, 6),
@@ -258,6 +420,28 @@ mod tests {
                     "Hi {heads} Di {d_i} key {j}: {got} vs {want} (tol {tol})"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn keys_that_do_not_lie_side_by_side_take_the_vector_tiles() {
+        if !crate::bf16dot::native() {
+            return;
+        }
+        // 32 keys in two runs of 16: the first in reverse cache order (not side by side),
+        // the second in order; both must give the reference scores.
+        let (heads, d_i, n) = (20, 64, 32);
+        let q = values(heads * d_i, 5);
+        let w: Vec<f32> = values(heads, 6).iter().map(|v| v.to_f32()).collect();
+        let cache = values(n * d_i, 8);
+        let rows: Vec<&[bf16]> = cache.chunks_exact(d_i).collect();
+        let mut keys: Vec<&[bf16]> = rows[..16].iter().rev().copied().collect();
+        keys.extend_from_slice(&rows[16..]);
+        let mut out = vec![f32::NAN; n];
+        scores(&Query::new(&q, &w, heads, d_i).unwrap(), &keys, &mut out);
+        for (j, (&got, &(want, tol))) in out.iter().zip(&reference(&q, &w, &keys, d_i)).enumerate()
+        {
+            assert!((got as f64 - want).abs() <= tol, "key {j}: {got} vs {want}");
         }
     }
 
