@@ -79,6 +79,71 @@ pub unsafe fn gemm_pairs(
     }
 }
 
+/// One run of tile steps for [`products`]: step `s` of the rows of `a` at `a + 64 s`
+/// (tile rows `lda` bytes apart, the second row tile `a_tile` bytes after the first), of
+/// the pairs of `b` at `b + 16 s ldb` (pair rows `ldb` bytes apart, the second column
+/// tile 64 bytes after the first).
+pub struct Steps {
+    /// The first row tile's first step.
+    pub a: *const u8,
+    /// Bytes between rows of `a`.
+    pub lda: usize,
+    /// Bytes from the first row tile to the second.
+    pub a_tile: usize,
+    /// The first column tile's first step.
+    pub b: *const u8,
+    /// Bytes between pair rows of `b`.
+    pub ldb: usize,
+    /// Steps (of 32 columns of `a`, 16 pair rows of `b`).
+    pub steps: usize,
+}
+
+/// Zeroes the `R` x `C` accumulator tiles (tile `2r + c`) and issues every step's
+/// products: `R` row tiles of `a` (tiles 4, 5) against `C` column tiles of `b` (6, 7).
+/// The caller stores the accumulators.
+///
+/// # Safety
+/// A configuration from [`config`] is loaded on this thread; every tile the steps load
+/// (the configured rows of `a`, 16 pair rows x 64 bytes of each column tile of `b`) is
+/// readable.
+#[inline(always)]
+pub unsafe fn products<const R: usize, const C: usize>(st: &Steps) {
+    // SAFETY: as this function's contract.
+    unsafe {
+        zero::<0>();
+        if C == 2 {
+            zero::<1>();
+        }
+        if R == 2 {
+            zero::<2>();
+            if C == 2 {
+                zero::<3>();
+            }
+        }
+        for s in 0..st.steps {
+            let (ap, bp) = (st.a.add(s * ROW_BYTES), st.b.add(s * ROWS * st.ldb));
+            load::<4>(ap, st.lda);
+            if R == 2 {
+                load::<5>(ap.add(st.a_tile), st.lda);
+            }
+            load::<6>(bp, st.ldb);
+            if C == 2 {
+                load::<7>(bp.add(ROW_BYTES), st.ldb);
+            }
+            dot::<0, 4, 6>();
+            if C == 2 {
+                dot::<1, 4, 7>();
+            }
+            if R == 2 {
+                dot::<2, 5, 6>();
+                if C == 2 {
+                    dot::<3, 5, 7>();
+                }
+            }
+        }
+    }
+}
+
 /// Tiles 0-3 accumulators (`C` row tile `r`, column tile `c`: tile `2r + c`) and 4-5 rows
 /// of `a`, each `rows` (1 to 16) rows; 6-7 pairs of `b`, 16 rows; all 64 bytes wide.
 pub fn config(rows: usize) -> TileConfig {
@@ -128,44 +193,20 @@ impl Grid {
     /// # Safety
     /// As [`Grid::columns`]; columns `c0..c0 + 16 C` are within `n_pad`.
     unsafe fn block<const R: usize, const C: usize>(&self, r0: usize, rows: usize, c0: usize) {
-        let (lda, ldb) = (self.k * 2, self.n_pad * 4);
         // SAFETY: tile rows r0 + 16 t + i < m for every loaded row (the configuration
         // has `rows` rows, and R * rows rows exist from r0); each loads 64 bytes from
         // column s * 32 < k. Pair rows s * 16 + i < k / 2 and columns c0 + 16 u + j <
         // n_pad of xp exist.
         unsafe {
-            zero::<0>();
-            if C == 2 {
-                zero::<1>();
-            }
-            if R == 2 {
-                zero::<2>();
-                if C == 2 {
-                    zero::<3>();
-                }
-            }
-            let a = self.a.add(r0 * self.k);
-            for s in 0..self.k / STEP {
-                let (ap, bp) = (a.add(s * STEP), self.xp.add(s * ROWS * self.n_pad + c0));
-                load::<4>(ap.cast(), lda);
-                if R == 2 {
-                    load::<5>(ap.add(rows * self.k).cast(), lda);
-                }
-                load::<6>(bp.cast(), ldb);
-                if C == 2 {
-                    load::<7>(bp.add(COLS).cast(), ldb);
-                }
-                dot::<0, 4, 6>();
-                if C == 2 {
-                    dot::<1, 4, 7>();
-                }
-                if R == 2 {
-                    dot::<2, 5, 6>();
-                    if C == 2 {
-                        dot::<3, 5, 7>();
-                    }
-                }
-            }
+            let lda = self.k * 2;
+            products::<R, C>(&Steps {
+                a: self.a.add(r0 * self.k).cast(),
+                lda,
+                a_tile: rows * lda,
+                b: self.xp.add(c0).cast(),
+                ldb: self.n_pad * 4,
+                steps: self.k / STEP,
+            });
             self.store::<0>(r0, rows, c0);
             if C == 2 {
                 self.store::<1>(r0, rows, c0 + COLS);

@@ -100,9 +100,15 @@ fn score_row(
     let (h_i, d_i) = (call.h_i, call.d_i);
     let w = &inputs.weights[r * h_i..(r + 1) * h_i];
     let mut scores = zeroed::<f32>(&[len], "cpu dsa_indexer_topk scores")?;
+    // On tiles where runs of 16 positions lie side by side in a cache block (a block
+    // size that is a multiple of 16); else on the vector tiles where they outpace the FMA.
     #[cfg(target_arch = "x86_64")]
-    let native = crate::bf16dot::outpaces_fma() || crate::bf16dot::on_tiles(d_i);
-    if let (FloatSlice::BF16(q), FloatSlice::BF16(k), true) = (inputs.q, inputs.k, native) {
+    if let (FloatSlice::BF16(q), FloatSlice::BF16(k), true) = (
+        inputs.q,
+        inputs.k,
+        crate::bf16dot::outpaces_fma()
+            || crate::bf16dot::on_tiles(d_i) && call.block_size.is_multiple_of(16),
+    ) {
         let query = bf16::Query::new(&q[r * h_i * d_i..(r + 1) * h_i * d_i], w, h_i, d_i)?;
         scores.par_chunks_mut(CHUNK).enumerate().for_each_init(
             Vec::new,

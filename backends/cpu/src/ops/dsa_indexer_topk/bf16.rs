@@ -87,8 +87,9 @@ pub(super) fn scores(query: &Query, keys: &[&[bf16]], out: &mut [f32]) {
     let runs = keys
         .chunks_exact(tiles::KEYS)
         .zip(out.chunks_exact_mut(tiles::KEYS));
-    // SAFETY: `fits` saw AMX enabled; each run's 16 keys lie d_i apart from its first
-    // (checked), each d_i long, and the query holds d_i / 2 pair rows of h_pad heads.
+    // SAFETY: the caller checked `native()` (AVX-512F) and `fits` saw AMX enabled; each
+    // run's 16 keys lie d_i apart from its first (checked), each d_i long, and the query
+    // holds d_i / 2 pair rows of h_pad heads.
     unsafe {
         tiles::begin();
         for (run, o) in runs {
@@ -186,8 +187,9 @@ mod tiles {
     /// to 7 in turn, accumulators 0 to 3), stored, then ReLU, weights and the sum in f32.
     ///
     /// # Safety
-    /// [`begin`] ran on this thread; `Di` is a multiple of 32; 16 keys of `Di` bf16 lie
-    /// at `keys`, `keys + Di`, ...; `out` holds 16.
+    /// AVX-512F must be available (the caller's `native()`); [`begin`] ran on this
+    /// thread; `Di` is a multiple of 32; 16 keys of `Di` bf16 lie at `keys`, `keys + Di`,
+    /// ... (16 slices side by side, read as one tile); `out` holds 16.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn scores(query: &Query, keys: *const u16, out: &mut [f32]) {
         let (h_pad, d_i) = (query.h_pad, query.d_i);
@@ -443,6 +445,32 @@ mod tests {
         {
             assert!((got as f64 - want).abs() <= tol, "key {j}: {got} vs {want}");
         }
+    }
+
+    #[test]
+    fn infinite_and_nan_dots_on_tiles_as_on_the_vector_tiles() {
+        if !crate::bf16dot::native() {
+            return;
+        }
+        // 16 keys side by side (a run the tiles take where AMX runs), 32 dims, 5 heads
+        // (11 padded lanes) of ones: key 0 all +inf (every dot +inf: score +inf, the
+        // padded heads' 0 * inf = NaN adding nothing), key 1 +inf then -inf (every dot
+        // NaN: ReLU 0, score 0), the others ones (every dot 32).
+        let (heads, d_i, n) = (5, 32, 16);
+        let w = [1.0f32, 0.5, 0.25, 2.0, 1.0];
+        let mut cache = vec![bf16::from_f32(1.0); n * d_i];
+        cache[..d_i].fill(bf16::INFINITY);
+        cache[d_i] = bf16::INFINITY;
+        cache[d_i + 1] = bf16::NEG_INFINITY;
+        let keys: Vec<&[bf16]> = cache.chunks_exact(d_i).collect();
+        let q = vec![bf16::from_f32(1.0); heads * d_i];
+        let mut out = vec![f32::NAN; n];
+        scores(&Query::new(&q, &w, heads, d_i).unwrap(), &keys, &mut out);
+        let finite = 32.0 * w.iter().sum::<f32>();
+        let mut want = vec![finite; n];
+        want[0] = f32::INFINITY;
+        want[1] = 0.0;
+        assert_eq!(out, want);
     }
 
     #[test]

@@ -2,13 +2,15 @@
 //! multiplied with all of that expert's tokens (gate and up GEMMs with SwiGLU fused, then
 //! the down GEMM), each weight row read once, each expert's tokens (or activations)
 //! packed once for all its tiles ([`Packed`]): BF16 weights on the native bf16 dot where
-//! the CPU has it and it pays ([`bf16_native`]; [`bf16dot::gemm_nt`]), else on the f32
+//! the CPU has it and it pays, or on AMX tiles ([`bf16_native`]; [`bf16dot::gemm_nt`]),
+//! else on the f32
 //! kernel ([`matmul_nt_packed`]: the weights read as stored and converted a few rows at a
 //! time). Tiles of all experts run in parallel. Off the native dot, an expert with only a
 //! few tokens (decode) takes the matrix-vector path of [`gemv`] instead. FP8 weights meet
 //! more tokens with their codes decoded as they are read ([`fp8::gemv::rows_times_many`]: on
-//! the native bf16 dot where it outpaces the f32 FMA, else on f32 FMAs up to
-//! [`fp8::gemv::FMA_MAX_VECTORS`] tokens, with AVX-512), else dequantized tiles.
+//! AMX tiles where the process may use them, on the native bf16 dot where it outpaces the
+//! f32 FMA, else on f32 FMAs up to [`fp8::gemv::FMA_MAX_VECTORS`] tokens, with AVX-512),
+//! else dequantized tiles.
 //!
 //! Activations are kept transposed per expert (`[rows_out, n_e]`, expert after expert),
 //! so every tile writes one contiguous chunk.
@@ -325,8 +327,8 @@ fn skinny(n: usize) -> bool {
     n <= gemv::MAX_VECTORS
 }
 
-/// Each expert's activation vectors prepared once for the native bf16 dot, for FP8
-/// weights (`None` for others): the vectors of expert `e` as [`fp8::gemv::Prepared`], or
+/// Each expert's activation vectors prepared once for the native bf16 dot or AMX tiles,
+/// for FP8 weights (`None` for others): the vectors of expert `e` as [`fp8::gemv::Prepared`], or
 /// `None` where that path does not take them.
 type Fp8Prepared<'a> = Option<Packed<'a, f32, Option<fp8::gemv::Prepared>>>;
 
@@ -348,7 +350,8 @@ fn fp8_prepared<'a>(
 
 /// FP8 weight rows `first..first + rows` times every token of expert `e` (`act`) into
 /// `out` (`[rows, n]`) with the codes decoded as they are read: on the expert's prepared
-/// vectors where the native bf16 dot takes them ([`fp8::gemv::rows_times_prepared`]), else
+/// vectors where AMX tiles or the native bf16 dot take them
+/// ([`fp8::gemv::rows_times_prepared`]), else
 /// [`fp8::gemv::rows_times_many`]; false (the caller dequantizes a tile and takes
 /// [`matmul_nt_packed`]) for other weights, or where that path declines (no AVX-512, more
 /// tokens than [`fp8::gemv::FMA_MAX_VECTORS`] off the bf16 dot, no memory for its copy).

@@ -10,7 +10,9 @@
 //! [`add_scaled`]).
 //!
 //! The activation vectors go as bf16 values, or as e4m3 codes' values with per-128 scales;
-//! others are declined ([`prepared`]).
+//! others are declined ([`prepared`]). Where this process may use AMX tiles, an expert's
+//! prepared vectors are multiplied on tiles instead of `VDPBF16PS` ([`tiles`]), the same
+//! decode, products and per-block scaling.
 
 use super::Fp8Weights;
 use crate::gemv::PREFETCH_BYTES;
@@ -122,7 +124,8 @@ pub unsafe fn rows_times_many(
 }
 
 /// `out[r * n + j] = W[first + r] . act[j]` for the `n` vectors of `p` (the prefill path).
-/// From [`quads::MIN_VECTORS`] vectors, in parts of at most 24 ([`quads`]): each row's
+/// Prepared for tiles (wherever this process may use AMX): [`tiles::multiply`]. Else from
+/// [`quads::MIN_VECTORS`] vectors, in parts of at most 24 ([`quads`]): each row's
 /// codes decoded once per part into L1 and broadcast against 4 vectors per instruction.
 /// Fewer take the grid ([`many`]): each pair of weight rows decoded once per group of at
 /// most [`GRID_VECTORS`] vectors and dotted with all of them in registers. Same products

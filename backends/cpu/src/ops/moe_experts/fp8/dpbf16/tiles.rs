@@ -11,8 +11,8 @@ use super::prepared::View;
 use super::{codes_at, decode, Tables, STEP};
 use crate::gemv::PREFETCH_BYTES;
 use crate::ops::moe_experts::fp8::Fp8Weights;
-use crate::tiles::{config, COLS, ROWS, ROW_BYTES};
-use moemla_core::amx::{self, dot_bf16 as dot, load, store, zero};
+use crate::tiles::{config, Steps, COLS, ROWS, ROW_BYTES};
+use moemla_core::amx::{self, store};
 use moemla_core::fp8::BLOCK;
 use std::arch::x86_64::*;
 
@@ -199,7 +199,7 @@ struct Sums {
 
 /// The 128-column block `b` of each row of `codes` (its first `min(128, k - 128 b)`
 /// codes) decoded into `into`, 128 words a row, in [`decode`]'s order per 64 columns;
-/// the block after it prefetched into L2.
+/// the codes [`PREFETCH_BYTES`] on prefetched into L2.
 ///
 /// # Safety
 /// AVX-512F/BW and VBMI must be available; each row of `codes` holds `k` codes and at
@@ -299,44 +299,18 @@ unsafe fn products<const R: usize, const C: usize>(
     steps: usize,
     c0: usize,
 ) {
-    let (lda, ldb) = (BLOCK * 2, t.n_pad * 4);
-    // SAFETY: as this function's contract.
+    // SAFETY: as this function's contract: row tile r of the decoded block at 16 r rows of
+    // 256 bytes, pair row b * 64 of the form at (b * 64 * n_pad + c0) words.
     unsafe {
-        zero::<0>();
-        if C == 2 {
-            zero::<1>();
-        }
-        if R == 2 {
-            zero::<2>();
-            if C == 2 {
-                zero::<3>();
-            }
-        }
-        let a = decoded.as_ptr();
-        let bp = t.pairs.as_ptr().add(b * (BLOCK / 2) * t.n_pad + c0);
-        for s in 0..steps {
-            let ap = a.add(s * TILE_STEP);
-            let xp = bp.add(s * ROWS * t.n_pad);
-            load::<4>(ap.cast(), lda);
-            if R == 2 {
-                load::<5>(ap.add(ROWS * BLOCK).cast(), lda);
-            }
-            load::<6>(xp.cast(), ldb);
-            if C == 2 {
-                load::<7>(xp.add(COLS).cast(), ldb);
-            }
-            dot::<0, 4, 6>();
-            if C == 2 {
-                dot::<1, 4, 7>();
-            }
-            if R == 2 {
-                dot::<2, 5, 6>();
-                if C == 2 {
-                    dot::<3, 5, 7>();
-                }
-            }
-        }
-    }
+        crate::tiles::products::<R, C>(&Steps {
+            a: decoded.as_ptr().cast(),
+            lda: BLOCK * 2,
+            a_tile: ROWS * BLOCK * 2,
+            b: t.pairs.as_ptr().add(b * (BLOCK / 2) * t.n_pad + c0).cast(),
+            ldb: t.n_pad * 4,
+            steps,
+        })
+    };
 }
 
 /// Stores the `R x C` accumulator tiles into `sums` (`[tile][16 rows][16]`, tile
