@@ -11,11 +11,21 @@
 //! every bf16 x bf16 product is exact in f32 and is added to an f32 accumulator, so only
 //! the rounding of `P` and the order of the f32 additions differ from an f32 product.
 //! Like every `VDPBF16PS`, subnormal inputs and results count as zero.
+//!
+//! Where this process may use AMX tiles and the key width is whole tile steps of 32
+//! ([`Query::new`] with `tiles`), both products run on tiles instead
+//! ([`crate::tiles`]): the query rows packed in pairs are a tile of `b` against 16 cache
+//! rows side by side (the scores come out transposed, as from the packed rows above),
+//! and `P V` takes `P` as the tile rows of `a` against the value rows paired by position
+//! (`tiles`). The tile unit's order of additions is its own; the same bound holds.
 
 use crate::bf16dot;
 use crate::f32attn::{device, qk_shape, sized};
 use half::bf16;
 use moemla_core::Result;
+
+#[cfg(target_arch = "x86_64")]
+mod tiles;
 
 /// Query rows [m, k] (bf16) prepared once for every chunk's [`gemm_qk`]: from
 /// [`PACKED_MIN_ROWS`] rows on the native dot, also packed in column pairs
@@ -27,20 +37,27 @@ use moemla_core::Result;
 /// On a 2-core Zen 5, at DeepSeek's width over 128-position chunks, one thread: that
 /// product ran at 82-86% of a core's bf16 dot peak at 32 and 128 rows, against 58-62%
 /// for the 4 x 4 tiles of row dots, whose 16 sums each end in a reduction.
+/// Prepared for AMX tiles ([`Query::new`] with `tiles`), every row is packed in pairs:
+/// the packed rows are a tile of `b` against 16 cache rows side by side (the scores come
+/// out transposed), and [`gemm_pv`] takes `P V` on tiles too.
 #[derive(Debug)]
 pub struct Query {
     /// The rows, row-major.
     rows: Vec<bf16>,
     /// Their width.
     k: usize,
-    /// The rows packed, where the native dot takes them so.
+    /// The rows packed, where the native dot or the tiles take them so.
     packed: Option<bf16dot::Packed>,
+    /// Whether both products run on AMX tiles.
+    tiles: bool,
 }
 
 impl Query {
-    /// `rows` [m, k] prepared; a `k` of 0 or rows that are not whole rows of `k` are
-    /// [`moemla_core::Error::Device`], the packed copy is allocated fallibly.
-    pub fn new(rows: Vec<bf16>, k: usize) -> Result<Query> {
+    /// `rows` [m, k] prepared, for AMX tiles where `tiles` is asked and they take `k`
+    /// ([`bf16dot::on_tiles`]), else for the native dot; a `k` of 0 or rows that are not
+    /// whole rows of `k` are [`moemla_core::Error::Device`], the packed copy is allocated
+    /// fallibly.
+    pub fn new(rows: Vec<bf16>, k: usize, tiles: bool) -> Result<Query> {
         if k == 0 || !rows.len().is_multiple_of(k) {
             return Err(device(
                 "bf16 query rows",
@@ -48,6 +65,16 @@ impl Query {
             ));
         }
         let m = rows.len() / k;
+        if tiles && bf16dot::on_tiles(k) {
+            let packed = bf16dot::Packed::for_tiles(&rows, k)?;
+            let tiles = packed.is_some();
+            return Ok(Query {
+                rows,
+                k,
+                packed,
+                tiles,
+            });
+        }
         let packed = if m >= PACKED_MIN_ROWS {
             bf16dot::Packed::new(&rows, k)?
         } else if m >= QUAD_MIN_ROWS {
@@ -55,8 +82,29 @@ impl Query {
         } else {
             None
         };
-        Ok(Query { rows, k, packed })
+        Ok(Query {
+            rows,
+            k,
+            packed,
+            tiles: false,
+        })
     }
+
+    /// Whether [`gemm_qk`] and [`gemm_pv`] run on AMX tiles for these rows.
+    pub fn on_tiles(&self) -> bool {
+        self.tiles
+    }
+}
+
+/// Working memory of [`gemm_pv`]: the probabilities rounded to bf16 and, on tiles, the
+/// value rows paired by position.
+#[derive(Debug, Default)]
+pub struct PvBuffers {
+    /// `P` in bf16, rows padded with zeros.
+    p: Vec<bf16>,
+    /// Value rows `2t` and `2t + 1` interleaved, column by column (tiles only).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    v: Vec<u32>,
 }
 
 /// Query rows from which [`Query`] packs them in pairs ([`bf16dot::Packed::new`]). At 16
@@ -137,18 +185,27 @@ fn gemm_qk_with(
 
 /// The `n`-wide rows of `s` rounded to bf16 (nearest even; subnormals may become zero,
 /// as the dot instruction reads them anyway) into `out`, each padded with one zero when
-/// `n` is odd: `out` becomes [rows, 2 * n.div_ceil(2)], the layout [`gemm_pv`] takes.
-pub fn round_rows(s: &[f32], n: usize, out: &mut Vec<bf16>) -> Result<()> {
+/// `n` is odd: `out` becomes [rows, 2 * n.div_ceil(2)], the layout [`gemm_pairs_pv`] takes.
+fn round_rows(s: &[f32], n: usize, out: &mut Vec<bf16>) -> Result<()> {
     round_rows_with(crate::bf16dot::native(), s, n, out)
 }
 
 /// [`round_rows`] on the native instruction or (`native` false) in software.
 fn round_rows_with(native: bool, s: &[f32], n: usize, out: &mut Vec<bf16>) -> Result<()> {
-    let width = n.div_ceil(2) * 2;
+    round_rows_padded(native, s, (n, n.div_ceil(2) * 2), out)
+}
+
+/// [`round_rows_with`], each row padded with zeros to `width` (at least `n`).
+fn round_rows_padded(
+    native: bool,
+    s: &[f32],
+    (n, width): (usize, usize),
+    out: &mut Vec<bf16>,
+) -> Result<()> {
     let rows = s.len() / n.max(1);
     let len = rows
         .checked_mul(width)
-        .filter(|_| n > 0 && rows * n == s.len());
+        .filter(|_| n > 0 && rows * n == s.len() && width >= n);
     let Some(len) = len else {
         return Err(device(
             "bf16 round_rows",
@@ -157,7 +214,7 @@ fn round_rows_with(native: bool, s: &[f32], n: usize, out: &mut Vec<bf16>) -> Re
     };
     sized(out, len, "bf16 round_rows")?;
     for (src, dst) in s.chunks_exact(n).zip(out.chunks_exact_mut(width)) {
-        dst[width - 1] = bf16::ZERO; // the pad (overwritten below when n is even)
+        dst[n..].fill(bf16::ZERO); // the pad
         let done = {
             #[cfg(target_arch = "x86_64")]
             if native {
@@ -181,6 +238,32 @@ fn round_rows_with(native: bool, s: &[f32], n: usize, out: &mut Vec<bf16>) -> Re
     Ok(())
 }
 
+/// `acc[r * d + c] += sum_j P[r, j] * v_j[c]`, `P` the probabilities `s` [m, n] (f32)
+/// rounded to bf16 (as FlashMLA does), for the `n` value rows `rows` (each at least `d`
+/// long; its first `d` columns are used); `acc` is [m, d] f32. On AMX tiles where `q`
+/// was prepared for them (the value rows paired by position into `buf`, `P` padded to
+/// whole tile steps with zeros), else [`gemm_pairs_pv`]. Single-threaded.
+///
+/// Shapes that do not fit are [`moemla_core::Error::Device`]; `acc` is not written then.
+pub fn gemm_pv(
+    q: &Query,
+    s: &[f32],
+    n: usize,
+    rows: &[&[bf16]],
+    d: usize,
+    acc: &mut [f32],
+    buf: &mut PvBuffers,
+) -> Result<()> {
+    #[cfg(target_arch = "x86_64")]
+    if q.tiles {
+        return tiles::gemm_pv(s, n, rows, d, acc, buf);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = q;
+    round_rows(s, n, &mut buf.p)?;
+    gemm_pairs_pv(&buf.p, rows, d, acc)
+}
+
 /// `acc[r * d + c] += sum_j p[r * w + j] * v_j[c]` for the `m` rows of `p` [m, w] (bf16,
 /// row-major, `w` = `n` rounded up to even as [`round_rows`] leaves them: a padded
 /// position's probability is 0) and the `n` value rows `rows` (each at least `d` long;
@@ -191,11 +274,11 @@ fn round_rows_with(native: bool, s: &[f32], n: usize, out: &mut Vec<bf16>) -> Re
 ///
 /// No rows, a short row, or lengths that do not fit these shapes are
 /// [`moemla_core::Error::Device`]; nothing is written then.
-pub fn gemm_pv(p: &[bf16], rows: &[&[bf16]], d: usize, acc: &mut [f32]) -> Result<()> {
+fn gemm_pairs_pv(p: &[bf16], rows: &[&[bf16]], d: usize, acc: &mut [f32]) -> Result<()> {
     gemm_pv_with(crate::bf16dot::native(), p, rows, d, acc)
 }
 
-/// [`gemm_pv`] on the native instruction or (`native` false) the f32 path.
+/// [`gemm_pairs_pv`] on the native instruction or (`native` false) the f32 path.
 fn gemm_pv_with(
     native: bool,
     p: &[bf16],
@@ -240,7 +323,7 @@ fn gemm_pv_with(
     Ok(())
 }
 
-/// The f32 path of [`gemm_pv`] over columns `cols`: each pair's two products added to the
+/// The f32 path of [`gemm_pairs_pv`] over columns `cols`: each pair's two products added to the
 /// f32 sum in turn, as the native instruction does (a missing partner adds nothing).
 fn portable_pv(
     p: &[bf16],
@@ -330,7 +413,7 @@ pub(crate) mod x86 {
         wide
     }
 
-    /// See [`super::gemm_pv`], columns `0..wide` (`wide` a multiple of 16, <= d): the
+    /// See [`super::gemm_pairs_pv`], columns `0..wide` (`wide` a multiple of 16, <= d): the
     /// shared tiles ([`crate::f32attn::x86::pv`]) over position pairs, each step 16
     /// columns of rows `2t` and `2t + 1` interleaved into column pairs in a register (a
     /// zero row for the missing partner of an odd count) against one probability pair
@@ -417,7 +500,7 @@ mod tests {
             let q = values(m * k, 5 + k as u64, -2.0);
             let mat = values(n * stride, 7 + m as u64, -2.0);
             let rows: Vec<&[bf16]> = mat.chunks_exact(stride).collect();
-            let query = Query::new(q.clone(), k).unwrap();
+            let query = Query::new(q.clone(), k, false).unwrap();
             let packs =
                 crate::bf16dot::native() && (m >= PACKED_MIN_ROWS || (16..=24).contains(&m));
             assert_eq!(query.packed.is_some(), packs, "m {m}");
@@ -631,16 +714,77 @@ mod tests {
     }
 
     #[test]
-    fn prepared_queries_of_bad_shapes_are_errors_and_write_nothing() {
-        // Not whole rows, and k 0, whether or not they would be packed.
-        for len in [10, 40 * 7 + 3] {
-            assert!(Query::new(values(len, 3, -2.0), 7).is_err(), "{len}");
+    fn both_products_on_tiles_match_an_f64_reference() {
+        if !crate::bf16dot::tiles_enabled() {
+            eprintln!("skipped: this process may not use AMX-BF16 tiles");
+            return;
         }
-        assert!(Query::new(values(64, 3, -2.0), 0).is_err());
+        // (m, n, k, d, run): query rows from 1 to 130 (one partial column tile to several,
+        // a partial row tile of P); cache rows in runs of `run` side by side, one row
+        // apart from the next run (a run per tile call: whole, partial and single-row
+        // tiles of a); positions below, at and past a tile step of P (32); values at
+        // DeepSeek's width and partial column tiles.
+        for (m, n, k, d, run) in [
+            (1usize, 1usize, 32usize, 16usize, 1usize),
+            (16, 37, 576, 512, 64),
+            (15, 128, 576, 512, 128),
+            (17, 33, 64, 40, 5),
+            (130, 70, 96, 72, 16),
+            (128, 128, 576, 512, 64),
+        ] {
+            let q = values(m * k, 5 + k as u64, -2.0);
+            let runs = n.div_ceil(run);
+            let mat = values((n + runs) * k, 7 + m as u64, -2.0);
+            // Run r's rows start at row r * (run + 1) of mat.
+            let rows: Vec<&[bf16]> = (0..n)
+                .map(|j| &mat[(j / run * (run + 1) + j % run) * k..][..k])
+                .collect();
+            let query = Query::new(q.clone(), k, true).unwrap();
+            assert!(query.on_tiles(), "m {m} k {k}");
+            let (mut out, mut scratch) = (vec![f32::NAN; m * n], Vec::new());
+            gemm_qk(&query, &rows, &mut out, &mut scratch).unwrap();
+            assert_scores((&q, k), &rows, &out, k + 32, "tiles");
+            // P V: probabilities in [0, 1), onto an accumulator that holds values.
+            let probs: Vec<f32> = values(m * n, 3 + d as u64, 0.0)
+                .iter()
+                .map(|x| x.to_f32() / 4.0)
+                .collect();
+            let init: Vec<f32> = (0..m * d).map(|i| (i % 5) as f32 - 2.0).collect();
+            let mut acc = init.clone();
+            let mut buf = PvBuffers::default();
+            gemm_pv(&query, &probs, n, &rows, d, &mut acc, &mut buf).unwrap();
+            for r in 0..m {
+                for c in 0..d {
+                    let (mut want, mut abs) = (init[r * d + c] as f64, 2.0f64);
+                    for (j, row) in rows.iter().enumerate() {
+                        let p = bf16::from_f32(probs[r * n + j]).to_f64();
+                        want += p * row[c].to_f64();
+                        abs += (p * row[c].to_f64()).abs();
+                    }
+                    let tol = (n + 2) as f64 * f32::EPSILON as f64 * abs;
+                    let got = acc[r * d + c] as f64;
+                    assert!(
+                        (got - want).abs() <= tol,
+                        "m {m} n {n} d {d} [{r},{c}]: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn prepared_queries_of_bad_shapes_are_errors_and_write_nothing() {
+        // Not whole rows, and k 0, whether or not they would be packed, for tiles or not.
+        for tiles in [false, true] {
+            for len in [10, 40 * 7 + 3] {
+                assert!(Query::new(values(len, 3, -2.0), 7, tiles).is_err(), "{len}");
+            }
+            assert!(Query::new(values(64, 3, -2.0), 0, tiles).is_err());
+        }
         // 32 rows of 8 (packed on the native dot) against rows of 8: a short row or an out
         // of the wrong length fail before anything is written.
         let (m, k) = (32, 8);
-        let query = Query::new(values(m * k, 4, -2.0), k).unwrap();
+        let query = Query::new(values(m * k, 4, -2.0), k, false).unwrap();
         let mat = values(3 * k, 5, -2.0);
         let rows: Vec<&[bf16]> = mat.chunks_exact(k).collect();
         let (mut out, mut scratch) = (vec![0.5; m * 3], Vec::new());

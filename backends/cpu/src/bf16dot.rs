@@ -79,6 +79,13 @@ pub fn on_tiles(k: usize) -> bool {
     }
 }
 
+/// Whether this process multiplies bf16 on AMX tiles at all: the native dot (for the
+/// packing around the tiles) and AMX-BF16 tiles enabled ([`moemla_core::amx::enabled`]);
+/// [`on_tiles`] then holds for every `k` that is a multiple of 32.
+pub fn tiles_enabled() -> bool {
+    native() && moemla_core::amx::enabled()
+}
+
 /// Iterations of each probe run of [`outpaces_fma`] (24 accumulators: ~100k instructions).
 const PROBE_ITERS: u64 = 4096;
 
@@ -205,6 +212,36 @@ impl Packed {
         Ok(None)
     }
 
+    /// `b` [n, k] packed in pairs, every row (none kept aside), wherever [`on_tiles`]`(k)`,
+    /// else `None`: for products on tiles whose other operand's rows lie side by side in
+    /// runs ([`gemm_rows`] takes each run on tiles), however few rows `b` has. Errors as
+    /// [`Packed::new`].
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+    pub fn for_tiles(b: &[bf16], k: usize) -> Result<Option<Packed>> {
+        let n = rows_of(b, k)?;
+        #[cfg(target_arch = "x86_64")]
+        if on_tiles(k) {
+            let overflow = || device("bf16 pack", format!("{n} rows of {k} overflow"));
+            let len = x86::packed_len(n, k).ok_or_else(overflow)?;
+            let mut xp: Vec<u32> = try_filled_vec(len, "cpu bf16 packed operand")?;
+            // SAFETY: `on_tiles` checked `native`'s four features at run time; `b` holds n
+            // rows of k and `xp` their packed size.
+            unsafe { x86::pack_into(b, n, k, &mut xp) };
+            let layout = Layout::Pairs {
+                xp,
+                rest: Vec::new(),
+            };
+            return Ok(Some(Packed { layout, n, k }));
+        }
+        Ok(None)
+    }
+
+    /// Whether the rows are packed in pairs, none kept aside: [`gemm_rows`] takes runs of
+    /// rows on tiles where [`on_tiles`]`(k)`.
+    pub fn all_pairs(&self) -> bool {
+        matches!(&self.layout, Layout::Pairs { rest, .. } if rest.is_empty())
+    }
+
     /// `b` [n, k] packed in quads (octets where those pay: [`quads::Octets::pays`])
     /// wherever the native dot runs and `n` is 1 to 24 (`quads::MAX_ROWS`), else `None`:
     /// for products whose other operand comes from cache rather than memory, where quads
@@ -250,8 +287,10 @@ fn rows_of(b: &[bf16], k: usize) -> Result<usize> {
 }
 
 /// `out[i * n + j] = rows[i] . b_j` (`b` packed, [n, k]; each row's first `k` elements
-/// used), each an f32 chain of exact products as [`gemm_nt`]'s packed path adds them;
-/// `out` is [rows.len(), n] and is overwritten. Single-threaded. A row shorter than `k`
+/// used), each an f32 chain of exact products as [`gemm_nt`]'s packed path adds them
+/// (where `b` is all pairs, [`Packed::all_pairs`], and [`on_tiles`]`(k)`: each run of
+/// rows that lie `k` apart on tiles); `out` is [rows.len(), n] and is overwritten.
+/// Single-threaded. A row shorter than `k`
 /// or an `out` of another length is [`Error::Device`]; nothing is written then.
 pub fn gemm_rows(rows: &[&[bf16]], b: &Packed, out: &mut [f32]) -> Result<()> {
     let (n, k) = (b.n, b.k);
@@ -508,13 +547,36 @@ pub(crate) mod x86 {
     }
 
     /// `out[i * b.n + j] = rows[i] . b_j` for rows of at least `b.k` elements anywhere in
-    /// memory ([`product`]).
+    /// memory ([`product`]; all pairs on tiles: a run of rows `k` apart at a time).
     ///
     /// # Safety
     /// AVX-512F/BW/VL and AVX512-BF16 must be available; every row holds at least `b.k`
     /// elements and `out` `rows.len() * b.n`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     pub unsafe fn gemm_rows(rows: &[&[bf16]], b: &super::Packed, out: &mut [f32]) {
+        let k = b.k;
+        if b.all_pairs() && crate::tiles::fits(k) {
+            // Each run of rows that lie k apart is a block of `a` for the tiles.
+            let mut i0 = 0;
+            while i0 < rows.len() {
+                let first = rows[i0].as_ptr();
+                let run = 1
+                    + (rows[i0 + 1..].iter().zip(1..))
+                        .take_while(|&(r, i)| std::ptr::eq(r.as_ptr(), first.wrapping_add(i * k)))
+                        .count();
+                // SAFETY: rows i0..i0 + run lie k apart from `first` and each holds at
+                // least k elements; out holds rows.len() * b.n (row-major).
+                product(
+                    |i| first.add(i * k).cast::<u16>(),
+                    run,
+                    b,
+                    &mut out[i0 * b.n..(i0 + run) * b.n],
+                    true,
+                );
+                i0 += run;
+            }
+            return;
+        }
         product(
             |i| rows[i].as_ptr().cast::<u16>(),
             rows.len(),

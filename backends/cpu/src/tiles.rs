@@ -45,6 +45,37 @@ pub unsafe fn gemm_pairs(
     (xp, n, n_pad): (*const u32, usize, usize),
     (o, ldo): (*mut f32, usize),
 ) {
+    // SAFETY: as this function's contract.
+    unsafe { run(a, (m, k), (xp, n, n_pad), (o, ldo), false) }
+}
+
+/// `out[i * ldo + j] += a_i . b_j`: [`gemm_pairs`] with the accumulators loaded from the
+/// outputs rather than zeroed (edge tiles through a buffer), so the products are added to
+/// what `out` holds, each output's sum carried on in f32.
+///
+/// # Safety
+/// As [`gemm_pairs`]; the outputs are also read.
+pub unsafe fn gemm_pairs_add(
+    a: *const u16,
+    (m, k): (usize, usize),
+    (xp, n, n_pad): (*const u32, usize, usize),
+    (o, ldo): (*mut f32, usize),
+) {
+    // SAFETY: as this function's contract.
+    unsafe { run(a, (m, k), (xp, n, n_pad), (o, ldo), true) }
+}
+
+/// [`gemm_pairs`] (`add` false) or [`gemm_pairs_add`].
+///
+/// # Safety
+/// As [`gemm_pairs_add`].
+unsafe fn run(
+    a: *const u16,
+    (m, k): (usize, usize),
+    (xp, n, n_pad): (*const u32, usize, usize),
+    (o, ldo): (*mut f32, usize),
+    add: bool,
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -56,6 +87,7 @@ pub unsafe fn gemm_pairs(
         n_pad,
         o,
         ldo,
+        add,
     };
     let whole = m / ROWS * ROWS;
     // SAFETY (all below): tiles are enabled (`fits`); every block stays within the rows
@@ -120,21 +152,29 @@ pub unsafe fn products<const R: usize, const C: usize>(st: &Steps) {
                 zero::<3>();
             }
         }
+        steps::<R, C>(st);
+    }
+}
+
+/// [`products`] onto the accumulator tiles as they are (loaded by the caller).
+///
+/// # Safety
+/// As [`products`].
+#[inline(always)]
+unsafe fn steps<const R: usize, const C: usize>(st: &Steps) {
+    // SAFETY: as this function's contract.
+    unsafe {
         for s in 0..st.steps {
             let (ap, bp) = (st.a.add(s * ROW_BYTES), st.b.add(s * ROWS * st.ldb));
             load::<4>(ap, st.lda);
-            if R == 2 {
-                load::<5>(ap.add(st.a_tile), st.lda);
-            }
             load::<6>(bp, st.ldb);
-            if C == 2 {
-                load::<7>(bp.add(ROW_BYTES), st.ldb);
-            }
             dot::<0, 4, 6>();
             if C == 2 {
+                load::<7>(bp.add(ROW_BYTES), st.ldb);
                 dot::<1, 4, 7>();
             }
             if R == 2 {
+                load::<5>(ap.add(st.a_tile), st.lda);
                 dot::<2, 5, 6>();
                 if C == 2 {
                     dot::<3, 5, 7>();
@@ -161,6 +201,8 @@ struct Grid {
     n_pad: usize,
     o: *mut f32,
     ldo: usize,
+    /// Whether the products are added to the outputs ([`gemm_pairs_add`]).
+    add: bool,
 }
 
 impl Grid {
@@ -199,14 +241,29 @@ impl Grid {
         // n_pad of xp exist.
         unsafe {
             let lda = self.k * 2;
-            products::<R, C>(&Steps {
+            let st = Steps {
                 a: self.a.add(r0 * self.k).cast(),
                 lda,
                 a_tile: rows * lda,
                 b: self.xp.add(c0).cast(),
                 ldb: self.n_pad * 4,
                 steps: self.k / STEP,
-            });
+            };
+            if self.add {
+                self.load::<0>(r0, rows, c0);
+                if C == 2 {
+                    self.load::<1>(r0, rows, c0 + COLS);
+                }
+                if R == 2 {
+                    self.load::<2>(r0 + rows, rows, c0);
+                    if C == 2 {
+                        self.load::<3>(r0 + rows, rows, c0 + COLS);
+                    }
+                }
+                steps::<R, C>(&st);
+            } else {
+                products::<R, C>(&st);
+            }
             self.store::<0>(r0, rows, c0);
             if C == 2 {
                 self.store::<1>(r0, rows, c0 + COLS);
@@ -217,6 +274,30 @@ impl Grid {
                     self.store::<3>(r0 + rows, rows, c0 + COLS);
                 }
             }
+        }
+    }
+
+    /// Accumulator tile `T` from output rows `r0..r0 + rows`, columns from `c0`: straight
+    /// from `out` where all 16 columns are below `n`, else through a buffer holding the
+    /// first `n - c0` columns and zeros.
+    ///
+    /// # Safety
+    /// As [`Grid::store`].
+    unsafe fn load<const T: usize>(&self, r0: usize, rows: usize, c0: usize) {
+        // SAFETY: rows r0..r0 + rows < m and columns c0..c0 + live <= n of out are
+        // readable; the buffer holds 16 rows of 64 bytes.
+        unsafe {
+            let o = self.o.add(r0 * self.ldo + c0);
+            if c0 + COLS <= self.n {
+                load::<T>(o.cast_const().cast(), self.ldo * 4);
+                return;
+            }
+            let mut buf = [0.0f32; ROWS * COLS];
+            let live = self.n - c0;
+            for (i, row) in buf.chunks_exact_mut(COLS).take(rows).enumerate() {
+                std::ptr::copy_nonoverlapping(o.add(i * self.ldo), row.as_mut_ptr(), live);
+            }
+            load::<T>(buf.as_ptr().cast(), ROW_BYTES);
         }
     }
 

@@ -3,8 +3,9 @@
 //! `S = Q K^T` ([M, Dqk] x [Dqk, C]) and `acc += P V` ([M, C] x [C, Dv]).
 //!
 //! Each chunk of K/V rows is gathered from the cache (through a block table, or an index
-//! list for sparse attention). Bf16 query values on a CPU whose native bf16 dot outpaces
-//! its f32 FMA ([`bf16dot::outpaces_fma`]) take both products there
+//! list for sparse attention). Bf16 query values where this process may use AMX tiles
+//! (and the key width is whole tile steps), or on a CPU whose native bf16 dot outpaces
+//! its f32 FMA ([`bf16dot::outpaces_fma`]), take both products there
 //! ([`crate::bf16attn`]): K and V rows of a BF16 cache read in place (FP8 rows dequantized
 //! once per chunk, straight to bf16 where their scales are powers of two, else to f32 and
 //! kept when those values are bf16 values), V paired by position as the kernel reads it,
@@ -99,14 +100,19 @@ pub struct Partial {
 /// run at a time, in blocks of 12 rows: shorter runs leave most of a block empty).
 const MIN_PACKED_RUN: usize = 12;
 
-/// Per-thread buffers: the upcast K/V chunk and its bf16 rows (an FP8 chunk's, for the
-/// native bf16 dot); for that dot the bf16 probabilities and the logits transposed; the
+/// Fewest BF16 cache rows per run, on average, that the tiles read in place (16 rows of
+/// a run per tile of `a`); shorter runs are gathered into one block first.
+const MIN_TILE_RUN: usize = 16;
+
+/// Per-thread buffers: the upcast K/V chunk and its bf16 rows (an FP8 chunk's, or a
+/// scattered BF16 chunk's gathered for the tiles); for the bf16 products the bf16
+/// probabilities (and on tiles the value rows paired) and the logits transposed; the
 /// logits and probabilities; the chunk's cache slots.
 #[derive(Default)]
 pub struct Scratch {
     kv: Vec<f32>,
     k16: Vec<half::bf16>,
-    p16: Vec<half::bf16>,
+    pv: bf16attn::PvBuffers,
     s: Vec<f32>,
     scores_t: Vec<f32>,
     slots: Vec<usize>,
@@ -129,10 +135,14 @@ pub fn attend(
     Ok(attention.finish())
 }
 
-/// Which kernels [`Attention`] may use: the native bf16 dot, AVX-512F f32 (else the
-/// general GEMM). [`Kernels::detected`] is what suits the CPU; tests also narrow it.
+/// Which kernels [`Attention`] may use: AMX tiles, the native bf16 dot, AVX-512F f32
+/// (else the general GEMM). [`Kernels::detected`] is what suits the CPU; tests also
+/// narrow it.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Kernels {
+    /// AMX tiles for both bf16 products ([`crate::bf16attn`], query rows prepared for
+    /// them) wherever they take the key width; only true where this process may use them.
+    pub tiles: bool,
     /// The native bf16 dot ([`crate::bf16attn`]); only true where the CPU has it.
     pub bf16: bool,
     /// AVX-512F f32 ([`crate::f32attn`]); only true where the CPU has it.
@@ -140,7 +150,10 @@ pub(crate) struct Kernels {
 }
 
 impl Kernels {
-    /// The kernels this CPU runs best, however many the query rows: the native bf16 dot
+    /// The kernels this CPU runs best, however many the query rows: AMX tiles wherever
+    /// this process may use them (Intel Xeon with AMX, 2 cores, `moemla bench --backend
+    /// cpu --op mla_decode --dtype bf16`, b 4, 4096 positions: h_q 128 21.4 -> 6.2-7.4
+    /// ms, h_q 16 3.6 -> 1.5-1.7 ms against the f32 kernels); the native bf16 dot
     /// where it outpaces the FMA (on an Intel Xeon, the dot at half the FMA's rate, the
     /// f32 kernels won at h_q 16 too, by 2-6% on a BF16 cache and 18-21% on an FP8 one,
     /// whose rows are dequantized either way: `moemla bench --backend cpu --op mla_decode
@@ -149,6 +162,7 @@ impl Kernels {
     /// but once).
     pub(crate) fn detected() -> Kernels {
         Kernels {
+            tiles: bf16dot::tiles_enabled(),
             bf16: bf16dot::outpaces_fma(),
             f32: f32attn::native(),
         }
@@ -244,10 +258,11 @@ impl<'q> Attention<'q> {
             cache.data,
             KvRows::Dense(FloatSlice::BF16(_)) | KvRows::Fp8(_)
         );
-        if kernels.bf16 && bf16_cache && q16.is_none() {
+        let tiles = kernels.tiles && bf16dot::on_tiles(d_qk);
+        if (kernels.bf16 || tiles) && bf16_cache && q16.is_none() {
             *q16 = Some(
                 bf16dot::exact(q)?
-                    .map(|rows| bf16attn::Query::new(rows, d_qk))
+                    .map(|rows| bf16attn::Query::new(rows, d_qk, tiles))
                     .transpose()?,
             );
         }
@@ -266,11 +281,27 @@ impl<'q> Attention<'q> {
                 Vec::with_capacity(if q16.is_some() { n } else { 0 });
             let mut loaded = false;
             match (q16, cache.data) {
-                (Some(_), KvRows::Dense(FloatSlice::BF16(data))) => {
-                    // The K rows straight from the cache (no copy), a run at a time.
-                    for (first, count) in row_runs(slots, cache.h_kv, g) {
+                (Some(q16), KvRows::Dense(FloatSlice::BF16(data))) => {
+                    // The K rows straight from the cache (no copy), a run at a time; for
+                    // the tiles, short runs (a sparse list, several heads per slot)
+                    // gathered into one block instead.
+                    let runs: Vec<_> = row_runs(slots, cache.h_kv, g).collect();
+                    let gather = q16.on_tiles() && runs.len() * MIN_TILE_RUN > n;
+                    if gather {
+                        f32attn::sized(&mut scratch.k16, n * d_qk, "bf16 gathered rows")?;
+                    }
+                    let mut at = 0;
+                    for (first, count) in runs {
                         let run = bf16dot::rows(data, first, count, d_qk)?;
-                        krows.extend(run.chunks_exact(d_qk));
+                        if gather {
+                            scratch.k16[at..at + run.len()].copy_from_slice(run);
+                            at += run.len();
+                        } else {
+                            krows.extend(run.chunks_exact(d_qk));
+                        }
+                    }
+                    if gather {
+                        krows.extend(scratch.k16[..n * d_qk].chunks_exact(d_qk));
                     }
                 }
                 (Some(_), KvRows::Fp8(bytes)) => {
@@ -299,13 +330,22 @@ impl<'q> Attention<'q> {
             }
             if let (Some(q16), false) = (q16, krows.is_empty()) {
                 #[cfg(test)]
-                record(cache, slots[0], n, Taken::Bf16Dot);
+                record(
+                    cache,
+                    slots[0],
+                    n,
+                    if q16.on_tiles() {
+                        Taken::Tiles
+                    } else {
+                        Taken::Bf16Dot
+                    },
+                );
                 bf16attn::gemm_qk(q16, &krows, &mut scratch.s, &mut scratch.scores_t)?;
                 softmax(&mut scratch.s, n, (limits, p0), scale, st, d_v);
                 // P rounded to bf16 (as FlashMLA does; l keeps the f32 sum) against the V
-                // rows (the first d_v columns), paired by position as the kernel reads them.
-                bf16attn::round_rows(&scratch.s, n, &mut scratch.p16)?;
-                bf16attn::gemm_pv(&scratch.p16, &krows, d_v, &mut st.acc)?;
+                // rows (the first d_v columns), paired by position.
+                let (s, acc) = (&scratch.s, &mut st.acc);
+                bf16attn::gemm_pv(q16, s, n, &krows, d_v, acc, &mut scratch.pv)?;
             } else if kernels.f32 {
                 // The f32 rows in place (an F32 cache) or as loaded, as runs of
                 // consecutive rows; both products on AVX-512F kernels that read them
@@ -379,6 +419,8 @@ impl<'q> Attention<'q> {
 #[cfg(test)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Taken {
+    /// Both on AMX tiles ([`crate::bf16attn`]).
+    Tiles,
     /// Both on the native bf16 dot ([`crate::bf16attn`]).
     Bf16Dot,
     /// Both on the AVX-512F f32 kernels ([`crate::f32attn`]).

@@ -275,8 +275,8 @@ fn fp8_rows(count: usize, odd: usize, rng: &mut Lcg) -> (Vec<u8>, Vec<f32>) {
 fn fp8_cache_decode_matches_f64_reference_on_both_paths() {
     use super::attend::{Taken, TAKEN};
     use moemla_core::fp8::{DS_V32_DIM, DS_V32_ROW_BYTES};
-    // BF16 queries; the rows' power-of-two scales make their values bf16 values (the
-    // bf16 dot where it outpaces the FMA), except one row with a scale of 0.3 in its
+    // BF16 queries; the rows' power-of-two scales make their values bf16 values (tiles,
+    // or the bf16 dot where it outpaces the FMA), except one row with a scale of 0.3 in its
     // first tile, whose chunk (positions 128..256 of sequence 0) takes the f32 path.
     // (Every kernel on such rows, whatever this CPU's speeds:
     // `fp8_rows_on_every_kernel_choice_match_f64_reference`.)
@@ -328,14 +328,17 @@ fn fp8_cache_decode_matches_f64_reference_on_both_paths() {
         .collect();
     taken.sort();
     // Sequence 0 (slots = positions) in chunks of 128, 128 and 1, sequence 1 (from slot
-    // 12 * 64) in one of 63: the bf16 dot where it outpaces the FMA on this CPU, except
+    // 12 * 64) in one of 63: AMX tiles where this process may use them, else the bf16
+    // dot where it outpaces the FMA on this CPU, except
     // the chunk holding slot 130, whose rows are not bf16 values: f32 products.
     let f32_path = if crate::f32attn::native() {
         Taken::F32Kernels
     } else {
         Taken::Gemm
     };
-    let bf16_path = if crate::bf16dot::outpaces_fma() {
+    let bf16_path = if crate::bf16dot::tiles_enabled() {
+        Taken::Tiles
+    } else if crate::bf16dot::outpaces_fma() {
         Taken::Bf16Dot
     } else {
         f32_path
@@ -374,8 +377,9 @@ fn every_kernel_choice_matches_f64_reference() {
     use half::bf16;
     // One head, 5 query rows with odd limits past and short of a chunk (128) and of a
     // block (16, blocks in reverse order), bf16 values: the general GEMM, the AVX-512F
-    // f32 kernels and the bf16 dot (each where the CPU has it) against one reference.
-    let (d_qk, d_v, bs, len): (usize, usize, usize, usize) = (72, 40, 16, 301);
+    // f32 kernels, the bf16 dot and AMX tiles (each where the CPU has it) against one
+    // reference. Keys 96 wide (3 tile steps), values 40 (a partial column tile).
+    let (d_qk, d_v, bs, len): (usize, usize, usize, usize) = (96, 40, 16, 301);
     let limits = [301, 300, 129, 127, 1];
     let mut rng = Lcg::new(21);
     let blocks = len.div_ceil(bs);
@@ -388,13 +392,21 @@ fn every_kernel_choice_matches_f64_reference() {
     let slot = |p: usize| table[p / bs] as usize * bs + p % bs;
     let scale = 0.3f32;
     let detected = (crate::bf16dot::native(), crate::f32attn::native());
+    let tiles = crate::bf16dot::tiles_enabled();
     let choices = [
-        (false, false, FloatSlice::F32(&cache32), 2e-5),
-        (false, detected.1, FloatSlice::F32(&cache32), 2e-5),
-        (false, false, FloatSlice::BF16(&cache16), 2e-5),
-        (detected.0, detected.1, FloatSlice::BF16(&cache16), 1e-2),
+        (false, false, false, FloatSlice::F32(&cache32), 2e-5),
+        (false, false, detected.1, FloatSlice::F32(&cache32), 2e-5),
+        (false, false, false, FloatSlice::BF16(&cache16), 2e-5),
+        (
+            false,
+            detected.0,
+            detected.1,
+            FloatSlice::BF16(&cache16),
+            1e-2,
+        ),
+        (tiles, false, detected.1, FloatSlice::BF16(&cache16), 1e-2),
     ];
-    for (bf16, f32, data, tol) in choices {
+    for (tiles, bf16, f32, data, tol) in choices {
         let cache = Cache {
             data: KvRows::Dense(data),
             slots: Slots::Paged {
@@ -405,7 +417,7 @@ fn every_kernel_choice_matches_f64_reference() {
             d_qk,
             d_v,
         };
-        let kernels = Kernels { bf16, f32 };
+        let kernels = Kernels { tiles, bf16, f32 };
         let mut scratch = Scratch::default();
         // Two ranges carried in one state, split off a chunk boundary.
         let mut attention = Attention::new(kernels, (&q, &limits), d_v, scale);
@@ -504,15 +516,17 @@ fn fp8_rows_on_every_kernel_choice(limits: &[usize]) {
         d_v: DS_V32_LATENT,
     };
     let (dot, f32) = (crate::bf16dot::native(), crate::f32attn::native());
+    let tiles = crate::bf16dot::tiles_enabled();
     let products = |f32| if f32 { Taken::F32Kernels } else { Taken::Gemm };
     let log = || TAKEN.lock().unwrap_or_else(|e| e.into_inner());
-    for (bf16, f32, tol) in [
-        (false, false, 2e-5),
-        (false, f32, 2e-5),
-        (dot, false, 1e-2),
-        (dot, f32, 1e-2),
+    for (tiles, bf16, f32, tol) in [
+        (false, false, false, 2e-5),
+        (false, false, f32, 2e-5),
+        (false, dot, false, 1e-2),
+        (false, dot, f32, 1e-2),
+        (tiles, false, f32, 1e-2),
     ] {
-        let kernels = Kernels { bf16, f32 };
+        let kernels = Kernels { tiles, bf16, f32 };
         let start = log().len();
         let mut attention = Attention::new(kernels, (&q, limits), cache.d_v, 0.3);
         attention
@@ -524,7 +538,11 @@ fn fp8_rows_on_every_kernel_choice(limits: &[usize]) {
             .filter(|e| e.0 == bytes.as_ptr() as usize)
             .map(|&(_, at, n, path)| (at, n, path))
             .collect();
-        let exact = if bf16 { Taken::Bf16Dot } else { products(f32) };
+        let exact = match (tiles, bf16) {
+            (true, _) => Taken::Tiles,
+            (false, true) => Taken::Bf16Dot,
+            (false, false) => products(f32),
+        };
         assert_eq!(
             taken,
             [
