@@ -607,12 +607,7 @@ pub(crate) mod x86 {
             while p < kp {
                 // bf16 elements of each row from column 2p: a masked load past k reads
                 // nothing and yields zeros (the odd column's partner included).
-                let live = (k - 2 * p).min(16);
-                let mask = if live >= 16 {
-                    u16::MAX
-                } else {
-                    (1u16 << live) - 1
-                };
+                let mask = crate::lanes::first16(k - 2 * p);
                 let mut v = [_mm256_setzero_si256(); 8];
                 for (t, row) in v.iter_mut().enumerate() {
                     if g + t < n {

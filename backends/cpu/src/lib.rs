@@ -14,6 +14,8 @@ mod f32attn;
 mod gemm_util;
 mod gemv;
 mod kept;
+#[cfg(target_arch = "x86_64")]
+mod lanes;
 mod ops;
 #[cfg(target_arch = "x86_64")]
 mod pooled;

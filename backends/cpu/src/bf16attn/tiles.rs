@@ -98,12 +98,7 @@ unsafe fn pair_rows(rows: &[&[bf16]], d: usize, out: &mut [u32], d_pad: usize) {
         let dst = dst.as_mut_ptr();
         let mut c = 0;
         while c < d_pad {
-            let live = (d - c.min(d)).min(32);
-            let mask = if live == 32 {
-                u32::MAX
-            } else {
-                (1u32 << live) - 1
-            };
+            let mask = crate::lanes::first32(d - c.min(d));
             let (a, b) = (half(2 * t, c, mask), half(2 * t + 1, c, mask));
             // SAFETY: columns c..c + 16 of the row lie within d_pad (a multiple of 16),
             // and c + 16..c + 32 too where stored.

@@ -36,10 +36,7 @@ mod x86 {
         for group in row.chunks_mut(BLOCK) {
             let len = group.len();
             let lanes = len.div_ceil(16);
-            let mask = |i: usize| -> __mmask16 {
-                let live = (len - 16 * i).min(16);
-                ((1u32 << live) - 1) as __mmask16
-            };
+            let mask = |i: usize| -> __mmask16 { crate::lanes::first16(len - 16 * i) };
             let mut amax = _mm512_setzero_ps();
             for i in 0..lanes {
                 // SAFETY: only the group's live lanes are read (masked load).

@@ -264,7 +264,7 @@ unsafe fn prepare(
             // SAFETY: only the group's `live` lanes are read (a hint-free masked load; the
             // address is not dereferenced past them).
             *vi = _mm512_maskz_loadu_ps(
-                ((1u32 << live) - 1) as u16,
+                crate::lanes::first16(live),
                 group.as_ptr().wrapping_add(16 * i),
             );
             let bits = _mm512_castps_si512(*vi);

@@ -255,7 +255,7 @@ unsafe fn scale_into(
             if j0 >= t.n {
                 break;
             }
-            let m = mask(t.n - j0);
+            let m = crate::lanes::first16(t.n - j0);
             let at = (i / rows * 2 + u) * 256 + i % rows * COLS;
             // SAFETY: 16 sums from `at` lie in `sums`; columns j0.. (m of them live) of
             // output row i and of the block's token scales exist.
@@ -272,15 +272,6 @@ unsafe fn scale_into(
                 _mm512_mask_storeu_ps(o, m, total);
             }
         }
-    }
-}
-
-/// The first `live` (>= 1) of 16 lanes.
-fn mask(live: usize) -> __mmask16 {
-    if live >= 16 {
-        u16::MAX
-    } else {
-        (1u16 << live) - 1
     }
 }
 
