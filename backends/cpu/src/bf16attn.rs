@@ -67,12 +67,11 @@ impl Query {
         let m = rows.len() / k;
         if tiles && bf16dot::on_tiles(k) {
             let packed = bf16dot::Packed::for_tiles(&rows, k)?;
-            let tiles = packed.is_some();
             return Ok(Query {
                 rows,
                 k,
+                tiles: packed.is_some(),
                 packed,
-                tiles,
             });
         }
         let packed = if m >= PACKED_MIN_ROWS {
@@ -254,6 +253,15 @@ pub fn gemm_pv(
     acc: &mut [f32],
     buf: &mut PvBuffers,
 ) -> Result<()> {
+    if rows.len() != n {
+        return Err(device(
+            "bf16 gemm_pv",
+            format!(
+                "{} value rows for probabilities over {n} positions",
+                rows.len()
+            ),
+        ));
+    }
     #[cfg(target_arch = "x86_64")]
     if q.tiles {
         return tiles::gemm_pv(s, n, rows, d, acc, buf);
@@ -275,11 +283,11 @@ pub fn gemm_pv(
 /// No rows, a short row, or lengths that do not fit these shapes are
 /// [`moemla_core::Error::Device`]; nothing is written then.
 fn gemm_pairs_pv(p: &[bf16], rows: &[&[bf16]], d: usize, acc: &mut [f32]) -> Result<()> {
-    gemm_pv_with(crate::bf16dot::native(), p, rows, d, acc)
+    gemm_pairs_pv_with(crate::bf16dot::native(), p, rows, d, acc)
 }
 
 /// [`gemm_pairs_pv`] on the native instruction or (`native` false) the f32 path.
-fn gemm_pv_with(
+fn gemm_pairs_pv_with(
     native: bool,
     p: &[bf16],
     rows: &[&[bf16]],
@@ -311,7 +319,7 @@ fn gemm_pv_with(
         // true then), and the shapes were checked above: `p` holds m rows of width,
         // every row at least d, `acc` m rows of d; the kernel touches columns below
         // `wide` (<= d) only; the portable loop does the rest.
-        unsafe { x86::gemm_pv(p, rows, (m, d, wide), acc) };
+        unsafe { x86::gemm_pairs_pv(p, rows, (m, d, wide), acc) };
         if wide < d {
             portable_pv(p, rows, (m, d), wide..d, acc);
         }
@@ -424,7 +432,7 @@ pub(crate) mod x86 {
     /// every row holds at least `wide` elements, `p` holds `m * 2 * ceil(rows / 2)` and
     /// `acc` `m * d`.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub unsafe fn gemm_pv(
+    pub unsafe fn gemm_pairs_pv(
         p: &[bf16],
         rows: &[&[bf16]],
         (m, d, wide): (usize, usize, usize),
@@ -604,7 +612,7 @@ mod tests {
                 round_rows_with(native, &probs, n, &mut p).unwrap();
                 let init: Vec<f32> = (0..m * d).map(|i| (i % 5) as f32 - 2.0).collect();
                 let mut acc = init.clone();
-                gemm_pv_with(native, &p, &vrows, d, &mut acc).unwrap();
+                gemm_pairs_pv_with(native, &p, &vrows, d, &mut acc).unwrap();
                 let width = n.div_ceil(2) * 2;
                 for r in 0..m {
                     for c in 0..d {
@@ -668,7 +676,7 @@ mod tests {
                 let mut p = Vec::new();
                 round_rows_with(native, &[0.5, 0.25, 0.125], 3, &mut p).unwrap();
                 let mut acc = vec![0.0; d];
-                gemm_pv_with(native, &p, &vrows, d, &mut acc).unwrap();
+                gemm_pairs_pv_with(native, &p, &vrows, d, &mut acc).unwrap();
                 for (c, &got) in acc.iter().enumerate() {
                     let want: f64 = (0..3)
                         .map(|j| p[j].to_f64() * rows[j * d + c].to_f64())
@@ -692,17 +700,17 @@ mod tests {
             // p [2, 4] x 4 value rows of 4 -> acc [2, 4]: fine (3 rows too: p's width is
             // the count rounded up to even); wrong d, lengths, no rows or a short row fail.
             let vrows: Vec<&[bf16]> = packed.chunks_exact(4).collect();
-            assert!(gemm_pv_with(native, &p, &vrows, 4, &mut acc).is_ok());
-            assert!(gemm_pv_with(native, &p, &vrows[..3], 4, &mut acc).is_ok());
+            assert!(gemm_pairs_pv_with(native, &p, &vrows, 4, &mut acc).is_ok());
+            assert!(gemm_pairs_pv_with(native, &p, &vrows[..3], 4, &mut acc).is_ok());
             let before = acc.clone();
-            assert!(gemm_pv_with(native, &p, &vrows, 3, &mut acc).is_err());
-            assert!(gemm_pv_with(native, &p, &vrows, 0, &mut acc).is_err());
-            assert!(gemm_pv_with(native, &p[..6], &vrows, 4, &mut acc).is_err());
-            assert!(gemm_pv_with(native, &p, &vrows, 4, &mut acc[..7]).is_err());
-            assert!(gemm_pv_with(native, &p, &vrows[..2], 4, &mut acc).is_err());
-            assert!(gemm_pv_with(native, &p, &[], 4, &mut acc).is_err());
+            assert!(gemm_pairs_pv_with(native, &p, &vrows, 3, &mut acc).is_err());
+            assert!(gemm_pairs_pv_with(native, &p, &vrows, 0, &mut acc).is_err());
+            assert!(gemm_pairs_pv_with(native, &p[..6], &vrows, 4, &mut acc).is_err());
+            assert!(gemm_pairs_pv_with(native, &p, &vrows, 4, &mut acc[..7]).is_err());
+            assert!(gemm_pairs_pv_with(native, &p, &vrows[..2], 4, &mut acc).is_err());
+            assert!(gemm_pairs_pv_with(native, &p, &[], 4, &mut acc).is_err());
             let short = [vrows[0], vrows[1], vrows[2], &packed[12..15]];
-            assert!(gemm_pv_with(native, &p, &short, 4, &mut acc).is_err());
+            assert!(gemm_pairs_pv_with(native, &p, &short, 4, &mut acc).is_err());
             // q [2, 4] against rows of 4 -> out [2, 2]; k 0, a short row, a wrong out fail.
             let rows = [&packed[..4], &packed[4..8]];
             assert!(gemm_qk_with(native, &p, 0, &rows, &mut acc[..4]).is_err());
@@ -723,13 +731,15 @@ mod tests {
         // a partial row tile of P); cache rows in runs of `run` side by side, one row
         // apart from the next run (a run per tile call: whole, partial and single-row
         // tiles of a); positions below, at and past a tile step of P (32); values at
-        // DeepSeek's width and partial column tiles.
+        // DeepSeek's width and partial column tiles (d 20: the second tile of a 32-column
+        // block partly live).
         for (m, n, k, d, run) in [
             (1usize, 1usize, 32usize, 16usize, 1usize),
             (16, 37, 576, 512, 64),
             (15, 128, 576, 512, 128),
             (17, 33, 64, 40, 5),
             (130, 70, 96, 72, 16),
+            (20, 50, 64, 20, 50),
             (128, 128, 576, 512, 64),
         ] {
             let q = values(m * k, 5 + k as u64, -2.0);
@@ -753,6 +763,12 @@ mod tests {
             let mut acc = init.clone();
             let mut buf = PvBuffers::default();
             gemm_pv(&query, &probs, n, &rows, d, &mut acc, &mut buf).unwrap();
+            // One value row short or too many: an error, nothing written.
+            let before = acc.clone();
+            for wrong in [&rows[..n - 1], &[rows.as_slice(), &rows[..1]].concat()[..]] {
+                assert!(gemm_pv(&query, &probs, n, wrong, d, &mut acc, &mut buf).is_err());
+            }
+            assert_eq!(acc, before);
             for r in 0..m {
                 for c in 0..d {
                     let (mut want, mut abs) = (init[r * d + c] as f64, 2.0f64);

@@ -63,8 +63,9 @@ pub fn outpaces_fma() -> bool {
     })
 }
 
-/// Whether [`gemm_nt`] multiplies rows `k` wide on AMX tiles where `b` is packed
-/// ([`Packed::new`]): this process may use AMX-BF16 tiles and `k` is a multiple of 32
+/// Whether [`gemm_nt`] (`b` packed by [`Packed::new`]) and [`gemm_rows`] (`b` packed by
+/// [`Packed::for_tiles`]) multiply rows `k` wide on AMX tiles: this process may use
+/// AMX-BF16 tiles and `k` is a positive multiple of 32
 /// (`crate::tiles::fits`). Tiles run bf16 products at about 14 times the f32 FMA's FLOP
 /// rate (Intel Xeon with AMX, 2 cores: 3.4 TFLOP/s a core, `moemla bench`'s bf16 dot peak).
 pub fn on_tiles(k: usize) -> bool {
@@ -81,7 +82,7 @@ pub fn on_tiles(k: usize) -> bool {
 
 /// Whether this process multiplies bf16 on AMX tiles at all: the native dot (for the
 /// packing around the tiles) and AMX-BF16 tiles enabled ([`moemla_core::amx::enabled`]);
-/// [`on_tiles`] then holds for every `k` that is a multiple of 32.
+/// [`on_tiles`] then holds for every positive `k` that is a multiple of 32.
 pub fn tiles_enabled() -> bool {
     native() && moemla_core::amx::enabled()
 }
@@ -157,6 +158,10 @@ pub struct Packed {
     n: usize,
     /// Their width.
     k: usize,
+    /// Packed for tiles ([`Packed::for_tiles`]): [`gemm_rows`] takes runs of rows on
+    /// tiles.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    tiles: bool,
 }
 
 /// How [`Packed`] holds `b`.
@@ -196,20 +201,32 @@ impl Packed {
             if lanes {
                 return Packed::quads(b, n, k, true).map(Some);
             }
-            let overflow = || device("bf16 pack", format!("{n} rows of {k} overflow"));
             let rest = if tiles { 0 } else { x86::rest_rows(n) };
-            let len = x86::packed_len(n - rest, k).ok_or_else(overflow)?;
-            let mut xp: Vec<u32> = try_filled_vec(len, "cpu bf16 packed operand")?;
-            let (body, tail) = b.split_at((n - rest) * k);
-            // SAFETY: `native` detected the four features at run time; `body` holds
-            // n - rest rows of k and `xp` their packed size.
-            unsafe { x86::pack_into(body, n - rest, k, &mut xp) };
-            let mut kept: Vec<bf16> = try_filled_vec(tail.len(), "cpu bf16 packed rest")?;
-            kept.copy_from_slice(tail);
-            let layout = Layout::Pairs { xp, rest: kept };
-            return Ok(Some(Packed { layout, n, k }));
+            return Packed::pairs(b, (n, k), rest, false).map(Some);
         }
         Ok(None)
+    }
+
+    /// The `n` rows of `k` in `b` in pairs, the last `rest` kept as they are; for
+    /// [`gemm_rows`] on tiles where `tiles`. The caller checked [`native`].
+    #[cfg(target_arch = "x86_64")]
+    fn pairs(b: &[bf16], (n, k): (usize, usize), rest: usize, tiles: bool) -> Result<Packed> {
+        let overflow = || device("bf16 pack", format!("{n} rows of {k} overflow"));
+        let len = x86::packed_len(n - rest, k).ok_or_else(overflow)?;
+        let mut xp: Vec<u32> = try_filled_vec(len, "cpu bf16 packed operand")?;
+        let (body, tail) = b.split_at((n - rest) * k);
+        // SAFETY: the caller checked `native` (the four features, at run time); `body`
+        // holds n - rest rows of k and `xp` their packed size.
+        unsafe { x86::pack_into(body, n - rest, k, &mut xp) };
+        let mut kept: Vec<bf16> = try_filled_vec(tail.len(), "cpu bf16 packed rest")?;
+        kept.copy_from_slice(tail);
+        let layout = Layout::Pairs { xp, rest: kept };
+        Ok(Packed {
+            layout,
+            n,
+            k,
+            tiles,
+        })
     }
 
     /// `b` [n, k] packed in pairs, every row (none kept aside), wherever [`on_tiles`]`(k)`,
@@ -221,25 +238,10 @@ impl Packed {
         let n = rows_of(b, k)?;
         #[cfg(target_arch = "x86_64")]
         if on_tiles(k) {
-            let overflow = || device("bf16 pack", format!("{n} rows of {k} overflow"));
-            let len = x86::packed_len(n, k).ok_or_else(overflow)?;
-            let mut xp: Vec<u32> = try_filled_vec(len, "cpu bf16 packed operand")?;
-            // SAFETY: `on_tiles` checked `native`'s four features at run time; `b` holds n
-            // rows of k and `xp` their packed size.
-            unsafe { x86::pack_into(b, n, k, &mut xp) };
-            let layout = Layout::Pairs {
-                xp,
-                rest: Vec::new(),
-            };
-            return Ok(Some(Packed { layout, n, k }));
+            // `on_tiles` checked `native`.
+            return Packed::pairs(b, (n, k), 0, true).map(Some);
         }
         Ok(None)
-    }
-
-    /// Whether the rows are packed in pairs, none kept aside: [`gemm_rows`] takes runs of
-    /// rows on tiles where [`on_tiles`]`(k)`.
-    pub fn all_pairs(&self) -> bool {
-        matches!(&self.layout, Layout::Pairs { rest, .. } if rest.is_empty())
     }
 
     /// `b` [n, k] packed in quads (octets where those pay: [`quads::Octets::pays`])
@@ -269,7 +271,12 @@ impl Packed {
             || device("bf16 pack", format!("{n} rows of {k} overflow")),
         )?;
         let layout = Layout::Quads(xq);
-        Ok(Packed { layout, n, k })
+        Ok(Packed {
+            layout,
+            n,
+            k,
+            tiles: false,
+        })
     }
 }
 
@@ -288,8 +295,8 @@ fn rows_of(b: &[bf16], k: usize) -> Result<usize> {
 
 /// `out[i * n + j] = rows[i] . b_j` (`b` packed, [n, k]; each row's first `k` elements
 /// used), each an f32 chain of exact products as [`gemm_nt`]'s packed path adds them
-/// (where `b` is all pairs, [`Packed::all_pairs`], and [`on_tiles`]`(k)`: each run of
-/// rows that lie `k` apart on tiles); `out` is [rows.len(), n] and is overwritten.
+/// (where `b` was packed for tiles, [`Packed::for_tiles`]: each run of rows that lie `k`
+/// apart on tiles); `out` is [rows.len(), n] and is overwritten.
 /// Single-threaded. A row shorter than `k`
 /// or an `out` of another length is [`Error::Device`]; nothing is written then.
 pub fn gemm_rows(rows: &[&[bf16]], b: &Packed, out: &mut [f32]) -> Result<()> {
@@ -555,7 +562,7 @@ pub(crate) mod x86 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     pub unsafe fn gemm_rows(rows: &[&[bf16]], b: &super::Packed, out: &mut [f32]) {
         let k = b.k;
-        if b.all_pairs() && crate::tiles::fits(k) {
+        if b.tiles && crate::tiles::fits(k) {
             // Each run of rows that lie k apart is a block of `a` for the tiles.
             let mut i0 = 0;
             while i0 < rows.len() {

@@ -11,7 +11,8 @@
 //! specify (measured: not a sequential f32 chain, nor one rounding per step), so results
 //! agree with the other paths to the f32 rounding bound of a sum of k products, not bit
 //! for bit. Like `VDPBF16PS` (SDM: "DAZ, FTZ, RNE, MXCSR ignored"), subnormal inputs and
-//! results count as zero.
+//! results count as zero. [`gemm_pairs_add`] adds the products to the outputs instead
+//! (attention's running `P V`): the accumulators are loaded from them, not zeroed.
 
 use moemla_core::amx::{self, dot_bf16 as dot, load, store as stored, zero, TileConfig};
 
@@ -111,7 +112,7 @@ unsafe fn run(
     }
 }
 
-/// One run of tile steps for [`products`]: step `s` of the rows of `a` at `a + 64 s`
+/// One run of tile steps for [`products`] (and [`steps`]): step `s` of the rows of `a` at `a + 64 s`
 /// (tile rows `lda` bytes apart, the second row tile `a_tile` bytes after the first), of
 /// the pairs of `b` at `b + 16 s ldb` (pair rows `ldb` bytes apart, the second column
 /// tile 64 bytes after the first).
@@ -228,9 +229,9 @@ impl Grid {
         }
     }
 
-    /// The `R` x `C` accumulator tiles of rows from `r0` and columns from `c0`: zeroed,
-    /// then every step of `k` (`R` tiles of `a`, `C` of `b`, `R * C` products), then
-    /// stored ([`Grid::store`]).
+    /// The `R` x `C` accumulator tiles of rows from `r0` and columns from `c0`: zeroed
+    /// (or, adding, loaded from the outputs: [`Grid::load_sums`]), then every step of `k`
+    /// (`R` tiles of `a`, `C` of `b`, `R * C` products), then stored ([`Grid::store`]).
     ///
     /// # Safety
     /// As [`Grid::columns`]; columns `c0..c0 + 16 C` are within `n_pad`.
@@ -250,14 +251,14 @@ impl Grid {
                 steps: self.k / STEP,
             };
             if self.add {
-                self.load::<0>(r0, rows, c0);
+                self.load_sums::<0>(r0, rows, c0);
                 if C == 2 {
-                    self.load::<1>(r0, rows, c0 + COLS);
+                    self.load_sums::<1>(r0, rows, c0 + COLS);
                 }
                 if R == 2 {
-                    self.load::<2>(r0 + rows, rows, c0);
+                    self.load_sums::<2>(r0 + rows, rows, c0);
                     if C == 2 {
-                        self.load::<3>(r0 + rows, rows, c0 + COLS);
+                        self.load_sums::<3>(r0 + rows, rows, c0 + COLS);
                     }
                 }
                 steps::<R, C>(&st);
@@ -283,8 +284,8 @@ impl Grid {
     ///
     /// # Safety
     /// As [`Grid::store`].
-    unsafe fn load<const T: usize>(&self, r0: usize, rows: usize, c0: usize) {
-        // SAFETY: rows r0..r0 + rows < m and columns c0..c0 + live <= n of out are
+    unsafe fn load_sums<const T: usize>(&self, r0: usize, rows: usize, c0: usize) {
+        // SAFETY: rows r0..r0 + rows (<= m) and columns c0..c0 + live (<= n) of out are
         // readable; the buffer holds 16 rows of 64 bytes.
         unsafe {
             let o = self.o.add(r0 * self.ldo + c0);
@@ -308,7 +309,7 @@ impl Grid {
     /// # Safety
     /// As [`Grid::block`]; `c0 < n`.
     unsafe fn store<const T: usize>(&self, r0: usize, rows: usize, c0: usize) {
-        // SAFETY: rows r0..r0 + rows < m and columns c0..c0 + live <= n of out are
+        // SAFETY: rows r0..r0 + rows (<= m) and columns c0..c0 + live (<= n) of out are
         // writable; the buffer holds 16 rows of 64 bytes.
         unsafe {
             let o = self.o.add(r0 * self.ldo + c0);
@@ -392,6 +393,56 @@ mod tests {
                     // Any order of f32 additions: at most k roundings of at most eps each.
                     let abs: f64 = p().map(f64::abs).sum();
                     let tol = (k + 1) as f64 * f32::EPSILON as f64 * abs;
+                    assert!(
+                        (got as f64 - want).abs() <= tol,
+                        "m {m} n {n} k {k} ({i}, {j}): {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn adding_carries_the_outputs_sums_and_writes_only_its_outputs() {
+        if !fits(STEP) || !crate::bf16dot::native() {
+            eprintln!("skipped: this process may not use AMX-BF16 tiles");
+            return;
+        }
+        // As above, onto outputs that hold values (past n and m: NaN, which must stay).
+        for (m, n, k) in [(1, 1, 32), (17, 20, 64), (33, 50, 96), (64, 32, 128)] {
+            let a = crate::test_util::bf16_values(m * k, 3 + m as u64, -2.0);
+            let b = crate::test_util::bf16_values(n * k, 5 + n as u64, -2.0);
+            let (ldo, n_pad) = (n + 3, n.div_ceil(COLS) * COLS);
+            let mut xp = vec![0u32; k / 2 * n_pad];
+            let mut out = vec![f32::NAN; (m + 2) * ldo];
+            let init = |i: usize, j: usize| (i * 7 + j) as f32 % 11.0 - 5.0;
+            for i in 0..m {
+                for j in 0..n {
+                    out[i * ldo + j] = init(i, j);
+                }
+            }
+            // SAFETY: checked `fits(k)` and `native()`; b holds n rows of k and xp their
+            // packed size; a holds m rows of k; out m rows of ldo >= n.
+            unsafe {
+                crate::bf16dot::x86::pack_into(&b, n, k, &mut xp);
+                gemm_pairs_add(
+                    a.as_ptr().cast(),
+                    (m, k),
+                    (xp.as_ptr(), n, n_pad),
+                    (out.as_mut_ptr(), ldo),
+                );
+            }
+            for (i, row) in out.chunks_exact(ldo).enumerate() {
+                for (j, &got) in row.iter().enumerate() {
+                    if i >= m || j >= n {
+                        assert!(got.is_nan(), "m {m} n {n} k {k}: ({i}, {j}) written");
+                        continue;
+                    }
+                    let (ar, br) = (&a[i * k..][..k], &b[j * k..][..k]);
+                    let p = || ar.iter().zip(br).map(|(x, y)| x.to_f64() * y.to_f64());
+                    let want = init(i, j) as f64 + p().sum::<f64>();
+                    let abs = init(i, j).abs() as f64 + p().map(f64::abs).sum::<f64>();
+                    let tol = (k + 2) as f64 * f32::EPSILON as f64 * abs;
                     assert!(
                         (got as f64 - want).abs() <= tol,
                         "m {m} n {n} k {k} ({i}, {j}): {got} vs {want}"

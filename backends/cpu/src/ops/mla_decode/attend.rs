@@ -6,10 +6,11 @@
 //! list for sparse attention). Bf16 query values where this process may use AMX tiles
 //! (and the key width is whole tile steps), or on a CPU whose native bf16 dot outpaces
 //! its f32 FMA ([`bf16dot::outpaces_fma`]), take both products there
-//! ([`crate::bf16attn`]): K and V rows of a BF16 cache read in place (FP8 rows dequantized
-//! once per chunk, straight to bf16 where their scales are powers of two, else to f32 and
-//! kept when those values are bf16 values), V paired by position as the kernel reads it,
-//! `P` rounded to bf16 as FlashMLA does. Otherwise the rows are f32 (an F32 cache read in
+//! ([`crate::bf16attn`]): K and V rows of a BF16 cache read in place (on tiles, runs
+//! shorter than a tile gathered into one block), FP8 rows dequantized once per chunk,
+//! straight to bf16 where their scales are powers of two, else to f32 and kept when those
+//! values are bf16 values; V paired by position (as the dot kernel reads it, or into a
+//! buffer for the tiles), `P` rounded to bf16 as FlashMLA does. Otherwise the rows are f32 (an F32 cache read in
 //! place where a head's consecutive positions are consecutive rows, others upcast or
 //! FP8-dequantized once into one block, shared by all M rows), on AVX-512F kernels that
 //! read them directly ([`crate::f32attn`]; from 16 query rows on query rows prepared once:
@@ -179,8 +180,8 @@ pub(crate) struct Attention<'q> {
     q: &'q [f32],
     limits: &'q [usize],
     scale: f32,
-    /// The rows for the native bf16 dot: unset until a range's cache could take it;
-    /// `None` when they are not bf16 values.
+    /// The rows for the bf16 products (AMX tiles or the native dot): unset until a
+    /// range's cache could take them; `None` when they are not bf16 values.
     q16: Option<Option<bf16attn::Query>>,
     /// The rows prepared for the f32 kernels (unset until a chunk takes them).
     q32: Option<Option<f32attn::Query<'q>>>,
@@ -252,8 +253,8 @@ impl<'q> Attention<'q> {
             });
         }
         // Query rows that are bf16 values against a BF16 cache, or FP8 rows whose
-        // dequantized values are bf16 values (power-of-two scales): both products on the
-        // native bf16 dot; prepared on the first range that could take it.
+        // dequantized values are bf16 values (power-of-two scales): both products on AMX
+        // tiles or the native bf16 dot; prepared on the first range that could take them.
         let bf16_cache = matches!(
             cache.data,
             KvRows::Dense(FloatSlice::BF16(_)) | KvRows::Fp8(_)
