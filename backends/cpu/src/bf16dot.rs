@@ -486,7 +486,8 @@ pub(crate) mod x86 {
             // SAFETY: `fits(k)`; the m rows of a lie k apart from row(0), xp holds k / 2
             // pairs of n_pad columns (n_pad = n rounded up to LANES = 16), and out
             // columns 0..n of the m rows are writable.
-            crate::tiles::gemm_pairs(row(0), (m, k), dims, (o, n_all));
+            let sums = crate::tiles::Sums::Set;
+            crate::tiles::gemm_pairs(row(0), (m, k), dims, (o, n_all), sums);
             return;
         }
         multiply(row, (m, k), dims, (o, n_all), |r0, pr| {

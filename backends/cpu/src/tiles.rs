@@ -11,7 +11,7 @@
 //! specify (measured: not a sequential f32 chain, nor one rounding per step), so results
 //! agree with the other paths to the f32 rounding bound of a sum of k products, not bit
 //! for bit. Like `VDPBF16PS` (SDM: "DAZ, FTZ, RNE, MXCSR ignored"), subnormal inputs and
-//! results count as zero. [`gemm_pairs_add`] adds the products to the outputs instead
+//! results count as zero. [`Sums::Add`] adds the products to the outputs instead
 //! (attention's running `P V`): the accumulators are loaded from them, not zeroed.
 
 use moemla_core::amx::{self, dot_bf16 as dot, load, store as stored, zero, TileConfig};
@@ -31,51 +31,33 @@ pub fn fits(k: usize) -> bool {
     k > 0 && k.is_multiple_of(STEP) && amx::enabled()
 }
 
-/// `out[i * ldo + j] = a_i . b_j` for the `m` rows of `a` (`k` apart from `a`) and the
-/// first `n` of the `n_pad` packed columns at `xp`, on tiles: the accumulators of 32 rows
-/// x 32 columns at a time (4 tiles; 16-row and 16-column blocks at the edges, the last
-/// `m % 16` rows with a configuration of that many rows), each over all of `k`.
+/// What [`gemm_pairs`] does with its outputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sums {
+    /// Overwrites them with the products.
+    Set,
+    /// Adds the products to what they hold (the accumulators loaded from them rather than
+    /// zeroed, edge tiles through a buffer), each output's sum carried on in f32.
+    Add,
+}
+
+/// `out[i * ldo + j] = a_i . b_j` ([`Sums::Set`]; `+=` with [`Sums::Add`]) for the `m`
+/// rows of `a` (`k` apart from `a`) and the first `n` of the `n_pad` packed columns at
+/// `xp`, on tiles: the accumulators of 32 rows x 32 columns at a time (4 tiles; 16-row
+/// and 16-column blocks at the edges, the last `m % 16` rows with a configuration of that
+/// many rows), each over all of `k`.
 ///
 /// # Safety
 /// [`fits`]`(k)` must hold; `a + i * k` for `i < m` points at `k` readable elements,
 /// `xp` at `k / 2 * n_pad` readable words with `n <= n_pad` and `n_pad` a multiple of
-/// 16, and `o + i * ldo + j` for `i < m`, `j < n` is writable.
+/// 16, and `o + i * ldo + j` for `i < m`, `j < n` is writable (and readable with
+/// [`Sums::Add`]).
 pub unsafe fn gemm_pairs(
     a: *const u16,
     (m, k): (usize, usize),
     (xp, n, n_pad): (*const u32, usize, usize),
     (o, ldo): (*mut f32, usize),
-) {
-    // SAFETY: as this function's contract.
-    unsafe { run(a, (m, k), (xp, n, n_pad), (o, ldo), false) }
-}
-
-/// `out[i * ldo + j] += a_i . b_j`: [`gemm_pairs`] with the accumulators loaded from the
-/// outputs rather than zeroed (edge tiles through a buffer), so the products are added to
-/// what `out` holds, each output's sum carried on in f32.
-///
-/// # Safety
-/// As [`gemm_pairs`]; the outputs are also read.
-pub unsafe fn gemm_pairs_add(
-    a: *const u16,
-    (m, k): (usize, usize),
-    (xp, n, n_pad): (*const u32, usize, usize),
-    (o, ldo): (*mut f32, usize),
-) {
-    // SAFETY: as this function's contract.
-    unsafe { run(a, (m, k), (xp, n, n_pad), (o, ldo), true) }
-}
-
-/// [`gemm_pairs`] (`add` false) or [`gemm_pairs_add`].
-///
-/// # Safety
-/// As [`gemm_pairs_add`].
-unsafe fn run(
-    a: *const u16,
-    (m, k): (usize, usize),
-    (xp, n, n_pad): (*const u32, usize, usize),
-    (o, ldo): (*mut f32, usize),
-    add: bool,
+    sums: Sums,
 ) {
     if m == 0 || n == 0 {
         return;
@@ -88,7 +70,7 @@ unsafe fn run(
         n_pad,
         o,
         ldo,
-        add,
+        add: sums == Sums::Add,
     };
     let whole = m / ROWS * ROWS;
     // SAFETY (all below): tiles are enabled (`fits`); every block stays within the rows
@@ -202,7 +184,7 @@ struct Grid {
     n_pad: usize,
     o: *mut f32,
     ldo: usize,
-    /// Whether the products are added to the outputs ([`gemm_pairs_add`]).
+    /// Whether the products are added to the outputs ([`Sums::Add`]).
     add: bool,
 }
 
@@ -348,6 +330,7 @@ mod tests {
                 (m, k),
                 (xp.as_ptr(), n, n_pad),
                 (out.as_mut_ptr(), ldo),
+                Sums::Set,
             );
         }
         out
@@ -425,11 +408,12 @@ mod tests {
             // packed size; a holds m rows of k; out m rows of ldo >= n.
             unsafe {
                 crate::bf16dot::x86::pack_into(&b, n, k, &mut xp);
-                gemm_pairs_add(
+                gemm_pairs(
                     a.as_ptr().cast(),
                     (m, k),
                     (xp.as_ptr(), n, n_pad),
                     (out.as_mut_ptr(), ldo),
+                    Sums::Add,
                 );
             }
             for (i, row) in out.chunks_exact(ldo).enumerate() {

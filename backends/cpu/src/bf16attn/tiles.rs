@@ -1,4 +1,4 @@
-//! `acc += P V` of bf16 attention on AMX tiles ([`crate::tiles::gemm_pairs_add`]): `P`
+//! `acc += P V` of bf16 attention on AMX tiles ([`crate::tiles::gemm_pairs`], adding): `P`
 //! (the probabilities rounded to bf16, rows padded with zeros to whole tile steps of 32
 //! positions) is the tiles' `a`, read in place; the value rows are paired by position,
 //! rows `2t` and `2t + 1` interleaved column by column (`[positions / 2][d]` u32, zero
@@ -59,11 +59,12 @@ pub(super) fn gemm_pv(
     // holds m rows of width (a multiple of 32) and `acc` m rows of d, read and written.
     unsafe {
         pair_rows(rows, d, &mut buf.v[..len], d_pad);
-        crate::tiles::gemm_pairs_add(
+        crate::tiles::gemm_pairs(
             buf.p.as_ptr().cast(),
             (m, width),
             (buf.v.as_ptr(), d, d_pad),
             (acc.as_mut_ptr(), d),
+            crate::tiles::Sums::Add,
         );
     }
     Ok(())
