@@ -314,12 +314,30 @@ mod tests {
     use super::*;
     use half::bf16;
 
+    /// The value an output holds before a product: past `m` rows and `n` columns NaN
+    /// (which must stay), else a small integer (which [`Sums::Set`] must overwrite and
+    /// [`Sums::Add`] add to).
+    fn held(i: usize, j: usize, (m, n): (usize, usize)) -> f32 {
+        if i >= m || j >= n {
+            return f32::NAN;
+        }
+        (i * 7 + j) as f32 % 11.0 - 5.0
+    }
+
     /// `gemm_pairs` of `a` [m, k] and `b` [n, k] (packed as `bf16dot` packs it) into an
-    /// output `ldo` wide with two rows more than `m`, every element NaN before.
-    fn product(a: &[bf16], b: &[bf16], (m, n, k): (usize, usize, usize), ldo: usize) -> Vec<f32> {
+    /// output `ldo` wide with two rows more than `m`, holding [`held`] before.
+    fn product(
+        a: &[bf16],
+        b: &[bf16],
+        (m, n, k): (usize, usize, usize),
+        ldo: usize,
+        sums: Sums,
+    ) -> Vec<f32> {
         let n_pad = n.div_ceil(COLS) * COLS;
         let mut xp = vec![0u32; k / 2 * n_pad];
-        let mut out = vec![f32::NAN; (m + 2) * ldo];
+        let mut out: Vec<f32> = (0..(m + 2) * ldo)
+            .map(|e| held(e / ldo, e % ldo, (m, n)))
+            .collect();
         // SAFETY: the caller checked `fits(k)` and `bf16dot::native()` (pack_into's
         // AVX-512 features); b holds n rows of k and xp their packed size; a holds m rows
         // of k; out m rows of ldo >= n.
@@ -330,7 +348,7 @@ mod tests {
                 (m, k),
                 (xp.as_ptr(), n, n_pad),
                 (out.as_mut_ptr(), ldo),
-                Sums::Set,
+                sums,
             );
         }
         out
@@ -347,90 +365,51 @@ mod tests {
         // (the second tile of a 32-column block partly live, also under two row tiles:
         // 32 x 17), 32-column blocks and a 16-column one; k: one step, several, and an
         // expert's width. The output is wider than n and two rows longer than m: the
-        // columns past n and the rows past m must stay NaN.
+        // columns past n and the rows past m must stay NaN, in both modes.
         for (m, n, k) in [
             (1, 1, 32),
             (15, 16, 64),
             (16, 17, 32),
+            (17, 20, 64),
             (17, 33, 96),
             (32, 17, 64),
+            (33, 50, 96),
             (33, 5, 64),
             (47, 48, 32),
             (50, 40, 64),
+            (64, 32, 128),
             (64, 32, 2048),
             (69, 70, 160),
         ] {
             let a = crate::test_util::bf16_values(m * k, 7 + m as u64, -2.0);
             let b = crate::test_util::bf16_values(n * k, 11 + n as u64, -2.0);
             let ldo = n + 3;
-            let out = product(&a, &b, (m, n, k), ldo);
-            for (i, row) in out.chunks_exact(ldo).enumerate() {
-                for (j, &got) in row.iter().enumerate() {
-                    if i >= m || j >= n {
-                        assert!(got.is_nan(), "m {m} n {n} k {k}: ({i}, {j}) written");
-                        continue;
+            // Set overwrites the held values; Add carries them on.
+            for sums in [Sums::Set, Sums::Add] {
+                let out = product(&a, &b, (m, n, k), ldo, sums);
+                for (i, row) in out.chunks_exact(ldo).enumerate() {
+                    for (j, &got) in row.iter().enumerate() {
+                        if i >= m || j >= n {
+                            assert!(got.is_nan(), "m {m} n {n} k {k}: ({i}, {j}) written");
+                            continue;
+                        }
+                        let (ar, br) = (&a[i * k..][..k], &b[j * k..][..k]);
+                        let p = || ar.iter().zip(br).map(|(x, y)| x.to_f64() * y.to_f64());
+                        let base = match sums {
+                            Sums::Set => 0.0,
+                            Sums::Add => held(i, j, (m, n)) as f64,
+                        };
+                        let want = base + p().sum::<f64>();
+                        // Any order of f32 additions: at most k roundings (one more
+                        // adding to a held value) of at most eps each.
+                        let adds = k + 1 + usize::from(sums == Sums::Add);
+                        let abs = base.abs() + p().map(f64::abs).sum::<f64>();
+                        let tol = adds as f64 * f32::EPSILON as f64 * abs;
+                        assert!(
+                            (got as f64 - want).abs() <= tol,
+                            "{sums:?} m {m} n {n} k {k} ({i}, {j}): {got} vs {want}"
+                        );
                     }
-                    let (ar, br) = (&a[i * k..][..k], &b[j * k..][..k]);
-                    let p = || ar.iter().zip(br).map(|(x, y)| x.to_f64() * y.to_f64());
-                    let want: f64 = p().sum();
-                    // Any order of f32 additions: at most k roundings of at most eps each.
-                    let abs: f64 = p().map(f64::abs).sum();
-                    let tol = (k + 1) as f64 * f32::EPSILON as f64 * abs;
-                    assert!(
-                        (got as f64 - want).abs() <= tol,
-                        "m {m} n {n} k {k} ({i}, {j}): {got} vs {want}"
-                    );
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn adding_carries_the_outputs_sums_and_writes_only_its_outputs() {
-        if !fits(STEP) || !crate::bf16dot::native() {
-            eprintln!("skipped: this process may not use AMX-BF16 tiles");
-            return;
-        }
-        // As above, onto outputs that hold values (past n and m: NaN, which must stay).
-        for (m, n, k) in [(1, 1, 32), (17, 20, 64), (33, 50, 96), (64, 32, 128)] {
-            let a = crate::test_util::bf16_values(m * k, 3 + m as u64, -2.0);
-            let b = crate::test_util::bf16_values(n * k, 5 + n as u64, -2.0);
-            let (ldo, n_pad) = (n + 3, n.div_ceil(COLS) * COLS);
-            let mut xp = vec![0u32; k / 2 * n_pad];
-            let mut out = vec![f32::NAN; (m + 2) * ldo];
-            let init = |i: usize, j: usize| (i * 7 + j) as f32 % 11.0 - 5.0;
-            for i in 0..m {
-                for j in 0..n {
-                    out[i * ldo + j] = init(i, j);
-                }
-            }
-            // SAFETY: checked `fits(k)` and `native()`; b holds n rows of k and xp their
-            // packed size; a holds m rows of k; out m rows of ldo >= n.
-            unsafe {
-                crate::bf16dot::x86::pack_into(&b, n, k, &mut xp);
-                gemm_pairs(
-                    a.as_ptr().cast(),
-                    (m, k),
-                    (xp.as_ptr(), n, n_pad),
-                    (out.as_mut_ptr(), ldo),
-                    Sums::Add,
-                );
-            }
-            for (i, row) in out.chunks_exact(ldo).enumerate() {
-                for (j, &got) in row.iter().enumerate() {
-                    if i >= m || j >= n {
-                        assert!(got.is_nan(), "m {m} n {n} k {k}: ({i}, {j}) written");
-                        continue;
-                    }
-                    let (ar, br) = (&a[i * k..][..k], &b[j * k..][..k]);
-                    let p = || ar.iter().zip(br).map(|(x, y)| x.to_f64() * y.to_f64());
-                    let want = init(i, j) as f64 + p().sum::<f64>();
-                    let abs = init(i, j).abs() as f64 + p().map(f64::abs).sum::<f64>();
-                    let tol = (k + 2) as f64 * f32::EPSILON as f64 * abs;
-                    assert!(
-                        (got as f64 - want).abs() <= tol,
-                        "m {m} n {n} k {k} ({i}, {j}): {got} vs {want}"
-                    );
                 }
             }
         }

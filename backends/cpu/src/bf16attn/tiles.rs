@@ -14,8 +14,9 @@ use half::bf16;
 use moemla_core::Result;
 use std::arch::x86_64::*;
 
-/// See [`super::gemm_pv`]: on tiles wherever this process may use them (else the pair
-/// kernels: `P` rounded as [`super::round_rows`] does).
+/// See [`super::gemm_pv`] (which checked that there are `n` value rows): on tiles
+/// wherever this process may use them (else the pair kernels: `P` rounded as
+/// [`super::round_rows`] does).
 pub(super) fn gemm_pv(
     s: &[f32],
     n: usize,
@@ -28,7 +29,6 @@ pub(super) fn gemm_pv(
     let width = n.div_ceil(STEP) * STEP;
     let fits = d > 0
         && n > 0
-        && rows.len() == n
         && m * d == acc.len()
         && m.checked_mul(n) == Some(s.len())
         && rows.iter().all(|r| r.len() >= d);
@@ -99,7 +99,8 @@ unsafe fn pair_rows(rows: &[&[bf16]], d: usize, out: &mut [u32], d_pad: usize) {
         let dst = dst.as_mut_ptr();
         let mut c = 0;
         while c < d_pad {
-            let mask = crate::lanes::first32(d - c.min(d));
+            // c < d: a multiple of 16 below d rounded up to 16.
+            let mask = crate::lanes::first32(d - c);
             let (a, b) = (half(2 * t, c, mask), half(2 * t + 1, c, mask));
             // SAFETY: columns c..c + 16 of the row lie within d_pad (a multiple of 16),
             // and c + 16..c + 32 too where stored.
