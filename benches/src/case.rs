@@ -5,8 +5,8 @@
 //! (`mla_cache_write` into a 1 GiB cache pool) before the decode.
 
 use moemla_core::{
-    ActivationQuant, DType, ExpertsParams, IndexerParams, KvFormat, MlaDecodeParams, Op,
-    RouteParams, SparseDecodeParams,
+    ActivationQuant, ActivationScale, DType, ExpertsParams, IndexerParams, KvFormat,
+    MlaDecodeParams, Op, RouteParams, SparseDecodeParams,
 };
 use std::collections::BTreeMap;
 use std::fmt;
@@ -55,8 +55,12 @@ pub enum BenchCase {
     },
     /// `moe_experts` with F8E4M3 weights and 128x128 block scales (F32), BF16 tokens.
     Fp8Experts {
-        /// w8a8 (`fp8_block128` activations, f32 scales) rather than w8a16.
+        /// w8a8 (`fp8_block128` activations) rather than w8a16.
         w8a8: bool,
+        /// UE8M0 scales, as DeepSeek-V3.1's checkpoints have them: the weights' block
+        /// scales powers of two (and w8a8's activation scales too); else f32 scales as
+        /// DeepSeek-V3's.
+        ue8m0: bool,
         /// T.
         tokens: usize,
         /// H.
@@ -184,8 +188,26 @@ impl BenchCase {
     /// "fp8 cache", "append dense", ...; empty for none): tables and plots show it.
     pub fn variant(&self) -> &'static str {
         match *self {
-            BenchCase::Fp8Experts { w8a8: false, .. } => "fp8 w8a16",
-            BenchCase::Fp8Experts { w8a8: true, .. } => "fp8 w8a8",
+            BenchCase::Fp8Experts {
+                w8a8: false,
+                ue8m0: false,
+                ..
+            } => "fp8 w8a16",
+            BenchCase::Fp8Experts {
+                w8a8: true,
+                ue8m0: false,
+                ..
+            } => "fp8 w8a8",
+            BenchCase::Fp8Experts {
+                w8a8: false,
+                ue8m0: true,
+                ..
+            } => "fp8 w8a16 ue8m0",
+            BenchCase::Fp8Experts {
+                w8a8: true,
+                ue8m0: true,
+                ..
+            } => "fp8 w8a8 ue8m0",
             BenchCase::MlaFp8 { .. } | BenchCase::Sparse { .. } => "fp8 cache",
             BenchCase::Step { fp8: false, .. } => "append dense",
             BenchCase::Step { fp8: true, .. } => "append fp8 cache",
@@ -196,8 +218,15 @@ impl BenchCase {
     /// The `moe_experts` parameters of an experts case.
     pub fn experts_params(&self) -> ExpertsParams {
         match *self {
-            BenchCase::Fp8Experts { w8a8: true, .. } => ExpertsParams {
+            BenchCase::Fp8Experts {
+                w8a8: true, ue8m0, ..
+            } => ExpertsParams {
                 activation_quant: ActivationQuant::Fp8Block128,
+                activation_scale: if ue8m0 {
+                    ActivationScale::Ue8m0
+                } else {
+                    ActivationScale::F32
+                },
                 ..ExpertsParams::default()
             },
             _ => ExpertsParams::default(),
@@ -418,6 +447,7 @@ fn standard_v2() -> Vec<BenchCase> {
         for tokens in [1, 16, 256] {
             cases.push(BenchCase::Fp8Experts {
                 w8a8,
+                ue8m0: false,
                 tokens,
                 hidden: 7168,
                 inter: 2048,
@@ -425,6 +455,18 @@ fn standard_v2() -> Vec<BenchCase> {
                 top_k: 8,
             });
         }
+    }
+    // The same at prefill with DeepSeek-V3.1's UE8M0 scales (powers of two).
+    for w8a8 in [false, true] {
+        cases.push(BenchCase::Fp8Experts {
+            w8a8,
+            ue8m0: true,
+            tokens: 256,
+            hidden: 7168,
+            inter: 2048,
+            experts: 256,
+            top_k: 8,
+        });
     }
     // The dense decode shapes over the FP8 cache.
     for h_q in [16, 128] {
@@ -556,6 +598,7 @@ fn quick() -> Vec<BenchCase> {
     for w8a8 in [false, true] {
         cases.push(BenchCase::Fp8Experts {
             w8a8,
+            ue8m0: false,
             tokens: 4,
             hidden: 256,
             inter: 128,

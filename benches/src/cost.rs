@@ -242,6 +242,7 @@ mod tests {
     fn fp8_experts_count_one_byte_per_weight_plus_block_scales() {
         let case = BenchCase::Fp8Experts {
             w8a8: false,
+            ue8m0: false,
             tokens: 1,
             hidden: 7168,
             inter: 2048,

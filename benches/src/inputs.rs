@@ -366,14 +366,21 @@ pub fn generate(case: &BenchCase) -> Result<BenchInputs> {
             inter,
             experts,
             top_k,
+            ue8m0,
             ..
         } => {
             let (ids, used_experts) = distinct_ids(&mut rng, tokens, experts, top_k);
             let weights: Vec<f32> = (0..tokens * top_k)
                 .map(|_| 0.5 + 0.5 * rng.symmetric().abs())
                 .collect();
-            // |code value| <= 448: scales 1 / (448 sqrt(H)) keep |w| <= H^-1/2.
+            // |code value| <= 448: scales 1 / (448 sqrt(H)) keep |w| <= H^-1/2 (UE8M0:
+            // that rounded up to a power of two, as V3.1's scales are).
             let scale = 1.0 / (448.0 * (hidden as f32).sqrt());
+            let scale = if ue8m0 {
+                moemla_core::fp8::pow2_ceil(scale)
+            } else {
+                scale
+            };
             let blocks = |n: usize| n.div_ceil(128);
             let scales = |dims: [usize; 3]| {
                 HostTensor::from_slice(dims, &vec![scale; dims.iter().product()])

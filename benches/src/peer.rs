@@ -224,6 +224,7 @@ mod tests {
         // V3's 256 FP8 experts are generated on the device side: no case file.
         let big = BenchCase::Fp8Experts {
             w8a8: false,
+            ue8m0: false,
             tokens: 1,
             hidden: 7168,
             inter: 2048,

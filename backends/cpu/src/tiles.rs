@@ -125,6 +125,19 @@ pub struct Steps {
 pub unsafe fn products<const R: usize, const C: usize>(st: &Steps) {
     // SAFETY: as this function's contract.
     unsafe {
+        zero_sums::<R, C>();
+        steps::<R, C>(st);
+    }
+}
+
+/// Zeroes the `R` x `C` accumulator tiles (tile `2r + c`).
+///
+/// # Safety
+/// A configuration from [`config`] is loaded on this thread.
+#[inline(always)]
+pub unsafe fn zero_sums<const R: usize, const C: usize>() {
+    // SAFETY: as this function's contract.
+    unsafe {
         zero::<0>();
         if C == 2 {
             zero::<1>();
@@ -135,16 +148,16 @@ pub unsafe fn products<const R: usize, const C: usize>(st: &Steps) {
                 zero::<3>();
             }
         }
-        steps::<R, C>(st);
     }
 }
 
-/// [`products`] onto the accumulator tiles as they are (loaded by the caller).
+/// [`products`] onto the accumulator tiles as they are (zeroed or loaded by the caller,
+/// or holding earlier steps' sums).
 ///
 /// # Safety
 /// As [`products`].
 #[inline(always)]
-unsafe fn steps<const R: usize, const C: usize>(st: &Steps) {
+pub unsafe fn steps<const R: usize, const C: usize>(st: &Steps) {
     // SAFETY: as this function's contract.
     unsafe {
         for s in 0..st.steps {

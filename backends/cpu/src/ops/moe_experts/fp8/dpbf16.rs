@@ -68,6 +68,27 @@ const fn table(high: bool) -> [u8; 128] {
 static HIGH: [u8; 128] = table(true);
 static LOW: [u8; 128] = table(false);
 
+/// Every magnitude's bf16 bits ([`magnitude_bf16`]), indexed by the magnitude.
+static MAGNITUDES: [u16; 128] = {
+    let mut t = [0u16; 128];
+    let mut m = 0;
+    while m < 128 {
+        t[m] = magnitude_bf16(m);
+        m += 1;
+    }
+    t
+};
+
+/// `e` where `scale` is `2^e` and every non-zero e4m3 value times it is a normal bf16
+/// (`e` in -117..=119: the values' exponents run from -9 to 8), so that
+/// [`Tables::scaled`] decodes codes times `scale` exactly; else `None`. UE8M0 scales
+/// (DeepSeek-V3.1's checkpoints) are powers of two.
+pub(crate) fn pow2_exponent(scale: f32) -> Option<i32> {
+    let bits = scale.to_bits();
+    let e = (bits >> 23) as i32 - 127;
+    (bits & 0x807F_FFFF == 0 && (-117..=119).contains(&e)).then_some(e)
+}
+
 /// Whether the CPU has this path (AVX-512 F/BW/VL, VBMI and BF16).
 pub fn available() -> bool {
     std::arch::is_x86_feature_detected!("avx512f")
@@ -436,6 +457,37 @@ impl Tables {
             ],
         }
     }
+
+    /// [`Tables::load`] for the values times `2^e` (`e` from [`pow2_exponent`]): `e`
+    /// added to the exponent of every non-zero finite magnitude's bf16 (exact, each stays
+    /// normal); zero and the NaN as they are.
+    ///
+    /// # Safety
+    /// AVX-512F and AVX-512BW must be available.
+    #[inline(always)]
+    unsafe fn scaled(e: i32) -> Self {
+        let add = _mm512_set1_epi16((e << 7) as i16);
+        // Magnitudes 32 v .. 32 v + 32; 0 (zero) and 127 (NaN) kept as they are.
+        let keep: [u32; 4] = [!1, !0, !0, !(1 << 31)];
+        let (mut high, mut low) = ([_mm256_setzero_si256(); 4], [_mm256_setzero_si256(); 4]);
+        for v in 0..4 {
+            // SAFETY: 32 words from 32 v < 128 of MAGNITUDES.
+            let w = unsafe { _mm512_loadu_si512(MAGNITUDES[32 * v..].as_ptr().cast()) };
+            let w = _mm512_mask_add_epi16(w, keep[v], w, add);
+            high[v] = _mm512_cvtepi16_epi8(_mm512_srli_epi16::<8>(w));
+            low[v] = _mm512_cvtepi16_epi8(w);
+        }
+        Tables {
+            high: [
+                _mm512_inserti64x4::<1>(_mm512_castsi256_si512(high[0]), high[1]),
+                _mm512_inserti64x4::<1>(_mm512_castsi256_si512(high[2]), high[3]),
+            ],
+            low: [
+                _mm512_inserti64x4::<1>(_mm512_castsi256_si512(low[0]), low[1]),
+                _mm512_inserti64x4::<1>(_mm512_castsi256_si512(low[2]), low[3]),
+            ],
+        }
+    }
 }
 
 /// The block's dot products (16 f32 lanes per vector) of `live` (1..=128; 128 when
@@ -572,5 +624,58 @@ mod tests {
             f32::from_bits(u32::from(magnitude_bf16(1)) << 16),
             2f32.powi(-9)
         );
+    }
+
+    #[test]
+    fn scaled_tables_decode_every_code_times_its_power_of_two_exactly() {
+        if !available() {
+            eprintln!("skipped: no AVX-512 BF16 with VBMI here");
+            return;
+        }
+        // The ends of the range, 1 and a few between; each decodes all 256 codes.
+        for e in [-117, -60, -9, -1, 0, 1, 8, 60, 119] {
+            assert_eq!(pow2_exponent(2f32.powi(e)), Some(e));
+            let scale = 2f64.powi(e);
+            let codes: [u8; 256] = std::array::from_fn(|c| c as u8);
+            let mut words = [0u16; 256];
+            // SAFETY: the features were checked above; 64 codes a step, 64 words out.
+            unsafe {
+                let tables = Tables::scaled(e);
+                for (step, out) in codes.chunks_exact(64).zip(words.chunks_exact_mut(64)) {
+                    let (lo, hi) = decode(&tables, _mm512_loadu_si512(step.as_ptr().cast()));
+                    _mm512_storeu_si512(out.as_mut_ptr().cast(), lo);
+                    _mm512_storeu_si512(out[32..].as_mut_ptr().cast(), hi);
+                }
+            }
+            for (step, out) in words.chunks_exact(64).enumerate() {
+                for (i, &bits) in out.iter().enumerate() {
+                    // decode's order: per 128-bit lane q, codes 16q..16q + 8 in the first
+                    // vector, 16q + 8..16q + 16 in the second.
+                    let (half, at) = (i / 32, i % 32);
+                    let code = step * 64 + at / 8 * 16 + half * 8 + at % 8;
+                    let got = f32::from_bits(u32::from(bits) << 16);
+                    let want = e4m3_reference(code as u8) * scale;
+                    if want.is_nan() {
+                        assert!(got.is_nan(), "e {e} code {code:#04x}");
+                        continue;
+                    }
+                    assert_eq!(got as f64, want, "e {e} code {code:#04x}");
+                    assert!(want == 0.0 || got.is_normal(), "e {e} code {code:#04x}");
+                }
+            }
+        }
+        // Not a power of two, negative, zero, infinite or past the range: not taken.
+        for s in [
+            0.37,
+            -0.5,
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NAN,
+            2f32.powi(-118),
+            2f32.powi(120),
+        ] {
+            assert_eq!(pow2_exponent(s), None, "{s}");
+        }
     }
 }

@@ -592,13 +592,14 @@ mod tests {
     /// E 2, R 130 (a partial row block), C 300 (two full 128-blocks, a partial one, and a
     /// partial 64-step): see [`test_weights_of`].
     fn test_weights() -> TestWeights {
-        test_weights_of(300)
+        test_weights_of(300, false)
     }
 
     /// E 2, R 130, C `c` (>= 78): codes with every value but NaN in play, -0.0 (0x80) and
     /// +-448 (0x7E, 0xFE) included, and one NaN code in row 5 and one in the last column
-    /// of row 140 (expert 1); scales `[2, 2, ceil(c / 128)]`.
-    fn test_weights_of(c: usize) -> TestWeights {
+    /// of row 140 (expert 1); scales `[2, 2, ceil(c / 128)]`, 0.37 times powers of two,
+    /// or (`pow2`, UE8M0 scales) powers of two from 2^-6 to 2^-60.
+    fn test_weights_of(c: usize, pow2: bool) -> TestWeights {
         let (e, r) = (2, 130);
         let mut codes: Vec<u8> = (0..e * r * c).map(|i| (i * 37 % 256) as u8).collect();
         for b in codes.iter_mut() {
@@ -609,7 +610,10 @@ mod tests {
         codes[5 * c + 77] = 0xFF;
         codes[140 * c + c - 1] = 0x7F;
         let scales: Vec<f32> = (0..e * 2 * c.div_ceil(BLOCK))
-            .map(|i| 2f32.powi(-(i as i32) % 7) * 0.37)
+            .map(|i| match pow2 {
+                false => 2f32.powi(-(i as i32) % 7) * 0.37,
+                true => 2f32.powi(-6 - (i as i32 * 11) % 55),
+            })
             .collect();
         TestWeights {
             r,
@@ -654,12 +658,14 @@ mod tests {
                     continue;
                 }
                 let want = reference(w, row, &act[j * c..(j + 1) * c]);
+                let (_, scales) = w.row(row);
                 let mag: f64 = (0..c)
                     .map(|cc| {
-                        (e4m3_decode(w.codes[row * c + cc]) as f64 * act[j * c + cc] as f64).abs()
+                        let scale = scales[cc / BLOCK] as f64;
+                        let code = e4m3_decode(w.codes[row * c + cc]) as f64;
+                        (code * scale * act[j * c + cc] as f64).abs()
                     })
-                    .sum::<f64>()
-                    * 0.37;
+                    .sum::<f64>();
                 assert!(
                     (got as f64 - want).abs() <= 1e-6 * mag.max(1e-30),
                     "{what} row {row} vector {j}: {got} vs {want}"
@@ -744,11 +750,16 @@ mod tests {
     fn prepared_vectors_match_the_dequantized_dot_products_and_refuse_what_does_not_fit() {
         // C 1100 ends in a block of 76 columns (a whole step and a partial one), C 300 in
         // one of 44 (a partial step alone).
-        for (c, counts) in [
-            (1100, &[1, 5, 7, 8, 13, 18, 24, 25, 48][..]),
-            (300, &[8, 18]),
-        ] {
-            prepared_vectors_at(c, counts);
+        // Weight scales of both kinds: on tiles, groups of rows with one scale row of
+        // powers of two keep their sums in the tiles over all columns (with tokens of
+        // scale 1, at most 32 of them).
+        for pow2 in [false, true] {
+            for (c, counts) in [
+                (1100, &[1, 5, 7, 8, 13, 18, 24, 25, 32, 33, 48][..]),
+                (300, &[8, 18]),
+            ] {
+                prepared_vectors_at(c, counts, pow2);
+            }
         }
         // Plain f32 activations are declined, as are ragged vectors.
         let c = 1100;
@@ -758,8 +769,8 @@ mod tests {
 
     /// [`prepared_vectors_match_the_dequantized_dot_products_and_refuse_what_does_not_fit`]
     /// at `c` columns for each count of vectors.
-    fn prepared_vectors_at(c: usize, counts: &[usize]) {
-        let t = test_weights_of(c);
+    fn prepared_vectors_at(c: usize, counts: &[usize], pow2: bool) {
+        let t = test_weights_of(c, pow2);
         let (w, r) = (t.weights(), t.r);
         let (first, rows) = (3, 2 * r - 7);
         for kind in ["bf16", "quantized"] {
@@ -814,7 +825,7 @@ mod tests {
         // FMA's of 8; 7 = 4 + 3, 17 = 5 + 4 + 4 + 4 and 6 + 6 + 5); an odd row count (the last
         // row alone for the bf16 dot's pairs, a partial last pass of 16 rows for the FMA
         // path) crossing the expert boundary (rows 129 and 130).
-        let t = test_weights_of(1100);
+        let t = test_weights_of(1100, false);
         let (w, r, c) = (t.weights(), t.r, t.c);
         let (first, rows) = (3, 2 * r - 7);
         let mut ran = 0;
