@@ -153,20 +153,22 @@ def _token_flip_budget(xt, w13, w2, ids_t, weights_t, options):
     return budget, fragile
 
 
-def _fp8_weights(rng, real):
-    """Block-quantize real weights [E, R, C]; sprinkle -0.0 codes (never over a +-448 code)."""
-    codes, scale = fp8.block_quantize(real)
+def _fp8_weights(rng, real, scale_format="f32"):
+    """Block-quantize real weights [E, R, C] (scales as scale_format: "f32" or "ue8m0");
+    sprinkle -0.0 codes (never over a +-448 code)."""
+    codes, scale = fp8.block_quantize(real, scale_format=scale_format)
     pick = (rng.uniform(size=codes.shape) < NEG_ZERO_SHARE) & ~np.isin(codes, [fp8.CODE_POS_MAX, fp8.CODE_NEG_MAX])
     codes[pick] = fp8.CODE_NEG_ZERO
     return codes, scale
 
 
-def build_v2(dtype, name, description, tokens, hidden, inter, experts, top_k, params, fp8_weights=True, x_std=1.0, w2_gain=1.0, unused=None, hot=None, empty_slots=(), zero_weight_slots=()):
+def build_v2(dtype, name, description, tokens, hidden, inter, experts, top_k, params, fp8_weights=True, x_std=1.0, w2_gain=1.0, unused=None, hot=None, empty_slots=(), zero_weight_slots=(), weight_scales="f32"):
     """A v2 experts case: FP8 weights (default) or run-dtype ones, with the given params.
 
     x ~ N(0, x_std^2) in the run dtype; real weights W13 ~ N(0, 1/H), W2 ~ N(0, (w2_gain 0.5)^2
     / I), block-quantized to e4m3 with f32 scales (amax / 448: generally not powers of two,
-    every block holding a +-448 code); 1% of the codes are -0.0 (0x80).
+    every block holding a +-448 code; weight_scales "ue8m0": rounded up to powers of two, as
+    DeepSeek-V3.1's checkpoints, the +-448 codes not required); 1% of the codes are -0.0 (0x80).
     zero_weight_slots: (t, j) slots given weight -0.0 (contract: they contribute nothing).
     """
     rng = case_rng("moe_experts", dtype, name)
@@ -178,15 +180,18 @@ def build_v2(dtype, name, description, tokens, hidden, inter, experts, top_k, pa
     w2_real = rng.standard_normal((experts, hidden, inter)) * (w2_gain * 0.5 / np.sqrt(inter))
     tensors = {"in.x": x}
     if fp8_weights:
-        w13_codes, w13_scale = _fp8_weights(rng, w13_real)
-        w2_codes, w2_scale = _fp8_weights(rng, w2_real)
+        w13_codes, w13_scale = _fp8_weights(rng, w13_real, weight_scales)
+        w2_codes, w2_scale = _fp8_weights(rng, w2_real, weight_scales)
         w13, w2 = fp8.block_dequantize(w13_codes, w13_scale), fp8.block_dequantize(w2_codes, w2_scale)
         tensors["in.w13"] = w13_codes.view(ml_dtypes.float8_e4m3fn)
         tensors["in.w13_scale"] = w13_scale
         tensors["in.w2"] = w2_codes.view(ml_dtypes.float8_e4m3fn)
         tensors["in.w2_scale"] = w2_scale
         for what, codes in (("w13", w13_codes), ("w2", w2_codes)):
-            missing = {fp8.CODE_POS_MAX, fp8.CODE_NEG_MAX, fp8.CODE_NEG_ZERO} - set(np.unique(codes).tolist())
+            required = {fp8.CODE_NEG_ZERO}
+            if weight_scales == "f32":
+                required |= {fp8.CODE_POS_MAX, fp8.CODE_NEG_MAX}
+            missing = required - set(np.unique(codes).tolist())
             if missing or np.isin(codes, [0x7F, 0xFF]).any():
                 raise CaseError(f"moe_experts/{dtype}/{name}: {what} lacks codes {sorted(missing)} or holds NaN codes")
     else:

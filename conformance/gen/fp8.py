@@ -126,12 +126,14 @@ def unpack_ds_v32_rows(rows):
     return np.concatenate([latent, rope], axis=1).reshape(*lead, LATENT + ROPE)
 
 
-def block_quantize(w, block=128):
+def block_quantize(w, block=128, scale_format="f32"):
     """The checkpoints' 128x128 block quantizer (reference data generation, f32 arithmetic).
 
     w [E, R, C] real values -> (codes uint8 [E, R, C], scale float32 [E, ceil(R/128),
     ceil(C/128)]): scale = amax / 448 in f32 per block (edge blocks partial), codes =
-    e4m3(w / scale). Scales are generally not powers of two.
+    e4m3(w / scale). Scales are generally not powers of two; scale_format "ue8m0" rounds
+    each up to a power of two (pow2_ceil_f32), as DeepSeek-V3.1's checkpoints have them
+    (then |w| / scale <= 448 and the +-448 codes need not occur).
     """
     w = np.asarray(w, dtype=np.float32)
     e, r, c = w.shape
@@ -143,6 +145,8 @@ def block_quantize(w, block=128):
             tile = w[:, i * block : (i + 1) * block, j * block : (j + 1) * block]
             amax = np.max(np.abs(tile), axis=(1, 2)).astype(np.float32)
             sc = np.maximum(amax, np.float32(1e-12)) / np.float32(E4M3_MAX)
+            if scale_format == "ue8m0":
+                sc = pow2_ceil_f32(sc)
             scale[:, i, j] = sc
             codes[:, i * block : (i + 1) * block, j * block : (j + 1) * block] = e4m3_encode(tile / sc[:, None, None])
     return codes, scale
