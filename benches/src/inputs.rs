@@ -374,7 +374,8 @@ pub fn generate(case: &BenchCase) -> Result<BenchInputs> {
                 .map(|_| 0.5 + 0.5 * rng.symmetric().abs())
                 .collect();
             // |code value| <= 448: scales 1 / (448 sqrt(H)) keep |w| <= H^-1/2 (UE8M0:
-            // that rounded up to a power of two, as V3.1's scales are).
+            // that rounded up to a power of two, as V3.1's scales are: |w| <= 1.16 H^-1/2
+            // at H 7168).
             let scale = 1.0 / (448.0 * (hidden as f32).sqrt());
             let scale = if ue8m0 {
                 moemla_core::fp8::pow2_ceil(scale)

@@ -133,14 +133,14 @@ def _experts_v2_cases(dtype):
         c("fp8_w8a16_swiglu10_t6_h256_i160_e3_k2", "FP8 w8a16 with swiglu_limit 10 (V4) that bites: large activations", 6, 256, 160, 3, 2, {"swiglu_limit": 10.0}, x_std=6.0, w2_gain=0.05),
         c("fp8_w8a8_ue8m0_swiglu10_t8_h256_i256_e3_k2", "FP8 w8a8 UE8M0 with swiglu_limit 10 (V4-like)", 8, 256, 256, 3, 2, dict(W8A8_UE8M0, swiglu_limit=10.0), x_std=10.0, w2_gain=0.012),
         c(
-            "fp8_w8a16_wue8m0_t8_h256_i128_e2_k2",
-            "FP8 w8a16 with UE8M0 (power-of-two) weight block scales, as DeepSeek-V3.1's checkpoints: 8 tokens per expert",
-            8, 256, 128, 2, 2, W8A16, weight_scales="ue8m0",
+            "fp8_w8a16_wue8m0_t24_h256_i128_e2_k2",
+            "FP8 w8a16 with UE8M0 (power-of-two) weight block scales, as DeepSeek-V3.1's checkpoints, differing from block to block: 24 tokens per expert",
+            24, 256, 128, 2, 2, W8A16, weight_scales="ue8m0",
         ),
         c(
-            "fp8_w8a8_ue8m0_wue8m0_t8_h256_i128_e2_k2",
-            "FP8 w8a8, UE8M0 weight and activation scales (DeepSeek-V3.1), 8 tokens per expert",
-            8, 256, 128, 2, 2, W8A8_UE8M0, w2_gain=0.5, weight_scales="ue8m0",
+            "fp8_w8a8_ue8m0_wue8m0_t9_h256_i128_e2_k2",
+            "FP8 w8a8, UE8M0 weight (differing from block to block) and activation scales (DeepSeek-V3.1), 9 tokens per expert",
+            9, 256, 128, 2, 2, W8A8_UE8M0, weight_scales="ue8m0",
         ),
         c("dense_swiglu7_t5_h64_i32_e4_k2", "run-dtype weights with swiglu_limit 7 (clamp without FP8)", 5, 64, 32, 4, 2, {"swiglu_limit": 7.0}, fp8_weights=False, x_std=5.0, w2_gain=0.1),
     ] + _experts_shared_cases(dtype)

@@ -46,6 +46,8 @@ def build(dtype, name, description, tokens, hidden, inter, experts, top_k, unuse
     Keeping |y| mostly below 1 leaves f16/bf16 rounding of the expert outputs well inside
     the contract's tolerance (see lowp.py).
     """
+    if weight_scales not in ("f32", "ue8m0"):
+        raise CaseError(f"moe_experts/{dtype}/{name}: weight_scales {weight_scales!r}: f32 or ue8m0")
     rng = case_rng("moe_experts", dtype, name)
     ids, weights = _routing(rng, tokens, experts, top_k, unused, hot, empty_slots)
     x = to_run_dtype(rng.standard_normal((tokens, hidden)), dtype)
@@ -155,7 +157,13 @@ def _token_flip_budget(xt, w13, w2, ids_t, weights_t, options):
 
 def _fp8_weights(rng, real, scale_format="f32"):
     """Block-quantize real weights [E, R, C] (scales as scale_format: "f32" or "ue8m0");
-    sprinkle -0.0 codes (never over a +-448 code)."""
+    sprinkle -0.0 codes (never over a +-448 code). With "ue8m0" each 128x128 block is first
+    multiplied by its own power of two (2^-2 to 1), so the scales differ from block to
+    block as a checkpoint's do."""
+    if scale_format == "ue8m0":
+        e, r, c = real.shape
+        gain = 2.0 ** rng.randint(-2, 1, size=(e, -(-r // 128), -(-c // 128)))
+        real = real * np.repeat(np.repeat(gain, 128, axis=1), 128, axis=2)[:, :r, :c]
     codes, scale = fp8.block_quantize(real, scale_format=scale_format)
     pick = (rng.uniform(size=codes.shape) < NEG_ZERO_SHARE) & ~np.isin(codes, [fp8.CODE_POS_MAX, fp8.CODE_NEG_MAX])
     codes[pick] = fp8.CODE_NEG_ZERO
@@ -171,6 +179,8 @@ def build_v2(dtype, name, description, tokens, hidden, inter, experts, top_k, pa
     DeepSeek-V3.1's checkpoints, the +-448 codes not required); 1% of the codes are -0.0 (0x80).
     zero_weight_slots: (t, j) slots given weight -0.0 (contract: they contribute nothing).
     """
+    if weight_scales not in ("f32", "ue8m0"):
+        raise CaseError(f"moe_experts/{dtype}/{name}: weight_scales {weight_scales!r}: f32 or ue8m0")
     rng = case_rng("moe_experts", dtype, name)
     ids, weights = _routing(rng, tokens, experts, top_k, unused, hot, empty_slots)
     for t, j in zero_weight_slots:

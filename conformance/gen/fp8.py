@@ -135,6 +135,8 @@ def block_quantize(w, block=128, scale_format="f32"):
     each up to a power of two (pow2_ceil_f32), as DeepSeek-V3.1's checkpoints have them
     (then |w| / scale <= 448 and the +-448 codes need not occur).
     """
+    if scale_format not in ("f32", "ue8m0"):
+        raise ValueError(f"scale_format {scale_format!r}: f32 or ue8m0")
     w = np.asarray(w, dtype=np.float32)
     e, r, c = w.shape
     rb, cb = -(-r // block), -(-c // block)

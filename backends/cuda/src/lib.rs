@@ -112,8 +112,8 @@ pub fn device_count() -> usize {
 pub const VERIFICATION_DETAIL: &str = "NVIDIA H200 (sm_90), 2026-12-04, driver 580 / CUDA 13.0: \
      every golden case of the set then (v1 and v2) passed (the six v2 experts cases with \
      UE8M0 weight scales, added 2026-12-06, not yet run there), compute-sanitizer memcheck \
-     clean on a v1 subset; other devices unverified; sm_80 compiled by NVRTC in CI and run on a host emulator, not \
-     on silicon; the launcher's shared-memory opt-in changed after that run (every kernel \
+     clean on a v1 subset; other devices unverified; sm_80 compiled by NVRTC in CI and run \
+     on a host emulator, not on silicon; the launcher's shared-memory opt-in changed after that run (every kernel \
      with dynamic shared memory now opts in, 2026-12-04): compiled and unit-tested, not yet \
      run on silicon";
 

@@ -5,22 +5,9 @@
 //! in [2^-117, 2^119] (where every nonzero result is a normal bf16) is declined; its
 //! caller takes the f32 path.
 
-use crate::ops::moe_experts::fp8::magnitude_bf16;
+use crate::ops::moe_experts::fp8::{pow2_exponent, MAGNITUDES};
 use half::bf16;
 use moemla_core::fp8::{DS_V32_DIM, DS_V32_LATENT, DS_V32_ROW_BYTES, DS_V32_TILE};
-
-/// The bf16 bits of every e4m3fn magnitude (code & 0x7F; 0x7F: NaN), the same values the
-/// FP8 experts decode with ([`magnitude_bf16`]). A static, so the kernel's pointer into it
-/// is to one place in memory.
-static TABLE: [u16; 128] = {
-    let mut t = [0u16; 128];
-    let mut m = 0;
-    while m < 128 {
-        t[m] = magnitude_bf16(m);
-        m += 1;
-    }
-    t
-};
 
 /// Rows prefetched ahead of the one dequantized (listed or paged rows lie anywhere in the
 /// cache: every first touch would wait on memory).
@@ -65,24 +52,20 @@ pub fn rows(
 }
 
 /// Per scale of `row`, `log2(scale) << 7` (what adding to a bf16's bits multiplies it
-/// by), when every scale is a power of two `2^k`, -117 <= k <= 119: then a nonzero code
-/// (>= 2^-9 and <= 448 in magnitude) times the scale is a normal bf16 (>= 2^-126, < 2^128).
+/// by), when every scale is a power of two that [`pow2_exponent`] takes: then a nonzero
+/// code times the scale is a normal bf16.
 fn exponent_shifts(row: &[u8; DS_V32_ROW_BYTES]) -> Option<[i16; 4]> {
     let mut shifts = [0i16; 4];
     for (t, s) in shifts.iter_mut().enumerate() {
         let at = DS_V32_LATENT + 4 * t;
-        let bits = u32::from_le_bytes([row[at], row[at + 1], row[at + 2], row[at + 3]]);
-        let e = (bits >> 23) as i32; // sign 0 required: the sign bit makes e > 255
-        if bits & 0x7F_FFFF != 0 || !(10..=246).contains(&e) {
-            return None;
-        }
-        *s = ((e - 127) << 7) as i16;
+        let scale = f32::from_le_bytes([row[at], row[at + 1], row[at + 2], row[at + 3]]);
+        *s = (pow2_exponent(scale)? << 7) as i16;
     }
     Some(shifts)
 }
 
 mod x86 {
-    use super::{DS_V32_DIM, DS_V32_LATENT, DS_V32_ROW_BYTES, DS_V32_TILE, TABLE};
+    use super::{DS_V32_DIM, DS_V32_LATENT, DS_V32_ROW_BYTES, DS_V32_TILE, MAGNITUDES};
     use half::bf16;
     use std::arch::x86_64::*;
 
@@ -97,9 +80,9 @@ mod x86 {
         }
     }
 
-    /// Dequantizes one 656-byte row into `out` (576 bf16): per tile, [`TABLE`] with the
-    /// tile's shift added to every entry but zero and NaN (entries 0 and 0x7F), then each
-    /// code's magnitude looked up there and its sign bit ORed in; the 64 rope values
+    /// Dequantizes one 656-byte row into `out` (576 bf16): per tile, [`MAGNITUDES`] with
+    /// the tile's shift added to every entry but zero and NaN (entries 0 and 0x7F), then
+    /// each code's magnitude looked up there and its sign bit ORed in; the 64 rope values
     /// copied.
     ///
     /// # Safety
@@ -107,8 +90,8 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512bw")]
     pub unsafe fn row(row: &[u8; DS_V32_ROW_BYTES], shifts: [i16; 4], out: &mut [bf16]) {
         assert!(out.len() == DS_V32_DIM, "576 values per row");
-        let t = TABLE.as_ptr().cast::<__m512i>();
-        // SAFETY (all unaligned loads and stores): TABLE is 4 x 32 u16; the row's
+        let t = MAGNITUDES.as_ptr().cast::<__m512i>();
+        // SAFETY (all unaligned loads and stores): MAGNITUDES is 4 x 32 u16; the row's
         // latent codes are bytes 0..512, its rope bf16 bytes 528..656; `out` holds 576
         // u16.
         let base = [
@@ -156,7 +139,7 @@ mod tests {
     fn the_table_holds_every_magnitude_as_bf16() {
         for m in 0..128u8 {
             let want = e4m3_decode(m);
-            let got = bf16::from_bits(TABLE[m as usize]).to_f32();
+            let got = bf16::from_bits(MAGNITUDES[m as usize]).to_f32();
             assert!(
                 got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
                 "magnitude {m:#04x}: {got} vs {want}"

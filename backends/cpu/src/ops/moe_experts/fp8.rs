@@ -9,7 +9,7 @@ pub mod gemv;
 mod quantize;
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use dpbf16::magnitude_bf16;
+pub(crate) use dpbf16::{pow2_exponent, MAGNITUDES};
 
 use super::permute::Permutation;
 use crate::storage::{f32_slice, row_range, storage, CpuSlice, FloatSlice};

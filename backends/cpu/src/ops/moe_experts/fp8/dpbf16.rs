@@ -12,7 +12,9 @@
 //! The activation vectors go as bf16 values, or as e4m3 codes' values with per-128 scales;
 //! others are declined ([`prepared`]). Where this process may use AMX tiles, an expert's
 //! prepared vectors are multiplied on tiles instead of `VDPBF16PS` ([`tiles`]), the same
-//! decode, products and per-block scaling.
+//! decode, products and per-block scaling; there, rows whose block scales are powers of
+//! two (UE8M0) against vectors of scale 1 take each scale into the decoded values
+//! instead (exact), and sum all of a row's blocks in one f32 sum.
 
 use super::Fp8Weights;
 use crate::gemv::PREFETCH_BYTES;
@@ -68,8 +70,10 @@ const fn table(high: bool) -> [u8; 128] {
 static HIGH: [u8; 128] = table(true);
 static LOW: [u8; 128] = table(false);
 
-/// Every magnitude's bf16 bits ([`magnitude_bf16`]), indexed by the magnitude.
-static MAGNITUDES: [u16; 128] = {
+/// The bf16 bits of every e4m3fn magnitude (code & 0x7F; 0x7F: NaN), indexed by the
+/// magnitude ([`magnitude_bf16`]). A static, so a kernel's pointer into it is to one
+/// place in memory.
+pub(crate) static MAGNITUDES: [u16; 128] = {
     let mut t = [0u16; 128];
     let mut m = 0;
     while m < 128 {
@@ -80,8 +84,9 @@ static MAGNITUDES: [u16; 128] = {
 };
 
 /// `e` where `scale` is `2^e` and every non-zero e4m3 value times it is a normal bf16
-/// (`e` in -117..=119: the values' exponents run from -9 to 8), so that
-/// [`Tables::scaled`] decodes codes times `scale` exactly; else `None`. UE8M0 scales
+/// (`e` in -117..=119: the values' exponents run from -9 to 8), so that a decode table
+/// with `e` added to its exponents gives codes times `scale` exactly ([`Tables::scaled`],
+/// and the FP8 cache's rows: `crate::ops::kv_rows`); else `None`. UE8M0 scales
 /// (DeepSeek-V3.1's checkpoints) are powers of two.
 pub(crate) fn pow2_exponent(scale: f32) -> Option<i32> {
     let bits = scale.to_bits();
@@ -151,7 +156,8 @@ pub unsafe fn rows_times_many(
 /// Fewer take the grid ([`many`]): each pair of weight rows decoded once per group of at
 /// most [`GRID_VECTORS`] vectors and dotted with all of them in registers. Same products
 /// and per-block scaling (but for its rounding where the vectors' scales are all 1,
-/// [`View::unit`]: one multiply-add), summed in another order.
+/// [`View::unit`]: one multiply-add; on tiles, power-of-two block scales go into the
+/// decoded values there, one f32 sum per output), summed in another order.
 ///
 /// # Safety
 /// [`available`] must hold; `p` must be `w.cols` long; rows `first..first + rows` of
@@ -467,13 +473,13 @@ impl Tables {
     #[inline(always)]
     unsafe fn scaled(e: i32) -> Self {
         let add = _mm512_set1_epi16((e << 7) as i16);
-        // Magnitudes 32 v .. 32 v + 32; 0 (zero) and 127 (NaN) kept as they are.
-        let keep: [u32; 4] = [!1, !0, !0, !(1 << 31)];
+        // Magnitudes 32 v .. 32 v + 32: every one scaled but 0 (zero) and 127 (NaN).
+        let scaled: [u32; 4] = [!1, !0, !0, !(1 << 31)];
         let (mut high, mut low) = ([_mm256_setzero_si256(); 4], [_mm256_setzero_si256(); 4]);
         for v in 0..4 {
             // SAFETY: 32 words from 32 v < 128 of MAGNITUDES.
             let w = unsafe { _mm512_loadu_si512(MAGNITUDES[32 * v..].as_ptr().cast()) };
-            let w = _mm512_mask_add_epi16(w, keep[v], w, add);
+            let w = _mm512_mask_add_epi16(w, scaled[v], w, add);
             high[v] = _mm512_cvtepi16_epi8(_mm512_srli_epi16::<8>(w));
             low[v] = _mm512_cvtepi16_epi8(w);
         }

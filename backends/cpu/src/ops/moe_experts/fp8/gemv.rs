@@ -598,7 +598,8 @@ mod tests {
     /// E 2, R 130, C `c` (>= 78): codes with every value but NaN in play, -0.0 (0x80) and
     /// +-448 (0x7E, 0xFE) included, and one NaN code in row 5 and one in the last column
     /// of row 140 (expert 1); scales `[2, 2, ceil(c / 128)]`, 0.37 times powers of two,
-    /// or (`pow2`, UE8M0 scales) powers of two from 2^-6 to 2^-60.
+    /// or (`pow2`, UE8M0 scales) powers of two (2^-6, 2^-17, 2^-28, 2^-39, 2^-50 in turn,
+    /// so neighbouring blocks differ).
     fn test_weights_of(c: usize, pow2: bool) -> TestWeights {
         let (e, r) = (2, 130);
         let mut codes: Vec<u8> = (0..e * r * c).map(|i| (i * 37 % 256) as u8).collect();

@@ -10,7 +10,8 @@
 //! Where a group's rows share one scale row of powers of two (UE8M0 scales, as
 //! DeepSeek-V3.1's checkpoints have them) and at most 32 tokens of scale 1 meet them,
 //! each block's scale goes into its decoded values instead (exact: an e4m3 value times
-//! a power of two is a bf16 value, [`super::pow2_exponent`]) and the sums stay in the
+//! a power of two from 2^-117 to 2^119 is a normal bf16, [`super::pow2_exponent`]) and
+//! the sums stay in the
 //! accumulator tiles over all of `k` ([`group_whole`]): no block's sums leave the tiles
 //! to be scaled. Intel Xeon with AMX, 2 cores, `moemla bench --backend cpu --op
 //! moe_experts --filter "T=256 H=7168 I=2048 E=256"`: w8a16 and w8a8 at T=256 1.02-1.08
@@ -86,7 +87,8 @@ impl TileForm {
 /// `out[r * n + j] = W[first + r] . x_j` for the form's `n` tokens: groups of 32 weight
 /// rows (then 16, then the last `rows % 16` with a configuration of that many), each
 /// 128-column block decoded once and multiplied with every token (blocks of 32 tokens,
-/// then 16), its sums scaled into `out`.
+/// then 16), its sums scaled into `out` (or, UE8M0 scales: [`group_whole`], its scale in
+/// its decoded values and the sums kept in the tiles).
 ///
 /// # Safety
 /// [`super::available`] and [`amx::enabled`] must hold; rows `first..first + rows` of
@@ -123,12 +125,13 @@ pub(super) unsafe fn multiply(
 }
 
 /// `R` row tiles of `rows` rows each (the loaded configuration's) from weight row `row`
-/// against every token, block by block, added into `out` (`[R * rows, n]`). Software
-/// pipelined, so that the vector units work while the tile unit multiplies: each block of
-/// tokens' products is issued, then the previous block's sums are scaled into `out`
-/// (read back from memory, which waits for their tile stores: [`scale_into`]), then its
-/// own sums stored; the next 128 columns are decoded (into the other buffer) right
-/// after the last products of a block are issued.
+/// against every token, block by block, added into `out` (`[R * rows, n]`); rows that
+/// share one scale row of powers of two against at most 32 tokens of scale 1 go to
+/// [`group_whole`] instead. Software pipelined, so that the vector units work while the
+/// tile unit multiplies: each block of tokens' products is issued, then the previous
+/// block's sums are scaled into `out` (read back from memory, which waits for their tile
+/// stores: [`scale_into`]), then its own sums stored; the next 128 columns are decoded
+/// (into the other buffer) right after the last products of a block are issued.
 ///
 /// # Safety
 /// As [`multiply`]; the configuration has `rows` rows per tile, and `R * rows` rows from
@@ -157,7 +160,7 @@ unsafe fn group<const R: usize>(
         && codes
             .iter()
             .all(|(_, s)| std::ptr::eq(s.as_ptr(), scales.as_ptr()))
-        && scales[..blocks].iter().all(|&s| pow2_exponent(s).is_some());
+        && scales.iter().all(|&s| pow2_exponent(s).is_some());
     if whole {
         // SAFETY: as this function's contract; the checks above.
         unsafe {
@@ -237,14 +240,16 @@ unsafe fn group_whole<const R: usize, const C: usize>(
     let k = codes[0].0.len();
     let blocks = k.div_ceil(BLOCK);
     let scales = codes[0].1;
-    // The exponent of a scale that `pow2_exponent` took (the caller checked each).
-    let exponent = |b: usize| (scales[b].to_bits() >> 23) as i32 - 127;
+    // Block b's exponent (the caller checked that `pow2_exponent` takes every scale: the
+    // default is never used), and the tables for the latest one (blocks often share it).
+    let exponent = |b: usize| pow2_exponent(scales[b]).unwrap_or_default();
+    let mut tables = (exponent(0), Tables::scaled(exponent(0)));
     let mut decoded = [[0u16; GROUP * BLOCK]; 2];
     // SAFETY (all below): the rows, their codes and scale rows exist; each block's words
     // are decoded before its products read them, and the products stay within the form
     // (block b's pair rows, the first 16 C columns).
     unsafe {
-        decode_block(&Tables::scaled(exponent(0)), codes, k, 0, &mut decoded[0]);
+        decode_block(&tables.1, codes, k, 0, &mut decoded[0]);
         crate::tiles::zero_sums::<R, C>();
         for b in 0..blocks {
             let live = (k - b * BLOCK).min(BLOCK);
@@ -259,7 +264,11 @@ unsafe fn group_whole<const R: usize, const C: usize>(
                 steps: live.div_ceil(STEP) * (STEP / TILE_STEP),
             });
             if b + 1 < blocks {
-                decode_block(&Tables::scaled(exponent(b + 1)), codes, k, b + 1, next);
+                let e = exponent(b + 1);
+                if e != tables.0 {
+                    tables = (e, Tables::scaled(e));
+                }
+                decode_block(&tables.1, codes, k, b + 1, next);
             }
         }
         let mut sums = [0.0f32; 4 * 256];
@@ -283,8 +292,8 @@ struct Sums {
 }
 
 /// The 128-column block `b` of each row of `codes` (its first `min(128, k - 128 b)`
-/// codes) decoded through `tables` into `into`, 128 words a row, in [`decode`]'s order per 64 columns;
-/// the codes [`PREFETCH_BYTES`] on prefetched into L2.
+/// codes) decoded through `tables` into `into`, 128 words a row, in [`decode`]'s order
+/// per 64 columns; the codes [`PREFETCH_BYTES`] on prefetched into L2.
 ///
 /// # Safety
 /// AVX-512F/BW and VBMI must be available; each row of `codes` holds `k` codes and at
