@@ -19,7 +19,6 @@
 
 use super::prepared::View;
 use super::{codes_at, decode, pow2_exponent, Tables, STEP};
-use crate::gemv::PREFETCH_BYTES;
 use crate::ops::moe_experts::fp8::Fp8Weights;
 use crate::tiles::{config, Steps, COLS, ROWS, ROW_BYTES};
 use moemla_core::amx::{self, store};
@@ -30,6 +29,13 @@ use std::arch::x86_64::*;
 const TILE_STEP: usize = ROW_BYTES / 2;
 /// Weight rows per group: two row tiles.
 const GROUP: usize = 2 * ROWS;
+/// Blocks ahead of the one decoded that each row's codes are prefetched (into L2): a
+/// group reads 32 rows side by side, 128 bytes of each per block. One core, 7168-column
+/// rows streamed from memory, 8 tokens, GB/s of codes (a one-off probe, alternated): 2
+/// blocks ahead 7.3-8.0 (power-of-two scales) and 4.7-5.0 (f32 scales), 3 blocks about
+/// the same, 1 block 5.6-6.0 and 3.9-4.2, 8192 bytes ahead (the row-at-a-time kernels'
+/// distance, which here lands in the next row) 6.2-6.5 and 4.0-4.2.
+const PREFETCH_BLOCKS: usize = 2;
 
 /// An expert's prepared tokens as tiles read them: each token's words (in the order of
 /// [`View`]: within each 64 columns as `decode` orders codes) in pairs, `[pairs][n_pad]`
@@ -293,7 +299,7 @@ struct Sums {
 
 /// The 128-column block `b` of each row of `codes` (its first `min(128, k - 128 b)`
 /// codes) decoded through `tables` into `into`, 128 words a row, in [`decode`]'s order
-/// per 64 columns; the codes [`PREFETCH_BYTES`] on prefetched into L2.
+/// per 64 columns; each row's codes [`PREFETCH_BLOCKS`] blocks on prefetched into L2.
 ///
 /// # Safety
 /// AVX-512F/BW and VBMI must be available; each row of `codes` holds `k` codes and at
@@ -311,8 +317,9 @@ unsafe fn decode_block(
     for (i, (row, _)) in codes.iter().enumerate() {
         let p = row.as_ptr();
         // A hint, never a fault (wrapping arithmetic, no in-bounds claim).
-        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(c + PREFETCH_BYTES).cast());
-        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(c + PREFETCH_BYTES + 64).cast());
+        let ahead = c + PREFETCH_BLOCKS * BLOCK;
+        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(ahead).cast());
+        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(ahead + 64).cast());
         for h in 0..live.div_ceil(STEP) {
             // SAFETY: codes c + 64h.. of this row, at most `live - 64h` of them, exist;
             // row i of `into` holds 128 words (i < 32).
