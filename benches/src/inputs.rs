@@ -756,6 +756,44 @@ mod tests {
     }
 
     #[test]
+    fn ue8m0_experts_have_power_of_two_weight_scales_and_activation_scales() {
+        for (w8a8, ue8m0) in [(false, false), (true, false), (false, true), (true, true)] {
+            let case = BenchCase::Fp8Experts {
+                w8a8,
+                ue8m0,
+                tokens: 4,
+                hidden: 256,
+                inter: 128,
+                experts: 4,
+                top_k: 2,
+            };
+            let inputs = generate(&case).unwrap();
+            for name in ["w13_scale", "w2_scale"] {
+                let scales = inputs.get(name).to_f32_vec().unwrap();
+                for s in scales {
+                    // 1 / (448 sqrt(256)) = 2^-12.8: rounded up to 2^-12 with UE8M0.
+                    let want = if ue8m0 {
+                        2f32.powi(-12)
+                    } else {
+                        1.0 / (448.0 * 16.0)
+                    };
+                    assert_eq!(s, want, "{case}: {name}");
+                }
+            }
+            let params = case.experts_params();
+            let scale = match ue8m0 {
+                true => moemla_core::ActivationScale::Ue8m0,
+                false => moemla_core::ActivationScale::F32,
+            };
+            if w8a8 {
+                assert_eq!(params.activation_scale, scale, "{case}");
+            }
+            let label = if ue8m0 { " ue8m0 T=" } else { " T=" };
+            assert!(case.to_string().contains(label), "{case}");
+        }
+    }
+
+    #[test]
     fn fp8_cache_cases_share_query_and_cache_layout() {
         let dense = BenchCase::MlaFp8 {
             batch: 2,
