@@ -32,7 +32,7 @@ const GROUP: usize = 2 * ROWS;
 /// Blocks ahead of the one decoded that each row's codes are prefetched (into L2): a
 /// group reads 32 rows side by side, 128 bytes of each per block. One core, 7168-column
 /// rows streamed from memory, 8 tokens, GB/s of codes (a one-off probe, alternated): 2
-/// blocks ahead 7.3-8.0 (power-of-two scales) and 4.7-5.0 (f32 scales), 3 blocks about
+/// blocks ahead 7.3-8.0 (power-of-two scales) and 4.4-5.0 (f32 scales), 3 blocks about
 /// the same, 1 block 5.6-6.0 and 3.9-4.2, 8192 bytes ahead (the row-at-a-time kernels'
 /// distance, which here lands in the next row) 6.2-6.5 and 4.0-4.2.
 const PREFETCH_BLOCKS: usize = 2;
