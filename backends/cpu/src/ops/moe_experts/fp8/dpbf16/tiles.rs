@@ -11,11 +11,11 @@
 //! DeepSeek-V3.1's checkpoints have them) and at most 32 tokens of scale 1 meet them,
 //! each block's scale goes into its decoded values instead (exact: an e4m3 value times
 //! a power of two from 2^-117 to 2^119 is a normal bf16, [`super::pow2_exponent`]) and
-//! the sums stay in the
-//! accumulator tiles over all of `k` ([`group_whole`]): no block's sums leave the tiles
-//! to be scaled. Intel Xeon with AMX, 2 cores, `moemla bench --backend cpu --op
-//! moe_experts --filter "T=256 H=7168 I=2048 E=256"`: w8a16 and w8a8 at T=256 1.02-1.08
-//! s with UE8M0 scales against 1.39-1.53 s with f32 scales, the same codes.
+//! the sums stay in the accumulator tiles over all of `k` ([`group_whole`]): no block's
+//! sums leave the tiles to be scaled. Intel Xeon with AMX, 2 cores, `moemla bench
+//! --backend cpu --op moe_experts --filter "T=256 H=7168 I=2048 E=256"`: w8a16 and w8a8
+//! at T=256 1.02-1.08 s with UE8M0 scales against 1.39-1.53 s with f32 scales, the same
+//! codes (0.83-0.90 s and 1.25-1.32 s with the prefetch distance of [`PREFETCH_BLOCKS`]).
 
 use super::prepared::View;
 use super::{codes_at, decode, pow2_exponent, Tables, STEP};
