@@ -188,26 +188,12 @@ impl BenchCase {
     /// "fp8 cache", "append dense", ...; empty for none): tables and plots show it.
     pub fn variant(&self) -> &'static str {
         match *self {
-            BenchCase::Fp8Experts {
-                w8a8: false,
-                ue8m0: false,
-                ..
-            } => "fp8 w8a16",
-            BenchCase::Fp8Experts {
-                w8a8: true,
-                ue8m0: false,
-                ..
-            } => "fp8 w8a8",
-            BenchCase::Fp8Experts {
-                w8a8: false,
-                ue8m0: true,
-                ..
-            } => "fp8 w8a16 ue8m0",
-            BenchCase::Fp8Experts {
-                w8a8: true,
-                ue8m0: true,
-                ..
-            } => "fp8 w8a8 ue8m0",
+            BenchCase::Fp8Experts { w8a8, ue8m0, .. } => match (w8a8, ue8m0) {
+                (false, false) => "fp8 w8a16",
+                (true, false) => "fp8 w8a8",
+                (false, true) => "fp8 w8a16 ue8m0",
+                (true, true) => "fp8 w8a8 ue8m0",
+            },
             BenchCase::MlaFp8 { .. } | BenchCase::Sparse { .. } => "fp8 cache",
             BenchCase::Step { fp8: false, .. } => "append dense",
             BenchCase::Step { fp8: true, .. } => "append fp8 cache",

@@ -190,15 +190,15 @@ unsafe fn group<const R: usize>(
         decode_block(&tables, codes, k, 0, &mut decoded[0]);
         for b in 0..blocks {
             let live = (k - b * BLOCK).min(BLOCK);
-            let steps = live.div_ceil(STEP) * (STEP / TILE_STEP);
             let [even, odd] = &mut decoded;
             let (dec, next) = if b % 2 == 0 { (even, odd) } else { (odd, even) };
             let mut c0 = 0;
             while c0 < end {
                 let cols = if c0 + 2 * COLS <= end { 2 } else { 1 };
+                let st = block_steps(dec, t, (b, live), c0);
                 match cols {
-                    2 => products::<R, 2>(dec, t, b, steps, c0),
-                    _ => products::<R, 1>(dec, t, b, steps, c0),
+                    2 => crate::tiles::products::<R, 2>(&st),
+                    _ => crate::tiles::products::<R, 1>(&st),
                 }
                 if c0 + cols * COLS >= end && b + 1 < blocks {
                     decode_block(&tables, codes, k, b + 1, next);
@@ -261,14 +261,7 @@ unsafe fn group_whole<const R: usize, const C: usize>(
             let live = (k - b * BLOCK).min(BLOCK);
             let [even, odd] = &mut decoded;
             let (dec, next) = if b % 2 == 0 { (even, odd) } else { (odd, even) };
-            crate::tiles::steps::<R, C>(&Steps {
-                a: dec.as_ptr().cast(),
-                lda: BLOCK * 2,
-                a_tile: ROWS * BLOCK * 2,
-                b: t.pairs.as_ptr().add(b * (BLOCK / 2) * t.n_pad).cast(),
-                ldb: t.n_pad * 4,
-                steps: live.div_ceil(STEP) * (STEP / TILE_STEP),
-            });
+            crate::tiles::steps::<R, C>(&block_steps(dec, t, (b, live), 0));
             if b + 1 < blocks {
                 let e = exponent(b + 1);
                 if e != tables.0 {
@@ -281,7 +274,7 @@ unsafe fn group_whole<const R: usize, const C: usize>(
         store_sums::<R, C>(&mut sums);
         for (i, o) in out.chunks_exact_mut(t.n).take(codes.len()).enumerate() {
             for (j, o) in o.iter_mut().enumerate() {
-                *o = sums[(i / rows * 2 + j / COLS) * 256 + i % rows * COLS + j % COLS];
+                *o = sums[sum_at(i, rows, j / COLS) + j % COLS];
             }
         }
     }
@@ -357,7 +350,7 @@ unsafe fn scale_into(
                 break;
             }
             let m = crate::lanes::first16(t.n - j0);
-            let at = (i / rows * 2 + u) * 256 + i % rows * COLS;
+            let at = sum_at(i, rows, u);
             // SAFETY: 16 sums from `at` lie in `sums`; columns j0.. (m of them live) of
             // output row i and of the block's token scales exist.
             unsafe {
@@ -376,40 +369,44 @@ unsafe fn scale_into(
     }
 }
 
-/// Issues the `R x C` accumulator tiles' products of block `b` (its `steps` tile steps)
-/// against the tokens from column `c0` (tile `2r + c`), for [`store_sums`] to store.
+/// The tile steps of block `b` (its first `live` columns, in whole 64-column steps) of
+/// `decoded` against the form's tokens from column `c0`: row tile r of the decoded block
+/// at 16 r rows of 256 bytes, pair row `b * 64` of the form at `b * 64 * n_pad + c0`
+/// words.
 ///
 /// # Safety
-/// A configuration from [`config`] is loaded; `decoded` holds the block's words of the
-/// configured rows (`R` row tiles); the form holds pair rows `b * 64 .. b * 64 + 16 *
-/// steps` and columns `c0..c0 + 16 C`.
+/// `b` is a block of the form's `k` columns, `live` at most its columns, and `c0` below
+/// the form's `n_pad`.
 #[inline(always)]
-unsafe fn products<const R: usize, const C: usize>(
+unsafe fn block_steps(
     decoded: &[u16; GROUP * BLOCK],
     t: &TileForm,
-    b: usize,
-    steps: usize,
+    (b, live): (usize, usize),
     c0: usize,
-) {
-    // SAFETY: as this function's contract: row tile r of the decoded block at 16 r rows of
-    // 256 bytes, pair row b * 64 of the form at (b * 64 * n_pad + c0) words.
-    unsafe {
-        crate::tiles::products::<R, C>(&Steps {
-            a: decoded.as_ptr().cast(),
-            lda: BLOCK * 2,
-            a_tile: ROWS * BLOCK * 2,
-            b: t.pairs.as_ptr().add(b * (BLOCK / 2) * t.n_pad + c0).cast(),
-            ldb: t.n_pad * 4,
-            steps,
-        })
-    };
+) -> Steps {
+    Steps {
+        a: decoded.as_ptr().cast(),
+        lda: BLOCK * 2,
+        a_tile: ROWS * BLOCK * 2,
+        // SAFETY: as this function's contract: pair row b * 64, column c0 are in the form.
+        b: unsafe { t.pairs.as_ptr().add(b * (BLOCK / 2) * t.n_pad + c0).cast() },
+        ldb: t.n_pad * 4,
+        steps: live.div_ceil(STEP) * (STEP / TILE_STEP),
+    }
+}
+
+/// Where row `i` of a group (`rows` per row tile) and column tile `u` start in the sums
+/// [`store_sums`] stores: `[tile][16 rows][16]`, tile `2r + u` for row tile `r`.
+fn sum_at(i: usize, rows: usize, u: usize) -> usize {
+    (i / rows * 2 + u) * 256 + i % rows * COLS
 }
 
 /// Stores the `R x C` accumulator tiles into `sums` (`[tile][16 rows][16]`, tile
 /// `2r + c`).
 ///
 /// # Safety
-/// A configuration from [`config`] is loaded, with the tiles [`products`] issued.
+/// A configuration from [`config`] is loaded, with the tiles' products issued
+/// ([`crate::tiles::products`] or [`crate::tiles::steps`]).
 #[inline(always)]
 unsafe fn store_sums<const R: usize, const C: usize>(sums: &mut [f32; 4 * 256]) {
     let o = sums.as_mut_ptr();
