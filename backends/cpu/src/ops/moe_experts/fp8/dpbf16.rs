@@ -157,7 +157,8 @@ pub unsafe fn rows_times_many(
 /// most [`GRID_VECTORS`] vectors and dotted with all of them in registers. Same products
 /// and per-block scaling (but for its rounding where the vectors' scales are all 1,
 /// [`View::unit`]: one multiply-add; on tiles, power-of-two block scales go into the
-/// decoded values there, one f32 sum per output), summed in another order.
+/// decoded values there, one f32 sum per output), summed in another order. Returns
+/// false (nothing written) where the tile kernel's memory for its sums is not there.
 ///
 /// # Safety
 /// [`available`] must hold; `p` must be `w.cols` long; rows `first..first + rows` of
@@ -169,7 +170,7 @@ pub unsafe fn rows_times_prepared(
     rows: usize,
     p: &Prepared,
     out: &mut [f32],
-) {
+) -> bool {
     match p.layout() {
         Layout::Quads(parts) => {
             for q in parts {
@@ -179,8 +180,9 @@ pub unsafe fn rows_times_prepared(
         Layout::Grid(view) => many(w, first, rows, view, out),
         // SAFETY: a tile form exists only where `amx::enabled()` held; the rest as this
         // function's contract.
-        Layout::Tiles(tiles) => tiles::multiply(w, first, rows, tiles, out),
+        Layout::Tiles(tiles) => return tiles::multiply(w, first, rows, tiles, out),
     }
+    true
 }
 
 /// [`rows_times`] for `N` prepared vectors (`v.n == N`), `A` (2 or 4) accumulators per

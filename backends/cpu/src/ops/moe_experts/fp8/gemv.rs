@@ -136,7 +136,7 @@ impl Prepared {
 /// 128-column block decoded once into L1 and broadcast against 4 vectors per
 /// instruction, in parts of at most 24 vectors (the same products and scaling, added in
 /// yet another order). Returns false (nothing written) where the arguments do not make
-/// whole rows and vectors.
+/// whole rows and vectors, or the memory for the AMX tile kernel's sums is not there.
 pub fn rows_times_prepared(
     w: &Fp8Weights<'_>,
     first: usize,
@@ -152,8 +152,7 @@ pub fn rows_times_prepared(
         }
         // SAFETY: `p` exists, so the CPU has the path (`dpbf16::available`); `fits_n`
         // checked the rows, their scales and the outputs, and `p` holds n vectors of k.
-        unsafe { super::dpbf16::rows_times_prepared(w, first, rows, &p.vectors, out) };
-        true
+        unsafe { super::dpbf16::rows_times_prepared(w, first, rows, &p.vectors, out) }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

@@ -15,7 +15,9 @@
 //! sums leave the tiles to be scaled. Intel Xeon with AMX, 2 cores, `moemla bench
 //! --backend cpu --op moe_experts --filter "T=256 H=7168 I=2048 E=256"`: w8a16 and w8a8
 //! at T=256 1.02-1.08 s with UE8M0 scales against 1.39-1.53 s with f32 scales, the same
-//! codes (0.83-0.90 s and 1.25-1.32 s with the prefetch distance of [`PREFETCH_BLOCKS`]).
+//! codes (0.83-0.90 s and 1.25-1.32 s with the prefetch distance of [`PREFETCH_BLOCKS`];
+//! 0.97-1.03 s with f32 scales once each block's scaled sums add into whole-width
+//! [`Totals`] instead of masked rows of the output).
 
 use super::prepared::View;
 use super::{codes_at, decode, pow2_exponent, Tables, STEP};
@@ -93,8 +95,10 @@ impl TileForm {
 /// `out[r * n + j] = W[first + r] . x_j` for the form's `n` tokens: groups of 32 weight
 /// rows (then 16, then the last `rows % 16` with a configuration of that many), each
 /// 128-column block decoded once and multiplied with every token (blocks of 32 tokens,
-/// then 16), its sums scaled into `out` (or, UE8M0 scales: [`group_whole`], its scale in
-/// its decoded values and the sums kept in the tiles).
+/// then 16), its sums scaled into the group's [`Totals`] (or, UE8M0 scales:
+/// [`group_whole`], its scale in its decoded values and the sums kept in the tiles), which
+/// are written to `out` at the end of the group. Returns false (nothing written) where the
+/// memory for the totals is not there.
 ///
 /// # Safety
 /// [`super::available`] and [`amx::enabled`] must hold; rows `first..first + rows` of
@@ -107,47 +111,87 @@ pub(super) unsafe fn multiply(
     rows: usize,
     t: &TileForm,
     out: &mut [f32],
-) {
-    out.fill(0.0);
+) -> bool {
+    let Some(mut totals) = Totals::new(t.n_pad) else {
+        return false;
+    };
     let whole = rows / ROWS * ROWS;
     // SAFETY (all below): as this function's contract; every group's rows exist.
     unsafe {
         config(ROWS).load();
         let mut r = 0;
         while r + GROUP <= whole {
-            group::<2>(w, first + r, ROWS, t, &mut out[r * t.n..]);
+            group::<2>(w, first + r, ROWS, t, &mut totals, &mut out[r * t.n..]);
             r += GROUP;
         }
         if r < whole {
-            group::<1>(w, first + r, ROWS, t, &mut out[r * t.n..]);
+            group::<1>(w, first + r, ROWS, t, &mut totals, &mut out[r * t.n..]);
             r += ROWS;
         }
         if r < rows {
             config(rows - r).load();
-            group::<1>(w, first + r, rows - r, t, &mut out[r * t.n..]);
+            group::<1>(w, first + r, rows - r, t, &mut totals, &mut out[r * t.n..]);
         }
         amx::release();
+    }
+    true
+}
+
+/// A group's running f32 outputs while its blocks' scaled sums are added, `[32 rows]
+/// [n_pad]`: every token column tile whole, so that each addition is a full-width load
+/// and store. Adding into `out` itself (`[rows][n]`) took masked loads and stores wherever
+/// `n` is not a multiple of 16, which held the kernel to three quarters of its speed at
+/// 8 tokens (one core, 7168-column rows streamed from memory, f32 scales: 4.6 GB/s of
+/// codes against 5.8-6.1 with these totals, and 6.0-6.1 at 16 tokens either way).
+struct Totals {
+    sums: Vec<f32>,
+    n_pad: usize,
+}
+
+impl Totals {
+    /// Zeroed totals for a group against `n_pad` token columns; `None` where the memory
+    /// is not there.
+    fn new(n_pad: usize) -> Option<Totals> {
+        let len = GROUP.checked_mul(n_pad)?;
+        let mut sums = Vec::new();
+        sums.try_reserve_exact(len).ok()?;
+        sums.resize(len, 0.0);
+        Some(Totals { sums, n_pad })
+    }
+
+    /// Writes the first `rows` rows' first `n` columns to `out` (`[rows][n]`) and zeroes
+    /// the totals for the next group.
+    fn write_out(&mut self, rows: usize, n: usize, out: &mut [f32]) {
+        for (o, s) in out
+            .chunks_exact_mut(n)
+            .zip(self.sums.chunks_exact(self.n_pad))
+            .take(rows)
+        {
+            o.copy_from_slice(&s[..n]);
+        }
+        self.sums.fill(0.0);
     }
 }
 
 /// `R` row tiles of `rows` rows each (the loaded configuration's) from weight row `row`
-/// against every token, block by block, added into `out` (`[R * rows, n]`); rows that
+/// against every token, block by block, written to `out` (`[R * rows, n]`); rows that
 /// share one scale row of powers of two against at most 32 tokens of scale 1 go to
 /// [`group_whole`] instead. Software pipelined, so that the vector units work while the
 /// tile unit multiplies: each block of tokens' products is issued, then the previous
-/// block's sums are scaled into `out` (read back from memory, which waits for their tile
-/// stores: [`scale_into`]), then its own sums stored; the next 128 columns are decoded
-/// (into the other buffer) right after the last products of a block are issued.
+/// block's sums are scaled into `totals` (read back from memory, which waits for their
+/// tile stores: [`scale_into`]), then its own sums stored; the next 128 columns are
+/// decoded (into the other buffer) right after the last products of a block are issued.
 ///
 /// # Safety
-/// As [`multiply`]; the configuration has `rows` rows per tile, and `R * rows` rows from
-/// `row` exist.
+/// As [`multiply`]; the configuration has `rows` rows per tile, `R * rows` rows from
+/// `row` exist, and `totals` are zero, for the form's `n_pad`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi,avx512bf16")]
 unsafe fn group<const R: usize>(
     w: &Fp8Weights<'_>,
     row: usize,
     rows: usize,
     t: &TileForm,
+    totals: &mut Totals,
     out: &mut [f32],
 ) {
     let k = w.cols;
@@ -205,7 +249,7 @@ unsafe fn group<const R: usize>(
                 }
                 let slot = pending.map_or(0, |p| 1 - p.slot);
                 if let Some(p) = pending {
-                    scale_into(codes, rows, t, p, &sums[p.slot], out);
+                    scale_into(codes, rows, t, p, &sums[p.slot], totals);
                 }
                 match cols {
                     2 => store_sums::<R, 2>(&mut sums[slot]),
@@ -221,9 +265,10 @@ unsafe fn group<const R: usize>(
             }
         }
         if let Some(p) = pending {
-            scale_into(codes, rows, t, p, &sums[p.slot], out);
+            scale_into(codes, rows, t, p, &sums[p.slot], totals);
         }
     }
+    totals.write_out(live_rows, t.n, out);
 }
 
 /// [`group`] for rows that share one scale row of powers of two ([`pow2_exponent`])
@@ -326,13 +371,15 @@ unsafe fn decode_block(
     }
 }
 
-/// `out[i][j] += sums[i][j] * ws_i (* xs_j)` for the rows of `codes` and the live tokens
-/// of `s`: its block's sums scaled by each row's weight scale, then the tokens' scale
-/// (unless every one is 1: [`super::add_scaled`]'s arithmetic).
+/// `totals[i][j] += sums[i][j] * ws_i (* xs_j)` for the rows of `codes` and the column
+/// tiles of `s`: its block's sums scaled by each row's weight scale, then the tokens'
+/// scale (unless every one is 1: [`super::add_scaled`]'s arithmetic; columns past the
+/// tokens add zeros).
 ///
 /// # Safety
-/// AVX-512F must be available; `out` holds `codes.len()` rows of `t.n`; rows below
-/// `rows` are in the first row tile of `sums`, the rest in the second.
+/// AVX-512F must be available; `totals` are for the form's `n_pad`, `s` lies within it,
+/// and at most 32 rows are given; rows below `rows` are in the first row tile of `sums`,
+/// the rest in the second.
 #[target_feature(enable = "avx512f")]
 unsafe fn scale_into(
     codes: &[(&[u8], &[f32])],
@@ -340,30 +387,28 @@ unsafe fn scale_into(
     t: &TileForm,
     s: Sums,
     sums: &[f32; 4 * 256],
-    out: &mut [f32],
+    totals: &mut Totals,
 ) {
     for (i, (_, scales)) in codes.iter().enumerate() {
         let ws = _mm512_set1_ps(scales[s.block]);
         for u in 0..s.cols {
             let j0 = s.c0 + u * COLS;
-            if j0 >= t.n {
-                break;
-            }
-            let m = crate::lanes::first16(t.n - j0);
             let at = sum_at(i, rows, u);
-            // SAFETY: 16 sums from `at` lie in `sums`; columns j0.. (m of them live) of
-            // output row i and of the block's token scales exist.
+            // SAFETY: 16 sums from `at` lie in `sums`; columns j0..j0 + 16 of row i (< 32)
+            // of the totals exist (j0 + 16 <= n_pad), and so do the block's token scales
+            // at the columns below n the mask keeps.
             unsafe {
                 let sum = _mm512_loadu_ps(sums.as_ptr().add(at));
-                let o = out.as_mut_ptr().add(i * t.n + j0);
-                let total = _mm512_maskz_loadu_ps(m, o);
+                let o = totals.sums.as_mut_ptr().add(i * totals.n_pad + j0);
+                let total = _mm512_loadu_ps(o);
                 let total = if t.unit {
                     _mm512_fmadd_ps(sum, ws, total)
                 } else {
+                    let m = crate::lanes::first16(t.n.saturating_sub(j0));
                     let xs = t.scales.as_ptr().add(s.block * t.n + j0);
                     _mm512_fmadd_ps(_mm512_mul_ps(sum, ws), _mm512_maskz_loadu_ps(m, xs), total)
                 };
-                _mm512_mask_storeu_ps(o, m, total);
+                _mm512_storeu_ps(o, total);
             }
         }
     }
