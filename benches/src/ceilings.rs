@@ -65,8 +65,11 @@ pub struct Ceilings {
     /// The memory term of every floor: bytes / `memory.rate`...
     pub memory: Limit,
     /// ...except for rows that move at most `cache_bytes` (their data stays in the
-    /// last-level cache from one repetition to the next): bytes / `memory_in_cache.rate`.
+    /// last-level cache from one repetition to the next): bytes / `memory_in_cache.rate`...
     pub memory_in_cache: Option<Limit>,
+    /// ...or, for those of them that move at least a step's bytes, the rate of the largest
+    /// such step (smallest first: [`crate::host::CacheStep`]).
+    pub cache_steps: Vec<CacheLimit>,
     /// The last-level cache size, bytes (see `memory_in_cache`).
     pub cache_bytes: Option<usize>,
     /// The compute term of every floor: FLOPs / `compute.rate`.
@@ -75,17 +78,41 @@ pub struct Ceilings {
     pub reference: Vec<Limit>,
 }
 
+/// The memory limit of rows that move from `from_bytes` up to the next step's bytes (or
+/// the last-level cache): the read bandwidth of a buffer of `from_bytes` that fits it.
+#[derive(Clone, Debug, Serialize)]
+pub struct CacheLimit {
+    /// Bytes of the buffer measured.
+    pub from_bytes: usize,
+    /// Its read bandwidth.
+    pub limit: Limit,
+}
+
 impl Ceilings {
+    /// The memory limit of a row that moves `bytes`: for data that fits the last-level
+    /// cache, the largest cache step at most `bytes` (else the cache read bandwidth),
+    /// otherwise the read bandwidth from memory.
+    pub fn memory_limit_for(&self, bytes: f64) -> &Limit {
+        match (&self.memory_in_cache, self.cache_bytes) {
+            (Some(l), Some(fits)) if bytes <= fits as f64 => (self.cache_steps.iter())
+                .rfind(|s| s.from_bytes as f64 <= bytes)
+                .map_or(l, |s| &s.limit),
+            _ => &self.memory,
+        }
+    }
+
     /// Adds a later measurement of the same ceilings (the same backend and dtype, after
     /// its rows): every limit of `later` is merged into the one of the same name
     /// ([`Limit::merge`]); a limit only `later` has is added.
     pub fn merge(&mut self, later: &Ceilings) {
         let mut mine: Vec<&mut Limit> = vec![&mut self.memory, &mut self.compute];
         mine.extend(self.memory_in_cache.as_mut());
+        mine.extend(self.cache_steps.iter_mut().map(|s| &mut s.limit));
         mine.extend(self.reference.iter_mut());
         let theirs = [&later.memory, &later.compute]
             .into_iter()
             .chain(later.memory_in_cache.as_ref())
+            .chain(later.cache_steps.iter().map(|s| &s.limit))
             .chain(&later.reference);
         let mut extra = Vec::new();
         for l in theirs {
@@ -218,6 +245,7 @@ pub fn measure(
             dtype,
             memory: copy,
             memory_in_cache: None,
+            cache_steps: Vec::new(),
             cache_bytes: None,
             compute: gemm,
             reference: Vec::new(),
@@ -226,6 +254,7 @@ pub fn measure(
             dtype,
             memory: read,
             memory_in_cache: None,
+            cache_steps: Vec::new(),
             cache_bytes: None,
             compute: fma,
             reference: vec![copy, gemm],
@@ -257,6 +286,7 @@ fn host_ceilings(
         dtype,
         memory,
         memory_in_cache: Some(cache_read_limit(h)),
+        cache_steps: cache_step_limits(h),
         cache_bytes: Some(h.llc_bytes.unwrap_or(0)),
         compute,
         reference: rates
@@ -336,6 +366,29 @@ pub fn cache_read_limit(h: &HostLimits) -> Limit {
     )
 }
 
+/// The host's [`crate::host::CacheStep`]s as limits, named by their buffer ("read BW at
+/// 16 MiB").
+pub fn cache_step_limits(h: &HostLimits) -> Vec<CacheLimit> {
+    (h.cache_steps.iter())
+        .map(|s| CacheLimit {
+            from_bytes: s.bytes,
+            limit: Limit::new(
+                &format!("read BW at {} MiB", s.bytes >> 20),
+                s.bandwidth,
+                "B/s",
+                true,
+                format!(
+                    "parallel read-only reduction over a {} MiB buffer re-read in the \
+                     last-level cache, {} threads; rows moving at least that much and at \
+                     most the cache",
+                    s.bytes >> 20,
+                    h.threads
+                ),
+            ),
+        })
+        .collect()
+}
+
 /// The host's compute limit for rows of `dtype`: for BF16 the larger of the native bf16
 /// dot peak (where the CPU has one) and the f32 FMA peak (a bf16 product is exact in f32,
 /// so upcast + FMA is also a way to compute it: on some CPUs, e.g. Intel's with
@@ -389,7 +442,11 @@ mod tests {
             dtype: DType::F32,
             memory: limit("read BW", read),
             memory_in_cache: Some(limit("cache read BW", 10.0 * read)),
-            cache_bytes: Some(1 << 20),
+            cache_steps: vec![CacheLimit {
+                from_bytes: 4 << 20,
+                limit: limit("read BW at 4 MiB", 2.0 * read),
+            }],
+            cache_bytes: Some(32 << 20),
             compute: limit("f32 FMA peak", fma),
             reference,
         }
@@ -410,6 +467,7 @@ mod tests {
         assert_eq!(c.compute.rate, 230e9);
         assert_eq!(c.compute.measured, vec![230e9, 220e9]);
         assert_eq!(c.memory_in_cache.as_ref().unwrap().rate, 450e9);
+        assert_eq!(c.cache_steps[0].limit.measured, vec![58e9, 90e9]);
         assert_eq!(c.reference[0].rate, 27e9);
         assert_eq!(c.reference[0].measured, vec![27e9, 26e9]);
         // A limit only the later measurement has is added as it is.
@@ -438,6 +496,10 @@ mod tests {
             read_huge_pages: true,
             llc_bytes: Some(32 << 20),
             cache_read_bandwidth: 200e9,
+            cache_steps: vec![crate::host::CacheStep {
+                bytes: 4 << 20,
+                bandwidth: 60e9,
+            }],
         };
         let rates = || [limit("copy BW", 20e9), limit("GEMM (achievable)", 100e9)];
         // The device's read kernel saw more than the host's loop, its FMA kernel less.
@@ -478,6 +540,18 @@ mod tests {
             ("f32 FMA peak", 200e9)
         );
         assert!(c.compute.how.contains("100.0 GFLOP/s"), "{}", c.compute.how);
+        // The cache steps: named by their buffer, the limit of rows from their bytes up
+        // to the last-level cache.
+        let step = &c.cache_steps[0];
+        assert_eq!(
+            (step.from_bytes, step.limit.name.as_str()),
+            (4 << 20, "read BW at 4 MiB")
+        );
+        let name_for = |bytes: f64| c.memory_limit_for(bytes).name.as_str();
+        assert_eq!(name_for(1e6), "cache read BW");
+        assert_eq!(name_for((4 << 20) as f64), "read BW at 4 MiB");
+        assert_eq!(name_for((32 << 20) as f64), "read BW at 4 MiB");
+        assert_eq!(name_for((32 << 20) as f64 + 1.0), "read BW");
         // Without device kernels: the host's limits alone.
         let c = host_ceilings(DType::F32, &h, rates(), None);
         assert_eq!(

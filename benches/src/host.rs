@@ -3,7 +3,9 @@
 //! bf16 dot-product rate where the CPU has one (AVX512-BF16 `VDPBF16PS`, or AMX-BF16 tiles
 //! where this process may use them, whichever is faster), and the read
 //! bandwidth (a parallel read-only reduction over a buffer at least 8x the last-level
-//! cache). No op can exceed them: they are the limits CPU rows are measured against.
+//! cache); for data that stays in cache, the read bandwidth of a buffer in each core's own
+//! cache and of buffers of growing size that fit the last-level cache ([`CacheStep`]). No
+//! op can exceed them: they are the limits CPU rows are measured against.
 
 mod read;
 
@@ -50,8 +52,42 @@ pub struct HostLimits {
     /// Cache read bandwidth, bytes/s: every thread re-reading a
     /// [`CACHE_READ_BYTES`] buffer (larger than any L1, held in L2), the widest loads the
     /// CPU has. The memory limit of rows whose data fits in the last-level cache (the
-    /// benchmark re-reads the same inputs, so they come from cache, not from memory).
+    /// benchmark re-reads the same inputs, so they come from cache, not from memory)
+    /// and is smaller than the first of `cache_steps`.
     pub cache_read_bandwidth: f64,
+    /// The read bandwidth of shared buffers from [`FIRST_CACHE_STEP`] up to the last-level
+    /// cache, smallest first ([`cache_step_sizes`]).
+    pub cache_steps: Vec<CacheStep>,
+}
+
+/// The read bandwidth of one buffer that fits the last-level cache, re-read as the
+/// benchmark re-reads a row's inputs: every thread summing its own part of it (the part
+/// it wrote first), the whole buffer many times per pass, the best pass. A row that reads
+/// at least `bytes` cannot read them faster than this (a larger working set only misses
+/// the caches more), so it is the memory limit of rows from `bytes` up to the next step.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct CacheStep {
+    /// Bytes of the buffer.
+    pub bytes: usize,
+    /// Read bandwidth, bytes/s.
+    pub bandwidth: f64,
+}
+
+/// The smallest [`CacheStep`] buffer; each next one is 4 times larger, up to the
+/// last-level cache.
+pub const FIRST_CACHE_STEP: usize = 4 << 20;
+
+/// Bytes each [`CacheStep`] pass reads at least (the buffer re-read as many times).
+const CACHE_STEP_PASS_BYTES: usize = 256 << 20;
+
+/// The buffer sizes of the [`CacheStep`]s for a last-level cache of `llc` bytes:
+/// [`FIRST_CACHE_STEP`], then 4 times larger each, as long as they fit it; none where the
+/// cache size is unknown.
+pub fn cache_step_sizes(llc: Option<usize>) -> Vec<usize> {
+    let llc = llc.unwrap_or(0);
+    std::iter::successors(Some(FIRST_CACHE_STEP), |&b| b.checked_mul(4))
+        .take_while(|&b| b <= llc)
+        .collect()
 }
 
 /// Bytes each thread re-reads for the cache read bandwidth.
@@ -83,8 +119,18 @@ pub fn measure(budget: Budget) -> Result<HostLimits> {
     let llc_bytes = last_level_cache();
     let read_bytes = read_buffer_bytes(llc_bytes, available_memory())?;
     let read_passes = budget.max_reps.clamp(3, 20);
-    let read = read::read_bandwidth(read_bytes, threads, read_passes)?;
+    let read = read::read_bandwidth(read_bytes, threads, read_passes, 1)?;
     let cache_read_bandwidth = cache_read_bandwidth(threads, reps, target);
+    let cache_steps = (cache_step_sizes(llc_bytes).into_iter())
+        .map(|bytes| {
+            let repeats = CACHE_STEP_PASS_BYTES.div_ceil(bytes);
+            let rate = read::read_bandwidth(bytes, threads, reps, repeats)?;
+            Ok(CacheStep {
+                bytes,
+                bandwidth: rate.bytes_per_s,
+            })
+        })
+        .collect::<Result<_>>()?;
     Ok(HostLimits {
         threads,
         fma_flops: fma,
@@ -99,6 +145,7 @@ pub fn measure(budget: Budget) -> Result<HostLimits> {
         read_huge_pages: read.huge_pages,
         llc_bytes,
         cache_read_bandwidth,
+        cache_steps,
     })
 }
 
@@ -115,6 +162,11 @@ impl HostLimits {
             best.bf16_flops = best.bf16_flops.zip(h.bf16_flops).map(|(a, b)| a.max(b));
             best.read_bandwidth = best.read_bandwidth.max(h.read_bandwidth);
             best.cache_read_bandwidth = best.cache_read_bandwidth.max(h.cache_read_bandwidth);
+            for step in &mut best.cache_steps {
+                if let Some(s) = h.cache_steps.iter().find(|s| s.bytes == step.bytes) {
+                    step.bandwidth = step.bandwidth.max(s.bandwidth);
+                }
+            }
         }
         Some(best)
     }
@@ -345,6 +397,16 @@ mod tests {
             read_huge_pages: true,
             llc_bytes: Some(32 << 20),
             cache_read_bandwidth: cache,
+            cache_steps: vec![
+                CacheStep {
+                    bytes: 4 << 20,
+                    bandwidth: cache / 2.0,
+                },
+                CacheStep {
+                    bytes: 16 << 20,
+                    bandwidth: cache / 4.0,
+                },
+            ],
         }
     }
 
@@ -361,8 +423,28 @@ mod tests {
         assert_eq!(best.bf16_flops, Some(460e9));
         assert_eq!(best.read_bandwidth, 45e9);
         assert_eq!(best.cache_read_bandwidth, 212e9);
+        let steps: Vec<(usize, f64)> = (best.cache_steps.iter())
+            .map(|s| (s.bytes, s.bandwidth))
+            .collect();
+        assert_eq!(steps, [(4 << 20, 106e9), (16 << 20, 53e9)]);
         let none = [limits(1.0, None, 1.0, 1.0), limits(2.0, None, 2.0, 2.0)];
         assert_eq!(HostLimits::best(&none).unwrap().bf16_flops, None);
+    }
+
+    #[test]
+    fn cache_steps_grow_by_four_up_to_the_last_level_cache() {
+        assert_eq!(cache_step_sizes(Some(32 << 20)), [4 << 20, 16 << 20]);
+        assert_eq!(
+            cache_step_sizes(Some(64 << 20)),
+            [4 << 20, 16 << 20, 64 << 20]
+        );
+        assert_eq!(
+            cache_step_sizes(Some(480 << 20)),
+            [4 << 20, 16 << 20, 64 << 20, 256 << 20]
+        );
+        assert!(cache_step_sizes(Some(2 << 20)).is_empty());
+        assert!(cache_step_sizes(None).is_empty());
+        assert_eq!(cache_step_sizes(Some(usize::MAX)).len(), 21);
     }
 
     #[test]

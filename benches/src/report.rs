@@ -116,13 +116,12 @@ impl Row {
         self.compute_limit = ceilings.map(|c| c.compute.name.clone());
     }
 
-    /// The memory limit of this row among `c`: the cache's for rows whose data fits in the
-    /// last-level cache (they read it from there on every repetition), else memory's.
+    /// The memory limit of this row among `c`: for rows whose data fits in the last-level
+    /// cache (they read it from there on every repetition) the read bandwidth of the
+    /// largest cache step at most the row's bytes, else the cache read bandwidth; else
+    /// memory's ([`Ceilings::memory_limit_for`]).
     fn memory_limit_in<'c>(&self, c: &'c Ceilings) -> &'c Limit {
-        match (&c.memory_in_cache, c.cache_bytes) {
-            (Some(l), Some(fits)) if self.bytes <= fits as f64 => l,
-            _ => &c.memory,
-        }
+        c.memory_limit_for(self.bytes)
     }
 
     /// Whether the row moved its bytes or did its FLOPs faster than a physical limit among
@@ -152,12 +151,35 @@ pub fn ceilings_text(backend: &str, ceilings: &[Ceilings]) -> String {
             limit_text(&c.compute)
         );
         if let (Some(l), Some(fits)) = (&c.memory_in_cache, c.cache_bytes) {
-            let _ = writeln!(
-                s,
-                "  rows moving at most {} MiB (the last-level cache): memory {}",
-                fits >> 20,
-                limit_text(l)
-            );
+            let _ = match c.cache_steps.first() {
+                Some(first) => writeln!(
+                    s,
+                    "  rows moving less than {} MiB: memory {}",
+                    first.from_bytes >> 20,
+                    limit_text(l)
+                ),
+                None => writeln!(
+                    s,
+                    "  rows moving at most {} MiB (the last-level cache): memory {}",
+                    fits >> 20,
+                    limit_text(l)
+                ),
+            };
+            for (i, step) in c.cache_steps.iter().enumerate() {
+                let to = c.cache_steps.get(i + 1).map_or(fits, |n| n.from_bytes);
+                let _ = writeln!(
+                    s,
+                    "  rows moving {} to {} MiB{}: memory {}",
+                    step.from_bytes >> 20,
+                    to >> 20,
+                    if i + 1 == c.cache_steps.len() {
+                        " (the last-level cache)"
+                    } else {
+                        ""
+                    },
+                    limit_text(&step.limit)
+                );
+            }
         }
         for r in &c.reference {
             let _ = writeln!(s, "  reference, no floor uses it: {}", limit_text(r));
@@ -259,6 +281,10 @@ mod tests {
             dtype: DType::F32,
             memory: limit("read BW", 10e9, "B/s"),
             memory_in_cache: Some(limit("cache read BW", 100e9, "B/s")),
+            cache_steps: vec![crate::ceilings::CacheLimit {
+                from_bytes: 256 << 10,
+                limit: limit("read BW at 0 MiB", 50e9, "B/s"),
+            }],
             cache_bytes: Some(1 << 20),
             compute: limit("f32 FMA peak", 100e9, "FLOP/s"),
             reference: vec![limit("copy BW", 1e12, "B/s")],
@@ -316,6 +342,20 @@ mod tests {
         );
         assert_eq!(row.limit.as_deref(), Some("cache read BW"));
         assert!((row.floor_s.unwrap() - 1e-6).abs() < 1e-15);
+        // 500 kB: at least the cache step's 256 KiB, at most the cache: the step's rate.
+        let cost = Cost {
+            bytes: 5e5,
+            flops: 1e3,
+        };
+        let row = Row::new(
+            "cpu",
+            &case,
+            cost,
+            Duration::from_micros(20),
+            Some(&ceilings()),
+        );
+        assert_eq!(row.limit.as_deref(), Some("read BW at 0 MiB"));
+        assert!((row.floor_s.unwrap() - 1e-5).abs() < 1e-15);
         let mut row = Row::new("cpu", &case, cost, Duration::from_secs(4), None);
         assert_eq!((row.floor_s, row.roofline_ratio), (None, None));
         assert_eq!(row.limit, None);

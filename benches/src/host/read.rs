@@ -28,10 +28,16 @@ pub struct ReadRate {
 }
 
 /// Best of `passes` parallel read-only reductions over a `bytes`-byte buffer on `threads`
-/// threads. A buffer the host cannot map or allocate is [`Error::OutOfMemory`]. Word `i`
-/// holds `i`: a last pass whose sum is not the sum of `0..words` did not read every word
-/// once, and is an [`Error::Device`] rather than a rate.
-pub fn read_bandwidth(bytes: usize, threads: usize, passes: usize) -> Result<ReadRate> {
+/// threads, each pass reading the buffer `repeats` times (so that a pass over a buffer
+/// that fits a cache is long enough to time). A buffer the host cannot map or allocate is
+/// [`Error::OutOfMemory`]. Word `i` holds `i`: a last reading whose sum is not the sum of
+/// `0..words` did not read every word once, and is an [`Error::Device`] rather than a rate.
+pub fn read_bandwidth(
+    bytes: usize,
+    threads: usize,
+    passes: usize,
+    repeats: usize,
+) -> Result<ReadRate> {
     let words = bytes / 8;
     let mut buf = Buffer::new(words)?;
     let huge_pages = buf.huge_pages();
@@ -39,7 +45,7 @@ pub fn read_bandwidth(bytes: usize, threads: usize, passes: usize) -> Result<Rea
     let chunk = words.div_ceil(threads.max(1)).max(1);
     let parts = words.div_ceil(chunk);
     let barrier = Barrier::new(parts.max(1));
-    let passes = passes.max(1);
+    let (passes, repeats) = (passes.max(1), repeats.max(1));
     let results: Vec<(Vec<(Instant, Instant)>, u64)> = std::thread::scope(|s| {
         let handles: Vec<_> = (words_buf.chunks_mut(chunk).enumerate())
             .map(|(t, part)| {
@@ -57,7 +63,9 @@ pub fn read_bandwidth(bytes: usize, threads: usize, passes: usize) -> Result<Rea
                         .map(|_| {
                             barrier.wait();
                             let t0 = Instant::now();
-                            last = black_box(sum(black_box(part)));
+                            for _ in 0..repeats {
+                                last = black_box(sum(black_box(part)));
+                            }
                             (t0, Instant::now())
                         })
                         .collect();
@@ -95,7 +103,7 @@ pub fn read_bandwidth(bytes: usize, threads: usize, passes: usize) -> Result<Rea
         });
     }
     Ok(ReadRate {
-        bytes_per_s: (words * 8) as f64 / best,
+        bytes_per_s: (words * 8) as f64 * repeats as f64 / best,
         huge_pages,
     })
 }
@@ -211,7 +219,7 @@ mod tests {
         // Word i holds i: the sum must be n (n - 1) / 2 whatever the split into parts, or
         // the measurement is an error.
         for (words, threads) in [(1000, 1), (1003, 2), (4096, 3), (7, 8), (1 << 20, 2)] {
-            let r = read_bandwidth(words * 8, threads, 2)
+            let r = read_bandwidth(words * 8, threads, 2, 2)
                 .unwrap_or_else(|e| panic!("{words} words on {threads} threads: {e}"));
             assert!(r.bytes_per_s > 0.0 && r.bytes_per_s.is_finite());
         }
@@ -219,7 +227,7 @@ mod tests {
 
     #[test]
     fn an_impossible_buffer_is_out_of_memory() {
-        let err = read_bandwidth(1 << 62, 2, 1).unwrap_err();
+        let err = read_bandwidth(1 << 62, 2, 1, 1).unwrap_err();
         assert!(matches!(err, Error::OutOfMemory { .. }), "{err}");
     }
 }

@@ -44,6 +44,16 @@ fn physical_ceilings_bound_every_cpu_row_of_the_same_run() {
             .fold(0.0, f64::max);
         assert_eq!(host[key].as_f64().unwrap(), best, "{key}: {measurements:?}");
     }
+    for (i, step) in host["cache_steps"].as_array().unwrap().iter().enumerate() {
+        let best = (measurements.iter())
+            .map(|m| m["cache_steps"][i]["bandwidth"].as_f64().unwrap())
+            .fold(0.0, f64::max);
+        assert_eq!(
+            step["bandwidth"].as_f64().unwrap(),
+            best,
+            "{measurements:?}"
+        );
+    }
 
     let ceilings = doc["ceilings"][0]["ceilings"].as_array().unwrap();
     assert_eq!(doc["ceilings"][0]["backend"], "cpu");
@@ -72,8 +82,10 @@ fn physical_ceilings_bound_every_cpu_row_of_the_same_run() {
     assert!(alone > 0.0 && alone.is_finite(), "{step}");
     for c in ceilings {
         // Every limit measured before and after the rows, its rate the best of the two.
+        let steps = c["cache_steps"].as_array().unwrap();
         for l in [&c["memory"], &c["memory_in_cache"], &c["compute"]]
             .into_iter()
+            .chain(steps.iter().map(|s| &s["limit"]))
             .chain(c["reference"].as_array().unwrap())
         {
             let measured: Vec<f64> = (l["measured"].as_array().unwrap().iter())
@@ -91,6 +103,24 @@ fn physical_ceilings_bound_every_cpu_row_of_the_same_run() {
         assert_eq!(c["memory"]["physical"], true, "{c}");
         assert_eq!(c["memory_in_cache"]["name"], "cache read BW", "{c}");
         assert_eq!(c["memory_in_cache"]["physical"], true, "{c}");
+        // The cache steps: 4 MiB, then 4 times larger each, up to the last-level cache,
+        // one per step the host measured.
+        let sizes: Vec<u64> = (steps.iter())
+            .map(|s| s["from_bytes"].as_u64().unwrap())
+            .collect();
+        let host_sizes: Vec<u64> = (host["cache_steps"].as_array().unwrap().iter())
+            .map(|s| s["bytes"].as_u64().unwrap())
+            .collect();
+        assert_eq!(sizes, host_sizes, "{c}");
+        for (i, (s, &bytes)) in steps.iter().zip(&sizes).enumerate() {
+            assert_eq!(bytes, 4 << 20 << (2 * i), "{c}");
+            assert!(bytes <= host["llc_bytes"].as_u64().unwrap(), "{c}");
+            assert_eq!(
+                s["limit"]["name"],
+                format!("read BW at {} MiB", bytes >> 20)
+            );
+            assert_eq!(s["limit"]["physical"], true, "{c}");
+        }
         assert_eq!(c["compute"]["physical"], true, "{c}");
         // BF16 rows on a CPU with the native dot: the larger of its peak and the FMA's
         // (a bf16 product is exact in f32); the FMA peak says which dot rate it beat.
@@ -302,14 +332,18 @@ fn assert_rows_bounded(doc: &serde_json::Value, index: usize) {
             row["gb_per_s"].as_f64().unwrap() * 1e9,
             row["gflop_per_s"].as_f64().unwrap() * 1e9,
         );
-        // Rows whose data fits in the last-level cache are against the cache read
-        // bandwidth, the others against memory's.
+        // Rows whose data fits in the last-level cache are against the largest cache step
+        // at most their bytes (below the first, the cache read bandwidth), the others
+        // against memory's.
         let bytes = row["bytes"].as_f64().unwrap();
         let in_cache = c["cache_bytes"].as_f64().is_some_and(|fits| bytes <= fits);
-        let memory = if in_cache {
-            &c["memory_in_cache"]
-        } else {
-            &c["memory"]
+        let step = (c["cache_steps"].as_array().unwrap().iter())
+            .rposition(|s| s["from_bytes"].as_f64().unwrap() <= bytes)
+            .filter(|_| in_cache);
+        let memory = match (in_cache, step) {
+            (true, Some(i)) => &c["cache_steps"][i]["limit"],
+            (true, None) => &c["memory_in_cache"],
+            _ => &c["memory"],
         };
         assert_eq!(row["memory_limit"], memory["name"], "{row}");
         let (mem_limit, compute_limit) = (
@@ -322,10 +356,10 @@ fn assert_rows_bounded(doc: &serde_json::Value, index: usize) {
         // them (a bf16 row may pass the f32 peak on a native bf16 dot, so its own compute
         // limit only). (An OpenCL device's floors may be its own kernels' better rates.)
         if backend == "cpu" {
-            let host_bw = if in_cache {
-                host["cache_read_bandwidth"].as_f64().unwrap()
-            } else {
-                host["read_bandwidth"].as_f64().unwrap()
+            let host_bw = match (in_cache, step) {
+                (true, Some(i)) => host["cache_steps"][i]["bandwidth"].as_f64().unwrap(),
+                (true, None) => host["cache_read_bandwidth"].as_f64().unwrap(),
+                _ => host["read_bandwidth"].as_f64().unwrap(),
             };
             assert!(bw < host_bw, "{row}");
             if row["dtype"] != "BF16" {
