@@ -91,28 +91,48 @@ pub struct CacheLimit {
 impl Ceilings {
     /// The memory limit of a row that moves `bytes`: for data that fits the last-level
     /// cache, the largest cache step at most `bytes` (else the cache read bandwidth),
-    /// otherwise the read bandwidth from memory.
+    /// otherwise the read bandwidth from memory. Reading a larger buffer is never faster,
+    /// so a rate measured on a larger one (a later step, memory's) is also a lower bound
+    /// of the chosen one's limit: where one came out higher (the chosen measurement
+    /// caught the machine busier), that one is the limit.
     pub fn memory_limit_for(&self, bytes: f64) -> &Limit {
-        match (&self.memory_in_cache, self.cache_bytes) {
-            (Some(l), Some(fits)) if bytes <= fits as f64 => (self.cache_steps.iter())
-                .rfind(|s| s.from_bytes as f64 <= bytes)
-                .map_or(l, |s| &s.limit),
-            _ => &self.memory,
+        let (Some(in_cache), Some(fits)) = (&self.memory_in_cache, self.cache_bytes) else {
+            return &self.memory;
+        };
+        if bytes > fits as f64 {
+            return &self.memory;
         }
+        let from = (self.cache_steps.iter())
+            .rposition(|s| s.from_bytes as f64 <= bytes)
+            .map_or(0, |i| i + 1);
+        let chosen = match from {
+            0 => in_cache,
+            i => &self.cache_steps[i - 1].limit,
+        };
+        (self.cache_steps[from..].iter().map(|s| &s.limit))
+            .chain([&self.memory])
+            .fold(chosen, |best, l| if l.rate > best.rate { l } else { best })
     }
 
     /// Adds a later measurement of the same ceilings (the same backend and dtype, after
     /// its rows): every limit of `later` is merged into the one of the same name
     /// ([`Limit::merge`]); a limit only `later` has is added.
     pub fn merge(&mut self, later: &Ceilings) {
+        for step in &later.cache_steps {
+            match (self.cache_steps.iter_mut()).find(|s| s.from_bytes == step.from_bytes) {
+                Some(mine) => mine.limit.merge(&step.limit),
+                None => {
+                    self.cache_steps.push(step.clone());
+                    self.cache_steps.sort_by_key(|s| s.from_bytes);
+                }
+            }
+        }
         let mut mine: Vec<&mut Limit> = vec![&mut self.memory, &mut self.compute];
         mine.extend(self.memory_in_cache.as_mut());
-        mine.extend(self.cache_steps.iter_mut().map(|s| &mut s.limit));
         mine.extend(self.reference.iter_mut());
         let theirs = [&later.memory, &later.compute]
             .into_iter()
             .chain(later.memory_in_cache.as_ref())
-            .chain(later.cache_steps.iter().map(|s| &s.limit))
             .chain(&later.reference);
         let mut extra = Vec::new();
         for l in theirs {
@@ -359,7 +379,8 @@ pub fn cache_read_limit(h: &HostLimits) -> Limit {
         true,
         format!(
             "every thread re-reading a {} KiB buffer in its cache, widest loads, {} threads; \
-             rows whose data fits in the last-level cache",
+             rows whose data fits in the last-level cache and is smaller than the first \
+             cache step",
             crate::host::CACHE_READ_BYTES >> 10,
             h.threads
         ),
@@ -478,6 +499,22 @@ mod tests {
         assert_eq!(c.memory.rate, 50e9);
         assert_eq!(c.memory.measured, vec![29e9, 45e9, 50e9]);
         assert_eq!(c.compute.rate, 230e9);
+        // A step only a later measurement has joins the steps, in order of size.
+        let mut with_step = ceilings(10e9, 1e9, vec![]);
+        with_step.cache_steps.insert(
+            0,
+            CacheLimit {
+                from_bytes: 1 << 20,
+                limit: limit("read BW at 1 MiB", 70e9),
+            },
+        );
+        c.merge(&with_step);
+        let sizes: Vec<usize> = c.cache_steps.iter().map(|s| s.from_bytes).collect();
+        assert_eq!(sizes, [1 << 20, 4 << 20]);
+        assert!(c
+            .reference
+            .iter()
+            .all(|l| !l.name.starts_with("read BW at")));
     }
 
     #[test]
@@ -552,6 +589,13 @@ mod tests {
         assert_eq!(name_for((4 << 20) as f64), "read BW at 4 MiB");
         assert_eq!(name_for((32 << 20) as f64), "read BW at 4 MiB");
         assert_eq!(name_for((32 << 20) as f64 + 1.0), "read BW");
+        // A larger buffer's rate that came out higher than the chosen one's (which caught
+        // the machine busier) bounds the smaller one too: it is the limit then.
+        let mut busy = host_ceilings(DType::F32, &h, rates(), None);
+        busy.cache_steps[0].limit.rate = 20e9;
+        assert_eq!(busy.memory_limit_for((8 << 20) as f64).name, "read BW");
+        busy.memory_in_cache.as_mut().unwrap().rate = 10e9;
+        assert_eq!(busy.memory_limit_for(1e6).name, "read BW");
         // Without device kernels: the host's limits alone.
         let c = host_ceilings(DType::F32, &h, rates(), None);
         assert_eq!(

@@ -53,7 +53,7 @@ pub struct HostLimits {
     /// [`CACHE_READ_BYTES`] buffer (larger than any L1, held in L2), the widest loads the
     /// CPU has. The memory limit of rows whose data fits in the last-level cache (the
     /// benchmark re-reads the same inputs, so they come from cache, not from memory)
-    /// and is smaller than the first of `cache_steps`.
+    /// when that data is smaller than the first of `cache_steps`.
     pub cache_read_bandwidth: f64,
     /// The read bandwidth of shared buffers from [`FIRST_CACHE_STEP`] up to the last-level
     /// cache, smallest first ([`cache_step_sizes`]).
@@ -77,8 +77,10 @@ pub struct CacheStep {
 /// last-level cache.
 pub const FIRST_CACHE_STEP: usize = 4 << 20;
 
-/// Bytes each [`CacheStep`] pass reads at least (the buffer re-read as many times).
-const CACHE_STEP_PASS_BYTES: usize = 256 << 20;
+/// Bytes each thread reads at least in a [`CacheStep`] pass (the buffer re-read as many
+/// times), so that a pass lasts long beside the barrier that starts it, whatever the
+/// thread count.
+const CACHE_STEP_THREAD_BYTES: usize = 128 << 20;
 
 /// The buffer sizes of the [`CacheStep`]s for a last-level cache of `llc` bytes:
 /// [`FIRST_CACHE_STEP`], then 4 times larger each, as long as they fit it; none where the
@@ -123,7 +125,9 @@ pub fn measure(budget: Budget) -> Result<HostLimits> {
     let cache_read_bandwidth = cache_read_bandwidth(threads, reps, target);
     let cache_steps = (cache_step_sizes(llc_bytes).into_iter())
         .map(|bytes| {
-            let repeats = CACHE_STEP_PASS_BYTES.div_ceil(bytes);
+            let repeats = CACHE_STEP_THREAD_BYTES
+                .saturating_mul(threads)
+                .div_ceil(bytes);
             let rate = read::read_bandwidth(bytes, threads, reps, repeats)?;
             Ok(CacheStep {
                 bytes,
@@ -162,9 +166,13 @@ impl HostLimits {
             best.bf16_flops = best.bf16_flops.zip(h.bf16_flops).map(|(a, b)| a.max(b));
             best.read_bandwidth = best.read_bandwidth.max(h.read_bandwidth);
             best.cache_read_bandwidth = best.cache_read_bandwidth.max(h.cache_read_bandwidth);
-            for step in &mut best.cache_steps {
-                if let Some(s) = h.cache_steps.iter().find(|s| s.bytes == step.bytes) {
-                    step.bandwidth = step.bandwidth.max(s.bandwidth);
+            for s in &h.cache_steps {
+                match best.cache_steps.iter_mut().find(|b| b.bytes == s.bytes) {
+                    Some(b) => b.bandwidth = b.bandwidth.max(s.bandwidth),
+                    None => {
+                        best.cache_steps.push(*s);
+                        best.cache_steps.sort_by_key(|b| b.bytes);
+                    }
                 }
             }
         }

@@ -150,33 +150,30 @@ pub fn ceilings_text(backend: &str, ceilings: &[Ceilings]) -> String {
             limit_text(&c.memory),
             limit_text(&c.compute)
         );
-        if let (Some(l), Some(fits)) = (&c.memory_in_cache, c.cache_bytes) {
+        if let (Some(l), Some(fits)) = (&c.memory_in_cache, c.cache_bytes.filter(|&b| b > 0)) {
             let _ = match c.cache_steps.first() {
                 Some(first) => writeln!(
                     s,
                     "  rows moving less than {} MiB: memory {}",
-                    first.from_bytes >> 20,
+                    mib(first.from_bytes),
                     limit_text(l)
                 ),
                 None => writeln!(
                     s,
                     "  rows moving at most {} MiB (the last-level cache): memory {}",
-                    fits >> 20,
+                    mib(fits),
                     limit_text(l)
                 ),
             };
             for (i, step) in c.cache_steps.iter().enumerate() {
-                let to = c.cache_steps.get(i + 1).map_or(fits, |n| n.from_bytes);
+                let to = match c.cache_steps.get(i + 1) {
+                    Some(next) => format!("to {} MiB", mib(next.from_bytes)),
+                    None => format!("up to the last-level cache ({} MiB)", mib(fits)),
+                };
                 let _ = writeln!(
                     s,
-                    "  rows moving {} to {} MiB{}: memory {}",
-                    step.from_bytes >> 20,
-                    to >> 20,
-                    if i + 1 == c.cache_steps.len() {
-                        " (the last-level cache)"
-                    } else {
-                        ""
-                    },
+                    "  rows moving {} MiB {to}: memory {}",
+                    mib(step.from_bytes),
                     limit_text(&step.limit)
                 );
             }
@@ -186,6 +183,16 @@ pub fn ceilings_text(backend: &str, ceilings: &[Ceilings]) -> String {
         }
     }
     s
+}
+
+/// `bytes` in MiB: whole, or with one decimal.
+fn mib(bytes: usize) -> String {
+    let m = bytes as f64 / (1 << 20) as f64;
+    if m.fract() == 0.0 {
+        format!("{m}")
+    } else {
+        format!("{m:.1}")
+    }
 }
 
 /// "read BW 61.2 GB/s (physical limit; how; best of 58.0, 61.2 measured before and after
@@ -448,5 +455,33 @@ mod tests {
             (row.floor_s, row.roofline_ratio, row.limit),
             (None, None, None)
         );
+    }
+
+    #[test]
+    fn ceilings_text_names_the_bytes_each_cache_limit_covers() {
+        let mut c = ceilings();
+        let step = |from_bytes, rate| crate::ceilings::CacheLimit {
+            from_bytes,
+            limit: Limit::new("step", rate, "B/s", true, "test".into()),
+        };
+        c.cache_steps = vec![step(256 << 10, 50e9), step(512 << 10, 40e9)];
+        c.cache_bytes = Some(3 << 19);
+        let text = ceilings_text("cpu", &[c.clone()]);
+        for line in [
+            "  rows moving less than 0.2 MiB: memory cache read BW",
+            "  rows moving 0.2 MiB to 0.5 MiB: memory step 50.0 GB/s",
+            "  rows moving 0.5 MiB up to the last-level cache (1.5 MiB): memory step 40.0 GB/s",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        // No steps: one line for the whole cache; a cache of unknown size (0): none.
+        c.cache_steps.clear();
+        let text = ceilings_text("cpu", &[c.clone()]);
+        assert!(
+            text.contains("  rows moving at most 1.5 MiB (the last-level cache): memory cache"),
+            "{text}"
+        );
+        c.cache_bytes = Some(0);
+        assert!(!ceilings_text("cpu", &[c]).contains("rows moving"));
     }
 }

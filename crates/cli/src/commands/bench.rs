@@ -457,9 +457,10 @@ last-level cache, every thread reading the part it wrote first, 2 MiB pages wher
 gives them, the best of many passes; for rows whose data fits in the last-level cache, and
 so stays there from one repetition to the next, the read bandwidth of a buffer in cache: the
 largest of 4, 16, 64, ... MiB, up to the cache, that is at most the row's bytes, every
-thread re-reading its part of it, and below 4 MiB every thread re-reading a 256 KiB buffer
-of its own: a row cannot read more bytes faster than the same reading loop reads fewer),
-the compute limit the f32 FMA peak (a register-resident FMA
+thread re-reading its part of it, and below 4 MiB (or a cache under 4 MiB) every thread
+re-reading a 256 KiB buffer of its own; reading more bytes is never faster, so where a
+larger buffer's rate, or memory's, came out higher, that is the limit; a cache of unknown
+size holds no row), the compute limit the f32 FMA peak (a register-resident FMA
 loop in the widest vector ISA the CPU has, enough independent accumulators to cover the
 FMA latency) or, for bf16 rows, the larger of that and the native bf16 dot peak
 where the CPU has one (AVX512-BF16 `VDPBF16PS`, or AMX-BF16 `TDPBF16PS` on four accumulator

@@ -795,7 +795,8 @@ mod tests {
                         n >= 8 && !(on_tiles && tiles()),
                         "{kind} n {n}: the quad kernel"
                     );
-                    let mut out = vec![0.0; rows * n];
+                    // NaN: an output the kernel leaves unwritten fails the check.
+                    let mut out = vec![f32::NAN; rows * n];
                     assert!(rows_times_prepared(&w, first, rows, &p, &mut out));
                     check_out(&w, first, &act, &out, &format!("prepared {kind} n {n}"));
                     // Refused, nothing written: another column count, an output of another
