@@ -305,64 +305,32 @@ mod tests {
             experts: 256,
             params: moemla_core::RouteParams::deepseek_v3(),
         };
-        // 1 GB at 10 GB/s = 0.1 s; 1 GFLOP at 100 GFLOP/s = 0.01 s -> memory bound.
-        let cost = Cost {
-            bytes: 1e9,
-            flops: 1e9,
+        let row_at = |bytes, flops, time| {
+            let cost = Cost { bytes, flops };
+            Row::new("cpu", &case, cost, time, Some(&ceilings()))
         };
-        let row = Row::new(
-            "cpu",
-            &case,
-            cost,
-            Duration::from_millis(200),
-            Some(&ceilings()),
-        );
+        // 1 GB at 10 GB/s = 0.1 s; 1 GFLOP at 100 GFLOP/s = 0.01 s -> memory bound.
+        let row = row_at(1e9, 1e9, Duration::from_millis(200));
         assert_eq!(row.bound, Some("memory"));
         assert_eq!(row.limit.as_deref(), Some("read BW"));
         assert!((row.floor_s.unwrap() - 0.1).abs() < 1e-12);
         assert!((row.roofline_ratio.unwrap() - 0.5).abs() < 1e-9);
-        let cost = Cost {
-            bytes: 1e6,
-            flops: 1e11,
-        };
-        let row = Row::new(
-            "cpu",
-            &case,
-            cost,
-            Duration::from_secs(4),
-            Some(&ceilings()),
-        );
+        let row = row_at(1e6, 1e11, Duration::from_secs(4));
         assert_eq!(row.bound, Some("compute"));
         assert_eq!(row.limit.as_deref(), Some("f32 FMA peak"));
         assert!((row.roofline_ratio.unwrap() - 0.25).abs() < 1e-9);
         // 100 kB fits in the (1 MiB) cache: against the cache read bandwidth.
-        let cost = Cost {
-            bytes: 1e5,
-            flops: 1e3,
-        };
-        let row = Row::new(
-            "cpu",
-            &case,
-            cost,
-            Duration::from_micros(4),
-            Some(&ceilings()),
-        );
+        let row = row_at(1e5, 1e3, Duration::from_micros(4));
         assert_eq!(row.limit.as_deref(), Some("cache read BW"));
         assert!((row.floor_s.unwrap() - 1e-6).abs() < 1e-15);
         // 500 kB: at least the cache step's 256 KiB, at most the cache: the step's rate.
+        let row = row_at(5e5, 1e3, Duration::from_micros(20));
+        assert_eq!(row.limit.as_deref(), Some("read BW at 0 MiB"));
+        assert!((row.floor_s.unwrap() - 1e-5).abs() < 1e-15);
         let cost = Cost {
             bytes: 5e5,
             flops: 1e3,
         };
-        let row = Row::new(
-            "cpu",
-            &case,
-            cost,
-            Duration::from_micros(20),
-            Some(&ceilings()),
-        );
-        assert_eq!(row.limit.as_deref(), Some("read BW at 0 MiB"));
-        assert!((row.floor_s.unwrap() - 1e-5).abs() < 1e-15);
         let mut row = Row::new("cpu", &case, cost, Duration::from_secs(4), None);
         assert_eq!((row.floor_s, row.roofline_ratio), (None, None));
         assert_eq!(row.limit, None);
