@@ -96,7 +96,7 @@ impl Row {
     /// ratio and the names of the limits. The bench calls it again once the run's last
     /// ceilings are measured, so every row is against the best of all of them.
     pub fn set_floor(&mut self, ceilings: Option<&Ceilings>) {
-        let memory = ceilings.map(|c| self.memory_limit_in(c));
+        let memory = ceilings.map(|c| c.memory_limit_for(self.bytes));
         let terms = ceilings
             .zip(memory)
             .map(|(c, m)| (self.bytes / m.rate, self.flops / c.compute.rate));
@@ -116,19 +116,11 @@ impl Row {
         self.compute_limit = ceilings.map(|c| c.compute.name.clone());
     }
 
-    /// The memory limit of this row among `c`: for rows whose data fits in the last-level
-    /// cache (they read it from there on every repetition) the read bandwidth of the
-    /// largest cache step at most the row's bytes, else the cache read bandwidth; else
-    /// memory's ([`Ceilings::memory_limit_for`]).
-    fn memory_limit_in<'c>(&self, c: &'c Ceilings) -> &'c Limit {
-        c.memory_limit_for(self.bytes)
-    }
-
     /// Whether the row moved its bytes or did its FLOPs faster than a physical limit among
     /// `ceilings` allows: no op can, so a measurement of that limit came out low (the
     /// machine was busier then than during the row: a neighbour on a shared host).
     pub fn above_physical_limit(&self, ceilings: &Ceilings) -> bool {
-        let memory = self.memory_limit_in(ceilings);
+        let memory = ceilings.memory_limit_for(self.bytes);
         let over = |limit: &Limit, amount: f64| limit.physical && amount / self.time_s > limit.rate;
         over(memory, self.bytes) || over(&ceilings.compute, self.flops)
     }

@@ -23,6 +23,7 @@ use super::prepared::View;
 use super::{codes_at, decode, pow2_exponent, Tables, STEP};
 use crate::ops::moe_experts::fp8::Fp8Weights;
 use crate::tiles::{config, Steps, COLS, ROWS, ROW_BYTES};
+use moemla_core::alloc::try_filled_vec;
 use moemla_core::amx::{self, store};
 use moemla_core::fp8::BLOCK;
 use std::arch::x86_64::*;
@@ -63,9 +64,7 @@ impl TileForm {
         let (n, steps) = (view.n, k.div_ceil(STEP));
         let n_pad = n.div_ceil(COLS) * COLS;
         let len = steps.checked_mul(STEP / 2)?.checked_mul(n_pad)?;
-        let mut pairs = Vec::new();
-        pairs.try_reserve_exact(len).ok()?;
-        pairs.resize(len, 0u32);
+        let mut pairs: Vec<u32> = try_filled_vec(len, "fp8 tile token pairs").ok()?;
         for s in 0..steps {
             for j in 0..n {
                 // SAFETY: step s of vector j: 64 words inside the view.
@@ -152,10 +151,7 @@ impl Totals {
     /// Zeroed totals for a group against `n_pad` token columns; `None` where the memory
     /// is not there.
     fn new(n_pad: usize) -> Option<Totals> {
-        let len = GROUP.checked_mul(n_pad)?;
-        let mut sums = Vec::new();
-        sums.try_reserve_exact(len).ok()?;
-        sums.resize(len, 0.0);
+        let sums = try_filled_vec(GROUP.checked_mul(n_pad)?, "fp8 tile totals").ok()?;
         Some(Totals { sums, n_pad })
     }
 
