@@ -19,6 +19,7 @@
 //! and `P V` takes `P` as the tile rows of `a` against the value rows paired by position
 //! (`tiles`). The tile unit's order of additions is its own; the same bound holds.
 
+use crate::aligned::Aligned;
 use crate::bf16dot;
 use crate::f32attn::{device, qk_shape, sized};
 use half::bf16;
@@ -100,10 +101,10 @@ impl Query {
 #[derive(Debug, Default)]
 pub struct PvBuffers {
     /// `P` in bf16, rows padded with zeros.
-    p: Vec<bf16>,
+    p: Aligned<bf16>,
     /// Value rows `2t` and `2t + 1` interleaved, column by column (tiles only).
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    v: Vec<u32>,
+    v: Aligned<u32>,
 }
 
 /// Query rows from which [`Query`] packs them in pairs ([`bf16dot::Packed::new`]). At 16
@@ -134,7 +135,7 @@ pub fn gemm_qk(
     q: &Query,
     rows: &[&[bf16]],
     out: &mut [f32],
-    scores_t: &mut Vec<f32>,
+    scores_t: &mut Aligned<f32>,
 ) -> Result<()> {
     let Some(packed) = &q.packed else {
         return gemm_qk_with(crate::bf16dot::native(), &q.rows, q.k, rows, out);
@@ -185,12 +186,12 @@ fn gemm_qk_with(
 /// The `n`-wide rows of `s` rounded to bf16 (nearest even; subnormals may become zero,
 /// as the dot instruction reads them anyway) into `out`, each padded with one zero when
 /// `n` is odd: `out` becomes [rows, 2 * n.div_ceil(2)], the layout [`gemm_pairs_pv`] takes.
-fn round_rows(s: &[f32], n: usize, out: &mut Vec<bf16>) -> Result<()> {
+fn round_rows(s: &[f32], n: usize, out: &mut Aligned<bf16>) -> Result<()> {
     round_rows_with(crate::bf16dot::native(), s, n, out)
 }
 
 /// [`round_rows`] on the native instruction or (`native` false) in software.
-fn round_rows_with(native: bool, s: &[f32], n: usize, out: &mut Vec<bf16>) -> Result<()> {
+fn round_rows_with(native: bool, s: &[f32], n: usize, out: &mut Aligned<bf16>) -> Result<()> {
     round_rows_padded(native, s, (n, n.div_ceil(2) * 2), out)
 }
 
@@ -199,7 +200,7 @@ fn round_rows_padded(
     native: bool,
     s: &[f32],
     (n, width): (usize, usize),
-    out: &mut Vec<bf16>,
+    out: &mut Aligned<bf16>,
 ) -> Result<()> {
     let rows = s.len() / n.max(1);
     let len = rows
@@ -358,7 +359,7 @@ fn portable_pv(
 /// Whether every one of `values` is a bf16 value (NaN counts as one); if so `out` becomes
 /// them as bf16 (grown fallibly; NaN as the quiet NaN), else it is left unspecified
 /// ([`bf16dot::exact_into_slice`]).
-pub fn exact_into(values: &[f32], out: &mut Vec<bf16>) -> Result<bool> {
+pub fn exact_into(values: &[f32], out: &mut Aligned<bf16>) -> Result<bool> {
     sized(out, values.len(), "bf16 exact")?;
     Ok(bf16dot::exact_into_slice(values, out))
 }
@@ -512,7 +513,7 @@ mod tests {
             let packs =
                 crate::bf16dot::native() && (m >= PACKED_MIN_ROWS || (16..=24).contains(&m));
             assert_eq!(query.packed.is_some(), packs, "m {m}");
-            let (mut out, mut scratch) = (vec![f32::NAN; m * n], Vec::new());
+            let (mut out, mut scratch) = (vec![f32::NAN; m * n], Aligned::default());
             gemm_qk(&query, &rows, &mut out, &mut scratch).unwrap();
             // Packed: one chain of k additions per score.
             assert_scores((&q, k), &rows, &out, k + 32, "prepared");
@@ -608,7 +609,7 @@ mod tests {
                     .iter()
                     .map(|x| x.to_f32() / 4.0)
                     .collect();
-                let mut p = Vec::new();
+                let mut p = Aligned::default();
                 round_rows_with(native, &probs, n, &mut p).unwrap();
                 let init: Vec<f32> = (0..m * d).map(|i| (i % 5) as f32 - 2.0).collect();
                 let mut acc = init.clone();
@@ -642,7 +643,7 @@ mod tests {
         s[3] = 1.0 + 1.0 / 256.0;
         s[40] = 1.0 + 3.0 / 256.0;
         for native in paths() {
-            let mut out = vec![bf16::ONE; 3];
+            let mut out = Aligned::try_filled(3, bf16::ONE, "test").unwrap();
             round_rows_with(native, &s, 37, &mut out).unwrap();
             assert_eq!(out.len(), 2 * 38);
             for (r, row) in out.chunks_exact(38).enumerate() {
@@ -673,7 +674,7 @@ mod tests {
                 let mut rows = values(3 * d, 4, -2.0);
                 rows[2 * d + 5] = bf16::INFINITY;
                 let vrows: Vec<&[bf16]> = rows.chunks_exact(d).collect();
-                let mut p = Vec::new();
+                let mut p = Aligned::default();
                 round_rows_with(native, &[0.5, 0.25, 0.125], 3, &mut p).unwrap();
                 let mut acc = vec![0.0; d];
                 gemm_pairs_pv_with(native, &p, &vrows, d, &mut acc).unwrap();
@@ -751,7 +752,7 @@ mod tests {
                 .collect();
             let query = Query::new(q.clone(), k, true).unwrap();
             assert!(query.on_tiles(), "m {m} k {k}");
-            let (mut out, mut scratch) = (vec![f32::NAN; m * n], Vec::new());
+            let (mut out, mut scratch) = (vec![f32::NAN; m * n], Aligned::default());
             gemm_qk(&query, &rows, &mut out, &mut scratch).unwrap();
             assert_scores((&q, k), &rows, &out, k + 32, "tiles");
             // P V: probabilities in [0, 1), onto an accumulator that holds values.
@@ -803,7 +804,7 @@ mod tests {
         let query = Query::new(values(m * k, 4, -2.0), k, false).unwrap();
         let mat = values(3 * k, 5, -2.0);
         let rows: Vec<&[bf16]> = mat.chunks_exact(k).collect();
-        let (mut out, mut scratch) = (vec![0.5; m * 3], Vec::new());
+        let (mut out, mut scratch) = (vec![0.5; m * 3], Aligned::default());
         assert!(gemm_qk(&query, &rows, &mut out[..m * 3 - 1], &mut scratch).is_err());
         let short = [rows[0], &mat[..k - 1]];
         assert!(gemm_qk(&query, &short, &mut out[..m * 2], &mut scratch).is_err());

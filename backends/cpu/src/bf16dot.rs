@@ -11,6 +11,7 @@
 //! Like every `VDPBF16PS`, subnormal inputs and results count as zero (below 2^-126,
 //! where the f32 path's contributions are far under any tolerance).
 
+use crate::aligned::Aligned;
 use crate::f32attn::device;
 use half::bf16;
 use moemla_core::alloc::try_filled_vec;
@@ -172,7 +173,7 @@ enum Layout {
     /// LANES]` u32; also the layout of a tile of `b`); off tiles, the last `n % LANES`
     /// rows, when at most `REST_MAX`, kept as they are (`rest`, row-major) for the
     /// row-dot kernel rather than a mostly empty vector.
-    Pairs { xp: Vec<u32>, rest: Vec<bf16> },
+    Pairs { xp: Aligned<u32>, rest: Vec<bf16> },
     /// Groups of 4 rows x 4 pairs per vector (quads, `[ceil(k / 8)][ceil(n / 4)][4
     /// rows][4 pairs]` u32) or of 8 rows x 2 pairs (octets, `[ceil(k / 4)][ceil(n / 8)][8
     /// rows][2 pairs]`): rows fill vectors 4 or 8 at a time ([`quads::Lanes`]).
@@ -213,7 +214,7 @@ impl Packed {
     fn pairs(b: &[bf16], (n, k): (usize, usize), rest: usize, tiles: bool) -> Result<Packed> {
         let overflow = || device("bf16 pack", format!("{n} rows of {k} overflow"));
         let len = x86::packed_len(n - rest, k).ok_or_else(overflow)?;
-        let mut xp: Vec<u32> = try_filled_vec(len, "cpu bf16 packed operand")?;
+        let mut xp = Aligned::try_filled(len, 0u32, "cpu bf16 packed operand")?;
         let (body, tail) = b.split_at((n - rest) * k);
         // SAFETY: the caller checked `native` (the four features, at run time); `body`
         // holds n - rest rows of k and `xp` their packed size.

@@ -7,6 +7,7 @@
 //! kernels, from 25 rows packed for the register-tiled kernel of [`crate::gemm_util`].
 //! Single-threaded; callers parallelise over independent tiles.
 
+use crate::aligned::Aligned;
 use crate::gemm_util::{matmul_nt_packed, PackedRows};
 #[cfg(target_arch = "x86_64")]
 use crate::quads;
@@ -215,7 +216,7 @@ pub fn gemm_qk_prepared(
     q: &Query<'_>,
     runs: &[&[f32]],
     out: &mut [f32],
-    scores_t: &mut Vec<f32>,
+    scores_t: &mut Aligned<f32>,
 ) -> Result<()> {
     let (m, k) = (q.m, q.k);
     if let Some(run) = runs
@@ -390,16 +391,8 @@ pub(crate) fn device(call: &str, message: String) -> Error {
 
 /// Makes `out` `len` long (grown fallibly: [`Error::OutOfMemory`]), its elements
 /// unspecified: every caller overwrites them all.
-pub(crate) fn sized<T: Clone + Default>(out: &mut Vec<T>, len: usize, call: &str) -> Result<()> {
-    if len > out.len() {
-        out.try_reserve(len - out.len())
-            .map_err(|_| Error::OutOfMemory {
-                what: format!("cpu {call}"),
-                bytes: len.saturating_mul(std::mem::size_of::<T>()),
-            })?;
-    }
-    out.resize(len, T::default());
-    Ok(())
+pub(crate) fn sized<T: Copy + Default>(out: &mut Aligned<T>, len: usize, call: &str) -> Result<()> {
+    out.try_resize(len, T::default(), &format!("cpu {call}"))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -991,7 +984,7 @@ mod tests {
             let Some(prepared) = prepared else {
                 continue;
             };
-            let (mut out, mut scratch) = (vec![f32::NAN; m * n], Vec::new());
+            let (mut out, mut scratch) = (vec![f32::NAN; m * n], Aligned::default());
             gemm_qk_prepared(&prepared, &runs, &mut out, &mut scratch).unwrap();
             // Quads: four chains of k / 4 additions, then two; octets: two chains of k / 2,
             // then one; packed: one chain of k (its rows past whole groups of 16 in quads).
@@ -1017,7 +1010,7 @@ mod tests {
             if let Some(prepared) = Query::new(&q, 8).unwrap() {
                 let (long, short) = ([1.0f32; 16], [1.0f32; 7]);
                 let mut out = vec![7.0f32; 2 * m];
-                let mut scratch = Vec::new();
+                let mut scratch = Aligned::default();
                 for runs in [
                     &[&long[..], &short[..]][..],
                     &[&long[..], &[]],

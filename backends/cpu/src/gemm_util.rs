@@ -3,6 +3,7 @@
 //! quad or octet layout ([`crate::quads`]) for few rows.
 
 #[cfg(target_arch = "x86_64")]
+use crate::aligned::Aligned;
 use crate::quads;
 use crate::storage::FloatSlice;
 use moemla_core::{Error, Result};
@@ -156,8 +157,8 @@ enum Layout<'a> {
     /// beside the groups rather than in a mostly empty vector of 16.
     #[cfg(target_arch = "x86_64")]
     Columns {
-        packed: Vec<f32>,
-        rest: Option<(Vec<u32>, usize)>,
+        packed: Aligned<f32>,
+        rest: Option<(Aligned<u32>, usize)>,
     },
     /// Octets or quads of rows ([`quads::F32Lanes`]: 8 rows of 2 columns or 4 rows of 4
     /// per vector, as f32 bits) for [`quads::multiply`].
@@ -205,7 +206,7 @@ impl<'a> PackedRows<'a> {
                 .checked_mul(k)
                 .and_then(|group| main.div_ceil(x86::LANES).checked_mul(group))
                 .ok_or_else(too_large)?;
-            let mut packed = moemla_core::alloc::try_filled_vec(len, WHAT)?;
+            let mut packed = Aligned::try_filled(len, 0.0, WHAT)?;
             x86::pack(&b[..main * k], k, &mut packed);
             let rest = if rest_n > 0 {
                 let xq = quads::packed::<quads::F32>(&b[main * k..], (rest_n, k), WHAT, too_large)?;
@@ -258,7 +259,7 @@ pub fn matmul_nt_packed(a: FloatSlice<'_>, b: &PackedRows<'_>, out: &mut [f32]) 
                 _ => x86::MR * KC.min(k),
             };
             let mut block = moemla_core::alloc::try_filled_vec(block_len, "cpu gemm nt rows")?;
-            let rest = rest.as_ref().map(|(xq, rn)| (xq.as_slice(), *rn));
+            let rest = rest.as_ref().map(|(xq, rn)| (&xq[..], *rn));
             // SAFETY: `PackedRows::new` built `Columns` only where AVX-512F was detected,
             // as `ceil(main / 16) * 16 * k` values for the first main = n - rest rows and,
             // only where the quad kernels' features were detected, the rest rows in quads;

@@ -5,6 +5,7 @@
 //! parallelism and the `gemm` crate for the dense products.
 //! Integrators fall back to it, and the golden cases are checked against it.
 
+mod aligned;
 mod bf16attn;
 mod bf16dot;
 mod ceilings;

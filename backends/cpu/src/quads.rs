@@ -19,6 +19,7 @@
 //! The kernel is compiled for AVX-512F/BW/VL with AVX512-BF16 (AMD Zen 4 and later,
 //! Intel Sapphire Rapids and later), also for f32: callers check [`available`].
 
+use crate::aligned::Aligned;
 use moemla_core::{Error, Result};
 use std::arch::x86_64::*;
 use std::marker::PhantomData;
@@ -221,10 +222,10 @@ pub fn packed<K: Kind>(
     (n, k): (usize, usize),
     what: &str,
     overflow: impl FnOnce() -> Error,
-) -> Result<Vec<u32>> {
+) -> Result<Aligned<u32>> {
     assert!(available() && n.checked_mul(k).is_some_and(|len| len <= b.len()));
     let len = packed_len::<K>(n, k).ok_or_else(overflow)?;
-    let mut xq = moemla_core::alloc::try_filled_vec(len, what)?;
+    let mut xq = Aligned::try_filled(len, 0, what)?;
     // SAFETY: the features were detected (asserted above); `b` holds n rows of k and
     // `xq` their packed size.
     unsafe { pack::<K>(b, n, k, &mut xq) };
@@ -236,7 +237,7 @@ pub fn packed<K: Kind>(
 /// in quads.
 #[derive(Debug)]
 pub struct Lanes<K> {
-    words: Vec<u32>,
+    words: Aligned<u32>,
     /// Rows of `b`.
     n: usize,
     /// Their width.

@@ -87,7 +87,12 @@ pub fn run_into(
     let parts = jobs
         .par_iter()
         .map_init(
-            || (Scratch::default(), Vec::<half::bf16>::new()),
+            || {
+                (
+                    Scratch::default(),
+                    crate::aligned::Aligned::<half::bf16>::default(),
+                )
+            },
             |(scratch, _buf), job| {
                 let mut rows = zeroed::<f32>(&[h_q, d_qk], "cpu mla_sparse_decode query rows")?;
                 q.read_f32(job.r * h_q * d_qk, &mut rows);

@@ -16,6 +16,7 @@
 //! have (16 pairs of dims x 16 heads), the keys are read in place as tile rows, and the
 //! ReLU, weights and sum over heads follow as above. Other keys take the vector tiles.
 
+use crate::aligned::Aligned;
 use half::bf16;
 use moemla_core::alloc::try_filled_vec;
 use moemla_core::Result;
@@ -29,7 +30,7 @@ const HB: usize = 4;
 pub(super) struct Query {
     /// `[ceil(Di / 2), h_pad]`: head `h`'s values at dims `2j` (low half) and `2j + 1`
     /// (high half, 0 past `Di`).
-    pairs: Vec<u32>,
+    pairs: Aligned<u32>,
     /// The heads' weights, 0 for the padding.
     weights: Vec<f32>,
     /// Heads rounded up to a multiple of 16.
@@ -49,7 +50,7 @@ impl Query {
                 what: "cpu dsa_indexer_topk packed query".into(),
                 bytes: usize::MAX,
             })?;
-        let mut pairs: Vec<u32> = try_filled_vec(len, "cpu dsa_indexer_topk packed query")?;
+        let mut pairs = Aligned::try_filled(len, 0u32, "cpu dsa_indexer_topk packed query")?;
         for (h, row) in q.chunks_exact(d_i).take(heads).enumerate() {
             for (j, two) in row.chunks(2).enumerate() {
                 let hi = two.get(1).map_or(0, |v| v.to_bits());

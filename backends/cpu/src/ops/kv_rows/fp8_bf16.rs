@@ -5,6 +5,7 @@
 //! in [2^-117, 2^119] (where every nonzero result is a normal bf16) is declined; its
 //! caller takes the f32 path.
 
+use crate::aligned::Aligned;
 use crate::ops::moe_experts::fp8::{pow2_exponent, MAGNITUDES};
 use half::bf16;
 use moemla_core::fp8::{DS_V32_DIM, DS_V32_LATENT, DS_V32_ROW_BYTES, DS_V32_TILE};
@@ -22,7 +23,7 @@ pub fn rows(
     bytes: &[u8],
     slot: impl Fn(usize) -> Option<usize>,
     n: usize,
-    out: &mut Vec<bf16>,
+    out: &mut Aligned<bf16>,
 ) -> bool {
     let row_at = |j: usize| {
         let at = slot(j)?.checked_mul(DS_V32_ROW_BYTES)?;
@@ -174,7 +175,7 @@ mod tests {
             dequantize_ds_v32_row(&row, &mut want);
             let mut bytes = vec![0xFFu8; DS_V32_ROW_BYTES];
             bytes.extend_from_slice(&row);
-            let mut out = Vec::new();
+            let mut out = Aligned::default();
             // Rows 1, 1 (row 0 past them, prefetched only).
             let listed = [1, 1, 0];
             assert!(
@@ -201,7 +202,7 @@ mod tests {
         ] {
             let row = row_with([1.0, 1.0, bad, 1.0]);
             assert!(
-                !rows(&row, |j| (j == 0).then_some(0), 1, &mut Vec::new()),
+                !rows(&row, |j| (j == 0).then_some(0), 1, &mut Aligned::default()),
                 "scale {bad}"
             );
         }
@@ -209,7 +210,7 @@ mod tests {
         let row = row_with([1.0; 4]);
         for slot in [1, usize::MAX / 2] {
             assert!(
-                !rows(&row, |_| Some(slot), 1, &mut Vec::new()),
+                !rows(&row, |_| Some(slot), 1, &mut Aligned::default()),
                 "slot {slot}"
             );
         }

@@ -18,6 +18,7 @@
 //! packed from 25) or else (without AVX-512F) the general GEMM. Only positions below a
 //! row's attended length are ever read or weighted.
 
+use crate::aligned::Aligned;
 use crate::bf16attn;
 use crate::bf16dot;
 use crate::f32attn;
@@ -112,10 +113,10 @@ const MIN_TILE_RUN: usize = 16;
 #[derive(Default)]
 pub struct Scratch {
     kv: Vec<f32>,
-    k16: Vec<half::bf16>,
+    k16: Aligned<half::bf16>,
     pv: bf16attn::PvBuffers,
     s: Vec<f32>,
-    scores_t: Vec<f32>,
+    scores_t: Aligned<f32>,
     slots: Vec<usize>,
 }
 

@@ -11,6 +11,7 @@
 
 use super::super::kv_rows::{fp8_bf16, KvRows};
 use super::super::mla_decode::attend::{Attention, Cache, Kernels, Partial, Scratch, Slots};
+use crate::aligned::Aligned;
 use crate::storage::FloatSlice;
 use half::bf16;
 use moemla_core::fp8::{DS_V32_DIM, DS_V32_LATENT};
@@ -27,7 +28,7 @@ pub(super) fn attend(
     (bytes, slots, ident): (&[u8], &[u32], &[u32]),
     span: Range<usize>,
     scale: f32,
-    (scratch, buf): (&mut Scratch, &mut Vec<bf16>),
+    (scratch, buf): (&mut Scratch, &mut Aligned<bf16>),
 ) -> Result<Partial> {
     let h_q = q.len() / DS_V32_DIM;
     // Every row sees every listed position: the pieces' positions (0..n of the buffer, or
@@ -129,7 +130,7 @@ mod tests {
                 (&bytes, slots, &ident),
                 span.clone(),
                 scale,
-                (&mut Scratch::default(), &mut Vec::new()),
+                (&mut Scratch::default(), &mut Aligned::default()),
             )
             .unwrap();
             if std::ptr::eq(slots, &late) {

@@ -21,9 +21,9 @@
 
 use super::prepared::View;
 use super::{codes_at, decode, pow2_exponent, Tables, STEP};
+use crate::aligned::{Aligned, Lined};
 use crate::ops::moe_experts::fp8::Fp8Weights;
 use crate::tiles::{config, Steps, COLS, ROWS, ROW_BYTES};
-use moemla_core::alloc::try_filled_vec;
 use moemla_core::amx::{self, store};
 use moemla_core::fp8::BLOCK;
 use std::arch::x86_64::*;
@@ -46,7 +46,7 @@ const PREFETCH_BLOCKS: usize = 2;
 /// per-block scales `[blocks][n]`.
 #[derive(Debug)]
 pub struct TileForm {
-    pairs: Vec<u32>,
+    pairs: Aligned<u32>,
     scales: Vec<f32>,
     unit: bool,
     n: usize,
@@ -64,7 +64,7 @@ impl TileForm {
         let (n, steps) = (view.n, k.div_ceil(STEP));
         let n_pad = n.div_ceil(COLS) * COLS;
         let len = steps.checked_mul(STEP / 2)?.checked_mul(n_pad)?;
-        let mut pairs: Vec<u32> = try_filled_vec(len, "fp8 tile token pairs").ok()?;
+        let mut pairs = Aligned::try_filled(len, 0u32, "fp8 tile token pairs").ok()?;
         for s in 0..steps {
             for j in 0..n {
                 // SAFETY: step s of vector j: 64 words inside the view.
@@ -143,7 +143,7 @@ pub(super) unsafe fn multiply(
 /// 8 tokens (one core, 7168-column rows streamed from memory, f32 scales: 4.6 GB/s of
 /// codes against 5.8-6.1 with these totals, and 6.0-6.1 at 16 tokens either way).
 struct Totals {
-    sums: Vec<f32>,
+    sums: Aligned<f32>,
     n_pad: usize,
 }
 
@@ -151,7 +151,7 @@ impl Totals {
     /// Zeroed totals for a group against `n_pad` token columns; `None` where the memory
     /// is not there.
     fn new(n_pad: usize) -> Option<Totals> {
-        let sums = try_filled_vec(GROUP.checked_mul(n_pad)?, "fp8 tile totals").ok()?;
+        let sums = Aligned::try_filled(GROUP.checked_mul(n_pad)?, 0.0, "fp8 tile totals").ok()?;
         Some(Totals { sums, n_pad })
     }
 
@@ -218,19 +218,19 @@ unsafe fn group<const R: usize>(
         return;
     }
     // Each row's block of codes, decoded (128 words a row), for two blocks in turn.
-    let mut decoded = [[0u16; GROUP * BLOCK]; 2];
+    let mut decoded = [Lined([0u16; GROUP * BLOCK]); 2];
     // Two blocks of tokens' sums in turn: [tile][16 rows][16].
-    let mut sums = [[0.0f32; 4 * 256]; 2];
+    let mut sums = [Lined([0.0f32; 4 * 256]); 2];
     let mut pending: Option<Sums> = None;
     // SAFETY (all below): the rows, their codes and scale rows exist; each block's words
     // are decoded before its products read them, and the products stay within the form
     // (block b's pair rows, columns below `end`).
     unsafe {
         let tables = Tables::load();
-        decode_block(&tables, codes, k, 0, &mut decoded[0]);
+        decode_block(&tables, codes, k, 0, &mut decoded[0].0);
         for b in 0..blocks {
             let live = (k - b * BLOCK).min(BLOCK);
-            let [even, odd] = &mut decoded;
+            let [Lined(even), Lined(odd)] = &mut decoded;
             let (dec, next) = if b % 2 == 0 { (even, odd) } else { (odd, even) };
             let mut c0 = 0;
             while c0 < end {
@@ -245,11 +245,11 @@ unsafe fn group<const R: usize>(
                 }
                 let slot = pending.map_or(0, |p| 1 - p.slot);
                 if let Some(p) = pending {
-                    scale_into(codes, rows, t, p, &sums[p.slot], totals);
+                    scale_into(codes, rows, t, p, &sums[p.slot].0, totals);
                 }
                 match cols {
-                    2 => store_sums::<R, 2>(&mut sums[slot]),
-                    _ => store_sums::<R, 1>(&mut sums[slot]),
+                    2 => store_sums::<R, 2>(&mut sums[slot].0),
+                    _ => store_sums::<R, 1>(&mut sums[slot].0),
                 }
                 pending = Some(Sums {
                     block: b,
@@ -261,7 +261,7 @@ unsafe fn group<const R: usize>(
             }
         }
         if let Some(p) = pending {
-            scale_into(codes, rows, t, p, &sums[p.slot], totals);
+            scale_into(codes, rows, t, p, &sums[p.slot].0, totals);
         }
     }
     totals.write_out(live_rows, t.n, out);
@@ -291,16 +291,16 @@ unsafe fn group_whole<const R: usize, const C: usize>(
     // default is never used), and the tables for the latest one (blocks often share it).
     let exponent = |b: usize| pow2_exponent(scales[b]).unwrap_or_default();
     let mut tables = (exponent(0), Tables::scaled(exponent(0)));
-    let mut decoded = [[0u16; GROUP * BLOCK]; 2];
+    let mut decoded = [Lined([0u16; GROUP * BLOCK]); 2];
     // SAFETY (all below): the rows, their codes and scale rows exist; each block's words
     // are decoded before its products read them, and the products stay within the form
     // (block b's pair rows, the first 16 C columns).
     unsafe {
-        decode_block(&tables.1, codes, k, 0, &mut decoded[0]);
+        decode_block(&tables.1, codes, k, 0, &mut decoded[0].0);
         crate::tiles::zero_sums::<R, C>();
         for b in 0..blocks {
             let live = (k - b * BLOCK).min(BLOCK);
-            let [even, odd] = &mut decoded;
+            let [Lined(even), Lined(odd)] = &mut decoded;
             let (dec, next) = if b % 2 == 0 { (even, odd) } else { (odd, even) };
             crate::tiles::steps::<R, C>(&block_steps(dec, t, (b, live), 0));
             if b + 1 < blocks {
@@ -311,11 +311,11 @@ unsafe fn group_whole<const R: usize, const C: usize>(
                 decode_block(&tables.1, codes, k, b + 1, next);
             }
         }
-        let mut sums = [0.0f32; 4 * 256];
-        store_sums::<R, C>(&mut sums);
+        let mut sums = Lined([0.0f32; 4 * 256]);
+        store_sums::<R, C>(&mut sums.0);
         for (i, o) in out.chunks_exact_mut(t.n).take(codes.len()).enumerate() {
             for (j, o) in o.iter_mut().enumerate() {
-                *o = sums[sum_at(i, rows, j / COLS) + j % COLS];
+                *o = sums.0[sum_at(i, rows, j / COLS) + j % COLS];
             }
         }
     }
