@@ -24,11 +24,32 @@ pub struct Lined<A>(pub A);
 
 /// A buffer of `len` `T`s whose first element is on a 64-byte boundary: a `Vec` with
 /// room for up to 63 bytes more, its elements taken from the first boundary on.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Aligned<T> {
     buf: Vec<T>,
     start: usize,
     len: usize,
+}
+
+impl<T> Aligned<T> {
+    /// An empty buffer (no allocation).
+    pub const fn new() -> Aligned<T> {
+        Aligned {
+            buf: Vec::new(),
+            start: 0,
+            len: 0,
+        }
+    }
+
+    /// Sets the length to 0, keeping the allocation.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Elements the allocation holds, the slack included.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
 }
 
 impl<T: Copy + Default> Aligned<T> {
@@ -95,6 +116,12 @@ impl<T: Copy + Default> Aligned<T> {
     fn first_boundary(buf: &[T]) -> usize {
         let past = buf.as_ptr() as usize % ALIGN;
         (ALIGN - past) % ALIGN / std::mem::size_of::<T>()
+    }
+}
+
+impl<T> Default for Aligned<T> {
+    fn default() -> Self {
+        Aligned::new()
     }
 }
 

@@ -2,15 +2,16 @@
 //! no page faults per call), freed after a call that grew one past its limit (a large
 //! prefill's buffer is not held for the life of the thread).
 
+use crate::aligned::Aligned;
 use std::cell::Cell;
 use std::thread::LocalKey;
 
 /// Runs `f` on this thread's buffer `key`, emptied (its capacity kept), then keeps the
 /// buffer for the next call unless its capacity exceeds `keep` elements.
 pub fn with_buffer<T, R>(
-    key: &'static LocalKey<Cell<Vec<T>>>,
+    key: &'static LocalKey<Cell<Aligned<T>>>,
     keep: usize,
-    f: impl FnOnce(&mut Vec<T>) -> R,
+    f: impl FnOnce(&mut Aligned<T>) -> R,
 ) -> R {
     let mut buf = key.take();
     buf.clear();
@@ -26,18 +27,18 @@ mod tests {
     use super::*;
 
     thread_local! {
-        static BUF: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
+        static BUF: Cell<Aligned<u32>> = const { Cell::new(Aligned::new()) };
     }
 
     #[test]
     fn a_buffer_is_kept_empty_up_to_its_limit_and_freed_past_it() {
         // A small buffer comes back empty with its capacity on the next call.
-        with_buffer(&BUF, 64, |b| b.extend(0..10));
+        with_buffer(&BUF, 64, |b| b.resize(10, 3));
         let (len, cap) = with_buffer(&BUF, 64, |b| (b.len(), b.capacity()));
         assert_eq!(len, 0);
         assert!((10..=64).contains(&cap), "capacity {cap}");
         // Grown past the limit, it is dropped: the next call starts with nothing.
-        with_buffer(&BUF, 64, |b| b.extend(0..1000));
+        with_buffer(&BUF, 64, |b| b.resize(1000, 3));
         assert_eq!(with_buffer(&BUF, 64, |b| b.capacity()), 0);
     }
 }

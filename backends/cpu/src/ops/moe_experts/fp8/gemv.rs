@@ -270,12 +270,13 @@ fn scales_cover(w: &Fp8Weights<'_>, first: usize, rows: usize) -> bool {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{Fp8Weights, BLOCK, FMA_GROUP};
+    use crate::aligned::Aligned;
     use std::arch::x86_64::*;
     use std::cell::Cell;
 
     thread_local! {
         /// Per-thread buffer of the activations in blocks ([`blocked`]).
-        static BLOCKED: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+        static BLOCKED: Cell<Aligned<f32>> = const { Cell::new(Aligned::new()) };
     }
 
     /// The largest buffer (f32 values) a thread keeps between calls: a decode step's or a
@@ -284,30 +285,24 @@ mod x86 {
 
     /// Runs `f` on the `n` vectors of `k` in `act` laid out as `[ceil(k / 128)][n][128]`
     /// (each 128-column block of every vector side by side, the last block zero-padded)
-    /// from a 64-byte boundary, in this thread's buffer; `None` (nothing run) where that
-    /// memory is not there. Every activation load of [`block`] is then one cache line
-    /// (misaligned, the kernel ran at 57 instead of 77 GFLOP/s on one Xeon core: large
+    /// from a 64-byte boundary ([`Aligned`]), in this thread's buffer; `None` (nothing run)
+    /// where that memory is not there. Every activation load of [`block`] is then one cache
+    /// line (misaligned, the kernel ran at 57 instead of 77 GFLOP/s on one Xeon core: large
     /// buffers come 16 bytes past a page boundary from the allocator), needs no mask, and
     /// sits at a constant offset from one pointer (with one pointer per vector the kernel
     /// ran out of registers). Costs filling the buffer and copying the activations per
     /// call, a few percent of a tile's work.
     fn blocked<R>(act: &[f32], k: usize, n: usize, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
-        let len = k
-            .div_ceil(BLOCK)
-            .checked_mul(BLOCK.checked_mul(n)?)?
-            .checked_add(15)?;
+        let len = k.div_ceil(BLOCK).checked_mul(BLOCK.checked_mul(n)?)?;
         crate::kept::with_buffer(&BLOCKED, BLOCKED_KEEP, |buf| {
-            buf.try_reserve(len).is_ok().then(|| {
-                buf.resize(len, 0.0);
-                // f32 values are 4-byte aligned: 0..=15 values to the next boundary.
-                let skip = (64 - buf.as_ptr() as usize % 64) % 64 / 4;
-                let copy = &mut buf[skip..len - 15 + skip];
+            let zeroed = buf.try_resize(len, 0.0, "fp8 blocked activations");
+            zeroed.is_ok().then(|| {
                 for (j, vector) in act.chunks_exact(k).take(n).enumerate() {
                     for (b, values) in vector.chunks(BLOCK).enumerate() {
-                        copy[(b * n + j) * BLOCK..][..values.len()].copy_from_slice(values);
+                        buf[(b * n + j) * BLOCK..][..values.len()].copy_from_slice(values);
                     }
                 }
-                f(copy)
+                f(buf)
             })
         })
     }

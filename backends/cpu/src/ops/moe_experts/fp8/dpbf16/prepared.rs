@@ -8,6 +8,7 @@
 use super::quads::QuadForm;
 use super::tiles::TileForm;
 use super::{available, STEP};
+use crate::aligned::Aligned;
 use crate::kept::with_buffer;
 use moemla_core::fp8::BLOCK;
 use std::arch::x86_64::*;
@@ -19,9 +20,9 @@ const PREPARED_KEEP: usize = 2 << 20;
 
 thread_local! {
     /// Per-thread buffer of the prepared bf16 activations.
-    static PREPARED: Cell<Vec<u16>> = const { Cell::new(Vec::new()) };
+    static PREPARED: Cell<Aligned<u16>> = const { Cell::new(Aligned::new()) };
     /// Per-thread buffer of the activations' per-group scales.
-    static ACT_SCALES: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    static ACT_SCALES: Cell<Aligned<f32>> = const { Cell::new(Aligned::new()) };
 }
 
 /// Activation vectors prepared for the prefill kernels of [`super`] (see [`prepare`]),
@@ -42,8 +43,8 @@ enum Form {
     /// that the vectors of a step lie at constant offsets from one pointer; `unit`: every
     /// scale is 1.
     Grid {
-        words: Vec<u16>,
-        scales: Vec<f32>,
+        words: Aligned<u16>,
+        scales: Aligned<f32>,
         unit: bool,
     },
     /// For the quad kernel ([`super::quads`]), from [`super::quads::MIN_VECTORS`]
@@ -78,7 +79,7 @@ impl Prepared {
         if !available() || k == 0 || act.is_empty() || !act.len().is_multiple_of(k) {
             return None;
         }
-        let (mut words, mut scales) = (Vec::new(), Vec::new());
+        let (mut words, mut scales) = (Aligned::new(), Aligned::new());
         let n = act.len() / k;
         // SAFETY: `available` (checked above) includes AVX-512F/BW; `act` holds n * k values.
         if !unsafe { fill(&mut words, &mut scales, act, k, n) } {
@@ -197,8 +198,8 @@ pub(super) unsafe fn with_prepared(k: usize, n: usize, act: &[f32], f: impl FnOn
 /// AVX-512F/BW must be available; `act` must hold `n * k` values.
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn fill(
-    words: &mut Vec<u16>,
-    scales: &mut Vec<f32>,
+    words: &mut Aligned<u16>,
+    scales: &mut Aligned<f32>,
     act: &[f32],
     k: usize,
     n: usize,
@@ -215,11 +216,12 @@ unsafe fn fill(
     scales.clear();
     // Fallible: where the memory is not there, decline; the caller's dequantized path
     // then reports it as a typed error.
-    if words.try_reserve(len_words).is_err() || scales.try_reserve(len_scales).is_err() {
+    const WHAT: &str = "fp8 prepared activations";
+    if words.try_resize(len_words, 0, WHAT).is_err()
+        || scales.try_resize(len_scales, 1.0, WHAT).is_err()
+    {
         return false;
     }
-    words.resize(len_words, 0);
-    scales.resize(len_scales, 1.0);
     for (j, vector) in act.chunks_exact(k).take(n).enumerate() {
         // SAFETY: AVX-512F/BW are available; the buffers hold n vectors' words and scales.
         if !unsafe { prepare(vector, j, n, words, scales) } {

@@ -10,6 +10,7 @@
 
 use super::prepared::View;
 use super::{add_scaled, codes_at, decode, Tables, STEP};
+use crate::aligned::Aligned;
 use crate::ops::moe_experts::fp8::Fp8Weights;
 use crate::quads::{self, Bf16, Kind, MAX_GROUPS, MAX_ROWS, TILE_ROWS};
 use moemla_core::fp8::BLOCK;
@@ -36,7 +37,7 @@ pub const MIN_VECTORS: usize = 8;
 /// when all are 1).
 #[derive(Debug)]
 pub struct QuadForm {
-    words: Vec<u32>,
+    words: Aligned<u32>,
     scales: Vec<f32>,
     first: usize,
     n: usize,
@@ -78,9 +79,7 @@ impl QuadForm {
         let out_cols = view.n;
         let (groups, steps) = (n.div_ceil(ROWS), k.div_ceil(STEP));
         let len = steps.checked_mul(PIECES * groups * 16)?;
-        let mut words = Vec::new();
-        words.try_reserve_exact(len).ok()?;
-        words.resize(len, 0);
+        let mut words = Aligned::try_filled(len, 0u32, "fp8 quad form").ok()?;
         for s in 0..steps {
             for j in 0..n {
                 // SAFETY: vector first + j's 64 words of step s are at
