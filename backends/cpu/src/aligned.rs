@@ -8,8 +8,8 @@
 //! both operands on a line boundary and at 640 with both 16 bytes past one; the AVX-512
 //! f32 kernel of [`crate::gemm_util`] at 158 against 145 GFLOP/s.
 
-use moemla_core::alloc::try_filled_vec;
-use moemla_core::Result;
+use moemla_core::{Error, Result};
+use std::fmt;
 use std::ops::{Deref, DerefMut};
 
 /// The boundary the buffers start on, bytes.
@@ -24,7 +24,6 @@ pub struct Lined<A>(pub A);
 
 /// A buffer of `len` `T`s whose first element is on a 64-byte boundary: a `Vec` with
 /// room for up to 63 bytes more, its elements taken from the first boundary on.
-#[derive(Debug)]
 pub struct Aligned<T> {
     buf: Vec<T>,
     start: usize,
@@ -61,13 +60,20 @@ impl<T: Copy + Default> Aligned<T> {
         ALIGN / size - 1
     };
 
-    /// `len` copies of `value`, allocated fallibly ([`moemla_core::Error::OutOfMemory`],
-    /// `what` naming the buffer, as [`try_filled_vec`]; a length that overflows with the
-    /// slack is refused the same way).
+    /// `len` copies of `value`, allocated fallibly ([`Error::OutOfMemory`], `what` naming
+    /// the buffer, as `moemla_core::alloc::try_filled_vec` allocates; a length that
+    /// overflows with the slack is refused the same way).
     pub fn try_filled(len: usize, value: T, what: &str) -> Result<Aligned<T>> {
-        let mut buf = try_filled_vec(len.saturating_add(Self::SLACK), what)?;
+        let total = len.saturating_add(Self::SLACK);
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(total)
+            .map_err(|_| Error::OutOfMemory {
+                what: what.to_string(),
+                bytes: total.saturating_mul(std::mem::size_of::<T>()),
+            })?;
+        // One pass: the slack holds `value` too, never read.
+        buf.resize(total, value);
         let start = Self::first_boundary(&buf);
-        buf[start..start + len].fill(value);
         Ok(Aligned { buf, start, len })
     }
 
@@ -81,18 +87,17 @@ impl<T: Copy + Default> Aligned<T> {
         self.realign(len, value);
     }
 
-    /// [`Aligned::resize`] with the growth allocated fallibly
-    /// ([`moemla_core::Error::OutOfMemory`], `what` naming the buffer); nothing changes
-    /// then.
+    /// [`Aligned::resize`] with the growth allocated fallibly ([`Error::OutOfMemory`],
+    /// `what` naming the buffer); nothing changes then.
     pub fn try_resize(&mut self, len: usize, value: T, what: &str) -> Result<()> {
         let need = len.saturating_add(Self::SLACK);
         if self.buf.len() < need {
-            self.buf.try_reserve(need - self.buf.len()).map_err(|_| {
-                moemla_core::Error::OutOfMemory {
+            self.buf
+                .try_reserve(need - self.buf.len())
+                .map_err(|_| Error::OutOfMemory {
                     what: what.to_string(),
                     bytes: need.saturating_mul(std::mem::size_of::<T>()),
-                }
-            })?;
+                })?;
             self.buf.resize(need, T::default());
         }
         self.realign(len, value);
@@ -116,6 +121,13 @@ impl<T: Copy + Default> Aligned<T> {
     fn first_boundary(buf: &[T]) -> usize {
         let past = buf.as_ptr() as usize % ALIGN;
         (ALIGN - past) % ALIGN / std::mem::size_of::<T>()
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Aligned<T> {
+    /// The elements (not the slack).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
     }
 }
 
@@ -178,6 +190,32 @@ mod tests {
     }
 
     #[test]
+    fn shrunk_cleared_and_regrown_buffers_refill_with_the_new_value() {
+        let mut a = Aligned::try_filled(100, 0u32, "test").unwrap();
+        a.iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = i as u32 + 1);
+        // Shrunk then grown within the allocation: the tail is the new value, not the old.
+        a.resize(40, 0);
+        a.resize(100, 7);
+        assert!(a[..40].iter().enumerate().all(|(i, &v)| v == i as u32 + 1));
+        assert!(a[40..].iter().all(|&v| v == 7));
+        // Cleared then grown (what the kept buffers do each call): all the new value.
+        a.clear();
+        a.try_resize(100, 0, "test").unwrap();
+        assert!(a.iter().all(|&v| v == 0) && on_boundary(&a));
+        // A refused growth changes nothing.
+        a[3] = 9;
+        let err = a.try_resize(usize::MAX / 8, 1, "test buffer").unwrap_err();
+        assert!(matches!(err, Error::OutOfMemory { .. }));
+        assert_eq!(a.len(), 100);
+        assert!(a
+            .iter()
+            .enumerate()
+            .all(|(i, &v)| v == if i == 3 { 9 } else { 0 }));
+    }
+
+    #[test]
     fn stack_arrays_lie_on_a_boundary() {
         let a = Lined([0u16; 3]);
         let b = [Lined([0.0f32; 5]); 2];
@@ -187,6 +225,6 @@ mod tests {
     #[test]
     fn a_refused_buffer_is_a_typed_error() {
         let err = Aligned::<u32>::try_filled(usize::MAX / 2, 0, "test buffer").unwrap_err();
-        assert!(matches!(err, moemla_core::Error::OutOfMemory { .. }));
+        assert!(matches!(err, Error::OutOfMemory { .. }));
     }
 }

@@ -392,7 +392,15 @@ pub(crate) fn device(call: &str, message: String) -> Error {
 /// Makes `out` `len` long (grown fallibly: [`Error::OutOfMemory`]), its elements
 /// unspecified: every caller overwrites them all.
 pub(crate) fn sized<T: Copy + Default>(out: &mut Aligned<T>, len: usize, call: &str) -> Result<()> {
-    out.try_resize(len, T::default(), &format!("cpu {call}"))
+    // The error's name is only made where the growth fails (this runs per chunk).
+    out.try_resize(len, T::default(), call)
+        .map_err(|e| match e {
+            Error::OutOfMemory { bytes, .. } => Error::OutOfMemory {
+                what: format!("cpu {call}"),
+                bytes,
+            },
+            e => e,
+        })
 }
 
 #[cfg(target_arch = "x86_64")]

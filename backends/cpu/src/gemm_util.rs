@@ -4,6 +4,7 @@
 
 #[cfg(target_arch = "x86_64")]
 use crate::aligned::Aligned;
+#[cfg(target_arch = "x86_64")]
 use crate::quads;
 use crate::storage::FloatSlice;
 use moemla_core::{Error, Result};

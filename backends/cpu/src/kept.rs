@@ -38,6 +38,13 @@ mod tests {
         assert_eq!(len, 0);
         assert!((10..=64).contains(&cap), "capacity {cap}");
         // Grown past the limit, it is dropped: the next call starts with nothing.
+        // What the kernels rely on: a kept buffer grown with a value holds only that value,
+        // whatever the last call left in it, and starts on a boundary.
+        with_buffer(&BUF, 64, |b| {
+            b.resize(12, 0);
+            assert!(b.iter().all(|&v| v == 0));
+            assert!((b.as_ptr() as usize).is_multiple_of(crate::aligned::ALIGN));
+        });
         with_buffer(&BUF, 64, |b| b.resize(1000, 3));
         assert_eq!(with_buffer(&BUF, 64, |b| b.capacity()), 0);
     }

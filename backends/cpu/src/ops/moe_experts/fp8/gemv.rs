@@ -346,7 +346,8 @@ mod x86 {
     /// [`rows_times`] on the activations in blocks (`x`, as [`blocked`] lays them out).
     ///
     /// # Safety
-    /// As [`rows_times`], `x` holding `ceil(k / 128) * n * 128` values.
+    /// As [`rows_times`], `x` holding `ceil(k / 128) * n * 128` values from a 64-byte
+    /// boundary ([`block`] loads them aligned).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     unsafe fn rows_times_blocked(
         w: &Fp8Weights<'_>,
@@ -356,6 +357,10 @@ mod x86 {
         x: &[f32],
         out: &mut [f32],
     ) {
+        debug_assert!(
+            (x.as_ptr() as usize).is_multiple_of(64),
+            "x on a 64-byte boundary"
+        );
         let groups = n.div_ceil(FMA_GROUP);
         for r0 in (0..rows).step_by(PASS_ROWS) {
             let pass_rows = PASS_ROWS.min(rows - r0);
@@ -467,7 +472,8 @@ mod x86 {
     ///
     /// # Safety
     /// AVX-512F/BW must be available; `codes[..live]` (masked codes beyond `live` are
-    /// neither read nor faulted on) and `x[..N * 128]` must be readable.
+    /// neither read nor faulted on) and `x[..N * 128]` must be readable, from a 64-byte
+    /// boundary (aligned loads).
     #[inline(always)]
     unsafe fn block<const N: usize, const P: usize, const FULL: bool>(
         (codes, x, scale): (*const u8, *const f32, __m512),
@@ -546,6 +552,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::aligned::Aligned;
     use moemla_core::fp8::{e4m3_decode, quantize_activation_row, ScaleMode};
 
     /// f64 reference: `sum_c e4m3(code) * scale(block) * act[c]`.
@@ -831,9 +838,8 @@ mod tests {
                     let act = test_act(kind, n, c);
                     // At a 64-byte boundary and 4 bytes past one (the bf16 dot's loads
                     // are unaligned; the FMA path's copy must not depend on it).
-                    let mut store = vec![0.0f32; act.len() + 17];
-                    let at = (64 - store.as_ptr() as usize % 64) % 64 / 4;
-                    for skip in [at, at + 1] {
+                    let mut store = Aligned::try_filled(act.len() + 1, 0.0, "test").unwrap();
+                    for skip in [0, 1] {
                         store[skip..skip + act.len()].copy_from_slice(&act);
                         let act = &store[skip..skip + act.len()];
                         let mut out = vec![0.0; rows * n];
@@ -846,7 +852,7 @@ mod tests {
                             continue;
                         }
                         ran += 1;
-                        let what = format!("{path:?} {kind} n {n} skip {}", skip - at);
+                        let what = format!("{path:?} {kind} n {n} skip {}", skip);
                         check_out(&w, first, act, &out, &what);
                     }
                 }
