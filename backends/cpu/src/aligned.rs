@@ -67,46 +67,25 @@ impl<T: Copy + Default> Aligned<T> {
         let total = len.saturating_add(Self::SLACK);
         let mut buf = Vec::new();
         buf.try_reserve_exact(total)
-            .map_err(|_| Error::OutOfMemory {
-                what: what.to_string(),
-                bytes: total.saturating_mul(std::mem::size_of::<T>()),
-            })?;
+            .map_err(|_| Self::refused(what, total))?;
         // One pass: the slack holds `value` too, never read.
         buf.resize(total, value);
         let start = Self::first_boundary(&buf);
         Ok(Aligned { buf, start, len })
     }
 
-    /// Sets the length to `len`, as [`Vec::resize`]: the first `min(len, old)` elements
-    /// kept, new ones `value` (growing may move them, to the new allocation's boundary).
-    pub fn resize(&mut self, len: usize, value: T) {
-        let need = len.saturating_add(Self::SLACK);
-        if self.buf.len() < need {
-            self.buf.resize(need, T::default());
-        }
-        self.realign(len, value);
-    }
-
-    /// [`Aligned::resize`] with the growth allocated fallibly ([`Error::OutOfMemory`],
-    /// `what` naming the buffer); nothing changes then.
+    /// Sets the length to `len`, as [`Vec::resize`] does: the first `min(len, old)`
+    /// elements kept, new ones `value` (growing may move them, to the new allocation's
+    /// boundary). The growth is allocated fallibly ([`Error::OutOfMemory`], `what` naming
+    /// the buffer); nothing changes then.
     pub fn try_resize(&mut self, len: usize, value: T, what: &str) -> Result<()> {
         let need = len.saturating_add(Self::SLACK);
         if self.buf.len() < need {
             self.buf
                 .try_reserve(need - self.buf.len())
-                .map_err(|_| Error::OutOfMemory {
-                    what: what.to_string(),
-                    bytes: need.saturating_mul(std::mem::size_of::<T>()),
-                })?;
+                .map_err(|_| Self::refused(what, need))?;
             self.buf.resize(need, T::default());
         }
-        self.realign(len, value);
-        Ok(())
-    }
-
-    /// After the buffer has room for `len` from its first boundary: moves the kept
-    /// elements there if the allocation moved, fills the new ones with `value`.
-    fn realign(&mut self, len: usize, value: T) {
         let start = Self::first_boundary(&self.buf);
         let kept = self.len.min(len);
         if start != self.start {
@@ -115,6 +94,15 @@ impl<T: Copy + Default> Aligned<T> {
         }
         self.buf[start + kept..start + len].fill(value);
         self.len = len;
+        Ok(())
+    }
+
+    /// The error for an allocation of `elems` elements the allocator refused.
+    fn refused(what: &str, elems: usize) -> Error {
+        Error::OutOfMemory {
+            what: what.to_string(),
+            bytes: elems.saturating_mul(std::mem::size_of::<T>()),
+        }
     }
 
     /// The index of `buf`'s first element on a 64-byte boundary (below `SLACK + 1`).
@@ -174,7 +162,7 @@ mod tests {
             // Grown many times over (moving the allocation), then shrunk.
             for grown in [len + 1, 4 * len + 100, 1 << 20, len / 2] {
                 let before = a.len();
-                a.resize(grown, 9);
+                a.try_resize(grown, 9, "test").unwrap();
                 assert_eq!(a.len(), grown);
                 assert!(on_boundary(&a));
                 let kept = before.min(grown).min(len);
@@ -184,7 +172,7 @@ mod tests {
         }
         let mut empty = Aligned::<f32>::default();
         assert!(empty.is_empty());
-        empty.resize(3, 1.5);
+        empty.try_resize(3, 1.5, "test").unwrap();
         assert_eq!(&empty[..], &[1.5; 3]);
         assert!(on_boundary(&empty));
     }
@@ -196,8 +184,8 @@ mod tests {
             .enumerate()
             .for_each(|(i, v)| *v = i as u32 + 1);
         // Shrunk then grown within the allocation: the tail is the new value, not the old.
-        a.resize(40, 0);
-        a.resize(100, 7);
+        a.try_resize(40, 0, "test").unwrap();
+        a.try_resize(100, 7, "test").unwrap();
         assert!(a[..40].iter().enumerate().all(|(i, &v)| v == i as u32 + 1));
         assert!(a[40..].iter().all(|&v| v == 7));
         // Cleared then grown (what the kept buffers do each call): all the new value.

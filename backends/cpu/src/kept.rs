@@ -33,7 +33,7 @@ mod tests {
     #[test]
     fn a_buffer_is_kept_empty_up_to_its_limit_and_freed_past_it() {
         // A small buffer comes back empty with its capacity on the next call.
-        with_buffer(&BUF, 64, |b| b.resize(10, 3));
+        with_buffer(&BUF, 64, |b| b.try_resize(10, 3, "test").unwrap());
         let (len, cap) = with_buffer(&BUF, 64, |b| (b.len(), b.capacity()));
         assert_eq!(len, 0);
         assert!((10..=64).contains(&cap), "capacity {cap}");
@@ -41,11 +41,11 @@ mod tests {
         // What the kernels rely on: a kept buffer grown with a value holds only that value,
         // whatever the last call left in it, and starts on a boundary.
         with_buffer(&BUF, 64, |b| {
-            b.resize(12, 0);
+            b.try_resize(12, 0, "test").unwrap();
             assert!(b.iter().all(|&v| v == 0));
             assert!((b.as_ptr() as usize).is_multiple_of(crate::aligned::ALIGN));
         });
-        with_buffer(&BUF, 64, |b| b.resize(1000, 3));
+        with_buffer(&BUF, 64, |b| b.try_resize(1000, 3, "test").unwrap());
         assert_eq!(with_buffer(&BUF, 64, |b| b.capacity()), 0);
     }
 }

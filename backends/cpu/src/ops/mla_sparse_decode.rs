@@ -8,6 +8,7 @@
 
 use super::kv_rows::KvRows;
 use super::mla_decode::attend::{self, Cache, Partial, Scratch, Slots, CHUNK};
+use crate::aligned::Aligned;
 use crate::convert::store_normalized;
 use crate::storage::{
     check_inputs, f32_slice, float_slice, i32_slice, zeroed, CpuStorage, FloatSliceMut,
@@ -87,12 +88,7 @@ pub fn run_into(
     let parts = jobs
         .par_iter()
         .map_init(
-            || {
-                (
-                    Scratch::default(),
-                    crate::aligned::Aligned::<half::bf16>::default(),
-                )
-            },
+            || (Scratch::default(), Aligned::<half::bf16>::default()),
             |(scratch, _buf), job| {
                 let mut rows = zeroed::<f32>(&[h_q, d_qk], "cpu mla_sparse_decode query rows")?;
                 q.read_f32(job.r * h_q * d_qk, &mut rows);

@@ -17,7 +17,8 @@ const AHEAD: usize = 8;
 /// Dequantizes `n` cache rows into `out` as bf16 [n, 576]: row `j` is slot `slot(j)` of
 /// `bytes` (`None` past the rows there are), prefetching [`AHEAD`] rows on (past `n` too,
 /// where `slot` has them: the caller's next rows). False (and `out` unusable) when a slot
-/// lies outside `bytes` or a row's scales are not all powers of two in [2^-117, 2^119].
+/// lies outside `bytes`, a row's scales are not all powers of two in [2^-117, 2^119], or
+/// the memory for `out` is not there (the caller's other path then reports it).
 /// Callers check [`crate::bf16dot::native`] first.
 pub fn rows(
     bytes: &[u8],
@@ -36,7 +37,12 @@ pub fn rows(
         }
     };
     (0..AHEAD.min(n)).for_each(fetch);
-    out.resize(n * DS_V32_DIM, bf16::ZERO);
+    if out
+        .try_resize(n * DS_V32_DIM, bf16::ZERO, "cpu fp8 cache rows as bf16")
+        .is_err()
+    {
+        return false;
+    }
     for (j, dst) in out.chunks_exact_mut(DS_V32_DIM).enumerate() {
         fetch(j + AHEAD);
         let Some(row) = row_at(j) else {

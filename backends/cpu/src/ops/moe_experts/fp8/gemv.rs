@@ -358,7 +358,7 @@ mod x86 {
         out: &mut [f32],
     ) {
         debug_assert!(
-            (x.as_ptr() as usize).is_multiple_of(64),
+            (x.as_ptr() as usize).is_multiple_of(crate::aligned::ALIGN),
             "x on a 64-byte boundary"
         );
         let groups = n.div_ceil(FMA_GROUP);
