@@ -32,8 +32,25 @@ use moemla_core::{Error, Result};
 use std::borrow::Cow;
 use std::ops::Range;
 
-/// Cache positions per chunk (rows of K/V upcast together).
+/// Cache positions per chunk (rows of K/V upcast together), except where both products
+/// run on AMX tiles ([`TILE_CHUNK`]).
 pub const CHUNK: usize = 128;
+
+/// Cache positions per chunk where both products run on AMX tiles for at least
+/// [`TILE_CHUNK_MIN_ROWS`] query rows: `P V` reduces over a chunk's positions, and each
+/// 32 x 32 block of `acc` is loaded into the accumulator tiles and stored back once per
+/// chunk, so at 128 positions (4 tile steps) `perf` put about a third of the tile
+/// products' samples on those loads and stores and the drain before them. Intel Xeon with
+/// AMX, 2 cores, `moemla bench --backend cpu --op mla_decode --op mla_sparse_decode
+/// --dtype bf16`, b 4, three alternated runs each: h_q 128 s_q 2 4096 positions 9.1-9.2
+/// -> 7.0-7.7 ms, s_q 1 4.3-4.7 -> 3.6-4.0 ms, the FP8 cache s_q 2 8.6-9.3 -> 7.7-7.8 ms;
+/// the sparse decode at h_q 64 and 128 within the noise. At h_q 16 no gain (16 and 32
+/// rows: the FP8 cache at s_q 2, 1024 positions, 7-10% slower), and 512 positions were
+/// 10-20% slower there. The f32 kernels stay at [`CHUNK`] (256 was 2-5% slower there).
+pub const TILE_CHUNK: usize = 256;
+
+/// Fewest query rows that attend in chunks of [`TILE_CHUNK`] on tiles.
+pub const TILE_CHUNK_MIN_ROWS: usize = 64;
 
 /// One sequence's cache as the kernel reads it.
 #[derive(Clone, Copy, Debug)]
@@ -273,9 +290,13 @@ impl<'q> Attention<'q> {
             false => None,
         };
         let q = MatRef::row_major(q, rows, d_qk);
+        let chunk = match q16 {
+            Some(q16) if q16.on_tiles() && rows >= TILE_CHUNK_MIN_ROWS => TILE_CHUNK,
+            _ => CHUNK,
+        };
         let (mut p0, end) = (span.start, span.end);
         while p0 < end {
-            let n = CHUNK.min(end - p0);
+            let n = chunk.min(end - p0);
             scratch.s.resize(rows * n, 0.0);
             cache.slots.chunk(p0, n, &mut scratch.slots);
             let slots = &scratch.slots;

@@ -483,7 +483,8 @@ fn fp8_rows_on_every_kernel_choice_match_f64_reference() {
     // bf16 values, except position 130's first tile (scale 0.3): with the bf16 dot
     // allowed, chunks 0 and 2 take it and chunk 1 the f32 products; without it, every
     // chunk the f32 kernels or the general GEMM, whichever is allowed. 26 times over: 130
-    // rows, DeepSeek's 128 heads and a partial tile of rows.
+    // rows, DeepSeek's 128 heads and a partial tile of rows (on tiles, in chunks of 256:
+    // the second takes them, the first the f32 products).
     for repeats in [1, 8, 26] {
         fp8_rows_on_every_kernel_choice(&[300, 299, 129, 127, 1].repeat(repeats));
     }
@@ -543,15 +544,16 @@ fn fp8_rows_on_every_kernel_choice(limits: &[usize]) {
             (false, true) => Taken::Bf16Dot,
             (false, false) => products(f32),
         };
-        assert_eq!(
-            taken,
-            [
+        // On tiles from 64 rows, chunks of 256 positions: the first holds position 130.
+        let want = match tiles && limits.len() >= super::attend::TILE_CHUNK_MIN_ROWS {
+            true => vec![(slot(0), 256, products(f32)), (slot(256), 44, exact)],
+            false => vec![
                 (slot(0), 128, exact),
                 (slot(128), 128, products(f32)),
-                (slot(256), 44, exact)
+                (slot(256), 44, exact),
             ],
-            "{kernels:?}"
-        );
+        };
+        assert_eq!(taken, want, "{kernels:?}");
         let row = |p: usize| &deq[slot(p) * DS_V32_DIM..][..DS_V32_DIM];
         let label = format!("{kernels:?}");
         assert_matches_reference(&st, (&q, limits), row, DS_V32_LATENT, 0.3, (tol, &label));

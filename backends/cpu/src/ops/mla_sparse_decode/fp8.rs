@@ -18,7 +18,9 @@ use moemla_core::fp8::{DS_V32_DIM, DS_V32_LATENT};
 use moemla_core::Result;
 use std::ops::Range;
 
-/// Listed rows dequantized per piece (2 of attend's chunks; 288 KiB of bf16, in L2).
+/// Listed rows dequantized per piece (2 of attend's chunks, 1 on AMX tiles from
+/// [`TILE_CHUNK_MIN_ROWS`](super::super::mla_decode::attend::TILE_CHUNK_MIN_ROWS) query
+/// rows; 288 KiB of bf16, in L2).
 pub(super) const SUB: usize = 256;
 
 /// Attends the query rows `q` ([Hq, 576] f32, bf16 values) over list positions `span`
