@@ -154,6 +154,14 @@ fn deepseek_causal_decode_matches_f64_reference() {
 }
 
 #[test]
+fn many_heads_over_several_tile_chunks_match_f64_reference() {
+    // 64 heads, two causal queries (128 rows): on AMX tiles, where this process may use
+    // them, in chunks of 256 positions (`TILE_CHUNK`); 700 and 513 span several of them
+    // and splits, 255 is one short of a chunk. Elsewhere the bf16 dot or the f32 kernels.
+    check(&deepseek(64, vec![700, 513, 255]), DType::BF16, 1e-2);
+}
+
+#[test]
 fn deepseek_decode_in_half_types_matches_f64_reference() {
     check(&deepseek(16, vec![300, 0]), DType::BF16, 1e-2);
     check(&deepseek(16, vec![129]), DType::F16, 1.5e-3);
