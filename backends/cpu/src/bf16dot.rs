@@ -186,10 +186,11 @@ impl Packed {
     /// ([`crate::tiles::fits`]): every row in pairs, from 4 rows (`REST_MAX + 1`), which
     /// [`gemm_nt`] multiplies on tiles. Else in octets from 13 to 24 rows
     /// ([`quads::Octets::pays_streamed`]), in quads where they pay below that (4 to 12
-    /// rows: [`Bf16::pays`]), and in pairs from 25 rows on, the last `n % LANES` rows
-    /// kept as they are when at most `REST_MAX`. `None` for fewer rows (the row dots take
-    /// them) or without the native dot. A `b` that is not whole rows of `k >= 1` is [`Error::Device`];
-    /// the buffers are allocated fallibly ([`Error::OutOfMemory`]).
+    /// rows: [`Kind::pays`](quads::Kind::pays) of `Bf16`), and in pairs from 25 rows on,
+    /// the last `n % LANES` rows kept as they are when at most `REST_MAX`. `None` for
+    /// fewer rows (the row dots take them) or without the native dot. A `b` that is not
+    /// whole rows of `k >= 1` is [`Error::Device`]; the buffers are allocated fallibly
+    /// ([`Error::OutOfMemory`]).
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     pub fn new(b: &[bf16], k: usize) -> Result<Option<Packed>> {
         let n = rows_of(b, k)?;
@@ -245,11 +246,12 @@ impl Packed {
         Ok(None)
     }
 
-    /// `b` [n, k] packed in quads (octets where those pay: [`quads::Octets::pays`])
+    /// `b` [n, k] packed in quads (octets where those pay: [`Kind::pays`](quads::Kind::pays)
+    /// of `quads::Octets`)
     /// wherever the native dot runs and `n` is 1 to 24 (`quads::MAX_ROWS`), else `None`:
     /// for products whose other operand comes from cache rather than memory, where quads
-    /// pay at more row counts than [`Bf16::pays`] (which was measured on weights streamed
-    /// from memory). Errors as [`Packed::new`].
+    /// pay at more row counts than `Kind::pays` of `Bf16` (which was measured on weights
+    /// streamed from memory). Errors as [`Packed::new`].
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     pub fn in_quads(b: &[bf16], k: usize) -> Result<Option<Packed>> {
         let n = rows_of(b, k)?;

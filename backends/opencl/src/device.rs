@@ -190,7 +190,7 @@ thread_local! {
 }
 
 /// Notes that the calling thread waits for the queue (a finish or a blocking read). Test
-/// builds count these per thread ([`host_waits`]), to prove that ops never wait.
+/// builds count these per thread (`host_waits`), to prove that ops never wait.
 pub(crate) fn host_waited() {
     #[cfg(test)]
     HOST_WAITS.with(|n| n.set(n.get() + 1));
