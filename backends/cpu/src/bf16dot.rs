@@ -247,11 +247,10 @@ impl Packed {
     }
 
     /// `b` [n, k] packed in quads (octets where those pay: [`Kind::pays`](quads::Kind::pays)
-    /// of `quads::Octets`)
-    /// wherever the native dot runs and `n` is 1 to 24 (`quads::MAX_ROWS`), else `None`:
-    /// for products whose other operand comes from cache rather than memory, where quads
-    /// pay at more row counts than `Kind::pays` of `Bf16` (which was measured on weights
-    /// streamed from memory). Errors as [`Packed::new`].
+    /// of `quads::Octets`) wherever the native dot runs and `n` is 1 to 24
+    /// (`quads::MAX_ROWS`), else `None`: for products whose other operand comes from cache
+    /// rather than memory, where quads pay at more row counts than `Kind::pays` of `Bf16`
+    /// (which was measured on weights streamed from memory). Errors as [`Packed::new`].
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     pub fn in_quads(b: &[bf16], k: usize) -> Result<Option<Packed>> {
         let n = rows_of(b, k)?;
