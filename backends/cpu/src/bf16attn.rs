@@ -17,7 +17,8 @@
 //! ([`crate::tiles`]): the query rows packed in pairs are a tile of `b` against 16 cache
 //! rows side by side (the scores come out transposed, as from the packed rows above),
 //! and `P V` takes `P` as the tile rows of `a` against the value rows paired by position
-//! (`tiles`). The tile unit's order of additions is its own; the same bound holds.
+//! (`tiles`), or, for up to 16 query rows, read in place against `P` spread over the
+//! pairs (`spread`). The tile unit's order of additions is its own; the same bound holds.
 
 use crate::aligned::Aligned;
 use crate::bf16dot;
@@ -25,6 +26,8 @@ use crate::f32attn::{device, qk_shape, sized};
 use half::bf16;
 use moemla_core::Result;
 
+#[cfg(target_arch = "x86_64")]
+mod spread;
 #[cfg(target_arch = "x86_64")]
 mod tiles;
 
@@ -102,9 +105,13 @@ impl Query {
 pub struct PvBuffers {
     /// `P` in bf16, rows padded with zeros.
     p: Aligned<bf16>,
-    /// Value rows `2t` and `2t + 1` interleaved, column by column (tiles only).
+    /// Value rows `2t` and `2t + 1` interleaved, column by column, or `P` spread over
+    /// pairs ([`spread`]) (tiles only).
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     v: Aligned<u32>,
+    /// Value rows copied where [`spread`] cannot read them in place (tiles only).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    rows: Aligned<bf16>,
 }
 
 /// Query rows from which [`Query`] packs them in pairs ([`bf16dot::Packed::new`]). At 16
@@ -265,7 +272,11 @@ pub fn gemm_pv(
     }
     #[cfg(target_arch = "x86_64")]
     if q.tiles {
-        return tiles::gemm_pv(s, n, rows, d, acc, buf);
+        let m = tiles::pv_rows(s, n, rows, d, acc.len())?;
+        if spread::takes(m, d) {
+            return spread::gemm_pv(s, (m, n), rows, d, acc, buf);
+        }
+        return tiles::gemm_pv(s, (m, n), rows, d, acc, buf);
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = q;

@@ -14,36 +14,18 @@ use half::bf16;
 use moemla_core::Result;
 use std::arch::x86_64::*;
 
-/// See [`super::gemm_pv`] (which checked that there are `n` value rows): on tiles
-/// wherever this process may use them (else the pair kernels: `P` rounded as
-/// [`super::round_rows`] does).
+/// See [`super::gemm_pv`], for `m` query rows and `n` positions as [`pv_rows`] checked
+/// them: on tiles wherever this process may use them (else the pair kernels: `P` rounded
+/// as [`super::round_rows`] does).
 pub(super) fn gemm_pv(
     s: &[f32],
-    n: usize,
+    (m, n): (usize, usize),
     rows: &[&[bf16]],
     d: usize,
     acc: &mut [f32],
     buf: &mut PvBuffers,
 ) -> Result<()> {
-    let m = acc.len() / d.max(1);
     let width = n.div_ceil(STEP) * STEP;
-    let fits = d > 0
-        && n > 0
-        && m * d == acc.len()
-        && m.checked_mul(n) == Some(s.len())
-        && rows.iter().all(|r| r.len() >= d);
-    if !fits {
-        return Err(device(
-            "bf16 gemm_pv",
-            format!(
-                "probabilities ({} elements), {} value rows (each at least d = {d} >= 1) \
-                 and acc ({}) do not make [m, {n}] x [{n}, {d}] into [m, {d}]",
-                s.len(),
-                rows.len(),
-                acc.len()
-            ),
-        ));
-    }
     if !crate::bf16dot::on_tiles(width) {
         super::round_rows(s, n, &mut buf.p)?;
         return super::gemm_pairs_pv(&buf.p, rows, d, acc);
@@ -68,6 +50,38 @@ pub(super) fn gemm_pv(
         );
     }
     Ok(())
+}
+
+/// The query rows `m` of `acc += P V` for probabilities `s` over `n` positions, `rows`
+/// value rows and `acc` `acc_len` long: [`moemla_core::Error::Device`] unless `s` is
+/// [m, n] and `acc` [m, d] with `n` and `d` at least 1, and there are `n` rows each at
+/// least `d` long.
+pub(super) fn pv_rows(
+    s: &[f32],
+    n: usize,
+    rows: &[&[bf16]],
+    d: usize,
+    acc_len: usize,
+) -> Result<usize> {
+    let m = acc_len / d.max(1);
+    let fits = d > 0
+        && n > 0
+        && rows.len() == n
+        && m * d == acc_len
+        && m.checked_mul(n) == Some(s.len())
+        && rows.iter().all(|r| r.len() >= d);
+    if !fits {
+        return Err(device(
+            "bf16 gemm_pv",
+            format!(
+                "probabilities ({} elements), {} value rows (each at least d = {d} >= 1) \
+                 and acc ({acc_len}) do not make [m, {n}] x [{n}, {d}] into [m, {d}]",
+                s.len(),
+                rows.len(),
+            ),
+        ));
+    }
+    Ok(m)
 }
 
 /// `out[t * d_pad + c]` = column `c` of rows `2t` (low half) and `2t + 1` (high half) for

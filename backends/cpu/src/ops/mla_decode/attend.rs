@@ -10,13 +10,14 @@
 //! shorter than a tile gathered into one block), FP8 rows dequantized once per chunk,
 //! straight to bf16 where their scales are powers of two, else to f32 and kept when those
 //! values are bf16 values; V paired by position (as the dot kernel reads it, or into a
-//! buffer for the tiles), `P` rounded to bf16 as FlashMLA does. Otherwise the rows are f32 (an F32 cache read in
-//! place where a head's consecutive positions are consecutive rows, others upcast or
-//! FP8-dequantized once into one block, shared by all M rows), on AVX-512F kernels that
-//! read them directly ([`crate::f32attn`]; from 16 query rows on query rows prepared once:
-//! in octets or quads up to 24 where the CPU runs the quad kernels, AVX-512 with BF16,
-//! packed from 25) or else (without AVX-512F) the general GEMM. Only positions below a
-//! row's attended length are ever read or weighted.
+//! buffer for the tiles; read in place on tiles for up to 16 query rows, `P` spread over
+//! the pairs instead), `P` rounded to bf16 as FlashMLA does. Otherwise the rows are f32
+//! (an F32 cache read in place where a head's consecutive positions are consecutive
+//! rows, others upcast or FP8-dequantized once into one block, shared by all M rows), on
+//! AVX-512F kernels that read them directly ([`crate::f32attn`]; from 16 query rows on
+//! query rows prepared once: in octets or quads up to 24 where the CPU runs the quad
+//! kernels, AVX-512 with BF16, packed from 25) or else (without AVX-512F) the general
+//! GEMM. Only positions below a row's attended length are ever read or weighted.
 
 use crate::aligned::Aligned;
 use crate::bf16attn;
