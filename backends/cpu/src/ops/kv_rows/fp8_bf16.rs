@@ -33,7 +33,7 @@ pub fn rows(
     let fetch = |j: usize| {
         if let Some(row) = row_at(j) {
             // SAFETY: SSE is part of x86_64; the row is 656 readable bytes.
-            unsafe { x86::prefetch(row) };
+            unsafe { x86::prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(row) };
         }
     };
     (0..AHEAD.min(n)).for_each(fetch);
@@ -58,6 +58,19 @@ pub fn rows(
     true
 }
 
+/// Starts bringing the rows `slot(j)` for `j < n` (those inside `bytes`) into L2, every
+/// line of each, without waiting for them: the rows a caller will pass to [`rows`] after
+/// work that does not need them.
+pub fn fetch_into_l2(bytes: &[u8], slot: impl Fn(usize) -> Option<usize>, n: usize) {
+    for j in 0..n {
+        let at = slot(j).and_then(|s| s.checked_mul(DS_V32_ROW_BYTES));
+        if let Some(row) = at.and_then(|at| bytes.get(at..)?.first_chunk::<DS_V32_ROW_BYTES>()) {
+            // SAFETY: SSE is part of x86_64; the row is 656 readable bytes.
+            unsafe { x86::prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(row) };
+        }
+    }
+}
+
 /// Per scale of `row`, `log2(scale) << 7` (what adding to a bf16's bits multiplies it
 /// by), when every scale is a power of two that [`pow2_exponent`] takes: then a nonzero
 /// code times the scale is a normal bf16.
@@ -76,14 +89,14 @@ mod x86 {
     use half::bf16;
     use std::arch::x86_64::*;
 
-    /// Prefetches the 11 cache lines of `row` into L1.
+    /// Prefetches the 11 cache lines of `row` with hint `H` (`_MM_HINT_T0`: into L1).
     ///
     /// # Safety
     /// None beyond x86_64 (prefetches never fault; the addresses lie inside `row`).
     #[inline]
-    pub unsafe fn prefetch(row: &[u8; DS_V32_ROW_BYTES]) {
+    pub unsafe fn prefetch<const H: i32>(row: &[u8; DS_V32_ROW_BYTES]) {
         for at in (0..DS_V32_ROW_BYTES).step_by(64) {
-            _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().add(at).cast());
+            _mm_prefetch::<H>(row.as_ptr().add(at).cast());
         }
     }
 
@@ -152,6 +165,15 @@ mod tests {
                 "magnitude {m:#04x}: {got} vs {want}"
             );
         }
+    }
+
+    #[test]
+    fn fetching_ahead_skips_rows_outside_the_cache() {
+        // Two rows; slots past them, one whose offset overflows, and none at all.
+        let bytes = vec![0u8; 2 * DS_V32_ROW_BYTES];
+        let slots = [Some(1), Some(2), Some(usize::MAX), None, Some(0)];
+        fetch_into_l2(&bytes, |j| slots.get(j).copied().flatten(), 7);
+        fetch_into_l2(&bytes[..DS_V32_ROW_BYTES + 5], Some, 3);
     }
 
     /// A row with every code at each tile position and `scales`.
