@@ -26,10 +26,7 @@ pub fn rows(
     n: usize,
     out: &mut Aligned<bf16>,
 ) -> bool {
-    let row_at = |j: usize| {
-        let at = slot(j)?.checked_mul(DS_V32_ROW_BYTES)?;
-        bytes.get(at..)?.first_chunk::<DS_V32_ROW_BYTES>()
-    };
+    let row_at = |j: usize| row_of(bytes, slot(j)?);
     let fetch = |j: usize| {
         if let Some(row) = row_at(j) {
             // SAFETY: SSE is part of x86_64; the row is 656 readable bytes.
@@ -63,12 +60,17 @@ pub fn rows(
 /// work that does not need them.
 pub fn fetch_into_l2(bytes: &[u8], slot: impl Fn(usize) -> Option<usize>, n: usize) {
     for j in 0..n {
-        let at = slot(j).and_then(|s| s.checked_mul(DS_V32_ROW_BYTES));
-        if let Some(row) = at.and_then(|at| bytes.get(at..)?.first_chunk::<DS_V32_ROW_BYTES>()) {
+        if let Some(row) = slot(j).and_then(|s| row_of(bytes, s)) {
             // SAFETY: SSE is part of x86_64; the row is 656 readable bytes.
             unsafe { x86::prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(row) };
         }
     }
+}
+
+/// Row `slot` of `bytes`, if it lies there.
+fn row_of(bytes: &[u8], slot: usize) -> Option<&[u8; DS_V32_ROW_BYTES]> {
+    let at = slot.checked_mul(DS_V32_ROW_BYTES)?;
+    bytes.get(at..)?.first_chunk::<DS_V32_ROW_BYTES>()
 }
 
 /// Per scale of `row`, `log2(scale) << 7` (what adding to a bf16's bits multiplies it
