@@ -1,26 +1,26 @@
 //! dsa_indexer_topk's selection through CANN's fused aclnnLightningIndexer (LI), for the
 //! calls its documented limits cover; every other call runs the composed path
 //! (`dsa_indexer_topk::run`). Sources, all in hicann/ops-transformer
-//! `attention/lightning_indexer/`: [doc] `docs/aclnnLightningIndexer.md`, [tiling]
-//! `op_host/lightning_indexer_tiling.cpp`, [golden] `tests/pytest/lightning_indexer_golden.py`
+//! `attention/lightning_indexer/`: \[doc\] `docs/aclnnLightningIndexer.md`, \[tiling\]
+//! `op_host/lightning_indexer_tiling.cpp`, \[golden\] `tests/pytest/lightning_indexer_golden.py`
 //! (GeneralizedLI.cal_atten_per_batch_b16).
 //!
 //! When LI serves a call ([`ineligible`] is `None`):
-//! - q and k_cache F16/BF16 ([doc]; weights FLOAT is allowed on Atlas A2/A3: "参数weights不为
-//!   float32时..." and only Ascend 950 refuses float32 weights); Di 128 ([doc] "headdim支持
-//!   128"); Hi <= 64 ([doc] A2/A3 "query的N支持小于等于64"); one key head; block_size a
-//!   multiple of 16 up to 1024 ([doc]); top_k in [1, 2048] or 3072, 4096, ..., 8192 ([doc]
+//! - q and k_cache F16/BF16 (\[doc\]; weights FLOAT is allowed on Atlas A2/A3: "参数weights不为
+//!   float32时..." and only Ascend 950 refuses float32 weights); Di 128 (\[doc\] "headdim支持
+//!   128"); Hi <= 64 (\[doc\] A2/A3 "query的N支持小于等于64"); one key head; block_size a
+//!   multiple of 16 up to 1024 (\[doc\]); top_k in [1, 2048] or 3072, 4096, ..., 8192 (\[doc\]
 //!   sparseCount).
 //! - The call: query BSND [B, Sq, Hi, 128], key PA_BSND = k_cache viewed [num_blocks,
 //!   block_size, 1, 128], weights [B, Sq, Hi] F32, blockTable and actualSeqLengthsKey the
 //!   caller's block_table and cache_seqlens (checked on the host first), sparseMode 3
 //!   (rightDownCausal: position p < seqlen - Sq + i + 1, the contract's bottom-right causal
-//!   limit, [golden] create_mask) when causal, else 0; sparseCount = top_k.
-//! - LI scores sum_h w[h] * relu(q_h . k_p) in f32 and returns the positions p (within the
+//!   limit, \[golden\] create_mask) when causal, else 0; sparseCount = top_k.
+//! - LI scores sum_h `w[h]` * relu(q_h . k_p) in f32 and returns the positions p (within the
 //!   sequence) of the top min(L, top_k), sorted by descending score (stable: the lower
-//!   position first among equal scores), -1 after them ([golden]). With a paged key it
-//!   returns no values ([doc] returnValues: "仅在训练且layoutKeyOptional不为PA_BSND场景支持";
-//!   [tiling] "when return_value is true, key layout do not support PA_BSND"), so:
+//!   position first among equal scores), -1 after them (\[golden\]). With a paged key it
+//!   returns no values (\[doc\] returnValues: "仅在训练且layoutKeyOptional不为PA_BSND场景支持";
+//!   \[tiling\] "when return_value is true, key layout do not support PA_BSND"), so:
 //! - on the host, each position (checked to lie below L) becomes its flat slot
 //!   block_table[b, p / bs] * bs + p % bs; then per query its selected keys are gathered
 //!   (aclnnIndexSelect), scored again in f32 (aclnnCast, aclnnMatmul q @ K^T, aclnnRelu,
@@ -28,7 +28,7 @@
 //!   -1 / -inf. That pass touches top_k keys per query instead of all L, but it scores each
 //!   query separately: 5 aclnn launches per query (IndexSelect, Cast, Matmul, Relu,
 //!   Matmul), B*Sq rounds of them, after LI and one cast of q per call.
-//! - Fallback: the Dec 2025 [tiling] still required weights in the query dtype and
+//! - Fallback: the Dec 2025 \[tiling\] still required weights in the query dtype and
 //!   sparseCount <= 2048, so an older CANN refuses every call of this path (the weights are
 //!   F32 by contract). When LI's first phase (GetWorkspaceSize) returns an error, [`run`]
 //!   returns `Ok(None)` with nothing launched and nothing written, and the caller runs the
@@ -43,7 +43,7 @@ use crate::AscendBackend;
 use moemla_core::calls::{DsaIndexerTopkCall, DsaIndexerTopkOutput};
 use moemla_core::{DType, Error, Result};
 
-/// LI's head dim ([doc]).
+/// LI's head dim (\[doc\]).
 const HEAD_DIM: usize = 128;
 
 /// Whether the loaded op libraries have what the fused path needs (LI and the score pass).

@@ -1,4 +1,4 @@
-//! mla_cache_write (dense cache) -> [aclnnIndexSelect] + aclnnScatterPaKvCache.
+//! mla_cache_write (dense cache) -> \[aclnnIndexSelect\] + aclnnScatterPaKvCache.
 //!
 //! aclnnScatterPaKvCache (hicann/ops-transformer
 //! `attention/scatter_pa_kv_cache/docs/aclnnScatterPaKvCache.md`; its semantics, with the

@@ -15,11 +15,11 @@
 //!    be 0 or 1 in MLA", and sparseMode 3 turns on the invalid-row correction itself for
 //!    rows with nothing to attend to), softmaxLseFlag false.
 //! 4. lse, per sequence b (natural log, f32): gather its used cache blocks into an F32
-//!    [n_used * bs, 576] matrix (aclnnInplaceCopy, converting dtype), copy q[b] as F32
-//!    [Sq * Hq, 576] (aclnnInplaceCopy), scores = q @ K^T over the first seqlen rows
+//!    `[n_used * bs, 576]` matrix (aclnnInplaceCopy, converting dtype), copy `q[b]` as F32
+//!    `[Sq * Hq, 576]` (aclnnInplaceCopy), scores = q @ K^T over the first seqlen rows
 //!    (aclnnMatmul on a transposed view, KEEP_DTYPE), scaled (aclnnMuls), then for each query
 //!    i aclnnLogSumExp over its attended columns [0, L_i), written through a strided view
-//!    into lse[b, :, i]. Empty ranges keep the -inf lse was initialised with.
+//!    into `lse[b, :, i]`. Empty ranges keep the -inf lse was initialised with.
 //!
 //! Exact re-layouts that widen what FIA takes: a block_size that is a multiple of 128 (or
 //! of 16) is passed as block_size / 128 (or / 16) consecutive FIA blocks of the same memory,

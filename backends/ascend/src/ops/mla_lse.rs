@@ -2,11 +2,11 @@
 //! mode cannot output, from existing aclnn ops on the same inputs.
 //!
 //! Per sequence b with seqlen > 0: its used cache blocks are gathered into an F32
-//! [n_used * block_size, 576] matrix (aclnnInplaceCopy per block, converting dtype), q[b]
-//! is copied as F32 [Sq * Hq, 576] (aclnnInplaceCopy), scores = q @ K^T over the first
+//! `[n_used * block_size, 576]` matrix (aclnnInplaceCopy per block, converting dtype), `q[b]`
+//! is copied as F32 `[Sq * Hq, 576]` (aclnnInplaceCopy), scores = q @ K^T over the first
 //! seqlen rows (aclnnMatmul with K^T a transposed view, cubeMathType 0 = KEEP_DTYPE),
 //! scaled by softmax_scale (aclnnMuls), and for each query i aclnnLogSumExp over its
-//! attended columns [0, L_i) writes lse[b, :, i] through a strided view. Ranges with
+//! attended columns [0, L_i) writes `lse[b, :, i]` through a strided view. Ranges with
 //! L_i <= 0 keep the -inf lse was initialised with.
 
 use super::mla_decode::DQK;

@@ -10,13 +10,13 @@
 //!
 //! 1. indices (and topk_length) are copied to the host and checked
 //!    (`moemla_core::indices::check_sparse_indices`); for each (b, i) the attended list is
-//!    the entries j < topk_length[b] that are not -1, duplicates kept (they attend twice).
+//!    the entries j < `topk_length[b]` that are not -1, duplicates kept (they attend twice).
 //! 2. q is cast to F32 once ([B*Sq*Hq, Dqk]).
 //! 3. Per (b, i) with n > 0 entries: K = aclnnIndexSelect(cache as [slots, Dqk], dim 0,
 //!    list) cast to F32 [n, Dqk]; scores = q[b, i] [Hq, Dqk] @ K^T (aclnnMatmul, K^T a
 //!    transposed view), scaled by softmax_scale (aclnnMuls); lse[b, :, i] = aclnnLogSumExp
 //!    over the n columns (written through a strided view); P = aclnnSoftmax over the
-//!    columns — with a sink, over n + 1 columns, the last one holding sink[h] (copied in by
+//!    columns — with a sink, over n + 1 columns, the last one holding `sink[h]` (copied in by
 //!    aclnnInplaceCopy), so that P's first n columns are exp(s_j - lse) / (1 + exp(sink -
 //!    lse)), the contract's `o *= 1 / (1 + exp(sink - lse))`; o[b, i] = P[:, :n] @ V
 //!    (aclnnMatmul, V = K's first Dv columns as a view). A head whose sink is +inf gets
@@ -63,7 +63,7 @@ pub fn fp8_available(ops: &OpApi) -> bool {
     available(ops) && ops.aclnnMul.is_some() && ops.aclnnMulGetWorkspaceSize.is_some()
 }
 
-/// The attended slots of every (b, i), row-major: entries j < topk_length[b] (all without
+/// The attended slots of every (b, i), row-major: entries j < `topk_length[b]` (all without
 /// it) that are not -1, in order, duplicates kept. `indices` has been checked.
 pub(crate) fn attended(
     indices: &[i32],
@@ -172,7 +172,7 @@ pub(crate) struct Attend {
     pub fp8: bool,
 }
 
-/// The value of every e4m3fn code as F32 [256] on the device (`moemla_core::fp8`, exact;
+/// The value of every e4m3fn code as F32 `[256]` on the device (`moemla_core::fp8`, exact;
 /// NaN for 0x7F and 0xFF): an aclnnIndexSelect through it decodes codes cast to INT32.
 pub(crate) fn e4m3_table(be: &AscendBackend) -> Result<std::sync::Arc<DevMem>> {
     let bytes: Vec<u8> = (0..=255u8)
@@ -239,7 +239,7 @@ fn dequantize_rows(
 
 /// Steps 2-4 of the module doc: attention of every query (b, i) over the cache rows
 /// `lists[b * Sq + i]` (checked slots), with the optional sinks (host copy and device
-/// tensor [Hq]). Also `mla_decode`'s composed path (its attended positions as slots).
+/// tensor `[Hq]`). Also `mla_decode`'s composed path (its attended positions as slots).
 pub(crate) fn attend(
     be: &AscendBackend,
     shape: &Attend,

@@ -13,7 +13,7 @@
 //! 3. InitRoutingV2 (dropless, cumsum counts) -> expanded x [T*k, H], expandedRowIdx, per
 //!    expert cumsum [E + 1] (cast I32 -> I64; its first E entries are GroupedMatmulV4's
 //!    groupList, so the parked rows lie past the last group).
-//! 4. GroupedMatmulV4, m-axis groups: expanded x @ W13[e]^T. Our w13 is [E, 2I, H]; GMM wants
+//! 4. GroupedMatmulV4, m-axis groups: expanded x @ `W13[e]^T`. Our w13 is [E, 2I, H]; GMM wants
 //!    weight [E, K=H, N=2I]: passed as a strided view (strides [2I*H, 1, H]), the transposed
 //!    weight layout GMM documents ("tensor转置"), no copy. Same for w2 [E, H, I] -> [E, I, H].
 //!    GMM's limits (ops-transformer `gmm/grouped_matmul/op_host/op_api/aclnn_grouped_matmul.cpp`:

@@ -7,8 +7,8 @@
 //!   softmax (ops-transformer `moe_gating_top_k_without_group.h` / `_generalized.h`
 //!   SelectTopKExpertScore; vllm-ascend renormalises softmax after the call), and the
 //!   contract divides by max(sum, 1e-20), not sum + eps. So yOut is not used: outFlag =
-//!   true makes the op output the unbiased scores normOut [T, E], and the host computes
-//!   the weights normOut[ids] (/ max(sum, 1e-20) if renormalize) * routed_scaling_factor
+//!   true makes the op output the unbiased scores normOut `[T, E]`, and the host computes
+//!   the weights `normOut[ids]` (/ max(sum, 1e-20) if renormalize) * routed_scaling_factor
 //!   (`host.rs`). This costs one T x E f32 download per call (and forgoes the op's
 //!   DeepSeek-V3 fast tiling, which needs outFlag false).
 //! - NaN selection scores rank as -inf in the contract; CANN documents no NaN order for its
@@ -19,7 +19,7 @@
 //!   computed in f32 with the F32 bias, as the contract says;
 //! - hash routing (v2: `input_ids` + `tid2eid`, sigmoid or softmax scores): MoeGatingTopK
 //!   has no table input, so its ids are not used: the tables are read back and checked
-//!   (`moemla_core::indices::check_hash_routing`), ids = tid2eid[input_ids] is looked up on
+//!   (`moemla_core::indices::check_hash_routing`), `ids = tid2eid[input_ids]` is looked up on
 //!   the host, and the weights are normOut at those ids, renormalised and scaled as above
 //!   (`host::hash`); both are uploaded.
 //! - the op's tiling limits (`moe_gating_top_k_tiling.cpp` CheckAttr) are checked first and

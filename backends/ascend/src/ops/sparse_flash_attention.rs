@@ -2,39 +2,40 @@
 //! documented limits and semantics cover exactly; every other call runs the composed path
 //! (`mla_sparse_decode::attend`). Sources, all in hicann/ops-transformer
 //! `attention/sparse_flash_attention/`:
-//! [doc] `docs/aclnnSparseFlashAttention.md`, [tiling] `op_host/sparse_flash_attention_tiling.cpp`,
-//! [kernel] `op_kernel/sparse_flash_attention_kernel_mla.h` (CalcSinnerTopKBegin),
-//! [golden] `tests/pytest/sparse_flash_attention_golden.py` (gatherKV, softmax).
+//! \[doc\] `docs/aclnnSparseFlashAttention.md`,
+//! \[tiling\] `op_host/sparse_flash_attention_tiling.cpp`,
+//! \[kernel\] `op_kernel/sparse_flash_attention_kernel_mla.h` (CalcSinnerTopKBegin),
+//! \[golden\] `tests/pytest/sparse_flash_attention_golden.py` (gatherKV, softmax).
 //!
-//! When SFA serves a call ([`eligible`]):
-//! - q F16/BF16 and a dense cache of the same dtype ([doc]/[tiling] FLOAT16, BFLOAT16);
-//!   Dqk 576 = D 512 + Dr 64, Dv 512 ([doc] "D ... 512, Dr ... 64", MLA-absorb
-//!   attentionMode 2); Hq in {1, 2, 4, ..., 128} with one kv head ([doc] N1 on Atlas A2/A3,
+//! When SFA serves a call ([`ineligible`] is `None`):
+//! - q F16/BF16 and a dense cache of the same dtype (\[doc\]/\[tiling\] FLOAT16, BFLOAT16);
+//!   Dqk 576 = D 512 + Dr 64, Dv 512 (\[doc\] "D ... 512, Dr ... 64", MLA-absorb
+//!   attentionMode 2); Hq in {1, 2, 4, ..., 128} with one kv head (\[doc\] N1 on Atlas A2/A3,
 //!   N2 1); no attn_sink (the aclnnSparseFlashAttention signature has no sink input).
 //! - Layout: SFA's indices are positions in a sequence, ours flat cache slots, and the
 //!   contract has no causal limit. So every query is one row of a single batch: query
 //!   BSND [1, B*Sq, Hq, 512] (+ queryRope [1, B*Sq, Hq, 64]), key = value BSND
 //!   [1, S2, 1, 512] (+ keyRope [1, S2, 1, 64]) holding the distinct slots the call attends
 //!   (gathered by aclnnIndexSelect, split by aclnnInplaceCopy: SFA takes no
-//!   non-contiguous tensor, [doc] "非连续Tensor x"), sparseMode 0 ("全部计算"), indices
+//!   non-contiguous tensor, \[doc\] "非连续Tensor x"), sparseMode 0 ("全部计算"), indices
 //!   rewritten on the host to positions in that key. BSND rather than PA_BSND because only
-//!   a non-paged key returns softmaxMax / softmaxSum, and those give lse. [doc]
+//!   a non-paged key returns softmaxMax / softmaxSum, and those give lse. \[doc\]
 //!   returnSoftmaxLse: "该参数仅在训练且layout_kv不为PA_BSND场景支持" — only in training
 //!   and with a key other than PA_BSND. This is not training: asking for the lse here
-//!   relies on undocumented behaviour (the [kernel] writes both outputs whenever asked).
+//!   relies on undocumented behaviour (the \[kernel\] writes both outputs whenever asked).
 //!   The safety net: a CANN whose first phase refuses the call (GetWorkspaceSize returns
 //!   an error) gets it on the composed path instead ([`run`] returns `Ok(None)` before
 //!   anything is written to the outputs; `Paths::sparse_attention_fallback` counts it).
 //! - SFA reads a row's indices up to the first -1 and at most min(sparse_size, S2) of them
-//!   ([kernel] `validCount`, `sparseIndices == -1 ... break`; [golden] gatherKV), so each
+//!   (\[kernel\] `validCount`, `sparseIndices == -1 ... break`; \[golden\] gatherKV), so each
 //!   row's attended entries (-1 dropped, entries past topk_length dropped, duplicates kept)
 //!   are written first, then -1; S2 is at least the longest row (padding rows repeat the
-//!   first gathered slot and are never named). Duplicates attend twice ([golden] gatherKV
+//!   first gathered slot and are never named). Duplicates attend twice (\[golden\] gatherKV
 //!   extends the position list once per entry).
-//! - lse = softmaxMax + ln(softmaxSum) ([golden] softmax: max of the scaled scores, sum of
+//! - lse = softmaxMax + ln(softmaxSum) (\[golden\] softmax: max of the scaled scores, sum of
 //!   exp(s - max)), computed on the host from the two F32 [1, 1, B*Sq, Hq] outputs and
-//!   uploaded as [B, Hq, Sq]; a row with no entry has sum 0 ([kernel]/[golden]), so
-//!   lse = -inf, and o = 0 ([kernel] DealActSeqLenIsZero).
+//!   uploaded as [B, Hq, Sq]; a row with no entry has sum 0 (\[kernel\]/\[golden\]), so
+//!   lse = -inf, and o = 0 (\[kernel\] DealActSeqLenIsZero).
 
 use crate::acl::{acl_dtype, ACL_FLOAT};
 use crate::buffer::DevMem;
@@ -46,7 +47,7 @@ use moemla_core::calls::{MlaDecodeOutput, MlaSparseDecodeCall};
 use moemla_core::{DType, Error, KvFormat, Result};
 use std::collections::HashMap;
 
-/// SFA's query head dim D and rope dim Dr ([doc] constraints).
+/// SFA's query head dim D and rope dim Dr (\[doc\] constraints).
 const NOPE: usize = 512;
 const ROPE: usize = 64;
 

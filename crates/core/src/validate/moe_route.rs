@@ -106,7 +106,7 @@ pub(crate) fn validate<'a>(
 }
 
 /// The hash-routing tables, if given: both or neither, no bias, groups 1/1/"max",
-/// `input_ids` [T] I32 and `tid2eid` [vocab, top_k] I32.
+/// `input_ids` `[T]` I32 and `tid2eid` `[vocab, top_k]` I32.
 fn hash_routing<'a>(
     a: RouteInputs<'a>,
     p: &RouteParams,

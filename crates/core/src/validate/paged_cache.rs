@@ -53,9 +53,9 @@ pub(crate) fn slots_fit_i32(op: Op, arg: &'static str, cache: &DeviceTensor) -> 
 pub(crate) struct BlockTable<'a> {
     /// The op checked.
     pub op: Op,
-    /// `block_table` [B, max_blocks].
+    /// `block_table` `[B, max_blocks]`.
     pub block_table: &'a DeviceTensor,
-    /// `cache_seqlens` [B].
+    /// `cache_seqlens` `[B]`.
     pub cache_seqlens: &'a DeviceTensor,
 }
 

@@ -35,7 +35,7 @@ use crate::status::{Fail, ACLNN_ERR_INNER_TILING_ERROR};
 use crate::tensor::{DT_BF16, DT_F16, DT_F32, DT_I32};
 use std::ffi::c_void;
 
-/// [tiling] MAX_EXPERT_COUNT.
+/// \[tiling\] MAX_EXPERT_COUNT.
 const MAX_EXPERTS: usize = 2048;
 
 /// Attributes of one call.
@@ -44,16 +44,16 @@ struct Attrs {
     k: usize,
     k_group: usize,
     group_count: usize,
-    /// [tiling] GetTilingKey: the grouped kernel runs only when groups are really selected
+    /// \[tiling\] GetTilingKey: the grouped kernel runs only when groups are really selected
     /// (groupCount not 1, not E, kGroup < groupCount); otherwise the without-group kernel
     /// takes the top-k over all experts.
     grouped: bool,
     top2_sum: bool,
     sigmoid: bool,
     out_flag: bool,
-    /// [tiling] read as a float attr.
+    /// \[tiling\] read as a float attr.
     scale: f32,
-    /// [tiling] read as a float attr.
+    /// \[tiling\] read as a float attr.
     eps: f32,
 }
 
@@ -61,7 +61,7 @@ fn tiling(msg: String) -> Fail {
     Fail::new(ACLNN_ERR_INNER_TILING_ERROR, msg)
 }
 
-/// Indices of the `k` largest values, descending; ties go to the lower index [sort]; NaN by
+/// Indices of the `k` largest values, descending; ties go to the lower index \[sort\]; NaN by
 /// IEEE totalOrder (module doc).
 fn top_indices(values: &[f64], k: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..values.len()).collect();
@@ -122,7 +122,7 @@ fn route_row(x: &[f64], bias: Option<&[f64]>, a: Attrs) -> (Vec<f64>, Vec<usize>
     (y_out, ids, norm)
 }
 
-/// The tiling's shape and attribute rules ([tiling] CheckInputShape, CheckOutShape,
+/// The tiling's shape and attribute rules (\[tiling\] CheckInputShape, CheckOutShape,
 /// CheckAttr, in that order), for x [t, e].
 fn check_attrs(
     e: usize,

@@ -62,7 +62,7 @@ use std::ffi::{c_char, c_void};
 
 const NOPE: usize = 512;
 const ROPE: usize = 64;
-/// [vector] SOFTMAX_MIN_NUM: softmaxMax of a row with nothing to attend to.
+/// \[vector\] SOFTMAX_MIN_NUM: softmaxMax of a row with nothing to attend to.
 const SOFTMAX_MIN_NUM: f64 = -2e38;
 
 fn tiling(message: impl Into<String>) -> Fail {

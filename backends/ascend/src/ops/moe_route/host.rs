@@ -37,7 +37,7 @@ fn group_score(select: GroupSelect, keys: &[f32]) -> f32 {
     }
 }
 
-/// The contract's expert selection for one token with scores `s` [E]: bias for selection
+/// The contract's expert selection for one token with scores `s` `[E]`: bias for selection
 /// only, groups masked to -inf, NaN ranking as -inf (group scores and experts alike).
 fn select(p: &RouteParams, s: &[f32], bias: Option<&[f32]>, ids: &mut [i32]) {
     let mut sel: Vec<f32> = match bias {
@@ -66,14 +66,14 @@ fn select(p: &RouteParams, s: &[f32], bias: Option<&[f32]>, ids: &mut [i32]) {
 
 /// Finishes moe_route on the host: for every token, the ids CANN chose (checked to lie in
 /// [0, E)) or, where its selection cannot be trusted, the contract's own; then weights =
-/// s[ids], renormalised by max(sum, 1e-20) if asked, times routed_scaling_factor.
+/// `s[ids]`, renormalised by max(sum, 1e-20) if asked, times routed_scaling_factor.
 ///
 /// CANN's selection is not trusted for a row with a NaN score, or for every row when the
 /// bias holds a non-finite value: how its Sort orders NaN is undocumented, and its grouped
 /// kernel pads groups with -inf, so a -inf selection score can tie with padding.
 ///
-/// `norm`: CANN's normOut [T, E]; `bias`: [E]; `ids`: its expertIdxOut [T, k], rewritten
-/// in place where recomputed. Returns the weights [T, k] and whether any row's ids were
+/// `norm`: CANN's normOut `[T, E]`; `bias`: `[E]`; `ids`: its expertIdxOut `[T, k]`, rewritten
+/// in place where recomputed. Returns the weights `[T, k]` and whether any row's ids were
 /// recomputed.
 pub fn finish(
     p: &RouteParams,
@@ -122,7 +122,7 @@ fn finish_row(renormalize: bool, scale: f32, row: &mut [f32]) {
 
 /// Selection and weights wholly on the host, for scores CANN's routing op cannot compute
 /// (sqrt-softplus): every row by the contract's rules ([`finish`]'s fallback), then weights
-/// as there. `s` [T, E], `bias` [E]. Returns (ids [T, k], weights [T, k]).
+/// as there. `s` `[T, E]`, `bias` `[E]`. Returns (ids `[T, k]`, weights `[T, k]`).
 pub fn select_all(
     p: &RouteParams,
     e: usize,
@@ -143,9 +143,9 @@ pub fn select_all(
     (ids, weights)
 }
 
-/// Hash routing (`input_ids` and `tid2eid`, both checked): ids[t] = tid2eid[input_ids[t]],
-/// weights = the unbiased scores `norm` [T, E] (CANN's normOut) at those ids, renormalised
-/// and scaled as [`finish`] does. Returns (ids [T, k], weights [T, k]).
+/// Hash routing (`input_ids` and `tid2eid`, both checked): `ids[t] = tid2eid[input_ids[t]]`,
+/// weights = the unbiased scores `norm` `[T, E]` (CANN's normOut) at those ids, renormalised
+/// and scaled as [`finish`] does. Returns (ids `[T, k]`, weights `[T, k]`).
 pub fn hash(
     p: &RouteParams,
     e: usize,
