@@ -1,10 +1,14 @@
 //! Weight rows times a few activation vectors: the decode-time shape of the expert GEMMs,
 //! where a general GEMM would first pack (copy) the whole weight tile. Each weight row is
-//! read once (F16/BF16: upcast into an L1-resident buffer) and dotted with every
-//! activation vector. FP8 weights are decoded in registers where the CPU has AVX-512
-//! ([`fp8::gemv`]), else dequantized the same way, row by row.
+//! read once and dotted with every activation vector: F32 weights on AVX-512 where the
+//! CPU has it, any float weights on AVX2 + FMA elsewhere on x86 (widened in registers,
+//! [`avx2`]), else upcast into an L1-resident buffer first. FP8 weights are decoded in
+//! registers where the CPU has AVX-512 or AVX2 ([`fp8::gemv`]), else dequantized the
+//! same way, row by row.
 
 use crate::ops::moe_experts::fp8::{self, Weights};
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 use crate::storage::FloatSlice;
 
 /// Up to this many activation vectors, [`rows_times`] beats a tile plus GEMM (measured
@@ -46,6 +50,13 @@ pub fn rows_times(
     #[cfg(target_arch = "x86_64")]
     if let Weights::Float(FloatSlice::F32(v)) = &w {
         if x86::rows_times(v, first, rows, k, act, out) {
+            return;
+        }
+    }
+    // Any float weights: widened in registers, FMA on AVX2 (CPUs without AVX-512).
+    #[cfg(target_arch = "x86_64")]
+    if let Weights::Float(f) = &w {
+        if avx2::rows_times(f, first, rows, k, act, out) {
             return;
         }
     }

@@ -6,6 +6,8 @@
 //! Integrators fall back to it, and the golden cases are checked against it.
 
 mod aligned;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 mod bf16attn;
 mod bf16dot;
 mod ceilings;

@@ -79,7 +79,7 @@ impl pulp::WithSimd for Dequantize<'_> {
             let sc = scales[t];
             let codes = &self.row[t * DS_V32_TILE..(t + 1) * DS_V32_TILE];
             for (v, &c) in tile.iter_mut().zip(codes) {
-                *v = e4m3(c) * sc;
+                *v = crate::convert::e4m3(c) * sc;
             }
         }
         let at = DS_V32_LATENT + 4 * scales.len();
@@ -89,34 +89,10 @@ impl pulp::WithSimd for Dequantize<'_> {
     }
 }
 
-/// The value of an e4m3fn code (bias 7; exponent field 0 subnormal, `0x7F` / `0xFF` NaN),
-/// branch-free: a normal code's magnitude bits shifted into an f32's exponent and
-/// mantissa (exponent rebased by 120), a subnormal's mantissa times 2^-9, then the sign.
-#[inline(always)]
-fn e4m3(code: u8) -> f32 {
-    let mag = u32::from(code & 0x7F);
-    let normal = f32::from_bits((mag << 20) + (120 << 23));
-    let subnormal = mag as f32 * (1.0 / 512.0);
-    let v = if mag < 8 { subnormal } else { normal };
-    let v = if mag == 0x7F { f32::NAN } else { v };
-    f32::from_bits(v.to_bits() | (u32::from(code & 0x80) << 24))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use moemla_core::fp8::{dequantize_ds_v32_row, e4m3_decode, quantize_ds_v32_row};
-
-    #[test]
-    fn e4m3_arithmetic_decode_matches_the_table_for_every_code() {
-        for c in 0..=255u8 {
-            let (got, want) = (e4m3(c), e4m3_decode(c));
-            assert!(
-                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
-                "code {c:#04x}: {got} vs {want}"
-            );
-        }
-    }
+    use moemla_core::fp8::{dequantize_ds_v32_row, quantize_ds_v32_row};
 
     #[test]
     fn rows_dequantize_bit_for_bit_as_the_format_defines() {

@@ -13,7 +13,7 @@ pub(crate) use dpbf16::{pow2_exponent, MAGNITUDES};
 
 use super::permute::Permutation;
 use crate::storage::{f32_slice, row_range, storage, CpuSlice, FloatSlice};
-use moemla_core::fp8::{ScaleMode, BLOCK, E4M3_VALUES};
+use moemla_core::fp8::{ScaleMode, BLOCK};
 use moemla_core::{DType, DeviceTensor, Error, Result};
 use rayon::prelude::*;
 
@@ -157,7 +157,7 @@ impl<'a> Fp8Weights<'a> {
         let (codes, scales) = self.row(row);
         for ((d, c), &s) in dst.chunks_mut(BLOCK).zip(codes.chunks(BLOCK)).zip(scales) {
             for (v, &code) in d.iter_mut().zip(c) {
-                *v = E4M3_VALUES[code as usize] * s;
+                *v = crate::convert::e4m3(code) * s;
             }
         }
     }

@@ -18,6 +18,8 @@
 //!   then f32 FMAs, each decoded row chunk against up to [`FMA_GROUP`] vectors. The NaN
 //!   codes (0x7F, 0xFF) are tracked per row and make that row's results NaN, as a
 //!   dequantized NaN weight would.
+//! - AVX2 + FMA + F16C ([`avx2`], CPUs without AVX-512): the same decode and FMAs on
+//!   8-lane registers, against up to [`avx2::GROUP`] vectors at a time.
 //!
 //! Decode ([`rows_times`], memory-bound) takes the native bf16 dot wherever it exists;
 //! prefill ([`rows_times_many`], bound by compute) only where it outpaces the f32 FMA
@@ -31,6 +33,9 @@
 use super::Fp8Weights;
 use crate::storage::row_range;
 use moemla_core::fp8::BLOCK;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 
 /// At most this many activation vectors per call (the decode path's limit).
 pub const MAX_VECTORS: usize = 4;
@@ -182,6 +187,18 @@ fn fits_n(w: &Fp8Weights<'_>, first: usize, rows: usize, n: usize, out: &[f32]) 
         && scales_cover(w, first, rows)
 }
 
+/// The `n` vectors in near-equal groups of at most `max` (>= 1): each group's first
+/// vector and size.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn groups(n: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
+    let count = n.div_ceil(max);
+    (0..count).scan(0, move |j0, g| {
+        let group = (*j0, (n - *j0).div_ceil(count - g));
+        *j0 += group.1;
+        Some(group)
+    })
+}
+
 /// An in-register decode path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Path {
@@ -192,11 +209,15 @@ enum Path {
     /// AVX-512 F/BW/VL: codes to f16 to f32, f32 FMAs.
     #[cfg(target_arch = "x86_64")]
     F32Fma,
+    /// AVX2 + FMA + F16C ([`avx2`]): the same on 8-lane registers.
+    #[cfg(target_arch = "x86_64")]
+    Avx2Fma,
 }
 
 /// The paths this CPU has, the native bf16 dot first (the one to take for memory-bound
-/// work: it holds and converts half as much).
-fn available_paths() -> [Option<Path>; 2] {
+/// work: it holds and converts half as much), AVX2 last (twice the registers' width
+/// before it).
+fn available_paths() -> [Option<Path>; 3] {
     #[cfg(target_arch = "x86_64")]
     {
         let f32_fma = std::arch::is_x86_feature_detected!("avx512f")
@@ -205,21 +226,23 @@ fn available_paths() -> [Option<Path>; 2] {
         [
             super::dpbf16::available().then_some(Path::Bf16Dot),
             f32_fma.then_some(Path::F32Fma),
+            crate::avx2::available().then_some(Path::Avx2Fma),
         ]
     }
     #[cfg(not(target_arch = "x86_64"))]
-    [None, None]
+    [None, None, None]
 }
 
 /// The paths for `n` vectors of work bound by compute, fastest first: [`available_paths`]
 /// without the native bf16 dot where it does not outpace the f32 FMA
 /// ([`crate::bf16dot::outpaces_fma`]; Intel's AVX512-BF16 cores run it at half the FMA's
-/// FLOP rate), and without the FMA path past [`FMA_MAX_VECTORS`].
-fn compute_paths(n: usize) -> [Option<Path>; 2] {
-    let [dot, fma] = available_paths();
+/// FLOP rate), and without the FMA paths past [`FMA_MAX_VECTORS`].
+fn compute_paths(n: usize) -> [Option<Path>; 3] {
+    let [dot, fma, avx2] = available_paths();
     [
         dot.filter(|_| crate::bf16dot::outpaces_fma()),
         fma.filter(|_| n <= FMA_MAX_VECTORS),
+        avx2.filter(|_| n <= FMA_MAX_VECTORS),
     ]
 }
 
@@ -245,6 +268,8 @@ unsafe fn run(
         Path::Bf16Dot => super::dpbf16::rows_times_many(w, first, rows, n, act, out),
         #[cfg(target_arch = "x86_64")]
         Path::F32Fma => x86::rows_times(w, first, rows, n, act, out),
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx2Fma => avx2::rows_times(w, first, rows, n, act, out),
     }
 }
 
@@ -292,7 +317,12 @@ mod x86 {
     /// sits at a constant offset from one pointer (with one pointer per vector the kernel
     /// ran out of registers). Costs filling the buffer and copying the activations per
     /// call, a few percent of a tile's work.
-    fn blocked<R>(act: &[f32], k: usize, n: usize, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    pub(super) fn blocked<R>(
+        act: &[f32],
+        k: usize,
+        n: usize,
+        f: impl FnOnce(&[f32]) -> R,
+    ) -> Option<R> {
         let len = k.div_ceil(BLOCK).checked_mul(BLOCK.checked_mul(n)?)?;
         crate::kept::with_buffer(&BLOCKED, BLOCKED_KEEP, |buf| {
             let zeroed = buf.try_resize(len, 0.0, "fp8 blocked activations");
@@ -312,11 +342,11 @@ mod x86 {
 
     /// Rows per pass of [`rows_times`]: their codes for one pass (16 x 512 bytes) stay in
     /// L1 beside the pass's activations.
-    const PASS_ROWS: usize = 16;
+    pub(super) const PASS_ROWS: usize = 16;
     /// 128-column blocks per pass: a group's activations for one pass
     /// ([`FMA_GROUP`] x 512 f32, 16 KiB) stay in L1 while every row of the pass meets
     /// them (read from L2 per row, they bounded the kernel).
-    const PASS_BLOCKS: usize = 4;
+    pub(super) const PASS_BLOCKS: usize = 4;
 
     /// See [`super::rows_times`], for any `n`: the vectors in near-equal groups of at most
     /// [`FMA_GROUP`] (each group's kernel monomorphized on its size so that every
@@ -361,12 +391,9 @@ mod x86 {
             (x.as_ptr() as usize).is_multiple_of(crate::aligned::ALIGN),
             "x on a 64-byte boundary"
         );
-        let groups = n.div_ceil(FMA_GROUP);
         for r0 in (0..rows).step_by(PASS_ROWS) {
             let pass_rows = PASS_ROWS.min(rows - r0);
-            let mut j0 = 0;
-            for g in 0..groups {
-                let size = (n - j0).div_ceil(groups - g);
+            for (j0, size) in super::groups(n, FMA_GROUP) {
                 // SAFETY: vectors j0..j0 + size exist (j0 + size <= n), and so do outputs
                 // (r0 + i) * n + j0 + j for i < pass_rows, j < size.
                 let xg = x.as_ptr().add(j0 * BLOCK);
@@ -382,7 +409,6 @@ mod x86 {
                     7 => rows_n::<7, 2>(at),
                     _ => rows_n::<FMA_GROUP, 2>(at),
                 }
-                j0 += size;
             }
         }
     }
@@ -392,7 +418,7 @@ mod x86 {
     /// first block in the blocked copy ([`blocked`]; the vectors 128 values apart) with
     /// the stride from one column block to the next, the first output and the output row
     /// stride.
-    type RowsAt<'a, 'w> = (
+    pub(super) type RowsAt<'a, 'w> = (
         &'a Fp8Weights<'w>,
         usize,
         usize,
@@ -683,7 +709,7 @@ mod tests {
             #[cfg(target_arch = "x86_64")]
             Path::Bf16Dot => 2,
             #[cfg(target_arch = "x86_64")]
-            Path::F32Fma => 3,
+            Path::F32Fma | Path::Avx2Fma => 3,
         }
     }
 
@@ -872,7 +898,7 @@ mod tests {
         if rows_times_many(&w, first, rows, &act, &mut out) {
             check_out(&w, first, &act, &out, "rows_times_many");
         } else {
-            assert_eq!(compute_paths(9), [None, None]);
+            assert_eq!(compute_paths(9), [None, None, None]);
         }
         // Up to FMA_MAX_VECTORS the FMA path takes them where the bf16 dot does not;
         // past it only the bf16 dot, where it outpaces the FMA.
@@ -888,9 +914,11 @@ mod tests {
             }
         }
         #[cfg(target_arch = "x86_64")]
-        if available_paths()[1].is_some() {
-            assert!(compute_paths(FMA_MAX_VECTORS)[1].is_some());
-            assert!(compute_paths(FMA_MAX_VECTORS + 1)[1].is_none());
+        for fma in [1, 2] {
+            if available_paths()[fma].is_some() {
+                assert!(compute_paths(FMA_MAX_VECTORS)[fma].is_some());
+                assert!(compute_paths(FMA_MAX_VECTORS + 1)[fma].is_none());
+            }
         }
         // Arguments that do not fit: declined untouched.
         let mut out = vec![7.0; 2 * 5];
