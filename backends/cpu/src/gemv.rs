@@ -1,8 +1,8 @@
 //! Weight rows times a few activation vectors: the decode-time shape of the expert GEMMs,
 //! where a general GEMM would first pack (copy) the whole weight tile. Each weight row is
 //! read once and dotted with every activation vector: F32 weights on AVX-512 where the
-//! CPU has it, any float weights on AVX2 + FMA elsewhere on x86 (widened in registers,
-//! [`avx2`]), else upcast into an L1-resident buffer first. FP8 weights are decoded in
+//! CPU has it, any float weights on AVX2 + FMA on x86 CPUs without AVX-512 (widened in
+//! registers, [`avx2`]), else (F16/BF16) upcast into an L1-resident buffer first. FP8 weights are decoded in
 //! registers where the CPU has AVX-512 or AVX2 ([`fp8::gemv`]), else dequantized the
 //! same way, row by row.
 
@@ -16,7 +16,8 @@ use crate::storage::FloatSlice;
 pub const MAX_VECTORS: usize = 4;
 
 /// How far ahead (bytes) the matrix-vector kernels that stream weight rows from memory
-/// (F32 weights here, FP8 codes on the bf16 dot) prefetch them. Weight buffers may sit
+/// (F32 weights on AVX-512, any float weights on AVX2, FP8 codes on the bf16 dot)
+/// prefetch them. Weight buffers may sit
 /// on 4 KiB pages, at whose boundaries the hardware prefetchers stop; measured on the
 /// 2-core Zen 4 dev machine for FP8 codes at V3 shapes (T = 1, A/B in one process): none
 /// 16.1 ms, 4 KiB ahead 12.8, 8 KiB 11.7, 16 KiB 12.2, all into L2; into L1 instead was
@@ -24,13 +25,14 @@ pub const MAX_VECTORS: usize = 4;
 /// against none: T=16 58.8 vs 73.1 ms. F32 weights on a 2-core Zen 5 (V2-Lite shapes,
 /// in one process, three rounds of eight): 8 KiB into L1 beat 8 KiB into L2 at T=1
 /// (3.12-3.18 vs 3.60-3.93 ms) and T=16 (23.5 vs 25.4 ms), 16 KiB into L1 about tied
-/// (3.02-3.12, 24.4), no prefetch 3.35-3.53 and 28.7: [`x86`] takes L1 for F32 weights
-/// except on Intel cores (unmeasured there).
+/// (3.02-3.12, 24.4), no prefetch 3.35-3.53 and 28.7: [`x86`] and [`avx2`] take L1 except
+/// on Intel cores (unmeasured there).
 pub const PREFETCH_BYTES: usize = 8192;
 
 /// `out[r * n + c] = w[first + r] . act[c]` for `rows` weight rows of `k` columns (a
 /// row-major matrix in storage type) and `n` activation vectors `act` [n, k] (f32);
-/// `out` is [rows, n]. `row` is scratch for one upcast weight row (unused for F32).
+/// `out` is [rows, n]. `row` is scratch for one upcast weight row (unused where the
+/// vector kernels take the weights).
 pub fn rows_times(
     w: Weights<'_>,
     first: usize,
@@ -53,10 +55,13 @@ pub fn rows_times(
             return;
         }
     }
-    // Any float weights: widened in registers, FMA on AVX2 (CPUs without AVX-512).
+    // Any float weights on CPUs without AVX-512: widened in registers, FMA on AVX2 (on
+    // AVX-512 CPUs BF16/F16 weights keep the portable path, compiled for AVX-512 there;
+    // the AVX2 kernel is unmeasured on them).
     #[cfg(target_arch = "x86_64")]
     if let Weights::Float(f) = &w {
-        if avx2::rows_times(f, first, rows, k, act, out) {
+        let avx512 = std::arch::is_x86_feature_detected!("avx512f");
+        if !avx512 && avx2::rows_times(f, first, rows, k, act, out) {
             return;
         }
     }

@@ -113,7 +113,8 @@ fn typed<T: Widen>(
             1 => dots::<T, 1>(w, k, act, out),
             2 => dots::<T, 2>(w, k, act, out),
             3 => dots::<T, 3>(w, k, act, out),
-            _ => dots::<T, 4>(w, k, act, out),
+            4 => dots::<T, 4>(w, k, act, out),
+            _ => return false,
         }
     }
     true

@@ -14,10 +14,10 @@
 //! the pairs instead), `P` rounded to bf16 as FlashMLA does. Otherwise the rows are f32
 //! (an F32 cache read in place where a head's consecutive positions are consecutive
 //! rows, others upcast or FP8-dequantized once into one block, shared by all M rows), on
-//! AVX-512F kernels that read them directly ([`crate::f32attn`]; from 16 query rows on
-//! query rows prepared once: in octets or quads up to 24 where the CPU runs the quad
-//! kernels, AVX-512 with BF16, packed from 25) or else (without AVX-512F) the general
-//! GEMM. Only positions below a row's attended length are ever read or weighted.
+//! AVX-512F or AVX2 kernels that read them directly ([`crate::f32attn`]; on AVX-512F from
+//! 16 query rows on query rows prepared once: in octets or quads up to 24 where the CPU
+//! runs the quad kernels, AVX-512 with BF16, packed from 25) or else (no x86 vector unit)
+//! the general GEMM. Only positions below a row's attended length are ever read or weighted.
 
 use crate::aligned::Aligned;
 use crate::bf16attn;
@@ -155,8 +155,8 @@ pub fn attend(
     Ok(attention.finish())
 }
 
-/// Which kernels [`Attention`] may use: AMX tiles, the native bf16 dot, AVX-512F f32
-/// (else the general GEMM). [`Kernels::detected`] is what suits the CPU; tests also
+/// Which kernels [`Attention`] may use: AMX tiles, the native bf16 dot, the f32 vector
+/// kernels (else the general GEMM). [`Kernels::detected`] is what suits the CPU; tests also
 /// narrow it.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Kernels {
@@ -165,7 +165,8 @@ pub(crate) struct Kernels {
     pub tiles: bool,
     /// The native bf16 dot ([`crate::bf16attn`]); only true where the CPU has it.
     pub bf16: bool,
-    /// AVX-512F f32 ([`crate::f32attn`]); only true where the CPU has it.
+    /// The f32 vector kernels ([`crate::f32attn`], AVX-512F or AVX2); only true where the
+    /// CPU has one of them.
     pub f32: bool,
 }
 
@@ -179,12 +180,13 @@ impl Kernels {
     /// whose rows are dequantized either way: `moemla bench --backend cpu --op mla_decode
     /// --dtype bf16 --filter "h_q=16"`); the f32 kernels wherever AVX-512F is there (from
     /// [`f32attn::PACKED_MIN_ROWS`] rows on query rows packed as the general GEMM would,
-    /// but once).
+    /// but once) or AVX2 (CPUs without AVX-512; up to [`f32attn::AVX2_MAX_ROWS`] query
+    /// rows, checked per call: [`f32attn::pays`]).
     pub(crate) fn detected() -> Kernels {
         Kernels {
             tiles: bf16dot::tiles_enabled(),
             bf16: bf16dot::outpaces_fma(),
-            f32: f32attn::native(),
+            f32: f32attn::isa() != f32attn::Isa::Plain,
         }
     }
 }
@@ -370,9 +372,9 @@ impl<'q> Attention<'q> {
                 // rows (the first d_v columns), paired by position.
                 let (s, acc) = (&scratch.s, &mut st.acc);
                 bf16attn::gemm_pv(q16, s, n, &krows, d_v, acc, &mut scratch.pv)?;
-            } else if kernels.f32 {
+            } else if kernels.f32 && f32attn::pays(rows) {
                 // The f32 rows in place (an F32 cache) or as loaded, as runs of
-                // consecutive rows; both products on AVX-512F kernels that read them
+                // consecutive rows; both products on the f32 vector kernels that read them
                 // directly. Query rows packed for the register-tiled kernel meet one run at
                 // a time: short runs (a scattered block table, several heads per slot) are
                 // copied into one block for them instead.
@@ -447,7 +449,7 @@ pub(crate) enum Taken {
     Tiles,
     /// Both on the native bf16 dot ([`crate::bf16attn`]).
     Bf16Dot,
-    /// Both on the AVX-512F f32 kernels ([`crate::f32attn`]).
+    /// Both on the f32 vector kernels (AVX-512F or AVX2) ([`crate::f32attn`]).
     F32Kernels,
     /// Both on the general GEMM.
     Gemm,

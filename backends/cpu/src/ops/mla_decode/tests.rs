@@ -339,7 +339,7 @@ fn fp8_cache_decode_matches_f64_reference_on_both_paths() {
     // 12 * 64) in one of 63: AMX tiles where this process may use them, else the bf16
     // dot where it outpaces the FMA on this CPU, except
     // the chunk holding slot 130, whose rows are not bf16 values: f32 products.
-    let f32_path = if crate::f32attn::native() {
+    let f32_path = if crate::f32attn::pays(c.s_q * c.h_q) {
         Taken::F32Kernels
     } else {
         Taken::Gemm
@@ -384,8 +384,8 @@ fn every_kernel_choice_matches_f64_reference() {
     use crate::storage::FloatSlice;
     use half::bf16;
     // One head, 5 query rows with odd limits past and short of a chunk (128) and of a
-    // block (16, blocks in reverse order), bf16 values: the general GEMM, the AVX-512F
-    // f32 kernels, the bf16 dot and AMX tiles (each where the CPU has it) against one
+    // block (16, blocks in reverse order), bf16 values: the general GEMM, the f32 vector
+    // kernels (AVX-512F or AVX2), the bf16 dot and AMX tiles (each where the CPU has it) against one
     // reference. Keys 96 wide (3 tile steps), values 40 (a partial column tile).
     let (d_qk, d_v, bs, len): (usize, usize, usize, usize) = (96, 40, 16, 301);
     let limits = [301, 300, 129, 127, 1];
@@ -399,7 +399,8 @@ fn every_kernel_choice_matches_f64_reference() {
     let table: Vec<i32> = (0..blocks as i32).rev().collect();
     let slot = |p: usize| table[p / bs] as usize * bs + p % bs;
     let scale = 0.3f32;
-    let detected = (crate::bf16dot::native(), crate::f32attn::native());
+    let vector_f32 = crate::f32attn::isa() != crate::f32attn::Isa::Plain;
+    let detected = (crate::bf16dot::native(), vector_f32);
     let tiles = crate::bf16dot::tiles_enabled();
     let choices = [
         (false, false, false, FloatSlice::F32(&cache32), 2e-5),
@@ -524,9 +525,17 @@ fn fp8_rows_on_every_kernel_choice(limits: &[usize]) {
         d_qk: DS_V32_DIM,
         d_v: DS_V32_LATENT,
     };
-    let (dot, f32) = (crate::bf16dot::native(), crate::f32attn::native());
+    let vector_f32 = crate::f32attn::isa() != crate::f32attn::Isa::Plain;
+    let (dot, f32) = (crate::bf16dot::native(), vector_f32);
     let tiles = crate::bf16dot::tiles_enabled();
-    let products = |f32| if f32 { Taken::F32Kernels } else { Taken::Gemm };
+    let pays = crate::f32attn::pays(limits.len());
+    let products = |f32| {
+        if f32 && pays {
+            Taken::F32Kernels
+        } else {
+            Taken::Gemm
+        }
+    };
     let log = || TAKEN.lock().unwrap_or_else(|e| e.into_inner());
     for (tiles, bf16, f32, tol) in [
         (false, false, false, 2e-5),

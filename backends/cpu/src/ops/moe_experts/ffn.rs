@@ -9,7 +9,8 @@
 //! few tokens (decode) takes the matrix-vector path of [`gemv`] instead. FP8 weights meet
 //! more tokens with their codes decoded as they are read ([`fp8::gemv::rows_times_many`]: on
 //! AMX tiles where the process may use them, on the native bf16 dot where it outpaces the
-//! f32 FMA, else on f32 FMAs up to [`fp8::gemv::FMA_MAX_VECTORS`] tokens, with AVX-512),
+//! f32 FMA, else on f32 FMAs up to [`fp8::gemv::FMA_MAX_VECTORS`] tokens, with AVX-512 or
+//! AVX2),
 //! else dequantized tiles.
 //!
 //! Activations are kept transposed per expert (`[rows_out, n_e]`, expert after expert),
@@ -353,7 +354,8 @@ fn fp8_prepared<'a>(
 /// vectors where AMX tiles or the native bf16 dot take them
 /// ([`fp8::gemv::rows_times_prepared`]), else
 /// [`fp8::gemv::rows_times_many`]; false (the caller dequantizes a tile and takes
-/// [`matmul_nt_packed`]) for other weights, or where that path declines (no AVX-512, more
+/// [`matmul_nt_packed`]) for other weights, or where that path declines (neither AVX-512
+/// nor AVX2, more
 /// tokens than [`fp8::gemv::FMA_MAX_VECTORS`] off the bf16 dot, no memory for its copy).
 fn fp8_many(
     w: Weights<'_>,

@@ -49,14 +49,17 @@ pub const FMA_GROUP: usize = 8;
 /// falls slowly while the GEMM's grows with the vectors. Measured on one Xeon core (144 x
 /// 7168 codes in L2, GFLOP/s, FMA path vs dequantized rows + packed GEMM): 32 vectors
 /// 79 vs 70, 40: 78 vs 64, 48: 76 vs 76, 56: 75 vs 77, 64: 69 vs 87, 128: 61 vs 98.
+/// The AVX2 path takes the same limit, measured only at the op level there (2-core AMD
+/// EPYC, Zen 3, `moemla bench --backend cpu --op moe_experts --dtype bf16 --filter "fp8
+/// w8a16 T=256"`: 7.0-8.1 s on dequantized tiles, 3.4-3.6 s on the AVX2 path).
 pub const FMA_MAX_VECTORS: usize = 48;
 
 /// `out[r * n + c] = W[first + r] . act[c]` for `rows` rows of the flattened `[E * R, C]`
 /// FP8 matrix (`C` = `w.cols` columns) and `n` = `act.len() / C` (1..=[`MAX_VECTORS`])
 /// f32 activation vectors; `out` is `[rows, n]`. Returns false (nothing written) where
-/// the CPU has no AVX-512, the FMA path cannot have the memory for its copy of the
-/// activations, or the arguments do not make whole rows and vectors; the caller then
-/// takes its portable path.
+/// the CPU has neither AVX-512 nor AVX2 + FMA + F16C, the FMA path cannot have the memory
+/// for its copy of the activations, or the arguments do not make whole rows and vectors;
+/// the caller then takes its portable path.
 pub fn rows_times(
     w: &Fp8Weights<'_>,
     first: usize,
@@ -79,8 +82,9 @@ pub fn rows_times(
 /// [`rows_times`] for any number of activation vectors (`n` >= 1; the prefill path), on
 /// the paths for work bound by compute ([`compute_paths`]): the native bf16 dot
 /// ([`super::dpbf16::rows_times_many`]) only where it outpaces the f32 FMA, else the f32
-/// FMA path in groups of up to [`FMA_GROUP`] vectors, for up to [`FMA_MAX_VECTORS`].
-/// Returns false (nothing written) where no path takes them (no AVX-512, more vectors
+/// FMA path in groups of up to [`FMA_GROUP`] vectors (on AVX2, [`avx2::GROUP`]), for up to
+/// [`FMA_MAX_VECTORS`]. Returns false (nothing written) where no path takes them (neither
+/// AVX-512 nor AVX2, more vectors
 /// than that off the bf16 dot, no memory for the FMA path's copy, activations the bf16
 /// dot declines) or the arguments do not fit; the caller then dequantizes tiles for its
 /// GEMM.

@@ -79,6 +79,9 @@ unsafe fn rows_n<const N: usize, const P: usize>(
     let mut total = [[_mm256_setzero_ps(); N]; PASS_ROWS];
     // Per row, the largest low-7-bit pattern seen, per byte lane: 0x7F means a NaN code.
     let mut seen = [_mm256_setzero_si256(); PASS_ROWS];
+    // SAFETY (the pointers below): block b of vector j lies at x + b * block_stride +
+    // j * 128, inside the N vectors' blocked copy; out + i * stride + j inside the rows
+    // x N outputs; the codes and scales come from the bounds-checked `w.row`.
     for b0 in (0..col_blocks).step_by(PASS_BLOCKS) {
         for i in 0..rows {
             let (codes, scales) = w.row(first + i);
