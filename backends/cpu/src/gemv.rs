@@ -7,9 +7,10 @@
 //! same way, row by row.
 
 use crate::ops::moe_experts::fp8::{self, Weights};
+use crate::storage::FloatSlice;
+
 #[cfg(target_arch = "x86_64")]
 mod avx2;
-use crate::storage::FloatSlice;
 
 /// Up to this many activation vectors, [`rows_times`] beats a tile plus GEMM (measured
 /// at V2-Lite shapes: bf16 decode -20..30% time, f32 about -10%).
@@ -278,20 +279,23 @@ mod tests {
                 for r in 0..rows {
                     for c in 0..n {
                         let wr = &w[(first + r) * k..][..k];
-                        let p = wr.iter().zip(&act[c * k..][..k]);
-                        let want: f64 = p.clone().map(|(&a, &b)| a as f64 * b as f64).sum();
-                        let abs: f64 = p.map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
-                        // An f32 sum: k + 16 roundings of at most eps times the sum of |p|.
-                        let tol = (k + 16) as f64 * f32::EPSILON as f64 * abs;
-                        let got = out[r * n + c] as f64;
-                        assert!(
-                            (got - want).abs() <= tol,
-                            "k {k} n {n} row {r} vector {c}: {got} vs {want}"
-                        );
+                        let what = format!("k {k} n {n} row {r} vector {c}");
+                        assert_f32_dot(wr, &act[c * k..][..k], out[r * n + c], &what);
                     }
                 }
             }
         }
+    }
+
+    /// `got` against the f64 dot product of `w` (weights as f32) and `x`: an f32 sum of
+    /// `k` products, `k + 16` roundings of at most eps times the sum of |products|.
+    pub(super) fn assert_f32_dot(w: &[f32], x: &[f32], got: f32, what: &str) {
+        let p = w.iter().zip(x).map(|(&a, &b)| a as f64 * b as f64);
+        let want: f64 = p.clone().sum();
+        let abs: f64 = p.map(f64::abs).sum();
+        let tol = (w.len() + 16) as f64 * f32::EPSILON as f64 * abs;
+        let got = got as f64;
+        assert!((got - want).abs() <= tol, "{what}: {got} vs {want}");
     }
 
     #[test]

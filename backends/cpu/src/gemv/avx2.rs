@@ -192,32 +192,20 @@ mod tests {
                 let act = rng.vec(n * k, -2.0, 2.0);
                 let wb: Vec<bf16> = w32.iter().map(|&v| bf16::from_f32(v)).collect();
                 let wh: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
-                let widened = |s: &FloatSlice<'_>, i: usize| match s {
-                    FloatSlice::F32(v) => v[i],
-                    FloatSlice::BF16(v) => v[i].to_f32(),
-                    FloatSlice::F16(v) => v[i].to_f32(),
-                };
-                for w in [
-                    FloatSlice::F32(&w32),
-                    FloatSlice::BF16(&wb),
-                    FloatSlice::F16(&wh),
+                for (dtype, w) in [
+                    ("f32", FloatSlice::F32(&w32)),
+                    ("bf16", FloatSlice::BF16(&wb)),
+                    ("f16", FloatSlice::F16(&wh)),
                 ] {
                     let mut out = vec![f32::NAN; rows * n];
                     assert!(rows_times(&w, first, rows, k, &act, &mut out));
                     for r in 0..rows {
+                        let mut row = vec![0.0; k];
+                        w.read_f32((first + r) * k, &mut row);
                         for c in 0..n {
-                            let p = (0..k).map(|j| {
-                                widened(&w, (first + r) * k + j) as f64 * act[c * k + j] as f64
-                            });
-                            let want: f64 = p.clone().sum();
-                            let abs: f64 = p.map(f64::abs).sum();
-                            // An f32 sum: k + 16 roundings of at most eps times sum |p|.
-                            let tol = (k + 16) as f64 * f32::EPSILON as f64 * abs;
-                            let got = out[r * n + c] as f64;
-                            assert!(
-                                (got - want).abs() <= tol,
-                                "k {k} n {n} row {r} vector {c}: {got} vs {want}"
-                            );
+                            let what = format!("{dtype} k {k} n {n} row {r} vector {c}");
+                            let (x, got) = (&act[c * k..][..k], out[r * n + c]);
+                            super::super::tests::assert_f32_dot(&row, x, got, &what);
                         }
                     }
                 }
