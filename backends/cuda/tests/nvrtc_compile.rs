@@ -92,6 +92,58 @@ fn nvrtc_or_skip() -> Option<Nvrtc> {
     }
 }
 
+/// Compiles `module` for `arch` and checks its PTX (target, entry points, tensor-core and
+/// staging instructions) and its CUBIN (an ELF image for EM_CUDA).
+fn check_module(nvrtc: &Nvrtc, module: Module, arch: u32) {
+    let what = format!("{} for sm_{arch}", module.file_name());
+    let c = compile(nvrtc, module, arch).unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        c.ptx.contains(&format!(".target sm_{arch}")),
+        "{what}: PTX target"
+    );
+    for entry in module.entry_points() {
+        assert!(
+            c.ptx.contains(&format!(".entry {entry}(")),
+            "{what}: entry point {entry} missing from the PTX"
+        );
+    }
+    // CUBIN: an ELF image for EM_CUDA (190).
+    assert!(c.cubin.len() > 64, "{what}: CUBIN too small");
+    assert_eq!(&c.cubin[..4], b"\x7fELF", "{what}: CUBIN is not ELF");
+    assert_eq!(
+        u16::from_le_bytes([c.cubin[18], c.cubin[19]]),
+        190,
+        "{what}: e_machine"
+    );
+    // The GEMM-shaped modules carry the tensor-core path (routing and the row
+    // quantizer have no matrix products).
+    if ![Module::MoeRoute, Module::MlaKvQuantize].contains(&module) {
+        for ty in ["bf16", "f16"] {
+            let insn = format!("mma.sync.aligned.m16n8k16.row.col.f32.{ty}.{ty}.f32");
+            assert!(
+                c.ptx.contains(&insn),
+                "{what}: no {insn} (tensor-core path)"
+            );
+        }
+    }
+    if module == Module::MoeExperts {
+        check_fp8_mma(&what, &c.ptx, arch);
+    }
+    if module == Module::MlaDecode {
+        check_async_staging(&what, &c.ptx);
+    }
+    eprintln!(
+        "{what}: PTX {} bytes, CUBIN {} bytes{}",
+        c.ptx.len(),
+        c.cubin.len(),
+        if c.log.is_empty() {
+            String::new()
+        } else {
+            format!(", log: {}", c.log)
+        }
+    );
+}
+
 #[test]
 fn every_kernel_compiles_for_sm80_and_sm90_to_ptx_and_cubin() {
     let Some(nvrtc) = nvrtc_or_skip() else {
@@ -99,57 +151,19 @@ fn every_kernel_compiles_for_sm80_and_sm90_to_ptx_and_cubin() {
     };
     let (major, minor) = nvrtc.version();
     eprintln!("NVRTC {major}.{minor} from {}", nvrtc.path);
-    for arch in ARCHS {
-        for module in Module::ALL {
-            let what = format!("{} for sm_{arch}", module.file_name());
-            let c = compile(&nvrtc, module, arch).unwrap_or_else(|e| panic!("{what}: {e}"));
-            assert!(
-                c.ptx.contains(&format!(".target sm_{arch}")),
-                "{what}: PTX target"
-            );
-            for entry in module.entry_points() {
-                assert!(
-                    c.ptx.contains(&format!(".entry {entry}(")),
-                    "{what}: entry point {entry} missing from the PTX"
-                );
-            }
-            // CUBIN: an ELF image for EM_CUDA (190).
-            assert!(c.cubin.len() > 64, "{what}: CUBIN too small");
-            assert_eq!(&c.cubin[..4], b"\x7fELF", "{what}: CUBIN is not ELF");
-            assert_eq!(
-                u16::from_le_bytes([c.cubin[18], c.cubin[19]]),
-                190,
-                "{what}: e_machine"
-            );
-            // The GEMM-shaped modules carry the tensor-core path (routing and the row
-            // quantizer have no matrix products).
-            if ![Module::MoeRoute, Module::MlaKvQuantize].contains(&module) {
-                for ty in ["bf16", "f16"] {
-                    let insn = format!("mma.sync.aligned.m16n8k16.row.col.f32.{ty}.{ty}.f32");
-                    assert!(
-                        c.ptx.contains(&insn),
-                        "{what}: no {insn} (tensor-core path)"
-                    );
+    // One thread per arch (NVRTC's documented thread safety: concurrent calls on distinct
+    // programs), so the two archs compile side by side on CI's cores; a failing arch's
+    // panic fails the scope.
+    std::thread::scope(|scope| {
+        for arch in ARCHS {
+            let nvrtc = &nvrtc;
+            scope.spawn(move || {
+                for module in Module::ALL {
+                    check_module(nvrtc, module, arch);
                 }
-            }
-            if module == Module::MoeExperts {
-                check_fp8_mma(&what, &c.ptx, arch);
-            }
-            if module == Module::MlaDecode {
-                check_async_staging(&what, &c.ptx);
-            }
-            eprintln!(
-                "{what}: PTX {} bytes, CUBIN {} bytes{}",
-                c.ptx.len(),
-                c.cubin.len(),
-                if c.log.is_empty() {
-                    String::new()
-                } else {
-                    format!(", log: {}", c.log)
-                }
-            );
+            });
         }
-    }
+    });
 }
 
 #[test]
