@@ -13,7 +13,7 @@
 //! Where it replaces the portable path (each row dequantized into a buffer, then one dot
 //! per vector), on a 2-core AMD EPYC (Zen 3), `moe_experts` FP8 at DeepSeek-V3's shapes
 //! ran at 10-16% of its floor. Scaling each decoded vector instead of each block's sums
-//! kept a multiply per 8 codes on the FMA pipes beside the conversions: there, one token
+//! costs a multiply per 8 codes beside the FMA and the conversion: there, one token
 //! against 8 experts' gate and up rows (235 MB of codes, from memory) took 18.5-19.1 ms
 //! that way and 13.8-17.4 ms scaled per block (three alternated runs, best of 30 each).
 
