@@ -15,7 +15,7 @@
 //! ran at 10-16% of its floor. Scaling each decoded vector instead of each block's sums
 //! costs a multiply per 8 codes beside the FMA and the conversion: there, one token
 //! against 8 experts' gate and up rows (235 MB of codes, from memory) took 18.5-19.1 ms
-//! that way and 13.8-17.4 ms scaled per block (three alternated runs, best of 30 each).
+//! that way and 13.8-17.4 ms scaled per block (six alternated runs, best of 30 each).
 
 use super::x86::{blocked, RowsAt, PASS_BLOCKS, PASS_ROWS};
 use super::{Fp8Weights, BLOCK};
