@@ -1,6 +1,6 @@
 //! Bounds-checked f32 matrix products: a general one over the `gemm` crate, and
 //! [`matmul_nt_packed`] (rows times packed rows) on AVX-512 where the CPU has it, in the
-//! quad or octet layout ([`crate::quads`]) for few rows.
+//! quad or octet layout ([`crate::quads`]) for few rows, else on AVX2 ([`avx2`]).
 
 #[cfg(target_arch = "x86_64")]
 use crate::aligned::Aligned;
@@ -8,6 +8,9 @@ use crate::aligned::Aligned;
 use crate::quads;
 use crate::storage::FloatSlice;
 use moemla_core::{Error, Result};
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 
 /// A read-only strided f32 matrix view: element (r, c) is `data[r * row_stride + c * col_stride]`.
 #[derive(Clone, Copy, Debug)]
@@ -139,7 +142,8 @@ const KC: usize = 2048;
 /// 12 rows); else on CPUs with AVX-512F in groups of 16 rows, column by column
 /// (`[group][k][16]`, rows past `n` zero), so that one vector holds one column of 16
 /// rows, the last 1 to [`REST_QUADS_MAX`] rows past whole groups in quads where those
-/// kernels run; elsewhere the rows as they are.
+/// kernels run; else on CPUs with AVX2 and FMA transposed ([`avx2::pack`]); elsewhere
+/// the rows as they are.
 #[derive(Debug)]
 pub struct PackedRows<'a> {
     layout: Layout<'a>,
@@ -165,6 +169,10 @@ enum Layout<'a> {
     /// per vector, as f32 bits) for [`quads::multiply`].
     #[cfg(target_arch = "x86_64")]
     Lanes(quads::F32Lanes),
+    /// `b` transposed, `[k][ceil(n / 8) * 8]`, for the AVX2 kernel ([`avx2::gemm_nt`]) on
+    /// x86 CPUs without AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    Transposed(Aligned<f32>),
     /// `b` row-major, for [`portable_nt`].
     Rows(&'a [f32]),
 }
@@ -221,6 +229,19 @@ impl<'a> PackedRows<'a> {
                 k,
             });
         }
+        #[cfg(target_arch = "x86_64")]
+        if crate::avx2::available() {
+            let len = (avx2::padded(n))
+                .and_then(|width| width.checked_mul(k))
+                .ok_or_else(too_large)?;
+            let mut packed = Aligned::try_filled(len, 0.0, WHAT)?;
+            avx2::pack(b, k, &mut packed);
+            return Ok(PackedRows {
+                layout: Layout::Transposed(packed),
+                n,
+                k,
+            });
+        }
         Ok(PackedRows {
             layout: Layout::Rows(b),
             n,
@@ -241,7 +262,9 @@ impl<'a> PackedRows<'a> {
 /// With `b` in octets or quads, [`quads::multiply`]: a piece of 2 or 4 values of a row of
 /// `a` broadcast against 8 or 4 rows of `b` per vector, every output the sum of its 2 or
 /// 4 elements at the end; rows of `a` other than f32 converted one register tile at a
-/// time. Elsewhere the `gemm` crate on `a` converted to f32.
+/// time. With `b` transposed, [`avx2::gemm_nt`]: the same scheme as AVX-512's on 8 rows
+/// of `b` per vector, every block of rows of `a` copied or converted first. Elsewhere the
+/// `gemm` crate on `a` converted to f32.
 ///
 /// An `a` that is not whole rows of `b`'s k, or an `out` that is not `m * n` long, is
 /// [`Error::Device`]; nothing is written then. Buffers (converted rows of `a`) are
@@ -294,6 +317,16 @@ pub fn matmul_nt_packed(a: FloatSlice<'_>, b: &PackedRows<'_>, out: &mut [f32]) 
                     }
                 }
             }
+            Ok(())
+        }
+        #[cfg(target_arch = "x86_64")]
+        Layout::Transposed(packed) => {
+            let len = avx2::block_len(k);
+            let mut block = moemla_core::alloc::try_filled_vec(len, "cpu gemm nt rows")?;
+            // SAFETY: `PackedRows::new` built `Transposed` only where AVX2 and FMA were
+            // detected, as `k * padded(n)` values; `nt_shape` checked that `a` holds m rows
+            // of k and `out` m * n values; `block` holds `block_len(k)` values.
+            unsafe { avx2::gemm_nt(a, packed, (m, n, k), out, &mut block) };
             Ok(())
         }
         Layout::Rows(rows) => match a {
@@ -692,6 +725,9 @@ mod tests {
             (5, 34, 9),
             (21, 14, 1),
             (25, 22, 2048 + 3),
+            // AVX2 (groups of 8): four groups (two chunks of two) over three passes (1024
+            // columns each, the last 300), the first block prefetching the next.
+            (26, 29, 2048 + 300),
         ];
         shapes.extend((1..=13).map(|m| (m, 9 + 2 * m, 83)));
         for (m, n, k) in shapes {
