@@ -366,6 +366,25 @@ fn nt_shape(a: usize, b: usize, k: usize, out: usize) -> Result<(usize, usize)> 
     }
 }
 
+/// Where a register tile of the x86 kernels prefetches (into L2): the same columns of
+/// rows of `a` that the next block will read, as `a` stores them (`size` bytes per
+/// value, rows `row_bytes` apart).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Prefetch {
+    at: *const u8,
+    row_bytes: usize,
+    size: usize,
+}
+
+/// The [`Prefetch`] of a tile that prefetches nothing (never read: its `PF` is false).
+#[cfg(target_arch = "x86_64")]
+const NO_PREFETCH: Prefetch = Prefetch {
+    at: std::ptr::null(),
+    row_bytes: 0,
+    size: 0,
+};
+
 /// [`matmul_nt_packed`]'s product through the `gemm` crate (`a @ b^T`).
 fn portable_nt(
     a: &[f32],
@@ -379,6 +398,7 @@ fn portable_nt(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::{Prefetch, NO_PREFETCH};
     use crate::storage::FloatSlice;
     use std::arch::x86_64::*;
 
@@ -500,22 +520,6 @@ mod x86 {
             }
         }
     }
-
-    /// Where [`columns`] prefetches: the same columns of the next block's rows, as `a`
-    /// stores them (`size` bytes per value, rows `row_bytes` apart).
-    #[derive(Clone, Copy)]
-    struct Prefetch {
-        at: *const u8,
-        row_bytes: usize,
-        size: usize,
-    }
-
-    /// The [`Prefetch`] of a tile that prefetches nothing (never read: `PF` is false).
-    const NO_PREFETCH: Prefetch = Prefetch {
-        at: std::ptr::null(),
-        row_bytes: 0,
-        size: 0,
-    };
 
     /// The lanes of packed group `g` that are rows of `b` (below `n`).
     fn lane_mask(n: usize, g: usize) -> u16 {

@@ -24,6 +24,7 @@
 //! 75 against 49-52 GFLOP/s, f32 rows 64-66 against 61-62 GFLOP/s (passes of 2048
 //! columns, no prefetch).
 
+use super::{Prefetch, NO_PREFETCH};
 use crate::storage::FloatSlice;
 use std::arch::x86_64::*;
 
@@ -162,22 +163,6 @@ pub unsafe fn gemm_nt(
         }
     }
 }
-
-/// Where a tile prefetches (into L2): the same columns of rows of the next block, as `a`
-/// stores them (`size` bytes per value, rows `row_bytes` apart).
-#[derive(Clone, Copy)]
-struct Prefetch {
-    at: *const u8,
-    row_bytes: usize,
-    size: usize,
-}
-
-/// The [`Prefetch`] of a tile that prefetches nothing (never read: `PF` is false).
-const NO_PREFETCH: Prefetch = Prefetch {
-    at: std::ptr::null(),
-    row_bytes: 0,
-    size: 0,
-};
 
 /// The lanes of packed group `g` that are rows of `b` (below `n`): 0 to 8.
 fn live_lanes(n: usize, g: usize) -> usize {
