@@ -19,7 +19,7 @@
 //!
 //! It replaces the `gemm` crate on these CPUs, which packed both operands of every
 //! product (and took weights of other types converted to f32 first): in the same
-//! harness, 248-284 ms for f32 and 280-301 ms for bf16. One product of 512 weight rows
+//! harness, 246-284 ms for f32 and 280-301 ms for bf16. One product of 512 weight rows
 //! of 2048 (read from memory) against 24 packed rows, one thread, best of 30: bf16 rows
 //! 75 against 49-52 GFLOP/s, f32 rows 64-66 against 61-62 GFLOP/s (passes of 2048
 //! columns, no prefetch).
