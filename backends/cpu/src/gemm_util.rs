@@ -377,6 +377,26 @@ struct Prefetch {
     size: usize,
 }
 
+#[cfg(target_arch = "x86_64")]
+impl Prefetch {
+    /// Rows `row..` of `a` (rows of `k` values) from column `col` on, as stored.
+    ///
+    /// # Safety
+    /// Value `row * k + col` must lie inside `a`.
+    unsafe fn rows_of(a: FloatSlice<'_>, k: usize, row: usize, col: usize) -> Prefetch {
+        let (stored, size) = match a {
+            FloatSlice::F32(v) => (v.as_ptr().cast::<u8>(), 4),
+            FloatSlice::F16(v) => (v.as_ptr().cast::<u8>(), 2),
+            FloatSlice::BF16(v) => (v.as_ptr().cast::<u8>(), 2),
+        };
+        Prefetch {
+            at: stored.add((row * k + col) * size),
+            row_bytes: k * size,
+            size,
+        }
+    }
+}
+
 /// The [`Prefetch`] of a tile that prefetches nothing (never read: its `PF` is false).
 #[cfg(target_arch = "x86_64")]
 const NO_PREFETCH: Prefetch = Prefetch {
@@ -449,11 +469,6 @@ mod x86 {
     ) {
         // Rows of b in the groups; the output keeps all n_all columns.
         let n = n_all - rest.map_or(0, |(_, rn)| rn);
-        let (stored, size) = match a {
-            FloatSlice::F32(v) => (v.as_ptr().cast::<u8>(), 4),
-            FloatSlice::F16(v) => (v.as_ptr().cast::<u8>(), 2),
-            FloatSlice::BF16(v) => (v.as_ptr().cast::<u8>(), 2),
-        };
         let groups = n.div_ceil(LANES);
         for k0 in (0..k).step_by(super::KC) {
             let kc = super::KC.min(k - k0);
@@ -471,11 +486,7 @@ mod x86 {
                     }
                 };
                 // The next block exists when r + 2 MR <= m.
-                let next = (r + 2 * MR <= m).then(|| Prefetch {
-                    at: stored.add(((r + MR) * k + k0) * size),
-                    row_bytes: k * size,
-                    size,
-                });
+                let next = (r + 2 * MR <= m).then(|| Prefetch::rows_of(a, k, r + MR, k0));
                 let mut g = 0;
                 while g < groups {
                     let vecs = if groups - g >= 2 { 2 } else { 1 };

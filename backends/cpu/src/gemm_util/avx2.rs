@@ -103,11 +103,6 @@ pub unsafe fn gemm_nt(
 ) {
     let groups = n.div_ceil(LANES);
     let width = groups * LANES;
-    let (stored, size) = match a {
-        FloatSlice::F32(v) => (v.as_ptr().cast::<u8>(), 4),
-        FloatSlice::F16(v) => (v.as_ptr().cast::<u8>(), 2),
-        FloatSlice::BF16(v) => (v.as_ptr().cast::<u8>(), 2),
-    };
     for k0 in (0..k).step_by(KC) {
         let kc = KC.min(k - k0);
         for r in (0..m).step_by(MR) {
@@ -120,11 +115,7 @@ pub unsafe fn gemm_nt(
             let ap = block.as_ptr();
             // The next block's columns of this pass, prefetched by the first chunk's tiles
             // (where the next block is full: r + 2 MR <= m).
-            let next = (r + 2 * MR <= m).then(|| Prefetch {
-                at: stored.add(((r + MR) * k + k0) * size),
-                row_bytes: k * size,
-                size,
-            });
+            let next = (r + 2 * MR <= m).then(|| Prefetch::rows_of(a, k, r + MR, k0));
             let mut g = 0;
             while g < groups {
                 let vecs = match groups - g {
