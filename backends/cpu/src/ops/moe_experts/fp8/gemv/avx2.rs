@@ -1,23 +1,34 @@
-//! FP8 weight rows times activation vectors on AVX2 + FMA + F16C, for CPUs without
-//! AVX-512 (AMD Zen 2/3, Intel client cores): the AVX-512 FMA kernel's scheme
-//! ([`super::x86`]) on 8-lane registers. Each 32 codes are sign-extended to 16 bits,
-//! shifted and masked into the f16 with the same sign, exponent field and mantissa (2^-8
-//! times the e4m3 value, exact, subnormals included) and widened to f32 by `VCVTPH2PS`,
-//! then f32 FMAs against up to [`GROUP`] activation vectors in their blocked copy; each
-//! 128-column block's sums are scaled once, by 2^8 (exact) and then the block scale in one
-//! multiply-add into the row's totals (DeepGEMM's scheme, as the native bf16 dot's path
-//! does: [`super::super::dpbf16`]). A partial last block's codes are copied into a
+//! FP8 weight rows times activation vectors on AVX2 + FMA, for CPUs without AVX-512
+//! (AMD Zen 2/3, Intel client cores): f32 FMAs against up to [`GROUP`] activation vectors
+//! in their blocked copy, each 128-column block's sums scaled once, by the block scale in
+//! one multiply-add into the row's totals (DeepGEMM's scheme, as the native bf16 dot's
+//! path does: [`super::super::dpbf16`]). A partial last block's codes are copied into a
 //! zero-padded block first (AVX2 has no masked byte loads); the NaN codes (0x7F, 0xFF) are
 //! tracked per row, as there.
 //!
-//! Where it replaces the portable path (each row dequantized into a buffer, then one dot
-//! per vector), on a 2-core AMD EPYC (Zen 3), `moe_experts` FP8 at DeepSeek-V3's shapes
-//! ran at 10-16% of its floor. Scaling each decoded vector instead of each block's sums
-//! costs a multiply per 8 codes beside the FMA and the conversion: there, one token
-//! against 8 experts' gate and up rows (235 MB of codes, from memory) took 18.5-19.1 ms
-//! that way and 13.8-17.4 ms scaled per block (six alternated runs, best of 30 each).
+//! The codes are decoded within 32-bit lanes, never across a register's halves: 32 codes
+//! are 8 lanes of 4, and the code in byte `q` of each lane is shifted to the lane's top
+//! byte, arithmetic-shifted down 4 bits and masked (`0x87F0_0000`) into the f32 with its
+//! sign, its 4 exponent bits at the bottom of the exponent field and its 3 mantissa bits
+//! at the top of the mantissa: 2^-120 times the code's value, exact (the subnormal codes
+//! as f32 subnormals). The four registers so decoded hold codes `q`, `4 + q`, ... of the
+//! 32, so each block's activations are placed in that order in the blocked copy
+//! ([`place_step`]), and scaled there by 2^s (exact: [`activation_exponent`]) so that the
+//! products are those of the values times 2^(s - 120), s = 120 unless an activation
+//! reaches 2^7; each block sum is multiplied back by 2^(120 - s) before its scale.
+//!
+//! On a 2-core AMD EPYC (Zen 3) the decode this replaces (codes sign-extended to 16 bits
+//! by `VPMOVSXBW`, shifted into f16 and widened by `VCVTPH2PS`: exact too) bounded the
+//! kernel: both widenings cross the register's halves. A harness (not committed) calling
+//! [`rows_times`] from both cores over 32768 rows of 7168 codes (235 MB from memory, 146
+//! rows per call, best of 300 calls, builds alternated twice) took 13.3-13.4 ms that way
+//! and 11.0 ms now with one vector, 16.3-16.5 and 15.0 ms with two, 19.9-20.0 and
+//! 18.3-18.6 with three, 22.6-22.7 and 22.3 with four; placing the activations one by
+//! one instead of [`place_step`]'s transpose cost 1.3 ms at four vectors. Subnormal codes
+//! (1 in 16 of these codes) cost nothing measurable: the same codes with none took as
+//! long.
 
-use super::x86::{blocked, RowsAt, PASS_BLOCKS, PASS_ROWS};
+use super::x86::{blocked_as, RowsAt, PASS_BLOCKS, PASS_ROWS};
 use super::{Fp8Weights, BLOCK};
 use std::arch::x86_64::*;
 
@@ -33,7 +44,7 @@ const STEP: usize = 32;
 /// (nothing written) where the memory for the activations' blocked copy is not there.
 ///
 /// # Safety
-/// AVX2, FMA and F16C must be available; rows `first..first + rows` of `w.cols` codes and
+/// AVX2 and FMA must be available; rows `first..first + rows` of `w.cols` codes and
 /// their scales, `n` (>= 1) vectors of `w.cols` activations and `rows * n` outputs must
 /// exist.
 pub unsafe fn rows_times(
@@ -44,7 +55,21 @@ pub unsafe fn rows_times(
     act: &[f32],
     out: &mut [f32],
 ) -> bool {
-    blocked(act, w.cols, n, |x| {
+    let s = activation_exponent(act);
+    let up = pow2(s);
+    // Block sums of values times 2^(s - 120) back to the values' scale.
+    let restore = pow2(120 - s);
+    let place = |block: &mut [f32], values: &[f32]| {
+        let whole = values.len() / STEP * STEP;
+        for (to, from) in block.chunks_exact_mut(STEP).zip(values.chunks_exact(STEP)) {
+            // SAFETY: AVX2 is available (this function's contract); both are 32 long.
+            unsafe { place_step(to.as_mut_ptr(), from.as_ptr(), up) };
+        }
+        for (c, &v) in values.iter().enumerate().skip(whole) {
+            block[slot(c)] = v * up;
+        }
+    };
+    blocked_as(act, w.cols, n, place, |x| {
         for r0 in (0..rows).step_by(PASS_ROWS) {
             let pass_rows = PASS_ROWS.min(rows - r0);
             for (j0, size) in super::groups(n, GROUP) {
@@ -56,10 +81,10 @@ pub unsafe fn rows_times(
                     let o = out.as_mut_ptr().add(r0 * n + j0);
                     let at = (w, first + r0, pass_rows, (xg, n * BLOCK), o, n);
                     match size {
-                        1 => rows_n::<1, 4>(at),
-                        2 => rows_n::<2, 4>(at),
-                        3 => rows_n::<3, 2>(at),
-                        _ => rows_n::<GROUP, 2>(at),
+                        1 => rows_n::<1, 4>(at, restore),
+                        2 => rows_n::<2, 4>(at, restore),
+                        3 => rows_n::<3, 2>(at, restore),
+                        _ => rows_n::<GROUP, 2>(at, restore),
                     }
                 }
             }
@@ -68,15 +93,72 @@ pub unsafe fn rows_times(
     .is_some()
 }
 
+/// The exponent `s` (0 to 120) of the power of two the activations are scaled by in their
+/// blocked copy: 120, or less where the largest finite magnitude reaches 2^7, so that
+/// every scaled activation stays below 2^127 (0 where there is none but zeros, infinities
+/// and NaNs). Scaling by it is exact, and the products of the decoded codes (2^-120 times
+/// their values) with the scaled activations round as the values' products would, but
+/// for those below 2^(-6 - s): with s < 120, 2^-132 or less of the largest activation.
+fn activation_exponent(act: &[f32]) -> u32 {
+    let largest = act
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold(0f32, |m, v| m.max(v.abs()));
+    if largest == 0.0 {
+        return 0;
+    }
+    // The unbiased exponent: largest < 2^(e + 1) (-127 for subnormals, which need 120).
+    let e = (largest.to_bits() >> 23) as i32 - 127;
+    (126 - e).clamp(0, 120) as u32
+}
+
+/// 2^e as f32, for e in 0..=120 (a normal number).
+fn pow2(e: u32) -> f32 {
+    f32::from_bits((127 + e) << 23)
+}
+
+/// The 32 activations at `from` times `up` into `to` in [`slot`] order: as 8 rows of 4
+/// (`from[4 j + q]`, row `j`), transposed into 4 rows of 8 (`to[8 q + j]`). Rows `j` and
+/// `4 + j` share a register (its two halves), so one in-half 4 x 4 transpose does it.
+///
+/// # Safety
+/// AVX2 must be available; 32 values at `from` must be readable and at `to` writable.
+#[target_feature(enable = "avx2")]
+unsafe fn place_step(to: *mut f32, from: *const f32, up: f32) {
+    let rows = |j: usize| {
+        let low = _mm256_castps128_ps256(_mm_loadu_ps(from.add(4 * j)));
+        _mm256_insertf128_ps::<1>(low, _mm_loadu_ps(from.add(4 * j + 16)))
+    };
+    let (r0, r1, r2, r3) = (rows(0), rows(1), rows(2), rows(3));
+    let (a, b) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpacklo_ps(r2, r3));
+    let (c, d) = (_mm256_unpackhi_ps(r0, r1), _mm256_unpackhi_ps(r2, r3));
+    let columns = [
+        _mm256_shuffle_ps::<0x44>(a, b),
+        _mm256_shuffle_ps::<0xEE>(a, b),
+        _mm256_shuffle_ps::<0x44>(c, d),
+        _mm256_shuffle_ps::<0xEE>(c, d),
+    ];
+    for (q, column) in columns.into_iter().enumerate() {
+        _mm256_storeu_ps(to.add(8 * q), _mm256_mul_ps(column, _mm256_set1_ps(up)));
+    }
+}
+
+/// Where column `c` of a block sits in its blocked copy: within each 32 columns, code `q`
+/// of lane `j` (column `4 j + q`) meets lane `j` of decoded register `q` ([`decode`]).
+fn slot(c: usize) -> usize {
+    c / STEP * STEP + c % 4 * 8 + c % STEP / 4
+}
+
 /// `rows` rows times `N` activation vectors into `out + i * stride + j`, in passes of
 /// [`PASS_BLOCKS`] 128-column blocks (every row meets the pass's activations while they
 /// are in L1), `P` partial sums per vector per block, scaled into the row's totals.
 ///
 /// # Safety
 /// As [`rows_times`]: the rows, their scales, the `N` vectors and the outputs exist.
-#[target_feature(enable = "avx2,fma,f16c")]
+#[target_feature(enable = "avx2,fma")]
 unsafe fn rows_n<const N: usize, const P: usize>(
     (w, first, rows, (x, block_stride), out, stride): RowsAt<'_, '_>,
+    restore: f32,
 ) {
     let k = w.cols;
     let whole = k / BLOCK;
@@ -110,12 +192,13 @@ unsafe fn rows_n<const N: usize, const P: usize>(
                     padded[..k - c].copy_from_slice(&codes[c..]);
                     block::<N, P>((padded.as_ptr(), xb), &mut seen[i], &mut part);
                 }
-                // The f16 images are 2^-8 times the e4m3 values: each vector's block sum
-                // times 2^8 (exact), then times the block scale in one multiply-add.
+                // Each vector's block sum back to the values' scale (a power of two:
+                // exact), then times the block scale in one multiply-add.
                 let scale = _mm256_set1_ps(block_scale);
                 for (t, p) in total[i].iter_mut().zip(&part) {
                     let sum = p[1..].iter().fold(p[0], |a, &v| _mm256_add_ps(a, v));
-                    *t = _mm256_fmadd_ps(_mm256_mul_ps(sum, _mm256_set1_ps(256.0)), scale, *t);
+                    let sum = _mm256_mul_ps(sum, _mm256_set1_ps(restore));
+                    *t = _mm256_fmadd_ps(sum, scale, *t);
                 }
             }
         }
@@ -132,15 +215,14 @@ unsafe fn rows_n<const N: usize, const P: usize>(
     }
 }
 
-/// Accumulates into `part` the products of the 128 codes at `codes`, decoded (2^-8 times
-/// their values, unscaled), with the `N` padded
-/// activation blocks at `x + j * 128`: `P` (2 or 4) independent partial sums of 8 lanes
-/// per vector, each 32-code step's four quarters taking them in turn. Folds the codes'
-/// low 7 bits into `seen` (a byte-wise maximum).
+/// Accumulates into `part` the products of the 128 codes at `codes`, decoded (2^-120
+/// times their values), with the `N` activation blocks at `x + j * 128` (in [`slot`]
+/// order): `P` (2 or 4) independent partial sums of 8 lanes per vector, each 32-code
+/// step's four decoded registers taking them in turn. Folds the codes' low 7 bits into
+/// `seen` (a byte-wise maximum).
 ///
 /// # Safety
-/// AVX2, FMA and F16C must be available; `codes[..128]` and `x[..N * 128]` must be
-/// readable.
+/// AVX2 and FMA must be available; `codes[..128]` and `x[..N * 128]` must be readable.
 #[inline(always)]
 unsafe fn block<const N: usize, const P: usize>(
     (codes, x): (*const u8, *const f32),
@@ -162,34 +244,79 @@ unsafe fn block<const N: usize, const P: usize>(
     }
 }
 
-/// 32 e4m3 codes as four 8-lane f32 vectors (codes 0..8, 8..16, ...), each value 2^-8
-/// times the code's (see [`f16_images`]), widened by `VCVTPH2PS`. NaN codes come out
-/// finite.
-///
-/// # Safety
-/// AVX2 and F16C must be available.
-#[inline(always)]
-unsafe fn decode(v: __m256i) -> [__m256; 4] {
-    let lo = f16_images(_mm256_castsi256_si128(v));
-    let hi = f16_images(_mm256_extracti128_si256::<1>(v));
-    [
-        _mm256_cvtph_ps(_mm256_castsi256_si128(lo)),
-        _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(lo)),
-        _mm256_cvtph_ps(_mm256_castsi256_si128(hi)),
-        _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(hi)),
-    ]
-}
-
-/// 16 e4m3 codes as the f16 with the same sign, exponent field and mantissa: sign-
-/// extended to 16 bits, shifted and masked (`(sx(b) << 7) & 0xBF80`), 2^-8 times the
-/// code's value, exact, subnormals included.
+/// 32 e4m3 codes as four 8-lane f32 registers, register `q` holding byte `q` of each
+/// 32-bit lane (codes `q`, `4 + q`, ..., `28 + q`): that byte shifted to the lane's top,
+/// arithmetic-shifted down 4 bits (the sign stays at the top, the exponent and mantissa
+/// bits land at bits 26..20) and masked with `0x87F0_0000` (clearing the sign's copies
+/// and the other codes' bits). Each value is 2^-120 times the code's, exact, subnormal
+/// codes included (as f32 subnormals); NaN codes come out finite.
 ///
 /// # Safety
 /// AVX2 must be available.
 #[inline(always)]
-unsafe fn f16_images(codes: __m128i) -> __m256i {
-    _mm256_and_si256(
-        _mm256_slli_epi16::<7>(_mm256_cvtepi8_epi16(codes)),
-        _mm256_set1_epi16(0xBF80u16 as i16),
-    )
+unsafe fn decode(v: __m256i) -> [__m256; 4] {
+    let mask = _mm256_set1_epi32(0x87F0_0000u32 as i32);
+    let top =
+        |lanes: __m256i| _mm256_castsi256_ps(_mm256_and_si256(_mm256_srai_epi32::<4>(lanes), mask));
+    [
+        top(_mm256_slli_epi32::<24>(v)),
+        top(_mm256_slli_epi32::<16>(v)),
+        top(_mm256_slli_epi32::<8>(v)),
+        top(v),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every code decodes to 2^-120 times its e4m3 value, bit for bit (NaN codes: some
+    /// finite value), in the lane and register [`slot`] says its column meets.
+    #[test]
+    fn every_code_decodes_exactly_where_its_activation_is_placed() {
+        if !crate::avx2::available() {
+            return;
+        }
+        for first in (0..256).step_by(32) {
+            let codes: Vec<u8> = (first..first + 32).map(|c| c as u8).collect();
+            // SAFETY: AVX2 was detected; 32 bytes are read from `codes`.
+            let q = unsafe { decode(_mm256_loadu_si256(codes.as_ptr().cast())) };
+            let mut lanes = [0f32; 32];
+            for (r, reg) in q.iter().enumerate() {
+                // SAFETY: AVX2 was detected; 8 f32 are written into `lanes`.
+                unsafe { _mm256_storeu_ps(lanes[8 * r..].as_mut_ptr(), *reg) };
+            }
+            for (c, &code) in codes.iter().enumerate() {
+                let value = moemla_core::fp8::e4m3_decode(code);
+                let got = lanes[slot(c)];
+                if value.is_nan() {
+                    assert!(got.is_finite(), "code {code:#04x}");
+                } else {
+                    let want = value as f64 * 2f64.powi(-120);
+                    assert_eq!(got as f64, want, "code {code:#04x} at column {c}");
+                }
+            }
+        }
+    }
+
+    /// The exponent keeps the largest activation below 2^127 and is 120 below 2^7;
+    /// infinities, NaNs and zeros do not move it.
+    #[test]
+    fn the_activation_exponent_keeps_every_scaled_value_finite() {
+        for (act, want) in [
+            (vec![0.0, -0.0], 0),
+            (vec![1.0, -100.0, 127.9], 120),
+            (vec![128.0], 119),
+            (vec![-3.0e38, 1.0], 0),
+            (vec![f32::INFINITY, f32::NAN, 2.0], 120),
+            (vec![f32::from_bits(1)], 120),
+            (vec![65536.0, 1.5], 110),
+        ] {
+            let s = activation_exponent(&act);
+            assert_eq!(s, want, "{act:?}");
+            for v in act.iter().filter(|v| v.is_finite()) {
+                assert!((v * pow2(s)).is_finite(), "{v} x 2^{s}");
+            }
+        }
+    }
 }
