@@ -331,22 +331,19 @@ mod x86 {
         n: usize,
         f: impl FnOnce(&[f32]) -> R,
     ) -> Option<R> {
-        blocked_as(
-            act,
-            k,
-            n,
-            |block, values| block[..values.len()].copy_from_slice(values),
-            f,
-        )
+        let copy =
+            |_, block: &mut [f32], values: &[f32]| block[..values.len()].copy_from_slice(values);
+        blocked_as(act, k, n, copy, f)
     }
 
-    /// [`blocked`] with each block's activations placed by `place(block, values)` (a
-    /// zeroed block of 128, the block's up to 128 values) rather than copied as they are.
+    /// [`blocked`] with each block's activations placed by `place(j, block, values)`
+    /// (vector `j`, a zeroed block of 128, the block's up to 128 values) rather than
+    /// copied as they are.
     pub(super) fn blocked_as<R>(
         act: &[f32],
         k: usize,
         n: usize,
-        place: impl Fn(&mut [f32], &[f32]),
+        place: impl Fn(usize, &mut [f32], &[f32]),
         f: impl FnOnce(&[f32]) -> R,
     ) -> Option<R> {
         let len = k.div_ceil(BLOCK).checked_mul(BLOCK.checked_mul(n)?)?;
@@ -355,7 +352,7 @@ mod x86 {
             zeroed.is_ok().then(|| {
                 for (j, vector) in act.chunks_exact(k).take(n).enumerate() {
                     for (b, values) in vector.chunks(BLOCK).enumerate() {
-                        place(&mut buf[(b * n + j) * BLOCK..][..BLOCK], values);
+                        place(j, &mut buf[(b * n + j) * BLOCK..][..BLOCK], values);
                     }
                 }
                 f(buf)
@@ -678,7 +675,8 @@ mod tests {
     }
 
     /// `n` activation vectors of `c`: bf16 values (`"bf16"`: bf16 tokens),
-    /// `fp8_block128`-quantized ones with f32 scales (`"quantized"`), or plain f32 ones.
+    /// `fp8_block128`-quantized ones with f32 scales (`"quantized"`), or plain f32 ones
+    /// (`"f32"`; `"f32 wide"` and `"f32 apart"` far from 1, see below).
     fn test_act(kind: &str, n: usize, c: usize) -> Vec<f32> {
         let mut act: Vec<f32> = (0..n * c)
             .map(|i| {
@@ -691,12 +689,19 @@ mod tests {
             })
             .collect();
         if kind == "f32 wide" {
-            // Magnitudes 2^-45 to 2^45 apart within a vector, and vectors after the first
-            // 2^60 larger still (the AVX2 path then scales them by a power of two far
-            // below its usual one).
+            // Activations scaled by 2^-45, 1 and 2^45 in turn, and vectors after the first
+            // by 2^60 more (the AVX2 path then scales them by a power of two far below its
+            // usual one).
             for (i, v) in act.iter_mut().enumerate() {
                 let e = 45 * (i % 3) as i32 - 45 + if i >= c { 60 } else { 0 };
                 *v *= 2f32.powi(e);
+            }
+        }
+        if kind == "f32 apart" {
+            // Vectors 2^-100 and 2^100 times the plain ones in turn: each must keep its
+            // own precision beside the others.
+            for (i, v) in act.iter_mut().enumerate() {
+                *v *= 2f32.powi(if (i / c).is_multiple_of(2) { -100 } else { 100 });
             }
         }
         if kind == "quantized" {
@@ -737,48 +742,52 @@ mod tests {
         }
     }
 
-    /// How many of the tests' four kinds of activations `path` takes: the bf16 dot
-    /// declines plain f32 ones (both kinds).
+    /// The kinds of test activations ([`test_act`]): bf16 values (bf16 tokens),
+    /// fp8_block128-quantized ones (f32 scales), and plain f32 ones of every magnitude.
+    const KINDS: [&str; 5] = ["bf16", "quantized", "f32", "f32 wide", "f32 apart"];
+
+    /// How many of the [`KINDS`] `path` takes: the bf16 dot declines the plain f32 ones.
     fn kinds_taken(path: Path) -> usize {
         match path {
             #[cfg(target_arch = "x86_64")]
             Path::Bf16Dot => 2,
             #[cfg(target_arch = "x86_64")]
-            Path::F32Fma | Path::Avx2Fma => 4,
+            Path::F32Fma | Path::Avx2Fma => 5,
         }
     }
 
     #[test]
     fn fused_rows_match_the_dequantized_dot_products_with_partial_blocks_and_nan_codes() {
-        let t = test_weights();
-        let (w, r, c) = (t.weights(), t.r, t.c);
         let mut ran = 0;
-        for path in available_paths().into_iter().flatten() {
-            // bf16 values (bf16 tokens), fp8_block128-quantized ones (f32 scales), and
-            // plain f32 ones, of every magnitude.
-            for kind in ["bf16", "quantized", "f32", "f32 wide"] {
-                for n in 1..=MAX_VECTORS {
-                    let act = test_act(kind, n, c);
-                    let (first, rows) = (3, 2 * r - 6); // crosses the expert boundary
-                    let mut out = vec![0.0; rows * n];
-                    // SAFETY: the path is available; the arguments fit.
-                    if !unsafe { run(path, &w, first, rows, n, &act, &mut out) } {
-                        // Only the bf16 path declines, and only plain f32 activations.
-                        #[cfg(target_arch = "x86_64")]
-                        assert!(path == Path::Bf16Dot && kind.starts_with("f32"), "{kind}");
-                        assert!(out.iter().all(|&v| v == 0.0), "nothing written");
-                        continue;
+        // Last blocks of 44 columns (32 and 12) and of 13.
+        for t in [test_weights(), test_weights_of(269, false)] {
+            let (w, r, c) = (t.weights(), t.r, t.c);
+            for path in available_paths().into_iter().flatten() {
+                for kind in KINDS {
+                    for n in 1..=MAX_VECTORS {
+                        let act = test_act(kind, n, c);
+                        let (first, rows) = (3, 2 * r - 6); // crosses the expert boundary
+                        let mut out = vec![0.0; rows * n];
+                        // SAFETY: the path is available; the arguments fit.
+                        if !unsafe { run(path, &w, first, rows, n, &act, &mut out) } {
+                            // Only the bf16 path declines, and only plain f32 activations.
+                            #[cfg(target_arch = "x86_64")]
+                            assert!(path == Path::Bf16Dot && kind.starts_with("f32"), "{kind}");
+                            assert!(out.iter().all(|&v| v == 0.0), "nothing written");
+                            continue;
+                        }
+                        ran += 1;
+                        let what = format!("{path:?} {kind} c {c} n {n}");
+                        check_out(&w, first, &act, &out, &what);
                     }
-                    ran += 1;
-                    check_out(&w, first, &act, &out, &format!("{path:?} {kind} n {n}"));
                 }
             }
         }
-        // Every available path ran: 4 counts of each kind it takes.
+        // Every available path ran: 4 counts of each kind it takes, at both widths.
         let want: usize = available_paths()
             .into_iter()
             .flatten()
-            .map(|p| 4 * kinds_taken(p))
+            .map(|p| 2 * 4 * kinds_taken(p))
             .sum();
         assert_eq!(ran, want);
     }
@@ -894,7 +903,7 @@ mod tests {
         let (first, rows) = (3, 2 * r - 7);
         let mut ran = 0;
         for path in available_paths().into_iter().flatten() {
-            for kind in ["bf16", "quantized", "f32", "f32 wide"] {
+            for kind in KINDS {
                 for n in [1, 2, 5, 7, 8, 9, 12, 13, 16, 17] {
                     let act = test_act(kind, n, c);
                     // At a 64-byte boundary and 4 bytes past one (the bf16 dot's loads

@@ -13,9 +13,12 @@
 //! at the top of the mantissa: 2^-120 times the code's value, exact (the subnormal codes
 //! as f32 subnormals). The four registers so decoded hold codes `q`, `4 + q`, ... of the
 //! 32, so each block's activations are placed in that order in the blocked copy
-//! ([`place_step`]), and scaled there by 2^s (exact: [`activation_exponent`]) so that the
-//! products are those of the values times 2^(s - 120), s = 120 unless an activation
-//! reaches 2^7; each block sum is multiplied back by 2^(120 - s) before its scale.
+//! ([`place_step`]), and each vector scaled there by 2^s (exact: [`activation_exponent`])
+//! so that its products are those of the values times 2^(s - 120), s = 120 unless one of
+//! its activations reaches 2^7; each block sum is multiplied back by 2^(120 - s) before
+//! its scale. The subnormal codes (magnitudes below 2^-6) decode to f32 subnormals: in a
+//! process that sets the FMAs' denormals-are-zero mode (MXCSR.DAZ, as some fast-math
+//! builds do) they would count as zero here.
 //!
 //! On a 2-core AMD EPYC (Zen 3) the decode this replaces (codes sign-extended to 16 bits
 //! by `VPMOVSXBW`, shifted into f16 and widened by `VCVTPH2PS`: exact too) bounded the
@@ -36,7 +39,8 @@ use std::arch::x86_64::*;
 /// vectors, the scale and the row's NaN tracker stay within the 16 registers.
 pub const GROUP: usize = 4;
 
-/// Codes per load: one 256-bit register, four 8-lane f32 quarters.
+/// Codes per load: one 256-bit register, decoded into four 8-lane f32 registers (byte `q`
+/// of each 32-bit lane into register `q`).
 const STEP: usize = 32;
 
 /// `out[r * n + j] = W[first + r] . act[j]` for any `n` (>= 1): the vectors in near-equal
@@ -55,11 +59,15 @@ pub unsafe fn rows_times(
     act: &[f32],
     out: &mut [f32],
 ) -> bool {
-    let s = activation_exponent(act);
-    let up = pow2(s);
-    // Block sums of values times 2^(s - 120) back to the values' scale.
-    let restore = pow2(120 - s);
-    let place = |block: &mut [f32], values: &[f32]| {
+    // Each vector's exponent: its products scaled by 2^(s - 120), its block sums times
+    // 2^(120 - s) back to the values' scale.
+    let exponents: Vec<u32> = act
+        .chunks_exact(w.cols)
+        .take(n)
+        .map(activation_exponent)
+        .collect();
+    let place = |j: usize, block: &mut [f32], values: &[f32]| {
+        let up = pow2(exponents[j]);
         let whole = values.len() / STEP * STEP;
         for (to, from) in block.chunks_exact_mut(STEP).zip(values.chunks_exact(STEP)) {
             // SAFETY: AVX2 is available (this function's contract); both are 32 long.
@@ -80,11 +88,12 @@ pub unsafe fn rows_times(
                     let xg = x.as_ptr().add(j0 * BLOCK);
                     let o = out.as_mut_ptr().add(r0 * n + j0);
                     let at = (w, first + r0, pass_rows, (xg, n * BLOCK), o, n);
+                    let restore = |j: usize| pow2(120 - exponents[j0 + j]);
                     match size {
-                        1 => rows_n::<1, 4>(at, restore),
-                        2 => rows_n::<2, 4>(at, restore),
-                        3 => rows_n::<3, 2>(at, restore),
-                        _ => rows_n::<GROUP, 2>(at, restore),
+                        1 => rows_n::<1, 4>(at, [restore(0)]),
+                        2 => rows_n::<2, 4>(at, [restore(0), restore(1)]),
+                        3 => rows_n::<3, 2>(at, [restore(0), restore(1), restore(2)]),
+                        _ => rows_n::<GROUP, 2>(at, std::array::from_fn(restore)),
                     }
                 }
             }
@@ -93,12 +102,13 @@ pub unsafe fn rows_times(
     .is_some()
 }
 
-/// The exponent `s` (0 to 120) of the power of two the activations are scaled by in their
-/// blocked copy: 120, or less where the largest finite magnitude reaches 2^7, so that
+/// The exponent `s` (0 to 120) of the power of two one activation vector is scaled by in
+/// the blocked copy: 120, or less where its largest finite magnitude reaches 2^7, so that
 /// every scaled activation stays below 2^127 (0 where there is none but zeros, infinities
 /// and NaNs). Scaling by it is exact, and the products of the decoded codes (2^-120 times
 /// their values) with the scaled activations round as the values' products would, but
-/// for those below 2^(-6 - s): with s < 120, 2^-132 or less of the largest activation.
+/// for those below 2^(-6 - s): with s < 120, 2^-132 or less of the vector's largest
+/// activation.
 fn activation_exponent(act: &[f32]) -> u32 {
     let largest = act
         .iter()
@@ -158,7 +168,7 @@ fn slot(c: usize) -> usize {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn rows_n<const N: usize, const P: usize>(
     (w, first, rows, (x, block_stride), out, stride): RowsAt<'_, '_>,
-    restore: f32,
+    restore: [f32; N],
 ) {
     let k = w.cols;
     let whole = k / BLOCK;
@@ -195,9 +205,9 @@ unsafe fn rows_n<const N: usize, const P: usize>(
                 // Each vector's block sum back to the values' scale (a power of two:
                 // exact), then times the block scale in one multiply-add.
                 let scale = _mm256_set1_ps(block_scale);
-                for (t, p) in total[i].iter_mut().zip(&part) {
+                for ((t, p), &back) in total[i].iter_mut().zip(&part).zip(&restore) {
                     let sum = p[1..].iter().fold(p[0], |a, &v| _mm256_add_ps(a, v));
-                    let sum = _mm256_mul_ps(sum, _mm256_set1_ps(restore));
+                    let sum = _mm256_mul_ps(sum, _mm256_set1_ps(back));
                     *t = _mm256_fmadd_ps(sum, scale, *t);
                 }
             }
@@ -292,8 +302,14 @@ mod tests {
                 if value.is_nan() {
                     assert!(got.is_finite(), "code {code:#04x}");
                 } else {
-                    let want = value as f64 * 2f64.powi(-120);
-                    assert_eq!(got as f64, want, "code {code:#04x} at column {c}");
+                    // Exact in f32 (subnormals included): compared bit for bit, so
+                    // that -0.0 (0x80) keeps its sign.
+                    let want = (value as f64 * 2f64.powi(-120)) as f32;
+                    assert_eq!(
+                        got.to_bits(),
+                        want.to_bits(),
+                        "code {code:#04x} at column {c}"
+                    );
                 }
             }
         }
@@ -311,6 +327,8 @@ mod tests {
             (vec![f32::INFINITY, f32::NAN, 2.0], 120),
             (vec![f32::from_bits(1)], 120),
             (vec![65536.0, 1.5], 110),
+            (vec![2f32.powi(126)], 0),
+            (vec![f32::MAX], 0),
         ] {
             let s = activation_exponent(&act);
             assert_eq!(s, want, "{act:?}");
