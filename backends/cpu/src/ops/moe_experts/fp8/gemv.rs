@@ -319,27 +319,15 @@ mod x86 {
     /// Runs `f` on the `n` vectors of `k` in `act` laid out as `[ceil(k / 128)][n][128]`
     /// (each 128-column block of every vector side by side, the last block zero-padded)
     /// from a 64-byte boundary ([`Aligned`]), in this thread's buffer; `None` (nothing run)
-    /// where that memory is not there. Every activation load of [`block`] is then one cache
-    /// line (misaligned, the kernel ran at 57 instead of 77 GFLOP/s on one Xeon core: large
-    /// buffers come 16 bytes past a page boundary from the allocator), needs no mask, and
-    /// sits at a constant offset from one pointer (with one pointer per vector the kernel
-    /// ran out of registers). Costs filling the buffer and copying the activations per
-    /// call, a few percent of a tile's work.
+    /// where that memory is not there. Each block's values are put there by `place(j,
+    /// block, values)` (vector `j`, the zeroed block of 128, its up to 128 values): copied
+    /// as they are ([`copy`]), or in the order and scale a kernel's decode needs. Every
+    /// activation load of [`block`] is then one cache line (misaligned, the kernel ran at
+    /// 57 instead of 77 GFLOP/s on one Xeon core: large buffers come 16 bytes past a page
+    /// boundary from the allocator), needs no mask, and sits at a constant offset from one
+    /// pointer (with one pointer per vector the kernel ran out of registers). Costs filling
+    /// the buffer and placing the activations per call, a few percent of a tile's work.
     pub(super) fn blocked<R>(
-        act: &[f32],
-        k: usize,
-        n: usize,
-        f: impl FnOnce(&[f32]) -> R,
-    ) -> Option<R> {
-        let copy =
-            |_, block: &mut [f32], values: &[f32]| block[..values.len()].copy_from_slice(values);
-        blocked_as(act, k, n, copy, f)
-    }
-
-    /// [`blocked`] with each block's activations placed by `place(j, block, values)`
-    /// (vector `j`, a zeroed block of 128, the block's up to 128 values) rather than
-    /// copied as they are.
-    pub(super) fn blocked_as<R>(
         act: &[f32],
         k: usize,
         n: usize,
@@ -358,6 +346,11 @@ mod x86 {
                 f(buf)
             })
         })
+    }
+
+    /// [`blocked`]'s placement of a block's values as they are.
+    fn copy(_vector: usize, block: &mut [f32], values: &[f32]) {
+        block[..values.len()].copy_from_slice(values);
     }
 
     /// Codes per load: one 512-bit register, four 16-lane f32 quarters.
@@ -389,7 +382,7 @@ mod x86 {
         act: &[f32],
         out: &mut [f32],
     ) -> bool {
-        blocked(act, w.cols, n, |x| {
+        blocked(act, w.cols, n, copy, |x| {
             // SAFETY: as this function's contract; `x` holds the n vectors in blocks.
             unsafe { rows_times_blocked(w, first, rows, n, x, out) }
         })

@@ -31,7 +31,7 @@
 //! (1 in 16 of these codes) cost nothing measurable: the same codes with none took as
 //! long.
 
-use super::x86::{blocked_as, RowsAt, PASS_BLOCKS, PASS_ROWS};
+use super::x86::{blocked, RowsAt, PASS_BLOCKS, PASS_ROWS};
 use super::{Fp8Weights, BLOCK};
 use std::arch::x86_64::*;
 
@@ -77,7 +77,7 @@ pub unsafe fn rows_times(
             block[slot(c)] = v * up;
         }
     };
-    blocked_as(act, w.cols, n, place, |x| {
+    blocked(act, w.cols, n, place, |x| {
         for r0 in (0..rows).step_by(PASS_ROWS) {
             let pass_rows = PASS_ROWS.min(rows - r0);
             for (j0, size) in super::groups(n, GROUP) {
