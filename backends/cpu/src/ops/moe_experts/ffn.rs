@@ -26,6 +26,7 @@ use crate::storage::FloatSlice;
 use crate::vmath;
 use half::bf16;
 use moemla_core::alloc::try_filled_vec;
+use moemla_core::fp8::BLOCK;
 use moemla_core::Result;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -375,10 +376,13 @@ fn fp8_many(
     })
 }
 
-/// Weight rows per tile for rows of `k` columns (a multiple of 16, >= 16).
+/// Weight rows per tile for rows of `k` columns (a multiple of 16, >= 16): whole 128-row
+/// blocks where at least one fits, so that an FP8 tile's rows share their scales (the AVX2
+/// kernel places the activations once per run of such rows).
 fn tile_rows(k: usize) -> usize {
     let rows = TILE_BYTES / k.max(1).saturating_mul(4);
-    (rows / 16 * 16).max(16)
+    let unit = if rows >= BLOCK { BLOCK } else { 16 };
+    (rows / unit * unit).max(16)
 }
 
 /// Splits `buf` (per expert `[out_rows, n_e]`, expert after expert) into tiles of at most
@@ -432,6 +436,8 @@ mod tests {
         assert_eq!(spans, vec![(1, 0, 2, 6), (1, 2, 2, 6), (1, 4, 1, 3)]);
         assert_eq!(tile_rows(256), 32);
         assert_eq!(tile_rows(1 << 20), 16);
+        assert_eq!(tile_rows(48), 128);
+        assert_eq!(tile_rows(16), 512);
     }
 
     /// One expert's SwiGLU FFN on one token in f64, plainly: `(act, Σ|W2 act| per output,

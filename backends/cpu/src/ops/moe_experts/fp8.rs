@@ -150,6 +150,13 @@ impl<'a> Fp8Weights<'a> {
         )
     }
 
+    /// How many rows from `row` (of the flattened [E * R, C] matrix) on share its scales:
+    /// to the end of its 128-row block or of its expert, whichever comes first (>= 1).
+    pub fn rows_sharing_scales(&self, row: usize) -> usize {
+        let r = row % self.rows;
+        (r / BLOCK * BLOCK + BLOCK).min(self.rows) - r
+    }
+
     /// Dequantizes row `row` (of the flattened [E * R, C] matrix) into `dst` (C long): each
     /// 128-column block times its scale.
     #[inline(always)]

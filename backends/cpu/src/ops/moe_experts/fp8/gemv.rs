@@ -21,9 +21,10 @@
 //! - AVX2 + FMA ([`avx2`], CPUs without AVX-512): f32 FMAs on 8-lane registers against
 //!   up to [`avx2::GROUP`] vectors at a time, the codes decoded by shifts and a mask
 //!   within 32-bit lanes (2^-120 times their values, exact; the activations placed to
-//!   match and scaled by a power of two), each 128-column block's sums scaled once
-//!   instead of every decoded vector (a multiply per 8 codes fewer: faster on Zen 3,
-//!   where this path's rows are bound by instructions, not memory).
+//!   match), the weights' block scales folded into the activations once per 128-row
+//!   group of rows (which share them) instead of into every block's sums: nothing but
+//!   FMAs per decoded code (Zen 3 runs this path's rows at the rate of its instructions
+//!   on one core, near its memory's on two).
 //!
 //! Decode ([`rows_times`], memory-bound) takes the native bf16 dot wherever it exists;
 //! prefill ([`rows_times_many`], bound by compute) only where it outpaces the f32 FMA
@@ -316,41 +317,46 @@ mod x86 {
     /// few dozen prefill tokens'; larger ones are freed after their call.
     const BLOCKED_KEEP: usize = 1 << 20;
 
-    /// Runs `f` on the `n` vectors of `k` in `act` laid out as `[ceil(k / 128)][n][128]`
-    /// (each 128-column block of every vector side by side, the last block zero-padded)
-    /// from a 64-byte boundary ([`Aligned`]), in this thread's buffer; `None` (nothing run)
-    /// where that memory is not there. Each block's values are put there by `place(j,
-    /// block, values)` (vector `j`, the zeroed block of 128, its up to 128 values): copied
-    /// as they are ([`copy`]), or in the order and scale a kernel's decode needs. Every
-    /// activation load of [`block`] is then one cache line (misaligned, the kernel ran at
-    /// 57 instead of 77 GFLOP/s on one Xeon core: large buffers come 16 bytes past a page
-    /// boundary from the allocator), needs no mask, and sits at a constant offset from one
-    /// pointer (with one pointer per vector the kernel ran out of registers). Costs filling
-    /// the buffer and placing the activations per call, a few percent of a tile's work.
-    pub(super) fn blocked<R>(
-        act: &[f32],
-        k: usize,
-        n: usize,
-        place: impl Fn(usize, &mut [f32], &[f32]),
-        f: impl FnOnce(&[f32]) -> R,
-    ) -> Option<R> {
+    /// Runs `f` on this thread's buffer for `n` vectors of `k` laid out as
+    /// `[ceil(k / 128)][n][128]` (each 128-column block of every vector side by side, the
+    /// last block zero-padded), zeroed, from a 64-byte boundary ([`Aligned`]); `None`
+    /// (nothing run) where that memory is not there. `f` puts the activations there with
+    /// [`place_all`], once or once per run of rows with other scales (the padding stays
+    /// zero). Every activation load of [`block`] is then one cache line (misaligned, the
+    /// kernel ran at 57 instead of 77 GFLOP/s on one Xeon core: large buffers come 16
+    /// bytes past a page boundary from the allocator), needs no mask, and sits at a
+    /// constant offset from one pointer (with one pointer per vector the kernel ran out of
+    /// registers). Costs filling the buffer and placing the activations, a few percent of
+    /// a tile's work.
+    pub(super) fn blocked<R>(k: usize, n: usize, f: impl FnOnce(&mut [f32]) -> R) -> Option<R> {
         let len = k.div_ceil(BLOCK).checked_mul(BLOCK.checked_mul(n)?)?;
         crate::kept::with_buffer(&BLOCKED, BLOCKED_KEEP, |buf| {
             let zeroed = buf.try_resize(len, 0.0, "fp8 blocked activations");
-            zeroed.is_ok().then(|| {
-                for (j, vector) in act.chunks_exact(k).take(n).enumerate() {
-                    for (b, values) in vector.chunks(BLOCK).enumerate() {
-                        place(j, &mut buf[(b * n + j) * BLOCK..][..BLOCK], values);
-                    }
-                }
-                f(buf)
-            })
+            zeroed.is_ok().then(|| f(buf))
         })
     }
 
-    /// [`blocked`]'s placement of a block's values as they are.
-    fn copy(_vector: usize, block: &mut [f32], values: &[f32]) {
-        block[..values.len()].copy_from_slice(values);
+    /// Puts the `n` vectors of `k` in `act` into `buf` ([`blocked`]'s layout): block `b`
+    /// of vector `j` by `place(j, b, block, values)` (the block of 128, its up to 128
+    /// values), which copies them as they are ([`copy`]) or in the order and scale a
+    /// kernel's decode needs, writing the same places each time.
+    pub(super) fn place_all(
+        buf: &mut [f32],
+        act: &[f32],
+        k: usize,
+        n: usize,
+        mut place: impl FnMut(usize, usize, &mut [f32], &[f32]),
+    ) {
+        for (j, vector) in act.chunks_exact(k).take(n).enumerate() {
+            for (b, values) in vector.chunks(BLOCK).enumerate() {
+                place(j, b, &mut buf[(b * n + j) * BLOCK..][..BLOCK], values);
+            }
+        }
+    }
+
+    /// [`place_all`]'s placement of a block's values as they are.
+    fn copy(_vector: usize, _block: usize, to: &mut [f32], values: &[f32]) {
+        to[..values.len()].copy_from_slice(values);
     }
 
     /// Codes per load: one 512-bit register, four 16-lane f32 quarters.
@@ -382,7 +388,8 @@ mod x86 {
         act: &[f32],
         out: &mut [f32],
     ) -> bool {
-        blocked(act, w.cols, n, copy, |x| {
+        blocked(w.cols, n, |x| {
+            place_all(x, act, w.cols, n, copy);
             // SAFETY: as this function's contract; `x` holds the n vectors in blocks.
             unsafe { rows_times_blocked(w, first, rows, n, x, out) }
         })
@@ -752,8 +759,12 @@ mod tests {
     #[test]
     fn fused_rows_match_the_dequantized_dot_products_with_partial_blocks_and_nan_codes() {
         let mut ran = 0;
-        // Last blocks of 44 columns (32 and 12) and of 13.
-        for t in [test_weights(), test_weights_of(269, false)] {
+        // Last blocks of 44 columns (32 and 12) and of 13; UE8M0 scales (2^-6 to 2^-60).
+        for t in [
+            test_weights(),
+            test_weights_of(269, false),
+            test_weights_of(300, true),
+        ] {
             let (w, r, c) = (t.weights(), t.r, t.c);
             for path in available_paths().into_iter().flatten() {
                 for kind in KINDS {
@@ -776,11 +787,11 @@ mod tests {
                 }
             }
         }
-        // Every available path ran: 4 counts of each kind it takes, at both widths.
+        // Every available path ran: 4 counts of each kind it takes, on the 3 weight sets.
         let want: usize = available_paths()
             .into_iter()
             .flatten()
-            .map(|p| 2 * 4 * kinds_taken(p))
+            .map(|p| 3 * 4 * kinds_taken(p))
             .sum();
         assert_eq!(ran, want);
     }

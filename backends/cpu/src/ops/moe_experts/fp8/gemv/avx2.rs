@@ -1,10 +1,13 @@
 //! FP8 weight rows times activation vectors on AVX2 + FMA, for CPUs without AVX-512
 //! (AMD Zen 2/3, Intel client cores): f32 FMAs against up to [`GROUP`] activation vectors
-//! in their blocked copy, each 128-column block's sums scaled once, by the block scale in
-//! one multiply-add into the row's totals (DeepGEMM's scheme, as the native bf16 dot's
-//! path does: [`super::super::dpbf16`]). A partial last block's codes are copied into a
-//! zero-padded block first (AVX2 has no masked byte loads); the NaN codes (0x7F, 0xFF) are
-//! tracked per row, as there.
+//! in their blocked copy, the weights' block scales folded into that copy. The rows of one
+//! 128-row group share their scales (`[E, R / 128, C / 128]`), so for each such group the
+//! activations are placed once more, each value times its column block's scale (one
+//! rounding, as the dequantized weight's), and the rows then run through every block with
+//! nothing but FMAs: no per-block sums to scale and add. A partial last block's codes are
+//! copied into a zero-padded block first (AVX2 has no masked byte loads); the NaN codes
+//! (0x7F, 0xFF) are tracked per row and make its results NaN, as a dequantized NaN weight
+//! would.
 //!
 //! The codes are decoded within 32-bit lanes, never across a register's halves: 32 codes
 //! are 8 lanes of 4, and the code in byte `q` of each lane is shifted to the lane's top
@@ -13,39 +16,43 @@
 //! at the top of the mantissa: 2^-120 times the code's value, exact (the subnormal codes
 //! as f32 subnormals). The four registers so decoded hold codes `q`, `4 + q`, ... of the
 //! 32, so each block's activations are placed in that order in the blocked copy
-//! ([`place_step`]), and each vector scaled there by 2^s (exact: [`activation_exponent`])
-//! so that its products are those of the values times 2^(s - 120), s = 120 unless one of
-//! its activations reaches 2^7; each block sum is multiplied back by 2^(120 - s) before
-//! its scale. The subnormal codes (magnitudes below 2^-6) decode to f32 subnormals: in a
-//! process that sets the FMAs' denormals-are-zero mode (MXCSR.DAZ, as some fast-math
-//! builds do) they would count as zero here.
+//! ([`place_step`]), and each vector's values times scales multiplied there by 2^s
+//! ([`group_exponent`]: the largest lands in [2^126, 2^127)), computed in f64 so that the
+//! placed value is the product rounded once; each row's sum is multiplied back by
+//! 2^(120 - s) at the end. The subnormal codes (magnitudes below 2^-6) decode to f32
+//! subnormals: in a process that sets the FMAs' denormals-are-zero mode (MXCSR.DAZ, as
+//! some fast-math builds do) they would count as zero here.
 //!
-//! On a 2-core AMD EPYC (Zen 3) the decode this replaces (codes sign-extended to 16 bits
-//! by `VPMOVSXBW`, shifted into f16 and widened by `VCVTPH2PS`: exact too) bounded the
-//! kernel: both widenings cross the register's halves. A harness (not committed) calling
-//! [`rows_times`] from both cores over 32768 rows of 7168 codes (235 MB from memory, 146
-//! rows per call, best of 300 calls, builds alternated twice) took 13.3-13.4 ms that way
-//! and 11.0 ms now with one vector, 16.3-16.5 and 15.0 ms with two, 19.9-20.0 and
-//! 18.3-18.6 with three, 22.6-22.7 and 22.3 with four; placing the activations one by
-//! one instead of [`place_step`]'s transpose cost 1.3 ms at four vectors. Subnormal codes
-//! (1 in 16 of these codes) cost nothing measurable: the same codes with none took as
-//! long.
+//! On a 2-core AMD EPYC (Zen 3) a harness (not committed; 128 rows of 7168 codes per call,
+//! the op's tile) measured the kernel on one core, codes from L3, at 8.3 cycles per 32
+//! codes with one vector, 11.1 with two and 16.2 with four when each 128-column block's
+//! sums were scaled and added into the row's totals (DeepGEMM's scheme: those few
+//! dependent operations per block held it back), and at 7.0-7.1, 9.9-10.0 and 15.0 with
+//! the scales folded in. From both cores over 32768 rows (235 MB from memory, one
+//! vector) 10.1-10.2 ms before, 9.5-9.7 ms after. Passes of 8 or 16 blocks instead of 4
+//! were a little faster on one core and slower from both (10.8-11.7 and 12.3-13.1 ms).
+//! The decode before this one (codes sign-extended to 16 bits by `VPMOVSXBW`, shifted
+//! into f16 and widened by `VCVTPH2PS`, exact too) was slower still: both widenings cross
+//! the register's halves. Subnormal codes (1 in 16 of these codes) cost nothing
+//! measurable.
 
-use super::x86::{blocked, RowsAt, PASS_BLOCKS, PASS_ROWS};
+use super::x86::{blocked, place_all, RowsAt, PASS_BLOCKS, PASS_ROWS};
 use super::{Fp8Weights, BLOCK};
 use std::arch::x86_64::*;
 
 /// Activation vectors per group: their 2 to 4 partial sums each, a step's 4 decoded
-/// vectors, the scale and the row's NaN tracker stay within the 16 registers.
+/// vectors, the mask and the row's NaN tracker stay within the 16 registers.
 pub const GROUP: usize = 4;
 
 /// Codes per load: one 256-bit register, decoded into four 8-lane f32 registers (byte `q`
 /// of each 32-bit lane into register `q`).
 const STEP: usize = 32;
 
-/// `out[r * n + j] = W[first + r] . act[j]` for any `n` (>= 1): the vectors in near-equal
-/// groups of at most [`GROUP`], each group over [`PASS_ROWS`] rows at a time. False
-/// (nothing written) where the memory for the activations' blocked copy is not there.
+/// `out[r * n + j] = W[first + r] . act[j]` for any `n` (>= 1): per run of rows that
+/// share their scales, the activations placed with those scales, then the vectors in
+/// near-equal groups of at most [`GROUP`], each group over [`PASS_ROWS`] rows at a time.
+/// False (nothing written) where the memory for the activations' blocked copy is not
+/// there.
 ///
 /// # Safety
 /// AVX2 and FMA must be available; rows `first..first + rows` of `w.cols` codes and
@@ -59,86 +66,133 @@ pub unsafe fn rows_times(
     act: &[f32],
     out: &mut [f32],
 ) -> bool {
-    // Each vector's exponent: its products scaled by 2^(s - 120), its block sums times
-    // 2^(120 - s) back to the values' scale.
-    let exponents: Vec<u32> = act
-        .chunks_exact(w.cols)
+    let k = w.cols;
+    let col_blocks = k.div_ceil(BLOCK);
+    // Each vector's largest finite magnitude per block, `[n][col_blocks]`, once per call.
+    let largest: Vec<f32> = act
+        .chunks_exact(k)
         .take(n)
-        .map(activation_exponent)
+        .flat_map(|vector| vector.chunks(BLOCK))
+        // SAFETY: AVX2 is available (this function's contract).
+        .map(|values| unsafe { largest_finite(values) })
         .collect();
-    let place = |j: usize, block: &mut [f32], values: &[f32]| {
-        let up = pow2(exponents[j]);
-        let whole = values.len() / STEP * STEP;
-        for (to, from) in block.chunks_exact_mut(STEP).zip(values.chunks_exact(STEP)) {
-            // SAFETY: AVX2 is available (this function's contract); both are 32 long.
-            unsafe { place_step(to.as_mut_ptr(), from.as_ptr(), up) };
-        }
-        for (c, &v) in values.iter().enumerate().skip(whole) {
-            block[slot(c)] = v * up;
-        }
-    };
-    blocked(act, w.cols, n, place, |x| {
-        for r0 in (0..rows).step_by(PASS_ROWS) {
-            let pass_rows = PASS_ROWS.min(rows - r0);
-            for (j0, size) in super::groups(n, GROUP) {
-                // SAFETY: as this function's contract; `x` holds the n vectors in blocks,
-                // vectors j0..j0 + size exist (j0 + size <= n), and so do outputs
-                // (r0 + i) * n + j0 + j for i < pass_rows, j < size.
-                unsafe {
-                    let xg = x.as_ptr().add(j0 * BLOCK);
-                    let o = out.as_mut_ptr().add(r0 * n + j0);
-                    let at = (w, first + r0, pass_rows, (xg, n * BLOCK), o, n);
-                    let restore = |j: usize| pow2(120 - exponents[j0 + j]);
-                    match size {
-                        1 => rows_n::<1, 4>(at, [restore(0)]),
-                        2 => rows_n::<2, 4>(at, [restore(0), restore(1)]),
-                        3 => rows_n::<3, 2>(at, [restore(0), restore(1), restore(2)]),
-                        _ => rows_n::<GROUP, 2>(at, std::array::from_fn(restore)),
+    let mut exponents = vec![0i32; n];
+    blocked(k, n, |x| {
+        let mut r = 0;
+        while r < rows {
+            let (_, scales) = w.row(first + r);
+            let run = w.rows_sharing_scales(first + r).min(rows - r);
+            for (j, s) in exponents.iter_mut().enumerate() {
+                *s = group_exponent(&largest[j * col_blocks..][..col_blocks], scales);
+            }
+            place_all(x, act, k, n, |j, b, block, values| {
+                let factor = f64::from(scales[b]) * pow2(exponents[j]);
+                let whole = values.len() / STEP * STEP;
+                for (to, from) in block.chunks_exact_mut(STEP).zip(values.chunks_exact(STEP)) {
+                    // SAFETY: AVX2 is available (this function's contract); both are 32
+                    // long.
+                    unsafe { place_step(to.as_mut_ptr(), from.as_ptr(), factor) };
+                }
+                for (c, &v) in values.iter().enumerate().skip(whole) {
+                    block[slot(c)] = (f64::from(v) * factor) as f32;
+                }
+            });
+            for r0 in (r..r + run).step_by(PASS_ROWS) {
+                let pass_rows = PASS_ROWS.min(r + run - r0);
+                for (j0, size) in super::groups(n, GROUP) {
+                    // SAFETY: as this function's contract; `x` holds the n vectors in
+                    // blocks, vectors j0..j0 + size exist (j0 + size <= n), and so do
+                    // outputs (r0 + i) * n + j0 + j for i < pass_rows, j < size.
+                    unsafe {
+                        let xg = x.as_ptr().add(j0 * BLOCK);
+                        let o = out.as_mut_ptr().add(r0 * n + j0);
+                        let at = (w, first + r0, pass_rows, (xg, n * BLOCK), o, n);
+                        let restore = |j: usize| pow2(120 - exponents[j0 + j]);
+                        match size {
+                            1 => rows_n::<1, 4>(at, [restore(0)]),
+                            2 => rows_n::<2, 4>(at, [restore(0), restore(1)]),
+                            3 => rows_n::<3, 2>(at, [restore(0), restore(1), restore(2)]),
+                            _ => rows_n::<GROUP, 2>(at, std::array::from_fn(restore)),
+                        }
                     }
                 }
             }
+            r += run;
         }
     })
     .is_some()
 }
 
-/// The exponent `s` (0 to 120) of the power of two one activation vector is scaled by in
-/// the blocked copy: 120, or less where its largest finite magnitude reaches 2^7, so that
-/// every scaled activation stays below 2^127 (0 where there is none but zeros, infinities
-/// and NaNs). Scaling by it is exact, and the products of the decoded codes (2^-120 times
-/// their values) with the scaled activations round as the values' products would, but
-/// for those below 2^(-6 - s): with s < 120, 2^-132 or less of the vector's largest
-/// activation.
-fn activation_exponent(act: &[f32]) -> u32 {
-    let largest = act
+/// The largest finite magnitude among `values` (0 where there is none but zeros,
+/// infinities and NaNs). The magnitudes are compared as bit patterns (which order as the
+/// values do for non-negative floats), 8 lanes at a time: as a scalar `f32` fold over a
+/// 7168-value vector this took a third as long as the kernel's 16 rows (`perf` on a Zen 3
+/// core).
+///
+/// # Safety
+/// AVX2 must be available.
+#[target_feature(enable = "avx2")]
+unsafe fn largest_finite(values: &[f32]) -> f32 {
+    // Infinities and NaNs (the exponent field all ones) count as zero.
+    let finite = |v: &f32| match v.to_bits() & 0x7FFF_FFFF {
+        magnitude if magnitude < 0x7F80_0000 => magnitude,
+        _ => 0,
+    };
+    let mut lanes = [0u32; 8];
+    let whole = values.chunks_exact(8);
+    let tail = whole.remainder().iter().map(finite).fold(0, u32::max);
+    for chunk in whole {
+        for (lane, v) in lanes.iter_mut().zip(chunk) {
+            *lane = (*lane).max(finite(v));
+        }
+    }
+    f32::from_bits(lanes.into_iter().fold(tail, u32::max))
+}
+
+/// The exponent `s` one activation vector's placed values (each times its column block's
+/// scale, from `scales`) are multiplied by, given its blocks' largest finite magnitudes
+/// (`largest`, one per block): the largest finite product lands in [2^126, 2^127), so
+/// every placed value is finite and the decoded codes' products with them (2^-120 times
+/// the codes' values: below 2^16) are normal floats down to 2^-132 of the largest, and
+/// their sums cannot overflow. 0 where no product is finite and nonzero (the placed
+/// values are then zeros, infinities or NaNs, which the sums carry as they are). In f64,
+/// where the products are exact: from 2^-298 to below 2^256, so `s` is -129 to 424.
+fn group_exponent(largest: &[f32], scales: &[f32]) -> i32 {
+    let product = largest
         .iter()
-        .filter(|v| v.is_finite())
-        .fold(0f32, |m, v| m.max(v.abs()));
-    if largest == 0.0 {
+        .zip(scales)
+        .map(|(&x, &scale)| f64::from(x) * f64::from(scale).abs())
+        .filter(|p| p.is_finite())
+        .fold(0f64, f64::max);
+    if product == 0.0 {
         return 0;
     }
-    // The unbiased exponent: largest < 2^(e + 1) (-127 for subnormals, which need 120).
-    let e = (largest.to_bits() >> 23) as i32 - 127;
-    (126 - e).clamp(0, 120) as u32
+    // The unbiased exponent: product < 2^(e + 1) (f64: normal for every such product).
+    let e = ((product.to_bits() >> 52) & 0x7FF) as i32 - 1023;
+    126 - e
 }
 
-/// 2^e as f32, for e in 0..=120 (a normal number).
-fn pow2(e: u32) -> f32 {
-    f32::from_bits((127 + e) << 23)
+/// 2^e as f64, for e in -1022..=1023 (a normal number).
+fn pow2(e: i32) -> f64 {
+    f64::from_bits(((1023 + e) as u64) << 52)
 }
 
-/// The 32 activations at `from` times `up` into `to` in [`slot`] order: as 8 rows of 4
-/// (`from[4 j + q]`, row `j`), transposed into 4 rows of 8 (`to[8 q + j]`). Rows `j` and
-/// `4 + j` share a register (its two halves), so one in-half 4 x 4 transpose does it.
+/// The 32 activations at `from`, each times `factor` (in f64, rounded once to f32), into
+/// `to` in [`slot`] order: as 8 rows of 4 (`from[4 j + q]`, row `j`), transposed into 4
+/// rows of 8 (`to[8 q + j]`). Rows `j` and `4 + j` share a register (its two halves), so
+/// one in-half 4 x 4 transpose does it.
 ///
 /// # Safety
 /// AVX2 must be available; 32 values at `from` must be readable and at `to` writable.
 #[target_feature(enable = "avx2")]
-unsafe fn place_step(to: *mut f32, from: *const f32, up: f32) {
-    let rows = |j: usize| {
-        let low = _mm256_castps128_ps256(_mm_loadu_ps(from.add(4 * j)));
-        _mm256_insertf128_ps::<1>(low, _mm_loadu_ps(from.add(4 * j + 16)))
+unsafe fn place_step(to: *mut f32, from: *const f32, factor: f64) {
+    let factor = _mm256_set1_pd(factor);
+    let scaled = |j: usize| {
+        let wide = _mm256_cvtps_pd(_mm_loadu_ps(from.add(4 * j)));
+        _mm256_cvtpd_ps(_mm256_mul_pd(wide, factor))
     };
+    let rows =
+        |j: usize| _mm256_insertf128_ps::<1>(_mm256_castps128_ps256(scaled(j)), scaled(j + 4));
     let (r0, r1, r2, r3) = (rows(0), rows(1), rows(2), rows(3));
     let (a, b) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpacklo_ps(r2, r3));
     let (c, d) = (_mm256_unpackhi_ps(r0, r1), _mm256_unpackhi_ps(r2, r3));
@@ -149,7 +203,7 @@ unsafe fn place_step(to: *mut f32, from: *const f32, up: f32) {
         _mm256_shuffle_ps::<0xEE>(c, d),
     ];
     for (q, column) in columns.into_iter().enumerate() {
-        _mm256_storeu_ps(to.add(8 * q), _mm256_mul_ps(column, _mm256_set1_ps(up)));
+        _mm256_storeu_ps(to.add(8 * q), column);
     }
 }
 
@@ -159,16 +213,18 @@ fn slot(c: usize) -> usize {
     c / STEP * STEP + c % 4 * 8 + c % STEP / 4
 }
 
-/// `rows` rows times `N` activation vectors into `out + i * stride + j`, in passes of
-/// [`PASS_BLOCKS`] 128-column blocks (every row meets the pass's activations while they
-/// are in L1), `P` partial sums per vector per block, scaled into the row's totals.
+/// `rows` rows (sharing their scales, which the placed activations carry) times `N`
+/// activation vectors into `out + i * stride + j`, in passes of [`PASS_BLOCKS`] 128-column
+/// blocks (every row meets the pass's activations while they are in L1), `P` partial sums
+/// per vector through each pass, added into the row's totals at its end. Each total is
+/// multiplied by `restore[j]` (2^(120 - s), in f64) into the output.
 ///
 /// # Safety
 /// As [`rows_times`]: the rows, their scales, the `N` vectors and the outputs exist.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn rows_n<const N: usize, const P: usize>(
     (w, first, rows, (x, block_stride), out, stride): RowsAt<'_, '_>,
-    restore: [f32; N],
+    restore: [f64; N],
 ) {
     let k = w.cols;
     let whole = k / BLOCK;
@@ -178,22 +234,22 @@ unsafe fn rows_n<const N: usize, const P: usize>(
     let mut seen = [_mm256_setzero_si256(); PASS_ROWS];
     // SAFETY (the pointers below): block b of vector j lies at x + b * block_stride +
     // j * 128, inside the N vectors' blocked copy; out + i * stride + j inside the rows
-    // x N outputs; the codes and scales come from the bounds-checked `w.row`.
+    // x N outputs; the codes come from the bounds-checked `w.row`.
     for b0 in (0..col_blocks).step_by(PASS_BLOCKS) {
+        let pass = b0..col_blocks.min(b0 + PASS_BLOCKS);
         for i in 0..rows {
-            let (codes, scales) = w.row(first + i);
+            let (codes, _) = w.row(first + i);
             // The same columns of the row PASS_ROWS further on (the next call's) into
             // L2: the column-wise passes defeat the hardware prefetcher. A hint, never a
             // fault, past the last row too.
             let ahead = codes.as_ptr().wrapping_add(PASS_ROWS * k + b0 * BLOCK);
-            for line in (0..PASS_BLOCKS * BLOCK).step_by(64) {
+            for line in (0..pass.len() * BLOCK).step_by(64) {
                 _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(line).cast());
             }
-            let pass = b0..col_blocks.min(b0 + PASS_BLOCKS);
-            for (b, &block_scale) in pass.clone().zip(&scales[pass]) {
+            let mut part = [[_mm256_setzero_ps(); P]; N];
+            for b in pass.clone() {
                 let c = b * BLOCK;
                 let xb = x.add(b * block_stride);
-                let mut part = [[_mm256_setzero_ps(); P]; N];
                 if b < whole {
                     block::<N, P>((codes[c..].as_ptr(), xb), &mut seen[i], &mut part);
                 } else {
@@ -202,24 +258,19 @@ unsafe fn rows_n<const N: usize, const P: usize>(
                     padded[..k - c].copy_from_slice(&codes[c..]);
                     block::<N, P>((padded.as_ptr(), xb), &mut seen[i], &mut part);
                 }
-                // Each vector's block sum back to the values' scale (a power of two:
-                // exact), then times the block scale in one multiply-add.
-                let scale = _mm256_set1_ps(block_scale);
-                for ((t, p), &back) in total[i].iter_mut().zip(&part).zip(&restore) {
-                    let sum = p[1..].iter().fold(p[0], |a, &v| _mm256_add_ps(a, v));
-                    let sum = _mm256_mul_ps(sum, _mm256_set1_ps(back));
-                    *t = _mm256_fmadd_ps(sum, scale, *t);
-                }
+            }
+            for (t, p) in total[i].iter_mut().zip(&part) {
+                *t = p.iter().fold(*t, |a, &v| _mm256_add_ps(a, v));
             }
         }
     }
     for (i, (row_total, row_seen)) in total.iter().zip(seen).take(rows).enumerate() {
         let nan = _mm256_movemask_epi8(_mm256_cmpeq_epi8(row_seen, _mm256_set1_epi8(0x7F))) != 0;
-        for (j, t) in row_total.iter().enumerate() {
+        for (j, (t, &back)) in row_total.iter().zip(&restore).enumerate() {
             *out.add(i * stride + j) = if nan {
                 f32::NAN
             } else {
-                crate::avx2::sum_lanes(*t)
+                (f64::from(crate::avx2::sum_lanes(*t)) * back) as f32
             };
         }
     }
@@ -315,25 +366,73 @@ mod tests {
         }
     }
 
-    /// The exponent keeps the largest activation below 2^127 and is 120 below 2^7;
-    /// infinities, NaNs and zeros do not move it.
+    /// The largest finite magnitude, wherever it is among the whole groups of 8 lanes or
+    /// the partial one after them; infinities and NaNs do not count.
     #[test]
-    fn the_activation_exponent_keeps_every_scaled_value_finite() {
-        for (act, want) in [
-            (vec![0.0, -0.0], 0),
-            (vec![1.0, -100.0, 127.9], 120),
-            (vec![128.0], 119),
-            (vec![-3.0e38, 1.0], 0),
-            (vec![f32::INFINITY, f32::NAN, 2.0], 120),
-            (vec![f32::from_bits(1)], 120),
-            (vec![65536.0, 1.5], 110),
-            (vec![2f32.powi(126)], 0),
-            (vec![f32::MAX], 0),
+    fn the_largest_finite_magnitude_skips_infinities_and_nans() {
+        if !crate::avx2::available() {
+            return;
+        }
+        let long = |at: usize, v: f32| -> Vec<f32> {
+            (0..21)
+                .map(|i| match i {
+                    3 => f32::NAN,
+                    9 => f32::NEG_INFINITY,
+                    i if i == at => v,
+                    _ => i as f32,
+                })
+                .collect()
+        };
+        for (values, want) in [
+            (vec![0.0, -0.0], 0.0),
+            (vec![1.0, -100.0, 127.9], 127.9),
+            (vec![f32::INFINITY, f32::NAN, -2.0], 2.0),
+            (vec![f32::from_bits(1)], f32::from_bits(1)),
+            (vec![-f32::MAX, 1.0], f32::MAX),
+            (long(5, -1000.0), 1000.0),
+            (long(17, 300.0), 300.0),
         ] {
-            let s = activation_exponent(&act);
-            assert_eq!(s, want, "{act:?}");
-            for v in act.iter().filter(|v| v.is_finite()) {
-                assert!((v * pow2(s)).is_finite(), "{v} x 2^{s}");
+            // SAFETY: AVX2 was detected.
+            let got = unsafe { largest_finite(&values) };
+            assert_eq!(got.to_bits(), want.to_bits(), "{values:?}");
+        }
+    }
+
+    /// The group exponent puts the largest finite product (activation times scale) in
+    /// [2^126, 2^127) after placement, across the whole range of both factors, and skips
+    /// scales that are not finite.
+    #[test]
+    fn the_group_exponent_puts_the_largest_placed_value_below_2_to_127() {
+        let tiny = f32::from_bits(1);
+        for (largest, scales, want) in [
+            (vec![1.0], vec![1.0], Some(126)),
+            (vec![0.0, 0.0], vec![2.0, -3.0], Some(0)),
+            (vec![f32::MAX], vec![f32::MAX], Some(-129)),
+            (vec![tiny], vec![tiny], Some(424)),
+            (vec![3.0, 1e-30], vec![f32::NAN, 1e30], None),
+            (
+                vec![100.0, 7.5, 0.0],
+                vec![-0.37e-3, 2e-3, f32::INFINITY],
+                None,
+            ),
+            (vec![65536.0, 1.5], vec![1e-38, 3.0e38], None),
+        ] {
+            let s = group_exponent(&largest, &scales);
+            if let Some(want) = want {
+                assert_eq!(s, want, "{largest:?} x {scales:?}");
+            }
+            let placed: Vec<f32> = largest
+                .iter()
+                .zip(&scales)
+                .map(|(&x, &scale)| (f64::from(x) * f64::from(scale) * pow2(s)) as f32)
+                // Infinite or NaN where the scale is.
+                .filter(|v| v.is_finite())
+                .map(f32::abs)
+                .collect();
+            let top = placed.iter().copied().fold(0f32, f32::max);
+            assert!(top < 2f32.powi(127), "{largest:?} x {scales:?}: 2^{s}");
+            if top > 0.0 {
+                assert!(top >= 2f32.powi(126), "{largest:?} x {scales:?}: 2^{s}");
             }
         }
     }
