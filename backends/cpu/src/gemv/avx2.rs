@@ -1,10 +1,19 @@
 //! [`super::rows_times`] on AVX2 + FMA (F16C for f16 weights), for CPUs without AVX-512
-//! (AMD Zen 2/3, Intel client cores): each weight step of 16 columns is read once,
-//! widened to f32 in registers (bf16: zero-extended and shifted up 16 bits, exact; f16:
-//! `VCVTPH2PS`, exact) and multiplied into two accumulators per activation vector. The
+//! (AMD Zen 2/3, Intel client cores): the rows in pairs, each weight step of 16 columns
+//! read once, widened to f32 in registers (bf16: zero-extended and shifted up 16 bits,
+//! exact; f16: `VCVTPH2PS`, exact) and multiplied into one or two accumulators per row
+//! and activation vector, each activation register loaded once for both rows. The
 //! portable path it replaces upcast each row into a buffer first and then made one dot per
 //! vector: on a 2-core AMD EPYC (Zen 3), `moe_experts` bf16 T=1 at V2-Lite shapes ran at
 //! 38% of the read bandwidth that way.
+//!
+//! Rows one at a time ran 3 and 4 vectors at 13-14 and 11-12 GB/s on one core of that
+//! machine (bf16, 16384 rows of 2048 from memory) against 17-19 GB/s with one: 8 KiB per
+//! vector no longer stayed in L1 beside the streaming rows, and their loads from L2 bound
+//! the kernel. In pairs 15.7 and 13.2 GB/s. A harness calling the op (`moe_experts`
+//! T=16 at V2-Lite shapes, best of 40 calls, builds alternated, not committed): f32
+//! 57.2-59.0 -> 50.1-51.2 ms; bf16 31.9-32.8 -> 29.9-30.9 ms in four rounds of five
+//! (33.4 in one).
 
 use crate::storage::FloatSlice;
 use half::{bf16, f16};
@@ -13,7 +22,8 @@ use std::arch::x86_64::*;
 /// f32 lanes of one AVX2 register.
 const LANES: usize = 8;
 
-/// Columns per step: two registers of weights, one per accumulator of each vector.
+/// Columns per step: two registers of weights per row (into two partial sums per row and
+/// vector where the registers allow, else into one).
 const STEP: usize = 2 * LANES;
 
 /// Weight element types the kernel widens to f32 in registers.
@@ -121,53 +131,94 @@ fn typed<T: Widen>(
 }
 
 /// `out[r * N + c] = w_r . act_c` for every row of `w` (rows of `k`) and the `N` rows of
-/// `act`: each 16-column step of weights widened once and multiplied into two
-/// accumulators per vector, the weights [`super::PREFETCH_BYTES`] ahead prefetched into
-/// L1 (AMD) or L2 (Intel: as the AVX-512 kernel); the last `k % 16` columns in scalar f32.
+/// `act`: the rows in pairs ([`rows_of`]), a last odd row alone.
 ///
 /// # Safety
 /// AVX2, FMA and F16C must be available; `w` holds whole rows of `k >= 1`, `act` `N * k`
 /// and `out` at least `w.len() / k * N` elements.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dots<T: Widen, const N: usize>(w: &[T], k: usize, act: &[f32], out: &mut [f32]) {
+    let pairs = w.chunks_exact(2 * k);
+    let last = pairs.remainder();
+    let done = w.len() / (2 * k) * 2;
+    for (q, two) in pairs.enumerate() {
+        // SAFETY: as this function's contract; outputs 2q * N.. of rows x N.
+        match N {
+            // Two partial sums per row and vector (FMA latency hidden) while they and a
+            // step's weights fit the 16 registers.
+            1..=3 => rows_of::<T, N, 2, 2>(two, k, act, out.as_mut_ptr().add(2 * q * N)),
+            _ => rows_of::<T, N, 2, 1>(two, k, act, out.as_mut_ptr().add(2 * q * N)),
+        }
+    }
+    if !last.is_empty() {
+        // SAFETY: as above; the last row's outputs follow the pairs'.
+        rows_of::<T, N, 1, 2>(last, k, act, out.as_mut_ptr().add(done * N));
+    }
+}
+
+/// `out[r * N + c] = w_r . act_c` for the `R` rows of `w` (rows of `k`) and the `N` rows
+/// of `act`: each 16-column step of every row widened once, each activation register
+/// loaded once for the `R` rows (with one row at a time and 3 or 4 vectors, the vectors
+/// no longer stayed in L1 beside the streaming rows, and their loads from L2 bounded the
+/// kernel), multiplied into `P` partial sums per row and vector; the weights
+/// [`super::PREFETCH_BYTES`] ahead prefetched into L1 (AMD) or L2 (Intel: as the AVX-512
+/// kernel); the last `k % 16` columns in scalar f32.
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available; `w` holds `R` rows of `k >= 1`, `act` `N * k`
+/// and `out` `R * N` elements.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_of<T: Widen, const N: usize, const R: usize, const P: usize>(
+    w: &[T],
+    k: usize,
+    act: &[f32],
+    out: *mut f32,
+) {
     let l1 = !crate::vendor::intel();
-    let (x, o) = (act.as_ptr(), out.as_mut_ptr());
+    let (p, x) = (w.as_ptr(), act.as_ptr());
     let whole = k / STEP * STEP;
-    for (r, row) in w.chunks_exact(k).enumerate() {
-        let p = row.as_ptr();
-        let mut acc = [[_mm256_setzero_ps(); N]; 2];
-        let mut off = 0;
-        // SAFETY (all loads): columns off..off + 16 lie inside the row of w and every row
-        // of act; out[r * N + c] is inside rows x N.
-        while off < whole {
-            // One line PREFETCH_BYTES on per 64 bytes of weights (a hint: never faults,
-            // whatever the address, so `wrapping_add` may pass the end of `w`).
-            let bytes = off * size_of::<T>();
-            if bytes.is_multiple_of(64) {
-                let ahead = p.cast::<u8>().wrapping_add(bytes + super::PREFETCH_BYTES);
+    let mut acc = [[[_mm256_setzero_ps(); R]; N]; P];
+    let mut off = 0;
+    // SAFETY (all loads): columns off..off + 16 lie inside each of the R rows of w and
+    // every row of act; out[r * N + c] is inside R x N.
+    while off < whole {
+        // One line PREFETCH_BYTES on per 64 bytes of each row (a hint: never faults,
+        // whatever the address, so `wrapping_add` may pass the end of `w`).
+        let bytes = off * size_of::<T>();
+        if bytes.is_multiple_of(64) {
+            for r in 0..R {
+                let row = p.add(r * k).cast::<u8>();
+                let ahead = row.wrapping_add(bytes + super::PREFETCH_BYTES);
                 if l1 {
                     _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
                 } else {
                     _mm_prefetch::<_MM_HINT_T1>(ahead.cast());
                 }
             }
-            for (h, acc) in acc.iter_mut().enumerate() {
-                let wv = T::load8(p.add(off + h * LANES));
-                for (c, s) in acc.iter_mut().enumerate() {
-                    let xv = _mm256_loadu_ps(x.add(c * k + off + h * LANES));
-                    *s = _mm256_fmadd_ps(wv, xv, *s);
+        }
+        for h in 0..2 {
+            let col = off + h * LANES;
+            let wv: [__m256; R] = std::array::from_fn(|r| T::load8(p.add(r * k + col)));
+            for (c, sums) in acc[h % P].iter_mut().enumerate() {
+                let xv = _mm256_loadu_ps(x.add(c * k + col));
+                for (s, &wr) in sums.iter_mut().zip(&wv) {
+                    *s = _mm256_fmadd_ps(wr, xv, *s);
                 }
             }
-            off += STEP;
         }
-        for (c, (&s0, &s1)) in acc[0].iter().zip(&acc[1]).enumerate() {
-            let xc = &act[c * k..][..k];
+        off += STEP;
+    }
+    for (r, row) in w.chunks_exact(k).enumerate() {
+        for (c, xc) in act.chunks_exact(k).take(N).enumerate() {
             let tail: f32 = row[whole..]
                 .iter()
                 .zip(&xc[whole..])
                 .map(|(&wv, &xv)| wv.to_f32() * xv)
                 .sum();
-            *o.add(r * N + c) = crate::avx2::sum_lanes(_mm256_add_ps(s0, s1)) + tail;
+            let sum = acc[1..]
+                .iter()
+                .fold(acc[0][c][r], |a, part| _mm256_add_ps(a, part[c][r]));
+            *out.add(r * N + c) = crate::avx2::sum_lanes(sum) + tail;
         }
     }
 }
