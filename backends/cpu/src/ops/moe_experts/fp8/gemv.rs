@@ -899,7 +899,8 @@ mod tests {
         // C 1100: the f32 FMA path's column passes of 512 (two whole, one partial with a
         // partial block), the bf16 dot's passes of 8 blocks (one whole, one of the partial
         // block); n from 1 to 17: one to four groups (the bf16 dot's groups of 5 and the
-        // FMA's of 8; 7 = 4 + 3, 17 = 5 + 4 + 4 + 4 and 6 + 6 + 5); an odd row count (the last
+        // FMA paths' of 8: every group size from 1 to 8, 9 = 5 + 4, 17 = 6 + 6 + 5 and
+        // 5 + 4 + 4 + 4); an odd row count (the last
         // row alone for the bf16 dot's pairs, a partial last pass of 16 rows for the FMA
         // path) crossing the expert boundary (rows 129 and 130).
         let t = test_weights_of(1100, false);
@@ -908,7 +909,7 @@ mod tests {
         let mut ran = 0;
         for path in available_paths().into_iter().flatten() {
             for kind in KINDS {
-                for n in [1, 2, 5, 7, 8, 9, 12, 13, 16, 17] {
+                for n in [1, 2, 3, 4, 5, 7, 8, 9, 12, 13, 16, 17] {
                     let act = test_act(kind, n, c);
                     // At a 64-byte boundary and 4 bytes past one (the bf16 dot's loads
                     // are unaligned; the FMA path's copy must not depend on it).
@@ -932,11 +933,11 @@ mod tests {
                 }
             }
         }
-        // Every available path ran: 10 counts x 2 placements of each kind it takes.
+        // Every available path ran: 12 counts x 2 placements of each kind it takes.
         let want: usize = available_paths()
             .into_iter()
             .flatten()
-            .map(|p| 20 * kinds_taken(p))
+            .map(|p| 24 * kinds_taken(p))
             .sum();
         assert_eq!(ran, want);
         // Through the entry point: the paths for compute-bound work, whichever they are
