@@ -141,18 +141,19 @@ unsafe fn dots<T: Widen, const N: usize>(w: &[T], k: usize, act: &[f32], out: &m
     let pairs = w.chunks_exact(2 * k);
     let last = pairs.remainder();
     let done = w.len() / (2 * k) * 2;
+    let l1 = !crate::vendor::intel();
     for (q, two) in pairs.enumerate() {
         // SAFETY: as this function's contract; outputs 2q * N.. of rows x N.
         match N {
             // Two partial sums per row and vector (FMA latency hidden) while they and a
             // step's weights fit the 16 registers.
-            1..=3 => rows_of::<T, N, 2, 2>(two, k, act, out.as_mut_ptr().add(2 * q * N)),
-            _ => rows_of::<T, N, 2, 1>(two, k, act, out.as_mut_ptr().add(2 * q * N)),
+            1..=3 => rows_of::<T, N, 2, 2>(two, k, act, out.as_mut_ptr().add(2 * q * N), l1),
+            _ => rows_of::<T, N, 2, 1>(two, k, act, out.as_mut_ptr().add(2 * q * N), l1),
         }
     }
     if !last.is_empty() {
         // SAFETY: as above; the last row's outputs follow the pairs'.
-        rows_of::<T, N, 1, 2>(last, k, act, out.as_mut_ptr().add(done * N));
+        rows_of::<T, N, 1, 2>(last, k, act, out.as_mut_ptr().add(done * N), l1);
     }
 }
 
@@ -161,8 +162,8 @@ unsafe fn dots<T: Widen, const N: usize>(w: &[T], k: usize, act: &[f32], out: &m
 /// loaded once for the `R` rows (with one row at a time and 3 or 4 vectors, the vectors
 /// no longer stayed in L1 beside the streaming rows, and their loads from L2 bounded the
 /// kernel), multiplied into `P` partial sums per row and vector; the weights
-/// [`super::PREFETCH_BYTES`] ahead prefetched into L1 (AMD) or L2 (Intel: as the AVX-512
-/// kernel); the last `k % 16` columns in scalar f32.
+/// [`super::PREFETCH_BYTES`] ahead prefetched into L1 (`l1`: AMD) or L2 (Intel: as the
+/// AVX-512 kernel); the last `k % 16` columns in scalar f32.
 ///
 /// # Safety
 /// AVX2, FMA and F16C must be available; `w` holds `R` rows of `k >= 1`, `act` `N * k`
@@ -173,8 +174,8 @@ unsafe fn rows_of<T: Widen, const N: usize, const R: usize, const P: usize>(
     k: usize,
     act: &[f32],
     out: *mut f32,
+    l1: bool,
 ) {
-    let l1 = !crate::vendor::intel();
     let (p, x) = (w.as_ptr(), act.as_ptr());
     let whole = k / STEP * STEP;
     let mut acc = [[[_mm256_setzero_ps(); R]; N]; P];

@@ -378,7 +378,9 @@ fn fp8_many(
 
 /// Weight rows per tile for rows of `k` columns (a multiple of 16, >= 16): whole 128-row
 /// blocks where at least one fits, so that an FP8 tile's rows share their scales (the AVX2
-/// kernel places the activations once per run of such rows).
+/// kernel places the activations once per run of such rows; the up projection's tiles
+/// start I rows on, aligned so where I is a multiple of 128, as DeepSeek's are). For
+/// every weight type alike: bf16 and f32 tiles measured the same at 640 rows as at 736.
 fn tile_rows(k: usize) -> usize {
     let rows = TILE_BYTES / k.max(1).saturating_mul(4);
     let unit = if rows >= BLOCK { BLOCK } else { 16 };

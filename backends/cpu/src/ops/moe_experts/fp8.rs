@@ -152,6 +152,7 @@ impl<'a> Fp8Weights<'a> {
 
     /// How many rows from `row` (of the flattened [E * R, C] matrix) on share its scales:
     /// to the end of its 128-row block or of its expert, whichever comes first (>= 1).
+    /// R (`self.rows`) must not be 0: callers check their rows first.
     pub fn rows_sharing_scales(&self, row: usize) -> usize {
         let r = row % self.rows;
         (r / BLOCK * BLOCK + BLOCK).min(self.rows) - r
@@ -208,6 +209,20 @@ pub fn quantize_columns(perm: &Permutation, h_t: &mut [f32], inter: usize, mode:
 mod tests {
     use super::*;
     use moemla_core::fp8::{e4m3_decode, quantize_activation_row};
+
+    #[test]
+    fn runs_of_rows_sharing_scales_end_at_each_128_row_block_and_each_expert() {
+        let w = Fp8Weights {
+            codes: &[],
+            scales: &[],
+            rows: 130,
+            cols: 1,
+        };
+        // Expert 0's rows 0..128 and 128..130, then expert 1 (flattened rows 130..).
+        for (row, want) in [(0, 128), (127, 1), (128, 2), (129, 1), (130, 128), (258, 2)] {
+            assert_eq!(w.rows_sharing_scales(row), want, "row {row}");
+        }
+    }
 
     #[test]
     fn fp8_rows_are_dequantized_with_their_own_block_scale() {

@@ -690,8 +690,7 @@ mod tests {
             .collect();
         if kind == "f32 wide" {
             // Activations scaled by 2^-45, 1 and 2^45 in turn, and vectors after the first
-            // by 2^60 more (the AVX2 path then scales them by a power of two far below its
-            // usual one).
+            // by 2^60 more (the AVX2 path's exponent then depends on the vector).
             for (i, v) in act.iter_mut().enumerate() {
                 let e = 45 * (i % 3) as i32 - 45 + if i >= c { 60 } else { 0 };
                 *v *= 2f32.powi(e);

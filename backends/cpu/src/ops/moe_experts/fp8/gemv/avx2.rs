@@ -1,10 +1,12 @@
 //! FP8 weight rows times activation vectors on AVX2 + FMA, for CPUs without AVX-512
 //! (AMD Zen 2/3, Intel client cores): f32 FMAs against up to [`GROUP`] activation vectors
 //! in their blocked copy, the weights' block scales folded into that copy. The rows of one
-//! 128-row group share their scales (`[E, R / 128, C / 128]`), so for each such group the
-//! activations are placed once more, each value times its column block's scale (one
-//! rounding, as the dequantized weight's), and the rows then run through every block with
-//! nothing but FMAs: no per-block sums to scale and add. A partial last block's codes are
+//! 128-row group of an expert share their scales (`[E, ceil(R / 128), ceil(C / 128)]`), so
+//! for each run of such rows the activations are placed once more, each value times its
+//! column block's scale (one rounding, of the activation times the scale, where the
+//! contract's dequantized weight rounds the code times the scale: the results differ by
+//! about an ulp per product), and the rows then run through every block with nothing but
+//! FMAs: no per-block sums to scale and add. A partial last block's codes are
 //! copied into a zero-padded block first (AVX2 has no masked byte loads); the NaN codes
 //! (0x7F, 0xFF) are tracked per row and make its results NaN, as a dequantized NaN weight
 //! would.
@@ -17,9 +19,12 @@
 //! as f32 subnormals). The four registers so decoded hold codes `q`, `4 + q`, ... of the
 //! 32, so each block's activations are placed in that order in the blocked copy
 //! ([`place_step`]), and each vector's values times scales multiplied there by 2^s
-//! ([`group_exponent`]: the largest lands in [2^126, 2^127)), computed in f64 so that the
-//! placed value is the product rounded once; each row's sum is multiplied back by
-//! 2^(120 - s) at the end. The subnormal codes (magnitudes below 2^-6) decode to f32
+//! ([`group_exponent`]: the largest lands in [2^126, 2^127] once rounded), computed in f64
+//! so that the placed value is the product rounded once; each row's sum is multiplied
+//! back by 2^(120 - s) at the end. One exponent serves every block of a row, so products
+//! more than about 2^132 below the largest activation times scale of the run come out
+//! subnormal or zero (a row whose codes are zero in the dominant block loses them):
+//! scales and activations that far apart are not DeepSeek's. The subnormal codes (magnitudes below 2^-6) decode to f32
 //! subnormals: in a process that sets the FMAs' denormals-are-zero mode (MXCSR.DAZ, as
 //! some fast-math builds do) they would count as zero here.
 //!
@@ -75,14 +80,20 @@ pub unsafe fn rows_times(
     let k = w.cols;
     let col_blocks = k.div_ceil(BLOCK);
     // Each vector's largest finite magnitude per block, `[n][col_blocks]`, once per call.
-    let largest: Vec<f32> = act
+    let (mut largest, mut exponents) = (Vec::new(), Vec::new());
+    if largest.try_reserve_exact(n * col_blocks).is_err() || exponents.try_reserve_exact(n).is_err()
+    {
+        return false;
+    }
+    for values in act
         .chunks_exact(k)
         .take(n)
         .flat_map(|vector| vector.chunks(BLOCK))
+    {
         // SAFETY: AVX2 is available (this function's contract).
-        .map(|values| unsafe { largest_finite(values) })
-        .collect();
-    let mut exponents = vec![0i32; n];
+        largest.push(unsafe { largest_finite(values) });
+    }
+    exponents.resize(n, 0i32);
     blocked(k, n, |x| {
         let mut r = 0;
         while r < rows {
@@ -135,9 +146,9 @@ pub unsafe fn rows_times(
 
 /// The largest finite magnitude among `values` (0 where there is none but zeros,
 /// infinities and NaNs). The magnitudes are compared as bit patterns (which order as the
-/// values do for non-negative floats), 8 lanes at a time: as a scalar `f32` fold over a
-/// 7168-value vector this took a third as long as the kernel's 16 rows (`perf` on a Zen 3
-/// core).
+/// values do for non-negative floats), in 8 lanes that the compiler vectorizes: as a
+/// scalar `f32` fold over a 7168-value vector this took a third as long as the kernel's 16
+/// rows (`perf` on a Zen 3 core).
 ///
 /// # Safety
 /// AVX2 must be available.
@@ -161,8 +172,8 @@ unsafe fn largest_finite(values: &[f32]) -> f32 {
 
 /// The exponent `s` one activation vector's placed values (each times its column block's
 /// scale, from `scales`) are multiplied by, given its blocks' largest finite magnitudes
-/// (`largest`, one per block): the largest finite product lands in [2^126, 2^127), so
-/// every placed value is finite and the decoded codes' products with them (2^-120 times
+/// (`largest`, one per block): the largest finite product lands in [2^126, 2^127) before
+/// its rounding to f32 (which can make it 2^127), so every placed value is finite and the decoded codes' products with them (2^-120 times
 /// the codes' values: below 2^16) are normal floats down to 2^-132 of the largest, and
 /// their sums cannot overflow. 0 where no product is finite and nonzero (the placed
 /// values are then zeros, infinities or NaNs, which the sums carry as they are). In f64,
@@ -340,6 +351,7 @@ unsafe fn decode(v: __m256i) -> [__m256; 4] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use moemla_core::fp8::e4m3_decode;
 
     /// Every code decodes to 2^-120 times its e4m3 value, bit for bit (NaN codes: some
     /// finite value), in the lane and register [`slot`] says its column meets.
@@ -371,6 +383,79 @@ mod tests {
                         want.to_bits(),
                         "code {code:#04x} at column {c}"
                     );
+                }
+            }
+        }
+    }
+
+    /// The kernel against an f64 reference of the dequantized weights where the values
+    /// are extreme: an all-zero vector (exponent 0), an infinite and a NaN activation,
+    /// activations times scales of 2^128 (a negative exponent: the placed values are
+    /// scaled down), and block scales of 0, infinity and NaN, over 3 experts of 2 rows
+    /// (a run of rows per expert). Infinite and NaN results must match the reference's.
+    #[test]
+    fn extreme_activations_and_scales_match_the_dequantized_reference() {
+        if !crate::avx2::available() {
+            return;
+        }
+        let (e, r, c) = (3, 2, 300);
+        // Small codes (|value| <= 2^-7, both signs, zeros), so that 2^128 times a row's
+        // sum stays finite.
+        let codes: Vec<u8> = (0..e * r * c)
+            .map(|i| [0x01, 0x81, 0x00, 0x03, 0x82][i % 5])
+            .collect();
+        let big = 2f32.powi(64);
+        let value = |what: &str, i: usize| match what {
+            "zeros" => 0.0,
+            "infinity" if i == 7 => f32::INFINITY,
+            "NaN" if i == 150 => f32::NAN,
+            "2^128" if i.is_multiple_of(2) => big,
+            "2^128" => -big,
+            _ => 0.1 - (i % 7) as f32 * 0.05,
+        };
+        let normal = [0.5, 0.25, 2.0];
+        let cases = [
+            ("zeros", normal),
+            ("infinity", normal),
+            ("NaN", normal),
+            ("2^128", [big; 3]),
+        ];
+        for (what, block_scales) in cases {
+            for special in [1.0, 0.0, f32::INFINITY, f32::NAN] {
+                // Expert 1's middle block takes the special scale.
+                let mut scales: Vec<f32> = (0..e).flat_map(|_| block_scales).collect();
+                scales[4] *= special;
+                let w = Fp8Weights {
+                    codes: &codes,
+                    scales: &scales,
+                    rows: r,
+                    cols: c,
+                };
+                let act: Vec<f32> = (0..c).map(|i| value(what, i)).collect();
+                let mut out = vec![0f32; e * r];
+                // SAFETY: AVX2 and FMA were detected; the rows, scales, vector and
+                // outputs exist.
+                assert!(unsafe { rows_times(&w, 0, e * r, 1, &act, &mut out) });
+                for (row, &got) in out.iter().enumerate() {
+                    let (codes, scales) = w.row(row);
+                    let terms = codes
+                        .iter()
+                        .zip(&act)
+                        .enumerate()
+                        .map(|(col, (&code, &x))| {
+                            let weight =
+                                f64::from(e4m3_decode(code)) * f64::from(scales[col / BLOCK]);
+                            weight * f64::from(x)
+                        });
+                    let want: f64 = terms.clone().sum();
+                    let magnitude: f64 = terms.map(f64::abs).sum();
+                    let at = format!("{what}, scale x {special}, row {row}: {got} vs {want}");
+                    if want.is_nan() || (want as f32).is_infinite() {
+                        assert_eq!(got.is_nan(), want.is_nan(), "{at}");
+                        assert!(want.is_nan() || got == want as f32, "{at}");
+                    } else {
+                        assert!((f64::from(got) - want).abs() <= 1e-6 * magnitude, "{at}");
+                    }
                 }
             }
         }
@@ -440,7 +525,7 @@ mod tests {
                 .map(f32::abs)
                 .collect();
             let top = placed.iter().copied().fold(0f32, f32::max);
-            assert!(top < 2f32.powi(127), "{largest:?} x {scales:?}: 2^{s}");
+            assert!(top <= 2f32.powi(127), "{largest:?} x {scales:?}: 2^{s}");
             if top > 0.0 {
                 assert!(top >= 2f32.powi(126), "{largest:?} x {scales:?}: 2^{s}");
             }
