@@ -263,8 +263,9 @@ impl<'a> PackedRows<'a> {
 /// `a` broadcast against 8 or 4 rows of `b` per vector, every output the sum of its 2 or
 /// 4 elements at the end; rows of `a` other than f32 converted one register tile at a
 /// time. With `b` transposed, [`avx2::gemm_nt`]: the same scheme as AVX-512's on 8 rows
-/// of `b` per vector, every block of rows of `a` copied or converted first. Elsewhere the
-/// `gemm` crate on `a` converted to f32.
+/// of `b` per vector, f32 rows of `a` in place against more than 8 rows of `b`, else each
+/// block of rows of `a` copied or converted first. Elsewhere the `gemm` crate on `a`
+/// converted to f32.
 ///
 /// An `a` that is not whole rows of `b`'s k, or an `out` that is not `m * n` long, is
 /// [`Error::Device`]; nothing is written then. Buffers (converted rows of `a`) are

@@ -6,11 +6,14 @@
 //! 12 rows x 1 group of 8, 6 x 2 or 3 x 3: 12 or 9 accumulators, the registers of `b` and
 //! one broadcast in the 16 registers.
 //!
-//! Rows of `a` are copied (f32) or converted a block of [`MR`] rows of a pass at a time,
+//! Rows of `a` other than f32 are converted a block of [`MR`] rows of a pass at a time,
 //! just before the block's tiles, into rows one cache line longer than the pass
-//! ([`PAD`]): in place they lie a multiple of 4 KiB apart at DeepSeek's widths (2048 and
-//! 7168 values), as rows copied at the pass's width ([`KC`]) would, so a tile's rows fell
-//! in one L1 set and evicted each other. `b` is transposed rather than packed group after
+//! ([`PAD`]). f32 rows are read in place where the tiles have at most 6 rows (`b` wider
+//! than one register), and copied into that block where they have 12: in place they lie
+//! a multiple of 4 KiB apart at DeepSeek's widths (2048 and 7168 values), as rows copied
+//! at the pass's width ([`KC`]) would, so a tile's 12 rows fell in one L1 set (8 ways)
+//! and evicted each other. 3 or 6 rows fit a set, and the copy cost more than it saved
+//! ([`f32_in_place`]). `b` is transposed rather than packed group after
 //! group for the same reason (groups `k * 32` bytes apart). While a block's first chunk
 //! of tiles runs, each tile prefetches its rows' columns of the next block into L2: the
 //! experts op at V2-Lite shapes, T = 256 (a harness, best of 8 calls, builds alternated
@@ -45,6 +48,18 @@ pub const MR: usize = 12;
 /// before [`PAD`]) were slower from memory in the module doc's measurement: f32 and bf16
 /// rows 46 and 64 GFLOP/s, against 54 and 70 at 2048.
 pub const KC: usize = 1024;
+
+/// Whether [`gemm_nt`] reads f32 rows of `a` in place: against `b` wider than one
+/// register (`groups` > 1), whose tiles take 6 or 3 rows. The experts op at V2-Lite
+/// shapes (a harness, best of 8 calls, builds alternated on a 2-core Zen 3), f32, in
+/// place against copied: T=256 (15 to 34 tokens per expert) 199.0-206.4 against
+/// 231.0-240.7 ms, T=160 137.4-137.5 against 157.6-161.2 ms, T=80 (7.5 tokens per
+/// expert on average) 114.7-118.5 against 119.5-123.9 ms; H=7168 T=64 (26 to
+/// 39 tokens per expert) 353.5-355.4 against 377.0-378.7 ms. With tiles of 12 rows read
+/// in place too, T=80 was slower: 129.7-136.2 against 117.3-120.9 ms.
+fn f32_in_place(groups: usize) -> bool {
+    groups > 1
+}
 
 /// f32 values past each row of a block (one cache line): rows `kc` apart would lie a
 /// multiple of 4 KiB apart at whole passes, all in one L1 set.
@@ -86,9 +101,9 @@ const _: () = assert!(MR.is_multiple_of(tile_rows(2)) && MR.is_multiple_of(tile_
 
 /// `out[r * n + c] = a[r] . b[c]` for the `m` rows of `a` (`m * k` values) and the `n`
 /// rows of `b` as [`pack`] lays them out: passes of [`KC`] columns; in each, blocks of
-/// [`MR`] rows of `a` (copied or converted into `block`) times chunks of 3, 2 or 1
-/// registers' rows of `b` (2 and 2 for 4), lanes past `n` neither read nor written. The
-/// first pass stores, later ones add.
+/// [`MR`] rows of `a` (in place, or copied or converted into `block`: [`f32_in_place`])
+/// times chunks of 3, 2 or 1 registers' rows of `b` (2 and 2 for 4), lanes past `n`
+/// neither read nor written. The first pass stores, later ones add.
 ///
 /// # Safety
 /// AVX2 and FMA must be available; `a` holds `m * k` values, `packed` `k * padded(n)`,
@@ -107,12 +122,17 @@ pub unsafe fn gemm_nt(
         let kc = KC.min(k - k0);
         for r in (0..m).step_by(MR) {
             let rows = MR.min(m - r);
-            // This block's columns as f32, rows `lda` apart.
-            let lda = kc + PAD;
-            for (i, dst) in block[..rows * lda].chunks_exact_mut(lda).enumerate() {
-                a.read_f32_inline((r + i) * k + k0, &mut dst[..kc]);
-            }
-            let ap = block.as_ptr();
+            // This block's columns as f32, rows `lda` apart: in place, or in `block`.
+            let (ap, lda) = match a {
+                FloatSlice::F32(v) if f32_in_place(groups) => (v.as_ptr().add(r * k + k0), k),
+                _ => {
+                    let lda = kc + PAD;
+                    for (i, dst) in block[..rows * lda].chunks_exact_mut(lda).enumerate() {
+                        a.read_f32_inline((r + i) * k + k0, &mut dst[..kc]);
+                    }
+                    (block.as_ptr(), lda)
+                }
+            };
             // The next block's columns of this pass, prefetched by the first chunk's tiles
             // (where the next block is full: r + 2 MR <= m).
             let next = (r + 2 * MR <= m).then(|| Prefetch::rows_of(a, k, r + MR, k0));
@@ -136,7 +156,7 @@ pub unsafe fn gemm_nt(
                 while i < rows {
                     let tr = per_tile.min(rows - i);
                     // SAFETY: rows i..i + tr of the block hold columns 0..kc, lda
-                    // apart; `packed` holds columns k0..k0 + kc of rows g * 8..(g + vecs)
+                    // apart (in place: rows r + i.. of `a`, columns k0..k0 + kc); `packed` holds columns k0..k0 + kc of rows g * 8..(g + vecs)
                     // * 8 (at most `width`), `width` apart; the outputs (r + i + j) * n +
                     // (g + v) * 8 + l for j < tr, v < vecs and live lanes l lie inside
                     // m * n; `next` (rows r + MR + i.., columns k0..) lies inside `a`.
