@@ -142,8 +142,9 @@ const KC: usize = 2048;
 /// 12 rows); else on CPUs with AVX-512F in groups of 16 rows, column by column
 /// (`[group][k][16]`, rows past `n` zero), so that one vector holds one column of 16
 /// rows, the last 1 to [`REST_QUADS_MAX`] rows past whole groups in quads where those
-/// kernels run; else on CPUs with AVX2 and FMA transposed ([`avx2::pack`]); elsewhere
-/// the rows as they are.
+/// kernels run; else on CPUs with AVX2 and FMA transposed ([`avx2::pack`]), the last 1
+/// to [`avx2::REST_DOTS_MAX`] rows past whole groups of 8 as they are; elsewhere the rows
+/// as they are.
 #[derive(Debug)]
 pub struct PackedRows<'a> {
     layout: Layout<'a>,
@@ -169,10 +170,15 @@ enum Layout<'a> {
     /// per vector, as f32 bits) for [`quads::multiply`].
     #[cfg(target_arch = "x86_64")]
     Lanes(quads::F32Lanes),
-    /// `b` transposed, `[k][ceil(n / 8) * 8]`, for the AVX2 kernel ([`avx2::gemm_nt`]) on
-    /// x86 CPUs without AVX-512F.
+    /// `b` transposed for the AVX2 kernel ([`avx2::gemm_nt`]) on x86 CPUs without
+    /// AVX-512F: `[k][ceil(main / 8) * 8]` for its first `main` rows; `rest`, the last 1
+    /// to [`avx2::REST_DOTS_MAX`] rows past whole groups of 8 (at least one), as they are
+    /// (multiplied by dot products rather than in a mostly empty register), else empty.
     #[cfg(target_arch = "x86_64")]
-    Transposed(Aligned<f32>),
+    Transposed {
+        packed: Aligned<f32>,
+        rest: &'a [f32],
+    },
     /// `b` row-major, for [`portable_nt`].
     Rows(&'a [f32]),
 }
@@ -231,13 +237,15 @@ impl<'a> PackedRows<'a> {
         }
         #[cfg(target_arch = "x86_64")]
         if crate::avx2::available() {
-            let len = (avx2::padded(n))
+            let main = n - avx2::rest_rows(n);
+            let len = (avx2::padded(main))
                 .and_then(|width| width.checked_mul(k))
                 .ok_or_else(too_large)?;
             let mut packed = Aligned::try_filled(len, 0.0, WHAT)?;
-            avx2::pack(b, k, &mut packed);
+            let (main_rows, rest) = b.split_at(main * k);
+            avx2::pack(main_rows, k, &mut packed);
             return Ok(PackedRows {
-                layout: Layout::Transposed(packed),
+                layout: Layout::Transposed { packed, rest },
                 n,
                 k,
             });
@@ -263,8 +271,9 @@ impl<'a> PackedRows<'a> {
 /// `a` broadcast against 8 or 4 rows of `b` per vector, every output the sum of its 2 or
 /// 4 elements at the end; rows of `a` other than f32 converted one register tile at a
 /// time. With `b` transposed, [`avx2::gemm_nt`]: the same scheme as AVX-512's on 8 rows
-/// of `b` per vector, f32 rows of `a` in place against more than 8 rows of `b`, else each
-/// block of rows of `a` copied or converted first. Elsewhere the `gemm` crate on `a`
+/// of `b` per vector (f32 rows of `a` in place where the transposed rows fill more than
+/// one register, else each block of rows of `a` copied or converted first), the rows of
+/// `b` left apart by dot products on the same block. Elsewhere the `gemm` crate on `a`
 /// converted to f32.
 ///
 /// An `a` that is not whole rows of `b`'s k, or an `out` that is not `m * n` long, is
@@ -321,13 +330,15 @@ pub fn matmul_nt_packed(a: FloatSlice<'_>, b: &PackedRows<'_>, out: &mut [f32]) 
             Ok(())
         }
         #[cfg(target_arch = "x86_64")]
-        Layout::Transposed(packed) => {
+        Layout::Transposed { packed, rest } => {
             let len = avx2::block_len(k);
             let mut block = moemla_core::alloc::try_filled_vec(len, "cpu gemm nt rows")?;
-            // SAFETY: `PackedRows::new` built `Transposed` only where AVX2 and FMA were
-            // detected, as `k * padded(n)` values; `nt_shape` checked that `a` holds m rows
-            // of k and `out` m * n values; `block` holds `block_len(k)` values.
-            unsafe { avx2::gemm_nt(a, packed, (m, n, k), out, &mut block) };
+            // SAFETY: `PackedRows::new` built `Transposed` only where AVX2, FMA and F16C
+            // were detected ([`crate::avx2::available`]), as `k * padded(main)` values for
+            // the first main = n - rest_rows(n) rows of `b` and those rest rows of k as
+            // they are; `nt_shape` checked that `a` holds m rows of k and `out` m * n
+            // values; `block` holds `block_len(k)` values.
+            unsafe { avx2::gemm_nt(a, (packed, rest), (m, n, k), out, &mut block) };
             Ok(())
         }
         Layout::Rows(rows) => match a {
@@ -744,6 +755,13 @@ mod tests {
             // AVX2 (groups of 8): four groups (two chunks of two) over three passes (1024
             // columns each, the last 300), the first block prefetching the next.
             (26, 29, 2048 + 300),
+            // AVX2, the last 1 to 4 rows past whole groups by dot products (`rest_rows`;
+            // 1, 4 and 5 to 7 above): 2 over three passes beside two groups (f32 in
+            // place), 3 over two passes beside one (f32 copied), 2 beside five groups with
+            // `k` two steps and a tail column.
+            (26, 18, 2048 + 300),
+            (14, 11, 1024 + 17),
+            (9, 42, 33),
         ];
         shapes.extend((1..=13).map(|m| (m, 9 + 2 * m, 83)));
         for (m, n, k) in shapes {

@@ -10,7 +10,7 @@ use crate::ops::moe_experts::fp8::{self, Weights};
 use crate::storage::FloatSlice;
 
 #[cfg(target_arch = "x86_64")]
-mod avx2;
+pub(crate) mod avx2;
 
 /// Up to this many activation vectors, [`rows_times`] beats a tile plus GEMM (measured
 /// at V2-Lite shapes: bf16 decode -20..30% time, f32 about -10%).

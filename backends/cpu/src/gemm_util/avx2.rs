@@ -4,7 +4,14 @@
 //! value of `a` is broadcast against 1 to 3 such registers, into accumulators that are the
 //! output itself (8 consecutive outputs of one row of `a`, no horizontal sums). Tiles of
 //! 12 rows x 1 group of 8, 6 x 2 or 3 x 3: 12 or 9 accumulators, the registers of `b` and
-//! one broadcast in the 16 registers.
+//! one broadcast in the 16 registers. The last 1 to [`REST_DOTS_MAX`] rows of `b` past
+//! whole groups are not padded into a group of their own (where up to 7 of its 8 lanes
+//! would be zeros multiplied like the rest) but taken by dot products, 8 columns per FMA,
+//! on each block of rows of `a` the tiles just read: the experts op at V2-Lite shapes,
+//! T=256 (15 to 34 tokens per expert; a harness, best of 8 calls, builds alternated on a
+//! 2-core Zen 3), f32 194.6-205.4 against 216.6-227.0 ms, bf16 191.2-194.4 against
+//! 206.7-207.3 ms; H=7168 T=64 (16 experts, 26 to 39 tokens each) f32 316.8-320.1
+//! against 353.2-372.9 ms.
 //!
 //! Rows of `a` other than f32 are converted a block of [`MR`] rows of a pass at a time,
 //! just before the block's tiles, into rows one cache line longer than the pass
@@ -28,6 +35,7 @@
 //! columns, no prefetch).
 
 use super::{Prefetch, NO_PREFETCH};
+use crate::gemv::avx2::{cached_f32_dots, Walk};
 use crate::storage::FloatSlice;
 use std::arch::x86_64::*;
 
@@ -49,8 +57,8 @@ pub const MR: usize = 12;
 /// rows 46 and 64 GFLOP/s, against 54 and 70 at 2048.
 pub const KC: usize = 1024;
 
-/// Whether [`gemm_nt`] reads f32 rows of `a` in place: against `b` wider than one
-/// register (`groups` > 1), whose tiles take 6 or 3 rows. The experts op at V2-Lite
+/// Whether [`gemm_nt`] reads f32 rows of `a` in place: against more than one register
+/// of packed rows of `b` (`groups` > 1), whose tiles take 6 or 3 rows. The experts op at V2-Lite
 /// shapes (a harness, best of 8 calls, builds alternated on a 2-core Zen 3), f32, in
 /// place against copied: T=256 (15 to 34 tokens per expert) 199.0-206.4 against
 /// 231.0-240.7 ms, T=160 137.4-137.5 against 157.6-161.2 ms, T=80 (7.5 tokens per
@@ -68,6 +76,21 @@ const PAD: usize = 16;
 /// The f32 values of [`gemm_nt`]'s `block` for products of width `k`.
 pub fn block_len(k: usize) -> usize {
     MR * (KC.min(k) + PAD)
+}
+
+/// Most rows of `b` past its whole groups of 8 that [`gemm_nt`] multiplies by dot
+/// products ([`crate::gemv::avx2::cached_f32_dots`], on the rows of `a` its tiles just
+/// read) rather than in a register of 8 mostly padded lanes: 1 to 4 vectors cost fewer
+/// FMAs that way than a group, 5 to 7 about as many.
+pub const REST_DOTS_MAX: usize = crate::gemv::MAX_VECTORS;
+
+/// The last rows of `n` that [`gemm_nt`] takes by dot products: `n % 8` where that is 1
+/// to [`REST_DOTS_MAX`] past at least one whole group, else 0.
+pub fn rest_rows(n: usize) -> usize {
+    match n % LANES {
+        rest if n > LANES && rest <= REST_DOTS_MAX => rest,
+        _ => 0,
+    }
 }
 
 /// `n` rounded up to whole registers (the width of [`pack`]'s rows); `None` on overflow.
@@ -100,23 +123,27 @@ const fn tile_rows(groups: usize) -> usize {
 const _: () = assert!(MR.is_multiple_of(tile_rows(2)) && MR.is_multiple_of(tile_rows(3)));
 
 /// `out[r * n + c] = a[r] . b[c]` for the `m` rows of `a` (`m * k` values) and the `n`
-/// rows of `b` as [`pack`] lays them out: passes of [`KC`] columns; in each, blocks of
-/// [`MR`] rows of `a` (in place, or copied or converted into `block`: [`f32_in_place`])
-/// times chunks of 3, 2 or 1 registers' rows of `b` (2 and 2 for 4), lanes past `n`
-/// neither read nor written. The first pass stores, later ones add.
+/// rows of `b`, the first `main` as [`pack`] lays them out and the last [`rest_rows`]
+/// (`rest`) as they are: passes of [`KC`] columns; in each, blocks of [`MR`] rows of `a`
+/// (in place, or copied or converted into `block`: [`f32_in_place`]) times chunks of 3,
+/// 2 or 1 registers' rows of `b` (2 and 2 for 4), lanes past `main` neither read nor
+/// written, then times the rest rows by dot products. The first pass stores, later ones
+/// add.
 ///
 /// # Safety
-/// AVX2 and FMA must be available; `a` holds `m * k` values, `packed` `k * padded(n)`,
-/// `out` `m * n`, and `block` [`block_len`]`(k)`.
-#[target_feature(enable = "avx2,fma")]
+/// AVX2, FMA and F16C must be available; `a` holds `m * k` values, `rest` `rest_rows(n)
+/// * k`, `packed` `k * padded(n - rest_rows(n))`, `out` `m * n`, and `block`
+/// [`block_len`]`(k)`.
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn gemm_nt(
     a: FloatSlice<'_>,
-    packed: &[f32],
+    (packed, rest): (&[f32], &[f32]),
     (m, n, k): (usize, usize, usize),
     out: &mut [f32],
     block: &mut [f32],
 ) {
-    let groups = n.div_ceil(LANES);
+    let main = n - rest_rows(n);
+    let groups = main.div_ceil(LANES);
     let width = groups * LANES;
     for k0 in (0..k).step_by(KC) {
         let kc = KC.min(k - k0);
@@ -149,7 +176,11 @@ pub unsafe fn gemm_nt(
                     ldb: width,
                     ldo: n,
                     add: k0 > 0,
-                    lanes: [live_lanes(n, g), live_lanes(n, g + 1), live_lanes(n, g + 2)],
+                    lanes: [
+                        live_lanes(main, g),
+                        live_lanes(main, g + 1),
+                        live_lanes(main, g + 2),
+                    ],
                 };
                 let per_tile = tile_rows(vecs);
                 let mut i = 0;
@@ -170,6 +201,21 @@ pub unsafe fn gemm_nt(
                     i += tr;
                 }
                 g += vecs;
+            }
+            if main < n {
+                let walk = Walk {
+                    ldw: lda,
+                    ldx: k,
+                    ldo: n,
+                    add: k0 > 0,
+                    prefetch: None,
+                };
+                // SAFETY: the block's rows hold columns 0..kc, `lda` apart; `rest` holds
+                // n - main (1 to 4) rows of k, whose columns k0..k0 + kc are read; the
+                // outputs (r + i) * n + main + c for i < rows and c < n - main lie inside
+                // m * n and alias neither.
+                let (x, o) = (rest.as_ptr().add(k0), out.as_mut_ptr().add(r * n + main));
+                cached_f32_dots(n - main, ap, rows, kc, x, o, walk);
             }
         }
     }

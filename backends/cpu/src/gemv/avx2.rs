@@ -14,6 +14,10 @@
 //! T=16 at V2-Lite shapes, best of 40 calls, builds alternated, not committed): f32
 //! 57.2-59.0 -> 50.1-51.2 ms; bf16 31.9-32.8 -> 29.9-30.9 ms in four rounds of five
 //! (33.4 in one).
+//!
+//! The same dot products take the last 1 to 4 rows of `b` in the AVX2 GEMM
+//! ([`cached_f32_dots`]: f32 rows of `a` already in cache, strided, added to across
+//! passes).
 
 use crate::storage::FloatSlice;
 use half::{bf16, f16};
@@ -76,6 +80,33 @@ impl Widen for f16 {
     }
 }
 
+/// How [`dots`] walks its operands, in elements: weight rows `ldw` apart, activation
+/// vectors `ldx` apart, each row's outputs `ldo` apart (vector `c` at `c`), stored or
+/// added to (`add`); the weights prefetched [`super::PREFETCH_BYTES`] ahead where they
+/// stream from memory (`prefetch`), not where they are in cache already.
+#[derive(Clone, Copy, Debug)]
+pub struct Walk {
+    /// Distance between weight rows.
+    pub ldw: usize,
+    /// Distance between activation vectors.
+    pub ldx: usize,
+    /// Distance between the output rows (one per weight row).
+    pub ldo: usize,
+    /// Add the dot products to the outputs instead of storing them.
+    pub add: bool,
+    /// Where the weights ahead are prefetched; `None`: not at all.
+    pub prefetch: Option<Hint>,
+}
+
+/// The cache [`Walk::prefetch`] brings weights into.
+#[derive(Clone, Copy, Debug)]
+pub enum Hint {
+    /// L1 (AMD cores, measured: [`super::PREFETCH_BYTES`]).
+    L1,
+    /// L2 (Intel cores, as the AVX-512 kernel).
+    L2,
+}
+
 /// `out[r * n + c] = w[first + r] . act[c]` for `rows` weight rows of `k` columns and
 /// `n` = `act.len() / k` activation vectors. False (nothing written) when the CPU lacks
 /// the instructions ([`crate::avx2::available`]) or the lengths do not fit: `k` 0, `act` not
@@ -114,94 +145,140 @@ fn typed<T: Widen>(
     if !fits || !crate::avx2::available() {
         return false;
     }
-    let w = &w[first * k..(first + rows) * k];
-    // SAFETY: AVX2, FMA and F16C were detected; `w` holds rows x k elements, `act` n x k
-    // and `out` at least rows x n (checked above), as `dots` requires.
+    let walk = Walk {
+        ldw: k,
+        ldx: k,
+        ldo: n,
+        add: false,
+        prefetch: Some(match crate::vendor::intel() {
+            true => Hint::L2,
+            false => Hint::L1,
+        }),
+    };
+    let (w, x, o) = (w[first * k..].as_ptr(), act.as_ptr(), out.as_mut_ptr());
+    // SAFETY: AVX2, FMA and F16C were detected; `w` holds rows first..first + rows of k
+    // elements, `act` n x k and `out` at least rows x n (checked above), as `dots`
+    // requires with this walk.
     unsafe {
         match n {
             0 => {} // No vectors: nothing to write.
-            1 => dots::<T, 1>(w, k, act, out),
-            2 => dots::<T, 2>(w, k, act, out),
-            3 => dots::<T, 3>(w, k, act, out),
-            4 => dots::<T, 4>(w, k, act, out),
+            1 => dots::<T, 1>(w, rows, k, x, o, walk),
+            2 => dots::<T, 2>(w, rows, k, x, o, walk),
+            3 => dots::<T, 3>(w, rows, k, x, o, walk),
+            4 => dots::<T, 4>(w, rows, k, x, o, walk),
             _ => return false,
         }
     }
     true
 }
 
-/// `out[r * N + c] = w_r . act_c` for every row of `w` (rows of `k`) and the `N` rows of
-/// `act`: the rows in pairs ([`rows_of`]), a last odd row alone.
+/// [`dots`] for f32 rows already in cache (no prefetch: `walk.prefetch` is ignored) and
+/// `n` of 1 to [`super::MAX_VECTORS`] vectors (others: nothing is done): the last rows of
+/// `b` past whole registers in [`crate::gemm_util::matmul_nt_packed`].
 ///
 /// # Safety
-/// AVX2, FMA and F16C must be available; `w` holds whole rows of `k >= 1`, `act` `N * k`
-/// and `out` at least `w.len() / k * N` elements.
+/// As [`dots`]'s, for `N` = `n`.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dots<T: Widen, const N: usize>(w: &[T], k: usize, act: &[f32], out: &mut [f32]) {
-    let pairs = w.chunks_exact(2 * k);
-    let last = pairs.remainder();
-    let done = w.len() / (2 * k) * 2;
-    let l1 = !crate::vendor::intel();
-    for (q, two) in pairs.enumerate() {
-        // SAFETY: as this function's contract; outputs 2q * N.. of rows x N.
-        match N {
-            // Two partial sums per row and vector (FMA latency hidden) while they and a
-            // step's weights fit the 16 registers.
-            1..=3 => rows_of::<T, N, 2, 2>(two, k, act, out.as_mut_ptr().add(2 * q * N), l1),
-            _ => rows_of::<T, N, 2, 1>(two, k, act, out.as_mut_ptr().add(2 * q * N), l1),
-        }
-    }
-    if !last.is_empty() {
-        // SAFETY: as above; the last row's outputs follow the pairs'.
-        rows_of::<T, N, 1, 2>(last, k, act, out.as_mut_ptr().add(done * N), l1);
+pub unsafe fn cached_f32_dots(
+    n: usize,
+    w: *const f32,
+    rows: usize,
+    k: usize,
+    x: *const f32,
+    out: *mut f32,
+    walk: Walk,
+) {
+    let walk = Walk {
+        prefetch: None,
+        ..walk
+    };
+    match n {
+        1 => dots::<f32, 1>(w, rows, k, x, out, walk),
+        2 => dots::<f32, 2>(w, rows, k, x, out, walk),
+        3 => dots::<f32, 3>(w, rows, k, x, out, walk),
+        4 => dots::<f32, 4>(w, rows, k, x, out, walk),
+        _ => {}
     }
 }
 
-/// `out[r * N + c] = w_r . act_c` for the `R` rows of `w` (rows of `k`) and the `N` rows
-/// of `act`: each 16-column step of every row widened once, each activation register
-/// loaded once for the `R` rows (with one row at a time and 3 or 4 vectors, the vectors
-/// no longer stayed in L1 beside the streaming rows, and their loads from L2 bounded the
-/// kernel), multiplied into `P` partial sums per row and vector; the weights
-/// [`super::PREFETCH_BYTES`] ahead prefetched into L1 (`l1`: AMD) or L2 (Intel: as the
-/// AVX-512 kernel); the last `k % 16` columns in scalar f32.
+/// `out[r * ldo + c] (+)= w_r . x_c` for `rows` rows of `w` (`k` columns each) and the
+/// `N` vectors of `x`, as `walk` lays them out: the rows in pairs ([`rows_of`]), a last
+/// odd row alone.
 ///
 /// # Safety
-/// AVX2, FMA and F16C must be available; `w` holds `R` rows of `k >= 1`, `act` `N * k`
-/// and `out` `R * N` elements.
+/// AVX2, FMA and F16C must be available; `k >= 1`; for r < `rows` and c < `N`, `k`
+/// values at `w + r * ldw` and at `x + c * ldx` are readable, and `out + r * ldo + c` is
+/// writable (and readable with `add`), aliasing neither.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dots<T: Widen, const N: usize>(
+    w: *const T,
+    rows: usize,
+    k: usize,
+    x: *const f32,
+    out: *mut f32,
+    walk: Walk,
+) {
+    let pairs = rows / 2;
+    for q in 0..pairs {
+        let (w, out) = (w.add(2 * q * walk.ldw), out.add(2 * q * walk.ldo));
+        // SAFETY: as this function's contract, for rows 2q and 2q + 1.
+        match N {
+            // Two partial sums per row and vector (FMA latency hidden) while they and a
+            // step's weights fit the 16 registers.
+            1..=3 => rows_of::<T, N, 2, 2>(w, k, x, out, walk),
+            _ => rows_of::<T, N, 2, 1>(w, k, x, out, walk),
+        }
+    }
+    if rows % 2 == 1 {
+        let (w, out) = (w.add(2 * pairs * walk.ldw), out.add(2 * pairs * walk.ldo));
+        // SAFETY: as above, for the last row.
+        rows_of::<T, N, 1, 2>(w, k, x, out, walk);
+    }
+}
+
+/// `out[r * ldo + c] (+)= w_r . x_c` for the `R` rows of `w` and the `N` vectors of `x`
+/// (`k` columns each, as `walk` lays them out): each 16-column step of every row widened
+/// once, each activation register loaded once for the `R` rows (with one row at a time
+/// and 3 or 4 vectors, the vectors no longer stayed in L1 beside the streaming rows, and
+/// their loads from L2 bounded the kernel), multiplied into `P` partial sums per row and
+/// vector; the weights [`super::PREFETCH_BYTES`] ahead prefetched as `walk` says; the
+/// last `k % 16` columns in scalar f32.
+///
+/// # Safety
+/// As [`dots`]'s, for `R` rows.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn rows_of<T: Widen, const N: usize, const R: usize, const P: usize>(
-    w: &[T],
+    w: *const T,
     k: usize,
-    act: &[f32],
+    x: *const f32,
     out: *mut f32,
-    l1: bool,
+    walk: Walk,
 ) {
-    let (p, x) = (w.as_ptr(), act.as_ptr());
+    let Walk { ldw, ldx, ldo, .. } = walk;
     let whole = k / STEP * STEP;
     let mut acc = [[[_mm256_setzero_ps(); R]; N]; P];
     let mut off = 0;
     // SAFETY (all loads): columns off..off + 16 lie inside each of the R rows of w and
-    // every row of act; out[r * N + c] is inside R x N.
+    // every vector of x; out + r * ldo + c is inside the outputs.
     while off < whole {
         // One line PREFETCH_BYTES on per 64 bytes of each row (a hint: never faults,
         // whatever the address, so `wrapping_add` may pass the end of `w`).
         let bytes = off * size_of::<T>();
-        if bytes.is_multiple_of(64) {
+        if let (Some(hint), true) = (walk.prefetch, bytes.is_multiple_of(64)) {
             for r in 0..R {
-                let row = p.add(r * k).cast::<u8>();
-                let ahead = row.wrapping_add(bytes + super::PREFETCH_BYTES);
-                if l1 {
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
-                } else {
-                    _mm_prefetch::<_MM_HINT_T1>(ahead.cast());
+                let row = w.add(r * ldw).cast::<u8>();
+                let ahead = row.wrapping_add(bytes + super::PREFETCH_BYTES).cast();
+                match hint {
+                    Hint::L1 => _mm_prefetch::<_MM_HINT_T0>(ahead),
+                    Hint::L2 => _mm_prefetch::<_MM_HINT_T1>(ahead),
                 }
             }
         }
         for h in 0..2 {
             let col = off + h * LANES;
-            let wv: [__m256; R] = std::array::from_fn(|r| T::load8(p.add(r * k + col)));
+            let wv: [__m256; R] = std::array::from_fn(|r| T::load8(w.add(r * ldw + col)));
             for (c, sums) in acc[h % P].iter_mut().enumerate() {
-                let xv = _mm256_loadu_ps(x.add(c * k + col));
+                let xv = _mm256_loadu_ps(x.add(c * ldx + col));
                 for (s, &wr) in sums.iter_mut().zip(&wv) {
                     *s = _mm256_fmadd_ps(wr, xv, *s);
                 }
@@ -209,17 +286,20 @@ unsafe fn rows_of<T: Widen, const N: usize, const R: usize, const P: usize>(
         }
         off += STEP;
     }
-    for (r, row) in w.chunks_exact(k).enumerate() {
-        for (c, xc) in act.chunks_exact(k).take(N).enumerate() {
-            let tail: f32 = row[whole..]
-                .iter()
-                .zip(&xc[whole..])
-                .map(|(&wv, &xv)| wv.to_f32() * xv)
+    for r in 0..R {
+        for c in 0..N {
+            let tail: f32 = (whole..k)
+                .map(|col| (*w.add(r * ldw + col)).to_f32() * *x.add(c * ldx + col))
                 .sum();
             let sum = acc[1..]
                 .iter()
                 .fold(acc[0][c][r], |a, part| _mm256_add_ps(a, part[c][r]));
-            *out.add(r * N + c) = crate::avx2::sum_lanes(sum) + tail;
+            let o = out.add(r * ldo + c);
+            let dot = crate::avx2::sum_lanes(sum) + tail;
+            *o = match walk.add {
+                true => *o + dot,
+                false => dot,
+            };
         }
     }
 }
