@@ -208,7 +208,7 @@ pub unsafe fn gemm_nt(
                     ldx: k,
                     ldo: n,
                     add: k0 > 0,
-                    prefetch: None,
+                    into_l1: false,
                 };
                 // SAFETY: the block's rows hold columns 0..kc, `lda` apart; `rest` holds
                 // n - main (1 to 4) rows of k, whose columns k0..k0 + kc are read; the

@@ -82,8 +82,8 @@ impl Widen for f16 {
 
 /// How [`dots`] walks its operands, in elements: weight rows `ldw` apart, activation
 /// vectors `ldx` apart, each row's outputs `ldo` apart (vector `c` at `c`), stored or
-/// added to (`add`); the weights prefetched [`super::PREFETCH_BYTES`] ahead where they
-/// stream from memory (`prefetch`), not where they are in cache already.
+/// added to (`add`); where it prefetches the weights ahead (its `FETCH`), into L1 or L2
+/// (`into_l1`).
 #[derive(Clone, Copy, Debug)]
 pub struct Walk {
     /// Distance between weight rows.
@@ -94,17 +94,9 @@ pub struct Walk {
     pub ldo: usize,
     /// Add the dot products to the outputs instead of storing them.
     pub add: bool,
-    /// Where the weights ahead are prefetched; `None`: not at all.
-    pub prefetch: Option<Hint>,
-}
-
-/// The cache [`Walk::prefetch`] brings weights into.
-#[derive(Clone, Copy, Debug)]
-pub enum Hint {
-    /// L1 (AMD cores, measured: [`super::PREFETCH_BYTES`]).
-    L1,
-    /// L2 (Intel cores, as the AVX-512 kernel).
-    L2,
+    /// Prefetch into L1 (AMD cores, measured: [`super::PREFETCH_BYTES`]), else into L2
+    /// (Intel cores, as the AVX-512 kernel).
+    pub into_l1: bool,
 }
 
 /// `out[r * n + c] = w[first + r] . act[c]` for `rows` weight rows of `k` columns and
@@ -150,10 +142,7 @@ fn typed<T: Widen>(
         ldx: k,
         ldo: n,
         add: false,
-        prefetch: Some(match crate::vendor::intel() {
-            true => Hint::L2,
-            false => Hint::L1,
-        }),
+        into_l1: !crate::vendor::intel(),
     };
     let (w, x, o) = (w[first * k..].as_ptr(), act.as_ptr(), out.as_mut_ptr());
     // SAFETY: AVX2, FMA and F16C were detected; `w` holds rows first..first + rows of k
@@ -162,17 +151,17 @@ fn typed<T: Widen>(
     unsafe {
         match n {
             0 => {} // No vectors: nothing to write.
-            1 => dots::<T, 1>(w, rows, k, x, o, walk),
-            2 => dots::<T, 2>(w, rows, k, x, o, walk),
-            3 => dots::<T, 3>(w, rows, k, x, o, walk),
-            4 => dots::<T, 4>(w, rows, k, x, o, walk),
+            1 => dots::<T, 1, true>(w, rows, k, x, o, walk),
+            2 => dots::<T, 2, true>(w, rows, k, x, o, walk),
+            3 => dots::<T, 3, true>(w, rows, k, x, o, walk),
+            4 => dots::<T, 4, true>(w, rows, k, x, o, walk),
             _ => return false,
         }
     }
     true
 }
 
-/// [`dots`] for f32 rows already in cache (no prefetch: `walk.prefetch` is ignored) and
+/// [`dots`] for f32 rows already in cache (no prefetch: `walk.into_l1` is ignored) and
 /// `n` of 1 to [`super::MAX_VECTORS`] vectors (others: nothing is done): the last rows of
 /// `b` past whole registers in [`crate::gemm_util::matmul_nt_packed`].
 ///
@@ -188,29 +177,26 @@ pub unsafe fn cached_f32_dots(
     out: *mut f32,
     walk: Walk,
 ) {
-    let walk = Walk {
-        prefetch: None,
-        ..walk
-    };
     match n {
-        1 => dots::<f32, 1>(w, rows, k, x, out, walk),
-        2 => dots::<f32, 2>(w, rows, k, x, out, walk),
-        3 => dots::<f32, 3>(w, rows, k, x, out, walk),
-        4 => dots::<f32, 4>(w, rows, k, x, out, walk),
+        1 => dots::<f32, 1, false>(w, rows, k, x, out, walk),
+        2 => dots::<f32, 2, false>(w, rows, k, x, out, walk),
+        3 => dots::<f32, 3, false>(w, rows, k, x, out, walk),
+        4 => dots::<f32, 4, false>(w, rows, k, x, out, walk),
         _ => {}
     }
 }
 
 /// `out[r * ldo + c] (+)= w_r . x_c` for `rows` rows of `w` (`k` columns each) and the
 /// `N` vectors of `x`, as `walk` lays them out: the rows in pairs ([`rows_of`]), a last
-/// odd row alone.
+/// odd row alone; the weights prefetched ahead where `FETCH` (rows streamed from memory;
+/// a const parameter, as LLVM kept a run-time test of it in the loop).
 ///
 /// # Safety
 /// AVX2, FMA and F16C must be available; `k >= 1`; for r < `rows` and c < `N`, `k`
 /// values at `w + r * ldw` and at `x + c * ldx` are readable, and `out + r * ldo + c` is
 /// writable (and readable with `add`), aliasing neither.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dots<T: Widen, const N: usize>(
+unsafe fn dots<T: Widen, const N: usize, const FETCH: bool>(
     w: *const T,
     rows: usize,
     k: usize,
@@ -225,14 +211,14 @@ unsafe fn dots<T: Widen, const N: usize>(
         match N {
             // Two partial sums per row and vector (FMA latency hidden) while they and a
             // step's weights fit the 16 registers.
-            1..=3 => rows_of::<T, N, 2, 2>(w, k, x, out, walk),
-            _ => rows_of::<T, N, 2, 1>(w, k, x, out, walk),
+            1..=3 => rows_of::<T, N, 2, 2, FETCH>(w, k, x, out, walk),
+            _ => rows_of::<T, N, 2, 1, FETCH>(w, k, x, out, walk),
         }
     }
     if rows % 2 == 1 {
         let (w, out) = (w.add(2 * pairs * walk.ldw), out.add(2 * pairs * walk.ldo));
         // SAFETY: as above, for the last row.
-        rows_of::<T, N, 1, 2>(w, k, x, out, walk);
+        rows_of::<T, N, 1, 2, FETCH>(w, k, x, out, walk);
     }
 }
 
@@ -241,13 +227,13 @@ unsafe fn dots<T: Widen, const N: usize>(
 /// once, each activation register loaded once for the `R` rows (with one row at a time
 /// and 3 or 4 vectors, the vectors no longer stayed in L1 beside the streaming rows, and
 /// their loads from L2 bounded the kernel), multiplied into `P` partial sums per row and
-/// vector; the weights [`super::PREFETCH_BYTES`] ahead prefetched as `walk` says; the
-/// last `k % 16` columns in scalar f32.
+/// vector; the weights [`super::PREFETCH_BYTES`] ahead prefetched where `FETCH`, into
+/// L1 or L2 as `walk` says; the last `k % 16` columns in scalar f32.
 ///
 /// # Safety
 /// As [`dots`]'s, for `R` rows.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_of<T: Widen, const N: usize, const R: usize, const P: usize>(
+unsafe fn rows_of<T: Widen, const N: usize, const R: usize, const P: usize, const FETCH: bool>(
     w: *const T,
     k: usize,
     x: *const f32,
@@ -264,13 +250,13 @@ unsafe fn rows_of<T: Widen, const N: usize, const R: usize, const P: usize>(
         // One line PREFETCH_BYTES on per 64 bytes of each row (a hint: never faults,
         // whatever the address, so `wrapping_add` may pass the end of `w`).
         let bytes = off * size_of::<T>();
-        if let (Some(hint), true) = (walk.prefetch, bytes.is_multiple_of(64)) {
+        if FETCH && bytes.is_multiple_of(64) {
             for r in 0..R {
                 let row = w.add(r * ldw).cast::<u8>();
                 let ahead = row.wrapping_add(bytes + super::PREFETCH_BYTES).cast();
-                match hint {
-                    Hint::L1 => _mm_prefetch::<_MM_HINT_T0>(ahead),
-                    Hint::L2 => _mm_prefetch::<_MM_HINT_T1>(ahead),
+                match walk.into_l1 {
+                    true => _mm_prefetch::<_MM_HINT_T0>(ahead),
+                    false => _mm_prefetch::<_MM_HINT_T1>(ahead),
                 }
             }
         }
