@@ -187,7 +187,8 @@ impl<'a> PackedRows<'a> {
     /// Packs the `n` rows of `k` in `b` (row-major). A `k` of 0 or a length that is not
     /// whole rows is [`Error::Device`]; the packed copy (`ceil(n / 16) * 16 * k` values,
     /// in quads `ceil(n / 4) * 16 * ceil(k / 4)` words, in octets `ceil(n / 8) * 16 *
-    /// ceil(k / 2)`) is allocated fallibly ([`Error::OutOfMemory`]).
+    /// ceil(k / 2)`, on AVX2 `ceil(main / 8) * 8 * k` values for the rows before the
+    /// last [`avx2::rest_rows`]) is allocated fallibly ([`Error::OutOfMemory`]).
     pub fn new(b: &'a [f32], k: usize) -> Result<Self> {
         // No rows of `a` and no output: only `b`'s shape is checked.
         let (_, n) = nt_shape(0, b.len(), k, 0)?;
@@ -331,13 +332,13 @@ pub fn matmul_nt_packed(a: FloatSlice<'_>, b: &PackedRows<'_>, out: &mut [f32]) 
         }
         #[cfg(target_arch = "x86_64")]
         Layout::Transposed { packed, rest } => {
-            let len = avx2::block_len(k);
+            let len = avx2::block_len(a, n, k);
             let mut block = moemla_core::alloc::try_filled_vec(len, "cpu gemm nt rows")?;
             // SAFETY: `PackedRows::new` built `Transposed` only where AVX2, FMA and F16C
             // were detected ([`crate::avx2::available`]), as `k * padded(main)` values for
             // the first main = n - rest_rows(n) rows of `b` and those rest rows of k as
             // they are; `nt_shape` checked that `a` holds m rows of k and `out` m * n
-            // values; `block` holds `block_len(k)` values.
+            // values; `block` holds `block_len(a, n, k)` values.
             unsafe { avx2::gemm_nt(a, (packed, rest), (m, n, k), out, &mut block) };
             Ok(())
         }
@@ -718,8 +719,8 @@ mod tests {
 
     #[test]
     fn nt_product_matches_an_f64_reference_at_odd_and_tail_shapes() {
-        // k: one column, odd, below and past a cache line, exactly one pass (KC 2048),
-        // more than one pass with a shorter last one. m: every remainder of the 12-row
+        // k: one column, odd, below and past a cache line, exactly one pass (KC 2048;
+        // two on AVX2, KC 1024), more than one pass with a shorter last one. m: every remainder of the 12-row
         // block, and blocks enough (m >= 24) for the prefetch of the next one. n: one
         // masked group (1..=16), a pair with the second masked (17..=32), a pair and a
         // single group (33, 48). Quads where they pay (`quads::F32::pays`): one group (4),
@@ -758,10 +759,13 @@ mod tests {
             // AVX2, the last 1 to 4 rows past whole groups by dot products (`rest_rows`;
             // 1, 4 and 5 to 7 above): 2 over three passes beside two groups (f32 in
             // place), 3 over two passes beside one (f32 copied), 2 beside five groups with
-            // `k` two steps and a tail column.
+            // `k` two steps and a tail column, 2 beside one group over two passes, 3
+            // beside two groups (in place) over two passes.
             (26, 18, 2048 + 300),
             (14, 11, 1024 + 17),
             (9, 42, 33),
+            (13, 10, 1024 + 40),
+            (7, 19, 1024 + 9),
         ];
         shapes.extend((1..=13).map(|m| (m, 9 + 2 * m, 83)));
         for (m, n, k) in shapes {
@@ -837,6 +841,16 @@ mod tests {
                     0
                 };
                 assert_eq!(rest, want, "{n} rows");
+                // On AVX2 (no AVX-512F), the last 1 to 4 rows past whole groups of 8 as
+                // they are, beside the others transposed.
+                if let Layout::Transposed { packed: t, rest } = &packed.layout {
+                    let rest_n = match n % 8 {
+                        r @ 1..=4 if n > 8 => r,
+                        _ => 0,
+                    };
+                    assert_eq!(rest.len(), rest_n * k, "{n} rows");
+                    assert_eq!(t.len(), (n - rest_n).div_ceil(8) * 8 * k, "{n} rows");
+                }
             }
             assert_eq!((packed.n, packed.k), (n, k));
         }

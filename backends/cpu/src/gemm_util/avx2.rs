@@ -15,8 +15,9 @@
 //!
 //! Rows of `a` other than f32 are converted a block of [`MR`] rows of a pass at a time,
 //! just before the block's tiles, into rows one cache line longer than the pass
-//! ([`PAD`]). f32 rows are read in place where the tiles have at most 6 rows (`b` wider
-//! than one register), and copied into that block where they have 12: in place they lie
+//! ([`PAD`]). f32 rows are read in place where the tiles have at most 6 rows (the packed
+//! rows of `b`, past those taken by dot products, fill more than one register), and
+//! copied into that block where they have 12: in place they lie
 //! a multiple of 4 KiB apart at DeepSeek's widths (2048 and 7168 values), as rows copied
 //! at the pass's width ([`KC`]) would, so a tile's 12 rows fell in one L1 set (8 ways)
 //! and evicted each other. 3 or 6 rows fit a set, and the copy cost more than it saved
@@ -58,13 +59,13 @@ pub const MR: usize = 12;
 pub const KC: usize = 1024;
 
 /// Whether [`gemm_nt`] reads f32 rows of `a` in place: against more than one register
-/// of packed rows of `b` (`groups` > 1), whose tiles take 6 or 3 rows. The experts op at V2-Lite
-/// shapes (a harness, best of 8 calls, builds alternated on a 2-core Zen 3), f32, in
-/// place against copied: T=256 (15 to 34 tokens per expert) 199.0-206.4 against
+/// of packed rows of `b` (`groups` > 1), whose tiles take 6 or 3 rows. The experts op
+/// at V2-Lite shapes (a harness, best of 8 calls, builds alternated on a 2-core Zen 3),
+/// f32, in place against copied: T=256 (15 to 34 tokens per expert) 199.0-206.4 against
 /// 231.0-240.7 ms, T=160 137.4-137.5 against 157.6-161.2 ms, T=80 (7.5 tokens per
-/// expert on average) 114.7-118.5 against 119.5-123.9 ms; H=7168 T=64 (26 to
-/// 39 tokens per expert) 353.5-355.4 against 377.0-378.7 ms. With tiles of 12 rows read
-/// in place too, T=80 was slower: 129.7-136.2 against 117.3-120.9 ms.
+/// expert on average) 114.7-118.5 against 119.5-123.9 ms; H=7168 T=64 (26 to 39 tokens
+/// per expert) 353.5-355.4 against 377.0-378.7 ms. With tiles of 12 rows read in place
+/// too, T=80 was slower: 129.7-136.2 against 117.3-120.9 ms.
 fn f32_in_place(groups: usize) -> bool {
     groups > 1
 }
@@ -73,16 +74,23 @@ fn f32_in_place(groups: usize) -> bool {
 /// multiple of 4 KiB apart at whole passes, all in one L1 set.
 const PAD: usize = 16;
 
-/// The f32 values of [`gemm_nt`]'s `block` for products of width `k`.
-pub fn block_len(k: usize) -> usize {
-    MR * (KC.min(k) + PAD)
+/// The f32 values of [`gemm_nt`]'s `block` for `a` times `n` rows of `b` of width `k`:
+/// none where f32 rows are read in place ([`f32_in_place`]).
+pub fn block_len(a: FloatSlice<'_>, n: usize, k: usize) -> usize {
+    let groups = (n - rest_rows(n)).div_ceil(LANES);
+    match a {
+        FloatSlice::F32(_) if f32_in_place(groups) => 0,
+        _ => MR * (KC.min(k) + PAD),
+    }
 }
 
 /// Most rows of `b` past its whole groups of 8 that [`gemm_nt`] multiplies by dot
 /// products ([`crate::gemv::avx2::cached_f32_dots`], on the rows of `a` its tiles just
-/// read) rather than in a register of 8 mostly padded lanes: 1 to 4 vectors cost fewer
-/// FMAs that way than a group, 5 to 7 about as many.
-pub const REST_DOTS_MAX: usize = crate::gemv::MAX_VECTORS;
+/// read) rather than in a register of 8 partly padded lanes: the most that kernel takes
+/// at once. 1 to 4 vectors cost at most half a group's FMAs that way (the kernel's
+/// loads, two per FMA at one vector, make up part of it back).
+pub const REST_DOTS_MAX: usize = 4;
+const _: () = assert!(REST_DOTS_MAX <= crate::gemv::MAX_VECTORS);
 
 /// The last rows of `n` that [`gemm_nt`] takes by dot products: `n % 8` where that is 1
 /// to [`REST_DOTS_MAX`] past at least one whole group, else 0.
@@ -133,7 +141,7 @@ const _: () = assert!(MR.is_multiple_of(tile_rows(2)) && MR.is_multiple_of(tile_
 /// # Safety
 /// AVX2, FMA and F16C must be available; `a` holds `m * k` values, `rest` `rest_rows(n)
 /// * k`, `packed` `k * padded(n - rest_rows(n))`, `out` `m * n`, and `block`
-/// [`block_len`]`(k)`.
+/// [`block_len`]`(a, n, k)` (in place: nothing).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn gemm_nt(
     a: FloatSlice<'_>,
@@ -143,6 +151,7 @@ pub unsafe fn gemm_nt(
     block: &mut [f32],
 ) {
     let main = n - rest_rows(n);
+    debug_assert_eq!(rest.len(), (n - main) * k);
     let groups = main.div_ceil(LANES);
     let width = groups * LANES;
     for k0 in (0..k).step_by(KC) {
@@ -187,8 +196,9 @@ pub unsafe fn gemm_nt(
                 while i < rows {
                     let tr = per_tile.min(rows - i);
                     // SAFETY: rows i..i + tr of the block hold columns 0..kc, lda
-                    // apart (in place: rows r + i.. of `a`, columns k0..k0 + kc); `packed` holds columns k0..k0 + kc of rows g * 8..(g + vecs)
-                    // * 8 (at most `width`), `width` apart; the outputs (r + i + j) * n +
+                    // apart (in place: rows r + i.. of `a`, columns k0..k0 + kc);
+                    // `packed` holds columns k0..k0 + kc of rows g * 8..(g + vecs) * 8
+                    // (at most `width`), `width` apart; the outputs (r + i + j) * n +
                     // (g + v) * 8 + l for j < tr, v < vecs and live lanes l lie inside
                     // m * n; `next` (rows r + MR + i.., columns k0..) lies inside `a`.
                     let bp = packed.as_ptr().add(k0 * width + g * LANES);
@@ -210,11 +220,12 @@ pub unsafe fn gemm_nt(
                     add: k0 > 0,
                     into_l1: false,
                 };
-                // SAFETY: the block's rows hold columns 0..kc, `lda` apart; `rest` holds
-                // n - main (1 to 4) rows of k, whose columns k0..k0 + kc are read; the
-                // outputs (r + i) * n + main + c for i < rows and c < n - main lie inside
-                // m * n and alias neither.
-                let (x, o) = (rest.as_ptr().add(k0), out.as_mut_ptr().add(r * n + main));
+                // SAFETY: the block's rows hold columns 0..kc (kc >= 1: k0 < k), `lda`
+                // apart; `rest` holds n - main (1 to 4) rows of k, whose columns k0..k0 +
+                // kc are read; the outputs (r + i) * n + main + c for i < rows and c < n -
+                // main lie inside m * n and alias neither.
+                let x = rest.as_ptr().add(k0);
+                let o = out.as_mut_ptr().add(r * n + main);
                 cached_f32_dots(n - main, ap, rows, kc, x, o, walk);
             }
         }
