@@ -332,13 +332,14 @@ pub fn matmul_nt_packed(a: FloatSlice<'_>, b: &PackedRows<'_>, out: &mut [f32]) 
         }
         #[cfg(target_arch = "x86_64")]
         Layout::Transposed { packed, rest } => {
-            let len = avx2::block_len(a, n, k);
+            let main = n - rest.len() / k;
+            let len = avx2::block_len(a, main, k);
             let mut block = moemla_core::alloc::try_filled_vec(len, "cpu gemm nt rows")?;
             // SAFETY: `PackedRows::new` built `Transposed` only where AVX2, FMA and F16C
             // were detected ([`crate::avx2::available`]), as `k * padded(main)` values for
-            // the first main = n - rest_rows(n) rows of `b` and those rest rows of k as
-            // they are; `nt_shape` checked that `a` holds m rows of k and `out` m * n
-            // values; `block` holds `block_len(a, n, k)` values.
+            // the first main rows of `b` and the last n - main = rest_rows(n) (0 to 4) of
+            // k as they are; `nt_shape` checked that k >= 1, `a` holds m rows of k and
+            // `out` m * n values; `block` holds `block_len(a, main, k)` values.
             unsafe { avx2::gemm_nt(a, (packed, rest), (m, n, k), out, &mut block) };
             Ok(())
         }
@@ -719,17 +720,17 @@ mod tests {
 
     #[test]
     fn nt_product_matches_an_f64_reference_at_odd_and_tail_shapes() {
-        // k: one column, odd, below and past a cache line, exactly one pass (KC 2048;
-        // two on AVX2, KC 1024), more than one pass with a shorter last one. m: every remainder of the 12-row
-        // block, and blocks enough (m >= 24) for the prefetch of the next one. n: one
-        // masked group (1..=16), a pair with the second masked (17..=32), a pair and a
-        // single group (33, 48). Quads where they pay (`quads::F32::pays`): one group (4),
-        // two (5), three (9, 12); octets (13 to 24): two groups (13, 15, 16), three (17,
-        // 19 to 24, the last partly live but at 24); `k` below one piece (2; 1 in octets),
-        // whole pieces only (64; 2048 in octets), tails of 1 to 3 columns, past one pass;
-        // `m` past a tile's rows and twice them (the next tile prefetched), with a partial
-        // last tile. `a` as f32 (read in place) and as bf16 and f16 values (converted per
-        // block or tile; each value exact in f32, so the same reference holds).
+        // k: one column, odd, below and past a cache line, exactly one pass (KC 2048; two on AVX2,
+        // KC 1024), more than one pass with a shorter last one. m: every remainder of the 12-row
+        // block, and blocks enough (m >= 24) for the prefetch of the next one. n: one masked group
+        // (1..=16), a pair with the second masked (17..=32), a pair and a single group (33, 48).
+        // Quads where they pay (`quads::F32::pays`): one group (4), two (5), three (9, 12); octets
+        // (13 to 24): two groups (13, 15, 16), three (17, 19 to 24, the last partly live but at
+        // 24); `k` below one piece (2; 1 in octets), whole pieces only (64; 2048 in octets), tails
+        // of 1 to 3 columns, past one pass; `m` past a tile's rows and twice them (the next tile
+        // prefetched), with a partial last tile. `a` as f32 (read in place) and as bf16 and f16
+        // values (converted per block or tile; each value exact in f32, so the same reference
+        // holds).
         let mut rng = crate::test_util::Lcg::new(11);
         let mut shapes = vec![
             (1, 1, 1),

@@ -14,19 +14,18 @@
 //! against 353.2-372.9 ms.
 //!
 //! Rows of `a` other than f32 are converted a block of [`MR`] rows of a pass at a time,
-//! just before the block's tiles, into rows one cache line longer than the pass
-//! ([`PAD`]). f32 rows are read in place where the tiles have at most 6 rows (the packed
-//! rows of `b`, past those taken by dot products, fill more than one register), and
-//! copied into that block where they have 12: in place they lie
-//! a multiple of 4 KiB apart at DeepSeek's widths (2048 and 7168 values), as rows copied
-//! at the pass's width ([`KC`]) would, so a tile's 12 rows fell in one L1 set (8 ways)
-//! and evicted each other. 3 or 6 rows fit a set, and the copy cost more than it saved
-//! ([`f32_in_place`]). `b` is transposed rather than packed group after
-//! group for the same reason (groups `k * 32` bytes apart). While a block's first chunk
-//! of tiles runs, each tile prefetches its rows' columns of the next block into L2: the
-//! experts op at V2-Lite shapes, T = 256 (a harness, best of 8 calls, builds alternated
-//! on a 2-core Zen 3), f32 241-269 ms with the prefetch and 269-291 ms without, bf16
-//! 210-220 and 233-240 ms.
+//! just before the block's tiles, into rows one cache line longer than the pass ([`PAD`]).
+//! f32 rows are read in place where the tiles have at most 6 rows (the packed rows of `b`,
+//! past those taken by dot products, fill more than one register), and copied into that
+//! block where they have 12: in place they lie a multiple of 4 KiB apart at DeepSeek's
+//! widths (2048 and 7168 values), as rows copied at the pass's width ([`KC`]) would, so a
+//! tile's 12 rows fell in one L1 set (8 ways) and evicted each other. 3 or 6 rows fit a
+//! set, and the copy cost more than it saved ([`f32_in_place`]). `b` is transposed rather
+//! than packed group after group for the same reason (groups `k * 32` bytes apart). While a
+//! block's first chunk of tiles runs, each tile prefetches its rows' columns of the next
+//! block into L2: the experts op at V2-Lite shapes, T = 256 (a harness, best of 8 calls,
+//! builds alternated on a 2-core Zen 3), f32 241-269 ms with the prefetch and 269-291 ms
+//! without, bf16 210-220 and 233-240 ms.
 //!
 //! It replaces the `gemm` crate on these CPUs, which packed both operands of every
 //! product (and took weights of other types converted to f32 first): in the same
@@ -74,10 +73,11 @@ fn f32_in_place(groups: usize) -> bool {
 /// multiple of 4 KiB apart at whole passes, all in one L1 set.
 const PAD: usize = 16;
 
-/// The f32 values of [`gemm_nt`]'s `block` for `a` times `n` rows of `b` of width `k`:
-/// none where f32 rows are read in place ([`f32_in_place`]).
-pub fn block_len(a: FloatSlice<'_>, n: usize, k: usize) -> usize {
-    let groups = (n - rest_rows(n)).div_ceil(LANES);
+/// The f32 values of [`gemm_nt`]'s `block` for `a` times `main` packed rows of `b`
+/// (those past them taken by dot products) of width `k`: none where f32 rows are read in
+/// place ([`f32_in_place`]).
+pub fn block_len(a: FloatSlice<'_>, main: usize, k: usize) -> usize {
+    let groups = main.div_ceil(LANES);
     match a {
         FloatSlice::F32(_) if f32_in_place(groups) => 0,
         _ => MR * (KC.min(k) + PAD),
@@ -139,9 +139,10 @@ const _: () = assert!(MR.is_multiple_of(tile_rows(2)) && MR.is_multiple_of(tile_
 /// add.
 ///
 /// # Safety
-/// AVX2, FMA and F16C must be available; `a` holds `m * k` values, `rest` `rest_rows(n)
-/// * k`, `packed` `k * padded(n - rest_rows(n))`, `out` `m * n`, and `block`
-/// [`block_len`]`(a, n, k)` (in place: nothing).
+/// AVX2, FMA and F16C must be available; `k >= 1`; `a` holds `m * k` values, `rest`
+/// whole rows of `k` (at most [`REST_DOTS_MAX`], fewer than `n`: the last `n - main`),
+/// `packed` `k * padded(main)`, `out` `m * n`, and `block` [`block_len`]`(a, main, k)`
+/// (in place: nothing).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn gemm_nt(
     a: FloatSlice<'_>,
@@ -150,8 +151,7 @@ pub unsafe fn gemm_nt(
     out: &mut [f32],
     block: &mut [f32],
 ) {
-    let main = n - rest_rows(n);
-    debug_assert_eq!(rest.len(), (n - main) * k);
+    let main = n - rest.len() / k;
     let groups = main.div_ceil(LANES);
     let width = groups * LANES;
     for k0 in (0..k).step_by(KC) {

@@ -23,10 +23,10 @@
 //! so that the placed value is the product rounded once; each row's sum is multiplied
 //! back by 2^(120 - s) at the end. One exponent serves every block of a row, so products
 //! more than about 2^132 below the largest activation times scale of the run come out
-//! subnormal or zero (a row whose codes are zero in the dominant block loses them):
-//! scales and activations that far apart are not DeepSeek's. The subnormal codes (magnitudes below 2^-6) decode to f32
-//! subnormals: in a process that sets the FMAs' denormals-are-zero mode (MXCSR.DAZ, as
-//! some fast-math builds do) they would count as zero here.
+//! subnormal or zero (a row whose codes are zero in the dominant block loses them): scales
+//! and activations that far apart are not DeepSeek's. The subnormal codes (magnitudes below
+//! 2^-6) decode to f32 subnormals: in a process that sets the FMAs' denormals-are-zero mode
+//! (MXCSR.DAZ, as some fast-math builds do) they would count as zero here.
 //!
 //! On a 2-core AMD EPYC (Zen 3) a harness (not committed; 128 rows of 7168 codes per call,
 //! the op's tile) measured the kernel on one core, codes from L3, at 8.3 cycles per 32
@@ -173,11 +173,12 @@ unsafe fn largest_finite(values: &[f32]) -> f32 {
 /// The exponent `s` one activation vector's placed values (each times its column block's
 /// scale, from `scales`) are multiplied by, given its blocks' largest finite magnitudes
 /// (`largest`, one per block): the largest finite product lands in [2^126, 2^127) before
-/// its rounding to f32 (which can make it 2^127), so every placed value is finite and the decoded codes' products with them (2^-120 times
-/// the codes' values: below 2^16) are normal floats down to 2^-132 of the largest, and
-/// their sums cannot overflow. 0 where no product is finite and nonzero (the placed
-/// values are then zeros, infinities or NaNs, which the sums carry as they are). In f64,
-/// where the products are exact: from 2^-298 to below 2^256, so `s` is -129 to 424.
+/// its rounding to f32 (which can make it 2^127), so every placed value is finite and the
+/// decoded codes' products with them (2^-120 times the codes' values: below 2^16) are
+/// normal floats down to 2^-132 of the largest, and their sums cannot overflow. 0 where no
+/// product is finite and nonzero (the placed values are then zeros, infinities or NaNs,
+/// which the sums carry as they are). In f64, where the products are exact: from 2^-298 to
+/// below 2^256, so `s` is -129 to 424.
 fn group_exponent(largest: &[f32], scales: &[f32]) -> i32 {
     let product = largest
         .iter()
