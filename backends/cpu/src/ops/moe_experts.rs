@@ -103,15 +103,19 @@ pub fn run_into(backend: &str, call: &MoeExpertsCall<'_>, y: FloatSliceMut<'_>) 
         round_to_bf16(&mut h_t);
     }
     let y_t = ffn::down(&perm, &h_t, w, native)?;
-    // Drop the routed activations before the shared experts allocate theirs.
-    drop((xg, h_t));
+    drop(h_t);
+    // The gathered rows are no longer needed, and their buffer has the outputs' shape.
+    let mut y_rows = xg;
+    perm.rows_from_columns(&y_t, call.hidden, &mut y_rows);
+    // Drop the routed outputs' columns before the shared experts allocate theirs.
+    drop(y_t);
     let shared = match call.shared {
         Some(s) => Some(shared_experts(backend, call, s, x, limit)?),
         None => None,
     };
     let combine = Combine {
         perm: &perm,
-        y_t: &y_t,
+        y_rows: &y_rows,
         weights,
         shared: shared.as_ref(),
         top_k: call.top_k,
@@ -156,15 +160,18 @@ fn shared_experts(
     let h_t = ffn::gate_up(&perm, &xg, w, limit, native)?;
     drop(xg);
     let y_t = ffn::down(&perm, &h_t, w, native)?;
-    Ok(Shared { perm, y_t })
+    drop(h_t);
+    let mut y_rows = pooled::zeroed(&[perm.rows(), call.hidden], "cpu moe_experts shared rows")?;
+    perm.rows_from_columns(&y_t, call.hidden, &mut y_rows);
+    Ok(Shared { perm, y_rows })
 }
 
 /// The shared experts' down projections and the permutation that produced them.
 struct Shared {
     /// Every token routed to each shared expert (slot `s` of token `t` = shared expert `s`).
     perm: Permutation,
-    /// Each shared expert's down projections transposed, `[H, T]`.
-    y_t: Pooled,
+    /// Each shared expert's down projections as rows, `[S * T, H]` (row `s * T + t`).
+    y_rows: Pooled,
 }
 
 /// Whether the activations are rounded to bf16 before the down projection: in a BF16 run
@@ -211,8 +218,8 @@ fn upcast_rows(
 struct Combine<'a> {
     /// The routed rows.
     perm: &'a Permutation,
-    /// Each expert's down projections transposed, `[H, n_e]`.
-    y_t: &'a [f32],
+    /// Each permuted row's down projection, `[rows, H]`.
+    y_rows: &'a [f32],
     /// `topk_weights` [T, top_k].
     weights: &'a [f32],
     /// The shared experts' outputs, if any (weight 1 each).
@@ -234,13 +241,13 @@ impl Combine<'_> {
                 for j in 0..top_k {
                     if let Some(row) = perm.row_of[t * top_k + j] {
                         let w = self.weights[t * top_k + j];
-                        add_row(acc, perm, self.y_t, row, |v| w * v);
+                        add_row(acc, &self.y_rows[row * hidden..], |v| w * v);
                     }
                 }
                 if let Some(sh) = self.shared {
                     let count = sh.perm.offsets.len() - 1;
                     for row in sh.perm.row_of[t * count..(t + 1) * count].iter().flatten() {
-                        add_row(acc, &sh.perm, &sh.y_t, *row, |v| v);
+                        add_row(acc, &sh.y_rows[row * hidden..], |v| v);
                     }
                 }
                 store(out, acc);
@@ -249,22 +256,10 @@ impl Combine<'_> {
     }
 }
 
-/// `acc += scale(down[row])`: permuted row `row` of `y_t` (per expert `[H, n_e]`, expert
-/// after expert).
-fn add_row(
-    acc: &mut [f32],
-    perm: &Permutation,
-    y_t: &[f32],
-    row: usize,
-    scale: impl Fn(f32) -> f32,
-) {
-    let hidden = acc.len();
-    // The expert owning `row`: offsets are sorted, so search them.
-    let e = perm.offsets.partition_point(|&o| o <= row) - 1;
-    let (first, n) = perm.expert_rows(e);
-    let base = &y_t[first * hidden..(first + n) * hidden];
-    for (c, v) in acc.iter_mut().enumerate() {
-        *v += scale(base[c * n + (row - first)]);
+/// `acc += scale(row)`, over the first `acc.len()` values of `row`.
+fn add_row(acc: &mut [f32], row: &[f32], scale: impl Fn(f32) -> f32) {
+    for (a, &v) in acc.iter_mut().zip(row) {
+        *a += scale(v);
     }
 }
 
