@@ -106,7 +106,7 @@ pub fn run_into(backend: &str, call: &MoeExpertsCall<'_>, y: FloatSliceMut<'_>) 
     drop(h_t);
     // The gathered rows are no longer needed, and their buffer has the outputs' shape.
     let mut y_rows = xg;
-    perm.rows_from_columns(&y_t, call.hidden, &mut y_rows);
+    perm.rows_from_columns(&y_t, call.hidden, &mut y_rows, |v| v);
     // Drop the routed outputs' columns before the shared experts allocate theirs.
     drop(y_t);
     let shared = match call.shared {
@@ -162,7 +162,7 @@ fn shared_experts(
     let y_t = ffn::down(&perm, &h_t, w, native)?;
     drop(h_t);
     let mut y_rows = pooled::zeroed(&[perm.rows(), call.hidden], "cpu moe_experts shared rows")?;
-    perm.rows_from_columns(&y_t, call.hidden, &mut y_rows);
+    perm.rows_from_columns(&y_t, call.hidden, &mut y_rows, |v| v);
     Ok(Shared { perm, y_rows })
 }
 
@@ -241,13 +241,13 @@ impl Combine<'_> {
                 for j in 0..top_k {
                     if let Some(row) = perm.row_of[t * top_k + j] {
                         let w = self.weights[t * top_k + j];
-                        add_row(acc, &self.y_rows[row * hidden..], |v| w * v);
+                        add_row(acc, &self.y_rows[row * hidden..][..hidden], |v| w * v);
                     }
                 }
                 if let Some(sh) = self.shared {
                     let count = sh.perm.offsets.len() - 1;
                     for row in sh.perm.row_of[t * count..(t + 1) * count].iter().flatten() {
-                        add_row(acc, &sh.y_rows[row * hidden..], |v| v);
+                        add_row(acc, &sh.y_rows[row * hidden..][..hidden], |v| v);
                     }
                 }
                 store(out, acc);
@@ -256,7 +256,7 @@ impl Combine<'_> {
     }
 }
 
-/// `acc += scale(row)`, over the first `acc.len()` values of `row`.
+/// `acc += scale(row)`, value by value (`row` as long as `acc`).
 fn add_row(acc: &mut [f32], row: &[f32], scale: impl Fn(f32) -> f32) {
     for (a, &v) in acc.iter_mut().zip(row) {
         *a += scale(v);

@@ -207,7 +207,8 @@ pub fn down(perm: &Permutation, h_t: &[f32], w: ExpertWeights<'_>, native: bool)
 }
 
 /// [`gate_up`]'s activations (per expert `[I, n_e]`) as permuted rows `[rows, I]`, each
-/// value converted by `conv`. Same size as `h_t`, allocated fallibly.
+/// value converted by `conv` ([`Permutation::rows_from_columns`]). Same size as `h_t`,
+/// allocated fallibly.
 fn act_rows<T: Clone + Default + Send>(
     perm: &Permutation,
     h_t: &[f32],
@@ -215,21 +216,7 @@ fn act_rows<T: Clone + Default + Send>(
     conv: impl Fn(f32) -> T + Sync,
 ) -> Result<Vec<T>> {
     let mut out: Vec<T> = try_filled_vec(h_t.len(), "cpu moe_experts activation rows")?;
-    let mut parts = Vec::new();
-    let mut rest = out.as_mut_slice();
-    for e in 0..perm.offsets.len() - 1 {
-        let (first, n) = perm.expert_rows(e);
-        let (part, tail) = std::mem::take(&mut rest).split_at_mut(n * i);
-        rest = tail;
-        parts.push((&h_t[first * i..(first + n) * i], n, part));
-    }
-    parts.into_par_iter().for_each(|(src, n, dst)| {
-        for (c, row) in dst.chunks_exact_mut(i).enumerate() {
-            for (r, v) in row.iter_mut().enumerate() {
-                *v = conv(src[r * n + c]);
-            }
-        }
-    });
+    perm.rows_from_columns(h_t, i, &mut out, conv);
     Ok(out)
 }
 

@@ -4,11 +4,11 @@ use moemla_core::alloc::try_filled_vec;
 use moemla_core::{DType, Result, Shape};
 use rayon::prelude::*;
 
-/// Rows per task of [`Permutation::rows_from_columns`]: one cache line of an expert's
-/// outputs in columns (16 f32 of one column) serves the task's rows of that expert.
+/// Rows per task of [`Permutation::rows_from_columns`]: 64 bytes of f32, so that the
+/// cache lines of an expert's column are shared by as few tasks as they can be.
 const TRANSPOSE_ROWS: usize = 16;
 /// Columns per stripe of [`Permutation::rows_from_columns`]: the stripe's source lines
-/// (its columns of up to 16 rows) stay in L1 while each of the task's rows reads them,
+/// (its columns of the task's rows) stay in L1 while each of the task's rows reads them,
 /// and each row is written in runs of this many values.
 const TRANSPOSE_COLUMNS: usize = 64;
 
@@ -101,42 +101,53 @@ impl Permutation {
         (self.offsets[e], self.offsets[e + 1] - self.offsets[e])
     }
 
-    /// The rows (first row, count) of the expert that owns permuted row `row`.
+    /// The rows (first row, count) of the expert that owns permuted row `row` (below
+    /// [`Self::rows`]).
     fn owner_rows(&self, row: usize) -> (usize, usize) {
         // Offsets are sorted (empty experts repeat them): the last one at or below `row`.
         self.expert_rows(self.offsets.partition_point(|&o| o <= row) - 1)
     }
 
-    /// Each expert's outputs, `columns` = `[H, n_e]` per expert (expert after expert, as
-    /// the grouped GEMMs write them: one column per row), as rows: `out[r * H + c]` is
-    /// column `c` of permuted row `r`, so that the combine reads each row's `H` values in
-    /// a run. Read in columns, each token's slot touched one cache line per value: on a
-    /// 2-core Zen 3 the combine took 3.6-5.7 ms of f32 experts at V2-Lite T=256 (12.6 MB
-    /// of outputs) and 15.7-16.0 ms at DeepSeek-V3's H=7168, E=256, k=8 (58.7 MB), where
-    /// this and the combine of rows take 1.8-2.3 + 0.6 ms and 6.8-7.0 + 2.8-2.9 ms. In
-    /// parallel, tasks of [`TRANSPOSE_ROWS`] rows. `columns` and `out` are both `rows() *
-    /// H` long.
-    pub fn rows_from_columns(&self, columns: &[f32], hidden: usize, out: &mut [f32]) {
-        debug_assert_eq!(columns.len(), self.rows() * hidden);
-        debug_assert_eq!(out.len(), columns.len());
-        if hidden == 0 {
+    /// Values laid out per expert in columns, `columns` = `[width, n_e]` per expert
+    /// (expert after expert, as the grouped GEMMs write them: one column per row), as
+    /// rows: `out[r * width + c] = conv(value c of permuted row r)`. The combine then
+    /// reads each slot's row of the down projections in a run: read in columns, each
+    /// token's slot touched one cache line per value, and on a 2-core Zen 3 the combine
+    /// took 3.6-5.7 ms of f32 experts at V2-Lite T=256 (12.6 MB of outputs) and
+    /// 15.7-16.0 ms at DeepSeek-V3's H=7168, E=256, k=8 (58.7 MB), where this and the
+    /// combine of rows take 1.8-2.3 + 0.6 ms and 6.8-7.0 + 2.8-2.9 ms. The down
+    /// projection's activations take it too (as bf16 or f32 rows). In parallel, tasks of
+    /// [`TRANSPOSE_ROWS`] rows, in stripes of [`TRANSPOSE_COLUMNS`] columns.
+    ///
+    /// # Panics
+    /// If `columns` or `out` is not `rows() * width` long (a caller's bug).
+    pub fn rows_from_columns<T: Send>(
+        &self,
+        columns: &[f32],
+        width: usize,
+        out: &mut [T],
+        conv: impl Fn(f32) -> T + Sync,
+    ) {
+        assert_eq!(columns.len(), self.rows() * width, "columns");
+        assert_eq!(out.len(), columns.len(), "rows");
+        if width == 0 {
             return;
         }
-        out.par_chunks_mut(TRANSPOSE_ROWS * hidden)
+        out.par_chunks_mut(TRANSPOSE_ROWS * width)
             .enumerate()
             .for_each(|(task, rows)| {
                 let first_row = task * TRANSPOSE_ROWS;
                 // Each row's expert (past the last row, the last row's: unused).
                 let owners: [(usize, usize); TRANSPOSE_ROWS] =
                     std::array::from_fn(|i| self.owner_rows((first_row + i).min(self.rows() - 1)));
-                for c0 in (0..hidden).step_by(TRANSPOSE_COLUMNS) {
-                    let width = TRANSPOSE_COLUMNS.min(hidden - c0);
-                    for (i, row) in rows.chunks_exact_mut(hidden).enumerate() {
+                for c0 in (0..width).step_by(TRANSPOSE_COLUMNS) {
+                    let stripe = TRANSPOSE_COLUMNS.min(width - c0);
+                    for (i, row) in rows.chunks_exact_mut(width).enumerate() {
                         let (first, n) = owners[i];
-                        let expert = &columns[first * hidden..(first + n) * hidden];
+                        let expert = &columns[first * width..(first + n) * width];
                         let at = c0 * n + (first_row + i - first);
-                        for (k, to) in row[c0..c0 + width].iter_mut().enumerate() {
-                            *to = expert[at + k * n];
+                        for (k, to) in row[c0..c0 + stripe].iter_mut().enumerate() {
+                            *to = conv(expert[at + k * n]);
                         }
                     }
                 }
@@ -177,42 +188,43 @@ mod tests {
         assert!(matches!(err, moemla_core::Error::Size { .. }), "{err}");
     }
 
-    /// Each expert's `[H, n_e]` block comes out as its rows, for experts with no rows,
-    /// one row, and more rows than one task or stripe holds, at widths below, at and
-    /// past one stripe.
+    /// Each expert's `[width, n_e]` block comes out as its rows (converted), for empty
+    /// experts first, between others and last, an expert of one row, experts across the
+    /// first task's end and one ending inside the second task, at widths below, at and
+    /// past one stripe of columns.
     #[test]
     fn expert_columns_come_out_as_rows() {
-        // E = 4 experts with 3, 0, 1 and 21 rows (T = 25, k = 1).
+        // E = 7 experts with 0, 3, 0, 1, 14, 7 and 0 rows (T = 25, k = 1): rows 4..18 and
+        // 18..25 cross the tasks of 16 rows.
         let ids: Vec<i32> = (0..25)
             .map(|t| match t {
-                0..=2 => 0,
-                3 => 2,
-                _ => 3,
+                0..=2 => 1,
+                3 => 3,
+                4..=17 => 4,
+                _ => 5,
             })
             .collect();
-        let p = Permutation::new(&ids, &[1.0; 25], 4, 1).unwrap();
-        assert_eq!(p.offsets, vec![0, 3, 3, 4, 25]);
-        for hidden in [1, 5, 64, 130] {
-            // Expert e's value at row r (global), column c, stored at c * n + (r - first).
+        let p = Permutation::new(&ids, &[1.0; 25], 7, 1).unwrap();
+        assert_eq!(p.offsets, vec![0, 0, 3, 3, 4, 18, 25, 25]);
+        for width in [1, 5, 64, 130] {
+            // Row r's value c, stored at first * width + c * n + (r - first).
             let value = |r: usize, c: usize| (r * 1000 + c) as f32;
-            let mut columns = vec![f32::NAN; p.rows() * hidden];
-            for e in 0..4 {
+            let mut columns = vec![f32::NAN; p.rows() * width];
+            for e in 0..7 {
                 let (first, n) = p.expert_rows(e);
                 for r in first..first + n {
-                    for c in 0..hidden {
-                        columns[first * hidden + c * n + (r - first)] = value(r, c);
+                    for c in 0..width {
+                        columns[first * width + c * n + (r - first)] = value(r, c);
                     }
                 }
             }
-            let mut rows = vec![f32::NAN; p.rows() * hidden];
-            p.rows_from_columns(&columns, hidden, &mut rows);
+            let mut rows = vec![f64::NAN; p.rows() * width];
+            p.rows_from_columns(&columns, width, &mut rows, |v| f64::from(v) + 0.5);
             for r in 0..p.rows() {
-                for c in 0..hidden {
-                    assert_eq!(
-                        rows[r * hidden + c],
-                        value(r, c),
-                        "H {hidden}, row {r}, col {c}"
-                    );
+                for c in 0..width {
+                    let got = rows[r * width + c];
+                    let want = f64::from(value(r, c)) + 0.5;
+                    assert_eq!(got, want, "width {width}, row {r}, column {c}");
                 }
             }
         }
