@@ -2,10 +2,11 @@
 //! Intel client cores): the scheme of the AVX-512 kernels ([`super::x86`]) on 8-lane
 //! registers and 16 of them. `Q K^T` in register tiles of 3 query rows by 4 cache rows
 //! (12 sums, the 3 query vectors and one cache row's: 7 loads per 12 products; the last
-//! 1 or 2 query rows by 4 too), cache rows outermost so a tile's rows stay in L1
-//! across all query rows; `acc += P V` in tiles of 3 rows by 4 vectors (32 columns: 12
-//! sums, 4 value loads and 3 broadcasts per 12 products), column tiles outermost so a
-//! tile's value columns stay in L1 across all rows. Both read the cache rows in place.
+//! rows in tiles of 2 ([`tile_rows`]), by 4 too), cache rows outermost so a tile's rows
+//! stay in L1 across all query rows; `acc += P V` in tiles of 3 rows (the last ones as
+//! `Q K^T`'s) by 4 vectors (32 columns: 12 sums, 4 value loads and 3 broadcasts per 12
+//! products), column tiles outermost so a tile's value columns stay in L1 across all
+//! rows. Both read the cache rows in place.
 //! Where they replace the general GEMM (which packed both operands of each chunk's two
 //! products), on a 2-core AMD EPYC (Zen 3), `mla_decode` f32 at h_q 128 ran at 48-81% of
 //! the FMA peak.
@@ -23,6 +24,22 @@ const PR: usize = 3;
 /// 8-column vectors per register tile of `P V`.
 const PV: usize = 4;
 
+/// Rows of the next register tile of either product with `left` rows to go: [`QR`] (=
+/// [`PR`]), but the last 4 as 2 + 2 and the last 2 together. A tile of one row keeps
+/// only 4 sums in flight, too few to cover the FMA latency (4 cycles at 2 FMAs a cycle on
+/// Zen 3: at most one FMA a cycle, half the rate); tiles of 2 rows keep 8. At h_q 16 (16
+/// rows per sequence: 3 x 4 + 2 + 2 instead of 3 x 5 + 1) `mla_decode` ran 0-4% faster on
+/// a 2-core Zen 3 (builds alternated, `moemla bench --backend cpu --op mla_decode
+/// --filter h_q=16`: f32 sk 4096 s_q 1 5.08-5.34 -> 4.86-5.13 ms, bf16 with the FP8
+/// cache 5.44-5.46 -> 5.30-5.34 ms).
+fn tile_rows(left: usize) -> usize {
+    match left {
+        4 | 2 => 2,
+        1 => 1,
+        _ => QR,
+    }
+}
+
 /// `out[r * n + j] = q_r . rows_j` for `q` [m, k] and the `n = rows.len()` cache rows
 /// (their first `k` columns).
 ///
@@ -38,7 +55,7 @@ pub unsafe fn gemm_qk(q: &[f32], (m, k): (usize, usize), rows: &[&[f32]], out: &
         let nc = (n - c).min(KR);
         let mut r = 0;
         while r < m {
-            let mr = (m - r).min(QR);
+            let mr = tile_rows(m - r);
             // SAFETY (all): rows r..r + mr of q exist, rows c..c + nc of the cache hold
             // k values each, and out[(r + i) * n + c + j] lies inside m * n.
             let (ap, op) = (q.add(r * k), o.add(r * n + c));
@@ -134,13 +151,15 @@ pub unsafe fn gemm_pv(
         let nv = if wide - c >= PV * LANES { PV } else { 1 };
         let mut r = 0;
         while r < m {
-            let mr = if m - r >= PR { PR } else { 1 };
+            let mr = tile_rows(m - r);
             // SAFETY (all): rows r..r + mr of p and acc exist, and columns
             // c..c + 8 nv lie below wide <= d in acc and in every value row.
             let g = (p.add(r * n), n, c, o.add(r * d + c), d);
             match (mr, nv) {
                 (PR, PV) => pv_tile::<PR, PV>(g, rows),
                 (PR, _) => pv_tile::<PR, 1>(g, rows),
+                (2, PV) => pv_tile::<2, PV>(g, rows),
+                (2, _) => pv_tile::<2, 1>(g, rows),
                 (_, PV) => pv_tile::<1, PV>(g, rows),
                 _ => pv_tile::<1, 1>(g, rows),
             }
