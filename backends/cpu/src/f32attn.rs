@@ -970,6 +970,7 @@ mod tests {
         for isa in paths() {
             for (m, n, k) in [
                 (1, 1, 1),
+                (1, 5, 9),
                 (2, 5, 9),
                 (3, 5, 7),
                 (4, 4, 16),
@@ -1123,6 +1124,7 @@ mod tests {
         for isa in paths() {
             for (m, n, d) in [
                 (1, 1, 1),
+                (1, 5, 40),
                 (2, 5, 40),
                 (3, 7, 5),
                 (4, 2, 16),
@@ -1132,7 +1134,9 @@ mod tests {
                 (9, 128, 512),
                 (6, 3, 100),
                 (128, 130, 512),
-                // Tiles of 8 rows, then 4, then single rows; 3, 2 and 1 vectors per tile.
+                // AVX-512: tiles of 8 rows, then 4, then single rows; 3, 2 and 1 vectors
+                // per tile. AVX2: 3 x 5, 3 x 4 and 3 x 3 + 2 + 2 rows; 4, 4, 1, 1 and
+                // 4, 4 vectors and 4 with a scalar column.
                 (15, 9, 80),
                 (12, 3, 64),
                 (13, 6, 33),

@@ -1,15 +1,16 @@
 //! Both products of f32 attention on AVX2 + FMA, for CPUs without AVX-512 (AMD Zen 2/3,
 //! Intel client cores): the scheme of the AVX-512 kernels ([`super::x86`]) on 8-lane
 //! registers and 16 of them. `Q K^T` in register tiles of 3 query rows by 4 cache rows
-//! (12 sums, the 3 query vectors and one cache row's: 7 loads per 12 products; the last
-//! rows in tiles of 2 ([`tile_rows`]), by 4 too), cache rows outermost so a tile's rows
-//! stay in L1 across all query rows; `acc += P V` in tiles of 3 rows (the last ones as
-//! `Q K^T`'s) by 4 vectors (32 columns: 12 sums, 4 value loads and 3 broadcasts per 12
-//! products), column tiles outermost so a tile's value columns stay in L1 across all
-//! rows. Both read the cache rows in place.
-//! Where they replace the general GEMM (which packed both operands of each chunk's two
-//! products), on a 2-core AMD EPYC (Zen 3), `mla_decode` f32 at h_q 128 ran at 48-81% of
-//! the FMA peak.
+//! (12 sums, the 3 query vectors and one cache row's: 7 loads per 12 products; where the
+//! rows do not make whole tiles of 3, the last 4 as 2 + 2 or the last 2 as one tile
+//! ([`tile_rows`]; one row only where that is all), by 4 too), cache rows outermost so a
+//! tile's rows stay in L1
+//! across all query rows; `acc += P V` in tiles of the same rows by 4 vectors (32
+//! columns: 12 sums, 4 value loads and 3 broadcasts per 12 products), column tiles
+//! outermost so a tile's value columns stay in L1 across all rows. Both read the cache
+//! rows in place. Where they replace the general GEMM (which packed both operands of each
+//! chunk's two products), on a 2-core AMD EPYC (Zen 3), `mla_decode` f32 at h_q 128 ran
+//! at 48-81% of the FMA peak.
 
 use std::arch::x86_64::*;
 
@@ -23,6 +24,8 @@ const KR: usize = 4;
 const PR: usize = 3;
 /// 8-column vectors per register tile of `P V`.
 const PV: usize = 4;
+// Both products take their row tiles from `tile_rows`.
+const _: () = assert!(QR == PR);
 
 /// Rows of the next register tile of either product with `left` rows to go: [`QR`] (=
 /// [`PR`]), but the last 4 as 2 + 2 and the last 2 together. A tile of one row keeps
@@ -56,14 +59,16 @@ pub unsafe fn gemm_qk(q: &[f32], (m, k): (usize, usize), rows: &[&[f32]], out: &
         let mut r = 0;
         while r < m {
             let mr = tile_rows(m - r);
-            // SAFETY (all): rows r..r + mr of q exist, rows c..c + nc of the cache hold
-            // k values each, and out[(r + i) * n + c + j] lies inside m * n.
+            // SAFETY (all): rows r..r + mr of q exist (`tile_rows` never exceeds the rows
+            // left), rows c..c + nc of the cache hold k values each, and
+            // out[(r + i) * n + c + j] lies inside m * n.
             let (ap, op) = (q.add(r * k), o.add(r * n + c));
             if nc == KR {
                 let b = std::array::from_fn(|j| rows[c + j].as_ptr());
                 match mr {
                     QR => qk_tile::<QR>(ap, k, b, (op, n)),
                     2 => qk_tile::<2>(ap, k, b, (op, n)),
+                    // mr == 1.
                     _ => qk_tile::<1>(ap, k, b, (op, n)),
                 }
             } else {
@@ -152,8 +157,9 @@ pub unsafe fn gemm_pv(
         let mut r = 0;
         while r < m {
             let mr = tile_rows(m - r);
-            // SAFETY (all): rows r..r + mr of p and acc exist, and columns
-            // c..c + 8 nv lie below wide <= d in acc and in every value row.
+            // SAFETY (all): rows r..r + mr of p and acc exist (`tile_rows` never exceeds
+            // the rows left), and columns c..c + 8 nv lie below wide <= d in acc and in
+            // every value row.
             let g = (p.add(r * n), n, c, o.add(r * d + c), d);
             match (mr, nv) {
                 (PR, PV) => pv_tile::<PR, PV>(g, rows),
