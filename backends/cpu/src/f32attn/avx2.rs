@@ -4,11 +4,10 @@
 //! (12 sums, the 3 query vectors and one cache row's: 7 loads per 12 products; where the
 //! rows do not make whole tiles of 3, the last 4 as 2 + 2 or the last 2 as one tile
 //! ([`tile_rows`]; one row only where that is all), by 4 too), cache rows outermost so a
-//! tile's rows stay in L1
-//! across all query rows; `acc += P V` in tiles of the same rows by 4 vectors (32
-//! columns: 12 sums, 4 value loads and 3 broadcasts per 12 products), column tiles
-//! outermost so a tile's value columns stay in L1 across all rows. Both read the cache
-//! rows in place. Where they replace the general GEMM (which packed both operands of each
+//! tile's rows stay in L1 across all query rows; `acc += P V` in tiles of the same rows
+//! by 4 vectors (32 columns: 12 sums, 4 value loads and 3 broadcasts per 12 products),
+//! column tiles outermost so a tile's value columns stay in L1 across all rows. Both read
+//! the cache rows in place. Where they replace the general GEMM (which packed both operands of each
 //! chunk's two products), on a 2-core AMD EPYC (Zen 3), `mla_decode` f32 at h_q 128 ran
 //! at 48-81% of the FMA peak.
 
