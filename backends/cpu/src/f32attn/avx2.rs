@@ -7,9 +7,9 @@
 //! tile's rows stay in L1 across all query rows; `acc += P V` in tiles of the same rows
 //! by 4 vectors (32 columns: 12 sums, 4 value loads and 3 broadcasts per 12 products),
 //! column tiles outermost so a tile's value columns stay in L1 across all rows. Both read
-//! the cache rows in place. Where they replace the general GEMM (which packed both operands of each
-//! chunk's two products), on a 2-core AMD EPYC (Zen 3), `mla_decode` f32 at h_q 128 ran
-//! at 48-81% of the FMA peak.
+//! the cache rows in place. Where they replace the general GEMM (which packed both
+//! operands of each chunk's two products), on a 2-core AMD EPYC (Zen 3), `mla_decode` f32
+//! at h_q 128 ran at 48-81% of the FMA peak.
 
 use std::arch::x86_64::*;
 
