@@ -152,7 +152,7 @@ pub fn gemm_qk(
     sized(scores_t, m * n, "bf16 transposed scores")?;
     bf16dot::gemm_rows(rows, packed, scores_t)?;
     // Row j of the product is position j's scores for every query row.
-    crate::f32attn::transpose(scores_t, (n, m), out);
+    crate::transpose::matrix(scores_t, (n, m), out);
     Ok(())
 }
 

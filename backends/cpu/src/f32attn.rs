@@ -143,42 +143,6 @@ pub fn gemm_qk(q: &[f32], k: usize, rows: &[&[f32]], out: &mut [f32]) -> Result<
     gemm_qk_with(isa(), qk_pass(m, k), q, k, rows, out)
 }
 
-/// `out[j * r + i] = t[i * c + j]` for `t` [r, c] into `out` [c, r]: 16 x 16 blocks in
-/// registers where the CPU has AVX-512F, the edges (and other CPUs) element by element.
-/// Lengths other than `r * c` write nothing (the callers checked them).
-pub fn transpose(t: &[f32], (r, c): (usize, usize), out: &mut [f32]) {
-    if Some(t.len()) != r.checked_mul(c) || out.len() != t.len() {
-        return;
-    }
-    let (mut r16, mut c16) = (0, 0);
-    #[cfg(target_arch = "x86_64")]
-    if native() {
-        (r16, c16) = (r / 16 * 16, c / 16 * 16);
-        for i in (0..r16).step_by(16) {
-            for j in (0..c16).step_by(16) {
-                // SAFETY: AVX-512F was detected at run time; rows i..i + 16 of t hold
-                // columns j..j + 16 (i + 16 <= r, j + 16 <= c, t is r * c long: checked
-                // above), and rows j..j + 16 of out columns i..i + 16 (out as long).
-                unsafe {
-                    x86::transpose16(
-                        t.as_ptr().add(i * c + j),
-                        c,
-                        out.as_mut_ptr().add(j * r + i),
-                        r,
-                    )
-                };
-            }
-        }
-    }
-    for i in 0..r {
-        // Columns the blocks did not cover: all of them in rows past r16, else past c16.
-        let from = if i < r16 { c16 } else { 0 };
-        for j in from..c {
-            out[j * r + i] = t[i * c + j];
-        }
-    }
-}
-
 /// Query rows [m, k] (f32) prepared once per attention for [`gemm_qk_prepared`], the
 /// scores coming out transposed and turned back. From [`QUAD_MIN_ROWS`] to below
 /// [`PACKED_MIN_ROWS`] rows where the quad kernels run ([`quads::available`]): packed in
@@ -311,7 +275,7 @@ pub fn gemm_qk_prepared(
             unsafe { lanes.multiply(|j| rows[j], n, (scores_t.as_mut_ptr(), m), false) };
         }
     }
-    transpose(scores_t, (n, m), out);
+    crate::transpose::matrix(scores_t, (n, m), out);
     Ok(())
 }
 
@@ -543,48 +507,6 @@ pub(crate) mod x86 {
         #[inline(always)]
         unsafe fn splat(p: *const f32) -> __m512 {
             _mm512_set1_ps(p.read())
-        }
-    }
-
-    /// The 16 x 16 block at `src` (row stride `lds`) transposed into `dst` (row stride
-    /// `ldd`): `dst[j * ldd + i] = src[i * lds + j]`, in three rounds of shuffles.
-    ///
-    /// # Safety
-    /// AVX-512F must be available; 16 rows of 16 elements are readable at `src` and
-    /// writable at `dst` with those strides.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn transpose16(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
-        let r: [__m512; 16] = std::array::from_fn(|i| _mm512_loadu_ps(src.add(i * lds)));
-        // Per 128-bit lane, rows 2p and 2p + 1 interleaved: low pairs, then high pairs.
-        let t: [__m512; 16] = std::array::from_fn(|i| {
-            let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
-            if i % 2 == 0 {
-                _mm512_unpacklo_ps(a, b)
-            } else {
-                _mm512_unpackhi_ps(a, b)
-            }
-        });
-        // Per 128-bit lane L, u[4q + e] holds column 4L + e of rows 4q..4q + 4.
-        let u: [__m512; 16] = std::array::from_fn(|i| {
-            let (q, e) = (i / 4, i % 4);
-            let (a, b) = (t[4 * q + e / 2], t[4 * q + 2 + e / 2]);
-            if e % 2 == 0 {
-                _mm512_shuffle_ps::<0x44>(a, b)
-            } else {
-                _mm512_shuffle_ps::<0xEE>(a, b)
-            }
-        });
-        for e in 0..4 {
-            // Lanes [L0, L2] then [L1, L3] of rows 0-7 and of rows 8-15.
-            let lo = |x: __m512, y: __m512| _mm512_shuffle_f32x4::<0x88>(x, y);
-            let hi = |x: __m512, y: __m512| _mm512_shuffle_f32x4::<0xDD>(x, y);
-            let (a0, a1) = (lo(u[e], u[4 + e]), hi(u[e], u[4 + e]));
-            let (b0, b1) = (lo(u[8 + e], u[12 + e]), hi(u[8 + e], u[12 + e]));
-            // Columns e, e + 8, e + 4 and e + 12, each of all 16 rows.
-            _mm512_storeu_ps(dst.add(e * ldd), lo(a0, b0));
-            _mm512_storeu_ps(dst.add((e + 8) * ldd), hi(a0, b0));
-            _mm512_storeu_ps(dst.add((e + 4) * ldd), lo(a1, b1));
-            _mm512_storeu_ps(dst.add((e + 12) * ldd), hi(a1, b1));
         }
     }
 
@@ -880,28 +802,6 @@ pub(crate) mod x86 {
 mod tests {
     use super::*;
     use crate::test_util::Lcg;
-
-    #[test]
-    fn transposes_match_the_definition_at_block_and_edge_shapes() {
-        for (r, c) in [
-            (1, 1),
-            (5, 3),
-            (16, 16),
-            (17, 33),
-            (32, 48),
-            (15, 40),
-            (40, 15),
-        ] {
-            let t: Vec<f32> = (0..r * c).map(|x| x as f32).collect();
-            let mut out = vec![f32::NAN; r * c];
-            transpose(&t, (r, c), &mut out);
-            for i in 0..r {
-                for j in 0..c {
-                    assert_eq!(out[j * r + i], t[i * c + j], "{r} x {c} [{i},{j}]");
-                }
-            }
-        }
-    }
 
     /// The kernels this CPU runs: plain loops always, AVX2 and AVX-512F where it has them.
     fn paths() -> Vec<Isa> {

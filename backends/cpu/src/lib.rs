@@ -28,6 +28,7 @@ mod storage;
 mod test_util;
 #[cfg(target_arch = "x86_64")]
 mod tiles;
+mod transpose;
 mod vendor;
 mod vmath;
 
