@@ -81,7 +81,7 @@ mod x86 {
 
     /// The `rows x cols` (at most 16 x 16; with `FULL`, 16 x 16) block at `src` (row
     /// stride `lds`) transposed into `dst` (row stride `ldd`): `dst[j * ldd + i] = src[i *
-    /// lds + j]`, in three rounds of shuffles; without `FULL`, the rows past `rows` read as
+    /// lds + j]`, in four rounds of shuffles; without `FULL`, the rows past `rows` read as
     /// zero and the elements past `cols` neither read nor written.
     ///
     /// # Safety
