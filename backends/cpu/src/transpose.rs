@@ -21,7 +21,7 @@ pub fn strided(src: &[f32], lds: usize, (r, c): (usize, usize), dst: &mut [f32],
     if r == 0 || c == 0 {
         return;
     }
-    // The last element of each matrix: row r - 1 (c - 1) at column c - 1 (r - 1).
+    // One past the last element of each matrix: row r - 1 (c - 1), column c - 1 (r - 1).
     let end = |rows: usize, cols: usize, ld: usize| {
         (rows - 1).checked_mul(ld).and_then(|x| x.checked_add(cols))
     };
