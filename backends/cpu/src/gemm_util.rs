@@ -446,17 +446,11 @@ mod x86 {
 
     /// Lays the `n` rows of `k` in `b` out as `[ceil(n / 16)][k][16]`: group by group,
     /// column by column, the group's 16 rows side by side (each group's rows transposed,
-    /// [`crate::transpose::strided`]; rows past `n` zero, so a padded lane accumulates
-    /// zero). `packed` must hold `ceil(n / 16) * 16 * k` values.
+    /// [`crate::transpose::strided`]; the lanes past `n` keep their zeros, so a padded lane
+    /// accumulates zero). `packed` must hold `ceil(n / 16) * 16 * k` values, zeroed.
     pub fn pack(b: &[f32], k: usize, packed: &mut [f32]) {
         for (group, rows) in packed.chunks_exact_mut(LANES * k).zip(b.chunks(LANES * k)) {
-            let n = rows.len() / k;
-            crate::transpose::strided(rows, k, (n, k), group, LANES);
-            if n < LANES {
-                for lanes in group.chunks_exact_mut(LANES) {
-                    lanes[n..].fill(0.0);
-                }
-            }
+            crate::transpose::strided(rows, k, (rows.len() / k, k), group, LANES);
         }
     }
 

@@ -106,16 +106,12 @@ pub fn padded(n: usize) -> Option<usize> {
     n.checked_next_multiple_of(LANES)
 }
 
-/// Lays the `n` rows of `k` in `b` out transposed, `[k][padded(n)]` (the lanes past `n`
-/// zero, so that a padded lane accumulates zero). `packed` must hold `k * padded(n)`
-/// values, zeroed.
+/// Lays the `n` rows of `k` in `b` out transposed, `[k][padded(n)]`
+/// ([`crate::transpose::strided`]; the lanes past `n` keep their zeros, so that a padded
+/// lane accumulates zero). `packed` must hold `k * padded(n)` values, zeroed.
 pub fn pack(b: &[f32], k: usize, packed: &mut [f32]) {
     let width = packed.len() / k.max(1);
-    for (j, row) in b.chunks_exact(k).enumerate() {
-        for (c, &v) in row.iter().enumerate() {
-            packed[c * width + j] = v;
-        }
-    }
+    crate::transpose::strided(b, k, (b.len() / k.max(1), k), packed, width);
 }
 
 /// Rows of `a` per tile against `groups` (1 to 3) registers of `b`: 12 accumulators for
@@ -369,4 +365,27 @@ unsafe fn columns<const R: usize, const V: usize, const PF: bool>(
         }
     }
     *acc_out = acc;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Row j's column c lands at `[c][j]`, the lanes past the rows keep their zeros, at
+    /// row counts below, at and past one group of 8.
+    #[test]
+    fn pack_transposes_into_zeroed_padded_lanes() {
+        for (n, k) in [(1, 1), (3, 5), (8, 16), (13, 7), (17, 33)] {
+            let b: Vec<f32> = (0..n * k).map(|x| x as f32 + 1.0).collect();
+            let width = padded(n).unwrap();
+            let mut packed = vec![0.0; width * k];
+            pack(&b, k, &mut packed);
+            for c in 0..k {
+                for j in 0..width {
+                    let want = if j < n { b[j * k + c] } else { 0.0 };
+                    assert_eq!(packed[c * width + j], want, "{n} x {k} [{c}][{j}]");
+                }
+            }
+        }
+    }
 }

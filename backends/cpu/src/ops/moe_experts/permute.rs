@@ -141,14 +141,14 @@ impl Permutation {
         out.par_chunks_mut(TRANSPOSE_ROWS * width)
             .enumerate()
             .for_each(|(task, rows)| {
-                let first_row = task * TRANSPOSE_ROWS;
+                let (first_row, task_rows) = (task * TRANSPOSE_ROWS, rows.len() / width);
                 let mut block = [0.0f32; TRANSPOSE_ROWS * TRANSPOSE_COLUMNS];
                 // The task's rows in runs of one expert each.
                 let mut i = 0;
-                while i < rows.len() / width {
+                while i < task_rows {
                     let (first, n) = self.owner_rows(first_row + i);
                     let t0 = first_row + i - first;
-                    let run = (n - t0).min(rows.len() / width - i);
+                    let run = (n - t0).min(task_rows - i);
                     let expert = &columns[first * width..(first + n) * width];
                     for c0 in (0..width).step_by(TRANSPOSE_COLUMNS) {
                         let stripe = TRANSPOSE_COLUMNS.min(width - c0);
