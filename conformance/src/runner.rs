@@ -8,7 +8,7 @@ use crate::compare::{
 use crate::report::{BackendSummary, DeviceSummary, Outcome, Report, Status};
 use crate::spec::{spec, Rule};
 use moemla_core::ops::{ExpertsInputs, RouteInputs, SparseDecodeInputs};
-use moemla_core::{ops, Backend, DType, DeviceTensor, Error, HostTensor};
+use moemla_core::{ops, Backend, DType, DeviceTensor, Error, ExpertWeight, HostTensor};
 use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
@@ -321,7 +321,32 @@ fn execute(backend: &dyn Backend, case: &Case) -> Result<Vec<Comparison>, Proble
             inputs.shared_w13 = shared_w13.as_ref();
             inputs.shared_w2 = shared_w2.as_ref();
             let y = ops::moe_experts_with(backend, inputs, p)?;
-            Ok(vec![float_output(case, "y", &down(&y)?)?])
+            // Again with every weight laid out by `pack_expert_weights`, as an engine loads
+            // them: the backend's own layout must compute the same numbers.
+            let pack = |w: &DeviceTensor, kind| ops::pack_expert_weights(backend, w, kind);
+            let (w13p, w2p) = (
+                pack(&w13, ExpertWeight::GateUp)?,
+                pack(&w2, ExpertWeight::Down)?,
+            );
+            let shared = match (&shared_w13, &shared_w2) {
+                (Some(a), Some(b)) => {
+                    Some((pack(a, ExpertWeight::GateUp)?, pack(b, ExpertWeight::Down)?))
+                }
+                _ => None,
+            };
+            let mut packed_inputs = ExpertsInputs {
+                w13: &w13p,
+                w2: &w2p,
+                ..inputs
+            };
+            if let Some((a, b)) = &shared {
+                packed_inputs.shared_w13 = Some(a);
+                packed_inputs.shared_w2 = Some(b);
+            }
+            let y_packed = ops::moe_experts_with(backend, packed_inputs, p)?;
+            let mut packed = float_output(case, "y", &down(&y_packed)?)?;
+            packed.output = "y (packed weights)".to_string();
+            Ok(vec![float_output(case, "y", &down(&y)?)?, packed])
         }
         Params::MlaDecode(p) => {
             let (q, kv) = (req("q")?, req("kv_cache")?);

@@ -150,6 +150,18 @@ pub trait Backend: Send + Sync {
         None
     }
 
+    /// `w`, an expert weight tensor of this backend (`kind`: `w13`/`shared_w13` [E, 2I, H]
+    /// or `w2`/`shared_w2` [E, H, I], checked by [`crate::ops::pack_expert_weights`]), laid
+    /// out once, at load, the way the backend's `moe_experts` kernels read it fastest. The
+    /// result has `w`'s shape and dtype and is accepted by `moe_experts` as the argument of
+    /// that kind; what else accepts it is the backend's to say (the CPU backend downloads it
+    /// and refuses it elsewhere with a typed error). The default returns `w` itself: the
+    /// contract's layout is the backend's.
+    fn pack_expert_weights(&self, w: &DeviceTensor, kind: ExpertWeight) -> Result<DeviceTensor> {
+        let _ = kind;
+        Ok(w.clone())
+    }
+
     /// `moe_route` writing into caller tensors that [`crate::ops::moe_route_into`] has
     /// checked (contract shapes and dtypes, this backend, no aliasing). The default runs
     /// [`Backend::moe_route`] and copies its outputs with [`Backend::copy_into`].
@@ -465,6 +477,27 @@ fn not_implemented(backend: &str, op: Op, dtype: DType) -> Error {
         op,
         what: dtype.name().to_string(),
         reason: "not implemented by this backend".to_string(),
+    }
+}
+
+/// Which `moe_experts` weight a tensor is, for [`Backend::pack_expert_weights`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpertWeight {
+    /// Gate and up projections, `w13` or `shared_w13` `[E, 2I, H]` (rows `0..I` gate,
+    /// `I..2I` up).
+    GateUp,
+    /// Down projections, `w2` or `shared_w2` `[E, H, I]`.
+    Down,
+}
+
+impl ExpertWeight {
+    /// The routed experts' argument of this kind (`w13`, `w2`).
+    pub fn arg(self) -> &'static str {
+        match self {
+            ExpertWeight::GateUp => "w13",
+            ExpertWeight::Down => "w2",
+        }
     }
 }
 

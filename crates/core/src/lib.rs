@@ -45,8 +45,8 @@ mod validate;
 pub mod vendor;
 
 pub use backend::{
-    Backend, BackendInfo, DeviceKind, Format, MeasuredLimits, OpSupport, Traffic, Verification,
-    VerificationKind,
+    Backend, BackendInfo, DeviceKind, ExpertWeight, Format, MeasuredLimits, OpSupport, Traffic,
+    Verification, VerificationKind,
 };
 pub use calls::{DsaIndexerTopkOutput, MlaDecodeOutput, MoeRouteOutput};
 pub use device::{DeviceBuffer, DeviceTensor};

@@ -39,9 +39,9 @@ use crate::validate::{
     mla_sparse_decode as sparse_rules, moe_experts as experts_rules, moe_route as route_rules,
 };
 use crate::{
-    ActivationQuant, Backend, DType, DeviceTensor, Error, ExpertsParams, Format, IndexerParams,
-    KvFormat, KvQuantizeParams, MlaDecodeParams, Op, OpSupport, Result, RouteParams, ScoreFunc,
-    SparseDecodeParams,
+    ActivationQuant, Backend, DType, DeviceTensor, Error, ExpertWeight, ExpertsParams, Format,
+    IndexerParams, KvFormat, KvQuantizeParams, MlaDecodeParams, Op, OpSupport, Result, RouteParams,
+    ScoreFunc, SparseDecodeParams,
 };
 
 /// The tensors of a `moe_route` call.
@@ -278,6 +278,34 @@ pub fn moe_experts_with(
     let y = backend.moe_experts(&call)?;
     check_output(backend, "y", &y, &[call.tokens, call.hidden], call.dtype)?;
     Ok(y)
+}
+
+/// An expert weight tensor laid out once, at load, for `backend`'s `moe_experts` kernels
+/// (see [`Backend::pack_expert_weights`]): `w` is `w13` or `shared_w13` `[E, 2I, H]`
+/// ([`ExpertWeight::GateUp`]) or `w2` or `shared_w2` `[E, H, I]` ([`ExpertWeight::Down`]),
+/// in a float dtype or F8E4M3. The result has `w`'s shape and dtype; pass it to
+/// `moe_experts` in `w`'s place and drop `w`. Backends whose kernels read the contract's
+/// layout return `w` itself; the CPU backend lays F32 weights out in panels of 16 rows
+/// where it has AVX-512 (pack both weights of a call, or neither). Fails as `moe_experts`
+/// would on a tensor of the wrong backend, rank, dtype or shape.
+///
+/// ```no_run
+/// # fn demo(b: &dyn moemla_core::Backend, w13: moemla_core::DeviceTensor,
+/// #         w2: moemla_core::DeviceTensor) -> moemla_core::Result<()> {
+/// use moemla_core::{ops, ExpertWeight};
+/// let w13 = ops::pack_expert_weights(b, &w13, ExpertWeight::GateUp)?;
+/// let w2 = ops::pack_expert_weights(b, &w2, ExpertWeight::Down)?;
+/// # let _ = (w13, w2); Ok(()) }
+/// ```
+pub fn pack_expert_weights(
+    backend: &dyn Backend,
+    w: &DeviceTensor,
+    kind: ExpertWeight,
+) -> Result<DeviceTensor> {
+    experts_rules::packable(backend.name(), w, kind)?;
+    let packed = backend.pack_expert_weights(w, kind)?;
+    check_output(backend, kind.arg(), &packed, w.dims(), w.dtype())?;
+    Ok(packed)
 }
 
 /// Absorbed MLA decode attention over a paged latent cache (FlashMLA semantics).

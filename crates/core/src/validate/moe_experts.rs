@@ -5,7 +5,7 @@ use super::checks;
 use crate::calls::{BlockScales, MoeExpertsCall, SharedExperts, Validated};
 use crate::fp8::BLOCK;
 use crate::ops::ExpertsInputs;
-use crate::{ActivationQuant, DType, DeviceTensor, Error, ExpertsParams, Op, Result};
+use crate::{ActivationQuant, DType, DeviceTensor, Error, ExpertWeight, ExpertsParams, Op, Result};
 
 const OP: Op = Op::MoeExperts;
 
@@ -208,6 +208,28 @@ fn shared_experts<'a>(
         count,
         inter,
     }))
+}
+
+/// Checks a tensor handed to `pack_expert_weights` as the `moe_experts` weight `kind`:
+/// on `backend`, rank 3, a float or F8E4M3 dtype, no empty dim, and for gate and up
+/// projections an even dim 1 (2I).
+pub(crate) fn packable(backend: &str, w: &DeviceTensor, kind: ExpertWeight) -> Result<()> {
+    let arg = kind.arg();
+    checks::same_backend(OP, backend, &[(arg, w)])?;
+    let (layout, names) = match kind {
+        ExpertWeight::GateUp => ("[E, 2I, H]", ["E", "2I", "H"]),
+        ExpertWeight::Down => ("[E, H, I]", ["E", "H", "I"]),
+    };
+    checks::rank(OP, arg, w, 3, layout)?;
+    let dtypes = [DType::F32, DType::F16, DType::BF16, DType::F8E4M3];
+    checks::dtype_in(OP, arg, w, &dtypes)?;
+    for (dim, name) in names.into_iter().enumerate() {
+        checks::dim_nonzero(OP, arg, w, dim, name)?;
+    }
+    if kind == ExpertWeight::GateUp && !w.dims()[1].is_multiple_of(2) {
+        return Err(checks::dim_error(OP, arg, w, 1, "2I", "even".into()));
+    }
+    Ok(())
 }
 
 /// The weights are both the run dtype, or both F8E4M3: returns whether they are FP8.
