@@ -65,9 +65,14 @@ impl<T: Copy + Default> Aligned<T> {
     /// overflows with the slack is refused the same way).
     pub fn try_filled(len: usize, value: T, what: &str) -> Result<Aligned<T>> {
         let total = len.saturating_add(Self::SLACK);
-        let mut buf = Vec::new();
+        let mut buf: Vec<T> = Vec::new();
         buf.try_reserve_exact(total)
             .map_err(|_| Self::refused(what, total))?;
+        // Large buffers on huge pages, advised before the first touch (as tensors are).
+        crate::storage::advise_large(
+            buf.as_mut_ptr().cast::<u8>(),
+            buf.capacity() * size_of::<T>(),
+        );
         // One pass: the slack holds `value` too, never read.
         buf.resize(total, value);
         let start = Self::first_boundary(&buf);

@@ -20,6 +20,7 @@ mod kept;
 #[cfg(target_arch = "x86_64")]
 mod lanes;
 mod ops;
+mod panels;
 #[cfg(target_arch = "x86_64")]
 mod pooled;
 mod quads;
@@ -40,8 +41,8 @@ use moemla_core::calls::{
 };
 use moemla_core::memory::{self, TrafficCounter};
 use moemla_core::{
-    Backend, BackendInfo, DType, DeviceTensor, DsaIndexerTopkOutput, HostTensor, MlaDecodeOutput,
-    MoeRouteOutput, OpSupport, Result, Shape, Verification, VerificationKind,
+    Backend, BackendInfo, DType, DeviceTensor, DsaIndexerTopkOutput, ExpertWeight, HostTensor,
+    MlaDecodeOutput, MoeRouteOutput, OpSupport, Result, Shape, Verification, VerificationKind,
 };
 use std::ffi::c_void;
 use std::sync::Arc;
@@ -202,7 +203,42 @@ impl Backend for CpuBackend {
         Ok(t)
     }
 
+    /// F32 weights on a CPU with AVX-512F: laid out in panels of 16 rows (see
+    /// docs/ops.md), which `moe_experts` multiplies with every token of a block broadcast,
+    /// so no lane idles whatever an expert's token count. Such a tensor also downloads (in
+    /// the contract's layout); other ops and copies refuse it with a typed error. Other
+    /// dtypes and CPUs: `w` itself.
+    fn pack_expert_weights(&self, w: &DeviceTensor, kind: ExpertWeight) -> Result<DeviceTensor> {
+        // Already in panels: as it is, if packed as `kind`.
+        if panels::PanelWeights::of_tensor(w, &self.name, kind.arg(), kind)?.is_some() {
+            return Ok(w.clone());
+        }
+        if w.dtype() != DType::F32 || !panels::available() {
+            return Ok(w.clone());
+        }
+        let dims: [usize; 3] = w.dims().try_into().map_err(|_| {
+            moemla_core::Error::Tensor(format!("cpu pack_expert_weights: {w:?} is not [E, N, K]"))
+        })?;
+        let packed = {
+            let _reading = storage::reading();
+            let v = storage::f32_slice(w, &self.name, "pack_expert_weights", kind.arg())?;
+            panels::PanelWeights::pack(v, panels::Layout::of(kind, dims))?
+        };
+        self.traffic.count_allocation(packed.bytes());
+        Ok(DeviceTensor::new(
+            Arc::new(packed),
+            self.name.clone(),
+            w.shape().clone(),
+            DType::F32,
+        ))
+    }
+
     fn download(&self, tensor: &DeviceTensor) -> Result<HostTensor> {
+        if let Ok(p) = tensor.buffer::<panels::PanelWeights>(&self.name, "download", "tensor") {
+            let host = HostTensor::from_slice(tensor.shape().clone(), &p.unpack()?)?;
+            self.traffic.count_download(host.as_bytes().len());
+            return Ok(host);
+        }
         let _reading = storage::reading();
         let s = storage::storage(tensor, &self.name, "download", "tensor")?;
         let host = HostTensor::from_bytes(tensor.shape().clone(), tensor.dtype(), s.to_bytes()?)?;

@@ -460,11 +460,17 @@ fn filled_vec<T: Clone + Default>(len: usize, what: &str) -> Result<Vec<T>> {
         bytes: len.saturating_mul(std::mem::size_of::<T>()),
     })?;
     let bytes = v.capacity().saturating_mul(std::mem::size_of::<T>());
-    if bytes >= HUGE_PAGE_MIN_BYTES {
-        advise_huge_pages(v.as_mut_ptr().cast::<u8>(), bytes);
-    }
+    advise_large(v.as_mut_ptr().cast::<u8>(), bytes);
     v.resize(len, T::default());
     Ok(v)
+}
+
+/// Advises huge pages ([`advise_huge_pages`]) for an allocation of `bytes` bytes at `ptr`
+/// that this process made, not yet touched, if it is [`HUGE_PAGE_MIN_BYTES`] or more.
+pub(crate) fn advise_large(ptr: *mut u8, bytes: usize) {
+    if bytes >= HUGE_PAGE_MIN_BYTES {
+        advise_huge_pages(ptr, bytes);
+    }
 }
 
 /// Asks the kernel to back the whole pages inside `bytes` bytes at `ptr` (memory this
@@ -508,6 +514,16 @@ pub fn storage<'a>(
     call: &'static str,
     arg: &'static str,
 ) -> Result<CpuSlice<'a>> {
+    if crate::panels::PanelWeights::holds(t) && t.backend() == backend {
+        return Err(Error::Device {
+            backend: backend.to_string(),
+            call: format!("{call}: `{arg}`"),
+            message: format!(
+                "{t:?} holds expert weights laid out by pack_expert_weights, which only \
+                 moe_experts (as the weight they were packed as) and download read"
+            ),
+        });
+    }
     let s = match t.buffer::<CpuBuffer>(backend, call, arg) {
         Ok(b) => b.slice(),
         Err(_) => t.buffer::<CpuStorage>(backend, call, arg)?.as_slice(),

@@ -12,6 +12,7 @@
 
 mod ffn;
 pub mod fp8;
+mod panelled;
 mod permute;
 
 use crate::pooled::{self, Pooled};
@@ -25,6 +26,7 @@ use half::{bf16, f16};
 use moemla_core::calls::{MoeExpertsCall, SharedExperts};
 use moemla_core::indices::check_topk_ids;
 use moemla_core::{ActivationQuant, Result};
+use panelled::PanelExperts;
 use permute::Permutation;
 use rayon::prelude::*;
 
@@ -32,21 +34,32 @@ const CALL: &str = "moe_experts";
 
 /// Runs the experts; returns `y` [T, H] in the run dtype.
 pub fn run(backend: &str, call: &MoeExpertsCall<'_>) -> Result<CpuStorage> {
+    // Weights in panels are checked where they are resolved (`PanelExperts::of`).
+    fn stored(t: &moemla_core::DeviceTensor) -> Option<&moemla_core::DeviceTensor> {
+        (!crate::panels::PanelWeights::holds(t)).then_some(t)
+    }
     check_inputs(
         backend,
         CALL,
         &[
             ("x", Some(call.x)),
-            ("w13", Some(call.w13)),
-            ("w2", Some(call.w2)),
+            ("w13", stored(call.w13)),
+            ("w2", stored(call.w2)),
             ("topk_ids", Some(call.topk_ids)),
             ("topk_weights", Some(call.topk_weights)),
             ("w13_scale", call.fp8_scales.map(|s| s.w13_scale)),
             ("w2_scale", call.fp8_scales.map(|s| s.w2_scale)),
-            ("shared_w13", call.shared.map(|s| s.w13)),
-            ("shared_w2", call.shared.map(|s| s.w2)),
+            ("shared_w13", call.shared.and_then(|s| stored(s.w13))),
+            ("shared_w2", call.shared.and_then(|s| stored(s.w2))),
         ],
     )?;
+    let panels = |a13, w13, a2, w2, inter| {
+        PanelExperts::of(backend, (a13, w13), (a2, w2), (call.hidden, inter))
+    };
+    panels("w13", call.w13, "w2", call.w2, call.inter)?;
+    if let Some(s) = call.shared {
+        panels("shared_w13", s.w13, "shared_w2", s.w2, s.inter)?;
+    }
     let mut y = CpuStorage::zeros(call.dtype, &[call.tokens, call.hidden].into())?;
     run_into(
         backend,
@@ -63,54 +76,29 @@ pub fn run_into(backend: &str, call: &MoeExpertsCall<'_>, y: FloatSliceMut<'_>) 
     check_topk_ids(call, ids)?;
     let weights = f32_slice(call.topk_weights, backend, CALL, "topk_weights")?;
     let x = float_slice(call.x, backend, CALL, "x")?;
-    let scales = call.fp8_scales;
-    let w = ExpertWeights {
-        w13: Weights::of(
+    let limit = call.params.swiglu_limit.map(|c| c as f32);
+    let routed = PanelExperts::of(
+        backend,
+        ("w13", call.w13),
+        ("w2", call.w2),
+        (call.hidden, call.inter),
+    )?;
+    let shared_panels = match call.shared {
+        Some(s) => PanelExperts::of(
             backend,
-            CALL,
-            ("w13", call.w13),
-            scales.map(|s| ("w13_scale", s.w13_scale)),
+            ("shared_w13", s.w13),
+            ("shared_w2", s.w2),
+            (call.hidden, s.inter),
         )?,
-        w2: Weights::of(
-            backend,
-            CALL,
-            ("w2", call.w2),
-            scales.map(|s| ("w2_scale", s.w2_scale)),
-        )?,
-        hidden: call.hidden,
-        inter: call.inter,
+        None => None,
     };
-    let p = call.params;
-    let quant =
-        (p.activation_quant == ActivationQuant::Fp8Block128).then(|| p.activation_scale.mode());
     let perm = Permutation::new(ids, weights, call.experts, call.top_k)?;
-    let xg = match quant {
-        // Each token quantized once, before its k copies are gathered.
-        Some(mode) => {
-            let what = "cpu moe_experts quantized x";
-            let mut xq = upcast_rows(x, (call.tokens, call.hidden), |t| t, what)?;
-            fp8::quantize_rows(&mut xq, call.hidden, mode);
-            gather_rows(FloatSlice::F32(&xq), &perm, call.hidden)?
-        }
-        None => gather_rows(x, &perm, call.hidden)?,
+    let y_rows = match routed {
+        Some(p) => Outputs::Panels(p.run(&perm, f32_x(x)?, limit)?),
+        None => Outputs::Rows(stored_rows(backend, call, x, &perm, limit)?),
     };
-    let limit = p.swiglu_limit.map(|c| c as f32);
-    let native = ffn::bf16_native(&perm, w);
-    let mut h_t = ffn::gate_up(&perm, &xg, w, limit, native)?;
-    if let Some(mode) = quant {
-        fp8::quantize_columns(&perm, &mut h_t, call.inter, mode);
-    } else if rounds_before_fp8_down(x, w.w2, fp8::bf16_dot()) {
-        round_to_bf16(&mut h_t);
-    }
-    let y_t = ffn::down(&perm, &h_t, w, native)?;
-    drop(h_t);
-    // The gathered rows are no longer needed, and their buffer has the outputs' shape.
-    let mut y_rows = xg;
-    perm.rows_from_columns(&y_t, call.hidden, &mut y_rows, |v| v);
-    // Drop the routed outputs' columns before the shared experts allocate theirs.
-    drop(y_t);
     let shared = match call.shared {
-        Some(s) => Some(shared_experts(backend, call, s, x, limit)?),
+        Some(s) => Some(shared_experts(backend, call, s, x, limit, shared_panels)?),
         None => None,
     };
     let combine = Combine {
@@ -137,6 +125,72 @@ pub fn run_into(backend: &str, call: &MoeExpertsCall<'_>, y: FloatSliceMut<'_>) 
     Ok(())
 }
 
+/// `x` as f32: weights in panels are F32, so is the run dtype.
+fn f32_x(x: FloatSlice<'_>) -> Result<&[f32]> {
+    match x {
+        FloatSlice::F32(x) => Ok(x),
+        _ => Err(moemla_core::Error::Device {
+            backend: crate::NAME.to_string(),
+            call: CALL.to_string(),
+            message: "F32 weights in panels beside tokens of another dtype".to_string(),
+        }),
+    }
+}
+
+/// The routed experts' down projections of every permuted row as rows `[rows, H]`, from
+/// weights as stored (run dtype, or FP8 with block scales).
+fn stored_rows(
+    backend: &str,
+    call: &MoeExpertsCall<'_>,
+    x: FloatSlice<'_>,
+    perm: &Permutation,
+    limit: Option<f32>,
+) -> Result<Pooled> {
+    let scales = call.fp8_scales;
+    let w = ExpertWeights {
+        w13: Weights::of(
+            backend,
+            CALL,
+            ("w13", call.w13),
+            scales.map(|s| ("w13_scale", s.w13_scale)),
+        )?,
+        w2: Weights::of(
+            backend,
+            CALL,
+            ("w2", call.w2),
+            scales.map(|s| ("w2_scale", s.w2_scale)),
+        )?,
+        hidden: call.hidden,
+        inter: call.inter,
+    };
+    let p = call.params;
+    let quant =
+        (p.activation_quant == ActivationQuant::Fp8Block128).then(|| p.activation_scale.mode());
+    let xg = match quant {
+        // Each token quantized once, before its k copies are gathered.
+        Some(mode) => {
+            let what = "cpu moe_experts quantized x";
+            let mut xq = upcast_rows(x, (call.tokens, call.hidden), |t| t, what)?;
+            fp8::quantize_rows(&mut xq, call.hidden, mode);
+            gather_rows(FloatSlice::F32(&xq), perm, call.hidden)?
+        }
+        None => gather_rows(x, perm, call.hidden)?,
+    };
+    let native = ffn::bf16_native(perm, w);
+    let mut h_t = ffn::gate_up(perm, &xg, w, limit, native)?;
+    if let Some(mode) = quant {
+        fp8::quantize_columns(perm, &mut h_t, call.inter, mode);
+    } else if rounds_before_fp8_down(x, w.w2, fp8::bf16_dot()) {
+        round_to_bf16(&mut h_t);
+    }
+    let y_t = ffn::down(perm, &h_t, w, native)?;
+    drop(h_t);
+    // The gathered rows are no longer needed, and their buffer has the outputs' shape.
+    let mut y_rows = xg;
+    perm.rows_from_columns(&y_t, call.hidden, &mut y_rows, |v| v);
+    Ok(y_rows)
+}
+
 /// The shared experts' outputs: S dense experts that every token goes through, run as
 /// routed experts of a permutation that sends each token to each of them. Their weights
 /// are the run dtype and the activations unquantized (validation refuses shared experts
@@ -147,14 +201,19 @@ fn shared_experts(
     s: SharedExperts<'_>,
     x: FloatSlice<'_>,
     limit: Option<f32>,
+    panels: Option<PanelExperts<'_>>,
 ) -> Result<Shared> {
+    let perm = Permutation::every_token(call.tokens, s.count)?;
+    if let Some(p) = panels {
+        let y = Outputs::Panels(p.run(&perm, f32_x(x)?, limit)?);
+        return Ok(Shared { perm, y_rows: y });
+    }
     let w = ExpertWeights {
         w13: Weights::of(backend, CALL, ("shared_w13", s.w13), None)?,
         w2: Weights::of(backend, CALL, ("shared_w2", s.w2), None)?,
         hidden: call.hidden,
         inter: s.inter,
     };
-    let perm = Permutation::every_token(call.tokens, s.count)?;
     let xg = gather_rows(x, &perm, call.hidden)?;
     let native = ffn::bf16_native(&perm, w);
     let h_t = ffn::gate_up(&perm, &xg, w, limit, native)?;
@@ -163,15 +222,38 @@ fn shared_experts(
     drop(h_t);
     let mut y_rows = pooled::zeroed(&[perm.rows(), call.hidden], "cpu moe_experts shared rows")?;
     perm.rows_from_columns(&y_t, call.hidden, &mut y_rows, |v| v);
-    Ok(Shared { perm, y_rows })
+    Ok(Shared {
+        perm,
+        y_rows: Outputs::Rows(y_rows),
+    })
+}
+
+/// Each permuted row's down projection, `[rows, H]` as rows or in column panels
+/// ([`panelled`]).
+enum Outputs {
+    /// Row after row.
+    Rows(Pooled),
+    /// Column panels of width H.
+    Panels(Pooled),
+}
+
+impl Outputs {
+    /// `acc += scale(row)` for permuted row `row` of `perm` (`acc` H long).
+    fn add(&self, perm: &Permutation, row: usize, acc: &mut [f32], scale: impl Fn(f32) -> f32) {
+        let hidden = acc.len();
+        match self {
+            Outputs::Rows(y) => add_row(acc, &y[row * hidden..][..hidden], scale),
+            Outputs::Panels(y) => panelled::add_row(y, perm, (row, hidden), acc, scale),
+        }
+    }
 }
 
 /// The shared experts' down projections and the permutation that produced them.
 struct Shared {
     /// Every token routed to each shared expert (slot `s` of token `t` = shared expert `s`).
     perm: Permutation,
-    /// Each shared expert's down projections as rows, `[S * T, H]` (row `s * T + t`).
-    y_rows: Pooled,
+    /// Each shared expert's down projections, `[S * T, H]` (row `s * T + t`).
+    y_rows: Outputs,
 }
 
 /// Whether the activations are rounded to bf16 before the down projection: in a BF16 run
@@ -219,7 +301,7 @@ struct Combine<'a> {
     /// The routed rows.
     perm: &'a Permutation,
     /// Each permuted row's down projection, `[rows, H]`.
-    y_rows: &'a [f32],
+    y_rows: &'a Outputs,
     /// `topk_weights` [T, top_k].
     weights: &'a [f32],
     /// The shared experts' outputs, if any (weight 1 each).
@@ -241,13 +323,13 @@ impl Combine<'_> {
                 for j in 0..top_k {
                     if let Some(row) = perm.row_of[t * top_k + j] {
                         let w = self.weights[t * top_k + j];
-                        add_row(acc, &self.y_rows[row * hidden..][..hidden], |v| w * v);
+                        self.y_rows.add(perm, row, acc, |v| w * v);
                     }
                 }
                 if let Some(sh) = self.shared {
                     let count = sh.perm.offsets.len() - 1;
                     for row in sh.perm.row_of[t * count..(t + 1) * count].iter().flatten() {
-                        add_row(acc, &sh.y_rows[row * hidden..][..hidden], |v| v);
+                        sh.y_rows.add(&sh.perm, *row, acc, |v| v);
                     }
                 }
                 store(out, acc);

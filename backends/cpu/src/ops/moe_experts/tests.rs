@@ -43,6 +43,20 @@ fn reference(
     y
 }
 
+/// `topk_ids` and `topk_weights` [t, k] on `cpu`.
+fn routing(
+    cpu: &CpuBackend,
+    (t, k): (usize, usize),
+    ids: &[i32],
+    weights: &[f32],
+) -> (moemla_core::DeviceTensor, moemla_core::DeviceTensor) {
+    let up = |h: HostTensor| cpu.upload(&h).unwrap();
+    (
+        up(HostTensor::from_slice([t, k], ids).unwrap()),
+        up(HostTensor::from_slice([t, k], weights).unwrap()),
+    )
+}
+
 fn check(dtype: DType, tol: f64) {
     let cpu = CpuBackend::new();
     let (t, h, i, e, k) = (9, 256, 96, 16, 6);
@@ -66,12 +80,7 @@ fn check(dtype: DType, tol: f64) {
         })
         .collect();
     let weights = rng.vec(t * k, 0.0, 1.0);
-    let ids_t = cpu
-        .upload(&HostTensor::from_slice([t, k], &ids).unwrap())
-        .unwrap();
-    let w_t = cpu
-        .upload(&HostTensor::from_slice([t, k], &weights).unwrap())
-        .unwrap();
+    let (ids_t, w_t) = routing(&cpu, (t, k), &ids, &weights);
     let y = ops::moe_experts(&cpu, &x, &w13, &w2, &ids_t, &w_t, &ExpertsParams::default()).unwrap();
     assert_eq!(y.dtype(), dtype);
     let got = download_f32(&cpu, &y);
@@ -253,12 +262,7 @@ fn check_shared(dtype: DType, t: usize, s: usize, tol: f64) {
         })
         .collect();
     let weights = rng.vec(t * k, 0.1, 1.0);
-    let ids_t = cpu
-        .upload(&HostTensor::from_slice([t, k], &ids).unwrap())
-        .unwrap();
-    let w_t = cpu
-        .upload(&HostTensor::from_slice([t, k], &weights).unwrap())
-        .unwrap();
+    let (ids_t, w_t) = routing(&cpu, (t, k), &ids, &weights);
     let inputs = ops::ExpertsInputs::new(&x, &w13, &w2, &ids_t, &w_t).with_shared(&sw13, &sw2);
     let params = ExpertsParams::default();
     let y = ops::moe_experts_with(&cpu, inputs, &params).unwrap();
@@ -376,4 +380,138 @@ fn rounding_to_bf16_is_nearest_even_across_parallel_chunks() {
         let want = (b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF_0000;
         assert_eq!(got.to_bits(), want, "[{i}] {x}");
     }
+}
+
+/// Routed and shared experts with every weight laid out by `pack_expert_weights` (F32:
+/// in panels where the CPU has AVX-512F) against the f64 references, at widths that are
+/// not multiples of 16 and with 1 to 150 tokens per expert (token blocks of every size).
+#[test]
+fn packed_weights_match_the_f64_reference_at_odd_shapes() {
+    use moemla_core::ExpertWeight::{Down, GateUp};
+    let cpu = CpuBackend::new();
+    // (T, H, I, E, k, S, Is)
+    for (t, h, i, e, k, s, is) in [
+        (40, 37, 21, 3, 2, 1, 19),
+        (5, 64, 48, 4, 2, 0, 0),
+        (300, 40, 24, 2, 1, 2, 33),
+        (1, 16, 16, 8, 6, 1, 16),
+    ] {
+        let mut rng = Lcg::new(41 + t as u64);
+        let f32s = |n, rng: &mut Lcg, a: f32| rng.vec(n, -a, a);
+        let (x, xs) = upload_as(&cpu, &[t, h], &f32s(t * h, &mut rng, 1.0), DType::F32);
+        let w13v = f32s(e * 2 * i * h, &mut rng, 0.3);
+        let (w13, _) = upload_as(&cpu, &[e, 2 * i, h], &w13v, DType::F32);
+        let w2v = f32s(e * h * i, &mut rng, 0.3);
+        let (w2, _) = upload_as(&cpu, &[e, h, i], &w2v, DType::F32);
+        let sw13v = f32s(s * 2 * is * h, &mut rng, 0.3);
+        let sw2v = f32s(s * h * is, &mut rng, 0.3);
+        let ids: Vec<i32> = (0..t * k).map(|n| ((n * 7 + n / k) % e) as i32).collect();
+        let weights = rng.vec(t * k, 0.1, 1.0);
+        let (ids_t, w_t) = routing(&cpu, (t, k), &ids, &weights);
+        let pack = |w: &moemla_core::DeviceTensor, kind| {
+            let p = ops::pack_expert_weights(&cpu, w, kind).unwrap();
+            assert_eq!(
+                p.same_buffer(w),
+                !crate::panels::available(),
+                "F32 weights go into panels exactly where the CPU has AVX-512F"
+            );
+            assert_eq!(download_f32(&cpu, &p), download_f32(&cpu, w), "download");
+            p
+        };
+        let (w13p, w2p) = (pack(&w13, GateUp), pack(&w2, Down));
+        let mut inputs = ops::ExpertsInputs::new(&x, &w13p, &w2p, &ids_t, &w_t);
+        let shared = (s > 0).then(|| {
+            let (a, _) = upload_as(&cpu, &[s, 2 * is, h], &sw13v, DType::F32);
+            let (b, _) = upload_as(&cpu, &[s, h, is], &sw2v, DType::F32);
+            (pack(&a, GateUp), pack(&b, Down))
+        });
+        if let Some((a, b)) = &shared {
+            inputs = inputs.with_shared(a, b);
+        }
+        let y = ops::moe_experts_with(&cpu, inputs, &ExpertsParams::default()).unwrap();
+        let got = download_f32(&cpu, &y);
+        let routed = reference(&xs, &w13v, &w2v, &ids, &weights, (h, i, k));
+        let sh = shared_reference(&xs, &sw13v, &sw2v, (h, is, s), None);
+        let want: Vec<f64> = routed.iter().zip(&sh).map(|(r, s)| r + s).collect();
+        let scale = want.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+        assert!(scale > 1e-2, "degenerate test data");
+        for (n, (&g, &w)) in got.iter().zip(&want).enumerate() {
+            let at = format!("T {t} H {h} I {i} E {e} S {s}: y[{n}] = {g}, want {w}");
+            assert!((g as f64 - w).abs() <= 1e-5 * (scale + w.abs()), "{at}");
+        }
+    }
+}
+
+/// What a tensor in panels is refused for, each with a typed error naming the argument.
+#[test]
+fn packed_weights_are_refused_where_they_do_not_belong() {
+    use moemla_core::ExpertWeight::{Down, GateUp};
+    if !crate::panels::available() {
+        return; // F32 weights stay as stored: nothing to refuse.
+    }
+    let cpu = CpuBackend::new();
+    let (t, h, i, e, k) = (2, 32, 16, 2, 1);
+    let mut rng = Lcg::new(3);
+    let (x, _) = upload_as(&cpu, &[t, h], &rng.vec(t * h, -1.0, 1.0), DType::F32);
+    let (w13, _) = upload_as(
+        &cpu,
+        &[e, 2 * i, h],
+        &rng.vec(e * 2 * i * h, -1.0, 1.0),
+        DType::F32,
+    );
+    let (w2, _) = upload_as(&cpu, &[e, h, i], &rng.vec(e * h * i, -1.0, 1.0), DType::F32);
+    let ids_t = cpu
+        .upload(&HostTensor::from_slice([t, k], &[0i32, 1]).unwrap())
+        .unwrap();
+    let w_t = cpu
+        .upload(&HostTensor::from_slice([t, k], &[1.0f32, 1.0]).unwrap())
+        .unwrap();
+    let before = cpu.traffic().unwrap();
+    let w13p = ops::pack_expert_weights(&cpu, &w13, GateUp).unwrap();
+    let after = cpu.traffic().unwrap();
+    assert_eq!(
+        after.allocations,
+        before.allocations + 1,
+        "packing allocates one tensor"
+    );
+    let p = ExpertsParams::default();
+    let arg_of = |r: moemla_core::Result<_>| match r {
+        Err(Error::Input { arg, .. }) => arg,
+        other => panic!("expected Error::Input, got {other:?}"),
+    };
+    // w13 in panels, w2 as stored.
+    let r = ops::moe_experts(&cpu, &x, &w13p, &w2, &ids_t, &w_t, &p);
+    assert_eq!(arg_of(r), "w2");
+    // w13 packed as the down projection (its dims allow it): refused as w13.
+    let wrong = ops::pack_expert_weights(&cpu, &w13, Down).unwrap();
+    let w2p = ops::pack_expert_weights(&cpu, &w2, Down).unwrap();
+    let r = ops::moe_experts(&cpu, &x, &wrong, &w2p, &ids_t, &w_t, &p);
+    assert_eq!(arg_of(r), "w13");
+    // Packing again as the same kind keeps the tensor; as the other kind is refused.
+    let again = ops::pack_expert_weights(&cpu, &w13p, GateUp).unwrap();
+    assert!(again.same_buffer(&w13p));
+    assert_eq!(arg_of(ops::pack_expert_weights(&cpu, &w13p, Down)), "w2");
+    // Copies and other ops do not read the panels.
+    let dst = cpu.alloc_zeroed(w13.shape(), DType::F32).unwrap();
+    let r = cpu.copy_into(&w13p, 0, &dst, 0, 4);
+    assert!(
+        matches!(&r, Err(Error::Device { message, .. }) if message.contains("pack_expert_weights")),
+        "{r:?}"
+    );
+    // The contract's checks come first: a rank-2 tensor, an odd 2I.
+    let r = ops::pack_expert_weights(&cpu, &x, GateUp);
+    assert!(matches!(r, Err(Error::Rank { arg: "w13", .. })), "{r:?}");
+    let (odd, _) = upload_as(&cpu, &[1, 3, 4], &[0.0; 12], DType::F32);
+    let r = ops::pack_expert_weights(&cpu, &odd, GateUp);
+    assert!(
+        matches!(
+            r,
+            Err(Error::Dim {
+                arg: "w13",
+                dim: 1,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
 }
