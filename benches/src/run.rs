@@ -7,7 +7,7 @@ use crate::inputs::BenchInputs;
 use crate::report::Row;
 use crate::timing::{median_time, Budget};
 use moemla_core::ops::{self, ExpertsInputs, SparseDecodeInputs};
-use moemla_core::{Backend, CacheWriteParams, DeviceTensor, Result};
+use moemla_core::{Backend, CacheWriteParams, DeviceTensor, ExpertWeight, Result};
 use std::time::Duration;
 
 /// The op of `case`, bound to its uploaded inputs, ready to be called repeatedly.
@@ -25,11 +25,19 @@ impl<'a> Prepared<'a> {
         case: &'a BenchCase,
         inputs: &BenchInputs,
     ) -> Result<Self> {
-        let args = inputs
+        let mut args = inputs
             .tensors
             .iter()
             .map(|(_, t)| t.upload(backend))
             .collect::<Result<Vec<_>>>()?;
+        // Expert weights laid out for the backend once, as an engine loads them.
+        if matches!(
+            case,
+            BenchCase::Experts { .. } | BenchCase::Fp8Experts { .. }
+        ) {
+            args[1] = ops::pack_expert_weights(backend, &args[1], ExpertWeight::GateUp)?;
+            args[2] = ops::pack_expert_weights(backend, &args[2], ExpertWeight::Down)?;
+        }
         Ok(Prepared {
             backend,
             case,
