@@ -82,6 +82,8 @@ macro_rules! __suite_tests {
             moe_experts_single_token_top8_f32: cases::experts::single_token_top8(F32);
             moe_experts_single_token_top8_f16: cases::experts::single_token_top8(F16);
             moe_experts_single_token_top8_bf16: cases::experts::single_token_top8(BF16);
+            moe_experts_packed_weights_f32: cases::experts::packed_weights(F32);
+            moe_experts_packed_weights_bf16: cases::experts::packed_weights(BF16);
             moe_experts_zero_weight_slot_ignores_nonfinite_expert: cases::experts::zero_weight_slot_ignores_nonfinite_expert();
 
             mla_decode_small_f32: cases::mla::small(F32);

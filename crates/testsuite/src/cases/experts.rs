@@ -5,7 +5,7 @@ use crate::compare::{check_close, ensure, Tol};
 use crate::harness::Ctx;
 use crate::reference;
 use crate::rng::Rng;
-use moemla_core::{ops, DType, ExpertsParams, Op};
+use moemla_core::{ops, DType, ExpertWeight, ExpertsParams, Op};
 
 /// The sizes of a `moe_experts` problem.
 #[derive(Clone, Copy, Debug)]
@@ -55,9 +55,35 @@ pub fn run_experts(
     ids: &[i32],
     weights: &[f32],
 ) -> (Vec<f32>, Vec<f64>) {
+    run_experts_packed(ctx, dtype, d, data, (ids, weights), false)
+}
+
+/// [`run_experts`], with the weights laid out by `ops::pack_expert_weights` first if
+/// `pack`.
+fn run_experts_packed(
+    ctx: &Ctx<'_>,
+    dtype: DType,
+    d: ExpertsDims,
+    data: &ExpertsData,
+    (ids, weights): (&[i32], &[f32]),
+    pack: bool,
+) -> (Vec<f32>, Vec<f64>) {
     let (x, xv) = ctx.upload_as(&[d.tokens, d.hidden], &data.x, dtype);
     let (w13, w13v) = ctx.upload_as(&[d.experts, 2 * d.inter, d.hidden], &data.w13, dtype);
     let (w2, w2v) = ctx.upload_as(&[d.experts, d.hidden, d.inter], &data.w2, dtype);
+    let (w13, w2) = match pack {
+        true => {
+            let packed = |w, kind| {
+                ops::pack_expert_weights(ctx.backend, w, kind)
+                    .unwrap_or_else(|e| panic!("pack_expert_weights {dtype} {d:?}: {e}"))
+            };
+            (
+                packed(&w13, ExpertWeight::GateUp),
+                packed(&w2, ExpertWeight::Down),
+            )
+        }
+        false => (w13, w2),
+    };
     let id_t = ctx.upload_i32(&[d.tokens, d.top_k], ids);
     let (w_t, wv) = ctx.upload_as(&[d.tokens, d.top_k], weights, DType::F32);
     let y = ops::moe_experts(
@@ -199,6 +225,33 @@ pub fn odd_sizes(ctx: &Ctx<'_>, dtype: DType) {
         top_k: 2,
     };
     case(ctx, dtype, d, 0xe7, 4);
+}
+
+/// Weights laid out by `ops::pack_expert_weights` compute the reference too: T 40 (13
+/// to 27 tokens per expert), H 37, I 21 (widths that fill no layout's blocks), E 3, k 2,
+/// one slot in six set to -1.
+pub fn packed_weights(ctx: &Ctx<'_>, dtype: DType) {
+    if !ctx.supports(Op::MoeExperts, dtype) {
+        return;
+    }
+    let d = ExpertsDims {
+        tokens: 40,
+        hidden: 37,
+        inter: 21,
+        experts: 3,
+        top_k: 2,
+    };
+    let mut rng = Rng::new(0xe9);
+    let data = ExpertsData::random(d, &mut rng);
+    let ids = random_ids(d, &mut rng, 6);
+    let weights = rng.vec(d.tokens * d.top_k, 0.05, 1.0);
+    let (y, exp) = run_experts_packed(ctx, dtype, d, &data, (&ids, &weights), true);
+    ensure(check_close(
+        &format!("moe_experts {dtype} {d:?} packed weights y"),
+        &y,
+        &exp,
+        Tol::of(dtype),
+    ));
 }
 
 /// A slot with weight 0 (+0.0 and -0.0) or id -1 contributes nothing even when its expert's
