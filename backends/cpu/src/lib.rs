@@ -205,9 +205,9 @@ impl Backend for CpuBackend {
 
     /// F32 weights on a CPU with AVX-512F: laid out in panels of 16 rows (see
     /// docs/ops.md), which `moe_experts` multiplies with every token of a block broadcast,
-    /// so no lane idles whatever an expert's token count. Such a tensor also downloads (in
-    /// the contract's layout); other ops and copies refuse it with a typed error. Other
-    /// dtypes and CPUs: `w` itself.
+    /// so no lane idles whatever an expert's token count. Such a tensor also downloads
+    /// (`download`, `download_into`: in the contract's layout); other ops and copies refuse
+    /// it with a typed error. Other dtypes and CPUs: `w` itself.
     fn pack_expert_weights(&self, w: &DeviceTensor, kind: ExpertWeight) -> Result<DeviceTensor> {
         // Already in panels: as it is, if packed as `kind`.
         if panels::PanelWeights::of_tensor(w, &self.name, kind.arg(), kind)?.is_some() {
@@ -254,6 +254,14 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         const CALL: &str = "download_into";
         let range = memory::download_range(src, src_offset, dst)?;
+        if let Ok(p) = src.buffer::<panels::PanelWeights>(&self.name, CALL, "src") {
+            // Weights in panels: unpacked whole, then the range copied.
+            let values = p.unpack()?;
+            dst.as_bytes_mut()
+                .copy_from_slice(&bytemuck::cast_slice::<f32, u8>(&values)[range]);
+            self.traffic.count_download(dst.as_bytes().len());
+            return Ok(());
+        }
         let _reading = storage::reading();
         let from = storage::storage(src, &self.name, CALL, "src")?.as_bytes();
         dst.as_bytes_mut().copy_from_slice(&from[range]);

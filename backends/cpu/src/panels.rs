@@ -148,7 +148,11 @@ impl PanelWeights {
                 op: Op::MoeExperts,
                 arg,
                 expected: format!("weights packed as {kind:?} for shape {}", t.shape()),
-                got: format!("weights packed as {:?}", p.layout),
+                got: {
+                    let l = p.layout;
+                    let dims = [l.experts, l.groups * l.rows, l.cols];
+                    format!("weights packed as {:?} for shape {dims:?}", l.kind)
+                },
             });
         }
         Ok(Some(p))

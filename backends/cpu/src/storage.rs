@@ -514,19 +514,23 @@ pub fn storage<'a>(
     call: &'static str,
     arg: &'static str,
 ) -> Result<CpuSlice<'a>> {
-    if crate::panels::PanelWeights::holds(t) && t.backend() == backend {
-        return Err(Error::Device {
-            backend: backend.to_string(),
-            call: format!("{call}: `{arg}`"),
-            message: format!(
-                "{t:?} holds expert weights laid out by pack_expert_weights, which only \
-                 moe_experts (as the weight they were packed as) and download read"
-            ),
-        });
-    }
     let s = match t.buffer::<CpuBuffer>(backend, call, arg) {
         Ok(b) => b.slice(),
-        Err(_) => t.buffer::<CpuStorage>(backend, call, arg)?.as_slice(),
+        Err(_) => match t.buffer::<CpuStorage>(backend, call, arg) {
+            Ok(s) => s.as_slice(),
+            Err(_) if crate::panels::PanelWeights::holds(t) && t.backend() == backend => {
+                return Err(Error::Device {
+                    backend: backend.to_string(),
+                    call: format!("{call}: `{arg}`"),
+                    message: format!(
+                        "{t:?} holds expert weights laid out by pack_expert_weights, which \
+                         only moe_experts (as the weight they were packed as) and the \
+                         downloads read"
+                    ),
+                });
+            }
+            Err(e) => return Err(e),
+        },
     };
     if s.dtype() != t.dtype() || t.shape().checked_elem_count() != Some(s.len()) {
         return Err(Error::Device {

@@ -481,8 +481,7 @@ fn not_implemented(backend: &str, op: Op, dtype: DType) -> Error {
 }
 
 /// Which `moe_experts` weight a tensor is, for [`Backend::pack_expert_weights`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExpertWeight {
     /// Gate and up projections, `w13` or `shared_w13` `[E, 2I, H]` (rows `0..I` gate,
     /// `I..2I` up).

@@ -34,7 +34,8 @@ const CALL: &str = "moe_experts";
 
 /// Runs the experts; returns `y` [T, H] in the run dtype.
 pub fn run(backend: &str, call: &MoeExpertsCall<'_>) -> Result<CpuStorage> {
-    // Weights in panels are checked where they are resolved (`PanelExperts::of`).
+    // Weights in panels are checked where `run_into` resolves them (`PanelExperts::of`),
+    // before its buffers sized by rows are allocated.
     fn stored(t: &moemla_core::DeviceTensor) -> Option<&moemla_core::DeviceTensor> {
         (!crate::panels::PanelWeights::holds(t)).then_some(t)
     }
@@ -53,13 +54,6 @@ pub fn run(backend: &str, call: &MoeExpertsCall<'_>) -> Result<CpuStorage> {
             ("shared_w2", call.shared.and_then(|s| stored(s.w2))),
         ],
     )?;
-    let panels = |a13, w13, a2, w2, inter| {
-        PanelExperts::of(backend, (a13, w13), (a2, w2), (call.hidden, inter))
-    };
-    panels("w13", call.w13, "w2", call.w2, call.inter)?;
-    if let Some(s) = call.shared {
-        panels("shared_w13", s.w13, "shared_w2", s.w2, s.inter)?;
-    }
     let mut y = CpuStorage::zeros(call.dtype, &[call.tokens, call.hidden].into())?;
     run_into(
         backend,
@@ -125,7 +119,8 @@ pub fn run_into(backend: &str, call: &MoeExpertsCall<'_>, y: FloatSliceMut<'_>) 
     Ok(())
 }
 
-/// `x` as f32: weights in panels are F32, so is the run dtype.
+/// `x` as f32: weights in panels are F32, and validation makes the weights' dtype the run
+/// dtype (the error guards a direct call of the backend method).
 fn f32_x(x: FloatSlice<'_>) -> Result<&[f32]> {
     match x {
         FloatSlice::F32(x) => Ok(x),

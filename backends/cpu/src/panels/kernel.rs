@@ -118,6 +118,13 @@ mod x86 {
         }
     }
 
+    /// How far ahead (floats, 4 KiB) each panel is prefetched into L1 as it is read. In the
+    /// op on the 2-core Zen 5 dev machine (V2-Lite T = 256 f32, weights on huge pages, A/B
+    /// in one process): none 83 ms, 4 KiB into L1 65 ms, 32 KiB into L2 73 ms; the
+    /// matrix-vector kernels' 8 KiB (two streams of 4 KiB here) agrees. BENCHMARKS.md has
+    /// the rest.
+    const PREFETCH: usize = 1024;
+
     /// [`super::products`] for `P` panels and `T` tokens: `P * T` accumulators in
     /// registers, each column's `P` weight vectors loaded once and each token's value
     /// broadcast once.
@@ -126,12 +133,6 @@ mod x86 {
     /// AVX-512F must be available; the first `P` panels hold `k * 16` readable floats,
     /// the first `P` outputs `T * 16` writable ones, and every token value
     /// `x + (kk / 16) * stride + t * 16 + kk % 16` (`kk < k`, `t < T`) is readable.
-    /// How far ahead (floats, 4 KiB) each panel is prefetched into L1 as it is read. In the
-    /// op on the 2-core Zen 5 dev machine (V2-Lite T = 256 f32, weights on huge pages, A/B
-    /// in one process): none 83 ms, 4 KiB into L1 65 ms, 16 KiB into L2 73 ms, 32 KiB into
-    /// L2 73 ms; the matrix-vector kernels' 8 KiB (two streams of 4 KiB here) agrees.
-    const PREFETCH: usize = 1024;
-
     #[target_feature(enable = "avx512f")]
     unsafe fn block<const P: usize, const T: usize>(b: &Block) {
         let mut acc = [[_mm512_setzero_ps(); T]; P];
@@ -150,7 +151,7 @@ mod x86 {
                 let col = (first + l) * LANES;
                 let wv: [__m512; P] = std::array::from_fn(|j| _mm512_loadu_ps(b.w[j].add(col)));
                 for w in &b.w[..P] {
-                    // A hint: an address past the panel's end is never dereferenced.
+                    // A hint (it never faults): past the panel's end it is simply wasted.
                     _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(col + PREFETCH).cast::<i8>());
                 }
                 // `t` and `j` index the register tile `acc[j][t]` across the two loops.

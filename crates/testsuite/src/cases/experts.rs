@@ -116,6 +116,17 @@ pub fn random_ids(d: ExpertsDims, rng: &mut Rng, minus_one_every: usize) -> Vec<
 }
 
 fn case(ctx: &Ctx<'_>, dtype: DType, d: ExpertsDims, seed: u64, minus_one_every: usize) {
+    packed_case(ctx, dtype, d, (seed, minus_one_every), false);
+}
+
+/// [`case`], with the weights laid out by `ops::pack_expert_weights` first if `pack`.
+fn packed_case(
+    ctx: &Ctx<'_>,
+    dtype: DType,
+    d: ExpertsDims,
+    (seed, minus_one_every): (u64, usize),
+    pack: bool,
+) {
     if !ctx.supports(Op::MoeExperts, dtype) {
         return;
     }
@@ -123,9 +134,10 @@ fn case(ctx: &Ctx<'_>, dtype: DType, d: ExpertsDims, seed: u64, minus_one_every:
     let data = ExpertsData::random(d, &mut rng);
     let ids = random_ids(d, &mut rng, minus_one_every);
     let weights = rng.vec(d.tokens * d.top_k, 0.05, 1.0);
-    let (y, exp) = run_experts(ctx, dtype, d, &data, &ids, &weights);
+    let (y, exp) = run_experts_packed(ctx, dtype, d, &data, (&ids, &weights), pack);
+    let packed = if pack { " packed weights" } else { "" };
     ensure(check_close(
-        &format!("moe_experts {dtype} {d:?} y"),
+        &format!("moe_experts {dtype} {d:?}{packed} y"),
         &y,
         &exp,
         Tol::of(dtype),
@@ -231,9 +243,6 @@ pub fn odd_sizes(ctx: &Ctx<'_>, dtype: DType) {
 /// to 27 tokens per expert), H 37, I 21 (widths that fill no layout's blocks), E 3, k 2,
 /// one slot in six set to -1.
 pub fn packed_weights(ctx: &Ctx<'_>, dtype: DType) {
-    if !ctx.supports(Op::MoeExperts, dtype) {
-        return;
-    }
     let d = ExpertsDims {
         tokens: 40,
         hidden: 37,
@@ -241,17 +250,7 @@ pub fn packed_weights(ctx: &Ctx<'_>, dtype: DType) {
         experts: 3,
         top_k: 2,
     };
-    let mut rng = Rng::new(0xe9);
-    let data = ExpertsData::random(d, &mut rng);
-    let ids = random_ids(d, &mut rng, 6);
-    let weights = rng.vec(d.tokens * d.top_k, 0.05, 1.0);
-    let (y, exp) = run_experts_packed(ctx, dtype, d, &data, (&ids, &weights), true);
-    ensure(check_close(
-        &format!("moe_experts {dtype} {d:?} packed weights y"),
-        &y,
-        &exp,
-        Tol::of(dtype),
-    ));
+    packed_case(ctx, dtype, d, (0xe9, 6), true);
 }
 
 /// A slot with weight 0 (+0.0 and -0.0) or id -1 contributes nothing even when its expert's

@@ -91,8 +91,7 @@ impl<'a> PanelExperts<'a> {
                 let x = expert_panels(perm, xc, h, run.expert);
                 let w = |group| move |p| self.w13.panel(run.expert, group, p);
                 multiply(w(0), (x, run.tokens, h), run.first, run.out)?;
-                up.clear();
-                up.resize(run.out.len(), 0.0);
+                let up = scratch(up, run.out.len())?;
                 multiply(w(1), (x, run.tokens, h), run.first, up)?;
                 vmath::swiglu(run.out, up, limit);
                 Ok(())
@@ -123,8 +122,7 @@ pub fn add_row(
     acc: &mut [f32],
     scale: impl Fn(f32) -> f32,
 ) {
-    let expert = perm.offsets.partition_point(|&o| o <= row) - 1;
-    let (first, n) = perm.expert_rows(expert);
+    let (first, n) = perm.owner_rows(row);
     let base = first * width.div_ceil(LANES) * LANES;
     for (c, a) in acc.chunks_mut(LANES).enumerate() {
         let at = base + (c * n + row - first) * LANES;
@@ -132,6 +130,20 @@ pub fn add_row(
             *a += scale(v);
         }
     }
+}
+
+/// The first `len` floats of a thread's scratch `buf`, grown fallibly (their values are
+/// the caller's to overwrite).
+fn scratch(buf: &mut Vec<f32>, len: usize) -> Result<&mut [f32]> {
+    if buf.len() < len {
+        buf.try_reserve_exact(len - buf.len())
+            .map_err(|_| Error::OutOfMemory {
+                what: "cpu moe_experts up projections".to_string(),
+                bytes: len.saturating_mul(4),
+            })?;
+        buf.resize(len, 0.0);
+    }
+    Ok(&mut buf[..len])
 }
 
 /// A zeroed buffer of column panels of width `width` for every row of `perm`.
@@ -164,7 +176,7 @@ fn expert_panels<'b>(perm: &Permutation, buf: &'b [f32], width: usize, expert: u
 
 /// Panels per run for weights of `cols` columns (per panel index: 2 groups for `w13`).
 fn run_panels(cols: usize) -> usize {
-    (TASK_BYTES / (cols * LANES * 4).max(1)).max(1)
+    (TASK_BYTES / cols.saturating_mul(LANES * 4).max(1)).max(1)
 }
 
 /// A run of one expert's output panels.
@@ -232,6 +244,7 @@ fn multiply<'w>(
                 };
                 let mut outs = [&mut o0[t0 * LANES..], second];
                 let xs = (&x[col / LANES * stride + t0 * LANES..], stride, tokens);
+                // Tensors are packed only where the CPU has AVX-512F (`panels::available`).
                 if !kernel::products(&ws[..count], xs, cols, &mut outs[..count], col > 0) {
                     return Err(Error::Device {
                         backend: crate::NAME.to_string(),

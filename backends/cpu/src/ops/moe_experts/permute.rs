@@ -104,7 +104,7 @@ impl Permutation {
 
     /// The rows (first row, count) of the expert that owns permuted row `row` (below
     /// [`Self::rows`]).
-    fn owner_rows(&self, row: usize) -> (usize, usize) {
+    pub fn owner_rows(&self, row: usize) -> (usize, usize) {
         // Offsets are sorted (empty experts repeat them): the last one at or below `row`.
         self.expert_rows(self.offsets.partition_point(|&o| o <= row) - 1)
     }

@@ -415,7 +415,11 @@ fn packed_weights_match_the_f64_reference_at_odd_shapes() {
                 !crate::panels::available(),
                 "F32 weights go into panels exactly where the CPU has AVX-512F"
             );
-            assert_eq!(download_f32(&cpu, &p), download_f32(&cpu, w), "download");
+            let plain = download_f32(&cpu, w);
+            assert_eq!(download_f32(&cpu, &p), plain, "download");
+            let mut part = HostTensor::from_slice([3], &[0.0f32; 3]).unwrap();
+            cpu.download_into(&p, 5, &mut part).unwrap();
+            assert_eq!(part.to_f32_vec().unwrap(), plain[5..8], "download_into");
             p
         };
         let (w13p, w2p) = (pack(&w13, GateUp), pack(&w2, Down));
