@@ -21,8 +21,8 @@
 
 use moemla::core::ops::{self, ExpertsInputs, RouteInputs};
 use moemla::core::{
-    Backend, CacheWriteParams, DType, DeviceTensor, ExpertsParams, HostTensor, MlaDecodeParams,
-    Result, RouteParams, Traffic,
+    Backend, CacheWriteParams, DType, DeviceTensor, ExpertWeight, ExpertsParams, HostTensor,
+    MlaDecodeParams, Result, RouteParams, Traffic,
 };
 use std::sync::Arc;
 
@@ -235,11 +235,13 @@ impl Engine {
             &CacheWriteParams::default(),
         )?;
         let o = zeros(&[B, 1, HQ, DV], DType::BF16)?;
+        // Expert weights laid out once for the backend's kernels (the uploads are dropped).
+        let weights = |w: &HostTensor, kind| ops::pack_expert_weights(be, &be.upload(w)?, kind);
         Ok(Engine {
-            w13: be.upload(&model.w13)?,
-            w2: be.upload(&model.w2)?,
-            shared_w13: be.upload(&model.shared_w13)?,
-            shared_w2: be.upload(&model.shared_w2)?,
+            w13: weights(&model.w13, ExpertWeight::GateUp)?,
+            w2: weights(&model.w2, ExpertWeight::Down)?,
+            shared_w13: weights(&model.shared_w13, ExpertWeight::GateUp)?,
+            shared_w2: weights(&model.shared_w2, ExpertWeight::Down)?,
             bias: be.upload(&model.bias)?,
             block_table: be.upload(&model.block_table)?,
             cache,
