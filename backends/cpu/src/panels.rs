@@ -55,6 +55,11 @@ impl Layout {
         }
     }
 
+    /// The tensor's dims, `[E, N, K]`.
+    pub fn dims(&self) -> [usize; 3] {
+        [self.experts, self.groups * self.rows, self.cols]
+    }
+
     /// Panels per group.
     pub fn panels(&self) -> usize {
         self.rows.div_ceil(LANES)
@@ -90,11 +95,10 @@ pub struct PanelWeights {
 impl PanelWeights {
     /// Packs `w` (`[E, N, K]` row-major, `layout`'s dims), allocating fallibly.
     pub fn pack(w: &[f32], layout: Layout) -> Result<PanelWeights> {
-        let size = |_| Error::Size {
+        let len = layout.len().ok_or_else(|| Error::Size {
             dtype: DType::F32,
-            shape: [layout.experts, layout.groups * layout.rows, layout.cols].into(),
-        };
-        let len = layout.len().ok_or(()).map_err(size)?;
+            shape: layout.dims().into(),
+        })?;
         let mut data = Aligned::try_filled(len, 0.0f32, "cpu pack_expert_weights")?;
         let (rows, cols, panels) = (layout.rows, layout.cols, layout.panels());
         if len > 0 {
@@ -113,7 +117,8 @@ impl PanelWeights {
     /// The weights back in the contract's row-major `[E, N, K]` layout.
     pub fn unpack(&self) -> Result<Vec<f32>> {
         let l = self.layout;
-        let len = l.experts * l.groups * l.rows * l.cols;
+        // At most the panels' checked length (that only adds padding rows).
+        let len: usize = l.dims().iter().product();
         let mut out = moemla_core::alloc::try_filled_vec(len, "cpu download of packed weights")?;
         if len > 0 {
             out.par_chunks_mut(l.rows * l.cols)
@@ -148,11 +153,11 @@ impl PanelWeights {
                 op: Op::MoeExperts,
                 arg,
                 expected: format!("weights packed as {kind:?} for shape {}", t.shape()),
-                got: {
-                    let l = p.layout;
-                    let dims = [l.experts, l.groups * l.rows, l.cols];
-                    format!("weights packed as {:?} for shape {dims:?}", l.kind)
-                },
+                got: format!(
+                    "weights packed as {:?} for shape {:?}",
+                    p.layout.kind,
+                    p.layout.dims()
+                ),
             });
         }
         Ok(Some(p))

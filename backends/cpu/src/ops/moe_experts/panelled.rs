@@ -8,6 +8,7 @@
 //! token panels.
 
 use super::permute::Permutation;
+use crate::aligned::Aligned;
 use crate::panels::{kernel, PanelWeights, LANES, MAX_BLOCK_PANELS, MAX_BLOCK_TOKENS};
 use crate::pooled::{self, Pooled};
 use crate::vmath;
@@ -87,11 +88,12 @@ impl<'a> PanelExperts<'a> {
         let mut out = panels_buffer(perm, i, "cpu moe_experts activations")?;
         let runs = runs(perm, &mut out, i.div_ceil(LANES), run_panels(2 * h));
         runs.into_par_iter()
-            .try_for_each_init(Vec::new, |up, run| {
+            .try_for_each_init(Aligned::new, |up, run| {
                 let x = expert_panels(perm, xc, h, run.expert);
                 let w = |group| move |p| self.w13.panel(run.expert, group, p);
                 multiply(w(0), (x, run.tokens, h), run.first, run.out)?;
-                let up = scratch(up, run.out.len())?;
+                // The up projections, overwritten by `multiply` (a thread's buffer, reused).
+                up.try_resize(run.out.len(), 0.0, "cpu moe_experts up projections")?;
                 multiply(w(1), (x, run.tokens, h), run.first, up)?;
                 vmath::swiglu(run.out, up, limit);
                 Ok(())
@@ -123,7 +125,7 @@ pub fn add_row(
     scale: impl Fn(f32) -> f32,
 ) {
     let (first, n) = perm.owner_rows(row);
-    let base = first * width.div_ceil(LANES) * LANES;
+    let base = first * row_len(width);
     for (c, a) in acc.chunks_mut(LANES).enumerate() {
         let at = base + (c * n + row - first) * LANES;
         for (a, &v) in a.iter_mut().zip(&y[at..at + LANES]) {
@@ -132,23 +134,14 @@ pub fn add_row(
     }
 }
 
-/// The first `len` floats of a thread's scratch `buf`, grown fallibly (their values are
-/// the caller's to overwrite).
-fn scratch(buf: &mut Vec<f32>, len: usize) -> Result<&mut [f32]> {
-    if buf.len() < len {
-        buf.try_reserve_exact(len - buf.len())
-            .map_err(|_| Error::OutOfMemory {
-                what: "cpu moe_experts up projections".to_string(),
-                bytes: len.saturating_mul(4),
-            })?;
-        buf.resize(len, 0.0);
-    }
-    Ok(&mut buf[..len])
-}
-
 /// A zeroed buffer of column panels of width `width` for every row of `perm`.
 fn panels_buffer(perm: &Permutation, width: usize, what: &str) -> Result<Pooled> {
-    pooled::zeroed(&[perm.rows(), width.div_ceil(LANES) * LANES], what)
+    pooled::zeroed(&[perm.rows(), row_len(width)], what)
+}
+
+/// Floats of one row in column panels of width `width`: whole panels of 16.
+fn row_len(width: usize) -> usize {
+    width.div_ceil(LANES) * LANES
 }
 
 /// The rows of `perm` gathered from `x` [T, width] into column panels (zero past `width`).
@@ -170,8 +163,7 @@ fn gather(perm: &Permutation, x: &[f32], width: usize) -> Result<Pooled> {
 /// Expert `expert`'s column panels in `buf` (rows of `perm`, panels of width `width`).
 fn expert_panels<'b>(perm: &Permutation, buf: &'b [f32], width: usize, expert: usize) -> &'b [f32] {
     let (first, n) = perm.expert_rows(expert);
-    let row_len = width.div_ceil(LANES) * LANES;
-    &buf[first * row_len..(first + n) * row_len]
+    &buf[first * row_len(width)..(first + n) * row_len(width)]
 }
 
 /// Panels per run for weights of `cols` columns (per panel index: 2 groups for `w13`).
