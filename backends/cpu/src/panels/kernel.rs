@@ -4,7 +4,19 @@
 
 use super::{LANES, MAX_BLOCK_PANELS, MAX_BLOCK_TOKENS};
 
-/// `out[j][t * 16 + l] = (accumulate ? out[j][t * 16 + l] : 0) + sum_{kk < k} x(t, kk) *
+/// How one block meets its stretch of columns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pass {
+    /// Add the products to the outputs (else overwrite them).
+    pub accumulate: bool,
+    /// The first block over these columns: it prefetches each panel as it reads it, into
+    /// L1 ahead of its reads and into L2 one [`CHUNK`](super::CHUNK) of columns ahead, so
+    /// that the next chunk streams in while the later blocks compute from L1 (they
+    /// prefetch nothing).
+    pub leads: bool,
+}
+
+/// `out[j][t * 16 + l] = (pass.accumulate ? out[j][t * 16 + l] : 0) + sum_{kk < k} x(t, kk) *
 /// w[j][kk * 16 + l]` for the weight panels `w[j]` (columns of 16 rows, `[k, 16]`), the
 /// block's `tokens` tokens and `l < 16`, where token `t`'s value at column `kk` is
 /// `x[(kk / 16) * stride + t * 16 + kk % 16]` (column panels `stride` apart, the block's
@@ -19,7 +31,7 @@ pub fn products(
     (x, stride, tokens): (&[f32], usize, usize),
     k: usize,
     out: &mut [&mut [f32]],
-    accumulate: bool,
+    pass: Pass,
 ) -> bool {
     let panels = w.len();
     assert!(
@@ -60,7 +72,7 @@ pub fn products(
             stride,
             k,
             out: op,
-            accumulate,
+            pass,
         };
         // SAFETY: AVX-512F was detected at run time; the asserts above keep every weight
         // (k x 16 per panel), token value and output (tokens x 16 per panel) the kernel
@@ -68,13 +80,14 @@ pub fn products(
         unsafe { x86::dispatch(panels, tokens, &args) };
         return true;
     }
-    let _ = (x, accumulate);
+    let _ = (x, pass);
     false
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{LANES, MAX_BLOCK_PANELS};
+    use super::{Pass, LANES, MAX_BLOCK_PANELS};
+    use crate::panels::CHUNK;
     use std::arch::x86_64::*;
 
     /// The operands of one block (see [`super::products`]); `w` and `out` hold the
@@ -85,7 +98,7 @@ mod x86 {
         pub stride: usize,
         pub k: usize,
         pub out: [*mut f32; MAX_BLOCK_PANELS],
-        pub accumulate: bool,
+        pub pass: Pass,
     }
 
     /// [`block`] instantiated for `panels` (1 or 2) and `tokens` (1..=12).
@@ -118,12 +131,19 @@ mod x86 {
         }
     }
 
-    /// How far ahead (floats, 4 KiB) each panel is prefetched into L1 as it is read. In the
-    /// op on the 2-core Zen 5 dev machine (V2-Lite T = 256 f32, weights on huge pages, A/B
-    /// in one process): none 83 ms, 4 KiB into L1 65 ms, 32 KiB into L2 73 ms; the
-    /// matrix-vector kernels' 8 KiB (two streams of 4 KiB here) agrees. BENCHMARKS.md has
-    /// the rest.
-    const PREFETCH: usize = 1024;
+    /// How far ahead (floats, 4 KiB) a leading block prefetches each panel into L1 as it
+    /// reads it. In the op on the 2-core Zen 5 dev machine (V2-Lite T = 256 f32, weights
+    /// on huge pages, A/B in one process, every block prefetching): none 83 ms, 4 KiB into
+    /// L1 65 ms, 32 KiB into L2 alone 73 ms; the matrix-vector kernels' 8 KiB (two streams
+    /// of 4 KiB here) agrees. BENCHMARKS.md has the rest.
+    const AHEAD_L1: usize = 1024;
+
+    /// How far ahead (floats) a leading block prefetches each panel into L2: the same
+    /// column of the next chunk, so that the chunk streams in while the block's followers
+    /// compute. In the op on a 2-core Zen 4 (A/B in one process, min ms of three rounds):
+    /// V2-Lite T = 256 f32 139-145 against 145-159 with the L1 prefetch alone, H = 7168
+    /// T = 64 223-227 against 230-237; BENCHMARKS.md has the rest.
+    const AHEAD_L2: usize = CHUNK * LANES;
 
     /// [`super::products`] for `P` panels and `T` tokens: `P * T` accumulators in
     /// registers, each column's `P` weight vectors loaded once and each token's value
@@ -136,7 +156,7 @@ mod x86 {
     #[target_feature(enable = "avx512f")]
     unsafe fn block<const P: usize, const T: usize>(b: &Block) {
         let mut acc = [[_mm512_setzero_ps(); T]; P];
-        if b.accumulate {
+        if b.pass.accumulate {
             for (j, row) in acc.iter_mut().enumerate() {
                 for (t, a) in row.iter_mut().enumerate() {
                     *a = _mm512_loadu_ps(b.out[j].add(t * LANES));
@@ -150,9 +170,12 @@ mod x86 {
             for l in 0..live {
                 let col = (first + l) * LANES;
                 let wv: [__m512; P] = std::array::from_fn(|j| _mm512_loadu_ps(b.w[j].add(col)));
-                for w in &b.w[..P] {
-                    // A hint (it never faults): past the panel's end it is simply wasted.
-                    _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(col + PREFETCH).cast::<i8>());
+                if b.pass.leads {
+                    for w in &b.w[..P] {
+                        // Hints (they never fault): past the panel's end they are wasted.
+                        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(col + AHEAD_L1).cast::<i8>());
+                        _mm_prefetch::<_MM_HINT_T1>(w.wrapping_add(col + AHEAD_L2).cast::<i8>());
+                    }
                 }
                 // `t` and `j` index the register tile `acc[j][t]` across the two loops.
                 #[allow(clippy::needless_range_loop)]

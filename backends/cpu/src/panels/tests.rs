@@ -1,5 +1,6 @@
 use super::*;
 use crate::test_util::Lcg;
+use kernel::Pass;
 
 /// Values in [-1, 1) from a fixed seed.
 fn values(len: usize, seed: u64) -> Vec<f32> {
@@ -60,7 +61,7 @@ fn products_match_an_f64_reference_at_every_block_shape() {
                     .map(|j| values(k * LANES, 3 + j as u64))
                     .collect();
                 let init = values(tokens * LANES, 5);
-                for accumulate in [false, true] {
+                for (accumulate, leads) in [(false, true), (true, false), (true, true)] {
                     let mut out: Vec<Vec<f32>> = vec![init.clone(); panels];
                     let wr: Vec<&[f32]> = w.iter().map(|p| p.as_slice()).collect();
                     let mut or: Vec<&mut [f32]> =
@@ -70,7 +71,7 @@ fn products_match_an_f64_reference_at_every_block_shape() {
                         (x, stride, tokens),
                         k,
                         &mut or,
-                        accumulate
+                        Pass { accumulate, leads }
                     ));
                     for j in 0..panels {
                         for t in 0..tokens {
@@ -105,5 +106,9 @@ fn products_refuse_token_panels_past_the_slice() {
     let w = vec![0.0f32; 32 * LANES];
     let x = vec![0.0f32; 2 * 4 * LANES - 1]; // one value short of two column panels
     let mut out = vec![0.0f32; 4 * LANES];
-    kernel::products(&[&w], (&x, 4 * LANES, 4), 32, &mut [&mut out], false);
+    let pass = Pass {
+        accumulate: false,
+        leads: true,
+    };
+    kernel::products(&[&w], (&x, 4 * LANES, 4), 32, &mut [&mut out], pass);
 }

@@ -9,17 +9,12 @@
 
 use super::permute::Permutation;
 use crate::aligned::Aligned;
-use crate::panels::{kernel, PanelWeights, LANES, MAX_BLOCK_PANELS, MAX_BLOCK_TOKENS};
+use crate::panels::kernel::{self, Pass};
+use crate::panels::{PanelWeights, CHUNK, LANES, MAX_BLOCK_PANELS, MAX_BLOCK_TOKENS};
 use crate::pooled::{self, Pooled};
 use crate::vmath;
 use moemla_core::{DeviceTensor, Error, ExpertWeight, Op, Result};
 use rayon::prelude::*;
-
-/// Columns per chunk: two panels' chunk (2 x 256 x 64 B = 32 KiB) stays in L1 while every
-/// token block of the expert meets it. Measured with the kernel alone (16 experts of
-/// 2816 x 2048 f32 streamed, both cores of the Zen 5 dev machine): 256 and 512 as fast as
-/// whole rows at 25-40 tokens, within that machine's noise.
-const CHUNK: usize = 256;
 
 /// Bytes of weights per task: a run of panels of one expert.
 #[cfg(not(test))]
@@ -236,8 +231,12 @@ fn multiply<'w>(
                 };
                 let mut outs = [&mut o0[t0 * LANES..], second];
                 let xs = (&x[col / LANES * stride + t0 * LANES..], stride, tokens);
+                let pass = Pass {
+                    accumulate: col > 0,
+                    leads: b == 0,
+                };
                 // Tensors are packed only where the CPU has AVX-512F (`panels::available`).
-                if !kernel::products(&ws[..count], xs, cols, &mut outs[..count], col > 0) {
+                if !kernel::products(&ws[..count], xs, cols, &mut outs[..count], pass) {
                     return Err(Error::Device {
                         backend: crate::NAME.to_string(),
                         call: "moe_experts".to_string(),
