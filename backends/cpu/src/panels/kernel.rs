@@ -9,11 +9,11 @@ use super::{LANES, MAX_BLOCK_PANELS, MAX_BLOCK_TOKENS};
 pub struct Pass {
     /// Add the products to the outputs (else overwrite them).
     pub accumulate: bool,
-    /// The first block over these columns: it prefetches each panel as it reads it, into
-    /// L1 ahead of its reads and into L2 one [`CHUNK`](super::CHUNK) of columns ahead, so
-    /// that the next chunk streams in while the later blocks compute from L1 (they
+    /// Prefetch each panel as it is read, into L1 ahead of the reads and into L2 one
+    /// [`CHUNK`](super::CHUNK) of columns ahead: for the first block over these columns,
+    /// so that the next chunk streams in while the later blocks compute from L1 (they
     /// prefetch nothing).
-    pub leads: bool,
+    pub prefetch: bool,
 }
 
 /// `out[j][t * 16 + l] = (pass.accumulate ? out[j][t * 16 + l] : 0) + sum_{kk < k} x(t, kk) *
@@ -131,14 +131,14 @@ mod x86 {
         }
     }
 
-    /// How far ahead (floats, 4 KiB) a leading block prefetches each panel into L1 as it
-    /// reads it. In the op on the 2-core Zen 5 dev machine (V2-Lite T = 256 f32, weights
+    /// How far ahead (floats, 4 KiB) a prefetching block requests each panel into L1 as
+    /// it reads it. In the op on the 2-core Zen 5 dev machine (V2-Lite T = 256 f32, weights
     /// on huge pages, A/B in one process, every block prefetching): none 83 ms, 4 KiB into
     /// L1 65 ms, 32 KiB into L2 alone 73 ms; the matrix-vector kernels' 8 KiB (two streams
     /// of 4 KiB here) agrees. BENCHMARKS.md has the rest.
     const AHEAD_L1: usize = 1024;
 
-    /// How far ahead (floats) a leading block prefetches each panel into L2: the same
+    /// How far ahead (floats) a prefetching block requests each panel into L2: the same
     /// column of the next chunk, so that the chunk streams in while the block's followers
     /// compute. In the op on a 2-core Zen 4 (A/B in one process, min ms of three rounds):
     /// V2-Lite T = 256 f32 139-145 against 145-159 with the L1 prefetch alone, H = 7168
@@ -170,7 +170,7 @@ mod x86 {
             for l in 0..live {
                 let col = (first + l) * LANES;
                 let wv: [__m512; P] = std::array::from_fn(|j| _mm512_loadu_ps(b.w[j].add(col)));
-                if b.pass.leads {
+                if b.pass.prefetch {
                     for w in &b.w[..P] {
                         // Hints (they never fault): past the panel's end they are wasted.
                         _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(col + AHEAD_L1).cast::<i8>());

@@ -61,7 +61,7 @@ fn products_match_an_f64_reference_at_every_block_shape() {
                     .map(|j| values(k * LANES, 3 + j as u64))
                     .collect();
                 let init = values(tokens * LANES, 5);
-                for (accumulate, leads) in [(false, true), (true, false), (true, true)] {
+                for (accumulate, prefetch) in [(false, true), (true, false), (true, true)] {
                     let mut out: Vec<Vec<f32>> = vec![init.clone(); panels];
                     let wr: Vec<&[f32]> = w.iter().map(|p| p.as_slice()).collect();
                     let mut or: Vec<&mut [f32]> =
@@ -71,7 +71,10 @@ fn products_match_an_f64_reference_at_every_block_shape() {
                         (x, stride, tokens),
                         k,
                         &mut or,
-                        Pass { accumulate, leads }
+                        Pass {
+                            accumulate,
+                            prefetch
+                        }
                     ));
                     for j in 0..panels {
                         for t in 0..tokens {
@@ -108,7 +111,7 @@ fn products_refuse_token_panels_past_the_slice() {
     let mut out = vec![0.0f32; 4 * LANES];
     let pass = Pass {
         accumulate: false,
-        leads: true,
+        prefetch: true,
     };
     kernel::products(&[&w], (&x, 4 * LANES, 4), 32, &mut [&mut out], pass);
 }
