@@ -19,8 +19,8 @@ pub const MAX_VECTORS: usize = 4;
 /// How far ahead (bytes) the matrix-vector kernels that stream weight rows from memory
 /// (F32 weights on AVX-512, any float weights on AVX2, FP8 codes on the bf16 dot)
 /// prefetch them. Weight buffers may sit
-/// on 4 KiB pages, at whose boundaries the hardware prefetchers stop; measured on the
-/// 2-core Zen 4 dev machine for FP8 codes at V3 shapes (T = 1, A/B in one process): none
+/// on 4 KiB pages, at whose boundaries the hardware prefetchers stop; measured on a
+/// 2-core Zen 4 for FP8 codes at V3 shapes (T = 1, A/B in one process): none
 /// 16.1 ms, 4 KiB ahead 12.8, 8 KiB 11.7, 16 KiB 12.2, all into L2; into L1 instead was
 /// slower (17.2 vs 13.8 ms at 8 KiB). F32 weights on an Intel Xeon, 8 KiB into L2
 /// against none: T=16 58.8 vs 73.1 ms. F32 weights on a 2-core Zen 5 (V2-Lite shapes,

@@ -5,22 +5,22 @@
 use super::{LANES, MAX_BLOCK_PANELS, MAX_BLOCK_TOKENS};
 
 /// How one block meets its stretch of columns.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub struct Pass {
     /// Add the products to the outputs (else overwrite them).
     pub accumulate: bool,
-    /// Prefetch each panel as it is read, into L1 ahead of the reads and into L2 one
-    /// [`CHUNK`](super::CHUNK) of columns ahead: for the first block over these columns,
-    /// so that the next chunk streams in while the later blocks compute from L1 (they
-    /// prefetch nothing).
+    /// Request each panel ahead as it is read: 4 KiB ahead into L1, and one
+    /// [`CHUNK`](super::CHUNK) of columns ahead into L2 (the same column of the next chunk,
+    /// for a caller that walks its panels chunk by chunk).
     pub prefetch: bool,
 }
 
-/// `out[j][t * 16 + l] = (pass.accumulate ? out[j][t * 16 + l] : 0) + sum_{kk < k} x(t, kk) *
-/// w[j][kk * 16 + l]` for the weight panels `w[j]` (columns of 16 rows, `[k, 16]`), the
-/// block's `tokens` tokens and `l < 16`, where token `t`'s value at column `kk` is
-/// `x[(kk / 16) * stride + t * 16 + kk % 16]` (column panels `stride` apart, the block's
-/// first token first). Returns false, writing nothing, where the CPU lacks AVX-512F.
+/// `out[j][t * 16 + l] = (pass.accumulate ? out[j][t * 16 + l] : 0) + sum_{kk < k}
+/// x(t, kk) * w[j][kk * 16 + l]` for the weight panels `w[j]` (columns of 16 rows,
+/// `[k, 16]`), the block's `tokens` tokens and `l < 16`, where token `t`'s value at column
+/// `kk` is `x[(kk / 16) * stride + t * 16 + kk % 16]` (column panels `stride` apart, the
+/// block's first token first). Returns false, writing nothing, where the CPU lacks
+/// AVX-512F.
 ///
 /// # Panics
 /// Where the panels, tokens or outputs do not fit their slices, or `w` and `out` hold
@@ -76,7 +76,8 @@ pub fn products(
         };
         // SAFETY: AVX-512F was detected at run time; the asserts above keep every weight
         // (k x 16 per panel), token value and output (tokens x 16 per panel) the kernel
-        // touches inside its slice, and the panel count within the arrays' first entries.
+        // reads or writes inside its slice (its prefetch hints may point past it, which
+        // never faults), and the panel count within the arrays' first entries.
         unsafe { x86::dispatch(panels, tokens, &args) };
         return true;
     }
@@ -172,7 +173,8 @@ mod x86 {
                 let wv: [__m512; P] = std::array::from_fn(|j| _mm512_loadu_ps(b.w[j].add(col)));
                 if b.pass.prefetch {
                     for w in &b.w[..P] {
-                        // Hints (they never fault): past the panel's end they are wasted.
+                        // Hints (they never fault): past the panel's end they land on the
+                        // next panel in memory or are wasted.
                         _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(col + AHEAD_L1).cast::<i8>());
                         _mm_prefetch::<_MM_HINT_T1>(w.wrapping_add(col + AHEAD_L2).cast::<i8>());
                     }

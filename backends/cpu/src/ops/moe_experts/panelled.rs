@@ -2,7 +2,8 @@
 //! `pack_expert_weights`): per expert, runs of weight panels meet all of the expert's
 //! tokens in blocks of up to [`MAX_BLOCK_TOKENS`] ([`kernel::products`]), the panels
 //! walked in column chunks of [`CHUNK`] so that a chunk read from memory for the first
-//! block is still in L1 for the others. Tokens, activations and outputs are kept in
+//! block is still in cache (L1 or L2) for the others; that first block requests the next
+//! chunk meanwhile, where the expert has [`PREFETCH_MIN_TOKENS`] tokens or more. Tokens, activations and outputs are kept in
 //! column panels, `[ceil(width / 16), n_e, 16]` per expert, expert after expert: a
 //! run of output panels is then one contiguous chunk, and the next GEMM reads it as its
 //! token panels.
@@ -17,7 +18,8 @@ use moemla_core::{DeviceTensor, Error, ExpertWeight, Op, Result};
 use rayon::prelude::*;
 
 /// Fewest tokens of an expert for which its first block over each chunk prefetches the
-/// weights ([`Pass::prefetch`]). With fewer, the expert is bound by its weights' stream,
+/// weights ([`Pass::prefetch`]; the expert's later blocks never do: they read the chunk
+/// from cache). With fewer, the expert is bound by its weights' stream,
 /// and the hardware prefetchers run it faster alone. In the op on a 2-core Zen 4 (f32,
 /// H 2048, I 1408, E 64, top-6; A/B in one process, min ms of three rounds, prefetching
 /// always against from 8 tokens): T = 1 7.1-7.7 against 6.7-7.1, T = 16 47.3-50.7 against
