@@ -23,11 +23,10 @@ pub const MAX_BLOCK_PANELS: usize = 2;
 /// Columns per chunk: the op walks each run of panels a chunk of columns at a time, and
 /// every token block of the expert meets the chunk before the next (two panels' chunk,
 /// 2 x 256 x 64 B = 32 KiB, stays in Zen 5's 48 KiB L1 after the first block read it,
-/// in L2 where L1 is smaller). Measured with the
-/// kernel alone (16 experts of 2816 x 2048 f32 streamed, both cores of the Zen 5 dev
-/// machine): 256 and 512 as fast as whole rows at 25-40 tokens; in the op on a 2-core
-/// Zen 4 (V2-Lite T = 256 and H = 7168 T = 64 f32, next chunk prefetched): 128, 256 and
-/// 384 alike.
+/// in L2 where L1 is smaller). Measured with the kernel alone (16 experts of 2816 x 2048
+/// f32 streamed, both cores of the Zen 5 dev machine): 256 and 512 as fast as whole rows
+/// at 25-40 tokens; in the op on a 2-core Zen 4 (V2-Lite T = 256 and H = 7168 T = 64 f32,
+/// next chunk prefetched): 128, 256 and 384 alike.
 pub const CHUNK: usize = 256;
 
 /// Most tokens one kernel block multiplies at once (`MAX_BLOCK_PANELS` x this many

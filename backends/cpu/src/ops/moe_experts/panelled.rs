@@ -3,10 +3,10 @@
 //! tokens in blocks of up to [`MAX_BLOCK_TOKENS`] ([`kernel::products`]), the panels
 //! walked in column chunks of [`CHUNK`] so that a chunk read from memory for the first
 //! block is still in cache (L1 or L2) for the others; that first block requests the next
-//! chunk meanwhile, where the expert has [`PREFETCH_MIN_TOKENS`] tokens or more. Tokens, activations and outputs are kept in
-//! column panels, `[ceil(width / 16), n_e, 16]` per expert, expert after expert: a
-//! run of output panels is then one contiguous chunk, and the next GEMM reads it as its
-//! token panels.
+//! chunk meanwhile, where the expert has [`PREFETCH_MIN_TOKENS`] tokens or more. Tokens,
+//! activations and outputs are kept in column panels, `[ceil(width / 16), n_e, 16]` per
+//! expert, expert after expert: a run of output panels is then one contiguous chunk, and
+//! the next GEMM reads it as its token panels.
 
 use super::permute::Permutation;
 use crate::aligned::Aligned;
@@ -19,8 +19,8 @@ use rayon::prelude::*;
 
 /// Fewest tokens of an expert for which its first block over each chunk prefetches the
 /// weights ([`Pass::prefetch`]; the expert's later blocks never do: they read the chunk
-/// from cache). With fewer, the expert is bound by its weights' stream,
-/// and the hardware prefetchers run it faster alone. In the op on a 2-core Zen 4 (f32,
+/// from cache). With fewer, the expert is bound by its weights' stream, and the hardware
+/// prefetchers run it faster alone. In the op on a 2-core Zen 4 (f32,
 /// H 2048, I 1408, E 64, top-6; A/B in one process, min ms of three rounds, prefetching
 /// always against from 8 tokens): T = 1 7.1-7.7 against 6.7-7.1, T = 16 47.3-50.7 against
 /// 38.6-40.5, T = 64 (6 tokens per expert) 69.8-83.7 against 67.8-80.9; at T = 128 (12 per
